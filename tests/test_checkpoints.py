@@ -1,0 +1,177 @@
+import json
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from conftest import hf_logits, make_hf_model
+
+from tf_gpt2 import GPT2, GPT2Config
+from tf_gpt2.checkpoints import openai_name, weight_table
+from tf_gpt2.cli import main as cli_main
+
+ODD_CONFIGS = [
+    dict(n_layer=1, n_head=2, n_embd=18, vocab_size=77, n_positions=12),
+    dict(n_layer=2, n_head=3, n_embd=36, vocab_size=131, n_positions=16),
+    dict(n_layer=3, n_head=4, n_embd=52, vocab_size=50, n_positions=9),
+]
+
+
+def _random_ids(cfg, batch=2, seed=0):
+    return np.random.RandomState(seed).randint(0, cfg["vocab_size"], (batch, cfg["n_positions"]))
+
+
+@pytest.mark.parametrize("cfg", ODD_CONFIGS)
+def test_hf_logit_parity_and_round_trip(cfg, tmp_path):
+    hf = make_hf_model(**cfg)
+    hf.save_pretrained(tmp_path / "hf")
+    model = GPT2.from_pretrained(tmp_path / "hf")
+    ids = _random_ids(cfg)
+    reference = hf_logits(hf, ids)
+    assert np.abs(np.asarray(model(ids)) - reference).max() <= 1e-4
+
+    import transformers
+
+    model.save_pretrained(tmp_path / "ours")
+    back = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "ours").eval()
+    assert np.abs(hf_logits(back, ids) - reference).max() <= 1e-4
+
+
+def test_pytorch_bin_loads_through_the_safe_loader(tmp_path):
+    cfg = ODD_CONFIGS[0]
+    hf = make_hf_model(**cfg)
+    import torch
+
+    hf.config.save_pretrained(tmp_path)  # the legacy layout: config.json + a pickled state dict
+    torch.save(hf.state_dict(), tmp_path / "pytorch_model.bin")
+    model = GPT2.from_pretrained(tmp_path)
+    ids = _random_ids(cfg)
+    assert np.abs(np.asarray(model(ids)) - hf_logits(hf, ids)).max() <= 1e-4
+
+
+def _write_openai_checkpoint(hf, directory):
+    """An OpenAI-format checkpoint: hparams.json + model.ckpt with openai/gpt-2 variable names."""
+    os.makedirs(directory)
+    c = hf.config
+    with open(os.path.join(directory, "hparams.json"), "w") as f:
+        json.dump(dict(n_vocab=c.vocab_size, n_ctx=c.n_positions, n_embd=c.n_embd, n_head=c.n_head, n_layer=c.n_layer), f)
+    names, tensors = [], []
+    for key, value in hf.transformer.state_dict().items():
+        if key.endswith(".attn.bias") or key.endswith("masked_bias"):
+            continue
+        value = value.numpy()
+        if key.endswith(".weight") and value.ndim == 2 and not key.startswith(("wte", "wpe")):
+            value = value[None]  # openai/gpt-2 stores conv1d weights as [1, in, out]
+        names.append(openai_name(key))
+        tensors.append(tf.constant(value))
+    prefix = os.path.join(directory, "model.ckpt")
+    tf.raw_ops.SaveV2(prefix=prefix, tensor_names=names, shape_and_slices=[""] * len(names), tensors=tensors)
+    with open(os.path.join(directory, "checkpoint"), "w") as f:
+        f.write('model_checkpoint_path: "model.ckpt"\n')
+
+
+def test_openai_name_mapping():
+    assert openai_name("h.11.attn.c_attn.weight") == "model/h11/attn/c_attn/w"
+    assert openai_name("h.0.ln_2.weight") == "model/h0/ln_2/g"
+    assert openai_name("ln_f.bias") == "model/ln_f/b"
+    assert openai_name("wte.weight") == "model/wte"
+
+
+def test_openai_tf_checkpoint_parity(tmp_path):
+    cfg = ODD_CONFIGS[1]
+    hf = make_hf_model(seed=3, **cfg)
+    _write_openai_checkpoint(hf, str(tmp_path / "openai"))
+    model = GPT2.from_pretrained(str(tmp_path / "openai"))
+    ids = _random_ids(cfg)
+    assert np.abs(np.asarray(model(ids)) - hf_logits(hf, ids)).max() <= 1e-4
+
+
+def test_keras_hub_backbone_parity(tmp_path):
+    import keras
+    import keras_hub
+
+    keras.utils.set_random_seed(0)
+    backbone = keras_hub.models.GPT2Backbone(
+        vocabulary_size=91, num_layers=2, num_heads=3, hidden_dim=30, intermediate_dim=120,
+        max_sequence_length=14, dropout=0.0,
+    )
+    for w in backbone.weights:  # make biases and LayerNorm parameters non-trivial
+        w.assign(np.random.RandomState(len(w.path)).normal(0, 0.05, w.shape) + np.asarray(w))
+    ids = np.random.RandomState(1).randint(0, 91, (2, 14))
+    hidden = backbone({"token_ids": ids, "padding_mask": np.ones_like(ids)})
+    reference = np.asarray(hidden) @ np.asarray(backbone.token_embedding.embeddings).T
+    model = GPT2.from_pretrained(backbone)
+    assert np.abs(np.asarray(model(ids)) - reference).max() <= 1e-4
+    backbone.save_to_preset(str(tmp_path / "preset"))
+    from_dir = GPT2.from_pretrained(str(tmp_path / "preset"))
+    assert np.abs(np.asarray(from_dir(ids)) - reference).max() <= 1e-4
+
+
+def test_convert_cli_hf_to_keras(tmp_path, capsys):
+    cfg = ODD_CONFIGS[0]
+    hf = make_hf_model(**cfg)
+    hf.save_pretrained(tmp_path / "hf")
+    assert cli_main(["convert", str(tmp_path / "hf"), str(tmp_path / "m.keras")]) == 0
+    ids = _random_ids(cfg)
+    assert np.abs(np.asarray(GPT2.from_pretrained(str(tmp_path / "m.keras"))(ids)) - hf_logits(hf, ids)).max() <= 1e-4
+
+
+@pytest.fixture
+def saved_tiny(tmp_path):
+    model = GPT2(GPT2Config(vocab_size=40, n_positions=8, n_embd=16, n_layer=1, n_head=2))
+    model.save_pretrained(tmp_path / "tiny")
+    return tmp_path / "tiny"
+
+
+def test_shape_mismatch_names_the_tensor(saved_tiny):
+    with pytest.raises(ValueError, match="tensor 'wte.weight' has shape \\(40, 16\\), the model expects \\(40, 32\\)"):
+        _load_with_config(saved_tiny, n_embd=32)
+
+
+def _load_with_config(directory, **changes):
+    path = os.path.join(directory, "config.json")
+    config = json.load(open(path))
+    config.update(changes)
+    json.dump(config, open(path, "w"))
+    return GPT2.from_pretrained(directory)
+
+
+def test_config_with_wrong_layer_count_names_missing_tensor(saved_tiny):
+    with pytest.raises(ValueError, match="missing tensor 'h.1.ln_1.weight'"):
+        _load_with_config(saved_tiny, n_layer=2)
+
+
+def test_corrupt_and_missing_files(saved_tiny, tmp_path):
+    with open(saved_tiny / "model.safetensors", "r+b") as f:
+        f.seek(3)
+        f.write(b"\xff\xff\xff")
+    with pytest.raises(ValueError, match="cannot read .*model.safetensors"):
+        GPT2.from_pretrained(saved_tiny)
+    os.remove(saved_tiny / "model.safetensors")
+    with pytest.raises(FileNotFoundError, match="no model.safetensors"):
+        GPT2.from_pretrained(saved_tiny)
+    with pytest.raises(FileNotFoundError, match="no checkpoint at"):
+        GPT2.from_pretrained(tmp_path / "nowhere")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="is not a checkpoint"):
+        GPT2.from_pretrained(tmp_path / "empty")
+    (saved_tiny / "config.json").write_text("{not json")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        GPT2.from_pretrained(saved_tiny)
+
+
+def test_nan_weights_are_refused(tmp_path):
+    from safetensors.numpy import load_file, save_file
+
+    model = GPT2(GPT2Config(vocab_size=40, n_positions=8, n_embd=16, n_layer=1, n_head=2))
+    model.save_pretrained(tmp_path)
+    tensors = load_file(tmp_path / "model.safetensors")
+    tensors["transformer.ln_f.bias"][0] = np.nan
+    save_file(tensors, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ValueError, match="'ln_f.bias' contains NaN"):
+        GPT2.from_pretrained(tmp_path)
+
+
+def test_weight_table_covers_every_weight():
+    model = GPT2(GPT2Config.from_preset("gpt2-tiny", vocab_size=30))
+    assert {id(v) for v in weight_table(model).values()} == {id(v) for v in model.weights}

@@ -1,0 +1,46 @@
+import pytest
+
+from tf_gpt2 import PRESETS, GPT2, GPT2Config
+
+
+def test_json_round_trip(tmp_path):
+    cfg = GPT2Config.from_preset("gpt2-tiny", vocab_size=321, dropout=0.1, norm_position="post")
+    assert GPT2Config.from_json(cfg.to_json()) == cfg
+    cfg.save(tmp_path / "c.json")
+    assert GPT2Config.load(tmp_path / "c.json") == cfg
+
+
+def test_presets_have_gpt2_shapes():
+    assert GPT2Config.from_preset("gpt2").num_params() == 124_439_808
+    assert GPT2Config.from_preset("gpt2-medium").num_params() == 354_823_168
+    assert GPT2Config.from_preset("gpt2-large").num_params() == 774_030_080
+    assert GPT2Config.from_preset("gpt2-xl").num_params() == 1_557_611_200
+    assert {"gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl"} <= set(PRESETS)
+
+
+@pytest.mark.parametrize("preset", ["gpt2-tiny", "gpt2-mini"])
+def test_num_params_matches_the_built_model(preset):
+    cfg = GPT2Config.from_preset(preset)
+    assert GPT2(cfg).count_params() == cfg.num_params()
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(n_embd=100, n_head=3), "divisible by n_head"),
+        (dict(n_layer=0), "n_layer must be a positive integer"),
+        (dict(vocab_size=2.5), "vocab_size must be a positive integer"),
+        (dict(dropout=1.0), "dropout"),
+        (dict(norm_position="middle"), "norm_position"),
+    ],
+)
+def test_bad_config_is_rejected(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        GPT2Config(**kwargs)
+
+
+def test_unknown_preset_and_fields():
+    with pytest.raises(ValueError, match="unknown preset 'gpt5'"):
+        GPT2Config.from_preset("gpt5")
+    with pytest.raises(ValueError, match="unknown GPT2Config fields: \\['n_ctxx'\\]"):
+        GPT2Config.from_dict({"n_ctxx": 3})

@@ -1,0 +1,75 @@
+import numpy as np
+import pytest
+
+from tf_gpt2 import GPT2, GPT2Config
+from tf_gpt2.cli import main as cli_main
+
+
+@pytest.fixture(scope="module")
+def model():
+    return GPT2(GPT2Config(vocab_size=300, n_positions=48, n_embd=32, n_layer=2, n_head=4, initializer_range=0.3))
+
+
+def naive_greedy(model, ids, n):
+    ids = list(ids)
+    for _ in range(n):
+        ids.append(int(np.asarray(model(np.array([ids])))[0, -1].argmax()))
+    return ids[-n:]
+
+
+def test_greedy_kv_cache_equals_full_recompute(model):
+    prompt = [5, 17, 250, 3, 99]
+    assert model.generate(prompt, max_new_tokens=12, stop_ids=[]) == naive_greedy(model, prompt, 12)
+
+
+def test_batched_mixed_lengths_equal_single_prompts(model):
+    prompts = [[1, 2, 3, 4, 5, 6, 7], [42], [9, 8, 7]]
+    batched = model.generate(prompts, max_new_tokens=6, stop_ids=[])
+    assert batched == [model.generate(p, max_new_tokens=6, stop_ids=[]) for p in prompts]
+
+
+def test_seeded_sampling_is_reproducible(model):
+    kwargs = dict(max_new_tokens=10, temperature=1.0, top_k=40, top_p=0.9, stop_ids=[])
+    a = model.generate([1, 2, 3], seed=7, **kwargs)
+    assert a == model.generate([1, 2, 3], seed=7, **kwargs)
+    assert a != model.generate([1, 2, 3], seed=8, **kwargs)
+
+
+def test_top_k_one_is_greedy(model):
+    greedy = model.generate([4, 5], max_new_tokens=8, stop_ids=[])
+    assert model.generate([4, 5], max_new_tokens=8, temperature=1.3, top_k=1, seed=3, stop_ids=[]) == greedy
+
+
+def test_stop_ids_end_generation(model):
+    free = model.generate([4, 5], max_new_tokens=8, stop_ids=[])
+    stopped = model.generate([4, 5], max_new_tokens=8, stop_ids=[free[2]])
+    assert stopped == free[: free.index(free[2]) + 1]
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(prompt=[]), "prompt is empty"),
+        (dict(prompt=[1] * 40, max_new_tokens=9), "exceeds the context of 48"),
+        (dict(max_new_tokens=0), "max_new_tokens must be a positive integer"),
+        (dict(top_p=0.0), "top_p must be in \\(0, 1\\]"),
+        (dict(top_p=1.5), "top_p must be in \\(0, 1\\]"),
+        (dict(temperature=-0.1), "temperature must be >= 0"),
+        (dict(prompt=[1, 300]), "token ids must be in \\[0, 300\\)"),
+    ],
+)
+def test_bad_generation_arguments(model, kwargs, message):
+    kwargs = {"prompt": [1, 2], "max_new_tokens": 4, **kwargs}
+    with pytest.raises(ValueError, match=message):
+        model.generate(**kwargs)
+
+
+def test_text_in_text_out_and_cli(capsys):
+    model = GPT2(GPT2Config.from_preset("gpt2-tiny"))
+    text = model.generate("Hello world", max_new_tokens=5)
+    assert isinstance(text, str)
+    assert cli_main(["demo", "--prompt", "To be", "--max-new-tokens", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "parameters" in out and "To be" in out
+    assert cli_main(["generate", "Hi", "--top-p", "2"]) == 2
+    assert "top_p must be in (0, 1]" in capsys.readouterr().err

@@ -1,0 +1,99 @@
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tf_gpt2 import GPT2, MLP, CausalSelfAttention, GPT2Config, TransformerBlock
+
+
+@pytest.mark.parametrize(
+    "layer",
+    [
+        CausalSelfAttention(n_embd=24, n_head=3, dropout=0.1, output_initializer_range=0.01),
+        MLP(n_embd=24, activation="gelu"),
+        TransformerBlock(n_embd=24, n_head=4, n_layer=3, norm_position="post", learned_residual_scale=True),
+    ],
+)
+def test_layer_builds_lazily_and_config_round_trips(layer):
+    assert not layer.built
+    x = keras.random.normal((2, 5, 24), seed=1)
+    y = layer(x)
+    assert layer.built and tuple(y.shape) == (2, 5, 24)
+    clone = type(layer).from_config(layer.get_config())
+    assert clone.get_config() == layer.get_config()
+    clone(x)
+    clone.set_weights(layer.get_weights())
+    np.testing.assert_allclose(clone(x), y, atol=1e-6)
+
+
+def test_attention_is_causal():
+    attn = CausalSelfAttention(n_embd=16, n_head=2)
+    x = np.random.RandomState(0).randn(1, 6, 16).astype("float32")
+    y1 = np.asarray(attn(x))
+    x[0, 3] += 5.0  # change position 3
+    y2 = np.asarray(attn(x))
+    np.testing.assert_allclose(y1[0, :3], y2[0, :3], atol=1e-6)
+    assert np.abs(y1[0, 3:] - y2[0, 3:]).max() > 1e-3
+
+
+def test_attention_probabilities_are_lower_triangular_and_normalised():
+    attn = CausalSelfAttention(n_embd=16, n_head=2)
+    _, probs = attn(keras.random.normal((2, 5, 16)), return_attention=True)
+    probs = np.asarray(probs)
+    assert probs.shape == (2, 2, 5, 5)
+    np.testing.assert_allclose(probs.sum(-1), 1.0, atol=1e-6)
+    assert np.all(np.triu(probs, k=1) == 0)
+
+
+def test_mlp_is_gelu_tanh_4x():
+    mlp = MLP(n_embd=8)
+    x = np.random.RandomState(1).randn(3, 8).astype("float32")
+    y = np.asarray(mlp(x))
+    w1, b1 = mlp.c_fc.get_weights()
+    w2, b2 = mlp.c_proj.get_weights()
+    assert w1.shape == (8, 32)
+    h = x @ w1 + b1
+    gelu = 0.5 * h * (1 + np.tanh(np.sqrt(2 / np.pi) * (h + 0.044715 * h**3)))
+    np.testing.assert_allclose(y, gelu @ w2 + b2, atol=1e-5)
+
+
+def test_pre_ln_block_is_residual():
+    block = TransformerBlock(n_embd=8, n_head=2)
+    x = np.random.RandomState(2).randn(1, 4, 8).astype("float32")
+    y = np.asarray(block(x))
+    a = np.asarray(block.attn(block.ln_1(x)))
+    h = x + a
+    np.testing.assert_allclose(y, h + np.asarray(block.mlp(block.ln_2(h))), atol=1e-5)
+
+
+def test_post_ln_and_learned_residual_scale():
+    x = np.random.RandomState(3).randn(2, 4, 8).astype("float32")
+    post = TransformerBlock(n_embd=8, n_head=2, norm_position="post")
+    y = np.asarray(post(x))
+    h = np.asarray(post.ln_1(x + np.asarray(post.attn(x))))
+    np.testing.assert_allclose(y, np.asarray(post.ln_2(h + np.asarray(post.mlp(h)))), atol=1e-5)
+
+    scaled = TransformerBlock(n_embd=8, n_head=2, learned_residual_scale=True)
+    scaled(x)
+    assert {w.name for w in scaled.trainable_weights} >= {"attn_scale", "mlp_scale"}
+    scaled.attn_scale.assign(0.0)
+    scaled.mlp_scale.assign(0.0)
+    np.testing.assert_allclose(scaled(x), x, atol=1e-6)  # zero-scaled branches leave the stream alone
+
+
+def test_residual_projections_use_scaled_init():
+    cfg = GPT2Config(vocab_size=64, n_positions=16, n_embd=256, n_layer=8, n_head=4)
+    model = GPT2(cfg)
+    block = model.h[0]
+    assert np.std(block.attn.c_attn.kernel) == pytest.approx(0.02, rel=0.05)
+    expected = 0.02 / np.sqrt(2 * cfg.n_layer)
+    assert np.std(block.attn.c_proj.kernel) == pytest.approx(expected, rel=0.05)
+    assert np.std(block.mlp.c_proj.kernel) == pytest.approx(expected, rel=0.05)
+    assert np.all(np.asarray(block.attn.c_attn.bias) == 0)
+
+
+def test_layers_compile_with_xla():
+    model = GPT2(GPT2Config.from_preset("gpt2-tiny", vocab_size=50, n_positions=16))
+    ids = np.random.RandomState(0).randint(0, 50, (2, 16)).astype("int32")
+    compiled = tf.function(lambda t: model(t), jit_compile=True)
+    np.testing.assert_allclose(compiled(ids), model(ids), atol=1e-5)

@@ -1,0 +1,89 @@
+import keras
+import numpy as np
+import pytest
+
+from tf_gpt2 import GPT2, GPT2Config
+
+
+@pytest.fixture(scope="module")
+def model():
+    return GPT2(GPT2Config(vocab_size=97, n_positions=20, n_embd=24, n_layer=2, n_head=3))
+
+
+def test_logits_shape_and_tied_head(model):
+    ids = np.random.RandomState(0).randint(0, 97, (2, 7))
+    logits = np.asarray(model(ids))
+    assert logits.shape == (2, 7, 97) and logits.dtype == np.float32
+    assert len([w for w in model.weights if w.shape == (97, 24)]) == 1  # no separate lm_head matrix
+    hidden = np.asarray(model.ln_f(model.h[1](model.h[0](model.wte(ids) + model.wpe(np.arange(7)[None])))))
+    np.testing.assert_allclose(logits, hidden @ np.asarray(model.wte.embeddings).T, atol=1e-4)
+
+
+def test_changing_a_token_never_changes_earlier_logits(model):
+    ids = np.random.RandomState(1).randint(0, 97, (1, 20))
+    base = np.asarray(model(ids))
+    for t in (0, 5, 19):
+        changed = ids.copy()
+        changed[0, t] = (changed[0, t] + 1) % 97
+        out = np.asarray(model(changed))
+        np.testing.assert_array_equal(out[0, :t], base[0, :t])
+        assert np.abs(out[0, t:] - base[0, t:]).max() > 0
+
+
+def test_kv_cache_equals_full_forward(model):
+    ids = np.random.RandomState(2).randint(0, 97, (2, 20))
+    full = np.asarray(model(ids))
+    cache = model.init_cache(2, 20)
+    steps = []
+    logits, cache = model.call_with_cache(ids[:, :8], cache, 0)  # prefill 8, then one at a time
+    steps.append(np.asarray(logits))
+    for t in range(8, 20):
+        logits, cache = model.call_with_cache(ids[:, t:t + 1], cache, t)
+        steps.append(np.asarray(logits))
+    assert np.abs(np.concatenate(steps, axis=1) - full).max() <= 1e-5
+
+
+def test_left_padding_with_mask_and_positions_matches_unpadded(model):
+    ids = np.random.RandomState(3).randint(0, 97, (1, 6))
+    padded = np.concatenate([np.zeros((1, 3), int), ids], axis=1)
+    mask = np.array([[0, 0, 0, 1, 1, 1, 1, 1, 1]])
+    positions = np.maximum(np.cumsum(mask, axis=1) - 1, 0)
+    out = np.asarray(model(padded, attention_mask=mask, position_ids=positions))
+    np.testing.assert_allclose(out[:, 3:], np.asarray(model(ids)), atol=1e-5)
+
+
+def test_attention_maps(model):
+    logits, maps = model(np.array([[1, 2, 3, 4]]), return_attention=True)
+    assert len(maps) == 2 and tuple(maps[0].shape) == (1, 3, 4, 4)
+    np.testing.assert_allclose(np.asarray(maps[1]).sum(-1), 1.0, atol=1e-5)
+
+
+def test_keras_file_round_trip(model, tmp_path):
+    ids = np.random.RandomState(4).randint(0, 97, (2, 9))
+    path = str(tmp_path / "m.keras")
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    assert isinstance(loaded, GPT2) and loaded.config == model.config
+    np.testing.assert_array_equal(np.asarray(loaded(ids)), np.asarray(model(ids)))
+    assert isinstance(GPT2.from_pretrained(path), GPT2)
+
+
+@pytest.mark.parametrize(
+    "ids, error, message",
+    [
+        (np.array([[1, -1]]), ValueError, "must be in \\[0, 97\\)"),
+        (np.array([[1, 97]]), ValueError, "must be in \\[0, 97\\)"),
+        (np.zeros((1, 21), int), ValueError, "exceeds the context of 20"),
+        (np.zeros((1, 0), int), ValueError, "empty"),
+        (np.array([[1.0, 2.0]]), TypeError, "must be integers"),
+        (np.array([1, 2]), ValueError, "shape \\[batch, time\\]"),
+    ],
+)
+def test_bad_token_ids_give_clear_errors(model, ids, error, message):
+    with pytest.raises(error, match=message):
+        model(ids)
+
+
+def test_bad_config_argument():
+    with pytest.raises(TypeError, match="GPT2Config or a dict"):
+        GPT2("gpt2")

@@ -1,0 +1,97 @@
+import hashlib
+import shutil
+
+import numpy as np
+import pytest
+
+from tf_gpt2 import GPT2Tokenizer
+from tf_gpt2.tokenizer import default_vocab_files
+
+SAMPLES = [
+    "Hello world",
+    "The quick brown fox jumps over the lazy dog.",
+    "naïve café, Straße, Ελληνικά, русский, 日本語のテキスト",
+    "emoji 🙂👍🏽🏳️‍🌈 and symbols ©®™ ½",
+    "  leading spaces,\ttabs\t\tand\n\n\nnewlines   ",
+    "trailing whitespace run      ",
+    "first<|endoftext|>second <|endoftext|>",
+    "I'm sure they'll've done it, it's what we'd've wanted",
+    "numbers 1234567890 3.14159 -42 1e-5",
+    "",
+]
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return GPT2Tokenizer()
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """tiktoken's own "gpt2" encoding, fed the same files offline through its cache."""
+    import os
+
+    import tiktoken
+
+    cache = tmp_path_factory.mktemp("tiktoken-cache")
+    encoder_json, vocab_bpe = default_vocab_files()
+    base = "https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/"
+    for url, path in ((base + "encoder.json", encoder_json), (base + "vocab.bpe", vocab_bpe)):
+        shutil.copy(path, cache / hashlib.sha1(url.encode()).hexdigest())
+    old = os.environ.get("TIKTOKEN_CACHE_DIR")
+    os.environ["TIKTOKEN_CACHE_DIR"] = str(cache)
+    try:
+        return tiktoken.get_encoding("gpt2")
+    finally:
+        if old is None:
+            del os.environ["TIKTOKEN_CACHE_DIR"]
+        else:
+            os.environ["TIKTOKEN_CACHE_DIR"] = old
+
+
+@pytest.mark.parametrize("text", SAMPLES)
+def test_ids_match_tiktoken_gpt2_and_round_trip(tok, reference, text):
+    ids = tok.encode(text)
+    assert ids == reference.encode(text, allowed_special="all")
+    assert tok.decode(ids) == text
+
+
+def test_known_ids(tok):
+    assert tok.encode("Hello world") == [15496, 995]
+    assert tok.encode("<|endoftext|>") == [50256]
+    assert tok.vocab_size == 50257 and tok.eot_id == 50256
+
+
+def test_batch(tok):
+    assert tok.encode_batch(SAMPLES) == [tok.encode(s) for s in SAMPLES]
+    assert tok.decode_batch(tok.encode_batch(SAMPLES)) == SAMPLES
+
+
+def test_in_graph_tokenizer_matches(tok):
+    import tensorflow as tf
+
+    layer = tok.tf_layer()
+    texts = [s for s in SAMPLES if s]
+    ragged = tf.function(layer)(tf.constant(texts))  # inside a graph, as in a SavedModel
+    assert [list(map(int, row)) for row in ragged.to_list()] == [tok.encode(s) for s in texts]
+    dense = tok.tf_layer(sequence_length=8)(tf.constant(["Hello world"]))
+    assert np.asarray(dense).tolist() == [[15496, 995, 0, 0, 0, 0, 0, 0]]
+
+
+def test_bad_inputs(tok):
+    with pytest.raises(TypeError, match="expects a str"):
+        tok.encode(b"bytes")
+    with pytest.raises(ValueError, match="must be in \\[0, 50257\\)"):
+        tok.decode([1, 50257])
+    with pytest.raises(TypeError, match="list of str"):
+        tok.encode_batch("not a list")
+
+
+def test_vocabulary_with_wrong_hash_is_refused(tmp_path):
+    encoder_json, vocab_bpe = default_vocab_files()
+    bad = tmp_path / "encoder.json"
+    bad.write_bytes(open(encoder_json, "rb").read().replace(b'"Hello"', b'"Hellp"', 1))
+    with pytest.raises(ValueError, match="encoder.json has sha256 .* not the official file"):
+        GPT2Tokenizer(encoder_json=str(bad), vocab_bpe=vocab_bpe)
+    with pytest.raises(FileNotFoundError, match="cannot read GPT-2 vocabulary file"):
+        GPT2Tokenizer(encoder_json=str(tmp_path / "missing.json"), vocab_bpe=vocab_bpe)

