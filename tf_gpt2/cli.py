@@ -1,4 +1,4 @@
-"""The `tf-gpt2` command line: demo, generate, convert."""
+"""The `tf-gpt2` command line: demo, generate, convert, export."""
 
 from __future__ import annotations
 
@@ -51,6 +51,22 @@ def cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from tf_gpt2.export import FORMATS, export_litert, export_saved_model
+
+    if args.format not in FORMATS:
+        raise ValueError(f"unknown export format {args.format!r}; choose one of {FORMATS}")
+    model = _load_model(args)
+    if args.format == "saved_model":
+        out = args.out or os.path.join("saved_models", "gpt2")
+        path = export_saved_model(model, out, version=args.version, max_new_tokens_limit=args.max_new_tokens_limit)
+    else:
+        path = export_litert(model, args.out or os.path.join("saved_models", "gpt2.tflite"),
+                             max_length=args.max_length, quantize=args.quantize)
+    print(f"wrote {path}")
+    return 0
+
+
 def _model_flags(parser: argparse.ArgumentParser, default_preset: str) -> None:
     parser.add_argument("--model", help="checkpoint to load: HF dir, OpenAI TF dir, keras-hub preset dir or .keras file")
     parser.add_argument("--preset", default=default_preset, help="random-init preset when --model is not given")
@@ -81,6 +97,16 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("src", help="HF dir, OpenAI TF dir, keras-hub preset dir or .keras file")
     convert.add_argument("dst", help="output: a directory (HF format) or a path ending in .keras")
     convert.set_defaults(run=cmd_convert)
+
+    export = sub.add_parser("export", help="export for TF Serving (SavedModel) or phones (LiteRT)")
+    _model_flags(export, "gpt2-tiny")
+    export.add_argument("--format", default="saved_model", help="saved_model or tflite")
+    export.add_argument("--out", help="SavedModel base dir (a numbered version is added) or .tflite path")
+    export.add_argument("--version", type=int, help="SavedModel version (default: next free number)")
+    export.add_argument("--max-new-tokens-limit", type=int, default=256, help="SavedModel: largest max_new_tokens")
+    export.add_argument("--max-length", type=int, help="LiteRT: KV-cache length (default n_positions)")
+    export.add_argument("--quantize", default="fp32", help="LiteRT: fp32, fp16 or int8 (dynamic range)")
+    export.set_defaults(run=cmd_export)
     return parser
 
 
@@ -88,7 +114,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except (ValueError, TypeError, FileNotFoundError) as e:
+    except (ValueError, TypeError, FileNotFoundError, FileExistsError) as e:
         print(f"tf-gpt2 {args.command}: error: {e}", file=sys.stderr)
         return 2
 
