@@ -3,6 +3,7 @@ import pytest
 
 from tf_gpt2 import GPT2, GPT2Config
 from tf_gpt2.cli import main as cli_main
+from tf_gpt2.generation import stream
 
 
 @pytest.fixture(scope="module")
@@ -33,6 +34,18 @@ def test_seeded_sampling_is_reproducible(model):
     a = model.generate([1, 2, 3], seed=7, **kwargs)
     assert a == model.generate([1, 2, 3], seed=7, **kwargs)
     assert a != model.generate([1, 2, 3], seed=8, **kwargs)
+
+
+@pytest.mark.parametrize("kwargs", [dict(), dict(temperature=0.9, top_p=0.8, seed=5, repetition_penalty=1.3)])
+def test_stream_yields_the_tokens_of_generate(model, kwargs):
+    expected = model.generate([7, 8, 9], max_new_tokens=9, stop_ids=[], **kwargs)
+    assert list(stream(model, [7, 8, 9], max_new_tokens=9, stop_ids=[], **kwargs)) == expected
+
+
+def test_repetition_penalty_discourages_repeats(model):
+    plain = model.generate([1, 2], max_new_tokens=20, stop_ids=[])
+    penalized = model.generate([1, 2], max_new_tokens=20, stop_ids=[], repetition_penalty=5.0)
+    assert len(set(penalized)) > len(set(plain))
 
 
 def test_top_k_one_is_greedy(model):
@@ -71,5 +84,7 @@ def test_text_in_text_out_and_cli(capsys):
     assert cli_main(["demo", "--prompt", "To be", "--max-new-tokens", "4"]) == 0
     out = capsys.readouterr().out
     assert "parameters" in out and "To be" in out
+    assert cli_main(["generate", "Hi", "--max-new-tokens", "3"]) == 0
+    assert capsys.readouterr().out.startswith("Hi")
     assert cli_main(["generate", "Hi", "--top-p", "2"]) == 2
     assert "top_p must be in (0, 1]" in capsys.readouterr().err

@@ -30,12 +30,23 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    model = _load_model(args)
-    text = model.generate(
-        args.prompt, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-        top_k=args.top_k, top_p=args.top_p, repetition_penalty=args.repetition_penalty, seed=args.seed,
-    )
-    print(args.prompt + text)
+    from tf_gpt2 import GPT2Tokenizer
+    from tf_gpt2.generation import stream
+
+    model, tok = _load_model(args), GPT2Tokenizer()
+    print(args.prompt, end="", flush=True)
+    tokens, shown = [], ""
+    for token in stream(model, args.prompt, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                        top_k=args.top_k, top_p=args.top_p, repetition_penalty=args.repetition_penalty,
+                        seed=args.seed, tokenizer=tok):
+        if token == tok.eot_id:
+            break
+        tokens.append(token)
+        text = tok.decode(tokens)
+        if not text.endswith("\ufffd"):  # wait for the rest of a multi-byte character
+            print(text[len(shown):], end="", flush=True)
+            shown = text
+    print(tok.decode(tokens)[len(shown):])
     return 0
 
 
@@ -82,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--max-new-tokens", type=int, default=32)
     demo.set_defaults(run=cmd_demo)
 
-    gen = sub.add_parser("generate", help="continue a prompt")
+    gen = sub.add_parser("generate", help="continue a prompt, printing tokens as they come")
     _model_flags(gen, "gpt2-tiny")
     gen.add_argument("prompt", help="text to continue")
     gen.add_argument("--max-new-tokens", type=int, default=64)

@@ -12,7 +12,7 @@ seed gives the same tokens on TensorFlow, on JAX, and inside an exported SavedMo
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import keras
 import numpy as np
@@ -89,41 +89,60 @@ def _tokens_seen(ids, mask, vocab):
     return seen[:, :vocab] > 0
 
 
-def generate_loop(model, prompt_ids, prompt_mask, new_slots, max_new_tokens, temperature, top_k,
-                  top_p, repetition_penalty, seed, stop_ids, pad_id):
-    """The compiled part: prefill, then decode until `max_new_tokens` or every row stopped.
+def prefill(model, prompt_ids, prompt_mask, new_slots):
+    """Run the left-padded prompt once and fill a KV cache with room for `new_slots.shape[1]` tokens.
 
-    `prompt_ids`/`prompt_mask` are int32 [batch, prompt_len], left-padded; `new_slots` is any
-    [batch, budget] tensor whose shape fixes the output buffer. Returns int32 [batch, budget].
+    Returns the decoding state: (last logits [batch, vocab], cache, mask over the whole cache,
+    prompt lengths, tokens seen so far [batch, vocab]).
     """
-    batch, prompt_len = ops.shape(prompt_ids)[0], ops.shape(prompt_ids)[1]
-    budget = ops.shape(new_slots)[1]
-    vocab = model.config.vocab_size
+    batch, budget = ops.shape(prompt_ids)[0], ops.shape(new_slots)[1]
     mask = ops.concatenate([prompt_mask, ops.ones((batch, budget), "int32")], axis=1)
     positions = ops.maximum(ops.cumsum(prompt_mask, axis=1) - 1, 0)
-    lengths = ops.sum(prompt_mask, axis=1)
-    seen = _tokens_seen(prompt_ids, prompt_mask, vocab)
-
-    cache = model.init_cache(batch, prompt_len + budget)
+    cache = model.init_cache(batch, ops.shape(prompt_ids)[1] + budget)
     logits, cache = model.call_with_cache(prompt_ids, cache, 0, mask, positions)
+    seen = _tokens_seen(prompt_ids, prompt_mask, model.config.vocab_size)
+    return logits[:, -1, :], cache, mask, ops.sum(prompt_mask, axis=1), seen
+
+
+def decode_step(model, i, done, logits, cache, seen, mask, lengths, prompt_len,
+                temperature, top_k, top_p, repetition_penalty, seed, stop_ids, pad_id):
+    """Choose token i of every row, then run it through the model at cache slot prompt_len + i.
+
+    Rows already `done` get `pad_id`. Returns (token, done, logits, cache, seen).
+    """
+    batch = ops.shape(logits)[0]
+    next_logits = apply_repetition_penalty(logits, seen, repetition_penalty)
+    token = sample_next(next_logits, temperature, top_k, top_p, seed, i)
+    token = ops.where(done, pad_id, ops.reshape(token, (batch,)))  # cond drops the static shape
+    done = ops.logical_or(done, ops.any(token[:, None] == stop_ids[None, :], axis=1))
+    seen = ops.logical_or(seen, ops.one_hot(token, model.config.vocab_size) > 0)
+    logits, cache = model.call_with_cache(token[:, None], cache, prompt_len + i, mask, (lengths + i)[:, None])
+    return token, done, logits[:, -1, :], cache, seen
+
+
+def generate_loop(model, prompt_ids, prompt_mask, new_slots, max_new_tokens, *knobs):
+    """Prefill, then decode until `max_new_tokens` or every row stopped: one compiled function.
+
+    `prompt_ids`/`prompt_mask` are int32 [batch, prompt_len], left-padded; `new_slots` is any
+    [batch, budget] tensor whose shape fixes the output buffer; `knobs` are decode_step's
+    (temperature, top_k, top_p, repetition_penalty, seed, stop_ids, pad_id).
+    Returns int32 [batch, budget].
+    """
+    batch, prompt_len = ops.shape(prompt_ids)[0], ops.shape(prompt_ids)[1]
+    logits, cache, mask, lengths, seen = prefill(model, prompt_ids, prompt_mask, new_slots)
 
     def keep_going(i, done, logits, cache, out, seen):
         return ops.logical_and(i < max_new_tokens, ops.logical_not(ops.all(done)))
 
     def step(i, done, logits, cache, out, seen):
-        next_logits = apply_repetition_penalty(logits, seen, repetition_penalty)
-        token = sample_next(next_logits, temperature, top_k, top_p, seed, i)
-        token = ops.where(done, pad_id, ops.reshape(token, (batch,)))  # cond drops the static shape
+        token, done, logits, cache, seen = decode_step(
+            model, i, done, logits, cache, seen, mask, lengths, prompt_len, *knobs)
         out = ops.slice_update(out, (ops.zeros((), "int32"), i), token[:, None])
-        done = ops.logical_or(done, ops.any(token[:, None] == stop_ids[None, :], axis=1))
-        seen = ops.logical_or(seen, ops.one_hot(token, vocab) > 0)
-        logits, cache = model.call_with_cache(
-            token[:, None], cache, prompt_len + i, mask, (lengths + i)[:, None]
-        )
-        return i + 1, done, logits[:, -1, :], cache, out, seen
+        return i + 1, done, logits, cache, out, seen
 
-    state = (ops.zeros((), "int32"), ops.zeros((batch,), "bool"), logits[:, -1, :], cache,
-             ops.full((batch, budget), pad_id, "int32"), seen)
+    pad_id = knobs[-1]
+    state = (ops.zeros((), "int32"), ops.zeros((batch,), "bool"), logits, cache,
+             ops.full((batch, ops.shape(new_slots)[1]), pad_id, "int32"), seen)
     return ops.while_loop(keep_going, step, state)[4]
 
 
@@ -174,31 +193,8 @@ def _as_batch(prompt: Any, tokenizer) -> tuple[list[list[int]], str]:
     raise TypeError(f"prompt must be text, a list of token ids or a batch of them, got {prompt!r:.80}")
 
 
-def generate(
-    model,
-    prompt: Any,
-    max_new_tokens: int = 32,
-    temperature: float = 0.0,
-    top_k: int = 0,
-    top_p: float = 1.0,
-    repetition_penalty: float = 1.0,
-    stop_ids: Sequence[int] | None = None,
-    seed: int = 0,
-    tokenizer=None,
-) -> Any:
-    """Continue `prompt` with up to `max_new_tokens` tokens.
-
-    `prompt` is text (returns the continuation text), a list of texts, a list of token ids
-    (returns new ids), or a batch of id lists of any lengths (returns a list of id lists).
-    temperature 0 is greedy; top_k 0 and top_p 1 switch those filters off. Generation of a
-    row stops after a token in `stop_ids` (default: `<|endoftext|>`), which is kept in the ids
-    and dropped from returned text.
-
-    Example:
-    >>> model = GPT2(GPT2Config.from_preset("gpt2-tiny"))
-    >>> len(model.generate([464, 3290], max_new_tokens=5))
-    5
-    """
+def _prepare(model, prompt, max_new_tokens, temperature, top_k, top_p, repetition_penalty, stop_ids, tokenizer):
+    """Check every argument and build the left-padded prompt batch the compiled code takes."""
     cfg = model.config
     has_text = isinstance(prompt, str) or (isinstance(prompt, list) and any(isinstance(p, str) for p in prompt))
     if tokenizer is None and has_text:
@@ -227,7 +223,7 @@ def generate(
     flat = [t for p in batch for t in p]
     if min(flat) < 0 or max(flat) >= cfg.vocab_size:
         raise ValueError(f"token ids must be in [0, {cfg.vocab_size}), got min {min(flat)} and max {max(flat)}")
-    stop_ids = [EOT_ID] if stop_ids is None else list(stop_ids)
+    stop_ids = [EOT_ID] if stop_ids is None else [int(t) for t in stop_ids]
     pad_id = EOT_ID if EOT_ID < cfg.vocab_size else 0
 
     width = min(_bucket(longest), cfg.n_positions)
@@ -235,10 +231,43 @@ def generate(
     mask = np.zeros((len(batch), width), np.int32)
     for row, p in enumerate(batch):
         ids[row, width - len(p):], mask[row, width - len(p):] = p, 1
+    new_slots = np.zeros((len(batch), _bucket(max_new_tokens)), np.int32)
+    knobs = (np.float32(temperature), np.int32(top_k), np.float32(top_p), np.float32(repetition_penalty),
+             np.array(stop_ids + [-1], np.int32), np.int32(pad_id))
+    return ids, mask, new_slots, knobs, stop_ids, form, tokenizer
+
+
+def generate(
+    model,
+    prompt: Any,
+    max_new_tokens: int = 32,
+    temperature: float = 0.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    repetition_penalty: float = 1.0,
+    stop_ids: Sequence[int] | None = None,
+    seed: int = 0,
+    tokenizer=None,
+) -> Any:
+    """Continue `prompt` with up to `max_new_tokens` tokens.
+
+    `prompt` is text (returns the continuation text), a list of texts, a list of token ids
+    (returns new ids), or a batch of id lists of any lengths (returns a list of id lists).
+    temperature 0 is greedy; top_k 0 and top_p 1 switch those filters off. Generation of a
+    row stops after a token in `stop_ids` (default: `<|endoftext|>`), which is kept in the ids
+    and dropped from returned text.
+
+    Example:
+    >>> model = GPT2(GPT2Config.from_preset("gpt2-tiny"))
+    >>> len(model.generate([464, 3290], max_new_tokens=5, stop_ids=[]))
+    5
+    """
+    ids, mask, new_slots, knobs, stop_ids, form, tokenizer = _prepare(
+        model, prompt, max_new_tokens, temperature, top_k, top_p, repetition_penalty, stop_ids, tokenizer)
+    temperature_, top_k_, top_p_, penalty_, stops, pad_id = knobs
     out = compiled(model, generate_loop)(
-        ids, mask, np.zeros((len(batch), _bucket(max_new_tokens)), np.int32),
-        np.int32(max_new_tokens), np.float32(temperature), np.int32(top_k), np.float32(top_p),
-        np.float32(repetition_penalty), np.int32(seed), np.array(stop_ids + [-1], np.int32), np.int32(pad_id),
+        ids, mask, new_slots, np.int32(max_new_tokens), temperature_, top_k_, top_p_, penalty_,
+        np.int32(seed), stops, pad_id,
     )
     rows = []
     for row in ops.convert_to_numpy(out)[:, :max_new_tokens].tolist():
@@ -248,3 +277,37 @@ def generate(
         return rows[0] if form == "ids" else rows
     texts = [tokenizer.decode([t for t in r if t not in stop_ids]) for r in rows]
     return texts[0] if form == "text" else texts
+
+
+def stream(
+    model,
+    prompt: Any,
+    max_new_tokens: int = 32,
+    temperature: float = 0.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    repetition_penalty: float = 1.0,
+    stop_ids: Sequence[int] | None = None,
+    seed: int = 0,
+    tokenizer=None,
+) -> Iterator[int]:
+    """Yield the new token ids of one prompt as they are chosen (same tokens as `generate`).
+
+    Prefill and each decode step are compiled once per shape bucket; Python only loops.
+    """
+    ids, mask, new_slots, knobs, stop_ids, _, _ = _prepare(
+        model, prompt, max_new_tokens, temperature, top_k, top_p, repetition_penalty, stop_ids, tokenizer)
+    if len(ids) != 1:
+        raise ValueError("stream takes a single prompt")
+    temperature_, top_k_, top_p_, penalty_, stops, pad_id = knobs
+    logits, cache, full_mask, lengths, seen = compiled(model, prefill)(ids, mask, new_slots)
+    done = np.zeros((1,), bool)
+    step = compiled(model, decode_step)
+    for i in range(max_new_tokens):
+        token, done, logits, cache, seen = step(
+            np.int32(i), done, logits, cache, seen, full_mask, lengths, np.int32(ids.shape[1]),
+            temperature_, top_k_, top_p_, penalty_, np.int32(seed), stops, pad_id)
+        token = int(ops.convert_to_numpy(token)[0])
+        yield token
+        if token in stop_ids:
+            return

@@ -1,0 +1,51 @@
+"""Look inside: per-layer, per-head attention maps, and a matplotlib grid of them."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+
+def attention_maps(model, token_ids: Sequence[int]) -> np.ndarray:
+    """Attention probabilities of one sequence: float [n_layer, n_head, time, time]."""
+    _, maps = model(np.array([list(token_ids)], np.int32), return_attention=True)
+    return np.stack([np.asarray(m)[0] for m in maps])
+
+
+def plot_attention(maps: np.ndarray, tokens: Sequence[str], layer: int = 0, path: str | None = None):
+    """Draw every head of one layer as a heat map (rows: queries, columns: keys it attends to).
+
+    Example:
+    >>> model = GPT2(GPT2Config.from_preset("gpt2-tiny"))
+    >>> tok = GPT2Tokenizer()
+    >>> ids = tok.encode("The cat sat on the mat")
+    >>> fig = plot_attention(attention_maps(model, ids), [tok.decode([i]) for i in ids], layer=1)
+    """
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg") if path else None
+        import matplotlib.pyplot as plt
+    except ImportError as e:
+        raise ImportError("plotting attention needs matplotlib: pip install matplotlib") from e
+    if not 0 <= layer < len(maps):
+        raise ValueError(f"layer must be in [0, {len(maps)}), got {layer}")
+    heads = maps[layer]
+    if len(tokens) != heads.shape[-1]:
+        raise ValueError(f"{len(tokens)} token labels for {heads.shape[-1]} positions")
+    cols = min(4, len(heads))
+    rows = -(-len(heads) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.2 * rows), squeeze=False)
+    for h, ax in enumerate(axes.flat):
+        if h >= len(heads):
+            ax.axis("off")
+            continue
+        ax.imshow(heads[h], cmap="viridis", vmin=0.0, vmax=1.0)
+        ax.set_title(f"layer {layer}, head {h}", fontsize=9)
+        ax.set_xticks(range(len(tokens)), tokens, rotation=90, fontsize=7)
+        ax.set_yticks(range(len(tokens)), tokens, fontsize=7)
+    fig.tight_layout()
+    if path:
+        fig.savefig(path, dpi=100)
+    return fig
