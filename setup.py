@@ -8,7 +8,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["tf_gpt2", "tf_gpt2.*"]),
-    package_data={"tf_gpt2": ["data/*.gz"]},
+    package_data={"tf_gpt2": ["corpora/*.gz"]},
     install_requires=[
         "tensorflow>=2.21",
         "keras>=3.15",

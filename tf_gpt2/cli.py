@@ -1,4 +1,4 @@
-"""The `tf-gpt2` command line: demo, generate, convert, export."""
+"""The `tf-gpt2` command line: demo, prepare, train, generate, convert, export."""
 
 from __future__ import annotations
 
@@ -19,13 +19,53 @@ def _load_model(args: argparse.Namespace):
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from tf_gpt2 import GPT2Tokenizer
+    """Train a small character-level GPT on the embedded Shakespeare, then let it write."""
+    from tf_gpt2.training import TrainConfig, codec, train
 
-    model = _load_model(args)
-    print(f"model: {model.config.n_layer} layers, {model.config.n_head} heads, "
-          f"{model.config.n_embd} wide, {model.count_params():,} parameters")
-    text = model.generate(args.prompt, max_new_tokens=args.max_new_tokens, tokenizer=GPT2Tokenizer())
-    print(args.prompt + text)
+    cfg = TrainConfig(
+        out=args.out, vocab="char", preset="gpt2-tiny", model=dict(n_layer=4, n_head=4, n_embd=128, n_positions=256),
+        steps=args.steps, batch_size=8, block_size=256, learning_rate=3e-3, min_learning_rate=3e-4,
+        warmup_steps=20, eval_interval=max(1, args.steps // 4), eval_batches=5, weight_decay=0.1,
+        sample_tokens=0,
+    )
+    model, _ = train(cfg)
+    from tf_gpt2.data import TokenShards
+
+    encode, decode = codec(TokenShards(f"{cfg.out}/data", "train").manifest)
+    prompt = encode(args.prompt)
+    new = model.generate(prompt, max_new_tokens=args.max_new_tokens, temperature=0.8, top_k=20, seed=0)
+    print(f"\n{model.count_params():,} parameters, {args.steps} steps. The model writes:\n")
+    print(decode(prompt + new))
+    return 0
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from tf_gpt2.data import embedded_corpus, prepare
+
+    manifest = prepare(args.inputs or embedded_corpus(), args.out, val_fraction=args.val_fraction, vocab=args.vocab)
+    for split, shards in manifest["splits"].items():
+        print(f"{split}: {sum(s['tokens'] for s in shards):,} tokens in {len(shards)} shard(s)")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from tf_gpt2.training import TrainConfig, train
+
+    overrides = {k: getattr(args, k) for k in ("n_layer", "n_head", "n_embd", "n_positions", "dropout")
+                 if getattr(args, k) is not None}
+    cfg = TrainConfig(
+        out=args.out, data=args.data, vocab=args.vocab, preset=args.preset, model=overrides,
+        init_from=args.init_from, steps=args.steps, batch_size=args.batch_size, block_size=args.block_size,
+        learning_rate=args.learning_rate, min_learning_rate=args.min_learning_rate,
+        warmup_steps=args.warmup_steps, weight_decay=args.weight_decay, grad_clip=args.grad_clip,
+        grad_accum=args.grad_accum, eval_interval=args.eval_interval, eval_batches=args.eval_batches,
+        seed=args.seed, precision=args.precision, jit_compile=not args.no_xla,
+        steps_per_execution=args.steps_per_execution, lora_rank=args.lora_rank, strategy=args.strategy,
+        sample_prompt=args.sample_prompt, sample_tokens=args.sample_tokens,
+    )
+    model, _ = train(cfg)
+    model.save(os.path.join(args.out, "model.keras"))
+    print(f"saved {os.path.join(args.out, 'model.keras')}")
     return 0
 
 
@@ -87,11 +127,51 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tf-gpt2", description="GPT-2 in Keras 3 / TensorFlow.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    demo = sub.add_parser("demo", help="build a model and print a greedy continuation of a prompt")
-    _model_flags(demo, "gpt2-tiny")
-    demo.add_argument("--prompt", default="To be, or not to be")
-    demo.add_argument("--max-new-tokens", type=int, default=32)
+    demo = sub.add_parser("demo", help="train a small GPT on the embedded Shakespeare for a few minutes, then generate")
+    demo.add_argument("--out", default="runs/demo", help="run directory (checkpoints, TensorBoard logs)")
+    demo.add_argument("--steps", type=int, default=1000, help="optimizer steps")
+    demo.add_argument("--prompt", default="ROMEO:\n", help="text the model continues")
+    demo.add_argument("--max-new-tokens", type=int, default=240, help="characters to generate (prompt + these <= 256)")
     demo.set_defaults(run=cmd_demo)
+
+    prep = sub.add_parser("prepare", help="tokenize text files into uint16 shards + manifest.json")
+    prep.add_argument("inputs", nargs="*", help="text files, folders or globs (.txt or .txt.gz); default: the embedded corpus")
+    prep.add_argument("--out", required=True, help="output directory")
+    prep.add_argument("--val-fraction", type=float, default=0.1, help="last fraction of the text kept for validation")
+    prep.add_argument("--vocab", default="gpt2", choices=["gpt2", "char"], help="GPT-2 BPE or characters")
+    prep.set_defaults(run=cmd_prepare)
+
+    tr = sub.add_parser("train", help="train or fine-tune with model.fit; rerun the same command to resume")
+    tr.add_argument("--data", help="prepared dir, or text file/folder/glob (default: embedded Shakespeare)")
+    tr.add_argument("--out", required=True, help="run directory: checkpoint, logs, model.keras")
+    tr.add_argument("--vocab", default="gpt2", choices=["gpt2", "char"], help="tokenization of raw --data")
+    tr.add_argument("--preset", default="gpt2-mini", help="model size when not --init-from")
+    for flag, kind, text in (("--n-layer", int, "layers"), ("--n-head", int, "attention heads"),
+                             ("--n-embd", int, "width"), ("--n-positions", int, "context length"),
+                             ("--dropout", float, "dropout rate")):
+        tr.add_argument(flag, type=kind, help=f"override the preset's {text}")
+    tr.add_argument("--init-from", help="fine-tune from a checkpoint (HF dir, OpenAI dir, keras-hub preset, .keras)")
+    tr.add_argument("--steps", type=int, default=1000, help="optimizer steps in all")
+    tr.add_argument("--batch-size", type=int, default=8, help="sequences per step (global, across replicas)")
+    tr.add_argument("--block-size", type=int, default=256, help="tokens per sequence")
+    tr.add_argument("--learning-rate", type=float, default=6e-4, help="peak learning rate after warmup")
+    tr.add_argument("--min-learning-rate", type=float, default=6e-5, help="learning rate at the end of the cosine")
+    tr.add_argument("--warmup-steps", type=int, default=100, help="linear warmup steps")
+    tr.add_argument("--weight-decay", type=float, default=0.1, help="AdamW decay on weights of rank >= 2")
+    tr.add_argument("--grad-clip", type=float, default=1.0, help="global gradient-norm clip (0: off)")
+    tr.add_argument("--grad-accum", type=int, default=1, help="micro-batches accumulated per update")
+    tr.add_argument("--eval-interval", type=int, default=100, help="steps between validation/checkpoint/sample")
+    tr.add_argument("--eval-batches", type=int, default=20, help="validation batches per evaluation")
+    tr.add_argument("--seed", type=int, default=0, help="seed of init, dropout and data order")
+    tr.add_argument("--precision", default="float32", choices=["float32", "mixed_bfloat16", "mixed_float16"],
+                    help="Keras dtype policy (mixed_float16 adds loss scaling)")
+    tr.add_argument("--no-xla", action="store_true", help="do not compile the train step with XLA")
+    tr.add_argument("--steps-per-execution", type=int, default=1, help="steps per compiled call")
+    tr.add_argument("--lora-rank", type=int, default=0, help="fine-tune only LoRA adapters of this rank")
+    tr.add_argument("--strategy", choices=["mirrored", "multiworker", "tpu"], help="tf.distribute strategy")
+    tr.add_argument("--sample-prompt", default="\n", help="prompt of the samples printed after each round")
+    tr.add_argument("--sample-tokens", type=int, default=64, help="length of those samples (0: none)")
+    tr.set_defaults(run=cmd_train)
 
     gen = sub.add_parser("generate", help="continue a prompt, printing tokens as they come")
     _model_flags(gen, "gpt2-tiny")
@@ -125,7 +205,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except (ValueError, TypeError, FileNotFoundError, FileExistsError) as e:
+    except (ValueError, TypeError, FileNotFoundError, FileExistsError, FloatingPointError) as e:
         print(f"tf-gpt2 {args.command}: error: {e}", file=sys.stderr)
         return 2
 

@@ -1,0 +1,248 @@
+"""Training data: text -> uint16 token shards on disk, and windows of them as a tf.data pipeline.
+
+`prepare` streams text files (so a corpus larger than RAM works) through the GPT-2 BPE (or a
+character vocabulary for tiny demos) into shard files of raw uint16 ids plus `manifest.json`.
+The last `val_fraction` of the bytes is the validation split. `TokenShards` memory-maps the
+shards; `TokenShards.dataset` yields (inputs, targets) windows of `block_size` tokens. Batch `s`
+is a pure function of (seed, s), so a resumed run sees exactly the batches it would have seen.
+"""
+
+from __future__ import annotations
+
+import glob
+import gzip
+import importlib.resources
+import json
+import os
+from typing import Iterator, Sequence
+
+import numpy as np
+
+MANIFEST = "manifest.json"
+SHARD_TOKENS = 50_000_000  # 100 MB of uint16 per shard
+CHUNK_BYTES = 1 << 20
+
+
+def embedded_corpus() -> str:
+    """Path of the corpus shipped inside the package (tinyshakespeare, public domain, gzip)."""
+    return str(importlib.resources.files("tf_gpt2") / "corpora" / "tinyshakespeare.txt.gz")
+
+
+def _open_text(path: str):
+    return gzip.open(path, "rt", encoding="utf-8") if path.endswith(".gz") else open(path, encoding="utf-8")
+
+
+def _text_size(path: str) -> int:
+    """Bytes of text in a file; for .gz, the uncompressed size from the gzip trailer (mod 4 GiB)."""
+    if not path.endswith(".gz"):
+        return os.path.getsize(path)
+    with open(path, "rb") as f:
+        f.seek(-4, os.SEEK_END)
+        return int.from_bytes(f.read(4), "little")
+
+
+def resolve_inputs(inputs: str | Sequence[str]) -> list[str]:
+    """Files named by a path, a folder (every file in it, recursively) or a glob, sorted."""
+    patterns = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
+    files: list[str] = []
+    for pattern in map(os.fspath, patterns):
+        if os.path.isdir(pattern):
+            files += [os.path.join(d, f) for d, _, names in os.walk(pattern) for f in names]
+        elif os.path.isfile(pattern):
+            files.append(pattern)
+        else:
+            matched = [f for f in glob.glob(pattern, recursive=True) if os.path.isfile(f)]
+            if not matched:
+                raise FileNotFoundError(f"no data file matches {pattern!r}")
+            files += matched
+    if not files:
+        raise FileNotFoundError(f"no data files found in {inputs!r}")
+    return sorted(files)
+
+
+def _chunks(path: str) -> Iterator[str]:
+    with _open_text(path) as f:
+        while True:
+            text = f.read(CHUNK_BYTES)
+            if not text:
+                return
+            rest = f.readline()  # finish the line, so no word is split between chunks
+            yield text + rest
+
+
+class _ShardWriter:
+    def __init__(self, out_dir: str, split: str, shard_tokens: int):
+        self.out_dir, self.split, self.shard_tokens = out_dir, split, shard_tokens
+        self.shards: list[dict] = []
+        self.file = None
+
+    def write(self, ids: np.ndarray) -> None:
+        while len(ids):
+            if self.file is None or self.shards[-1]["tokens"] >= self.shard_tokens:
+                self._open_next()
+            room = self.shard_tokens - self.shards[-1]["tokens"]
+            part, ids = ids[:room], ids[room:]
+            self.file.write(part.astype("<u2").tobytes())
+            self.shards[-1]["tokens"] += len(part)
+
+    def _open_next(self) -> None:
+        if self.file:
+            self.file.close()
+        name = f"{self.split}_{len(self.shards):04d}.bin"
+        self.file = open(os.path.join(self.out_dir, name), "wb")
+        self.shards.append({"file": name, "tokens": 0})
+
+    def close(self) -> list[dict]:
+        if self.file:
+            self.file.close()
+        return self.shards
+
+
+def char_vocabulary(files: Sequence[str]) -> list[str]:
+    chars: set[str] = set()
+    for path in files:
+        for chunk in _chunks(path):
+            chars.update(chunk)
+    return sorted(chars)
+
+
+def prepare(inputs: str | Sequence[str], out_dir: str, val_fraction: float = 0.1, vocab: str = "gpt2",
+            shard_tokens: int = SHARD_TOKENS, verbose: bool = True) -> dict:
+    """Tokenize text files into `out_dir` (shards + manifest.json) and return the manifest.
+
+    Documents (files) are separated by `<|endoftext|>` with the GPT-2 vocabulary.
+    """
+    if vocab not in ("gpt2", "char"):
+        raise ValueError(f"vocab must be 'gpt2' or 'char', got {vocab!r}")
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    files = resolve_inputs(inputs)
+    total = sum(_text_size(f) for f in files)
+    if total == 0:
+        raise ValueError(f"the data is empty: {files}")
+    if vocab == "gpt2":
+        from tf_gpt2.tokenizer import GPT2Tokenizer
+
+        tok = GPT2Tokenizer()
+        encode, separator, vocab_size, chars = tok.encode, [tok.eot_id], tok.vocab_size, None
+    else:
+        chars = char_vocabulary(files)
+        index = {c: i for i, c in enumerate(chars)}
+        encode, separator, vocab_size = (lambda s: [index[c] for c in s]), [], len(chars)
+    if vocab_size > 65536:
+        raise ValueError(f"a vocabulary of {vocab_size} does not fit uint16 shards")
+
+    os.makedirs(out_dir, exist_ok=True)
+    writers = {s: _ShardWriter(out_dir, s, shard_tokens) for s in ("train", "val")}
+    val_from = total * (1.0 - val_fraction)
+    progress = None
+    if verbose:
+        import keras
+
+        progress = keras.utils.Progbar(total, unit_name="byte")
+    done = 0
+    for path in files:
+        for chunk in _chunks(path):
+            size = len(chunk.encode("utf-8"))
+            cut = 0 if done >= val_from else len(chunk) if done + size <= val_from else int(val_from - done)
+            if 0 < cut < len(chunk):  # the split falls inside this chunk: cut it at a line end
+                cut = chunk.find("\n", cut) + 1 or len(chunk)
+            for split, text in (("train", chunk[:cut]), ("val", chunk[cut:])):
+                if text:
+                    writers[split].write(np.asarray(encode(text), dtype=np.uint16))
+            done += size
+            if progress:
+                progress.update(min(done, total))  # non-ASCII text makes byte counts approximate
+        writers["train" if done <= val_from else "val"].write(np.asarray(separator, dtype=np.uint16))
+    manifest = {
+        "vocab": vocab, "vocab_size": vocab_size, "chars": chars, "sources": files,
+        "splits": {s: w.close() for s, w in writers.items()},
+    }
+    for split, shards in manifest["splits"].items():
+        if split == "train" and sum(s["tokens"] for s in shards) == 0:
+            raise ValueError(f"no training tokens came out of {files}")
+    tmp = os.path.join(out_dir, MANIFEST + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(manifest, f, indent=1)
+    os.replace(tmp, os.path.join(out_dir, MANIFEST))
+    return manifest
+
+
+class TokenShards:
+    """The token ids of one split, memory-mapped from the shards `prepare` wrote.
+
+    Example:
+    >>> shards = TokenShards("data/shakespeare", "train")         # doctest: +SKIP
+    >>> ds = shards.dataset(block_size=256, batch_size=8, seed=0)  # doctest: +SKIP
+    """
+
+    def __init__(self, directory: str, split: str = "train"):
+        path = os.path.join(directory, MANIFEST)
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"{directory} has no {MANIFEST}: run `tf-gpt2 prepare` first")
+        with open(path, encoding="utf-8") as f:
+            self.manifest = json.load(f)
+        if split not in self.manifest["splits"]:
+            raise ValueError(f"unknown split {split!r}")
+        self.parts = []
+        for shard in self.manifest["splits"][split]:
+            file = os.path.join(directory, shard["file"])
+            if not os.path.exists(file) or os.path.getsize(file) != 2 * shard["tokens"]:
+                raise ValueError(f"shard {file} is missing or corrupt: expected {2 * shard['tokens']} bytes")
+            if shard["tokens"]:
+                self.parts.append(np.memmap(file, dtype="<u2", mode="r"))
+        self.offsets = np.cumsum([0] + [len(p) for p in self.parts])  # where each shard starts
+        self.vocab_size = self.manifest["vocab_size"]
+        self.split = split
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def window(self, start: int, length: int) -> np.ndarray:
+        """Tokens [start, start + length) as int32, read across shard boundaries."""
+        pieces, end = [], start + length
+        part = int(np.searchsorted(self.offsets, start, side="right")) - 1
+        while start < end:
+            local = start - self.offsets[part]
+            piece = self.parts[part][local: local + end - start]
+            pieces.append(piece)
+            start += len(piece)
+            part += 1
+        return np.concatenate(pieces).astype(np.int32)
+
+    def _check_block(self, block_size: int, batch_size: int) -> None:
+        if batch_size <= 0 or block_size <= 0:
+            raise ValueError(f"batch_size and block_size must be positive, got {batch_size} and {block_size}")
+        if len(self) < block_size + 1:
+            raise ValueError(f"the {self.split} split has {len(self)} tokens, fewer than block_size + 1 = {block_size + 1}")
+
+    def batch(self, step: int, block_size: int, batch_size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+        """The random batch number `step`: a pure function of (seed, step)."""
+        starts = np.random.default_rng([seed, step]).integers(0, len(self) - block_size, batch_size)
+        windows = np.stack([self.window(int(s), block_size + 1) for s in starts])
+        return windows[:, :-1], windows[:, 1:]
+
+    def dataset(self, block_size: int, batch_size: int, seed: int = 0, start_step: int = 0, steps: int | None = None):
+        """Random windows as a tf.data.Dataset of (inputs, targets) int32 [batch, block_size]."""
+        import tensorflow as tf
+
+        self._check_block(block_size, batch_size)
+        fetch = lambda s: self.batch(int(s), block_size, batch_size, seed)  # noqa: E731
+        steps_ds = tf.data.Dataset.range(start_step, start_step + steps if steps else 2**62)
+        ds = steps_ds.map(
+            lambda s: tf.numpy_function(fetch, [s], (tf.int32, tf.int32), stateful=False),
+            num_parallel_calls=tf.data.AUTOTUNE, deterministic=True,
+        )
+        return ds.map(lambda x, y: (tf.ensure_shape(x, [batch_size, block_size]),
+                                    tf.ensure_shape(y, [batch_size, block_size]))).prefetch(tf.data.AUTOTUNE)
+
+    def sequential(self, block_size: int, batch_size: int, max_batches: int | None = None):
+        """Consecutive non-overlapping windows, in order (for evaluation), as a tf.data.Dataset."""
+        import tensorflow as tf
+
+        self._check_block(block_size, batch_size)
+        n = (len(self) - 1) // block_size
+        tokens = self.window(0, n * block_size + 1)
+        x, y = tokens[:-1].reshape(n, block_size), tokens[1:].reshape(n, block_size)
+        ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(batch_size, drop_remainder=n >= batch_size)
+        return ds.take(max_batches) if max_batches else ds

@@ -1,0 +1,330 @@
+"""Training with `model.fit`: AdamW with nanoGPT's decay rule, warmup + cosine schedule, gradient
+clipping and accumulation, XLA, mixed precision, LoRA, tf.distribute, and callbacks for
+throughput, TensorBoard, atomic checkpoints with exact resume, and a NaN guard.
+
+A run is `steps` optimizer steps split into rounds of `eval_interval` steps (one Keras
+"epoch" each). After each round: validation loss/perplexity, a checkpoint, a text sample.
+Batch `s` of the data is a pure function of (seed, s), so a run killed at any point and
+restarted with the same command resumes from its last checkpoint and ends with the same
+weights as a run that was never interrupted.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from typing import Any
+
+import keras
+import numpy as np
+
+from tf_gpt2.config import GPT2Config
+from tf_gpt2.data import MANIFEST, TokenShards, embedded_corpus, prepare
+from tf_gpt2.model import GPT2
+
+CHECKPOINT = "checkpoint.npz"
+PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
+STRATEGIES = (None, "mirrored", "multiworker", "tpu")
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Everything a run needs; `tf-gpt2 train` flags map one to one onto these fields."""
+
+    out: str = "runs/gpt2"
+    data: str | None = None  # prepared dir, text file/folder/glob; None: the embedded corpus
+    vocab: str = "gpt2"  # or "char" (when raw text is tokenized for this run)
+    preset: str = "gpt2-mini"
+    model: dict[str, Any] = dataclasses.field(default_factory=dict)  # GPT2Config overrides
+    init_from: str | None = None  # any checkpoint GPT2.from_pretrained reads
+    steps: int = 1000
+    batch_size: int = 8
+    block_size: int = 256
+    learning_rate: float = 6e-4
+    min_learning_rate: float = 6e-5
+    warmup_steps: int = 100
+    weight_decay: float = 0.1
+    beta_1: float = 0.9
+    beta_2: float = 0.95
+    grad_clip: float = 1.0  # global norm; 0 disables
+    grad_accum: int = 1
+    eval_interval: int = 100
+    eval_batches: int = 20
+    seed: int = 0
+    precision: str = "float32"
+    jit_compile: bool = True
+    steps_per_execution: int = 1
+    lora_rank: int = 0
+    strategy: str | None = None
+    sample_prompt: str = "\n"
+    sample_tokens: int = 64
+    tensorboard: bool = True
+    verbose: int = 1
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "block_size", "grad_accum", "eval_interval", "steps_per_execution"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"strategy must be one of {STRATEGIES[1:]}, got {self.strategy!r}")
+        if self.eval_interval % self.steps_per_execution:
+            raise ValueError("eval_interval must be a multiple of steps_per_execution")
+
+
+# -- optimizer ----------------------------------------------------------------------------------
+def learning_rate_schedule(cfg: TrainConfig) -> keras.optimizers.schedules.LearningRateSchedule:
+    """Linear warmup to `learning_rate`, then cosine decay to `min_learning_rate` at `steps`."""
+    warmup = min(cfg.warmup_steps, cfg.steps - 1)
+    return keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=0.0, warmup_target=cfg.learning_rate, warmup_steps=warmup,
+        decay_steps=max(cfg.steps - warmup, 1), alpha=cfg.min_learning_rate / cfg.learning_rate,
+    )
+
+
+def make_optimizer(model: GPT2, cfg: TrainConfig) -> keras.optimizers.AdamW:
+    """AdamW; weight decay on matrices and embeddings only (nanoGPT's rule: every weight of
+    rank >= 2), never on biases, LayerNorm parameters or residual scales."""
+    optimizer = keras.optimizers.AdamW(
+        learning_rate=learning_rate_schedule(cfg), weight_decay=cfg.weight_decay,
+        beta_1=cfg.beta_1, beta_2=cfg.beta_2, global_clipnorm=cfg.grad_clip or None,
+        gradient_accumulation_steps=cfg.grad_accum if cfg.grad_accum > 1 else None,
+    )
+    optimizer.exclude_from_weight_decay(var_list=[v for v in model.trainable_variables if len(v.shape) < 2])
+    return optimizer
+
+
+def enable_lora(model: GPT2, rank: int) -> None:
+    """LoRA on every projection (Keras' built-in `Dense.enable_lora`); all other weights frozen."""
+    for layer in (model.wte, model.wpe, model.ln_f):
+        layer.trainable = False
+    for block in model.h:
+        block.ln_1.trainable = block.ln_2.trainable = False
+        for dense in (block.attn.c_attn, block.attn.c_proj, block.mlp.c_fc, block.mlp.c_proj):
+            dense.enable_lora(rank)
+
+
+# -- checkpoints --------------------------------------------------------------------------------
+def save_checkpoint(model: GPT2, path: str, step: int) -> None:
+    """Model + optimizer state (incl. RNG state) in one file, written atomically."""
+    variables = list(model.variables) + list(model.optimizer.variables)
+    arrays = {f"v{i}": keras.ops.convert_to_numpy(v) for i, v in enumerate(variables)}
+    meta = {"step": step, "variables": [v.path for v in variables]}
+    tmp = f"{path}.tmp-{os.getpid()}.npz"
+    try:
+        np.savez(tmp, meta=np.array(json.dumps(meta)), **arrays)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def restore_checkpoint(model: GPT2, path: str) -> int:
+    """Load a checkpoint written by `save_checkpoint` into a compiled model; returns its step."""
+    if not model.optimizer.built:
+        model.optimizer.build(model.trainable_variables)
+    variables = list(model.variables) + list(model.optimizer.variables)
+    try:
+        with np.load(path) as f:
+            meta = json.loads(str(f["meta"]))
+            arrays = [f[f"v{i}"] for i in range(len(meta["variables"]))]
+    except (OSError, ValueError, KeyError) as e:
+        raise ValueError(f"checkpoint {path} is unreadable: {e}") from e
+    if len(arrays) != len(variables):  # names carry per-process counters, so compare structure
+        raise ValueError(f"checkpoint {path} holds {len(arrays)} variables, this model and optimizer "
+                         f"have {len(variables)}: it was written by a different configuration")
+    for variable, value in zip(variables, arrays):
+        if tuple(value.shape) != tuple(variable.shape):
+            raise ValueError(f"checkpoint {path}: '{variable.path}' has shape {value.shape}, expected {variable.shape}")
+        variable.assign(value)
+    return int(meta["step"])
+
+
+# -- callbacks ----------------------------------------------------------------------------------
+class Throughput(keras.callbacks.Callback):
+    """Adds `tok/s` (training tokens per second) to the logs the progress bar shows."""
+
+    def __init__(self, tokens_per_step: int):
+        super().__init__()
+        self.tokens_per_step = tokens_per_step
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.start, self.last_batch = time.perf_counter(), -1
+
+    def on_train_batch_end(self, batch, logs=None):
+        now = time.perf_counter()
+        if logs is not None:
+            logs["tok/s"] = (batch - self.last_batch) * self.tokens_per_step / max(now - self.start, 1e-9)
+        self.start, self.last_batch = now, batch
+
+
+class StopOnNaN(keras.callbacks.Callback):
+    """Stops training at the first non-finite loss and remembers the step."""
+
+    def __init__(self):
+        super().__init__()
+        self.bad_loss = None
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            self.bad_loss = (batch, float(loss))
+            self.model.stop_training = True
+
+
+class RoundEnd(keras.callbacks.Callback):
+    """After each round: perplexity and learning rate into the logs, an atomic checkpoint
+    (unless the loss went bad), and a greedy text sample to the console and TensorBoard."""
+
+    def __init__(self, cfg: TrainConfig, nan_guard: StopOnNaN, decode=None):
+        super().__init__()
+        self.cfg, self.nan_guard, self.decode = cfg, nan_guard, decode
+        self.path = os.path.join(cfg.out, CHECKPOINT)
+        self.writer = None
+        if cfg.tensorboard and decode is not None:
+            import tensorflow as tf
+
+            self.writer = tf.summary.create_file_writer(os.path.join(cfg.out, "logs", "samples"))
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs if logs is not None else {}
+        step = (epoch + 1) * self.cfg.eval_interval
+        if "val_loss" in logs:
+            logs["val_perplexity"] = math.exp(min(float(logs["val_loss"]), 50.0))
+        logs["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+        if self.nan_guard.bad_loss is None and math.isfinite(float(logs.get("loss", 0.0))):
+            save_checkpoint(self.model, self.path, step)
+        if self.decode is not None and self.cfg.sample_tokens:
+            text = self.sample()
+            if self.cfg.verbose:
+                print(f"\n--- sample at step {step} ---\n{text}\n---")
+            if self.writer is not None:
+                import tensorflow as tf
+
+                with self.writer.as_default():
+                    tf.summary.text("sample", text, step=step)
+
+    def sample(self) -> str:
+        encode, decode = self.decode
+        ids = encode(self.cfg.sample_prompt) or [0]
+        ids = ids[-(self.model.config.n_positions - self.cfg.sample_tokens):]
+        new = self.model.generate(ids, max_new_tokens=self.cfg.sample_tokens, stop_ids=[])
+        return decode(ids + new)
+
+
+# -- the run ------------------------------------------------------------------------------------
+def codec(manifest: dict):
+    """(encode, decode) for the vocabulary a prepared dataset was written with."""
+    if manifest["vocab"] == "char":
+        chars = manifest["chars"]
+        index = {c: i for i, c in enumerate(chars)}
+        return (lambda s: [index[c] for c in s if c in index]), (lambda ids: "".join(chars[i] for i in ids))
+    from tf_gpt2.tokenizer import GPT2Tokenizer
+
+    tok = GPT2Tokenizer()
+    return tok.encode, tok.decode
+
+
+def prepared_data(cfg: TrainConfig) -> str:
+    """The directory of token shards for this run, tokenizing raw text first if needed."""
+    if cfg.data and os.path.exists(os.path.join(cfg.data, MANIFEST)):
+        return cfg.data
+    directory = os.path.join(cfg.out, "data")
+    if not os.path.exists(os.path.join(directory, MANIFEST)):
+        prepare(cfg.data or embedded_corpus(), directory, vocab=cfg.vocab, verbose=bool(cfg.verbose))
+    return directory
+
+
+def make_strategy(name: str | None):
+    import tensorflow as tf
+
+    if name is None:
+        return tf.distribute.get_strategy()
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    if name == "multiworker":
+        from tf_gpt2.distribute import patch_keras_for_multiworker
+
+        patch_keras_for_multiworker()
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    resolver = tf.distribute.cluster_resolver.TPUClusterResolver()
+    tf.config.experimental_connect_to_cluster(resolver)
+    tf.tpu.experimental.initialize_tpu_system(resolver)
+    return tf.distribute.TPUStrategy(resolver)
+
+
+def build_model(cfg: TrainConfig, vocab_size: int) -> GPT2:
+    if cfg.init_from:
+        model = GPT2.from_pretrained(cfg.init_from)
+        if model.config.vocab_size < vocab_size:
+            raise ValueError(f"--init-from model has {model.config.vocab_size} tokens, the data needs {vocab_size}")
+    else:
+        model = GPT2(GPT2Config.from_preset(cfg.preset, **{"vocab_size": vocab_size, **cfg.model}))
+    if cfg.block_size > model.config.n_positions:
+        raise ValueError(f"block_size {cfg.block_size} exceeds the model's context of {model.config.n_positions}")
+    if cfg.lora_rank:
+        enable_lora(model, cfg.lora_rank)
+    return model
+
+
+def train(cfg: TrainConfig) -> tuple[GPT2, dict[str, list[float]]]:
+    """Train (or resume) a run; returns the model and the Keras history."""
+    import tensorflow as tf
+
+    data_dir = prepared_data(cfg)
+    train_data, val_data = TokenShards(data_dir, "train"), TokenShards(data_dir, "val")
+    train_data._check_block(cfg.block_size, cfg.batch_size)
+    os.makedirs(cfg.out, exist_ok=True)
+    keras.mixed_precision.set_global_policy(cfg.precision)
+    keras.utils.set_random_seed(cfg.seed)
+    strategy = make_strategy(cfg.strategy)
+    try:
+        with strategy.scope():
+            model = build_model(cfg, train_data.vocab_size)
+            model.compile(
+                optimizer=make_optimizer(model, cfg),
+                loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                jit_compile=cfg.jit_compile, steps_per_execution=cfg.steps_per_execution,
+            )
+            start = 0
+            checkpoint = os.path.join(cfg.out, CHECKPOINT)
+            if os.path.exists(checkpoint):
+                start = restore_checkpoint(model, checkpoint)
+                if cfg.verbose:
+                    print(f"resuming from {checkpoint} at step {start}")
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    rounds = math.ceil(cfg.steps / cfg.eval_interval)
+    if start >= rounds * cfg.eval_interval:
+        return model, {}
+
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    train_ds = train_data.dataset(cfg.block_size, cfg.batch_size, cfg.seed, start_step=start).with_options(options)
+    val_ds = None
+    if len(val_data) > cfg.block_size:
+        val_ds = val_data.dataset(cfg.block_size, cfg.batch_size, cfg.seed + 1, steps=cfg.eval_batches)
+        val_ds = val_ds.with_options(options)
+    nan_guard = StopOnNaN()
+    single_process = cfg.strategy is None
+    callbacks = [
+        Throughput(cfg.batch_size * cfg.block_size * cfg.grad_accum), nan_guard,
+        RoundEnd(cfg, nan_guard, codec(train_data.manifest) if single_process else None),
+    ]
+    if cfg.tensorboard:
+        callbacks.append(keras.callbacks.TensorBoard(os.path.join(cfg.out, "logs"), update_freq=cfg.steps_per_execution))
+    history = model.fit(
+        train_ds, epochs=rounds, steps_per_epoch=cfg.eval_interval, initial_epoch=start // cfg.eval_interval,
+        validation_data=val_ds, validation_steps=cfg.eval_batches if val_ds is not None else None,
+        callbacks=callbacks, verbose=cfg.verbose, shuffle=False,
+    )
+    if nan_guard.bad_loss is not None:
+        batch, loss = nan_guard.bad_loss
+        kept = f"the last good checkpoint is {checkpoint}" if os.path.exists(checkpoint) else "no checkpoint was written"
+        raise FloatingPointError(f"training stopped: the loss became {loss} (batch {batch} of its round); {kept}")
+    return model, history.history
