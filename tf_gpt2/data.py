@@ -145,8 +145,9 @@ def prepare(inputs: str | Sequence[str], out_dir: str, val_fraction: float = 0.1
         for chunk in _chunks(path):
             size = len(chunk.encode("utf-8"))
             cut = 0 if done >= val_from else len(chunk) if done + size <= val_from else int(val_from - done)
-            if 0 < cut < len(chunk):  # the split falls inside this chunk: cut it at a line end
-                cut = chunk.find("\n", cut) + 1 or len(chunk)
+            if 0 < cut < len(chunk):  # the split falls inside this chunk: cut at a line end, else a space
+                line_end, space = chunk.find("\n", cut), chunk.find(" ", cut)
+                cut = line_end + 1 if line_end >= 0 else space if space >= 0 else cut
             for split, text in (("train", chunk[:cut]), ("val", chunk[cut:])):
                 if text:
                     writers[split].write(np.asarray(encode(text), dtype=np.uint16))

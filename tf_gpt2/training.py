@@ -100,13 +100,14 @@ def make_optimizer(model: GPT2, cfg: TrainConfig) -> keras.optimizers.AdamW:
 
 
 def enable_lora(model: GPT2, rank: int) -> None:
-    """LoRA on every projection (Keras' built-in `Dense.enable_lora`); all other weights frozen."""
+    """LoRA on every projection (Keras' built-in `Dense.enable_lora`); every other weight frozen."""
     for layer in (model.wte, model.wpe, model.ln_f):
         layer.trainable = False
     for block in model.h:
         block.ln_1.trainable = block.ln_2.trainable = False
         for dense in (block.attn.c_attn, block.attn.c_proj, block.mlp.c_fc, block.mlp.c_proj):
             dense.enable_lora(rank)
+            dense.bias.trainable = False  # adapters only, as in LoRA's paper
 
 
 # -- checkpoints --------------------------------------------------------------------------------

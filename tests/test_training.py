@@ -1,0 +1,158 @@
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from tf_gpt2.data import prepare
+from tf_gpt2.training import CHECKPOINT, TrainConfig, make_optimizer, train
+
+TEXT = "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n" * 60
+TINY = dict(n_layer=2, n_head=2, n_embd=32, n_positions=64)
+
+
+@pytest.fixture(scope="module")
+def char_data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    (root / "text.txt").write_text(TEXT)
+    prepare(str(root / "text.txt"), str(root / "prepared"), vocab="char", val_fraction=0.1, verbose=False)
+    return str(root / "prepared")
+
+
+def config(out, data, **kwargs):
+    defaults = dict(out=str(out), data=data, preset="gpt2-tiny", model=TINY, steps=20, eval_interval=10,
+                    batch_size=4, block_size=32, eval_batches=1, warmup_steps=2, sample_tokens=0,
+                    tensorboard=False, verbose=0)
+    return TrainConfig(**{**defaults, **kwargs})
+
+
+def test_tiny_model_overfits_through_model_fit(char_data, tmp_path):
+    # 30 distinct characters: uniform guessing costs ln(30) = 3.4 nats. The text repeats one
+    # 81-character passage, so a model that learned it predicts almost every character: < 0.3.
+    assert json.load(open(os.path.join(char_data, "manifest.json")))["vocab_size"] == 30
+    model, history = train(config(tmp_path, char_data, steps=300, eval_interval=100, learning_rate=3e-3,
+                                  min_learning_rate=3e-4, warmup_steps=20, weight_decay=0.0))
+    assert history["loss"][0] > history["loss"][-1]
+    assert history["loss"][-1] < 0.3
+    assert history["val_loss"][-1] < 0.3
+    assert np.isclose(history["val_perplexity"][-1], np.exp(history["val_loss"][-1]))
+
+
+def _checkpoint_step(path):
+    with np.load(path) as f:
+        return json.loads(str(f["meta"]))["step"]
+
+
+def test_resume_after_sigkill_is_bit_exact(char_data, tmp_path):
+    def command(out):
+        return [sys.executable, "-m", "tf_gpt2.cli", "train", "--data", char_data, "--out", str(out),
+                "--preset", "gpt2-tiny", "--n-layer", "2", "--n-head", "2", "--n-embd", "32", "--n-positions", "64",
+                "--dropout", "0.1", "--steps", "400", "--eval-interval", "10", "--batch-size", "4",
+                "--block-size", "32", "--eval-batches", "1", "--sample-tokens", "0", "--warmup-steps", "5"]
+
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    straight = subprocess.run(command(tmp_path / "a"), env=env, capture_output=True, text=True, timeout=600)
+    assert straight.returncode == 0, straight.stderr[-2000:]
+
+    victim = subprocess.Popen(command(tmp_path / "b"), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    checkpoint = tmp_path / "b" / CHECKPOINT
+    deadline = time.time() + 300
+    while time.time() < deadline and not (checkpoint.exists() and _checkpoint_step(checkpoint) >= 30):
+        time.sleep(0.02)
+    victim.send_signal(signal.SIGKILL)
+    assert victim.wait() == -signal.SIGKILL
+    killed_at = _checkpoint_step(checkpoint)
+    assert 30 <= killed_at < 400
+
+    resumed = subprocess.run(command(tmp_path / "b"), env=env, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert f"resuming from {checkpoint} at step {killed_at}" in resumed.stdout
+    with np.load(tmp_path / "a" / CHECKPOINT) as a, np.load(checkpoint) as b:
+        assert _checkpoint_step(tmp_path / "a" / CHECKPOINT) == 400
+        names = [n for n in a.files if n != "meta"]
+        assert len(names) > 30 and all(np.array_equal(a[n], b[n]) for n in names)  # weights, Adam moments, RNG
+
+
+@pytest.mark.parametrize("precision", ["mixed_bfloat16", "mixed_float16"])
+def test_mixed_precision_gives_finite_loss(char_data, tmp_path, precision):
+    model, history = train(config(tmp_path, char_data, precision=precision, steps=10, eval_interval=5))
+    assert model.compute_dtype == precision.split("_")[1]
+    assert all(np.isfinite(history["loss"])) and history["loss"][-1] < history["loss"][0]
+
+
+def test_grad_accumulation_steps_per_execution_and_no_xla(char_data, tmp_path):
+    _, history = train(config(tmp_path, char_data, grad_accum=2, steps_per_execution=5, jit_compile=False))
+    assert all(np.isfinite(history["loss"]))
+
+
+def test_weight_decay_only_on_matrices(char_data, tmp_path):
+    from tf_gpt2 import GPT2, GPT2Config
+
+    model = GPT2(GPT2Config.from_preset("gpt2-tiny", **TINY, vocab_size=50))
+    optimizer = make_optimizer(model, config(tmp_path, char_data))
+    optimizer.build(model.trainable_variables)
+    decayed = {v.path.split("/", 1)[1] for v in model.trainable_variables if optimizer._use_weight_decay(v)}
+    assert "wte/embeddings" in decayed and "h_0/attn/c_attn/kernel" in decayed
+    assert not any(name.endswith(("bias", "gamma", "beta")) for name in decayed)
+
+
+def test_lora_trains_only_adapters(char_data, tmp_path):
+    from tf_gpt2 import GPT2, GPT2Config
+
+    base = tmp_path / "base.keras"
+    GPT2(GPT2Config.from_preset("gpt2-tiny", **TINY, vocab_size=30)).save(base)
+    model, _ = train(config(tmp_path / "run", char_data, init_from=str(base), lora_rank=4, learning_rate=1e-2))
+    original = GPT2.from_pretrained(str(base))
+    trainable = {v.path.split("/")[-1] for v in model.trainable_variables}
+    assert trainable == {"lora_kernel_a", "lora_kernel_b"}
+    block, before = model.h[0].attn.c_attn, original.h[0].attn.c_attn
+    np.testing.assert_array_equal(np.asarray(block._kernel), np.asarray(before.kernel))  # frozen base
+    assert not np.allclose(np.asarray(block.kernel), np.asarray(before.kernel))  # merged kernel moved
+
+
+def _digest(path):
+    return hashlib.sha256(open(path, "rb").read()).hexdigest()
+
+
+def test_nan_stops_training_and_keeps_the_last_good_checkpoint(char_data, tmp_path):
+    train(config(tmp_path, char_data, steps=10, eval_interval=10))
+    good = _digest(tmp_path / CHECKPOINT)
+    with pytest.raises(FloatingPointError, match="loss became (nan|inf).*last good checkpoint"):
+        train(config(tmp_path, char_data, steps=30, eval_interval=10, learning_rate=1e30, warmup_steps=1,
+                     grad_clip=0.0))
+    assert _digest(tmp_path / CHECKPOINT) == good
+
+
+def test_bad_training_input_gives_clear_errors_and_keeps_checkpoints(char_data, tmp_path):
+    train(config(tmp_path, char_data, steps=10, eval_interval=10))
+    good = _digest(tmp_path / CHECKPOINT)
+    with pytest.raises(ValueError, match="block_size 128 exceeds the model's context of 64"):
+        train(config(tmp_path, char_data, block_size=128))
+    with pytest.raises(ValueError, match="batch_size must be a positive integer"):
+        config(tmp_path, char_data, batch_size=0)
+    with pytest.raises(ValueError, match="unknown preset 'gpt9'"):
+        train(config(tmp_path, char_data, preset="gpt9"))
+    with pytest.raises(FileNotFoundError, match="no data file matches"):
+        train(config(tmp_path / "other", str(tmp_path / "missing.txt")))
+    (tmp_path / "empty.txt").write_text("")
+    with pytest.raises(ValueError, match="the data is empty"):
+        train(config(tmp_path / "other2", str(tmp_path / "empty.txt")))
+    with pytest.raises(ValueError, match="precision must be one of"):
+        config(tmp_path, char_data, precision="fp8")
+    assert _digest(tmp_path / CHECKPOINT) == good
+
+
+def test_corrupt_shard_is_reported(char_data, tmp_path):
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(char_data, broken)
+    with open(broken / "train_0000.bin", "r+b") as f:
+        f.truncate(11)
+    with pytest.raises(ValueError, match="train_0000.bin is missing or corrupt"):
+        train(config(tmp_path / "run", str(broken)))
