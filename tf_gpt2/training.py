@@ -284,13 +284,22 @@ def train(cfg: TrainConfig) -> tuple[GPT2, dict[str, list[float]]]:
     keras.mixed_precision.set_global_policy(cfg.precision)
     keras.utils.set_random_seed(cfg.seed)
     strategy = make_strategy(cfg.strategy)
+    jit_compile = cfg.jit_compile
+    if jit_compile and cfg.strategy in ("mirrored", "multiworker") and not tf.config.list_physical_devices("GPU"):
+        print("note: TensorFlow has no XLA collectives on CPU; this distributed run compiles without XLA")
+        jit_compile = False
     try:
         with strategy.scope():
             model = build_model(cfg, train_data.vocab_size)
+            optimizer = make_optimizer(model, cfg)
+            if strategy.num_replicas_in_sync > 1:
+                from tf_gpt2.distribute import clip_by_true_global_norm
+
+                clip_by_true_global_norm(optimizer)
             model.compile(
-                optimizer=make_optimizer(model, cfg),
+                optimizer=optimizer,
                 loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                jit_compile=cfg.jit_compile, steps_per_execution=cfg.steps_per_execution,
+                jit_compile=jit_compile, steps_per_execution=cfg.steps_per_execution,
             )
             start = 0
             checkpoint = os.path.join(cfg.out, CHECKPOINT)
