@@ -1,4 +1,4 @@
-"""The `tf-gpt2` command line: demo, prepare, train, generate, convert, export."""
+"""The `tf-gpt2` command line: demo, prepare, train, generate, convert, export, eval."""
 
 from __future__ import annotations
 
@@ -118,6 +118,30 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    import json
+
+    from tf_gpt2.evaluation import evaluate
+
+    try:
+        with open(args.file, encoding="utf-8") as f:
+            text = f.read()
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{args.file} is not UTF-8 text ({e})") from None
+    model = _load_model(args)
+    result = evaluate(model, text, context=args.context, stride=args.stride, batch_size=args.batch_size,
+                      detokenize=args.detokenize)
+    report = {"file": args.file, "tokens": result.tokens, "bytes": result.bytes, "loss": result.loss,
+              "perplexity": result.perplexity, "bits_per_byte": result.bits_per_byte}
+    if args.json:
+        print(json.dumps(report))
+    else:
+        print(f"{args.file}: {result.tokens:,} tokens, {result.bytes:,} bytes\n"
+              f"loss {result.loss:.4f} nats/token  perplexity {result.perplexity:.3f}  "
+              f"bits/byte {result.bits_per_byte:.4f}")
+    return 0
+
+
 def _model_flags(parser: argparse.ArgumentParser, default_preset: str) -> None:
     parser.add_argument("--model", help="checkpoint to load: HF dir, OpenAI TF dir, keras-hub preset dir or .keras file")
     parser.add_argument("--preset", default=default_preset, help="random-init preset when --model is not given")
@@ -198,6 +222,17 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--max-length", type=int, help="LiteRT: KV-cache length (default n_positions)")
     export.add_argument("--quantize", default="fp32", help="LiteRT: fp32, fp16 or int8 (dynamic range)")
     export.set_defaults(run=cmd_export)
+
+    ev = sub.add_parser("eval", help="perplexity and bits/byte on a text file (GPT-2 paper protocol)")
+    _model_flags(ev, "gpt2-tiny")
+    ev.add_argument("file", help="UTF-8 text file")
+    ev.add_argument("--context", type=int, help="tokens each prediction sees at most (default n_positions)")
+    ev.add_argument("--stride", type=int, help="window step (default context // 2)")
+    ev.add_argument("--batch-size", type=int, default=8, help="windows per forward pass")
+    ev.add_argument("--detokenize", default="none", choices=["none", "wikitext"],
+                    help="undo WikiText tokenization before scoring, as in the GPT-2 paper")
+    ev.add_argument("--json", action="store_true", help="print one JSON line")
+    ev.set_defaults(run=cmd_eval)
     return parser
 
 

@@ -1,0 +1,137 @@
+"""Perplexity evaluation against an independent Hugging Face torch computation on a tiny random checkpoint."""
+
+import gzip
+import json
+import math
+
+import numpy as np
+import pytest
+from conftest import make_hf_model
+
+from tf_gpt2 import GPT2, GPT2Config, GPT2Tokenizer
+from tf_gpt2.cli import main as cli_main
+from tf_gpt2.data import embedded_corpus
+from tf_gpt2.evaluation import evaluate, wikitext_detokenize, windows
+
+CONTEXT = 32  # the tiny model's n_positions: a few hundred tokens need many windows
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """A tiny random HF GPT-2 with the real vocabulary, saved to disk: (HF model, directory)."""
+    hf = make_hf_model(seed=3, vocab_size=50257, n_positions=CONTEXT, n_embd=24, n_layer=2, n_head=3)
+    directory = tmp_path_factory.mktemp("eval") / "hf"
+    hf.save_pretrained(directory)
+    return hf, str(directory)
+
+
+@pytest.fixture(scope="module")
+def text():
+    with gzip.open(embedded_corpus(), "rt", encoding="utf-8") as f:
+        return f.read()[:1500]
+
+
+def hf_strided_nll(hf, ids, context, stride):
+    """Reference: the transformers perplexity recipe, one window at a time in torch, no batching or padding.
+    Window k feeds ids[k*stride : k*stride + context + 1] and counts the targets not counted before."""
+    import torch
+
+    ids = torch.tensor([ids])
+    total, counted_until = 0.0, 1
+    for begin in range(0, ids.shape[1], stride):
+        end = min(begin + context + 1, ids.shape[1])
+        with torch.no_grad():
+            logits = hf(ids[:, begin:end - 1]).logits.double()
+        log_probs = torch.log_softmax(logits, -1)[0]
+        for target in range(counted_until, end):
+            total -= log_probs[target - 1 - begin, ids[0, target]].item()
+        counted_until = end
+        if end == ids.shape[1]:
+            break
+    return total
+
+
+@pytest.mark.parametrize("stride", [CONTEXT, 12, 5])
+def test_strided_perplexity_matches_hf(checkpoint, text, stride):
+    hf, directory = checkpoint
+    ids = [GPT2Tokenizer().eot_id] + GPT2Tokenizer().encode(text)
+    result = evaluate(GPT2.from_pretrained(directory), text, context=CONTEXT, stride=stride, batch_size=4)
+    reference = hf_strided_nll(hf, ids, CONTEXT, stride)
+    assert result.tokens == len(ids) - 1 > 10 * CONTEXT
+    assert abs(result.nll - reference) <= 1e-4 * abs(reference)
+    assert math.isclose(result.perplexity, math.exp(reference / (len(ids) - 1)), rel_tol=1e-4)
+    assert math.isclose(result.bits_per_byte, reference / math.log(2) / len(text.encode("utf-8")), rel_tol=1e-4)
+
+
+def test_one_window_equals_hf_language_model_loss(checkpoint):
+    """A text that fits one context is the plain LM loss that transformers computes from labels."""
+    import torch
+
+    hf, directory = checkpoint
+    text = "To be, or not to be, that is the question: whether 'tis nobler in the mind to suffer"
+    ids = [GPT2Tokenizer().eot_id] + GPT2Tokenizer().encode(text)
+    assert len(ids) <= CONTEXT + 1
+    with torch.no_grad():
+        hf_loss = hf(torch.tensor([ids]), labels=torch.tensor([ids])).loss.item()
+    result = evaluate(GPT2.from_pretrained(directory), text, context=CONTEXT)
+    assert math.isclose(result.loss, hf_loss, rel_tol=1e-4)
+
+
+def test_windows_score_every_token_once():
+    """Every token after the first is scored exactly once, from at most `context` tokens."""
+    n = 200
+    for context, stride in ((8, 8), (8, 3), (16, 1), (5, 5)):
+        spans = windows(n, context, stride)
+        scored = [t for begin, end, count in spans for t in range(end - count, end)]
+        assert scored == list(range(1, n)), (context, stride)
+        for begin, end, count in spans:
+            assert end - 1 - begin <= context and count <= end - 1 - begin
+    full = [end - 1 - begin for begin, end, _ in windows(n, 16, 1)[1:]]
+    assert min(full) == 16  # after the first window, each token is predicted from a full context
+
+
+def test_ids_and_text_agree(checkpoint, text):
+    _, directory = checkpoint
+    model = GPT2.from_pretrained(directory)
+    tok = GPT2Tokenizer()
+    from_text = evaluate(model, text[:300], context=16, stride=8)
+    from_ids = evaluate(model, [tok.eot_id] + tok.encode(text[:300]), context=16, stride=8)
+    assert math.isclose(from_text.nll, from_ids.nll, rel_tol=1e-6) and from_text.tokens == from_ids.tokens
+    with pytest.raises(ValueError, match="needs the text"):
+        from_ids.bits_per_byte
+
+
+def test_wikitext_detokenizer():
+    raw = (" = = Early life = = \n The 1 @,@ 000 @-@ year @-@ old city ( population 3 @.@ 5 million ) 's "
+           "mayor said \" no \" , then left ; it rained . \n")
+    assert wikitext_detokenize(raw) == (" == Early life ==\nThe 1,000-year-old city (population 3.5 million)'s "
+                                        "mayor said \"no\", then left; it rained.\n")
+
+
+def test_eval_cli_matches_library(checkpoint, text, tmp_path, capsys):
+    _, directory = checkpoint
+    path = tmp_path / "valid.txt"
+    path.write_text(text[:600], encoding="utf-8")
+    assert cli_main(["eval", str(path), "--model", directory, "--context", "16", "--stride", "8", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    expected = evaluate(GPT2.from_pretrained(directory), text[:600], context=16, stride=8)
+    assert report["tokens"] == expected.tokens
+    assert math.isclose(report["perplexity"], expected.perplexity, rel_tol=1e-6)
+    assert math.isclose(report["bits_per_byte"], expected.bits_per_byte, rel_tol=1e-6)
+
+
+def test_bad_input_is_named(tmp_path, capsys):
+    model = GPT2(GPT2Config(vocab_size=50257, n_positions=16, n_embd=16, n_layer=1, n_head=2))
+    for kwargs, message in ((dict(context=17), "context must be in 1..16"), (dict(stride=0), "stride must be"),
+                            (dict(batch_size=0), "batch_size"), (dict(detokenize="ptb"), "unknown detokenizer")):
+        with pytest.raises(ValueError, match=message):
+            evaluate(model, "some text", **kwargs)
+    with pytest.raises(ValueError, match="text is empty"):
+        evaluate(model, "")
+    with pytest.raises(ValueError, match=r"token ids must be in \[0, 50257\)"):
+        evaluate(model, [0, 5, 50257])
+    binary = tmp_path / "blob.txt"
+    binary.write_bytes(b"\xff\xfe\x00 not text")
+    assert cli_main(["eval", str(binary)]) == 2
+    assert "is not UTF-8 text" in capsys.readouterr().err
+    assert cli_main(["eval", str(tmp_path / "missing.txt")]) == 2

@@ -1,0 +1,137 @@
+"""Perplexity and bits-per-byte of a model on a text, with the GPT-2 paper's protocol: the text is
+detokenized (optionally), tokenized with the GPT-2 BPE, prefixed with <|endoftext|>, and scored with a
+strided sliding window so every token is predicted once, from up to `context` tokens before it.
+
+>>> from tf_gpt2 import GPT2, GPT2Config
+>>> model = GPT2(GPT2Config.from_preset("gpt2-tiny"))
+>>> text = "To be, or not to be: that is the question."
+>>> result = evaluate(model, text, context=8, stride=4)
+>>> result.tokens == len(GPT2Tokenizer().encode(text))   # every token is scored once
+True
+>>> result.perplexity > 1.0
+True
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+from keras import ops
+
+from tf_gpt2.generation import compiled
+from tf_gpt2.tokenizer import GPT2Tokenizer
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """Summed negative log-likelihood (nats) over `tokens` scored tokens of a text of `bytes` UTF-8 bytes."""
+
+    nll: float
+    tokens: int
+    bytes: int
+
+    @property
+    def loss(self) -> float:
+        """Mean cross-entropy per token, in nats."""
+        return self.nll / self.tokens
+
+    @property
+    def perplexity(self) -> float:
+        """exp(loss): the token-level perplexity."""
+        return math.exp(self.loss)
+
+    @property
+    def bits_per_byte(self) -> float:
+        """Total bits over the UTF-8 bytes of the (detokenized) text: comparable across tokenizers."""
+        if self.bytes == 0:
+            raise ValueError("bits per byte needs the text itself; this result was scored from token ids")
+        return self.nll / (math.log(2) * self.bytes)
+
+
+def wikitext_detokenize(text: str) -> str:
+    """Undo WikiText's tokenization artefacts (" @-@ ", " , ", "( x )", "= = Heading = =") as the GPT-2
+    paper's invertible detokenizers do, so the model sees ordinary text."""
+    for spaced, joined in ((" @-@ ", "-"), (" @,@ ", ","), (" @.@ ", "."), (" : ", ": "), (" ; ", "; "),
+                           (" . ", ". "), (" ! ", "! "), (" ? ", "? "), (" , ", ", "), (" 's", "'s"),
+                           ("s '", "s'"), ("= = = =", "===="), ("= = =", "==="), ("= =", "=="),
+                           (" \n", "\n"), ("\n ", "\n")):
+        text = text.replace(spaced, joined)
+    for pattern, joined in ((r"\(\s*([^)]*?)\s*\)", r"(\1)"), (r"\[\s*([^\]]*?)\s*\]", r"[\1]"),
+                            (r"{\s*([^}]*?)\s*}", r"{\1}"), (r'"\s*([^"]*?)\s*"', r'"\1"')):
+        text = re.sub(pattern, joined, text)
+    return text
+
+
+DETOKENIZERS = {"none": lambda text: text, "wikitext": wikitext_detokenize}
+
+
+def windows(n_tokens: int, context: int, stride: int) -> list[tuple[int, int, int]]:
+    """(begin, end, scored) for each window over ids[0:n_tokens]: the window's inputs are
+    ids[begin:end-1], and its last `scored` next-token predictions are counted. Together the windows score
+    ids[1:] exactly once, each token seeing up to `context` tokens (the first window fewer)."""
+    spans, scored_until, begin = [], 1, 0
+    while scored_until < n_tokens:
+        end = min(begin + context + 1, n_tokens)
+        spans.append((begin, end, end - scored_until))
+        scored_until, begin = end, begin + stride
+    return spans
+
+
+def _window_nll(model, inputs, targets, weights):
+    """Per-row sum of -log p(target) over the weighted positions, softmax in float32."""
+    logits = ops.cast(model(inputs), "float32")
+    log_probs = ops.log_softmax(logits, axis=-1)
+    picked = ops.take_along_axis(log_probs, ops.expand_dims(targets, -1), axis=-1)[..., 0]
+    return -ops.sum(picked * weights, axis=-1)
+
+
+def evaluate(model, text: str | Sequence[int], tokenizer: GPT2Tokenizer | None = None, context: int | None = None,
+             stride: int | None = None, batch_size: int = 8, detokenize: str = "none") -> EvalResult:
+    """Score `text` (a string, or token ids already starting with their own context token) with `model`.
+
+    context: tokens each prediction may see (default: the model's n_positions); stride: how far the
+    window moves (default context // 2: each token, past the first window, sees at least half a context).
+    """
+    n_positions = model.config.n_positions
+    context = n_positions if context is None else context
+    stride = max(1, context // 2) if stride is None else stride
+    if not 0 < context <= n_positions:
+        raise ValueError(f"context must be in 1..{n_positions} (the model's n_positions), got {context}")
+    if not 0 < stride <= context:
+        raise ValueError(f"stride must be in 1..context={context}, got {stride}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if detokenize not in DETOKENIZERS:
+        raise ValueError(f"unknown detokenizer {detokenize!r}; choose one of {sorted(DETOKENIZERS)}")
+    if isinstance(text, str):
+        text = DETOKENIZERS[detokenize](text)
+        tokenizer = tokenizer or GPT2Tokenizer()
+        ids, n_bytes = [tokenizer.eot_id] + tokenizer.encode(text), len(text.encode("utf-8"))
+    else:
+        ids, n_bytes = [int(t) for t in text], 0
+    if len(ids) < 2:
+        raise ValueError("text is empty: nothing to score")
+    ids = np.asarray(ids, np.int32)
+    if ids.min() < 0 or ids.max() >= model.config.vocab_size:
+        raise ValueError(f"token ids must be in [0, {model.config.vocab_size}), got {ids.min()}..{ids.max()}")
+
+    spans = windows(len(ids), context, stride)
+    width = min(context, len(ids) - 1)
+    nll = 0.0
+    for first in range(0, len(spans), batch_size):
+        inputs = np.zeros((batch_size, width), np.int32)
+        targets = np.zeros((batch_size, width), np.int32)
+        weights = np.zeros((batch_size, width), np.float32)
+        for row, (begin, end, scored) in enumerate(spans[first:first + batch_size]):
+            inputs[row, : end - 1 - begin] = ids[begin:end - 1]
+            targets[row, : end - 1 - begin] = ids[begin + 1:end]
+            weights[row, end - 1 - begin - scored: end - 1 - begin] = 1.0
+        row_nll = ops.convert_to_numpy(compiled(model, _window_nll)(inputs, targets, weights))
+        nll += float(np.sum(row_nll.astype(np.float64)))
+    if not math.isfinite(nll):
+        raise FloatingPointError("the model produced non-finite log-probabilities on this text")
+    return EvalResult(nll=nll, tokens=len(ids) - 1, bytes=n_bytes)
