@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import tempfile
 
-import common  # noqa: F401
-import numpy as np
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from tf_gpt2.data import TokenShards, embedded_corpus, prepare
-from tf_gpt2.training import TrainConfig, train
+import numpy as np  # noqa: E402
+
+from tf_gpt2.data import TokenShards, embedded_corpus, prepare  # noqa: E402
+from tf_gpt2.training import TrainConfig, train  # noqa: E402
 
 SIZE = dict(n_layer=4, n_head=4, n_embd=128, n_positions=128)
 B, T, LR, MIN_LR, WARMUP = 16, 128, 1e-3, 1e-4, 50

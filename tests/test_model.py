@@ -87,3 +87,14 @@ def test_bad_token_ids_give_clear_errors(model, ids, error, message):
 def test_bad_config_argument():
     with pytest.raises(TypeError, match="GPT2Config or a dict"):
         GPT2("gpt2")
+
+
+def test_build_and_summary_after_construction(model, capsys):
+    """The weights exist from __init__ (so checkpoints load at once); an explicit build, as Keras users write
+    before summary(), keeps them and changes nothing."""
+    before = [v.numpy().copy() for v in model.weights]
+    model.build((None, 8))
+    model.summary()
+    assert "Total params" in capsys.readouterr().out
+    assert len(model.weights) == len(before)
+    assert all(np.array_equal(a, b.numpy()) for a, b in zip(before, model.weights))

@@ -73,6 +73,8 @@ class GPT2(keras.Model):
         self.build((None, None))  # create all weights now, so checkpoints load before a first call
 
     def build(self, input_shape=None):
+        if self.built:  # the weights are made in __init__: a later build((None, T)) has nothing to do
+            return
         hidden = (None, None, self.config.n_embd)
         self.wte.build((None, None))
         self.wpe.build((None, None))

@@ -1,0 +1,65 @@
+"""`tf-gpt2 bench` runs the real systems side by side (tiny shapes here; speed itself is never asserted)."""
+
+import json
+
+import numpy as np
+import pytest
+from conftest import hf_logits, make_hf_model
+
+from tf_gpt2 import GPT2Config
+from tf_gpt2.benchmark import TrainSetup, table
+from tf_gpt2.cli import main as cli_main
+
+
+def test_nanogpt_peer_is_the_same_gpt2_as_hf():
+    """The nanoGPT-style peer computes GPT-2: with HF's weights it gives HF's logits."""
+    torch = pytest.importorskip("torch")
+    from tf_gpt2.torch_nanogpt import NanoGPT
+
+    cfg = dict(vocab_size=97, n_positions=24, n_embd=36, n_layer=2, n_head=3)
+    hf = make_hf_model(**cfg)
+    ours = NanoGPT(GPT2Config(**cfg)).eval()
+    hf_weights = hf.state_dict()
+    with torch.no_grad():
+        for name, p in ours.named_parameters():
+            source = "transformer." + name.replace("blocks.", "h.").replace("attn_proj", "attn.c_proj") \
+                .replace("c_attn", "attn.c_attn").replace("c_fc", "mlp.c_fc").replace("mlp_proj", "mlp.c_proj")
+            value = hf_weights[source]
+            p.copy_(value.T if value.dim() == 2 and "wte" not in name and "wpe" not in name else value)
+    ids = np.random.RandomState(0).randint(0, 97, (2, 24))
+    with torch.no_grad():
+        logits = ours(torch.tensor(ids)).numpy()
+    assert np.abs(logits - hf_logits(hf, ids)).max() <= 1e-4
+    generated = ours.generate(torch.tensor(ids[:1, :4]), 5)[0].tolist()
+    assert generated[:4] == ids[0, :4].tolist() and len(generated) == 9
+
+
+def test_bench_smoke_runs_every_peer_and_writes_figures(tmp_path, capsys):
+    pytest.importorskip("torch")
+    out = tmp_path / "bench.json"
+    assert cli_main(["bench", "--smoke", "--systems", "tf_gpt2,hf,nanogpt,litert", "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    results = json.loads(out.read_text())
+    assert set(results["train"]) == {"tf_gpt2", "hf", "nanogpt"}
+    assert set(results["decode"]) == {"tf_gpt2", "hf", "nanogpt", "litert"}
+    assert all(v > 0 for part in ("train", "decode") for v in results[part].values())
+    assert results["matmul_roof_flops"] > 1e8
+    assert "| tf_gpt2 (TF, XLA) |" in printed and "vs HF transformers GPT-2 (torch eager)" in printed
+    assert "of greedy tokens equal the Keras model's" in printed
+
+
+def test_table_ratios_and_flops():
+    text = table("t", {"hf": 100.0, "tf_gpt2": 250.0}, {"hf": "HF", "tf_gpt2": "ours"}, flops_per_token=10**9,
+                 roof=1e12)
+    assert "| ours | 250.0 | 2.50x | 250 | 25% |" in text and "| HF | 100.0 | 1.00x | 100 | 10% |" in text
+
+
+def test_flops_per_token_follows_nanogpt():
+    s = TrainSetup(n_layer=12, n_head=12, n_embd=768, block_size=1024, vocab_size=50304)
+    assert s.flops_per_token == 6 * (s.config.num_params() - 1024 * 768) + 12 * 12 * 768 * 1024
+    assert abs(s.flops_per_token / 1e9 - 0.85) < 0.05  # nanoGPT: ~0.85 GFLOP per token for GPT-2 124M at T=1024
+
+
+def test_bench_bad_system_is_named(capsys):
+    assert cli_main(["bench", "--smoke", "--systems", "tf_gpt2,pytorch-lightning"]) == 2
+    assert "pytorch-lightning" in capsys.readouterr().err

@@ -1,0 +1,292 @@
+"""Training and decode throughput of tf_gpt2 next to its peers, all in one process so the ratios hold on
+a noisy machine (`tf-gpt2 bench`). Peers: keras-hub's GPT2CausalLM (TF, XLA), Hugging Face transformers
+GPT-2 (torch eager and torch.compile), a nanoGPT-style torch model, and, for decoding, the LiteRT interpreter.
+Training FLOP/s use nanoGPT's count, 6·N + 12·L·D·T per token, against a measured float32 matmul roof.
+
+>>> setup = TrainSetup(n_layer=1, n_head=2, n_embd=32, block_size=16, batch_size=2, vocab_size=64, steps=1)
+>>> results = run(["train"], ["tf_gpt2"], train=setup, report=lambda line: None)
+>>> results["train"]["tf_gpt2"] > 0
+True
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import platform
+import time
+from typing import Callable, Iterable
+
+import numpy as np
+
+from tf_gpt2.config import GPT2Config
+from tf_gpt2.model import GPT2
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainSetup:
+    """One training step's shapes: a GPT-2 of this size, `batch_size` x `block_size` tokens, AdamW."""
+
+    n_layer: int = 6
+    n_head: int = 6
+    n_embd: int = 384
+    block_size: int = 256
+    batch_size: int = 8
+    vocab_size: int = 50304
+    steps: int = 10
+
+    @property
+    def config(self) -> GPT2Config:
+        return GPT2Config(vocab_size=self.vocab_size, n_positions=self.block_size, n_embd=self.n_embd,
+                          n_layer=self.n_layer, n_head=self.n_head)
+
+    @property
+    def flops_per_token(self) -> int:
+        """Forward + backward matmul FLOPs per token (nanoGPT's estimate: 6·N plus attention)."""
+        weights = self.config.num_params() - self.block_size * self.n_embd  # position table: a lookup
+        return 6 * weights + 12 * self.n_layer * self.n_embd * self.block_size
+
+    def describe(self) -> str:
+        return (f"L{self.n_layer}/H{self.n_head}/D{self.n_embd}/T{self.block_size}/B{self.batch_size}/"
+                f"V{self.vocab_size}, {self.config.num_params() / 1e6:.1f}M parameters, AdamW")
+
+
+@dataclasses.dataclass(frozen=True)
+class DecodeSetup:
+    """Greedy decoding of `new_tokens` after a random `prompt_tokens` prompt, batch 1, random weights."""
+
+    preset: str = "gpt2"
+    prompt_tokens: int = 32
+    new_tokens: int = 128
+    repeats: int = 2
+
+    @property
+    def config(self) -> GPT2Config:
+        return GPT2Config.from_preset(self.preset)
+
+    @property
+    def prompt(self) -> list[int]:
+        return np.random.RandomState(0).randint(0, self.config.vocab_size, self.prompt_tokens).tolist()
+
+    def describe(self) -> str:
+        return f"{self.preset}, batch 1, prompt {self.prompt_tokens}, {self.new_tokens} new, greedy"
+
+
+SMOKE_TRAIN = TrainSetup(n_layer=2, n_head=2, n_embd=64, block_size=32, batch_size=2, vocab_size=512, steps=2)
+SMOKE_DECODE = DecodeSetup(preset="gpt2-tiny", prompt_tokens=4, new_tokens=8, repeats=1)
+
+
+def best_seconds(fn: Callable[[], object], repeats: int = 3) -> float:
+    """Best wall time of `repeats` calls after one warm-up call (so compilation is not measured)."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def matmul_roof(n: int = 2048) -> float:
+    """FLOP/s of a compiled n x n float32 TensorFlow matmul: what this machine can do at best."""
+    import tensorflow as tf
+
+    a, b = tf.random.normal((n, n), seed=0), tf.random.normal((n, n), seed=1)
+    product = tf.function(lambda: tf.reduce_sum(tf.matmul(a, b)), jit_compile=True)
+    return 2 * n**3 / best_seconds(lambda: product().numpy(), repeats=5)
+
+
+# Training: each system gives a step(batch) that runs one optimizer update on batch[:, :-1] -> batch[:, 1:].
+
+def _keras_step(model, inputs_of):
+    import keras
+
+    model.compile(optimizer=keras.optimizers.AdamW(3e-4), jit_compile=True,
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    return lambda batch: model.train_on_batch(inputs_of(batch[:, :-1]), batch[:, 1:])
+
+
+def _torch_step(model, logits_of, compile_model: bool):
+    import torch
+
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-4)
+    forward = torch.compile(logits_of) if compile_model else logits_of
+
+    def step(batch):
+        batch = torch.from_numpy(batch).long()
+        logits = forward(batch[:, :-1])
+        loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), batch[:, 1:].flatten())
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    return step
+
+
+def _keras_hub_lm(cfg: GPT2Config):
+    import keras_hub
+
+    backbone = keras_hub.models.GPT2Backbone(
+        vocabulary_size=cfg.vocab_size, num_layers=cfg.n_layer, num_heads=cfg.n_head, hidden_dim=cfg.n_embd,
+        intermediate_dim=4 * cfg.n_embd, max_sequence_length=cfg.n_positions, dropout=0.0)
+    return keras_hub.models.GPT2CausalLM(backbone=backbone, preprocessor=None)
+
+
+def _hf_model(cfg: GPT2Config):
+    import transformers
+
+    return transformers.GPT2LMHeadModel(transformers.GPT2Config(
+        vocab_size=cfg.vocab_size, n_positions=cfg.n_positions, n_embd=cfg.n_embd, n_layer=cfg.n_layer,
+        n_head=cfg.n_head, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=0, eos_token_id=0))
+
+
+def _nanogpt(cfg: GPT2Config):
+    from tf_gpt2.torch_nanogpt import NanoGPT
+
+    return NanoGPT(cfg)
+
+
+def _hf_trainer(compile_model: bool):
+    def trainer(s: TrainSetup):
+        model = _hf_model(s.config)
+        return _torch_step(model, lambda x: model(input_ids=x).logits, compile_model)
+    return trainer
+
+
+def _nanogpt_trainer(s: TrainSetup):
+    model = _nanogpt(s.config)
+    return _torch_step(model, model, compile_model=True)
+
+
+TRAINERS: dict[str, tuple[str, Callable]] = {
+    "tf_gpt2": ("tf_gpt2 (TF, XLA)", lambda s: _keras_step(GPT2(s.config), lambda x: x)),
+    "keras-hub": ("keras-hub GPT2CausalLM (TF, XLA)", lambda s: _keras_step(
+        _keras_hub_lm(s.config), lambda x: {"token_ids": x, "padding_mask": np.ones_like(x)})),
+    "hf": ("HF transformers GPT-2 (torch eager)", _hf_trainer(False)),
+    "hf-compile": ("HF transformers GPT-2 (torch.compile)", _hf_trainer(True)),
+    "nanogpt": ("nanoGPT-style (torch.compile)", _nanogpt_trainer),
+}
+
+
+def train_tokens_per_second(step: Callable[[np.ndarray], object], s: TrainSetup) -> float:
+    rng = np.random.default_rng(0)
+    batches = [rng.integers(0, s.vocab_size, (s.batch_size, s.block_size + 1)).astype(np.int32)
+               for _ in range(s.steps + 3)]
+    for batch in batches[:3]:  # compile and warm up
+        step(batch)
+    start = time.perf_counter()
+    for batch in batches[3:]:
+        step(batch)
+    return s.steps * s.batch_size * s.block_size / (time.perf_counter() - start)
+
+
+# Decoding: each system gives a run() that greedily generates s.new_tokens after s.prompt.
+
+def _decode_ours(s: DecodeSetup):
+    model = GPT2(s.config)
+    return lambda: model.generate(s.prompt, max_new_tokens=s.new_tokens, stop_ids=[])
+
+
+def _decode_keras_hub(s: DecodeSetup):
+    lm = _keras_hub_lm(s.config)
+    lm.compile(sampler="greedy")
+    lm.jit_compile = True  # "auto" turns XLA off on CPU
+    length = s.prompt_tokens + s.new_tokens
+    ids, mask = np.zeros((1, length), np.int32), np.zeros((1, length), bool)
+    ids[0, : s.prompt_tokens], mask[0, : s.prompt_tokens] = s.prompt, True
+    return lambda: lm.generate({"token_ids": ids, "padding_mask": mask}, stop_token_ids=None)
+
+
+def _decode_hf(s: DecodeSetup):
+    import torch
+
+    model, ids = _hf_model(s.config).eval(), torch.tensor([s.prompt])
+
+    def run():
+        with torch.no_grad():
+            model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=s.new_tokens,
+                           min_new_tokens=s.new_tokens, do_sample=False, pad_token_id=0)
+    return run
+
+
+def _decode_nanogpt(s: DecodeSetup):
+    import torch
+
+    model = _nanogpt(s.config).eval()
+    return lambda: model.generate(torch.tensor([s.prompt]), s.new_tokens)
+
+
+def _decode_litert(quantize: str):
+    def decoder(s: DecodeSetup, report: Callable[[str], None]):
+        from tf_gpt2.export import LiteRTGenerator, litert_bytes
+
+        model = GPT2(s.config)
+        generator = LiteRTGenerator(litert_bytes(model, max_length=s.prompt_tokens + s.new_tokens, quantize=quantize))
+        expected = model.generate(s.prompt, max_new_tokens=s.new_tokens, stop_ids=[])
+        agreement = np.mean(np.array(generator.generate(s.prompt, max_new_tokens=s.new_tokens)) == np.array(expected))
+        report(f"LiteRT {quantize}: {agreement:.0%} of greedy tokens equal the Keras model's")
+        return lambda: generator.generate(s.prompt, max_new_tokens=s.new_tokens)
+    return decoder
+
+
+DECODERS: dict[str, tuple[str, Callable]] = {
+    "tf_gpt2": ("tf_gpt2 (TF, XLA while-loop, KV cache)", lambda s, report: _decode_ours(s)),
+    "keras-hub": ("keras-hub GPT2CausalLM (TF, XLA)", lambda s, report: _decode_keras_hub(s)),
+    "hf": ("HF transformers GPT-2 (torch, KV cache)", lambda s, report: _decode_hf(s)),
+    "nanogpt": ("nanoGPT-style (torch, no KV cache)", lambda s, report: _decode_nanogpt(s)),
+    "litert": ("tf_gpt2 LiteRT fp32 (interpreter)", _decode_litert("fp32")),
+    "litert-int8": ("tf_gpt2 LiteRT int8 (interpreter)", _decode_litert("int8")),
+}
+SYSTEMS = sorted(set(TRAINERS) | set(DECODERS))
+
+
+def table(title: str, rows: dict[str, float], labels: dict[str, str], flops_per_token: int | None = None,
+          roof: float | None = None) -> str:
+    """A Markdown table of tokens/s with ratios to HF eager torch (or the first row), and FLOP/s if given."""
+    if not rows:
+        return f"{title}: no system ran"
+    baseline = "hf" if "hf" in rows else next(iter(rows))
+    lines = [f"{title}  ({time.strftime('%Y-%m-%d')}, {platform.machine()}, {os.cpu_count()} cores)", "",
+             f"| system | tokens/s | vs {labels[baseline]} |" + (" GFLOP/s | of roof |" if flops_per_token else ""),
+             "|---|---:|---:|" + ("---:|---:|" if flops_per_token else "")]
+    for key, value in rows.items():
+        line = f"| {labels[key]} | {value:,.1f} | {value / rows[baseline]:.2f}x |"
+        if flops_per_token:
+            line += f" {value * flops_per_token / 1e9:,.0f} | {value * flops_per_token / roof:.0%} |"
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def run(what: Iterable[str] = ("train", "decode"), systems: Iterable[str] | None = None,
+        train: TrainSetup = TrainSetup(), decode: DecodeSetup = DecodeSetup(),
+        report: Callable[[str], None] = print) -> dict:
+    """Time each chosen system and report the tables; returns {"train"|"decode": {system: tokens/s}, ...}.
+    A peer whose library is not installed (torch, transformers) is reported as skipped."""
+    what, systems = list(what), list(SYSTEMS if systems is None else systems)
+    unknown = sorted(set(systems) - set(SYSTEMS)) + sorted(set(what) - {"train", "decode"})
+    if unknown:
+        raise ValueError(f"unknown benchmark system or part {unknown}; systems: {SYSTEMS}, parts: train, decode")
+    results: dict = {"machine": f"{platform.machine()}, {os.cpu_count()} cores", "date": time.strftime("%Y-%m-%d")}
+    if "train" in what:
+        roof = matmul_roof()
+        report(f"matmul roof: {roof / 1e9:,.0f} GFLOP/s (2048x2048 float32, TF XLA)")
+        rows = {}
+        for key in (k for k in TRAINERS if k in systems):
+            try:
+                rows[key] = train_tokens_per_second(TRAINERS[key][1](train), train)
+            except ImportError as e:
+                report(f"skipped {TRAINERS[key][0]}: {e}")
+        labels = {k: label for k, (label, _) in TRAINERS.items()}
+        report(table(f"Training tokens/s, {train.describe()}", rows, labels, train.flops_per_token, roof))
+        results.update(train=rows, matmul_roof_flops=roof, train_flops_per_token=train.flops_per_token)
+    if "decode" in what:
+        rows = {}
+        for key in (k for k in DECODERS if k in systems):
+            try:
+                generate = DECODERS[key][1](decode, report)
+            except ImportError as e:
+                report(f"skipped {DECODERS[key][0]}: {e}")
+                continue
+            rows[key] = decode.new_tokens / best_seconds(generate, repeats=decode.repeats)
+        report(table(f"Decode tokens/s, {decode.describe()}", rows, {k: label for k, (label, _) in DECODERS.items()}))
+        results.update(decode=rows)
+    return results
