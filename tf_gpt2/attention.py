@@ -17,6 +17,7 @@ def plot_attention(maps: np.ndarray, tokens: Sequence[str], layer: int = 0, path
     """Draw every head of one layer as a heat map (rows: queries, columns: keys it attends to).
 
     Example:
+    >>> from tf_gpt2 import GPT2, GPT2Config, GPT2Tokenizer
     >>> model = GPT2(GPT2Config.from_preset("gpt2-tiny"))
     >>> tok = GPT2Tokenizer()
     >>> ids = tok.encode("The cat sat on the mat")

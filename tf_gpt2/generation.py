@@ -258,6 +258,7 @@ def generate(
     and dropped from returned text.
 
     Example:
+    >>> from tf_gpt2 import GPT2, GPT2Config
     >>> model = GPT2(GPT2Config.from_preset("gpt2-tiny"))
     >>> len(model.generate([464, 3290], max_new_tokens=5, stop_ids=[]))
     5
