@@ -156,3 +156,33 @@ def test_corrupt_shard_is_reported(char_data, tmp_path):
         f.truncate(11)
     with pytest.raises(ValueError, match="train_0000.bin is missing or corrupt"):
         train(config(tmp_path / "run", str(broken)))
+
+
+def test_gradient_norm_is_logged_before_clipping(char_data, tmp_path):
+    """`grad_norm` (progress bar, history, TensorBoard) is the true global norm of the step's gradient, even when
+    clipping then scales that gradient down."""
+    import keras
+    import tensorflow as tf
+
+    from tf_gpt2 import GPT2, GPT2Config
+    from tf_gpt2.data import TokenShards
+
+    start = GPT2(GPT2Config(vocab_size=30, **TINY))
+    start.save(str(tmp_path / "start.keras"))
+    cfg = config(tmp_path / "run", char_data, init_from=str(tmp_path / "start.keras"), steps=1, eval_interval=1,
+                 grad_clip=0.01, tensorboard=True)
+    _, history = train(cfg)
+
+    x, y = TokenShards(char_data, "train").batch(0, cfg.block_size, cfg.batch_size, seed=cfg.seed)
+    reference = keras.models.load_model(str(tmp_path / "start.keras"))
+    with tf.GradientTape() as tape:
+        loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)(y, reference(x))
+    expected = float(tf.linalg.global_norm(tape.gradient(loss, reference.trainable_variables)))
+    assert expected > cfg.grad_clip  # so the update was clipped, and the logged norm is the unclipped one
+    assert abs(history["grad_norm"][0] - expected) <= 1e-4 * expected
+
+    tags = set()
+    for events in (tmp_path / "run" / "logs" / "train").glob("events.out.tfevents.*"):
+        for event in tf.compat.v1.train.summary_iterator(str(events)):
+            tags.update(value.tag for value in event.summary.value)
+    assert {"batch_grad_norm", "epoch_grad_norm", "epoch_learning_rate"} <= tags

@@ -8,11 +8,6 @@ fixes are in keras/src/backend/tensorflow/trainer.py:
 2. `reduce_per_replica` reduces metrics with `axis=0`, which fails for scalars; rank-0
    values are reduced with `axis=None`.
 Remove this module when the upstream issue is fixed.
-
-And one for every multi-replica strategy: Keras applies `global_clipnorm` to each replica's
-*partial* gradient before the all-reduce (base_optimizer.apply -> _clip_gradients, then
-_backend_update_step sums), so each replica clips its own share and the sum can exceed the
-clip norm. `clip_by_true_global_norm` measures the norm of the summed gradient instead.
 """
 
 from __future__ import annotations
@@ -66,20 +61,3 @@ def patch_keras_for_multiworker() -> None:
     tf_trainer.TensorFlowTrainer._maybe_symbolic_build = _first_local_batch
     tf_trainer.reduce_per_replica = _reduce_scalars_without_axis(tf_trainer.reduce_per_replica)
     _PATCHED = True
-
-
-def clip_by_true_global_norm(optimizer) -> None:
-    """Make `optimizer` clip by the norm of the gradient summed over replicas (see module doc)."""
-    clipnorm, keras_clip = optimizer.global_clipnorm, optimizer._clip_gradients
-    if not clipnorm:
-        return
-
-    def clip(grads):
-        context = tf.distribute.get_replica_context()
-        if context is None or context.num_replicas_in_sync == 1:
-            return keras_clip(grads)
-        norm = tf.linalg.global_norm(context.all_reduce("SUM", grads))
-        scale = clipnorm / tf.maximum(norm, clipnorm)  # the factor tf.clip_by_global_norm applies
-        return [g * tf.cast(scale, g.dtype) for g in grads]
-
-    optimizer._clip_gradients = clip

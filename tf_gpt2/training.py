@@ -1,6 +1,6 @@
 """Training with `model.fit`: AdamW with nanoGPT's decay rule, warmup + cosine schedule, gradient
 clipping and accumulation, XLA, mixed precision, LoRA, tf.distribute, and callbacks for
-throughput, TensorBoard, atomic checkpoints with exact resume, and a NaN guard.
+throughput, gradient norm, TensorBoard, atomic checkpoints with exact resume, and a NaN guard.
 
 A run is `steps` optimizer steps split into rounds of `eval_interval` steps (one Keras
 "epoch" each). After each round: validation loss/perplexity, a checkpoint, a text sample.
@@ -164,6 +164,42 @@ class Throughput(keras.callbacks.Callback):
         self.start, self.last_batch = now, batch
 
 
+class GradientNorm(keras.callbacks.Callback):
+    """Logs `grad_norm`, the global norm of each update's gradient before clipping, and does the optimizer's
+    global-norm clipping with that same norm.
+
+    Under several replicas the norm is that of the gradient summed over replicas: Keras would clip each
+    replica's partial gradient by its own norm (base_optimizer.apply -> _clip_gradients, before the sum in
+    _backend_update_step), so the sum could exceed the clip norm.
+    """
+
+    def __init__(self, optimizer: keras.optimizers.Optimizer):
+        super().__init__()
+        import tensorflow as tf
+
+        self.norm = tf.Variable(0.0, trainable=False, synchronization=tf.VariableSynchronization.ON_WRITE,
+                                aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+        clipnorm, keras_clip = optimizer.global_clipnorm, optimizer._clip_gradients
+
+        def measure_then_clip(grads):
+            context = tf.distribute.get_replica_context()
+            replicas = 1 if context is None else context.num_replicas_in_sync
+            norm = tf.linalg.global_norm(grads if replicas == 1 else context.all_reduce("SUM", grads))
+            self.norm.assign(tf.cast(norm, tf.float32))
+            if not clipnorm:
+                return keras_clip(grads)
+            scale = clipnorm / tf.maximum(norm, clipnorm)  # the factor tf.clip_by_global_norm applies
+            return [g * tf.cast(scale, g.dtype) for g in grads]
+
+        optimizer._clip_gradients = measure_then_clip
+
+    def on_train_batch_end(self, batch, logs=None):
+        if logs is not None:
+            logs["grad_norm"] = float(self.norm.numpy())
+
+    on_epoch_end = on_train_batch_end
+
+
 class StopOnNaN(keras.callbacks.Callback):
     """Stops training at the first non-finite loss and remembers the step."""
 
@@ -292,10 +328,7 @@ def train(cfg: TrainConfig) -> tuple[GPT2, dict[str, list[float]]]:
         with strategy.scope():
             model = build_model(cfg, train_data.vocab_size)
             optimizer = make_optimizer(model, cfg)
-            if strategy.num_replicas_in_sync > 1:
-                from tf_gpt2.distribute import clip_by_true_global_norm
-
-                clip_by_true_global_norm(optimizer)
+            gradient_norm = GradientNorm(optimizer)
             model.compile(
                 optimizer=optimizer,
                 loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
@@ -323,7 +356,7 @@ def train(cfg: TrainConfig) -> tuple[GPT2, dict[str, list[float]]]:
     nan_guard = StopOnNaN()
     single_process = cfg.strategy is None
     callbacks = [
-        Throughput(cfg.batch_size * cfg.block_size * cfg.grad_accum), nan_guard,
+        Throughput(cfg.batch_size * cfg.block_size * cfg.grad_accum), gradient_norm, nan_guard,
         RoundEnd(cfg, nan_guard, codec(train_data.manifest) if single_process else None),
     ]
     if cfg.tensorboard:
