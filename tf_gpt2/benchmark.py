@@ -220,7 +220,8 @@ def _decode_litert(quantize: str):
         from tf_gpt2.export import LiteRTGenerator, litert_bytes
 
         model = GPT2(s.config)
-        generator = LiteRTGenerator(litert_bytes(model, max_length=s.prompt_tokens + s.new_tokens, quantize=quantize))
+        flatbuffer = litert_bytes(model, max_length=s.prompt_tokens + s.new_tokens, quantize=quantize)
+        generator = LiteRTGenerator(flatbuffer, num_threads=os.cpu_count())  # as many threads as the peers use
         expected = model.generate(s.prompt, max_new_tokens=s.new_tokens, stop_ids=[])
         agreement = np.mean(np.array(generator.generate(s.prompt, max_new_tokens=s.new_tokens)) == np.array(expected))
         report(f"LiteRT {quantize}: {agreement:.0%} of greedy tokens equal the Keras model's")

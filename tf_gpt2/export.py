@@ -135,12 +135,13 @@ class _OnDevice:
 
     def prefill(self, token_ids, length):
         cache = self.model.init_cache(1, self.max_length)
-        logits, cache = self.model.call_with_cache(token_ids, cache, 0)  # causal: padding after `length` is unseen
-        return {"logits": tf.gather(logits, length - 1, axis=1), "cache": cache}
+        # Causal: the padding after `length` is never seen by the first `length` positions.
+        logits, cache = self.model.call_with_cache(token_ids, cache, 0, logits_at=length - 1)
+        return {"logits": logits, "cache": cache}
 
     def decode(self, token_id, position, cache):
-        logits, cache = self.model.call_with_cache(token_id, cache, position)
-        return {"logits": logits[:, -1, :], "cache": cache}
+        logits, cache = self.model.call_with_cache(token_id, cache, position, logits_at=0)
+        return {"logits": logits, "cache": cache}
 
 
 def litert_bytes(model: GPT2, max_length: int | None = None, quantize: str = "fp32") -> bytes:
@@ -188,13 +189,11 @@ class LiteRTGenerator:
     >>> gen.generate([464, 3290], max_new_tokens=8)     # doctest: +SKIP
     """
 
-    def __init__(self, path_or_bytes: str | bytes):
+    def __init__(self, path_or_bytes: str | bytes, num_threads: int | None = None):
         from ai_edge_litert.interpreter import Interpreter
 
-        if isinstance(path_or_bytes, bytes):
-            self.interpreter = Interpreter(model_content=path_or_bytes)
-        else:
-            self.interpreter = Interpreter(model_path=path_or_bytes)
+        source = {"model_content": path_or_bytes} if isinstance(path_or_bytes, bytes) else {"model_path": path_or_bytes}
+        self.interpreter = Interpreter(**source, num_threads=num_threads)  # None: LiteRT's default
         self.prefill = self.interpreter.get_signature_runner("prefill")
         self.decode = self.interpreter.get_signature_runner("decode")
         self.max_length = int(self.prefill.get_input_details()["token_ids"]["shape"][1])

@@ -99,9 +99,10 @@ def prefill(model, prompt_ids, prompt_mask, new_slots):
     mask = ops.concatenate([prompt_mask, ops.ones((batch, budget), "int32")], axis=1)
     positions = ops.maximum(ops.cumsum(prompt_mask, axis=1) - 1, 0)
     cache = model.init_cache(batch, ops.shape(prompt_ids)[1] + budget)
-    logits, cache = model.call_with_cache(prompt_ids, cache, 0, mask, positions)
+    last = ops.shape(prompt_ids)[1] - 1  # prompts are left-padded: every row ends at the last column
+    logits, cache = model.call_with_cache(prompt_ids, cache, 0, mask, positions, logits_at=last)
     seen = _tokens_seen(prompt_ids, prompt_mask, model.config.vocab_size)
-    return logits[:, -1, :], cache, mask, ops.sum(prompt_mask, axis=1), seen
+    return logits, cache, mask, ops.sum(prompt_mask, axis=1), seen
 
 
 def decode_step(model, i, done, logits, cache, seen, mask, lengths, prompt_len,
@@ -116,8 +117,9 @@ def decode_step(model, i, done, logits, cache, seen, mask, lengths, prompt_len,
     token = ops.where(done, pad_id, ops.reshape(token, (batch,)))  # cond drops the static shape
     done = ops.logical_or(done, ops.any(token[:, None] == stop_ids[None, :], axis=1))
     seen = ops.logical_or(seen, ops.one_hot(token, model.config.vocab_size) > 0)
-    logits, cache = model.call_with_cache(token[:, None], cache, prompt_len + i, mask, (lengths + i)[:, None])
-    return token, done, logits[:, -1, :], cache, seen
+    logits, cache = model.call_with_cache(token[:, None], cache, prompt_len + i, mask, (lengths + i)[:, None],
+                                          logits_at=0)
+    return token, done, logits, cache, seen
 
 
 def generate_loop(model, prompt_ids, prompt_mask, new_slots, max_new_tokens, *knobs):

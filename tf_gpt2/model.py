@@ -102,7 +102,8 @@ class GPT2(keras.Model):
             )
 
     # -- the forward pass ------------------------------------------------------------------------
-    def _transformer(self, token_ids, attention_mask, position_ids, cache, cache_index, training, return_attention):
+    def _transformer(self, token_ids, attention_mask, position_ids, cache, cache_index, training, return_attention,
+                     logits_at=None):
         if position_ids is None:
             time = ops.shape(token_ids)[1]
             position_ids = (ops.arange(time, dtype="int32") + ops.cast(cache_index, "int32"))[None, :]
@@ -118,6 +119,8 @@ class GPT2(keras.Model):
             if return_attention:
                 attention.append(extras[-1])
         x = self.ln_f(x)
+        if logits_at is not None:  # only one position's logits are wanted: skip the head's other rows
+            x = ops.take(x, ops.cast(logits_at, "int32"), axis=1)
         # Tied LM head: the output projection reuses the token embedding matrix.
         logits = ops.matmul(x, ops.transpose(ops.cast(self.wte.embeddings, x.dtype)))
         return ops.cast(logits, "float32"), (ops.stack(new_cache) if cache is not None else None), attention
@@ -136,15 +139,17 @@ class GPT2(keras.Model):
         shape = (cfg.n_layer, 2, batch_size, cfg.n_head, max_length, cfg.head_dim)
         return ops.zeros(shape, dtype=dtype or self.compute_dtype)
 
-    def call_with_cache(self, token_ids, cache, cache_index, attention_mask=None, position_ids=None):
+    def call_with_cache(self, token_ids, cache, cache_index, attention_mask=None, position_ids=None, logits_at=None):
         """One decoding step: run `token_ids` at cache positions `cache_index...`.
 
         Returns `(logits, cache)`, with this step's keys/values written into the cache.
-        `attention_mask`, if given, is [batch, max_length] over the whole cache.
+        `attention_mask`, if given, is [batch, max_length] over the whole cache. `logits_at` (an index into
+        `token_ids`' time axis) asks for that position's logits only, [batch, vocab]: a prefill needs just the
+        last prompt position, and the LM head is the largest matmul of a step.
         """
         self._check_token_ids(token_ids, cache.shape[4] if cache.shape[4] is not None else self.config.n_positions)
         logits, cache, _ = self._transformer(
-            token_ids, attention_mask, position_ids, cache, cache_index, False, False
+            token_ids, attention_mask, position_ids, cache, cache_index, False, False, logits_at
         )
         return logits, cache
 
