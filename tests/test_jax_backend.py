@@ -1,10 +1,13 @@
-"""The model core runs on the JAX backend (how GPU/XLA runs are verified) without TensorFlow."""
+"""The model core runs on the JAX backend (how GPU/XLA runs are verified) without TensorFlow: forward, generate,
+evaluation and a compiled train step (the path of benchmarks/gpu_train_jax.py)."""
 
+import json
 import os
 import subprocess
 import sys
 import textwrap
 
+import keras
 import numpy as np
 import pytest
 
@@ -13,13 +16,17 @@ from tf_gpt2 import GPT2, GPT2Config
 pytest.importorskip("jax")
 
 
-def test_forward_and_generate_on_jax_match_tensorflow(tmp_path):
+def test_forward_generate_eval_and_train_step_on_jax_match_tensorflow(tmp_path):
     model = GPT2(GPT2Config(vocab_size=200, n_positions=32, n_embd=32, n_layer=2, n_head=4))
     model.save_pretrained(tmp_path / "m")
     ids = np.random.RandomState(0).randint(0, 200, (2, 10))
     np.save(tmp_path / "ids.npy", ids)
     expected_logits = np.asarray(model(ids))
     expected_ids = model.generate([5, 6, 7], max_new_tokens=6, temperature=0.8, top_k=20, seed=2, stop_ids=[])
+    from tf_gpt2.evaluation import evaluate
+
+    expected_nll = evaluate(model, np.arange(40) % 200, context=8, stride=4).nll
+    expected_loss = float(keras.losses.SparseCategoricalCrossentropy(from_logits=True)(ids[:, 1:], expected_logits[:, :-1]))
     script = textwrap.dedent(f"""
         import sys, json, numpy as np
         sys.modules["tensorflow"] = None  # any import of TensorFlow now fails
@@ -29,10 +36,23 @@ def test_forward_and_generate_on_jax_match_tensorflow(tmp_path):
         from tf_gpt2.checkpoints import load_hf
         model = load_hf({str(tmp_path / "m")!r})
         np.save({str(tmp_path / "jax.npy")!r}, np.asarray(model(np.load({str(tmp_path / "ids.npy")!r}))))
-        print(json.dumps(model.generate([5, 6, 7], max_new_tokens=6, temperature=0.8, top_k=20, seed=2, stop_ids=[])))
+        generated = model.generate([5, 6, 7], max_new_tokens=6, temperature=0.8, top_k=20, seed=2, stop_ids=[])
+        from tf_gpt2.evaluation import evaluate
+        nll = evaluate(model, np.arange(40) % 200, context=8, stride=4).nll
+        ids = np.load({str(tmp_path / "ids.npy")!r})
+        model.compile(optimizer=keras.optimizers.AdamW(1e-3), jit_compile=True,
+                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        losses = [float(model.train_on_batch(ids[:, :-1], ids[:, 1:])) for _ in range(3)]  # each: before its update
+        print(json.dumps({{"nll": nll, "losses": losses}}))
+        print(json.dumps(generated))
     """)
     env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"}
     run = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
     assert np.abs(np.load(tmp_path / "jax.npy") - expected_logits).max() <= 1e-4
-    assert run.stdout.strip().splitlines()[-1] == str(expected_ids).replace(" ", "").replace(",", ", ")
+    lines = run.stdout.strip().splitlines()
+    assert lines[-1] == str(expected_ids).replace(" ", "").replace(",", ", ")
+    jax_results = json.loads(lines[-2])
+    assert abs(jax_results["nll"] - expected_nll) <= 1e-4 * expected_nll  # evaluation runs on JAX too
+    first, *later = jax_results["losses"]  # a compiled JAX train step (the GPU benchmark's path) learns
+    assert abs(first - expected_loss) <= 1e-4 * expected_loss and later[-1] < first
