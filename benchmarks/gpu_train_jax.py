@@ -29,31 +29,23 @@ def peak_flops(device_name: str) -> float | None:
     return next((flops for name, flops in PEAK_BF16.items() if name in device_name), None)
 
 
-def timed_steps(step, batches, warmup: int = 3) -> float:
-    """Seconds per step after `warmup` steps; `step` must block until the update is done."""
-    for batch in batches[:warmup]:
-        step(batch)
-    start = time.perf_counter()
-    for batch in batches[warmup:]:
-        step(batch)
-    return (time.perf_counter() - start) / (len(batches) - warmup)
-
-
-def keras_jax(setup, batches) -> float:
+def keras_jax_step(setup):
+    """One compiled Keras train step (benchmark._keras_step) of a model built under mixed_bfloat16."""
     import keras
 
     from tf_gpt2 import GPT2
+    from tf_gpt2.benchmark import _keras_step
 
     keras.mixed_precision.set_global_policy("mixed_bfloat16")
-    model = GPT2(setup.config)
-    model.compile(optimizer=keras.optimizers.AdamW(6e-4, weight_decay=0.1), jit_compile=True,
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    seconds = timed_steps(lambda b: model.train_on_batch(b[:, :-1], b[:, 1:]), batches)
-    keras.mixed_precision.set_global_policy("float32")
-    return seconds
+    try:
+        model = GPT2(setup.config)  # the policy applies to the layers made now
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    return _keras_step(model, lambda x: x)
 
 
-def torch_compile(setup, batches) -> float:
+def torch_compile_step(setup):
+    """One HF GPT-2 train step on the GPU under torch.compile and bf16 autocast; blocks until it is done."""
     import torch
 
     from tf_gpt2.benchmark import _hf_model
@@ -71,7 +63,7 @@ def torch_compile(setup, batches) -> float:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         torch.cuda.synchronize()
-    return timed_steps(step, batches)
+    return step
 
 
 def gpu_matches_cpu(setup) -> float:
@@ -94,7 +86,7 @@ def gpu_matches_cpu(setup) -> float:
 def main() -> None:
     import jax
 
-    from tf_gpt2.benchmark import TrainSetup
+    from tf_gpt2.benchmark import TrainSetup, train_tokens_per_second
 
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--batch-size", type=int, default=16)
@@ -109,18 +101,14 @@ def main() -> None:
     setup = TrainSetup(**size, batch_size=args.batch_size, vocab_size=50304, steps=args.steps)
     device = jax.devices()[0].device_kind
     peak = peak_flops(device)
-    rng = np.random.default_rng(0)
-    batches = [rng.integers(0, setup.vocab_size, (setup.batch_size, setup.block_size + 1)).astype(np.int32)
-               for _ in range(args.steps + 3)]
-    tokens_per_step = setup.batch_size * setup.block_size
     results = {"device": device, "date": time.strftime("%Y-%m-%d"), "shape": setup.describe(),
                "flops_per_token": setup.flops_per_token, "peak_bf16_flops": peak,
                "gpu_vs_cpu_max_abs_logit_diff_fp32": gpu_matches_cpu(setup)}
-    systems = {"tf_gpt2 (Keras 3, JAX backend, XLA, bf16)": keras_jax}
+    systems = {"tf_gpt2 (Keras 3, JAX backend, XLA, bf16)": keras_jax_step}
     if not args.skip_torch:
-        systems["HF transformers GPT-2 (torch.compile, bf16 autocast)"] = torch_compile
-    for name, fn in systems.items():
-        tokens_per_second = tokens_per_step / fn(setup, batches)
+        systems["HF transformers GPT-2 (torch.compile, bf16 autocast)"] = torch_compile_step
+    for name, make_step in systems.items():
+        tokens_per_second = train_tokens_per_second(make_step(setup), setup)
         mfu = tokens_per_second * setup.flops_per_token / peak if peak else None
         results[name] = {"tokens_per_s": tokens_per_second, "mfu": mfu}
         print(f"{name}: {tokens_per_second:,.0f} tokens/s" + (f", MFU {mfu:.1%}" if mfu else ""), flush=True)

@@ -121,7 +121,7 @@ def evaluate(model, text: str | Sequence[int], tokenizer: GPT2Tokenizer | None =
 
     spans = windows(len(ids), context, stride)
     width = min(context, len(ids) - 1)
-    nll = 0.0
+    window_nll, nll = compiled(model, _window_nll), 0.0
     for first in range(0, len(spans), batch_size):
         inputs = np.zeros((batch_size, width), np.int32)
         targets = np.zeros((batch_size, width), np.int32)
@@ -130,7 +130,7 @@ def evaluate(model, text: str | Sequence[int], tokenizer: GPT2Tokenizer | None =
             inputs[row, : end - 1 - begin] = ids[begin:end - 1]
             targets[row, : end - 1 - begin] = ids[begin + 1:end]
             weights[row, end - 1 - begin - scored: end - 1 - begin] = 1.0
-        row_nll = ops.convert_to_numpy(compiled(model, _window_nll)(inputs, targets, weights))
+        row_nll = ops.convert_to_numpy(window_nll(inputs, targets, weights))
         nll += float(np.sum(row_nll.astype(np.float64)))
     if not math.isfinite(nll):
         raise FloatingPointError("the model produced non-finite log-probabilities on this text")
