@@ -8,10 +8,7 @@ import numpy as np
 import pytest
 
 from tf_gpt2 import GPT2, GPT2Config
-from tf_gpt2.cli import main as cli_main
-from tf_gpt2.export import LiteRTGenerator, export_saved_model, litert_bytes
-
-pytest.importorskip("ai_edge_litert")
+from tf_gpt2.export import export_saved_model
 
 
 @pytest.fixture(scope="module")
@@ -66,58 +63,3 @@ def test_saved_model_versions_and_signatures_listed(model, tmp_path):
     shown = subprocess.run([cli, "show", "--dir", base + "/1", "--tag_set", "serve"], capture_output=True, text=True)
     for name in ("serving_default", "generate", "generate_text"):
         assert name in shown.stdout
-
-
-def test_litert_fp32_matches_keras_in_the_interpreter(model):
-    gen = LiteRTGenerator(litert_bytes(model, max_length=32))
-    prompt = [464, 3290, 318, 257]
-    ids = np.zeros((1, 32), np.int32)
-    ids[0, :4] = prompt
-    out = gen.prefill(token_ids=ids, length=np.int32(4))
-    full = np.asarray(model(np.array([prompt + [11]])))
-    assert np.abs(out["logits"][0] - full[0, 3]).max() <= 1e-4
-    step = gen.decode(token_id=np.array([[11]], np.int32), position=np.int32(4), cache=out["cache"])
-    assert np.abs(step["logits"][0] - full[0, 4]).max() <= 1e-4
-    assert gen.generate(prompt, max_new_tokens=12) == model.generate(prompt, max_new_tokens=12, stop_ids=[])
-
-
-def _teacher_forced_choices(gen, prompt, continuation):
-    """The interpreter's greedy choice at each step, fed the reference continuation."""
-    ids = np.zeros((1, gen.max_length), np.int32)
-    ids[0, : len(prompt)] = prompt
-    out = gen.prefill(token_ids=ids, length=np.int32(len(prompt)))
-    choices = []
-    for position, token in enumerate(continuation, start=len(prompt)):
-        choices.append(int(np.argmax(out["logits"][0])))
-        out = gen.decode(token_id=np.array([[token]], np.int32), position=np.int32(position), cache=out["cache"])
-    return choices
-
-
-def test_litert_quantized_variants_run_and_mostly_agree(model):
-    prompt = [464, 3290, 318]
-    reference = model.generate(prompt, max_new_tokens=24, stop_ids=[])
-    fp32_size = len(litert_bytes(model, max_length=32))
-    for quantize, min_agreement in (("fp16", 0.9), ("int8", 0.75)):
-        flatbuffer = litert_bytes(model, max_length=32, quantize=quantize)
-        assert len(flatbuffer) < 0.6 * fp32_size
-        choices = _teacher_forced_choices(LiteRTGenerator(flatbuffer), prompt, reference)
-        agreement = np.mean(np.array(choices) == np.array(reference))
-        assert agreement >= min_agreement, (quantize, agreement)
-
-
-def test_bad_export_arguments(model, tmp_path, capsys):
-    with pytest.raises(ValueError, match="unknown quantization 'int4'"):
-        litert_bytes(model, quantize="int4")
-    with pytest.raises(ValueError, match="max_length must be in \\[1, 64\\]"):
-        litert_bytes(model, max_length=65)
-    assert cli_main(["export", "--format", "onnx", "--out", str(tmp_path / "x")]) == 2
-    assert "unknown export format 'onnx'" in capsys.readouterr().err
-    gen = LiteRTGenerator(litert_bytes(model, max_length=8))
-    with pytest.raises(ValueError, match="exceeds the exported max_length 8"):
-        gen.generate([1, 2, 3], max_new_tokens=6)
-
-
-def test_export_cli_tflite(tmp_path):
-    out = str(tmp_path / "tiny.tflite")
-    assert cli_main(["export", "--format", "tflite", "--preset", "gpt2-tiny", "--max-length", "16", "--out", out]) == 0
-    assert LiteRTGenerator(out).max_length == 16

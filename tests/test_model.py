@@ -44,7 +44,9 @@ def test_kv_cache_equals_full_forward(model):
     one, one_cache = model.call_with_cache(ids[:, :8], model.init_cache(2, 20), 0, logits_at=5)  # one row of the head
     assert one.shape == (2, 97) and np.abs(np.asarray(one) - full[:, 5]).max() <= 1e-5
     _, all_cache = model.call_with_cache(ids[:, :8], model.init_cache(2, 20), 0)
-    assert np.array_equal(np.asarray(one_cache), np.asarray(all_cache))
+    for one_layer, all_layer in zip(one_cache, all_cache):
+        for name in ("key", "value"):
+            assert np.array_equal(np.asarray(one_layer[name]), np.asarray(all_layer[name]))
 
 
 def test_left_padding_with_mask_and_positions_matches_unpadded(model):

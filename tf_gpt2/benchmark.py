@@ -217,10 +217,10 @@ def _decode_nanogpt(s: DecodeSetup):
 
 def _decode_litert(quantize: str):
     def decoder(s: DecodeSetup, report: Callable[[str], None]):
-        from tf_gpt2.export import LiteRTGenerator, litert_bytes
+        from tf_gpt2.litert import LiteRTGenerator, litert_bytes
 
         model = GPT2(s.config)
-        flatbuffer = litert_bytes(model, max_length=s.prompt_tokens + s.new_tokens, quantize=quantize)
+        flatbuffer = litert_bytes(model, cache_length=s.prompt_tokens + s.new_tokens, quantize=quantize)
         generator = LiteRTGenerator(flatbuffer, num_threads=os.cpu_count())  # as many threads as the peers use
         expected = model.generate(s.prompt, max_new_tokens=s.new_tokens, stop_ids=[])
         agreement = np.mean(np.array(generator.generate(s.prompt, max_new_tokens=s.new_tokens)) == np.array(expected))

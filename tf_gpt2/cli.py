@@ -102,18 +102,30 @@ def cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(t) for t in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
 def cmd_export(args: argparse.Namespace) -> int:
-    from tf_gpt2.export import FORMATS, export_litert, export_saved_model
+    from tf_gpt2.export import FORMATS, export_saved_model
 
     if args.format not in FORMATS:
         raise ValueError(f"unknown export format {args.format!r}; choose one of {FORMATS}")
-    model = _load_model(args)
     if args.format == "saved_model":
+        model = _load_model(args)
         out = args.out or os.path.join("saved_models", "gpt2")
         path = export_saved_model(model, out, version=args.version, max_new_tokens_limit=args.max_new_tokens_limit)
     else:
-        path = export_litert(model, args.out or os.path.join("saved_models", "gpt2.tflite"),
-                             max_length=args.max_length, quantize=args.quantize)
+        from tf_gpt2 import litert
+
+        export = litert.export_litert if args.format == "tflite" else litert.export_litertlm
+        if args.quantize not in litert.QUANTIZATIONS:  # before loading and converting the model
+            raise ValueError(f"unknown quantization {args.quantize!r}; choose one of {litert.QUANTIZATIONS}")
+        path = export(_load_model(args), args.out or os.path.join("saved_models", f"gpt2.{args.format}"),
+                      cache_length=args.cache_length, prefill_lengths=args.prefill_lengths, quantize=args.quantize)
     print(f"wrote {path}")
     return 0
 
@@ -231,14 +243,17 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("dst", help="output: a directory (HF format) or a path ending in .keras")
     convert.set_defaults(run=cmd_convert)
 
-    export = sub.add_parser("export", help="export for TF Serving (SavedModel) or phones (LiteRT)")
+    export = sub.add_parser("export", help="export for TF Serving (SavedModel) or phones (LiteRT-LM / LiteRT)")
     _model_flags(export, "gpt2-tiny")
-    export.add_argument("--format", default="saved_model", help="saved_model or tflite")
-    export.add_argument("--out", help="SavedModel base dir (a numbered version is added) or .tflite path")
+    export.add_argument("--format", default="saved_model",
+                        help="saved_model (TF Serving), litertlm (LiteRT-LM package) or tflite (its model alone)")
+    export.add_argument("--out", help="SavedModel base dir (a numbered version is added), or .litertlm/.tflite path")
     export.add_argument("--version", type=int, help="SavedModel version (default: next free number)")
     export.add_argument("--max-new-tokens-limit", type=int, default=256, help="SavedModel: largest max_new_tokens")
-    export.add_argument("--max-length", type=int, help="LiteRT: KV-cache length (default n_positions)")
-    export.add_argument("--quantize", default="fp32", help="LiteRT: fp32, fp16 or int8 (dynamic range)")
+    export.add_argument("--cache-length", type=int, help="on-device: KV-cache positions (default n_positions)")
+    export.add_argument("--prefill-lengths", type=_int_list,
+                        help="on-device: comma-separated prefill chunk lengths (default 8,32,128 where they fit)")
+    export.add_argument("--quantize", default="fp32", help="on-device: fp32, fp16 or int8 (dynamic range)")
     export.set_defaults(run=cmd_export)
 
     ev = sub.add_parser("eval", help="perplexity and bits/byte on a text file (GPT-2 paper protocol)")
@@ -268,7 +283,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except (ValueError, TypeError, FileNotFoundError, FileExistsError, FloatingPointError) as e:
+    except (ValueError, TypeError, FileNotFoundError, FileExistsError, NotADirectoryError, PermissionError,
+            FloatingPointError) as e:
         print(f"tf-gpt2 {args.command}: error: {e}", file=sys.stderr)
         return 2
 

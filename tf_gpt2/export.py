@@ -1,4 +1,4 @@
-"""Deployment: SavedModel signatures for TF Serving, and LiteRT (TFLite) prefill/decode models.
+"""Deployment to TF Serving: a SavedModel with logits, generation and text-in/text-out signatures.
 
 SavedModel (`export_saved_model`) writes `<base>/<version>/` with three signatures:
   serving_default(token_ids, attention_mask)                       -> logits
@@ -7,11 +7,7 @@ SavedModel (`export_saved_model`) writes `<base>/<version>/` with three signatur
   generate_text(text, max_new_tokens, temperature, top_k, top_p, seed) -> text
 The tokenizer is in the graph (keras-hub's BytePairTokenizer, whose ops come from
 tensorflow-text: `import tensorflow_text` before `tf.saved_model.load` outside TF Serving).
-
-LiteRT (`export_litert`) writes a `.tflite` with two signatures an app drives token by token,
-the KV cache passed in and out as state (batch 1, fixed `max_length`):
-  prefill(token_ids [1, max_length] right-padded, length [])  -> logits [1, vocab], cache
-  decode(token_id [1, 1], position [], cache)                  -> logits [1, vocab], cache
+Phones and other devices: see `tf_gpt2.litert`.
 """
 
 from __future__ import annotations
@@ -21,15 +17,13 @@ import shutil
 import tempfile
 
 import keras
-import numpy as np
 import tensorflow as tf
 
 from tf_gpt2.generation import generate_loop
 from tf_gpt2.model import GPT2
 from tf_gpt2.tokenizer import EOT_ID, GPT2Tokenizer
 
-FORMATS = ("saved_model", "tflite")
-QUANTIZATIONS = ("fp32", "fp16", "int8")
+FORMATS = ("saved_model", "tflite", "litertlm")
 
 
 def _positions(mask):
@@ -126,92 +120,3 @@ def export_saved_model(model: GPT2, base_dir: str, version: int | None = None, m
     except BaseException:
         shutil.rmtree(tmp_dir, ignore_errors=True)
         raise
-
-
-# -- LiteRT -------------------------------------------------------------------------------------
-class _OnDevice:
-    def __init__(self, model: GPT2, max_length: int):
-        self.model, self.max_length = model, max_length
-
-    def prefill(self, token_ids, length):
-        cache = self.model.init_cache(1, self.max_length)
-        # Causal: the padding after `length` is never seen by the first `length` positions.
-        logits, cache = self.model.call_with_cache(token_ids, cache, 0, logits_at=length - 1)
-        return {"logits": logits, "cache": cache}
-
-    def decode(self, token_id, position, cache):
-        logits, cache = self.model.call_with_cache(token_id, cache, position, logits_at=0)
-        return {"logits": logits, "cache": cache}
-
-
-def litert_bytes(model: GPT2, max_length: int | None = None, quantize: str = "fp32") -> bytes:
-    """Convert `model` to a LiteRT flatbuffer with `prefill` and `decode` signatures."""
-    if quantize not in QUANTIZATIONS:
-        raise ValueError(f"unknown quantization {quantize!r}; choose one of {QUANTIZATIONS}")
-    cfg = model.config
-    max_length = max_length or cfg.n_positions
-    if not 0 < max_length <= cfg.n_positions:
-        raise ValueError(f"max_length must be in [1, {cfg.n_positions}], got {max_length}")
-    module = _OnDevice(model, max_length)
-    cache_shape = (cfg.n_layer, 2, 1, cfg.n_head, max_length, cfg.head_dim)
-    archive = keras.export.ExportArchive()
-    archive.track(model)
-    archive.add_endpoint("prefill", module.prefill, [
-        tf.TensorSpec([1, max_length], tf.int32, "token_ids"), tf.TensorSpec([], tf.int32, "length")])
-    archive.add_endpoint("decode", module.decode, [
-        tf.TensorSpec([1, 1], tf.int32, "token_id"), tf.TensorSpec([], tf.int32, "position"),
-        tf.TensorSpec(cache_shape, tf.float32, "cache")])
-    with tempfile.TemporaryDirectory() as tmp:
-        archive.write_out(tmp, verbose=False)
-        converter = tf.lite.TFLiteConverter.from_saved_model(tmp, signature_keys=["prefill", "decode"])
-        if quantize != "fp32":
-            converter.optimizations = [tf.lite.Optimize.DEFAULT]  # int8: dynamic-range weight quantization
-        if quantize == "fp16":
-            converter.target_spec.supported_types = [tf.float16]
-        return converter.convert()
-
-
-def export_litert(model: GPT2, path: str, max_length: int | None = None, quantize: str = "fp32") -> str:
-    flatbuffer = litert_bytes(model, max_length, quantize)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(flatbuffer)
-    os.replace(tmp, path)
-    return path
-
-
-class LiteRTGenerator:
-    """Reference driver for a LiteRT export: the loop a phone app runs.
-
-    Example:
-    >>> gen = LiteRTGenerator("gpt2.tflite")            # doctest: +SKIP
-    >>> gen.generate([464, 3290], max_new_tokens=8)     # doctest: +SKIP
-    """
-
-    def __init__(self, path_or_bytes: str | bytes, num_threads: int | None = None):
-        from ai_edge_litert.interpreter import Interpreter
-
-        source = {"model_content": path_or_bytes} if isinstance(path_or_bytes, bytes) else {"model_path": path_or_bytes}
-        self.interpreter = Interpreter(**source, num_threads=num_threads)  # None: LiteRT's default
-        self.prefill = self.interpreter.get_signature_runner("prefill")
-        self.decode = self.interpreter.get_signature_runner("decode")
-        self.max_length = int(self.prefill.get_input_details()["token_ids"]["shape"][1])
-
-    def generate(self, prompt: list[int], max_new_tokens: int, stop_ids: tuple[int, ...] = ()) -> list[int]:
-        """Greedy continuation of `prompt`."""
-        if not prompt:
-            raise ValueError("prompt is empty")
-        if len(prompt) + max_new_tokens > self.max_length:
-            raise ValueError(f"prompt + max_new_tokens exceeds the exported max_length {self.max_length}")
-        ids = np.zeros((1, self.max_length), np.int32)
-        ids[0, : len(prompt)] = prompt
-        out = self.prefill(token_ids=ids, length=np.int32(len(prompt)))
-        tokens = []
-        for position in range(len(prompt), len(prompt) + max_new_tokens):
-            token = int(np.argmax(out["logits"][0]))
-            tokens.append(token)
-            if token in stop_ids or position == len(prompt) + max_new_tokens - 1:
-                break
-            out = self.decode(token_id=np.array([[token]], np.int32), position=np.int32(position), cache=out["cache"])
-        return tokens

@@ -64,9 +64,12 @@ class CausalSelfAttention(keras.layers.Layer):
     Call arguments:
         x: float [batch, time, n_embd].
         attention_mask: optional [batch, key_len], 1 for tokens to attend to, 0 for padding.
-        cache: optional [2, batch, n_head, max_len, head_dim] keys/values of earlier steps;
-            the new keys/values are written at `cache_index` and the updated cache is returned.
+        cache: optional dict `{"key": k, "value": v}`, each [batch, n_head, max_len, head_dim],
+            the keys/values of earlier steps; this step's are written at `cache_index` and the
+            updated dict is returned.
         cache_index: position in the cache of the first token of `x`.
+        attention_bias: optional float [batch, 1, time, key_len] added to the scores (an
+            on-device runtime's additive mask: 0 where allowed, a large negative number where not).
         return_attention: also return the attention probabilities [batch, n_head, time, key_len].
 
     Example:
@@ -105,16 +108,16 @@ class CausalSelfAttention(keras.layers.Layer):
         x = ops.reshape(x, (batch, time, self.n_head, self.head_dim))
         return ops.transpose(x, (0, 2, 1, 3))
 
-    def call(self, x, attention_mask=None, cache=None, cache_index=0, training=None, return_attention=False):
+    def call(self, x, attention_mask=None, cache=None, cache_index=0, attention_bias=None, training=None,
+             return_attention=False):
         q, k, v = ops.split(self.c_attn(x), 3, axis=-1)
         q, k, v = self._split_heads(q), self._split_heads(k), self._split_heads(v)
         if cache is not None:  # decoding: write this step's keys/values, attend over the whole cache
             zero, index = ops.zeros((), "int32"), ops.cast(cache_index, "int32")
             start = (zero, zero, index, zero)
-            k = ops.slice_update(cache[0], start, ops.cast(k, cache.dtype))
-            v = ops.slice_update(cache[1], start, ops.cast(v, cache.dtype))
-            cache = ops.stack([k, v])
-            k, v = ops.cast(k, q.dtype), ops.cast(v, q.dtype)
+            cache = {name: ops.slice_update(cache[name], start, ops.cast(new, cache[name].dtype))
+                     for name, new in (("key", k), ("value", v))}
+            k, v = ops.cast(cache["key"], q.dtype), ops.cast(cache["value"], q.dtype)
 
         # Scores in float32 so that softmax is stable under mixed precision.
         scores = ops.matmul(q, ops.transpose(k, (0, 1, 3, 2)))
@@ -123,6 +126,8 @@ class CausalSelfAttention(keras.layers.Layer):
         if attention_mask is not None:
             allowed = ops.logical_and(allowed, ops.cast(attention_mask, "bool")[:, None, None, :])
         scores = ops.where(allowed, scores, -1e9)  # masked keys get probability exp(-1e9) = 0
+        if attention_bias is not None:
+            scores = scores + ops.cast(attention_bias, "float32")
         probs = ops.softmax(scores, axis=-1)
         y = ops.matmul(self.attn_dropout(ops.cast(probs, v.dtype), training=training), v)
 
@@ -254,10 +259,11 @@ class TransformerBlock(keras.layers.Layer):
             return branch
         return branch * ops.cast(getattr(self, scale_name), branch.dtype)
 
-    def call(self, x, attention_mask=None, cache=None, cache_index=0, training=None, return_attention=False):
+    def call(self, x, attention_mask=None, cache=None, cache_index=0, attention_bias=None, training=None,
+             return_attention=False):
         attend = lambda h: _unpack(self.attn(  # noqa: E731
             h, attention_mask=attention_mask, cache=cache, cache_index=cache_index,
-            training=training, return_attention=return_attention,
+            attention_bias=attention_bias, training=training, return_attention=return_attention,
         ))
         if self.norm_position == "pre":
             a, extras = attend(self.ln_1(x))

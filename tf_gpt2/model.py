@@ -103,7 +103,7 @@ class GPT2(keras.Model):
 
     # -- the forward pass ------------------------------------------------------------------------
     def _transformer(self, token_ids, attention_mask, position_ids, cache, cache_index, training, return_attention,
-                     logits_at=None):
+                     logits_at=None, attention_bias=None):
         if position_ids is None:
             time = ops.shape(token_ids)[1]
             position_ids = (ops.arange(time, dtype="int32") + ops.cast(cache_index, "int32"))[None, :]
@@ -112,7 +112,8 @@ class GPT2(keras.Model):
         for i, block in enumerate(self.h):
             x, extras = _unpack(block(
                 x, attention_mask=attention_mask, cache=None if cache is None else cache[i],
-                cache_index=cache_index, training=training, return_attention=return_attention,
+                cache_index=cache_index, attention_bias=attention_bias, training=training,
+                return_attention=return_attention,
             ))
             if cache is not None:
                 new_cache.append(extras[0])
@@ -123,7 +124,7 @@ class GPT2(keras.Model):
             x = ops.take(x, ops.cast(logits_at, "int32"), axis=1)
         # Tied LM head: the output projection reuses the token embedding matrix.
         logits = ops.matmul(x, ops.transpose(ops.cast(self.wte.embeddings, x.dtype)))
-        return ops.cast(logits, "float32"), (ops.stack(new_cache) if cache is not None else None), attention
+        return ops.cast(logits, "float32"), (new_cache if cache is not None else None), attention
 
     def call(self, token_ids, attention_mask=None, position_ids=None, training=None, return_attention=False):
         self._check_token_ids(token_ids, self.config.n_positions)
@@ -133,23 +134,31 @@ class GPT2(keras.Model):
         return (logits, attention) if return_attention else logits
 
     # -- the KV cache ----------------------------------------------------------------------------
-    def init_cache(self, batch_size: int, max_length: int, dtype: str | None = None):
-        """Zeros of shape [n_layer, 2 (keys, values), batch, n_head, max_length, head_dim]."""
-        cfg = self.config
-        shape = (cfg.n_layer, 2, batch_size, cfg.n_head, max_length, cfg.head_dim)
-        return ops.zeros(shape, dtype=dtype or self.compute_dtype)
+    def init_cache(self, batch_size: int, max_length: int, dtype: str | None = None) -> list[dict]:
+        """One `{"key", "value"}` dict per layer, each of zeros [batch, n_head, max_length, head_dim].
 
-    def call_with_cache(self, token_ids, cache, cache_index, attention_mask=None, position_ids=None, logits_at=None):
+        Keeping every layer's keys and values as separate fixed-shape tensors lets a step update
+        them in place, and maps one to one onto an on-device runtime's named cache buffers.
+        """
+        cfg = self.config
+        shape = (batch_size, cfg.n_head, max_length, cfg.head_dim)
+        dtype = dtype or self.compute_dtype
+        return [{"key": ops.zeros(shape, dtype), "value": ops.zeros(shape, dtype)} for _ in range(cfg.n_layer)]
+
+    def call_with_cache(self, token_ids, cache, cache_index, attention_mask=None, position_ids=None, logits_at=None,
+                        attention_bias=None):
         """One decoding step: run `token_ids` at cache positions `cache_index...`.
 
         Returns `(logits, cache)`, with this step's keys/values written into the cache.
-        `attention_mask`, if given, is [batch, max_length] over the whole cache. `logits_at` (an index into
+        `attention_mask`, if given, is [batch, max_length] over the whole cache; `attention_bias`, if given,
+        is a float [batch, 1, time, max_length] added to the attention scores. `logits_at` (an index into
         `token_ids`' time axis) asks for that position's logits only, [batch, vocab]: a prefill needs just the
         last prompt position, and the LM head is the largest matmul of a step.
         """
-        self._check_token_ids(token_ids, cache.shape[4] if cache.shape[4] is not None else self.config.n_positions)
+        max_length = cache[0]["key"].shape[2]
+        self._check_token_ids(token_ids, max_length if max_length is not None else self.config.n_positions)
         logits, cache, _ = self._transformer(
-            token_ids, attention_mask, position_ids, cache, cache_index, False, False, logits_at
+            token_ids, attention_mask, position_ids, cache, cache_index, False, False, logits_at, attention_bias
         )
         return logits, cache
 

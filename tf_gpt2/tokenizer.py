@@ -60,6 +60,29 @@ def _encoding(encoder_json: str, vocab_bpe: str) -> tiktoken.Encoding:
     )
 
 
+def hf_tokenizer_json(encoder_json: str | None = None, vocab_bpe: str | None = None) -> str:
+    """GPT-2's Hugging Face `tokenizer.json` (byte-level BPE), built offline from the official files.
+
+    It is what on-device runtimes (LiteRT-LM) and `transformers` load; its ids equal `GPT2Tokenizer`'s.
+    """
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors
+
+    default_encoder, default_bpe = default_vocab_files()
+    encoder_json, vocab_bpe = encoder_json or default_encoder, vocab_bpe or default_bpe
+    _verify_sha256(encoder_json, ENCODER_JSON_SHA256)
+    _verify_sha256(vocab_bpe, VOCAB_BPE_SHA256)
+    with open(encoder_json, encoding="utf-8") as f:
+        vocabulary = json.load(f)
+    with open(vocab_bpe, encoding="utf-8") as f:
+        merges = [tuple(line.split(" ")) for line in f.read().split("\n")[1:] if line]  # line 0: "#version: 0.2"
+    tokenizer = Tokenizer(models.BPE(vocab=vocabulary, merges=merges))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    tokenizer.post_processor = processors.ByteLevel(trim_offsets=False)
+    tokenizer.add_special_tokens([AddedToken(ENDOFTEXT, special=True)])
+    return tokenizer.to_str()
+
+
 class GPT2Tokenizer:
     """GPT-2 BPE: text <-> token ids, identical to OpenAI's tokenizer.
 

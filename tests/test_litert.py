@@ -1,0 +1,226 @@
+"""The on-device model: one .tflite in the LiteRT-LM contract, run by LiteRT-LM itself and by the plain
+LiteRT interpreter, compared with the Keras model's greedy tokens."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import keras
+import numpy as np
+import pytest
+
+from tf_gpt2 import GPT2, GPT2Config, GPT2Tokenizer
+from tf_gpt2.cli import main as cli_main
+from tf_gpt2.litert import LiteRTGenerator, export_litert, export_litertlm, litert_bytes
+from tf_gpt2.tokenizer import EOT_ID
+
+pytest.importorskip("ai_edge_litert")
+litert_lm = pytest.importorskip("litert_lm")
+
+CACHE, PREFILL = 40, (4, 8)  # small, so that prompts span several prefill chunks
+PROMPT = "The quick brown fox jumps over the lazy dog, and then"  # 12 tokens: chunks of 8 and 4 (with the start token)
+
+
+@pytest.fixture(scope="module")
+def model():
+    # A large init spreads the logits, so greedy choices are not decided by rounding noise.
+    keras.utils.set_random_seed(0)
+    return GPT2(GPT2Config.from_preset("gpt2-tiny", n_positions=64, initializer_range=0.3))
+
+
+@pytest.fixture(scope="module")
+def shakespeare():
+    import gzip
+
+    from tf_gpt2.data import embedded_corpus
+
+    with gzip.open(embedded_corpus(), "rt", encoding="utf-8") as f:
+        return np.array(GPT2Tokenizer().encode(f.read(250_000)), np.int32)
+
+
+@pytest.fixture(scope="module")
+def held_out(shakespeare):
+    return shakespeare[-200:].tolist()
+
+
+@pytest.fixture(scope="module")
+def trained(shakespeare):
+    """gpt2-tiny trained briefly on the embedded Shakespeare with the GPT-2 BPE: peaked, text-like predictions."""
+    keras.utils.set_random_seed(0)
+    tokens = shakespeare[:-200]
+    starts = np.random.RandomState(0).randint(0, len(tokens) - 33, 300 * 16)
+    windows = tokens[starts[:, None] + np.arange(33)]
+    model = GPT2(GPT2Config.from_preset("gpt2-tiny", n_positions=64))
+    model.compile(optimizer=keras.optimizers.AdamW(5e-3), jit_compile=True,
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    history = model.fit(windows[:, :-1], windows[:, 1:], batch_size=16, epochs=1, verbose=0)
+    assert history.history["loss"][-1] < 6.5  # it learned something (log 50257 = 10.8)
+    return model
+
+
+@pytest.fixture(scope="module")
+def litertlm_file(model, tmp_path_factory):
+    return export_litertlm(model, str(tmp_path_factory.mktemp("lm") / "tiny.litertlm"), CACHE, PREFILL)
+
+
+def _litert_lm_turns(path, turns, max_output_tokens):
+    """Texts LiteRT-LM generates for each turn of one session (greedy: its default sampler)."""
+    with litert_lm.Engine(path) as engine:
+        with engine.create_session(apply_prompt_template=False, max_output_tokens=max_output_tokens) as session:
+            answers = []
+            for turn in turns:
+                session.run_prefill([turn])
+                answers.append(session.run_decode().texts[0])
+            return answers
+
+
+def test_litert_lm_runs_the_package_and_matches_keras_over_two_turns(model, litertlm_file):
+    tok = GPT2Tokenizer()
+    second = " So the fox"
+    with litert_lm.Engine(litertlm_file) as engine:
+        assert engine.bos_token_id == EOT_ID and engine.eos_token_ids == [[EOT_ID]]
+        assert engine.tokenize(PROMPT) == tok.encode(PROMPT)  # the packed tokenizer.json is GPT-2's
+    first_ids = [EOT_ID] + tok.encode(PROMPT)  # the runtime starts a conversation with the start token
+    assert len(first_ids) > max(PREFILL)
+    first_new = model.generate(first_ids, max_new_tokens=6, stop_ids=[])
+    second_new = model.generate(first_ids + first_new + tok.encode(second), max_new_tokens=6, stop_ids=[])
+    answers = _litert_lm_turns(litertlm_file, [PROMPT, second], max_output_tokens=6)
+    assert answers == [tok.decode(first_new), tok.decode(second_new)]
+
+
+def test_litert_lm_stops_at_end_of_text(tmp_path):
+    """A model that says <|endoftext|> at position 6 and goes on after it when not stopped."""
+    keras.utils.set_random_seed(1)
+    model = GPT2(GPT2Config.from_preset("gpt2-tiny", n_positions=64, initializer_range=0.3))
+    for block in model.h:  # blocks add nothing: the logits at p are ln_f(wte[token] + wpe[p]) . wte
+        for projection in (block.attn.c_proj, block.mlp.c_proj):
+            for weight in projection.weights:
+                weight.assign(np.zeros(weight.shape, np.float32))
+    direction = np.random.RandomState(0).randn(64).astype(np.float32)
+    wte, wpe = model.wte.embeddings.numpy(), model.wpe.embeddings.numpy()
+    wte[EOT_ID] = 0.5 * direction
+    wpe[6] += 100 * direction  # at position 6 the residual stream points at <|endoftext|>'s embedding,
+    wpe[7] -= 100 * direction  # at 7 away from it
+    model.wte.embeddings.assign(wte)
+    model.wpe.embeddings.assign(wpe)
+    tok = GPT2Tokenizer()
+    prompt = "Once upon"
+    ids = [EOT_ID] + tok.encode(prompt)
+    unstopped = model.generate(ids, max_new_tokens=10, stop_ids=[])
+    stop_at = unstopped.index(EOT_ID)
+    assert 0 < stop_at < 9 and any(t != EOT_ID for t in unstopped[stop_at + 1:])
+    path = export_litertlm(model, str(tmp_path / "stops.litertlm"), CACHE, PREFILL)
+    assert _litert_lm_turns(path, [prompt], max_output_tokens=10) == [tok.decode(unstopped[:stop_at])]
+
+
+def test_plain_interpreter_runs_the_same_contract(model):
+    gen = LiteRTGenerator(litert_bytes(model, CACHE, PREFILL))
+    assert gen.prefill_lengths == list(PREFILL) and gen.cache_length == CACHE
+    assert sorted(gen.interpreter.get_signature_list()) == ["decode", "prefill_4", "prefill_8"]
+    prompt = np.random.RandomState(3).randint(0, 50257, 15).tolist()  # chunks 8 + 4, one decode step, then 2 steps
+    full = np.asarray(model(np.array([prompt])))[0]
+    np.testing.assert_allclose(gen.feed(prompt[:13]), full[12], atol=1e-4)
+    np.testing.assert_allclose(gen.feed(prompt[13:]), full[14], atol=1e-4)
+    assert gen.position == 15
+    assert gen.generate(prompt, max_new_tokens=12) == model.generate(prompt, max_new_tokens=12, stop_ids=[])
+
+
+def test_generator_rejects_bad_input_and_keeps_its_cache(model):
+    gen = LiteRTGenerator(litert_bytes(model, CACHE, PREFILL))
+    logits = gen.feed([464, 3290, 318])
+    cache = {name: value.copy() for name, value in gen.cache.items()}
+    for bad, message in (([], "no tokens to feed"), ([5, 50257], r"token ids must be in \[0, 50257\)"),
+                         ([-1], r"token ids must be in"), ([1] * 38, "exceed the exported cache of 40")):
+        with pytest.raises(ValueError, match=message):
+            gen.feed(bad)
+    assert gen.position == 3 and all(np.array_equal(gen.cache[n], cache[n]) for n in cache)
+    np.testing.assert_array_equal(gen.feed([11]), LiteRTGenerator(litert_bytes(model, CACHE, PREFILL)).feed(
+        [464, 3290, 318, 11]))  # the failed calls changed nothing
+    assert logits.shape == (50257,)
+    with pytest.raises(ValueError, match="exceeds the exported cache of 40"):
+        gen.generate([1, 2, 3], max_new_tokens=39)
+    with pytest.raises(ValueError, match="max_new_tokens must be a positive integer"):
+        gen.generate([1, 2, 3], max_new_tokens=0)
+
+
+def test_quantized_variants_agree_with_fp32_on_a_trained_model(trained, held_out):
+    """Teacher-forced on held-out Shakespeare: the share of positions whose greedy choice equals Keras fp32's."""
+    text = held_out[:47]
+    reference = np.argmax(np.asarray(trained(np.array([text])))[0], axis=-1)
+    assert len(set(reference.tolist())) >= 6  # varied choices, not one repeated token
+    sizes = {}
+    for quantize, min_agreement in (("fp32", 1.0), ("fp16", 0.95), ("int8", 0.85)):
+        flatbuffer = litert_bytes(trained, 48, (8,), quantize)
+        sizes[quantize] = len(flatbuffer)
+        gen = LiteRTGenerator(flatbuffer)
+        choices = [int(np.argmax(gen.feed(text[:1])))] + [int(np.argmax(gen.feed([t]))) for t in text[1:]]
+        agreement = np.mean(np.array(choices) == reference)
+        print(f"{quantize}: {agreement:.0%} of greedy choices equal Keras fp32's")
+        assert agreement >= min_agreement, (quantize, agreement)
+    # int8 stores the tied embedding twice (per-tensor for the lookup, per-channel for the LM head).
+    assert sizes["fp16"] < 0.55 * sizes["fp32"] and sizes["int8"] < 0.6 * sizes["fp32"]
+
+
+def test_bad_export_arguments_fail_clearly_and_write_nothing(model, tmp_path, capsys):
+    out = tmp_path / "m.litertlm"
+    for kwargs, message in ((dict(quantize="int4"), "unknown quantization 'int4'"),
+                            (dict(cache_length=65), r"cache_length must be an integer in \[1, 64\]"),
+                            (dict(cache_length=16, prefill_lengths=(8, 32)), "prefill length 32 exceeds cache_length 16"),
+                            (dict(prefill_lengths=(0,)), "prefill_lengths must be positive integers")):
+        with pytest.raises(ValueError, match=message):
+            export_litertlm(model, str(out), **kwargs)
+    char_model = GPT2(GPT2Config.from_preset("gpt2-tiny", vocab_size=65, n_positions=32))
+    with pytest.raises(ValueError, match="cannot use it. Export a plain .tflite"):
+        export_litertlm(char_model, str(out))
+    assert os.listdir(tmp_path) == []
+    assert cli_main(["export", "--format", "onnx", "--out", str(tmp_path / "x")]) == 2
+    assert "unknown export format 'onnx'" in capsys.readouterr().err
+    assert cli_main(["export", "--format", "litertlm", "--quantize", "int3", "--out", str(out)]) == 2
+    assert "unknown quantization 'int3'" in capsys.readouterr().err
+
+
+def test_unwritable_output_fails_before_converting(model, tmp_path, monkeypatch):
+    def must_not_convert(*args, **kwargs):
+        raise AssertionError("converted although the output cannot be written")
+
+    monkeypatch.setattr("tf_gpt2.litert.litert_bytes", must_not_convert)
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(NotADirectoryError, match="a_file is a file, not a directory"):
+        export_litert(model, str(tmp_path / "a_file" / "sub" / "m.tflite"), CACHE, PREFILL)
+    if os.geteuid() != 0:  # root may write anywhere
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o500)
+        with pytest.raises(PermissionError, match="cannot write to"):
+            export_litertlm(model, str(locked / "m.litertlm"), CACHE, PREFILL)
+    assert sorted(os.listdir(tmp_path)) in (["a_file"], ["a_file", "locked"])
+
+
+def test_a_failed_export_keeps_the_previous_file(model, tmp_path, monkeypatch):
+    path = tmp_path / "m.tflite"
+    export_litert(model, str(path), CACHE, PREFILL)
+    before = path.read_bytes()
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("converter crashed")
+
+    monkeypatch.setattr("tf_gpt2.litert.litert_bytes", fail)
+    with pytest.raises(RuntimeError, match="converter crashed"):
+        export_litert(model, str(path), CACHE, PREFILL)
+    assert path.read_bytes() == before and os.listdir(tmp_path) == ["m.tflite"]
+
+
+def test_export_cli_writes_a_litertlm_that_the_litert_lm_cli_runs(model, tmp_path):
+    """`tf-gpt2 export --format litertlm`, then Google's own `litert-lm run`, as a user would on a laptop."""
+    model.save(tmp_path / "tiny.keras")
+    out = str(tmp_path / "tiny.litertlm")
+    assert cli_main(["export", "--format", "litertlm", "--model", str(tmp_path / "tiny.keras"), "--cache-length",
+                     "32", "--prefill-lengths", "4,8", "--out", out]) == 0
+    cli = os.path.join(os.path.dirname(sys.executable), "litert-lm")
+    run = subprocess.run([cli, "run", out, "--prompt", "Once upon a time", "--no-template"], capture_output=True,
+                         text=True, timeout=300, env={**os.environ, "HOME": str(tmp_path)})
+    assert run.returncode == 0, run.stderr[-2000:]
+    printed = run.stdout.strip("\n")
+    tok = GPT2Tokenizer()
+    expected = tok.decode(model.generate([EOT_ID] + tok.encode("Once upon a time"), max_new_tokens=32, stop_ids=[]))
+    assert len(printed) > 20 and expected.startswith(printed)  # it runs until the 25-token budget is spent

@@ -1,0 +1,300 @@
+"""On-device models: one LiteRT (TFLite) file in the LiteRT-LM contract, and its `.litertlm` package.
+
+The `.tflite` has the signatures that Google's on-device LLM runtime, LiteRT-LM, drives (batch 1, a
+fixed cache of C = `cache_length` positions):
+
+  prefill_<T>(tokens [1, T], input_pos [T], mask [1, 1, T, C], kv_cache_k_<i>, kv_cache_v_<i>, ...)
+      -> kv_cache_k_<i>, kv_cache_v_<i>, ...            one signature per prefill length T
+  decode(tokens [1, 1], input_pos [1], mask [1, 1, 1, C], kv_cache_k_<i>, kv_cache_v_<i>, ...)
+      -> logits [1, 1, vocab], kv_cache_k_<i>, kv_cache_v_<i>, ...
+
+Each layer i has a key and a value cache, float32 [1, n_head, C, head_dim]; a call writes its entries at
+`input_pos[0]` onwards and returns the whole updated cache. `mask` is added to the attention scores: 0
+where a key is visible, a large negative number where it is not. The same file runs in LiteRT-LM
+(`export_litertlm` packs it with the GPT-2 tokenizer and the runtime's metadata) and in the plain LiteRT
+interpreter (`LiteRTGenerator`: the loop an app runs when it drives the model itself).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from typing import Iterator, Sequence
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tf_gpt2.model import GPT2
+from tf_gpt2.tokenizer import EOT_ID, VOCAB_SIZE, hf_tokenizer_json
+
+QUANTIZATIONS = ("fp32", "fp16", "int8")
+# What LiteRT-LM writes into `mask` for a hidden key (finite: -inf would turn a fully masked row into NaN).
+MASKED = float(-0.7 * np.finfo(np.float32).max)
+
+
+def default_prefill_lengths(cache_length: int) -> tuple[int, ...]:
+    """Prefill chunk lengths for a cache: 8, 32 and 128 where they fit in a quarter of it (else 1)."""
+    return tuple(t for t in (8, 32, 128) if t <= cache_length // 4) or (1,)
+
+
+def _check_options(model: GPT2, cache_length: int | None, prefill_lengths: Sequence[int] | None,
+                   quantize: str) -> tuple[int, tuple[int, ...]]:
+    if quantize not in QUANTIZATIONS:
+        raise ValueError(f"unknown quantization {quantize!r}; choose one of {QUANTIZATIONS}")
+    n_positions = model.config.n_positions
+    cache_length = n_positions if cache_length is None else cache_length
+    if isinstance(cache_length, bool) or not isinstance(cache_length, (int, np.integer)) \
+            or not 0 < cache_length <= n_positions:
+        raise ValueError(f"cache_length must be an integer in [1, {n_positions}] (n_positions), got {cache_length!r}")
+    lengths = default_prefill_lengths(cache_length) if prefill_lengths is None else tuple(prefill_lengths)
+    if not lengths or any(isinstance(t, bool) or not isinstance(t, (int, np.integer)) or t <= 0 for t in lengths):
+        raise ValueError(f"prefill_lengths must be positive integers, got {prefill_lengths!r}")
+    if max(lengths) > cache_length:
+        raise ValueError(f"prefill length {max(lengths)} exceeds cache_length {cache_length}")
+    return int(cache_length), tuple(sorted({int(t) for t in lengths}))
+
+
+class _Signatures:
+    """The functions behind the LiteRT-LM signatures, over the model's own cached forward pass."""
+
+    def __init__(self, model: GPT2):
+        self.model = model
+
+    def _run(self, tokens, input_pos, mask, caches, with_logits: bool):
+        cache = [{"key": caches[2 * i], "value": caches[2 * i + 1]} for i in range(len(caches) // 2)]
+        logits, cache = self.model.call_with_cache(
+            tokens, cache, input_pos[0], position_ids=input_pos[None, :], attention_bias=mask, logits_at=0)
+        outputs = {}
+        for i, layer in enumerate(cache):
+            outputs[f"kv_cache_k_{i}"], outputs[f"kv_cache_v_{i}"] = layer["key"], layer["value"]
+        if with_logits:
+            outputs["logits"] = logits[:, None, :]
+        return outputs
+
+    def prefill(self, tokens, input_pos, mask, *caches):
+        return self._run(tokens, input_pos, mask, caches, with_logits=False)
+
+    def decode(self, tokens, input_pos, mask, *caches):
+        return self._run(tokens, input_pos, mask, caches, with_logits=True)
+
+
+def _specs(model: GPT2, time: int, cache_length: int) -> list[tf.TensorSpec]:
+    cfg = model.config
+    cache_shape = [1, cfg.n_head, cache_length, cfg.head_dim]
+    specs = [tf.TensorSpec([1, time], tf.int32, "tokens"), tf.TensorSpec([time], tf.int32, "input_pos"),
+             tf.TensorSpec([1, 1, time, cache_length], tf.float32, "mask")]
+    for i in range(cfg.n_layer):
+        specs += [tf.TensorSpec(cache_shape, tf.float32, f"kv_cache_k_{i}"),
+                  tf.TensorSpec(cache_shape, tf.float32, f"kv_cache_v_{i}")]
+    return specs
+
+
+def litert_bytes(model: GPT2, cache_length: int | None = None, prefill_lengths: Sequence[int] | None = None,
+                 quantize: str = "fp32") -> bytes:
+    """Convert `model` to a LiteRT flatbuffer with `prefill_<T>` and `decode` signatures (see the module doc).
+
+    `quantize`: "fp32", "fp16" (weights stored as float16) or "int8" (dynamic-range: int8 weights, int8
+    matmuls with activations quantized on the fly; LiteRT's recommended CPU recipe).
+    """
+    cache_length, prefill_lengths = _check_options(model, cache_length, prefill_lengths, quantize)
+    signatures = _Signatures(model)
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    names = [f"prefill_{t}" for t in prefill_lengths] + ["decode"]
+    for t in prefill_lengths:
+        archive.add_endpoint(f"prefill_{t}", signatures.prefill, _specs(model, t, cache_length))
+    archive.add_endpoint("decode", signatures.decode, _specs(model, 1, cache_length))
+    with tempfile.TemporaryDirectory() as tmp:
+        archive.write_out(tmp, verbose=False)
+        converter = tf.lite.TFLiteConverter.from_saved_model(tmp, signature_keys=names)
+        if quantize != "fp32":
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        if quantize == "fp16":
+            converter.target_spec.supported_types = [tf.float16]
+        return converter.convert()
+
+
+@contextlib.contextmanager
+def _atomic_output(path: str) -> Iterator[str]:
+    """A temporary path beside `path` that replaces it only if the block succeeds."""
+    directory = os.path.dirname(os.path.abspath(path))
+    existing = directory
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise NotADirectoryError(f"cannot write {path}: {existing} is a file, not a directory")
+    os.makedirs(directory, exist_ok=True)
+    if not os.access(directory, os.W_OK):
+        raise PermissionError(f"cannot write to {directory}: the export would fail after converting")
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
+    os.close(fd)
+    try:
+        yield tmp
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def export_litert(model: GPT2, path: str, cache_length: int | None = None,
+                  prefill_lengths: Sequence[int] | None = None, quantize: str = "fp32") -> str:
+    """Write the `.tflite` (LiteRT-LM contract) to `path`, atomically, and return `path`."""
+    _check_options(model, cache_length, prefill_lengths, quantize)
+    with _atomic_output(path) as tmp:
+        flatbuffer = litert_bytes(model, cache_length, prefill_lengths, quantize)
+        with open(tmp, "wb") as f:
+            f.write(flatbuffer)
+    return path
+
+
+def _llm_metadata(max_num_tokens: int) -> bytes:
+    """LiteRT-LM's LlmMetadata: GPT-2's start and stop token, the token budget, a greedy sampler."""
+    from litert_lm_builder.runtime.proto import llm_metadata_pb2, sampler_params_pb2
+
+    metadata = llm_metadata_pb2.LlmMetadata(max_num_tokens=max_num_tokens)
+    metadata.start_token.token_ids.ids.append(EOT_ID)
+    metadata.stop_tokens.add().token_ids.ids.append(EOT_ID)
+    metadata.llm_model_type.generic_model.SetInParent()
+    # The CPU sampler implements TOP_P; k = 1 makes it greedy (an app sets its own per session).
+    metadata.sampler_params.CopyFrom(sampler_params_pb2.SamplerParameters(
+        type=sampler_params_pb2.SamplerParameters.TOP_P, k=1, p=1.0, temperature=1.0, seed=0))
+    return metadata.SerializeToString()
+
+
+def export_litertlm(model: GPT2, path: str, cache_length: int | None = None,
+                    prefill_lengths: Sequence[int] | None = None, quantize: str = "fp32") -> str:
+    """Write a `.litertlm` for LiteRT-LM: the `.tflite` above, GPT-2's `tokenizer.json` and the LLM metadata.
+
+    The runtime starts a conversation with `<|endoftext|>` (GPT-2's document separator, as in training),
+    stops at it, and holds at most `cache_length - (max(prefill_lengths) - 1)` tokens: a padded prefill
+    chunk must still fit in the cache.
+
+    Example:
+    >>> model = GPT2(GPT2Config.from_preset("gpt2-tiny"))                # doctest: +SKIP
+    >>> export_litertlm(model, "gpt2-tiny.litertlm", quantize="int8")     # doctest: +SKIP
+    """
+    try:
+        from litert_lm_builder import LitertLmFileBuilder, TfLiteModelType
+    except ImportError as e:
+        raise ImportError(f"{e.name} is missing: pip install \"tf_gpt2[litert]\" (LiteRT-LM's builder)") from e
+    if model.config.vocab_size != VOCAB_SIZE:
+        raise ValueError(
+            f"a .litertlm carries the GPT-2 BPE tokenizer ({VOCAB_SIZE} tokens), but this model has "
+            f"{model.config.vocab_size}: a character-level or custom-vocabulary model cannot use it. "
+            "Export a plain .tflite (--format tflite) and drive it with your own tokenizer")
+    cache_length, prefill_lengths = _check_options(model, cache_length, prefill_lengths, quantize)
+    with _atomic_output(path) as tmp, tempfile.TemporaryDirectory() as parts:
+        files = {name: os.path.join(parts, name) for name in ("model.tflite", "tokenizer.json", "metadata.pb")}
+        with open(files["model.tflite"], "wb") as f:
+            f.write(litert_bytes(model, cache_length, prefill_lengths, quantize))
+        with open(files["tokenizer.json"], "w", encoding="utf-8") as f:
+            f.write(hf_tokenizer_json())
+        with open(files["metadata.pb"], "wb") as f:
+            f.write(_llm_metadata(cache_length - (max(prefill_lengths) - 1)))
+        builder = LitertLmFileBuilder()
+        builder.add_tflite_model(files["model.tflite"], TfLiteModelType.PREFILL_DECODE)
+        builder.add_hf_tokenizer(files["tokenizer.json"])
+        builder.add_llm_metadata(files["metadata.pb"])
+        with open(tmp, "wb") as f:
+            builder.build(f)
+    return path
+
+
+class LiteRTGenerator:
+    """Reference driver for the on-device model in the plain LiteRT interpreter: the loop an app runs.
+
+    It keeps the KV cache and the next position; `feed` appends tokens (prefill chunks, then one decode
+    step for the last token) and returns the logits that predict the next one. Bad input (an empty or
+    out-of-vocabulary prompt, a position past the cache) raises before anything runs, so the cache is
+    never left half-updated.
+
+    Example:
+    >>> gen = LiteRTGenerator("gpt2.tflite", num_threads=2)      # doctest: +SKIP
+    >>> gen.generate([464, 3290], max_new_tokens=8)              # doctest: +SKIP
+    """
+
+    def __init__(self, path_or_bytes: str | bytes, num_threads: int | None = None):
+        from ai_edge_litert.interpreter import Interpreter
+
+        source = {"model_content": path_or_bytes} if isinstance(path_or_bytes, bytes) else {"model_path": path_or_bytes}
+        self.interpreter = Interpreter(**source, num_threads=num_threads)  # None: LiteRT's default
+        names = self.interpreter.get_signature_list()
+        if "decode" not in names:
+            raise ValueError(f"not a tf_gpt2 on-device model: signatures {sorted(names)}, expected decode and prefill_<T>")
+        self._decode = self.interpreter.get_signature_runner("decode")
+        self._prefill = {int(n.split("_")[1]): self.interpreter.get_signature_runner(n)
+                         for n in names if n.startswith("prefill_")}
+        inputs = self._decode.get_input_details()
+        self.cache_length = int(inputs["mask"]["shape"][-1])
+        self.vocab_size = int(self._decode.get_output_details()["logits"]["shape"][-1])
+        self._cache_shapes = {n: tuple(d["shape"]) for n, d in inputs.items() if n.startswith("kv_cache_")}
+        self.reset()
+
+    @property
+    def prefill_lengths(self) -> list[int]:
+        return sorted(self._prefill)
+
+    def reset(self) -> None:
+        """Forget the conversation: an empty cache, next position 0."""
+        self.cache = {name: np.zeros(shape, np.float32) for name, shape in self._cache_shapes.items()}
+        self.position = 0
+
+    def _run(self, runner, tokens: list[int], pad_to: int) -> dict:
+        """Run `tokens` at the next positions (right-padded to `pad_to` with token 0 at position 0)."""
+        n = len(tokens)
+        positions = np.zeros(pad_to, np.int32)
+        positions[:n] = np.arange(self.position, self.position + n)
+        mask = np.where(np.arange(self.cache_length)[None, :] <= positions[:, None], 0.0, MASKED)
+        ids = np.zeros((1, pad_to), np.int32)
+        ids[0, :n] = tokens
+        out = runner(tokens=ids, input_pos=positions, mask=mask[None, None].astype(np.float32), **self.cache)
+        self.cache = {name: out[name] for name in self.cache}
+        self.position += n
+        return out
+
+    def _chunk(self, remaining: int) -> int | None:
+        """The prefill length for the next chunk: the longest one filled completely, else the shortest
+        one that fits in the cache padded; None when only single decode steps fit."""
+        full = [t for t in self.prefill_lengths if t <= remaining]
+        if full:
+            return full[-1]
+        padded = [t for t in self.prefill_lengths if self.position + t <= self.cache_length]
+        return padded[0] if padded else None
+
+    def feed(self, tokens: Sequence[int]) -> np.ndarray:
+        """Append `tokens` to the conversation; return the float32 [vocab] logits after the last one."""
+        tokens = [int(t) for t in tokens]
+        if not tokens:
+            raise ValueError("no tokens to feed: give at least one")
+        if min(tokens) < 0 or max(tokens) >= self.vocab_size:
+            raise ValueError(f"token ids must be in [0, {self.vocab_size}), got min {min(tokens)} and max {max(tokens)}")
+        if self.position + len(tokens) > self.cache_length:
+            raise ValueError(f"{len(tokens)} tokens at position {self.position} exceed the exported cache of "
+                             f"{self.cache_length} positions")
+        head, last = tokens[:-1], tokens[-1]
+        while head:
+            t = self._chunk(len(head))
+            if t is None:
+                self._run(self._decode, head[:1], 1)
+                head = head[1:]
+            else:
+                self._run(self._prefill[t], head[:t], t)
+                head = head[t:]
+        return self._run(self._decode, [last], 1)["logits"][0, 0]
+
+    def generate(self, prompt: Sequence[int], max_new_tokens: int, stop_ids: Sequence[int] = ()) -> list[int]:
+        """Greedy continuation of `prompt` from an empty cache; stops after a token in `stop_ids`."""
+        if not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens <= 0:
+            raise ValueError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
+        if len(prompt) + max_new_tokens - 1 > self.cache_length:
+            raise ValueError(f"prompt + max_new_tokens exceeds the exported cache of {self.cache_length} positions")
+        self.reset()
+        logits, tokens = self.feed(prompt), []
+        while True:
+            tokens.append(int(np.argmax(logits)))
+            if tokens[-1] in stop_ids or len(tokens) == max_new_tokens:
+                return tokens
+            logits = self.feed(tokens[-1:])
