@@ -63,3 +63,23 @@ def test_flops_per_token_follows_nanogpt():
 def test_bench_bad_system_is_named(capsys):
     assert cli_main(["bench", "--smoke", "--systems", "tf_gpt2,pytorch-lightning"]) == 2
     assert "pytorch-lightning" in capsys.readouterr().err
+
+
+def test_on_device_benchmark_smoke_runs_each_system_in_its_own_process(tmp_path):
+    """benchmarks/on_device.py end to end on gpt2-tiny: export, CTranslate2 conversion, one worker process each."""
+    import os
+    import subprocess
+    import sys
+
+    pytest.importorskip("ctranslate2")
+    pytest.importorskip("litert_lm")
+    script = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "on_device.py")
+    out = tmp_path / "on_device.json"
+    run = subprocess.run([sys.executable, script, "--smoke", "--work", str(tmp_path / "work"), "--quantize", "int8",
+                          "--systems", "litert-lm", "ct2", "--repeats", "1", "--json", str(out)],
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["system"] for r in rows] == ["LiteRT-LM int8", "CTranslate2 int8"]
+    assert all(r["decode_tok_s"] > 0 and r["prefill_tok_s"] > 0 and r["peak_mb"] > 0 for r in rows)
+    assert "| LiteRT-LM int8 | 64 |" in run.stdout
