@@ -30,18 +30,11 @@ def peak_flops(device_name: str) -> float | None:
 
 
 def keras_jax_step(setup):
-    """One compiled Keras train step (benchmark._keras_step) of a model built under mixed_bfloat16."""
-    import keras
-
+    """One compiled Keras train step (benchmark._keras_step) of a mixed_bfloat16 model."""
     from tf_gpt2 import GPT2
     from tf_gpt2.benchmark import _keras_step
 
-    keras.mixed_precision.set_global_policy("mixed_bfloat16")
-    try:
-        model = GPT2(setup.config)  # the policy applies to the layers made now
-    finally:
-        keras.mixed_precision.set_global_policy("float32")
-    return _keras_step(model, lambda x: x)
+    return _keras_step(GPT2(setup.config, dtype="mixed_bfloat16"), lambda x: x)
 
 
 def torch_compile_step(setup):

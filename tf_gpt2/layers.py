@@ -21,12 +21,13 @@ ACTIVATIONS = {
 }
 
 
-def _dense(units: int, stddev: float, name: str) -> keras.layers.Dense:
+def _dense(units: int, stddev: float, name: str, dtype) -> keras.layers.Dense:
     return keras.layers.Dense(
         units,
         kernel_initializer=keras.initializers.RandomNormal(stddev=stddev),
         bias_initializer="zeros",
         name=name,
+        dtype=dtype,
     )
 
 
@@ -94,10 +95,12 @@ class CausalSelfAttention(keras.layers.Layer):
         self.dropout = dropout
         self.initializer_range = initializer_range
         self.output_initializer_range = output_initializer_range
-        self.c_attn = _dense(3 * n_embd, initializer_range, "c_attn")
-        self.c_proj = _dense(n_embd, output_initializer_range or initializer_range, "c_proj")
-        self.attn_dropout = keras.layers.Dropout(dropout)
-        self.resid_dropout = keras.layers.Dropout(dropout)
+        # Sublayers do not inherit a dtype policy: pass ours, or a mixed model runs them in float32.
+        policy = self.dtype_policy
+        self.c_attn = _dense(3 * n_embd, initializer_range, "c_attn", policy)
+        self.c_proj = _dense(n_embd, output_initializer_range or initializer_range, "c_proj", policy)
+        self.attn_dropout = keras.layers.Dropout(dropout, dtype=policy)
+        self.resid_dropout = keras.layers.Dropout(dropout, dtype=policy)
 
     def build(self, input_shape):
         self.c_attn.build(input_shape)
@@ -173,9 +176,10 @@ class MLP(keras.layers.Layer):
         self.dropout = dropout
         self.initializer_range = initializer_range
         self.output_initializer_range = output_initializer_range
-        self.c_fc = _dense(4 * n_embd, initializer_range, "c_fc")
-        self.c_proj = _dense(n_embd, output_initializer_range or initializer_range, "c_proj")
-        self.resid_dropout = keras.layers.Dropout(dropout)
+        policy = self.dtype_policy
+        self.c_fc = _dense(4 * n_embd, initializer_range, "c_fc", policy)
+        self.c_proj = _dense(n_embd, output_initializer_range or initializer_range, "c_proj", policy)
+        self.resid_dropout = keras.layers.Dropout(dropout, dtype=policy)
 
     def build(self, input_shape):
         self.c_fc.build(input_shape)
@@ -240,12 +244,13 @@ class TransformerBlock(keras.layers.Layer):
         self.norm_position = norm_position
         self.learned_residual_scale = learned_residual_scale
         residual_std = initializer_range / math.sqrt(2 * n_layer)
-        self.ln_1 = keras.layers.LayerNormalization(epsilon=layer_norm_epsilon, name="ln_1")
+        policy = self.dtype_policy
+        self.ln_1 = keras.layers.LayerNormalization(epsilon=layer_norm_epsilon, name="ln_1", dtype=policy)
         self.attn = CausalSelfAttention(
-            n_embd, n_head, dropout, initializer_range, residual_std, name="attn"
+            n_embd, n_head, dropout, initializer_range, residual_std, name="attn", dtype=policy
         )
-        self.ln_2 = keras.layers.LayerNormalization(epsilon=layer_norm_epsilon, name="ln_2")
-        self.mlp = MLP(n_embd, activation, dropout, initializer_range, residual_std, name="mlp")
+        self.ln_2 = keras.layers.LayerNormalization(epsilon=layer_norm_epsilon, name="ln_2", dtype=policy)
+        self.mlp = MLP(n_embd, activation, dropout, initializer_range, residual_std, name="mlp", dtype=policy)
 
     def build(self, input_shape):
         for layer in (self.ln_1, self.attn, self.ln_2, self.mlp):

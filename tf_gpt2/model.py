@@ -58,18 +58,21 @@ class GPT2(keras.Model):
             raise TypeError(f"config must be a GPT2Config or a dict, got {type(config).__name__}")
         self.config = cfg = config
         init = keras.initializers.RandomNormal(stddev=cfg.initializer_range)
-        self.wte = keras.layers.Embedding(cfg.vocab_size, cfg.n_embd, embeddings_initializer=init, name="wte")
-        self.wpe = keras.layers.Embedding(cfg.n_positions, cfg.n_embd, embeddings_initializer=init, name="wpe")
-        self.drop = keras.layers.Dropout(cfg.dropout)
+        policy = self.dtype_policy  # e.g. GPT2(cfg, dtype="mixed_bfloat16"); every sublayer gets it
+        self.wte = keras.layers.Embedding(cfg.vocab_size, cfg.n_embd, embeddings_initializer=init, name="wte",
+                                          dtype=policy)
+        self.wpe = keras.layers.Embedding(cfg.n_positions, cfg.n_embd, embeddings_initializer=init, name="wpe",
+                                          dtype=policy)
+        self.drop = keras.layers.Dropout(cfg.dropout, dtype=policy)
         self.h = [
             TransformerBlock(
                 cfg.n_embd, cfg.n_head, cfg.n_layer, cfg.dropout, cfg.activation,
                 cfg.layer_norm_epsilon, cfg.initializer_range, cfg.norm_position,
-                cfg.learned_residual_scale, name=f"h_{i}",
+                cfg.learned_residual_scale, name=f"h_{i}", dtype=policy,
             )
             for i in range(cfg.n_layer)
         ]
-        self.ln_f = keras.layers.LayerNormalization(epsilon=cfg.layer_norm_epsilon, name="ln_f")
+        self.ln_f = keras.layers.LayerNormalization(epsilon=cfg.layer_norm_epsilon, name="ln_f", dtype=policy)
         self.build((None, None))  # create all weights now, so checkpoints load before a first call
 
     def build(self, input_shape=None):

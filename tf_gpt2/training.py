@@ -300,8 +300,11 @@ def build_model(cfg: TrainConfig, vocab_size: int) -> GPT2:
         model = GPT2.from_pretrained(cfg.init_from)
         if model.config.vocab_size < vocab_size:
             raise ValueError(f"--init-from model has {model.config.vocab_size} tokens, the data needs {vocab_size}")
+        if model.dtype_policy.name != cfg.precision:  # same weights (float32 variables), this run's precision
+            weights, model = model.get_weights(), GPT2(model.config, dtype=cfg.precision)
+            model.set_weights(weights)
     else:
-        model = GPT2(GPT2Config.from_preset(cfg.preset, **{"vocab_size": vocab_size, **cfg.model}))
+        model = GPT2(GPT2Config.from_preset(cfg.preset, **{"vocab_size": vocab_size, **cfg.model}), dtype=cfg.precision)
     if cfg.block_size > model.config.n_positions:
         raise ValueError(f"block_size {cfg.block_size} exceeds the model's context of {model.config.n_positions}")
     if cfg.lora_rank:
@@ -317,31 +320,27 @@ def train(cfg: TrainConfig) -> tuple[GPT2, dict[str, list[float]]]:
     train_data, val_data = TokenShards(data_dir, "train"), TokenShards(data_dir, "val")
     train_data._check_block(cfg.block_size, cfg.batch_size)
     os.makedirs(cfg.out, exist_ok=True)
-    keras.mixed_precision.set_global_policy(cfg.precision)
     keras.utils.set_random_seed(cfg.seed)
     strategy = make_strategy(cfg.strategy)
     jit_compile = cfg.jit_compile
     if jit_compile and cfg.strategy in ("mirrored", "multiworker") and not tf.config.list_physical_devices("GPU"):
         print("note: TensorFlow has no XLA collectives on CPU; this distributed run compiles without XLA")
         jit_compile = False
-    try:
-        with strategy.scope():
-            model = build_model(cfg, train_data.vocab_size)
-            optimizer = make_optimizer(model, cfg)
-            gradient_norm = GradientNorm(optimizer)
-            model.compile(
-                optimizer=optimizer,
-                loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                jit_compile=jit_compile, steps_per_execution=cfg.steps_per_execution,
-            )
-            start = 0
-            checkpoint = os.path.join(cfg.out, CHECKPOINT)
-            if os.path.exists(checkpoint):
-                start = restore_checkpoint(model, checkpoint)
-                if cfg.verbose:
-                    print(f"resuming from {checkpoint} at step {start}")
-    finally:
-        keras.mixed_precision.set_global_policy("float32")
+    with strategy.scope():
+        model = build_model(cfg, train_data.vocab_size)
+        optimizer = make_optimizer(model, cfg)
+        gradient_norm = GradientNorm(optimizer)
+        model.compile(  # a mixed_float16 model gets Keras' loss scaling here
+            optimizer=optimizer,
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            jit_compile=jit_compile, steps_per_execution=cfg.steps_per_execution,
+        )
+        start = 0
+        checkpoint = os.path.join(cfg.out, CHECKPOINT)
+        if os.path.exists(checkpoint):
+            start = restore_checkpoint(model, checkpoint)
+            if cfg.verbose:
+                print(f"resuming from {checkpoint} at step {start}")
     rounds = math.ceil(cfg.steps / cfg.eval_interval)
     if start >= rounds * cfg.eval_interval:
         return model, {}

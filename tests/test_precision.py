@@ -1,0 +1,96 @@
+"""The precision matrix: every sublayer computes in the model's dtype policy, and the model stays GPT-2 in it."""
+
+import keras
+import numpy as np
+import pytest
+
+from tf_gpt2 import GPT2, GPT2Config
+
+# max |logits - float32 logits| allowed, for logits of magnitude ~1 (bfloat16 keeps 8 bits of mantissa, float16 11).
+TOLERANCE = {"float32": 0.0, "mixed_float16": 5e-3, "mixed_bfloat16": 3e-2, "bfloat16": 3e-2}
+CONFIG = GPT2Config.from_preset("gpt2-tiny", vocab_size=97, n_positions=32)
+IDS = np.random.RandomState(0).randint(0, 97, (2, 16))
+
+
+@pytest.fixture(scope="module")
+def reference():
+    keras.utils.set_random_seed(0)
+    return GPT2(CONFIG)
+
+
+def _in_policy(reference, policy):
+    model = GPT2(CONFIG, dtype=policy)
+    model.set_weights(reference.get_weights())
+    return model
+
+
+@pytest.mark.parametrize("policy", sorted(TOLERANCE))
+def test_every_sublayer_computes_in_the_policy_and_logits_stay_close(reference, policy):
+    model = _in_policy(reference, policy)
+    assert {layer.dtype_policy.name for layer in model._flatten_layers()} == {policy}
+    logits = np.asarray(model(IDS))
+    assert logits.dtype == np.float32
+    assert np.abs(logits - np.asarray(reference(IDS))).max() <= TOLERANCE[policy]
+    if policy != "float32":
+        assert np.abs(logits - np.asarray(reference(IDS))).max() > 0  # it really computed in 16 bits
+
+
+@pytest.mark.parametrize("policy", sorted(TOLERANCE))
+def test_cached_decode_equals_the_full_forward_in_that_precision(reference, policy):
+    model = _in_policy(reference, policy)
+    cache = model.init_cache(2, 16)
+    assert cache[0]["key"].dtype == model.compute_dtype
+    logits, cache = model.call_with_cache(IDS[:, :8], cache, 0)
+    steps = [np.asarray(logits)]
+    for t in range(8, 16):
+        logits, cache = model.call_with_cache(IDS[:, t:t + 1], cache, t)
+        steps.append(np.asarray(logits))
+    assert np.abs(np.concatenate(steps, axis=1) - np.asarray(model(IDS))).max() <= max(1e-5, TOLERANCE[policy] / 10)
+
+
+@pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])
+def test_save_load_keeps_the_policy_and_the_outputs(reference, policy, tmp_path):
+    model = _in_policy(reference, policy)
+    model.save(tmp_path / "m.keras")
+    loaded = keras.models.load_model(tmp_path / "m.keras")
+    assert {layer.dtype_policy.name for layer in loaded._flatten_layers()} == {policy}
+    np.testing.assert_array_equal(np.asarray(loaded(IDS)), np.asarray(model(IDS)))
+
+
+@pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])
+def test_one_compiled_fit_step_is_finite_and_float16_scales_the_loss(reference, policy):
+    model = _in_policy(reference, policy)
+    model.compile(optimizer=keras.optimizers.AdamW(1e-3), jit_compile=True,
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    before = [w.copy() for w in model.get_weights()]
+    loss = model.fit(IDS[:, :-1], IDS[:, 1:], batch_size=2, epochs=1, verbose=0).history["loss"][-1]
+    assert np.isfinite(loss)
+    assert all(w.dtype == np.float32 for w in model.get_weights())  # float32 master weights
+    assert any(not np.array_equal(a, b) for a, b in zip(before, model.get_weights()))
+    assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer) == (policy == "mixed_float16")
+
+
+def test_litert_export_of_a_mixed_model_is_float32(reference):
+    pytest.importorskip("ai_edge_litert")
+    from tf_gpt2.litert import LiteRTGenerator, litert_bytes
+
+    model = _in_policy(reference, "mixed_bfloat16")
+    gen = LiteRTGenerator(litert_bytes(model, cache_length=16, prefill_lengths=(4,)))
+    logits = gen.feed(IDS[0, :6].tolist())
+    assert logits.dtype == np.float32
+    np.testing.assert_allclose(logits, np.asarray(reference(IDS[:1, :6]))[0, -1], atol=1e-4)
+
+
+def test_saved_model_of_a_mixed_model_returns_float32_logits(reference, tmp_path):
+    import tensorflow as tf
+    import tensorflow_text  # noqa: F401  (the in-graph tokenizer's ops)
+
+    from tf_gpt2.export import export_saved_model
+
+    model = _in_policy(reference, "mixed_bfloat16")
+    served = tf.saved_model.load(export_saved_model(model, str(tmp_path / "m"), max_new_tokens_limit=8))
+    mask = np.ones_like(IDS, np.int32)
+    logits = served.signatures["serving_default"](token_ids=tf.constant(IDS, tf.int32),
+                                                  attention_mask=tf.constant(mask))["logits"]
+    assert logits.dtype == tf.float32
+    np.testing.assert_allclose(logits.numpy(), np.asarray(model(IDS)), atol=1e-2)
