@@ -43,7 +43,8 @@ def test_forward_generate_eval_and_train_step_on_jax_match_tensorflow(tmp_path):
         model.compile(optimizer=keras.optimizers.AdamW(1e-3), jit_compile=True,
                       loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
         losses = [float(model.train_on_batch(ids[:, :-1], ids[:, 1:])) for _ in range(3)]  # each: before its update
-        print(json.dumps({{"nll": nll, "losses": losses}}))
+        fused, explicit = np.asarray(model(ids)), np.asarray(model(ids, return_attention=True)[0])
+        print(json.dumps({{"nll": nll, "losses": losses, "fused_vs_explicit": float(np.abs(fused - explicit).max())}}))
         print(json.dumps(generated))
     """)
     env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"}
@@ -54,5 +55,6 @@ def test_forward_generate_eval_and_train_step_on_jax_match_tensorflow(tmp_path):
     assert lines[-1] == str(expected_ids).replace(" ", "").replace(",", ", ")
     jax_results = json.loads(lines[-2])
     assert abs(jax_results["nll"] - expected_nll) <= 1e-4 * expected_nll  # evaluation runs on JAX too
+    assert jax_results["fused_vs_explicit"] <= 1e-5  # jax.nn.dot_product_attention == the written-out attention
     first, *later = jax_results["losses"]  # a compiled JAX train step (the GPU benchmark's path) learns
     assert abs(first - expected_loss) <= 1e-4 * expected_loss and later[-1] < first

@@ -97,3 +97,16 @@ def test_layers_compile_with_xla():
     ids = np.random.RandomState(0).randint(0, 50, (2, 16)).astype("int32")
     compiled = tf.function(lambda t: model(t), jit_compile=True)
     np.testing.assert_allclose(compiled(ids), model(ids), atol=1e-5)
+
+
+def test_fused_attention_equals_the_written_out_attention():
+    """The plain call (keras.ops.dot_product_attention) and the explicit path (used for attention maps) agree."""
+    keras.utils.set_random_seed(3)
+    attn = CausalSelfAttention(n_embd=48, n_head=4)
+    x = keras.random.normal((3, 7, 48))
+    mask = np.array([[1] * 7, [0, 0, 1, 1, 1, 1, 1], [0] * 6 + [1]], np.int32)  # left padding, as generate uses
+    for attention_mask in (None, mask):
+        fused = np.asarray(attn(x, attention_mask=attention_mask))
+        explicit, _ = attn(x, attention_mask=attention_mask, return_attention=True)
+        rows = mask.astype(bool) if attention_mask is not None else np.ones((3, 7), bool)  # padding rows: don't care
+        assert np.abs(fused - np.asarray(explicit))[rows].max() <= 1e-5

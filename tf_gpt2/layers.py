@@ -54,6 +54,9 @@ class CausalSelfAttention(keras.layers.Layer):
 
     One fused projection `c_attn` makes queries, keys and values for all heads; the
     heads attend independently; `c_proj` mixes them back into the residual stream.
+    A plain call attends through `keras.ops.dot_product_attention` (a fused kernel: cuDNN
+    flash attention on a GPU under JAX); decoding with a cache, attention maps, an additive
+    bias and attention dropout use the written-out softmax(q·kᵀ/√d + mask)·v below it.
 
     Args:
         n_embd: width of the residual stream.
@@ -106,15 +109,24 @@ class CausalSelfAttention(keras.layers.Layer):
         self.c_attn.build(input_shape)
         self.c_proj.build(input_shape)
 
-    def _split_heads(self, x):  # [B, T, D] -> [B, H, T, Dh]
-        batch, time = ops.shape(x)[0], ops.shape(x)[1]
-        x = ops.reshape(x, (batch, time, self.n_head, self.head_dim))
-        return ops.transpose(x, (0, 2, 1, 3))
+    def _explicit(self, cache, attention_bias, training, return_attention) -> bool:
+        """Whether this call needs the written-out attention (scores and probabilities as tensors):
+        for attention maps, the KV cache, an additive bias, or dropout on the probabilities."""
+        dropout = self.dropout > 0 and bool(training)
+        return return_attention or cache is not None or attention_bias is not None or dropout
 
     def call(self, x, attention_mask=None, cache=None, cache_index=0, attention_bias=None, training=None,
              return_attention=False):
-        q, k, v = ops.split(self.c_attn(x), 3, axis=-1)
-        q, k, v = self._split_heads(q), self._split_heads(k), self._split_heads(v)
+        batch, time = ops.shape(x)[0], ops.shape(x)[1]
+        heads = (batch, time, self.n_head, self.head_dim)
+        q, k, v = (ops.reshape(t, heads) for t in ops.split(self.c_attn(x), 3, axis=-1))  # [B, T, H, Dh] each
+        if not self._explicit(cache, attention_bias, training, return_attention):
+            # The fused kernel (cuDNN flash attention on a GPU under JAX): same math as below.
+            mask = None if attention_mask is None else ops.cast(attention_mask, "bool")[:, None, None, :]
+            y = ops.dot_product_attention(q, k, v, mask=mask, scale=1 / math.sqrt(self.head_dim), is_causal=True)
+            return self.resid_dropout(self.c_proj(ops.reshape(y, (batch, time, self.n_embd))), training=training)
+
+        q, k, v = (ops.transpose(t, (0, 2, 1, 3)) for t in (q, k, v))  # [B, H, T, Dh]
         if cache is not None:  # decoding: write this step's keys/values, attend over the whole cache
             zero, index = ops.zeros((), "int32"), ops.cast(cache_index, "int32")
             start = (zero, zero, index, zero)
@@ -133,8 +145,6 @@ class CausalSelfAttention(keras.layers.Layer):
             scores = scores + ops.cast(attention_bias, "float32")
         probs = ops.softmax(scores, axis=-1)
         y = ops.matmul(self.attn_dropout(ops.cast(probs, v.dtype), training=training), v)
-
-        batch, time = ops.shape(y)[0], ops.shape(y)[2]
         y = ops.reshape(ops.transpose(y, (0, 2, 1, 3)), (batch, time, self.n_embd))  # merge heads
         y = self.resid_dropout(self.c_proj(y), training=training)
         return _pack(y, cache, probs if return_attention else None)
