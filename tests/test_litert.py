@@ -30,36 +30,6 @@ def model():
 
 
 @pytest.fixture(scope="module")
-def shakespeare():
-    import gzip
-
-    from tf_gpt2.data import embedded_corpus
-
-    with gzip.open(embedded_corpus(), "rt", encoding="utf-8") as f:
-        return np.array(GPT2Tokenizer().encode(f.read(250_000)), np.int32)
-
-
-@pytest.fixture(scope="module")
-def held_out(shakespeare):
-    return shakespeare[-200:].tolist()
-
-
-@pytest.fixture(scope="module")
-def trained(shakespeare):
-    """gpt2-tiny trained briefly on the embedded Shakespeare with the GPT-2 BPE: peaked, text-like predictions."""
-    keras.utils.set_random_seed(0)
-    tokens = shakespeare[:-200]
-    starts = np.random.RandomState(0).randint(0, len(tokens) - 33, 300 * 16)
-    windows = tokens[starts[:, None] + np.arange(33)]
-    model = GPT2(GPT2Config.from_preset("gpt2-tiny", n_positions=64))
-    model.compile(optimizer=keras.optimizers.AdamW(5e-3), jit_compile=True,
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    history = model.fit(windows[:, :-1], windows[:, 1:], batch_size=16, epochs=1, verbose=0)
-    assert history.history["loss"][-1] < 6.5  # it learned something (log 50257 = 10.8)
-    return model
-
-
-@pytest.fixture(scope="module")
 def litertlm_file(model, tmp_path_factory):
     return export_litertlm(model, str(tmp_path_factory.mktemp("lm") / "tiny.litertlm"), CACHE, PREFILL)
 

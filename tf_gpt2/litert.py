@@ -99,6 +99,9 @@ def litert_bytes(model: GPT2, cache_length: int | None = None, prefill_lengths: 
     matmuls with activations quantized on the fly; LiteRT's recommended CPU recipe).
     """
     cache_length, prefill_lengths = _check_options(model, cache_length, prefill_lengths, quantize)
+    if getattr(model, "quantization", None):
+        raise ValueError(f"this model is already quantized with Keras ({model.quantization}): export the float "
+                         "model with quantize='int8', LiteRT's own int8 for phones")
     if model.dtype_policy.name != "float32":  # on-device numerics are float32 (or quantized from it)
         weights, model = model.get_weights(), GPT2(model.config)
         model.set_weights(weights)

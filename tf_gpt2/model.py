@@ -4,6 +4,7 @@ language-model head tied to the token embedding."""
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Any
 
 import keras
@@ -48,7 +49,7 @@ class GPT2(keras.Model):
     (1, 3, 100)
     """
 
-    def __init__(self, config: GPT2Config | dict | None = None, **kwargs):
+    def __init__(self, config: GPT2Config | dict | None = None, quantization: str | None = None, **kwargs):
         super().__init__(**kwargs)
         if config is None:
             config = GPT2Config()
@@ -74,6 +75,9 @@ class GPT2(keras.Model):
         ]
         self.ln_f = keras.layers.LayerNormalization(epsilon=cfg.layer_norm_epsilon, name="ln_f", dtype=policy)
         self.build((None, None))  # create all weights now, so checkpoints load before a first call
+        self.quantization = None
+        if quantization:  # a reloaded quantized model: make the quantized variables its weights load into
+            self.quantize(quantization)
 
     def build(self, input_shape=None):
         if self.built:  # the weights are made in __init__: a later build((None, T)) has nothing to do
@@ -125,9 +129,17 @@ class GPT2(keras.Model):
         x = self.ln_f(x)
         if logits_at is not None:  # only one position's logits are wanted: skip the head's other rows
             x = ops.take(x, ops.cast(logits_at, "int32"), axis=1)
-        # Tied LM head: the output projection reuses the token embedding matrix.
+        return self._lm_head(x), (new_cache if cache is not None else None), attention
+
+    def _lm_head(self, x):
+        """Tied LM head: the output projection reuses the token embedding matrix; float32 logits."""
+        mode = self.wte.quantization_mode
+        if mode not in (None, "int8"):
+            raise NotImplementedError(f"the tied LM head reads float or int8 embeddings, not {mode!r} ones")
         logits = ops.matmul(x, ops.transpose(ops.cast(self.wte.embeddings, x.dtype)))
-        return ops.cast(logits, "float32"), (new_cache if cache is not None else None), attention
+        if mode == "int8":  # Keras' int8 embedding: row v is stored as round(w_v * scale_v)
+            logits = logits / ops.cast(self.wte.embeddings_scale, logits.dtype)
+        return ops.cast(logits, "float32")
 
     def call(self, token_ids, attention_mask=None, position_ids=None, training=None, return_attention=False):
         self._check_token_ids(token_ids, self.config.n_positions)
@@ -184,10 +196,24 @@ class GPT2(keras.Model):
         """Write a Hugging Face GPT-2 dir (config.json + model.safetensors)."""
         from tf_gpt2.checkpoints import save_hf
 
+        if self.quantization:
+            raise ValueError(f"this model is quantized ({self.quantization}): Hugging Face checkpoints hold float "
+                             "weights. Save the float model before quantize(), or save this one with model.save('x.keras')")
         save_hf(self, directory)
 
+    def quantize(self, mode: str | None = None, **kwargs) -> None:
+        """Keras' weight quantization of every Dense and Embedding (e.g. "int8"); LayerNorms stay float.
+
+        The tied LM head reads the quantized embedding with its scales, and a saved `.keras` reloads
+        quantized. Example: `model.quantize("int8"); model.generate(...)`.
+        """
+        with warnings.catch_warnings():  # LayerNormalization and Dropout have nothing to quantize
+            warnings.filterwarnings("ignore", message=".*does not have a `quantize` method")
+            super().quantize(mode, **kwargs)
+        self.quantization = mode
+
     def get_config(self):
-        return {**super().get_config(), "config": self.config.to_dict()}
+        return {**super().get_config(), "config": self.config.to_dict(), "quantization": self.quantization}
 
     @classmethod
     def from_config(cls, config):

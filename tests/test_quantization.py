@@ -1,0 +1,62 @@
+"""Keras' int8 weight quantization (`model.quantize("int8")`): generate, `.keras` save/load and the SavedModel."""
+
+import keras
+import numpy as np
+import pytest
+
+from tf_gpt2 import GPT2
+from tf_gpt2.tokenizer import EOT_ID
+
+
+@pytest.fixture(scope="module")
+def int8(trained):
+    model = GPT2(trained.config)
+    model.set_weights(trained.get_weights())
+    model.quantize("int8")
+    return model
+
+
+def test_int8_quantizes_every_projection_and_the_tied_embedding(int8):
+    dense = [d for b in int8.h for d in (b.attn.c_attn, b.attn.c_proj, b.mlp.c_fc, b.mlp.c_proj)]
+    assert all(layer.quantization_mode == "int8" for layer in dense + [int8.wte, int8.wpe])
+    assert int8.wte.embeddings.dtype == "int8" and int8.quantization == "int8"
+
+
+def test_int8_greedy_choices_agree_with_float_on_a_trained_model(trained, int8, held_out):
+    """Teacher-forced on held-out text (free-running paths part after the first close call, so they say less)."""
+    text = np.array([held_out[:64]])
+    reference, quantized = np.asarray(trained(text)), np.asarray(int8(text))
+    agreement = np.mean(quantized.argmax(-1) == reference.argmax(-1))
+    print(f"int8 (Keras): {agreement:.0%} of teacher-forced greedy choices equal float32's; "
+          f"max |logit diff| {np.abs(quantized - reference).max():.3f}")
+    assert agreement >= 0.9
+    prompt = [EOT_ID] + held_out[100:110]
+    float_ids = trained.generate(prompt, max_new_tokens=16, stop_ids=[])
+    int8_ids = int8.generate(prompt, max_new_tokens=16, stop_ids=[])
+    assert len(int8_ids) == 16 and int8_ids[0] == float_ids[0]  # generate runs quantized
+
+
+def test_int8_model_round_trips_through_keras_and_saved_model(int8, tmp_path):
+    import tensorflow as tf
+    import tensorflow_text  # noqa: F401  (the in-graph tokenizer's ops)
+
+    from tf_gpt2.export import export_saved_model
+
+    ids = np.array([[464, 3290, 318, 257, 11, 290]], np.int32)
+    int8.save(tmp_path / "int8.keras")
+    loaded = keras.models.load_model(tmp_path / "int8.keras")
+    assert loaded.quantization == "int8" and loaded.wte.embeddings.dtype == "int8"
+    np.testing.assert_array_equal(np.asarray(loaded(ids)), np.asarray(int8(ids)))
+    served = tf.saved_model.load(export_saved_model(int8, str(tmp_path / "served"), max_new_tokens_limit=8))
+    logits = served.signatures["serving_default"](token_ids=tf.constant(ids), attention_mask=tf.ones_like(ids))
+    np.testing.assert_allclose(logits["logits"].numpy(), np.asarray(int8(ids)), atol=1e-4)
+
+
+def test_quantized_model_refuses_float_only_formats(int8, tmp_path):
+    with pytest.raises(ValueError, match="Hugging Face checkpoints hold float weights"):
+        int8.save_pretrained(tmp_path / "hf")
+    pytest.importorskip("ai_edge_litert")
+    from tf_gpt2.litert import litert_bytes
+
+    with pytest.raises(ValueError, match="export the float model with quantize='int8'"):
+        litert_bytes(int8, cache_length=16)
