@@ -130,14 +130,21 @@ def worker_hf(path: str, prompt: int, new: int, threads: int, repeats: int) -> d
     return _rates(generate, prompt, new, repeats)
 
 
-def worker_tf_gpt2(path: str, prompt: int, new: int, threads: int, repeats: int) -> dict:
+def worker_tf_gpt2(path: str, prompt: int, new: int, threads: int, repeats: int, quantize: str | None = None) -> dict:
     from tf_gpt2 import GPT2
 
     model, ids = GPT2.from_pretrained(path), _prompt(prompt)
+    if quantize:
+        model.quantize(quantize)
     return _rates(lambda n: model.generate(ids, max_new_tokens=n, stop_ids=[]), prompt, new, repeats)
 
 
-WORKERS = {"litert-lm": worker_litert_lm, "ct2": worker_ct2, "hf": worker_hf, "tf_gpt2": worker_tf_gpt2}
+def worker_tf_gpt2_int8(path: str, prompt: int, new: int, threads: int, repeats: int) -> dict:
+    return worker_tf_gpt2(path, prompt, new, threads, repeats, quantize="int8")
+
+
+WORKERS = {"litert-lm": worker_litert_lm, "ct2": worker_ct2, "hf": worker_hf, "tf_gpt2": worker_tf_gpt2,
+           "tf_gpt2-int8": worker_tf_gpt2_int8}
 
 
 def _dir_mb(path: str) -> float:
@@ -201,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
         jobs += [(f"LiteRT-LM {q}", "litert-lm", os.path.join(args.work, f"gpt2-{q}-{c}.litertlm"), c)
                  for c in caches for q in args.quantize]
     labels = {"ct2": ("CTranslate2 int8", "ct2-int8"), "hf": ("HF torch (KV cache)", "hf"),
-              "tf_gpt2": ("tf_gpt2 XLA (Keras, TF)", "hf")}
+              "tf_gpt2": ("tf_gpt2 XLA (Keras, TF)", "hf"), "tf_gpt2-int8": ("tf_gpt2 XLA, Keras int8", "hf")}
     jobs += [(label, kind, os.path.join(args.work, sub), None) for kind, (label, sub) in labels.items()
              if kind in args.systems]
     rows = []
