@@ -1,6 +1,7 @@
-"""Training and decode throughput of tf_gpt2 next to its peers, all in one process so the ratios hold on
-a noisy machine (`tf-gpt2 bench`). Peers: keras-hub's GPT2CausalLM (TF, XLA), Hugging Face transformers
-GPT-2 (torch eager and torch.compile), a nanoGPT-style torch model, and, for decoding, the LiteRT interpreter.
+"""Training and decode throughput of tf_gpt2 next to its peers (`tf-gpt2 bench`), each system in its own
+process, one after the other, so that no framework's threads slow another's. Peers: keras-hub's
+GPT2CausalLM (TF, XLA), Hugging Face transformers GPT-2 (torch eager and torch.compile), a nanoGPT-style
+torch model, and, for decoding, the LiteRT interpreter.
 Training FLOP/s use nanoGPT's count, 6·N + 12·L·D·T per token, against a measured float32 matmul roof.
 
 >>> setup = TrainSetup(n_layer=1, n_head=2, n_embd=32, block_size=16, batch_size=2, vocab_size=64, steps=1)
@@ -12,8 +13,11 @@ True
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import platform
+import subprocess
+import sys
 import time
 from typing import Callable, Iterable
 
@@ -257,37 +261,63 @@ def table(title: str, rows: dict[str, float], labels: dict[str, str], flops_per_
     return "\n".join(lines)
 
 
+def measure(part: str, key: str, setup: dict) -> dict:
+    """One system's tokens/s for `part` ("train" or "decode"), measured in this process, with any notes it
+    reported; {"skipped": reason} when a peer's library is not installed."""
+    notes: list[str] = []
+    try:
+        if part == "train":
+            s = TrainSetup(**setup)
+            value = train_tokens_per_second(TRAINERS[key][1](s), s)
+        else:
+            s = DecodeSetup(**setup)
+            generate = DECODERS[key][1](s, notes.append)
+            value = s.new_tokens / best_seconds(generate, repeats=s.repeats)
+    except ImportError as e:
+        return {"skipped": str(e)}
+    return {"tokens_per_second": value, "notes": notes}
+
+
+def _in_own_process(code: str) -> dict:
+    """Run `code` (it prints one JSON line) in a fresh Python: no framework's threads slow another's."""
+    run = subprocess.run([sys.executable, "-c", "import json, tf_gpt2.benchmark as b; " + code],
+                         capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    if run.returncode != 0:
+        raise RuntimeError(f"benchmark process failed:\n{run.stderr[-3000:]}")
+    return json.loads(run.stdout.strip().splitlines()[-1])
+
+
 def run(what: Iterable[str] = ("train", "decode"), systems: Iterable[str] | None = None,
         train: TrainSetup = TrainSetup(), decode: DecodeSetup = DecodeSetup(),
         report: Callable[[str], None] = print) -> dict:
-    """Time each chosen system and report the tables; returns {"train"|"decode": {system: tokens/s}, ...}.
-    A peer whose library is not installed (torch, transformers) is reported as skipped."""
+    """Time each chosen system, each in its own process one after the other, and report the tables;
+    returns {"train"|"decode": {system: tokens/s}, ...}. A peer whose library is missing is reported as skipped."""
     what, systems = list(what), list(SYSTEMS if systems is None else systems)
     unknown = sorted(set(systems) - set(SYSTEMS)) + sorted(set(what) - {"train", "decode"})
     if unknown:
         raise ValueError(f"unknown benchmark system or part {unknown}; systems: {SYSTEMS}, parts: train, decode")
     results: dict = {"machine": f"{platform.machine()}, {os.cpu_count()} cores", "date": time.strftime("%Y-%m-%d")}
-    if "train" in what:
-        roof = matmul_roof()
-        report(f"matmul roof: {roof / 1e9:,.0f} GFLOP/s (2048x2048 float32, TF XLA)")
+    report(f"{time.strftime('%Y-%m-%d %H:%M')}, {results['machine']}, load average {os.getloadavg()[0]:.2f}; "
+           "each system in its own process")
+    for part, setup, registry in (("train", train, TRAINERS), ("decode", decode, DECODERS)):
+        if part not in what:
+            continue
         rows = {}
-        for key in (k for k in TRAINERS if k in systems):
-            try:
-                rows[key] = train_tokens_per_second(TRAINERS[key][1](train), train)
-            except ImportError as e:
-                report(f"skipped {TRAINERS[key][0]}: {e}")
-        labels = {k: label for k, (label, _) in TRAINERS.items()}
-        report(table(f"Training tokens/s, {train.describe()}", rows, labels, train.flops_per_token, roof))
-        results.update(train=rows, matmul_roof_flops=roof, train_flops_per_token=train.flops_per_token)
-    if "decode" in what:
-        rows = {}
-        for key in (k for k in DECODERS if k in systems):
-            try:
-                generate = DECODERS[key][1](decode, report)
-            except ImportError as e:
-                report(f"skipped {DECODERS[key][0]}: {e}")
+        for key in (k for k in registry if k in systems):
+            result = _in_own_process(f"print(json.dumps(b.measure({part!r}, {key!r}, {dataclasses.asdict(setup)!r})))")
+            if "skipped" in result:
+                report(f"skipped {registry[key][0]}: {result['skipped']}")
                 continue
-            rows[key] = decode.new_tokens / best_seconds(generate, repeats=decode.repeats)
-        report(table(f"Decode tokens/s, {decode.describe()}", rows, {k: label for k, (label, _) in DECODERS.items()}))
-        results.update(decode=rows)
+            for note in result["notes"]:
+                report(note)
+            rows[key] = result["tokens_per_second"]
+        labels = {k: label for k, (label, _) in registry.items()}
+        if part == "train":
+            roof = _in_own_process("print(json.dumps({'roof': b.matmul_roof()}))")["roof"]
+            report(f"matmul roof: {roof / 1e9:,.0f} GFLOP/s (2048x2048 float32, TF XLA)")
+            report(table(f"Training tokens/s, {train.describe()}", rows, labels, train.flops_per_token, roof))
+            results.update(train=rows, matmul_roof_flops=roof, train_flops_per_token=train.flops_per_token)
+        else:
+            report(table(f"Decode tokens/s, {decode.describe()}", rows, labels))
+            results.update(decode=rows)
     return results
