@@ -52,18 +52,30 @@ def assign_weights(model: GPT2, tensors: dict[str, np.ndarray], source: str) -> 
     unexpected = sorted(set(tensors) - set(table))
     if unexpected:
         raise ValueError(f"{source}: unexpected tensor '{unexpected[0]}' ({len(unexpected)} unexpected in all)")
+    vocab = model.config.vocab_size
     for name, variable in table.items():
         value = np.asarray(tensors[name])
-        if tuple(value.shape) != tuple(variable.shape):
+        expected = (vocab, *variable.shape[1:]) if name == "wte.weight" else tuple(variable.shape)
+        if tuple(value.shape) != tuple(expected):
             raise ValueError(
-                f"{source}: tensor '{name}' has shape {tuple(value.shape)}, "
-                f"the model expects {tuple(variable.shape)}"
+                f"{source}: tensor '{name}' has shape {tuple(value.shape)}, the model expects {tuple(expected)}"
             )
         if not np.all(np.isfinite(value)):
             raise ValueError(f"{source}: tensor '{name}' contains NaN or infinite values")
     for name, variable in table.items():
-        variable.assign(np.asarray(tensors[name], dtype=variable.dtype))
+        value = np.asarray(tensors[name], dtype=variable.dtype)
+        if name == "wte.weight" and vocab < variable.shape[0]:  # the padding rows keep their initial values
+            value = np.concatenate([value, keras.ops.convert_to_numpy(variable)[vocab:]])
+        variable.assign(value)
     return model
+
+
+def checkpoint_tensors(model: GPT2) -> dict[str, np.ndarray]:
+    """Every weight as float32 numpy under its GPT-2 name, the token embedding without padding rows."""
+    tensors = {name: np.asarray(keras.ops.convert_to_numpy(v), dtype=np.float32)
+               for name, v in weight_table(model).items()}
+    tensors["wte.weight"] = tensors["wte.weight"][: model.config.vocab_size]
+    return tensors
 
 
 def _gpt2_only(model: GPT2, fmt: str) -> None:
@@ -171,10 +183,7 @@ def save_hf(model: GPT2, directory: str | os.PathLike) -> None:
         "embd_pdrop": cfg.dropout, "attn_pdrop": cfg.dropout, "bos_token_id": 50256,
         "eos_token_id": 50256, "tie_word_embeddings": True,
     }
-    tensors = {
-        "transformer." + name: np.ascontiguousarray(keras.ops.convert_to_numpy(v), dtype=np.float32)
-        for name, v in weight_table(model).items()
-    }
+    tensors = {"transformer." + name: np.ascontiguousarray(v) for name, v in checkpoint_tensors(model).items()}
     _atomic_write(os.path.join(directory, "model.safetensors"), lambda p: save_file(tensors, p, metadata={"format": "pt"}))
 
     def write_config(path: str) -> None:

@@ -51,7 +51,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from tf_gpt2.training import TrainConfig, train
 
-    overrides = {k: getattr(args, k) for k in ("n_layer", "n_head", "n_embd", "n_positions", "dropout")
+    overrides = {k: getattr(args, k) for k in ("n_layer", "n_head", "n_embd", "n_positions", "dropout", "vocab_multiple")
                  if getattr(args, k) is not None}
     cfg = TrainConfig(
         out=args.out, data=args.data, vocab=args.vocab, preset=args.preset, model=overrides,
@@ -202,7 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--preset", default="gpt2-mini", help="model size when not --init-from")
     for flag, kind, text in (("--n-layer", int, "layers"), ("--n-head", int, "attention heads"),
                              ("--n-embd", int, "width"), ("--n-positions", int, "context length"),
-                             ("--dropout", float, "dropout rate")):
+                             ("--dropout", float, "dropout rate"),
+                             ("--vocab-multiple", int, "token-embedding rounding (64: 50257 -> 50304 rows)")):
         tr.add_argument(flag, type=kind, help=f"override the preset's {text}")
     tr.add_argument("--init-from", help="fine-tune from a checkpoint (HF dir, OpenAI dir, keras-hub preset, .keras)")
     tr.add_argument("--steps", type=int, default=1000, help="optimizer steps in all")

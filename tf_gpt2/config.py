@@ -44,9 +44,12 @@ class GPT2Config:
     initializer_range: float = 0.02
     norm_position: str = "pre"  # "post": the original Transformer's Add & Norm
     learned_residual_scale: bool = False  # a trainable scalar on each residual branch
+    # Round the token embedding up to a multiple of this (64 or 128 tile matmuls better, e.g. 50257 -> 50304);
+    # the extra rows never appear in logits or checkpoints.
+    vocab_multiple: int = 1
 
     def __post_init__(self) -> None:
-        for name in ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head"):
+        for name in ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head", "vocab_multiple"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise ValueError(f"GPT2Config.{name} must be a positive integer, got {value!r}")
@@ -65,12 +68,17 @@ class GPT2Config:
     def head_dim(self) -> int:
         return self.n_embd // self.n_head
 
+    @property
+    def padded_vocab_size(self) -> int:
+        """Rows of the token embedding: vocab_size rounded up to a multiple of vocab_multiple."""
+        return -(-self.vocab_size // self.vocab_multiple) * self.vocab_multiple
+
     def num_params(self, non_embedding: bool = False) -> int:
         """Parameter count (the LM head is tied, so it adds nothing)."""
         d, L = self.n_embd, self.n_layer
         per_block = 12 * d * d + 13 * d + int(self.learned_residual_scale) * 2
         total = L * per_block + 2 * d + self.n_positions * d
-        return total if non_embedding else total + self.vocab_size * d
+        return total if non_embedding else total + self.padded_vocab_size * d
 
     @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> "GPT2Config":

@@ -60,7 +60,7 @@ class GPT2(keras.Model):
         self.config = cfg = config
         init = keras.initializers.RandomNormal(stddev=cfg.initializer_range)
         policy = self.dtype_policy  # e.g. GPT2(cfg, dtype="mixed_bfloat16"); every sublayer gets it
-        self.wte = keras.layers.Embedding(cfg.vocab_size, cfg.n_embd, embeddings_initializer=init, name="wte",
+        self.wte = keras.layers.Embedding(cfg.padded_vocab_size, cfg.n_embd, embeddings_initializer=init, name="wte",
                                           dtype=policy)
         self.wpe = keras.layers.Embedding(cfg.n_positions, cfg.n_embd, embeddings_initializer=init, name="wpe",
                                           dtype=policy)
@@ -139,6 +139,8 @@ class GPT2(keras.Model):
         logits = ops.matmul(x, ops.transpose(ops.cast(self.wte.embeddings, x.dtype)))
         if mode == "int8":  # Keras' int8 embedding: row v is stored as round(w_v * scale_v)
             logits = logits / ops.cast(self.wte.embeddings_scale, logits.dtype)
+        if self.config.padded_vocab_size != self.config.vocab_size:  # padding rows are not tokens
+            logits = logits[..., : self.config.vocab_size]
         return ops.cast(logits, "float32")
 
     def call(self, token_ids, attention_mask=None, position_ids=None, training=None, return_attention=False):
