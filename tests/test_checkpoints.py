@@ -175,3 +175,31 @@ def test_nan_weights_are_refused(tmp_path):
 def test_weight_table_covers_every_weight():
     model = GPT2(GPT2Config.from_preset("gpt2-tiny", vocab_size=30))
     assert {id(v) for v in weight_table(model).values()} == {id(v) for v in model.weights}
+
+
+def test_padded_vocabulary_never_changes_logits_or_checkpoints(tmp_path):
+    """vocab_multiple pads the embedding for speed: HF in, same logits over the real vocabulary, HF out unchanged."""
+    cfg = ODD_CONFIGS[1]  # vocab 131 -> 192 rows with vocab_multiple=64
+    hf = make_hf_model(**cfg)
+    hf.save_pretrained(tmp_path / "hf")
+    padded = GPT2.from_pretrained(tmp_path / "hf", vocab_multiple=64)
+    assert tuple(padded.wte.embeddings.shape) == (192, cfg["n_embd"]) and padded.config.padded_vocab_size == 192
+    ids = _random_ids(cfg)
+    logits = np.asarray(padded(ids))
+    assert logits.shape[-1] == 131 and np.abs(logits - hf_logits(hf, ids)).max() <= 1e-4
+    cache = padded.init_cache(2, cfg["n_positions"])
+    first, _ = padded.call_with_cache(ids[:, :4], cache, 0, logits_at=3)
+    assert first.shape == (2, 131)
+    assert padded.generate(ids[0, :3].tolist(), max_new_tokens=4, stop_ids=[]) == \
+        GPT2.from_pretrained(tmp_path / "hf").generate(ids[0, :3].tolist(), max_new_tokens=4, stop_ids=[])
+    padded.save_pretrained(tmp_path / "out")
+    from safetensors.numpy import load_file
+
+    saved = load_file(str(tmp_path / "out" / "model.safetensors"))["transformer.wte.weight"]
+    np.testing.assert_array_equal(saved, hf.transformer.wte.weight.detach().numpy())  # 131 rows, bit-exact
+    padded.save(tmp_path / "padded.keras")
+    import keras
+
+    reloaded = keras.models.load_model(tmp_path / "padded.keras")
+    assert reloaded.config.vocab_multiple == 64
+    np.testing.assert_array_equal(np.asarray(reloaded(ids)), logits)

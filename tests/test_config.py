@@ -18,10 +18,11 @@ def test_presets_have_gpt2_shapes():
     assert {"gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl"} <= set(PRESETS)
 
 
-@pytest.mark.parametrize("preset", ["gpt2-tiny", "gpt2-mini"])
-def test_num_params_matches_the_built_model(preset):
-    cfg = GPT2Config.from_preset(preset)
+@pytest.mark.parametrize("preset, multiple", [("gpt2-tiny", 1), ("gpt2-mini", 1), ("gpt2-tiny", 64)])
+def test_num_params_matches_the_built_model(preset, multiple):
+    cfg = GPT2Config.from_preset(preset, vocab_multiple=multiple)
     assert GPT2(cfg).count_params() == cfg.num_params()
+    assert cfg.padded_vocab_size == (50257 if multiple == 1 else 50304)
 
 
 @pytest.mark.parametrize(
@@ -32,6 +33,7 @@ def test_num_params_matches_the_built_model(preset):
         (dict(vocab_size=2.5), "vocab_size must be a positive integer"),
         (dict(dropout=1.0), "dropout"),
         (dict(norm_position="middle"), "norm_position"),
+        (dict(vocab_multiple=0), "vocab_multiple must be a positive integer"),
     ],
 )
 def test_bad_config_is_rejected(kwargs, message):
