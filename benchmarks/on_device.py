@@ -143,8 +143,25 @@ def worker_tf_gpt2_int8(path: str, prompt: int, new: int, threads: int, repeats:
     return worker_tf_gpt2(path, prompt, new, threads, repeats, quantize="int8")
 
 
+def worker_keras_hub(path: str, prompt: int, new: int, threads: int, repeats: int) -> dict:
+    import numpy as np
+
+    from tf_gpt2 import GPT2
+    from tf_gpt2.benchmark import _keras_hub_lm
+
+    lm = _keras_hub_lm(GPT2.from_pretrained(path).config)  # same shapes; its own random weights
+    lm.compile(sampler="greedy")
+    lm.jit_compile = True  # "auto" turns XLA off on CPU
+
+    def generate(n):
+        ids, mask = np.zeros((1, prompt + n), np.int32), np.zeros((1, prompt + n), bool)
+        ids[0, :prompt], mask[0, :prompt] = _prompt(prompt), True
+        lm.generate({"token_ids": ids, "padding_mask": mask}, stop_token_ids=None)
+    return _rates(generate, prompt, new, repeats)
+
+
 WORKERS = {"litert-lm": worker_litert_lm, "ct2": worker_ct2, "hf": worker_hf, "tf_gpt2": worker_tf_gpt2,
-           "tf_gpt2-int8": worker_tf_gpt2_int8}
+           "tf_gpt2-int8": worker_tf_gpt2_int8, "keras-hub": worker_keras_hub}
 
 
 def _dir_mb(path: str) -> float:
@@ -208,7 +225,8 @@ def main(argv: list[str] | None = None) -> int:
         jobs += [(f"LiteRT-LM {q}", "litert-lm", os.path.join(args.work, f"gpt2-{q}-{c}.litertlm"), c)
                  for c in caches for q in args.quantize]
     labels = {"ct2": ("CTranslate2 int8", "ct2-int8"), "hf": ("HF torch (KV cache)", "hf"),
-              "tf_gpt2": ("tf_gpt2 XLA (Keras, TF)", "hf"), "tf_gpt2-int8": ("tf_gpt2 XLA, Keras int8", "hf")}
+              "tf_gpt2": ("tf_gpt2 XLA (Keras, TF)", "hf"), "tf_gpt2-int8": ("tf_gpt2 XLA, Keras int8", "hf"),
+              "keras-hub": ("keras-hub GPT2CausalLM (TF, XLA)", "hf")}
     jobs += [(label, kind, os.path.join(args.work, sub), None) for kind, (label, sub) in labels.items()
              if kind in args.systems]
     rows = []
