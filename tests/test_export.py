@@ -63,3 +63,33 @@ def test_saved_model_versions_and_signatures_listed(model, tmp_path):
     shown = subprocess.run([cli, "show", "--dir", base + "/1", "--tag_set", "serve"], capture_output=True, text=True)
     for name in ("serving_default", "generate", "generate_text"):
         assert name in shown.stdout
+
+
+def test_served_signatures_refuse_bad_prompts_instead_of_answering(model, tmp_path):
+    """A served model has no eager Python in front of it: the checks are in the graph."""
+    import tensorflow as tf
+    import tensorflow_text  # noqa: F401  (the in-graph tokenizer's ops)
+
+    served = tf.saved_model.load(export_saved_model(model, str(tmp_path / "m"), max_new_tokens_limit=8))
+    logits, generate = served.signatures["serving_default"], served.signatures["generate"]
+    ids, mask = tf.constant([[464, 3290, 0]]), tf.constant([[1, 1, 0]])
+    assert logits(token_ids=ids, attention_mask=mask)["logits"].shape == (1, 3, 50257)
+    bad = [
+        (dict(token_ids=tf.constant([[464, 50257, 0]])), "token ids must be < 50257"),
+        (dict(token_ids=tf.constant([[-1, 3290, 0]])), "token ids must be >= 0"),
+        (dict(attention_mask=tf.constant([[1, 2, 0]])), "attention_mask values must be 0 or 1"),
+        (dict(attention_mask=tf.constant([[1, 0, 1]])), "1s followed by 0s"),
+        (dict(attention_mask=tf.constant([[0, 0, 0]])), "1s followed by 0s"),
+        (dict(attention_mask=tf.constant([[1, 1, 0], [1, 0, 0]])), "same shape"),
+    ]
+    knobs = dict(max_new_tokens=tf.constant(2), temperature=tf.constant(0.0), top_k=tf.constant(0),
+                 top_p=tf.constant(1.0), seed=tf.constant(0))
+    for change, message in bad:
+        inputs = {"token_ids": ids, "attention_mask": mask, **change}
+        for call in (lambda: logits(**inputs), lambda: generate(**inputs, **knobs)):
+            with pytest.raises(tf.errors.InvalidArgumentError, match=message):
+                call()
+    for knob, value, message in (("top_k", tf.constant(-1), "top_k must be >= 0"),
+                                 ("temperature", tf.constant(float("nan")), "temperature must be >= 0")):
+        with pytest.raises(tf.errors.InvalidArgumentError, match=message):
+            generate(token_ids=ids, attention_mask=mask, **{**knobs, knob: value})

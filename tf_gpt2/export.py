@@ -38,6 +38,21 @@ def _left_align(ids, mask):
     return tf.gather(ids, index, batch_dims=1), tf.gather(mask, index, batch_dims=1)
 
 
+def _prompt_checks(token_ids, attention_mask, vocab_size: int) -> list:
+    """In-graph checks of a served prompt: a served model gets no eager Python validation in front of it."""
+    valid = tf.logical_and(attention_mask >= 0, attention_mask <= 1)
+    return [
+        tf.debugging.assert_equal(tf.shape(token_ids), tf.shape(attention_mask),
+                                  message="token_ids and attention_mask must have the same shape"),
+        tf.debugging.assert_non_negative(token_ids, message="token ids must be >= 0"),
+        tf.debugging.assert_less(token_ids, vocab_size, message=f"token ids must be < {vocab_size} (vocab_size)"),
+        tf.debugging.assert_equal(tf.reduce_all(valid), True, message="attention_mask values must be 0 or 1"),
+        tf.debugging.assert_equal(  # 1s then 0s: the first column is 1 and the mask never rises
+            tf.reduce_all(tf.logical_and(attention_mask[:, :1] == 1, attention_mask[:, 1:] <= attention_mask[:, :-1])),
+            True, message="every attention_mask row must be 1s followed by 0s (right padding, at least one token)"),
+    ]
+
+
 class _Serving:
     """The functions behind the SavedModel's signatures."""
 
@@ -49,18 +64,21 @@ class _Serving:
         self.pad_id = EOT_ID if EOT_ID < model.config.vocab_size else 0
 
     def logits(self, token_ids, attention_mask):
+        with tf.control_dependencies(_prompt_checks(token_ids, attention_mask, self.model.config.vocab_size)):
+            token_ids, attention_mask = tf.identity(token_ids), tf.identity(attention_mask)  # checked first
         return {"logits": self.model(token_ids, attention_mask=attention_mask, position_ids=_positions(attention_mask))}
 
     def generate(self, token_ids, attention_mask, max_new_tokens, temperature, top_k, top_p, seed):
         n_positions = self.model.config.n_positions
         longest = tf.reduce_max(tf.reduce_sum(attention_mask, axis=1))
-        checks = [
+        checks = _prompt_checks(token_ids, attention_mask, self.model.config.vocab_size) + [
             tf.debugging.assert_greater(longest, 0, message="prompt is empty"),
             tf.debugging.assert_positive(max_new_tokens, message="max_new_tokens must be > 0"),
             tf.debugging.assert_less_equal(max_new_tokens, self.limit, message=f"max_new_tokens must be <= {self.limit}"),
             tf.debugging.assert_less_equal(longest + max_new_tokens, n_positions,
                                            message=f"prompt + max_new_tokens exceeds the context of {n_positions}"),
             tf.debugging.assert_non_negative(temperature, message="temperature must be >= 0"),
+            tf.debugging.assert_non_negative(top_k, message="top_k must be >= 0 (0: off)"),
             tf.debugging.assert_greater(top_p, 0.0, message="top_p must be in (0, 1]"),
             tf.debugging.assert_less_equal(top_p, 1.0, message="top_p must be in (0, 1]"),
         ]
