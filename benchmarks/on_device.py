@@ -38,20 +38,11 @@ def _peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _best(fn, repeats: int) -> float:
-    fn()  # warm-up: compilation, allocation, first-touch of weights
-    return min(_timed(fn) for _ in range(repeats))
-
-
-def _timed(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
-
-
 def _rates(generate, prompt: int, new: int, repeats: int) -> dict:
     """generate(n) produces n tokens after the prompt; prefill and decode rates from two lengths."""
-    one, many = _best(lambda: generate(1), repeats), _best(lambda: generate(new), repeats)
+    from tf_gpt2.benchmark import best_seconds  # one warm-up call, then the best of `repeats`
+
+    one, many = best_seconds(lambda: generate(1), repeats), best_seconds(lambda: generate(new), repeats)
     return {"prefill_tok_s": prompt / one, "decode_tok_s": (new - 1) / max(many - one, 1e-9)}
 
 

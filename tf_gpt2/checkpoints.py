@@ -92,7 +92,7 @@ def _read_json(path: str) -> dict[str, Any]:
         raise ValueError(f"{path} is not valid JSON: {e}") from e
 
 
-def _atomic_write(path: str, write: Callable[[str], None]) -> None:
+def atomic_write(path: str, write: Callable[[str], None]) -> None:
     """Write through a temporary file and rename, so a crash never leaves a half-written file."""
     tmp = f"{path}.tmp-{os.getpid()}"
     try:
@@ -184,13 +184,13 @@ def save_hf(model: GPT2, directory: str | os.PathLike) -> None:
         "eos_token_id": 50256, "tie_word_embeddings": True,
     }
     tensors = {"transformer." + name: np.ascontiguousarray(v) for name, v in checkpoint_tensors(model).items()}
-    _atomic_write(os.path.join(directory, "model.safetensors"), lambda p: save_file(tensors, p, metadata={"format": "pt"}))
+    atomic_write(os.path.join(directory, "model.safetensors"), lambda p: save_file(tensors, p, metadata={"format": "pt"}))
 
     def write_config(path: str) -> None:
         with open(path, "w", encoding="utf-8") as f:
             json.dump(hf_config, f, indent=2)
 
-    _atomic_write(os.path.join(directory, "config.json"), write_config)
+    atomic_write(os.path.join(directory, "config.json"), write_config)
 
 
 # -- OpenAI's original TensorFlow checkpoints (openai/gpt-2) -------------------------------------

@@ -122,8 +122,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         from tf_gpt2 import litert
 
         export = litert.export_litert if args.format == "tflite" else litert.export_litertlm
-        if args.quantize not in litert.QUANTIZATIONS:  # before loading and converting the model
-            raise ValueError(f"unknown quantization {args.quantize!r}; choose one of {litert.QUANTIZATIONS}")
+        litert.check_quantization(args.quantize)  # before loading the model
         path = export(_load_model(args), args.out or os.path.join("saved_models", f"gpt2.{args.format}"),
                       cache_length=args.cache_length, prefill_lengths=args.prefill_lengths, quantize=args.quantize)
     print(f"wrote {path}")

@@ -17,15 +17,15 @@ interpreter (`LiteRTGenerator`: the loop an app runs when it drives the model it
 
 from __future__ import annotations
 
-import contextlib
 import os
 import tempfile
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import keras
 import numpy as np
 import tensorflow as tf
 
+from tf_gpt2.checkpoints import atomic_write
 from tf_gpt2.model import GPT2
 from tf_gpt2.tokenizer import EOT_ID, VOCAB_SIZE, hf_tokenizer_json
 
@@ -39,10 +39,14 @@ def default_prefill_lengths(cache_length: int) -> tuple[int, ...]:
     return tuple(t for t in (8, 32, 128) if t <= cache_length // 4) or (1,)
 
 
-def _check_options(model: GPT2, cache_length: int | None, prefill_lengths: Sequence[int] | None,
-                   quantize: str) -> tuple[int, tuple[int, ...]]:
+def check_quantization(quantize: str) -> None:
     if quantize not in QUANTIZATIONS:
         raise ValueError(f"unknown quantization {quantize!r}; choose one of {QUANTIZATIONS}")
+
+
+def _check_options(model: GPT2, cache_length: int | None, prefill_lengths: Sequence[int] | None,
+                   quantize: str) -> tuple[int, tuple[int, ...]]:
+    check_quantization(quantize)
     n_positions = model.config.n_positions
     cache_length = n_positions if cache_length is None else cache_length
     if isinstance(cache_length, bool) or not isinstance(cache_length, (int, np.integer)) \
@@ -102,9 +106,7 @@ def litert_bytes(model: GPT2, cache_length: int | None = None, prefill_lengths: 
     if getattr(model, "quantization", None):
         raise ValueError(f"this model is already quantized with Keras ({model.quantization}): export the float "
                          "model with quantize='int8', LiteRT's own int8 for phones")
-    if model.dtype_policy.name != "float32":  # on-device numerics are float32 (or quantized from it)
-        weights, model = model.get_weights(), GPT2(model.config)
-        model.set_weights(weights)
+    model = model.with_dtype("float32")  # on-device numerics are float32 (or quantized from it)
     signatures = _Signatures(model)
     archive = keras.export.ExportArchive()
     archive.track(model)
@@ -122,9 +124,8 @@ def litert_bytes(model: GPT2, cache_length: int | None = None, prefill_lengths: 
         return converter.convert()
 
 
-@contextlib.contextmanager
-def _atomic_output(path: str) -> Iterator[str]:
-    """A temporary path beside `path` that replaces it only if the block succeeds."""
+def _check_writable(path: str) -> None:
+    """Fail now, before a minutes-long conversion, if `path` cannot be written; create its directory."""
     directory = os.path.dirname(os.path.abspath(path))
     existing = directory
     while not os.path.exists(existing):
@@ -134,25 +135,19 @@ def _atomic_output(path: str) -> Iterator[str]:
     os.makedirs(directory, exist_ok=True)
     if not os.access(directory, os.W_OK):
         raise PermissionError(f"cannot write to {directory}: the export would fail after converting")
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
-    os.close(fd)
-    try:
-        yield tmp
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def export_litert(model: GPT2, path: str, cache_length: int | None = None,
                   prefill_lengths: Sequence[int] | None = None, quantize: str = "fp32") -> str:
     """Write the `.tflite` (LiteRT-LM contract) to `path`, atomically, and return `path`."""
     _check_options(model, cache_length, prefill_lengths, quantize)
-    with _atomic_output(path) as tmp:
+    _check_writable(path)
+
+    def write(tmp: str) -> None:
         flatbuffer = litert_bytes(model, cache_length, prefill_lengths, quantize)
         with open(tmp, "wb") as f:
             f.write(flatbuffer)
+    atomic_write(path, write)
     return path
 
 
@@ -192,20 +187,24 @@ def export_litertlm(model: GPT2, path: str, cache_length: int | None = None,
             f"{model.config.vocab_size}: a character-level or custom-vocabulary model cannot use it. "
             "Export a plain .tflite (--format tflite) and drive it with your own tokenizer")
     cache_length, prefill_lengths = _check_options(model, cache_length, prefill_lengths, quantize)
-    with _atomic_output(path) as tmp, tempfile.TemporaryDirectory() as parts:
-        files = {name: os.path.join(parts, name) for name in ("model.tflite", "tokenizer.json", "metadata.pb")}
-        with open(files["model.tflite"], "wb") as f:
-            f.write(litert_bytes(model, cache_length, prefill_lengths, quantize))
-        with open(files["tokenizer.json"], "w", encoding="utf-8") as f:
-            f.write(hf_tokenizer_json())
-        with open(files["metadata.pb"], "wb") as f:
-            f.write(_llm_metadata(cache_length - (max(prefill_lengths) - 1)))
-        builder = LitertLmFileBuilder()
-        builder.add_tflite_model(files["model.tflite"], TfLiteModelType.PREFILL_DECODE)
-        builder.add_hf_tokenizer(files["tokenizer.json"])
-        builder.add_llm_metadata(files["metadata.pb"])
-        with open(tmp, "wb") as f:
-            builder.build(f)
+    _check_writable(path)
+
+    def write(tmp: str) -> None:
+        with tempfile.TemporaryDirectory() as parts:
+            files = {name: os.path.join(parts, name) for name in ("model.tflite", "tokenizer.json", "metadata.pb")}
+            with open(files["model.tflite"], "wb") as f:
+                f.write(litert_bytes(model, cache_length, prefill_lengths, quantize))
+            with open(files["tokenizer.json"], "w", encoding="utf-8") as f:
+                f.write(hf_tokenizer_json())
+            with open(files["metadata.pb"], "wb") as f:
+                f.write(_llm_metadata(cache_length - (max(prefill_lengths) - 1)))
+            builder = LitertLmFileBuilder()
+            builder.add_tflite_model(files["model.tflite"], TfLiteModelType.PREFILL_DECODE)
+            builder.add_hf_tokenizer(files["tokenizer.json"])
+            builder.add_llm_metadata(files["metadata.pb"])
+            with open(tmp, "wb") as f:
+                builder.build(f)
+    atomic_write(path, write)
     return path
 
 

@@ -203,6 +203,14 @@ class GPT2(keras.Model):
                              "weights. Save the float model before quantize(), or save this one with model.save('x.keras')")
         save_hf(self, directory)
 
+    def with_dtype(self, dtype: str) -> "GPT2":
+        """This model's weights in a GPT2 of dtype policy `dtype` (this model when it already has it)."""
+        if self.dtype_policy.name == dtype:
+            return self
+        model = GPT2(self.config, dtype=dtype)
+        model.set_weights(self.get_weights())
+        return model
+
     def quantize(self, mode: str | None = None, **kwargs) -> None:
         """Keras' weight quantization of every Dense and Embedding (e.g. "int8"); LayerNorms stay float.
 

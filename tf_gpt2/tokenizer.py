@@ -60,6 +60,15 @@ def _encoding(encoder_json: str, vocab_bpe: str) -> tiktoken.Encoding:
     )
 
 
+def _vocabulary_and_merges(encoder_json: str, vocab_bpe: str) -> tuple[dict[str, int], list[str]]:
+    """encoder.json as {token: id}, and vocab.bpe's merge rules as "a b" lines, in rank order."""
+    with open(encoder_json, encoding="utf-8") as f:
+        vocabulary = json.load(f)
+    with open(vocab_bpe, encoding="utf-8") as f:
+        merges = [line for line in f.read().split("\n")[1:] if line]  # line 0: "#version: 0.2"
+    return vocabulary, merges
+
+
 def hf_tokenizer_json(encoder_json: str | None = None, vocab_bpe: str | None = None) -> str:
     """GPT-2's Hugging Face `tokenizer.json` (byte-level BPE), built offline from the official files.
 
@@ -71,11 +80,8 @@ def hf_tokenizer_json(encoder_json: str | None = None, vocab_bpe: str | None = N
     encoder_json, vocab_bpe = encoder_json or default_encoder, vocab_bpe or default_bpe
     _verify_sha256(encoder_json, ENCODER_JSON_SHA256)
     _verify_sha256(vocab_bpe, VOCAB_BPE_SHA256)
-    with open(encoder_json, encoding="utf-8") as f:
-        vocabulary = json.load(f)
-    with open(vocab_bpe, encoding="utf-8") as f:
-        merges = [tuple(line.split(" ")) for line in f.read().split("\n")[1:] if line]  # line 0: "#version: 0.2"
-    tokenizer = Tokenizer(models.BPE(vocab=vocabulary, merges=merges))
+    vocabulary, merges = _vocabulary_and_merges(encoder_json, vocab_bpe)
+    tokenizer = Tokenizer(models.BPE(vocab=vocabulary, merges=[tuple(m.split(" ")) for m in merges]))
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
     tokenizer.post_processor = processors.ByteLevel(trim_offsets=False)
@@ -133,10 +139,7 @@ class GPT2Tokenizer:
         """
         from keras_hub.tokenizers import BytePairTokenizer
 
-        with open(self.encoder_json, encoding="utf-8") as f:
-            vocabulary = json.load(f)
-        with open(self.vocab_bpe, encoding="utf-8") as f:
-            merges = [line for line in f.read().split("\n")[1:] if line]  # line 0: "#version: 0.2"
+        vocabulary, merges = _vocabulary_and_merges(self.encoder_json, self.vocab_bpe)
         return BytePairTokenizer(
             vocabulary=vocabulary,
             merges=merges,

@@ -300,9 +300,7 @@ def build_model(cfg: TrainConfig, vocab_size: int) -> GPT2:
         model = GPT2.from_pretrained(cfg.init_from)
         if model.config.vocab_size < vocab_size:
             raise ValueError(f"--init-from model has {model.config.vocab_size} tokens, the data needs {vocab_size}")
-        if model.dtype_policy.name != cfg.precision:  # same weights (float32 variables), this run's precision
-            weights, model = model.get_weights(), GPT2(model.config, dtype=cfg.precision)
-            model.set_weights(weights)
+        model = model.with_dtype(cfg.precision)
     else:
         model = GPT2(GPT2Config.from_preset(cfg.preset, **{"vocab_size": vocab_size, **cfg.model}), dtype=cfg.precision)
     if cfg.block_size > model.config.n_positions:
