@@ -8,14 +8,18 @@ format is one short name mapping onto `weight_table(model)`.
 from __future__ import annotations
 
 import glob
+import hashlib
 import json
 import os
-from typing import Any, Callable
+import re
+import zipfile
+from typing import Any
 
 import keras
 import numpy as np
 
 from tf_gpt2.config import GPT2Config
+from tf_gpt2.files import write_together
 from tf_gpt2.model import GPT2
 
 BLOCK_LAYERS = ("ln_1", "attn.c_attn", "attn.c_proj", "ln_2", "mlp.c_fc", "mlp.c_proj")
@@ -60,6 +64,8 @@ def assign_weights(model: GPT2, tensors: dict[str, np.ndarray], source: str) -> 
             raise ValueError(
                 f"{source}: tensor '{name}' has shape {tuple(value.shape)}, the model expects {tuple(expected)}"
             )
+        if value.dtype.kind != "f":
+            raise ValueError(f"{source}: tensor '{name}' has dtype {value.dtype}, expected floating point weights")
         if not np.all(np.isfinite(value)):
             raise ValueError(f"{source}: tensor '{name}' contains NaN or infinite values")
     for name, variable in table.items():
@@ -87,24 +93,21 @@ def _gpt2_only(model: GPT2, fmt: str) -> None:
 def _read_json(path: str) -> dict[str, Any]:
     try:
         with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except json.JSONDecodeError as e:
+            value = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"{path} is not valid JSON: {e}") from e
-
-
-def atomic_write(path: str, write: Callable[[str], None]) -> None:
-    """Write through a temporary file and rename, so a crash never leaves a half-written file."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    except IsADirectoryError:
+        raise ValueError(f"{path} is a directory, expected a JSON file") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{path} holds a JSON {type(value).__name__}, expected an object")
+    return value
 
 
 # -- Hugging Face -------------------------------------------------------------------------------
 def config_from_hf(hf: dict[str, Any], **overrides: Any) -> GPT2Config:
+    missing = [key for key in ("vocab_size", "n_embd", "n_layer", "n_head") if key not in hf]
+    if missing or not ("n_positions" in hf or "n_ctx" in hf):
+        raise ValueError(f"config.json lacks {', '.join(missing) or 'n_positions'}: not a GPT-2 config")
     activation = hf.get("activation_function", "gelu_new")
     if activation not in HF_ACTIVATIONS:
         raise ValueError(f"unsupported activation_function {activation!r} in config.json")
@@ -121,13 +124,14 @@ def config_from_hf(hf: dict[str, Any], **overrides: Any) -> GPT2Config:
     return GPT2Config(**{**values, **overrides})
 
 
-def _read_safetensors(path: str) -> dict[str, np.ndarray]:
-    from safetensors import SafetensorError
-    from safetensors.numpy import load_file
+def _read_safetensors(path: str) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """The tensors of a safetensors file and its metadata."""
+    from safetensors import SafetensorError, safe_open
 
     try:
-        return load_file(path)
-    except (SafetensorError, OSError, ValueError) as e:
+        with safe_open(path, framework="numpy") as f:
+            return {k: f.get_tensor(k) for k in f.keys()}, f.metadata() or {}
+    except (SafetensorError, OSError, ValueError, TypeError) as e:
         raise ValueError(f"cannot read {path}: {e}") from e
 
 
@@ -140,25 +144,53 @@ def _read_torch_bin(path: str) -> dict[str, np.ndarray]:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
         raise ValueError(f"cannot read {path}: {e}") from e
-    return {k: v.float().numpy() for k, v in state.items()}
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{path} is not a state dict of tensors")
+    # bfloat16/float16 widen to float32; other dtypes stay as they are, for assign_weights to refuse
+    return {k: (v.float() if v.is_floating_point() else v).numpy() for k, v in state.items()}
 
 
 def _hf_weight_files(directory: str) -> list[str]:
     index = os.path.join(directory, "model.safetensors.index.json")
     if os.path.exists(index):
-        return sorted({os.path.join(directory, f) for f in _read_json(index)["weight_map"].values()})
+        weight_map = _read_json(index).get("weight_map")
+        if not isinstance(weight_map, dict) or not weight_map:
+            raise ValueError(f"{index} has no weight_map")
+        root = os.path.realpath(directory)
+        files = sorted({os.path.realpath(os.path.join(root, str(f))) for f in weight_map.values()})
+        outside = [f for f in files if os.path.dirname(f) != root]
+        if outside:
+            raise ValueError(f"{index} points at {outside[0]}, outside {directory}: refusing to read it")
+        return files
     for name in ("model.safetensors", "pytorch_model.bin"):
         if os.path.exists(os.path.join(directory, name)):
             return [os.path.join(directory, name)]
     raise FileNotFoundError(f"{directory} has config.json but no model.safetensors or pytorch_model.bin")
 
 
+CONFIG_DIGEST = "tf_gpt2.config_sha256"  # safetensors metadata: which config.json these weights were saved with
+
+
 def load_hf(directory: str, **overrides: Any) -> GPT2:
-    config = config_from_hf(_read_json(os.path.join(directory, "config.json")), **overrides)
+    config_path = os.path.join(directory, "config.json")
+    config = config_from_hf(_read_json(config_path), **overrides)
+    with open(config_path, "rb") as f:
+        config_digest = hashlib.sha256(f.read()).hexdigest()
     tensors: dict[str, np.ndarray] = {}
     for path in _hf_weight_files(directory):
-        tensors.update(_read_safetensors(path) if path.endswith(".safetensors") else _read_torch_bin(path))
-    tensors = {k.removeprefix("transformer."): v for k, v in tensors.items() if not k.endswith(HF_IGNORED_SUFFIXES)}
+        if path.endswith(".safetensors"):
+            found, metadata = _read_safetensors(path)
+            if metadata.get(CONFIG_DIGEST, config_digest) != config_digest:
+                raise ValueError(f"{path} was saved with another config.json than the one beside it "
+                                 "(an interrupted save?): the pair does not belong together")
+        else:
+            found = _read_torch_bin(path)
+        for key, value in found.items():
+            name = key.removeprefix("transformer.")
+            if name in tensors:
+                raise ValueError(f"{path}: tensor '{name}' appears twice (as '{key}' and once before)")
+            tensors[name] = value
+    tensors = {k: v for k, v in tensors.items() if not k.endswith(HF_IGNORED_SUFFIXES)}
     lm_head = tensors.pop("lm_head.weight", None)  # tied to wte in GPT-2
     if lm_head is not None and "wte.weight" in tensors and not np.array_equal(lm_head, tensors["wte.weight"]):
         raise ValueError(f"{directory}: lm_head.weight differs from wte.weight; GPT-2's LM head is tied")
@@ -166,7 +198,11 @@ def load_hf(directory: str, **overrides: Any) -> GPT2:
 
 
 def save_hf(model: GPT2, directory: str | os.PathLike) -> None:
-    """Write config.json + model.safetensors that `transformers.GPT2LMHeadModel` loads."""
+    """Write config.json + model.safetensors that `transformers.GPT2LMHeadModel` loads.
+
+    Both are written in full before either replaces an older file, and the weights record the
+    digest of their config.json, so a pair that a crash mixed up is refused on load.
+    """
     from safetensors.numpy import save_file
 
     _gpt2_only(model, "Hugging Face")
@@ -183,14 +219,18 @@ def save_hf(model: GPT2, directory: str | os.PathLike) -> None:
         "embd_pdrop": cfg.dropout, "attn_pdrop": cfg.dropout, "bos_token_id": 50256,
         "eos_token_id": 50256, "tie_word_embeddings": True,
     }
+    config_bytes = json.dumps(hf_config, indent=2).encode("utf-8")
+    metadata = {"format": "pt", CONFIG_DIGEST: hashlib.sha256(config_bytes).hexdigest()}
     tensors = {"transformer." + name: np.ascontiguousarray(v) for name, v in checkpoint_tensors(model).items()}
-    atomic_write(os.path.join(directory, "model.safetensors"), lambda p: save_file(tensors, p, metadata={"format": "pt"}))
 
     def write_config(path: str) -> None:
-        with open(path, "w", encoding="utf-8") as f:
-            json.dump(hf_config, f, indent=2)
+        with open(path, "wb") as f:
+            f.write(config_bytes)
 
-    atomic_write(os.path.join(directory, "config.json"), write_config)
+    write_together({  # weights first: a crash between the two renames leaves a pair that load_hf refuses
+        os.path.join(directory, "model.safetensors"): lambda p: save_file(tensors, p, metadata=metadata),
+        os.path.join(directory, "config.json"): write_config,
+    })
 
 
 # -- OpenAI's original TensorFlow checkpoints (openai/gpt-2) -------------------------------------
@@ -209,7 +249,11 @@ def openai_name(name: str) -> str:
 def load_openai(directory: str, **overrides: Any) -> GPT2:
     import tensorflow as tf
 
-    hp = _read_json(os.path.join(directory, "hparams.json"))
+    hparams = os.path.join(directory, "hparams.json")
+    hp = _read_json(hparams)
+    missing = [key for key in ("n_vocab", "n_ctx", "n_embd", "n_layer", "n_head") if key not in hp]
+    if missing:
+        raise ValueError(f"{hparams} lacks {', '.join(missing)}: not a GPT-2 hparams file")
     config = GPT2Config(
         vocab_size=hp["n_vocab"], n_positions=hp["n_ctx"], n_embd=hp["n_embd"],
         n_layer=hp["n_layer"], n_head=hp["n_head"], **overrides,
@@ -284,12 +328,19 @@ def load_pretrained(source: Any, **overrides: Any) -> GPT2:
         raise TypeError(f"from_pretrained expects a path or a keras-hub GPT2Backbone, got {type(source).__name__}")
     path = os.fspath(source)
     if not os.path.exists(path):
-        raise FileNotFoundError(f"no checkpoint at {path}")
+        hint = ""
+        if re.fullmatch(r"[\w-][\w.-]*(/[\w.-]+)?", path) and not path.endswith(".keras"):  # like "gpt2"
+            hint = (f". Hub names such as {path!r} are not downloaded (this package works offline): "
+                    "fetch the model directory once, e.g. `huggingface-cli download gpt2 --local-dir gpt2`, "
+                    "and pass that directory")
+        raise FileNotFoundError(f"no checkpoint at {path}{hint}")
     if os.path.isfile(path):
         if not path.endswith(".keras"):
             raise ValueError(f"{path}: expected a .keras file or a checkpoint directory")
         if overrides:
             raise ValueError("config overrides do not apply to a .keras file")
+        if not zipfile.is_zipfile(path):
+            raise ValueError(f"{path} is not a readable .keras file: it is truncated, or not a zip archive")
         try:
             model = keras.models.load_model(path)
         except (OSError, ValueError) as e:

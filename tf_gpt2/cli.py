@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import traceback
 from typing import Sequence
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's start-up chatter out of the output
@@ -15,7 +16,10 @@ def _load_model(args: argparse.Namespace):
 
     if args.model:
         return GPT2.from_pretrained(args.model)
-    return GPT2(GPT2Config.from_preset(args.preset))
+    if args.random_init:
+        return GPT2(GPT2Config.from_preset(args.random_init))
+    raise ValueError("no --model given: pass a checkpoint (HF dir, OpenAI TF dir, keras-hub preset dir or .keras "
+                     "file), or --random-init PRESET for an untrained model")
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -49,6 +53,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from tf_gpt2.files import save_keras
     from tf_gpt2.training import TrainConfig, train
 
     overrides = {k: getattr(args, k) for k in ("n_layer", "n_head", "n_embd", "n_positions", "dropout", "vocab_multiple")
@@ -62,9 +67,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         seed=args.seed, precision=args.precision, jit_compile=not args.no_xla,
         steps_per_execution=args.steps_per_execution, lora_rank=args.lora_rank, strategy=args.strategy,
         sample_prompt=args.sample_prompt, sample_tokens=args.sample_tokens,
+        resume_with_changes=args.resume_with_changes,
     )
     model, _ = train(cfg)
-    model.save(os.path.join(args.out, "model.keras"))
+    save_keras(model, os.path.join(args.out, "model.keras"))
     print(f"saved {os.path.join(args.out, 'model.keras')}")
     return 0
 
@@ -92,10 +98,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 def cmd_convert(args: argparse.Namespace) -> int:
     from tf_gpt2 import GPT2
+    from tf_gpt2.files import save_keras
 
     model = GPT2.from_pretrained(args.src)
     if args.dst.endswith(".keras"):
-        model.save(args.dst)
+        save_keras(model, args.dst)
     else:
         model.save_pretrained(args.dst)
     print(f"wrote {args.dst}")
@@ -171,9 +178,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-def _model_flags(parser: argparse.ArgumentParser, default_preset: str) -> None:
+def _model_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", help="checkpoint to load: HF dir, OpenAI TF dir, keras-hub preset dir or .keras file")
-    parser.add_argument("--preset", default=default_preset, help="random-init preset when --model is not given")
+    parser.add_argument("--random-init", metavar="PRESET",
+                        help="use an untrained model of this preset instead of --model (for trying the pipeline)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -209,11 +217,13 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--batch-size", type=int, default=8, help="sequences per step (global, across replicas)")
     tr.add_argument("--block-size", type=int, default=256, help="tokens per sequence")
     tr.add_argument("--learning-rate", type=float, default=6e-4, help="peak learning rate after warmup")
-    tr.add_argument("--min-learning-rate", type=float, default=6e-5, help="learning rate at the end of the cosine")
+    tr.add_argument("--min-learning-rate", type=float, help="learning rate at the end of the cosine "
+                    "(default: --learning-rate / 10)")
     tr.add_argument("--warmup-steps", type=int, default=100, help="linear warmup steps")
     tr.add_argument("--weight-decay", type=float, default=0.1, help="AdamW decay on weights of rank >= 2")
     tr.add_argument("--grad-clip", type=float, default=1.0, help="global gradient-norm clip (0: off)")
-    tr.add_argument("--grad-accum", type=int, default=1, help="micro-batches accumulated per update")
+    tr.add_argument("--grad-accum", type=int, default=1,
+                    help="micro-batches of --batch-size accumulated per optimizer step (--steps counts steps)")
     tr.add_argument("--eval-interval", type=int, default=100, help="steps between validation/checkpoint/sample")
     tr.add_argument("--eval-batches", type=int, default=20, help="validation batches per evaluation")
     tr.add_argument("--seed", type=int, default=0, help="seed of init, dropout and data order")
@@ -225,10 +235,12 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--strategy", choices=["mirrored", "multiworker", "tpu"], help="tf.distribute strategy")
     tr.add_argument("--sample-prompt", default="\n", help="prompt of the samples printed after each round")
     tr.add_argument("--sample-tokens", type=int, default=64, help="length of those samples (0: none)")
+    tr.add_argument("--resume-with-changes", action="store_true",
+                    help="resume the run in --out even though its settings or data changed")
     tr.set_defaults(run=cmd_train)
 
     gen = sub.add_parser("generate", help="continue a prompt, printing tokens as they come")
-    _model_flags(gen, "gpt2-tiny")
+    _model_flags(gen)
     gen.add_argument("prompt", help="text to continue")
     gen.add_argument("--max-new-tokens", type=int, default=64)
     gen.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
@@ -244,7 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
     convert.set_defaults(run=cmd_convert)
 
     export = sub.add_parser("export", help="export for TF Serving (SavedModel) or phones (LiteRT-LM / LiteRT)")
-    _model_flags(export, "gpt2-tiny")
+    _model_flags(export)
     export.add_argument("--format", default="saved_model",
                         help="saved_model (TF Serving), litertlm (LiteRT-LM package) or tflite (its model alone)")
     export.add_argument("--out", help="SavedModel base dir (a numbered version is added), or .litertlm/.tflite path")
@@ -257,7 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.set_defaults(run=cmd_export)
 
     ev = sub.add_parser("eval", help="perplexity and bits/byte on a text file (GPT-2 paper protocol)")
-    _model_flags(ev, "gpt2-tiny")
+    _model_flags(ev)
     ev.add_argument("file", help="UTF-8 text file")
     ev.add_argument("--context", type=int, help="tokens each prediction sees at most (default n_positions)")
     ev.add_argument("--stride", type=int, help="window step (default context // 2)")
@@ -279,13 +291,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def describe_error(error: BaseException) -> str:
+    """One line naming the problem (and the file, where the error knows it)."""
+    if isinstance(error, OSError) and error.filename and error.strerror:
+        text = f"{error.strerror}: {error.filename}"
+    elif type(error).__module__.startswith("tensorflow") and hasattr(error, "message"):
+        text = error.message
+    else:
+        text = str(error) or type(error).__name__
+        if not isinstance(error, (ValueError, TypeError, OSError, RuntimeError, FloatingPointError)):
+            text = f"{type(error).__name__}: {text}"
+    return " ".join(text.split())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except (ValueError, TypeError, FileNotFoundError, FileExistsError, NotADirectoryError, PermissionError,
-            FloatingPointError) as e:
-        print(f"tf-gpt2 {args.command}: error: {e}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print(f"tf-gpt2 {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # every failure ends in one line; TF_GPT2_TRACEBACK=1 shows where
+        print(f"tf-gpt2 {args.command}: error: {describe_error(e)}", file=sys.stderr)
+        if os.environ.get("TF_GPT2_TRACEBACK"):
+            traceback.print_exc()
         return 2
 
 

@@ -14,9 +14,14 @@ import gzip
 import importlib.resources
 import json
 import os
+import re
+import secrets
+import zlib
 from typing import Iterator, Sequence
 
 import numpy as np
+
+from tf_gpt2.files import atomic_write, exclusive
 
 MANIFEST = "manifest.json"
 SHARD_TOKENS = 50_000_000  # 100 MB of uint16 per shard
@@ -37,6 +42,8 @@ def _text_size(path: str) -> int:
     if not path.endswith(".gz"):
         return os.path.getsize(path)
     with open(path, "rb") as f:
+        if f.read(2) != b"\x1f\x8b" or os.path.getsize(path) < 18:
+            raise ValueError(f"{path} is not a gzip file (or is truncated)")
         f.seek(-4, os.SEEK_END)
         return int.from_bytes(f.read(4), "little")
 
@@ -61,18 +68,26 @@ def resolve_inputs(inputs: str | Sequence[str]) -> list[str]:
 
 
 def _chunks(path: str) -> Iterator[str]:
-    with _open_text(path) as f:
-        while True:
-            text = f.read(CHUNK_BYTES)
-            if not text:
-                return
-            rest = f.readline()  # finish the line, so no word is split between chunks
-            yield text + rest
+    try:
+        with _open_text(path) as f:
+            while True:
+                text = f.read(CHUNK_BYTES)
+                if not text:
+                    return
+                rest = f.readline()  # finish the line, so no word is split between chunks
+                yield text + rest
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path} is not UTF-8 text: {e}") from None
+    except (gzip.BadGzipFile, EOFError, zlib.error) as e:
+        raise ValueError(f"{path} is not a readable gzip file: {e}") from None
 
 
 class _ShardWriter:
-    def __init__(self, out_dir: str, split: str, shard_tokens: int):
-        self.out_dir, self.split, self.shard_tokens = out_dir, split, shard_tokens
+    """Writes one split's shards under names unique to this preparation (`train_<tag>_0000.bin`), so
+    the shards of a dataset already there stay intact until the new manifest replaces its own."""
+
+    def __init__(self, out_dir: str, split: str, shard_tokens: int, tag: str):
+        self.out_dir, self.split, self.shard_tokens, self.tag = out_dir, split, shard_tokens, tag
         self.shards: list[dict] = []
         self.file = None
 
@@ -86,16 +101,44 @@ class _ShardWriter:
             self.shards[-1]["tokens"] += len(part)
 
     def _open_next(self) -> None:
-        if self.file:
-            self.file.close()
-        name = f"{self.split}_{len(self.shards):04d}.bin"
+        self._close_file()
+        name = f"{self.split}_{self.tag}_{len(self.shards):04d}.bin"
         self.file = open(os.path.join(self.out_dir, name), "wb")
         self.shards.append({"file": name, "tokens": 0})
 
+    def _close_file(self) -> None:
+        if self.file:
+            self.file.flush()
+            os.fsync(self.file.fileno())
+            self.file.close()
+            self.file = None
+
     def close(self) -> list[dict]:
+        self._close_file()
+        return self.shards
+
+    def discard(self) -> None:
+        """Remove every shard this writer made (the preparation failed)."""
         if self.file:
             self.file.close()
-        return self.shards
+            self.file = None
+        for shard in self.shards:
+            path = os.path.join(self.out_dir, shard["file"])
+            if os.path.exists(path):
+                os.remove(path)
+
+
+SHARD_NAME = re.compile(r"(train|val)_[0-9a-f]{8}_\d{4}\.bin$")
+
+
+def _remove_unlisted_shards(out_dir: str, old_manifest: dict | None, manifest: dict) -> None:
+    """After `manifest` replaced `old_manifest`: delete the old dataset's shards and any left by a
+    preparation that was killed; nothing the new manifest lists."""
+    listed = {s["file"] for shards in manifest["splits"].values() for s in shards}
+    old = {s["file"] for shards in (old_manifest or {}).get("splits", {}).values() for s in shards}
+    for name in os.listdir(out_dir):
+        if name not in listed and (name in old or SHARD_NAME.match(name)):
+            os.remove(os.path.join(out_dir, name))
 
 
 def char_vocabulary(files: Sequence[str]) -> list[str]:
@@ -110,7 +153,8 @@ def prepare(inputs: str | Sequence[str], out_dir: str, val_fraction: float = 0.1
             shard_tokens: int = SHARD_TOKENS, verbose: bool = True) -> dict:
     """Tokenize text files into `out_dir` (shards + manifest.json) and return the manifest.
 
-    Documents (files) are separated by `<|endoftext|>` with the GPT-2 vocabulary.
+    Documents (files) are separated by `<|endoftext|>` with the GPT-2 vocabulary. A dataset already in
+    `out_dir` stays intact until the new one is complete: the manifest is replaced last, in one rename.
     """
     if vocab not in ("gpt2", "char"):
         raise ValueError(f"vocab must be 'gpt2' or 'char', got {vocab!r}")
@@ -132,8 +176,32 @@ def prepare(inputs: str | Sequence[str], out_dir: str, val_fraction: float = 0.1
     if vocab_size > 65536:
         raise ValueError(f"a vocabulary of {vocab_size} does not fit uint16 shards")
 
-    os.makedirs(out_dir, exist_ok=True)
-    writers = {s: _ShardWriter(out_dir, s, shard_tokens) for s in ("train", "val")}
+    with exclusive(out_dir, "prepare"):
+        old_manifest = _read_manifest(out_dir) if os.path.exists(os.path.join(out_dir, MANIFEST)) else None
+        tag = secrets.token_hex(4)
+        writers = {s: _ShardWriter(out_dir, s, shard_tokens, tag) for s in ("train", "val")}
+        try:
+            splits = _write_shards(files, total, val_fraction, encode, separator, writers, verbose)
+        except BaseException:  # a full disk, bad text, Ctrl-C: the dataset already there stays as it was
+            for writer in writers.values():
+                writer.discard()
+            raise
+        manifest = {"vocab": vocab, "vocab_size": vocab_size, "chars": chars, "sources": files, "splits": splits}
+        if sum(s["tokens"] for s in splits["train"]) == 0:
+            for writer in writers.values():
+                writer.discard()
+            raise ValueError(f"no training tokens came out of {files}")
+
+        def write_manifest(tmp: str) -> None:
+            with open(tmp, "w", encoding="utf-8") as f:
+                json.dump(manifest, f, indent=1)
+
+        atomic_write(os.path.join(out_dir, MANIFEST), write_manifest)  # the one step that switches datasets
+        _remove_unlisted_shards(out_dir, old_manifest, manifest)
+    return manifest
+
+
+def _write_shards(files, total, val_fraction, encode, separator, writers, verbose) -> dict[str, list[dict]]:
     val_from = total * (1.0 - val_fraction)
     progress = None
     if verbose:
@@ -155,17 +223,19 @@ def prepare(inputs: str | Sequence[str], out_dir: str, val_fraction: float = 0.1
             if progress:
                 progress.update(min(done, total))  # non-ASCII text makes byte counts approximate
         writers["train" if done <= val_from else "val"].write(np.asarray(separator, dtype=np.uint16))
-    manifest = {
-        "vocab": vocab, "vocab_size": vocab_size, "chars": chars, "sources": files,
-        "splits": {s: w.close() for s, w in writers.items()},
-    }
-    for split, shards in manifest["splits"].items():
-        if split == "train" and sum(s["tokens"] for s in shards) == 0:
-            raise ValueError(f"no training tokens came out of {files}")
-    tmp = os.path.join(out_dir, MANIFEST + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(manifest, f, indent=1)
-    os.replace(tmp, os.path.join(out_dir, MANIFEST))
+    return {s: w.close() for s, w in writers.items()}
+
+
+def _read_manifest(directory: str) -> dict:
+    path = os.path.join(directory, MANIFEST)
+    try:
+        with open(path, encoding="utf-8") as f:
+            manifest = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path} is not valid JSON: {e}") from None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("splits"), dict) \
+            or not isinstance(manifest.get("vocab_size"), int):
+        raise ValueError(f"{path} is not a tf_gpt2 dataset manifest (no splits or vocab_size)")
     return manifest
 
 
@@ -178,22 +248,26 @@ class TokenShards:
     """
 
     def __init__(self, directory: str, split: str = "train"):
-        path = os.path.join(directory, MANIFEST)
-        if not os.path.exists(path):
+        if not os.path.exists(os.path.join(directory, MANIFEST)):
             raise FileNotFoundError(f"{directory} has no {MANIFEST}: run `tf-gpt2 prepare` first")
-        with open(path, encoding="utf-8") as f:
-            self.manifest = json.load(f)
+        self.manifest = _read_manifest(directory)
         if split not in self.manifest["splits"]:
             raise ValueError(f"unknown split {split!r}")
+        self.vocab_size = self.manifest["vocab_size"]
         self.parts = []
         for shard in self.manifest["splits"][split]:
+            if os.path.basename(shard["file"]) != shard["file"]:
+                raise ValueError(f"{directory}/{MANIFEST} names shard {shard['file']!r} outside its directory")
             file = os.path.join(directory, shard["file"])
             if not os.path.exists(file) or os.path.getsize(file) != 2 * shard["tokens"]:
                 raise ValueError(f"shard {file} is missing or corrupt: expected {2 * shard['tokens']} bytes")
             if shard["tokens"]:
-                self.parts.append(np.memmap(file, dtype="<u2", mode="r"))
+                part = np.memmap(file, dtype="<u2", mode="r")
+                if int(part.max()) >= self.vocab_size:  # such an id would train on a clamped row, then NaN
+                    raise ValueError(f"shard {file} holds token id {int(part.max())}, outside the vocabulary of "
+                                     f"{self.vocab_size} its manifest declares: it was written with another vocabulary")
+                self.parts.append(part)
         self.offsets = np.cumsum([0] + [len(p) for p in self.parts])  # where each shard starts
-        self.vocab_size = self.manifest["vocab_size"]
         self.split = split
 
     def __len__(self) -> int:

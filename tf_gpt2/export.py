@@ -13,12 +13,11 @@ Phones and other devices: see `tf_gpt2.litert`.
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 
 import keras
 import tensorflow as tf
 
+from tf_gpt2.files import atomic_write
 from tf_gpt2.generation import generate_loop
 from tf_gpt2.model import GPT2
 from tf_gpt2.tokenizer import EOT_ID, GPT2Tokenizer
@@ -56,8 +55,9 @@ def _prompt_checks(token_ids, attention_mask, vocab_size: int) -> list:
 class _Serving:
     """The functions behind the SavedModel's signatures."""
 
-    def __init__(self, model: GPT2, max_new_tokens_limit: int):
+    def __init__(self, model: GPT2, max_new_tokens_limit: int, max_text_bytes: int, max_word_bytes: int):
         self.model = model
+        self.max_text_bytes, self.max_word_bytes = max_text_bytes, max_word_bytes
         self.tokenizer = GPT2Tokenizer().tf_layer()
         self.tokenizer(tf.constant([""]))  # build it, so the export can track its lookup tables
         self.limit = max_new_tokens_limit
@@ -92,6 +92,18 @@ class _Serving:
         return {"token_ids": out[:, :max_new_tokens]}
 
     def generate_text(self, text, max_new_tokens, temperature, top_k, top_p, seed):
+        # Bounded before tokenizing: the in-graph BPE costs time quadratic in the length of a word
+        # (a 4 KB run without spaces takes seconds), and both checks are linear in the input.
+        words = tf.strings.split(text)
+        checks = [
+            tf.debugging.assert_less_equal(tf.reduce_max(tf.strings.length(text), initial=0), self.max_text_bytes,
+                                           message=f"text is longer than {self.max_text_bytes} bytes"),
+            tf.debugging.assert_less_equal(
+                tf.reduce_max(tf.strings.length(words.flat_values), initial=0), self.max_word_bytes,
+                message=f"text has a run of more than {self.max_word_bytes} bytes without whitespace"),
+        ]
+        with tf.control_dependencies(checks):
+            text = tf.identity(text)
         ragged = self.tokenizer(text)
         ids = tf.cast(ragged.to_tensor(default_value=self.pad_id), tf.int32)
         mask = tf.sequence_mask(ragged.row_lengths(), tf.shape(ids)[1], dtype=tf.int32)
@@ -105,16 +117,19 @@ def _next_version(base: str) -> int:
     return max(versions, default=0) + 1
 
 
-def _publish(tmp_dir: str, final_dir: str) -> str:
-    """Move a finished export into place in one rename, so a crash never leaves half an export."""
-    os.makedirs(os.path.dirname(final_dir) or ".", exist_ok=True)
-    os.replace(tmp_dir, final_dir)
-    return final_dir
+def export_saved_model(model: GPT2, base_dir: str, version: int | None = None, max_new_tokens_limit: int = 256,
+                       max_text_bytes: int | None = None, max_word_bytes: int = 256) -> str:
+    """Write a TF Serving model version `<base_dir>/<version>/` and return its path.
 
-
-def export_saved_model(model: GPT2, base_dir: str, version: int | None = None, max_new_tokens_limit: int = 256) -> str:
-    """Write a TF Serving model version `<base_dir>/<version>/` and return its path."""
-    module = _Serving(model, min(max_new_tokens_limit, model.config.n_positions))
+    `generate_text` refuses a text longer than `max_text_bytes` (default 8 bytes per position of the
+    context) or with a run of more than `max_word_bytes` bytes without whitespace, before tokenizing it.
+    """
+    max_text_bytes = max_text_bytes or 8 * model.config.n_positions
+    for name, value in (("max_new_tokens_limit", max_new_tokens_limit), ("max_text_bytes", max_text_bytes),
+                        ("max_word_bytes", max_word_bytes)):
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    module = _Serving(model, min(max_new_tokens_limit, model.config.n_positions), max_text_bytes, max_word_bytes)
     i32, f32 = tf.int32, tf.float32
     ids_spec = tf.TensorSpec([None, None], i32, "token_ids")
     mask_spec = tf.TensorSpec([None, None], i32, "attention_mask")
@@ -131,10 +146,6 @@ def export_saved_model(model: GPT2, base_dir: str, version: int | None = None, m
     if os.path.exists(final_dir):
         raise FileExistsError(f"{final_dir} exists: choose another version")
     os.makedirs(base_dir, exist_ok=True)
-    tmp_dir = tempfile.mkdtemp(prefix=".export-", dir=base_dir)
-    try:
-        archive.write_out(tmp_dir, verbose=False)
-        return _publish(tmp_dir, final_dir)
-    except BaseException:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
-        raise
+    # Written aside and moved into place in one rename: TF Serving never sees half a version.
+    atomic_write(final_dir, lambda tmp: archive.write_out(tmp, verbose=False))
+    return final_dir

@@ -179,6 +179,9 @@ def _as_batch(prompt: Any, tokenizer) -> tuple[list[list[int]], str]:
     """Normalise a prompt to a batch of id lists, and remember the form to answer in."""
     if isinstance(prompt, str):
         return [tokenizer.encode(prompt)], "text"
+    if isinstance(prompt, (bytes, bytearray)) or (isinstance(prompt, (list, tuple)) and
+                                                  any(isinstance(p, (bytes, bytearray)) for p in prompt)):
+        raise TypeError("prompt is bytes: decode it to str first (or pass token ids as a list of int)")
     if isinstance(prompt, np.ndarray):
         prompt = prompt.tolist()
     if isinstance(prompt, Sequence) and len(prompt) == 0:
@@ -193,6 +196,25 @@ def _as_batch(prompt: Any, tokenizer) -> tuple[list[list[int]], str]:
             raise TypeError("token ids must be integers")
         return [[int(t) for t in p] for p in batch], "batch"
     raise TypeError(f"prompt must be text, a list of token ids or a batch of them, got {prompt!r:.80}")
+
+
+def _real(name: str, value: Any) -> float:
+    """A finite real number (NaN and infinity refused), for a sampling setting."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) or not np.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    return float(value)
+
+
+def _integer(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise ValueError(f"{name} must be an integer, got {value!r}")
+    return int(value)
+
+
+def _seed(seed: Any) -> np.int32:
+    if not 0 <= _integer("seed", seed) < 2**31:
+        raise ValueError(f"seed must be in [0, 2**31), got {seed}")
+    return np.int32(seed)
 
 
 def _prepare(model, prompt, max_new_tokens, temperature, top_k, top_p, repetition_penalty, stop_ids, tokenizer):
@@ -214,18 +236,20 @@ def _prepare(model, prompt, max_new_tokens, temperature, top_k, top_p, repetitio
             f"prompt of {longest} tokens + max_new_tokens {max_new_tokens} exceeds the context of "
             f"{cfg.n_positions} positions"
         )
-    if temperature < 0:
+    temperature, top_p, repetition_penalty = (_real(n, v) for n, v in (
+        ("temperature", temperature), ("top_p", top_p), ("repetition_penalty", repetition_penalty)))
+    if not temperature >= 0:
         raise ValueError(f"temperature must be >= 0, got {temperature}")
     if not 0 < top_p <= 1:
         raise ValueError(f"top_p must be in (0, 1], got {top_p}")
-    if top_k < 0:
+    if _integer("top_k", top_k) < 0:
         raise ValueError(f"top_k must be >= 0, got {top_k}")
-    if repetition_penalty <= 0:
+    if not 0 < repetition_penalty < np.inf:
         raise ValueError(f"repetition_penalty must be > 0, got {repetition_penalty}")
     flat = [t for p in batch for t in p]
     if min(flat) < 0 or max(flat) >= cfg.vocab_size:
         raise ValueError(f"token ids must be in [0, {cfg.vocab_size}), got min {min(flat)} and max {max(flat)}")
-    stop_ids = [EOT_ID] if stop_ids is None else [int(t) for t in stop_ids]
+    stop_ids = [EOT_ID] if stop_ids is None else [_integer("stop_ids entry", t) for t in stop_ids]
     pad_id = EOT_ID if EOT_ID < cfg.vocab_size else 0
 
     width = min(_bucket(longest), cfg.n_positions)
@@ -270,7 +294,7 @@ def generate(
     temperature_, top_k_, top_p_, penalty_, stops, pad_id = knobs
     out = compiled(model, generate_loop)(
         ids, mask, new_slots, np.int32(max_new_tokens), temperature_, top_k_, top_p_, penalty_,
-        np.int32(seed), stops, pad_id,
+        _seed(seed), stops, pad_id,
     )
     rows = []
     for row in ops.convert_to_numpy(out)[:, :max_new_tokens].tolist():
@@ -303,13 +327,14 @@ def stream(
     if len(ids) != 1:
         raise ValueError("stream takes a single prompt")
     temperature_, top_k_, top_p_, penalty_, stops, pad_id = knobs
+    seed_ = _seed(seed)
     logits, cache, full_mask, lengths, seen = compiled(model, prefill)(ids, mask, new_slots)
     done = np.zeros((1,), bool)
     step = compiled(model, decode_step)
     for i in range(max_new_tokens):
         token, done, logits, cache, seen = step(
             np.int32(i), done, logits, cache, seen, full_mask, lengths, np.int32(ids.shape[1]),
-            temperature_, top_k_, top_p_, penalty_, np.int32(seed), stops, pad_id)
+            temperature_, top_k_, top_p_, penalty_, seed_, stops, pad_id)
         token = int(ops.convert_to_numpy(token)[0])
         yield token
         if token in stop_ids:

@@ -38,6 +38,29 @@ def causal_mask(query_len, key_len, query_offset=0):
     return key_pos <= query_pos
 
 
+def write_cache(cache: dict, key, value, index):
+    """Write this step's `key`/`value` [batch, n_head, time, head_dim] into `cache` at position `index`.
+
+    Returns `(cache, ok)`. A write that would not lie inside the cache (a negative index, or past its
+    end) or that holds non-finite values is not made: the slots it would have overwritten keep their
+    contents and `ok` is False. Compiled code cannot raise, so this keeps a bad step from corrupting
+    the state of a conversation.
+    """
+    length, time = ops.shape(cache["key"])[2], ops.shape(key)[2]
+    index = ops.cast(index, "int32")
+    finite = lambda t: ops.all(ops.abs(ops.cast(t, "float32")) <= 3.4e38)  # noqa: E731  (NaN compares False)
+    ok = ops.logical_and(ops.logical_and(index >= 0, index + time <= length),
+                         ops.logical_and(finite(key), finite(value)))
+    zero = ops.zeros((), "int32")
+    start = (zero, zero, ops.clip(index, 0, ops.maximum(length - time, 0)), zero)
+    updated = {}
+    for name, new in (("key", key), ("value", value)):
+        new = ops.cast(new, cache[name].dtype)
+        old = ops.slice(cache[name], start, ops.shape(new))
+        updated[name] = ops.slice_update(cache[name], start, ops.where(ok, new, old))
+    return updated, ok
+
+
 def _pack(output, *extras):
     """A layer's result: the tensor alone, or a tuple with the extras that were asked for."""
     extras = tuple(e for e in extras if e is not None)
@@ -127,11 +150,9 @@ class CausalSelfAttention(keras.layers.Layer):
             return self.resid_dropout(self.c_proj(ops.reshape(y, (batch, time, self.n_embd))), training=training)
 
         q, k, v = (ops.transpose(t, (0, 2, 1, 3)) for t in (q, k, v))  # [B, H, T, Dh]
+        written = None
         if cache is not None:  # decoding: write this step's keys/values, attend over the whole cache
-            zero, index = ops.zeros((), "int32"), ops.cast(cache_index, "int32")
-            start = (zero, zero, index, zero)
-            cache = {name: ops.slice_update(cache[name], start, ops.cast(new, cache[name].dtype))
-                     for name, new in (("key", k), ("value", v))}
+            cache, written = write_cache(cache, k, v, cache_index)
             k, v = ops.cast(cache["key"], q.dtype), ops.cast(cache["value"], q.dtype)
 
         # Scores in float32 so that softmax is stable under mixed precision.
@@ -147,6 +168,8 @@ class CausalSelfAttention(keras.layers.Layer):
         y = ops.matmul(self.attn_dropout(ops.cast(probs, v.dtype), training=training), v)
         y = ops.reshape(ops.transpose(y, (0, 2, 1, 3)), (batch, time, self.n_embd))  # merge heads
         y = self.resid_dropout(self.c_proj(y), training=training)
+        if written is not None:  # a step whose keys/values could not be written has no valid output
+            y = ops.where(written, y, ops.cast(float("nan"), y.dtype))
         return _pack(y, cache, probs if return_attention else None)
 
     def get_config(self):

@@ -25,7 +25,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tf_gpt2.checkpoints import atomic_write
+from tf_gpt2.files import atomic_write
 from tf_gpt2.model import GPT2
 from tf_gpt2.tokenizer import EOT_ID, VOCAB_SIZE, hf_tokenizer_json
 

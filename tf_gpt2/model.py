@@ -115,6 +115,13 @@ class GPT2(keras.Model):
             time = ops.shape(token_ids)[1]
             position_ids = (ops.arange(time, dtype="int32") + ops.cast(cache_index, "int32"))[None, :]
         x = self.drop(self.wte(token_ids) + self.wpe(position_ids), training=training)
+        # Compiled code (fit, XLA, SavedModel, LiteRT) cannot raise on values: an id or position outside
+        # the tables would gather a clamped or wrapped row and answer as if it were another token. Such a
+        # position's hidden state is NaN instead, so its logits (and loss) are NaN, never plausible.
+        in_range = lambda t, n: ops.logical_and(t >= 0, t < n)  # noqa: E731
+        valid = ops.logical_and(in_range(token_ids, self.config.vocab_size),
+                                in_range(position_ids, self.config.n_positions))
+        x = ops.where(valid[..., None], x, ops.cast(float("nan"), x.dtype))
         new_cache, attention = [], []
         for i, block in enumerate(self.h):
             x, extras = _unpack(block(

@@ -23,6 +23,7 @@ import numpy as np
 
 from tf_gpt2.config import GPT2Config
 from tf_gpt2.data import MANIFEST, TokenShards, embedded_corpus, prepare
+from tf_gpt2.files import atomic_write, exclusive
 from tf_gpt2.model import GPT2
 
 CHECKPOINT = "checkpoint.npz"
@@ -44,7 +45,7 @@ class TrainConfig:
     batch_size: int = 8
     block_size: int = 256
     learning_rate: float = 6e-4
-    min_learning_rate: float = 6e-5
+    min_learning_rate: float | None = None  # None: learning_rate / 10
     warmup_steps: int = 100
     weight_decay: float = 0.1
     beta_1: float = 0.9
@@ -63,28 +64,66 @@ class TrainConfig:
     sample_tokens: int = 64
     tensorboard: bool = True
     verbose: int = 1
+    resume_with_changes: bool = False  # resume even if the settings differ from the checkpoint's run
 
     def __post_init__(self) -> None:
-        for name in ("steps", "batch_size", "block_size", "grad_accum", "eval_interval", "steps_per_execution"):
+        for name in ("steps", "batch_size", "block_size", "grad_accum", "eval_interval", "steps_per_execution",
+                     "eval_batches"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        for name in ("warmup_steps", "lora_rank"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
+        if not (isinstance(self.learning_rate, (int, float)) and 0 < self.learning_rate < math.inf):
+            raise ValueError(f"learning_rate must be a positive number, got {self.learning_rate!r}")
+        if self.min_learning_rate is None:
+            self.min_learning_rate = self.learning_rate / 10
+        if not 0 <= self.min_learning_rate <= self.learning_rate:  # also refuses NaN
+            raise ValueError(f"min_learning_rate must be in [0, learning_rate = {self.learning_rate}], got "
+                             f"{self.min_learning_rate!r}: the cosine schedule would rise instead of decay")
+        for name in ("weight_decay", "grad_clip"):
+            if not 0 <= getattr(self, name) < math.inf:
+                raise ValueError(f"{name} must be a non-negative number, got {getattr(self, name)!r}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.strategy not in STRATEGIES:
             raise ValueError(f"strategy must be one of {STRATEGIES[1:]}, got {self.strategy!r}")
-        if self.eval_interval % self.steps_per_execution:
-            raise ValueError("eval_interval must be a multiple of steps_per_execution")
+        if (self.eval_interval * self.grad_accum) % self.steps_per_execution:
+            raise ValueError("eval_interval * grad_accum (micro-batches per round) must be a multiple of "
+                             "steps_per_execution")
 
 
 # -- optimizer ----------------------------------------------------------------------------------
+@keras.saving.register_keras_serializable(package="tf_gpt2")
+class PerUpdate(keras.optimizers.schedules.LearningRateSchedule):
+    """`schedule` counted in optimizer updates when each update accumulates `accumulation` micro-batches
+    (Keras' optimizer counts micro-batches in `iterations`)."""
+
+    def __init__(self, schedule: keras.optimizers.schedules.LearningRateSchedule, accumulation: int):
+        self.schedule, self.accumulation = schedule, accumulation
+
+    def __call__(self, iteration):
+        return self.schedule(iteration // self.accumulation)
+
+    def get_config(self):
+        return {"schedule": keras.saving.serialize_keras_object(self.schedule), "accumulation": self.accumulation}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(keras.saving.deserialize_keras_object(config["schedule"]), config["accumulation"])
+
+
 def learning_rate_schedule(cfg: TrainConfig) -> keras.optimizers.schedules.LearningRateSchedule:
-    """Linear warmup to `learning_rate`, then cosine decay to `min_learning_rate` at `steps`."""
+    """Linear warmup to `learning_rate`, then cosine decay to `min_learning_rate` at `steps`, all counted
+    in optimizer updates (`grad_accum` micro-batches each)."""
     warmup = min(cfg.warmup_steps, cfg.steps - 1)
-    return keras.optimizers.schedules.CosineDecay(
+    schedule = keras.optimizers.schedules.CosineDecay(
         initial_learning_rate=0.0, warmup_target=cfg.learning_rate, warmup_steps=warmup,
         decay_steps=max(cfg.steps - warmup, 1), alpha=cfg.min_learning_rate / cfg.learning_rate,
     )
+    return PerUpdate(schedule, cfg.grad_accum) if cfg.grad_accum > 1 else schedule
 
 
 def make_optimizer(model: GPT2, cfg: TrainConfig) -> keras.optimizers.AdamW:
@@ -116,13 +155,12 @@ def save_checkpoint(model: GPT2, path: str, step: int) -> None:
     variables = list(model.variables) + list(model.optimizer.variables)
     arrays = {f"v{i}": keras.ops.convert_to_numpy(v) for i, v in enumerate(variables)}
     meta = {"step": step, "variables": [v.path for v in variables]}
-    tmp = f"{path}.tmp-{os.getpid()}.npz"
-    try:
-        np.savez(tmp, meta=np.array(json.dumps(meta)), **arrays)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:  # a file object: np.savez would add ".npz" to a name
+            np.savez(f, meta=np.array(json.dumps(meta)), **arrays)
+
+    atomic_write(path, write)
 
 
 def restore_checkpoint(model: GPT2, path: str) -> int:
@@ -310,14 +348,69 @@ def build_model(cfg: TrainConfig, vocab_size: int) -> GPT2:
     return model
 
 
+# Settings that do not change what a run computes: they may differ when it resumes.
+PRESENTATION_FIELDS = ("out", "verbose", "tensorboard", "sample_prompt", "sample_tokens", "eval_batches",
+                       "jit_compile", "steps_per_execution", "strategy", "resume_with_changes")
+RUN_RECORD = "run.json"
+
+
+def run_identity(cfg: TrainConfig, data_dir: str) -> dict[str, Any]:
+    """What makes a run this run: its settings and the dataset (its manifest's digest)."""
+    import hashlib
+
+    with open(os.path.join(data_dir, MANIFEST), "rb") as f:
+        data_digest = hashlib.sha256(f.read()).hexdigest()
+    settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in PRESENTATION_FIELDS}
+    return {"settings": settings, "data_sha256": data_digest}
+
+
+def check_resume(cfg: TrainConfig, identity: dict[str, Any]) -> None:
+    """Refuse to resume a run under settings or data other than those it was started with."""
+    path = os.path.join(cfg.out, RUN_RECORD)
+    if not os.path.exists(path):
+        return
+    try:
+        with open(path, encoding="utf-8") as f:
+            before = json.load(f)
+        before["settings"]
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
+        raise ValueError(f"{path} is unreadable ({e!r}): cannot tell which run the checkpoint belongs to") from None
+    changed = [f"{k}: {before['settings'].get(k)!r} -> {v!r}" for k, v in identity["settings"].items()
+               if before["settings"].get(k) != v]
+    if before.get("data_sha256") != identity["data_sha256"]:
+        changed.append("the dataset (its manifest differs)")
+    if changed and not cfg.resume_with_changes:
+        raise ValueError(f"{cfg.out} holds a checkpoint of a run with other settings ({'; '.join(changed)}). "
+                         "Use another --out for a new run, or --resume-with-changes to continue this one anyway")
+
+
+def _record_run(cfg: TrainConfig, identity: dict[str, Any]) -> None:
+    def write(tmp: str) -> None:
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(identity, f, indent=1)
+
+    atomic_write(os.path.join(cfg.out, RUN_RECORD), write)
+
+
 def train(cfg: TrainConfig) -> tuple[GPT2, dict[str, list[float]]]:
-    """Train (or resume) a run; returns the model and the Keras history."""
+    """Train (or resume) a run; returns the model and the Keras history.
+
+    One process at a time may train in `cfg.out`: a second one is refused while the first runs.
+    """
+    with exclusive(cfg.out, "training run"):
+        return _train(cfg)
+
+
+def _train(cfg: TrainConfig) -> tuple[GPT2, dict[str, list[float]]]:
     import tensorflow as tf
 
     data_dir = prepared_data(cfg)
     train_data, val_data = TokenShards(data_dir, "train"), TokenShards(data_dir, "val")
     train_data._check_block(cfg.block_size, cfg.batch_size)
-    os.makedirs(cfg.out, exist_ok=True)
+    checkpoint = os.path.join(cfg.out, CHECKPOINT)
+    identity = run_identity(cfg, data_dir)
+    if os.path.exists(checkpoint):
+        check_resume(cfg, identity)
     keras.utils.set_random_seed(cfg.seed)
     strategy = make_strategy(cfg.strategy)
     jit_compile = cfg.jit_compile
@@ -334,18 +427,20 @@ def train(cfg: TrainConfig) -> tuple[GPT2, dict[str, list[float]]]:
             jit_compile=jit_compile, steps_per_execution=cfg.steps_per_execution,
         )
         start = 0
-        checkpoint = os.path.join(cfg.out, CHECKPOINT)
         if os.path.exists(checkpoint):
             start = restore_checkpoint(model, checkpoint)
             if cfg.verbose:
                 print(f"resuming from {checkpoint} at step {start}")
+    _record_run(cfg, identity)
     rounds = math.ceil(cfg.steps / cfg.eval_interval)
     if start >= rounds * cfg.eval_interval:
         return model, {}
 
+    micro_batches = cfg.eval_interval * cfg.grad_accum  # per round: each optimizer step takes grad_accum batches
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
-    train_ds = train_data.dataset(cfg.block_size, cfg.batch_size, cfg.seed, start_step=start).with_options(options)
+    train_ds = train_data.dataset(cfg.block_size, cfg.batch_size, cfg.seed, start_step=start * cfg.grad_accum)
+    train_ds = train_ds.with_options(options)
     val_ds = None
     if len(val_data) > cfg.block_size:
         val_ds = val_data.dataset(cfg.block_size, cfg.batch_size, cfg.seed + 1, steps=cfg.eval_batches)
@@ -353,18 +448,19 @@ def train(cfg: TrainConfig) -> tuple[GPT2, dict[str, list[float]]]:
     nan_guard = StopOnNaN()
     single_process = cfg.strategy is None
     callbacks = [
-        Throughput(cfg.batch_size * cfg.block_size * cfg.grad_accum), gradient_norm, nan_guard,
+        Throughput(cfg.batch_size * cfg.block_size), gradient_norm, nan_guard,
         RoundEnd(cfg, nan_guard, codec(train_data.manifest) if single_process else None),
     ]
     if cfg.tensorboard:
         callbacks.append(keras.callbacks.TensorBoard(os.path.join(cfg.out, "logs"), update_freq=cfg.steps_per_execution))
     history = model.fit(
-        train_ds, epochs=rounds, steps_per_epoch=cfg.eval_interval, initial_epoch=start // cfg.eval_interval,
+        train_ds, epochs=rounds, steps_per_epoch=micro_batches, initial_epoch=start // cfg.eval_interval,
         validation_data=val_ds, validation_steps=cfg.eval_batches if val_ds is not None else None,
         callbacks=callbacks, verbose=cfg.verbose, shuffle=False,
     )
     if nan_guard.bad_loss is not None:
         batch, loss = nan_guard.bad_loss
         kept = f"the last good checkpoint is {checkpoint}" if os.path.exists(checkpoint) else "no checkpoint was written"
-        raise FloatingPointError(f"training stopped: the loss became {loss} (batch {batch} of its round); {kept}")
+        raise FloatingPointError(f"training stopped: the loss became {loss} (batch {batch} of its round); {kept}. "
+                                 "Try a lower --learning-rate, --grad-clip 1, or float32 precision")
     return model, history.history

@@ -1,0 +1,115 @@
+"""Publishing files: a kill or a full disk never destroys the previous good file, killed writers leave
+nothing that grows, published files are readable by others, and one run directory has one writer."""
+
+import errno
+import os
+import signal
+import stat
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from tf_gpt2 import GPT2, GPT2Config
+from tf_gpt2.files import atomic_write, exclusive, save_keras
+
+
+def _tiny(seed):
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    return GPT2(GPT2Config.from_preset("gpt2-tiny", vocab_size=40, n_positions=16))
+
+
+def _disk_full(*args, **kwargs):
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_a_full_disk_while_saving_keeps_the_previous_keras_file(tmp_path, monkeypatch):
+    import keras
+
+    path = str(tmp_path / "model.keras")
+    good = _tiny(0)
+    save_keras(good, path)
+    before = open(path, "rb").read()
+
+    def half_then_full(tmp):  # what a full disk does: part of the file, then ENOSPC
+        with open(tmp, "wb") as f:
+            f.write(before[: len(before) // 2])
+        _disk_full()
+
+    other = _tiny(1)
+    monkeypatch.setattr(other, "save", half_then_full)
+    with pytest.raises(OSError, match="No space left"):
+        save_keras(other, path)
+    assert open(path, "rb").read() == before
+    assert os.listdir(tmp_path) == ["model.keras"]  # no temporary left behind
+    reloaded = keras.models.load_model(path)
+    np.testing.assert_array_equal(reloaded.get_weights()[0], good.get_weights()[0])
+
+
+def test_a_kill_while_saving_keeps_the_previous_keras_file_and_the_next_save_cleans_up(tmp_path):
+    path = str(tmp_path / "model.keras")
+    save_keras(_tiny(0), path)
+    before = open(path, "rb").read()
+    script = textwrap.dedent(f"""
+        import os, signal, zipfile
+        import keras
+        from tf_gpt2 import GPT2, GPT2Config
+        from tf_gpt2.files import save_keras
+        open_member, opened = zipfile.ZipFile.open, []
+        def die_on_second_member(self, name, mode="r", **kwargs):  # killed in the middle of the archive
+            if mode == "w":
+                opened.append(name)
+                if len(opened) == 2:
+                    os.kill(os.getpid(), signal.SIGKILL)
+            return open_member(self, name, mode, **kwargs)
+        zipfile.ZipFile.open = die_on_second_member
+        keras.utils.set_random_seed(1)
+        save_keras(GPT2(GPT2Config.from_preset("gpt2-tiny", vocab_size=40, n_positions=16)), {path!r})
+    """)
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert run.returncode == -signal.SIGKILL, run.stderr[-2000:]
+    assert open(path, "rb").read() == before  # the good file is untouched
+    leftovers = [n for n in os.listdir(tmp_path) if n != "model.keras"]
+    assert len(leftovers) == 1 and ".tmp-" in leftovers[0]  # the killed write's partial file
+    save_keras(_tiny(2), path)
+    assert os.listdir(tmp_path) == ["model.keras"]  # swept by the next write
+
+
+def test_published_files_and_directories_are_readable_by_other_users(tmp_path):
+    os.umask(0o022)
+    atomic_write(str(tmp_path / "f.bin"), lambda tmp: open(tmp, "wb").write(b"x"))
+    assert stat.S_IMODE(os.stat(tmp_path / "f.bin").st_mode) == 0o644
+
+    def write_dir(tmp):
+        os.makedirs(os.path.join(tmp, "variables"), mode=0o700)
+        fd = os.open(os.path.join(tmp, "variables", "v.bin"), os.O_CREAT | os.O_WRONLY, 0o600)
+        os.close(fd)
+
+    atomic_write(str(tmp_path / "1"), write_dir)
+    assert stat.S_IMODE(os.stat(tmp_path / "1").st_mode) == 0o755
+    assert stat.S_IMODE(os.stat(tmp_path / "1" / "variables").st_mode) == 0o755
+    assert stat.S_IMODE(os.stat(tmp_path / "1" / "variables" / "v.bin").st_mode) == 0o644
+
+
+def test_a_directory_in_use_is_refused_until_its_holder_ends(tmp_path):
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import sys, time
+        from tf_gpt2.files import exclusive
+        with exclusive({str(tmp_path)!r}, "training run"):
+            print("held", flush=True)
+            time.sleep(120)
+    """)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(RuntimeError, match=rf"in use by another training run \(pid {holder.pid}\)"):
+            with exclusive(str(tmp_path), "training run"):
+                pass
+    finally:
+        holder.kill()  # SIGKILL: the OS releases the lock with the process
+        holder.wait()
+    with exclusive(str(tmp_path), "training run"):
+        pass

@@ -1,0 +1,156 @@
+"""Publishing files safely: a half-written file never replaces a good one, a killed write leaves
+nothing that grows without bound, published files are readable by other users (TF Serving), and
+one run directory has one writer at a time.
+
+Example:
+>>> import os, tempfile
+>>> path = os.path.join(tempfile.mkdtemp(), "notes.txt")
+>>> atomic_write(path, lambda tmp: open(tmp, "w").write("hello"))
+>>> open(path).read()
+'hello'
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+from typing import Callable, Iterator
+
+TEMP_MARK = ".tmp-"
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def make_readable(path: str) -> None:
+    """Give `path` (and, for a directory, everything in it) the ordinary permissions of a new file or
+    directory (0644 / 0755 under the usual umask), not the 0600 / 0700 of temporary files."""
+    mask = _umask()
+    if not os.path.isdir(path):
+        os.chmod(path, 0o666 & ~mask)
+        return
+    for root, dirs, files in os.walk(path):
+        os.chmod(root, 0o777 & ~mask)
+        for name in files:
+            os.chmod(os.path.join(root, name), 0o666 & ~mask)
+
+
+def temp_path(path: str) -> str:
+    """A hidden sibling of `path` for this process to write first; it keeps the extension
+    (Keras only saves to names ending in `.keras`)."""
+    directory, name = os.path.split(os.path.abspath(path))
+    ext = ".keras" if name.endswith(".keras") else ""
+    return os.path.join(directory, f".{name}{TEMP_MARK}{os.getpid()}{ext}")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by someone else
+        return True
+    return True
+
+
+def remove_stale_temps(path: str) -> None:
+    """Remove what killed writers of `path` left behind (temporaries whose process is gone)."""
+    directory, name = os.path.split(os.path.abspath(path))
+    pattern = re.compile(re.escape(f".{name}{TEMP_MARK}") + r"(\d+)(\.keras)?$")
+    if not os.path.isdir(directory):
+        return
+    for entry in os.listdir(directory):
+        match = pattern.match(entry)
+        if match and int(match.group(1)) != os.getpid() and not _pid_alive(int(match.group(1))):
+            stale = os.path.join(directory, entry)
+            shutil.rmtree(stale, ignore_errors=True) if os.path.isdir(stale) else os.remove(stale)
+
+
+def _fsync(path: str) -> None:
+    flags = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) if os.path.isdir(path) else os.O_RDONLY
+    fd = os.open(path, flags)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _sync_tree(path: str) -> None:
+    if os.path.isdir(path):
+        for root, _, files in os.walk(path):
+            for name in files:
+                _fsync(os.path.join(root, name))
+    _fsync(path)
+
+
+def atomic_write(path: str, write: Callable[[str], object]) -> None:
+    """Call `write(tmp)` to write a file (or a directory) at a temporary sibling path, then move it to
+    `path` in one rename. A crash, a kill or a full disk leaves the previous `path` as it was; the
+    next write removes temporaries left by killed writers. The result gets ordinary read permissions.
+    """
+    write_together({path: write})
+
+
+def write_together(writes: dict[str, Callable[[str], object]]) -> None:
+    """`atomic_write` for files that belong together (weights and their config): every file is written
+    in full before the first rename, so a failure while writing (a full disk) changes none of them."""
+    staged = {}
+    try:
+        for path, write in writes.items():
+            path = os.path.abspath(os.fspath(path))
+            remove_stale_temps(path)
+            staged[path] = tmp = temp_path(path)
+            write(tmp)
+            _sync_tree(tmp)
+            make_readable(tmp)
+            if os.path.isdir(tmp) and os.path.exists(path):
+                raise FileExistsError(f"{path} exists")
+        for path, tmp in staged.items():
+            os.replace(tmp, path)
+            _fsync(os.path.dirname(path))
+    finally:
+        for tmp in staged.values():
+            if os.path.isdir(tmp):
+                shutil.rmtree(tmp, ignore_errors=True)
+            elif os.path.exists(tmp):
+                os.remove(tmp)
+
+
+def save_keras(model, path: str) -> None:
+    """`model.save(path)`, atomically: a failed or killed save keeps the previous `.keras` file."""
+    if not os.fspath(path).endswith(".keras"):
+        raise ValueError(f"a Keras model file must end in .keras, got {path}")
+    atomic_write(path, model.save)
+
+
+@contextlib.contextmanager
+def exclusive(directory: str, what: str) -> Iterator[None]:
+    """Hold `directory`'s lock while the block runs; refuse at once if another process holds it.
+
+    The lock is an OS file lock (`flock`): it is released when the process ends, even by SIGKILL.
+    """
+    import fcntl
+
+    os.makedirs(directory, exist_ok=True)
+    lock_path = os.path.join(directory, ".lock")
+    with open(lock_path, "a+") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            holder = lock.read().strip() or "unknown"
+            raise RuntimeError(f"{directory} is in use by another {what} (pid {holder}); "
+                               "wait for it to finish or choose another directory") from None
+        lock.seek(0)
+        lock.truncate()
+        lock.write(str(os.getpid()))
+        lock.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
