@@ -203,3 +203,107 @@ def test_padded_vocabulary_never_changes_logits_or_checkpoints(tmp_path):
     reloaded = keras.models.load_model(tmp_path / "padded.keras")
     assert reloaded.config.vocab_multiple == 64
     np.testing.assert_array_equal(np.asarray(reloaded(ids)), logits)
+
+
+def _tiny_model(seed):
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    return GPT2(GPT2Config(vocab_size=40, n_positions=8, n_embd=16, n_layer=1, n_head=2))
+
+
+def _directory_bytes(directory):
+    return {name: (directory / name).read_bytes() for name in sorted(os.listdir(directory))}
+
+
+def test_a_full_disk_during_save_pretrained_changes_neither_file(tmp_path, monkeypatch):
+    import safetensors.numpy
+
+    _tiny_model(0).save_pretrained(tmp_path / "m")
+    before = _directory_bytes(tmp_path / "m")
+    real_save = safetensors.numpy.save_file
+
+    def half_then_full(tensors, path, metadata=None):
+        real_save(tensors, path, metadata=metadata)
+        with open(path, "r+b") as f:
+            f.truncate(100)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(safetensors.numpy, "save_file", half_then_full)
+    with pytest.raises(OSError, match="No space left"):
+        _tiny_model(1).save_pretrained(tmp_path / "m")
+    assert _directory_bytes(tmp_path / "m") == before  # weights and config both as they were, no temporaries
+
+
+def test_weights_and_config_from_different_saves_are_refused(tmp_path, monkeypatch):
+    """A crash between the two renames of save_pretrained leaves new weights beside the old config."""
+    import tf_gpt2.files
+
+    _tiny_model(0).save_pretrained(tmp_path / "m")
+    real_replace, renames = os.replace, []
+
+    def crash_after_first_rename(src, dst):
+        renames.append(dst)
+        if len(renames) == 2:
+            raise KeyboardInterrupt  # stands in for the process dying here
+        real_replace(src, dst)
+
+    monkeypatch.setattr(tf_gpt2.files.os, "replace", crash_after_first_rename)
+    with pytest.raises(KeyboardInterrupt):
+        _tiny_model(1).save_pretrained(tmp_path / "m")
+    monkeypatch.undo()
+    assert renames[0].endswith("model.safetensors")
+    with pytest.raises(ValueError, match="saved with another config.json than the one beside it"):
+        GPT2.from_pretrained(tmp_path / "m")
+    _tiny_model(1).save_pretrained(tmp_path / "m")  # a complete save mends it
+    _load_with_config(tmp_path / "m", resid_pdrop=0.2)  # and an edited config.json of one save still loads
+
+
+def test_tensors_of_the_wrong_dtype_or_twice_are_refused(saved_tiny):
+    from safetensors.numpy import load_file, save_file
+
+    path = saved_tiny / "model.safetensors"
+    tensors = load_file(path)
+    wrong = {**tensors, "transformer.ln_f.bias": tensors["transformer.ln_f.bias"].astype(np.int32)}
+    save_file(wrong, path)
+    with pytest.raises(ValueError, match="'ln_f.bias' has dtype int32, expected floating point"):
+        GPT2.from_pretrained(saved_tiny)
+    twice = {**tensors, "ln_f.bias": tensors["transformer.ln_f.bias"] + 1}  # with and without the prefix
+    save_file(twice, path)
+    with pytest.raises(ValueError, match="tensor 'ln_f.bias' appears twice"):
+        GPT2.from_pretrained(saved_tiny)
+
+
+def test_a_sharded_index_may_not_point_outside_its_directory(saved_tiny, tmp_path):
+    (tmp_path / "elsewhere.safetensors").write_bytes((saved_tiny / "model.safetensors").read_bytes())
+    index = {"weight_map": {"transformer.wte.weight": "../elsewhere.safetensors"}}
+    (saved_tiny / "model.safetensors.index.json").write_text(json.dumps(index))
+    with pytest.raises(ValueError, match="outside .*refusing to read it"):
+        GPT2.from_pretrained(saved_tiny)
+
+
+def test_unreadable_checkpoints_name_the_problem(saved_tiny, tmp_path):
+    keras_file = tmp_path / "m.keras"
+    _tiny_model(0).save(keras_file)
+    keras_file.write_bytes(keras_file.read_bytes()[:1000])
+    with pytest.raises(ValueError, match="m.keras is not a readable .keras file: it is truncated"):
+        GPT2.from_pretrained(keras_file)
+    with pytest.raises(FileNotFoundError, match="Hub names such as 'gpt2' are not downloaded"):
+        GPT2.from_pretrained("gpt2")
+    config = json.loads((saved_tiny / "config.json").read_text())
+    del config["n_embd"]
+    (saved_tiny / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="config.json lacks n_embd"):
+        GPT2.from_pretrained(saved_tiny)
+    (saved_tiny / "config.json").write_text("[]")
+    with pytest.raises(ValueError, match="holds a JSON list, expected an object"):
+        GPT2.from_pretrained(saved_tiny)
+
+
+def test_saved_checkpoints_are_readable_by_other_users(tmp_path):
+    import stat
+
+    os.umask(0o022)
+    _tiny_model(0).save_pretrained(tmp_path / "m")
+    for name in ("model.safetensors", "config.json"):
+        assert stat.S_IMODE(os.stat(tmp_path / "m" / name).st_mode) == 0o644

@@ -75,10 +75,10 @@ def test_resolve_inputs_glob_and_errors(corpus, tmp_path):
 
 def test_corrupt_or_missing_shards(corpus, tmp_path):
     out = tmp_path / "out"
-    prepare(str(corpus), str(out), verbose=False)
-    with open(out / "train_0000.bin", "ab") as f:
+    manifest = prepare(str(corpus), str(out), verbose=False)
+    with open(out / manifest["splits"]["train"][0]["file"], "ab") as f:
         f.write(b"\x00")
-    with pytest.raises(ValueError, match="train_0000.bin is missing or corrupt"):
+    with pytest.raises(ValueError, match=r"train_[0-9a-f]{8}_0000.bin is missing or corrupt"):
         TokenShards(str(out), "train")
     with pytest.raises(FileNotFoundError, match="run `tf-gpt2 prepare` first"):
         TokenShards(str(tmp_path), "train")
@@ -93,3 +93,79 @@ def test_prepare_cli(corpus, tmp_path, capsys):
     assert cli_main(["prepare", str(corpus / "a.txt"), "--out", str(tmp_path / "p"), "--vocab", "char"]) == 0
     assert "train:" in capsys.readouterr().out
     assert os.path.exists(tmp_path / "p" / "manifest.json")
+
+
+def _dataset_state(directory):
+    """Every file of a prepared dataset with its bytes, and the tokens it serves."""
+    files = {name: (directory / name).read_bytes() for name in sorted(os.listdir(directory)) if name != ".lock"}
+    shards = TokenShards(str(directory), "train")
+    return files, shards.window(0, len(shards)).tolist()
+
+
+def test_a_failed_prepare_keeps_the_dataset_already_there(corpus, tmp_path, monkeypatch):
+    import tf_gpt2.data as data
+
+    out = tmp_path / "out"
+    prepare(str(corpus / "a.txt"), str(out), shard_tokens=200, verbose=False)
+    before = _dataset_state(out)
+    written = []
+    real_write = data._ShardWriter.write
+
+    def full_disk_later(self, ids):  # a few shards make it to disk, then the disk is full
+        written.append(len(ids))
+        if len(written) == 3:
+            raise OSError(28, "No space left on device")
+        real_write(self, ids)
+
+    monkeypatch.setattr(data._ShardWriter, "write", full_disk_later)
+    with pytest.raises(OSError, match="No space left"):
+        prepare(str(corpus), str(out), shard_tokens=200, verbose=False)
+    assert _dataset_state(out) == before  # same files, same bytes, same tokens: nothing half-replaced
+    monkeypatch.undo()
+
+    (tmp_path / "latin1.txt").write_bytes("caf\xe9\n".encode("latin-1"))
+    with pytest.raises(ValueError, match="latin1.txt is not UTF-8 text"):
+        prepare([str(corpus / "a.txt"), str(tmp_path / "latin1.txt")], str(out), verbose=False)
+    assert _dataset_state(out) == before
+
+
+def test_prepare_replaces_a_dataset_and_removes_its_old_and_orphaned_shards(corpus, tmp_path):
+    out = tmp_path / "out"
+    old = prepare(str(corpus / "a.txt"), str(out), shard_tokens=200, verbose=False)
+    orphan = out / "train_0123abcd_0000.bin"  # what a killed preparation leaves
+    orphan.write_bytes(b"\x00\x00")
+    new = prepare(str(corpus / "more" / "b.txt"), str(out), shard_tokens=200, verbose=False)
+    listed = {s["file"] for split in new["splits"].values() for s in split}
+    assert set(os.listdir(out)) == listed | {"manifest.json", ".lock"}
+    assert not listed & {s["file"] for split in old["splits"].values() for s in split}
+    assert TokenShards(str(out), "train").window(0, 4).tolist() == GPT2Tokenizer().encode("Hello world. " * 2)[:4]
+
+
+def test_shards_with_ids_outside_their_vocabulary_are_refused_on_load(corpus, tmp_path):
+    out = tmp_path / "out"
+    manifest = prepare(str(corpus / "a.txt"), str(out), vocab="char", verbose=False)
+    shard = out / manifest["splits"]["train"][0]["file"]
+    ids = np.fromfile(shard, dtype="<u2")
+    ids[7] = manifest["vocab_size"]  # one id past the vocabulary, e.g. shards written with another one
+    ids.tofile(shard)
+    with pytest.raises(ValueError, match=rf"holds token id {manifest['vocab_size']}, outside the vocabulary"):
+        TokenShards(str(out), "train")
+
+
+def test_bad_gzip_and_malformed_manifests_name_the_file(corpus, tmp_path):
+    (tmp_path / "fake.txt.gz").write_bytes(b"not gzip at all, just text")
+    with pytest.raises(ValueError, match="fake.txt.gz is not a gzip file"):
+        prepare(str(tmp_path / "fake.txt.gz"), str(tmp_path / "o"), verbose=False)
+    import gzip
+
+    whole = gzip.compress(TEXT.encode() * 20)
+    (tmp_path / "cut.txt.gz").write_bytes(whole[: len(whole) // 2] + whole[-8:])  # truncated in the middle
+    with pytest.raises(ValueError, match="cut.txt.gz is not a readable gzip file"):
+        prepare(str(tmp_path / "cut.txt.gz"), str(tmp_path / "o"), verbose=False)
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "manifest.json").write_text("{\"splits\": ")
+    with pytest.raises(ValueError, match="manifest.json is not valid JSON"):
+        TokenShards(str(tmp_path / "m"))
+    (tmp_path / "m" / "manifest.json").write_text("[1, 2]")
+    with pytest.raises(ValueError, match="not a tf_gpt2 dataset manifest"):
+        TokenShards(str(tmp_path / "m"))

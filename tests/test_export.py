@@ -93,3 +93,35 @@ def test_served_signatures_refuse_bad_prompts_instead_of_answering(model, tmp_pa
                                  ("temperature", tf.constant(float("nan")), "temperature must be >= 0")):
         with pytest.raises(tf.errors.InvalidArgumentError, match=message):
             generate(token_ids=ids, attention_mask=mask, **{**knobs, knob: value})
+
+
+def test_served_text_is_bounded_before_tokenizing(model, tmp_path):
+    """The in-graph BPE is quadratic in the length of a word: a long run without spaces is refused at once."""
+    import time
+
+    import tensorflow as tf
+    import tensorflow_text  # noqa: F401  (the in-graph tokenizer's ops)
+
+    served = tf.saved_model.load(export_saved_model(model, str(tmp_path / "m"), max_new_tokens_limit=4))
+    generate_text = served.signatures["generate_text"]
+    knobs = dict(max_new_tokens=tf.constant(2), temperature=tf.constant(0.0), top_k=tf.constant(0),
+                 top_p=tf.constant(1.0), seed=tf.constant(0))
+    assert generate_text(text=tf.constant(["Hello world"]), **knobs)["text"].shape == (1,)
+    for text, message in (("a" * 1_000_000, "text is longer than 512 bytes"),  # 8 bytes per position of 64
+                          ("x" * 300, "a run of more than 256 bytes without whitespace"),
+                          ("word " * 200, "text is longer than 512 bytes")):
+        start = time.perf_counter()
+        with pytest.raises(tf.errors.InvalidArgumentError, match=message):
+            generate_text(text=tf.constant(["ok", text]), **knobs)
+        assert time.perf_counter() - start < 5  # refused before tokenizing (tokenizing 300 a's alone: ~0.1 s)
+
+
+def test_saved_model_is_readable_by_other_users(model, tmp_path):
+    import stat
+
+    os.umask(0o022)
+    path = export_saved_model(model, str(tmp_path / "m"))
+    modes = {stat.S_IMODE(os.stat(os.path.join(root, name)).st_mode)
+             for root, dirs, files in os.walk(path) for name in files}
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o755 and modes == {0o644}
+    assert sorted(os.listdir(tmp_path / "m")) == ["1"]  # no temporary directory left beside the version

@@ -69,12 +69,30 @@ def test_stop_ids_end_generation(model):
         (dict(top_p=1.5), "top_p must be in \\(0, 1\\]"),
         (dict(temperature=-0.1), "temperature must be >= 0"),
         (dict(prompt=[1, 300]), "token ids must be in \\[0, 300\\)"),
+        (dict(temperature=float("nan")), "temperature must be a finite number, got nan"),
+        (dict(repetition_penalty=float("nan")), "repetition_penalty must be a finite number"),
+        (dict(repetition_penalty=float("inf")), "repetition_penalty must be a finite number"),
+        (dict(top_p=float("nan")), "top_p must be a finite number"),
+        (dict(top_k=2.5), "top_k must be an integer, got 2.5"),
+        (dict(top_k=True), "top_k must be an integer"),
+        (dict(seed=2**40), "seed must be in \\[0, 2\\*\\*31\\)"),
+        (dict(seed=1.5), "seed must be an integer"),
+        (dict(stop_ids=[1.5]), "stop_ids entry must be an integer"),
     ],
 )
 def test_bad_generation_arguments(model, kwargs, message):
     kwargs = {"prompt": [1, 2], "max_new_tokens": 4, **kwargs}
     with pytest.raises(ValueError, match=message):
         model.generate(**kwargs)
+    if "prompt" not in kwargs or kwargs["prompt"] == [1, 2]:
+        with pytest.raises(ValueError, match=message):
+            next(stream(model, **kwargs))
+
+
+def test_bytes_prompts_are_refused_not_read_as_ids(model):
+    for prompt in (b"Hello", [b"Hello", b"world"], bytearray(b"Hi")):
+        with pytest.raises(TypeError, match="prompt is bytes: decode it to str first"):
+            model.generate(prompt, max_new_tokens=2)
 
 
 def test_text_in_text_out_and_cli(capsys):
@@ -84,7 +102,10 @@ def test_text_in_text_out_and_cli(capsys):
     assert cli_main(["demo", "--prompt", "To be", "--max-new-tokens", "4"]) == 0
     out = capsys.readouterr().out
     assert "parameters" in out and "To be" in out
-    assert cli_main(["generate", "Hi", "--max-new-tokens", "3"]) == 0
+    assert cli_main(["generate", "Hi", "--max-new-tokens", "3", "--random-init", "gpt2-tiny"]) == 0
     assert capsys.readouterr().out.startswith("Hi")
-    assert cli_main(["generate", "Hi", "--top-p", "2"]) == 2
+    assert cli_main(["generate", "Hi", "--top-p", "2", "--random-init", "gpt2-tiny"]) == 2
     assert "top_p must be in (0, 1]" in capsys.readouterr().err
+    for command in (["generate", "Hi"], ["eval", __file__], ["export", "--out", "unused"]):
+        assert cli_main(command) == 2  # an untrained model is never used by accident
+        assert "no --model given" in capsys.readouterr().err

@@ -186,3 +186,69 @@ def test_gradient_norm_is_logged_before_clipping(char_data, tmp_path):
         for event in tf.compat.v1.train.summary_iterator(str(events)):
             tags.update(value.tag for value in event.summary.value)
     assert {"batch_grad_norm", "epoch_grad_norm", "epoch_learning_rate"} <= tags
+
+
+def test_a_second_train_on_the_same_run_directory_is_refused(char_data, tmp_path):
+    """Two processes training into one --out would interleave their checkpoints; the second one is refused."""
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    command = [sys.executable, "-m", "tf_gpt2.cli", "train", "--data", char_data, "--out", str(tmp_path),
+               "--preset", "gpt2-tiny", "--n-layer", "2", "--n-head", "2", "--n-embd", "32", "--n-positions", "64",
+               "--steps", "100000", "--eval-interval", "10", "--batch-size", "4", "--block-size", "32",
+               "--eval-batches", "1", "--sample-tokens", "0"]
+    first = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and not (tmp_path / CHECKPOINT).exists():
+            time.sleep(0.1)
+        assert (tmp_path / CHECKPOINT).exists()
+        second = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+        assert second.returncode == 2
+        assert f"is in use by another training run (pid {first.pid})" in second.stderr
+        assert first.poll() is None  # the first run goes on
+    finally:
+        first.kill()
+        first.wait()
+
+
+def test_resuming_with_other_settings_or_data_is_refused_unless_asked(char_data, tmp_path):
+    train(config(tmp_path / "run", char_data, steps=10, eval_interval=10))
+    good = _digest(tmp_path / "run" / CHECKPOINT)
+    with pytest.raises(ValueError, match=r"other settings \(steps: 10 -> 20; learning_rate: 0.0006 -> 0.0003; .*seed: 0 -> 1\)"):
+        train(config(tmp_path / "run", char_data, steps=20, eval_interval=10, learning_rate=3e-4, seed=1))
+    (tmp_path / "other.txt").write_text(TEXT.upper())
+    prepare(str(tmp_path / "other.txt"), str(tmp_path / "other"), vocab="char", verbose=False)
+    with pytest.raises(ValueError, match="data: .* -> .*; the dataset"):
+        train(config(tmp_path / "run", str(tmp_path / "other"), steps=20, eval_interval=10))
+    assert _digest(tmp_path / "run" / CHECKPOINT) == good
+    # Showing progress differently is not another run; more steps with --resume-with-changes continue it.
+    train(config(tmp_path / "run", char_data, steps=10, eval_interval=10, verbose=1, eval_batches=2))
+    _, history = train(config(tmp_path / "run", char_data, steps=20, eval_interval=10, resume_with_changes=True))
+    assert len(history["loss"]) == 1 and _checkpoint_step(tmp_path / "run" / CHECKPOINT) == 20
+
+
+def test_the_learning_rate_never_rises_when_fine_tuning_with_a_small_rate(char_data, tmp_path):
+    from tf_gpt2.training import learning_rate_schedule
+
+    cfg = config(tmp_path, char_data, learning_rate=3e-5, steps=100, warmup_steps=10)  # the README's fine-tune rate
+    assert cfg.min_learning_rate == pytest.approx(3e-6)
+    rates = [float(learning_rate_schedule(cfg)(step)) for step in range(10, 101)]
+    assert rates[0] == pytest.approx(3e-5) and rates[-1] == pytest.approx(3e-6)
+    assert all(later <= earlier + 1e-12 for earlier, later in zip(rates, rates[1:]))
+    with pytest.raises(ValueError, match="min_learning_rate must be in \\[0, learning_rate"):
+        config(tmp_path, char_data, learning_rate=3e-5, min_learning_rate=6e-5)
+    for field, value in (("learning_rate", float("nan")), ("grad_clip", -1.0), ("warmup_steps", -5)):
+        with pytest.raises(ValueError, match=field):
+            config(tmp_path, char_data, **{field: value})
+
+
+def test_grad_accum_counts_optimizer_steps(char_data, tmp_path):
+    """--steps 6 --grad-accum 3 makes 6 updates of 3 micro-batches each; the schedule moves once per update."""
+    import keras
+
+    model, history = train(config(tmp_path, char_data, steps=6, eval_interval=3, grad_accum=3, warmup_steps=2,
+                                  learning_rate=1e-3, min_learning_rate=1e-4))
+    assert int(model.optimizer.iterations) == 6  # Keras' count of updates
+    assert int(model.optimizer._iterations) == 18  # micro-batches seen
+    assert _checkpoint_step(tmp_path / CHECKPOINT) == 6
+    reference = keras.optimizers.schedules.CosineDecay(0.0, 4, alpha=0.1, warmup_target=1e-3, warmup_steps=2)
+    assert history["learning_rate"] == pytest.approx([float(reference(3)), float(reference(6))])

@@ -8,10 +8,10 @@ format is one short name mapping onto `weight_table(model)`.
 from __future__ import annotations
 
 import glob
-import hashlib
 import json
 import os
 import re
+import secrets
 import zipfile
 from typing import Any
 
@@ -104,10 +104,10 @@ def _read_json(path: str) -> dict[str, Any]:
 
 
 # -- Hugging Face -------------------------------------------------------------------------------
-def config_from_hf(hf: dict[str, Any], **overrides: Any) -> GPT2Config:
+def config_from_hf(hf: dict[str, Any], source: str = "config.json", **overrides: Any) -> GPT2Config:
     missing = [key for key in ("vocab_size", "n_embd", "n_layer", "n_head") if key not in hf]
     if missing or not ("n_positions" in hf or "n_ctx" in hf):
-        raise ValueError(f"config.json lacks {', '.join(missing) or 'n_positions'}: not a GPT-2 config")
+        raise ValueError(f"{source} lacks {', '.join(missing) or 'n_positions'}: not a GPT-2 config")
     activation = hf.get("activation_function", "gelu_new")
     if activation not in HF_ACTIVATIONS:
         raise ValueError(f"unsupported activation_function {activation!r} in config.json")
@@ -121,7 +121,10 @@ def config_from_hf(hf: dict[str, Any], **overrides: Any) -> GPT2Config:
         n_layer=hf["n_layer"], n_head=hf["n_head"], layer_norm_epsilon=hf.get("layer_norm_epsilon", 1e-5),
         activation=HF_ACTIVATIONS[activation], initializer_range=hf.get("initializer_range", 0.02),
     )
-    return GPT2Config(**{**values, **overrides})
+    try:
+        return GPT2Config(**{**values, **overrides})
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"{source}: {e}") from None
 
 
 def _read_safetensors(path: str) -> tuple[dict[str, np.ndarray], dict[str, str]]:
@@ -168,19 +171,18 @@ def _hf_weight_files(directory: str) -> list[str]:
     raise FileNotFoundError(f"{directory} has config.json but no model.safetensors or pytorch_model.bin")
 
 
-CONFIG_DIGEST = "tf_gpt2.config_sha256"  # safetensors metadata: which config.json these weights were saved with
+SAVE_ID = "tf_gpt2_save_id"  # in config.json and the safetensors metadata: which save wrote them, together
 
 
 def load_hf(directory: str, **overrides: Any) -> GPT2:
     config_path = os.path.join(directory, "config.json")
-    config = config_from_hf(_read_json(config_path), **overrides)
-    with open(config_path, "rb") as f:
-        config_digest = hashlib.sha256(f.read()).hexdigest()
+    hf_config = _read_json(config_path)
+    config = config_from_hf(hf_config, config_path, **overrides)
     tensors: dict[str, np.ndarray] = {}
     for path in _hf_weight_files(directory):
         if path.endswith(".safetensors"):
             found, metadata = _read_safetensors(path)
-            if metadata.get(CONFIG_DIGEST, config_digest) != config_digest:
+            if SAVE_ID in metadata and SAVE_ID in hf_config and metadata[SAVE_ID] != hf_config[SAVE_ID]:
                 raise ValueError(f"{path} was saved with another config.json than the one beside it "
                                  "(an interrupted save?): the pair does not belong together")
         else:
@@ -200,8 +202,8 @@ def load_hf(directory: str, **overrides: Any) -> GPT2:
 def save_hf(model: GPT2, directory: str | os.PathLike) -> None:
     """Write config.json + model.safetensors that `transformers.GPT2LMHeadModel` loads.
 
-    Both are written in full before either replaces an older file, and the weights record the
-    digest of their config.json, so a pair that a crash mixed up is refused on load.
+    Both are written in full before either replaces an older file, and both carry the id of this save,
+    so a pair that a crash mixed up is refused on load.
     """
     from safetensors.numpy import save_file
 
@@ -217,10 +219,10 @@ def save_hf(model: GPT2, directory: str | os.PathLike) -> None:
         "activation_function": activation, "layer_norm_epsilon": cfg.layer_norm_epsilon,
         "initializer_range": cfg.initializer_range, "resid_pdrop": cfg.dropout,
         "embd_pdrop": cfg.dropout, "attn_pdrop": cfg.dropout, "bos_token_id": 50256,
-        "eos_token_id": 50256, "tie_word_embeddings": True,
+        "eos_token_id": 50256, "tie_word_embeddings": True, SAVE_ID: secrets.token_hex(8),
     }
     config_bytes = json.dumps(hf_config, indent=2).encode("utf-8")
-    metadata = {"format": "pt", CONFIG_DIGEST: hashlib.sha256(config_bytes).hexdigest()}
+    metadata = {"format": "pt", SAVE_ID: hf_config[SAVE_ID]}
     tensors = {"transformer." + name: np.ascontiguousarray(v) for name, v in checkpoint_tensors(model).items()}
 
     def write_config(path: str) -> None:

@@ -94,12 +94,12 @@ class _Serving:
     def generate_text(self, text, max_new_tokens, temperature, top_k, top_p, seed):
         # Bounded before tokenizing: the in-graph BPE costs time quadratic in the length of a word
         # (a 4 KB run without spaces takes seconds), and both checks are linear in the input.
-        words = tf.strings.split(text)
+        longest = lambda strings: tf.reduce_max(tf.concat([[0], tf.strings.length(strings)], 0))  # noqa: E731
         checks = [
-            tf.debugging.assert_less_equal(tf.reduce_max(tf.strings.length(text), initial=0), self.max_text_bytes,
+            tf.debugging.assert_less_equal(longest(text), self.max_text_bytes,
                                            message=f"text is longer than {self.max_text_bytes} bytes"),
             tf.debugging.assert_less_equal(
-                tf.reduce_max(tf.strings.length(words.flat_values), initial=0), self.max_word_bytes,
+                longest(tf.strings.split(text).flat_values), self.max_word_bytes,
                 message=f"text has a run of more than {self.max_word_bytes} bytes without whitespace"),
         ]
         with tf.control_dependencies(checks):

@@ -13,6 +13,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
 import shutil
@@ -103,13 +104,13 @@ def write_together(writes: dict[str, Callable[[str], object]]) -> None:
     try:
         for path, write in writes.items():
             path = os.path.abspath(os.fspath(path))
+            if os.path.isdir(path):
+                raise IsADirectoryError(errno.EISDIR, "Is a directory, cannot be replaced", path)
             remove_stale_temps(path)
             staged[path] = tmp = temp_path(path)
             write(tmp)
             _sync_tree(tmp)
             make_readable(tmp)
-            if os.path.isdir(tmp) and os.path.exists(path):
-                raise FileExistsError(f"{path} exists")
         for path, tmp in staged.items():
             os.replace(tmp, path)
             _fsync(os.path.dirname(path))

@@ -1,0 +1,51 @@
+"""Every CLI failure ends in one line that names the problem (and the file), with exit status 2."""
+
+import json
+
+import pytest
+
+from tf_gpt2.cli import main as cli_main
+
+
+@pytest.fixture
+def files(tmp_path):
+    (tmp_path / "latin1.txt").write_bytes("caf\xe9\n".encode("latin-1"))
+    (tmp_path / "fake.txt.gz").write_bytes(b"abc")
+    (tmp_path / "fake.keras").write_text("not a zip")
+    (tmp_path / "text.txt").write_text("hello world\n" * 20)
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "hf").mkdir()
+    (tmp_path / "hf" / "config.json").write_text(json.dumps({"vocab_size": 5}))
+    (tmp_path / "typed").mkdir()
+    (tmp_path / "typed" / "config.json").write_text(json.dumps(
+        {"vocab_size": 5, "n_embd": "16", "n_layer": 1, "n_head": 2, "n_positions": 8}))
+    return tmp_path
+
+
+CASES = [
+    (["prepare", "{d}/latin1.txt", "--out", "{d}/p"], "latin1.txt is not UTF-8 text"),
+    (["prepare", "{d}/fake.txt.gz", "--out", "{d}/p"], "fake.txt.gz is not a gzip file"),
+    (["train", "--data", "{d}/latin1.txt", "--out", "{d}/run"], "latin1.txt is not UTF-8 text"),
+    (["generate", "hi", "--model", "{d}/fake.keras"], "fake.keras is not a readable .keras file"),
+    (["generate", "hi", "--model", "{d}/hf"], "hf/config.json lacks n_embd, n_layer, n_head"),
+    (["convert", "{d}/typed", "{d}/out.keras"], "typed/config.json: GPT2Config.n_embd must be a positive integer"),
+    (["generate", "hi", "--random-init", "gpt2-tiny", "--seed", "99999999999"], "seed must be in [0, 2**31)"),
+    (["eval", "{d}/folder", "--random-init", "gpt2-tiny"], "Is a directory: {d}/folder"),
+    (["eval", "{d}/text.txt", "--random-init", "gpt2-tiny", "--stride", "0"], "stride must be in 1..context"),
+    (["export", "--random-init", "gpt2-tiny", "--format", "tflite", "--out", "{d}/folder", "--cache-length", "16"],
+     "Is a directory, cannot be replaced: {d}/folder"),
+    (["export", "--random-init", "gpt2-tiny", "--out", "{d}/text.txt/m"], "Not a directory: {d}/text.txt"),
+    (["train", "--out", "{d}/run", "--eval-interval", "0"], "eval_interval must be a positive integer"),
+    (["train", "--out", "{d}/run", "--learning-rate", "3e-5", "--min-learning-rate", "6e-5"],
+     "the cosine schedule would rise"),
+]
+
+
+@pytest.mark.parametrize("command, message", CASES, ids=[" ".join(c[:2]) + f" [{i}]" for i, (c, _) in enumerate(CASES)])
+def test_failures_end_in_one_line_naming_the_problem(files, capsys, command, message):
+    command = [part.format(d=files) for part in command]
+    assert cli_main(command) == 2
+    stderr = capsys.readouterr().err
+    err = [line for line in stderr.splitlines() if line.startswith("tf-gpt2")]
+    assert "Traceback" not in stderr and len(err) == 1 and err[0].startswith(f"tf-gpt2 {command[0]}: error: ")
+    assert message.format(d=files) in err[0]
