@@ -1,12 +1,48 @@
 """Training and decode throughput of tf_gpt2 next to keras-hub, Hugging Face torch and a nanoGPT-style torch
-model, in one run; the same as `tf-gpt2 bench` (see tf_gpt2/benchmark.py):
+model, each system in its own process, one after the other (see harness.py):
 
-    python benchmarks/bench.py [--only train|decode] [--systems tf_gpt2,hf,...] [--steps 10] [--json out.json]
+    python benchmarks/bench.py [--only train decode] [--systems tf_gpt2,hf,...] [--steps 10] [--json out.json]
 """
 
-import sys
+from __future__ import annotations
 
-from tf_gpt2.cli import main
+import argparse
+import dataclasses
+import json
+import sys
+from typing import Sequence
+
+import harness
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--only", nargs="+", choices=["train", "decode"], help="run only these parts")
+    parser.add_argument("--systems", help="comma-separated subset of: " + ", ".join(harness.SYSTEMS))
+    parser.add_argument("--steps", type=int, help=f"timed training steps (default {harness.TrainSetup.steps})")
+    parser.add_argument("--new-tokens", type=int, help=f"decoded tokens (default {harness.DecodeSetup.new_tokens})")
+    parser.add_argument("--smoke", action="store_true", help="tiny shapes: checks the harness in under a minute")
+    parser.add_argument("--json", help="also write the figures to this JSON file")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    train, decode = (harness.SMOKE_TRAIN, harness.SMOKE_DECODE) if args.smoke else \
+        (harness.TrainSetup(), harness.DecodeSetup())
+    train = dataclasses.replace(train, steps=args.steps or train.steps)
+    decode = dataclasses.replace(decode, new_tokens=args.new_tokens or decode.new_tokens)
+    try:
+        results = harness.run(args.only or ("train", "decode"), args.systems.split(",") if args.systems else None,
+                              train=train, decode=decode, report=lambda line: print(line, flush=True))
+    except ValueError as e:
+        print(f"bench: error: {e}", file=sys.stderr)
+        return 2
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=1)
+    return 0
+
 
 if __name__ == "__main__":
-    sys.exit(main(["bench", *sys.argv[1:]]))
+    sys.exit(main())

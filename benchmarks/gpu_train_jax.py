@@ -30,9 +30,9 @@ def peak_flops(device_name: str) -> float | None:
 
 
 def keras_jax_step(setup):
-    """One compiled Keras train step (benchmark._keras_step) of a mixed_bfloat16 model."""
+    """One compiled Keras train step (harness._keras_step) of a mixed_bfloat16 model."""
     from tf_gpt2 import GPT2
-    from tf_gpt2.benchmark import _keras_step
+    from harness import _keras_step
 
     return _keras_step(GPT2(setup.config, dtype="mixed_bfloat16"), lambda x: x)
 
@@ -41,7 +41,7 @@ def torch_compile_step(setup):
     """One HF GPT-2 train step on the GPU under torch.compile and bf16 autocast; blocks until it is done."""
     import torch
 
-    from tf_gpt2.benchmark import _hf_model
+    from harness import _hf_model
 
     model = _hf_model(setup.config).cuda()
     optimizer = torch.optim.AdamW(model.parameters(), lr=6e-4, weight_decay=0.1, fused=True)
@@ -79,7 +79,7 @@ def gpu_matches_cpu(setup) -> float:
 def main() -> None:
     import jax
 
-    from tf_gpt2.benchmark import TrainSetup, train_tokens_per_second
+    from harness import TrainSetup, train_tokens_per_second
 
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--batch-size", type=int, default=16)

@@ -40,7 +40,7 @@ def _peak_mb() -> float:
 
 def _rates(generate, prompt: int, new: int, repeats: int) -> dict:
     """generate(n) produces n tokens after the prompt; prefill and decode rates from two lengths."""
-    from tf_gpt2.benchmark import best_seconds  # one warm-up call, then the best of `repeats`
+    from harness import best_seconds  # one warm-up call, then the best of `repeats`
 
     one, many = best_seconds(lambda: generate(1), repeats), best_seconds(lambda: generate(new), repeats)
     return {"prefill_tok_s": prompt / one, "decode_tok_s": (new - 1) / max(many - one, 1e-9)}
@@ -138,7 +138,7 @@ def worker_keras_hub(path: str, prompt: int, new: int, threads: int, repeats: in
     import numpy as np
 
     from tf_gpt2 import GPT2
-    from tf_gpt2.benchmark import _keras_hub_lm
+    from harness import _keras_hub_lm
 
     lm = _keras_hub_lm(GPT2.from_pretrained(path).config)  # same shapes; its own random weights
     lm.compile(sampler="greedy")

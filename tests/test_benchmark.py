@@ -1,20 +1,26 @@
-"""`tf-gpt2 bench` runs the real systems side by side (tiny shapes here; speed itself is never asserted)."""
+"""benchmarks/ runs the real systems side by side (tiny shapes here; speed itself is never asserted)."""
 
 import json
+import os
+import sys
 
 import numpy as np
 import pytest
 from conftest import hf_logits, make_hf_model
 
 from tf_gpt2 import GPT2Config
-from tf_gpt2.benchmark import TrainSetup, table
-from tf_gpt2.cli import main as cli_main
+
+BENCHMARKS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "benchmarks")
+sys.path.insert(0, BENCHMARKS)  # its scripts import each other flat, as `python benchmarks/bench.py` does
+
+from bench import main as bench_main  # noqa: E402
+from harness import TrainSetup, table  # noqa: E402
 
 
 def test_nanogpt_peer_is_the_same_gpt2_as_hf():
     """The nanoGPT-style peer computes GPT-2: with HF's weights it gives HF's logits."""
     torch = pytest.importorskip("torch")
-    from tf_gpt2.torch_nanogpt import NanoGPT
+    from torch_nanogpt import NanoGPT
 
     cfg = dict(vocab_size=97, n_positions=24, n_embd=36, n_layer=2, n_head=3)
     hf = make_hf_model(**cfg)
@@ -37,7 +43,7 @@ def test_nanogpt_peer_is_the_same_gpt2_as_hf():
 def test_bench_smoke_runs_every_peer_and_writes_figures(tmp_path, capsys):
     pytest.importorskip("torch")
     out = tmp_path / "bench.json"
-    assert cli_main(["bench", "--smoke", "--systems", "tf_gpt2,hf,nanogpt,litert", "--json", str(out)]) == 0
+    assert bench_main(["--smoke", "--systems", "tf_gpt2,hf,nanogpt,litert", "--json", str(out)]) == 0
     printed = capsys.readouterr().out
     results = json.loads(out.read_text())
     assert set(results["train"]) == {"tf_gpt2", "hf", "nanogpt"}
@@ -61,19 +67,17 @@ def test_flops_per_token_follows_nanogpt():
 
 
 def test_bench_bad_system_is_named(capsys):
-    assert cli_main(["bench", "--smoke", "--systems", "tf_gpt2,pytorch-lightning"]) == 2
+    assert bench_main(["--smoke", "--systems", "tf_gpt2,pytorch-lightning"]) == 2
     assert "pytorch-lightning" in capsys.readouterr().err
 
 
 def test_on_device_benchmark_smoke_runs_each_system_in_its_own_process(tmp_path):
     """benchmarks/on_device.py end to end on gpt2-tiny: export, CTranslate2 conversion, one worker process each."""
-    import os
     import subprocess
-    import sys
 
     pytest.importorskip("ctranslate2")
     pytest.importorskip("litert_lm")
-    script = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "on_device.py")
+    script = os.path.join(BENCHMARKS, "on_device.py")
     out = tmp_path / "on_device.json"
     run = subprocess.run([sys.executable, script, "--smoke", "--work", str(tmp_path / "work"), "--quantize", "int8",
                           "--systems", "litert-lm", "ct2", "--repeats", "1", "--json", str(out)],

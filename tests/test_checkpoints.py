@@ -7,7 +7,7 @@ import tensorflow as tf
 from conftest import hf_logits, make_hf_model
 
 from tf_gpt2 import GPT2, GPT2Config
-from tf_gpt2.checkpoints import openai_name, weight_table
+from tf_gpt2.checkpoints import openai_name, tensor_names, weight_table
 from tf_gpt2.cli import main as cli_main
 
 ODD_CONFIGS = [
@@ -172,9 +172,10 @@ def test_nan_weights_are_refused(tmp_path):
         GPT2.from_pretrained(tmp_path)
 
 
-def test_weight_table_covers_every_weight():
+def test_weight_table_covers_every_weight_under_the_names_readers_use():
     model = GPT2(GPT2Config.from_preset("gpt2-tiny", vocab_size=30))
     assert {id(v) for v in weight_table(model).values()} == {id(v) for v in model.weights}
+    assert list(weight_table(model)) == tensor_names(model.config.n_layer)
 
 
 def test_padded_vocabulary_never_changes_logits_or_checkpoints(tmp_path):

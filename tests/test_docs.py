@@ -13,7 +13,5 @@ MODULES = sorted(m.name for m in pkgutil.iter_modules(tf_gpt2.__path__, "tf_gpt2
 
 @pytest.mark.parametrize("name", MODULES)
 def test_docstring_examples(name):
-    if name == "tf_gpt2.torch_nanogpt":
-        pytest.importorskip("torch")
     result = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
     assert result.failed == 0, f"{result.failed} of {result.attempted} docstring examples failed in {name}"

@@ -95,11 +95,12 @@ def test_bytes_prompts_are_refused_not_read_as_ids(model):
             model.generate(prompt, max_new_tokens=2)
 
 
-def test_text_in_text_out_and_cli(capsys):
+def test_text_in_text_out_and_cli(capsys, tmp_path):
     model = GPT2(GPT2Config.from_preset("gpt2-tiny"))
     text = model.generate("Hello world", max_new_tokens=5)
     assert isinstance(text, str)
-    assert cli_main(["demo", "--prompt", "To be", "--max-new-tokens", "4"]) == 0
+    assert cli_main(["demo", "--prompt", "To be", "--max-new-tokens", "4", "--steps", "20",
+                     "--out", str(tmp_path / "demo")]) == 0
     out = capsys.readouterr().out
     assert "parameters" in out and "To be" in out
     assert cli_main(["generate", "Hi", "--max-new-tokens", "3", "--random-init", "gpt2-tiny"]) == 0
@@ -109,3 +110,30 @@ def test_text_in_text_out_and_cli(capsys):
     for command in (["generate", "Hi"], ["eval", __file__], ["export", "--out", "unused"]):
         assert cli_main(command) == 2  # an untrained model is never used by accident
         assert "no --model given" in capsys.readouterr().err
+
+
+def test_top_p_is_taken_on_the_renormalised_top_k_as_hugging_face_does():
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    from tf_gpt2.generation import filter_top_k_top_p
+
+    logits = np.random.RandomState(0).randn(64, 50).astype(np.float32) * 2
+    for top_k, top_p in ((2, 0.5), (5, 0.7), (10, 0.95), (0, 0.8), (7, 1.0)):
+        ours = np.isfinite(np.asarray(filter_top_k_top_p(logits, np.int32(top_k), np.float32(top_p))))
+        scores = torch.tensor(logits)
+        if top_k:
+            scores = transformers.TopKLogitsWarper(top_k)(None, scores)
+        if top_p < 1:
+            scores = transformers.TopPLogitsWarper(top_p)(None, scores)
+        np.testing.assert_array_equal(ours, np.isfinite(scores.numpy()), err_msg=f"top_k={top_k} top_p={top_p}")
+    # The case that tells the two rules apart: p = (0.45, 0.35, 0.2), top-k 2 renormalises to (0.5625, 0.4375),
+    # so a nucleus of 0.5 holds one token; on the unfiltered distribution it would hold two.
+    two = np.log(np.array([[0.45, 0.35, 0.2]], np.float32))
+    assert np.isfinite(np.asarray(filter_top_k_top_p(two, np.int32(2), np.float32(0.5)))).tolist() == [[True, False, False]]
+
+
+def test_a_tuple_of_prompts_is_a_batch(model):
+    texts, gpt2 = ("Hello world", "The cat"), GPT2(GPT2Config.from_preset("gpt2-tiny"))
+    assert gpt2.generate(texts, max_new_tokens=3) == gpt2.generate(list(texts), max_new_tokens=3)
+    ids = ([1, 2, 3], [4, 5])
+    assert model.generate(ids, max_new_tokens=3, stop_ids=[]) == model.generate(list(ids), max_new_tokens=3, stop_ids=[])

@@ -15,31 +15,31 @@ from tf_gpt2 import GPT2, MLP, CausalSelfAttention, GPT2Config, TransformerBlock
     ],
 )
 def test_layer_builds_lazily_and_config_round_trips(layer):
+    output = lambda out: out if isinstance(layer, MLP) else out[0]  # noqa: E731  attention/blocks: (x, cache)
     assert not layer.built
     x = keras.random.normal((2, 5, 24), seed=1)
-    y = layer(x)
+    y = output(layer(x))
     assert layer.built and tuple(y.shape) == (2, 5, 24)
     clone = type(layer).from_config(layer.get_config())
     assert clone.get_config() == layer.get_config()
     clone(x)
     clone.set_weights(layer.get_weights())
-    np.testing.assert_allclose(clone(x), y, atol=1e-6)
+    np.testing.assert_allclose(output(clone(x)), y, atol=1e-6)
 
 
 def test_attention_is_causal():
     attn = CausalSelfAttention(n_embd=16, n_head=2)
     x = np.random.RandomState(0).randn(1, 6, 16).astype("float32")
-    y1 = np.asarray(attn(x))
+    y1 = np.asarray(attn(x)[0])
     x[0, 3] += 5.0  # change position 3
-    y2 = np.asarray(attn(x))
+    y2 = np.asarray(attn(x)[0])
     np.testing.assert_allclose(y1[0, :3], y2[0, :3], atol=1e-6)
     assert np.abs(y1[0, 3:] - y2[0, 3:]).max() > 1e-3
 
 
 def test_attention_probabilities_are_lower_triangular_and_normalised():
     attn = CausalSelfAttention(n_embd=16, n_head=2)
-    _, probs = attn(keras.random.normal((2, 5, 16)), return_attention=True)
-    probs = np.asarray(probs)
+    probs = np.asarray(attn.attention_probs(keras.random.normal((2, 5, 16))))
     assert probs.shape == (2, 2, 5, 5)
     np.testing.assert_allclose(probs.sum(-1), 1.0, atol=1e-6)
     assert np.all(np.triu(probs, k=1) == 0)
@@ -60,8 +60,9 @@ def test_mlp_is_gelu_tanh_4x():
 def test_pre_ln_block_is_residual():
     block = TransformerBlock(n_embd=8, n_head=2)
     x = np.random.RandomState(2).randn(1, 4, 8).astype("float32")
-    y = np.asarray(block(x))
-    a = np.asarray(block.attn(block.ln_1(x)))
+    y, cache = block(x)
+    assert cache is None  # no cache given, none returned: the structure is always (x, cache)
+    a = np.asarray(block.attn(block.ln_1(x))[0])
     h = x + a
     np.testing.assert_allclose(y, h + np.asarray(block.mlp(block.ln_2(h))), atol=1e-5)
 
@@ -69,8 +70,8 @@ def test_pre_ln_block_is_residual():
 def test_post_ln_and_learned_residual_scale():
     x = np.random.RandomState(3).randn(2, 4, 8).astype("float32")
     post = TransformerBlock(n_embd=8, n_head=2, norm_position="post")
-    y = np.asarray(post(x))
-    h = np.asarray(post.ln_1(x + np.asarray(post.attn(x))))
+    y = np.asarray(post(x)[0])
+    h = np.asarray(post.ln_1(x + np.asarray(post.attn(x)[0])))
     np.testing.assert_allclose(y, np.asarray(post.ln_2(h + np.asarray(post.mlp(h)))), atol=1e-5)
 
     scaled = TransformerBlock(n_embd=8, n_head=2, learned_residual_scale=True)
@@ -78,7 +79,7 @@ def test_post_ln_and_learned_residual_scale():
     assert {w.name for w in scaled.trainable_weights} >= {"attn_scale", "mlp_scale"}
     scaled.attn_scale.assign(0.0)
     scaled.mlp_scale.assign(0.0)
-    np.testing.assert_allclose(scaled(x), x, atol=1e-6)  # zero-scaled branches leave the stream alone
+    np.testing.assert_allclose(scaled(x)[0], x, atol=1e-6)  # zero-scaled branches leave the stream alone
 
 
 def test_residual_projections_use_scaled_init():
@@ -100,13 +101,14 @@ def test_layers_compile_with_xla():
 
 
 def test_fused_attention_equals_the_written_out_attention():
-    """The plain call (keras.ops.dot_product_attention) and the explicit path (used for attention maps) agree."""
+    """The plain call (keras.ops.dot_product_attention) and the written-out path (taken with a cache or an additive
+    bias: a zero bias changes nothing but the path) agree."""
     keras.utils.set_random_seed(3)
     attn = CausalSelfAttention(n_embd=48, n_head=4)
     x = keras.random.normal((3, 7, 48))
     mask = np.array([[1] * 7, [0, 0, 1, 1, 1, 1, 1], [0] * 6 + [1]], np.int32)  # left padding, as generate uses
     for attention_mask in (None, mask):
-        fused = np.asarray(attn(x, attention_mask=attention_mask))
-        explicit, _ = attn(x, attention_mask=attention_mask, return_attention=True)
+        fused = np.asarray(attn(x, attention_mask=attention_mask)[0])
+        explicit, _ = attn(x, attention_mask=attention_mask, attention_bias=np.zeros((3, 1, 7, 7), np.float32))
         rows = mask.astype(bool) if attention_mask is not None else np.ones((3, 7), bool)  # padding rows: don't care
         assert np.abs(fused - np.asarray(explicit))[rows].max() <= 1e-5

@@ -15,7 +15,10 @@ def test_logits_shape_and_tied_head(model):
     logits = np.asarray(model(ids))
     assert logits.shape == (2, 7, 97) and logits.dtype == np.float32
     assert len([w for w in model.weights if w.shape == (97, 24)]) == 1  # no separate lm_head matrix
-    hidden = np.asarray(model.ln_f(model.h[1](model.h[0](model.wte(ids) + model.wpe(np.arange(7)[None])))))
+    x = model.wte(ids) + model.wpe(np.arange(7)[None])
+    for block in model.h:
+        x, _ = block(x)
+    hidden = np.asarray(model.ln_f(x))
     np.testing.assert_allclose(logits, hidden @ np.asarray(model.wte.embeddings).T, atol=1e-4)
 
 

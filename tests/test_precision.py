@@ -45,7 +45,12 @@ def test_cached_decode_equals_the_full_forward_in_that_precision(reference, poli
     for t in range(8, 16):
         logits, cache = model.call_with_cache(IDS[:, t:t + 1], cache, t)
         steps.append(np.asarray(logits))
-    assert np.abs(np.concatenate(steps, axis=1) - np.asarray(model(IDS))).max() <= max(1e-5, TOLERANCE[policy] / 10)
+    full = np.asarray(model(IDS))
+    # The two paths sum in different orders, so they may differ by one rounding step of the compute dtype
+    # at the logits' magnitude (bfloat16 keeps 7 explicit mantissa bits, float16 10): nothing more.
+    bits = {"float32": 23, "float16": 10, "bfloat16": 7}[model.compute_dtype]
+    one_step = 2.0 ** (np.floor(np.log2(np.abs(full).max())) - bits)
+    assert np.abs(np.concatenate(steps, axis=1) - full).max() <= max(1e-5, one_step)
 
 
 @pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])

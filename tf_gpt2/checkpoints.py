@@ -1,8 +1,10 @@
-"""Load and save GPT-2 weights: Hugging Face (safetensors), OpenAI's TF checkpoints,
+"""Read and write GPT-2 weights: Hugging Face (safetensors), OpenAI's TF checkpoints,
 keras-hub's GPT2Backbone, and `.keras` files.
 
 Our layer names follow the GPT-2 checkpoints (`h.0.attn.c_attn`, `ln_f`, ...), so every
-format is one short name mapping onto `weight_table(model)`.
+format is one short name mapping onto `weight_table(model)`. Each reader returns a config and
+its tensors under those names; `GPT2.from_pretrained` builds the model from them (this module
+does not import the model: it works on any model with GPT-2's layer names).
 """
 
 from __future__ import annotations
@@ -20,7 +22,6 @@ import numpy as np
 
 from tf_gpt2.config import GPT2Config
 from tf_gpt2.files import write_together
-from tf_gpt2.model import GPT2
 
 BLOCK_LAYERS = ("ln_1", "attn.c_attn", "attn.c_proj", "ln_2", "mlp.c_fc", "mlp.c_proj")
 HF_ACTIVATIONS = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu", "relu": "relu", "silu": "silu"}
@@ -28,7 +29,16 @@ HF_ACTIVATIONS = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "ge
 HF_IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias")
 
 
-def weight_table(model: GPT2) -> dict[str, keras.Variable]:
+Tensors = dict[str, np.ndarray]  # GPT-2 checkpoint name -> array
+
+
+def tensor_names(n_layer: int) -> list[str]:
+    """Every weight's GPT-2 checkpoint name, in `weight_table` order."""
+    layers = [f"h.{i}.{path}" for i in range(n_layer) for path in BLOCK_LAYERS] + ["ln_f"]
+    return ["wte.weight", "wpe.weight"] + [f"{layer}.{kind}" for layer in layers for kind in ("weight", "bias")]
+
+
+def weight_table(model: keras.Model) -> dict[str, keras.Variable]:
     """Every weight of `model` under its GPT-2 checkpoint name, e.g. 'h.0.attn.c_attn.weight'."""
     table = {"wte.weight": model.wte.embeddings, "wpe.weight": model.wpe.embeddings}
 
@@ -47,7 +57,7 @@ def weight_table(model: GPT2) -> dict[str, keras.Variable]:
     return table
 
 
-def assign_weights(model: GPT2, tensors: dict[str, np.ndarray], source: str) -> GPT2:
+def assign_weights(model: keras.Model, tensors: dict[str, np.ndarray], source: str) -> keras.Model:
     """Copy `tensors` (GPT-2 names) into `model`, checking every name, shape and value first."""
     table = weight_table(model)
     missing = [name for name in table if name not in tensors]
@@ -76,7 +86,7 @@ def assign_weights(model: GPT2, tensors: dict[str, np.ndarray], source: str) -> 
     return model
 
 
-def checkpoint_tensors(model: GPT2) -> dict[str, np.ndarray]:
+def checkpoint_tensors(model: keras.Model) -> dict[str, np.ndarray]:
     """Every weight as float32 numpy under its GPT-2 name, the token embedding without padding rows."""
     tensors = {name: np.asarray(keras.ops.convert_to_numpy(v), dtype=np.float32)
                for name, v in weight_table(model).items()}
@@ -84,7 +94,7 @@ def checkpoint_tensors(model: GPT2) -> dict[str, np.ndarray]:
     return tensors
 
 
-def _gpt2_only(model: GPT2, fmt: str) -> None:
+def _gpt2_only(model: keras.Model, fmt: str) -> None:
     cfg = model.config
     if cfg.norm_position != "pre" or cfg.learned_residual_scale:
         raise ValueError(f"the {fmt} format holds only GPT-2's pre-LN blocks without residual scales")
@@ -174,7 +184,7 @@ def _hf_weight_files(directory: str) -> list[str]:
 SAVE_ID = "tf_gpt2_save_id"  # in config.json and the safetensors metadata: which save wrote them, together
 
 
-def load_hf(directory: str, **overrides: Any) -> GPT2:
+def read_hf(directory: str, **overrides: Any) -> tuple[GPT2Config, Tensors]:
     config_path = os.path.join(directory, "config.json")
     hf_config = _read_json(config_path)
     config = config_from_hf(hf_config, config_path, **overrides)
@@ -196,10 +206,10 @@ def load_hf(directory: str, **overrides: Any) -> GPT2:
     lm_head = tensors.pop("lm_head.weight", None)  # tied to wte in GPT-2
     if lm_head is not None and "wte.weight" in tensors and not np.array_equal(lm_head, tensors["wte.weight"]):
         raise ValueError(f"{directory}: lm_head.weight differs from wte.weight; GPT-2's LM head is tied")
-    return assign_weights(GPT2(config), tensors, directory)
+    return config, tensors
 
 
-def save_hf(model: GPT2, directory: str | os.PathLike) -> None:
+def save_hf(model: keras.Model, directory: str | os.PathLike) -> None:
     """Write config.json + model.safetensors that `transformers.GPT2LMHeadModel` loads.
 
     Both are written in full before either replaces an older file, and both carry the id of this save,
@@ -248,7 +258,7 @@ def openai_name(name: str) -> str:
     return "model/" + "/".join(parts)
 
 
-def load_openai(directory: str, **overrides: Any) -> GPT2:
+def read_openai(directory: str, **overrides: Any) -> tuple[GPT2Config, Tensors]:
     import tensorflow as tf
 
     hparams = os.path.join(directory, "hparams.json")
@@ -271,20 +281,19 @@ def load_openai(directory: str, **overrides: Any) -> GPT2:
         stored = reader.get_variable_to_shape_map()
     except (tf.errors.OpError, ValueError) as e:
         raise ValueError(f"cannot read OpenAI checkpoint {prefix}: {e}") from e
-    model = GPT2(config)
     tensors = {}
-    for name in weight_table(model):
+    for name in tensor_names(config.n_layer):
         key = openai_name(name)
         if key not in stored:
             raise ValueError(f"{prefix}: missing tensor '{key}'")
         value = reader.get_tensor(key)
         tensors[name] = value[0] if value.ndim == 3 else value  # conv1d weights are [1, in, out]
-    return assign_weights(model, tensors, prefix)
+    return config, tensors
 
 
 # -- keras-hub GPT2Backbone ---------------------------------------------------------------------
-def load_keras_hub(backbone: Any, **overrides: Any) -> GPT2:
-    """Copy a keras-hub `GPT2Backbone` (object or saved preset dir) into a GPT2."""
+def read_keras_hub(backbone: Any, **overrides: Any) -> tuple[GPT2Config, Tensors]:
+    """The config and tensors of a keras-hub `GPT2Backbone` (object or saved preset dir)."""
     if isinstance(backbone, (str, os.PathLike)):
         import keras_hub
 
@@ -318,14 +327,15 @@ def load_keras_hub(backbone: Any, **overrides: Any) -> GPT2:
         for ours, theirs in (("ln_1", "self_attention_layer_norm"), ("ln_2", "feedforward_layer_norm")):
             tensors[h + ours + ".weight"] = w[f"{p}{theirs}/gamma"]
             tensors[h + ours + ".bias"] = w[f"{p}{theirs}/beta"]
-    return assign_weights(GPT2(config), tensors, f"keras-hub {type(backbone).__name__}")
+    return config, tensors
 
 
 # -- dispatch -----------------------------------------------------------------------------------
-def load_pretrained(source: Any, **overrides: Any) -> GPT2:
-    """Load GPT-2 weights from any supported source; see the module docstring."""
+def load_pretrained(model_class: type, source: Any, **overrides: Any) -> keras.Model:
+    """A `model_class` (GPT2) with the weights of any supported source; see the module docstring."""
     if type(source).__name__ == "GPT2Backbone":
-        return load_keras_hub(source, **overrides)
+        config, tensors = read_keras_hub(source, **overrides)
+        return assign_weights(model_class(config), tensors, f"keras-hub {type(source).__name__}")
     if not isinstance(source, (str, os.PathLike)):
         raise TypeError(f"from_pretrained expects a path or a keras-hub GPT2Backbone, got {type(source).__name__}")
     path = os.fspath(source)
@@ -337,28 +347,32 @@ def load_pretrained(source: Any, **overrides: Any) -> GPT2:
                     "and pass that directory")
         raise FileNotFoundError(f"no checkpoint at {path}{hint}")
     if os.path.isfile(path):
-        if not path.endswith(".keras"):
-            raise ValueError(f"{path}: expected a .keras file or a checkpoint directory")
-        if overrides:
-            raise ValueError("config overrides do not apply to a .keras file")
-        if not zipfile.is_zipfile(path):
-            raise ValueError(f"{path} is not a readable .keras file: it is truncated, or not a zip archive")
-        try:
-            model = keras.models.load_model(path)
-        except (OSError, ValueError) as e:
-            raise ValueError(f"cannot load {path}: {e}") from e
-        if not isinstance(model, GPT2):
-            raise ValueError(f"{path} holds a {type(model).__name__}, not a GPT2")
-        return model
+        return _load_keras_file(model_class, path, overrides)
     if os.path.exists(os.path.join(path, "hparams.json")):
-        return load_openai(path, **overrides)
-    config_path = os.path.join(path, "config.json")
-    if os.path.exists(config_path):
-        config = _read_json(config_path)
-        if config.get("class_name") == "GPT2Backbone":
-            return load_keras_hub(path, **overrides)
-        return load_hf(path, **overrides)
-    raise FileNotFoundError(
-        f"{path} is not a checkpoint: expected config.json (Hugging Face or keras-hub preset) "
-        "or hparams.json (OpenAI)"
-    )
+        read = read_openai
+    elif os.path.exists(os.path.join(path, "config.json")):
+        read = read_keras_hub if _read_json(os.path.join(path, "config.json")).get("class_name") == "GPT2Backbone" \
+            else read_hf
+    else:
+        raise FileNotFoundError(
+            f"{path} is not a checkpoint: expected config.json (Hugging Face or keras-hub preset) "
+            "or hparams.json (OpenAI)"
+        )
+    config, tensors = read(path, **overrides)
+    return assign_weights(model_class(config), tensors, path)
+
+
+def _load_keras_file(model_class: type, path: str, overrides: dict) -> keras.Model:
+    if not path.endswith(".keras"):
+        raise ValueError(f"{path}: expected a .keras file or a checkpoint directory")
+    if overrides:
+        raise ValueError("config overrides do not apply to a .keras file")
+    if not zipfile.is_zipfile(path):
+        raise ValueError(f"{path} is not a readable .keras file: it is truncated, or not a zip archive")
+    try:
+        model = keras.models.load_model(path)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"cannot load {path}: {e}") from e
+    if not isinstance(model, model_class):
+        raise ValueError(f"{path} holds a {type(model).__name__}, not a {model_class.__name__}")
+    return model

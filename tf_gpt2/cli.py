@@ -1,4 +1,4 @@
-"""The `tf-gpt2` command line: demo, prepare, train, generate, convert, export, eval, bench."""
+"""The `tf-gpt2` command line: demo, prepare, train, generate, convert, export, eval."""
 
 from __future__ import annotations
 
@@ -160,24 +160,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_bench(args: argparse.Namespace) -> int:
-    import dataclasses
-    import json
-
-    from tf_gpt2 import benchmark
-
-    train, decode = (benchmark.SMOKE_TRAIN, benchmark.SMOKE_DECODE) if args.smoke else \
-        (benchmark.TrainSetup(), benchmark.DecodeSetup())
-    train = dataclasses.replace(train, steps=args.steps or train.steps)
-    decode = dataclasses.replace(decode, new_tokens=args.new_tokens or decode.new_tokens)
-    results = benchmark.run(args.only or ("train", "decode"), args.systems.split(",") if args.systems else None,
-                            train=train, decode=decode, report=lambda line: print(line, flush=True))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=1)
-    return 0
-
-
 def _model_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", help="checkpoint to load: HF dir, OpenAI TF dir, keras-hub preset dir or .keras file")
     parser.add_argument("--random-init", metavar="PRESET",
@@ -279,15 +261,6 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--json", action="store_true", help="print one JSON line")
     ev.set_defaults(run=cmd_eval)
 
-    bench = sub.add_parser("bench", help="training and decode tokens/s next to keras-hub, HF torch and nanoGPT")
-    bench.add_argument("--only", nargs="+", choices=["train", "decode"], help="run only these parts")
-    bench.add_argument("--systems", help="comma-separated subset of: " + ", ".join(
-        ["tf_gpt2", "keras-hub", "hf", "hf-compile", "nanogpt", "litert", "litert-int8"]))
-    bench.add_argument("--steps", type=int, help="timed training steps (default 10)")
-    bench.add_argument("--new-tokens", type=int, help="decoded tokens (default 128)")
-    bench.add_argument("--smoke", action="store_true", help="tiny shapes: checks the harness in under a minute")
-    bench.add_argument("--json", help="also write the figures to this JSON file")
-    bench.set_defaults(run=cmd_bench)
     return parser
 
 

@@ -22,8 +22,8 @@ from typing import Sequence
 import numpy as np
 from keras import ops
 
-from tf_gpt2.generation import compiled
 from tf_gpt2.tokenizer import GPT2Tokenizer
+from tf_gpt2.xla import compiled
 
 
 @dataclass(frozen=True)

@@ -18,15 +18,11 @@ import keras
 import tensorflow as tf
 
 from tf_gpt2.files import atomic_write
-from tf_gpt2.generation import generate_loop
+from tf_gpt2.generation import Prompt, Sampling, generate_loop, pad_id, positions_from_mask
 from tf_gpt2.model import GPT2
 from tf_gpt2.tokenizer import EOT_ID, GPT2Tokenizer
 
 FORMATS = ("saved_model", "tflite", "litertlm")
-
-
-def _positions(mask):
-    return tf.maximum(tf.cumsum(mask, axis=1) - 1, 0)
 
 
 def _left_align(ids, mask):
@@ -61,12 +57,12 @@ class _Serving:
         self.tokenizer = GPT2Tokenizer().tf_layer()
         self.tokenizer(tf.constant([""]))  # build it, so the export can track its lookup tables
         self.limit = max_new_tokens_limit
-        self.pad_id = EOT_ID if EOT_ID < model.config.vocab_size else 0
+        self.pad_id = pad_id(model.config)
 
     def logits(self, token_ids, attention_mask):
         with tf.control_dependencies(_prompt_checks(token_ids, attention_mask, self.model.config.vocab_size)):
             token_ids, attention_mask = tf.identity(token_ids), tf.identity(attention_mask)  # checked first
-        return {"logits": self.model(token_ids, attention_mask=attention_mask, position_ids=_positions(attention_mask))}
+        return {"logits": self.model(token_ids, attention_mask=attention_mask, position_ids=positions_from_mask(attention_mask))}
 
     def generate(self, token_ids, attention_mask, max_new_tokens, temperature, top_k, top_p, seed):
         n_positions = self.model.config.n_positions
@@ -84,11 +80,10 @@ class _Serving:
         ]
         with tf.control_dependencies(checks):
             token_ids, attention_mask = _left_align(token_ids, attention_mask)
-        batch = tf.shape(token_ids)[0]
-        out = generate_loop(
-            self.model, token_ids, attention_mask, tf.zeros((batch, self.limit), tf.int32), max_new_tokens,
-            temperature, top_k, top_p, tf.constant(1.0), seed, tf.constant([EOT_ID], tf.int32), self.pad_id,
-        )
+        sampling = Sampling(temperature=temperature, top_k=top_k, top_p=top_p, repetition_penalty=tf.constant(1.0),
+                            seed=seed, stop_ids=tf.constant([EOT_ID], tf.int32), pad_id=tf.constant(self.pad_id))
+        new_slots = tf.zeros((tf.shape(token_ids)[0], self.limit), tf.int32)
+        out = generate_loop(self.model, Prompt(token_ids, attention_mask), new_slots, max_new_tokens, sampling)
         return {"token_ids": out[:, :max_new_tokens]}
 
     def generate_text(self, text, max_new_tokens, temperature, top_k, top_p, seed):
@@ -133,14 +128,14 @@ def export_saved_model(model: GPT2, base_dir: str, version: int | None = None, m
     i32, f32 = tf.int32, tf.float32
     ids_spec = tf.TensorSpec([None, None], i32, "token_ids")
     mask_spec = tf.TensorSpec([None, None], i32, "attention_mask")
-    knobs = [tf.TensorSpec([], i32, "max_new_tokens"), tf.TensorSpec([], f32, "temperature"),
+    settings = [tf.TensorSpec([], i32, "max_new_tokens"), tf.TensorSpec([], f32, "temperature"),
              tf.TensorSpec([], i32, "top_k"), tf.TensorSpec([], f32, "top_p"), tf.TensorSpec([], i32, "seed")]
     archive = keras.export.ExportArchive()
     archive.track(model)
     archive.track(module.tokenizer)  # its vocabulary lookup tables
     archive.add_endpoint("serving_default", module.logits, [ids_spec, mask_spec])
-    archive.add_endpoint("generate", module.generate, [ids_spec, mask_spec, *knobs])
-    archive.add_endpoint("generate_text", module.generate_text, [tf.TensorSpec([None], tf.string, "text"), *knobs])
+    archive.add_endpoint("generate", module.generate, [ids_spec, mask_spec, *settings])
+    archive.add_endpoint("generate_text", module.generate_text, [tf.TensorSpec([None], tf.string, "text"), *settings])
     version = version or _next_version(base_dir)
     final_dir = os.path.join(base_dir, str(version))
     if os.path.exists(final_dir):

@@ -3,7 +3,7 @@
 The prompt runs once ("prefill") and fills the cache; each new token then costs one
 single-position forward pass ("decode") that attends over the cache. The whole loop is
 one compiled function. Prompt lengths and token budgets are rounded up to powers of two,
-so a new prompt length does not recompile; sampling knobs are tensors, so changing
+so a new prompt length does not recompile; sampling settings are tensors, so changing
 them does not either. Prompts of different lengths are left-padded and masked.
 
 Sampling noise comes from a counter-based integer hash instead of a backend RNG, so a
@@ -12,13 +12,14 @@ seed gives the same tokens on TensorFlow, on JAX, and inside an exported SavedMo
 
 from __future__ import annotations
 
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, NamedTuple, Sequence
 
 import keras
 import numpy as np
 from keras import ops
 
 from tf_gpt2.tokenizer import EOT_ID
+from tf_gpt2.xla import compiled
 
 
 def _bucket(n: int, minimum: int = 8) -> int:
@@ -40,19 +41,19 @@ def _hash_uniform(rows, cols, seed, step):
 
 
 def filter_top_k_top_p(logits, top_k, top_p):
-    """Set to -inf every logit outside the top-k and outside the nucleus of mass top_p.
+    """Set to -inf every logit outside the top-k, then outside the nucleus of mass top_p of what is left.
 
+    The nucleus is taken on the top-k distribution renormalised (as Hugging Face and keras-hub do);
     `top_k` <= 0 and `top_p` >= 1 disable each filter; both may be tensors.
     """
     vocab = ops.shape(logits)[-1]
     sorted_desc = -ops.sort(-logits, axis=-1)
     k = ops.where(top_k > 0, ops.minimum(top_k, vocab), vocab)
-    kth_largest = ops.take_along_axis(sorted_desc, ops.zeros_like(sorted_desc[:, :1], "int32") + k - 1, axis=-1)
-    probs = ops.softmax(sorted_desc, axis=-1)
+    in_top_k = ops.arange(vocab, dtype="int32")[None, :] < k
+    probs = ops.softmax(ops.where(in_top_k, sorted_desc, -np.inf), axis=-1)  # renormalised over the top k
     # Keep the smallest prefix whose mass reaches top_p: a token stays if the mass before it is < top_p.
-    in_nucleus = (ops.cumsum(probs, axis=-1) - probs) < top_p
-    nucleus_min = ops.min(ops.where(in_nucleus, sorted_desc, np.inf), axis=-1, keepdims=True)
-    threshold = ops.maximum(kth_largest, nucleus_min)
+    keep = ops.logical_and(in_top_k, (ops.cumsum(probs, axis=-1) - probs) < top_p)
+    threshold = ops.min(ops.where(keep, sorted_desc, np.inf), axis=-1, keepdims=True)
     return ops.where(logits >= threshold, logits, -np.inf)
 
 
@@ -62,21 +63,63 @@ def apply_repetition_penalty(logits, seen, penalty):
     return ops.where(seen, penalized, logits)
 
 
-def sample_next(logits, temperature, top_k, top_p, seed, step):
+class Sampling(NamedTuple):
+    """How each next token is chosen. Every field is a tensor, so new values never recompile."""
+
+    temperature: Any  # float32; 0 = greedy
+    top_k: Any  # int32; 0 = off
+    top_p: Any  # float32; 1 = off
+    repetition_penalty: Any  # float32; 1 = off
+    seed: Any  # int32
+    stop_ids: Any  # int32 [n]: a row stops after one of these (-1: an unused entry)
+    pad_id: Any  # int32: what a row gets after it stopped
+
+
+class Prompt(NamedTuple):
+    """A batch of prompts, left-padded so that every row ends at the last column."""
+
+    ids: Any  # int32 [batch, time]
+    mask: Any  # int32 [batch, time]: 1 for tokens, 0 for padding
+
+
+class DecodeState(NamedTuple):
+    """Everything that changes from one decoding step to the next (fixed shapes throughout)."""
+
+    step: Any  # int32: index of the next new token
+    done: Any  # bool [batch]: rows that stopped
+    logits: Any  # float32 [batch, vocab]: predict the next token
+    cache: Any  # one {"key", "value"} per layer, [batch, n_head, prompt_len + budget, head_dim]
+    seen: Any  # bool [batch, vocab]: tokens in each row so far (for the repetition penalty)
+    tokens: Any  # int32 [batch, budget]: the new tokens, pad_id where none yet
+    mask: Any  # int32 [batch, prompt_len + budget]: which cache slots hold tokens (constant)
+    lengths: Any  # int32 [batch]: prompt tokens per row (constant)
+
+
+def sample_next(logits, sampling: Sampling, step):
     """Next token ids [batch]: argmax when temperature == 0, else a filtered sample."""
 
     def sampled():
-        scaled = logits / ops.maximum(temperature, 1e-6)
+        scaled = logits / ops.maximum(sampling.temperature, 1e-6)
         filtered = ops.cond(
-            ops.logical_or(top_k > 0, top_p < 1.0),
-            lambda: filter_top_k_top_p(scaled, top_k, top_p),
+            ops.logical_or(sampling.top_k > 0, sampling.top_p < 1.0),
+            lambda: filter_top_k_top_p(scaled, sampling.top_k, sampling.top_p),
             lambda: scaled,
         )
-        gumbel = -ops.log(-ops.log(_hash_uniform(*ops.shape(logits), seed, step)))
+        gumbel = -ops.log(-ops.log(_hash_uniform(*ops.shape(logits), sampling.seed, step)))
         return ops.cast(ops.argmax(filtered + gumbel, axis=-1), "int32")
 
     greedy = lambda: ops.cast(ops.argmax(logits, axis=-1), "int32")  # noqa: E731
-    return ops.cond(temperature > 0, sampled, greedy)
+    return ops.cond(sampling.temperature > 0, sampled, greedy)
+
+
+def positions_from_mask(mask):
+    """Position ids of (left- or right-) padded rows: each token's index among its row's tokens."""
+    return ops.maximum(ops.cumsum(mask, axis=1) - 1, 0)
+
+
+def pad_id(config) -> int:
+    """The id that pads prompts and stopped rows: `<|endoftext|>` where the vocabulary has it, else 0."""
+    return EOT_ID if EOT_ID < config.vocab_size else 0
 
 
 def _tokens_seen(ids, mask, vocab):
@@ -89,90 +132,55 @@ def _tokens_seen(ids, mask, vocab):
     return seen[:, :vocab] > 0
 
 
-def prefill(model, prompt_ids, prompt_mask, new_slots):
-    """Run the left-padded prompt once and fill a KV cache with room for `new_slots.shape[1]` tokens.
-
-    Returns the decoding state: (last logits [batch, vocab], cache, mask over the whole cache,
-    prompt lengths, tokens seen so far [batch, vocab]).
-    """
-    batch, budget = ops.shape(prompt_ids)[0], ops.shape(new_slots)[1]
-    mask = ops.concatenate([prompt_mask, ops.ones((batch, budget), "int32")], axis=1)
-    positions = ops.maximum(ops.cumsum(prompt_mask, axis=1) - 1, 0)
-    cache = model.init_cache(batch, ops.shape(prompt_ids)[1] + budget)
-    last = ops.shape(prompt_ids)[1] - 1  # prompts are left-padded: every row ends at the last column
-    logits, cache = model.call_with_cache(prompt_ids, cache, 0, mask, positions, logits_at=last)
-    seen = _tokens_seen(prompt_ids, prompt_mask, model.config.vocab_size)
-    return logits, cache, mask, ops.sum(prompt_mask, axis=1), seen
+def prefill(model, prompt: Prompt, new_slots) -> DecodeState:
+    """Run the prompt once, filling a KV cache with room for `new_slots.shape[1]` new tokens."""
+    batch, time, budget = ops.shape(prompt.ids)[0], ops.shape(prompt.ids)[1], ops.shape(new_slots)[1]
+    mask = ops.concatenate([prompt.mask, ops.ones((batch, budget), "int32")], axis=1)
+    cache = model.init_cache(batch, time + budget)
+    logits, cache = model.call_with_cache(prompt.ids, cache, 0, mask, positions_from_mask(prompt.mask),
+                                          logits_at=time - 1)  # left-padded: every row ends at the last column
+    return DecodeState(
+        step=ops.zeros((), "int32"), done=ops.zeros((batch,), "bool"), logits=logits, cache=cache,
+        seen=_tokens_seen(prompt.ids, prompt.mask, model.config.vocab_size),
+        tokens=ops.zeros((batch, budget), "int32"), mask=mask, lengths=ops.sum(prompt.mask, axis=1),
+    )
 
 
-def decode_step(model, i, done, logits, cache, seen, mask, lengths, prompt_len,
-                temperature, top_k, top_p, repetition_penalty, seed, stop_ids, pad_id):
-    """Choose token i of every row, then run it through the model at cache slot prompt_len + i.
+def decode_step(model, state: DecodeState, sampling: Sampling) -> DecodeState:
+    """Choose new token `state.step` of every row (pad_id for rows already done), then run it
+    through the model at its cache slot."""
+    batch, budget = ops.shape(state.logits)[0], ops.shape(state.tokens)[1]
+    logits = apply_repetition_penalty(state.logits, state.seen, sampling.repetition_penalty)
+    token = ops.reshape(sample_next(logits, sampling, state.step), (batch,))  # cond drops the static shape
+    token = ops.where(state.done, sampling.pad_id, token)
+    slot = ops.shape(state.mask)[1] - budget + state.step  # the cache slot after the prompt's
+    logits, cache = model.call_with_cache(token[:, None], state.cache, slot, state.mask,
+                                          (state.lengths + state.step)[:, None], logits_at=0)
+    return state._replace(
+        step=state.step + 1,
+        done=ops.logical_or(state.done, ops.any(token[:, None] == sampling.stop_ids[None, :], axis=1)),
+        logits=logits, cache=cache,
+        seen=ops.logical_or(state.seen, ops.one_hot(token, model.config.vocab_size) > 0),
+        tokens=ops.slice_update(state.tokens, (ops.zeros((), "int32"), state.step), token[:, None]),
+    )
 
-    Rows already `done` get `pad_id`. Returns (token, done, logits, cache, seen).
-    """
-    batch = ops.shape(logits)[0]
-    next_logits = apply_repetition_penalty(logits, seen, repetition_penalty)
-    token = sample_next(next_logits, temperature, top_k, top_p, seed, i)
-    token = ops.where(done, pad_id, ops.reshape(token, (batch,)))  # cond drops the static shape
-    done = ops.logical_or(done, ops.any(token[:, None] == stop_ids[None, :], axis=1))
-    seen = ops.logical_or(seen, ops.one_hot(token, model.config.vocab_size) > 0)
-    logits, cache = model.call_with_cache(token[:, None], cache, prompt_len + i, mask, (lengths + i)[:, None],
-                                          logits_at=0)
-    return token, done, logits, cache, seen
 
-
-def generate_loop(model, prompt_ids, prompt_mask, new_slots, max_new_tokens, *knobs):
+def generate_loop(model, prompt: Prompt, new_slots, max_new_tokens, sampling: Sampling):
     """Prefill, then decode until `max_new_tokens` or every row stopped: one compiled function.
 
-    `prompt_ids`/`prompt_mask` are int32 [batch, prompt_len], left-padded; `new_slots` is any
-    [batch, budget] tensor whose shape fixes the output buffer; `knobs` are decode_step's
-    (temperature, top_k, top_p, repetition_penalty, seed, stop_ids, pad_id).
-    Returns int32 [batch, budget].
+    `new_slots` is any [batch, budget] tensor; its shape fixes the output. Returns int32 [batch, budget].
     """
-    batch, prompt_len = ops.shape(prompt_ids)[0], ops.shape(prompt_ids)[1]
-    logits, cache, mask, lengths, seen = prefill(model, prompt_ids, prompt_mask, new_slots)
+    start = prefill(model, prompt, new_slots)
+    start = start._replace(tokens=ops.full(ops.shape(start.tokens), sampling.pad_id, "int32"))
 
-    def keep_going(i, done, logits, cache, out, seen):
-        return ops.logical_and(i < max_new_tokens, ops.logical_not(ops.all(done)))
+    def keep_going(*state):
+        state = DecodeState(*state)
+        return ops.logical_and(state.step < max_new_tokens, ops.logical_not(ops.all(state.done)))
 
-    def step(i, done, logits, cache, out, seen):
-        token, done, logits, cache, seen = decode_step(
-            model, i, done, logits, cache, seen, mask, lengths, prompt_len, *knobs)
-        out = ops.slice_update(out, (ops.zeros((), "int32"), i), token[:, None])
-        return i + 1, done, logits, cache, out, seen
+    def step(*state):
+        return tuple(decode_step(model, DecodeState(*state), sampling))
 
-    pad_id = knobs[-1]
-    state = (ops.zeros((), "int32"), ops.zeros((batch,), "bool"), logits, cache,
-             ops.full((batch, ops.shape(new_slots)[1]), pad_id, "int32"), seen)
-    return ops.while_loop(keep_going, step, state)[4]
-
-
-def _compile(model, fn):
-    """XLA-compile fn(model, *tensors) for the active backend, reading the model's live weights."""
-    backend = keras.backend.backend()
-    if backend == "tensorflow":
-        import tensorflow as tf
-
-        return tf.function(lambda *args: fn(model, *args), jit_compile=True)
-    if backend == "jax":
-        import jax
-
-        def stateless(values, *args):
-            with keras.StatelessScope(state_mapping=list(zip(model.variables, values))):
-                return fn(model, *args)
-
-        jitted = jax.jit(stateless)
-        return lambda *args: jitted([v.value for v in model.variables], *args)
-    return lambda *args: fn(model, *args)
-
-
-def compiled(model, fn):
-    """The compiled version of `fn` for `model`, built once and kept on the model."""
-    cache = model.__dict__.setdefault("_tf_gpt2_compiled", {})
-    if fn.__name__ not in cache:
-        cache[fn.__name__] = _compile(model, fn)
-    return cache[fn.__name__]
+    return DecodeState(*ops.while_loop(keep_going, step, tuple(start))).tokens
 
 
 def _as_batch(prompt: Any, tokenizer) -> tuple[list[list[int]], str]:
@@ -217,10 +225,22 @@ def _seed(seed: Any) -> np.int32:
     return np.int32(seed)
 
 
-def _prepare(model, prompt, max_new_tokens, temperature, top_k, top_p, repetition_penalty, stop_ids, tokenizer):
+class _Request(NamedTuple):
+    """A checked `generate`/`stream` call, ready for the compiled code."""
+
+    prompt: Prompt
+    new_slots: np.ndarray  # [batch, budget]: its shape fixes the output buffer
+    sampling: Sampling
+    stop_ids: list[int]
+    form: str  # what the caller gave: "text", "texts", "ids" or "batch"
+    tokenizer: Any
+
+
+def _prepare(model, prompt, max_new_tokens, temperature, top_k, top_p, repetition_penalty, stop_ids, seed,
+             tokenizer) -> _Request:
     """Check every argument and build the left-padded prompt batch the compiled code takes."""
     cfg = model.config
-    has_text = isinstance(prompt, str) or (isinstance(prompt, list) and any(isinstance(p, str) for p in prompt))
+    has_text = isinstance(prompt, str) or (isinstance(prompt, (list, tuple)) and any(isinstance(p, str) for p in prompt))
     if tokenizer is None and has_text:
         from tf_gpt2.tokenizer import GPT2Tokenizer
 
@@ -250,17 +270,20 @@ def _prepare(model, prompt, max_new_tokens, temperature, top_k, top_p, repetitio
     if min(flat) < 0 or max(flat) >= cfg.vocab_size:
         raise ValueError(f"token ids must be in [0, {cfg.vocab_size}), got min {min(flat)} and max {max(flat)}")
     stop_ids = [EOT_ID] if stop_ids is None else [_integer("stop_ids entry", t) for t in stop_ids]
-    pad_id = EOT_ID if EOT_ID < cfg.vocab_size else 0
+    pad = pad_id(cfg)
 
     width = min(_bucket(longest), cfg.n_positions)
-    ids = np.full((len(batch), width), pad_id, np.int32)
+    ids = np.full((len(batch), width), pad, np.int32)
     mask = np.zeros((len(batch), width), np.int32)
     for row, p in enumerate(batch):
         ids[row, width - len(p):], mask[row, width - len(p):] = p, 1
+    sampling = Sampling(
+        temperature=np.float32(temperature), top_k=np.int32(top_k), top_p=np.float32(top_p),
+        repetition_penalty=np.float32(repetition_penalty), seed=_seed(seed),
+        stop_ids=np.array(stop_ids + [-1], np.int32), pad_id=np.int32(pad),
+    )
     new_slots = np.zeros((len(batch), _bucket(max_new_tokens)), np.int32)
-    knobs = (np.float32(temperature), np.int32(top_k), np.float32(top_p), np.float32(repetition_penalty),
-             np.array(stop_ids + [-1], np.int32), np.int32(pad_id))
-    return ids, mask, new_slots, knobs, stop_ids, form, tokenizer
+    return _Request(Prompt(ids, mask), new_slots, sampling, stop_ids, form, tokenizer)
 
 
 def generate(
@@ -277,11 +300,11 @@ def generate(
 ) -> Any:
     """Continue `prompt` with up to `max_new_tokens` tokens.
 
-    `prompt` is text (returns the continuation text), a list of texts, a list of token ids
+    `prompt` is text (returns the continuation text), a list or tuple of texts, a list of token ids
     (returns new ids), or a batch of id lists of any lengths (returns a list of id lists).
-    temperature 0 is greedy; top_k 0 and top_p 1 switch those filters off. Generation of a
-    row stops after a token in `stop_ids` (default: `<|endoftext|>`), which is kept in the ids
-    and dropped from returned text.
+    temperature 0 is greedy; top_k 0 and top_p 1 switch those filters off (top-p is taken on the
+    top-k distribution renormalised). Generation of a row stops after a token in `stop_ids`
+    (default: `<|endoftext|>`), which is kept in the ids and dropped from returned text.
 
     Example:
     >>> from tf_gpt2 import GPT2, GPT2Config
@@ -289,21 +312,18 @@ def generate(
     >>> len(model.generate([464, 3290], max_new_tokens=5, stop_ids=[]))
     5
     """
-    ids, mask, new_slots, knobs, stop_ids, form, tokenizer = _prepare(
-        model, prompt, max_new_tokens, temperature, top_k, top_p, repetition_penalty, stop_ids, tokenizer)
-    temperature_, top_k_, top_p_, penalty_, stops, pad_id = knobs
-    out = compiled(model, generate_loop)(
-        ids, mask, new_slots, np.int32(max_new_tokens), temperature_, top_k_, top_p_, penalty_,
-        _seed(seed), stops, pad_id,
-    )
+    request = _prepare(model, prompt, max_new_tokens, temperature, top_k, top_p, repetition_penalty, stop_ids,
+                       seed, tokenizer)
+    out = compiled(model, generate_loop)(request.prompt, request.new_slots, np.int32(max_new_tokens),
+                                         request.sampling)
     rows = []
     for row in ops.convert_to_numpy(out)[:, :max_new_tokens].tolist():
-        ends = [i for i, t in enumerate(row) if t in stop_ids]
+        ends = [i for i, t in enumerate(row) if t in request.stop_ids]
         rows.append(row[: ends[0] + 1] if ends else row)
-    if form in ("ids", "batch"):
-        return rows[0] if form == "ids" else rows
-    texts = [tokenizer.decode([t for t in r if t not in stop_ids]) for r in rows]
-    return texts[0] if form == "text" else texts
+    if request.form in ("ids", "batch"):
+        return rows[0] if request.form == "ids" else rows
+    texts = [request.tokenizer.decode([t for t in r if t not in request.stop_ids]) for r in rows]
+    return texts[0] if request.form == "text" else texts
 
 
 def stream(
@@ -322,20 +342,15 @@ def stream(
 
     Prefill and each decode step are compiled once per shape bucket; Python only loops.
     """
-    ids, mask, new_slots, knobs, stop_ids, _, _ = _prepare(
-        model, prompt, max_new_tokens, temperature, top_k, top_p, repetition_penalty, stop_ids, tokenizer)
-    if len(ids) != 1:
+    request = _prepare(model, prompt, max_new_tokens, temperature, top_k, top_p, repetition_penalty, stop_ids,
+                       seed, tokenizer)
+    if len(request.prompt.ids) != 1:
         raise ValueError("stream takes a single prompt")
-    temperature_, top_k_, top_p_, penalty_, stops, pad_id = knobs
-    seed_ = _seed(seed)
-    logits, cache, full_mask, lengths, seen = compiled(model, prefill)(ids, mask, new_slots)
-    done = np.zeros((1,), bool)
+    state = compiled(model, prefill)(request.prompt, request.new_slots)
     step = compiled(model, decode_step)
     for i in range(max_new_tokens):
-        token, done, logits, cache, seen = step(
-            np.int32(i), done, logits, cache, seen, full_mask, lengths, np.int32(ids.shape[1]),
-            temperature_, top_k_, top_p_, penalty_, seed_, stops, pad_id)
-        token = int(ops.convert_to_numpy(token)[0])
+        state = step(state, request.sampling)
+        token = int(ops.convert_to_numpy(state.tokens)[0, i])
         yield token
-        if token in stop_ids:
+        if token in request.stop_ids:
             return

@@ -61,16 +61,6 @@ def write_cache(cache: dict, key, value, index):
     return updated, ok
 
 
-def _pack(output, *extras):
-    """A layer's result: the tensor alone, or a tuple with the extras that were asked for."""
-    extras = tuple(e for e in extras if e is not None)
-    return (output, *extras) if extras else output
-
-
-def _unpack(result):
-    return (result[0], result[1:]) if isinstance(result, tuple) else (result, ())
-
-
 @keras.saving.register_keras_serializable(package="tf_gpt2")
 class CausalSelfAttention(keras.layers.Layer):
     """Multi-head self-attention in which each position sees only itself and the past.
@@ -92,17 +82,19 @@ class CausalSelfAttention(keras.layers.Layer):
         x: float [batch, time, n_embd].
         attention_mask: optional [batch, key_len], 1 for tokens to attend to, 0 for padding.
         cache: optional dict `{"key": k, "value": v}`, each [batch, n_head, max_len, head_dim],
-            the keys/values of earlier steps; this step's are written at `cache_index` and the
-            updated dict is returned.
+            the keys/values of earlier steps; this step's are written at `cache_index`.
         cache_index: position in the cache of the first token of `x`.
         attention_bias: optional float [batch, 1, time, key_len] added to the scores (an
             on-device runtime's additive mask: 0 where allowed, a large negative number where not).
-        return_attention: also return the attention probabilities [batch, n_head, time, key_len].
+
+    Returns `(y, cache)`: y float [batch, time, n_embd], and the updated cache (None without one).
+    `attention_probs(x)` gives the attention probabilities [batch, n_head, time, time] instead.
 
     Example:
     >>> attn = CausalSelfAttention(n_embd=32, n_head=4)
-    >>> tuple(attn(keras.random.normal((2, 5, 32))).shape)
-    (2, 5, 32)
+    >>> y, cache = attn(keras.random.normal((2, 5, 32)))
+    >>> tuple(y.shape), cache
+    ((2, 5, 32), None)
     """
 
     def __init__(
@@ -132,45 +124,50 @@ class CausalSelfAttention(keras.layers.Layer):
         self.c_attn.build(input_shape)
         self.c_proj.build(input_shape)
 
-    def _explicit(self, cache, attention_bias, training, return_attention) -> bool:
-        """Whether this call needs the written-out attention (scores and probabilities as tensors):
-        for attention maps, the KV cache, an additive bias, or dropout on the probabilities."""
-        dropout = self.dropout > 0 and bool(training)
-        return return_attention or cache is not None or attention_bias is not None or dropout
+    def _heads(self, x):
+        """Queries, keys and values [batch, time, n_head, head_dim] from the fused projection."""
+        shape = (ops.shape(x)[0], ops.shape(x)[1], self.n_head, self.head_dim)
+        return tuple(ops.reshape(t, shape) for t in ops.split(self.c_attn(x), 3, axis=-1))
 
-    def call(self, x, attention_mask=None, cache=None, cache_index=0, attention_bias=None, training=None,
-             return_attention=False):
+    def _probabilities(self, q, k, attention_mask, query_offset, attention_bias):
+        """softmax(q·kᵀ/√d + mask) [batch, n_head, q_len, k_len] over q, k [batch, n_head, len, head_dim]."""
+        # Scores in float32 so that softmax is stable under mixed precision.
+        scores = ops.cast(ops.matmul(q, ops.transpose(k, (0, 1, 3, 2))), "float32") / math.sqrt(self.head_dim)
+        allowed = causal_mask(ops.shape(q)[2], ops.shape(k)[2], query_offset)[None, None]
+        if attention_mask is not None:
+            allowed = ops.logical_and(allowed, ops.cast(attention_mask, "bool")[:, None, None, :])
+        scores = ops.where(allowed, scores, -1e9)  # masked keys get probability exp(-1e9) = 0
+        if attention_bias is not None:
+            scores = scores + ops.cast(attention_bias, "float32")
+        return ops.softmax(scores, axis=-1)
+
+    def call(self, x, attention_mask=None, cache=None, cache_index=0, attention_bias=None, training=None):
         batch, time = ops.shape(x)[0], ops.shape(x)[1]
-        heads = (batch, time, self.n_head, self.head_dim)
-        q, k, v = (ops.reshape(t, heads) for t in ops.split(self.c_attn(x), 3, axis=-1))  # [B, T, H, Dh] each
-        if not self._explicit(cache, attention_bias, training, return_attention):
-            # The fused kernel (cuDNN flash attention on a GPU under JAX): same math as below.
+        q, k, v = self._heads(x)
+        dropout = self.dropout > 0 and bool(training)
+        if cache is None and attention_bias is None and not dropout:
+            # The fused kernel (cuDNN flash attention on a GPU under JAX): the same math as below.
             mask = None if attention_mask is None else ops.cast(attention_mask, "bool")[:, None, None, :]
             y = ops.dot_product_attention(q, k, v, mask=mask, scale=1 / math.sqrt(self.head_dim), is_causal=True)
-            return self.resid_dropout(self.c_proj(ops.reshape(y, (batch, time, self.n_embd))), training=training)
+            return self.resid_dropout(self.c_proj(ops.reshape(y, (batch, time, self.n_embd))), training=training), None
 
         q, k, v = (ops.transpose(t, (0, 2, 1, 3)) for t in (q, k, v))  # [B, H, T, Dh]
         written = None
         if cache is not None:  # decoding: write this step's keys/values, attend over the whole cache
             cache, written = write_cache(cache, k, v, cache_index)
             k, v = ops.cast(cache["key"], q.dtype), ops.cast(cache["value"], q.dtype)
-
-        # Scores in float32 so that softmax is stable under mixed precision.
-        scores = ops.matmul(q, ops.transpose(k, (0, 1, 3, 2)))
-        scores = ops.cast(scores, "float32") / math.sqrt(self.head_dim)
-        allowed = causal_mask(ops.shape(q)[2], ops.shape(k)[2], cache_index)[None, None]
-        if attention_mask is not None:
-            allowed = ops.logical_and(allowed, ops.cast(attention_mask, "bool")[:, None, None, :])
-        scores = ops.where(allowed, scores, -1e9)  # masked keys get probability exp(-1e9) = 0
-        if attention_bias is not None:
-            scores = scores + ops.cast(attention_bias, "float32")
-        probs = ops.softmax(scores, axis=-1)
+        probs = self._probabilities(q, k, attention_mask, cache_index, attention_bias)
         y = ops.matmul(self.attn_dropout(ops.cast(probs, v.dtype), training=training), v)
         y = ops.reshape(ops.transpose(y, (0, 2, 1, 3)), (batch, time, self.n_embd))  # merge heads
         y = self.resid_dropout(self.c_proj(y), training=training)
         if written is not None:  # a step whose keys/values could not be written has no valid output
             y = ops.where(written, y, ops.cast(float("nan"), y.dtype))
-        return _pack(y, cache, probs if return_attention else None)
+        return y, cache
+
+    def attention_probs(self, x, attention_mask=None):
+        """The attention probabilities of `x` [batch, n_head, time, time]: who attends to whom."""
+        q, k, _ = (ops.transpose(t, (0, 2, 1, 3)) for t in self._heads(x))
+        return self._probabilities(q, k, attention_mask, 0, None)
 
     def get_config(self):
         return {
@@ -248,9 +245,12 @@ class TransformerBlock(keras.layers.Layer):
         learned_residual_scale: multiply each branch by a trainable scalar (init 1) before
             adding it to the residual stream.
 
+    Call arguments: as `CausalSelfAttention`'s. Returns `(x, cache)` in the same way.
+
     Example:
     >>> block = TransformerBlock(n_embd=32, n_head=4)
-    >>> tuple(block(keras.random.normal((2, 5, 32))).shape)
+    >>> x, cache = block(keras.random.normal((2, 5, 32)))
+    >>> tuple(x.shape)
     (2, 5, 32)
     """
 
@@ -297,21 +297,26 @@ class TransformerBlock(keras.layers.Layer):
             return branch
         return branch * ops.cast(getattr(self, scale_name), branch.dtype)
 
-    def call(self, x, attention_mask=None, cache=None, cache_index=0, attention_bias=None, training=None,
-             return_attention=False):
-        attend = lambda h: _unpack(self.attn(  # noqa: E731
-            h, attention_mask=attention_mask, cache=cache, cache_index=cache_index,
-            attention_bias=attention_bias, training=training, return_attention=return_attention,
-        ))
-        if self.norm_position == "pre":
-            a, extras = attend(self.ln_1(x))
-            x = x + self._scaled(a, "attn_scale")
-            x = x + self._scaled(self.mlp(self.ln_2(x), training=training), "mlp_scale")
-        else:
-            a, extras = attend(x)
-            x = self.ln_1(x + self._scaled(a, "attn_scale"))
-            x = self.ln_2(x + self._scaled(self.mlp(x, training=training), "mlp_scale"))
-        return _pack(x, *extras)
+    def call(self, x, attention_mask=None, cache=None, cache_index=0, attention_bias=None, training=None):
+        attend = lambda h: self.attn(h, attention_mask=attention_mask, cache=cache,  # noqa: E731
+                                     cache_index=cache_index, attention_bias=attention_bias, training=training)
+        if self.norm_position == "post":
+            return self._post_ln(x, attend, training)
+        a, cache = attend(self.ln_1(x))
+        x = x + self._scaled(a, "attn_scale")
+        x = x + self._scaled(self.mlp(self.ln_2(x), training=training), "mlp_scale")
+        return x, cache
+
+    def _post_ln(self, x, attend, training):
+        """The original Transformer's "Add & Norm": LayerNorm on the residual stream after each branch."""
+        a, cache = attend(x)
+        x = self.ln_1(x + self._scaled(a, "attn_scale"))
+        x = self.ln_2(x + self._scaled(self.mlp(x, training=training), "mlp_scale"))
+        return x, cache
+
+    def attention_probs(self, x, attention_mask=None):
+        """The attention probabilities of this block's attention for input `x` [batch, n_head, time, time]."""
+        return self.attn.attention_probs(x if self.norm_position == "post" else self.ln_1(x), attention_mask)
 
     def get_config(self):
         return {

@@ -12,7 +12,7 @@ import numpy as np
 from keras import ops
 
 from tf_gpt2.config import GPT2Config
-from tf_gpt2.layers import TransformerBlock, _unpack
+from tf_gpt2.layers import TransformerBlock
 
 
 def _known_values(x) -> np.ndarray | None:
@@ -109,11 +109,8 @@ class GPT2(keras.Model):
             )
 
     # -- the forward pass ------------------------------------------------------------------------
-    def _transformer(self, token_ids, attention_mask, position_ids, cache, cache_index, training, return_attention,
-                     logits_at=None, attention_bias=None):
-        if position_ids is None:
-            time = ops.shape(token_ids)[1]
-            position_ids = (ops.arange(time, dtype="int32") + ops.cast(cache_index, "int32"))[None, :]
+    def _embed(self, token_ids, position_ids, training=None):
+        """Token + position embeddings: the residual stream the blocks read and add to."""
         x = self.drop(self.wte(token_ids) + self.wpe(position_ids), training=training)
         # Compiled code (fit, XLA, SavedModel, LiteRT) cannot raise on values: an id or position outside
         # the tables would gather a clamped or wrapped row and answer as if it were another token. Such a
@@ -121,22 +118,7 @@ class GPT2(keras.Model):
         in_range = lambda t, n: ops.logical_and(t >= 0, t < n)  # noqa: E731
         valid = ops.logical_and(in_range(token_ids, self.config.vocab_size),
                                 in_range(position_ids, self.config.n_positions))
-        x = ops.where(valid[..., None], x, ops.cast(float("nan"), x.dtype))
-        new_cache, attention = [], []
-        for i, block in enumerate(self.h):
-            x, extras = _unpack(block(
-                x, attention_mask=attention_mask, cache=None if cache is None else cache[i],
-                cache_index=cache_index, attention_bias=attention_bias, training=training,
-                return_attention=return_attention,
-            ))
-            if cache is not None:
-                new_cache.append(extras[0])
-            if return_attention:
-                attention.append(extras[-1])
-        x = self.ln_f(x)
-        if logits_at is not None:  # only one position's logits are wanted: skip the head's other rows
-            x = ops.take(x, ops.cast(logits_at, "int32"), axis=1)
-        return self._lm_head(x), (new_cache if cache is not None else None), attention
+        return ops.where(valid[..., None], x, ops.cast(float("nan"), x.dtype))
 
     def _lm_head(self, x):
         """Tied LM head: the output projection reuses the token embedding matrix; float32 logits."""
@@ -152,10 +134,16 @@ class GPT2(keras.Model):
 
     def call(self, token_ids, attention_mask=None, position_ids=None, training=None, return_attention=False):
         self._check_token_ids(token_ids, self.config.n_positions)
-        logits, _, attention = self._transformer(
-            token_ids, attention_mask, position_ids, None, 0, training, return_attention
-        )
-        return (logits, attention) if return_attention else logits
+        if position_ids is None:
+            position_ids = ops.arange(ops.shape(token_ids)[1], dtype="int32")[None, :]
+        x = self._embed(token_ids, position_ids, training)
+        maps = []
+        for block in self.h:
+            if return_attention:
+                maps.append(block.attention_probs(x, attention_mask))
+            x, _ = block(x, attention_mask=attention_mask, training=training)
+        logits = self._lm_head(self.ln_f(x))
+        return (logits, maps) if return_attention else logits
 
     # -- the KV cache ----------------------------------------------------------------------------
     def init_cache(self, batch_size: int, max_length: int, dtype: str | None = None) -> list[dict]:
@@ -181,10 +169,18 @@ class GPT2(keras.Model):
         """
         max_length = cache[0]["key"].shape[2]
         self._check_token_ids(token_ids, max_length if max_length is not None else self.config.n_positions)
-        logits, cache, _ = self._transformer(
-            token_ids, attention_mask, position_ids, cache, cache_index, False, False, logits_at, attention_bias
-        )
-        return logits, cache
+        if position_ids is None:
+            position_ids = (ops.arange(ops.shape(token_ids)[1], dtype="int32") + ops.cast(cache_index, "int32"))[None]
+        x = self._embed(token_ids, position_ids)
+        new_cache = []
+        for block, layer_cache in zip(self.h, cache):
+            x, layer_cache = block(x, attention_mask=attention_mask, cache=layer_cache, cache_index=cache_index,
+                                   attention_bias=attention_bias)
+            new_cache.append(layer_cache)
+        x = self.ln_f(x)
+        if logits_at is not None:  # only one position's logits are wanted: skip the head's other rows
+            x = ops.take(x, ops.cast(logits_at, "int32"), axis=1)
+        return self._lm_head(x), new_cache
 
     # -- generation, checkpoints -----------------------------------------------------------------
     def generate(self, prompt, max_new_tokens: int = 32, **kwargs) -> Any:
@@ -199,7 +195,7 @@ class GPT2(keras.Model):
         (object or preset dir), or a `.keras` file. See `tf_gpt2.checkpoints`."""
         from tf_gpt2.checkpoints import load_pretrained
 
-        return load_pretrained(source, **config_overrides)
+        return load_pretrained(cls, source, **config_overrides)
 
     def save_pretrained(self, directory: str | os.PathLike) -> None:
         """Write a Hugging Face GPT-2 dir (config.json + model.safetensors)."""

@@ -409,8 +409,6 @@ def _train(cfg: TrainConfig) -> tuple[GPT2, dict[str, list[float]]]:
     train_data._check_block(cfg.block_size, cfg.batch_size)
     checkpoint = os.path.join(cfg.out, CHECKPOINT)
     identity = run_identity(cfg, data_dir)
-    if os.path.exists(checkpoint):
-        check_resume(cfg, identity)
     keras.utils.set_random_seed(cfg.seed)
     strategy = make_strategy(cfg.strategy)
     jit_compile = cfg.jit_compile
@@ -418,7 +416,9 @@ def _train(cfg: TrainConfig) -> tuple[GPT2, dict[str, list[float]]]:
         print("note: TensorFlow has no XLA collectives on CPU; this distributed run compiles without XLA")
         jit_compile = False
     with strategy.scope():
-        model = build_model(cfg, train_data.vocab_size)
+        model = build_model(cfg, train_data.vocab_size)  # bad settings fail here, before anything is written
+        if os.path.exists(checkpoint):
+            check_resume(cfg, identity)
         optimizer = make_optimizer(model, cfg)
         gradient_norm = GradientNorm(optimizer)
         model.compile(  # a mixed_float16 model gets Keras' loss scaling here

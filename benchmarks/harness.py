@@ -1,4 +1,4 @@
-"""Training and decode throughput of tf_gpt2 next to its peers (`tf-gpt2 bench`), each system in its own
+"""Training and decode throughput of tf_gpt2 next to its peers (`python benchmarks/bench.py`), each system in its own
 process, one after the other, so that no framework's threads slow another's. Peers: keras-hub's
 GPT2CausalLM (TF, XLA), Hugging Face transformers GPT-2 (torch eager and torch.compile), a nanoGPT-style
 torch model, and, for decoding, the LiteRT interpreter.
@@ -24,6 +24,8 @@ from typing import Callable, Iterable
 import numpy as np
 
 from tf_gpt2.config import GPT2Config
+
+HERE = os.path.dirname(os.path.abspath(__file__))  # the benchmarks folder: its modules import each other flat
 from tf_gpt2.model import GPT2
 
 
@@ -144,7 +146,7 @@ def _hf_model(cfg: GPT2Config):
 
 
 def _nanogpt(cfg: GPT2Config):
-    from tf_gpt2.torch_nanogpt import NanoGPT
+    from torch_nanogpt import NanoGPT
 
     return NanoGPT(cfg)
 
@@ -280,7 +282,8 @@ def measure(part: str, key: str, setup: dict) -> dict:
 
 def _in_own_process(code: str) -> dict:
     """Run `code` (it prints one JSON line) in a fresh Python: no framework's threads slow another's."""
-    run = subprocess.run([sys.executable, "-c", "import json, tf_gpt2.benchmark as b; " + code],
+    prelude = f"import sys; sys.path.insert(0, {HERE!r}); import json, harness as b; "
+    run = subprocess.run([sys.executable, "-c", prelude + code],
                          capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
     if run.returncode != 0:
         raise RuntimeError(f"benchmark process failed:\n{run.stderr[-3000:]}")

@@ -1,4 +1,4 @@
-"""A nanoGPT-style GPT-2 in plain torch: the peer that `tf-gpt2 bench` times next to tf_gpt2.
+"""A nanoGPT-style GPT-2 in plain torch: the peer that `benchmarks/bench.py` times next to tf_gpt2.
 
 Same architecture and numerics as karpathy/nanoGPT's model.py (fused QKV, PyTorch's fused causal
 scaled_dot_product_attention, GELU tanh, pre-LN, tied head); needs torch, which is not a core dependency.
