@@ -23,9 +23,10 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+from tf_gpt2.formats import QUANTIZATIONS  # noqa: E402  (imports nothing else)
+
 SMOKE = dict(preset="gpt2-tiny", prompt=8, new=16, caches=[64])
 FULL = dict(preset="gpt2", prompt=64, new=128, caches=[256, 1024])
-QUANTIZATIONS = ("fp32", "fp16", "int8")
 
 
 def _prompt(n: int) -> list[int]:

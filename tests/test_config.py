@@ -3,7 +3,7 @@ import pytest
 from tf_gpt2 import PRESETS, GPT2, GPT2Config
 
 
-def test_json_round_trip(tmp_path):
+def test_config_round_trips_through_json_and_a_file(tmp_path):
     cfg = GPT2Config.from_preset("gpt2-tiny", vocab_size=321, dropout=0.1, norm_position="post")
     assert GPT2Config.from_json(cfg.to_json()) == cfg
     cfg.save(tmp_path / "c.json")
@@ -41,7 +41,7 @@ def test_bad_config_is_rejected(kwargs, message):
         GPT2Config(**kwargs)
 
 
-def test_unknown_preset_and_fields():
+def test_unknown_presets_and_fields_are_named():
     with pytest.raises(ValueError, match="unknown preset 'gpt5'"):
         GPT2Config.from_preset("gpt5")
     with pytest.raises(ValueError, match="unknown GPT2Config fields: \\['n_ctxx'\\]"):

@@ -89,7 +89,7 @@ def test_corrupt_or_missing_shards(corpus, tmp_path):
         shards.dataset(block_size=8, batch_size=0)
 
 
-def test_prepare_cli(corpus, tmp_path, capsys):
+def test_prepare_cli_writes_a_manifest_and_reports_the_splits(corpus, tmp_path, capsys):
     assert cli_main(["prepare", str(corpus / "a.txt"), "--out", str(tmp_path / "p"), "--vocab", "char"]) == 0
     assert "train:" in capsys.readouterr().out
     assert os.path.exists(tmp_path / "p" / "manifest.json")

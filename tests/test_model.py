@@ -61,7 +61,7 @@ def test_left_padding_with_mask_and_positions_matches_unpadded(model):
     np.testing.assert_allclose(out[:, 3:], np.asarray(model(ids)), atol=1e-5)
 
 
-def test_attention_maps(model):
+def test_attention_maps_hold_one_normalised_map_per_layer(model):
     logits, maps = model(np.array([[1, 2, 3, 4]]), return_attention=True)
     assert len(maps) == 2 and tuple(maps[0].shape) == (1, 3, 4, 4)
     np.testing.assert_allclose(np.asarray(maps[1]).sum(-1), 1.0, atol=1e-5)
@@ -93,7 +93,7 @@ def test_bad_token_ids_give_clear_errors(model, ids, error, message):
         model(ids)
 
 
-def test_bad_config_argument():
+def test_a_config_of_the_wrong_type_is_refused():
     with pytest.raises(TypeError, match="GPT2Config or a dict"):
         GPT2("gpt2")
 

@@ -56,18 +56,18 @@ def test_ids_match_tiktoken_gpt2_and_round_trip(tok, reference, text):
     assert tok.decode(ids) == text
 
 
-def test_known_ids(tok):
+def test_known_ids_of_gpt2_and_the_end_of_text_token(tok):
     assert tok.encode("Hello world") == [15496, 995]
     assert tok.encode("<|endoftext|>") == [50256]
     assert tok.vocab_size == 50257 and tok.eot_id == 50256
 
 
-def test_batch(tok):
+def test_batch_encoding_equals_encoding_one_by_one(tok):
     assert tok.encode_batch(SAMPLES) == [tok.encode(s) for s in SAMPLES]
     assert tok.decode_batch(tok.encode_batch(SAMPLES)) == SAMPLES
 
 
-def test_in_graph_tokenizer_matches(tok):
+def test_in_graph_tokenizer_gives_the_same_ids(tok):
     import tensorflow as tf
 
     layer = tok.tf_layer()
@@ -78,7 +78,7 @@ def test_in_graph_tokenizer_matches(tok):
     assert np.asarray(dense).tolist() == [[15496, 995, 0, 0, 0, 0, 0, 0]]
 
 
-def test_bad_inputs(tok):
+def test_bytes_and_out_of_range_ids_are_refused(tok):
     with pytest.raises(TypeError, match="expects a str"):
         tok.encode(b"bytes")
     with pytest.raises(ValueError, match="must be in \\[0, 50257\\)"):

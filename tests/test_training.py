@@ -85,7 +85,7 @@ def test_mixed_precision_gives_finite_loss(char_data, tmp_path, precision):
     assert all(np.isfinite(history["loss"])) and history["loss"][-1] < history["loss"][0]
 
 
-def test_grad_accumulation_steps_per_execution_and_no_xla(char_data, tmp_path):
+def test_grad_accumulation_several_steps_per_call_and_no_xla_train_finitely(char_data, tmp_path):
     _, history = train(config(tmp_path, char_data, grad_accum=2, steps_per_execution=5, jit_compile=False))
     assert all(np.isfinite(history["loss"]))
 

@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 import traceback
 from typing import Sequence
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's start-up chatter out of the output
+
+from tf_gpt2.config import PRESETS  # noqa: E402
+from tf_gpt2.data import VOCABS  # noqa: E402
+from tf_gpt2.evaluation import DETOKENIZERS  # noqa: E402
+from tf_gpt2.formats import FORMATS, QUANTIZATIONS  # noqa: E402
+from tf_gpt2.training import PRECISIONS, STRATEGIES, TrainConfig  # noqa: E402
 
 
 def _load_model(args: argparse.Namespace):
@@ -24,7 +31,8 @@ def _load_model(args: argparse.Namespace):
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """Train a small character-level GPT on the embedded Shakespeare, then let it write."""
-    from tf_gpt2.training import TrainConfig, codec, train
+    from tf_gpt2.data import TokenShards, codec
+    from tf_gpt2.training import train
 
     cfg = TrainConfig(
         out=args.out, vocab="char", preset="gpt2-tiny", model=dict(n_layer=4, n_head=4, n_embd=128, n_positions=256),
@@ -33,8 +41,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
         sample_tokens=0,
     )
     model, _ = train(cfg)
-    from tf_gpt2.data import TokenShards
-
     encode, decode = codec(TokenShards(f"{cfg.out}/data", "train").manifest)
     prompt = encode(args.prompt)
     new = model.generate(prompt, max_new_tokens=args.max_new_tokens, temperature=0.8, top_k=20, seed=0)
@@ -52,23 +58,62 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
+# `tf-gpt2 train` flags: one per TrainConfig field, with its default and type taken from TrainConfig.
+TRAIN_FLAGS = {
+    "data": "prepared dir, or text file/folder/glob (default: embedded Shakespeare)",
+    "vocab": "tokenization of raw --data",
+    "preset": "model size when not --init-from",
+    "init_from": "fine-tune from a checkpoint (HF dir, OpenAI dir, keras-hub preset, .keras)",
+    "steps": "optimizer steps in all",
+    "batch_size": "sequences per micro-batch (global, across replicas)",
+    "block_size": "tokens per sequence",
+    "learning_rate": "peak learning rate after warmup",
+    "min_learning_rate": "learning rate at the end of the cosine (default: --learning-rate / 10)",
+    "warmup_steps": "linear warmup steps",
+    "weight_decay": "AdamW decay on weights of rank >= 2",
+    "grad_clip": "global gradient-norm clip (0: off)",
+    "grad_accum": "micro-batches of --batch-size accumulated per optimizer step (--steps counts steps)",
+    "eval_interval": "steps between validation/checkpoint/sample",
+    "eval_batches": "validation batches per evaluation",
+    "seed": "seed of init, dropout and data order",
+    "precision": "Keras dtype policy (mixed_float16 adds loss scaling)",
+    "steps_per_execution": "micro-batches per compiled call",
+    "lora_rank": "fine-tune only LoRA adapters of this rank (0: off)",
+    "strategy": "tf.distribute strategy (default: none)",
+    "sample_prompt": "prompt of the samples printed after each round",
+    "sample_tokens": "length of those samples (0: none)",
+    "resume_with_changes": "resume the run in --out even though its settings or data changed",
+}
+MODEL_OVERRIDES = {"n_layer": (int, "layers"), "n_head": (int, "attention heads"), "n_embd": (int, "width"),
+                   "n_positions": (int, "context length"), "dropout": (float, "dropout rate"),
+                   "vocab_multiple": (int, "token-embedding rounding (64: 50257 -> 50304 rows)")}
+
+
+def _add_train_flags(parser: argparse.ArgumentParser) -> None:
+    choices = {"vocab": VOCABS, "preset": sorted(PRESETS), "precision": PRECISIONS, "strategy": STRATEGIES[1:]}
+    types = {"min_learning_rate": float}  # fields whose default is None
+    for field in dataclasses.fields(TrainConfig):
+        if field.name not in TRAIN_FLAGS:
+            continue
+        flag, default = "--" + field.name.replace("_", "-"), field.default
+        if isinstance(default, bool):
+            parser.add_argument(flag, action="store_true", help=TRAIN_FLAGS[field.name])
+        else:
+            kind = types.get(field.name, str if default is None else type(default))
+            parser.add_argument(flag, type=kind, default=default, choices=choices.get(field.name),
+                                help=TRAIN_FLAGS[field.name])
+    for name, (kind, text) in MODEL_OVERRIDES.items():
+        parser.add_argument("--" + name.replace("_", "-"), type=kind, help=f"override the preset's {text}")
+    parser.add_argument("--no-xla", action="store_true", help="do not compile the train step with XLA")
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from tf_gpt2.files import save_keras
-    from tf_gpt2.training import TrainConfig, train
+    from tf_gpt2.training import train
 
-    overrides = {k: getattr(args, k) for k in ("n_layer", "n_head", "n_embd", "n_positions", "dropout", "vocab_multiple")
-                 if getattr(args, k) is not None}
-    cfg = TrainConfig(
-        out=args.out, data=args.data, vocab=args.vocab, preset=args.preset, model=overrides,
-        init_from=args.init_from, steps=args.steps, batch_size=args.batch_size, block_size=args.block_size,
-        learning_rate=args.learning_rate, min_learning_rate=args.min_learning_rate,
-        warmup_steps=args.warmup_steps, weight_decay=args.weight_decay, grad_clip=args.grad_clip,
-        grad_accum=args.grad_accum, eval_interval=args.eval_interval, eval_batches=args.eval_batches,
-        seed=args.seed, precision=args.precision, jit_compile=not args.no_xla,
-        steps_per_execution=args.steps_per_execution, lora_rank=args.lora_rank, strategy=args.strategy,
-        sample_prompt=args.sample_prompt, sample_tokens=args.sample_tokens,
-        resume_with_changes=args.resume_with_changes,
-    )
+    overrides = {k: getattr(args, k) for k in MODEL_OVERRIDES if getattr(args, k) is not None}
+    cfg = TrainConfig(out=args.out, model=overrides, jit_compile=not args.no_xla,
+                      **{name: getattr(args, name) for name in TRAIN_FLAGS})
     model, _ = train(cfg)
     save_keras(model, os.path.join(args.out, "model.keras"))
     print(f"saved {os.path.join(args.out, 'model.keras')}")
@@ -117,10 +162,8 @@ def _int_list(text: str) -> list[int]:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from tf_gpt2.export import FORMATS, export_saved_model
+    from tf_gpt2.export import export_saved_model
 
-    if args.format not in FORMATS:
-        raise ValueError(f"unknown export format {args.format!r}; choose one of {FORMATS}")
     if args.format == "saved_model":
         model = _load_model(args)
         out = args.out or os.path.join("saved_models", "gpt2")
@@ -129,7 +172,6 @@ def cmd_export(args: argparse.Namespace) -> int:
         from tf_gpt2 import litert
 
         export = litert.export_litert if args.format == "tflite" else litert.export_litertlm
-        litert.check_quantization(args.quantize)  # before loading the model
         path = export(_load_model(args), args.out or os.path.join("saved_models", f"gpt2.{args.format}"),
                       cache_length=args.cache_length, prefill_lengths=args.prefill_lengths, quantize=args.quantize)
     print(f"wrote {path}")
@@ -162,7 +204,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def _model_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", help="checkpoint to load: HF dir, OpenAI TF dir, keras-hub preset dir or .keras file")
-    parser.add_argument("--random-init", metavar="PRESET",
+    parser.add_argument("--random-init", metavar="PRESET", choices=sorted(PRESETS),
                         help="use an untrained model of this preset instead of --model (for trying the pipeline)")
 
 
@@ -181,44 +223,12 @@ def build_parser() -> argparse.ArgumentParser:
     prep.add_argument("inputs", nargs="*", help="text files, folders or globs (.txt or .txt.gz); default: the embedded corpus")
     prep.add_argument("--out", required=True, help="output directory")
     prep.add_argument("--val-fraction", type=float, default=0.1, help="last fraction of the text kept for validation")
-    prep.add_argument("--vocab", default="gpt2", choices=["gpt2", "char"], help="GPT-2 BPE or characters")
+    prep.add_argument("--vocab", default=VOCABS[0], choices=VOCABS, help="GPT-2 BPE or characters")
     prep.set_defaults(run=cmd_prepare)
 
     tr = sub.add_parser("train", help="train or fine-tune with model.fit; rerun the same command to resume")
-    tr.add_argument("--data", help="prepared dir, or text file/folder/glob (default: embedded Shakespeare)")
     tr.add_argument("--out", required=True, help="run directory: checkpoint, logs, model.keras")
-    tr.add_argument("--vocab", default="gpt2", choices=["gpt2", "char"], help="tokenization of raw --data")
-    tr.add_argument("--preset", default="gpt2-mini", help="model size when not --init-from")
-    for flag, kind, text in (("--n-layer", int, "layers"), ("--n-head", int, "attention heads"),
-                             ("--n-embd", int, "width"), ("--n-positions", int, "context length"),
-                             ("--dropout", float, "dropout rate"),
-                             ("--vocab-multiple", int, "token-embedding rounding (64: 50257 -> 50304 rows)")):
-        tr.add_argument(flag, type=kind, help=f"override the preset's {text}")
-    tr.add_argument("--init-from", help="fine-tune from a checkpoint (HF dir, OpenAI dir, keras-hub preset, .keras)")
-    tr.add_argument("--steps", type=int, default=1000, help="optimizer steps in all")
-    tr.add_argument("--batch-size", type=int, default=8, help="sequences per step (global, across replicas)")
-    tr.add_argument("--block-size", type=int, default=256, help="tokens per sequence")
-    tr.add_argument("--learning-rate", type=float, default=6e-4, help="peak learning rate after warmup")
-    tr.add_argument("--min-learning-rate", type=float, help="learning rate at the end of the cosine "
-                    "(default: --learning-rate / 10)")
-    tr.add_argument("--warmup-steps", type=int, default=100, help="linear warmup steps")
-    tr.add_argument("--weight-decay", type=float, default=0.1, help="AdamW decay on weights of rank >= 2")
-    tr.add_argument("--grad-clip", type=float, default=1.0, help="global gradient-norm clip (0: off)")
-    tr.add_argument("--grad-accum", type=int, default=1,
-                    help="micro-batches of --batch-size accumulated per optimizer step (--steps counts steps)")
-    tr.add_argument("--eval-interval", type=int, default=100, help="steps between validation/checkpoint/sample")
-    tr.add_argument("--eval-batches", type=int, default=20, help="validation batches per evaluation")
-    tr.add_argument("--seed", type=int, default=0, help="seed of init, dropout and data order")
-    tr.add_argument("--precision", default="float32", choices=["float32", "mixed_bfloat16", "mixed_float16"],
-                    help="Keras dtype policy (mixed_float16 adds loss scaling)")
-    tr.add_argument("--no-xla", action="store_true", help="do not compile the train step with XLA")
-    tr.add_argument("--steps-per-execution", type=int, default=1, help="steps per compiled call")
-    tr.add_argument("--lora-rank", type=int, default=0, help="fine-tune only LoRA adapters of this rank")
-    tr.add_argument("--strategy", choices=["mirrored", "multiworker", "tpu"], help="tf.distribute strategy")
-    tr.add_argument("--sample-prompt", default="\n", help="prompt of the samples printed after each round")
-    tr.add_argument("--sample-tokens", type=int, default=64, help="length of those samples (0: none)")
-    tr.add_argument("--resume-with-changes", action="store_true",
-                    help="resume the run in --out even though its settings or data changed")
+    _add_train_flags(tr)
     tr.set_defaults(run=cmd_train)
 
     gen = sub.add_parser("generate", help="continue a prompt, printing tokens as they come")
@@ -239,7 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     export = sub.add_parser("export", help="export for TF Serving (SavedModel) or phones (LiteRT-LM / LiteRT)")
     _model_flags(export)
-    export.add_argument("--format", default="saved_model",
+    export.add_argument("--format", default=FORMATS[0], choices=FORMATS,
                         help="saved_model (TF Serving), litertlm (LiteRT-LM package) or tflite (its model alone)")
     export.add_argument("--out", help="SavedModel base dir (a numbered version is added), or .litertlm/.tflite path")
     export.add_argument("--version", type=int, help="SavedModel version (default: next free number)")
@@ -247,7 +257,8 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--cache-length", type=int, help="on-device: KV-cache positions (default n_positions)")
     export.add_argument("--prefill-lengths", type=_int_list,
                         help="on-device: comma-separated prefill chunk lengths (default 8,32,128 where they fit)")
-    export.add_argument("--quantize", default="fp32", help="on-device: fp32, fp16 or int8 (dynamic range)")
+    export.add_argument("--quantize", default=QUANTIZATIONS[0], choices=QUANTIZATIONS,
+                        help="on-device weights (int8: dynamic range)")
     export.set_defaults(run=cmd_export)
 
     ev = sub.add_parser("eval", help="perplexity and bits/byte on a text file (GPT-2 paper protocol)")
@@ -256,7 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--context", type=int, help="tokens each prediction sees at most (default n_positions)")
     ev.add_argument("--stride", type=int, help="window step (default context // 2)")
     ev.add_argument("--batch-size", type=int, default=8, help="windows per forward pass")
-    ev.add_argument("--detokenize", default="none", choices=["none", "wikitext"],
+    ev.add_argument("--detokenize", default="none", choices=sorted(DETOKENIZERS),
                     help="undo WikiText tokenization before scoring, as in the GPT-2 paper")
     ev.add_argument("--json", action="store_true", help="print one JSON line")
     ev.set_defaults(run=cmd_eval)

@@ -17,13 +17,14 @@ import os
 import re
 import secrets
 import zlib
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
 from tf_gpt2.files import atomic_write, exclusive
 
 MANIFEST = "manifest.json"
+VOCABS = ("gpt2", "char")  # GPT-2 BPE, or the characters of the text
 SHARD_TOKENS = 50_000_000  # 100 MB of uint16 per shard
 CHUNK_BYTES = 1 << 20
 
@@ -141,6 +142,29 @@ def _remove_unlisted_shards(out_dir: str, old_manifest: dict | None, manifest: d
             os.remove(os.path.join(out_dir, name))
 
 
+def char_codec(chars: Sequence[str]) -> tuple[Callable[[str], list[int]], Callable[[Sequence[int]], str]]:
+    """(encode, decode) for a character vocabulary; a character outside it is an error, not dropped."""
+    index = {c: i for i, c in enumerate(chars)}
+
+    def encode(text: str) -> list[int]:
+        unknown = sorted(set(text) - index.keys())
+        if unknown:
+            raise ValueError(f"characters {''.join(unknown)!r} are not in the model's vocabulary of {len(chars)}")
+        return [index[c] for c in text]
+
+    return encode, lambda ids: "".join(chars[i] for i in ids)
+
+
+def codec(manifest: dict) -> tuple[Callable[[str], list[int]], Callable[[Sequence[int]], str]]:
+    """(encode, decode) for the vocabulary a prepared dataset was written with."""
+    if manifest["vocab"] == "char":
+        return char_codec(manifest["chars"])
+    from tf_gpt2.tokenizer import GPT2Tokenizer
+
+    tok = GPT2Tokenizer()
+    return tok.encode, tok.decode
+
+
 def char_vocabulary(files: Sequence[str]) -> list[str]:
     chars: set[str] = set()
     for path in files:
@@ -156,8 +180,8 @@ def prepare(inputs: str | Sequence[str], out_dir: str, val_fraction: float = 0.1
     Documents (files) are separated by `<|endoftext|>` with the GPT-2 vocabulary. A dataset already in
     `out_dir` stays intact until the new one is complete: the manifest is replaced last, in one rename.
     """
-    if vocab not in ("gpt2", "char"):
-        raise ValueError(f"vocab must be 'gpt2' or 'char', got {vocab!r}")
+    if vocab not in VOCABS:
+        raise ValueError(f"vocab must be one of {VOCABS}, got {vocab!r}")
     if not 0.0 <= val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
     files = resolve_inputs(inputs)
@@ -171,8 +195,7 @@ def prepare(inputs: str | Sequence[str], out_dir: str, val_fraction: float = 0.1
         encode, separator, vocab_size, chars = tok.encode, [tok.eot_id], tok.vocab_size, None
     else:
         chars = char_vocabulary(files)
-        index = {c: i for i, c in enumerate(chars)}
-        encode, separator, vocab_size = (lambda s: [index[c] for c in s]), [], len(chars)
+        encode, separator, vocab_size = char_codec(chars)[0], [], len(chars)
     if vocab_size > 65536:
         raise ValueError(f"a vocabulary of {vocab_size} does not fit uint16 shards")
 

@@ -22,9 +22,6 @@ from tf_gpt2.generation import Prompt, Sampling, generate_loop, pad_id, position
 from tf_gpt2.model import GPT2
 from tf_gpt2.tokenizer import EOT_ID, GPT2Tokenizer
 
-FORMATS = ("saved_model", "tflite", "litertlm")
-
-
 def _left_align(ids, mask):
     """Move each row's tokens to the right end (left padding), as generation expects."""
     width = tf.shape(ids)[1]

@@ -236,8 +236,9 @@ class _Request(NamedTuple):
     tokenizer: Any
 
 
-def _prepare(model, prompt, max_new_tokens, temperature, top_k, top_p, repetition_penalty, stop_ids, seed,
-             tokenizer) -> _Request:
+def _prepare(model, prompt: Any, max_new_tokens: int = 32, temperature: float = 0.0, top_k: int = 0,
+             top_p: float = 1.0, repetition_penalty: float = 1.0, stop_ids: Sequence[int] | None = None,
+             seed: int = 0, tokenizer=None) -> _Request:
     """Check every argument and build the left-padded prompt batch the compiled code takes."""
     cfg = model.config
     has_text = isinstance(prompt, str) or (isinstance(prompt, (list, tuple)) and any(isinstance(p, str) for p in prompt))
@@ -326,24 +327,13 @@ def generate(
     return texts[0] if request.form == "text" else texts
 
 
-def stream(
-    model,
-    prompt: Any,
-    max_new_tokens: int = 32,
-    temperature: float = 0.0,
-    top_k: int = 0,
-    top_p: float = 1.0,
-    repetition_penalty: float = 1.0,
-    stop_ids: Sequence[int] | None = None,
-    seed: int = 0,
-    tokenizer=None,
-) -> Iterator[int]:
-    """Yield the new token ids of one prompt as they are chosen (same tokens as `generate`).
+def stream(model, prompt: Any, max_new_tokens: int = 32, **settings: Any) -> Iterator[int]:
+    """Yield the new token ids of one prompt as they are chosen (same tokens as `generate`, which
+    documents the `settings`: temperature, top_k, top_p, repetition_penalty, stop_ids, seed, tokenizer).
 
     Prefill and each decode step are compiled once per shape bucket; Python only loops.
     """
-    request = _prepare(model, prompt, max_new_tokens, temperature, top_k, top_p, repetition_penalty, stop_ids,
-                       seed, tokenizer)
+    request = _prepare(model, prompt, max_new_tokens, **settings)
     if len(request.prompt.ids) != 1:
         raise ValueError("stream takes a single prompt")
     state = compiled(model, prefill)(request.prompt, request.new_slots)

@@ -23,7 +23,7 @@ ACTIVATIONS = {
 
 def _dense(units: int, stddev: float, name: str, dtype) -> keras.layers.Dense:
     return keras.layers.Dense(
-        units,
+        units=units,
         kernel_initializer=keras.initializers.RandomNormal(stddev=stddev),
         bias_initializer="zeros",
         name=name,
@@ -115,8 +115,9 @@ class CausalSelfAttention(keras.layers.Layer):
         self.output_initializer_range = output_initializer_range
         # Sublayers do not inherit a dtype policy: pass ours, or a mixed model runs them in float32.
         policy = self.dtype_policy
-        self.c_attn = _dense(3 * n_embd, initializer_range, "c_attn", policy)
-        self.c_proj = _dense(n_embd, output_initializer_range or initializer_range, "c_proj", policy)
+        self.c_attn = _dense(units=3 * n_embd, stddev=initializer_range, name="c_attn", dtype=policy)
+        self.c_proj = _dense(units=n_embd, stddev=output_initializer_range or initializer_range, name="c_proj",
+                             dtype=policy)
         self.attn_dropout = keras.layers.Dropout(dropout, dtype=policy)
         self.resid_dropout = keras.layers.Dropout(dropout, dtype=policy)
 
@@ -207,8 +208,9 @@ class MLP(keras.layers.Layer):
         self.initializer_range = initializer_range
         self.output_initializer_range = output_initializer_range
         policy = self.dtype_policy
-        self.c_fc = _dense(4 * n_embd, initializer_range, "c_fc", policy)
-        self.c_proj = _dense(n_embd, output_initializer_range or initializer_range, "c_proj", policy)
+        self.c_fc = _dense(units=4 * n_embd, stddev=initializer_range, name="c_fc", dtype=policy)
+        self.c_proj = _dense(units=n_embd, stddev=output_initializer_range or initializer_range, name="c_proj",
+                             dtype=policy)
         self.resid_dropout = keras.layers.Dropout(dropout, dtype=policy)
 
     def build(self, input_shape):
@@ -280,10 +282,12 @@ class TransformerBlock(keras.layers.Layer):
         policy = self.dtype_policy
         self.ln_1 = keras.layers.LayerNormalization(epsilon=layer_norm_epsilon, name="ln_1", dtype=policy)
         self.attn = CausalSelfAttention(
-            n_embd, n_head, dropout, initializer_range, residual_std, name="attn", dtype=policy
+            n_embd=n_embd, n_head=n_head, dropout=dropout, initializer_range=initializer_range,
+            output_initializer_range=residual_std, name="attn", dtype=policy,
         )
         self.ln_2 = keras.layers.LayerNormalization(epsilon=layer_norm_epsilon, name="ln_2", dtype=policy)
-        self.mlp = MLP(n_embd, activation, dropout, initializer_range, residual_std, name="mlp", dtype=policy)
+        self.mlp = MLP(n_embd=n_embd, activation=activation, dropout=dropout, initializer_range=initializer_range,
+                       output_initializer_range=residual_std, name="mlp", dtype=policy)
 
     def build(self, input_shape):
         for layer in (self.ln_1, self.attn, self.ln_2, self.mlp):

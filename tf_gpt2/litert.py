@@ -26,10 +26,10 @@ import numpy as np
 import tensorflow as tf
 
 from tf_gpt2.files import atomic_write
+from tf_gpt2.formats import QUANTIZATIONS
 from tf_gpt2.model import GPT2
 from tf_gpt2.tokenizer import EOT_ID, VOCAB_SIZE, hf_tokenizer_json
 
-QUANTIZATIONS = ("fp32", "fp16", "int8")
 # What LiteRT-LM writes into `mask` for a hidden key (finite: -inf would turn a fully masked row into NaN).
 MASKED = float(-0.7 * np.finfo(np.float32).max)
 

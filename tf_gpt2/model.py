@@ -67,9 +67,10 @@ class GPT2(keras.Model):
         self.drop = keras.layers.Dropout(cfg.dropout, dtype=policy)
         self.h = [
             TransformerBlock(
-                cfg.n_embd, cfg.n_head, cfg.n_layer, cfg.dropout, cfg.activation,
-                cfg.layer_norm_epsilon, cfg.initializer_range, cfg.norm_position,
-                cfg.learned_residual_scale, name=f"h_{i}", dtype=policy,
+                n_embd=cfg.n_embd, n_head=cfg.n_head, n_layer=cfg.n_layer, dropout=cfg.dropout,
+                activation=cfg.activation, layer_norm_epsilon=cfg.layer_norm_epsilon,
+                initializer_range=cfg.initializer_range, norm_position=cfg.norm_position,
+                learned_residual_scale=cfg.learned_residual_scale, name=f"h_{i}", dtype=policy,
             )
             for i in range(cfg.n_layer)
         ]

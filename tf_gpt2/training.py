@@ -22,7 +22,7 @@ import keras
 import numpy as np
 
 from tf_gpt2.config import GPT2Config
-from tf_gpt2.data import MANIFEST, TokenShards, embedded_corpus, prepare
+from tf_gpt2.data import MANIFEST, TokenShards, codec, embedded_corpus, prepare
 from tf_gpt2.files import atomic_write, exclusive
 from tf_gpt2.model import GPT2
 
@@ -202,34 +202,39 @@ class Throughput(keras.callbacks.Callback):
         self.start, self.last_batch = now, batch
 
 
-class GradientNorm(keras.callbacks.Callback):
-    """Logs `grad_norm`, the global norm of each update's gradient before clipping, and does the optimizer's
-    global-norm clipping with that same norm.
+def clip_by_global_norm(optimizer: keras.optimizers.Optimizer, clip_norm: float | None):
+    """Make `optimizer` clip each update's gradient by its global norm, measured on the gradient summed over
+    replicas (after accumulation), and return the variable that records that norm before clipping.
 
-    Under several replicas the norm is that of the gradient summed over replicas: Keras would clip each
-    replica's partial gradient by its own norm (base_optimizer.apply -> _clip_gradients, before the sum in
-    _backend_update_step), so the sum could exceed the clip norm.
+    Keras clips inside `_clip_gradients`, on each replica's partial gradient (before the sum in
+    `_backend_update_step`), so a multi-replica sum could exceed the clip norm; it has no public hook
+    that runs after accumulation and across replicas, so this replaces that one method.
     """
+    import tensorflow as tf
 
-    def __init__(self, optimizer: keras.optimizers.Optimizer):
+    norm = tf.Variable(0.0, trainable=False, synchronization=tf.VariableSynchronization.ON_WRITE,
+                       aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+
+    def measure_then_clip(grads):
+        context = tf.distribute.get_replica_context()
+        replicas = 1 if context is None else context.num_replicas_in_sync
+        total = tf.linalg.global_norm(grads if replicas == 1 else context.all_reduce("SUM", grads))
+        norm.assign(tf.cast(total, tf.float32))
+        if not clip_norm:
+            return grads
+        scale = clip_norm / tf.maximum(total, clip_norm)  # the factor tf.clip_by_global_norm applies
+        return [g * tf.cast(scale, g.dtype) for g in grads]
+
+    optimizer._clip_gradients = measure_then_clip
+    return norm
+
+
+class LogGradientNorm(keras.callbacks.Callback):
+    """Adds `grad_norm` (the global norm of the last update's gradient, before clipping) to the logs."""
+
+    def __init__(self, norm):
         super().__init__()
-        import tensorflow as tf
-
-        self.norm = tf.Variable(0.0, trainable=False, synchronization=tf.VariableSynchronization.ON_WRITE,
-                                aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
-        clipnorm, keras_clip = optimizer.global_clipnorm, optimizer._clip_gradients
-
-        def measure_then_clip(grads):
-            context = tf.distribute.get_replica_context()
-            replicas = 1 if context is None else context.num_replicas_in_sync
-            norm = tf.linalg.global_norm(grads if replicas == 1 else context.all_reduce("SUM", grads))
-            self.norm.assign(tf.cast(norm, tf.float32))
-            if not clipnorm:
-                return keras_clip(grads)
-            scale = clipnorm / tf.maximum(norm, clipnorm)  # the factor tf.clip_by_global_norm applies
-            return [g * tf.cast(scale, g.dtype) for g in grads]
-
-        optimizer._clip_gradients = measure_then_clip
+        self.norm = norm
 
     def on_train_batch_end(self, batch, logs=None):
         if logs is not None:
@@ -252,59 +257,57 @@ class StopOnNaN(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
-class RoundEnd(keras.callbacks.Callback):
-    """After each round: perplexity and learning rate into the logs, an atomic checkpoint
-    (unless the loss went bad), and a greedy text sample to the console and TensorBoard."""
-
-    def __init__(self, cfg: TrainConfig, nan_guard: StopOnNaN, decode=None):
-        super().__init__()
-        self.cfg, self.nan_guard, self.decode = cfg, nan_guard, decode
-        self.path = os.path.join(cfg.out, CHECKPOINT)
-        self.writer = None
-        if cfg.tensorboard and decode is not None:
-            import tensorflow as tf
-
-            self.writer = tf.summary.create_file_writer(os.path.join(cfg.out, "logs", "samples"))
+class RoundMetrics(keras.callbacks.Callback):
+    """After each round: validation perplexity and the learning rate into the logs (progress bar, TensorBoard)."""
 
     def on_epoch_end(self, epoch, logs=None):
-        logs = logs if logs is not None else {}
-        step = (epoch + 1) * self.cfg.eval_interval
+        if logs is None:
+            return
         if "val_loss" in logs:
             logs["val_perplexity"] = math.exp(min(float(logs["val_loss"]), 50.0))
         logs["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
-        if self.nan_guard.bad_loss is None and math.isfinite(float(logs.get("loss", 0.0))):
-            save_checkpoint(self.model, self.path, step)
-        if self.decode is not None and self.cfg.sample_tokens:
-            text = self.sample()
-            if self.cfg.verbose:
-                print(f"\n--- sample at step {step} ---\n{text}\n---")
-            if self.writer is not None:
-                import tensorflow as tf
 
-                with self.writer.as_default():
-                    tf.summary.text("sample", text, step=step)
 
-    def sample(self) -> str:
-        encode, decode = self.decode
-        ids = encode(self.cfg.sample_prompt) or [0]
-        ids = ids[-(self.model.config.n_positions - self.cfg.sample_tokens):]
-        new = self.model.generate(ids, max_new_tokens=self.cfg.sample_tokens, stop_ids=[])
-        return decode(ids + new)
+class SaveCheckpoint(keras.callbacks.Callback):
+    """After each round: model + optimizer state to `path`, atomically, unless the loss went bad."""
+
+    def __init__(self, path: str, steps_per_round: int, nan_guard: StopOnNaN):
+        super().__init__()
+        self.path, self.steps_per_round, self.nan_guard = path, steps_per_round, nan_guard
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.nan_guard.bad_loss is None and math.isfinite(float((logs or {}).get("loss", 0.0))):
+            save_checkpoint(self.model, self.path, (epoch + 1) * self.steps_per_round)
+
+
+class TextSample(keras.callbacks.Callback):
+    """After each round: a greedy continuation of `prompt` to the console and to TensorBoard (`log_dir`)."""
+
+    def __init__(self, prompt_ids: list[int], tokens: int, decode, steps_per_round: int,
+                 log_dir: str | None = None, verbose: int = 1):
+        super().__init__()
+        self.prompt_ids, self.tokens, self.decode = prompt_ids, tokens, decode
+        self.steps_per_round, self.verbose = steps_per_round, verbose
+        self.writer = None
+        if log_dir:
+            import tensorflow as tf
+
+            self.writer = tf.summary.create_file_writer(log_dir)
+
+    def on_epoch_end(self, epoch, logs=None):
+        step = (epoch + 1) * self.steps_per_round
+        ids = self.prompt_ids[-(self.model.config.n_positions - self.tokens):]
+        text = self.decode(ids + self.model.generate(ids, max_new_tokens=self.tokens, stop_ids=[]))
+        if self.verbose:
+            print(f"\n--- sample at step {step} ---\n{text}\n---")
+        if self.writer is not None:
+            import tensorflow as tf
+
+            with self.writer.as_default():
+                tf.summary.text("sample", text, step=step)
 
 
 # -- the run ------------------------------------------------------------------------------------
-def codec(manifest: dict):
-    """(encode, decode) for the vocabulary a prepared dataset was written with."""
-    if manifest["vocab"] == "char":
-        chars = manifest["chars"]
-        index = {c: i for i, c in enumerate(chars)}
-        return (lambda s: [index[c] for c in s if c in index]), (lambda ids: "".join(chars[i] for i in ids))
-    from tf_gpt2.tokenizer import GPT2Tokenizer
-
-    tok = GPT2Tokenizer()
-    return tok.encode, tok.decode
-
-
 def prepared_data(cfg: TrainConfig) -> str:
     """The directory of token shards for this run, tokenizing raw text first if needed."""
     if cfg.data and os.path.exists(os.path.join(cfg.data, MANIFEST)):
@@ -420,7 +423,7 @@ def _train(cfg: TrainConfig) -> tuple[GPT2, dict[str, list[float]]]:
         if os.path.exists(checkpoint):
             check_resume(cfg, identity)
         optimizer = make_optimizer(model, cfg)
-        gradient_norm = GradientNorm(optimizer)
+        gradient_norm = clip_by_global_norm(optimizer, cfg.grad_clip)
         model.compile(  # a mixed_float16 model gets Keras' loss scaling here
             optimizer=optimizer,
             loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
@@ -446,11 +449,17 @@ def _train(cfg: TrainConfig) -> tuple[GPT2, dict[str, list[float]]]:
         val_ds = val_data.dataset(cfg.block_size, cfg.batch_size, cfg.seed + 1, steps=cfg.eval_batches)
         val_ds = val_ds.with_options(options)
     nan_guard = StopOnNaN()
-    single_process = cfg.strategy is None
-    callbacks = [
-        Throughput(cfg.batch_size * cfg.block_size), gradient_norm, nan_guard,
-        RoundEnd(cfg, nan_guard, codec(train_data.manifest) if single_process else None),
-    ]
+    callbacks = [Throughput(cfg.batch_size * cfg.block_size), LogGradientNorm(gradient_norm), nan_guard,
+                 RoundMetrics(), SaveCheckpoint(checkpoint, cfg.eval_interval, nan_guard)]
+    if cfg.sample_tokens and cfg.strategy is None:  # a sample is one process's work
+        encode, decode = codec(train_data.manifest)
+        try:
+            prompt_ids = encode(cfg.sample_prompt)
+        except ValueError as e:
+            raise ValueError(f"sample_prompt (--sample-prompt): {e}") from None
+        log_dir = os.path.join(cfg.out, "logs", "samples") if cfg.tensorboard else None
+        callbacks.append(TextSample(prompt_ids or [0], cfg.sample_tokens, decode, cfg.eval_interval,
+                                    log_dir, cfg.verbose))
     if cfg.tensorboard:
         callbacks.append(keras.callbacks.TensorBoard(os.path.join(cfg.out, "logs"), update_freq=cfg.steps_per_execution))
     history = model.fit(

@@ -1,0 +1,5 @@
+"""The names of the export formats and on-device quantizations: one list for the exporters and the CLI
+(this module imports nothing, so the CLI can offer them without loading TensorFlow)."""
+
+FORMATS = ("saved_model", "tflite", "litertlm")  # TF Serving; the LiteRT model alone; its LiteRT-LM package
+QUANTIZATIONS = ("fp32", "fp16", "int8")  # int8: dynamic range (int8 weights and matmuls), LiteRT's CPU recipe
