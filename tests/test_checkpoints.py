@@ -308,3 +308,16 @@ def test_saved_checkpoints_are_readable_by_other_users(tmp_path):
     _tiny_model(0).save_pretrained(tmp_path / "m")
     for name in ("model.safetensors", "config.json"):
         assert stat.S_IMODE(os.stat(tmp_path / "m" / name).st_mode) == 0o644
+
+
+def test_a_keras_archive_with_missing_parts_names_the_file(tmp_path):
+    import zipfile
+
+    good = tmp_path / "good.keras"
+    _tiny_model(0).save(good)
+    with zipfile.ZipFile(good) as src, zipfile.ZipFile(tmp_path / "partial.keras", "w") as dst:
+        for item in src.infolist():
+            if item.filename != "config.json":  # a zip, but without the model's config
+                dst.writestr(item, src.read(item))
+    with pytest.raises(ValueError, match="cannot load .*partial.keras"):
+        GPT2.from_pretrained(tmp_path / "partial.keras")

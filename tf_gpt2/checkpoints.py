@@ -371,8 +371,8 @@ def _load_keras_file(model_class: type, path: str, overrides: dict) -> keras.Mod
         raise ValueError(f"{path} is not a readable .keras file: it is truncated, or not a zip archive")
     try:
         model = keras.models.load_model(path)
-    except (OSError, ValueError) as e:
-        raise ValueError(f"cannot load {path}: {e}") from e
+    except Exception as e:  # a damaged archive fails in many ways (KeyError, BadZipFile, ...): name the file
+        raise ValueError(f"cannot load {path}: {type(e).__name__}: {e}") from e
     if not isinstance(model, model_class):
         raise ValueError(f"{path} holds a {type(model).__name__}, not a {model_class.__name__}")
     return model
