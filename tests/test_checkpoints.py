@@ -321,3 +321,25 @@ def test_a_keras_archive_with_missing_parts_names_the_file(tmp_path):
                 dst.writestr(item, src.read(item))
     with pytest.raises(ValueError, match="cannot load .*partial.keras"):
         GPT2.from_pretrained(tmp_path / "partial.keras")
+
+
+def test_a_saved_directory_works_with_transformers_tokenizer_and_pipeline(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    from test_tokenizer import SAMPLES
+
+    from tf_gpt2 import GPT2Tokenizer
+
+    model = GPT2(GPT2Config.from_preset("gpt2-tiny", n_positions=32))
+    model.save_pretrained(tmp_path / "m")
+    theirs, ours = transformers.AutoTokenizer.from_pretrained(tmp_path / "m"), GPT2Tokenizer()
+    for text in SAMPLES:
+        assert theirs.encode(text) == ours.encode(text), text
+    generator = transformers.pipeline("text-generation", model=str(tmp_path / "m"), device="cpu")
+    out = generator("Hello world", max_new_tokens=4, do_sample=False)[0]["generated_text"]
+    expected = model.generate("Hello world", max_new_tokens=4, stop_ids=[])
+    assert out == "Hello world" + expected  # the same greedy text through transformers' own stack
+
+
+def test_a_character_model_saves_no_gpt2_tokenizer_files(tmp_path):
+    GPT2(GPT2Config.from_preset("gpt2-tiny", vocab_size=65, n_positions=16)).save_pretrained(tmp_path / "c")
+    assert sorted(os.listdir(tmp_path / "c")) == ["config.json", "model.safetensors"]

