@@ -204,7 +204,8 @@ def prepare(inputs: str | Sequence[str], out_dir: str, val_fraction: float = 0.1
         tag = secrets.token_hex(4)
         writers = {s: _ShardWriter(out_dir, s, shard_tokens, tag) for s in ("train", "val")}
         try:
-            splits = _write_shards(files, total, val_fraction, encode, separator, writers, verbose)
+            label = f"tokenizing {len(files)} file(s), {total / 1e6:.1f} MB of text ({vocab} vocabulary) into {out_dir}"
+            splits = _write_shards(files, total, val_fraction, encode, separator, writers, label if verbose else None)
         except BaseException:  # a full disk, bad text, Ctrl-C: the dataset already there stays as it was
             for writer in writers.values():
                 writer.discard()
@@ -224,12 +225,13 @@ def prepare(inputs: str | Sequence[str], out_dir: str, val_fraction: float = 0.1
     return manifest
 
 
-def _write_shards(files, total, val_fraction, encode, separator, writers, verbose) -> dict[str, list[dict]]:
+def _write_shards(files, total, val_fraction, encode, separator, writers, label) -> dict[str, list[dict]]:
     val_from = total * (1.0 - val_fraction)
     progress = None
-    if verbose:
+    if label:  # a progress bar in bytes of text tokenized
         import keras
 
+        print(label, flush=True)
         progress = keras.utils.Progbar(total, unit_name="byte")
     done = 0
     for path in files:
