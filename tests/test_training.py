@@ -253,3 +253,27 @@ def test_grad_accum_counts_optimizer_steps(char_data, tmp_path):
     assert _checkpoint_step(tmp_path / CHECKPOINT) == 6
     reference = keras.optimizers.schedules.CosineDecay(0.0, 4, alpha=0.1, warmup_target=1e-3, warmup_steps=2)
     assert history["learning_rate"] == pytest.approx([float(reference(3)), float(reference(6))])
+
+
+def test_the_saved_model_holds_the_trained_weights_without_optimizer_state(char_data, tmp_path):
+    """`tf-gpt2 train` writes `inference_model(model)`: LoRA merged, no Adam moments; it reloads to the same logits."""
+    import keras
+
+    from tf_gpt2 import GPT2, GPT2Config
+    from tf_gpt2.files import save_keras
+    from tf_gpt2.training import inference_model
+
+    base = tmp_path / "base.keras"
+    GPT2(GPT2Config.from_preset("gpt2-tiny", **TINY, vocab_size=30)).save(base)
+    ids = np.array([[1, 2, 3, 4, 5]])
+    for name, settings in (("full", {}), ("lora", dict(init_from=str(base), lora_rank=4, learning_rate=1e-2))):
+        model, _ = train(config(tmp_path / name, char_data, **settings))
+        save_keras(inference_model(model), str(tmp_path / f"{name}.keras"))
+        reloaded = keras.models.load_model(tmp_path / f"{name}.keras")
+        np.testing.assert_allclose(np.asarray(reloaded(ids)), np.asarray(model(ids)), atol=1e-5)
+        assert getattr(reloaded, "optimizer", None) is None
+    full = os.path.getsize(tmp_path / "full.keras")
+    assert os.path.getsize(tmp_path / "lora.keras") == pytest.approx(full, rel=0.05)  # adapters merged away
+    model, _ = train(config(tmp_path / "full", char_data))  # already trained: the compiled model, restored
+    model.save(tmp_path / "compiled.keras")  # Keras' own save of it holds Adam's moments too
+    assert full < 0.5 * os.path.getsize(tmp_path / "compiled.keras")

@@ -109,13 +109,13 @@ def _add_train_flags(parser: argparse.ArgumentParser) -> None:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from tf_gpt2.files import save_keras
-    from tf_gpt2.training import train
+    from tf_gpt2.training import inference_model, train
 
     overrides = {k: getattr(args, k) for k in MODEL_OVERRIDES if getattr(args, k) is not None}
     cfg = TrainConfig(out=args.out, model=overrides, jit_compile=not args.no_xla,
                       **{name: getattr(args, name) for name in TRAIN_FLAGS})
     model, _ = train(cfg)
-    save_keras(model, os.path.join(args.out, "model.keras"))
+    save_keras(inference_model(model), os.path.join(args.out, "model.keras"))
     print(f"saved {os.path.join(args.out, 'model.keras')}")
     return 0
 

@@ -21,6 +21,7 @@ from typing import Any
 import keras
 import numpy as np
 
+from tf_gpt2.checkpoints import assign_weights, checkpoint_tensors
 from tf_gpt2.config import GPT2Config
 from tf_gpt2.data import MANIFEST, TokenShards, codec, embedded_corpus, prepare
 from tf_gpt2.files import atomic_write, exclusive
@@ -147,6 +148,13 @@ def enable_lora(model: GPT2, rank: int) -> None:
         for dense in (block.attn.c_attn, block.attn.c_proj, block.mlp.c_fc, block.mlp.c_proj):
             dense.enable_lora(rank)
             dense.bias.trainable = False  # adapters only, as in LoRA's paper
+
+
+def inference_model(model: GPT2) -> GPT2:
+    """The trained weights in a fresh, uncompiled GPT2 of the same policy: LoRA adapters merged into their
+    kernels, no optimizer state (a third of a trained model's `.keras` size). Resuming uses the checkpoint."""
+    fresh = GPT2(model.config, dtype=model.dtype_policy.name)
+    return assign_weights(fresh, checkpoint_tensors(model), "the trained model")
 
 
 # -- checkpoints --------------------------------------------------------------------------------
