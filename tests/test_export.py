@@ -125,3 +125,11 @@ def test_saved_model_is_readable_by_other_users(model, tmp_path):
              for root, dirs, files in os.walk(path) for name in files}
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o755 and modes == {0o644}
     assert sorted(os.listdir(tmp_path / "m")) == ["1"]  # no temporary directory left beside the version
+
+
+def test_the_saved_model_stores_each_weight_once(model, tmp_path):
+    path = export_saved_model(model, str(tmp_path / "m"))
+    stored = sum(os.path.getsize(os.path.join(root, name))
+                 for root, _, names in os.walk(os.path.join(path, "variables")) for name in names)
+    weights = sum(np.asarray(w).nbytes for w in model.weights)
+    assert weights <= stored <= 1.05 * weights

@@ -128,7 +128,8 @@ def export_saved_model(model: GPT2, base_dir: str, version: int | None = None, m
     settings = [tf.TensorSpec([], i32, "max_new_tokens"), tf.TensorSpec([], f32, "temperature"),
              tf.TensorSpec([], i32, "top_k"), tf.TensorSpec([], f32, "top_p"), tf.TensorSpec([], i32, "seed")]
     archive = keras.export.ExportArchive()
-    archive.track(model)
+    # The endpoints' variables are saved because they use them; tracking the model as well would store every
+    # weight a second time (as the Keras variable and as the TF variable under it).
     archive.track(module.tokenizer)  # its vocabulary lookup tables
     archive.add_endpoint("serving_default", module.logits, [ids_spec, mask_spec])
     archive.add_endpoint("generate", module.generate, [ids_spec, mask_spec, *settings])
