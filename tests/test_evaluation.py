@@ -118,6 +118,9 @@ def test_eval_cli_matches_library(checkpoint, text, tmp_path, capsys):
     assert report["tokens"] == expected.tokens
     assert math.isclose(report["perplexity"], expected.perplexity, rel_tol=1e-6)
     assert math.isclose(report["bits_per_byte"], expected.bits_per_byte, rel_tol=1e-6)
+    assert cli_main(["eval", str(path), "--model", directory, "--context", "16", "--stride", "8"]) == 0
+    shown = capsys.readouterr().out
+    assert "window" in shown and f"perplexity {expected.perplexity:.3f}" in shown  # a progress bar, then the result
 
 
 def test_bad_input_is_named(tmp_path, capsys):

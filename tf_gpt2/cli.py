@@ -190,7 +190,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise ValueError(f"{args.file} is not UTF-8 text ({e})") from None
     model = _load_model(args)
     result = evaluate(model, text, context=args.context, stride=args.stride, batch_size=args.batch_size,
-                      detokenize=args.detokenize)
+                      detokenize=args.detokenize, verbose=not args.json)
     report = {"file": args.file, "tokens": result.tokens, "bytes": result.bytes, "loss": result.loss,
               "perplexity": result.perplexity, "bits_per_byte": result.bits_per_byte}
     if args.json:

@@ -90,11 +90,13 @@ def _window_nll(model, inputs, targets, weights):
 
 
 def evaluate(model, text: str | Sequence[int], tokenizer: GPT2Tokenizer | None = None, context: int | None = None,
-             stride: int | None = None, batch_size: int = 8, detokenize: str = "none") -> EvalResult:
+             stride: int | None = None, batch_size: int = 8, detokenize: str = "none",
+             verbose: bool = False) -> EvalResult:
     """Score `text` (a string, or token ids already starting with their own context token) with `model`.
 
     context: tokens each prediction may see (default: the model's n_positions); stride: how far the
-    window moves (default context // 2: each token, past the first window, sees at least half a context).
+    window moves (default context // 2: each token, past the first window, sees at least half a context);
+    verbose: a progress bar over the windows.
     """
     n_positions = model.config.n_positions
     context = n_positions if context is None else context
@@ -122,6 +124,11 @@ def evaluate(model, text: str | Sequence[int], tokenizer: GPT2Tokenizer | None =
     spans = windows(len(ids), context, stride)
     width = min(context, len(ids) - 1)
     window_nll, nll = compiled(model, _window_nll), 0.0
+    progress = None
+    if verbose:
+        import keras
+
+        progress = keras.utils.Progbar(len(spans), unit_name="window")
     for first in range(0, len(spans), batch_size):
         inputs = np.zeros((batch_size, width), np.int32)
         targets = np.zeros((batch_size, width), np.int32)
@@ -132,6 +139,8 @@ def evaluate(model, text: str | Sequence[int], tokenizer: GPT2Tokenizer | None =
             weights[row, end - 1 - begin - scored: end - 1 - begin] = 1.0
         row_nll = ops.convert_to_numpy(window_nll(inputs, targets, weights))
         nll += float(np.sum(row_nll.astype(np.float64)))
+        if progress:
+            progress.update(min(first + batch_size, len(spans)))
     if not math.isfinite(nll):
         raise FloatingPointError("the model produced non-finite log-probabilities on this text")
     return EvalResult(nll=nll, tokens=len(ids) - 1, bytes=n_bytes)
