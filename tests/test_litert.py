@@ -217,3 +217,11 @@ def test_export_cli_writes_a_litertlm_that_the_litert_lm_cli_runs(model, tmp_pat
     tok = GPT2Tokenizer()
     expected = tok.decode(model.generate([EOT_ID] + tok.encode("Once upon a time"), max_new_tokens=32, stop_ids=[]))
     assert len(printed) > 20 and expected.startswith(printed)  # it runs until the 25-token budget is spent
+
+
+def test_a_missing_interpreter_names_the_extra_to_install(model, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "ai_edge_litert.interpreter", None)  # as if the [litert] extra were absent
+    with pytest.raises(ImportError, match=r'pip install "tf_gpt2\[litert\]"'):
+        LiteRTGenerator(b"unused")

@@ -222,7 +222,10 @@ class LiteRTGenerator:
     """
 
     def __init__(self, path_or_bytes: str | bytes, num_threads: int | None = None):
-        from ai_edge_litert.interpreter import Interpreter
+        try:
+            from ai_edge_litert.interpreter import Interpreter
+        except ImportError as e:
+            raise ImportError(f"{e.name} is missing: pip install \"tf_gpt2[litert]\" (the LiteRT interpreter)") from e
 
         source = {"model_content": path_or_bytes} if isinstance(path_or_bytes, bytes) else {"model_path": path_or_bytes}
         self.interpreter = Interpreter(**source, num_threads=num_threads)  # None: LiteRT's default
