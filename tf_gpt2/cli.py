@@ -125,11 +125,15 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from tf_gpt2.generation import stream
 
     model, tok = _load_model(args), GPT2Tokenizer()
-    print(args.prompt, end="", flush=True)
-    tokens, shown = [], ""
+    # The prompt is shown with the first new token: by then prefill and the decode step are compiled, so
+    # XLA's start-up lines on stderr come before the text, not in the middle of it.
+    tokens, shown = [], None
     for token in stream(model, args.prompt, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                         top_k=args.top_k, top_p=args.top_p, repetition_penalty=args.repetition_penalty,
                         seed=args.seed, tokenizer=tok):
+        if shown is None:
+            print(args.prompt, end="", flush=True)
+            shown = ""
         if token == tok.eot_id:
             break
         tokens.append(token)
@@ -137,7 +141,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         if not text.endswith("\ufffd"):  # wait for the rest of a multi-byte character
             print(text[len(shown):], end="", flush=True)
             shown = text
-    print(tok.decode(tokens)[len(shown):])
+    print(tok.decode(tokens)[len(shown or ""):])
     return 0
 
 
