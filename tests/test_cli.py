@@ -49,3 +49,18 @@ def test_failures_end_in_one_line_naming_the_problem(files, capsys, command, mes
     err = [line for line in stderr.splitlines() if line.startswith("tf-gpt2")]
     assert "Traceback" not in stderr and len(err) == 1 and err[0].startswith(f"tf-gpt2 {command[0]}: error: ")
     assert message.format(d=files) in err[0]
+
+
+def test_help_shows_the_defaults_of_train_config_and_the_presets(capsys):
+    from tf_gpt2.config import PRESETS
+    from tf_gpt2.training import TrainConfig
+
+    with pytest.raises(SystemExit) as done:
+        cli_main(["train", "--help"])
+    shown = " ".join(capsys.readouterr().out.split())
+    assert done.value.code == 0
+    defaults = TrainConfig()
+    for flag, value in (("steps", defaults.steps), ("batch-size", defaults.batch_size),
+                        ("learning-rate", defaults.learning_rate), ("eval-interval", defaults.eval_interval)):
+        assert f"(default: {value})" in shown.split(f"--{flag} ", 2)[-1].split("--")[0], flag
+    assert "{" + ",".join(sorted(PRESETS)) + "}" in shown

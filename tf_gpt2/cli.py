@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import os
 import sys
 import traceback
@@ -212,46 +213,56 @@ def _model_flags(parser: argparse.ArgumentParser) -> None:
                         help="use an untrained model of this preset instead of --model (for trying the pipeline)")
 
 
+class _ShowDefaults(argparse.ArgumentDefaultsHelpFormatter):
+    """Help that shows each option's default, except where there is none to show or the text says it."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.default is False or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tf-gpt2", description="GPT-2 in Keras 3 / TensorFlow.")
-    sub = parser.add_subparsers(dest="command", required=True)
+    commands = parser.add_subparsers(dest="command", required=True)
+    command = functools.partial(commands.add_parser, formatter_class=_ShowDefaults)
 
-    demo = sub.add_parser("demo", help="train a small GPT on the embedded Shakespeare for a few minutes, then generate")
+    demo = command("demo", help="train a small GPT on the embedded Shakespeare for a few minutes, then generate")
     demo.add_argument("--out", default="runs/demo", help="run directory (checkpoints, TensorBoard logs)")
     demo.add_argument("--steps", type=int, default=1000, help="optimizer steps")
     demo.add_argument("--prompt", default="ROMEO:\n", help="text the model continues")
     demo.add_argument("--max-new-tokens", type=int, default=240, help="characters to generate (prompt + these <= 256)")
     demo.set_defaults(run=cmd_demo)
 
-    prep = sub.add_parser("prepare", help="tokenize text files into uint16 shards + manifest.json")
+    prep = command("prepare", help="tokenize text files into uint16 shards + manifest.json")
     prep.add_argument("inputs", nargs="*", help="text files, folders or globs (.txt or .txt.gz); default: the embedded corpus")
     prep.add_argument("--out", required=True, help="output directory")
     prep.add_argument("--val-fraction", type=float, default=0.1, help="last fraction of the text kept for validation")
     prep.add_argument("--vocab", default=VOCABS[0], choices=VOCABS, help="GPT-2 BPE or characters")
     prep.set_defaults(run=cmd_prepare)
 
-    tr = sub.add_parser("train", help="train or fine-tune with model.fit; rerun the same command to resume")
+    tr = command("train", help="train or fine-tune with model.fit; rerun the same command to resume")
     tr.add_argument("--out", required=True, help="run directory: checkpoint, logs, model.keras")
     _add_train_flags(tr)
     tr.set_defaults(run=cmd_train)
 
-    gen = sub.add_parser("generate", help="continue a prompt, printing tokens as they come")
+    gen = command("generate", help="continue a prompt, printing tokens as they come")
     _model_flags(gen)
     gen.add_argument("prompt", help="text to continue")
-    gen.add_argument("--max-new-tokens", type=int, default=64)
+    gen.add_argument("--max-new-tokens", type=int, default=64, help="tokens to generate at most")
     gen.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     gen.add_argument("--top-k", type=int, default=0, help="0 = off")
     gen.add_argument("--top-p", type=float, default=1.0, help="1 = off")
-    gen.add_argument("--repetition-penalty", type=float, default=1.0)
-    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--repetition-penalty", type=float, default=1.0, help="CTRL's penalty on repeated tokens (1 = off)")
+    gen.add_argument("--seed", type=int, default=0, help="seed of the sampling noise")
     gen.set_defaults(run=cmd_generate)
 
-    convert = sub.add_parser("convert", help="convert a checkpoint to a HF dir or a .keras file")
+    convert = command("convert", help="convert a checkpoint to a HF dir or a .keras file")
     convert.add_argument("src", help="HF dir, OpenAI TF dir, keras-hub preset dir or .keras file")
     convert.add_argument("dst", help="output: a directory (HF format) or a path ending in .keras")
     convert.set_defaults(run=cmd_convert)
 
-    export = sub.add_parser("export", help="export for TF Serving (SavedModel) or phones (LiteRT-LM / LiteRT)")
+    export = command("export", help="export for TF Serving (SavedModel) or phones (LiteRT-LM / LiteRT)")
     _model_flags(export)
     export.add_argument("--format", default=FORMATS[0], choices=FORMATS,
                         help="saved_model (TF Serving), litertlm (LiteRT-LM package) or tflite (its model alone)")
@@ -265,7 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="on-device weights (int8: dynamic range)")
     export.set_defaults(run=cmd_export)
 
-    ev = sub.add_parser("eval", help="perplexity and bits/byte on a text file (GPT-2 paper protocol)")
+    ev = command("eval", help="perplexity and bits/byte on a text file (GPT-2 paper protocol)")
     _model_flags(ev)
     ev.add_argument("file", help="UTF-8 text file")
     ev.add_argument("--context", type=int, help="tokens each prediction sees at most (default n_positions)")
