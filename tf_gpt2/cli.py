@@ -30,23 +30,31 @@ def _load_model(args: argparse.Namespace):
                      "file), or --random-init PRESET for an untrained model")
 
 
+DEMO_CONTEXT = 64  # characters: nanoGPT's CPU recipe for Shakespeare (4 layers, 4 heads, 128 wide)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """Train a small character-level GPT on the embedded Shakespeare, then let it write."""
     from tf_gpt2.data import TokenShards, codec
     from tf_gpt2.training import train
 
+    execution = 10  # steps per compiled call; a round is a multiple of it
     cfg = TrainConfig(
-        out=args.out, vocab="char", preset="gpt2-tiny", model=dict(n_layer=4, n_head=4, n_embd=128, n_positions=256),
-        steps=args.steps, batch_size=8, block_size=256, learning_rate=3e-3, min_learning_rate=3e-4,
-        warmup_steps=20, eval_interval=max(1, args.steps // 4), eval_batches=5, weight_decay=0.1,
-        sample_tokens=0,
+        out=args.out, vocab="char", preset="gpt2-tiny",
+        model=dict(n_layer=4, n_head=4, n_embd=128, n_positions=DEMO_CONTEXT), steps=args.steps, batch_size=12,
+        block_size=DEMO_CONTEXT, learning_rate=2e-3, warmup_steps=min(100, args.steps // 10),
+        eval_interval=max(execution, args.steps // 4 // execution * execution), eval_batches=20,
+        steps_per_execution=execution, weight_decay=0.1, sample_tokens=0,
     )
-    model, _ = train(cfg)
+    model, history = train(cfg)
     encode, decode = codec(TokenShards(f"{cfg.out}/data", "train").manifest)
-    prompt = encode(args.prompt)
-    new = model.generate(prompt, max_new_tokens=args.max_new_tokens, temperature=0.8, top_k=20, seed=0)
-    print(f"\n{model.count_params():,} parameters, {args.steps} steps. The model writes:\n")
-    print(decode(prompt + new))
+    ids, chunk = encode(args.prompt), DEMO_CONTEXT // 4
+    while len(ids) < len(args.prompt) + args.max_new_tokens:  # a sliding window over the 64-character context
+        ids += model.generate(ids[-(DEMO_CONTEXT - chunk):], max_new_tokens=chunk, temperature=0.8, top_k=20,
+                              seed=len(ids))
+    val = f", validation loss {history['val_loss'][-1]:.3f}" if history.get("val_loss") else ""
+    print(f"\n{model.count_params():,} parameters, {args.steps} steps{val}. The model writes:\n")
+    print(decode(ids[: len(args.prompt) + args.max_new_tokens]))
     return 0
 
 
@@ -229,9 +237,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = command("demo", help="train a small GPT on the embedded Shakespeare for a few minutes, then generate")
     demo.add_argument("--out", default="runs/demo", help="run directory (checkpoints, TensorBoard logs)")
-    demo.add_argument("--steps", type=int, default=1000, help="optimizer steps")
+    demo.add_argument("--steps", type=int, default=2400, help="optimizer steps")
     demo.add_argument("--prompt", default="ROMEO:\n", help="text the model continues")
-    demo.add_argument("--max-new-tokens", type=int, default=240, help="characters to generate (prompt + these <= 256)")
+    demo.add_argument("--max-new-tokens", type=int, default=320, help="characters to generate")
     demo.set_defaults(run=cmd_demo)
 
     prep = command("prepare", help="tokenize text files into uint16 shards + manifest.json")
