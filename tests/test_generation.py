@@ -103,6 +103,11 @@ def test_text_in_text_out_and_cli(capsys, tmp_path):
                      "--out", str(tmp_path / "demo")]) == 0
     out = capsys.readouterr().out
     assert "parameters" in out and "To be" in out
+    saved = str(tmp_path / "demo" / "model.keras")  # a character model that carries its vocabulary
+    assert cli_main(["generate", "ROMEO:", "--model", saved, "--max-new-tokens", "20", "--temperature", "0.8"]) == 0
+    written = capsys.readouterr().out
+    assert written.startswith("ROMEO:") and written.endswith("\n") and len(written) - 1 == len("ROMEO:") + 20
+    assert set(written) <= set(GPT2.from_pretrained(saved).characters)
     assert cli_main(["generate", "Hi", "--max-new-tokens", "3", "--random-init", "gpt2-tiny"]) == 0
     assert capsys.readouterr().out.startswith("Hi")
     assert cli_main(["generate", "Hi", "--top-p", "2", "--random-init", "gpt2-tiny"]) == 2

@@ -139,3 +139,13 @@ def test_a_cache_step_outside_the_cache_or_with_bad_ids_leaves_the_cache_as_it_w
     good, after = step(tf.constant([[4]]), cache, tf.constant(3))
     assert np.isfinite(good.numpy()).all()
     assert not np.array_equal(np.asarray(after[0]["key"]), np.asarray(cache[0]["key"]))
+
+
+def test_a_character_model_carries_its_vocabulary_through_save_and_load(tmp_path):
+    chars = [chr(ord("a") + i) for i in range(26)]
+    model = GPT2(GPT2Config.from_preset("gpt2-tiny", vocab_size=26, n_positions=16), characters=chars)
+    model.save(tmp_path / "c.keras")
+    assert keras.models.load_model(tmp_path / "c.keras").characters == chars
+    assert model.with_dtype("mixed_bfloat16").characters == chars
+    with pytest.raises(ValueError, match="3 characters for a vocabulary of 26 tokens"):
+        GPT2(model.config, characters=["a", "b", "c"])

@@ -36,7 +36,8 @@ DEMO_CONTEXT = 64  # characters: nanoGPT's CPU recipe for Shakespeare (4 layers,
 def cmd_demo(args: argparse.Namespace) -> int:
     """Train a small character-level GPT on the embedded Shakespeare, then let it write."""
     from tf_gpt2.data import TokenShards, codec
-    from tf_gpt2.training import train
+    from tf_gpt2.files import save_keras
+    from tf_gpt2.training import inference_model, train
 
     execution = 10  # steps per compiled call; a round is a multiple of it
     cfg = TrainConfig(
@@ -47,6 +48,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         steps_per_execution=execution, weight_decay=0.1, sample_tokens=0,
     )
     model, history = train(cfg)
+    saved = os.path.join(cfg.out, "model.keras")
+    save_keras(inference_model(model), saved)
     encode, decode = codec(TokenShards(f"{cfg.out}/data", "train").manifest)
     ids, chunk = encode(args.prompt), DEMO_CONTEXT // 4
     while len(ids) < len(args.prompt) + args.max_new_tokens:  # a sliding window over the 64-character context
@@ -55,6 +58,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     val = f", validation loss {history['val_loss'][-1]:.3f}" if history.get("val_loss") else ""
     print(f"\n{model.count_params():,} parameters, {args.steps} steps{val}. The model writes:\n")
     print(decode(ids[: len(args.prompt) + args.max_new_tokens]))
+    print(f"\nsaved {saved}; continue with:\n  tf-gpt2 generate \"ROMEO:\" --model {saved} --max-new-tokens 48 "
+          "--temperature 0.8 --top-k 20")
     return 0
 
 
@@ -129,28 +134,40 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_generate(args: argparse.Namespace) -> int:
+def _text_codec(model):
+    """(encode, decode, end-of-text id or None) for the model's vocabulary: its characters, or GPT-2's BPE."""
+    if model.characters is not None:
+        from tf_gpt2.data import char_codec
+
+        return (*char_codec(model.characters), None)
     from tf_gpt2 import GPT2Tokenizer
+
+    tok = GPT2Tokenizer()
+    return tok.encode, tok.decode, tok.eot_id
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
     from tf_gpt2.generation import stream
 
-    model, tok = _load_model(args), GPT2Tokenizer()
+    model = _load_model(args)
+    encode, decode, end_of_text = _text_codec(model)
     # The prompt is shown with the first new token: by then prefill and the decode step are compiled, so
     # XLA's start-up lines on stderr come before the text, not in the middle of it.
     tokens, shown = [], None
-    for token in stream(model, args.prompt, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+    for token in stream(model, encode(args.prompt), max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                         top_k=args.top_k, top_p=args.top_p, repetition_penalty=args.repetition_penalty,
-                        seed=args.seed, tokenizer=tok):
+                        seed=args.seed, stop_ids=[] if end_of_text is None else [end_of_text]):
         if shown is None:
             print(args.prompt, end="", flush=True)
             shown = ""
-        if token == tok.eot_id:
+        if token == end_of_text:
             break
         tokens.append(token)
-        text = tok.decode(tokens)
+        text = decode(tokens)
         if not text.endswith("\ufffd"):  # wait for the rest of a multi-byte character
             print(text[len(shown):], end="", flush=True)
             shown = text
-    print(tok.decode(tokens)[len(shown or ""):])
+    print(decode(tokens)[len(shown or ""):])
     return 0
 
 

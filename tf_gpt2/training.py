@@ -153,7 +153,7 @@ def enable_lora(model: GPT2, rank: int) -> None:
 def inference_model(model: GPT2) -> GPT2:
     """The trained weights in a fresh, uncompiled GPT2 of the same policy: LoRA adapters merged into their
     kernels, no optimizer state (a third of a trained model's `.keras` size). Resuming uses the checkpoint."""
-    fresh = GPT2(model.config, dtype=model.dtype_policy.name)
+    fresh = GPT2(model.config, dtype=model.dtype_policy.name, characters=model.characters)
     return assign_weights(fresh, checkpoint_tensors(model), "the trained model")
 
 
@@ -344,14 +344,17 @@ def make_strategy(name: str | None):
     return tf.distribute.TPUStrategy(resolver)
 
 
-def build_model(cfg: TrainConfig, vocab_size: int) -> GPT2:
+def build_model(cfg: TrainConfig, manifest: dict) -> GPT2:
+    """The model a run trains: from `init_from`, or new from the preset, sized for the data's vocabulary."""
+    vocab_size = manifest["vocab_size"]
     if cfg.init_from:
         model = GPT2.from_pretrained(cfg.init_from)
         if model.config.vocab_size < vocab_size:
             raise ValueError(f"--init-from model has {model.config.vocab_size} tokens, the data needs {vocab_size}")
         model = model.with_dtype(cfg.precision)
     else:
-        model = GPT2(GPT2Config.from_preset(cfg.preset, **{"vocab_size": vocab_size, **cfg.model}), dtype=cfg.precision)
+        model = GPT2(GPT2Config.from_preset(cfg.preset, **{"vocab_size": vocab_size, **cfg.model}), dtype=cfg.precision,
+                     characters=manifest.get("chars"))
     if cfg.block_size > model.config.n_positions:
         raise ValueError(f"block_size {cfg.block_size} exceeds the model's context of {model.config.n_positions}")
     if cfg.lora_rank:
@@ -427,7 +430,7 @@ def _train(cfg: TrainConfig) -> tuple[GPT2, dict[str, list[float]]]:
         print("note: TensorFlow has no XLA collectives on CPU; this distributed run compiles without XLA")
         jit_compile = False
     with strategy.scope():
-        model = build_model(cfg, train_data.vocab_size)  # bad settings fail here, before anything is written
+        model = build_model(cfg, train_data.manifest)  # bad settings fail here, before anything is written
         if os.path.exists(checkpoint):
             check_resume(cfg, identity)
         optimizer = make_optimizer(model, cfg)
