@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from typing import Any, Iterator, NamedTuple, Sequence
 
-import keras
 import numpy as np
 from keras import ops
 
