@@ -10,7 +10,6 @@ does not import the model: it works on any model with GPT-2's layer names).
 from __future__ import annotations
 
 import glob
-import json
 import os
 import re
 import secrets
@@ -22,7 +21,7 @@ import keras
 import numpy as np
 
 from tf_gpt2.config import GPT2Config
-from tf_gpt2.files import write_together
+from tf_gpt2.files import json_writer, read_json, write_together
 from tf_gpt2.tokenizer import ENDOFTEXT, VOCAB_SIZE, default_vocab_files
 
 BLOCK_LAYERS = ("ln_1", "attn.c_attn", "attn.c_proj", "ln_2", "mlp.c_fc", "mlp.c_proj")
@@ -102,19 +101,6 @@ def _gpt2_only(model: keras.Model, fmt: str) -> None:
         raise ValueError(f"the {fmt} format holds only GPT-2's pre-LN blocks without residual scales")
 
 
-def _read_json(path: str) -> dict[str, Any]:
-    try:
-        with open(path, encoding="utf-8") as f:
-            value = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path} is not valid JSON: {e}") from e
-    except IsADirectoryError:
-        raise ValueError(f"{path} is a directory, expected a JSON file") from None
-    if not isinstance(value, dict):
-        raise ValueError(f"{path} holds a JSON {type(value).__name__}, expected an object")
-    return value
-
-
 # -- Hugging Face -------------------------------------------------------------------------------
 def config_from_hf(hf: dict[str, Any], source: str = "config.json", **overrides: Any) -> GPT2Config:
     missing = [key for key in ("vocab_size", "n_embd", "n_layer", "n_head") if key not in hf]
@@ -168,7 +154,7 @@ def _read_torch_bin(path: str) -> dict[str, np.ndarray]:
 def _hf_weight_files(directory: str) -> list[str]:
     index = os.path.join(directory, "model.safetensors.index.json")
     if os.path.exists(index):
-        weight_map = _read_json(index).get("weight_map")
+        weight_map = read_json(index).get("weight_map")
         if not isinstance(weight_map, dict) or not weight_map:
             raise ValueError(f"{index} has no weight_map")
         root = os.path.realpath(directory)
@@ -188,7 +174,7 @@ SAVE_ID = "tf_gpt2_save_id"  # in config.json and the safetensors metadata: whic
 
 def read_hf(directory: str, **overrides: Any) -> tuple[GPT2Config, Tensors]:
     config_path = os.path.join(directory, "config.json")
-    hf_config = _read_json(config_path)
+    hf_config = read_json(config_path)
     config = config_from_hf(hf_config, config_path, **overrides)
     tensors: dict[str, np.ndarray] = {}
     for path in _hf_weight_files(directory):
@@ -222,14 +208,8 @@ def hf_tokenizer_files(cfg: GPT2Config) -> dict[str, Any]:
     def copy(source: str):
         return lambda path: shutil.copyfile(source, path)
 
-    def json_file(value: dict):
-        def write(path: str) -> None:
-            with open(path, "w", encoding="utf-8") as f:
-                json.dump(value, f, indent=2)
-        return write
-
     return {"vocab.json": copy(encoder_json), "merges.txt": copy(vocab_bpe),
-            "tokenizer_config.json": json_file(tokenizer_config), "special_tokens_map.json": json_file(special)}
+            "tokenizer_config.json": json_writer(tokenizer_config), "special_tokens_map.json": json_writer(special)}
 
 
 def save_hf(model: keras.Model, directory: str | os.PathLike) -> None:
@@ -255,17 +235,12 @@ def save_hf(model: keras.Model, directory: str | os.PathLike) -> None:
         "embd_pdrop": cfg.dropout, "attn_pdrop": cfg.dropout, "bos_token_id": 50256,
         "eos_token_id": 50256, "tie_word_embeddings": True, SAVE_ID: secrets.token_hex(8),
     }
-    config_bytes = json.dumps(hf_config, indent=2).encode("utf-8")
     metadata = {"format": "pt", SAVE_ID: hf_config[SAVE_ID]}
     tensors = {"transformer." + name: np.ascontiguousarray(v) for name, v in checkpoint_tensors(model).items()}
 
-    def write_config(path: str) -> None:
-        with open(path, "wb") as f:
-            f.write(config_bytes)
-
     writes = {  # weights first: a crash between these two renames leaves a pair that read_hf refuses
         os.path.join(directory, "model.safetensors"): lambda p: save_file(tensors, p, metadata=metadata),
-        os.path.join(directory, "config.json"): write_config,
+        os.path.join(directory, "config.json"): json_writer(hf_config),
     }
     if cfg.vocab_size == VOCAB_SIZE:  # the GPT-2 BPE: transformers.AutoTokenizer / pipeline read these
         writes.update({os.path.join(directory, name): write for name, write in hf_tokenizer_files(cfg).items()})
@@ -289,7 +264,7 @@ def read_openai(directory: str, **overrides: Any) -> tuple[GPT2Config, Tensors]:
     import tensorflow as tf
 
     hparams = os.path.join(directory, "hparams.json")
-    hp = _read_json(hparams)
+    hp = read_json(hparams)
     missing = [key for key in ("n_vocab", "n_ctx", "n_embd", "n_layer", "n_head") if key not in hp]
     if missing:
         raise ValueError(f"{hparams} lacks {', '.join(missing)}: not a GPT-2 hparams file")
@@ -378,7 +353,7 @@ def load_pretrained(model_class: type, source: Any, **overrides: Any) -> keras.M
     if os.path.exists(os.path.join(path, "hparams.json")):
         read = read_openai
     elif os.path.exists(os.path.join(path, "config.json")):
-        read = read_keras_hub if _read_json(os.path.join(path, "config.json")).get("class_name") == "GPT2Backbone" \
+        read = read_keras_hub if read_json(os.path.join(path, "config.json")).get("class_name") == "GPT2Backbone" \
             else read_hf
     else:
         raise FileNotFoundError(

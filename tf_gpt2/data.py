@@ -12,7 +12,6 @@ from __future__ import annotations
 import glob
 import gzip
 import importlib.resources
-import json
 import os
 import re
 import secrets
@@ -21,7 +20,7 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
-from tf_gpt2.files import atomic_write, exclusive
+from tf_gpt2.files import atomic_write, exclusive, json_writer, read_json
 
 MANIFEST = "manifest.json"
 VOCABS = ("gpt2", "char")  # GPT-2 BPE, or the characters of the text
@@ -206,21 +205,14 @@ def prepare(inputs: str | Sequence[str], out_dir: str, val_fraction: float = 0.1
         try:
             label = f"tokenizing {len(files)} file(s), {total / 1e6:.1f} MB of text ({vocab} vocabulary) into {out_dir}"
             splits = _write_shards(files, total, val_fraction, encode, separator, writers, label if verbose else None)
+            if sum(s["tokens"] for s in splits["train"]) == 0:
+                raise ValueError(f"no training tokens came out of {files}")
         except BaseException:  # a full disk, bad text, Ctrl-C: the dataset already there stays as it was
             for writer in writers.values():
                 writer.discard()
             raise
         manifest = {"vocab": vocab, "vocab_size": vocab_size, "chars": chars, "sources": files, "splits": splits}
-        if sum(s["tokens"] for s in splits["train"]) == 0:
-            for writer in writers.values():
-                writer.discard()
-            raise ValueError(f"no training tokens came out of {files}")
-
-        def write_manifest(tmp: str) -> None:
-            with open(tmp, "w", encoding="utf-8") as f:
-                json.dump(manifest, f, indent=1)
-
-        atomic_write(os.path.join(out_dir, MANIFEST), write_manifest)  # the one step that switches datasets
+        atomic_write(os.path.join(out_dir, MANIFEST), json_writer(manifest, indent=1))  # the step that switches datasets
         _remove_unlisted_shards(out_dir, old_manifest, manifest)
     return manifest
 
@@ -253,13 +245,8 @@ def _write_shards(files, total, val_fraction, encode, separator, writers, label)
 
 def _read_manifest(directory: str) -> dict:
     path = os.path.join(directory, MANIFEST)
-    try:
-        with open(path, encoding="utf-8") as f:
-            manifest = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path} is not valid JSON: {e}") from None
-    if not isinstance(manifest, dict) or not isinstance(manifest.get("splits"), dict) \
-            or not isinstance(manifest.get("vocab_size"), int):
+    manifest = read_json(path, kind="a tf_gpt2 dataset manifest")
+    if not isinstance(manifest.get("splits"), dict) or not isinstance(manifest.get("vocab_size"), int):
         raise ValueError(f"{path} is not a tf_gpt2 dataset manifest (no splits or vocab_size)")
     return manifest
 
@@ -288,8 +275,9 @@ class TokenShards:
                 raise ValueError(f"shard {file} is missing or corrupt: expected {2 * shard['tokens']} bytes")
             if shard["tokens"]:
                 part = np.memmap(file, dtype="<u2", mode="r")
-                if int(part.max()) >= self.vocab_size:  # such an id would train on a clamped row, then NaN
-                    raise ValueError(f"shard {file} holds token id {int(part.max())}, outside the vocabulary of "
+                largest = int(part.max())  # one read of the shard
+                if largest >= self.vocab_size:  # such an id would train on a clamped row, then NaN
+                    raise ValueError(f"shard {file} holds token id {largest}, outside the vocabulary of "
                                      f"{self.vocab_size} its manifest declares: it was written with another vocabulary")
                 self.parts.append(part)
         self.offsets = np.cumsum([0] + [len(p) for p in self.parts])  # where each shard starts

@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import os
 import re
 import shutil
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 TEMP_MARK = ".tmp-"
 
@@ -120,6 +121,34 @@ def write_together(writes: dict[str, Callable[[str], object]]) -> None:
                 shutil.rmtree(tmp, ignore_errors=True)
             elif os.path.exists(tmp):
                 os.remove(tmp)
+
+
+def bytes_writer(data: bytes) -> Callable[[str], None]:
+    """A writer for `atomic_write`/`write_together` that writes `data`."""
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            f.write(data)
+    return write
+
+
+def json_writer(value: Any, indent: int = 2) -> Callable[[str], None]:
+    """A writer for `atomic_write`/`write_together` that writes `value` as JSON."""
+    return bytes_writer(json.dumps(value, indent=indent).encode("utf-8"))
+
+
+def read_json(path: str, kind: str | None = None) -> dict[str, Any]:
+    """A JSON object from `path` (`kind` names what it should be); anything else is a ValueError naming the file."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            value = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path} is not valid JSON: {e}") from e
+    except IsADirectoryError:
+        raise ValueError(f"{path} is a directory, expected a JSON file") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{path} holds a JSON {type(value).__name__}, expected an object"
+                         + (f": not {kind}" if kind else ""))
+    return value
 
 
 def save_keras(model, path: str) -> None:

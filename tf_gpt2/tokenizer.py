@@ -38,7 +38,7 @@ def vocab_cache_dir() -> str:
 def default_vocab_files() -> tuple[str, str]:
     """Paths of the official encoder.json and vocab.bpe, unpacked from the package's gzip copies
     (again whenever a cached copy is missing or damaged)."""
-    from tf_gpt2.files import atomic_write
+    from tf_gpt2.files import atomic_write, bytes_writer
 
     paths = []
     for name, digest in (("encoder.json", ENCODER_JSON_SHA256), ("vocab.bpe", VOCAB_BPE_SHA256)):
@@ -46,12 +46,7 @@ def default_vocab_files() -> tuple[str, str]:
         if not (os.path.exists(path) and _sha256(path) == digest):
             data = gzip.decompress((importlib.resources.files("tf_gpt2") / "vocab" / f"{name}.gz").read_bytes())
             os.makedirs(os.path.dirname(path), exist_ok=True)
-
-            def write(tmp: str, data: bytes = data) -> None:
-                with open(tmp, "wb") as f:
-                    f.write(data)
-
-            atomic_write(path, write)
+            atomic_write(path, bytes_writer(data))
         paths.append(path)
     return paths[0], paths[1]
 

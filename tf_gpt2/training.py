@@ -24,7 +24,7 @@ import numpy as np
 from tf_gpt2.checkpoints import assign_weights, checkpoint_tensors
 from tf_gpt2.config import GPT2Config
 from tf_gpt2.data import MANIFEST, TokenShards, codec, embedded_corpus, prepare
-from tf_gpt2.files import atomic_write, exclusive
+from tf_gpt2.files import atomic_write, exclusive, json_writer
 from tf_gpt2.model import GPT2
 
 CHECKPOINT = "checkpoint.npz"
@@ -399,11 +399,7 @@ def check_resume(cfg: TrainConfig, identity: dict[str, Any]) -> None:
 
 
 def _record_run(cfg: TrainConfig, identity: dict[str, Any]) -> None:
-    def write(tmp: str) -> None:
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(identity, f, indent=1)
-
-    atomic_write(os.path.join(cfg.out, RUN_RECORD), write)
+    atomic_write(os.path.join(cfg.out, RUN_RECORD), json_writer(identity, indent=1))
 
 
 def train(cfg: TrainConfig) -> tuple[GPT2, dict[str, list[float]]]:
