@@ -8,6 +8,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["tf_gpt2", "tf_gpt2.*"]),
+    py_modules=["tf_gpt2_launcher"],  # the console script: parses the command line before TensorFlow loads
     package_data={"tf_gpt2": ["corpora/*.gz", "vocab/*.gz", "vocab/LICENSE"]},
     install_requires=[
         "tensorflow>=2.21",
@@ -26,5 +27,5 @@ setup(
                 "matplotlib>=3.10",
                 "torch>=2.13", "transformers>=5.0", "nbclient>=0.11", "nbformat>=5.11", "ipykernel>=7.4"],
     },
-    entry_points={"console_scripts": ["tf-gpt2=tf_gpt2.cli:main"]},
+    entry_points={"console_scripts": ["tf-gpt2=tf_gpt2_launcher:main"]},
 )

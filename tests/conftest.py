@@ -21,6 +21,16 @@ def make_hf_model(seed=0, **config):
     return model
 
 
+def console_script() -> str:
+    """The installed `tf-gpt2` command: the README's install puts it beside the interpreter."""
+    import shutil
+    import sys
+
+    path = shutil.which("tf-gpt2", path=os.path.dirname(sys.executable))
+    assert path, f"no tf-gpt2 beside {sys.executable}: install the package (pip install -e .)"
+    return path
+
+
 def hf_logits(model, ids):
     import torch
 

@@ -64,3 +64,67 @@ def test_help_shows_the_defaults_of_train_config_and_the_presets(capsys):
                         ("learning-rate", defaults.learning_rate), ("eval-interval", defaults.eval_interval)):
         assert f"(default: {value})" in shown.split(f"--{flag} ", 2)[-1].split("--")[0], flag
     assert "{" + ",".join(sorted(PRESETS)) + "}" in shown
+
+
+def _fresh_python(code: str) -> "subprocess.CompletedProcess[str]":
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+
+
+def test_help_and_a_bad_flag_answer_without_loading_tensorflow():
+    """The console script parses before `tf_gpt2/__init__` (and TensorFlow) loads."""
+    from conftest import console_script
+
+    run = _fresh_python(
+        "import runpy, sys\n"
+        f"for argv in (['train', '--help'], ['--help'], ['train', '--out', 'x', '--steps', 'many']):\n"
+        f"    sys.argv = [{console_script()!r}, *argv]\n"
+        "    try:\n"
+        "        runpy.run_path(sys.argv[0], run_name='__main__')\n"
+        "    except SystemExit as done:\n"
+        "        print('exit', done.code)\n"
+        "print('loaded', sorted(m for m in ('tensorflow', 'keras', 'jax', 'torch') if m in sys.modules))\n"
+        "print('package left', 'tf_gpt2' in sys.modules)\n")
+    assert run.returncode == 0, run.stderr[-2000:]
+    out = run.stdout.splitlines()
+    assert [line for line in out if line.startswith("exit")] == ["exit 0", "exit 0", "exit 2"]
+    assert "loaded []" in out and "package left False" in out
+    assert "--steps STEPS" in run.stdout and "{demo,prepare,train,generate,convert,export,eval}" in run.stdout
+    assert run.stderr.splitlines()[-1] == "tf-gpt2 train: error: argument --steps: invalid int value: 'many'"
+    assert "I0000" not in run.stderr and "absl" not in run.stderr
+
+
+def test_the_console_script_is_the_launcher_and_the_package_loads_whole_after_it():
+    """After parsing, the launcher runs the package's `__init__`: the model's Keras classes are registered."""
+    from importlib.metadata import entry_points
+
+    (script,) = [e for e in entry_points(group="console_scripts") if e.name == "tf-gpt2"]
+    assert script.value == "tf_gpt2_launcher:main"
+    run = _fresh_python(
+        "import sys, tf_gpt2_launcher, keras\n"
+        "code = tf_gpt2_launcher.main(['eval', '/nonexistent.txt', '--random-init', 'gpt2-tiny'])\n"
+        "import tf_gpt2\n"
+        "print(code, tf_gpt2.GPT2.__name__, keras.saving.get_registered_object('tf_gpt2>GPT2') is tf_gpt2.GPT2)\n")
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.split() == ["2", "GPT2", "True"]
+    assert "No such file or directory: /nonexistent.txt" in run.stderr
+
+
+def test_tensorflow_start_up_lines_are_dropped_and_other_lines_kept(capfd):
+    import os
+
+    from tf_gpt2_launcher import tensorflow_start_up_lines_dropped
+
+    absl = ("WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n"
+            "I0000 00:00:1796118916.739730   11498 cudart_stub.cc:31] Could not find cuda drivers\n"
+            "E0000 00:00:1796118920.709379   11498 cuda_platform.cc:52] failed call to cuInit\n")
+    with tensorflow_start_up_lines_dropped():
+        os.write(2, (absl + "a warning of the user's own\n").encode())
+    assert capfd.readouterr().err == "a warning of the user's own\n"
+    with pytest.raises(ImportError):  # when loading fails, everything is shown
+        with tensorflow_start_up_lines_dropped():
+            os.write(2, absl.encode())
+            raise ImportError("libcudart.so: cannot open shared object file")
+    assert capfd.readouterr().err == absl

@@ -4,14 +4,14 @@ import gzip
 import json
 import math
 
-import numpy as np
 import pytest
 from conftest import make_hf_model
 
 from tf_gpt2 import GPT2, GPT2Config, GPT2Tokenizer
 from tf_gpt2.cli import main as cli_main
 from tf_gpt2.data import embedded_corpus
-from tf_gpt2.evaluation import evaluate, wikitext_detokenize, windows
+from tf_gpt2.detokenize import wikitext_detokenize
+from tf_gpt2.evaluation import evaluate, windows
 
 CONTEXT = 32  # the tiny model's n_positions: a few hundred tokens need many windows
 

@@ -10,13 +10,13 @@ import sys
 import traceback
 from typing import Sequence
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's start-up chatter out of the output
-
-from tf_gpt2.config import PRESETS  # noqa: E402
-from tf_gpt2.data import VOCABS  # noqa: E402
-from tf_gpt2.evaluation import DETOKENIZERS  # noqa: E402
-from tf_gpt2.formats import FORMATS, QUANTIZATIONS  # noqa: E402
-from tf_gpt2.training import PRECISIONS, STRATEGIES, TrainConfig  # noqa: E402
+# The modules imported here load no TensorFlow: the `tf-gpt2` launcher parses the command line (and answers
+# --help) with them alone, and each command imports what it runs.
+from tf_gpt2.config import PRESETS
+from tf_gpt2.data import VOCABS
+from tf_gpt2.detokenize import DETOKENIZERS
+from tf_gpt2.formats import FORMATS, QUANTIZATIONS
+from tf_gpt2.train_config import PRECISIONS, STRATEGIES, TrainConfig
 
 
 def _load_model(args: argparse.Namespace):
@@ -328,8 +328,8 @@ def describe_error(error: BaseException) -> str:
     return " ".join(text.split())
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def run(args: argparse.Namespace) -> int:
+    """Run a parsed command; every failure ends in one line and exit status 2."""
     try:
         return args.run(args)
     except KeyboardInterrupt:
@@ -340,6 +340,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if os.environ.get("TF_GPT2_TRACEBACK"):
             traceback.print_exc()
         return 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run(build_parser().parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -15,13 +15,13 @@ True
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
 from keras import ops
 
+from tf_gpt2.detokenize import DETOKENIZERS
 from tf_gpt2.tokenizer import GPT2Tokenizer
 from tf_gpt2.xla import compiled
 
@@ -50,23 +50,6 @@ class EvalResult:
         if self.bytes == 0:
             raise ValueError("bits per byte needs the text itself; this result was scored from token ids")
         return self.nll / (math.log(2) * self.bytes)
-
-
-def wikitext_detokenize(text: str) -> str:
-    """Undo WikiText's tokenization artefacts (" @-@ ", " , ", "( x )", "= = Heading = =") as the GPT-2
-    paper's invertible detokenizers do, so the model sees ordinary text."""
-    for spaced, joined in ((" @-@ ", "-"), (" @,@ ", ","), (" @.@ ", "."), (" : ", ": "), (" ; ", "; "),
-                           (" . ", ". "), (" ! ", "! "), (" ? ", "? "), (" , ", ", "), (" 's", "'s"),
-                           ("s '", "s'"), ("= = = =", "===="), ("= = =", "==="), ("= =", "=="),
-                           (" \n", "\n"), ("\n ", "\n")):
-        text = text.replace(spaced, joined)
-    for pattern, joined in ((r"\(\s*([^)]*?)\s*\)", r"(\1)"), (r"\[\s*([^\]]*?)\s*\]", r"[\1]"),
-                            (r"{\s*([^}]*?)\s*}", r"{\1}"), (r'"\s*([^"]*?)\s*"', r'"\1"')):
-        text = re.sub(pattern, joined, text)
-    return text
-
-
-DETOKENIZERS = {"none": lambda text: text, "wikitext": wikitext_detokenize}
 
 
 def windows(n_tokens: int, context: int, stride: int) -> list[tuple[int, int, int]]:

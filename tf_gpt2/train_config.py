@@ -1,0 +1,83 @@
+"""The settings of a training run: one dataclass, checked when it is made. It imports no TensorFlow,
+so the command line can offer its fields as flags without loading it.
+
+>>> TrainConfig(steps=10, learning_rate=1e-3).min_learning_rate   # the cosine ends at a tenth
+0.0001
+>>> TrainConfig(steps=0)
+Traceback (most recent call last):
+...
+ValueError: steps must be a positive integer, got 0
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
+STRATEGIES = (None, "mirrored", "multiworker", "tpu")
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Everything a run needs; `tf-gpt2 train` flags map one to one onto these fields."""
+
+    out: str = "runs/gpt2"
+    data: str | None = None  # prepared dir, text file/folder/glob; None: the embedded corpus
+    vocab: str = "gpt2"  # or "char" (when raw text is tokenized for this run)
+    preset: str = "gpt2-mini"
+    model: dict[str, Any] = dataclasses.field(default_factory=dict)  # GPT2Config overrides
+    init_from: str | None = None  # any checkpoint GPT2.from_pretrained reads
+    steps: int = 1000
+    batch_size: int = 8
+    block_size: int = 256
+    learning_rate: float = 6e-4
+    min_learning_rate: float | None = None  # None: learning_rate / 10
+    warmup_steps: int = 100
+    weight_decay: float = 0.1
+    beta_1: float = 0.9
+    beta_2: float = 0.95
+    grad_clip: float = 1.0  # global norm; 0 disables
+    grad_accum: int = 1
+    eval_interval: int = 100
+    eval_batches: int = 20
+    seed: int = 0
+    precision: str = "float32"
+    jit_compile: bool = True
+    steps_per_execution: int = 1
+    lora_rank: int = 0
+    strategy: str | None = None
+    sample_prompt: str = "\n"
+    sample_tokens: int = 64
+    tensorboard: bool = True
+    verbose: int = 1
+    resume_with_changes: bool = False  # resume even if the settings differ from the checkpoint's run
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "block_size", "grad_accum", "eval_interval", "steps_per_execution",
+                     "eval_batches"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        for name in ("warmup_steps", "lora_rank"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
+        if not (isinstance(self.learning_rate, (int, float)) and 0 < self.learning_rate < math.inf):
+            raise ValueError(f"learning_rate must be a positive number, got {self.learning_rate!r}")
+        if self.min_learning_rate is None:
+            self.min_learning_rate = self.learning_rate / 10
+        if not 0 <= self.min_learning_rate <= self.learning_rate:  # also refuses NaN
+            raise ValueError(f"min_learning_rate must be in [0, learning_rate = {self.learning_rate}], got "
+                             f"{self.min_learning_rate!r}: the cosine schedule would rise instead of decay")
+        for name in ("weight_decay", "grad_clip"):
+            if not 0 <= getattr(self, name) < math.inf:
+                raise ValueError(f"{name} must be a non-negative number, got {getattr(self, name)!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"strategy must be one of {STRATEGIES[1:]}, got {self.strategy!r}")
+        if (self.eval_interval * self.grad_accum) % self.steps_per_execution:
+            raise ValueError("eval_interval * grad_accum (micro-batches per round) must be a multiple of "
+                             "steps_per_execution")

@@ -1,0 +1,86 @@
+"""The `tf-gpt2` console script. It parses the command line before the package's `__init__` runs, so
+`tf-gpt2 --help` and a mistyped flag answer at once, without loading TensorFlow.
+
+`import tf_gpt2` loads the model (that registers its Keras classes for `keras.models.load_model`), and
+any `tf_gpt2.<module>` import runs it first. Here the import is taken in Python's own two steps with the
+parsing between them: the package module is made from its spec (its submodules can be imported, its
+`__init__` has not run), `tf_gpt2.cli` builds the parser from modules that import no TensorFlow, and
+then the package's `__init__` runs and the command with it.
+
+TensorFlow's C++ start-up lines ("cudart_stub.cc:31] Could not find cuda drivers", "cuInit" ...) are
+written before its logging is set up, so TF_CPP_MIN_LOG_LEVEL cannot stop them; the launcher drops
+those lines while TensorFlow loads and finds its devices, and writes out anything else that came.
+Set TF_CPP_MIN_LOG_LEVEL yourself (0 shows all) and they are left alone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+import re
+import sys
+import tempfile
+from typing import Iterator, Sequence
+
+# absl's line format ("I0000 00:00:1796118916.739730   11498 cudart_stub.cc:31] ..."), its notice that
+# logging is not set up yet, and the continuation line of TensorFlow's CPU-feature notice.
+START_UP_LINE = re.compile(r"[IWEF]\d{4} \d\d:\d\d:\d+\.\d+ +\d+ \S+:\d+\] |WARNING: All log messages before "
+                           r"absl::InitializeLog\(\)|To enable the following instructions: ")
+
+
+@contextlib.contextmanager
+def tensorflow_start_up_lines_dropped() -> Iterator[None]:
+    """Send file descriptor 2 to a temporary file for the block; then write out what came, but for the
+    start-up lines of TensorFlow's C++ runtime (all of it if the block raised)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        failed = True
+        try:
+            yield
+            failed = False
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            lines = captured.read().decode("utf-8", "replace").splitlines(keepends=True)
+            sys.stderr.write("".join(line for line in lines if failed or not START_UP_LINE.match(line)))
+            sys.stderr.flush()
+
+
+def _load(package, spec, quiet: bool) -> None:
+    """Run the package's `__init__` (TensorFlow loads) and let TensorFlow find its devices."""
+    with tensorflow_start_up_lines_dropped() if quiet else contextlib.nullcontext():
+        spec.loader.exec_module(package)
+        if "tensorflow" in sys.modules:
+            sys.modules["tensorflow"].config.list_physical_devices()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    package = sys.modules.get("tf_gpt2")
+    if package is not None:  # already imported (e.g. called from Python): nothing to defer
+        from tf_gpt2 import cli
+
+        return cli.run(cli.build_parser().parse_args(argv))
+    quiet = "TF_CPP_MIN_LOG_LEVEL" not in os.environ
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's INFO and WARNING lines after start-up
+    spec = importlib.util.find_spec("tf_gpt2")
+    package = importlib.util.module_from_spec(spec)
+    sys.modules["tf_gpt2"] = package
+    try:
+        from tf_gpt2 import cli
+
+        args = cli.build_parser().parse_args(argv)
+        _load(package, spec, quiet)
+    except BaseException:  # --help, a parse error, a failed import: leave no half-made package behind
+        for name in [name for name in sys.modules if name == "tf_gpt2" or name.startswith("tf_gpt2.")]:
+            del sys.modules[name]
+        raise
+    return cli.run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
