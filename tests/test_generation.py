@@ -158,3 +158,21 @@ def test_cli_prints_no_tensorflow_start_up_lines_and_nothing_inside_the_text():
     assert run.returncode == 0, run.stdout[-2000:]
     assert run.stdout.startswith("Hello there"), run.stdout[:2000]
     assert "I0000" not in run.stdout and "W0000" not in run.stdout and "XLA" not in run.stdout
+
+
+def test_prefill_and_the_decode_step_compile_once_whatever_the_step_prompt_or_settings(model):
+    """TF's XLA bridge bakes an input into the program where an op needs it at compile time (a slice's
+    start): then every new token index compiled the decode step again (about a second per token of
+    `tf-gpt2 generate`). The compiled programs must not depend on any value, only on shapes."""
+    from tf_gpt2.generation import _prepare, decode_step, prefill
+    from tf_gpt2.xla import compiled
+
+    def programs(prompt, step, **settings):
+        request = _prepare(model, prompt, 12, **settings)
+        start = compiled(model, prefill)
+        state = start(request.prompt, request.new_slots)._replace(step=np.int32(step))
+        return (start.experimental_get_compiler_ir(request.prompt, request.new_slots)(stage="hlo"),
+                compiled(model, decode_step).experimental_get_compiler_ir(state, request.sampling)(stage="hlo"))
+
+    first = programs([1, 2, 3], 0)
+    assert programs([7, 8, 9, 4], 5, temperature=0.7, top_k=3, top_p=0.9, repetition_penalty=1.3, seed=11) == first

@@ -51,13 +51,15 @@ def write_cache(cache: dict, key, value, index):
     finite = lambda t: ops.all(ops.abs(ops.cast(t, "float32")) <= 3.4e38)  # noqa: E731  (NaN compares False)
     ok = ops.logical_and(ops.logical_and(index >= 0, index + time <= length),
                          ops.logical_and(finite(key), finite(value)))
-    zero = ops.zeros((), "int32")
-    start = (zero, zero, ops.clip(index, 0, ops.maximum(length - time, 0)), zero)
+    zero, first = ops.zeros((), "int32"), ops.clip(index, 0, ops.maximum(length - time, 0))
+    # The old contents are gathered, not sliced: TF's XLA bridge needs a slice's start at compile time,
+    # so a decode step would be compiled again for each new index.
+    slots = first + ops.arange(time, dtype="int32")
     updated = {}
     for name, new in (("key", key), ("value", value)):
         new = ops.cast(new, cache[name].dtype)
-        old = ops.slice(cache[name], start, ops.shape(new))
-        updated[name] = ops.slice_update(cache[name], start, ops.where(ok, new, old))
+        old = ops.take(cache[name], slots, axis=2)
+        updated[name] = ops.slice_update(cache[name], (zero, zero, first, zero), ops.where(ok, new, old))
     return updated, ok
 
 
