@@ -60,11 +60,10 @@ def _load(package, spec, quiet: bool) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    package = sys.modules.get("tf_gpt2")
-    if package is not None:  # already imported (e.g. called from Python): nothing to defer
+    if "tf_gpt2" in sys.modules:  # already imported (e.g. called from Python): nothing to defer
         from tf_gpt2 import cli
 
-        return cli.run(cli.build_parser().parse_args(argv))
+        return cli.main(argv)
     quiet = "TF_CPP_MIN_LOG_LEVEL" not in os.environ
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's INFO and WARNING lines after start-up
     spec = importlib.util.find_spec("tf_gpt2")

@@ -1,6 +1,8 @@
 """Every CLI failure ends in one line that names the problem (and the file), with exit status 2."""
 
 import json
+import subprocess
+import sys
 
 import pytest
 
@@ -66,10 +68,7 @@ def test_help_shows_the_defaults_of_train_config_and_the_presets(capsys):
     assert "{" + ",".join(sorted(PRESETS)) + "}" in shown
 
 
-def _fresh_python(code: str) -> "subprocess.CompletedProcess[str]":
-    import subprocess
-    import sys
-
+def _fresh_python(code: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
 
 
@@ -79,7 +78,7 @@ def test_help_and_a_bad_flag_answer_without_loading_tensorflow():
 
     run = _fresh_python(
         "import runpy, sys\n"
-        f"for argv in (['train', '--help'], ['--help'], ['train', '--out', 'x', '--steps', 'many']):\n"
+        "for argv in (['train', '--help'], ['--help'], ['train', '--out', 'x', '--steps', 'many']):\n"
         f"    sys.argv = [{console_script()!r}, *argv]\n"
         "    try:\n"
         "        runpy.run_path(sys.argv[0], run_name='__main__')\n"
@@ -110,6 +109,13 @@ def test_the_console_script_is_the_launcher_and_the_package_loads_whole_after_it
     assert run.returncode == 0, run.stderr[-2000:]
     assert run.stdout.split() == ["2", "GPT2", "True"]
     assert "No such file or directory: /nonexistent.txt" in run.stderr
+
+
+def test_the_launcher_called_after_the_package_was_imported_runs_the_command(capsys):
+    import tf_gpt2_launcher
+
+    assert tf_gpt2_launcher.main(["eval", "/nonexistent.txt", "--random-init", "gpt2-tiny"]) == 2
+    assert capsys.readouterr().err.strip() == "tf-gpt2 eval: error: No such file or directory: /nonexistent.txt"
 
 
 def test_tensorflow_start_up_lines_are_dropped_and_other_lines_kept(capfd):
