@@ -94,8 +94,8 @@ def test_saved_model_of_a_mixed_model_returns_float32_logits(reference, tmp_path
 
     model = _in_policy(reference, "mixed_bfloat16")
     served = tf.saved_model.load(export_saved_model(model, str(tmp_path / "m"), max_new_tokens_limit=8))
-    mask = np.ones_like(IDS, np.int32)
+    length = np.full(len(IDS), np.shape(IDS)[1], np.int32)
     logits = served.signatures["serving_default"](token_ids=tf.constant(IDS, tf.int32),
-                                                  attention_mask=tf.constant(mask))["logits"]
+                                                  length=tf.constant(length))["logits"]
     assert logits.dtype == tf.float32
     np.testing.assert_allclose(logits.numpy(), np.asarray(model(IDS)), atol=1e-2)

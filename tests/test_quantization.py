@@ -1,5 +1,8 @@
 """Keras' int8 weight quantization (`model.quantize("int8")`): generate, `.keras` save/load and the SavedModel."""
 
+import os
+import sys
+
 import keras
 import numpy as np
 import pytest
@@ -42,13 +45,18 @@ def test_int8_model_round_trips_through_keras_and_saved_model(int8, tmp_path):
 
     from tf_gpt2.export import export_saved_model
 
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "benchmarks"))
+    from tf_serving import xla_only_ops
+
     ids = np.array([[464, 3290, 318, 257, 11, 290]], np.int32)
     int8.save(tmp_path / "int8.keras")
     loaded = keras.models.load_model(tmp_path / "int8.keras")
     assert loaded.quantization == "int8" and loaded.wte.embeddings.dtype == "int8"
     np.testing.assert_array_equal(np.asarray(loaded(ids)), np.asarray(int8(ids)))
-    served = tf.saved_model.load(export_saved_model(int8, str(tmp_path / "served"), max_new_tokens_limit=8))
-    logits = served.signatures["serving_default"](token_ids=tf.constant(ids), attention_mask=tf.ones_like(ids))
+    path = export_saved_model(int8, str(tmp_path / "served"), max_new_tokens_limit=8)
+    assert xla_only_ops(path) == []  # TF Serving runs it with XLA compilation off
+    served = tf.saved_model.load(path)
+    logits = served.signatures["serving_default"](token_ids=tf.constant(ids), length=tf.constant([ids.shape[1]]))
     np.testing.assert_allclose(logits["logits"].numpy(), np.asarray(int8(ids)), atol=1e-4)
 
 

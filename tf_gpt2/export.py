@@ -1,10 +1,14 @@
 """Deployment to TF Serving: a SavedModel with logits, generation and text-in/text-out signatures.
 
-SavedModel (`export_saved_model`) writes `<base>/<version>/` with three signatures:
-  serving_default(token_ids, attention_mask)                       -> logits
-  generate(token_ids, attention_mask, max_new_tokens, temperature,
-           top_k, top_p, seed)                                     -> token_ids
-  generate_text(text, max_new_tokens, temperature, top_k, top_p, seed) -> text
+SavedModel (`export_saved_model`) writes `<base>/<version>/` with three signatures; every input and
+output has a leading batch dimension, so TF Serving's batcher can merge requests:
+  serving_default(token_ids [B, T], length [B])                        -> logits [B, T, vocab]
+  generate(token_ids, length, max_new_tokens [B], temperature [B],
+           top_k [B], top_p [B], seed [B])                            -> token_ids [B, N], length [B]
+  generate_text(text [B], max_new_tokens, temperature, top_k, top_p, seed) -> text, token_ids, length
+Row i's prompt is its first `length[i]` tokens (what follows is ignored); each setting is one value per
+row, or a single value for all rows. A row's answer is its first `length[i]` new tokens (up to and with
+`<|endoftext|>`). The graphs run with XLA compilation off, as the stock server runs them.
 The tokenizer is in the graph (keras-hub's BytePairTokenizer, whose ops come from
 tensorflow-text: `import tensorflow_text` before `tf.saved_model.load` outside TF Serving).
 Phones and other devices: see `tf_gpt2.litert`.
@@ -18,31 +22,41 @@ import keras
 import tensorflow as tf
 
 from tf_gpt2.files import atomic_write
-from tf_gpt2.generation import Prompt, Sampling, generate_loop, pad_id, positions_from_mask
+from tf_gpt2.generation import Prompt, Sampling, answer_lengths, generate_loop, pad_id, positions_from_mask
+from tf_gpt2.layers import scatter_cache_writes
 from tf_gpt2.model import GPT2
 from tf_gpt2.tokenizer import EOT_ID, GPT2Tokenizer
 
-def _left_align(ids, mask):
-    """Move each row's tokens to the right end (left padding), as generation expects."""
-    width = tf.shape(ids)[1]
-    shift = width - tf.reduce_sum(mask, axis=1)
-    index = tf.math.floormod(tf.range(width)[None, :] - shift[:, None], width)
-    return tf.gather(ids, index, batch_dims=1), tf.gather(mask, index, batch_dims=1)
+def _prompt(token_ids, length, vocab_size: int, pad: int):
+    """Checked left-padded `Prompt` from right-padded rows: row i's prompt is its first `length[i]` tokens.
 
-
-def _prompt_checks(token_ids, attention_mask, vocab_size: int) -> list:
-    """In-graph checks of a served prompt: a served model gets no eager Python validation in front of it."""
-    valid = tf.logical_and(attention_mask >= 0, attention_mask <= 1)
-    return [
-        tf.debugging.assert_equal(tf.shape(token_ids), tf.shape(attention_mask),
-                                  message="token_ids and attention_mask must have the same shape"),
-        tf.debugging.assert_non_negative(token_ids, message="token ids must be >= 0"),
-        tf.debugging.assert_less(token_ids, vocab_size, message=f"token ids must be < {vocab_size} (vocab_size)"),
-        tf.debugging.assert_equal(tf.reduce_all(valid), True, message="attention_mask values must be 0 or 1"),
-        tf.debugging.assert_equal(  # 1s then 0s: the first column is 1 and the mask never rises
-            tf.reduce_all(tf.logical_and(attention_mask[:, :1] == 1, attention_mask[:, 1:] <= attention_mask[:, :-1])),
-            True, message="every attention_mask row must be 1s followed by 0s (right padding, at least one token)"),
+    What follows a row's prompt is ignored (TF Serving's batcher pads a shorter request with its own first
+    element), so a merged batch answers each row as it would alone. A served model has no eager Python in
+    front of it: the checks are in the graph.
+    """
+    width = tf.shape(token_ids)[1]
+    mask = tf.sequence_mask(length, width, dtype=tf.int32)
+    checks = [
+        tf.debugging.assert_equal(tf.shape(length), tf.shape(token_ids)[:1],
+                                  message="length must have one value per row of token_ids"),
+        tf.debugging.assert_equal(tf.reduce_all(tf.logical_and(length >= 1, length <= width)), True,
+                                  message="every length must be in [1, number of columns of token_ids]"),
+        tf.debugging.assert_equal(tf.reduce_all(tf.logical_or(mask == 0, tf.logical_and(
+            token_ids >= 0, token_ids < vocab_size))), True, message=f"token ids must be in [0, {vocab_size})"),
     ]
+    with tf.control_dependencies(checks):
+        ids = tf.where(mask == 1, token_ids, pad)  # the padding is whatever the client or batcher put there
+    # Move each row's tokens to the right end (left padding), as generation expects.
+    index = tf.math.floormod(tf.range(width)[None, :] - (width - length)[:, None], width)
+    return Prompt(tf.gather(ids, index, batch_dims=1), tf.gather(mask, index, batch_dims=1))
+
+
+def _per_row(name: str, value, batch):
+    """A setting sent as one value per row ([batch]) or one for all ([1]), as [batch]."""
+    check = tf.debugging.assert_equal(tf.logical_or(tf.size(value) == 1, tf.size(value) == batch), True,
+                                      message=f"{name} must have one value per row, or a single value")
+    with tf.control_dependencies([check]):
+        return tf.broadcast_to(value, [batch])
 
 
 class _Serving:
@@ -56,32 +70,40 @@ class _Serving:
         self.limit = max_new_tokens_limit
         self.pad_id = pad_id(model.config)
 
-    def logits(self, token_ids, attention_mask):
-        with tf.control_dependencies(_prompt_checks(token_ids, attention_mask, self.model.config.vocab_size)):
-            token_ids, attention_mask = tf.identity(token_ids), tf.identity(attention_mask)  # checked first
-        return {"logits": self.model(token_ids, attention_mask=attention_mask, position_ids=positions_from_mask(attention_mask))}
+    def logits(self, token_ids, length):
+        prompt = _prompt(token_ids, length, self.model.config.vocab_size, self.pad_id)
+        logits = self.model(prompt.ids, attention_mask=prompt.mask, position_ids=positions_from_mask(prompt.mask))
+        width = tf.shape(token_ids)[1]  # back to the rows as they were sent: the prompt first
+        index = tf.math.floormod(tf.range(width)[None, :] + (width - length)[:, None], width)
+        sent = tf.sequence_mask(length, width)[:, :, None]  # logits past a row's prompt are 0
+        return {"logits": tf.where(sent, tf.gather(logits, index, batch_dims=1), 0.0)}
 
-    def generate(self, token_ids, attention_mask, max_new_tokens, temperature, top_k, top_p, seed):
-        n_positions = self.model.config.n_positions
-        longest = tf.reduce_max(tf.reduce_sum(attention_mask, axis=1))
-        checks = _prompt_checks(token_ids, attention_mask, self.model.config.vocab_size) + [
-            tf.debugging.assert_greater(longest, 0, message="prompt is empty"),
-            tf.debugging.assert_positive(max_new_tokens, message="max_new_tokens must be > 0"),
-            tf.debugging.assert_less_equal(max_new_tokens, self.limit, message=f"max_new_tokens must be <= {self.limit}"),
-            tf.debugging.assert_less_equal(longest + max_new_tokens, n_positions,
-                                           message=f"prompt + max_new_tokens exceeds the context of {n_positions}"),
-            tf.debugging.assert_non_negative(temperature, message="temperature must be >= 0"),
-            tf.debugging.assert_non_negative(top_k, message="top_k must be >= 0 (0: off)"),
-            tf.debugging.assert_greater(top_p, 0.0, message="top_p must be in (0, 1]"),
-            tf.debugging.assert_less_equal(top_p, 1.0, message="top_p must be in (0, 1]"),
+    def generate(self, token_ids, length, max_new_tokens, temperature, top_k, top_p, seed):
+        cfg, batch = self.model.config, tf.shape(token_ids)[0]
+        prompt = _prompt(token_ids, length, cfg.vocab_size, self.pad_id)
+        knobs = {name: _per_row(name, value, batch) for name, value in (
+            ("max_new_tokens", max_new_tokens), ("temperature", temperature), ("top_k", top_k), ("top_p", top_p),
+            ("seed", seed))}
+        budget, longest = tf.reduce_max(knobs["max_new_tokens"]), tf.reduce_max(length)
+        ok = lambda condition: tf.reduce_all(condition)  # noqa: E731
+        checks = [
+            tf.debugging.assert_equal(ok(knobs["max_new_tokens"] > 0), True, message="max_new_tokens must be > 0"),
+            tf.debugging.assert_less_equal(budget, self.limit, message=f"max_new_tokens must be <= {self.limit}"),
+            tf.debugging.assert_equal(ok(length + knobs["max_new_tokens"] <= cfg.n_positions), True,
+                                      message=f"prompt + max_new_tokens exceeds the context of {cfg.n_positions}"),
+            tf.debugging.assert_equal(ok(knobs["temperature"] >= 0), True, message="temperature must be >= 0"),
+            tf.debugging.assert_equal(ok(knobs["top_k"] >= 0), True, message="top_k must be >= 0 (0: off)"),
+            tf.debugging.assert_equal(ok(tf.logical_and(knobs["top_p"] > 0, knobs["top_p"] <= 1)), True,
+                                      message="top_p must be in (0, 1]"),
         ]
         with tf.control_dependencies(checks):
-            token_ids, attention_mask = _left_align(token_ids, attention_mask)
-        sampling = Sampling(temperature=temperature, top_k=top_k, top_p=top_p, repetition_penalty=tf.constant(1.0),
-                            seed=seed, stop_ids=tf.constant([EOT_ID], tf.int32), pad_id=tf.constant(self.pad_id))
-        new_slots = tf.zeros((tf.shape(token_ids)[0], self.limit), tf.int32)
-        out = generate_loop(self.model, Prompt(token_ids, attention_mask), new_slots, max_new_tokens, sampling)
-        return {"token_ids": out[:, :max_new_tokens]}
+            budget = tf.identity(budget)
+        sampling = Sampling(repetition_penalty=tf.ones([batch]), stop_ids=tf.constant([EOT_ID], tf.int32),
+                            pad_id=tf.constant(self.pad_id), **knobs)
+        # The cache holds the longest prompt and the largest budget of this batch, no more.
+        new_slots = tf.zeros((batch, budget), tf.int32)
+        out = generate_loop(self.model, Prompt(prompt.ids[:, -longest:], prompt.mask[:, -longest:]), new_slots, sampling)
+        return {"token_ids": out, "length": answer_lengths(out, sampling)}
 
     def generate_text(self, text, max_new_tokens, temperature, top_k, top_p, seed):
         # Bounded before tokenizing: the in-graph BPE costs time quadratic in the length of a word
@@ -98,10 +120,15 @@ class _Serving:
             text = tf.identity(text)
         ragged = self.tokenizer(text)
         ids = tf.cast(ragged.to_tensor(default_value=self.pad_id), tf.int32)
-        mask = tf.sequence_mask(ragged.row_lengths(), tf.shape(ids)[1], dtype=tf.int32)
-        out = self.generate(ids, mask, max_new_tokens, temperature, top_k, top_p, seed)["token_ids"]
-        kept = tf.reduce_sum(tf.cast(tf.cumsum(tf.cast(out == EOT_ID, tf.int32), axis=1) == 0, tf.int32), axis=1)
-        return {"text": self.tokenizer.detokenize(tf.RaggedTensor.from_tensor(out, lengths=kept))}
+        answer = self.generate(ids, tf.cast(ragged.row_lengths(), tf.int32), max_new_tokens, temperature, top_k,
+                               top_p, seed)
+        ends_with_stop = tf.gather(answer["token_ids"], tf.maximum(answer["length"] - 1, 0), batch_dims=1) == EOT_ID
+        kept = answer["length"] - tf.cast(ends_with_stop, tf.int32)  # the stop token is not text
+        words = self.tokenizer.detokenize(tf.RaggedTensor.from_tensor(answer["token_ids"], lengths=kept))
+        # An answer cut inside a multi-byte character ends with an incomplete one: U+FFFD replaces it, as
+        # bytes.decode(errors="replace") does, so the text is valid UTF-8 (TF Serving's REST writes it raw).
+        text = tf.strings.unicode_transcode(words, "UTF-8", "UTF-8", errors="replace")
+        return {"text": text, **answer}
 
 
 def _next_version(base: str) -> int:
@@ -123,16 +150,17 @@ def export_saved_model(model: GPT2, base_dir: str, version: int | None = None, m
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
     module = _Serving(model, min(max_new_tokens_limit, model.config.n_positions), max_text_bytes, max_word_bytes)
     i32, f32 = tf.int32, tf.float32
+    # Every input has a leading batch dimension, so TF Serving's batcher can merge requests.
     ids_spec = tf.TensorSpec([None, None], i32, "token_ids")
-    mask_spec = tf.TensorSpec([None, None], i32, "attention_mask")
-    settings = [tf.TensorSpec([], i32, "max_new_tokens"), tf.TensorSpec([], f32, "temperature"),
-             tf.TensorSpec([], i32, "top_k"), tf.TensorSpec([], f32, "top_p"), tf.TensorSpec([], i32, "seed")]
+    length_spec = tf.TensorSpec([None], i32, "length")
+    settings = [tf.TensorSpec([None], dtype, name) for name, dtype in (
+        ("max_new_tokens", i32), ("temperature", f32), ("top_k", i32), ("top_p", f32), ("seed", i32))]
     archive = keras.export.ExportArchive()
     # The endpoints' variables are saved because they use them; tracking the model as well would store every
     # weight a second time (as the Keras variable and as the TF variable under it).
     archive.track(module.tokenizer)  # its vocabulary lookup tables
-    archive.add_endpoint("serving_default", module.logits, [ids_spec, mask_spec])
-    archive.add_endpoint("generate", module.generate, [ids_spec, mask_spec, *settings])
+    archive.add_endpoint("serving_default", module.logits, [ids_spec, length_spec])
+    archive.add_endpoint("generate", module.generate, [ids_spec, length_spec, *settings])
     archive.add_endpoint("generate_text", module.generate_text, [tf.TensorSpec([None], tf.string, "text"), *settings])
     version = version or _next_version(base_dir)
     final_dir = os.path.join(base_dir, str(version))
@@ -140,5 +168,6 @@ def export_saved_model(model: GPT2, base_dir: str, version: int | None = None, m
         raise FileExistsError(f"{final_dir} exists: choose another version")
     os.makedirs(base_dir, exist_ok=True)
     # Written aside and moved into place in one rename: TF Serving never sees half a version.
-    atomic_write(final_dir, lambda tmp: archive.write_out(tmp, verbose=False))
+    with scatter_cache_writes():  # TF Serving runs graphs with XLA compilation off: no XLA-only op
+        atomic_write(final_dir, lambda tmp: archive.write_out(tmp, verbose=False))  # the endpoints trace here
     return final_dir

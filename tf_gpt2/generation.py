@@ -25,12 +25,14 @@ def _bucket(n: int, minimum: int = 8) -> int:
     return max(minimum, 1 << (int(n) - 1).bit_length())
 
 
-def _hash_uniform(rows, cols, seed, step):
-    """Uniform (0, 1) floats [rows, cols] from a stateless integer hash (lowbias32) of (seed, step, index)."""
-    arange = lambda n: ops.cast(ops.arange(n, dtype="int32"), "uint32")  # noqa: E731
-    index = arange(rows)[:, None] * ops.cast(cols, "uint32") + arange(cols)[None, :]
-    x = index + ops.cast(step, "uint32") * ops.cast(rows * cols, "uint32")
-    x = ops.bitwise_xor(x, ops.cast(seed, "uint32") * ops.cast(0x9E3779B9, "uint32"))
+def _hash_uniform(cols, seed, step):
+    """Uniform (0, 1) floats [batch, cols] from a stateless integer hash (lowbias32) of (seed, step, column).
+
+    `seed` is int32 [batch]: a row's noise depends on its own seed only, not on the rows beside it.
+    """
+    column = ops.cast(ops.arange(cols, dtype="int32"), "uint32")[None, :]
+    x = column + ops.cast(step, "uint32") * ops.cast(cols, "uint32")
+    x = ops.bitwise_xor(x, ops.cast(seed, "uint32")[:, None] * ops.cast(0x9E3779B9, "uint32"))
     for multiplier in (0x7FEB352D, 0x846CA68B):
         x = ops.bitwise_xor(x, ops.right_shift(x, ops.cast(16, "uint32")))
         x = x * ops.cast(multiplier, "uint32")
@@ -43,7 +45,7 @@ def filter_top_k_top_p(logits, top_k, top_p):
     """Set to -inf every logit outside the top-k, then outside the nucleus of mass top_p of what is left.
 
     The nucleus is taken on the top-k distribution renormalised (as Hugging Face and keras-hub do);
-    `top_k` <= 0 and `top_p` >= 1 disable each filter; both may be tensors.
+    `top_k` <= 0 and `top_p` >= 1 disable each filter; both may be tensors ([batch, 1] for one per row).
     """
     vocab = ops.shape(logits)[-1]
     sorted_desc = -ops.sort(-logits, axis=-1)
@@ -51,7 +53,7 @@ def filter_top_k_top_p(logits, top_k, top_p):
     in_top_k = ops.arange(vocab, dtype="int32")[None, :] < k
     probs = ops.softmax(ops.where(in_top_k, sorted_desc, -np.inf), axis=-1)  # renormalised over the top k
     # Keep the smallest prefix whose mass reaches top_p: a token stays if the mass before it is < top_p.
-    keep = ops.logical_and(in_top_k, (ops.cumsum(probs, axis=-1) - probs) < top_p)
+    keep = ops.logical_and(in_top_k, ops.logical_or((ops.cumsum(probs, axis=-1) - probs) < top_p, top_p >= 1))
     threshold = ops.min(ops.where(keep, sorted_desc, np.inf), axis=-1, keepdims=True)
     return ops.where(logits >= threshold, logits, -np.inf)
 
@@ -63,13 +65,15 @@ def apply_repetition_penalty(logits, seen, penalty):
 
 
 class Sampling(NamedTuple):
-    """How each next token is chosen. Every field is a tensor, so new values never recompile."""
+    """How each row's next token is chosen and when the row stops. Every field is a tensor, so new values
+    never recompile; the per-row ones are [batch], so rows of one batch may differ."""
 
-    temperature: Any  # float32; 0 = greedy
-    top_k: Any  # int32; 0 = off
-    top_p: Any  # float32; 1 = off
-    repetition_penalty: Any  # float32; 1 = off
-    seed: Any  # int32
+    temperature: Any  # float32 [batch]; 0 = greedy
+    top_k: Any  # int32 [batch]; 0 = off
+    top_p: Any  # float32 [batch]; 1 = off
+    repetition_penalty: Any  # float32 [batch]; 1 = off
+    seed: Any  # int32 [batch]
+    max_new_tokens: Any  # int32 [batch]: a row stops after this many new tokens
     stop_ids: Any  # int32 [n]: a row stops after one of these (-1: an unused entry)
     pad_id: Any  # int32: what a row gets after it stopped
 
@@ -95,20 +99,22 @@ class DecodeState(NamedTuple):
 
 
 def sample_next(logits, sampling: Sampling, step):
-    """Next token ids [batch]: argmax when temperature == 0, else a filtered sample."""
+    """Next token ids [batch]: argmax in rows whose temperature is 0, a filtered sample in the others."""
+    greedy = ops.cast(ops.argmax(logits, axis=-1), "int32")
+    row = lambda setting: setting[:, None]  # noqa: E731  (a per-row setting against [batch, vocab])
 
     def sampled():
-        scaled = logits / ops.maximum(sampling.temperature, 1e-6)
-        filtered = ops.cond(
-            ops.logical_or(sampling.top_k > 0, sampling.top_p < 1.0),
-            lambda: filter_top_k_top_p(scaled, sampling.top_k, sampling.top_p),
+        scaled = logits / ops.maximum(row(sampling.temperature), 1e-6)
+        filtered = ops.cond(  # sorting the vocabulary is skipped when no row filters
+            ops.any(ops.logical_or(sampling.top_k > 0, sampling.top_p < 1.0)),
+            lambda: filter_top_k_top_p(scaled, row(sampling.top_k), row(sampling.top_p)),
             lambda: scaled,
         )
-        gumbel = -ops.log(-ops.log(_hash_uniform(*ops.shape(logits), sampling.seed, step)))
+        gumbel = -ops.log(-ops.log(_hash_uniform(ops.shape(logits)[1], sampling.seed, step)))
         return ops.cast(ops.argmax(filtered + gumbel, axis=-1), "int32")
 
-    greedy = lambda: ops.cast(ops.argmax(logits, axis=-1), "int32")  # noqa: E731
-    return ops.cond(sampling.temperature > 0, sampled, greedy)
+    chosen = ops.cond(ops.any(sampling.temperature > 0), sampled, lambda: greedy)
+    return ops.where(sampling.temperature > 0, ops.reshape(chosen, ops.shape(greedy)), greedy)
 
 
 def positions_from_mask(mask):
@@ -148,24 +154,39 @@ def prefill(model, prompt: Prompt, new_slots) -> DecodeState:
 def decode_step(model, state: DecodeState, sampling: Sampling) -> DecodeState:
     """Choose new token `state.step` of every row (pad_id for rows already done), then run it
     through the model at its cache slot."""
-    batch, budget = ops.shape(state.logits)[0], ops.shape(state.tokens)[1]
-    logits = apply_repetition_penalty(state.logits, state.seen, sampling.repetition_penalty)
-    token = ops.reshape(sample_next(logits, sampling, state.step), (batch,))  # cond drops the static shape
-    token = ops.where(state.done, sampling.pad_id, token)
+    budget = ops.shape(state.tokens)[1]
+    logits = apply_repetition_penalty(state.logits, state.seen, sampling.repetition_penalty[:, None])
+    token = ops.where(state.done, sampling.pad_id, sample_next(logits, sampling, state.step))
     slot = ops.shape(state.mask)[1] - budget + state.step  # the cache slot after the prompt's
     logits, cache = model.call_with_cache(token[:, None], state.cache, slot, state.mask,
                                           (state.lengths + state.step)[:, None], logits_at=0)
     return state._replace(
         step=state.step + 1,
-        done=ops.logical_or(state.done, ops.any(token[:, None] == sampling.stop_ids[None, :], axis=1)),
+        done=ops.any(ops.stack([state.done, _is_stop(token, sampling.stop_ids),
+                                state.step + 1 >= sampling.max_new_tokens]), axis=0),
         logits=logits, cache=cache,
         seen=ops.logical_or(state.seen, ops.one_hot(token, model.config.vocab_size) > 0),
-        tokens=ops.slice_update(state.tokens, (ops.zeros((), "int32"), state.step), token[:, None]),
+        # A select, not a slice update: this runs without XLA too (a served SavedModel).
+        tokens=ops.where(ops.arange(budget, dtype="int32")[None, :] == state.step, token[:, None], state.tokens),
     )
 
 
-def generate_loop(model, prompt: Prompt, new_slots, max_new_tokens, sampling: Sampling):
-    """Prefill, then decode until `max_new_tokens` or every row stopped: one compiled function.
+def _is_stop(tokens, stop_ids):
+    """Bool, shaped like `tokens`: which of them are stop ids."""
+    return ops.any(tokens[..., None] == stop_ids, axis=-1)
+
+
+def answer_lengths(tokens, sampling: Sampling):
+    """How many of each row's new `tokens` [batch, budget] are its answer: up to and with its first stop id,
+    at most its max_new_tokens. Int32 [batch]."""
+    stops = _is_stop(tokens, sampling.stop_ids)
+    first_stop = ops.where(ops.any(stops, axis=1), ops.argmax(ops.cast(stops, "int32"), axis=1) + 1,
+                           ops.shape(tokens)[1])
+    return ops.cast(ops.minimum(first_stop, sampling.max_new_tokens), "int32")
+
+
+def generate_loop(model, prompt: Prompt, new_slots, sampling: Sampling):
+    """Prefill, then decode until every row stopped (a stop id, or its max_new_tokens): one compiled function.
 
     `new_slots` is any [batch, budget] tensor; its shape fixes the output. Returns int32 [batch, budget].
     """
@@ -174,7 +195,7 @@ def generate_loop(model, prompt: Prompt, new_slots, max_new_tokens, sampling: Sa
 
     def keep_going(*state):
         state = DecodeState(*state)
-        return ops.logical_and(state.step < max_new_tokens, ops.logical_not(ops.all(state.done)))
+        return ops.logical_not(ops.all(state.done))
 
     def step(*state):
         return tuple(decode_step(model, DecodeState(*state), sampling))
@@ -277,10 +298,13 @@ def _prepare(model, prompt: Any, max_new_tokens: int = 32, temperature: float = 
     mask = np.zeros((len(batch), width), np.int32)
     for row, p in enumerate(batch):
         ids[row, width - len(p):], mask[row, width - len(p):] = p, 1
+    rows = lambda value, dtype: np.full(len(batch), value, dtype)  # noqa: E731  (one setting for every row)
     sampling = Sampling(
-        temperature=np.float32(temperature), top_k=np.int32(top_k), top_p=np.float32(top_p),
-        repetition_penalty=np.float32(repetition_penalty), seed=_seed(seed),
-        stop_ids=np.array(stop_ids + [-1], np.int32), pad_id=np.int32(pad),
+        temperature=rows(temperature, np.float32), top_k=rows(top_k, np.int32), top_p=rows(top_p, np.float32),
+        repetition_penalty=rows(repetition_penalty, np.float32),
+        seed=((_seed(seed) + np.arange(len(batch))) % 2**31).astype(np.int32),  # row i: seed + i
+        max_new_tokens=rows(max_new_tokens, np.int32), stop_ids=np.array(stop_ids + [-1], np.int32),
+        pad_id=np.int32(pad),
     )
     new_slots = np.zeros((len(batch), _bucket(max_new_tokens)), np.int32)
     return _Request(Prompt(ids, mask), new_slots, sampling, stop_ids, form, tokenizer)
@@ -304,7 +328,8 @@ def generate(
     (returns new ids), or a batch of id lists of any lengths (returns a list of id lists).
     temperature 0 is greedy; top_k 0 and top_p 1 switch those filters off (top-p is taken on the
     top-k distribution renormalised). Generation of a row stops after a token in `stop_ids`
-    (default: `<|endoftext|>`), which is kept in the ids and dropped from returned text.
+    (default: `<|endoftext|>`), which is kept in the ids and dropped from returned text. Row i of a batch
+    samples with seed `seed + i`: its tokens are those of that prompt alone with that seed.
 
     Example:
     >>> from tf_gpt2 import GPT2, GPT2Config
@@ -314,12 +339,9 @@ def generate(
     """
     request = _prepare(model, prompt, max_new_tokens, temperature, top_k, top_p, repetition_penalty, stop_ids,
                        seed, tokenizer)
-    out = compiled(model, generate_loop)(request.prompt, request.new_slots, np.int32(max_new_tokens),
-                                         request.sampling)
-    rows = []
-    for row in ops.convert_to_numpy(out)[:, :max_new_tokens].tolist():
-        ends = [i for i, t in enumerate(row) if t in request.stop_ids]
-        rows.append(row[: ends[0] + 1] if ends else row)
+    out = compiled(model, generate_loop)(request.prompt, request.new_slots, request.sampling)
+    lengths = ops.convert_to_numpy(answer_lengths(out, request.sampling))
+    rows = [row[:n] for row, n in zip(ops.convert_to_numpy(out).tolist(), lengths)]
     if request.form in ("ids", "batch"):
         return rows[0] if request.form == "ids" else rows
     texts = [request.tokenizer.decode([t for t in r if t not in request.stop_ids]) for r in rows]

@@ -8,6 +8,8 @@ residual stream with LayerNorm in front (GPT-2's "pre-LN" layout).
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
 
 import keras
@@ -38,6 +40,38 @@ def causal_mask(query_len, key_len, query_offset=0):
     return key_pos <= query_pos
 
 
+# How a step's keys/values are written into the cache. Compiled code (generate under XLA, the LiteRT
+# graphs) updates the slice in place with `slice_update`; on TensorFlow that op exists only inside XLA, and
+# TF Serving runs its graphs with XLA compilation off, so a SavedModel is traced under
+# `scatter_cache_writes()` and writes with `scatter_update`, which has plain TensorFlow kernels.
+_SCATTER_WRITES = contextvars.ContextVar("scatter_cache_writes", default=False)
+
+
+@contextlib.contextmanager
+def scatter_cache_writes():
+    """Within this block, cache writes are traced as scatters (ops that run without XLA)."""
+    token = _SCATTER_WRITES.set(True)
+    try:
+        yield
+    finally:
+        _SCATTER_WRITES.reset(token)
+
+
+def update_slots(buffer, updates, index):
+    """`buffer` [batch, heads, length, dim] with `updates` [batch, heads, time, dim] at positions `index`...
+
+    The one place that decides how a cache write is expressed (see `scatter_cache_writes`).
+    """
+    if not _SCATTER_WRITES.get():
+        zero = ops.zeros((), "int32")
+        return ops.slice_update(buffer, (zero, zero, index, zero), updates)
+    batch, heads, time = ops.shape(updates)[0], ops.shape(updates)[1], ops.shape(updates)[2]
+    grid = ops.meshgrid(ops.arange(batch, dtype="int32"), ops.arange(heads, dtype="int32"),
+                        index + ops.arange(time, dtype="int32"), indexing="ij")
+    where = ops.reshape(ops.stack(grid, axis=-1), (-1, 3))  # (b, h, slot) of every written row
+    return ops.scatter_update(buffer, where, ops.reshape(updates, (-1, ops.shape(updates)[3])))
+
+
 def write_cache(cache: dict, key, value, index):
     """Write this step's `key`/`value` [batch, n_head, time, head_dim] into `cache` at position `index`.
 
@@ -51,7 +85,7 @@ def write_cache(cache: dict, key, value, index):
     finite = lambda t: ops.all(ops.abs(ops.cast(t, "float32")) <= 3.4e38)  # noqa: E731  (NaN compares False)
     ok = ops.logical_and(ops.logical_and(index >= 0, index + time <= length),
                          ops.logical_and(finite(key), finite(value)))
-    zero, first = ops.zeros((), "int32"), ops.clip(index, 0, ops.maximum(length - time, 0))
+    first = ops.clip(index, 0, ops.maximum(length - time, 0))
     # The old contents are gathered, not sliced: TF's XLA bridge needs a slice's start at compile time,
     # so a decode step would be compiled again for each new index.
     slots = first + ops.arange(time, dtype="int32")
@@ -59,7 +93,7 @@ def write_cache(cache: dict, key, value, index):
     for name, new in (("key", key), ("value", value)):
         new = ops.cast(new, cache[name].dtype)
         old = ops.take(cache[name], slots, axis=2)
-        updated[name] = ops.slice_update(cache[name], (zero, zero, first, zero), ops.where(ok, new, old))
+        updated[name] = update_slots(cache[name], ops.where(ok, new, old), first)
     return updated, ok
 
 

@@ -1,0 +1,244 @@
+"""tensorflow_model_server's request path, reproduced in one Python process (the server binary does not
+install from PyPI). What the stock server does, from tensorflow/serving's source:
+
+- `model_servers/main.cc`: unless `--xla_cpu_compilation_enabled` (or the GPU flag) is given, it calls
+  `tensorflow::DisableXlaCompilation()` before loading anything: an op that only XLA runs then fails.
+- It loads a version with the TF1 SavedModel loader into a Session (tag "serve"), with TF Text's ops linked
+  (`workspace.bzl`: tensorflow-text 2.20.0).
+- `servables/tensorflow/predict_util.cc`: every signature input must be sent and no other; dtypes and shapes
+  are not checked before `Session::Run`, which fails on a wrong dtype.
+- `util/json_tensor.cc` (REST): a body has exactly one of "inputs" (columnar: each input as a nested list, a
+  JSON scalar becomes a rank-0 tensor, extra keys are ignored) or "instances" (rows: each an object with
+  exactly the signature's inputs, stacked on a new dimension 0). The dtype is the signature's; a float input
+  takes any JSON number, an int input only integers. The answer mirrors the request: "predictions" (one row
+  per instance; every output needs the same dimension 0) or "outputs". A string output is written raw into
+  a JSON string (no UTF-8 check) unless its name ends in `_bytes` ({"b64": ...}).
+- `batching/batching_session.cc`, `batching_util.cc` (`--enable_batching`): each request's inputs must share
+  dimension 0; requests are concatenated on it; with `pad_variable_length_inputs` every other dimension is
+  padded at its end, to the largest in the batch, with the first element of that request's own tensor; the
+  batch is padded to the next allowed batch size with copies of the last request's first row; outputs are
+  split back on dimension 0.
+
+Run as a script, in a fresh process (XLA stays off for the process's whole life):
+    python benchmarks/tf_serving.py MODEL_DIR CALLS.pkl RESULTS.pkl [--xla]
+CALLS is a pickled list of calls; a call is a list of requests answered as one merged batch (a list of one:
+on its own). A request is a serialized `tensorflow_serving.apis.predict_pb2.PredictRequest` (gRPC) or a REST
+body as a dict (with "signature_name"). RESULTS gets, for each call, a list: a serialized PredictResponse, the
+REST answer's JSON text, or {"error": message}.
+"""
+
+from __future__ import annotations
+
+import base64
+import ctypes
+import importlib.util
+import json
+import os
+import pickle
+import sys
+from typing import Any
+
+import numpy as np
+
+
+def start(xla: bool = False) -> None:
+    """Load TensorFlow as the server does: XLA compilation off (its default) and TF Text's ops registered."""
+    tf_dir = importlib.util.find_spec("tensorflow").submodule_search_locations[0]
+    import tensorflow as tf  # noqa: F401  (loads libtensorflow_cc once; the CDLL below is the same library)
+    import tensorflow_text  # noqa: F401  (the server links TF Text's ops)
+
+    if not xla:
+        ctypes.CDLL(os.path.join(tf_dir, "libtensorflow_cc.so.2"))._ZN10tensorflow21DisableXlaCompilationEv()
+
+
+class Server:
+    """One model version loaded as the server loads it, answering Predict calls."""
+
+    def __init__(self, model_dir: str, allowed_batch_sizes: tuple[int, ...] = (), pad_variable_length_inputs: bool = True):
+        import tensorflow as tf
+
+        self.graph = tf.Graph()
+        self.session = tf.compat.v1.Session(graph=self.graph)
+        with self.graph.as_default():
+            meta_graph = tf.compat.v1.saved_model.loader.load(self.session, ["serve"], model_dir)
+        self.signatures = dict(meta_graph.signature_def)
+        self.allowed_batch_sizes, self.pad = allowed_batch_sizes, pad_variable_length_inputs
+
+    # -- one Session::Run, as predict_util.cc feeds it --------------------------------------------
+    def run(self, name: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        import tensorflow as tf
+
+        signature = self.signatures[name]
+        extra, missing = set(inputs) - set(signature.inputs), set(signature.inputs) - set(inputs)
+        if extra or missing:
+            raise ValueError(f"input size does not match signature: Sent extra: {sorted(extra)}. "
+                             f"Missing but required: {sorted(missing)}.")
+        for key, value in inputs.items():
+            expected = tf.dtypes.as_dtype(signature.inputs[key].dtype).as_numpy_dtype
+            if value.dtype != expected and not (value.dtype.kind in "SUO" and expected == object):
+                raise ValueError(f"{key}: expected {np.dtype(expected).name}, got {value.dtype.name}")
+        feeds = {signature.inputs[key].name: value for key, value in inputs.items()}
+        fetches = {key: tensor.name for key, tensor in signature.outputs.items()}
+        return self.session.run(fetches, feeds)
+
+    # -- the batcher: several requests as one Session::Run ------------------------------------------
+    def run_batch(self, name: str, requests: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
+        if len(requests) == 1 and not self.allowed_batch_sizes:
+            return [self.run(name, requests[0])]
+        sizes = []
+        for inputs in requests:
+            rows = {value.shape[0] if value.ndim else None for value in inputs.values()}
+            if None in rows:
+                raise ValueError("Batching session Run() input tensors must have at least one dimension")
+            if len(rows) != 1:
+                raise ValueError("Batching Run() input tensors must have equal 0th-dimension size")
+            sizes.append(rows.pop())
+        merged = {}
+        for key in requests[0]:
+            parts = [inputs[key] for inputs in requests]
+            widest = np.max([p.shape for p in parts], axis=0)
+            if not self.pad and any(p.shape[1:] != parts[0].shape[1:] for p in parts):
+                raise ValueError(f"Tensors with name '{key}' from different tasks have different shapes and "
+                                 "padding is turned off")
+            parts = [np.pad(p, [(0, 0)] + [(0, w - n) for w, n in zip(widest[1:], p.shape[1:])],
+                            constant_values=p.flat[0]) for p in parts]  # padded with its own first element
+            total = sum(sizes)
+            target = min([s for s in self.allowed_batch_sizes if s >= total], default=total)
+            parts += [parts[-1][:1]] * (target - total)  # batch padding: the last request's first row
+            merged[key] = np.concatenate(parts)
+        outputs = self.run(name, merged)
+        answers, start = [], 0
+        for size in sizes:
+            answers.append({key: value[start:start + size] for key, value in outputs.items()})
+            start += size
+        return answers
+
+    # -- the two front ends ---------------------------------------------------------------------------
+    def grpc(self, requests: list[bytes]) -> list[bytes]:
+        import tensorflow as tf
+        from tensorflow_serving.apis import predict_pb2
+
+        parsed = [predict_pb2.PredictRequest.FromString(r) for r in requests]
+        name = parsed[0].model_spec.signature_name or "serving_default"
+        inputs = [{key: tf.make_ndarray(proto) for key, proto in r.inputs.items()} for r in parsed]
+        responses = []
+        for request, outputs in zip(parsed, self.run_batch(name, inputs)):
+            response = predict_pb2.PredictResponse()
+            for key, value in outputs.items():
+                if not request.output_filter or key in request.output_filter:
+                    response.outputs[key].CopyFrom(tf.make_tensor_proto(value))
+            responses.append(response.SerializeToString())
+        return responses
+
+    def rest(self, bodies: list[dict]) -> list[str]:
+        name = bodies[0].get("signature_name", "serving_default")
+        signature = self.signatures[name]
+        parsed = [tensors_from_json(body, signature) for body in bodies]
+        outputs = self.run_batch(name, [inputs for inputs, _ in parsed])
+        return [json_from_tensors(out, rows) for out, (_, rows) in zip(outputs, parsed)]
+
+
+def _tensor(value: Any, dtype) -> np.ndarray:
+    """A JSON value as a tensor of the signature's dtype (json_tensor.cc's type rules)."""
+    import tensorflow as tf
+
+    dtype = tf.dtypes.as_dtype(dtype)
+    if dtype == tf.string:
+        unpack = lambda v: base64.b64decode(v["b64"]) if isinstance(v, dict) else v.encode()  # noqa: E731
+        return np.vectorize(unpack, otypes=[object])(np.array(value, dtype=object))
+    array = np.array(value)
+    if array.dtype == object:
+        raise ValueError("Encountered list at unexpected size (ragged lists are not a tensor)")
+    if dtype.is_integer and array.size and array.dtype.kind not in "iu":
+        raise ValueError(f"JSON Value: {value!r:.60} is not of expected type: {dtype.name}")
+    if not dtype.is_integer and array.size and array.dtype.kind not in "iuf":
+        raise ValueError(f"JSON Value: {value!r:.60} is not of expected type: {dtype.name}")
+    return array.astype(dtype.as_numpy_dtype)
+
+
+def tensors_from_json(body: dict, signature) -> tuple[dict[str, np.ndarray], bool]:
+    """A REST predict body as input tensors, and whether it was in row ("instances") format."""
+    if ("inputs" in body) == ("instances" in body):
+        raise ValueError("Not formatted correctly expecting only one of 'inputs' or 'instances' keys to exist")
+    names = sorted(signature.inputs)
+    if "inputs" in body:
+        inputs = body["inputs"] if isinstance(body["inputs"], dict) else {names[0]: body["inputs"]}
+        for name in names:
+            if name not in inputs:
+                raise ValueError(f"Missing named input: {name} in 'inputs' object.")
+        return {name: _tensor(inputs[name], signature.inputs[name].dtype) for name in names}, False
+    instances = body["instances"]
+    if not isinstance(instances, list) or not instances:
+        raise ValueError("'instances' must be a non-empty list")
+    if not all(isinstance(i, dict) and "b64" not in i for i in instances):
+        if len(names) != 1:
+            raise ValueError("instances is a plain list, but expecting list of objects as multiple input tensors")
+        instances = [{names[0]: i} for i in instances]
+    tensors = {}
+    for name in names:
+        if any(sorted(i) != names for i in instances):
+            raise ValueError(f"Expecting object with keys equal to: {','.join(names)}")
+        rows = [_tensor(i[name], signature.inputs[name].dtype) for i in instances]
+        if len({r.shape for r in rows}) != 1:
+            raise ValueError(f"Expecting shape {list(rows[0].shape)} for every instance of '{name}'")
+        tensors[name] = np.stack(rows)
+    return tensors, True
+
+
+def _json_value(name: str, value: np.ndarray) -> Any:
+    if value.dtype != object:
+        return value.tolist()
+    if name.endswith("_bytes"):
+        return np.vectorize(lambda b: {"b64": base64.b64encode(b).decode()}, otypes=[object])(value).tolist()
+    # The server copies the bytes into the JSON string as they are: they must be UTF-8 for the body to be JSON.
+    return np.vectorize(lambda b: b.decode("utf-8"), otypes=[object])(value).tolist()
+
+
+def json_from_tensors(outputs: dict[str, np.ndarray], rows: bool) -> str:
+    """The REST answer: "predictions" for a row-format request, "outputs" for a columnar one."""
+    if not rows:
+        values = {k: _json_value(k, v) for k, v in outputs.items()}
+        return json.dumps({"outputs": values if len(values) > 1 else next(iter(values.values()))})
+    sizes = {k: (v.shape[0] if v.ndim else None) for k, v in outputs.items()}
+    if None in sizes.values() or len(set(sizes.values())) != 1:
+        raise ValueError(f"outputs have inconsistent batch sizes: {sizes}")
+    values = {k: _json_value(k, v) for k, v in outputs.items()}
+    n = next(iter(sizes.values()))
+    if len(values) == 1:
+        return json.dumps({"predictions": next(iter(values.values()))})
+    return json.dumps({"predictions": [{k: v[i] for k, v in values.items()} for i in range(n)]})
+
+
+def xla_only_ops(model_dir: str) -> list[str]:
+    """The op types in a SavedModel's graphs (and their functions) that only XLA runs (tf2xla's `Xla*` ops)."""
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    saved = saved_model_pb2.SavedModel.FromString(open(os.path.join(model_dir, "saved_model.pb"), "rb").read())
+    types = set()
+    for meta_graph in saved.meta_graphs:
+        types |= {node.op for node in meta_graph.graph_def.node}
+        for function in meta_graph.graph_def.library.function:
+            types |= {node.op for node in function.node_def}
+    return sorted(t for t in types if t.startswith("Xla"))
+
+
+def main(argv: list[str]) -> None:
+    model_dir, calls_path, results_path = argv[:3]
+    sys.modules["tf_gpt2"] = None  # the server has no Python package: the SavedModel must not need it
+    start(xla="--xla" in argv)
+    server = Server(model_dir)
+    with open(calls_path, "rb") as f:
+        calls = pickle.load(f)
+    results = []
+    for requests in calls:
+        try:
+            front = server.rest if isinstance(requests[0], dict) else server.grpc
+            results.append(front(requests))
+        except Exception as error:  # the server answers the call with the error; the next call goes on
+            results.append({"error": f"{type(error).__name__}: {error}"})
+    with open(results_path, "wb") as f:
+        pickle.dump(results, f)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,213 @@
+"""The SavedModel served as the stock tensorflow_model_server serves it: a fresh process with XLA compilation
+disabled, TF Text's ops linked, the TF1 loader and a Session, requests as gRPC PredictRequest protos and as
+REST bodies in both formats, and merged batches built by the batcher's rules (benchmarks/tf_serving.py cites
+the server's source for each rule)."""
+
+import json
+import os
+import pickle
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+
+from tf_gpt2 import GPT2, GPT2Config, GPT2Tokenizer
+from tf_gpt2.export import export_saved_model
+
+BENCHMARKS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "benchmarks")
+sys.path.insert(0, BENCHMARKS)
+
+from tf_serving import xla_only_ops  # noqa: E402
+
+KNOBS = ("max_new_tokens", "temperature", "top_k", "top_p", "seed")
+
+
+@pytest.fixture(scope="module")
+def model():
+    # A large init spreads the logits, so greedy choices are not decided by rounding noise.
+    keras.utils.set_random_seed(0)
+    return GPT2(GPT2Config.from_preset("gpt2-tiny", n_positions=64, initializer_range=0.3))
+
+
+@pytest.fixture(scope="module")
+def served(model, tmp_path_factory):
+    return export_saved_model(model, str(tmp_path_factory.mktemp("serving") / "gpt2"), max_new_tokens_limit=16)
+
+
+def serve(path, calls, tmp_path, xla=False):
+    """Answer `calls` in a fresh process run as tensorflow_model_server runs the model."""
+    with open(tmp_path / "calls.pkl", "wb") as f:
+        pickle.dump(calls, f)
+    command = [sys.executable, os.path.join(BENCHMARKS, "tf_serving.py"), path, str(tmp_path / "calls.pkl"),
+               str(tmp_path / "results.pkl")] + (["--xla"] if xla else [])
+    run = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    with open(tmp_path / "results.pkl", "rb") as f:
+        return pickle.load(f)
+
+
+def grpc(signature, **inputs):
+    import tensorflow as tf
+    from tensorflow_serving.apis import predict_pb2
+
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name, request.model_spec.signature_name = "gpt2", signature
+    for name, value in inputs.items():
+        request.inputs[name].CopyFrom(tf.make_tensor_proto(value))
+    return request.SerializeToString()
+
+
+def outputs(response):
+    import tensorflow as tf
+    from tensorflow_serving.apis import predict_pb2
+
+    assert not isinstance(response, dict), response  # {"error": ...}
+    return {k: tf.make_ndarray(v) for k, v in predict_pb2.PredictResponse.FromString(response).outputs.items()}
+
+
+def settings(rows, max_new_tokens=6, temperature=0.0, top_k=0, top_p=1.0, seed=0):
+    """Sampling settings, one value per row."""
+    values = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+    dtypes = dict(max_new_tokens=np.int32, temperature=np.float32, top_k=np.int32, top_p=np.float32, seed=np.int32)
+    return {k: np.broadcast_to(np.asarray(v, dtypes[k]), (rows,)).copy() for k, v in values.items()}
+
+
+def right_padded(prompts, pad=0):
+    width = max(len(p) for p in prompts)
+    return (np.array([p + [pad] * (width - len(p)) for p in prompts], np.int32),
+            np.array([len(p) for p in prompts], np.int32))
+
+
+def test_the_served_graphs_hold_no_op_that_only_xla_runs(served):
+    assert xla_only_ops(served) == []
+
+
+def test_every_signature_answers_with_xla_compilation_disabled(model, served, tmp_path):
+    prompts = [[464, 3290, 318], [40, 1101]]
+    ids, length = right_padded(prompts, pad=7)
+    sampled = dict(temperature=0.9, top_k=40, top_p=0.9, seed=[3, 4])
+    text = "Hello world"
+    calls = [
+        [grpc("serving_default", token_ids=ids, length=length)],
+        [grpc("generate", token_ids=ids, length=length, **settings(2))],
+        [grpc("generate", token_ids=ids, length=length, **settings(2, **sampled))],
+        [grpc("generate_text", text=np.array([text.encode()]), **settings(1))],
+        [{"signature_name": "generate_text", "inputs": {"text": [text], **{k: [v] for k, v in dict(
+            max_new_tokens=6, temperature=0.0, top_k=0, top_p=1.0, seed=0).items()}}}],
+        [{"signature_name": "generate", "instances": [
+            {"token_ids": p, "length": 2, "max_new_tokens": 6, "temperature": 0.0, "top_k": 0, "top_p": 1.0,
+             "seed": 0} for p in ([464, 3290], [40, 1101])]}],
+    ]
+    logits, greedy, sampled_out, text_out, rest_columnar, rest_rows = serve(served, calls, tmp_path)
+    logits = outputs(logits[0])["logits"]
+    for row, prompt in enumerate(prompts):
+        np.testing.assert_allclose(logits[row, :len(prompt)], np.asarray(model(np.array([prompt])))[0], atol=1e-4)
+        assert not logits[row, len(prompt):].any()  # past a row's prompt: zeros, not the padding's logits
+
+    def answers(out):
+        return [row[:n].tolist() for row, n in zip(out["token_ids"], out["length"])]
+
+    assert answers(outputs(greedy[0])) == model.generate(prompts, max_new_tokens=6)
+    expected = [model.generate(p, max_new_tokens=6, temperature=0.9, top_k=40, top_p=0.9, seed=s)
+                for p, s in zip(prompts, (3, 4))]
+    assert answers(outputs(sampled_out[0])) == expected
+    assert outputs(text_out[0])["text"][0].decode() == model.generate(text, max_new_tokens=6)
+    assert json.loads(rest_columnar[0])["outputs"]["text"] == [model.generate(text, max_new_tokens=6)]
+    rows = json.loads(rest_rows[0])["predictions"]
+    assert [r["token_ids"][:r["length"]] for r in rows] == model.generate([[464, 3290], [40, 1101]], max_new_tokens=6)
+
+
+def test_a_merged_batch_answers_each_request_as_it_answers_it_alone(served, tmp_path):
+    """The batcher concatenates requests on dimension 0, pads other dimensions with each request's first
+    element and the batch with copies of a row: no request's answer may change."""
+    requests = [  # different prompt widths, greedy and sampled rows, different budgets, one request of two rows
+        dict(token_ids=np.array([[464, 3290, 318, 2068, 7586]], np.int32), length=np.array([5], np.int32),
+             **settings(1, max_new_tokens=3)),
+        dict(token_ids=np.array([[40, 1101], [818, 0]], np.int32), length=np.array([2, 1], np.int32),
+             **settings(2, max_new_tokens=[8, 5], temperature=[1.0, 0.0], top_k=[50, 0], seed=[11, 0])),
+        dict(token_ids=np.array([[1, 2, 3]], np.int32), length=np.array([3], np.int32),
+             **settings(1, temperature=0.7, top_p=0.8, seed=5)),
+    ]
+    alone = [[grpc("generate", **r)] for r in requests]
+    texts = [dict(text=np.array([t.encode()]), **settings(1, max_new_tokens=4, temperature=1.0, seed=s))
+             for t, s in (("The meaning of life is", 1), ("Hi", 2))]
+    calls = alone + [[grpc("generate", **r) for r in requests]]
+    calls += [[grpc("generate_text", **t)] for t in texts] + [[grpc("generate_text", **t) for t in texts]]
+    calls += [[grpc("serving_default", token_ids=r["token_ids"], length=r["length"]) for r in requests]]
+    calls += [[grpc("serving_default", token_ids=r["token_ids"], length=r["length"])] for r in requests]
+    results = serve(served, calls, tmp_path)
+    merged = results[len(requests)]
+    for one, in_batch in zip(results[:len(requests)], merged):
+        one, in_batch = outputs(one[0]), outputs(in_batch)
+        np.testing.assert_array_equal(one["length"], in_batch["length"])
+        for a, b, n in zip(one["token_ids"], in_batch["token_ids"], one["length"]):
+            assert a[:n].tolist() == b[:n].tolist()
+    text_alone, text_merged = results[len(requests) + 1:len(requests) + 3], results[len(requests) + 3]
+    assert [outputs(r[0])["text"][0] for r in text_alone] == [outputs(r)["text"][0] for r in text_merged]
+    logits_merged, logits_alone = results[len(requests) + 4], results[len(requests) + 5:]
+    for one, in_batch, r in zip(logits_alone, logits_merged, requests):
+        width = r["token_ids"].shape[1]
+        np.testing.assert_allclose(outputs(in_batch)["logits"][:, :width], outputs(one[0])["logits"], atol=1e-5)
+
+
+def test_served_text_is_valid_utf8_when_generation_stops_inside_a_character(model, served, tmp_path):
+    """A budget that ends inside a multi-byte character leaves an incomplete one: it becomes U+FFFD."""
+    tokenizer = GPT2Tokenizer()
+    prompt = "Hello"
+    # Nearly uniform sampling: 344 of GPT-2's 50257 tokens are not whole UTF-8 characters.
+    batch = model.generate([tokenizer.encode(prompt)] * 256, max_new_tokens=2, temperature=100.0, seed=0,
+                           stop_ids=[])
+    cut = [row for row, ids in enumerate(batch) if not _is_utf8(tokenizer._enc.decode_bytes(ids))]
+    assert cut, "no sampled answer ends inside a character: pick another prompt or seed"
+    seed = cut[0]  # row i of that batch sampled with seed i
+    raw = tokenizer._enc.decode_bytes(batch[seed])
+    request = dict(text=np.array([prompt.encode()]), **settings(1, max_new_tokens=2, temperature=100.0, seed=seed))
+    body = {"signature_name": "generate_text", "instances": [
+        {"text": prompt, "max_new_tokens": 2, "temperature": 100.0, "top_k": 0, "top_p": 1.0, "seed": seed}]}
+    (grpc_answer,), (rest_answer,) = serve(served, [[grpc("generate_text", **request)], [body]], tmp_path)
+    answer = outputs(grpc_answer)
+    assert answer["token_ids"][0].tolist() == batch[seed]  # the same tokens: only their text is mended
+    assert answer["text"][0].decode("utf-8") == raw.decode("utf-8", errors="replace")
+    assert isinstance(rest_answer, str), rest_answer
+    assert json.loads(rest_answer)["predictions"][0]["text"] == raw.decode("utf-8", errors="replace")
+
+
+def _is_utf8(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+        return True
+    except UnicodeDecodeError:
+        return False
+
+
+def test_served_signatures_refuse_bad_requests_by_name(served, tmp_path):
+    ids, length = np.array([[464, 3290, 0]], np.int32), np.array([2], np.int32)
+    bad = [
+        (dict(token_ids=np.array([[464, 50257, 0]], np.int32)), "token ids must be in \\[0, 50257\\)"),
+        (dict(token_ids=np.array([[-1, 3290, 0]], np.int32)), "token ids must be in \\[0, 50257\\)"),
+        (dict(length=np.array([0], np.int32)), "every length must be in \\[1,"),
+        (dict(length=np.array([4], np.int32)), "every length must be in \\[1,"),
+        (dict(length=np.array([1, 1], np.int32)), "length must have one value per row"),
+        (dict(token_ids=np.array([[464]], np.int32), length=np.array([0], np.int32)), "every length must be in"),
+        (dict(token_ids=np.zeros((1, 0), np.int32), length=np.array([1], np.int32)), "every length must be in"),
+    ]
+    knob_errors = [
+        (dict(top_k=np.array([-1], np.int32)), "top_k must be >= 0"),
+        (dict(temperature=np.array([np.nan], np.float32)), "temperature must be >= 0"),
+        (dict(top_p=np.array([0.0], np.float32)), "top_p must be in \\(0, 1\\]"),
+        (dict(max_new_tokens=np.array([0], np.int32)), "max_new_tokens must be > 0"),
+        (dict(max_new_tokens=np.array([17], np.int32)), "max_new_tokens must be <= 16"),
+        (dict(seed=np.array([1, 2], np.int32)), "seed must have one value per row, or a single value"),
+    ]
+    calls = [[grpc("serving_default", **{"token_ids": ids, "length": length, **c})] for c, _ in bad]
+    calls += [[grpc("generate", **{"token_ids": ids, "length": length, **settings(1), **c})] for c, _ in bad]
+    calls += [[grpc("generate", token_ids=ids, length=length, **{**settings(1), **c})] for c, _ in knob_errors]
+    calls += [[grpc("generate", token_ids=ids, length=length)]]  # settings missing
+    results = serve(served, calls, tmp_path)
+    import re
+
+    for result, (_, message) in zip(results, bad + bad + knob_errors):
+        assert isinstance(result, dict) and re.search(message, result["error"]), (message, result)
+    assert "Missing but required" in results[-1]["error"]
