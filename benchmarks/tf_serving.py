@@ -17,12 +17,13 @@ install from PyPI). What the stock server does, from tensorflow/serving's source
   dimension 0; requests are concatenated on it; with `pad_variable_length_inputs` every other dimension is
   padded at its end, to the largest in the batch, with the first element of that request's own tensor; the
   batch is padded to the next allowed batch size with copies of the last request's first row; outputs are
-  split back on dimension 0.
+  split back on dimension 0. Its settings come from a text BatchingParameters proto
+  (`servables/tensorflow/session_bundle_config.proto`) given by `--batching_parameters_file`.
 
 Run as a script, in a fresh process (XLA stays off for the process's whole life):
-    python benchmarks/tf_serving.py MODEL_DIR CALLS.pkl RESULTS.pkl [--xla]
+    python benchmarks/tf_serving.py MODEL_DIR CALLS.pkl RESULTS.pkl [--xla] [--batching_parameters_file F]
 CALLS is a pickled list of calls; a call is a list of requests answered as one merged batch (a list of one:
-on its own). A request is a serialized `tensorflow_serving.apis.predict_pb2.PredictRequest` (gRPC) or a REST
+on its own; a merged batch needs the batching parameters, as the server needs --enable_batching). A request is a serialized `tensorflow_serving.apis.predict_pb2.PredictRequest` (gRPC) or a REST
 body as a dict (with "signature_name"). RESULTS gets, for each call, a list: a serialized PredictResponse, the
 REST answer's JSON text, or {"error": message}.
 """
@@ -51,10 +52,37 @@ def start(xla: bool = False) -> None:
         ctypes.CDLL(os.path.join(tf_dir, "libtensorflow_cc.so.2"))._ZN10tensorflow21DisableXlaCompilationEv()
 
 
-class Server:
-    """One model version loaded as the server loads it, answering Predict calls."""
+# BatchingParameters' fields (session_bundle_config.proto); the server refuses a file with any other.
+BATCHING_FIELDS = ("max_batch_size", "batch_timeout_micros", "max_enqueued_batches", "num_batch_threads",
+                   "thread_pool_name", "allowed_batch_sizes", "pad_variable_length_inputs",
+                   "enable_large_batch_splitting", "max_execution_batch_size")
 
-    def __init__(self, model_dir: str, allowed_batch_sizes: tuple[int, ...] = (), pad_variable_length_inputs: bool = True):
+
+def read_batching_parameters(path: str) -> dict[str, Any]:
+    """A batching parameters file (text proto: `name { value: N }` wrappers, `name: V` plain fields)."""
+    import re
+
+    text = re.sub(r"#[^\n]*", "", open(path, encoding="utf-8").read())
+    parameters: dict[str, Any] = {"allowed_batch_sizes": []}
+    for name, wrapped, plain in re.findall(r"(\w+)\s*(?:\{\s*value\s*:\s*([^}\s]+)\s*\}|:\s*(\S+))", text):
+        if name not in BATCHING_FIELDS:
+            raise ValueError(f"{path}: BatchingParameters has no field {name!r}")
+        value = json.loads(wrapped or plain)
+        if name == "allowed_batch_sizes":
+            parameters[name].append(value)
+        else:
+            parameters[name] = value
+    sizes, largest = parameters["allowed_batch_sizes"], parameters.get("max_batch_size", 1000)
+    if sizes and (sizes != sorted(set(sizes)) or sizes[-1] != largest):
+        raise ValueError(f"{path}: allowed_batch_sizes must increase and its last entry must match max_batch_size")
+    return parameters
+
+
+class Server:
+    """One model version loaded as the server loads it, answering Predict calls; `batching`, the parameters
+    of `--enable_batching` (read_batching_parameters), lets a call merge several requests."""
+
+    def __init__(self, model_dir: str, batching: dict[str, Any] | None = None):
         import tensorflow as tf
 
         self.graph = tf.Graph()
@@ -62,7 +90,7 @@ class Server:
         with self.graph.as_default():
             meta_graph = tf.compat.v1.saved_model.loader.load(self.session, ["serve"], model_dir)
         self.signatures = dict(meta_graph.signature_def)
-        self.allowed_batch_sizes, self.pad = allowed_batch_sizes, pad_variable_length_inputs
+        self.batching = batching
 
     # -- one Session::Run, as predict_util.cc feeds it --------------------------------------------
     def run(self, name: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -83,7 +111,9 @@ class Server:
 
     # -- the batcher: several requests as one Session::Run ------------------------------------------
     def run_batch(self, name: str, requests: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
-        if len(requests) == 1 and not self.allowed_batch_sizes:
+        if self.batching is None:
+            if len(requests) > 1:
+                raise ValueError("batching is off: start the server with --enable_batching to merge requests")
             return [self.run(name, requests[0])]
         sizes = []
         for inputs in requests:
@@ -93,17 +123,19 @@ class Server:
             if len(rows) != 1:
                 raise ValueError("Batching Run() input tensors must have equal 0th-dimension size")
             sizes.append(rows.pop())
+        total, largest = sum(sizes), self.batching.get("max_batch_size", 1000)
+        if total > largest:
+            raise ValueError(f"Task size {total} is larger than maximum batch size {largest}")
+        target = min([s for s in self.batching["allowed_batch_sizes"] if s >= total], default=total)
         merged = {}
         for key in requests[0]:
             parts = [inputs[key] for inputs in requests]
             widest = np.max([p.shape for p in parts], axis=0)
-            if not self.pad and any(p.shape[1:] != parts[0].shape[1:] for p in parts):
+            if not self.batching.get("pad_variable_length_inputs") and any(p.shape[1:] != parts[0].shape[1:] for p in parts):
                 raise ValueError(f"Tensors with name '{key}' from different tasks have different shapes and "
                                  "padding is turned off")
             parts = [np.pad(p, [(0, 0)] + [(0, w - n) for w, n in zip(widest[1:], p.shape[1:])],
                             constant_values=p.flat[0]) for p in parts]  # padded with its own first element
-            total = sum(sizes)
-            target = min([s for s in self.allowed_batch_sizes if s >= total], default=total)
             parts += [parts[-1][:1]] * (target - total)  # batch padding: the last request's first row
             merged[key] = np.concatenate(parts)
         outputs = self.run(name, merged)
@@ -226,7 +258,8 @@ def main(argv: list[str]) -> None:
     model_dir, calls_path, results_path = argv[:3]
     sys.modules["tf_gpt2"] = None  # the server has no Python package: the SavedModel must not need it
     start(xla="--xla" in argv)
-    server = Server(model_dir)
+    parameters = argv[argv.index("--batching_parameters_file") + 1] if "--batching_parameters_file" in argv else None
+    server = Server(model_dir, read_batching_parameters(parameters) if parameters else None)
     with open(calls_path, "rb") as f:
         calls = pickle.load(f)
     results = []

@@ -23,6 +23,9 @@ def test_saved_model_versions_and_signatures_listed(model, tmp_path):
     assert export_saved_model(model, base).endswith("/2")
     with pytest.raises(FileExistsError):
         export_saved_model(model, base, version=2)
+    for version in (0, -3, True, 2.0):  # TF Serving loads only positive versions: never renumbered silently
+        with pytest.raises(ValueError, match="version must be a positive integer"):
+            export_saved_model(model, base, version=version)
     cli = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
     shown = subprocess.run([cli, "show", "--dir", base + "/1", "--tag_set", "serve"], capture_output=True, text=True)
     for name in ("serving_default", "generate", "generate_text"):
@@ -58,7 +61,8 @@ def test_saved_model_is_readable_by_other_users(model, tmp_path):
     modes = {stat.S_IMODE(os.stat(os.path.join(root, name)).st_mode)
              for root, dirs, files in os.walk(path) for name in files}
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o755 and modes == {0o644}
-    assert sorted(os.listdir(tmp_path / "m")) == ["1"]  # no temporary directory left beside the version
+    # No temporary directory left beside the version; the batching parameters for the server are there.
+    assert sorted(os.listdir(tmp_path / "m")) == ["1", "batching_parameters.txt"]
 
 
 def test_the_saved_model_stores_each_weight_once(model, tmp_path):

@@ -36,12 +36,13 @@ def served(model, tmp_path_factory):
     return export_saved_model(model, str(tmp_path_factory.mktemp("serving") / "gpt2"), max_new_tokens_limit=16)
 
 
-def serve(path, calls, tmp_path, xla=False):
-    """Answer `calls` in a fresh process run as tensorflow_model_server runs the model."""
+def serve(path, calls, tmp_path, batching=None):
+    """Answer `calls` in a fresh process run as tensorflow_model_server runs the model (with `--enable_batching
+    --batching_parameters_file=batching` when given)."""
     with open(tmp_path / "calls.pkl", "wb") as f:
         pickle.dump(calls, f)
     command = [sys.executable, os.path.join(BENCHMARKS, "tf_serving.py"), path, str(tmp_path / "calls.pkl"),
-               str(tmp_path / "results.pkl")] + (["--xla"] if xla else [])
+               str(tmp_path / "results.pkl")] + (["--batching_parameters_file", str(batching)] if batching else [])
     run = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     with open(tmp_path / "results.pkl", "rb") as f:
@@ -121,7 +122,8 @@ def test_every_signature_answers_with_xla_compilation_disabled(model, served, tm
 
 def test_a_merged_batch_answers_each_request_as_it_answers_it_alone(served, tmp_path):
     """The batcher concatenates requests on dimension 0, pads other dimensions with each request's first
-    element and the batch with copies of a row: no request's answer may change."""
+    element and the batch with copies of a row: no request's answer may change. Served with the batching
+    parameters the export ships, then with allowed batch sizes that pad the batch."""
     requests = [  # different prompt widths, greedy and sampled rows, different budgets, one request of two rows
         dict(token_ids=np.array([[464, 3290, 318, 2068, 7586]], np.int32), length=np.array([5], np.int32),
              **settings(1, max_new_tokens=3)),
@@ -137,8 +139,14 @@ def test_a_merged_batch_answers_each_request_as_it_answers_it_alone(served, tmp_
     calls += [[grpc("generate_text", **t)] for t in texts] + [[grpc("generate_text", **t) for t in texts]]
     calls += [[grpc("serving_default", token_ids=r["token_ids"], length=r["length"]) for r in requests]]
     calls += [[grpc("serving_default", token_ids=r["token_ids"], length=r["length"])] for r in requests]
-    results = serve(served, calls, tmp_path)
+    shipped = os.path.join(os.path.dirname(served), "batching_parameters.txt")
+    results = serve(served, calls, tmp_path, batching=shipped)
+    with open(tmp_path / "padded.txt", "w") as f:
+        f.write(open(shipped).read().replace("max_batch_size { value: 32 }", "max_batch_size { value: 8 }")
+                + "allowed_batch_sizes: 2\nallowed_batch_sizes: 8\n")
+    (padded,) = serve(served, [calls[len(requests)]], tmp_path, batching=tmp_path / "padded.txt")
     merged = results[len(requests)]
+    assert [outputs(r)["token_ids"].tolist() for r in padded] == [outputs(r)["token_ids"].tolist() for r in merged]
     for one, in_batch in zip(results[:len(requests)], merged):
         one, in_batch = outputs(one[0]), outputs(in_batch)
         np.testing.assert_array_equal(one["length"], in_batch["length"])

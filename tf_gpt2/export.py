@@ -21,7 +21,7 @@ import os
 import keras
 import tensorflow as tf
 
-from tf_gpt2.files import atomic_write
+from tf_gpt2.files import atomic_write, bytes_writer
 from tf_gpt2.generation import Prompt, Sampling, answer_lengths, generate_loop, pad_id, positions_from_mask
 from tf_gpt2.layers import scatter_cache_writes
 from tf_gpt2.model import GPT2
@@ -131,6 +131,21 @@ class _Serving:
         return {"text": text, **answer}
 
 
+# TF Serving's batcher (`tensorflow_model_server --enable_batching --batching_parameters_file=...`), written
+# beside the versions by `export_saved_model` (the server loads only numbered directories from there).
+BATCHING_PARAMETERS = """\
+# Server-side batching for tf_gpt2's signatures: tensorflow_model_server --enable_batching
+#   --batching_parameters_file=<this file>. Requests are merged into one batch of up to 32 rows; one that
+# arrives within 20 ms of the first joins it. Prompts of different lengths are padded (each request's
+# `length` says where its prompt ends), and a merged batch runs until its longest answer is done.
+max_batch_size { value: 32 }
+batch_timeout_micros { value: 20000 }
+max_enqueued_batches { value: 64 }
+num_batch_threads { value: 1 }
+pad_variable_length_inputs: true
+"""
+
+
 def _next_version(base: str) -> int:
     versions = [int(d) for d in os.listdir(base) if d.isdigit()] if os.path.isdir(base) else []
     return max(versions, default=0) + 1
@@ -145,8 +160,8 @@ def export_saved_model(model: GPT2, base_dir: str, version: int | None = None, m
     """
     max_text_bytes = max_text_bytes or 8 * model.config.n_positions
     for name, value in (("max_new_tokens_limit", max_new_tokens_limit), ("max_text_bytes", max_text_bytes),
-                        ("max_word_bytes", max_word_bytes)):
-        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                        ("max_word_bytes", max_word_bytes), ("version", 1 if version is None else version)):
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:  # TF Serving loads versions >= 1
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
     module = _Serving(model, min(max_new_tokens_limit, model.config.n_positions), max_text_bytes, max_word_bytes)
     i32, f32 = tf.int32, tf.float32
@@ -170,4 +185,7 @@ def export_saved_model(model: GPT2, base_dir: str, version: int | None = None, m
     # Written aside and moved into place in one rename: TF Serving never sees half a version.
     with scatter_cache_writes():  # TF Serving runs graphs with XLA compilation off: no XLA-only op
         atomic_write(final_dir, lambda tmp: archive.write_out(tmp, verbose=False))  # the endpoints trace here
+    batching = os.path.join(base_dir, "batching_parameters.txt")
+    if not os.path.exists(batching):  # a file the user edited stays as it is
+        atomic_write(batching, bytes_writer(BATCHING_PARAMETERS.encode()))
     return final_dir
