@@ -276,7 +276,7 @@ def test_tensors_of_the_wrong_dtype_or_twice_are_refused(saved_tiny):
 
 
 def test_a_sharded_index_may_not_point_outside_its_directory(saved_tiny, tmp_path):
-    (tmp_path / "elsewhere.safetensors").write_bytes((saved_tiny / "model.safetensors").read_bytes())
+    (saved_tiny / "model.safetensors").rename(tmp_path / "elsewhere.safetensors")  # only the index is left
     index = {"weight_map": {"transformer.wte.weight": "../elsewhere.safetensors"}}
     (saved_tiny / "model.safetensors.index.json").write_text(json.dumps(index))
     with pytest.raises(ValueError, match="outside .*refusing to read it"):
@@ -343,3 +343,21 @@ def test_a_saved_directory_works_with_transformers_tokenizer_and_pipeline(tmp_pa
 def test_a_character_model_saves_no_gpt2_tokenizer_files(tmp_path):
     GPT2(GPT2Config.from_preset("gpt2-tiny", vocab_size=65, n_positions=16)).save_pretrained(tmp_path / "c")
     assert sorted(os.listdir(tmp_path / "c")) == ["config.json", "model.safetensors"]
+
+
+def test_saving_over_a_sharded_checkpoint_leaves_only_the_new_one(tmp_path):
+    """An index and its shards left beside the new model.safetensors would be read instead of it."""
+    hf = make_hf_model(vocab_size=64, n_positions=16, n_embd=32, n_layer=2, n_head=2)
+    hf.save_pretrained(tmp_path / "ckpt", max_shard_size="20KB")
+    old = sorted(os.listdir(tmp_path / "ckpt"))
+    assert "model.safetensors.index.json" in old and "model.safetensors" not in old
+    new = GPT2(GPT2Config(vocab_size=64, n_positions=16, n_embd=32, n_layer=2, n_head=2, initializer_range=0.3))
+    new.save_pretrained(tmp_path / "ckpt")
+    left = sorted(os.listdir(tmp_path / "ckpt"))
+    assert not [f for f in left if "index" in f or f.startswith("model-")], left
+    ids = np.array([[1, 2, 3, 4]])
+    np.testing.assert_array_equal(np.asarray(GPT2.from_pretrained(tmp_path / "ckpt")(ids)), np.asarray(new(ids)))
+    import transformers
+
+    reloaded = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "ckpt")
+    np.testing.assert_allclose(hf_logits(reloaded, ids), np.asarray(new(ids)), atol=1e-4)

@@ -40,6 +40,15 @@ CASES = [
     (["train", "--out", "{d}/run", "--eval-interval", "0"], "eval_interval must be a positive integer"),
     (["train", "--out", "{d}/run", "--learning-rate", "3e-5", "--min-learning-rate", "6e-5"],
      "the cosine schedule would rise"),
+    # An output that is one of the command's inputs is refused before anything is read or written.
+    (["export", "--model", "{d}/fake.keras", "--format", "tflite", "--out", "{d}/fake.keras"],
+     "the output {d}/fake.keras is the input {d}/fake.keras"),
+    (["export", "--model", "{d}/hf", "--out", "{d}/hf"], "the output {d}/hf is the input {d}/hf"),
+    (["convert", "{d}/hf", "{d}/hf/"], "the output {d}/hf/ is the input {d}/hf"),
+    (["prepare", "{d}/text.txt", "--out", "{d}/text.txt"], "the output {d}/text.txt is the input"),
+    (["train", "--data", "{d}/folder", "--out", "{d}/folder"], "the output {d}/folder is the input"),
+    (["export", "--random-init", "gpt2-tiny", "--out", "{d}/sm", "--version", "0"],
+     "version must be a positive integer, got 0"),
 ]
 
 

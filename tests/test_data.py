@@ -169,3 +169,20 @@ def test_bad_gzip_and_malformed_manifests_name_the_file(corpus, tmp_path):
     (tmp_path / "m" / "manifest.json").write_text("[1, 2]")
     with pytest.raises(ValueError, match="not a tf_gpt2 dataset manifest"):
         TokenShards(str(tmp_path / "m"))
+
+
+def test_a_folder_is_read_without_our_outputs_hidden_files_or_special_files(corpus):
+    """Preparing a folder into a subfolder of itself, twice: the second run reads the same text, not the first
+    run's manifest, lock and shards; hidden files and a named pipe are skipped too."""
+    (corpus / ".notes").write_text("private ~~~~ notes")
+    os.mkfifo(corpus / "pipe")  # reading it would block forever
+    first = prepare(str(corpus), str(corpus / "prepared"), vocab="char", verbose=False)
+    second = prepare(str(corpus), str(corpus / "prepared"), vocab="char", verbose=False)
+    expected = sorted(str(corpus / p) for p in ("a.txt", os.path.join("more", "b.txt")))
+    assert first["sources"] == second["sources"] == expected
+    assert first["chars"] == second["chars"] and "~" not in second["chars"]
+    (corpus / "run").mkdir()
+    (corpus / "run" / "run.json").write_text("{}")  # a training run's folder
+    (corpus / "run" / "log.txt").write_text("step 1 loss 3.2")
+    assert resolve_inputs(str(corpus)) == expected
+    assert resolve_inputs(str(corpus), exclude=[str(corpus / "more")]) == expected[:1]

@@ -277,3 +277,44 @@ def test_the_saved_model_holds_the_trained_weights_without_optimizer_state(char_
     model, _ = train(config(tmp_path / "full", char_data))  # already trained: the compiled model, restored
     model.save(tmp_path / "compiled.keras")  # Keras' own save of it holds Adam's moments too
     assert full < 0.5 * os.path.getsize(tmp_path / "compiled.keras")
+
+
+def test_steps_counts_optimizer_updates_whatever_the_interval(char_data, tmp_path):
+    """--steps 5 --eval-interval 4 is 5 updates (a round of 4, then one of 1), and --steps 3 with an interval
+    of 10 is 3; the checkpoint says so, and a second run of the same settings has nothing left to do."""
+    from tf_gpt2.training import restore_checkpoint
+
+    for steps, interval, rounds in ((5, 4, 2), (3, 10, 1)):
+        out = tmp_path / f"{steps}-{interval}"
+        model, history = train(config(out, char_data, steps=steps, eval_interval=interval))
+        assert int(model.optimizer.iterations) == steps and len(history["loss"]) == rounds
+        assert restore_checkpoint(model, str(out / CHECKPOINT)) == steps
+        assert train(config(out, char_data, steps=steps, eval_interval=interval))[1] == {}
+
+
+def test_raw_text_edited_since_it_was_tokenized_is_tokenized_again(tmp_path):
+    """A run on raw text keeps its tokens in out/data: they are made again when the text changed, and
+    resuming on changed text is refused like any other change of data."""
+    text = tmp_path / "corpus.txt"
+    text.write_text(TEXT)
+    cfg = config(tmp_path / "run", str(text), steps=2, eval_interval=2, vocab="char")
+    train(cfg)
+    text.write_text(TEXT.upper() * 2)
+    with pytest.raises(ValueError, match="the dataset"):
+        train(cfg)
+    with open(tmp_path / "run" / "data" / "manifest.json") as f:
+        chars = json.load(f)["chars"]
+    assert "S" in chars and "e" not in chars  # the tokens of the text as it is now
+
+
+def test_a_damaged_checkpoint_is_named_and_left_as_it_is(char_data, tmp_path):
+    cfg = config(tmp_path, char_data, steps=2, eval_interval=2)
+    train(cfg)
+    path = tmp_path / CHECKPOINT
+    whole = path.read_bytes()
+    middle = len(whole) // 2
+    for damaged in (whole[: len(whole) // 3], b"", whole[:middle] + bytes(64) + whole[middle + 64:]):
+        path.write_bytes(damaged)
+        with pytest.raises(ValueError, match=f"checkpoint {path} is unreadable .*nothing was changed"):
+            train(cfg)
+        assert path.read_bytes() == damaged

@@ -9,6 +9,7 @@ does not import the model: it works on any model with GPT-2's layer names).
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import re
@@ -152,6 +153,9 @@ def _read_torch_bin(path: str) -> dict[str, np.ndarray]:
 
 
 def _hf_weight_files(directory: str) -> list[str]:
+    """The weight files of a Hugging Face dir, in transformers' order of preference."""
+    if os.path.exists(os.path.join(directory, "model.safetensors")):
+        return [os.path.join(directory, "model.safetensors")]
     index = os.path.join(directory, "model.safetensors.index.json")
     if os.path.exists(index):
         weight_map = read_json(index).get("weight_map")
@@ -163,9 +167,8 @@ def _hf_weight_files(directory: str) -> list[str]:
         if outside:
             raise ValueError(f"{index} points at {outside[0]}, outside {directory}: refusing to read it")
         return files
-    for name in ("model.safetensors", "pytorch_model.bin"):
-        if os.path.exists(os.path.join(directory, name)):
-            return [os.path.join(directory, name)]
+    if os.path.exists(os.path.join(directory, "pytorch_model.bin")):
+        return [os.path.join(directory, "pytorch_model.bin")]
     raise FileNotFoundError(f"{directory} has config.json but no model.safetensors or pytorch_model.bin")
 
 
@@ -245,6 +248,25 @@ def save_hf(model: keras.Model, directory: str | os.PathLike) -> None:
     if cfg.vocab_size == VOCAB_SIZE:  # the GPT-2 BPE: transformers.AutoTokenizer / pipeline read these
         writes.update({os.path.join(directory, name): write for name, write in hf_tokenizer_files(cfg).items()})
     write_together(writes)
+    _remove_other_weights(directory)
+
+
+def _remove_other_weights(directory: str) -> None:
+    """After a save: the weight files of an older checkpoint in `directory` (shards and their index, pickled
+    weights), so that what loads from it, here or in transformers, is only what was just saved."""
+    stale = ["pytorch_model.bin"]
+    for index in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
+        path = os.path.join(directory, index)
+        if os.path.exists(path):
+            try:
+                weight_map = read_json(path).get("weight_map") or {}
+            except ValueError:
+                weight_map = {}
+            stale += [index] + sorted({str(f) for f in weight_map.values()} if isinstance(weight_map, dict) else [])
+    for name in stale:
+        if os.path.basename(name) == name and name != "model.safetensors":  # files of this directory only
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(os.path.join(directory, name))
 
 
 # -- OpenAI's original TensorFlow checkpoints (openai/gpt-2) -------------------------------------

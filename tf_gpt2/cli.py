@@ -30,6 +30,14 @@ def _load_model(args: argparse.Namespace):
                      "file), or --random-init PRESET for an untrained model")
 
 
+def _refuse_writing_over_inputs(out: str | None, *inputs: str | None) -> None:
+    """Checked before anything is written: an output path that is one of the command's inputs would replace it."""
+    for source in inputs:
+        if out and source and os.path.exists(source) and os.path.realpath(out) == os.path.realpath(source):
+            raise ValueError(f"the output {out} is the input {source}: writing it would replace the input; "
+                             "choose another output path")
+
+
 DEMO_CONTEXT = 64  # characters: nanoGPT's CPU recipe for Shakespeare (4 layers, 4 heads, 128 wide)
 
 
@@ -66,6 +74,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_prepare(args: argparse.Namespace) -> int:
     from tf_gpt2.data import embedded_corpus, prepare
 
+    _refuse_writing_over_inputs(args.out, *(args.inputs or []))
     manifest = prepare(args.inputs or embedded_corpus(), args.out, val_fraction=args.val_fraction, vocab=args.vocab)
     for split, shards in manifest["splits"].items():
         print(f"{split}: {sum(s['tokens'] for s in shards):,} tokens in {len(shards)} shard(s)")
@@ -125,6 +134,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from tf_gpt2.files import save_keras
     from tf_gpt2.training import inference_model, train
 
+    _refuse_writing_over_inputs(args.out, args.data, args.init_from)
     overrides = {k: getattr(args, k) for k in MODEL_OVERRIDES if getattr(args, k) is not None}
     cfg = TrainConfig(out=args.out, model=overrides, jit_compile=not args.no_xla,
                       **{name: getattr(args, name) for name in TRAIN_FLAGS})
@@ -175,6 +185,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
     from tf_gpt2 import GPT2
     from tf_gpt2.files import save_keras
 
+    _refuse_writing_over_inputs(args.dst, args.src)
     model = GPT2.from_pretrained(args.src)
     if args.dst.endswith(".keras"):
         save_keras(model, args.dst)
@@ -194,16 +205,18 @@ def _int_list(text: str) -> list[int]:
 def cmd_export(args: argparse.Namespace) -> int:
     from tf_gpt2.export import export_saved_model
 
+    default = os.path.join("saved_models", "gpt2" if args.format == "saved_model" else f"gpt2.{args.format}")
+    out = args.out or default
+    _refuse_writing_over_inputs(out, args.model)
     if args.format == "saved_model":
-        model = _load_model(args)
-        out = args.out or os.path.join("saved_models", "gpt2")
-        path = export_saved_model(model, out, version=args.version, max_new_tokens_limit=args.max_new_tokens_limit)
+        path = export_saved_model(_load_model(args), out, version=args.version,
+                                  max_new_tokens_limit=args.max_new_tokens_limit)
     else:
         from tf_gpt2 import litert
 
         export = litert.export_litert if args.format == "tflite" else litert.export_litertlm
-        path = export(_load_model(args), args.out or os.path.join("saved_models", f"gpt2.{args.format}"),
-                      cache_length=args.cache_length, prefill_lengths=args.prefill_lengths, quantize=args.quantize)
+        path = export(_load_model(args), out, cache_length=args.cache_length, prefill_lengths=args.prefill_lengths,
+                      quantize=args.quantize)
     print(f"wrote {path}")
     return 0
 

@@ -15,6 +15,7 @@ import importlib.resources
 import os
 import re
 import secrets
+import stat
 import zlib
 from typing import Callable, Iterator, Sequence
 
@@ -48,13 +49,31 @@ def _text_size(path: str) -> int:
         return int.from_bytes(f.read(4), "little")
 
 
-def resolve_inputs(inputs: str | Sequence[str]) -> list[str]:
-    """Files named by a path, a folder (every file in it, recursively) or a glob, sorted."""
+def _is_output(directory: str, exclude: set[str]) -> bool:
+    """A folder this package wrote (a prepared dataset, a training run) or one the caller writes to."""
+    return os.path.realpath(directory) in exclude or any(
+        os.path.exists(os.path.join(directory, marker)) for marker in (MANIFEST, "run.json"))
+
+
+def _text_files_in(folder: str, exclude: set[str]) -> list[str]:
+    """The regular files under `folder`, without hidden names and without folders of our own outputs."""
+    files = []
+    for directory, subdirs, names in os.walk(folder):
+        subdirs[:] = [d for d in subdirs if not d.startswith(".") and not _is_output(os.path.join(directory, d), exclude)]
+        files += [os.path.join(directory, n) for n in names if not n.startswith(".")
+                  and stat.S_ISREG(os.stat(os.path.join(directory, n)).st_mode)]
+    return files
+
+
+def resolve_inputs(inputs: str | Sequence[str], exclude: Sequence[str] = ()) -> list[str]:
+    """Files named by a path, a folder (every regular file in it, recursively, but for hidden ones and the
+    datasets and runs this package wrote there) or a glob, sorted. Folders in `exclude` are never read."""
     patterns = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
+    excluded = {os.path.realpath(e) for e in exclude}
     files: list[str] = []
     for pattern in map(os.fspath, patterns):
         if os.path.isdir(pattern):
-            files += [os.path.join(d, f) for d, _, names in os.walk(pattern) for f in names]
+            files += _text_files_in(pattern, excluded)
         elif os.path.isfile(pattern):
             files.append(pattern)
         else:
@@ -65,6 +84,11 @@ def resolve_inputs(inputs: str | Sequence[str]) -> list[str]:
     if not files:
         raise FileNotFoundError(f"no data files found in {inputs!r}")
     return sorted(files)
+
+
+def source_stamps(files: Sequence[str]) -> list[list[int]]:
+    """(size, modification time in ns) of each file: a prepared dataset remembers what it was made from."""
+    return [[os.stat(f).st_size, os.stat(f).st_mtime_ns] for f in files]
 
 
 def _chunks(path: str) -> Iterator[str]:
@@ -173,17 +197,18 @@ def char_vocabulary(files: Sequence[str]) -> list[str]:
 
 
 def prepare(inputs: str | Sequence[str], out_dir: str, val_fraction: float = 0.1, vocab: str = "gpt2",
-            shard_tokens: int = SHARD_TOKENS, verbose: bool = True) -> dict:
+            shard_tokens: int = SHARD_TOKENS, verbose: bool = True, exclude: Sequence[str] = ()) -> dict:
     """Tokenize text files into `out_dir` (shards + manifest.json) and return the manifest.
 
     Documents (files) are separated by `<|endoftext|>` with the GPT-2 vocabulary. A dataset already in
     `out_dir` stays intact until the new one is complete: the manifest is replaced last, in one rename.
+    Folders given as inputs are read without `out_dir` and the folders in `exclude`.
     """
     if vocab not in VOCABS:
         raise ValueError(f"vocab must be one of {VOCABS}, got {vocab!r}")
     if not 0.0 <= val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
-    files = resolve_inputs(inputs)
+    files = resolve_inputs(inputs, exclude=[out_dir, *exclude])
     total = sum(_text_size(f) for f in files)
     if total == 0:
         raise ValueError(f"the data is empty: {files}")
@@ -211,7 +236,8 @@ def prepare(inputs: str | Sequence[str], out_dir: str, val_fraction: float = 0.1
             for writer in writers.values():
                 writer.discard()
             raise
-        manifest = {"vocab": vocab, "vocab_size": vocab_size, "chars": chars, "sources": files, "splits": splits}
+        manifest = {"vocab": vocab, "vocab_size": vocab_size, "chars": chars, "sources": files,
+                    "source_stamps": source_stamps(files), "splits": splits}
         atomic_write(os.path.join(out_dir, MANIFEST), json_writer(manifest, indent=1))  # the step that switches datasets
         _remove_unlisted_shards(out_dir, old_manifest, manifest)
     return manifest

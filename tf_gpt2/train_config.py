@@ -81,3 +81,6 @@ class TrainConfig:
         if (self.eval_interval * self.grad_accum) % self.steps_per_execution:
             raise ValueError("eval_interval * grad_accum (micro-batches per round) must be a multiple of "
                              "steps_per_execution")
+        if (self.steps % self.eval_interval * self.grad_accum) % self.steps_per_execution:
+            raise ValueError(f"the last round ({self.steps % self.eval_interval} steps: steps % eval_interval) "
+                             "times grad_accum must be a multiple of steps_per_execution")

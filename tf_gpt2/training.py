@@ -16,15 +16,15 @@ import json
 import math
 import os
 import time
-from typing import Any
+from typing import Any, Callable
 
 import keras
 import numpy as np
 
 from tf_gpt2.checkpoints import assign_weights, checkpoint_tensors
 from tf_gpt2.config import GPT2Config
-from tf_gpt2.data import MANIFEST, TokenShards, codec, embedded_corpus, prepare
-from tf_gpt2.files import atomic_write, exclusive, json_writer
+from tf_gpt2.data import MANIFEST, TokenShards, codec, embedded_corpus, prepare, source_stamps
+from tf_gpt2.files import atomic_write, exclusive, json_writer, read_json
 from tf_gpt2.model import GPT2
 from tf_gpt2.train_config import TrainConfig
 
@@ -115,8 +115,9 @@ def restore_checkpoint(model: GPT2, path: str) -> int:
         with np.load(path) as f:
             meta = json.loads(str(f["meta"]))
             arrays = [f[f"v{i}"] for i in range(len(meta["variables"]))]
-    except (OSError, ValueError, KeyError) as e:
-        raise ValueError(f"checkpoint {path} is unreadable: {e}") from e
+    except Exception as e:  # truncated, empty or damaged: BadZipFile, EOFError, zlib.error, KeyError, ...
+        raise ValueError(f"checkpoint {path} is unreadable ({type(e).__name__}: {e}); nothing was changed: "
+                         "restore a copy, or move it away to start the run over") from None
     if len(arrays) != len(variables):  # names carry per-process counters, so compare structure
         raise ValueError(f"checkpoint {path} holds {len(arrays)} variables, this model and optimizer "
                          f"have {len(variables)}: it was written by a different configuration")
@@ -214,23 +215,23 @@ class RoundMetrics(keras.callbacks.Callback):
 class SaveCheckpoint(keras.callbacks.Callback):
     """After each round: model + optimizer state to `path`, atomically, unless the loss went bad."""
 
-    def __init__(self, path: str, steps_per_round: int, nan_guard: StopOnNaN):
+    def __init__(self, path: str, round_end: Callable[[int], int], nan_guard: StopOnNaN):
         super().__init__()
-        self.path, self.steps_per_round, self.nan_guard = path, steps_per_round, nan_guard
+        self.path, self.round_end, self.nan_guard = path, round_end, nan_guard
 
     def on_epoch_end(self, epoch, logs=None):
         if self.nan_guard.bad_loss is None and math.isfinite(float((logs or {}).get("loss", 0.0))):
-            save_checkpoint(self.model, self.path, (epoch + 1) * self.steps_per_round)
+            save_checkpoint(self.model, self.path, self.round_end(epoch))
 
 
 class TextSample(keras.callbacks.Callback):
     """After each round: a greedy continuation of `prompt` to the console and to TensorBoard (`log_dir`)."""
 
-    def __init__(self, prompt_ids: list[int], tokens: int, decode, steps_per_round: int,
+    def __init__(self, prompt_ids: list[int], tokens: int, decode, round_end: Callable[[int], int],
                  log_dir: str | None = None, verbose: int = 1):
         super().__init__()
         self.prompt_ids, self.tokens, self.decode = prompt_ids, tokens, decode
-        self.steps_per_round, self.verbose = steps_per_round, verbose
+        self.round_end, self.verbose = round_end, verbose
         self.writer = None
         if log_dir:
             import tensorflow as tf
@@ -238,7 +239,7 @@ class TextSample(keras.callbacks.Callback):
             self.writer = tf.summary.create_file_writer(log_dir)
 
     def on_epoch_end(self, epoch, logs=None):
-        step = (epoch + 1) * self.steps_per_round
+        step = self.round_end(epoch)
         ids = self.prompt_ids[-(self.model.config.n_positions - self.tokens):]
         text = self.decode(ids + self.model.generate(ids, max_new_tokens=self.tokens, stop_ids=[]))
         if self.verbose:
@@ -256,9 +257,17 @@ def prepared_data(cfg: TrainConfig) -> str:
     if cfg.data and os.path.exists(os.path.join(cfg.data, MANIFEST)):
         return cfg.data
     directory = os.path.join(cfg.out, "data")
-    if not os.path.exists(os.path.join(directory, MANIFEST)):
-        prepare(cfg.data or embedded_corpus(), directory, vocab=cfg.vocab, verbose=bool(cfg.verbose))
+    manifest = os.path.join(directory, MANIFEST)
+    if not os.path.exists(manifest) or _sources_changed(read_json(manifest)):  # text edited since: tokenize again
+        prepare(cfg.data or embedded_corpus(), directory, vocab=cfg.vocab, verbose=bool(cfg.verbose), exclude=[cfg.out])
     return directory
+
+
+def _sources_changed(manifest: dict) -> bool:
+    """Whether the raw text a dataset was made from changed since (datasets from before stamps: unknown, no)."""
+    sources = manifest.get("sources", [])
+    return "source_stamps" in manifest and (not all(map(os.path.isfile, sources))
+                                            or source_stamps(sources) != manifest["source_stamps"])
 
 
 def make_strategy(name: str | None):
@@ -377,22 +386,21 @@ def _train(cfg: TrainConfig) -> tuple[GPT2, dict[str, list[float]]]:
             if cfg.verbose:
                 print(f"resuming from {checkpoint} at step {start}")
     _record_run(cfg, identity)
-    rounds = math.ceil(cfg.steps / cfg.eval_interval)
-    if start >= rounds * cfg.eval_interval:
+    if start >= cfg.steps:
         return model, {}
 
-    micro_batches = cfg.eval_interval * cfg.grad_accum  # per round: each optimizer step takes grad_accum batches
+    def round_end(epoch: int) -> int:  # the optimizer step at which round `epoch` ends; the last may be short
+        return min((epoch + 1) * cfg.eval_interval, cfg.steps)
+
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
-    train_ds = train_data.dataset(cfg.block_size, cfg.batch_size, cfg.seed, start_step=start * cfg.grad_accum)
-    train_ds = train_ds.with_options(options)
     val_ds = None
     if len(val_data) > cfg.block_size:
         val_ds = val_data.dataset(cfg.block_size, cfg.batch_size, cfg.seed + 1, steps=cfg.eval_batches)
         val_ds = val_ds.with_options(options)
     nan_guard = StopOnNaN()
     callbacks = [Throughput(cfg.batch_size * cfg.block_size), LogGradientNorm(gradient_norm), nan_guard,
-                 RoundMetrics(), SaveCheckpoint(checkpoint, cfg.eval_interval, nan_guard)]
+                 RoundMetrics(), SaveCheckpoint(checkpoint, round_end, nan_guard)]
     if cfg.sample_tokens and cfg.strategy is None:  # a sample is one process's work
         encode, decode = codec(train_data.manifest)
         try:
@@ -400,18 +408,30 @@ def _train(cfg: TrainConfig) -> tuple[GPT2, dict[str, list[float]]]:
         except ValueError as e:
             raise ValueError(f"sample_prompt (--sample-prompt): {e}") from None
         log_dir = os.path.join(cfg.out, "logs", "samples") if cfg.tensorboard else None
-        callbacks.append(TextSample(prompt_ids or [0], cfg.sample_tokens, decode, cfg.eval_interval,
-                                    log_dir, cfg.verbose))
+        callbacks.append(TextSample(prompt_ids or [0], cfg.sample_tokens, decode, round_end, log_dir, cfg.verbose))
     if cfg.tensorboard:
         callbacks.append(keras.callbacks.TensorBoard(os.path.join(cfg.out, "logs"), update_freq=cfg.steps_per_execution))
-    history = model.fit(
-        train_ds, epochs=rounds, steps_per_epoch=micro_batches, initial_epoch=start // cfg.eval_interval,
-        validation_data=val_ds, validation_steps=cfg.eval_batches if val_ds is not None else None,
-        callbacks=callbacks, verbose=cfg.verbose, shuffle=False,
-    )
+    # --steps counts optimizer steps whatever the interval: full rounds, then one shorter round for the rest
+    # (Keras' rounds all have one length, so that one is a second fit).
+    full, rest = divmod(cfg.steps, cfg.eval_interval)
+    history: dict[str, list[float]] = {}
+    for rounds, round_steps in ((full, cfg.eval_interval), (full + 1, rest)):
+        first = start // cfg.eval_interval
+        if round_steps == 0 or first >= rounds or nan_guard.bad_loss is not None:
+            continue
+        train_ds = train_data.dataset(cfg.block_size, cfg.batch_size, cfg.seed, start_step=start * cfg.grad_accum)
+        fitted = model.fit(
+            train_ds.with_options(options), epochs=rounds, initial_epoch=first,
+            steps_per_epoch=round_steps * cfg.grad_accum,  # micro-batches: each step takes grad_accum of them
+            validation_data=val_ds, validation_steps=cfg.eval_batches if val_ds is not None else None,
+            callbacks=callbacks, verbose=cfg.verbose, shuffle=False,
+        )
+        for key, values in fitted.history.items():
+            history.setdefault(key, []).extend(values)
+        start = round_end(rounds - 1)
     if nan_guard.bad_loss is not None:
         batch, loss = nan_guard.bad_loss
         kept = f"the last good checkpoint is {checkpoint}" if os.path.exists(checkpoint) else "no checkpoint was written"
         raise FloatingPointError(f"training stopped: the loss became {loss} (batch {batch} of its round); {kept}. "
                                  "Try a lower --learning-rate, --grad-clip 1, or float32 precision")
-    return model, history.history
+    return model, history
