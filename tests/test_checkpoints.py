@@ -136,9 +136,20 @@ def _load_with_config(directory, **changes):
     return GPT2.from_pretrained(directory)
 
 
-def test_config_with_wrong_layer_count_names_missing_tensor(saved_tiny):
-    with pytest.raises(ValueError, match="missing tensor 'h.1.ln_1.weight'"):
-        _load_with_config(saved_tiny, n_layer=2)
+def test_config_sizes_are_checked_against_the_tensors_before_a_model_is_built(saved_tiny):
+    """A config.json claiming absurd sizes is refused at once (it used to allocate them: minutes to an OOM)."""
+    import time
+
+    start = time.perf_counter()
+    for changes, message in ((dict(n_layer=2), "the config says n_layer=2, the tensors hold 1 layers"),
+                             (dict(n_layer=1000), "the config says n_layer=1000, the tensors hold 1 layers"),
+                             (dict(n_layer=10**6), "n_layer must be at most 1024, got 1000000"),
+                             (dict(n_layer=1, n_embd=10**9, n_head=1), "n_embd must be at most 65536"),
+                             (dict(n_embd=16, n_head=2, n_positions=50_000), "tensor 'wpe.weight' has shape \\(8, 16\\), the model "
+                                                        "expects \\(50000, 16\\)")):
+        with pytest.raises(ValueError, match=message):
+            _load_with_config(saved_tiny, **changes)
+    assert time.perf_counter() - start < 10  # nothing of those sizes was built
 
 
 def test_corrupt_and_missing_files(saved_tiny, tmp_path):

@@ -169,6 +169,10 @@ def test_bad_gzip_and_malformed_manifests_name_the_file(corpus, tmp_path):
     (tmp_path / "m" / "manifest.json").write_text("[1, 2]")
     with pytest.raises(ValueError, match="not a tf_gpt2 dataset manifest"):
         TokenShards(str(tmp_path / "m"))
+    for splits in ({"train": [{"file": "a.bin"}]}, {"train": [{"file": "a.bin", "tokens": "9"}]}, {"train": 3}):
+        (tmp_path / "m" / "manifest.json").write_text(json.dumps({"vocab_size": 5, "splits": splits}))
+        with pytest.raises(ValueError, match="manifest.json: split 'train' is not a list of shards, each with a file"):
+            TokenShards(str(tmp_path / "m"))
 
 
 def test_a_folder_is_read_without_our_outputs_hidden_files_or_special_files(corpus):

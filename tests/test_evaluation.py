@@ -138,3 +138,18 @@ def test_bad_input_is_named(tmp_path, capsys):
     assert cli_main(["eval", str(binary)]) == 2
     assert "is not UTF-8 text" in capsys.readouterr().err
     assert cli_main(["eval", str(tmp_path / "missing.txt")]) == 2
+
+
+def test_a_character_model_is_scored_on_its_own_characters():
+    """`tf-gpt2 eval` and `evaluate` read text as `generate` does: a character model with its characters."""
+    from tf_gpt2.data import char_codec
+
+    chars = list("abc \n")
+    model = GPT2(GPT2Config(vocab_size=len(chars), n_positions=16, n_embd=16, n_layer=1, n_head=2), characters=chars)
+    text = "abc cab\nba"
+    by_text = evaluate(model, text, context=8, stride=4)
+    by_ids = evaluate(model, char_codec(chars)[0](text), context=8, stride=4)
+    assert by_text.tokens == len(text) - 1 and by_text.bytes == len(text) - 1
+    assert by_text.nll == pytest.approx(by_ids.nll, rel=1e-6)
+    with pytest.raises(ValueError, match="'z'"):
+        evaluate(model, "abz")

@@ -113,3 +113,25 @@ def test_a_directory_in_use_is_refused_until_its_holder_ends(tmp_path):
         holder.wait()
     with exclusive(str(tmp_path), "training run"):
         pass
+
+
+def test_working_directories_of_killed_processes_are_removed_by_the_next_one(tmp_path, monkeypatch):
+    """A LiteRT conversion killed midway leaves its working directory (the whole model): the next one sweeps it."""
+    import subprocess
+    import sys
+    import tempfile
+
+    from tf_gpt2.files import work_dir
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = tmp_path / f"tf_gpt2-litert-{int(dead.stdout)}-abc"
+    (stale / "saved").mkdir(parents=True)
+    alive = tmp_path / f"tf_gpt2-litert-{os.getppid()}-def"  # a conversion still running in another process
+    alive.mkdir()
+    other = tmp_path / "somebody-else"
+    other.mkdir()
+    with work_dir("litert") as directory:
+        assert os.path.isdir(directory) and os.path.basename(directory).startswith(f"tf_gpt2-litert-{os.getpid()}-")
+        assert not stale.exists() and alive.exists() and other.exists()
+    assert not os.path.exists(directory)

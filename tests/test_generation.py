@@ -78,6 +78,9 @@ def test_stop_ids_end_generation(model):
         (dict(seed=2**40), "seed must be in \\[0, 2\\*\\*31\\)"),
         (dict(seed=1.5), "seed must be an integer"),
         (dict(stop_ids=[1.5]), "stop_ids entry must be an integer"),
+        (dict(top_k=2**31), "top_k must be in \\[0, 2\\*\\*31\\)"),  # past int32: not an OverflowError
+        (dict(top_k=-1), "top_k must be in \\[0, 2\\*\\*31\\)"),
+        (dict(stop_ids=[2**40]), "stop_ids must be token ids in \\[0, 2\\*\\*31\\)"),
     ],
 )
 def test_bad_generation_arguments(model, kwargs, message):

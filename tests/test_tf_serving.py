@@ -200,6 +200,7 @@ def test_served_signatures_refuse_bad_requests_by_name(served, tmp_path):
         (dict(length=np.array([1, 1], np.int32)), "length must have one value per row"),
         (dict(token_ids=np.array([[464]], np.int32), length=np.array([0], np.int32)), "every length must be in"),
         (dict(token_ids=np.zeros((1, 0), np.int32), length=np.array([1], np.int32)), "every length must be in"),
+        (dict(token_ids=np.zeros((1, 65), np.int32)), "token_ids has more columns than the context of 64"),
     ]
     knob_errors = [
         (dict(top_k=np.array([-1], np.int32)), "top_k must be >= 0"),

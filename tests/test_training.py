@@ -318,3 +318,13 @@ def test_a_damaged_checkpoint_is_named_and_left_as_it_is(char_data, tmp_path):
         with pytest.raises(ValueError, match=f"checkpoint {path} is unreadable .*nothing was changed"):
             train(cfg)
         assert path.read_bytes() == damaged
+
+
+def test_a_validation_split_shorter_than_a_block_is_said(tmp_path, capsys):
+    root = tmp_path / "data"
+    root.mkdir()
+    (root / "text.txt").write_text(TEXT[:900])
+    prepare(str(root / "text.txt"), str(root / "prepared"), vocab="char", val_fraction=0.02, verbose=False)
+    _, history = train(config(tmp_path / "run", str(root / "prepared"), steps=2, eval_interval=2))
+    assert "val_loss" not in history
+    assert "the val split has 18 tokens, fewer than block_size + 1 = 33: no validation loss" in capsys.readouterr().err

@@ -59,28 +59,51 @@ def weight_table(model: keras.Model) -> dict[str, keras.Variable]:
     return table
 
 
-def assign_weights(model: keras.Model, tensors: dict[str, np.ndarray], source: str) -> keras.Model:
-    """Copy `tensors` (GPT-2 names) into `model`, checking every name, shape and value first."""
-    table = weight_table(model)
-    missing = [name for name in table if name not in tensors]
+def expected_shapes(config: GPT2Config) -> dict[str, tuple[int, ...]]:
+    """The shape of every weight of a GPT-2 of `config`, under its checkpoint name, without building it."""
+    d = config.n_embd
+    block = {"ln_1": [(d,), (d,)], "attn.c_attn": [(d, 3 * d), (3 * d,)], "attn.c_proj": [(d, d), (d,)],
+             "ln_2": [(d,), (d,)], "mlp.c_fc": [(d, 4 * d), (4 * d,)], "mlp.c_proj": [(4 * d, d), (d,)]}
+    shapes = {"wte.weight": (config.vocab_size, d), "wpe.weight": (config.n_positions, d),
+              "ln_f.weight": (d,), "ln_f.bias": (d,)}
+    for i in range(config.n_layer):
+        for path, (weight, bias) in block.items():
+            shapes[f"h.{i}.{path}.weight"], shapes[f"h.{i}.{path}.bias"] = weight, bias
+    return shapes
+
+
+def check_tensors(config: GPT2Config, tensors: dict[str, np.ndarray], source: str) -> None:
+    """Every name, shape and value of `tensors` against `config`, before a model of that size is built
+    (a config.json claiming a million layers is refused here, not after allocating them)."""
+    found = {name.split(".")[1] for name in tensors if name.startswith("h.")}  # the layers the tensors hold
+    if len(found) != config.n_layer:
+        raise ValueError(f"{source}: the config says n_layer={config.n_layer}, the tensors hold {len(found)} layers")
+    shapes = expected_shapes(config)
+    missing = [name for name in shapes if name not in tensors]
     if missing:
         raise ValueError(f"{source}: missing tensor '{missing[0]}' ({len(missing)} missing in all)")
-    unexpected = sorted(set(tensors) - set(table))
+    unexpected = sorted(set(tensors) - set(shapes))
     if unexpected:
         raise ValueError(f"{source}: unexpected tensor '{unexpected[0]}' ({len(unexpected)} unexpected in all)")
-    vocab = model.config.vocab_size
-    for name, variable in table.items():
+    for name, expected in shapes.items():
         value = np.asarray(tensors[name])
-        expected = (vocab, *variable.shape[1:]) if name == "wte.weight" else tuple(variable.shape)
-        if tuple(value.shape) != tuple(expected):
-            raise ValueError(
-                f"{source}: tensor '{name}' has shape {tuple(value.shape)}, the model expects {tuple(expected)}"
-            )
+        if tuple(value.shape) != expected:
+            raise ValueError(f"{source}: tensor '{name}' has shape {tuple(value.shape)}, the model expects {expected}")
         if value.dtype.kind != "f":
             raise ValueError(f"{source}: tensor '{name}' has dtype {value.dtype}, expected floating point weights")
         if not np.all(np.isfinite(value)):
             raise ValueError(f"{source}: tensor '{name}' contains NaN or infinite values")
-    for name, variable in table.items():
+
+
+def assign_weights(model: keras.Model, tensors: dict[str, np.ndarray], source: str) -> keras.Model:
+    """Copy `tensors` (GPT-2 names) into `model`, checking every name, shape and value first."""
+    check_tensors(model.config, tensors, source)
+    return _assign(model, tensors)
+
+
+def _assign(model: keras.Model, tensors: dict[str, np.ndarray]) -> keras.Model:
+    vocab = model.config.vocab_size
+    for name, variable in weight_table(model).items():
         value = np.asarray(tensors[name], dtype=variable.dtype)
         if name == "wte.weight" and vocab < variable.shape[0]:  # the padding rows keep their initial values
             value = np.concatenate([value, keras.ops.convert_to_numpy(variable)[vocab:]])
@@ -359,7 +382,8 @@ def load_pretrained(model_class: type, source: Any, **overrides: Any) -> keras.M
     """A `model_class` (GPT2) with the weights of any supported source; see the module docstring."""
     if type(source).__name__ == "GPT2Backbone":
         config, tensors = read_keras_hub(source, **overrides)
-        return assign_weights(model_class(config), tensors, f"keras-hub {type(source).__name__}")
+        check_tensors(config, tensors, f"keras-hub {type(source).__name__}")  # before building a model that size
+        return _assign(model_class(config), tensors)
     if not isinstance(source, (str, os.PathLike)):
         raise TypeError(f"from_pretrained expects a path or a keras-hub GPT2Backbone, got {type(source).__name__}")
     path = os.fspath(source)
@@ -383,7 +407,8 @@ def load_pretrained(model_class: type, source: Any, **overrides: Any) -> keras.M
             "or hparams.json (OpenAI)"
         )
     config, tensors = read(path, **overrides)
-    return assign_weights(model_class(config), tensors, path)
+    check_tensors(config, tensors, path)  # before building a model that size
+    return _assign(model_class(config), tensors)
 
 
 def _load_keras_file(model_class: type, path: str, overrides: dict) -> keras.Model:

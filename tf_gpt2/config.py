@@ -53,6 +53,9 @@ class GPT2Config:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise ValueError(f"GPT2Config.{name} must be a positive integer, got {value!r}")
+        for name, largest in (("n_layer", 1024), ("n_embd", 65536), ("n_positions", 1 << 20), ("vocab_size", 1 << 24)):
+            if getattr(self, name) > largest:  # sizes no GPT-2 has: refused before anything is allocated
+                raise ValueError(f"GPT2Config.{name} must be at most {largest}, got {getattr(self, name)}")
         if self.n_embd % self.n_head:
             raise ValueError(
                 f"GPT2Config.n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})"

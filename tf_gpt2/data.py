@@ -274,6 +274,14 @@ def _read_manifest(directory: str) -> dict:
     manifest = read_json(path, kind="a tf_gpt2 dataset manifest")
     if not isinstance(manifest.get("splits"), dict) or not isinstance(manifest.get("vocab_size"), int):
         raise ValueError(f"{path} is not a tf_gpt2 dataset manifest (no splits or vocab_size)")
+    for split, shards in manifest["splits"].items():
+        shard = lambda s: isinstance(s, dict) and isinstance(s.get("file"), str) and type(s.get("tokens")) is int \
+            and s["tokens"] >= 0  # noqa: E731
+        if not isinstance(shards, list) or not all(map(shard, shards)):
+            raise ValueError(f"{path}: split {split!r} is not a list of shards, each with a file and a token count")
+    if manifest.get("vocab") == "char" and not (isinstance(manifest.get("chars"), list)
+                                                and len(manifest["chars"]) == manifest["vocab_size"]):
+        raise ValueError(f"{path}: a character dataset needs its {manifest['vocab_size']} characters (chars)")
     return manifest
 
 

@@ -77,6 +77,9 @@ def evaluate(model, text: str | Sequence[int], tokenizer: GPT2Tokenizer | None =
              verbose: bool = False) -> EvalResult:
     """Score `text` (a string, or token ids already starting with their own context token) with `model`.
 
+    A string is read with the model's own vocabulary: GPT-2's BPE after `<|endoftext|>`, or, for a character
+    model, its characters (the first one is the context of the rest).
+
     context: tokens each prediction may see (default: the model's n_positions); stride: how far the
     window moves (default context // 2: each token, past the first window, sees at least half a context);
     verbose: a progress bar over the windows.
@@ -92,7 +95,12 @@ def evaluate(model, text: str | Sequence[int], tokenizer: GPT2Tokenizer | None =
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if detokenize not in DETOKENIZERS:
         raise ValueError(f"unknown detokenizer {detokenize!r}; choose one of {sorted(DETOKENIZERS)}")
-    if isinstance(text, str):
+    if isinstance(text, str) and getattr(model, "characters", None) is not None:  # as `generate` reads it
+        from tf_gpt2.data import char_codec
+
+        text = DETOKENIZERS[detokenize](text)  # no end-of-text token: the first character is the first context
+        ids, n_bytes = char_codec(model.characters)[0](text), len(text[1:].encode("utf-8"))
+    elif isinstance(text, str):
         text = DETOKENIZERS[detokenize](text)
         tokenizer = tokenizer or GPT2Tokenizer()
         ids, n_bytes = [tokenizer.eot_id] + tokenizer.encode(text), len(text.encode("utf-8"))

@@ -27,16 +27,19 @@ from tf_gpt2.layers import scatter_cache_writes
 from tf_gpt2.model import GPT2
 from tf_gpt2.tokenizer import EOT_ID, GPT2Tokenizer
 
-def _prompt(token_ids, length, vocab_size: int, pad: int):
+def _prompt(token_ids, length, config):
     """Checked left-padded `Prompt` from right-padded rows: row i's prompt is its first `length[i]` tokens.
 
     What follows a row's prompt is ignored (TF Serving's batcher pads a shorter request with its own first
     element), so a merged batch answers each row as it would alone. A served model has no eager Python in
     front of it: the checks are in the graph.
     """
+    vocab_size, pad = config.vocab_size, pad_id(config)
     width = tf.shape(token_ids)[1]
     mask = tf.sequence_mask(length, width, dtype=tf.int32)
     checks = [
+        tf.debugging.assert_less_equal(width, config.n_positions,
+                                       message=f"token_ids has more columns than the context of {config.n_positions}"),
         tf.debugging.assert_equal(tf.shape(length), tf.shape(token_ids)[:1],
                                   message="length must have one value per row of token_ids"),
         tf.debugging.assert_equal(tf.reduce_all(tf.logical_and(length >= 1, length <= width)), True,
@@ -71,7 +74,7 @@ class _Serving:
         self.pad_id = pad_id(model.config)
 
     def logits(self, token_ids, length):
-        prompt = _prompt(token_ids, length, self.model.config.vocab_size, self.pad_id)
+        prompt = _prompt(token_ids, length, self.model.config)
         logits = self.model(prompt.ids, attention_mask=prompt.mask, position_ids=positions_from_mask(prompt.mask))
         width = tf.shape(token_ids)[1]  # back to the rows as they were sent: the prompt first
         index = tf.math.floormod(tf.range(width)[None, :] + (width - length)[:, None], width)
@@ -80,7 +83,7 @@ class _Serving:
 
     def generate(self, token_ids, length, max_new_tokens, temperature, top_k, top_p, seed):
         cfg, batch = self.model.config, tf.shape(token_ids)[0]
-        prompt = _prompt(token_ids, length, cfg.vocab_size, self.pad_id)
+        prompt = _prompt(token_ids, length, cfg)
         knobs = {name: _per_row(name, value, batch) for name, value in (
             ("max_new_tokens", max_new_tokens), ("temperature", temperature), ("top_k", top_k), ("top_p", top_p),
             ("seed", seed))}

@@ -18,6 +18,7 @@ import json
 import os
 import re
 import shutil
+import tempfile
 from typing import Any, Callable, Iterator
 
 TEMP_MARK = ".tmp-"
@@ -71,6 +72,20 @@ def remove_stale_temps(path: str) -> None:
         if match and int(match.group(1)) != os.getpid() and not _pid_alive(int(match.group(1))):
             stale = os.path.join(directory, entry)
             shutil.rmtree(stale, ignore_errors=True) if os.path.isdir(stale) else os.remove(stale)
+
+
+@contextlib.contextmanager
+def work_dir(what: str) -> Iterator[str]:
+    """A temporary working directory (`tf_gpt2-<what>-<pid>-...` in the system's temp folder) for the block;
+    those that killed processes left there (a conversion killed midway leaves its whole model) go first."""
+    root = tempfile.gettempdir()
+    pattern = re.compile(re.escape(f"tf_gpt2-{what}-") + r"(\d+)-")
+    for entry in os.listdir(root):
+        match = pattern.match(entry)
+        if match and int(match.group(1)) != os.getpid() and not _pid_alive(int(match.group(1))):
+            shutil.rmtree(os.path.join(root, entry), ignore_errors=True)
+    with tempfile.TemporaryDirectory(prefix=f"tf_gpt2-{what}-{os.getpid()}-") as directory:
+        yield directory
 
 
 def _fsync(path: str) -> None:

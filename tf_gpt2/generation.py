@@ -283,14 +283,16 @@ def _prepare(model, prompt: Any, max_new_tokens: int = 32, temperature: float = 
         raise ValueError(f"temperature must be >= 0, got {temperature}")
     if not 0 < top_p <= 1:
         raise ValueError(f"top_p must be in (0, 1], got {top_p}")
-    if _integer("top_k", top_k) < 0:
-        raise ValueError(f"top_k must be >= 0, got {top_k}")
+    if not 0 <= _integer("top_k", top_k) < 2**31:
+        raise ValueError(f"top_k must be in [0, 2**31), got {top_k}")
     if not 0 < repetition_penalty < np.inf:
         raise ValueError(f"repetition_penalty must be > 0, got {repetition_penalty}")
     flat = [t for p in batch for t in p]
     if min(flat) < 0 or max(flat) >= cfg.vocab_size:
         raise ValueError(f"token ids must be in [0, {cfg.vocab_size}), got min {min(flat)} and max {max(flat)}")
     stop_ids = [EOT_ID] if stop_ids is None else [_integer("stop_ids entry", t) for t in stop_ids]
+    if any(not 0 <= t < 2**31 for t in stop_ids):
+        raise ValueError(f"stop_ids must be token ids in [0, 2**31), got {stop_ids}")
     pad = pad_id(cfg)
 
     width = min(_bucket(longest), cfg.n_positions)

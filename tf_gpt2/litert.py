@@ -18,14 +18,13 @@ interpreter (`LiteRTGenerator`: the loop an app runs when it drives the model it
 from __future__ import annotations
 
 import os
-import tempfile
 from typing import Sequence
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from tf_gpt2.files import atomic_write
+from tf_gpt2.files import atomic_write, work_dir
 from tf_gpt2.formats import QUANTIZATIONS
 from tf_gpt2.model import GPT2
 from tf_gpt2.tokenizer import EOT_ID, VOCAB_SIZE, hf_tokenizer_json
@@ -114,7 +113,7 @@ def litert_bytes(model: GPT2, cache_length: int | None = None, prefill_lengths: 
     for t in prefill_lengths:
         archive.add_endpoint(f"prefill_{t}", signatures.prefill, _specs(model, t, cache_length))
     archive.add_endpoint("decode", signatures.decode, _specs(model, 1, cache_length))
-    with tempfile.TemporaryDirectory() as tmp:
+    with work_dir("litert") as tmp:
         archive.write_out(tmp, verbose=False)
         converter = tf.lite.TFLiteConverter.from_saved_model(tmp, signature_keys=names)
         if quantize != "fp32":
@@ -190,7 +189,7 @@ def export_litertlm(model: GPT2, path: str, cache_length: int | None = None,
     _check_writable(path)
 
     def write(tmp: str) -> None:
-        with tempfile.TemporaryDirectory() as parts:
+        with work_dir("litertlm") as parts:
             files = {name: os.path.join(parts, name) for name in ("model.tflite", "tokenizer.json", "metadata.pb")}
             with open(files["model.tflite"], "wb") as f:
                 f.write(litert_bytes(model, cache_length, prefill_lengths, quantize))
@@ -272,16 +271,21 @@ class LiteRTGenerator:
         padded = [t for t in self.prefill_lengths if self.position + t <= self.cache_length]
         return padded[0] if padded else None
 
-    def feed(self, tokens: Sequence[int]) -> np.ndarray:
-        """Append `tokens` to the conversation; return the float32 [vocab] logits after the last one."""
+    def _checked(self, tokens: Sequence[int], position: int) -> list[int]:
+        """`tokens` as ints, if they are ids of this model and fit in the cache at `position`."""
         tokens = [int(t) for t in tokens]
         if not tokens:
             raise ValueError("no tokens to feed: give at least one")
         if min(tokens) < 0 or max(tokens) >= self.vocab_size:
             raise ValueError(f"token ids must be in [0, {self.vocab_size}), got min {min(tokens)} and max {max(tokens)}")
-        if self.position + len(tokens) > self.cache_length:
-            raise ValueError(f"{len(tokens)} tokens at position {self.position} exceed the exported cache of "
+        if position + len(tokens) > self.cache_length:
+            raise ValueError(f"{len(tokens)} tokens at position {position} exceed the exported cache of "
                              f"{self.cache_length} positions")
+        return tokens
+
+    def feed(self, tokens: Sequence[int]) -> np.ndarray:
+        """Append `tokens` to the conversation; return the float32 [vocab] logits after the last one."""
+        tokens = self._checked(tokens, self.position)
         head, last = tokens[:-1], tokens[-1]
         while head:
             t = self._chunk(len(head))
@@ -297,6 +301,7 @@ class LiteRTGenerator:
         """Greedy continuation of `prompt` from an empty cache; stops after a token in `stop_ids`."""
         if not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens <= 0:
             raise ValueError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
+        prompt = self._checked(prompt, 0)  # before the conversation is reset: a refused call keeps it
         if len(prompt) + max_new_tokens - 1 > self.cache_length:
             raise ValueError(f"prompt + max_new_tokens exceeds the exported cache of {self.cache_length} positions")
         self.reset()

@@ -15,6 +15,7 @@ import dataclasses
 import json
 import math
 import os
+import sys
 import time
 from typing import Any, Callable
 
@@ -398,6 +399,10 @@ def _train(cfg: TrainConfig) -> tuple[GPT2, dict[str, list[float]]]:
     if len(val_data) > cfg.block_size:
         val_ds = val_data.dataset(cfg.block_size, cfg.batch_size, cfg.seed + 1, steps=cfg.eval_batches)
         val_ds = val_ds.with_options(options)
+    else:  # said on every run, from the CLI too: a run without validation loss should not look like one with it
+        print(f"note: the val split has {len(val_data)} tokens, fewer than block_size + 1 = {cfg.block_size + 1}: "
+              "no validation loss (add text, lower --block-size, or prepare with a larger --val-fraction)",
+              file=sys.stderr)
     nan_guard = StopOnNaN()
     callbacks = [Throughput(cfg.batch_size * cfg.block_size), LogGradientNorm(gradient_norm), nan_guard,
                  RoundMetrics(), SaveCheckpoint(checkpoint, round_end, nan_guard)]
