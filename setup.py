@@ -18,6 +18,7 @@ setup(
         "numpy>=2.0",
         "tiktoken>=0.14",
         "safetensors>=0.8",
+        "huggingface_hub>=2.4",  # GPT2.from_pretrained("gpt2"): the Hub's cache, offline mode, tokens
     ],
     extras_require={
         "torch": ["torch>=2.13", "transformers>=5.0"],

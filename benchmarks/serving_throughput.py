@@ -141,7 +141,9 @@ def main(argv=None) -> int:
         for system in systems:
             results[system][batch] = _in_own_process(
                 f"print(json.dumps(s.measure({system!r}, {work!r}, {batch}, {args.prompt}, {args.new}, {args.repeats})))")
-            print(f"batch {batch:3d}  {SYSTEMS[system]}: {results[system][batch]['tokens_per_second']:,.1f}", flush=True)
+            short = batch * args.new - results[system][batch]["new_tokens"]  # rows that stopped at <|endoftext|>
+            print(f"batch {batch:3d}  {SYSTEMS[system]}: {results[system][batch]['tokens_per_second']:,.1f}"
+                  + (f" ({short} tokens fewer: rows stopped early)" if short else ""), flush=True)
     print("\n| system | " + " | ".join(f"batch {b}" for b in args.batches) + " |")
     print("|---|" + "---:|" * len(args.batches))
     for system in systems:

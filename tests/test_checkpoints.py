@@ -300,8 +300,6 @@ def test_unreadable_checkpoints_name_the_problem(saved_tiny, tmp_path):
     keras_file.write_bytes(keras_file.read_bytes()[:1000])
     with pytest.raises(ValueError, match="m.keras is not a readable .keras file: it is truncated"):
         GPT2.from_pretrained(keras_file)
-    with pytest.raises(FileNotFoundError, match="Hub names such as 'gpt2' are not downloaded"):
-        GPT2.from_pretrained("gpt2")
     config = json.loads((saved_tiny / "config.json").read_text())
     del config["n_embd"]
     (saved_tiny / "config.json").write_text(json.dumps(config))

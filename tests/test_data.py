@@ -180,6 +180,7 @@ def test_a_folder_is_read_without_our_outputs_hidden_files_or_special_files(corp
     run's manifest, lock and shards; hidden files and a named pipe are skipped too."""
     (corpus / ".notes").write_text("private ~~~~ notes")
     os.mkfifo(corpus / "pipe")  # reading it would block forever
+    os.symlink(corpus / "gone.txt", corpus / "dangling.txt")
     first = prepare(str(corpus), str(corpus / "prepared"), vocab="char", verbose=False)
     second = prepare(str(corpus), str(corpus / "prepared"), vocab="char", verbose=False)
     expected = sorted(str(corpus / p) for p in ("a.txt", os.path.join("more", "b.txt")))

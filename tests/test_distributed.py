@@ -12,10 +12,16 @@ import numpy as np
 from tf_gpt2.data import prepare
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _free_ports(n):
+    """n distinct free ports, held open together while they are chosen (no port is handed out twice)."""
+    sockets = [socket.socket() for _ in range(n)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
 
 
 def _model_weights(run_dir):
@@ -36,7 +42,7 @@ def test_two_workers_match_one_process(tmp_path):
                             timeout=600)
     assert single.returncode == 0, single.stderr[-2000:]
 
-    cluster = {"worker": [f"localhost:{_free_port()}" for _ in range(2)]}
+    cluster = {"worker": [f"localhost:{port}" for port in _free_ports(2)]}
     workers = [
         subprocess.Popen(command + ["--out", str(tmp_path / f"worker{i}"), "--strategy", "multiworker"],
                          env={**env, "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})},
@@ -47,6 +53,9 @@ def test_two_workers_match_one_process(tmp_path):
         _, err = worker.communicate(timeout=600)
         assert worker.returncode == 0, err[-3000:]
 
+    for i in range(2):  # the workers formed one cluster (alone, each would reach the single process's weights)
+        with open(tmp_path / f"worker{i}" / "run.json") as f:
+            assert json.load(f)["replicas"] == 2
     one = _model_weights(tmp_path / "single")
     w0, w1 = _model_weights(tmp_path / "worker0"), _model_weights(tmp_path / "worker1")
     np.testing.assert_array_equal(w0, w1)  # synchronous replicas hold one set of weights

@@ -89,11 +89,14 @@ def test_every_signature_answers_with_xla_compilation_disabled(model, served, tm
     prompts = [[464, 3290, 318], [40, 1101]]
     ids, length = right_padded(prompts, pad=7)
     sampled = dict(temperature=0.9, top_k=40, top_p=0.9, seed=[3, 4])
+    twice = np.array([[464, 3290, 318]] * 2, np.int32)
     text = "Hello world"
     calls = [
         [grpc("serving_default", token_ids=ids, length=length)],
         [grpc("generate", token_ids=ids, length=length, **settings(2))],
         [grpc("generate", token_ids=ids, length=length, **settings(2, **sampled))],
+        [grpc("generate", token_ids=twice, length=np.array([3, 3], np.int32),  # one seed for the request
+              **{**settings(2, temperature=1.0), "seed": np.array([7], np.int32)})],
         [grpc("generate_text", text=np.array([text.encode()]), **settings(1))],
         [{"signature_name": "generate_text", "inputs": {"text": [text], **{k: [v] for k, v in dict(
             max_new_tokens=6, temperature=0.0, top_k=0, top_p=1.0, seed=0).items()}}}],
@@ -101,7 +104,7 @@ def test_every_signature_answers_with_xla_compilation_disabled(model, served, tm
             {"token_ids": p, "length": 2, "max_new_tokens": 6, "temperature": 0.0, "top_k": 0, "top_p": 1.0,
              "seed": 0} for p in ([464, 3290], [40, 1101])]}],
     ]
-    logits, greedy, sampled_out, text_out, rest_columnar, rest_rows = serve(served, calls, tmp_path)
+    logits, greedy, sampled_out, one_seed, text_out, rest_columnar, rest_rows = serve(served, calls, tmp_path)
     logits = outputs(logits[0])["logits"]
     for row, prompt in enumerate(prompts):
         np.testing.assert_allclose(logits[row, :len(prompt)], np.asarray(model(np.array([prompt])))[0], atol=1e-4)
@@ -114,6 +117,8 @@ def test_every_signature_answers_with_xla_compilation_disabled(model, served, tm
     expected = [model.generate(p, max_new_tokens=6, temperature=0.9, top_k=40, top_p=0.9, seed=s)
                 for p, s in zip(prompts, (3, 4))]
     assert answers(outputs(sampled_out[0])) == expected
+    same_prompt = model.generate([[464, 3290, 318]] * 2, max_new_tokens=6, temperature=1.0, seed=7)  # seeds 7, 8
+    assert answers(outputs(one_seed[0])) == same_prompt and same_prompt[0] != same_prompt[1]
     assert outputs(text_out[0])["text"][0].decode() == model.generate(text, max_new_tokens=6)
     assert json.loads(rest_columnar[0])["outputs"]["text"] == [model.generate(text, max_new_tokens=6)]
     rows = json.loads(rest_rows[0])["predictions"]
@@ -128,7 +133,10 @@ def test_a_merged_batch_answers_each_request_as_it_answers_it_alone(served, tmp_
         dict(token_ids=np.array([[464, 3290, 318, 2068, 7586]], np.int32), length=np.array([5], np.int32),
              **settings(1, max_new_tokens=3)),
         dict(token_ids=np.array([[40, 1101], [818, 0]], np.int32), length=np.array([2, 1], np.int32),
-             **settings(2, max_new_tokens=[8, 5], temperature=[1.0, 0.0], top_k=[50, 0], seed=[11, 0])),
+             **settings(2, max_new_tokens=[16, 5], temperature=[1.0, 0.0], top_k=[50, 0], seed=[11, 0])),
+        # Ends at the last position of the context (60 + 4 = 64) while the batch goes on for 16 steps.
+        dict(token_ids=np.arange(100, 160, dtype=np.int32)[None], length=np.array([60], np.int32),
+             **settings(1, max_new_tokens=4)),
         dict(token_ids=np.array([[1, 2, 3]], np.int32), length=np.array([3], np.int32),
              **settings(1, temperature=0.7, top_p=0.8, seed=5)),
     ]
@@ -150,6 +158,7 @@ def test_a_merged_batch_answers_each_request_as_it_answers_it_alone(served, tmp_
     for one, in_batch in zip(results[:len(requests)], merged):
         one, in_batch = outputs(one[0]), outputs(in_batch)
         np.testing.assert_array_equal(one["length"], in_batch["length"])
+        assert one["length"].min() > 0
         for a, b, n in zip(one["token_ids"], in_batch["token_ids"], one["length"]):
             assert a[:n].tolist() == b[:n].tolist()
     text_alone, text_merged = results[len(requests) + 1:len(requests) + 3], results[len(requests) + 3]

@@ -290,6 +290,11 @@ def test_steps_counts_optimizer_updates_whatever_the_interval(char_data, tmp_pat
         assert int(model.optimizer.iterations) == steps and len(history["loss"]) == rounds
         assert restore_checkpoint(model, str(out / CHECKPOINT)) == steps
         assert train(config(out, char_data, steps=steps, eval_interval=interval))[1] == {}
+    # Resumed from step 5 (between two round ends) to 10: rounds end at 8 and 10, 5 more updates.
+    out = tmp_path / "5-4"
+    model, history = train(config(out, char_data, steps=10, eval_interval=4, resume_with_changes=True))
+    assert int(model.optimizer.iterations) == 10 and len(history["loss"]) == 2
+    assert restore_checkpoint(model, str(out / CHECKPOINT)) == 10
 
 
 def test_raw_text_edited_since_it_was_tokenized_is_tokenized_again(tmp_path):
@@ -299,6 +304,8 @@ def test_raw_text_edited_since_it_was_tokenized_is_tokenized_again(tmp_path):
     text.write_text(TEXT)
     cfg = config(tmp_path / "run", str(text), steps=2, eval_interval=2, vocab="char")
     train(cfg)
+    os.utime(text, ns=(0, 0))  # touched (a checkout, a copy): the same text, not tokenized again
+    assert train(cfg)[1] == {}
     text.write_text(TEXT.upper() * 2)
     with pytest.raises(ValueError, match="the dataset"):
         train(cfg)
@@ -327,4 +334,4 @@ def test_a_validation_split_shorter_than_a_block_is_said(tmp_path, capsys):
     prepare(str(root / "text.txt"), str(root / "prepared"), vocab="char", val_fraction=0.02, verbose=False)
     _, history = train(config(tmp_path / "run", str(root / "prepared"), steps=2, eval_interval=2))
     assert "val_loss" not in history
-    assert "the val split has 18 tokens, fewer than block_size + 1 = 33: no validation loss" in capsys.readouterr().err
+    assert "the val split has 9 tokens, fewer than block_size + 1 = 33: no validation loss" in capsys.readouterr().err

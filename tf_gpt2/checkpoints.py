@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import glob
 import os
-import re
 import secrets
 import shutil
 import zipfile
@@ -62,14 +61,14 @@ def weight_table(model: keras.Model) -> dict[str, keras.Variable]:
 def expected_shapes(config: GPT2Config) -> dict[str, tuple[int, ...]]:
     """The shape of every weight of a GPT-2 of `config`, under its checkpoint name, without building it."""
     d = config.n_embd
-    block = {"ln_1": [(d,), (d,)], "attn.c_attn": [(d, 3 * d), (3 * d,)], "attn.c_proj": [(d, d), (d,)],
-             "ln_2": [(d,), (d,)], "mlp.c_fc": [(d, 4 * d), (4 * d,)], "mlp.c_proj": [(4 * d, d), (d,)]}
-    shapes = {"wte.weight": (config.vocab_size, d), "wpe.weight": (config.n_positions, d),
-              "ln_f.weight": (d,), "ln_f.bias": (d,)}
-    for i in range(config.n_layer):
-        for path, (weight, bias) in block.items():
-            shapes[f"h.{i}.{path}.weight"], shapes[f"h.{i}.{path}.bias"] = weight, bias
-    return shapes
+    layers = {"ln_1": [(d,), (d,)], "attn.c_attn": [(d, 3 * d), (3 * d,)], "attn.c_proj": [(d, d), (d,)],
+              "ln_2": [(d,), (d,)], "mlp.c_fc": [(d, 4 * d), (4 * d,)], "mlp.c_proj": [(4 * d, d), (d,)],
+              "ln_f": [(d,), (d,)], "wte": [(config.vocab_size, d)], "wpe": [(config.n_positions, d)]}
+
+    def shape(name: str) -> tuple[int, ...]:
+        layer, kind = name.split(".", 2)[-1].rsplit(".", 1) if name.startswith("h.") else name.rsplit(".", 1)
+        return layers[layer][kind == "bias"]
+    return {name: shape(name) for name in tensor_names(config.n_layer)}
 
 
 def check_tensors(config: GPT2Config, tensors: dict[str, np.ndarray], source: str) -> None:
@@ -155,9 +154,12 @@ def _read_safetensors(path: str) -> tuple[dict[str, np.ndarray], dict[str, str]]
 
     try:
         with safe_open(path, framework="numpy") as f:
-            return {k: f.get_tensor(k) for k in f.keys()}, f.metadata() or {}
+            tensors, metadata = {k: f.get_tensor(k) for k in f.keys()}, f.metadata() or {}
     except (SafetensorError, OSError, ValueError, TypeError) as e:
         raise ValueError(f"cannot read {path}: {e}") from e
+    # float16 and bfloat16 weights widen to float32, as transformers loads them into a float32 model
+    return {k: v.astype(np.float32) if v.dtype.name in ("float16", "bfloat16") else v
+            for k, v in tensors.items()}, metadata
 
 
 def _read_torch_bin(path: str) -> dict[str, np.ndarray]:
@@ -184,12 +186,15 @@ def _hf_weight_files(directory: str) -> list[str]:
         weight_map = read_json(index).get("weight_map")
         if not isinstance(weight_map, dict) or not weight_map:
             raise ValueError(f"{index} has no weight_map")
-        root = os.path.realpath(directory)
-        files = sorted({os.path.realpath(os.path.join(root, str(f))) for f in weight_map.values()})
-        outside = [f for f in files if os.path.dirname(f) != root]
-        if outside:
-            raise ValueError(f"{index} points at {outside[0]}, outside {directory}: refusing to read it")
-        return files
+        names = sorted({str(f) for f in weight_map.values()})
+        # A shard is a file of this directory; in huggingface_hub's cache it is a symlink into the repo's blobs/.
+        snapshot = os.path.basename(os.path.dirname(os.path.abspath(directory))) == "snapshots"
+        blobs = os.path.realpath(os.path.join(directory, "..", "..", "blobs")) if snapshot else None
+        for name in names:
+            target = os.path.realpath(os.path.join(directory, name))
+            if os.path.basename(name) != name or os.path.dirname(target) not in (os.path.realpath(directory), blobs):
+                raise ValueError(f"{index} points at {name}, outside {directory}: refusing to read it")
+        return [os.path.join(directory, name) for name in names]
     if os.path.exists(os.path.join(directory, "pytorch_model.bin")):
         return [os.path.join(directory, "pytorch_model.bin")]
     raise FileNotFoundError(f"{directory} has config.json but no model.safetensors or pytorch_model.bin")
@@ -378,8 +383,19 @@ def read_keras_hub(backbone: Any, **overrides: Any) -> tuple[GPT2Config, Tensors
 
 
 # -- dispatch -----------------------------------------------------------------------------------
-def load_pretrained(model_class: type, source: Any, **overrides: Any) -> keras.Model:
+def load_pretrained(model_class: type, source: Any, revision: str | None = None, **overrides: Any) -> keras.Model:
     """A `model_class` (GPT2) with the weights of any supported source; see the module docstring."""
+    if isinstance(source, str) and not os.path.exists(source):  # a name: keras-hub's presets, then the Hub
+        from tf_gpt2 import hub
+
+        if revision is None and hub.keras_hub_preset(source):
+            from keras_hub.models import GPT2Backbone
+
+            source = GPT2Backbone.from_preset(source)
+        elif hub.hub_repo_id(source):
+            source = hub.download(hub.hub_repo_id(source), revision)
+    elif revision is not None:
+        raise ValueError(f"revision={revision!r} is for a Hugging Face repo name, not the local path {source}")
     if type(source).__name__ == "GPT2Backbone":
         config, tensors = read_keras_hub(source, **overrides)
         check_tensors(config, tensors, f"keras-hub {type(source).__name__}")  # before building a model that size
@@ -388,12 +404,7 @@ def load_pretrained(model_class: type, source: Any, **overrides: Any) -> keras.M
         raise TypeError(f"from_pretrained expects a path or a keras-hub GPT2Backbone, got {type(source).__name__}")
     path = os.fspath(source)
     if not os.path.exists(path):
-        hint = ""
-        if re.fullmatch(r"[\w-][\w.-]*(/[\w.-]+)?", path) and not path.endswith(".keras"):  # like "gpt2"
-            hint = (f". Hub names such as {path!r} are not downloaded (this package works offline): "
-                    "fetch the model directory once, e.g. `huggingface-cli download gpt2 --local-dir gpt2`, "
-                    "and pass that directory")
-        raise FileNotFoundError(f"no checkpoint at {path}{hint}")
+        raise FileNotFoundError(f"no checkpoint at {path}, and it is not a Hugging Face repo name")
     if os.path.isfile(path):
         return _load_keras_file(model_class, path, overrides)
     if os.path.exists(os.path.join(path, "hparams.json")):

@@ -23,7 +23,7 @@ def _load_model(args: argparse.Namespace):
     from tf_gpt2 import GPT2, GPT2Config
 
     if args.model:
-        return GPT2.from_pretrained(args.model)
+        return GPT2.from_pretrained(args.model, revision=args.revision)
     if args.random_init:
         return GPT2(GPT2Config.from_preset(args.random_init))
     raise ValueError("no --model given: pass a checkpoint (HF dir, OpenAI TF dir, keras-hub preset dir or .keras "
@@ -86,7 +86,7 @@ TRAIN_FLAGS = {
     "data": "prepared dir, or text file/folder/glob (default: embedded Shakespeare)",
     "vocab": "tokenization of raw --data",
     "preset": "model size when not --init-from",
-    "init_from": "fine-tune from a checkpoint (HF dir, OpenAI dir, keras-hub preset, .keras)",
+    "init_from": "fine-tune from a checkpoint: a Hugging Face or keras-hub name, an HF/OpenAI/preset dir, .keras",
     "steps": "optimizer steps in all",
     "batch_size": "sequences per micro-batch (global, across replicas)",
     "block_size": "tokens per sequence",
@@ -186,7 +186,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
     from tf_gpt2.files import save_keras
 
     _refuse_writing_over_inputs(args.dst, args.src)
-    model = GPT2.from_pretrained(args.src)
+    model = GPT2.from_pretrained(args.src, revision=args.revision)
     if args.dst.endswith(".keras"):
         save_keras(model, args.dst)
     else:
@@ -246,7 +246,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _model_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", help="checkpoint to load: HF dir, OpenAI TF dir, keras-hub preset dir or .keras file")
+    parser.add_argument("--model", help="GPT-2 to load: a Hugging Face repo name (gpt2, openai-community/gpt2-medium, "
+                        "hf://org/name), a keras-hub preset name (gpt2_base_en), an HF dir, OpenAI TF dir, keras-hub "
+                        "preset dir or .keras file")
+    parser.add_argument("--revision", help="branch, tag or commit of a Hugging Face repo name")
     parser.add_argument("--random-init", metavar="PRESET", choices=sorted(PRESETS),
                         help="use an untrained model of this preset instead of --model (for trying the pipeline)")
 
@@ -296,7 +299,9 @@ def build_parser() -> argparse.ArgumentParser:
     gen.set_defaults(run=cmd_generate)
 
     convert = command("convert", help="convert a checkpoint to a HF dir or a .keras file")
-    convert.add_argument("src", help="HF dir, OpenAI TF dir, keras-hub preset dir or .keras file")
+    convert.add_argument("src", help="Hugging Face repo name (gpt2, org/name), keras-hub preset name, HF dir, "
+                                     "OpenAI TF dir, keras-hub preset dir or .keras file")
+    convert.add_argument("--revision", help="branch, tag or commit of a Hugging Face repo name")
     convert.add_argument("dst", help="output: a directory (HF format) or a path ending in .keras")
     convert.set_defaults(run=cmd_convert)
 

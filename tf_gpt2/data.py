@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import glob
 import gzip
+import hashlib
 import importlib.resources
 import os
 import re
 import secrets
-import stat
 import zlib
 from typing import Callable, Iterator, Sequence
 
@@ -24,6 +24,7 @@ import numpy as np
 from tf_gpt2.files import atomic_write, exclusive, json_writer, read_json
 
 MANIFEST = "manifest.json"
+RUN_RECORD = "run.json"  # what `tf-gpt2 train` writes in a run directory (training.py)
 VOCABS = ("gpt2", "char")  # GPT-2 BPE, or the characters of the text
 SHARD_TOKENS = 50_000_000  # 100 MB of uint16 per shard
 CHUNK_BYTES = 1 << 20
@@ -52,7 +53,7 @@ def _text_size(path: str) -> int:
 def _is_output(directory: str, exclude: set[str]) -> bool:
     """A folder this package wrote (a prepared dataset, a training run) or one the caller writes to."""
     return os.path.realpath(directory) in exclude or any(
-        os.path.exists(os.path.join(directory, marker)) for marker in (MANIFEST, "run.json"))
+        os.path.exists(os.path.join(directory, marker)) for marker in (MANIFEST, RUN_RECORD))
 
 
 def _text_files_in(folder: str, exclude: set[str]) -> list[str]:
@@ -60,8 +61,8 @@ def _text_files_in(folder: str, exclude: set[str]) -> list[str]:
     files = []
     for directory, subdirs, names in os.walk(folder):
         subdirs[:] = [d for d in subdirs if not d.startswith(".") and not _is_output(os.path.join(directory, d), exclude)]
-        files += [os.path.join(directory, n) for n in names if not n.startswith(".")
-                  and stat.S_ISREG(os.stat(os.path.join(directory, n)).st_mode)]
+        files += [os.path.join(directory, n) for n in names  # regular files (or links to one) only
+                  if not n.startswith(".") and os.path.isfile(os.path.join(directory, n))]
     return files
 
 
@@ -86,9 +87,28 @@ def resolve_inputs(inputs: str | Sequence[str], exclude: Sequence[str] = ()) -> 
     return sorted(files)
 
 
-def source_stamps(files: Sequence[str]) -> list[list[int]]:
-    """(size, modification time in ns) of each file: a prepared dataset remembers what it was made from."""
-    return [[os.stat(f).st_size, os.stat(f).st_mtime_ns] for f in files]
+def source_stamps(files: Sequence[str]) -> dict[str, list]:
+    """{absolute path: [size, modification time in ns, sha256]} of each file: what a dataset was made from."""
+    return {os.path.abspath(f): [os.stat(f).st_size, os.stat(f).st_mtime_ns, _sha256(f)] for f in files}
+
+
+def sources_changed(manifest: dict) -> bool:
+    """Whether the files a dataset was made from changed since (contents compared when size or time differ;
+    a dataset from before stamps were kept: no)."""
+    for path, (size, mtime, digest) in manifest.get("source_stamps", {}).items():
+        if not os.path.isfile(path):
+            return True
+        if [os.stat(path).st_size, os.stat(path).st_mtime_ns] != [size, mtime] and _sha256(path) != digest:
+            return True
+    return False
+
+
+def _sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _chunks(path: str) -> Iterator[str]:

@@ -87,6 +87,9 @@ class _Serving:
         knobs = {name: _per_row(name, value, batch) for name, value in (
             ("max_new_tokens", max_new_tokens), ("temperature", temperature), ("top_k", top_k), ("top_p", top_p),
             ("seed", seed))}
+        # One seed for a request of several rows: row i samples with seed + i, as model.generate does.
+        offset = tf.range(batch, dtype=tf.int64) * tf.cast(tf.size(seed) == 1, tf.int64)
+        knobs["seed"] = tf.cast(tf.math.floormod(tf.cast(knobs["seed"], tf.int64) + offset, 2**31), tf.int32)
         budget, longest = tf.reduce_max(knobs["max_new_tokens"]), tf.reduce_max(length)
         ok = lambda condition: tf.reduce_all(condition)  # noqa: E731
         checks = [

@@ -158,8 +158,11 @@ def decode_step(model, state: DecodeState, sampling: Sampling) -> DecodeState:
     logits = apply_repetition_penalty(state.logits, state.seen, sampling.repetition_penalty[:, None])
     token = ops.where(state.done, sampling.pad_id, sample_next(logits, sampling, state.step))
     slot = ops.shape(state.mask)[1] - budget + state.step  # the cache slot after the prompt's
-    logits, cache = model.call_with_cache(token[:, None], state.cache, slot, state.mask,
-                                          (state.lengths + state.step)[:, None], logits_at=0)
+    # A row that is done keeps running with the others (its tokens are pad_id); position 0 keeps it inside the
+    # context while a longer row of the batch goes on.
+    position = ops.where(state.done, 0, state.lengths + state.step)
+    logits, cache = model.call_with_cache(token[:, None], state.cache, slot, state.mask, position[:, None],
+                                          logits_at=0)
     return state._replace(
         step=state.step + 1,
         done=ops.any(ops.stack([state.done, _is_stop(token, sampling.stop_ids),

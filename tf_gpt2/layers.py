@@ -75,16 +75,16 @@ def update_slots(buffer, updates, index):
 def write_cache(cache: dict, key, value, index):
     """Write this step's `key`/`value` [batch, n_head, time, head_dim] into `cache` at position `index`.
 
-    Returns `(cache, ok)`. A write that would not lie inside the cache (a negative index, or past its
-    end) or that holds non-finite values is not made: the slots it would have overwritten keep their
-    contents and `ok` is False. Compiled code cannot raise, so this keeps a bad step from corrupting
-    the state of a conversation.
+    Returns `(cache, ok)`, ok bool [batch, 1, 1, 1]. A row's write that would not lie inside the cache (a
+    negative index, or past its end) or that holds non-finite values is not made: the slots it would have
+    overwritten keep their contents and its `ok` is False. Compiled code cannot raise, so this keeps a bad
+    step from corrupting the state of a conversation (or of the other rows of its batch).
     """
     length, time = ops.shape(cache["key"])[2], ops.shape(key)[2]
     index = ops.cast(index, "int32")
-    finite = lambda t: ops.all(ops.abs(ops.cast(t, "float32")) <= 3.4e38)  # noqa: E731  (NaN compares False)
+    finite = lambda t: ops.all(ops.abs(ops.cast(t, "float32")) <= 3.4e38, axis=(1, 2, 3), keepdims=True)  # noqa: E731
     ok = ops.logical_and(ops.logical_and(index >= 0, index + time <= length),
-                         ops.logical_and(finite(key), finite(value)))
+                         ops.logical_and(finite(key), finite(value)))  # NaN compares False
     first = ops.clip(index, 0, ops.maximum(length - time, 0))
     # The old contents are gathered, not sliced: TF's XLA bridge needs a slice's start at compile time,
     # so a decode step would be compiled again for each new index.
@@ -197,8 +197,8 @@ class CausalSelfAttention(keras.layers.Layer):
         y = ops.matmul(self.attn_dropout(ops.cast(probs, v.dtype), training=training), v)
         y = ops.reshape(ops.transpose(y, (0, 2, 1, 3)), (batch, time, self.n_embd))  # merge heads
         y = self.resid_dropout(self.c_proj(y), training=training)
-        if written is not None:  # a step whose keys/values could not be written has no valid output
-            y = ops.where(written, y, ops.cast(float("nan"), y.dtype))
+        if written is not None:  # a row whose keys/values could not be written has no valid output
+            y = ops.where(written[:, :, :, 0], y, ops.cast(float("nan"), y.dtype))
         return y, cache
 
     def attention_probs(self, x, attention_mask=None):

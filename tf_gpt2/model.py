@@ -197,12 +197,14 @@ class GPT2(keras.Model):
         return generate(self, prompt, max_new_tokens=max_new_tokens, **kwargs)
 
     @classmethod
-    def from_pretrained(cls, source: Any, **config_overrides: Any) -> "GPT2":
-        """Load a Hugging Face dir, an OpenAI TF checkpoint dir, a keras-hub GPT2Backbone
-        (object or preset dir), or a `.keras` file. See `tf_gpt2.checkpoints`."""
+    def from_pretrained(cls, source: Any, revision: str | None = None, **config_overrides: Any) -> "GPT2":
+        """Load GPT-2 weights by name or from a path: a Hugging Face repo id (`"gpt2"`, `"org/name"`,
+        `"hf://org/name"`, at `revision`: see `tf_gpt2.hub`), a keras-hub preset name (`"gpt2_base_en"`), a
+        Hugging Face dir, an OpenAI TF checkpoint dir, a keras-hub GPT2Backbone (object or preset dir), or a
+        `.keras` file. See `tf_gpt2.checkpoints`."""
         from tf_gpt2.checkpoints import load_pretrained
 
-        return load_pretrained(cls, source, **config_overrides)
+        return load_pretrained(cls, source, revision=revision, **config_overrides)
 
     def save_pretrained(self, directory: str | os.PathLike) -> None:
         """Write a Hugging Face GPT-2 dir (config.json + model.safetensors)."""

@@ -12,6 +12,7 @@ weights as a run that was never interrupted.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import math
 import os
@@ -24,7 +25,7 @@ import numpy as np
 
 from tf_gpt2.checkpoints import assign_weights, checkpoint_tensors
 from tf_gpt2.config import GPT2Config
-from tf_gpt2.data import MANIFEST, TokenShards, codec, embedded_corpus, prepare, source_stamps
+from tf_gpt2.data import MANIFEST, RUN_RECORD, TokenShards, codec, embedded_corpus, prepare, sources_changed
 from tf_gpt2.files import atomic_write, exclusive, json_writer, read_json
 from tf_gpt2.model import GPT2
 from tf_gpt2.train_config import TrainConfig
@@ -259,16 +260,9 @@ def prepared_data(cfg: TrainConfig) -> str:
         return cfg.data
     directory = os.path.join(cfg.out, "data")
     manifest = os.path.join(directory, MANIFEST)
-    if not os.path.exists(manifest) or _sources_changed(read_json(manifest)):  # text edited since: tokenize again
+    if not os.path.exists(manifest) or sources_changed(read_json(manifest)):  # text edited since: tokenize again
         prepare(cfg.data or embedded_corpus(), directory, vocab=cfg.vocab, verbose=bool(cfg.verbose), exclude=[cfg.out])
     return directory
-
-
-def _sources_changed(manifest: dict) -> bool:
-    """Whether the raw text a dataset was made from changed since (datasets from before stamps: unknown, no)."""
-    sources = manifest.get("sources", [])
-    return "source_stamps" in manifest and (not all(map(os.path.isfile, sources))
-                                            or source_stamps(sources) != manifest["source_stamps"])
 
 
 def make_strategy(name: str | None):
@@ -310,7 +304,6 @@ def build_model(cfg: TrainConfig, manifest: dict) -> GPT2:
 # Settings that do not change what a run computes: they may differ when it resumes.
 PRESENTATION_FIELDS = ("out", "verbose", "tensorboard", "sample_prompt", "sample_tokens", "eval_batches",
                        "jit_compile", "steps_per_execution", "strategy", "resume_with_changes")
-RUN_RECORD = "run.json"
 
 
 def run_identity(cfg: TrainConfig, data_dir: str) -> dict[str, Any]:
@@ -343,8 +336,9 @@ def check_resume(cfg: TrainConfig, identity: dict[str, Any]) -> None:
                          "Use another --out for a new run, or --resume-with-changes to continue this one anyway")
 
 
-def _record_run(cfg: TrainConfig, identity: dict[str, Any]) -> None:
-    atomic_write(os.path.join(cfg.out, RUN_RECORD), json_writer(identity, indent=1))
+def _record_run(cfg: TrainConfig, identity: dict[str, Any], replicas: int) -> None:
+    """run.json: the run's identity (checked on resume) and how many replicas trained it (not checked)."""
+    atomic_write(os.path.join(cfg.out, RUN_RECORD), json_writer({**identity, "replicas": replicas}, indent=1))
 
 
 def train(cfg: TrainConfig) -> tuple[GPT2, dict[str, list[float]]]:
@@ -386,12 +380,14 @@ def _train(cfg: TrainConfig) -> tuple[GPT2, dict[str, list[float]]]:
             start = restore_checkpoint(model, checkpoint)
             if cfg.verbose:
                 print(f"resuming from {checkpoint} at step {start}")
-    _record_run(cfg, identity)
+    _record_run(cfg, identity, strategy.num_replicas_in_sync)
     if start >= cfg.steps:
         return model, {}
 
-    def round_end(epoch: int) -> int:  # the optimizer step at which round `epoch` ends; the last may be short
-        return min((epoch + 1) * cfg.eval_interval, cfg.steps)
+    # Round k ends at step min((k + 1) * eval_interval, steps): the last round may be short, and so may the
+    # first one run here when a resumed run's checkpoint lies between two round ends.
+    ends = [min((k + 1) * cfg.eval_interval, cfg.steps) for k in range(math.ceil(cfg.steps / cfg.eval_interval))]
+    round_end = ends.__getitem__
 
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
@@ -416,24 +412,24 @@ def _train(cfg: TrainConfig) -> tuple[GPT2, dict[str, list[float]]]:
         callbacks.append(TextSample(prompt_ids or [0], cfg.sample_tokens, decode, round_end, log_dir, cfg.verbose))
     if cfg.tensorboard:
         callbacks.append(keras.callbacks.TensorBoard(os.path.join(cfg.out, "logs"), update_freq=cfg.steps_per_execution))
-    # --steps counts optimizer steps whatever the interval: full rounds, then one shorter round for the rest
-    # (Keras' rounds all have one length, so that one is a second fit).
-    full, rest = divmod(cfg.steps, cfg.eval_interval)
+    # --steps counts optimizer steps whatever the interval. Keras' rounds ("epochs") of one fit all have one
+    # length, so the rounds left are run as one fit per run of equal lengths.
+    pending = [(k, end - max(start, ends[k - 1] if k else 0)) for k, end in enumerate(ends) if end > start]
     history: dict[str, list[float]] = {}
-    for rounds, round_steps in ((full, cfg.eval_interval), (full + 1, rest)):
-        first = start // cfg.eval_interval
-        if round_steps == 0 or first >= rounds or nan_guard.bad_loss is not None:
-            continue
+    for length, rounds in itertools.groupby(pending, key=lambda r: r[1]):
+        rounds = [k for k, _ in rounds]
+        if nan_guard.bad_loss is not None:
+            break
         train_ds = train_data.dataset(cfg.block_size, cfg.batch_size, cfg.seed, start_step=start * cfg.grad_accum)
         fitted = model.fit(
-            train_ds.with_options(options), epochs=rounds, initial_epoch=first,
-            steps_per_epoch=round_steps * cfg.grad_accum,  # micro-batches: each step takes grad_accum of them
+            train_ds.with_options(options), initial_epoch=rounds[0], epochs=rounds[-1] + 1,
+            steps_per_epoch=length * cfg.grad_accum,  # micro-batches: each step takes grad_accum of them
             validation_data=val_ds, validation_steps=cfg.eval_batches if val_ds is not None else None,
             callbacks=callbacks, verbose=cfg.verbose, shuffle=False,
         )
         for key, values in fitted.history.items():
             history.setdefault(key, []).extend(values)
-        start = round_end(rounds - 1)
+        start = ends[rounds[-1]]
     if nan_guard.bad_loss is not None:
         batch, loss = nan_guard.bad_loss
         kept = f"the last good checkpoint is {checkpoint}" if os.path.exists(checkpoint) else "no checkpoint was written"

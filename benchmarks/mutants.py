@@ -1,0 +1,108 @@
+"""Does the test suite catch plausible bugs? Each mutant is a one-line change to the package (a wrong constant, an
+off-by-one, a non-atomic write, ...), applied to a copy of the tree; the tests that cover that module run against it,
+and a mutant is killed when they fail. Prints the kill rate.
+
+    python benchmarks/mutants.py                 # every mutant (about 15 minutes on 2 cores)
+    python benchmarks/mutants.py --only gelu     # mutants whose name contains "gelu"
+
+Only the tests listed with a mutant run (the whole suite can only kill more).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# (name, file, the line's text, its mutation, the tests that should kill it)
+MUTANTS = [
+    ("exact GELU instead of tanh's", "tf_gpt2/layers.py",
+     '"gelu_tanh": lambda x: ops.gelu(x, approximate=True)', '"gelu_tanh": lambda x: ops.gelu(x, approximate=False)',
+     ["tests/test_checkpoints.py"]),
+    ("LayerNorm epsilon / 10", "tf_gpt2/layers.py",
+     'keras.layers.LayerNormalization(epsilon=layer_norm_epsilon, name="ln_1"',
+     'keras.layers.LayerNormalization(epsilon=layer_norm_epsilon / 10, name="ln_1"', ["tests/test_checkpoints.py"]),
+    ("attention scale 1/d instead of 1/sqrt(d) (fused path)", "tf_gpt2/layers.py",
+     "scale=1 / math.sqrt(self.head_dim), is_causal=True", "scale=1 / self.head_dim, is_causal=True",
+     ["tests/test_checkpoints.py"]),
+    ("attention scale 1/d instead of 1/sqrt(d) (cached path)", "tf_gpt2/layers.py",
+     '"float32") / math.sqrt(self.head_dim)', '"float32") / self.head_dim', ["tests/test_generation.py"]),
+    ("causal mask lets a query see the next key", "tf_gpt2/layers.py",
+     "return key_pos <= query_pos", "return key_pos <= query_pos + 1", ["tests/test_layers.py"]),
+    ("temperature multiplies instead of divides", "tf_gpt2/generation.py",
+     "scaled = logits / ops.maximum(row(sampling.temperature), 1e-6)",
+     "scaled = logits * ops.maximum(row(sampling.temperature), 1e-6)", ["tests/test_generation.py"]),
+    ("top-p drops the token that crosses p", "tf_gpt2/generation.py",
+     "(ops.cumsum(probs, axis=-1) - probs) < top_p", "ops.cumsum(probs, axis=-1) < top_p",
+     ["tests/test_generation.py"]),
+    ("sampling ignores the seed", "tf_gpt2/generation.py",
+     'x = ops.bitwise_xor(x, ops.cast(seed, "uint32")[:, None] * ops.cast(0x9E3779B9, "uint32"))',
+     'x = x + 0 * ops.cast(seed, "uint32")[:, None]', ["tests/test_generation.py"]),
+    ("positions from the mask start at 1", "tf_gpt2/generation.py",
+     "return ops.maximum(ops.cumsum(mask, axis=1) - 1, 0)", "return ops.cumsum(mask, axis=1)",
+     ["tests/test_generation.py"]),
+    ("evaluation window scores one token too few", "tf_gpt2/evaluation.py",
+     "spans.append((begin, end, end - scored_until))", "spans.append((begin, end, end - scored_until - 1))",
+     ["tests/test_evaluation.py"]),
+    ("int8 LM head multiplies by the scale", "tf_gpt2/model.py",
+     "logits = logits / ops.cast(self.wte.embeddings_scale, logits.dtype)",
+     "logits = logits * ops.cast(self.wte.embeddings_scale, logits.dtype)", ["tests/test_quantization.py"]),
+    ("multiworker strategy replaced by the default one", "tf_gpt2/training.py",
+     "return tf.distribute.MultiWorkerMirroredStrategy()", "return tf.distribute.get_strategy()",
+     ["tests/test_distributed.py"]),
+    ("a write goes straight to its path", "tf_gpt2/files.py",
+     "staged[path] = tmp = temp_path(path)", "staged[path] = tmp = path", ["tests/test_files.py"]),
+    ("served prompt rotated the wrong way", "tf_gpt2/export.py",
+     "index = tf.math.floormod(tf.range(width)[None, :] - (width - length)[:, None], width)",
+     "index = tf.math.floormod(tf.range(width)[None, :] + (width - length)[:, None], width)",
+     ["tests/test_tf_serving.py"]),
+    ("an answer's length counts one token past its stop", "tf_gpt2/generation.py",
+     "ops.argmax(ops.cast(stops, \"int32\"), axis=1) + 1", "ops.argmax(ops.cast(stops, \"int32\"), axis=1) + 2",
+     ["tests/test_generation.py", "tests/test_tf_serving.py"]),
+    ("cache write allowed one slot past the end", "tf_gpt2/layers.py",
+     "index + time <= length), ", "index + time <= length + 1), ", ["tests/test_litert.py"]),
+]
+
+
+def run_mutant(name: str, path: str, line: str, mutation: str, tests: list[str], python: str) -> tuple[bool, float]:
+    """Apply one mutant to a copy of the tree and run its tests there: (killed, seconds)."""
+    with tempfile.TemporaryDirectory(prefix="tf_gpt2-mutant-") as copy:
+        for part in ("tf_gpt2", "tests", "benchmarks", "notebooks", "pytest.ini", "setup.py", "README.md",
+                     "tf_gpt2_launcher.py"):
+            source = os.path.join(ROOT, part)
+            (shutil.copytree if os.path.isdir(source) else shutil.copy)(source, os.path.join(copy, part))
+        target = os.path.join(copy, path)
+        text = open(target, encoding="utf-8").read()
+        if text.count(line) != 1:
+            raise ValueError(f"mutant {name!r}: {line!r} occurs {text.count(line)} times in {path}")
+        with open(target, "w", encoding="utf-8") as f:
+            f.write(text.replace(line, mutation))
+        started = time.perf_counter()
+        env = {**os.environ, "PYTHONPATH": copy}  # the copy's package, not the installed one
+        run = subprocess.run([python, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests], cwd=copy,
+                             env=env, capture_output=True, text=True)
+        return run.returncode != 0, time.perf_counter() - started
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--only", help="run the mutants whose name contains this text")
+    args = parser.parse_args(argv)
+    chosen = [m for m in MUTANTS if not args.only or args.only in m[0]]
+    killed = 0
+    for name, path, line, mutation, tests in chosen:
+        dead, seconds = run_mutant(name, path, line, mutation, tests, sys.executable)
+        killed += dead
+        print(f"{'killed  ' if dead else 'SURVIVED'} {name}  ({path}; {' '.join(tests)}; {seconds:.0f} s)", flush=True)
+    print(f"\n{killed} of {len(chosen)} mutants killed ({killed / max(len(chosen), 1):.0%})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

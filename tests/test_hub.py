@@ -1,0 +1,150 @@
+"""GPT-2 by name: Hugging Face repo ids through huggingface_hub (its cache, HF_HUB_OFFLINE, HF_ENDPOINT), with
+tiny repos saved by transformers and laid out here, never on the network. The environment variables are read
+when huggingface_hub is imported, so each case runs in a fresh process, as a user's program would."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+from local_hub import lay_out_cache, read_files, serve
+
+from tf_gpt2 import GPT2
+
+TINY = dict(vocab_size=50257, n_positions=32, n_embd=32, n_layer=2, n_head=2, initializer_range=0.3)
+IDS = [[464, 3290, 318, 257, 11]]
+
+
+@pytest.fixture(scope="module")
+def repos(tmp_path_factory):
+    """{repo id: {file: bytes}}: float32 safetensors, bfloat16 shards, pickled weights only, and a Llama."""
+    torch = pytest.importorskip("torch")
+    from conftest import make_hf_model
+
+    root = tmp_path_factory.mktemp("repos")
+    model = make_hf_model(**TINY)
+    model.save_pretrained(root / "tiny")
+    model.to(torch.bfloat16).save_pretrained(root / "sharded-bf16", max_shard_size="2MB")
+    model.to(torch.float32).config.save_pretrained(root / "binonly")  # the legacy layout: a pickled state dict
+    torch.save(model.state_dict(), root / "binonly" / "pytorch_model.bin")
+    (root / "llama").mkdir()
+    (root / "llama" / "config.json").write_text(json.dumps({"model_type": "llama", "vocab_size": 8}))
+    found = {f"org/{name}": read_files(str(root / name)) for name in ("tiny", "sharded-bf16", "binonly", "llama")}
+    assert "model.safetensors.index.json" in found["org/sharded-bf16"]
+    assert not any(f.endswith(".safetensors") for f in found["org/binonly"])
+    return found
+
+
+SCRIPT = textwrap.dedent("""
+    import contextlib, io, json, sys
+    import numpy as np, torch, transformers
+    from tf_gpt2 import GPT2
+    from tf_gpt2.cli import main
+
+    ids, result = np.array({ids}), {{"diff": {{}}, "errors": {{}}, "cli": {{}}}}
+    for name in {loads}:
+        ours = np.asarray(GPT2.from_pretrained(name)(ids))
+        if {local}:  # the same files read from a plain directory (transformers would fetch files of its own)
+            theirs = np.asarray(GPT2.from_pretrained({local}[name])(ids))
+        else:
+            hf = transformers.GPT2LMHeadModel.from_pretrained(name.removeprefix("hf://"), dtype=torch.float32)
+            with torch.no_grad():
+                theirs = hf(torch.tensor(ids)).logits.numpy()
+        result["diff"][name] = float(np.abs(ours - theirs).max())
+    for name, revision in {fails}:
+        try:
+            GPT2.from_pretrained(name, revision=revision)
+            result["errors"][name] = "loaded"
+        except Exception as e:
+            result["errors"][name] = f"{{type(e).__name__}}: {{e}}"
+    for name in {cli}:
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+            code = main(["generate", "Hello", "--model", name, "--max-new-tokens", "3"])
+        result["cli"][name] = [code, err.getvalue()]
+    print(json.dumps(result))
+""")
+
+
+def run_script(env, loads=(), fails=(), cli=(), local=None):
+    """Load `loads` by name (compared with transformers' logits, or with the directories in `local`), try
+    `fails` [(name, revision)] and the CLI on `cli`, in a fresh process with `env`."""
+    code = SCRIPT.format(ids=IDS, loads=list(loads), fails=list(fails), cli=list(cli), local=local or {})
+    env = {**os.environ, "HF_HUB_DISABLE_TELEMETRY": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1", **env}
+    env.pop("HF_TOKEN", None)
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    return json.loads(run.stdout.strip().splitlines()[-1])
+
+
+def test_names_load_from_the_hugging_face_cache_offline(repos, tmp_path):
+    """The cache layout (snapshots of symlinks into blobs/), float32, sharded bfloat16 and pickled weights,
+    by id and as hf://, equal transformers' logits for the same id; failures name the repo and what to do."""
+    for repo_id, files in repos.items():
+        lay_out_cache(str(tmp_path / "cache"), repo_id, files)
+    result = run_script({"HF_HUB_CACHE": str(tmp_path / "cache"), "HF_HUB_OFFLINE": "1"},
+                        loads=["org/tiny", "hf://org/tiny", "org/sharded-bf16", "org/binonly"],
+                        fails=[("org/missing", None), ("org/llama", None), ("org/tiny", "v2")],
+                        cli=["org/tiny", "org/missing"])
+    assert max(result["diff"].values()) <= 1e-4, result["diff"]  # measured: 2e-6 (logits up to about 4)
+    errors = result["errors"]
+    assert errors["org/missing"].startswith("FileNotFoundError: Hugging Face repo 'org/missing' is not in the "
+                                            f"Hugging Face cache ({tmp_path / 'cache'}) and HF_HUB_OFFLINE is set")
+    assert errors["org/llama"] == "ValueError: Hugging Face repo 'org/llama' holds a llama model, not GPT-2"
+    assert errors["org/tiny"].startswith("FileNotFoundError: Hugging Face repo 'org/tiny' at revision 'v2' is not in")
+    (code, err), (missing_code, missing_err) = result["cli"]["org/tiny"], result["cli"]["org/missing"]
+    assert code == 0 and "Traceback" not in err
+    assert missing_code == 2 and missing_err.strip().startswith("tf-gpt2 generate: error: Hugging Face repo "
+                                                                "'org/missing' is not in the Hugging Face cache")
+    assert len(missing_err.strip().splitlines()) == 1
+
+
+def test_names_download_through_the_hub_endpoint_then_load_warm_offline(repos, tmp_path):
+    """HF_ENDPOINT at a loopback server that answers as huggingface.co: a cold load downloads config.json, then
+    the safetensors and tokenizer files only; a Llama repo is refused after its config, before any weights."""
+    cache, local = str(tmp_path / "cache"), {}
+    for name in ("org/tiny", "org/sharded-bf16"):
+        local[name] = str(tmp_path / name)
+        os.makedirs(local[name])
+        for file, data in repos[name].items():
+            with open(os.path.join(local[name], file), "wb") as f:
+                f.write(data)
+    with serve(repos) as (endpoint, log):
+        result = run_script({"HF_HUB_CACHE": cache, "HF_ENDPOINT": endpoint, "HF_HUB_OFFLINE": "0"},
+                            loads=["org/tiny", "org/sharded-bf16"], local=local,
+                            fails=[("org/none", None), ("org/tiny", "v9"), ("org/llama", None)])
+    assert max(result["diff"].values()) == 0, result["diff"]  # the same weights, downloaded
+    errors = result["errors"]
+    assert errors["org/none"] == (f"ValueError: no Hugging Face repo 'org/none' on {endpoint} (a private or gated repo "
+                                  "needs a token: `hf auth login` or HF_TOKEN)")
+    assert errors["org/tiny"] == ("ValueError: Hugging Face repo 'org/tiny' at revision 'v9': no such revision "
+                                  "(a branch, tag or commit of the repo)")
+    assert errors["org/llama"] == "ValueError: Hugging Face repo 'org/llama' holds a llama model, not GPT-2"
+    fetched = {line.split()[1].rsplit("/", 1)[-1] for line in log if line.startswith("GET /org/tiny/resolve/")}
+    assert fetched == {"config.json", "model.safetensors"}, fetched  # no pickled weights, nothing else
+    assert not [line for line in log if line.startswith("GET /org/llama/resolve/") and "config.json" not in line]
+    warm = run_script({"HF_HUB_CACHE": cache, "HF_HUB_OFFLINE": "1"}, loads=["org/tiny"], local=local)  # no server
+    assert warm["diff"]["org/tiny"] == 0
+
+
+def test_a_cached_index_may_point_into_blobs_but_not_elsewhere(repos, tmp_path):
+    snapshot = lay_out_cache(str(tmp_path / "cache"), "org/sharded-bf16", repos["org/sharded-bf16"])
+    assert os.path.islink(os.path.join(snapshot, "model.safetensors.index.json"))
+    GPT2.from_pretrained(snapshot)  # shards are symlinks into ../../blobs: loads
+    index = json.loads(repos["org/sharded-bf16"]["model.safetensors.index.json"])
+    blob = os.readlink(os.path.join(snapshot, index["weight_map"]["transformer.wte.weight"]))
+    index["weight_map"]["transformer.wte.weight"] = blob  # "../../blobs/<sha>": a path, not a file of the snapshot
+    os.remove(os.path.join(snapshot, "model.safetensors.index.json"))
+    with open(os.path.join(snapshot, "model.safetensors.index.json"), "w") as f:
+        json.dump(index, f)
+    with pytest.raises(ValueError, match="points at ../../blobs/.*refusing to read it"):
+        GPT2.from_pretrained(snapshot)
+
+
+def test_a_local_path_never_goes_to_the_hub(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no checkpoint at .*nothing.keras, and it is not a Hugging Face"):
+        GPT2.from_pretrained(str(tmp_path / "nothing.keras"))
+    with pytest.raises(ValueError, match="revision='main' is for a Hugging Face repo name, not the local path"):
+        GPT2.from_pretrained(str(tmp_path), revision="main")

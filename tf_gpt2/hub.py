@@ -1,0 +1,75 @@
+"""GPT-2 checkpoints by name: Hugging Face repo ids through `huggingface_hub`, keras-hub preset names through
+keras-hub, so the caches, offline mode and credentials work as their users know them.
+
+A Hugging Face id (`gpt2`, `openai-community/gpt2-medium`, `hf://org/name`) is fetched with
+`huggingface_hub.snapshot_download`: its cache (`HF_HUB_CACHE`, by default `~/.cache/huggingface/hub`),
+`HF_HUB_OFFLINE=1`, `HF_TOKEN`, `HF_ENDPOINT`, revisions and progress bars apply. Only what a GPT-2 load
+reads is downloaded: config.json first (a repo of another architecture is refused before any weights), then the
+safetensors weights (one file, or shards and their index) and the tokenizer files. A repo without safetensors is
+loaded from `pytorch_model.bin` only as transformers loads it: `torch.load(weights_only=True)`, no pickled code.
+
+Example (online, or with the repo in the cache):
+>>> from tf_gpt2 import GPT2                                     # doctest: +SKIP
+>>> model = GPT2.from_pretrained("gpt2")                         # doctest: +SKIP
+>>> model = GPT2.from_pretrained("openai-community/gpt2", revision="607a30d783dfa663caf39e06633721c8d4cfcd7e")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+from tf_gpt2.files import read_json
+
+# What a GPT-2 load reads from a repo (weights, their index, config, tokenizer files).
+CONFIG = "config.json"
+SAFETENSORS = ["*.safetensors", "*.safetensors.index.json"]
+PICKLED = ["pytorch_model.bin", "pytorch_model.bin.index.json", "pytorch_model-*.bin"]
+TOKENIZER = ["vocab.json", "merges.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"]
+_REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
+
+
+def hub_repo_id(name: str) -> str | None:
+    """The Hugging Face repo id that `name` spells (`org/name`, `name` or `hf://org/name`), else None."""
+    name = name.removeprefix("hf://")
+    if _REPO_ID.fullmatch(name) and not name.endswith((".keras", ".json")) and ".." not in name:
+        return name
+    return None
+
+
+def keras_hub_preset(name: str) -> bool:
+    """Whether `name` is one of keras-hub's GPT-2 presets (gpt2_base_en, gpt2_medium_en, ...)."""
+    if not re.fullmatch(r"gpt2_[a-z0-9_]+", name):
+        return False
+    from keras_hub.models import GPT2Backbone
+
+    return name in GPT2Backbone.presets
+
+
+def download(repo_id: str, revision: str | None = None) -> str:
+    """The local snapshot directory of a GPT-2 repo on the Hugging Face Hub (downloaded or from the cache)."""
+    from huggingface_hub import constants, hf_hub_download, snapshot_download
+    from huggingface_hub.errors import (EntryNotFoundError, LocalEntryNotFoundError, RepositoryNotFoundError,
+                                        RevisionNotFoundError)
+
+    where = f"Hugging Face repo {repo_id!r}" + (f" at revision {revision!r}" if revision else "")
+    try:
+        config = read_json(hf_hub_download(repo_id, CONFIG, revision=revision))
+        model_type = config.get("model_type")
+        if model_type != "gpt2":
+            raise ValueError(f"{where} holds a {model_type or 'model without a model_type'} model, not GPT-2")
+        snapshot = snapshot_download(repo_id, revision=revision, allow_patterns=[CONFIG, *SAFETENSORS, *TOKENIZER])
+        if not any(name.endswith(".safetensors") for name in os.listdir(snapshot)):
+            snapshot = snapshot_download(repo_id, revision=revision, allow_patterns=PICKLED)
+        return snapshot
+    except RevisionNotFoundError:
+        raise ValueError(f"{where}: no such revision (a branch, tag or commit of the repo)") from None
+    except RepositoryNotFoundError:
+        raise ValueError(f"no {where} on {constants.ENDPOINT} (a private or gated repo needs a token: "
+                         "`hf auth login` or HF_TOKEN)") from None
+    except LocalEntryNotFoundError:
+        why = "HF_HUB_OFFLINE is set" if constants.is_offline_mode() else f"{constants.ENDPOINT} cannot be reached"
+        raise FileNotFoundError(f"{where} is not in the Hugging Face cache ({constants.HF_HUB_CACHE}) and {why}: "
+                                f"load it once online, or `hf download {repo_id}`") from None
+    except EntryNotFoundError:
+        raise ValueError(f"{where} has no {CONFIG}: not a transformers model") from None
