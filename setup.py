@@ -26,7 +26,8 @@ setup(
         "litert": ["ai-edge-litert>=2.3", "litert-lm>=0.18.1", "tokenizers>=0.23"],
         "dev": ["pytest>=9.0", "jax>=0.10", "ai-edge-litert>=2.3", "litert-lm>=0.18.1", "tokenizers>=0.23", "ctranslate2>=4.8",
                 "matplotlib>=3.10",
-                "torch>=2.13", "transformers>=5.0", "nbclient>=0.11", "nbformat>=5.11", "ipykernel>=7.4"],
+                "torch>=2.13", "transformers>=5.0", "nbclient>=0.11", "nbformat>=5.11", "ipykernel>=7.4",
+                "tensorflow-serving-api>=2.21"],  # PredictRequest protos for the TF Serving tests
     },
     entry_points={"console_scripts": ["tf-gpt2=tf_gpt2_launcher:main"]},
 )
