@@ -40,6 +40,7 @@ class TrainSetup:
     batch_size: int = 8
     vocab_size: int = 50304
     steps: int = 10
+    torch_compile: bool = True  # the torch.compile'd peers (off in the smoke run: compiling takes half a minute)
 
     @property
     def config(self) -> GPT2Config:
@@ -78,7 +79,8 @@ class DecodeSetup:
         return f"{self.preset}, batch 1, prompt {self.prompt_tokens}, {self.new_tokens} new, greedy"
 
 
-SMOKE_TRAIN = TrainSetup(n_layer=2, n_head=2, n_embd=64, block_size=32, batch_size=2, vocab_size=512, steps=2)
+SMOKE_TRAIN = TrainSetup(n_layer=2, n_head=2, n_embd=64, block_size=32, batch_size=2, vocab_size=512, steps=2,
+                         torch_compile=False)
 SMOKE_DECODE = DecodeSetup(preset="gpt2-tiny", prompt_tokens=4, new_tokens=8, repeats=1)
 
 
@@ -154,13 +156,13 @@ def _nanogpt(cfg: GPT2Config):
 def _hf_trainer(compile_model: bool):
     def trainer(s: TrainSetup):
         model = _hf_model(s.config)
-        return _torch_step(model, lambda x: model(input_ids=x).logits, compile_model)
+        return _torch_step(model, lambda x: model(input_ids=x).logits, compile_model and s.torch_compile)
     return trainer
 
 
 def _nanogpt_trainer(s: TrainSetup):
     model = _nanogpt(s.config)
-    return _torch_step(model, model, compile_model=True)
+    return _torch_step(model, model, compile_model=s.torch_compile)
 
 
 TRAINERS: dict[str, tuple[str, Callable]] = {

@@ -66,7 +66,19 @@ MUTANTS = [
      "ops.argmax(ops.cast(stops, \"int32\"), axis=1) + 1", "ops.argmax(ops.cast(stops, \"int32\"), axis=1) + 2",
      ["tests/test_generation.py", "tests/test_tf_serving.py"]),
     ("cache write allowed one slot past the end", "tf_gpt2/layers.py",
-     "index + time <= length), ", "index + time <= length + 1), ", ["tests/test_litert.py"]),
+     "index + time <= length),", "index + time <= length + 1),", ["tests/test_litert.py"]),
+    ("repetition penalty raises the logits of seen tokens", "tf_gpt2/generation.py",
+     "ops.where(logits > 0, logits / penalty, logits * penalty)",
+     "ops.where(logits > 0, logits * penalty, logits / penalty)", ["tests/test_generation.py"]),
+    ("a resumed run skips one batch", "tf_gpt2/training.py",
+     "start_step=start * cfg.grad_accum)", "start_step=(start + 1) * cfg.grad_accum)", ["tests/test_training.py"]),
+    ("weight decay on biases and LayerNorms too", "tf_gpt2/training.py",
+     "if len(v.shape) < 2])", "if len(v.shape) < 1])", ["tests/test_training.py"]),
+    ("saving over a sharded checkpoint keeps its shards", "tf_gpt2/checkpoints.py",
+     "    _remove_other_weights(directory)\n", "    pass\n", ["tests/test_checkpoints.py"]),
+    ("the served text keeps <|endoftext|>", "tf_gpt2/export.py",
+     "kept = answer[\"length\"] - tf.cast(ends_with_stop, tf.int32)", "kept = answer[\"length\"]",
+     ["tests/test_tf_serving.py"]),
 ]
 
 

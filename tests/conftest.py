@@ -56,6 +56,22 @@ def hf_logits(model, ids):
         return model(torch.tensor(np.asarray(ids), dtype=torch.long)).logits.numpy()
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _seed_module_fixtures():
+    """Module fixtures that build random models start from one seed, so their weights never depend on which
+    tests ran before (autouse fixtures of a scope run before the others of that scope)."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+
+
+@pytest.fixture(autouse=True)
+def _seed_each_test():
+    import keras
+
+    keras.utils.set_random_seed(0)
+
+
 @pytest.fixture(autouse=True)
 def _restore_umask():
     """Tests that set the umask (to check the permissions of what is published) get it back afterwards."""

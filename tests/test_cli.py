@@ -56,10 +56,9 @@ CASES = [
 def test_failures_end_in_one_line_naming_the_problem(files, capsys, command, message):
     command = [part.format(d=files) for part in command]
     assert cli_main(command) == 2
-    stderr = capsys.readouterr().err
-    err = [line for line in stderr.splitlines() if line.startswith("tf-gpt2")]
-    assert "Traceback" not in stderr and len(err) == 1 and err[0].startswith(f"tf-gpt2 {command[0]}: error: ")
-    assert message.format(d=files) in err[0]
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err  # the whole of stderr: one line, no traceback, no warnings
+    assert err[0].startswith(f"tf-gpt2 {command[0]}: error: ") and message.format(d=files) in err[0]
 
 
 def test_help_shows_the_defaults_of_train_config_and_the_presets(capsys):

@@ -135,3 +135,63 @@ def test_working_directories_of_killed_processes_are_removed_by_the_next_one(tmp
         assert os.path.isdir(directory) and os.path.basename(directory).startswith(f"tf_gpt2-litert-{os.getpid()}-")
         assert not stale.exists() and alive.exists() and other.exists()
     assert not os.path.exists(directory)
+
+
+def _cut_short_then_disk_full(tmp):
+    """What a disk that fills during a write leaves: the first half of each file written so far, then ENOSPC."""
+    for path in ([tmp] if os.path.isfile(tmp) else
+                 [os.path.join(d, n) for d, _, names in os.walk(tmp) for n in names]):
+        with open(path, "r+b") as f:
+            f.truncate(os.path.getsize(path) // 2)
+    _disk_full()
+
+
+def _tree_bytes(path):
+    if os.path.isfile(path):
+        return {"": open(path, "rb").read()}
+    return {os.path.relpath(os.path.join(d, n), path): open(os.path.join(d, n), "rb").read()
+            for d, _, names in os.walk(path) for n in names}
+
+
+@pytest.mark.parametrize("artifact", ["checkpoint.npz", "run.json", "saved_model", "tflite", "hf"])
+def test_a_disk_full_midway_through_any_write_keeps_the_previous_file(artifact, tmp_path, monkeypatch):
+    """Every published file goes through one publishing step; each is cut off midway here (half of every file
+    written, then ENOSPC): the previous version stays byte-identical and no temporary is left."""
+    import keras
+
+    import tf_gpt2.files
+    from tf_gpt2.export import export_saved_model
+    from tf_gpt2.training import TrainConfig, _record_run, save_checkpoint
+
+    model = _tiny(0)
+    model.compile(optimizer=keras.optimizers.AdamW(1e-3), loss="sparse_categorical_crossentropy")
+    model.optimizer.build(model.trainable_variables)
+    cfg = TrainConfig(out=str(tmp_path))
+    writes = {
+        "checkpoint.npz": (str(tmp_path / "checkpoint.npz"), lambda step: save_checkpoint(model, str(tmp_path / "checkpoint.npz"), step)),
+        "run.json": (str(tmp_path / "run.json"), lambda step: _record_run(cfg, {"settings": {"step": step}}, 1)),
+        "saved_model": (str(tmp_path / "m" / "1"), lambda step: export_saved_model(model, str(tmp_path / "m"), version=1,
+                                                                                   max_new_tokens_limit=2)),
+        "tflite": (str(tmp_path / "m.tflite"), None),
+        "hf": (str(tmp_path / "hf" / "model.safetensors"), lambda step: model.save_pretrained(tmp_path / "hf")),
+    }
+    path, write = writes[artifact]
+    if artifact == "tflite":
+        pytest.importorskip("ai_edge_litert")
+        from tf_gpt2.litert import export_litert
+
+        write = lambda step: export_litert(model, path, cache_length=8, prefill_lengths=(4,))  # noqa: E731
+    write(1)
+    before = _tree_bytes(path)
+    if artifact == "saved_model":
+        import shutil
+
+        shutil.rmtree(path)  # a version is never replaced: write it again over an empty place, cut short
+        before = {}
+    monkeypatch.setattr(tf_gpt2.files, "_sync_tree", _cut_short_then_disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        write(2)
+    after = _tree_bytes(path) if os.path.exists(path) else {}
+    assert after == before  # the previous file as it was (a version: still absent, never half there)
+    leftovers = [n for d, dirs, names in os.walk(tmp_path) for n in dirs + names if ".tmp-" in n]
+    assert leftovers == []

@@ -143,14 +143,18 @@ def test_quantized_variants_agree_with_fp32_on_a_trained_model(trained, held_out
     reference = np.argmax(np.asarray(trained(np.array([text])))[0], axis=-1)
     assert len(set(reference.tolist())) >= 6  # varied choices, not one repeated token
     sizes = {}
-    for quantize, min_agreement in (("fp32", 1.0), ("fp16", 0.95), ("int8", 0.85)):
+    logits = np.asarray(trained(np.array([text])))[0]
+    # Bounds on mean |logits - Keras fp32| over the logits' spread, measured: fp32 ~1e-7, fp16 0.0004, int8 0.009;
+    # a float model with 1% (2%) noise on every weight gives 0.013 (0.026) and agrees on 98-100% of the choices.
+    for quantize, min_agreement, bound in (("fp32", 1.0, 1e-5), ("fp16", 0.95, 0.002), ("int8", 0.85, 0.02)):
         flatbuffer = litert_bytes(trained, 48, (8,), quantize)
         sizes[quantize] = len(flatbuffer)
         gen = LiteRTGenerator(flatbuffer)
-        choices = [int(np.argmax(gen.feed(text[:1])))] + [int(np.argmax(gen.feed([t]))) for t in text[1:]]
-        agreement = np.mean(np.array(choices) == reference)
-        print(f"{quantize}: {agreement:.0%} of greedy choices equal Keras fp32's")
-        assert agreement >= min_agreement, (quantize, agreement)
+        steps = np.stack([gen.feed(text[:1])] + [gen.feed([t]) for t in text[1:]])
+        agreement = np.mean(steps.argmax(-1) == reference)
+        error = np.abs(steps - logits).mean() / logits.std()
+        print(f"{quantize}: {agreement:.0%} of greedy choices equal Keras fp32's, relative logit error {error:.2g}")
+        assert agreement >= min_agreement and error <= bound, (quantize, agreement, error)
     # int8 stores the tied embedding twice (per-tensor for the lookup, per-channel for the LM head).
     assert sizes["fp16"] < 0.55 * sizes["fp32"] and sizes["int8"] < 0.6 * sizes["fp32"]
 

@@ -28,6 +28,12 @@ def _in_policy(reference, policy):
 def test_every_sublayer_computes_in_the_policy_and_logits_stay_close(reference, policy):
     model = _in_policy(reference, policy)
     assert {layer.dtype_policy.name for layer in model._flatten_layers()} == {policy}
+    # The arithmetic itself, not only the policy names: each projection and the block compute in that dtype.
+    x = keras.ops.cast(keras.random.normal((2, 5, CONFIG.n_embd), seed=1), model.compute_dtype)
+    block = model.h[0]
+    computed = {str(t.dtype) for t in (block.attn.c_attn(x), block.attn.c_proj(x), block.mlp.c_fc(x),
+                                       block.ln_1(x), block(x)[0], model.wte(IDS))}
+    assert {c.removeprefix("<dtype: '").removesuffix("'>") for c in computed} == {model.compute_dtype}
     logits = np.asarray(model(IDS))
     assert logits.dtype == np.float32
     assert np.abs(logits - np.asarray(reference(IDS))).max() <= TOLERANCE[policy]

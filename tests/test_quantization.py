@@ -33,6 +33,9 @@ def test_int8_greedy_choices_agree_with_float_on_a_trained_model(trained, int8, 
     print(f"int8 (Keras): {agreement:.0%} of teacher-forced greedy choices equal float32's; "
           f"max |logit diff| {np.abs(quantized - reference).max():.3f}")
     assert agreement >= 0.9
+    # The logits themselves: mean |int8 - float32| over the logits' spread. Measured 0.006; a float model with 2%
+    # (5%) noise on every weight gives 0.026 (0.064) and still agrees on 98% (97%) of the greedy choices.
+    assert np.abs(quantized - reference).mean() / reference.std() <= 0.02
     prompt = [EOT_ID] + held_out[100:110]
     float_ids = trained.generate(prompt, max_new_tokens=16, stop_ids=[])
     int8_ids = int8.generate(prompt, max_new_tokens=16, stop_ids=[])

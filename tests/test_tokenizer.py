@@ -116,3 +116,19 @@ def test_the_vocabulary_ships_with_the_package_and_a_damaged_cached_copy_is_repl
         assert run.stdout.split("\n")[-2] == "True [15496, 995]"
         cached = next(tmp_path.glob("*-encoder.json"))
         cached.write_bytes(cached.read_bytes()[:1000])  # damaged: the next process unpacks it again
+
+
+def test_ids_match_transformers_gpt2_tokenizer_on_a_long_text(tok):
+    """A second reference, built independently of tiktoken: transformers' GPT-2 tokenizer over the same official
+    files, on 200 KB of Shakespeare and a mix of scripts, emoji, digits and whitespace runs."""
+    transformers = pytest.importorskip("transformers")
+    import gzip
+
+    from tf_gpt2.data import embedded_corpus
+
+    encoder_json, vocab_bpe = default_vocab_files()
+    theirs = transformers.GPT2Tokenizer(vocab=encoder_json, merges=vocab_bpe)  # the Rust `tokenizers` BPE
+    with gzip.open(embedded_corpus(), "rt", encoding="utf-8") as f:
+        text = f.read(200_000)
+    text += " naïve café 東京 Ελληνικά мир 🤗🚀 1234567 3.14159\n\n\t  x   y\u00a0z don't I'll we've"
+    assert tok.encode(text) == theirs(text)["input_ids"]

@@ -5,6 +5,11 @@ Our layer names follow the GPT-2 checkpoints (`h.0.attn.c_attn`, `ln_f`, ...), s
 format is one short name mapping onto `weight_table(model)`. Each reader returns a config and
 its tensors under those names; `GPT2.from_pretrained` builds the model from them (this module
 does not import the model: it works on any model with GPT-2's layer names).
+
+>>> tensor_names(n_layer=1)[:4]
+['wte.weight', 'wpe.weight', 'h.0.ln_1.weight', 'h.0.ln_1.bias']
+>>> expected_shapes(GPT2Config(vocab_size=10, n_positions=8, n_embd=4, n_layer=1, n_head=2))["h.0.mlp.c_fc.weight"]
+(4, 16)
 """
 
 from __future__ import annotations

@@ -5,6 +5,13 @@ character vocabulary for tiny demos) into shard files of raw uint16 ids plus `ma
 The last `val_fraction` of the bytes is the validation split. `TokenShards` memory-maps the
 shards; `TokenShards.dataset` yields (inputs, targets) windows of `block_size` tokens. Batch `s`
 is a pure function of (seed, s), so a resumed run sees exactly the batches it would have seen.
+
+A character vocabulary maps each character to its index:
+>>> encode, decode = char_codec([" ", "a", "b"])
+>>> encode("ab ba")
+[1, 2, 0, 2, 1]
+>>> decode([2, 1])
+'ba'
 """
 
 from __future__ import annotations

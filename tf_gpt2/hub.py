@@ -8,6 +8,12 @@ reads is downloaded: config.json first (a repo of another architecture is refuse
 safetensors weights (one file, or shards and their index) and the tokenizer files. A repo without safetensors is
 loaded from `pytorch_model.bin` only as transformers loads it: `torch.load(weights_only=True)`, no pickled code.
 
+Which names go to the Hub:
+>>> hub_repo_id("hf://openai-community/gpt2"), hub_repo_id("distilgpt2")
+('openai-community/gpt2', 'distilgpt2')
+>>> hub_repo_id("runs/demo/model.keras") is None
+True
+
 Example (online, or with the repo in the cache):
 >>> from tf_gpt2 import GPT2                                     # doctest: +SKIP
 >>> model = GPT2.from_pretrained("gpt2")                         # doctest: +SKIP
