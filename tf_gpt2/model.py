@@ -189,6 +189,37 @@ class GPT2(keras.Model):
             x = ops.take(x, ops.cast(logits_at, "int32"), axis=1)
         return self._lm_head(x), new_cache
 
+    # -- many devices (keras.distribution, JAX backend) -------------------------------------------
+    @staticmethod
+    def get_layout_map(device_mesh: Any, model_parallel_dim_name: str = "model",
+                       data_parallel_dim_name: str = "batch") -> Any:
+        """How `keras.distribution.ModelParallel` splits the weights over `device_mesh` (keras-hub's convention).
+
+        Megatron's split on the model axis: the token embedding by vocabulary rows (the tied LM head's outputs),
+        the column-parallel projections `c_attn` and `c_fc` by output features (and their biases), the
+        row-parallel `attn/c_proj` and `mlp/c_proj` by input features. The other dimension of each of those
+        matrices is split on the data axis, as keras-hub's backbones do (each data-parallel group holds a slice:
+        ZeRO-3 style). LayerNorms, the position table and the row-parallel biases are replicated; the
+        optimizer's moments follow their variables. JAX splits only evenly: pad the vocabulary to a multiple
+        of the model axis (`GPT2Config(vocab_multiple=64)` makes GPT-2's 50257 rows 50304).
+
+        Example (JAX backend):
+        >>> mesh = keras.distribution.DeviceMesh((1, 2), ("batch", "model"), keras.distribution.list_devices())  # doctest: +SKIP
+        >>> distribution = keras.distribution.ModelParallel(layout_map=GPT2.get_layout_map(mesh), batch_dim_name="batch")  # doctest: +SKIP
+        >>> with distribution.scope():                                        # doctest: +SKIP
+        ...     model = GPT2(GPT2Config.from_preset("gpt2-xl"))
+        """
+        for name in (model_parallel_dim_name, data_parallel_dim_name):
+            if name not in device_mesh.axis_names:
+                raise ValueError(f"{name!r} is not an axis of the device mesh {tuple(device_mesh.axis_names)}")
+        model, data = model_parallel_dim_name, data_parallel_dim_name
+        layout = keras.distribution.LayoutMap(device_mesh)  # keys: regular expressions over whole variable paths
+        layout[r".*/wte/embeddings"] = (model, data)
+        layout[r".*/h_\d+/(attn/c_attn|mlp/c_fc)/kernel"] = (data, model)
+        layout[r".*/h_\d+/(attn/c_attn|mlp/c_fc)/bias"] = (model,)
+        layout[r".*/h_\d+/(attn|mlp)/c_proj/kernel"] = (model, data)
+        return layout
+
     # -- generation, checkpoints -----------------------------------------------------------------
     def generate(self, prompt, max_new_tokens: int = 32, **kwargs) -> Any:
         """Continue `prompt` (text, a list of ids, or a batch of id lists). See `tf_gpt2.generation`."""
