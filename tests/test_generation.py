@@ -211,3 +211,15 @@ def test_sampled_frequencies_follow_the_filtered_softmax(temperature, top_k, top
     assert np.all(frequency[~keep] == 0)
     sigma = np.sqrt(expected * (1 - expected) / n)
     assert np.all(np.abs(frequency - expected)[keep] <= 4.5 * sigma[keep]), (frequency, expected)
+
+
+def test_two_functions_of_one_name_are_compiled_apart(model):
+    """The compile cache is keyed by the function, not its name: two lambdas are two programs."""
+    from tf_gpt2.xla import compiled
+
+    ids = np.array([[1, 2, 3]], np.int32)
+    last, first = (lambda m, x: m(x)[:, -1]), (lambda m, x: m(x)[:, 0])
+    assert last.__name__ == first.__name__
+    full = np.asarray(model(ids))
+    np.testing.assert_allclose(np.asarray(compiled(model, last)(ids)), full[:, -1], atol=1e-5)
+    np.testing.assert_allclose(np.asarray(compiled(model, first)(ids)), full[:, 0], atol=1e-5)

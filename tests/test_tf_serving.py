@@ -229,3 +229,24 @@ def test_served_signatures_refuse_bad_requests_by_name(served, tmp_path):
     for result, (_, message) in zip(results, bad + bad + knob_errors):
         assert isinstance(result, dict) and re.search(message, result["error"]), (message, result)
     assert "Missing but required" in results[-1]["error"]
+
+
+def test_an_answer_that_stops_keeps_the_stop_token_in_its_ids_not_in_its_text(model, tmp_path):
+    """A model whose every next token is <|endoftext|>: the answer is that one token (length 1), its text empty."""
+    from tf_gpt2.tokenizer import EOT_ID
+
+    stops = GPT2(model.config)
+    stops.set_weights(model.get_weights())
+    direction = np.random.RandomState(0).randn(model.config.n_embd).astype(np.float32)
+    direction /= np.linalg.norm(direction)
+    stops.ln_f.gamma.assign(np.zeros_like(direction))
+    stops.ln_f.beta.assign(direction)  # every position's final hidden state is `direction`...
+    table = np.asarray(stops.wte.embeddings).copy()
+    table[EOT_ID] = 100 * direction  # ...whose largest logit is <|endoftext|>'s
+    stops.wte.embeddings.assign(table)
+    assert stops.generate("Hello", max_new_tokens=4) == "" and stops.generate([15496], max_new_tokens=4) == [EOT_ID]
+    path = export_saved_model(stops, str(tmp_path / "stops"), max_new_tokens_limit=4)
+    (answer,), = serve(path, [[grpc("generate_text", text=np.array([b"Hello"]), **settings(1, max_new_tokens=4))]],
+                       tmp_path)
+    answer = outputs(answer)
+    assert answer["length"].tolist() == [1] and answer["token_ids"][0, 0] == EOT_ID and answer["text"][0] == b""

@@ -37,6 +37,6 @@ def _compile(model, fn):
 def compiled(model, fn):
     """The compiled version of `fn` for `model`, built once and kept on the model."""
     cache = model.__dict__.setdefault("_tf_gpt2_compiled", {})
-    if fn.__name__ not in cache:
-        cache[fn.__name__] = _compile(model, fn)
-    return cache[fn.__name__]
+    if fn not in cache:  # keyed by the function itself: two functions of one name are two programs
+        cache[fn] = _compile(model, fn)
+    return cache[fn]
