@@ -39,6 +39,17 @@ def make_hf_model(seed=0, **config):
     return model
 
 
+def spread_tiny_model():
+    """gpt2-tiny with 64 positions, initialised with std 0.3: spread logits, so that greedy choices are not
+    decided by rounding noise (the model of the export, serving and LiteRT tests)."""
+    import keras
+
+    from tf_gpt2 import GPT2, GPT2Config
+
+    keras.utils.set_random_seed(0)
+    return GPT2(GPT2Config.from_preset("gpt2-tiny", n_positions=64, initializer_range=0.3))
+
+
 def console_script() -> str:
     """The installed `tf-gpt2` command: the README's install puts it beside the interpreter."""
     import shutil

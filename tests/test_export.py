@@ -2,19 +2,17 @@ import os
 import subprocess
 import sys
 
-import keras
 import numpy as np
 import pytest
 
-from tf_gpt2 import GPT2, GPT2Config
+from conftest import spread_tiny_model
+
 from tf_gpt2.export import export_saved_model
 
 
 @pytest.fixture(scope="module")
 def model():
-    # A large init spreads the logits, so greedy choices are not decided by rounding noise.
-    keras.utils.set_random_seed(0)
-    return GPT2(GPT2Config.from_preset("gpt2-tiny", n_positions=64, initializer_range=0.3))
+    return spread_tiny_model()
 
 
 def test_saved_model_versions_and_signatures_listed(model, tmp_path):

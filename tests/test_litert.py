@@ -9,6 +9,8 @@ import keras
 import numpy as np
 import pytest
 
+from conftest import spread_tiny_model
+
 from tf_gpt2 import GPT2, GPT2Config, GPT2Tokenizer
 from tf_gpt2.cli import main as cli_main
 from tf_gpt2.litert import LiteRTGenerator, export_litert, export_litertlm, litert_bytes
@@ -23,9 +25,7 @@ PROMPT = "The quick brown fox jumps over the lazy dog, and then"  # 12 tokens: c
 
 @pytest.fixture(scope="module")
 def model():
-    # A large init spreads the logits, so greedy choices are not decided by rounding noise.
-    keras.utils.set_random_seed(0)
-    return GPT2(GPT2Config.from_preset("gpt2-tiny", n_positions=64, initializer_range=0.3))
+    return spread_tiny_model()
 
 
 @pytest.fixture(scope="module")

@@ -6,8 +6,11 @@ import pytest
 
 from tf_gpt2 import GPT2, GPT2Config
 
-# max |logits - float32 logits| allowed, for logits of magnitude ~1 (bfloat16 keeps 8 bits of mantissa, float16 11).
-TOLERANCE = {"float32": 0.0, "mixed_float16": 5e-3, "mixed_bfloat16": 3e-2, "bfloat16": 3e-2}
+# max |logits - float32 logits| allowed, for logits of magnitude ~1.25 (bfloat16 keeps 8 bits of mantissa, float16
+# 11). Measured on an AVX-512 host: 5.4e-4 (mixed_float16), 4.4e-3 (bfloat16 and mixed_bfloat16); the bounds leave
+# 3.4-3.7x for other CPUs' kernels, and the computed dtypes are checked below (a bound alone cannot see a
+# sublayer quietly left in float32).
+TOLERANCE = {"float32": 0.0, "mixed_float16": 2e-3, "mixed_bfloat16": 1.5e-2, "bfloat16": 1.5e-2}
 CONFIG = GPT2Config.from_preset("gpt2-tiny", vocab_size=97, n_positions=32)
 IDS = np.random.RandomState(0).randint(0, 97, (2, 16))
 
