@@ -88,7 +88,7 @@ def test_names_load_from_the_hugging_face_cache_offline(repos, tmp_path):
                         loads=["org/tiny", "hf://org/tiny", "org/sharded-bf16", "org/binonly"],
                         fails=[("org/missing", None), ("org/llama", None), ("org/tiny", "v2")],
                         cli=["org/tiny", "org/missing"])
-    assert max(result["diff"].values()) <= 1e-4, result["diff"]  # measured: 2e-6 (logits up to about 4)
+    assert max(result["diff"].values()) <= 1e-4, result["diff"]  # measured: 3.3e-6 to 3.8e-6
     errors = result["errors"]
     assert errors["org/missing"].startswith("FileNotFoundError: Hugging Face repo 'org/missing' is not in the "
                                             f"Hugging Face cache ({tmp_path / 'cache'}) and HF_HUB_OFFLINE is set")
