@@ -393,12 +393,13 @@ def load_pretrained(model_class: type, source: Any, revision: str | None = None,
     if isinstance(source, str) and not os.path.exists(source):  # a name: keras-hub's presets, then the Hub
         from tf_gpt2 import hub
 
+        repo_id = hub.hub_repo_id(source)
         if revision is None and hub.keras_hub_preset(source):
             from keras_hub.models import GPT2Backbone
 
             source = GPT2Backbone.from_preset(source)
-        elif hub.hub_repo_id(source):
-            source = hub.download(hub.hub_repo_id(source), revision)
+        elif repo_id:
+            source = hub.download(repo_id, revision)
     elif revision is not None:
         raise ValueError(f"revision={revision!r} is for a Hugging Face repo name, not the local path {source}")
     if type(source).__name__ == "GPT2Backbone":

@@ -96,7 +96,7 @@ def resolve_inputs(inputs: str | Sequence[str], exclude: Sequence[str] = ()) -> 
 
 def source_stamps(files: Sequence[str]) -> dict[str, list]:
     """{absolute path: [size, modification time in ns, sha256]} of each file: what a dataset was made from."""
-    return {os.path.abspath(f): [os.stat(f).st_size, os.stat(f).st_mtime_ns, _sha256(f)] for f in files}
+    return {os.path.abspath(f): [*_size_and_time(f), _sha256(f)] for f in files}
 
 
 def sources_changed(manifest: dict) -> bool:
@@ -105,9 +105,14 @@ def sources_changed(manifest: dict) -> bool:
     for path, (size, mtime, digest) in manifest.get("source_stamps", {}).items():
         if not os.path.isfile(path):
             return True
-        if [os.stat(path).st_size, os.stat(path).st_mtime_ns] != [size, mtime] and _sha256(path) != digest:
+        if _size_and_time(path) != [size, mtime] and _sha256(path) != digest:
             return True
     return False
+
+
+def _size_and_time(path: str) -> list[int]:
+    stat = os.stat(path)
+    return [stat.st_size, stat.st_mtime_ns]
 
 
 def _sha256(path: str) -> str:

@@ -50,8 +50,14 @@ def _prompt(token_ids, length, config):
     with tf.control_dependencies(checks):
         ids = tf.where(mask == 1, token_ids, pad)  # the padding is whatever the client or batcher put there
     # Move each row's tokens to the right end (left padding), as generation expects.
-    index = tf.math.floormod(tf.range(width)[None, :] - (width - length)[:, None], width)
-    return Prompt(tf.gather(ids, index, batch_dims=1), tf.gather(mask, index, batch_dims=1))
+    return Prompt(_rotate(ids, width - length), _rotate(mask, width - length))
+
+
+def _rotate(rows, shift):
+    """Each row of `rows` [batch, width, ...] rotated right by its `shift` [batch] (negative: left)."""
+    width = tf.shape(rows)[1]
+    index = tf.math.floormod(tf.range(width)[None, :] - shift[:, None], width)
+    return tf.gather(rows, index, batch_dims=1)
 
 
 def _per_row(name: str, value, batch):
@@ -77,9 +83,8 @@ class _Serving:
         prompt = _prompt(token_ids, length, self.model.config)
         logits = self.model(prompt.ids, attention_mask=prompt.mask, position_ids=positions_from_mask(prompt.mask))
         width = tf.shape(token_ids)[1]  # back to the rows as they were sent: the prompt first
-        index = tf.math.floormod(tf.range(width)[None, :] + (width - length)[:, None], width)
         sent = tf.sequence_mask(length, width)[:, :, None]  # logits past a row's prompt are 0
-        return {"logits": tf.where(sent, tf.gather(logits, index, batch_dims=1), 0.0)}
+        return {"logits": tf.where(sent, _rotate(logits, length - width), 0.0)}
 
     def generate(self, token_ids, length, max_new_tokens, temperature, top_k, top_p, seed):
         cfg, batch = self.model.config, tf.shape(token_ids)[0]

@@ -58,7 +58,8 @@ def scatter_cache_writes():
 
 
 def update_slots(buffer, updates, index):
-    """`buffer` [batch, heads, length, dim] with `updates` [batch, heads, time, dim] at positions `index`...
+    """`buffer` [batch, heads, length, dim] with `updates` [batch, heads, time, dim] at positions `index`,
+    `index + 1`, ... `index + time - 1`.
 
     The one place that decides how a cache write is expressed (see `scatter_cache_writes`).
     """
