@@ -161,6 +161,7 @@ def test_a_disk_full_midway_through_any_write_keeps_the_previous_file(artifact, 
 
     import tf_gpt2.files
     from tf_gpt2.export import export_saved_model
+    from tf_gpt2.devices import Placement
     from tf_gpt2.training import TrainConfig, _record_run, save_checkpoint
 
     model = _tiny(0)
@@ -169,7 +170,8 @@ def test_a_disk_full_midway_through_any_write_keeps_the_previous_file(artifact, 
     cfg = TrainConfig(out=str(tmp_path))
     writes = {
         "checkpoint.npz": (str(tmp_path / "checkpoint.npz"), lambda step: save_checkpoint(model, str(tmp_path / "checkpoint.npz"), step)),
-        "run.json": (str(tmp_path / "run.json"), lambda step: _record_run(cfg, {"settings": {"step": step}}, 1)),
+        "run.json": (str(tmp_path / "run.json"), lambda step: _record_run(cfg, {"settings": {"step": step}},
+                                                                               Placement(scope=None, replicas=1))),
         "saved_model": (str(tmp_path / "m" / "1"), lambda step: export_saved_model(model, str(tmp_path / "m"), version=1,
                                                                                    max_new_tokens_limit=2)),
         "tflite": (str(tmp_path / "m.tflite"), None),
@@ -181,13 +183,11 @@ def test_a_disk_full_midway_through_any_write_keeps_the_previous_file(artifact, 
         from tf_gpt2.litert import export_litert
 
         write = lambda step: export_litert(model, path, cache_length=8, prefill_lengths=(4,))  # noqa: E731
-    write(1)
-    before = _tree_bytes(path)
     if artifact == "saved_model":
-        import shutil
-
-        shutil.rmtree(path)  # a version is never replaced: write it again over an empty place, cut short
-        before = {}
+        before = {}  # a version is never replaced: the one write, cut short, must leave no version behind
+    else:
+        write(1)
+        before = _tree_bytes(path)
     monkeypatch.setattr(tf_gpt2.files, "_sync_tree", _cut_short_then_disk_full)
     with pytest.raises(OSError, match="No space left"):
         write(2)

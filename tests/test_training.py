@@ -49,10 +49,12 @@ def _checkpoint_step(path):
 
 
 def test_resume_after_sigkill_is_bit_exact(char_data, tmp_path):
+    steps = 150  # the kill lands after step 30, with 120 steps (12 rounds) still to run
+
     def command(out):
         return [sys.executable, "-m", "tf_gpt2.cli", "train", "--data", char_data, "--out", str(out),
                 "--preset", "gpt2-tiny", "--n-layer", "2", "--n-head", "2", "--n-embd", "32", "--n-positions", "64",
-                "--dropout", "0.1", "--steps", "400", "--eval-interval", "10", "--batch-size", "4",
+                "--dropout", "0.1", "--steps", str(steps), "--eval-interval", "10", "--batch-size", "4",
                 "--block-size", "32", "--eval-batches", "1", "--sample-tokens", "0", "--warmup-steps", "5"]
 
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
@@ -67,13 +69,13 @@ def test_resume_after_sigkill_is_bit_exact(char_data, tmp_path):
     victim.send_signal(signal.SIGKILL)
     assert victim.wait() == -signal.SIGKILL
     killed_at = _checkpoint_step(checkpoint)
-    assert 30 <= killed_at < 400
+    assert 30 <= killed_at < steps
 
     resumed = subprocess.run(command(tmp_path / "b"), env=env, capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert f"resuming from {checkpoint} at step {killed_at}" in resumed.stdout
     with np.load(tmp_path / "a" / CHECKPOINT) as a, np.load(checkpoint) as b:
-        assert _checkpoint_step(tmp_path / "a" / CHECKPOINT) == 400
+        assert _checkpoint_step(tmp_path / "a" / CHECKPOINT) == steps
         names = [n for n in a.files if n != "meta"]
         assert len(names) > 30 and all(np.array_equal(a[n], b[n]) for n in names)  # weights, Adam moments, RNG
 

@@ -26,6 +26,7 @@ import keras
 import numpy as np
 
 from tf_gpt2.config import GPT2Config
+from tf_gpt2.devices import host_array
 from tf_gpt2.files import json_writer, read_json, write_together
 from tf_gpt2.tokenizer import ENDOFTEXT, VOCAB_SIZE, default_vocab_files
 
@@ -117,7 +118,7 @@ def _assign(model: keras.Model, tensors: dict[str, np.ndarray]) -> keras.Model:
 
 def checkpoint_tensors(model: keras.Model) -> dict[str, np.ndarray]:
     """Every weight as float32 numpy under its GPT-2 name, the token embedding without padding rows."""
-    tensors = {name: np.asarray(keras.ops.convert_to_numpy(v), dtype=np.float32)
+    tensors = {name: np.asarray(host_array(v), dtype=np.float32)
                for name, v in weight_table(model).items()}
     tensors["wte.weight"] = tensors["wte.weight"][: model.config.vocab_size]
     return tensors

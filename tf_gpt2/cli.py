@@ -16,7 +16,7 @@ from tf_gpt2.config import PRESETS
 from tf_gpt2.data import VOCABS
 from tf_gpt2.detokenize import DETOKENIZERS
 from tf_gpt2.formats import FORMATS, QUANTIZATIONS
-from tf_gpt2.train_config import PRECISIONS, STRATEGIES, TrainConfig
+from tf_gpt2.train_config import DISTRIBUTIONS, PRECISIONS, STRATEGIES, TrainConfig
 
 
 def _load_model(args: argparse.Namespace):
@@ -102,7 +102,12 @@ TRAIN_FLAGS = {
     "precision": "Keras dtype policy (mixed_float16 adds loss scaling)",
     "steps_per_execution": "micro-batches per compiled call",
     "lora_rank": "fine-tune only LoRA adapters of this rank (0: off)",
-    "strategy": "tf.distribute strategy (default: none)",
+    "strategy": "tf.distribute strategy, TensorFlow backend (default: none)",
+    "distribution": "keras.distribution on the JAX backend (KERAS_BACKEND=jax): data parallel, or the weights split",
+    "mesh": "BATCHxMODEL devices for --distribution model (default: 1xALL)",
+    "coordinator": "host:port of process 0 in a run of many processes (or KERAS_DISTRIBUTION_JOB_ADDRESSES)",
+    "num_processes": "processes in the run (or KERAS_DISTRIBUTION_NUM_PROCESSES)",
+    "process_id": "this process's index, 0 writes the files (or KERAS_DISTRIBUTION_PROCESS_ID)",
     "sample_prompt": "prompt of the samples printed after each round",
     "sample_tokens": "length of those samples (0: none)",
     "resume_with_changes": "resume the run in --out even though its settings or data changed",
@@ -113,8 +118,9 @@ MODEL_OVERRIDES = {"n_layer": (int, "layers"), "n_head": (int, "attention heads"
 
 
 def _add_train_flags(parser: argparse.ArgumentParser) -> None:
-    choices = {"vocab": VOCABS, "preset": sorted(PRESETS), "precision": PRECISIONS, "strategy": STRATEGIES[1:]}
-    types = {"min_learning_rate": float}  # fields whose default is None
+    choices = {"vocab": VOCABS, "preset": sorted(PRESETS), "precision": PRECISIONS, "strategy": STRATEGIES[1:],
+               "distribution": DISTRIBUTIONS[1:]}
+    types = {"min_learning_rate": float, "num_processes": int, "process_id": int}  # fields whose default is None
     for field in dataclasses.fields(TrainConfig):
         if field.name not in TRAIN_FLAGS:
             continue
@@ -131,6 +137,7 @@ def _add_train_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from tf_gpt2.devices import process_index
     from tf_gpt2.files import save_keras
     from tf_gpt2.training import inference_model, train
 
@@ -139,8 +146,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = TrainConfig(out=args.out, model=overrides, jit_compile=not args.no_xla,
                       **{name: getattr(args, name) for name in TRAIN_FLAGS})
     model, _ = train(cfg)
-    save_keras(inference_model(model), os.path.join(args.out, "model.keras"))
-    print(f"saved {os.path.join(args.out, 'model.keras')}")
+    trained = inference_model(model)  # in a run of many processes, gathered by all of them
+    if process_index() == 0:
+        save_keras(trained, os.path.join(args.out, "model.keras"))
+        print(f"saved {os.path.join(args.out, 'model.keras')}")
     return 0
 
 

@@ -15,8 +15,11 @@ import dataclasses
 import math
 from typing import Any
 
+from tf_gpt2.devices import Mesh
+
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
-STRATEGIES = (None, "mirrored", "multiworker", "tpu")
+STRATEGIES = (None, "mirrored", "multiworker", "tpu")  # tf.distribute, on TensorFlow
+DISTRIBUTIONS = (None, "data", "model")  # keras.distribution, on JAX
 
 
 @dataclasses.dataclass
@@ -48,6 +51,11 @@ class TrainConfig:
     steps_per_execution: int = 1
     lora_rank: int = 0
     strategy: str | None = None
+    distribution: str | None = None
+    mesh: str | None = None  # "BATCHxMODEL" devices; None: all devices on the distribution's one axis
+    coordinator: str | None = None  # "host:port" of process 0, for a run of many processes
+    num_processes: int | None = None
+    process_id: int | None = None
     sample_prompt: str = "\n"
     sample_tokens: int = 64
     tensorboard: bool = True
@@ -78,6 +86,17 @@ class TrainConfig:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.strategy not in STRATEGIES:
             raise ValueError(f"strategy must be one of {STRATEGIES[1:]}, got {self.strategy!r}")
+        if self.distribution not in DISTRIBUTIONS:
+            raise ValueError(f"distribution must be one of {DISTRIBUTIONS[1:]}, got {self.distribution!r}")
+        if self.strategy and (self.distribution or self.num_processes):
+            raise ValueError("strategy (tf.distribute, TensorFlow) and distribution (keras.distribution, JAX) exclude "
+                             "each other: choose one")
+        if (self.mesh or self.num_processes or self.coordinator) and not self.distribution:
+            raise ValueError("mesh and many processes need a distribution (data or model)")
+        if self.mesh:
+            Mesh.parse(self.mesh)
+        if self.num_processes is not None and not 0 <= (self.process_id or 0) < self.num_processes:
+            raise ValueError(f"process_id must be in [0, num_processes = {self.num_processes}), got {self.process_id!r}")
         if (self.eval_interval * self.grad_accum) % self.steps_per_execution:
             raise ValueError("eval_interval * grad_accum (micro-batches per round) must be a multiple of "
                              "steps_per_execution")

@@ -1,5 +1,6 @@
 """Training with `model.fit`: AdamW with nanoGPT's decay rule, warmup + cosine schedule, gradient
-clipping and accumulation, XLA, mixed precision, LoRA, tf.distribute, and callbacks for
+clipping and accumulation, XLA, mixed precision, LoRA, tf.distribute or keras.distribution (`devices.py`),
+and callbacks for
 throughput, gradient norm, TensorBoard, atomic checkpoints with exact resume, and a NaN guard.
 
 A run is `steps` optimizer steps split into rounds of `eval_interval` steps (one Keras
@@ -11,6 +12,7 @@ weights as a run that was never interrupted.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 import json
@@ -25,6 +27,7 @@ import numpy as np
 
 from tf_gpt2.checkpoints import assign_weights, checkpoint_tensors
 from tf_gpt2.config import GPT2Config
+from tf_gpt2.devices import Placement, host_array, place_run
 from tf_gpt2.data import MANIFEST, RUN_RECORD, TokenShards, codec, embedded_corpus, prepare, sources_changed
 from tf_gpt2.files import atomic_write, exclusive, json_writer, read_json
 from tf_gpt2.model import GPT2
@@ -95,10 +98,13 @@ def inference_model(model: GPT2) -> GPT2:
 
 
 # -- checkpoints --------------------------------------------------------------------------------
-def save_checkpoint(model: GPT2, path: str, step: int) -> None:
-    """Model + optimizer state (incl. RNG state) in one file, written atomically."""
+def save_checkpoint(model: GPT2, path: str, step: int, write: bool = True) -> None:
+    """Model + optimizer state (incl. RNG state) in one file, written atomically. Every process of a run calls it
+    (the shards of a split weight are gathered from all of them); the one with `write` writes."""
     variables = list(model.variables) + list(model.optimizer.variables)
-    arrays = {f"v{i}": keras.ops.convert_to_numpy(v) for i, v in enumerate(variables)}
+    arrays = {f"v{i}": host_array(v) for i, v in enumerate(variables)}
+    if not write:
+        return
     meta = {"step": step, "variables": [v.path for v in variables]}
 
     def write(tmp: str) -> None:
@@ -217,13 +223,13 @@ class RoundMetrics(keras.callbacks.Callback):
 class SaveCheckpoint(keras.callbacks.Callback):
     """After each round: model + optimizer state to `path`, atomically, unless the loss went bad."""
 
-    def __init__(self, path: str, round_end: Callable[[int], int], nan_guard: StopOnNaN):
+    def __init__(self, path: str, round_end: Callable[[int], int], nan_guard: StopOnNaN, write: bool = True):
         super().__init__()
-        self.path, self.round_end, self.nan_guard = path, round_end, nan_guard
+        self.path, self.round_end, self.nan_guard, self.write = path, round_end, nan_guard, write
 
     def on_epoch_end(self, epoch, logs=None):
         if self.nan_guard.bad_loss is None and math.isfinite(float((logs or {}).get("loss", 0.0))):
-            save_checkpoint(self.model, self.path, self.round_end(epoch))
+            save_checkpoint(self.model, self.path, self.round_end(epoch), self.write)
 
 
 class TextSample(keras.callbacks.Callback):
@@ -265,35 +271,19 @@ def prepared_data(cfg: TrainConfig) -> str:
     return directory
 
 
-def make_strategy(name: str | None):
-    import tensorflow as tf
-
-    if name is None:
-        return tf.distribute.get_strategy()
-    if name == "mirrored":
-        return tf.distribute.MirroredStrategy()
-    if name == "multiworker":
-        from tf_gpt2.distribute import patch_keras_for_multiworker
-
-        patch_keras_for_multiworker()
-        return tf.distribute.MultiWorkerMirroredStrategy()
-    resolver = tf.distribute.cluster_resolver.TPUClusterResolver()
-    tf.config.experimental_connect_to_cluster(resolver)
-    tf.tpu.experimental.initialize_tpu_system(resolver)
-    return tf.distribute.TPUStrategy(resolver)
-
-
-def build_model(cfg: TrainConfig, manifest: dict) -> GPT2:
+def build_model(cfg: TrainConfig, manifest: dict, placement: Placement | None = None) -> GPT2:
     """The model a run trains: from `init_from`, or new from the preset, sized for the data's vocabulary."""
     vocab_size = manifest["vocab_size"]
+    check = placement.check if placement else lambda config: None
     if cfg.init_from:
         model = GPT2.from_pretrained(cfg.init_from)
         if model.config.vocab_size < vocab_size:
             raise ValueError(f"--init-from model has {model.config.vocab_size} tokens, the data needs {vocab_size}")
         model = model.with_dtype(cfg.precision)
     else:
-        model = GPT2(GPT2Config.from_preset(cfg.preset, **{"vocab_size": vocab_size, **cfg.model}), dtype=cfg.precision,
-                     characters=manifest.get("chars"))
+        config = GPT2Config.from_preset(cfg.preset, **{"vocab_size": vocab_size, **cfg.model})
+        check(config)
+        model = GPT2(config, dtype=cfg.precision, characters=manifest.get("chars"))
     if cfg.block_size > model.config.n_positions:
         raise ValueError(f"block_size {cfg.block_size} exceeds the model's context of {model.config.n_positions}")
     if cfg.lora_rank:
@@ -303,7 +293,8 @@ def build_model(cfg: TrainConfig, manifest: dict) -> GPT2:
 
 # Settings that do not change what a run computes: they may differ when it resumes.
 PRESENTATION_FIELDS = ("out", "verbose", "tensorboard", "sample_prompt", "sample_tokens", "eval_batches",
-                       "jit_compile", "steps_per_execution", "strategy", "resume_with_changes")
+                       "jit_compile", "steps_per_execution", "strategy", "resume_with_changes", "distribution", "mesh",
+                       "coordinator", "num_processes", "process_id")
 
 
 def run_identity(cfg: TrainConfig, data_dir: str) -> dict[str, Any]:
@@ -336,40 +327,39 @@ def check_resume(cfg: TrainConfig, identity: dict[str, Any]) -> None:
                          "Use another --out for a new run, or --resume-with-changes to continue this one anyway")
 
 
-def _record_run(cfg: TrainConfig, identity: dict[str, Any], replicas: int) -> None:
-    """run.json: the run's identity (checked on resume) and how many replicas trained it (not checked)."""
-    atomic_write(os.path.join(cfg.out, RUN_RECORD), json_writer({**identity, "replicas": replicas}, indent=1))
+def _record_run(cfg: TrainConfig, identity: dict[str, Any], placement: Placement) -> None:
+    """run.json: the run's identity (checked on resume) and where it ran (not checked)."""
+    where = {"replicas": placement.replicas, "devices": placement.devices, "processes": placement.processes}
+    atomic_write(os.path.join(cfg.out, RUN_RECORD), json_writer({**identity, **where}, indent=1))
 
 
 def train(cfg: TrainConfig) -> tuple[GPT2, dict[str, list[float]]]:
     """Train (or resume) a run; returns the model and the Keras history.
 
-    One process at a time may train in `cfg.out`: a second one is refused while the first runs.
+    One process at a time may train in `cfg.out`: a second one is refused while the first runs. In a run of many
+    processes (keras.distribution on JAX), `cfg.out` is storage they all see: each reads the checkpoint to resume,
+    process 0 writes.
     """
-    with exclusive(cfg.out, "training run"):
-        return _train(cfg)
+    placement = place_run(cfg, GPT2.get_layout_map)
+    with exclusive(cfg.out, "training run") if placement.is_chief else contextlib.nullcontext():
+        return _train(cfg, placement)
 
 
-def _train(cfg: TrainConfig) -> tuple[GPT2, dict[str, list[float]]]:
-    import tensorflow as tf
-
+def _train(cfg: TrainConfig, placement: Placement) -> tuple[GPT2, dict[str, list[float]]]:
     data_dir = prepared_data(cfg)
     train_data, val_data = TokenShards(data_dir, "train"), TokenShards(data_dir, "val")
     train_data._check_block(cfg.block_size, cfg.batch_size)
     checkpoint = os.path.join(cfg.out, CHECKPOINT)
     identity = run_identity(cfg, data_dir)
     keras.utils.set_random_seed(cfg.seed)
-    strategy = make_strategy(cfg.strategy)
-    jit_compile = cfg.jit_compile
-    if jit_compile and cfg.strategy in ("mirrored", "multiworker") and not tf.config.list_physical_devices("GPU"):
-        print("note: TensorFlow has no XLA collectives on CPU; this distributed run compiles without XLA")
-        jit_compile = False
-    with strategy.scope():
-        model = build_model(cfg, train_data.manifest)  # bad settings fail here, before anything is written
+    jit_compile = cfg.jit_compile if placement.jit_compile is None else placement.jit_compile
+    with placement.scope():
+        model = build_model(cfg, train_data.manifest, placement)  # bad settings fail here, before anything is written
         if os.path.exists(checkpoint):
             check_resume(cfg, identity)
         optimizer = make_optimizer(model, cfg)
-        gradient_norm = clip_by_global_norm(optimizer, cfg.grad_clip)
+        # On JAX the gradient is whole (one program over all devices): Keras' own global_clipnorm clips it.
+        gradient_norm = clip_by_global_norm(optimizer, cfg.grad_clip) if keras.backend.backend() == "tensorflow" else None
         model.compile(  # a mixed_float16 model gets Keras' loss scaling here
             optimizer=optimizer,
             loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
@@ -380,10 +370,19 @@ def _train(cfg: TrainConfig) -> tuple[GPT2, dict[str, list[float]]]:
             start = restore_checkpoint(model, checkpoint)
             if cfg.verbose:
                 print(f"resuming from {checkpoint} at step {start}")
-    _record_run(cfg, identity, strategy.num_replicas_in_sync)
-    if start >= cfg.steps:
-        return model, {}
+        if placement.is_chief:
+            _record_run(cfg, identity, placement)
+        if start >= cfg.steps:
+            return model, {}
+        return model, _fit(cfg, model, start, train_data, val_data, placement, gradient_norm)
 
+
+def _fit(cfg: TrainConfig, model: GPT2, start: int, train_data: TokenShards, val_data: TokenShards,
+         placement: Placement, gradient_norm) -> dict[str, list[float]]:
+    """The rounds left of the run, from step `start`."""
+    import tensorflow as tf
+
+    checkpoint = os.path.join(cfg.out, CHECKPOINT)
     # Round k ends at step min((k + 1) * eval_interval, steps): the last round may be short, and so may the
     # first one run here when a resumed run's checkpoint lies between two round ends.
     ends = [min((k + 1) * cfg.eval_interval, cfg.steps) for k in range(math.ceil(cfg.steps / cfg.eval_interval))]
@@ -400,9 +399,11 @@ def _train(cfg: TrainConfig) -> tuple[GPT2, dict[str, list[float]]]:
               "no validation loss (add text, lower --block-size, or prepare with a larger --val-fraction)",
               file=sys.stderr)
     nan_guard = StopOnNaN()
-    callbacks = [Throughput(cfg.batch_size * cfg.block_size), LogGradientNorm(gradient_norm), nan_guard,
-                 RoundMetrics(), SaveCheckpoint(checkpoint, round_end, nan_guard)]
-    if cfg.sample_tokens and cfg.strategy is None:  # a sample is one process's work
+    callbacks = [Throughput(cfg.batch_size * cfg.block_size), nan_guard, RoundMetrics(),
+                 SaveCheckpoint(checkpoint, round_end, nan_guard, write=placement.is_chief)]
+    if gradient_norm is not None:
+        callbacks.insert(1, LogGradientNorm(gradient_norm))
+    if cfg.sample_tokens and cfg.strategy is None and placement.processes == 1:  # a sample is one process's work
         encode, decode = codec(train_data.manifest)
         try:
             prompt_ids = encode(cfg.sample_prompt)
@@ -410,7 +411,7 @@ def _train(cfg: TrainConfig) -> tuple[GPT2, dict[str, list[float]]]:
             raise ValueError(f"sample_prompt (--sample-prompt): {e}") from None
         log_dir = os.path.join(cfg.out, "logs", "samples") if cfg.tensorboard else None
         callbacks.append(TextSample(prompt_ids or [0], cfg.sample_tokens, decode, round_end, log_dir, cfg.verbose))
-    if cfg.tensorboard:
+    if cfg.tensorboard and placement.is_chief:
         callbacks.append(keras.callbacks.TensorBoard(os.path.join(cfg.out, "logs"), update_freq=cfg.steps_per_execution))
     # --steps counts optimizer steps whatever the interval. Keras' rounds ("epochs") of one fit all have one
     # length, so the rounds left are run as one fit per run of equal lengths.
@@ -435,4 +436,4 @@ def _train(cfg: TrainConfig) -> tuple[GPT2, dict[str, list[float]]]:
         kept = f"the last good checkpoint is {checkpoint}" if os.path.exists(checkpoint) else "no checkpoint was written"
         raise FloatingPointError(f"training stopped: the loss became {loss} (batch {batch} of its round); {kept}. "
                                  "Try a lower --learning-rate, --grad-clip 1, or float32 precision")
-    return model, history
+    return history

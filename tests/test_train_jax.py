@@ -1,0 +1,116 @@
+"""`tf-gpt2 train` on the JAX backend with keras.distribution: the weights split over a 2x2 mesh of virtual CPU
+devices, in one process and in two processes on localhost (JAX's distributed runtime, CPU collectives), train to
+the weights of one device; a split run killed mid-way resumes to the uninterrupted run's bits."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from tf_gpt2.data import prepare
+from tf_gpt2.training import CHECKPOINT
+
+from test_distributed import _free_ports, _model_weights
+from test_training import _checkpoint_step
+
+pytest.importorskip("jax")
+
+STEPS = 60  # for the killed run: long enough that the kill lands mid-run
+
+
+def _command(data, out, *flags, steps=STEPS):
+    return [sys.executable, "-m", "tf_gpt2.cli", "train", "--data", str(data), "--out", str(out),
+            "--preset", "gpt2-tiny", "--n-layer", "2", "--n-head", "2", "--n-embd", "32", "--n-positions", "64",
+            "--vocab-multiple", "4", "--dropout", "0.1", "--steps", str(steps), "--eval-interval", "5",
+            "--batch-size", "4", "--block-size", "32", "--eval-batches", "1", "--sample-tokens", "0",
+            "--warmup-steps", "5", *flags]
+
+
+def _env(devices):
+    return {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu", "TF_CPP_MIN_LOG_LEVEL": "3",
+            "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+
+
+def _run(command, env):
+    run = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    return run
+
+
+def _record(out):
+    with open(os.path.join(out, "run.json")) as f:
+        return json.load(f)
+
+
+def test_split_runs_on_jax_match_one_device_and_resume_bit_exactly(tmp_path):
+    (tmp_path / "text.txt").write_text("First Citizen:\nBefore we proceed any further, hear me speak.\n" * 80)
+    data = tmp_path / "data"
+    prepare(str(tmp_path / "text.txt"), str(data), vocab="char", verbose=False)
+    split = ("--distribution", "model", "--mesh", "2x2")
+
+    _run(_command(data, tmp_path / "one", steps=20), _env(1))
+    _run(_command(data, tmp_path / "split", *split), _env(4))
+    assert _record(tmp_path / "split")["devices"] == 4 and _record(tmp_path / "split")["replicas"] == 2
+
+    # Two processes of two devices each: one batch row of the mesh per process, the weights split within it.
+    address = f"localhost:{_free_ports(1)[0]}"
+    processes = [subprocess.Popen(_command(data, tmp_path / "two", *split, "--coordinator", address,
+                                           "--num-processes", "2", "--process-id", str(i), steps=20),
+                                  env=_env(2), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for i in range(2)]
+    for process in processes:
+        _, err = process.communicate(timeout=600)
+        assert process.returncode == 0, err[-3000:]
+    # They formed one run (alone, each would train on the whole batch and reach the same weights).
+    assert _record(tmp_path / "two")["processes"] == 2 and _record(tmp_path / "two")["devices"] == 4
+
+    # Measured: 1.5e-7 at most (1.2e-9 mean) after 20 steps, summation order alone; the bound is 60x that.
+    diff = np.abs(_model_weights(tmp_path / "two") - _model_weights(tmp_path / "one"))
+    print(diff.mean(), diff.max())
+    assert diff.max() <= 1e-5, (diff.mean(), diff.max())
+
+    # Killed after a checkpoint, then the same command again: the uninterrupted run's weights, moments and RNG.
+    checkpoint = tmp_path / "killed" / CHECKPOINT
+    victim = subprocess.Popen(_command(data, tmp_path / "killed", *split), env=_env(4),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and not (checkpoint.exists() and _checkpoint_step(checkpoint) >= 10):
+        time.sleep(0.01)
+    victim.send_signal(signal.SIGKILL)
+    assert victim.wait() == -signal.SIGKILL
+    killed_at = _checkpoint_step(checkpoint)
+    assert 10 <= killed_at < STEPS
+    resumed = _run(_command(data, tmp_path / "killed", *split), _env(4))
+    assert f"resuming from {checkpoint} at step {killed_at}" in resumed.stdout
+    with np.load(tmp_path / "split" / CHECKPOINT) as a, np.load(checkpoint) as b:
+        assert _checkpoint_step(checkpoint) == STEPS
+        names = [n for n in a.files if n != "meta"]
+        assert len(names) > 30 and all(np.array_equal(a[n], b[n]) for n in names)
+
+
+def test_a_placement_the_backend_or_the_model_cannot_take_is_refused_by_name():
+    from tf_gpt2 import GPT2, GPT2Config
+    from tf_gpt2.devices import Mesh, Placement, place_run
+    from tf_gpt2.training import TrainConfig
+
+    with pytest.raises(ValueError, match="KERAS_BACKEND=jax"):  # this process runs TensorFlow
+        place_run(TrainConfig(distribution="model"), GPT2.get_layout_map)
+    for bad, message in [(dict(distribution="pipeline"), "distribution must be one of"),
+                         (dict(mesh="2x2"), "need a distribution"),
+                         (dict(distribution="model", mesh="2by2"), "BATCHxMODEL"),
+                         (dict(distribution="data", strategy="mirrored"), "exclude each other"),
+                         (dict(distribution="data", num_processes=2, process_id=2), "process_id")]:
+        with pytest.raises(ValueError, match=message):
+            TrainConfig(**bad)
+    split = Placement(scope=None, replicas=2, mesh=Mesh(2, 2))
+    with pytest.raises(ValueError, match="27 token-embedding rows .* mesh 2x2: .* multiple of 2 .*--vocab-multiple"):
+        split.check(GPT2Config(vocab_size=27, n_embd=32, n_head=2, n_layer=1, n_positions=8))
+    with pytest.raises(ValueError, match="30 n_embd .* mesh 1x4: .* multiple of 4"):
+        Placement(scope=None, replicas=1, mesh=Mesh(1, 4)).check(
+            GPT2Config(vocab_size=28, n_embd=30, n_head=2, n_layer=1, n_positions=8))
+    split.check(GPT2Config(vocab_size=27, vocab_multiple=4, n_embd=32, n_head=2, n_layer=1, n_positions=8))

@@ -1,0 +1,177 @@
+"""Where a training run computes: one device, a tf.distribute strategy (TensorFlow backend), or Keras' own
+`keras.distribution` (JAX backend: data parallel, or the model split by `GPT2.get_layout_map`, over one
+process or many).
+
+>>> Mesh.parse("2x4")
+Mesh(batch=2, model=4)
+>>> Mesh.parse("2x4").devices
+8
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import os
+from typing import Any, Callable, ContextManager
+
+import numpy as np
+
+# The environment variables `keras.distribution.initialize()` reads when no flag is given.
+CLUSTER_VARIABLES = ("KERAS_DISTRIBUTION_JOB_ADDRESSES", "KERAS_DISTRIBUTION_NUM_PROCESSES",
+                     "KERAS_DISTRIBUTION_PROCESS_ID")
+
+
+@dataclasses.dataclass(frozen=True)
+class Mesh:
+    """A device mesh's shape: `batch` data-parallel rows times `model` devices that split each weight."""
+
+    batch: int
+    model: int
+
+    @classmethod
+    def parse(cls, text: str) -> "Mesh":
+        parts = text.lower().split("x")
+        if len(parts) != 2 or not all(p.isdigit() and int(p) > 0 for p in parts):
+            raise ValueError(f"mesh must be BATCHxMODEL with two positive integers (e.g. 2x4), got {text!r}")
+        return cls(int(parts[0]), int(parts[1]))
+
+    @property
+    def devices(self) -> int:
+        return self.batch * self.model
+
+
+@dataclasses.dataclass(frozen=True)
+class Placement:
+    """What the trainer needs to know about where it runs."""
+
+    scope: Callable[[], ContextManager[Any]]  # build, compile and fit inside it
+    replicas: int  # data-parallel copies of each batch's work
+    processes: int = 1
+    process_id: int = 0
+    devices: int = 1
+    jit_compile: bool | None = None  # None: as configured
+    mesh: Mesh | None = None  # the weights are split over its model axis (keras.distribution.ModelParallel)
+
+    @property
+    def is_chief(self) -> bool:
+        """The process that writes the run's files (checkpoints, run.json, logs, model.keras)."""
+        return self.process_id == 0
+
+    def check(self, config) -> None:
+        """Refuse a model (a GPT2Config) whose split weights do not divide evenly over the mesh (JAX splits only
+        evenly), before anything is built."""
+        if self.mesh is None:
+            return
+        m, b = self.mesh.model, self.mesh.batch
+        sizes = {"token-embedding rows (vocab_size rounded up to vocab_multiple)": (config.padded_vocab_size, m),
+                 "n_embd": (config.n_embd, m * b // math.gcd(m, b))}
+        for what, (size, parts) in sizes.items():
+            if size % parts:
+                hint = " (pass --vocab-multiple 64)" if what.startswith("token") else ""
+                raise ValueError(f"the model's {size} {what} do not split evenly over the mesh "
+                                 f"{b}x{m}: they must be a multiple of {parts}{hint}")
+
+
+def place_run(cfg, layout_map: Callable[[Any], Any]) -> Placement:
+    """The placement the run `cfg` (a TrainConfig) asks for, checked against the backend it runs on;
+    `layout_map(device_mesh)` says how the model's weights split (`GPT2.get_layout_map`)."""
+    import keras
+
+    backend = keras.backend.backend()
+    if cfg.distribution or cfg.num_processes or cfg.coordinator:
+        if backend != "jax":
+            raise ValueError(f"--distribution, --mesh and many processes use keras.distribution, which needs the JAX "
+                             f"backend: run with KERAS_BACKEND=jax (this process runs {backend}); on TensorFlow use "
+                             "--strategy")
+        return _keras_distribution(cfg, layout_map)
+    if cfg.strategy:
+        if backend != "tensorflow":
+            raise ValueError(f"--strategy {cfg.strategy} is a tf.distribute strategy and needs the TensorFlow backend "
+                             f"(this process runs {backend}); on JAX use --distribution data|model")
+        return _tf_strategy(cfg.strategy)
+    return Placement(scope=contextlib.nullcontext, replicas=1)
+
+
+def _tf_strategy(name: str) -> Placement:
+    import tensorflow as tf
+
+    if name == "mirrored":
+        strategy = tf.distribute.MirroredStrategy()
+    elif name == "multiworker":
+        from tf_gpt2.distribute import patch_keras_for_multiworker
+
+        patch_keras_for_multiworker()
+        strategy = tf.distribute.MultiWorkerMirroredStrategy()
+    else:
+        resolver = tf.distribute.cluster_resolver.TPUClusterResolver()
+        tf.config.experimental_connect_to_cluster(resolver)
+        tf.tpu.experimental.initialize_tpu_system(resolver)
+        strategy = tf.distribute.TPUStrategy(resolver)
+    jit_compile = None
+    if name in ("mirrored", "multiworker") and not tf.config.list_physical_devices("GPU"):
+        print("note: TensorFlow has no XLA collectives on CPU; this distributed run compiles without XLA")
+        jit_compile = False
+    # Each worker of a MultiWorkerMirroredStrategy writes its own --out, as tf.distribute expects.
+    return Placement(scope=strategy.scope, replicas=strategy.num_replicas_in_sync,
+                     devices=strategy.num_replicas_in_sync, jit_compile=jit_compile)
+
+
+def _keras_distribution(cfg, layout_map: Callable[[Any], Any]) -> Placement:
+    import jax
+    import keras
+
+    if cfg.num_processes or cfg.coordinator or any(os.environ.get(v) for v in CLUSTER_VARIABLES):
+        if not jax.distributed.is_initialized():
+            keras.distribution.initialize(cfg.coordinator, cfg.num_processes, cfg.process_id)
+    devices = keras.distribution.list_devices()
+    mesh = Mesh.parse(cfg.mesh) if cfg.mesh else (
+        Mesh(len(devices), 1) if cfg.distribution == "data" else Mesh(1, len(devices)))
+    if mesh.devices != len(devices):
+        raise ValueError(f"mesh {mesh.batch}x{mesh.model} has {mesh.devices} devices, this run has {len(devices)} "
+                         f"({jax.process_count()} process(es))")
+    if cfg.distribution == "data" and mesh.model != 1:
+        raise ValueError(f"--distribution data keeps the whole model on each device: its mesh is {len(devices)}x1, "
+                         f"not {cfg.mesh}; use --distribution model to split the weights")
+    if cfg.batch_size % mesh.batch:
+        raise ValueError(f"batch_size {cfg.batch_size} must be a multiple of the mesh's {mesh.batch} batch rows")
+    if jax.process_count() > 1 and not os.path.exists(os.path.join(cfg.data or "", "manifest.json")):
+        raise ValueError("a run of many processes reads prepared shards: run `tf-gpt2 prepare` once and pass its "
+                         f"directory as --data (got {cfg.data!r})")
+    if cfg.distribution == "data":
+        distribution = keras.distribution.DataParallel(devices=devices)
+    else:
+        device_mesh = keras.distribution.DeviceMesh((mesh.batch, mesh.model), ("batch", "model"), devices)
+        distribution = keras.distribution.ModelParallel(layout_map=layout_map(device_mesh),
+                                                        batch_dim_name="batch")
+    return Placement(scope=distribution.scope, replicas=mesh.batch, processes=jax.process_count(),
+                     process_id=jax.process_index(), devices=len(devices),
+                     mesh=mesh if cfg.distribution == "model" else None)
+
+
+def host_array(variable) -> np.ndarray:
+    """A variable's whole value as numpy, also when its shards live in other processes (then a collective:
+    every process must call it)."""
+    import keras
+
+    if keras.backend.backend() == "jax":
+        import jax
+
+        value = getattr(variable, "value", variable)
+        if isinstance(value, jax.Array) and not value.is_fully_addressable:
+            from jax.experimental import multihost_utils
+
+            return np.asarray(multihost_utils.process_allgather(value, tiled=True))
+    return keras.ops.convert_to_numpy(variable)
+
+
+def process_index() -> int:
+    """This process's index in a run of many (keras.distribution on JAX); 0 otherwise."""
+    import keras
+
+    if keras.backend.backend() == "jax":
+        import jax
+
+        return jax.process_index()
+    return 0
