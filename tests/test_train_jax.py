@@ -93,13 +93,17 @@ def test_split_runs_on_jax_match_one_device_and_resume_bit_exactly(tmp_path):
         assert len(names) > 30 and all(np.array_equal(a[n], b[n]) for n in names)
 
 
-def test_a_placement_the_backend_or_the_model_cannot_take_is_refused_by_name():
+def test_a_placement_the_backend_or_the_model_cannot_take_is_refused_by_name(monkeypatch):
     from tf_gpt2 import GPT2, GPT2Config
     from tf_gpt2.devices import Mesh, Placement, place_run
     from tf_gpt2.training import TrainConfig
 
     with pytest.raises(ValueError, match="KERAS_BACKEND=jax"):  # this process runs TensorFlow
         place_run(TrainConfig(distribution="model"), GPT2.get_layout_map)
+    monkeypatch.setenv("KERAS_DISTRIBUTION_NUM_PROCESSES", "2")  # a cluster without a distribution: not ignored
+    with pytest.raises(ValueError, match="KERAS_DISTRIBUTION_NUM_PROCESSES set: .* needs --distribution"):
+        place_run(TrainConfig(), GPT2.get_layout_map)
+    monkeypatch.delenv("KERAS_DISTRIBUTION_NUM_PROCESSES")
     for bad, message in [(dict(distribution="pipeline"), "distribution must be one of"),
                          (dict(mesh="2x2"), "need a distribution"),
                          (dict(distribution="model", mesh="2by2"), "BATCHxMODEL"),

@@ -80,7 +80,10 @@ def place_run(cfg, layout_map: Callable[[Any], Any]) -> Placement:
     import keras
 
     backend = keras.backend.backend()
-    if cfg.distribution or cfg.num_processes or cfg.coordinator:
+    cluster = [v for v in CLUSTER_VARIABLES if os.environ.get(v)]
+    if cluster and not cfg.distribution:
+        raise ValueError(f"{', '.join(cluster)} set: a run of many processes needs --distribution data|model")
+    if cfg.distribution:
         if backend != "jax":
             raise ValueError(f"--distribution, --mesh and many processes use keras.distribution, which needs the JAX "
                              f"backend: run with KERAS_BACKEND=jax (this process runs {backend}); on TensorFlow use "
@@ -123,7 +126,7 @@ def _keras_distribution(cfg, layout_map: Callable[[Any], Any]) -> Placement:
     import keras
 
     if cfg.num_processes or cfg.coordinator or any(os.environ.get(v) for v in CLUSTER_VARIABLES):
-        if not jax.distributed.is_initialized():
+        if not jax.distributed.is_initialized():  # flags first; Keras reads its variables for what is not given
             keras.distribution.initialize(cfg.coordinator, cfg.num_processes, cfg.process_id)
     devices = keras.distribution.list_devices()
     mesh = Mesh.parse(cfg.mesh) if cfg.mesh else (
