@@ -15,6 +15,17 @@ def model():
     return spread_tiny_model()
 
 
+@pytest.fixture(scope="module")
+def exported(model, tmp_path_factory):
+    """One SavedModel version (answers of up to 4 new tokens) for the tests that only read it, written under
+    the common umask 022."""
+    previous = os.umask(0o022)
+    try:
+        return export_saved_model(model, str(tmp_path_factory.mktemp("exported") / "m"), max_new_tokens_limit=4)
+    finally:
+        os.umask(previous)
+
+
 def test_saved_model_versions_and_signatures_listed(model, tmp_path):
     base = str(tmp_path / "m")
     assert export_saved_model(model, base).endswith("/1")
@@ -30,14 +41,14 @@ def test_saved_model_versions_and_signatures_listed(model, tmp_path):
         assert name in shown.stdout
 
 
-def test_served_text_is_bounded_before_tokenizing(model, tmp_path):
+def test_served_text_is_bounded_before_tokenizing(exported):
     """The in-graph BPE is quadratic in the length of a word: a long run without spaces is refused at once."""
     import time
 
     import tensorflow as tf
     import tensorflow_text  # noqa: F401  (the in-graph tokenizer's ops)
 
-    served = tf.saved_model.load(export_saved_model(model, str(tmp_path / "m"), max_new_tokens_limit=4))
+    served = tf.saved_model.load(exported)
     generate_text = served.signatures["generate_text"]
     knobs = dict(max_new_tokens=tf.constant([2]), temperature=tf.constant([0.0]), top_k=tf.constant([0]),
                  top_p=tf.constant([1.0]), seed=tf.constant([0]))
@@ -51,20 +62,19 @@ def test_served_text_is_bounded_before_tokenizing(model, tmp_path):
         assert time.perf_counter() - start < 5  # refused before tokenizing (tokenizing 300 a's alone: ~0.1 s)
 
 
-def test_saved_model_is_readable_by_other_users(model, tmp_path):
+def test_saved_model_is_readable_by_other_users(exported):
     import stat
 
-    os.umask(0o022)
-    path = export_saved_model(model, str(tmp_path / "m"))
+    path = exported
     modes = {stat.S_IMODE(os.stat(os.path.join(root, name)).st_mode)
              for root, dirs, files in os.walk(path) for name in files}
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o755 and modes == {0o644}
     # No temporary directory left beside the version; the batching parameters for the server are there.
-    assert sorted(os.listdir(tmp_path / "m")) == ["1", "batching_parameters.txt"]
+    assert sorted(os.listdir(os.path.dirname(path))) == ["1", "batching_parameters.txt"]
 
 
-def test_the_saved_model_stores_each_weight_once(model, tmp_path):
-    path = export_saved_model(model, str(tmp_path / "m"))
+def test_the_saved_model_stores_each_weight_once(model, exported):
+    path = exported
     stored = sum(os.path.getsize(os.path.join(root, name))
                  for root, _, names in os.walk(os.path.join(path, "variables")) for name in names)
     weights = sum(np.asarray(w).nbytes for w in model.weights)
