@@ -4,6 +4,7 @@ import pytest
 import tensorflow as tf
 
 from tf_gpt2 import GPT2, MLP, CausalSelfAttention, GPT2Config, TransformerBlock
+from tf_gpt2.variants import VariantBlock
 
 
 @pytest.mark.parametrize(
@@ -11,7 +12,8 @@ from tf_gpt2 import GPT2, MLP, CausalSelfAttention, GPT2Config, TransformerBlock
     [
         CausalSelfAttention(n_embd=24, n_head=3, dropout=0.1, output_initializer_range=0.01),
         MLP(n_embd=24, activation="gelu"),
-        TransformerBlock(n_embd=24, n_head=4, n_layer=3, norm_position="post", learned_residual_scale=True),
+        TransformerBlock(n_embd=24, n_head=4, n_layer=3, activation="gelu"),
+        VariantBlock(n_embd=24, n_head=4, n_layer=3, norm_position="post", learned_residual_scale=True),
     ],
 )
 def test_layer_builds_lazily_and_config_round_trips(layer):
@@ -69,12 +71,12 @@ def test_pre_ln_block_is_residual():
 
 def test_post_ln_and_learned_residual_scale():
     x = np.random.RandomState(3).randn(2, 4, 8).astype("float32")
-    post = TransformerBlock(n_embd=8, n_head=2, norm_position="post")
+    post = VariantBlock(n_embd=8, n_head=2, norm_position="post")
     y = np.asarray(post(x)[0])
     h = np.asarray(post.ln_1(x + np.asarray(post.attn(x)[0])))
     np.testing.assert_allclose(y, np.asarray(post.ln_2(h + np.asarray(post.mlp(h)))), atol=1e-5)
 
-    scaled = TransformerBlock(n_embd=8, n_head=2, learned_residual_scale=True)
+    scaled = VariantBlock(n_embd=8, n_head=2, learned_residual_scale=True)
     scaled(x)
     assert {w.name for w in scaled.trainable_weights} >= {"attn_scale", "mlp_scale"}
     scaled.attn_scale.assign(0.0)

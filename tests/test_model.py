@@ -1,3 +1,5 @@
+import dataclasses
+
 import keras
 import numpy as np
 import pytest
@@ -61,12 +63,6 @@ def test_left_padding_with_mask_and_positions_matches_unpadded(model):
     np.testing.assert_allclose(out[:, 3:], np.asarray(model(ids)), atol=1e-5)
 
 
-def test_attention_maps_hold_one_normalised_map_per_layer(model):
-    logits, maps = model(np.array([[1, 2, 3, 4]]), return_attention=True)
-    assert len(maps) == 2 and tuple(maps[0].shape) == (1, 3, 4, 4)
-    np.testing.assert_allclose(np.asarray(maps[1]).sum(-1), 1.0, atol=1e-5)
-
-
 def test_keras_file_round_trip(model, tmp_path):
     ids = np.random.RandomState(4).randint(0, 97, (2, 9))
     path = str(tmp_path / "m.keras")
@@ -75,6 +71,24 @@ def test_keras_file_round_trip(model, tmp_path):
     assert isinstance(loaded, GPT2) and loaded.config == model.config
     np.testing.assert_array_equal(np.asarray(loaded(ids)), np.asarray(model(ids)))
     assert isinstance(GPT2.from_pretrained(path), GPT2)
+
+
+def test_a_variant_model_is_built_of_variant_blocks_and_round_trips(tmp_path):
+    from tf_gpt2.layers import TransformerBlock
+    from tf_gpt2.variants import VariantBlock
+
+    cfg = GPT2Config(vocab_size=50, n_positions=16, n_embd=16, n_layer=2, n_head=2, norm_position="post",
+                     learned_residual_scale=True)
+    model = GPT2(cfg)
+    assert all(type(b) is VariantBlock for b in model.h)
+    assert all(type(b) is TransformerBlock for b in GPT2(dataclasses.replace(cfg, norm_position="pre",
+                                                                              learned_residual_scale=False)).h)
+    model.h[1].mlp_scale.assign(0.5)
+    model.save(tmp_path / "v.keras")
+    loaded = keras.models.load_model(tmp_path / "v.keras")
+    ids = np.array([[1, 2, 3, 4]])
+    assert float(loaded.h[1].mlp_scale) == 0.5 and loaded.config == cfg
+    np.testing.assert_array_equal(np.asarray(loaded(ids)), np.asarray(model(ids)))
 
 
 @pytest.mark.parametrize(

@@ -8,9 +8,16 @@ import numpy as np
 
 
 def attention_maps(model, token_ids: Sequence[int]) -> np.ndarray:
-    """Attention probabilities of one sequence: float [n_layer, n_head, time, time]."""
-    _, maps = model(np.array([list(token_ids)], np.int32), return_attention=True)
-    return np.stack([np.asarray(m)[0] for m in maps])
+    """Attention probabilities of one sequence: float [n_layer, n_head, time, time]. The forward pass, block by
+    block, stopping at each to ask its attention who attends to whom."""
+    ids = np.array([list(token_ids)], np.int32)
+    model._check_token_ids(ids, model.config.n_positions)
+    x = model.embed(ids, np.arange(ids.shape[1])[None])
+    maps = []
+    for block in model.h:
+        maps.append(np.asarray(block.attn.attention_probs(block.attention_input(x)))[0])
+        x, _ = block(x)
+    return np.stack(maps)
 
 
 def plot_attention(maps: np.ndarray, tokens: Sequence[str], layer: int = 0, path: str | None = None):

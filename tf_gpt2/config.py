@@ -76,6 +76,11 @@ class GPT2Config:
         """Rows of the token embedding: vocab_size rounded up to a multiple of vocab_multiple."""
         return -(-self.vocab_size // self.vocab_multiple) * self.vocab_multiple
 
+    def block_variant(self) -> dict[str, Any]:
+        """The block options that are not GPT-2's (`tf_gpt2.variants.VariantBlock`); {} for GPT-2's block."""
+        variant = {"norm_position": self.norm_position, "learned_residual_scale": self.learned_residual_scale}
+        return {} if variant == {"norm_position": "pre", "learned_residual_scale": False} else variant
+
     def num_params(self, non_embedding: bool = False) -> int:
         """Parameter count (the LM head is tied, so it adds nothing)."""
         d, L = self.n_embd, self.n_layer

@@ -279,12 +279,9 @@ class TransformerBlock(keras.layers.Layer):
             std `initializer_range / sqrt(2 * n_layer)` so the residual stream does not grow
             with depth.
         layer_norm_epsilon: LayerNorm epsilon (1e-5 in GPT-2).
-        norm_position: "pre" (GPT-2) or "post" (the original Transformer's
-            `ln(x + sublayer(x))`, "Add & Norm").
-        learned_residual_scale: multiply each branch by a trainable scalar (init 1) before
-            adding it to the residual stream.
 
     Call arguments: as `CausalSelfAttention`'s. Returns `(x, cache)` in the same way.
+    Other ways to join the branches to the stream (post-LN, learned scales): `tf_gpt2.variants`.
 
     Example:
     >>> block = TransformerBlock(n_embd=32, n_head=4)
@@ -302,19 +299,13 @@ class TransformerBlock(keras.layers.Layer):
         activation: str = "gelu_tanh",
         layer_norm_epsilon: float = 1e-5,
         initializer_range: float = 0.02,
-        norm_position: str = "pre",
-        learned_residual_scale: bool = False,
         **kwargs,
     ):
         super().__init__(**kwargs)
-        if norm_position not in ("pre", "post"):
-            raise ValueError(f"norm_position must be 'pre' or 'post', got {norm_position!r}")
         self.n_embd, self.n_head, self.n_layer = n_embd, n_head, n_layer
         self.dropout, self.activation = dropout, activation
         self.layer_norm_epsilon = layer_norm_epsilon
         self.initializer_range = initializer_range
-        self.norm_position = norm_position
-        self.learned_residual_scale = learned_residual_scale
         residual_std = initializer_range / math.sqrt(2 * n_layer)
         policy = self.dtype_policy
         self.ln_1 = keras.layers.LayerNormalization(epsilon=layer_norm_epsilon, name="ln_1", dtype=policy)
@@ -329,35 +320,17 @@ class TransformerBlock(keras.layers.Layer):
     def build(self, input_shape):
         for layer in (self.ln_1, self.attn, self.ln_2, self.mlp):
             layer.build(input_shape)
-        if self.learned_residual_scale:
-            self.attn_scale = self.add_weight(name="attn_scale", shape=(), initializer="ones")
-            self.mlp_scale = self.add_weight(name="mlp_scale", shape=(), initializer="ones")
-
-    def _scaled(self, branch, scale_name):
-        if not self.learned_residual_scale:
-            return branch
-        return branch * ops.cast(getattr(self, scale_name), branch.dtype)
 
     def call(self, x, attention_mask=None, cache=None, cache_index=0, attention_bias=None, training=None):
-        attend = lambda h: self.attn(h, attention_mask=attention_mask, cache=cache,  # noqa: E731
-                                     cache_index=cache_index, attention_bias=attention_bias, training=training)
-        if self.norm_position == "post":
-            return self._post_ln(x, attend, training)
-        a, cache = attend(self.ln_1(x))
-        x = x + self._scaled(a, "attn_scale")
-        x = x + self._scaled(self.mlp(self.ln_2(x), training=training), "mlp_scale")
+        a, cache = self.attn(self.ln_1(x), attention_mask=attention_mask, cache=cache, cache_index=cache_index,
+                             attention_bias=attention_bias, training=training)
+        x = x + a
+        x = x + self.mlp(self.ln_2(x), training=training)
         return x, cache
 
-    def _post_ln(self, x, attend, training):
-        """The original Transformer's "Add & Norm": LayerNorm on the residual stream after each branch."""
-        a, cache = attend(x)
-        x = self.ln_1(x + self._scaled(a, "attn_scale"))
-        x = self.ln_2(x + self._scaled(self.mlp(x, training=training), "mlp_scale"))
-        return x, cache
-
-    def attention_probs(self, x, attention_mask=None):
-        """The attention probabilities of this block's attention for input `x` [batch, n_head, time, time]."""
-        return self.attn.attention_probs(x if self.norm_position == "post" else self.ln_1(x), attention_mask)
+    def attention_input(self, x):
+        """What this block's attention reads of the residual stream `x`."""
+        return self.ln_1(x)
 
     def get_config(self):
         return {
@@ -369,6 +342,4 @@ class TransformerBlock(keras.layers.Layer):
             "activation": self.activation,
             "layer_norm_epsilon": self.layer_norm_epsilon,
             "initializer_range": self.initializer_range,
-            "norm_position": self.norm_position,
-            "learned_residual_scale": self.learned_residual_scale,
         }

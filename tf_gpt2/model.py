@@ -13,6 +13,7 @@ from keras import ops
 
 from tf_gpt2.config import GPT2Config
 from tf_gpt2.layers import TransformerBlock
+from tf_gpt2.variants import VariantBlock
 
 
 def _known_values(x) -> np.ndarray | None:
@@ -38,8 +39,6 @@ class GPT2(keras.Model):
         token_ids: int [batch, time] token ids.
         attention_mask: optional int/bool [batch, time], 0 marks padding to ignore.
         position_ids: optional int [batch, time]; default 0..time-1.
-        return_attention: also return a list with each layer's attention probabilities
-            [batch, n_head, time, time].
 
     Returns float32 logits [batch, time, vocab_size].
 
@@ -66,15 +65,12 @@ class GPT2(keras.Model):
         self.wpe = keras.layers.Embedding(cfg.n_positions, cfg.n_embd, embeddings_initializer=init, name="wpe",
                                           dtype=policy)
         self.drop = keras.layers.Dropout(cfg.dropout, dtype=policy)
-        self.h = [
-            TransformerBlock(
-                n_embd=cfg.n_embd, n_head=cfg.n_head, n_layer=cfg.n_layer, dropout=cfg.dropout,
-                activation=cfg.activation, layer_norm_epsilon=cfg.layer_norm_epsilon,
-                initializer_range=cfg.initializer_range, norm_position=cfg.norm_position,
-                learned_residual_scale=cfg.learned_residual_scale, name=f"h_{i}", dtype=policy,
-            )
-            for i in range(cfg.n_layer)
-        ]
+        variant = cfg.block_variant()  # {} for GPT-2 (post-LN or learned residual scales otherwise)
+        Block = VariantBlock if variant else TransformerBlock
+        self.h = [Block(n_embd=cfg.n_embd, n_head=cfg.n_head, n_layer=cfg.n_layer, dropout=cfg.dropout,
+                        activation=cfg.activation, layer_norm_epsilon=cfg.layer_norm_epsilon,
+                        initializer_range=cfg.initializer_range, **variant, name=f"h_{i}", dtype=policy)
+                  for i in range(cfg.n_layer)]
         self.ln_f = keras.layers.LayerNormalization(epsilon=cfg.layer_norm_epsilon, name="ln_f", dtype=policy)
         self.build((None, None))  # create all weights now, so checkpoints load before a first call
         # A character-level model carries its vocabulary (token i is characters[i]), so whoever loads it can
@@ -116,7 +112,7 @@ class GPT2(keras.Model):
             )
 
     # -- the forward pass ------------------------------------------------------------------------
-    def _embed(self, token_ids, position_ids, training=None):
+    def embed(self, token_ids, position_ids, training=None):
         """Token + position embeddings: the residual stream the blocks read and add to."""
         x = self.drop(self.wte(token_ids) + self.wpe(position_ids), training=training)
         # Compiled code (fit, XLA, SavedModel, LiteRT) cannot raise on values: an id or position outside
@@ -139,18 +135,14 @@ class GPT2(keras.Model):
             logits = logits[..., : self.config.vocab_size]
         return ops.cast(logits, "float32")
 
-    def call(self, token_ids, attention_mask=None, position_ids=None, training=None, return_attention=False):
+    def call(self, token_ids, attention_mask=None, position_ids=None, training=None):
         self._check_token_ids(token_ids, self.config.n_positions)
         if position_ids is None:
             position_ids = ops.arange(ops.shape(token_ids)[1], dtype="int32")[None, :]
-        x = self._embed(token_ids, position_ids, training)
-        maps = []
+        x = self.embed(token_ids, position_ids, training)
         for block in self.h:
-            if return_attention:
-                maps.append(block.attention_probs(x, attention_mask))
             x, _ = block(x, attention_mask=attention_mask, training=training)
-        logits = self._lm_head(self.ln_f(x))
-        return (logits, maps) if return_attention else logits
+        return self._lm_head(self.ln_f(x))
 
     # -- the KV cache ----------------------------------------------------------------------------
     def init_cache(self, batch_size: int, max_length: int, dtype: str | None = None) -> list[dict]:
@@ -178,7 +170,7 @@ class GPT2(keras.Model):
         self._check_token_ids(token_ids, max_length if max_length is not None else self.config.n_positions)
         if position_ids is None:
             position_ids = (ops.arange(ops.shape(token_ids)[1], dtype="int32") + ops.cast(cache_index, "int32"))[None]
-        x = self._embed(token_ids, position_ids)
+        x = self.embed(token_ids, position_ids)
         new_cache = []
         for block, layer_cache in zip(self.h, cache):
             x, layer_cache = block(x, attention_mask=attention_mask, cache=layer_cache, cache_index=cache_index,
