@@ -24,10 +24,12 @@ setup(
         "torch": ["torch>=2.13", "transformers>=5.0"],
         # On-device: the LiteRT interpreter, LiteRT-LM (runtime, `litert-lm` CLI, .litertlm builder), tokenizer.json
         "litert": ["ai-edge-litert>=2.3", "litert-lm>=0.18.1", "tokenizers>=0.23"],
-        "dev": ["pytest>=9.0", "jax>=0.10", "ai-edge-litert>=2.3", "litert-lm>=0.18.1", "tokenizers>=0.23", "ctranslate2>=4.8",
+        "dev": ["pytest>=9.0", "jax>=0.10", "ai-edge-litert>=2.3", "litert-lm>=0.18.1", "tokenizers>=0.23",
+                "ctranslate2>=4.8",
                 "matplotlib>=3.10",
                 "torch>=2.13", "transformers>=5.0", "nbclient>=0.11", "nbformat>=5.11", "ipykernel>=7.4",
-                "tensorflow-serving-api>=2.21"],  # PredictRequest protos for the TF Serving tests
+                "tensorflow-serving-api>=2.21",  # PredictRequest protos for the TF Serving tests
+                "ruff>=0.17"],  # the lint CI runs (ruff.toml)
     },
     entry_points={"console_scripts": ["tf-gpt2=tf_gpt2_launcher:main"]},
 )

@@ -31,8 +31,9 @@ def peak_flops(device_name: str) -> float | None:
 
 def keras_jax_step(setup):
     """One compiled Keras train step (harness._keras_step) of a mixed_bfloat16 model."""
-    from tf_gpt2 import GPT2
     from harness import _keras_step
+
+    from tf_gpt2 import GPT2
 
     return _keras_step(GPT2(setup.config, dtype="mixed_bfloat16"), lambda x: x)
 
@@ -40,7 +41,6 @@ def keras_jax_step(setup):
 def torch_compile_step(setup):
     """One HF GPT-2 train step on the GPU under torch.compile and bf16 autocast; blocks until it is done."""
     import torch
-
     from harness import _hf_model
 
     model = _hf_model(setup.config).cuda()
@@ -78,7 +78,6 @@ def gpu_matches_cpu(setup) -> float:
 
 def main() -> None:
     import jax
-
     from harness import TrainSetup, train_tokens_per_second
 
     parser = argparse.ArgumentParser(description=__doc__)

@@ -26,7 +26,7 @@ import numpy as np
 from tf_gpt2.config import GPT2Config
 
 HERE = os.path.dirname(os.path.abspath(__file__))  # the benchmarks folder: its modules import each other flat
-from tf_gpt2.model import GPT2
+from tf_gpt2.model import GPT2  # noqa: E402
 
 
 @dataclasses.dataclass(frozen=True)

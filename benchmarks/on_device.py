@@ -137,9 +137,9 @@ def worker_tf_gpt2_int8(path: str, prompt: int, new: int, threads: int, repeats:
 
 def worker_keras_hub(path: str, prompt: int, new: int, threads: int, repeats: int) -> dict:
     import numpy as np
+    from harness import _keras_hub_lm
 
     from tf_gpt2 import GPT2
-    from harness import _keras_hub_lm
 
     lm = _keras_hub_lm(GPT2.from_pretrained(path).config)  # same shapes; its own random weights
     lm.compile(sampler="greedy")
@@ -173,7 +173,8 @@ def _run_worker(kind: str, path: str, args: argparse.Namespace, shape: dict) -> 
 def table(rows: list[dict]) -> str:
     ct2 = next((r for r in rows if r["system"].startswith("CTranslate2")), None)
     hf = next((r for r in rows if r["system"].startswith("HF")), None)
-    lines = ["| system | cache | file MB | peak RSS MB | prefill tok/s | decode tok/s | decode vs CT2 int8 | vs HF torch |",
+    lines = ["| system | cache | file MB | peak RSS MB | prefill tok/s | decode tok/s | decode vs CT2 int8 "
+             "| vs HF torch |",
              "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         ratio = lambda base: f"{r['decode_tok_s'] / base['decode_tok_s']:.2f}x" if base else "-"  # noqa: E731

@@ -59,7 +59,6 @@ def prepare(work: str, preset: str, new: int) -> None:
 def measure(system: str, work: str, batch: int, prompt: int, new: int, repeats: int) -> dict:
     """New tokens/s of one system at one batch size, in this process."""
     import numpy as np
-
     from harness import best_seconds
 
     prompts = _prompts(batch, prompt)
@@ -140,7 +139,8 @@ def main(argv=None) -> int:
     for batch in args.batches:
         for system in systems:
             results[system][batch] = _in_own_process(
-                f"print(json.dumps(s.measure({system!r}, {work!r}, {batch}, {args.prompt}, {args.new}, {args.repeats})))")
+                f"print(json.dumps(s.measure({system!r}, {work!r}, {batch}, {args.prompt}, {args.new}, "
+                f"{args.repeats})))")
             short = batch * args.new - results[system][batch]["new_tokens"]  # rows that stopped at <|endoftext|>
             print(f"batch {batch:3d}  {SYSTEMS[system]}: {results[system][batch]['tokens_per_second']:,.1f}"
                   + (f" ({short} tokens fewer: rows stopped early)" if short else ""), flush=True)

@@ -23,7 +23,8 @@ install from PyPI). What the stock server does, from tensorflow/serving's source
 Run as a script, in a fresh process (XLA stays off for the process's whole life):
     python benchmarks/tf_serving.py MODEL_DIR CALLS.pkl RESULTS.pkl [--xla] [--batching_parameters_file F]
 CALLS is a pickled list of calls; a call is a list of requests answered as one merged batch (a list of one:
-on its own; a merged batch needs the batching parameters, as the server needs --enable_batching). A request is a serialized `tensorflow_serving.apis.predict_pb2.PredictRequest` (gRPC) or a REST
+on its own; a merged batch needs the batching parameters, as the server needs --enable_batching). A request is a
+serialized `tensorflow_serving.apis.predict_pb2.PredictRequest` (gRPC) or a REST
 body as a dict (with "signature_name"). RESULTS gets, for each call, a list: a serialized PredictResponse, the
 REST answer's JSON text, or {"error": message}.
 """
@@ -103,7 +104,7 @@ class Server:
                              f"Missing but required: {sorted(missing)}.")
         for key, value in inputs.items():
             expected = tf.dtypes.as_dtype(signature.inputs[key].dtype).as_numpy_dtype
-            if value.dtype != expected and not (value.dtype.kind in "SUO" and expected == object):
+            if value.dtype != expected and not (value.dtype.kind in "SUO" and expected is object):
                 raise ValueError(f"{key}: expected {np.dtype(expected).name}, got {value.dtype.name}")
         feeds = {signature.inputs[key].name: value for key, value in inputs.items()}
         fetches = {key: tensor.name for key, tensor in signature.outputs.items()}
@@ -131,7 +132,8 @@ class Server:
         for key in requests[0]:
             parts = [inputs[key] for inputs in requests]
             widest = np.max([p.shape for p in parts], axis=0)
-            if not self.batching.get("pad_variable_length_inputs") and any(p.shape[1:] != parts[0].shape[1:] for p in parts):
+            if not self.batching.get("pad_variable_length_inputs") and any(
+                    p.shape[1:] != parts[0].shape[1:] for p in parts):
                 raise ValueError(f"Tensors with name '{key}' from different tasks have different shapes and "
                                  "padding is turned off")
             parts = [np.pad(p, [(0, 0)] + [(0, w - n) for w, n in zip(widest[1:], p.shape[1:])],

@@ -13,8 +13,8 @@ atexit.register(shutil.rmtree, _CACHES, ignore_errors=True)
 for _name in ("TF_GPT2_CACHE", "KERAS_HOME", "TIKTOKEN_CACHE_DIR", "HF_HOME"):
     os.environ[_name] = os.path.join(_CACHES, _name.lower())
 
-import numpy as np
-import pytest
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
 
 
 def make_hf_model(seed=0, **config):

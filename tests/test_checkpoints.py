@@ -54,7 +54,8 @@ def _write_openai_checkpoint(hf, directory):
     os.makedirs(directory)
     c = hf.config
     with open(os.path.join(directory, "hparams.json"), "w") as f:
-        json.dump(dict(n_vocab=c.vocab_size, n_ctx=c.n_positions, n_embd=c.n_embd, n_head=c.n_head, n_layer=c.n_layer), f)
+        json.dump(dict(n_vocab=c.vocab_size, n_ctx=c.n_positions, n_embd=c.n_embd, n_head=c.n_head,
+                       n_layer=c.n_layer), f)
     names, tensors = [], []
     for key, value in hf.transformer.state_dict().items():
         if key.endswith(".attn.bias") or key.endswith("masked_bias"):
@@ -145,8 +146,9 @@ def test_config_sizes_are_checked_against_the_tensors_before_a_model_is_built(sa
                              (dict(n_layer=1000), "the config says n_layer=1000, the tensors hold 1 layers"),
                              (dict(n_layer=10**6), "n_layer must be at most 1024, got 1000000"),
                              (dict(n_layer=1, n_embd=10**9, n_head=1), "n_embd must be at most 65536"),
-                             (dict(n_embd=16, n_head=2, n_positions=50_000), "tensor 'wpe.weight' has shape \\(8, 16\\), the model "
-                                                        "expects \\(50000, 16\\)")):
+                             (dict(n_embd=16, n_head=2, n_positions=50_000),
+                              "tensor 'wpe.weight' has shape \\(8, 16\\), the model "
+                              "expects \\(50000, 16\\)")):
         with pytest.raises(ValueError, match=message):
             _load_with_config(saved_tiny, **changes)
     assert time.perf_counter() - start < 10  # nothing of those sizes was built

@@ -1,6 +1,6 @@
 import pytest
 
-from tf_gpt2 import PRESETS, GPT2, GPT2Config
+from tf_gpt2 import GPT2, PRESETS, GPT2Config
 
 
 def test_config_round_trips_through_json_and_a_file(tmp_path):

@@ -141,14 +141,26 @@ def test_prepare_replaces_a_dataset_and_removes_its_old_and_orphaned_shards(corp
     assert TokenShards(str(out), "train").window(0, 4).tolist() == GPT2Tokenizer().encode("Hello world. " * 2)[:4]
 
 
-def test_shards_with_ids_outside_their_vocabulary_are_refused_on_load(corpus, tmp_path):
+def test_shards_with_ids_outside_their_vocabulary_are_refused(corpus, tmp_path):
+    """The manifest records each shard's largest id (no shard is read in full to start a run); an id changed
+    since is refused when it is read, an old manifest without the record has its shards scanned on load."""
     out = tmp_path / "out"
     manifest = prepare(str(corpus / "a.txt"), str(out), vocab="char", verbose=False)
-    shard = out / manifest["splits"]["train"][0]["file"]
+    train = manifest["splits"]["train"][0]
+    shard = out / train["file"]
     ids = np.fromfile(shard, dtype="<u2")
+    assert train["max_id"] == ids.max() < manifest["vocab_size"]
     ids[7] = manifest["vocab_size"]  # one id past the vocabulary, e.g. shards written with another one
     ids.tofile(shard)
-    with pytest.raises(ValueError, match=rf"holds token id {manifest['vocab_size']}, outside the vocabulary"):
+    bad = rf"shard .*{train['file']} holds token id {manifest['vocab_size']}, outside the vocabulary"
+    shards = TokenShards(str(out), "train")
+    assert shards.window(8, 20).max() < manifest["vocab_size"]  # the rest reads as before
+    for read in (lambda: shards.window(0, 10), lambda: shards.sequential(16, 2)):  # training's and evaluation's
+        with pytest.raises(ValueError, match=bad):
+            read()
+    del train["max_id"]
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match=bad):
         TokenShards(str(out), "train")
 
 

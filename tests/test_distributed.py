@@ -45,7 +45,8 @@ def test_two_workers_match_one_process(tmp_path):
     cluster = {"worker": [f"localhost:{port}" for port in _free_ports(2)]}
     workers = [
         subprocess.Popen(command + ["--out", str(tmp_path / f"worker{i}"), "--strategy", "multiworker"],
-                         env={**env, "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})},
+                         env={**env,
+                              "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})},
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         for i in range(2)
     ]

@@ -4,7 +4,6 @@ import sys
 
 import numpy as np
 import pytest
-
 from conftest import spread_tiny_model
 
 from tf_gpt2.export import export_saved_model

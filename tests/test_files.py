@@ -160,8 +160,8 @@ def test_a_disk_full_midway_through_any_write_keeps_the_previous_file(artifact, 
     import keras
 
     import tf_gpt2.files
-    from tf_gpt2.export import export_saved_model
     from tf_gpt2.devices import Placement
+    from tf_gpt2.export import export_saved_model
     from tf_gpt2.training import TrainConfig, _record_run, save_checkpoint
 
     model = _tiny(0)
@@ -169,11 +169,13 @@ def test_a_disk_full_midway_through_any_write_keeps_the_previous_file(artifact, 
     model.optimizer.build(model.trainable_variables)
     cfg = TrainConfig(out=str(tmp_path))
     writes = {
-        "checkpoint.npz": (str(tmp_path / "checkpoint.npz"), lambda step: save_checkpoint(model, str(tmp_path / "checkpoint.npz"), step)),
+        "checkpoint.npz": (str(tmp_path / "checkpoint.npz"),
+                           lambda step: save_checkpoint(model, str(tmp_path / "checkpoint.npz"), step)),
         "run.json": (str(tmp_path / "run.json"), lambda step: _record_run(cfg, {"settings": {"step": step}},
                                                                                Placement(scope=None, replicas=1))),
-        "saved_model": (str(tmp_path / "m" / "1"), lambda step: export_saved_model(model, str(tmp_path / "m"), version=1,
-                                                                                   max_new_tokens_limit=2)),
+        "saved_model": (str(tmp_path / "m" / "1"),
+                        lambda step: export_saved_model(model, str(tmp_path / "m"), version=1,
+                                                        max_new_tokens_limit=2)),
         "tflite": (str(tmp_path / "m.tflite"), None),
         "hf": (str(tmp_path / "hf" / "model.safetensors"), lambda step: model.save_pretrained(tmp_path / "hf")),
     }

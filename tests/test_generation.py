@@ -137,14 +137,16 @@ def test_top_p_is_taken_on_the_renormalised_top_k_as_hugging_face_does():
     # The case that tells the two rules apart: p = (0.45, 0.35, 0.2), top-k 2 renormalises to (0.5625, 0.4375),
     # so a nucleus of 0.5 holds one token; on the unfiltered distribution it would hold two.
     two = np.log(np.array([[0.45, 0.35, 0.2]], np.float32))
-    assert np.isfinite(np.asarray(filter_top_k_top_p(two, np.int32(2), np.float32(0.5)))).tolist() == [[True, False, False]]
+    assert (np.isfinite(np.asarray(filter_top_k_top_p(two, np.int32(2), np.float32(0.5)))).tolist()
+            == [[True, False, False]])
 
 
 def test_a_tuple_of_prompts_is_a_batch(model):
     texts, gpt2 = ("Hello world", "The cat"), GPT2(GPT2Config.from_preset("gpt2-tiny"))
     assert gpt2.generate(texts, max_new_tokens=3) == gpt2.generate(list(texts), max_new_tokens=3)
     ids = ([1, 2, 3], [4, 5])
-    assert model.generate(ids, max_new_tokens=3, stop_ids=[]) == model.generate(list(ids), max_new_tokens=3, stop_ids=[])
+    assert (model.generate(ids, max_new_tokens=3, stop_ids=[])
+            == model.generate(list(ids), max_new_tokens=3, stop_ids=[]))
 
 
 def test_cli_prints_no_tensorflow_start_up_lines_and_nothing_inside_the_text():

@@ -26,7 +26,8 @@ def test_forward_generate_eval_and_train_step_on_jax_match_tensorflow(tmp_path):
     from tf_gpt2.evaluation import evaluate
 
     expected_nll = evaluate(model, np.arange(40) % 200, context=8, stride=4).nll
-    expected_loss = float(keras.losses.SparseCategoricalCrossentropy(from_logits=True)(ids[:, 1:], expected_logits[:, :-1]))
+    expected_loss = float(keras.losses.SparseCategoricalCrossentropy(from_logits=True)(ids[:, 1:],
+                                                                                        expected_logits[:, :-1]))
     script = textwrap.dedent(f"""
         import sys, json, numpy as np
         sys.modules["tensorflow"] = None  # any import of TensorFlow now fails

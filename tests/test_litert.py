@@ -8,7 +8,6 @@ import sys
 import keras
 import numpy as np
 import pytest
-
 from conftest import spread_tiny_model
 
 from tf_gpt2 import GPT2, GPT2Config, GPT2Tokenizer
@@ -163,7 +162,8 @@ def test_bad_export_arguments_fail_clearly_and_write_nothing(model, tmp_path, ca
     out = tmp_path / "m.litertlm"
     for kwargs, message in ((dict(quantize="int4"), "unknown quantization 'int4'"),
                             (dict(cache_length=65), r"cache_length must be an integer in \[1, 64\]"),
-                            (dict(cache_length=16, prefill_lengths=(8, 32)), "prefill length 32 exceeds cache_length 16"),
+                            (dict(cache_length=16, prefill_lengths=(8, 32)),
+                             "prefill length 32 exceeds cache_length 16"),
                             (dict(prefill_lengths=(0,)), "prefill_lengths must be positive integers")):
         with pytest.raises(ValueError, match=message):
             export_litertlm(model, str(out), **kwargs)

@@ -45,7 +45,8 @@ def test_quickstart_notebook_runs_and_shows_its_results(tmp_path, monkeypatch):
     assert "training loss" in everything and "no position attends to a later one" in everything
     assert "['generate', 'generate_text', 'serving_default']" in everything
     assert "LiteRT-LM text equal to Keras: True" in everything
-    assert "LiteRT greedy tokens equal to Keras" in everything and "signatures: ['decode', 'prefill_16', 'prefill_8']" in everything
+    assert ("LiteRT greedy tokens equal to Keras" in everything
+            and "signatures: ['decode', 'prefill_16', 'prefill_8']" in everything)
     images = [o for c in code for o in c.outputs if "image/png" in o.get("data", {})]
     assert len(images) >= 2  # the loss curve and the attention maps
     assert os.listdir(tmp_path / "work" / "logs" / "train")  # TensorBoard event files

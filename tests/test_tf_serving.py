@@ -11,7 +11,6 @@ import sys
 
 import numpy as np
 import pytest
-
 from conftest import spread_tiny_model
 
 from tf_gpt2 import GPT2, GPT2Tokenizer

@@ -11,12 +11,11 @@ import time
 
 import numpy as np
 import pytest
+from test_distributed import _free_ports, _model_weights
+from test_training import _checkpoint_step
 
 from tf_gpt2.data import prepare
 from tf_gpt2.training import CHECKPOINT
-
-from test_distributed import _free_ports, _model_weights
-from test_training import _checkpoint_step
 
 pytest.importorskip("jax")
 

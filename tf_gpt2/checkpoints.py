@@ -31,7 +31,8 @@ from tf_gpt2.files import json_writer, read_json, write_together
 from tf_gpt2.tokenizer import ENDOFTEXT, VOCAB_SIZE, default_vocab_files
 
 BLOCK_LAYERS = ("ln_1", "attn.c_attn", "attn.c_proj", "ln_2", "mlp.c_fc", "mlp.c_proj")
-HF_ACTIVATIONS = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu", "relu": "relu", "silu": "silu"}
+HF_ACTIVATIONS = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu", "relu": "relu",
+                  "silu": "silu"}
 # Buffers some HF checkpoints carry that are not weights (the causal mask, its fill value).
 HF_IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias")
 
@@ -172,7 +173,8 @@ def _read_torch_bin(path: str) -> dict[str, np.ndarray]:
     try:
         import torch
     except ImportError as e:
-        raise ImportError(f"reading {path} needs torch (pip install 'tf_gpt2[torch]'), or convert it to safetensors") from e
+        raise ImportError(f"reading {path} needs torch (pip install 'tf_gpt2[torch]'), "
+                          "or convert it to safetensors") from e
     try:  # weights_only: never unpickle arbitrary objects from a checkpoint
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:

@@ -285,7 +285,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(run=cmd_demo)
 
     prep = command("prepare", help="tokenize text files into uint16 shards + manifest.json")
-    prep.add_argument("inputs", nargs="*", help="text files, folders or globs (.txt or .txt.gz); default: the embedded corpus")
+    prep.add_argument("inputs", nargs="*",
+                      help="text files, folders or globs (.txt or .txt.gz); default: the embedded corpus")
     prep.add_argument("--out", required=True, help="output directory")
     prep.add_argument("--val-fraction", type=float, default=0.1, help="last fraction of the text kept for validation")
     prep.add_argument("--vocab", default=VOCABS[0], choices=VOCABS, help="GPT-2 BPE or characters")
@@ -303,7 +304,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     gen.add_argument("--top-k", type=int, default=0, help="0 = off")
     gen.add_argument("--top-p", type=float, default=1.0, help="1 = off")
-    gen.add_argument("--repetition-penalty", type=float, default=1.0, help="CTRL's penalty on repeated tokens (1 = off)")
+    gen.add_argument("--repetition-penalty", type=float, default=1.0,
+                     help="CTRL's penalty on repeated tokens (1 = off)")
     gen.add_argument("--seed", type=int, default=0, help="seed of the sampling noise")
     gen.set_defaults(run=cmd_generate)
 

@@ -67,7 +67,8 @@ def _text_files_in(folder: str, exclude: set[str]) -> list[str]:
     """The regular files under `folder`, without hidden names and without folders of our own outputs."""
     files = []
     for directory, subdirs, names in os.walk(folder):
-        subdirs[:] = [d for d in subdirs if not d.startswith(".") and not _is_output(os.path.join(directory, d), exclude)]
+        subdirs[:] = [d for d in subdirs
+                      if not d.startswith(".") and not _is_output(os.path.join(directory, d), exclude)]
         files += [os.path.join(directory, n) for n in names  # regular files (or links to one) only
                   if not n.startswith(".") and os.path.isfile(os.path.join(directory, n))]
     return files
@@ -155,6 +156,7 @@ class _ShardWriter:
             part, ids = ids[:room], ids[room:]
             self.file.write(part.astype("<u2").tobytes())
             self.shards[-1]["tokens"] += len(part)
+            self.shards[-1]["max_id"] = max(self.shards[-1].get("max_id", 0), int(part.max()))
 
     def _open_next(self) -> None:
         self._close_file()
@@ -270,7 +272,8 @@ def prepare(inputs: str | Sequence[str], out_dir: str, val_fraction: float = 0.1
             raise
         manifest = {"vocab": vocab, "vocab_size": vocab_size, "chars": chars, "sources": files,
                     "source_stamps": source_stamps(files), "splits": splits}
-        atomic_write(os.path.join(out_dir, MANIFEST), json_writer(manifest, indent=1))  # the step that switches datasets
+        # The step that switches datasets:
+        atomic_write(os.path.join(out_dir, MANIFEST), json_writer(manifest, indent=1))
         _remove_unlisted_shards(out_dir, old_manifest, manifest)
     return manifest
 
@@ -308,7 +311,7 @@ def _read_manifest(directory: str) -> dict:
         raise ValueError(f"{path} is not a tf_gpt2 dataset manifest (no splits or vocab_size)")
     for split, shards in manifest["splits"].items():
         shard = lambda s: isinstance(s, dict) and isinstance(s.get("file"), str) and type(s.get("tokens")) is int \
-            and s["tokens"] >= 0  # noqa: E731
+            and s["tokens"] >= 0 and type(s.get("max_id", 0)) is int  # noqa: E731
         if not isinstance(shards, list) or not all(map(shard, shards)):
             raise ValueError(f"{path}: split {split!r} is not a list of shards, each with a file and a token count")
     if manifest.get("vocab") == "char" and not (isinstance(manifest.get("chars"), list)
@@ -332,7 +335,7 @@ class TokenShards:
         if split not in self.manifest["splits"]:
             raise ValueError(f"unknown split {split!r}")
         self.vocab_size = self.manifest["vocab_size"]
-        self.parts = []
+        self.parts, self.files = [], []
         for shard in self.manifest["splits"][split]:
             if os.path.basename(shard["file"]) != shard["file"]:
                 raise ValueError(f"{directory}/{MANIFEST} names shard {shard['file']!r} outside its directory")
@@ -341,13 +344,17 @@ class TokenShards:
                 raise ValueError(f"shard {file} is missing or corrupt: expected {2 * shard['tokens']} bytes")
             if shard["tokens"]:
                 part = np.memmap(file, dtype="<u2", mode="r")
-                largest = int(part.max())  # one read of the shard
-                if largest >= self.vocab_size:  # such an id would train on a clamped row, then NaN
-                    raise ValueError(f"shard {file} holds token id {largest}, outside the vocabulary of "
-                                     f"{self.vocab_size} its manifest declares: it was written with another vocabulary")
+                # The largest id, as `prepare` recorded it (a manifest written before it did: one read of the shard).
+                self._check_ids(shard.get("max_id", None) if "max_id" in shard else int(part.max()), file)
                 self.parts.append(part)
+                self.files.append(file)
         self.offsets = np.cumsum([0] + [len(p) for p in self.parts])  # where each shard starts
         self.split = split
+
+    def _check_ids(self, largest: int, file: str) -> None:
+        if largest >= self.vocab_size:  # such an id would train on a clamped row, then NaN
+            raise ValueError(f"shard {file} holds token id {largest}, outside the vocabulary of {self.vocab_size} "
+                             "its manifest declares: it was written with another vocabulary, or changed since")
 
     def __len__(self) -> int:
         return int(self.offsets[-1])
@@ -359,16 +366,18 @@ class TokenShards:
         while start < end:
             local = start - self.offsets[part]
             piece = self.parts[part][local: local + end - start]
+            self._check_ids(int(piece.max()), self.files[part])  # every id read is checked: a few per batch
             pieces.append(piece)
             start += len(piece)
             part += 1
         return np.concatenate(pieces).astype(np.int32)
 
-    def _check_block(self, block_size: int, batch_size: int) -> None:
+    def check_block(self, block_size: int, batch_size: int) -> None:
         if batch_size <= 0 or block_size <= 0:
             raise ValueError(f"batch_size and block_size must be positive, got {batch_size} and {block_size}")
         if len(self) < block_size + 1:
-            raise ValueError(f"the {self.split} split has {len(self)} tokens, fewer than block_size + 1 = {block_size + 1}")
+            raise ValueError(f"the {self.split} split has {len(self)} tokens, "
+                             f"fewer than block_size + 1 = {block_size + 1}")
 
     def batch(self, step: int, block_size: int, batch_size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
         """The random batch number `step`: a pure function of (seed, step)."""
@@ -380,7 +389,7 @@ class TokenShards:
         """Random windows as a tf.data.Dataset of (inputs, targets) int32 [batch, block_size]."""
         import tensorflow as tf
 
-        self._check_block(block_size, batch_size)
+        self.check_block(block_size, batch_size)
         fetch = lambda s: self.batch(int(s), block_size, batch_size, seed)  # noqa: E731
         steps_ds = tf.data.Dataset.range(start_step, start_step + steps if steps else 2**62)
         ds = steps_ds.map(
@@ -394,7 +403,7 @@ class TokenShards:
         """Consecutive non-overlapping windows, in order (for evaluation), as a tf.data.Dataset."""
         import tensorflow as tf
 
-        self._check_block(block_size, batch_size)
+        self.check_block(block_size, batch_size)
         n = (len(self) - 1) // block_size
         tokens = self.window(0, n * block_size + 1)
         x, y = tokens[:-1].reshape(n, block_size), tokens[1:].reshape(n, block_size)

@@ -15,8 +15,8 @@ from __future__ import annotations
 import functools
 
 import tensorflow as tf
-from keras.src.backend.tensorflow import trainer as tf_trainer
 from keras.src import tree
+from keras.src.backend.tensorflow import trainer as tf_trainer
 
 _PATCHED = False
 

@@ -27,6 +27,7 @@ from tf_gpt2.layers import scatter_cache_writes
 from tf_gpt2.model import GPT2
 from tf_gpt2.tokenizer import EOT_ID, GPT2Tokenizer
 
+
 def _prompt(token_ids, length, config):
     """Checked left-padded `Prompt` from right-padded rows: row i's prompt is its first `length[i]` tokens.
 
@@ -113,7 +114,8 @@ class _Serving:
                             pad_id=tf.constant(self.pad_id), **knobs)
         # The cache holds the longest prompt and the largest budget of this batch, no more.
         new_slots = tf.zeros((batch, budget), tf.int32)
-        out = generate_loop(self.model, Prompt(prompt.ids[:, -longest:], prompt.mask[:, -longest:]), new_slots, sampling)
+        prompt = Prompt(prompt.ids[:, -longest:], prompt.mask[:, -longest:])
+        out = generate_loop(self.model, prompt, new_slots, sampling)
         return {"token_ids": out, "length": answer_lengths(out, sampling)}
 
     def generate_text(self, text, max_new_tokens, temperature, top_k, top_p, seed):

@@ -231,7 +231,8 @@ def _as_batch(prompt: Any, tokenizer) -> tuple[list[list[int]], str]:
 
 def _real(name: str, value: Any) -> float:
     """A finite real number (NaN and infinity refused), for a sampling setting."""
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) or not np.isfinite(value):
+    number = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+    if not number or not np.isfinite(value):
         raise ValueError(f"{name} must be a finite number, got {value!r}")
     return float(value)
 
@@ -264,7 +265,8 @@ def _prepare(model, prompt: Any, max_new_tokens: int = 32, temperature: float = 
              seed: int = 0, tokenizer=None) -> _Request:
     """Check every argument and build the left-padded prompt batch the compiled code takes."""
     cfg = model.config
-    has_text = isinstance(prompt, str) or (isinstance(prompt, (list, tuple)) and any(isinstance(p, str) for p in prompt))
+    has_text = isinstance(prompt, str) or (isinstance(prompt, (list, tuple))
+                                           and any(isinstance(p, str) for p in prompt))
     if tokenizer is None and has_text:
         from tf_gpt2.tokenizer import GPT2Tokenizer
 

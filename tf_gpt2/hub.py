@@ -17,7 +17,8 @@ True
 Example (online, or with the repo in the cache):
 >>> from tf_gpt2 import GPT2                                     # doctest: +SKIP
 >>> model = GPT2.from_pretrained("gpt2")                         # doctest: +SKIP
->>> model = GPT2.from_pretrained("openai-community/gpt2", revision="607a30d783dfa663caf39e06633721c8d4cfcd7e")  # doctest: +SKIP
+>>> model = GPT2.from_pretrained("openai-community/gpt2",
+...                              revision="607a30d783dfa663caf39e06633721c8d4cfcd7e")  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -55,8 +56,12 @@ def keras_hub_preset(name: str) -> bool:
 def download(repo_id: str, revision: str | None = None) -> str:
     """The local snapshot directory of a GPT-2 repo on the Hugging Face Hub (downloaded or from the cache)."""
     from huggingface_hub import constants, hf_hub_download, snapshot_download
-    from huggingface_hub.errors import (EntryNotFoundError, LocalEntryNotFoundError, RepositoryNotFoundError,
-                                        RevisionNotFoundError)
+    from huggingface_hub.errors import (
+        EntryNotFoundError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
 
     where = f"Hugging Face repo {repo_id!r}" + (f" at revision {revision!r}" if revision else "")
     try:

@@ -230,7 +230,8 @@ class LiteRTGenerator:
         self.interpreter = Interpreter(**source, num_threads=num_threads)  # None: LiteRT's default
         names = self.interpreter.get_signature_list()
         if "decode" not in names:
-            raise ValueError(f"not a tf_gpt2 on-device model: signatures {sorted(names)}, expected decode and prefill_<T>")
+            raise ValueError(f"not a tf_gpt2 on-device model: signatures {sorted(names)}, "
+                             "expected decode and prefill_<T>")
         self._decode = self.interpreter.get_signature_runner("decode")
         self._prefill = {int(n.split("_")[1]): self.interpreter.get_signature_runner(n)
                          for n in names if n.startswith("prefill_")}
@@ -277,7 +278,8 @@ class LiteRTGenerator:
         if not tokens:
             raise ValueError("no tokens to feed: give at least one")
         if min(tokens) < 0 or max(tokens) >= self.vocab_size:
-            raise ValueError(f"token ids must be in [0, {self.vocab_size}), got min {min(tokens)} and max {max(tokens)}")
+            raise ValueError(f"token ids must be in [0, {self.vocab_size}), "
+                             f"got min {min(tokens)} and max {max(tokens)}")
         if position + len(tokens) > self.cache_length:
             raise ValueError(f"{len(tokens)} tokens at position {position} exceed the exported cache of "
                              f"{self.cache_length} positions")

@@ -196,8 +196,10 @@ class GPT2(keras.Model):
         of the model axis (`GPT2Config(vocab_multiple=64)` makes GPT-2's 50257 rows 50304).
 
         Example (JAX backend):
-        >>> mesh = keras.distribution.DeviceMesh((1, 2), ("batch", "model"), keras.distribution.list_devices())  # doctest: +SKIP
-        >>> distribution = keras.distribution.ModelParallel(layout_map=GPT2.get_layout_map(mesh), batch_dim_name="batch")  # doctest: +SKIP
+        >>> devices = keras.distribution.list_devices()                      # doctest: +SKIP
+        >>> mesh = keras.distribution.DeviceMesh((1, 2), ("batch", "model"), devices)  # doctest: +SKIP
+        >>> layout_map = GPT2.get_layout_map(mesh)                            # doctest: +SKIP
+        >>> distribution = keras.distribution.ModelParallel(layout_map=layout_map)  # doctest: +SKIP
         >>> with distribution.scope():                                        # doctest: +SKIP
         ...     model = GPT2(GPT2Config.from_preset("gpt2-xl"))
         """
@@ -235,7 +237,8 @@ class GPT2(keras.Model):
 
         if self.quantization:
             raise ValueError(f"this model is quantized ({self.quantization}): Hugging Face checkpoints hold float "
-                             "weights. Save the float model before quantize(), or save this one with model.save('x.keras')")
+                             "weights. Save the float model before quantize(), "
+                             "or save this one with model.save('x.keras')")
         save_hf(self, directory)
 
     def with_dtype(self, dtype: str) -> "GPT2":

@@ -96,7 +96,8 @@ class TrainConfig:
         if self.mesh:
             Mesh.parse(self.mesh)
         if self.num_processes is not None and not 0 <= (self.process_id or 0) < self.num_processes:
-            raise ValueError(f"process_id must be in [0, num_processes = {self.num_processes}), got {self.process_id!r}")
+            raise ValueError(f"process_id must be in [0, num_processes = {self.num_processes}), "
+                             f"got {self.process_id!r}")
         if (self.eval_interval * self.grad_accum) % self.steps_per_execution:
             raise ValueError("eval_interval * grad_accum (micro-batches per round) must be a multiple of "
                              "steps_per_execution")

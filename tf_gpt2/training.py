@@ -27,8 +27,8 @@ import numpy as np
 
 from tf_gpt2.checkpoints import assign_weights, checkpoint_tensors
 from tf_gpt2.config import GPT2Config
-from tf_gpt2.devices import Placement, host_array, place_run
 from tf_gpt2.data import MANIFEST, RUN_RECORD, TokenShards, codec, embedded_corpus, prepare, sources_changed
+from tf_gpt2.devices import Placement, host_array, place_run
 from tf_gpt2.files import atomic_write, exclusive, json_writer, read_json
 from tf_gpt2.model import GPT2
 from tf_gpt2.train_config import TrainConfig
@@ -70,9 +70,12 @@ def learning_rate_schedule(cfg: TrainConfig) -> keras.optimizers.schedules.Learn
 def make_optimizer(model: GPT2, cfg: TrainConfig) -> keras.optimizers.AdamW:
     """AdamW; weight decay on matrices and embeddings only (nanoGPT's rule: every weight of
     rank >= 2), never on biases, LayerNorm parameters or residual scales."""
+    # One clip in one place: on TensorFlow `clip_by_global_norm` replaces Keras' clip of each replica's part; on
+    # JAX the gradient is whole (one program over all devices) and Keras' own `global_clipnorm` clips it.
+    on_jax = keras.backend.backend() == "jax"
     optimizer = keras.optimizers.AdamW(
         learning_rate=learning_rate_schedule(cfg), weight_decay=cfg.weight_decay,
-        beta_1=cfg.beta_1, beta_2=cfg.beta_2, global_clipnorm=cfg.grad_clip or None,
+        beta_1=cfg.beta_1, beta_2=cfg.beta_2, global_clipnorm=(cfg.grad_clip or None) if on_jax else None,
         gradient_accumulation_steps=cfg.grad_accum if cfg.grad_accum > 1 else None,
     )
     optimizer.exclude_from_weight_decay(var_list=[v for v in model.trainable_variables if len(v.shape) < 2])
@@ -221,14 +224,15 @@ class RoundMetrics(keras.callbacks.Callback):
 
 
 class SaveCheckpoint(keras.callbacks.Callback):
-    """After each round: model + optimizer state to `path`, atomically, unless the loss went bad."""
+    """After each round: model + optimizer state to `path`, atomically, unless the loss went bad (a round's loss
+    is the mean of its steps': one non-finite step makes it non-finite)."""
 
-    def __init__(self, path: str, round_end: Callable[[int], int], nan_guard: StopOnNaN, write: bool = True):
+    def __init__(self, path: str, round_end: Callable[[int], int], write: bool = True):
         super().__init__()
-        self.path, self.round_end, self.nan_guard, self.write = path, round_end, nan_guard, write
+        self.path, self.round_end, self.write = path, round_end, write
 
     def on_epoch_end(self, epoch, logs=None):
-        if self.nan_guard.bad_loss is None and math.isfinite(float((logs or {}).get("loss", 0.0))):
+        if math.isfinite(float((logs or {}).get("loss", 0.0))):
             save_checkpoint(self.model, self.path, self.round_end(epoch), self.write)
 
 
@@ -348,7 +352,7 @@ def train(cfg: TrainConfig) -> tuple[GPT2, dict[str, list[float]]]:
 def _train(cfg: TrainConfig, placement: Placement) -> tuple[GPT2, dict[str, list[float]]]:
     data_dir = prepared_data(cfg)
     train_data, val_data = TokenShards(data_dir, "train"), TokenShards(data_dir, "val")
-    train_data._check_block(cfg.block_size, cfg.batch_size)
+    train_data.check_block(cfg.block_size, cfg.batch_size)
     checkpoint = os.path.join(cfg.out, CHECKPOINT)
     identity = run_identity(cfg, data_dir)
     keras.utils.set_random_seed(cfg.seed)
@@ -358,8 +362,8 @@ def _train(cfg: TrainConfig, placement: Placement) -> tuple[GPT2, dict[str, list
         if os.path.exists(checkpoint):
             check_resume(cfg, identity)
         optimizer = make_optimizer(model, cfg)
-        # On JAX the gradient is whole (one program over all devices): Keras' own global_clipnorm clips it.
-        gradient_norm = clip_by_global_norm(optimizer, cfg.grad_clip) if keras.backend.backend() == "tensorflow" else None
+        on_tensorflow = keras.backend.backend() == "tensorflow"  # see make_optimizer
+        gradient_norm = clip_by_global_norm(optimizer, cfg.grad_clip) if on_tensorflow else None
         model.compile(  # a mixed_float16 model gets Keras' loss scaling here
             optimizer=optimizer,
             loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
@@ -400,7 +404,7 @@ def _fit(cfg: TrainConfig, model: GPT2, start: int, train_data: TokenShards, val
               file=sys.stderr)
     nan_guard = StopOnNaN()
     callbacks = [Throughput(cfg.batch_size * cfg.block_size), nan_guard, RoundMetrics(),
-                 SaveCheckpoint(checkpoint, round_end, nan_guard, write=placement.is_chief)]
+                 SaveCheckpoint(checkpoint, round_end, write=placement.is_chief)]
     if gradient_norm is not None:
         callbacks.insert(1, LogGradientNorm(gradient_norm))
     if cfg.sample_tokens and cfg.strategy is None and placement.processes == 1:  # a sample is one process's work
@@ -412,7 +416,8 @@ def _fit(cfg: TrainConfig, model: GPT2, start: int, train_data: TokenShards, val
         log_dir = os.path.join(cfg.out, "logs", "samples") if cfg.tensorboard else None
         callbacks.append(TextSample(prompt_ids or [0], cfg.sample_tokens, decode, round_end, log_dir, cfg.verbose))
     if cfg.tensorboard and placement.is_chief:
-        callbacks.append(keras.callbacks.TensorBoard(os.path.join(cfg.out, "logs"), update_freq=cfg.steps_per_execution))
+        logs = os.path.join(cfg.out, "logs")
+        callbacks.append(keras.callbacks.TensorBoard(logs, update_freq=cfg.steps_per_execution))
     # --steps counts optimizer steps whatever the interval. Keras' rounds ("epochs") of one fit all have one
     # length, so the rounds left are run as one fit per run of equal lengths.
     pending = [(k, end - max(start, ends[k - 1] if k else 0)) for k, end in enumerate(ends) if end > start]
@@ -433,7 +438,8 @@ def _fit(cfg: TrainConfig, model: GPT2, start: int, train_data: TokenShards, val
         start = ends[rounds[-1]]
     if nan_guard.bad_loss is not None:
         batch, loss = nan_guard.bad_loss
-        kept = f"the last good checkpoint is {checkpoint}" if os.path.exists(checkpoint) else "no checkpoint was written"
+        kept = (f"the last good checkpoint is {checkpoint}" if os.path.exists(checkpoint)
+                else "no checkpoint was written")
         raise FloatingPointError(f"training stopped: the loss became {loss} (batch {batch} of its round); {kept}. "
                                  "Try a lower --learning-rate, --grad-clip 1, or float32 precision")
     return history
