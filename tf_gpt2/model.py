@@ -60,8 +60,9 @@ class GPT2(keras.Model):
         self.config = cfg = config
         init = keras.initializers.RandomNormal(stddev=cfg.initializer_range)
         policy = self.dtype_policy  # e.g. GPT2(cfg, dtype="mixed_bfloat16"); every sublayer gets it
-        self.wte = keras.layers.Embedding(cfg.padded_vocab_size, cfg.n_embd, embeddings_initializer=init, name="wte",
-                                          dtype=policy)
+        # The token embedding is also the LM head (tied weights): Keras' ReversibleEmbedding, reverse=True.
+        self.wte = keras.layers.ReversibleEmbedding(cfg.padded_vocab_size, cfg.n_embd, embeddings_initializer=init,
+                                                    name="wte", dtype=policy)
         self.wpe = keras.layers.Embedding(cfg.n_positions, cfg.n_embd, embeddings_initializer=init, name="wpe",
                                           dtype=policy)
         self.drop = keras.layers.Dropout(cfg.dropout, dtype=policy)
@@ -125,12 +126,7 @@ class GPT2(keras.Model):
 
     def _lm_head(self, x):
         """Tied LM head: the output projection reuses the token embedding matrix; float32 logits."""
-        mode = self.wte.quantization_mode
-        if mode not in (None, "int8"):
-            raise NotImplementedError(f"the tied LM head reads float or int8 embeddings, not {mode!r} ones")
-        logits = ops.matmul(x, ops.transpose(ops.cast(self.wte.embeddings, x.dtype)))
-        if mode == "int8":  # Keras' int8 embedding: row v is stored as round(w_v * scale_v)
-            logits = logits / ops.cast(self.wte.embeddings_scale, logits.dtype)
+        logits = self.wte(x, reverse=True)
         if self.config.padded_vocab_size != self.config.vocab_size:  # padding rows are not tokens
             logits = logits[..., : self.config.vocab_size]
         return ops.cast(logits, "float32")
