@@ -74,28 +74,12 @@ def update_slots(buffer, updates, index):
 
 
 def write_cache(cache: dict, key, value, index):
-    """Write this step's `key`/`value` [batch, n_head, time, head_dim] into `cache` at position `index`.
+    """`cache` with this step's `key`/`value` [batch, n_head, time, head_dim] written at position `index`.
 
-    Returns `(cache, ok)`, ok bool [batch, 1, 1, 1]. A row's write that would not lie inside the cache (a
-    negative index, or past its end) or that holds non-finite values is not made: the slots it would have
-    overwritten keep their contents and its `ok` is False. Compiled code cannot raise, so this keeps a bad
-    step from corrupting the state of a conversation (or of the other rows of its batch).
+    The callers (generate, the served and on-device signatures) pass only positions inside the cache.
     """
-    length, time = ops.shape(cache["key"])[2], ops.shape(key)[2]
-    index = ops.cast(index, "int32")
-    finite = lambda t: ops.all(ops.abs(ops.cast(t, "float32")) <= 3.4e38, axis=(1, 2, 3), keepdims=True)  # noqa: E731
-    ok = ops.logical_and(ops.logical_and(index >= 0, index + time <= length),
-                         ops.logical_and(finite(key), finite(value)))  # NaN compares False
-    first = ops.clip(index, 0, ops.maximum(length - time, 0))
-    # The old contents are gathered, not sliced: TF's XLA bridge needs a slice's start at compile time,
-    # so a decode step would be compiled again for each new index.
-    slots = first + ops.arange(time, dtype="int32")
-    updated = {}
-    for name, new in (("key", key), ("value", value)):
-        new = ops.cast(new, cache[name].dtype)
-        old = ops.take(cache[name], slots, axis=2)
-        updated[name] = update_slots(cache[name], ops.where(ok, new, old), first)
-    return updated, ok
+    return {name: update_slots(cache[name], ops.cast(new, cache[name].dtype), ops.cast(index, "int32"))
+            for name, new in (("key", key), ("value", value))}
 
 
 @keras.saving.register_keras_serializable(package="tf_gpt2")
@@ -190,17 +174,13 @@ class CausalSelfAttention(keras.layers.Layer):
             return self.resid_dropout(self.c_proj(ops.reshape(y, (batch, time, self.n_embd))), training=training), None
 
         q, k, v = (ops.transpose(t, (0, 2, 1, 3)) for t in (q, k, v))  # [B, H, T, Dh]
-        written = None
         if cache is not None:  # decoding: write this step's keys/values, attend over the whole cache
-            cache, written = write_cache(cache, k, v, cache_index)
+            cache = write_cache(cache, k, v, cache_index)
             k, v = ops.cast(cache["key"], q.dtype), ops.cast(cache["value"], q.dtype)
         probs = self._probabilities(q, k, attention_mask, cache_index, attention_bias)
         y = ops.matmul(self.attn_dropout(ops.cast(probs, v.dtype), training=training), v)
         y = ops.reshape(ops.transpose(y, (0, 2, 1, 3)), (batch, time, self.n_embd))  # merge heads
-        y = self.resid_dropout(self.c_proj(y), training=training)
-        if written is not None:  # a row whose keys/values could not be written has no valid output
-            y = ops.where(written[:, :, :, 0], y, ops.cast(float("nan"), y.dtype))
-        return y, cache
+        return self.resid_dropout(self.c_proj(y), training=training), cache
 
     def attention_probs(self, x, attention_mask=None):
         """The attention probabilities of `x` [batch, n_head, time, time]: who attends to whom."""

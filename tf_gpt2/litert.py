@@ -67,8 +67,23 @@ class _Signatures:
 
     def _run(self, tokens, input_pos, mask, caches, with_logits: bool):
         cache = [{"key": caches[2 * i], "value": caches[2 * i + 1]} for i in range(len(caches) // 2)]
-        logits, cache = self.model.call_with_cache(
-            tokens, cache, input_pos[0], position_ids=input_pos[None, :], attention_bias=mask, logits_at=0)
+        cfg, time, length = self.model.config, tf.shape(tokens)[1], tf.shape(caches[0])[2]
+        # Ids and positions come from the runtime or an app, and a graph cannot raise: a call whose ids lie
+        # outside the vocabulary or whose slots lie outside the cache runs nothing. It returns NaN logits and the
+        # cache as it was (a clamped write would overwrite a conversation's first or last entries).
+        valid = tf.reduce_all([tf.reduce_all((tokens >= 0) & (tokens < cfg.vocab_size)),
+                               tf.reduce_all((input_pos >= 0) & (input_pos < cfg.n_positions)),
+                               input_pos[0] >= 0, input_pos[0] + time <= length])
+
+        def run():
+            logits, new = self.model.call_with_cache(tokens, cache, input_pos[0], position_ids=input_pos[None, :],
+                                                     attention_bias=mask, logits_at=0)
+            return logits, new
+
+        def refuse():
+            return tf.fill([1, cfg.vocab_size], float("nan")), cache
+
+        logits, cache = tf.cond(valid, run, refuse)
         outputs = {}
         for i, layer in enumerate(cache):
             outputs[f"kv_cache_k_{i}"], outputs[f"kv_cache_v_{i}"] = layer["key"], layer["value"]

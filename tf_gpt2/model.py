@@ -115,14 +115,7 @@ class GPT2(keras.Model):
     # -- the forward pass ------------------------------------------------------------------------
     def embed(self, token_ids, position_ids, training=None):
         """Token + position embeddings: the residual stream the blocks read and add to."""
-        x = self.drop(self.wte(token_ids) + self.wpe(position_ids), training=training)
-        # Compiled code (fit, XLA, SavedModel, LiteRT) cannot raise on values: an id or position outside
-        # the tables would gather a clamped or wrapped row and answer as if it were another token. Such a
-        # position's hidden state is NaN instead, so its logits (and loss) are NaN, never plausible.
-        in_range = lambda t, n: ops.logical_and(t >= 0, t < n)  # noqa: E731
-        valid = ops.logical_and(in_range(token_ids, self.config.vocab_size),
-                                in_range(position_ids, self.config.n_positions))
-        return ops.where(valid[..., None], x, ops.cast(float("nan"), x.dtype))
+        return self.drop(self.wte(token_ids) + self.wpe(position_ids), training=training)
 
     def _lm_head(self, x):
         """Tied LM head: the output projection reuses the token embedding matrix; float32 logits."""
