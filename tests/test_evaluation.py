@@ -145,7 +145,7 @@ def test_a_character_model_is_scored_on_its_own_characters():
     from tf_gpt2.data import char_codec
 
     chars = list("abc \n")
-    model = GPT2(GPT2Config(vocab_size=len(chars), n_positions=16, n_embd=16, n_layer=1, n_head=2), characters=chars)
+    model = GPT2(GPT2Config(vocab_size=len(chars), n_positions=16, n_embd=16, n_layer=1, n_head=2, characters=chars))
     text = "abc cab\nba"
     by_text = evaluate(model, text, context=8, stride=4)
     by_ids = evaluate(model, char_codec(chars)[0](text), context=8, stride=4)

@@ -110,7 +110,7 @@ def test_text_in_text_out_and_cli(capsys, tmp_path):
     assert cli_main(["generate", "ROMEO:", "--model", saved, "--max-new-tokens", "20", "--temperature", "0.8"]) == 0
     written = capsys.readouterr().out
     assert written.startswith("ROMEO:") and written.endswith("\n") and len(written) - 1 == len("ROMEO:") + 20
-    assert set(written) <= set(GPT2.from_pretrained(saved).characters)
+    assert set(written) <= set(GPT2.from_pretrained(saved).config.characters)
     assert cli_main(["generate", "Hi", "--max-new-tokens", "3", "--random-init", "gpt2-tiny"]) == 0
     assert capsys.readouterr().out.startswith("Hi")
     assert cli_main(["generate", "Hi", "--top-p", "2", "--random-init", "gpt2-tiny"]) == 2

@@ -143,9 +143,12 @@ def test_ids_are_checked_where_they_enter_and_compiled_code_clamps_as_the_readme
 
 def test_a_character_model_carries_its_vocabulary_through_save_and_load(tmp_path):
     chars = [chr(ord("a") + i) for i in range(26)]
-    model = GPT2(GPT2Config.from_preset("gpt2-tiny", vocab_size=26, n_positions=16), characters=chars)
+    model = GPT2(GPT2Config.from_preset("gpt2-tiny", vocab_size=26, n_positions=16, characters=chars))
     model.save(tmp_path / "c.keras")
-    assert keras.models.load_model(tmp_path / "c.keras").characters == chars
-    assert model.with_dtype("mixed_bfloat16").characters == chars
-    with pytest.raises(ValueError, match="3 characters for a vocabulary of 26 tokens"):
-        GPT2(model.config, characters=["a", "b", "c"])
+    assert keras.models.load_model(tmp_path / "c.keras").config.characters == chars
+    assert model.with_dtype("mixed_bfloat16").config.characters == chars
+    with pytest.raises(ValueError, match=r"characters must be 26 strings \(vocab_size\), got 3"):
+        GPT2Config.from_preset("gpt2-tiny", vocab_size=26, characters=["a", "b", "c"])
+    # A file written when the model, not its config, held the characters still loads with them.
+    old = {**model.get_config(), "config": {**model.config.to_dict(), "characters": None}, "characters": chars}
+    assert GPT2.from_config(old).config.characters == chars

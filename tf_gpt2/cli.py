@@ -155,10 +155,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def _text_codec(model):
     """(encode, decode, end-of-text id or None) for the model's vocabulary: its characters, or GPT-2's BPE."""
-    if model.characters is not None:
+    if model.config.characters is not None:
         from tf_gpt2.data import char_codec
 
-        return (*char_codec(model.characters), None)
+        return (*char_codec(model.config.characters), None)
     from tf_gpt2 import GPT2Tokenizer
 
     tok = GPT2Tokenizer()

@@ -47,6 +47,9 @@ class GPT2Config:
     # Round the token embedding up to a multiple of this (64 or 128 tile matmuls better, e.g. 50257 -> 50304);
     # the extra rows never appear in logits or checkpoints.
     vocab_multiple: int = 1
+    # A character-level model's vocabulary (token i is characters[i]), so whoever loads it can read and write its
+    # text; None for the GPT-2 BPE.
+    characters: list[str] | None = None
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head", "vocab_multiple"):
@@ -62,6 +65,11 @@ class GPT2Config:
             )
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"GPT2Config.dropout must be in [0, 1), got {self.dropout!r}")
+        if self.characters is not None:
+            self.characters = list(self.characters)
+            if len(self.characters) != self.vocab_size or not all(isinstance(c, str) for c in self.characters):
+                raise ValueError(f"GPT2Config.characters must be {self.vocab_size} strings (vocab_size), got "
+                                 f"{len(self.characters)}")
         if self.norm_position not in NORM_POSITIONS:
             raise ValueError(
                 f"GPT2Config.norm_position must be one of {NORM_POSITIONS}, got {self.norm_position!r}"

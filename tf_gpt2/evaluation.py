@@ -95,11 +95,11 @@ def evaluate(model, text: str | Sequence[int], tokenizer: GPT2Tokenizer | None =
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if detokenize not in DETOKENIZERS:
         raise ValueError(f"unknown detokenizer {detokenize!r}; choose one of {sorted(DETOKENIZERS)}")
-    if isinstance(text, str) and getattr(model, "characters", None) is not None:  # as `generate` reads it
+    if isinstance(text, str) and model.config.characters is not None:  # as `generate` reads it
         from tf_gpt2.data import char_codec
 
         text = DETOKENIZERS[detokenize](text)  # no end-of-text token: the first character is the first context
-        ids, n_bytes = char_codec(model.characters)[0](text), len(text[1:].encode("utf-8"))
+        ids, n_bytes = char_codec(model.config.characters)[0](text), len(text[1:].encode("utf-8"))
     elif isinstance(text, str):
         text = DETOKENIZERS[detokenize](text)
         tokenizer = tokenizer or GPT2Tokenizer()

@@ -48,8 +48,7 @@ class GPT2(keras.Model):
     (1, 3, 100)
     """
 
-    def __init__(self, config: GPT2Config | dict | None = None, quantization: str | None = None,
-                 characters: list[str] | None = None, **kwargs):
+    def __init__(self, config: GPT2Config | dict | None = None, quantization: str | None = None, **kwargs):
         super().__init__(**kwargs)
         if config is None:
             config = GPT2Config()
@@ -74,11 +73,6 @@ class GPT2(keras.Model):
                   for i in range(cfg.n_layer)]
         self.ln_f = keras.layers.LayerNormalization(epsilon=cfg.layer_norm_epsilon, name="ln_f", dtype=policy)
         self.build((None, None))  # create all weights now, so checkpoints load before a first call
-        # A character-level model carries its vocabulary (token i is characters[i]), so whoever loads it can
-        # encode and decode text; None for the GPT-2 BPE.
-        if characters is not None and len(characters) != cfg.vocab_size:
-            raise ValueError(f"{len(characters)} characters for a vocabulary of {cfg.vocab_size} tokens")
-        self.characters = None if characters is None else list(characters)
         self.quantization = None
         if quantization:  # a reloaded quantized model: make the quantized variables its weights load into
             self.quantize(quantization)
@@ -234,7 +228,7 @@ class GPT2(keras.Model):
         """This model's weights in a GPT2 of dtype policy `dtype` (this model when it already has it)."""
         if self.dtype_policy.name == dtype:
             return self
-        model = GPT2(self.config, dtype=dtype, characters=self.characters)
+        model = GPT2(self.config, dtype=dtype)
         model.set_weights(self.get_weights())
         return model
 
@@ -250,9 +244,12 @@ class GPT2(keras.Model):
         self.quantization = mode
 
     def get_config(self):
-        return {**super().get_config(), "config": self.config.to_dict(), "quantization": self.quantization,
-                "characters": self.characters}
+        return {**super().get_config(), "config": self.config.to_dict(), "quantization": self.quantization}
 
     @classmethod
     def from_config(cls, config):
+        config = dict(config)
+        if config.get("characters") is not None:  # a file saved when the model, not its config, held them
+            config["config"] = {**config["config"], "characters": config["characters"]}
+        config.pop("characters", None)
         return cls(**config)

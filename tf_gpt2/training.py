@@ -96,7 +96,7 @@ def enable_lora(model: GPT2, rank: int) -> None:
 def inference_model(model: GPT2) -> GPT2:
     """The trained weights in a fresh, uncompiled GPT2 of the same policy: LoRA adapters merged into their
     kernels, no optimizer state (a third of a trained model's `.keras` size). Resuming uses the checkpoint."""
-    fresh = GPT2(model.config, dtype=model.dtype_policy.name, characters=model.characters)
+    fresh = GPT2(model.config, dtype=model.dtype_policy.name)
     return assign_weights(fresh, checkpoint_tensors(model), "the trained model")
 
 
@@ -285,9 +285,10 @@ def build_model(cfg: TrainConfig, manifest: dict, placement: Placement | None = 
             raise ValueError(f"--init-from model has {model.config.vocab_size} tokens, the data needs {vocab_size}")
         model = model.with_dtype(cfg.precision)
     else:
-        config = GPT2Config.from_preset(cfg.preset, **{"vocab_size": vocab_size, **cfg.model})
+        config = GPT2Config.from_preset(cfg.preset, **{"vocab_size": vocab_size, "characters": manifest.get("chars"),
+                                                       **cfg.model})
         check(config)
-        model = GPT2(config, dtype=cfg.precision, characters=manifest.get("chars"))
+        model = GPT2(config, dtype=cfg.precision)
     if cfg.block_size > model.config.n_positions:
         raise ValueError(f"block_size {cfg.block_size} exceeds the model's context of {model.config.n_positions}")
     if cfg.lora_rank:
