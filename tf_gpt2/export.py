@@ -21,6 +21,7 @@ import os
 import keras
 import tensorflow as tf
 
+from tf_gpt2.checks import is_integer
 from tf_gpt2.files import atomic_write, bytes_writer
 from tf_gpt2.generation import Prompt, Sampling, answer_lengths, generate_loop, pad_id, positions_from_mask
 from tf_gpt2.layers import scatter_cache_writes
@@ -174,7 +175,7 @@ def export_saved_model(model: GPT2, base_dir: str, version: int | None = None, m
     max_text_bytes = max_text_bytes or 8 * model.config.n_positions
     for name, value in (("max_new_tokens_limit", max_new_tokens_limit), ("max_text_bytes", max_text_bytes),
                         ("max_word_bytes", max_word_bytes), ("version", 1 if version is None else version)):
-        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:  # TF Serving loads versions >= 1
+        if not is_integer(value) or value <= 0:  # TF Serving loads versions >= 1
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
     module = _Serving(model, min(max_new_tokens_limit, model.config.n_positions), max_text_bytes, max_word_bytes)
     i32, f32 = tf.int32, tf.float32

@@ -17,6 +17,7 @@ from typing import Any, Iterator, NamedTuple, Sequence
 import numpy as np
 from keras import ops
 
+from tf_gpt2.checks import is_integer
 from tf_gpt2.tokenizer import EOT_ID
 from tf_gpt2.xla import compiled
 
@@ -231,14 +232,14 @@ def _as_batch(prompt: Any, tokenizer) -> tuple[list[list[int]], str]:
 
 def _real(name: str, value: Any) -> float:
     """A finite real number (NaN and infinity refused), for a sampling setting."""
-    number = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+    number = is_integer(value) or isinstance(value, (float, np.floating))
     if not number or not np.isfinite(value):
         raise ValueError(f"{name} must be a finite number, got {value!r}")
     return float(value)
 
 
 def _integer(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+    if not is_integer(value):
         raise ValueError(f"{name} must be an integer, got {value!r}")
     return int(value)
 
@@ -274,7 +275,7 @@ def _prepare(model, prompt: Any, max_new_tokens: int = 32, temperature: float = 
     batch, form = _as_batch(prompt, tokenizer)
     if any(len(p) == 0 for p in batch):
         raise ValueError("prompt is empty: give at least one token")
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens <= 0:
+    if not is_integer(max_new_tokens) or max_new_tokens <= 0:
         raise ValueError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
     longest = max(len(p) for p in batch)
     if longest + max_new_tokens > cfg.n_positions:

@@ -24,6 +24,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tf_gpt2.checks import is_integer
 from tf_gpt2.files import atomic_write, work_dir
 from tf_gpt2.formats import QUANTIZATIONS
 from tf_gpt2.model import GPT2
@@ -48,11 +49,10 @@ def _check_options(model: GPT2, cache_length: int | None, prefill_lengths: Seque
     check_quantization(quantize)
     n_positions = model.config.n_positions
     cache_length = n_positions if cache_length is None else cache_length
-    if isinstance(cache_length, bool) or not isinstance(cache_length, (int, np.integer)) \
-            or not 0 < cache_length <= n_positions:
+    if not is_integer(cache_length) or not 0 < cache_length <= n_positions:
         raise ValueError(f"cache_length must be an integer in [1, {n_positions}] (n_positions), got {cache_length!r}")
     lengths = default_prefill_lengths(cache_length) if prefill_lengths is None else tuple(prefill_lengths)
-    if not lengths or any(isinstance(t, bool) or not isinstance(t, (int, np.integer)) or t <= 0 for t in lengths):
+    if not lengths or any(not is_integer(t) or t <= 0 for t in lengths):
         raise ValueError(f"prefill_lengths must be positive integers, got {prefill_lengths!r}")
     if max(lengths) > cache_length:
         raise ValueError(f"prefill length {max(lengths)} exceeds cache_length {cache_length}")

@@ -8,24 +8,12 @@ import warnings
 from typing import Any
 
 import keras
-import numpy as np
 from keras import ops
 
+from tf_gpt2.checks import check_token_ids
 from tf_gpt2.config import GPT2Config
 from tf_gpt2.layers import TransformerBlock
 from tf_gpt2.variants import VariantBlock
-
-
-def _known_values(x) -> np.ndarray | None:
-    """x as numpy when its values are known now; None inside a traced (compiled) function."""
-    if isinstance(x, np.ndarray):
-        return x
-    if keras.backend.is_keras_tensor(x):
-        return None
-    try:
-        return ops.convert_to_numpy(x)
-    except Exception:  # a symbolic tf.Tensor or a jax tracer: values are not known yet
-        return None
 
 
 @keras.saving.register_keras_serializable(package="tf_gpt2")
@@ -43,6 +31,7 @@ class GPT2(keras.Model):
     Returns float32 logits [batch, time, vocab_size].
 
     Example:
+    >>> import numpy as np
     >>> model = GPT2(GPT2Config.from_preset("gpt2-tiny", vocab_size=100))
     >>> tuple(model(np.array([[1, 2, 3]])).shape)
     (1, 3, 100)
@@ -88,24 +77,6 @@ class GPT2(keras.Model):
         self.ln_f.build(hidden)
         self.built = True
 
-    # -- input checks: clear errors instead of failures deep inside the backend --------------
-    def _check_token_ids(self, token_ids, max_len: int) -> None:
-        dtype = keras.backend.standardize_dtype(token_ids.dtype)
-        if "int" not in dtype:
-            raise TypeError(f"token_ids must be integers, got dtype {dtype}")
-        if len(token_ids.shape) != 2:
-            raise ValueError(f"token_ids must have shape [batch, time], got shape {tuple(token_ids.shape)}")
-        time = token_ids.shape[1]
-        if 0 in token_ids.shape:
-            raise ValueError(f"token_ids is empty (shape {tuple(token_ids.shape)})")
-        if time is not None and time > max_len:
-            raise ValueError(f"sequence length {time} exceeds the context of {max_len} positions (n_positions)")
-        values = _known_values(token_ids)
-        if values is not None and values.size and (values.min() < 0 or values.max() >= self.config.vocab_size):
-            raise ValueError(
-                f"token ids must be in [0, {self.config.vocab_size}), got min {values.min()} and max {values.max()}"
-            )
-
     # -- the forward pass ------------------------------------------------------------------------
     def embed(self, token_ids, position_ids, training=None):
         """Token + position embeddings: the residual stream the blocks read and add to."""
@@ -119,7 +90,7 @@ class GPT2(keras.Model):
         return ops.cast(logits, "float32")
 
     def call(self, token_ids, attention_mask=None, position_ids=None, training=None):
-        self._check_token_ids(token_ids, self.config.n_positions)
+        check_token_ids(token_ids, self.config.vocab_size, self.config.n_positions)  # where ids enter, eagerly
         if position_ids is None:
             position_ids = ops.arange(ops.shape(token_ids)[1], dtype="int32")[None, :]
         x = self.embed(token_ids, position_ids, training)
@@ -150,7 +121,7 @@ class GPT2(keras.Model):
         last prompt position, and the LM head is the largest matmul of a step.
         """
         max_length = cache[0]["key"].shape[2]
-        self._check_token_ids(token_ids, max_length if max_length is not None else self.config.n_positions)
+        check_token_ids(token_ids, self.config.vocab_size, max_length or self.config.n_positions)
         if position_ids is None:
             position_ids = (ops.arange(ops.shape(token_ids)[1], dtype="int32") + ops.cast(cache_index, "int32"))[None]
         x = self.embed(token_ids, position_ids)
