@@ -103,14 +103,17 @@ def test_layers_compile_with_xla():
 
 
 def test_fused_attention_equals_the_written_out_attention():
-    """The plain call (keras.ops.dot_product_attention) and the written-out path (taken with a cache or an additive
-    bias: a zero bias changes nothing but the path) agree."""
+    """The plain call (keras.ops.dot_product_attention) and the written-out path (taken with a cache: one as long
+    as the input changes nothing but the path) agree, causal alone and with left padding."""
+    from tf_gpt2.layers import causal_mask
+
     keras.utils.set_random_seed(3)
     attn = CausalSelfAttention(n_embd=48, n_head=4)
     x = keras.random.normal((3, 7, 48))
-    mask = np.array([[1] * 7, [0, 0, 1, 1, 1, 1, 1], [0] * 6 + [1]], np.int32)  # left padding, as generate uses
-    for attention_mask in (None, mask):
-        fused = np.asarray(attn(x, attention_mask=attention_mask)[0])
-        explicit, _ = attn(x, attention_mask=attention_mask, attention_bias=np.zeros((3, 1, 7, 7), np.float32))
-        rows = mask.astype(bool) if attention_mask is not None else np.ones((3, 7), bool)  # padding rows: don't care
+    padding = np.array([[1] * 7, [0, 0, 1, 1, 1, 1, 1], [0] * 6 + [1]], np.int32)  # left padding, as generate uses
+    cache = {"key": np.zeros((3, 4, 7, 12), np.float32), "value": np.zeros((3, 4, 7, 12), np.float32)}
+    for visible in (None, causal_mask(7, 7, visible=padding)):
+        fused = np.asarray(attn(x, visible=visible)[0])
+        explicit, _ = attn(x, visible=visible, cache=cache, cache_index=0)
+        rows = padding.astype(bool) if visible is not None else np.ones((3, 7), bool)  # padding rows: don't care
         assert np.abs(fused - np.asarray(explicit))[rows].max() <= 1e-5

@@ -18,6 +18,7 @@ import numpy as np
 from keras import ops
 
 from tf_gpt2.checks import is_integer
+from tf_gpt2.layers import causal_mask
 from tf_gpt2.tokenizer import EOT_ID
 from tf_gpt2.xla import compiled
 
@@ -143,7 +144,8 @@ def prefill(model, prompt: Prompt, new_slots) -> DecodeState:
     batch, time, budget = ops.shape(prompt.ids)[0], ops.shape(prompt.ids)[1], ops.shape(new_slots)[1]
     mask = ops.concatenate([prompt.mask, ops.ones((batch, budget), "int32")], axis=1)
     cache = model.init_cache(batch, time + budget)
-    logits, cache = model.call_with_cache(prompt.ids, cache, 0, mask, positions_from_mask(prompt.mask),
+    logits, cache = model.call_with_cache(prompt.ids, cache, 0, causal_mask(time, time + budget, 0, mask),
+                                          positions_from_mask(prompt.mask),
                                           logits_at=time - 1)  # left-padded: every row ends at the last column
     return DecodeState(
         step=ops.zeros((), "int32"), done=ops.zeros((batch,), "bool"), logits=logits, cache=cache,
@@ -162,8 +164,9 @@ def decode_step(model, state: DecodeState, sampling: Sampling) -> DecodeState:
     # A row that is done keeps running with the others (its tokens are pad_id); position 0 keeps it inside the
     # context while a longer row of the batch goes on.
     position = ops.where(state.done, 0, state.lengths + state.step)
-    logits, cache = model.call_with_cache(token[:, None], state.cache, slot, state.mask, position[:, None],
-                                          logits_at=0)
+    logits, cache = model.call_with_cache(token[:, None], state.cache, slot,
+                                          causal_mask(1, ops.shape(state.mask)[1], slot, state.mask),
+                                          position[:, None], logits_at=0)
     return state._replace(
         step=state.step + 1,
         done=ops.any(ops.stack([state.done, _is_stop(token, sampling.stop_ids),

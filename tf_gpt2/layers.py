@@ -33,11 +33,13 @@ def _dense(units: int, stddev: float, name: str, dtype) -> keras.layers.Dense:
     )
 
 
-def causal_mask(query_len, key_len, query_offset=0):
-    """Boolean [query_len, key_len]: query i (at absolute position offset+i) may see key j <= offset+i."""
+def causal_mask(query_len, key_len, query_offset=0, visible=None):
+    """Boolean [batch or 1, 1, query_len, key_len], attention's one mask: query i (at cache slot offset+i) may see
+    key j <= offset+i, and only the keys `visible` (int/bool [batch, key_len], 0 for padding) when given."""
     query_pos = ops.arange(query_len, dtype="int32")[:, None] + ops.cast(query_offset, "int32")
     key_pos = ops.arange(key_len, dtype="int32")[None, :]
-    return key_pos <= query_pos
+    mask = (key_pos <= query_pos)[None, None]
+    return mask if visible is None else ops.logical_and(mask, ops.cast(visible, "bool")[:, None, None, :])
 
 
 # How a step's keys/values are written into the cache. Compiled code (generate under XLA, the LiteRT
@@ -89,8 +91,8 @@ class CausalSelfAttention(keras.layers.Layer):
     One fused projection `c_attn` makes queries, keys and values for all heads; the
     heads attend independently; `c_proj` mixes them back into the residual stream.
     A plain call attends through `keras.ops.dot_product_attention` (a fused kernel: cuDNN
-    flash attention on a GPU under JAX); decoding with a cache, attention maps, an additive
-    bias and attention dropout use the written-out softmax(q·kᵀ/√d + mask)·v below it.
+    flash attention on a GPU under JAX); decoding with a cache and attention dropout use the
+    written-out softmax(q·kᵀ/√d + mask)·v below it.
 
     Args:
         n_embd: width of the residual stream.
@@ -101,12 +103,11 @@ class CausalSelfAttention(keras.layers.Layer):
 
     Call arguments:
         x: float [batch, time, n_embd].
-        attention_mask: optional [batch, key_len], 1 for tokens to attend to, 0 for padding.
+        visible: optional bool [batch or 1, 1, time, key_len], True where a query may attend to a key
+            (`causal_mask` builds it); default: causal over `x`. With a cache, key_len is the cache's length.
         cache: optional dict `{"key": k, "value": v}`, each [batch, n_head, max_len, head_dim],
             the keys/values of earlier steps; this step's are written at `cache_index`.
         cache_index: position in the cache of the first token of `x`.
-        attention_bias: optional float [batch, 1, time, key_len] added to the scores (an
-            on-device runtime's additive mask: 0 where allowed, a large negative number where not).
 
     Returns `(y, cache)`: y float [batch, time, n_embd], and the updated cache (None without one).
     `attention_probs(x)` gives the attention probabilities [batch, n_head, time, time] instead.
@@ -151,41 +152,35 @@ class CausalSelfAttention(keras.layers.Layer):
         shape = (ops.shape(x)[0], ops.shape(x)[1], self.n_head, self.head_dim)
         return tuple(ops.reshape(t, shape) for t in ops.split(self.c_attn(x), 3, axis=-1))
 
-    def _probabilities(self, q, k, attention_mask, query_offset, attention_bias):
+    def _probabilities(self, q, k, visible):
         """softmax(q·kᵀ/√d + mask) [batch, n_head, q_len, k_len] over q, k [batch, n_head, len, head_dim]."""
         # Scores in float32 so that softmax is stable under mixed precision.
         scores = ops.cast(ops.matmul(q, ops.transpose(k, (0, 1, 3, 2))), "float32") / math.sqrt(self.head_dim)
-        allowed = causal_mask(ops.shape(q)[2], ops.shape(k)[2], query_offset)[None, None]
-        if attention_mask is not None:
-            allowed = ops.logical_and(allowed, ops.cast(attention_mask, "bool")[:, None, None, :])
-        scores = ops.where(allowed, scores, -1e9)  # masked keys get probability exp(-1e9) = 0
-        if attention_bias is not None:
-            scores = scores + ops.cast(attention_bias, "float32")
-        return ops.softmax(scores, axis=-1)
+        visible = causal_mask(ops.shape(q)[2], ops.shape(k)[2]) if visible is None else visible
+        return ops.softmax(ops.where(visible, scores, -1e9), axis=-1)  # hidden keys get probability exp(-1e9) = 0
 
-    def call(self, x, attention_mask=None, cache=None, cache_index=0, attention_bias=None, training=None):
+    def call(self, x, visible=None, cache=None, cache_index=0, training=None):
         batch, time = ops.shape(x)[0], ops.shape(x)[1]
         q, k, v = self._heads(x)
-        dropout = self.dropout > 0 and bool(training)
-        if cache is None and attention_bias is None and not dropout:
+        if cache is None and not (self.dropout > 0 and training):
             # The fused kernel (cuDNN flash attention on a GPU under JAX): the same math as below.
-            mask = None if attention_mask is None else ops.cast(attention_mask, "bool")[:, None, None, :]
-            y = ops.dot_product_attention(q, k, v, mask=mask, scale=1 / math.sqrt(self.head_dim), is_causal=True)
+            y = ops.dot_product_attention(q, k, v, mask=visible, scale=1 / math.sqrt(self.head_dim),
+                                          is_causal=visible is None)
             return self.resid_dropout(self.c_proj(ops.reshape(y, (batch, time, self.n_embd))), training=training), None
 
         q, k, v = (ops.transpose(t, (0, 2, 1, 3)) for t in (q, k, v))  # [B, H, T, Dh]
         if cache is not None:  # decoding: write this step's keys/values, attend over the whole cache
             cache = write_cache(cache, k, v, cache_index)
             k, v = ops.cast(cache["key"], q.dtype), ops.cast(cache["value"], q.dtype)
-        probs = self._probabilities(q, k, attention_mask, cache_index, attention_bias)
+        probs = self._probabilities(q, k, visible)
         y = ops.matmul(self.attn_dropout(ops.cast(probs, v.dtype), training=training), v)
         y = ops.reshape(ops.transpose(y, (0, 2, 1, 3)), (batch, time, self.n_embd))  # merge heads
         return self.resid_dropout(self.c_proj(y), training=training), cache
 
-    def attention_probs(self, x, attention_mask=None):
+    def attention_probs(self, x, visible=None):
         """The attention probabilities of `x` [batch, n_head, time, time]: who attends to whom."""
         q, k, _ = (ops.transpose(t, (0, 2, 1, 3)) for t in self._heads(x))
-        return self._probabilities(q, k, attention_mask, 0, None)
+        return self._probabilities(q, k, visible)
 
     def get_config(self):
         return {
@@ -301,9 +296,8 @@ class TransformerBlock(keras.layers.Layer):
         for layer in (self.ln_1, self.attn, self.ln_2, self.mlp):
             layer.build(input_shape)
 
-    def call(self, x, attention_mask=None, cache=None, cache_index=0, attention_bias=None, training=None):
-        a, cache = self.attn(self.ln_1(x), attention_mask=attention_mask, cache=cache, cache_index=cache_index,
-                             attention_bias=attention_bias, training=training)
+    def call(self, x, visible=None, cache=None, cache_index=0, training=None):
+        a, cache = self.attn(self.ln_1(x), visible=visible, cache=cache, cache_index=cache_index, training=training)
         x = x + a
         x = x + self.mlp(self.ln_2(x), training=training)
         return x, cache

@@ -27,6 +27,7 @@ import tensorflow as tf
 from tf_gpt2.checks import is_integer
 from tf_gpt2.files import atomic_write, work_dir
 from tf_gpt2.formats import QUANTIZATIONS
+from tf_gpt2.layers import causal_mask
 from tf_gpt2.model import GPT2
 from tf_gpt2.tokenizer import EOT_ID, VOCAB_SIZE, hf_tokenizer_json
 
@@ -75,9 +76,13 @@ class _Signatures:
                                tf.reduce_all((input_pos >= 0) & (input_pos < cfg.n_positions)),
                                input_pos[0] >= 0, input_pos[0] + time <= length])
 
+        # The runtime's mask is additive (0: visible, MASKED: hidden): the model's is the keys it may see. Made
+        # outside the cond: made inside it, LiteRT-LM 0.18 fails to bind its cache buffers to the outputs.
+        visible = tf.logical_and(causal_mask(time, length, input_pos[0]), mask > MASKED / 2)
+
         def run():
-            logits, new = self.model.call_with_cache(tokens, cache, input_pos[0], position_ids=input_pos[None, :],
-                                                     attention_bias=mask, logits_at=0)
+            logits, new = self.model.call_with_cache(tokens, cache, input_pos[0], visible,
+                                                     position_ids=input_pos[None, :], logits_at=0)
             return logits, new
 
         def refuse():

@@ -12,7 +12,7 @@ from keras import ops
 
 from tf_gpt2.checks import check_token_ids
 from tf_gpt2.config import GPT2Config
-from tf_gpt2.layers import TransformerBlock
+from tf_gpt2.layers import TransformerBlock, causal_mask
 from tf_gpt2.variants import VariantBlock
 
 
@@ -94,8 +94,10 @@ class GPT2(keras.Model):
         if position_ids is None:
             position_ids = ops.arange(ops.shape(token_ids)[1], dtype="int32")[None, :]
         x = self.embed(token_ids, position_ids, training)
+        time = ops.shape(token_ids)[1]
+        visible = None if attention_mask is None else causal_mask(time, time, visible=attention_mask)  # None: causal
         for block in self.h:
-            x, _ = block(x, attention_mask=attention_mask, training=training)
+            x, _ = block(x, visible=visible, training=training)
         return self._lm_head(self.ln_f(x))
 
     # -- the KV cache ----------------------------------------------------------------------------
@@ -110,13 +112,12 @@ class GPT2(keras.Model):
         dtype = dtype or self.compute_dtype
         return [{"key": ops.zeros(shape, dtype), "value": ops.zeros(shape, dtype)} for _ in range(cfg.n_layer)]
 
-    def call_with_cache(self, token_ids, cache, cache_index, attention_mask=None, position_ids=None, logits_at=None,
-                        attention_bias=None):
+    def call_with_cache(self, token_ids, cache, cache_index, visible=None, position_ids=None, logits_at=None):
         """One decoding step: run `token_ids` at cache positions `cache_index...`.
 
-        Returns `(logits, cache)`, with this step's keys/values written into the cache.
-        `attention_mask`, if given, is [batch, max_length] over the whole cache; `attention_bias`, if given,
-        is a float [batch, 1, time, max_length] added to the attention scores. `logits_at` (an index into
+        Returns `(logits, cache)`, with this step's keys/values written into the cache. `visible` is bool
+        [batch or 1, 1, time, max_length], which cache slots each query sees (`layers.causal_mask` with the
+        slots that hold tokens); default: every slot up to the query's own. `logits_at` (an index into
         `token_ids`' time axis) asks for that position's logits only, [batch, vocab]: a prefill needs just the
         last prompt position, and the LM head is the largest matmul of a step.
         """
@@ -125,10 +126,11 @@ class GPT2(keras.Model):
         if position_ids is None:
             position_ids = (ops.arange(ops.shape(token_ids)[1], dtype="int32") + ops.cast(cache_index, "int32"))[None]
         x = self.embed(token_ids, position_ids)
+        if visible is None:
+            visible = causal_mask(ops.shape(token_ids)[1], ops.shape(cache[0]["key"])[2], cache_index)
         new_cache = []
         for block, layer_cache in zip(self.h, cache):
-            x, layer_cache = block(x, attention_mask=attention_mask, cache=layer_cache, cache_index=cache_index,
-                                   attention_bias=attention_bias)
+            x, layer_cache = block(x, visible=visible, cache=layer_cache, cache_index=cache_index)
             new_cache.append(layer_cache)
         x = self.ln_f(x)
         if logits_at is not None:  # only one position's logits are wanted: skip the head's other rows

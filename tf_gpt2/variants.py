@@ -44,10 +44,10 @@ class VariantBlock(TransformerBlock):
     def _scaled(self, branch, scale):
         return branch if scale is None else branch * ops.cast(scale, branch.dtype)
 
-    def call(self, x, attention_mask=None, cache=None, cache_index=0, attention_bias=None, training=None):
+    def call(self, x, visible=None, cache=None, cache_index=0, training=None):
         post = self.norm_position == "post"
-        a, cache = self.attn(x if post else self.ln_1(x), attention_mask=attention_mask, cache=cache,
-                             cache_index=cache_index, attention_bias=attention_bias, training=training)
+        a, cache = self.attn(x if post else self.ln_1(x), visible=visible, cache=cache, cache_index=cache_index,
+                             training=training)
         x = x + self._scaled(a, self.attn_scale)
         if post:
             x = self.ln_1(x)
