@@ -12,7 +12,7 @@ seed gives the same tokens on TensorFlow, on JAX, and inside an exported SavedMo
 
 from __future__ import annotations
 
-from typing import Any, Iterator, NamedTuple, Sequence
+from typing import Any, Callable, Iterator, NamedTuple, Sequence
 
 import numpy as np
 from keras import ops
@@ -210,26 +210,37 @@ def generate_loop(model, prompt: Prompt, new_slots, sampling: Sampling):
     return DecodeState(*ops.while_loop(keep_going, step, tuple(start))).tokens
 
 
-def _as_batch(prompt: Any, tokenizer) -> tuple[list[list[int]], str]:
-    """Normalise a prompt to a batch of id lists, and remember the form to answer in."""
+def _as_batch(prompt: Any, tokenizer, stop_ids: list[int]) -> tuple[list[list[int]], Callable[[list], Any]]:
+    """A prompt as a batch of id lists, and how to answer in the form it came in: text for text (GPT-2's BPE
+    unless `tokenizer` is given), ids for ids, one for one, a list for a batch. The answer takes each row's new ids;
+    stop ids are dropped from text."""
+    has_text = isinstance(prompt, str) or (isinstance(prompt, (list, tuple))
+                                           and any(isinstance(p, str) for p in prompt))
+    if tokenizer is None and has_text:
+        from tf_gpt2.tokenizer import GPT2Tokenizer
+
+        tokenizer = GPT2Tokenizer()
+    texts = lambda rows: [tokenizer.decode([t for t in r if t not in stop_ids]) for r in rows]  # noqa: E731
     if isinstance(prompt, str):
-        return [tokenizer.encode(prompt)], "text"
+        return [tokenizer.encode(prompt)], lambda rows: texts(rows)[0]
     if isinstance(prompt, (bytes, bytearray)) or (isinstance(prompt, (list, tuple)) and
                                                   any(isinstance(p, (bytes, bytearray)) for p in prompt)):
         raise TypeError("prompt is bytes: decode it to str first (or pass token ids as a list of int)")
     if isinstance(prompt, np.ndarray):
         prompt = prompt.tolist()
-    if isinstance(prompt, Sequence) and len(prompt) == 0:
-        raise ValueError("prompt is empty: give at least one token")
-    if isinstance(prompt, Sequence) and prompt and all(isinstance(p, str) for p in prompt):
-        return [tokenizer.encode(p) for p in prompt], "texts"
-    if isinstance(prompt, Sequence) and prompt and all(isinstance(p, (int, np.integer)) for p in prompt):
-        return [[int(t) for t in prompt]], "ids"
-    if isinstance(prompt, Sequence) and prompt and all(isinstance(p, (Sequence, np.ndarray)) for p in prompt):
+    if not isinstance(prompt, Sequence) or len(prompt) == 0:
+        if isinstance(prompt, Sequence):
+            raise ValueError("prompt is empty: give at least one token")
+        raise TypeError(f"prompt must be text, a list of token ids or a batch of them, got {prompt!r:.80}")
+    if all(isinstance(p, str) for p in prompt):
+        return [tokenizer.encode(p) for p in prompt], texts
+    if all(is_integer(p) for p in prompt):
+        return [[int(t) for t in prompt]], lambda rows: rows[0]
+    if all(isinstance(p, (Sequence, np.ndarray)) for p in prompt):
         batch = [list(p) for p in prompt]
-        if not all(isinstance(t, (int, np.integer)) for p in batch for t in p):
+        if not all(is_integer(t) for p in batch for t in p):
             raise TypeError("token ids must be integers")
-        return [[int(t) for t in p] for p in batch], "batch"
+        return [[int(t) for t in p] for p in batch], lambda rows: rows
     raise TypeError(f"prompt must be text, a list of token ids or a batch of them, got {prompt!r:.80}")
 
 
@@ -260,32 +271,43 @@ class _Request(NamedTuple):
     new_slots: np.ndarray  # [batch, budget]: its shape fixes the output buffer
     sampling: Sampling
     stop_ids: list[int]
-    form: str  # what the caller gave: "text", "texts", "ids" or "batch"
-    tokenizer: Any
+    answer: Callable[[list[list[int]]], Any]  # each row's new ids -> the answer, in the form the prompt came in
 
 
 def _prepare(model, prompt: Any, max_new_tokens: int = 32, temperature: float = 0.0, top_k: int = 0,
              top_p: float = 1.0, repetition_penalty: float = 1.0, stop_ids: Sequence[int] | None = None,
              seed: int = 0, tokenizer=None) -> _Request:
-    """Check every argument and build the left-padded prompt batch the compiled code takes."""
+    """Check every argument, then build what the compiled code takes: the left-padded prompts and the settings."""
     cfg = model.config
-    has_text = isinstance(prompt, str) or (isinstance(prompt, (list, tuple))
-                                           and any(isinstance(p, str) for p in prompt))
-    if tokenizer is None and has_text:
-        from tf_gpt2.tokenizer import GPT2Tokenizer
-
-        tokenizer = GPT2Tokenizer()
-    batch, form = _as_batch(prompt, tokenizer)
+    stop_ids = [EOT_ID] if stop_ids is None else [_integer("stop_ids entry", t) for t in stop_ids]
+    if any(not 0 <= t < 2**31 for t in stop_ids):
+        raise ValueError(f"stop_ids must be token ids in [0, 2**31), got {stop_ids}")
+    batch, answer = _as_batch(prompt, tokenizer, stop_ids)
     if any(len(p) == 0 for p in batch):
         raise ValueError("prompt is empty: give at least one token")
     if not is_integer(max_new_tokens) or max_new_tokens <= 0:
         raise ValueError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
     longest = max(len(p) for p in batch)
     if longest + max_new_tokens > cfg.n_positions:
-        raise ValueError(
-            f"prompt of {longest} tokens + max_new_tokens {max_new_tokens} exceeds the context of "
-            f"{cfg.n_positions} positions"
-        )
+        raise ValueError(f"prompt of {longest} tokens + max_new_tokens {max_new_tokens} exceeds the context of "
+                         f"{cfg.n_positions} positions")
+    flat = [t for p in batch for t in p]
+    if min(flat) < 0 or max(flat) >= cfg.vocab_size:
+        raise ValueError(f"token ids must be in [0, {cfg.vocab_size}), got min {min(flat)} and max {max(flat)}")
+    per_row = lambda value, dtype: np.full(len(batch), value, dtype)  # noqa: E731  (one setting for every row)
+    sampling = Sampling(
+        **{name: per_row(value, dtype) for name, (value, dtype) in
+           _checked_settings(temperature, top_k, top_p, repetition_penalty).items()},
+        seed=((_seed(seed) + np.arange(len(batch))) % 2**31).astype(np.int32),  # row i: seed + i
+        max_new_tokens=per_row(max_new_tokens, np.int32), stop_ids=np.array(stop_ids + [-1], np.int32),
+        pad_id=np.int32(pad_id(cfg)),
+    )
+    prompts = _left_padded(batch, min(_bucket(longest), cfg.n_positions), pad_id(cfg))
+    return _Request(prompts, np.zeros((len(batch), _bucket(max_new_tokens)), np.int32), sampling, stop_ids, answer)
+
+
+def _checked_settings(temperature, top_k, top_p, repetition_penalty) -> dict[str, tuple[Any, type]]:
+    """The sampling settings, each checked: {name: (value, dtype)}."""
     temperature, top_p, repetition_penalty = (_real(n, v) for n, v in (
         ("temperature", temperature), ("top_p", top_p), ("repetition_penalty", repetition_penalty)))
     if not temperature >= 0:
@@ -296,29 +318,16 @@ def _prepare(model, prompt: Any, max_new_tokens: int = 32, temperature: float = 
         raise ValueError(f"top_k must be in [0, 2**31), got {top_k}")
     if not 0 < repetition_penalty < np.inf:
         raise ValueError(f"repetition_penalty must be > 0, got {repetition_penalty}")
-    flat = [t for p in batch for t in p]
-    if min(flat) < 0 or max(flat) >= cfg.vocab_size:
-        raise ValueError(f"token ids must be in [0, {cfg.vocab_size}), got min {min(flat)} and max {max(flat)}")
-    stop_ids = [EOT_ID] if stop_ids is None else [_integer("stop_ids entry", t) for t in stop_ids]
-    if any(not 0 <= t < 2**31 for t in stop_ids):
-        raise ValueError(f"stop_ids must be token ids in [0, 2**31), got {stop_ids}")
-    pad = pad_id(cfg)
+    return {"temperature": (temperature, np.float32), "top_k": (top_k, np.int32), "top_p": (top_p, np.float32),
+            "repetition_penalty": (repetition_penalty, np.float32)}
 
-    width = min(_bucket(longest), cfg.n_positions)
-    ids = np.full((len(batch), width), pad, np.int32)
-    mask = np.zeros((len(batch), width), np.int32)
+
+def _left_padded(batch: list[list[int]], width: int, pad: int) -> Prompt:
+    """The rows right-aligned in `width` columns, `pad` and mask 0 before them."""
+    ids, mask = np.full((len(batch), width), pad, np.int32), np.zeros((len(batch), width), np.int32)
     for row, p in enumerate(batch):
         ids[row, width - len(p):], mask[row, width - len(p):] = p, 1
-    rows = lambda value, dtype: np.full(len(batch), value, dtype)  # noqa: E731  (one setting for every row)
-    sampling = Sampling(
-        temperature=rows(temperature, np.float32), top_k=rows(top_k, np.int32), top_p=rows(top_p, np.float32),
-        repetition_penalty=rows(repetition_penalty, np.float32),
-        seed=((_seed(seed) + np.arange(len(batch))) % 2**31).astype(np.int32),  # row i: seed + i
-        max_new_tokens=rows(max_new_tokens, np.int32), stop_ids=np.array(stop_ids + [-1], np.int32),
-        pad_id=np.int32(pad),
-    )
-    new_slots = np.zeros((len(batch), _bucket(max_new_tokens)), np.int32)
-    return _Request(Prompt(ids, mask), new_slots, sampling, stop_ids, form, tokenizer)
+    return Prompt(ids, mask)
 
 
 def generate(
@@ -353,10 +362,7 @@ def generate(
     out = compiled(model, generate_loop)(request.prompt, request.new_slots, request.sampling)
     lengths = ops.convert_to_numpy(answer_lengths(out, request.sampling))
     rows = [row[:n] for row, n in zip(ops.convert_to_numpy(out).tolist(), lengths)]
-    if request.form in ("ids", "batch"):
-        return rows[0] if request.form == "ids" else rows
-    texts = [request.tokenizer.decode([t for t in r if t not in request.stop_ids]) for r in rows]
-    return texts[0] if request.form == "text" else texts
+    return request.answer(rows)
 
 
 def stream(model, prompt: Any, max_new_tokens: int = 32, **settings: Any) -> Iterator[int]:
