@@ -4,15 +4,13 @@ the weights of one device; a split run killed mid-way resumes to the uninterrupt
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
 from test_distributed import _free_ports, _model_weights
-from test_training import _checkpoint_step
+from test_training import kill_mid_run_then_resume
 
 from tf_gpt2.data import prepare
 from tf_gpt2.training import CHECKPOINT
@@ -74,22 +72,8 @@ def test_split_runs_on_jax_match_one_device_and_resume_bit_exactly(tmp_path):
     assert diff.max() <= 1e-5, (diff.mean(), diff.max())
 
     # Killed after a checkpoint, then the same command again: the uninterrupted run's weights, moments and RNG.
-    checkpoint = tmp_path / "killed" / CHECKPOINT
-    victim = subprocess.Popen(_command(data, tmp_path / "killed", *split), env=_env(4),
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while time.time() < deadline and not (checkpoint.exists() and _checkpoint_step(checkpoint) >= 10):
-        time.sleep(0.01)
-    victim.send_signal(signal.SIGKILL)
-    assert victim.wait() == -signal.SIGKILL
-    killed_at = _checkpoint_step(checkpoint)
-    assert 10 <= killed_at < STEPS
-    resumed = _run(_command(data, tmp_path / "killed", *split), _env(4))
-    assert f"resuming from {checkpoint} at step {killed_at}" in resumed.stdout
-    with np.load(tmp_path / "split" / CHECKPOINT) as a, np.load(checkpoint) as b:
-        assert _checkpoint_step(checkpoint) == STEPS
-        names = [n for n in a.files if n != "meta"]
-        assert len(names) > 30 and all(np.array_equal(a[n], b[n]) for n in names)
+    kill_mid_run_then_resume(_command(data, tmp_path / "killed", *split), _env(4), after_step=10, steps=STEPS,
+                             uninterrupted=tmp_path / "split" / CHECKPOINT)
 
 
 def test_a_placement_the_backend_or_the_model_cannot_take_is_refused_by_name(monkeypatch):

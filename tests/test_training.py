@@ -61,23 +61,30 @@ def test_resume_after_sigkill_is_bit_exact(char_data, tmp_path):
     straight = subprocess.run(command(tmp_path / "a"), env=env, capture_output=True, text=True, timeout=600)
     assert straight.returncode == 0, straight.stderr[-2000:]
 
-    victim = subprocess.Popen(command(tmp_path / "b"), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    checkpoint = tmp_path / "b" / CHECKPOINT
+    kill_mid_run_then_resume(command(tmp_path / "b"), env, after_step=30, steps=steps,
+                             uninterrupted=tmp_path / "a" / CHECKPOINT)
+
+
+def kill_mid_run_then_resume(command, env, after_step, steps, uninterrupted):
+    """Start `command` (a `tf-gpt2 train`), SIGKILL it once its checkpoint has passed `after_step`, run it again,
+    and check that it resumed there and ended with the checkpoint `uninterrupted`: weights, Adam moments, RNG."""
+    checkpoint = os.path.join(command[command.index("--out") + 1], CHECKPOINT)
+    victim = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
-    while time.time() < deadline and not (checkpoint.exists() and _checkpoint_step(checkpoint) >= 30):
-        time.sleep(0.02)
+    while time.time() < deadline and not (os.path.exists(checkpoint) and _checkpoint_step(checkpoint) >= after_step):
+        time.sleep(0.01)
     victim.send_signal(signal.SIGKILL)
     assert victim.wait() == -signal.SIGKILL
     killed_at = _checkpoint_step(checkpoint)
-    assert 30 <= killed_at < steps
+    assert after_step <= killed_at < steps
 
-    resumed = subprocess.run(command(tmp_path / "b"), env=env, capture_output=True, text=True, timeout=600)
+    resumed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert f"resuming from {checkpoint} at step {killed_at}" in resumed.stdout
-    with np.load(tmp_path / "a" / CHECKPOINT) as a, np.load(checkpoint) as b:
-        assert _checkpoint_step(tmp_path / "a" / CHECKPOINT) == steps
+    with np.load(uninterrupted) as a, np.load(checkpoint) as b:
+        assert _checkpoint_step(uninterrupted) == _checkpoint_step(checkpoint) == steps
         names = [n for n in a.files if n != "meta"]
-        assert len(names) > 30 and all(np.array_equal(a[n], b[n]) for n in names)  # weights, Adam moments, RNG
+        assert len(names) > 30 and all(np.array_equal(a[n], b[n]) for n in names)
 
 
 @pytest.mark.parametrize("precision", ["mixed_bfloat16", "mixed_float16"])
