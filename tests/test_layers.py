@@ -117,3 +117,18 @@ def test_fused_attention_equals_the_written_out_attention():
         explicit, _ = attn(x, visible=visible, cache=cache, cache_index=0)
         rows = padding.astype(bool) if visible is not None else np.ones((3, 7), bool)  # padding rows: don't care
         assert np.abs(fused - np.asarray(explicit))[rows].max() <= 1e-5
+
+
+def test_a_block_decodes_step_by_step_with_its_cache_as_one_call():
+    """A block given a cache and a slot but no mask sees every slot up to the query's own (the README's
+    `x, cache = block(x, cache=cache, cache_index=i)`), as the model's cached calls do."""
+    keras.utils.set_random_seed(4)
+    block = TransformerBlock(n_embd=16, n_head=2)
+    x = keras.random.normal((2, 6, 16))
+    whole = np.asarray(block(x)[0])
+    cache = {"key": np.zeros((2, 2, 6, 8), np.float32), "value": np.zeros((2, 2, 6, 8), np.float32)}
+    steps = []
+    for i in range(6):
+        y, cache = block(x[:, i:i + 1], cache=cache, cache_index=i)
+        steps.append(np.asarray(y))
+    assert np.abs(np.concatenate(steps, axis=1) - whole).max() <= 1e-5

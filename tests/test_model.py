@@ -136,6 +136,10 @@ def test_ids_are_checked_where_they_enter_and_compiled_code_clamps_as_the_readme
             model(np.array([[1, bad]]))
         with pytest.raises(ValueError, match=r"token ids must be in \[0, 97\)"):
             model.generate([1, bad], max_new_tokens=2)
+    with pytest.raises(ValueError, match=r"positions must be in \[0, 20\)"):  # eager: positions too
+        model(np.array([[1, 2]]), position_ids=np.array([[0, 20]]))
+    with pytest.raises(ValueError, match="2 tokens at cache slot 7 do not fit in a cache of 8"):
+        model.call_with_cache(np.array([[1, 2]]), model.init_cache(1, 8), 7)
     compiled = tf.function(lambda ids: model(ids), jit_compile=True)
     np.testing.assert_allclose(compiled(tf.constant([[1, vocab], [-1, 2]])).numpy(),
                                np.asarray(model(np.array([[1, vocab - 1], [vocab - 1, 2]]))), atol=1e-5)

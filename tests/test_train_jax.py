@@ -91,7 +91,8 @@ def test_a_placement_the_backend_or_the_model_cannot_take_is_refused_by_name(mon
                          (dict(mesh="2x2"), "need a distribution"),
                          (dict(distribution="model", mesh="2by2"), "BATCHxMODEL"),
                          (dict(distribution="data", strategy="mirrored"), "exclude each other"),
-                         (dict(distribution="data", num_processes=2, process_id=2), "process_id")]:
+                         (dict(distribution="data", num_processes=2, process_id=2), "process_id"),
+                         (dict(process_id=1), "need a distribution")]:
         with pytest.raises(ValueError, match=message):
             TrainConfig(**bad)
     split = Placement(scope=None, replicas=2, mesh=Mesh(2, 2))

@@ -127,7 +127,7 @@ def checkpoint_tensors(model: keras.Model) -> dict[str, np.ndarray]:
 
 def _gpt2_only(model: keras.Model, fmt: str) -> None:
     cfg = model.config
-    if cfg.norm_position != "pre" or cfg.learned_residual_scale:
+    if cfg.block_variant():
         raise ValueError(f"the {fmt} format holds only GPT-2's pre-LN blocks without residual scales")
 
 

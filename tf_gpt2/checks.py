@@ -34,6 +34,25 @@ def known_values(x: Any) -> np.ndarray | None:
         return None
 
 
+def check_in_vocabulary(ids: Any, vocab_size: int) -> None:
+    """Every id of `ids` (any shape, non-empty) in [0, vocab_size)."""
+    ids = np.asarray(ids)
+    if ids.min() < 0 or ids.max() >= vocab_size:
+        raise ValueError(f"token ids must be in [0, {vocab_size}), got min {ids.min()} and max {ids.max()}")
+
+
+def check_positions(position_ids: Any, first_slot: Any, time: Any, n_positions: int, cache_length: int | None) -> None:
+    """Known positions in [0, n_positions), and a known cache write `first_slot .. first_slot + time` inside the
+    cache: the model itself would gather or write a clamped slot."""
+    positions = None if position_ids is None else known_values(position_ids)
+    if positions is not None and positions.size and (positions.min() < 0 or positions.max() >= n_positions):
+        raise ValueError(f"positions must be in [0, {n_positions}) (n_positions), got min {positions.min()} and "
+                         f"max {positions.max()}")
+    first = None if cache_length is None else known_values(first_slot)
+    if first is not None and not 0 <= int(first) <= cache_length - time:
+        raise ValueError(f"{time} tokens at cache slot {int(first)} do not fit in a cache of {cache_length}")
+
+
 def check_token_ids(token_ids: Any, vocab_size: int, max_len: int) -> None:
     """Integer ids [batch, time], 1 <= time <= max_len, every known value in [0, vocab_size): a clear error
     instead of a failure deep inside the backend (or, compiled, a gather of another row)."""
@@ -48,5 +67,5 @@ def check_token_ids(token_ids: Any, vocab_size: int, max_len: int) -> None:
     if time is not None and time > max_len:
         raise ValueError(f"sequence length {time} exceeds the context of {max_len} positions (n_positions)")
     values = known_values(token_ids)
-    if values is not None and values.size and (values.min() < 0 or values.max() >= vocab_size):
-        raise ValueError(f"token ids must be in [0, {vocab_size}), got min {values.min()} and max {values.max()}")
+    if values is not None:
+        check_in_vocabulary(values, vocab_size)

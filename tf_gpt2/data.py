@@ -345,14 +345,14 @@ class TokenShards:
             if shard["tokens"]:
                 part = np.memmap(file, dtype="<u2", mode="r")
                 # The largest id, as `prepare` recorded it (a manifest written before it did: one read of the shard).
-                self._check_ids(shard.get("max_id", None) if "max_id" in shard else int(part.max()), file)
+                self._check_ids(shard["max_id"] if "max_id" in shard else int(part.max()), file)
                 self.parts.append(part)
                 self.files.append(file)
         self.offsets = np.cumsum([0] + [len(p) for p in self.parts])  # where each shard starts
         self.split = split
 
     def _check_ids(self, largest: int, file: str) -> None:
-        if largest >= self.vocab_size:  # such an id would train on a clamped row, then NaN
+        if largest >= self.vocab_size:  # such an id would train on another row of the embedding
             raise ValueError(f"shard {file} holds token id {largest}, outside the vocabulary of {self.vocab_size} "
                              "its manifest declares: it was written with another vocabulary, or changed since")
 

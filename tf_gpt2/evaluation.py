@@ -21,6 +21,7 @@ from typing import Sequence
 import numpy as np
 from keras import ops
 
+from tf_gpt2.checks import check_in_vocabulary
 from tf_gpt2.detokenize import DETOKENIZERS
 from tf_gpt2.tokenizer import GPT2Tokenizer
 from tf_gpt2.xla import compiled
@@ -109,8 +110,7 @@ def evaluate(model, text: str | Sequence[int], tokenizer: GPT2Tokenizer | None =
     if len(ids) < 2:
         raise ValueError("text is empty: nothing to score")
     ids = np.asarray(ids, np.int32)
-    if ids.min() < 0 or ids.max() >= model.config.vocab_size:
-        raise ValueError(f"token ids must be in [0, {model.config.vocab_size}), got {ids.min()}..{ids.max()}")
+    check_in_vocabulary(ids, model.config.vocab_size)
 
     spans = windows(len(ids), context, stride)
     width = min(context, len(ids) - 1)

@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterator, NamedTuple, Sequence
 import numpy as np
 from keras import ops
 
-from tf_gpt2.checks import is_integer
+from tf_gpt2.checks import check_in_vocabulary, is_integer
 from tf_gpt2.layers import causal_mask
 from tf_gpt2.tokenizer import EOT_ID
 from tf_gpt2.xla import compiled
@@ -291,9 +291,7 @@ def _prepare(model, prompt: Any, max_new_tokens: int = 32, temperature: float = 
     if longest + max_new_tokens > cfg.n_positions:
         raise ValueError(f"prompt of {longest} tokens + max_new_tokens {max_new_tokens} exceeds the context of "
                          f"{cfg.n_positions} positions")
-    flat = [t for p in batch for t in p]
-    if min(flat) < 0 or max(flat) >= cfg.vocab_size:
-        raise ValueError(f"token ids must be in [0, {cfg.vocab_size}), got min {min(flat)} and max {max(flat)}")
+    check_in_vocabulary([t for p in batch for t in p], cfg.vocab_size)
     per_row = lambda value, dtype: np.full(len(batch), value, dtype)  # noqa: E731  (one setting for every row)
     sampling = Sampling(
         **{name: per_row(value, dtype) for name, (value, dtype) in

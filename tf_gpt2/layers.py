@@ -172,6 +172,7 @@ class CausalSelfAttention(keras.layers.Layer):
         if cache is not None:  # decoding: write this step's keys/values, attend over the whole cache
             cache = write_cache(cache, k, v, cache_index)
             k, v = ops.cast(cache["key"], q.dtype), ops.cast(cache["value"], q.dtype)
+            visible = causal_mask(time, ops.shape(k)[2], cache_index) if visible is None else visible
         probs = self._probabilities(q, k, visible)
         y = ops.matmul(self.attn_dropout(ops.cast(probs, v.dtype), training=training), v)
         y = ops.reshape(ops.transpose(y, (0, 2, 1, 3)), (batch, time, self.n_embd))  # merge heads

@@ -24,7 +24,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tf_gpt2.checks import is_integer
+from tf_gpt2.checks import check_in_vocabulary, is_integer
 from tf_gpt2.files import atomic_write, work_dir
 from tf_gpt2.formats import QUANTIZATIONS
 from tf_gpt2.layers import causal_mask
@@ -76,9 +76,10 @@ class _Signatures:
                                tf.reduce_all((input_pos >= 0) & (input_pos < cfg.n_positions)),
                                input_pos[0] >= 0, input_pos[0] + time <= length])
 
-        # The runtime's mask is additive (0: visible, MASKED: hidden): the model's is the keys it may see. Made
-        # outside the cond: made inside it, LiteRT-LM 0.18 fails to bind its cache buffers to the outputs.
-        visible = tf.logical_and(causal_mask(time, length, input_pos[0]), mask > MASKED / 2)
+        # The runtime's mask is additive (0: visible, a large negative number such as MASKED: hidden); the model
+        # takes the keys it may see. Made outside the cond: made inside it, LiteRT-LM 0.18 fails to bind its cache
+        # buffers to the outputs.
+        visible = tf.logical_and(causal_mask(time, length, input_pos[0]), mask > -1.0)
 
         def run():
             logits, new = self.model.call_with_cache(tokens, cache, input_pos[0], visible,
@@ -297,9 +298,7 @@ class LiteRTGenerator:
         tokens = [int(t) for t in tokens]
         if not tokens:
             raise ValueError("no tokens to feed: give at least one")
-        if min(tokens) < 0 or max(tokens) >= self.vocab_size:
-            raise ValueError(f"token ids must be in [0, {self.vocab_size}), "
-                             f"got min {min(tokens)} and max {max(tokens)}")
+        check_in_vocabulary(tokens, self.vocab_size)
         if position + len(tokens) > self.cache_length:
             raise ValueError(f"{len(tokens)} tokens at position {position} exceed the exported cache of "
                              f"{self.cache_length} positions")

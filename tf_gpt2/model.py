@@ -10,7 +10,7 @@ from typing import Any
 import keras
 from keras import ops
 
-from tf_gpt2.checks import check_token_ids
+from tf_gpt2.checks import check_positions, check_token_ids
 from tf_gpt2.config import GPT2Config
 from tf_gpt2.layers import TransformerBlock, causal_mask
 from tf_gpt2.variants import VariantBlock
@@ -91,6 +91,7 @@ class GPT2(keras.Model):
 
     def call(self, token_ids, attention_mask=None, position_ids=None, training=None):
         check_token_ids(token_ids, self.config.vocab_size, self.config.n_positions)  # where ids enter, eagerly
+        check_positions(position_ids, 0, None, self.config.n_positions, None)
         if position_ids is None:
             position_ids = ops.arange(ops.shape(token_ids)[1], dtype="int32")[None, :]
         x = self.embed(token_ids, position_ids, training)
@@ -123,6 +124,7 @@ class GPT2(keras.Model):
         """
         max_length = cache[0]["key"].shape[2]
         check_token_ids(token_ids, self.config.vocab_size, max_length or self.config.n_positions)
+        check_positions(position_ids, cache_index, token_ids.shape[1], self.config.n_positions, max_length)
         if position_ids is None:
             position_ids = (ops.arange(ops.shape(token_ids)[1], dtype="int32") + ops.cast(cache_index, "int32"))[None]
         x = self.embed(token_ids, position_ids)
@@ -206,10 +208,11 @@ class GPT2(keras.Model):
         return model
 
     def quantize(self, mode: str | None = None, **kwargs) -> None:
-        """Keras' weight quantization of every Dense and Embedding (e.g. "int8"); LayerNorms stay float.
+        """Keras' quantization of every Dense and Embedding (e.g. "int8"); LayerNorms stay float.
 
-        The tied LM head reads the quantized embedding with its scales, and a saved `.keras` reloads
-        quantized. Example: `model.quantize("int8"); model.generate(...)`.
+        Keras' int8 layers also quantize their inputs on the fly (absmax per row), the tied LM head too (the
+        embedding's reverse projection); a saved `.keras` reloads quantized.
+        Example: `model.quantize("int8"); model.generate(...)`.
         """
         with warnings.catch_warnings():  # LayerNormalization and Dropout have nothing to quantize
             warnings.filterwarnings("ignore", message=".*does not have a `quantize` method")

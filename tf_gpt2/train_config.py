@@ -91,7 +91,8 @@ class TrainConfig:
         if self.strategy and (self.distribution or self.num_processes):
             raise ValueError("strategy (tf.distribute, TensorFlow) and distribution (keras.distribution, JAX) exclude "
                              "each other: choose one")
-        if (self.mesh or self.num_processes or self.coordinator) and not self.distribution:
+        if (self.mesh or self.num_processes or self.coordinator or self.process_id is not None) \
+                and not self.distribution:
             raise ValueError("mesh and many processes need a distribution (data or model)")
         if self.mesh:
             Mesh.parse(self.mesh)

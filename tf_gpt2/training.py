@@ -70,12 +70,13 @@ def learning_rate_schedule(cfg: TrainConfig) -> keras.optimizers.schedules.Learn
 def make_optimizer(model: GPT2, cfg: TrainConfig) -> keras.optimizers.AdamW:
     """AdamW; weight decay on matrices and embeddings only (nanoGPT's rule: every weight of
     rank >= 2), never on biases, LayerNorm parameters or residual scales."""
-    # One clip in one place: on TensorFlow `clip_by_global_norm` replaces Keras' clip of each replica's part; on
-    # JAX the gradient is whole (one program over all devices) and Keras' own `global_clipnorm` clips it.
-    on_jax = keras.backend.backend() == "jax"
+    # One clip per backend: on TensorFlow `clip_by_global_norm` (which `train` installs) replaces Keras' clip of
+    # each replica's part; elsewhere the gradient is whole (one program over all devices) and Keras' own
+    # `global_clipnorm` clips it.
+    keras_clips = keras.backend.backend() != "tensorflow"
     optimizer = keras.optimizers.AdamW(
         learning_rate=learning_rate_schedule(cfg), weight_decay=cfg.weight_decay,
-        beta_1=cfg.beta_1, beta_2=cfg.beta_2, global_clipnorm=(cfg.grad_clip or None) if on_jax else None,
+        beta_1=cfg.beta_1, beta_2=cfg.beta_2, global_clipnorm=(cfg.grad_clip or None) if keras_clips else None,
         gradient_accumulation_steps=cfg.grad_accum if cfg.grad_accum > 1 else None,
     )
     optimizer.exclude_from_weight_decay(var_list=[v for v in model.trainable_variables if len(v.shape) < 2])
@@ -110,11 +111,11 @@ def save_checkpoint(model: GPT2, path: str, step: int, write: bool = True) -> No
         return
     meta = {"step": step, "variables": [v.path for v in variables]}
 
-    def write(tmp: str) -> None:
+    def dump(tmp: str) -> None:
         with open(tmp, "wb") as f:  # a file object: np.savez would add ".npz" to a name
             np.savez(f, meta=np.array(json.dumps(meta)), **arrays)
 
-    atomic_write(path, write)
+    atomic_write(path, dump)
 
 
 def restore_checkpoint(model: GPT2, path: str) -> int:
@@ -278,7 +279,6 @@ def prepared_data(cfg: TrainConfig) -> str:
 def build_model(cfg: TrainConfig, manifest: dict, placement: Placement | None = None) -> GPT2:
     """The model a run trains: from `init_from`, or new from the preset, sized for the data's vocabulary."""
     vocab_size = manifest["vocab_size"]
-    check = placement.check if placement else lambda config: None
     if cfg.init_from:
         model = GPT2.from_pretrained(cfg.init_from)
         if model.config.vocab_size < vocab_size:
@@ -287,7 +287,8 @@ def build_model(cfg: TrainConfig, manifest: dict, placement: Placement | None = 
     else:
         config = GPT2Config.from_preset(cfg.preset, **{"vocab_size": vocab_size, "characters": manifest.get("chars"),
                                                        **cfg.model})
-        check(config)
+        if placement:
+            placement.check(config)
         model = GPT2(config, dtype=cfg.precision)
     if cfg.block_size > model.config.n_positions:
         raise ValueError(f"block_size {cfg.block_size} exceeds the model's context of {model.config.n_positions}")
