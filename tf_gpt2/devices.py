@@ -66,7 +66,7 @@ class Placement:
             return
         m, b = self.mesh.model, self.mesh.batch
         sizes = {"token-embedding rows (vocab_size rounded up to vocab_multiple)": (config.padded_vocab_size, m),
-                 "n_embd": (config.n_embd, m * b // math.gcd(m, b))}
+                 "n_embd": (config.n_embd, math.lcm(m, b))}
         for what, (size, parts) in sizes.items():
             if size % parts:
                 hint = " (pass --vocab-multiple 64)" if what.startswith("token") else ""

@@ -292,10 +292,11 @@ def _prepare(model, prompt: Any, max_new_tokens: int = 32, temperature: float = 
         raise ValueError(f"prompt of {longest} tokens + max_new_tokens {max_new_tokens} exceeds the context of "
                          f"{cfg.n_positions} positions")
     check_in_vocabulary([t for p in batch for t in p], cfg.vocab_size)
+    temperature, top_k, top_p, repetition_penalty = _checked_settings(temperature, top_k, top_p, repetition_penalty)
     per_row = lambda value, dtype: np.full(len(batch), value, dtype)  # noqa: E731  (one setting for every row)
     sampling = Sampling(
-        **{name: per_row(value, dtype) for name, (value, dtype) in
-           _checked_settings(temperature, top_k, top_p, repetition_penalty).items()},
+        temperature=per_row(temperature, np.float32), top_k=per_row(top_k, np.int32),
+        top_p=per_row(top_p, np.float32), repetition_penalty=per_row(repetition_penalty, np.float32),
         seed=((_seed(seed) + np.arange(len(batch))) % 2**31).astype(np.int32),  # row i: seed + i
         max_new_tokens=per_row(max_new_tokens, np.int32), stop_ids=np.array(stop_ids + [-1], np.int32),
         pad_id=np.int32(pad_id(cfg)),
@@ -304,8 +305,8 @@ def _prepare(model, prompt: Any, max_new_tokens: int = 32, temperature: float = 
     return _Request(prompts, np.zeros((len(batch), _bucket(max_new_tokens)), np.int32), sampling, stop_ids, answer)
 
 
-def _checked_settings(temperature, top_k, top_p, repetition_penalty) -> dict[str, tuple[Any, type]]:
-    """The sampling settings, each checked: {name: (value, dtype)}."""
+def _checked_settings(temperature, top_k, top_p, repetition_penalty) -> tuple[float, int, float, float]:
+    """The sampling settings, each checked: (temperature, top_k, top_p, repetition_penalty)."""
     temperature, top_p, repetition_penalty = (_real(n, v) for n, v in (
         ("temperature", temperature), ("top_p", top_p), ("repetition_penalty", repetition_penalty)))
     if not temperature >= 0:
@@ -316,8 +317,7 @@ def _checked_settings(temperature, top_k, top_p, repetition_penalty) -> dict[str
         raise ValueError(f"top_k must be in [0, 2**31), got {top_k}")
     if not 0 < repetition_penalty < np.inf:
         raise ValueError(f"repetition_penalty must be > 0, got {repetition_penalty}")
-    return {"temperature": (temperature, np.float32), "top_k": (top_k, np.int32), "top_p": (top_p, np.float32),
-            "repetition_penalty": (repetition_penalty, np.float32)}
+    return temperature, int(top_k), top_p, repetition_penalty
 
 
 def _left_padded(batch: list[list[int]], width: int, pad: int) -> Prompt:

@@ -82,9 +82,8 @@ class _Signatures:
         visible = tf.logical_and(causal_mask(time, length, input_pos[0]), mask > -1.0)
 
         def run():
-            logits, new = self.model.call_with_cache(tokens, cache, input_pos[0], visible,
-                                                     position_ids=input_pos[None, :], logits_at=0)
-            return logits, new
+            return self.model.call_with_cache(tokens, cache, input_pos[0], visible, position_ids=input_pos[None, :],
+                                              logits_at=0)
 
         def refuse():
             return tf.fill([1, cfg.vocab_size], float("nan")), cache
