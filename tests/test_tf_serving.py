@@ -197,36 +197,86 @@ def _is_utf8(data: bytes) -> bool:
         return False
 
 
-def test_served_signatures_refuse_bad_requests_by_name(served, tmp_path):
-    ids, length = np.array([[464, 3290, 0]], np.int32), np.array([2], np.int32)
-    bad = [
-        (dict(token_ids=np.array([[464, 50257, 0]], np.int32)), "token ids must be in \\[0, 50257\\)"),
-        (dict(token_ids=np.array([[-1, 3290, 0]], np.int32)), "token ids must be in \\[0, 50257\\)"),
-        (dict(length=np.array([0], np.int32)), "every length must be in \\[1,"),
-        (dict(length=np.array([4], np.int32)), "every length must be in \\[1,"),
-        (dict(length=np.array([1, 1], np.int32)), "length must have one value per row"),
-        (dict(token_ids=np.array([[464]], np.int32), length=np.array([0], np.int32)), "every length must be in"),
-        (dict(token_ids=np.zeros((1, 0), np.int32), length=np.array([1], np.int32)), "every length must be in"),
-        (dict(token_ids=np.zeros((1, 65), np.int32)), "token_ids has more columns than the context of 64"),
-    ]
-    knob_errors = [
-        (dict(top_k=np.array([-1], np.int32)), "top_k must be >= 0"),
-        (dict(temperature=np.array([np.nan], np.float32)), "temperature must be >= 0"),
-        (dict(top_p=np.array([0.0], np.float32)), "top_p must be in \\(0, 1\\]"),
-        (dict(max_new_tokens=np.array([0], np.int32)), "max_new_tokens must be > 0"),
-        (dict(max_new_tokens=np.array([17], np.int32)), "max_new_tokens must be <= 16"),
-        (dict(seed=np.array([1, 2], np.int32)), "seed must have one value per row, or a single value"),
-    ]
-    calls = [[grpc("serving_default", **{"token_ids": ids, "length": length, **c})] for c, _ in bad]
-    calls += [[grpc("generate", **{"token_ids": ids, "length": length, **settings(1), **c})] for c, _ in bad]
-    calls += [[grpc("generate", token_ids=ids, length=length, **{**settings(1), **c})] for c, _ in knob_errors]
-    calls += [[grpc("generate", token_ids=ids, length=length)]]  # settings missing
-    results = serve(served, calls, tmp_path)
-    import re
+# Rows that break a rule: what is changed in a good request [[464, 3290, 0]] (length 2), and the error named.
+BAD_PROMPTS = [
+    (dict(token_ids=np.array([[464, 50257, 0]], np.int32)), "token ids must be in [0, 50257)"),
+    (dict(token_ids=np.array([[-1, 3290, 0]], np.int32)), "token ids must be in [0, 50257)"),
+    (dict(length=np.array([0], np.int32)), "length must be in [1, number of columns of token_ids]"),
+    (dict(length=np.array([4], np.int32)), "length must be in [1, number of columns of token_ids]"),
+    (dict(token_ids=np.zeros((1, 0), np.int32), length=np.array([1], np.int32)), "length must be in [1,"),
+    (dict(token_ids=np.zeros((1, 65), np.int32), length=np.array([65], np.int32)),
+     "the prompt is longer than the context of 64 tokens"),
+]
+BAD_SETTINGS = [
+    (dict(top_k=np.array([-1], np.int32)), "top_k must be >= 0"),
+    (dict(temperature=np.array([np.nan], np.float32)), "temperature must be >= 0"),
+    (dict(top_p=np.array([0.0], np.float32)), "top_p must be in (0, 1]"),
+    (dict(top_p=np.array([np.nan], np.float32)), "top_p must be in (0, 1]"),
+    (dict(max_new_tokens=np.array([0], np.int32)), "max_new_tokens must be > 0"),
+    (dict(max_new_tokens=np.array([17], np.int32)), "max_new_tokens must be <= 16"),
+    (dict(length=np.array([60], np.int32), token_ids=np.zeros((1, 60), np.int32)),
+     "prompt + max_new_tokens exceeds the context of 64"),
+]
 
-    for result, (_, message) in zip(results, bad + bad + knob_errors):
-        assert isinstance(result, dict) and re.search(message, result["error"]), (message, result)
+
+def test_a_row_that_breaks_a_rule_is_answered_with_the_rule_it_broke(served, tmp_path):
+    ids, length = np.array([[464, 3290, 0]], np.int32), np.array([2], np.int32)
+    calls = [[grpc("serving_default", **{"token_ids": ids, "length": length, **c})] for c, _ in BAD_PROMPTS]
+    calls += [[grpc("generate", **{"token_ids": ids, "length": length, **settings(1), **c})]
+              for c, _ in BAD_PROMPTS + BAD_SETTINGS]
+    calls += [[grpc("generate", token_ids=ids, length=length, **{**settings(1), "seed": np.array([1, 2], np.int32)})],
+              [grpc("serving_default", token_ids=ids, length=np.array([1, 1], np.int32))],
+              [grpc("generate", token_ids=ids, length=length)]]  # settings missing
+    results = serve(served, calls, tmp_path)
+    logits, generated = results[:len(BAD_PROMPTS)], results[len(BAD_PROMPTS):-3]
+    for (result,), (change, message) in zip(logits, BAD_PROMPTS):
+        answer = outputs(result)
+        assert answer["error"][0].decode() .startswith(message), (change, answer["error"])
+        assert answer["logits"].shape[1] == (change.get("token_ids", ids)).shape[1] and not answer["logits"].any()
+    for (result,), (change, message) in zip(generated, BAD_PROMPTS + BAD_SETTINGS):
+        answer = outputs(result)
+        assert answer["error"][0].decode().startswith(message), (change, answer["error"])
+        assert answer["length"].tolist() == [0]
+    # What cannot be told row by row fails the request (the batcher refuses such a request on its own).
+    assert "seed must have one value per row, or a single value" in results[-3]["error"]
+    assert "length must have one value per row" in results[-2]["error"]
     assert "Missing but required" in results[-1]["error"]
+
+
+def test_a_bad_row_never_fails_the_rows_merged_with_it(model, served, tmp_path):
+    """A merged batch holding bad rows: each good row answers as alone, each bad row gets its own error."""
+    good = [dict(token_ids=np.array([[464, 3290, 318]], np.int32), length=np.array([3], np.int32),
+                 **settings(1, max_new_tokens=5)),
+            dict(token_ids=np.array([[40, 1101], [818, 0]], np.int32), length=np.array([2, 1], np.int32),
+                 **settings(2, max_new_tokens=[3, 16], temperature=[1.0, 0.0], seed=[4, 0]))]
+    bad = [dict(token_ids=np.array([[1, 2]], np.int32), length=np.array([2], np.int32),
+                **settings(1, max_new_tokens=17)),
+           dict(token_ids=np.array([[1, 50257, 3, 4]], np.int32), length=np.array([4], np.int32), **settings(1))]
+    merged = [bad[0], good[0], bad[1], good[1]]
+    texts = [dict(text=np.array(["Hello world".encode()]), **settings(1, max_new_tokens=4)),
+             dict(text=np.array([("a" * 300).encode()]), **settings(1)),
+             dict(text=np.array(["".encode()]), **settings(1))]
+    calls = [[grpc("generate", **r) for r in merged], [grpc("generate_text", **t) for t in texts],
+             [grpc("serving_default", token_ids=r["token_ids"], length=r["length"]) for r in merged]]
+    shipped = os.path.join(os.path.dirname(served), "batching_parameters.txt")
+    generated, text, logits = [[outputs(r) for r in call] for call in serve(served, calls, tmp_path, batching=shipped)]
+    for answer, message in ((generated[0], "max_new_tokens must be <= 16"), (generated[2], "token ids must be in"),
+                            (logits[2], "token ids must be in")):
+        assert answer["error"][0].decode().startswith(message)
+    assert logits[0]["error"].tolist() == [b""] and not logits[2]["logits"].any()
+    for answer, request in ((generated[1], good[0]), (generated[3], good[1])):
+        assert answer["error"].tolist() == [b""] * len(request["length"])
+        rows = [ids[:n].tolist() for ids, n in zip(answer["token_ids"], answer["length"])]
+        alone = [model.generate(ids[:n].tolist(), max_new_tokens=int(new), temperature=float(t), seed=int(s))
+                 for ids, n, new, t, s in zip(request["token_ids"], request["length"], request["max_new_tokens"],
+                                              request["temperature"], request["seed"])]
+        assert rows == alone
+    for answer, request in ((logits[1], good[0]), (logits[3], good[1])):
+        for row, (ids, n) in enumerate(zip(request["token_ids"], request["length"])):
+            np.testing.assert_allclose(answer["logits"][row, :n], np.asarray(model(ids[None, :n]))[0], atol=1e-4)
+    assert text[0]["text"][0].decode() == model.generate("Hello world", max_new_tokens=4)
+    assert [t["error"][0].decode() for t in text] == [
+        "", "text has a run of more than 256 bytes without whitespace", "text is empty"]
 
 
 def test_an_answer_that_stops_keeps_the_stop_token_in_its_ids_not_in_its_text(model, tmp_path):

@@ -1,16 +1,24 @@
-"""Deployment to TF Serving: a SavedModel with logits, generation and text-in/text-out signatures.
+"""Deployment to TF Serving: a SavedModel with logits, generation, text-in/text-out and tokenizer signatures.
 
-SavedModel (`export_saved_model`) writes `<base>/<version>/` with three signatures; every input and
+SavedModel (`export_saved_model`) writes `<base>/<version>/` with four signatures; every input and
 output has a leading batch dimension, so TF Serving's batcher can merge requests:
-  serving_default(token_ids [B, T], length [B])                        -> logits [B, T, vocab]
+  serving_default(token_ids [B, T], length [B])                        -> logits [B, T, vocab], error [B]
   generate(token_ids, length, max_new_tokens [B], temperature [B],
-           top_k [B], top_p [B], seed [B])                            -> token_ids [B, N], length [B]
-  generate_text(text [B], max_new_tokens, temperature, top_k, top_p, seed) -> text, token_ids, length
+           top_k [B], top_p [B], seed [B])                            -> token_ids [B, N], length [B], error [B]
+  generate_text(text [B], max_new_tokens, temperature, top_k, top_p, seed) -> text, token_ids, length, error
+  tokenize(text [B])                                                   -> token_ids [B, N], length [B], error [B]
 Row i's prompt is its first `length[i]` tokens (what follows is ignored); each setting is one value per
 row, or a single value for all rows. A row's answer is its first `length[i]` new tokens (up to and with
 `<|endoftext|>`). The graphs run with XLA compilation off, as the stock server runs them.
-The tokenizer is in the graph (keras-hub's BytePairTokenizer, whose ops come from
-tensorflow-text: `import tensorflow_text` before `tf.saved_model.load` outside TF Serving).
+
+A row that breaks a rule (an id outside the vocabulary, a length or setting out of range, text too long) does not
+fail the request, nor the others TF Serving's batcher merged it with: its `error` names the rule, its `length` is 0,
+its ids are padding and its text and logits empty or 0; every other row answers as it would alone (`error` "").
+What cannot be split by rows fails the request: a missing input, a wrong dtype, a setting with neither one value
+nor one per row (the batcher refuses such a request on its own).
+The tokenizer is in the graph (`tf_gpt2.graph_tokenizer`: GPT-2's BPE exactly as `GPT2Tokenizer`, or a character
+model's own characters); its ops come from tensorflow-text: `import tensorflow_text` before `tf.saved_model.load`
+outside TF Serving.
 Phones and other devices: see `tf_gpt2.litert`.
 """
 
@@ -24,35 +32,50 @@ import tensorflow as tf
 from tf_gpt2.checks import is_integer
 from tf_gpt2.files import atomic_write, bytes_writer
 from tf_gpt2.generation import Prompt, Sampling, answer_lengths, generate_loop, pad_id, positions_from_mask
-from tf_gpt2.layers import scatter_cache_writes
+from tf_gpt2.layers import cache_buffers
 from tf_gpt2.model import GPT2
-from tf_gpt2.tokenizer import EOT_ID, GPT2Tokenizer
+from tf_gpt2.graph_tokenizer import BytePairGraphTokenizer, CharacterGraphTokenizer
+from tf_gpt2.tokenizer import EOT_ID, VOCAB_SIZE
 
 
-def _prompt(token_ids, length, config):
-    """Checked left-padded `Prompt` from right-padded rows: row i's prompt is its first `length[i]` tokens.
+def _row_errors(batch, rules) -> tf.Tensor:
+    """String [batch]: for each row the message of the first rule it breaks, "" when none.
+
+    `rules` is a list of (bool [batch], message): True where the row breaks that rule.
+    """
+    error = tf.fill([batch], "")
+    for broken, message in reversed(rules):
+        error = tf.where(broken, message, error)
+    return error
+
+
+def _prompt(token_ids, length, config, error):
+    """A left-padded `Prompt` from right-padded rows (row i's prompt is its first `length[i]` tokens), and each
+    row's error: `error` [batch] (rows refused earlier) with the rules of a prompt checked in the graph.
 
     What follows a row's prompt is ignored (TF Serving's batcher pads a shorter request with its own first
-    element), so a merged batch answers each row as it would alone. A served model has no eager Python in
-    front of it: the checks are in the graph.
+    element), so a merged batch answers each row as it would alone. A refused row runs as a one-token prompt.
     """
-    vocab_size, pad = config.vocab_size, pad_id(config)
+    vocab_size, pad, context = config.vocab_size, pad_id(config), config.n_positions
+    check = tf.debugging.assert_equal(tf.shape(length), tf.shape(token_ids)[:1],
+                                      message="length must have one value per row of token_ids")
+    with tf.control_dependencies([check]):
+        sent = tf.shape(token_ids)[1]
+    token_ids = tf.pad(token_ids, [[0, 0], [0, tf.maximum(1 - sent, 0)]])  # at least one column to run
     width = tf.shape(token_ids)[1]
     mask = tf.sequence_mask(length, width, dtype=tf.int32)
-    checks = [
-        tf.debugging.assert_less_equal(width, config.n_positions,
-                                       message=f"token_ids has more columns than the context of {config.n_positions}"),
-        tf.debugging.assert_equal(tf.shape(length), tf.shape(token_ids)[:1],
-                                  message="length must have one value per row of token_ids"),
-        tf.debugging.assert_equal(tf.reduce_all(tf.logical_and(length >= 1, length <= width)), True,
-                                  message="every length must be in [1, number of columns of token_ids]"),
-        tf.debugging.assert_equal(tf.reduce_all(tf.logical_or(mask == 0, tf.logical_and(
-            token_ids >= 0, token_ids < vocab_size))), True, message=f"token ids must be in [0, {vocab_size})"),
-    ]
-    with tf.control_dependencies(checks):
-        ids = tf.where(mask == 1, token_ids, pad)  # the padding is whatever the client or batcher put there
+    outside = tf.logical_and(mask == 1, tf.logical_or(token_ids < 0, token_ids >= vocab_size))
+    error = tf.where(error == "", _row_errors(tf.shape(length)[0], [
+        (tf.logical_or(length < 1, length > sent), "length must be in [1, number of columns of token_ids]"),
+        (length > context, f"the prompt is longer than the context of {context} tokens"),
+        (tf.reduce_any(outside, axis=1), f"token ids must be in [0, {vocab_size})"),
+    ]), error)
+    length = tf.where(error == "", length, 1)
+    width = tf.minimum(width, context)  # a longer row was refused: the columns past the context are not read
+    mask = tf.sequence_mask(length, width, dtype=tf.int32)
+    ids = tf.where(tf.logical_and(mask == 1, error[:, None] == ""), token_ids[:, :width], pad)
     # Move each row's tokens to the right end (left padding), as generation expects.
-    return Prompt(_rotate(ids, width - length), _rotate(mask, width - length))
+    return Prompt(_rotate(ids, width - length), _rotate(mask, width - length)), length, error
 
 
 def _rotate(rows, shift):
@@ -70,74 +93,113 @@ def _per_row(name: str, value, batch):
         return tf.broadcast_to(value, [batch])
 
 
+class _InPlaceCache:
+    """KV-cache buffers for graphs run without XLA (TF Serving): each a fresh buffer, written in place.
+
+    A functional update (`tensor_scatter_nd_update`) copies the whole layer cache at every token: at batch 32 that
+    was a sixth of a served step. `InplaceUpdate` writes the step's rows into the buffer it is given (a core
+    TensorFlow kernel that aliases its input), which is safe here because each buffer has one user: `Empty` makes
+    a new one per layer and request (a stateful op, so grappler never merges two), and a decoding step reads a
+    cache only on the way to its logits, which the next step's write waits for.
+    """
+
+    @staticmethod
+    def new(shape, dtype):
+        return tf.raw_ops.Empty(shape=tf.stack(shape), dtype=dtype, init=True)
+
+    @staticmethod
+    def write(buffer, updates, index):
+        """`buffer` [batch, heads, length, dim] with `updates` [batch, heads, time, dim] at slots index...index+time-1."""
+        batch, heads, length, dim = tf.unstack(tf.shape(buffer))
+        slots = index + tf.range(tf.shape(updates)[2])
+        rows = (tf.range(batch)[:, None, None] * heads + tf.range(heads)[None, :, None]) * length + slots[None, None, :]
+        flat = tf.raw_ops.InplaceUpdate(x=tf.reshape(buffer, [-1, dim]), i=tf.reshape(rows, [-1]),
+                                        v=tf.reshape(updates, [-1, dim]))
+        return tf.reshape(flat, tf.shape(buffer))
+
+
 class _Serving:
     """The functions behind the SavedModel's signatures."""
 
     def __init__(self, model: GPT2, max_new_tokens_limit: int, max_text_bytes: int, max_word_bytes: int):
         self.model = model
         self.max_text_bytes, self.max_word_bytes = max_text_bytes, max_word_bytes
-        self.tokenizer = GPT2Tokenizer().tf_layer()
-        self.tokenizer(tf.constant([""]))  # build it, so the export can track its lookup tables
+        characters = model.config.characters
+        self.tokenizer = BytePairGraphTokenizer() if characters is None else CharacterGraphTokenizer(characters)
         self.limit = max_new_tokens_limit
         self.pad_id = pad_id(model.config)
 
     def logits(self, token_ids, length):
-        prompt = _prompt(token_ids, length, self.model.config)
+        prompt, length, error = _prompt(token_ids, length, self.model.config, tf.fill(tf.shape(length), ""))
         logits = self.model(prompt.ids, attention_mask=prompt.mask, position_ids=positions_from_mask(prompt.mask))
-        width = tf.shape(token_ids)[1]  # back to the rows as they were sent: the prompt first
-        sent = tf.sequence_mask(length, width)[:, :, None]  # logits past a row's prompt are 0
-        return {"logits": tf.where(sent, _rotate(logits, length - width), 0.0)}
+        width = tf.shape(prompt.ids)[1]  # back to the rows as they were sent: the prompt first
+        sent = tf.logical_and(tf.sequence_mask(length, width), error[:, None] == "")[:, :, None]
+        logits = tf.where(sent, _rotate(logits, length - width), 0.0)  # 0 past a row's prompt, and in refused rows
+        columns = tf.shape(token_ids)[1]  # as many columns as were sent
+        logits = tf.pad(logits, [[0, 0], [0, tf.maximum(columns - width, 0)], [0, 0]])[:, :columns]
+        return {"logits": logits, "error": error}
 
     def generate(self, token_ids, length, max_new_tokens, temperature, top_k, top_p, seed):
+        return self._generate(token_ids, length, (max_new_tokens, temperature, top_k, top_p, seed),
+                              tf.fill(tf.shape(length), ""))
+
+    def _generate(self, token_ids, length, settings, error):
         cfg, batch = self.model.config, tf.shape(token_ids)[0]
-        prompt = _prompt(token_ids, length, cfg)
-        knobs = {name: _per_row(name, value, batch) for name, value in (
-            ("max_new_tokens", max_new_tokens), ("temperature", temperature), ("top_k", top_k), ("top_p", top_p),
-            ("seed", seed))}
+        prompt, length, error = _prompt(token_ids, length, cfg, error)
+        knobs = {name: _per_row(name, value, batch)
+                 for name, value in zip(("max_new_tokens", "temperature", "top_k", "top_p", "seed"), settings)}
+        new = knobs["max_new_tokens"]
+        error = tf.where(error == "", _row_errors(batch, [
+            (new < 1, "max_new_tokens must be > 0"),
+            (new > self.limit, f"max_new_tokens must be <= {self.limit}"),
+            (length + new > cfg.n_positions, f"prompt + max_new_tokens exceeds the context of {cfg.n_positions}"),
+            # Not ~(t >= 0): grappler rewrites that to t < 0, which a NaN passes.
+            (tf.math.is_nan(knobs["temperature"]) | (knobs["temperature"] < 0), "temperature must be >= 0"),
+            (knobs["top_k"] < 0, "top_k must be >= 0 (0: off)"),
+            (tf.math.is_nan(knobs["top_p"]) | (knobs["top_p"] <= 0) | (knobs["top_p"] > 1), "top_p must be in (0, 1]"),
+        ]), error)
+        ok = error == ""
+        # A refused row asks for one greedy token, so it costs the batch nothing.
+        for name, default in (("max_new_tokens", 1), ("temperature", 0.0), ("top_k", 0), ("top_p", 1.0)):
+            knobs[name] = tf.where(ok, knobs[name], default)
         # One seed for a request of several rows: row i samples with seed + i, as model.generate does.
-        offset = tf.range(batch, dtype=tf.int64) * tf.cast(tf.size(seed) == 1, tf.int64)
+        offset = tf.range(batch, dtype=tf.int64) * tf.cast(tf.size(settings[-1]) == 1, tf.int64)
         knobs["seed"] = tf.cast(tf.math.floormod(tf.cast(knobs["seed"], tf.int64) + offset, 2**31), tf.int32)
-        budget, longest = tf.reduce_max(knobs["max_new_tokens"]), tf.reduce_max(length)
-        ok = lambda condition: tf.reduce_all(condition)  # noqa: E731
-        checks = [
-            tf.debugging.assert_equal(ok(knobs["max_new_tokens"] > 0), True, message="max_new_tokens must be > 0"),
-            tf.debugging.assert_less_equal(budget, self.limit, message=f"max_new_tokens must be <= {self.limit}"),
-            tf.debugging.assert_equal(ok(length + knobs["max_new_tokens"] <= cfg.n_positions), True,
-                                      message=f"prompt + max_new_tokens exceeds the context of {cfg.n_positions}"),
-            tf.debugging.assert_equal(ok(knobs["temperature"] >= 0), True, message="temperature must be >= 0"),
-            tf.debugging.assert_equal(ok(knobs["top_k"] >= 0), True, message="top_k must be >= 0 (0: off)"),
-            tf.debugging.assert_equal(ok(tf.logical_and(knobs["top_p"] > 0, knobs["top_p"] <= 1)), True,
-                                      message="top_p must be in (0, 1]"),
-        ]
-        with tf.control_dependencies(checks):
-            budget = tf.identity(budget)
         sampling = Sampling(repetition_penalty=tf.ones([batch]), stop_ids=tf.constant([EOT_ID], tf.int32),
                             pad_id=tf.constant(self.pad_id), **knobs)
         # The cache holds the longest prompt and the largest budget of this batch, no more.
-        new_slots = tf.zeros((batch, budget), tf.int32)
-        prompt = Prompt(prompt.ids[:, -longest:], prompt.mask[:, -longest:])
-        out = generate_loop(self.model, prompt, new_slots, sampling)
-        return {"token_ids": out, "length": answer_lengths(out, sampling)}
+        longest = tf.reduce_max(length)
+        new_slots = tf.zeros((batch, tf.reduce_max(knobs["max_new_tokens"])), tf.int32)
+        out = generate_loop(self.model, Prompt(prompt.ids[:, -longest:], prompt.mask[:, -longest:]), new_slots,
+                            sampling)
+        return {"token_ids": tf.where(ok[:, None], out, self.pad_id),
+                "length": tf.where(ok, answer_lengths(out, sampling), 0), "error": error}
+
+    def _tokenize(self, text):
+        """Ragged ids of `text` [batch] and each row's error; text over the bounds is refused before tokenizing
+        (the in-graph BPE's time grows with the square of a word's length), its row left empty."""
+        longest_word = tf.strings.length(tf.strings.split(text))
+        error = _row_errors(tf.shape(text)[0], [
+            (tf.strings.length(text) > self.max_text_bytes, f"text is longer than {self.max_text_bytes} bytes"),
+            (tf.reduce_max(longest_word, axis=1) > self.max_word_bytes,
+             f"text has a run of more than {self.max_word_bytes} bytes without whitespace"),
+        ])
+        ids, tokenizer_error = self.tokenizer(tf.where(error == "", text, ""))
+        error = tf.where(error == "", tokenizer_error, error)
+        return ids, tf.where(tf.logical_and(error == "", ids.row_lengths() == 0), "text is empty", error)
+
+    def tokenize(self, text):
+        ids, error = self._tokenize(text)
+        length = tf.where(error == "", tf.cast(ids.row_lengths(), tf.int32), 0)
+        return {"token_ids": tf.RaggedTensor.from_tensor(ids.to_tensor(), lengths=length).to_tensor(self.pad_id),
+                "length": length, "error": error}
 
     def generate_text(self, text, max_new_tokens, temperature, top_k, top_p, seed):
-        # Bounded before tokenizing: the in-graph BPE costs time quadratic in the length of a word
-        # (a 4 KB run without spaces takes seconds), and both checks are linear in the input.
-        longest = lambda strings: tf.reduce_max(tf.concat([[0], tf.strings.length(strings)], 0))  # noqa: E731
-        checks = [
-            tf.debugging.assert_less_equal(longest(text), self.max_text_bytes,
-                                           message=f"text is longer than {self.max_text_bytes} bytes"),
-            tf.debugging.assert_less_equal(
-                longest(tf.strings.split(text).flat_values), self.max_word_bytes,
-                message=f"text has a run of more than {self.max_word_bytes} bytes without whitespace"),
-        ]
-        with tf.control_dependencies(checks):
-            text = tf.identity(text)
-        ragged = self.tokenizer(text)
-        ids = tf.cast(ragged.to_tensor(default_value=self.pad_id), tf.int32)
-        answer = self.generate(ids, tf.cast(ragged.row_lengths(), tf.int32), max_new_tokens, temperature, top_k,
-                               top_p, seed)
+        ids, error = self._tokenize(text)
+        answer = self._generate(ids.to_tensor(default_value=self.pad_id), tf.cast(ids.row_lengths(), tf.int32),
+                                (max_new_tokens, temperature, top_k, top_p, seed), error)
         ends_with_stop = tf.gather(answer["token_ids"], tf.maximum(answer["length"] - 1, 0), batch_dims=1) == EOT_ID
-        kept = answer["length"] - tf.cast(ends_with_stop, tf.int32)  # the stop token is not text
+        kept = answer["length"] - tf.cast(ends_with_stop & (answer["length"] > 0), tf.int32)  # a stop is not text
         words = self.tokenizer.detokenize(tf.RaggedTensor.from_tensor(answer["token_ids"], lengths=kept))
         # An answer cut inside a multi-byte character ends with an incomplete one: U+FFFD replaces it, as
         # bytes.decode(errors="replace") does, so the text is valid UTF-8 (TF Serving's REST writes it raw).
@@ -177,6 +239,9 @@ def export_saved_model(model: GPT2, base_dir: str, version: int | None = None, m
                         ("max_word_bytes", max_word_bytes), ("version", 1 if version is None else version)):
         if not is_integer(value) or value <= 0:  # TF Serving loads versions >= 1
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    if model.config.characters is None and model.config.vocab_size < VOCAB_SIZE:
+        raise ValueError(f"a model of {model.config.vocab_size} tokens without its characters has no tokenizer to "
+                         "serve text with (GPT-2's BPE needs 50257 ids): give GPT2Config its characters")
     module = _Serving(model, min(max_new_tokens_limit, model.config.n_positions), max_text_bytes, max_word_bytes)
     i32, f32 = tf.int32, tf.float32
     # Every input has a leading batch dimension, so TF Serving's batcher can merge requests.
@@ -187,17 +252,19 @@ def export_saved_model(model: GPT2, base_dir: str, version: int | None = None, m
     archive = keras.export.ExportArchive()
     # The endpoints' variables are saved because they use them; tracking the model as well would store every
     # weight a second time (as the Keras variable and as the TF variable under it).
-    archive.track(module.tokenizer)  # its vocabulary lookup tables
+    archive.track(module.tokenizer)  # its lookup tables
     archive.add_endpoint("serving_default", module.logits, [ids_spec, length_spec])
     archive.add_endpoint("generate", module.generate, [ids_spec, length_spec, *settings])
-    archive.add_endpoint("generate_text", module.generate_text, [tf.TensorSpec([None], tf.string, "text"), *settings])
+    text_spec = tf.TensorSpec([None], tf.string, "text")
+    archive.add_endpoint("generate_text", module.generate_text, [text_spec, *settings])
+    archive.add_endpoint("tokenize", module.tokenize, [text_spec])
     version = version or _next_version(base_dir)
     final_dir = os.path.join(base_dir, str(version))
     if os.path.exists(final_dir):
         raise FileExistsError(f"{final_dir} exists: choose another version")
     os.makedirs(base_dir, exist_ok=True)
     # Written aside and moved into place in one rename: TF Serving never sees half a version.
-    with scatter_cache_writes():  # TF Serving runs graphs with XLA compilation off: no XLA-only op
+    with cache_buffers(_InPlaceCache):  # TF Serving runs graphs with XLA compilation off: no XLA-only op
         atomic_write(final_dir, lambda tmp: archive.write_out(tmp, verbose=False))  # the endpoints trace here
     batching = os.path.join(base_dir, "batching_parameters.txt")
     if not os.path.exists(batching):  # a file the user edited stays as it is

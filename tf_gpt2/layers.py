@@ -42,37 +42,41 @@ def causal_mask(query_len, key_len, query_offset=0, visible=None):
     return mask if visible is None else ops.logical_and(mask, ops.cast(visible, "bool")[:, None, None, :])
 
 
-# How a step's keys/values are written into the cache. Compiled code (generate under XLA, the LiteRT
-# graphs) updates the slice in place with `slice_update`; on TensorFlow that op exists only inside XLA, and
-# TF Serving runs its graphs with XLA compilation off, so a SavedModel is traced under
-# `scatter_cache_writes()` and writes with `scatter_update`, which has plain TensorFlow kernels.
-_SCATTER_WRITES = contextvars.ContextVar("scatter_cache_writes", default=False)
+# How cache buffers are made and written. Compiled code (generate under XLA, the LiteRT graphs) starts from
+# zeros and updates slices in place with `slice_update`. On TensorFlow that op exists only inside XLA, and TF
+# Serving runs its graphs with XLA compilation off, so a SavedModel is traced under `cache_buffers(...)` with
+# ops that have plain TensorFlow kernels (`tf_gpt2.export` gives them).
+_CACHE_BUFFERS = contextvars.ContextVar("cache_buffers", default=None)
 
 
 @contextlib.contextmanager
-def scatter_cache_writes():
-    """Within this block, cache writes are traced as scatters (ops that run without XLA)."""
-    token = _SCATTER_WRITES.set(True)
+def cache_buffers(buffers):
+    """Within this block, caches are made with `buffers.new(shape, dtype)` and written with
+    `buffers.write(buffer, updates, index)` (the signature of `update_slots`)."""
+    token = _CACHE_BUFFERS.set(buffers)
     try:
         yield
     finally:
-        _SCATTER_WRITES.reset(token)
+        _CACHE_BUFFERS.reset(token)
+
+
+def new_buffer(shape, dtype):
+    """A cache buffer of zeros (see `cache_buffers`)."""
+    buffers = _CACHE_BUFFERS.get()
+    return ops.zeros(shape, dtype) if buffers is None else buffers.new(shape, dtype)
 
 
 def update_slots(buffer, updates, index):
     """`buffer` [batch, heads, length, dim] with `updates` [batch, heads, time, dim] at positions `index`,
     `index + 1`, ... `index + time - 1`.
 
-    The one place that decides how a cache write is expressed (see `scatter_cache_writes`).
+    The one place that decides how a cache write is expressed (see `cache_buffers`).
     """
-    if not _SCATTER_WRITES.get():
-        zero = ops.zeros((), "int32")
-        return ops.slice_update(buffer, (zero, zero, index, zero), updates)
-    batch, heads, time = ops.shape(updates)[0], ops.shape(updates)[1], ops.shape(updates)[2]
-    grid = ops.meshgrid(ops.arange(batch, dtype="int32"), ops.arange(heads, dtype="int32"),
-                        index + ops.arange(time, dtype="int32"), indexing="ij")
-    where = ops.reshape(ops.stack(grid, axis=-1), (-1, 3))  # (b, h, slot) of every written row
-    return ops.scatter_update(buffer, where, ops.reshape(updates, (-1, ops.shape(updates)[3])))
+    buffers = _CACHE_BUFFERS.get()
+    if buffers is not None:
+        return buffers.write(buffer, updates, index)
+    zero = ops.zeros((), "int32")
+    return ops.slice_update(buffer, (zero, zero, index, zero), updates)
 
 
 def write_cache(cache: dict, key, value, index):

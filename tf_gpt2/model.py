@@ -12,7 +12,7 @@ from keras import ops
 
 from tf_gpt2.checks import check_positions, check_token_ids
 from tf_gpt2.config import GPT2Config
-from tf_gpt2.layers import TransformerBlock, causal_mask
+from tf_gpt2.layers import TransformerBlock, causal_mask, new_buffer
 from tf_gpt2.variants import VariantBlock
 
 
@@ -111,7 +111,7 @@ class GPT2(keras.Model):
         cfg = self.config
         shape = (batch_size, cfg.n_head, max_length, cfg.head_dim)
         dtype = dtype or self.compute_dtype
-        return [{"key": ops.zeros(shape, dtype), "value": ops.zeros(shape, dtype)} for _ in range(cfg.n_layer)]
+        return [{"key": new_buffer(shape, dtype), "value": new_buffer(shape, dtype)} for _ in range(cfg.n_layer)]
 
     def call_with_cache(self, token_ids, cache, cache_index, visible=None, position_ids=None, logits_at=None):
         """One decoding step: run `token_ids` at cache positions `cache_index...`.
