@@ -47,19 +47,17 @@ def _join_whitespace(words: tf.RaggedTensor) -> tf.RaggedTensor:
     A run of n whitespace characters before text came out as single characters; GPT-2 makes its first n-1 one
     token, and its last either starts the next token (a space: " word") or stands alone (any other character).
     """
-    values, starts = words.flat_values, words.row_starts()
+    values, rows = words.flat_values, words.value_rowids()
     single = tf.strings.regex_full_match(values, f"[{WHITESPACE}]")
     starts_with_space = tf.strings.regex_full_match(values, f"(?s)[{WHITESPACE}].*")
-    first = tf.scatter_nd(starts[:, None], tf.ones_like(starts, tf.bool), tf.shape(values, out_type=tf.int64))
-    last = tf.concat([first[1:], [True]], 0)  # the last token of its segment
-    next_single = tf.concat([single[1:], [False]], 0)
-    next_text = tf.concat([tf.logical_not(starts_with_space[1:]), [False]], 0)
-    alone = single & ~next_single & ~last & next_text  # the run's last character, before text
-    joins_previous = single & tf.concat([[False], single[:-1]], 0) & ~first & ~alone
+    following = lambda x, end: tf.concat([x, [end]], 0)[1:]  # noqa: E731  (each token's next, `end` after the last)
+    first = tf.concat([[-1], rows], 0)[:-1] != rows  # the first token of its segment
+    last = following(rows, -1) != rows
+    alone = single & ~following(single, False) & ~last & ~following(starts_with_space, True)  # before text
+    joins_previous = single & tf.concat([[False], single], 0)[:-1] & ~first & ~alone
     starts_group = tf.cast(~joins_previous, tf.int64)
     joined = tf.strings.unsorted_segment_join(values, tf.cumsum(starts_group) - 1, tf.reduce_sum(starts_group))
-    counts = tf.math.segment_sum(tf.cast(~joins_previous, tf.int64), words.value_rowids())
-    counts = tf.concat([counts, tf.zeros(words.nrows() - tf.shape(counts, out_type=tf.int64)[0], tf.int64)], 0)
+    counts = tf.math.unsorted_segment_sum(starts_group, rows, words.nrows())
     return tf.RaggedTensor.from_row_lengths(joined, counts)
 
 
@@ -122,22 +120,25 @@ class BytePairGraphTokenizer(tf.Module):
         rows = tf.boolean_mask(symbols.value_rowids(), keep)
         n = tf.shape(words, out_type=tf.int64)[0]
 
+        def pairs(values, rows):
+            """Each symbol joined with the next one, and the rank of that pair (none across words)."""
+            following = tf.concat([values, [""]], 0)[1:]
+            same_word = tf.concat([rows, [-1]], 0)[1:] == rows
+            pair = tf.strings.join([values, following])
+            return pair, tf.where(same_word, self.ranks.lookup(pair), _NO_RANK)
+
         def merge_once(values, rows):
-            same_word = tf.concat([rows[1:] == rows[:-1], [False]], 0)
-            pair = tf.strings.join([values, tf.concat([values[1:], [""]], 0)])
-            rank = tf.where(same_word, self.ranks.lookup(pair), _NO_RANK)
-            best = tf.math.unsorted_segment_min(rank, rows, n)  # per word; words without a pair: the max int32
+            pair, rank = pairs(values, rows)
+            best = tf.math.unsorted_segment_min(rank, rows, n)  # per word; without a pair: _NO_RANK
             index = tf.range(tf.size(values, tf.int64))
             first_best = tf.math.unsorted_segment_min(tf.where(rank == tf.gather(best, rows), index, 2**62), rows, n)
-            merged = (index == tf.gather(first_best, rows)) & (rank != _NO_RANK)
-            dropped = tf.concat([[False], merged[:-1]], 0)
+            merged = (index == tf.gather(first_best, rows)) & (rank != _NO_RANK)  # the leftmost best pair
+            dropped = tf.concat([[False], merged], 0)[:-1]
             values = tf.where(merged, pair, values)
             return tf.boolean_mask(values, ~dropped), tf.boolean_mask(rows, ~dropped)
 
         def can_merge(values, rows):
-            same_word = tf.concat([rows[1:] == rows[:-1], [False]], 0)
-            pair = tf.strings.join([values, tf.concat([values[1:], [""]], 0)])
-            return tf.reduce_any(same_word & (self.ranks.lookup(pair) != _NO_RANK))
+            return tf.reduce_any(pairs(values, rows)[1] != _NO_RANK)
 
         values, rows = tf.while_loop(can_merge, merge_once, (values, rows),
                                      shape_invariants=(tf.TensorShape([None]), tf.TensorShape([None])))

@@ -1,0 +1,123 @@
+"""The SavedModel's text signatures tokenize exactly as `GPT2Tokenizer().encode` (tiktoken), served as the stock
+tensorflow_model_server serves them, and keep no state: memory stays flat however many distinct words arrive."""
+
+import os
+import random
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from conftest import spread_tiny_model
+from test_tf_serving import BENCHMARKS, grpc, outputs, serve
+
+from tf_gpt2 import GPT2Tokenizer
+from tf_gpt2.export import export_saved_model
+
+WHITESPACE = [" ", "  ", "   ", "\t", "\n", "\n\n", "\r\n", "\r", "\x0b", "\x0c", "\x85", "\xa0", "\xa0\xa0", "\u1680",
+              "\u2002", "\u2003", "\u2009", "\u200a", "\u2028", "\u2029", "\u202f", "\u205f", "\u3000", "\u3000\u3000",
+              " \xa0", "\xa0 ", "\t ", " \t", "\n ", " \n"]
+NOT_WHITESPACE = ["\u200b", "\ufeff", "\u180e", "\x1c", "\x1f"]  # zero-width and separators Unicode calls no space
+CONTROL = [chr(c) for c in (*range(0, 32), 127)]
+WORDS = ["hello", "World", "naïve", "café", "Ĳssel", "straße", "Привет", "мир", "Ελλάδα", "שלום", "مرحبا", "नमस्ते",
+         "สวัสดี", "日本語", "中文字符", "한국어", "カタカナ", "ひらがな", "ǅemal", "İstanbul", "ﬁnance", "𝔘𝔫𝔦𝔠𝔬𝔡𝔢",
+         "it's", "we'll", "they're", "I'VE", "don't", "'s", "'t", "'re", "o'clock", "rock'n'roll", "x'y"]
+MARKS = ["\u0301", "\u0300\u0323", "\u0308", "\u20dd", "\u0651", "\u093f", "\u0e31"]
+EMOJI = ["👍", "👍🏽", "👨‍👩‍👧‍👦", "🇯🇵", "🇫🇷🇩🇪", "❤️", "🏳️‍🌈", "1️⃣", "🧑🏿‍🚀", "😀😀😀"]
+PUNCTUATION = ["...", "—", "«", "»", "“", "”", "!?", "()", "[]", "{}", "@#", "$%", "&&", "::", "''", "``", "¿", "¡",
+               "。", "、", "٪", "<|", "|>", "<|endoftext", "<|endoftext|>"]
+
+
+def corpus(lines: int, seed: int = 0) -> list[str]:
+    """Lines mixing scripts, numbers, Unicode whitespace (runs of it, at the ends), control characters (NUL too),
+    combining marks, emoji sequences and `<|endoftext|>`; CRLF and lone CR among them."""
+    rng = random.Random(seed)
+
+    def piece():
+        kind = rng.random()
+        if kind < 0.35:
+            word = rng.choice(WORDS)
+            return word + "".join(rng.choice(MARKS) for _ in range(rng.random() < 0.15))
+        if kind < 0.5:
+            digits = "".join(rng.choice("0123456789") for _ in range(rng.randint(1, 40)))
+            return rng.choice(["", "-", "+", "$", " "]) + digits + rng.choice(["", ".5", ",000", "%", "th"])
+        if kind < 0.62:
+            return rng.choice(EMOJI)
+        if kind < 0.74:
+            return rng.choice(PUNCTUATION)
+        if kind < 0.84:
+            return rng.choice(CONTROL) * rng.randint(1, 3)
+        if kind < 0.9:
+            return rng.choice(NOT_WHITESPACE)
+        return rng.choice(MARKS)  # a mark with no base, or after whitespace
+
+    def line():
+        text = rng.choice(["", "", rng.choice(WHITESPACE)])
+        for _ in range(rng.randint(1, 12)):
+            text += piece() + rng.choice([" "] * 6 + WHITESPACE + [""])
+        return text + rng.choice(["", "", rng.choice(WHITESPACE) * rng.randint(1, 3), "<|endoftext|>"])
+
+    return [line() for _ in range(lines)]
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    return export_saved_model(spread_tiny_model(), str(tmp_path_factory.mktemp("served") / "m"),
+                              max_new_tokens_limit=4)
+
+
+def test_the_served_tokenizer_is_tiktoken_on_ten_thousand_hard_lines(served, tmp_path):
+    lines = corpus(10_000)
+    chunks = [lines[i:i + 500] for i in range(0, len(lines), 500)]
+    calls = [[grpc("tokenize", text=np.array([t.encode("utf-8") for t in chunk], object))] for chunk in chunks]
+    results = serve(served, calls, tmp_path)
+    tokenizer = GPT2Tokenizer()
+    differ = []
+    for chunk, (result,) in zip(chunks, results):
+        answer = outputs(result)
+        for text, ids, n, error in zip(chunk, answer["token_ids"], answer["length"], answer["error"]):
+            expected = tokenizer.encode(text)
+            if ids[:n].tolist() != expected or error != (b"" if expected else b"text is empty"):
+                differ.append((text, ids[:n].tolist(), expected, error))
+    assert not differ, f"{len(differ)} of {len(lines)} lines differ, e.g. {differ[:3]}"
+
+
+MEMORY = r"""
+import os, random, sys
+sys.path.insert(0, {benchmarks!r})
+import numpy as np
+from tf_serving import Server, start
+start()
+server = Server({path!r})
+rng = random.Random(0)
+def rss():
+    return int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+def send(words):  # rows of 40 distinct words (400 bytes), 25 rows a request: the same shapes every time
+    for i in range(0, len(words), 1000):
+        rows = [" ".join(words[j:j + 40]).encode() for j in range(i, i + 1000, 40)]
+        out = server.run("tokenize", dict(text=np.array(rows, object)))
+        assert (out["error"] == b"").all()
+def distinct(n):
+    return ["".join(rng.choice("bcdfghjklmnpqrstvwxz") for _ in range(9)) for _ in range(n)]
+send(distinct(1_000))  # warm: every kernel has run, the allocator has its pools
+send(distinct(1_000))
+after_thousand = rss()
+send(distinct(100_000))
+after_hundred_thousand = rss()
+send(distinct(200_000))
+print(after_thousand, after_hundred_thousand, rss())
+"""
+
+
+def test_served_memory_stays_flat_over_a_hundred_thousand_distinct_words(served):
+    """The BPE keeps no word cache: 100,000 new words leave the process where 1,000 did, give or take the allocator's
+    pools (measured: +4.2 MiB, then flat), and 200,000 more add nothing (keras-hub's tokenizer cached every word it
+    saw, about 100 bytes apiece: +20 MB there)."""
+    code = MEMORY.format(benchmarks=BENCHMARKS, path=served)
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=900,
+                         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert run.returncode == 0, run.stderr[-3000:]
+    after_thousand, after_hundred_thousand, after_three_hundred_thousand = map(int, run.stdout.split()[-3:])
+    growth, later = after_hundred_thousand - after_thousand, after_three_hundred_thousand - after_hundred_thousand
+    assert growth < 8 * 2**20, f"RSS grew by {growth / 2**20:.1f} MiB over 100,000 distinct words"
+    assert later < 2 * 2**20, f"RSS grew by {later / 2**20:.1f} MiB over 200,000 more distinct words"
