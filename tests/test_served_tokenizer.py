@@ -121,3 +121,38 @@ def test_served_memory_stays_flat_over_a_hundred_thousand_distinct_words(served)
     growth, later = after_hundred_thousand - after_thousand, after_three_hundred_thousand - after_hundred_thousand
     assert growth < 8 * 2**20, f"RSS grew by {growth / 2**20:.1f} MiB over 100,000 distinct words"
     assert later < 2 * 2**20, f"RSS grew by {later / 2**20:.1f} MiB over 200,000 more distinct words"
+
+
+def test_a_character_model_serves_text_in_its_own_characters(tmp_path):
+    """A character model's SavedModel reads and writes its characters (not GPT-2's BPE), as `model.generate` does;
+    a character outside its vocabulary is that row's error."""
+    from tf_gpt2 import GPT2, GPT2Config
+
+    characters = list("\n !',.:;?abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZéß")
+    model = GPT2(GPT2Config(n_layer=2, n_head=2, n_embd=32, n_positions=48, vocab_size=len(characters),
+                            characters=characters))
+    path = export_saved_model(model, str(tmp_path / "char"), max_new_tokens_limit=8)
+    texts = ["ROMEO: ", "straße é", "日本"]
+    request = dict(text=np.array([t.encode() for t in texts], object), max_new_tokens=np.array([8], np.int32),
+                   temperature=np.array([0.0], np.float32), top_k=np.array([0], np.int32),
+                   top_p=np.array([1.0], np.float32), seed=np.array([0], np.int32))
+    (answer,), (tokens,) = serve(path, [[grpc("generate_text", **request)], [grpc("tokenize", text=request["text"])]],
+                                 tmp_path)
+    answer, tokens = outputs(answer), outputs(tokens)
+    assert [t.decode() for t in answer["text"][:2]] == model.generate(texts[:2], max_new_tokens=8)
+    assert tokens["token_ids"][0, :7].tolist() == [characters.index(c) for c in "ROMEO: "]
+    for out in (answer, tokens):
+        assert out["error"][0] == out["error"][1] == b""
+        assert out["error"][2].decode().startswith("text has a character the model does not know: '")
+        assert out["length"][2] == 0
+    with pytest.raises(ValueError, match="characters 'ã' are not in the model's vocabulary"):
+        model.generate("São", max_new_tokens=2)
+
+
+def test_a_model_with_neither_gpt2_ids_nor_characters_is_refused_at_export(tmp_path):
+    from tf_gpt2 import GPT2, GPT2Config
+
+    model = GPT2(GPT2Config(n_layer=1, n_head=2, n_embd=16, n_positions=16, vocab_size=300))
+    with pytest.raises(ValueError, match="a model of 300 tokens without its characters has no tokenizer"):
+        export_saved_model(model, str(tmp_path / "m"))
+    assert not os.path.exists(tmp_path / "m")

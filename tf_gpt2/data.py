@@ -201,15 +201,10 @@ def _remove_unlisted_shards(out_dir: str, old_manifest: dict | None, manifest: d
 
 def char_codec(chars: Sequence[str]) -> tuple[Callable[[str], list[int]], Callable[[Sequence[int]], str]]:
     """(encode, decode) for a character vocabulary; a character outside it is an error, not dropped."""
-    index = {c: i for i, c in enumerate(chars)}
+    from tf_gpt2.tokenizer import CharacterTokenizer
 
-    def encode(text: str) -> list[int]:
-        unknown = sorted(set(text) - index.keys())
-        if unknown:
-            raise ValueError(f"characters {''.join(unknown)!r} are not in the model's vocabulary of {len(chars)}")
-        return [index[c] for c in text]
-
-    return encode, lambda ids: "".join(chars[i] for i in ids)
+    tokenizer = CharacterTokenizer(chars)
+    return tokenizer.encode, tokenizer.decode
 
 
 def codec(manifest: dict) -> tuple[Callable[[str], list[int]], Callable[[Sequence[int]], str]]:

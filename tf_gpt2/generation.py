@@ -19,7 +19,7 @@ from keras import ops
 
 from tf_gpt2.checks import check_in_vocabulary, is_integer
 from tf_gpt2.layers import causal_mask
-from tf_gpt2.tokenizer import EOT_ID
+from tf_gpt2.tokenizer import EOT_ID, tokenizer_for
 from tf_gpt2.xla import compiled
 
 
@@ -211,15 +211,9 @@ def generate_loop(model, prompt: Prompt, new_slots, sampling: Sampling):
 
 
 def _as_batch(prompt: Any, tokenizer, stop_ids: list[int]) -> tuple[list[list[int]], Callable[[list], Any]]:
-    """A prompt as a batch of id lists, and how to answer in the form it came in: text for text (GPT-2's BPE
-    unless `tokenizer` is given), ids for ids, one for one, a list for a batch. The answer takes each row's new ids;
+    """A prompt as a batch of id lists, and how to answer in the form it came in: text for text (read with
+    `tokenizer`), ids for ids, one for one, a list for a batch. The answer takes each row's new ids;
     stop ids are dropped from text."""
-    has_text = isinstance(prompt, str) or (isinstance(prompt, (list, tuple))
-                                           and any(isinstance(p, str) for p in prompt))
-    if tokenizer is None and has_text:
-        from tf_gpt2.tokenizer import GPT2Tokenizer
-
-        tokenizer = GPT2Tokenizer()
     texts = lambda rows: [tokenizer.decode([t for t in r if t not in stop_ids]) for r in rows]  # noqa: E731
     if isinstance(prompt, str):
         return [tokenizer.encode(prompt)], lambda rows: texts(rows)[0]
@@ -282,7 +276,7 @@ def _prepare(model, prompt: Any, max_new_tokens: int = 32, temperature: float = 
     stop_ids = [EOT_ID] if stop_ids is None else [_integer("stop_ids entry", t) for t in stop_ids]
     if any(not 0 <= t < 2**31 for t in stop_ids):
         raise ValueError(f"stop_ids must be token ids in [0, 2**31), got {stop_ids}")
-    batch, answer = _as_batch(prompt, tokenizer, stop_ids)
+    batch, answer = _as_batch(prompt, tokenizer or tokenizer_for(cfg), stop_ids)
     if any(len(p) == 0 for p in batch):
         raise ValueError("prompt is empty: give at least one token")
     if not is_integer(max_new_tokens) or max_new_tokens <= 0:
@@ -343,7 +337,8 @@ def generate(
     """Continue `prompt` with up to `max_new_tokens` tokens.
 
     `prompt` is text (returns the continuation text), a list or tuple of texts, a list of token ids
-    (returns new ids), or a batch of id lists of any lengths (returns a list of id lists).
+    (returns new ids), or a batch of id lists of any lengths (returns a list of id lists). Text is read with
+    `tokenizer`, by default the model's own: its characters (`GPT2Config.characters`), else GPT-2's BPE.
     temperature 0 is greedy; top_k 0 and top_p 1 switch those filters off (top-p is taken on the
     top-k distribution renormalised). Generation of a row stops after a token in `stop_ids`
     (default: `<|endoftext|>`), which is kept in the ids and dropped from returned text. Row i of a batch

@@ -169,3 +169,36 @@ class GPT2Tokenizer:
             unsplittable_tokens=[ENDOFTEXT],
             dtype="int32",
         )
+
+
+class CharacterTokenizer:
+    """A character model's vocabulary (`GPT2Config.characters`): token i is `characters[i]`.
+
+    A character outside the vocabulary is an error, not dropped.
+
+    Example:
+    >>> tok = CharacterTokenizer([" ", "a", "b"])
+    >>> tok.encode("ab a")
+    [1, 2, 0, 1]
+    >>> tok.decode([2, 1])
+    'ba'
+    """
+
+    def __init__(self, characters: Sequence[str]):
+        self.characters = list(characters)
+        self._index = {c: i for i, c in enumerate(self.characters)}
+
+    def encode(self, text: str) -> list[int]:
+        unknown = sorted(set(text) - self._index.keys())
+        if unknown:
+            raise ValueError(f"characters {''.join(unknown)!r} are not in the model's vocabulary of "
+                             f"{len(self.characters)}")
+        return [self._index[c] for c in text]
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return "".join(self.characters[int(i)] for i in ids)
+
+
+def tokenizer_for(config) -> GPT2Tokenizer | CharacterTokenizer:
+    """The tokenizer a model's ids mean: its characters when it has them, else GPT-2's BPE."""
+    return GPT2Tokenizer() if config.characters is None else CharacterTokenizer(config.characters)
