@@ -25,6 +25,7 @@ Phones and other devices: see `tf_gpt2.litert`.
 from __future__ import annotations
 
 import os
+import warnings
 
 import keras
 import tensorflow as tf
@@ -125,7 +126,7 @@ class _Serving:
         self.model = model
         self.max_text_bytes, self.max_word_bytes = max_text_bytes, max_word_bytes
         characters = model.config.characters
-        self.tokenizer = BytePairGraphTokenizer() if characters is None else CharacterGraphTokenizer(characters)
+        self.tokenizer = CharacterGraphTokenizer(characters) if characters else BytePairGraphTokenizer()
         self.limit = max_new_tokens_limit
         self.pad_id = pad_id(model.config)
 
@@ -239,9 +240,10 @@ def export_saved_model(model: GPT2, base_dir: str, version: int | None = None, m
                         ("max_word_bytes", max_word_bytes), ("version", 1 if version is None else version)):
         if not is_integer(value) or value <= 0:  # TF Serving loads versions >= 1
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    if model.config.characters is None and model.config.vocab_size < VOCAB_SIZE:
-        raise ValueError(f"a model of {model.config.vocab_size} tokens without its characters has no tokenizer to "
-                         "serve text with (GPT-2's BPE needs 50257 ids): give GPT2Config its characters")
+    serves_text = model.config.characters is not None or model.config.vocab_size >= VOCAB_SIZE
+    if not serves_text:
+        warnings.warn(f"a model of {model.config.vocab_size} tokens without its characters has no tokenizer: its "
+                      "SavedModel serves token ids only (no generate_text, no tokenize signature)", stacklevel=2)
     module = _Serving(model, min(max_new_tokens_limit, model.config.n_positions), max_text_bytes, max_word_bytes)
     i32, f32 = tf.int32, tf.float32
     # Every input has a leading batch dimension, so TF Serving's batcher can merge requests.
@@ -252,12 +254,13 @@ def export_saved_model(model: GPT2, base_dir: str, version: int | None = None, m
     archive = keras.export.ExportArchive()
     # The endpoints' variables are saved because they use them; tracking the model as well would store every
     # weight a second time (as the Keras variable and as the TF variable under it).
-    archive.track(module.tokenizer)  # its lookup tables
     archive.add_endpoint("serving_default", module.logits, [ids_spec, length_spec])
     archive.add_endpoint("generate", module.generate, [ids_spec, length_spec, *settings])
-    text_spec = tf.TensorSpec([None], tf.string, "text")
-    archive.add_endpoint("generate_text", module.generate_text, [text_spec, *settings])
-    archive.add_endpoint("tokenize", module.tokenize, [text_spec])
+    if serves_text:
+        archive.track(module.tokenizer)  # its lookup tables
+        text_spec = tf.TensorSpec([None], tf.string, "text")
+        archive.add_endpoint("generate_text", module.generate_text, [text_spec, *settings])
+        archive.add_endpoint("tokenize", module.tokenize, [text_spec])
     version = version or _next_version(base_dir)
     final_dir = os.path.join(base_dir, str(version))
     if os.path.exists(final_dir):
