@@ -228,9 +228,16 @@ def _next_version(base: str) -> int:
     return max(versions, default=0) + 1
 
 
+SERVED_DTYPES = ("float32", "bfloat16")
+
+
 def export_saved_model(model: GPT2, base_dir: str, version: int | None = None, max_new_tokens_limit: int = 256,
-                       max_text_bytes: int | None = None, max_word_bytes: int = 256) -> str:
+                       max_text_bytes: int | None = None, max_word_bytes: int = 256, dtype: str | None = None) -> str:
     """Write a TF Serving model version `<base_dir>/<version>/` and return its path.
+
+    `dtype` "bfloat16" stores the weights and runs the arithmetic in bfloat16 (logits stay float32): half the
+    weight memory, and on a CPU with avx512_bf16 or AMX the fastest way to serve (README: TF Serving); default:
+    the model's own.
 
     `generate_text` refuses a text longer than `max_text_bytes` (default 8 bytes per position of the
     context) or with a run of more than `max_word_bytes` bytes without whitespace, before tokenizing it.
@@ -240,6 +247,10 @@ def export_saved_model(model: GPT2, base_dir: str, version: int | None = None, m
                         ("max_word_bytes", max_word_bytes), ("version", 1 if version is None else version)):
         if not is_integer(value) or value <= 0:  # TF Serving loads versions >= 1
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    if dtype is not None:
+        if dtype not in SERVED_DTYPES:
+            raise ValueError(f"dtype must be one of {SERVED_DTYPES}, got {dtype!r}")
+        model = model.with_dtype(dtype)
     serves_text = model.config.characters is not None or model.config.vocab_size >= VOCAB_SIZE
     if not serves_text:
         warnings.warn(f"a model of {model.config.vocab_size} tokens without its characters has no tokenizer: its "

@@ -158,7 +158,10 @@ def decode_step(model, state: DecodeState, sampling: Sampling) -> DecodeState:
     """Choose new token `state.step` of every row (pad_id for rows already done), then run it
     through the model at its cache slot."""
     budget = ops.shape(state.tokens)[1]
-    logits = apply_repetition_penalty(state.logits, state.seen, sampling.repetition_penalty[:, None])
+    penalized = ops.any(sampling.repetition_penalty != 1.0)  # else the [batch, vocab] passes below are skipped
+    logits = ops.cond(penalized, lambda: apply_repetition_penalty(state.logits, state.seen,
+                                                                  sampling.repetition_penalty[:, None]),
+                      lambda: state.logits)
     token = ops.where(state.done, sampling.pad_id, sample_next(logits, sampling, state.step))
     slot = ops.shape(state.mask)[1] - budget + state.step  # the cache slot after the prompt's
     # A row that is done keeps running with the others (its tokens are pad_id); position 0 keeps it inside the
@@ -172,7 +175,8 @@ def decode_step(model, state: DecodeState, sampling: Sampling) -> DecodeState:
         done=ops.any(ops.stack([state.done, _is_stop(token, sampling.stop_ids),
                                 state.step + 1 >= sampling.max_new_tokens]), axis=0),
         logits=logits, cache=cache,
-        seen=ops.logical_or(state.seen, ops.one_hot(token, model.config.vocab_size) > 0),
+        seen=ops.cond(penalized, lambda: ops.logical_or(state.seen, ops.one_hot(token, model.config.vocab_size) > 0),
+                      lambda: state.seen),
         # A select, not a slice update: this runs without XLA too (a served SavedModel).
         tokens=ops.where(ops.arange(budget, dtype="int32")[None, :] == state.step, token[:, None], state.tokens),
     )
