@@ -25,6 +25,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 SYSTEMS = {
     "served": "tf_gpt2 SavedModel `generate`, as TF Serving runs it (Session, XLA off)",
+    "served-bf16": "the same, exported with dtype bfloat16",
     "generate": "tf_gpt2 model.generate (XLA)",
     "hf": "HF transformers generate (torch)",
     "ct2-float32": "CTranslate2 generate_batch float32",
@@ -51,9 +52,10 @@ def prepare(work: str, preset: str, new: int) -> None:
     if not os.path.exists(os.path.join(work, "ct2-float32")):
         ctranslate2.converters.TransformersConverter(os.path.join(work, "hf")).convert(
             os.path.join(work, "ct2-float32"), quantization="float32")
-    if not os.path.exists(os.path.join(work, "saved_model", "1")):
-        export_saved_model(GPT2.from_pretrained(os.path.join(work, "hf")), os.path.join(work, "saved_model"),
-                           version=1, max_new_tokens_limit=new)
+    for name, dtype in (("saved_model", None), ("saved_model_bf16", "bfloat16")):
+        if not os.path.exists(os.path.join(work, name, "1")):
+            export_saved_model(GPT2.from_pretrained(os.path.join(work, "hf")), os.path.join(work, name),
+                               version=1, max_new_tokens_limit=new, dtype=dtype)
 
 
 def measure(system: str, work: str, batch: int, prompt: int, new: int, repeats: int) -> dict:
@@ -62,11 +64,11 @@ def measure(system: str, work: str, batch: int, prompt: int, new: int, repeats: 
     from harness import best_seconds
 
     prompts = _prompts(batch, prompt)
-    if system == "served":
+    if system.startswith("served"):
         from tf_serving import Server, start
 
         start()
-        server = Server(os.path.join(work, "saved_model", "1"))
+        server = Server(os.path.join(work, "saved_model_bf16" if system == "served-bf16" else "saved_model", "1"))
         rows = lambda value, dtype: np.full(batch, value, dtype)  # noqa: E731
         inputs = dict(token_ids=np.array(prompts, np.int32), length=rows(prompt, np.int32),
                       max_new_tokens=rows(new, np.int32), temperature=rows(0, np.float32), top_k=rows(0, np.int32),

@@ -49,6 +49,11 @@ CASES = [
     (["train", "--data", "{d}/folder", "--out", "{d}/folder"], "the output {d}/folder is the input"),
     (["export", "--random-init", "gpt2-tiny", "--out", "{d}/sm", "--version", "0"],
      "version must be a positive integer, got 0"),
+    # A flag of the other format is refused, not ignored.
+    (["export", "--random-init", "gpt2-tiny", "--out", "{d}/sm", "--quantize", "int8"],
+     "--quantize is for on-device formats; a SavedModel takes --dtype"),
+    (["export", "--random-init", "gpt2-tiny", "--format", "tflite", "--out", "{d}/m.tflite", "--dtype", "bfloat16"],
+     "--dtype is for --format saved_model; on-device files take --quantize"),
 ]
 
 
