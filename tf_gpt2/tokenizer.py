@@ -3,8 +3,8 @@
 The official `encoder.json` / `vocab.bpe` ship inside this package (`tf_gpt2/vocab/`, gzip, with
 OpenAI's license); they are unpacked once to a cache directory, their sha256 is checked on every
 load, then tiktoken builds the same encoding as its own
-"gpt2". `GPT2Tokenizer.tf_layer()` gives an in-graph TensorFlow tokenizer (keras-hub's
-BytePairTokenizer) with the same ids, for SavedModels that take strings.
+"gpt2". `GPT2Tokenizer.graph_tokenizer()` gives the same ids as TensorFlow ops, for SavedModels that take
+strings.
 """
 
 from __future__ import annotations
@@ -153,22 +153,11 @@ class GPT2Tokenizer:
     def decode_batch(self, batch: Iterable[Iterable[int]]) -> list[str]:
         return [self.decode(ids) for ids in batch]
 
-    def tf_layer(self, sequence_length: int | None = None):
-        """An in-graph (TensorFlow) tokenizer giving the same ids: string tensor -> int ids.
+    def graph_tokenizer(self):
+        """The same tokenizer as TensorFlow ops, for graphs and SavedModels: `tf_gpt2.graph_tokenizer`."""
+        from tf_gpt2.graph_tokenizer import BytePairGraphTokenizer
 
-        It is keras-hub's BytePairTokenizer over the same verified vocabulary files; with
-        `sequence_length` it pads/truncates to a dense [batch, sequence_length] tensor.
-        """
-        from keras_hub.tokenizers import BytePairTokenizer
-
-        vocabulary, merges = _vocabulary_and_merges(self.encoder_json, self.vocab_bpe)
-        return BytePairTokenizer(
-            vocabulary=vocabulary,
-            merges=merges,
-            sequence_length=sequence_length,
-            unsplittable_tokens=[ENDOFTEXT],
-            dtype="int32",
-        )
+        return BytePairGraphTokenizer(self)
 
 
 class CharacterTokenizer:
