@@ -203,3 +203,47 @@ def test_a_folder_is_read_without_our_outputs_hidden_files_or_special_files(corp
     (corpus / "run" / "log.txt").write_text("step 1 loss 3.2")
     assert resolve_inputs(str(corpus)) == expected
     assert resolve_inputs(str(corpus), exclude=[str(corpus / "more")]) == expected[:1]
+
+
+def _val_share(manifest) -> float:
+    tokens = {split: sum(s["tokens"] for s in shards) for split, shards in manifest["splits"].items()}
+    return tokens["val"] / (tokens["train"] + tokens["val"])
+
+
+def test_the_validation_split_of_non_latin_text_is_its_last_tenth(tmp_path):
+    """The split is found in bytes; it is cut at the character those bytes end in (Russian: 2 bytes a letter)."""
+    (tmp_path / "ru.txt").write_text("Съешь же ещё этих мягких французских булок, да выпей чаю.\n" * 3000)
+    manifest = prepare(str(tmp_path / "ru.txt"), str(tmp_path / "out"), vocab="char", verbose=False)
+    assert 0.09 < _val_share(manifest) < 0.11
+
+
+def test_a_gzip_of_several_members_is_split_by_its_whole_size(tmp_path):
+    """`cat a.gz b.gz` (or pigz) writes several gzip members; the trailer holds only the last one's size."""
+    import gzip
+
+    parts = [("".join(f"line {i} of part {p}\n" for i in range(2000))).encode() for p in range(3)]
+    (tmp_path / "joined.txt.gz").write_bytes(b"".join(gzip.compress(part) for part in parts))
+    (tmp_path / "plain.txt").write_bytes(b"".join(parts))
+    joined = prepare(str(tmp_path / "joined.txt.gz"), str(tmp_path / "a"), vocab="char", verbose=False)
+    plain = prepare(str(tmp_path / "plain.txt"), str(tmp_path / "b"), vocab="char", verbose=False)
+    assert joined["splits"]["val"][0]["tokens"] == plain["splits"]["val"][0]["tokens"]
+    assert 0.09 < _val_share(joined) < 0.11
+
+
+def test_a_file_named_twice_is_read_once(corpus, tmp_path):
+    once = prepare(str(corpus), str(tmp_path / "once"), vocab="char", verbose=False)
+    twice = prepare([str(corpus), str(corpus / "a.txt"), str(corpus / "**" / "*.txt")], str(tmp_path / "twice"),
+                    vocab="char", verbose=False)
+    tokens = lambda m: {k: sum(s["tokens"] for s in v) for k, v in m["splits"].items()}  # noqa: E731
+    assert twice["sources"] == once["sources"] and tokens(twice) == tokens(once)
+
+
+def test_a_folder_gives_its_text_files_only(corpus, tmp_path):
+    import gzip
+
+    (corpus / "README.md").write_text("# notes about the data")
+    (corpus / "table.csv").write_text("a,b\n1,2\n")
+    (corpus / "more" / "c.txt.gz").write_bytes(gzip.compress(b"compressed text\n"))
+    assert resolve_inputs(str(corpus)) == [str(corpus / "a.txt"), str(corpus / "more" / "b.txt"),
+                                           str(corpus / "more" / "c.txt.gz")]
+    assert resolve_inputs(str(corpus / "README.md")) == [str(corpus / "README.md")]  # named files are read as named

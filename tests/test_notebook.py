@@ -43,7 +43,7 @@ def test_quickstart_notebook_runs_and_shows_its_results(tmp_path, monkeypatch):
     assert "decode(encode(text)) == text" in everything
     assert "GPT-2 from the Hub: 1," in everything  # 50257 x 32 + ... parameters of the tiny "gpt2" repo
     assert "training loss" in everything and "no position attends to a later one" in everything
-    assert "['generate', 'generate_text', 'serving_default']" in everything
+    assert "['generate', 'generate_text', 'serving_default', 'tokenize']" in everything
     assert "LiteRT-LM text equal to Keras: True" in everything
     assert ("LiteRT greedy tokens equal to Keras" in everything
             and "signatures: ['decode', 'prefill_16', 'prefill_8']" in everything)

@@ -333,7 +333,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--quantize", default=QUANTIZATIONS[0], choices=QUANTIZATIONS,
                         help="on-device weights (int8: dynamic range)")
     export.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
-                        help="SavedModel weights and arithmetic (bfloat16: half the memory, fastest on avx512_bf16/AMX)")
+                        help="SavedModel weights and arithmetic (bfloat16: half the memory; fast on avx512_bf16/AMX)")
     export.set_defaults(run=cmd_export)
 
     ev = command("eval", help="perplexity and bits/byte on a text file (GPT-2 paper protocol)")

@@ -32,6 +32,7 @@ from tf_gpt2.files import atomic_write, exclusive, json_writer, read_json
 
 MANIFEST = "manifest.json"
 RUN_RECORD = "run.json"  # what `tf-gpt2 train` writes in a run directory (training.py)
+TEXT_SUFFIXES = (".txt", ".txt.gz")  # what a folder given as data is read for
 VOCABS = ("gpt2", "char")  # GPT-2 BPE, or the characters of the text
 SHARD_TOKENS = 50_000_000  # 100 MB of uint16 per shard
 CHUNK_BYTES = 1 << 20
@@ -47,14 +48,21 @@ def _open_text(path: str):
 
 
 def _text_size(path: str) -> int:
-    """Bytes of text in a file; for .gz, the uncompressed size from the gzip trailer (mod 4 GiB)."""
+    """Bytes of text in a file; for .gz, counted by decompressing it: the trailer holds only the last member's
+    size (`cat a.gz b.gz` and pigz write several), modulo 4 GiB."""
     if not path.endswith(".gz"):
         return os.path.getsize(path)
     with open(path, "rb") as f:
-        if f.read(2) != b"\x1f\x8b" or os.path.getsize(path) < 18:
-            raise ValueError(f"{path} is not a gzip file (or is truncated)")
-        f.seek(-4, os.SEEK_END)
-        return int.from_bytes(f.read(4), "little")
+        if f.read(2) != b"\x1f\x8b":
+            raise ValueError(f"{path} is not a gzip file")
+    size = 0
+    try:
+        with gzip.open(path, "rb") as f:
+            while block := f.read(1 << 24):
+                size += len(block)
+    except (gzip.BadGzipFile, EOFError, zlib.error) as e:
+        raise ValueError(f"{path} is not a readable gzip file: {e}") from None
+    return size
 
 
 def _is_output(directory: str, exclude: set[str]) -> bool:
@@ -69,14 +77,15 @@ def _text_files_in(folder: str, exclude: set[str]) -> list[str]:
     for directory, subdirs, names in os.walk(folder):
         subdirs[:] = [d for d in subdirs
                       if not d.startswith(".") and not _is_output(os.path.join(directory, d), exclude)]
-        files += [os.path.join(directory, n) for n in names  # regular files (or links to one) only
-                  if not n.startswith(".") and os.path.isfile(os.path.join(directory, n))]
+        files += [os.path.join(directory, n) for n in names  # text files (or links to one) only
+                  if n.endswith(TEXT_SUFFIXES) and not n.startswith(".") and os.path.isfile(os.path.join(directory, n))]
     return files
 
 
 def resolve_inputs(inputs: str | Sequence[str], exclude: Sequence[str] = ()) -> list[str]:
-    """Files named by a path, a folder (every regular file in it, recursively, but for hidden ones and the
-    datasets and runs this package wrote there) or a glob, sorted. Folders in `exclude` are never read."""
+    """Files named by a path, a folder (its `.txt` and `.txt.gz` files, recursively, but for hidden ones and the
+    datasets and runs this package wrote there) or a glob, sorted, each once however often it is named. Folders
+    in `exclude` are never read."""
     patterns = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
     excluded = {os.path.realpath(e) for e in exclude}
     files: list[str] = []
@@ -91,8 +100,9 @@ def resolve_inputs(inputs: str | Sequence[str], exclude: Sequence[str] = ()) -> 
                 raise FileNotFoundError(f"no data file matches {pattern!r}")
             files += matched
     if not files:
-        raise FileNotFoundError(f"no data files found in {inputs!r}")
-    return sorted(files)
+        raise FileNotFoundError(f"no data files found in {inputs!r} (a folder is read for .txt and .txt.gz files)")
+    unique = {os.path.realpath(f): f for f in sorted(files, reverse=True)}  # a file named twice is read once
+    return sorted(unique.values())
 
 
 def source_stamps(files: Sequence[str]) -> dict[str, list]:
@@ -284,8 +294,11 @@ def _write_shards(files, total, val_fraction, encode, separator, writers, label)
     done = 0
     for path in files:
         for chunk in _chunks(path):
-            size = len(chunk.encode("utf-8"))
-            cut = 0 if done >= val_from else len(chunk) if done + size <= val_from else int(val_from - done)
+            data = chunk.encode("utf-8")
+            size = len(data)
+            # Where the split falls, in characters of this chunk (val_from counts bytes).
+            cut = 0 if done >= val_from else len(chunk) if done + size <= val_from else len(
+                data[:int(val_from - done)].decode("utf-8", errors="ignore"))
             if 0 < cut < len(chunk):  # the split falls inside this chunk: cut at a line end, else a space
                 line_end, space = chunk.find("\n", cut), chunk.find(" ", cut)
                 cut = line_end + 1 if line_end >= 0 else space if space >= 0 else cut

@@ -33,9 +33,9 @@ import tensorflow as tf
 from tf_gpt2.checks import is_integer
 from tf_gpt2.files import atomic_write, bytes_writer
 from tf_gpt2.generation import Prompt, Sampling, answer_lengths, generate_loop, pad_id, positions_from_mask
+from tf_gpt2.graph_tokenizer import BytePairGraphTokenizer, CharacterGraphTokenizer
 from tf_gpt2.layers import cache_buffers
 from tf_gpt2.model import GPT2
-from tf_gpt2.graph_tokenizer import BytePairGraphTokenizer, CharacterGraphTokenizer
 from tf_gpt2.tokenizer import EOT_ID, VOCAB_SIZE
 
 
@@ -110,7 +110,7 @@ class _InPlaceCache:
 
     @staticmethod
     def write(buffer, updates, index):
-        """`buffer` [batch, heads, length, dim] with `updates` [batch, heads, time, dim] at slots index...index+time-1."""
+        """`buffer` [batch, heads, length, dim] with `updates` [batch, heads, time, dim] at slots index, index+1..."""
         batch, heads, length, dim = tf.unstack(tf.shape(buffer))
         slots = index + tf.range(tf.shape(updates)[2])
         rows = (tf.range(batch)[:, None, None] * heads + tf.range(heads)[None, :, None]) * length + slots[None, None, :]

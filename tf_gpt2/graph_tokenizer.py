@@ -23,7 +23,7 @@ from typing import Sequence
 
 import tensorflow as tf
 
-from tf_gpt2.tokenizer import ENDOFTEXT, EOT_ID, GPT2Tokenizer
+from tf_gpt2.tokenizer import ENDOFTEXT, GPT2Tokenizer
 
 # Unicode's White_Space: what `\s` means to tiktoken's regex engine. RE2's `\s` is ASCII only.
 WHITESPACE = r"\t\n\x0b\x0c\r \x{85}\x{a0}\x{1680}\x{2000}-\x{200a}\x{2028}\x{2029}\x{202f}\x{205f}\x{3000}"

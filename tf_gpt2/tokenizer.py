@@ -3,8 +3,8 @@
 The official `encoder.json` / `vocab.bpe` ship inside this package (`tf_gpt2/vocab/`, gzip, with
 OpenAI's license); they are unpacked once to a cache directory, their sha256 is checked on every
 load, then tiktoken builds the same encoding as its own
-"gpt2". `GPT2Tokenizer.graph_tokenizer()` gives the same ids as TensorFlow ops, for SavedModels that take
-strings.
+"gpt2". `tf_gpt2.graph_tokenizer.BytePairGraphTokenizer` gives the same ids as TensorFlow ops, for SavedModels
+that take strings.
 """
 
 from __future__ import annotations
@@ -152,12 +152,6 @@ class GPT2Tokenizer:
 
     def decode_batch(self, batch: Iterable[Iterable[int]]) -> list[str]:
         return [self.decode(ids) for ids in batch]
-
-    def graph_tokenizer(self):
-        """The same tokenizer as TensorFlow ops, for graphs and SavedModels: `tf_gpt2.graph_tokenizer`."""
-        from tf_gpt2.graph_tokenizer import BytePairGraphTokenizer
-
-        return BytePairGraphTokenizer(self)
 
 
 class CharacterTokenizer:
