@@ -57,6 +57,7 @@ def test_stop_ids_end_generation(model):
     free = model.generate([4, 5], max_new_tokens=8, stop_ids=[])
     stopped = model.generate([4, 5], max_new_tokens=8, stop_ids=[free[2]])
     assert stopped == free[: free.index(free[2]) + 1]
+    assert model.generate([4, 5], max_new_tokens=8, stop_ids=free[2]) == stopped  # one id, as transformers takes it
 
 
 @pytest.mark.parametrize(

@@ -277,6 +277,8 @@ def _prepare(model, prompt: Any, max_new_tokens: int = 32, temperature: float = 
              seed: int = 0, tokenizer=None) -> _Request:
     """Check every argument, then build what the compiled code takes: the left-padded prompts and the settings."""
     cfg = model.config
+    if is_integer(stop_ids):  # one id, as transformers' eos_token_id takes it
+        stop_ids = [stop_ids]
     stop_ids = [EOT_ID] if stop_ids is None else [_integer("stop_ids entry", t) for t in stop_ids]
     if any(not 0 <= t < 2**31 for t in stop_ids):
         raise ValueError(f"stop_ids must be token ids in [0, 2**31), got {stop_ids}")
