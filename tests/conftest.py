@@ -50,6 +50,15 @@ def spread_tiny_model():
     return GPT2(GPT2Config.from_preset("gpt2-tiny", n_positions=64, initializer_range=0.3))
 
 
+@pytest.fixture(scope="session")
+def served_tiny(tmp_path_factory):
+    """`spread_tiny_model`'s SavedModel (answers of up to 16 new tokens), shared by the tests that only serve it."""
+    from tf_gpt2.export import export_saved_model
+
+    return export_saved_model(spread_tiny_model(), str(tmp_path_factory.mktemp("serving") / "gpt2"),
+                              max_new_tokens_limit=16)
+
+
 def console_script() -> str:
     """The installed `tf-gpt2` command: the README's install puts it beside the interpreter."""
     import shutil

@@ -8,7 +8,6 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import spread_tiny_model
 from test_tf_serving import BENCHMARKS, grpc, outputs, serve
 
 from tf_gpt2 import GPT2Tokenizer
@@ -61,9 +60,8 @@ def corpus(lines: int, seed: int = 0) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory):
-    return export_saved_model(spread_tiny_model(), str(tmp_path_factory.mktemp("served") / "m"),
-                              max_new_tokens_limit=4)
+def served(served_tiny):
+    return served_tiny
 
 
 def test_the_served_tokenizer_is_tiktoken_on_ten_thousand_hard_lines(served, tmp_path):

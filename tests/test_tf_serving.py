@@ -30,8 +30,8 @@ def model():
 
 
 @pytest.fixture(scope="module")
-def served(model, tmp_path_factory):
-    return export_saved_model(model, str(tmp_path_factory.mktemp("serving") / "gpt2"), max_new_tokens_limit=16)
+def served(served_tiny):
+    return served_tiny
 
 
 def serve(path, calls, tmp_path, batching=None):
