@@ -183,6 +183,12 @@ def test_nan_weights_are_refused(tmp_path):
     save_file(tensors, tmp_path / "model.safetensors", metadata={"format": "pt"})
     with pytest.raises(ValueError, match="'ln_f.bias' contains NaN"):
         GPT2.from_pretrained(tmp_path)
+    # A float64 value that is finite but overflows the float32 weight it goes into would load as inf.
+    tensors = {k: v.astype(np.float64) for k, v in load_file(tmp_path / "model.safetensors").items()}
+    tensors["transformer.ln_f.bias"][0] = 1e39
+    save_file(tensors, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ValueError, match="'ln_f.bias' \\(float64\\) holds values beyond float32's range"):
+        GPT2.from_pretrained(tmp_path)
 
 
 def test_weight_table_covers_every_weight_under_the_names_readers_use():

@@ -3,6 +3,7 @@
 import gzip
 import json
 import math
+import os
 
 import pytest
 from conftest import make_hf_model
@@ -121,6 +122,13 @@ def test_eval_cli_matches_library(checkpoint, text, tmp_path, capsys):
     assert cli_main(["eval", str(path), "--model", directory, "--context", "16", "--stride", "8"]) == 0
     shown = capsys.readouterr().out
     assert "window" in shown and f"perplexity {expected.perplexity:.3f}" in shown  # a progress bar, then the result
+    crlf = tmp_path / "crlf.txt"  # scored as written: its \r are text, and bytes
+    crlf.write_bytes(text[:300].replace("\n", "\r\n").encode("utf-8"))
+    assert cli_main(["eval", str(crlf), "--model", directory, "--context", "16", "--stride", "8", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert report["bytes"] == os.path.getsize(crlf)
+    expected = evaluate(GPT2.from_pretrained(directory), text[:300].replace("\n", "\r\n"), context=16, stride=8)
+    assert report["tokens"] == expected.tokens and math.isclose(report["loss"], expected.loss, rel_tol=1e-6)
 
 
 def test_bad_input_is_named(tmp_path, capsys):

@@ -99,6 +99,9 @@ def check_tensors(config: GPT2Config, tensors: dict[str, np.ndarray], source: st
             raise ValueError(f"{source}: tensor '{name}' has dtype {value.dtype}, expected floating point weights")
         if not np.all(np.isfinite(value)):
             raise ValueError(f"{source}: tensor '{name}' contains NaN or infinite values")
+        if value.dtype.itemsize > 4 and not np.all(np.isfinite(value.astype(np.float32))):  # checked as it is kept
+            raise ValueError(f"{source}: tensor '{name}' ({value.dtype}) holds values beyond float32's range "
+                             f"(largest magnitude {np.max(np.abs(value)):.3g})")
 
 
 def assign_weights(model: keras.Model, tensors: dict[str, np.ndarray], source: str) -> keras.Model:

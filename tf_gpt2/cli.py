@@ -240,7 +240,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from tf_gpt2.evaluation import evaluate
 
     try:
-        with open(args.file, encoding="utf-8") as f:
+        with open(args.file, encoding="utf-8", newline="") as f:  # as written: a CRLF file keeps its \r
             text = f.read()
     except UnicodeDecodeError as e:
         raise ValueError(f"{args.file} is not UTF-8 text ({e})") from None
