@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
+import math
 import os
 import sys
 import traceback
@@ -47,7 +48,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from tf_gpt2.files import save_keras
     from tf_gpt2.training import inference_model, train
 
-    execution = 10  # steps per compiled call; a round is a multiple of it
+    execution = math.gcd(10, args.steps)  # steps per compiled call: divides every round, whatever --steps is
     cfg = TrainConfig(
         out=args.out, vocab="char", preset="gpt2-tiny",
         model=dict(n_layer=4, n_head=4, n_embd=128, n_positions=DEMO_CONTEXT), steps=args.steps, batch_size=12,
