@@ -111,7 +111,9 @@ def test_names_download_through_the_hub_endpoint_then_load_warm_offline(repos, t
         for file, data in repos[name].items():
             with open(os.path.join(local[name], file), "wb") as f:
                 f.write(data)
-    with serve(repos) as (endpoint, log):
+    # A training checkpoint kept beside the model in the repo is not the model: never fetched.
+    served = {**repos, "org/tiny": {**repos["org/tiny"], "checkpoint-500/model.safetensors": b"not these weights"}}
+    with serve(served) as (endpoint, log):
         result = run_script({"HF_HUB_CACHE": cache, "HF_ENDPOINT": endpoint, "HF_HUB_OFFLINE": "0"},
                             loads=["org/tiny", "org/sharded-bf16"], local=local,
                             fails=[("org/none", None), ("org/tiny", "v9"), ("org/llama", None)])
@@ -122,8 +124,8 @@ def test_names_download_through_the_hub_endpoint_then_load_warm_offline(repos, t
     assert errors["org/tiny"] == ("ValueError: Hugging Face repo 'org/tiny' at revision 'v9': no such revision "
                                   "(a branch, tag or commit of the repo)")
     assert errors["org/llama"] == "ValueError: Hugging Face repo 'org/llama' holds a llama model, not GPT-2"
-    fetched = {line.split()[1].rsplit("/", 1)[-1] for line in log if line.startswith("GET /org/tiny/resolve/")}
-    assert fetched == {"config.json", "model.safetensors"}, fetched  # no pickled weights, nothing else
+    fetched = {line.split()[1].split("/", 5)[-1] for line in log if line.startswith("GET /org/tiny/resolve/")}
+    assert fetched == {"config.json", "model.safetensors"}, fetched  # no pickled weights, no checkpoint, nothing else
     assert not [line for line in log if line.startswith("GET /org/llama/resolve/") and "config.json" not in line]
     warm = run_script({"HF_HUB_CACHE": cache, "HF_HUB_OFFLINE": "1"}, loads=["org/tiny"], local=local)  # no server
     assert warm["diff"]["org/tiny"] == 0

@@ -69,9 +69,11 @@ def download(repo_id: str, revision: str | None = None) -> str:
         model_type = config.get("model_type")
         if model_type != "gpt2":
             raise ValueError(f"{where} holds a {model_type or 'model without a model_type'} model, not GPT-2")
-        snapshot = snapshot_download(repo_id, revision=revision, allow_patterns=[CONFIG, *SAFETENSORS, *TOKENIZER])
+        # The top level only: a pattern's * matches "/" too, and checkpoint-500/model.safetensors is not the model.
+        snapshot = snapshot_download(repo_id, revision=revision, allow_patterns=[CONFIG, *SAFETENSORS, *TOKENIZER],
+                                     ignore_patterns=["*/*"])
         if not any(name.endswith(".safetensors") for name in os.listdir(snapshot)):
-            snapshot = snapshot_download(repo_id, revision=revision, allow_patterns=PICKLED)
+            snapshot = snapshot_download(repo_id, revision=revision, allow_patterns=PICKLED, ignore_patterns=["*/*"])
         return snapshot
     except RevisionNotFoundError:
         raise ValueError(f"{where}: no such revision (a branch, tag or commit of the repo)") from None
