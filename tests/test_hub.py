@@ -68,13 +68,13 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
-def run_script(env, loads=(), fails=(), cli=(), local=None):
+def run_script(env, loads=(), fails=(), cli=(), local=None, cwd=None):
     """Load `loads` by name (compared with transformers' logits, or with the directories in `local`), try
     `fails` [(name, revision)] and the CLI on `cli`, in a fresh process with `env`."""
     code = SCRIPT.format(ids=IDS, loads=list(loads), fails=list(fails), cli=list(cli), local=local or {})
     env = {**os.environ, "HF_HUB_DISABLE_TELEMETRY": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1", **env}
     env.pop("HF_TOKEN", None)
-    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600, cwd=cwd)
     assert run.returncode == 0, run.stderr[-3000:]
     return json.loads(run.stdout.strip().splitlines()[-1])
 
@@ -84,16 +84,19 @@ def test_names_load_from_the_hugging_face_cache_offline(repos, tmp_path):
     by id and as hf://, equal transformers' logits for the same id; failures name the repo and what to do."""
     for repo_id, files in repos.items():
         lay_out_cache(str(tmp_path / "cache"), repo_id, files)
+    (tmp_path / "runs" / "demo").mkdir(parents=True)  # beside it, `runs/dmeo` is a mistyped path
     result = run_script({"HF_HUB_CACHE": str(tmp_path / "cache"), "HF_HUB_OFFLINE": "1"},
                         loads=["org/tiny", "hf://org/tiny", "org/sharded-bf16", "org/binonly"],
-                        fails=[("org/missing", None), ("org/llama", None), ("org/tiny", "v2")],
-                        cli=["org/tiny", "org/missing"])
+                        fails=[("org/missing", None), ("org/llama", None), ("org/tiny", "v2"), ("runs/dmeo", None)],
+                        cli=["org/tiny", "org/missing"], cwd=tmp_path)
     assert max(result["diff"].values()) <= 1e-4, result["diff"]  # measured: 3.3e-6 to 3.8e-6
     errors = result["errors"]
     assert errors["org/missing"].startswith("FileNotFoundError: Hugging Face repo 'org/missing' is not in the "
                                             f"Hugging Face cache ({tmp_path / 'cache'}) and HF_HUB_OFFLINE is set")
     assert errors["org/llama"] == "ValueError: Hugging Face repo 'org/llama' holds a llama model, not GPT-2"
     assert errors["org/tiny"].startswith("FileNotFoundError: Hugging Face repo 'org/tiny' at revision 'v2' is not in")
+    assert errors["runs/dmeo"].startswith("FileNotFoundError: no such local path 'runs/dmeo' (runs/ exists), and "
+                                          "Hugging Face repo 'runs/dmeo' is not in the Hugging Face cache")
     (code, err), (missing_code, missing_err) = result["cli"]["org/tiny"], result["cli"]["org/missing"]
     assert code == 0 and "Traceback" not in err
     assert missing_code == 2 and missing_err.strip().startswith("tf-gpt2 generate: error: Hugging Face repo "

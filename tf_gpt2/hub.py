@@ -64,6 +64,8 @@ def download(repo_id: str, revision: str | None = None) -> str:
     )
 
     where = f"Hugging Face repo {repo_id!r}" + (f" at revision {revision!r}" if revision else "")
+    folder = repo_id.split("/")[0]  # `runs/dmeo` beside `runs/` is most likely a mistyped path: say so first
+    typo = f"no such local path {repo_id!r} ({folder}/ exists), and " if os.path.isdir(folder) else ""
     try:
         config = read_json(hf_hub_download(repo_id, CONFIG, revision=revision))
         model_type = config.get("model_type")
@@ -78,11 +80,11 @@ def download(repo_id: str, revision: str | None = None) -> str:
     except RevisionNotFoundError:
         raise ValueError(f"{where}: no such revision (a branch, tag or commit of the repo)") from None
     except RepositoryNotFoundError:
-        raise ValueError(f"no {where} on {constants.ENDPOINT} (a private or gated repo needs a token: "
+        raise ValueError(f"{typo}no {where} on {constants.ENDPOINT} (a private or gated repo needs a token: "
                          "`hf auth login` or HF_TOKEN)") from None
     except LocalEntryNotFoundError:
         why = "HF_HUB_OFFLINE is set" if constants.is_offline_mode() else f"{constants.ENDPOINT} cannot be reached"
-        raise FileNotFoundError(f"{where} is not in the Hugging Face cache ({constants.HF_HUB_CACHE}) and {why}: "
+        raise FileNotFoundError(f"{typo}{where} is not in the Hugging Face cache ({constants.HF_HUB_CACHE}) and {why}: "
                                 f"load it once online, or `hf download {repo_id}`") from None
     except EntryNotFoundError:
         raise ValueError(f"{where} has no {CONFIG}: not a transformers model") from None
