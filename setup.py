@@ -14,6 +14,7 @@ setup(
         "tensorflow>=2.21",
         "keras>=3.15",
         "keras-hub>=0.32",
+        "tensorflow-text>=2.21",  # the SavedModel's in-graph tokenizer (tf_gpt2.graph_tokenizer): RE2 splits
         "tensorboard>=2.21",
         "numpy>=2.0",
         "tiktoken>=0.14",
