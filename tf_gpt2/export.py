@@ -126,7 +126,9 @@ class _Serving:
         self.model = model
         self.max_text_bytes, self.max_word_bytes = max_text_bytes, max_word_bytes
         characters = model.config.characters
-        self.tokenizer = CharacterGraphTokenizer(characters) if characters else BytePairGraphTokenizer()
+        # Text is served in the model's characters, or in GPT-2's BPE when its ids are GPT-2's; else not at all.
+        self.tokenizer = (CharacterGraphTokenizer(characters) if characters else
+                          BytePairGraphTokenizer() if model.config.vocab_size >= VOCAB_SIZE else None)
         self.limit = max_new_tokens_limit
         self.pad_id = pad_id(model.config)
 
@@ -251,11 +253,10 @@ def export_saved_model(model: GPT2, base_dir: str, version: int | None = None, m
         if dtype not in SERVED_DTYPES:
             raise ValueError(f"dtype must be one of {SERVED_DTYPES}, got {dtype!r}")
         model = model.with_dtype(dtype)
-    serves_text = model.config.characters is not None or model.config.vocab_size >= VOCAB_SIZE
-    if not serves_text:
+    module = _Serving(model, min(max_new_tokens_limit, model.config.n_positions), max_text_bytes, max_word_bytes)
+    if module.tokenizer is None:
         warnings.warn(f"a model of {model.config.vocab_size} tokens without its characters has no tokenizer: its "
                       "SavedModel serves token ids only (no generate_text, no tokenize signature)", stacklevel=2)
-    module = _Serving(model, min(max_new_tokens_limit, model.config.n_positions), max_text_bytes, max_word_bytes)
     i32, f32 = tf.int32, tf.float32
     # Every input has a leading batch dimension, so TF Serving's batcher can merge requests.
     ids_spec = tf.TensorSpec([None, None], i32, "token_ids")
@@ -267,7 +268,7 @@ def export_saved_model(model: GPT2, base_dir: str, version: int | None = None, m
     # weight a second time (as the Keras variable and as the TF variable under it).
     archive.add_endpoint("serving_default", module.logits, [ids_spec, length_spec])
     archive.add_endpoint("generate", module.generate, [ids_spec, length_spec, *settings])
-    if serves_text:
+    if module.tokenizer is not None:
         archive.track(module.tokenizer)  # its lookup tables
         text_spec = tf.TensorSpec([None], tf.string, "text")
         archive.add_endpoint("generate_text", module.generate_text, [text_spec, *settings])

@@ -18,12 +18,11 @@ Example:
 
 from __future__ import annotations
 
-import json
 from typing import Sequence
 
 import tensorflow as tf
 
-from tf_gpt2.tokenizer import ENDOFTEXT, GPT2Tokenizer
+from tf_gpt2.tokenizer import ENDOFTEXT, GPT2Tokenizer, read_vocabulary
 
 # Unicode's White_Space: what `\s` means to tiktoken's regex engine. RE2's `\s` is ASCII only.
 WHITESPACE = r"\t\n\x0b\x0c\r \x{85}\x{a0}\x{1680}\x{2000}-\x{200a}\x{2028}\x{2029}\x{202f}\x{205f}\x{3000}"
@@ -79,9 +78,7 @@ class BytePairGraphTokenizer(tf.Module):
 
     def __init__(self, tokenizer: GPT2Tokenizer | None = None):
         super().__init__(name="bpe_tokenizer")
-        tokenizer = tokenizer or GPT2Tokenizer()
-        with open(tokenizer.encoder_json, encoding="utf-8") as f:
-            encoder = json.load(f)
+        encoder = read_vocabulary((tokenizer or GPT2Tokenizer()).encoder_json)  # checked against its sha256 there
         tokens = sorted(encoder, key=encoder.get)
         self.tokens = tf.constant(tokens)  # id -> token, in the byte-as-character alphabet
         self.ranks = tf.lookup.StaticHashTable(  # token -> id, which is also its merge rank

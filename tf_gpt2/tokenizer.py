@@ -82,10 +82,15 @@ def _encoding(encoder_json: str, vocab_bpe: str) -> tiktoken.Encoding:
     )
 
 
+def read_vocabulary(encoder_json: str) -> dict[str, int]:
+    """encoder.json as {token: id} (tokens in GPT-2's byte-as-character alphabet)."""
+    with open(encoder_json, encoding="utf-8") as f:
+        return json.load(f)
+
+
 def _vocabulary_and_merges(encoder_json: str, vocab_bpe: str) -> tuple[dict[str, int], list[str]]:
     """encoder.json as {token: id}, and vocab.bpe's merge rules as "a b" lines, in rank order."""
-    with open(encoder_json, encoding="utf-8") as f:
-        vocabulary = json.load(f)
+    vocabulary = read_vocabulary(encoder_json)
     with open(vocab_bpe, encoding="utf-8") as f:
         merges = [line for line in f.read().split("\n")[1:] if line]  # line 0: "#version: 0.2"
     return vocabulary, merges
