@@ -26,6 +26,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 SYSTEMS = {
     "served": "tf_gpt2 SavedModel `generate`, as TF Serving runs it (Session, XLA off)",
     "served-bf16": "the same, exported with dtype bfloat16",
+    "served-xla": "the same, exported with xla=True, served with --xla_cpu_compilation_enabled",
     "generate": "tf_gpt2 model.generate (XLA)",
     "hf": "HF transformers generate (torch)",
     "ct2-float32": "CTranslate2 generate_batch float32",
@@ -52,10 +53,11 @@ def prepare(work: str, preset: str, new: int) -> None:
     if not os.path.exists(os.path.join(work, "ct2-float32")):
         ctranslate2.converters.TransformersConverter(os.path.join(work, "hf")).convert(
             os.path.join(work, "ct2-float32"), quantization="float32")
-    for name, dtype in (("saved_model", None), ("saved_model_bf16", "bfloat16")):
+    for name, dtype, xla in (("saved_model", None, False), ("saved_model_bf16", "bfloat16", False),
+                             ("saved_model_xla", None, True)):
         if not os.path.exists(os.path.join(work, name, "1")):
             export_saved_model(GPT2.from_pretrained(os.path.join(work, "hf")), os.path.join(work, name),
-                               version=1, max_new_tokens_limit=new, dtype=dtype)
+                               version=1, max_new_tokens_limit=new, dtype=dtype, xla=xla)
 
 
 def measure(system: str, work: str, batch: int, prompt: int, new: int, repeats: int) -> dict:
@@ -67,8 +69,9 @@ def measure(system: str, work: str, batch: int, prompt: int, new: int, repeats: 
     if system.startswith("served"):
         from tf_serving import Server, start
 
-        start()
-        server = Server(os.path.join(work, "saved_model_bf16" if system == "served-bf16" else "saved_model", "1"))
+        start(xla=system == "served-xla")
+        directory = {"served": "saved_model", "served-bf16": "saved_model_bf16", "served-xla": "saved_model_xla"}
+        server = Server(os.path.join(work, directory[system], "1"))
         rows = lambda value, dtype: np.full(batch, value, dtype)  # noqa: E731
         inputs = dict(token_ids=np.array(prompts, np.int32), length=rows(prompt, np.int32),
                       max_new_tokens=rows(new, np.int32), temperature=rows(0, np.float32), top_k=rows(0, np.int32),

@@ -117,6 +117,44 @@ def test_convert_cli_hf_to_keras(tmp_path, capsys):
     assert np.abs(np.asarray(GPT2.from_pretrained(str(tmp_path / "m.keras"))(ids)) - hf_logits(hf, ids)).max() <= 1e-4
 
 
+def test_a_checkpoint_holding_the_tied_head_as_lm_head_only_loads_exactly(tmp_path):
+    """safetensors.torch.save_model keeps one name of a tied pair: GPT2LMHeadModel's `lm_head.weight` stands for
+    the token embedding, as transformers reads it."""
+    from safetensors import safe_open
+    from safetensors.torch import save_model
+
+    cfg = ODD_CONFIGS[0]
+    hf = make_hf_model(**cfg)
+    hf.config.save_pretrained(tmp_path)
+    save_model(hf, str(tmp_path / "model.safetensors"))
+    with safe_open(str(tmp_path / "model.safetensors"), "np") as f:
+        assert "lm_head.weight" in f.keys() and "transformer.wte.weight" not in f.keys()
+    ids = _random_ids(cfg)
+    assert np.abs(np.asarray(GPT2.from_pretrained(str(tmp_path))(ids)) - hf_logits(hf, ids)).max() <= 1e-4
+
+
+def test_convert_keeps_what_a_character_model_is(tmp_path, capsys):
+    """A character model converted to a Hugging Face dir keeps its characters and dropout: loaded back, it reads and
+    writes its own text (not GPT-2's BPE); transformers loads the same dir to the same logits."""
+    import torch
+    from transformers import GPT2LMHeadModel
+
+    chars = list("\n !abcdefghé")
+    model = GPT2(GPT2Config(vocab_size=len(chars), n_positions=16, n_embd=16, n_layer=1, n_head=2, dropout=0.1,
+                            characters=chars))
+    model.save(tmp_path / "c.keras")
+    assert cli_main(["convert", str(tmp_path / "c.keras"), str(tmp_path / "hf")]) == 0
+    back = GPT2.from_pretrained(str(tmp_path / "hf"))
+    assert back.config.characters == chars and back.config.dropout == 0.1
+    capsys.readouterr()
+    assert cli_main(["generate", "cafe é", "--model", str(tmp_path / "hf"), "--max-new-tokens", "4"]) == 0
+    assert capsys.readouterr().out.startswith("cafe é")
+    ids = np.array([[3, 4, 5, 11]], dtype="int32")
+    with torch.no_grad():
+        theirs = GPT2LMHeadModel.from_pretrained(tmp_path / "hf")(torch.tensor(ids)).logits.numpy()
+    assert np.abs(np.asarray(back(ids)) - theirs).max() <= 1e-5
+
+
 @pytest.fixture
 def saved_tiny(tmp_path):
     model = GPT2(GPT2Config(vocab_size=40, n_positions=8, n_embd=16, n_layer=1, n_head=2))

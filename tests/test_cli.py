@@ -85,6 +85,49 @@ def _fresh_python(code: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
 
 
+def test_a_file_size_limit_and_another_backend_end_in_one_line_naming_the_file(tmp_path):
+    """A write cut short by the disk or a size limit (EFBIG here, from RLIMIT_FSIZE) names the file it was writing;
+    an export on the JAX backend says it needs TensorFlow (not a JAX tracer's error)."""
+    import os
+
+    (tmp_path / "text.txt").write_text("To be, or not to be, that is the question:\n" * 40)
+    train = ["train", "--data", str(tmp_path / "text.txt"), "--out", str(tmp_path / "run"), "--vocab", "char",
+             "--preset", "gpt2-tiny", "--n-layer", "2", "--n-embd", "64", "--n-positions", "32", "--steps", "2",
+             "--eval-interval", "2", "--batch-size", "2", "--block-size", "16", "--sample-tokens", "0", "--no-xla"]
+    export = ["export", "--random-init", "gpt2-tiny", "--out", str(tmp_path / "sm")]
+    code = ("import resource, sys\n"
+            "resource.setrlimit(resource.RLIMIT_FSIZE, (300_000, resource.RLIM_INFINITY))  # the checkpoint: 1.3 MB\n"
+            "from tf_gpt2.cli import main\n"
+            "sys.exit(main(sys.argv[1:]))")
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    for argv, backend, message in ((train, "tensorflow", f"File too large (while writing): {tmp_path}/run/checkpoint"),
+                                   (export, "jax", "a SavedModel export writes TensorFlow graphs: run it with "
+                                                   "KERAS_BACKEND=tensorflow (this process runs Keras on jax")):
+        run = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=300,
+                             env={**env, "KERAS_BACKEND": backend})
+        assert run.returncode == 2, run.stderr[-3000:]
+        assert run.stderr.strip().splitlines()[-1].startswith(f"tf-gpt2 {argv[0]}: error: {message}"), run.stderr
+    assert not os.path.exists(tmp_path / "run" / "checkpoint.npz") and not os.path.exists(tmp_path / "sm")
+
+
+def test_a_shard_damaged_after_it_was_prepared_fails_training_in_one_short_line(tmp_path, capsys):
+    """Ids beyond the vocabulary, found as training reads them (inside tf.data), end in the check's own line."""
+    from tf_gpt2.data import prepare
+
+    (tmp_path / "text.txt").write_text("To be, or not to be, that is the question:\n" * 40)
+    manifest = prepare(str(tmp_path / "text.txt"), str(tmp_path / "data"), vocab="char", verbose=False)
+    shard = tmp_path / "data" / manifest["splits"]["train"][0]["file"]
+    shard.write_bytes(b"\xff" * shard.stat().st_size)  # same size, every id 65535
+    assert cli_main(["train", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "run"), "--preset",
+                     "gpt2-tiny", "--n-layer", "1", "--n-positions", "32", "--steps", "2", "--eval-interval", "2",
+                     "--batch-size", "2", "--block-size", "16", "--sample-tokens", "0", "--no-xla"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and len(err[0]) < 300, err
+    assert err[0] == (f"tf-gpt2 train: error: shard {shard} holds token id 65535, outside the vocabulary of "
+                      f"{manifest['vocab_size']} its manifest declares: it was written with another vocabulary, "
+                      "or changed since")
+
+
 def test_help_and_a_bad_flag_answer_without_loading_tensorflow():
     """The console script parses before `tf_gpt2/__init__` (and TensorFlow) loads."""
     from conftest import console_script

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from tf_gpt2.data import prepare
-from tf_gpt2.training import CHECKPOINT, TrainConfig, make_optimizer, train
+from tf_gpt2.training import CHECKPOINT, TrainConfig, make_optimizer, prepared_data, train
 
 TEXT = "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n" * 60
 TINY = dict(n_layer=2, n_head=2, n_embd=32, n_positions=64)
@@ -122,6 +122,42 @@ def test_lora_trains_only_adapters(char_data, tmp_path):
     block, before = model.h[0].attn.c_attn, original.h[0].attn.c_attn
     np.testing.assert_array_equal(np.asarray(block._kernel), np.asarray(before.kernel))  # frozen base
     assert not np.allclose(np.asarray(block.kernel), np.asarray(before.kernel))  # merged kernel moved
+
+
+def test_init_from_takes_the_runs_model_flags_and_refuses_another_vocabulary(char_data, tmp_path):
+    """--init-from keeps the checkpoint's shape but takes the run's dropout and --vocab-multiple (so a split mesh can
+    take it); a shape flag it cannot take, a vocabulary other than the data's, are refused by name."""
+    from tf_gpt2 import GPT2, GPT2Config
+    from tf_gpt2.devices import Mesh, Placement
+    from tf_gpt2.training import build_model, pretrained
+
+    manifest = json.load(open(os.path.join(char_data, "manifest.json")))
+    chars = manifest["chars"]
+
+    def start(name, **kwargs):
+        GPT2(GPT2Config(**{**TINY, "vocab_size": 30, **kwargs})).save(tmp_path / name)
+        return config(tmp_path / "run", char_data, init_from=str(tmp_path / name), model=TINY)
+
+    cfg = start("ids.keras")
+    cfg.model = {**TINY, "dropout": 0.2, "vocab_multiple": 4}
+    split = Placement(scope=None, replicas=1, mesh=Mesh(1, 4))
+    model = build_model(cfg, manifest, split, source := pretrained(cfg, manifest))
+    assert model.config.dropout == 0.2 and model.h[0].attn.resid_dropout.rate == 0.2
+    assert model.wte.embeddings.shape[0] == 32 and model.config.characters == chars  # ids-only: now the data's
+    x = np.arange(20, dtype="int32")[None]
+    np.testing.assert_allclose(np.asarray(model(x)), np.asarray(source(x)), atol=1e-6)
+    cfg.model = TINY
+    with pytest.raises(ValueError, match=r"split evenly .*--vocab-multiple"):
+        build_model(cfg, manifest, split, pretrained(cfg, manifest))
+
+    cfg.model = {**TINY, "n_layer": 3, "n_embd": 64}
+    with pytest.raises(ValueError, match=r"ids.keras fixes the model's shape: --n-layer 3 \(it has 2\), --n-embd 64"):
+        pretrained(cfg, manifest)
+    with pytest.raises(ValueError, match=r"other characters than the data \(only in the data: 'e', only in the model: 'Q'\)"):
+        pretrained(start("other.keras", characters=[c if c != "e" else "Q" for c in chars]), manifest)
+    with pytest.raises(ValueError, match=r"bpe.keras reads GPT-2 BPE, the data was tokenized as characters: pass "
+                                         "--vocab gpt2"):
+        pretrained(start("bpe.keras", vocab_size=50257), manifest)
 
 
 def _digest(path):
@@ -322,6 +358,28 @@ def test_raw_text_edited_since_it_was_tokenized_is_tokenized_again(tmp_path):
     with open(tmp_path / "run" / "data" / "manifest.json") as f:
         chars = json.load(f)["chars"]
     assert "S" in chars and "e" not in chars  # the tokens of the text as it is now
+
+
+def test_a_rerun_after_a_failed_start_tokenizes_the_text_it_is_given(tmp_path):
+    """A start that failed after tokenizing left out/data behind: a rerun with another --data, another --vocab or
+    one more file in its folder tokenizes what it is now given, not what the failed start prepared."""
+    (tmp_path / "first").mkdir()
+    (tmp_path / "first" / "a.txt").write_text(TEXT)
+    (tmp_path / "other.txt").write_text(TEXT.upper())
+    with pytest.raises(ValueError, match="block_size 128 exceeds"):
+        train(config(tmp_path / "run", str(tmp_path / "first"), vocab="char", block_size=128))
+
+    def manifest():
+        return json.loads((tmp_path / "run" / "data" / "manifest.json").read_text())
+
+    assert "e" in manifest()["chars"]
+    model, _ = train(config(tmp_path / "run", str(tmp_path / "other.txt"), vocab="char", steps=2, eval_interval=2))
+    assert "e" not in manifest()["chars"] and model.config.characters == manifest()["chars"]
+    prepared_data(config(tmp_path / "run", str(tmp_path / "first"), vocab="gpt2"))
+    assert manifest()["vocab"] == "gpt2" and len(manifest()["source_stamps"]) == 1
+    (tmp_path / "first" / "b.txt").write_text("more")
+    prepared_data(config(tmp_path / "run", str(tmp_path / "first"), vocab="gpt2"))
+    assert len(manifest()["source_stamps"]) == 2
 
 
 def test_a_damaged_checkpoint_is_named_and_left_as_it_is(char_data, tmp_path):

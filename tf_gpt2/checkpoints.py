@@ -28,7 +28,7 @@ import numpy as np
 from tf_gpt2.config import GPT2Config
 from tf_gpt2.devices import host_array
 from tf_gpt2.files import json_writer, read_json, write_together
-from tf_gpt2.tokenizer import ENDOFTEXT, VOCAB_SIZE, default_vocab_files
+from tf_gpt2.tokenizer import ENDOFTEXT, EOT_ID, VOCAB_SIZE, default_vocab_files
 
 BLOCK_LAYERS = ("ln_1", "attn.c_attn", "attn.c_proj", "ln_2", "mlp.c_fc", "mlp.c_proj")
 HF_ACTIVATIONS = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu", "relu": "relu",
@@ -151,6 +151,7 @@ def config_from_hf(hf: dict[str, Any], source: str = "config.json", **overrides:
         vocab_size=hf["vocab_size"], n_positions=hf.get("n_positions", hf.get("n_ctx")), n_embd=n_embd,
         n_layer=hf["n_layer"], n_head=hf["n_head"], layer_norm_epsilon=hf.get("layer_norm_epsilon", 1e-5),
         activation=HF_ACTIVATIONS[activation], initializer_range=hf.get("initializer_range", 0.02),
+        dropout=hf.get("resid_pdrop", 0.0), characters=hf.get("characters"),  # characters: tf_gpt2's own key
     )
     try:
         return GPT2Config(**{**values, **overrides})
@@ -234,7 +235,9 @@ def read_hf(directory: str, **overrides: Any) -> tuple[GPT2Config, Tensors]:
             tensors[name] = value
     tensors = {k: v for k, v in tensors.items() if not k.endswith(HF_IGNORED_SUFFIXES)}
     lm_head = tensors.pop("lm_head.weight", None)  # tied to wte in GPT-2
-    if lm_head is not None and "wte.weight" in tensors and not np.array_equal(lm_head, tensors["wte.weight"]):
+    if lm_head is not None and "wte.weight" not in tensors:  # the tie saved once, under the head's name
+        tensors["wte.weight"] = lm_head                      # (safetensors.torch.save_model does that)
+    elif lm_head is not None and not np.array_equal(lm_head, tensors["wte.weight"]):
         raise ValueError(f"{directory}: lm_head.weight differs from wte.weight; GPT-2's LM head is tied")
     return config, tensors
 
@@ -274,9 +277,13 @@ def save_hf(model: keras.Model, directory: str | os.PathLike) -> None:
         "n_embd": cfg.n_embd, "n_layer": cfg.n_layer, "n_head": cfg.n_head, "n_inner": None,
         "activation_function": activation, "layer_norm_epsilon": cfg.layer_norm_epsilon,
         "initializer_range": cfg.initializer_range, "resid_pdrop": cfg.dropout,
-        "embd_pdrop": cfg.dropout, "attn_pdrop": cfg.dropout, "bos_token_id": 50256,
-        "eos_token_id": 50256, "tie_word_embeddings": True, SAVE_ID: secrets.token_hex(8),
+        "embd_pdrop": cfg.dropout, "attn_pdrop": cfg.dropout, "tie_word_embeddings": True,
+        SAVE_ID: secrets.token_hex(8),
     }
+    end_of_text = EOT_ID if cfg.vocab_size >= VOCAB_SIZE and cfg.characters is None else None  # else none known
+    hf_config.update(bos_token_id=end_of_text, eos_token_id=end_of_text)
+    if cfg.characters is not None:  # what its ids mean, under tf_gpt2's own key (transformers keeps unknown keys)
+        hf_config["characters"] = cfg.characters
     metadata = {"format": "pt", SAVE_ID: hf_config[SAVE_ID]}
     tensors = {"transformer." + name: np.ascontiguousarray(v) for name, v in checkpoint_tensors(model).items()}
 

@@ -22,6 +22,14 @@ def is_integer(value: Any) -> bool:
     return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
+def require_tensorflow(what: str) -> None:
+    """Refuse `what` (an export: TensorFlow graphs) on another Keras backend, before anything is traced."""
+    backend = keras.backend.backend()
+    if backend != "tensorflow":
+        raise RuntimeError(f"{what} writes TensorFlow graphs: run it with KERAS_BACKEND=tensorflow (this process runs "
+                           f"Keras on {backend}; a model trained there loads on TensorFlow from its .keras file)")
+
+
 def known_values(x: Any) -> np.ndarray | None:
     """x as numpy when its values are known now; None inside a traced (compiled) function."""
     if isinstance(x, np.ndarray):

@@ -7,6 +7,7 @@ import dataclasses
 import functools
 import math
 import os
+import re
 import sys
 import traceback
 from typing import Sequence
@@ -351,12 +352,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _tensorflow_message(message: str) -> str:
+    """A TensorFlow error's message without TensorFlow's wrapping (node and op tags), and for a Python error raised
+    inside an op (tf.data's numpy_function) that error's own last line, not its traceback."""
+    raised = re.findall(r"^\w+: .*$", message.partition("Traceback (most recent call last)")[2], re.MULTILINE)
+    if raised:
+        message = re.sub(r"^(ValueError|TypeError|OSError|RuntimeError|FloatingPointError): ", "", raised[-1])
+    return re.sub(r"\{\{[^}]*\}\}|\[\[[^\]]*\]\]|\[Op:\w+\]", " ", message)
+
+
 def describe_error(error: BaseException) -> str:
     """One line naming the problem (and the file, where the error knows it)."""
     if isinstance(error, OSError) and error.filename and error.strerror:
         text = f"{error.strerror}: {error.filename}"
     elif type(error).__module__.startswith("tensorflow") and hasattr(error, "message"):
-        text = error.message
+        text = _tensorflow_message(error.message)
     else:
         text = str(error) or type(error).__name__
         if not isinstance(error, (ValueError, TypeError, OSError, RuntimeError, FloatingPointError)):

@@ -110,15 +110,15 @@ def source_stamps(files: Sequence[str]) -> dict[str, list]:
     return {os.path.abspath(f): [*_size_and_time(f), _sha256(f)] for f in files}
 
 
-def sources_changed(manifest: dict) -> bool:
-    """Whether the files a dataset was made from changed since (contents compared when size or time differ;
-    a dataset from before stamps were kept: no)."""
-    for path, (size, mtime, digest) in manifest.get("source_stamps", {}).items():
-        if not os.path.isfile(path):
-            return True
-        if _size_and_time(path) != [size, mtime] and _sha256(path) != digest:
-            return True
-    return False
+def made_from(manifest: dict, files: Sequence[str], vocab: str) -> bool:
+    """Whether a dataset is these files, as they are now (contents compared when size or time differ), in `vocab`."""
+    stamps = manifest.get("source_stamps", {})
+    if manifest.get("vocab") != vocab or set(stamps) != {os.path.abspath(f) for f in files}:
+        return False
+    for path, (size, mtime, digest) in stamps.items():
+        if not os.path.isfile(path) or _size_and_time(path) != [size, mtime] and _sha256(path) != digest:
+            return False
+    return True
 
 
 def _size_and_time(path: str) -> list[int]:

@@ -30,7 +30,7 @@ import warnings
 import keras
 import tensorflow as tf
 
-from tf_gpt2.checks import is_integer
+from tf_gpt2.checks import is_integer, require_tensorflow
 from tf_gpt2.files import atomic_write, bytes_writer
 from tf_gpt2.generation import Prompt, Sampling, answer_lengths, generate_loop, pad_id, positions_from_mask
 from tf_gpt2.graph_tokenizer import BytePairGraphTokenizer, CharacterGraphTokenizer
@@ -79,6 +79,13 @@ def _prompt(token_ids, length, config, error):
     return Prompt(_rotate(ids, width - length), _rotate(mask, width - length)), length, error
 
 
+def _bucket(n, most):
+    """n rounded up to a power of two (at least 8), at most `most`: one XLA program per bucket."""
+    power = tf.bitwise.left_shift(1, tf.cast(tf.math.ceil(tf.math.log(tf.cast(n, tf.float32)) / tf.math.log(2.0)),
+                                             tf.int32))
+    return tf.maximum(tf.minimum(tf.maximum(power, 8), most), n)
+
+
 def _rotate(rows, shift):
     """Each row of `rows` [batch, width, ...] rotated right by its `shift` [batch] (negative: left)."""
     width = tf.shape(rows)[1]
@@ -122,8 +129,9 @@ class _InPlaceCache:
 class _Serving:
     """The functions behind the SavedModel's signatures."""
 
-    def __init__(self, model: GPT2, max_new_tokens_limit: int, max_text_bytes: int, max_word_bytes: int):
-        self.model = model
+    def __init__(self, model: GPT2, max_new_tokens_limit: int, max_text_bytes: int, max_word_bytes: int,
+                 xla: bool = False):
+        self.model, self.xla = model, xla
         self.max_text_bytes, self.max_word_bytes = max_text_bytes, max_word_bytes
         characters = model.config.characters
         # Text is served in the model's characters, or in GPT-2's BPE when its ids are GPT-2's; else not at all.
@@ -170,13 +178,26 @@ class _Serving:
         knobs["seed"] = tf.cast(tf.math.floormod(tf.cast(knobs["seed"], tf.int64) + offset, 2**31), tf.int32)
         sampling = Sampling(repetition_penalty=tf.ones([batch]), stop_ids=tf.constant([EOT_ID], tf.int32),
                             pad_id=tf.constant(self.pad_id), **knobs)
-        # The cache holds the longest prompt and the largest budget of this batch, no more.
-        longest = tf.reduce_max(length)
-        new_slots = tf.zeros((batch, tf.reduce_max(knobs["max_new_tokens"])), tf.int32)
-        out = generate_loop(self.model, Prompt(prompt.ids[:, -longest:], prompt.mask[:, -longest:]), new_slots,
-                            sampling)
+        # The cache holds the longest prompt and the largest budget of this batch, no more; under XLA, rounded up
+        # to powers of two (one program per bucket, as model.generate compiles them).
+        longest, budget = tf.reduce_max(length), tf.reduce_max(knobs["max_new_tokens"])
+        if self.xla:
+            longest, budget = _bucket(longest, cfg.n_positions), _bucket(budget, self.limit)
+            prompt = Prompt(*(tf.pad(t, [[0, 0], [tf.maximum(longest - tf.shape(t)[1], 0), 0]]) for t in prompt))
+        new_slots = tf.zeros((batch, budget), tf.int32)
+        out = self._loop(Prompt(prompt.ids[:, -longest:], prompt.mask[:, -longest:]), new_slots, sampling)
         return {"token_ids": tf.where(ok[:, None], out, self.pad_id),
                 "length": tf.where(ok, answer_lengths(out, sampling), 0), "error": error}
+
+    def _loop(self, prompt, new_slots, sampling):
+        if not self.xla:
+            return generate_loop(self.model, prompt, new_slots, sampling)
+        return self._compiled_loop(prompt, new_slots, sampling)
+
+    @tf.function(jit_compile=True)
+    def _compiled_loop(self, prompt, new_slots, sampling):
+        with cache_buffers(None):  # XLA writes the cache in place itself
+            return generate_loop(self.model, prompt, new_slots, sampling)
 
     def _tokenize(self, text):
         """Ragged ids of `text` [batch] and each row's error; text over the bounds is refused before tokenizing
@@ -234,7 +255,8 @@ SERVED_DTYPES = ("float32", "bfloat16")
 
 
 def export_saved_model(model: GPT2, base_dir: str, version: int | None = None, max_new_tokens_limit: int = 256,
-                       max_text_bytes: int | None = None, max_word_bytes: int = 256, dtype: str | None = None) -> str:
+                       max_text_bytes: int | None = None, max_word_bytes: int = 256, dtype: str | None = None,
+                       xla: bool = False) -> str:
     """Write a TF Serving model version `<base_dir>/<version>/` and return its path.
 
     `dtype` "bfloat16" stores the weights and runs the arithmetic in bfloat16 (logits stay float32): half the
@@ -244,6 +266,7 @@ def export_saved_model(model: GPT2, base_dir: str, version: int | None = None, m
     `generate_text` refuses a text longer than `max_text_bytes` (default 8 bytes per position of the
     context) or with a run of more than `max_word_bytes` bytes without whitespace, before tokenizing it.
     """
+    require_tensorflow("a SavedModel export")
     max_text_bytes = max_text_bytes or 8 * model.config.n_positions
     for name, value in (("max_new_tokens_limit", max_new_tokens_limit), ("max_text_bytes", max_text_bytes),
                         ("max_word_bytes", max_word_bytes), ("version", 1 if version is None else version)):
@@ -253,7 +276,7 @@ def export_saved_model(model: GPT2, base_dir: str, version: int | None = None, m
         if dtype not in SERVED_DTYPES:
             raise ValueError(f"dtype must be one of {SERVED_DTYPES}, got {dtype!r}")
         model = model.with_dtype(dtype)
-    module = _Serving(model, min(max_new_tokens_limit, model.config.n_positions), max_text_bytes, max_word_bytes)
+    module = _Serving(model, min(max_new_tokens_limit, model.config.n_positions), max_text_bytes, max_word_bytes, xla)
     if module.tokenizer is None:
         warnings.warn(f"a model of {model.config.vocab_size} tokens without its characters has no tokenizer: its "
                       "SavedModel serves token ids only (no generate_text, no tokenize signature)", stacklevel=2)
@@ -279,7 +302,7 @@ def export_saved_model(model: GPT2, base_dir: str, version: int | None = None, m
         raise FileExistsError(f"{final_dir} exists: choose another version")
     os.makedirs(base_dir, exist_ok=True)
     # Written aside and moved into place in one rename: TF Serving never sees half a version.
-    with cache_buffers(_InPlaceCache):  # TF Serving runs graphs with XLA compilation off: no XLA-only op
+    with cache_buffers(None if xla else _InPlaceCache):  # without XLA (the server's default): no XLA-only op
         atomic_write(final_dir, lambda tmp: archive.write_out(tmp, verbose=False))  # the endpoints trace here
     batching = os.path.join(base_dir, "batching_parameters.txt")
     if not os.path.exists(batching):  # a file the user edited stays as it is

@@ -124,8 +124,13 @@ def write_together(writes: dict[str, Callable[[str], object]]) -> None:
                 raise IsADirectoryError(errno.EISDIR, "Is a directory, cannot be replaced", path)
             remove_stale_temps(path)
             staged[path] = tmp = temp_path(path)
-            write(tmp)
-            _sync_tree(tmp)
+            try:
+                write(tmp)
+                _sync_tree(tmp)
+            except OSError as e:  # a full disk or a size limit, said of the file being written
+                if e.filename not in (None, tmp) or e.strerror is None:
+                    raise
+                raise OSError(e.errno, f"{e.strerror} (while writing)", path) from e
             make_readable(tmp)
         for path, tmp in staged.items():
             os.replace(tmp, path)

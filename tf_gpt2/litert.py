@@ -24,7 +24,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tf_gpt2.checks import check_in_vocabulary, is_integer
+from tf_gpt2.checks import check_in_vocabulary, is_integer, require_tensorflow
 from tf_gpt2.files import atomic_write, work_dir
 from tf_gpt2.formats import QUANTIZATIONS
 from tf_gpt2.layers import causal_mask
@@ -121,6 +121,7 @@ def litert_bytes(model: GPT2, cache_length: int | None = None, prefill_lengths: 
     `quantize`: "fp32", "fp16" (weights stored as float16) or "int8" (dynamic-range: int8 weights, int8
     matmuls with activations quantized on the fly; LiteRT's recommended CPU recipe).
     """
+    require_tensorflow("a LiteRT export")
     cache_length, prefill_lengths = _check_options(model, cache_length, prefill_lengths, quantize)
     if getattr(model, "quantization", None):
         raise ValueError(f"this model is already quantized with Keras ({model.quantization}): export the float "

@@ -27,10 +27,11 @@ import numpy as np
 
 from tf_gpt2.checkpoints import assign_weights, checkpoint_tensors
 from tf_gpt2.config import GPT2Config
-from tf_gpt2.data import MANIFEST, RUN_RECORD, TokenShards, codec, embedded_corpus, prepare, sources_changed
+from tf_gpt2.data import MANIFEST, RUN_RECORD, TokenShards, codec, embedded_corpus, made_from, prepare, resolve_inputs
 from tf_gpt2.devices import Placement, host_array, place_run
 from tf_gpt2.files import atomic_write, exclusive, json_writer, read_json
 from tf_gpt2.model import GPT2
+from tf_gpt2.tokenizer import VOCAB_SIZE
 from tf_gpt2.train_config import TrainConfig
 
 CHECKPOINT = "checkpoint.npz"
@@ -271,30 +272,72 @@ def prepared_data(cfg: TrainConfig) -> str:
         return cfg.data
     directory = os.path.join(cfg.out, "data")
     manifest = os.path.join(directory, MANIFEST)
-    if not os.path.exists(manifest) or sources_changed(read_json(manifest)):  # text edited since: tokenize again
-        prepare(cfg.data or embedded_corpus(), directory, vocab=cfg.vocab, verbose=bool(cfg.verbose), exclude=[cfg.out])
+    files = resolve_inputs(cfg.data or embedded_corpus(), exclude=[directory, cfg.out])
+    if not os.path.exists(manifest) or not made_from(read_json(manifest), files, cfg.vocab):  # other or edited text
+        prepare(files, directory, vocab=cfg.vocab, verbose=bool(cfg.verbose))
     return directory
 
 
-def build_model(cfg: TrainConfig, manifest: dict, placement: Placement | None = None) -> GPT2:
-    """The model a run trains: from `init_from`, or new from the preset, sized for the data's vocabulary."""
-    vocab_size = manifest["vocab_size"]
-    if cfg.init_from:
-        model = GPT2.from_pretrained(cfg.init_from)
-        if model.config.vocab_size < vocab_size:
-            raise ValueError(f"--init-from model has {model.config.vocab_size} tokens, the data needs {vocab_size}")
-        model = model.with_dtype(cfg.precision)
+SHAPE_FIELDS = ("n_layer", "n_head", "n_embd", "n_positions")  # what --init-from fixes; dropout and padding it does not
+
+
+def pretrained(cfg: TrainConfig, manifest: dict) -> GPT2:
+    """The model `cfg.init_from` names, checked against the run's data and model flags (read outside any
+    distribution: its weights are copied into the run's model)."""
+    model = GPT2.from_pretrained(cfg.init_from)
+    config, name = model.config, cfg.init_from
+    if model.quantization:
+        raise ValueError(f"--init-from {name} is quantized ({model.quantization}): train from its float weights")
+    fixed = [f"--{k.replace('_', '-')} {v} (it has {getattr(config, k)})" for k, v in cfg.model.items()
+             if k in SHAPE_FIELDS and getattr(config, k) != v]
+    if fixed:
+        raise ValueError(f"--init-from {name} fixes the model's shape: {', '.join(fixed)} cannot apply")
+    if config.vocab_size < manifest["vocab_size"]:
+        raise ValueError(f"--init-from {name} has {config.vocab_size} tokens, the data needs {manifest['vocab_size']}")
+    chars, bpe = manifest.get("chars"), config.characters is None and config.vocab_size >= VOCAB_SIZE
+    if bpe and chars is not None or config.characters is not None and chars is None:
+        raise ValueError(f"--init-from {name} reads {'GPT-2 BPE' if bpe else 'characters'}, the data was tokenized "
+                         f"{'as characters' if bpe else 'as GPT-2 BPE'}: pass --vocab {'gpt2' if bpe else 'char'}")
+    if config.characters is not None and config.characters != chars:
+        only_data = "".join(c for c in chars if c not in config.characters)
+        only_model = "".join(c for c in config.characters if c not in chars)
+        raise ValueError(f"--init-from {name} reads other characters than the data (only in the data: {only_data!r}, "
+                         f"only in the model: {only_model!r}): its ids would mean other characters; train a new "
+                         "model on this text instead")
+    if config.characters is None and chars is not None and len(chars) == config.vocab_size:
+        model.config.characters = chars  # a model of ids alone learns what they mean: the data's characters
+    return model
+
+
+def build_model(cfg: TrainConfig, manifest: dict, placement: Placement | None = None,
+                source: GPT2 | None = None) -> GPT2:
+    """The model a run trains: new from the preset, sized for the data's vocabulary, or the weights of `source`
+    (`pretrained`) under the run's model flags."""
+    if source is not None:
+        config = dataclasses.replace(source.config, **cfg.model)
     else:
-        config = GPT2Config.from_preset(cfg.preset, **{"vocab_size": vocab_size, "characters": manifest.get("chars"),
-                                                       **cfg.model})
-        if placement:
-            placement.check(config)
-        model = GPT2(config, dtype=cfg.precision)
-    if cfg.block_size > model.config.n_positions:
-        raise ValueError(f"block_size {cfg.block_size} exceeds the model's context of {model.config.n_positions}")
+        config = GPT2Config.from_preset(cfg.preset, **{"vocab_size": manifest["vocab_size"],
+                                                       "characters": manifest.get("chars"), **cfg.model})
+    if placement:
+        placement.check(config)
+    if cfg.block_size > config.n_positions:
+        raise ValueError(f"block_size {cfg.block_size} exceeds the model's context of {config.n_positions}")
+    model = GPT2(config, dtype=cfg.precision)
+    if source is not None:
+        copy_weights(source, model)
     if cfg.lora_rank:
         enable_lora(model, cfg.lora_rank)
     return model
+
+
+def copy_weights(source: GPT2, model: GPT2) -> None:
+    """`source`'s weights into `model`, a GPT2 of the same shape but for padding rows of the token embedding
+    (those keep their initial values)."""
+    for variable, value in zip(model.weights, source.get_weights(), strict=True):
+        if value.shape != tuple(variable.shape):  # the token embedding, padded to another vocab_multiple
+            rows = source.config.vocab_size
+            value = np.concatenate([value[:rows], host_array(variable)[rows:]])
+        variable.assign(value)
 
 
 # Settings that do not change what a run computes: they may differ when it resumes.
@@ -358,9 +401,10 @@ def _train(cfg: TrainConfig, placement: Placement) -> tuple[GPT2, dict[str, list
     checkpoint = os.path.join(cfg.out, CHECKPOINT)
     identity = run_identity(cfg, data_dir)
     keras.utils.set_random_seed(cfg.seed)
+    source = pretrained(cfg, train_data.manifest) if cfg.init_from else None
     jit_compile = cfg.jit_compile if placement.jit_compile is None else placement.jit_compile
     with placement.scope():
-        model = build_model(cfg, train_data.manifest, placement)  # bad settings fail here, before anything is written
+        model = build_model(cfg, train_data.manifest, placement, source)  # bad settings fail here, before any write
         if os.path.exists(checkpoint):
             check_resume(cfg, identity)
         optimizer = make_optimizer(model, cfg)
