@@ -34,13 +34,14 @@ def served(served_tiny):
     return served_tiny
 
 
-def serve(path, calls, tmp_path, batching=None):
+def serve(path, calls, tmp_path, batching=None, xla=False):
     """Answer `calls` in a fresh process run as tensorflow_model_server runs the model (with `--enable_batching
-    --batching_parameters_file=batching` when given)."""
+    --batching_parameters_file=batching` when given, with `--xla_cpu_compilation_enabled` when `xla`)."""
     with open(tmp_path / "calls.pkl", "wb") as f:
         pickle.dump(calls, f)
     command = [sys.executable, os.path.join(BENCHMARKS, "tf_serving.py"), path, str(tmp_path / "calls.pkl"),
-               str(tmp_path / "results.pkl")] + (["--batching_parameters_file", str(batching)] if batching else [])
+               str(tmp_path / "results.pkl")] + (["--batching_parameters_file", str(batching)] if batching else []) \
+        + (["--xla"] if xla else [])
     run = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     with open(tmp_path / "results.pkl", "rb") as f:
@@ -121,6 +122,38 @@ def test_every_signature_answers_with_xla_compilation_disabled(model, served, tm
     assert json.loads(rest_columnar[0])["outputs"]["text"] == [model.generate(text, max_new_tokens=6)]
     rows = json.loads(rest_rows[0])["predictions"]
     assert [r["token_ids"][:r["length"]] for r in rows] == model.generate([[464, 3290], [40, 1101]], max_new_tokens=6)
+
+
+def test_an_xla_export_answers_as_model_generate_on_a_server_that_compiles_with_xla(model, tmp_path):
+    """`xla=True` decodes in one XLA program per bucket of prompt length and budget: on a server started with
+    --xla_cpu_compilation_enabled it answers as model.generate (greedy and sampled, bad rows merged in, text);
+    on one without, every generation fails by name, and the logits still answer."""
+    from tf_gpt2.export import export_saved_model
+
+    path = export_saved_model(model, str(tmp_path / "xla"), max_new_tokens_limit=16, xla=True)
+    prompts = [[464, 3290, 318], [40, 1101], [3, 4]]
+    ids, length = right_padded(prompts, pad=7)
+    sampled = dict(temperature=0.9, top_k=40, top_p=0.9, seed=[3, 4, 5])
+    calls = [[grpc("generate", token_ids=ids, length=length, **settings(3, max_new_tokens=[6, 11, 17]))],
+             [grpc("generate", token_ids=ids, length=length, **settings(3, **sampled))],
+             [grpc("generate_text", text=np.array([b"Hello world"]), **settings(1))],
+             [grpc("serving_default", token_ids=ids, length=length)]]
+    greedy, sampled_out, text, logits = serve(path, calls, tmp_path, xla=True)
+
+    def answers(out):
+        return [row[:n].tolist() for row, n in zip(out["token_ids"], out["length"])]
+
+    greedy = outputs(greedy[0])
+    assert answers(greedy)[:2] == [model.generate(prompts[0], max_new_tokens=6),
+                                   model.generate(prompts[1], max_new_tokens=11)]
+    assert greedy["error"].tolist() == [b"", b"", b"max_new_tokens must be <= 16"] and greedy["length"][2] == 0
+    assert answers(outputs(sampled_out[0])) == [
+        model.generate(p, max_new_tokens=6, temperature=0.9, top_k=40, top_p=0.9, seed=s)
+        for p, s in zip(prompts, (3, 4, 5))]
+    assert outputs(text[0])["text"][0].decode() == model.generate("Hello world", max_new_tokens=6)
+    without = serve(path, calls[:1] + calls[3:], tmp_path)
+    assert "XLA compilation disabled" in without[0]["error"]
+    np.testing.assert_array_equal(outputs(without[1][0])["logits"], outputs(logits[0])["logits"])
 
 
 def test_a_merged_batch_answers_each_request_as_it_answers_it_alone(served, tmp_path):

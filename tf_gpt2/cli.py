@@ -223,12 +223,13 @@ def cmd_export(args: argparse.Namespace) -> int:
         if args.quantize != QUANTIZATIONS[0]:
             raise ValueError("--quantize is for on-device formats; a SavedModel takes --dtype")
         path = export_saved_model(_load_model(args), out, version=args.version,
-                                  max_new_tokens_limit=args.max_new_tokens_limit, dtype=args.dtype)
+                                  max_new_tokens_limit=args.max_new_tokens_limit, dtype=args.dtype, xla=args.xla)
     else:
         from tf_gpt2 import litert
 
-        if args.dtype != "float32":
-            raise ValueError("--dtype is for --format saved_model; on-device files take --quantize")
+        if args.dtype != "float32" or args.xla:
+            raise ValueError(f"{'--xla' if args.xla else '--dtype'} is for --format saved_model; on-device files "
+                             "take --quantize")
         export = litert.export_litert if args.format == "tflite" else litert.export_litertlm
         path = export(_load_model(args), out, cache_length=args.cache_length, prefill_lengths=args.prefill_lengths,
                       quantize=args.quantize)
@@ -336,6 +337,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="on-device weights (int8: dynamic range)")
     export.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
                         help="SavedModel weights and arithmetic (bfloat16: half the memory; fast on avx512_bf16/AMX)")
+    export.add_argument("--xla", action="store_true",
+                        help="SavedModel: decode under XLA (faster; the server needs --xla_cpu_compilation_enabled)")
     export.set_defaults(run=cmd_export)
 
     ev = command("eval", help="perplexity and bits/byte on a text file (GPT-2 paper protocol)")

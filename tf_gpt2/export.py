@@ -79,11 +79,15 @@ def _prompt(token_ids, length, config, error):
     return Prompt(_rotate(ids, width - length), _rotate(mask, width - length)), length, error
 
 
-def _bucket(n, most):
-    """n rounded up to a power of two (at least 8), at most `most`: one XLA program per bucket."""
-    power = tf.bitwise.left_shift(1, tf.cast(tf.math.ceil(tf.math.log(tf.cast(n, tf.float32)) / tf.math.log(2.0)),
-                                             tf.int32))
-    return tf.maximum(tf.minimum(tf.maximum(power, 8), most), n)
+def _bucket(n, least, most=2**30):
+    """n rounded up to a power of two, at least `least`, at most `most` (but never below n)."""
+    powers = tf.bitwise.left_shift(1, tf.range(31))
+    power = tf.reduce_min(tf.where(powers >= n, powers, 2**30))
+    return tf.maximum(tf.minimum(tf.maximum(power, least), most), n)
+
+
+# The fields of `Sampling` with one value per row.
+PER_ROW = ("temperature", "top_k", "top_p", "repetition_penalty", "seed", "max_new_tokens")
 
 
 def _rotate(rows, shift):
@@ -178,21 +182,28 @@ class _Serving:
         knobs["seed"] = tf.cast(tf.math.floormod(tf.cast(knobs["seed"], tf.int64) + offset, 2**31), tf.int32)
         sampling = Sampling(repetition_penalty=tf.ones([batch]), stop_ids=tf.constant([EOT_ID], tf.int32),
                             pad_id=tf.constant(self.pad_id), **knobs)
-        # The cache holds the longest prompt and the largest budget of this batch, no more; under XLA, rounded up
-        # to powers of two (one program per bucket, as model.generate compiles them).
-        longest, budget = tf.reduce_max(length), tf.reduce_max(knobs["max_new_tokens"])
-        if self.xla:
-            longest, budget = _bucket(longest, cfg.n_positions), _bucket(budget, self.limit)
-            prompt = Prompt(*(tf.pad(t, [[0, 0], [tf.maximum(longest - tf.shape(t)[1], 0), 0]]) for t in prompt))
-        new_slots = tf.zeros((batch, budget), tf.int32)
+        # The cache holds the longest prompt and the largest budget of this batch, no more.
+        longest = tf.reduce_max(length)
+        new_slots = tf.zeros((batch, tf.reduce_max(knobs["max_new_tokens"])), tf.int32)
         out = self._loop(Prompt(prompt.ids[:, -longest:], prompt.mask[:, -longest:]), new_slots, sampling)
         return {"token_ids": tf.where(ok[:, None], out, self.pad_id),
                 "length": tf.where(ok, answer_lengths(out, sampling), 0), "error": error}
 
     def _loop(self, prompt, new_slots, sampling):
+        """`generate_loop`; under XLA, on a batch whose rows, prompt length and budget are rounded up to powers of
+        two (one program per bucket, as model.generate compiles them): the extra rows copy row 0 and stop after
+        one token, the extra columns are padding."""
         if not self.xla:
             return generate_loop(self.model, prompt, new_slots, sampling)
-        return self._compiled_loop(prompt, new_slots, sampling)
+        (batch, budget), width = tf.unstack(tf.shape(new_slots)), tf.shape(prompt.ids)[1]
+        rows = tf.concat([tf.range(batch), tf.zeros([_bucket(batch, 1) - batch], tf.int32)], 0)
+        per_row = {name: tf.gather(getattr(sampling, name), rows) for name in PER_ROW}
+        per_row["max_new_tokens"] = tf.where(rows == tf.range(tf.size(rows)), per_row["max_new_tokens"], 1)
+        columns = _bucket(width, 8, self.model.config.n_positions) - width
+        prompt = Prompt(tf.pad(tf.gather(prompt.ids, rows), [[0, 0], [columns, 0]], constant_values=self.pad_id),
+                        tf.pad(tf.gather(prompt.mask, rows), [[0, 0], [columns, 0]]))
+        new_slots = tf.zeros([tf.size(rows), _bucket(budget, 8, self.limit)], tf.int32)
+        return self._compiled_loop(prompt, new_slots, sampling._replace(**per_row))[:batch, :budget]
 
     @tf.function(jit_compile=True)
     def _compiled_loop(self, prompt, new_slots, sampling):
