@@ -76,7 +76,9 @@ def measure(system: str, work: str, batch: int, prompt: int, new: int, repeats: 
         inputs = dict(token_ids=np.array(prompts, np.int32), length=rows(prompt, np.int32),
                       max_new_tokens=rows(new, np.int32), temperature=rows(0, np.float32), top_k=rows(0, np.int32),
                       top_p=rows(1, np.float32), seed=rows(0, np.int32))
+        began = time.perf_counter()
         produced = int(server.run("generate", inputs)["length"].sum())  # rows stop early at <|endoftext|>
+        first_call = time.perf_counter() - began  # with XLA: the bucket's compilation
         run = lambda: server.run("generate", inputs)  # noqa: E731
     elif system == "generate":
         from tf_gpt2 import GPT2
@@ -108,7 +110,9 @@ def measure(system: str, work: str, batch: int, prompt: int, new: int, repeats: 
         produced = batch * new
         run = lambda: generator.generate_batch(start_tokens, max_length=new, min_length=new,  # noqa: E731
                                                sampling_topk=1, include_prompt_in_result=False)
-    return {"tokens_per_second": produced / best_seconds(run, repeats), "new_tokens": produced}
+    seconds = best_seconds(run, repeats)
+    return {"tokens_per_second": produced / seconds, "new_tokens": produced,
+            **({"first_call_seconds": first_call, "call_seconds": seconds} if system.startswith("served") else {})}
 
 
 def _in_own_process(call: str) -> dict:

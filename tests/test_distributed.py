@@ -36,7 +36,8 @@ def test_two_workers_match_one_process(tmp_path):
     command = [sys.executable, "-m", "tf_gpt2.cli", "train", "--data", str(tmp_path / "data"),
                "--preset", "gpt2-tiny", "--n-layer", "2", "--n-head", "2", "--n-embd", "32", "--n-positions", "64",
                "--steps", "6", "--eval-interval", "3", "--batch-size", "4", "--block-size", "32",
-               "--eval-batches", "1", "--sample-tokens", "0", "--warmup-steps", "2", "--grad-clip", "1"]
+               "--eval-batches", "1", "--sample-tokens", "0", "--warmup-steps", "2", "--grad-clip", "1",
+               "--remat"]  # recomputation under tf.distribute: the same weights
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     single = subprocess.run(command + ["--out", str(tmp_path / "single")], env=env, capture_output=True, text=True,
                             timeout=600)

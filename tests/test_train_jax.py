@@ -17,7 +17,7 @@ from tf_gpt2.training import CHECKPOINT
 
 pytest.importorskip("jax")
 
-STEPS = 60  # for the killed run: long enough that the kill lands mid-run
+STEPS = 30  # for the killed run: long enough that the kill lands mid-run
 
 
 def _command(data, out, *flags, steps=STEPS):
@@ -25,7 +25,7 @@ def _command(data, out, *flags, steps=STEPS):
             "--preset", "gpt2-tiny", "--n-layer", "2", "--n-head", "2", "--n-embd", "32", "--n-positions", "64",
             "--vocab-multiple", "4", "--dropout", "0.1", "--steps", str(steps), "--eval-interval", "5",
             "--batch-size", "4", "--block-size", "32", "--eval-batches", "1", "--sample-tokens", "0",
-            "--warmup-steps", "5", *flags]
+            "--warmup-steps", "5", "--remat", *flags]  # every run recomputes its blocks (dropout included)
 
 
 def _env(devices):
@@ -53,6 +53,7 @@ def test_split_runs_on_jax_match_one_device_and_resume_bit_exactly(tmp_path):
     _run(_command(data, tmp_path / "one", steps=20), _env(1))
     _run(_command(data, tmp_path / "split", *split), _env(4))
     assert _record(tmp_path / "split")["devices"] == 4 and _record(tmp_path / "split")["replicas"] == 2
+    assert _record(tmp_path / "split")["settings"]["model"]["remat"] is True  # recorded, so a resume keeps it
 
     # Two processes of two devices each: one batch row of the mesh per process, the weights split within it.
     address = f"localhost:{_free_ports(1)[0]}"

@@ -18,7 +18,7 @@ from tf_gpt2.config import PRESETS
 from tf_gpt2.data import VOCABS
 from tf_gpt2.detokenize import DETOKENIZERS
 from tf_gpt2.formats import FORMATS, QUANTIZATIONS
-from tf_gpt2.train_config import DISTRIBUTIONS, PRECISIONS, STRATEGIES, TrainConfig
+from tf_gpt2.train_config import BASE_DTYPES, DISTRIBUTIONS, PRECISIONS, STRATEGIES, TrainConfig
 
 
 def _load_model(args: argparse.Namespace):
@@ -104,6 +104,7 @@ TRAIN_FLAGS = {
     "precision": "Keras dtype policy (mixed_float16 adds loss scaling)",
     "steps_per_execution": "micro-batches per compiled call",
     "lora_rank": "fine-tune only LoRA adapters of this rank (0: off)",
+    "base_dtype": "with --lora-rank: hold the frozen base in 16 bits (half its memory); adapters stay float32",
     "strategy": "tf.distribute strategy, TensorFlow backend (default: none)",
     "distribution": "keras.distribution on the JAX backend (KERAS_BACKEND=jax): data parallel, or the weights split",
     "mesh": "BATCHxMODEL devices for --distribution model (default: 1xALL)",
@@ -120,9 +121,10 @@ MODEL_OVERRIDES = {"n_layer": (int, "layers"), "n_head": (int, "attention heads"
 
 
 def _add_train_flags(parser: argparse.ArgumentParser) -> None:
-    choices = {"vocab": VOCABS, "preset": sorted(PRESETS), "precision": PRECISIONS, "strategy": STRATEGIES[1:],
-               "distribution": DISTRIBUTIONS[1:]}
-    types = {"min_learning_rate": float, "num_processes": int, "process_id": int}  # fields whose default is None
+    choices = {"vocab": VOCABS, "preset": sorted(PRESETS), "precision": PRECISIONS, "base_dtype": BASE_DTYPES,
+               "strategy": STRATEGIES[1:], "distribution": DISTRIBUTIONS[1:]}
+    # fields whose default is None
+    types = {"min_learning_rate": float, "num_processes": int, "process_id": int, "base_dtype": str}
     for field in dataclasses.fields(TrainConfig):
         if field.name not in TRAIN_FLAGS:
             continue
@@ -135,6 +137,8 @@ def _add_train_flags(parser: argparse.ArgumentParser) -> None:
                                 help=TRAIN_FLAGS[field.name])
     for name, (kind, text) in MODEL_OVERRIDES.items():
         parser.add_argument("--" + name.replace("_", "-"), type=kind, help=f"override the preset's {text}")
+    parser.add_argument("--remat", action="store_true", default=None,
+                        help="recompute each block's activations in the backward pass: far less memory, ~1/3 slower")
     parser.add_argument("--no-xla", action="store_true", help="do not compile the train step with XLA")
 
 
@@ -144,7 +148,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from tf_gpt2.training import inference_model, train
 
     _refuse_writing_over_inputs(args.out, args.data, args.init_from)
-    overrides = {k: getattr(args, k) for k in MODEL_OVERRIDES if getattr(args, k) is not None}
+    overrides = {k: getattr(args, k) for k in (*MODEL_OVERRIDES, "remat") if getattr(args, k) is not None}
     cfg = TrainConfig(out=args.out, model=overrides, jit_compile=not args.no_xla,
                       **{name: getattr(args, name) for name in TRAIN_FLAGS})
     model, _ = train(cfg)

@@ -9,7 +9,8 @@ output has a leading batch dimension, so TF Serving's batcher can merge requests
   tokenize(text [B])                                                   -> token_ids [B, N], length [B], error [B]
 Row i's prompt is its first `length[i]` tokens (what follows is ignored); each setting is one value per
 row, or a single value for all rows. A row's answer is its first `length[i]` new tokens (up to and with
-`<|endoftext|>`). The graphs run with XLA compilation off, as the stock server runs them.
+`<|endoftext|>`). The graphs run with XLA compilation off, as the stock server runs them; `xla=True` decodes in
+XLA programs instead, for a server started with `--xla_cpu_compilation_enabled` (faster: README, TF Serving).
 
 A row that breaks a rule (an id outside the vocabulary, a length or setting out of range, text too long) does not
 fail the request, nor the others TF Serving's batcher merged it with: its `error` names the rule, its `length` is 0,
@@ -273,6 +274,10 @@ def export_saved_model(model: GPT2, base_dir: str, version: int | None = None, m
     `dtype` "bfloat16" stores the weights and runs the arithmetic in bfloat16 (logits stay float32): half the
     weight memory, and on a CPU with avx512_bf16 or AMX the fastest way to serve (README: TF Serving); default:
     the model's own.
+
+    `xla=True` runs prefill and decoding as one XLA program per bucket of batch size, prompt length and budget
+    (powers of two; each compiled on its first request): as fast as `model.generate`, but only on a server started
+    with `--xla_cpu_compilation_enabled` (a stock server without it answers every generation with an error).
 
     `generate_text` refuses a text longer than `max_text_bytes` (default 8 bytes per position of the
     context) or with a run of more than `max_word_bytes` bytes without whitespace, before tokenizing it.

@@ -322,3 +322,26 @@ class TransformerBlock(keras.layers.Layer):
             "layer_norm_epsilon": self.layer_norm_epsilon,
             "initializer_range": self.initializer_range,
         }
+
+
+def recomputed(block: keras.layers.Layer, x, visible=None):
+    """`block(x)` in training, its activations recomputed in the backward pass (`keras.remat`) instead of kept.
+
+    The recomputed function is pure: its dropout seeds go in as inputs and come out moved on, so the recomputation
+    draws the forward pass's masks. On JAX the block's weights are also handed in from the train step's stateless
+    scope (the inner scope hides it).
+    """
+    seeds = [layer.seed_generator.state for layer in block._flatten_layers() if isinstance(layer, keras.layers.Dropout)
+             and layer.rate > 0]
+    weights = block.weights if keras.backend.backend() == "jax" else []
+
+    def forward(x, *seed_values):
+        mapping = [(weight, weight.value) for weight in weights] + list(zip(seeds, seed_values))
+        with keras.StatelessScope(state_mapping=mapping) as scope:
+            y = block(x, visible=visible, training=True)[0]
+        return (y, *[scope.get_current_value(seed) for seed in seeds])
+
+    y, *moved = keras.remat(forward)(x, *[seed.value for seed in seeds])
+    for seed, value in zip(seeds, moved):
+        seed.assign(value)
+    return y

@@ -12,7 +12,7 @@ from keras import ops
 
 from tf_gpt2.checks import check_positions, check_token_ids
 from tf_gpt2.config import GPT2Config
-from tf_gpt2.layers import TransformerBlock, causal_mask, new_buffer
+from tf_gpt2.layers import TransformerBlock, causal_mask, new_buffer, recomputed
 from tf_gpt2.variants import VariantBlock
 
 
@@ -98,7 +98,10 @@ class GPT2(keras.Model):
         time = ops.shape(token_ids)[1]
         visible = None if attention_mask is None else causal_mask(time, time, visible=attention_mask)  # None: causal
         for block in self.h:
-            x, _ = block(x, visible=visible, training=training)
+            if training and self.config.remat:
+                x = recomputed(block, x, visible)
+            else:
+                x, _ = block(x, visible=visible, training=training)
         return self._lm_head(self.ln_f(x))
 
     # -- the KV cache ----------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from typing import Any
 from tf_gpt2.devices import Mesh
 
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
+BASE_DTYPES = ("bfloat16", "float16")  # a frozen LoRA base in 16 bits (its adapters stay float32)
 STRATEGIES = (None, "mirrored", "multiworker", "tpu")  # tf.distribute, on TensorFlow
 DISTRIBUTIONS = (None, "data", "model")  # keras.distribution, on JAX
 
@@ -50,6 +51,7 @@ class TrainConfig:
     jit_compile: bool = True
     steps_per_execution: int = 1
     lora_rank: int = 0
+    base_dtype: str | None = None  # with lora_rank: the frozen base held (and run) in "bfloat16" or "float16"
     strategy: str | None = None
     distribution: str | None = None
     mesh: str | None = None  # "BATCHxMODEL" devices; None: all devices on the distribution's one axis
@@ -84,6 +86,9 @@ class TrainConfig:
                 raise ValueError(f"{name} must be a non-negative number, got {getattr(self, name)!r}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.base_dtype is not None and (self.base_dtype not in BASE_DTYPES or not self.lora_rank):
+            raise ValueError(f"base_dtype holds a frozen LoRA base: it needs lora_rank and one of {BASE_DTYPES}, got "
+                             f"{self.base_dtype!r} with lora_rank {self.lora_rank}")
         if self.strategy not in STRATEGIES:
             raise ValueError(f"strategy must be one of {STRATEGIES[1:]}, got {self.strategy!r}")
         if self.distribution not in DISTRIBUTIONS:

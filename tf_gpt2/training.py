@@ -322,7 +322,7 @@ def build_model(cfg: TrainConfig, manifest: dict, placement: Placement | None = 
         placement.check(config)
     if cfg.block_size > config.n_positions:
         raise ValueError(f"block_size {cfg.block_size} exceeds the model's context of {config.n_positions}")
-    model = GPT2(config, dtype=cfg.precision)
+    model = GPT2(config, dtype=cfg.base_dtype or cfg.precision)  # a 16-bit base: its adapters are float32 still
     if source is not None:
         copy_weights(source, model)
     if cfg.lora_rank:
