@@ -8,7 +8,8 @@ LoRA (rank 8), with and without recomputation (`remat`), next to transformers' G
 
 A step is `model.fit` on one [1, T] batch with AdamW (torch: loss.backward + AdamW.step), bfloat16 mixed precision
 where the path has it (`mixed_bfloat16`; torch: CPU autocast to bfloat16). Step time: the best of `--repeats` steps
-after a first one (which compiles).
+after a first one (which compiles). transformers' LoRA rows use peft (`pip install peft`); a configuration that
+fails (no peft, out of memory) is reported as such and the others go on.
 """
 
 from __future__ import annotations

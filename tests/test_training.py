@@ -128,7 +128,8 @@ def test_lora_trains_only_adapters(char_data, tmp_path):
     # float32, and the losses follow the float32 run's (measured: within 0.3%; a base rounded to 8 bits of
     # mantissa is the whole difference).
     half, half_history = train(config(tmp_path / "half", char_data, init_from=str(base), lora_rank=4,
-                                      learning_rate=1e-2, base_dtype="bfloat16"))
+                                      learning_rate=1e-2, base_dtype="bfloat16", model={**TINY, "remat": True}))
+    assert half.config.remat  # and recomputed (exact, tests/test_remat.py): LoRA's adapters train through it
     c_attn = half.h[0].attn.c_attn
     assert c_attn._kernel.dtype == "bfloat16" and c_attn.lora_kernel_a.dtype == "float32"
     assert {v.dtype for v in half.optimizer.variables if "lora" in v.path} == {"float32"}

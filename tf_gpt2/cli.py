@@ -138,7 +138,7 @@ def _add_train_flags(parser: argparse.ArgumentParser) -> None:
     for name, (kind, text) in MODEL_OVERRIDES.items():
         parser.add_argument("--" + name.replace("_", "-"), type=kind, help=f"override the preset's {text}")
     parser.add_argument("--remat", action="store_true", default=None,
-                        help="recompute each block's activations in the backward pass: far less memory, ~1/3 slower")
+                        help="recompute each block's activations in the backward pass: less memory, longer steps")
     parser.add_argument("--no-xla", action="store_true", help="do not compile the train step with XLA")
 
 

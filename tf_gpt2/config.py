@@ -51,7 +51,7 @@ class GPT2Config:
     # text; None for the GPT-2 BPE.
     characters: list[str] | None = None
     # Training only: recompute each block's activations in the backward pass instead of keeping them (memory for
-    # one block's activations instead of all of them, for about a third more step time). Same numbers either way.
+    # one block's activations instead of all of them, for longer steps). Same numbers either way.
     remat: bool = False
 
     def __post_init__(self) -> None:
