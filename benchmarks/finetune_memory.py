@@ -23,6 +23,8 @@ import subprocess
 import sys
 import time
 
+from harness import best_seconds
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 SYSTEMS = {"tf": "tf_gpt2, TensorFlow (XLA)", "jax": "tf_gpt2, JAX (XLA)", "hf": "HF transformers (torch)"}
 
@@ -47,7 +49,7 @@ def step(system: str, preset: str, mode: str, remat: bool, time_steps: int, repe
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     ids = np.random.RandomState(0).randint(0, config.vocab_size, (1, time_steps + 1))
     x, y = ids[:, :-1], ids[:, 1:]
-    seconds = _best(lambda: model.fit(x, y, batch_size=1, epochs=1, verbose=0), repeats)
+    seconds = best_seconds(lambda: model.fit(x, y, batch_size=1, epochs=1, verbose=0), repeats)
     return {"peak_rss_bytes": _peak_rss(), "step_seconds": seconds}
 
 
@@ -78,18 +80,8 @@ def _torch_step(preset: str, mode: str, remat: bool, time_steps: int, repeats: i
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    seconds = _best(one_step, repeats)
+    seconds = best_seconds(one_step, repeats)
     return {"peak_rss_bytes": _peak_rss(), "step_seconds": seconds}
-
-
-def _best(fn, repeats: int) -> float:
-    fn()  # compiles
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def _peak_rss() -> int:
