@@ -40,14 +40,15 @@ def test_nanogpt_peer_is_the_same_gpt2_as_hf():
     assert generated[:4] == ids[0, :4].tolist() and len(generated) == 9
 
 
-def test_bench_smoke_runs_every_peer_and_writes_figures(tmp_path, capsys):
+def test_bench_smoke_runs_the_peers_and_writes_figures(tmp_path, capsys):
     pytest.importorskip("torch")
     out = tmp_path / "bench.json"
-    assert bench_main(["--smoke", "--systems", "tf_gpt2,hf,nanogpt,litert", "--json", str(out)]) == 0
+    # The nanoGPT-style peer is checked on its own above (each system here is a process of its own: a few seconds)
+    assert bench_main(["--smoke", "--systems", "tf_gpt2,hf,litert", "--json", str(out)]) == 0
     printed = capsys.readouterr().out
     results = json.loads(out.read_text())
-    assert set(results["train"]) == {"tf_gpt2", "hf", "nanogpt"}
-    assert set(results["decode"]) == {"tf_gpt2", "hf", "nanogpt", "litert"}
+    assert set(results["train"]) == {"tf_gpt2", "hf"}
+    assert set(results["decode"]) == {"tf_gpt2", "hf", "litert"}
     assert all(v > 0 for part in ("train", "decode") for v in results[part].values())
     assert results["matmul_roof_flops"] > 1e8
     assert "| tf_gpt2 (TF, XLA) |" in printed and "vs HF transformers GPT-2 (torch eager)" in printed
