@@ -359,12 +359,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Errors whose message is said without their type's name: it reads as a sentence on its own.
+PLAIN_ERRORS = (ValueError, TypeError, OSError, RuntimeError, FloatingPointError)
+
+
 def _tensorflow_message(message: str) -> str:
     """A TensorFlow error's message without TensorFlow's wrapping (node and op tags), and for a Python error raised
     inside an op (tf.data's numpy_function) that error's own last line, not its traceback."""
     raised = re.findall(r"^\w+: .*$", message.partition("Traceback (most recent call last)")[2], re.MULTILINE)
     if raised:
-        message = re.sub(r"^(ValueError|TypeError|OSError|RuntimeError|FloatingPointError): ", "", raised[-1])
+        said_plainly = "|".join(kind.__name__ for kind in PLAIN_ERRORS)
+        message = re.sub(rf"^({said_plainly}): ", "", raised[-1])
     return re.sub(r"\{\{[^}]*\}\}|\[\[[^\]]*\]\]|\[Op:\w+\]", " ", message)
 
 
@@ -376,7 +381,7 @@ def describe_error(error: BaseException) -> str:
         text = _tensorflow_message(error.message)
     else:
         text = str(error) or type(error).__name__
-        if not isinstance(error, (ValueError, TypeError, OSError, RuntimeError, FloatingPointError)):
+        if not isinstance(error, PLAIN_ERRORS):
             text = f"{type(error).__name__}: {text}"
     return " ".join(text.split())
 
