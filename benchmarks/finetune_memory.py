@@ -4,12 +4,15 @@ LoRA (rank 8), with and without recomputation (`remat`), next to transformers' G
 (CPU: weights, gradients, optimizer state and activations all live there). Random weights of the preset's shape.
 
     python benchmarks/finetune_memory.py --presets gpt2 gpt2-medium --json memory.json
+    python benchmarks/finetune_memory.py --presets gpt2-large --modes lora --remat on --base-dtype bfloat16 \
+        --merge memory.json --json large.json                        # add rows; the rest computed from them
     python benchmarks/finetune_memory.py --smoke                      # tiny shapes: checks the harness
 
 A step is `model.fit` on one [1, T] batch with AdamW (torch: loss.backward + AdamW.step), bfloat16 mixed precision
 where the path has it (`mixed_bfloat16`; torch: CPU autocast to bfloat16). Step time: the best of `--repeats` steps
 after a first one (which compiles). transformers' LoRA rows use peft (`pip install peft`); a configuration that
-fails (no peft, out of memory) is reported as such and the others go on.
+fails (no peft, out of memory) is reported as such and the others go on. Presets in `--compute` are not run: their
+peak is computed from the same configuration measured on two or more presets (`computed`) and marked so.
 """
 
 from __future__ import annotations
@@ -27,6 +30,55 @@ from harness import best_seconds
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SYSTEMS = {"tf": "tf_gpt2, TensorFlow (XLA)", "jax": "tf_gpt2, JAX (XLA)", "hf": "HF transformers (torch)"}
+GiB = 2**30
+
+
+def parameters(preset: str) -> int:
+    """GPT-2's parameter count: token and position embeddings, 12·d² + 13·d per block, the final LayerNorm."""
+    from tf_gpt2 import GPT2Config
+
+    c = GPT2Config.from_preset(preset)
+    return (c.vocab_size + c.n_positions) * c.n_embd + c.n_layer * (12 * c.n_embd**2 + 13 * c.n_embd) + 2 * c.n_embd
+
+
+def state_bytes_per_parameter(mode: str, base_dtype: str | None) -> int:
+    """Bytes held per parameter for the whole run: float32 weights, gradients and AdamW's two moments (full), or
+    the frozen base alone (LoRA: its adapters are a fraction of a percent)."""
+    return 16 if mode == "full" else 2 if base_dtype in ("bfloat16", "float16") else 4
+
+
+def computed(rows: list[dict], presets: list[str]) -> list[dict]:
+    """Peak memory of presets not measured, from the same configuration measured on two or more presets.
+
+    peak = fixed + state_bytes_per_parameter · parameters + per_layer_width · n_layer · n_embd, with `fixed` (the
+    runtime, the logits) and `per_layer_width` (activations: at a fixed T every GPT-2 has head_dim 64, so the
+    attention scores also grow with n_layer · n_embd) fitted by least squares on the measured rows.
+    """
+    import numpy as np
+
+    from tf_gpt2 import GPT2Config
+
+    def width(preset):
+        c = GPT2Config.from_preset(preset)
+        return c.n_layer * c.n_embd
+
+    out = []
+    for key in sorted({(r["mode"], r["system"], r["remat"], r["base_dtype"]) for r in rows}, key=str):
+        mode, system, remat, base = key
+        measured = [r for r in rows if (r["mode"], r["system"], r["remat"], r["base_dtype"]) == key
+                    and "peak_rss_bytes" in r and not r.get("computed")]
+        if len({r["preset"] for r in measured}) < 2:
+            continue
+        state = state_bytes_per_parameter(mode, base)
+        a = np.array([[1.0, width(r["preset"])] for r in measured])
+        b = np.array([r["peak_rss_bytes"] - state * parameters(r["preset"]) for r in measured])
+        (fixed, per_width), *_ = np.linalg.lstsq(a, b, rcond=None)
+        for preset in presets:
+            if preset not in {r["preset"] for r in measured}:
+                peak = fixed + state * parameters(preset) + per_width * width(preset)
+                out.append({"preset": preset, "mode": mode, "system": system, "remat": remat, "base_dtype": base,
+                            "peak_rss_bytes": int(peak), "computed": True})
+    return out
 
 
 def step(system: str, preset: str, mode: str, remat: bool, time_steps: int, repeats: int, base_dtype: str | None,
@@ -88,6 +140,39 @@ def _peak_rss() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
 
 
+GPUS = {"T4 16 GB": 16, "L4 24 GB": 24, "A100 40 GB": 40, "A100 80 GB": 80}
+HEADROOM = 1  # GB kept free on the GPU (its runtime's own buffers)
+PRESETS = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
+# The settings tried on each GPU, fastest first: the first whose peak fits is the table's answer.
+CHOICES = (("full", False, "full"), ("full", True, "full `--remat`"), ("lora", False, "LoRA `--base-dtype bfloat16`"),
+           ("lora", True, "LoRA `--base-dtype bfloat16 --remat`"))
+
+
+def fits(rows: list[dict], system: str = "tf") -> str:
+    """A Markdown table: for each GPU and preset, the fastest setting whose peak (measured or computed) leaves
+    `HEADROOM` GB of the GPU's memory free, with that peak."""
+    peaks = {(r["preset"], r["mode"], r["remat"]): r for r in rows if r["system"] == system and "peak_rss_bytes" in r
+             and (r["mode"] == "full" or r["base_dtype"])}
+    lines = ["| GPU | " + " | ".join(PRESETS) + " |", "|---|" + "---|" * len(PRESETS)]
+    for gpu, gb in GPUS.items():
+        cells = []
+        for preset in PRESETS:
+            known = [(label, peaks.get((preset, mode, remat))) for mode, remat, label in CHOICES]
+            fitting = [(label, row) for label, row in known if row and row["peak_rss_bytes"] <= (gb - HEADROOM) * 1e9]
+            if fitting:
+                label, row = fitting[0]
+                computed_mark = " (computed)" if row.get("computed") else ""
+                cells.append(f"{label}: {row['peak_rss_bytes'] / 1e9:.1f} GB{computed_mark}")
+            else:
+                cells.append("does not fit" if all(row for _, row in known) else "not measured")
+        lines.append(f"| {gpu} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _label(row: dict) -> str:
+    return f"{row['preset']:12s} {row['mode']:4s} {SYSTEMS[row['system']]:28s} remat {'on ' if row['remat'] else 'off'}"
+
+
 def _in_own_process(call: str) -> dict:
     code = f"import sys, json; sys.path.insert(0, {HERE!r}); import finetune_memory as m; {call}"
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
@@ -107,26 +192,37 @@ def main(argv=None) -> int:
     parser.add_argument("--base-dtype", help="tf_gpt2 LoRA: the frozen base in this dtype (bfloat16)")
     parser.add_argument("--smoke", action="store_true", help="gpt2-tiny, T=32, one repeat")
     parser.add_argument("--json", help="also write the figures to this JSON file")
+    parser.add_argument("--compute", nargs="*", default=["gpt2-large", "gpt2-xl"],
+                        help="presets whose peak is computed from the measured ones (not run)")
+    parser.add_argument("--remat", default="off,on", help="off, on or both (off,on)")
+    parser.add_argument("--merge", nargs="*", default=[], help="rows measured earlier (--json files) to add")
     args = parser.parse_args(argv)
     if args.smoke:
-        args.presets, args.time, args.repeats = ["gpt2-tiny"], 32, 1
+        args.presets, args.time, args.repeats, args.compute = ["gpt2-tiny", "gpt2-mini"], 32, 1, ["gpt2"]
     print(f"{time.strftime('%Y-%m-%d %H:%M')}, {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
           f"load average {os.getloadavg()[0]:.2f}; T={args.time}, batch 1; peak RSS and best step time", flush=True)
     rows = []
     for preset in args.presets:
         for mode in args.modes.split(","):
             for system in args.systems.split(","):
-                for remat in (False, True):
+                for remat in [setting == "on" for setting in args.remat.split(",")]:
                     base = args.base_dtype if mode == "lora" and system != "hf" else None
                     result = _in_own_process(
                         f"print(json.dumps(m.step({system!r}, {preset!r}, {mode!r}, {remat}, {args.time}, "
                         f"{args.repeats}, {base!r})))")
                     rows.append({"preset": preset, "mode": mode, "system": system, "remat": remat,
                                  "base_dtype": base, **result})
-                    shown = (f"{result['peak_rss_bytes'] / 2**30:.2f} GiB, {result['step_seconds']:.2f} s/step"
+                    shown = (f"{result['peak_rss_bytes'] / GiB:.2f} GiB, {result['step_seconds']:.2f} s/step"
                              if "error" not in result else f"failed: {result['error']}")
-                    print(f"{preset:12s} {mode:4s} {SYSTEMS[system]:28s} remat {'on ' if remat else 'off'}: {shown}",
-                          flush=True)
+                    print(f"{_label(rows[-1])}: {shown}", flush=True)
+    for earlier in args.merge:
+        with open(earlier) as f:
+            rows += [r for r in json.load(f)["rows"] if not r.get("computed")]
+    rows += computed(rows, args.compute)
+    for row in (r for r in rows if r.get("computed")):
+        print(f"{_label(row)}: {row['peak_rss_bytes'] / GiB:.2f} GiB (computed from the measured presets)")
+    print("\nWhat fits where (tf_gpt2 on TensorFlow, T=%d, batch 1, peak memory as measured here):\n" % args.time)
+    print(fits(rows))
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"date": time.strftime("%Y-%m-%d"), "time": args.time, "rows": rows}, f, indent=1)

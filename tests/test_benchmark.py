@@ -88,3 +88,53 @@ def test_on_device_benchmark_smoke_runs_each_system_in_its_own_process(tmp_path)
     assert [r["system"] for r in rows] == ["LiteRT-LM int8", "CTranslate2 int8"]
     assert all(r["decode_tok_s"] > 0 and r["prefill_tok_s"] > 0 and r["peak_mb"] > 0 for r in rows)
     assert "| LiteRT-LM int8 | 64 |" in run.stdout
+
+
+def test_finetune_memory_computes_a_preset_from_the_measured_ones():
+    """The computed peak of an unmeasured preset follows the fitted line of the measured ones (fixed + state ·
+    parameters + per-width · n_layer · n_embd) and is marked as computed."""
+    from finetune_memory import computed, parameters
+
+    def peak(preset, layers_width):
+        return 10**9 + 16 * parameters(preset) + 3000 * layers_width
+
+    rows = [{"preset": p, "mode": "full", "system": "tf", "remat": True, "base_dtype": None,
+             "peak_rss_bytes": peak(p, w)} for p, w in (("gpt2", 12 * 768), ("gpt2-medium", 24 * 1024))]
+    (xl,) = computed(rows, ["gpt2-xl"])
+    assert xl["computed"] and xl["preset"] == "gpt2-xl"
+    assert xl["peak_rss_bytes"] == pytest.approx(peak("gpt2-xl", 48 * 1600), rel=1e-6)
+    assert parameters("gpt2") == 124_439_808 and parameters("gpt2-xl") == 1_557_611_200  # transformers' counts
+    assert computed(rows[:1], ["gpt2-xl"]) == []  # one preset fixes no line
+
+
+def test_finetune_memory_smoke_measures_each_configuration_in_its_own_process(tmp_path):
+    import subprocess
+
+    out = tmp_path / "memory.json"
+    run = subprocess.run([sys.executable, os.path.join(BENCHMARKS, "finetune_memory.py"), "--smoke", "--systems", "tf",
+                          "--modes", "lora", "--remat", "on", "--base-dtype", "bfloat16", "--json", str(out)],
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    rows = json.loads(out.read_text())["rows"]
+    measured = [r for r in rows if not r.get("computed")]
+    assert [(r["preset"], r["base_dtype"], r["remat"]) for r in measured] == [
+        ("gpt2-tiny", "bfloat16", True), ("gpt2-mini", "bfloat16", True)]
+    assert all(r["peak_rss_bytes"] > 2**27 and r["step_seconds"] > 0 for r in measured)
+    assert [r["preset"] for r in rows if r.get("computed")] == ["gpt2"]
+    assert "(computed from the measured presets)" in run.stdout
+
+
+def test_finetune_memory_says_what_fits_where():
+    """Each GPU gets the fastest setting whose peak leaves a GB free: full, then with --remat, then LoRA."""
+    from finetune_memory import fits
+
+    def row(mode, remat, gb, **extra):
+        return {"preset": "gpt2-large", "system": "tf", "mode": mode, "remat": remat, "peak_rss_bytes": gb * 1e9,
+                "base_dtype": "bfloat16" if mode == "lora" else None, **extra}
+
+    table = fits([row("full", False, 30), row("full", True, 20), row("lora", False, 14, computed=True),
+                  row("lora", True, 6), {**row("full", False, 1), "system": "hf"}])
+    lines = {line.split(" | ")[0][2:]: line.split(" | ")[3] for line in table.splitlines()[2:]}  # gpt2-large column
+    assert lines == {"T4 16 GB": "LoRA `--base-dtype bfloat16`: 14.0 GB (computed)",
+                     "L4 24 GB": "full `--remat`: 20.0 GB", "A100 40 GB": "full: 30.0 GB", "A100 80 GB": "full: 30.0 GB"}
+    assert "not measured" in table.splitlines()[2]  # gpt2: no row
