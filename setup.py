@@ -25,7 +25,10 @@ setup(
         "torch": ["torch>=2.13", "transformers>=5.0"],
         # On-device: the LiteRT interpreter, LiteRT-LM (runtime, `litert-lm` CLI, .litertlm builder), tokenizer.json
         "litert": ["ai-edge-litert>=2.3", "litert-lm>=0.18.1", "tokenizers>=0.23"],
-        "dev": ["pytest>=9.0", "jax>=0.10", "ai-edge-litert>=2.3", "litert-lm>=0.18.1", "tokenizers>=0.23",
+        "docs": ["mkdocs>=1.6", "mkdocstrings[python]>=1.0"],  # the site in docs/ (mkdocs.yml)
+        "dev": ["pytest>=9.0", "pytest-xdist>=3.8",  # two test processes (pytest.ini)
+                "jax>=0.10", "ai-edge-litert>=2.3", "litert-lm>=0.18.1", "tokenizers>=0.23",
+                "mkdocs>=1.6", "mkdocstrings[python]>=1.0",  # tests/test_docs.py builds the site
                 "ctranslate2>=4.8",
                 "matplotlib>=3.10",
                 "torch>=2.13", "transformers>=5.0", "nbclient>=0.11", "nbformat>=5.11", "ipykernel>=7.4",

@@ -169,6 +169,28 @@ def fits(rows: list[dict], system: str = "tf") -> str:
     return "\n".join(lines)
 
 
+def table(rows: list[dict]) -> str:
+    """A Markdown table of every configuration: peak memory and step time without / with recomputation."""
+    def cell(row, key, unit, scale):
+        if row is None or key not in row:
+            return "-" if row is None or key == "step_seconds" else "failed"
+        return f"{row[key] / scale:.1f}{unit}" + (" (computed)" if row.get("computed") else "")
+
+    lines = ["| model | mode | system | peak, remat off | peak, remat on | step, remat off | step, remat on |",
+             "|---|---|---|---:|---:|---:|---:|"]
+    order = {preset: i for i, preset in enumerate(PRESETS)}
+    keys = dict.fromkeys(sorted(((r["preset"], r["mode"], r["system"], r["base_dtype"]) for r in rows),
+                                key=lambda k: (order.get(k[0], -1), k[1] != "full", k[2] != "tf")))
+    for preset, mode, system, base in keys:
+        by_remat = {r["remat"]: r for r in rows if (r["preset"], r["mode"], r["system"], r["base_dtype"])
+                    == (preset, mode, system, base)}
+        off, on = by_remat.get(False), by_remat.get(True)
+        lines.append(f"| {preset} | {mode}{f' ({base} base)' if base else ''} | {SYSTEMS[system]} | "
+                     f"{cell(off, 'peak_rss_bytes', ' GB', 1e9)} | {cell(on, 'peak_rss_bytes', ' GB', 1e9)} | "
+                     f"{cell(off, 'step_seconds', ' s', 1)} | {cell(on, 'step_seconds', ' s', 1)} |")
+    return "\n".join(lines)
+
+
 def _label(row: dict) -> str:
     return f"{row['preset']:12s} {row['mode']:4s} {SYSTEMS[row['system']]:28s} remat {'on ' if row['remat'] else 'off'}"
 
@@ -198,7 +220,7 @@ def main(argv=None) -> int:
     parser.add_argument("--merge", nargs="*", default=[], help="rows measured earlier (--json files) to add")
     args = parser.parse_args(argv)
     if args.smoke:
-        args.presets, args.time, args.repeats, args.compute = ["gpt2-tiny", "gpt2-mini"], 32, 1, ["gpt2"]
+        args.presets, args.time, args.repeats, args.compute = ["gpt2-tiny"], 32, 1, []
     print(f"{time.strftime('%Y-%m-%d %H:%M')}, {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
           f"load average {os.getloadavg()[0]:.2f}; T={args.time}, batch 1; peak RSS and best step time", flush=True)
     rows = []
@@ -221,6 +243,7 @@ def main(argv=None) -> int:
     rows += computed(rows, args.compute)
     for row in (r for r in rows if r.get("computed")):
         print(f"{_label(row)}: {row['peak_rss_bytes'] / GiB:.2f} GiB (computed from the measured presets)")
+    print("\n" + table(rows))
     print("\nWhat fits where (tf_gpt2 on TensorFlow, T=%d, batch 1, peak memory as measured here):\n" % args.time)
     print(fits(rows))
     if args.json:

@@ -1,13 +1,17 @@
-"""The examples in the package's docstrings run and show what they say."""
+"""The examples in the package's docstrings run and show what they say; the docs site builds and its pages are
+current."""
 
 import doctest
 import importlib
+import os
 import pkgutil
+import sys
 
 import pytest
 
 import tf_gpt2
 
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 MODULES = sorted(m.name for m in pkgutil.iter_modules(tf_gpt2.__path__, "tf_gpt2."))
 
 
@@ -30,13 +34,44 @@ def test_docstring_examples(name):
 
 
 def test_ci_runs_the_test_command_the_readme_gives():
-    import os
     import re
 
-    root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+    root = ROOT
     readme = open(os.path.join(root, "README.md"), encoding="utf-8").read()
     section = readme[readme.index("Run the tests"):]
     command = re.search(r"```bash\n(.+?)\n```", section, re.S).group(1).strip()
     assert "pytest" in command
     ci = [line.strip() for line in open(os.path.join(root, ".ci", "run"), encoding="utf-8")]
     assert command in ci  # the same line, verbatim
+
+
+def test_the_docs_site_builds_strictly(tmp_path):
+    """`mkdocs build --strict`: a broken link or anchor, a page left out of the navigation, or an API object the
+    reference names that no longer exists (or whose docstring names parameters it does not have) fails it."""
+    import subprocess
+    import sys
+
+    pytest.importorskip("mkdocstrings")
+    run = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path / "site")],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert (tmp_path / "site" / "api" / "index.html").read_text(encoding="utf-8").count("GPT2Config") > 3
+
+
+def test_the_cli_page_is_the_commands_own_help():
+    sys.path.insert(0, os.path.join(ROOT, "scripts"))
+    from write_cli_docs import PAGE, markdown
+
+    with open(PAGE, encoding="utf-8") as f:
+        assert f.read() == markdown(), "docs/cli.md is out of date: run python scripts/write_cli_docs.py"
+
+
+def test_the_readme_is_short_and_its_links_lead_somewhere():
+    import re
+
+    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
+        readme = f.read()
+    assert readme.count("\n") <= 250
+    targets = re.findall(r"\]\(([^)#]+)(?:#[^)]*)?\)", readme)
+    assert any(t.startswith("docs/") for t in targets)
+    assert not [t for t in targets if not t.startswith("http") and not os.path.exists(os.path.join(ROOT, t))]

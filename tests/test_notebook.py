@@ -21,12 +21,15 @@ def test_quickstart_notebook_runs_and_shows_its_results(tmp_path, monkeypatch):
     monkeypatch.setenv("TF_GPT2_TINY", "1")
     monkeypatch.setenv("TF_GPT2_WORK", str(tmp_path / "work"))
     monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "3")
-    # `GPT2.from_pretrained("gpt2")` reads a tiny GPT-2 laid out as Hub repo "gpt2" in a cache, offline.
+    # `GPT2.from_pretrained("gpt2")` and the fine-tune of "gpt2-medium" read tiny GPT-2s laid out as those Hub repos
+    # in a cache, offline.
     from conftest import make_hf_model
     from local_hub import lay_out_cache, read_files
 
-    make_hf_model(vocab_size=50257, n_positions=64, n_embd=32, n_layer=2, n_head=2).save_pretrained(tmp_path / "hf")
-    lay_out_cache(str(tmp_path / "hub"), "gpt2", read_files(str(tmp_path / "hf")))
+    for repo, layers in (("gpt2", 2), ("gpt2-medium", 3)):
+        make_hf_model(vocab_size=50257, n_positions=64, n_embd=32, n_layer=layers, n_head=2).save_pretrained(
+            tmp_path / repo)
+        lay_out_cache(str(tmp_path / "hub"), repo, read_files(str(tmp_path / repo)))
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     notebook = nbformat.read(NOTEBOOK, as_version=4)
@@ -42,6 +45,7 @@ def test_quickstart_notebook_runs_and_shows_its_results(tmp_path, monkeypatch):
     assert not [o for c in code for o in c.outputs if o.output_type == "error"]
     assert "decode(encode(text)) == text" in everything
     assert "GPT-2 from the Hub: 1," in everything  # 50257 x 32 + ... parameters of the tiny "gpt2" repo
+    assert "fine-tuned gpt2-medium (1,6" in everything and "mixed_bfloat16, remat): validation loss" in everything
     assert "training loss" in everything and "no position attends to a later one" in everything
     assert "['generate', 'generate_text', 'serving_default', 'tokenize']" in everything
     assert "LiteRT-LM text equal to Keras: True" in everything

@@ -254,11 +254,15 @@ class TransformerBlock(keras.layers.Layer):
     """One GPT-2 block: `x + attn(ln_1(x))`, then `x + mlp(ln_2(x))`.
 
     Args:
-        n_embd, n_head, dropout, activation, initializer_range: as in the sub-layers.
+        n_embd: width of the residual stream.
+        n_head: attention heads.
         n_layer: depth of the whole model; the residual projections are initialised with
             std `initializer_range / sqrt(2 * n_layer)` so the residual stream does not grow
             with depth.
+        dropout: dropout on attention probabilities and on each branch's output.
+        activation: the MLP's activation (GPT-2: "gelu_tanh").
         layer_norm_epsilon: LayerNorm epsilon (1e-5 in GPT-2).
+        initializer_range: std of the N(0, std) init of the projections.
 
     Call arguments: as `CausalSelfAttention`'s. Returns `(x, cache)` in the same way.
     Other ways to join the branches to the stream (post-LN, learned scales): `tf_gpt2.variants`.

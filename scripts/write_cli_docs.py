@@ -1,0 +1,40 @@
+"""Write docs/cli.md from the `tf-gpt2` parser itself: `python scripts/write_cli_docs.py`.
+
+tests/test_docs.py fails when the page is not what this writes, so the page never drifts from the command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+PAGE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "docs", "cli.md")
+WIDTH = 110  # columns of the help text, fixed so the page does not depend on the terminal that wrote it
+
+INTRO = """# Command line
+
+`pip install -e .` puts `tf-gpt2` on the path. Every command prints one line naming the problem and the file when
+it fails (`TF_GPT2_TRACEBACK=1` adds the traceback). A model is given with `--model`: a Hugging Face or keras-hub
+name (downloaded once through `huggingface_hub`, then read from its cache), a Hugging Face, OpenAI or keras-hub
+directory, or a `.keras` file.
+
+This page is the commands' own `--help`, written by `python scripts/write_cli_docs.py`.
+"""
+
+
+def markdown() -> str:
+    """The page: the top-level help, then each command's."""
+    os.environ["COLUMNS"] = str(WIDTH + 2)  # argparse wraps at the terminal's width minus 2
+    from tf_gpt2.cli import build_parser
+
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    parts = [INTRO, "```text", parser.format_help().rstrip(), "```", ""]
+    for name, command in commands.choices.items():
+        parts += [f"## tf-gpt2 {name}", "", "```text", command.format_help().rstrip(), "```", ""]
+    return "\n".join(parts)
+
+
+if __name__ == "__main__":
+    with open(PAGE, "w", encoding="utf-8") as f:
+        f.write(markdown())
