@@ -202,6 +202,10 @@ def test_bad_training_input_gives_clear_errors_and_keeps_checkpoints(char_data, 
         train(config(tmp_path / "other2", str(tmp_path / "empty.txt")))
     with pytest.raises(ValueError, match="precision must be one of"):
         config(tmp_path, char_data, precision="fp8")
+    with pytest.raises(ValueError, match="base_dtype holds a frozen LoRA base: it needs lora_rank"):
+        config(tmp_path, char_data, base_dtype="bfloat16")
+    with pytest.raises(ValueError, match="precision mixed_float16 would be ignored"):
+        config(tmp_path, char_data, lora_rank=4, base_dtype="bfloat16", precision="mixed_float16")
     assert _digest(tmp_path / CHECKPOINT) == good
 
 

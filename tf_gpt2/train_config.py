@@ -89,6 +89,9 @@ class TrainConfig:
         if self.base_dtype is not None and (self.base_dtype not in BASE_DTYPES or not self.lora_rank):
             raise ValueError(f"base_dtype holds a frozen LoRA base: it needs lora_rank and one of {BASE_DTYPES}, got "
                              f"{self.base_dtype!r} with lora_rank {self.lora_rank}")
+        if self.base_dtype is not None and self.precision != "float32":
+            raise ValueError(f"base_dtype {self.base_dtype} is the model's dtype policy (its adapters stay float32): "
+                             f"precision {self.precision} would be ignored; give one of the two")
         if self.strategy not in STRATEGIES:
             raise ValueError(f"strategy must be one of {STRATEGIES[1:]}, got {self.strategy!r}")
         if self.distribution not in DISTRIBUTIONS:
