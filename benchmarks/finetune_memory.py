@@ -22,29 +22,27 @@ import json
 import os
 import platform
 import resource
-import subprocess
 import sys
 import time
 
-from harness import best_seconds
+from harness import best_seconds, in_own_process
 
-HERE = os.path.dirname(os.path.abspath(__file__))
 SYSTEMS = {"tf": "tf_gpt2, TensorFlow (XLA)", "jax": "tf_gpt2, JAX (XLA)", "hf": "HF transformers (torch)"}
 GiB = 2**30
 
 
 def parameters(preset: str) -> int:
-    """GPT-2's parameter count: token and position embeddings, 12·d² + 13·d per block, the final LayerNorm."""
     from tf_gpt2 import GPT2Config
 
-    c = GPT2Config.from_preset(preset)
-    return (c.vocab_size + c.n_positions) * c.n_embd + c.n_layer * (12 * c.n_embd**2 + 13 * c.n_embd) + 2 * c.n_embd
+    return GPT2Config.from_preset(preset).num_params()
 
 
 def state_bytes_per_parameter(mode: str, base_dtype: str | None) -> int:
     """Bytes held per parameter for the whole run: float32 weights, gradients and AdamW's two moments (full), or
     the frozen base alone (LoRA: its adapters are a fraction of a percent)."""
-    return 16 if mode == "full" else 2 if base_dtype in ("bfloat16", "float16") else 4
+    from tf_gpt2.train_config import BASE_DTYPES
+
+    return 16 if mode == "full" else 2 if base_dtype in BASE_DTYPES else 4
 
 
 def computed(rows: list[dict], presets: list[str]) -> list[dict]:
@@ -195,15 +193,6 @@ def _label(row: dict) -> str:
     return f"{row['preset']:12s} {row['mode']:4s} {SYSTEMS[row['system']]:28s} remat {'on ' if row['remat'] else 'off'}"
 
 
-def _in_own_process(call: str) -> dict:
-    code = f"import sys, json; sys.path.insert(0, {HERE!r}); import finetune_memory as m; {call}"
-    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
-    if run.returncode != 0:
-        return {"error": run.stderr.strip().splitlines()[-1] if run.stderr.strip() else f"exit {run.returncode}"}
-    return json.loads(run.stdout.strip().splitlines()[-1])
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--presets", nargs="+", default=["gpt2", "gpt2-medium"])
@@ -229,9 +218,9 @@ def main(argv=None) -> int:
             for system in args.systems.split(","):
                 for remat in [setting == "on" for setting in args.remat.split(",")]:
                     base = args.base_dtype if mode == "lora" and system != "hf" else None
-                    result = _in_own_process(
+                    result = in_own_process(
                         f"print(json.dumps(m.step({system!r}, {preset!r}, {mode!r}, {remat}, {args.time}, "
-                        f"{args.repeats}, {base!r})))")
+                        f"{args.repeats}, {base!r})))", "finetune_memory", keep_going=True)
                     rows.append({"preset": preset, "mode": mode, "system": system, "remat": remat,
                                  "base_dtype": base, **result})
                     shown = (f"{result['peak_rss_bytes'] / GiB:.2f} GiB, {result['step_seconds']:.2f} s/step"

@@ -282,14 +282,21 @@ def measure(part: str, key: str, setup: dict) -> dict:
     return {"tokens_per_second": value, "notes": notes}
 
 
-def _in_own_process(code: str) -> dict:
-    """Run `code` (it prints one JSON line) in a fresh Python: no framework's threads slow another's."""
-    prelude = f"import sys; sys.path.insert(0, {HERE!r}); import json, harness as b; "
+def in_own_process(code: str, module: str = "harness", keep_going: bool = False) -> dict:
+    """Run `code` in a fresh Python, with benchmark `module` imported as `m`: no framework's threads slow another's.
+
+    Returns the JSON of its last printed line ({} when it prints nothing). A failure raises, or with `keep_going`
+    comes back as {"error": its last line}.
+    """
+    prelude = f"import sys; sys.path.insert(0, {HERE!r}); import json, {module} as m; "
     run = subprocess.run([sys.executable, "-c", prelude + code],
                          capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
     if run.returncode != 0:
+        if keep_going:
+            return {"error": run.stderr.strip().splitlines()[-1] if run.stderr.strip() else f"exit {run.returncode}"}
         raise RuntimeError(f"benchmark process failed:\n{run.stderr[-3000:]}")
-    return json.loads(run.stdout.strip().splitlines()[-1])
+    lines = run.stdout.strip().splitlines()
+    return json.loads(lines[-1]) if lines else {}
 
 
 def run(what: Iterable[str] = ("train", "decode"), systems: Iterable[str] | None = None,
@@ -309,7 +316,7 @@ def run(what: Iterable[str] = ("train", "decode"), systems: Iterable[str] | None
             continue
         rows = {}
         for key in (k for k in registry if k in systems):
-            result = _in_own_process(f"print(json.dumps(b.measure({part!r}, {key!r}, {dataclasses.asdict(setup)!r})))")
+            result = in_own_process(f"print(json.dumps(m.measure({part!r}, {key!r}, {dataclasses.asdict(setup)!r})))")
             if "skipped" in result:
                 report(f"skipped {registry[key][0]}: {result['skipped']}")
                 continue
@@ -318,7 +325,7 @@ def run(what: Iterable[str] = ("train", "decode"), systems: Iterable[str] | None
             rows[key] = result["tokens_per_second"]
         labels = {k: label for k, (label, _) in registry.items()}
         if part == "train":
-            roof = _in_own_process("print(json.dumps({'roof': b.matmul_roof()}))")["roof"]
+            roof = in_own_process("print(json.dumps({'roof': m.matmul_roof()}))")["roof"]
             report(f"matmul roof: {roof / 1e9:,.0f} GFLOP/s (2048x2048 float32, TF XLA)")
             report(table(f"Training tokens/s, {train.describe()}", rows, labels, train.flops_per_token, roof))
             results.update(train=rows, matmul_roof_flops=roof, train_flops_per_token=train.flops_per_token)

@@ -16,12 +16,12 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import sys
 import time
 
+from harness import in_own_process
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-HERE = os.path.dirname(os.path.abspath(__file__))
 
 SYSTEMS = {
     "served": "tf_gpt2 SavedModel `generate`, as TF Serving runs it (Session, XLA off)",
@@ -115,14 +115,6 @@ def measure(system: str, work: str, batch: int, prompt: int, new: int, repeats: 
             **({"first_call_seconds": first_call, "call_seconds": seconds} if system.startswith("served") else {})}
 
 
-def _in_own_process(call: str) -> dict:
-    code = f"import sys, json; sys.path.insert(0, {HERE!r}); import serving_throughput as s; {call}"
-    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    if run.returncode != 0:
-        raise RuntimeError(f"benchmark process failed:\n{run.stderr[-3000:]}")
-    return json.loads(run.stdout.strip().splitlines()[-1]) if run.stdout.strip() else {}
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--work", default=os.path.join("runs", "serving_bench"), help="exports are kept here")
@@ -141,15 +133,15 @@ def main(argv=None) -> int:
     if set(systems) - set(SYSTEMS):
         parser.error(f"unknown systems {sorted(set(systems) - set(SYSTEMS))}")
     work = os.path.join(args.work, preset)
-    _in_own_process(f"s.prepare({work!r}, {preset!r}, {args.new})")
+    in_own_process(f"m.prepare({work!r}, {preset!r}, {args.new})", "serving_throughput")
     print(f"{time.strftime('%Y-%m-%d %H:%M')}, {platform.machine()}, {os.cpu_count()} cores, load average "
           f"{os.getloadavg()[0]:.2f}; {preset}, prompt {args.prompt}, {args.new} new, greedy; new tokens/s", flush=True)
     results = {system: {} for system in systems}
     for batch in args.batches:
         for system in systems:
-            results[system][batch] = _in_own_process(
-                f"print(json.dumps(s.measure({system!r}, {work!r}, {batch}, {args.prompt}, {args.new}, "
-                f"{args.repeats})))")
+            results[system][batch] = in_own_process(
+                f"print(json.dumps(m.measure({system!r}, {work!r}, {batch}, {args.prompt}, {args.new}, "
+                f"{args.repeats})))", "serving_throughput")
             short = batch * args.new - results[system][batch]["new_tokens"]  # rows that stopped at <|endoftext|>
             print(f"batch {batch:3d}  {SYSTEMS[system]}: {results[system][batch]['tokens_per_second']:,.1f}"
                   + (f" ({short} tokens fewer: rows stopped early)" if short else ""), flush=True)
