@@ -1,7 +1,9 @@
 """Peak memory and step time of one fine-tuning step, T=1024, batch 1: tf_gpt2 on TensorFlow and on JAX, full and
 LoRA (rank 8), with and without recomputation (`remat`), next to transformers' GPT2LMHeadModel with and without
 `gradient_checkpointing_enable()`. Each configuration runs in its own process; memory is that process's peak RSS
-(CPU: weights, gradients, optimizer state and activations all live there). Random weights of the preset's shape.
+(CPU: weights, gradients, optimizer state and activations all live there), with the framework's own share (its RSS
+after the imports) and, for the XLA paths, XLA's account of the step's buffers (`xla_bytes`: what an accelerator
+would hold). Random weights of the preset's shape.
 
     python benchmarks/finetune_memory.py --presets gpt2 gpt2-medium --json memory.json
     python benchmarks/finetune_memory.py --presets gpt2-large --modes lora --remat on --base-dtype bfloat16 \
@@ -22,10 +24,12 @@ import json
 import os
 import platform
 import resource
+import shutil
 import sys
+import tempfile
 import time
 
-from harness import best_seconds, in_own_process
+from harness import best_seconds, in_own_process, tensorflow_free
 
 SYSTEMS = {"tf": "tf_gpt2, TensorFlow (XLA)", "jax": "tf_gpt2, JAX (XLA)", "hf": "HF transformers (torch)"}
 GiB = 2**30
@@ -85,12 +89,15 @@ def step(system: str, preset: str, mode: str, remat: bool, time_steps: int, repe
     if system == "hf":
         return _torch_step(preset, mode, remat, time_steps, repeats)
     os.environ["KERAS_BACKEND"] = "tensorflow" if system == "tf" else "jax"
+    dump = tempfile.mkdtemp()
+    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_dump_to={dump} --xla_dump_hlo_as_text"
     import keras
     import numpy as np
 
     from tf_gpt2 import GPT2, GPT2Config
     from tf_gpt2.training import enable_lora
 
+    framework = _rss()
     config = GPT2Config.from_preset(preset, remat=remat)
     model = GPT2(config, dtype=base_dtype or "mixed_bfloat16")
     if mode == "lora":
@@ -100,16 +107,29 @@ def step(system: str, preset: str, mode: str, remat: bool, time_steps: int, repe
     ids = np.random.RandomState(0).randint(0, config.vocab_size, (1, time_steps + 1))
     x, y = ids[:, :-1], ids[:, 1:]
     seconds = best_seconds(lambda: model.fit(x, y, batch_size=1, epochs=1, verbose=0), repeats)
-    return {"peak_rss_bytes": _peak_rss(), "step_seconds": seconds}
+    return {"peak_rss_bytes": _peak_rss(), "step_seconds": seconds, "framework_rss_bytes": framework,
+            "xla_bytes": xla_bytes(dump)}
+
+
+def xla_bytes(dump: str) -> int:
+    """XLA's own account of the largest program it compiled (the training step): every buffer it holds, weights,
+    optimizer state, gradients and activations, at its peak (`Total bytes used` of its memory-usage report). It is
+    what the step needs on an accelerator, without the framework's runtime and the compiler's working memory."""
+    totals = []
+    for name in os.listdir(dump):
+        if name.endswith("memory-usage-report.txt"):
+            with open(os.path.join(dump, name)) as f:
+                totals.append(int(f.readline().split()[3]))
+    shutil.rmtree(dump, ignore_errors=True)
+    return max(totals)
 
 
 def _torch_step(preset: str, mode: str, remat: bool, time_steps: int, repeats: int) -> dict:
     import torch
     import transformers
 
-    from tf_gpt2 import GPT2Config
-
-    ours = GPT2Config.from_preset(preset)
+    framework = _rss()
+    ours = tensorflow_free("config").GPT2Config.from_preset(preset)  # TensorFlow's 0.7 GB would count here
     model = transformers.GPT2LMHeadModel(transformers.GPT2Config(
         vocab_size=ours.vocab_size, n_positions=ours.n_positions, n_embd=ours.n_embd, n_layer=ours.n_layer,
         n_head=ours.n_head, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)).train()
@@ -131,11 +151,17 @@ def _torch_step(preset: str, mode: str, remat: bool, time_steps: int, repeats: i
         optimizer.zero_grad(set_to_none=True)
 
     seconds = best_seconds(one_step, repeats)
-    return {"peak_rss_bytes": _peak_rss(), "step_seconds": seconds}
+    return {"peak_rss_bytes": _peak_rss(), "step_seconds": seconds, "framework_rss_bytes": framework}
 
 
 def _peak_rss() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
+
+
+def _rss() -> int:
+    """This process's resident memory now: after the imports, the framework's own share of the peak."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
 GPUS = {"T4 16 GB": 16, "L4 24 GB": 24, "A100 40 GB": 40, "A100 80 GB": 80}
@@ -172,7 +198,8 @@ def table(rows: list[dict]) -> str:
     def cell(row, key, unit, scale):
         if row is None or key not in row:
             return "-" if row is None or key == "step_seconds" else "failed"
-        return f"{row[key] / scale:.1f}{unit}" + (" (computed)" if row.get("computed") else "")
+        xla = f" (XLA {row['xla_bytes'] / 1e9:.1f})" if key == "peak_rss_bytes" and "xla_bytes" in row else ""
+        return f"{row[key] / scale:.1f}{unit}{xla}" + (" (computed)" if row.get("computed") else "")
 
     lines = ["| model | mode | system | peak, remat off | peak, remat on | step, remat off | step, remat on |",
              "|---|---|---|---:|---:|---:|---:|"]
@@ -223,8 +250,10 @@ def main(argv=None) -> int:
                         f"{args.repeats}, {base!r})))", "finetune_memory", keep_going=True)
                     rows.append({"preset": preset, "mode": mode, "system": system, "remat": remat,
                                  "base_dtype": base, **result})
-                    shown = (f"{result['peak_rss_bytes'] / GiB:.2f} GiB, {result['step_seconds']:.2f} s/step"
-                             if "error" not in result else f"failed: {result['error']}")
+                    shown = (f"{result['peak_rss_bytes'] / GiB:.2f} GiB, {result['step_seconds']:.2f} s/step, "
+                             f"of which the framework's own {result['framework_rss_bytes'] / GiB:.2f} GiB"
+                             + (f", XLA's account {result['xla_bytes'] / GiB:.2f} GiB" if "xla_bytes" in result
+                                else "") if "error" not in result else f"failed: {result['error']}")
                     print(f"{_label(rows[-1])}: {shown}", flush=True)
     for earlier in args.merge:
         with open(earlier) as f:

@@ -31,11 +31,9 @@ def peak_flops(device_name: str) -> float | None:
 
 def keras_jax_step(setup):
     """One compiled Keras train step (harness._keras_step) of a mixed_bfloat16 model."""
-    from harness import _keras_step
+    from harness import _keras_step, _ours
 
-    from tf_gpt2 import GPT2
-
-    return _keras_step(GPT2(setup.config, dtype="mixed_bfloat16"), lambda x: x)
+    return _keras_step(_ours(setup.config, dtype="mixed_bfloat16"), lambda x: x)
 
 
 def torch_compile_step(setup):
@@ -62,10 +60,9 @@ def torch_compile_step(setup):
 def gpu_matches_cpu(setup) -> float:
     """max |logits(GPU) - logits(CPU)| in float32 for the same weights and ids."""
     import jax
+    from harness import _ours
 
-    from tf_gpt2 import GPT2
-
-    model = GPT2(setup.config)
+    model = _ours(setup.config)
     ids = np.random.default_rng(1).integers(0, setup.vocab_size, (2, 128)).astype(np.int32)
     on_device = np.asarray(model(ids))
     cpu = jax.devices("cpu")[0]

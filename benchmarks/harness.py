@@ -13,20 +13,48 @@ True
 from __future__ import annotations
 
 import dataclasses
+import importlib
+import importlib.util
 import json
 import os
 import platform
 import subprocess
 import sys
 import time
-from typing import Callable, Iterable
+from typing import TYPE_CHECKING, Callable, Iterable
 
 import numpy as np
 
-from tf_gpt2.config import GPT2Config
+if TYPE_CHECKING:
+    from tf_gpt2.config import GPT2Config
 
 HERE = os.path.dirname(os.path.abspath(__file__))  # the benchmarks folder: its modules import each other flat
-from tf_gpt2.model import GPT2  # noqa: E402
+
+
+def tensorflow_free(module: str):
+    """`tf_gpt2.<module>` for a module that imports no TensorFlow (config, formats), without loading TensorFlow.
+
+    The package's `__init__` loads the model, and with it Keras and TensorFlow (0.7 GB resident): a torch or
+    CTranslate2 peer's process must not hold that, or it counts in the peer's peak memory. As in the `tf-gpt2`
+    launcher, the package is made from its spec without running its `__init__`, the module is loaded, and the
+    half-made package is dropped again (a later `import tf_gpt2` runs in full). In a process that has loaded
+    tf_gpt2 already, the module is the package's own.
+    """
+    if "tf_gpt2" in sys.modules:
+        return importlib.import_module(f"tf_gpt2.{module}")
+    sys.modules["tf_gpt2"] = importlib.util.module_from_spec(importlib.util.find_spec("tf_gpt2"))
+    try:
+        return importlib.import_module(f"tf_gpt2.{module}")
+    finally:
+        for name in [name for name in sys.modules if name == "tf_gpt2" or name.startswith("tf_gpt2.")]:
+            del sys.modules[name]
+
+
+def _ours(config: GPT2Config, **kwargs):
+    """tf_gpt2's model of this shape (the package loads here, TensorFlow with it)."""
+    from tf_gpt2 import GPT2, GPT2Config
+
+    return GPT2(GPT2Config(**config.to_dict()), **kwargs)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,8 +72,8 @@ class TrainSetup:
 
     @property
     def config(self) -> GPT2Config:
-        return GPT2Config(vocab_size=self.vocab_size, n_positions=self.block_size, n_embd=self.n_embd,
-                          n_layer=self.n_layer, n_head=self.n_head)
+        return tensorflow_free("config").GPT2Config(vocab_size=self.vocab_size, n_positions=self.block_size,
+                                                    n_embd=self.n_embd, n_layer=self.n_layer, n_head=self.n_head)
 
     @property
     def flops_per_token(self) -> int:
@@ -69,7 +97,7 @@ class DecodeSetup:
 
     @property
     def config(self) -> GPT2Config:
-        return GPT2Config.from_preset(self.preset)
+        return tensorflow_free("config").GPT2Config.from_preset(self.preset)
 
     @property
     def prompt(self) -> list[int]:
@@ -166,7 +194,7 @@ def _nanogpt_trainer(s: TrainSetup):
 
 
 TRAINERS: dict[str, tuple[str, Callable]] = {
-    "tf_gpt2": ("tf_gpt2 (TF, XLA)", lambda s: _keras_step(GPT2(s.config), lambda x: x)),
+    "tf_gpt2": ("tf_gpt2 (TF, XLA)", lambda s: _keras_step(_ours(s.config), lambda x: x)),
     "keras-hub": ("keras-hub GPT2CausalLM (TF, XLA)", lambda s: _keras_step(
         _keras_hub_lm(s.config), lambda x: {"token_ids": x, "padding_mask": np.ones_like(x)})),
     "hf": ("HF transformers GPT-2 (torch eager)", _hf_trainer(False)),
@@ -190,7 +218,7 @@ def train_tokens_per_second(step: Callable[[np.ndarray], object], s: TrainSetup)
 # Decoding: each system gives a run() that greedily generates s.new_tokens after s.prompt.
 
 def _decode_ours(s: DecodeSetup):
-    model = GPT2(s.config)
+    model = _ours(s.config)
     return lambda: model.generate(s.prompt, max_new_tokens=s.new_tokens, stop_ids=[])
 
 
@@ -227,7 +255,7 @@ def _decode_litert(quantize: str):
     def decoder(s: DecodeSetup, report: Callable[[str], None]):
         from tf_gpt2.litert import LiteRTGenerator, litert_bytes
 
-        model = GPT2(s.config)
+        model = _ours(s.config)
         flatbuffer = litert_bytes(model, cache_length=s.prompt_tokens + s.new_tokens, quantize=quantize)
         generator = LiteRTGenerator(flatbuffer, num_threads=os.cpu_count())  # as many threads as the peers use
         expected = model.generate(s.prompt, max_new_tokens=s.new_tokens, stop_ids=[])

@@ -23,7 +23,10 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from tf_gpt2.formats import QUANTIZATIONS  # noqa: E402  (imports nothing else)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from harness import tensorflow_free  # noqa: E402  (the peers' processes hold no TensorFlow)
+
+QUANTIZATIONS = tensorflow_free("formats").QUANTIZATIONS
 
 SMOKE = dict(preset="gpt2-tiny", prompt=8, new=16, caches=[64])
 FULL = dict(preset="gpt2", prompt=64, new=128, caches=[256, 1024])
@@ -95,9 +98,7 @@ def worker_litert_lm(path: str, prompt: int, new: int, threads: int, repeats: in
 def worker_ct2(path: str, prompt: int, new: int, threads: int, repeats: int) -> dict:
     import ctranslate2
 
-    from tf_gpt2.tokenizer import default_vocab_files
-
-    with open(default_vocab_files()[0], encoding="utf-8") as f:
+    with open(os.path.join(os.path.dirname(path), "hf", "vocab.json"), encoding="utf-8") as f:  # from prepare
         pieces = {i: piece for piece, i in json.load(f).items()}
     start = [[pieces[i] for i in _prompt(prompt)]]
     generator = ctranslate2.Generator(path, device="cpu", inter_threads=1, intra_threads=threads)

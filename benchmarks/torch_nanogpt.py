@@ -12,11 +12,14 @@ torch.Size([1, 8, 100])
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from tf_gpt2.config import GPT2Config
+if TYPE_CHECKING:  # the peer's process holds no TensorFlow: its config comes from harness.tensorflow_free
+    from tf_gpt2.config import GPT2Config
 
 
 class Block(nn.Module):

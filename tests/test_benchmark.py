@@ -136,3 +136,22 @@ def test_finetune_memory_says_what_fits_where():
                      "L4 24 GB": "full `--remat`: 20.0 GB",
                      "A100 40 GB": "full: 30.0 GB", "A100 80 GB": "full: 30.0 GB"}
     assert "not measured" in table.splitlines()[2]  # gpt2: no row
+
+
+def test_the_peers_processes_hold_no_tensorflow():
+    """A torch or CTranslate2 peer's process imports the benchmark modules and reads tf_gpt2's shapes without
+    loading TensorFlow (its 0.7 GB would count in the peer's peak memory); a later `import tf_gpt2` still loads in
+    full. Run in a fresh process, as the benchmarks run their peers."""
+    import subprocess
+
+    code = (f"import sys; sys.path.insert(0, {BENCHMARKS!r})\n"
+            "import bench, finetune_memory, harness, on_device, serving_throughput, torch_nanogpt\n"
+            "shapes = [harness.DecodeSetup().config.n_embd, harness.TrainSetup().config.n_layer,\n"
+            "          len(harness.DecodeSetup().prompt), len(on_device.QUANTIZATIONS)]\n"
+            "torch_nanogpt.NanoGPT(harness.SMOKE_TRAIN.config)\n"
+            "print('tensorflow' in sys.modules, 'keras' in sys.modules, shapes)\n"
+            "from tf_gpt2 import GPT2\n"
+            "print(type(harness._ours(harness.SMOKE_TRAIN.config)) is GPT2, 'tensorflow' in sys.modules)\n")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.split("\n")[:2] == ["False False [768, 6, 32, 3]", "True True"]
