@@ -290,6 +290,26 @@ def test_resuming_with_other_settings_or_data_is_refused_unless_asked(char_data,
     assert len(history["loss"]) == 1 and _checkpoint_step(tmp_path / "run" / CHECKPOINT) == 20
 
 
+def test_preparing_the_same_texts_again_is_the_same_dataset_to_a_resumed_run(tmp_path):
+    """`prepare` names its shards afresh each time; a run resumes on the texts prepared again, and is refused on
+    texts that changed."""
+    text = tmp_path / "text.txt"
+    text.write_text(TEXT)
+    prepare(str(text), str(tmp_path / "data"), vocab="char", verbose=False)
+    train(config(tmp_path / "run", str(tmp_path / "data"), steps=10, eval_interval=10))
+    first = sorted(os.listdir(tmp_path / "data"))
+    prepare(str(text), str(tmp_path / "data"), vocab="char", verbose=False)
+    assert sorted(os.listdir(tmp_path / "data")) != first  # other shard names, the same texts
+    good = _digest(tmp_path / "run" / CHECKPOINT)
+    train(config(tmp_path / "run", str(tmp_path / "data"), steps=10, eval_interval=10))  # resumes: nothing left
+    assert _checkpoint_step(tmp_path / "run" / CHECKPOINT) == 10
+    text.write_text(TEXT.replace("a", "b"))
+    prepare(str(text), str(tmp_path / "data"), vocab="char", verbose=False)
+    with pytest.raises(ValueError, match=r"other settings \(the dataset \(its manifest differs\)\)"):
+        train(config(tmp_path / "run", str(tmp_path / "data"), steps=10, eval_interval=10))
+    assert _digest(tmp_path / "run" / CHECKPOINT) == good
+
+
 def test_the_learning_rate_never_rises_when_fine_tuning_with_a_small_rate(char_data, tmp_path):
     from tf_gpt2.training import learning_rate_schedule
 
