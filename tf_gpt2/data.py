@@ -20,6 +20,7 @@ import glob
 import gzip
 import hashlib
 import importlib.resources
+import json
 import os
 import re
 import secrets
@@ -119,6 +120,23 @@ def made_from(manifest: dict, files: Sequence[str], vocab: str) -> bool:
         if not os.path.isfile(path) or _size_and_time(path) != [size, mtime] and _sha256(path) != digest:
             return False
     return True
+
+
+def data_digest(manifest: bytes) -> str:
+    """The dataset's digest: its texts' contents, vocabulary and split sizes. Not the names of its shards (each
+    `prepare` names them afresh) nor where the texts lie or when they were touched: preparing the same texts again
+    is the same dataset. A manifest without its texts' digests is digested whole."""
+    try:
+        values = json.loads(manifest)
+    except ValueError:  # the dataset's reader names what is wrong with it
+        values = None
+    if not isinstance(values, dict) or not isinstance(values.get("source_stamps"), dict):
+        return hashlib.sha256(manifest).hexdigest()
+    what = {"vocab": values.get("vocab"), "vocab_size": values.get("vocab_size"), "chars": values.get("chars"),
+            "texts": [stamp[-1] for stamp in values["source_stamps"].values()],
+            "splits": {split: [(shard.get("tokens"), shard.get("max_id")) for shard in shards]
+                       for split, shards in values.get("splits", {}).items()}}
+    return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()
 
 
 def _size_and_time(path: str) -> list[int]:

@@ -27,7 +27,17 @@ import numpy as np
 
 from tf_gpt2.checkpoints import assign_weights, checkpoint_tensors
 from tf_gpt2.config import GPT2Config
-from tf_gpt2.data import MANIFEST, RUN_RECORD, TokenShards, codec, embedded_corpus, made_from, prepare, resolve_inputs
+from tf_gpt2.data import (
+    MANIFEST,
+    RUN_RECORD,
+    TokenShards,
+    codec,
+    data_digest,
+    embedded_corpus,
+    made_from,
+    prepare,
+    resolve_inputs,
+)
 from tf_gpt2.devices import Placement, host_array, place_run
 from tf_gpt2.files import atomic_write, exclusive, json_writer, read_json
 from tf_gpt2.model import GPT2
@@ -352,25 +362,6 @@ def run_identity(cfg: TrainConfig, data_dir: str) -> dict[str, Any]:
         manifest = f.read()
     settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in PRESENTATION_FIELDS}
     return {"settings": settings, "data_sha256": data_digest(manifest)}
-
-
-def data_digest(manifest: bytes) -> str:
-    """The dataset's digest: its texts' contents, vocabulary and split sizes. Not the names of its shards (each
-    `prepare` names them afresh) nor where the texts lie or when they were touched: preparing the same texts again
-    is the same dataset. A manifest without its texts' digests is digested whole."""
-    import hashlib
-
-    try:
-        values = json.loads(manifest)
-    except ValueError:  # the dataset's reader names what is wrong with it
-        values = None
-    if not isinstance(values, dict) or not isinstance(values.get("source_stamps"), dict):
-        return hashlib.sha256(manifest).hexdigest()
-    what = {"vocab": values.get("vocab"), "vocab_size": values.get("vocab_size"), "chars": values.get("chars"),
-            "texts": [stamp[-1] for stamp in values["source_stamps"].values()],
-            "splits": {split: [(shard.get("tokens"), shard.get("max_id")) for shard in shards]
-                       for split, shards in values.get("splits", {}).items()}}
-    return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()
 
 
 def check_resume(cfg: TrainConfig, identity: dict[str, Any]) -> None:
