@@ -23,7 +23,6 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from harness import tensorflow_free  # noqa: E402  (the peers' processes hold no TensorFlow)
 
 QUANTIZATIONS = tensorflow_free("formats").QUANTIZATIONS
