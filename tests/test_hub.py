@@ -153,3 +153,16 @@ def test_a_local_path_never_goes_to_the_hub(tmp_path):
         GPT2.from_pretrained(str(tmp_path / "nothing.keras"))
     with pytest.raises(ValueError, match="revision='main' is for a Hugging Face repo name, not the local path"):
         GPT2.from_pretrained(str(tmp_path), revision="main")
+
+
+def test_a_keras_hub_preset_that_cannot_download_says_so_and_where_else_to_load_from(tmp_path, monkeypatch):
+    """keras-hub presets come from Kaggle: here its endpoint is a closed loopback port (kagglesdk's TEST setting)."""
+    pytest.importorskip("keras_hub")
+    monkeypatch.setenv("KAGGLE_API_ENVIRONMENT", "TEST")  # http://localhost:7777
+    monkeypatch.setenv("KAGGLEHUB_CACHE", str(tmp_path / "kagglehub"))
+    with pytest.raises(ConnectionError) as raised:
+        GPT2.from_pretrained("gpt2_medium_en")
+    message = str(raised.value)
+    assert message.startswith("keras-hub preset 'gpt2_medium_en' could not be loaded: keras-hub downloads it from "
+                              f"Kaggle on first use (cached in {tmp_path / 'kagglehub'}), and that failed (")
+    assert "the Hugging Face name 'gpt2-medium' (the same weights)" in message and "\n" not in message

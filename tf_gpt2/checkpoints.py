@@ -408,9 +408,7 @@ def load_pretrained(model_class: type, source: Any, revision: str | None = None,
 
         repo_id = hub.hub_repo_id(source)
         if revision is None and hub.keras_hub_preset(source):
-            from keras_hub.models import GPT2Backbone
-
-            source = GPT2Backbone.from_preset(source)
+            source = hub.keras_hub_backbone(source)
         elif repo_id:
             source = hub.download(repo_id, revision)
     elif revision is not None:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import os
 import re
+from typing import Any
 
 from tf_gpt2.files import read_json
 
@@ -51,6 +52,30 @@ def keras_hub_preset(name: str) -> bool:
     from keras_hub.models import GPT2Backbone
 
     return name in GPT2Backbone.presets
+
+
+# keras-hub's GPT-2 presets and the Hugging Face repos that hold the same OpenAI weights.
+KERAS_HUB_TO_HF = {"gpt2_base_en": "gpt2", "gpt2_medium_en": "gpt2-medium", "gpt2_large_en": "gpt2-large",
+                   "gpt2_extra_large_en": "gpt2-xl"}
+
+
+def keras_hub_backbone(name: str) -> Any:
+    """keras-hub's GPT2Backbone for the preset `name`: kagglehub downloads it from Kaggle on first use and caches it
+    (`KAGGLEHUB_CACHE`, by default ~/.cache/kagglehub). A download that fails says so, and where else to load from."""
+    from keras_hub.models import GPT2Backbone
+
+    try:
+        return GPT2Backbone.from_preset(name)
+    except OSError as e:  # requests' ConnectionError and HTTPError (no network, no Kaggle access), a bad cache
+        from kagglehub.config import get_cache_folder
+
+        same = KERAS_HUB_TO_HF.get(name)
+        instead = f"the Hugging Face name {same!r} (the same weights)" if same else "a Hugging Face name"
+        reason = str(e).splitlines()[0][:300] if str(e) else type(e).__name__
+        raise ConnectionError(
+            f"keras-hub preset {name!r} could not be loaded: keras-hub downloads it from Kaggle on first use "
+            f"(cached in {get_cache_folder()}), and that failed ({reason}). Load it once with Kaggle access, or use "
+            f"{instead} or a preset directory on disk") from e
 
 
 def download(repo_id: str, revision: str | None = None) -> str:
