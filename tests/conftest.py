@@ -123,19 +123,48 @@ def held_out(shakespeare):
 
 
 @pytest.fixture(scope="session")
-def trained(shakespeare):
-    """gpt2-tiny trained briefly on the embedded Shakespeare with the GPT-2 BPE: peaked, text-like predictions."""
+def trained(shakespeare, tmp_path_factory):
+    """gpt2-tiny trained briefly on the embedded Shakespeare with the GPT-2 BPE: peaked, text-like predictions.
+
+    Trained once per test run: the first test process to need it trains and saves it, the other loads it."""
+    import filelock
     import keras
 
     from tf_gpt2 import GPT2, GPT2Config
 
-    keras.utils.set_random_seed(0)
-    tokens = shakespeare[:-200]
-    starts = np.random.RandomState(0).randint(0, len(tokens) - 33, 300 * 16)
-    windows = tokens[starts[:, None] + np.arange(33)]
     model = GPT2(GPT2Config.from_preset("gpt2-tiny", n_positions=64))
-    model.compile(optimizer=keras.optimizers.AdamW(5e-3), jit_compile=True,
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    history = model.fit(windows[:, :-1], windows[:, 1:], batch_size=16, epochs=1, verbose=0)
-    assert history.history["loss"][-1] < 6.5  # it learned something (log 50257 = 10.8)
+    shared = _shared_by_test_processes(tmp_path_factory) / "trained.weights.h5"
+    with filelock.FileLock(f"{shared}.lock"):
+        if shared.exists():
+            model.load_weights(shared)
+            return model
+        keras.utils.set_random_seed(0)
+        tokens = shakespeare[:-200]
+        starts = np.random.RandomState(0).randint(0, len(tokens) - 33, 300 * 16)
+        windows = tokens[starts[:, None] + np.arange(33)]
+        model.compile(optimizer=keras.optimizers.AdamW(5e-3), jit_compile=True,
+                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        history = model.fit(windows[:, :-1], windows[:, 1:], batch_size=16, epochs=1, verbose=0)
+        assert history.history["loss"][-1] < 6.5  # it learned something (log 50257 = 10.8)
+        model.save_weights(shared)
     return model
+
+
+def _shared_by_test_processes(tmp_path_factory):
+    """This test run's temporary folder that every test process (pytest-xdist worker) sees."""
+    root = tmp_path_factory.getbasetemp()
+    return root.parent if os.environ.get("PYTEST_XDIST_WORKER") else root
+
+
+# The test files that take longest start first, so that the two test processes (pytest.ini: one file at a time
+# each, `--no-loadscope-reorder`) finish together rather than one running a long file alone at the end.
+LONGEST_FIRST = ("test_doc_blocks.py", "test_training.py", "test_train_jax.py", "test_quantization.py",
+                 "test_tf_serving.py", "test_benchmark.py", "test_litert.py", "test_notebook.py")
+
+
+def pytest_collection_modifyitems(items):
+    def rank(item):
+        name = item.path.name
+        return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
+
+    items.sort(key=rank)  # stable: the order within a file, and of the other files, is kept
