@@ -189,7 +189,8 @@ def test_nan_stops_training_and_keeps_the_last_good_checkpoint(char_data, tmp_pa
 def test_bad_training_input_gives_clear_errors_and_keeps_checkpoints(char_data, tmp_path):
     train(config(tmp_path, char_data, steps=10, eval_interval=10))
     good = _digest(tmp_path / CHECKPOINT)
-    with pytest.raises(ValueError, match="block_size 128 exceeds the model's context of 64"):
+    with pytest.raises(ValueError, match=r"block_size 128 exceeds the model's context of 64: use a block_size "
+                                         r"\(--block-size\) of at most 64"):
         train(config(tmp_path / "new", char_data, block_size=128))
     with pytest.raises(ValueError, match="batch_size must be a positive integer"):
         config(tmp_path, char_data, batch_size=0)

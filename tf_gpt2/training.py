@@ -331,7 +331,8 @@ def build_model(cfg: TrainConfig, manifest: dict, placement: Placement | None = 
     if placement:
         placement.check(config)
     if cfg.block_size > config.n_positions:
-        raise ValueError(f"block_size {cfg.block_size} exceeds the model's context of {config.n_positions}")
+        raise ValueError(f"block_size {cfg.block_size} exceeds the model's context of {config.n_positions}: use a "
+                         f"block_size (--block-size) of at most {config.n_positions}")
     model = GPT2(config, dtype=cfg.base_dtype or cfg.precision)  # a 16-bit base: its adapters are float32 still
     if source is not None:
         copy_weights(source, model)
