@@ -46,3 +46,24 @@ def test_unknown_presets_and_fields_are_named():
         GPT2Config.from_preset("gpt5")
     with pytest.raises(ValueError, match="unknown GPT2Config fields: \\['n_ctxx'\\]"):
         GPT2Config.from_dict({"n_ctxx": 3})
+
+
+def test_dropout_splits_as_gpt2_does_and_old_configs_keep_their_meaning(tmp_path):
+    """`dropout` is the rate of GPT-2's three dropouts unless one is set apart; a config saved before the split (one
+    `dropout`) means what it meant; a Hugging Face config.json written and read back keeps each rate, and transformers
+    reads the same three."""
+    import json
+
+    old = {k: v for k, v in GPT2Config.from_preset("gpt2-tiny", dropout=0.1).to_dict().items()
+           if not k.endswith("_pdrop")}
+    cfg = GPT2Config.from_dict(old)
+    assert [cfg.dropout_rate(n) for n in ("embd_pdrop", "resid_pdrop", "attn_pdrop")] == [0.1, 0.1, 0.1]
+    split = GPT2Config.from_preset("gpt2-tiny", vocab_size=50, dropout=0.1, attn_pdrop=0.0)
+    GPT2(split).save_pretrained(tmp_path)
+    written = json.loads((tmp_path / "config.json").read_text())
+    assert (written["embd_pdrop"], written["resid_pdrop"], written["attn_pdrop"]) == (0.1, 0.1, 0.0)
+    back = GPT2.from_pretrained(str(tmp_path)).config
+    assert (back.dropout, back.embd_pdrop, back.attn_pdrop) == (0.1, None, 0.0)
+    assert GPT2.from_pretrained(str(tmp_path), dropout=0.2).config.dropout_rate("embd_pdrop") == 0.2
+    with pytest.raises(ValueError, match="attn_pdrop must be in"):
+        GPT2Config(attn_pdrop=1.5)

@@ -132,3 +132,35 @@ def test_a_block_decodes_step_by_step_with_its_cache_as_one_call():
         y, cache = block(x[:, i:i + 1], cache=cache, cache_index=i)
         steps.append(np.asarray(y))
     assert np.abs(np.concatenate(steps, axis=1) - whole).max() <= 1e-5
+
+
+def test_residual_and_embedding_dropout_train_through_the_fused_attention(monkeypatch):
+    """Only attention-probability dropout needs the written-out softmax: a model with dropout on its embeddings and
+    residual branches alone (attn_pdrop 0) trains through keras.ops.dot_product_attention in every layer, and its
+    dropout layers have GPT-2's three rates."""
+    from keras import ops
+
+    fused = []
+    real = ops.dot_product_attention
+    monkeypatch.setattr(ops, "dot_product_attention", lambda *args, **kwargs: fused.append(1) or real(*args, **kwargs))
+    ids = np.random.RandomState(0).randint(0, 50, (2, 8)).astype("int32")
+    split = GPT2(GPT2Config.from_preset("gpt2-tiny", vocab_size=50, dropout=0.1, embd_pdrop=0.2, attn_pdrop=0.0))
+    assert (split.drop.rate, split.h[0].attn.resid_dropout.rate, split.h[0].mlp.resid_dropout.rate,
+            split.h[0].attn.attn_dropout.rate) == (0.2, 0.1, 0.1, 0.0)
+    split(ids, training=True)
+    assert len(fused) == 2  # both layers
+    one_rate = GPT2(GPT2Config.from_preset("gpt2-tiny", vocab_size=50, dropout=0.1))  # --dropout: all three
+    assert one_rate.h[0].attn.attn_dropout.rate == 0.1
+    one_rate(ids, training=True)
+    assert len(fused) == 2  # attention dropout: the written-out path
+    one_rate(ids)
+    assert len(fused) == 4  # inference: fused again
+
+
+def test_a_layer_saved_before_attention_dropout_was_split_keeps_its_meaning():
+    """Layer configs written before `attention_dropout` existed (one `dropout` for both) load with attention dropout
+    equal to `dropout`, as they were trained."""
+    old = {k: v for k, v in TransformerBlock(n_embd=16, n_head=2, dropout=0.1).get_config().items()
+           if k != "attention_dropout"}
+    block = TransformerBlock.from_config(old)
+    assert block.attn.attn_dropout.rate == block.attn.resid_dropout.rate == 0.1

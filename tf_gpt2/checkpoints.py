@@ -25,7 +25,7 @@ from typing import Any
 import keras
 import numpy as np
 
-from tf_gpt2.config import GPT2Config
+from tf_gpt2.config import DROPOUTS, GPT2Config
 from tf_gpt2.devices import host_array
 from tf_gpt2.files import json_writer, read_json, write_together
 from tf_gpt2.tokenizer import ENDOFTEXT, EOT_ID, VOCAB_SIZE, default_vocab_files
@@ -147,11 +147,13 @@ def config_from_hf(hf: dict[str, Any], source: str = "config.json", **overrides:
         raise ValueError(f"config.json n_inner={hf['n_inner']} is not 4*n_embd; only GPT-2's 4x MLP is supported")
     if hf.get("scale_attn_by_inverse_layer_idx") or hf.get("scale_attn_weights") is False:
         raise ValueError("config.json changes GPT-2's attention scaling; this is not supported")
+    resid_pdrop = hf.get("resid_pdrop", 0.0)  # `dropout`; the other two only where they differ from it
+    dropouts = {name: hf[name] for name in ("embd_pdrop", "attn_pdrop") if hf.get(name, resid_pdrop) != resid_pdrop}
     values = dict(
         vocab_size=hf["vocab_size"], n_positions=hf.get("n_positions", hf.get("n_ctx")), n_embd=n_embd,
         n_layer=hf["n_layer"], n_head=hf["n_head"], layer_norm_epsilon=hf.get("layer_norm_epsilon", 1e-5),
         activation=HF_ACTIVATIONS[activation], initializer_range=hf.get("initializer_range", 0.02),
-        dropout=hf.get("resid_pdrop", 0.0), characters=hf.get("characters"),  # characters: tf_gpt2's own key
+        dropout=resid_pdrop, **dropouts, characters=hf.get("characters"),  # characters: tf_gpt2's own key
     )
     try:
         return GPT2Config(**{**values, **overrides})
@@ -276,8 +278,8 @@ def save_hf(model: keras.Model, directory: str | os.PathLike) -> None:
         "vocab_size": cfg.vocab_size, "n_positions": cfg.n_positions, "n_ctx": cfg.n_positions,
         "n_embd": cfg.n_embd, "n_layer": cfg.n_layer, "n_head": cfg.n_head, "n_inner": None,
         "activation_function": activation, "layer_norm_epsilon": cfg.layer_norm_epsilon,
-        "initializer_range": cfg.initializer_range, "resid_pdrop": cfg.dropout,
-        "embd_pdrop": cfg.dropout, "attn_pdrop": cfg.dropout, "tie_word_embeddings": True,
+        "initializer_range": cfg.initializer_range,
+        **{name: cfg.dropout_rate(name) for name in DROPOUTS}, "tie_word_embeddings": True,
         SAVE_ID: secrets.token_hex(8),
     }
     end_of_text = EOT_ID if cfg.vocab_size >= VOCAB_SIZE and cfg.characters is None else None  # else none known

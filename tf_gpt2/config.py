@@ -18,6 +18,7 @@ PRESETS: dict[str, dict[str, int]] = {
 }
 
 NORM_POSITIONS = ("pre", "post")
+DROPOUTS = ("embd_pdrop", "resid_pdrop", "attn_pdrop")
 
 
 @dataclasses.dataclass
@@ -38,7 +39,13 @@ class GPT2Config:
     n_embd: int = 768
     n_layer: int = 12
     n_head: int = 12
-    dropout: float = 0.0  # embedding, residual and attention-probability dropout
+    # Dropout, split as GPT-2's own config splits it: on the embeddings (`embd_pdrop`), on each residual branch
+    # (`resid_pdrop`) and on the attention probabilities (`attn_pdrop`); each left None takes `dropout`. Only
+    # attention dropout needs the written-out softmax: with attn_pdrop 0 training keeps the fused attention kernel.
+    dropout: float = 0.0
+    embd_pdrop: float | None = None
+    resid_pdrop: float | None = None
+    attn_pdrop: float | None = None
     layer_norm_epsilon: float = 1e-5
     activation: str = "gelu_tanh"  # GPT-2's tanh approximation of GELU
     initializer_range: float = 0.02
@@ -66,8 +73,10 @@ class GPT2Config:
             raise ValueError(
                 f"GPT2Config.n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})"
             )
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"GPT2Config.dropout must be in [0, 1), got {self.dropout!r}")
+        for name in ("dropout", *DROPOUTS):
+            value = getattr(self, name)
+            if value is not None and not (isinstance(value, (int, float)) and 0.0 <= value < 1.0):
+                raise ValueError(f"GPT2Config.{name} must be in [0, 1), got {value!r}")
         if self.characters is not None:
             self.characters = list(self.characters)
             if len(self.characters) != self.vocab_size or not all(isinstance(c, str) for c in self.characters):
@@ -81,6 +90,11 @@ class GPT2Config:
     @property
     def head_dim(self) -> int:
         return self.n_embd // self.n_head
+
+    def dropout_rate(self, name: str) -> float:
+        """The rate of dropout `name` ("embd_pdrop", "resid_pdrop" or "attn_pdrop"): its own field, else `dropout`."""
+        value = getattr(self, name)
+        return self.dropout if value is None else value
 
     @property
     def padded_vocab_size(self) -> int:

@@ -94,14 +94,16 @@ class CausalSelfAttention(keras.layers.Layer):
 
     One fused projection `c_attn` makes queries, keys and values for all heads; the
     heads attend independently; `c_proj` mixes them back into the residual stream.
-    A plain call attends through `keras.ops.dot_product_attention` (a fused kernel: cuDNN
-    flash attention on a GPU under JAX); decoding with a cache and attention dropout use the
-    written-out softmax(q·kᵀ/√d + mask)·v below it.
+    A plain call attends through `keras.ops.dot_product_attention`, a fused op: on a GPU under JAX it is
+    cuDNN's flash attention when queries, keys and values are float16/bfloat16 (e.g. `mixed_bfloat16`) on an
+    Ampere or newer GPU, and XLA's attention otherwise. Decoding with a cache, and training with attention
+    dropout (no fused kernel takes it), use the written-out softmax(q·kᵀ/√d + mask)·v below it.
 
     Args:
         n_embd: width of the residual stream.
         n_head: number of heads; must divide `n_embd`.
-        dropout: dropout on attention probabilities and on the output.
+        dropout: dropout on the output (GPT-2's `resid_pdrop`).
+        attention_dropout: dropout on the attention probabilities (`attn_pdrop`); None: the same as `dropout`.
         initializer_range: std of the N(0, std) init of `c_attn`.
         output_initializer_range: std for `c_proj` (GPT-2 scales it by 1/sqrt(2·n_layer)).
 
@@ -128,6 +130,7 @@ class CausalSelfAttention(keras.layers.Layer):
         n_embd: int,
         n_head: int,
         dropout: float = 0.0,
+        attention_dropout: float | None = None,
         initializer_range: float = 0.02,
         output_initializer_range: float | None = None,
         **kwargs,
@@ -136,7 +139,7 @@ class CausalSelfAttention(keras.layers.Layer):
         if n_embd % n_head:
             raise ValueError(f"n_embd ({n_embd}) must be divisible by n_head ({n_head})")
         self.n_embd, self.n_head, self.head_dim = n_embd, n_head, n_embd // n_head
-        self.dropout = dropout
+        self.dropout, self.attention_dropout = dropout, attention_dropout
         self.initializer_range = initializer_range
         self.output_initializer_range = output_initializer_range
         # Sublayers do not inherit a dtype policy: pass ours, or a mixed model runs them in float32.
@@ -144,7 +147,8 @@ class CausalSelfAttention(keras.layers.Layer):
         self.c_attn = _dense(units=3 * n_embd, stddev=initializer_range, name="c_attn", dtype=policy)
         self.c_proj = _dense(units=n_embd, stddev=output_initializer_range or initializer_range, name="c_proj",
                              dtype=policy)
-        self.attn_dropout = keras.layers.Dropout(dropout, dtype=policy)
+        self.attn_dropout = keras.layers.Dropout(dropout if attention_dropout is None else attention_dropout,
+                                                 dtype=policy)
         self.resid_dropout = keras.layers.Dropout(dropout, dtype=policy)
 
     def build(self, input_shape):
@@ -166,8 +170,8 @@ class CausalSelfAttention(keras.layers.Layer):
     def call(self, x, visible=None, cache=None, cache_index=0, training=None):
         batch, time = ops.shape(x)[0], ops.shape(x)[1]
         q, k, v = self._heads(x)
-        if cache is None and not (self.dropout > 0 and training):
-            # The fused kernel (cuDNN flash attention on a GPU under JAX): the same math as below.
+        if cache is None and not (self.attn_dropout.rate > 0 and training):
+            # The fused op (see the class docstring for which kernel runs): the same math as below.
             y = ops.dot_product_attention(q, k, v, mask=visible, scale=1 / math.sqrt(self.head_dim),
                                           is_causal=visible is None)
             return self.resid_dropout(self.c_proj(ops.reshape(y, (batch, time, self.n_embd))), training=training), None
@@ -193,6 +197,7 @@ class CausalSelfAttention(keras.layers.Layer):
             "n_embd": self.n_embd,
             "n_head": self.n_head,
             "dropout": self.dropout,
+            "attention_dropout": self.attention_dropout,
             "initializer_range": self.initializer_range,
             "output_initializer_range": self.output_initializer_range,
         }
@@ -259,7 +264,8 @@ class TransformerBlock(keras.layers.Layer):
         n_layer: depth of the whole model; the residual projections are initialised with
             std `initializer_range / sqrt(2 * n_layer)` so the residual stream does not grow
             with depth.
-        dropout: dropout on attention probabilities and on each branch's output.
+        dropout: dropout on each branch's output (GPT-2's `resid_pdrop`).
+        attention_dropout: dropout on the attention probabilities (`attn_pdrop`); None: the same as `dropout`.
         activation: the MLP's activation (GPT-2: "gelu_tanh").
         layer_norm_epsilon: LayerNorm epsilon (1e-5 in GPT-2).
         initializer_range: std of the N(0, std) init of the projections.
@@ -280,6 +286,7 @@ class TransformerBlock(keras.layers.Layer):
         n_head: int,
         n_layer: int = 1,
         dropout: float = 0.0,
+        attention_dropout: float | None = None,
         activation: str = "gelu_tanh",
         layer_norm_epsilon: float = 1e-5,
         initializer_range: float = 0.02,
@@ -287,14 +294,15 @@ class TransformerBlock(keras.layers.Layer):
     ):
         super().__init__(**kwargs)
         self.n_embd, self.n_head, self.n_layer = n_embd, n_head, n_layer
-        self.dropout, self.activation = dropout, activation
+        self.dropout, self.attention_dropout, self.activation = dropout, attention_dropout, activation
         self.layer_norm_epsilon = layer_norm_epsilon
         self.initializer_range = initializer_range
         residual_std = initializer_range / math.sqrt(2 * n_layer)
         policy = self.dtype_policy
         self.ln_1 = keras.layers.LayerNormalization(epsilon=layer_norm_epsilon, name="ln_1", dtype=policy)
         self.attn = CausalSelfAttention(
-            n_embd=n_embd, n_head=n_head, dropout=dropout, initializer_range=initializer_range,
+            n_embd=n_embd, n_head=n_head, dropout=dropout, attention_dropout=attention_dropout,
+            initializer_range=initializer_range,
             output_initializer_range=residual_std, name="attn", dtype=policy,
         )
         self.ln_2 = keras.layers.LayerNormalization(epsilon=layer_norm_epsilon, name="ln_2", dtype=policy)
@@ -322,6 +330,7 @@ class TransformerBlock(keras.layers.Layer):
             "n_head": self.n_head,
             "n_layer": self.n_layer,
             "dropout": self.dropout,
+            "attention_dropout": self.attention_dropout,
             "activation": self.activation,
             "layer_norm_epsilon": self.layer_norm_epsilon,
             "initializer_range": self.initializer_range,

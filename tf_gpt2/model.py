@@ -53,10 +53,11 @@ class GPT2(keras.Model):
                                                     name="wte", dtype=policy)
         self.wpe = keras.layers.Embedding(cfg.n_positions, cfg.n_embd, embeddings_initializer=init, name="wpe",
                                           dtype=policy)
-        self.drop = keras.layers.Dropout(cfg.dropout, dtype=policy)
+        self.drop = keras.layers.Dropout(cfg.dropout_rate("embd_pdrop"), dtype=policy)
         variant = cfg.block_variant()  # {} for GPT-2 (post-LN or learned residual scales otherwise)
         Block = VariantBlock if variant else TransformerBlock
-        self.h = [Block(n_embd=cfg.n_embd, n_head=cfg.n_head, n_layer=cfg.n_layer, dropout=cfg.dropout,
+        self.h = [Block(n_embd=cfg.n_embd, n_head=cfg.n_head, n_layer=cfg.n_layer,
+                        dropout=cfg.dropout_rate("resid_pdrop"), attention_dropout=cfg.dropout_rate("attn_pdrop"),
                         activation=cfg.activation, layer_norm_epsilon=cfg.layer_norm_epsilon,
                         initializer_range=cfg.initializer_range, **variant, name=f"h_{i}", dtype=policy)
                   for i in range(cfg.n_layer)]
