@@ -59,3 +59,34 @@ def test_forward_generate_eval_and_train_step_on_jax_match_tensorflow(tmp_path):
     assert jax_results["fused_vs_explicit"] <= 1e-5  # jax.nn.dot_product_attention == the written-out attention
     first, *later = jax_results["losses"]  # a compiled JAX train step (the GPU benchmark's path) learns
     assert abs(first - expected_loss) <= 1e-4 * expected_loss and later[-1] < first
+
+
+def test_a_jax_run_keeps_tensorflow_off_the_gpus_and_a_tensorflow_run_is_unchanged(tmp_path, monkeypatch):
+    """tf.data is TensorFlow's: a JAX run that reads its data through it hides every GPU from TensorFlow before it
+    finds its devices (otherwise it maps most of each GPU's memory, which JAX needs); on the TensorFlow backend the
+    GPUs stay TensorFlow's."""
+    import tensorflow as tf
+
+    from tf_gpt2.data import prepare
+    from tf_gpt2.devices import tensorflow
+
+    (tmp_path / "t.txt").write_text("to be or not to be, that is the question. " * 40)
+    prepare([str(tmp_path / "t.txt")], str(tmp_path / "data"), verbose=False)
+    script = textwrap.dedent(f"""
+        import tensorflow as tf
+        hidden = []
+        set_visible = tf.config.set_visible_devices
+        tf.config.set_visible_devices = lambda devices, kind=None: hidden.append((list(devices), kind)) or \\
+            set_visible(devices, kind)
+        from tf_gpt2.data import TokenShards
+        batch = next(iter(TokenShards({str(tmp_path / "data")!r}).dataset(block_size=8, batch_size=2)))
+        assert tuple(batch[0].shape) == (2, 8)
+        print(hidden, tf.config.get_visible_devices("GPU"), [d.device_type for d in tf.config.get_visible_devices()])
+    """)
+    env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"}
+    run = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.stdout.strip().splitlines()[-1] == "[([], 'GPU')] [] ['CPU']"
+    calls = []
+    monkeypatch.setattr(tf.config, "set_visible_devices", lambda *args: calls.append(args))
+    assert tensorflow() is tf and calls == []  # this process runs the TensorFlow backend

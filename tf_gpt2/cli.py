@@ -116,7 +116,8 @@ TRAIN_FLAGS = {
     "resume_with_changes": "resume the run in --out even though its settings or data changed",
 }
 MODEL_OVERRIDES = {"n_layer": (int, "layers"), "n_head": (int, "attention heads"), "n_embd": (int, "width"),
-                   "n_positions": (int, "context length"), "dropout": (float, "dropout rate (embeddings, residual branches and attention)"),
+                   "n_positions": (int, "context length"),
+                   "dropout": (float, "dropout rate (embeddings, residual branches and attention)"),
                    "attn_pdrop": (float, "attention-probability dropout (default: --dropout); 0 keeps the fused "
                                          "attention kernel in training"),
                    "vocab_multiple": (int, "token-embedding rounding (64: 50257 -> 50304 rows)")}

@@ -29,6 +29,7 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
+from tf_gpt2.devices import tensorflow
 from tf_gpt2.files import atomic_write, exclusive, json_writer, read_json
 
 MANIFEST = "manifest.json"
@@ -413,7 +414,7 @@ class TokenShards:
 
     def dataset(self, block_size: int, batch_size: int, seed: int = 0, start_step: int = 0, steps: int | None = None):
         """Random windows as a tf.data.Dataset of (inputs, targets) int32 [batch, block_size]."""
-        import tensorflow as tf
+        tf = tensorflow()
 
         self.check_block(block_size, batch_size)
         fetch = lambda s: self.batch(int(s), block_size, batch_size, seed)  # noqa: E731
@@ -427,7 +428,7 @@ class TokenShards:
 
     def sequential(self, block_size: int, batch_size: int, max_batches: int | None = None):
         """Consecutive non-overlapping windows, in order (for evaluation), as a tf.data.Dataset."""
-        import tensorflow as tf
+        tf = tensorflow()
 
         self.check_block(block_size, batch_size)
         n = (len(self) - 1) // block_size

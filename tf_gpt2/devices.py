@@ -14,9 +14,29 @@ import contextlib
 import dataclasses
 import math
 import os
+import warnings
 from typing import Any, Callable, ContextManager
 
 import numpy as np
+
+
+def tensorflow() -> Any:
+    """TensorFlow, for what only it does in a run (tf.data, summaries), kept off the GPUs when Keras computes on
+    another backend (JAX): found first, TensorFlow maps most of each GPU's memory and leaves JAX little. Keras' own
+    guides for tf.data under JAX hide the GPUs from TensorFlow the same way."""
+    import keras
+    import tensorflow as tf
+
+    if keras.backend.backend() != "tensorflow":
+        try:
+            tf.config.set_visible_devices([], "GPU")
+        except RuntimeError:  # TensorFlow found its devices before tf_gpt2 asked for it: too late to hide them
+            if tf.config.get_visible_devices("GPU"):
+                warnings.warn("TensorFlow started on the GPU before tf_gpt2 could keep it off: it holds GPU memory "
+                              "that JAX needs. Call tf.config.set_visible_devices([], 'GPU') before TensorFlow runs "
+                              "its first op", stacklevel=2)
+    return tf
+
 
 # The environment variables `keras.distribution.initialize()` reads when no flag is given.
 CLUSTER_VARIABLES = ("KERAS_DISTRIBUTION_JOB_ADDRESSES", "KERAS_DISTRIBUTION_NUM_PROCESSES",

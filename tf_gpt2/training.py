@@ -38,7 +38,7 @@ from tf_gpt2.data import (
     prepare,
     resolve_inputs,
 )
-from tf_gpt2.devices import Placement, host_array, place_run
+from tf_gpt2.devices import Placement, host_array, place_run, tensorflow
 from tf_gpt2.files import atomic_write, exclusive, json_writer, read_json
 from tf_gpt2.model import GPT2
 from tf_gpt2.tokenizer import VOCAB_SIZE
@@ -258,7 +258,7 @@ class TextSample(keras.callbacks.Callback):
         self.round_end, self.verbose = round_end, verbose
         self.writer = None
         if log_dir:
-            import tensorflow as tf
+            tf = tensorflow()
 
             self.writer = tf.summary.create_file_writer(log_dir)
 
@@ -439,7 +439,7 @@ def _train(cfg: TrainConfig, placement: Placement) -> tuple[GPT2, dict[str, list
 def _fit(cfg: TrainConfig, model: GPT2, start: int, train_data: TokenShards, val_data: TokenShards,
          placement: Placement, gradient_norm) -> dict[str, list[float]]:
     """The rounds left of the run, from step `start`."""
-    import tensorflow as tf
+    tf = tensorflow()
 
     checkpoint = os.path.join(cfg.out, CHECKPOINT)
     # Round k ends at step min((k + 1) * eval_interval, steps): the last round may be short, and so may the
