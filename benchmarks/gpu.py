@@ -1,0 +1,590 @@
+"""tf_gpt2 on one GPU next to its peers, in one command: parity with Hugging Face, training tokens/s and MFU,
+fine-tuning memory (device peak), and decode tokens/s. Every system runs in its own process.
+
+    python benchmarks/gpu.py --out gpu-results      # a CUDA machine with JAX and torch; about 6 minutes on an H200
+    python benchmarks/gpu.py --smoke --out /tmp/g  # tiny shapes on a CPU: checks the harness (the test suite runs it)
+
+Needs JAX with CUDA, torch with CUDA, transformers and peft; not TensorFlow (tf_gpt2 runs on Keras' JAX backend).
+Where Keras is missing, bring its wheels and put them on PYTHONPATH first, e.g.
+`pip download --no-deps keras namex optree` then `pip install --no-deps --target /tmp/site *.whl`.
+
+- Parity: GPT-2 124M random weights saved as a Hugging Face directory, loaded by `GPT2.from_pretrained`; float32 logits
+  next to transformers on the same GPU (JAX matmuls at "highest" precision, torch TF32 off), and 32 greedy tokens.
+- Training: GPT-2 124M shape (vocab 50304), T=1024, AdamW, bf16: tf_gpt2 (`mixed_bfloat16`, Keras' compiled train
+  step), a nanoGPT-style model and HF GPT2LMHeadModel under torch.compile with bf16 autocast; batch 16 and 32 without
+  dropout, batch 16 with GPT-2's dropout 0.1 (and tf_gpt2 with `attn_pdrop=0`). MFU against the GPU's dense bf16 peak.
+- Memory: one fine-tuning step (T=1024, batch 1, AdamW) per preset: full, full with recomputation, LoRA rank 8 on a
+  bfloat16 base with recomputation; transformers full, with gradient checkpointing, and peft LoRA on a bf16 base.
+  Device peak: JAX `memory_stats()["peak_bytes_in_use"]`, torch `max_memory_allocated()`; neither counts the CUDA
+  context (about 1 GB more on the card). These processes share the GPU, several at a time.
+- Decode: greedy, 32-token prompts, 128 new tokens, batch 1 and 8: `model.generate` in float32 and bfloat16; HF
+  `generate` eager, and with its static cache (which transformers compiles with torch.compile on a GPU).
+Speed processes compile side by side, then are timed one at a time on a quiet GPU.
+Writes results.json, results.md and ratios.png (matplotlib) into --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+os.environ.setdefault("KERAS_BACKEND", "jax")  # tf_gpt2 on JAX: this machine may have no TensorFlow
+sys.path[1:1] = [os.path.dirname(HERE)]  # the checkout's tf_gpt2, installed or not
+from harness import tensorflow_free  # noqa: E402
+GB = 1e9
+PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12}  # dense bf16 FLOP/s
+PRESETS = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
+GPUS = {"T4 16 GB": 16, "L4 24 GB": 24, "A100 40 GB": 40, "H100 / A100 80 GB": 80}
+CUDA_CONTEXT_GB = 1.0  # what the card holds beyond the framework's own peak
+MEMORY_BUDGET = 100 * GB  # estimated device bytes of the processes sharing the GPU at once
+OUT_OF_MEMORY = re.compile(r"RESOURCE_EXHAUSTED|out of memory|OutOfMemory", re.IGNORECASE)
+WIDE, SMOKE = dict(n_layer=12, n_head=12, n_embd=768), dict(n_layer=2, n_head=2, n_embd=64)
+
+
+# -- one measurement, in a process of its own ---------------------------------------------------------------------
+
+def _config(shape: dict, vocab_size: int, n_positions: int, **more):
+    from tf_gpt2 import GPT2Config
+
+    return GPT2Config(vocab_size=vocab_size, n_positions=n_positions, **shape, **more)
+
+
+def _hf(cfg, **more):
+    import transformers
+
+    return transformers.GPT2LMHeadModel(transformers.GPT2Config(
+        vocab_size=cfg.vocab_size, n_positions=cfg.n_positions, n_embd=cfg.n_embd, n_layer=cfg.n_layer,
+        n_head=cfg.n_head, resid_pdrop=cfg.dropout_rate("resid_pdrop"), embd_pdrop=cfg.dropout_rate("embd_pdrop"),
+        attn_pdrop=cfg.dropout_rate("attn_pdrop"), bos_token_id=0, eos_token_id=0, **more))
+
+
+def _device(smoke: bool) -> str:
+    return "cpu" if smoke else "cuda"
+
+
+def _wait_for_go(ready: dict) -> None:
+    """Tell the orchestrator this process has compiled and warmed up; time only once it says go."""
+    print("READY " + json.dumps(ready), flush=True)
+    sys.stdin.readline()
+
+
+def parity(job: dict) -> dict:
+    import jax
+    import numpy as np
+    import torch
+
+    jax.config.update("jax_default_matmul_precision", "highest")
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    from tf_gpt2 import GPT2
+
+    device, cfg = _device(job["smoke"]), _config(job["shape"], 50257, 1024)
+    torch.manual_seed(0)
+    hf = _hf(cfg).eval()
+    with tempfile.TemporaryDirectory() as directory:
+        hf.save_pretrained(directory)
+        ours = GPT2.from_pretrained(directory)
+    hf = hf.to(device)
+    ids = np.random.default_rng(1).integers(0, cfg.vocab_size, (2, 128)).astype(np.int32)
+    with torch.no_grad():
+        theirs = hf(torch.from_numpy(ids).long().to(device)).logits.float().cpu().numpy()
+        prompt = torch.from_numpy(ids[:1, :32]).long().to(device)
+        their_tokens = hf.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=32,
+                                   min_new_tokens=32, do_sample=False, pad_token_id=0)[0, 32:].tolist()
+    our_tokens = [int(t) for t in ours.generate(ids[0, :32].tolist(), max_new_tokens=32, stop_ids=[])]
+    return {"max_abs_logit_diff": float(np.abs(np.asarray(ours(ids)) - theirs).max()),
+            "greedy_tokens_equal": sum(a == b for a, b in zip(our_tokens, their_tokens)), "greedy_tokens": 32,
+            "device": jax.devices()[0].device_kind}
+
+
+def train(job: dict) -> dict:
+    """Tokens/s of one system's train step at one batch size and dropout."""
+    import numpy as np
+
+    cfg = _config(job["shape"], 50304, job["block"], dropout=job["dropout"], **job.get("model", {}))
+    steps, batch, block = job["steps"], job["batch"], job["block"]
+    rng = np.random.default_rng(0)
+    batches = [rng.integers(0, cfg.vocab_size, (batch, block + 1)).astype(np.int32) for _ in range(steps + 3)]
+    step, done = (_keras_train if job["system"] == "tf_gpt2" else _torch_train)(job, cfg)
+    for b in batches[:3]:  # compile and warm up
+        step(b)
+    done()
+    _wait_for_go({})
+    start = time.perf_counter()
+    for b in batches[3:]:
+        step(b)
+    done()
+    tokens_per_s = steps * batch * block / (time.perf_counter() - start)
+    return {"tokens_per_s": tokens_per_s}
+
+
+def _keras_train(job, cfg):
+    import jax
+    import keras
+
+    from tf_gpt2 import GPT2
+
+    model = GPT2(cfg, dtype="mixed_bfloat16")
+    model.compile(optimizer=keras.optimizers.AdamW(3e-4, weight_decay=0.1), jit_compile=True,
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    last = []
+
+    def step(batch):
+        last[:] = [model.train_on_batch(batch[:, :-1], batch[:, 1:], return_dict=False)]
+    return step, lambda: jax.block_until_ready(last)
+
+
+def _torch_train(job, cfg):
+    import torch
+
+    device = _device(job["smoke"])
+    if job["system"] == "nanogpt":
+        sys.path.insert(0, HERE)
+        from torch_nanogpt import NanoGPT
+
+        model = NanoGPT(cfg).to(device).train()
+        logits_of = model
+    else:
+        model = _hf(cfg).to(device).train()
+        logits_of = lambda x: model(input_ids=x).logits  # noqa: E731
+    fused = {"fused": True} if device == "cuda" else {}
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-4, weight_decay=0.1, **fused)
+    forward = torch.compile(logits_of, backend="eager" if job["smoke"] else "inductor")
+
+    def step(batch):
+        batch = torch.from_numpy(batch).long().to(device)
+        with torch.autocast(device, dtype=torch.bfloat16):
+            logits = forward(batch[:, :-1])
+        loss = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), batch[:, 1:].flatten())
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    return step, (torch.cuda.synchronize if device == "cuda" else lambda: None)
+
+
+def memory(job: dict) -> dict:
+    """Device peak of one fine-tuning step (two steps run: the peak of steady training)."""
+    import numpy as np
+
+    preset, mode, remat, block = job["preset"], job["mode"], job["remat"], job["block"]
+    from tf_gpt2 import GPT2Config
+
+    shape = {k: v for k, v in GPT2Config.from_preset(preset).to_dict().items() if k in ("n_layer", "n_head", "n_embd")}
+    cfg = _config(job["shape"] or shape, 50257, 1024, remat=remat)
+    ids = np.random.default_rng(0).integers(0, cfg.vocab_size, (1, block + 1)).astype(np.int32)
+    if job["system"] == "tf_gpt2":
+        import jax
+        import keras
+
+        from tf_gpt2 import GPT2
+        from tf_gpt2.training import enable_lora
+
+        model = GPT2(cfg, dtype="bfloat16" if mode == "lora" else "mixed_bfloat16")
+        if mode == "lora":
+            enable_lora(model, 8)
+        model.compile(optimizer=keras.optimizers.AdamW(1e-4), jit_compile=True,
+                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        for _ in range(2):
+            jax.block_until_ready(model.train_on_batch(ids[:, :-1], ids[:, 1:]))
+        stats = jax.devices()[0].memory_stats()  # None on a CPU
+        return {"peak_bytes": stats["peak_bytes_in_use"] if stats else None}
+    import torch
+
+    device = _device(job["smoke"])
+    model = _hf(cfg)
+    if mode == "lora":
+        import peft
+
+        model = peft.get_peft_model(model.to(torch.bfloat16), peft.LoraConfig(
+            r=8, target_modules=["c_attn", "c_proj", "c_fc"], fan_in_fan_out=True))
+    model = model.to(device).train()
+    if remat:
+        model.gradient_checkpointing_enable()
+        if mode == "lora":
+            model.enable_input_require_grads()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    x = torch.from_numpy(ids).long().to(device)
+    for _ in range(2):
+        with torch.autocast(device, dtype=torch.bfloat16):
+            loss = model(input_ids=x[:, :-1], labels=x[:, 1:]).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    return {"peak_bytes": torch.cuda.max_memory_allocated() if device == "cuda" else None}
+
+
+def decode(job: dict) -> dict:
+    """New tokens/s of greedy decoding at each batch size, best of two runs after a warm-up."""
+    import numpy as np
+
+    cfg = _config(job["shape"], 50257, 1024)
+    rng = np.random.default_rng(0)
+    prompts = {b: rng.integers(0, cfg.vocab_size, (b, job["prompt"])).astype(np.int32) for b in job["batches"]}
+    new = job["new"]
+    if job["system"] == "tf_gpt2":
+        from tf_gpt2 import GPT2
+
+        model = GPT2(cfg, dtype=job["dtype"])
+        runs = {b: (lambda p=p: model.generate(p.tolist(), max_new_tokens=new, stop_ids=[])) for b, p in
+                prompts.items()}
+    else:
+        import torch
+
+        device = _device(job["smoke"])
+        model = _hf(cfg).to(device).eval()
+        extra = {"cache_implementation": "static"} if job["system"] == "hf-static" else {}
+
+        def run(p):
+            ids = torch.from_numpy(p).long().to(device)
+            with torch.no_grad():
+                out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new,
+                                     min_new_tokens=new, do_sample=False, pad_token_id=0, **extra)
+            assert out.shape[1] == p.shape[1] + new
+            if device == "cuda":
+                torch.cuda.synchronize()
+        runs = {b: (lambda p=p: run(p)) for b, p in prompts.items()}
+    for fn in runs.values():
+        fn()  # compile (the static cache's graphs too)
+        fn()
+    _wait_for_go({})
+    result = {}
+    for b, fn in runs.items():
+        seconds = []
+        for _ in range(2):
+            start = time.perf_counter()
+            fn()
+            seconds.append(time.perf_counter() - start)
+        result[f"batch_{b}"] = b * new / min(seconds)
+    return result
+
+
+# -- the orchestrator --------------------------------------------------------------------------------------------
+
+SMOKE_JOBS = ("parity", "train tf_gpt2 b16 dropout 0.1 attn_pdrop 0", "train nanogpt b16 dropout 0.1", "train hf b16 "
+              "dropout 0.0", "memory tf_gpt2 gpt2 lora remat", "memory hf gpt2 lora remat", "decode tf_gpt2 bfloat16",
+              "decode hf-static float32")  # one of each path: what the test suite runs on a CPU
+
+
+def jobs(smoke: bool) -> list[dict]:
+    shape = SMOKE if smoke else WIDE
+    block, steps = (32, 2) if smoke else (1024, 20)
+    base = {"smoke": smoke, "shape": shape}
+    out = [{**base, "kind": "parity", "name": "parity"}]
+    for system in ("tf_gpt2", "nanogpt", "hf"):
+        for batch, dropout in ((16, 0.0), (32, 0.0), (16, 0.1)):
+            out.append({**base, "kind": "train", "system": system, "batch": 2 if smoke else batch, "dropout": dropout,
+                        "block": block, "steps": steps, "name": f"train {system} b{batch} dropout {dropout}"})
+    out.append({**base, "kind": "train", "system": "tf_gpt2", "batch": 2 if smoke else 16, "dropout": 0.1,
+                "model": {"attn_pdrop": 0.0}, "block": block, "steps": steps,
+                "name": "train tf_gpt2 b16 dropout 0.1 attn_pdrop 0"})
+    for preset in PRESETS[:1] if smoke else PRESETS:
+        for system, settings in (("tf_gpt2", (("full", False), ("full", True), ("lora", True))),
+                                 ("hf", (("full", False), ("full", True), ("lora", True)))):
+            for mode, remat in settings:
+                out.append({**base, "shape": SMOKE if smoke else None, "kind": "memory", "system": system,
+                            "preset": preset, "mode": mode, "remat": remat, "block": block,
+                            "name": f"memory {system} {preset} {mode}{' remat' if remat else ''}"})
+    for system, dtypes in (("tf_gpt2", ("float32", "bfloat16")), ("hf", ("float32",)), ("hf-static", ("float32",))):
+        for dtype in dtypes:
+            out.append({**base, "kind": "decode", "system": system, "dtype": dtype, "batches": [1, 8],
+                        "prompt": 4 if smoke else 32, "new": 8 if smoke else 128, "name": f"decode {system} {dtype}"})
+    return out
+
+
+def estimated_bytes(job: dict) -> float:
+    """A generous guess of a process's device peak, to share the GPU without running out."""
+    if job["smoke"]:
+        return 0
+    if job["kind"] == "memory":
+        params = tensorflow_free("config").GPT2Config.from_preset(job["preset"]).num_params()
+        per_param = 3 if job["mode"] == "lora" else 14 if job["remat"] else 20
+        return params * per_param * (1.5 if job["system"] == "hf" else 1) + 3 * GB
+    if job["kind"] == "train":
+        return job["batch"] * (1.5 if job["dropout"] else 1.0) * GB + 4 * GB
+    return 6 * GB
+
+
+def child_env(smoke: bool) -> dict:
+    env = {**os.environ, "KERAS_BACKEND": "jax", "XLA_PYTHON_CLIENT_PREALLOCATE": "false",
+           "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": os.pathsep.join(
+               [os.path.dirname(HERE), HERE, *filter(None, [os.environ.get("PYTHONPATH")])])}
+    if smoke:
+        env.update(JAX_PLATFORMS="cpu", CUDA_VISIBLE_DEVICES="")
+    return env
+
+
+class Child:
+    """One job in its own Python process; its errors go to a temporary file (a full pipe would stall it)."""
+
+    def __init__(self, job: dict, smoke: bool, share: float | None = None):
+        self.job, self.errors, self.lines = job, tempfile.TemporaryFile("w+"), []
+        env = child_env(smoke)
+        if share:  # a speed run: JAX takes its share of the GPU up front, as it does alone (allocation is not timed)
+            env.update(XLA_PYTHON_CLIENT_PREALLOCATE="true", XLA_PYTHON_CLIENT_MEM_FRACTION=f"{share:.2f}")
+        self.process = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--job", json.dumps(job)],
+                                        env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                        stderr=self.errors, text=True)
+
+    def ready(self) -> bool:
+        """Wait until it has compiled and warmed up (False if it ended first)."""
+        for line in self.process.stdout:
+            if line.startswith("READY"):
+                return True
+            self.lines.append(line)
+        return False
+
+    def go(self) -> None:
+        self.process.stdin.write("go\n")
+        self.process.stdin.flush()
+
+    def finish(self) -> dict:
+        """The job's result (its last JSON line), or {"error": the last line it wrote to stderr}."""
+        out, _ = self.process.communicate()
+        lines = [line for line in self.lines + out.splitlines() if line.startswith("{")]
+        if self.process.returncode or not lines:
+            self.errors.seek(0)
+            last = [line for line in self.errors.read().splitlines() if line.strip()]
+            return {"error": (last or [f"exit {self.process.returncode}"])[-1][-300:]}
+        return json.loads(lines[-1])
+
+
+def waves(todo: list[dict], limit: int) -> list[list[dict]]:
+    """`todo` in groups that share the GPU: at most `limit` jobs whose estimated peaks fit `MEMORY_BUDGET`."""
+    groups, group, used = [], [], 0.0
+    for job in sorted(todo, key=estimated_bytes, reverse=True):
+        need = estimated_bytes(job)
+        if group and (len(group) == limit or used + need > MEMORY_BUDGET):
+            groups.append(group)
+            group, used = [], 0.0
+        group.append(job)
+        used += need
+    return groups + ([group] if group else [])
+
+
+def run_timed(group: list[dict], smoke: bool, report) -> None:
+    """Compile and warm up side by side; then time one process at a time, the others waiting."""
+    children = [Child(job, smoke, share=0.9 / len(group)) for job in group]
+    ready = [child.ready() for child in children]
+    for child, is_ready in zip(children, ready):
+        if is_ready:
+            child.go()
+        child.job["result"] = child.finish()
+        report(child.job)
+
+
+def run_pool(todo: list[dict], smoke: bool, report, limit: int = 8) -> None:
+    """Memory jobs side by side: a new one starts whenever the estimated peaks of those running leave room."""
+    waiting = sorted(todo, key=estimated_bytes, reverse=True)
+    running: list[Child] = []
+    while waiting or running:
+        used = sum(estimated_bytes(child.job) for child in running)
+        fitting = next((job for job in waiting if used + estimated_bytes(job) <= MEMORY_BUDGET), None)
+        if fitting is not None and len(running) < limit:
+            waiting.remove(fitting)
+            running.append(Child(fitting, smoke))
+            continue
+        if not running:  # nothing fits even alone: run the largest by itself
+            running.append(Child(waiting.pop(0), smoke))
+            continue
+        time.sleep(0.5)
+        for child in [c for c in running if c.process.poll() is not None]:
+            running.remove(child)
+            child.job["result"] = child.finish()
+            report(child.job)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", default="gpu-results", help="folder for results.json, results.md, ratios.png")
+    parser.add_argument("--smoke", action="store_true", help="tiny shapes on a CPU: checks the harness")
+    parser.add_argument("--parts", default="parity,train,memory,decode", help="which, in this order")
+    parser.add_argument("--only", default="", help="only the jobs whose name this regular expression finds")
+    parser.add_argument("--parallel", type=int, default=4, help="speed processes compiling side by side")
+    parser.add_argument("--budget", type=float, default=480, help="seconds after which no new part starts")
+    parser.add_argument("--job", help=argparse.SUPPRESS)  # one measurement, in a child process
+    args = parser.parse_args(argv)
+    if args.job:
+        job = json.loads(args.job)
+        print(json.dumps({"parity": parity, "train": train, "memory": memory, "decode": decode}[job["kind"]](job)))
+        return 0
+    os.makedirs(args.out, exist_ok=True)
+    todo = [job for job in jobs(args.smoke) if job["kind"] in args.parts.split(",")
+            and (not args.smoke or job["name"] in SMOKE_JOBS) and re.search(args.only, job["name"])]
+    results = {"date": time.strftime("%Y-%m-%d"), "command": "python benchmarks/gpu.py" + " --smoke" * args.smoke,
+               "versions": versions(), "jobs": todo}
+    began = time.time()
+
+    def report(job):
+        print(f"[{time.time() - began:5.0f} s] {job['name']}: {json.dumps(job['result'])}", flush=True)
+        with open(os.path.join(args.out, "results.json"), "w") as f:  # as it goes: a cut-short run keeps its rows
+            json.dump(results, f, indent=1)
+
+    for kind in args.parts.split(","):
+        batch = [job for job in todo if job["kind"] == kind]
+        if time.time() - began > args.budget:
+            for job in batch:
+                job["result"] = {"error": f"not run: past the --budget of {args.budget:.0f} s"}
+            continue
+        if kind == "memory":
+            run_pool(batch, args.smoke, report)
+        else:
+            for group in waves(batch, 1 if kind == "parity" else args.parallel):
+                run_timed(group, args.smoke, report)
+        for job in [job for job in batch if OUT_OF_MEMORY.search(job["result"].get("error", ""))]:  # once more, alone
+            run_timed([job], args.smoke, report)
+    results["seconds"] = time.time() - began
+    write_outputs(results, args.out)
+    print(open(os.path.join(args.out, "results.md")).read())
+    return 0
+
+
+def versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for name in ("jax", "keras", "torch", "transformers", "peft"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+# -- tables ------------------------------------------------------------------------------------------------------
+
+def _rows(results: dict, kind: str) -> list[dict]:
+    return [job for job in results["jobs"] if job["kind"] == kind and "result" in job]
+
+
+def device_name(results: dict) -> str:
+    return next((job["result"].get("device") for job in _rows(results, "parity") if "device" in job["result"]), "?")
+
+
+def flops_per_token(shape: dict, block: int, vocab_size: int = 50304) -> int:
+    """nanoGPT's count: 6 per weight (the position table is a lookup) plus attention's 12·L·D·T."""
+    d, layers = shape["n_embd"], shape["n_layer"]
+    weights = layers * (12 * d * d + 13 * d) + 2 * d + vocab_size * d
+    return 6 * weights + 12 * layers * d * block
+
+
+def train_table(results: dict) -> str:
+    peak = next((flops for name, flops in PEAK_BF16.items() if name in device_name(results)), None)
+    lines = ["| system | batch | dropout | tokens/s | MFU |", "|---|---:|---|---:|---:|"]
+    for job in _rows(results, "train"):
+        value = job["result"].get("tokens_per_s")
+        dropout = f"{job['dropout']}" + (" (attn_pdrop 0)" if job.get("model") else "")
+        mfu = f"{value * flops_per_token(job['shape'], job['block']) / peak:.1%}" if value and peak else "-"
+        shown = f"{value:,.0f}" if value else f"failed: {job['result'].get('error', '?')}"
+        lines.append(f"| {job['system']} | {job['batch']} | {dropout} | {shown} | {mfu} |")
+    return "\n".join(lines)
+
+
+def memory_cell(results: dict, system: str, preset: str, mode: str, remat: bool) -> str:
+    row = next((j for j in _rows(results, "memory") if (j["system"], j["preset"], j["mode"], j["remat"]) ==
+                (system, preset, mode, remat)), None)
+    if row is None:
+        return "-"
+    peak = row["result"].get("peak_bytes")
+    return f"{peak / GB:.1f} GB" if peak else ("failed" if "error" in row["result"] else "n/a (CPU)")
+
+
+def memory_table(results: dict) -> str:
+    settings = (("full", False, "full"), ("full", True, "full, remat"), ("lora", True, "LoRA r8, bf16 base, remat"))
+    lines = ["| preset | setting | tf_gpt2 | HF transformers |", "|---|---|---:|---:|"]
+    for preset in PRESETS:
+        for mode, remat, label in settings:
+            ours, theirs = (memory_cell(results, s, preset, mode, remat) for s in ("tf_gpt2", "hf"))
+            if ours != "-" or theirs != "-":
+                lines.append(f"| {preset} | {label} | {ours} | {theirs} |")
+    return "\n".join(lines)
+
+
+def fit_table(results: dict) -> str:
+    """For each GPU and preset, the fastest tf_gpt2 setting whose device peak plus the CUDA context fits."""
+    settings = (("full", False, "full"), ("full", True, "full `--remat`"),
+                ("lora", True, "LoRA `--base-dtype bfloat16 --remat`"))
+    lines = ["| GPU | " + " | ".join(PRESETS) + " |", "|---|" + "---|" * len(PRESETS)]
+    for gpu, size in GPUS.items():
+        cells = []
+        for preset in PRESETS:
+            cell = "does not fit"
+            for mode, remat, label in settings:
+                shown = memory_cell(results, "tf_gpt2", preset, mode, remat)
+                if shown.endswith(" GB") and float(shown[:-3]) + CUDA_CONTEXT_GB <= size:
+                    cell = f"{label} ({shown})"
+                    break
+            cells.append(cell)
+        lines.append(f"| {gpu} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def decode_table(results: dict) -> str:
+    lines = ["| system | dtype | batch 1 tokens/s | batch 8 tokens/s |", "|---|---|---:|---:|"]
+    for job in _rows(results, "decode"):
+        r = job["result"]
+        cells = [f"{r[f'batch_{b}']:,.0f}" if f"batch_{b}" in r else f"failed: {r.get('error', '?')}" for b in (1, 8)]
+        lines.append(f"| {job['system']} | {job['dtype']} | {cells[0]} | {cells[1]} |")
+    return "\n".join(lines)
+
+
+def parity_line(results: dict) -> str:
+    r = next((job["result"] for job in _rows(results, "parity")), {})
+    if "max_abs_logit_diff" not in r:
+        return f"parity: {r.get('error', 'not run')}"
+    return (f"Parity with HF transformers on the same device, float32: max |logit diff| {r['max_abs_logit_diff']:.1e}; "
+            f"greedy tokens equal {r['greedy_tokens_equal']}/{r['greedy_tokens']}")
+
+
+def write_outputs(results: dict, out: str) -> None:
+    with open(os.path.join(out, "results.json"), "w") as f:
+        json.dump(results, f, indent=1)
+    v = results["versions"]
+    text = (f"# tf_gpt2 on {device_name(results)}, {results['date']}\n\n`{results['command']}`; "
+            + ", ".join(f"{k} {v[k]}" for k in v if v[k]) + "\n\n" + parity_line(results)
+            + "\n\n## Training, GPT-2 124M, T=1024, AdamW, bf16\n\n" + train_table(results)
+            + "\n\n## Fine-tuning step, T=1024, batch 1: device peak\n\n" + memory_table(results)
+            + "\n\n## What fits where (device peak + 1 GB CUDA context)\n\n" + fit_table(results)
+            + "\n\n## Decode, 32-token prompts, 128 new, greedy\n\n" + decode_table(results) + "\n")
+    with open(os.path.join(out, "results.md"), "w") as f:
+        f.write(text)
+    chart(results, os.path.join(out, "ratios.png"))
+
+
+def chart(results: dict, path: str) -> None:
+    """Bars: each training and decode figure as a ratio to HF transformers' in the same setting."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    bars = {}
+    train = {(j["system"], j["batch"], j["dropout"], bool(j.get("model"))): j["result"].get("tokens_per_s")
+             for j in _rows(results, "train")}
+    for (system, batch, dropout, split), value in train.items():
+        hf = train.get(("hf", batch, dropout, False))
+        if value and hf and system != "hf":
+            bars[f"train {system} b{batch} d{dropout}{' attn0' if split else ''}"] = value / hf
+    decode = {(j["system"], j["dtype"]): j["result"] for j in _rows(results, "decode")}
+    for (system, dtype), r in decode.items():
+        for b in (1, 8):
+            hf = decode.get(("hf", "float32"), {}).get(f"batch_{b}")
+            if system != "hf" and r.get(f"batch_{b}") and hf:
+                bars[f"decode {system} {dtype} b{b}"] = r[f"batch_{b}"] / hf
+    fig, ax = plt.subplots(figsize=(8, 0.35 * len(bars) + 1.2))
+    ax.barh(list(bars), list(bars.values()))
+    ax.axvline(1.0, color="k", linewidth=0.8)
+    ax.set_xlabel("tokens/s relative to HF transformers (same setting, same run)")
+    ax.set_title(f"tf_gpt2 on {device_name(results)}, {results['date']}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
