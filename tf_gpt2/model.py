@@ -14,6 +14,7 @@ from tf_gpt2.checks import check_positions, check_token_ids
 from tf_gpt2.config import GPT2Config
 from tf_gpt2.layers import TransformerBlock, causal_mask, new_buffer, recomputed
 from tf_gpt2.variants import VariantBlock
+from tf_gpt2.xla import changed
 
 
 @keras.saving.register_keras_serializable(package="tf_gpt2")
@@ -221,6 +222,17 @@ class GPT2(keras.Model):
             warnings.filterwarnings("ignore", message=".*does not have a `quantize` method")
             super().quantize(mode, **kwargs)
         self.quantization = mode
+
+    # Keras keeps its compiled train/test/predict steps until `compile()` (and `quantize()`) drops them: rebuilt
+    # here too when the model changed since they were traced (LoRA adapters, a dtype policy, a rebuilt layer).
+    def make_train_function(self, force=False):
+        return super().make_train_function(force=changed(self, "train_function") or force)
+
+    def make_test_function(self, force=False):
+        return super().make_test_function(force=changed(self, "test_function") or force)
+
+    def make_predict_function(self, force=False):
+        return super().make_predict_function(force=changed(self, "predict_function") or force)
 
     def get_config(self):
         return {**super().get_config(), "config": self.config.to_dict(), "quantization": self.quantization}
