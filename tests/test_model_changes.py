@@ -10,6 +10,7 @@ import textwrap
 
 import keras
 import numpy as np
+from conftest import give_adapters
 
 from tf_gpt2 import GPT2, GPT2Config
 from tf_gpt2.evaluation import evaluate
@@ -19,12 +20,6 @@ from tf_gpt2.training import enable_lora
 CONFIG = dict(vocab_size=64, n_positions=32, n_embd=32, n_layer=2, n_head=2, initializer_range=0.3)
 IDS = np.array([[3, 1, 4, 1, 5, 9, 2, 6]], np.int32)
 TEXT = IDS[0].tolist() * 3  # what `evaluate` scores
-
-
-def _adapters(model: GPT2) -> None:
-    """Every LoRA adapter made large (Keras starts B at zero: an adapter that changes nothing)."""
-    for i, variable in enumerate(v for v in model.variables if "lora_kernel" in v.path):
-        variable.assign(np.random.RandomState(i).normal(0, 0.2, variable.shape))
 
 
 def _rebuild_ln_f(model: GPT2) -> None:
@@ -40,7 +35,7 @@ CHANGES = {
     "rebuilt layer": _rebuild_ln_f,
     "dtype policy": lambda model: [setattr(layer, "dtype_policy", "bfloat16") for layer in model._flatten_layers()],
     "quantize": lambda model: model.quantize("int8"),
-    "lora": lambda model: (enable_lora(model, 2), _adapters(model)),
+    "lora": lambda model: (enable_lora(model, 2), give_adapters(model)),
 }
 
 
@@ -123,7 +118,7 @@ def test_every_compiled_path_sees_lora_adapters_added_after_it_ran():
     before = answers()
     for dense in (model.h[0].attn.c_attn, model.h[1].mlp.c_fc):
         dense.enable_lora(2)
-    _adapters(model)
+    give_adapters(model)
     after, logits = answers(), np.asarray(model(IDS))
     expected = {"generate": _naive_greedy(model, prompt, 8), "evaluate": _eager_nll(model), "predict": logits[0],
                 "keras evaluate": float(keras.losses.SparseCategoricalCrossentropy(from_logits=True)(

@@ -204,11 +204,18 @@ class GPT2(keras.Model):
         save_hf(self, directory)
 
     def with_dtype(self, dtype: str) -> "GPT2":
-        """This model's weights in a GPT2 of dtype policy `dtype` (this model when it already has it)."""
+        """This model's weights in a GPT2 of dtype policy `dtype` (this model itself when it has that policy).
+
+        Copied layer by layer as Keras saves them: LoRA adapters are merged into their kernels (into a quantized
+        kernel, which is quantized again), and a quantized model stays quantized.
+        """
         if self.dtype_policy.name == dtype:
             return self
-        model = GPT2(self.config, dtype=dtype)
-        model.set_weights(self.get_weights())
+        model = GPT2(self.config, quantization=self.quantization, dtype=dtype)
+        for source, target in zip(self._flatten_layers(), model._flatten_layers(), strict=True):
+            store: dict = {}
+            source.save_own_variables(store)
+            target.load_own_variables(store)
         return model
 
     def quantize(self, mode: str | None = None, **kwargs) -> None:
