@@ -50,6 +50,29 @@ def spread_tiny_model():
     return GPT2(GPT2Config.from_preset("gpt2-tiny", n_positions=64, initializer_range=0.3))
 
 
+def give_adapters(model) -> None:
+    """Every LoRA adapter of `model` set at random, so that they move its logits by about 1 (Keras starts B at zero:
+    adapters that change nothing)."""
+    for i, variable in enumerate(v for v in model.variables if "lora_kernel" in v.path):
+        variable.assign(np.random.RandomState(i).normal(0, 0.2, variable.shape))
+
+
+def lora_model(dtype: str = "float32"):
+    """A tiny GPT2 of dtype policy `dtype` with LoRA adapters that matter (`tf-gpt2 train --lora-rank 2`, with
+    `--base-dtype bfloat16` for a bfloat16 policy)."""
+    import keras
+
+    from tf_gpt2 import GPT2, GPT2Config
+    from tf_gpt2.training import enable_lora
+
+    keras.utils.set_random_seed(0)
+    model = GPT2(GPT2Config(vocab_size=64, n_positions=32, n_embd=32, n_layer=2, n_head=2, initializer_range=0.3),
+                 dtype=dtype)
+    enable_lora(model, 2)
+    give_adapters(model)
+    return model
+
+
 @pytest.fixture(scope="session")
 def served_tiny(tmp_path_factory):
     """`spread_tiny_model`'s SavedModel (answers of up to 16 new tokens), shared by the tests that only serve it."""

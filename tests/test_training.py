@@ -441,3 +441,17 @@ def test_a_validation_split_shorter_than_a_block_is_said(tmp_path, capsys):
     _, history = train(config(tmp_path / "run", str(root / "prepared"), steps=2, eval_interval=2))
     assert "val_loss" not in history
     assert "the val split has 9 tokens, fewer than block_size + 1 = 33: no validation loss" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("prompt_length, tokens", [(1, 64), (100, 64), (3, 1000)])
+def test_the_sample_fits_a_short_context(prompt_length, tokens, capsys):
+    """The default sample (64 tokens) after training a 64-position model: as many tokens as the context holds after
+    one prompt token, the prompt cut to its last tokens (the sample asked for 64 new ones after the whole prompt)."""
+    from tf_gpt2 import GPT2, GPT2Config
+    from tf_gpt2.training import TextSample
+
+    sample = TextSample(list(range(1, prompt_length + 1)), tokens, decode=lambda ids: f"{len(ids)} ids",
+                        round_end=lambda epoch: 10)
+    sample.set_model(GPT2(GPT2Config(vocab_size=128, n_positions=64, n_embd=16, n_layer=1, n_head=2)))
+    sample.on_epoch_end(0)
+    assert "--- sample at step 10 ---\n64 ids\n" in capsys.readouterr().out

@@ -112,7 +112,7 @@ TRAIN_FLAGS = {
     "num_processes": "processes in the run (or KERAS_DISTRIBUTION_NUM_PROCESSES)",
     "process_id": "this process's index, 0 writes the files (or KERAS_DISTRIBUTION_PROCESS_ID)",
     "sample_prompt": "prompt of the samples printed after each round",
-    "sample_tokens": "length of those samples (0: none)",
+    "sample_tokens": "length of those samples (0: none; at most the context less one prompt token)",
     "resume_with_changes": "resume the run in --out even though its settings or data changed",
 }
 MODEL_OVERRIDES = {"n_layer": (int, "layers"), "n_head": (int, "attention heads"), "n_embd": (int, "width"),

@@ -32,7 +32,7 @@ import keras
 import tensorflow as tf
 
 from tf_gpt2.checks import is_integer, require_tensorflow
-from tf_gpt2.files import atomic_write, bytes_writer
+from tf_gpt2.files import atomic_write, bytes_writer, exclusive
 from tf_gpt2.generation import Prompt, Sampling, answer_lengths, generate_loop, pad_id, positions_from_mask
 from tf_gpt2.graph_tokenizer import BytePairGraphTokenizer, CharacterGraphTokenizer
 from tf_gpt2.layers import cache_buffers
@@ -312,15 +312,16 @@ def export_saved_model(model: GPT2, base_dir: str, version: int | None = None, m
         text_spec = tf.TensorSpec([None], tf.string, "text")
         archive.add_endpoint("generate_text", module.generate_text, [text_spec, *settings])
         archive.add_endpoint("tokenize", module.tokenize, [text_spec])
-    version = version or _next_version(base_dir)
-    final_dir = os.path.join(base_dir, str(version))
-    if os.path.exists(final_dir):
-        raise FileExistsError(f"{final_dir} exists: choose another version")
-    os.makedirs(base_dir, exist_ok=True)
-    # Written aside and moved into place in one rename: TF Serving never sees half a version.
-    with cache_buffers(None if xla else _InPlaceCache):  # without XLA (the server's default): no XLA-only op
-        atomic_write(final_dir, lambda tmp: archive.write_out(tmp, verbose=False))  # the endpoints trace here
-    batching = os.path.join(base_dir, "batching_parameters.txt")
-    if not os.path.exists(batching):  # a file the user edited stays as it is
-        atomic_write(batching, bytes_writer(BATCHING_PARAMETERS.encode()))
+    # One export into a base directory at a time: another one waits, then takes the next version.
+    with exclusive(base_dir, "export", wait=True):
+        version = version or _next_version(base_dir)
+        final_dir = os.path.join(base_dir, str(version))
+        if os.path.exists(final_dir):
+            raise FileExistsError(f"{final_dir} exists: choose another version")
+        # Written aside and moved into place in one rename: TF Serving never sees half a version.
+        with cache_buffers(None if xla else _InPlaceCache):  # without XLA (the server's default): no XLA-only op
+            atomic_write(final_dir, lambda tmp: archive.write_out(tmp, verbose=False))  # the endpoints trace here
+        batching = os.path.join(base_dir, "batching_parameters.txt")
+        if not os.path.exists(batching):  # a file the user edited stays as it is
+            atomic_write(batching, bytes_writer(BATCHING_PARAMETERS.encode()))
     return final_dir

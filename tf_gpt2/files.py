@@ -179,8 +179,9 @@ def save_keras(model, path: str) -> None:
 
 
 @contextlib.contextmanager
-def exclusive(directory: str, what: str) -> Iterator[None]:
-    """Hold `directory`'s lock while the block runs; refuse at once if another process holds it.
+def exclusive(directory: str, what: str, wait: bool = False) -> Iterator[None]:
+    """Hold `directory`'s lock while the block runs; if another process holds it, refuse at once, or with `wait`
+    wait until it is done.
 
     The lock is an OS file lock (`flock`): it is released when the process ends, even by SIGKILL.
     """
@@ -190,7 +191,7 @@ def exclusive(directory: str, what: str) -> Iterator[None]:
     lock_path = os.path.join(directory, ".lock")
     with open(lock_path, "a+") as lock:
         try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(lock, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
         except BlockingIOError:
             lock.seek(0)
             holder = lock.read().strip() or "unknown"

@@ -14,6 +14,7 @@ from tf_gpt2.checks import check_positions, check_token_ids
 from tf_gpt2.config import GPT2Config
 from tf_gpt2.layers import TransformerBlock, causal_mask, new_buffer, recomputed
 from tf_gpt2.variants import VariantBlock
+from tf_gpt2.xla import changed
 
 
 @keras.saving.register_keras_serializable(package="tf_gpt2")
@@ -204,11 +205,18 @@ class GPT2(keras.Model):
         save_hf(self, directory)
 
     def with_dtype(self, dtype: str) -> "GPT2":
-        """This model's weights in a GPT2 of dtype policy `dtype` (this model when it already has it)."""
+        """This model's weights in a GPT2 of dtype policy `dtype` (this model itself when it has that policy).
+
+        Copied layer by layer as Keras saves them: LoRA adapters are merged into their kernels (into a quantized
+        kernel, which is quantized again), and a quantized model stays quantized.
+        """
         if self.dtype_policy.name == dtype:
             return self
-        model = GPT2(self.config, dtype=dtype)
-        model.set_weights(self.get_weights())
+        model = GPT2(self.config, quantization=self.quantization, dtype=dtype)
+        for source, target in zip(self._flatten_layers(), model._flatten_layers(), strict=True):
+            store: dict = {}
+            source.save_own_variables(store)
+            target.load_own_variables(store)
         return model
 
     def quantize(self, mode: str | None = None, **kwargs) -> None:
@@ -222,6 +230,17 @@ class GPT2(keras.Model):
             warnings.filterwarnings("ignore", message=".*does not have a `quantize` method")
             super().quantize(mode, **kwargs)
         self.quantization = mode
+
+    # Keras keeps its compiled train/test/predict steps until `compile()` (and `quantize()`) drops them: rebuilt
+    # here too when the model changed since they were traced (LoRA adapters, a dtype policy, a rebuilt layer).
+    def make_train_function(self, force=False):
+        return super().make_train_function(force=changed(self, "train_function") or force)
+
+    def make_test_function(self, force=False):
+        return super().make_test_function(force=changed(self, "test_function") or force)
+
+    def make_predict_function(self, force=False):
+        return super().make_predict_function(force=changed(self, "predict_function") or force)
 
     def get_config(self):
         return {**super().get_config(), "config": self.config.to_dict(), "quantization": self.quantization}

@@ -249,7 +249,8 @@ class SaveCheckpoint(keras.callbacks.Callback):
 
 
 class TextSample(keras.callbacks.Callback):
-    """After each round: a greedy continuation of `prompt` to the console and to TensorBoard (`log_dir`)."""
+    """After each round: a greedy continuation of `prompt` to the console and to TensorBoard (`log_dir`), of `tokens`
+    tokens or as many as the model's context holds after one prompt token (the prompt keeps its last tokens)."""
 
     def __init__(self, prompt_ids: list[int], tokens: int, decode, round_end: Callable[[int], int],
                  log_dir: str | None = None, verbose: int = 1):
@@ -264,8 +265,10 @@ class TextSample(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         step = self.round_end(epoch)
-        ids = self.prompt_ids[-(self.model.config.n_positions - self.tokens):]
-        text = self.decode(ids + self.model.generate(ids, max_new_tokens=self.tokens, stop_ids=[]))
+        context = self.model.config.n_positions
+        tokens = min(self.tokens, context - 1)
+        ids = self.prompt_ids[-(context - tokens):]
+        text = self.decode(ids + self.model.generate(ids, max_new_tokens=tokens, stop_ids=[]))
         if self.verbose:
             print(f"\n--- sample at step {step} ---\n{text}\n---")
         if self.writer is not None:

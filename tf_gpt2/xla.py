@@ -1,4 +1,5 @@
-"""XLA compilation of functions of a model, for the active Keras backend, built once per model.
+"""XLA compilation of functions of a model, for the active Keras backend, built once per model and rebuilt when
+the model changes under them.
 
 Example:
 >>> from tf_gpt2 import GPT2, GPT2Config
@@ -11,8 +12,30 @@ Example:
 
 from __future__ import annotations
 
+from typing import Any, Callable, Hashable
+
 import keras
 import numpy as np  # noqa: F401  (used by the example)
+
+
+def program_key(model: keras.Layer) -> tuple:
+    """What a program traced from `model` reads besides its weights' values: which variables it has and each
+    layer's dtype policy. Quantizing, LoRA adapters, a rebuilt layer (new variables) or a new dtype policy change
+    it; loading other weights (`set_weights`, `load_weights`, `from_pretrained` into it) assigns values and does not.
+    """
+    return (tuple(id(v) for v in model.variables),
+            tuple((id(layer), layer.dtype_policy.name) for layer in model._flatten_layers()))
+
+
+def changed(model: keras.Layer, name: Hashable) -> bool:
+    """Whether `model`'s `program_key` differs from the one seen at the last call with `name` (True at the first)."""
+    seen = model.__dict__.setdefault("_tf_gpt2_program_keys", {})  # __dict__: kept out of Keras' tracking
+    key = program_key(model)
+    if name in seen and seen[name][0] == key:
+        return False
+    # The variables and layers are held with their key, so that no new object takes one of their ids.
+    seen[name] = (key, list(model.variables), list(model._flatten_layers()))
+    return True
 
 
 def _compile(model, fn):
@@ -34,9 +57,10 @@ def _compile(model, fn):
     return lambda *args: fn(model, *args)
 
 
-def compiled(model, fn):
-    """The compiled version of `fn` for `model`, built once and kept on the model."""
-    cache = model.__dict__.setdefault("_tf_gpt2_compiled", {})
-    if fn not in cache:  # keyed by the function itself: two functions of one name are two programs
-        cache[fn] = _compile(model, fn)
-    return cache[fn]
+def compiled(model, fn: Callable[..., Any]) -> Callable[..., Any]:
+    """The compiled version of `fn` for `model`: built once, kept on the model, and built again when the model
+    changed since (`program_key`), so a call after `quantize` or `enable_lora` runs the model as it is now."""
+    programs = model.__dict__.setdefault("_tf_gpt2_compiled", {})
+    if changed(model, fn) or fn not in programs:  # keyed by the function itself: two of one name are two programs
+        programs[fn] = _compile(model, fn)
+    return programs[fn]
