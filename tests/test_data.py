@@ -314,6 +314,12 @@ def test_text_that_is_not_utf8_is_named_by_its_byte_offset_and_line(tmp_path, ch
     (tmp_path / "bad.txt").write_bytes(head + b"ok \xff rest\n")
     with pytest.raises(ValueError, match=r"bad.txt is not UTF-8 text: byte ff at byte offset 4003 \(line 501\)"):
         prepare(str(tmp_path / "bad.txt"), str(tmp_path / "o"), chunk_bytes=chunk_bytes, verbose=False)
+    import gzip
+
+    (tmp_path / "bad.txt.gz").write_bytes(gzip.compress(head + b"ok \xff rest\n"))
+    with pytest.raises(ValueError, match=r"bad.txt.gz is not UTF-8 text: byte ff at byte offset 4003 of its "
+                                         r"decompressed text \(line 501\)"):
+        prepare(str(tmp_path / "bad.txt.gz"), str(tmp_path / "o"), chunk_bytes=chunk_bytes, verbose=False)
 
 
 def test_a_prepare_error_starts_on_a_line_of_its_own(corpus, tmp_path, capsys):

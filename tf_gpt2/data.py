@@ -157,6 +157,16 @@ def _sha256(path: str) -> str:
     return digest.hexdigest()
 
 
+def not_utf8(path: str, error: UnicodeDecodeError, offset: int = 0, lines: int = 0) -> ValueError:
+    """The error for a file that is not UTF-8: the first bad byte by its offset in the file and its line. `error`
+    came from decoding bytes that start at `offset` in the file, after `lines` line breaks."""
+    at = offset + error.start
+    line = lines + error.object[:error.start].count(b"\n") + 1
+    where = " of its decompressed text" if path.endswith(".gz") else ""
+    return ValueError(f"{path} is not UTF-8 text: byte {error.object[error.start]:02x} at byte offset {at}{where} "
+                      f"(line {line})")
+
+
 def _blocks(path: str, block_bytes: int) -> Iterator[str]:
     """The file's text, `block_bytes` at a time, decoded as UTF-8 exactly as written (a CRLF stays CRLF, as tiktoken
     reads it). A byte that is not UTF-8 is named by its offset in the file and its line."""
@@ -170,10 +180,7 @@ def _blocks(path: str, block_bytes: int) -> Iterator[str]:
                 try:
                     text = utf8.decode(data, final=not data)
                 except UnicodeDecodeError as e:
-                    bad = e.object[e.start:e.end]
-                    line = lines + e.object[:e.start].count(b"\n") + 1
-                    raise ValueError(f"{path} is not UTF-8 text: byte {bad[:1].hex()} at byte offset "
-                                     f"{offset - len(pending) + e.start} (line {line})") from None
+                    raise not_utf8(path, e, offset - len(pending), lines) from None
                 if text:
                     yield text
                 if not data:
