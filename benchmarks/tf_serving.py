@@ -19,6 +19,14 @@ install from PyPI). What the stock server does, from tensorflow/serving's source
   batch is padded to the next allowed batch size with copies of the last request's first row; outputs are
   split back on dimension 0. Its settings come from a text BatchingParameters proto
   (`servables/tensorflow/session_bundle_config.proto`) given by `--batching_parameters_file`.
+- A request of more rows than `max_batch_size` (the queue's `input_batch_size_limit`,
+  `servables/tensorflow/bundle_factory_util.h`) is refused on its own: TensorFlow's
+  `core/kernels/batching_util/shared_batch_scheduler.h` (`ValidateBatchTaskQueueCapacity`) answers "Task size N is
+  larger than maximum input batch size M". `enable_large_batch_splitting` would cut such a request into parts of
+  `max_execution_batch_size` rows, run them in separate batches and join the parts' outputs with `tensor::Concat`
+  (`batching/batching_session.cc`, `SplitInputTask`), which takes every part to have the first part's shape beyond
+  dimension 0 and copies bytes: outputs whose width depends on the batch (padded prompts, the longest answer) come
+  back joined wrong. It is not reproduced here.
 
 Run as a script, in a fresh process (XLA stays off for the process's whole life):
     python benchmarks/tf_serving.py MODEL_DIR CALLS.pkl RESULTS.pkl [--xla] [--batching_parameters_file F]
@@ -91,6 +99,8 @@ class Server:
         with self.graph.as_default():
             meta_graph = tf.compat.v1.saved_model.loader.load(self.session, ["serve"], model_dir)
         self.signatures = dict(meta_graph.signature_def)
+        if batching and batching.get("enable_large_batch_splitting"):
+            raise ValueError("enable_large_batch_splitting is not reproduced (see the module's docstring)")
         self.batching = batching
 
     # -- one Session::Run, as predict_util.cc feeds it --------------------------------------------
@@ -125,8 +135,12 @@ class Server:
                 raise ValueError("Batching Run() input tensors must have equal 0th-dimension size")
             sizes.append(rows.pop())
         total, largest = sum(sizes), self.batching.get("max_batch_size", 1000)
+        for size in sizes:  # each request is a task, refused on its own
+            if size > largest:
+                raise ValueError(f"Task size {size} is larger than maximum input batch size {largest}")
         if total > largest:
-            raise ValueError(f"Task size {total} is larger than maximum batch size {largest}")
+            raise ValueError(f"requests of {total} rows in all do not fit one batch of {largest}: the server runs "
+                             "them in several batches, not as this call")
         target = min([s for s in self.batching["allowed_batch_sizes"] if s >= total], default=total)
         merged = {}
         for key in requests[0]:

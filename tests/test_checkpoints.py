@@ -106,6 +106,10 @@ def test_keras_hub_backbone_parity(tmp_path):
     backbone.save_to_preset(str(tmp_path / "preset"))
     from_dir = GPT2.from_pretrained(str(tmp_path / "preset"))
     assert np.abs(np.asarray(from_dir(ids)) - reference).max() <= 1e-4
+    with pytest.warns(UserWarning, match="removed metadata.json, model.weights.h5$"):
+        from_dir.save_pretrained(tmp_path / "preset")  # over the preset: what loads back is the saved model only
+    assert sorted(os.listdir(tmp_path / "preset")) == ["config.json", "model.safetensors"]
+    assert np.abs(np.asarray(GPT2.from_pretrained(tmp_path / "preset")(ids)) - reference).max() <= 1e-4
 
 
 def test_convert_cli_hf_to_keras(tmp_path, capsys):
@@ -416,3 +420,61 @@ def test_saving_over_a_sharded_checkpoint_leaves_only_the_new_one(tmp_path):
 
     reloaded = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "ckpt")
     np.testing.assert_allclose(hf_logits(reloaded, ids), np.asarray(new(ids)), atol=1e-4)
+
+
+def test_a_config_that_breaks_a_rule_names_its_file_in_every_format(saved_tiny, tmp_path):
+    """n_embd not divisible by n_head, in a Hugging Face config.json, an OpenAI hparams.json and a .keras file."""
+    rule = r"GPT2Config.n_embd \(16\) must be divisible by n_head \(3\)"
+    (tmp_path / "openai").mkdir()
+    (tmp_path / "openai" / "hparams.json").write_text(json.dumps(dict(n_vocab=40, n_ctx=8, n_embd=16, n_head=3,
+                                                                      n_layer=1)))
+    with pytest.raises(ValueError, match=f"{tmp_path / 'openai' / 'hparams.json'}: {rule}"):
+        GPT2.from_pretrained(tmp_path / "openai")
+    GPT2.from_pretrained(saved_tiny).save(str(tmp_path / "m.keras"))
+    import zipfile
+
+    with zipfile.ZipFile(tmp_path / "m.keras") as archive:
+        parts = {name: archive.read(name) for name in archive.namelist()}
+    parts["config.json"] = parts["config.json"].replace(b'"n_head": 2', b'"n_head": 3')
+    with zipfile.ZipFile(tmp_path / "bad.keras", "w") as archive:
+        for name, data in parts.items():
+            archive.writestr(name, data)
+    with pytest.raises(ValueError, match=f"{tmp_path / 'bad.keras'}: .*{rule}"):
+        GPT2.from_pretrained(str(tmp_path / "bad.keras"))
+    with pytest.raises(ValueError, match=f"{saved_tiny / 'config.json'}: {rule}"):
+        _load_with_config(saved_tiny, n_head=3)
+    with pytest.raises(ValueError, match=f"{saved_tiny / 'config.json'}: unsupported activation_function 'swish'"):
+        _load_with_config(saved_tiny, n_head=2, activation_function="swish")
+
+
+def test_saving_over_an_openai_checkpoint_replaces_it(tmp_path):
+    """hparams.json and model.ckpt.* left beside the new files would be loaded instead of them."""
+    cfg = ODD_CONFIGS[0]
+    _write_openai_checkpoint(make_hf_model(seed=3, **cfg), str(tmp_path / "m"))
+    (tmp_path / "m" / "encoder.json").write_text("{}")  # what OpenAI's download has beside its checkpoint
+    new = GPT2(GPT2Config(**cfg, initializer_range=0.3))
+    with pytest.warns(UserWarning, match=r"removed checkpoint, encoder.json, hparams.json, model.ckpt.data-00000-of-"
+                                         r"00001, model.ckpt.index$"):
+        new.save_pretrained(tmp_path / "m")
+    assert sorted(os.listdir(tmp_path / "m")) == ["config.json", "model.safetensors"]
+    ids = _random_ids(cfg)
+    np.testing.assert_array_equal(np.asarray(GPT2.from_pretrained(tmp_path / "m")(ids)), np.asarray(new(ids)))
+    (tmp_path / "m" / "hparams.json").write_text("{}")  # two checkpoints in one directory: neither is taken
+    with pytest.raises(ValueError, match="holds two checkpoints, OpenAI's .* and config.json"):
+        GPT2.from_pretrained(tmp_path / "m")
+
+
+def test_saving_a_character_model_over_a_gpt2_one_leaves_no_gpt2_tokenizer(tmp_path):
+    """transformers' AutoTokenizer would read GPT-2's vocabulary beside the character model; its generate would
+    take the old generation defaults."""
+    GPT2(GPT2Config.from_preset("gpt2-tiny", n_positions=16)).save_pretrained(tmp_path / "m")
+    for name in ("tokenizer.json", "generation_config.json"):  # what transformers' own saves add
+        (tmp_path / name).write_text("{}")
+        os.replace(tmp_path / name, tmp_path / "m" / name)
+    chars = GPT2(GPT2Config.from_preset("gpt2-tiny", vocab_size=65, n_positions=16,
+                                        characters=[chr(32 + i) for i in range(65)]))
+    with pytest.warns(UserWarning, match="removed generation_config.json, merges.txt, special_tokens_map.json, "
+                                         "tokenizer.json, tokenizer_config.json, vocab.json"):
+        chars.save_pretrained(tmp_path / "m")
+    assert sorted(os.listdir(tmp_path / "m")) == ["config.json", "model.safetensors"]
+    assert GPT2.from_pretrained(tmp_path / "m").config.characters == chars.config.characters

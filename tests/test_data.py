@@ -247,3 +247,85 @@ def test_a_folder_gives_its_text_files_only(corpus, tmp_path):
     assert resolve_inputs(str(corpus)) == [str(corpus / "a.txt"), str(corpus / "more" / "b.txt"),
                                            str(corpus / "more" / "c.txt.gz")]
     assert resolve_inputs(str(corpus / "README.md")) == [str(corpus / "README.md")]  # named files are read as named
+
+
+# Every place GPT-2's pre-tokenizer may join across: whitespace runs before indentation and words (their last space
+# joins the word), blank lines, tabs, CRLF, contractions, letter/digit/symbol runs, CJK without spaces, a long run of
+# one symbol, `<|endoftext|>` (one token), control characters Python counts as space and GPT-2 does not, and a long
+# stretch without whitespace, where only the places between letters, digits and other symbols may be cut.
+TRICKY = ("def f(x):\n\n    return x  \n\t\tpass\r\n\r\n   \n"
+          "x's-y'LLz've12'34'd'm't'Re''s'q<|endoftext|>ab12<|endoftext|>!!<|endoftext|>中文。ok!!\x1c\x1d!!a\x1cb!\x85c\u2028"
+          "It's 'll they'll ''s x'LL 12ab34!!?? 2.5e-3 \u00a0\u00a0 nbsp\u2003em\n"
+          "中文没有空格，汉字一二三。ok123 Привет,мир   \x0b\x0c\x1c\x1f end"
+          "<|endoftext|>  after <|endoftext|>\n\n\n" + "=" * 40 + "  \n")
+
+
+def _whole_file_ids(path) -> list[int]:
+    import gzip
+
+    data = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    return GPT2Tokenizer().encode(data.decode("utf-8"))
+
+
+def test_prepare_gives_the_ids_of_the_whole_file_wherever_its_chunks_end(tmp_path):
+    """tiktoken on the whole file, with chunk edges at every place of the text (chunks of 1 to 48 bytes), for
+    plain, gzip and CRLF text, with the validation split falling anywhere."""
+    import gzip
+
+    from tf_gpt2.data import _chunks
+
+    tok = GPT2Tokenizer()
+    text = TRICKY * 2 + TRICKY.replace("\n", "\r\n")
+    (tmp_path / "t.txt").write_text(text, newline="")
+    expected = _whole_file_ids(tmp_path / "t.txt")
+    for chunk_bytes in range(1, 49):
+        chunks = list(_chunks(str(tmp_path / "t.txt"), chunk_bytes))
+        assert "".join(chunks) == text
+        assert [i for chunk in chunks for i in tok.encode(chunk)] == expected, chunk_bytes
+    (tmp_path / "t.txt.gz").write_bytes(gzip.compress(text.encode()))
+    for path, chunk_bytes, val_fraction in ((tmp_path / "t.txt", 7, 0.0), (tmp_path / "t.txt.gz", 16, 0.3),
+                                            (tmp_path / "t.txt", 5, 0.55)):
+        out = tmp_path / f"out{chunk_bytes}"
+        prepare(str(path), str(out), val_fraction=val_fraction, chunk_bytes=chunk_bytes, verbose=False)
+        ids = [i for split in ("train", "val") if len(s := TokenShards(str(out), split)) for i in s.window(0, len(s))]
+        assert ids == expected + [tok.eot_id], (path, chunk_bytes)
+
+
+def test_prepare_reads_a_file_without_line_breaks_in_bounded_chunks(tmp_path):
+    """A single line is read a chunk at a time, not whole; a run with nowhere safe to cut is cut once it is
+    `LONGEST_RUN` long, with a warning naming the file and where."""
+    from tf_gpt2.data import LONGEST_RUN, _chunks
+
+    line = " ".join(f"word{i}, x" for i in range(400))
+    (tmp_path / "line.txt").write_text(line)
+    chunks = list(_chunks(str(tmp_path / "line.txt"), 64))
+    assert "".join(chunks) == line and max(map(len, chunks)) <= 128
+    run = "start " + "a" * (LONGEST_RUN + 100) + " end"
+    (tmp_path / "run.txt").write_text(run)
+    with pytest.warns(UserWarning, match=r"run.txt: the 65,\d{3} characters from byte offset 5 on are one run"):
+        chunks = list(_chunks(str(tmp_path / "run.txt"), 64))
+    assert "".join(chunks) == run and max(map(len, chunks)) < LONGEST_RUN + 64
+
+
+@pytest.mark.parametrize("chunk_bytes", [1, 2, 3, 1 << 20])
+def test_text_that_is_not_utf8_is_named_by_its_byte_offset_and_line(tmp_path, chunk_bytes):
+    """The offset is the file's, wherever the decoder's buffer starts (a cut multi-byte character before it too)."""
+    head = ("line é\n" * 500).encode()  # 8 bytes a line
+    (tmp_path / "bad.txt").write_bytes(head + b"ok \xff rest\n")
+    with pytest.raises(ValueError, match=r"bad.txt is not UTF-8 text: byte ff at byte offset 4003 \(line 501\)"):
+        prepare(str(tmp_path / "bad.txt"), str(tmp_path / "o"), chunk_bytes=chunk_bytes, verbose=False)
+    import gzip
+
+    (tmp_path / "bad.txt.gz").write_bytes(gzip.compress(head + b"ok \xff rest\n"))
+    with pytest.raises(ValueError, match=r"bad.txt.gz is not UTF-8 text: byte ff at byte offset 4003 of its "
+                                         r"decompressed text \(line 501\)"):
+        prepare(str(tmp_path / "bad.txt.gz"), str(tmp_path / "o"), chunk_bytes=chunk_bytes, verbose=False)
+
+
+def test_a_prepare_error_starts_on_a_line_of_its_own(corpus, tmp_path, capsys):
+    """The progress bar ends its line before the error is printed."""
+    (tmp_path / "z.txt").write_bytes(b"caf\xe9\n")
+    assert cli_main(["prepare", str(corpus / "a.txt"), str(tmp_path / "z.txt"), "--out", str(tmp_path / "o")]) == 2
+    out, err = capsys.readouterr()
+    assert "byte" in out and out.endswith("\n")
+    assert err.startswith("tf-gpt2 prepare: error: ") and "z.txt is not UTF-8 text: byte e9 at byte offset 3" in err

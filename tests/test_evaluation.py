@@ -142,9 +142,9 @@ def test_bad_input_is_named(tmp_path, capsys):
     with pytest.raises(ValueError, match=r"token ids must be in \[0, 50257\)"):
         evaluate(model, [0, 5, 50257])
     binary = tmp_path / "blob.txt"
-    binary.write_bytes(b"\xff\xfe\x00 not text")
+    binary.write_bytes(b"text\nthen \xff\xfe\x00 binary")
     assert cli_main(["eval", str(binary)]) == 2
-    assert "is not UTF-8 text" in capsys.readouterr().err
+    assert "blob.txt is not UTF-8 text: byte ff at byte offset 10 (line 2)" in capsys.readouterr().err
     assert cli_main(["eval", str(tmp_path / "missing.txt")]) == 2
 
 

@@ -331,3 +331,19 @@ def test_an_answer_that_stops_keeps_the_stop_token_in_its_ids_not_in_its_text(mo
                        tmp_path)
     answer = outputs(answer)
     assert answer["length"].tolist() == [1] and answer["token_ids"][0, 0] == EOT_ID and answer["text"][0] == b""
+
+
+def test_a_request_of_more_rows_than_the_batch_limit_is_refused_as_docs_serving_says(served, tmp_path):
+    """The shipped batching parameters take at most 32 rows a request (no large-batch splitting: see
+    benchmarks/tf_serving.py); one more is refused with the server's message, which docs/serving.md gives."""
+    shipped = os.path.join(os.path.dirname(served), "batching_parameters.txt")
+    limit = int(open(shipped).read().split("max_batch_size { value: ")[1].split(" }")[0])
+    rows = [[464, 3290]] * limit
+    calls = [[grpc("serving_default", token_ids=np.array(rows + [[40, 0]] * n, np.int32),
+                   length=np.array([2] * limit + [1] * n, np.int32))] for n in (0, 1)]
+    at_limit, over = serve(served, calls, tmp_path, batching=shipped)
+    assert outputs(at_limit[0])["error"].tolist() == [b""] * limit
+    message = f"Task size {limit + 1} is larger than maximum input batch size {limit}"
+    assert over == {"error": f"ValueError: {message}"}
+    docs = open(os.path.join(os.path.dirname(__file__), "..", "docs", "serving.md")).read()
+    assert f"more than {limit} rows is refused" in docs and message.replace(str(limit + 1), "N") in docs

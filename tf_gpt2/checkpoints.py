@@ -19,6 +19,7 @@ import glob
 import os
 import secrets
 import shutil
+import warnings
 import zipfile
 from typing import Any
 
@@ -134,6 +135,15 @@ def _gpt2_only(model: keras.Model, fmt: str) -> None:
         raise ValueError(f"the {fmt} format holds only GPT-2's pre-LN blocks without residual scales")
 
 
+def _config(source: str, **values: Any) -> GPT2Config:
+    """The GPT2Config a checkpoint's `source` (its config file) describes; a value that breaks a rule is named
+    with that file."""
+    try:
+        return GPT2Config(**values)
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"{source}: {e}") from None
+
+
 # -- Hugging Face -------------------------------------------------------------------------------
 def config_from_hf(hf: dict[str, Any], source: str = "config.json", **overrides: Any) -> GPT2Config:
     missing = [key for key in ("vocab_size", "n_embd", "n_layer", "n_head") if key not in hf]
@@ -141,12 +151,12 @@ def config_from_hf(hf: dict[str, Any], source: str = "config.json", **overrides:
         raise ValueError(f"{source} lacks {', '.join(missing) or 'n_positions'}: not a GPT-2 config")
     activation = hf.get("activation_function", "gelu_new")
     if activation not in HF_ACTIVATIONS:
-        raise ValueError(f"unsupported activation_function {activation!r} in config.json")
+        raise ValueError(f"{source}: unsupported activation_function {activation!r}")
     n_embd = hf["n_embd"]
     if hf.get("n_inner") not in (None, 4 * n_embd):
-        raise ValueError(f"config.json n_inner={hf['n_inner']} is not 4*n_embd; only GPT-2's 4x MLP is supported")
+        raise ValueError(f"{source}: n_inner={hf['n_inner']} is not 4*n_embd; only GPT-2's 4x MLP is supported")
     if hf.get("scale_attn_by_inverse_layer_idx") or hf.get("scale_attn_weights") is False:
-        raise ValueError("config.json changes GPT-2's attention scaling; this is not supported")
+        raise ValueError(f"{source} changes GPT-2's attention scaling; this is not supported")
     resid_pdrop = hf.get("resid_pdrop", 0.0)  # `dropout`; the other two only where they differ from it
     dropouts = {name: hf[name] for name in ("embd_pdrop", "attn_pdrop") if hf.get(name, resid_pdrop) != resid_pdrop}
     values = dict(
@@ -155,10 +165,7 @@ def config_from_hf(hf: dict[str, Any], source: str = "config.json", **overrides:
         activation=HF_ACTIVATIONS[activation], initializer_range=hf.get("initializer_range", 0.02),
         dropout=resid_pdrop, **dropouts, characters=hf.get("characters"),  # characters: tf_gpt2's own key
     )
-    try:
-        return GPT2Config(**{**values, **overrides})
-    except (ValueError, TypeError) as e:
-        raise ValueError(f"{source}: {e}") from None
+    return _config(source, **{**values, **overrides})
 
 
 def _read_safetensors(path: str) -> tuple[dict[str, np.ndarray], dict[str, str]]:
@@ -264,7 +271,10 @@ def save_hf(model: keras.Model, directory: str | os.PathLike) -> None:
     GPT-2 vocabulary, the tokenizer files that `transformers.AutoTokenizer` loads.
 
     Both are written in full before either replaces an older file, and both carry the id of this save,
-    so a pair that a crash mixed up is refused on load.
+    so a pair that a crash mixed up is refused on load. Then every file there that a reader would take for the
+    model instead of, or beside, what was saved (another checkpoint's weights, OpenAI's or keras-hub's checkpoint,
+    tokenizer files of another vocabulary: `files_read_instead`) is removed, with a warning that lists them, as
+    transformers removes the weight files of an older save.
     """
     from safetensors.numpy import save_file
 
@@ -295,14 +305,30 @@ def save_hf(model: keras.Model, directory: str | os.PathLike) -> None:
     }
     if cfg.vocab_size == VOCAB_SIZE:  # the GPT-2 BPE: transformers.AutoTokenizer / pipeline read these
         writes.update({os.path.join(directory, name): write for name, write in hf_tokenizer_files(cfg).items()})
+    stale = files_read_instead(directory, [os.path.basename(path) for path in writes])  # before config.json changes
     write_together(writes)
-    _remove_other_weights(directory)
+    for name in stale:
+        path = os.path.join(directory, name)
+        shutil.rmtree(path) if os.path.isdir(path) and not os.path.islink(path) else os.remove(path)
+    if stale:
+        warnings.warn(f"{directory} held files of another checkpoint that would be read instead of, or beside, the "
+                      f"model just saved; removed {', '.join(stale)}", stacklevel=3)
 
 
-def _remove_other_weights(directory: str) -> None:
-    """After a save: the weight files of an older checkpoint in `directory` (shards and their index, pickled
-    weights), so that what loads from it, here or in transformers, is only what was just saved."""
-    stale = ["pytorch_model.bin"]
+HF_TOKENIZER_FILES = ("vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json",
+                      "added_tokens.json", "tokenizer.json")
+# Weights transformers (or its TF/Flax classes) would read, and the generation defaults it takes from a model dir.
+HF_OTHER_FILES = ("pytorch_model.bin", "tf_model.h5", "flax_model.msgpack", "generation_config.json")
+OPENAI_FILES = ("hparams.json", "checkpoint", "encoder.json", "vocab.bpe")  # and the model.ckpt.* files
+KERAS_HUB_FILES = ("metadata.json", "model.weights.h5", "preprocessor.json", "task.json", "task.weights.h5",
+                   "tokenizer.json", "assets")
+
+
+def files_read_instead(directory: str, saved: list[str]) -> list[str]:
+    """The files of `directory`, other than the `saved` ones, that a reader (`GPT2.from_pretrained`, transformers,
+    keras-hub) would take for the model: other weight files (pickled, sharded, TF/Flax), OpenAI's checkpoint
+    (hparams.json, model.ckpt.*), a keras-hub preset, tokenizer files that were not saved, generation defaults."""
+    names = [*HF_OTHER_FILES, *HF_TOKENIZER_FILES]
     for index in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
         path = os.path.join(directory, index)
         if os.path.exists(path):
@@ -310,11 +336,16 @@ def _remove_other_weights(directory: str) -> None:
                 weight_map = read_json(path).get("weight_map") or {}
             except ValueError:
                 weight_map = {}
-            stale += [index] + sorted({str(f) for f in weight_map.values()} if isinstance(weight_map, dict) else [])
-    for name in stale:
-        if os.path.basename(name) == name and name != "model.safetensors":  # files of this directory only
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(os.path.join(directory, name))
+            names += [index] + sorted({str(f) for f in weight_map.values()} if isinstance(weight_map, dict) else [])
+    if os.path.exists(os.path.join(directory, "hparams.json")):
+        names += [*OPENAI_FILES, *(os.path.basename(f) for f in glob.glob(os.path.join(directory, "*.ckpt.*")))]
+    config = os.path.join(directory, "config.json")
+    with contextlib.suppress(ValueError, OSError):
+        if os.path.isfile(config) and "class_name" in read_json(config):  # a keras-hub preset's config
+            names += KERAS_HUB_FILES
+    return sorted({name for name in names  # files of this directory only
+                   if os.path.basename(name) == name and name not in saved
+                   and os.path.lexists(os.path.join(directory, name))})
 
 
 # -- OpenAI's original TensorFlow checkpoints (openai/gpt-2) -------------------------------------
@@ -338,10 +369,8 @@ def read_openai(directory: str, **overrides: Any) -> tuple[GPT2Config, Tensors]:
     missing = [key for key in ("n_vocab", "n_ctx", "n_embd", "n_layer", "n_head") if key not in hp]
     if missing:
         raise ValueError(f"{hparams} lacks {', '.join(missing)}: not a GPT-2 hparams file")
-    config = GPT2Config(
-        vocab_size=hp["n_vocab"], n_positions=hp["n_ctx"], n_embd=hp["n_embd"],
-        n_layer=hp["n_layer"], n_head=hp["n_head"], **overrides,
-    )
+    config = _config(hparams, vocab_size=hp["n_vocab"], n_positions=hp["n_ctx"], n_embd=hp["n_embd"],
+                     n_layer=hp["n_layer"], n_head=hp["n_head"], **overrides)
     prefix = tf.train.latest_checkpoint(directory)
     if prefix is None:
         found = glob.glob(os.path.join(directory, "*.ckpt.index"))
@@ -366,17 +395,17 @@ def read_openai(directory: str, **overrides: Any) -> tuple[GPT2Config, Tensors]:
 # -- keras-hub GPT2Backbone ---------------------------------------------------------------------
 def read_keras_hub(backbone: Any, **overrides: Any) -> tuple[GPT2Config, Tensors]:
     """The config and tensors of a keras-hub `GPT2Backbone` (object or saved preset dir)."""
+    source = f"keras-hub {type(backbone).__name__}"
     if isinstance(backbone, (str, os.PathLike)):
         import keras_hub
 
+        source = os.path.join(os.fspath(backbone), "config.json")
         backbone = keras_hub.models.GPT2Backbone.from_preset(os.fspath(backbone))
     kh = backbone.get_config()
     if kh["intermediate_dim"] != 4 * kh["hidden_dim"]:
-        raise ValueError(f"keras-hub intermediate_dim {kh['intermediate_dim']} is not 4*hidden_dim")
-    config = GPT2Config(
-        vocab_size=kh["vocabulary_size"], n_positions=kh["max_sequence_length"], n_embd=kh["hidden_dim"],
-        n_layer=kh["num_layers"], n_head=kh["num_heads"], **overrides,
-    )
+        raise ValueError(f"{source}: intermediate_dim {kh['intermediate_dim']} is not 4*hidden_dim")
+    config = _config(source, vocab_size=kh["vocabulary_size"], n_positions=kh["max_sequence_length"],
+                     n_embd=kh["hidden_dim"], n_layer=kh["num_layers"], n_head=kh["num_heads"], **overrides)
     w = {v.path: keras.ops.convert_to_numpy(v) for v in backbone.weights}
     d = config.n_embd
     flat = lambda a: a.reshape(d, -1) if a.ndim == 3 else a.reshape(-1)  # noqa: E731  [D,H,Dh]->[D,D]
@@ -426,6 +455,9 @@ def load_pretrained(model_class: type, source: Any, revision: str | None = None,
         raise FileNotFoundError(f"no checkpoint at {path}, and it is not a Hugging Face repo name")
     if os.path.isfile(path):
         return _load_keras_file(model_class, path, overrides)
+    if os.path.exists(os.path.join(path, "hparams.json")) and os.path.exists(os.path.join(path, "config.json")):
+        raise ValueError(f"{path} holds two checkpoints, OpenAI's (hparams.json, model.ckpt.*) and config.json: "
+                         "it is not clear which is the model; remove one")
     if os.path.exists(os.path.join(path, "hparams.json")):
         read = read_openai
     elif os.path.exists(os.path.join(path, "config.json")):

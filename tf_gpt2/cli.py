@@ -247,13 +247,15 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     import json
 
+    from tf_gpt2.data import not_utf8
     from tf_gpt2.evaluation import evaluate
 
+    with open(args.file, "rb") as f:
+        data = f.read()
     try:
-        with open(args.file, encoding="utf-8", newline="") as f:  # as written: a CRLF file keeps its \r
-            text = f.read()
+        text = data.decode("utf-8")  # as written: a CRLF file keeps its \r
     except UnicodeDecodeError as e:
-        raise ValueError(f"{args.file} is not UTF-8 text ({e})") from None
+        raise not_utf8(args.file, e) from None
     model = _load_model(args)
     result = evaluate(model, text, context=args.context, stride=args.stride, batch_size=args.batch_size,
                       detokenize=args.detokenize, verbose=not args.json)

@@ -16,6 +16,8 @@ A character vocabulary maps each character to its index:
 
 from __future__ import annotations
 
+import codecs
+import contextlib
 import glob
 import gzip
 import hashlib
@@ -24,6 +26,8 @@ import json
 import os
 import re
 import secrets
+import unicodedata
+import warnings
 import zlib
 from typing import Callable, Iterator, Sequence
 
@@ -31,6 +35,7 @@ import numpy as np
 
 from tf_gpt2.devices import tensorflow
 from tf_gpt2.files import atomic_write, exclusive, json_writer, read_json
+from tf_gpt2.tokenizer import ENDOFTEXT
 
 MANIFEST = "manifest.json"
 RUN_RECORD = "run.json"  # what `tf-gpt2 train` writes in a run directory (training.py)
@@ -153,19 +158,104 @@ def _sha256(path: str) -> str:
     return digest.hexdigest()
 
 
-def _chunks(path: str) -> Iterator[str]:
+def not_utf8(path: str, error: UnicodeDecodeError, offset: int = 0, lines: int = 0) -> ValueError:
+    """The error for a file that is not UTF-8: the first bad byte by its offset in the file and its line. `error`
+    came from decoding bytes that start at `offset` in the file, after `lines` line breaks."""
+    at = offset + error.start
+    line = lines + error.object[:error.start].count(b"\n") + 1
+    where = " of its decompressed text" if path.endswith(".gz") else ""
+    return ValueError(f"{path} is not UTF-8 text: byte {error.object[error.start]:02x} at byte offset {at}{where} "
+                      f"(line {line})")
+
+
+def _blocks(path: str, block_bytes: int) -> Iterator[str]:
+    """The file's text, `block_bytes` at a time, decoded as UTF-8 exactly as written (a CRLF stays CRLF, as tiktoken
+    reads it). A byte that is not UTF-8 is named by its offset in the file and its line."""
+    utf8 = codecs.getincrementaldecoder("utf-8")()
+    offset = lines = 0  # bytes read, and line breaks among them
     try:
-        with _open_text(path) as f:
+        with gzip.open(path, "rb") if path.endswith(".gz") else open(path, "rb") as f:
             while True:
-                text = f.read(CHUNK_BYTES)
-                if not text:
+                data = f.read(block_bytes)
+                pending = utf8.getstate()[0]  # the start of a character the last block cut
+                try:
+                    text = utf8.decode(data, final=not data)
+                except UnicodeDecodeError as e:
+                    raise not_utf8(path, e, offset - len(pending), lines) from None
+                if text:
+                    yield text
+                if not data:
                     return
-                rest = f.readline()  # finish the line, so no word is split between chunks
-                yield text + rest
-    except UnicodeDecodeError as e:
-        raise ValueError(f"{path} is not UTF-8 text: {e}") from None
+                offset, lines = offset + len(data), lines + data.count(b"\n")
     except (gzip.BadGzipFile, EOFError, zlib.error) as e:
         raise ValueError(f"{path} is not a readable gzip file: {e}") from None
+
+
+# GPT-2's pre-tokenizer (tokenizer.PAT_STR) splits text into pieces and encodes each alone, so text cut where one
+# piece ends and the next begins, whatever follows, encodes as the whole text does. Two kinds of places are such:
+# - before a whitespace character that follows a non-space: the piece before cannot take whitespace, and a whitespace
+#   run only ever joins what comes after it (`\s+(?!\S)` gives its last space to the next word);
+# - between a letter, a digit and another symbol (\p{L}, \p{N}, the rest), unless the first is an apostrophe
+#   (`'s`, `'ll`, ...) or the place lies inside `<|endoftext|>`, which encodes as one token.
+_WHITESPACE_AFTER_NON_SPACE = re.compile(r"(?<=\S)[\t\n\v\f\r ]")  # str.isspace is wider than \s: never too wide
+
+
+def _char_class(c: str) -> str | None:
+    """Letter, number or other symbol, as GPT-2's pre-tokenizer sees `c`; None for whitespace or a character this
+    Python's Unicode tables do not know."""
+    category = unicodedata.category(c)
+    if c.isspace() or category == "Cn":
+        return None
+    return category[0] if category[0] in "LN" else "P"
+
+
+def safe_cut(text: str, start: int = 0, end: int | None = None) -> int:
+    """The last place i in (start, end] where `text[:i]` and `text[i:]` encode, one after the other, as `text` does
+    with GPT-2's tokenizer; 0 if there is none."""
+    end = len(text) if end is None else min(end, len(text))
+    window, last = 4096, None
+    while True:  # most text has a space or a line break near its end: look there first
+        low = max(start, end - window)
+        for last in _WHITESPACE_AFTER_NON_SPACE.finditer(text, low, min(end + 1, len(text))):
+            pass
+        if last or low == start:
+            break
+        window *= 16
+    if last:
+        return last.start()
+    special = len(ENDOFTEXT)
+    for i in range(min(end, len(text) - special), start, -1):  # a run without whitespace (rare): between classes
+        before, after = _char_class(text[i - 1]), _char_class(text[i])
+        if before and after and before != after and text[i - 1] != "'" \
+                and ENDOFTEXT not in text[max(0, i - special + 1):i + special - 1]:
+            return i
+    return 0
+
+
+LONGEST_RUN = 1 << 16  # characters with no safe cut read before cutting anyway (and two chunks)
+
+
+def _chunks(path: str, chunk_bytes: int = CHUNK_BYTES) -> Iterator[str]:
+    """The file's text in pieces of about `chunk_bytes` characters, cut only where GPT-2's tokenizer cannot join
+    across (`safe_cut`), so encoding the pieces one by one gives the ids of the whole file. A stretch of more than
+    `LONGEST_RUN` characters and two chunks with no such place (a run of one kind of character: letters, digits,
+    symbols or whitespace) is cut where it stands, with a warning: memory stays bounded, and only the ids at that cut
+    may differ."""
+    carry, offset = "", 0
+    for block in _blocks(path, chunk_bytes):
+        text = carry + block
+        cut = safe_cut(text, start=max(0, len(carry) - len(ENDOFTEXT)))  # carry has no place to cut
+        if cut == 0 and len(text) >= max(2 * chunk_bytes, LONGEST_RUN):  # cut anyway
+            cut = len(text)
+            warnings.warn(f"{path}: the {len(text):,} characters from byte offset {offset:,} on are one run that "
+                          "GPT-2's tokenizer may join; cut after them to bound memory, so the ids at that cut may "
+                          "differ from tokenizing the file whole", stacklevel=2)
+        if cut:
+            yield text[:cut]
+            offset += len(text[:cut].encode("utf-8"))
+        carry = text[cut:]
+    if carry:
+        yield carry
 
 
 class _ShardWriter:
@@ -249,17 +339,19 @@ def codec(manifest: dict) -> tuple[Callable[[str], list[int]], Callable[[Sequenc
 def char_vocabulary(files: Sequence[str]) -> list[str]:
     chars: set[str] = set()
     for path in files:
-        for chunk in _chunks(path):
-            chars.update(chunk)
+        for block in _blocks(path, CHUNK_BYTES):
+            chars.update(block)
     return sorted(chars)
 
 
 def prepare(inputs: str | Sequence[str], out_dir: str, val_fraction: float = 0.1, vocab: str = "gpt2",
-            shard_tokens: int = SHARD_TOKENS, verbose: bool = True, exclude: Sequence[str] = ()) -> dict:
+            shard_tokens: int = SHARD_TOKENS, verbose: bool = True, exclude: Sequence[str] = (),
+            chunk_bytes: int = CHUNK_BYTES) -> dict:
     """Tokenize text files into `out_dir` (shards + manifest.json) and return the manifest.
 
-    Documents (files) are separated by `<|endoftext|>` with the GPT-2 vocabulary. A dataset already in
-    `out_dir` stays intact until the new one is complete: the manifest is replaced last, in one rename.
+    Documents (files) are separated by `<|endoftext|>` with the GPT-2 vocabulary; each file's ids are tiktoken's on
+    the whole file (read `chunk_bytes` at a time, cut only where the tokenizer cannot join across). A dataset
+    already in `out_dir` stays intact until the new one is complete: the manifest is replaced last, in one rename.
     Folders given as inputs are read without `out_dir` and the folders in `exclude`.
     """
     if vocab not in VOCABS:
@@ -287,7 +379,8 @@ def prepare(inputs: str | Sequence[str], out_dir: str, val_fraction: float = 0.1
         writers = {s: _ShardWriter(out_dir, s, shard_tokens, tag) for s in ("train", "val")}
         try:
             label = f"tokenizing {len(files)} file(s), {total / 1e6:.1f} MB of text ({vocab} vocabulary) into {out_dir}"
-            splits = _write_shards(files, total, val_fraction, encode, separator, writers, label if verbose else None)
+            splits = _write_shards(files, total, val_fraction, encode, separator, writers, label if verbose else None,
+                                   chunk_bytes)
             if sum(s["tokens"] for s in splits["train"]) == 0:
                 raise ValueError(f"no training tokens came out of {files}")
         except BaseException:  # a full disk, bad text, Ctrl-C: the dataset already there stays as it was
@@ -302,32 +395,46 @@ def prepare(inputs: str | Sequence[str], out_dir: str, val_fraction: float = 0.1
     return manifest
 
 
-def _write_shards(files, total, val_fraction, encode, separator, writers, label) -> dict[str, list[dict]]:
-    val_from = total * (1.0 - val_fraction)
-    progress = None
-    if label:  # a progress bar in bytes of text tokenized
-        import keras
+@contextlib.contextmanager
+def _progress_bar(total: int, label: str | None) -> Iterator:
+    """A progress bar in bytes of text (None without a label); an error or warning shown meanwhile starts on a line
+    of its own, not on the bar's."""
+    if not label:
+        yield None
+        return
+    import keras
 
-        print(label, flush=True)
-        progress = keras.utils.Progbar(total, unit_name="byte")
+    print(label, flush=True)
+    show = warnings.showwarning
+    with warnings.catch_warnings():
+        warnings.showwarning = lambda *args, **kwargs: (print(flush=True), show(*args, **kwargs))
+        try:
+            yield keras.utils.Progbar(total, unit_name="byte")
+        except BaseException:
+            print(flush=True)
+            raise
+
+
+def _write_shards(files, total, val_fraction, encode, separator, writers, label, chunk_bytes) -> dict[str, list[dict]]:
+    val_from = total * (1.0 - val_fraction)
     done = 0
-    for path in files:
-        for chunk in _chunks(path):
-            data = chunk.encode("utf-8")
-            size = len(data)
-            # Where the split falls, in characters of this chunk (val_from counts bytes).
-            cut = 0 if done >= val_from else len(chunk) if done + size <= val_from else len(
-                data[:int(val_from - done)].decode("utf-8", errors="ignore"))
-            if 0 < cut < len(chunk):  # the split falls inside this chunk: cut at a line end, else a space
-                line_end, space = chunk.find("\n", cut), chunk.find(" ", cut)
-                cut = line_end + 1 if line_end >= 0 else space if space >= 0 else cut
-            for split, text in (("train", chunk[:cut]), ("val", chunk[cut:])):
-                if text:
-                    writers[split].write(np.asarray(encode(text), dtype=np.uint16))
-            done += size
-            if progress:
-                progress.update(min(done, total))  # non-ASCII text makes byte counts approximate
-        writers["train" if done <= val_from else "val"].write(np.asarray(separator, dtype=np.uint16))
+    with _progress_bar(total, label) as progress:
+        for path in files:
+            for chunk in _chunks(path, chunk_bytes):
+                data = chunk.encode("utf-8")
+                size = len(data)
+                # Where the split falls, in characters of this chunk (val_from counts bytes).
+                cut = 0 if done >= val_from else len(chunk) if done + size <= val_from else len(
+                    data[:int(val_from - done)].decode("utf-8", errors="ignore"))
+                if 0 < cut < len(chunk):  # the split falls inside this chunk: where the tokenizer cannot join across
+                    cut = safe_cut(chunk, end=cut)
+                for split, text in (("train", chunk[:cut]), ("val", chunk[cut:])):
+                    if text:
+                        writers[split].write(np.asarray(encode(text), dtype=np.uint16))
+                done += size
+                if progress:
+                    progress.update(min(done, total))
+            writers["train" if done <= val_from else "val"].write(np.asarray(separator, dtype=np.uint16))
     return {s: w.close() for s, w in writers.items()}
 
 

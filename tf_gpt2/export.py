@@ -250,6 +250,9 @@ BATCHING_PARAMETERS = """\
 #   --batching_parameters_file=<this file>. Requests are merged into one batch of up to 32 rows; one that
 # arrives within 20 ms of the first joins it. Prompts of different lengths are padded (each request's
 # `length` says where its prompt ends), and a merged batch runs until its longest answer is done.
+# A request of more than max_batch_size rows is refused ("Task size N is larger than maximum input batch
+# size 32"): send at most 32 rows a request, or raise max_batch_size. Leave enable_large_batch_splitting off:
+# the server would join the parts of a split request with outputs of different widths wrongly.
 max_batch_size { value: 32 }
 batch_timeout_micros { value: 20000 }
 max_enqueued_batches { value: 64 }
