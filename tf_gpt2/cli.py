@@ -104,7 +104,8 @@ TRAIN_FLAGS = {
     "precision": "Keras dtype policy (mixed_float16 adds loss scaling)",
     "steps_per_execution": "micro-batches per compiled call",
     "lora_rank": "fine-tune only LoRA adapters of this rank (0: off)",
-    "base_dtype": "with --lora-rank: hold the frozen base in 16 bits (half its memory); adapters stay float32",
+    "base_dtype": "with --lora-rank: hold the frozen base in 16 bits (half its memory; float16 adds loss scaling); "
+                  "adapters stay float32",
     "strategy": "tf.distribute strategy, TensorFlow backend (default: none)",
     "distribution": "keras.distribution on the JAX backend (KERAS_BACKEND=jax): data parallel, or the weights split",
     "mesh": "BATCHxMODEL devices for --distribution model (default: 1xALL)",
