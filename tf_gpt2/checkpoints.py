@@ -1,5 +1,5 @@
-"""Read and write GPT-2 weights: Hugging Face (safetensors), OpenAI's TF checkpoints,
-keras-hub's GPT2Backbone, and `.keras` files.
+"""Read and write GPT-2 weights: Hugging Face (safetensors, or pickled `pytorch_model.bin` and its shards, read
+with `torch.load(weights_only=True)`), OpenAI's TF checkpoints, keras-hub's GPT2Backbone, and `.keras` files.
 
 Our layer names follow the GPT-2 checkpoints (`h.0.attn.c_attn`, `ln_f`, ...), so every
 format is one short name mapping onto `weight_table(model)`. Each reader returns a config and
