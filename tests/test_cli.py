@@ -66,6 +66,22 @@ def test_failures_end_in_one_line_naming_the_problem(files, capsys, command, mes
     assert err[0].startswith(f"tf-gpt2 {command[0]}: error: ") and message.format(d=files) in err[0]
 
 
+def test_exit_status_is_2_on_an_error_or_a_bad_flag_and_130_on_ctrl_c(capsys):
+    """The statuses docs/cli.md gives (0 on success: every other test of a command)."""
+    import argparse
+
+    from tf_gpt2.cli import run
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    assert run(argparse.Namespace(command="train", run=interrupted)) == 130
+    assert capsys.readouterr().err == "tf-gpt2 train: interrupted\n"
+    with pytest.raises(SystemExit) as bad_flag:
+        cli_main(["train", "--out", "x", "--no-such-flag"])
+    assert bad_flag.value.code == 2
+
+
 def test_help_shows_the_defaults_of_train_config_and_the_presets(capsys):
     from tf_gpt2.config import PRESETS
     from tf_gpt2.training import TrainConfig

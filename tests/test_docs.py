@@ -66,6 +66,22 @@ def test_the_cli_page_is_the_commands_own_help():
         assert f.read() == markdown(), "docs/cli.md is out of date: run python scripts/write_cli_docs.py"
 
 
+def test_the_architecture_file_table_names_each_module_of_the_package_once():
+    """docs/architecture.md's table of files: every module of tf_gpt2/ in it once, and nothing that does not exist.
+    A bare name in a row (`training.py` after `tf_gpt2/data.py`) is in tf_gpt2/ unless it is a file of the root."""
+    import glob
+    import re
+
+    with open(os.path.join(ROOT, "docs", "architecture.md"), encoding="utf-8") as f:
+        first_cells = [line.split("|")[1] for line in f if line.startswith("| `")]
+    named = [name if "/" in name or os.path.exists(os.path.join(ROOT, name)) else f"tf_gpt2/{name}"
+             for cell in first_cells for name in re.findall(r"`([^`]+\.py)`", cell)]
+    modules = sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, "tf_gpt2", "*.py")))
+    assert len(named) == len(set(named)), named
+    assert sorted(n for n in named if n.startswith("tf_gpt2/")) == modules
+    assert all(os.path.exists(os.path.join(ROOT, n)) for n in named), named
+
+
 def test_the_readme_is_short_and_its_links_lead_somewhere():
     import re
 

@@ -29,9 +29,20 @@ def repos(tmp_path_factory):
     model.to(torch.bfloat16).save_pretrained(root / "sharded-bf16", max_shard_size="2MB")
     model.to(torch.float32).config.save_pretrained(root / "binonly")  # the legacy layout: a pickled state dict
     torch.save(model.state_dict(), root / "binonly" / "pytorch_model.bin")
+    # Pickled weights in shards named by pytorch_model.bin.index.json, as transformers wrote them before safetensors.
+    model.config.save_pretrained(root / "sharded-bin")
+    state, names = model.state_dict(), sorted(model.state_dict())
+    weight_map = {}
+    for i, part in enumerate((names[: len(names) // 2], names[len(names) // 2:])):
+        shard = f"pytorch_model-0000{i + 1}-of-00002.bin"
+        torch.save({k: state[k] for k in part}, root / "sharded-bin" / shard)
+        weight_map.update(dict.fromkeys(part, shard))
+    (root / "sharded-bin" / "pytorch_model.bin.index.json").write_text(
+        json.dumps({"metadata": {"total_size": 0}, "weight_map": weight_map}))
     (root / "llama").mkdir()
     (root / "llama" / "config.json").write_text(json.dumps({"model_type": "llama", "vocab_size": 8}))
-    found = {f"org/{name}": read_files(str(root / name)) for name in ("tiny", "sharded-bf16", "binonly", "llama")}
+    found = {f"org/{name}": read_files(str(root / name))
+             for name in ("tiny", "sharded-bf16", "binonly", "sharded-bin", "llama")}
     assert "model.safetensors.index.json" in found["org/sharded-bf16"]
     assert not any(f.endswith(".safetensors") for f in found["org/binonly"])
     return found
@@ -80,13 +91,14 @@ def run_script(env, loads=(), fails=(), cli=(), local=None, cwd=None):
 
 
 def test_names_load_from_the_hugging_face_cache_offline(repos, tmp_path):
-    """The cache layout (snapshots of symlinks into blobs/), float32, sharded bfloat16 and pickled weights,
-    by id and as hf://, equal transformers' logits for the same id; failures name the repo and what to do."""
+    """The cache layout (snapshots of symlinks into blobs/), float32, sharded bfloat16 and pickled weights (one file
+    or shards), by id and as hf://, equal transformers' logits for the same id; failures name the repo and what to
+    do."""
     for repo_id, files in repos.items():
         lay_out_cache(str(tmp_path / "cache"), repo_id, files)
     (tmp_path / "runs" / "demo").mkdir(parents=True)  # beside it, `runs/dmeo` is a mistyped path
     result = run_script({"HF_HUB_CACHE": str(tmp_path / "cache"), "HF_HUB_OFFLINE": "1"},
-                        loads=["org/tiny", "hf://org/tiny", "org/sharded-bf16", "org/binonly"],
+                        loads=["org/tiny", "hf://org/tiny", "org/sharded-bf16", "org/binonly", "org/sharded-bin"],
                         fails=[("org/missing", None), ("org/llama", None), ("org/tiny", "v2"), ("runs/dmeo", None)],
                         cli=["org/tiny", "org/missing"], cwd=tmp_path)
     assert max(result["diff"].values()) <= 1e-4, result["diff"]  # measured: 3.3e-6 to 3.8e-6
@@ -106,9 +118,10 @@ def test_names_load_from_the_hugging_face_cache_offline(repos, tmp_path):
 
 def test_names_download_through_the_hub_endpoint_then_load_warm_offline(repos, tmp_path):
     """HF_ENDPOINT at a loopback server that answers as huggingface.co: a cold load downloads config.json, then
-    the safetensors and tokenizer files only; a Llama repo is refused after its config, before any weights."""
+    the safetensors and tokenizer files only (pickled shards and their index where there are no safetensors); a
+    Llama repo is refused after its config, before any weights."""
     cache, local = str(tmp_path / "cache"), {}
-    for name in ("org/tiny", "org/sharded-bf16"):
+    for name in ("org/tiny", "org/sharded-bf16", "org/sharded-bin"):
         local[name] = str(tmp_path / name)
         os.makedirs(local[name])
         for file, data in repos[name].items():
@@ -118,7 +131,7 @@ def test_names_download_through_the_hub_endpoint_then_load_warm_offline(repos, t
     served = {**repos, "org/tiny": {**repos["org/tiny"], "checkpoint-500/model.safetensors": b"not these weights"}}
     with serve(served) as (endpoint, log):
         result = run_script({"HF_HUB_CACHE": cache, "HF_ENDPOINT": endpoint, "HF_HUB_OFFLINE": "0"},
-                            loads=["org/tiny", "org/sharded-bf16"], local=local,
+                            loads=["org/tiny", "org/sharded-bf16", "org/sharded-bin"], local=local,
                             fails=[("org/none", None), ("org/tiny", "v9"), ("org/llama", None)])
     assert max(result["diff"].values()) == 0, result["diff"]  # the same weights, downloaded
     errors = result["errors"]
@@ -129,9 +142,32 @@ def test_names_download_through_the_hub_endpoint_then_load_warm_offline(repos, t
     assert errors["org/llama"] == "ValueError: Hugging Face repo 'org/llama' holds a llama model, not GPT-2"
     fetched = {line.split()[1].split("/", 5)[-1] for line in log if line.startswith("GET /org/tiny/resolve/")}
     assert fetched == {"config.json", "model.safetensors"}, fetched  # no pickled weights, no checkpoint, nothing else
+    shards = {line.split()[1].split("/", 5)[-1] for line in log if line.startswith("GET /org/sharded-bin/resolve/")}
+    assert shards == {"config.json", "pytorch_model.bin.index.json", "pytorch_model-00001-of-00002.bin",
+                      "pytorch_model-00002-of-00002.bin"}, shards
     assert not [line for line in log if line.startswith("GET /org/llama/resolve/") and "config.json" not in line]
     warm = run_script({"HF_HUB_CACHE": cache, "HF_HUB_OFFLINE": "1"}, loads=["org/tiny"], local=local)  # no server
     assert warm["diff"]["org/tiny"] == 0
+
+
+def test_pickled_weights_without_torch_are_refused_before_they_download(repos, tmp_path):
+    code = textwrap.dedent("""
+        import sys
+        sys.modules["torch"] = None  # as if torch were not installed
+        from tf_gpt2 import GPT2
+        try:
+            GPT2.from_pretrained("org/sharded-bin")
+        except ImportError as e:
+            print(e)
+    """)
+    with serve({"org/sharded-bin": repos["org/sharded-bin"]}) as (endpoint, log):
+        env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "cache"), "HF_ENDPOINT": endpoint, "HF_HUB_OFFLINE": "0",
+               "HF_HUB_DISABLE_TELEMETRY": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
+        run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert run.stdout.strip() == ("Hugging Face repo 'org/sharded-bin' has no safetensors weights: its pickled ones "
+                                  "(pytorch_model.bin or its shards) need torch to be read (pip install "
+                                  "'tf_gpt2[torch]')"), run.stderr[-2000:]
+    assert not [line for line in log if line.startswith("GET") and line.endswith(".bin")], log
 
 
 def test_a_cached_index_may_point_into_blobs_but_not_elsewhere(repos, tmp_path):

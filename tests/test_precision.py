@@ -31,6 +31,8 @@ def _in_policy(reference, policy):
 def test_every_sublayer_computes_in_the_policy_and_logits_stay_close(reference, policy):
     model = _in_policy(reference, policy)
     assert {layer.dtype_policy.name for layer in model._flatten_layers()} == {policy}
+    # mixed policies keep float32 master weights; "bfloat16" holds the weights themselves in bfloat16
+    assert {w.dtype for w in model.weights} == {"bfloat16" if policy == "bfloat16" else "float32"}
     # The arithmetic itself, not only the policy names: each projection and the block compute in that dtype.
     x = keras.ops.cast(keras.random.normal((2, 5, CONFIG.n_embd), seed=1), model.compute_dtype)
     block = model.h[0]

@@ -1,5 +1,5 @@
-"""Read and write GPT-2 weights: Hugging Face (safetensors), OpenAI's TF checkpoints,
-keras-hub's GPT2Backbone, and `.keras` files.
+"""Read and write GPT-2 weights: Hugging Face (safetensors, or pickled `pytorch_model.bin` and its shards, read
+with `torch.load(weights_only=True)`), OpenAI's TF checkpoints, keras-hub's GPT2Backbone, and `.keras` files.
 
 Our layer names follow the GPT-2 checkpoints (`h.0.attn.c_attn`, `ln_f`, ...), so every
 format is one short name mapping onto `weight_table(model)`. Each reader returns a config and
@@ -199,26 +199,33 @@ def _read_torch_bin(path: str) -> dict[str, np.ndarray]:
 
 
 def _hf_weight_files(directory: str) -> list[str]:
-    """The weight files of a Hugging Face dir, in transformers' order of preference."""
-    if os.path.exists(os.path.join(directory, "model.safetensors")):
-        return [os.path.join(directory, "model.safetensors")]
-    index = os.path.join(directory, "model.safetensors.index.json")
-    if os.path.exists(index):
-        weight_map = read_json(index).get("weight_map")
-        if not isinstance(weight_map, dict) or not weight_map:
-            raise ValueError(f"{index} has no weight_map")
-        names = sorted({str(f) for f in weight_map.values()})
-        # A shard is a file of this directory; in huggingface_hub's cache it is a symlink into the repo's blobs/.
-        snapshot = os.path.basename(os.path.dirname(os.path.abspath(directory))) == "snapshots"
-        blobs = os.path.realpath(os.path.join(directory, "..", "..", "blobs")) if snapshot else None
-        for name in names:
-            target = os.path.realpath(os.path.join(directory, name))
-            if os.path.basename(name) != name or os.path.dirname(target) not in (os.path.realpath(directory), blobs):
-                raise ValueError(f"{index} points at {name}, outside {directory}: refusing to read it")
-        return [os.path.join(directory, name) for name in names]
-    if os.path.exists(os.path.join(directory, "pytorch_model.bin")):
-        return [os.path.join(directory, "pytorch_model.bin")]
-    raise FileNotFoundError(f"{directory} has config.json but no model.safetensors or pytorch_model.bin")
+    """The weight files of a Hugging Face dir, in transformers' order of preference: one safetensors file, its
+    shards, one pickled file, its shards (`pytorch_model-00001-of-00002.bin` ..., named by their index)."""
+    for single, index in (("model.safetensors", "model.safetensors.index.json"),
+                          ("pytorch_model.bin", "pytorch_model.bin.index.json")):
+        if os.path.exists(os.path.join(directory, single)):
+            return [os.path.join(directory, single)]
+        if os.path.exists(os.path.join(directory, index)):
+            return _shards(directory, index)
+    raise FileNotFoundError(f"{directory} has config.json but no model.safetensors or pytorch_model.bin (nor their "
+                            "shards' index)")
+
+
+def _shards(directory: str, index_name: str) -> list[str]:
+    """The files an index's weight_map names, each a file of `directory`."""
+    index = os.path.join(directory, index_name)
+    weight_map = read_json(index).get("weight_map")
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise ValueError(f"{index} has no weight_map")
+    names = sorted({str(f) for f in weight_map.values()})
+    # A shard is a file of this directory; in huggingface_hub's cache it is a symlink into the repo's blobs/.
+    snapshot = os.path.basename(os.path.dirname(os.path.abspath(directory))) == "snapshots"
+    blobs = os.path.realpath(os.path.join(directory, "..", "..", "blobs")) if snapshot else None
+    for name in names:
+        target = os.path.realpath(os.path.join(directory, name))
+        if os.path.basename(name) != name or os.path.dirname(target) not in (os.path.realpath(directory), blobs):
+            raise ValueError(f"{index} points at {name}, outside {directory}: refusing to read it")
+    return [os.path.join(directory, name) for name in names]
 
 
 SAVE_ID = "tf_gpt2_save_id"  # in config.json and the safetensors metadata: which save wrote them, together

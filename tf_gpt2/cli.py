@@ -104,14 +104,16 @@ TRAIN_FLAGS = {
     "precision": "Keras dtype policy (mixed_float16 adds loss scaling)",
     "steps_per_execution": "micro-batches per compiled call",
     "lora_rank": "fine-tune only LoRA adapters of this rank (0: off)",
-    "base_dtype": "with --lora-rank: hold the frozen base in 16 bits (half its memory); adapters stay float32",
-    "strategy": "tf.distribute strategy, TensorFlow backend (default: none)",
+    "base_dtype": "with --lora-rank: hold the frozen base in 16 bits (half its memory; float16 adds loss scaling); "
+                  "adapters stay float32",
+    "strategy": "tf.distribute strategy, TensorFlow backend; without GPUs, mirrored and multiworker run without XLA "
+                "(default: none)",
     "distribution": "keras.distribution on the JAX backend (KERAS_BACKEND=jax): data parallel, or the weights split",
     "mesh": "BATCHxMODEL devices for --distribution model (default: 1xALL)",
     "coordinator": "host:port of process 0 in a run of many processes (or KERAS_DISTRIBUTION_JOB_ADDRESSES)",
     "num_processes": "processes in the run (or KERAS_DISTRIBUTION_NUM_PROCESSES)",
     "process_id": "this process's index, 0 writes the files (or KERAS_DISTRIBUTION_PROCESS_ID)",
-    "sample_prompt": "prompt of the samples printed after each round",
+    "sample_prompt": "prompt of the samples printed after each round (none under --strategy or many processes)",
     "sample_tokens": "length of those samples (0: none; at most the context less one prompt token)",
     "resume_with_changes": "resume the run in --out even though its settings or data changed",
 }

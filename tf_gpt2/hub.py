@@ -6,7 +6,8 @@ A Hugging Face id (`gpt2`, `openai-community/gpt2-medium`, `hf://org/name`) is f
 `HF_HUB_OFFLINE=1`, `HF_TOKEN`, `HF_ENDPOINT`, revisions and progress bars apply. Only what a GPT-2 load
 reads is downloaded: config.json first (a repo of another architecture is refused before any weights), then the
 safetensors weights (one file, or shards and their index) and the tokenizer files. A repo without safetensors is
-loaded from `pytorch_model.bin` only as transformers loads it: `torch.load(weights_only=True)`, no pickled code.
+loaded from `pytorch_model.bin`, or its shards through `pytorch_model.bin.index.json`, as transformers loads them:
+`torch.load(weights_only=True)`, no pickled code (without torch installed, refused before they download).
 
 Which names go to the Hub:
 >>> hub_repo_id("hf://openai-community/gpt2"), hub_repo_id("distilgpt2")
@@ -23,6 +24,7 @@ Example (online, or with the repo in the cache):
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 from typing import Any
@@ -100,6 +102,9 @@ def download(repo_id: str, revision: str | None = None) -> str:
         snapshot = snapshot_download(repo_id, revision=revision, allow_patterns=[CONFIG, *SAFETENSORS, *TOKENIZER],
                                      ignore_patterns=["*/*"])
         if not any(name.endswith(".safetensors") for name in os.listdir(snapshot)):
+            if importlib.util.find_spec("torch") is None:  # said before gigabytes of weights it could not read
+                raise ImportError(f"{where} has no safetensors weights: its pickled ones (pytorch_model.bin or its "
+                                  "shards) need torch to be read (pip install 'tf_gpt2[torch]')")
             snapshot = snapshot_download(repo_id, revision=revision, allow_patterns=PICKLED, ignore_patterns=["*/*"])
         return snapshot
     except RevisionNotFoundError:
