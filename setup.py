@@ -30,7 +30,7 @@ setup(
                 "jax>=0.10", "ai-edge-litert>=2.3", "litert-lm>=0.18.1", "tokenizers>=0.23",
                 "mkdocs>=1.6", "mkdocstrings[python]>=1.0",  # tests/test_docs.py builds the site
                 "ctranslate2>=4.8",
-                "matplotlib>=3.10",
+                "matplotlib>=3.10", "peft>=0.21",  # benchmarks/gpu.py: transformers' LoRA peer
                 "torch>=2.13", "transformers>=5.0", "nbclient>=0.11", "nbformat>=5.11", "ipykernel>=7.4",
                 "tensorflow-serving-api>=2.21",  # PredictRequest protos for the TF Serving tests
                 "ruff>=0.17"],  # the lint CI runs (ruff.toml)

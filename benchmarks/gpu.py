@@ -38,6 +38,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 os.environ.setdefault("KERAS_BACKEND", "jax")  # tf_gpt2 on JAX: this machine may have no TensorFlow
 sys.path[1:1] = [os.path.dirname(HERE)]  # the checkout's tf_gpt2, installed or not
 from harness import tensorflow_free  # noqa: E402
+
 GB = 1e9
 PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12}  # dense bf16 FLOP/s
 PRESETS = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")

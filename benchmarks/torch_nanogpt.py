@@ -1,7 +1,9 @@
 """A nanoGPT-style GPT-2 in plain torch: the peer that `benchmarks/bench.py` times next to tf_gpt2.
 
 Same architecture and numerics as karpathy/nanoGPT's model.py (fused QKV, PyTorch's fused causal
-scaled_dot_product_attention, GPT-2's three dropouts, GELU tanh, pre-LN, tied head); needs torch, which is not a core dependency.
+scaled_dot_product_attention, GPT-2's three dropouts, GELU tanh, pre-LN, tied head); needs torch, which is not a
+core dependency.
+
 
 >>> import torch
 >>> from tf_gpt2 import GPT2Config

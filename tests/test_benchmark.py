@@ -155,3 +155,39 @@ def test_the_peers_processes_hold_no_tensorflow():
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
     assert run.stdout.split("\n")[:2] == ["False False [768, 6, 32, 3]", "True True"]
+
+
+def test_gpu_benchmark_smoke_runs_every_path_each_in_its_own_process(tmp_path):
+    """`benchmarks/gpu.py --smoke`: one job of each kind and system (parity, training, device-peak memory with peft,
+    decode with transformers' static cache) runs on a CPU in its own process, and the tables and chart are written."""
+    import subprocess
+
+    run = subprocess.run([sys.executable, os.path.join(BENCHMARKS, "gpu.py"), "--smoke", "--out", str(tmp_path)],
+                         capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stderr[-3000:]
+    import gpu
+
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert sorted(job["name"] for job in results["jobs"]) == sorted(gpu.SMOKE_JOBS)
+    failed = {job["name"]: job["result"] for job in results["jobs"] if "error" in job["result"]}
+    assert not failed
+    parity = next(job["result"] for job in results["jobs"] if job["kind"] == "parity")
+    assert parity["max_abs_logit_diff"] < 1e-4 and parity["greedy_tokens_equal"] == 32
+    assert all(value > 0 for job in results["jobs"] if job["kind"] in ("train", "decode")
+               for key, value in job["result"].items())
+    assert (tmp_path / "ratios.png").stat().st_size > 0 and "| tf_gpt2 | bfloat16 |" in (tmp_path / "results.md").read_text()
+
+
+def test_the_gpu_tables_in_the_docs_are_the_ones_the_gpu_run_wrote():
+    """README's "what fits where" and docs/training.md's device-peak table are what `benchmarks/gpu.py` builds from
+    the JSON of the H200 run, and every tf_gpt2 cell fits its GPU with the CUDA context's 1 GB."""
+    import gpu
+
+    root = os.path.join(BENCHMARKS, "..")
+    with open(os.path.join(BENCHMARKS, "results", "gpu-h200-2026-12-04.json")) as f:
+        results = json.load(f)
+    with open(os.path.join(root, "README.md")) as f:
+        assert gpu.fit_table(results) in f.read()
+    with open(os.path.join(root, "docs", "training.md")) as f:
+        assert gpu.memory_table(results) in f.read()
+    assert "full (13.1 GB)" in gpu.fit_table(results).splitlines()[2]  # gpt2-large in full on a T4: 13.1 + 1 <= 16

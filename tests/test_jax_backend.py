@@ -1,5 +1,5 @@
 """The model core runs on the JAX backend (how GPU/XLA runs are verified) without TensorFlow: forward, generate,
-evaluation and a compiled train step (the path of benchmarks/gpu_train_jax.py)."""
+evaluation and a compiled train step (the path of benchmarks/gpu.py)."""
 
 import json
 import os
