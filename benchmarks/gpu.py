@@ -35,7 +35,6 @@ import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-os.environ.setdefault("KERAS_BACKEND", "jax")  # tf_gpt2 on JAX: this machine may have no TensorFlow
 sys.path[1:1] = [os.path.dirname(HERE)]  # the checkout's tf_gpt2, installed or not
 from harness import tensorflow_free  # noqa: E402
 
@@ -475,7 +474,8 @@ def flops_per_token(shape: dict, block: int, vocab_size: int = 50304) -> int:
 
 
 def train_table(results: dict) -> str:
-    peak = next((flops for name, flops in PEAK_BF16.items() if name in device_name(results)), None)
+    peak = next((flops for name, flops in PEAK_BF16.items() if re.search(rf"\b{name}\b", device_name(results))),
+                None)  # "L4" is not "L40S"
     lines = ["| system | batch | dropout | tokens/s | MFU |", "|---|---:|---|---:|---:|"]
     for job in _rows(results, "train"):
         value = job["result"].get("tokens_per_s")

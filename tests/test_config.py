@@ -67,3 +67,24 @@ def test_dropout_splits_as_gpt2_does_and_old_configs_keep_their_meaning(tmp_path
     assert GPT2.from_pretrained(str(tmp_path), dropout=0.2).config.dropout_rate("embd_pdrop") == 0.2
     with pytest.raises(ValueError, match="attn_pdrop must be in"):
         GPT2Config(attn_pdrop=1.5)
+
+
+def test_a_dropout_override_sets_all_three_rates_and_numpy_rates_are_numbers(tmp_path):
+    """`--dropout` / `from_pretrained(..., dropout=...)` over a checkpoint with its own attention rate sets all three
+    (a checkpoint's attn_pdrop 0.1 does not outlive --dropout 0); a rate given beside it stays; numpy floats are
+    rates like any other."""
+    import dataclasses
+    import json
+
+    import numpy as np
+
+    from tf_gpt2.config import with_overrides
+
+    split = GPT2Config.from_preset("gpt2-tiny", vocab_size=50, dropout=0.0, attn_pdrop=0.1)
+    rates = lambda c: [c.dropout_rate(n) for n in ("embd_pdrop", "resid_pdrop", "attn_pdrop")]  # noqa: E731
+    assert rates(dataclasses.replace(split, **with_overrides({}, {"dropout": 0.2}))) == [0.2, 0.2, 0.2]
+    assert rates(dataclasses.replace(split, **with_overrides({}, {"dropout": 0.2, "attn_pdrop": 0.0}))) == [0.2, 0.2, 0]
+    GPT2(split).save_pretrained(tmp_path)
+    assert json.loads((tmp_path / "config.json").read_text())["attn_pdrop"] == 0.1
+    assert rates(GPT2.from_pretrained(str(tmp_path), dropout=0.0).config) == [0.0, 0.0, 0.0]
+    assert GPT2Config(dropout=np.float32(0.25)).dropout == 0.25

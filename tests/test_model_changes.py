@@ -139,3 +139,21 @@ def test_program_key_ignores_values_and_sees_structure():
     assert program_key(model) == key
     model.h[1].attn.c_proj.dtype_policy = "bfloat16"
     assert program_key(model) != key
+
+
+def test_a_changed_model_s_programs_let_go_of_what_it_replaced():
+    """After quantize, no compiled program or record of one holds the float kernels it replaced, not even one that has
+    not run since: they can be freed (gpt2-xl's are 6 GB)."""
+    import gc
+    import weakref
+
+    from tf_gpt2.evaluation import evaluate
+
+    model = GPT2(GPT2Config.from_preset("gpt2-tiny", vocab_size=50, n_positions=16))
+    evaluate(model, np.arange(40) % 50, context=8, stride=4)
+    model.generate([1, 2, 3], max_new_tokens=2)  # a second program, not run again after the change
+    kernel = weakref.ref(model.h[0].mlp.c_fc._kernel)
+    model.quantize("int8")
+    evaluate(model, np.arange(40) % 50, context=8, stride=4)
+    gc.collect()
+    assert kernel() is None

@@ -26,7 +26,7 @@ from typing import Any
 import keras
 import numpy as np
 
-from tf_gpt2.config import DROPOUTS, GPT2Config
+from tf_gpt2.config import DROPOUTS, GPT2Config, with_overrides
 from tf_gpt2.devices import host_array
 from tf_gpt2.files import json_writer, read_json, write_together
 from tf_gpt2.tokenizer import ENDOFTEXT, EOT_ID, VOCAB_SIZE, default_vocab_files
@@ -165,7 +165,7 @@ def config_from_hf(hf: dict[str, Any], source: str = "config.json", **overrides:
         activation=HF_ACTIVATIONS[activation], initializer_range=hf.get("initializer_range", 0.02),
         dropout=resid_pdrop, **dropouts, characters=hf.get("characters"),  # characters: tf_gpt2's own key
     )
-    return _config(source, **{**values, **overrides})
+    return _config(source, **with_overrides(values, overrides))
 
 
 def _read_safetensors(path: str) -> tuple[dict[str, np.ndarray], dict[str, str]]:
@@ -346,9 +346,9 @@ def files_read_instead(directory: str, saved: list[str]) -> list[str]:
             names += [index] + sorted({str(f) for f in weight_map.values()} if isinstance(weight_map, dict) else [])
     if os.path.exists(os.path.join(directory, "hparams.json")):
         names += [*OPENAI_FILES, *(os.path.basename(f) for f in glob.glob(os.path.join(directory, "*.ckpt.*")))]
-    config = os.path.join(directory, "config.json")
-    with contextlib.suppress(ValueError, OSError):
-        if os.path.isfile(config) and "class_name" in read_json(config):  # a keras-hub preset's config
+    with contextlib.suppress(ValueError, OSError):  # a keras-hub preset: its metadata and a keras_hub class's config
+        if "keras_hub_version" in read_json(os.path.join(directory, "metadata.json")) and str(read_json(
+                os.path.join(directory, "config.json")).get("registered_name", "")).startswith("keras_hub>"):
             names += KERAS_HUB_FILES
     return sorted({name for name in names  # files of this directory only
                    if os.path.basename(name) == name and name not in saved

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import numbers
 import os
 from typing import Any
 
@@ -19,6 +20,14 @@ PRESETS: dict[str, dict[str, int]] = {
 
 NORM_POSITIONS = ("pre", "post")
 DROPOUTS = ("embd_pdrop", "resid_pdrop", "attn_pdrop")
+
+
+def with_overrides(values: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """`values` (GPT2Config fields) with `overrides`: a `dropout` given sets all three rates, except those it is
+    given beside (a checkpoint's own `attn_pdrop` does not outlive `--dropout 0`)."""
+    if "dropout" in overrides:
+        values = {**values, **{name: None for name in DROPOUTS}}
+    return {**values, **overrides}
 
 
 @dataclasses.dataclass
@@ -60,6 +69,9 @@ class GPT2Config:
     # Training only: recompute each block's activations in the backward pass instead of keeping them (memory for
     # one block's activations instead of all of them, for longer steps). Same numbers either way.
     remat: bool = False
+    # Training only: the tied LM head and the cross-entropy over this many positions at a time, each chunk's logits
+    # recomputed in the backward pass, so a step never holds [batch, time, vocab] logits (0: all at once). Same loss.
+    loss_chunk: int = 0
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head", "vocab_multiple"):
@@ -69,14 +81,18 @@ class GPT2Config:
         for name, largest in (("n_layer", 1024), ("n_embd", 65536), ("n_positions", 1 << 20), ("vocab_size", 1 << 24)):
             if getattr(self, name) > largest:  # sizes no GPT-2 has: refused before anything is allocated
                 raise ValueError(f"GPT2Config.{name} must be at most {largest}, got {getattr(self, name)}")
+        if isinstance(self.loss_chunk, bool) or not isinstance(self.loss_chunk, int) or self.loss_chunk < 0:
+            raise ValueError(f"GPT2Config.loss_chunk must be 0 (off) or a positive integer, got {self.loss_chunk!r}")
         if self.n_embd % self.n_head:
             raise ValueError(
                 f"GPT2Config.n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})"
             )
         for name in ("dropout", *DROPOUTS):
             value = getattr(self, name)
-            if value is not None and not (isinstance(value, (int, float)) and 0.0 <= value < 1.0):
+            if value is not None and not (isinstance(value, numbers.Real) and not isinstance(value, bool)
+                                          and 0.0 <= value < 1.0):
                 raise ValueError(f"GPT2Config.{name} must be in [0, 1), got {value!r}")
+            setattr(self, name, None if value is None else float(value))
         if self.characters is not None:
             self.characters = list(self.characters)
             if len(self.characters) != self.vocab_size or not all(isinstance(c, str) for c in self.characters):

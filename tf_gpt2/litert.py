@@ -126,7 +126,7 @@ def litert_bytes(model: GPT2, cache_length: int | None = None, prefill_lengths: 
     if getattr(model, "quantization", None):
         raise ValueError(f"this model is already quantized with Keras ({model.quantization}): export the float "
                          "model with quantize='int8', LiteRT's own int8 for phones")
-    model = model.with_dtype("float32")  # on-device numerics are float32 (or quantized from it); LoRA merged
+    model = model.with_dtype("float32")  # on-device numerics are float32 (or quantized from it)
     signatures = _Signatures(model)
     archive = keras.export.ExportArchive()
     archive.track(model)

@@ -17,6 +17,18 @@ from tf_gpt2.variants import VariantBlock
 from tf_gpt2.xla import changed
 
 
+class TokenLoss(keras.losses.Loss):
+    """Per-token loss values, already computed, reduced as Keras reduces a loss (weights, distribution scaling)."""
+
+    def call(self, y_true, y_pred):
+        return y_pred
+
+
+def _is_logits_cross_entropy(loss) -> bool:
+    config = loss.get_config() if isinstance(loss, keras.losses.SparseCategoricalCrossentropy) else {}
+    return bool(config.get("from_logits")) and config.get("ignore_class") is None
+
+
 @keras.saving.register_keras_serializable(package="tf_gpt2")
 class GPT2(keras.Model):
     """GPT-2 language model.
@@ -104,7 +116,42 @@ class GPT2(keras.Model):
                 x = recomputed(block, x, visible)
             else:
                 x, _ = block(x, visible=visible, training=training)
-        return self._lm_head(self.ln_f(x))
+        x = self.ln_f(x)
+        if training and self.config.loss_chunk:  # the loss applies the head, chunk by chunk (`compute_loss`)
+            return x
+        return self._lm_head(x)
+
+    # -- the training loss ----------------------------------------------------------------------------
+    def compile(self, optimizer="rmsprop", loss=None, metrics=None, weighted_metrics=None, **kwargs):
+        if self.config.loss_chunk and (not _is_logits_cross_entropy(loss) or metrics or weighted_metrics):
+            raise ValueError("GPT2Config.loss_chunk computes sparse categorical cross-entropy from logits itself, "
+                             f"got loss={loss!r}, metrics={metrics or weighted_metrics!r}: compile with "
+                             "loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True) and no metrics, or "
+                             "use loss_chunk=0")
+        super().compile(optimizer=optimizer, loss=loss, metrics=metrics, weighted_metrics=weighted_metrics, **kwargs)
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        """Keras' loss, or with `config.loss_chunk` in training the same cross-entropy from the final hidden states
+        (`call` returns them then): head and loss over `loss_chunk` tokens at a time, each chunk recomputed in the
+        backward pass, so the [batch, time, vocab] logits are never held."""
+        if not (training and self.config.loss_chunk):
+            return super().compute_loss(x, y, y_pred, sample_weight, training)
+        vocab, chunk, time = self.config.vocab_size, self.config.loss_chunk, y_pred.shape[1]
+        if time is None:
+            raise ValueError("GPT2Config.loss_chunk needs the length of the training windows when the step is traced: "
+                             "give the data a fixed sequence length (tf-gpt2's datasets have one)")
+        targets = ops.cast(y, "int32")
+        table = ops.cast(self.wte.embeddings, y_pred.dtype)  # the tied head, in the compute dtype as `wte` uses it
+
+        def chunk_losses(hidden, table, targets):  # [batch, chunk, n_embd] -> [batch, chunk]
+            logits = ops.cast(ops.matmul(hidden, ops.transpose(table))[..., :vocab], "float32")
+            return ops.sparse_categorical_crossentropy(targets, logits, from_logits=True)
+
+        per_token = ops.concatenate([
+            keras.remat(lambda hidden, table, t=targets[:, i:i + chunk]: chunk_losses(hidden, table, t))(
+                y_pred[:, i:i + chunk], table) for i in range(0, time, chunk)], axis=1)
+        loss = TokenLoss(reduction=self.loss.reduction, dtype=self.loss.dtype)(y, per_token, sample_weight)
+        return loss + sum(self.losses) if self.losses else loss
 
     # -- the KV cache ----------------------------------------------------------------------------
     def init_cache(self, batch_size: int, max_length: int, dtype: str | None = None) -> list[dict]:

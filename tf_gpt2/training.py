@@ -26,7 +26,7 @@ import keras
 import numpy as np
 
 from tf_gpt2.checkpoints import assign_weights, checkpoint_tensors
-from tf_gpt2.config import GPT2Config
+from tf_gpt2.config import GPT2Config, with_overrides
 from tf_gpt2.data import (
     MANIFEST,
     RUN_RECORD,
@@ -327,7 +327,7 @@ def build_model(cfg: TrainConfig, manifest: dict, placement: Placement | None = 
     """The model a run trains: new from the preset, sized for the data's vocabulary, or the weights of `source`
     (`pretrained`) under the run's model flags."""
     if source is not None:
-        config = dataclasses.replace(source.config, **cfg.model)
+        config = dataclasses.replace(source.config, **with_overrides({}, cfg.model))
     else:
         config = GPT2Config.from_preset(cfg.preset, **{"vocab_size": manifest["vocab_size"],
                                                        "characters": manifest.get("chars"), **cfg.model})

@@ -12,6 +12,7 @@ Example:
 
 from __future__ import annotations
 
+import weakref
 from typing import Any, Callable, Hashable
 
 import keras
@@ -30,11 +31,13 @@ def program_key(model: keras.Layer) -> tuple:
 def changed(model: keras.Layer, name: Hashable) -> bool:
     """Whether `model`'s `program_key` differs from the one seen at the last call with `name` (True at the first)."""
     seen = model.__dict__.setdefault("_tf_gpt2_program_keys", {})  # __dict__: kept out of Keras' tracking
-    key = program_key(model)
-    if name in seen and seen[name][0] == key:
-        return False
-    # The variables and layers are held with their key, so that no new object takes one of their ids.
-    seen[name] = (key, list(model.variables), list(model._flatten_layers()))
+    key, held = program_key(model), seen.get(name)
+    if held is not None and held[0] == key and all(ref() is not None for ref in held[1]):
+        return False  # (a variable or layer that is gone could have left its id to a new one: changed)
+    if held is not None:  # every program traced from the model is stale, and holds the variables it read
+        seen.clear()
+        model.__dict__.get("_tf_gpt2_compiled", {}).clear()
+    seen[name] = (key, [weakref.ref(part) for part in (*model.variables, *model._flatten_layers())])
     return True
 
 
