@@ -23,6 +23,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import resource
 import shutil
 import sys
@@ -84,7 +85,7 @@ def computed(rows: list[dict], presets: list[str]) -> list[dict]:
 
 
 def step(system: str, preset: str, mode: str, remat: bool, time_steps: int, repeats: int, base_dtype: str | None,
-         ) -> dict:
+         loss_chunk: int = 0) -> dict:
     """Run one configuration in this process; its peak RSS and best step time."""
     if system == "hf":
         return _torch_step(preset, mode, remat, time_steps, repeats)
@@ -98,7 +99,7 @@ def step(system: str, preset: str, mode: str, remat: bool, time_steps: int, repe
     from tf_gpt2.training import enable_lora
 
     framework = _rss()
-    config = GPT2Config.from_preset(preset, remat=remat)
+    config = GPT2Config.from_preset(preset, remat=remat, loss_chunk=loss_chunk)
     model = GPT2(config, dtype=base_dtype or "mixed_bfloat16")
     if mode == "lora":
         enable_lora(model, 8)
@@ -118,8 +119,8 @@ def xla_bytes(dump: str) -> int:
     totals = []
     for name in os.listdir(dump):
         if name.endswith("memory-usage-report.txt"):
-            with open(os.path.join(dump, name)) as f:
-                totals.append(int(f.readline().split()[3]))
+            with open(os.path.join(dump, name)) as f:  # "Total bytes used: N (...)"; newer XLA: "Total bytes: N"
+                totals.append(int(re.search(r"^Total bytes(?: used)?: (\d+)", f.read(), re.MULTILINE).group(1)))
     shutil.rmtree(dump, ignore_errors=True)
     return max(totals)
 
@@ -233,6 +234,8 @@ def main(argv=None) -> int:
     parser.add_argument("--compute", nargs="*", default=["gpt2-large", "gpt2-xl"],
                         help="presets whose peak is computed from the measured ones (not run)")
     parser.add_argument("--remat", default="off,on", help="off, on or both (off,on)")
+    parser.add_argument("--loss-chunk", type=int, default=0, help="tf_gpt2: the LM head and loss over this many "
+                        "positions at a time (GPT2Config.loss_chunk)")
     parser.add_argument("--merge", nargs="*", default=[], help="rows measured earlier (--json files) to add")
     args = parser.parse_args(argv)
     if args.smoke:
@@ -247,7 +250,7 @@ def main(argv=None) -> int:
                     base = args.base_dtype if mode == "lora" and system != "hf" else None
                     result = in_own_process(
                         f"print(json.dumps(m.step({system!r}, {preset!r}, {mode!r}, {remat}, {args.time}, "
-                        f"{args.repeats}, {base!r})))", "finetune_memory", keep_going=True)
+                        f"{args.repeats}, {base!r}, {args.loss_chunk})))", "finetune_memory", keep_going=True)
                     rows.append({"preset": preset, "mode": mode, "system": system, "remat": remat,
                                  "base_dtype": base, **result})
                     shown = (f"{result['peak_rss_bytes'] / GiB:.2f} GiB, {result['step_seconds']:.2f} s/step, "

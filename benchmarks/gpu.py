@@ -266,7 +266,7 @@ def decode(job: dict) -> dict:
 
 # -- the orchestrator --------------------------------------------------------------------------------------------
 
-SMOKE_JOBS = ("parity", "train tf_gpt2 b16 dropout 0.1 attn_pdrop 0", "train nanogpt b16 dropout 0.1", "train hf b16 "
+SMOKE_JOBS = ("parity", "train tf_gpt2 b16 dropout 0.0 loss_chunk 256", "train nanogpt b16 dropout 0.1", "train hf b16 "
               "dropout 0.0", "memory tf_gpt2 gpt2 lora remat", "memory hf gpt2 lora remat", "decode tf_gpt2 bfloat16",
               "decode hf-static float32")  # one of each path: what the test suite runs on a CPU
 
@@ -280,9 +280,12 @@ def jobs(smoke: bool) -> list[dict]:
         for batch, dropout in ((16, 0.0), (32, 0.0), (16, 0.1)):
             out.append({**base, "kind": "train", "system": system, "batch": 2 if smoke else batch, "dropout": dropout,
                         "block": block, "steps": steps, "name": f"train {system} b{batch} dropout {dropout}"})
-    out.append({**base, "kind": "train", "system": "tf_gpt2", "batch": 2 if smoke else 16, "dropout": 0.1,
-                "model": {"attn_pdrop": 0.0}, "block": block, "steps": steps,
-                "name": "train tf_gpt2 b16 dropout 0.1 attn_pdrop 0"})
+    for batch, dropout, model in ((16, 0.1, {"attn_pdrop": 0.0}), (16, 0.0, {"loss_chunk": 256}),
+                                  (32, 0.0, {"loss_chunk": 256})):  # the levers: fused attention, a chunked head
+        setting = " ".join(f"{k} {v:g}" for k, v in model.items())
+        out.append({**base, "kind": "train", "system": "tf_gpt2", "batch": 2 if smoke else batch, "dropout": dropout,
+                    "model": model, "block": block, "steps": steps,
+                    "name": f"train tf_gpt2 b{batch} dropout {dropout} {setting}"})
     for preset in PRESETS[:1] if smoke else PRESETS:
         for system, settings in (("tf_gpt2", (("full", False), ("full", True), ("lora", True))),
                                  ("hf", (("full", False), ("full", True), ("lora", True)))):
@@ -479,7 +482,7 @@ def train_table(results: dict) -> str:
     lines = ["| system | batch | dropout | tokens/s | MFU |", "|---|---:|---|---:|---:|"]
     for job in _rows(results, "train"):
         value = job["result"].get("tokens_per_s")
-        dropout = f"{job['dropout']}" + (" (attn_pdrop 0)" if job.get("model") else "")
+        dropout = f"{job['dropout']}" + "".join(f", {k} {v:g}" for k, v in job.get("model", {}).items())
         mfu = f"{value * flops_per_token(job['shape'], job['block']) / peak:.1%}" if value and peak else "-"
         shown = f"{value:,.0f}" if value else f"failed: {job['result'].get('error', '?')}"
         lines.append(f"| {job['system']} | {job['batch']} | {dropout} | {shown} | {mfu} |")
@@ -565,12 +568,12 @@ def chart(results: dict, path: str) -> None:
     import matplotlib.pyplot as plt
 
     bars = {}
-    train = {(j["system"], j["batch"], j["dropout"], bool(j.get("model"))): j["result"].get("tokens_per_s")
+    train = {(j["system"], j["batch"], j["dropout"], json.dumps(j.get("model", {}))): j["result"].get("tokens_per_s")
              for j in _rows(results, "train")}
-    for (system, batch, dropout, split), value in train.items():
-        hf = train.get(("hf", batch, dropout, False))
+    for (system, batch, dropout, model), value in train.items():
+        hf = train.get(("hf", batch, dropout, "{}"))
         if value and hf and system != "hf":
-            bars[f"train {system} b{batch} d{dropout}{' attn0' if split else ''}"] = value / hf
+            bars[f"train {system} b{batch} d{dropout} {model if model != '{}' else ''}"] = value / hf
     decode = {(j["system"], j["dtype"]): j["result"] for j in _rows(results, "decode")}
     for (system, dtype), r in decode.items():
         for b in (1, 8):

@@ -129,6 +129,11 @@ def test_eval_cli_matches_library(checkpoint, text, tmp_path, capsys):
     assert report["bytes"] == os.path.getsize(crlf)
     expected = evaluate(GPT2.from_pretrained(directory), text[:300].replace("\n", "\r\n"), context=16, stride=8)
     assert report["tokens"] == expected.tokens and math.isclose(report["loss"], expected.loss, rel_tol=1e-6)
+    gz = tmp_path / "crlf.txt.gz"  # a gzip file is scored on its text, as prepare reads it
+    gz.write_bytes(gzip.compress(crlf.read_bytes()))
+    assert cli_main(["eval", str(gz), "--model", directory, "--context", "16", "--stride", "8", "--json"]) == 0
+    gz_report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert {k: v for k, v in gz_report.items() if k != "file"} == {k: v for k, v in report.items() if k != "file"}
 
 
 def test_bad_input_is_named(tmp_path, capsys):

@@ -144,6 +144,8 @@ def _add_train_flags(parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--" + name.replace("_", "-"), type=kind, help=f"override the preset's {text}")
     parser.add_argument("--remat", action="store_true", default=None,
                         help="recompute each block's activations in the backward pass: less memory, longer steps")
+    parser.add_argument("--loss-chunk", type=int, help="compute the LM head and the loss over this many positions at "
+                        "a time, recomputed in the backward pass: no [batch, time, vocab] logits held, same loss")
     parser.add_argument("--no-xla", action="store_true", help="do not compile the train step with XLA")
 
 
@@ -153,7 +155,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from tf_gpt2.training import inference_model, train
 
     _refuse_writing_over_inputs(args.out, args.data, args.init_from)
-    overrides = {k: getattr(args, k) for k in (*MODEL_OVERRIDES, "remat") if getattr(args, k) is not None}
+    overrides = {k: getattr(args, k) for k in (*MODEL_OVERRIDES, "remat", "loss_chunk") if getattr(args, k) is not None}
     cfg = TrainConfig(out=args.out, model=overrides, jit_compile=not args.no_xla,
                       **{name: getattr(args, name) for name in TRAIN_FLAGS})
     model, _ = train(cfg)
@@ -252,7 +254,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from tf_gpt2.data import not_utf8
     from tf_gpt2.evaluation import evaluate
 
-    with open(args.file, "rb") as f:
+    import gzip
+
+    with gzip.open(args.file, "rb") if args.file.endswith(".gz") else open(args.file, "rb") as f:  # as prepare reads
         data = f.read()
     try:
         text = data.decode("utf-8")  # as written: a CRLF file keeps its \r
