@@ -85,10 +85,10 @@ def computed(rows: list[dict], presets: list[str]) -> list[dict]:
 
 
 def step(system: str, preset: str, mode: str, remat: bool, time_steps: int, repeats: int, base_dtype: str | None,
-         loss_chunk: int = 0) -> dict:
+         loss_chunk: int = 0, batch: int = 1) -> dict:
     """Run one configuration in this process; its peak RSS and best step time."""
     if system == "hf":
-        return _torch_step(preset, mode, remat, time_steps, repeats)
+        return _torch_step(preset, mode, remat, time_steps, repeats, batch)
     os.environ["KERAS_BACKEND"] = "tensorflow" if system == "tf" else "jax"
     dump = tempfile.mkdtemp()
     os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_dump_to={dump} --xla_dump_hlo_as_text"
@@ -105,9 +105,9 @@ def step(system: str, preset: str, mode: str, remat: bool, time_steps: int, repe
         enable_lora(model, 8)
     model.compile(optimizer=keras.optimizers.AdamW(1e-4), jit_compile=True,
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    ids = np.random.RandomState(0).randint(0, config.vocab_size, (1, time_steps + 1))
+    ids = np.random.RandomState(0).randint(0, config.vocab_size, (batch, time_steps + 1))
     x, y = ids[:, :-1], ids[:, 1:]
-    seconds = best_seconds(lambda: model.fit(x, y, batch_size=1, epochs=1, verbose=0), repeats)
+    seconds = best_seconds(lambda: model.fit(x, y, batch_size=batch, epochs=1, verbose=0), repeats)
     return {"peak_rss_bytes": _peak_rss(), "step_seconds": seconds, "framework_rss_bytes": framework,
             "xla_bytes": xla_bytes(dump)}
 
@@ -125,7 +125,7 @@ def xla_bytes(dump: str) -> int:
     return max(totals)
 
 
-def _torch_step(preset: str, mode: str, remat: bool, time_steps: int, repeats: int) -> dict:
+def _torch_step(preset: str, mode: str, remat: bool, time_steps: int, repeats: int, batch: int = 1) -> dict:
     import torch
     import transformers
 
@@ -142,7 +142,7 @@ def _torch_step(preset: str, mode: str, remat: bool, time_steps: int, repeats: i
         model = peft.get_peft_model(model, peft.LoraConfig(r=8, target_modules=["c_attn", "c_proj", "c_fc"],
                                                            fan_in_fan_out=True))
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-    ids = torch.randint(0, ours.vocab_size, (1, time_steps), generator=torch.Generator().manual_seed(0))
+    ids = torch.randint(0, ours.vocab_size, (batch, time_steps), generator=torch.Generator().manual_seed(0))
 
     def one_step():
         with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -234,6 +234,7 @@ def main(argv=None) -> int:
     parser.add_argument("--compute", nargs="*", default=["gpt2-large", "gpt2-xl"],
                         help="presets whose peak is computed from the measured ones (not run)")
     parser.add_argument("--remat", default="off,on", help="off, on or both (off,on)")
+    parser.add_argument("--batch", type=int, default=1, help="sequences per step")
     parser.add_argument("--loss-chunk", type=int, default=0, help="tf_gpt2: the LM head and loss over this many "
                         "positions at a time (GPT2Config.loss_chunk)")
     parser.add_argument("--merge", nargs="*", default=[], help="rows measured earlier (--json files) to add")
@@ -241,7 +242,8 @@ def main(argv=None) -> int:
     if args.smoke:
         args.presets, args.time, args.repeats, args.compute = ["gpt2-tiny"], 32, 1, []
     print(f"{time.strftime('%Y-%m-%d %H:%M')}, {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-          f"load average {os.getloadavg()[0]:.2f}; T={args.time}, batch 1; peak RSS and best step time", flush=True)
+          f"load average {os.getloadavg()[0]:.2f}; T={args.time}, batch {args.batch}; peak RSS and best step time",
+          flush=True)
     rows = []
     for preset in args.presets:
         for mode in args.modes.split(","):
@@ -250,7 +252,8 @@ def main(argv=None) -> int:
                     base = args.base_dtype if mode == "lora" and system != "hf" else None
                     result = in_own_process(
                         f"print(json.dumps(m.step({system!r}, {preset!r}, {mode!r}, {remat}, {args.time}, "
-                        f"{args.repeats}, {base!r}, {args.loss_chunk})))", "finetune_memory", keep_going=True)
+                        f"{args.repeats}, {base!r}, {args.loss_chunk}, {args.batch})))", "finetune_memory",
+                        keep_going=True)
                     rows.append({"preset": preset, "mode": mode, "system": system, "remat": remat,
                                  "base_dtype": base, **result})
                     shown = (f"{result['peak_rss_bytes'] / GiB:.2f} GiB, {result['step_seconds']:.2f} s/step, "
