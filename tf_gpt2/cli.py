@@ -249,12 +249,11 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    import gzip
     import json
 
     from tf_gpt2.data import not_utf8
     from tf_gpt2.evaluation import evaluate
-
-    import gzip
 
     with gzip.open(args.file, "rb") if args.file.endswith(".gz") else open(args.file, "rb") as f:  # as prepare reads
         data = f.read()
