@@ -156,3 +156,16 @@ def test_a_character_model_carries_its_vocabulary_through_save_and_load(tmp_path
     # A file written when the model, not its config, held the characters still loads with them.
     old = {**model.get_config(), "config": {**model.config.to_dict(), "characters": None}, "characters": chars}
     assert GPT2.from_config(old).config.characters == chars
+
+
+def test_the_trained_model_keeps_learned_residual_scales():
+    """What `tf-gpt2 train` saves (`inference_model`: the weights copied into a fresh model) keeps a variant block's
+    learned residual scales, not fresh ones of 1."""
+    from tf_gpt2.training import inference_model
+
+    model = GPT2(GPT2Config.from_preset("gpt2-tiny", vocab_size=50, n_positions=16, learned_residual_scale=True))
+    for block in model.h:
+        block.attn_scale.assign(1.7)
+        block.mlp_scale.assign(0.4)
+    ids = np.array([[1, 2, 3, 4]], "int32")
+    np.testing.assert_array_equal(np.asarray(inference_model(model)(ids)), np.asarray(model(ids)))

@@ -32,6 +32,7 @@ from tf_gpt2.files import json_writer, read_json, write_together
 from tf_gpt2.tokenizer import ENDOFTEXT, EOT_ID, VOCAB_SIZE, default_vocab_files
 
 BLOCK_LAYERS = ("ln_1", "attn.c_attn", "attn.c_proj", "ln_2", "mlp.c_fc", "mlp.c_proj")
+RESIDUAL_SCALES = ("attn_scale", "mlp_scale")  # scalars of blocks with learned_residual_scale, not GPT-2's
 HF_ACTIVATIONS = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu", "relu": "relu",
                   "silu": "silu"}
 # Buffers some HF checkpoints carry that are not weights (the causal mask, its fill value).
@@ -62,6 +63,9 @@ def weight_table(model: keras.Model) -> dict[str, keras.Variable]:
             for part in path.split("."):
                 layer = getattr(layer, part)
             add(f"h.{i}.{path}", layer)
+        for scale in RESIDUAL_SCALES:  # a VariantBlock's learned residual scales (tf_gpt2.variants)
+            if getattr(block, scale, None) is not None:
+                table[f"h.{i}.{scale}"] = getattr(block, scale)
     add("ln_f", model.ln_f)
     return table
 
@@ -76,7 +80,10 @@ def expected_shapes(config: GPT2Config) -> dict[str, tuple[int, ...]]:
     def shape(name: str) -> tuple[int, ...]:
         layer, kind = name.split(".", 2)[-1].rsplit(".", 1) if name.startswith("h.") else name.rsplit(".", 1)
         return layers[layer][kind == "bias"]
-    return {name: shape(name) for name in tensor_names(config.n_layer)}
+    shapes = {name: shape(name) for name in tensor_names(config.n_layer)}
+    if config.learned_residual_scale:
+        shapes.update({f"h.{i}.{scale}": () for i in range(config.n_layer) for scale in RESIDUAL_SCALES})
+    return shapes
 
 
 def check_tensors(config: GPT2Config, tensors: dict[str, np.ndarray], source: str) -> None:
