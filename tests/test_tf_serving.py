@@ -335,7 +335,9 @@ def test_an_answer_that_stops_keeps_the_stop_token_in_its_ids_not_in_its_text(mo
 
 def test_a_request_of_more_rows_than_the_batch_limit_is_refused_as_docs_serving_says(served, tmp_path):
     """The shipped batching parameters take at most 32 rows a request (no large-batch splitting: see
-    benchmarks/tf_serving.py); one more is refused with the server's message, which docs/serving.md gives."""
+    benchmarks/tf_serving.py); one more is refused with the server's message, which docs/serving.md gives. The refusal
+    is the in-process server's, written from tensorflow/serving's shared_batch_scheduler.h: this keeps it, the shipped
+    file and the docs in step; the real server's wording was read from its source, not run here."""
     shipped = os.path.join(os.path.dirname(served), "batching_parameters.txt")
     limit = int(open(shipped).read().split("max_batch_size { value: ")[1].split(" }")[0])
     rows = [[464, 3290]] * limit
