@@ -12,6 +12,7 @@ Example:
 
 from __future__ import annotations
 
+import itertools
 import weakref
 from typing import Any, Callable, Hashable
 
@@ -41,6 +42,9 @@ def changed(model: keras.Layer, name: Hashable) -> bool:
     return True
 
 
+_PROGRAMS = itertools.count()
+
+
 def _compile(model, fn):
     """XLA-compile fn(model, *tensors) for the active backend, reading the model's live weights."""
     backend = keras.backend.backend()
@@ -55,8 +59,10 @@ def _compile(model, fn):
             with keras.StatelessScope(state_mapping=list(zip(model.variables, values))):
                 return fn(model, *args)
 
-        jitted = jax.jit(stateless)
-        return lambda *args: jitted([v.value for v in model.variables], *args)
+        # A static number of its own: JAX caches traces by function, and a freed program's function can leave its
+        # identity to a new one, whose trace (of the model as it was) JAX would then reuse.
+        jitted, number = jax.jit(lambda number, *args: stateless(*args), static_argnums=0), next(_PROGRAMS)
+        return lambda *args: jitted(number, [v.value for v in model.variables], *args)
     return lambda *args: fn(model, *args)
 
 
