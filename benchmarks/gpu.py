@@ -1,7 +1,7 @@
 """tf_gpt2 on one GPU next to its peers, in one command: parity with Hugging Face, training tokens/s and MFU,
 fine-tuning memory (device peak), and decode tokens/s. Every system runs in its own process.
 
-    python benchmarks/gpu.py --out gpu-results      # a CUDA machine with JAX and torch; about 6 minutes on an H200
+    python benchmarks/gpu.py --out gpu-results      # a CUDA machine with JAX and torch; about 10 minutes on an H200
     python benchmarks/gpu.py --smoke --out /tmp/g  # tiny shapes on a CPU: checks the harness (the test suite runs it)
 
 Needs JAX with CUDA, torch with CUDA, transformers and peft; not TensorFlow (tf_gpt2 runs on Keras' JAX backend).
