@@ -147,9 +147,8 @@ class GPT2(keras.Model):
             logits = ops.cast(ops.matmul(hidden, ops.transpose(table))[..., :vocab], "float32")
             return ops.sparse_categorical_crossentropy(targets, logits, from_logits=True)
 
-        per_token = ops.concatenate([
-            keras.remat(lambda hidden, table, t=targets[:, i:i + chunk]: chunk_losses(hidden, table, t))(
-                y_pred[:, i:i + chunk], table) for i in range(0, time, chunk)], axis=1)
+        per_token = ops.concatenate([keras.remat(chunk_losses)(y_pred[:, i:i + chunk], table, targets[:, i:i + chunk])
+                                     for i in range(0, time, chunk)], axis=1)
         loss = TokenLoss(reduction=self.loss.reduction, dtype=self.loss.dtype)(y, per_token, sample_weight)
         return loss + sum(self.losses) if self.losses else loss
 
