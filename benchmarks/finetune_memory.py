@@ -30,7 +30,7 @@ import sys
 import tempfile
 import time
 
-from harness import best_seconds, in_own_process, tensorflow_free
+from harness import _hf_model, best_seconds, in_own_process, tensorflow_free
 
 SYSTEMS = {"tf": "tf_gpt2, TensorFlow (XLA)", "jax": "tf_gpt2, JAX (XLA)", "hf": "HF transformers (torch)"}
 GiB = 2**30
@@ -127,13 +127,10 @@ def xla_bytes(dump: str) -> int:
 
 def _torch_step(preset: str, mode: str, remat: bool, time_steps: int, repeats: int, batch: int = 1) -> dict:
     import torch
-    import transformers
 
     framework = _rss()
     ours = tensorflow_free("config").GPT2Config.from_preset(preset)  # TensorFlow's 0.7 GB would count here
-    model = transformers.GPT2LMHeadModel(transformers.GPT2Config(
-        vocab_size=ours.vocab_size, n_positions=ours.n_positions, n_embd=ours.n_embd, n_layer=ours.n_layer,
-        n_head=ours.n_head, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)).train()
+    model = _hf_model(ours).train()
     if remat:
         model.gradient_checkpointing_enable()
     if mode == "lora":

@@ -36,7 +36,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[1:1] = [os.path.dirname(HERE)]  # the checkout's tf_gpt2, installed or not
-from harness import tensorflow_free  # noqa: E402
+from harness import TrainSetup, _hf_model, tensorflow_free  # noqa: E402
 
 GB = 1e9
 PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12}  # dense bf16 FLOP/s
@@ -54,15 +54,6 @@ def _config(shape: dict, vocab_size: int, n_positions: int, **more):
     from tf_gpt2 import GPT2Config
 
     return GPT2Config(vocab_size=vocab_size, n_positions=n_positions, **shape, **more)
-
-
-def _hf(cfg, **more):
-    import transformers
-
-    return transformers.GPT2LMHeadModel(transformers.GPT2Config(
-        vocab_size=cfg.vocab_size, n_positions=cfg.n_positions, n_embd=cfg.n_embd, n_layer=cfg.n_layer,
-        n_head=cfg.n_head, resid_pdrop=cfg.dropout_rate("resid_pdrop"), embd_pdrop=cfg.dropout_rate("embd_pdrop"),
-        attn_pdrop=cfg.dropout_rate("attn_pdrop"), bos_token_id=0, eos_token_id=0, **more))
 
 
 def _device(smoke: bool) -> str:
@@ -86,7 +77,7 @@ def parity(job: dict) -> dict:
 
     device, cfg = _device(job["smoke"]), _config(job["shape"], 50257, 1024)
     torch.manual_seed(0)
-    hf = _hf(cfg).eval()
+    hf = _hf_model(cfg).eval()
     with tempfile.TemporaryDirectory() as directory:
         hf.save_pretrained(directory)
         ours = GPT2.from_pretrained(directory)
@@ -151,7 +142,7 @@ def _torch_train(job, cfg):
         model = NanoGPT(cfg).to(device).train()
         logits_of = model
     else:
-        model = _hf(cfg).to(device).train()
+        model = _hf_model(cfg).to(device).train()
         logits_of = lambda x: model(input_ids=x).logits  # noqa: E731
     fused = {"fused": True} if device == "cuda" else {}
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-4, weight_decay=0.1, **fused)
@@ -197,7 +188,7 @@ def memory(job: dict) -> dict:
     import torch
 
     device = _device(job["smoke"])
-    model = _hf(cfg)
+    model = _hf_model(cfg)
     if mode == "lora":
         import peft
 
@@ -237,7 +228,7 @@ def decode(job: dict) -> dict:
         import torch
 
         device = _device(job["smoke"])
-        model = _hf(cfg).to(device).eval()
+        model = _hf_model(cfg).to(device).eval()
         extra = {"cache_implementation": "static"} if job["system"] == "hf-static" else {}
 
         def run(p):
@@ -469,13 +460,6 @@ def device_name(results: dict) -> str:
     return next((job["result"].get("device") for job in _rows(results, "parity") if "device" in job["result"]), "?")
 
 
-def flops_per_token(shape: dict, block: int, vocab_size: int = 50304) -> int:
-    """nanoGPT's count: 6 per weight (the position table is a lookup) plus attention's 12·L·D·T."""
-    d, layers = shape["n_embd"], shape["n_layer"]
-    weights = layers * (12 * d * d + 13 * d) + 2 * d + vocab_size * d
-    return 6 * weights + 12 * layers * d * block
-
-
 def train_table(results: dict) -> str:
     peak = next((flops for name, flops in PEAK_BF16.items() if re.search(rf"\b{name}\b", device_name(results))),
                 None)  # "L4" is not "L40S"
@@ -483,7 +467,8 @@ def train_table(results: dict) -> str:
     for job in _rows(results, "train"):
         value = job["result"].get("tokens_per_s")
         dropout = f"{job['dropout']}" + "".join(f", {k} {v:g}" for k, v in job.get("model", {}).items())
-        mfu = f"{value * flops_per_token(job['shape'], job['block']) / peak:.1%}" if value and peak else "-"
+        per_token = TrainSetup(**job["shape"], block_size=job["block"], batch_size=job["batch"]).flops_per_token
+        mfu = f"{value * per_token / peak:.1%}" if value and peak else "-"
         shown = f"{value:,.0f}" if value else f"failed: {job['result'].get('error', '?')}"
         lines.append(f"| {job['system']} | {job['batch']} | {dropout} | {shown} | {mfu} |")
     return "\n".join(lines)

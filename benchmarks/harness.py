@@ -168,11 +168,13 @@ def _keras_hub_lm(cfg: GPT2Config):
 
 
 def _hf_model(cfg: GPT2Config):
+    """transformers' GPT-2 of `cfg`'s shape and dropout rates, random weights."""
     import transformers
 
     return transformers.GPT2LMHeadModel(transformers.GPT2Config(
         vocab_size=cfg.vocab_size, n_positions=cfg.n_positions, n_embd=cfg.n_embd, n_layer=cfg.n_layer,
-        n_head=cfg.n_head, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=0, eos_token_id=0))
+        n_head=cfg.n_head, bos_token_id=0, eos_token_id=0,
+        **{name: cfg.dropout_rate(name) for name in ("resid_pdrop", "embd_pdrop", "attn_pdrop")}))
 
 
 def _nanogpt(cfg: GPT2Config):
