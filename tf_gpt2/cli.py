@@ -249,18 +249,12 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    import gzip
     import json
 
-    from tf_gpt2.data import not_utf8
+    from tf_gpt2.data import read_text
     from tf_gpt2.evaluation import evaluate
 
-    with gzip.open(args.file, "rb") if args.file.endswith(".gz") else open(args.file, "rb") as f:  # as prepare reads
-        data = f.read()
-    try:
-        text = data.decode("utf-8")  # as written: a CRLF file keeps its \r
-    except UnicodeDecodeError as e:
-        raise not_utf8(args.file, e) from None
+    text = read_text(args.file)  # as prepare reads it: a CRLF file keeps its \r, a .gz is decompressed
     model = _load_model(args)
     result = evaluate(model, text, context=args.context, stride=args.stride, batch_size=args.batch_size,
                       detokenize=args.detokenize, verbose=not args.json)

@@ -50,10 +50,6 @@ def embedded_corpus() -> str:
     return str(importlib.resources.files("tf_gpt2") / "corpora" / "tinyshakespeare.txt.gz")
 
 
-def _open_text(path: str):
-    return gzip.open(path, "rt", encoding="utf-8") if path.endswith(".gz") else open(path, encoding="utf-8")
-
-
 def _text_size(path: str) -> int:
     """Bytes of text in a file; for .gz, counted by decompressing it: the trailer holds only the last member's
     size (`cat a.gz b.gz` and pigz write several), modulo 4 GiB."""
@@ -189,6 +185,11 @@ def _blocks(path: str, block_bytes: int) -> Iterator[str]:
                 offset, lines = offset + len(data), lines + data.count(b"\n")
     except (gzip.BadGzipFile, EOFError, zlib.error) as e:
         raise ValueError(f"{path} is not a readable gzip file: {e}") from None
+
+
+def read_text(path: str) -> str:
+    """A whole text file (.gz decompressed) as `prepare` reads it: UTF-8 exactly as written, a bad byte named."""
+    return "".join(_blocks(path, CHUNK_BYTES))
 
 
 # GPT-2's pre-tokenizer (tokenizer.PAT_STR) splits text into pieces and encodes each alone, so text cut where one
