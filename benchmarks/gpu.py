@@ -1,7 +1,7 @@
 """tf_gpt2 on one GPU next to its peers, in one command: parity with Hugging Face, training tokens/s and MFU,
 fine-tuning memory (device peak), and decode tokens/s. Every system runs in its own process.
 
-    python benchmarks/gpu.py --out gpu-results      # a CUDA machine with JAX and torch; about 10 minutes on an H200
+    python benchmarks/gpu.py --out gpu-results      # a CUDA machine with JAX and torch; about 12 minutes on an H200
     python benchmarks/gpu.py --smoke --out /tmp/g  # tiny shapes on a CPU: checks the harness (the test suite runs it)
 
 Needs JAX with CUDA, torch with CUDA, transformers and peft; not TensorFlow (tf_gpt2 runs on Keras' JAX backend).
@@ -10,9 +10,10 @@ Where Keras is missing, bring its wheels and put them on PYTHONPATH first, e.g.
 
 - Parity: GPT-2 124M random weights saved as a Hugging Face directory, loaded by `GPT2.from_pretrained`; float32 logits
   next to transformers on the same GPU (JAX matmuls at "highest" precision, torch TF32 off), and 32 greedy tokens.
-- Training: GPT-2 124M shape (vocab 50304), T=1024, AdamW, bf16: tf_gpt2 (`mixed_bfloat16`, Keras' compiled train
-  step), a nanoGPT-style model and HF GPT2LMHeadModel under torch.compile with bf16 autocast; batch 16 and 32 without
-  dropout, batch 16 with GPT-2's dropout 0.1 (and tf_gpt2 with `attn_pdrop=0`). MFU against the GPU's dense bf16 peak.
+- Training: GPT-2 124M shape (vocab 50304), T=1024, AdamW, bf16: tf_gpt2 (`mixed_bfloat16`, `model.fit` with the
+  callbacks `tf-gpt2 train` runs each step), a nanoGPT-style model and HF GPT2LMHeadModel under torch.compile with bf16
+  autocast; batch 16 and 32 without dropout, batch 16 with GPT-2's dropout 0.1; then tf_gpt2 with one setting changed
+  (`LEVERS`). MFU against the GPU's dense bf16 peak. `--profile` adds tf_gpt2's GPU time per step, kernel by kernel.
 - Memory: one fine-tuning step (T=1024, batch 1, AdamW) per preset: full, full with recomputation, LoRA rank 8 on a
   bfloat16 base with recomputation; transformers full, with gradient checkpointing, and peft LoRA on a bf16 base.
   Device peak: JAX `memory_stats()["peak_bytes_in_use"]`, torch `max_memory_allocated()`; neither counts the CUDA
@@ -29,6 +30,7 @@ import argparse
 import json
 import os
 import re
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -43,7 +45,6 @@ PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12}  # de
 PRESETS = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
 GPUS = {"T4 16 GB": 16, "L4 24 GB": 24, "A100 40 GB": 40, "H100 / A100 80 GB": 80}
 CUDA_CONTEXT_GB = 1.0  # what the card holds beyond the framework's own peak
-MEMORY_BUDGET = 100 * GB  # estimated device bytes of the processes sharing the GPU at once
 OUT_OF_MEMORY = re.compile(r"RESOURCE_EXHAUSTED|out of memory|OutOfMemory", re.IGNORECASE)
 WIDE, SMOKE = dict(n_layer=12, n_head=12, n_embd=768), dict(n_layer=2, n_head=2, n_embd=64)
 
@@ -95,40 +96,56 @@ def parity(job: dict) -> dict:
 
 
 def train(job: dict) -> dict:
-    """Tokens/s of one system's train step at one batch size and dropout."""
+    """Tokens/s of one system's training at one batch size and setting (and, with "profile", where the time goes)."""
     import numpy as np
 
     cfg = _config(job["shape"], 50304, job["block"], dropout=job["dropout"], **job.get("model", {}))
     steps, batch, block = job["steps"], job["batch"], job["block"]
-    rng = np.random.default_rng(0)
-    batches = [rng.integers(0, cfg.vocab_size, (batch, block + 1)).astype(np.int32) for _ in range(steps + 3)]
-    step, done = (_keras_train if job["system"] == "tf_gpt2" else _torch_train)(job, cfg)
-    for b in batches[:3]:  # compile and warm up
-        step(b)
-    done()
+    data = np.random.default_rng(0).integers(0, cfg.vocab_size, (steps + 3, batch, block + 1)).astype(np.int32)
+    run = (_keras_train if job["system"] == "tf_gpt2" else _torch_train)(job, cfg)
+    run(data[:3])  # compile and warm up
     _wait_for_go({})
     start = time.perf_counter()
-    for b in batches[3:]:
-        step(b)
-    done()
-    tokens_per_s = steps * batch * block / (time.perf_counter() - start)
-    return {"tokens_per_s": tokens_per_s}
+    run(data[3:])
+    result = {"tokens_per_s": steps * batch * block / (time.perf_counter() - start)}
+    if job["system"] == "tf_gpt2":
+        import jax
+
+        result["device"] = jax.devices()[0].device_kind
+    if job.get("profile"):
+        try:
+            result["kernels"] = kernel_profile(run, data[3:6])
+        except Exception as e:  # no profiler here: the speed still counts
+            result["profile_error"] = f"{type(e).__name__}: {e}"[:300]
+    return result
 
 
 def _keras_train(job, cfg):
+    """`model.fit` with the callbacks `tf-gpt2 train` runs at every step (its data comes from tf.data instead);
+    the "loop" setting measures the alternatives: Keras' own callback list, or `train_on_batch` step by step."""
     import jax
     import keras
 
     from tf_gpt2 import GPT2
+    from tf_gpt2.training import RoundMetrics, StopOnNaN, Throughput, fit_callbacks
 
     model = GPT2(cfg, dtype="mixed_bfloat16")
     model.compile(optimizer=keras.optimizers.AdamW(3e-4, weight_decay=0.1), jit_compile=True,
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    last = []
+    loop = job.get("loop", "fit")
 
-    def step(batch):
-        last[:] = [model.train_on_batch(batch[:, :-1], batch[:, 1:], return_dict=False)]
-    return step, lambda: jax.block_until_ready(last)
+    def run(data):
+        if loop == "train_on_batch":
+            for batch in data:
+                model.train_on_batch(batch[:, :-1], batch[:, 1:])
+            return
+        ids = data.reshape(-1, data.shape[-1])
+        callbacks = [Throughput(data.shape[1] * (data.shape[2] - 1)), StopOnNaN(), RoundMetrics()]
+        if loop == "fit":
+            callbacks = fit_callbacks(callbacks, model, epochs=1, steps=len(data), verbose=0)
+        model.fit(ids[:, :-1], ids[:, 1:], batch_size=data.shape[1], shuffle=False, verbose=0, callbacks=callbacks)
+        jax.block_until_ready([v.value for v in model.trainable_variables])
+    return run
 
 
 def _torch_train(job, cfg):
@@ -148,15 +165,58 @@ def _torch_train(job, cfg):
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-4, weight_decay=0.1, **fused)
     forward = torch.compile(logits_of, backend="eager" if job["smoke"] else "inductor")
 
-    def step(batch):
-        batch = torch.from_numpy(batch).long().to(device)
-        with torch.autocast(device, dtype=torch.bfloat16):
-            logits = forward(batch[:, :-1])
-        loss = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), batch[:, 1:].flatten())
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-    return step, (torch.cuda.synchronize if device == "cuda" else lambda: None)
+    def run(data):
+        for batch in data:
+            batch = torch.from_numpy(batch).long().to(device)
+            with torch.autocast(device, dtype=torch.bfloat16):
+                logits = forward(batch[:, :-1])
+            loss = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), batch[:, 1:].flatten())
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        if device == "cuda":
+            torch.cuda.synchronize()
+    return run
+
+
+KERNEL_KINDS = (("matmul", r"gemm|cutlass|xmma|nvjet|cublas|dot"), ("attention", r"cudnn|fmha|flash|sdpa"),
+                ("copy", r"memcpy|memset"))
+
+
+def kernel_profile(run, data) -> dict:
+    """Device time per training step by kernel, from a JAX profiler trace of `run(data)` (a CPU run: XLA's thunks)."""
+    import glob
+
+    import jax
+    from jax.profiler import ProfileData
+
+    with tempfile.TemporaryDirectory() as directory:
+        with jax.profiler.trace(directory):
+            run(data)
+        profile = ProfileData.from_file(glob.glob(os.path.join(directory, "**", "*.xplane.pb"), recursive=True)[0])
+    planes = [p for p in profile.planes if p.name.startswith("/device:GPU")]
+    lines = [line for plane in planes for line in plane.lines if "XLA" not in line.name and "Step" not in line.name]
+    if not planes:  # a CPU: the threads that run XLA's compiled code
+        lines = [line for p in profile.planes if p.name == "/host:CPU" for line in p.lines if "XLA" in line.name]
+    kernels: dict[str, list] = {}
+    for line in lines:
+        for event in line.events:
+            row = kernels.setdefault(event.name, [0.0, 0])
+            row[0] += event.duration_ns / 1e6 / len(data)
+            row[1] += 1
+    kinds = {kind: 0.0 for kind, _ in KERNEL_KINDS} | {"other": 0.0}
+    families: dict[str, float] = {}  # XLA's fusions by kind: "loop_convert_multiply_fusion_11" -> "loop_convert..."
+    for name, (ms, _) in kernels.items():
+        kind = next((kind for kind, pattern in KERNEL_KINDS if re.search(pattern, name, re.I)), "other")
+        kinds[kind] += ms
+        if kind == "other":
+            family = re.sub(r"[._]?\d+$", "", name)[:60]
+            families[family] = families.get(family, 0.0) + ms
+    top = sorted(kernels.items(), key=lambda item: -item[1][0])[:40]
+    return {"ms_per_step": sum(kinds.values()), "by_kind": kinds, "launches_per_step": sum(
+        n for _, n in kernels.values()) / len(data), "lines": sorted({line.name for line in lines})[:12],
+        "other_by_family": dict(sorted(families.items(), key=lambda item: -item[1])[:25]),
+        "top": [[name[:90], ms, count / len(data)] for name, (ms, count) in top]}
 
 
 def memory(job: dict) -> dict:
@@ -257,26 +317,41 @@ def decode(job: dict) -> dict:
 
 # -- the orchestrator --------------------------------------------------------------------------------------------
 
-SMOKE_JOBS = ("parity", "train tf_gpt2 b16 dropout 0.0 loss_chunk 256", "train nanogpt b16 dropout 0.1", "train hf b16 "
-              "dropout 0.0", "memory tf_gpt2 gpt2 lora remat", "memory hf gpt2 lora remat", "decode tf_gpt2 bfloat16",
-              "decode hf-static float32")  # one of each path: what the test suite runs on a CPU
+SMOKE_JOBS = (  # one of each path: what the test suite runs on a CPU
+    "parity", "train tf_gpt2 b16 dropout 0.0 loss_chunk 256", "train tf_gpt2 b32 dropout 0.0 Keras callbacks",
+    "train nanogpt b16 dropout 0.1", "train hf b16 dropout 0.0", "memory tf_gpt2 gpt2 lora remat",
+    "memory hf gpt2 lora remat", "decode tf_gpt2 bfloat16", "decode hf-static float32")
+
+
+LEVERS = (  # tf_gpt2's training, one setting changed: what each lever is worth
+    (16, 0.1, {"model": {"attn_pdrop": 0.0}}),  # the fused attention kernel under residual/embedding dropout
+    (16, 0.0, {"model": {"loss_chunk": 256}}), (32, 0.0, {"model": {"loss_chunk": 256}}),  # the chunked head
+    (32, 0.0, {"loop": "Keras callbacks"}),  # each batch's loss read as soon as it is launched
+    (32, 0.0, {"loop": "train_on_batch"}),  # a batch at a time, the weights synced after each
+    (32, 0.0, {"env": {"XLA_FLAGS": "--xla_gpu_enable_triton_gemm=false"}}),  # cuBLAS for every matmul
+    (64, 0.0, {}),
+)
+
+
+def setting(job: dict) -> str:
+    """A training job's setting beyond system, batch and dropout, in words."""
+    words = [f"{k} {v:g}" for k, v in job.get("model", {}).items()] + [job.get("loop", "")]
+    return ", ".join(filter(None, words + list(job.get("env", {}).values())))
 
 
 def jobs(smoke: bool) -> list[dict]:
     shape = SMOKE if smoke else WIDE
-    block, steps = (32, 2) if smoke else (1024, 20)
+    block, steps = (32, 2) if smoke else (1024, 40)
     base = {"smoke": smoke, "shape": shape}
     out = [{**base, "kind": "parity", "name": "parity"}]
     for system in ("tf_gpt2", "nanogpt", "hf"):
         for batch, dropout in ((16, 0.0), (32, 0.0), (16, 0.1)):
             out.append({**base, "kind": "train", "system": system, "batch": 2 if smoke else batch, "dropout": dropout,
                         "block": block, "steps": steps, "name": f"train {system} b{batch} dropout {dropout}"})
-    for batch, dropout, model in ((16, 0.1, {"attn_pdrop": 0.0}), (16, 0.0, {"loss_chunk": 256}),
-                                  (32, 0.0, {"loss_chunk": 256})):  # the levers: fused attention, a chunked head
-        setting = " ".join(f"{k} {v:g}" for k, v in model.items())
+    for batch, dropout, lever in LEVERS:
         out.append({**base, "kind": "train", "system": "tf_gpt2", "batch": 2 if smoke else batch, "dropout": dropout,
-                    "model": model, "block": block, "steps": steps,
-                    "name": f"train tf_gpt2 b{batch} dropout {dropout} {setting}"})
+                    **lever, "block": block, "steps": steps,
+                    "name": f"train tf_gpt2 b{batch} dropout {dropout} {setting(lever)}".strip()})
     for preset in PRESETS[:1] if smoke else PRESETS:
         for system, settings in (("tf_gpt2", (("full", False), ("full", True), ("lora", True))),
                                  ("hf", (("full", False), ("full", True), ("lora", True)))):
@@ -300,7 +375,8 @@ def estimated_bytes(job: dict) -> float:
         per_param = 3 if job["mode"] == "lora" else 14 if job["remat"] else 20
         return params * per_param * (1.5 if job["system"] == "hf" else 1) + 3 * GB
     if job["kind"] == "train":
-        return job["batch"] * (1.5 if job["dropout"] else 1.0) * GB + 4 * GB
+        torch = 1.0 if job["system"] == "tf_gpt2" else 1.5  # its float32 copy of the logits, and no preallocation
+        return job["batch"] * (1.5 if job["dropout"] else 1.0) * 0.6 * torch * GB + 3 * GB  # 124M, T=1024
     return 6 * GB
 
 
@@ -318,7 +394,7 @@ class Child:
 
     def __init__(self, job: dict, smoke: bool, share: float | None = None):
         self.job, self.errors, self.lines = job, tempfile.TemporaryFile("w+"), []
-        env = child_env(smoke)
+        env = {**child_env(smoke), **job.get("env", {})}
         if share:  # a speed run: JAX takes its share of the GPU up front, as it does alone (allocation is not timed)
             env.update(XLA_PYTHON_CLIENT_PREALLOCATE="true", XLA_PYTHON_CLIENT_MEM_FRACTION=f"{share:.2f}")
         self.process = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--job", json.dumps(job)],
@@ -348,12 +424,12 @@ class Child:
         return json.loads(lines[-1])
 
 
-def waves(todo: list[dict], limit: int) -> list[list[dict]]:
-    """`todo` in groups that share the GPU: at most `limit` jobs whose estimated peaks fit `MEMORY_BUDGET`."""
+def waves(todo: list[dict], limit: int, budget: float) -> list[list[dict]]:
+    """`todo` in groups that share the GPU: at most `limit` jobs whose estimated peaks fit `budget` bytes."""
     groups, group, used = [], [], 0.0
     for job in sorted(todo, key=estimated_bytes, reverse=True):
         need = estimated_bytes(job)
-        if group and (len(group) == limit or used + need > MEMORY_BUDGET):
+        if group and (len(group) == limit or used + need > budget):
             groups.append(group)
             group, used = [], 0.0
         group.append(job)
@@ -363,7 +439,8 @@ def waves(todo: list[dict], limit: int) -> list[list[dict]]:
 
 def run_timed(group: list[dict], smoke: bool, report) -> None:
     """Compile and warm up side by side; then time one process at a time, the others waiting."""
-    children = [Child(job, smoke, share=0.9 / len(group)) for job in group]
+    need = sum(estimated_bytes(job) for job in group) or len(group)  # a share of the GPU by estimated peak
+    children = [Child(job, smoke, share=0.9 * (estimated_bytes(job) or 1) / need) for job in group]
     ready = [child.ready() for child in children]
     for child, is_ready in zip(children, ready):
         if is_ready:
@@ -372,13 +449,13 @@ def run_timed(group: list[dict], smoke: bool, report) -> None:
         report(child.job)
 
 
-def run_pool(todo: list[dict], smoke: bool, report, limit: int = 8) -> None:
+def run_pool(todo: list[dict], smoke: bool, report, budget: float, limit: int = 8) -> None:
     """Memory jobs side by side: a new one starts whenever the estimated peaks of those running leave room."""
     waiting = sorted(todo, key=estimated_bytes, reverse=True)
     running: list[Child] = []
     while waiting or running:
         used = sum(estimated_bytes(child.job) for child in running)
-        fitting = next((job for job in waiting if used + estimated_bytes(job) <= MEMORY_BUDGET), None)
+        fitting = next((job for job in waiting if used + estimated_bytes(job) <= budget), None)
         if fitting is not None and len(running) < limit:
             waiting.remove(fitting)
             running.append(Child(fitting, smoke))
@@ -400,7 +477,10 @@ def main(argv=None) -> int:
     parser.add_argument("--parts", default="parity,train,memory,decode", help="which, in this order")
     parser.add_argument("--only", default="", help="only the jobs whose name this regular expression finds")
     parser.add_argument("--parallel", type=int, default=4, help="speed processes compiling side by side")
+    parser.add_argument("--share-gb", type=float, default=None,
+                        help="estimated peaks of the processes run at once (default: 85%% of the GPU's memory)")
     parser.add_argument("--budget", type=float, default=480, help="seconds after which no new part starts")
+    parser.add_argument("--profile", action="store_true", help="also trace tf_gpt2's training: time per kernel")
     parser.add_argument("--job", help=argparse.SUPPRESS)  # one measurement, in a child process
     args = parser.parse_args(argv)
     if args.job:
@@ -408,9 +488,14 @@ def main(argv=None) -> int:
         print(json.dumps({"parity": parity, "train": train, "memory": memory, "decode": decode}[job["kind"]](job)))
         return 0
     os.makedirs(args.out, exist_ok=True)
+    budget = (args.share_gb or 0.85 * gpu_memory_gb()) * GB
     todo = [job for job in jobs(args.smoke) if job["kind"] in args.parts.split(",")
             and (not args.smoke or job["name"] in SMOKE_JOBS) and re.search(args.only, job["name"])]
-    results = {"date": time.strftime("%Y-%m-%d"), "command": "python benchmarks/gpu.py" + " --smoke" * args.smoke,
+    for job in todo:
+        job["profile"] = args.profile and job["kind"] == "train" and job["system"] == "tf_gpt2"
+    given = argv if argv is not None else sys.argv[1:]
+    given = [a for a, before in zip(given, [None, *given]) if "--out" not in (a, before)]  # where is not what
+    results = {"date": time.strftime("%Y-%m-%d"), "command": shlex.join(["python", "benchmarks/gpu.py", *given]),
                "versions": versions(), "jobs": todo}
     began = time.time()
 
@@ -426,9 +511,9 @@ def main(argv=None) -> int:
                 job["result"] = {"error": f"not run: past the --budget of {args.budget:.0f} s"}
             continue
         if kind == "memory":
-            run_pool(batch, args.smoke, report)
+            run_pool(batch, args.smoke, report, budget)
         else:
-            for group in waves(batch, 1 if kind == "parity" else args.parallel):
+            for group in waves(batch, 1 if kind == "parity" else args.parallel, budget):
                 run_timed(group, args.smoke, report)
         for job in [job for job in batch if OUT_OF_MEMORY.search(job["result"].get("error", ""))]:  # once more, alone
             run_timed([job], args.smoke, report)
@@ -436,6 +521,16 @@ def main(argv=None) -> int:
     write_outputs(results, args.out)
     print(open(os.path.join(args.out, "results.md")).read())
     return 0
+
+
+def gpu_memory_gb() -> float:
+    """The first GPU's memory as nvidia-smi reports it (no CUDA context in this process); 100 where it cannot."""
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=memory.total", "--format=csv,noheader,nounits"],
+                             capture_output=True, text=True, timeout=60).stdout.split()
+        return float(out[0]) * 2**20 / GB
+    except (OSError, subprocess.SubprocessError, IndexError, ValueError):
+        return 100.0
 
 
 def versions() -> dict:
@@ -457,7 +552,7 @@ def _rows(results: dict, kind: str) -> list[dict]:
 
 
 def device_name(results: dict) -> str:
-    return next((job["result"].get("device") for job in _rows(results, "parity") if "device" in job["result"]), "?")
+    return next((job["result"]["device"] for job in results["jobs"] if "device" in job.get("result", {})), "?")
 
 
 def train_table(results: dict) -> str:
@@ -466,12 +561,25 @@ def train_table(results: dict) -> str:
     lines = ["| system | batch | dropout | tokens/s | MFU |", "|---|---:|---|---:|---:|"]
     for job in _rows(results, "train"):
         value = job["result"].get("tokens_per_s")
-        dropout = f"{job['dropout']}" + "".join(f", {k} {v:g}" for k, v in job.get("model", {}).items())
+        dropout = ", ".join([f"{job['dropout']}"] + [setting(job)] * bool(setting(job)))
         per_token = TrainSetup(**job["shape"], block_size=job["block"], batch_size=job["batch"]).flops_per_token
         mfu = f"{value * per_token / peak:.1%}" if value and peak else "-"
         shown = f"{value:,.0f}" if value else f"failed: {job['result'].get('error', '?')}"
         lines.append(f"| {job['system']} | {job['batch']} | {dropout} | {shown} | {mfu} |")
     return "\n".join(lines)
+
+
+def profile_section(results: dict) -> str:
+    """Where a profiled training step's device time goes: by kind of kernel, then the costliest kernels."""
+    parts = []
+    for job in _rows(results, "train"):
+        k = job["result"].get("kernels")
+        if k:
+            kinds = ", ".join(f"{kind} {ms:.1f}" for kind, ms in k["by_kind"].items())
+            parts.append(f"**{job['name']}**: {k['ms_per_step']:.1f} ms per step on the device ({kinds}), "
+                         f"{k['launches_per_step']:.0f} launches\n\n" + "\n".join(
+                             f"- {ms:.2f} ms, {n:.0f}x: `{name}`" for name, ms, n in k["top"][:8]))
+    return "\n\n".join(parts)
 
 
 def memory_cell(results: dict, system: str, preset: str, mode: str, remat: bool) -> str:
@@ -539,7 +647,9 @@ def write_outputs(results: dict, out: str) -> None:
             + "\n\n## Training, GPT-2 124M, T=1024, AdamW, bf16\n\n" + train_table(results)
             + "\n\n## Fine-tuning step, T=1024, batch 1: device peak\n\n" + memory_table(results)
             + "\n\n## What fits where (device peak + 1 GB CUDA context)\n\n" + fit_table(results)
-            + "\n\n## Decode, 32-token prompts, 128 new, greedy\n\n" + decode_table(results) + "\n")
+            + "\n\n## Decode, 32-token prompts, 128 new, greedy\n\n" + decode_table(results) + "\n"
+            + ("\n## Where a training step's time goes (ms per step)\n\n" + profile_section(results) + "\n")
+            * bool(profile_section(results)))
     with open(os.path.join(out, "results.md"), "w") as f:
         f.write(text)
     chart(results, os.path.join(out, "ratios.png"))
@@ -553,12 +663,12 @@ def chart(results: dict, path: str) -> None:
     import matplotlib.pyplot as plt
 
     bars = {}
-    train = {(j["system"], j["batch"], j["dropout"], json.dumps(j.get("model", {}))): j["result"].get("tokens_per_s")
+    train = {(j["system"], j["batch"], j["dropout"], setting(j)): j["result"].get("tokens_per_s")
              for j in _rows(results, "train")}
-    for (system, batch, dropout, model), value in train.items():
-        hf = train.get(("hf", batch, dropout, "{}"))
+    for (system, batch, dropout, more), value in train.items():
+        hf = train.get(("hf", batch, dropout, ""))
         if value and hf and system != "hf":
-            bars[f"train {system} b{batch} d{dropout} {model if model != '{}' else ''}"] = value / hf
+            bars[f"train {system} b{batch} d{dropout} {more}".strip()] = value / hf
     decode = {(j["system"], j["dtype"]): j["result"] for j in _rows(results, "decode")}
     for (system, dtype), r in decode.items():
         for b in (1, 8):

@@ -162,8 +162,8 @@ def test_gpu_benchmark_smoke_runs_every_path_each_in_its_own_process(tmp_path):
     decode with transformers' static cache) runs on a CPU in its own process, and the tables and chart are written."""
     import subprocess
 
-    run = subprocess.run([sys.executable, os.path.join(BENCHMARKS, "gpu.py"), "--smoke", "--out", str(tmp_path)],
-                         capture_output=True, text=True, timeout=900)
+    command = [sys.executable, os.path.join(BENCHMARKS, "gpu.py"), "--smoke", "--profile", "--out", str(tmp_path)]
+    run = subprocess.run(command, capture_output=True, text=True, timeout=900)
     assert run.returncode == 0, run.stderr[-3000:]
     import gpu
 
@@ -174,7 +174,9 @@ def test_gpu_benchmark_smoke_runs_every_path_each_in_its_own_process(tmp_path):
     parity = next(job["result"] for job in results["jobs"] if job["kind"] == "parity")
     assert parity["max_abs_logit_diff"] < 1e-4 and parity["greedy_tokens_equal"] == 32
     assert all(value > 0 for job in results["jobs"] if job["kind"] in ("train", "decode")
-               for key, value in job["result"].items())
+               for key, value in job["result"].items() if key not in ("kernels", "device"))
+    profiled = [job["result"]["kernels"] for job in results["jobs"] if "kernels" in job["result"]]
+    assert len(profiled) == 2 and all(k["ms_per_step"] > 0 and k["top"] for k in profiled)  # tf_gpt2's training
     assert (tmp_path / "ratios.png").stat().st_size > 0
     assert "| tf_gpt2 | bfloat16 |" in (tmp_path / "results.md").read_text()
 

@@ -152,6 +152,58 @@ def restore_checkpoint(model: GPT2, path: str) -> int:
 
 
 # -- callbacks ----------------------------------------------------------------------------------
+class OneStepBehind(keras.callbacks.CallbackList):
+    """Callbacks that see each training batch one batch late, so that the accelerator always has one queued.
+
+    Keras hands a batch's logs to the callbacks as soon as it has launched the batch; reading them (the NaN guard,
+    the progress bar, TensorBoard all do) makes the host wait for the accelerator to finish it, and the accelerator
+    idles while the host then fetches and launches the next. Held back one batch, the callbacks read a batch that
+    has finished while the next one runs. Each batch still reaches them whole (its begin, then its end) and in
+    order; the last one before the round's validation and end, so checkpoints see every batch.
+
+    Used on JAX, where a launched step runs on while Python goes on (`fit_callbacks`).
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._begun, self._held = None, None
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self._begun = batch
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._release()
+        self._held = (self._begun, batch, logs)
+
+    def _release(self):
+        if self._held is not None:
+            begun, batch, logs = self._held
+            self._held = None
+            super().on_train_batch_begin(begun)
+            super().on_train_batch_end(batch, logs)
+
+    def on_test_begin(self, logs=None):  # a round's validation comes after its last batch
+        self._release()
+        super().on_test_begin(logs)
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._release()
+        super().on_epoch_end(epoch, logs)
+
+    def on_train_end(self, logs=None):
+        self._release()
+        super().on_train_end(logs)
+
+
+def fit_callbacks(callbacks: list, model: keras.Model, *, epochs: int, steps: int, verbose: int):
+    """What `model.fit` takes as `callbacks`: on JAX, `callbacks` one batch behind (`OneStepBehind`) with the
+    history and progress bar fit would add; on other backends the list itself."""
+    if keras.backend.backend() != "jax":
+        return callbacks
+    return OneStepBehind(callbacks, add_history=True, add_progbar=verbose != 0, verbose=verbose, epochs=epochs,
+                         steps=steps, model=model)
+
+
 class Throughput(keras.callbacks.Callback):
     """Adds `tok/s` (training tokens per second) to the logs the progress bar shows."""
 
@@ -211,7 +263,7 @@ class LogGradientNorm(keras.callbacks.Callback):
 
 
 class StopOnNaN(keras.callbacks.Callback):
-    """Stops training at the first non-finite loss and remembers the step."""
+    """Stops training at the first non-finite loss and remembers that batch (the first, if more follow)."""
 
     def __init__(self):
         super().__init__()
@@ -219,7 +271,7 @@ class StopOnNaN(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch, logs=None):
         loss = (logs or {}).get("loss")
-        if loss is not None and not math.isfinite(float(loss)):
+        if loss is not None and not math.isfinite(float(loss)) and self.bad_loss is None:
             self.bad_loss = (batch, float(loss))
             self.model.stop_training = True
 
@@ -490,11 +542,13 @@ def _fit(cfg: TrainConfig, model: GPT2, start: int, train_data: TokenShards, val
         if nan_guard.bad_loss is not None:
             break
         train_ds = train_data.dataset(cfg.block_size, cfg.batch_size, cfg.seed, start_step=start * cfg.grad_accum)
+        micro_batches = length * cfg.grad_accum  # each step takes grad_accum of them
         fitted = model.fit(
             train_ds.with_options(options), initial_epoch=rounds[0], epochs=rounds[-1] + 1,
-            steps_per_epoch=length * cfg.grad_accum,  # micro-batches: each step takes grad_accum of them
+            steps_per_epoch=micro_batches,
             validation_data=val_ds, validation_steps=cfg.eval_batches if val_ds is not None else None,
-            callbacks=callbacks, verbose=cfg.verbose, shuffle=False,
+            callbacks=fit_callbacks(callbacks, model, epochs=rounds[-1] + 1, steps=micro_batches, verbose=cfg.verbose),
+            verbose=cfg.verbose, shuffle=False,
         )
         for key, values in fitted.history.items():
             history.setdefault(key, []).extend(values)

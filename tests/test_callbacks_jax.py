@@ -1,0 +1,92 @@
+"""On JAX, `tf-gpt2 train`'s callbacks run one batch behind (`OneStepBehind`): the host reads a finished batch's
+loss while the next one runs, instead of waiting for the batch it has just launched. Each batch still reaches every
+callback whole and in order, with the same losses, and the NaN guard stops at the same batch."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+pytest.importorskip("jax")
+
+SCRIPT = r"""
+import json, sys
+import keras, numpy as np
+from tf_gpt2 import GPT2, GPT2Config
+from tf_gpt2.training import StopOnNaN, fit_callbacks
+
+class Record(keras.callbacks.Callback):
+    # Each event with the number of batches launched when the callback saw it.
+    def __init__(self, launched):
+        super().__init__()
+        self.launched, self.events = launched, []
+    def on_train_batch_begin(self, batch, logs=None):
+        self.events.append(["begin", batch, self.launched[0]])
+    def on_train_batch_end(self, batch, logs=None):
+        self.events.append(["end", batch, self.launched[0], float(logs["loss"])])
+    def on_test_begin(self, logs=None):
+        self.events.append(["validation", 0, self.launched[0]])
+    def on_epoch_end(self, epoch, logs=None):
+        self.events.append(["epoch_end", epoch, self.launched[0]])
+
+def run(lagged, learning_rate):
+    keras.utils.set_random_seed(0)
+    model = GPT2(GPT2Config.from_preset("gpt2-tiny", n_positions=32))
+    model.compile(optimizer=keras.optimizers.AdamW(learning_rate), jit_compile=True,
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.make_train_function()
+    launched, launch = [0], model.train_function
+    def counted(state, iterator):
+        launched[0] += 1
+        return launch(state, iterator)
+    model.train_function = counted
+    record, guard = Record(launched), StopOnNaN()
+    ids = np.random.default_rng(0).integers(0, 64, (24, 17)).astype("int32")
+    callbacks = [record, guard]
+    if lagged:
+        callbacks = fit_callbacks(callbacks, model, epochs=2, steps=6, verbose=0)
+    history = model.fit(ids[:, :-1], ids[:, 1:], batch_size=4, epochs=2, shuffle=False, verbose=0,
+                        validation_data=(ids[:4, :-1], ids[:4, 1:]), callbacks=callbacks)
+    return {"events": record.events, "bad_loss": guard.bad_loss, "history": history.history["loss"],
+            "launched": launched[0]}
+
+print(json.dumps({f"{lagged} {rate}": run(lagged, rate) for lagged in (False, True) for rate in (1e-3, 1e30)}))
+"""
+
+
+@pytest.fixture(scope="module")
+def runs():
+    env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"}
+    run = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    return json.loads(run.stdout.splitlines()[-1])
+
+
+def _rounds(events):
+    """The events of each round, its end included."""
+    ends = [i for i, e in enumerate(events) if e[0] == "epoch_end"]
+    return [events[after + 1: end + 1] for after, end in zip([-1, *ends], ends)]
+
+
+def test_callbacks_see_each_batch_after_the_next_is_launched_whole_in_order_and_unchanged(runs):
+    plain, behind = runs["False 0.001"], runs["True 0.001"]
+    for epoch, events in enumerate(_rounds(behind["events"])):
+        assert [e[:2] for e in events] == [[kind, b] for b in range(6) for kind in ("begin", "end")] + [
+            ["validation", 0], ["epoch_end", epoch]]
+        for kind, batch, launched, *_ in events[:10]:  # batches 0-4: read once the next one was launched
+            assert launched == 6 * epoch + batch + 2, (kind, batch, launched)
+        assert [e[2] for e in events[10:]] == [6 * (epoch + 1)] * 4  # the last: before validation and the round's end
+    # Keras alone hands a batch over as soon as it is launched (the host waits for it there).
+    ends = [e for e in plain["events"] if e[0] == "end"]
+    assert [e[2] for e in ends] == list(range(1, 13))
+    # The same losses, batch by batch and per round.
+    assert [e[3] for e in behind["events"] if e[0] == "end"] == [e[3] for e in ends]
+    assert behind["history"] == plain["history"]
+
+
+def test_the_nan_guard_stops_at_the_same_batch_one_batch_behind(runs):
+    plain, behind = runs["False 1e+30"], runs["True 1e+30"]
+    assert plain["bad_loss"] is not None and behind["bad_loss"][0] == plain["bad_loss"][0]
+    assert plain["launched"] < 12 and behind["launched"] <= plain["launched"] + 1  # at most one batch more
