@@ -20,7 +20,8 @@ Where Keras is missing, bring its wheels and put them on PYTHONPATH first, e.g.
   context (about 1 GB more on the card). These processes share the GPU, several at a time.
 - Decode: greedy, 32-token prompts, 128 new tokens, batch 1 and 8: `model.generate` in float32 and bfloat16; HF
   `generate` eager, and with its static cache (which transformers compiles with torch.compile on a GPU).
-Speed processes compile side by side, then are timed one at a time on a quiet GPU.
+Speed processes (training, decode) compile side by side in waves, then are timed one at a time on a quiet GPU; then
+parity and memory processes share the GPU, several at a time.
 Writes results.json, results.md and ratios.png (matplotlib) into --out.
 """
 
@@ -41,6 +42,7 @@ sys.path[1:1] = [os.path.dirname(HERE)]  # the checkout's tf_gpt2, installed or 
 from harness import TrainSetup, _hf_model, tensorflow_free  # noqa: E402
 
 GB = 1e9
+TIMED = ("train", "decode")  # compiled side by side in waves, then timed one at a time; the rest share the GPU
 PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12}  # dense bf16 FLOP/s
 PRESETS = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
 GPUS = {"T4 16 GB": 16, "L4 24 GB": 24, "A100 40 GB": 40, "H100 / A100 80 GB": 80}
@@ -329,6 +331,7 @@ LEVERS = (  # tf_gpt2's training, one setting changed: what each lever is worth
     (32, 0.0, {"loop": "Keras callbacks"}),  # each batch's loss read as soon as it is launched
     (32, 0.0, {"loop": "train_on_batch"}),  # a batch at a time, the weights synced after each
     (32, 0.0, {"env": {"XLA_FLAGS": "--xla_gpu_enable_triton_gemm=false"}}),  # cuBLAS for every matmul
+    (32, 0.0, {"env": {"XLA_FLAGS": "--xla_gpu_enable_cublaslt=true"}}),  # cuBLASLt: bias and GELU in the matmul
     (64, 0.0, {}),
 )
 
@@ -474,7 +477,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="gpu-results", help="folder for results.json, results.md, ratios.png")
     parser.add_argument("--smoke", action="store_true", help="tiny shapes on a CPU: checks the harness")
-    parser.add_argument("--parts", default="parity,train,memory,decode", help="which, in this order")
+    parser.add_argument("--parts", default="train,decode,parity,memory",
+                        help="which: the timed ones (train, decode) first, then the others sharing the GPU")
     parser.add_argument("--only", default="", help="only the jobs whose name this regular expression finds")
     parser.add_argument("--parallel", type=int, default=4, help="speed processes compiling side by side")
     parser.add_argument("--share-gb", type=float, default=None,
@@ -504,17 +508,18 @@ def main(argv=None) -> int:
         with open(os.path.join(args.out, "results.json"), "w") as f:  # as it goes: a cut-short run keeps its rows
             json.dump(results, f, indent=1)
 
-    for kind in args.parts.split(","):
-        batch = [job for job in todo if job["kind"] == kind]
+    parts = args.parts.split(",")
+    for phase in ([k for k in parts if k in TIMED], [k for k in parts if k not in TIMED]):
+        batch = [job for job in todo if job["kind"] in phase]
         if time.time() - began > args.budget:
             for job in batch:
                 job["result"] = {"error": f"not run: past the --budget of {args.budget:.0f} s"}
             continue
-        if kind == "memory":
-            run_pool(batch, args.smoke, report, budget)
-        else:
-            for group in waves(batch, 1 if kind == "parity" else args.parallel, budget):
+        if batch and phase[0] in TIMED:
+            for group in waves(batch, args.parallel, budget):
                 run_timed(group, args.smoke, report)
+        elif batch:
+            run_pool(batch, args.smoke, report, budget)
         for job in [job for job in batch if OUT_OF_MEMORY.search(job["result"].get("error", ""))]:  # once more, alone
             run_timed([job], args.smoke, report)
     results["seconds"] = time.time() - began
