@@ -1,6 +1,7 @@
 """On JAX, `tf-gpt2 train`'s callbacks run one batch behind (`OneStepBehind`): the host reads a finished batch's
 loss while the next one runs, instead of waiting for the batch it has just launched. Each batch still reaches every
-callback whole and in order, with the same losses, and the NaN guard stops at the same batch."""
+callback whole and in order, with the same losses, and the NaN guard stops at the same batch, keeping the last good
+checkpoint."""
 
 import json
 import os
@@ -31,7 +32,7 @@ class Record(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         self.events.append(["epoch_end", epoch, self.launched[0]])
 
-def run(lagged, learning_rate):
+def run(lagged, learning_rate, nan_batch=None):
     keras.utils.set_random_seed(0)
     model = GPT2(GPT2Config.from_preset("gpt2-tiny", n_positions=32))
     model.compile(optimizer=keras.optimizers.AdamW(learning_rate), jit_compile=True,
@@ -45,21 +46,51 @@ def run(lagged, learning_rate):
     record, guard = Record(launched), StopOnNaN()
     ids = np.random.default_rng(0).integers(0, 64, (24, 17)).astype("int32")
     callbacks = [record, guard]
+    weights = np.ones((24, 16), "float32")
+    if nan_batch is not None:  # a NaN loss at that batch of the first round
+        weights[4 * nan_batch: 4 * nan_batch + 4] = np.nan
     if lagged:
         callbacks = fit_callbacks(callbacks, model, epochs=2, steps=6, verbose=0)
-    history = model.fit(ids[:, :-1], ids[:, 1:], batch_size=4, epochs=2, shuffle=False, verbose=0,
-                        validation_data=(ids[:4, :-1], ids[:4, 1:]), callbacks=callbacks)
+    history = model.fit(ids[:, :-1], ids[:, 1:], sample_weight=weights, batch_size=4, epochs=2, shuffle=False,
+                        verbose=0, validation_data=(ids[:4, :-1], ids[:4, 1:]), callbacks=callbacks)
     return {"events": record.events, "bad_loss": guard.bad_loss, "history": history.history["loss"],
             "launched": launched[0]}
 
-print(json.dumps({f"{lagged} {rate}": run(lagged, rate) for lagged in (False, True) for rate in (1e-3, 1e30)}))
+def train_into_nan(root):
+    # tf-gpt2 train's own loop: a good run, then one whose loss goes to NaN; its checkpoint must stay as it was.
+    import hashlib, os
+    from tf_gpt2.data import prepare
+    from tf_gpt2.train_config import TrainConfig
+    from tf_gpt2.training import CHECKPOINT, train
+    with open(os.path.join(root, "text.txt"), "w") as f:
+        f.write("First Citizen:\nBefore we proceed any further, hear me speak.\n" * 60)
+    prepare(os.path.join(root, "text.txt"), os.path.join(root, "data"), vocab="char", verbose=False)
+    settings = dict(out=os.path.join(root, "run"), data=os.path.join(root, "data"), preset="gpt2-tiny",
+                    model=dict(n_layer=2, n_head=2, n_embd=32, n_positions=64), batch_size=4, block_size=32,
+                    eval_batches=1, warmup_steps=1, sample_tokens=0, verbose=0)
+    train(TrainConfig(steps=10, eval_interval=10, **settings))
+    digest = lambda: hashlib.sha256(open(os.path.join(root, "run", CHECKPOINT), "rb").read()).hexdigest()
+    good = digest()
+    try:
+        train(TrainConfig(steps=30, eval_interval=10, learning_rate=1e30, grad_clip=0.0, resume_with_changes=True,
+                          **settings))
+        message = None
+    except FloatingPointError as e:
+        message = str(e)
+    return {"message": message, "kept": digest() == good}
+
+out = {f"{lagged} {rate}": run(lagged, rate) for lagged in (False, True) for rate in (1e-3, 1e30)}
+out.update({f"{lagged} nan at 5": run(lagged, 1e-3, nan_batch=5) for lagged in (False, True)})
+out["train"] = train_into_nan(sys.argv[1])
+print(json.dumps(out))
 """
 
 
 @pytest.fixture(scope="module")
-def runs():
+def runs(tmp_path_factory):
     env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"}
-    run = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=600)
+    run = subprocess.run([sys.executable, "-c", SCRIPT, str(tmp_path_factory.mktemp("jax"))], env=env,
+                         capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     return json.loads(run.stdout.splitlines()[-1])
 
@@ -89,4 +120,12 @@ def test_callbacks_see_each_batch_after_the_next_is_launched_whole_in_order_and_
 def test_the_nan_guard_stops_at_the_same_batch_one_batch_behind(runs):
     plain, behind = runs["False 1e+30"], runs["True 1e+30"]
     assert plain["bad_loss"] is not None and behind["bad_loss"][0] == plain["bad_loss"][0]
-    assert plain["launched"] < 12 and behind["launched"] <= plain["launched"] + 1  # at most one batch more
+    assert plain["launched"] < 12 and behind["launched"] == plain["launched"] + 1  # one batch more
+    # The round's last batch: its NaN reaches the guard before validation, and no round follows.
+    plain, behind = runs["False nan at 5"], runs["True nan at 5"]
+    assert plain["bad_loss"][0] == behind["bad_loss"][0] == 5 and plain["launched"] == behind["launched"] == 6
+
+
+def test_tf_gpt2_train_on_jax_stops_at_a_nan_and_keeps_the_last_good_checkpoint(runs):
+    assert "loss became nan" in runs["train"]["message"] and "last good checkpoint is" in runs["train"]["message"]
+    assert runs["train"]["kept"]

@@ -269,6 +269,28 @@ def test_gradient_norm_is_logged_before_clipping(char_data, tmp_path):
     assert {"batch_grad_norm", "epoch_grad_norm", "epoch_learning_rate"} <= tags
 
 
+def _batch_loss_steps(run):
+    """The steps of TensorBoard's batch-level loss in all of a run's event files, in the order written."""
+    import tensorflow as tf
+
+    steps = []
+    for events in sorted((run / "logs" / "train").glob("events.out.tfevents.*")):
+        for event in tf.compat.v1.train.summary_iterator(str(events)):
+            steps += [event.step for value in event.summary.value if value.tag == "batch_loss"]
+    return steps
+
+
+def test_tensorboard_curves_continue_across_fit_calls_and_a_resume(char_data, tmp_path):
+    """Batch-level steps count from the run's start: the `fit` calls of one run (rounds of other lengths: 3, 3, 1)
+    and a resumed run continue the curve instead of drawing over its start; each compiled call is logged."""
+    train(config(tmp_path / "run", char_data, steps=7, eval_interval=3, tensorboard=True))
+    train(config(tmp_path / "run", char_data, steps=12, eval_interval=3, tensorboard=True, resume_with_changes=True))
+    assert _batch_loss_steps(tmp_path / "run") == list(range(1, 13))
+    # Two optimizer steps per compiled call: 8 steps are 4 calls, each one logged.
+    train(config(tmp_path / "two", char_data, steps=8, eval_interval=4, steps_per_execution=2, tensorboard=True))
+    assert _batch_loss_steps(tmp_path / "two") == [1, 2, 3, 4]
+
+
 def test_a_second_train_on_the_same_run_directory_is_refused(char_data, tmp_path):
     """Two processes training into one --out would interleave their checkpoints; the second one is refused."""
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}

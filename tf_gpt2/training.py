@@ -161,7 +161,10 @@ class OneStepBehind(keras.callbacks.CallbackList):
     has finished while the next one runs. Each batch still reaches them whole (its begin, then its end) and in
     order; the last one before the round's validation and end, so checkpoints see every batch.
 
-    Used on JAX, where a launched step runs on while Python goes on (`fit_callbacks`).
+    What that changes for a callback: a batch hook that reads the model's weights or optimizer sees them one step
+    on (the next batch has run), and `model.stop_training` set there stops training one batch later. `tf-gpt2
+    train`'s own callbacks read only the logs in their batch hooks, and the rest at the round's end. Used on JAX,
+    where a launched step runs on while Python goes on (`fit_callbacks`).
     """
 
     def __init__(self, *args, **kwargs):
@@ -202,6 +205,20 @@ def fit_callbacks(callbacks: list, model: keras.Model, *, epochs: int, steps: in
         return callbacks
     return OneStepBehind(callbacks, add_history=True, add_progbar=verbose != 0, verbose=verbose, epochs=epochs,
                          steps=steps, model=model)
+
+
+class RunTensorBoard(keras.callbacks.TensorBoard):
+    """Keras' TensorBoard whose batch-level steps count from the run's start, not from each `fit` call's start: a
+    resumed run, and each `fit` of one run, continue the curves instead of drawing over them. `first_batch` is the
+    number of compiled calls (`steps_per_execution` micro-batches each) that came before this `fit`."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.first_batch = 0
+
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
+        self._global_train_batch = self.first_batch
 
 
 class Throughput(keras.callbacks.Callback):
@@ -530,9 +547,10 @@ def _fit(cfg: TrainConfig, model: GPT2, start: int, train_data: TokenShards, val
             raise ValueError(f"sample_prompt (--sample-prompt): {e}") from None
         log_dir = os.path.join(cfg.out, "logs", "samples") if cfg.tensorboard else None
         callbacks.append(TextSample(prompt_ids or [0], cfg.sample_tokens, decode, round_end, log_dir, cfg.verbose))
-    if cfg.tensorboard and placement.is_chief:
-        logs = os.path.join(cfg.out, "logs")
-        callbacks.append(keras.callbacks.TensorBoard(logs, update_freq=cfg.steps_per_execution))
+    tensorboard = None
+    if cfg.tensorboard and placement.is_chief:  # each compiled call's logs (Keras calls the batch hooks once per call)
+        tensorboard = RunTensorBoard(os.path.join(cfg.out, "logs"), update_freq=1)
+        callbacks.append(tensorboard)
     # --steps counts optimizer steps whatever the interval. Keras' rounds ("epochs") of one fit all have one
     # length, so the rounds left are run as one fit per run of equal lengths.
     pending = [(k, end - max(start, ends[k - 1] if k else 0)) for k, end in enumerate(ends) if end > start]
@@ -542,6 +560,8 @@ def _fit(cfg: TrainConfig, model: GPT2, start: int, train_data: TokenShards, val
         if nan_guard.bad_loss is not None:
             break
         train_ds = train_data.dataset(cfg.block_size, cfg.batch_size, cfg.seed, start_step=start * cfg.grad_accum)
+        if tensorboard is not None:
+            tensorboard.first_batch = start * cfg.grad_accum // cfg.steps_per_execution
         micro_batches = length * cfg.grad_accum  # each step takes grad_accum of them
         fitted = model.fit(
             train_ds.with_options(options), initial_epoch=rounds[0], epochs=rounds[-1] + 1,
