@@ -349,18 +349,15 @@ def jobs(smoke: bool) -> list[dict]:
     block, steps = (32, 2) if smoke else (1024, 40)
     base = {"smoke": smoke, "shape": shape}
     out = [{**base, "kind": "parity", "name": "parity"}]
-    for system in ("tf_gpt2", "nanogpt", "hf"):
-        for batch, dropout in ((16, 0.0), (32, 0.0), (16, 0.1)):
-            out.append({**base, "kind": "train", "system": system, "batch": 2 if smoke else batch, "dropout": dropout,
-                        "block": block, "steps": steps, "name": f"train {system} b{batch} dropout {dropout}"})
-    for batch, dropout, lever in LEVERS:
-        out.append({**base, "kind": "train", "system": "tf_gpt2", "batch": 2 if smoke else batch, "dropout": dropout,
+    trained = [(system, batch, dropout, {}) for system in ("tf_gpt2", "nanogpt", "hf")
+               for batch, dropout in ((16, 0.0), (32, 0.0), (16, 0.1))]
+    for system, batch, dropout, lever in trained + [("tf_gpt2", *row) for row in LEVERS]:
+        out.append({**base, "kind": "train", "system": system, "batch": 2 if smoke else batch, "dropout": dropout,
                     **lever, "block": block, "steps": steps,
-                    "name": f"train tf_gpt2 b{batch} dropout {dropout} {setting(lever)}".strip()})
+                    "name": f"train {system} b{batch} dropout {dropout} {setting(lever)}".strip()})
     for preset in PRESETS[:1] if smoke else PRESETS:
-        for system, settings in (("tf_gpt2", (("full", False), ("full", True), ("lora", True))),
-                                 ("hf", (("full", False), ("full", True), ("lora", True)))):
-            for mode, remat in settings:
+        for system in ("tf_gpt2", "hf"):
+            for mode, remat in (("full", False), ("full", True), ("lora", True)):
                 out.append({**base, "shape": SMOKE if smoke else None, "kind": "memory", "system": system,
                             "preset": preset, "mode": mode, "remat": remat, "block": block,
                             "name": f"memory {system} {preset} {mode}{' remat' if remat else ''}"})
@@ -496,11 +493,14 @@ def main(argv=None) -> int:
         print(json.dumps({"parity": parity, "train": train, "memory": memory, "decode": decode}[job["kind"]](job)))
         return 0
     os.makedirs(args.out, exist_ok=True)
-    free = None if args.share_gb or args.smoke else free_gpu_gb()
-    if not (args.share_gb or args.smoke or free):
-        print("note: nvidia-smi gave no free memory for this GPU; sharing it as if 100 GB were free (--share-gb sets "
-              "the estimated peaks of the processes run at once)", file=sys.stderr)
-    budget = (args.share_gb or 0.85 * (free or 100 / 0.85)) * GB
+    share_gb = args.share_gb
+    if share_gb is None and not args.smoke:  # a smoke run's estimates are all 0: nothing to share
+        free = free_gpu_gb()
+        if free is None:
+            print("note: nvidia-smi gave no free memory for this GPU; sharing 100 GB (--share-gb sets the estimated "
+                  "peaks of the processes run at once)", file=sys.stderr)
+        share_gb = 0.85 * free if free else 100.0
+    budget = (share_gb or 0.0) * GB
     todo = [job for job in jobs(args.smoke) if job["kind"] in args.parts.split(",")
             and (not args.smoke or job["name"] in SMOKE_JOBS) and re.search(args.only, job["name"])]
     for job in todo:
