@@ -1,7 +1,7 @@
 """tf_gpt2 on one GPU next to its peers, in one command: parity with Hugging Face, training tokens/s and MFU,
 fine-tuning memory (device peak), and decode tokens/s. Every system runs in its own process.
 
-    python benchmarks/gpu.py --out gpu-results      # a CUDA machine with JAX and torch (H200: about 12 minutes*)
+    python benchmarks/gpu.py --out gpu-results      # a CUDA machine with JAX and torch (not yet timed whole*)
     python benchmarks/gpu.py --smoke --out /tmp/g  # tiny shapes on a CPU: checks the harness (the test suite runs it)
 
 Needs JAX with CUDA, torch with CUDA, transformers and peft; not TensorFlow (tf_gpt2 runs on Keras' JAX backend).
@@ -12,31 +12,38 @@ Where Keras is missing, bring its wheels and put them on PYTHONPATH first, e.g.
   next to transformers on the same GPU (JAX matmuls at "highest" precision, torch TF32 off), and 32 greedy tokens.
 - Training: GPT-2 124M shape (vocab 50304), T=1024, AdamW, bf16: tf_gpt2 (`mixed_bfloat16`, `model.fit` with the
   callbacks `tf-gpt2 train` runs each step), a nanoGPT-style model and HF GPT2LMHeadModel under torch.compile with bf16
-  autocast; batch 16 and 32 without dropout, batch 16 with GPT-2's dropout 0.1; then tf_gpt2 with one setting changed
-  (`LEVERS`). MFU against the GPU's dense bf16 peak. `--profile` adds tf_gpt2's GPU time per step, kernel by kernel.
+  autocast; batch 16 and 32 without dropout, batch 16 with GPT-2's dropout 0.1; with `--levers`, tf_gpt2 with one
+  setting changed (`LEVERS`). MFU against the GPU's dense bf16 peak. `--profile` adds tf_gpt2's GPU time per step,
+  kernel by kernel and layer by layer (from the op names in XLA's optimized program).
 - Memory: one fine-tuning step (T=1024, batch 1, AdamW) per preset: full, full with recomputation, LoRA rank 8 on a
   bfloat16 base with recomputation; transformers full, with gradient checkpointing, and peft LoRA on a bf16 base.
   Device peak: JAX `memory_stats()["peak_bytes_in_use"]`, torch `max_memory_allocated()`; neither counts the CUDA
-  context (about 1 GB more on the card). These processes share the GPU, several at a time.
+  context (about 1 GB more on the card).
 - Decode: greedy, 32-token prompts, 128 new tokens, batch 1 and 8: `model.generate` in float32 and bfloat16; HF
   `generate` eager, and with its static cache (which transformers compiles with torch.compile on a GPU).
-Speed processes (training, decode) compile side by side in waves, then are timed one at a time on a quiet GPU; then
-parity and memory processes share the GPU, several at a time.
+Speed processes (training, decode) compile side by side in waves, then are timed one at a time on a quiet GPU.
+Parity and memory processes share the GPU, several at a time, while the speed processes compile; they are stopped
+(SIGSTOP) while one is timed. Each process's seconds (to compiled, to its end) go into results.json.
 Writes results.json, results.md and ratios.png (matplotlib) into --out.
-* By its parts' times on 2026-12-04 (454 s for 13 of the training rows, decode and parity; about 250 s for memory);
-not yet timed in one run.
+* On 2026-12-04 an H200 ran its parts one after another in about 12 minutes (454 s for 13 training rows with the levers,
+decode and parity; about 250 s for memory). The memory processes now run beside the compiles, and the levers only
+with `--levers`: the goal is 6 minutes, not yet measured.
 """
 
 from __future__ import annotations
 
 import argparse
+import glob
 import json
 import os
 import re
 import shlex
+import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -118,9 +125,10 @@ def train(job: dict) -> dict:
         result["device"] = jax.devices()[0].device_kind
     if job.get("profile"):
         try:
-            result["kernels"] = kernel_profile(run, data[3:13])  # one fit: its one-off work is spread over 10
+            result["kernels"] = kernel_profile(run, data[3:13], job.get("hlo_dir"))  # one fit's one-off work: /10
         except Exception as e:  # no profiler here: the speed still counts
             result["profile_error"] = f"{type(e).__name__}: {e}"[:300]
+        shutil.rmtree(job.get("hlo_dir") or "", ignore_errors=True)
     return result
 
 
@@ -131,11 +139,13 @@ def _keras_train(job, cfg):
     import keras
 
     from tf_gpt2 import GPT2
-    from tf_gpt2.training import RoundMetrics, StopOnNaN, Throughput, fit_callbacks
+    from tf_gpt2.training import fit_callbacks, step_callbacks
 
     model = GPT2(cfg, dtype="mixed_bfloat16")
-    model.compile(optimizer=keras.optimizers.AdamW(3e-4, weight_decay=0.1), jit_compile=True,
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)  # GPT2 computes it (token_cross_entropy)
+    if job.get("loss"):  # a plain function: Keras computes it
+        loss = lambda y, logits: keras.losses.sparse_categorical_crossentropy(y, logits, from_logits=True)  # noqa
+    model.compile(optimizer=keras.optimizers.AdamW(3e-4, weight_decay=0.1), jit_compile=True, loss=loss)
     loop = job.get("loop", "fit")
 
     def run(data):
@@ -144,7 +154,7 @@ def _keras_train(job, cfg):
                 model.train_on_batch(batch[:, :-1], batch[:, 1:])
             return
         ids = data.reshape(-1, data.shape[-1])
-        callbacks = [Throughput(data.shape[1] * (data.shape[2] - 1)), StopOnNaN(), RoundMetrics()]
+        callbacks = step_callbacks(data.shape[1] * (data.shape[2] - 1))
         if loop == "fit":
             callbacks = fit_callbacks(callbacks, model, epochs=1, steps=len(data), verbose=0)
         model.fit(ids[:, :-1], ids[:, 1:], batch_size=data.shape[1], shuffle=False, verbose=0, callbacks=callbacks)
@@ -187,10 +197,9 @@ KERNEL_KINDS = (("matmul", r"gemm|cutlass|xmma|nvjet|cublas|dot"), ("attention",
                 ("copy", r"memcpy|memset"))
 
 
-def kernel_profile(run, data) -> dict:
-    """Device time per training step by kernel, from a JAX profiler trace of `run(data)` (a CPU run: XLA's thunks)."""
-    import glob
-
+def kernel_profile(run, data, hlo_dir: str | None = None) -> dict:
+    """Device time per training step by kernel, from a JAX profiler trace of `run(data)` (a CPU run: XLA's thunks);
+    with `hlo_dir` (where XLA dumped the optimized train step), also by the layer each kernel computes for."""
     import jax
     from jax.profiler import ProfileData
 
@@ -203,11 +212,16 @@ def kernel_profile(run, data) -> dict:
     if not planes:  # a CPU: the threads that run XLA's compiled code
         lines = [line for p in profile.planes if p.name == "/host:CPU" for line in p.lines if "XLA" in line.name]
     kernels: dict[str, list] = {}
+    names, scopes = (op_names(hlo_dir) if hlo_dir else {}), {}
     for line in lines:
         for event in line.events:
+            ms = event.duration_ns / 1e6 / len(data)
             row = kernels.setdefault(event.name, [0.0, 0])
-            row[0] += event.duration_ns / 1e6 / len(data)
+            row[0] += ms
             row[1] += 1
+            op = names.get(dict(event.stats).get("hlo_op", event.name))
+            if op:
+                scopes[scope(op)] = scopes.get(scope(op), 0.0) + ms
     kinds = {kind: 0.0 for kind, _ in KERNEL_KINDS} | {"other": 0.0}
     families: dict[str, float] = {}  # XLA's fusions by kind: "loop_convert_multiply_fusion_11" -> "loop_convert..."
     for name, (ms, _) in kernels.items():
@@ -220,7 +234,28 @@ def kernel_profile(run, data) -> dict:
     return {"ms_per_step": sum(kinds.values()), "by_kind": kinds, "launches_per_step": sum(
         n for _, n in kernels.values()) / len(data), "lines": sorted({line.name for line in lines})[:12],
         "other_by_family": dict(sorted(families.items(), key=lambda item: -item[1])[:25]),
+        "by_scope": dict(sorted(scopes.items(), key=lambda item: -item[1])[:30]),
         "top": [[name[:90], ms, count / len(data)] for name, (ms, count) in top]}
+
+
+def op_names(directory: str) -> dict[str, str]:
+    """Each instruction of the largest optimized program XLA dumped into `directory` (the train step): the name JAX
+    gave the op it comes from, e.g. "jit(train_step)/transpose(jvp(h_3))/mlp/c_fc/dot_general"."""
+    files = glob.glob(os.path.join(directory, "*after_optimizations.txt"))
+    if not files:
+        return {}
+    with open(max(files, key=os.path.getsize)) as f:
+        return dict(re.findall(r'^\s*(?:ROOT )?%?([\w.\-]+) = .*?op_name="([^"]+)"', f.read(), re.M))
+
+
+def scope(op_name: str) -> str:
+    """Where an op is, in the model's layers: "jit(train_step)/transpose(jvp(h_3))/mlp/c_fc/dot_general" is
+    "h_*/mlp backward"; an optimizer's op is "adam_w"."""
+    way = " backward" if "transpose(" in op_name else " forward" if "jvp(" in op_name else ""
+    parts = [re.sub(r"^(?:[\w.]*\()+([^()]*)\)+$", r"\1", part) for part in op_name.split("/")
+             if not part.startswith("jit(")]  # transpose(jvp(h_3)) -> h_3; jit(_var) is a helper's
+    parts = [re.sub(r"^h_\d+$", "h_*", part) for part in parts if part]
+    return ("/".join(parts[:-1][:2]) or "/".join(parts) or "?") + way
 
 
 def memory(job: dict) -> dict:
@@ -332,6 +367,7 @@ LEVERS = (  # tf_gpt2's training, one setting changed: what each lever is worth
     (16, 0.0, {"model": {"loss_chunk": 256}}), (32, 0.0, {"model": {"loss_chunk": 256}}),  # the chunked head
     (32, 0.0, {"loop": "Keras callbacks"}),  # each batch's loss read as soon as it is launched
     (32, 0.0, {"loop": "train_on_batch"}),  # a batch at a time, the weights synced after each
+    (32, 0.0, {"loss": "Keras' cross-entropy"}),  # log-softmax's autodiff instead of GPT2's written-out gradient
     (32, 0.0, {"env": {"XLA_FLAGS": "--xla_gpu_enable_triton_gemm=false"}}),  # cuBLAS for every matmul
     (32, 0.0, {"env": {"XLA_FLAGS": "--xla_gpu_enable_cublaslt=true"}}),  # cuBLASLt: bias and GELU in the matmul
     (64, 0.0, {}),
@@ -340,7 +376,7 @@ LEVERS = (  # tf_gpt2's training, one setting changed: what each lever is worth
 
 def setting(job: dict) -> str:
     """A training job's setting beyond system, batch and dropout, in words."""
-    words = [f"{k} {v:g}" for k, v in job.get("model", {}).items()] + [job.get("loop", "")]
+    words = [f"{k} {v:g}" for k, v in job.get("model", {}).items()] + [job.get("loop", ""), job.get("loss", "")]
     return ", ".join(filter(None, words + list(job.get("env", {}).values())))
 
 
@@ -349,12 +385,12 @@ def jobs(smoke: bool) -> list[dict]:
     block, steps = (32, 2) if smoke else (1024, 40)
     base = {"smoke": smoke, "shape": shape}
     out = [{**base, "kind": "parity", "name": "parity"}]
-    trained = [(system, batch, dropout, {}) for system in ("tf_gpt2", "nanogpt", "hf")
+    trained = [(system, batch, dropout, {}, False) for system in ("tf_gpt2", "nanogpt", "hf")
                for batch, dropout in ((16, 0.0), (32, 0.0), (16, 0.1))]
-    for system, batch, dropout, lever in trained + [("tf_gpt2", *row) for row in LEVERS]:
+    for system, batch, dropout, changed, lever in trained + [("tf_gpt2", *row, True) for row in LEVERS]:
         out.append({**base, "kind": "train", "system": system, "batch": 2 if smoke else batch, "dropout": dropout,
-                    **lever, "block": block, "steps": steps,
-                    "name": f"train {system} b{batch} dropout {dropout} {setting(lever)}".strip()})
+                    **changed, "lever": lever, "block": block, "steps": steps,
+                    "name": f"train {system} b{batch} dropout {dropout} {setting(changed)}".strip()})
     for preset in PRESETS[:1] if smoke else PRESETS:
         for system in ("tf_gpt2", "hf"):
             for mode, remat in (("full", False), ("full", True), ("lora", True)):
@@ -392,40 +428,48 @@ def child_env(smoke: bool) -> dict:
 
 
 class Child:
-    """One job in its own Python process; its errors go to a temporary file (a full pipe would stall it)."""
+    """One job in its own Python process; its errors go to a temporary file (a full pipe would stall it). A speed
+    run (`timed`) says READY once compiled and warmed up, and is timed when told to go."""
 
-    def __init__(self, job: dict, smoke: bool, share: float | None = None):
+    def __init__(self, job: dict, smoke: bool, timed: bool = False):
         self.job, self.errors, self.lines = job, tempfile.TemporaryFile("w+"), []
+        self.started, self.seconds, self.is_ready = time.time(), {}, False
         env = child_env(smoke)
         for name, value in job.get("env", {}).items():  # a lever's flags join the caller's
             env[name] = " ".join(filter(None, [env.get(name), value]))
-        if share:  # a speed run: JAX takes its share of the GPU up front, as it does alone (allocation is not timed)
-            env.update(XLA_PYTHON_CLIENT_PREALLOCATE="true", XLA_PYTHON_CLIENT_MEM_FRACTION=f"{share:.2f}")
         self.process = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--job", json.dumps(job)],
                                         env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                         stderr=self.errors, text=True)
+        self.reader = threading.Thread(target=self._until_ready, daemon=True)
+        if timed:
+            self.reader.start()
 
-    def ready(self) -> bool:
-        """Wait until it has compiled and warmed up (False if it ended first)."""
+    def _until_ready(self) -> None:
         for line in self.process.stdout:
             if line.startswith("READY"):
-                return True
+                self.seconds["ready"] = round(time.time() - self.started, 1)
+                self.is_ready = True
+                return
             self.lines.append(line)
-        return False
 
     def go(self) -> None:
         self.process.stdin.write("go\n")
         self.process.stdin.flush()
 
-    def finish(self) -> dict:
-        """The job's result (its last JSON line), or {"error": the last line it wrote to stderr}."""
+    def finish(self) -> None:
+        """The job's result (its last JSON line), or {"error": the last line it wrote to stderr}; and its seconds, to
+        "ready" (compiled and warmed up, for a speed run) and to its end."""
+        if self.reader.is_alive() or self.reader.ident:
+            self.reader.join()
         out, _ = self.process.communicate()
+        self.job["seconds"] = {**self.seconds, "end": round(time.time() - self.started, 1)}
         lines = [line for line in self.lines + out.splitlines() if line.startswith("{")]
         if self.process.returncode or not lines:
             self.errors.seek(0)
             last = [line for line in self.errors.read().splitlines() if line.strip()]
-            return {"error": (last or [f"exit {self.process.returncode}"])[-1][-300:]}
-        return json.loads(lines[-1])
+            self.job["result"] = {"error": (last or [f"exit {self.process.returncode}"])[-1][-300:]}
+        else:
+            self.job["result"] = json.loads(lines[-1])
 
 
 def waves(todo: list[dict], limit: int, budget: float) -> list[list[dict]]:
@@ -441,37 +485,63 @@ def waves(todo: list[dict], limit: int, budget: float) -> list[list[dict]]:
     return groups + ([group] if group else [])
 
 
-def run_timed(group: list[dict], smoke: bool, report) -> None:
-    """Compile and warm up side by side; then time one process at a time, the others waiting."""
-    need = sum(estimated_bytes(job) for job in group) or len(group)  # a share of the GPU by estimated peak
-    children = [Child(job, smoke, share=0.9 * (estimated_bytes(job) or 1) / need) for job in group]
-    ready = [child.ready() for child in children]
-    for child, is_ready in zip(children, ready):
-        if is_ready:
-            child.go()
-        child.job["result"] = child.finish()
-        report(child.job)
+class Pool:
+    """The jobs whose speed is not measured (memory, parity), side by side on the GPU: a new one starts whenever the
+    estimated peaks of all processes on the GPU leave room. It runs while speed processes compile, and is stopped
+    (SIGSTOP) while one is timed."""
+
+    def __init__(self, todo: list[dict], smoke: bool, report, budget: float, deadline: float, limit: int = 8):
+        self.waiting, self.running = sorted(todo, key=estimated_bytes, reverse=True), []
+        self.smoke, self.report, self.budget, self.deadline, self.limit = smoke, report, budget, deadline, limit
+
+    def step(self, reserved: float = 0.0) -> None:
+        """Report the finished jobs; start those that fit next to `reserved` bytes of speed processes."""
+        for child in [c for c in self.running if c.process.poll() is not None]:
+            self.running.remove(child)
+            child.finish()
+            self.report(child.job)
+        if self.waiting and time.time() > self.deadline:
+            for job in self.waiting:
+                job["result"] = {"error": "not run: past the --budget"}
+            self.waiting = []
+        while self.waiting and len(self.running) < self.limit:
+            used = reserved + sum(estimated_bytes(child.job) for child in self.running)
+            fitting = next((job for job in self.waiting if used + estimated_bytes(job) <= self.budget), None)
+            if fitting is None and (self.running or reserved):
+                return
+            fitting = fitting or self.waiting[0]  # nothing fits even alone: the largest runs by itself
+            self.waiting.remove(fitting)
+            self.running.append(Child(fitting, self.smoke))
+
+    def signal(self, number: int) -> None:
+        for child in self.running:
+            if child.process.poll() is None:
+                child.process.send_signal(number)
+
+    def drain(self) -> None:
+        while self.waiting or self.running:
+            self.step()
+            time.sleep(0.5)
 
 
-def run_pool(todo: list[dict], smoke: bool, report, budget: float, limit: int = 8) -> None:
-    """Memory jobs side by side: a new one starts whenever the estimated peaks of those running leave room."""
-    waiting = sorted(todo, key=estimated_bytes, reverse=True)
-    running: list[Child] = []
-    while waiting or running:
-        used = sum(estimated_bytes(child.job) for child in running)
-        fitting = next((job for job in waiting if used + estimated_bytes(job) <= budget), None)
-        if fitting is not None and len(running) < limit:
-            waiting.remove(fitting)
-            running.append(Child(fitting, smoke))
-            continue
-        if not running:  # nothing fits even alone: run the largest by itself
-            running.append(Child(waiting.pop(0), smoke))
-            continue
+def run_timed(group: list[dict], smoke: bool, report, pool: Pool) -> None:
+    """Compile and warm up side by side, the pool going on beside them; then, the pool stopped, time one process at a
+    time, the others waiting."""
+    children = [Child(job, smoke, timed=True) for job in group]
+    reserved = sum(estimated_bytes(job) for job in group)
+    while any(child.reader.is_alive() for child in children):
+        pool.step(reserved)
         time.sleep(0.5)
-        for child in [c for c in running if c.process.poll() is not None]:
-            running.remove(child)
-            child.job["result"] = child.finish()
+    pool.signal(signal.SIGSTOP)
+    time.sleep(0 if smoke else 2)  # the kernels the stopped processes had queued finish first
+    try:
+        for child in children:
+            if child.is_ready:
+                child.go()
+            child.finish()
             report(child.job)
+    finally:
+        pool.signal(signal.SIGCONT)
 
 
 def main(argv=None) -> int:
@@ -479,17 +549,23 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default="gpu-results", help="folder for results.json, results.md, ratios.png")
     parser.add_argument("--smoke", action="store_true", help="tiny shapes on a CPU: checks the harness")
     parser.add_argument("--parts", default="train,decode,parity,memory",
-                        help="which: the timed ones (train, decode) first, then the others sharing the GPU")
+                        help="which: the speed runs (train, decode) in waves, the others beside their compiles")
     parser.add_argument("--only", default="", help="only the jobs whose name this regular expression finds")
     parser.add_argument("--parallel", type=int, default=4, help="speed processes compiling side by side")
     parser.add_argument("--share-gb", type=float, default=None,
                         help="estimated peaks of the processes run at once (default: 85%% of the GPU's free memory)")
     parser.add_argument("--budget", type=float, default=480, help="seconds after which no new wave or pool starts")
     parser.add_argument("--profile", action="store_true", help="also trace tf_gpt2's training: time per kernel")
+    parser.add_argument("--levers", action="store_true", help="also tf_gpt2's training with one setting changed")
     parser.add_argument("--job", help=argparse.SUPPRESS)  # one measurement, in a child process
     args = parser.parse_args(argv)
     if args.job:
         job = json.loads(args.job)
+        if job.get("profile"):  # XLA writes out the optimized train step: which layer each kernel computes for
+            job["hlo_dir"] = tempfile.mkdtemp()
+            os.environ["XLA_FLAGS"] = " ".join(filter(None, [os.environ.get("XLA_FLAGS"), "--xla_dump_hlo_as_text",
+                                                             f"--xla_dump_to={job['hlo_dir']}",
+                                                             "--xla_dump_hlo_module_re=train_step"]))
         print(json.dumps({"parity": parity, "train": train, "memory": memory, "decode": decode}[job["kind"]](job)))
         return 0
     os.makedirs(args.out, exist_ok=True)
@@ -502,7 +578,8 @@ def main(argv=None) -> int:
         share_gb = 0.85 * free if free else 100.0
     budget = (share_gb or 0.0) * GB
     todo = [job for job in jobs(args.smoke) if job["kind"] in args.parts.split(",")
-            and (not args.smoke or job["name"] in SMOKE_JOBS) and re.search(args.only, job["name"])]
+            and (not args.smoke or job["name"] in SMOKE_JOBS) and re.search(args.only, job["name"])
+            and (args.levers or args.smoke or not job.get("lever"))]
     for job in todo:
         job["profile"] = args.profile and job["kind"] == "train" and job["system"] == "tf_gpt2"
     given = argv if argv is not None else sys.argv[1:]
@@ -513,7 +590,8 @@ def main(argv=None) -> int:
     began = time.time()
 
     def report(job):
-        print(f"[{time.time() - began:5.0f} s] {job['name']}: {json.dumps(job['result'])}", flush=True)
+        print(f"[{time.time() - began:5.0f} s] {job['name']} ({job['seconds']}): {json.dumps(job['result'])}",
+              flush=True)
         with open(os.path.join(args.out, "results.json"), "w") as f:  # as it goes: a cut-short run keeps its rows
             json.dump(results, f, indent=1)
 
@@ -524,17 +602,14 @@ def main(argv=None) -> int:
             job["result"] = {"error": f"not run: past the --budget of {args.budget:.0f} s"}
         return True
 
-    parts = args.parts.split(",")
-    for phase in ([k for k in parts if k in TIMED], [k for k in parts if k not in TIMED]):
-        batch = [job for job in todo if job["kind"] in phase]
-        if batch and phase[0] in TIMED:
-            for group in waves(batch, args.parallel, budget):
-                if not late(group):
-                    run_timed(group, args.smoke, report)
-        elif batch and not late(batch):
-            run_pool(batch, args.smoke, report, budget)
-        for job in [job for job in batch if OUT_OF_MEMORY.search(job["result"].get("error", ""))]:  # once more, alone
-            run_timed([job], args.smoke, report)
+    pool = Pool([job for job in todo if job["kind"] not in TIMED], args.smoke, report, budget,
+                deadline=began + args.budget, limit=2 if args.smoke else 8)
+    for group in waves([job for job in todo if job["kind"] in TIMED], args.parallel, budget):
+        if not late(group):
+            run_timed(group, args.smoke, report, pool)
+    pool.drain()
+    for job in [job for job in todo if OUT_OF_MEMORY.search(job["result"].get("error", ""))]:  # once more, alone
+        run_timed([job], args.smoke, report, Pool([], args.smoke, report, budget, deadline=0))
     results["seconds"] = time.time() - began
     write_outputs(results, args.out)
     print(open(os.path.join(args.out, "results.md")).read())
@@ -596,9 +671,10 @@ def profile_section(results: dict) -> str:
         k = job["result"].get("kernels")
         if k:
             kinds = ", ".join(f"{kind} {ms:.1f}" for kind, ms in k["by_kind"].items())
+            scopes = ", ".join(f"{where} {ms:.1f}" for where, ms in list(k.get("by_scope", {}).items())[:12])
             parts.append(f"**{job['name']}**: {k['ms_per_step']:.1f} ms per step on the device ({kinds}), "
-                         f"{k['launches_per_step']:.0f} launches\n\n" + "\n".join(
-                             f"- {ms:.2f} ms, {n:.0f}x: `{name}`" for name, ms, n in k["top"][:8]))
+                         f"{k['launches_per_step']:.0f} launches\n\n" + f"By layer: {scopes}\n\n" * bool(scopes)
+                         + "\n".join(f"- {ms:.2f} ms, {n:.0f}x: `{name}`" for name, ms, n in k["top"][:8]))
     return "\n\n".join(parts)
 
 

@@ -159,7 +159,8 @@ def test_the_peers_processes_hold_no_tensorflow():
 
 def test_gpu_benchmark_smoke_runs_every_path_each_in_its_own_process(tmp_path):
     """`benchmarks/gpu.py --smoke`: one job of each kind and system (parity, training, device-peak memory with peft,
-    decode with transformers' static cache) runs on a CPU in its own process, and the tables and chart are written."""
+    decode with transformers' static cache) runs on a CPU in its own process, the memory and parity processes beside
+    the speed runs' compiles, and the tables and chart are written."""
     import subprocess
 
     command = [sys.executable, os.path.join(BENCHMARKS, "gpu.py"), "--smoke", "--profile", "--out", str(tmp_path)]
@@ -177,6 +178,12 @@ def test_gpu_benchmark_smoke_runs_every_path_each_in_its_own_process(tmp_path):
                for key, value in job["result"].items() if key not in ("kernels", "device"))
     profiled = [job["result"]["kernels"] for job in results["jobs"] if "kernels" in job["result"]]
     assert len(profiled) == 2 and all(k["ms_per_step"] > 0 and k["top"] for k in profiled)  # tf_gpt2's training
+    for kernels in profiled:  # the kernels' time by layer, from XLA's optimized program: each block's MLP's, both ways
+        assert kernels["by_scope"]["h_*/mlp forward"] > 0 and kernels["by_scope"]["h_*/mlp backward"] > 0
+        assert "adam_w" in kernels["by_scope"]
+    for job in results["jobs"]:  # each process's seconds: a speed run's to compiled and warmed up, and to its end
+        assert 0 < job["seconds"].get("ready", 0.1) < job["seconds"]["end"]
+        assert ("ready" in job["seconds"]) == (job["kind"] in gpu.TIMED)
     assert (tmp_path / "ratios.png").stat().st_size > 0
     assert "| tf_gpt2 | bfloat16 |" in (tmp_path / "results.md").read_text()
 

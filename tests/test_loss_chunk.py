@@ -1,5 +1,6 @@
-"""`GPT2Config(loss_chunk=N)`: the LM head and cross-entropy over N positions at a time, recomputed in the backward
-pass. The same losses and gradients as the whole [batch, time, vocab] logits, through Keras' own train step, on
+"""The training loss: GPT2 computes Keras' sparse categorical cross-entropy from logits itself (`token_cross_entropy`,
+its gradient written out), over the whole [batch, time, vocab] logits or with `GPT2Config(loss_chunk=N)` N positions at
+a time, recomputed in the backward pass. Both give Keras' own losses and gradients, through Keras' train step, on
 TensorFlow and on JAX."""
 
 import json
@@ -22,21 +23,67 @@ def _batches():
     return [rng.integers(0, 61, (3, 13)).astype("int32") for _ in range(3)]
 
 
-def _train(loss_chunk: int, dtype: str = "float32") -> tuple[list[float], list[np.ndarray], float]:
+def keras_cross_entropy(y_true, y_pred):
+    """Keras' own cross-entropy: a plain function, which GPT2 leaves to Keras."""
+    return keras.losses.sparse_categorical_crossentropy(y_true, y_pred, from_logits=True)
+
+
+def _train(loss_chunk: int, dtype: str = "float32", loss=None, weighted: bool = False,
+           ) -> tuple[list[float], list[np.ndarray], float]:
     """Three SGD steps (each weight moves by lr x its gradient, so equal weights mean equal gradients), then the
-    validation loss."""
+    validation loss. `weighted`: each token weighted 0, 1 or 2."""
     keras.utils.set_random_seed(1)
     model = GPT2(GPT2Config(**SHAPE, loss_chunk=loss_chunk), dtype=dtype)
     model.compile(optimizer=keras.optimizers.SGD(0.5), jit_compile=True,
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    losses = [float(model.train_on_batch(b[:, :-1], b[:, 1:])) for b in _batches()]
+                  loss=loss or keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    weights = np.random.default_rng(2).integers(0, 3, (3, 12)).astype("float32") if weighted else None
+    losses = [float(model.train_on_batch(b[:, :-1], b[:, 1:], sample_weight=weights)) for b in _batches()]
     batch = _batches()[0]
     return losses, model.get_weights(), float(model.evaluate(batch[:, :-1], batch[:, 1:], verbose=0))
 
 
+@pytest.mark.parametrize("weighted", [False, True])
+def test_the_models_cross_entropy_equals_keras_in_value_and_gradient(weighted):
+    losses, weights, evaluated = _train(0, loss=keras_cross_entropy, weighted=weighted)
+    ours, our_weights, our_evaluated = _train(0, weighted=weighted)
+    np.testing.assert_allclose(ours, losses, rtol=1e-6)
+    assert max(np.abs(a - b).max() for a, b in zip(our_weights, weights)) <= 1e-6
+    assert abs(our_evaluated - evaluated) <= 1e-6 * evaluated
+
+
+def test_token_cross_entropy_gradient_is_softmax_minus_the_target():
+    import tensorflow as tf
+
+    from tf_gpt2.model import token_cross_entropy
+
+    rng = np.random.default_rng(0)
+    logits = tf.constant(rng.normal(size=(2, 3, 7)).astype("float32") * 4)
+    targets, upstream = rng.integers(0, 7, (2, 3)), rng.normal(size=(2, 3)).astype("float32")
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(logits)
+        ours = token_cross_entropy(logits, targets)
+        theirs = keras.losses.sparse_categorical_crossentropy(targets, logits, from_logits=True)
+        ours_weighted, theirs_weighted = (tf.reduce_sum(v * upstream) for v in (ours, theirs))
+    np.testing.assert_allclose(ours, theirs, atol=2e-6)
+    np.testing.assert_allclose(tape.gradient(ours_weighted, logits), tape.gradient(theirs_weighted, logits), atol=1e-6)
+    bf16 = token_cross_entropy(tf.cast(logits, "bfloat16"), targets)  # computed in float32 from bfloat16 logits
+    assert bf16.dtype == tf.float32
+    np.testing.assert_allclose(bf16, theirs, atol=0.05)
+
+
+def test_targets_with_a_trailing_axis_give_the_same_loss():
+    batch, losses = _batches()[0], []
+    for targets in (batch[:, 1:], batch[:, 1:, None]):  # a model each: one traced step sees one rank of targets
+        keras.utils.set_random_seed(0)
+        model = GPT2(GPT2Config(**SHAPE))
+        model.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        losses.append(float(model.test_on_batch(batch[:, :-1], targets)))
+    assert losses[1] == pytest.approx(losses[0], rel=1e-6)
+
+
 @pytest.mark.parametrize("loss_chunk", [5, 12])  # 12 positions: chunks of 5, 5 and 2; or one chunk
 def test_chunked_loss_equals_the_whole_loss_in_value_and_gradient(loss_chunk):
-    losses, weights, evaluated = _train(0)
+    losses, weights, evaluated = _train(0, loss=keras_cross_entropy)
     chunked_losses, chunked_weights, chunked_evaluated = _train(loss_chunk)
     np.testing.assert_allclose(chunked_losses, losses, rtol=1e-5)
     assert max(np.abs(a - b).max() for a, b in zip(chunked_weights, weights)) <= 1e-5
@@ -44,7 +91,7 @@ def test_chunked_loss_equals_the_whole_loss_in_value_and_gradient(loss_chunk):
 
 
 def test_chunked_loss_under_mixed_bfloat16_follows_the_whole_loss():
-    losses, _, _ = _train(0, "mixed_bfloat16")
+    losses, _, _ = _train(0, "mixed_bfloat16", loss=keras_cross_entropy)
     chunked, _, _ = _train(5, "mixed_bfloat16")
     np.testing.assert_allclose(chunked, losses, rtol=2e-3)  # the same bfloat16 matmuls, summed in another order
 
@@ -59,17 +106,21 @@ def test_chunked_loss_refuses_what_it_cannot_compute():
         GPT2Config(loss_chunk=-1)
 
 
-def test_chunked_loss_on_jax_equals_the_whole_loss():
+def test_the_models_cross_entropy_and_chunked_loss_on_jax_equal_keras():
     script = textwrap.dedent(f"""
         import json, sys
         import numpy as np
         sys.path.insert(0, {os.path.dirname(os.path.abspath(__file__))!r})
         import keras
         assert keras.backend.backend() == "jax"
-        from test_loss_chunk import _train
-        (losses, weights, _), (chunked, chunked_weights, _) = _train(0), _train(5)
-        print(json.dumps({{"losses": losses, "chunked": chunked,
-                           "weights": max(float(np.abs(a - b).max()) for a, b in zip(weights, chunked_weights))}}))
+        from test_loss_chunk import _train, keras_cross_entropy
+        (losses, weights, _) = _train(0, loss=keras_cross_entropy)
+        (whole, whole_weights, _), (chunked, chunked_weights, _) = _train(0, weighted=True), _train(5)
+        (keras_weighted, keras_weighted_weights, _) = _train(0, loss=keras_cross_entropy, weighted=True)
+        gap = lambda a, b: max(float(np.abs(x - y).max()) for x, y in zip(a, b))
+        print(json.dumps({{"losses": losses, "chunked": chunked, "whole": whole, "keras_weighted": keras_weighted,
+                           "weights": gap(weights, chunked_weights),
+                           "whole_weights": gap(whole_weights, keras_weighted_weights)}}))
     """)
     env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"}
     run = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
@@ -77,3 +128,5 @@ def test_chunked_loss_on_jax_equals_the_whole_loss():
     result = json.loads(run.stdout.strip().splitlines()[-1])
     np.testing.assert_allclose(result["chunked"], result["losses"], rtol=1e-5)
     assert result["weights"] <= 1e-5
+    np.testing.assert_allclose(result["whole"], result["keras_weighted"], rtol=1e-6)  # weighted tokens
+    assert result["whole_weights"] <= 1e-6

@@ -26,7 +26,34 @@ class TokenLoss(keras.losses.Loss):
 
 def _is_logits_cross_entropy(loss) -> bool:
     config = loss.get_config() if isinstance(loss, keras.losses.SparseCategoricalCrossentropy) else {}
-    return bool(config.get("from_logits")) and config.get("ignore_class") is None
+    return bool(config.get("from_logits")) and config.get("ignore_class") is None and config.get("axis", -1) == -1
+
+
+def token_cross_entropy(logits, targets):
+    """-log softmax(logits)[target] at each position: logsumexp(logits) - logits[target], in float32.
+
+    The same values and gradients as `keras.losses.sparse_categorical_crossentropy(..., from_logits=True)`, with the
+    gradient written out, softmax(logits) - onehot(target): the backward pass reads the logits once and writes one
+    [batch, time, vocab] array, where the autodiff of log-softmax passes over that array several times.
+
+    Example:
+    >>> import numpy as np
+    >>> float(token_cross_entropy(np.zeros((1, 4), "float32"), np.array([2]))[0])  # uniform over 4: log 4
+    1.3862943649291992
+    """
+    @ops.custom_gradient
+    def cross_entropy(logits, targets):
+        x = ops.cast(logits, "float32")
+        lse = ops.logsumexp(x, axis=-1)
+
+        def gradient(*args, upstream=None):  # the backends pass the upstream gradient positionally or by name
+            upstream = args[0] if upstream is None else upstream
+            softmax = ops.exp(x - lse[..., None])
+            return ops.cast((softmax - ops.one_hot(targets, x.shape[-1])) * upstream[..., None], logits.dtype), None
+
+        return lse - ops.take_along_axis(x, targets[..., None], axis=-1)[..., 0], gradient
+
+    return cross_entropy(logits, ops.cast(targets, "int32"))
 
 
 @keras.saving.register_keras_serializable(package="tf_gpt2")
@@ -131,26 +158,36 @@ class GPT2(keras.Model):
         super().compile(optimizer=optimizer, loss=loss, metrics=metrics, weighted_metrics=weighted_metrics, **kwargs)
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
-        """Keras' loss, or with `config.loss_chunk` in training the same cross-entropy from the final hidden states
-        (`call` returns them then): head and loss over `loss_chunk` tokens at a time, each chunk recomputed in the
-        backward pass, so the [batch, time, vocab] logits are never held."""
-        if not (training and self.config.loss_chunk):
+        """Keras' loss; its sparse categorical cross-entropy from logits (a language model's loss) computed by
+        `token_cross_entropy`. With `config.loss_chunk` in training, the same cross-entropy from the final hidden
+        states (`call` returns them then): head and loss over `loss_chunk` tokens at a time, each chunk recomputed in
+        the backward pass, so the [batch, time, vocab] logits are never held."""
+        if not _is_logits_cross_entropy(self.loss):
             return super().compute_loss(x, y, y_pred, sample_weight, training)
-        vocab, chunk, time = self.config.vocab_size, self.config.loss_chunk, y_pred.shape[1]
+        targets = ops.cast(y, "int32")
+        if len(targets.shape) == len(y_pred.shape):  # [batch, time, 1], as Keras' loss takes them too
+            targets = targets[..., 0]
+        if training and self.config.loss_chunk:
+            per_token = self._chunked_cross_entropy(y_pred, targets)
+        else:
+            per_token = token_cross_entropy(y_pred, targets)
+        loss = TokenLoss(reduction=self.loss.reduction, dtype=self.loss.dtype)(targets, per_token, sample_weight)
+        return loss + sum(self.losses) if self.losses else loss
+
+    def _chunked_cross_entropy(self, hidden, targets):
+        """Per-token cross-entropy from the final hidden states [batch, time, n_embd], `loss_chunk` positions at a
+        time, each chunk's logits recomputed in the backward pass."""
+        vocab, chunk, time = self.config.vocab_size, self.config.loss_chunk, hidden.shape[1]
         if time is None:
             raise ValueError("GPT2Config.loss_chunk needs the length of the training windows when the step is traced: "
                              "give the data a fixed sequence length (tf-gpt2's datasets have one)")
-        targets = ops.cast(y, "int32")
-        table = ops.cast(self.wte.embeddings, y_pred.dtype)  # the tied head, in the compute dtype as `wte` uses it
+        table = ops.cast(self.wte.embeddings, hidden.dtype)  # the tied head, in the compute dtype as `wte` uses it
 
         def chunk_losses(hidden, table, targets):  # [batch, chunk, n_embd] -> [batch, chunk]
-            logits = ops.cast(ops.matmul(hidden, ops.transpose(table))[..., :vocab], "float32")
-            return ops.sparse_categorical_crossentropy(targets, logits, from_logits=True)
+            return token_cross_entropy(ops.matmul(hidden, ops.transpose(table))[..., :vocab], targets)
 
-        per_token = ops.concatenate([keras.remat(chunk_losses)(y_pred[:, i:i + chunk], table, targets[:, i:i + chunk])
-                                     for i in range(0, time, chunk)], axis=1)
-        loss = TokenLoss(reduction=self.loss.reduction, dtype=self.loss.dtype)(y, per_token, sample_weight)
-        return loss + sum(self.losses) if self.losses else loss
+        return ops.concatenate([keras.remat(chunk_losses)(hidden[:, i:i + chunk], table, targets[:, i:i + chunk])
+                                for i in range(0, time, chunk)], axis=1)
 
     # -- the KV cache ----------------------------------------------------------------------------
     def init_cache(self, batch_size: int, max_length: int, dtype: str | None = None) -> list[dict]:

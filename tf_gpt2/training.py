@@ -304,6 +304,11 @@ class RoundMetrics(keras.callbacks.Callback):
         logs["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
 
 
+def step_callbacks(tokens_per_batch: int, nan_guard: StopOnNaN | None = None) -> list[keras.callbacks.Callback]:
+    """The callbacks `tf-gpt2 train` runs at every batch: tokens/s, the NaN guard, the round's metrics."""
+    return [Throughput(tokens_per_batch), nan_guard or StopOnNaN(), RoundMetrics()]
+
+
 class SaveCheckpoint(keras.callbacks.Callback):
     """After each round: model + optimizer state to `path`, atomically, unless the loss went bad (a round's loss
     is the mean of its steps': one non-finite step makes it non-finite)."""
@@ -535,7 +540,7 @@ def _fit(cfg: TrainConfig, model: GPT2, start: int, train_data: TokenShards, val
               "no validation loss (add text, lower --block-size, or prepare with a larger --val-fraction)",
               file=sys.stderr)
     nan_guard = StopOnNaN()
-    callbacks = [Throughput(cfg.batch_size * cfg.block_size), nan_guard, RoundMetrics(),
+    callbacks = [*step_callbacks(cfg.batch_size * cfg.block_size, nan_guard),
                  SaveCheckpoint(checkpoint, round_end, write=placement.is_chief)]
     if gradient_norm is not None:
         callbacks.insert(1, LogGradientNorm(gradient_norm))
