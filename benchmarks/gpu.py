@@ -219,7 +219,7 @@ def kernel_profile(run, data, hlo_dir: str | None = None) -> dict:
             row = kernels.setdefault(event.name, [0.0, 0])
             row[0] += ms
             row[1] += 1
-            op = names.get(dict(event.stats).get("hlo_op", event.name))
+            op = names.get(kernel_name(dict(event.stats).get("hlo_op", event.name)))
             if op:
                 scopes[scope(op)] = scopes.get(scope(op), 0.0) + ms
     kinds = {kind: 0.0 for kind, _ in KERNEL_KINDS} | {"other": 0.0}
@@ -245,7 +245,13 @@ def op_names(directory: str) -> dict[str, str]:
     if not files:
         return {}
     with open(max(files, key=os.path.getsize)) as f:
-        return dict(re.findall(r'^\s*(?:ROOT )?%?([\w.\-]+) = .*?op_name="([^"]+)"', f.read(), re.M))
+        found = re.findall(r'^\s*(?:ROOT )?%?([\w.\-]+) = .*?op_name="([^"]+)"', f.read(), re.M)
+    return {kernel_name(name): op for name, op in found}
+
+
+def kernel_name(name: str) -> str:
+    """An instruction's name as a GPU kernel is named after it: "loop_add_fusion.11" runs as "loop_add_fusion_11"."""
+    return re.sub(r"[^\w]", "_", name)
 
 
 def scope(op_name: str) -> str:
@@ -459,7 +465,7 @@ class Child:
     def finish(self) -> None:
         """The job's result (its last JSON line), or {"error": the last line it wrote to stderr}; and its seconds, to
         "ready" (compiled and warmed up, for a speed run) and to its end."""
-        if self.reader.is_alive() or self.reader.ident:
+        if self.reader.ident:  # a speed run's: it has read up to READY, or to the end
             self.reader.join()
         out, _ = self.process.communicate()
         self.job["seconds"] = {**self.seconds, "end": round(time.time() - self.started, 1)}

@@ -164,6 +164,8 @@ class GPT2(keras.Model):
         the backward pass, so the [batch, time, vocab] logits are never held."""
         if not _is_logits_cross_entropy(self.loss):
             return super().compute_loss(x, y, y_pred, sample_weight, training)
+        if not self._compile_loss.built:  # as Keras' loss builds itself on its first call: fit and evaluate check it
+            self._compile_loss.build(y, y_pred)
         targets = ops.cast(y, "int32")
         if len(targets.shape) == len(y_pred.shape):  # [batch, time, 1], as Keras' loss takes them too
             targets = targets[..., 0]
