@@ -51,6 +51,20 @@ def test_the_models_cross_entropy_equals_keras_in_value_and_gradient(weighted):
     assert abs(our_evaluated - evaluated) <= 1e-6 * evaluated
 
 
+def test_weighted_losses_are_left_to_keras():
+    batch = _batches()[0]
+    losses = []
+    for weights in (None, 2.0):
+        keras.utils.set_random_seed(0)
+        model = GPT2(GPT2Config(**SHAPE))
+        model.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), loss_weights=weights)
+        losses.append(float(model.test_on_batch(batch[:, :-1], batch[:, 1:])))
+    assert losses[1] == pytest.approx(2 * losses[0], rel=1e-6)
+    with pytest.raises(ValueError, match="no loss weights"):
+        GPT2(GPT2Config(**SHAPE, loss_chunk=4)).compile(
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), loss_weights=2.0)
+
+
 def test_token_cross_entropy_gradient_is_softmax_minus_the_target():
     import tensorflow as tf
 

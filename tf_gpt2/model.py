@@ -86,6 +86,7 @@ class GPT2(keras.Model):
         elif not isinstance(config, GPT2Config):
             raise TypeError(f"config must be a GPT2Config or a dict, got {type(config).__name__}")
         self.config = cfg = config
+        self._own_cross_entropy = False  # set by `compile`
         init = keras.initializers.RandomNormal(stddev=cfg.initializer_range)
         policy = self.dtype_policy  # e.g. GPT2(cfg, dtype="mixed_bfloat16"); every sublayer gets it
         # The token embedding is also the LM head (tied weights): Keras' ReversibleEmbedding, reverse=True.
@@ -149,20 +150,25 @@ class GPT2(keras.Model):
         return self._lm_head(x)
 
     # -- the training loss ----------------------------------------------------------------------------
-    def compile(self, optimizer="rmsprop", loss=None, metrics=None, weighted_metrics=None, **kwargs):
-        if self.config.loss_chunk and (not _is_logits_cross_entropy(loss) or metrics or weighted_metrics):
+    def compile(self, optimizer="rmsprop", loss=None, metrics=None, weighted_metrics=None, loss_weights=None,
+                **kwargs):
+        # Keras' sparse categorical cross-entropy from logits, unweighted: `compute_loss` computes it itself
+        self._own_cross_entropy = _is_logits_cross_entropy(loss) and loss_weights is None
+        if self.config.loss_chunk and (not self._own_cross_entropy or metrics or weighted_metrics):
             raise ValueError("GPT2Config.loss_chunk computes sparse categorical cross-entropy from logits itself, "
-                             f"got loss={loss!r}, metrics={metrics or weighted_metrics!r}: compile with "
-                             "loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True) and no metrics, or "
-                             "use loss_chunk=0")
-        super().compile(optimizer=optimizer, loss=loss, metrics=metrics, weighted_metrics=weighted_metrics, **kwargs)
+                             f"got loss={loss!r}, loss_weights={loss_weights!r}, "
+                             f"metrics={metrics or weighted_metrics!r}: compile with "
+                             "loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True) and no loss weights or "
+                             "metrics, or use loss_chunk=0")
+        super().compile(optimizer=optimizer, loss=loss, metrics=metrics, weighted_metrics=weighted_metrics,
+                        loss_weights=loss_weights, **kwargs)
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         """Keras' loss; its sparse categorical cross-entropy from logits (a language model's loss) computed by
         `token_cross_entropy`. With `config.loss_chunk` in training, the same cross-entropy from the final hidden
         states (`call` returns them then): head and loss over `loss_chunk` tokens at a time, each chunk recomputed in
         the backward pass, so the [batch, time, vocab] logits are never held."""
-        if not _is_logits_cross_entropy(self.loss):
+        if not self._own_cross_entropy:
             return super().compute_loss(x, y, y_pred, sample_weight, training)
         if not self._compile_loss.built:  # as Keras' loss builds itself on its first call: fit and evaluate check it
             self._compile_loss.build(y, y_pred)
