@@ -496,9 +496,9 @@ class Pool:
     estimated peaks of all processes on the GPU leave room. It runs while speed processes compile, and is stopped
     (SIGSTOP) while one is timed."""
 
-    def __init__(self, todo: list[dict], smoke: bool, report, budget: float, deadline: float, limit: int = 8):
+    def __init__(self, todo: list[dict], smoke: bool, report, budget: float, late=lambda jobs: False, limit: int = 8):
         self.waiting, self.running = sorted(todo, key=estimated_bytes, reverse=True), []
-        self.smoke, self.report, self.budget, self.deadline, self.limit = smoke, report, budget, deadline, limit
+        self.smoke, self.report, self.budget, self.late, self.limit = smoke, report, budget, late, limit
 
     def step(self, reserved: float = 0.0) -> None:
         """Report the finished jobs; start those that fit next to `reserved` bytes of speed processes."""
@@ -506,9 +506,7 @@ class Pool:
             self.running.remove(child)
             child.finish()
             self.report(child.job)
-        if self.waiting and time.time() > self.deadline:
-            for job in self.waiting:
-                job["result"] = {"error": "not run: past the --budget"}
+        if self.waiting and self.late(self.waiting):  # past the --budget: the jobs waiting say so
             self.waiting = []
         while self.waiting and len(self.running) < self.limit:
             used = reserved + sum(estimated_bytes(child.job) for child in self.running)
@@ -608,14 +606,14 @@ def main(argv=None) -> int:
             job["result"] = {"error": f"not run: past the --budget of {args.budget:.0f} s"}
         return True
 
-    pool = Pool([job for job in todo if job["kind"] not in TIMED], args.smoke, report, budget,
-                deadline=began + args.budget, limit=2 if args.smoke else 8)
+    pool = Pool([job for job in todo if job["kind"] not in TIMED], args.smoke, report, budget, late,
+                limit=2 if args.smoke else 8)
     for group in waves([job for job in todo if job["kind"] in TIMED], args.parallel, budget):
         if not late(group):
             run_timed(group, args.smoke, report, pool)
     pool.drain()
     for job in [job for job in todo if OUT_OF_MEMORY.search(job["result"].get("error", ""))]:  # once more, alone
-        run_timed([job], args.smoke, report, Pool([], args.smoke, report, budget, deadline=0))
+        run_timed([job], args.smoke, report, Pool([], args.smoke, report, budget))
     results["seconds"] = time.time() - began
     write_outputs(results, args.out)
     print(open(os.path.join(args.out, "results.md")).read())
