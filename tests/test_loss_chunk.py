@@ -3,6 +3,7 @@ its gradient written out), over the whole [batch, time, vocab] logits or with `G
 a time, recomputed in the backward pass. Both give Keras' own losses and gradients, through Keras' train step, on
 TensorFlow and on JAX."""
 
+import functools
 import json
 import os
 import subprocess
@@ -28,6 +29,7 @@ def keras_cross_entropy(y_true, y_pred):
     return keras.losses.sparse_categorical_crossentropy(y_true, y_pred, from_logits=True)
 
 
+@functools.lru_cache(maxsize=None)  # a pure function of its arguments (seeded): the tests share the references
 def _train(loss_chunk: int, dtype: str = "float32", loss=None, weighted: bool = False,
            ) -> tuple[list[float], list[np.ndarray], float]:
     """Three SGD steps (each weight moves by lr x its gradient, so equal weights mean equal gradients), then the
