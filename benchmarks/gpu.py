@@ -221,7 +221,8 @@ def kernel_profile(run, data, hlo_dir: str | None = None) -> dict:
             row[1] += 1
             op = names.get(kernel_name(dict(event.stats).get("hlo_op", event.name)))
             if op:
-                scopes[scope(op)] = scopes.get(scope(op), 0.0) + ms
+                where = scope(op)
+                scopes[where] = scopes.get(where, 0.0) + ms
     kinds = {kind: 0.0 for kind, _ in KERNEL_KINDS} | {"other": 0.0}
     families: dict[str, float] = {}  # XLA's fusions by kind: "loop_convert_multiply_fusion_11" -> "loop_convert..."
     for name, (ms, _) in kernels.items():
@@ -419,7 +420,7 @@ def estimated_bytes(job: dict) -> float:
         per_param = 3 if job["mode"] == "lora" else 14 if job["remat"] else 20
         return params * per_param * (1.5 if job["system"] == "hf" else 1) + 3 * GB
     if job["kind"] == "train":
-        torch = 1.0 if job["system"] == "tf_gpt2" else 1.5  # its float32 copy of the logits, and no preallocation
+        torch = 1.0 if job["system"] == "tf_gpt2" else 1.5  # its float32 copy of the logits
         return job["batch"] * (1.5 if job["dropout"] else 1.0) * 0.6 * torch * GB + 3 * GB  # 124M, T=1024
     return 6 * GB
 
