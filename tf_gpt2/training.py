@@ -581,12 +581,13 @@ def _fit(cfg: TrainConfig, model: GPT2, start: int, train_data: TokenShards, val
     if nan_guard.bad_loss is not None:
         batch, loss = nan_guard.bad_loss
         float16 = model.dtype_policy.compute_dtype == "float16"  # its loss scale is optimizer state: no way back
+        clip = f"a --grad-clip below {cfg.grad_clip:g}" if cfg.grad_clip else "--grad-clip 1"  # one that changes it
         if os.path.exists(checkpoint):  # the same command would resume into the same loss: resuming is exact
             kept = (f"the last good checkpoint is {checkpoint}. Continue from it with a lower --learning-rate or "
-                    "--grad-clip 1 and --resume-with-changes, or start over in a new --out"
+                    f"{clip} and --resume-with-changes, or start over in a new --out"
                     + (" (also to train in bfloat16 or float32 instead of float16)" if float16 else ""))
         else:
-            kept = ("no checkpoint was written. Try a lower --learning-rate, --grad-clip 1"
+            kept = (f"no checkpoint was written. Try a lower --learning-rate, {clip}"
                     + (", or bfloat16 or float32 instead of float16" if float16 else ""))
         raise FloatingPointError(f"training stopped: the loss became {loss} (batch {batch} of its round); {kept}")
     return history
