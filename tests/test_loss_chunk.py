@@ -44,6 +44,32 @@ def _train(loss_chunk: int, dtype: str = "float32", loss=None, weighted: bool = 
     return losses, model.get_weights(), float(model.evaluate(batch[:, :-1], batch[:, 1:], verbose=0))
 
 
+def _out_of_vocabulary_losses() -> dict[str, float]:
+    """A training step's loss with one target outside the vocabulary: a padding row of the head (61), past the head
+    (64), negative (-1), or none; whole head and chunked."""
+    batch, losses = _batches()[0], {}
+    for loss_chunk in (0, 5):
+        keras.utils.set_random_seed(0)
+        model = GPT2(GPT2Config(**SHAPE, loss_chunk=loss_chunk))
+        model.compile(optimizer="sgd", jit_compile=True,
+                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        for target in (61, 64, -1, None):
+            targets = batch[:, 1:].copy()
+            targets[1, 4] = targets[1, 4] if target is None else target
+            losses[f"{loss_chunk} {target}"] = float(model.train_on_batch(batch[:, :-1], targets))
+    return losses
+
+
+def _check_out_of_vocabulary(losses: dict[str, float]) -> None:
+    assert all(np.isnan(loss) == ("None" not in key) for key, loss in losses.items()), losses
+
+
+def test_a_target_outside_the_vocabulary_gives_a_nan_loss():
+    """Not a clamped or wrapped logit's loss (XLA reads index 64 as 63, JAX reads -1 as 60): NaN, which stops
+    `tf-gpt2 train` and shows in `fit`'s logs, as TensorFlow's own cross-entropy under XLA gives."""
+    _check_out_of_vocabulary(_out_of_vocabulary_losses())
+
+
 @pytest.mark.parametrize("weighted", [False, True])
 def test_the_models_cross_entropy_equals_keras_in_value_and_gradient(weighted):
     losses, weights, evaluated = _train(0, loss=keras_cross_entropy, weighted=weighted)
@@ -129,12 +155,13 @@ def test_the_models_cross_entropy_and_chunked_loss_on_jax_equal_keras():
         sys.path.insert(0, {os.path.dirname(os.path.abspath(__file__))!r})
         import keras
         assert keras.backend.backend() == "jax"
-        from test_loss_chunk import _train, keras_cross_entropy
+        from test_loss_chunk import _out_of_vocabulary_losses, _train, keras_cross_entropy
         losses, weights, _ = _train(0, loss=keras_cross_entropy, weighted=True)  # Keras' own, tokens weighted
         (whole, whole_weights, _), (chunked, chunked_weights, _) = _train(0, weighted=True), _train(5, weighted=True)
         gap = lambda a, b: max(float(np.abs(x - y).max()) for x, y in zip(a, b))
         print(json.dumps({{"losses": losses, "chunked": chunked, "whole": whole,
-                           "weights": gap(weights, chunked_weights), "whole_weights": gap(weights, whole_weights)}}))
+                           "weights": gap(weights, chunked_weights), "whole_weights": gap(weights, whole_weights),
+                           "out_of_vocabulary": _out_of_vocabulary_losses()}}))
     """)
     env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"}
     run = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
@@ -144,3 +171,4 @@ def test_the_models_cross_entropy_and_chunked_loss_on_jax_equal_keras():
     assert result["weights"] <= 1e-5
     np.testing.assert_allclose(result["whole"], result["losses"], rtol=1e-6)
     assert result["whole_weights"] <= 1e-6
+    _check_out_of_vocabulary(result["out_of_vocabulary"])

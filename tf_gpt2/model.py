@@ -34,7 +34,9 @@ def token_cross_entropy(logits, targets):
 
     The same values and gradients as `keras.losses.sparse_categorical_crossentropy(..., from_logits=True)`, with the
     gradient written out, softmax(logits) - onehot(target): the backward pass reads the logits once and writes one
-    [batch, time, vocab] array, where the autodiff of log-softmax passes over that array several times.
+    [batch, time, vocab] array, where the autodiff of log-softmax passes over that array several times. A target
+    outside [0, vocab) gives a NaN loss, as TensorFlow's own under XLA does, on both backends (an index past the
+    logits would otherwise read a clamped or wrapped one, and Keras' JAX loss gives 0).
 
     Example:
     >>> import numpy as np
@@ -51,7 +53,9 @@ def token_cross_entropy(logits, targets):
             softmax = ops.exp(x - lse[..., None])
             return ops.cast((softmax - ops.one_hot(targets, x.shape[-1])) * upstream[..., None], logits.dtype), None
 
-        return lse - ops.take_along_axis(x, targets[..., None], axis=-1)[..., 0], gradient
+        picked = ops.take_along_axis(x, targets[..., None], axis=-1)[..., 0]
+        in_vocab = ops.logical_and(targets >= 0, targets < x.shape[-1])
+        return ops.where(in_vocab, lse - picked, float("nan")), gradient
 
     return cross_entropy(logits, ops.cast(targets, "int32"))
 
