@@ -53,10 +53,14 @@ def _out_of_vocabulary_losses() -> dict[str, float]:
         model = GPT2(GPT2Config(**SHAPE, loss_chunk=loss_chunk))
         model.compile(optimizer="sgd", jit_compile=True,
                       loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        initial = model.get_weights()
         for target in (61, 64, -1, None):
             targets = batch[:, 1:].copy()
             targets[1, 4] = targets[1, 4] if target is None else target
+            model.set_weights(initial)
             losses[f"{loss_chunk} {target}"] = float(model.train_on_batch(batch[:, :-1], targets))
+            weights = model.get_weights()  # the step's update: NaN too, as TensorFlow's own gradient is
+            losses[f"{loss_chunk} {target} weights"] = float(sum(np.sum(w) for w in weights))
     return losses
 
 
@@ -64,10 +68,17 @@ def _check_out_of_vocabulary(losses: dict[str, float]) -> None:
     assert all(np.isnan(loss) == ("None" not in key) for key, loss in losses.items()), losses
 
 
-def test_a_target_outside_the_vocabulary_gives_a_nan_loss():
+def test_a_target_outside_the_vocabulary_gives_a_nan_loss_and_update():
     """Not a clamped or wrapped logit's loss (XLA reads index 64 as 63, JAX reads -1 as 60): NaN, which stops
-    `tf-gpt2 train` and shows in `fit`'s logs, as TensorFlow's own cross-entropy under XLA gives."""
+    `tf-gpt2 train` and shows in `fit`'s logs, as TensorFlow's own cross-entropy under XLA gives; without XLA,
+    TensorFlow's gather names the index."""
+    import tensorflow as tf
+
+    from tf_gpt2.model import token_cross_entropy
+
     _check_out_of_vocabulary(_out_of_vocabulary_losses())
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"indices\[1,0\] = 4 is not in \[0, 4\)"):
+        token_cross_entropy(np.zeros((2, 4), "float32"), np.array([0, 4]))
 
 
 @pytest.mark.parametrize("weighted", [False, True])
@@ -79,15 +90,27 @@ def test_the_models_cross_entropy_equals_keras_in_value_and_gradient(weighted):
     assert abs(our_evaluated - evaluated) <= 1e-6 * evaluated
 
 
-def test_weighted_losses_are_left_to_keras():
+class DoubledCrossEntropy(keras.losses.SparseCategoricalCrossentropy):
+    def call(self, y_true, y_pred):
+        return 2 * super().call(y_true, y_pred)
+
+
+def test_other_losses_are_left_to_keras():
+    """Loss weights, a subclass with its own `call`, another axis: Keras computes them, as it would for any model."""
     batch = _batches()[0]
-    losses = []
-    for weights in (None, 2.0):
+
+    def loss_of(loss, loss_weights=None):
         keras.utils.set_random_seed(0)
         model = GPT2(GPT2Config(**SHAPE))
-        model.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), loss_weights=weights)
-        losses.append(float(model.test_on_batch(batch[:, :-1], batch[:, 1:])))
-    assert losses[1] == pytest.approx(2 * losses[0], rel=1e-6)
+        model.compile(loss=loss, loss_weights=loss_weights)
+        return float(model.test_on_batch(batch[:, :-1], batch[:, 1:]))
+
+    plain = loss_of(keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    assert loss_of(keras.losses.SparseCategoricalCrossentropy(from_logits=True), 2.0) == pytest.approx(2 * plain,
+                                                                                                      rel=1e-6)
+    assert loss_of(DoubledCrossEntropy(from_logits=True)) == pytest.approx(2 * plain, rel=1e-6)
+    with pytest.raises(ValueError, match="Only axis=-1"):  # Keras' own refusal, not a loss over the wrong axis
+        loss_of(keras.losses.SparseCategoricalCrossentropy(from_logits=True, axis=1))
     with pytest.raises(ValueError, match="no loss weights"):
         GPT2(GPT2Config(**SHAPE, loss_chunk=4)).compile(
             loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), loss_weights=2.0)
@@ -115,11 +138,15 @@ def test_token_cross_entropy_gradient_is_softmax_minus_the_target():
 
 def test_targets_with_a_trailing_axis_give_the_same_loss():
     batch, losses = _batches()[0], []
-    for targets in (batch[:, 1:], batch[:, 1:, None]):  # a model each: one traced step sees one rank of targets
-        keras.utils.set_random_seed(0)
+    for targets in (batch[:, 1:], batch[:, 1:, None], np.stack([batch[:, 1:]] * 2, -1)):  # a model each: one
+        keras.utils.set_random_seed(0)                                                    # traced step, one shape
         model = GPT2(GPT2Config(**SHAPE))
         model.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-        losses.append(float(model.test_on_batch(batch[:, :-1], targets)))
+        if targets.shape[-1] == 2:  # two targets per position: refused, not read as the first
+            with pytest.raises(Exception, match="(?i)squeeze"):
+                model.test_on_batch(batch[:, :-1], targets)
+        else:
+            losses.append(float(model.test_on_batch(batch[:, :-1], targets)))
     assert losses[1] == pytest.approx(losses[0], rel=1e-6)
 
 

@@ -25,8 +25,11 @@ class TokenLoss(keras.losses.Loss):
 
 
 def _is_logits_cross_entropy(loss) -> bool:
-    config = loss.get_config() if isinstance(loss, keras.losses.SparseCategoricalCrossentropy) else {}
-    return bool(config.get("from_logits")) and config.get("ignore_class") is None and config.get("axis", -1) == -1
+    """Keras' own `SparseCategoricalCrossentropy(from_logits=True)` (not a subclass, which may change its `call`),
+    over the last axis, no class ignored. Its settings are read where the loss keeps them (`get_config` leaves `axis`
+    out); where Keras keeps them elsewhere, the loss is left to Keras."""
+    settings = getattr(loss, "_fn_kwargs", None) if type(loss) is keras.losses.SparseCategoricalCrossentropy else None
+    return settings == {"from_logits": True, "ignore_class": None, "axis": -1}
 
 
 def token_cross_entropy(logits, targets):
@@ -35,8 +38,9 @@ def token_cross_entropy(logits, targets):
     The same values and gradients as `keras.losses.sparse_categorical_crossentropy(..., from_logits=True)`, with the
     gradient written out, softmax(logits) - onehot(target): the backward pass reads the logits once and writes one
     [batch, time, vocab] array, where the autodiff of log-softmax passes over that array several times. A target
-    outside [0, vocab) gives a NaN loss, as TensorFlow's own under XLA does, on both backends (an index past the
-    logits would otherwise read a clamped or wrapped one, and Keras' JAX loss gives 0).
+    outside [0, vocab) gives a NaN loss and gradient under XLA and on JAX, as TensorFlow's own loss does under XLA (a
+    compiled gather would read a clamped or wrapped logit instead, and Keras' JAX loss gives 0); TensorFlow without
+    XLA stops with an error naming the index, as its own loss does.
 
     Example:
     >>> import numpy as np
@@ -47,14 +51,15 @@ def token_cross_entropy(logits, targets):
     def cross_entropy(logits, targets):
         x = ops.cast(logits, "float32")
         lse = ops.logsumexp(x, axis=-1)
+        in_vocab = ops.logical_and(targets >= 0, targets < x.shape[-1])
 
         def gradient(*args, upstream=None):  # the backends pass the upstream gradient positionally or by name
             upstream = args[0] if upstream is None else upstream
             softmax = ops.exp(x - lse[..., None])
-            return ops.cast((softmax - ops.one_hot(targets, x.shape[-1])) * upstream[..., None], logits.dtype), None
+            dlogits = ops.where(in_vocab[..., None], softmax - ops.one_hot(targets, x.shape[-1]), float("nan"))
+            return ops.cast(dlogits * upstream[..., None], logits.dtype), None
 
         picked = ops.take_along_axis(x, targets[..., None], axis=-1)[..., 0]
-        in_vocab = ops.logical_and(targets >= 0, targets < x.shape[-1])
         return ops.where(in_vocab, lse - picked, float("nan")), gradient
 
     return cross_entropy(logits, ops.cast(targets, "int32"))
@@ -178,7 +183,7 @@ class GPT2(keras.Model):
             self._compile_loss.build(y, y_pred)
         targets = ops.cast(y, "int32")
         if len(targets.shape) == len(y_pred.shape):  # [batch, time, 1], as Keras' loss takes them too
-            targets = targets[..., 0]
+            targets = ops.squeeze(targets, axis=-1)  # (and refuses any other last axis)
         if training and self.config.loss_chunk:
             per_token = self._chunked_cross_entropy(y_pred, targets)
         else:
