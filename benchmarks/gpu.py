@@ -23,7 +23,8 @@ Where Keras is missing, bring its wheels and put them on PYTHONPATH first, e.g.
   `generate` eager, and with its static cache (which transformers compiles with torch.compile on a GPU).
 Speed processes (training, decode) compile side by side in waves, then are timed one at a time on a quiet GPU.
 Parity and memory processes share the GPU, several at a time, while the speed processes compile; they are stopped
-(SIGSTOP) while one is timed. Each process's seconds (to compiled, to its end) go into results.json.
+(SIGSTOP) while one is timed, and end with gpu.py however it ends. Each process's seconds (to compiled, to its
+end, stopped) go into results.json.
 Writes results.json, results.md and ratios.png (matplotlib) into --out.
 * On 2026-12-04 an H200 ran its parts one after another in about 12 minutes (454 s for 13 training rows with the levers,
 decode and parity; about 250 s for memory). The memory processes now run beside the compiles, and the levers only
@@ -33,6 +34,7 @@ with `--levers`: the goal is 6 minutes, not yet measured.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import glob
 import json
 import os
@@ -427,11 +429,24 @@ def estimated_bytes(job: dict) -> float:
 
 def child_env(smoke: bool) -> dict:
     env = {**os.environ, "KERAS_BACKEND": "jax", "XLA_PYTHON_CLIENT_PREALLOCATE": "false",
-           "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": os.pathsep.join(
+           "TF_CPP_MIN_LOG_LEVEL": "3", "GPU_BENCH_PARENT": str(os.getpid()), "PYTHONPATH": os.pathsep.join(
                [os.path.dirname(HERE), HERE, *filter(None, [os.environ.get("PYTHONPATH")])])}
     if smoke:
         env.update(JAX_PLATFORMS="cpu", CUDA_VISIBLE_DEVICES="")
     return env
+
+
+def die_with_parent(parent: int) -> None:
+    """This job process ends when gpu.py does, however it ends, even while stopped: Linux sends it SIGKILL, which a
+    stopped process takes (the SIGCONT it waits for would never come, and it would keep its GPU memory)."""
+    import ctypes
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: no such call
+        return
+    if os.getppid() != parent:  # gpu.py ended before the call
+        os._exit(1)
 
 
 class Child:
@@ -501,7 +516,7 @@ class Pool:
         self.waiting, self.running = sorted(todo, key=estimated_bytes, reverse=True), []
         self.smoke, self.report, self.budget, self.late, self.limit = smoke, report, budget, late, limit
 
-    def step(self, reserved: float = 0.0) -> None:
+    def step(self, reserved: float = 0.0, start: bool = True) -> None:
         """Report the finished jobs; start those that fit next to `reserved` bytes of speed processes."""
         for child in [c for c in self.running if c.process.poll() is not None]:
             self.running.remove(child)
@@ -509,8 +524,8 @@ class Pool:
             self.report(child.job)
         if self.waiting and self.late(self.waiting):  # past the --budget: the jobs waiting say so
             self.waiting = []
-        while self.waiting and len(self.running) < self.limit:
-            used = reserved + sum(estimated_bytes(child.job) for child in self.running)
+        while start and self.waiting and len(self.running) < self.limit:
+            used = reserved + self.in_use()
             fitting = next((job for job in self.waiting if used + estimated_bytes(job) <= self.budget), None)
             if fitting is None and (self.running or reserved):
                 return
@@ -518,10 +533,28 @@ class Pool:
             self.waiting.remove(fitting)
             self.running.append(Child(fitting, self.smoke))
 
-    def signal(self, number: int) -> None:
-        for child in self.running:
-            if child.process.poll() is None:
-                child.process.send_signal(number)
+    def in_use(self) -> float:
+        return sum(estimated_bytes(child.job) for child in self.running)
+
+    def make_room(self, reserved: float) -> None:
+        """Wait, starting nothing, until `reserved` bytes of speed processes fit beside the pool's running jobs."""
+        while self.running and reserved + self.in_use() > self.budget:
+            self.step(start=False)
+            time.sleep(0.5)
+
+    @contextlib.contextmanager
+    def stopped(self, smoke: bool):
+        """The running jobs stopped (SIGSTOP) while the body times a speed process; each job's seconds count it."""
+        paused, since = [c for c in self.running if c.process.poll() is None], time.time()
+        try:
+            for child in paused:
+                child.process.send_signal(signal.SIGSTOP)
+            time.sleep(0 if smoke else 2)  # the kernels the stopped processes had queued finish first
+            yield
+        finally:
+            for child in paused:
+                child.process.send_signal(signal.SIGCONT)
+                child.seconds["stopped"] = round(child.seconds.get("stopped", 0) + time.time() - since, 1)
 
     def drain(self) -> None:
         while self.waiting or self.running:
@@ -532,21 +565,18 @@ class Pool:
 def run_timed(group: list[dict], smoke: bool, report, pool: Pool) -> None:
     """Compile and warm up side by side, the pool going on beside them; then, the pool stopped, time one process at a
     time, the others waiting."""
-    children = [Child(job, smoke, timed=True) for job in group]
     reserved = sum(estimated_bytes(job) for job in group)
+    pool.make_room(reserved)  # the group was sized for the whole budget
+    children = [Child(job, smoke, timed=True) for job in group]
     while any(child.reader.is_alive() for child in children):
         pool.step(reserved)
         time.sleep(0.5)
-    pool.signal(signal.SIGSTOP)
-    time.sleep(0 if smoke else 2)  # the kernels the stopped processes had queued finish first
-    try:
+    with pool.stopped(smoke):
         for child in children:
             if child.is_ready:
                 child.go()
             child.finish()
             report(child.job)
-    finally:
-        pool.signal(signal.SIGCONT)
 
 
 def main(argv=None) -> int:
@@ -565,6 +595,7 @@ def main(argv=None) -> int:
     parser.add_argument("--job", help=argparse.SUPPRESS)  # one measurement, in a child process
     args = parser.parse_args(argv)
     if args.job:
+        die_with_parent(int(os.environ.get("GPU_BENCH_PARENT", os.getppid())))
         job = json.loads(args.job)
         if job.get("profile"):  # XLA writes out the optimized train step: which layer each kernel computes for
             job["hlo_dir"] = tempfile.mkdtemp()

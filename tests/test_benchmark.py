@@ -3,6 +3,7 @@
 import json
 import os
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -183,9 +184,42 @@ def test_gpu_benchmark_smoke_runs_every_path_each_in_its_own_process(tmp_path):
         assert "adam_w" in kernels["by_scope"]
     for job in results["jobs"]:  # each process's seconds: a speed run's to compiled and warmed up, and to its end
         assert 0 < job["seconds"].get("ready", 0.1) < job["seconds"]["end"]
+        assert 0 <= job["seconds"].get("stopped", 0) < job["seconds"]["end"]  # a pool job's, while one was timed
         assert ("ready" in job["seconds"]) == (job["kind"] in gpu.TIMED)
     assert (tmp_path / "ratios.png").stat().st_size > 0
     assert "| tf_gpt2 | bfloat16 |" in (tmp_path / "results.md").read_text()
+
+
+def test_a_gpu_job_process_ends_with_gpu_py_even_while_stopped():
+    """gpu.py stops its memory processes (SIGSTOP) while a speed run is timed: killed then, it must not leave them
+    stopped for ever, holding their GPU memory."""
+    import subprocess
+
+    job = ("import os, sys, time; sys.path.insert(0, {here!r}); import gpu; gpu.die_with_parent(os.getppid()); "
+           "print('alive', flush=True); time.sleep(300)").format(here=BENCHMARKS)
+    parent = subprocess.Popen(
+        [sys.executable, "-c", "import subprocess, sys, signal, time\n"
+         f"child = subprocess.Popen([sys.executable, '-c', {job!r}], stdout=subprocess.PIPE, text=True)\n"
+         "assert child.stdout.readline() == 'alive\\n'\n"
+         "child.send_signal(signal.SIGSTOP)\n"
+         "print(child.pid, flush=True)\n"
+         "time.sleep(300)\n"], stdout=subprocess.PIPE, text=True)
+    child = int(parent.stdout.readline())
+    assert _state(child) == "T"  # stopped
+    parent.kill()  # SIGKILL: no handler of gpu.py's own could send SIGCONT
+    parent.wait()
+    deadline = time.time() + 30
+    while _state(child) not in ("gone", "Z") and time.time() < deadline:
+        time.sleep(0.1)
+    assert _state(child) in ("gone", "Z")  # ended (a zombie until init reaps it)
+
+
+def _state(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return "gone"
 
 
 def test_the_gpu_tables_in_the_docs_are_the_ones_the_gpu_run_wrote():
