@@ -379,6 +379,7 @@ LEVERS = (  # tf_gpt2's training, one setting changed: what each lever is worth
     (32, 0.0, {"loss": "Keras' cross-entropy"}),  # log-softmax's autodiff instead of GPT2's written-out gradient
     (32, 0.0, {"env": {"XLA_FLAGS": "--xla_gpu_enable_triton_gemm=false"}}),  # cuBLAS for every matmul
     (32, 0.0, {"env": {"XLA_FLAGS": "--xla_gpu_enable_cublaslt=true"}}),  # cuBLASLt: bias and GELU in the matmul
+    (32, 0.0, {"env": {"XLA_FLAGS": "--xla_gpu_enable_cudnn_layer_norm=true"}}),  # cuDNN's LayerNorm, where it matches
     (64, 0.0, {}),
 )
 
