@@ -165,7 +165,8 @@ def test_a_disk_full_midway_through_any_write_keeps_the_previous_file(artifact, 
     from tf_gpt2.training import TrainConfig, _record_run, save_checkpoint
 
     model = _tiny(0)
-    model.compile(optimizer=keras.optimizers.AdamW(1e-3), loss="sparse_categorical_crossentropy")
+    model.compile(optimizer=keras.optimizers.AdamW(1e-3),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     model.optimizer.build(model.trainable_variables)
     cfg = TrainConfig(out=str(tmp_path))
     writes = {

@@ -90,6 +90,15 @@ def test_the_models_cross_entropy_equals_keras_in_value_and_gradient(weighted):
     assert abs(our_evaluated - evaluated) <= 1e-6 * evaluated
 
 
+@pytest.mark.parametrize("loss", ["sparse_categorical_crossentropy", keras.losses.sparse_categorical_crossentropy,
+                                  keras.losses.SparseCategoricalCrossentropy(), "categorical_crossentropy"])
+def test_a_cross_entropy_that_reads_probabilities_is_refused(loss):
+    """Keras' cross-entropies by name, and by default, read probabilities: over GPT2's logits they would train on a
+    wrong objective (from a loss above log(vocab)) without a word."""
+    with pytest.raises(ValueError, match=r"GPT2 returns logits, and loss=.* reads probabilities \(from_logits=False\)"):
+        GPT2(GPT2Config(**SHAPE)).compile(optimizer="sgd", loss=loss)
+
+
 class DoubledCrossEntropy(keras.losses.SparseCategoricalCrossentropy):
     def call(self, y_true, y_pred):
         return 2 * super().call(y_true, y_pred)
@@ -167,7 +176,7 @@ def test_chunked_loss_under_mixed_bfloat16_follows_the_whole_loss():
 
 def test_chunked_loss_refuses_what_it_cannot_compute():
     model = GPT2(GPT2Config(**SHAPE, loss_chunk=4))
-    for kwargs in (dict(loss="sparse_categorical_crossentropy"),  # probabilities, not logits
+    for kwargs in (dict(loss=keras_cross_entropy),  # a loss of its own
                    dict(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])):
         with pytest.raises(ValueError, match="loss_chunk computes sparse categorical cross-entropy from logits"):
             model.compile(optimizer="sgd", **kwargs)

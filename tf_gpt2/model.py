@@ -32,6 +32,16 @@ def _is_logits_cross_entropy(loss) -> bool:
     return settings == {"from_logits": True, "ignore_class": None, "axis": -1}
 
 
+def _reads_probabilities(loss) -> bool:
+    """A Keras cross-entropy that takes probabilities (`from_logits=False`, what its name or function defaults to)."""
+    kinds = (keras.losses.SparseCategoricalCrossentropy, keras.losses.CategoricalCrossentropy)
+    if isinstance(loss, keras.losses.Loss):
+        return type(loss) in kinds and not getattr(loss, "_fn_kwargs", {}).get("from_logits", True)
+    if callable(loss) and getattr(loss, "__module__", "").startswith("keras."):  # Keras' own function
+        loss = loss.__name__
+    return isinstance(loss, str) and loss in ("sparse_categorical_crossentropy", "categorical_crossentropy")
+
+
 def token_cross_entropy(logits, targets):
     """-log softmax(logits)[target] at each position: logsumexp(logits) - logits[target], in float32.
 
@@ -161,6 +171,9 @@ class GPT2(keras.Model):
     # -- the training loss ----------------------------------------------------------------------------
     def compile(self, optimizer="rmsprop", loss=None, metrics=None, weighted_metrics=None, loss_weights=None,
                 **kwargs):
+        if _reads_probabilities(loss):  # it would train on a wrong objective without a word
+            raise ValueError(f"GPT2 returns logits, and loss={loss!r} reads probabilities (from_logits=False): compile "
+                             "with loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True)")
         # Keras' sparse categorical cross-entropy from logits, unweighted: `compute_loss` computes it itself
         self._own_cross_entropy = _is_logits_cross_entropy(loss) and loss_weights is None
         if self.config.loss_chunk and (not self._own_cross_entropy or metrics or weighted_metrics):
