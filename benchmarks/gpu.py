@@ -537,9 +537,11 @@ class Pool:
     def in_use(self) -> float:
         return sum(estimated_bytes(child.job) for child in self.running)
 
-    def make_room(self, reserved: float) -> None:
-        """Wait, starting nothing, until `reserved` bytes of speed processes fit beside the pool's running jobs."""
-        while self.running and reserved + self.in_use() > self.budget:
+    def make_room(self, reserved: float, patience: float = 300) -> None:
+        """Wait, starting nothing, until `reserved` bytes of speed processes fit beside the pool's running jobs (for
+        `patience` seconds at most: estimates are generous, and a job out of memory runs again alone at the end)."""
+        until = time.time() + patience
+        while self.running and reserved + self.in_use() > self.budget and time.time() < until:
             self.step(start=False)
             time.sleep(0.5)
 
