@@ -569,7 +569,6 @@ def run_timed(group: list[dict], smoke: bool, report, pool: Pool) -> None:
     """Compile and warm up side by side, the pool going on beside them; then, the pool stopped, time one process at a
     time, the others waiting."""
     reserved = sum(estimated_bytes(job) for job in group)
-    pool.make_room(reserved)  # the group was sized for the whole budget
     children = [Child(job, smoke, timed=True) for job in group]
     while any(child.reader.is_alive() for child in children):
         pool.step(reserved)
@@ -644,6 +643,7 @@ def main(argv=None) -> int:
     pool = Pool([job for job in todo if job["kind"] not in TIMED], args.smoke, report, budget, late,
                 limit=2 if args.smoke else 8)
     for group in waves([job for job in todo if job["kind"] in TIMED], args.parallel, budget):
+        pool.make_room(sum(estimated_bytes(job) for job in group))  # the group was sized for the whole budget
         if not late(group):
             run_timed(group, args.smoke, report, pool)
     pool.drain()

@@ -204,14 +204,20 @@ def test_a_gpu_job_process_ends_with_gpu_py_even_while_stopped():
          "child.send_signal(signal.SIGSTOP)\n"
          "print(child.pid, flush=True)\n"
          "time.sleep(300)\n"], stdout=subprocess.PIPE, text=True)
-    child = int(parent.stdout.readline())
-    assert _state(child) == "T"  # stopped
-    parent.kill()  # SIGKILL: no handler of gpu.py's own could send SIGCONT
-    parent.wait()
-    deadline = time.time() + 30
-    while _state(child) not in ("gone", "Z") and time.time() < deadline:
-        time.sleep(0.1)
-    assert _state(child) in ("gone", "Z")  # ended (a zombie until init reaps it)
+    try:
+        child = int(parent.stdout.readline())
+        assert _wait_for_state(child, ("T",)) == "T"  # stopped
+    finally:
+        parent.kill()  # SIGKILL: no handler of gpu.py's own could send SIGCONT
+        parent.wait()
+    assert _wait_for_state(child, ("gone", "Z")) in ("gone", "Z")  # ended (a zombie until init reaps it)
+
+
+def _wait_for_state(pid: int, states: tuple[str, ...], seconds: float = 30) -> str:
+    deadline = time.time() + seconds
+    while _state(pid) not in states and time.time() < deadline:
+        time.sleep(0.05)
+    return _state(pid)
 
 
 def _state(pid: int) -> str:

@@ -53,19 +53,24 @@ def _out_of_vocabulary_losses() -> dict[str, float]:
         model = GPT2(GPT2Config(**SHAPE, loss_chunk=loss_chunk))
         model.compile(optimizer="sgd", jit_compile=True,
                       loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-        initial = model.get_weights()
-        for target in (61, 64, -1, None):
+        initial, mask = model.get_weights(), np.ones((3, 12), "float32")
+        mask[1, 4] = 0  # that token weighs nothing: its target may be a placeholder, as Hugging Face's -100
+        for target, weights in ((61, None), (64, None), (-1, None), (None, None), (-100, mask), ("masked", mask)):
             targets = batch[:, 1:].copy()
-            targets[1, 4] = targets[1, 4] if target is None else target
+            targets[1, 4] = target if isinstance(target, int) else targets[1, 4]
             model.set_weights(initial)
-            losses[f"{loss_chunk} {target}"] = float(model.train_on_batch(batch[:, :-1], targets))
-            weights = model.get_weights()  # the step's update: NaN too, as TensorFlow's own gradient is
-            losses[f"{loss_chunk} {target} weights"] = float(sum(np.sum(w) for w in weights))
+            name = f"{loss_chunk} {target}{' masked' if weights is not None else ''}"
+            losses[name] = float(model.train_on_batch(batch[:, :-1], targets, sample_weight=weights))
+            # The step's update: NaN too for a target that counts, as TensorFlow's own gradient is.
+            losses[f"{name} weights"] = float(sum(np.sum(w) for w in model.get_weights()))
     return losses
 
 
 def _check_out_of_vocabulary(losses: dict[str, float]) -> None:
-    assert all(np.isnan(loss) == ("None" not in key) for key, loss in losses.items()), losses
+    assert all(np.isnan(loss) == (key.split()[1] in ("61", "64", "-1")) for key, loss in losses.items()), losses
+    for chunk in (0, 5):  # a masked placeholder changes nothing: the same loss and update as a masked real target
+        assert losses[f"{chunk} -100 masked"] == losses[f"{chunk} masked masked"], losses
+        assert losses[f"{chunk} -100 masked weights"] == losses[f"{chunk} masked masked weights"], losses
 
 
 def test_a_target_outside_the_vocabulary_gives_a_nan_loss_and_update():
@@ -90,8 +95,10 @@ def test_the_models_cross_entropy_equals_keras_in_value_and_gradient(weighted):
     assert abs(our_evaluated - evaluated) <= 1e-6 * evaluated
 
 
-@pytest.mark.parametrize("loss", ["sparse_categorical_crossentropy", keras.losses.sparse_categorical_crossentropy,
-                                  keras.losses.SparseCategoricalCrossentropy(), "categorical_crossentropy"])
+@pytest.mark.parametrize("loss", [
+    "sparse_categorical_crossentropy", "SparseCategoricalCrossentropy", keras.losses.SparseCategoricalCrossentropy,
+    keras.losses.SparseCategoricalCrossentropy(), keras.losses.sparse_categorical_crossentropy,
+    ["categorical_crossentropy"]])
 def test_a_cross_entropy_that_reads_probabilities_is_refused(loss):
     """Keras' cross-entropies by name, and by default, read probabilities: over GPT2's logits they would train on a
     wrong objective (from a loss above log(vocab)) without a word."""

@@ -33,13 +33,19 @@ def _is_logits_cross_entropy(loss) -> bool:
 
 
 def _reads_probabilities(loss) -> bool:
-    """A Keras cross-entropy that takes probabilities (`from_logits=False`, what its name or function defaults to)."""
+    """A Keras cross-entropy that takes probabilities (`from_logits=False`, what its names, class and functions
+    default to), given as Keras takes a loss: itself, by name or class, or in a list or dict."""
     kinds = (keras.losses.SparseCategoricalCrossentropy, keras.losses.CategoricalCrossentropy)
-    if isinstance(loss, keras.losses.Loss):
-        return type(loss) in kinds and not getattr(loss, "_fn_kwargs", {}).get("from_logits", True)
-    if callable(loss) and getattr(loss, "__module__", "").startswith("keras."):  # Keras' own function
-        loss = loss.__name__
-    return isinstance(loss, str) and loss in ("sparse_categorical_crossentropy", "categorical_crossentropy")
+    functions = (keras.losses.sparse_categorical_crossentropy, keras.losses.categorical_crossentropy)
+    for each in keras.tree.flatten(loss):
+        if isinstance(each, (str, type)):
+            try:
+                each = keras.losses.get(each)
+            except (ValueError, TypeError):  # not Keras' name: Keras says so at compile
+                continue
+        if each in functions or (type(each) in kinds and not each._fn_kwargs.get("from_logits", True)):
+            return True
+    return False
 
 
 def token_cross_entropy(logits, targets):
@@ -48,9 +54,9 @@ def token_cross_entropy(logits, targets):
     The same values and gradients as `keras.losses.sparse_categorical_crossentropy(..., from_logits=True)`, with the
     gradient written out, softmax(logits) - onehot(target): the backward pass reads the logits once and writes one
     [batch, time, vocab] array, where the autodiff of log-softmax passes over that array several times. A target
-    outside [0, vocab) gives a NaN loss and gradient under XLA and on JAX, as TensorFlow's own loss does under XLA (a
-    compiled gather would read a clamped or wrapped logit instead, and Keras' JAX loss gives 0); TensorFlow without
-    XLA stops with an error naming the index, as its own loss does.
+    outside [0, vocab) gives a NaN loss and gradient, as TensorFlow's own loss does under XLA (a compiled gather would
+    read a clamped or wrapped logit instead, and Keras' JAX loss gives 0); without XLA, TensorFlow's gather stops with
+    an error naming a target past the vocabulary's end. `GPT2.compute_loss` reads a masked target (weight 0) as 0.
 
     Example:
     >>> import numpy as np
@@ -197,6 +203,11 @@ class GPT2(keras.Model):
         targets = ops.cast(y, "int32")
         if len(targets.shape) == len(y_pred.shape):  # [batch, time, 1], as Keras' loss takes them too
             targets = ops.squeeze(targets, axis=-1)  # (and refuses any other last axis)
+        weights = None if sample_weight is None else ops.convert_to_tensor(sample_weight)
+        if weights is not None and len(weights.shape) == len(y_pred.shape):
+            weights = ops.squeeze(weights, axis=-1)
+        if weights is not None and len(weights.shape) == len(targets.shape):  # a token's weight each
+            targets = ops.where(weights == 0, 0, targets)  # a masked placeholder (as Hugging Face's -100) counts 0
         if training and self.config.loss_chunk:
             per_token = self._chunked_cross_entropy(y_pred, targets)
         else:
