@@ -203,11 +203,9 @@ class GPT2(keras.Model):
         targets = ops.cast(y, "int32")
         if len(targets.shape) == len(y_pred.shape):  # [batch, time, 1], as Keras' loss takes them too
             targets = ops.squeeze(targets, axis=-1)  # (and refuses any other last axis)
-        weights = None if sample_weight is None else ops.convert_to_tensor(sample_weight)
-        if weights is not None and len(weights.shape) == len(y_pred.shape):
-            weights = ops.squeeze(weights, axis=-1)
-        if weights is not None and len(weights.shape) == len(targets.shape):  # a token's weight each
-            targets = ops.where(weights == 0, 0, targets)  # a masked placeholder (as Hugging Face's -100) counts 0
+        if sample_weight is not None and len(sample_weight.shape) > 1:  # a weight per token: a masked token's target
+            masked = ops.reshape(ops.convert_to_tensor(sample_weight) == 0, ops.shape(targets))  # may be a placeholder
+            targets = ops.where(masked, 0, targets)  # (as Hugging Face's -100): it counts as 0
         if training and self.config.loss_chunk:
             per_token = self._chunked_cross_entropy(y_pred, targets)
         else:
