@@ -546,13 +546,13 @@ class Pool:
             time.sleep(0.5)
 
     @contextlib.contextmanager
-    def stopped(self, smoke: bool):
+    def stopped(self):
         """The running jobs stopped (SIGSTOP) while the body times a speed process; each job's seconds count it."""
         paused, since = [c for c in self.running if c.process.poll() is None], time.time()
         try:
             for child in paused:
                 child.process.send_signal(signal.SIGSTOP)
-            time.sleep(0 if smoke else 2)  # the kernels the stopped processes had queued finish first
+            time.sleep(0 if self.smoke else 2)  # the kernels the stopped processes had queued finish first
             yield
         finally:
             for child in paused:
@@ -573,7 +573,7 @@ def run_timed(group: list[dict], smoke: bool, report, pool: Pool) -> None:
     while any(child.reader.is_alive() for child in children):
         pool.step(reserved)
         time.sleep(0.5)
-    with pool.stopped(smoke):
+    with pool.stopped():
         for child in children:
             if child.is_ready:
                 child.go()
