@@ -1,16 +1,16 @@
-"""Peak memory and step time of one fine-tuning step, T=1024, batch 1: tf_gpt2 on TensorFlow and on JAX, full and
-LoRA (rank 8), with and without recomputation (`remat`), next to transformers' GPT2LMHeadModel with and without
-`gradient_checkpointing_enable()`. Each configuration runs in its own process; memory is that process's peak RSS
-(CPU: weights, gradients, optimizer state and activations all live there), with the framework's own share (its RSS
-after the imports) and, for the XLA paths, XLA's account of the step's buffers (`xla_bytes`: what an accelerator
-would hold). Random weights of the preset's shape.
+"""Peak memory and step time of one fine-tuning step (T=1024, batch 1 unless `--time`, `--batch` say otherwise):
+tf_gpt2 on TensorFlow and on JAX, full and LoRA (rank 8), with and without recomputation (`remat`), next to
+transformers' GPT2LMHeadModel with and without `gradient_checkpointing_enable()`. Each configuration runs in its
+own process; memory is that process's peak RSS (CPU: weights, gradients, optimizer state and activations all live
+there), with the framework's own share (its RSS after the imports) and, for the XLA paths, XLA's account of the
+step's buffers (`xla_bytes`: what an accelerator would hold). Random weights of the preset's shape.
 
     python benchmarks/finetune_memory.py --presets gpt2 gpt2-medium --json memory.json
     python benchmarks/finetune_memory.py --presets gpt2-large --modes lora --remat on --base-dtype bfloat16 \
         --merge memory.json --json large.json                        # add rows; the rest computed from them
     python benchmarks/finetune_memory.py --smoke                      # tiny shapes: checks the harness
 
-A step is `model.fit` on one [1, T] batch with AdamW (torch: loss.backward + AdamW.step), bfloat16 mixed precision
+A step is `model.fit` on one [batch, T] batch with AdamW (torch: loss.backward + AdamW.step), bfloat16 mixed precision
 where the path has it (`mixed_bfloat16`; torch: CPU autocast to bfloat16). Step time: the best of `--repeats` steps
 after a first one (which compiles). transformers' LoRA rows use peft (`pip install peft`); a configuration that
 fails (no peft, out of memory) is reported as such and the others go on. Presets in `--compute` are not run: their
@@ -265,7 +265,8 @@ def main(argv=None) -> int:
     for row in (r for r in rows if r.get("computed")):
         print(f"{_label(row)}: {row['peak_rss_bytes'] / GiB:.2f} GiB (computed from the measured presets)")
     print("\n" + table(rows))
-    print("\nWhat fits where (tf_gpt2 on TensorFlow, T=%d, batch 1, peak memory as measured here):\n" % args.time)
+    print(f"\nWhat fits where (tf_gpt2 on TensorFlow, T={args.time}, batch {args.batch}, peak memory as measured "
+          "here):\n")
     print(fits(rows))
     if args.json:
         with open(args.json, "w") as f:

@@ -26,9 +26,10 @@ Parity and memory processes share the GPU, several at a time, while the speed pr
 (SIGSTOP) while one is timed, and end with gpu.py however it ends. Each process's seconds (to compiled, to its
 end, stopped) go into results.json.
 Writes results.json, results.md and ratios.png (matplotlib) into --out.
-* On 2026-12-04 an H200 ran its parts one after another in about 12 minutes (454 s for 13 training rows with the levers,
-decode and parity; about 250 s for memory). The memory processes now run beside the compiles, and the levers only
-with `--levers`: the goal is 6 minutes, not yet measured.
+* On 2026-12-04 an H200 ran its parts in separate calls: 454 s for 13 training rows with the levers, decode and
+parity (benchmarks/results/gpu-h200-2026-12-04-fit-2.json); the call that measured memory recorded no time. The
+memory processes now run beside the compiles, and the levers only with `--levers`: the goal, a whole run in 6
+minutes, is not yet measured.
 """
 
 from __future__ import annotations
