@@ -1,6 +1,7 @@
 """Every CLI failure ends in one line that names the problem (and the file), with exit status 2."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -142,6 +143,32 @@ def test_a_shard_damaged_after_it_was_prepared_fails_training_in_one_short_line(
     assert err[0] == (f"tf-gpt2 train: error: shard {shard} holds token id 65535, outside the vocabulary of "
                       f"{manifest['vocab_size']} its manifest declares: it was written with another vocabulary, "
                       "or changed since")
+
+
+def test_prompts_and_vocabularies_that_cannot_apply_are_refused_before_any_work(tmp_path, capsys):
+    """Refused in one line before a model is loaded or trained, and before anything is written: a prompt with bytes
+    that are not UTF-8 (Python keeps them as lone surrogates, which GPT-2's BPE reads as U+FFFD without a word), the
+    demo's prompt outside Shakespeare's characters or a negative length (which cut its prompt), `--vocab` against
+    shards already tokenized with the other vocabulary (which trained on theirs and recorded the flag)."""
+    from tf_gpt2.data import prepare
+
+    (tmp_path / "text.txt").write_text("To be, or not to be, that is the question:\n" * 40)
+    prepare(str(tmp_path / "text.txt"), str(tmp_path / "data"), verbose=False)
+    out = str(tmp_path / "out")
+    for command, message in (
+            (["generate", "caf\udce9", "--random-init", "gpt2-tiny"],
+             "the prompt is not UTF-8 text: byte e9 after 'caf'"),
+            (["demo", "--out", out, "--prompt", "caf\udce9"], "the prompt is not UTF-8 text: byte e9"),
+            (["demo", "--out", out, "--prompt", "Zoë:"], "characters 'ë' of the prompt are not in Shakespeare's text"),
+            (["demo", "--out", out, "--max-new-tokens", "-3"], "--max-new-tokens must be a positive integer, got -3"),
+            (["train", "--data", str(tmp_path / "data"), "--out", out, "--vocab", "char", "--preset", "gpt2-tiny",
+              "--steps", "1", "--block-size", "16", "--batch-size", "2", "--eval-interval", "1"],
+             f"--vocab char tokenizes raw text, and {tmp_path / 'data'} holds shards already tokenized with --vocab "
+             "gpt2")):
+        assert cli_main(command) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(f"tf-gpt2 {command[0]}: error: ") and message in err[0], err
+        assert not os.path.exists(out) or os.listdir(out) in ([], [".lock"]), os.listdir(out)
 
 
 def test_help_and_a_bad_flag_answer_without_loading_tensorflow():

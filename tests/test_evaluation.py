@@ -166,3 +166,5 @@ def test_a_character_model_is_scored_on_its_own_characters():
     assert by_text.nll == pytest.approx(by_ids.nll, rel=1e-6)
     with pytest.raises(ValueError, match="'z'"):
         evaluate(model, "abz")
+    with pytest.raises(ValueError, match="text of one token: nothing to score"):  # not "empty": it is not
+        evaluate(model, "a")

@@ -82,6 +82,9 @@ def test_stop_ids_end_generation(model):
         (dict(top_k=2**31), "top_k must be in \\[0, 2\\*\\*31\\)"),  # past int32: not an OverflowError
         (dict(top_k=-1), "top_k must be in \\[0, 2\\*\\*31\\)"),
         (dict(stop_ids=[2**40]), "stop_ids must be token ids in \\[0, 2\\*\\*31\\)"),
+        # Filters without a temperature would sample nothing: greedy, silently.
+        (dict(top_k=20), "top_k=20 and top_p=1 filter what is sampled, and temperature 0 samples nothing"),
+        (dict(top_p=0.9), "top_k=0 and top_p=0.9 filter what is sampled"),
     ],
 )
 def test_bad_generation_arguments(model, kwargs, message):
@@ -199,7 +202,7 @@ def test_sampled_frequencies_follow_the_filtered_softmax(temperature, top_k, top
     sampling = Sampling(temperature=rows(temperature, np.float32), top_k=rows(top_k, np.int32),
                         top_p=rows(top_p, np.float32), repetition_penalty=rows(1.0, np.float32),
                         seed=np.arange(n, dtype=np.int32), max_new_tokens=rows(1, np.int32),
-                        stop_ids=np.array([-1], np.int32), pad_id=np.int32(0))
+                        stop_ids=np.array([-1], np.int32), pad_id=np.int32(0), vocab_end=np.int32(len(logits)))
     tokens = np.asarray(sample_next(np.broadcast_to(logits, (n, len(logits))), sampling, np.int32(3)))
     frequency = np.bincount(tokens, minlength=len(logits)) / n
 
@@ -226,3 +229,47 @@ def test_two_functions_of_one_name_are_compiled_apart(model):
     full = np.asarray(model(ids))
     np.testing.assert_allclose(np.asarray(compiled(model, last)(ids)), full[:, -1], atol=1e-5)
     np.testing.assert_allclose(np.asarray(compiled(model, first)(ids)), full[:, 0], atol=1e-5)
+
+
+def test_text_continues_only_in_ids_its_tokenizer_reads(tmp_path, capsys):
+    """A model whose vocabulary is padded past GPT-2's 50,257 (nanoGPT's 50,304; a converted checkpoint keeps the
+    rows) continues text only in GPT-2's ids, in every text path: `generate`, `stream`, the CLI and the served
+    `generate_text`; given ids, it may choose any of its ids. Its padding rows here outscore every token, so a
+    path that let them through would choose one (and fail to decode it)."""
+    import tensorflow as tf
+
+    from tf_gpt2.export import export_saved_model
+    from tf_gpt2.files import save_keras
+    from tf_gpt2.tokenizer import VOCAB_SIZE
+
+    model = GPT2(GPT2Config(vocab_size=50304, n_positions=32, n_embd=32, n_layer=1, n_head=2))
+    rows = model.wte.embeddings.numpy()
+    rows[VOCAB_SIZE:] = 30 * rows[:50304 - VOCAB_SIZE]
+    model.wte.embeddings.assign(rows)
+    assert all(t >= VOCAB_SIZE for t in model.generate([15496], max_new_tokens=4, stop_ids=[]))
+    settings = [dict(), dict(temperature=1.0, seed=3)]
+    for kwargs in settings:
+        text = model.generate("Hello", max_new_tokens=4, stop_ids=[], **kwargs)
+        assert isinstance(text, str) and len(text) > 0
+        assert all(t < VOCAB_SIZE for t in stream(model, "Hello", max_new_tokens=4, stop_ids=[], **kwargs))
+    save_keras(model, str(tmp_path / "wide.keras"))
+    assert cli_main(["generate", "Hello", "--model", str(tmp_path / "wide.keras"), "--max-new-tokens", "4"]) == 0
+    assert capsys.readouterr().out.startswith("Hello")
+    served = tf.saved_model.load(export_saved_model(model, str(tmp_path / "m"), max_new_tokens_limit=4))
+    knobs = dict(max_new_tokens=tf.constant([4]), temperature=tf.constant([0.0]), top_k=tf.constant([0]),
+                 top_p=tf.constant([1.0]), seed=tf.constant([0]))
+    answer = served.signatures["generate_text"](text=tf.constant(["Hello"]), **knobs)
+    assert answer["error"].numpy()[0] == b"" and answer["length"].numpy()[0] == 4
+    assert np.all(answer["token_ids"].numpy()[0, :4] < VOCAB_SIZE)
+    by_ids = served.signatures["generate"](token_ids=tf.constant([[15496]]), length=tf.constant([1]), **knobs)
+    assert np.all(by_ids["token_ids"].numpy()[0, :4] >= VOCAB_SIZE)
+
+
+def test_a_vocabulary_smaller_than_gpt2s_without_characters_reads_no_text(model):
+    """Its ids are not GPT-2's, so text is refused by name (not read as GPT-2 ids past its vocabulary); ids work."""
+    from tf_gpt2.evaluation import evaluate
+
+    for read in (lambda: model.generate("Hello", max_new_tokens=2), lambda: evaluate(model, "Hello world")):
+        with pytest.raises(ValueError, match="a model of 300 tokens without its characters has no text tokenizer"):
+            read()
+    assert len(model.generate([1, 2], max_new_tokens=2, stop_ids=[])) == 2

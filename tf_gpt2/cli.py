@@ -45,10 +45,16 @@ DEMO_CONTEXT = 64  # characters: nanoGPT's CPU recipe for Shakespeare (4 layers,
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """Train a small character-level GPT on the embedded Shakespeare, then let it write."""
-    from tf_gpt2.data import TokenShards, codec
+    from tf_gpt2.data import TokenShards, codec, embedded_corpus, read_text
     from tf_gpt2.files import save_keras
     from tf_gpt2.training import inference_model, train
 
+    if args.max_new_tokens < 1:
+        raise ValueError(f"--max-new-tokens must be a positive integer, got {args.max_new_tokens}")
+    unknown = set(_utf8("the prompt", args.prompt)) - set(read_text(embedded_corpus()))
+    if unknown:  # before minutes of training, not after
+        raise ValueError(f"characters {''.join(sorted(unknown))!r} of the prompt are not in Shakespeare's text, "
+                         "so not in the demo model's vocabulary")
     execution = math.gcd(10, args.steps)  # steps per compiled call: divides every round, whatever --steps is
     cfg = TrainConfig(
         out=args.out, vocab="char", preset="gpt2-tiny",
@@ -166,27 +172,30 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _text_codec(model):
-    """(encode, decode, end-of-text id or None) for the model's vocabulary: its characters, or GPT-2's BPE."""
-    if model.config.characters is not None:
-        from tf_gpt2.data import char_codec
-
-        return (*char_codec(model.config.characters), None)
-    from tf_gpt2 import GPT2Tokenizer
-
-    tok = GPT2Tokenizer()
-    return tok.encode, tok.decode, tok.eot_id
+def _utf8(name: str, text: str) -> str:
+    """`text` from the command line, refused where it holds bytes that are not UTF-8 (Python keeps each as a lone
+    surrogate, which GPT-2's BPE would read as U+FFFD without a word)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        code = ord(text[e.start])
+        byte = f"byte {code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF else f"U+{code:04X}"
+        raise ValueError(f"{name} is not UTF-8 text: {byte} after {text[:e.start]!r:.60}") from None
+    return text
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
     from tf_gpt2.generation import stream
+    from tf_gpt2.tokenizer import tokenizer_for
 
+    prompt = _utf8("the prompt", args.prompt)
     model = _load_model(args)
-    encode, decode, end_of_text = _text_codec(model)
+    tokenizer = tokenizer_for(model.config)  # the one `stream` reads the prompt with
+    decode, end_of_text = tokenizer.decode, tokenizer.eot_id
     # The prompt is shown with the first new token: by then prefill and the decode step are compiled, so
     # XLA's start-up lines on stderr come before the text, not in the middle of it.
     tokens, shown = [], None
-    for token in stream(model, encode(args.prompt), max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+    for token in stream(model, prompt, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                         top_k=args.top_k, top_p=args.top_p, repetition_penalty=args.repetition_penalty,
                         seed=args.seed, stop_ids=[] if end_of_text is None else [end_of_text]):
         if shown is None:
@@ -397,6 +406,9 @@ def run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print(f"tf-gpt2 {args.command}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader stopped reading (`| head`): nothing to report, and nothing more to write
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     except Exception as e:  # every failure ends in one line; TF_GPT2_TRACEBACK=1 shows where
         print(f"tf-gpt2 {args.command}: error: {describe_error(e)}", file=sys.stderr)
         if os.environ.get("TF_GPT2_TRACEBACK"):

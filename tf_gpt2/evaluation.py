@@ -23,7 +23,7 @@ from keras import ops
 
 from tf_gpt2.checks import check_in_vocabulary
 from tf_gpt2.detokenize import DETOKENIZERS
-from tf_gpt2.tokenizer import GPT2Tokenizer
+from tf_gpt2.tokenizer import GPT2Tokenizer, tokenizer_for
 from tf_gpt2.xla import compiled
 
 
@@ -103,12 +103,13 @@ def evaluate(model, text: str | Sequence[int], tokenizer: GPT2Tokenizer | None =
         ids, n_bytes = char_codec(model.config.characters)[0](text), len(text[1:].encode("utf-8"))
     elif isinstance(text, str):
         text = DETOKENIZERS[detokenize](text)
-        tokenizer = tokenizer or GPT2Tokenizer()
+        tokenizer = tokenizer or tokenizer_for(model.config)  # refuses a model too small for GPT-2's ids
         ids, n_bytes = [tokenizer.eot_id] + tokenizer.encode(text), len(text.encode("utf-8"))
     else:
         ids, n_bytes = [int(t) for t in text], 0
     if len(ids) < 2:
-        raise ValueError("text is empty: nothing to score")
+        raise ValueError("text is empty: nothing to score" if len(text) == 0 else
+                         "text of one token: nothing to score (each token is scored after the one before it)")
     ids = np.asarray(ids, np.int32)
     check_in_vocabulary(ids, model.config.vocab_size)
 

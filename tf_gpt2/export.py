@@ -142,6 +142,8 @@ class _Serving:
         # Text is served in the model's characters, or in GPT-2's BPE when its ids are GPT-2's; else not at all.
         self.tokenizer = (CharacterGraphTokenizer(characters) if characters else
                           BytePairGraphTokenizer() if model.config.vocab_size >= VOCAB_SIZE else None)
+        # Text continues in ids its tokenizer reads: not in the rows of a vocabulary padded past GPT-2's.
+        self.text_vocab = model.config.vocab_size if characters else VOCAB_SIZE
         self.limit = max_new_tokens_limit
         self.pad_id = pad_id(model.config)
 
@@ -157,9 +159,9 @@ class _Serving:
 
     def generate(self, token_ids, length, max_new_tokens, temperature, top_k, top_p, seed):
         return self._generate(token_ids, length, (max_new_tokens, temperature, top_k, top_p, seed),
-                              tf.fill(tf.shape(length), ""))
+                              tf.fill(tf.shape(length), ""), self.model.config.vocab_size)
 
-    def _generate(self, token_ids, length, settings, error):
+    def _generate(self, token_ids, length, settings, error, vocab_end):
         cfg, batch = self.model.config, tf.shape(token_ids)[0]
         prompt, length, error = _prompt(token_ids, length, cfg, error)
         knobs = {name: _per_row(name, value, batch)
@@ -182,7 +184,7 @@ class _Serving:
         offset = tf.range(batch, dtype=tf.int64) * tf.cast(tf.size(settings[-1]) == 1, tf.int64)
         knobs["seed"] = tf.cast(tf.math.floormod(tf.cast(knobs["seed"], tf.int64) + offset, 2**31), tf.int32)
         sampling = Sampling(repetition_penalty=tf.ones([batch]), stop_ids=tf.constant([EOT_ID], tf.int32),
-                            pad_id=tf.constant(self.pad_id), **knobs)
+                            pad_id=tf.constant(self.pad_id), vocab_end=tf.constant(vocab_end), **knobs)
         # The cache holds the longest prompt and the largest budget of this batch, no more.
         longest = tf.reduce_max(length)
         new_slots = tf.zeros((batch, tf.reduce_max(knobs["max_new_tokens"])), tf.int32)
@@ -233,7 +235,7 @@ class _Serving:
     def generate_text(self, text, max_new_tokens, temperature, top_k, top_p, seed):
         ids, error = self._tokenize(text)
         answer = self._generate(ids.to_tensor(default_value=self.pad_id), tf.cast(ids.row_lengths(), tf.int32),
-                                (max_new_tokens, temperature, top_k, top_p, seed), error)
+                                (max_new_tokens, temperature, top_k, top_p, seed), error, self.text_vocab)
         ends_with_stop = tf.gather(answer["token_ids"], tf.maximum(answer["length"] - 1, 0), batch_dims=1) == EOT_ID
         kept = answer["length"] - tf.cast(ends_with_stop & (answer["length"] > 0), tf.int32)  # a stop is not text
         words = self.tokenizer.detokenize(tf.RaggedTensor.from_tensor(answer["token_ids"], lengths=kept))

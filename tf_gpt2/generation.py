@@ -78,6 +78,7 @@ class Sampling(NamedTuple):
     max_new_tokens: Any  # int32 [batch]: a row stops after this many new tokens
     stop_ids: Any  # int32 [n]: a row stops after one of these (-1: an unused entry)
     pad_id: Any  # int32: what a row gets after it stopped
+    vocab_end: Any  # int32: ids from this one on are never chosen (a vocabulary wider than its text tokenizer's)
 
 
 class Prompt(NamedTuple):
@@ -101,7 +102,9 @@ class DecodeState(NamedTuple):
 
 
 def sample_next(logits, sampling: Sampling, step):
-    """Next token ids [batch]: argmax in rows whose temperature is 0, a filtered sample in the others."""
+    """Next token ids [batch]: argmax in rows whose temperature is 0, a filtered sample in the others; never an id
+    from `sampling.vocab_end` on."""
+    logits = ops.where(ops.arange(ops.shape(logits)[-1], dtype="int32")[None, :] < sampling.vocab_end, logits, -np.inf)
     greedy = ops.cast(ops.argmax(logits, axis=-1), "int32")
     row = lambda setting: setting[:, None]  # noqa: E731  (a per-row setting against [batch, vocab])
 
@@ -214,13 +217,11 @@ def generate_loop(model, prompt: Prompt, new_slots, sampling: Sampling):
     return DecodeState(*ops.while_loop(keep_going, step, tuple(start))).tokens
 
 
-def _as_batch(prompt: Any, tokenizer, stop_ids: list[int]) -> tuple[list[list[int]], Callable[[list], Any]]:
-    """A prompt as a batch of id lists, and how to answer in the form it came in: text for text (read with
-    `tokenizer`), ids for ids, one for one, a list for a batch. The answer takes each row's new ids;
-    stop ids are dropped from text."""
-    texts = lambda rows: [tokenizer.decode([t for t in r if t not in stop_ids]) for r in rows]  # noqa: E731
-    if isinstance(prompt, str):
-        return [tokenizer.encode(prompt)], lambda rows: texts(rows)[0]
+def _as_batch(prompt: Any, text_tokenizer: Callable[[], Any], stop_ids: list[int]) -> tuple[
+        list[list[int]], Callable[[list], Any], Any]:
+    """A prompt as a batch of id lists, how to answer in the form it came in (text for text, read with
+    `text_tokenizer()`; ids for ids; one for one, a list for a batch), and the tokenizer that read it (None for ids).
+    The answer takes each row's new ids; stop ids are dropped from text."""
     if isinstance(prompt, (bytes, bytearray)) or (isinstance(prompt, (list, tuple)) and
                                                   any(isinstance(p, (bytes, bytearray)) for p in prompt)):
         raise TypeError("prompt is bytes: decode it to str first (or pass token ids as a list of int)")
@@ -230,15 +231,19 @@ def _as_batch(prompt: Any, tokenizer, stop_ids: list[int]) -> tuple[list[list[in
         if isinstance(prompt, Sequence):
             raise ValueError("prompt is empty: give at least one token")
         raise TypeError(f"prompt must be text, a list of token ids or a batch of them, got {prompt!r:.80}")
-    if all(isinstance(p, str) for p in prompt):
-        return [tokenizer.encode(p) for p in prompt], texts
+    if isinstance(prompt, str) or all(isinstance(p, str) for p in prompt):
+        tokenizer = text_tokenizer()
+        texts = lambda rows: [tokenizer.decode([t for t in r if t not in stop_ids]) for r in rows]  # noqa: E731
+        if isinstance(prompt, str):
+            return [tokenizer.encode(prompt)], lambda rows: texts(rows)[0], tokenizer
+        return [tokenizer.encode(p) for p in prompt], texts, tokenizer
     if all(is_integer(p) for p in prompt):
-        return [[int(t) for t in prompt]], lambda rows: rows[0]
+        return [[int(t) for t in prompt]], lambda rows: rows[0], None
     if all(isinstance(p, (Sequence, np.ndarray)) for p in prompt):
         batch = [list(p) for p in prompt]
         if not all(is_integer(t) for p in batch for t in p):
             raise TypeError("token ids must be integers")
-        return [[int(t) for t in p] for p in batch], lambda rows: rows
+        return [[int(t) for t in p] for p in batch], lambda rows: rows, None
     raise TypeError(f"prompt must be text, a list of token ids or a batch of them, got {prompt!r:.80}")
 
 
@@ -282,7 +287,10 @@ def _prepare(model, prompt: Any, max_new_tokens: int = 32, temperature: float = 
     stop_ids = [EOT_ID] if stop_ids is None else [_integer("stop_ids entry", t) for t in stop_ids]
     if any(not 0 <= t < 2**31 for t in stop_ids):
         raise ValueError(f"stop_ids must be token ids in [0, 2**31), got {stop_ids}")
-    batch, answer = _as_batch(prompt, tokenizer or tokenizer_for(cfg), stop_ids)
+    batch, answer, reader = _as_batch(prompt, lambda: tokenizer or tokenizer_for(cfg), stop_ids)
+    # Text read with the model's own tokenizer continues in ids it reads: not in the rows of a vocabulary padded
+    # past GPT-2's 50,257 (nanoGPT's 50,304), which no text decodes to.
+    vocab_end = reader.vocab_size if reader is not None and tokenizer is None else cfg.vocab_size
     if any(len(p) == 0 for p in batch):
         raise ValueError("prompt is empty: give at least one token")
     if not is_integer(max_new_tokens) or max_new_tokens <= 0:
@@ -299,7 +307,7 @@ def _prepare(model, prompt: Any, max_new_tokens: int = 32, temperature: float = 
         top_p=per_row(top_p, np.float32), repetition_penalty=per_row(repetition_penalty, np.float32),
         seed=((_seed(seed) + np.arange(len(batch))) % 2**31).astype(np.int32),  # row i: seed + i
         max_new_tokens=per_row(max_new_tokens, np.int32), stop_ids=np.array(stop_ids + [-1], np.int32),
-        pad_id=np.int32(pad_id(cfg)),
+        pad_id=np.int32(pad_id(cfg)), vocab_end=np.int32(vocab_end),
     )
     prompts = _left_padded(batch, min(_bucket(longest), cfg.n_positions), pad_id(cfg))
     return _Request(prompts, np.zeros((len(batch), _bucket(max_new_tokens)), np.int32), sampling, stop_ids, answer)
@@ -317,6 +325,9 @@ def _checked_settings(temperature, top_k, top_p, repetition_penalty) -> tuple[fl
         raise ValueError(f"top_k must be in [0, 2**31), got {top_k}")
     if not 0 < repetition_penalty < np.inf:
         raise ValueError(f"repetition_penalty must be > 0, got {repetition_penalty}")
+    if temperature == 0 and (top_k or top_p < 1):
+        raise ValueError(f"top_k={top_k} and top_p={top_p:g} filter what is sampled, and temperature 0 samples "
+                         "nothing (greedy): give a temperature > 0 (1 samples the model's own distribution)")
     return temperature, int(top_k), top_p, repetition_penalty
 
 

@@ -172,9 +172,12 @@ class CharacterTokenizer:
     'ba'
     """
 
+    eot_id = None  # a character vocabulary has no end-of-text token
+
     def __init__(self, characters: Sequence[str]):
         self.characters = list(characters)
         self._index = {c: i for i, c in enumerate(self.characters)}
+        self.vocab_size = len(self.characters)
 
     def encode(self, text: str) -> list[int]:
         unknown = sorted(set(text) - self._index.keys())
@@ -188,5 +191,11 @@ class CharacterTokenizer:
 
 
 def tokenizer_for(config) -> GPT2Tokenizer | CharacterTokenizer:
-    """The tokenizer a model's ids mean: its characters when it has them, else GPT-2's BPE."""
-    return GPT2Tokenizer() if config.characters is None else CharacterTokenizer(config.characters)
+    """The tokenizer a model's ids mean: its characters when it has them, else GPT-2's BPE (whose 50,257 ids a
+    vocabulary without characters must hold; one padded wider, as nanoGPT's 50,304, reads as GPT-2's)."""
+    if config.characters is not None:
+        return CharacterTokenizer(config.characters)
+    if config.vocab_size < VOCAB_SIZE:
+        raise ValueError(f"a model of {config.vocab_size} tokens without its characters has no text tokenizer "
+                         f"(GPT-2's BPE has {VOCAB_SIZE}): give it token ids")
+    return GPT2Tokenizer()

@@ -356,6 +356,10 @@ class TextSample(keras.callbacks.Callback):
 def prepared_data(cfg: TrainConfig) -> str:
     """The directory of token shards for this run, tokenizing raw text first if needed."""
     if cfg.data and os.path.exists(os.path.join(cfg.data, MANIFEST)):
+        prepared = read_json(os.path.join(cfg.data, MANIFEST)).get("vocab")
+        if cfg.vocab != TrainConfig.vocab and cfg.vocab != prepared:  # (the default cannot tell asked from not)
+            raise ValueError(f"--vocab {cfg.vocab} tokenizes raw text, and {cfg.data} holds shards already tokenized "
+                             f"with --vocab {prepared}: leave --vocab out, or give the raw text as --data")
         return cfg.data
     directory = os.path.join(cfg.out, "data")
     manifest = os.path.join(directory, MANIFEST)
