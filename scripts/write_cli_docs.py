@@ -18,9 +18,9 @@ it fails (`TF_GPT2_TRACEBACK=1` adds the traceback). A model is given with `--mo
 name (downloaded once through `huggingface_hub`, then read from its cache), a Hugging Face, OpenAI or keras-hub
 directory, or a `.keras` file.
 
-Exit status: 0 when the command did its work; 2 when it failed (that one line) or a flag was wrong (argparse's
-usage line); 130 on Ctrl-C, after `tf-gpt2 COMMAND: interrupted` (an interrupted `train` resumes from its last
-checkpoint when rerun).
+Exit status: 0 when the command did its work; 1, quietly, when the reader of its output closed it (`| head`); 2
+when it failed (that one line) or a flag was wrong (argparse's usage line); 130 on Ctrl-C, after
+`tf-gpt2 COMMAND: interrupted` (an interrupted `train` resumes from its last checkpoint when rerun).
 
 This page is the commands' own `--help`, written by `python scripts/write_cli_docs.py`.
 """

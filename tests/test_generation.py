@@ -273,3 +273,18 @@ def test_a_vocabulary_smaller_than_gpt2s_without_characters_reads_no_text(model)
         with pytest.raises(ValueError, match="a model of 300 tokens without its characters has no text tokenizer"):
             read()
     assert len(model.generate([1, 2], max_new_tokens=2, stop_ids=[])) == 2
+
+
+def test_a_reader_that_stops_reading_ends_the_cli_quietly():
+    """`tf-gpt2 generate ... | head -c 5`: the closed pipe ends the command with status 1 and nothing on stderr (no
+    "error: [Errno 32] Broken pipe", no "Exception ignored" at exit)."""
+    import subprocess
+
+    from conftest import console_script
+
+    with subprocess.Popen([console_script(), "generate", "Hello", "--random-init", "gpt2-tiny", "--max-new-tokens",
+                           "60", "--temperature", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE) as run:
+        assert run.stdout.read(5) == b"Hello"
+        run.stdout.close()  # what `head` does once it has its bytes
+        status, err = run.wait(timeout=300), run.stderr.read().decode()
+    assert status == 1 and "Broken pipe" not in err and "Exception" not in err, err
