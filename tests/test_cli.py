@@ -47,6 +47,8 @@ CASES = [
     (["export", "--model", "{d}/hf", "--out", "{d}/hf"], "the output {d}/hf is the input {d}/hf"),
     (["convert", "{d}/hf", "{d}/hf/"], "the output {d}/hf/ is the input {d}/hf"),
     (["prepare", "{d}/text.txt", "--out", "{d}/text.txt"], "the output {d}/text.txt is the input"),
+    (["prepare", "{d}/text.txt", "--out", "{d}/latin1.txt"],
+     "Not a directory (prepare writes a folder there): {d}/latin1.txt"),
     (["train", "--data", "{d}/folder", "--out", "{d}/folder"], "the output {d}/folder is the input"),
     (["export", "--random-init", "gpt2-tiny", "--out", "{d}/sm", "--version", "0"],
      "version must be a positive integer, got 0"),

@@ -495,5 +495,10 @@ def test_the_sample_fits_a_short_context(prompt_length, tokens, capsys):
     sample = TextSample(list(range(1, prompt_length + 1)), tokens, decode=lambda ids: f"{len(ids)} ids",
                         round_end=lambda epoch: 10)
     sample.set_model(GPT2(GPT2Config(vocab_size=128, n_positions=64, n_embd=16, n_layer=1, n_head=2)))
+    sample.on_train_begin()
     sample.on_epoch_end(0)
-    assert "--- sample at step 10 ---\n64 ids\n" in capsys.readouterr().out
+    shown = capsys.readouterr()
+    assert "--- sample at step 10 ---\n64 ids\n" in shown.out
+    kept = 64 - min(tokens, 63)  # said once, as training begins, where the prompt is cut
+    assert (f"note: the samples continue the last {kept} of the sample prompt's {prompt_length} tokens"
+            in shown.err) == (prompt_length > kept), shown.err

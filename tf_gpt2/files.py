@@ -187,6 +187,8 @@ def exclusive(directory: str, what: str, wait: bool = False) -> Iterator[None]:
     """
     import fcntl
 
+    if os.path.exists(directory) and not os.path.isdir(directory):  # not makedirs' bare "File exists"
+        raise NotADirectoryError(errno.ENOTDIR, f"Not a directory ({what} writes a folder there)", directory)
     os.makedirs(directory, exist_ok=True)
     lock_path = os.path.join(directory, ".lock")
     with open(lock_path, "a+") as lock:

@@ -337,11 +337,22 @@ class TextSample(keras.callbacks.Callback):
 
             self.writer = tf.summary.create_file_writer(log_dir)
 
-    def on_epoch_end(self, epoch, logs=None):
-        step = self.round_end(epoch)
+    def _window(self) -> tuple[list[int], int]:
+        """The prompt ids the context holds beside the new tokens (its last ones), and how many new tokens."""
         context = self.model.config.n_positions
         tokens = min(self.tokens, context - 1)
-        ids = self.prompt_ids[-(context - tokens):]
+        return self.prompt_ids[-(context - tokens):], tokens
+
+    def on_train_begin(self, logs=None):
+        ids, tokens = self._window()
+        if len(ids) < len(self.prompt_ids):
+            print(f"note: the samples continue the last {len(ids)} of the sample prompt's {len(self.prompt_ids)} "
+                  f"tokens: the context of {self.model.config.n_positions} holds them and {tokens} new ones",
+                  file=sys.stderr)
+
+    def on_epoch_end(self, epoch, logs=None):
+        step = self.round_end(epoch)
+        ids, tokens = self._window()
         text = self.decode(ids + self.model.generate(ids, max_new_tokens=tokens, stop_ids=[]))
         if self.verbose:
             print(f"\n--- sample at step {step} ---\n{text}\n---")
