@@ -50,6 +50,19 @@ def spread_tiny_model():
     return GPT2(GPT2Config.from_preset("gpt2-tiny", n_positions=64, initializer_range=0.3))
 
 
+def padded_gpt2():
+    """A tiny GPT-2 of 50,304 ids, nanoGPT's padding of GPT-2's 50,257 kept as real rows (as a converted checkpoint
+    keeps them), each padding row 30 times a token's row: they outscore every token, so anything that lets them be
+    chosen chooses one."""
+    from tf_gpt2 import GPT2, GPT2Config
+
+    model = GPT2(GPT2Config(vocab_size=50304, n_positions=32, n_embd=32, n_layer=1, n_head=2))
+    rows = model.wte.embeddings.numpy()
+    rows[50257:] = 30 * rows[:50304 - 50257]
+    model.wte.embeddings.assign(rows)
+    return model
+
+
 def give_adapters(model) -> None:
     """Every LoRA adapter of `model` set at random, so that they move its logits by about 1 (Keras starts B at zero:
     adapters that change nothing)."""

@@ -163,6 +163,9 @@ def test_prompts_and_vocabularies_that_cannot_apply_are_refused_before_any_work(
             (["demo", "--out", out, "--prompt", "caf\udce9"], "the prompt is not UTF-8 text: byte e9"),
             (["demo", "--out", out, "--prompt", "Zoë:"], "characters 'ë' of the prompt are not in Shakespeare's text"),
             (["demo", "--out", out, "--max-new-tokens", "-3"], "--max-new-tokens must be a positive integer, got -3"),
+            (["demo", "--out", out, "--prompt", ""], "the prompt is empty"),
+            (["train", "--data", str(tmp_path / "data"), "--out", out, "--sample-prompt", "caf\udce9"],
+             "--sample-prompt is not UTF-8 text: byte e9"),
             (["train", "--data", str(tmp_path / "data"), "--out", out, "--vocab", "char", "--preset", "gpt2-tiny",
               "--steps", "1", "--block-size", "16", "--batch-size", "2", "--eval-interval", "1"],
              f"--vocab char tokenizes raw text, and {tmp_path / 'data'} holds shards already tokenized with --vocab "

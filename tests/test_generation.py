@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+from conftest import padded_gpt2
 
 from tf_gpt2 import GPT2, GPT2Config
 from tf_gpt2.cli import main as cli_main
@@ -83,8 +84,11 @@ def test_stop_ids_end_generation(model):
         (dict(top_k=-1), "top_k must be in \\[0, 2\\*\\*31\\)"),
         (dict(stop_ids=[2**40]), "stop_ids must be token ids in \\[0, 2\\*\\*31\\)"),
         # Filters without a temperature would sample nothing: greedy, silently.
-        (dict(top_k=20), "top_k=20 and top_p=1 filter what is sampled, and temperature 0 samples nothing"),
-        (dict(top_p=0.9), "top_k=0 and top_p=0.9 filter what is sampled"),
+        (dict(top_k=20), "^top_k=20 filters what is sampled, and temperature 0 samples nothing"),
+        (dict(top_k=20, top_p=0.9), "^top_k=20 and top_p=0.9 filter what is sampled"),
+        (dict(top_p=0.9), "^top_p=0.9 filters what is sampled"),
+        (dict(vocab_end=0), "vocab_end must be in 1..300"),
+        (dict(vocab_end=301), "vocab_end must be in 1..300"),
     ],
 )
 def test_bad_generation_arguments(model, kwargs, message):
@@ -240,14 +244,12 @@ def test_text_continues_only_in_ids_its_tokenizer_reads(tmp_path, capsys):
 
     from tf_gpt2.export import export_saved_model
     from tf_gpt2.files import save_keras
-    from tf_gpt2.tokenizer import VOCAB_SIZE
+    from tf_gpt2.tokenizer import VOCAB_SIZE, GPT2Tokenizer
 
-    model = GPT2(GPT2Config(vocab_size=50304, n_positions=32, n_embd=32, n_layer=1, n_head=2))
-    rows = model.wte.embeddings.numpy()
-    rows[VOCAB_SIZE:] = 30 * rows[:50304 - VOCAB_SIZE]
-    model.wte.embeddings.assign(rows)
+    model = padded_gpt2()
     assert all(t >= VOCAB_SIZE for t in model.generate([15496], max_new_tokens=4, stop_ids=[]))
-    settings = [dict(), dict(temperature=1.0, seed=3)]
+    assert all(t < VOCAB_SIZE for t in model.generate([15496], max_new_tokens=4, stop_ids=[], vocab_end=VOCAB_SIZE))
+    settings = [dict(), dict(temperature=1.0, seed=3), dict(tokenizer=GPT2Tokenizer())]
     for kwargs in settings:
         text = model.generate("Hello", max_new_tokens=4, stop_ids=[], **kwargs)
         assert isinstance(text, str) and len(text) > 0
@@ -277,14 +279,18 @@ def test_a_vocabulary_smaller_than_gpt2s_without_characters_reads_no_text(model)
 
 def test_a_reader_that_stops_reading_ends_the_cli_quietly():
     """`tf-gpt2 generate ... | head -c 5`: the closed pipe ends the command with status 1 and nothing on stderr (no
-    "error: [Errno 32] Broken pipe", no "Exception ignored" at exit)."""
+    "error: [Errno 32] Broken pipe", no "Exception ignored" at exit). The reader here is gone before the first write,
+    so the write fails whatever the timing."""
+    import os
     import subprocess
 
     from conftest import console_script
 
-    with subprocess.Popen([console_script(), "generate", "Hello", "--random-init", "gpt2-tiny", "--max-new-tokens",
-                           "60", "--temperature", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE) as run:
-        assert run.stdout.read(5) == b"Hello"
-        run.stdout.close()  # what `head` does once it has its bytes
-        status, err = run.wait(timeout=300), run.stderr.read().decode()
-    assert status == 1 and "Broken pipe" not in err and "Exception" not in err, err
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        run = subprocess.run([console_script(), "generate", "Hello", "--random-init", "gpt2-tiny", "--max-new-tokens",
+                              "4"], stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=300)
+    finally:
+        os.close(write_end)
+    assert run.returncode == 1 and "Broken pipe" not in run.stderr and "Exception" not in run.stderr, run.stderr

@@ -51,6 +51,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     if args.max_new_tokens < 1:
         raise ValueError(f"--max-new-tokens must be a positive integer, got {args.max_new_tokens}")
+    if not args.prompt:
+        raise ValueError("the prompt is empty: the model needs at least one character to continue")
     unknown = set(_utf8("the prompt", args.prompt)) - set(read_text(embedded_corpus()))
     if unknown:  # before minutes of training, not after
         raise ValueError(f"characters {''.join(sorted(unknown))!r} of the prompt are not in Shakespeare's text, "
@@ -161,6 +163,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from tf_gpt2.training import inference_model, train
 
     _refuse_writing_over_inputs(args.out, args.data, args.init_from)
+    _utf8("--sample-prompt", args.sample_prompt)
     overrides = {k: getattr(args, k) for k in (*MODEL_OVERRIDES, "remat", "loss_chunk") if getattr(args, k) is not None}
     cfg = TrainConfig(out=args.out, model=overrides, jit_compile=not args.no_xla,
                       **{name: getattr(args, name) for name in TRAIN_FLAGS})
@@ -399,6 +402,25 @@ def describe_error(error: BaseException) -> str:
     return " ".join(text.split())
 
 
+def _output_closed() -> bool:
+    """Whether standard output's reader stopped reading (`| head`: the pipe reports an error to a poll); if so, what
+    is left for it goes nowhere, so that nothing more fails on the way out."""
+    import select
+
+    try:
+        fd = sys.stdout.fileno()
+        events = select.poll()
+        events.register(fd, select.POLLOUT)
+        if not any(event & select.POLLERR for _, event in events.poll(0)):
+            return False
+    except (OSError, ValueError, AttributeError):  # no descriptor (a StringIO) or no poll: not a closed pipe
+        return False
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, fd)
+    os.close(devnull)
+    return True
+
+
 def run(args: argparse.Namespace) -> int:
     """Run a parsed command; every failure ends in one line and exit status 2."""
     try:
@@ -406,10 +428,9 @@ def run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print(f"tf-gpt2 {args.command}: interrupted", file=sys.stderr)
         return 130
-    except BrokenPipeError:  # the reader stopped reading (`| head`): nothing to report, and nothing more to write
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 1
     except Exception as e:  # every failure ends in one line; TF_GPT2_TRACEBACK=1 shows where
+        if isinstance(e, BrokenPipeError) and _output_closed():
+            return 1
         print(f"tf-gpt2 {args.command}: error: {describe_error(e)}", file=sys.stderr)
         if os.environ.get("TF_GPT2_TRACEBACK"):
             traceback.print_exc()

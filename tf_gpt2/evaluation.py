@@ -108,7 +108,7 @@ def evaluate(model, text: str | Sequence[int], tokenizer: GPT2Tokenizer | None =
     else:
         ids, n_bytes = [int(t) for t in text], 0
     if len(ids) < 2:
-        raise ValueError("text is empty: nothing to score" if len(text) == 0 else
+        raise ValueError("text is empty: nothing to score" if not ids or text == "" else
                          "text of one token: nothing to score (each token is scored after the one before it)")
     ids = np.asarray(ids, np.int32)
     check_in_vocabulary(ids, model.config.vocab_size)

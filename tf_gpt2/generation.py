@@ -19,7 +19,7 @@ from keras import ops
 
 from tf_gpt2.checks import check_in_vocabulary, is_integer
 from tf_gpt2.layers import causal_mask
-from tf_gpt2.tokenizer import EOT_ID, tokenizer_for
+from tf_gpt2.tokenizer import EOT_ID, CharacterTokenizer, GPT2Tokenizer, tokenizer_for
 from tf_gpt2.xla import compiled
 
 
@@ -279,7 +279,7 @@ class _Request(NamedTuple):
 
 def _prepare(model, prompt: Any, max_new_tokens: int = 32, temperature: float = 0.0, top_k: int = 0,
              top_p: float = 1.0, repetition_penalty: float = 1.0, stop_ids: Sequence[int] | None = None,
-             seed: int = 0, tokenizer=None) -> _Request:
+             seed: int = 0, tokenizer=None, vocab_end: int | None = None) -> _Request:
     """Check every argument, then build what the compiled code takes: the left-padded prompts and the settings."""
     cfg = model.config
     if is_integer(stop_ids):  # one id, as transformers' eos_token_id takes it
@@ -288,9 +288,12 @@ def _prepare(model, prompt: Any, max_new_tokens: int = 32, temperature: float = 
     if any(not 0 <= t < 2**31 for t in stop_ids):
         raise ValueError(f"stop_ids must be token ids in [0, 2**31), got {stop_ids}")
     batch, answer, reader = _as_batch(prompt, lambda: tokenizer or tokenizer_for(cfg), stop_ids)
-    # Text read with the model's own tokenizer continues in ids it reads: not in the rows of a vocabulary padded
-    # past GPT-2's 50,257 (nanoGPT's 50,304), which no text decodes to.
-    vocab_end = reader.vocab_size if reader is not None and tokenizer is None else cfg.vocab_size
+    if vocab_end is None:  # text read with GPT-2's BPE or characters continues in ids they read: not in the rows
+        # of a vocabulary padded past GPT-2's 50,257 (nanoGPT's 50,304), which no text decodes to
+        read = isinstance(reader, (GPT2Tokenizer, CharacterTokenizer))
+        vocab_end = min(reader.vocab_size, cfg.vocab_size) if read else cfg.vocab_size
+    if not is_integer(vocab_end) or not 0 < vocab_end <= cfg.vocab_size:
+        raise ValueError(f"vocab_end must be in 1..{cfg.vocab_size} (the model's vocabulary), got {vocab_end!r}")
     if any(len(p) == 0 for p in batch):
         raise ValueError("prompt is empty: give at least one token")
     if not is_integer(max_new_tokens) or max_new_tokens <= 0:
@@ -325,9 +328,10 @@ def _checked_settings(temperature, top_k, top_p, repetition_penalty) -> tuple[fl
         raise ValueError(f"top_k must be in [0, 2**31), got {top_k}")
     if not 0 < repetition_penalty < np.inf:
         raise ValueError(f"repetition_penalty must be > 0, got {repetition_penalty}")
-    if temperature == 0 and (top_k or top_p < 1):
-        raise ValueError(f"top_k={top_k} and top_p={top_p:g} filter what is sampled, and temperature 0 samples "
-                         "nothing (greedy): give a temperature > 0 (1 samples the model's own distribution)")
+    filters = [f"top_k={top_k}"] * (top_k > 0) + [f"top_p={top_p:g}"] * (top_p < 1)
+    if temperature == 0 and filters:
+        raise ValueError(f"{' and '.join(filters)} filter{'s' * (len(filters) == 1)} what is sampled, and temperature "
+                         "0 samples nothing (greedy): give a temperature > 0 (1 samples the model's own distribution)")
     return temperature, int(top_k), top_p, repetition_penalty
 
 
@@ -350,6 +354,7 @@ def generate(
     stop_ids: Sequence[int] | None = None,
     seed: int = 0,
     tokenizer=None,
+    vocab_end: int | None = None,
 ) -> Any:
     """Continue `prompt` with up to `max_new_tokens` tokens.
 
@@ -359,7 +364,9 @@ def generate(
     temperature 0 is greedy; top_k 0 and top_p 1 switch those filters off (top-p is taken on the
     top-k distribution renormalised). Generation of a row stops after a token in `stop_ids`
     (default: `<|endoftext|>`), which is kept in the ids and dropped from returned text. Row i of a batch
-    samples with seed `seed + i`: its tokens are those of that prompt alone with that seed.
+    samples with seed `seed + i`: its tokens are those of that prompt alone with that seed. No id from `vocab_end` on
+    is chosen (default: the end of the vocabulary of GPT-2's BPE or the characters that read text, else the model's:
+    a vocabulary padded past GPT-2's 50,257 continues text in GPT-2's ids only).
 
     Example:
     >>> from tf_gpt2 import GPT2, GPT2Config
@@ -368,7 +375,7 @@ def generate(
     5
     """
     request = _prepare(model, prompt, max_new_tokens, temperature, top_k, top_p, repetition_penalty, stop_ids,
-                       seed, tokenizer)
+                       seed, tokenizer, vocab_end)
     out = compiled(model, generate_loop)(request.prompt, request.new_slots, request.sampling)
     lengths = ops.convert_to_numpy(answer_lengths(out, request.sampling))
     rows = [row[:n] for row, n in zip(ops.convert_to_numpy(out).tolist(), lengths)]
@@ -377,7 +384,7 @@ def generate(
 
 def stream(model, prompt: Any, max_new_tokens: int = 32, **settings: Any) -> Iterator[int]:
     """Yield the new token ids of one prompt as they are chosen (same tokens as `generate`, which
-    documents the `settings`: temperature, top_k, top_p, repetition_penalty, stop_ids, seed, tokenizer).
+    documents the `settings`: temperature, top_k, top_p, repetition_penalty, stop_ids, seed, tokenizer, vocab_end).
 
     Prefill and each decode step are compiled once per shape bucket; Python only loops.
     """

@@ -197,5 +197,5 @@ def tokenizer_for(config) -> GPT2Tokenizer | CharacterTokenizer:
         return CharacterTokenizer(config.characters)
     if config.vocab_size < VOCAB_SIZE:
         raise ValueError(f"a model of {config.vocab_size} tokens without its characters has no text tokenizer "
-                         f"(GPT-2's BPE has {VOCAB_SIZE}): give it token ids")
+                         f"(GPT-2's BPE has {VOCAB_SIZE}): in Python, give it token ids")
     return GPT2Tokenizer()

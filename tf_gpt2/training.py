@@ -324,14 +324,15 @@ class SaveCheckpoint(keras.callbacks.Callback):
 
 class TextSample(keras.callbacks.Callback):
     """After each round: a greedy continuation of `prompt` to the console and to TensorBoard (`log_dir`), of `tokens`
-    tokens or as many as the model's context holds after one prompt token (the prompt keeps its last tokens)."""
+    tokens or as many as the model's context holds after one prompt token (the prompt keeps its last tokens), in
+    ids below `vocab_end` (those `decode` reads: a model padded past its data's vocabulary chooses no padding row)."""
 
     def __init__(self, prompt_ids: list[int], tokens: int, decode, round_end: Callable[[int], int],
-                 log_dir: str | None = None, verbose: int = 1):
+                 log_dir: str | None = None, verbose: int = 1, vocab_end: int | None = None):
         super().__init__()
         self.prompt_ids, self.tokens, self.decode = prompt_ids, tokens, decode
-        self.round_end, self.verbose = round_end, verbose
-        self.writer = None
+        self.round_end, self.verbose, self.vocab_end = round_end, verbose, vocab_end
+        self.writer, self.noted = None, False
         if log_dir:
             tf = tensorflow()
 
@@ -343,9 +344,10 @@ class TextSample(keras.callbacks.Callback):
         tokens = min(self.tokens, context - 1)
         return self.prompt_ids[-(context - tokens):], tokens
 
-    def on_train_begin(self, logs=None):
+    def on_train_begin(self, logs=None):  # (once per `fit`: a run may call it for each group of rounds)
         ids, tokens = self._window()
-        if len(ids) < len(self.prompt_ids):
+        if len(ids) < len(self.prompt_ids) and not self.noted:
+            self.noted = True
             print(f"note: the samples continue the last {len(ids)} of the sample prompt's {len(self.prompt_ids)} "
                   f"tokens: the context of {self.model.config.n_positions} holds them and {tokens} new ones",
                   file=sys.stderr)
@@ -353,7 +355,7 @@ class TextSample(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         step = self.round_end(epoch)
         ids, tokens = self._window()
-        text = self.decode(ids + self.model.generate(ids, max_new_tokens=tokens, stop_ids=[]))
+        text = self.decode(ids + self.model.generate(ids, max_new_tokens=tokens, stop_ids=[], vocab_end=self.vocab_end))
         if self.verbose:
             print(f"\n--- sample at step {step} ---\n{text}\n---")
         if self.writer is not None:
@@ -566,7 +568,8 @@ def _fit(cfg: TrainConfig, model: GPT2, start: int, train_data: TokenShards, val
         except ValueError as e:
             raise ValueError(f"sample_prompt (--sample-prompt): {e}") from None
         log_dir = os.path.join(cfg.out, "logs", "samples") if cfg.tensorboard else None
-        callbacks.append(TextSample(prompt_ids or [0], cfg.sample_tokens, decode, round_end, log_dir, cfg.verbose))
+        callbacks.append(TextSample(prompt_ids or [0], cfg.sample_tokens, decode, round_end, log_dir, cfg.verbose,
+                                    vocab_end=train_data.manifest["vocab_size"]))
     tensorboard = None
     if cfg.tensorboard and placement.is_chief:  # each compiled call's logs (Keras calls the batch hooks once per call)
         tensorboard = RunTensorBoard(os.path.join(cfg.out, "logs"), update_freq=1)
