@@ -54,7 +54,12 @@ def test_served_text_is_bounded_before_tokenizing(exported):
     generate_text = served.signatures["generate_text"]
     knobs = dict(max_new_tokens=tf.constant([2]), temperature=tf.constant([0.0]), top_k=tf.constant([0]),
                  top_p=tf.constant([1.0]), seed=tf.constant([0]))
-    assert generate_text(text=tf.constant(["Hello world"]), **knobs)["text"].shape == (1,)
+    greedy = generate_text(text=tf.constant(["Hello world"]), **knobs)
+    assert greedy["text"].shape == (1,)
+    # A row that asks for filters at temperature 0 is answered greedily (model.generate refuses it: docs/generation.md)
+    filtered = generate_text(text=tf.constant(["Hello world"]), **{**knobs, "top_k": tf.constant([40]),
+                                                                    "top_p": tf.constant([0.5])})
+    assert filtered["error"].numpy()[0] == b"" and filtered["text"].numpy()[0] == greedy["text"].numpy()[0]
     for text, message in (("a" * 1_000_000, "text is longer than 512 bytes"),  # 8 bytes per position of 64
                           ("x" * 300, "text has a run of more than 256 bytes without whitespace"),
                           ("word " * 200, "text is longer than 512 bytes")):
