@@ -241,3 +241,14 @@ def test_the_gpu_tables_in_the_docs_are_the_ones_the_gpu_run_wrote():
     with open(os.path.join(root, "docs", "training.md")) as f:
         assert gpu.memory_table(results) in f.read()
     assert "full (13.1 GB)" in gpu.fit_table(results).splitlines()[2]  # gpt2-large in full on a T4: 13.1 + 1 <= 16
+
+
+def test_every_mutant_still_names_one_line_of_its_file_and_existing_tests():
+    """`benchmarks/mutants.py` applies each mutant to one line; a line the code no longer has would stop that mutant
+    from running at all (two had, unnoticed), so each is checked here without running it."""
+    from mutants import MUTANTS, ROOT
+
+    for name, path, line, mutation, tests in MUTANTS:
+        with open(os.path.join(ROOT, path), encoding="utf-8") as f:
+            assert f.read().count(line) == 1, f"mutant {name!r}: its line is not once in {path}"
+        assert mutation != line and all(os.path.isfile(os.path.join(ROOT, test)) for test in tests), name
