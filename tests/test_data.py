@@ -244,8 +244,11 @@ def test_a_folder_gives_its_text_files_only(corpus, tmp_path):
     (corpus / "README.md").write_text("# notes about the data")
     (corpus / "table.csv").write_text("a,b\n1,2\n")
     (corpus / "more" / "c.txt.gz").write_bytes(gzip.compress(b"compressed text\n"))
-    assert resolve_inputs(str(corpus)) == [str(corpus / "a.txt"), str(corpus / "more" / "b.txt"),
-                                           str(corpus / "more" / "c.txt.gz")]
+    (corpus / "more" / "NOTES.TXT").write_text("upper-case suffix")
+    with pytest.warns(UserWarning, match=rf"{corpus} holds 3 file\(s\) that are not .txt or .txt.gz, not read: "
+                                         rf"README.md, more/NOTES.TXT, table.csv$"):  # not skipped without a word
+        assert resolve_inputs(str(corpus)) == [str(corpus / "a.txt"), str(corpus / "more" / "b.txt"),
+                                               str(corpus / "more" / "c.txt.gz")]
     assert resolve_inputs(str(corpus / "README.md")) == [str(corpus / "README.md")]  # named files are read as named
 
 

@@ -75,13 +75,18 @@ def _is_output(directory: str, exclude: set[str]) -> bool:
 
 
 def _text_files_in(folder: str, exclude: set[str]) -> list[str]:
-    """The regular files under `folder`, without hidden names and without folders of our own outputs."""
-    files = []
+    """The text files (or links to one) under `folder`, without hidden names and without folders of our own
+    outputs; the other files there are named in a warning, not skipped without a word."""
+    files, others = [], []
     for directory, subdirs, names in os.walk(folder):
         subdirs[:] = [d for d in subdirs
                       if not d.startswith(".") and not _is_output(os.path.join(directory, d), exclude)]
-        files += [os.path.join(directory, n) for n in names  # text files (or links to one) only
-                  if n.endswith(TEXT_SUFFIXES) and not n.startswith(".") and os.path.isfile(os.path.join(directory, n))]
+        for name in (n for n in names if not n.startswith(".") and os.path.isfile(os.path.join(directory, n))):
+            (files if name.endswith(TEXT_SUFFIXES) else others).append(os.path.join(directory, name))
+    if others:
+        shown = ", ".join(os.path.relpath(f, folder) for f in sorted(others)[:3]) + ", ..." * (len(others) > 3)
+        warnings.warn(f"{folder} holds {len(others)} file(s) that are not {' or '.join(TEXT_SUFFIXES)}, not read: "
+                      f"{shown}", stacklevel=3)
     return files
 
 
