@@ -34,7 +34,7 @@ class Record(keras.callbacks.Callback):
 
 def run(lagged, learning_rate, nan_batch=None):
     keras.utils.set_random_seed(0)
-    model = GPT2(GPT2Config.from_preset("gpt2-tiny", n_positions=32))
+    model = GPT2(GPT2Config.from_preset("gpt2-tiny", n_positions=32, vocab_size=64))
     model.compile(optimizer=keras.optimizers.AdamW(learning_rate), jit_compile=True,
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     model.make_train_function()
