@@ -294,3 +294,36 @@ def test_a_reader_that_stops_reading_ends_the_cli_quietly():
     finally:
         os.close(write_end)
     assert run.returncode == 1 and "Broken pipe" not in run.stderr and "Exception" not in run.stderr, run.stderr
+
+
+def test_logits_that_are_not_finite_choose_no_token_in_any_path(tmp_path, capsys):
+    """A model that overflows (here at position 2: its position embedding is past float32's range) gives NaN
+    logits there. No path may pass argmax(NaN) off as its choice: `generate` and `stream` raise naming the prompt,
+    the CLI says so in one line, and a served row gets an error while the row beside it is answered."""
+    import tensorflow as tf
+
+    from tf_gpt2.export import export_saved_model
+    from tf_gpt2.files import save_keras
+
+    letters = "abcdefghijklmnopqrstuvwxyz "
+    model = GPT2(GPT2Config(vocab_size=len(letters), characters=letters, n_positions=16, n_embd=32, n_layer=1,
+                            n_head=2))
+    model.wpe.embeddings.assign(np.where(np.arange(16)[:, None] == 2, 3e38, model.wpe.embeddings.numpy()))
+    assert not np.isfinite(np.asarray(model(np.array([[1, 2, 3]])))[0, 2]).any()
+    long, short = [7, 8, 9], [7]  # "hij", "h": the long one's next token comes from position 2, the short one's never
+    assert len(model.generate(short, max_new_tokens=2, stop_ids=[])) == 2
+    with pytest.raises(FloatingPointError, match=r"non-finite logits \(NaN or inf\) for prompt\(s\) \[0\] of the"):
+        model.generate([long, short], max_new_tokens=2, stop_ids=[])
+    with pytest.raises(FloatingPointError, match=r"non-finite logits \(NaN or inf\): it cannot choose"):
+        list(stream(model, long, max_new_tokens=2, stop_ids=[]))
+    assert len(list(stream(model, short, max_new_tokens=2, stop_ids=[]))) == 2
+    save_keras(model, str(tmp_path / "over.keras"))
+    assert cli_main(["generate", "hij", "--model", str(tmp_path / "over.keras"), "--max-new-tokens", "2"]) == 2
+    assert "error: the model produced non-finite logits (NaN or inf): it cannot" in capsys.readouterr().err
+    for xla in (False, True):
+        served = tf.saved_model.load(export_saved_model(model, str(tmp_path / f"m{xla}"), xla=xla))
+        answer = served.signatures["generate"](
+            token_ids=tf.constant([long, short + [0, 0]]), length=tf.constant([3, 1]), max_new_tokens=tf.constant([2]),
+            temperature=tf.constant([0.0]), top_k=tf.constant([0]), top_p=tf.constant([1.0]), seed=tf.constant([0]))
+        assert answer["error"].numpy().tolist() == [b"the model produced non-finite logits (NaN or inf)", b""], xla
+        assert answer["length"].numpy().tolist() == [0, 2]

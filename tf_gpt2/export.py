@@ -188,14 +188,17 @@ class _Serving:
         # The cache holds the longest prompt and the largest budget of this batch, no more.
         longest = tf.reduce_max(length)
         new_slots = tf.zeros((batch, tf.reduce_max(knobs["max_new_tokens"])), tf.int32)
-        out = self._loop(Prompt(prompt.ids[:, -longest:], prompt.mask[:, -longest:]), new_slots, sampling)
+        out, finite = self._loop(Prompt(prompt.ids[:, -longest:], prompt.mask[:, -longest:]), new_slots, sampling)
+        error = tf.where(ok & ~finite, "the model produced non-finite logits (NaN or inf)", error)
+        ok = error == ""
         return {"token_ids": tf.where(ok[:, None], out, self.pad_id),
                 "length": tf.where(ok, answer_lengths(out, sampling), 0), "error": error}
 
     def _loop(self, prompt, new_slots, sampling):
-        """`generate_loop`; under XLA, on a batch whose rows, prompt length and budget are rounded up to powers of
-        two (one program per bucket, as model.generate compiles them): the extra rows copy row 0 and stop after
-        one token, the extra columns are padding."""
+        """`generate_loop` (the new tokens, and which rows chose them from finite logits); under XLA, on a batch
+        whose rows, prompt length and budget are rounded up to powers of two (one program per bucket, as
+        model.generate compiles them): the extra rows copy row 0 and stop after one token, the extra columns are
+        padding."""
         if not self.xla:
             return generate_loop(self.model, prompt, new_slots, sampling)
         (batch, budget), width = tf.unstack(tf.shape(new_slots)), tf.shape(prompt.ids)[1]
@@ -206,7 +209,8 @@ class _Serving:
         prompt = Prompt(tf.pad(tf.gather(prompt.ids, rows), [[0, 0], [columns, 0]], constant_values=self.pad_id),
                         tf.pad(tf.gather(prompt.mask, rows), [[0, 0], [columns, 0]]))
         new_slots = tf.zeros([tf.size(rows), _bucket(budget, 8, self.limit)], tf.int32)
-        return self._compiled_loop(prompt, new_slots, sampling._replace(**per_row))[:batch, :budget]
+        tokens, finite = self._compiled_loop(prompt, new_slots, sampling._replace(**per_row))
+        return tokens[:batch, :budget], finite[:batch]
 
     @tf.function(jit_compile=True)
     def _compiled_loop(self, prompt, new_slots, sampling):

@@ -97,6 +97,7 @@ class DecodeState(NamedTuple):
     cache: Any  # one {"key", "value"} per layer, [batch, n_head, prompt_len + budget, head_dim]
     seen: Any  # bool [batch, vocab]: tokens in each row so far (for the repetition penalty)
     tokens: Any  # int32 [batch, budget]: the new tokens, pad_id where none yet
+    finite: Any  # bool [batch]: rows whose logits were finite (no NaN, no inf) at every token chosen so far
     mask: Any  # int32 [batch, prompt_len + budget]: which cache slots hold tokens (constant)
     lengths: Any  # int32 [batch]: prompt tokens per row (constant)
 
@@ -153,7 +154,8 @@ def prefill(model, prompt: Prompt, new_slots) -> DecodeState:
     return DecodeState(
         step=ops.zeros((), "int32"), done=ops.zeros((batch,), "bool"), logits=logits, cache=cache,
         seen=_tokens_seen(prompt.ids, prompt.mask, model.config.vocab_size),
-        tokens=ops.zeros((batch, budget), "int32"), mask=mask, lengths=ops.sum(prompt.mask, axis=1),
+        tokens=ops.zeros((batch, budget), "int32"), finite=ops.ones((batch,), "bool"), mask=mask,
+        lengths=ops.sum(prompt.mask, axis=1),
     )
 
 
@@ -182,6 +184,8 @@ def decode_step(model, state: DecodeState, sampling: Sampling) -> DecodeState:
                       lambda: state.seen),
         # A select, not a slice update: this runs without XLA too (a served SavedModel).
         tokens=ops.where(ops.arange(budget, dtype="int32")[None, :] == state.step, token[:, None], state.tokens),
+        finite=ops.logical_and(state.finite,
+                               ops.logical_or(state.done, ops.all(ops.isfinite(state.logits), axis=-1))),
     )
 
 
@@ -202,7 +206,9 @@ def answer_lengths(tokens, sampling: Sampling):
 def generate_loop(model, prompt: Prompt, new_slots, sampling: Sampling):
     """Prefill, then decode until every row stopped (a stop id, or its max_new_tokens): one compiled function.
 
-    `new_slots` is any [batch, budget] tensor; its shape fixes the output. Returns int32 [batch, budget].
+    `new_slots` is any [batch, budget] tensor; its shape fixes the output. Returns the new tokens, int32
+    [batch, budget], and which rows chose them from finite logits, bool [batch] (a broken model's NaN or inf
+    logits would otherwise pass for a choice).
     """
     start = prefill(model, prompt, new_slots)
     start = start._replace(tokens=ops.full(ops.shape(start.tokens), sampling.pad_id, "int32"))
@@ -214,7 +220,8 @@ def generate_loop(model, prompt: Prompt, new_slots, sampling: Sampling):
     def step(*state):
         return tuple(decode_step(model, DecodeState(*state), sampling))
 
-    return DecodeState(*ops.while_loop(keep_going, step, tuple(start))).tokens
+    end = DecodeState(*ops.while_loop(keep_going, step, tuple(start)))
+    return end.tokens, end.finite
 
 
 def _as_batch(prompt: Any, text_tokenizer: Callable[[], Any], stop_ids: list[int]) -> tuple[
@@ -376,10 +383,20 @@ def generate(
     """
     request = _prepare(model, prompt, max_new_tokens, temperature, top_k, top_p, repetition_penalty, stop_ids,
                        seed, tokenizer, vocab_end)
-    out = compiled(model, generate_loop)(request.prompt, request.new_slots, request.sampling)
+    out, finite = compiled(model, generate_loop)(request.prompt, request.new_slots, request.sampling)
+    _refuse_non_finite(ops.convert_to_numpy(finite))
     lengths = ops.convert_to_numpy(answer_lengths(out, request.sampling))
     rows = [row[:n] for row, n in zip(ops.convert_to_numpy(out).tolist(), lengths)]
     return request.answer(rows)
+
+
+def _refuse_non_finite(finite: np.ndarray) -> None:
+    """Raise where a row's next token was chosen from NaN or infinite logits (a broken model, or one that
+    overflows in its precision): no token could be told from the others."""
+    if not finite.all():
+        rows = "" if len(finite) == 1 else f" for prompt(s) {np.flatnonzero(~finite).tolist()} of the batch"
+        raise FloatingPointError(f"the model produced non-finite logits (NaN or inf){rows}: it cannot choose a "
+                                 "next token; check its weights (or its precision) with `tf-gpt2 eval`")
 
 
 def stream(model, prompt: Any, max_new_tokens: int = 32, **settings: Any) -> Iterator[int]:
@@ -395,6 +412,7 @@ def stream(model, prompt: Any, max_new_tokens: int = 32, **settings: Any) -> Ite
     step = compiled(model, decode_step)
     for i in range(max_new_tokens):
         state = step(state, request.sampling)
+        _refuse_non_finite(ops.convert_to_numpy(state.finite))
         token = int(ops.convert_to_numpy(state.tokens)[0, i])
         yield token
         if token in request.stop_ids:
