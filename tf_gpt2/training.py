@@ -325,7 +325,8 @@ class SaveCheckpoint(keras.callbacks.Callback):
 class TextSample(keras.callbacks.Callback):
     """After each round: a greedy continuation of `prompt` to the console and to TensorBoard (`log_dir`), of `tokens`
     tokens or as many as the model's context holds after one prompt token (the prompt keeps its last tokens), in
-    ids below `vocab_end` (those `decode` reads: a model padded past its data's vocabulary chooses no padding row)."""
+    ids below `vocab_end` (those `decode` reads: a model padded past its data's vocabulary chooses no padding row).
+    None after a round whose loss is not finite: the NaN guard stops the run and says so."""
 
     def __init__(self, prompt_ids: list[int], tokens: int, decode, round_end: Callable[[int], int],
                  log_dir: str | None = None, verbose: int = 1, vocab_end: int | None = None):
@@ -353,6 +354,8 @@ class TextSample(keras.callbacks.Callback):
                   file=sys.stderr)
 
     def on_epoch_end(self, epoch, logs=None):
+        if not math.isfinite(float((logs or {}).get("loss", 0.0))):
+            return  # the weights went bad this round: the NaN guard reports it (no logits to choose from)
         step = self.round_end(epoch)
         ids, tokens = self._window()
         text = self.decode(ids + self.model.generate(ids, max_new_tokens=tokens, stop_ids=[], vocab_end=self.vocab_end))
