@@ -236,24 +236,46 @@ def _int_list(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
+ON_DEVICE_SUFFIXES = {".tflite": "tflite", ".litertlm": "litertlm"}
+WRITES = {"saved_model": "a SavedModel folder", "tflite": "a plain LiteRT model (.tflite)",
+          "litertlm": "a LiteRT-LM package (.litertlm)"}
+
+
+def _export_format(args: argparse.Namespace) -> str:
+    """--format, else the one `--out`'s suffix names (.tflite, .litertlm; else a SavedModel). An out path whose
+    suffix names another format, and the other format's flags, are refused rather than ignored."""
+    named = ON_DEVICE_SUFFIXES.get(os.path.splitext(args.out or "")[1].lower())
+    chosen = args.format or named or FORMATS[0]
+    if named not in (None, chosen):
+        raise ValueError(f"--out {args.out} names {WRITES[named]}, but --format {chosen} writes {WRITES[chosen]}: "
+                         "give --out that format's suffix, or leave --format out")
+    given = {"--dtype": args.dtype != "float32", "--xla": args.xla, "--version": args.version is not None,
+             "--max-new-tokens-limit": args.max_new_tokens_limit is not None,
+             "--quantize": args.quantize != QUANTIZATIONS[0], "--cache-length": args.cache_length is not None,
+             "--prefill-lengths": args.prefill_lengths is not None}
+    saved_model_flags = ("--dtype", "--xla", "--version", "--max-new-tokens-limit")
+    misplaced = [flag for flag, was_given in given.items()
+                 if was_given and (flag in saved_model_flags) != (chosen == "saved_model")]
+    if misplaced:
+        meant = "--format saved_model" if misplaced[0] in saved_model_flags else "on-device files (tflite, litertlm)"
+        raise ValueError(f"{misplaced[0]} is for {meant}, not --format {chosen}")
+    return chosen
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from tf_gpt2.export import export_saved_model
 
-    default = os.path.join("saved_models", "gpt2" if args.format == "saved_model" else f"gpt2.{args.format}")
+    kind = _export_format(args)
+    default = os.path.join("saved_models", "gpt2" if kind == "saved_model" else f"gpt2.{kind}")
     out = args.out or default
     _refuse_writing_over_inputs(out, args.model)
-    if args.format == "saved_model":
-        if args.quantize != QUANTIZATIONS[0]:
-            raise ValueError("--quantize is for on-device formats; a SavedModel takes --dtype")
+    if kind == "saved_model":
         path = export_saved_model(_load_model(args), out, version=args.version,
                                   max_new_tokens_limit=args.max_new_tokens_limit, dtype=args.dtype, xla=args.xla)
     else:
         from tf_gpt2 import litert
 
-        if args.dtype != "float32" or args.xla:
-            raise ValueError(f"{'--xla' if args.xla else '--dtype'} is for --format saved_model; on-device files "
-                             "take --quantize")
-        export = litert.export_litert if args.format == "tflite" else litert.export_litertlm
+        export = litert.export_litert if kind == "tflite" else litert.export_litertlm
         path = export(_load_model(args), out, cache_length=args.cache_length, prefill_lengths=args.prefill_lengths,
                       quantize=args.quantize)
     print(f"wrote {path}")
@@ -345,11 +367,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     export = command("export", help="export for TF Serving (SavedModel) or phones (LiteRT-LM / LiteRT)")
     _model_flags(export)
-    export.add_argument("--format", default=FORMATS[0], choices=FORMATS,
-                        help="saved_model (TF Serving), litertlm (LiteRT-LM package) or tflite (its model alone)")
+    export.add_argument("--format", choices=FORMATS,
+                        help="saved_model (TF Serving), litertlm (LiteRT-LM package) or tflite (its model alone); "
+                        "default: the one --out's suffix names (.litertlm, .tflite), else saved_model")
     export.add_argument("--out", help="SavedModel base dir (a numbered version is added), or .litertlm/.tflite path")
     export.add_argument("--version", type=int, help="SavedModel version (default: next free number)")
-    export.add_argument("--max-new-tokens-limit", type=int, default=256, help="SavedModel: largest max_new_tokens")
+    export.add_argument("--max-new-tokens-limit", type=int,
+                        help="SavedModel: largest max_new_tokens (default 256, or n_positions if smaller)")
     export.add_argument("--cache-length", type=int, help="on-device: KV-cache positions (default n_positions)")
     export.add_argument("--prefill-lengths", type=_int_list,
                         help="on-device: comma-separated prefill chunk lengths (default 8,32,128 where they fit)")

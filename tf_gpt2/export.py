@@ -275,9 +275,9 @@ def _next_version(base: str) -> int:
 SERVED_DTYPES = ("float32", "bfloat16")
 
 
-def export_saved_model(model: GPT2, base_dir: str, version: int | None = None, max_new_tokens_limit: int = 256,
-                       max_text_bytes: int | None = None, max_word_bytes: int = 256, dtype: str | None = None,
-                       xla: bool = False) -> str:
+def export_saved_model(model: GPT2, base_dir: str, version: int | None = None,
+                       max_new_tokens_limit: int | None = None, max_text_bytes: int | None = None,
+                       max_word_bytes: int = 256, dtype: str | None = None, xla: bool = False) -> str:
     """Write a TF Serving model version `<base_dir>/<version>/` and return its path.
 
     `dtype` "bfloat16" stores the weights and runs the arithmetic in bfloat16 (logits stay float32): half the
@@ -288,20 +288,27 @@ def export_saved_model(model: GPT2, base_dir: str, version: int | None = None, m
     (powers of two; each compiled on its first request): as fast as `model.generate`, but only on a server started
     with `--xla_cpu_compilation_enabled` (a stock server without it answers every generation with an error).
 
-    `generate_text` refuses a text longer than `max_text_bytes` (default 8 bytes per position of the
-    context) or with a run of more than `max_word_bytes` bytes without whitespace, before tokenizing it.
+    `max_new_tokens_limit` is the most new tokens a row may ask for (default 256, or the context if smaller; more
+    than the context is refused). `generate_text` refuses a text longer than `max_text_bytes` (default 8 bytes per
+    position of the context) or with a run of more than `max_word_bytes` bytes without whitespace, before
+    tokenizing it.
     """
     require_tensorflow("a SavedModel export")
-    max_text_bytes = max_text_bytes or 8 * model.config.n_positions
+    context = model.config.n_positions
+    max_text_bytes = 8 * context if max_text_bytes is None else max_text_bytes
+    max_new_tokens_limit = min(256, context) if max_new_tokens_limit is None else max_new_tokens_limit
     for name, value in (("max_new_tokens_limit", max_new_tokens_limit), ("max_text_bytes", max_text_bytes),
                         ("max_word_bytes", max_word_bytes), ("version", 1 if version is None else version)):
         if not is_integer(value) or value <= 0:  # TF Serving loads versions >= 1
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    if max_new_tokens_limit > context:
+        raise ValueError(f"max_new_tokens_limit {max_new_tokens_limit} exceeds the model's context of {context} "
+                         "positions: no row could ask for that many")
     if dtype is not None:
         if dtype not in SERVED_DTYPES:
             raise ValueError(f"dtype must be one of {SERVED_DTYPES}, got {dtype!r}")
         model = model.with_dtype(dtype)
-    module = _Serving(model, min(max_new_tokens_limit, model.config.n_positions), max_text_bytes, max_word_bytes, xla)
+    module = _Serving(model, max_new_tokens_limit, max_text_bytes, max_word_bytes, xla)
     if module.tokenizer is None:
         warnings.warn(f"a model of {model.config.vocab_size} tokens without its characters has no tokenizer: its "
                       "SavedModel serves token ids only (no generate_text, no tokenize signature)", stacklevel=2)
