@@ -39,6 +39,7 @@ CASES = [
      "Is a directory, cannot be replaced: {d}/folder"),
     (["export", "--random-init", "gpt2-tiny", "--out", "{d}/text.txt/m"], "Not a directory: {d}/text.txt"),
     (["train", "--out", "{d}/run", "--eval-interval", "0"], "eval_interval must be a positive integer"),
+    (["train", "--out", "{d}/run", "--sample-tokens", "-2"], "sample_tokens must be a non-negative integer, got -2"),
     (["train", "--out", "{d}/run", "--learning-rate", "3e-5", "--min-learning-rate", "6e-5"],
      "the cosine schedule would rise"),
     # An output that is one of the command's inputs is refused before anything is read or written.
