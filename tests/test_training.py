@@ -184,9 +184,14 @@ def test_init_from_takes_the_runs_model_flags_and_refuses_another_vocabulary(cha
     with pytest.raises(ValueError, match=r"other characters than the data \(only in the data: 'e', "
                                          r"only in the model: 'Q'\)"):
         pretrained(start("other.keras", characters=[c if c != "e" else "Q" for c in chars]), manifest)
-    with pytest.raises(ValueError, match=r"bpe.keras reads GPT-2 BPE, the data was tokenized as characters: pass "
-                                         "--vocab gpt2"):
-        pretrained(start("bpe.keras", vocab_size=50257), manifest)
+    # Shards already prepared take no --vocab: the fix is other shards, or the raw text; raw text takes --vocab.
+    with pytest.raises(ValueError, match=r"bpe.keras reads GPT-2 BPE, the data was tokenized as characters: give the "
+                                         r"raw text as --data, or shards prepared with --vocab gpt2"):
+        pretrained(cfg := start("bpe.keras", vocab_size=50257), manifest)
+    (tmp_path / "raw.txt").write_text("raw text")
+    cfg.data = str(tmp_path / "raw.txt")
+    with pytest.raises(ValueError, match=r"tokenized as characters: pass --vocab gpt2$"):
+        pretrained(cfg, manifest)
 
 
 def _digest(path):

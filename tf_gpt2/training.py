@@ -403,8 +403,12 @@ def pretrained(cfg: TrainConfig, manifest: dict) -> GPT2:
         raise ValueError(f"--init-from {name} has {config.vocab_size} tokens, the data needs {manifest['vocab_size']}")
     chars, bpe = manifest.get("chars"), config.characters is None and config.vocab_size >= VOCAB_SIZE
     if bpe and chars is not None or config.characters is not None and chars is None:
+        vocab = "gpt2" if bpe else "char"
+        prepared = cfg.data and os.path.exists(os.path.join(cfg.data, MANIFEST))  # --vocab no longer applies to it
+        fix = (f"give the raw text as --data, or shards prepared with --vocab {vocab}" if prepared else
+               f"pass --vocab {vocab}")
         raise ValueError(f"--init-from {name} reads {'GPT-2 BPE' if bpe else 'characters'}, the data was tokenized "
-                         f"{'as characters' if bpe else 'as GPT-2 BPE'}: pass --vocab {'gpt2' if bpe else 'char'}")
+                         f"{'as characters' if bpe else 'as GPT-2 BPE'}: {fix}")
     if config.characters is not None and config.characters != chars:
         only_data = "".join(c for c in chars if c not in config.characters)
         only_model = "".join(c for c in config.characters if c not in chars)
