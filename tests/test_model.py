@@ -151,7 +151,7 @@ def test_a_character_model_carries_its_vocabulary_through_save_and_load(tmp_path
     model.save(tmp_path / "c.keras")
     assert keras.models.load_model(tmp_path / "c.keras").config.characters == chars
     assert model.with_dtype("mixed_bfloat16").config.characters == chars
-    with pytest.raises(ValueError, match=r"characters must be 26 strings \(vocab_size\), got 3"):
+    with pytest.raises(ValueError, match=r"characters must be 26 characters \(vocab_size\), got 3"):
         GPT2Config.from_preset("gpt2-tiny", vocab_size=26, characters=["a", "b", "c"])
     # A file written when the model, not its config, held the characters still loads with them.
     old = {**model.get_config(), "config": {**model.config.to_dict(), "characters": None}, "characters": chars}

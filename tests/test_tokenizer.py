@@ -131,3 +131,21 @@ def test_ids_match_transformers_gpt2_tokenizer_on_a_long_text(tok):
         text = f.read(200_000)
     text += " naïve café 東京 Ελληνικά мир 🤗🚀 1234567 3.14159\n\n\t  x   y\u00a0z don't I'll we've"
     assert tok.encode(text) == theirs(text)["input_ids"]
+
+
+def test_a_character_vocabulary_reads_each_id_as_one_character_and_refuses_the_rest():
+    """A negative id would read from the end of the list, a repeated character would give two ids one reading: both
+    are refused where they enter, as GPT2Tokenizer refuses ids outside its vocabulary."""
+    from tf_gpt2 import CharacterTokenizer, GPT2Config
+
+    tok = CharacterTokenizer("ab ")
+    assert tok.decode(tok.encode("ab ba")) == "ab ba"
+    for ids in ([-1], [0, 3], [99]):
+        with pytest.raises(ValueError, match=r"token ids must be in \[0, 3\), got \[-?\d+\]"):
+            tok.decode(ids)
+    for characters, message in (("aab", r"holds 'a' more than once"), ("", "non-empty sequence of single characters"),
+                                (["ab", "c"], "non-empty sequence of single characters")):
+        with pytest.raises(ValueError, match=message):
+            CharacterTokenizer(characters)
+    with pytest.raises(ValueError, match=r"GPT2Config.characters holds 'a' more than once"):
+        GPT2Config(vocab_size=3, characters="aab")

@@ -30,6 +30,17 @@ def with_overrides(values: dict[str, Any], overrides: dict[str, Any]) -> dict[st
     return {**values, **overrides}
 
 
+def checked_characters(characters, what: str = "characters") -> list[str]:
+    """A character vocabulary as a list: one character per id, each once (token i is characters[i])."""
+    characters = list(characters)
+    if not characters or not all(isinstance(c, str) and len(c) == 1 for c in characters):
+        raise ValueError(f"{what} must be a non-empty sequence of single characters, got {characters[:5]!r}")
+    repeated = sorted({c for c in characters if characters.count(c) > 1})
+    if repeated:
+        raise ValueError(f"{what} holds {''.join(repeated)!r} more than once: each id must read one character")
+    return characters
+
+
 @dataclasses.dataclass
 class GPT2Config:
     """Shape and numerics of a GPT-2 model.
@@ -94,9 +105,9 @@ class GPT2Config:
                 raise ValueError(f"GPT2Config.{name} must be in [0, 1), got {value!r}")
             setattr(self, name, None if value is None else float(value))
         if self.characters is not None:
-            self.characters = list(self.characters)
-            if len(self.characters) != self.vocab_size or not all(isinstance(c, str) for c in self.characters):
-                raise ValueError(f"GPT2Config.characters must be {self.vocab_size} strings (vocab_size), got "
+            self.characters = checked_characters(self.characters, "GPT2Config.characters")
+            if len(self.characters) != self.vocab_size:
+                raise ValueError(f"GPT2Config.characters must be {self.vocab_size} characters (vocab_size), got "
                                  f"{len(self.characters)}")
         if self.norm_position not in NORM_POSITIONS:
             raise ValueError(

@@ -20,6 +20,8 @@ from typing import Iterable, Sequence
 import tiktoken
 from tiktoken.load import data_gym_to_mergeable_bpe_ranks
 
+from tf_gpt2.config import checked_characters
+
 ENCODER_JSON_SHA256 = "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783"
 VOCAB_BPE_SHA256 = "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5"
 # GPT-2's pre-tokenizer regex (the form tiktoken uses for "gpt2"/r50k).
@@ -149,14 +151,19 @@ class GPT2Tokenizer:
         return self._enc.encode_batch(list(texts), allowed_special={ENDOFTEXT})
 
     def decode(self, ids: Iterable[int]) -> str:
-        ids = [int(i) for i in ids]
-        bad = [i for i in ids if not 0 <= i < VOCAB_SIZE]
-        if bad:
-            raise ValueError(f"token ids must be in [0, {VOCAB_SIZE}), got {bad[:5]}")
-        return self._enc.decode(ids)
+        return self._enc.decode(checked_ids(ids, VOCAB_SIZE))
 
     def decode_batch(self, batch: Iterable[Iterable[int]]) -> list[str]:
         return [self.decode(ids) for ids in batch]
+
+
+def checked_ids(ids: Iterable[int], vocab_size: int) -> list[int]:
+    """`ids` as ints, each in [0, vocab_size) (a negative one would read from the end of a table)."""
+    ids = [int(i) for i in ids]
+    bad = [i for i in ids if not 0 <= i < vocab_size]
+    if bad:
+        raise ValueError(f"token ids must be in [0, {vocab_size}), got {bad[:5]}")
+    return ids
 
 
 class CharacterTokenizer:
@@ -175,7 +182,7 @@ class CharacterTokenizer:
     eot_id = None  # a character vocabulary has no end-of-text token
 
     def __init__(self, characters: Sequence[str]):
-        self.characters = list(characters)
+        self.characters = checked_characters(characters)
         self._index = {c: i for i, c in enumerate(self.characters)}
         self.vocab_size = len(self.characters)
 
@@ -187,7 +194,7 @@ class CharacterTokenizer:
         return [self._index[c] for c in text]
 
     def decode(self, ids: Iterable[int]) -> str:
-        return "".join(self.characters[int(i)] for i in ids)
+        return "".join(self.characters[i] for i in checked_ids(ids, self.vocab_size))
 
 
 def tokenizer_for(config) -> GPT2Tokenizer | CharacterTokenizer:
