@@ -4,7 +4,7 @@ import os
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import hf_logits, make_hf_model
+from conftest import hf_logits, make_hf_model, padded_gpt2
 
 from tf_gpt2 import GPT2, GPT2Config
 from tf_gpt2.checkpoints import openai_name, tensor_names, weight_table
@@ -397,6 +397,8 @@ def test_a_saved_directory_works_with_transformers_tokenizer_and_pipeline(tmp_pa
     out = generator("Hello world", max_new_tokens=4, do_sample=False)[0]["generated_text"]
     expected = model.generate("Hello world", max_new_tokens=4, stop_ids=[])
     assert out == "Hello world" + expected  # the same greedy text through transformers' own stack
+    padded_gpt2().save_pretrained(tmp_path / "wide")  # 50,304 rows (nanoGPT's) read GPT-2's text as well
+    assert transformers.AutoTokenizer.from_pretrained(tmp_path / "wide").encode(SAMPLES[2]) == ours.encode(SAMPLES[2])
 
 
 def test_a_character_model_saves_no_gpt2_tokenizer_files(tmp_path):

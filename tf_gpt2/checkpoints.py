@@ -282,7 +282,7 @@ def hf_tokenizer_files(cfg: GPT2Config) -> dict[str, Any]:
 
 def save_hf(model: keras.Model, directory: str | os.PathLike) -> None:
     """Write config.json + model.safetensors that `transformers.GPT2LMHeadModel` loads, and, for the
-    GPT-2 vocabulary, the tokenizer files that `transformers.AutoTokenizer` loads.
+    GPT-2 vocabulary (or one padded past it), the tokenizer files that `transformers.AutoTokenizer` loads.
 
     Both are written in full before either replaces an older file, and both carry the id of this save,
     so a pair that a crash mixed up is refused on load. Then every file there that a reader would take for the
@@ -317,7 +317,8 @@ def save_hf(model: keras.Model, directory: str | os.PathLike) -> None:
         os.path.join(directory, "model.safetensors"): lambda p: save_file(tensors, p, metadata=metadata),
         os.path.join(directory, "config.json"): json_writer(hf_config),
     }
-    if cfg.vocab_size == VOCAB_SIZE:  # the GPT-2 BPE: transformers.AutoTokenizer / pipeline read these
+    if cfg.characters is None and cfg.vocab_size >= VOCAB_SIZE:  # GPT-2's BPE (its 50,257 ids, or padded past
+        # them as nanoGPT's 50,304): transformers.AutoTokenizer / pipeline read these
         writes.update({os.path.join(directory, name): write for name, write in hf_tokenizer_files(cfg).items()})
     stale = files_read_instead(directory, [os.path.basename(path) for path in writes])  # before config.json changes
     write_together(writes)
