@@ -10,7 +10,7 @@ then the package's `__init__` runs and the command with it.
 TensorFlow's C++ start-up lines ("cudart_stub.cc:31] Could not find cuda drivers", "cuInit" ...) are
 written before its logging is set up, so TF_CPP_MIN_LOG_LEVEL cannot stop them; the launcher drops
 those lines while TensorFlow loads and finds its devices, and writes out anything else that came.
-Set TF_CPP_MIN_LOG_LEVEL yourself (0 shows all) and they are left alone.
+TF_CPP_MIN_LOG_LEVEL=0 (show all) leaves them alone; any other value keeps them dropped.
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from tf_gpt2 import cli
 
         return cli.main(argv)
-    quiet = "TF_CPP_MIN_LOG_LEVEL" not in os.environ
+    quiet = os.environ.get("TF_CPP_MIN_LOG_LEVEL") != "0"  # unset, or a level that asks for fewer lines
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's INFO and WARNING lines after start-up
     spec = importlib.util.find_spec("tf_gpt2")
     package = importlib.util.module_from_spec(spec)
