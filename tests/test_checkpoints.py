@@ -208,7 +208,10 @@ def test_corrupt_and_missing_files(saved_tiny, tmp_path):
     with pytest.raises(FileNotFoundError, match="no checkpoint at"):
         GPT2.from_pretrained(tmp_path / "nowhere")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(FileNotFoundError, match="is not a checkpoint"):
+    with pytest.raises(FileNotFoundError, match=r"is not a checkpoint: expected .* \(OpenAI\)$"):
+        GPT2.from_pretrained(tmp_path / "empty")
+    (tmp_path / "empty" / "model.keras").write_bytes(b"")  # as in a run folder of tf-gpt2 train
+    with pytest.raises(FileNotFoundError, match=r"\(OpenAI\); it holds .*empty/model.keras: pass that file"):
         GPT2.from_pretrained(tmp_path / "empty")
     (saved_tiny / "config.json").write_text("{not json")
     with pytest.raises(ValueError, match="not valid JSON"):

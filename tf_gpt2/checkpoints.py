@@ -479,9 +479,10 @@ def load_pretrained(model_class: type, source: Any, revision: str | None = None,
         read = read_keras_hub if read_json(os.path.join(path, "config.json")).get("class_name") == "GPT2Backbone" \
             else read_hf
     else:
+        inside = sorted(glob.glob(os.path.join(glob.escape(path), "*.keras")))  # a run folder of `tf-gpt2 train`
         raise FileNotFoundError(
             f"{path} is not a checkpoint: expected config.json (Hugging Face or keras-hub preset) "
-            "or hparams.json (OpenAI)"
+            "or hparams.json (OpenAI)" + (f"; it holds {inside[0]}: pass that file" if inside else "")
         )
     config, tensors = read(path, **overrides)
     check_tensors(config, tensors, path)  # before building a model that size
