@@ -94,7 +94,7 @@ def test_keras_hub_backbone_parity(tmp_path):
     keras.utils.set_random_seed(0)
     backbone = keras_hub.models.GPT2Backbone(
         vocabulary_size=91, num_layers=2, num_heads=3, hidden_dim=30, intermediate_dim=120,
-        max_sequence_length=14, dropout=0.0,
+        max_sequence_length=14, dropout=0.1,  # in training only: the parity below is at inference
     )
     for w in backbone.weights:  # make biases and LayerNorm parameters non-trivial
         w.assign(np.random.RandomState(len(w.path)).normal(0, 0.05, w.shape) + np.asarray(w))
@@ -106,6 +106,7 @@ def test_keras_hub_backbone_parity(tmp_path):
     backbone.save_to_preset(str(tmp_path / "preset"))
     from_dir = GPT2.from_pretrained(str(tmp_path / "preset"))
     assert np.abs(np.asarray(from_dir(ids)) - reference).max() <= 1e-4
+    assert model.config.dropout == from_dir.config.dropout == 0.1  # the backbone's, as a Hugging Face config's
     with pytest.warns(UserWarning, match="removed metadata.json, model.weights.h5$"):
         from_dir.save_pretrained(tmp_path / "preset")  # over the preset: what loads back is the saved model only
     assert sorted(os.listdir(tmp_path / "preset")) == ["config.json", "model.safetensors"]

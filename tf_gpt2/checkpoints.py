@@ -420,7 +420,8 @@ def read_keras_hub(backbone: Any, **overrides: Any) -> tuple[GPT2Config, Tensors
     if kh["intermediate_dim"] != 4 * kh["hidden_dim"]:
         raise ValueError(f"{source}: intermediate_dim {kh['intermediate_dim']} is not 4*hidden_dim")
     config = _config(source, vocab_size=kh["vocabulary_size"], n_positions=kh["max_sequence_length"],
-                     n_embd=kh["hidden_dim"], n_layer=kh["num_layers"], n_head=kh["num_heads"], **overrides)
+                     n_embd=kh["hidden_dim"], n_layer=kh["num_layers"], n_head=kh["num_heads"],
+                     **{"dropout": kh.get("dropout", 0.0), **overrides})  # its one rate: embedding, residual, attention
     w = {v.path: keras.ops.convert_to_numpy(v) for v in backbone.weights}
     d = config.n_embd
     flat = lambda a: a.reshape(d, -1) if a.ndim == 3 else a.reshape(-1)  # noqa: E731  [D,H,Dh]->[D,D]
