@@ -51,6 +51,8 @@ CASES = [
     (["prepare", "{d}/text.txt", "--out", "{d}/latin1.txt"],
      "Not a directory (prepare writes a folder there): {d}/latin1.txt"),
     (["train", "--data", "{d}/folder", "--out", "{d}/folder"], "the output {d}/folder is the input"),
+    (["convert", "{d}/missing", "{d}/latin1.txt"],
+     "Not a directory (a Hugging Face checkpoint is a folder; a .keras DST is a file): {d}/latin1.txt"),
     (["export", "--random-init", "gpt2-tiny", "--out", "{d}/sm", "--version", "0"],
      "version must be a positive integer, got 0"),
     # A flag of the other format is refused, not ignored; so is an out path named for another format, and a limit

@@ -220,8 +220,12 @@ def cmd_convert(args: argparse.Namespace) -> int:
     from tf_gpt2.files import save_keras
 
     _refuse_writing_over_inputs(args.dst, args.src)
+    folder = not args.dst.endswith(".keras")
+    if folder and os.path.exists(args.dst) and not os.path.isdir(args.dst):  # before reading the source
+        raise NotADirectoryError(f"Not a directory (a Hugging Face checkpoint is a folder; a .keras DST is a file): "
+                                 f"{args.dst}")
     model = GPT2.from_pretrained(args.src, revision=args.revision)
-    if args.dst.endswith(".keras"):
+    if not folder:
         save_keras(model, args.dst)
     else:
         model.save_pretrained(args.dst)
