@@ -25,6 +25,7 @@ def files(tmp_path):
     return tmp_path
 
 
+EXPORT_TINY = ["export", "--random-init", "gpt2-tiny"]
 CASES = [
     (["prepare", "{d}/latin1.txt", "--out", "{d}/p"], "latin1.txt is not UTF-8 text"),
     (["prepare", "{d}/fake.txt.gz", "--out", "{d}/p"], "fake.txt.gz is not a gzip file"),
@@ -57,19 +58,19 @@ CASES = [
      "version must be a positive integer, got 0"),
     # A flag of the other format is refused, not ignored; so is an out path named for another format, and a limit
     # past the context. Without --format, --out's suffix names it (here .tflite: --version is refused for it).
-    (["export", "--random-init", "gpt2-tiny", "--out", "{d}/sm", "--quantize", "int8"],
+    ([*EXPORT_TINY, "--out", "{d}/sm", "--quantize", "int8"],
      "--quantize is for on-device files (tflite, litertlm), not --format saved_model"),
-    (["export", "--random-init", "gpt2-tiny", "--out", "{d}/sm", "--cache-length", "64"],
+    ([*EXPORT_TINY, "--out", "{d}/sm", "--cache-length", "64"],
      "--cache-length is for on-device files (tflite, litertlm), not --format saved_model"),
-    (["export", "--random-init", "gpt2-tiny", "--format", "tflite", "--out", "{d}/m.tflite", "--dtype", "bfloat16"],
+    ([*EXPORT_TINY, "--format", "tflite", "--out", "{d}/m.tflite", "--dtype", "bfloat16"],
      "--dtype is for --format saved_model, not --format tflite"),
-    (["export", "--random-init", "gpt2-tiny", "--out", "{d}/m.tflite", "--version", "3"],
+    ([*EXPORT_TINY, "--out", "{d}/m.tflite", "--version", "3"],
      "--version is for --format saved_model, not --format tflite"),
-    (["export", "--random-init", "gpt2-tiny", "--format", "tflite", "--out", "{d}/m.litertlm"],
+    ([*EXPORT_TINY, "--format", "tflite", "--out", "{d}/m.litertlm"],
      "--out {d}/m.litertlm names a LiteRT-LM package (.litertlm), but --format tflite writes a plain LiteRT model"),
-    (["export", "--random-init", "gpt2-tiny", "--out", "{d}/m.LiteRTLM", "--format", "saved_model"],
+    ([*EXPORT_TINY, "--out", "{d}/m.LiteRTLM", "--format", "saved_model"],
      "but --format saved_model writes a SavedModel folder"),
-    (["export", "--random-init", "gpt2-tiny", "--out", "{d}/sm", "--max-new-tokens-limit", "500"],
+    ([*EXPORT_TINY, "--out", "{d}/sm", "--max-new-tokens-limit", "500"],
      "max_new_tokens_limit 500 exceeds the model's context of 128 positions"),
 ]
 
