@@ -157,10 +157,13 @@ def test_init_from_takes_the_runs_model_flags_and_refuses_another_vocabulary(cha
     take it); a shape flag it cannot take, a vocabulary other than the data's, are refused by name."""
     from tf_gpt2 import GPT2, GPT2Config
     from tf_gpt2.devices import Mesh, Placement
-    from tf_gpt2.training import build_model, pretrained
+    from tf_gpt2.training import build_model, matched_to_data, pretrained
 
     manifest = json.load(open(os.path.join(char_data, "manifest.json")))
     chars = manifest["chars"]
+
+    def source(cfg):
+        return matched_to_data(cfg, pretrained(cfg), manifest)
 
     def start(name, **kwargs):
         GPT2(GPT2Config(**{**TINY, "vocab_size": 30, **kwargs})).save(tmp_path / name)
@@ -169,29 +172,31 @@ def test_init_from_takes_the_runs_model_flags_and_refuses_another_vocabulary(cha
     cfg = start("ids.keras")
     cfg.model = {**TINY, "dropout": 0.2, "vocab_multiple": 4}
     split = Placement(scope=None, replicas=1, mesh=Mesh(1, 4))
-    model = build_model(cfg, manifest, split, source := pretrained(cfg, manifest))
+    model = build_model(cfg, manifest, split, model_from := source(cfg))
     assert model.config.dropout == 0.2 and model.h[0].attn.resid_dropout.rate == 0.2
     assert model.wte.embeddings.shape[0] == 32 and model.config.characters == chars  # ids-only: now the data's
     x = np.arange(20, dtype="int32")[None]
-    np.testing.assert_allclose(np.asarray(model(x)), np.asarray(source(x)), atol=1e-6)
+    np.testing.assert_allclose(np.asarray(model(x)), np.asarray(model_from(x)), atol=1e-6)
     cfg.model = TINY
     with pytest.raises(ValueError, match=r"split evenly .*--vocab-multiple"):
-        build_model(cfg, manifest, split, pretrained(cfg, manifest))
+        build_model(cfg, manifest, split, source(cfg))
 
-    cfg.model = {**TINY, "n_layer": 3, "n_embd": 64}
+    # Checked before the text is tokenized (a large text takes minutes): the run writes no shards.
+    (tmp_path / "raw.txt").write_text("First Citizen:\nBefore we proceed any further, hear me speak.\n" * 20)
     with pytest.raises(ValueError, match=r"ids.keras fixes the model's shape: --n-layer 3 \(it has 2\), --n-embd 64"):
-        pretrained(cfg, manifest)
+        train(config(tmp_path / "early", str(tmp_path / "raw.txt"), init_from=str(tmp_path / "ids.keras"),
+                      model={**TINY, "n_layer": 3, "n_embd": 64}))
+    assert not os.path.exists(tmp_path / "early" / "data")
     with pytest.raises(ValueError, match=r"other characters than the data \(only in the data: 'e', "
                                          r"only in the model: 'Q'\)"):
-        pretrained(start("other.keras", characters=[c if c != "e" else "Q" for c in chars]), manifest)
+        source(start("other.keras", characters=[c if c != "e" else "Q" for c in chars]))
     # Shards already prepared take no --vocab: the fix is other shards, or the raw text; raw text takes --vocab.
     with pytest.raises(ValueError, match=r"bpe.keras reads GPT-2 BPE, the data was tokenized as characters: give the "
                                          r"raw text as --data, or shards prepared with --vocab gpt2"):
-        pretrained(cfg := start("bpe.keras", vocab_size=50257), manifest)
-    (tmp_path / "raw.txt").write_text("raw text")
+        source(cfg := start("bpe.keras", vocab_size=50257))
     cfg.data = str(tmp_path / "raw.txt")
     with pytest.raises(ValueError, match=r"tokenized as characters: pass --vocab gpt2$"):
-        pretrained(cfg, manifest)
+        source(cfg)
 
 
 def _digest(path):

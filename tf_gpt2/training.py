@@ -388,9 +388,9 @@ def prepared_data(cfg: TrainConfig) -> str:
 SHAPE_FIELDS = ("n_layer", "n_head", "n_embd", "n_positions")  # what --init-from fixes; dropout and padding it does not
 
 
-def pretrained(cfg: TrainConfig, manifest: dict) -> GPT2:
-    """The model `cfg.init_from` names, checked against the run's data and model flags (read outside any
-    distribution: its weights are copied into the run's model)."""
+def pretrained(cfg: TrainConfig) -> GPT2:
+    """The model `cfg.init_from` names, checked against the run's model flags, before any text is tokenized (read
+    outside any distribution: its weights are copied into the run's model)."""
     model = GPT2.from_pretrained(cfg.init_from)
     config, name = model.config, cfg.init_from
     if model.quantization:
@@ -399,6 +399,13 @@ def pretrained(cfg: TrainConfig, manifest: dict) -> GPT2:
              if k in SHAPE_FIELDS and getattr(config, k) != v]
     if fixed:
         raise ValueError(f"--init-from {name} fixes the model's shape: {', '.join(fixed)} cannot apply")
+    return model
+
+
+def matched_to_data(cfg: TrainConfig, model: GPT2, manifest: dict) -> GPT2:
+    """`model` (`pretrained`) checked against the run's data: its vocabulary must read the data's ids; a model of
+    ids alone takes the data's characters."""
+    config, name = model.config, cfg.init_from
     if config.vocab_size < manifest["vocab_size"]:
         raise ValueError(f"--init-from {name} has {config.vocab_size} tokens, the data needs {manifest['vocab_size']}")
     chars, bpe = manifest.get("chars"), config.characters is None and config.vocab_size >= VOCAB_SIZE
@@ -505,13 +512,14 @@ def train(cfg: TrainConfig) -> tuple[GPT2, dict[str, list[float]]]:
 
 
 def _train(cfg: TrainConfig, placement: Placement) -> tuple[GPT2, dict[str, list[float]]]:
+    source = pretrained(cfg) if cfg.init_from else None  # a wrong --init-from fails before the text is tokenized
     data_dir = prepared_data(cfg)
     train_data, val_data = TokenShards(data_dir, "train"), TokenShards(data_dir, "val")
     train_data.check_block(cfg.block_size, cfg.batch_size)
     checkpoint = os.path.join(cfg.out, CHECKPOINT)
     identity = run_identity(cfg, data_dir)
     keras.utils.set_random_seed(cfg.seed)
-    source = pretrained(cfg, train_data.manifest) if cfg.init_from else None
+    source = source and matched_to_data(cfg, source, train_data.manifest)
     jit_compile = cfg.jit_compile if placement.jit_compile is None else placement.jit_compile
     with placement.scope():
         model = build_model(cfg, train_data.manifest, placement, source)  # bad settings fail here, before any write
