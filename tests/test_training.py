@@ -214,6 +214,28 @@ def test_nan_stops_training_and_keeps_the_last_good_checkpoint(char_data, tmp_pa
     assert _digest(tmp_path / CHECKPOINT) == good
 
 
+def test_a_round_whose_last_update_went_bad_is_neither_sampled_nor_saved(tmp_path):
+    """Its training loss (the mean of losses before each update) can be finite while the weights after its last
+    update are not: its validation loss then is not. No sample is drawn from such weights (it would raise before
+    the NaN guard could say where the run stopped) and no checkpoint holds them."""
+    import keras
+
+    from tf_gpt2 import GPT2, GPT2Config
+    from tf_gpt2.training import SaveCheckpoint, TextSample
+
+    model = GPT2(GPT2Config(vocab_size=30, n_positions=16, n_embd=32, n_layer=1, n_head=2))
+    model.wpe.embeddings.assign(np.full(model.wpe.embeddings.shape, np.nan, "float32"))
+    model.compile(optimizer=keras.optimizers.AdamW())  # a checkpoint holds its state: one saved would be written
+    sample, save = TextSample([0], 4, str, round_end=lambda epoch: epoch, verbose=0), SaveCheckpoint(
+        str(tmp_path / CHECKPOINT), round_end=lambda epoch: epoch)
+    for callback in (sample, save):
+        callback.set_model(model)
+        callback.on_epoch_end(0, {"loss": 2.0, "val_loss": float("nan")})
+    assert not os.path.exists(tmp_path / CHECKPOINT)
+    with pytest.raises(FloatingPointError, match="non-finite logits"):  # what the skip above kept from the run
+        sample.on_epoch_end(0, {"loss": 2.0, "val_loss": 2.0})
+
+
 def test_bad_training_input_gives_clear_errors_and_keeps_checkpoints(char_data, tmp_path):
     train(config(tmp_path, char_data, steps=10, eval_interval=10))
     good = _digest(tmp_path / CHECKPOINT)

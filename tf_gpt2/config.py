@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import json
 import numbers
@@ -35,7 +36,7 @@ def checked_characters(characters, what: str = "characters") -> list[str]:
     characters = list(characters)
     if not characters or not all(isinstance(c, str) and len(c) == 1 for c in characters):
         raise ValueError(f"{what} must be a non-empty sequence of single characters, got {characters[:5]!r}")
-    repeated = sorted({c for c in characters if characters.count(c) > 1})
+    repeated = sorted(c for c, n in collections.Counter(characters).items() if n > 1)
     if repeated:
         raise ValueError(f"{what} holds {''.join(repeated)!r} more than once: each id must read one character")
     return characters

@@ -12,7 +12,8 @@ row, or a single value for all rows. A row's answer is its first `length[i]` new
 `<|endoftext|>`). The graphs run with XLA compilation off, as the stock server runs them; `xla=True` decodes in
 XLA programs instead, for a server started with `--xla_cpu_compilation_enabled` (faster: README, TF Serving).
 
-A row that breaks a rule (an id outside the vocabulary, a length or setting out of range, text too long) does not
+A row that breaks a rule (an id outside the vocabulary, a length or setting out of range, text too long, logits
+that are not finite where a token is to be chosen) does not
 fail the request, nor the others TF Serving's batcher merged it with: its `error` names the rule, its `length` is 0,
 its ids are padding and its text and logits empty or 0; every other row answers as it would alone (`error` "").
 What cannot be split by rows fails the request: a missing input, a wrong dtype, a setting with neither one value

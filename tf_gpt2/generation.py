@@ -123,6 +123,12 @@ def sample_next(logits, sampling: Sampling, step):
     return ops.where(sampling.temperature > 0, ops.reshape(chosen, ops.shape(greedy)), greedy)
 
 
+def _choosable_finite(logits, sampling: Sampling):
+    """Bool [batch]: every logit a token could be chosen by (ids below `sampling.vocab_end`) is finite."""
+    choosable = ops.arange(ops.shape(logits)[-1], dtype="int32")[None, :] < sampling.vocab_end
+    return ops.all(ops.logical_or(ops.isfinite(logits), ops.logical_not(choosable)), axis=-1)
+
+
 def positions_from_mask(mask):
     """Position ids of (left- or right-) padded rows: each token's index among its row's tokens."""
     return ops.maximum(ops.cumsum(mask, axis=1) - 1, 0)
@@ -184,8 +190,7 @@ def decode_step(model, state: DecodeState, sampling: Sampling) -> DecodeState:
                       lambda: state.seen),
         # A select, not a slice update: this runs without XLA too (a served SavedModel).
         tokens=ops.where(ops.arange(budget, dtype="int32")[None, :] == state.step, token[:, None], state.tokens),
-        finite=ops.logical_and(state.finite,
-                               ops.logical_or(state.done, ops.all(ops.isfinite(state.logits), axis=-1))),
+        finite=ops.logical_and(state.finite, ops.logical_or(state.done, _choosable_finite(state.logits, sampling))),
     )
 
 
@@ -373,7 +378,8 @@ def generate(
     (default: `<|endoftext|>`), which is kept in the ids and dropped from returned text. Row i of a batch
     samples with seed `seed + i`: its tokens are those of that prompt alone with that seed. No id from `vocab_end` on
     is chosen (default: the end of the vocabulary of GPT-2's BPE or the characters that read text, else the model's:
-    a vocabulary padded past GPT-2's 50,257 continues text in GPT-2's ids only).
+    a vocabulary padded past GPT-2's 50,257 continues text in GPT-2's ids only). Raises FloatingPointError where a
+    token would be chosen from logits that are not finite (NaN or inf).
 
     Example:
     >>> from tf_gpt2 import GPT2, GPT2Config
@@ -384,15 +390,15 @@ def generate(
     request = _prepare(model, prompt, max_new_tokens, temperature, top_k, top_p, repetition_penalty, stop_ids,
                        seed, tokenizer, vocab_end)
     out, finite = compiled(model, generate_loop)(request.prompt, request.new_slots, request.sampling)
-    _refuse_non_finite(ops.convert_to_numpy(finite))
+    refuse_non_finite(ops.convert_to_numpy(finite))
     lengths = ops.convert_to_numpy(answer_lengths(out, request.sampling))
     rows = [row[:n] for row, n in zip(ops.convert_to_numpy(out).tolist(), lengths)]
     return request.answer(rows)
 
 
-def _refuse_non_finite(finite: np.ndarray) -> None:
-    """Raise where a row's next token was chosen from NaN or infinite logits (a broken model, or one that
-    overflows in its precision): no token could be told from the others."""
+def refuse_non_finite(finite: np.ndarray) -> None:
+    """Raise where a row's next token would be chosen from NaN or infinite logits (`finite`: bool [batch], False
+    there): a broken model, or one that overflows in its precision; no token could be told from the others."""
     if not finite.all():
         rows = "" if len(finite) == 1 else f" for prompt(s) {np.flatnonzero(~finite).tolist()} of the batch"
         raise FloatingPointError(f"the model produced non-finite logits (NaN or inf){rows}: it cannot choose a "
@@ -403,7 +409,8 @@ def stream(model, prompt: Any, max_new_tokens: int = 32, **settings: Any) -> Ite
     """Yield the new token ids of one prompt as they are chosen (same tokens as `generate`, which
     documents the `settings`: temperature, top_k, top_p, repetition_penalty, stop_ids, seed, tokenizer, vocab_end).
 
-    Prefill and each decode step are compiled once per shape bucket; Python only loops.
+    Prefill and each decode step are compiled once per shape bucket; Python only loops. Raises FloatingPointError
+    as `generate` does, before the token it could not choose.
     """
     request = _prepare(model, prompt, max_new_tokens, **settings)
     if len(request.prompt.ids) != 1:
@@ -412,7 +419,7 @@ def stream(model, prompt: Any, max_new_tokens: int = 32, **settings: Any) -> Ite
     step = compiled(model, decode_step)
     for i in range(max_new_tokens):
         state = step(state, request.sampling)
-        _refuse_non_finite(ops.convert_to_numpy(state.finite))
+        refuse_non_finite(ops.convert_to_numpy(state.finite))
         token = int(ops.convert_to_numpy(state.tokens)[0, i])
         yield token
         if token in request.stop_ids:

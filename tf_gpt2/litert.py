@@ -27,6 +27,7 @@ import tensorflow as tf
 from tf_gpt2.checks import check_in_vocabulary, is_integer, require_tensorflow
 from tf_gpt2.files import atomic_write, work_dir
 from tf_gpt2.formats import QUANTIZATIONS
+from tf_gpt2.generation import refuse_non_finite
 from tf_gpt2.layers import causal_mask
 from tf_gpt2.model import GPT2
 from tf_gpt2.tokenizer import EOT_ID, VOCAB_SIZE, hf_tokenizer_json
@@ -328,6 +329,7 @@ class LiteRTGenerator:
         self.reset()
         logits, tokens = self.feed(prompt), []
         while True:
+            refuse_non_finite(np.isfinite(logits).all(keepdims=True).reshape(1))  # argmax(NaN) is no choice
             tokens.append(int(np.argmax(logits)))
             if tokens[-1] in stop_ids or len(tokens) == max_new_tokens:
                 return tokens

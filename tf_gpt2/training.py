@@ -309,16 +309,22 @@ def step_callbacks(tokens_per_batch: int, nan_guard: StopOnNaN | None = None) ->
     return [Throughput(tokens_per_batch), nan_guard or StopOnNaN(), RoundMetrics()]
 
 
+def round_went_bad(logs: dict | None) -> bool:
+    """A round's loss or validation loss is not finite: a step of it went bad (a round's loss is the mean of its
+    steps'), or its last update did (only the validation after it sees that)."""
+    return not all(math.isfinite(float((logs or {}).get(name, 0.0))) for name in ("loss", "val_loss"))
+
+
 class SaveCheckpoint(keras.callbacks.Callback):
-    """After each round: model + optimizer state to `path`, atomically, unless the loss went bad (a round's loss
-    is the mean of its steps': one non-finite step makes it non-finite)."""
+    """After each round: model + optimizer state to `path`, atomically, unless the round went bad
+    (`round_went_bad`)."""
 
     def __init__(self, path: str, round_end: Callable[[int], int], write: bool = True):
         super().__init__()
         self.path, self.round_end, self.write = path, round_end, write
 
     def on_epoch_end(self, epoch, logs=None):
-        if math.isfinite(float((logs or {}).get("loss", 0.0))):
+        if not round_went_bad(logs):
             save_checkpoint(self.model, self.path, self.round_end(epoch), self.write)
 
 
@@ -326,7 +332,7 @@ class TextSample(keras.callbacks.Callback):
     """After each round: a greedy continuation of `prompt` to the console and to TensorBoard (`log_dir`), of `tokens`
     tokens or as many as the model's context holds after one prompt token (the prompt keeps its last tokens), in
     ids below `vocab_end` (those `decode` reads: a model padded past its data's vocabulary chooses no padding row).
-    None after a round whose loss is not finite: the NaN guard stops the run and says so."""
+    None after a round that went bad (`round_went_bad`): the NaN guard stops the run and says so."""
 
     def __init__(self, prompt_ids: list[int], tokens: int, decode, round_end: Callable[[int], int],
                  log_dir: str | None = None, verbose: int = 1, vocab_end: int | None = None):
@@ -354,8 +360,8 @@ class TextSample(keras.callbacks.Callback):
                   file=sys.stderr)
 
     def on_epoch_end(self, epoch, logs=None):
-        if not math.isfinite(float((logs or {}).get("loss", 0.0))):
-            return  # the weights went bad this round: the NaN guard reports it (no logits to choose from)
+        if round_went_bad(logs):
+            return  # the NaN guard reports it (and NaN weights give no logits to choose from)
         step = self.round_end(epoch)
         ids, tokens = self._window()
         text = self.decode(ids + self.model.generate(ids, max_new_tokens=tokens, stop_ids=[], vocab_end=self.vocab_end))
