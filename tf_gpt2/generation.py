@@ -102,10 +102,20 @@ class DecodeState(NamedTuple):
     lengths: Any  # int32 [batch]: prompt tokens per row (constant)
 
 
+def _choosable(logits, sampling: Sampling):
+    """Bool [1, vocab]: the ids a token may be chosen from (below `sampling.vocab_end`)."""
+    return ops.arange(ops.shape(logits)[-1], dtype="int32")[None, :] < sampling.vocab_end
+
+
+def _choosable_finite(logits, sampling: Sampling):
+    """Bool [batch]: every logit a token could be chosen by is finite."""
+    return ops.all(ops.logical_or(ops.isfinite(logits), ops.logical_not(_choosable(logits, sampling))), axis=-1)
+
+
 def sample_next(logits, sampling: Sampling, step):
     """Next token ids [batch]: argmax in rows whose temperature is 0, a filtered sample in the others; never an id
     from `sampling.vocab_end` on."""
-    logits = ops.where(ops.arange(ops.shape(logits)[-1], dtype="int32")[None, :] < sampling.vocab_end, logits, -np.inf)
+    logits = ops.where(_choosable(logits, sampling), logits, -np.inf)
     greedy = ops.cast(ops.argmax(logits, axis=-1), "int32")
     row = lambda setting: setting[:, None]  # noqa: E731  (a per-row setting against [batch, vocab])
 
@@ -121,12 +131,6 @@ def sample_next(logits, sampling: Sampling, step):
 
     chosen = ops.cond(ops.any(sampling.temperature > 0), sampled, lambda: greedy)
     return ops.where(sampling.temperature > 0, ops.reshape(chosen, ops.shape(greedy)), greedy)
-
-
-def _choosable_finite(logits, sampling: Sampling):
-    """Bool [batch]: every logit a token could be chosen by (ids below `sampling.vocab_end`) is finite."""
-    choosable = ops.arange(ops.shape(logits)[-1], dtype="int32")[None, :] < sampling.vocab_end
-    return ops.all(ops.logical_or(ops.isfinite(logits), ops.logical_not(choosable)), axis=-1)
 
 
 def positions_from_mask(mask):

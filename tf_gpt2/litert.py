@@ -329,7 +329,7 @@ class LiteRTGenerator:
         self.reset()
         logits, tokens = self.feed(prompt), []
         while True:
-            refuse_non_finite(np.isfinite(logits).all(keepdims=True).reshape(1))  # argmax(NaN) is no choice
+            refuse_non_finite(np.array([np.isfinite(logits).all()]))  # argmax(NaN) is no choice
             tokens.append(int(np.argmax(logits)))
             if tokens[-1] in stop_ids or len(tokens) == max_new_tokens:
                 return tokens

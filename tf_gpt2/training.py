@@ -375,9 +375,14 @@ class TextSample(keras.callbacks.Callback):
 
 
 # -- the run ------------------------------------------------------------------------------------
+def _is_prepared(data: str | None) -> bool:
+    """Whether `data` is a folder of token shards (`tf-gpt2 prepare`'s), not raw text."""
+    return bool(data) and os.path.exists(os.path.join(data, MANIFEST))
+
+
 def prepared_data(cfg: TrainConfig) -> str:
     """The directory of token shards for this run, tokenizing raw text first if needed."""
-    if cfg.data and os.path.exists(os.path.join(cfg.data, MANIFEST)):
+    if _is_prepared(cfg.data):
         prepared = read_json(os.path.join(cfg.data, MANIFEST)).get("vocab")
         if cfg.vocab != TrainConfig.vocab and cfg.vocab != prepared:  # (the default cannot tell asked from not)
             raise ValueError(f"--vocab {cfg.vocab} tokenizes raw text, and {cfg.data} holds shards already tokenized "
@@ -417,9 +422,8 @@ def matched_to_data(cfg: TrainConfig, model: GPT2, manifest: dict) -> GPT2:
     chars, bpe = manifest.get("chars"), config.characters is None and config.vocab_size >= VOCAB_SIZE
     if bpe and chars is not None or config.characters is not None and chars is None:
         vocab = "gpt2" if bpe else "char"
-        prepared = cfg.data and os.path.exists(os.path.join(cfg.data, MANIFEST))  # --vocab no longer applies to it
-        fix = (f"give the raw text as --data, or shards prepared with --vocab {vocab}" if prepared else
-               f"pass --vocab {vocab}")
+        fix = (f"give the raw text as --data, or shards prepared with --vocab {vocab}" if _is_prepared(cfg.data)
+               else f"pass --vocab {vocab}")  # (--vocab does not apply to shards)
         raise ValueError(f"--init-from {name} reads {'GPT-2 BPE' if bpe else 'characters'}, the data was tokenized "
                          f"{'as characters' if bpe else 'as GPT-2 BPE'}: {fix}")
     if config.characters is not None and config.characters != chars:
