@@ -213,7 +213,7 @@ class _Serving:
         tokens, finite = self._compiled_loop(prompt, new_slots, sampling._replace(**per_row))
         return tokens[:batch, :budget], finite[:batch]
 
-    @tf.function(jit_compile=True)
+    @tf.function(jit_compile=True, autograph=False)
     def _compiled_loop(self, prompt, new_slots, sampling):
         with cache_buffers(None):  # XLA writes the cache in place itself
             return generate_loop(self.model, prompt, new_slots, sampling)
