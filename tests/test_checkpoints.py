@@ -1,5 +1,7 @@
 import json
 import os
+import re
+import shutil
 
 import numpy as np
 import pytest
@@ -484,3 +486,36 @@ def test_saving_a_character_model_over_a_gpt2_one_leaves_no_gpt2_tokenizer(tmp_p
         chars.save_pretrained(tmp_path / "m")
     assert sorted(os.listdir(tmp_path / "m")) == ["config.json", "model.safetensors"]
     assert GPT2.from_pretrained(tmp_path / "m").config.characters == chars.config.characters
+
+
+def test_a_checkpoint_with_a_tokenizer_of_its_own_is_refused_by_its_file_and_left_as_it_is(tmp_path, capsys):
+    """GPT-2's BPE would read its text as other ids than it was trained on: generate, eval and fine-tuning would go
+    wrong without a word, and convert / save_pretrained would write GPT-2's tokenizer over its own."""
+    transformers = pytest.importorskip("transformers")
+    model = GPT2(GPT2Config.from_preset("gpt2-tiny", n_positions=16))
+    model.save_pretrained(tmp_path / "gpt2")  # GPT-2's own tokenizer files: loads
+    theirs = transformers.AutoTokenizer.from_pretrained(tmp_path / "gpt2")
+    theirs.add_special_tokens({"pad_token": "<|pad|>"})  # a token added past GPT-2's 50,257: text never becomes it
+    theirs.save_pretrained(tmp_path / "gpt2")  # adds tokenizer.json, merges as pairs
+    assert GPT2.from_pretrained(tmp_path / "gpt2").count_params() == model.count_params()
+
+    vocabulary = json.loads((tmp_path / "gpt2" / "vocab.json").read_text(encoding="utf-8"))
+    tokens = list(vocabulary)
+    swapped = {**vocabulary, tokens[300]: vocabulary[tokens[301]], tokens[301]: vocabulary[tokens[300]]}
+    for case, edit in (("vocab.json", lambda d: (d / "vocab.json").write_text(json.dumps(swapped))),
+                       ("merges.txt", lambda d: (d / "merges.txt").write_text(
+                           "\n".join((d / "merges.txt").read_text(encoding="utf-8").split("\n")[:-2]))),
+                       ("tokenizer.json", lambda d: [os.remove(d / n) for n in ("vocab.json", "merges.txt")]
+                        and (d / "tokenizer.json").write_text(json.dumps({**json.loads(
+                            (d / "tokenizer.json").read_text()), "model": {"type": "Unigram", "vocab": []}}))),
+                       ("spiece.model", lambda d: (d / "spiece.model").write_bytes(b"\x0a"))):
+        other = tmp_path / case
+        shutil.copytree(tmp_path / "gpt2", other)
+        edit(other)
+        before = {name: (other / name).read_bytes() for name in os.listdir(other)}
+        with pytest.raises(ValueError, match=f"{re.escape(str(other / case))} is not GPT-2's BPE"):
+            GPT2.from_pretrained(other)
+        assert cli_main(["convert", str(other), str(tmp_path / f"{case}-hf")]) == 2  # refused, nothing written
+        assert f"{other / case} is not GPT-2's BPE" in capsys.readouterr().err
+        assert {name: (other / name).read_bytes() for name in os.listdir(other)} == before
+        assert not (tmp_path / f"{case}-hf").exists()

@@ -29,7 +29,7 @@ import numpy as np
 from tf_gpt2.config import DROPOUTS, GPT2Config, with_overrides
 from tf_gpt2.devices import host_array
 from tf_gpt2.files import json_writer, read_json, write_together
-from tf_gpt2.tokenizer import ENDOFTEXT, EOT_ID, VOCAB_SIZE, default_vocab_files
+from tf_gpt2.tokenizer import ENDOFTEXT, EOT_ID, VOCAB_SIZE, default_vocab_files, other_tokenizer_file
 
 BLOCK_LAYERS = ("ln_1", "attn.c_attn", "attn.c_proj", "ln_2", "mlp.c_fc", "mlp.c_proj")
 RESIDUAL_SCALES = ("attn_scale", "mlp_scale")  # scalars of blocks with learned_residual_scale, not GPT-2's
@@ -485,6 +485,10 @@ def load_pretrained(model_class: type, source: Any, revision: str | None = None,
             f"{path} is not a checkpoint: expected config.json (Hugging Face or keras-hub preset) "
             "or hparams.json (OpenAI)" + (f"; it holds {inside[0]}: pass that file" if inside else "")
         )
+    if (other := other_tokenizer_file(path)) is not None:
+        raise ValueError(f"{other} is not GPT-2's BPE: this checkpoint reads text with a tokenizer of its own, and "
+                         "tf_gpt2 reads text with GPT-2's (or a model's own characters) only, so every text in and out "
+                         "of it would be other tokens than it was trained on")
     config, tensors = read(path, **overrides)
     check_tensors(config, tensors, path)  # before building a model that size
     return _assign(model_class(config), tensors)

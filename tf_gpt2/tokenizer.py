@@ -98,6 +98,61 @@ def _vocabulary_and_merges(encoder_json: str, vocab_bpe: str) -> tuple[dict[str,
     return vocabulary, merges
 
 
+# Where a checkpoint directory keeps its tokenizer: Hugging Face's, OpenAI's and keras-hub's vocabulary and merges.
+VOCABULARY_FILES = (("vocab.json", "merges.txt"), ("encoder.json", "vocab.bpe"),
+                    ("assets/tokenizer/vocabulary.json", "assets/tokenizer/merges.txt"))
+OTHER_KINDS = ("tokenizer.model", "spiece.model", "sentencepiece.bpe.model", "vocab.txt")  # not byte-level BPE
+
+
+@functools.lru_cache(maxsize=1)
+def _gpt2_vocabulary_and_merges() -> tuple[dict[str, int], list[str]]:
+    return _vocabulary_and_merges(*default_vocab_files())
+
+
+def _same_vocabulary(vocabulary: dict[str, int]) -> bool:
+    """Whether a BPE's vocabulary is GPT-2's (ids past its 50,257 allowed: tokens added to it, such as a padding
+    token, which text never becomes)."""
+    return {t: i for t, i in vocabulary.items() if i < VOCAB_SIZE} == _gpt2_vocabulary_and_merges()[0]
+
+
+def _same_merges(merges: Iterable[str | Sequence[str]]) -> bool:
+    merges = (m if isinstance(m, str) else " ".join(m) for m in merges)
+    return [m for m in merges if m and not m.startswith("#version")] == _gpt2_vocabulary_and_merges()[1]
+
+
+def other_tokenizer_file(directory: str) -> str | None:
+    """The file of a checkpoint directory that gives it a tokenizer other than GPT-2's BPE (its vocabulary and
+    merges compared with GPT-2's), or None: text read with GPT-2's BPE would become other ids than its own."""
+    for vocabulary_name, merges_name in VOCABULARY_FILES:
+        vocabulary_path, merges_path = (os.path.join(directory, n) for n in (vocabulary_name, merges_name))
+        if not (os.path.exists(vocabulary_path) or os.path.exists(merges_path)):
+            continue
+        try:
+            with open(vocabulary_path, encoding="utf-8") as f:
+                if not _same_vocabulary(json.load(f)):
+                    return vocabulary_path
+        except (OSError, ValueError, AttributeError, TypeError):  # missing beside its merges, or unreadable
+            return vocabulary_path
+        try:
+            with open(merges_path, encoding="utf-8") as f:
+                if not _same_merges(f.read().split("\n")):
+                    return merges_path
+        except (OSError, ValueError):
+            return merges_path
+    tokenizer_json = os.path.join(directory, "tokenizer.json")
+    if os.path.exists(tokenizer_json):
+        try:
+            with open(tokenizer_json, encoding="utf-8") as f:
+                bpe = json.load(f).get("model")
+            # (keras-hub's tokenizer.json is a Keras config, without "model")
+            if bpe is not None and not (_same_vocabulary(bpe["vocab"]) and _same_merges(bpe["merges"])):
+                return tokenizer_json
+        except (OSError, ValueError, AttributeError, TypeError, KeyError):
+            return tokenizer_json
+    return next((os.path.join(directory, n) for n in OTHER_KINDS if os.path.exists(os.path.join(directory, n))),
+                None)
+
+
 def hf_tokenizer_json(encoder_json: str | None = None, vocab_bpe: str | None = None) -> str:
     """GPT-2's Hugging Face `tokenizer.json` (byte-level BPE), built offline from the official files.
 
