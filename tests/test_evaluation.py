@@ -146,6 +146,15 @@ def test_bad_input_is_named(tmp_path, capsys):
         evaluate(model, "")
     with pytest.raises(ValueError, match=r"token ids must be in \[0, 50257\)"):
         evaluate(model, [0, 5, 50257])
+    for ids in ([1.7, 2.2, 3.9], [True, False, True]):  # not truncated to 1, 2, 3 or read as 1, 0, 1
+        with pytest.raises(TypeError, match="token ids must be a sequence of integers"):
+            evaluate(model, ids)
+    with pytest.raises(ValueError, match="text: text is not UTF-8 text: U\\+D800"):
+        evaluate(model, "a\ud800b")
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    assert cli_main(["eval", str(empty), "--random-init", "gpt2-tiny"]) == 2
+    assert f"{empty} is empty: nothing to score" in capsys.readouterr().err
     binary = tmp_path / "blob.txt"
     binary.write_bytes(b"text\nthen \xff\xfe\x00 binary")
     assert cli_main(["eval", str(binary)]) == 2
@@ -164,7 +173,29 @@ def test_a_character_model_is_scored_on_its_own_characters():
     by_ids = evaluate(model, char_codec(chars)[0](text), context=8, stride=4)
     assert by_text.tokens == len(text) - 1 and by_text.bytes == len(text) - 1
     assert by_text.nll == pytest.approx(by_ids.nll, rel=1e-6)
-    with pytest.raises(ValueError, match="'z'"):
-        evaluate(model, "abz")
-    with pytest.raises(ValueError, match="text of one token: nothing to score"):  # not "empty": it is not
+    with pytest.raises(ValueError, match="notes.txt: characters 'z' are not in the model's vocabulary"):
+        evaluate(model, "abz", source="notes.txt")  # as `tf-gpt2 eval notes.txt` names it
+    with pytest.raises(ValueError, match="text is one token: nothing to score"):  # not "empty": it is not
         evaluate(model, "a")
+
+
+def test_a_short_text_is_not_padded_to_a_large_batch(monkeypatch):
+    """`--batch-size 2048` on a text of a few windows ran 2,048 rows of padding (15 GB for a tiny model)."""
+    import tf_gpt2.evaluation as evaluation
+
+    model = GPT2(GPT2Config(vocab_size=50257, n_positions=16, n_embd=16, n_layer=1, n_head=2))
+    rows, compiled = [], evaluation.compiled
+
+    def counted(model, fn):
+        program = compiled(model, fn)
+        return lambda inputs, *rest: rows.append(len(inputs)) or program(inputs, *rest)
+
+    text = "The quick brown fox jumps over the lazy dog. " * 4
+    spans = len(windows(1 + len(GPT2Tokenizer().encode(text)), 16, 8))
+    assert spans == 5
+    expected = evaluate(model, text, context=16, stride=8, batch_size=1)
+    monkeypatch.setattr(evaluation, "compiled", counted)
+    for batch_size, batches in ((2048, [5]), (3, [3, 3]), (5, [5])):
+        rows.clear()
+        result = evaluate(model, text, context=16, stride=8, batch_size=batch_size)
+        assert rows == batches and result.nll == pytest.approx(expected.nll, rel=1e-5)

@@ -1,6 +1,7 @@
 import hashlib
 import shutil
 
+import numpy as np
 import pytest
 
 from tf_gpt2 import GPT2Tokenizer
@@ -84,6 +85,15 @@ def test_bytes_and_out_of_range_ids_are_refused(tok):
         tok.decode([1, 50257])
     with pytest.raises(TypeError, match="list of str"):
         tok.encode_batch("not a list")
+    for ids in ([True, 2.7], [1.0, 2.0], [True, False]):  # not rounded, not read as 1 and 0
+        with pytest.raises(TypeError, match="token ids must be a sequence of integers"):
+            tok.decode(ids)
+    assert tok.decode(np.array([15496, 995], np.int32)) == tok.decode([15496, 995]) == "Hello world"
+    # What Python keeps of bytes that were not UTF-8 (lone surrogates): refused, not read as U+FFFD.
+    with pytest.raises(ValueError, match="text is not UTF-8 text: U\\+D800 after 'a'"):
+        tok.encode("a\ud800b")
+    with pytest.raises(ValueError, match="text 1 is not UTF-8 text: byte ff after 'a'"):
+        tok.encode_batch(["fine", "a\udcffb"])
 
 
 def test_vocabulary_with_wrong_hash_is_refused(tmp_path):

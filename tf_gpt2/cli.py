@@ -47,13 +47,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
     """Train a small character-level GPT on the embedded Shakespeare, then let it write."""
     from tf_gpt2.data import TokenShards, codec, embedded_corpus, read_text
     from tf_gpt2.files import save_keras
+    from tf_gpt2.tokenizer import checked_utf8
     from tf_gpt2.training import inference_model, train
 
     if args.max_new_tokens < 1:
         raise ValueError(f"--max-new-tokens must be a positive integer, got {args.max_new_tokens}")
     if not args.prompt:
         raise ValueError("the prompt is empty: the model needs at least one character to continue")
-    unknown = set(_utf8("the prompt", args.prompt)) - set(read_text(embedded_corpus()))
+    unknown = set(checked_utf8("the prompt", args.prompt)) - set(read_text(embedded_corpus()))
     if unknown:  # before minutes of training, not after
         raise ValueError(f"characters {''.join(sorted(unknown))!r} of the prompt are not in Shakespeare's text, "
                          "so not in the demo model's vocabulary")
@@ -160,10 +161,11 @@ def _add_train_flags(parser: argparse.ArgumentParser) -> None:
 def cmd_train(args: argparse.Namespace) -> int:
     from tf_gpt2.devices import process_index
     from tf_gpt2.files import save_keras
+    from tf_gpt2.tokenizer import checked_utf8
     from tf_gpt2.training import inference_model, train
 
     _refuse_writing_over_inputs(args.out, args.data, args.init_from)
-    _utf8("--sample-prompt", args.sample_prompt)
+    checked_utf8("--sample-prompt", args.sample_prompt)
     overrides = {k: getattr(args, k) for k in (*MODEL_OVERRIDES, "remat", "loss_chunk") if getattr(args, k) is not None}
     cfg = TrainConfig(out=args.out, model=overrides, jit_compile=not args.no_xla,
                       **{name: getattr(args, name) for name in TRAIN_FLAGS})
@@ -175,23 +177,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _utf8(name: str, text: str) -> str:
-    """`text` from the command line, refused where it holds bytes that are not UTF-8 (Python keeps each as a lone
-    surrogate, which GPT-2's BPE would read as U+FFFD without a word)."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as e:
-        code = ord(text[e.start])
-        byte = f"byte {code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF else f"U+{code:04X}"
-        raise ValueError(f"{name} is not UTF-8 text: {byte} after {text[:e.start]!r:.60}") from None
-    return text
-
-
 def cmd_generate(args: argparse.Namespace) -> int:
     from tf_gpt2.generation import stream
-    from tf_gpt2.tokenizer import tokenizer_for
+    from tf_gpt2.tokenizer import checked_utf8, tokenizer_for
 
-    prompt = _utf8("the prompt", args.prompt)
+    prompt = checked_utf8("the prompt", args.prompt)
     model = _load_model(args)
     tokenizer = tokenizer_for(model.config)  # the one `stream` reads the prompt with
     decode, end_of_text = tokenizer.decode, tokenizer.eot_id
@@ -295,7 +285,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     text = read_text(args.file)  # as prepare reads it: a CRLF file keeps its \r, a .gz is decompressed
     model = _load_model(args)
     result = evaluate(model, text, context=args.context, stride=args.stride, batch_size=args.batch_size,
-                      detokenize=args.detokenize, verbose=not args.json)
+                      detokenize=args.detokenize, verbose=not args.json, source=args.file)
     report = {"file": args.file, "tokens": result.tokens, "bytes": result.bytes, "loss": result.loss,
               "perplexity": result.perplexity, "bits_per_byte": result.bits_per_byte}
     if args.json:

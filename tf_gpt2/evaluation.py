@@ -23,7 +23,7 @@ from keras import ops
 
 from tf_gpt2.checks import check_in_vocabulary
 from tf_gpt2.detokenize import DETOKENIZERS
-from tf_gpt2.tokenizer import GPT2Tokenizer, tokenizer_for
+from tf_gpt2.tokenizer import GPT2Tokenizer, checked_ids, tokenizer_for
 from tf_gpt2.xla import compiled
 
 
@@ -75,7 +75,7 @@ def _window_nll(model, inputs, targets, weights):
 
 def evaluate(model, text: str | Sequence[int], tokenizer: GPT2Tokenizer | None = None, context: int | None = None,
              stride: int | None = None, batch_size: int = 8, detokenize: str = "none",
-             verbose: bool = False) -> EvalResult:
+             verbose: bool = False, source: str = "text") -> EvalResult:
     """Score `text` (a string, or token ids already starting with their own context token) with `model`.
 
     A string is read with the model's own vocabulary: GPT-2's BPE after `<|endoftext|>`, or, for a character
@@ -83,7 +83,7 @@ def evaluate(model, text: str | Sequence[int], tokenizer: GPT2Tokenizer | None =
 
     context: tokens each prediction may see (default: the model's n_positions); stride: how far the
     window moves (default context // 2: each token, past the first window, sees at least half a context);
-    verbose: a progress bar over the windows.
+    verbose: a progress bar over the windows; source: what errors call the text (`tf-gpt2 eval`: its file).
     """
     n_positions = model.config.n_positions
     context = n_positions if context is None else context
@@ -96,20 +96,19 @@ def evaluate(model, text: str | Sequence[int], tokenizer: GPT2Tokenizer | None =
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if detokenize not in DETOKENIZERS:
         raise ValueError(f"unknown detokenizer {detokenize!r}; choose one of {sorted(DETOKENIZERS)}")
-    if isinstance(text, str) and model.config.characters is not None:  # as `generate` reads it
-        from tf_gpt2.data import char_codec
-
-        text = DETOKENIZERS[detokenize](text)  # no end-of-text token: the first character is the first context
-        ids, n_bytes = char_codec(model.config.characters)[0](text), len(text[1:].encode("utf-8"))
-    elif isinstance(text, str):
+    if isinstance(text, str):
         text = DETOKENIZERS[detokenize](text)
         tokenizer = tokenizer or tokenizer_for(model.config)  # refuses a model too small for GPT-2's ids
-        ids, n_bytes = [tokenizer.eot_id] + tokenizer.encode(text), len(text.encode("utf-8"))
+        try:  # as `generate` reads it: GPT-2's BPE after <|endoftext|>, or characters (the first is the context)
+            ids = ([] if tokenizer.eot_id is None else [tokenizer.eot_id]) + tokenizer.encode(text)
+        except ValueError as e:  # the text's own fault: say whose
+            raise ValueError(f"{source}: {e}") from None
+        n_bytes = len((text if tokenizer.eot_id is not None else text[1:]).encode("utf-8"))
     else:
-        ids, n_bytes = [int(t) for t in text], 0
+        ids, n_bytes = checked_ids(text, model.config.vocab_size), 0
     if len(ids) < 2:
-        raise ValueError("text is empty: nothing to score" if not ids or text == "" else
-                         "text of one token: nothing to score (each token is scored after the one before it)")
+        raise ValueError(f"{source} is empty: nothing to score" if not ids or text == "" else
+                         f"{source} is one token: nothing to score (each token is scored after the one before it)")
     ids = np.asarray(ids, np.int32)
     check_in_vocabulary(ids, model.config.vocab_size)
 
@@ -121,18 +120,19 @@ def evaluate(model, text: str | Sequence[int], tokenizer: GPT2Tokenizer | None =
         import keras
 
         progress = keras.utils.Progbar(len(spans), unit_name="window")
-    for first in range(0, len(spans), batch_size):
-        inputs = np.zeros((batch_size, width), np.int32)
-        targets = np.zeros((batch_size, width), np.int32)
-        weights = np.zeros((batch_size, width), np.float32)
-        for row, (begin, end, scored) in enumerate(spans[first:first + batch_size]):
+    rows = min(batch_size, len(spans))  # a short text is not padded to a large batch
+    for first in range(0, len(spans), rows):
+        inputs = np.zeros((rows, width), np.int32)
+        targets = np.zeros((rows, width), np.int32)
+        weights = np.zeros((rows, width), np.float32)
+        for row, (begin, end, scored) in enumerate(spans[first:first + rows]):
             inputs[row, : end - 1 - begin] = ids[begin:end - 1]
             targets[row, : end - 1 - begin] = ids[begin + 1:end]
             weights[row, end - 1 - begin - scored: end - 1 - begin] = 1.0
         row_nll = ops.convert_to_numpy(window_nll(inputs, targets, weights))
         nll += float(np.sum(row_nll.astype(np.float64)))
         if progress:
-            progress.update(min(first + batch_size, len(spans)))
+            progress.update(min(first + rows, len(spans)))
     if not math.isfinite(nll):
         raise FloatingPointError("the model produced non-finite log-probabilities on this text")
     return EvalResult(nll=nll, tokens=len(ids) - 1, bytes=n_bytes)

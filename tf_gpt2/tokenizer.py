@@ -17,6 +17,7 @@ import json
 import os
 from typing import Iterable, Sequence
 
+import numpy as np
 import tiktoken
 from tiktoken.load import data_gym_to_mergeable_bpe_ranks
 
@@ -198,12 +199,13 @@ class GPT2Tokenizer:
     def encode(self, text: str) -> list[int]:
         if not isinstance(text, str):
             raise TypeError(f"encode expects a str, got {type(text).__name__}")
-        return self._enc.encode(text, allowed_special={ENDOFTEXT})
+        return self._enc.encode(checked_utf8("text", text), allowed_special={ENDOFTEXT})
 
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
         if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
             raise TypeError("encode_batch expects a list of str")
-        return self._enc.encode_batch(list(texts), allowed_special={ENDOFTEXT})
+        return self._enc.encode_batch([checked_utf8(f"text {i}", t) for i, t in enumerate(texts)],
+                                      allowed_special={ENDOFTEXT})
 
     def decode(self, ids: Iterable[int]) -> str:
         return self._enc.decode(checked_ids(ids, VOCAB_SIZE))
@@ -212,9 +214,25 @@ class GPT2Tokenizer:
         return [self.decode(ids) for ids in batch]
 
 
+def checked_utf8(name: str, text: str) -> str:
+    """`text`, refused where it holds a lone surrogate (what Python keeps of bytes that were not UTF-8), which GPT-2's
+    BPE would read as U+FFFD without a word."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        code = ord(text[e.start])
+        byte = f"byte {code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF else f"U+{code:04X}"
+        raise ValueError(f"{name} is not UTF-8 text: {byte} after {text[:e.start]!r:.60}") from None
+    return text
+
+
 def checked_ids(ids: Iterable[int], vocab_size: int) -> list[int]:
-    """`ids` as ints, each in [0, vocab_size) (a negative one would read from the end of a table)."""
-    ids = [int(i) for i in ids]
+    """`ids` as ints, each in [0, vocab_size) (a negative one would read from the end of a table); floats and
+    bools are refused, not rounded."""
+    array = np.asarray(ids if isinstance(ids, np.ndarray) else list(ids))
+    if array.ndim != 1 or array.size and array.dtype.kind not in "iu":
+        raise TypeError(f"token ids must be a sequence of integers, got {array.dtype} of shape {array.shape}")
+    ids = array.astype(np.int64).tolist()
     bad = [i for i in ids if not 0 <= i < vocab_size]
     if bad:
         raise ValueError(f"token ids must be in [0, {vocab_size}), got {bad[:5]}")
