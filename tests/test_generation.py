@@ -114,6 +114,11 @@ def test_text_in_text_out_and_cli(capsys, tmp_path):
                      "--out", str(tmp_path / "demo")]) == 0
     out = capsys.readouterr().out
     assert "parameters" in out and "To be" in out
+    longer = ["demo", "--prompt", "To be", "--max-new-tokens", "4", "--steps", "20", "--out", str(tmp_path / "demo")]
+    assert cli_main(longer) == 2  # the run there has other settings: the flag the error names is demo's too
+    assert "steps: 15 -> 20" in capsys.readouterr().err
+    assert cli_main([*longer, "--resume-with-changes"]) == 0
+    assert "To be" in capsys.readouterr().out
     saved = str(tmp_path / "demo" / "model.keras")  # a character model that carries its vocabulary
     assert cli_main(["generate", "ROMEO:", "--model", saved, "--max-new-tokens", "20", "--temperature", "0.8"]) == 0
     written = capsys.readouterr().out

@@ -153,6 +153,8 @@ def _config(source: str, **values: Any) -> GPT2Config:
 
 # -- Hugging Face -------------------------------------------------------------------------------
 def config_from_hf(hf: dict[str, Any], source: str = "config.json", **overrides: Any) -> GPT2Config:
+    if hf.get("model_type", "gpt2") != "gpt2":  # (a config without one is read as GPT-2's, as older saves were)
+        raise ValueError(f"{source} is the config of a {hf['model_type']} model, not GPT-2")
     missing = [key for key in ("vocab_size", "n_embd", "n_layer", "n_head") if key not in hf]
     if missing or not ("n_positions" in hf or "n_ctx" in hf):
         raise ValueError(f"{source} lacks {', '.join(missing) or 'n_positions'}: not a GPT-2 config")

@@ -24,9 +24,14 @@ from tf_gpt2.train_config import BASE_DTYPES, DISTRIBUTIONS, PRECISIONS, STRATEG
 def _load_model(args: argparse.Namespace):
     from tf_gpt2 import GPT2, GPT2Config
 
+    if args.model and args.random_init:
+        raise ValueError(f"--model and --random-init name two models ({args.model}, an untrained "
+                         f"{args.random_init}): give one")
     if args.model:
         return GPT2.from_pretrained(args.model, revision=args.revision)
     if args.random_init:
+        if args.revision:
+            raise ValueError("--revision is for a Hugging Face repo name given as --model, not --random-init")
         return GPT2(GPT2Config.from_preset(args.random_init))
     raise ValueError("no --model given: pass a checkpoint (HF dir, OpenAI TF dir, keras-hub preset dir or .keras "
                      "file), or --random-init PRESET for an untrained model")
@@ -65,6 +70,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         block_size=DEMO_CONTEXT, learning_rate=2e-3, warmup_steps=min(100, args.steps // 10),
         eval_interval=max(execution, args.steps // 4 // execution * execution), eval_batches=20,
         steps_per_execution=execution, weight_decay=0.1, sample_tokens=0,
+        resume_with_changes=args.resume_with_changes,
     )
     model, history = train(cfg)
     saved = os.path.join(cfg.out, "model.keras")
@@ -210,6 +216,10 @@ def cmd_convert(args: argparse.Namespace) -> int:
     from tf_gpt2.files import save_keras
 
     _refuse_writing_over_inputs(args.dst, args.src)
+    suffix = os.path.splitext(args.dst.rstrip(os.sep))[1]
+    if suffix.lower() in (".keras", ".safetensors", ".bin", ".h5", ".pt", ".ckpt") and suffix != ".keras":
+        raise ValueError(f"{args.dst} names a {suffix} file, but convert writes a .keras file (that suffix, in lower "
+                         "case, as Keras reads it) or a Hugging Face folder (config.json, model.safetensors)")
     folder = not args.dst.endswith(".keras")
     if folder and os.path.exists(args.dst) and not os.path.isdir(args.dst):  # before reading the source
         raise NotADirectoryError(f"Not a directory (a Hugging Face checkpoint is a folder; a .keras DST is a file): "
@@ -325,6 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--steps", type=int, default=2400, help="optimizer steps")
     demo.add_argument("--prompt", default="ROMEO:\n", help="text the model continues")
     demo.add_argument("--max-new-tokens", type=int, default=320, help="characters to generate")
+    demo.add_argument("--resume-with-changes", action="store_true", help=TRAIN_FLAGS["resume_with_changes"])
     demo.set_defaults(run=cmd_demo)
 
     prep = command("prepare", help="tokenize text files into uint16 shards + manifest.json")
