@@ -117,7 +117,7 @@ def _same_vocabulary(vocabulary: dict[str, int]) -> bool:
 
 
 def _same_merges(merges: Iterable[str | Sequence[str]]) -> bool:
-    merges = (m if isinstance(m, str) else " ".join(m) for m in merges)
+    merges = ((m if isinstance(m, str) else " ".join(m)).rstrip() for m in merges)  # (a CRLF file's \r too)
     return [m for m in merges if m and not m.startswith("#version")] == _gpt2_vocabulary_and_merges()[1]
 
 
