@@ -454,7 +454,7 @@ def test_a_config_that_breaks_a_rule_names_its_file_in_every_format(saved_tiny, 
     with pytest.raises(ValueError, match=f"{saved_tiny / 'config.json'}: unsupported activation_function 'swish'"):
         _load_with_config(saved_tiny, n_head=2, activation_function="swish")
     # Another family's config (a local directory; Hub names are checked before download): named, not a tensor's shape.
-    with pytest.raises(ValueError, match=f"{saved_tiny / 'config.json'} is the config of a gptj model, not GPT-2"):
+    with pytest.raises(ValueError, match=f"{saved_tiny / 'config.json'} is the config of a 'gptj' model, not GPT-2"):
         _load_with_config(saved_tiny, activation_function="gelu_new", model_type="gptj")
 
 
@@ -505,20 +505,49 @@ def test_a_checkpoint_with_a_tokenizer_of_its_own_is_refused_by_its_file_and_lef
     vocabulary = json.loads((tmp_path / "gpt2" / "vocab.json").read_text(encoding="utf-8"))
     tokens = list(vocabulary)
     swapped = {**vocabulary, tokens[300]: vocabulary[tokens[301]], tokens[301]: vocabulary[tokens[300]]}
-    for case, edit in (("vocab.json", lambda d: (d / "vocab.json").write_text(json.dumps(swapped))),
-                       ("merges.txt", lambda d: (d / "merges.txt").write_text(
-                           "\n".join((d / "merges.txt").read_text(encoding="utf-8").split("\n")[:-2]))),
-                       ("tokenizer.json", lambda d: [os.remove(d / n) for n in ("vocab.json", "merges.txt")]
-                        and (d / "tokenizer.json").write_text(json.dumps({**json.loads(
-                            (d / "tokenizer.json").read_text()), "model": {"type": "Unigram", "vocab": []}}))),
-                       ("spiece.model", lambda d: (d / "spiece.model").write_bytes(b"\x0a"))):
-        other = tmp_path / case
+    merges = (tmp_path / "gpt2" / "merges.txt").read_text(encoding="utf-8")
+    for i, (case, edit, problem) in enumerate((
+            ("vocab.json", lambda d: (d / "vocab.json").write_text(json.dumps(swapped)), "is not GPT-2's vocabulary"),
+            ("merges.txt", lambda d: (d / "merges.txt").write_text("\n".join(merges.split("\n")[:-2])),
+             "is not GPT-2's merges"),
+            ("tokenizer.json", lambda d: [os.remove(d / n) for n in ("vocab.json", "merges.txt")] and (
+                d / "tokenizer.json").write_text(json.dumps({**json.loads((d / "tokenizer.json").read_text()),
+                                                             "model": {"type": "Unigram", "vocab": []}})),
+             "is not GPT-2's BPE"),
+            ("vocab.json", lambda d: os.remove(d / "merges.txt"), "has no merges.txt beside it"),
+            ("spiece.model", lambda d: (d / "spiece.model").write_bytes(b"\x0a"), "is a tokenizer of another kind"))):
+        other = tmp_path / f"case{i}"
         shutil.copytree(tmp_path / "gpt2", other)
         edit(other)
         before = {name: (other / name).read_bytes() for name in os.listdir(other)}
-        with pytest.raises(ValueError, match=f"{re.escape(str(other / case))} is not GPT-2's BPE"):
+        with pytest.raises(ValueError, match=f"{re.escape(str(other / case))} {problem}.*: tf_gpt2 reads text"):
             GPT2.from_pretrained(other)
-        assert cli_main(["convert", str(other), str(tmp_path / f"{case}-hf")]) == 2  # refused, nothing written
-        assert f"{other / case} is not GPT-2's BPE" in capsys.readouterr().err
+        assert cli_main(["convert", str(other), str(other) + "-hf"]) == 2  # refused, nothing written
+        assert f"{other / case} {problem}" in capsys.readouterr().err
         assert {name: (other / name).read_bytes() for name in os.listdir(other)} == before
-        assert not (tmp_path / f"{case}-hf").exists()
+        assert not os.path.exists(str(other) + "-hf")
+
+
+def test_gpt2s_own_tokenizer_files_in_every_layout_are_gpt2s(tmp_path):
+    """No false alarm: OpenAI's encoder.json / vocab.bpe, Hugging Face's files (CRLF ones too), a transformers
+    tokenizer.json alone, keras-hub's preset assets."""
+    keras_hub = pytest.importorskip("keras_hub")
+    from tf_gpt2.tokenizer import default_vocab_files, other_tokenizer
+
+    encoder_json, vocab_bpe = default_vocab_files()
+    for layout, names in (("openai", ("encoder.json", "vocab.bpe")), ("hf", ("vocab.json", "merges.txt"))):
+        (tmp_path / layout).mkdir()
+        for source, name in zip((encoder_json, vocab_bpe), names):
+            shutil.copyfile(source, tmp_path / layout / name)
+    (tmp_path / "crlf").mkdir()
+    shutil.copyfile(encoder_json, tmp_path / "crlf" / "vocab.json")
+    (tmp_path / "crlf" / "merges.txt").write_bytes(open(vocab_bpe, "rb").read().replace(b"\n", b"\r\n"))
+    (tmp_path / "tokenizer-json").mkdir()
+    from tf_gpt2.tokenizer import hf_tokenizer_json
+
+    (tmp_path / "tokenizer-json" / "tokenizer.json").write_text(hf_tokenizer_json(), encoding="utf-8")
+    assets = tmp_path / "keras-hub" / "assets" / "tokenizer"
+    assets.mkdir(parents=True)
+    keras_hub.tokenizers.GPT2Tokenizer(vocabulary=encoder_json, merges=vocab_bpe).save_assets(str(assets))
+    for layout in ("openai", "hf", "crlf", "tokenizer-json", "keras-hub"):
+        assert other_tokenizer(str(tmp_path / layout)) is None, layout

@@ -5,6 +5,7 @@ import json
 import math
 import os
 
+import numpy as np
 import pytest
 from conftest import make_hf_model
 
@@ -146,11 +147,11 @@ def test_bad_input_is_named(tmp_path, capsys):
         evaluate(model, "")
     with pytest.raises(ValueError, match=r"token ids must be in \[0, 50257\)"):
         evaluate(model, [0, 5, 50257])
-    for ids in ([1.7, 2.2, 3.9], [True, False, True]):  # not truncated to 1, 2, 3 or read as 1, 0, 1
-        with pytest.raises(TypeError, match="token ids must be a sequence of integers"):
+    for ids in ([1.7, 2.2, 3.9], [True, False, True], [5, True], np.array([1.0, 2.0])):  # not truncated, not 1/0
+        with pytest.raises(TypeError, match="token ids must be (a sequence of )?integers"):
             evaluate(model, ids)
-    with pytest.raises(ValueError, match="text: text is not UTF-8 text: U\\+D800"):
-        evaluate(model, "a\ud800b")
+    with pytest.raises(ValueError, match="notes.txt is not UTF-8 text: U\\+D800 after 'a'"):
+        evaluate(model, "a\ud800b", source="notes.txt")
     empty = tmp_path / "empty.txt"
     empty.write_text("")
     assert cli_main(["eval", str(empty), "--random-init", "gpt2-tiny"]) == 2
@@ -195,7 +196,7 @@ def test_a_short_text_is_not_padded_to_a_large_batch(monkeypatch):
     assert spans == 5
     expected = evaluate(model, text, context=16, stride=8, batch_size=1)
     monkeypatch.setattr(evaluation, "compiled", counted)
-    for batch_size, batches in ((2048, [5]), (3, [3, 3]), (5, [5])):
+    for batch_size, batches in ((2048, [8]), (3, [3, 3]), (5, [5]), (6, [6])):  # powers of two, up to batch_size
         rows.clear()
         result = evaluate(model, text, context=16, stride=8, batch_size=batch_size)
         assert rows == batches and result.nll == pytest.approx(expected.nll, rel=1e-5)

@@ -85,10 +85,14 @@ def test_bytes_and_out_of_range_ids_are_refused(tok):
         tok.decode([1, 50257])
     with pytest.raises(TypeError, match="list of str"):
         tok.encode_batch("not a list")
-    for ids in ([True, 2.7], [1.0, 2.0], [True, False]):  # not rounded, not read as 1 and 0
-        with pytest.raises(TypeError, match="token ids must be a sequence of integers"):
+    for ids in ([True, 2.7], [1.0, 2.0], [True, False], [995, True], np.array([1.0]), np.array([True])):
+        with pytest.raises(TypeError, match="token ids must be (a sequence of )?integers"):  # not rounded, not 1/0
             tok.decode(ids)
-    assert tok.decode(np.array([15496, 995], np.int32)) == tok.decode([15496, 995]) == "Hello world"
+    with pytest.raises(ValueError, match="must be in \\[0, 50257\\), got \\[1180591620717411303424\\]"):
+        tok.decode([2**70])  # out of range, said as such
+    expected = "Hello world"
+    assert tok.decode(np.array([15496, 995], np.int32)) == tok.decode([np.int64(15496), 995]) == expected
+    assert tok.decode(list(np.array([15496, 995], np.uint16))) == expected  # elements of an array
     # What Python keeps of bytes that were not UTF-8 (lone surrogates): refused, not read as U+FFFD.
     with pytest.raises(ValueError, match="text is not UTF-8 text: U\\+D800 after 'a'"):
         tok.encode("a\ud800b")

@@ -29,7 +29,7 @@ import numpy as np
 from tf_gpt2.config import DROPOUTS, GPT2Config, with_overrides
 from tf_gpt2.devices import host_array
 from tf_gpt2.files import json_writer, read_json, write_together
-from tf_gpt2.tokenizer import ENDOFTEXT, EOT_ID, VOCAB_SIZE, default_vocab_files, other_tokenizer_file
+from tf_gpt2.tokenizer import ENDOFTEXT, EOT_ID, OTHER_KINDS, VOCAB_SIZE, default_vocab_files, other_tokenizer
 
 BLOCK_LAYERS = ("ln_1", "attn.c_attn", "attn.c_proj", "ln_2", "mlp.c_fc", "mlp.c_proj")
 RESIDUAL_SCALES = ("attn_scale", "mlp_scale")  # scalars of blocks with learned_residual_scale, not GPT-2's
@@ -153,8 +153,8 @@ def _config(source: str, **values: Any) -> GPT2Config:
 
 # -- Hugging Face -------------------------------------------------------------------------------
 def config_from_hf(hf: dict[str, Any], source: str = "config.json", **overrides: Any) -> GPT2Config:
-    if hf.get("model_type", "gpt2") != "gpt2":  # (a config without one is read as GPT-2's, as older saves were)
-        raise ValueError(f"{source} is the config of a {hf['model_type']} model, not GPT-2")
+    if hf.get("model_type") not in (None, "gpt2"):  # (a config without one is read as GPT-2's, as older saves were)
+        raise ValueError(f"{source} is the config of a {hf['model_type']!r} model, not GPT-2")
     missing = [key for key in ("vocab_size", "n_embd", "n_layer", "n_head") if key not in hf]
     if missing or not ("n_positions" in hf or "n_ctx" in hf):
         raise ValueError(f"{source} lacks {', '.join(missing) or 'n_positions'}: not a GPT-2 config")
@@ -333,7 +333,7 @@ def save_hf(model: keras.Model, directory: str | os.PathLike) -> None:
 
 
 HF_TOKENIZER_FILES = ("vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json",
-                      "added_tokens.json", "tokenizer.json")
+                      "added_tokens.json", "tokenizer.json", *OTHER_KINDS)
 # Weights transformers (or its TF/Flax classes) would read, and the generation defaults it takes from a model dir.
 HF_OTHER_FILES = ("pytorch_model.bin", "tf_model.h5", "flax_model.msgpack", "generation_config.json")
 OPENAI_FILES = ("hparams.json", "checkpoint", "encoder.json", "vocab.bpe")  # and the model.ckpt.* files
@@ -487,10 +487,9 @@ def load_pretrained(model_class: type, source: Any, revision: str | None = None,
             f"{path} is not a checkpoint: expected config.json (Hugging Face or keras-hub preset) "
             "or hparams.json (OpenAI)" + (f"; it holds {inside[0]}: pass that file" if inside else "")
         )
-    if (other := other_tokenizer_file(path)) is not None:
-        raise ValueError(f"{other} is not GPT-2's BPE: this checkpoint reads text with a tokenizer of its own, and "
-                         "tf_gpt2 reads text with GPT-2's (or a model's own characters) only, so every text in and out "
-                         "of it would be other tokens than it was trained on")
+    if (other := other_tokenizer(path)) is not None:
+        raise ValueError(f"{other}: tf_gpt2 reads text with GPT-2's BPE (or a model's own characters) only, and a "
+                         "checkpoint with a tokenizer of its own would be given other tokens than it was trained on")
     config, tensors = read(path, **overrides)
     check_tensors(config, tensors, path)  # before building a model that size
     return _assign(model_class(config), tensors)

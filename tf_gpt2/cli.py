@@ -395,7 +395,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("file", help="UTF-8 text file")
     ev.add_argument("--context", type=int, help="tokens each prediction sees at most (default n_positions)")
     ev.add_argument("--stride", type=int, help="window step (default context // 2)")
-    ev.add_argument("--batch-size", type=int, default=8, help="windows per forward pass")
+    ev.add_argument("--batch-size", type=int, default=8, help="windows per forward pass, at most")
     ev.add_argument("--detokenize", default="none", choices=sorted(DETOKENIZERS),
                     help="undo WikiText tokenization before scoring, as in the GPT-2 paper")
     ev.add_argument("--json", action="store_true", help="print one JSON line")

@@ -23,7 +23,7 @@ from keras import ops
 
 from tf_gpt2.checks import check_in_vocabulary
 from tf_gpt2.detokenize import DETOKENIZERS
-from tf_gpt2.tokenizer import GPT2Tokenizer, checked_ids, tokenizer_for
+from tf_gpt2.tokenizer import GPT2Tokenizer, checked_ids, checked_utf8, tokenizer_for
 from tf_gpt2.xla import compiled
 
 
@@ -79,7 +79,7 @@ def evaluate(model, text: str | Sequence[int], tokenizer: GPT2Tokenizer | None =
     """Score `text` (a string, or token ids already starting with their own context token) with `model`.
 
     A string is read with the model's own vocabulary: GPT-2's BPE after `<|endoftext|>`, or, for a character
-    model, its characters (the first one is the context of the rest).
+    model, its characters (the first one is the context of the rest); `tokenizer`, where given, instead.
 
     context: tokens each prediction may see (default: the model's n_positions); stride: how far the
     window moves (default context // 2: each token, past the first window, sees at least half a context);
@@ -97,7 +97,7 @@ def evaluate(model, text: str | Sequence[int], tokenizer: GPT2Tokenizer | None =
     if detokenize not in DETOKENIZERS:
         raise ValueError(f"unknown detokenizer {detokenize!r}; choose one of {sorted(DETOKENIZERS)}")
     if isinstance(text, str):
-        text = DETOKENIZERS[detokenize](text)
+        text = DETOKENIZERS[detokenize](checked_utf8(source, text))
         tokenizer = tokenizer or tokenizer_for(model.config)  # refuses a model too small for GPT-2's ids
         try:  # as `generate` reads it: GPT-2's BPE after <|endoftext|>, or characters (the first is the context)
             ids = ([] if tokenizer.eot_id is None else [tokenizer.eot_id]) + tokenizer.encode(text)
@@ -120,7 +120,9 @@ def evaluate(model, text: str | Sequence[int], tokenizer: GPT2Tokenizer | None =
         import keras
 
         progress = keras.utils.Progbar(len(spans), unit_name="window")
-    rows = min(batch_size, len(spans))  # a short text is not padded to a large batch
+    # A short text is not padded to a large batch; rows in powers of two, so that texts of many lengths share
+    # a few compiled programs.
+    rows = min(batch_size, 1 << (len(spans) - 1).bit_length())
     for first in range(0, len(spans), rows):
         inputs = np.zeros((rows, width), np.int32)
         targets = np.zeros((rows, width), np.int32)

@@ -35,7 +35,9 @@ from tf_gpt2.files import read_json
 CONFIG = "config.json"
 SAFETENSORS = ["*.safetensors", "*.safetensors.index.json"]
 PICKLED = ["pytorch_model.bin", "pytorch_model.bin.index.json", "pytorch_model-*.bin"]
-TOKENIZER = ["vocab.json", "merges.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"]
+# The tokenizer files, of GPT-2's kind and of others (a checkpoint with another tokenizer is refused by them).
+TOKENIZER = ["vocab.json", "merges.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+             "tokenizer.model", "spiece.model", "sentencepiece.bpe.model", "vocab.txt"]
 _REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
 
 

@@ -15,7 +15,7 @@ import hashlib
 import importlib.resources
 import json
 import os
-from typing import Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 import tiktoken
@@ -107,51 +107,64 @@ OTHER_KINDS = ("tokenizer.model", "spiece.model", "sentencepiece.bpe.model", "vo
 
 @functools.lru_cache(maxsize=1)
 def _gpt2_vocabulary_and_merges() -> tuple[dict[str, int], list[str]]:
-    return _vocabulary_and_merges(*default_vocab_files())
+    """GPT-2's vocabulary and merge rules, read from the package's own copies (no cache is written)."""
+    vocab = importlib.resources.files("tf_gpt2") / "vocab"
+    vocabulary = json.loads(gzip.decompress((vocab / "encoder.json.gz").read_bytes()))
+    merges = gzip.decompress((vocab / "vocab.bpe.gz").read_bytes()).decode("utf-8").split("\n")[1:]
+    return vocabulary, [m for m in merges if m]
 
 
-def _same_vocabulary(vocabulary: dict[str, int]) -> bool:
+def _same_vocabulary(vocabulary: Any) -> bool:
     """Whether a BPE's vocabulary is GPT-2's (ids past its 50,257 allowed: tokens added to it, such as a padding
     token, which text never becomes)."""
-    return {t: i for t, i in vocabulary.items() if i < VOCAB_SIZE} == _gpt2_vocabulary_and_merges()[0]
+    return isinstance(vocabulary, dict) and all(isinstance(i, int) for i in vocabulary.values()) and (
+        {t: i for t, i in vocabulary.items() if i < VOCAB_SIZE} == _gpt2_vocabulary_and_merges()[0])
 
 
-def _same_merges(merges: Iterable[str | Sequence[str]]) -> bool:
-    merges = ((m if isinstance(m, str) else " ".join(m)).rstrip() for m in merges)  # (a CRLF file's \r too)
+def _same_merges(merges: Any) -> bool:
+    if not isinstance(merges, list) or not all(isinstance(m, (str, list)) for m in merges):
+        return False
+    merges = ((m if isinstance(m, str) else " ".join(map(str, m))).rstrip() for m in merges)  # (a CRLF line's \r)
     return [m for m in merges if m and not m.startswith("#version")] == _gpt2_vocabulary_and_merges()[1]
 
 
-def other_tokenizer_file(directory: str) -> str | None:
-    """The file of a checkpoint directory that gives it a tokenizer other than GPT-2's BPE (its vocabulary and
-    merges compared with GPT-2's), or None: text read with GPT-2's BPE would become other ids than its own."""
-    for vocabulary_name, merges_name in VOCABULARY_FILES:
-        vocabulary_path, merges_path = (os.path.join(directory, n) for n in (vocabulary_name, merges_name))
-        if not (os.path.exists(vocabulary_path) or os.path.exists(merges_path)):
-            continue
+def other_tokenizer(directory: str) -> str | None:
+    """What in a checkpoint directory gives it a tokenizer other than GPT-2's BPE (its vocabulary and merges
+    compared with GPT-2's), in words, or None: text read with GPT-2's BPE would become other ids than its own."""
+    def read(path: str, parse: Callable[[str], Any]) -> Any:
         try:
-            with open(vocabulary_path, encoding="utf-8") as f:
-                if not _same_vocabulary(json.load(f)):
-                    return vocabulary_path
-        except (OSError, ValueError, AttributeError, TypeError):  # missing beside its merges, or unreadable
-            return vocabulary_path
-        try:
-            with open(merges_path, encoding="utf-8") as f:
-                if not _same_merges(f.read().split("\n")):
-                    return merges_path
-        except (OSError, ValueError):
-            return merges_path
-    tokenizer_json = os.path.join(directory, "tokenizer.json")
-    if os.path.exists(tokenizer_json):
-        try:
-            with open(tokenizer_json, encoding="utf-8") as f:
-                bpe = json.load(f).get("model")
-            # (keras-hub's tokenizer.json is a Keras config, without "model")
-            if bpe is not None and not (_same_vocabulary(bpe["vocab"]) and _same_merges(bpe["merges"])):
-                return tokenizer_json
-        except (OSError, ValueError, AttributeError, TypeError, KeyError):
-            return tokenizer_json
-    return next((os.path.join(directory, n) for n in OTHER_KINDS if os.path.exists(os.path.join(directory, n))),
-                None)
+            with open(path, encoding="utf-8") as f:
+                return parse(f.read())
+        except (OSError, ValueError) as e:
+            raise _Unreadable(f"{path} cannot be read ({e})") from None
+
+    try:
+        for vocabulary_name, merges_name in VOCABULARY_FILES:
+            vocabulary_path, merges_path = (os.path.join(directory, n) for n in (vocabulary_name, merges_name))
+            there = [os.path.exists(vocabulary_path), os.path.exists(merges_path)]
+            if there == [True, True]:
+                if not _same_vocabulary(read(vocabulary_path, json.loads)):
+                    return f"{vocabulary_path} is not GPT-2's vocabulary"
+                if not _same_merges(read(merges_path, lambda text: text.split("\n"))):
+                    return f"{merges_path} is not GPT-2's merges"
+            elif any(there):
+                present, absent = (vocabulary_path, merges_name) if there[0] else (merges_path, vocabulary_name)
+                return f"{present} has no {absent} beside it: its tokenizer is not whole"
+        tokenizer_json = os.path.join(directory, "tokenizer.json")
+        if os.path.exists(tokenizer_json):
+            found = read(tokenizer_json, json.loads)
+            bpe = found.get("model") if isinstance(found, dict) else None  # (keras-hub's is a Keras config, without)
+            if bpe is not None and not (isinstance(bpe, dict) and _same_vocabulary(bpe.get("vocab"))
+                                        and _same_merges(bpe.get("merges"))):
+                return f"{tokenizer_json} is not GPT-2's BPE"
+    except _Unreadable as e:
+        return str(e)
+    other = next((n for n in OTHER_KINDS if os.path.exists(os.path.join(directory, n))), None)
+    return None if other is None else f"{os.path.join(directory, other)} is a tokenizer of another kind than BPE"
+
+
+class _Unreadable(Exception):
+    pass
 
 
 def hf_tokenizer_json(encoder_json: str | None = None, vocab_bpe: str | None = None) -> str:
@@ -226,13 +239,28 @@ def checked_utf8(name: str, text: str) -> str:
     return text
 
 
+def _is_id(value: Any) -> bool:
+    """An integer: a Python or numpy one, or a 0-d integer array (an element of a JAX or TensorFlow array); not a
+    bool, not a float however whole."""
+    if isinstance(value, (int, np.integer)):
+        return not isinstance(value, bool)
+    return hasattr(value, "__array__") and np.ndim(value) == 0 and np.asarray(value).dtype.kind in "iu"
+
+
 def checked_ids(ids: Iterable[int], vocab_size: int) -> list[int]:
     """`ids` as ints, each in [0, vocab_size) (a negative one would read from the end of a table); floats and
     bools are refused, not rounded."""
-    array = np.asarray(ids if isinstance(ids, np.ndarray) else list(ids))
-    if array.ndim != 1 or array.size and array.dtype.kind not in "iu":
-        raise TypeError(f"token ids must be a sequence of integers, got {array.dtype} of shape {array.shape}")
-    ids = array.astype(np.int64).tolist()
+    if hasattr(ids, "__array__"):  # a numpy, JAX or TensorFlow array: its dtype says
+        array = np.asarray(ids)
+        if array.ndim != 1 or array.size and array.dtype.kind not in "iu":
+            raise TypeError(f"token ids must be a sequence of integers, got {array.dtype} of shape {array.shape}")
+        ids = array.tolist()
+    else:
+        ids = list(ids)
+        not_ids = [i for i in ids if not _is_id(i)]
+        if not_ids:
+            raise TypeError(f"token ids must be integers, got {not_ids[:5]!r}")
+        ids = [int(i) for i in ids]
     bad = [i for i in ids if not 0 <= i < vocab_size]
     if bad:
         raise ValueError(f"token ids must be in [0, {vocab_size}), got {bad[:5]}")

@@ -70,7 +70,10 @@ def _compile(model, fn):
 
 def compiled(model, fn: Callable[..., Any]) -> Callable[..., Any]:
     """The compiled version of `fn` for `model`: built once, kept on the model, and built again when the model
-    changed since (`program_key`), so a call after `quantize` or `enable_lora` runs the model as it is now."""
+    changed since (`program_key`), so a call after `quantize` or `enable_lora` runs the model as it is now.
+
+    `fn` is traced as written, without autograph: its loops and branches on tensors are `ops.while_loop` and
+    `ops.cond`."""
     programs = model.__dict__.setdefault("_tf_gpt2_compiled", {})
     if changed(model, fn) or fn not in programs:  # keyed by the function itself: two of one name are two programs
         programs[fn] = _compile(model, fn)
