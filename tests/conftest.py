@@ -192,7 +192,7 @@ def _shared_by_test_processes(tmp_path_factory):
     return root.parent if os.environ.get("PYTEST_XDIST_WORKER") else root
 
 
-# The test files that take longest start first, so that the two test processes (pytest.ini: one file at a time
+# The test files that take longest start first, so that the test processes (pytest.ini: one file at a time
 # each, `--no-loadscope-reorder`) finish together rather than one running a long file alone at the end.
 LONGEST_FIRST = ("test_doc_blocks.py", "test_training.py", "test_train_jax.py", "test_quantization.py",
                  "test_tf_serving.py", "test_benchmark.py", "test_litert.py", "test_notebook.py")
