@@ -128,6 +128,10 @@ def _same_merges(merges: Any) -> bool:
     return [m for m in merges if m and not m.startswith("#version")] == _gpt2_vocabulary_and_merges()[1]
 
 
+class _Unreadable(Exception):
+    """A checkpoint's tokenizer file that cannot be read (its message says which and why)."""
+
+
 def other_tokenizer(directory: str) -> str | None:
     """What in a checkpoint directory gives it a tokenizer other than GPT-2's BPE (its vocabulary and merges
     compared with GPT-2's), in words, or None: text read with GPT-2's BPE would become other ids than its own."""
@@ -161,10 +165,6 @@ def other_tokenizer(directory: str) -> str | None:
         return str(e)
     other = next((n for n in OTHER_KINDS if os.path.exists(os.path.join(directory, n))), None)
     return None if other is None else f"{os.path.join(directory, other)} is a tokenizer of another kind than BPE"
-
-
-class _Unreadable(Exception):
-    pass
 
 
 def hf_tokenizer_json(encoder_json: str | None = None, vocab_bpe: str | None = None) -> str:
