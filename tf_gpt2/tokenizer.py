@@ -47,11 +47,16 @@ def default_vocab_files() -> tuple[str, str]:
     for name, digest in (("encoder.json", ENCODER_JSON_SHA256), ("vocab.bpe", VOCAB_BPE_SHA256)):
         path = os.path.join(vocab_cache_dir(), f"{digest[:16]}-{name}")
         if not (os.path.exists(path) and _sha256(path) == digest):
-            data = gzip.decompress((importlib.resources.files("tf_gpt2") / "vocab" / f"{name}.gz").read_bytes())
+            data = _packed(name)
             os.makedirs(os.path.dirname(path), exist_ok=True)
             atomic_write(path, bytes_writer(data))
         paths.append(path)
     return paths[0], paths[1]
+
+
+def _packed(name: str) -> bytes:
+    """The package's own copy of GPT-2's `name` (encoder.json, vocab.bpe)."""
+    return gzip.decompress((importlib.resources.files("tf_gpt2") / "vocab" / f"{name}.gz").read_bytes())
 
 
 def _sha256(path: str) -> str:
@@ -93,10 +98,12 @@ def read_vocabulary(encoder_json: str) -> dict[str, int]:
 
 def _vocabulary_and_merges(encoder_json: str, vocab_bpe: str) -> tuple[dict[str, int], list[str]]:
     """encoder.json as {token: id}, and vocab.bpe's merge rules as "a b" lines, in rank order."""
-    vocabulary = read_vocabulary(encoder_json)
     with open(vocab_bpe, encoding="utf-8") as f:
-        merges = [line for line in f.read().split("\n")[1:] if line]  # line 0: "#version: 0.2"
-    return vocabulary, merges
+        return read_vocabulary(encoder_json), _merge_lines(f.read())
+
+
+def _merge_lines(vocab_bpe: str) -> list[str]:
+    return [line for line in vocab_bpe.split("\n")[1:] if line]  # line 0: "#version: 0.2"
 
 
 # Where a checkpoint directory keeps its tokenizer: Hugging Face's, OpenAI's and keras-hub's vocabulary and merges.
@@ -108,10 +115,7 @@ OTHER_KINDS = ("tokenizer.model", "spiece.model", "sentencepiece.bpe.model", "vo
 @functools.lru_cache(maxsize=1)
 def _gpt2_vocabulary_and_merges() -> tuple[dict[str, int], list[str]]:
     """GPT-2's vocabulary and merge rules, read from the package's own copies (no cache is written)."""
-    vocab = importlib.resources.files("tf_gpt2") / "vocab"
-    vocabulary = json.loads(gzip.decompress((vocab / "encoder.json.gz").read_bytes()))
-    merges = gzip.decompress((vocab / "vocab.bpe.gz").read_bytes()).decode("utf-8").split("\n")[1:]
-    return vocabulary, [m for m in merges if m]
+    return json.loads(_packed("encoder.json")), _merge_lines(_packed("vocab.bpe").decode("utf-8"))
 
 
 def _same_vocabulary(vocabulary: Any) -> bool:
