@@ -30,6 +30,7 @@ import re
 from typing import Any
 
 from tf_gpt2.files import read_json
+from tf_gpt2.tokenizer import OTHER_KINDS
 
 # What a GPT-2 load reads from a repo (weights, their index, config, tokenizer files).
 CONFIG = "config.json"
@@ -37,7 +38,7 @@ SAFETENSORS = ["*.safetensors", "*.safetensors.index.json"]
 PICKLED = ["pytorch_model.bin", "pytorch_model.bin.index.json", "pytorch_model-*.bin"]
 # The tokenizer files, of GPT-2's kind and of others (a checkpoint with another tokenizer is refused by them).
 TOKENIZER = ["vocab.json", "merges.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-             "tokenizer.model", "spiece.model", "sentencepiece.bpe.model", "vocab.txt"]
+             *OTHER_KINDS]
 _REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
 
 
