@@ -531,6 +531,23 @@ def test_the_sample_of_a_model_padded_past_its_datas_vocabulary_chooses_none_of_
     assert capsys.readouterr().out.startswith("\n--- sample at step 1 ---\nHello")
 
 
+@pytest.mark.parametrize("vocab_size, start", [(50257, 50256), (65, 0)])
+def test_an_empty_sample_prompt_starts_from_endoftext_which_the_sample_does_not_show(vocab_size, start, capsys):
+    """`--sample-prompt ""`: GPT-2's unconditional samples start from `<|endoftext|>` (a character vocabulary has
+    none: id 0); the sample shows the new tokens only."""
+    from tf_gpt2 import GPT2, GPT2Config
+    from tf_gpt2.training import TextSample
+
+    model = GPT2(GPT2Config(vocab_size=vocab_size, n_positions=32, n_embd=16, n_layer=1, n_head=2))
+    given, generate = [], model.generate
+    model.generate = lambda ids, **kw: given.append(list(ids)) or generate(ids, **kw)
+    sample = TextSample([], 5, decode=lambda ids: " ".join(map(str, ids)), round_end=lambda epoch: 1)
+    sample.set_model(model)
+    sample.on_epoch_end(0)
+    shown = capsys.readouterr().out.split("\n")
+    assert given == [[start]] and len(shown[2].split()) == 5, shown
+
+
 @pytest.mark.parametrize("prompt_length, tokens", [(1, 64), (100, 64), (3, 1000)])
 def test_the_sample_fits_a_short_context(prompt_length, tokens, capsys):
     """The default sample (64 tokens) after training a 64-position model: as many tokens as the context holds after

@@ -40,6 +40,7 @@ from tf_gpt2.data import (
 )
 from tf_gpt2.devices import Placement, host_array, place_run, tensorflow
 from tf_gpt2.files import atomic_write, exclusive, json_writer, read_json
+from tf_gpt2.generation import pad_id
 from tf_gpt2.model import GPT2
 from tf_gpt2.tokenizer import VOCAB_SIZE
 from tf_gpt2.train_config import TrainConfig
@@ -332,6 +333,7 @@ class TextSample(keras.callbacks.Callback):
     """After each round: a greedy continuation of `prompt` to the console and to TensorBoard (`log_dir`), of `tokens`
     tokens or as many as the model's context holds after one prompt token (the prompt keeps its last tokens), in
     ids below `vocab_end` (those `decode` reads: a model padded past its data's vocabulary chooses no padding row).
+    An empty prompt starts from `<|endoftext|>` (id 0 in a vocabulary without it), which the sample does not show.
     None after a round that went bad (`round_went_bad`): the NaN guard stops the run and says so."""
 
     def __init__(self, prompt_ids: list[int], tokens: int, decode, round_end: Callable[[int], int],
@@ -364,7 +366,9 @@ class TextSample(keras.callbacks.Callback):
             return  # the NaN guard reports it (and NaN weights give no logits to choose from)
         step = self.round_end(epoch)
         ids, tokens = self._window()
-        text = self.decode(ids + self.model.generate(ids, max_new_tokens=tokens, stop_ids=[], vocab_end=self.vocab_end))
+        start = ids or [pad_id(self.model.config)]  # as GPT-2's own unconditional samples start
+        text = self.decode(ids + self.model.generate(start, max_new_tokens=tokens, stop_ids=[],
+                                                     vocab_end=self.vocab_end))
         if self.verbose:
             print(f"\n--- sample at step {step} ---\n{text}\n---")
         if self.writer is not None:
@@ -593,7 +597,7 @@ def _fit(cfg: TrainConfig, model: GPT2, start: int, train_data: TokenShards, val
         except ValueError as e:
             raise ValueError(f"sample_prompt (--sample-prompt): {e}") from None
         log_dir = os.path.join(cfg.out, "logs", "samples") if cfg.tensorboard else None
-        callbacks.append(TextSample(prompt_ids or [0], cfg.sample_tokens, decode, round_end, log_dir, cfg.verbose,
+        callbacks.append(TextSample(prompt_ids, cfg.sample_tokens, decode, round_end, log_dir, cfg.verbose,
                                     vocab_end=train_data.manifest["vocab_size"]))
     tensorboard = None
     if cfg.tensorboard and placement.is_chief:  # each compiled call's logs (Keras calls the batch hooks once per call)
