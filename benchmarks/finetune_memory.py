@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import re
 import resource
 import shutil
@@ -30,7 +29,7 @@ import sys
 import tempfile
 import time
 
-from harness import _hf_model, best_seconds, in_own_process, tensorflow_free
+from harness import _hf_model, best_seconds, in_own_process, machine, tensorflow_free
 
 SYSTEMS = {"tf": "tf_gpt2, TensorFlow (XLA)", "jax": "tf_gpt2, JAX (XLA)", "hf": "HF transformers (torch)"}
 GiB = 2**30
@@ -238,7 +237,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.smoke:
         args.presets, args.time, args.repeats, args.compute = ["gpt2-tiny"], 32, 1, []
-    print(f"{time.strftime('%Y-%m-%d %H:%M')}, {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+    print(f"{time.strftime('%Y-%m-%d %H:%M')}, {machine()}, "
           f"load average {os.getloadavg()[0]:.2f}; T={args.time}, batch {args.batch}; peak RSS and best step time",
           flush=True)
     rows = []

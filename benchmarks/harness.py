@@ -31,6 +31,18 @@ if TYPE_CHECKING:
 HERE = os.path.dirname(os.path.abspath(__file__))  # the benchmarks folder: its modules import each other flat
 
 
+def machine() -> str:
+    """The host a figure was measured on, by its CPU's name (hosts of one architecture differ a lot: AMD or Intel,
+    AVX-512 or AMX), e.g. "AMD EPYC (x86_64), 2 cores"."""
+    name = platform.processor()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            name = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), name)
+    except OSError:
+        pass
+    return f"{name or 'unknown CPU'} ({platform.machine()}), {os.cpu_count()} cores"
+
+
 def tensorflow_free(module: str):
     """`tf_gpt2.<module>` for a module that imports no TensorFlow (config, formats), without loading TensorFlow.
 
@@ -284,7 +296,7 @@ def table(title: str, rows: dict[str, float], labels: dict[str, str], flops_per_
     if not rows:
         return f"{title}: no system ran"
     baseline = "hf" if "hf" in rows else next(iter(rows))
-    lines = [f"{title}  ({time.strftime('%Y-%m-%d')}, {platform.machine()}, {os.cpu_count()} cores)", "",
+    lines = [f"{title}  ({time.strftime('%Y-%m-%d')}, {machine()})", "",
              f"| system | tokens/s | vs {labels[baseline]} |" + (" GFLOP/s | of roof |" if flops_per_token else ""),
              "|---|---:|---:|" + ("---:|---:|" if flops_per_token else "")]
     for key, value in rows.items():
@@ -338,7 +350,7 @@ def run(what: Iterable[str] = ("train", "decode"), systems: Iterable[str] | None
     unknown = sorted(set(systems) - set(SYSTEMS)) + sorted(set(what) - {"train", "decode"})
     if unknown:
         raise ValueError(f"unknown benchmark system or part {unknown}; systems: {SYSTEMS}, parts: train, decode")
-    results: dict = {"machine": f"{platform.machine()}, {os.cpu_count()} cores", "date": time.strftime("%Y-%m-%d")}
+    results: dict = {"machine": machine(), "date": time.strftime("%Y-%m-%d")}
     report(f"{time.strftime('%Y-%m-%d %H:%M')}, {results['machine']}, load average {os.getloadavg()[0]:.2f}; "
            "each system in its own process")
     for part, setup, registry in (("train", train, TRAINERS), ("decode", decode, DECODERS)):

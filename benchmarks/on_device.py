@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import shutil
 import subprocess
@@ -23,7 +22,7 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from harness import tensorflow_free  # noqa: E402  (the peers' processes hold no TensorFlow)
+from harness import machine, tensorflow_free  # noqa: E402  (the peers' processes hold no TensorFlow)
 
 QUANTIZATIONS = tensorflow_free("formats").QUANTIZATIONS
 
@@ -50,8 +49,9 @@ def _rates(generate, prompt: int, new: int, repeats: int) -> dict:
 
 
 # -- workers: each runs in its own process -------------------------------------------------------
-def prepare(work: str, preset: str, caches: list[int], quantizations: list[str]) -> None:
-    """Random GPT-2 weights (seed 0) as an HF dir, a CTranslate2 int8 dir and one .litertlm per quantization x cache."""
+def prepare(work: str, preset: str, caches: list[int], quantizations: list[str], ct2: bool = True) -> None:
+    """Random GPT-2 weights (seed 0) as an HF dir, with `ct2` a CTranslate2 int8 dir, and one .litertlm per
+    quantization x cache."""
     import keras
 
     from tf_gpt2 import GPT2, GPT2Config
@@ -76,7 +76,7 @@ def prepare(work: str, preset: str, caches: list[int], quantizations: list[str])
                 export_litertlm(model, path, cache_length=cache, quantize=quantize)
                 print(f"exported {path} in {time.perf_counter() - started:.0f} s", file=sys.stderr)
     ct2_dir = os.path.join(work, "ct2-int8")
-    if not os.path.exists(ct2_dir):
+    if ct2 and not os.path.exists(ct2_dir):
         import ctranslate2
 
         ctranslate2.converters.TransformersConverter(hf_dir).convert(ct2_dir, quantization="int8")
@@ -207,12 +207,13 @@ def main(argv: list[str] | None = None) -> int:
     shape = dict(SMOKE if args.smoke else FULL)
     caches = args.caches or shape["caches"]
     os.makedirs(args.work, exist_ok=True)
-    print(f"{time.strftime('%Y-%m-%d %H:%M')}, {platform.machine()}, {os.cpu_count()} cores, load average "
+    print(f"{time.strftime('%Y-%m-%d %H:%M')}, {machine()}, load average "
           f"{os.getloadavg()[0]:.2f}; {shape['preset']}, prompt {shape['prompt']}, {shape['new']} new tokens, "
           f"greedy, batch 1, {args.threads} threads each", flush=True)
     subprocess.run([sys.executable, "-c", f"import sys; sys.path.insert(0, {os.path.dirname(__file__)!r}); "
                     f"import on_device; on_device.prepare({args.work!r}, {shape['preset']!r}, {caches!r}, "
-                    f"{args.quantize!r})"], check=True)
+                    f"{args.quantize if 'litert-lm' in args.systems else []!r}, {'ct2' in args.systems})"],
+                   check=True)  # (only what the systems run)
     jobs = []
     if "litert-lm" in args.systems:
         jobs += [(f"LiteRT-LM {q}", "litert-lm", os.path.join(args.work, f"gpt2-{q}-{c}.litertlm"), c)
@@ -231,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     print(table(rows))
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"date": time.strftime("%Y-%m-%d"), "machine": platform.machine(), "rows": rows}, f, indent=1)
+            json.dump({"date": time.strftime("%Y-%m-%d"), "machine": machine(), "rows": rows}, f, indent=1)
     return 0
 
 

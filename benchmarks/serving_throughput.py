@@ -15,11 +15,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 
-from harness import in_own_process
+from harness import in_own_process, machine
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -134,7 +133,7 @@ def main(argv=None) -> int:
         parser.error(f"unknown systems {sorted(set(systems) - set(SYSTEMS))}")
     work = os.path.join(args.work, preset)
     in_own_process(f"m.prepare({work!r}, {preset!r}, {args.new})", "serving_throughput")
-    print(f"{time.strftime('%Y-%m-%d %H:%M')}, {platform.machine()}, {os.cpu_count()} cores, load average "
+    print(f"{time.strftime('%Y-%m-%d %H:%M')}, {machine()}, load average "
           f"{os.getloadavg()[0]:.2f}; {preset}, prompt {args.prompt}, {args.new} new, greedy; new tokens/s", flush=True)
     results = {system: {} for system in systems}
     for batch in args.batches:

@@ -514,6 +514,13 @@ def test_a_checkpoint_with_a_tokenizer_of_its_own_is_refused_by_its_file_and_lef
                 d / "tokenizer.json").write_text(json.dumps({**json.loads((d / "tokenizer.json").read_text()),
                                                              "model": {"type": "Unigram", "vocab": []}})),
              "is not GPT-2's BPE"),
+            ("tokenizer.json", lambda d: (d / "tokenizer.json").write_text(json.dumps({  # " Hello" for "Hello"
+                **json.loads((d / "tokenizer.json").read_text()),
+                "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True,
+                                  "use_regex": True}})), "splits text otherwise than GPT-2's BPE"),
+            ("tokenizer.json", lambda d: (d / "tokenizer.json").write_text(json.dumps({
+                **json.loads((d / "tokenizer.json").read_text()), "normalizer": {"type": "Lowercase"}})),
+             "splits text otherwise than GPT-2's BPE"),
             ("vocab.json", lambda d: os.remove(d / "merges.txt"), "has no merges.txt beside it"),
             ("spiece.model", lambda d: (d / "spiece.model").write_bytes(b"\x0a"), "is a tokenizer of another kind"))):
         other = tmp_path / f"case{i}"

@@ -45,7 +45,16 @@ def test_forward_generate_eval_and_train_step_on_jax_match_tensorflow(tmp_path):
         losses = [float(model.train_on_batch(ids[:, :-1], ids[:, 1:])) for _ in range(3)]  # each: before its update
         explicit = model.call_with_cache(ids, model.init_cache(*ids.shape), 0)[0]  # the written-out attention
         fused, explicit = np.asarray(model(ids)), np.asarray(explicit)
-        print(json.dumps({{"nll": nll, "losses": losses, "fused_vs_explicit": float(np.abs(fused - explicit).max())}}))
+        import jax
+        from tf_gpt2 import GPT2Config
+        padded = GPT2(GPT2Config(vocab_size=10, vocab_multiple=16, n_positions=8, n_embd=8, n_layer=1, n_head=2))
+        whole = GPT2(GPT2Config(vocab_size=16, n_positions=8, n_embd=8, n_layer=1, n_head=2))
+        whole.set_weights(padded.get_weights())
+        unchecked = np.asarray(jax.jit(padded)(np.array([[1, 12], [-1, 2], [1, 16]])))  # a padding row, -1, the end
+        rows = np.asarray(whole(np.array([[1, 12], [15, 2]])))[..., :10]
+        print(json.dumps({{"nll": nll, "losses": losses, "fused_vs_explicit": float(np.abs(fused - explicit).max()),
+                          "unchecked_vs_rows": float(np.abs(unchecked[:2] - rows).max()),
+                          "past_the_end_nan": bool(np.isnan(unchecked[2]).all())}}))
         print(json.dumps(generated))
     """)
     env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"}
@@ -57,6 +66,10 @@ def test_forward_generate_eval_and_train_step_on_jax_match_tensorflow(tmp_path):
     jax_results = json.loads(lines[-2])
     assert abs(jax_results["nll"] - expected_nll) <= 1e-4 * expected_nll  # evaluation runs on JAX too
     assert jax_results["fused_vs_explicit"] <= 1e-5  # jax.nn.dot_product_attention == the written-out attention
+    # A compiled call of one's own does not check ids (docs/generation.md): a padding row of `vocab_multiple` and a
+    # negative id read rows of the table; past the end, NaN in every position of the row (attention's zero weights
+    # times its NaN values).
+    assert jax_results["unchecked_vs_rows"] <= 1e-5 and jax_results["past_the_end_nan"]
     first, *later = jax_results["losses"]  # a compiled JAX train step (the GPU benchmark's path) learns
     assert abs(first - expected_loss) <= 1e-4 * expected_loss and later[-1] < first
 

@@ -145,6 +145,21 @@ def test_ids_are_checked_where_they_enter_and_compiled_code_clamps_as_the_readme
                                np.asarray(model(np.array([[1, vocab - 1], [vocab - 1, 2]]))), atol=1e-5)
 
 
+def test_a_compiled_call_reads_the_padding_row_of_an_id_in_the_padding():
+    """`vocab_multiple`'s padding rows are rows of the table: a compiled call given an id there reads it (as the
+    same weights with a vocabulary of every row do), where an eager call refuses it."""
+    import tensorflow as tf
+
+    padded = GPT2(GPT2Config(vocab_size=10, vocab_multiple=16, n_positions=8, n_embd=8, n_layer=1, n_head=2))
+    whole = GPT2(GPT2Config(vocab_size=16, n_positions=8, n_embd=8, n_layer=1, n_head=2))
+    whole.set_weights(padded.get_weights())
+    with pytest.raises(ValueError, match=r"must be in \[0, 10\)"):
+        padded(np.array([[1, 12]]))
+    compiled = tf.function(lambda ids: padded(ids), jit_compile=True)
+    expected = np.asarray(whole(np.array([[1, 12]])))[..., :10]
+    np.testing.assert_allclose(compiled(tf.constant([[1, 12]])).numpy(), expected, atol=1e-5)
+
+
 def test_a_character_model_carries_its_vocabulary_through_save_and_load(tmp_path):
     chars = [chr(ord("a") + i) for i in range(26)]
     model = GPT2(GPT2Config.from_preset("gpt2-tiny", vocab_size=26, n_positions=16, characters=chars))

@@ -136,6 +136,16 @@ class _Unreadable(Exception):
     """A checkpoint's tokenizer file that cannot be read (its message says which and why)."""
 
 
+def _splits_as_gpt2(tokenizer_json: dict) -> bool:
+    """Whether a Hugging Face `tokenizer.json` cuts text into words as GPT-2 does before its BPE: no normalizer, and
+    the byte-level pre-tokenizer with GPT-2's regex and no space added in front ("Hello" is not " Hello")."""
+    split = tokenizer_json.get("pre_tokenizer")
+    if isinstance(split, dict) and split.get("type") == "Sequence" and len(split.get("pretokenizers") or []) == 1:
+        split = split["pretokenizers"][0]
+    return (tokenizer_json.get("normalizer") is None and isinstance(split, dict) and split.get("type") == "ByteLevel"
+            and not split.get("add_prefix_space") and split.get("use_regex", True) is True)
+
+
 def other_tokenizer(directory: str) -> str | None:
     """What in a checkpoint directory gives it a tokenizer other than GPT-2's BPE (its vocabulary and merges
     compared with GPT-2's), in words, or None: text read with GPT-2's BPE would become other ids than its own."""
@@ -163,8 +173,10 @@ def other_tokenizer(directory: str) -> str | None:
             found = read(tokenizer_json, json.loads)
             bpe = found.get("model") if isinstance(found, dict) else None  # (keras-hub's is a Keras config, without)
             if bpe is not None and not (isinstance(bpe, dict) and _same_vocabulary(bpe.get("vocab"))
-                                        and _same_merges(bpe.get("merges"))):
+                                        and _same_merges(bpe.get("merges")) and not bpe.get("dropout")):
                 return f"{tokenizer_json} is not GPT-2's BPE"
+            if bpe is not None and not _splits_as_gpt2(found):
+                return f"{tokenizer_json} splits text otherwise than GPT-2's BPE (its normalizer or pre-tokenizer)"
     except _Unreadable as e:
         return str(e)
     other = next((n for n in OTHER_KINDS if os.path.exists(os.path.join(directory, n))), None)
