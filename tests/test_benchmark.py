@@ -190,6 +190,26 @@ def test_gpu_benchmark_smoke_runs_every_path_each_in_its_own_process(tmp_path):
     assert "| tf_gpt2 | bfloat16 |" in (tmp_path / "results.md").read_text()
 
 
+def test_the_lever_that_makes_q_k_v_apart_computes_the_same_attention():
+    """gpu.py's "q, k, v apart" lever (three matmuls instead of slices of one) changes the program, not the math."""
+    import gpu
+
+    from tf_gpt2 import GPT2, GPT2Config
+    from tf_gpt2.layers import CausalSelfAttention
+
+    model = GPT2(GPT2Config(vocab_size=64, n_positions=16, n_embd=32, n_layer=2, n_head=4, initializer_range=0.3))
+    ids = np.random.default_rng(0).integers(0, 64, (2, 16))
+    for block in model.h:  # biases too: a third taken from the wrong place must show
+        block.attn.c_attn.bias.assign(np.random.default_rng(1).normal(0, 0.3, 96).astype("float32"))
+    expected, fused = np.asarray(model(ids)), CausalSelfAttention._heads
+    try:
+        CausalSelfAttention._heads = gpu._heads_apart
+        apart = np.asarray(model(ids))
+    finally:
+        CausalSelfAttention._heads = fused
+    assert np.abs(apart - expected).max() <= 1e-5 and np.abs(expected).max() > 1  # float32
+
+
 def test_a_gpu_job_process_ends_with_gpu_py_even_while_stopped():
     """gpu.py stops its memory processes (SIGSTOP) while a speed run is timed: killed then, it must not leave them
     stopped for ever, holding their GPU memory."""
