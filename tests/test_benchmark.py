@@ -210,6 +210,37 @@ def test_the_lever_that_makes_q_k_v_apart_computes_the_same_attention():
     assert np.abs(apart - expected).max() <= 1e-5 and np.abs(expected).max() > 1  # float32
 
 
+def test_the_lever_that_keeps_bfloat16_logits_gives_the_same_loss_and_gradients():
+    """gpu.py's "bfloat16 logits" lever: the loss reads the head's bfloat16 output where the model hands it float32.
+    The cast is exact and the gradient is rounded to bfloat16 on either way, so the same values, to the bit."""
+    import gpu
+    import keras
+    import tensorflow as tf
+
+    from tf_gpt2 import GPT2
+
+    model = GPT2(GPT2Config(vocab_size=60, vocab_multiple=16, n_positions=16, n_embd=32, n_layer=2, n_head=4,
+                            initializer_range=0.3), dtype="mixed_bfloat16")  # 4 padding rows: cut off on both ways
+    model.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    ids = np.random.default_rng(0).integers(0, 60, (4, 17))
+
+    def loss_and_gradient():
+        with tf.GradientTape() as tape:
+            logits = model.call(ids[:, :-1])  # (the compiled train step's path: the head in bfloat16)
+            loss = model.compute_loss(y=ids[:, 1:], y_pred=logits)
+        return logits.dtype, float(loss), tape.gradient(loss, model.wte.embeddings).numpy()
+
+    head = GPT2._lm_head
+    expected = loss_and_gradient()
+    try:
+        GPT2._lm_head = gpu._lm_head_in_compute_dtype
+        lever = loss_and_gradient()
+    finally:
+        GPT2._lm_head = head
+    assert (expected[0], lever[0]) == ("float32", "bfloat16")
+    assert lever[1] == expected[1] and np.array_equal(lever[2], expected[2])
+
+
 def test_a_gpu_job_process_ends_with_gpu_py_even_while_stopped():
     """gpu.py stops its memory processes (SIGSTOP) while a speed run is timed: killed then, it must not leave them
     stopped for ever, holding their GPU memory."""
