@@ -39,7 +39,11 @@ def test_every_sublayer_computes_in_the_policy_and_logits_stay_close(reference, 
     computed = {str(t.dtype) for t in (block.attn.c_attn(x), block.attn.c_proj(x), block.mlp.c_fc(x),
                                        block.ln_1(x), block(x)[0], model.wte(IDS))}
     assert {c.removeprefix("<dtype: '").removesuffix("'>") for c in computed} == {model.compute_dtype}
+    head, computed = model.wte.call, []  # the tied head inside a call of the model (an Embedding is not autocast)
+    model.wte.call = lambda inputs, reverse=False: computed.append(head(inputs, reverse)) or computed[-1]
     logits = np.asarray(model(IDS))
+    del model.wte.call
+    assert [keras.backend.standardize_dtype(t.dtype) for t in computed] == [model.compute_dtype] * 2  # lookup, head
     assert logits.dtype == np.float32
     assert np.abs(logits - np.asarray(reference(IDS))).max() <= TOLERANCE[policy]
     if policy != "float32":

@@ -114,9 +114,11 @@ class GPT2(keras.Model):
         self._own_cross_entropy = False  # set by `compile`
         init = keras.initializers.RandomNormal(stddev=cfg.initializer_range)
         policy = self.dtype_policy  # e.g. GPT2(cfg, dtype="mixed_bfloat16"); every sublayer gets it
-        # The token embedding is also the LM head (tied weights): Keras' ReversibleEmbedding, reverse=True.
+        # The token embedding is also the LM head (tied weights): Keras' ReversibleEmbedding, reverse=True, in the
+        # compute dtype on every path (an Embedding is not autocast, so left to itself the head of a mixed model
+        # computes in float32 in eager calls and TensorFlow's compiled ones, and in bfloat16 in JAX's train step).
         self.wte = keras.layers.ReversibleEmbedding(cfg.padded_vocab_size, cfg.n_embd, embeddings_initializer=init,
-                                                    name="wte", dtype=policy)
+                                                    name="wte", dtype=policy, reverse_dtype=policy.compute_dtype)
         self.wpe = keras.layers.Embedding(cfg.n_positions, cfg.n_embd, embeddings_initializer=init, name="wpe",
                                           dtype=policy)
         self.drop = keras.layers.Dropout(cfg.dropout_rate("embd_pdrop"), dtype=policy)
