@@ -189,17 +189,17 @@ def test_bad_gzip_and_malformed_manifests_name_the_file(corpus, tmp_path):
 
 def test_a_folder_is_read_without_our_outputs_hidden_files_or_special_files(corpus):
     """Preparing a folder into a subfolder of itself, twice: the second run reads the same text, not the first
-    run's manifest, lock and shards; hidden files and a named pipe are skipped too."""
+    run's manifest, lock and shards; hidden files, a named pipe and a broken link are skipped too."""
     (corpus / ".notes").write_text("private ~~~~ notes")
     os.mkfifo(corpus / "pipe")  # reading it would block forever
-    os.symlink(corpus / "gone.txt", corpus / "dangling.txt")
+    os.symlink(corpus / "gone", corpus / "dangling")
     first = prepare(str(corpus), str(corpus / "prepared"), vocab="char", verbose=False)
     second = prepare(str(corpus), str(corpus / "prepared"), vocab="char", verbose=False)
     expected = sorted(str(corpus / p) for p in ("a.txt", os.path.join("more", "b.txt")))
     assert first["sources"] == second["sources"] == expected
     assert first["chars"] == second["chars"] and "~" not in second["chars"]
     (corpus / "run").mkdir()
-    (corpus / "run" / "run.json").write_text("{}")  # a training run's folder
+    (corpus / "run" / "run.json").write_text('{"settings": {}}')  # a training run's folder
     (corpus / "run" / "log.txt").write_text("step 1 loss 3.2")
     assert resolve_inputs(str(corpus)) == expected
     assert resolve_inputs(str(corpus), exclude=[str(corpus / "more")]) == expected[:1]
@@ -250,6 +250,38 @@ def test_a_folder_gives_its_text_files_only(corpus, tmp_path):
         assert resolve_inputs(str(corpus)) == [str(corpus / "a.txt"), str(corpus / "more" / "b.txt"),
                                                str(corpus / "more" / "c.txt.gz")]
     assert resolve_inputs(str(corpus / "README.md")) == [str(corpus / "README.md")]  # named files are read as named
+
+
+def test_a_folder_follows_its_links_once_and_names_what_it_does_not_read(corpus, tmp_path):
+    """Linked folders are read (each folder once, a link's loop too); a folder another program gave a manifest.json
+    is read, a dataset or run of ours is skipped with a warning; a broken link named as text is an error."""
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "linked.txt").write_text("text kept in another folder\n")
+    os.symlink(tmp_path / "elsewhere", corpus / "linked")
+    os.symlink(corpus, corpus / "more" / "loop")  # back up: every folder is read once
+    (corpus / "notes").mkdir()
+    (corpus / "notes" / "manifest.json").write_text('{"name": "my notes"}')  # another program's
+    (corpus / "notes" / "n.txt").write_text("notes\n")
+    prepare(str(tmp_path / "elsewhere"), str(corpus / "prepared"), vocab="char", verbose=False)  # ours
+    with pytest.warns(UserWarning) as warned:
+        files = resolve_inputs(str(corpus))
+    assert files == [str(corpus / "a.txt"), str(corpus / "linked" / "linked.txt"), str(corpus / "more" / "b.txt"),
+                     str(corpus / "notes" / "n.txt")]
+    assert [str(w.message) for w in warned] == [
+        f"{corpus} holds 1 file(s) that are not .txt or .txt.gz, not read: notes/manifest.json",
+        f"{corpus} holds 1 folder(s) of a dataset or a training run tf_gpt2 wrote, not read: prepared"]
+    os.symlink(tmp_path / "unmounted" / "c.txt", corpus / "c.txt")
+    with pytest.raises(FileNotFoundError, match="a link to .*unmounted/c.txt, which is not there: .*c.txt"):
+        resolve_inputs(str(corpus))
+
+
+def test_a_gzip_file_named_as_plain_text_is_said_to_be_gzip(tmp_path):
+    import gzip
+
+    (tmp_path / "x.txt").write_bytes(gzip.compress(b"text\n"))
+    with pytest.raises(ValueError, match=r"x.txt is not UTF-8 text: byte 8b at byte offset 1 \(line 1\); it starts "
+                                         r"as gzip does: name it .txt.gz"):
+        prepare(str(tmp_path / "x.txt"), str(tmp_path / "out"), verbose=False)
 
 
 # Every place GPT-2's pre-tokenizer may join across: whitespace runs before indentation and words (their last space

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import codecs
 import contextlib
+import errno
 import glob
 import gzip
 import hashlib
@@ -68,25 +69,50 @@ def _text_size(path: str) -> int:
     return size
 
 
-def _is_output(directory: str, exclude: set[str]) -> bool:
-    """A folder this package wrote (a prepared dataset, a training run) or one the caller writes to."""
-    return os.path.realpath(directory) in exclude or any(
-        os.path.exists(os.path.join(directory, marker)) for marker in (MANIFEST, RUN_RECORD))
+def _is_output(directory: str) -> bool:
+    """A folder this package wrote: a prepared dataset (its manifest names splits) or a training run (its record
+    holds settings). Another program's manifest.json or run.json does not make one."""
+    for marker, key in ((MANIFEST, "splits"), (RUN_RECORD, "settings")):
+        try:
+            with open(os.path.join(directory, marker), encoding="utf-8") as f:
+                if key in json.load(f):
+                    return True
+        except (OSError, ValueError, TypeError):  # none there, or not ours
+            pass
+    return False
 
 
 def _text_files_in(folder: str, exclude: set[str]) -> list[str]:
-    """The text files (or links to one) under `folder`, without hidden names and without folders of our own
-    outputs; the other files there are named in a warning, not skipped without a word."""
-    files, others = [], []
-    for directory, subdirs, names in os.walk(folder):
-        subdirs[:] = [d for d in subdirs
-                      if not d.startswith(".") and not _is_output(os.path.join(directory, d), exclude)]
-        for name in (n for n in names if not n.startswith(".") and os.path.isfile(os.path.join(directory, n))):
-            (files if name.endswith(TEXT_SUFFIXES) else others).append(os.path.join(directory, name))
-    if others:
-        shown = ", ".join(os.path.relpath(f, folder) for f in sorted(others)[:3]) + ", ..." * (len(others) > 3)
-        warnings.warn(f"{folder} holds {len(others)} file(s) that are not {' or '.join(TEXT_SUFFIXES)}, not read: "
-                      f"{shown}", stacklevel=3)
+    """The text files (or links to one) under `folder`, its linked folders too (each once), without hidden names,
+    the caller's `exclude` folders and the datasets and runs this package wrote; those and the other files there
+    are named in a warning, not skipped without a word. A broken link named as text is an error."""
+    files, others, ours = [], [], []
+    seen = {os.path.realpath(folder)}
+    for directory, subdirs, names in os.walk(folder, followlinks=True):
+        kept = []
+        for d in (d for d in subdirs if not d.startswith(".")):
+            path, real = os.path.join(directory, d), os.path.realpath(os.path.join(directory, d))
+            if real in exclude or real in seen:  # the caller's output, or a folder read already (a link's loop)
+                continue
+            seen.add(real)
+            if _is_output(path):
+                ours.append(path)
+            else:
+                kept.append(d)
+        subdirs[:] = kept
+        for name in (n for n in names if not n.startswith(".")):
+            path = os.path.join(directory, name)
+            if os.path.isfile(path):
+                (files if name.endswith(TEXT_SUFFIXES) else others).append(path)
+            elif name.endswith(TEXT_SUFFIXES) and os.path.islink(path):
+                raise FileNotFoundError(errno.ENOENT, f"a link to {os.readlink(path)}, which is not there", path)
+            else:
+                others.append(path)  # a pipe, a socket, a broken link of another name
+    for skipped, what in ((others, f"file(s) that are not {' or '.join(TEXT_SUFFIXES)}"),
+                          (ours, "folder(s) of a dataset or a training run tf_gpt2 wrote")):
+        if skipped:
+            shown = ", ".join(os.path.relpath(f, folder) for f in sorted(skipped)[:3]) + ", ..." * (len(skipped) > 3)
+            warnings.warn(f"{folder} holds {len(skipped)} {what}, not read: {shown}", stacklevel=3)
     return files
 
 
@@ -165,8 +191,9 @@ def not_utf8(path: str, error: UnicodeDecodeError, offset: int = 0, lines: int =
     at = offset + error.start
     line = lines + error.object[:error.start].count(b"\n") + 1
     where = " of its decompressed text" if path.endswith(".gz") else ""
+    gzipped = at == 1 and error.object[:2] == b"\x1f\x8b" and not path.endswith(".gz")
     return ValueError(f"{path} is not UTF-8 text: byte {error.object[error.start]:02x} at byte offset {at}{where} "
-                      f"(line {line})")
+                      f"(line {line})" + ("; it starts as gzip does: name it .txt.gz" if gzipped else ""))
 
 
 def _blocks(path: str, block_bytes: int) -> Iterator[str]:
@@ -473,7 +500,7 @@ class TokenShards:
             raise FileNotFoundError(f"{directory} has no {MANIFEST}: run `tf-gpt2 prepare` first")
         self.manifest = _read_manifest(directory)
         if split not in self.manifest["splits"]:
-            raise ValueError(f"unknown split {split!r}")
+            raise ValueError(f"{os.path.join(directory, MANIFEST)} has no split {split!r}")
         self.vocab_size = self.manifest["vocab_size"]
         self.parts, self.files = [], []
         for shard in self.manifest["splits"][split]:
