@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 
-from tf_gpt2.data import TokenShards, prepare
+from tf_gpt2.data import MANIFEST, TokenShards, prepare
 from tf_gpt2.training import CHECKPOINT, TrainConfig, make_optimizer, prepared_data, train
 
 TEXT = "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n" * 60
@@ -353,13 +353,44 @@ def test_resuming_with_other_settings_or_data_is_refused_unless_asked(char_data,
         train(config(tmp_path / "run", char_data, steps=20, eval_interval=10, learning_rate=3e-4, seed=1))
     (tmp_path / "other.txt").write_text(TEXT.upper())
     prepare(str(tmp_path / "other.txt"), str(tmp_path / "other"), vocab="char", verbose=False)
-    with pytest.raises(ValueError, match="data: .* -> .*; the dataset"):
+    with pytest.raises(ValueError, match="data: .* -> .*other'; steps: 10 -> 20"):  # (before reading it)
         train(config(tmp_path / "run", str(tmp_path / "other"), steps=20, eval_interval=10))
     assert _digest(tmp_path / "run" / CHECKPOINT) == good
     # Showing progress differently is not another run; more steps with --resume-with-changes continue it.
     train(config(tmp_path / "run", char_data, steps=10, eval_interval=10, verbose=1, eval_batches=2))
     _, history = train(config(tmp_path / "run", char_data, steps=20, eval_interval=10, resume_with_changes=True))
     assert len(history["loss"]) == 1 and _checkpoint_step(tmp_path / "run" / CHECKPOINT) == 20
+
+
+def test_a_refused_resume_leaves_the_run_as_it_was_and_a_finished_one_says_so(tmp_path, capsys):
+    """Other raw text is refused before it is tokenized into the run's data folder; the same text spelled as another
+    path is the same run; a run already at --steps says so and keeps its run.json, with --resume-with-changes too."""
+    (tmp_path / "a.txt").write_text(TEXT)
+    (tmp_path / "b.txt").write_text(TEXT.upper())
+    run = tmp_path / "run"
+    train(config(run, str(tmp_path / "a.txt"), steps=4, eval_interval=4, vocab="char"))
+    kept = {name: _digest(run / name) for name in ("run.json", CHECKPOINT, os.path.join("data", MANIFEST))}
+    with pytest.raises(ValueError, match=r"other settings \(data: '.*a.txt' -> '.*b.txt'\)"):
+        train(config(run, str(tmp_path / "b.txt"), steps=4, eval_interval=4, vocab="char"))
+    capsys.readouterr()
+    for spelling, more in ((os.path.relpath(tmp_path / "a.txt"), {}),
+                           (str(tmp_path / "a.txt"), {"steps": 2, "resume_with_changes": True})):
+        model, history = train(config(run, spelling, **{"steps": 4, "eval_interval": 4, "vocab": "char", **more}))
+        assert history == {} and f"is at step 4, and --steps is {more.get('steps', 4)}: nothing is left to train" \
+            in capsys.readouterr().err
+    assert {name: _digest(run / name) for name in kept} == kept
+
+
+def test_the_default_sample_prompt_gives_way_in_characters_without_a_line_break(tmp_path, capsys):
+    """The default prompt (a line break) cannot be written in such characters: the samples start from nothing. A
+    prompt asked for is still refused."""
+    (tmp_path / "t.txt").write_text("abc " * 500)
+    with pytest.raises(ValueError, match="sample_prompt \\(--sample-prompt\\): characters 'x'"):
+        train(config(tmp_path / "run", str(tmp_path / "t.txt"), vocab="char", steps=2, eval_interval=2,
+                     sample_tokens=4, sample_prompt="x"))
+    train(config(tmp_path / "run", str(tmp_path / "t.txt"), vocab="char", steps=2, eval_interval=2, sample_tokens=4,
+                 verbose=1))
+    assert "--- sample at step 2 ---" in capsys.readouterr().out
 
 
 def test_preparing_the_same_texts_again_is_the_same_dataset_to_a_resumed_run(tmp_path):

@@ -128,8 +128,8 @@ TRAIN_FLAGS = {
     "coordinator": "host:port of process 0 in a run of many processes (or KERAS_DISTRIBUTION_JOB_ADDRESSES)",
     "num_processes": "processes in the run (or KERAS_DISTRIBUTION_NUM_PROCESSES)",
     "process_id": "this process's index, 0 writes the files (or KERAS_DISTRIBUTION_PROCESS_ID)",
-    "sample_prompt": "prompt of the samples printed after each round (empty: from <|endoftext|>; none under "
-                     "--strategy or many processes)",
+    "sample_prompt": "prompt of the samples printed after each round (default: a line break, or none in characters "
+                     "without one; empty: from <|endoftext|>; no samples under --strategy or many processes)",
     "sample_tokens": "length of those samples (0: none; at most the context less one prompt token)",
     "resume_with_changes": "resume the run in --out even though its settings or data changed",
 }

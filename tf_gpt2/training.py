@@ -479,16 +479,29 @@ PRESENTATION_FIELDS = ("out", "verbose", "tensorboard", "sample_prompt", "sample
                        "coordinator", "num_processes", "process_id")
 
 
+def run_settings(cfg: TrainConfig) -> dict[str, Any]:
+    """The settings that make a run this run (those in PRESENTATION_FIELDS may change when it resumes)."""
+    return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in PRESENTATION_FIELDS}
+
+
 def run_identity(cfg: TrainConfig, data_dir: str) -> dict[str, Any]:
     """What makes a run this run: its settings and the dataset (`data_digest`)."""
     with open(os.path.join(data_dir, MANIFEST), "rb") as f:
         manifest = f.read()
-    settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in PRESENTATION_FIELDS}
-    return {"settings": settings, "data_sha256": data_digest(manifest)}
+    return {"settings": run_settings(cfg), "data_sha256": data_digest(manifest)}
+
+
+def _same_setting(name: str, before: Any, now: Any) -> bool:
+    """Whether a setting is unchanged; `--data dp`, `./dp/` and its absolute path are one place."""
+    if before == now:
+        return True
+    return name == "data" and isinstance(before, str) and isinstance(now, str) and \
+        os.path.realpath(before) == os.path.realpath(now)
 
 
 def check_resume(cfg: TrainConfig, identity: dict[str, Any]) -> None:
-    """Refuse to resume a run under settings or data other than those it was started with."""
+    """Refuse to resume a run under settings or data other than those it was started with (the data only where
+    `identity` has its digest: the settings are checked again before the text is tokenized)."""
     path = os.path.join(cfg.out, RUN_RECORD)
     if not os.path.exists(path):
         return
@@ -499,8 +512,8 @@ def check_resume(cfg: TrainConfig, identity: dict[str, Any]) -> None:
     except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
         raise ValueError(f"{path} is unreadable ({e!r}): cannot tell which run the checkpoint belongs to") from None
     changed = [f"{k}: {before['settings'].get(k)!r} -> {v!r}" for k, v in identity["settings"].items()
-               if before["settings"].get(k) != v]
-    if before.get("data_sha256") != identity["data_sha256"]:
+               if not _same_setting(k, before["settings"].get(k), v)]
+    if "data_sha256" in identity and before.get("data_sha256") != identity["data_sha256"]:
         changed.append("the dataset (its manifest differs)")
     if changed and not cfg.resume_with_changes:
         raise ValueError(f"{cfg.out} holds a checkpoint of a run with other settings ({'; '.join(changed)}). "
@@ -527,6 +540,8 @@ def train(cfg: TrainConfig) -> tuple[GPT2, dict[str, list[float]]]:
 
 def _train(cfg: TrainConfig, placement: Placement) -> tuple[GPT2, dict[str, list[float]]]:
     source = pretrained(cfg) if cfg.init_from else None  # a wrong --init-from fails before the text is tokenized
+    if os.path.exists(os.path.join(cfg.out, CHECKPOINT)):  # other settings: refused before
+        check_resume(cfg, {"settings": run_settings(cfg)})  # the text is tokenized into the run's data folder
     data_dir = prepared_data(cfg)
     train_data, val_data = TokenShards(data_dir, "train"), TokenShards(data_dir, "val")
     train_data.check_block(cfg.block_size, cfg.batch_size)
@@ -557,10 +572,12 @@ def _train(cfg: TrainConfig, placement: Placement) -> tuple[GPT2, dict[str, list
             start = restore_checkpoint(model, checkpoint)
             if cfg.verbose:
                 print(f"resuming from {checkpoint} at step {start}")
+        if start >= cfg.steps:  # (run.json stays as it is: nothing ran under these settings)
+            print(f"note: {checkpoint} is at step {start}, and --steps is {cfg.steps}: nothing is left to train",
+                  file=sys.stderr)
+            return model, {}
         if placement.is_chief:
             _record_run(cfg, identity, placement)
-        if start >= cfg.steps:
-            return model, {}
         return model, _fit(cfg, model, start, train_data, val_data, placement, gradient_norm)
 
 
@@ -595,7 +612,9 @@ def _fit(cfg: TrainConfig, model: GPT2, start: int, train_data: TokenShards, val
         try:
             prompt_ids = encode(cfg.sample_prompt)
         except ValueError as e:
-            raise ValueError(f"sample_prompt (--sample-prompt): {e}") from None
+            if cfg.sample_prompt != TrainConfig.sample_prompt:
+                raise ValueError(f"sample_prompt (--sample-prompt): {e}") from None
+            prompt_ids = []  # the default, a line break, in characters without one: from the start instead
         log_dir = os.path.join(cfg.out, "logs", "samples") if cfg.tensorboard else None
         callbacks.append(TextSample(prompt_ids, cfg.sample_tokens, decode, round_end, log_dir, cfg.verbose,
                                     vocab_end=train_data.manifest["vocab_size"]))
