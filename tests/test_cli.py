@@ -136,12 +136,21 @@ def test_a_file_size_limit_and_another_backend_end_in_one_line_naming_the_file(t
              "--preset", "gpt2-tiny", "--n-layer", "2", "--n-embd", "64", "--n-positions", "32", "--steps", "2",
              "--eval-interval", "2", "--batch-size", "2", "--block-size", "16", "--sample-tokens", "0", "--no-xla"]
     export = ["export", "--random-init", "gpt2-tiny", "--out", str(tmp_path / "sm")]
+    from conftest import make_hf_model
+
+    from tf_gpt2.tokenizer import default_vocab_files
+
+    default_vocab_files()  # GPT-2's vocabulary files, unpacked into the cache before the limit
+    make_hf_model(vocab_size=50257, n_positions=16, n_embd=16, n_layer=1, n_head=2).save_pretrained(tmp_path / "src")
+    convert = ["convert", str(tmp_path / "src"), str(tmp_path / "hf")]  # safetensors' own writer (Rust): 3.2 MB
     code = ("import resource, sys\n"
             "resource.setrlimit(resource.RLIMIT_FSIZE, (300_000, resource.RLIM_INFINITY))  # the checkpoint: 1.3 MB\n"
             "from tf_gpt2.cli import main\n"
             "sys.exit(main(sys.argv[1:]))")
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     for argv, backend, message in ((train, "tensorflow", f"File too large (while writing): {tmp_path}/run/checkpoint"),
+                                   (convert, "tensorflow", "File too large (while writing): "
+                                                           f"{tmp_path}/hf/model.safetensors"),
                                    (export, "jax", "a SavedModel export writes TensorFlow graphs: run it with "
                                                    "KERAS_BACKEND=tensorflow (this process runs Keras on jax")):
         run = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=300,
@@ -149,6 +158,7 @@ def test_a_file_size_limit_and_another_backend_end_in_one_line_naming_the_file(t
         assert run.returncode == 2, run.stderr[-3000:]
         assert run.stderr.strip().splitlines()[-1].startswith(f"tf-gpt2 {argv[0]}: error: {message}"), run.stderr
     assert not os.path.exists(tmp_path / "run" / "checkpoint.npz") and not os.path.exists(tmp_path / "sm")
+    assert not os.path.exists(tmp_path / "hf" / "model.safetensors")
 
 
 def test_a_shard_damaged_after_it_was_prepared_fails_training_in_one_short_line(tmp_path, capsys):

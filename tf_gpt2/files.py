@@ -131,6 +131,11 @@ def write_together(writes: dict[str, Callable[[str], object]]) -> None:
                 if e.filename not in (None, tmp) or e.strerror is None:
                     raise
                 raise OSError(e.errno, f"{e.strerror} (while writing)", path) from e
+            except Exception as e:  # a Rust library's (safetensors'): "...: File too large (os error 27)"
+                code = re.search(r"\(os error (\d+)\)", str(e))
+                if code is None:
+                    raise
+                raise OSError(int(code[1]), f"{os.strerror(int(code[1]))} (while writing)", path) from e
             make_readable(tmp)
         for path, tmp in staged.items():
             os.replace(tmp, path)
