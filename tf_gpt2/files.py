@@ -188,12 +188,14 @@ def exclusive(directory: str, what: str, wait: bool = False) -> Iterator[None]:
     """Hold `directory`'s lock while the block runs; if another process holds it, refuse at once, or with `wait`
     wait until it is done.
 
-    The lock is an OS file lock (`flock`): it is released when the process ends, even by SIGKILL.
+    The lock is an OS file lock (`flock`): it is released when the process ends, even by SIGKILL. A directory made
+    here that holds nothing but the lock when the block ends (it failed before writing) is removed again.
     """
     import fcntl
 
     if os.path.exists(directory) and not os.path.isdir(directory):  # not makedirs' bare "File exists"
         raise NotADirectoryError(errno.ENOTDIR, f"Not a directory ({what} writes a folder there)", directory)
+    made = not os.path.exists(directory)
     os.makedirs(directory, exist_ok=True)
     lock_path = os.path.join(directory, ".lock")
     with open(lock_path, "a+") as lock:
@@ -211,4 +213,8 @@ def exclusive(directory: str, what: str, wait: bool = False) -> Iterator[None]:
         try:
             yield
         finally:
+            if made and not wait and os.listdir(directory) == [".lock"]:  # (no waiter holds the file: none waits)
+                with contextlib.suppress(OSError):
+                    os.remove(lock_path)
+                    os.rmdir(directory)
             fcntl.flock(lock, fcntl.LOCK_UN)
