@@ -82,7 +82,8 @@ def test_stop_ids_end_generation(model):
         (dict(stop_ids=[1.5]), "stop_ids entry must be an integer"),
         (dict(top_k=2**31), "top_k must be in \\[0, 2\\*\\*31\\)"),  # past int32: not an OverflowError
         (dict(top_k=-1), "top_k must be in \\[0, 2\\*\\*31\\)"),
-        (dict(stop_ids=[2**40]), "stop_ids must be token ids in \\[0, 2\\*\\*31\\)"),
+        (dict(stop_ids=[2**40]), "stop_ids must be token ids in \\[0, 300\\) \\(the model's vocabulary\\)"),
+        (dict(stop_ids=[50256]), "stop_ids must be token ids in \\[0, 300\\)"),  # never written: never stops
         # Filters without a temperature would sample nothing: greedy, silently.
         (dict(top_k=20), "^top_k=20 filters what is sampled, and temperature 0 samples nothing"),
         (dict(top_k=20, top_p=0.9), "^top_k=20 and top_p=0.9 filter what is sampled"),

@@ -300,9 +300,12 @@ def _prepare(model, prompt: Any, max_new_tokens: int = 32, temperature: float = 
     cfg = model.config
     if is_integer(stop_ids):  # one id, as transformers' eos_token_id takes it
         stop_ids = [stop_ids]
-    stop_ids = [EOT_ID] if stop_ids is None else [_integer("stop_ids entry", t) for t in stop_ids]
-    if any(not 0 <= t < 2**31 for t in stop_ids):
-        raise ValueError(f"stop_ids must be token ids in [0, 2**31), got {stop_ids}")
+    if stop_ids is None:  # `<|endoftext|>`, where the vocabulary has it (a character model's has not)
+        stop_ids = [EOT_ID] if EOT_ID < cfg.vocab_size else []
+    stop_ids = [_integer("stop_ids entry", t) for t in stop_ids]
+    if any(not 0 <= t < cfg.vocab_size for t in stop_ids):  # one the model never writes would never stop a row
+        raise ValueError(f"stop_ids must be token ids in [0, {cfg.vocab_size}) (the model's vocabulary), got "
+                         f"{stop_ids}")
     batch, answer, reader = _as_batch(prompt, lambda: tokenizer or tokenizer_for(cfg), stop_ids)
     if vocab_end is None:  # text read with GPT-2's BPE or characters continues in ids they read: not in the rows
         # of a vocabulary padded past GPT-2's 50,257 (nanoGPT's 50,304), which no text decodes to
@@ -378,12 +381,12 @@ def generate(
     (returns new ids), or a batch of id lists of any lengths (returns a list of id lists). Text is read with
     `tokenizer`, by default the model's own: its characters (`GPT2Config.characters`), else GPT-2's BPE.
     temperature 0 is greedy; top_k 0 and top_p 1 switch those filters off (top-p is taken on the
-    top-k distribution renormalised). Generation of a row stops after a token in `stop_ids`
-    (default: `<|endoftext|>`), which is kept in the ids and dropped from returned text. Row i of a batch
-    samples with seed `seed + i`: its tokens are those of that prompt alone with that seed. No id from `vocab_end` on
-    is chosen (default: the end of the vocabulary of GPT-2's BPE or the characters that read text, else the model's:
-    a vocabulary padded past GPT-2's 50,257 continues text in GPT-2's ids only). Raises FloatingPointError where a
-    token would be chosen from logits that are not finite (NaN or inf).
+    top-k distribution renormalised). Generation of a row stops after a token in `stop_ids` (ids of the model's
+    vocabulary; default: `<|endoftext|>` where the vocabulary has it), which is kept in the ids and dropped from
+    returned text. Row i of a batch samples with seed `seed + i`: its tokens are those of that prompt alone with
+    that seed. No id from `vocab_end` on is chosen (default: the end of the vocabulary of GPT-2's BPE or the
+    characters that read text, else the model's: a vocabulary padded past GPT-2's 50,257 continues text in GPT-2's
+    ids only). Raises FloatingPointError where a token would be chosen from logits that are not finite (NaN or inf).
 
     Example:
     >>> from tf_gpt2 import GPT2, GPT2Config
