@@ -363,8 +363,9 @@ def test_resuming_with_other_settings_or_data_is_refused_unless_asked(char_data,
 
 
 def test_a_refused_resume_leaves_the_run_as_it_was_and_a_finished_one_says_so(tmp_path, capsys):
-    """Other raw text is refused before it is tokenized into the run's data folder; the same text spelled as another
-    path is the same run; a run already at --steps says so and keeps its run.json, with --resume-with-changes too."""
+    """Other raw text, or the same file edited, is refused before it is tokenized into the run's data folder; the
+    same text spelled as another path is the same run; a run already at --steps says so and keeps its run.json,
+    with --resume-with-changes too."""
     (tmp_path / "a.txt").write_text(TEXT)
     (tmp_path / "b.txt").write_text(TEXT.upper())
     run = tmp_path / "run"
@@ -372,6 +373,10 @@ def test_a_refused_resume_leaves_the_run_as_it_was_and_a_finished_one_says_so(tm
     kept = {name: _digest(run / name) for name in ("run.json", CHECKPOINT, os.path.join("data", MANIFEST))}
     with pytest.raises(ValueError, match=r"other settings \(data: '.*a.txt' -> '.*b.txt'\)"):
         train(config(run, str(tmp_path / "b.txt"), steps=4, eval_interval=4, vocab="char"))
+    (tmp_path / "a.txt").write_text(TEXT.lower())  # edited where it lies
+    with pytest.raises(ValueError, match="a run on other text: the texts of --data changed since its dataset"):
+        train(config(run, str(tmp_path / "a.txt"), steps=4, eval_interval=4, vocab="char"))
+    (tmp_path / "a.txt").write_text(TEXT)
     capsys.readouterr()
     for spelling, more in ((os.path.relpath(tmp_path / "a.txt"), {}),
                            (str(tmp_path / "a.txt"), {"steps": 2, "resume_with_changes": True})):

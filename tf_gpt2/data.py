@@ -155,6 +155,12 @@ def made_from(manifest: dict, files: Sequence[str], vocab: str) -> bool:
     return True
 
 
+def same_texts(manifest: dict, files: Sequence[str], vocab: str) -> bool:
+    """Whether `files` hold the texts a dataset was made from, in `vocab`, wherever they lie now (contents compared)."""
+    digests = [stamp[2] for stamp in manifest.get("source_stamps", {}).values()]
+    return manifest.get("vocab") == vocab and sorted(digests) == sorted(map(_sha256, files))
+
+
 def data_digest(manifest: bytes) -> str:
     """The dataset's digest: its texts' contents, vocabulary and split sizes. Not the names of its shards (each
     `prepare` names them afresh) nor where the texts lie or when they were touched: preparing the same texts again

@@ -15,6 +15,7 @@ import dataclasses
 import math
 from typing import Any
 
+from tf_gpt2.config import PRESETS
 from tf_gpt2.devices import Mesh
 
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
@@ -84,6 +85,8 @@ class TrainConfig:
         for name in ("weight_decay", "grad_clip"):
             if not 0 <= getattr(self, name) < math.inf:
                 raise ValueError(f"{name} must be a non-negative number, got {getattr(self, name)!r}")
+        if self.preset not in PRESETS:  # (ignored beside init_from, but a name that is none is a mistake either way)
+            raise ValueError(f"unknown preset {self.preset!r}; choose one of {sorted(PRESETS)}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.base_dtype is not None and (self.base_dtype not in BASE_DTYPES or not self.lora_rank):

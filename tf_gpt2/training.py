@@ -37,6 +37,7 @@ from tf_gpt2.data import (
     made_from,
     prepare,
     resolve_inputs,
+    same_texts,
 )
 from tf_gpt2.devices import Placement, host_array, place_run, tensorflow
 from tf_gpt2.files import atomic_write, exclusive, json_writer, read_json
@@ -396,6 +397,11 @@ def prepared_data(cfg: TrainConfig) -> str:
     manifest = os.path.join(directory, MANIFEST)
     files = resolve_inputs(cfg.data or embedded_corpus(), exclude=[directory, cfg.out])
     if not os.path.exists(manifest) or not made_from(read_json(manifest), files, cfg.vocab):  # other or edited text
+        if os.path.exists(os.path.join(cfg.out, CHECKPOINT)) and os.path.exists(manifest) and \
+                not cfg.resume_with_changes and not same_texts(read_json(manifest), files, cfg.vocab):
+            raise ValueError(f"{cfg.out} holds a checkpoint of a run on other text: the texts of --data changed since "
+                             f"its dataset ({directory}) was made. Use another --out for a new run, or "
+                             "--resume-with-changes to continue this one on the texts as they are now")
         prepare(files, directory, vocab=cfg.vocab, verbose=bool(cfg.verbose))
     return directory
 
@@ -573,8 +579,9 @@ def _train(cfg: TrainConfig, placement: Placement) -> tuple[GPT2, dict[str, list
             if cfg.verbose:
                 print(f"resuming from {checkpoint} at step {start}")
         if start >= cfg.steps:  # (run.json stays as it is: nothing ran under these settings)
-            print(f"note: {checkpoint} is at step {start}, and --steps is {cfg.steps}: nothing is left to train",
-                  file=sys.stderr)
+            if placement.is_chief:
+                print(f"note: {checkpoint} is at step {start}, and --steps is {cfg.steps}: nothing is left to train",
+                      file=sys.stderr)
             return model, {}
         if placement.is_chief:
             _record_run(cfg, identity, placement)
