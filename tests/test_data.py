@@ -6,7 +6,7 @@ import pytest
 
 from tf_gpt2 import GPT2Tokenizer
 from tf_gpt2.cli import main as cli_main
-from tf_gpt2.data import TokenShards, embedded_corpus, prepare, resolve_inputs
+from tf_gpt2.data import TokenShards, _is_output, embedded_corpus, prepare, resolve_inputs
 
 TEXT = "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n" * 40
 
@@ -271,8 +271,13 @@ def test_a_folder_follows_its_links_once_and_names_what_it_does_not_read(corpus,
         f"{corpus} holds 1 file(s) that are not .txt or .txt.gz, not read: notes/manifest.json",
         f"{corpus} holds 1 folder(s) of a dataset or a training run tf_gpt2 wrote, not read: prepared"]
     os.symlink(tmp_path / "unmounted" / "c.txt", corpus / "c.txt")
-    with pytest.raises(FileNotFoundError, match="a link to .*unmounted/c.txt, which is not there: .*c.txt"):
-        resolve_inputs(str(corpus))
+    for named in (corpus, corpus / "*.txt", corpus / "c.txt"):  # in a folder, matched by a glob, named
+        with pytest.raises(FileNotFoundError, match="a link to .*unmounted/c.txt, which is not a file that can be "
+                                                    "read: .*c.txt"):
+            resolve_inputs(str(named))
+    for value in ("[", "[" * 5000, '["splits"]', "7"):  # another program's manifest.json: a folder of text
+        (corpus / "notes" / "manifest.json").write_text(value)
+        assert not _is_output(str(corpus / "notes"))
 
 
 def test_a_gzip_file_named_as_plain_text_is_said_to_be_gzip(tmp_path):

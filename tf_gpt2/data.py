@@ -73,13 +73,24 @@ def _is_output(directory: str) -> bool:
     """A folder this package wrote: a prepared dataset (its manifest names splits) or a training run (its record
     holds settings). Another program's manifest.json or run.json does not make one."""
     for marker, key in ((MANIFEST, "splits"), (RUN_RECORD, "settings")):
+        path = os.path.join(directory, marker)
+        if not os.path.isfile(path):  # (nor a pipe, which would block)
+            continue
         try:
-            with open(os.path.join(directory, marker), encoding="utf-8") as f:
-                if key in json.load(f):
-                    return True
-        except (OSError, ValueError, TypeError):  # none there, or not ours
-            pass
+            with open(path, encoding="utf-8") as f:
+                value = json.load(f)
+        except (OSError, ValueError, RecursionError):  # unreadable, or not JSON: not ours
+            continue
+        if isinstance(value, dict) and key in value:
+            return True
     return False
+
+
+def _refuse_broken_link(path: str) -> None:
+    """A link to a file that cannot be read (an unmounted disk, a file moved) is named, not skipped."""
+    if os.path.islink(path) and not os.path.isfile(path):
+        raise FileNotFoundError(errno.ENOENT, f"a link to {os.readlink(path)}, which is not a file that can be read",
+                                path)
 
 
 def _text_files_in(folder: str, exclude: set[str]) -> list[str]:
@@ -104,10 +115,10 @@ def _text_files_in(folder: str, exclude: set[str]) -> list[str]:
             path = os.path.join(directory, name)
             if os.path.isfile(path):
                 (files if name.endswith(TEXT_SUFFIXES) else others).append(path)
-            elif name.endswith(TEXT_SUFFIXES) and os.path.islink(path):
-                raise FileNotFoundError(errno.ENOENT, f"a link to {os.readlink(path)}, which is not there", path)
-            else:
-                others.append(path)  # a pipe, a socket, a broken link of another name
+            else:  # a pipe, a socket, a broken link: one named as text is an error
+                if name.endswith(TEXT_SUFFIXES):
+                    _refuse_broken_link(path)
+                others.append(path)
     for skipped, what in ((others, f"file(s) that are not {' or '.join(TEXT_SUFFIXES)}"),
                           (ours, "folder(s) of a dataset or a training run tf_gpt2 wrote")):
         if skipped:
@@ -129,7 +140,11 @@ def resolve_inputs(inputs: str | Sequence[str], exclude: Sequence[str] = ()) -> 
         elif os.path.isfile(pattern):
             files.append(pattern)
         else:
-            matched = [f for f in glob.glob(pattern, recursive=True) if os.path.isfile(f)]
+            _refuse_broken_link(pattern)
+            matched = glob.glob(pattern, recursive=True)
+            for f in matched:
+                _refuse_broken_link(f)
+            matched = [f for f in matched if os.path.isfile(f)]
             if not matched:
                 raise FileNotFoundError(f"no data file matches {pattern!r}")
             files += matched
