@@ -553,8 +553,15 @@ def test_gpt2s_own_tokenizer_files_in_every_layout_are_gpt2s(tmp_path):
     from tf_gpt2.tokenizer import hf_tokenizer_json
 
     (tmp_path / "tokenizer-json" / "tokenizer.json").write_text(hf_tokenizer_json(), encoding="utf-8")
+    (tmp_path / "from-tiktoken").mkdir()  # as transformers converts a tiktoken file: GPT-2's regex, then bytes
+    (tmp_path / "from-tiktoken" / "tokenizer.json").write_text(json.dumps({
+        **json.loads(hf_tokenizer_json()), "normalizer": {"type": "Sequence", "normalizers": []},
+        "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
+            {"type": "Split", "behavior": "Isolated", "invert": False,
+             "pattern": {"Regex": r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"}},
+            {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False}]}}))
     assets = tmp_path / "keras-hub" / "assets" / "tokenizer"
     assets.mkdir(parents=True)
     keras_hub.tokenizers.GPT2Tokenizer(vocabulary=encoder_json, merges=vocab_bpe).save_assets(str(assets))
-    for layout in ("openai", "hf", "crlf", "tokenizer-json", "keras-hub"):
+    for layout in ("openai", "hf", "crlf", "tokenizer-json", "from-tiktoken", "keras-hub"):
         assert other_tokenizer(str(tmp_path / layout)) is None, layout

@@ -213,8 +213,9 @@ def exclusive(directory: str, what: str, wait: bool = False) -> Iterator[None]:
         try:
             yield
         finally:
-            if made and not wait and os.listdir(directory) == [".lock"]:  # (no waiter holds the file: none waits)
+            if made and not wait:  # (no waiter holds the file: none waits)
                 with contextlib.suppress(OSError):
-                    os.remove(lock_path)
-                    os.rmdir(directory)
+                    if os.listdir(directory) == [".lock"]:
+                        os.remove(lock_path)
+                        os.rmdir(directory)  # (its parents, if made too, stay)
             fcntl.flock(lock, fcntl.LOCK_UN)

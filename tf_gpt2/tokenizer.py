@@ -136,14 +136,30 @@ class _Unreadable(Exception):
     """A checkpoint's tokenizer file that cannot be read (its message says which and why)."""
 
 
+# GPT-2's word pattern as tokenizer.json files spell it: tiktoken's (possessive) and OpenAI's original.
+GPT2_PATTERNS = (PAT_STR, r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+""")
+
+
 def _splits_as_gpt2(tokenizer_json: dict) -> bool:
     """Whether a Hugging Face `tokenizer.json` cuts text into words as GPT-2 does before its BPE: no normalizer, and
-    the byte-level pre-tokenizer with GPT-2's regex and no space added in front ("Hello" is not " Hello")."""
-    split = tokenizer_json.get("pre_tokenizer")
-    if isinstance(split, dict) and split.get("type") == "Sequence" and len(split.get("pretokenizers") or []) == 1:
-        split = split["pretokenizers"][0]
-    return (tokenizer_json.get("normalizer") is None and isinstance(split, dict) and split.get("type") == "ByteLevel"
-            and not split.get("add_prefix_space") and split.get("use_regex", True) is True)
+    the byte-level pre-tokenizer with GPT-2's regex (its own, or a Split by that pattern before it, as files converted
+    from tiktoken have) and no space added in front ("Hello" is not " Hello")."""
+    normalizer, steps = tokenizer_json.get("normalizer"), tokenizer_json.get("pre_tokenizer")
+    if isinstance(steps, dict) and steps.get("type") == "Sequence":
+        steps = steps.get("pretokenizers")
+    steps = steps if isinstance(steps, list) else [steps]
+    if len(steps) == 2 and isinstance(steps[0], dict) and steps[0].get("type") == "Split":  # tiktoken's regex first
+        split = steps.pop(0)
+        if (split.get("pattern") or {}).get("Regex") not in GPT2_PATTERNS or split.get("invert") or \
+                split.get("behavior", "Isolated") != "Isolated":
+            return False
+        byte_level_regex = False
+    else:
+        byte_level_regex = True
+    byte_level = steps[0] if len(steps) == 1 else None
+    return (normalizer is None or normalizer == {"type": "Sequence", "normalizers": []}) and isinstance(
+        byte_level, dict) and byte_level.get("type") == "ByteLevel" and not byte_level.get("add_prefix_space") and \
+        byte_level.get("use_regex", True) is byte_level_regex
 
 
 def other_tokenizer(directory: str) -> str | None:
@@ -173,7 +189,7 @@ def other_tokenizer(directory: str) -> str | None:
             found = read(tokenizer_json, json.loads)
             bpe = found.get("model") if isinstance(found, dict) else None  # (keras-hub's is a Keras config, without)
             if bpe is not None and not (isinstance(bpe, dict) and _same_vocabulary(bpe.get("vocab"))
-                                        and _same_merges(bpe.get("merges")) and not bpe.get("dropout")):
+                                        and _same_merges(bpe.get("merges"))):
                 return f"{tokenizer_json} is not GPT-2's BPE"
             if bpe is not None and not _splits_as_gpt2(found):
                 return f"{tokenizer_json} splits text otherwise than GPT-2's BPE (its normalizer or pre-tokenizer)"
