@@ -1,3 +1,4 @@
+import dataclasses
 import hashlib
 import json
 import os
@@ -489,8 +490,8 @@ def test_steps_counts_optimizer_updates_whatever_the_interval(char_data, tmp_pat
 
 
 def test_raw_text_edited_since_it_was_tokenized_is_tokenized_again(tmp_path):
-    """A run on raw text keeps its tokens in out/data: they are made again when the text changed, and
-    resuming on changed text is refused like any other change of data."""
+    """A run on raw text keeps its tokens in out/data: resuming on changed text is refused like any other change of
+    data, before the run's tokens are touched; with --resume-with-changes they are made again from the text."""
     text = tmp_path / "corpus.txt"
     text.write_text(TEXT)
     cfg = config(tmp_path / "run", str(text), steps=2, eval_interval=2, vocab="char")
@@ -498,11 +499,12 @@ def test_raw_text_edited_since_it_was_tokenized_is_tokenized_again(tmp_path):
     os.utime(text, ns=(0, 0))  # touched (a checkout, a copy): the same text, not tokenized again
     assert train(cfg)[1] == {}
     text.write_text(TEXT.upper() * 2)
-    with pytest.raises(ValueError, match="the dataset"):
+    with pytest.raises(ValueError, match="the texts of --data changed"):
         train(cfg)
-    with open(tmp_path / "run" / "data" / "manifest.json") as f:
-        chars = json.load(f)["chars"]
-    assert "S" in chars and "e" not in chars  # the tokens of the text as it is now
+    chars = lambda: json.loads((tmp_path / "run" / "data" / "manifest.json").read_text())["chars"]  # noqa: E731
+    assert "e" in chars()  # the run's tokens, as they were
+    prepared_data(dataclasses.replace(cfg, resume_with_changes=True))
+    assert "S" in chars() and "e" not in chars()  # the tokens of the text as it is now
 
 
 def test_a_rerun_after_a_failed_start_tokenizes_the_text_it_is_given(tmp_path):
@@ -520,10 +522,11 @@ def test_a_rerun_after_a_failed_start_tokenizes_the_text_it_is_given(tmp_path):
     assert "e" in manifest()["chars"]
     model, _ = train(config(tmp_path / "run", str(tmp_path / "other.txt"), vocab="char", steps=2, eval_interval=2))
     assert "e" not in manifest()["chars"] and model.config.characters == manifest()["chars"]
-    prepared_data(config(tmp_path / "run", str(tmp_path / "first"), vocab="gpt2"))
+    changed = dict(vocab="gpt2", resume_with_changes=True)  # (the run there now has a checkpoint)
+    prepared_data(config(tmp_path / "run", str(tmp_path / "first"), **changed))
     assert manifest()["vocab"] == "gpt2" and len(manifest()["source_stamps"]) == 1
     (tmp_path / "first" / "b.txt").write_text("more")
-    prepared_data(config(tmp_path / "run", str(tmp_path / "first"), vocab="gpt2"))
+    prepared_data(config(tmp_path / "run", str(tmp_path / "first"), **changed))
     assert len(manifest()["source_stamps"]) == 2
 
 
