@@ -140,8 +140,7 @@ def resolve_inputs(inputs: str | Sequence[str], exclude: Sequence[str] = ()) -> 
         elif os.path.isfile(pattern):
             files.append(pattern)
         else:
-            _refuse_broken_link(pattern)
-            matched = glob.glob(pattern, recursive=True)
+            matched = glob.glob(pattern, recursive=True)  # (a broken link too: named, or matched)
             for f in matched:
                 _refuse_broken_link(f)
             matched = [f for f in matched if os.path.isfile(f)]
