@@ -490,14 +490,18 @@ def test_steps_counts_optimizer_updates_whatever_the_interval(char_data, tmp_pat
 
 
 def test_raw_text_edited_since_it_was_tokenized_is_tokenized_again(tmp_path):
-    """A run on raw text keeps its tokens in out/data: resuming on changed text is refused like any other change of
-    data, before the run's tokens are touched; with --resume-with-changes they are made again from the text."""
+    """A run on raw text keeps its tokens in out/data: lost, they are made again from its text; resuming on changed
+    text is refused like any other change of data, before the run's tokens are touched; with --resume-with-changes
+    they are made again from the text."""
     text = tmp_path / "corpus.txt"
     text.write_text(TEXT)
     cfg = config(tmp_path / "run", str(text), steps=2, eval_interval=2, vocab="char")
     train(cfg)
     os.utime(text, ns=(0, 0))  # touched (a checkout, a copy): the same text, not tokenized again
     assert train(cfg)[1] == {}
+    shard = json.loads((tmp_path / "run" / "data" / MANIFEST).read_text())["splits"]["train"][0]["file"]
+    os.remove(tmp_path / "run" / "data" / shard)  # the run's own tokens lost: made again from its text
+    assert train(cfg)[1] == {} and (tmp_path / "run" / "data" / MANIFEST).exists()
     text.write_text(TEXT.upper() * 2)
     with pytest.raises(ValueError, match="the texts of --data changed"):
         train(cfg)

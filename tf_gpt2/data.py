@@ -169,6 +169,15 @@ def made_from(manifest: dict, files: Sequence[str], vocab: str) -> bool:
     return True
 
 
+def shards_whole(directory: str, manifest: dict) -> bool:
+    """Whether every shard `manifest` lists is in `directory` at its size."""
+    try:
+        return all(os.path.getsize(os.path.join(directory, shard["file"])) == 2 * shard["tokens"]
+                   for shards in manifest["splits"].values() for shard in shards)
+    except (OSError, KeyError, TypeError, AttributeError):  # one missing, or a manifest damaged
+        return False
+
+
 def same_texts(manifest: dict, files: Sequence[str], vocab: str) -> bool:
     """Whether `files` hold the texts a dataset was made from, in `vocab`, wherever they lie now (contents compared)."""
     digests = [stamp[2] for stamp in manifest.get("source_stamps", {}).values()]

@@ -38,6 +38,7 @@ from tf_gpt2.data import (
     prepare,
     resolve_inputs,
     same_texts,
+    shards_whole,
 )
 from tf_gpt2.devices import Placement, host_array, place_run, tensorflow
 from tf_gpt2.files import atomic_write, exclusive, json_writer, read_json
@@ -396,9 +397,11 @@ def prepared_data(cfg: TrainConfig) -> str:
     directory = os.path.join(cfg.out, "data")
     manifest = os.path.join(directory, MANIFEST)
     files = resolve_inputs(cfg.data or embedded_corpus(), exclude=[directory, cfg.out])
-    if not os.path.exists(manifest) or not made_from(read_json(manifest), files, cfg.vocab):  # other or edited text
-        if os.path.exists(os.path.join(cfg.out, CHECKPOINT)) and os.path.exists(manifest) and \
-                not cfg.resume_with_changes and not same_texts(read_json(manifest), files, cfg.vocab):
+    made = read_json(manifest) if os.path.exists(manifest) else None
+    if made is None or not made_from(made, files, cfg.vocab) or not shards_whole(directory, made):  # other or
+        # edited text, or its tokens lost: made again, but not over the tokens of a run's checkpoint from other text
+        if made is not None and os.path.exists(os.path.join(cfg.out, CHECKPOINT)) and not cfg.resume_with_changes \
+                and not same_texts(made, files, cfg.vocab):
             raise ValueError(f"{cfg.out} holds a checkpoint of a run on other text: the texts of --data changed since "
                              f"its dataset ({directory}) was made. Use another --out for a new run, or "
                              "--resume-with-changes to continue this one on the texts as they are now")
