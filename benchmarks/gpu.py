@@ -417,8 +417,8 @@ LEVERS = (  # tf_gpt2's training, one setting changed: what each lever is worth
 
 def setting(job: dict) -> str:
     """A training job's setting beyond system, batch and dropout, in words."""
-    words = [f"{k} {v:g}" for k, v in job.get("model", {}).items()] + [job.get(k, "") for k in ("loop", "loss",
-                                                                                                 "attention", "logits")]
+    named = [job.get(key, "") for key in ("loop", "loss", "attention", "logits")]
+    words = [f"{k} {v:g}" for k, v in job.get("model", {}).items()] + named
     return ", ".join(filter(None, words + list(job.get("env", {}).values())))
 
 

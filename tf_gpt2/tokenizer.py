@@ -148,14 +148,13 @@ def _splits_as_gpt2(tokenizer_json: dict) -> bool:
     if isinstance(steps, dict) and steps.get("type") == "Sequence":
         steps = steps.get("pretokenizers")
     steps = steps if isinstance(steps, list) else [steps]
+    byte_level_regex = True
     if len(steps) == 2 and isinstance(steps[0], dict) and steps[0].get("type") == "Split":  # tiktoken's regex first
-        split = steps.pop(0)
+        split, steps = steps[0], steps[1:]  # (the file's own list is left as it is)
         if (split.get("pattern") or {}).get("Regex") not in GPT2_PATTERNS or split.get("invert") or \
                 split.get("behavior", "Isolated") != "Isolated":
             return False
         byte_level_regex = False
-    else:
-        byte_level_regex = True
     byte_level = steps[0] if len(steps) == 1 else None
     return (normalizer is None or normalizer == {"type": "Sequence", "normalizers": []}) and isinstance(
         byte_level, dict) and byte_level.get("type") == "ByteLevel" and not byte_level.get("add_prefix_space") and \
