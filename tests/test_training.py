@@ -205,14 +205,15 @@ def _digest(path):
 
 
 def test_nan_stops_training_and_keeps_the_last_good_checkpoint(char_data, tmp_path):
+    """...and the run.json that names the settings it was trained under, though the failed run had others."""
     train(config(tmp_path, char_data, steps=10, eval_interval=10))
-    good = _digest(tmp_path / CHECKPOINT)
+    good = {name: _digest(tmp_path / name) for name in (CHECKPOINT, "run.json")}
     with pytest.raises(FloatingPointError, match="loss became (nan|inf).*last good checkpoint is .*Continue from it "
                                                  "with a lower --learning-rate or a --grad-clip below 0.5 and "
                                                  "--resume-with-changes"):  # a clip that changes the run
         train(config(tmp_path, char_data, steps=30, eval_interval=10, learning_rate=1e30, warmup_steps=1,
                      grad_clip=0.5, resume_with_changes=True, sample_tokens=4))  # no sample from NaN weights
-    assert _digest(tmp_path / CHECKPOINT) == good
+    assert {name: _digest(tmp_path / name) for name in good} == good
 
 
 def test_a_round_whose_last_update_went_bad_is_neither_sampled_nor_saved(tmp_path):

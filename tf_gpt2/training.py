@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import itertools
 import json
 import math
@@ -320,15 +321,18 @@ def round_went_bad(logs: dict | None) -> bool:
 
 class SaveCheckpoint(keras.callbacks.Callback):
     """After each round: model + optimizer state to `path`, atomically, unless the round went bad
-    (`round_went_bad`)."""
+    (`round_went_bad`); then `saved()` (run.json: the settings the checkpoint was trained under)."""
 
-    def __init__(self, path: str, round_end: Callable[[int], int], write: bool = True):
+    def __init__(self, path: str, round_end: Callable[[int], int], write: bool = True,
+                 saved: Callable[[], None] = lambda: None):
         super().__init__()
-        self.path, self.round_end, self.write = path, round_end, write
+        self.path, self.round_end, self.write, self.saved = path, round_end, write, saved
 
     def on_epoch_end(self, epoch, logs=None):
         if not round_went_bad(logs):
             save_checkpoint(self.model, self.path, self.round_end(epoch), self.write)
+            if self.write:
+                self.saved()
 
 
 class TextSample(keras.callbacks.Callback):
@@ -581,19 +585,20 @@ def _train(cfg: TrainConfig, placement: Placement) -> tuple[GPT2, dict[str, list
             start = restore_checkpoint(model, checkpoint)
             if cfg.verbose:
                 print(f"resuming from {checkpoint} at step {start}")
-        if start >= cfg.steps:  # (run.json stays as it is: nothing ran under these settings)
+        if start >= cfg.steps:
             if placement.is_chief:
                 print(f"note: {checkpoint} is at step {start}, and --steps is {cfg.steps}: nothing is left to train",
                       file=sys.stderr)
             return model, {}
-        if placement.is_chief:
-            _record_run(cfg, identity, placement)
-        return model, _fit(cfg, model, start, train_data, val_data, placement, gradient_norm)
+        # run.json is written with each checkpoint, so that it names the settings the checkpoint was trained under
+        # (a --resume-with-changes that fails before its first checkpoint leaves the old ones).
+        record = functools.partial(_record_run, cfg, identity, placement)
+        return model, _fit(cfg, model, start, train_data, val_data, placement, gradient_norm, record)
 
 
 def _fit(cfg: TrainConfig, model: GPT2, start: int, train_data: TokenShards, val_data: TokenShards,
-         placement: Placement, gradient_norm) -> dict[str, list[float]]:
-    """The rounds left of the run, from step `start`."""
+         placement: Placement, gradient_norm, record: Callable[[], None]) -> dict[str, list[float]]:
+    """The rounds left of the run, from step `start`; `record()` after each checkpoint."""
     tf = tensorflow()
 
     checkpoint = os.path.join(cfg.out, CHECKPOINT)
@@ -614,7 +619,7 @@ def _fit(cfg: TrainConfig, model: GPT2, start: int, train_data: TokenShards, val
               file=sys.stderr)
     nan_guard = StopOnNaN()
     callbacks = [*step_callbacks(cfg.batch_size * cfg.block_size, nan_guard),
-                 SaveCheckpoint(checkpoint, round_end, write=placement.is_chief)]
+                 SaveCheckpoint(checkpoint, round_end, write=placement.is_chief, saved=record)]
     if gradient_norm is not None:
         callbacks.insert(1, LogGradientNorm(gradient_norm))
     if cfg.sample_tokens and cfg.strategy is None and placement.processes == 1:  # a sample is one process's work
