@@ -127,8 +127,9 @@ def _fresh_python(code: str) -> subprocess.CompletedProcess:
 
 
 def test_a_file_size_limit_and_another_backend_end_in_one_line_naming_the_file(tmp_path):
-    """A write cut short by the disk or a size limit (EFBIG here, from RLIMIT_FSIZE) names the file it was writing;
-    an export on the JAX backend says it needs TensorFlow (not a JAX tracer's error)."""
+    """A write cut short by the disk or a size limit (EFBIG here, from RLIMIT_FSIZE) names the file it was writing,
+    and the temp folder where it was staged in one (TensorFlow's own writer, there); an export on the JAX backend
+    says it needs TensorFlow (not a JAX tracer's error)."""
     import os
 
     (tmp_path / "text.txt").write_text("To be, or not to be, that is the question:\n" * 40)
@@ -147,10 +148,16 @@ def test_a_file_size_limit_and_another_backend_end_in_one_line_naming_the_file(t
             "resource.setrlimit(resource.RLIMIT_FSIZE, (300_000, resource.RLIM_INFINITY))  # the checkpoint: 1.3 MB\n"
             "from tf_gpt2.cli import main\n"
             "sys.exit(main(sys.argv[1:]))")
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    tflite = ["export", "--random-init", "gpt2-tiny", "--format", "tflite", "--cache-length", "32", "--out",
+              str(tmp_path / "m.tflite")]  # staged as a SavedModel in the temp folder first
+    (tmp_path / "staging").mkdir()
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "TMPDIR": str(tmp_path / "staging")}
     for argv, backend, message in ((train, "tensorflow", f"File too large (while writing): {tmp_path}/run/checkpoint"),
                                    (convert, "tensorflow", "File too large (while writing): "
                                                            f"{tmp_path}/hf/model.safetensors"),
+                                   (tflite, "tensorflow", f"File too large in the temp folder {tmp_path}/staging, "
+                                                          "where it is staged (set TMPDIR to stage it elsewhere) "
+                                                          f"(while writing): {tmp_path}/m.tflite"),
                                    (export, "jax", "a SavedModel export writes TensorFlow graphs: run it with "
                                                    "KERAS_BACKEND=tensorflow (this process runs Keras on jax")):
         run = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=300,
@@ -158,7 +165,8 @@ def test_a_file_size_limit_and_another_backend_end_in_one_line_naming_the_file(t
         assert run.returncode == 2, run.stderr[-3000:]
         assert run.stderr.strip().splitlines()[-1].startswith(f"tf-gpt2 {argv[0]}: error: {message}"), run.stderr
     assert not os.path.exists(tmp_path / "run" / "checkpoint.npz") and not os.path.exists(tmp_path / "sm")
-    assert not os.path.exists(tmp_path / "hf" / "model.safetensors")
+    assert not os.path.exists(tmp_path / "hf" / "model.safetensors") and not os.path.exists(tmp_path / "m.tflite")
+    assert os.listdir(tmp_path / "staging") == []
 
 
 def test_a_shard_damaged_after_it_was_prepared_fails_training_in_one_short_line(tmp_path, capsys):

@@ -74,10 +74,15 @@ def remove_stale_temps(path: str) -> None:
             shutil.rmtree(stale, ignore_errors=True) if os.path.isdir(stale) else os.remove(stale)
 
 
+_FULL = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)  # a write cut short by the disk, a quota or a size limit
+
+
 @contextlib.contextmanager
 def work_dir(what: str) -> Iterator[str]:
     """A temporary working directory (`tf_gpt2-<what>-<pid>-...` in the system's temp folder) for the block;
-    those that killed processes left there (a conversion killed midway leaves its whole model) go first."""
+    those that killed processes left there (a conversion killed midway leaves its whole model) go first. A write
+    in it cut short (a full temp folder, said by Python or by TensorFlow's own file system) becomes an `OSError`
+    that names the temp folder and TMPDIR, without a file name: `atomic_write` adds the file being made."""
     root = tempfile.gettempdir()
     pattern = re.compile(re.escape(f"tf_gpt2-{what}-") + r"(\d+)-")
     for entry in os.listdir(root):
@@ -85,7 +90,16 @@ def work_dir(what: str) -> Iterator[str]:
         if match and int(match.group(1)) != os.getpid() and not _pid_alive(int(match.group(1))):
             shutil.rmtree(os.path.join(root, entry), ignore_errors=True)
     with tempfile.TemporaryDirectory(prefix=f"tf_gpt2-{what}-{os.getpid()}-") as directory:
-        yield directory
+        try:
+            yield directory
+        except Exception as e:
+            said = f"{getattr(e, 'filename', None) or ''} {e}"
+            code = next((c for c in _FULL if directory in said and (getattr(e, "errno", None) == c
+                                                                     or os.strerror(c) in said)), None)
+            if code is None:
+                raise
+            raise OSError(code, f"{os.strerror(code)} in the temp folder {root}, where it is staged (set TMPDIR "
+                                "to stage it elsewhere)") from e
 
 
 def _fsync(path: str) -> None:
