@@ -73,6 +73,9 @@ CASES = [
      "--dtype is for --format saved_model, not --format tflite"),
     ([*EXPORT_TINY, "--out", "{d}/m.tflite", "--version", "3"],
      "--version is for --format saved_model, not --format tflite"),
+    ([*EXPORT_TINY, "--out", "{d}/m.litertlm", "--xla"], "--xla is for --format saved_model, not --format litertlm"),
+    ([*EXPORT_TINY, "--out", "{d}/m.tflite", "--max-new-tokens-limit", "8"],
+     "--max-new-tokens-limit is for --format saved_model, not --format tflite"),
     ([*EXPORT_TINY, "--format", "tflite", "--out", "{d}/m.litertlm"],
      "--out {d}/m.litertlm names a LiteRT-LM package (.litertlm), but --format tflite writes a plain LiteRT model"),
     ([*EXPORT_TINY, "--out", "{d}/m.LiteRTLM", "--format", "saved_model"],
@@ -105,6 +108,31 @@ def test_exit_status_is_2_on_an_error_or_a_bad_flag_and_130_on_ctrl_c(capsys):
     with pytest.raises(SystemExit) as bad_flag:
         cli_main(["train", "--out", "x", "--no-such-flag"])
     assert bad_flag.value.code == 2
+
+
+def test_a_failure_during_a_progress_bar_starts_a_line_of_its_own(capsys):
+    """Keras' progress bar leaves its line open (each update starts with the line break): standard output gets the
+    line's end before the failure is said, so that in a terminal or a log of both streams it is a line of its own.
+    A command whose output ended its line gets no blank line."""
+    import argparse
+
+    import keras
+
+    from tf_gpt2.cli import run
+
+    def fails_mid_round(args):
+        keras.utils.Progbar(4).update(1)
+        raise ValueError("a shard is damaged")
+
+    def fails_after_a_line(args):
+        print("a whole line")
+        raise KeyboardInterrupt
+
+    assert run(argparse.Namespace(command="train", run=fails_mid_round)) == 2
+    out, err = capsys.readouterr()
+    assert "1/4" in out.splitlines()[-1] and out.endswith("\n") and err == "tf-gpt2 train: error: a shard is damaged\n"
+    assert run(argparse.Namespace(command="train", run=fails_after_a_line)) == 130
+    assert capsys.readouterr().out == "a whole line\n"
 
 
 def test_help_shows_the_defaults_of_train_config_and_the_presets(capsys):

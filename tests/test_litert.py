@@ -57,6 +57,17 @@ def test_litert_lm_runs_the_package_and_matches_keras_over_two_turns(model, lite
     assert answers == [tok.decode(first_new), tok.decode(second_new)]
 
 
+def test_a_conversation_past_the_cache_fails_as_troubleshooting_says(litertlm_file):
+    """The rows of docs/troubleshooting.md: a session holds `cache_length - (max(prefill) - 1)` tokens (33 here); a
+    prompt past that fails its prefill, and a turn that outgrows what is left answers nothing."""
+    long = "one two three four five six seven eight nine ten " * 4
+    assert len(GPT2Tokenizer().encode(long)) == 41  # with the start token, 42 > 33
+    with pytest.raises(RuntimeError, match="litert_lm_session_run_prefill failed"):
+        _litert_lm_turns(litertlm_file, [long], max_output_tokens=4)
+    first, second = _litert_lm_turns(litertlm_file, ["hello " * 10] * 2, max_output_tokens=30)
+    assert first and second == ""
+
+
 def test_litert_lm_stops_at_end_of_text(tmp_path):
     """A model that says <|endoftext|> at position 6 and goes on after it when not stopped."""
     keras.utils.set_random_seed(1)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import functools
 import math
@@ -451,20 +452,42 @@ def _output_closed() -> bool:
     return True
 
 
+class _LineEnds:
+    """Standard output as it was, remembering whether its last write ended its line (a Keras progress bar's does
+    not: it starts each update with the line break), so that a failure's line can start a line of its own."""
+
+    def __init__(self, stream):
+        self.stream, self.mid_line = stream, False
+
+    def write(self, text: str) -> int:
+        if text:
+            self.mid_line = not text.endswith("\n")
+        return self.stream.write(text)
+
+    def __getattr__(self, name):
+        return getattr(self.stream, name)
+
+
 def run(args: argparse.Namespace) -> int:
-    """Run a parsed command; every failure ends in one line and exit status 2."""
+    """Run a parsed command; every failure ends in one line of its own and exit status 2."""
+    stdout = sys.stdout = _LineEnds(sys.stdout)
     try:
         return args.run(args)
-    except KeyboardInterrupt:
-        print(f"tf-gpt2 {args.command}: interrupted", file=sys.stderr)
-        return 130
-    except Exception as e:  # every failure ends in one line; TF_GPT2_TRACEBACK=1 shows where
+    except (Exception, KeyboardInterrupt) as e:  # every failure ends in one line; TF_GPT2_TRACEBACK=1 shows where
         if isinstance(e, BrokenPipeError) and _output_closed():
             return 1
+        if stdout.mid_line:
+            with contextlib.suppress(OSError, ValueError):
+                print(flush=True)
+        if isinstance(e, KeyboardInterrupt):
+            print(f"tf-gpt2 {args.command}: interrupted", file=sys.stderr)
+            return 130
         print(f"tf-gpt2 {args.command}: error: {describe_error(e)}", file=sys.stderr)
         if os.environ.get("TF_GPT2_TRACEBACK"):
             traceback.print_exc()
         return 2
+    finally:
+        sys.stdout = stdout.stream
 
 
 def main(argv: Sequence[str] | None = None) -> int:
