@@ -53,7 +53,7 @@ def run(lagged, learning_rate, nan_batch=None):
         callbacks = fit_callbacks(callbacks, model, epochs=2, steps=6, verbose=0)
     history = model.fit(ids[:, :-1], ids[:, 1:], sample_weight=weights, batch_size=4, epochs=2, shuffle=False,
                         verbose=0, validation_data=(ids[:4, :-1], ids[:4, 1:]), callbacks=callbacks)
-    return {"events": record.events, "bad_loss": guard.bad_loss, "history": history.history["loss"],
+    return {"events": record.events, "went_bad": guard.went_bad, "history": history.history["loss"],
             "launched": launched[0]}
 
 def train_into_nan(root):
@@ -119,11 +119,12 @@ def test_callbacks_see_each_batch_after_the_next_is_launched_whole_in_order_and_
 
 def test_the_nan_guard_stops_at_the_same_batch_one_batch_behind(runs):
     plain, behind = runs["False 1e+30"], runs["True 1e+30"]
-    assert plain["bad_loss"] is not None and behind["bad_loss"][0] == plain["bad_loss"][0]
+    assert plain["went_bad"].startswith("the loss became") and behind["went_bad"] == plain["went_bad"]
     assert plain["launched"] < 12 and behind["launched"] == plain["launched"] + 1  # one batch more
     # The round's last batch: its NaN reaches the guard before validation, and no round follows.
     plain, behind = runs["False nan at 5"], runs["True nan at 5"]
-    assert plain["bad_loss"][0] == behind["bad_loss"][0] == 5 and plain["launched"] == behind["launched"] == 6
+    assert plain["went_bad"] == behind["went_bad"] == "the loss became nan (batch 5 of its round)"
+    assert plain["launched"] == behind["launched"] == 6
 
 
 def test_tf_gpt2_train_on_jax_stops_at_a_nan_and_keeps_the_last_good_checkpoint(runs):

@@ -216,26 +216,37 @@ def test_nan_stops_training_and_keeps_the_last_good_checkpoint(char_data, tmp_pa
     assert {name: _digest(tmp_path / name) for name in good} == good
 
 
-def test_a_round_whose_last_update_went_bad_is_neither_sampled_nor_saved(tmp_path):
+def test_a_round_whose_last_update_went_bad_is_neither_sampled_nor_saved_and_stops_the_run(char_data, tmp_path):
     """Its training loss (the mean of losses before each update) can be finite while the weights after its last
-    update are not: its validation loss then is not. No sample is drawn from such weights (it would raise before
-    the NaN guard could say where the run stopped) and no checkpoint holds them."""
+    update are not: its validation loss then is not, or, in a run without validation, its weights. No sample is drawn
+    from such weights (it would raise before the NaN guard could say where the run stopped), no checkpoint holds
+    them, and the run stops there: at the last round too, where no later loss would show it."""
     import keras
 
     from tf_gpt2 import GPT2, GPT2Config
-    from tf_gpt2.training import SaveCheckpoint, TextSample
+    from tf_gpt2.training import SaveCheckpoint, StopOnNaN, TextSample
 
     model = GPT2(GPT2Config(vocab_size=30, n_positions=16, n_embd=32, n_layer=1, n_head=2))
     model.wpe.embeddings.assign(np.full(model.wpe.embeddings.shape, np.nan, "float32"))
     model.compile(optimizer=keras.optimizers.AdamW())  # a checkpoint holds its state: one saved would be written
-    sample, save = TextSample([0], 4, str, round_end=lambda epoch: epoch, verbose=0), SaveCheckpoint(
-        str(tmp_path / CHECKPOINT), round_end=lambda epoch: epoch)
-    for callback in (sample, save):
-        callback.set_model(model)
-        callback.on_epoch_end(0, {"loss": 2.0, "val_loss": float("nan")})
-    assert not os.path.exists(tmp_path / CHECKPOINT)
+    for logs, said in (({"loss": 2.0, "val_loss": float("nan")}, "the validation loss became nan after the round's "
+                                                                   "last update"),
+                       ({"loss": 2.0}, "the weights stopped being finite in the round's last update")):
+        sample, save, guard = TextSample([0], 4, str, round_end=lambda epoch: epoch, verbose=0), SaveCheckpoint(
+            str(tmp_path / CHECKPOINT), round_end=lambda epoch: epoch), StopOnNaN()
+        for callback in (sample, save, guard):
+            callback.set_model(model)
+            callback.on_epoch_end(0, dict(logs))
+        assert not os.path.exists(tmp_path / CHECKPOINT) and guard.went_bad == said and model.stop_training
     with pytest.raises(FloatingPointError, match="non-finite logits"):  # what the skip above kept from the run
         sample.on_epoch_end(0, {"loss": 2.0, "val_loss": 2.0})
+    # The whole run: its first update (at 1e30) breaks the model, and the validation after it is the only loss to
+    # see that, in the last round.
+    with pytest.raises(FloatingPointError, match="training stopped: the validation loss became nan after the "
+                                                 "round's last update; no checkpoint was written"):
+        train(config(tmp_path / "run", char_data, steps=1, eval_interval=1, learning_rate=1e30, warmup_steps=1,
+                     grad_clip=0.0))
+    assert not os.path.exists(tmp_path / "run" / CHECKPOINT)
 
 
 def test_bad_training_input_gives_clear_errors_and_keeps_checkpoints(char_data, tmp_path):

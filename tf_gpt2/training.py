@@ -284,17 +284,28 @@ class LogGradientNorm(keras.callbacks.Callback):
 
 
 class StopOnNaN(keras.callbacks.Callback):
-    """Stops training at the first non-finite loss and remembers that batch (the first, if more follow)."""
+    """Stops training at the first non-finite loss, or at the end of a round that went bad after its last update
+    (`round_went_bad`), and says which in `went_bad` (the first, if more follow)."""
 
     def __init__(self):
         super().__init__()
-        self.bad_loss = None
+        self.went_bad = None
+
+    def _stop(self, what: str) -> None:
+        if self.went_bad is None:
+            self.went_bad = what
+            self.model.stop_training = True
 
     def on_train_batch_end(self, batch, logs=None):
         loss = (logs or {}).get("loss")
-        if loss is not None and not math.isfinite(float(loss)) and self.bad_loss is None:
-            self.bad_loss = (batch, float(loss))
-            self.model.stop_training = True
+        if loss is not None and not math.isfinite(float(loss)):
+            self._stop(f"the loss became {float(loss)} (batch {batch} of its round)")
+
+    def on_epoch_end(self, epoch, logs=None):
+        if round_went_bad(logs, self.model):
+            val_loss = (logs or {}).get("val_loss")
+            self._stop(f"the validation loss became {float(val_loss)} after the round's last update"
+                       if val_loss is not None else "the weights stopped being finite in the round's last update")
 
 
 class RoundMetrics(keras.callbacks.Callback):
@@ -313,10 +324,15 @@ def step_callbacks(tokens_per_batch: int, nan_guard: StopOnNaN | None = None) ->
     return [Throughput(tokens_per_batch), nan_guard or StopOnNaN(), RoundMetrics()]
 
 
-def round_went_bad(logs: dict | None) -> bool:
+def round_went_bad(logs: dict | None, model: keras.Model) -> bool:
     """A round's loss or validation loss is not finite: a step of it went bad (a round's loss is the mean of its
-    steps'), or its last update did (only the validation after it sees that)."""
-    return not all(math.isfinite(float((logs or {}).get(name, 0.0))) for name in ("loss", "val_loss"))
+    steps'), or its last update did (only the validation after it sees that; in a run without validation, the
+    weights themselves)."""
+    logs = logs or {}
+    if not all(math.isfinite(float(logs.get(name, 0.0))) for name in ("loss", "val_loss")):
+        return True
+    return "val_loss" not in logs and not all(bool(keras.ops.all(keras.ops.isfinite(v)))
+                                              for v in model.trainable_weights)
 
 
 class SaveCheckpoint(keras.callbacks.Callback):
@@ -329,7 +345,7 @@ class SaveCheckpoint(keras.callbacks.Callback):
         self.path, self.round_end, self.write, self.saved = path, round_end, write, saved
 
     def on_epoch_end(self, epoch, logs=None):
-        if not round_went_bad(logs):
+        if not round_went_bad(logs, self.model):
             save_checkpoint(self.model, self.path, self.round_end(epoch), self.write)
             if self.write:
                 self.saved()
@@ -368,7 +384,7 @@ class TextSample(keras.callbacks.Callback):
                   file=sys.stderr)
 
     def on_epoch_end(self, epoch, logs=None):
-        if round_went_bad(logs):
+        if round_went_bad(logs, self.model):
             return  # the NaN guard reports it (and NaN weights give no logits to choose from)
         step = self.round_end(epoch)
         ids, tokens = self._window()
@@ -643,7 +659,7 @@ def _fit(cfg: TrainConfig, model: GPT2, start: int, train_data: TokenShards, val
     history: dict[str, list[float]] = {}
     for length, rounds in itertools.groupby(pending, key=lambda r: r[1]):
         rounds = [k for k, _ in rounds]
-        if nan_guard.bad_loss is not None:
+        if nan_guard.went_bad is not None:
             break
         train_ds = train_data.dataset(cfg.block_size, cfg.batch_size, cfg.seed, start_step=start * cfg.grad_accum)
         if tensorboard is not None:
@@ -659,8 +675,7 @@ def _fit(cfg: TrainConfig, model: GPT2, start: int, train_data: TokenShards, val
         for key, values in fitted.history.items():
             history.setdefault(key, []).extend(values)
         start = ends[rounds[-1]]
-    if nan_guard.bad_loss is not None:
-        batch, loss = nan_guard.bad_loss
+    if nan_guard.went_bad is not None:
         float16 = model.dtype_policy.compute_dtype == "float16"  # its loss scale is optimizer state: no way back
         clip = f"a --grad-clip below {cfg.grad_clip:g}" if cfg.grad_clip else "--grad-clip 1"  # one that changes it
         if os.path.exists(checkpoint):  # the same command would resume into the same loss: resuming is exact
@@ -670,5 +685,5 @@ def _fit(cfg: TrainConfig, model: GPT2, start: int, train_data: TokenShards, val
         else:
             kept = (f"no checkpoint was written. Try a lower --learning-rate, {clip}"
                     + (", or bfloat16 or float32 instead of float16" if float16 else ""))
-        raise FloatingPointError(f"training stopped: the loss became {loss} (batch {batch} of its round); {kept}")
+        raise FloatingPointError(f"training stopped: {nan_guard.went_bad}; {kept}")
     return history
