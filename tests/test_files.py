@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from tf_gpt2 import GPT2, GPT2Config
-from tf_gpt2.files import atomic_write, exclusive, save_keras
+from tf_gpt2.files import atomic_write, bytes_writer, exclusive, save_keras
 
 
 def _tiny(seed):
@@ -77,6 +77,27 @@ def test_a_kill_while_saving_keeps_the_previous_keras_file_and_the_next_save_cle
     assert len(leftovers) == 1 and ".tmp-" in leftovers[0]  # the killed write's partial file
     save_keras(_tiny(2), path)
     assert os.listdir(tmp_path) == ["model.keras"]  # swept by the next write
+
+
+def test_what_a_writing_library_stages_beside_its_file_is_swept_after_a_kill(tmp_path):
+    """safetensors writes its own `.tmpXXXXXX` beside the file it is given and renames it there: a writer killed in
+    between leaves it in the killed write's own folder, which the next write of the file removes whole."""
+    path = tmp_path / "model.safetensors"
+    atomic_write(str(path), bytes_writer(b"good"))
+    script = textwrap.dedent(f"""
+        import os, signal
+        from tf_gpt2.files import atomic_write
+        def as_safetensors_writes(tmp):
+            with open(os.path.join(os.path.dirname(tmp), ".tmpAbC123"), "wb") as f:  # its own temporary
+                f.write(b"x" * 1000)
+            os.kill(os.getpid(), signal.SIGKILL)
+        atomic_write({str(path)!r}, as_safetensors_writes)
+    """)
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert run.returncode == -signal.SIGKILL, run.stderr[-2000:]
+    assert path.read_bytes() == b"good" and len(os.listdir(tmp_path)) == 2
+    atomic_write(str(path), bytes_writer(b"better"))
+    assert os.listdir(tmp_path) == ["model.safetensors"] and path.read_bytes() == b"better"
 
 
 def test_published_files_and_directories_are_readable_by_other_users(tmp_path):

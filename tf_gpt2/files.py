@@ -44,11 +44,11 @@ def make_readable(path: str) -> None:
 
 
 def temp_path(path: str) -> str:
-    """A hidden sibling of `path` for this process to write first; it keeps the extension
-    (Keras only saves to names ending in `.keras`)."""
+    """Where this process writes `path` first: under its own name (Keras only saves to names ending in `.keras`) in a
+    hidden sibling folder of this process's, `.<name>.tmp-<pid>/`, where a writing library's own temporaries go too
+    (safetensors stages `.tmpXXXXXX` beside its file): the next write sweeps the folder if this process is killed."""
     directory, name = os.path.split(os.path.abspath(path))
-    ext = ".keras" if name.endswith(".keras") else ""
-    return os.path.join(directory, f".{name}{TEMP_MARK}{os.getpid()}{ext}")
+    return os.path.join(directory, f".{name}{TEMP_MARK}{os.getpid()}", name)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -64,7 +64,7 @@ def _pid_alive(pid: int) -> bool:
 def remove_stale_temps(path: str) -> None:
     """Remove what killed writers of `path` left behind (temporaries whose process is gone)."""
     directory, name = os.path.split(os.path.abspath(path))
-    pattern = re.compile(re.escape(f".{name}{TEMP_MARK}") + r"(\d+)(\.keras)?$")
+    pattern = re.compile(re.escape(f".{name}{TEMP_MARK}") + r"(\d+)(\.keras)?$")  # (.keras: older versions' files)
     if not os.path.isdir(directory):
         return
     for entry in os.listdir(directory):
@@ -139,10 +139,12 @@ def write_together(writes: dict[str, Callable[[str], object]]) -> None:
             remove_stale_temps(path)
             staged[path] = tmp = temp_path(path)
             try:
+                os.makedirs(os.path.dirname(tmp), exist_ok=True)
                 write(tmp)
                 _sync_tree(tmp)
             except OSError as e:  # a full disk or a size limit, said of the file being written
-                if e.filename not in (None, tmp) or e.strerror is None:
+                ours = e.filename is None or (os.fspath(e.filename) + os.sep).startswith(os.path.dirname(tmp) + os.sep)
+                if not ours or e.strerror is None:
                     raise
                 raise OSError(e.errno, f"{e.strerror} (while writing)", path) from e
             except Exception as e:  # a Rust library's (safetensors'): "...: File too large (os error 27)"
@@ -156,10 +158,7 @@ def write_together(writes: dict[str, Callable[[str], object]]) -> None:
             _fsync(os.path.dirname(path))
     finally:
         for tmp in staged.values():
-            if os.path.isdir(tmp):
-                shutil.rmtree(tmp, ignore_errors=True)
-            elif os.path.exists(tmp):
-                os.remove(tmp)
+            shutil.rmtree(os.path.dirname(tmp), ignore_errors=True)
 
 
 def bytes_writer(data: bytes) -> Callable[[str], None]:
