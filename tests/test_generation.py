@@ -65,7 +65,8 @@ def test_stop_ids_end_generation(model):
     "kwargs, message",
     [
         (dict(prompt=[]), "prompt is empty"),
-        (dict(prompt=[1] * 40, max_new_tokens=9), "exceeds the context of 48"),
+        (dict(prompt=[1] * 40, max_new_tokens=9), "exceeds the context of 48 positions: at most 8 new tokens fit "
+                                                    r"\(max_new_tokens, --max-new-tokens\)"),
         (dict(max_new_tokens=0), "max_new_tokens must be a positive integer"),
         (dict(top_p=0.0), "top_p must be in \\(0, 1\\]"),
         (dict(top_p=1.5), "top_p must be in \\(0, 1\\]"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import json
+import math
 import numbers
 import os
 from typing import Any
@@ -105,6 +106,15 @@ class GPT2Config:
                                           and 0.0 <= value < 1.0):
                 raise ValueError(f"GPT2Config.{name} must be in [0, 1), got {value!r}")
             setattr(self, name, None if value is None else float(value))
+        for name in ("layer_norm_epsilon", "initializer_range"):
+            value = getattr(self, name)
+            if not (isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+                    and value >= 0):
+                raise ValueError(f"GPT2Config.{name} must be a non-negative number, got {value!r}")
+            setattr(self, name, float(value))
+        for name in ("remat", "learned_residual_scale"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"GPT2Config.{name} must be true or false, got {getattr(self, name)!r}")
         if self.characters is not None:
             self.characters = checked_characters(self.characters, "GPT2Config.characters")
             if len(self.characters) != self.vocab_size:

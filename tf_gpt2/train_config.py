@@ -12,7 +12,6 @@ ValueError: steps must be a positive integer, got 0
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Any
 
 from tf_gpt2.config import PRESETS
@@ -22,6 +21,7 @@ PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 BASE_DTYPES = ("bfloat16", "float16")  # a frozen LoRA base in 16 bits (its adapters stay float32)
 STRATEGIES = (None, "mirrored", "multiworker", "tpu")  # tf.distribute, on TensorFlow
 DISTRIBUTIONS = (None, "data", "model")  # keras.distribution, on JAX
+FLOAT32_MAX = 3.4028234663852886e38  # the optimizer holds its settings in float32
 
 
 @dataclasses.dataclass
@@ -75,16 +75,16 @@ class TrainConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
-        if not (isinstance(self.learning_rate, (int, float)) and 0 < self.learning_rate < math.inf):
-            raise ValueError(f"learning_rate must be a positive number, got {self.learning_rate!r}")
+        if not (isinstance(self.learning_rate, (int, float)) and 0 < self.learning_rate <= FLOAT32_MAX):
+            raise ValueError(f"learning_rate must be a positive number a float32 holds, got {self.learning_rate!r}")
         if self.min_learning_rate is None:
             self.min_learning_rate = self.learning_rate / 10
         if not 0 <= self.min_learning_rate <= self.learning_rate:  # also refuses NaN
             raise ValueError(f"min_learning_rate must be in [0, learning_rate = {self.learning_rate}], got "
                              f"{self.min_learning_rate!r}: the cosine schedule would rise instead of decay")
         for name in ("weight_decay", "grad_clip"):
-            if not 0 <= getattr(self, name) < math.inf:
-                raise ValueError(f"{name} must be a non-negative number, got {getattr(self, name)!r}")
+            if not 0 <= getattr(self, name) <= FLOAT32_MAX:
+                raise ValueError(f"{name} must be a non-negative number a float32 holds, got {getattr(self, name)!r}")
         if self.preset not in PRESETS:  # (ignored beside init_from, but a name that is none is a mistake either way)
             raise ValueError(f"unknown preset {self.preset!r}; choose one of {sorted(PRESETS)}")
         if self.precision not in PRECISIONS:
