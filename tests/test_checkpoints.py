@@ -87,6 +87,11 @@ def test_openai_tf_checkpoint_parity(tmp_path):
     model = GPT2.from_pretrained(str(tmp_path / "openai"))
     ids = _random_ids(cfg)
     assert np.abs(np.asarray(model(ids)) - hf_logits(hf, ids)).max() <= 1e-4
+    data = tmp_path / "openai" / "model.ckpt.data-00000-of-00001"  # an interrupted download: the index is whole
+    data.write_bytes(data.read_bytes()[: data.stat().st_size // 2])
+    with pytest.raises(ValueError, match=r"cannot read '.*' from OpenAI checkpoint .*model.ckpt \(.*\): its data "
+                                         r"file is damaged or cut short"):
+        GPT2.from_pretrained(str(tmp_path / "openai"))
 
 
 def test_keras_hub_backbone_parity(tmp_path):

@@ -404,7 +404,11 @@ def read_openai(directory: str, **overrides: Any) -> tuple[GPT2Config, Tensors]:
         key = openai_name(name)
         if key not in stored:
             raise ValueError(f"{prefix}: missing tensor '{key}'")
-        value = reader.get_tensor(key)
+        try:
+            value = reader.get_tensor(key)
+        except (tf.errors.OpError, ValueError, IndexError) as e:  # IndexError: "Read less bytes than requested"
+            raise ValueError(f"cannot read '{key}' from OpenAI checkpoint {prefix} ({e}): its data file is damaged "
+                             "or cut short (an interrupted download?)") from e
         tensors[name] = value[0] if value.ndim == 3 else value  # conv1d weights are [1, in, out]
     return config, tensors
 
