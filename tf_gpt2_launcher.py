@@ -78,6 +78,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for name in [name for name in sys.modules if name == "tf_gpt2" or name.startswith("tf_gpt2.")]:
             del sys.modules[name]
         raise
+    args.whole_process = True  # the command is the process (see cli.run)
     return cli.run(args)
 
 

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -195,6 +196,26 @@ def test_a_file_size_limit_and_another_backend_end_in_one_line_naming_the_file(t
     assert not os.path.exists(tmp_path / "run" / "checkpoint.npz") and not os.path.exists(tmp_path / "sm")
     assert not os.path.exists(tmp_path / "hf" / "model.safetensors") and not os.path.exists(tmp_path / "m.tflite")
     assert os.listdir(tmp_path / "staging") == []
+
+
+def test_training_out_of_memory_ends_in_one_line_with_a_hint_and_status_2(tmp_path):
+    """A batch whose logits need 60 GiB, under a 20 GB address-space limit: TensorFlow's allocation fails. The line
+    says so without TensorFlow's graph-building traceback and hint, and gives ours; the process ends with status 2,
+    not the abort ("double free", 134) that TensorFlow's heap gave the interpreter's ordinary exit."""
+    import resource
+
+    (tmp_path / "text.txt").write_text("To be, or not to be, that is the question. " * 200)
+    code = "import sys, tf_gpt2_launcher\nsys.exit(tf_gpt2_launcher.main(sys.argv[1:]))"  # the console script
+    run = subprocess.run(
+        [sys.executable, "-c", code, "train", "--data", str(tmp_path / "text.txt"), "--out", str(tmp_path / "run"),
+         "--preset", "gpt2-tiny", "--n-layer", "1", "--n-embd", "32", "--n-head", "2", "--block-size", "32",
+         "--batch-size", "5000", "--steps", "1", "--eval-interval", "1", "--eval-batches", "1", "--sample-tokens", "0"],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (20 * 10**9, resource.RLIM_INFINITY)))
+    assert run.returncode == 2, run.stderr[-3000:]
+    assert re.fullmatch(r"tf-gpt2 train: error: Out of memory while trying to allocate [\d.]+GiB\. \(lower "
+                        r"--batch-size, with --grad-accum to keep the batch, or --block-size; --remat and --loss-chunk "
+                        r"keep less per step\)", run.stderr.strip().splitlines()[-1]), run.stderr[-3000:]
 
 
 def test_a_shard_damaged_after_it_was_prepared_fails_training_in_one_short_line(tmp_path, capsys):

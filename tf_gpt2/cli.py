@@ -411,13 +411,23 @@ PLAIN_ERRORS = (ValueError, TypeError, OSError, RuntimeError, FloatingPointError
 
 
 def _tensorflow_message(message: str) -> str:
-    """A TensorFlow error's message without TensorFlow's wrapping (node and op tags), and for a Python error raised
-    inside an op (tf.data's numpy_function) that error's own last line, not its traceback."""
+    """A TensorFlow error's message without TensorFlow's wrapping (where in the Python code the graph was built,
+    node and op tags, its hint on allocation reports), and for a Python error raised inside an op (tf.data's
+    numpy_function) that error's own last line, not its traceback."""
     raised = re.findall(r"^\w+: .*$", message.partition("Traceback (most recent call last)")[2], re.MULTILINE)
     if raised:
         said_plainly = "|".join(kind.__name__ for kind in PLAIN_ERRORS)
         message = re.sub(rf"^({said_plainly}): ", "", raised[-1])
+    message = re.sub(r"^Graph execution error:\s*|^Detected at node .* defined at \(most recent call last\):\n"
+                     r"(?:\s*File .*\n)*|^Hint: If you want to see a list of allocated tensors.*$", "", message,
+                     flags=re.MULTILINE)
     return re.sub(r"\{\{[^}]*\}\}|\[\[[^\]]*\]\]|\[Op:\w+\]", " ", message)
+
+
+def _out_of_memory(error: BaseException) -> bool:
+    """TensorFlow's or XLA's failed allocation (or Python's own)."""
+    return isinstance(error, MemoryError) or type(error).__name__ == "ResourceExhaustedError" or \
+        "RESOURCE_EXHAUSTED" in str(error)
 
 
 def describe_error(error: BaseException) -> str:
@@ -482,9 +492,17 @@ def run(args: argparse.Namespace) -> int:
         if isinstance(e, KeyboardInterrupt):
             print(f"tf-gpt2 {args.command}: interrupted", file=sys.stderr)
             return 130
-        print(f"tf-gpt2 {args.command}: error: {describe_error(e)}", file=sys.stderr)
+        hint = " (lower --batch-size, with --grad-accum to keep the batch, or --block-size; --remat and --loss-chunk " \
+            "keep less per step)" if _out_of_memory(e) and args.command == "train" else ""
+        print(f"tf-gpt2 {args.command}: error: {describe_error(e)}{hint}", file=sys.stderr)
         if os.environ.get("TF_GPT2_TRACEBACK"):
             traceback.print_exc()
+        if _out_of_memory(e) and getattr(args, "whole_process", False):
+            # After a failed allocation TensorFlow's heap can be corrupt: the interpreter's ordinary exit then aborts
+            # ("double free", status 134) as it frees it. The command has said what it had to; the process ends here.
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(2)
         return 2
     finally:
         sys.stdout = stdout.stream
@@ -495,4 +513,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    parsed = build_parser().parse_args()
+    parsed.whole_process = True  # the command is the process (see run)
+    sys.exit(run(parsed))
