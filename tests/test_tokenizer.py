@@ -114,6 +114,7 @@ def test_the_vocabulary_ships_with_the_package_and_a_damaged_cached_copy_is_repl
     import os
     import subprocess
     import sys
+    import tempfile
 
     script = (
         "import sys\n"
@@ -129,6 +130,12 @@ def test_the_vocabulary_ships_with_the_package_and_a_damaged_cached_copy_is_repl
         assert run.stdout.split("\n")[-2] == "True [15496, 995]"
         cached = next(tmp_path.glob("*-encoder.json"))
         cached.write_bytes(cached.read_bytes()[:1000])  # damaged: the next process unpacks it again
+    # A cache that cannot be written (a home that is a file, or read-only): the process's own temp folder instead.
+    (tmp_path / "a file").write_text("")
+    run = subprocess.run([sys.executable, "-c", script, tempfile.gettempdir()], capture_output=True, text=True,
+                         env={**env, "TF_GPT2_CACHE": str(tmp_path / "a file" / "cache")})
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.split("\n")[-2] == "True [15496, 995]"
 
 
 def test_ids_match_transformers_gpt2_tokenizer_on_a_long_text(tok):

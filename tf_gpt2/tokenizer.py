@@ -9,12 +9,15 @@ that take strings.
 
 from __future__ import annotations
 
+import atexit
 import functools
 import gzip
 import hashlib
 import importlib.resources
 import json
 import os
+import shutil
+import tempfile
 from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
@@ -39,13 +42,23 @@ def vocab_cache_dir() -> str:
 
 @functools.lru_cache(maxsize=None)
 def default_vocab_files() -> tuple[str, str]:
-    """Paths of the official encoder.json and vocab.bpe, unpacked from the package's gzip copies
-    (again whenever a cached copy is missing or damaged)."""
+    """Paths of the official encoder.json and vocab.bpe, unpacked from the package's gzip copies into
+    `vocab_cache_dir()` (again whenever a cached copy is missing or damaged), or, where that folder cannot be
+    written (a read-only or missing home, as in some containers), into a temp folder of this process's own."""
+    try:
+        return _unpacked_vocab_files(vocab_cache_dir())
+    except OSError:
+        directory = tempfile.mkdtemp(prefix="tf_gpt2-vocab-")
+        atexit.register(shutil.rmtree, directory, True)
+        return _unpacked_vocab_files(directory)
+
+
+def _unpacked_vocab_files(directory: str) -> tuple[str, str]:
     from tf_gpt2.files import atomic_write, bytes_writer
 
     paths = []
     for name, digest in (("encoder.json", ENCODER_JSON_SHA256), ("vocab.bpe", VOCAB_BPE_SHA256)):
-        path = os.path.join(vocab_cache_dir(), f"{digest[:16]}-{name}")
+        path = os.path.join(directory, f"{digest[:16]}-{name}")
         if not (os.path.exists(path) and _sha256(path) == digest):
             data = _packed(name)
             os.makedirs(os.path.dirname(path), exist_ok=True)
