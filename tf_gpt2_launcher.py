@@ -74,9 +74,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         args = cli.build_parser().parse_args(argv)
         _load(package, spec, quiet)
-    except BaseException:  # --help, a parse error, a failed import: leave no half-made package behind
+    except BaseException as e:  # --help, a parse error, a failed import, Ctrl-C: leave no half-made package behind
         for name in [name for name in sys.modules if name == "tf_gpt2" or name.startswith("tf_gpt2.")]:
             del sys.modules[name]
+        if isinstance(e, KeyboardInterrupt):  # while TensorFlow loads: said as a command's Ctrl-C is (cli.run)
+            print(f"tf-gpt2 {' '.join(sys.argv[1:2] if argv is None else argv[:1])}: interrupted", file=sys.stderr)
+            return 130
         raise
     args.whole_process = True  # the command is the process (see cli.run)
     return cli.run(args)
