@@ -77,11 +77,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BaseException as e:  # --help, a parse error, a failed import, Ctrl-C: leave no half-made package behind
         for name in [name for name in sys.modules if name == "tf_gpt2" or name.startswith("tf_gpt2.")]:
             del sys.modules[name]
-        if isinstance(e, KeyboardInterrupt):  # while TensorFlow loads: said as a command's Ctrl-C is (cli.run)
-            print(f"tf-gpt2 {' '.join(sys.argv[1:2] if argv is None else argv[:1])}: interrupted", file=sys.stderr)
+        if isinstance(e, KeyboardInterrupt) and "args" in locals():  # as a command's Ctrl-C is said (cli.run)
+            print(f"tf-gpt2 {args.command}: interrupted", file=sys.stderr)
             return 130
         raise
-    args.whole_process = True  # the command is the process (see cli.run)
+    args.whole_process = argv is None  # the console script: the command is the process (see cli.run)
     return cli.run(args)
 
 

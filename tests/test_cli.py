@@ -205,13 +205,14 @@ def test_training_out_of_memory_ends_in_one_line_with_a_hint_and_status_2(tmp_pa
     import resource
 
     (tmp_path / "text.txt").write_text("To be, or not to be, that is the question. " * 200)
-    code = "import sys, tf_gpt2_launcher\nsys.exit(tf_gpt2_launcher.main(sys.argv[1:]))"  # the console script
+    code = "import sys, tf_gpt2_launcher\nsys.exit(tf_gpt2_launcher.main())"  # the console script's own call
+    limit = lambda: resource.setrlimit(resource.RLIMIT_AS, (20 * 10**9, resource.RLIM_INFINITY))  # noqa: E731
     run = subprocess.run(
         [sys.executable, "-c", code, "train", "--data", str(tmp_path / "text.txt"), "--out", str(tmp_path / "run"),
          "--preset", "gpt2-tiny", "--n-layer", "1", "--n-embd", "32", "--n-head", "2", "--block-size", "32",
          "--batch-size", "5000", "--steps", "1", "--eval-interval", "1", "--eval-batches", "1", "--sample-tokens", "0"],
-        capture_output=True, text=True, timeout=300, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
-        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (20 * 10**9, resource.RLIM_INFINITY)))
+        capture_output=True, text=True, timeout=300, preexec_fn=limit,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "KERAS_BACKEND": "tensorflow", "CUDA_VISIBLE_DEVICES": ""})
     assert run.returncode == 2, run.stderr[-3000:]
     assert re.fullmatch(r"tf-gpt2 train: error: Out of memory while trying to allocate [\d.]+GiB\. \(lower "
                         r"--batch-size, with --grad-accum to keep the batch, or --block-size; --remat and --loss-chunk "
@@ -313,7 +314,8 @@ def test_ctrl_c_while_tensorflow_loads_is_said_in_one_line_with_status_130(tmp_p
     child = subprocess.Popen([sys.executable, "-c", code, "eval", "/nonexistent.txt", "--random-init", "gpt2-tiny"],
                              stderr=subprocess.PIPE, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
     deadline = time.time() + 120
-    while time.time() < deadline and "tensorflow" not in open(f"/proc/{child.pid}/maps").read():
+    maps = f"/proc/{child.pid}/maps"
+    while time.time() < deadline and child.poll() is None and "libtensorflow" not in open(maps).read():
         time.sleep(0.01)  # until TensorFlow's libraries are being mapped
     child.send_signal(signal.SIGINT)
     _, err = child.communicate(timeout=120)

@@ -34,8 +34,8 @@ def test_num_params_matches_the_built_model(preset, multiple):
         (dict(dropout=1.0), "dropout"),
         (dict(norm_position="middle"), "norm_position"),
         (dict(vocab_multiple=0), "vocab_multiple must be a positive integer"),
-        (dict(layer_norm_epsilon=float("nan")), "layer_norm_epsilon must be a non-negative number, got nan"),
-        (dict(initializer_range="0.02"), "initializer_range must be a non-negative number, got '0.02'"),
+        (dict(layer_norm_epsilon=float("nan")), "layer_norm_epsilon must be a finite non-negative number, got nan"),
+        (dict(initializer_range="0.02"), "initializer_range must be a finite non-negative number, got '0.02'"),
         (dict(remat="no"), "remat must be true or false, got 'no'"),
     ],
 )

@@ -100,6 +100,32 @@ def test_what_a_writing_library_stages_beside_its_file_is_swept_after_a_kill(tmp
     assert os.listdir(tmp_path) == ["model.safetensors"] and path.read_bytes() == b"better"
 
 
+def test_a_write_cut_short_in_a_work_folder_names_the_output_the_temp_folder_and_tmpdir(tmp_path):
+    """A `.litertlm` is assembled from parts written in a temp folder: a part cut short there (EFBIG from
+    RLIMIT_FSIZE; a full /tmp alike) is said of the temp folder, with TMPDIR, and of the output; nothing stays."""
+    (tmp_path / "temp").mkdir()
+    script = textwrap.dedent(f"""
+        import os, resource, signal
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        from tf_gpt2.files import atomic_write, work_dir, write_file
+        def assemble(tmp):
+            with work_dir("parts") as folder:
+                write_file(os.path.join(folder, "model.tflite"), b"x" * 5000)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1000, resource.RLIM_INFINITY))
+        try:
+            atomic_write({str(tmp_path / "m.litertlm")!r}, assemble)
+        except OSError as e:
+            print(e)
+    """)
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "TMPDIR": str(tmp_path / "temp")})
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.strip() == (f"[Errno 27] File too large in the temp folder {tmp_path / 'temp'}, where it is "
+                                  f"staged (set TMPDIR to stage it elsewhere) (while writing): "
+                                  f"'{tmp_path / 'm.litertlm'}'")
+    assert os.listdir(tmp_path / "temp") == [] and sorted(os.listdir(tmp_path)) == ["temp"]
+
+
 def test_published_files_and_directories_are_readable_by_other_users(tmp_path):
     os.umask(0o022)
     atomic_write(str(tmp_path / "f.bin"), lambda tmp: open(tmp, "wb").write(b"x"))
@@ -183,18 +209,20 @@ def test_a_disk_full_midway_through_any_write_keeps_the_previous_file(artifact, 
     import tf_gpt2.files
     from tf_gpt2.devices import Placement
     from tf_gpt2.export import export_saved_model
-    from tf_gpt2.training import TrainConfig, _record_run, save_checkpoint
+    from tf_gpt2.training import TrainConfig, run_record, save_checkpoint
 
     model = _tiny(0)
     model.compile(optimizer=keras.optimizers.AdamW(1e-3),
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     model.optimizer.build(model.trainable_variables)
     cfg = TrainConfig(out=str(tmp_path))
+    def checkpoint_and_run_json(step):  # written together: a cut in either keeps both
+        save_checkpoint(model, str(tmp_path / "checkpoint.npz"), step,
+                        beside=run_record(cfg, {"settings": {"step": step}}, Placement(scope=None, replicas=1)))
+
     writes = {
-        "checkpoint.npz": (str(tmp_path / "checkpoint.npz"),
-                           lambda step: save_checkpoint(model, str(tmp_path / "checkpoint.npz"), step)),
-        "run.json": (str(tmp_path / "run.json"), lambda step: _record_run(cfg, {"settings": {"step": step}},
-                                                                               Placement(scope=None, replicas=1))),
+        "checkpoint.npz": (str(tmp_path / "checkpoint.npz"), checkpoint_and_run_json),
+        "run.json": (str(tmp_path / "run.json"), checkpoint_and_run_json),
         "saved_model": (str(tmp_path / "m" / "1"),
                         lambda step: export_saved_model(model, str(tmp_path / "m"), version=1,
                                                         max_new_tokens_limit=2)),

@@ -130,12 +130,15 @@ def test_the_vocabulary_ships_with_the_package_and_a_damaged_cached_copy_is_repl
         assert run.stdout.split("\n")[-2] == "True [15496, 995]"
         cached = next(tmp_path.glob("*-encoder.json"))
         cached.write_bytes(cached.read_bytes()[:1000])  # damaged: the next process unpacks it again
-    # A cache that cannot be written (a home that is a file, or read-only): the process's own temp folder instead.
+    # A cache that cannot be written (a home that is a file, or read-only): the process's own temp folder instead,
+    # removed as the process ends.
     (tmp_path / "a file").write_text("")
-    run = subprocess.run([sys.executable, "-c", script, tempfile.gettempdir()], capture_output=True, text=True,
-                         env={**env, "TF_GPT2_CACHE": str(tmp_path / "a file" / "cache")})
+    run = subprocess.run([sys.executable, "-c", script + "print(encoder_json)\n", tempfile.gettempdir()],
+                         capture_output=True, text=True, env={**env, "TF_GPT2_CACHE": str(tmp_path / "a file" / "c")})
     assert run.returncode == 0, run.stderr[-2000:]
-    assert run.stdout.split("\n")[-2] == "True [15496, 995]"
+    assert run.stdout.split("\n")[-3] == "True [15496, 995]"
+    unpacked = os.path.dirname(run.stdout.split("\n")[-2])
+    assert os.path.basename(unpacked).startswith("tf_gpt2-vocab-") and not os.path.exists(unpacked)
 
 
 def test_ids_match_transformers_gpt2_tokenizer_on_a_long_text(tok):

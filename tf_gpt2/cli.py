@@ -425,9 +425,10 @@ def _tensorflow_message(message: str) -> str:
 
 
 def _out_of_memory(error: BaseException) -> bool:
-    """TensorFlow's or XLA's failed allocation (or Python's own)."""
-    return isinstance(error, MemoryError) or type(error).__name__ == "ResourceExhaustedError" or \
-        "RESOURCE_EXHAUSTED" in str(error)
+    """A failed allocation: Python's, or TensorFlow's or XLA's (whose RESOURCE_EXHAUSTED also says a full disk)."""
+    return isinstance(error, MemoryError) or (
+        (type(error).__name__ == "ResourceExhaustedError" or "RESOURCE_EXHAUSTED" in str(error))
+        and re.search(r"out of memory|\bOOM\b|(failed|trying) to allocate", str(error), re.IGNORECASE) is not None)
 
 
 def describe_error(error: BaseException) -> str:
@@ -480,13 +481,13 @@ class _LineEnds:
 
 def run(args: argparse.Namespace) -> int:
     """Run a parsed command; every failure ends in one line of its own and exit status 2."""
-    stdout = sys.stdout = _LineEnds(sys.stdout)
+    stdout = sys.stdout = _LineEnds(sys.stdout) if sys.stdout is not None else None  # (None: closed, `>&-`)
     try:
         return args.run(args)
     except (Exception, KeyboardInterrupt) as e:  # every failure ends in one line; TF_GPT2_TRACEBACK=1 shows where
         if isinstance(e, BrokenPipeError) and _output_closed():
             return 1
-        if stdout.mid_line:
+        if stdout is not None and stdout.mid_line:
             with contextlib.suppress(OSError, ValueError):
                 print(flush=True)
         if isinstance(e, KeyboardInterrupt):
@@ -505,7 +506,8 @@ def run(args: argparse.Namespace) -> int:
             os._exit(2)
         return 2
     finally:
-        sys.stdout = stdout.stream
+        if stdout is not None:
+            sys.stdout = stdout.stream
 
 
 def main(argv: Sequence[str] | None = None) -> int:

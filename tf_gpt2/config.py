@@ -110,7 +110,7 @@ class GPT2Config:
             value = getattr(self, name)
             if not (isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
                     and value >= 0):
-                raise ValueError(f"GPT2Config.{name} must be a non-negative number, got {value!r}")
+                raise ValueError(f"GPT2Config.{name} must be a finite non-negative number, got {value!r}")
             setattr(self, name, float(value))
         for name in ("remat", "learned_residual_scale"):
             if not isinstance(getattr(self, name), bool):

@@ -12,8 +12,10 @@ Example:
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import errno
+import functools
 import json
 import os
 import re
@@ -43,12 +45,12 @@ def make_readable(path: str) -> None:
             os.chmod(os.path.join(root, name), 0o666 & ~mask)
 
 
-def temp_path(path: str) -> str:
-    """Where this process writes `path` first: under its own name (Keras only saves to names ending in `.keras`) in a
-    hidden sibling folder of this process's, `.<name>.tmp-<pid>/`, where a writing library's own temporaries go too
-    (safetensors stages `.tmpXXXXXX` beside its file): the next write sweeps the folder if this process is killed."""
+def staging_dir(path: str) -> str:
+    """The hidden sibling folder, `.<name>.tmp-<pid>/`, where this process writes `path` first, under its own name
+    (Keras only saves to names ending in `.keras`), and where a writing library's own temporaries go too (safetensors
+    stages `.tmpXXXXXX` beside its file): the next write sweeps the folder if this process is killed."""
     directory, name = os.path.split(os.path.abspath(path))
-    return os.path.join(directory, f".{name}{TEMP_MARK}{os.getpid()}", name)
+    return os.path.join(directory, f".{name}{TEMP_MARK}{os.getpid()}")
 
 
 def _pid_alive(pid: int) -> bool:
@@ -77,29 +79,54 @@ def remove_stale_temps(path: str) -> None:
 _FULL = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)  # a write cut short by the disk, a quota or a size limit
 
 
-@contextlib.contextmanager
-def work_dir(what: str) -> Iterator[str]:
-    """A temporary working directory (`tf_gpt2-<what>-<pid>-...` in the system's temp folder) for the block;
-    those that killed processes left there (a conversion killed midway leaves its whole model) go first. A write
-    in it cut short (a full temp folder, said by Python or by TensorFlow's own file system) becomes an `OSError`
-    that names the temp folder and TMPDIR, without a file name: `atomic_write` adds the file being made."""
+def _temp_folder(what: str) -> str:
+    """A new folder `tf_gpt2-<what>-<pid>-...` in the system's temp folder; those that processes now gone left
+    there (a conversion killed midway leaves its whole model) go first."""
     root = tempfile.gettempdir()
     pattern = re.compile(re.escape(f"tf_gpt2-{what}-") + r"(\d+)-")
     for entry in os.listdir(root):
         match = pattern.match(entry)
         if match and int(match.group(1)) != os.getpid() and not _pid_alive(int(match.group(1))):
             shutil.rmtree(os.path.join(root, entry), ignore_errors=True)
-    with tempfile.TemporaryDirectory(prefix=f"tf_gpt2-{what}-{os.getpid()}-") as directory:
-        try:
-            yield directory
-        except Exception as e:
-            said = f"{getattr(e, 'filename', None) or ''} {e}"
-            code = next((c for c in _FULL if directory in said and (getattr(e, "errno", None) == c
-                                                                     or os.strerror(c) in said)), None)
-            if code is None:
-                raise
-            raise OSError(code, f"{os.strerror(code)} in the temp folder {root}, where it is staged (set TMPDIR "
-                                "to stage it elsewhere)") from e
+    return tempfile.mkdtemp(prefix=f"tf_gpt2-{what}-{os.getpid()}-")
+
+
+def process_dir(what: str) -> str:
+    """A temporary folder (`_temp_folder`) for the rest of this process, removed as it exits."""
+    directory = _temp_folder(what)
+    atexit.register(shutil.rmtree, directory, True)
+    return directory
+
+
+@contextlib.contextmanager
+def work_dir(what: str) -> Iterator[str]:
+    """A temporary folder (`_temp_folder`) for the block. A write in it cut short (a full temp folder, said by
+    Python with the file's name, see `write_file`, or by TensorFlow's own file system) becomes an `OSError` that
+    names the temp folder and TMPDIR, without a file name: `atomic_write` adds the file being made."""
+    directory = _temp_folder(what)
+    try:
+        yield directory
+    except Exception as e:
+        said = f"{getattr(e, 'filename', None) or ''} {e}"
+        code = next((c for c in _FULL if directory in said and (getattr(e, "errno", None) == c
+                                                                 or os.strerror(c) in said)), None)
+        if code is None:
+            raise
+        raise OSError(code, f"{os.strerror(code)} in the temp folder {tempfile.gettempdir()}, where it is staged "
+                            "(set TMPDIR to stage it elsewhere)") from e
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def write_file(path: str, data: bytes) -> None:
+    """`data` to the file `path`; a write cut short (a full disk) names the file, as a failure to open it does."""
+    try:
+        with open(path, "wb") as f:
+            f.write(data)
+    except OSError as e:
+        if e.filename is not None:
+            raise
+        raise OSError(e.errno, e.strerror, path) from e
 
 
 def _fsync(path: str) -> None:
@@ -137,13 +164,15 @@ def write_together(writes: dict[str, Callable[[str], object]]) -> None:
             if os.path.isdir(path):
                 raise IsADirectoryError(errno.EISDIR, "Is a directory, cannot be replaced", path)
             remove_stale_temps(path)
-            staged[path] = tmp = temp_path(path)
+            staging = staging_dir(path)
+            staged[path] = tmp = os.path.join(staging, os.path.basename(path))
             try:
-                os.makedirs(os.path.dirname(tmp), exist_ok=True)
+                shutil.rmtree(staging, ignore_errors=True)  # (an earlier process's with this pid)
+                os.mkdir(staging)  # (not the folders above it: a missing folder fails as writing the file would)
                 write(tmp)
                 _sync_tree(tmp)
             except OSError as e:  # a full disk or a size limit, said of the file being written
-                ours = e.filename is None or (os.fspath(e.filename) + os.sep).startswith(os.path.dirname(tmp) + os.sep)
+                ours = e.filename is None or (os.fspath(e.filename) + os.sep).startswith(staging + os.sep)
                 if not ours or e.strerror is None:
                     raise
                 raise OSError(e.errno, f"{e.strerror} (while writing)", path) from e
@@ -157,16 +186,13 @@ def write_together(writes: dict[str, Callable[[str], object]]) -> None:
             os.replace(tmp, path)
             _fsync(os.path.dirname(path))
     finally:
-        for tmp in staged.values():
-            shutil.rmtree(os.path.dirname(tmp), ignore_errors=True)
+        for path in staged:
+            shutil.rmtree(staging_dir(path), ignore_errors=True)
 
 
 def bytes_writer(data: bytes) -> Callable[[str], None]:
     """A writer for `atomic_write`/`write_together` that writes `data`."""
-    def write(tmp: str) -> None:
-        with open(tmp, "wb") as f:
-            f.write(data)
-    return write
+    return functools.partial(write_file, data=data)
 
 
 def json_writer(value: Any, indent: int = 2) -> Callable[[str], None]:

@@ -319,9 +319,10 @@ def _prepare(model, prompt: Any, max_new_tokens: int = 32, temperature: float = 
         raise ValueError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
     longest = max(len(p) for p in batch)
     if longest + max_new_tokens > cfg.n_positions:
-        fit = f"at most {cfg.n_positions - longest} new tokens fit" if longest < cfg.n_positions else "crop the prompt"
+        fit = (f"at most {cfg.n_positions - longest} new tokens fit (max_new_tokens, --max-new-tokens)"
+               if longest < cfg.n_positions else "crop the prompt")
         raise ValueError(f"prompt of {longest} tokens + max_new_tokens {max_new_tokens} exceeds the context of "
-                         f"{cfg.n_positions} positions: {fit} (max_new_tokens, --max-new-tokens)")
+                         f"{cfg.n_positions} positions: {fit}")
     check_in_vocabulary([t for p in batch for t in p], cfg.vocab_size)
     temperature, top_k, top_p, repetition_penalty = _checked_settings(temperature, top_k, top_p, repetition_penalty)
     per_row = lambda value, dtype: np.full(len(batch), value, dtype)  # noqa: E731  (one setting for every row)

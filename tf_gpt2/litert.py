@@ -25,7 +25,7 @@ import numpy as np
 import tensorflow as tf
 
 from tf_gpt2.checks import check_in_vocabulary, is_integer, require_tensorflow
-from tf_gpt2.files import atomic_write, work_dir
+from tf_gpt2.files import atomic_write, work_dir, write_file
 from tf_gpt2.formats import QUANTIZATIONS
 from tf_gpt2.generation import refuse_non_finite
 from tf_gpt2.layers import causal_mask
@@ -211,14 +211,13 @@ def export_litertlm(model: GPT2, path: str, cache_length: int | None = None,
     _check_writable(path)
 
     def write(tmp: str) -> None:
-        with work_dir("litertlm") as parts:
-            files = {name: os.path.join(parts, name) for name in ("model.tflite", "tokenizer.json", "metadata.pb")}
-            with open(files["model.tflite"], "wb") as f:
-                f.write(litert_bytes(model, cache_length, prefill_lengths, quantize))
-            with open(files["tokenizer.json"], "w", encoding="utf-8") as f:
-                f.write(hf_tokenizer_json())
-            with open(files["metadata.pb"], "wb") as f:
-                f.write(_llm_metadata(cache_length - (max(prefill_lengths) - 1)))
+        parts = {"model.tflite": litert_bytes(model, cache_length, prefill_lengths, quantize),
+                 "tokenizer.json": hf_tokenizer_json().encode("utf-8"),
+                 "metadata.pb": _llm_metadata(cache_length - (max(prefill_lengths) - 1))}
+        with work_dir("litertlm") as folder:
+            files = {name: os.path.join(folder, name) for name in parts}
+            for name, data in parts.items():
+                write_file(files[name], data)
             builder = LitertLmFileBuilder()
             builder.add_tflite_model(files["model.tflite"], TfLiteModelType.PREFILL_DECODE)
             builder.add_hf_tokenizer(files["tokenizer.json"])

@@ -9,15 +9,12 @@ that take strings.
 
 from __future__ import annotations
 
-import atexit
 import functools
 import gzip
 import hashlib
 import importlib.resources
 import json
 import os
-import shutil
-import tempfile
 from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
@@ -45,12 +42,12 @@ def default_vocab_files() -> tuple[str, str]:
     """Paths of the official encoder.json and vocab.bpe, unpacked from the package's gzip copies into
     `vocab_cache_dir()` (again whenever a cached copy is missing or damaged), or, where that folder cannot be
     written (a read-only or missing home, as in some containers), into a temp folder of this process's own."""
+    from tf_gpt2.files import process_dir
+
     try:
         return _unpacked_vocab_files(vocab_cache_dir())
     except OSError:
-        directory = tempfile.mkdtemp(prefix="tf_gpt2-vocab-")
-        atexit.register(shutil.rmtree, directory, True)
-        return _unpacked_vocab_files(directory)
+        return _unpacked_vocab_files(process_dir("vocab"))
 
 
 def _unpacked_vocab_files(directory: str) -> tuple[str, str]:

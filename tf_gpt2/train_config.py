@@ -76,7 +76,8 @@ class TrainConfig:
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
         if not (isinstance(self.learning_rate, (int, float)) and 0 < self.learning_rate <= FLOAT32_MAX):
-            raise ValueError(f"learning_rate must be a positive number a float32 holds, got {self.learning_rate!r}")
+            raise ValueError(f"learning_rate must be a positive number up to float32's largest (3.4e38), got "
+                             f"{self.learning_rate!r}")
         if self.min_learning_rate is None:
             self.min_learning_rate = self.learning_rate / 10
         if not 0 <= self.min_learning_rate <= self.learning_rate:  # also refuses NaN
@@ -84,7 +85,8 @@ class TrainConfig:
                              f"{self.min_learning_rate!r}: the cosine schedule would rise instead of decay")
         for name in ("weight_decay", "grad_clip"):
             if not 0 <= getattr(self, name) <= FLOAT32_MAX:
-                raise ValueError(f"{name} must be a non-negative number a float32 holds, got {getattr(self, name)!r}")
+                raise ValueError(f"{name} must be a non-negative number up to float32's largest (3.4e38), got "
+                                 f"{getattr(self, name)!r}")
         if self.preset not in PRESETS:  # (ignored beside init_from, but a name that is none is a mistake either way)
             raise ValueError(f"unknown preset {self.preset!r}; choose one of {sorted(PRESETS)}")
         if self.precision not in PRECISIONS:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
 import itertools
 import json
 import math
@@ -42,7 +41,7 @@ from tf_gpt2.data import (
     shards_whole,
 )
 from tf_gpt2.devices import Placement, host_array, place_run, tensorflow
-from tf_gpt2.files import atomic_write, exclusive, json_writer, read_json
+from tf_gpt2.files import exclusive, json_writer, read_json, write_together
 from tf_gpt2.generation import pad_id
 from tf_gpt2.model import GPT2
 from tf_gpt2.tokenizer import VOCAB_SIZE
@@ -117,9 +116,11 @@ def inference_model(model: GPT2) -> GPT2:
 
 
 # -- checkpoints --------------------------------------------------------------------------------
-def save_checkpoint(model: GPT2, path: str, step: int, write: bool = True) -> None:
-    """Model + optimizer state (incl. RNG state) in one file, written atomically. Every process of a run calls it
-    (the shards of a split weight are gathered from all of them); the one with `write` writes."""
+def save_checkpoint(model: GPT2, path: str, step: int, write: bool = True,
+                    beside: dict[str, Callable[[str], object]] | None = None) -> None:
+    """Model + optimizer state (incl. RNG state) in one file, written atomically, together with the files `beside`
+    (`write_together`: renamed first). Every process of a run calls it (the shards of a split weight are gathered
+    from all of them); the one with `write` writes."""
     variables = list(model.variables) + list(model.optimizer.variables)
     arrays = {f"v{i}": host_array(v) for i, v in enumerate(variables)}
     if not write:
@@ -130,7 +131,7 @@ def save_checkpoint(model: GPT2, path: str, step: int, write: bool = True) -> No
         with open(tmp, "wb") as f:  # a file object: np.savez would add ".npz" to a name
             np.savez(f, meta=np.array(json.dumps(meta)), **arrays)
 
-    atomic_write(path, dump)
+    write_together({**(beside or {}), path: dump})
 
 
 def restore_checkpoint(model: GPT2, path: str) -> int:
@@ -331,24 +332,24 @@ def round_went_bad(logs: dict | None, model: keras.Model) -> bool:
     logs = logs or {}
     if not all(math.isfinite(float(logs.get(name, 0.0))) for name in ("loss", "val_loss")):
         return True
-    return "val_loss" not in logs and not all(bool(keras.ops.all(keras.ops.isfinite(v)))
-                                              for v in model.trainable_weights)
+    if "val_loss" in logs:
+        return False
+    finite = [keras.ops.all(keras.ops.isfinite(v)) for v in model.trainable_weights]
+    return not bool(keras.ops.all(keras.ops.stack(finite)))  # (one wait for the device, not one per weight)
 
 
 class SaveCheckpoint(keras.callbacks.Callback):
-    """After each round: model + optimizer state to `path`, atomically, unless the round went bad
-    (`round_went_bad`); then `saved()` (run.json: the settings the checkpoint was trained under)."""
+    """After each round: model + optimizer state to `path`, atomically, with the files `beside` (run.json: the
+    settings the checkpoint was trained under), unless the round went bad (`round_went_bad`)."""
 
     def __init__(self, path: str, round_end: Callable[[int], int], write: bool = True,
-                 saved: Callable[[], None] = lambda: None):
+                 beside: dict[str, Callable[[str], object]] | None = None):
         super().__init__()
-        self.path, self.round_end, self.write, self.saved = path, round_end, write, saved
+        self.path, self.round_end, self.write, self.beside = path, round_end, write, beside
 
     def on_epoch_end(self, epoch, logs=None):
         if not round_went_bad(logs, self.model):
-            save_checkpoint(self.model, self.path, self.round_end(epoch), self.write)
-            if self.write:
-                self.saved()
+            save_checkpoint(self.model, self.path, self.round_end(epoch), self.write, self.beside)
 
 
 class TextSample(keras.callbacks.Callback):
@@ -549,10 +550,10 @@ def check_resume(cfg: TrainConfig, identity: dict[str, Any]) -> None:
                          "Use another --out for a new run, or --resume-with-changes to continue this one anyway")
 
 
-def _record_run(cfg: TrainConfig, identity: dict[str, Any], placement: Placement) -> None:
-    """run.json: the run's identity (checked on resume) and where it ran (not checked)."""
+def run_record(cfg: TrainConfig, identity: dict[str, Any], placement: Placement) -> dict[str, Callable[[str], None]]:
+    """run.json's writer: the run's identity (checked on resume) and where it ran (not checked)."""
     where = {"replicas": placement.replicas, "devices": placement.devices, "processes": placement.processes}
-    atomic_write(os.path.join(cfg.out, RUN_RECORD), json_writer({**identity, **where}, indent=1))
+    return {os.path.join(cfg.out, RUN_RECORD): json_writer({**identity, **where}, indent=1)}
 
 
 def train(cfg: TrainConfig) -> tuple[GPT2, dict[str, list[float]]]:
@@ -608,13 +609,13 @@ def _train(cfg: TrainConfig, placement: Placement) -> tuple[GPT2, dict[str, list
             return model, {}
         # run.json is written with each checkpoint, so that it names the settings the checkpoint was trained under
         # (a --resume-with-changes that fails before its first checkpoint leaves the old ones).
-        record = functools.partial(_record_run, cfg, identity, placement)
-        return model, _fit(cfg, model, start, train_data, val_data, placement, gradient_norm, record)
+        return model, _fit(cfg, model, start, train_data, val_data, placement, gradient_norm,
+                           run_record(cfg, identity, placement))
 
 
 def _fit(cfg: TrainConfig, model: GPT2, start: int, train_data: TokenShards, val_data: TokenShards,
-         placement: Placement, gradient_norm, record: Callable[[], None]) -> dict[str, list[float]]:
-    """The rounds left of the run, from step `start`; `record()` after each checkpoint."""
+         placement: Placement, gradient_norm, record: dict[str, Callable[[str], None]]) -> dict[str, list[float]]:
+    """The rounds left of the run, from step `start`; the files of `record` written with each checkpoint."""
     tf = tensorflow()
 
     checkpoint = os.path.join(cfg.out, CHECKPOINT)
@@ -635,7 +636,7 @@ def _fit(cfg: TrainConfig, model: GPT2, start: int, train_data: TokenShards, val
               file=sys.stderr)
     nan_guard = StopOnNaN()
     callbacks = [*step_callbacks(cfg.batch_size * cfg.block_size, nan_guard),
-                 SaveCheckpoint(checkpoint, round_end, write=placement.is_chief, saved=record)]
+                 SaveCheckpoint(checkpoint, round_end, write=placement.is_chief, beside=record)]
     if gradient_norm is not None:
         callbacks.insert(1, LogGradientNorm(gradient_norm))
     if cfg.sample_tokens and cfg.strategy is None and placement.processes == 1:  # a sample is one process's work
