@@ -373,6 +373,16 @@ def test_resuming_with_other_settings_or_data_is_refused_unless_asked(char_data,
     train(config(tmp_path / "run", char_data, steps=10, eval_interval=10, verbose=1, eval_batches=2))
     _, history = train(config(tmp_path / "run", char_data, steps=20, eval_interval=10, resume_with_changes=True))
     assert len(history["loss"]) == 1 and _checkpoint_step(tmp_path / "run" / CHECKPOINT) == 20
+    # A checkpoint whose run.json is damaged or gone (copied alone) cannot be told apart from another run's.
+    good = _digest(tmp_path / "run" / CHECKPOINT)
+    for damage, said in ((lambda p: p.write_text("{"), "is unreadable"), (lambda p: p.unlink(), "is missing")):
+        damage(tmp_path / "run" / "run.json")
+        with pytest.raises(ValueError, match=f"run.json {said}.*: cannot tell which run the checkpoint beside it "
+                                             "belongs to. Use another --out for a new run, or --resume-with-changes"):
+            train(config(tmp_path / "run", char_data, steps=30, eval_interval=10))
+    assert _digest(tmp_path / "run" / CHECKPOINT) == good
+    train(config(tmp_path / "run", char_data, steps=30, eval_interval=10, resume_with_changes=True))
+    assert _checkpoint_step(tmp_path / "run" / CHECKPOINT) == 30 and os.path.exists(tmp_path / "run" / "run.json")
 
 
 def test_a_refused_resume_leaves_the_run_as_it_was_and_a_finished_one_says_so(tmp_path, capsys):

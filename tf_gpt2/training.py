@@ -531,16 +531,19 @@ def _same_setting(name: str, before: Any, now: Any) -> bool:
 
 def check_resume(cfg: TrainConfig, identity: dict[str, Any]) -> None:
     """Refuse to resume a run under settings or data other than those it was started with (the data only where
-    `identity` has its digest: the settings are checked again before the text is tokenized)."""
+    `identity` has its digest: the settings are checked again before the text is tokenized), or one whose run.json
+    is missing or unreadable, unless `resume_with_changes`."""
     path = os.path.join(cfg.out, RUN_RECORD)
-    if not os.path.exists(path):
-        return
     try:
         with open(path, encoding="utf-8") as f:
             before = json.load(f)
         before["settings"]
-    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
-        raise ValueError(f"{path} is unreadable ({e!r}): cannot tell which run the checkpoint belongs to") from None
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
+        if cfg.resume_with_changes:
+            return
+        said = "is missing" if isinstance(e, FileNotFoundError) else f"is unreadable ({e!r})"
+        raise ValueError(f"{path} {said}: cannot tell which run the checkpoint beside it belongs to. Use another "
+                         "--out for a new run, or --resume-with-changes to continue this one anyway") from None
     changed = [f"{k}: {before['settings'].get(k)!r} -> {v!r}" for k, v in identity["settings"].items()
                if not _same_setting(k, before["settings"].get(k), v)]
     if "data_sha256" in identity and before.get("data_sha256") != identity["data_sha256"]:
