@@ -217,6 +217,32 @@ def test_the_validation_split_of_non_latin_text_is_its_last_tenth(tmp_path):
     assert 0.09 < _val_share(manifest) < 0.11
 
 
+def test_the_validation_split_stays_the_last_tenth_of_text_with_few_places_to_cut(tmp_path):
+    """Characters are cut exactly there; GPT-2's BPE at most 1,024 characters earlier, where its tokenizer cannot
+    join across, or else where the split falls, with a warning. (The split used to move back to the last such place
+    however far: a DNA sequence after a one-line header gave 5 training tokens of 60,007.)"""
+    import random
+
+    random.seed(0)
+    dna = ">seq1\n" + "".join(random.choice("ACGT") for _ in range(60_000)) + "\n"
+    (tmp_path / "dna.txt").write_text(dna)
+    chars = prepare(str(tmp_path / "dna.txt"), str(tmp_path / "c"), vocab="char", verbose=False)
+    assert sum(s["tokens"] for s in chars["splits"]["val"]) == len(dna) - int(len(dna) * 0.9)
+    (tmp_path / "skew.txt").write_text("word " * 50 + "x" * 20_000 + "\n")
+    with pytest.warns(UserWarning, match=r"skew.txt: the split between train and val falls in a run that GPT-2's "
+                                         r"tokenizer may join across, with no safe place to cut within 1,024 "
+                                         r"characters before it \('x{20}'\)"):
+        bpe = prepare(str(tmp_path / "skew.txt"), str(tmp_path / "b"), verbose=False)
+    assert 0.05 < _val_share(bpe) < 0.15
+    # Text with places to cut still splits at one: the ids are those of the whole text.
+    (tmp_path / "prose.txt").write_text("The quick brown fox jumps over the lazy dog. " * 2000)
+    prose = prepare(str(tmp_path / "prose.txt"), str(tmp_path / "p"), verbose=False)
+    ids = [np.fromfile(tmp_path / "p" / s["file"], np.uint16).tolist()
+           for split in ("train", "val") for s in prose["splits"][split]]
+    assert sum(ids, [])[:-1] == GPT2Tokenizer().encode((tmp_path / "prose.txt").read_text())  # (then the separator)
+    assert 0.09 < _val_share(prose) < 0.11
+
+
 def test_a_gzip_of_several_members_is_split_by_its_whole_size(tmp_path):
     """`cat a.gz b.gz` (or pigz) writes several gzip members; the trailer holds only the last one's size."""
     import gzip

@@ -295,14 +295,18 @@ def safe_cut(text: str, start: int = 0, end: int | None = None) -> int:
 
 
 LONGEST_RUN = 1 << 16  # characters with no safe cut read before cutting anyway (and two chunks)
+SPLIT_SLACK = 1 << 10  # characters the validation split may start before its fraction, to cut where it is safe
 
 
-def _chunks(path: str, chunk_bytes: int = CHUNK_BYTES) -> Iterator[str]:
+def _chunks(path: str, chunk_bytes: int = CHUNK_BYTES, anywhere: bool = False) -> Iterator[str]:
     """The file's text in pieces of about `chunk_bytes` characters, cut only where GPT-2's tokenizer cannot join
-    across (`safe_cut`), so encoding the pieces one by one gives the ids of the whole file. A stretch of more than
-    `LONGEST_RUN` characters and two chunks with no such place (a run of one kind of character: letters, digits,
-    symbols or whitespace) is cut where it stands, with a warning: memory stays bounded, and only the ids at that cut
-    may differ."""
+    across (`safe_cut`), so encoding the pieces one by one gives the ids of the whole file (or `anywhere`: characters
+    encode one by one). A stretch of more than `LONGEST_RUN` characters and two chunks with no such place (a run of
+    one kind of character: letters, digits, symbols or whitespace) is cut where it stands, with a warning: memory
+    stays bounded, and only the ids at that cut may differ."""
+    if anywhere:
+        yield from _blocks(path, chunk_bytes)
+        return
     carry, offset = "", 0
     for block in _blocks(path, chunk_bytes):
         text = carry + block
@@ -442,7 +446,7 @@ def prepare(inputs: str | Sequence[str], out_dir: str, val_fraction: float = 0.1
         try:
             label = f"tokenizing {len(files)} file(s), {total / 1e6:.1f} MB of text ({vocab} vocabulary) into {out_dir}"
             splits = _write_shards(files, total, val_fraction, encode, separator, writers, label if verbose else None,
-                                   chunk_bytes)
+                                   chunk_bytes, anywhere=vocab == "char")
             if sum(s["tokens"] for s in splits["train"]) == 0:
                 raise ValueError(f"no training tokens came out of {files}")
         except BaseException:  # a full disk, bad text, Ctrl-C: the dataset already there stays as it was
@@ -477,19 +481,24 @@ def _progress_bar(total: int, label: str | None) -> Iterator:
             raise
 
 
-def _write_shards(files, total, val_fraction, encode, separator, writers, label, chunk_bytes) -> dict[str, list[dict]]:
+def _write_shards(files, total, val_fraction, encode, separator, writers, label, chunk_bytes,
+                  anywhere: bool = False) -> dict[str, list[dict]]:
+    """The files' ids into the writers, the last `val_fraction` of the bytes into "val": the split starts at most
+    `SPLIT_SLACK` characters early, where GPT-2's tokenizer cannot join across, or, with none there, where it falls
+    (with a warning; `anywhere`, for characters, always there)."""
     val_from = total * (1.0 - val_fraction)
     done = 0
     with _progress_bar(total, label) as progress:
         for path in files:
-            for chunk in _chunks(path, chunk_bytes):
+            for chunk in _chunks(path, chunk_bytes, anywhere):
                 data = chunk.encode("utf-8")
                 size = len(data)
                 # Where the split falls, in characters of this chunk (val_from counts bytes).
                 cut = 0 if done >= val_from else len(chunk) if done + size <= val_from else len(
                     data[:int(val_from - done)].decode("utf-8", errors="ignore"))
-                if 0 < cut < len(chunk):  # the split falls inside this chunk: where the tokenizer cannot join across
-                    cut = safe_cut(chunk, end=cut)
+                if 0 < cut < len(chunk) and not anywhere:  # inside this chunk: where the tokenizer cannot join
+                    earliest = max(0, cut - SPLIT_SLACK)  # (a chunk starts at such a place: 0 is one)
+                    cut = safe_cut(chunk, start=earliest, end=cut) or (earliest and _cut_anyway(path, chunk, cut))
                 for split, text in (("train", chunk[:cut]), ("val", chunk[cut:])):
                     if text:
                         writers[split].write(np.asarray(encode(text), dtype=np.uint16))
@@ -498,6 +507,14 @@ def _write_shards(files, total, val_fraction, encode, separator, writers, label,
                     progress.update(min(done, total))
             writers["train" if done <= val_from else "val"].write(np.asarray(separator, dtype=np.uint16))
     return {s: w.close() for s, w in writers.items()}
+
+
+def _cut_anyway(path: str, chunk: str, cut: int) -> int:
+    warnings.warn(f"{path}: the split between train and val falls in a run that GPT-2's tokenizer may join across, "
+                  f"with no safe place to cut within {SPLIT_SLACK:,} characters before it "
+                  f"({chunk[max(0, cut - 20):cut]!r}): cut there, so the ids at that cut may differ from tokenizing "
+                  "the file whole", stacklevel=3)
+    return cut
 
 
 def _read_manifest(directory: str) -> dict:
