@@ -191,6 +191,9 @@ def test_init_from_takes_the_runs_model_flags_and_refuses_another_vocabulary(cha
     with pytest.raises(ValueError, match=r"other characters than the data \(only in the data: 'e', "
                                          r"only in the model: 'Q'\)"):
         source(start("other.keras", characters=[c if c != "e" else "Q" for c in chars]))
+    with pytest.raises(ValueError, match=r"wide.keras is a model of 64 ids without characters, and the data has 30 "
+                                         r"characters: the trained model could not read or write text"):
+        source(start("wide.keras", vocab_size=64))  # (its model.keras would have no text tokenizer)
     # Shards already prepared take no --vocab: the fix is other shards, or the raw text; raw text takes --vocab.
     with pytest.raises(ValueError, match=r"bpe.keras reads GPT-2 BPE, the data was tokenized as characters: give the "
                                          r"raw text as --data, or shards prepared with --vocab gpt2"):

@@ -466,7 +466,11 @@ def matched_to_data(cfg: TrainConfig, model: GPT2, manifest: dict) -> GPT2:
         raise ValueError(f"--init-from {name} reads other characters than the data (only in the data: {only_data!r}, "
                          f"only in the model: {only_model!r}): its ids would mean other characters; train a new "
                          "model on this text instead")
-    if config.characters is None and chars is not None and len(chars) == config.vocab_size:
+    if config.characters is None and chars is not None and len(chars) != config.vocab_size:
+        raise ValueError(f"--init-from {name} is a model of {config.vocab_size} ids without characters, and the data "
+                         f"has {len(chars)} characters: the trained model could not read or write text (its ids take "
+                         "a dataset's characters only when the counts match); train a new model on this text instead")
+    if config.characters is None and chars is not None:
         model.config.characters = chars  # a model of ids alone learns what they mean: the data's characters
     return model
 
