@@ -530,6 +530,12 @@ def test_a_checkpoint_with_a_tokenizer_of_its_own_is_refused_by_its_file_and_lef
             ("tokenizer.json", lambda d: (d / "tokenizer.json").write_text(json.dumps({
                 **json.loads((d / "tokenizer.json").read_text()), "normalizer": {"type": "Lowercase"}})),
              "splits text otherwise than GPT-2's BPE"),
+            ("tokenizer_config.json", lambda d: (d / "tokenizer_config.json").write_text(json.dumps({
+                **json.loads((d / "tokenizer_config.json").read_text()), "add_prefix_space": True})),
+             "sets add_prefix_space"),
+            ("tokenizer_config.json", lambda d: (d / "tokenizer_config.json").write_text(json.dumps({
+                **json.loads((d / "tokenizer_config.json").read_text()), "add_bos_token": True})),
+             "sets add_bos_token"),
             ("vocab.json", lambda d: os.remove(d / "merges.txt"), "has no merges.txt beside it"),
             ("spiece.model", lambda d: (d / "spiece.model").write_bytes(b"\x0a"), "is a tokenizer of another kind"))):
         other = tmp_path / f"case{i}"

@@ -202,6 +202,13 @@ def other_tokenizer(directory: str) -> str | None:
                 return f"{tokenizer_json} is not GPT-2's BPE"
             if bpe is not None and not _splits_as_gpt2(found):
                 return f"{tokenizer_json} splits text otherwise than GPT-2's BPE (its normalizer or pre-tokenizer)"
+        settings_path = os.path.join(directory, "tokenizer_config.json")
+        settings = read(settings_path, json.loads) if os.path.exists(settings_path) else {}
+        added = [f"{name} (transformers then {does})" for name, does in (
+            ("add_prefix_space", 'reads "Hello" as " Hello"'), ("add_bos_token", "starts every text with a token"))
+            if isinstance(settings, dict) and settings.get(name) is True]
+        if added:
+            return f"{settings_path} sets {' and '.join(added)}"
     except _Unreadable as e:
         return str(e)
     other = next((n for n in OTHER_KINDS if os.path.exists(os.path.join(directory, n))), None)
