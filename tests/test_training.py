@@ -364,6 +364,12 @@ def test_a_second_train_on_the_same_run_directory_is_refused(char_data, tmp_path
 def test_resuming_with_other_settings_or_data_is_refused_unless_asked(char_data, tmp_path):
     train(config(tmp_path / "run", char_data, steps=10, eval_interval=10))
     good = _digest(tmp_path / "run" / CHECKPOINT)
+    record = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert record["backend"] == "tensorflow"  # another backend draws other dropout masks: not this run resumed
+    (tmp_path / "run" / "run.json").write_text(json.dumps({**record, "backend": "jax"}))
+    with pytest.raises(ValueError, match=r"other settings \(backend: 'jax' -> 'tensorflow' \(KERAS_BACKEND\)\)"):
+        train(config(tmp_path / "run", char_data, steps=10, eval_interval=10))
+    (tmp_path / "run" / "run.json").write_text(json.dumps(record))
     with pytest.raises(ValueError,
                        match=r"other settings \(steps: 10 -> 20; learning_rate: 0.0006 -> 0.0003; .*seed: 0 -> 1\)"):
         train(config(tmp_path / "run", char_data, steps=20, eval_interval=10, learning_rate=3e-4, seed=1))

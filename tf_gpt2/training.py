@@ -519,10 +519,11 @@ def run_settings(cfg: TrainConfig) -> dict[str, Any]:
 
 
 def run_identity(cfg: TrainConfig, data_dir: str) -> dict[str, Any]:
-    """What makes a run this run: its settings and the dataset (`data_digest`)."""
+    """What makes a run this run: its settings, the dataset (`data_digest`) and Keras' backend (whose dropout draws
+    differ: a run resumed on the other is not the run it was)."""
     with open(os.path.join(data_dir, MANIFEST), "rb") as f:
         manifest = f.read()
-    return {"settings": run_settings(cfg), "data_sha256": data_digest(manifest)}
+    return {"settings": run_settings(cfg), "data_sha256": data_digest(manifest), "backend": keras.backend.backend()}
 
 
 def _same_setting(name: str, before: Any, now: Any) -> bool:
@@ -552,6 +553,8 @@ def check_resume(cfg: TrainConfig, identity: dict[str, Any]) -> None:
                if not _same_setting(k, before["settings"].get(k), v)]
     if "data_sha256" in identity and before.get("data_sha256") != identity["data_sha256"]:
         changed.append("the dataset (its manifest differs)")
+    if before.get("backend", keras.backend.backend()) != keras.backend.backend():  # (older records have none)
+        changed.append(f"backend: {before['backend']!r} -> {keras.backend.backend()!r} (KERAS_BACKEND)")
     if changed and not cfg.resume_with_changes:
         raise ValueError(f"{cfg.out} holds a checkpoint of a run with other settings ({'; '.join(changed)}). "
                          "Use another --out for a new run, or --resume-with-changes to continue this one anyway")
