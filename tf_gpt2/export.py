@@ -176,6 +176,7 @@ class _Serving:
             (tf.math.is_nan(knobs["temperature"]) | (knobs["temperature"] < 0), "temperature must be >= 0"),
             (knobs["top_k"] < 0, "top_k must be >= 0 (0: off)"),
             (tf.math.is_nan(knobs["top_p"]) | (knobs["top_p"] <= 0) | (knobs["top_p"] > 1), "top_p must be in (0, 1]"),
+            (knobs["seed"] < 0, "seed must be >= 0"),  # as model.generate's: [0, 2**31)
         ]), error)
         ok = error == ""
         # A refused row asks for one greedy token, so it costs the batch nothing.
