@@ -62,7 +62,8 @@ def test_served_text_is_bounded_before_tokenizing(exported):
     assert filtered["error"].numpy()[0] == b"" and filtered["text"].numpy()[0] == greedy["text"].numpy()[0]
     for text, message in (("a" * 1_000_000, "text is longer than 512 bytes"),  # 8 bytes per position of 64
                           ("x" * 300, "text has a run of more than 256 bytes without whitespace"),
-                          ("word " * 200, "text is longer than 512 bytes")):
+                          ("word " * 200, "text is longer than 512 bytes"),
+                          (b"caf\xc3 ok", "text is not UTF-8")):  # (as model.generate and the CLI refuse it)
         start = time.perf_counter()
         answer = generate_text(text=tf.constant(["ok", text]), **knobs)
         assert answer["error"].numpy().tolist() == [b"", message.encode()]

@@ -224,6 +224,7 @@ class _Serving:
         (the in-graph BPE's time grows with the square of a word's length), its row left empty."""
         longest_word = tf.strings.length(tf.strings.split(text))
         error = _row_errors(tf.shape(text)[0], [
+            (tf.strings.unicode_transcode(text, "UTF-8", "UTF-8", errors="replace") != text, "text is not UTF-8"),
             (tf.strings.length(text) > self.max_text_bytes, f"text is longer than {self.max_text_bytes} bytes"),
             (tf.reduce_max(longest_word, axis=1) > self.max_word_bytes,
              f"text has a run of more than {self.max_word_bytes} bytes without whitespace"),
