@@ -493,12 +493,13 @@ def run(args: argparse.Namespace) -> int:
         if isinstance(e, KeyboardInterrupt):
             print(f"tf-gpt2 {args.command}: interrupted", file=sys.stderr)
             return 130
+        out_of_memory = _out_of_memory(e)
         hint = " (lower --batch-size, with --grad-accum to keep the batch, or --block-size; --remat and --loss-chunk " \
-            "keep less per step)" if _out_of_memory(e) and args.command == "train" else ""
+            "keep less per step)" if out_of_memory and args.command == "train" else ""
         print(f"tf-gpt2 {args.command}: error: {describe_error(e)}{hint}", file=sys.stderr)
         if os.environ.get("TF_GPT2_TRACEBACK"):
             traceback.print_exc()
-        if _out_of_memory(e) and getattr(args, "whole_process", False):
+        if out_of_memory and getattr(args, "whole_process", False):
             # After a failed allocation TensorFlow's heap can be corrupt: the interpreter's ordinary exit then aborts
             # ("double free", status 134) as it frees it. The command has said what it had to; the process ends here.
             sys.stdout.flush()
@@ -511,10 +512,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return run(build_parser().parse_args(argv))
+    args = build_parser().parse_args(argv)
+    args.whole_process = argv is None  # the command line's own: the command is the process (see run)
+    return run(args)
 
 
 if __name__ == "__main__":
-    parsed = build_parser().parse_args()
-    parsed.whole_process = True  # the command is the process (see run)
-    sys.exit(run(parsed))
+    sys.exit(main())
