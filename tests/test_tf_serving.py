@@ -80,6 +80,23 @@ def right_padded(prompts, pad=0):
             np.array([len(p) for p in prompts], np.int32))
 
 
+# A request of no rows, for each signature: (it failed in generate with "Dimension -2147483648 must be >= 0").
+NO_ROWS = {"serving_default": dict(token_ids=np.zeros((0, 3), np.int32), length=np.zeros(0, np.int32)),
+           "tokenize": dict(text=np.zeros(0, bytes)),
+           "generate": dict(token_ids=np.zeros((0, 3), np.int32), length=np.zeros(0, np.int32), **settings(0)),
+           "generate_text": dict(text=np.zeros(0, bytes), **settings(0))}
+
+
+def no_rows_calls():
+    return [[grpc(name, **no_rows)] for name, no_rows in NO_ROWS.items()]
+
+
+def assert_no_rows_answer_no_rows(results):
+    for name, (result,) in zip(NO_ROWS, results, strict=True):
+        answer = outputs(result)
+        assert answer and all(len(value) == 0 for value in answer.values()), (name, answer)
+
+
 def test_the_served_graphs_hold_no_op_that_only_xla_runs(served):
     assert xla_only_ops(served) == []
 
@@ -102,8 +119,9 @@ def test_every_signature_answers_with_xla_compilation_disabled(model, served, tm
         [{"signature_name": "generate", "instances": [
             {"token_ids": p, "length": 2, "max_new_tokens": 6, "temperature": 0.0, "top_k": 0, "top_p": 1.0,
              "seed": 0} for p in ([464, 3290], [40, 1101])]}],
-    ]
-    logits, greedy, sampled_out, one_seed, text_out, rest_columnar, rest_rows = serve(served, calls, tmp_path)
+    ] + no_rows_calls()
+    logits, greedy, sampled_out, one_seed, text_out, rest_columnar, rest_rows, *empty = serve(served, calls, tmp_path)
+    assert_no_rows_answer_no_rows(empty)
     logits = outputs(logits[0])["logits"]
     for row, prompt in enumerate(prompts):
         np.testing.assert_allclose(logits[row, :len(prompt)], np.asarray(model(np.array([prompt])))[0], atol=1e-4)
@@ -138,7 +156,8 @@ def test_an_xla_export_answers_as_model_generate_on_a_server_that_compiles_with_
              [grpc("generate", token_ids=ids, length=length, **settings(3, **sampled))],
              [grpc("generate_text", text=np.array([b"Hello world"]), **settings(1))],
              [grpc("serving_default", token_ids=ids, length=length)]]
-    greedy, sampled_out, text, logits = serve(path, calls, tmp_path, xla=True)
+    greedy, sampled_out, text, logits, *empty = serve(path, calls + no_rows_calls(), tmp_path, xla=True)
+    assert_no_rows_answer_no_rows(empty)
 
     def answers(out):
         return [row[:n].tolist() for row, n in zip(out["token_ids"], out["length"])]

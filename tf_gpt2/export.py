@@ -187,9 +187,10 @@ class _Serving:
         knobs["seed"] = tf.cast(tf.math.floormod(tf.cast(knobs["seed"], tf.int64) + offset, 2**31), tf.int32)
         sampling = Sampling(repetition_penalty=tf.ones([batch]), stop_ids=tf.constant([EOT_ID], tf.int32),
                             pad_id=tf.constant(self.pad_id), vocab_end=tf.constant(vocab_end), **knobs)
-        # The cache holds the longest prompt and the largest budget of this batch, no more.
-        longest = tf.reduce_max(length)
-        new_slots = tf.zeros((batch, tf.reduce_max(knobs["max_new_tokens"])), tf.int32)
+        # The cache holds the longest prompt and the largest budget of this batch, no more (at least one of each:
+        # a request of no rows answers no rows).
+        longest = tf.maximum(tf.reduce_max(length), 1)
+        new_slots = tf.zeros((batch, tf.maximum(tf.reduce_max(knobs["max_new_tokens"]), 1)), tf.int32)
         out, finite = self._loop(Prompt(prompt.ids[:, -longest:], prompt.mask[:, -longest:]), new_slots, sampling)
         error = tf.where(ok & ~finite, "the model produced non-finite logits (NaN or inf)", error)
         ok = error == ""
@@ -203,6 +204,11 @@ class _Serving:
         padding."""
         if not self.xla:
             return generate_loop(self.model, prompt, new_slots, sampling)
+        # A request of no rows has no row 0 to copy: it answers no rows without running.
+        return tf.cond(tf.shape(new_slots)[0] > 0, lambda: self._bucketed_loop(prompt, new_slots, sampling),
+                       lambda: (tf.zeros_like(new_slots), tf.zeros([0], tf.bool)))
+
+    def _bucketed_loop(self, prompt, new_slots, sampling):
         (batch, budget), width = tf.unstack(tf.shape(new_slots)), tf.shape(prompt.ids)[1]
         rows = tf.concat([tf.range(batch), tf.zeros([_bucket(batch, 1) - batch], tf.int32)], 0)
         per_row = {name: tf.gather(getattr(sampling, name), rows) for name in PER_ROW}
