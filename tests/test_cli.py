@@ -49,6 +49,8 @@ CASES = [
     (["train", "--out", "{d}/run", "--sample-tokens", "-2"], "sample_tokens must be a non-negative integer, got -2"),
     (["train", "--out", "{d}/run", "--learning-rate", "3e-5", "--min-learning-rate", "6e-5"],
      "the cosine schedule would rise"),
+    (["train", "--out", "{d}/run", "--init-from", "{d}/hf", "--preset", "gpt2-medium"],  # (the preset was ignored)
+     "--preset sizes a new model; --init-from {d}/hf has its own size: drop --preset"),
     # An output that is one of the command's inputs is refused before anything is read or written.
     (["export", "--model", "{d}/fake.keras", "--format", "tflite", "--out", "{d}/fake.keras"],
      "the output {d}/fake.keras is the input {d}/fake.keras"),
@@ -93,6 +95,14 @@ def test_failures_end_in_one_line_naming_the_problem(files, capsys, command, mes
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1, err  # the whole of stderr: one line, no traceback, no warnings
     assert err[0].startswith(f"tf-gpt2 {command[0]}: error: ") and message.format(d=files) in err[0]
+
+
+def test_tf_gpt2_traceback_adds_the_traceback_after_the_line(files, capsys, monkeypatch):
+    monkeypatch.setenv("TF_GPT2_TRACEBACK", "1")
+    assert cli_main(["generate", "hi", "--model", str(files / "fake.keras")]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err[0].startswith("tf-gpt2 generate: error: ") and err[1] == "Traceback (most recent call last):", err
+    assert "is not a readable .keras file" in err[-1]
 
 
 def test_exit_status_is_2_on_an_error_or_a_bad_flag_and_130_on_ctrl_c(capsys):
@@ -149,6 +159,18 @@ def test_help_shows_the_defaults_of_train_config_and_the_presets(capsys):
                         ("learning-rate", defaults.learning_rate), ("eval-interval", defaults.eval_interval)):
         assert f"(default: {value})" in shown.split(f"--{flag} ", 2)[-1].split("--")[0], flag
     assert "{" + ",".join(sorted(PRESETS)) + "}" in shown
+
+
+def test_help_never_shows_a_default_that_its_layout_would_change():
+    """Help text is wrapped, so a default with a line break or runs of spaces is shown changed ('ROMEO:\\n' was
+    shown as 'ROMEO: '): such a default is spelled out in the flag's own help instead."""
+    from tf_gpt2.cli import build_parser
+
+    commands = next(a for a in build_parser()._actions if a.choices)
+    for name, command in commands.choices.items():
+        for action in command._actions:
+            if isinstance(action.default, str) and " ".join(action.default.split()) != action.default:
+                assert "default" in action.help, (name, action.dest)
 
 
 def _fresh_python(code: str) -> subprocess.CompletedProcess:

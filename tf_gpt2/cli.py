@@ -103,7 +103,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 TRAIN_FLAGS = {
     "data": "prepared dir, or text file/folder/glob (default: embedded Shakespeare)",
     "vocab": "tokenization of raw --data",
-    "preset": "model size when not --init-from",
+    "preset": "size of a new model (default: gpt2-mini); not with --init-from, whose checkpoint has its own",
     "init_from": "fine-tune from a checkpoint: a Hugging Face or keras-hub name, an HF/OpenAI/preset dir, .keras",
     "steps": "optimizer steps in all",
     "batch_size": "sequences per micro-batch (global, across replicas)",
@@ -151,6 +151,8 @@ def _add_train_flags(parser: argparse.ArgumentParser) -> None:
         if field.name not in TRAIN_FLAGS:
             continue
         flag, default = "--" + field.name.replace("_", "-"), field.default
+        if field.name == "preset":
+            default = None  # (None: not given, which --init-from needs to know)
         if isinstance(default, bool):
             parser.add_argument(flag, action="store_true", help=TRAIN_FLAGS[field.name])
         else:
@@ -174,9 +176,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     _refuse_writing_over_inputs(args.out, args.data, args.init_from)
     checked_utf8("--sample-prompt", args.sample_prompt)
+    if args.preset and args.init_from:
+        raise ValueError(f"--preset sizes a new model; --init-from {args.init_from} has its own size: drop --preset")
     overrides = {k: getattr(args, k) for k in (*MODEL_OVERRIDES, "remat", "loss_chunk") if getattr(args, k) is not None}
-    cfg = TrainConfig(out=args.out, model=overrides, jit_compile=not args.no_xla,
-                      **{name: getattr(args, name) for name in TRAIN_FLAGS})
+    flags = {name: getattr(args, name) for name in TRAIN_FLAGS if name != "preset" or args.preset}
+    cfg = TrainConfig(out=args.out, model=overrides, jit_compile=not args.no_xla, **flags)
     model, _ = train(cfg)
     trained = inference_model(model)  # in a run of many processes, gathered by all of them
     if process_index() == 0:
@@ -335,7 +339,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo = command("demo", help="train a small GPT on the embedded Shakespeare for a few minutes, then generate")
     demo.add_argument("--out", default="runs/demo", help="run directory (checkpoints, TensorBoard logs)")
     demo.add_argument("--steps", type=int, default=2400, help="optimizer steps")
-    demo.add_argument("--prompt", default="ROMEO:\n", help="text the model continues")
+    demo.add_argument("--prompt", default="ROMEO:\n",
+                      help="text the model continues (default: 'ROMEO:' and a line break)")
     demo.add_argument("--max-new-tokens", type=int, default=320, help="characters to generate")
     demo.add_argument("--resume-with-changes", action="store_true", help=TRAIN_FLAGS["resume_with_changes"])
     demo.set_defaults(run=cmd_demo)
