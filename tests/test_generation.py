@@ -97,9 +97,8 @@ def test_bad_generation_arguments(model, kwargs, message):
     kwargs = {"prompt": [1, 2], "max_new_tokens": 4, **kwargs}
     with pytest.raises(ValueError, match=message):
         model.generate(**kwargs)
-    if "prompt" not in kwargs or kwargs["prompt"] == [1, 2]:
-        with pytest.raises(ValueError, match=message):
-            next(stream(model, **kwargs))
+    with pytest.raises(ValueError, match=message):  # every prompt here is one: stream takes it too
+        next(stream(model, **kwargs))
 
 
 def test_bytes_prompts_are_refused_not_read_as_ids(model):
@@ -306,6 +305,19 @@ def test_a_reader_that_stops_reading_ends_the_cli_quietly():
     assert run.returncode == 1 and "Broken pipe" not in run.stderr and "Exception" not in run.stderr, run.stderr
 
 
+def test_only_the_logits_of_ids_that_may_be_chosen_must_be_finite():
+    """Rows of the tied embedding past `vocab_end` that are NaN (never read by the prompt) give NaN logits there
+    alone: ids below `vocab_end` are still chosen, while a choice among all ids refuses."""
+    model = GPT2(GPT2Config(vocab_size=64, n_positions=16, n_embd=32, n_layer=1, n_head=2))
+    model.wte.embeddings.assign(np.where(np.arange(64)[:, None] >= 60, np.nan, model.wte.embeddings.numpy()))
+    for kwargs in (dict(), dict(temperature=1.0, seed=3)):
+        answer = model.generate([1, 2], max_new_tokens=4, stop_ids=[], vocab_end=60, **kwargs)
+        assert len(answer) == 4 and max(answer) < 60
+        assert len(list(stream(model, [1, 2], max_new_tokens=4, stop_ids=[], vocab_end=60, **kwargs))) == 4
+        with pytest.raises(FloatingPointError, match="non-finite logits"):
+            model.generate([1, 2], max_new_tokens=4, stop_ids=[], **kwargs)
+
+
 def test_logits_that_are_not_finite_choose_no_token_in_any_path(tmp_path, capsys):
     """A model that overflows (here at position 2: its position embedding is past float32's range) gives NaN
     logits there. No path may pass argmax(NaN) off as its choice: `generate` and `stream` raise naming the prompt,
@@ -313,6 +325,7 @@ def test_logits_that_are_not_finite_choose_no_token_in_any_path(tmp_path, capsys
     is answered."""
     import tensorflow as tf
 
+    from tf_gpt2.evaluation import evaluate
     from tf_gpt2.export import export_saved_model
     from tf_gpt2.files import save_keras
     from tf_gpt2.litert import LiteRTGenerator, export_litert
@@ -329,6 +342,8 @@ def test_logits_that_are_not_finite_choose_no_token_in_any_path(tmp_path, capsys
     with pytest.raises(FloatingPointError, match=r"non-finite logits \(NaN or inf\): it cannot choose"):
         list(stream(model, long, max_new_tokens=2, stop_ids=[]))
     assert len(list(stream(model, short, max_new_tokens=2, stop_ids=[]))) == 2
+    with pytest.raises(FloatingPointError, match="non-finite log-probabilities on this text"):
+        evaluate(model, "hijk", context=4)  # (its position 2 scores the fourth letter)
     save_keras(model, str(tmp_path / "over.keras"))
     assert cli_main(["generate", "hij", "--model", str(tmp_path / "over.keras"), "--max-new-tokens", "2"]) == 2
     assert "error: the model produced non-finite logits (NaN or inf): it cannot" in capsys.readouterr().err

@@ -148,6 +148,12 @@ def test_names_download_through_the_hub_endpoint_then_load_warm_offline(repos, t
     assert not [line for line in log if line.startswith("GET /org/llama/resolve/") and "config.json" not in line]
     warm = run_script({"HF_HUB_CACHE": cache, "HF_HUB_OFFLINE": "1"}, loads=["org/tiny"], local=local)  # no server
     assert warm["diff"]["org/tiny"] == 0
+    # Online, a second load downloads nothing: it asks which commit the revision names (api.md, README).
+    with serve(served) as (endpoint, log):
+        online = run_script({"HF_HUB_CACHE": cache, "HF_ENDPOINT": endpoint, "HF_HUB_OFFLINE": "0"},
+                            loads=["org/tiny"], local=local)
+    assert online["diff"]["org/tiny"] == 0
+    assert sorted(log) == ["GET /api/models/org/tiny/revision/main", "HEAD /org/tiny/resolve/main/config.json"], log
 
 
 def test_pickled_weights_without_torch_are_refused_before_they_download(repos, tmp_path):

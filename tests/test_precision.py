@@ -68,12 +68,13 @@ def test_cached_decode_equals_the_full_forward_in_that_precision(reference, poli
     assert np.abs(np.concatenate(steps, axis=1) - full).max() <= max(1e-5, one_step)
 
 
-@pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])
+@pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16", "bfloat16"])
 def test_save_load_keeps_the_policy_and_the_outputs(reference, policy, tmp_path):
     model = _in_policy(reference, policy)
     model.save(tmp_path / "m.keras")
     loaded = keras.models.load_model(tmp_path / "m.keras")
     assert {layer.dtype_policy.name for layer in loaded._flatten_layers()} == {policy}
+    assert [w.dtype for w in loaded.weights] == [w.dtype for w in model.weights]  # bfloat16's own: still 16 bits
     np.testing.assert_array_equal(np.asarray(loaded(IDS)), np.asarray(model(IDS)))
 
 
