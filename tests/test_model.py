@@ -73,6 +73,22 @@ def test_keras_file_round_trip(model, tmp_path):
     assert isinstance(GPT2.from_pretrained(path), GPT2)
 
 
+def test_a_compiled_model_reloads_compiled_with_its_optimizer_state(tmp_path):
+    """load_model of a fitted GPT2 goes on training as the model it saved would (it came back with no optimizer and
+    no loss, while saying it was compiled: GPT2 has its own `compile`)."""
+    ids = np.random.RandomState(5).randint(0, 97, (8, 10))
+    model = GPT2(GPT2Config(vocab_size=97, n_positions=20, n_embd=24, n_layer=2, n_head=3))
+    model.compile(optimizer=keras.optimizers.AdamW(1e-2), loss=keras.losses.SparseCategoricalCrossentropy(True))
+    model.fit(ids[:, :-1], ids[:, 1:], batch_size=4, verbose=0)
+    model.save(tmp_path / "m.keras")
+    loaded = keras.models.load_model(tmp_path / "m.keras")
+    assert int(loaded.optimizer.iterations) == 2
+    for m in (model, loaded):
+        m.fit(ids[:, :-1], ids[:, 1:], batch_size=4, verbose=0, shuffle=False)
+    for a, b in zip(model.get_weights(), loaded.get_weights()):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+
+
 def test_a_variant_model_is_built_of_variant_blocks_and_round_trips(tmp_path):
     from tf_gpt2.layers import TransformerBlock
     from tf_gpt2.variants import VariantBlock

@@ -193,6 +193,13 @@ class GPT2(keras.Model):
         super().compile(optimizer=optimizer, loss=loss, metrics=metrics, weighted_metrics=weighted_metrics,
                         loss_weights=loss_weights, **kwargs)
 
+    def compile_from_config(self, config):
+        """`keras.models.load_model` of a compiled model: compiled again through `compile` above, the optimizer built
+        so that its saved state (step, moments) is read back, as Keras does for a model whose compile is its own."""
+        self.compile(**keras.saving.deserialize_keras_object(config))
+        if self.built:
+            self.optimizer.build(self.trainable_variables)
+
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         """Keras' loss; its sparse categorical cross-entropy from logits (a language model's loss) computed by
         `token_cross_entropy`. With `config.loss_chunk` in training, the same cross-entropy from the final hidden
