@@ -187,7 +187,13 @@ def test_bad_export_arguments_fail_clearly_and_write_nothing(model, tmp_path, ca
                             (dict(cache_length=65), r"cache_length must be an integer in \[1, 64\]"),
                             (dict(cache_length=16, prefill_lengths=(8, 32)),
                              "prefill length 32 exceeds cache_length 16"),
-                            (dict(prefill_lengths=(0,)), "prefill_lengths must be positive integers")):
+                            (dict(prefill_lengths=(0,)), "prefill_lengths must be positive integers"),
+                            # Files that LiteRT-LM could not run a prompt with (tried: litert-lm 0.18.1).
+                            (dict(cache_length=16, prefill_lengths=(8, 13)),
+                             "prefill length 13 is a prime above 10, which LiteRT-LM takes for a placeholder"),
+                            (dict(cache_length=16, prefill_lengths=(15,)),
+                             r"leaves LiteRT-LM 2 token\(s\)"),
+                            (dict(cache_length=2), r"cache_length 2 with prefill length 1 leaves LiteRT-LM 2")):
         with pytest.raises(ValueError, match=message):
             export_litertlm(model, str(out), **kwargs)
     char_model = GPT2(GPT2Config.from_preset("gpt2-tiny", vocab_size=65, n_positions=32))
@@ -199,6 +205,14 @@ def test_bad_export_arguments_fail_clearly_and_write_nothing(model, tmp_path, ca
         with pytest.raises(SystemExit) as exit_status:  # argparse: usage and the error, status 2
             cli_main(["export", *flags, "--out", str(out)])
         assert exit_status.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_the_smallest_budget_export_allows_runs_a_one_token_prompt(model, tmp_path):
+    """cache_length - (largest prefill - 1) = 3 tokens: the start token, "Hi" and one new token."""
+    path = export_litertlm(model, str(tmp_path / "m.litertlm"), cache_length=16, prefill_lengths=(14,))
+    tok = GPT2Tokenizer()
+    new = model.generate([EOT_ID] + tok.encode("Hi"), max_new_tokens=1, stop_ids=[])
+    assert _litert_lm_turns(path, ["Hi"], max_output_tokens=8) == [tok.decode(new)]
 
 
 def test_unwritable_output_fails_before_converting(model, tmp_path, monkeypatch):

@@ -46,6 +46,26 @@ def check_quantization(quantize: str) -> None:
         raise ValueError(f"unknown quantization {quantize!r}; choose one of {QUANTIZATIONS}")
 
 
+def _is_litert_lm_placeholder(length: int) -> bool:
+    """LiteRT-LM reads a dimension that is a prime above 10 as a placeholder it resizes at load time (a "magic
+    number": runtime/executor/magic_number_configs_helper.cc in LiteRT-LM); a prefill signature of that length
+    then fails to run."""
+    return length > 10 and all(length % d for d in range(2, int(length**0.5) + 1))
+
+
+def _check_litert_lm_options(cache_length: int, prefill_lengths: tuple[int, ...]) -> None:
+    placeholders = [t for t in prefill_lengths if _is_litert_lm_placeholder(t)]
+    if placeholders:
+        raise ValueError(f"prefill length {placeholders[0]} is a prime above 10, which LiteRT-LM takes for a "
+                         f"placeholder to resize: its prefill would fail; use {placeholders[0] - 1} or "
+                         f"{placeholders[0] + 1}")
+    budget = cache_length - (max(prefill_lengths) - 1)
+    if budget < 3:
+        raise ValueError(f"cache_length {cache_length} with prefill length {max(prefill_lengths)} leaves LiteRT-LM "
+                         f"{budget} token(s) (cache_length - (largest prefill length - 1)): its start token, one "
+                         "prompt token and one new token need 3; lower the prefill lengths or raise cache_length")
+
+
 def _check_options(model: GPT2, cache_length: int | None, prefill_lengths: Sequence[int] | None,
                    quantize: str) -> tuple[int, tuple[int, ...]]:
     check_quantization(quantize)
@@ -208,6 +228,7 @@ def export_litertlm(model: GPT2, path: str, cache_length: int | None = None,
             f"{model.config.vocab_size}: a character-level or custom-vocabulary model cannot use it. "
             "Export a plain .tflite (--format tflite) and drive it with your own tokenizer")
     cache_length, prefill_lengths = _check_options(model, cache_length, prefill_lengths, quantize)
+    _check_litert_lm_options(cache_length, prefill_lengths)
     _check_writable(path)
 
     def write(tmp: str) -> None:
