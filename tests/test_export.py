@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from conftest import lora_model, spread_tiny_model
 
+from tf_gpt2 import GPT2Tokenizer
 from tf_gpt2.export import export_saved_model
 
 
@@ -43,8 +44,9 @@ def test_saved_model_versions_and_signatures_listed(model, tmp_path):
 
 
 def test_served_text_is_bounded_before_tokenizing(exported):
-    """The in-graph BPE is quadratic in the length of a word: a long run without spaces is refused at once, in its
-    own row; the row beside it is answered."""
+    """The in-graph BPE is quadratic in the length of a word: a word of GPT-2's pre-tokenizer longer than 256 bytes
+    is refused at once, in its own row; the row beside it is answered. Text without spaces is cut at punctuation
+    (Japanese of 264 bytes without a space was refused)."""
     import time
 
     import tensorflow as tf
@@ -61,14 +63,20 @@ def test_served_text_is_bounded_before_tokenizing(exported):
                                                                     "top_p": tf.constant([0.5])})
     assert filtered["error"].numpy()[0] == b"" and filtered["text"].numpy()[0] == greedy["text"].numpy()[0]
     for text, message in (("a" * 1_000_000, "text is longer than 512 bytes"),  # 8 bytes per position of 64
-                          ("x" * 300, "text has a run of more than 256 bytes without whitespace"),
+                          ("x" * 300, "text has a word of more than 256 bytes (a run of letters, digits"),
+                          ("1" * 300, "text has a word of more than 256 bytes"),
+                          ("日本" + " " * 300 + "語", "text has a word of more than 256 bytes"),
                           ("word " * 200, "text is longer than 512 bytes"),
                           (b"caf\xc3 ok", "text is not UTF-8")):  # (as model.generate and the CLI refuse it)
         start = time.perf_counter()
         answer = generate_text(text=tf.constant(["ok", text]), **knobs)
-        assert answer["error"].numpy().tolist() == [b"", message.encode()]
+        assert answer["error"].numpy()[0] == b"" and answer["error"].numpy()[1].decode().startswith(message)
         assert answer["length"].numpy()[0] > 0 and answer["length"].numpy()[1] == 0 and answer["text"].numpy()[1] == b""
         assert time.perf_counter() - start < 5  # refused before tokenizing (tokenizing 300 a's alone: ~0.1 s)
+    japanese = "日本語のテキストです。" * 8  # 264 bytes without a space: GPT-2's pre-tokenizer cuts it at each 。
+    answer = served.signatures["tokenize"](text=tf.constant([japanese]))
+    ids = answer["token_ids"].numpy()[0, :answer["length"].numpy()[0]].tolist()
+    assert answer["error"].numpy()[0] == b"" and ids == GPT2Tokenizer().encode(japanese)
 
 
 def test_saved_model_is_readable_by_other_users(exported):

@@ -138,11 +138,12 @@ class _Serving:
     def __init__(self, model: GPT2, max_new_tokens_limit: int, max_text_bytes: int, max_word_bytes: int,
                  xla: bool = False):
         self.model, self.xla = model, xla
-        self.max_text_bytes, self.max_word_bytes = max_text_bytes, max_word_bytes
+        self.max_text_bytes = max_text_bytes
         characters = model.config.characters
         # Text is served in the model's characters, or in GPT-2's BPE when its ids are GPT-2's; else not at all.
         self.tokenizer = (CharacterGraphTokenizer(characters) if characters else
-                          BytePairGraphTokenizer() if model.config.vocab_size >= VOCAB_SIZE else None)
+                          BytePairGraphTokenizer(max_word_bytes=max_word_bytes)
+                          if model.config.vocab_size >= VOCAB_SIZE else None)
         # Text continues in ids its tokenizer reads: not in the rows of a vocabulary padded past GPT-2's.
         self.text_vocab = model.config.vocab_size if characters else VOCAB_SIZE
         self.limit = max_new_tokens_limit
@@ -226,14 +227,12 @@ class _Serving:
             return generate_loop(self.model, prompt, new_slots, sampling)
 
     def _tokenize(self, text):
-        """Ragged ids of `text` [batch] and each row's error; text over the bounds is refused before tokenizing
-        (the in-graph BPE's time grows with the square of a word's length), its row left empty."""
-        longest_word = tf.strings.length(tf.strings.split(text))
+        """Ragged ids of `text` [batch] and each row's error; text over the bounds is refused before tokenizing,
+        its row left empty (and the BPE refuses a word longer than `max_word_bytes`: its time grows with the
+        square of a word's length)."""
         error = _row_errors(tf.shape(text)[0], [
             (tf.strings.unicode_transcode(text, "UTF-8", "UTF-8", errors="replace") != text, "text is not UTF-8"),
             (tf.strings.length(text) > self.max_text_bytes, f"text is longer than {self.max_text_bytes} bytes"),
-            (tf.reduce_max(longest_word, axis=1) > self.max_word_bytes,
-             f"text has a run of more than {self.max_word_bytes} bytes without whitespace"),
         ])
         ids, tokenizer_error = self.tokenizer(tf.where(error == "", text, ""))
         error = tf.where(error == "", tokenizer_error, error)
@@ -299,8 +298,9 @@ def export_saved_model(model: GPT2, base_dir: str, version: int | None = None,
 
     `max_new_tokens_limit` is the most new tokens a row may ask for (default 256, or the context if smaller; more
     than the context is refused). `generate_text` refuses a text longer than `max_text_bytes` (default 8 bytes per
-    position of the context) or with a run of more than `max_word_bytes` bytes without whitespace, before
-    tokenizing it.
+    position of the context) before tokenizing it, and one with a word of GPT-2's pre-tokenizer (a run of letters,
+    digits or other symbols) longer than `max_word_bytes` before encoding that word (a character model's text has
+    no such bound).
     """
     require_tensorflow("a SavedModel export")
     context = model.config.n_positions

@@ -74,10 +74,16 @@ def _split(text, pattern: str) -> tf.RaggedTensor:
 
 
 class BytePairGraphTokenizer(tf.Module):
-    """GPT-2's BPE as TensorFlow ops: `GPT2Tokenizer().encode` in a graph. See the module's docstring."""
+    """GPT-2's BPE as TensorFlow ops: `GPT2Tokenizer().encode` in a graph. See the module's docstring.
 
-    def __init__(self, tokenizer: GPT2Tokenizer | None = None):
+    Its time grows with the square of a word's length (one merge at a time), so `max_word_bytes` bounds the words
+    of GPT-2's pre-tokenizer (runs of letters, of digits, of other symbols): a text with a longer one is a row's
+    error, its word not encoded. Text without spaces (Chinese, Japanese) is cut at its punctuation there too.
+    """
+
+    def __init__(self, tokenizer: GPT2Tokenizer | None = None, max_word_bytes: int | None = None):
         super().__init__(name="bpe_tokenizer")
+        self.max_word_bytes = max_word_bytes
         encoder = read_vocabulary((tokenizer or GPT2Tokenizer()).encoder_json)  # checked against its sha256 there
         tokens = sorted(encoder, key=encoder.get)
         self.tokens = tf.constant(tokens)  # id -> token, in the byte-as-character alphabet
@@ -92,16 +98,24 @@ class BytePairGraphTokenizer(tf.Module):
         self.raw_bytes = tf.constant([bytes([b]) for b in range(256)])
 
     def __call__(self, text):
-        """Ragged int32 ids [batch, (tokens)] and the per-row error [batch] (always empty: any bytes tokenize)."""
+        """Ragged int32 ids [batch, (tokens)] and the per-row error [batch] (any bytes tokenize: empty, unless a
+        word is longer than `max_word_bytes`)."""
         segments = _split(text, r"<\|endoftext\|>")  # tiktoken: one by one
         flat = segments.flat_values
         special = tf.equal(flat, ENDOFTEXT)
         words = _join_whitespace(_split(tf.where(special, "", flat), PRE_TOKENIZER))
+        error = tf.fill(tf.shape(text), "")
+        if self.max_word_bytes is not None:
+            too_long = tf.strings.length(words.flat_values) > self.max_word_bytes
+            in_text = tf.reduce_any(segments.with_flat_values(tf.reduce_any(words.with_flat_values(too_long), 1)), 1)
+            error = tf.where(in_text, f"text has a word of more than {self.max_word_bytes} bytes (a run of letters, "
+                                      "digits or other symbols, which GPT-2's pre-tokenizer keeps whole)", error)
+            words = words.with_flat_values(tf.where(too_long, "", words.flat_values))  # never merged
         words = tf.concat([words, tf.ragged.boolean_mask(flat[:, None], special[:, None])], axis=1)
         unique, index = tf.unique(words.flat_values)
         ids = words.with_flat_values(tf.gather(self._encode_words(unique), index))  # "<|endoftext|>" is a token
         per_text = tf.RaggedTensor.from_row_splits(ids, segments.row_splits).merge_dims(1, 2).merge_dims(1, 2)
-        return per_text, tf.fill(tf.shape(text), "")
+        return per_text, error
 
     def _encode_words(self, words):
         """Each pre-token's ids, a ragged [words, (ids)]: tiktoken's byte-pair merge."""
