@@ -153,6 +153,27 @@ def test_lora_trains_only_adapters(char_data, tmp_path):
     np.testing.assert_allclose(f16_history["loss"], history["loss"], rtol=1e-3)
 
 
+def test_a_character_model_fine_tunes_on_text_of_some_of_its_characters(char_data, tmp_path):
+    """Raw text whose characters are all the model's is read in the model's table, so each id keeps its meaning
+    (it was refused, saying "only in the data: ''"); shards numbered by the text's own table are refused by name."""
+    from tf_gpt2 import GPT2, GPT2Config
+    from tf_gpt2.data import TokenShards, codec
+
+    chars = json.load(open(os.path.join(char_data, "manifest.json")))["chars"]
+    wider = sorted(chars + ["Q", "Z", "é"])
+    GPT2(GPT2Config(**{**TINY, "vocab_size": len(wider), "characters": wider})).save(tmp_path / "wide.keras")
+    raw = "Before we proceed any further, hear me speak.\n" * 40
+    (tmp_path / "raw.txt").write_text(raw)
+    model, _ = train(config(tmp_path / "run", str(tmp_path / "raw.txt"), vocab="char", steps=2, eval_interval=2,
+                            init_from=str(tmp_path / "wide.keras")))
+    data = TokenShards(str(tmp_path / "run" / "data"), "train")
+    assert model.config.characters == wider and data.manifest["chars"] == wider
+    assert codec(data.manifest)[1](data.parts[0][:20].tolist()) == raw[:20]  # ids read in the model's table
+    with pytest.raises(ValueError, match=r"wide.keras reads all of the data's characters, but .* numbers them by its "
+                                         r"own table of 30: give the raw text as --data"):
+        train(config(tmp_path / "shards", char_data, init_from=str(tmp_path / "wide.keras")))
+
+
 def test_init_from_takes_the_runs_model_flags_and_refuses_another_vocabulary(char_data, tmp_path):
     """--init-from keeps the checkpoint's shape but takes the run's dropout and --vocab-multiple (so a split mesh can
     take it); a shape flag it cannot take, a vocabulary other than the data's, are refused by name."""

@@ -412,8 +412,11 @@ def char_vocabulary(files: Sequence[str]) -> list[str]:
 
 def prepare(inputs: str | Sequence[str], out_dir: str, val_fraction: float = 0.1, vocab: str = "gpt2",
             shard_tokens: int = SHARD_TOKENS, verbose: bool = True, exclude: Sequence[str] = (),
-            chunk_bytes: int = CHUNK_BYTES) -> dict:
+            chunk_bytes: int = CHUNK_BYTES, characters: Sequence[str] | None = None) -> dict:
     """Tokenize text files into `out_dir` (shards + manifest.json) and return the manifest.
+
+    With `vocab="char"`, id i is the i-th of the text's characters sorted, or of `characters` when given (a model's
+    own, to fine-tune it on text of some of them).
 
     Documents (files) are separated by `<|endoftext|>` with the GPT-2 vocabulary; each file's ids are tiktoken's on
     the whole file (read `chunk_bytes` at a time, cut only where the tokenizer cannot join across). A dataset
@@ -429,12 +432,14 @@ def prepare(inputs: str | Sequence[str], out_dir: str, val_fraction: float = 0.1
     if total == 0:
         raise ValueError(f"the data is empty: {files}")
     if vocab == "gpt2":
+        if characters is not None:
+            raise ValueError("characters are for vocab='char'")
         from tf_gpt2.tokenizer import GPT2Tokenizer
 
         tok = GPT2Tokenizer()
         encode, separator, vocab_size, chars = tok.encode, [tok.eot_id], tok.vocab_size, None
     else:
-        chars = char_vocabulary(files)
+        chars = char_vocabulary(files) if characters is None else list(characters)
         encode, separator, vocab_size = char_codec(chars)[0], [], len(chars)
     if vocab_size > 65536:
         raise ValueError(f"a vocabulary of {vocab_size} does not fit uint16 shards")

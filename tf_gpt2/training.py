@@ -20,7 +20,7 @@ import math
 import os
 import sys
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import keras
 import numpy as np
@@ -31,6 +31,7 @@ from tf_gpt2.data import (
     MANIFEST,
     RUN_RECORD,
     TokenShards,
+    char_vocabulary,
     codec,
     data_digest,
     embedded_corpus,
@@ -407,8 +408,9 @@ def _is_prepared(data: str | None) -> bool:
     return bool(data) and os.path.exists(os.path.join(data, MANIFEST))
 
 
-def prepared_data(cfg: TrainConfig) -> str:
-    """The directory of token shards for this run, tokenizing raw text first if needed."""
+def prepared_data(cfg: TrainConfig, characters: Sequence[str] | None = None) -> str:
+    """The directory of token shards for this run, tokenizing raw text first if needed: with `--vocab char`, in
+    `characters` (the model's of `--init-from`) when the text has no other, so that its ids mean them."""
     if _is_prepared(cfg.data):
         prepared = read_json(os.path.join(cfg.data, MANIFEST)).get("vocab")
         if cfg.vocab != TrainConfig.vocab and cfg.vocab != prepared:  # (the default cannot tell asked from not)
@@ -418,7 +420,11 @@ def prepared_data(cfg: TrainConfig) -> str:
     directory = os.path.join(cfg.out, "data")
     manifest = os.path.join(directory, MANIFEST)
     files = resolve_inputs(cfg.data or embedded_corpus(), exclude=[directory, cfg.out])
+    if cfg.vocab != "char" or characters is not None and not set(char_vocabulary(files)) <= set(characters):
+        characters = None  # (text of other characters is the model's own table's mismatch: `matched_to_data`)
     made = read_json(manifest) if os.path.exists(manifest) else None
+    if characters is not None and made is not None and made.get("chars") != list(characters):
+        made = None  # tokenized in other characters: again, in the model's
     if made is None or not made_from(made, files, cfg.vocab) or not shards_whole(directory, made):  # other or
         # edited text, or its tokens lost: made again, but not over the tokens of a run's checkpoint from other text
         if made is not None and os.path.exists(os.path.join(cfg.out, CHECKPOINT)) and not cfg.resume_with_changes \
@@ -426,7 +432,7 @@ def prepared_data(cfg: TrainConfig) -> str:
             raise ValueError(f"{cfg.out} holds a checkpoint of a run on other text: the texts of --data changed since "
                              f"its dataset ({directory}) was made. Use another --out for a new run, or "
                              "--resume-with-changes to continue this one on the texts as they are now")
-        prepare(files, directory, vocab=cfg.vocab, verbose=bool(cfg.verbose))
+        prepare(files, directory, vocab=cfg.vocab, verbose=bool(cfg.verbose), characters=characters)
     return directory
 
 
@@ -463,6 +469,10 @@ def matched_to_data(cfg: TrainConfig, model: GPT2, manifest: dict) -> GPT2:
     if config.characters is not None and config.characters != chars:
         only_data = "".join(c for c in chars if c not in config.characters)
         only_model = "".join(c for c in config.characters if c not in chars)
+        if not only_data:  # prepared shards: their ids number the text's own characters
+            raise ValueError(f"--init-from {name} reads all of the data's characters, but {cfg.data} numbers them "
+                             f"by its own table of {len(chars)}: give the raw text as --data (with --vocab char), "
+                             "which is then read in the model's characters")
         raise ValueError(f"--init-from {name} reads other characters than the data (only in the data: {only_data!r}, "
                          f"only in the model: {only_model!r}): its ids would mean other characters; train a new "
                          "model on this text instead")
@@ -582,7 +592,7 @@ def _train(cfg: TrainConfig, placement: Placement) -> tuple[GPT2, dict[str, list
     source = pretrained(cfg) if cfg.init_from else None  # a wrong --init-from fails before the text is tokenized
     if os.path.exists(os.path.join(cfg.out, CHECKPOINT)):  # other settings: refused before
         check_resume(cfg, {"settings": run_settings(cfg)})  # the text is tokenized into the run's data folder
-    data_dir = prepared_data(cfg)
+    data_dir = prepared_data(cfg, source and source.config.characters)
     train_data, val_data = TokenShards(data_dir, "train"), TokenShards(data_dir, "val")
     train_data.check_block(cfg.block_size, cfg.batch_size)
     checkpoint = os.path.join(cfg.out, CHECKPOINT)
