@@ -647,7 +647,8 @@ def test_an_empty_sample_prompt_starts_from_endoftext_which_the_sample_does_not_
 @pytest.mark.parametrize("prompt_length, tokens", [(1, 64), (100, 64), (3, 1000)])
 def test_the_sample_fits_a_short_context(prompt_length, tokens, capsys):
     """The default sample (64 tokens) after training a 64-position model: as many tokens as the context holds after
-    one prompt token, the prompt cut to its last tokens (the sample asked for 64 new ones after the whole prompt)."""
+    one prompt token, the prompt cut to its last tokens (the sample asked for 64 new ones after the whole prompt);
+    each cut is said once (--sample-tokens 1000 was cut to 63 without a word)."""
     from tf_gpt2 import GPT2, GPT2Config
     from tf_gpt2.training import TextSample
 
@@ -660,5 +661,6 @@ def test_the_sample_fits_a_short_context(prompt_length, tokens, capsys):
     shown = capsys.readouterr()
     assert "--- sample at step 10 ---\n64 ids\n" in shown.out
     kept = 64 - min(tokens, 63)  # said once, as training begins, where the prompt is cut
+    assert shown.err.count(f"note: the samples are 63 tokens long, not {tokens}: the context of 64") == (tokens > 63)
     assert shown.err.count(f"note: the samples continue the last {kept} of the sample prompt's {prompt_length} "
                            "tokens") == (prompt_length > kept), shown.err

@@ -378,12 +378,16 @@ class TextSample(keras.callbacks.Callback):
         return self.prompt_ids[-(context - tokens):], tokens
 
     def on_train_begin(self, logs=None):  # (once per `fit`: a run may call it for each group of rounds)
-        ids, tokens = self._window()
-        if len(ids) < len(self.prompt_ids) and not self.noted:
-            self.noted = True
+        if self.noted:
+            return
+        self.noted = True
+        (ids, tokens), context = self._window(), self.model.config.n_positions
+        if tokens < self.tokens:
+            print(f"note: the samples are {tokens} tokens long, not {self.tokens}: the context of {context} holds "
+                  "that many after one prompt token", file=sys.stderr)
+        if len(ids) < len(self.prompt_ids):
             print(f"note: the samples continue the last {len(ids)} of the sample prompt's {len(self.prompt_ids)} "
-                  f"tokens: the context of {self.model.config.n_positions} holds them and {tokens} new ones",
-                  file=sys.stderr)
+                  f"tokens: the context of {context} holds them and {tokens} new ones", file=sys.stderr)
 
     def on_epoch_end(self, epoch, logs=None):
         if round_went_bad(logs, self.model):
