@@ -226,6 +226,9 @@ def cmd_convert(args: argparse.Namespace) -> int:
     if suffix.lower() in (".keras", ".safetensors", ".bin", ".h5", ".pt", ".ckpt") and suffix != ".keras":
         raise ValueError(f"{args.dst} names a {suffix} file, but convert writes a .keras file (that suffix, in lower "
                          "case, as Keras reads it) or a Hugging Face folder (config.json, model.safetensors)")
+    if suffix == ".keras" and args.dst.endswith(os.sep):  # (it wrote a Hugging Face folder named so)
+        raise ValueError(f"{args.dst} ends in {os.sep}, a folder's mark, but a .keras name: drop the {os.sep} for a "
+                         ".keras file, or give a Hugging Face folder another name")
     folder = not args.dst.endswith(".keras")
     if folder and os.path.exists(args.dst) and not os.path.isdir(args.dst):  # before reading the source
         raise NotADirectoryError(f"Not a directory (a Hugging Face checkpoint is a folder; a .keras DST is a file): "
@@ -254,11 +257,14 @@ WRITES = {"saved_model": "a SavedModel folder", "tflite": "a plain LiteRT model 
 def _export_format(args: argparse.Namespace) -> str:
     """--format, else the one `--out`'s suffix names (.tflite, .litertlm; else a SavedModel). An out path whose
     suffix names another format, and the other format's flags, are refused rather than ignored."""
-    named = ON_DEVICE_SUFFIXES.get(os.path.splitext(args.out or "")[1].lower())
+    named = ON_DEVICE_SUFFIXES.get(os.path.splitext((args.out or "").rstrip(os.sep))[1].lower())
     chosen = args.format or named or FORMATS[0]
     if named not in (None, chosen):
         raise ValueError(f"--out {args.out} names {WRITES[named]}, but --format {chosen} writes {WRITES[chosen]}: "
                          "give --out that format's suffix, or leave --format out")
+    if chosen != "saved_model" and (args.out or "").endswith(os.sep):  # (a .litertlm/ was a SavedModel's folder)
+        raise ValueError(f"--out {args.out} ends in {os.sep}, a folder's mark, but --format {chosen} writes a file: "
+                         f"drop the {os.sep}")
     given = {"--dtype": args.dtype != "float32", "--xla": args.xla, "--version": args.version is not None,
              "--max-new-tokens-limit": args.max_new_tokens_limit is not None,
              "--quantize": args.quantize != QUANTIZATIONS[0], "--cache-length": args.cache_length is not None,
