@@ -453,7 +453,10 @@ def prepare(inputs: str | Sequence[str], out_dir: str, val_fraction: float = 0.1
             splits = _write_shards(files, total, val_fraction, encode, separator, writers, label if verbose else None,
                                    chunk_bytes, anywhere=vocab == "char")
             if sum(s["tokens"] for s in splits["train"]) == 0:
-                raise ValueError(f"no training tokens came out of {files}")
+                held = sum(s["tokens"] for s in splits["val"])
+                raise ValueError(f"no training tokens came out of {files}: " + (
+                    f"all {held} went to the validation split (val_fraction {val_fraction}, --val-fraction): give "
+                    "more text or a smaller fraction" if held else "the text gave no tokens"))
         except BaseException:  # a full disk, bad text, Ctrl-C: the dataset already there stays as it was
             for writer in writers.values():
                 writer.discard()
