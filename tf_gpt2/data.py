@@ -97,7 +97,7 @@ def _text_files_in(folder: str, exclude: set[str]) -> list[str]:
     """The text files (or links to one) under `folder`, its linked folders too (each once), without hidden names,
     the caller's `exclude` folders and the datasets and runs this package wrote; those and the other files there
     are named in a warning, not skipped without a word. A broken link named as text is an error."""
-    files, others, ours = [], [], []
+    files, others, ours, hidden = [], [], [], []
     seen = {os.path.realpath(folder)}
     for directory, subdirs, names in os.walk(folder, followlinks=True):
         kept = []
@@ -111,6 +111,7 @@ def _text_files_in(folder: str, exclude: set[str]) -> list[str]:
             else:
                 kept.append(d)
         subdirs[:] = kept
+        hidden += [os.path.join(directory, n) for n in names if n.startswith(".") and n.endswith(TEXT_SUFFIXES)]
         for name in (n for n in names if not n.startswith(".")):
             path = os.path.join(directory, name)
             if os.path.isfile(path):
@@ -120,6 +121,7 @@ def _text_files_in(folder: str, exclude: set[str]) -> list[str]:
                     _refuse_broken_link(path)
                 others.append(path)
     for skipped, what in ((others, f"file(s) that are not {' or '.join(TEXT_SUFFIXES)}"),
+                          (hidden, "hidden text file(s) (named with a leading dot)"),
                           (ours, "folder(s) of a dataset or a training run tf_gpt2 wrote")):
         if skipped:
             shown = ", ".join(os.path.relpath(f, folder) for f in sorted(skipped)[:3]) + ", ..." * (len(skipped) > 3)
