@@ -427,10 +427,10 @@ def prepared_data(cfg: TrainConfig, characters: Sequence[str] | None = None) -> 
     if cfg.vocab != "char" or characters is not None and not set(char_vocabulary(files)) <= set(characters):
         characters = None  # (text of other characters is the model's own table's mismatch: `matched_to_data`)
     made = read_json(manifest) if os.path.exists(manifest) else None
-    if characters is not None and made is not None and made.get("chars") != list(characters):
-        made = None  # tokenized in other characters: again, in the model's
-    if made is None or not made_from(made, files, cfg.vocab) or not shards_whole(directory, made):  # other or
-        # edited text, or its tokens lost: made again, but not over the tokens of a run's checkpoint from other text
+    other_table = characters is not None and made is not None and made.get("chars") != list(characters)
+    if made is None or other_table or not made_from(made, files, cfg.vocab) or not shards_whole(directory, made):
+        # other or edited text, or its tokens lost, or read in other characters: made again, but not over the tokens
+        # of a run's checkpoint from other text
         if made is not None and os.path.exists(os.path.join(cfg.out, CHECKPOINT)) and not cfg.resume_with_changes \
                 and not same_texts(made, files, cfg.vocab):
             raise ValueError(f"{cfg.out} holds a checkpoint of a run on other text: the texts of --data changed since "
