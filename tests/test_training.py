@@ -50,7 +50,7 @@ def _checkpoint_step(path):
 
 
 def test_resume_after_sigkill_is_bit_exact(char_data, tmp_path):
-    steps = 150  # the kill lands after step 30, with 120 steps (12 rounds) still to run
+    steps = 90  # the kill lands after step 30, with 60 steps (6 rounds) still to run
 
     def command(out):
         return [sys.executable, "-m", "tf_gpt2.cli", "train", "--data", char_data, "--out", str(out),
