@@ -272,12 +272,14 @@ def test_a_folder_gives_its_text_files_only(corpus, tmp_path):
     (corpus / "more" / "c.txt.gz").write_bytes(gzip.compress(b"compressed text\n"))
     (corpus / "more" / "NOTES.TXT").write_text("upper-case suffix")
     (corpus / "more" / ".draft.txt").write_text("a hidden text")
+    (corpus / ".git").mkdir()
     with pytest.warns(UserWarning) as warned:  # not skipped without a word
         assert resolve_inputs(str(corpus)) == [str(corpus / "a.txt"), str(corpus / "more" / "b.txt"),
                                                str(corpus / "more" / "c.txt.gz")]
     assert [str(w.message) for w in warned] == [
         f"{corpus} holds 3 file(s) that are not .txt or .txt.gz, not read: README.md, more/NOTES.TXT, table.csv",
-        f"{corpus} holds 1 hidden text file(s) (named with a leading dot), not read: more/.draft.txt"]
+        f"{corpus} holds 2 hidden text file(s) or folder(s) (named with a leading dot), not read: .git, "
+        "more/.draft.txt"]
     assert resolve_inputs(str(corpus / "README.md")) == [str(corpus / "README.md")]  # named files are read as named
 
 

@@ -44,9 +44,9 @@ def test_saved_model_versions_and_signatures_listed(model, tmp_path):
 
 
 def test_served_text_is_bounded_before_tokenizing(exported):
-    """The in-graph BPE is quadratic in the length of a word: a word of GPT-2's pre-tokenizer longer than 256 bytes
-    is refused at once, in its own row; the row beside it is answered. Text without spaces is cut at punctuation
-    (Japanese of 264 bytes without a space was refused)."""
+    """The in-graph BPE is quadratic in the length of a word: a word of GPT-2's pre-tokenizer (letters, digits,
+    other symbols or whitespace) longer than 256 bytes is refused at once, in its own row; the row beside it is
+    answered. Text without spaces is cut at punctuation (Japanese of 264 bytes without a space was refused)."""
     import time
 
     import tensorflow as tf
@@ -65,7 +65,7 @@ def test_served_text_is_bounded_before_tokenizing(exported):
     for text, message in (("a" * 1_000_000, "text is longer than 512 bytes"),  # 8 bytes per position of 64
                           ("x" * 300, "text has a word of more than 256 bytes (a run of letters, digits"),
                           ("1" * 300, "text has a word of more than 256 bytes"),
-                          ("日本" + " " * 300 + "語", "text has a word of more than 256 bytes"),
+                          ("日本" + " " * 300 + "語", "text has a word of more than 256 bytes"),  # whitespace too
                           ("word " * 200, "text is longer than 512 bytes"),
                           (b"caf\xc3 ok", "text is not UTF-8")):  # (as model.generate and the CLI refuse it)
         start = time.perf_counter()

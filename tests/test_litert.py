@@ -191,6 +191,8 @@ def test_bad_export_arguments_fail_clearly_and_write_nothing(model, tmp_path, ca
                             # Files that LiteRT-LM could not run a prompt with (tried: litert-lm 0.18.1).
                             (dict(cache_length=16, prefill_lengths=(8, 13)),
                              "prefill length 13 is a prime above 10, which LiteRT-LM takes for a placeholder"),
+                            (dict(cache_length=37, prefill_lengths=(8,)),
+                             "cache_length 37 is a prime above 10, which LiteRT-LM takes for a placeholder"),
                             (dict(cache_length=16, prefill_lengths=(15,)),
                              r"leaves LiteRT-LM 2 token\(s\)"),
                             (dict(cache_length=2), r"cache_length 2 with prefill length 1 leaves LiteRT-LM 2")):

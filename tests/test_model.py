@@ -87,6 +87,18 @@ def test_a_compiled_model_reloads_compiled_with_its_optimizer_state(tmp_path):
         m.fit(ids[:, :-1], ids[:, 1:], batch_size=4, verbose=0, shuffle=False)
     for a, b in zip(model.get_weights(), loaded.get_weights()):
         np.testing.assert_allclose(a, b, atol=1e-6)
+    assert not GPT2.from_pretrained(str(tmp_path / "m.keras")).compiled  # read for its weights: no optimizer state
+
+    # Keras saves LoRA adapters merged into the kernels: the optimizer state of the adapters alone would not fit
+    # the model that loads (every weight trainable), so such a model is saved uncompiled, with a warning.
+    from tf_gpt2.training import enable_lora
+
+    enable_lora(model, 2)
+    model.compile(optimizer=keras.optimizers.AdamW(1e-2), loss=keras.losses.SparseCategoricalCrossentropy(True))
+    model.fit(ids[:, :-1], ids[:, 1:], batch_size=4, verbose=0)
+    with pytest.warns(UserWarning, match="a model with LoRA adapters is saved uncompiled"):
+        model.save(tmp_path / "lora.keras")
+    assert not keras.models.load_model(tmp_path / "lora.keras").compiled
 
 
 def test_a_variant_model_is_built_of_variant_blocks_and_round_trips(tmp_path):

@@ -329,8 +329,8 @@ def test_a_bad_row_never_fails_the_rows_merged_with_it(model, served, tmp_path):
             np.testing.assert_allclose(answer["logits"][row, :n], np.asarray(model(ids[None, :n]))[0], atol=1e-4)
     assert text[0]["text"][0].decode() == model.generate("Hello world", max_new_tokens=4)
     assert [t["error"][0].decode() for t in text] == [
-        "", "text has a word of more than 256 bytes (a run of letters, digits or other symbols, which GPT-2's "
-        "pre-tokenizer keeps whole)", "text is empty"]
+        "", "text has a word of more than 256 bytes (a run of letters, digits, other symbols or whitespace, which "
+        "GPT-2's pre-tokenizer keeps whole)", "text is empty"]
 
 
 def test_an_answer_that_stops_keeps_the_stop_token_in_its_ids_not_in_its_text(model, tmp_path):

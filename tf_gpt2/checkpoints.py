@@ -507,7 +507,7 @@ def _load_keras_file(model_class: type, path: str, overrides: dict) -> keras.Mod
     if not zipfile.is_zipfile(path):
         raise ValueError(f"{path} is not a readable .keras file: it is truncated, or not a zip archive")
     try:
-        model = keras.models.load_model(path)
+        model = keras.models.load_model(path, compile=False)  # its weights; not its optimizer's state
     except Exception as e:  # a damaged archive fails in many ways (KeyError, BadZipFile, ...): name the file
         raise ValueError(f"cannot load {path}: {type(e).__name__}: {e}") from e
     if not isinstance(model, model_class):

@@ -103,7 +103,8 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 TRAIN_FLAGS = {
     "data": "prepared dir, or text file/folder/glob (default: embedded Shakespeare)",
     "vocab": "tokenization of raw --data",
-    "preset": "size of a new model (default: gpt2-mini); not with --init-from, whose checkpoint has its own",
+    "preset": f"size of a new model (default: {TrainConfig.preset}); not with --init-from, whose checkpoint has its "
+              "own",
     "init_from": "fine-tune from a checkpoint: a Hugging Face or keras-hub name, an HF/OpenAI/preset dir, .keras",
     "steps": "optimizer steps in all",
     "batch_size": "sequences per micro-batch (global, across replicas)",

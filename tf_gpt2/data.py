@@ -101,6 +101,7 @@ def _text_files_in(folder: str, exclude: set[str]) -> list[str]:
     seen = {os.path.realpath(folder)}
     for directory, subdirs, names in os.walk(folder, followlinks=True):
         kept = []
+        hidden += [os.path.join(directory, d) for d in subdirs if d.startswith(".")]
         for d in (d for d in subdirs if not d.startswith(".")):
             path, real = os.path.join(directory, d), os.path.realpath(os.path.join(directory, d))
             if real in exclude or real in seen:  # the caller's output, or a folder read already (a link's loop)
@@ -121,7 +122,7 @@ def _text_files_in(folder: str, exclude: set[str]) -> list[str]:
                     _refuse_broken_link(path)
                 others.append(path)
     for skipped, what in ((others, f"file(s) that are not {' or '.join(TEXT_SUFFIXES)}"),
-                          (hidden, "hidden text file(s) (named with a leading dot)"),
+                          (hidden, "hidden text file(s) or folder(s) (named with a leading dot)"),
                           (ours, "folder(s) of a dataset or a training run tf_gpt2 wrote")):
         if skipped:
             shown = ", ".join(os.path.relpath(f, folder) for f in sorted(skipped)[:3]) + ", ..." * (len(skipped) > 3)
@@ -457,8 +458,8 @@ def prepare(inputs: str | Sequence[str], out_dir: str, val_fraction: float = 0.1
             if sum(s["tokens"] for s in splits["train"]) == 0:
                 held = sum(s["tokens"] for s in splits["val"])
                 raise ValueError(f"no training tokens came out of {files}: " + (
-                    f"all {held} went to the validation split (val_fraction {val_fraction}, --val-fraction): give "
-                    "more text or a smaller fraction" if held else "the text gave no tokens"))
+                    f"all {held} went to the validation split (val_fraction {val_fraction}): give more text, or a "
+                    "smaller fraction (tf-gpt2 prepare --val-fraction)" if held else "the text gave no tokens"))
         except BaseException:  # a full disk, bad text, Ctrl-C: the dataset already there stays as it was
             for writer in writers.values():
                 writer.discard()

@@ -299,8 +299,8 @@ def export_saved_model(model: GPT2, base_dir: str, version: int | None = None,
     `max_new_tokens_limit` is the most new tokens a row may ask for (default 256, or the context if smaller; more
     than the context is refused). `generate_text` refuses a text longer than `max_text_bytes` (default 8 bytes per
     position of the context) before tokenizing it, and one with a word of GPT-2's pre-tokenizer (a run of letters,
-    digits or other symbols) longer than `max_word_bytes` before encoding that word (a character model's text has
-    no such bound).
+    digits, other symbols or whitespace) longer than `max_word_bytes` before encoding that word (a character model's
+    text has no such bound).
     """
     require_tensorflow("a SavedModel export")
     context = model.config.n_positions

@@ -77,8 +77,8 @@ class BytePairGraphTokenizer(tf.Module):
     """GPT-2's BPE as TensorFlow ops: `GPT2Tokenizer().encode` in a graph. See the module's docstring.
 
     Its time grows with the square of a word's length (one merge at a time), so `max_word_bytes` bounds the words
-    of GPT-2's pre-tokenizer (runs of letters, of digits, of other symbols): a text with a longer one is a row's
-    error, its word not encoded. Text without spaces (Chinese, Japanese) is cut at its punctuation there too.
+    of GPT-2's pre-tokenizer (runs of letters, of digits, of other symbols, of whitespace): a text with a longer one
+    is a row's error, its word not encoded. Text without spaces (Chinese, Japanese) is cut at its punctuation.
     """
 
     def __init__(self, tokenizer: GPT2Tokenizer | None = None, max_word_bytes: int | None = None):
@@ -109,7 +109,8 @@ class BytePairGraphTokenizer(tf.Module):
             too_long = tf.strings.length(words.flat_values) > self.max_word_bytes
             in_text = tf.reduce_any(segments.with_flat_values(tf.reduce_any(words.with_flat_values(too_long), 1)), 1)
             error = tf.where(in_text, f"text has a word of more than {self.max_word_bytes} bytes (a run of letters, "
-                                      "digits or other symbols, which GPT-2's pre-tokenizer keeps whole)", error)
+                                      "digits, other symbols or whitespace, which GPT-2's pre-tokenizer keeps whole)",
+                             error)
             words = words.with_flat_values(tf.where(too_long, "", words.flat_values))  # never merged
         words = tf.concat([words, tf.ragged.boolean_mask(flat[:, None], special[:, None])], axis=1)
         unique, index = tf.unique(words.flat_values)

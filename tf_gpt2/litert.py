@@ -54,6 +54,10 @@ def _is_litert_lm_placeholder(length: int) -> bool:
 
 
 def _check_litert_lm_options(cache_length: int, prefill_lengths: tuple[int, ...]) -> None:
+    if _is_litert_lm_placeholder(cache_length):  # (the runtime shrank the cache to the token budget, and prefill
+        # chunks padded past it then failed)
+        raise ValueError(f"cache_length {cache_length} is a prime above 10, which LiteRT-LM takes for a placeholder "
+                         f"to resize: its cache would not be {cache_length}; use {cache_length - 1}")
     placeholders = [t for t in prefill_lengths if _is_litert_lm_placeholder(t)]
     if placeholders:
         raise ValueError(f"prefill length {placeholders[0]} is a prime above 10, which LiteRT-LM takes for a "

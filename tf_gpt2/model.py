@@ -193,6 +193,16 @@ class GPT2(keras.Model):
         super().compile(optimizer=optimizer, loss=loss, metrics=metrics, weighted_metrics=weighted_metrics,
                         loss_weights=loss_weights, **kwargs)
 
+    def get_compile_config(self):
+        """Keras' compile settings, saved with the model; none for a model with LoRA adapters, which Keras saves
+        merged into its kernels: its optimizer state would not fit the model that loads (every weight trainable)."""
+        if any(getattr(layer, "lora_enabled", False) for layer in self._flatten_layers()):
+            warnings.warn("a model with LoRA adapters is saved uncompiled (Keras saves the adapters merged, so its "
+                          "optimizer state would not fit): compile it after loading, or resume its training run",
+                          stacklevel=2)
+            return {}
+        return super().get_compile_config()
+
     def compile_from_config(self, config):
         """`keras.models.load_model` of a compiled model: compiled again through `compile` above, the optimizer built
         so that its saved state (step, moments) is read back, as Keras does for a model whose compile is its own."""

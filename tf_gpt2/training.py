@@ -424,8 +424,7 @@ def prepared_data(cfg: TrainConfig, characters: Sequence[str] | None = None) -> 
     directory = os.path.join(cfg.out, "data")
     manifest = os.path.join(directory, MANIFEST)
     files = resolve_inputs(cfg.data or embedded_corpus(), exclude=[directory, cfg.out])
-    if cfg.vocab != "char" or characters is not None and not set(char_vocabulary(files)) <= set(characters):
-        characters = None  # (text of other characters is the model's own table's mismatch: `matched_to_data`)
+    characters = characters if cfg.vocab == "char" else None
     made = read_json(manifest) if os.path.exists(manifest) else None
     other_table = characters is not None and made is not None and made.get("chars") != list(characters)
     if made is None or other_table or not made_from(made, files, cfg.vocab) or not shards_whole(directory, made):
@@ -436,6 +435,8 @@ def prepared_data(cfg: TrainConfig, characters: Sequence[str] | None = None) -> 
             raise ValueError(f"{cfg.out} holds a checkpoint of a run on other text: the texts of --data changed since "
                              f"its dataset ({directory}) was made. Use another --out for a new run, or "
                              "--resume-with-changes to continue this one on the texts as they are now")
+        if characters is not None and not set(char_vocabulary(files)) <= set(characters):
+            characters = None  # text of other characters: in its own, which `matched_to_data` refuses by name
         prepare(files, directory, vocab=cfg.vocab, verbose=bool(cfg.verbose), characters=characters)
     return directory
 
