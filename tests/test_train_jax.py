@@ -28,9 +28,12 @@ def _command(data, out, *flags, steps=STEPS):
             "--warmup-steps", "5", "--remat", *flags]  # every run recomputes its blocks (dropout included)
 
 
-def _env(devices):
+def _env(devices, cache=None):
+    """A JAX run on `devices` virtual CPU devices; `cache`, a folder where runs of one program share its compiled
+    form (JAX's persistent compilation cache: the same executable, compiled once)."""
     return {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu", "TF_CPP_MIN_LOG_LEVEL": "3",
-            "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+            "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+            **({"JAX_COMPILATION_CACHE_DIR": str(cache)} if cache else {})}
 
 
 def _run(command, env):
@@ -51,7 +54,7 @@ def test_split_runs_on_jax_match_one_device_and_resume_bit_exactly(tmp_path):
     split = ("--distribution", "model", "--mesh", "2x2")
 
     _run(_command(data, tmp_path / "one", steps=10), _env(1))
-    _run(_command(data, tmp_path / "split", *split), _env(4))
+    _run(_command(data, tmp_path / "split", *split), _env(4, tmp_path / "compiled"))
     assert _record(tmp_path / "split")["devices"] == 4 and _record(tmp_path / "split")["replicas"] == 2
     assert _record(tmp_path / "split")["settings"]["model"]["remat"] is True  # recorded, so a resume keeps it
 
@@ -73,7 +76,8 @@ def test_split_runs_on_jax_match_one_device_and_resume_bit_exactly(tmp_path):
     assert diff.max() <= 1e-5, (diff.mean(), diff.max())
 
     # Killed after a checkpoint, then the same command again: the uninterrupted run's weights, moments and RNG.
-    kill_mid_run_then_resume(_command(data, tmp_path / "killed", *split), _env(4), after_step=10, steps=STEPS,
+    kill_mid_run_then_resume(_command(data, tmp_path / "killed", *split), _env(4, tmp_path / "compiled"),
+                             after_step=10, steps=STEPS,
                              uninterrupted=tmp_path / "split" / CHECKPOINT)
 
 

@@ -50,7 +50,7 @@ def _checkpoint_step(path):
 
 
 def test_resume_after_sigkill_is_bit_exact(char_data, tmp_path):
-    steps = 90  # the kill lands after step 30, with 60 steps (6 rounds) still to run
+    steps = 60  # the kill lands after step 20, with 40 steps (4 rounds) still to run
 
     def command(out):
         return [sys.executable, "-m", "tf_gpt2.cli", "train", "--data", char_data, "--out", str(out),
@@ -63,7 +63,7 @@ def test_resume_after_sigkill_is_bit_exact(char_data, tmp_path):
     straight = subprocess.run(command(tmp_path / "a"), env=env, capture_output=True, text=True, timeout=600)
     assert straight.returncode == 0, straight.stderr[-2000:]
 
-    kill_mid_run_then_resume(command(tmp_path / "b"), env, after_step=30, steps=steps,
+    kill_mid_run_then_resume(command(tmp_path / "b"), env, after_step=20, steps=steps,
                              uninterrupted=tmp_path / "a" / CHECKPOINT)
 
 
