@@ -200,9 +200,7 @@ class _Serving:
 
     def _loop(self, prompt, new_slots, sampling):
         """`generate_loop` (the new tokens, and which rows chose them from finite logits); under XLA, on a batch
-        whose rows, prompt length and budget are rounded up to powers of two (one program per bucket, as
-        model.generate compiles them): the extra rows copy row 0 and stop after one token, the extra columns are
-        padding."""
+        whose rows, prompt length and budget are rounded up to powers of two (`_bucketed_loop`)."""
         if not self.xla:
             return generate_loop(self.model, prompt, new_slots, sampling)
         # A request of no rows has no row 0 to copy: it answers no rows without running.
@@ -210,6 +208,8 @@ class _Serving:
                        lambda: (tf.zeros_like(new_slots), tf.zeros([0], tf.bool)))
 
     def _bucketed_loop(self, prompt, new_slots, sampling):
+        """One program per bucket of rows, prompt length and budget, as model.generate compiles them: the extra rows
+        copy row 0 and stop after one token, the extra columns are padding."""
         (batch, budget), width = tf.unstack(tf.shape(new_slots)), tf.shape(prompt.ids)[1]
         rows = tf.concat([tf.range(batch), tf.zeros([_bucket(batch, 1) - batch], tf.int32)], 0)
         per_row = {name: tf.gather(getattr(sampling, name), rows) for name in PER_ROW}

@@ -48,8 +48,8 @@ def check_quantization(quantize: str) -> None:
 
 def _is_litert_lm_placeholder(length: int) -> bool:
     """LiteRT-LM reads a dimension that is a prime above 10 as a placeholder it resizes at load time (a "magic
-    number": runtime/executor/magic_number_configs_helper.cc in LiteRT-LM); a prefill signature of that length
-    then fails to run."""
+    number": runtime/executor/magic_number_configs_helper.cc in LiteRT-LM): a prefill signature of that length then
+    fails to run, and a cache of that length is shrunk to the token budget."""
     return length > 10 and all(length % d for d in range(2, int(length**0.5) + 1))
 
 
