@@ -87,6 +87,15 @@ def test_openai_tf_checkpoint_parity(tmp_path):
     model = GPT2.from_pretrained(str(tmp_path / "openai"))
     ids = _random_ids(cfg)
     assert np.abs(np.asarray(model(ids)) - hf_logits(hf, ids)).max() <= 1e-4
+    bare = tmp_path / "bare"  # no `checkpoint` file: its one checkpoint is read; of two, neither is guessed
+    shutil.copytree(tmp_path / "openai", bare)
+    os.remove(bare / "checkpoint")
+    assert GPT2.from_pretrained(str(bare)).count_params() == model.count_params()
+    for name in ("model.ckpt.index", "model.ckpt.data-00000-of-00001"):
+        shutil.copyfile(bare / name, bare / name.replace("model.ckpt", "model.ckpt-2"))
+    with pytest.raises(ValueError, match=r"bare holds 2 checkpoints \(model.ckpt-2.index, model.ckpt.index\) and no "
+                                         "`checkpoint` file naming the latest"):
+        GPT2.from_pretrained(str(bare))
     data = tmp_path / "openai" / "model.ckpt.data-00000-of-00001"  # an interrupted download: the index is whole
     data.write_bytes(data.read_bytes()[: data.stat().st_size // 2])
     with pytest.raises(ValueError, match=r"cannot read '.*' from OpenAI checkpoint .*model.ckpt \(.*\): its data "
@@ -172,6 +181,17 @@ def saved_tiny(tmp_path):
     model = GPT2(GPT2Config(vocab_size=40, n_positions=8, n_embd=16, n_layer=1, n_head=2))
     model.save_pretrained(tmp_path / "tiny")
     return tmp_path / "tiny"
+
+
+def test_a_config_without_dropout_rates_trains_with_transformers_defaults(saved_tiny):
+    transformers = pytest.importorskip("transformers")
+    from tf_gpt2.config import DROPOUTS
+
+    config = json.loads((saved_tiny / "config.json").read_text())
+    (saved_tiny / "config.json").write_text(json.dumps({k: v for k, v in config.items() if k not in DROPOUTS}))
+    theirs = transformers.GPT2Config.from_pretrained(saved_tiny)
+    ours = GPT2.from_pretrained(saved_tiny).config
+    assert [ours.dropout_rate(n) for n in DROPOUTS] == [getattr(theirs, n) for n in DROPOUTS] == [0.1] * 3
 
 
 def test_shape_mismatch_names_the_tensor(saved_tiny):
@@ -548,6 +568,33 @@ def test_a_checkpoint_with_a_tokenizer_of_its_own_is_refused_by_its_file_and_lef
         assert f"{other / case} {problem}" in capsys.readouterr().err
         assert {name: (other / name).read_bytes() for name in os.listdir(other)} == before
         assert not os.path.exists(str(other) + "-hf")
+
+
+def test_tokens_added_to_the_models_ids_are_refused(tmp_path, capsys):
+    """A chat fine-tune's markers (`<|im_start|>` = 50257) are ids of the model that GPT-2's BPE never gives: text
+    would reach it as pieces, and its end-of-turn could never be asked for. Each file that adds them is named; a
+    token added past the model's ids (a padding token of the tokenizer alone) is not refused."""
+    transformers = pytest.importorskip("transformers")
+    chat = tmp_path / "chat"
+    GPT2(GPT2Config(vocab_size=50259, n_positions=16, n_embd=32, n_layer=1, n_head=2)).save_pretrained(chat)
+    theirs = transformers.AutoTokenizer.from_pretrained(chat)
+    theirs.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
+    theirs.save_pretrained(chat)
+    shutil.copytree(chat, tmp_path / "gpt2")
+    (chat / "added_tokens.json").write_text(json.dumps({"<|im_start|>": 50257, "<|im_end|>": 50258}))
+    (chat / "special_tokens_map.json").write_text(json.dumps({"additional_special_tokens": ["<|im_start|>"]}))
+    for name in ("tokenizer.json", "added_tokens.json", "tokenizer_config.json", "special_tokens_map.json"):
+        added = f"{chat / name} adds tokens to GPT-2's: '<|im_start|>' = 50257"
+        with pytest.raises(ValueError, match=re.escape(added)):
+            GPT2.from_pretrained(chat)
+        os.remove(chat / name)
+    assert GPT2.from_pretrained(chat).config.vocab_size == 50259  # GPT-2's vocab.json and merges.txt remain
+    small = tmp_path / "small"  # the same tokenizer files, the ids past a model of GPT-2's 50,257
+    GPT2(GPT2Config(vocab_size=50257, n_positions=16, n_embd=32, n_layer=1, n_head=2)).save_pretrained(small)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copyfile(tmp_path / "gpt2" / name, small / name)
+    (small / "added_tokens.json").write_text(json.dumps({"<|im_start|>": 50257, "<|im_end|>": 50258}))
+    assert GPT2.from_pretrained(small).config.vocab_size == 50257
 
 
 def test_gpt2s_own_tokenizer_files_in_every_layout_are_gpt2s(tmp_path):

@@ -36,7 +36,10 @@ CASES = [
     (["generate", "hi", "--model", "{d}/fake.keras"], "fake.keras is not a readable .keras file"),
     (["generate", "hi", "--model", "{d}/hf"], "hf/config.json lacks n_embd, n_layer, n_head"),
     (["convert", "{d}/typed", "{d}/out.keras"], "typed/config.json: GPT2Config.n_embd must be a positive integer"),
-    (["generate", "hi", "--random-init", "gpt2-tiny", "--seed", "99999999999"], "seed must be in [0, 2**31)"),
+    (["generate", "hi", "--random-init", "gpt2-tiny", "--seed", "99999999999", "--temperature", "1"],
+     "seed must be in [0, 2**31)"),
+    (["generate", "hi", "--random-init", "gpt2-tiny", "--seed", "7"],  # greedy: the seed would change nothing
+     "--seed sets the sampling noise, and --temperature 0 (the default) samples nothing (greedy)"),
     # Two models named, or a flag of the other one: refused, not one of them ignored.
     (["eval", "{d}/text.txt", "--model", "{d}/hf", "--random-init", "gpt2-tiny"],
      "--model and --random-init name two models ({d}/hf, an untrained gpt2-tiny): give one"),
@@ -49,6 +52,10 @@ CASES = [
     (["export", "--random-init", "gpt2-tiny", "--out", "{d}/text.txt/m"], "Not a directory: {d}/text.txt"),
     (["train", "--out", "{d}/run", "--eval-interval", "0"], "eval_interval must be a positive integer"),
     (["train", "--out", "{d}/run", "--sample-tokens", "-2"], "sample_tokens must be a non-negative integer, got -2"),
+    (["train", "--out", "{d}/run", "--sample-tokens", "0", "--sample-prompt", "Once"],
+     "sample_prompt 'Once' would not be used: sample_tokens is 0 (no samples)"),
+    (["train", "--out", "{d}/run", "--strategy", "mirrored", "--sample-prompt", "Once"],
+     "sample_prompt 'Once' would not be used: a run under strategy mirrored makes no samples"),
     (["train", "--out", "{d}/run", "--learning-rate", "3e-5", "--min-learning-rate", "6e-5"],
      "the cosine schedule would rise"),
     (["train", "--out", "{d}/run", "--init-from", "{d}/hf", "--preset", "gpt2-medium"],  # (the preset was ignored)
@@ -86,6 +93,9 @@ CASES = [
      "--max-new-tokens-limit is for --format saved_model, not --format tflite"),
     ([*EXPORT_TINY, "--format", "tflite", "--out", "{d}/m.litertlm"],
      "--out {d}/m.litertlm names a LiteRT-LM package (.litertlm), but --format tflite writes a plain LiteRT model"),
+    ([*EXPORT_TINY, "--out", "{d}/m.keras"],  # (a SavedModel folder was made under that name)
+     "--out {d}/m.keras names a .keras file, but --format saved_model writes a folder (its version inside): give a "
+     "folder's name (a .keras file: tf-gpt2 convert)"),
     ([*EXPORT_TINY, "--out", "{d}/m.LiteRTLM", "--format", "saved_model"],
      "but --format saved_model writes a SavedModel folder"),
     ([*EXPORT_TINY, "--out", "{d}/sm", "--max-new-tokens-limit", "500"],

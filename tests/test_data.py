@@ -63,7 +63,16 @@ def test_char_vocabulary_and_embedded_corpus(tmp_path):
 
 
 def test_resolve_inputs_glob_and_errors(corpus, tmp_path):
-    assert resolve_inputs(str(corpus / "**" / "*.txt")) == [str(corpus / "a.txt"), str(corpus / "more" / "b.txt")]
+    both = [str(corpus / "a.txt"), str(corpus / "more" / "b.txt")]
+    assert resolve_inputs(str(corpus / "**" / "*.txt")) == both
+    prepare(str(corpus / "a.txt"), str(corpus / "ds"), vocab="char", verbose=False)  # tf_gpt2's own folder there
+    (corpus / "more" / "notes.md").write_text("not read from a folder")
+    for named in ("manifest.json", sorted(os.listdir(corpus / "ds"))[-1]):  # a shard: its bytes may be valid UTF-8
+        with pytest.raises(ValueError, match=f"ds/{named} is a file of .*ds, a dataset .* tf_gpt2 wrote, not text"):
+            resolve_inputs(str(corpus / "ds" / named))
+    for pattern in ("*", "**"):  # a folder a glob matches is read as one named; the dataset's is said and skipped
+        with pytest.warns(UserWarning, match=r"tf_gpt2 wrote.*, not read: .*ds$"):
+            assert resolve_inputs(str(corpus / pattern)) == both
     with pytest.raises(FileNotFoundError, match="no data file matches"):
         resolve_inputs(str(tmp_path / "missing.txt"))
     (tmp_path / "empty.txt").write_text("")

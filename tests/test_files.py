@@ -50,6 +50,37 @@ def test_a_full_disk_while_saving_keeps_the_previous_keras_file(tmp_path, monkey
     np.testing.assert_array_equal(reloaded.get_weights()[0], good.get_weights()[0])
 
 
+def test_model_save_and_config_save_interrupted_keep_the_previous_file(tmp_path, monkeypatch):
+    """`model.save("x.keras")` (Keras' own writes its archive in place) and `GPT2Config.save`, stopped halfway."""
+    import zipfile
+
+    path, config_path = tmp_path / "model.keras", tmp_path / "config.json"
+    good = _tiny(0)
+    good.save(path)
+    good.config.save(config_path)
+    before, config_before = path.read_bytes(), config_path.read_bytes()
+    open_member = zipfile.ZipFile.open
+
+    def interrupted_at_the_second_member(self, name, mode="r", **kwargs):
+        if mode == "w" and len(self.namelist()) == 1:
+            raise KeyboardInterrupt
+        return open_member(self, name, mode, **kwargs)
+
+    monkeypatch.setattr(zipfile.ZipFile, "open", interrupted_at_the_second_member)
+    with pytest.raises(KeyboardInterrupt):
+        _tiny(1).save(path)
+    monkeypatch.setattr("tf_gpt2.files.write_file",
+                        lambda path, data: open(path, "wb").write(data[:9]) and _disk_full())
+    with pytest.raises(OSError, match="No space left"):
+        GPT2Config.from_preset("gpt2-tiny").save(config_path)
+    assert path.read_bytes() == before and config_path.read_bytes() == config_before
+    assert sorted(os.listdir(tmp_path)) == ["config.json", "model.keras"]  # no temporary left behind
+    assert GPT2Config.load(config_path) == good.config
+    config_path.write_text('{"n_layer": 2, "n_embd": 64, "n_head": 2, "colour": "red"}')
+    with pytest.raises(ValueError, match=f"{config_path}: unknown GPT2Config fields: \\['colour'\\]"):
+        GPT2Config.load(config_path)
+
+
 def test_a_kill_while_saving_keeps_the_previous_keras_file_and_the_next_save_cleans_up(tmp_path):
     path = str(tmp_path / "model.keras")
     save_keras(_tiny(0), path)

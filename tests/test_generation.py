@@ -76,6 +76,10 @@ def test_stop_ids_end_generation(model):
         (dict(repetition_penalty=float("nan")), "repetition_penalty must be a finite number"),
         (dict(repetition_penalty=float("inf")), "repetition_penalty must be a finite number"),
         (dict(top_p=float("nan")), "top_p must be a finite number"),
+        # float32 computes them: one that overflows there, or a top_p that is 0 there, would sample nothing
+        (dict(temperature=1e39), r"temperature must be a finite number in float32 \(as it is computed\), got 1e\+39"),
+        (dict(repetition_penalty=1e39), "repetition_penalty must be a finite number"),
+        (dict(temperature=1.0, top_p=1e-50), r"top_p must be in \(0, 1\], got 1e-50 \(0 in float32"),
         (dict(top_k=2.5), "top_k must be an integer, got 2.5"),
         (dict(top_k=True), "top_k must be an integer"),
         (dict(seed=2**40), "seed must be in \\[0, 2\\*\\*31\\)"),
@@ -111,10 +115,12 @@ def test_text_in_text_out_and_cli(capsys, tmp_path):
     model = GPT2(GPT2Config.from_preset("gpt2-tiny"))
     text = model.generate("Hello world", max_new_tokens=5)
     assert isinstance(text, str)
-    assert cli_main(["demo", "--prompt", "To be", "--max-new-tokens", "4", "--steps", "15",  # not a multiple of 10
-                     "--out", str(tmp_path / "demo")]) == 0
-    out = capsys.readouterr().out
-    assert "parameters" in out and "To be" in out
+    long_prompt = "To be, or not to be, that is the question: whether 'tis"  # longer than the context's window
+    assert cli_main(["demo", "--prompt", long_prompt, "--max-new-tokens", "4", "--steps", "15",  # not a multiple
+                     "--out", str(tmp_path / "demo")]) == 0                                          # of 10
+    out, err = capsys.readouterr()
+    assert "parameters" in out and long_prompt in out
+    assert "the prompt has 55 characters; the model reads the last 48 of it" in err
     longer = ["demo", "--prompt", "To be", "--max-new-tokens", "4", "--steps", "20", "--out", str(tmp_path / "demo")]
     assert cli_main(longer) == 2  # the run there has other settings: the flag the error names is demo's too
     assert "steps: 15 -> 20" in capsys.readouterr().err

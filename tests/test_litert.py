@@ -123,8 +123,13 @@ def test_generator_rejects_bad_input_and_keeps_its_cache(model):
                          ([-1], r"token ids must be in"), ([1] * 38, "exceed the exported cache of 40")):
         with pytest.raises(ValueError, match=message):
             gen.feed(bad)
+    for bad in ([464.9], [True]):  # not rounded to 464 nor read as 1
+        with pytest.raises(TypeError, match="token ids must be integers"):
+            gen.feed(bad)
     with pytest.raises(ValueError, match=r"token ids must be in \[0, 50257\)"):
         gen.generate([5, 50257], max_new_tokens=2)  # refused before the conversation is reset
+    with pytest.raises(ValueError, match=r"token ids must be in \[0, 50257\)"):  # a stop id it never writes
+        gen.generate([5], max_new_tokens=2, stop_ids=[10**6])
     assert gen.position == 3 and all(np.array_equal(gen.cache[n], cache[n]) for n in cache)
     np.testing.assert_array_equal(gen.feed([11]), LiteRTGenerator(litert_bytes(model, CACHE, PREFILL)).feed(
         [464, 3290, 318, 11]))  # the failed calls changed nothing

@@ -261,7 +261,8 @@ BAD_PROMPTS = [
 ]
 BAD_SETTINGS = [
     (dict(top_k=np.array([-1], np.int32)), "top_k must be >= 0"),
-    (dict(temperature=np.array([np.nan], np.float32)), "temperature must be >= 0"),
+    (dict(temperature=np.array([np.nan], np.float32)), "temperature must be a finite number >= 0"),
+    (dict(temperature=np.array([np.inf], np.float32)), "temperature must be a finite number >= 0"),
     (dict(top_p=np.array([0.0], np.float32)), "top_p must be in (0, 1]"),
     (dict(top_p=np.array([np.nan], np.float32)), "top_p must be in (0, 1]"),
     (dict(seed=np.array([-1], np.int32)), "seed must be >= 0"),  # (it sampled as 2**31 - 1 did)

@@ -97,7 +97,9 @@ def test_a_placement_the_backend_or_the_model_cannot_take_is_refused_by_name(mon
                          (dict(distribution="model", mesh="2by2"), "BATCHxMODEL"),
                          (dict(distribution="data", strategy="mirrored"), "exclude each other"),
                          (dict(distribution="data", num_processes=2, process_id=2), "process_id"),
-                         (dict(process_id=1), "need a distribution")]:
+                         (dict(process_id=1), "need a distribution"),
+                         (dict(distribution="data", process_id=1),  # alone, it would run as process 0
+                          "process_id 1 names one process of many: give num_processes and the coordinator too")]:
         with pytest.raises(ValueError, match=message):
             TrainConfig(**bad)
     split = Placement(scope=None, replicas=2, mesh=Mesh(2, 2))

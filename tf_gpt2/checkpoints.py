@@ -166,8 +166,10 @@ def config_from_hf(hf: dict[str, Any], source: str = "config.json", **overrides:
         raise ValueError(f"{source}: n_inner={hf['n_inner']} is not 4*n_embd; only GPT-2's 4x MLP is supported")
     if hf.get("scale_attn_by_inverse_layer_idx") or hf.get("scale_attn_weights") is False:
         raise ValueError(f"{source} changes GPT-2's attention scaling; this is not supported")
-    resid_pdrop = hf.get("resid_pdrop", 0.0)  # `dropout`; the other two only where they differ from it
-    dropouts = {name: hf[name] for name in ("embd_pdrop", "attn_pdrop") if hf.get(name, resid_pdrop) != resid_pdrop}
+    # Each rate missing is transformers' default, 0.1; resid_pdrop is `dropout`, the other two kept where they differ
+    rates = {name: hf.get(name, 0.1) for name in DROPOUTS}
+    resid_pdrop = rates["resid_pdrop"]
+    dropouts = {name: rate for name, rate in rates.items() if rate != resid_pdrop}
     values = dict(
         vocab_size=hf["vocab_size"], n_positions=hf.get("n_positions", hf.get("n_ctx")), n_embd=n_embd,
         n_layer=hf["n_layer"], n_head=hf["n_head"], layer_norm_epsilon=hf.get("layer_norm_epsilon", 1e-5),
@@ -390,9 +392,13 @@ def read_openai(directory: str, **overrides: Any) -> tuple[GPT2Config, Tensors]:
                      n_layer=hp["n_layer"], n_head=hp["n_head"], **overrides)
     prefix = tf.train.latest_checkpoint(directory)
     if prefix is None:
-        found = glob.glob(os.path.join(directory, "*.ckpt.index"))
+        found = sorted(glob.glob(os.path.join(glob.escape(directory), "*.ckpt*.index")))
         if not found:
             raise FileNotFoundError(f"{directory} has hparams.json but no model.ckpt.* checkpoint")
+        if len(found) > 1:  # TensorFlow's `checkpoint` file would name the latest: without it, none is the one
+            names = ", ".join(os.path.basename(f) for f in found)
+            raise ValueError(f"{directory} holds {len(found)} checkpoints ({names}) and no `checkpoint` file naming "
+                             "the latest: keep one, or write that file")
         prefix = found[0].removesuffix(".index")
     try:
         reader = tf.train.load_checkpoint(prefix)
@@ -491,10 +497,10 @@ def load_pretrained(model_class: type, source: Any, revision: str | None = None,
             f"{path} is not a checkpoint: expected config.json (Hugging Face or keras-hub preset) "
             "or hparams.json (OpenAI)" + (f"; it holds {inside[0]}: pass that file" if inside else "")
         )
-    if (other := other_tokenizer(path)) is not None:
+    config, tensors = read(path, **overrides)
+    if (other := other_tokenizer(path, config.vocab_size)) is not None:
         raise ValueError(f"{other}: tf_gpt2 reads text with GPT-2's BPE (or a model's own characters) only, and a "
                          "checkpoint with a tokenizer of its own would be given other tokens than it was trained on")
-    config, tensors = read(path, **overrides)
     check_tensors(config, tensors, path)  # before building a model that size
     return _assign(model_class(config), tensors)
 

@@ -78,6 +78,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     save_keras(inference_model(model), saved)
     encode, decode = codec(TokenShards(f"{cfg.out}/data", "train").manifest)
     ids, chunk = encode(args.prompt), DEMO_CONTEXT // 4
+    if len(ids) > DEMO_CONTEXT - chunk:
+        print(f"note: the prompt has {len(ids)} characters; the model reads the last {DEMO_CONTEXT - chunk} of it, "
+              f"then the text it writes, through its context of {DEMO_CONTEXT}", file=sys.stderr)
     while len(ids) < len(args.prompt) + args.max_new_tokens:  # a sliding window over the 64-character context
         ids += model.generate(ids[-(DEMO_CONTEXT - chunk):], max_new_tokens=chunk, temperature=0.8, top_k=20,
                               seed=len(ids))
@@ -131,7 +134,8 @@ TRAIN_FLAGS = {
     "num_processes": "processes in the run (or KERAS_DISTRIBUTION_NUM_PROCESSES)",
     "process_id": "this process's index, 0 writes the files (or KERAS_DISTRIBUTION_PROCESS_ID)",
     "sample_prompt": "prompt of the samples printed after each round (default: a line break, or none in characters "
-                     "without one; empty: from <|endoftext|>; no samples under --strategy or many processes)",
+                     "without one; empty: from <|endoftext|>; refused where no samples are made: --sample-tokens 0, "
+                     "--strategy, many processes)",
     "sample_tokens": "length of those samples (0: none; at most the context less one prompt token)",
     "resume_with_changes": "resume the run in --out even though its settings or data changed",
 }
@@ -195,6 +199,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from tf_gpt2.tokenizer import checked_utf8, tokenizer_for
 
     prompt = checked_utf8("the prompt", args.prompt)
+    if args.seed is not None and args.temperature == 0:
+        raise ValueError("--seed sets the sampling noise, and --temperature 0 (the default) samples nothing "
+                         "(greedy): give a --temperature > 0")
     model = _load_model(args)
     tokenizer = tokenizer_for(model.config)  # the one `stream` reads the prompt with
     decode, end_of_text = tokenizer.decode, tokenizer.eot_id
@@ -203,7 +210,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     tokens, shown = [], None
     for token in stream(model, prompt, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                         top_k=args.top_k, top_p=args.top_p, repetition_penalty=args.repetition_penalty,
-                        seed=args.seed, stop_ids=[] if end_of_text is None else [end_of_text]):
+                        seed=args.seed or 0, stop_ids=[] if end_of_text is None else [end_of_text]):
         if shown is None:
             print(args.prompt, end="", flush=True)
             shown = ""
@@ -218,13 +225,16 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+MODEL_FILE_SUFFIXES = (".keras", ".safetensors", ".bin", ".h5", ".pt", ".ckpt", ".onnx", ".gguf")  # files, not folders
+
+
 def cmd_convert(args: argparse.Namespace) -> int:
     from tf_gpt2 import GPT2
     from tf_gpt2.files import save_keras
 
     _refuse_writing_over_inputs(args.dst, args.src)
     suffix = os.path.splitext(args.dst.rstrip(os.sep))[1]
-    if suffix.lower() in (".keras", ".safetensors", ".bin", ".h5", ".pt", ".ckpt") and suffix != ".keras":
+    if suffix.lower() in MODEL_FILE_SUFFIXES and suffix != ".keras":
         raise ValueError(f"{args.dst} names a {suffix} file, but convert writes a .keras file (that suffix, in lower "
                          "case, as Keras reads it) or a Hugging Face folder (config.json, model.safetensors)")
     if suffix == ".keras" and args.dst.endswith(os.sep):  # (it wrote a Hugging Face folder named so)
@@ -263,6 +273,11 @@ def _export_format(args: argparse.Namespace) -> str:
     if named not in (None, chosen):
         raise ValueError(f"--out {args.out} names {WRITES[named]}, but --format {chosen} writes {WRITES[chosen]}: "
                          "give --out that format's suffix, or leave --format out")
+    suffix = os.path.splitext((args.out or "").rstrip(os.sep))[1]
+    if chosen == "saved_model" and suffix.lower() in MODEL_FILE_SUFFIXES:  # (it made a folder of that name)
+        raise ValueError(f"--out {args.out} names a {suffix} file, but --format saved_model writes a folder (its "
+                         "version inside): give a folder's name" + " (a .keras file: tf-gpt2 convert)" * (
+                             suffix.lower() == ".keras"))
     if chosen != "saved_model" and (args.out or "").endswith(os.sep):  # (a .litertlm/ was a SavedModel's folder)
         raise ValueError(f"--out {args.out} ends in {os.sep}, a folder's mark, but --format {chosen} writes a file: "
                          f"drop the {os.sep}")
@@ -374,7 +389,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--top-p", type=float, default=1.0, help="1 = off")
     gen.add_argument("--repetition-penalty", type=float, default=1.0,
                      help="CTRL's penalty on repeated tokens (1 = off)")
-    gen.add_argument("--seed", type=int, default=0, help="seed of the sampling noise")
+    gen.add_argument("--seed", type=int, help="seed of the sampling noise, with --temperature > 0 (default 0)")
     gen.set_defaults(run=cmd_generate)
 
     convert = command("convert", help="convert a checkpoint to a HF dir or a .keras file")

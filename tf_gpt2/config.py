@@ -10,6 +10,8 @@ import numbers
 import os
 from typing import Any
 
+from tf_gpt2.files import atomic_write, bytes_writer, read_json
+
 # The four OpenAI releases, plus small sizes for tests, demos and CPU training.
 PRESETS: dict[str, dict[str, int]] = {
     "gpt2": dict(n_layer=12, n_head=12, n_embd=768),
@@ -176,10 +178,14 @@ class GPT2Config:
         return cls.from_dict(json.loads(text))
 
     def save(self, path: str | os.PathLike) -> None:
-        with open(path, "w", encoding="utf-8") as f:
-            f.write(self.to_json() + "\n")
+        """Write the config as JSON, whole or not at all (a failed write keeps the previous file)."""
+        atomic_write(os.fspath(path), bytes_writer((self.to_json() + "\n").encode("utf-8")))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "GPT2Config":
-        with open(path, encoding="utf-8") as f:
-            return cls.from_json(f.read())
+        """The config `save` wrote; a file that is not one is a ValueError naming it."""
+        values = read_json(os.fspath(path), "a GPT2Config")
+        try:
+            return cls.from_dict(values)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{os.fspath(path)}: {e}") from None

@@ -130,6 +130,16 @@ def _text_files_in(folder: str, exclude: set[str]) -> list[str]:
     return files
 
 
+def _written_by_us(path: str) -> str | None:
+    """The dataset or training run this package wrote that `path` is or lies in, or None."""
+    folder = os.path.abspath(path)
+    while not (os.path.isdir(folder) and _is_output(folder)):
+        if os.path.dirname(folder) == folder:
+            return None
+        folder = os.path.dirname(folder)
+    return folder
+
+
 def resolve_inputs(inputs: str | Sequence[str], exclude: Sequence[str] = ()) -> list[str]:
     """Files named by a path, a folder (its `.txt` and `.txt.gz` files, recursively, but for hidden ones and the
     datasets and runs this package wrote there) or a glob, sorted, each once however often it is named. Folders
@@ -141,15 +151,31 @@ def resolve_inputs(inputs: str | Sequence[str], exclude: Sequence[str] = ()) -> 
         if os.path.isdir(pattern):
             files += _text_files_in(pattern, excluded)
         elif os.path.isfile(pattern):
+            if not pattern.endswith(TEXT_SUFFIXES) and (owner := _written_by_us(pattern)):
+                raise ValueError(f"{pattern} is a file of {owner}, a dataset or a training run tf_gpt2 wrote, not "
+                                 "text (train on a prepared dataset by giving its folder as --data)")
             files.append(pattern)
         else:
-            matched = glob.glob(pattern, recursive=True)  # (a broken link too: named, or matched)
+            matched = sorted(glob.glob(pattern, recursive=True))  # (a broken link too: named, or matched)
             for f in matched:
                 _refuse_broken_link(f)
-            matched = [f for f in matched if os.path.isfile(f)]
-            if not matched:
+            folders: list[str] = []  # a folder matched is read as one named (not again inside one matched)
+            for folder in (f for f in matched if os.path.isdir(f) and os.path.realpath(f) not in excluded):
+                if not any(folder.startswith(os.path.join(outer, "")) for outer in folders):
+                    folders.append(folder)
+            # what tf_gpt2 wrote (a dataset's shards and manifest, a run's checkpoints) is not text: not read
+            ours = {f: owner for f in folders + [f for f in matched if os.path.isfile(f) and not f.endswith(
+                TEXT_SUFFIXES)] if (owner := _written_by_us(f))}
+            walked = [os.path.join(os.path.abspath(f), "") for f in folders if f not in ours]  # (which say it)
+            if shown := sorted({owner for owner in ours.values() if not any(owner.startswith(w) for w in walked)}):
+                warnings.warn(f"{pattern!r} matches what tf_gpt2 wrote (a dataset or a training run), not read: "
+                              f"{', '.join(shown[:3])}" + ", ..." * (len(shown) > 3), stacklevel=2)
+            for folder in (f for f in folders if f not in ours):
+                files += _text_files_in(folder, excluded)
+            if not any(map(os.path.isfile, matched)) and not folders:
                 raise FileNotFoundError(f"no data file matches {pattern!r}")
-            files += matched
+            files += [f for f in matched if os.path.isfile(f) and f not in ours  # (one in a folder read: its call)
+                      and not any(os.path.abspath(f).startswith(w) for w in walked)]
     if not files:
         raise FileNotFoundError(f"no data files found in {inputs!r} (a folder is read for .txt and .txt.gz files)")
     unique = {os.path.realpath(f): f for f in sorted(files, reverse=True)}  # a file named twice is read once

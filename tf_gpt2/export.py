@@ -173,8 +173,9 @@ class _Serving:
             (new < 1, "max_new_tokens must be > 0"),
             (new > self.limit, f"max_new_tokens must be <= {self.limit}"),
             (length + new > cfg.n_positions, f"prompt + max_new_tokens exceeds the context of {cfg.n_positions}"),
-            # Not ~(t >= 0): grappler rewrites that to t < 0, which a NaN passes.
-            (tf.math.is_nan(knobs["temperature"]) | (knobs["temperature"] < 0), "temperature must be >= 0"),
+            # Not ~(t >= 0): grappler rewrites that to t < 0, which a NaN passes. (inf would sample uniformly.)
+            (~tf.math.is_finite(knobs["temperature"]) | (knobs["temperature"] < 0),
+             "temperature must be a finite number >= 0"),
             (knobs["top_k"] < 0, "top_k must be >= 0 (0: off)"),
             (tf.math.is_nan(knobs["top_p"]) | (knobs["top_p"] <= 0) | (knobs["top_p"] > 1), "top_p must be in (0, 1]"),
             (knobs["seed"] < 0, "seed must be >= 0"),  # as model.generate's: [0, 2**31)

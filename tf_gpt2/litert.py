@@ -24,13 +24,13 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tf_gpt2.checks import check_in_vocabulary, is_integer, require_tensorflow
+from tf_gpt2.checks import is_integer, require_tensorflow
 from tf_gpt2.files import atomic_write, work_dir, write_file
 from tf_gpt2.formats import QUANTIZATIONS
 from tf_gpt2.generation import refuse_non_finite
 from tf_gpt2.layers import causal_mask
 from tf_gpt2.model import GPT2
-from tf_gpt2.tokenizer import EOT_ID, VOCAB_SIZE, hf_tokenizer_json
+from tf_gpt2.tokenizer import EOT_ID, VOCAB_SIZE, checked_ids, hf_tokenizer_json
 
 # What LiteRT-LM writes into `mask` for a hidden key (finite: -inf would turn a fully masked row into NaN).
 MASKED = float(-0.7 * np.finfo(np.float32).max)
@@ -319,11 +319,11 @@ class LiteRTGenerator:
         return padded[0] if padded else None
 
     def _checked(self, tokens: Sequence[int], position: int) -> list[int]:
-        """`tokens` as ints, if they are ids of this model and fit in the cache at `position`."""
-        tokens = [int(t) for t in tokens]
+        """`tokens` as ints, if they are ids of this model (integers: a float or a bool is refused, not rounded) and
+        fit in the cache at `position`."""
+        tokens = checked_ids(tokens, self.vocab_size)
         if not tokens:
             raise ValueError("no tokens to feed: give at least one")
-        check_in_vocabulary(tokens, self.vocab_size)
         if position + len(tokens) > self.cache_length:
             raise ValueError(f"{len(tokens)} tokens at position {position} exceed the exported cache of "
                              f"{self.cache_length} positions")
@@ -348,6 +348,7 @@ class LiteRTGenerator:
         if not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens <= 0:
             raise ValueError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
         prompt = self._checked(prompt, 0)  # before the conversation is reset: a refused call keeps it
+        stop_ids = checked_ids(stop_ids, self.vocab_size)  # one the model never writes would never stop it
         if len(prompt) + max_new_tokens - 1 > self.cache_length:
             raise ValueError(f"prompt + max_new_tokens exceeds the exported cache of {self.cache_length} positions")
         self.reset()

@@ -12,6 +12,7 @@ from keras import ops
 
 from tf_gpt2.checks import check_positions, check_token_ids
 from tf_gpt2.config import GPT2Config
+from tf_gpt2.files import atomic_write
 from tf_gpt2.layers import TransformerBlock, causal_mask, new_buffer, recomputed
 from tf_gpt2.variants import VariantBlock
 from tf_gpt2.xla import changed
@@ -334,6 +335,14 @@ class GPT2(keras.Model):
         from tf_gpt2.checkpoints import load_pretrained
 
         return load_pretrained(cls, source, revision=revision, **config_overrides)
+
+    def save(self, filepath: Any, overwrite: bool = True, **kwargs: Any) -> None:
+        """Keras' `save`; a `.keras` path is written whole or not at all: a failed or interrupted save keeps the
+        file that was there."""
+        if not isinstance(filepath, (str, os.PathLike)) or not os.fspath(filepath).endswith(".keras") or (
+                not overwrite and os.path.exists(filepath)):  # (a file object; or Keras asks before overwriting)
+            return super().save(filepath, overwrite=overwrite, **kwargs)
+        atomic_write(os.fspath(filepath), lambda path: super(GPT2, self).save(path, **kwargs))
 
     def save_pretrained(self, directory: str | os.PathLike) -> None:
         """Write a Hugging Face GPT-2 dir (config.json + model.safetensors)."""

@@ -171,9 +171,33 @@ def _splits_as_gpt2(tokenizer_json: dict) -> bool:
         byte_level.get("use_regex", True) is byte_level_regex
 
 
-def other_tokenizer(directory: str) -> str | None:
+def _added_tokens(found: Any, vocab_size: int | None) -> str:
+    """The tokens other than GPT-2's own `<|endoftext|>` (50256) that a tokenizer file adds to ids the model has
+    (below `vocab_size`, where known), in words, or "". They come as {text: id} (`added_tokens.json`), [{id,
+    content}] (tokenizer.json's `added_tokens`), {id: {content}} (`added_tokens_decoder`), or as texts without ids
+    (`additional_special_tokens`, `extra_special_tokens`), which transformers numbers from 50257 on. GPT-2's BPE
+    would read each of those texts as several other ids (a padding token past the model's ids is never given to it)."""
+    if isinstance(found, dict) and found and all(isinstance(v, dict) for v in found.values()):
+        pairs = [(v.get("content"), int(k) if str(k).isdigit() else k) for k, v in found.items()]
+    elif isinstance(found, dict) and all(isinstance(v, int) for v in found.values()):
+        pairs = list(found.items())
+    elif isinstance(found, (dict, list)):
+        named = [t if isinstance(t, dict) else {"content": t} for t in (
+            found.values() if isinstance(found, dict) else found)]
+        new = iter(range(VOCAB_SIZE, VOCAB_SIZE + len(named)))
+        pairs = [(t.get("content"), t.get("id", EOT_ID if t.get("content") == ENDOFTEXT else next(new)))
+                 for t in named]
+    else:
+        return ""
+    other = [f"{text!r} = {token_id}" for text, token_id in pairs if (text, token_id) != (ENDOFTEXT, EOT_ID)
+             and not (vocab_size is not None and isinstance(token_id, int) and token_id >= vocab_size)]
+    return ", ".join(other[:3]) + (f" and {len(other) - 3} more" if len(other) > 3 else "")
+
+
+def other_tokenizer(directory: str, vocab_size: int | None = None) -> str | None:
     """What in a checkpoint directory gives it a tokenizer other than GPT-2's BPE (its vocabulary and merges
-    compared with GPT-2's), in words, or None: text read with GPT-2's BPE would become other ids than its own."""
+    compared with GPT-2's, the tokens it adds to ids below `vocab_size`), in words, or None: text read with GPT-2's
+    BPE would become other ids than its own."""
     def read(path: str, parse: Callable[[str], Any]) -> Any:
         try:
             with open(path, encoding="utf-8") as f:
@@ -202,6 +226,17 @@ def other_tokenizer(directory: str) -> str | None:
                 return f"{tokenizer_json} is not GPT-2's BPE"
             if bpe is not None and not _splits_as_gpt2(found):
                 return f"{tokenizer_json} splits text otherwise than GPT-2's BPE (its normalizer or pre-tokenizer)"
+        for name, keys in (("tokenizer.json", ["added_tokens"]), ("added_tokens.json", [None]),
+                           ("tokenizer_config.json", ["added_tokens_decoder", "extra_special_tokens",
+                                                      "additional_special_tokens"]),
+                           ("special_tokens_map.json", ["additional_special_tokens"])):
+            path = os.path.join(directory, name)
+            found = read(path, json.loads) if os.path.exists(path) else {}
+            for key in keys:
+                added = _added_tokens(found if key is None else found.get(key) if isinstance(found, dict) else None,
+                                      vocab_size)
+                if added:
+                    return f"{path} adds tokens to GPT-2's: {added}"
         settings_path = os.path.join(directory, "tokenizer_config.json")
         settings = read(settings_path, json.loads) if os.path.exists(settings_path) else {}
         added = [f"{name} (transformers then {does})" for name, does in (

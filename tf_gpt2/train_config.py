@@ -12,10 +12,11 @@ ValueError: steps must be a positive integer, got 0
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Any
 
 from tf_gpt2.config import PRESETS
-from tf_gpt2.devices import Mesh
+from tf_gpt2.devices import CLUSTER_VARIABLES, Mesh
 
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 BASE_DTYPES = ("bfloat16", "float16")  # a frozen LoRA base in 16 bits (its adapters stay float32)
@@ -109,6 +110,14 @@ class TrainConfig:
             raise ValueError("mesh and many processes need a distribution (data or model)")
         if self.mesh:
             Mesh.parse(self.mesh)
+        if self.sample_prompt != TrainConfig.sample_prompt and (self.sample_tokens == 0 or self.strategy):
+            raise ValueError(f"sample_prompt {self.sample_prompt!r} would not be used: "
+                             + ("sample_tokens is 0 (no samples)" if self.sample_tokens == 0 else
+                                f"a run under strategy {self.strategy} makes no samples"))
+        if self.process_id is not None and not (self.num_processes or self.coordinator or any(
+                os.environ.get(v) for v in CLUSTER_VARIABLES)):  # it would run alone, as process 0
+            raise ValueError(f"process_id {self.process_id} names one process of many: give num_processes and the "
+                             f"coordinator too (or {', '.join(CLUSTER_VARIABLES)})")
         if self.num_processes is not None and not 0 <= (self.process_id or 0) < self.num_processes:
             raise ValueError(f"process_id must be in [0, num_processes = {self.num_processes}), "
                              f"got {self.process_id!r}")

@@ -589,6 +589,9 @@ def train(cfg: TrainConfig) -> tuple[GPT2, dict[str, list[float]]]:
     process 0 writes.
     """
     placement = place_run(cfg, GPT2.get_layout_map)
+    if placement.processes > 1 and cfg.sample_prompt != TrainConfig.sample_prompt:
+        raise ValueError(f"sample_prompt {cfg.sample_prompt!r} would not be used: a run of many processes makes no "
+                         "samples")
     with exclusive(cfg.out, "training run") if placement.is_chief else contextlib.nullcontext():
         return _train(cfg, placement)
 
