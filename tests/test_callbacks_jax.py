@@ -88,7 +88,10 @@ print(json.dumps(out))
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"}
+    # The runs build one program again and again: JAX's persistent compilation cache compiles it once
+    env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu",
+           "JAX_COMPILATION_CACHE_DIR": str(tmp_path_factory.mktemp("compiled")),
+           "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
     run = subprocess.run([sys.executable, "-c", SCRIPT, str(tmp_path_factory.mktemp("jax"))], env=env,
                          capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]

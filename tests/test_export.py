@@ -175,6 +175,8 @@ def test_two_exports_into_one_base_at_once_get_two_whole_versions(tmp_path):
             time.sleep(0.01)
         print(export_saved_model(model, {str(base)!r}, max_new_tokens_limit=4))
     """)
+    base.mkdir()
+    (base / "batching_parameters.txt").write_text("max_batch_size { value: 8 }\n")  # the user's own: kept
     runs = [subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                              text=True) for _ in range(2)]
     time.sleep(1)
@@ -184,3 +186,4 @@ def test_two_exports_into_one_base_at_once_get_two_whole_versions(tmp_path):
     assert sorted(out.strip().splitlines()[-1] for out, _ in results) == [str(base / "1"), str(base / "2")]
     for version in ("1", "2"):
         assert os.path.exists(base / version / "saved_model.pb") and os.listdir(base / version / "variables")
+    assert (base / "batching_parameters.txt").read_text() == "max_batch_size { value: 8 }\n"

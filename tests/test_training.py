@@ -320,7 +320,7 @@ def test_gradient_norm_is_logged_before_clipping(char_data, tmp_path):
     start = GPT2(GPT2Config(vocab_size=30, **TINY))
     start.save(str(tmp_path / "start.keras"))
     cfg = config(tmp_path / "run", char_data, init_from=str(tmp_path / "start.keras"), steps=1, eval_interval=1,
-                 grad_clip=0.01, tensorboard=True)
+                 grad_clip=0.01, tensorboard=True, sample_tokens=4)
     _, history = train(cfg)
 
     x, y = TokenShards(char_data, "train").batch(0, cfg.block_size, cfg.batch_size, seed=cfg.seed)
@@ -331,11 +331,14 @@ def test_gradient_norm_is_logged_before_clipping(char_data, tmp_path):
     assert expected > cfg.grad_clip  # so the update was clipped, and the logged norm is the unclipped one
     assert abs(history["grad_norm"][0] - expected) <= 1e-4 * expected
 
-    tags = set()
-    for events in (tmp_path / "run" / "logs" / "train").glob("events.out.tfevents.*"):
-        for event in tf.compat.v1.train.summary_iterator(str(events)):
-            tags.update(value.tag for value in event.summary.value)
-    assert {"batch_grad_norm", "epoch_grad_norm", "epoch_learning_rate"} <= tags
+    tags = {}
+    for kind in ("train", "validation", "samples"):
+        tags[kind] = {value.tag for events in (tmp_path / "run" / "logs" / kind).glob("events.out.tfevents.*")
+                      for event in tf.compat.v1.train.summary_iterator(str(events)) for value in event.summary.value}
+    # The curves docs/training.md's TensorBoard line names: loss, validation loss and perplexity, learning rate,
+    # gradient norm, tokens/s, samples
+    assert {"batch_loss", "batch_grad_norm", "epoch_grad_norm", "epoch_learning_rate", "batch_tok/s"} <= tags["train"]
+    assert {"epoch_loss", "epoch_perplexity"} <= tags["validation"] and "sample" in tags["samples"]
 
 
 def _batch_loss_steps(run):
