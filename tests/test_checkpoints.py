@@ -96,6 +96,15 @@ def test_openai_tf_checkpoint_parity(tmp_path):
     with pytest.raises(ValueError, match=r"bare holds 2 checkpoints \(model.ckpt-2.index, model.ckpt.index\) and no "
                                          "`checkpoint` file naming the latest"):
         GPT2.from_pretrained(str(bare))
+    with pytest.raises(ValueError, match="n_layer=5: a checkpoint's tensors fix its shape"):  # (a TypeError was raised)
+        GPT2.from_pretrained(str(tmp_path / "openai"), n_layer=5)
+    hparams = json.loads((tmp_path / "openai" / "hparams.json").read_text())
+    fewer = hparams["n_layer"] - 1  # the checkpoint's last layer left over: refused, not cut off
+    (tmp_path / "openai" / "hparams.json").write_text(json.dumps({**hparams, "n_layer": fewer}))
+    with pytest.raises(ValueError, match=f"unexpected tensor\\(s\\) model/h{fewer}/attn/c_attn/b, .* for the {fewer} "
+                                         "layer\\(s\\) of .*hparams.json"):
+        GPT2.from_pretrained(str(tmp_path / "openai"))
+    (tmp_path / "openai" / "hparams.json").write_text(json.dumps(hparams))
     data = tmp_path / "openai" / "model.ckpt.data-00000-of-00001"  # an interrupted download: the index is whole
     data.write_bytes(data.read_bytes()[: data.stat().st_size // 2])
     with pytest.raises(ValueError, match=r"cannot read '.*' from OpenAI checkpoint .*model.ckpt \(.*\): its data "
@@ -550,6 +559,14 @@ def test_a_checkpoint_with_a_tokenizer_of_its_own_is_refused_by_its_file_and_lef
             ("tokenizer.json", lambda d: (d / "tokenizer.json").write_text(json.dumps({
                 **json.loads((d / "tokenizer.json").read_text()), "normalizer": {"type": "Lowercase"}})),
              "splits text otherwise than GPT-2's BPE"),
+            ("tokenizer.json", lambda d: (d / "tokenizer.json").write_text(json.dumps({  # a BOS before every text
+                **json.loads((d / "tokenizer.json").read_text()), "post_processor": {
+                    "type": "TemplateProcessing", "pair": [], "single": [
+                        {"SpecialToken": {"id": "<|endoftext|>", "type_id": 0}},
+                        {"Sequence": {"id": "A", "type_id": 0}}],
+                    "special_tokens": {"<|endoftext|>": {"id": "<|endoftext|>", "ids": [50256],
+                                                         "tokens": ["<|endoftext|>"]}}}})),
+             "adds a token to every text"),
             ("tokenizer_config.json", lambda d: (d / "tokenizer_config.json").write_text(json.dumps({
                 **json.loads((d / "tokenizer_config.json").read_text()), "add_prefix_space": True})),
              "sets add_prefix_space"),
@@ -589,6 +606,12 @@ def test_tokens_added_to_the_models_ids_are_refused(tmp_path, capsys):
             GPT2.from_pretrained(chat)
         os.remove(chat / name)
     assert GPT2.from_pretrained(chat).config.vocab_size == 50259  # GPT-2's vocab.json and merges.txt remain
+    padded = tmp_path / "padded"  # the usual fine-tune: a padding token added, the embeddings resized to hold it
+    GPT2(GPT2Config(vocab_size=50258, n_positions=16, n_embd=32, n_layer=1, n_head=2)).save_pretrained(padded)
+    theirs = transformers.AutoTokenizer.from_pretrained(padded)
+    theirs.add_special_tokens({"pad_token": "[PAD]"})
+    theirs.save_pretrained(padded)
+    assert GPT2.from_pretrained(padded).config.vocab_size == 50258
     small = tmp_path / "small"  # the same tokenizer files, the ids past a model of GPT-2's 50,257
     GPT2(GPT2Config(vocab_size=50257, n_positions=16, n_embd=32, n_layer=1, n_head=2)).save_pretrained(small)
     for name in ("tokenizer.json", "tokenizer_config.json"):

@@ -283,6 +283,7 @@ def test_prompts_and_vocabularies_that_cannot_apply_are_refused_before_any_work(
 
     (tmp_path / "text.txt").write_text("To be, or not to be, that is the question:\n" * 40)
     prepare(str(tmp_path / "text.txt"), str(tmp_path / "data"), verbose=False)
+    prepare(str(tmp_path / "text.txt"), str(tmp_path / "chars"), vocab="char", verbose=False)
     out = str(tmp_path / "out")
     for command, message in (
             (["generate", "caf\udce9", "--random-init", "gpt2-tiny"],
@@ -296,7 +297,10 @@ def test_prompts_and_vocabularies_that_cannot_apply_are_refused_before_any_work(
             (["train", "--data", str(tmp_path / "data"), "--out", out, "--vocab", "char", "--preset", "gpt2-tiny",
               "--steps", "1", "--block-size", "16", "--batch-size", "2", "--eval-interval", "1"],
              f"--vocab char tokenizes raw text, and {tmp_path / 'data'} holds shards already tokenized with --vocab "
-             "gpt2")):
+             "gpt2"),
+            (["train", "--data", str(tmp_path / "chars"), "--out", out, "--vocab", "gpt2"],  # the default, asked for
+             f"--vocab gpt2 tokenizes raw text, and {tmp_path / 'chars'} holds shards already tokenized with --vocab "
+             "char")):
         assert cli_main(command) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith(f"tf-gpt2 {command[0]}: error: ") and message in err[0], err

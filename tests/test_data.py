@@ -6,7 +6,7 @@ import pytest
 
 from tf_gpt2 import GPT2Tokenizer
 from tf_gpt2.cli import main as cli_main
-from tf_gpt2.data import TokenShards, _is_output, embedded_corpus, prepare, resolve_inputs
+from tf_gpt2.data import TokenShards, _is_output, embedded_corpus, prepare, read_text, resolve_inputs
 
 TEXT = "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n" * 40
 
@@ -68,10 +68,11 @@ def test_resolve_inputs_glob_and_errors(corpus, tmp_path):
     prepare(str(corpus / "a.txt"), str(corpus / "ds"), vocab="char", verbose=False)  # tf_gpt2's own folder there
     (corpus / "more" / "notes.md").write_text("not read from a folder")
     for named in ("manifest.json", sorted(os.listdir(corpus / "ds"))[-1]):  # a shard: its bytes may be valid UTF-8
-        with pytest.raises(ValueError, match=f"ds/{named} is a file of .*ds, a dataset .* tf_gpt2 wrote, not text"):
-            resolve_inputs(str(corpus / "ds" / named))
+        for read in (resolve_inputs, read_text):  # prepare's and train's, eval's
+            with pytest.raises(ValueError, match=f"ds/{named} is a file of .*ds, a dataset, .* or an export, not text"):
+                read(str(corpus / "ds" / named))
     for pattern in ("*", "**"):  # a folder a glob matches is read as one named; the dataset's is said and skipped
-        with pytest.warns(UserWarning, match=r"tf_gpt2 wrote.*, not read: .*ds$"):
+        with pytest.warns(UserWarning, match=r"or an export \(not text\), not read: .*ds$"):
             assert resolve_inputs(str(corpus / pattern)) == both
     with pytest.raises(FileNotFoundError, match="no data file matches"):
         resolve_inputs(str(tmp_path / "missing.txt"))
@@ -294,7 +295,10 @@ def test_a_folder_gives_its_text_files_only(corpus, tmp_path):
 
 def test_a_folder_follows_its_links_once_and_names_what_it_does_not_read(corpus, tmp_path):
     """Linked folders are read (each folder once, a link's loop too); a folder another program gave a manifest.json
-    is read, a dataset or run of ours is skipped with a warning; a broken link named as text is an error."""
+    is read, a dataset or run of ours, or a checkpoint (its merges.txt is no text to learn), is skipped with a
+    warning; a broken link named as text is an error."""
+    from tf_gpt2 import GPT2, GPT2Config
+
     (tmp_path / "elsewhere").mkdir()
     (tmp_path / "elsewhere" / "linked.txt").write_text("text kept in another folder\n")
     os.symlink(tmp_path / "elsewhere", corpus / "linked")
@@ -303,13 +307,15 @@ def test_a_folder_follows_its_links_once_and_names_what_it_does_not_read(corpus,
     (corpus / "notes" / "manifest.json").write_text('{"name": "my notes"}')  # another program's
     (corpus / "notes" / "n.txt").write_text("notes\n")
     prepare(str(tmp_path / "elsewhere"), str(corpus / "prepared"), vocab="char", verbose=False)  # ours
+    GPT2(GPT2Config(vocab_size=50257, n_positions=8, n_embd=8, n_layer=1, n_head=1)).save_pretrained(corpus / "hf")
     with pytest.warns(UserWarning) as warned:
         files = resolve_inputs(str(corpus))
     assert files == [str(corpus / "a.txt"), str(corpus / "linked" / "linked.txt"), str(corpus / "more" / "b.txt"),
                      str(corpus / "notes" / "n.txt")]
     assert [str(w.message) for w in warned] == [
         f"{corpus} holds 1 file(s) that are not .txt or .txt.gz, not read: notes/manifest.json",
-        f"{corpus} holds 1 folder(s) of a dataset or a training run tf_gpt2 wrote, not read: prepared"]
+        f"{corpus} holds 2 folder(s) of a dataset, a training run, a checkpoint or an export (not text), not read: "
+        "hf, prepared"]
     os.symlink(tmp_path / "unmounted" / "c.txt", corpus / "c.txt")
     for named in (corpus, corpus / "*.txt", corpus / "c.txt"):  # in a folder, matched by a glob, named
         with pytest.raises(FileNotFoundError, match="a link to .*unmounted/c.txt, which is not a file that can be "

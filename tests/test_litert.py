@@ -193,6 +193,7 @@ def test_bad_export_arguments_fail_clearly_and_write_nothing(model, tmp_path, ca
                             (dict(cache_length=16, prefill_lengths=(8, 32)),
                              "prefill length 32 exceeds cache_length 16"),
                             (dict(prefill_lengths=(0,)), "prefill_lengths must be positive integers"),
+                            (dict(prefill_lengths=(8, 8)), r"prefill_lengths gives a length more than once: \[8, 8\]"),
                             # Files that LiteRT-LM could not run a prompt with (tried: litert-lm 0.18.1).
                             (dict(cache_length=16, prefill_lengths=(8, 13)),
                              "prefill length 13 is a prime above 10, which LiteRT-LM takes for a placeholder"),
@@ -203,9 +204,12 @@ def test_bad_export_arguments_fail_clearly_and_write_nothing(model, tmp_path, ca
                             (dict(cache_length=2), r"cache_length 2 with prefill length 1 leaves LiteRT-LM 2")):
         with pytest.raises(ValueError, match=message):
             export_litertlm(model, str(out), **kwargs)
-    char_model = GPT2(GPT2Config.from_preset("gpt2-tiny", vocab_size=65, n_positions=32))
-    with pytest.raises(ValueError, match="cannot use it. Export a plain .tflite"):
-        export_litertlm(char_model, str(out))
+    for config, kind in ((dict(vocab_size=65), "fewer ids than GPT-2's"),
+                         (dict(vocab_size=3, characters=["a", "b", "c"]), "a character model's"),
+                         (dict(vocab_size=50304), "ids padded or added past GPT-2's")):
+        with pytest.raises(ValueError, match=f"but this model has {config['vocab_size']} \\({kind}\\), which that "
+                                             "tokenizer cannot read or write: export a plain .tflite"):
+            export_litertlm(GPT2(GPT2Config.from_preset("gpt2-tiny", n_positions=32, **config)), str(out))
     assert os.listdir(tmp_path) == []
     for flags, message in ((["--format", "onnx"], "invalid choice: 'onnx'"),
                            (["--format", "litertlm", "--quantize", "int3"], "invalid choice: 'int3'")):

@@ -418,14 +418,15 @@ def test_resuming_with_other_settings_or_data_is_refused_unless_asked(char_data,
     assert _checkpoint_step(tmp_path / "run" / CHECKPOINT) == 30 and os.path.exists(tmp_path / "run" / "run.json")
 
 
-def test_a_refused_resume_leaves_the_run_as_it_was_and_a_finished_one_says_so(tmp_path, capsys):
+def test_a_refused_resume_leaves_the_run_as_it_was_and_a_finished_one_says_so(tmp_path, capsys, monkeypatch):
     """Other raw text, or the same file edited, is refused before it is tokenized into the run's data folder; the
-    same text spelled as another path is the same run; a run already at --steps says so and keeps its run.json,
-    with --resume-with-changes too."""
+    same text spelled as another path, from another folder, is the same run; a run already at --steps says so and
+    keeps its run.json, with --resume-with-changes too."""
     (tmp_path / "a.txt").write_text(TEXT)
     (tmp_path / "b.txt").write_text(TEXT.upper())
     run = tmp_path / "run"
-    train(config(run, str(tmp_path / "a.txt"), steps=4, eval_interval=4, vocab="char"))
+    monkeypatch.chdir(tmp_path)
+    train(config(run, "a.txt", steps=4, eval_interval=4, vocab="char"))  # a path relative to where it started
     kept = {name: _digest(run / name) for name in ("run.json", CHECKPOINT, os.path.join("data", MANIFEST))}
     with pytest.raises(ValueError, match=r"other settings \(data: '.*a.txt' -> '.*b.txt'\)"):
         train(config(run, str(tmp_path / "b.txt"), steps=4, eval_interval=4, vocab="char"))
@@ -434,7 +435,9 @@ def test_a_refused_resume_leaves_the_run_as_it_was_and_a_finished_one_says_so(tm
         train(config(run, str(tmp_path / "a.txt"), steps=4, eval_interval=4, vocab="char"))
     (tmp_path / "a.txt").write_text(TEXT)
     capsys.readouterr()
-    for spelling, more in ((os.path.relpath(tmp_path / "a.txt"), {}),
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")  # "a.txt" from here would be another file
+    for spelling, more in ((os.path.join("..", "a.txt"), {}),
                            (str(tmp_path / "a.txt"), {"steps": 2, "resume_with_changes": True})):
         model, history = train(config(run, spelling, **{"steps": 4, "eval_interval": 4, "vocab": "char", **more}))
         assert history == {} and f"is at step 4, and --steps is {more.get('steps', 4)}: nothing is left to train" \

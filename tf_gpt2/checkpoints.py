@@ -239,6 +239,7 @@ def _shards(directory: str, index_name: str) -> list[str]:
     return [os.path.join(directory, name) for name in names]
 
 
+SHAPE = ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head")  # what a checkpoint's tensors fix
 SAVE_ID = "tf_gpt2_save_id"  # in config.json and the safetensors metadata: which save wrote them, together
 
 
@@ -405,9 +406,12 @@ def read_openai(directory: str, **overrides: Any) -> tuple[GPT2Config, Tensors]:
         stored = reader.get_variable_to_shape_map()
     except (tf.errors.OpError, ValueError) as e:
         raise ValueError(f"cannot read OpenAI checkpoint {prefix}: {e}") from e
+    expected = {openai_name(name): name for name in tensor_names(config.n_layer)}
+    if unexpected := sorted(key for key in stored if key.startswith("model/") and key not in expected):
+        raise ValueError(f"{prefix}: unexpected tensor(s) {', '.join(unexpected[:3])}"
+                         + ", ..." * (len(unexpected) > 3) + f" for the {config.n_layer} layer(s) of {hparams}")
     tensors = {}
-    for name in tensor_names(config.n_layer):
-        key = openai_name(name)
+    for key, name in expected.items():
         if key not in stored:
             raise ValueError(f"{prefix}: missing tensor '{key}'")
         try:
@@ -462,6 +466,9 @@ def read_keras_hub(backbone: Any, **overrides: Any) -> tuple[GPT2Config, Tensors
 # -- dispatch -----------------------------------------------------------------------------------
 def load_pretrained(model_class: type, source: Any, revision: str | None = None, **overrides: Any) -> keras.Model:
     """A `model_class` (GPT2) with the weights of any supported source; see the module docstring."""
+    if fixed := [f"{k}={v}" for k, v in overrides.items() if k in SHAPE]:
+        raise ValueError(f"{', '.join(fixed)}: a checkpoint's tensors fix its shape (vocab_size, n_positions, n_embd, "
+                         "n_layer, n_head); overrides set the rest (dropout, vocab_multiple, ...)")
     if isinstance(source, str) and not os.path.exists(source):  # a name: keras-hub's presets, then the Hub
         from tf_gpt2 import hub
 

@@ -105,7 +105,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 # `tf-gpt2 train` flags: one per TrainConfig field, with its default and type taken from TrainConfig.
 TRAIN_FLAGS = {
     "data": "prepared dir, or text file/folder/glob (default: embedded Shakespeare)",
-    "vocab": "tokenization of raw --data",
+    "vocab": "tokenization of raw --data (default: gpt2; refused over prepared shards of the other)",
     "preset": f"size of a new model (default: {TrainConfig.preset}); not with --init-from, whose checkpoint has its "
               "own",
     "init_from": "fine-tune from a checkpoint: a Hugging Face or keras-hub name, an HF/OpenAI/preset dir, .keras",
@@ -156,8 +156,8 @@ def _add_train_flags(parser: argparse.ArgumentParser) -> None:
         if field.name not in TRAIN_FLAGS:
             continue
         flag, default = "--" + field.name.replace("_", "-"), field.default
-        if field.name == "preset":
-            default = None  # (None: not given, which --init-from needs to know)
+        if field.name in ("preset", "vocab"):
+            default = None  # (None: not given, which --init-from and prepared --data need to know)
         if isinstance(default, bool):
             parser.add_argument(flag, action="store_true", help=TRAIN_FLAGS[field.name])
         else:
@@ -177,14 +177,17 @@ def cmd_train(args: argparse.Namespace) -> int:
     from tf_gpt2.devices import process_index
     from tf_gpt2.files import save_keras
     from tf_gpt2.tokenizer import checked_utf8
-    from tf_gpt2.training import inference_model, train
+    from tf_gpt2.training import inference_model, refuse_other_vocab, train
 
     _refuse_writing_over_inputs(args.out, args.data, args.init_from)
     checked_utf8("--sample-prompt", args.sample_prompt)
     if args.preset and args.init_from:
         raise ValueError(f"--preset sizes a new model; --init-from {args.init_from} has its own size: drop --preset")
     overrides = {k: getattr(args, k) for k in (*MODEL_OVERRIDES, "remat", "loss_chunk") if getattr(args, k) is not None}
-    flags = {name: getattr(args, name) for name in TRAIN_FLAGS if name != "preset" or args.preset}
+    if args.vocab is not None:
+        refuse_other_vocab(args.data, args.vocab)
+    flags = {name: getattr(args, name) for name in TRAIN_FLAGS if getattr(args, name) is not None
+             or name not in ("preset", "vocab")}
     cfg = TrainConfig(out=args.out, model=overrides, jit_compile=not args.no_xla, **flags)
     model, _ = train(cfg)
     trained = inference_model(model)  # in a run of many processes, gathered by all of them

@@ -41,6 +41,12 @@ from tf_gpt2.tokenizer import ENDOFTEXT
 MANIFEST = "manifest.json"
 RUN_RECORD = "run.json"  # what `tf-gpt2 train` writes in a run directory (training.py)
 TEXT_SUFFIXES = (".txt", ".txt.gz")  # what a folder given as data is read for
+# A Hugging Face checkpoint or tokenizer, an OpenAI or keras-hub checkpoint, a SavedModel version or a folder of
+# versions (`tf-gpt2 export`)
+MODEL_MARKERS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                 "pytorch_model.bin.index.json", "tokenizer_config.json", "hparams.json", "model.weights.h5",
+                 "saved_model.pb", "batching_parameters.txt")
+OUTPUT_KINDS = "a dataset, a training run, a checkpoint or an export"  # what `_is_output` finds
 VOCABS = ("gpt2", "char")  # GPT-2 BPE, or the characters of the text
 SHARD_TOKENS = 50_000_000  # 100 MB of uint16 per shard
 CHUNK_BYTES = 1 << 20
@@ -70,8 +76,11 @@ def _text_size(path: str) -> int:
 
 
 def _is_output(directory: str) -> bool:
-    """A folder this package wrote: a prepared dataset (its manifest names splits) or a training run (its record
-    holds settings). Another program's manifest.json or run.json does not make one."""
+    """A folder of no training text (`OUTPUT_KINDS`): a prepared dataset (its manifest names splits), a training run
+    (its record holds settings), a checkpoint or an export (`MODEL_MARKERS`: their merges.txt or
+    batching_parameters.txt is not text to learn). Another program's manifest.json or run.json does not make one."""
+    if any(os.path.isfile(os.path.join(directory, marker)) for marker in MODEL_MARKERS):
+        return True
     for marker, key in ((MANIFEST, "splits"), (RUN_RECORD, "settings")):
         path = os.path.join(directory, marker)
         if not os.path.isfile(path):  # (nor a pipe, which would block)
@@ -123,21 +132,29 @@ def _text_files_in(folder: str, exclude: set[str]) -> list[str]:
                 others.append(path)
     for skipped, what in ((others, f"file(s) that are not {' or '.join(TEXT_SUFFIXES)}"),
                           (hidden, "hidden text file(s) or folder(s) (named with a leading dot)"),
-                          (ours, "folder(s) of a dataset or a training run tf_gpt2 wrote")):
+                          (ours, f"folder(s) of {OUTPUT_KINDS} (not text)")):
         if skipped:
             shown = ", ".join(os.path.relpath(f, folder) for f in sorted(skipped)[:3]) + ", ..." * (len(skipped) > 3)
             warnings.warn(f"{folder} holds {len(skipped)} {what}, not read: {shown}", stacklevel=3)
     return files
 
 
-def _written_by_us(path: str) -> str | None:
-    """The dataset or training run this package wrote that `path` is or lies in, or None."""
+def _output_folder(path: str) -> str | None:
+    """The folder of no training text (`_is_output`) that `path` is or lies in, or None."""
     folder = os.path.abspath(path)
     while not (os.path.isdir(folder) and _is_output(folder)):
         if os.path.dirname(folder) == folder:
             return None
         folder = os.path.dirname(folder)
     return folder
+
+
+def refuse_if_not_text(path: str) -> None:
+    """Refuse a file named as text that is a file of a dataset, a run, a checkpoint or an export (its manifest.json,
+    a shard, config.json; a `.txt` there, merges.txt, is taken as named)."""
+    if not path.endswith(TEXT_SUFFIXES) and (owner := _output_folder(path)):
+        raise ValueError(f"{path} is a file of {owner}, {OUTPUT_KINDS}, not text (a prepared dataset is trained on "
+                         "by giving its folder as --data)")
 
 
 def resolve_inputs(inputs: str | Sequence[str], exclude: Sequence[str] = ()) -> list[str]:
@@ -151,9 +168,7 @@ def resolve_inputs(inputs: str | Sequence[str], exclude: Sequence[str] = ()) -> 
         if os.path.isdir(pattern):
             files += _text_files_in(pattern, excluded)
         elif os.path.isfile(pattern):
-            if not pattern.endswith(TEXT_SUFFIXES) and (owner := _written_by_us(pattern)):
-                raise ValueError(f"{pattern} is a file of {owner}, a dataset or a training run tf_gpt2 wrote, not "
-                                 "text (train on a prepared dataset by giving its folder as --data)")
+            refuse_if_not_text(pattern)
             files.append(pattern)
         else:
             matched = sorted(glob.glob(pattern, recursive=True))  # (a broken link too: named, or matched)
@@ -163,12 +178,12 @@ def resolve_inputs(inputs: str | Sequence[str], exclude: Sequence[str] = ()) -> 
             for folder in (f for f in matched if os.path.isdir(f) and os.path.realpath(f) not in excluded):
                 if not any(folder.startswith(os.path.join(outer, "")) for outer in folders):
                     folders.append(folder)
-            # what tf_gpt2 wrote (a dataset's shards and manifest, a run's checkpoints) is not text: not read
+            # a dataset's shards and manifest, a run's or a checkpoint's files are not text: not read
             ours = {f: owner for f in folders + [f for f in matched if os.path.isfile(f) and not f.endswith(
-                TEXT_SUFFIXES)] if (owner := _written_by_us(f))}
+                TEXT_SUFFIXES)] if (owner := _output_folder(f))}
             walked = [os.path.join(os.path.abspath(f), "") for f in folders if f not in ours]  # (which say it)
             if shown := sorted({owner for owner in ours.values() if not any(owner.startswith(w) for w in walked)}):
-                warnings.warn(f"{pattern!r} matches what tf_gpt2 wrote (a dataset or a training run), not read: "
+                warnings.warn(f"{pattern!r} matches {OUTPUT_KINDS} (not text), not read: "
                               f"{', '.join(shown[:3])}" + ", ..." * (len(shown) > 3), stacklevel=2)
             for folder in (f for f in folders if f not in ours):
                 files += _text_files_in(folder, excluded)
@@ -278,7 +293,9 @@ def _blocks(path: str, block_bytes: int) -> Iterator[str]:
 
 
 def read_text(path: str) -> str:
-    """A whole text file (.gz decompressed) as `prepare` reads it: UTF-8 exactly as written, a bad byte named."""
+    """A whole text file (.gz decompressed) as `prepare` reads it: UTF-8 exactly as written, a bad byte named; a
+    dataset's manifest or shard, or a checkpoint's file, is refused."""
+    refuse_if_not_text(path)
     return "".join(_blocks(path, CHUNK_BYTES))
 
 

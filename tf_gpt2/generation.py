@@ -265,14 +265,17 @@ def _as_batch(prompt: Any, text_tokenizer: Callable[[], Any], stop_ids: list[int
 
 def _real(name: str, value: Any) -> float:
     """A finite real number (NaN and infinity refused), for a sampling setting, as float32 (the compiled code's)
-    rounds it: one that overflows there is refused, one that underflows to 0 is 0."""
+    holds it: one that overflows there is refused, and so is one too small for float32's normal numbers, which XLA
+    computes as 0 (a top_p of 1e-40 would keep no token)."""
     number = is_integer(value) or isinstance(value, (float, np.floating))
     if not number or not np.isfinite(value):
         raise ValueError(f"{name} must be a finite number, got {value!r}")
     with np.errstate(over="ignore"):
-        if not np.isfinite(np.float32(value)):
-            raise ValueError(f"{name} must be a finite number in float32 (as it is computed), got {value!r}")
-        return float(np.float32(value))
+        rounded = np.float32(value)
+    if not np.isfinite(rounded) or 0 < abs(value) < np.finfo(np.float32).tiny:
+        raise ValueError(f"{name} must be a finite number in float32 (as it is computed), 0 or of magnitude at least "
+                         f"{np.finfo(np.float32).tiny:.3g} (smaller ones compute as 0), got {value!r}")
+    return float(rounded)
 
 
 def _integer(name: str, value: Any) -> int:
@@ -343,14 +346,12 @@ def _prepare(model, prompt: Any, max_new_tokens: int = 32, temperature: float = 
 
 def _checked_settings(temperature, top_k, top_p, repetition_penalty) -> tuple[float, int, float, float]:
     """The sampling settings, each checked: (temperature, top_k, top_p, repetition_penalty)."""
-    given_top_p = top_p
     temperature, top_p, repetition_penalty = (_real(n, v) for n, v in (
         ("temperature", temperature), ("top_p", top_p), ("repetition_penalty", repetition_penalty)))
     if not temperature >= 0:
         raise ValueError(f"temperature must be >= 0, got {temperature}")
     if not 0 < top_p <= 1:
-        raise ValueError(f"top_p must be in (0, 1], got {given_top_p}" + " (0 in float32, as it is computed)" * (
-            top_p == 0 != given_top_p))
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
     if not 0 <= _integer("top_k", top_k) < 2**31:
         raise ValueError(f"top_k must be in [0, 2**31), got {top_k}")
     if not 0 < repetition_penalty < np.inf:

@@ -80,6 +80,8 @@ def _check_options(model: GPT2, cache_length: int | None, prefill_lengths: Seque
     lengths = default_prefill_lengths(cache_length) if prefill_lengths is None else tuple(prefill_lengths)
     if not lengths or any(not is_integer(t) or t <= 0 for t in lengths):
         raise ValueError(f"prefill_lengths must be positive integers, got {prefill_lengths!r}")
+    if len(set(lengths)) != len(lengths):
+        raise ValueError(f"prefill_lengths gives a length more than once: {list(lengths)}; give each once")
     if max(lengths) > cache_length:
         raise ValueError(f"prefill length {max(lengths)} exceeds cache_length {cache_length}")
     return int(cache_length), tuple(sorted({int(t) for t in lengths}))
@@ -226,11 +228,12 @@ def export_litertlm(model: GPT2, path: str, cache_length: int | None = None,
         from litert_lm_builder import LitertLmFileBuilder, TfLiteModelType
     except ImportError as e:
         raise ImportError(f"{e.name} is missing: pip install \"tf_gpt2[litert]\" (LiteRT-LM's builder)") from e
-    if model.config.vocab_size != VOCAB_SIZE:
-        raise ValueError(
-            f"a .litertlm carries the GPT-2 BPE tokenizer ({VOCAB_SIZE} tokens), but this model has "
-            f"{model.config.vocab_size}: a character-level or custom-vocabulary model cannot use it. "
-            "Export a plain .tflite (--format tflite) and drive it with your own tokenizer")
+    if (ids := model.config.vocab_size) != VOCAB_SIZE:
+        kind = "a character model's" if model.config.characters else \
+            "ids padded or added past GPT-2's" if ids > VOCAB_SIZE else "fewer ids than GPT-2's"
+        raise ValueError(f"a .litertlm carries the GPT-2 BPE tokenizer ({VOCAB_SIZE} tokens), but this model has {ids} "
+                         f"({kind}), which that tokenizer cannot read or write: export a plain .tflite (--format "
+                         "tflite) and drive it with your own tokenizer")
     cache_length, prefill_lengths = _check_options(model, cache_length, prefill_lengths, quantize)
     _check_litert_lm_options(cache_length, prefill_lengths)
     _check_writable(path)

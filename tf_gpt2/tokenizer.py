@@ -171,12 +171,14 @@ def _splits_as_gpt2(tokenizer_json: dict) -> bool:
         byte_level.get("use_regex", True) is byte_level_regex
 
 
-def _added_tokens(found: Any, vocab_size: int | None) -> str:
+def _added_tokens(found: Any, vocab_size: int | None, padding: set[str]) -> str:
     """The tokens other than GPT-2's own `<|endoftext|>` (50256) that a tokenizer file adds to ids the model has
     (below `vocab_size`, where known), in words, or "". They come as {text: id} (`added_tokens.json`), [{id,
     content}] (tokenizer.json's `added_tokens`), {id: {content}} (`added_tokens_decoder`), or as texts without ids
     (`additional_special_tokens`, `extra_special_tokens`), which transformers numbers from 50257 on. GPT-2's BPE
-    would read each of those texts as several other ids (a padding token past the model's ids is never given to it)."""
+    would read each of those texts as several other ids. Not counted: a token past the model's ids, never given to it,
+    and the tokenizer's padding token (`padding`), which pads batches, not text, as in the usual fine-tune that adds
+    one and resizes the embeddings."""
     if isinstance(found, dict) and found and all(isinstance(v, dict) for v in found.values()):
         pairs = [(v.get("content"), int(k) if str(k).isdigit() else k) for k, v in found.items()]
     elif isinstance(found, dict) and all(isinstance(v, int) for v in found.values()):
@@ -190,8 +192,39 @@ def _added_tokens(found: Any, vocab_size: int | None) -> str:
     else:
         return ""
     other = [f"{text!r} = {token_id}" for text, token_id in pairs if (text, token_id) != (ENDOFTEXT, EOT_ID)
+             and text not in padding
              and not (vocab_size is not None and isinstance(token_id, int) and token_id >= vocab_size)]
     return ", ".join(other[:3]) + (f" and {len(other) - 3} more" if len(other) > 3 else "")
+
+
+def _adds_to_every_text(processor: Any) -> bool:
+    """Whether a tokenizer.json `post_processor` puts special tokens around every text (a template's `SpecialToken`,
+    as a BOS token), which GPT-2's (ByteLevel) does not."""
+    steps = processor.get("processors", []) if isinstance(processor, dict) and processor.get("type") == "Sequence" \
+        else [processor]
+    return any(isinstance(step, dict) and step.get("type") == "TemplateProcessing" and any(
+        isinstance(piece, dict) and "SpecialToken" in piece for piece in step.get("single") or []) for step in steps)
+
+
+def _files_adding_tokens(directory: str, read: Callable[[str, Callable[[str], Any]], Any],
+                         vocab_size: int | None) -> str | None:
+    """The first tokenizer file of `directory` that adds tokens to the model's ids (`_added_tokens`), in words."""
+    def contents(name: str) -> dict:
+        path = os.path.join(directory, name)
+        found = read(path, json.loads) if os.path.exists(path) else {}
+        return found if isinstance(found, dict) else {}
+
+    padding = {token.get("content") if isinstance(token, dict) else token for token in (
+        contents(name).get("pad_token") for name in ("tokenizer_config.json", "special_tokens_map.json"))}
+    for name, keys in (("tokenizer.json", ["added_tokens"]), ("added_tokens.json", [None]),
+                       ("tokenizer_config.json", ["added_tokens_decoder", "extra_special_tokens",
+                                                  "additional_special_tokens"]),
+                       ("special_tokens_map.json", ["additional_special_tokens"])):
+        found = contents(name)
+        for key in keys:
+            if added := _added_tokens(found if key is None else found.get(key), vocab_size, padding - {None}):
+                return f"{os.path.join(directory, name)} adds tokens to GPT-2's: {added}"
+    return None
 
 
 def other_tokenizer(directory: str, vocab_size: int | None = None) -> str | None:
@@ -226,17 +259,10 @@ def other_tokenizer(directory: str, vocab_size: int | None = None) -> str | None
                 return f"{tokenizer_json} is not GPT-2's BPE"
             if bpe is not None and not _splits_as_gpt2(found):
                 return f"{tokenizer_json} splits text otherwise than GPT-2's BPE (its normalizer or pre-tokenizer)"
-        for name, keys in (("tokenizer.json", ["added_tokens"]), ("added_tokens.json", [None]),
-                           ("tokenizer_config.json", ["added_tokens_decoder", "extra_special_tokens",
-                                                      "additional_special_tokens"]),
-                           ("special_tokens_map.json", ["additional_special_tokens"])):
-            path = os.path.join(directory, name)
-            found = read(path, json.loads) if os.path.exists(path) else {}
-            for key in keys:
-                added = _added_tokens(found if key is None else found.get(key) if isinstance(found, dict) else None,
-                                      vocab_size)
-                if added:
-                    return f"{path} adds tokens to GPT-2's: {added}"
+            if bpe is not None and _adds_to_every_text(found.get("post_processor")):
+                return f"{tokenizer_json} adds a token to every text (its post_processor's template)"
+        if (added := _files_adding_tokens(directory, read, vocab_size)) is not None:
+            return added
         settings_path = os.path.join(directory, "tokenizer_config.json")
         settings = read(settings_path, json.loads) if os.path.exists(settings_path) else {}
         added = [f"{name} (transformers then {does})" for name, does in (

@@ -412,14 +412,19 @@ def _is_prepared(data: str | None) -> bool:
     return bool(data) and os.path.exists(os.path.join(data, MANIFEST))
 
 
+def refuse_other_vocab(data: str | None, vocab: str) -> None:
+    """Refuse a `vocab` asked for over prepared shards of another one (it tokenizes raw text only)."""
+    if _is_prepared(data) and (prepared := read_json(os.path.join(data, MANIFEST)).get("vocab")) != vocab:
+        raise ValueError(f"--vocab {vocab} tokenizes raw text, and {data} holds shards already tokenized with --vocab "
+                         f"{prepared}: leave --vocab out, or give the raw text as --data")
+
+
 def prepared_data(cfg: TrainConfig, characters: Sequence[str] | None = None) -> str:
     """The directory of token shards for this run, tokenizing raw text first if needed: with `--vocab char`, in
     `characters` (the model's of `--init-from`) when the text has no other, so that its ids mean them."""
     if _is_prepared(cfg.data):
-        prepared = read_json(os.path.join(cfg.data, MANIFEST)).get("vocab")
-        if cfg.vocab != TrainConfig.vocab and cfg.vocab != prepared:  # (the default cannot tell asked from not)
-            raise ValueError(f"--vocab {cfg.vocab} tokenizes raw text, and {cfg.data} holds shards already tokenized "
-                             f"with --vocab {prepared}: leave --vocab out, or give the raw text as --data")
+        if cfg.vocab != TrainConfig.vocab:  # (the default cannot tell asked from not; the CLI can)
+            refuse_other_vocab(cfg.data, cfg.vocab)
         return cfg.data
     directory = os.path.join(cfg.out, "data")
     manifest = os.path.join(directory, MANIFEST)
@@ -538,15 +543,17 @@ def run_identity(cfg: TrainConfig, data_dir: str) -> dict[str, Any]:
     differ: a run resumed on the other is not the run it was)."""
     with open(os.path.join(data_dir, MANIFEST), "rb") as f:
         manifest = f.read()
-    return {"settings": run_settings(cfg), "data_sha256": data_digest(manifest), "backend": keras.backend.backend()}
+    return {"settings": run_settings(cfg), "data_sha256": data_digest(manifest), "backend": keras.backend.backend(),
+            "data_path": os.path.realpath(cfg.data) if cfg.data else None}
 
 
-def _same_setting(name: str, before: Any, now: Any) -> bool:
-    """Whether a setting is unchanged; `--data dp`, `./dp/` and its absolute path are one place."""
+def _same_setting(name: str, before: Any, now: Any, record: dict[str, Any]) -> bool:
+    """Whether a setting is unchanged; `--data dp`, `./dp/` and its absolute path are one place (the record's
+    `data_path`, where it has one: the place the run started from, whatever folder it was started in)."""
     if before == now:
         return True
-    return name == "data" and isinstance(before, str) and isinstance(now, str) and \
-        os.path.realpath(before) == os.path.realpath(now)
+    place = record.get("data_path") or (os.path.realpath(before) if isinstance(before, str) else None)
+    return name == "data" and isinstance(now, str) and place == os.path.realpath(now)
 
 
 def check_resume(cfg: TrainConfig, identity: dict[str, Any]) -> None:
@@ -564,8 +571,11 @@ def check_resume(cfg: TrainConfig, identity: dict[str, Any]) -> None:
         said = "is missing" if isinstance(e, FileNotFoundError) else f"is unreadable ({e!r})"
         raise ValueError(f"{path} {said}: cannot tell which run the checkpoint beside it belongs to. Use another "
                          "--out for a new run, or --resume-with-changes to continue this one anyway") from None
-    changed = [f"{k}: {before['settings'].get(k)!r} -> {v!r}" for k, v in identity["settings"].items()
-               if not _same_setting(k, before["settings"].get(k), v)]
+    def shown(value: Any) -> Any:  # 6e-05, not 5.9999999999999995e-05 (a tenth of 6e-4)
+        return float(f"{value:.12g}") if isinstance(value, float) else value
+
+    changed = [f"{k}: {shown(before['settings'].get(k))!r} -> {shown(v)!r}"
+               for k, v in identity["settings"].items() if not _same_setting(k, before["settings"].get(k), v, before)]
     if "data_sha256" in identity and before.get("data_sha256") != identity["data_sha256"]:
         changed.append("the dataset (its manifest differs)")
     if before.get("backend", keras.backend.backend()) != keras.backend.backend():  # (older records have none)
