@@ -74,6 +74,13 @@ def test_resolve_inputs_glob_and_errors(corpus, tmp_path):
     for pattern in ("*", "**"):  # a folder a glob matches is read as one named; the dataset's is said and skipped
         with pytest.warns(UserWarning, match=r"or an export \(not text\), not read: .*ds$"):
             assert resolve_inputs(str(corpus / pattern)) == both
+    from tf_gpt2 import GPT2, GPT2Config
+
+    GPT2(GPT2Config(vocab_size=50257, n_positions=8, n_embd=8, n_layer=1, n_head=1)).save_pretrained(corpus / "hf")
+    with pytest.warns(UserWarning, match=r"\*\.txt' matches a dataset, .* not read: .*hf$"):  # its merges.txt
+        assert resolve_inputs(str(corpus / "**" / "*.txt")) == both
+    (corpus / "more" / "hparams.json").write_text('{"lr": 0.1}')  # an experiment's log, no checkpoint: a text folder
+    assert resolve_inputs(str(corpus / "more" / "*.txt")) == both[1:]
     with pytest.raises(FileNotFoundError, match="no data file matches"):
         resolve_inputs(str(tmp_path / "missing.txt"))
     (tmp_path / "empty.txt").write_text("")

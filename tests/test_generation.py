@@ -70,7 +70,7 @@ def test_stop_ids_end_generation(model):
         (dict(max_new_tokens=0), "max_new_tokens must be a positive integer"),
         (dict(top_p=0.0), "top_p must be in \\(0, 1\\]"),
         (dict(top_p=1.5), "top_p must be in \\(0, 1\\]"),
-        (dict(temperature=-0.1), "temperature must be >= 0"),
+        (dict(temperature=-0.1), "temperature must be >= 0, got -0.1$"),  # as given, not float32's -0.100000001
         (dict(prompt=[1, 300]), "token ids must be in \\[0, 300\\)"),
         (dict(temperature=float("nan")), "temperature must be a finite number, got nan"),
         (dict(repetition_penalty=float("nan")), "repetition_penalty must be a finite number"),

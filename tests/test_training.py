@@ -436,7 +436,11 @@ def test_a_refused_resume_leaves_the_run_as_it_was_and_a_finished_one_says_so(tm
     (tmp_path / "a.txt").write_text(TEXT)
     capsys.readouterr()
     (tmp_path / "elsewhere").mkdir()
-    monkeypatch.chdir(tmp_path / "elsewhere")  # "a.txt" from here would be another file
+    monkeypatch.chdir(tmp_path / "elsewhere")  # "a.txt" from here is another file
+    (tmp_path / "elsewhere" / "a.txt").write_text(TEXT.upper())
+    with pytest.raises(ValueError, match=f"other settings \\(data: '{tmp_path / 'a.txt'}' -> "
+                                         f"'{tmp_path / 'elsewhere' / 'a.txt'}'\\)"):
+        train(config(run, "a.txt", steps=4, eval_interval=4, vocab="char"))
     for spelling, more in ((os.path.join("..", "a.txt"), {}),
                            (str(tmp_path / "a.txt"), {"steps": 2, "resume_with_changes": True})):
         model, history = train(config(run, spelling, **{"steps": 4, "eval_interval": 4, "vocab": "char", **more}))

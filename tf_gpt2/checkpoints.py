@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import glob
 import os
+import re
 import secrets
 import shutil
 import warnings
@@ -399,7 +400,7 @@ def read_openai(directory: str, **overrides: Any) -> tuple[GPT2Config, Tensors]:
         if len(found) > 1:  # TensorFlow's `checkpoint` file would name the latest: without it, none is the one
             names = ", ".join(os.path.basename(f) for f in found)
             raise ValueError(f"{directory} holds {len(found)} checkpoints ({names}) and no `checkpoint` file naming "
-                             "the latest: keep one, or write that file")
+                             "one of them: keep one, or write that file")
         prefix = found[0].removesuffix(".index")
     try:
         reader = tf.train.load_checkpoint(prefix)
@@ -407,9 +408,11 @@ def read_openai(directory: str, **overrides: Any) -> tuple[GPT2Config, Tensors]:
     except (tf.errors.OpError, ValueError) as e:
         raise ValueError(f"cannot read OpenAI checkpoint {prefix}: {e}") from e
     expected = {openai_name(name): name for name in tensor_names(config.n_layer)}
-    if unexpected := sorted(key for key in stored if key.startswith("model/") and key not in expected):
-        raise ValueError(f"{prefix}: unexpected tensor(s) {', '.join(unexpected[:3])}"
-                         + ", ..." * (len(unexpected) > 3) + f" for the {config.n_layer} layer(s) of {hparams}")
+    layers = {int(m[1]) for key in stored if (m := re.match(r"model/h(\d+)/", key))}  # (optimizer slots aside)
+    if more := sorted(layer for layer in layers if layer >= config.n_layer):
+        shown = ", ".join(f"h{i}" for i in more[:3]) + ", ..." * (len(more) > 3)
+        raise ValueError(f"{prefix} holds layer(s) {shown} past the {config.n_layer} of {hparams}: fix its n_layer "
+                         "rather than load a model cut short")
     tensors = {}
     for key, name in expected.items():
         if key not in stored:
@@ -504,12 +507,27 @@ def load_pretrained(model_class: type, source: Any, revision: str | None = None,
             f"{path} is not a checkpoint: expected config.json (Hugging Face or keras-hub preset) "
             "or hparams.json (OpenAI)" + (f"; it holds {inside[0]}: pass that file" if inside else "")
         )
-    config, tensors = read(path, **overrides)
-    if (other := other_tokenizer(path, config.vocab_size)) is not None:
+    if (other := other_tokenizer(path, _declared_vocab_size(path))) is not None:  # before the weights are read
         raise ValueError(f"{other}: tf_gpt2 reads text with GPT-2's BPE (or a model's own characters) only, and a "
                          "checkpoint with a tokenizer of its own would be given other tokens than it was trained on")
+    config, tensors = read(path, **overrides)
     check_tensors(config, tensors, path)  # before building a model that size
     return _assign(model_class(config), tensors)
+
+
+def _declared_vocab_size(path: str) -> int | None:
+    """The vocabulary size a checkpoint directory's config file gives (OpenAI's hparams.json, a Hugging Face or
+    keras-hub config.json), or None; its reader names what is wrong with the file."""
+    for name in ("hparams.json", "config.json"):
+        if os.path.isfile(os.path.join(path, name)):
+            try:
+                found = read_json(os.path.join(path, name))
+            except ValueError:
+                return None
+            inner = found.get("config") if isinstance(found.get("config"), dict) else {}  # keras-hub's
+            size = found.get("n_vocab", found.get("vocab_size", inner.get("vocabulary_size")))
+            return size if isinstance(size, int) and not isinstance(size, bool) else None
+    return None
 
 
 def _load_keras_file(model_class: type, path: str, overrides: dict) -> keras.Model:

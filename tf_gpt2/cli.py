@@ -271,12 +271,12 @@ WRITES = {"saved_model": "a SavedModel folder", "tflite": "a plain LiteRT model 
 def _export_format(args: argparse.Namespace) -> str:
     """--format, else the one `--out`'s suffix names (.tflite, .litertlm; else a SavedModel). An out path whose
     suffix names another format, and the other format's flags, are refused rather than ignored."""
-    named = ON_DEVICE_SUFFIXES.get(os.path.splitext((args.out or "").rstrip(os.sep))[1].lower())
+    suffix = os.path.splitext((args.out or "").rstrip(os.sep))[1]
+    named = ON_DEVICE_SUFFIXES.get(suffix.lower())
     chosen = args.format or named or FORMATS[0]
     if named not in (None, chosen):
         raise ValueError(f"--out {args.out} names {WRITES[named]}, but --format {chosen} writes {WRITES[chosen]}: "
                          "give --out that format's suffix, or leave --format out")
-    suffix = os.path.splitext((args.out or "").rstrip(os.sep))[1]
     if chosen == "saved_model" and suffix.lower() in MODEL_FILE_SUFFIXES:  # (it made a folder of that name)
         raise ValueError(f"--out {args.out} names a {suffix} file, but --format saved_model writes a folder (its "
                          "version inside): give a folder's name" + " (a .keras file: tf-gpt2 convert)" * (

@@ -41,11 +41,7 @@ from tf_gpt2.tokenizer import ENDOFTEXT
 MANIFEST = "manifest.json"
 RUN_RECORD = "run.json"  # what `tf-gpt2 train` writes in a run directory (training.py)
 TEXT_SUFFIXES = (".txt", ".txt.gz")  # what a folder given as data is read for
-# A Hugging Face checkpoint or tokenizer, an OpenAI or keras-hub checkpoint, a SavedModel version or a folder of
-# versions (`tf-gpt2 export`)
-MODEL_MARKERS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
-                 "pytorch_model.bin.index.json", "tokenizer_config.json", "hparams.json", "model.weights.h5",
-                 "saved_model.pb", "batching_parameters.txt")
+HF_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 OUTPUT_KINDS = "a dataset, a training run, a checkpoint or an export"  # what `_is_output` finds
 VOCABS = ("gpt2", "char")  # GPT-2 BPE, or the characters of the text
 SHARD_TOKENS = 50_000_000  # 100 MB of uint16 per shard
@@ -75,11 +71,23 @@ def _text_size(path: str) -> int:
     return size
 
 
+def _holds_a_model(directory: str) -> bool:
+    """A Hugging Face checkpoint (its weights) or tokenizer, an OpenAI or keras-hub checkpoint, a SavedModel version
+    or a folder of versions (`tf-gpt2 export`'s), each known by files that come together."""
+    def there(*names: str) -> bool:
+        return all(os.path.isfile(os.path.join(directory, name)) for name in names)
+
+    return any(there(weights) for weights in HF_WEIGHTS) or there("saved_model.pb") or \
+        there("batching_parameters.txt") or there("metadata.json", "config.json", "model.weights.h5") or \
+        there("tokenizer_config.json") and (there("vocab.json") or there("tokenizer.json")) or \
+        there("hparams.json") and bool(glob.glob(os.path.join(glob.escape(directory), "*.ckpt*.index")))
+
+
 def _is_output(directory: str) -> bool:
     """A folder of no training text (`OUTPUT_KINDS`): a prepared dataset (its manifest names splits), a training run
-    (its record holds settings), a checkpoint or an export (`MODEL_MARKERS`: their merges.txt or
-    batching_parameters.txt is not text to learn). Another program's manifest.json or run.json does not make one."""
-    if any(os.path.isfile(os.path.join(directory, marker)) for marker in MODEL_MARKERS):
+    (its record holds settings), a checkpoint or an export (`_holds_a_model`: their merges.txt or
+    batching_parameters.txt is no text to learn). Another program's manifest.json or run.json does not make one."""
+    if _holds_a_model(directory):
         return True
     for marker, key in ((MANIFEST, "splits"), (RUN_RECORD, "settings")):
         path = os.path.join(directory, marker)
@@ -139,14 +147,19 @@ def _text_files_in(folder: str, exclude: set[str]) -> list[str]:
     return files
 
 
-def _output_folder(path: str) -> str | None:
-    """The folder of no training text (`_is_output`) that `path` is or lies in, or None."""
+def _output_folder(path: str, known: dict[str, bool] | None = None) -> str | None:
+    """The folder of no training text (`_is_output`) that `path` is or lies in, or None; `known` keeps the folders
+    looked at, for the next path."""
+    known = {} if known is None else known
     folder = os.path.abspath(path)
-    while not (os.path.isdir(folder) and _is_output(folder)):
+    while True:
+        if folder not in known:
+            known[folder] = os.path.isdir(folder) and _is_output(folder)
+        if known[folder]:
+            return folder
         if os.path.dirname(folder) == folder:
             return None
         folder = os.path.dirname(folder)
-    return folder
 
 
 def refuse_if_not_text(path: str) -> None:
@@ -178,9 +191,11 @@ def resolve_inputs(inputs: str | Sequence[str], exclude: Sequence[str] = ()) -> 
             for folder in (f for f in matched if os.path.isdir(f) and os.path.realpath(f) not in excluded):
                 if not any(folder.startswith(os.path.join(outer, "")) for outer in folders):
                     folders.append(folder)
-            # a dataset's shards and manifest, a run's or a checkpoint's files are not text: not read
-            ours = {f: owner for f in folders + [f for f in matched if os.path.isfile(f) and not f.endswith(
-                TEXT_SUFFIXES)] if (owner := _output_folder(f))}
+            # a dataset's shards and manifest, a run's, a checkpoint's or an export's files (merges.txt too) are no
+            # text: not read
+            known: dict[str, bool] = {}
+            ours = {f: owner for f in folders + [f for f in matched if os.path.isfile(f)]
+                    if (owner := _output_folder(f, known))}
             walked = [os.path.join(os.path.abspath(f), "") for f in folders if f not in ours]  # (which say it)
             if shown := sorted({owner for owner in ours.values() if not any(owner.startswith(w) for w in walked)}):
                 warnings.warn(f"{pattern!r} matches {OUTPUT_KINDS} (not text), not read: "

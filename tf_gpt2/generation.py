@@ -264,8 +264,8 @@ def _as_batch(prompt: Any, text_tokenizer: Callable[[], Any], stop_ids: list[int
 
 
 def _real(name: str, value: Any) -> float:
-    """A finite real number (NaN and infinity refused), for a sampling setting, as float32 (the compiled code's)
-    holds it: one that overflows there is refused, and so is one too small for float32's normal numbers, which XLA
+    """A finite real number (NaN and infinity refused), for a sampling setting, that float32 (the compiled code's)
+    holds: one that overflows there is refused, and so is one too small for float32's normal numbers, which XLA
     computes as 0 (a top_p of 1e-40 would keep no token)."""
     number = is_integer(value) or isinstance(value, (float, np.floating))
     if not number or not np.isfinite(value):
@@ -275,7 +275,7 @@ def _real(name: str, value: Any) -> float:
     if not np.isfinite(rounded) or 0 < abs(value) < np.finfo(np.float32).tiny:
         raise ValueError(f"{name} must be a finite number in float32 (as it is computed), 0 or of magnitude at least "
                          f"{np.finfo(np.float32).tiny:.3g} (smaller ones compute as 0), got {value!r}")
-    return float(rounded)
+    return float(value)  # (as given, for the messages that name it: 0.1, not 0.10000000149011612)
 
 
 def _integer(name: str, value: Any) -> int:

@@ -336,13 +336,13 @@ class GPT2(keras.Model):
 
         return load_pretrained(cls, source, revision=revision, **config_overrides)
 
-    def save(self, filepath: Any, overwrite: bool = True, **kwargs: Any) -> None:
-        """Keras' `save`; a `.keras` path is written whole or not at all: a failed or interrupted save keeps the
-        file that was there."""
-        if not isinstance(filepath, (str, os.PathLike)) or not os.fspath(filepath).endswith(".keras") or (
-                not overwrite and os.path.exists(filepath)):  # (a file object; or Keras asks before overwriting)
-            return super().save(filepath, overwrite=overwrite, **kwargs)
-        atomic_write(os.fspath(filepath), lambda path: super(GPT2, self).save(path, **kwargs))
+    def save(self, filepath: Any, overwrite: bool = True, zipped: bool | None = None, **kwargs: Any) -> None:
+        """Keras' `save`; a `.keras` file on a local disk, overwritten without asking, is replaced whole or not at
+        all: a failed or interrupted save keeps the file that was there."""
+        path = os.fspath(filepath) if isinstance(filepath, (str, os.PathLike)) else ""  # (or a file object)
+        if not path.endswith(".keras") or "://" in path or zipped is False or not overwrite:
+            return super().save(filepath, overwrite=overwrite, zipped=zipped, **kwargs)
+        atomic_write(path, lambda staged: super(GPT2, self).save(staged, zipped=zipped, **kwargs))
 
     def save_pretrained(self, directory: str | os.PathLike) -> None:
         """Write a Hugging Face GPT-2 dir (config.json + model.safetensors)."""

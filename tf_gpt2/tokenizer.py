@@ -171,30 +171,22 @@ def _splits_as_gpt2(tokenizer_json: dict) -> bool:
         byte_level.get("use_regex", True) is byte_level_regex
 
 
-def _added_tokens(found: Any, vocab_size: int | None, padding: set[str]) -> str:
-    """The tokens other than GPT-2's own `<|endoftext|>` (50256) that a tokenizer file adds to ids the model has
-    (below `vocab_size`, where known), in words, or "". They come as {text: id} (`added_tokens.json`), [{id,
-    content}] (tokenizer.json's `added_tokens`), {id: {content}} (`added_tokens_decoder`), or as texts without ids
-    (`additional_special_tokens`, `extra_special_tokens`), which transformers numbers from 50257 on. GPT-2's BPE
-    would read each of those texts as several other ids. Not counted: a token past the model's ids, never given to it,
-    and the tokenizer's padding token (`padding`), which pads batches, not text, as in the usual fine-tune that adds
-    one and resizes the embeddings."""
+def _token_ids(found: Any, known: dict[str, int]) -> list[tuple[Any, Any]]:
+    """The (text, id) pairs a tokenizer file's entry adds: {text: id} (`added_tokens.json`), [{id, content}]
+    (tokenizer.json's `added_tokens`), {id: {content}} (`added_tokens_decoder`), or texts without ids
+    (`additional_special_tokens`, `extra_special_tokens`), which take the id `known` gives them, else the next ones
+    past GPT-2's and the known ones, as transformers numbers them."""
     if isinstance(found, dict) and found and all(isinstance(v, dict) for v in found.values()):
-        pairs = [(v.get("content"), int(k) if str(k).isdigit() else k) for k, v in found.items()]
-    elif isinstance(found, dict) and all(isinstance(v, int) for v in found.values()):
-        pairs = list(found.items())
-    elif isinstance(found, (dict, list)):
-        named = [t if isinstance(t, dict) else {"content": t} for t in (
-            found.values() if isinstance(found, dict) else found)]
-        new = iter(range(VOCAB_SIZE, VOCAB_SIZE + len(named)))
-        pairs = [(t.get("content"), t.get("id", EOT_ID if t.get("content") == ENDOFTEXT else next(new)))
-                 for t in named]
-    else:
-        return ""
-    other = [f"{text!r} = {token_id}" for text, token_id in pairs if (text, token_id) != (ENDOFTEXT, EOT_ID)
-             and text not in padding
-             and not (vocab_size is not None and isinstance(token_id, int) and token_id >= vocab_size)]
-    return ", ".join(other[:3]) + (f" and {len(other) - 3} more" if len(other) > 3 else "")
+        return [(v.get("content"), int(k) if str(k).isdigit() else k) for k, v in found.items()]
+    if isinstance(found, dict) and all(isinstance(v, int) for v in found.values()):
+        return list(found.items())
+    if not isinstance(found, (dict, list)):
+        return []
+    tokens = [t if isinstance(t, dict) else {"content": t} for t in (
+        found.values() if isinstance(found, dict) else found)]
+    new = iter(range(max([EOT_ID, *(i for i in known.values() if isinstance(i, int))]) + 1, 1 << 31))
+    return [(t.get("content"), t["id"] if "id" in t else known[t.get("content")] if t.get("content") in known
+             else EOT_ID if t.get("content") == ENDOFTEXT else next(new)) for t in tokens]
 
 
 def _adds_to_every_text(processor: Any) -> bool:
@@ -208,22 +200,31 @@ def _adds_to_every_text(processor: Any) -> bool:
 
 def _files_adding_tokens(directory: str, read: Callable[[str, Callable[[str], Any]], Any],
                          vocab_size: int | None) -> str | None:
-    """The first tokenizer file of `directory` that adds tokens to the model's ids (`_added_tokens`), in words."""
+    """The first tokenizer file of `directory` that adds tokens to the model's ids, in words: other than GPT-2's own
+    `<|endoftext|>` (50256), below `vocab_size` (a token past the model's ids is never given to it), and other than
+    the tokenizer's padding token, which pads batches, not text (the usual fine-tune adds one and resizes the
+    embeddings). GPT-2's BPE would read each such text as several other ids."""
     def contents(name: str) -> dict:
         path = os.path.join(directory, name)
         found = read(path, json.loads) if os.path.exists(path) else {}
         return found if isinstance(found, dict) else {}
 
+    entries = [(name, contents(name) if key is None else contents(name).get(key)) for name, key in (
+        ("tokenizer.json", "added_tokens"), ("added_tokens.json", None),
+        ("tokenizer_config.json", "added_tokens_decoder"), ("tokenizer_config.json", "extra_special_tokens"),
+        ("tokenizer_config.json", "additional_special_tokens"),
+        ("special_tokens_map.json", "additional_special_tokens"))]
+    known: dict[str, int] = {}
+    for _, found in entries[:3]:  # the files that give ids
+        known.update((text, i) for text, i in _token_ids(found, {}) if isinstance(text, str) and isinstance(i, int))
     padding = {token.get("content") if isinstance(token, dict) else token for token in (
         contents(name).get("pad_token") for name in ("tokenizer_config.json", "special_tokens_map.json"))}
-    for name, keys in (("tokenizer.json", ["added_tokens"]), ("added_tokens.json", [None]),
-                       ("tokenizer_config.json", ["added_tokens_decoder", "extra_special_tokens",
-                                                  "additional_special_tokens"]),
-                       ("special_tokens_map.json", ["additional_special_tokens"])):
-        found = contents(name)
-        for key in keys:
-            if added := _added_tokens(found if key is None else found.get(key), vocab_size, padding - {None}):
-                return f"{os.path.join(directory, name)} adds tokens to GPT-2's: {added}"
+    for name, found in entries:
+        added = [f"{text!r} = {i}" for text, i in _token_ids(found, known) if (text, i) != (ENDOFTEXT, EOT_ID)
+                 and text not in padding and not (vocab_size is not None and isinstance(i, int) and i >= vocab_size)]
+        if added:
+            return (f"{os.path.join(directory, name)} adds tokens to GPT-2's: {', '.join(added[:3])}"
+                    + (f" and {len(added) - 3} more" if len(added) > 3 else ""))
     return None
 
 

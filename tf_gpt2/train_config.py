@@ -66,6 +66,14 @@ class TrainConfig:
     verbose: int = 1
     resume_with_changes: bool = False  # resume even if the settings differ from the checkpoint's run
 
+    def check_sample_prompt_used(self, processes: int) -> None:
+        """Refuse a sample prompt asked for where no samples are made (`processes`: the run's, once known)."""
+        unused = "sample_tokens is 0 (no samples)" if self.sample_tokens == 0 else \
+            f"a run under strategy {self.strategy} makes no samples" if self.strategy else \
+            "a run of many processes makes no samples" if processes > 1 else None
+        if unused and self.sample_prompt != TrainConfig.sample_prompt:
+            raise ValueError(f"sample_prompt {self.sample_prompt!r} would not be used: {unused}")
+
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "block_size", "grad_accum", "eval_interval", "steps_per_execution",
                      "eval_batches"):
@@ -110,10 +118,7 @@ class TrainConfig:
             raise ValueError("mesh and many processes need a distribution (data or model)")
         if self.mesh:
             Mesh.parse(self.mesh)
-        if self.sample_prompt != TrainConfig.sample_prompt and (self.sample_tokens == 0 or self.strategy):
-            raise ValueError(f"sample_prompt {self.sample_prompt!r} would not be used: "
-                             + ("sample_tokens is 0 (no samples)" if self.sample_tokens == 0 else
-                                f"a run under strategy {self.strategy} makes no samples"))
+        self.check_sample_prompt_used(processes=1)
         if self.process_id is not None and not (self.num_processes or self.coordinator or any(
                 os.environ.get(v) for v in CLUSTER_VARIABLES)):  # it would run alone, as process 0
             raise ValueError(f"process_id {self.process_id} names one process of many: give num_processes and the "

@@ -25,7 +25,7 @@ from typing import Any, Callable, Sequence
 import keras
 import numpy as np
 
-from tf_gpt2.checkpoints import assign_weights, checkpoint_tensors
+from tf_gpt2.checkpoints import SHAPE, assign_weights, checkpoint_tensors
 from tf_gpt2.config import GPT2Config, with_overrides
 from tf_gpt2.data import (
     MANIFEST,
@@ -446,7 +446,7 @@ def prepared_data(cfg: TrainConfig, characters: Sequence[str] | None = None) -> 
     return directory
 
 
-SHAPE_FIELDS = ("n_layer", "n_head", "n_embd", "n_positions")  # what --init-from fixes; dropout and padding it does not
+SHAPE_FIELDS = tuple(f for f in SHAPE if f != "vocab_size")  # what --init-from fixes; dropout and padding it does not
 
 
 def pretrained(cfg: TrainConfig) -> GPT2:
@@ -550,10 +550,12 @@ def run_identity(cfg: TrainConfig, data_dir: str) -> dict[str, Any]:
 def _same_setting(name: str, before: Any, now: Any, record: dict[str, Any]) -> bool:
     """Whether a setting is unchanged; `--data dp`, `./dp/` and its absolute path are one place (the record's
     `data_path`, where it has one: the place the run started from, whatever folder it was started in)."""
+    if name == "data" and record.get("data_path") and isinstance(now, str):  # "a.txt" started elsewhere is another
+        return record["data_path"] == os.path.realpath(now)
     if before == now:
         return True
-    place = record.get("data_path") or (os.path.realpath(before) if isinstance(before, str) else None)
-    return name == "data" and isinstance(now, str) and place == os.path.realpath(now)
+    return name == "data" and isinstance(before, str) and isinstance(now, str) and \
+        os.path.realpath(before) == os.path.realpath(now)
 
 
 def check_resume(cfg: TrainConfig, identity: dict[str, Any]) -> None:
@@ -571,10 +573,14 @@ def check_resume(cfg: TrainConfig, identity: dict[str, Any]) -> None:
         said = "is missing" if isinstance(e, FileNotFoundError) else f"is unreadable ({e!r})"
         raise ValueError(f"{path} {said}: cannot tell which run the checkpoint beside it belongs to. Use another "
                          "--out for a new run, or --resume-with-changes to continue this one anyway") from None
-    def shown(value: Any) -> Any:  # 6e-05, not 5.9999999999999995e-05 (a tenth of 6e-4)
+
+    def shown(name: str, value: Any, place: str | None) -> Any:  # 6e-05, not 5.9999999999999995e-05 (6e-4 / 10)
+        if name == "data" and before.get("data_path") and isinstance(value, str):  # "a.txt" here and there
+            return place
         return float(f"{value:.12g}") if isinstance(value, float) else value
 
-    changed = [f"{k}: {shown(before['settings'].get(k))!r} -> {shown(v)!r}"
+    changed = [f"{k}: {shown(k, before['settings'].get(k), before.get('data_path'))!r} -> "
+               f"{shown(k, v, os.path.realpath(v) if isinstance(v, str) else None)!r}"
                for k, v in identity["settings"].items() if not _same_setting(k, before["settings"].get(k), v, before)]
     if "data_sha256" in identity and before.get("data_sha256") != identity["data_sha256"]:
         changed.append("the dataset (its manifest differs)")
@@ -599,9 +605,7 @@ def train(cfg: TrainConfig) -> tuple[GPT2, dict[str, list[float]]]:
     process 0 writes.
     """
     placement = place_run(cfg, GPT2.get_layout_map)
-    if placement.processes > 1 and cfg.sample_prompt != TrainConfig.sample_prompt:
-        raise ValueError(f"sample_prompt {cfg.sample_prompt!r} would not be used: a run of many processes makes no "
-                         "samples")
+    cfg.check_sample_prompt_used(placement.processes)
     with exclusive(cfg.out, "training run") if placement.is_chief else contextlib.nullcontext():
         return _train(cfg, placement)
 
