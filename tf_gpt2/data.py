@@ -170,10 +170,35 @@ def refuse_if_not_text(path: str) -> None:
                          "by giving its folder as --data)")
 
 
+def _globbed(pattern: str, excluded: set[str]) -> list[str]:
+    """The text files a glob matches: a folder matched is read as one named (not again inside one matched), a file
+    as named; but a dataset's shards and manifest, a run's, a checkpoint's or an export's files (merges.txt too) are
+    no text: said, not read."""
+    matched = sorted(glob.glob(pattern, recursive=True))  # (a broken link too: named, or matched)
+    for f in matched:
+        _refuse_broken_link(f)
+    folders: list[str] = []
+    for folder in (f for f in matched if os.path.isdir(f) and os.path.realpath(f) not in excluded):
+        if not any(folder.startswith(os.path.join(outer, "")) for outer in folders):
+            folders.append(folder)
+    known: dict[str, bool] = {}
+    ours = {f: owner for f in folders + [f for f in matched if os.path.isfile(f)]
+            if (owner := _output_folder(f, known))}
+    walked = [os.path.join(os.path.abspath(f), "") for f in folders if f not in ours]  # (whose walk says it)
+    if shown := sorted({owner for owner in ours.values() if not any(owner.startswith(w) for w in walked)}):
+        warnings.warn(f"{pattern!r} matches {OUTPUT_KINDS} (not text), not read: {', '.join(shown[:3])}"
+                      + ", ..." * (len(shown) > 3), stacklevel=3)
+    if not any(map(os.path.isfile, matched)) and not folders:
+        raise FileNotFoundError(f"no data file matches {pattern!r}")
+    files = [f for folder in folders if folder not in ours for f in _text_files_in(folder, excluded)]
+    return files + [f for f in matched if os.path.isfile(f) and f not in ours  # (one in a folder read: its call)
+                    and not any(os.path.abspath(f).startswith(w) for w in walked)]
+
+
 def resolve_inputs(inputs: str | Sequence[str], exclude: Sequence[str] = ()) -> list[str]:
     """Files named by a path, a folder (its `.txt` and `.txt.gz` files, recursively, but for hidden ones and the
-    datasets and runs this package wrote there) or a glob, sorted, each once however often it is named. Folders
-    in `exclude` are never read."""
+    datasets, runs, checkpoints and exports there) or a glob (`_globbed`), sorted, each once however often it is
+    named. Folders in `exclude` are never read."""
     patterns = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
     excluded = {os.path.realpath(e) for e in exclude}
     files: list[str] = []
@@ -184,28 +209,7 @@ def resolve_inputs(inputs: str | Sequence[str], exclude: Sequence[str] = ()) -> 
             refuse_if_not_text(pattern)
             files.append(pattern)
         else:
-            matched = sorted(glob.glob(pattern, recursive=True))  # (a broken link too: named, or matched)
-            for f in matched:
-                _refuse_broken_link(f)
-            folders: list[str] = []  # a folder matched is read as one named (not again inside one matched)
-            for folder in (f for f in matched if os.path.isdir(f) and os.path.realpath(f) not in excluded):
-                if not any(folder.startswith(os.path.join(outer, "")) for outer in folders):
-                    folders.append(folder)
-            # a dataset's shards and manifest, a run's, a checkpoint's or an export's files (merges.txt too) are no
-            # text: not read
-            known: dict[str, bool] = {}
-            ours = {f: owner for f in folders + [f for f in matched if os.path.isfile(f)]
-                    if (owner := _output_folder(f, known))}
-            walked = [os.path.join(os.path.abspath(f), "") for f in folders if f not in ours]  # (which say it)
-            if shown := sorted({owner for owner in ours.values() if not any(owner.startswith(w) for w in walked)}):
-                warnings.warn(f"{pattern!r} matches {OUTPUT_KINDS} (not text), not read: "
-                              f"{', '.join(shown[:3])}" + ", ..." * (len(shown) > 3), stacklevel=2)
-            for folder in (f for f in folders if f not in ours):
-                files += _text_files_in(folder, excluded)
-            if not any(map(os.path.isfile, matched)) and not folders:
-                raise FileNotFoundError(f"no data file matches {pattern!r}")
-            files += [f for f in matched if os.path.isfile(f) and f not in ours  # (one in a folder read: its call)
-                      and not any(os.path.abspath(f).startswith(w) for w in walked)]
+            files += _globbed(pattern, excluded)
     if not files:
         raise FileNotFoundError(f"no data files found in {inputs!r} (a folder is read for .txt and .txt.gz files)")
     unique = {os.path.realpath(f): f for f in sorted(files, reverse=True)}  # a file named twice is read once
