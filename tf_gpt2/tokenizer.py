@@ -204,12 +204,12 @@ def _files_adding_tokens(directory: str, read: Callable[[str, Callable[[str], An
     `<|endoftext|>` (50256), below `vocab_size` (a token past the model's ids is never given to it), and other than
     the tokenizer's padding token, which pads batches, not text (the usual fine-tune adds one and resizes the
     embeddings). GPT-2's BPE would read each such text as several other ids."""
-    def contents(name: str) -> dict:
+    contents = {}  # each file read once
+    for name in ("tokenizer.json", "added_tokens.json", "tokenizer_config.json", "special_tokens_map.json"):
         path = os.path.join(directory, name)
         found = read(path, json.loads) if os.path.exists(path) else {}
-        return found if isinstance(found, dict) else {}
-
-    entries = [(name, contents(name) if key is None else contents(name).get(key)) for name, key in (
+        contents[name] = found if isinstance(found, dict) else {}
+    entries = [(name, contents[name] if key is None else contents[name].get(key)) for name, key in (
         ("tokenizer.json", "added_tokens"), ("added_tokens.json", None),
         ("tokenizer_config.json", "added_tokens_decoder"), ("tokenizer_config.json", "extra_special_tokens"),
         ("tokenizer_config.json", "additional_special_tokens"),
@@ -218,7 +218,7 @@ def _files_adding_tokens(directory: str, read: Callable[[str, Callable[[str], An
     for _, found in entries[:3]:  # the files that give ids
         known.update((text, i) for text, i in _token_ids(found, {}) if isinstance(text, str) and isinstance(i, int))
     padding = {token.get("content") if isinstance(token, dict) else token for token in (
-        contents(name).get("pad_token") for name in ("tokenizer_config.json", "special_tokens_map.json"))}
+        contents[name].get("pad_token") for name in ("tokenizer_config.json", "special_tokens_map.json"))}
     for name, found in entries:
         added = [f"{text!r} = {i}" for text, i in _token_ids(found, known) if (text, i) != (ENDOFTEXT, EOT_ID)
                  and text not in padding and not (vocab_size is not None and isinstance(i, int) and i >= vocab_size)]

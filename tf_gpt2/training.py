@@ -574,14 +574,14 @@ def check_resume(cfg: TrainConfig, identity: dict[str, Any]) -> None:
         raise ValueError(f"{path} {said}: cannot tell which run the checkpoint beside it belongs to. Use another "
                          "--out for a new run, or --resume-with-changes to continue this one anyway") from None
 
-    def shown(name: str, value: Any, place: str | None) -> Any:  # 6e-05, not 5.9999999999999995e-05 (6e-4 / 10)
-        if name == "data" and before.get("data_path") and isinstance(value, str):  # "a.txt" here and there
-            return place
-        return float(f"{value:.12g}") if isinstance(value, float) else value
+    def change(name: str, was: Any, now: Any) -> str:
+        if name == "data" and before.get("data_path") and isinstance(now, str):  # "a.txt" here and there: where
+            was, now = before["data_path"], os.path.realpath(now)
+        shown = [float(f"{v:.12g}") if isinstance(v, float) else v for v in (was, now)]  # 6e-05, not 5.99...e-05
+        return f"{name}: {shown[0]!r} -> {shown[1]!r}"
 
-    changed = [f"{k}: {shown(k, before['settings'].get(k), before.get('data_path'))!r} -> "
-               f"{shown(k, v, os.path.realpath(v) if isinstance(v, str) else None)!r}"
-               for k, v in identity["settings"].items() if not _same_setting(k, before["settings"].get(k), v, before)]
+    changed = [change(k, before["settings"].get(k), v) for k, v in identity["settings"].items()
+               if not _same_setting(k, before["settings"].get(k), v, before)]
     if "data_sha256" in identity and before.get("data_sha256") != identity["data_sha256"]:
         changed.append("the dataset (its manifest differs)")
     if before.get("backend", keras.backend.backend()) != keras.backend.backend():  # (older records have none)
