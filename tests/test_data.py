@@ -342,6 +342,28 @@ def test_a_gzip_file_named_as_plain_text_is_said_to_be_gzip(tmp_path):
         prepare(str(tmp_path / "x.txt"), str(tmp_path / "out"), verbose=False)
 
 
+@pytest.mark.parametrize("encoding", ["utf-16-le", "utf-16-be"])
+def test_utf16_text_is_refused_with_or_without_its_byte_order_mark(tmp_path, encoding):
+    """Without a mark, UTF-16 is valid UTF-8 (a NUL beside each ASCII character) and would train as such."""
+    import gzip
+
+    text = "First Citizen:\nBefore we proceed any further, hear me speak. Café\n"
+    (tmp_path / "bare.txt").write_bytes(text.encode(encoding))
+    (tmp_path / "bare.txt.gz").write_bytes(gzip.compress(text.encode(encoding)))
+    (tmp_path / "marked.txt").write_bytes(text.encode("utf-16"))
+    for name in "bare.txt", "bare.txt.gz":
+        with pytest.raises(ValueError, match=rf"{name} is not UTF-8 text: every other byte of its start is 0, as in "
+                                             "UTF-16 without a byte-order mark"):
+            prepare(str(tmp_path / name), str(tmp_path / "out"), verbose=False)
+    with pytest.raises(ValueError, match=r"marked.txt is not UTF-8 text: byte f[ef] at byte offset 0 \(line 1\); it "
+                                         "starts with UTF-16's byte-order mark: save it as UTF-8"):
+        prepare(str(tmp_path / "marked.txt"), str(tmp_path / "out"), verbose=False)
+    assert not (tmp_path / "out" / "manifest.json").exists()
+    (tmp_path / "nuls.txt").write_bytes(b"a\0b\0\0\0 text with NULs in it\n")  # NULs, but not every other byte
+    prepare(str(tmp_path / "nuls.txt"), str(tmp_path / "out"), verbose=False)
+    assert read_text(str(tmp_path / "nuls.txt")).startswith("a\0b\0\0\0 text")
+
+
 # Every place GPT-2's pre-tokenizer may join across: whitespace runs before indentation and words (their last space
 # joins the word), blank lines, tabs, CRLF, contractions, letter/digit/symbol runs, CJK without spaces, a long run of
 # one symbol, `<|endoftext|>` (one token), control characters Python counts as space and GPT-2 does not, and a long

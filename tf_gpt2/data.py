@@ -283,9 +283,21 @@ def not_utf8(path: str, error: UnicodeDecodeError, offset: int = 0, lines: int =
     at = offset + error.start
     line = lines + error.object[:error.start].count(b"\n") + 1
     where = " of its decompressed text" if path.endswith(".gz") else ""
-    gzipped = at == 1 and error.object[:2] == b"\x1f\x8b" and not path.endswith(".gz")
+    start = error.object[:2] if at == error.start else b""  # (the file's first bytes, where this block holds them)
+    hint = ("; it starts as gzip does: name it .txt.gz" if start == b"\x1f\x8b" and not path.endswith(".gz") else
+            "; it starts with UTF-16's byte-order mark: save it as UTF-8" if start in (b"\xff\xfe", b"\xfe\xff")
+            else "")
     return ValueError(f"{path} is not UTF-8 text: byte {error.object[error.start]:02x} at byte offset {at}{where} "
-                      f"(line {line})" + ("; it starts as gzip does: name it .txt.gz" if gzipped else ""))
+                      f"(line {line}){hint}")
+
+
+def _refuse_utf16(path: str, start: bytes) -> None:
+    """Refuse text that is UTF-16 without a byte-order mark, which decodes as UTF-8 with a NUL after (or before) each
+    ASCII character: one of the two bytes of each pair in its start is always 0, the other never."""
+    for nul, other in ((start[1::2], start[0::2]), (start[0::2], start[1::2])):
+        if len(start) >= 4 and not nul.strip(b"\0") and 0 not in other:
+            raise ValueError(f"{path} is not UTF-8 text: every other byte of its start is 0, as in UTF-16 without a "
+                             "byte-order mark: save it as UTF-8")
 
 
 def _blocks(path: str, block_bytes: int) -> Iterator[str]:
@@ -295,6 +307,8 @@ def _blocks(path: str, block_bytes: int) -> Iterator[str]:
     offset = lines = 0  # bytes read, and line breaks among them
     try:
         with gzip.open(path, "rb") if path.endswith(".gz") else open(path, "rb") as f:
+            _refuse_utf16(path, f.read(1024))
+            f.seek(0)
             while True:
                 data = f.read(block_bytes)
                 pending = utf8.getstate()[0]  # the start of a character the last block cut
