@@ -1,15 +1,19 @@
 """Convergence check: the same tiny GPT-2 trained by tf_gpt2 (`model.fit`) and by a torch reference
 (Hugging Face GPT2LMHeadModel, plain AdamW loop) on the same batches of character-level
-Shakespeare, with the same schedule, decay rule and clipping. Prints both validation losses.
-    python benchmarks/convergence.py [--steps 500]
+Shakespeare, with the same schedule, decay rule and clipping. Prints both validation losses (and, with --json,
+writes them with the date and the CPU).
+    python benchmarks/convergence.py [--steps 500] [--json benchmarks/results/convergence-DATE.json]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
+import sys
 import tempfile
+import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -17,6 +21,9 @@ import numpy as np  # noqa: E402
 
 from tf_gpt2.data import TokenShards, embedded_corpus, prepare  # noqa: E402
 from tf_gpt2.training import TrainConfig, train  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from harness import machine  # noqa: E402
 
 SIZE = dict(n_layer=4, n_head=4, n_embd=128, n_positions=128)
 B, T, LR, MIN_LR, WARMUP = 16, 128, 1e-3, 1e-4, 50
@@ -66,6 +73,7 @@ def torch_reference(train_shards, val, steps, vocab):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--steps", type=int, default=500)
+    parser.add_argument("--json", help="also write the losses, date and CPU to this file")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         prepare(embedded_corpus(), f"{tmp}/data", vocab="char", verbose=False)
@@ -84,6 +92,12 @@ def main() -> None:
     print(f"  tf_gpt2 (model.fit)             {ours:.4f}")
     print(f"  torch reference (HF GPT-2 loop) {reference:.4f}")
     print(f"  uniform guess                   {math.log(train_shards.vocab_size):.4f}")
+    if args.json:
+        record = {"date": time.strftime("%Y-%m-%d"), "machine": machine(), "steps": args.steps, "tokens": tokens,
+                  "shape": {**SIZE, "block_size": T, "batch_size": B}, "tf_gpt2": ours, "torch_reference": reference,
+                  "uniform_guess": math.log(train_shards.vocab_size)}
+        with open(args.json, "w") as f:
+            json.dump(record, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -42,13 +42,16 @@ SCRIPT = textwrap.dedent("""
     import tempfile
     saved = tempfile.mkdtemp()
     sharded.save_pretrained(saved)  # the whole weights, gathered from the devices
+    sharded.save(f"{saved}/model.keras")
     keras.distribution.set_distribution(None)
-    reloaded = float(np.abs(np.asarray(GPT2.from_pretrained(saved)(data[:2])) - np.asarray(sharded(data[:2]))).max())
+    own = np.asarray(sharded(data[:2]))
+    reloaded = float(np.abs(np.asarray(GPT2.from_pretrained(saved)(data[:2])) - own).max())
+    reloaded_keras = float(np.abs(np.asarray(keras.models.load_model(f"{saved}/model.keras")(data[:2])) - own).max())
     moved = float(max(np.abs(a - b).max() for a, b in zip(start, one.get_weights())))
     diff = lambda m: float(max(np.abs(a - b).max() for a, b in zip(one.get_weights(), m.get_weights())))
     split = lambda v: not v.value.sharding.is_fully_replicated  # noqa: E731
     print(json.dumps({
-        "moved": moved, "reloaded": reloaded, "model_parallel": diff(sharded), "data_parallel": diff(replicated),
+        "moved": moved, "reloaded": reloaded, "reloaded_keras": reloaded_keras, "model_parallel": diff(sharded), "data_parallel": diff(replicated),
         "split": {v.path: split(v) for v in sharded.weights},
         "split_moments": {v.path: split(v) for v in sharded.optimizer.variables
                           if any(name in v.path for name in ("wte", "c_attn_kernel", "c_fc_kernel", "c_proj_kernel"))},
@@ -74,3 +77,4 @@ def test_model_and_data_parallel_fits_equal_one_device():
     assert result["split_moments"] and all(result["split_moments"].values())  # Adam's moments follow
     assert result["generate"]  # a model built under the distribution still generates the same tokens
     assert result["reloaded"] <= 1e-5  # and saves in full: reloaded on one device, its logits are its own
+    assert result["reloaded_keras"] <= 1e-5  # so does model.save's .keras file

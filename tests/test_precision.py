@@ -45,9 +45,11 @@ def test_every_sublayer_computes_in_the_policy_and_logits_stay_close(reference, 
     del model.wte.call
     assert [keras.backend.standardize_dtype(t.dtype) for t in computed] == [model.compute_dtype] * 2  # lookup, head
     assert logits.dtype == np.float32
-    assert np.abs(logits - np.asarray(reference(IDS))).max() <= TOLERANCE[policy]
+    error = np.abs(logits - np.asarray(reference(IDS))).max()
+    print(f"{policy}: max |logit diff| {error:.1e} against float32, logits up to {np.abs(logits).max():.2f}")
+    assert error <= TOLERANCE[policy]
     if policy != "float32":
-        assert np.abs(logits - np.asarray(reference(IDS))).max() > 0  # it really computed in 16 bits
+        assert error > 0  # it really computed in 16 bits
 
 
 @pytest.mark.parametrize("policy", sorted(TOLERANCE))

@@ -413,7 +413,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="SavedModel: largest max_new_tokens (default 256, or n_positions if smaller)")
     export.add_argument("--cache-length", type=int, help="on-device: KV-cache positions (default n_positions)")
     export.add_argument("--prefill-lengths", type=_int_list,
-                        help="on-device: comma-separated prefill chunk lengths (default 8,32,128 where they fit)")
+                        help="on-device: comma-separated prefill chunk lengths (default: those of 8,32,128 at most a "
+                             "quarter of the cache, else 1)")
     export.add_argument("--quantize", default=QUANTIZATIONS[0], choices=QUANTIZATIONS,
                         help="on-device weights (int8: dynamic range)")
     export.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),

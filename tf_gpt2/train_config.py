@@ -27,7 +27,9 @@ FLOAT32_MAX = 3.4028234663852886e38  # the optimizer holds its settings in float
 
 @dataclasses.dataclass
 class TrainConfig:
-    """Everything a run needs; `tf-gpt2 train` flags map one to one onto these fields."""
+    """Everything a run needs. Most fields are the `tf-gpt2 train` flag of the same name; `model` is set by the
+    `--n-layer` ... `--loss-chunk` overrides, `jit_compile` by `--no-xla`, and `beta_1`, `beta_2`, `tensorboard` and
+    `verbose` are the Python API's only."""
 
     out: str = "runs/gpt2"
     data: str | None = None  # prepared dir, text file/folder/glob; None: the embedded corpus
