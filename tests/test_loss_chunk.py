@@ -175,6 +175,20 @@ def test_chunked_loss_equals_the_whole_loss_in_value_and_gradient(loss_chunk):
     assert abs(chunked_evaluated - evaluated) <= 1e-5 * evaluated  # evaluation takes the whole head
 
 
+def test_only_the_models_own_train_step_takes_hidden_states_from_call():
+    """With loss_chunk, `call` gives logits everywhere (a training loop of one's own, `training=True`, gets them
+    too) but inside `train_step`, where the chunked loss reads the final hidden states."""
+    model, batch = GPT2(GPT2Config(**SHAPE, loss_chunk=4)), _batches()[0]
+    assert tuple(model(batch, training=True).shape) == (3, 13, 61)
+    chunked, chunked_loss = [], model._chunked_cross_entropy
+    model._chunked_cross_entropy = lambda hidden, targets: chunked.append(tuple(hidden.shape)) or chunked_loss(
+        hidden, targets)
+    model.compile(optimizer="sgd", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.train_on_batch(batch[:, :-1], batch[:, 1:])
+    assert chunked == [(3, 12, 32)]  # traced once, on the hidden states
+    assert tuple(model(batch, training=True).shape) == (3, 13, 61)
+
+
 def test_chunked_loss_under_mixed_bfloat16_follows_the_whole_loss():
     losses, _, _ = _train(0, "mixed_bfloat16", loss=keras_cross_entropy)
     chunked, _, _ = _train(5, "mixed_bfloat16")

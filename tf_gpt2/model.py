@@ -135,6 +135,7 @@ class GPT2(keras.Model):
         self.ln_f = keras.layers.LayerNormalization(epsilon=cfg.layer_norm_epsilon, name="ln_f", dtype=policy)
         self.build((None, None))  # create all weights now, so checkpoints load before a first call
         self.quantization = None
+        self._head_in_loss = False  # True inside `train_step` with `config.loss_chunk`: `call` gives hidden states
         if quantization:  # a reloaded quantized model: make the quantized variables its weights load into
             self.quantize(quantization)
 
@@ -175,11 +176,20 @@ class GPT2(keras.Model):
             else:
                 x, _ = block(x, visible=visible, training=training)
         x = self.ln_f(x)
-        if training and self.config.loss_chunk:  # the loss applies the head, chunk by chunk (`compute_loss`)
+        if training and self._head_in_loss:  # the loss applies the head, chunk by chunk (`compute_loss`)
             return x
         return self._lm_head(x)
 
     # -- the training loss ----------------------------------------------------------------------------
+    def train_step(self, *args, **kwargs):
+        """Keras' training step. With `config.loss_chunk`, `call` within it returns the final hidden states and
+        `compute_loss` applies the head chunk by chunk; everywhere else (a loop of your own too) `call` gives logits."""
+        self._head_in_loss = bool(self.config.loss_chunk)
+        try:
+            return super().train_step(*args, **kwargs)
+        finally:
+            self._head_in_loss = False
+
     def compile(self, optimizer="rmsprop", loss=None, metrics=None, weighted_metrics=None, loss_weights=None,
                 **kwargs):
         if _reads_probabilities(loss):  # it would train on a wrong objective without a word
@@ -215,8 +225,8 @@ class GPT2(keras.Model):
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         """Keras' loss; its sparse categorical cross-entropy from logits (a language model's loss) computed by
-        `token_cross_entropy`. With `config.loss_chunk` in training, the same cross-entropy from the final hidden
-        states (`call` returns them then): head and loss over `loss_chunk` tokens at a time, each chunk recomputed in
+        `token_cross_entropy`. With `config.loss_chunk` in `train_step`, the same cross-entropy from the final hidden
+        states (`call` returns them there): head and loss over `loss_chunk` tokens at a time, each chunk recomputed in
         the backward pass, so the [batch, time, vocab] logits are never held."""
         if not self._own_cross_entropy:
             return super().compute_loss(x, y, y_pred, sample_weight, training)
@@ -228,7 +238,7 @@ class GPT2(keras.Model):
         if sample_weight is not None and len(sample_weight.shape) > 1:  # a weight per token: a masked token's target
             masked = ops.reshape(ops.convert_to_tensor(sample_weight) == 0, ops.shape(targets))  # may be a placeholder
             targets = ops.where(masked, 0, targets)  # (as Hugging Face's -100): it counts as 0
-        if training and self.config.loss_chunk:
+        if training and self._head_in_loss:
             per_token = self._chunked_cross_entropy(y_pred, targets)
         else:
             per_token = token_cross_entropy(y_pred, targets)
