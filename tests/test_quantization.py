@@ -71,3 +71,21 @@ def test_quantized_model_refuses_float_only_formats(int8, tmp_path):
 
     with pytest.raises(ValueError, match="export the float model with quantize='int8'"):
         litert_bytes(int8, cache_length=16)
+
+
+def test_quantize_takes_a_config_and_refuses_a_filter(tmp_path):
+    """A model quantizes whole: `filters` would leave layers float that a reload quantizes (an unloadable file)."""
+    from keras.quantizers import Int8QuantizationConfig
+
+    from tf_gpt2 import GPT2Config
+
+    model = GPT2(GPT2Config.from_preset("gpt2-tiny", vocab_size=50, n_positions=16))
+    with pytest.raises(ValueError, match="GPT2.quantize quantizes every Dense and Embedding, got filters='c_fc'"):
+        model.quantize("int8", filters="c_fc")
+    assert model.quantization is None and model.h[0].mlp.c_fc.quantization_mode is None
+    model.quantize(config=Int8QuantizationConfig())
+    assert model.quantization == "int8"
+    model.save(tmp_path / "q.keras")
+    reloaded = keras.models.load_model(tmp_path / "q.keras")
+    np.testing.assert_allclose(np.asarray(reloaded(np.array([[1, 2, 3]]))), np.asarray(model(np.array([[1, 2, 3]]))),
+                               atol=1e-6)

@@ -381,16 +381,19 @@ class GPT2(keras.Model):
             target.load_own_variables(store)
         return model
 
-    def quantize(self, mode: str | None = None, **kwargs) -> None:
-        """Keras' quantization of every Dense and Embedding (e.g. "int8"); LayerNorms stay float.
+    def quantize(self, mode: str | None = None, config=None, filters=None, **kwargs) -> None:
+        """Keras' quantization of every Dense and Embedding (e.g. "int8", or a `config`); LayerNorms stay float.
 
         Keras' int8 layers also quantize their inputs on the fly (absmax per row), the tied LM head too (the
         embedding's reverse projection); a saved `.keras` reloads quantized.
         Example: `model.quantize("int8"); model.generate(...)`.
         """
+        if filters is not None:  # the model records one mode for all its layers, which a reload quantizes alike
+            raise ValueError(f"GPT2.quantize quantizes every Dense and Embedding, got filters={filters!r}: a model "
+                             "with some layers left float would save a .keras file that cannot be loaded")
         with warnings.catch_warnings():  # LayerNormalization and Dropout have nothing to quantize
             warnings.filterwarnings("ignore", message=".*does not have a `quantize` method")
-            super().quantize(mode, **kwargs)
+            super().quantize(mode, config=config, **kwargs)
         self.quantization = mode
 
     # Keras keeps its compiled train/test/predict steps until `compile()` (and `quantize()`) drops them: rebuilt
