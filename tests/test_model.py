@@ -135,6 +135,38 @@ def test_bad_token_ids_give_clear_errors(model, ids, error, message):
         model(ids)
 
 
+@pytest.mark.parametrize(
+    "kwargs, error, message",
+    [
+        (dict(position_ids=np.array([[0.9, 1.9, 2.9, 3.9]])), TypeError, "position_ids must be integers, got dtype "
+                                                                         "float"),  # it read as 0, 1, 2, 3
+        (dict(position_ids=np.array([[False, True, True, True]])), TypeError, "position_ids must be integers"),
+        (dict(position_ids=np.array([[0]])), ValueError, r"position_ids must have shape \[batch, time\] = \[1, 4\] as "
+                                                          r"token_ids, got shape \[1, 1\]"),  # each token at 0
+        (dict(attention_mask=np.array([[0]])), ValueError, r"attention_mask must have shape"),  # every key hidden
+        (dict(attention_mask=np.ones((1, 4), "float32")), TypeError, "attention_mask must be integers or bools"),
+    ],
+)
+def test_positions_and_masks_that_would_broadcast_or_truncate_are_refused(model, kwargs, error, message):
+    ids = np.array([[1, 2, 3, 4]])
+    with pytest.raises(error, match=message):
+        model(ids, **kwargs)
+    assert np.asarray(model(ids, attention_mask=np.array([[True] * 4]))).shape == (1, 4, 97)  # bools mask as 0/1
+    np.testing.assert_allclose(np.asarray(model(np.repeat(ids, 2, 0), position_ids=np.array([[0, 1, 2, 3]]))),
+                               np.repeat(np.asarray(model(ids)), 2, 0), atol=1e-6)  # one row of positions, 2 rows
+
+
+@pytest.mark.parametrize("cache_length, cache_index, error, message", [
+    (20, 2.7, TypeError, "cache_index must be integers, got dtype float64"),
+    (20, True, TypeError, "cache_index must be integers, got dtype bool"),
+    (32, 18, ValueError, r"positions must be in \[0, 20\) \(n_positions\), got min 18 and max 21"),
+])
+def test_a_cache_index_that_would_truncate_or_pass_the_context_is_refused(model, cache_length, cache_index, error,
+                                                                            message):
+    with pytest.raises(error, match=message):
+        model.call_with_cache(np.array([[1, 2, 3, 4]]), model.init_cache(1, cache_length), cache_index)
+
+
 def test_a_config_of_the_wrong_type_is_refused():
     with pytest.raises(TypeError, match="GPT2Config or a dict"):
         GPT2("gpt2")

@@ -49,24 +49,48 @@ def check_in_vocabulary(ids: Any, vocab_size: int) -> None:
         raise ValueError(f"token ids must be in [0, {vocab_size}), got min {ids.min()} and max {ids.max()}")
 
 
+def _shape(x: Any) -> tuple:
+    return tuple(x.shape) if hasattr(x, "shape") else np.shape(x)
+
+
+def check_integers(name: str, x: Any, bools: bool = False) -> None:
+    """x holds integers (a tensor, an array, a list or a number): not floats, which would be truncated, nor bools
+    unless `bools`."""
+    dtype = keras.backend.standardize_dtype(x.dtype if hasattr(x, "dtype") else np.asarray(x).dtype)
+    if "int" not in dtype and not (bools and dtype == "bool"):
+        raise TypeError(f"{name} must be {'integers or bools' if bools else 'integers'}, got dtype {dtype}")
+
+
+def check_aligned(name: str, x: Any, token_ids: Any) -> None:
+    """x (position_ids; attention_mask, bools too) holds integers [batch or 1, time], one per token: broadcast over
+    time, it would give every token the one value."""
+    check_integers(name, x, bools=name == "attention_mask")
+    shape, (batch, time) = _shape(x), _shape(token_ids)
+    if len(shape) != 2 or shape[1] not in (time, None) or shape[0] not in (batch, 1, None):
+        raise ValueError(f"{name} must have shape [batch, time] = {[batch, time]} as token_ids, got shape "
+                         f"{list(shape)}")
+
+
 def check_positions(position_ids: Any, first_slot: Any, time: Any, n_positions: int, cache_length: int | None) -> None:
-    """Known positions in [0, n_positions), and a known cache write `first_slot .. first_slot + time` inside the
-    cache: the model itself would gather or write a clamped slot."""
-    positions = None if position_ids is None else known_values(position_ids)
+    """Known positions in [0, n_positions) (given, or by default `first_slot .. first_slot + time`), and a known
+    cache write at `first_slot` inside the cache: the model itself would gather or write a clamped slot."""
+    check_integers("cache_index", first_slot)
+    first = known_values(first_slot)
+    if position_ids is not None:
+        positions = known_values(position_ids)
+    else:
+        positions = None if first is None or time is None else np.arange(time) + int(first)
     if positions is not None and positions.size and (positions.min() < 0 or positions.max() >= n_positions):
         raise ValueError(f"positions must be in [0, {n_positions}) (n_positions), got min {positions.min()} and "
                          f"max {positions.max()}")
-    first = None if cache_length is None else known_values(first_slot)
-    if first is not None and not 0 <= int(first) <= cache_length - time:
+    if cache_length is not None and first is not None and not 0 <= int(first) <= cache_length - time:
         raise ValueError(f"{time} tokens at cache slot {int(first)} do not fit in a cache of {cache_length}")
 
 
 def check_token_ids(token_ids: Any, vocab_size: int, max_len: int) -> None:
     """Integer ids [batch, time], 1 <= time <= max_len, every known value in [0, vocab_size): a clear error
     instead of a failure deep inside the backend (or, compiled, a gather of another row)."""
-    dtype = keras.backend.standardize_dtype(token_ids.dtype)
-    if "int" not in dtype:
-        raise TypeError(f"token_ids must be integers, got dtype {dtype}")
+    check_integers("token_ids", token_ids)
     if len(token_ids.shape) != 2:
         raise ValueError(f"token_ids must have shape [batch, time], got shape {tuple(token_ids.shape)}")
     if 0 in token_ids.shape:

@@ -10,7 +10,7 @@ from typing import Any
 import keras
 from keras import ops
 
-from tf_gpt2.checks import check_positions, check_token_ids
+from tf_gpt2.checks import check_aligned, check_positions, check_token_ids
 from tf_gpt2.config import GPT2Config
 from tf_gpt2.files import atomic_write
 from tf_gpt2.layers import TransformerBlock, causal_mask, new_buffer, recomputed
@@ -164,6 +164,9 @@ class GPT2(keras.Model):
 
     def call(self, token_ids, attention_mask=None, position_ids=None, training=None):
         check_token_ids(token_ids, self.config.vocab_size, self.config.n_positions)  # where ids enter, eagerly
+        for name, aligned in (("attention_mask", attention_mask), ("position_ids", position_ids)):
+            if aligned is not None:
+                check_aligned(name, aligned, token_ids)
         check_positions(position_ids, 0, None, self.config.n_positions, None)
         if position_ids is None:
             position_ids = ops.arange(ops.shape(token_ids)[1], dtype="int32")[None, :]
@@ -283,6 +286,8 @@ class GPT2(keras.Model):
         """
         max_length = cache[0]["key"].shape[2]
         check_token_ids(token_ids, self.config.vocab_size, max_length or self.config.n_positions)
+        if position_ids is not None:
+            check_aligned("position_ids", position_ids, token_ids)
         check_positions(position_ids, cache_index, token_ids.shape[1], self.config.n_positions, max_length)
         if position_ids is None:
             position_ids = (ops.arange(ops.shape(token_ids)[1], dtype="int32") + ops.cast(cache_index, "int32"))[None]
