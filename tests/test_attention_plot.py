@@ -19,6 +19,9 @@ def test_attention_maps_are_the_models_and_plot_one_panel_per_head(tmp_path):
     assert (tmp_path / "attn.png").read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(ValueError, match="layer must be in \\[0, 2\\)"):
         plot_attention(maps, ["x"] * len(ids), layer=2)
+    for not_ids in ([1.7, 2.2, 3.9], [True, False], b"ab"):  # not truncated, not 1/0, not byte values
+        with pytest.raises(TypeError, match="token ids must be (a sequence of )?integers"):
+            attention_maps(model, not_ids)
 
 
 def test_attention_maps_equal_transformers_output_attentions(tmp_path):

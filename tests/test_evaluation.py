@@ -147,9 +147,13 @@ def test_bad_input_is_named(tmp_path, capsys):
         evaluate(model, "")
     with pytest.raises(ValueError, match=r"token ids must be in \[0, 50257\)"):
         evaluate(model, [0, 5, 50257])
-    for ids in ([1.7, 2.2, 3.9], [True, False, True], [5, True], np.array([1.0, 2.0])):  # not truncated, not 1/0
+    for ids in ([1.7, 2.2, 3.9], [True, False, True], [5, True], np.array([1.0, 2.0]),  # not truncated, not 1/0,
+                b"hello world"):  # not byte values
         with pytest.raises(TypeError, match="token ids must be (a sequence of )?integers"):
             evaluate(model, ids)
+    for kwargs in dict(detokenize="wikitext"), dict(tokenizer=GPT2Tokenizer()):  # they read text, not ids
+        with pytest.raises(ValueError, match="read text, and text is token ids"):
+            evaluate(model, [0, 5, 7], **kwargs)
     with pytest.raises(ValueError, match="notes.txt is not UTF-8 text: U\\+D800 after 'a'"):
         evaluate(model, "a\ud800b", source="notes.txt")
     empty = tmp_path / "empty.txt"

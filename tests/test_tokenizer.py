@@ -85,8 +85,9 @@ def test_bytes_and_out_of_range_ids_are_refused(tok):
         tok.decode([1, 50257])
     with pytest.raises(TypeError, match="list of str"):
         tok.encode_batch("not a list")
-    for ids in ([True, 2.7], [1.0, 2.0], [True, False], [995, True], np.array([1.0]), np.array([True])):
-        with pytest.raises(TypeError, match="token ids must be (a sequence of )?integers"):  # not rounded, not 1/0
+    for ids in ([True, 2.7], [1.0, 2.0], [True, False], [995, True], np.array([1.0]), np.array([True]), b"Hello",
+                bytearray(b"Hi")):  # not rounded, not 1/0, not byte values
+        with pytest.raises(TypeError, match="token ids must be (a sequence of )?integers"):
             tok.decode(ids)
     with pytest.raises(ValueError, match="must be in \\[0, 50257\\), got \\[1180591620717411303424\\]"):
         tok.decode([2**70])  # out of range, said as such

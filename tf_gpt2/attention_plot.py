@@ -7,12 +7,13 @@ from typing import Sequence
 import numpy as np
 
 from tf_gpt2.checks import check_token_ids
+from tf_gpt2.tokenizer import checked_ids
 
 
 def attention_maps(model, token_ids: Sequence[int]) -> np.ndarray:
     """Attention probabilities of one sequence: float [n_layer, n_head, time, time]. The forward pass, block by
     block, stopping at each to ask its attention who attends to whom."""
-    ids = np.array([list(token_ids)], np.int32)
+    ids = np.array([checked_ids(token_ids, model.config.vocab_size)], np.int32)
     check_token_ids(ids, model.config.vocab_size, model.config.n_positions)
     x = model.embed(ids, np.arange(ids.shape[1])[None])
     maps = []
