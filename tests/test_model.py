@@ -1,4 +1,5 @@
 import dataclasses
+import warnings
 
 import keras
 import numpy as np
@@ -99,6 +100,30 @@ def test_a_compiled_model_reloads_compiled_with_its_optimizer_state(tmp_path):
     with pytest.warns(UserWarning, match="a model with LoRA adapters is saved uncompiled"):
         model.save(tmp_path / "lora.keras")
     assert not keras.models.load_model(tmp_path / "lora.keras").compiled
+
+
+def test_frozen_layers_stay_frozen_through_a_saved_file_with_their_optimizer_state(tmp_path):
+    """A sublayer frozen for fine-tuning (the embeddings, a block) was trainable again after `load_model`: the
+    optimizer state did not fit (Keras skipped it with a warning) and the next fit moved the frozen weights."""
+    model = GPT2(GPT2Config(vocab_size=50, n_positions=16, n_embd=16, n_layer=2, n_head=2))
+    model.wte.trainable = model.h[0].attn.trainable = False
+    model.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    ids = np.random.default_rng(0).integers(0, 50, (4, 9))
+    model.fit(ids[:, :-1], ids[:, 1:], verbose=0)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message="(?i).*skipping variable loading")  # Keras' word for a misfit
+        model.save(tmp_path / "frozen.keras")
+        loaded = keras.models.load_model(tmp_path / "frozen.keras")
+    assert loaded._frozen_layers() == model._frozen_layers() == ["wte", "h_0/attn", "h_0/attn/c_proj",
+                                                                   "h_0/attn/c_attn"]
+    assert len(loaded.trainable_weights) == len(model.trainable_weights)
+    assert int(loaded.optimizer.iterations) == 1
+    embeddings = np.asarray(loaded.wte.embeddings)
+    loaded.fit(ids[:, :-1], ids[:, 1:], verbose=0)
+    np.testing.assert_array_equal(np.asarray(loaded.wte.embeddings), embeddings)
+    assert model.with_dtype("mixed_bfloat16")._frozen_layers() == model._frozen_layers()
+    with pytest.raises(ValueError, match=r"frozen names no layer of this model: \['h_9'\]"):
+        GPT2(model.config, frozen=["h_9"])
 
 
 def test_a_variant_model_is_built_of_variant_blocks_and_round_trips(tmp_path):

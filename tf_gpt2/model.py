@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from typing import Any
+from typing import Any, Sequence
 
 import keras
 from keras import ops
@@ -90,6 +90,8 @@ class GPT2(keras.Model):
         config: a `GPT2Config` (or its dict form); defaults to the 124M "gpt2" shape.
         quantization: None for float weights; a `quantize` mode ("int8", ...) builds the quantized variables a
             quantized model's saved weights load into (what reloading a quantized `.keras` file passes).
+        frozen: paths of sublayers to make untrainable ("wte", "h_0/attn"): what a `.keras` file of a model with
+            frozen layers passes, so that they stay frozen and its optimizer state fits.
 
     Call arguments:
         token_ids: int [batch, time] token ids.
@@ -105,7 +107,8 @@ class GPT2(keras.Model):
     (1, 3, 100)
     """
 
-    def __init__(self, config: GPT2Config | dict | None = None, quantization: str | None = None, **kwargs):
+    def __init__(self, config: GPT2Config | dict | None = None, quantization: str | None = None,
+                 frozen: Sequence[str] = (), **kwargs):
         super().__init__(**kwargs)
         if config is None:
             config = GPT2Config()
@@ -138,6 +141,7 @@ class GPT2(keras.Model):
         self._head_in_loss = False  # True inside `train_step` with `config.loss_chunk`: `call` gives hidden states
         if quantization:  # a reloaded quantized model: make the quantized variables its weights load into
             self.quantize(quantization)
+        self._freeze(frozen)
 
     def build(self, input_shape=None):
         if self.built:  # the weights are made in __init__: a later build((None, T)) has nothing to do
@@ -379,7 +383,7 @@ class GPT2(keras.Model):
         """
         if self.dtype_policy.name == dtype:
             return self
-        model = GPT2(self.config, quantization=self.quantization, dtype=dtype)
+        model = GPT2(self.config, quantization=self.quantization, frozen=self._frozen_layers(), dtype=dtype)
         for source, target in zip(self._flatten_layers(), model._flatten_layers(), strict=True):
             store: dict = {}
             source.save_own_variables(store)
@@ -412,8 +416,21 @@ class GPT2(keras.Model):
     def make_predict_function(self, force=False):
         return super().make_predict_function(force=changed(self, "predict_function") or force)
 
+    def _frozen_layers(self) -> list[str]:
+        """The sublayers set `trainable = False`, by path under the model ("wte", "h_0/attn"): kept by `get_config`."""
+        return [layer.path.split("/", 1)[1] for layer in self._flatten_layers(include_self=False)
+                if layer.path and not layer.trainable]
+
+    def _freeze(self, paths: Sequence[str]) -> None:
+        layers = {layer.path.split("/", 1)[1]: layer for layer in self._flatten_layers(include_self=False) if layer.path}
+        if unknown := [path for path in paths if path not in layers]:
+            raise ValueError(f"frozen names no layer of this model: {unknown}")
+        for path in paths:
+            layers[path].trainable = False
+
     def get_config(self):
-        return {**super().get_config(), "config": self.config.to_dict(), "quantization": self.quantization}
+        return {**super().get_config(), "config": self.config.to_dict(), "quantization": self.quantization,
+                "frozen": self._frozen_layers()}
 
     @classmethod
     def from_config(cls, config):
