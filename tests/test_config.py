@@ -37,11 +37,19 @@ def test_num_params_matches_the_built_model(preset, multiple):
         (dict(layer_norm_epsilon=float("nan")), "layer_norm_epsilon must be a finite non-negative number, got nan"),
         (dict(initializer_range="0.02"), "initializer_range must be a finite non-negative number, got '0.02'"),
         (dict(remat="no"), "remat must be true or false, got 'no'"),
+        (dict(activation="swish"), "activation must be one of .*, got 'swish'"),  # not first when a model is built
+        (dict(vocab_multiple=2**40), "vocab_multiple must be at most 65536"),  # terabytes of padding rows
     ],
 )
 def test_bad_config_is_rejected(kwargs, message):
     with pytest.raises(ValueError, match=message):
         GPT2Config(**kwargs)
+
+
+def test_the_configs_activations_are_the_layers():
+    from tf_gpt2 import config, layers
+
+    assert set(config.ACTIVATIONS) == set(layers.ACTIVATIONS)
 
 
 def test_unknown_presets_and_fields_are_named():
@@ -91,3 +99,6 @@ def test_a_dropout_override_sets_all_three_rates_and_numpy_rates_are_numbers(tmp
     assert json.loads((tmp_path / "config.json").read_text())["attn_pdrop"] == 0.1
     assert rates(GPT2.from_pretrained(str(tmp_path), dropout=0.0).config) == [0.0, 0.0, 0.0]
     assert GPT2Config(dropout=np.float32(0.25)).dropout == 0.25
+    numpy = GPT2Config(n_layer=np.int64(2), loss_chunk=np.int32(8), remat=np.bool_(True))  # as numbers and bools
+    assert (numpy.n_layer, numpy.loss_chunk, numpy.remat) == (2, 8, True) and type(numpy.n_layer) is int
+    assert GPT2Config.from_json(numpy.to_json()) == numpy

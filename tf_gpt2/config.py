@@ -10,6 +10,8 @@ import numbers
 import os
 from typing import Any
 
+import numpy as np
+
 from tf_gpt2.files import atomic_write, bytes_writer, read_json
 
 # The four OpenAI releases, plus small sizes for tests, demos and CPU training.
@@ -23,6 +25,7 @@ PRESETS: dict[str, dict[str, int]] = {
 }
 
 NORM_POSITIONS = ("pre", "post")
+ACTIVATIONS = ("gelu_tanh", "gelu", "relu", "silu")  # the names of `layers.ACTIVATIONS`
 DROPOUTS = ("embd_pdrop", "resid_pdrop", "attn_pdrop")
 
 
@@ -89,15 +92,15 @@ class GPT2Config:
     loss_chunk: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head", "vocab_multiple"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ValueError(f"GPT2Config.{name} must be a positive integer, got {value!r}")
-        for name, largest in (("n_layer", 1024), ("n_embd", 65536), ("n_positions", 1 << 20), ("vocab_size", 1 << 24)):
+        for name in ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head", "vocab_multiple", "loss_chunk"):
+            value, off = getattr(self, name), name == "loss_chunk"  # (loss_chunk 0: off)
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < (0 if off else 1):
+                raise ValueError(f"GPT2Config.{name} must be {'0 (off) or ' * off}a positive integer, got {value!r}")
+            setattr(self, name, int(value))  # (a numpy integer too, as JSON writes it)
+        for name, largest in (("n_layer", 1024), ("n_embd", 65536), ("n_positions", 1 << 20), ("vocab_size", 1 << 24),
+                              ("vocab_multiple", 1 << 16)):
             if getattr(self, name) > largest:  # sizes no GPT-2 has: refused before anything is allocated
                 raise ValueError(f"GPT2Config.{name} must be at most {largest}, got {getattr(self, name)}")
-        if isinstance(self.loss_chunk, bool) or not isinstance(self.loss_chunk, int) or self.loss_chunk < 0:
-            raise ValueError(f"GPT2Config.loss_chunk must be 0 (off) or a positive integer, got {self.loss_chunk!r}")
         if self.n_embd % self.n_head:
             raise ValueError(
                 f"GPT2Config.n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})"
@@ -115,8 +118,11 @@ class GPT2Config:
                 raise ValueError(f"GPT2Config.{name} must be a finite non-negative number, got {value!r}")
             setattr(self, name, float(value))
         for name in ("remat", "learned_residual_scale"):
-            if not isinstance(getattr(self, name), bool):
+            if not isinstance(getattr(self, name), (bool, np.bool_)):
                 raise ValueError(f"GPT2Config.{name} must be true or false, got {getattr(self, name)!r}")
+            setattr(self, name, bool(getattr(self, name)))
+        if self.activation not in ACTIVATIONS:  # refused here, not when a model is built from a saved config
+            raise ValueError(f"GPT2Config.activation must be one of {ACTIVATIONS}, got {self.activation!r}")
         if self.characters is not None:
             self.characters = checked_characters(self.characters, "GPT2Config.characters")
             if len(self.characters) != self.vocab_size:
