@@ -267,6 +267,9 @@ def test_text_continues_only_in_ids_its_tokenizer_reads(tmp_path, capsys):
     model = padded_gpt2()
     assert all(t >= VOCAB_SIZE for t in model.generate([15496], max_new_tokens=4, stop_ids=[]))
     assert all(t < VOCAB_SIZE for t in model.generate([15496], max_new_tokens=4, stop_ids=[], vocab_end=VOCAB_SIZE))
+    with pytest.raises(ValueError, match=r"stop_ids \[50300\] are never written: tokens are chosen among ids below "
+                                         "50257"):  # a row would run to max_new_tokens
+        model.generate("Hello", max_new_tokens=4, stop_ids=[50256, 50300])
     settings = [dict(), dict(temperature=1.0, seed=3), dict(tokenizer=GPT2Tokenizer())]
     for kwargs in settings:
         text = model.generate("Hello", max_new_tokens=4, stop_ids=[], **kwargs)

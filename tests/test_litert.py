@@ -136,8 +136,11 @@ def test_generator_rejects_bad_input_and_keeps_its_cache(model):
     assert logits.shape == (50257,)
     with pytest.raises(ValueError, match="exceeds the exported cache of 40"):
         gen.generate([1, 2, 3], max_new_tokens=39)
-    with pytest.raises(ValueError, match="max_new_tokens must be a positive integer"):
-        gen.generate([1, 2, 3], max_new_tokens=0)
+    for count in (0, True):  # (True is no count: it gave one token)
+        with pytest.raises(ValueError, match="max_new_tokens must be a positive integer"):
+            gen.generate([1, 2, 3], max_new_tokens=count)
+    one_id = gen.generate([464, 3290], max_new_tokens=3, stop_ids=[])[0]  # one stop id, as model.generate takes it
+    assert gen.generate([464, 3290], max_new_tokens=3, stop_ids=one_id) == [one_id]
 
 
 def test_the_raw_signatures_never_corrupt_the_cache(model):

@@ -320,6 +320,9 @@ def _prepare(model, prompt: Any, max_new_tokens: int = 32, temperature: float = 
         vocab_end = min(reader.vocab_size, cfg.vocab_size) if read else cfg.vocab_size
     if not is_integer(vocab_end) or not 0 < vocab_end <= cfg.vocab_size:
         raise ValueError(f"vocab_end must be in 1..{cfg.vocab_size} (the model's vocabulary), got {vocab_end!r}")
+    if unreachable := [t for t in stop_ids if t >= vocab_end]:  # ids no sampled token takes
+        raise ValueError(f"stop_ids {unreachable} are never written: tokens are chosen among ids below "
+                         f"{vocab_end} (vocab_end, the ids this prompt's text continues in)")
     if any(len(p) == 0 for p in batch):
         raise ValueError("prompt is empty: give at least one token")
     if not is_integer(max_new_tokens) or max_new_tokens <= 0:

@@ -348,9 +348,10 @@ class LiteRTGenerator:
 
     def generate(self, prompt: Sequence[int], max_new_tokens: int, stop_ids: Sequence[int] = ()) -> list[int]:
         """Greedy continuation of `prompt` from an empty cache; stops after a token in `stop_ids`."""
-        if not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens <= 0:
+        if not is_integer(max_new_tokens) or max_new_tokens <= 0:  # (True is no count)
             raise ValueError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
         prompt = self._checked(prompt, 0)  # before the conversation is reset: a refused call keeps it
+        stop_ids = [stop_ids] if is_integer(stop_ids) else stop_ids  # one id, as `model.generate` takes it
         stop_ids = checked_ids(stop_ids, self.vocab_size)  # one the model never writes would never stop it
         if len(prompt) + max_new_tokens - 1 > self.cache_length:
             raise ValueError(f"prompt + max_new_tokens exceeds the exported cache of {self.cache_length} positions")
