@@ -266,6 +266,8 @@ BAD_SETTINGS = [
     (dict(top_p=np.array([0.0], np.float32)), "top_p must be in (0, 1]"),
     (dict(top_p=np.array([np.nan], np.float32)), "top_p must be in (0, 1]"),
     (dict(seed=np.array([-1], np.int32)), "seed must be >= 0"),  # (it sampled as 2**31 - 1 did)
+    (dict(top_k=np.array([40], np.int32)), "top_k and top_p filter what is sampled, and temperature 0"),  # (ignored)
+    (dict(top_p=np.array([0.9], np.float32)), "top_k and top_p filter what is sampled, and temperature 0"),
     (dict(max_new_tokens=np.array([0], np.int32)), "max_new_tokens must be > 0"),
     (dict(max_new_tokens=np.array([17], np.int32)), "max_new_tokens must be <= 16"),
     (dict(length=np.array([60], np.int32), token_ids=np.zeros((1, 60), np.int32)),

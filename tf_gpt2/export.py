@@ -179,6 +179,9 @@ class _Serving:
             (knobs["top_k"] < 0, "top_k must be >= 0 (0: off)"),
             (tf.math.is_nan(knobs["top_p"]) | (knobs["top_p"] <= 0) | (knobs["top_p"] > 1), "top_p must be in (0, 1]"),
             (knobs["seed"] < 0, "seed must be >= 0"),  # as model.generate's: [0, 2**31)
+            ((knobs["temperature"] == 0) & ((knobs["top_k"] > 0) | (knobs["top_p"] < 1)),  # as model.generate's
+             "top_k and top_p filter what is sampled, and temperature 0 samples nothing (greedy): give top_k 0 and "
+             "top_p 1, or a temperature > 0"),
         ]), error)
         ok = error == ""
         # A refused row asks for one greedy token, so it costs the batch nothing.
