@@ -307,18 +307,25 @@ def test_a_bad_row_never_fails_the_rows_merged_with_it(model, served, tmp_path):
                  **settings(2, max_new_tokens=[3, 16], temperature=[1.0, 0.0], seed=[4, 0]))]
     bad = [dict(token_ids=np.array([[1, 2]], np.int32), length=np.array([2], np.int32),
                 **settings(1, max_new_tokens=17)),
-           dict(token_ids=np.array([[1, 50257, 3, 4]], np.int32), length=np.array([4], np.int32), **settings(1))]
-    merged = [bad[0], good[0], bad[1], good[1]]
+           dict(token_ids=np.array([[1, 50257, 3, 4]], np.int32), length=np.array([4], np.int32), **settings(1)),
+           # A prompt of the whole context: refused (no room for a token), and it ran as it was, so that the batch's
+           # cache had no slot for it and the whole merged batch failed in a gather.
+           dict(token_ids=np.full((1, 64), 464, np.int32), length=np.array([64], np.int32),
+                **settings(1, max_new_tokens=1))]
+    merged = [bad[0], good[0], bad[1], good[1], bad[2]]
     texts = [dict(text=np.array(["Hello world".encode()]), **settings(1, max_new_tokens=4)),
              dict(text=np.array([("a" * 300).encode()]), **settings(1)),
-             dict(text=np.array(["".encode()]), **settings(1))]
+             dict(text=np.array(["".encode()]), **settings(1)),
+             dict(text=np.array([("a" + " a" * 63).encode()]), **settings(1, max_new_tokens=1))]  # 64 tokens
     calls = [[grpc("generate", **r) for r in merged], [grpc("generate_text", **t) for t in texts],
              [grpc("serving_default", token_ids=r["token_ids"], length=r["length"]) for r in merged]]
     shipped = os.path.join(os.path.dirname(served), "batching_parameters.txt")
     generated, text, logits = [[outputs(r) for r in call] for call in serve(served, calls, tmp_path, batching=shipped)]
     for answer, message in ((generated[0], "max_new_tokens must be <= 16"), (generated[2], "token ids must be in"),
-                            (logits[2], "token ids must be in")):
+                            (logits[2], "token ids must be in"),
+                            (generated[4], "prompt + max_new_tokens exceeds the context of 64")):
         assert answer["error"][0].decode().startswith(message)
+    assert logits[4]["error"].tolist() == [b""]  # the whole context is a prompt to score
     assert logits[0]["error"].tolist() == [b""] and not logits[2]["logits"].any()
     for answer, request in ((generated[1], good[0]), (generated[3], good[1])):
         assert answer["error"].tolist() == [b""] * len(request["length"])
@@ -333,7 +340,7 @@ def test_a_bad_row_never_fails_the_rows_merged_with_it(model, served, tmp_path):
     assert text[0]["text"][0].decode() == model.generate("Hello world", max_new_tokens=4)
     assert [t["error"][0].decode() for t in text] == [
         "", "text has a word of more than 256 bytes (a run of letters, digits, other symbols or whitespace, which "
-        "GPT-2's pre-tokenizer keeps whole)", "text is empty"]
+        "GPT-2's pre-tokenizer keeps whole)", "text is empty", "prompt + max_new_tokens exceeds the context of 64"]
 
 
 def test_an_answer_that_stops_keeps_the_stop_token_in_its_ids_not_in_its_text(model, tmp_path):

@@ -52,33 +52,36 @@ def _row_errors(batch, rules) -> tf.Tensor:
     return error
 
 
-def _prompt(token_ids, length, config, error):
-    """A left-padded `Prompt` from right-padded rows (row i's prompt is its first `length[i]` tokens), and each
-    row's error: `error` [batch] (rows refused earlier) with the rules of a prompt checked in the graph.
-
-    What follows a row's prompt is ignored (TF Serving's batcher pads a shorter request with its own first
-    element), so a merged batch answers each row as it would alone. A refused row runs as a one-token prompt.
-    """
-    vocab_size, pad, context = config.vocab_size, pad_id(config), config.n_positions
+def _prompt_errors(token_ids, length, config, error):
+    """Each row's error: `error` [batch] (rows refused earlier) with the rules of a prompt (row i's is the first
+    `length[i]` tokens of `token_ids`), checked in the graph."""
     check = tf.debugging.assert_equal(tf.shape(length), tf.shape(token_ids)[:1],
                                       message="length must have one value per row of token_ids")
     with tf.control_dependencies([check]):
         sent = tf.shape(token_ids)[1]
-    token_ids = tf.pad(token_ids, [[0, 0], [0, tf.maximum(1 - sent, 0)]])  # at least one column to run
-    width = tf.shape(token_ids)[1]
-    mask = tf.sequence_mask(length, width, dtype=tf.int32)
-    outside = tf.logical_and(mask == 1, tf.logical_or(token_ids < 0, token_ids >= vocab_size))
-    error = tf.where(error == "", _row_errors(tf.shape(length)[0], [
+    mask = tf.sequence_mask(length, sent, dtype=tf.int32)
+    outside = tf.logical_and(mask == 1, tf.logical_or(token_ids < 0, token_ids >= config.vocab_size))
+    return tf.where(error == "", _row_errors(tf.shape(length)[0], [
         (tf.logical_or(length < 1, length > sent), "length must be in [1, number of columns of token_ids]"),
-        (length > context, f"the prompt is longer than the context of {context} tokens"),
-        (tf.reduce_any(outside, axis=1), f"token ids must be in [0, {vocab_size})"),
+        (length > config.n_positions, f"the prompt is longer than the context of {config.n_positions} tokens"),
+        (tf.reduce_any(outside, axis=1), f"token ids must be in [0, {config.vocab_size})"),
     ]), error)
+
+
+def _prompt(token_ids, length, config, error):
+    """A left-padded `Prompt` from right-padded rows (row i's prompt is its first `length[i]` tokens), and the
+    lengths it holds: a row refused (`error` not "", for any rule) runs as a one-token prompt, which fits.
+
+    What follows a row's prompt is ignored (TF Serving's batcher pads a shorter request with its own first
+    element), so a merged batch answers each row as it would alone.
+    """
+    token_ids = tf.pad(token_ids, [[0, 0], [0, tf.maximum(1 - tf.shape(token_ids)[1], 0)]])  # a column to run
     length = tf.where(error == "", length, 1)
-    width = tf.minimum(width, context)  # a longer row was refused: the columns past the context are not read
+    width = tf.minimum(tf.shape(token_ids)[1], config.n_positions)  # the columns past the context: refused rows'
     mask = tf.sequence_mask(length, width, dtype=tf.int32)
-    ids = tf.where(tf.logical_and(mask == 1, error[:, None] == ""), token_ids[:, :width], pad)
+    ids = tf.where(tf.logical_and(mask == 1, error[:, None] == ""), token_ids[:, :width], pad_id(config))
     # Move each row's tokens to the right end (left padding), as generation expects.
-    return Prompt(_rotate(ids, width - length), _rotate(mask, width - length)), length, error
+    return Prompt(_rotate(ids, width - length), _rotate(mask, width - length)), length
 
 
 def _bucket(n, least, most=2**30):
@@ -150,7 +153,8 @@ class _Serving:
         self.pad_id = pad_id(model.config)
 
     def logits(self, token_ids, length):
-        prompt, length, error = _prompt(token_ids, length, self.model.config, tf.fill(tf.shape(length), ""))
+        error = _prompt_errors(token_ids, length, self.model.config, tf.fill(tf.shape(length), ""))
+        prompt, length = _prompt(token_ids, length, self.model.config, error)
         logits = self.model(prompt.ids, attention_mask=prompt.mask, position_ids=positions_from_mask(prompt.mask))
         width = tf.shape(prompt.ids)[1]  # back to the rows as they were sent: the prompt first
         sent = tf.logical_and(tf.sequence_mask(length, width), error[:, None] == "")[:, :, None]
@@ -165,7 +169,7 @@ class _Serving:
 
     def _generate(self, token_ids, length, settings, error, vocab_end):
         cfg, batch = self.model.config, tf.shape(token_ids)[0]
-        prompt, length, error = _prompt(token_ids, length, cfg, error)
+        error = _prompt_errors(token_ids, length, cfg, error)
         knobs = {name: _per_row(name, value, batch)
                  for name, value in zip(("max_new_tokens", "temperature", "top_k", "top_p", "seed"), settings)}
         new = knobs["max_new_tokens"]
@@ -183,6 +187,7 @@ class _Serving:
              "top_k and top_p filter what is sampled, and temperature 0 samples nothing (greedy): give top_k 0 and "
              "top_p 1, or a temperature > 0"),
         ]), error)
+        prompt, length = _prompt(token_ids, length, cfg, error)  # (a row refused by any rule: one token)
         ok = error == ""
         # A refused row asks for one greedy token, so it costs the batch nothing.
         for name, default in (("max_new_tokens", 1), ("temperature", 0.0), ("top_k", 0), ("top_p", 1.0)):
