@@ -37,6 +37,18 @@ def test_saved_model_versions_and_signatures_listed(model, tmp_path):
     for version in (0, -3, True, 2.0):  # TF Serving loads only positive versions: never renumbered silently
         with pytest.raises(ValueError, match="version must be a positive integer"):
             export_saved_model(model, base, version=version)
+    # TF Serving reads a folder's name as an int64 (ParseVersionNumber): "007" is version 7, and a number past
+    # int64 is no version, which the server skips without a word (and numbering on from it would never recover).
+    os.makedirs(os.path.join(base, "007"))
+    os.makedirs(os.path.join(base, "99999999999999999999"))
+    with pytest.raises(FileExistsError, match=r"m/007 exists: it is version 7 to TF Serving: choose another"):
+        export_saved_model(model, base, version=7)
+    with pytest.raises(ValueError, match=r"version must be at most 9223372036854775807 \(TF Serving reads it as a "
+                                         r"64-bit integer\), got 9223372036854775808"):
+        export_saved_model(model, base, version=2**63)
+    from tf_gpt2.export import _next_version
+
+    assert _next_version(base) == 8
     cli = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
     shown = subprocess.run([cli, "show", "--dir", base + "/1", "--tag_set", "serve"], capture_output=True, text=True)
     for name in ("serving_default", "generate", "generate_text", "tokenize"):

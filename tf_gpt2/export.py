@@ -27,6 +27,7 @@ Phones and other devices: see `tf_gpt2.litert`.
 from __future__ import annotations
 
 import os
+import re
 import warnings
 
 import keras
@@ -284,9 +285,23 @@ pad_variable_length_inputs: true
 """
 
 
+LARGEST_VERSION = 2**63 - 1  # TF Serving reads a version folder's name as a signed 64-bit integer
+
+
+def _versions(base: str) -> dict[int, str]:
+    """The folders of `base` TF Serving loads as versions, by number: each name it reads as an int64, as absl's
+    SimpleAtoi does (tensorflow_serving/sources/storage_path/file_system_storage_path_source.cc, ParseVersionNumber:
+    "7" and "007" are both version 7; a number past int64 is no version)."""
+    names = os.listdir(base) if os.path.isdir(base) else []
+    numbered = {name: int(name) for name in names if re.fullmatch(r"[ \t\n\v\f\r]*[+-]?[0-9]+[ \t\n\v\f\r]*", name)}
+    return {number: name for name, number in sorted(numbered.items()) if abs(number) <= LARGEST_VERSION}
+
+
 def _next_version(base: str) -> int:
-    versions = [int(d) for d in os.listdir(base) if d.isdigit()] if os.path.isdir(base) else []
-    return max(versions, default=0) + 1
+    version = max(_versions(base), default=0) + 1
+    if version > LARGEST_VERSION:
+        raise ValueError(f"{base} holds version {version - 1}, the largest TF Serving reads: give --version")
+    return version
 
 
 SERVED_DTYPES = ("float32", "bfloat16")
@@ -319,6 +334,9 @@ def export_saved_model(model: GPT2, base_dir: str, version: int | None = None,
                         ("max_word_bytes", max_word_bytes), ("version", 1 if version is None else version)):
         if not is_integer(value) or value <= 0:  # TF Serving loads versions >= 1
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    if version is not None and version > LARGEST_VERSION:  # a folder the server would skip without a word
+        raise ValueError(f"version must be at most {LARGEST_VERSION} (TF Serving reads it as a 64-bit integer), got "
+                         f"{version}")
     if max_new_tokens_limit > context:
         raise ValueError(f"max_new_tokens_limit {max_new_tokens_limit} exceeds the model's context of {context} "
                          "positions: no row could ask for that many")
@@ -350,8 +368,10 @@ def export_saved_model(model: GPT2, base_dir: str, version: int | None = None,
     with exclusive(base_dir, "export", wait=True):
         version = version or _next_version(base_dir)
         final_dir = os.path.join(base_dir, str(version))
-        if os.path.exists(final_dir):
-            raise FileExistsError(f"{final_dir} exists: choose another version")
+        taken = _versions(base_dir)
+        if os.path.exists(final_dir) or version in taken:
+            name = os.path.join(base_dir, taken.get(version, str(version)))
+            raise FileExistsError(f"{name} exists: it is version {version} to TF Serving: choose another version")
         # Written aside and moved into place in one rename: TF Serving never sees half a version.
         with cache_buffers(None if xla else _InPlaceCache):  # without XLA (the server's default): no XLA-only op
             atomic_write(final_dir, lambda tmp: archive.write_out(tmp, verbose=False))  # the endpoints trace here
