@@ -98,6 +98,12 @@ def test_openai_tf_checkpoint_parity(tmp_path):
         GPT2.from_pretrained(str(bare))
     with pytest.raises(ValueError, match="n_layer=5: a checkpoint's tensors fix its shape"):  # (a TypeError was raised)
         GPT2.from_pretrained(str(tmp_path / "openai"), n_layer=5)
+    for override in dict(activation="relu"), dict(layer_norm_epsilon=0.5), dict(norm_position="post"):
+        # (each loaded, and the weights computed something else: logits off by up to 2.5)
+        with pytest.raises(ValueError, match=f"{next(iter(override))}=.*: a checkpoint's tensors fix its shape .* "
+                                             "and what they compute"):
+            GPT2.from_pretrained(str(tmp_path / "openai"), **override)
+    assert GPT2.from_pretrained(str(tmp_path / "openai"), dropout=0.1, remat=True).config.remat  # the rest is set
     hparams = json.loads((tmp_path / "openai" / "hparams.json").read_text())
     fewer = hparams["n_layer"] - 1  # the checkpoint's last layer left over: refused, not cut off
     (tmp_path / "openai" / "hparams.json").write_text(json.dumps({**hparams, "n_layer": fewer}))

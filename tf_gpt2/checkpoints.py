@@ -241,6 +241,7 @@ def _shards(directory: str, index_name: str) -> list[str]:
 
 
 SHAPE = ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head")  # what a checkpoint's tensors fix
+COMPUTED = ("activation", "layer_norm_epsilon", "norm_position", "learned_residual_scale")  # and what they compute
 SAVE_ID = "tf_gpt2_save_id"  # in config.json and the safetensors metadata: which save wrote them, together
 
 
@@ -469,9 +470,10 @@ def read_keras_hub(backbone: Any, **overrides: Any) -> tuple[GPT2Config, Tensors
 # -- dispatch -----------------------------------------------------------------------------------
 def load_pretrained(model_class: type, source: Any, revision: str | None = None, **overrides: Any) -> keras.Model:
     """A `model_class` (GPT2) with the weights of any supported source; see the module docstring."""
-    if fixed := [f"{k}={v}" for k, v in overrides.items() if k in SHAPE]:
-        raise ValueError(f"{', '.join(fixed)}: a checkpoint's tensors fix its shape (vocab_size, n_positions, n_embd, "
-                         "n_layer, n_head); overrides set the rest (dropout, vocab_multiple, ...)")
+    if fixed := [f"{k}={v!r}" for k, v in overrides.items() if k in SHAPE + COMPUTED]:
+        raise ValueError(f"{', '.join(fixed)}: a checkpoint's tensors fix its shape ({', '.join(SHAPE)}) and what they "
+                         f"compute ({', '.join(COMPUTED)}); overrides set the rest (dropout, vocab_multiple, remat, "
+                         "loss_chunk, ...)")
     if isinstance(source, str) and not os.path.exists(source):  # a name: keras-hub's presets, then the Hub
         from tf_gpt2 import hub
 

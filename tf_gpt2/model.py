@@ -352,7 +352,8 @@ class GPT2(keras.Model):
         """Load GPT-2 weights by name or from a path: a Hugging Face repo id (`"gpt2"`, `"org/name"`,
         `"hf://org/name"`, at `revision`: see `tf_gpt2.hub`), a keras-hub preset name (`"gpt2_base_en"`), a
         Hugging Face dir, an OpenAI TF checkpoint dir, a keras-hub GPT2Backbone (object or preset dir), or a
-        `.keras` file. See `tf_gpt2.checkpoints`."""
+        `.keras` file. See `tf_gpt2.checkpoints`. `config_overrides` set GPT2Config fields the weights leave free
+        (dropout, vocab_multiple, remat, loss_chunk); the shape and the arithmetic are the checkpoint's."""
         from tf_gpt2.checkpoints import load_pretrained
 
         return load_pretrained(cls, source, revision=revision, **config_overrides)
