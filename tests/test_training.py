@@ -510,6 +510,18 @@ def test_grad_accum_counts_optimizer_steps(char_data, tmp_path):
     assert history["learning_rate"] == pytest.approx([float(reference(3)), float(reference(6))])
 
 
+def test_a_warmup_longer_than_the_run_is_shortened_and_said(char_data, tmp_path, capsys):
+    """The warmup ends before the last step (else the run never leaves it): 10 steps of warmup in a run of 3 are 2,
+    and the run says so rather than training on a schedule its run.json does not describe."""
+    import keras
+
+    _, history = train(config(tmp_path, char_data, steps=3, eval_interval=3, warmup_steps=10, learning_rate=1e-3,
+                              min_learning_rate=1e-4))
+    assert "note: the learning rate warms up over 2 steps, not --warmup-steps 10" in capsys.readouterr().err
+    reference = keras.optimizers.schedules.CosineDecay(0.0, 1, alpha=0.1, warmup_target=1e-3, warmup_steps=2)
+    assert history["learning_rate"] == pytest.approx([float(reference(3))])
+
+
 def test_the_saved_model_holds_the_trained_weights_without_optimizer_state(char_data, tmp_path):
     """`tf-gpt2 train` writes `inference_model(model)`: LoRA merged, no Adam moments; it reloads to the same logits."""
     import keras

@@ -114,7 +114,7 @@ TRAIN_FLAGS = {
     "block_size": "tokens per sequence",
     "learning_rate": "peak learning rate after warmup",
     "min_learning_rate": "learning rate at the end of the cosine (default: --learning-rate / 10)",
-    "warmup_steps": "linear warmup steps (at most --steps - 1)",
+    "warmup_steps": "linear warmup steps (at most --steps - 1: more is shortened, with a note)",
     "weight_decay": "AdamW decay on weights of rank >= 2",
     "grad_clip": "global gradient-norm clip (0: off)",
     "grad_accum": "micro-batches of --batch-size accumulated per optimizer step (--steps counts steps)",
