@@ -53,6 +53,13 @@ def _row_errors(batch, rules) -> tf.Tensor:
     return error
 
 
+def _subnormal(x):
+    """Where float32 `x` is subnormal (not 0, below 1.2e-38): CPUs compute such a value as 0, compared too, so it
+    is told by its bits (exponent 0, mantissa not)."""
+    bits = tf.bitwise.bitwise_and(tf.bitcast(x, tf.int32), 0x7FFFFFFF)
+    return (bits > 0) & (bits < 0x00800000)
+
+
 def _prompt_errors(token_ids, length, config, error):
     """Each row's error: `error` [batch] (rows refused earlier) with the rules of a prompt (row i's is the first
     `length[i]` tokens of `token_ids`), checked in the graph."""
@@ -178,6 +185,9 @@ class _Serving:
             (new < 1, "max_new_tokens must be > 0"),
             (new > self.limit, f"max_new_tokens must be <= {self.limit}"),
             (length + new > cfg.n_positions, f"prompt + max_new_tokens exceeds the context of {cfg.n_positions}"),
+            (_subnormal(knobs["temperature"]) | _subnormal(knobs["top_p"]),  # (as model.generate refuses them)
+             "temperature and top_p must be 0 or at least 1.2e-38, float32's smallest normal number (smaller ones "
+             "compute as 0)"),
             # Not ~(t >= 0): grappler rewrites that to t < 0, which a NaN passes. (inf would sample uniformly.)
             (~tf.math.is_finite(knobs["temperature"]) | (knobs["temperature"] < 0),
              "temperature must be a finite number >= 0"),
