@@ -344,17 +344,25 @@ def test_a_gzip_file_named_as_plain_text_is_said_to_be_gzip(tmp_path):
 
 @pytest.mark.parametrize("encoding", ["utf-16-le", "utf-16-be"])
 def test_utf16_text_is_refused_with_or_without_its_byte_order_mark(tmp_path, encoding):
-    """Without a mark, UTF-16 is valid UTF-8 (a NUL beside each ASCII character) and would train as such."""
+    """Without a mark, UTF-16 is often valid UTF-8 (a NUL beside each ASCII character, 0x04 beside each Cyrillic
+    letter, 0x20 0x19 for a curly apostrophe) and would train as such."""
     import gzip
 
-    text = "First Citizen:\nBefore we proceed any further, hear me speak. Café\n"
-    (tmp_path / "bare.txt").write_bytes(text.encode(encoding))
-    (tmp_path / "bare.txt.gz").write_bytes(gzip.compress(text.encode(encoding)))
-    (tmp_path / "marked.txt").write_bytes(text.encode("utf-16"))
-    for name in "bare.txt", "bare.txt.gz":
-        with pytest.raises(ValueError, match=rf"{name} is not UTF-8 text: every other byte of its start is 0, as in "
-                                             "UTF-16 without a byte-order mark"):
+    texts = {"english.txt": "First Citizen:\nIt’s before we proceed any further, hear me speak.\n",
+             "russian.txt": "Первый гражданин:\nПрежде чем идти дальше, выслушайте меня.\n"}
+    for name, text in texts.items():
+        assert text.encode(encoding).decode("utf-8")  # (valid UTF-8 indeed)
+        (tmp_path / name).write_bytes(text.encode(encoding))
+    (tmp_path / "english.txt.gz").write_bytes(gzip.compress(texts["english.txt"].encode(encoding)))
+    (tmp_path / "marked.txt").write_bytes(texts["english.txt"].encode("utf-16"))
+    for name in "english.txt", "russian.txt", "english.txt.gz":
+        with pytest.raises(ValueError, match=rf"{name} is not UTF-8 text: its start reads as "
+                                             rf"{encoding.replace('16-', '16').upper()} without a byte-order mark .*"
+                                             rf"iconv -f {encoding.replace('16-', '16')} -t utf-8"):
             prepare(str(tmp_path / name), str(tmp_path / "out"), verbose=False)
+    for text in texts.values():  # as UTF-8 they are read
+        (tmp_path / "utf8.txt").write_text(text, encoding="utf-8")
+        assert read_text(str(tmp_path / "utf8.txt")) == text
     with pytest.raises(ValueError, match=r"marked.txt is not UTF-8 text: byte f[ef] at byte offset 0 \(line 1\); it "
                                          "starts with UTF-16's byte-order mark: save it as UTF-8"):
         prepare(str(tmp_path / "marked.txt"), str(tmp_path / "out"), verbose=False)

@@ -51,7 +51,8 @@ SCRIPT = textwrap.dedent("""
     diff = lambda m: float(max(np.abs(a - b).max() for a, b in zip(one.get_weights(), m.get_weights())))
     split = lambda v: not v.value.sharding.is_fully_replicated  # noqa: E731
     print(json.dumps({
-        "moved": moved, "reloaded": reloaded, "reloaded_keras": reloaded_keras, "model_parallel": diff(sharded), "data_parallel": diff(replicated),
+        "moved": moved, "reloaded": reloaded, "reloaded_keras": reloaded_keras,
+        "model_parallel": diff(sharded), "data_parallel": diff(replicated),
         "split": {v.path: split(v) for v in sharded.weights},
         "split_moments": {v.path: split(v) for v in sharded.optimizer.variables
                           if any(name in v.path for name in ("wte", "c_attn_kernel", "c_fc_kernel", "c_proj_kernel"))},

@@ -49,6 +49,8 @@ def test_saved_model_versions_and_signatures_listed(model, tmp_path):
     from tf_gpt2.export import _next_version
 
     assert _next_version(base) == 8
+    os.makedirs(tmp_path / "signed" / "-1")  # version -1 to the server: taken, and numbered on from 0
+    assert _next_version(str(tmp_path / "signed")) == 1
     cli = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
     shown = subprocess.run([cli, "show", "--dir", base + "/1", "--tag_set", "serve"], capture_output=True, text=True)
     for name in ("serving_default", "generate", "generate_text", "tokenize"):

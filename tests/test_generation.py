@@ -270,6 +270,7 @@ def test_text_continues_only_in_ids_its_tokenizer_reads(tmp_path, capsys):
     with pytest.raises(ValueError, match=r"stop_ids \[50300\] are never written: tokens are chosen among ids below "
                                          "50257"):  # a row would run to max_new_tokens
         model.generate("Hello", max_new_tokens=4, stop_ids=[50256, 50300])
+    assert all(t < 1000 for t in model.generate([15496], max_new_tokens=2, vocab_end=1000))  # the default stop: inert
     settings = [dict(), dict(temperature=1.0, seed=3), dict(tokenizer=GPT2Tokenizer())]
     for kwargs in settings:
         text = model.generate("Hello", max_new_tokens=4, stop_ids=[], **kwargs)

@@ -213,6 +213,8 @@ def test_the_models_cross_entropy_and_chunked_loss_on_jax_equal_keras():
         import keras
         assert keras.backend.backend() == "jax"
         from test_loss_chunk import _out_of_vocabulary_losses, _train, keras_cross_entropy
+        from test_loss_chunk import test_only_the_models_own_train_step_takes_hidden_states_from_call as chunks_here
+        chunks_here()  # JAX's train step, too, hands the chunked loss the hidden states
         losses, weights, _ = _train(0, loss=keras_cross_entropy, weighted=True)  # Keras' own, tokens weighted
         (whole, whole_weights, _), (chunked, chunked_weights, _) = _train(0, weighted=True), _train(5, weighted=True)
         gap = lambda a, b: max(float(np.abs(x - y).max()) for x, y in zip(a, b))

@@ -123,7 +123,11 @@ def test_frozen_layers_stay_frozen_through_a_saved_file_with_their_optimizer_sta
     np.testing.assert_array_equal(np.asarray(loaded.wte.embeddings), embeddings)
     assert model.with_dtype("mixed_bfloat16")._frozen_layers() == model._frozen_layers()
     with pytest.raises(ValueError, match=r"frozen names no layer of this model: \['h_9'\]"):
-        GPT2(model.config, frozen=["h_9"])
+        GPT2.from_config({**model.get_config(), "frozen": ["h_9"]})
+    from tf_gpt2.training import enable_lora
+
+    enable_lora(model, 2)  # LoRA freezes the rest itself, and is saved merged: the model that loads trains whole
+    assert model._frozen_layers() == []
 
 
 def test_a_variant_model_is_built_of_variant_blocks_and_round_trips(tmp_path):
@@ -173,9 +177,15 @@ def test_bad_token_ids_give_clear_errors(model, ids, error, message):
     ],
 )
 def test_positions_and_masks_that_would_broadcast_or_truncate_are_refused(model, kwargs, error, message):
+    from tf_gpt2.checks import check_aligned
+
     ids = np.array([[1, 2, 3, 4]])
     with pytest.raises(error, match=message):
         model(ids, **kwargs)
+    for name, aligned in kwargs.items():  # beside ids of unknown shape (traced), compared where both are known
+        check_aligned(name, keras.KerasTensor((None, None), "int32"), keras.KerasTensor((None, None), "int32"))
+        if error is ValueError:
+            check_aligned(name, aligned, keras.KerasTensor((None, None), "int32"))
     assert np.asarray(model(ids, attention_mask=np.array([[True] * 4]))).shape == (1, 4, 97)  # bools mask as 0/1
     np.testing.assert_allclose(np.asarray(model(np.repeat(ids, 2, 0), position_ids=np.array([[0, 1, 2, 3]]))),
                                np.repeat(np.asarray(model(ids)), 2, 0), atol=1e-6)  # one row of positions, 2 rows

@@ -73,8 +73,9 @@ def test_quantized_model_refuses_float_only_formats(int8, tmp_path):
         litert_bytes(int8, cache_length=16)
 
 
-def test_quantize_takes_a_config_and_refuses_a_filter(tmp_path):
-    """A model quantizes whole: `filters` would leave layers float that a reload quantizes (an unloadable file)."""
+def test_quantize_keeps_its_config_through_a_saved_file_and_refuses_a_filter(tmp_path):
+    """A model quantizes whole, with settings a reload repeats: `filters` would leave layers float that a reload
+    quantizes (an unloadable file); weights-only int8 (no input quantizer) reloaded with Keras' default one."""
     from keras.quantizers import Int8QuantizationConfig
 
     from tf_gpt2 import GPT2Config
@@ -82,10 +83,17 @@ def test_quantize_takes_a_config_and_refuses_a_filter(tmp_path):
     model = GPT2(GPT2Config.from_preset("gpt2-tiny", vocab_size=50, n_positions=16))
     with pytest.raises(ValueError, match="GPT2.quantize quantizes every Dense and Embedding, got filters='c_fc'"):
         model.quantize("int8", filters="c_fc")
+    with pytest.raises(ValueError, match="GPT2.quantize takes Keras' int8, int4 and float8 modes, got 'gptq'"):
+        model.quantize("gptq", config=keras.quantizers.GPTQConfig(dataset=["text"], tokenizer=lambda text: [1]))
     assert model.quantization is None and model.h[0].mlp.c_fc.quantization_mode is None
-    model.quantize(config=Int8QuantizationConfig())
+    ids = np.array([[1, 2, 3, 4, 5]])
+    default = GPT2(model.config)
+    default.set_weights(model.get_weights())
+    default.quantize("int8")
+    model.quantize(config=Int8QuantizationConfig(activation_quantizer=None))  # weights only
     assert model.quantization == "int8"
+    assert np.abs(np.asarray(model(ids)) - np.asarray(default(ids))).max() > 1e-4  # the inputs are not quantized
     model.save(tmp_path / "q.keras")
     reloaded = keras.models.load_model(tmp_path / "q.keras")
-    np.testing.assert_allclose(np.asarray(reloaded(np.array([[1, 2, 3]]))), np.asarray(model(np.array([[1, 2, 3]]))),
-                               atol=1e-6)
+    np.testing.assert_allclose(np.asarray(reloaded(ids)), np.asarray(model(ids)), atol=1e-6)
+    np.testing.assert_allclose(np.asarray(model.with_dtype("bfloat16")(ids)), np.asarray(model(ids)), atol=0.05)

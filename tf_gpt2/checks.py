@@ -66,7 +66,8 @@ def check_aligned(name: str, x: Any, token_ids: Any) -> None:
     time, it would give every token the one value."""
     check_integers(name, x, bools=name == "attention_mask")
     shape, (batch, time) = _shape(x), _shape(token_ids)
-    if len(shape) != 2 or shape[1] not in (time, None) or shape[0] not in (batch, 1, None):
+    if len(shape) != 2 or None not in (shape[1], time) and shape[1] != time or None not in (shape[0], batch) and \
+            shape[0] not in (batch, 1):
         raise ValueError(f"{name} must have shape [batch, time] = {[batch, time]} as token_ids, got shape "
                          f"{list(shape)}")
 

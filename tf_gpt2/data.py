@@ -291,13 +291,20 @@ def not_utf8(path: str, error: UnicodeDecodeError, offset: int = 0, lines: int =
                       f"(line {line}){hint}")
 
 
+_CONTROL = bytes(b for b in range(32) if chr(b) not in "\t\n\v\f\r")  # bytes no text has many of
+
+
 def _refuse_utf16(path: str, start: bytes) -> None:
-    """Refuse text that is UTF-16 without a byte-order mark, which decodes as UTF-8 with a NUL after (or before) each
-    ASCII character: one of the two bytes of each pair in its start is always 0, the other never."""
-    for nul, other in ((start[1::2], start[0::2]), (start[0::2], start[1::2])):
-        if len(start) >= 4 and not nul.strip(b"\0") and 0 not in other:
-            raise ValueError(f"{path} is not UTF-8 text: every other byte of its start is 0, as in UTF-16 without a "
-                             "byte-order mark: save it as UTF-8")
+    """Refuse text that is UTF-16 without a byte-order mark, which often decodes as UTF-8 (a NUL beside each ASCII
+    character, 0x04 beside each Cyrillic letter): in its start, most bytes of one parity (the characters' high bytes)
+    are control bytes, and few of the other."""
+    if len(start) < 4 or start[:2] in (b"\xff\xfe", b"\xfe\xff"):  # (a mark is no UTF-8: `not_utf8` says so)
+        return
+    even, odd = (sum(map(start[i::2].count, _CONTROL)) / len(start[i::2]) for i in (0, 1))
+    if max(even, odd) >= 0.5 and min(even, odd) <= max(even, odd) / 4:
+        codec = "utf-16le" if odd > even else "utf-16be"
+        raise ValueError(f"{path} is not UTF-8 text: its start reads as {codec.upper()} without a byte-order mark "
+                         f"(control bytes in every other place): save it as UTF-8 (iconv -f {codec} -t utf-8)")
 
 
 def _blocks(path: str, block_bytes: int) -> Iterator[str]:

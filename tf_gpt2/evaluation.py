@@ -104,8 +104,9 @@ def evaluate(model, text: str | Sequence[int], tokenizer: GPT2Tokenizer | None =
         except ValueError as e:  # the text's own fault: say whose
             raise ValueError(f"{source}: {e}") from None
         n_bytes = len((text if tokenizer.eot_id is not None else text[1:]).encode("utf-8"))
-    elif tokenizer is not None or detokenize != "none":
-        raise ValueError(f"tokenizer={tokenizer!r} and detokenize={detokenize!r} read text, and {source} is token ids")
+    elif given := [f"{name}={value!r}" for name, value in (("tokenizer", tokenizer), ("detokenize", detokenize))
+                   if value not in (None, "none")]:
+        raise ValueError(f"{' and '.join(given)} read{'s' * (len(given) == 1)} text, and {source} is token ids")
     else:
         ids, n_bytes = checked_ids(text, model.config.vocab_size), 0
     if len(ids) < 2:

@@ -186,8 +186,8 @@ class _Serving:
             (new > self.limit, f"max_new_tokens must be <= {self.limit}"),
             (length + new > cfg.n_positions, f"prompt + max_new_tokens exceeds the context of {cfg.n_positions}"),
             (_subnormal(knobs["temperature"]) | _subnormal(knobs["top_p"]),  # (as model.generate refuses them)
-             "temperature and top_p must be 0 or at least 1.2e-38, float32's smallest normal number (smaller ones "
-             "compute as 0)"),
+             "temperature and top_p below 1.2e-38, float32's smallest normal number, compute as 0: give a temperature "
+             "of 0 or at least 1.2e-38, and a top_p of at least 1.2e-38"),
             # Not ~(t >= 0): grappler rewrites that to t < 0, which a NaN passes. (inf would sample uniformly.)
             (~tf.math.is_finite(knobs["temperature"]) | (knobs["temperature"] < 0),
              "temperature must be a finite number >= 0"),
@@ -308,7 +308,7 @@ def _versions(base: str) -> dict[int, str]:
 
 
 def _next_version(base: str) -> int:
-    version = max(_versions(base), default=0) + 1
+    version = max((v for v in _versions(base) if v > 0), default=0) + 1
     if version > LARGEST_VERSION:
         raise ValueError(f"{base} holds version {version - 1}, the largest TF Serving reads: give --version")
     return version

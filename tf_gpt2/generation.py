@@ -307,7 +307,8 @@ def _prepare(model, prompt: Any, max_new_tokens: int = 32, temperature: float = 
     cfg = model.config
     if is_integer(stop_ids):  # one id, as transformers' eos_token_id takes it
         stop_ids = [stop_ids]
-    if stop_ids is None:  # `<|endoftext|>`, where the vocabulary has it (a character model's has not)
+    given = stop_ids is not None
+    if not given:  # `<|endoftext|>`, where the vocabulary has it (a character model's has not)
         stop_ids = [EOT_ID] if EOT_ID < cfg.vocab_size else []
     stop_ids = [_integer("stop_ids entry", t) for t in stop_ids]
     if any(not 0 <= t < cfg.vocab_size for t in stop_ids):  # one the model never writes would never stop a row
@@ -320,9 +321,10 @@ def _prepare(model, prompt: Any, max_new_tokens: int = 32, temperature: float = 
         vocab_end = min(reader.vocab_size, cfg.vocab_size) if read else cfg.vocab_size
     if not is_integer(vocab_end) or not 0 < vocab_end <= cfg.vocab_size:
         raise ValueError(f"vocab_end must be in 1..{cfg.vocab_size} (the model's vocabulary), got {vocab_end!r}")
-    if unreachable := [t for t in stop_ids if t >= vocab_end]:  # ids no sampled token takes
+    if given and (unreachable := [t for t in stop_ids if t >= vocab_end]):  # ids no chosen token takes
         raise ValueError(f"stop_ids {unreachable} are never written: tokens are chosen among ids below "
                          f"{vocab_end} (vocab_end, the ids this prompt's text continues in)")
+    stop_ids = [t for t in stop_ids if t < vocab_end]  # (the default, past a vocab_end given: inert)
     if any(len(p) == 0 for p in batch):
         raise ValueError("prompt is empty: give at least one token")
     if not is_integer(max_new_tokens) or max_new_tokens <= 0:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from typing import Any, Sequence
+from typing import Any
 
 import keras
 from keras import ops
@@ -90,8 +90,6 @@ class GPT2(keras.Model):
         config: a `GPT2Config` (or its dict form); defaults to the 124M "gpt2" shape.
         quantization: None for float weights; a `quantize` mode ("int8", ...) builds the quantized variables a
             quantized model's saved weights load into (what reloading a quantized `.keras` file passes).
-        frozen: paths of sublayers to make untrainable ("wte", "h_0/attn"): what a `.keras` file of a model with
-            frozen layers passes, so that they stay frozen and its optimizer state fits.
 
     Call arguments:
         token_ids: int [batch, time] token ids.
@@ -107,8 +105,7 @@ class GPT2(keras.Model):
     (1, 3, 100)
     """
 
-    def __init__(self, config: GPT2Config | dict | None = None, quantization: str | None = None,
-                 frozen: Sequence[str] = (), **kwargs):
+    def __init__(self, config: GPT2Config | dict | None = None, quantization: str | None = None, **kwargs):
         super().__init__(**kwargs)
         if config is None:
             config = GPT2Config()
@@ -137,11 +134,10 @@ class GPT2(keras.Model):
                   for i in range(cfg.n_layer)]
         self.ln_f = keras.layers.LayerNormalization(epsilon=cfg.layer_norm_epsilon, name="ln_f", dtype=policy)
         self.build((None, None))  # create all weights now, so checkpoints load before a first call
-        self.quantization = None
+        self.quantization, self._quantization_config = None, None
         self._head_in_loss = False  # True inside `train_step` with `config.loss_chunk`: `call` gives hidden states
         if quantization:  # a reloaded quantized model: make the quantized variables its weights load into
             self.quantize(quantization)
-        self._freeze(frozen)
 
     def build(self, input_shape=None):
         if self.built:  # the weights are made in __init__: a later build((None, T)) has nothing to do
@@ -384,7 +380,7 @@ class GPT2(keras.Model):
         """
         if self.dtype_policy.name == dtype:
             return self
-        model = GPT2(self.config, quantization=self.quantization, frozen=self._frozen_layers(), dtype=dtype)
+        model = GPT2.from_config({**self.get_config(), "dtype": dtype})  # quantized and frozen as this one
         for source, target in zip(self._flatten_layers(), model._flatten_layers(), strict=True):
             store: dict = {}
             source.save_own_variables(store)
@@ -398,13 +394,17 @@ class GPT2(keras.Model):
         embedding's reverse projection); a saved `.keras` reloads quantized.
         Example: `model.quantize("int8"); model.generate(...)`.
         """
-        if filters is not None:  # the model records one mode for all its layers, which a reload quantizes alike
+        # The model records one mode (and its settings) for all its layers, which a reload quantizes alike.
+        if filters is not None:
             raise ValueError(f"GPT2.quantize quantizes every Dense and Embedding, got filters={filters!r}: a model "
                              "with some layers left float would save a .keras file that cannot be loaded")
+        if mode in ("gptq", "awq"):  # calibrated on data: a reload, quantizing first, would have none
+            raise ValueError(f"GPT2.quantize takes Keras' int8, int4 and float8 modes, got {mode!r}, which a saved "
+                             "model could not be loaded from")
         with warnings.catch_warnings():  # LayerNormalization and Dropout have nothing to quantize
             warnings.filterwarnings("ignore", message=".*does not have a `quantize` method")
             super().quantize(mode, config=config, **kwargs)
-        self.quantization = mode
+        self.quantization, self._quantization_config = mode, config
 
     # Keras keeps its compiled train/test/predict steps until `compile()` (and `quantize()`) drops them: rebuilt
     # here too when the model changed since they were traced (LoRA adapters, a dtype policy, a rebuilt layer).
@@ -417,20 +417,21 @@ class GPT2(keras.Model):
     def make_predict_function(self, force=False):
         return super().make_predict_function(force=changed(self, "predict_function") or force)
 
-    def _frozen_layers(self) -> list[str]:
-        """The sublayers set `trainable = False`, by path under the model ("wte", "h_0/attn"): kept by `get_config`."""
-        return [layer.path.split("/", 1)[1] for layer in self._flatten_layers(include_self=False)
-                if layer.path and not layer.trainable]
+    def _sublayers(self) -> dict[str, keras.Layer]:
+        """The sublayers by path under the model ("wte", "h_0/attn")."""
+        return {layer.path.removeprefix(self.path + "/"): layer for layer in self._flatten_layers(include_self=False)
+                if layer.path}
 
-    def _freeze(self, paths: Sequence[str]) -> None:
-        layers = {layer.path.split("/", 1)[1]: layer for layer in self._flatten_layers(include_self=False) if layer.path}
-        if unknown := [path for path in paths if path not in layers]:
-            raise ValueError(f"frozen names no layer of this model: {unknown}")
-        for path in paths:
-            layers[path].trainable = False
+    def _frozen_layers(self) -> list[str]:
+        """The sublayers set `trainable = False` (kept by `get_config`); none once LoRA adapters are enabled, which
+        freeze the rest themselves and are saved merged: the model that loads trains whole, as Keras saves it."""
+        if any(getattr(layer, "lora_enabled", False) for layer in self._flatten_layers()):
+            return []
+        return [path for path, layer in self._sublayers().items() if not layer.trainable]
 
     def get_config(self):
         return {**super().get_config(), "config": self.config.to_dict(), "quantization": self.quantization,
+                "quantization_config": keras.saving.serialize_keras_object(self._quantization_config),
                 "frozen": self._frozen_layers()}
 
     @classmethod
@@ -439,4 +440,14 @@ class GPT2(keras.Model):
         if config.get("characters") is not None:  # a file saved when the model, not its config, held them
             config["config"] = {**config["config"], "characters": config["characters"]}
         config.pop("characters", None)
-        return cls(**config)
+        frozen, settings = config.pop("frozen", ()), config.pop("quantization_config", None)
+        mode = config.pop("quantization", None)
+        model = cls(**config)
+        if mode:  # with the settings it was quantized with (weights alone, another block size, ...)
+            model.quantize(mode, config=keras.saving.deserialize_keras_object(settings))
+        sublayers = model._sublayers()
+        if unknown := [path for path in frozen if path not in sublayers]:
+            raise ValueError(f"frozen names no layer of this model: {unknown}")
+        for path in frozen:
+            sublayers[path].trainable = False
+        return model
