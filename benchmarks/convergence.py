@@ -41,7 +41,8 @@ def torch_reference(train_shards, val, steps, vocab):
     torch.set_num_threads(2)
     model = transformers.GPT2LMHeadModel(transformers.GPT2Config(
         vocab_size=vocab, n_positions=SIZE["n_positions"], n_embd=SIZE["n_embd"], n_layer=SIZE["n_layer"],
-        n_head=SIZE["n_head"], resid_pdrop=0, embd_pdrop=0, attn_pdrop=0))
+        n_head=SIZE["n_head"], resid_pdrop=0, embd_pdrop=0, attn_pdrop=0,
+        bos_token_id=None, eos_token_id=None))  # (GPT-2's 50256 is no character id)
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],

@@ -88,8 +88,8 @@ class GPT2(keras.Model):
 
     Args:
         config: a `GPT2Config` (or its dict form); defaults to the 124M "gpt2" shape.
-        quantization: None for float weights; a `quantize` mode ("int8", ...) builds the quantized variables a
-            quantized model's saved weights load into (what reloading a quantized `.keras` file passes).
+        quantization: None for float weights; a `quantize` mode ("int8", ...) builds the model quantized so, with
+            Keras' default settings for it, ready for a quantized model's weights to load into.
 
     Call arguments:
         token_ids: int [batch, time] token ids.
