@@ -10,6 +10,7 @@ import time
 import numpy as np
 import pytest
 
+from tf_gpt2.cli import main as cli_main
 from tf_gpt2.data import MANIFEST, TokenShards, prepare
 from tf_gpt2.training import CHECKPOINT, TrainConfig, make_optimizer, prepared_data, train
 
@@ -510,16 +511,24 @@ def test_grad_accum_counts_optimizer_steps(char_data, tmp_path):
     assert history["learning_rate"] == pytest.approx([float(reference(3)), float(reference(6))])
 
 
-def test_a_warmup_longer_than_the_run_is_shortened_and_said(char_data, tmp_path, capsys):
+def test_a_warmup_longer_than_the_run_is_shortened_and_said_where_given(char_data, tmp_path, capsys):
     """The warmup ends before the last step (else the run never leaves it): 10 steps of warmup in a run of 3 are 2,
-    and the run says so rather than training on a schedule its run.json does not describe."""
+    and `tf-gpt2 train --warmup-steps 10` says so; its default (100) is shortened without a word."""
     import keras
 
-    _, history = train(config(tmp_path, char_data, steps=3, eval_interval=3, warmup_steps=10, learning_rate=1e-3,
-                              min_learning_rate=1e-4))
-    assert "note: the learning rate warms up over 2 steps, not --warmup-steps 10" in capsys.readouterr().err
+    _, history = train(config(tmp_path / "api", char_data, steps=3, eval_interval=3, warmup_steps=10,
+                              learning_rate=1e-3, min_learning_rate=1e-4))
     reference = keras.optimizers.schedules.CosineDecay(0.0, 1, alpha=0.1, warmup_target=1e-3, warmup_steps=2)
     assert history["learning_rate"] == pytest.approx([float(reference(3))])
+    flags = ["train", "--data", char_data, "--preset", "gpt2-tiny", "--n-layer", "1", "--n-embd", "32", "--steps", "2",
+             "--eval-interval", "2", "--batch-size", "2", "--block-size", "16", "--eval-batches", "1",
+             "--sample-tokens", "0"]
+    capsys.readouterr()
+    assert cli_main(flags + ["--out", str(tmp_path / "given"), "--warmup-steps", "10"]) == 0
+    assert "note: the learning rate warms up over 1 steps, not --warmup-steps 10" in capsys.readouterr().err
+    assert cli_main(flags + ["--out", str(tmp_path / "default")]) == 0
+    assert "warms up" not in capsys.readouterr().err
+    assert json.load(open(tmp_path / "default" / "run.json"))["settings"]["warmup_steps"] == 100
 
 
 def test_the_saved_model_holds_the_trained_weights_without_optimizer_state(char_data, tmp_path):

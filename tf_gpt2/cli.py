@@ -114,7 +114,8 @@ TRAIN_FLAGS = {
     "block_size": "tokens per sequence",
     "learning_rate": "peak learning rate after warmup",
     "min_learning_rate": "learning rate at the end of the cosine (default: --learning-rate / 10)",
-    "warmup_steps": "linear warmup steps (at most --steps - 1: more is shortened, with a note)",
+    "warmup_steps": "linear warmup steps (default 100; at most --steps - 1: a longer one given is shortened, with a "
+                    "note)",
     "weight_decay": "AdamW decay on weights of rank >= 2",
     "grad_clip": "global gradient-norm clip (0: off)",
     "grad_accum": "micro-batches of --batch-size accumulated per optimizer step (--steps counts steps)",
@@ -151,13 +152,14 @@ def _add_train_flags(parser: argparse.ArgumentParser) -> None:
     choices = {"vocab": VOCABS, "preset": sorted(PRESETS), "precision": PRECISIONS, "base_dtype": BASE_DTYPES,
                "strategy": STRATEGIES[1:], "distribution": DISTRIBUTIONS[1:]}
     # fields whose default is None
-    types = {"min_learning_rate": float, "num_processes": int, "process_id": int, "base_dtype": str}
+    types = {"min_learning_rate": float, "num_processes": int, "process_id": int, "base_dtype": str,
+             "warmup_steps": int}
     for field in dataclasses.fields(TrainConfig):
         if field.name not in TRAIN_FLAGS:
             continue
         flag, default = "--" + field.name.replace("_", "-"), field.default
-        if field.name in ("preset", "vocab"):
-            default = None  # (None: not given, which --init-from and prepared --data need to know)
+        if field.name in ("preset", "vocab", "warmup_steps"):
+            default = None  # (None: not given, which --init-from, prepared --data and a short run need to know)
         if isinstance(default, bool):
             parser.add_argument(flag, action="store_true", help=TRAIN_FLAGS[field.name])
         else:
@@ -187,8 +189,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.vocab is not None:
         refuse_other_vocab(args.data, args.vocab)
     flags = {name: getattr(args, name) for name in TRAIN_FLAGS if getattr(args, name) is not None
-             or name not in ("preset", "vocab")}
+             or name not in ("preset", "vocab", "warmup_steps")}
     cfg = TrainConfig(out=args.out, model=overrides, jit_compile=not args.no_xla, **flags)
+    if args.warmup_steps is not None and args.warmup_steps > cfg.steps - 1 and process_index() == 0:
+        print(f"note: the learning rate warms up over {cfg.steps - 1} steps, not --warmup-steps "
+              f"{cfg.warmup_steps}: the warmup ends before --steps {cfg.steps}", file=sys.stderr)
     model, _ = train(cfg)
     trained = inference_model(model)  # in a run of many processes, gathered by all of them
     if process_index() == 0:

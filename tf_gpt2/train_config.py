@@ -42,7 +42,7 @@ class TrainConfig:
     block_size: int = 256
     learning_rate: float = 6e-4
     min_learning_rate: float | None = None  # None: learning_rate / 10
-    warmup_steps: int = 100
+    warmup_steps: int = 100  # at most steps - 1: a longer warmup is shortened to that
     weight_decay: float = 0.1
     beta_1: float = 0.9
     beta_2: float = 0.95

@@ -649,9 +649,6 @@ def _train(cfg: TrainConfig, placement: Placement) -> tuple[GPT2, dict[str, list
                 print(f"note: {checkpoint} is at step {start}, and --steps is {cfg.steps}: nothing is left to train",
                       file=sys.stderr)
             return model, {}
-        if cfg.warmup_steps > cfg.steps - 1 and placement.is_chief:  # (`learning_rate_schedule`)
-            print(f"note: the learning rate warms up over {cfg.steps - 1} steps, not --warmup-steps "
-                  f"{cfg.warmup_steps}: the warmup ends before --steps {cfg.steps}", file=sys.stderr)
         # run.json is written with each checkpoint, so that it names the settings the checkpoint was trained under
         # (a --resume-with-changes that fails before its first checkpoint leaves the old ones).
         return model, _fit(cfg, model, start, train_data, val_data, placement, gradient_norm,
