@@ -349,13 +349,15 @@ def test_utf16_text_is_refused_with_or_without_its_byte_order_mark(tmp_path, enc
     import gzip
 
     texts = {"english.txt": "First Citizen:\nIt’s before we proceed any further, hear me speak.\n",
-             "russian.txt": "Первый гражданин:\nПрежде чем идти дальше, выслушайте меня.\n"}
+             "russian.txt": "Первый гражданин:\nПрежде чем идти дальше, выслушайте меня.\n",
+             "hindi.txt": "नमस्ते दुनिया\n" * 3,  # 0x09, a tab, beside each letter
+             "quotes.txt": "“Hi”, ‘there’ — 你好\n" * 3}  # 0x1c, 0x1d, 0x18, 0x19, 0x14 among the low bytes
     for name, text in texts.items():
         assert text.encode(encoding).decode("utf-8")  # (valid UTF-8 indeed)
         (tmp_path / name).write_bytes(text.encode(encoding))
     (tmp_path / "english.txt.gz").write_bytes(gzip.compress(texts["english.txt"].encode(encoding)))
     (tmp_path / "marked.txt").write_bytes(texts["english.txt"].encode("utf-16"))
-    for name in "english.txt", "russian.txt", "english.txt.gz":
+    for name in [*texts, "english.txt.gz"]:
         with pytest.raises(ValueError, match=rf"{name} is not UTF-8 text: its start reads as "
                                              rf"{encoding.replace('16-', '16').upper()} without a byte-order mark .*"
                                              rf"iconv -f {encoding.replace('16-', '16')} -t utf-8"):
@@ -368,6 +370,8 @@ def test_utf16_text_is_refused_with_or_without_its_byte_order_mark(tmp_path, enc
         prepare(str(tmp_path / "marked.txt"), str(tmp_path / "out"), verbose=False)
     assert not (tmp_path / "out" / "manifest.json").exists()
     (tmp_path / "nuls.txt").write_bytes(b"a\0b\0\0\0 text with NULs in it\n")  # NULs, but not every other byte
+    (tmp_path / "short.txt").write_bytes(b"a\0b\n")  # one NUL
+    assert read_text(str(tmp_path / "short.txt")) == "a\0b\n"
     prepare(str(tmp_path / "nuls.txt"), str(tmp_path / "out"), verbose=False)
     assert read_text(str(tmp_path / "nuls.txt")).startswith("a\0b\0\0\0 text")
 

@@ -52,7 +52,10 @@ def test_forward_generate_eval_and_train_step_on_jax_match_tensorflow(tmp_path):
         whole.set_weights(padded.get_weights())
         unchecked = np.asarray(jax.jit(padded)(np.array([[1, 12], [-1, 2], [1, 16]])))  # a padding row, -1, the end
         rows = np.asarray(whole(np.array([[1, 12], [15, 2]])))[..., :10]
+        tokens = keras.Input((None,), dtype="int32")  # in a functional model: a symbolic length, not refused
+        functional = float(np.abs(np.asarray(keras.Model(tokens, model(tokens))(ids)) - fused).max())
         print(json.dumps({{"nll": nll, "losses": losses, "fused_vs_explicit": float(np.abs(fused - explicit).max()),
+                          "functional": functional,
                           "unchecked_vs_rows": float(np.abs(unchecked[:2] - rows).max()),
                           "past_the_end_nan": bool(np.isnan(unchecked[2]).all())}}))
         print(json.dumps(generated))
@@ -66,6 +69,7 @@ def test_forward_generate_eval_and_train_step_on_jax_match_tensorflow(tmp_path):
     jax_results = json.loads(lines[-2])
     assert abs(jax_results["nll"] - expected_nll) <= 1e-4 * expected_nll  # evaluation runs on JAX too
     assert jax_results["fused_vs_explicit"] <= 1e-5  # jax.nn.dot_product_attention == the written-out attention
+    assert jax_results["functional"] <= 1e-6
     # A compiled call of one's own does not check ids (docs/generation.md): a padding row of `vocab_multiple` and a
     # negative id read rows of the table; past the end, NaN in every position of the row (attention's zero weights
     # times its NaN values).

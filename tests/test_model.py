@@ -189,6 +189,8 @@ def test_positions_and_masks_that_would_broadcast_or_truncate_are_refused(model,
     assert np.asarray(model(ids, attention_mask=np.array([[True] * 4]))).shape == (1, 4, 97)  # bools mask as 0/1
     np.testing.assert_allclose(np.asarray(model(np.repeat(ids, 2, 0), position_ids=np.array([[0, 1, 2, 3]]))),
                                np.repeat(np.asarray(model(ids)), 2, 0), atol=1e-6)  # one row of positions, 2 rows
+    np.testing.assert_allclose(np.asarray(model(np.repeat(ids, 2, 0), position_ids=np.arange(4))),
+                               np.repeat(np.asarray(model(ids)), 2, 0), atol=1e-6)  # [time], as transformers takes it
 
 
 @pytest.mark.parametrize("cache_length, cache_index, error, message", [

@@ -265,8 +265,8 @@ BAD_SETTINGS = [
     (dict(temperature=np.array([np.inf], np.float32)), "temperature must be a finite number >= 0"),
     (dict(top_p=np.array([0.0], np.float32)), "top_p must be in (0, 1]"),
     (dict(top_p=np.array([np.nan], np.float32)), "top_p must be in (0, 1]"),
-    (dict(top_p=np.array([1e-40], np.float32)), "temperature and top_p below 1.2e-38, float32's smallest"),  # (as 0)
-    (dict(temperature=np.array([1e-40], np.float32)), "temperature and top_p below 1.2e-38"),  # (greedy)
+    (dict(top_p=np.array([1e-40], np.float32)), "top_p must be at least 1.2e-38 (smaller computes as 0)"),
+    (dict(temperature=np.array([1e-40], np.float32)), "temperature must be 0 or at least 1.2e-38"),  # (greedy)
     (dict(seed=np.array([-1], np.int32)), "seed must be >= 0"),  # (it sampled as 2**31 - 1 did)
     (dict(top_k=np.array([40], np.int32)), "top_k and top_p filter what is sampled, and temperature 0"),  # (ignored)
     (dict(top_p=np.array([0.9], np.float32)), "top_k and top_p filter what is sampled, and temperature 0"),

@@ -49,8 +49,12 @@ def check_in_vocabulary(ids: Any, vocab_size: int) -> None:
         raise ValueError(f"token ids must be in [0, {vocab_size}), got min {ids.min()} and max {ids.max()}")
 
 
-def _shape(x: Any) -> tuple:
-    return tuple(x.shape) if hasattr(x, "shape") else np.shape(x)
+def _shape(name: str, x: Any) -> tuple:
+    """x's shape, each dimension an int or None (unknown: traced, or symbolic as in JAX's shape polymorphism)."""
+    if getattr(getattr(x, "shape", None), "rank", 0) is None:
+        raise ValueError(f"{name} must have a known rank (shape [batch, time])")
+    return tuple(d if isinstance(d, (int, np.integer)) else None for d in (x.shape if hasattr(x, "shape") else
+                                                                               np.shape(x)))
 
 
 def check_integers(name: str, x: Any, bools: bool = False) -> None:
@@ -62,14 +66,16 @@ def check_integers(name: str, x: Any, bools: bool = False) -> None:
 
 
 def check_aligned(name: str, x: Any, token_ids: Any) -> None:
-    """x (position_ids; attention_mask, bools too) holds integers [batch or 1, time], one per token: broadcast over
-    time, it would give every token the one value."""
+    """x (position_ids; attention_mask, bools too) holds integers [batch or 1, time] (position_ids [time] too), one
+    per token: broadcast over time, it would give every token the one value."""
     check_integers(name, x, bools=name == "attention_mask")
-    shape, (batch, time) = _shape(x), _shape(token_ids)
+    shape, (batch, time) = _shape(name, x), _shape("token_ids", token_ids)
+    if name == "position_ids" and len(shape) == 1:  # one row for every row of the batch
+        shape = (1, *shape)
     if len(shape) != 2 or None not in (shape[1], time) and shape[1] != time or None not in (shape[0], batch) and \
             shape[0] not in (batch, 1):
         raise ValueError(f"{name} must have shape [batch, time] = {[batch, time]} as token_ids, got shape "
-                         f"{list(shape)}")
+                         f"{list(_shape(name, x))}")
 
 
 def check_positions(position_ids: Any, first_slot: Any, time: Any, n_positions: int, cache_length: int | None) -> None:
@@ -92,11 +98,12 @@ def check_token_ids(token_ids: Any, vocab_size: int, max_len: int) -> None:
     """Integer ids [batch, time], 1 <= time <= max_len, every known value in [0, vocab_size): a clear error
     instead of a failure deep inside the backend (or, compiled, a gather of another row)."""
     check_integers("token_ids", token_ids)
-    if len(token_ids.shape) != 2:
-        raise ValueError(f"token_ids must have shape [batch, time], got shape {tuple(token_ids.shape)}")
-    if 0 in token_ids.shape:
-        raise ValueError(f"token_ids is empty (shape {tuple(token_ids.shape)})")
-    time = token_ids.shape[1]
+    shape = _shape("token_ids", token_ids)
+    if len(shape) != 2:
+        raise ValueError(f"token_ids must have shape [batch, time], got shape {shape}")
+    if 0 in shape:
+        raise ValueError(f"token_ids is empty (shape {shape})")
+    time = shape[1]
     if time is not None and time > max_len:
         raise ValueError(f"sequence length {time} exceeds the context of {max_len} positions (n_positions)")
     values = known_values(token_ids)

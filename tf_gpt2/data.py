@@ -291,20 +291,17 @@ def not_utf8(path: str, error: UnicodeDecodeError, offset: int = 0, lines: int =
                       f"(line {line}){hint}")
 
 
-_CONTROL = bytes(b for b in range(32) if chr(b) not in "\t\n\v\f\r")  # bytes no text has many of
-
-
 def _refuse_utf16(path: str, start: bytes) -> None:
-    """Refuse text that is UTF-16 without a byte-order mark, which often decodes as UTF-8 (a NUL beside each ASCII
-    character, 0x04 beside each Cyrillic letter): in its start, most bytes of one parity (the characters' high bytes)
-    are control bytes, and few of the other."""
-    if len(start) < 4 or start[:2] in (b"\xff\xfe", b"\xfe\xff"):  # (a mark is no UTF-8: `not_utf8` says so)
+    """Refuse text that is UTF-16 without a byte-order mark, which often decodes as UTF-8 (0x04 beside each Cyrillic
+    letter, 0x09 beside each Devanagari one): every space, line break, digit or ASCII letter of it puts a NUL (its
+    high byte) in the same place of each pair, where UTF-8 text has next to none."""
+    if start[:2] in (b"\xff\xfe", b"\xfe\xff"):  # (a mark is no UTF-8: `not_utf8` says so)
         return
-    even, odd = (sum(map(start[i::2].count, _CONTROL)) / len(start[i::2]) for i in (0, 1))
-    if max(even, odd) >= 0.5 and min(even, odd) <= max(even, odd) / 4:
+    even, odd = start[0::2].count(0), start[1::2].count(0)
+    if max(even, odd) >= max(2, len(start) / 100) and min(even, odd) <= max(even, odd) / 10:
         codec = "utf-16le" if odd > even else "utf-16be"
         raise ValueError(f"{path} is not UTF-8 text: its start reads as {codec.upper()} without a byte-order mark "
-                         f"(control bytes in every other place): save it as UTF-8 (iconv -f {codec} -t utf-8)")
+                         f"(a NUL in every other place): save it as UTF-8 (iconv -f {codec} -t utf-8)")
 
 
 def _blocks(path: str, block_bytes: int) -> Iterator[str]:

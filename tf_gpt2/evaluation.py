@@ -104,9 +104,9 @@ def evaluate(model, text: str | Sequence[int], tokenizer: GPT2Tokenizer | None =
         except ValueError as e:  # the text's own fault: say whose
             raise ValueError(f"{source}: {e}") from None
         n_bytes = len((text if tokenizer.eot_id is not None else text[1:]).encode("utf-8"))
-    elif given := [f"{name}={value!r}" for name, value in (("tokenizer", tokenizer), ("detokenize", detokenize))
+    elif given := [name for name, value in (("tokenizer", tokenizer), ("detokenize", detokenize))
                    if value not in (None, "none")]:
-        raise ValueError(f"{' and '.join(given)} read{'s' * (len(given) == 1)} text, and {source} is token ids")
+        raise ValueError(f"{' and '.join(given)} read{'s' * (len(given) == 1)} text, and token ids were given")
     else:
         ids, n_bytes = checked_ids(text, model.config.vocab_size), 0
     if len(ids) < 2:

@@ -185,9 +185,9 @@ class _Serving:
             (new < 1, "max_new_tokens must be > 0"),
             (new > self.limit, f"max_new_tokens must be <= {self.limit}"),
             (length + new > cfg.n_positions, f"prompt + max_new_tokens exceeds the context of {cfg.n_positions}"),
-            (_subnormal(knobs["temperature"]) | _subnormal(knobs["top_p"]),  # (as model.generate refuses them)
-             "temperature and top_p below 1.2e-38, float32's smallest normal number, compute as 0: give a temperature "
-             "of 0 or at least 1.2e-38, and a top_p of at least 1.2e-38"),
+            # Below float32's smallest normal number, a setting computes as 0 (as model.generate refuses it).
+            (_subnormal(knobs["temperature"]), "temperature must be 0 or at least 1.2e-38 (smaller computes as 0)"),
+            (_subnormal(knobs["top_p"]), "top_p must be at least 1.2e-38 (smaller computes as 0)"),
             # Not ~(t >= 0): grappler rewrites that to t < 0, which a NaN passes. (inf would sample uniformly.)
             (~tf.math.is_finite(knobs["temperature"]) | (knobs["temperature"] < 0),
              "temperature must be a finite number >= 0"),

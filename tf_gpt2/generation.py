@@ -323,7 +323,7 @@ def _prepare(model, prompt: Any, max_new_tokens: int = 32, temperature: float = 
         raise ValueError(f"vocab_end must be in 1..{cfg.vocab_size} (the model's vocabulary), got {vocab_end!r}")
     if given and (unreachable := [t for t in stop_ids if t >= vocab_end]):  # ids no chosen token takes
         raise ValueError(f"stop_ids {unreachable} are never written: tokens are chosen among ids below "
-                         f"{vocab_end} (vocab_end, the ids this prompt's text continues in)")
+                         f"{vocab_end} (vocab_end)")
     stop_ids = [t for t in stop_ids if t < vocab_end]  # (the default, past a vocab_end given: inert)
     if any(len(p) == 0 for p in batch):
         raise ValueError("prompt is empty: give at least one token")

@@ -257,10 +257,11 @@ class GPT2(keras.Model):
                              "give the data a fixed sequence length (tf-gpt2's datasets have one)")
         table = ops.cast(self.wte.embeddings, hidden.dtype)  # the tied head, in the compute dtype as `wte` uses it
 
-        def chunk_losses(hidden, table, targets):  # [batch, chunk, n_embd] -> [batch, chunk]
-            return token_cross_entropy(ops.matmul(hidden, ops.transpose(table))[..., :vocab], targets)
+        def chunk_losses(i):  # [batch, chunk, n_embd] -> [batch, chunk]; the targets closed over (not differentiated)
+            return lambda hidden, table: token_cross_entropy(ops.matmul(hidden, ops.transpose(table))[..., :vocab],
+                                                             targets[:, i:i + chunk])
 
-        return ops.concatenate([keras.remat(chunk_losses)(hidden[:, i:i + chunk], table, targets[:, i:i + chunk])
+        return ops.concatenate([keras.remat(chunk_losses(i))(hidden[:, i:i + chunk], table)
                                 for i in range(0, time, chunk)], axis=1)
 
     # -- the KV cache ----------------------------------------------------------------------------

@@ -361,7 +361,7 @@ def checked_ids(ids: Iterable[int], vocab_size: int) -> list[int]:
     """`ids` as ints, each in [0, vocab_size) (a negative one would read from the end of a table); floats and
     bools are refused, not rounded, and so are bytes (text, whose byte values are no GPT-2 ids)."""
     if isinstance(ids, (bytes, bytearray, memoryview)):
-        raise TypeError(f"token ids must be a sequence of integers, got {type(ids).__name__}: text is given as str")
+        raise TypeError(f"token ids must be a sequence of integers, got {type(ids).__name__} (bytes are no ids)")
     if hasattr(ids, "__array__"):  # a numpy, JAX or TensorFlow array: its dtype says
         array = np.asarray(ids)
         if array.ndim != 1 or array.size and array.dtype.kind not in "iu":
