@@ -520,15 +520,13 @@ def test_a_warmup_longer_than_the_run_is_shortened_and_said_where_given(char_dat
                               learning_rate=1e-3, min_learning_rate=1e-4))
     reference = keras.optimizers.schedules.CosineDecay(0.0, 1, alpha=0.1, warmup_target=1e-3, warmup_steps=2)
     assert history["learning_rate"] == pytest.approx([float(reference(3))])
-    flags = ["train", "--data", char_data, "--preset", "gpt2-tiny", "--n-layer", "1", "--n-embd", "32", "--steps", "2",
-             "--eval-interval", "2", "--batch-size", "2", "--block-size", "16", "--eval-batches", "1",
-             "--sample-tokens", "0"]
     capsys.readouterr()
-    assert cli_main(flags + ["--out", str(tmp_path / "given"), "--warmup-steps", "10"]) == 0
-    assert "note: the learning rate warms up over 1 steps, not --warmup-steps 10" in capsys.readouterr().err
-    assert cli_main(flags + ["--out", str(tmp_path / "default")]) == 0
-    assert "warms up" not in capsys.readouterr().err
-    assert json.load(open(tmp_path / "default" / "run.json"))["settings"]["warmup_steps"] == 100
+    for given, said in ((["--warmup-steps", "10"], True), ([], False)):  # said before the run starts (here: fails)
+        assert cli_main(["train", "--data", str(tmp_path / "missing.txt"), "--out", str(tmp_path / "cli"),
+                         "--steps", "2", *given]) == 2
+        err = capsys.readouterr().err
+        assert ("note: the learning rate warms up over 1 steps, not --warmup-steps 10" in err) == said, err
+        assert "no data file matches" in err
 
 
 def test_the_saved_model_holds_the_trained_weights_without_optimizer_state(char_data, tmp_path):
