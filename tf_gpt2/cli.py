@@ -148,6 +148,11 @@ MODEL_OVERRIDES = {"n_layer": (int, "layers"), "n_head": (int, "attention heads"
                    "vocab_multiple": (int, "token-embedding rounding (64: 50257 -> 50304 rows)")}
 
 
+# Flags whose TrainConfig default stands for "not given" (None here), which --init-from, prepared --data and a short
+# run need to tell from a value given.
+UNSET_BY_DEFAULT = ("preset", "vocab", "warmup_steps")
+
+
 def _add_train_flags(parser: argparse.ArgumentParser) -> None:
     choices = {"vocab": VOCABS, "preset": sorted(PRESETS), "precision": PRECISIONS, "base_dtype": BASE_DTYPES,
                "strategy": STRATEGIES[1:], "distribution": DISTRIBUTIONS[1:]}
@@ -158,8 +163,8 @@ def _add_train_flags(parser: argparse.ArgumentParser) -> None:
         if field.name not in TRAIN_FLAGS:
             continue
         flag, default = "--" + field.name.replace("_", "-"), field.default
-        if field.name in ("preset", "vocab", "warmup_steps"):
-            default = None  # (None: not given, which --init-from, prepared --data and a short run need to know)
+        if field.name in UNSET_BY_DEFAULT:
+            default = None
         if isinstance(default, bool):
             parser.add_argument(flag, action="store_true", help=TRAIN_FLAGS[field.name])
         else:
@@ -189,7 +194,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.vocab is not None:
         refuse_other_vocab(args.data, args.vocab)
     flags = {name: getattr(args, name) for name in TRAIN_FLAGS if getattr(args, name) is not None
-             or name not in ("preset", "vocab", "warmup_steps")}
+             or name not in UNSET_BY_DEFAULT}
     cfg = TrainConfig(out=args.out, model=overrides, jit_compile=not args.no_xla, **flags)
     if args.warmup_steps is not None and args.warmup_steps > cfg.steps - 1 and process_index() == 0:
         print(f"note: the learning rate warms up over {cfg.steps - 1} steps, not --warmup-steps "
