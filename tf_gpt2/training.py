@@ -639,6 +639,9 @@ def _train(cfg: TrainConfig, placement: Placement) -> tuple[GPT2, dict[str, list
             loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
             jit_compile=jit_compile, steps_per_execution=cfg.steps_per_execution,
         )
+        # Keras' TensorFlow trainer would build the optimizer inside the first trace of its train step; a
+        # function that creates variables is traced twice, so it is built here, once.
+        model.optimizer.build(model.trainable_variables)
         start = 0
         if os.path.exists(checkpoint):
             start = restore_checkpoint(model, checkpoint)
