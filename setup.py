@@ -17,6 +17,7 @@ setup(
         "tensorflow-text>=2.21",  # the SavedModel's in-graph tokenizer (tf_gpt2.graph_tokenizer): RE2 splits
         "tensorboard>=2.21",
         "numpy>=2.0",
+        "ml-dtypes>=0.7",  # bfloat16 arrays in training checkpoints (np.savez keeps them as raw bytes)
         "tiktoken>=0.14",
         "safetensors>=0.8",
         "huggingface_hub>=2.4",  # GPT2.from_pretrained("gpt2"): the Hub's cache, offline mode, tokens

@@ -23,6 +23,7 @@ import time
 from typing import Any, Callable, Sequence
 
 import keras
+import ml_dtypes
 import numpy as np
 
 from tf_gpt2.checkpoints import SHAPE, assign_weights, checkpoint_tensors
@@ -153,7 +154,13 @@ def restore_checkpoint(model: GPT2, path: str) -> int:
     for variable, value in zip(variables, arrays):
         if tuple(value.shape) != tuple(variable.shape):
             raise ValueError(f"checkpoint {path}: '{variable.path}' has shape {value.shape}, expected {variable.shape}")
-        variable.assign(value)
+        if variable.dtype == "bfloat16" and value.dtype == np.dtype("V2"):  # np.savez keeps bfloat16 as raw bytes
+            value = value.view(ml_dtypes.bfloat16)
+        try:
+            variable.assign(value)
+        except Exception as e:  # whatever the backend raises: the file and the variable are named
+            raise ValueError(f"checkpoint {path}: '{variable.path}' ({variable.dtype}) cannot take its {value.dtype} "
+                             f"values ({e}): it was written by a different configuration") from None
     return int(meta["step"])
 
 
