@@ -516,6 +516,13 @@ def test_grad_accum_counts_optimizer_steps(char_data, tmp_path):
     assert _checkpoint_step(tmp_path / CHECKPOINT) == 6
     reference = keras.optimizers.schedules.CosineDecay(0.0, 4, alpha=0.1, warmup_target=1e-3, warmup_steps=2)
     assert history["learning_rate"] == pytest.approx([float(reference(3)), float(reference(6))])
+    # Resumed with another --grad-accum, the run goes on from update 6, not from micro-batch 18 read as updates of 2
+    # (which ended this run at update 11, its schedule past its end).
+    model, history = train(config(tmp_path, char_data, steps=8, eval_interval=3, grad_accum=2, warmup_steps=2,
+                                  learning_rate=1e-3, min_learning_rate=1e-4, resume_with_changes=True))
+    assert (int(model.optimizer.iterations), int(model.optimizer._iterations)) == (8, 16)
+    reference = keras.optimizers.schedules.CosineDecay(0.0, 6, alpha=0.1, warmup_target=1e-3, warmup_steps=2)
+    assert history["learning_rate"] == pytest.approx([float(reference(8))])
 
 
 def test_a_warmup_longer_than_the_run_is_shortened_and_said_where_given(char_data, tmp_path, capsys):

@@ -161,6 +161,10 @@ def restore_checkpoint(model: GPT2, path: str) -> int:
         except Exception as e:  # whatever the backend raises: the file and the variable are named
             raise ValueError(f"checkpoint {path}: '{variable.path}' ({variable.dtype}) cannot take its {value.dtype} "
                              f"values ({e}): it was written by a different configuration") from None
+    # Keras counts micro-batches where it accumulates gradients: a run resumed with another grad_accum goes on from
+    # its step (its accumulators are empty there, at a whole update).
+    optimizer = getattr(model.optimizer, "inner_optimizer", model.optimizer)  # within a LossScaleOptimizer
+    optimizer._iterations.assign(int(meta["step"]) * (optimizer.gradient_accumulation_steps or 1))
     return int(meta["step"])
 
 
