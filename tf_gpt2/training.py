@@ -442,16 +442,24 @@ def prepared_data(cfg: TrainConfig, characters: Sequence[str] | None = None) -> 
     files = resolve_inputs(cfg.data or embedded_corpus(), exclude=[directory, cfg.out])
     characters = characters if cfg.vocab == "char" else None
     made = read_json(manifest) if os.path.exists(manifest) else None
+    checkpointed = made is not None and os.path.exists(os.path.join(cfg.out, CHECKPOINT))
+    runs_own = characters is None and cfg.vocab == "char" and checkpointed and made.get("vocab") == "char"
+    if runs_own:  # a resumed character model reads edited text in its own table, so that each id keeps its meaning
+        characters = made["chars"]
     other_table = characters is not None and made is not None and made.get("chars") != list(characters)
     if made is None or other_table or not made_from(made, files, cfg.vocab) or not shards_whole(directory, made):
         # other or edited text, or its tokens lost, or read in other characters: made again, but not over the tokens
         # of a run's checkpoint from other text
-        if made is not None and os.path.exists(os.path.join(cfg.out, CHECKPOINT)) and not cfg.resume_with_changes \
-                and not same_texts(made, files, cfg.vocab):
+        if checkpointed and not cfg.resume_with_changes and not same_texts(made, files, cfg.vocab):
             raise ValueError(f"{cfg.out} holds a checkpoint of a run on other text: the texts of --data changed since "
                              f"its dataset ({directory}) was made. Use another --out for a new run, or "
                              "--resume-with-changes to continue this one on the texts as they are now")
-        if characters is not None and not set(char_vocabulary(files)) <= set(characters):
+        unknown = set(char_vocabulary(files)) - set(characters) if characters is not None else set()
+        if unknown and runs_own:
+            raise ValueError(f"the texts of --data now hold characters the run's model in {cfg.out} has no id for: "
+                             f"{''.join(sorted(unknown))[:40]!r}; its dataset ({directory}) is as it was. A character "
+                             "model reads only its own characters: use another --out for a new run")
+        if unknown:
             characters = None  # text of other characters: in its own, which `matched_to_data` refuses by name
         prepare(files, directory, vocab=cfg.vocab, verbose=bool(cfg.verbose), characters=characters)
     return directory
