@@ -76,6 +76,8 @@ CASES = [
      "--out {d}/m.litertlm/ ends in /, a folder's mark, but --format litertlm writes a file"),
     (["convert", "{d}/missing", "{d}/latin1.txt"],
      "Not a directory (a Hugging Face checkpoint is a folder; a .keras DST is a file): {d}/latin1.txt"),
+    (["train", "--data", "{d}/text.txt", "--out", "{d}/seeded", "--seed", "-1"],  # (before the text is tokenized)
+     "seed must be an integer in [0, 2**32), got -1"),
     (["export", "--random-init", "gpt2-tiny", "--out", "{d}/sm", "--version", "0"],
      "version must be a positive integer, got 0"),
     # A flag of the other format is refused, not ignored; so is an out path named for another format, and a limit
@@ -305,6 +307,17 @@ def test_prompts_and_vocabularies_that_cannot_apply_are_refused_before_any_work(
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith(f"tf-gpt2 {command[0]}: error: ") and message in err[0], err
         assert not os.path.exists(out), os.listdir(out)  # (its lock too: the folder was made for the run)
+
+
+@pytest.mark.parametrize("command", [["train", "--out", "x", "--init-from", ""], ["train", "--out", "x", "--data", ""],
+                                     ["train", "--out", ""], ["export", "--random-init", "gpt2-tiny", "--out", ""],
+                                     ["generate", "hi", "--model", ""], ["convert", "", "x"], ["eval", ""]])
+def test_an_empty_path_or_name_is_refused_not_taken_as_none_given(capsys, command):
+    """An unset shell variable ($CKPT) gives ""; `--init-from ""` trained a new model, `--data ""` trained on the
+    bundled Shakespeare, `export --out ""` wrote saved_models/gpt2."""
+    with pytest.raises(SystemExit) as refused:
+        cli_main(command)
+    assert refused.value.code == 2 and ": an empty value names nothing" in capsys.readouterr().err
 
 
 def test_help_and_a_bad_flag_answer_without_loading_tensorflow():

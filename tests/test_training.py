@@ -298,6 +298,11 @@ def test_bad_training_input_gives_clear_errors_and_keeps_checkpoints(char_data, 
         train(config(tmp_path / "other2", str(tmp_path / "empty.txt")))
     with pytest.raises(ValueError, match="precision must be one of"):
         config(tmp_path, char_data, precision="fp8")
+    for name in ("out", "data", "init_from", "mesh", "coordinator"):  # "" fell back to the default
+        with pytest.raises(ValueError, match=f"^{name} is empty: give a value, or leave it out$"):
+            TrainConfig(**{name: ""})
+    with pytest.raises(ValueError, match=r"seed must be an integer in \[0, 2\*\*32\), got 4294967296"):
+        config(tmp_path, char_data, seed=2**32)
     with pytest.raises(ValueError, match="base_dtype holds a frozen LoRA base: it needs lora_rank"):
         config(tmp_path, char_data, base_dtype="bfloat16")
     with pytest.raises(ValueError, match="precision mixed_float16 would be ignored"):

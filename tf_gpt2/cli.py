@@ -169,6 +169,7 @@ def _add_train_flags(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(flag, action="store_true", help=TRAIN_FLAGS[field.name])
         else:
             kind = types.get(field.name, str if default is None else type(default))
+            kind = _named if kind is str and field.name != "sample_prompt" else kind
             parser.add_argument(flag, type=kind, default=default, choices=choices.get(field.name),
                                 help=TRAIN_FLAGS[field.name])
     for name, (kind, text) in MODEL_OVERRIDES.items():
@@ -266,6 +267,13 @@ def cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _named(text: str) -> str:
+    """A path or name: an empty one (an unset shell variable) would fall back to a default without a word."""
+    if not text:
+        raise argparse.ArgumentTypeError("an empty value names nothing")
+    return text
+
+
 def _int_list(text: str) -> list[int]:
     try:
         return [int(t) for t in text.split(",")]
@@ -349,10 +357,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _model_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", help="GPT-2 to load: a Hugging Face repo name (gpt2, openai-community/gpt2-medium, "
-                        "hf://org/name), a keras-hub preset name (gpt2_base_en), an HF dir, OpenAI TF dir, keras-hub "
-                        "preset dir or .keras file")
-    parser.add_argument("--revision", help="branch, tag or commit of a Hugging Face repo name")
+    parser.add_argument("--model", type=_named, help="GPT-2 to load: a Hugging Face repo name (gpt2, "
+                        "openai-community/gpt2-medium, hf://org/name), a keras-hub preset name (gpt2_base_en), an HF "
+                        "dir, OpenAI TF dir, keras-hub preset dir or .keras file")
+    parser.add_argument("--revision", type=_named, help="branch, tag or commit of a Hugging Face repo name")
     parser.add_argument("--random-init", metavar="PRESET", choices=sorted(PRESETS),
                         help="use an untrained model of this preset instead of --model (for trying the pipeline)")
 
@@ -372,7 +380,7 @@ def build_parser() -> argparse.ArgumentParser:
     command = functools.partial(commands.add_parser, formatter_class=_ShowDefaults)
 
     demo = command("demo", help="train a small GPT on the embedded Shakespeare for a few minutes, then generate")
-    demo.add_argument("--out", default="runs/demo", help="run directory (checkpoints, TensorBoard logs)")
+    demo.add_argument("--out", type=_named, default="runs/demo", help="run directory (checkpoints, TensorBoard logs)")
     demo.add_argument("--steps", type=int, default=2400, help="optimizer steps")
     demo.add_argument("--prompt", default="ROMEO:\n",
                       help="text the model continues (default: 'ROMEO:' and a line break)")
@@ -381,15 +389,15 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(run=cmd_demo)
 
     prep = command("prepare", help="tokenize text files into uint16 shards + manifest.json")
-    prep.add_argument("inputs", nargs="*",
+    prep.add_argument("inputs", nargs="*", type=_named,
                       help="text files, folders or globs (.txt or .txt.gz); default: the embedded corpus")
-    prep.add_argument("--out", required=True, help="output directory")
+    prep.add_argument("--out", type=_named, required=True, help="output directory")
     prep.add_argument("--val-fraction", type=float, default=0.1, help="last fraction of the text kept for validation")
     prep.add_argument("--vocab", default=VOCABS[0], choices=VOCABS, help="GPT-2 BPE or characters")
     prep.set_defaults(run=cmd_prepare)
 
     tr = command("train", help="train or fine-tune with model.fit; rerun the same command to resume")
-    tr.add_argument("--out", required=True, help="run directory: checkpoint, logs, model.keras")
+    tr.add_argument("--out", type=_named, required=True, help="run directory: checkpoint, logs, model.keras")
     _add_train_flags(tr)
     tr.set_defaults(run=cmd_train)
 
@@ -406,10 +414,10 @@ def build_parser() -> argparse.ArgumentParser:
     gen.set_defaults(run=cmd_generate)
 
     convert = command("convert", help="convert a checkpoint to a HF dir or a .keras file")
-    convert.add_argument("src", help="Hugging Face repo name (gpt2, org/name), keras-hub preset name, HF dir, "
-                                     "OpenAI TF dir, keras-hub preset dir or .keras file")
-    convert.add_argument("--revision", help="branch, tag or commit of a Hugging Face repo name")
-    convert.add_argument("dst", help="output: a directory (HF format) or a path ending in .keras")
+    convert.add_argument("src", type=_named, help="Hugging Face repo name (gpt2, org/name), keras-hub preset name, "
+                                                  "HF dir, OpenAI TF dir, keras-hub preset dir or .keras file")
+    convert.add_argument("--revision", type=_named, help="branch, tag or commit of a Hugging Face repo name")
+    convert.add_argument("dst", type=_named, help="output: a directory (HF format) or a path ending in .keras")
     convert.set_defaults(run=cmd_convert)
 
     export = command("export", help="export for TF Serving (SavedModel) or phones (LiteRT-LM / LiteRT)")
@@ -417,7 +425,8 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--format", choices=FORMATS,
                         help="saved_model (TF Serving), litertlm (LiteRT-LM package) or tflite (its model alone); "
                         "default: the one --out's suffix names (.litertlm, .tflite), else saved_model")
-    export.add_argument("--out", help="SavedModel base dir (a numbered version is added), or .litertlm/.tflite path")
+    export.add_argument("--out", type=_named,
+                        help="SavedModel base dir (a numbered version is added), or .litertlm/.tflite path")
     export.add_argument("--version", type=int, help="SavedModel version (default: next free number)")
     export.add_argument("--max-new-tokens-limit", type=int,
                         help="SavedModel: largest max_new_tokens (default 256, or n_positions if smaller)")
@@ -435,7 +444,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     ev = command("eval", help="perplexity and bits/byte on a text file (GPT-2 paper protocol)")
     _model_flags(ev)
-    ev.add_argument("file", help="UTF-8 text file")
+    ev.add_argument("file", type=_named, help="UTF-8 text file")
     ev.add_argument("--context", type=int, help="tokens each prediction sees at most (default n_positions)")
     ev.add_argument("--stride", type=int, help="window step (default context // 2)")
     ev.add_argument("--batch-size", type=int, default=8, help="windows per forward pass, at most")

@@ -77,6 +77,11 @@ class TrainConfig:
             raise ValueError(f"sample_prompt {self.sample_prompt!r} would not be used: {unused}")
 
     def __post_init__(self) -> None:
+        for name in ("out", "data", "init_from", "mesh", "coordinator"):  # "" would fall back to the default
+            if getattr(self, name) == "":
+                raise ValueError(f"{name} is empty: give a value, or leave it out")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**32:
+            raise ValueError(f"seed must be an integer in [0, 2**32), got {self.seed!r}")
         for name in ("steps", "batch_size", "block_size", "grad_accum", "eval_interval", "steps_per_execution",
                      "eval_batches"):
             value = getattr(self, name)
