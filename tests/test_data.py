@@ -79,6 +79,9 @@ def test_resolve_inputs_glob_and_errors(corpus, tmp_path):
     GPT2(GPT2Config(vocab_size=50257, n_positions=8, n_embd=8, n_layer=1, n_head=1)).save_pretrained(corpus / "hf")
     with pytest.warns(UserWarning, match=r"\*\.txt' matches a dataset, .* not read: .*hf$"):  # its merges.txt
         assert resolve_inputs(str(corpus / "**" / "*.txt")) == both
+    for folder in ("hf", "ds"):  # named itself (`--data hf`): it trained on merges.txt
+        with pytest.raises(ValueError, match=f"{folder} is a dataset, .* or an export, not a folder of text"):
+            resolve_inputs(str(corpus / folder))
     (corpus / "more" / "hparams.json").write_text('{"lr": 0.1}')  # an experiment's log, no checkpoint: a text folder
     assert resolve_inputs(str(corpus / "more" / "*.txt")) == both[1:]
     with pytest.raises(FileNotFoundError, match="no data file matches"):
