@@ -93,6 +93,18 @@ def test_a_placement_the_backend_or_the_model_cannot_take_is_refused_by_name(mon
     with pytest.raises(ValueError, match="KERAS_DISTRIBUTION_NUM_PROCESSES set: .* needs --distribution"):
         place_run(TrainConfig(), GPT2.get_layout_map)
     monkeypatch.delenv("KERAS_DISTRIBUTION_NUM_PROCESSES")
+    # tf.distribute's cluster, TF_CONFIG: a worker of two without --strategy multiworker trained alone, writing its
+    # files as the lead worker; --strategy multiworker without a cluster trained alone as "a distributed run".
+    workers = {"cluster": {"worker": ["localhost:1", "localhost:2"]}, "task": {"type": "worker", "index": 1}}
+    monkeypatch.setenv("TF_CONFIG", json.dumps(workers))
+    with pytest.raises(ValueError, match="TF_CONFIG names a cluster of 2 workers, but this process would train alone"):
+        place_run(TrainConfig(), GPT2.get_layout_map)
+    monkeypatch.setenv("TF_CONFIG", "{cluster")
+    with pytest.raises(ValueError, match="TF_CONFIG is not JSON with a 'cluster' of workers: '{cluster'"):
+        place_run(TrainConfig(), GPT2.get_layout_map)
+    monkeypatch.delenv("TF_CONFIG")
+    with pytest.raises(ValueError, match="multiworker trains over the workers TF_CONFIG names, and it names none"):
+        place_run(TrainConfig(strategy="multiworker"), GPT2.get_layout_map)
     for bad, message in [(dict(distribution="pipeline"), "distribution must be one of"),
                          (dict(mesh="2x2"), "need a distribution"),
                          (dict(distribution="model", mesh="2by2"), "BATCHxMODEL"),

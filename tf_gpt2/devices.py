@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import math
 import os
 import warnings
@@ -109,12 +110,32 @@ def place_run(cfg, layout_map: Callable[[Any], Any]) -> Placement:
                              f"backend: run with KERAS_BACKEND=jax (this process runs {backend}); on TensorFlow use "
                              "--strategy")
         return _keras_distribution(cfg, layout_map)
+    if cfg.strategy and backend != "tensorflow":
+        raise ValueError(f"--strategy {cfg.strategy} is a tf.distribute strategy and needs the TensorFlow backend "
+                         f"(this process runs {backend}); on JAX use --distribution data|model")
+    workers = _tf_config_workers() if backend == "tensorflow" else 0
+    if workers > 1 and cfg.strategy != "multiworker":
+        raise ValueError(f"TF_CONFIG names a cluster of {workers} workers, but this process would train alone: pass "
+                         "--strategy multiworker (or unset TF_CONFIG)")
+    if cfg.strategy == "multiworker" and workers < 2:
+        raise ValueError("--strategy multiworker trains over the workers TF_CONFIG names, and it names "
+                         f"{workers or 'none'}: this process would train alone. Set TF_CONFIG on each worker, or use "
+                         "--strategy mirrored on one machine")
     if cfg.strategy:
-        if backend != "tensorflow":
-            raise ValueError(f"--strategy {cfg.strategy} is a tf.distribute strategy and needs the TensorFlow backend "
-                             f"(this process runs {backend}); on JAX use --distribution data|model")
         return _tf_strategy(cfg.strategy)
     return Placement(scope=contextlib.nullcontext, replicas=1)
+
+
+def _tf_config_workers() -> int:
+    """The chief and workers TF_CONFIG's cluster names (0 without TF_CONFIG), as tf.distribute reads it."""
+    raw = os.environ.get("TF_CONFIG")
+    if not raw:
+        return 0
+    try:
+        cluster = json.loads(raw)["cluster"]
+        return sum(len(cluster.get(kind, ())) for kind in ("chief", "worker"))
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise ValueError(f"TF_CONFIG is not JSON with a 'cluster' of workers: {raw[:200]!r}") from None
 
 
 def _tf_strategy(name: str) -> Placement:
