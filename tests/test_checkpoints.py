@@ -533,6 +533,15 @@ def test_saving_a_character_model_over_a_gpt2_one_leaves_no_gpt2_tokenizer(tmp_p
         chars.save_pretrained(tmp_path / "m")
     assert sorted(os.listdir(tmp_path / "m")) == ["config.json", "model.safetensors"]
     assert GPT2.from_pretrained(tmp_path / "m").config.characters == chars.config.characters
+    # A folder whose config.json is no checkpoint's (a project's settings, beside its own tokenizer.json) is not
+    # written over: convert replaced that config.json and removed the tokenizer.json as "another checkpoint's".
+    (tmp_path / "project").mkdir()
+    for name, text in (("config.json", '{"epochs": 3}'), ("tokenizer.json", "{}")):
+        (tmp_path / "project" / name).write_text(text)
+    with pytest.raises(ValueError, match=r"project/config.json is not a checkpoint's config.json .* would replace it"):
+        chars.save_pretrained(tmp_path / "project")
+    assert sorted(os.listdir(tmp_path / "project")) == ["config.json", "tokenizer.json"]
+    assert (tmp_path / "project" / "config.json").read_text() == '{"epochs": 3}'
 
 
 def test_a_checkpoint_with_a_tokenizer_of_its_own_is_refused_by_its_file_and_left_as_it_is(tmp_path, capsys):

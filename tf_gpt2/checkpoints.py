@@ -301,6 +301,7 @@ def save_hf(model: keras.Model, directory: str | os.PathLike) -> None:
 
     _gpt2_only(model, "Hugging Face")
     directory = os.fspath(directory)
+    _refuse_a_config_of_no_model(os.path.join(directory, "config.json"))
     os.makedirs(directory, exist_ok=True)
     cfg = model.config
     activation = {"gelu_tanh": "gelu_new"}.get(cfg.activation, cfg.activation)
@@ -344,6 +345,19 @@ HF_OTHER_FILES = ("pytorch_model.bin", "tf_model.h5", "flax_model.msgpack", "gen
 OPENAI_FILES = ("hparams.json", "checkpoint", "encoder.json", "vocab.bpe")  # and the model.ckpt.* files
 KERAS_HUB_FILES = ("metadata.json", "model.weights.h5", "preprocessor.json", "task.json", "task.weights.h5",
                    "tokenizer.json", "assets")
+
+
+def _refuse_a_config_of_no_model(path: str) -> None:
+    """A config.json that is no checkpoint's (a project's own settings) is not replaced by a save into its folder."""
+    if not os.path.lexists(path):
+        return
+    try:
+        config = read_json(path)
+    except (ValueError, OSError):  # not JSON, not an object, a broken link
+        config = None
+    if not isinstance(config, dict) or not {"model_type", "architectures", "registered_name"} & set(config):
+        raise ValueError(f"{path} is not a checkpoint's config.json (it names no model_type): saving the model there "
+                         "would replace it. Save into a new folder, or move that file away")
 
 
 def files_read_instead(directory: str, saved: list[str]) -> list[str]:
