@@ -17,6 +17,19 @@ def test_attention_maps_are_the_models_and_plot_one_panel_per_head(tmp_path):
     fig = plot_attention(maps, [tok.decode([i]) for i in ids], layer=1, path=str(tmp_path / "attn.png"))
     assert len([ax for ax in fig.axes if ax.images]) == 2
     assert (tmp_path / "attn.png").read_bytes()[:4] == b"\x89PNG"
+    png = (tmp_path / "attn.png").read_bytes()
+
+    def killed_while_writing(self, file, **kwargs):
+        open(file, "wb").write(b"\x89PNG half")
+        raise KeyboardInterrupt
+
+    with pytest.MonkeyPatch.context() as patch:  # a save that stops half-way leaves the previous image whole
+        patch.setattr(type(fig), "savefig", killed_while_writing)
+        with pytest.raises(KeyboardInterrupt):
+            plot_attention(maps, [tok.decode([i]) for i in ids], layer=0, path=str(tmp_path / "attn.png"))
+    assert (tmp_path / "attn.png").read_bytes() == png
+    plot_attention(maps, [tok.decode([i]) for i in ids], layer=0, path=str(tmp_path / "attn.svg"))
+    assert b"<svg" in (tmp_path / "attn.svg").read_bytes()[:400]  # the format its suffix names
     with pytest.raises(ValueError, match="layer must be in \\[0, 2\\)"):
         plot_attention(maps, ["x"] * len(ids), layer=2)
     for not_ids in ([1.7, 2.2, 3.9], [True, False], b"ab"):  # not truncated, not 1/0, not byte values

@@ -78,6 +78,12 @@ def test_dropout_splits_as_gpt2_does_and_old_configs_keep_their_meaning(tmp_path
     assert GPT2.from_pretrained(str(tmp_path), dropout=0.2).config.dropout_rate("embd_pdrop") == 0.2
     with pytest.raises(ValueError, match="attn_pdrop must be in"):
         GPT2Config(attn_pdrop=1.5)
+    with pytest.raises(ValueError, match=r"GPT2Config.dropout must be in \[0, 1\), got None"):
+        GPT2Config(dropout=None)  # (a rate of its own may be None: `dropout`'s)
+    written["resid_pdrop"] = None  # null in a config.json failed in Keras' Dropout, naming nothing
+    (tmp_path / "config.json").write_text(json.dumps(written))
+    with pytest.raises(ValueError, match=r"config.json: resid_pdrop must be a number in \[0, 1\), got null"):
+        GPT2.from_pretrained(str(tmp_path))
 
 
 def test_a_dropout_override_sets_all_three_rates_and_numpy_rates_are_numbers(tmp_path):

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from typing import Sequence
 
 import numpy as np
 
 from tf_gpt2.checks import check_token_ids
+from tf_gpt2.files import atomic_write
 from tf_gpt2.tokenizer import checked_ids
 
 
@@ -57,6 +59,7 @@ def plot_attention(maps: np.ndarray, tokens: Sequence[str], layer: int = 0, path
         ax.set_xticks(range(len(tokens)), tokens, rotation=90, fontsize=7)
         ax.set_yticks(range(len(tokens)), tokens, fontsize=7)
     fig.tight_layout()
-    if path:
-        fig.savefig(path, dpi=100)
+    if path:  # written whole or not at all (a killed save leaves the previous image)
+        suffix = os.path.splitext(os.fspath(path))[1][1:].lower() or None  # the temporary name has none of its own
+        atomic_write(os.fspath(path), lambda tmp: fig.savefig(tmp, format=suffix, dpi=100))
     return fig

@@ -169,6 +169,8 @@ def config_from_hf(hf: dict[str, Any], source: str = "config.json", **overrides:
         raise ValueError(f"{source} changes GPT-2's attention scaling; this is not supported")
     # Each rate missing is transformers' default, 0.1; resid_pdrop is `dropout`, the other two kept where they differ
     rates = {name: hf.get(name, 0.1) for name in DROPOUTS}
+    if missing := [name for name, rate in rates.items() if rate is None]:
+        raise ValueError(f"{source}: {missing[0]} must be a number in [0, 1), got null")
     resid_pdrop = rates["resid_pdrop"]
     dropouts = {name: rate for name, rate in rates.items() if rate != resid_pdrop}
     values = dict(

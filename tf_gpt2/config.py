@@ -107,8 +107,8 @@ class GPT2Config:
             )
         for name in ("dropout", *DROPOUTS):
             value = getattr(self, name)
-            if value is not None and not (isinstance(value, numbers.Real) and not isinstance(value, bool)
-                                          and 0.0 <= value < 1.0):
+            if (value is not None or name == "dropout") and not (
+                    isinstance(value, numbers.Real) and not isinstance(value, bool) and 0.0 <= value < 1.0):
                 raise ValueError(f"GPT2Config.{name} must be in [0, 1), got {value!r}")
             setattr(self, name, None if value is None else float(value))
         for name in ("layer_norm_epsilon", "initializer_range"):
