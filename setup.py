@@ -27,7 +27,7 @@ setup(
         # On-device: the LiteRT interpreter, LiteRT-LM (runtime, `litert-lm` CLI, .litertlm builder), tokenizer.json
         "litert": ["ai-edge-litert>=2.3", "litert-lm>=0.18.1", "tokenizers>=0.23"],
         "docs": ["mkdocs>=1.6", "mkdocstrings[python]>=1.0"],  # the site in docs/ (mkdocs.yml)
-        "dev": ["pytest>=9.0", "pytest-xdist>=3.8", "filelock>=4.3",  # two test processes, a shared fixture
+        "dev": ["pytest>=9.0", "pytest-xdist>=3.8", "filelock>=4.3",  # three test processes, a shared fixture
                 "jax>=0.10", "ai-edge-litert>=2.3", "litert-lm>=0.18.1", "tokenizers>=0.23",
                 "mkdocs>=1.6", "mkdocstrings[python]>=1.0",  # tests/test_docs.py builds the site
                 "ctranslate2>=4.8",

@@ -174,21 +174,25 @@ def test_a_tuple_of_prompts_is_a_batch(model):
 
 def test_cli_prints_no_tensorflow_start_up_lines_and_nothing_inside_the_text():
     """On a terminal stderr and stdout interleave: TensorFlow's C++ start-up lines (cudart_stub, cuInit),
-    which TF_CPP_MIN_LOG_LEVEL cannot stop, are dropped (TF_CPP_MIN_LOG_LEVEL unset, or 3, which asks for fewer
-    lines), and XLA's compile-time lines come before the text."""
+    which TF_CPP_MIN_LOG_LEVEL cannot stop, are dropped (TF_CPP_MIN_LOG_LEVEL unset, or any level but 0, which
+    asks for every line: then they are shown, as docs/troubleshooting.md says), and XLA's compile-time lines come
+    before the text."""
     import os
     import subprocess
 
     from conftest import console_script
 
     unset = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
-    for env in (unset, {**unset, "TF_CPP_MIN_LOG_LEVEL": "3"}):
+    for env in (unset, {**unset, "TF_CPP_MIN_LOG_LEVEL": "0"}):
         run = subprocess.run([console_script(), "generate", "Hello there", "--random-init", "gpt2-tiny",
                               "--max-new-tokens", "8"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                              timeout=300, env=env)
         assert run.returncode == 0, run.stdout[-2000:]
-        assert run.stdout.startswith("Hello there"), run.stdout[:2000]
-        assert "I0000" not in run.stdout and "W0000" not in run.stdout and "XLA" not in run.stdout
+        if env is unset:
+            assert run.stdout.startswith("Hello there"), run.stdout[:2000]
+            assert "I0000" not in run.stdout and "W0000" not in run.stdout and "XLA" not in run.stdout
+        else:
+            assert "I0000" in run.stdout.split("Hello there")[0], run.stdout[:2000]  # TensorFlow's start-up lines
 
 
 def test_prefill_and_the_decode_step_compile_once_whatever_the_step_prompt_or_settings(model):
