@@ -389,6 +389,7 @@ def test_a_second_train_on_the_same_run_directory_is_refused(char_data, tmp_path
         while time.time() < deadline and not (tmp_path / CHECKPOINT).exists():
             time.sleep(0.1)
         assert (tmp_path / CHECKPOINT).exists()
+        first.send_signal(signal.SIGSTOP)  # paused, it still holds the run (and leaves the CPU to the second)
         second = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
         assert second.returncode == 2
         assert f"is in use by another training run (pid {first.pid})" in second.stderr
