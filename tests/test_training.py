@@ -531,6 +531,34 @@ def test_grad_accum_counts_optimizer_steps(char_data, tmp_path):
     assert history["learning_rate"] == pytest.approx([float(reference(8))])
 
 
+def test_a_checkpoint_restores_the_optimizers_own_count_of_micro_batches(tmp_path):
+    """Under loss scaling a float16 step skipped for an overflow leaves Keras' count of micro-batches off
+    step * grad_accum, and mid-accumulation: a resume keeps the count as saved (recomputed from the step, a resumed
+    float16 run ended with other weights than the uninterrupted one); another --grad-accum is refused there."""
+    import keras
+
+    from tf_gpt2 import GPT2, GPT2Config
+    from tf_gpt2.training import restore_checkpoint, save_checkpoint
+
+    def compiled(grad_accum):
+        model = GPT2(GPT2Config.from_preset("gpt2-tiny", **TINY, vocab_size=30), dtype="mixed_float16")
+        model(np.zeros((1, 4), "int32"))
+        optimizer = make_optimizer(model, TrainConfig(grad_accum=grad_accum, steps=10))
+        model.compile(optimizer=keras.optimizers.LossScaleOptimizer(optimizer), loss="mse")
+        model.optimizer.build(model.trainable_variables)
+        return model
+
+    saved = compiled(2)
+    saved.optimizer.inner_optimizer._iterations.assign(11)  # 5 updates and a micro-batch: a step was skipped
+    save_checkpoint(saved, str(tmp_path / CHECKPOINT), step=5)
+    restored = compiled(2)
+    assert restore_checkpoint(restored, str(tmp_path / CHECKPOINT)) == 5
+    assert int(restored.optimizer.inner_optimizer._iterations) == 11
+    with pytest.raises(ValueError, match=r"lies within an accumulation \(1 of 2 micro-batches\): it resumes only with "
+                                         r"--grad-accum 2"):
+        restore_checkpoint(compiled(3), str(tmp_path / CHECKPOINT))
+
+
 def test_a_warmup_longer_than_the_run_is_shortened_and_said_where_given(char_data, tmp_path, capsys):
     """The warmup ends before the last step (else the run never leaves it): 10 steps of warmup in a run of 3 are 2,
     and `tf-gpt2 train --warmup-steps 10` says so; its default (100) is shortened without a word."""

@@ -127,7 +127,7 @@ def save_checkpoint(model: GPT2, path: str, step: int, write: bool = True,
     arrays = {f"v{i}": host_array(v) for i, v in enumerate(variables)}
     if not write:
         return
-    meta = {"step": step, "variables": [v.path for v in variables]}
+    meta = {"step": step, "variables": [v.path for v in variables], "grad_accum": _accumulating(model.optimizer)[1]}
 
     def dump(tmp: str) -> None:
         with open(tmp, "wb") as f:  # a file object: np.savez would add ".npz" to a name
@@ -150,7 +150,8 @@ def restore_checkpoint(model: GPT2, path: str) -> int:
                          "restore a copy, or move it away to start the run over") from None
     if len(arrays) != len(variables):  # names carry per-process counters, so compare structure
         raise ValueError(f"checkpoint {path} holds {len(arrays)} variables, this model and optimizer "
-                         f"have {len(variables)}: it was written by a different configuration")
+                         f"have {len(variables)}: it was written by a different configuration (another model size, "
+                         "--lora-rank, or --grad-accum 1 against more)")
     for variable, value in zip(variables, arrays):
         if tuple(value.shape) != tuple(variable.shape):
             raise ValueError(f"checkpoint {path}: '{variable.path}' has shape {value.shape}, expected {variable.shape}")
@@ -160,12 +161,22 @@ def restore_checkpoint(model: GPT2, path: str) -> int:
             variable.assign(value)
         except Exception as e:  # whatever the backend raises: the file and the variable are named
             raise ValueError(f"checkpoint {path}: '{variable.path}' ({variable.dtype}) cannot take its {value.dtype} "
-                             f"values ({e}): it was written by a different configuration") from None
-    # Keras counts micro-batches where it accumulates gradients: a run resumed with another grad_accum goes on from
-    # its step (its accumulators are empty there, at a whole update).
-    optimizer = getattr(model.optimizer, "inner_optimizer", model.optimizer)  # within a LossScaleOptimizer
-    optimizer._iterations.assign(int(meta["step"]) * (optimizer.gradient_accumulation_steps or 1))
+                             f"values: {e}") from None
+    optimizer, now = _accumulating(model.optimizer)
+    before = meta.get("grad_accum", now)  # (a checkpoint written before it was recorded: taken as unchanged)
+    if before != now:  # Keras counts micro-batches: resumed with another grad_accum, the run goes on from its updates
+        updates, within = divmod(int(optimizer._iterations), before)
+        if within:  # a float16 step skipped for an overflow leaves the count, and the sums, mid-accumulation
+            raise ValueError(f"checkpoint {path} lies within an accumulation ({within} of {before} micro-batches): "
+                             f"it resumes only with --grad-accum {before}")
+        optimizer._iterations.assign(updates * now)
     return int(meta["step"])
+
+
+def _accumulating(optimizer: keras.optimizers.Optimizer) -> tuple[keras.optimizers.Optimizer, int]:
+    """The optimizer that counts (the one inside a LossScaleOptimizer) and the micro-batches of each update."""
+    inner = getattr(optimizer, "inner_optimizer", optimizer)
+    return inner, inner.gradient_accumulation_steps or 1
 
 
 # -- callbacks ----------------------------------------------------------------------------------
