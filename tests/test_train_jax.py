@@ -100,8 +100,15 @@ def test_a_placement_the_backend_or_the_model_cannot_take_is_refused_by_name(mon
     with pytest.raises(ValueError, match="TF_CONFIG names a cluster of 2 workers, but this process would train alone"):
         place_run(TrainConfig(), GPT2.get_layout_map)
     monkeypatch.setenv("TF_CONFIG", "{cluster")
-    with pytest.raises(ValueError, match="TF_CONFIG is not JSON with a 'cluster' of workers: '{cluster'"):
+    with pytest.raises(ValueError, match="TF_CONFIG is not a JSON object with a 'cluster' of tasks: '{cluster'"):
         place_run(TrainConfig(), GPT2.get_layout_map)
+    for alone in ({}, {"task": {"type": "worker", "index": 0}}, {"cluster": {"worker": ["localhost:1"]}},
+                  {"cluster": {"ps": ["localhost:1", "localhost:2"], "worker": ["localhost:3"]}}):
+        monkeypatch.setenv("TF_CONFIG", json.dumps(alone))  # one worker or none, as tf.distribute counts them
+        assert place_run(TrainConfig(), GPT2.get_layout_map).replicas == 1
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": {"chief": ["localhost:1"], "worker": ["localhost:2"]}}))
+    with pytest.raises(ValueError, match="cluster of 2 workers"):  # the chief is one of them
+        place_run(TrainConfig(strategy="mirrored"), GPT2.get_layout_map)
     monkeypatch.delenv("TF_CONFIG")
     with pytest.raises(ValueError, match="multiworker trains over the workers TF_CONFIG names, and it names none"):
         place_run(TrainConfig(strategy="multiworker"), GPT2.get_layout_map)

@@ -114,9 +114,9 @@ def place_run(cfg, layout_map: Callable[[Any], Any]) -> Placement:
         raise ValueError(f"--strategy {cfg.strategy} is a tf.distribute strategy and needs the TensorFlow backend "
                          f"(this process runs {backend}); on JAX use --distribution data|model")
     workers = _tf_config_workers() if backend == "tensorflow" else 0
-    if workers > 1 and cfg.strategy != "multiworker":
-        raise ValueError(f"TF_CONFIG names a cluster of {workers} workers, but this process would train alone: pass "
-                         "--strategy multiworker (or unset TF_CONFIG)")
+    if workers > 1 and cfg.strategy in (None, "mirrored"):
+        raise ValueError(f"TF_CONFIG names a cluster of {workers} workers, but this process would train alone: train "
+                         "with --strategy multiworker, or unset TF_CONFIG")
     if cfg.strategy == "multiworker" and workers < 2:
         raise ValueError("--strategy multiworker trains over the workers TF_CONFIG names, and it names "
                          f"{workers or 'none'}: this process would train alone. Set TF_CONFIG on each worker, or use "
@@ -132,10 +132,14 @@ def _tf_config_workers() -> int:
     if not raw:
         return 0
     try:
-        cluster = json.loads(raw)["cluster"]
-        return sum(len(cluster.get(kind, ())) for kind in ("chief", "worker"))
-    except (ValueError, KeyError, TypeError, AttributeError):
-        raise ValueError(f"TF_CONFIG is not JSON with a 'cluster' of workers: {raw[:200]!r}") from None
+        config = json.loads(raw)
+    except ValueError:
+        config = None
+    if not isinstance(config, dict) or not isinstance(config.get("cluster") or {}, dict):
+        raise ValueError(f"TF_CONFIG is not a JSON object with a 'cluster' of tasks: {raw[:200]!r}")
+    cluster = config.get("cluster") or {}  # none: tf.distribute runs alone, as without TF_CONFIG
+    return sum(len(tasks) if isinstance(tasks, (list, dict)) else 1
+               for kind, tasks in cluster.items() if kind in ("chief", "worker"))
 
 
 def _tf_strategy(name: str) -> Placement:
