@@ -60,6 +60,9 @@ def plot_attention(maps: np.ndarray, tokens: Sequence[str], layer: int = 0, path
         ax.set_yticks(range(len(tokens)), tokens, fontsize=7)
     fig.tight_layout()
     if path:  # written whole or not at all (a killed save leaves the previous image)
-        suffix = os.path.splitext(os.fspath(path))[1][1:].lower() or None  # the temporary name has none of its own
-        atomic_write(os.fspath(path), lambda tmp: fig.savefig(tmp, format=suffix, dpi=100))
+        path, suffix = os.fspath(path), os.path.splitext(os.fspath(path))[1][1:].lower()
+        if not suffix:  # as matplotlib names a file without one: with its default format's
+            suffix = plt.rcParams["savefig.format"]
+            path = f"{path}.{suffix}"
+        atomic_write(path, lambda tmp: fig.savefig(tmp, format=suffix, dpi=100))
     return fig

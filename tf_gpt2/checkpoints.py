@@ -357,7 +357,7 @@ def _refuse_a_config_of_no_model(path: str) -> None:
         config = read_json(path)
     except (ValueError, OSError):  # not JSON, not an object, a broken link
         config = None
-    if not isinstance(config, dict) or not {"model_type", "architectures", "registered_name"} & set(config):
+    if not isinstance(config, dict) or not {"model_type", "architectures", "registered_name", "n_embd"} & set(config):
         raise ValueError(f"{path} is not a checkpoint's config.json (it names no model_type): saving the model there "
                          "would replace it. Save into a new folder, or move that file away")
 
