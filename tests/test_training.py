@@ -33,12 +33,17 @@ def config(out, data, **kwargs):
     return TrainConfig(**{**defaults, **kwargs})
 
 
-def test_tiny_model_overfits_through_model_fit(char_data, tmp_path):
+def test_tiny_model_overfits_through_model_fit(char_data, tmp_path, monkeypatch):
     # 30 distinct characters: uniform guessing costs ln(30) = 3.4 nats. The text repeats one
     # 81-character passage, so a model that learned it predicts almost every character: < 0.3.
+    from tf_gpt2 import GPT2
+
     assert json.load(open(os.path.join(char_data, "manifest.json")))["vocab_size"] == 30
+    traces, train_step = [], GPT2.train_step
+    monkeypatch.setattr(GPT2, "train_step", lambda self, data: traces.append(data) or train_step(self, data))
     model, history = train(config(tmp_path, char_data, steps=300, eval_interval=100, learning_rate=3e-3,
                                   min_learning_rate=3e-4, warmup_steps=20, weight_decay=0.0))
+    assert len(traces) == 1  # the optimizer is built before fit: built in its first trace, TensorFlow traced twice
     assert history["loss"][0] > history["loss"][-1]
     assert history["loss"][-1] < 0.3
     assert history["val_loss"][-1] < 0.3
