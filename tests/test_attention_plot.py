@@ -32,6 +32,11 @@ def test_attention_maps_are_the_models_and_plot_one_panel_per_head(tmp_path):
     assert b"<svg" in (tmp_path / "attn.svg").read_bytes()[:400]  # the format its suffix names
     plot_attention(maps, [tok.decode([i]) for i in ids], layer=0, path=str(tmp_path / "plain"))
     assert (tmp_path / "plain.png").read_bytes()[:4] == b"\x89PNG"  # none: matplotlib's default, named so
+    import io
+
+    buffer = io.BytesIO()  # a file object: written to, as matplotlib writes one
+    plot_attention(maps, [tok.decode([i]) for i in ids], layer=0, path=buffer)
+    assert buffer.getvalue()[:4] == b"\x89PNG"
     with pytest.raises(ValueError, match="layer must be in \\[0, 2\\)"):
         plot_attention(maps, ["x"] * len(ids), layer=2)
     for not_ids in ([1.7, 2.2, 3.9], [True, False], b"ab"):  # not truncated, not 1/0, not byte values

@@ -542,6 +542,10 @@ def test_saving_a_character_model_over_a_gpt2_one_leaves_no_gpt2_tokenizer(tmp_p
         chars.save_pretrained(tmp_path / "project")
     assert sorted(os.listdir(tmp_path / "project")) == ["config.json", "tokenizer.json"]
     assert (tmp_path / "project" / "config.json").read_text() == '{"epochs": 3}'
+    (tmp_path / "project" / "config.json").write_text('{"model_type": "bert"}')  # another model's: not replaced
+    with pytest.raises(ValueError, match=r"project/config.json is the config of a 'bert' model"):
+        chars.save_pretrained(tmp_path / "project")
+    assert sorted(os.listdir(tmp_path / "project")) == ["config.json", "tokenizer.json"]
     older = {k: v for k, v in json.loads((tmp_path / "m" / "config.json").read_text()).items()
              if k not in ("model_type", "architectures")}  # an older save, read as GPT-2's: saved over as one
     (tmp_path / "m" / "config.json").write_text(json.dumps(older))

@@ -81,7 +81,8 @@ def test_resolve_inputs_glob_and_errors(corpus, tmp_path):
         assert resolve_inputs(str(corpus / "**" / "*.txt")) == both
     for folder in ("hf", "ds"):  # named itself (`--data hf`): it trained on merges.txt
         with pytest.raises(ValueError, match=f"{folder} is a dataset, .* or an export by its files .*, not a folder "
-                                             "of text: to read text kept there, name its files or a glob of them"):
+                                             r"of text: to read text kept there, name the files themselves \(a glob "
+                                             r"skips such a folder too\)"):
             resolve_inputs(str(corpus / folder))
     (corpus / "more" / "hparams.json").write_text('{"lr": 0.1}')  # an experiment's log, no checkpoint: a text folder
     assert resolve_inputs(str(corpus / "more" / "*.txt")) == both[1:]

@@ -545,11 +545,12 @@ def test_a_checkpoint_restores_the_optimizers_own_count_of_micro_batches(tmp_pat
     from tf_gpt2 import GPT2, GPT2Config
     from tf_gpt2.training import restore_checkpoint, save_checkpoint
 
-    def compiled(grad_accum):
-        model = GPT2(GPT2Config.from_preset("gpt2-tiny", **TINY, vocab_size=30), dtype="mixed_float16")
+    def compiled(grad_accum, dtype="mixed_float16", characters=None):
+        model = GPT2(GPT2Config.from_preset("gpt2-tiny", **TINY, vocab_size=30, characters=characters), dtype=dtype)
         model(np.zeros((1, 4), "int32"))
         optimizer = make_optimizer(model, TrainConfig(grad_accum=grad_accum, steps=10))
-        model.compile(optimizer=keras.optimizers.LossScaleOptimizer(optimizer), loss="mse")
+        model.compile(optimizer=keras.optimizers.LossScaleOptimizer(optimizer) if dtype == "mixed_float16"
+                      else optimizer, loss="mse")
         model.optimizer.build(model.trainable_variables)
         return model
 
@@ -562,6 +563,16 @@ def test_a_checkpoint_restores_the_optimizers_own_count_of_micro_batches(tmp_pat
     with pytest.raises(ValueError, match=r"lies within an accumulation \(1 of 2 micro-batches\): it resumes only with "
                                          r"--grad-accum 2"):
         restore_checkpoint(compiled(3), str(tmp_path / CHECKPOINT))
+    # bfloat16 weights (np.savez keeps them as raw bytes) restore into float32 ones too, as a float32 LoRA base
+    # resumes a --base-dtype bfloat16 run; a checkpoint of other characters is refused (every id would move).
+    half = compiled(1, dtype="bfloat16", characters=[chr(97 + i) for i in range(30)])
+    save_checkpoint(half, str(tmp_path / CHECKPOINT), step=1)
+    whole = compiled(1, dtype="float32", characters=[chr(97 + i) for i in range(30)])
+    restore_checkpoint(whole, str(tmp_path / CHECKPOINT))
+    np.testing.assert_array_equal(np.asarray(whole.wte.embeddings), np.asarray(half.wte.embeddings, "float32"))
+    with pytest.raises(ValueError, match="was trained on other characters than this run's data holds \\('abcdefghij"):
+        restore_checkpoint(compiled(1, dtype="float32", characters=[chr(65 + i) for i in range(30)]),
+                           str(tmp_path / CHECKPOINT))
 
 
 def test_a_warmup_longer_than_the_run_is_shortened_and_said_where_given(char_data, tmp_path, capsys):

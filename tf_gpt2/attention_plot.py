@@ -59,7 +59,9 @@ def plot_attention(maps: np.ndarray, tokens: Sequence[str], layer: int = 0, path
         ax.set_xticks(range(len(tokens)), tokens, rotation=90, fontsize=7)
         ax.set_yticks(range(len(tokens)), tokens, fontsize=7)
     fig.tight_layout()
-    if path:  # written whole or not at all (a killed save leaves the previous image)
+    if path is not None and not isinstance(path, (str, os.PathLike)):  # a file object: matplotlib writes to it
+        fig.savefig(path, dpi=100)
+    elif path:  # written whole or not at all (a killed save leaves the previous image)
         path, suffix = os.fspath(path), os.path.splitext(os.fspath(path))[1][1:].lower()
         if not suffix:  # as matplotlib names a file without one: with its default format's
             suffix = plt.rcParams["savefig.format"]

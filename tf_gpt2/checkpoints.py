@@ -360,6 +360,9 @@ def _refuse_a_config_of_no_model(path: str) -> None:
     if not isinstance(config, dict) or not {"model_type", "architectures", "registered_name", "n_embd"} & set(config):
         raise ValueError(f"{path} is not a checkpoint's config.json (it names no model_type): saving the model there "
                          "would replace it. Save into a new folder, or move that file away")
+    if config.get("model_type", "gpt2") != "gpt2":
+        raise ValueError(f"{path} is the config of a {config['model_type']!r} model: saving GPT-2 there would replace "
+                         "it. Save into a new folder")
 
 
 def files_read_instead(directory: str, saved: list[str]) -> list[str]:

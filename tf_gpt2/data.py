@@ -207,7 +207,7 @@ def resolve_inputs(inputs: str | Sequence[str], exclude: Sequence[str] = ()) -> 
             if _is_output(pattern):  # its merges.txt or batching_parameters.txt is no text to learn
                 raise ValueError(f"{pattern} is {OUTPUT_KINDS} by its files (a manifest.json of splits, a run.json, "
                                  "weights, or a tokenizer's files), not a folder of text: to read text kept there, "
-                                 "name its files or a glob of them")
+                                 "name the files themselves (a glob skips such a folder too)")
             files += _text_files_in(pattern, excluded)
         elif os.path.isfile(pattern):
             refuse_if_not_text(pattern)

@@ -127,7 +127,8 @@ def save_checkpoint(model: GPT2, path: str, step: int, write: bool = True,
     arrays = {f"v{i}": host_array(v) for i, v in enumerate(variables)}
     if not write:
         return
-    meta = {"step": step, "variables": [v.path for v in variables], "grad_accum": _accumulating(model.optimizer)[1]}
+    meta = {"step": step, "variables": [v.path for v in variables], "grad_accum": _accumulating(model.optimizer)[1],
+            "characters": model.config.characters}
 
     def dump(tmp: str) -> None:
         with open(tmp, "wb") as f:  # a file object: np.savez would add ".npz" to a name
@@ -148,14 +149,19 @@ def restore_checkpoint(model: GPT2, path: str) -> int:
     except Exception as e:  # truncated, empty or damaged: BadZipFile, EOFError, zlib.error, KeyError, ...
         raise ValueError(f"checkpoint {path} is unreadable ({type(e).__name__}: {e}); nothing was changed: "
                          "restore a copy, or move it away to start the run over") from None
+    if meta.get("characters", model.config.characters) != model.config.characters:  # (older checkpoints: none)
+        raise ValueError(f"checkpoint {path} was trained on other characters than this run's data holds "
+                         f"({''.join(meta['characters'] or [])[:60]!r} against "
+                         f"{''.join(model.config.characters or [])[:60]!r}): every id would mean another character")
     if len(arrays) != len(variables):  # names carry per-process counters, so compare structure
         raise ValueError(f"checkpoint {path} holds {len(arrays)} variables, this model and optimizer "
                          f"have {len(variables)}: it was written by a different configuration (another model size, "
-                         "--lora-rank, or --grad-accum 1 against more)")
+                         "--lora-rank, or --grad-accum: only a run that accumulates has accumulators, so a run of "
+                         "--grad-accum 1 and one of more do not resume each other)")
     for variable, value in zip(variables, arrays):
         if tuple(value.shape) != tuple(variable.shape):
             raise ValueError(f"checkpoint {path}: '{variable.path}' has shape {value.shape}, expected {variable.shape}")
-        if variable.dtype == "bfloat16" and value.dtype == np.dtype("V2"):  # np.savez keeps bfloat16 as raw bytes
+        if value.dtype == np.dtype("V2"):  # np.savez keeps bfloat16 as raw bytes (a float32 variable takes them too)
             value = value.view(ml_dtypes.bfloat16)
         try:
             variable.assign(value)
