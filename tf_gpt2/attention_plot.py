@@ -62,7 +62,8 @@ def plot_attention(maps: np.ndarray, tokens: Sequence[str], layer: int = 0, path
     if path is not None and not isinstance(path, (str, os.PathLike)):  # a file object: matplotlib writes to it
         fig.savefig(path, dpi=100)
     elif path:  # written whole or not at all (a killed save leaves the previous image)
-        path, suffix = os.fspath(path), os.path.splitext(os.fspath(path))[1][1:].lower()
+        path = os.fspath(path)
+        suffix = os.path.splitext(path)[1][1:].lower()
         if not suffix:  # as matplotlib names a file without one: with its default format's
             suffix = plt.rcParams["savefig.format"]
             path = f"{path}.{suffix}"

@@ -303,7 +303,7 @@ def save_hf(model: keras.Model, directory: str | os.PathLike) -> None:
 
     _gpt2_only(model, "Hugging Face")
     directory = os.fspath(directory)
-    _refuse_a_config_of_no_model(os.path.join(directory, "config.json"))
+    _refuse_replacing_another_config(os.path.join(directory, "config.json"))
     os.makedirs(directory, exist_ok=True)
     cfg = model.config
     activation = {"gelu_tanh": "gelu_new"}.get(cfg.activation, cfg.activation)
@@ -349,8 +349,8 @@ KERAS_HUB_FILES = ("metadata.json", "model.weights.h5", "preprocessor.json", "ta
                    "tokenizer.json", "assets")
 
 
-def _refuse_a_config_of_no_model(path: str) -> None:
-    """A config.json that is no checkpoint's (a project's own settings) is not replaced by a save into its folder."""
+def _refuse_replacing_another_config(path: str) -> None:
+    """A config.json that is no GPT-2 checkpoint's (a project's settings, another kind of model) is not replaced."""
     if not os.path.lexists(path):
         return
     try:

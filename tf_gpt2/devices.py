@@ -135,9 +135,9 @@ def _tf_config_workers() -> int:
         config = json.loads(raw)
     except ValueError:
         config = None
-    if not isinstance(config, dict) or not isinstance(config.get("cluster") or {}, dict):
+    cluster = (config.get("cluster") or {}) if isinstance(config, dict) else None  # none: tf.distribute runs alone
+    if not isinstance(cluster, dict):
         raise ValueError(f"TF_CONFIG is not a JSON object with a 'cluster' of tasks: {raw[:200]!r}")
-    cluster = config.get("cluster") or {}  # none: tf.distribute runs alone, as without TF_CONFIG
     return sum(len(tasks) if isinstance(tasks, (list, dict)) else 1
                for kind, tasks in cluster.items() if kind in ("chief", "worker"))
 
