@@ -8,8 +8,10 @@ The switch that makes them small (nothing else in a block is changed):
   tiny GPT-2s under those names (GPT-2's vocabulary and 1,024 positions, 2 layers, 32 wide); `path/to/gpt2` is one
   of them on disk; `my_texts/` holds three texts (plain, gzip, CRLF with non-Latin lines); `wiki.test.raw` is a
   page of WikiText.
-- `--steps N` runs 2 steps, `tf-gpt2 train` evaluates 1 validation batch (`--eval-batches 1`, instead of 20) and
-  writes no sample (`--sample-tokens 0`), and `steps_per_epoch=N, epochs=M` runs 2 steps in 1 epoch.
+- `--steps N` runs 2 steps, `tf-gpt2 train` evaluates 1 validation batch (`--eval-batches 1`, instead of 20),
+  writes no sample (`--sample-tokens 0`) and compiles without XLA (`--no-xla`: XLA's compile costs more than 2 steps
+  of a tiny model save; tests/test_training.py trains these settings under XLA), and `steps_per_epoch=N, epochs=M`
+  runs 2 steps in 1 epoch.
 - Training windows are smaller: `gpt2-mini` is `gpt2-tiny` (128 positions), and a batch is 2 windows
   (`--batch-size`, `batch_size=`) of 64 tokens (`tf-gpt2 train` gets `--block-size 64`; `block_size=` is 64), of
   which `--grad-accum N` accumulates 2.
@@ -30,7 +32,8 @@ ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 PAGES = ["README.md"] + sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, "docs", "*.md")))
 BLOCK = re.compile(r"(?:<!-- not run: (?P<reason>[^>]*?) -->\n)?^```(?P<lang>[\w-]*)\n(?P<body>.*?)^```$", re.S | re.M)
 SMALLER = ((re.compile(r"--steps \d+"), "--steps 2"),
-           (re.compile(r"\btf-gpt2 train "), "tf-gpt2 train --eval-batches 1 --sample-tokens 0 --block-size 64 "),
+           (re.compile(r"\btf-gpt2 train "),
+            "tf-gpt2 train --eval-batches 1 --sample-tokens 0 --no-xla --block-size 64 "),
            (re.compile(r"steps_per_epoch=\d+, epochs=\d+"), "steps_per_epoch=2, epochs=1"),
            (re.compile(r"(--batch-size |batch_size=)\d+"), r"\g<1>2"),
            (re.compile(r"(--block-size |block_size=)\d+"), r"\g<1>64"),

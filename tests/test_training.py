@@ -27,9 +27,11 @@ def char_data(tmp_path_factory):
 
 
 def config(out, data, **kwargs):
+    """A run's settings, compiled without XLA (`tf-gpt2 train`'s default compiles with it): XLA's compile takes more
+    time than these few steps of a tiny model save, and the tests that pass `jit_compile=True` train under it."""
     defaults = dict(out=str(out), data=data, preset="gpt2-tiny", model=TINY, steps=20, eval_interval=10,
                     batch_size=4, block_size=32, eval_batches=1, warmup_steps=2, sample_tokens=0,
-                    tensorboard=False, verbose=0)
+                    tensorboard=False, verbose=0, jit_compile=False)
     return TrainConfig(**{**defaults, **kwargs})
 
 
@@ -42,7 +44,7 @@ def test_tiny_model_overfits_through_model_fit(char_data, tmp_path, monkeypatch)
     traces, train_step = [], GPT2.train_step
     monkeypatch.setattr(GPT2, "train_step", lambda self, data: traces.append(data) or train_step(self, data))
     model, history = train(config(tmp_path, char_data, steps=300, eval_interval=100, learning_rate=3e-3,
-                                  min_learning_rate=3e-4, warmup_steps=20, weight_decay=0.0))
+                                  min_learning_rate=3e-4, warmup_steps=20, weight_decay=0.0, jit_compile=True))
     assert len(traces) == 1  # the optimizer is built before fit: built in its first trace, TensorFlow traced twice
     assert history["loss"][0] > history["loss"][-1]
     assert history["loss"][-1] < 0.3
@@ -97,13 +99,14 @@ def kill_mid_run_then_resume(command, env, after_step, steps, uninterrupted):
 
 @pytest.mark.parametrize("precision", ["mixed_bfloat16", "mixed_float16"])
 def test_mixed_precision_gives_finite_loss(char_data, tmp_path, precision):
-    model, history = train(config(tmp_path, char_data, precision=precision, steps=10, eval_interval=5))
+    model, history = train(config(tmp_path, char_data, precision=precision, steps=10, eval_interval=5,
+                                  jit_compile=True))
     assert model.compute_dtype == precision.split("_")[1]
     assert all(np.isfinite(history["loss"])) and history["loss"][-1] < history["loss"][0]
 
 
-def test_grad_accumulation_several_steps_per_call_and_no_xla_train_finitely(char_data, tmp_path):
-    _, history = train(config(tmp_path, char_data, grad_accum=2, steps_per_execution=5, jit_compile=False))
+def test_grad_accumulation_several_steps_per_call_under_xla_trains_finitely(char_data, tmp_path):
+    _, history = train(config(tmp_path, char_data, grad_accum=2, steps_per_execution=5, jit_compile=True))
     assert all(np.isfinite(history["loss"]))
 
 
@@ -138,7 +141,7 @@ def test_lora_trains_only_adapters(char_data, tmp_path):
     # float32, and the losses follow the float32 run's (measured: within 0.3%; a base rounded to 8 bits of
     # mantissa is the whole difference).
     half_config = config(tmp_path / "half", char_data, init_from=str(base), lora_rank=4, learning_rate=1e-2,
-                         base_dtype="bfloat16", model={**TINY, "remat": True})
+                         base_dtype="bfloat16", model={**TINY, "remat": True}, jit_compile=True)
     half, half_history = train(half_config)
     # Its checkpoint restores whole: a rerun reads the bfloat16 base back (np.savez keeps it as raw 2-byte values,
     # which failed with "No cast function available") and finds nothing left to train.
@@ -387,7 +390,7 @@ def test_a_second_train_on_the_same_run_directory_is_refused(char_data, tmp_path
     command = [sys.executable, "-m", "tf_gpt2.cli", "train", "--data", char_data, "--out", str(tmp_path),
                "--preset", "gpt2-tiny", "--n-layer", "2", "--n-head", "2", "--n-embd", "32", "--n-positions", "64",
                "--steps", "100000", "--eval-interval", "10", "--batch-size", "4", "--block-size", "32",
-               "--eval-batches", "1", "--sample-tokens", "0"]
+               "--eval-batches", "1", "--sample-tokens", "0", "--no-xla"]
     first = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.time() + 300
@@ -521,7 +524,7 @@ def test_grad_accum_counts_optimizer_steps(char_data, tmp_path):
     import keras
 
     model, history = train(config(tmp_path, char_data, steps=6, eval_interval=3, grad_accum=3, warmup_steps=2,
-                                  learning_rate=1e-3, min_learning_rate=1e-4))
+                                  learning_rate=1e-3, min_learning_rate=1e-4, jit_compile=True))
     assert int(model.optimizer.iterations) == 6  # Keras' count of updates
     assert int(model.optimizer._iterations) == 18  # micro-batches seen
     assert _checkpoint_step(tmp_path / CHECKPOINT) == 6
@@ -530,7 +533,8 @@ def test_grad_accum_counts_optimizer_steps(char_data, tmp_path):
     # Resumed with another --grad-accum, the run goes on from update 6, not from micro-batch 18 read as updates of 2
     # (which ended this run at update 11, its schedule past its end).
     model, history = train(config(tmp_path, char_data, steps=8, eval_interval=3, grad_accum=2, warmup_steps=2,
-                                  learning_rate=1e-3, min_learning_rate=1e-4, resume_with_changes=True))
+                                  learning_rate=1e-3, min_learning_rate=1e-4, resume_with_changes=True,
+                                  jit_compile=True))
     assert (int(model.optimizer.iterations), int(model.optimizer._iterations)) == (8, 16)
     reference = keras.optimizers.schedules.CosineDecay(0.0, 6, alpha=0.1, warmup_target=1e-3, warmup_steps=2)
     assert history["learning_rate"] == pytest.approx([float(reference(8))])
