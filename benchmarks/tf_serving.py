@@ -28,13 +28,17 @@ install from PyPI). What the stock server does, from tensorflow/serving's source
   dimension 0 and copies bytes: outputs whose width depends on the batch (padded prompts, the longest answer) come
   back joined wrong. It is not reproduced here.
 
-Run as a script, in a fresh process (XLA stays off for the process's whole life):
-    python benchmarks/tf_serving.py MODEL_DIR CALLS.pkl RESULTS.pkl [--xla] [--batching_parameters_file F]
-CALLS is a pickled list of calls; a call is a list of requests answered as one merged batch (a list of one:
-on its own; a merged batch needs the batching parameters, as the server needs --enable_batching). A request is a
-serialized `tensorflow_serving.apis.predict_pb2.PredictRequest` (gRPC) or a REST
-body as a dict (with "signature_name"). RESULTS gets, for each call, a list: a serialized PredictResponse, the
-REST answer's JSON text, or {"error": message}.
+Run as a script, it is a server of the models it is sent, the way one tensorflow_model_server serves every model of
+its config (XLA stays off for the process's whole life unless `--xla`):
+    python benchmarks/tf_serving.py [--xla]
+It reads pickled (MODEL_DIR, BATCHING_PARAMETERS_FILE or None, CALLS) one after another from stdin until stdin
+closes, and writes each one's RESULTS, pickled, to stdout. Each model version, with its batching parameters, loads
+on its first use into a Session of its own and stays loaded. CALLS is a list of calls; a call is a list of requests
+answered as one merged batch (a list of one: on its own; a merged batch needs the batching parameters, as the server
+needs --enable_batching, which the file stands for). A request is a serialized
+`tensorflow_serving.apis.predict_pb2.PredictRequest` (gRPC) or a REST body as a dict (with "signature_name").
+RESULTS holds, for each call, a list: a serialized PredictResponse, the REST answer's JSON text, or
+{"error": message}.
 """
 
 from __future__ import annotations
@@ -270,14 +274,8 @@ def xla_only_ops(model_dir: str) -> list[str]:
     return sorted(t for t in types if t.startswith("Xla"))
 
 
-def main(argv: list[str]) -> None:
-    model_dir, calls_path, results_path = argv[:3]
-    sys.modules["tf_gpt2"] = None  # the server has no Python package: the SavedModel must not need it
-    start(xla="--xla" in argv)
-    parameters = argv[argv.index("--batching_parameters_file") + 1] if "--batching_parameters_file" in argv else None
-    server = Server(model_dir, read_batching_parameters(parameters) if parameters else None)
-    with open(calls_path, "rb") as f:
-        calls = pickle.load(f)
+def answer(server: Server, calls: list[list]) -> list:
+    """Each call's answers (a list), or {"error": message} for a call the server fails whole."""
     results = []
     for requests in calls:
         try:
@@ -285,8 +283,26 @@ def main(argv: list[str]) -> None:
             results.append(front(requests))
         except Exception as error:  # the server answers the call with the error; the next call goes on
             results.append({"error": f"{type(error).__name__}: {error}"})
-    with open(results_path, "wb") as f:
-        pickle.dump(results, f)
+    return results
+
+
+def main(argv: list[str]) -> None:
+    """Answer (model_dir, batching_parameters_file, calls) read from stdin until it closes (the module's docstring)."""
+    sys.modules["tf_gpt2"] = None  # the server has no Python package: the SavedModel must not need it
+    results_out = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)  # anything else written to stdout goes to stderr, not between the pickled results
+    start(xla="--xla" in argv)
+    servers = {}
+    while True:
+        try:
+            model_dir, parameters, calls = pickle.load(sys.stdin.buffer)
+        except EOFError:
+            return
+        if (model_dir, parameters) not in servers:
+            servers[model_dir, parameters] = Server(model_dir,
+                                                    read_batching_parameters(parameters) if parameters else None)
+        pickle.dump(answer(servers[model_dir, parameters], calls), results_out)
+        results_out.flush()
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ import sys
 
 import numpy as np
 import pytest
-from test_tf_serving import BENCHMARKS, grpc, outputs, serve
+from test_tf_serving import BENCHMARKS, _stop_servers, grpc, outputs, serve  # noqa: F401  (ends the servers)
 
 from tf_gpt2 import GPT2Tokenizer
 from tf_gpt2.export import export_saved_model

@@ -34,18 +34,45 @@ def served(served_tiny):
     return served_tiny
 
 
+SERVERS: dict[bool, subprocess.Popen] = {}  # this test process's servers, by their XLA setting
+
+
 def serve(path, calls, tmp_path, batching=None, xla=False):
-    """Answer `calls` in a fresh process run as tensorflow_model_server runs the model (with `--enable_batching
-    --batching_parameters_file=batching` when given, with `--xla_cpu_compilation_enabled` when `xla`)."""
-    with open(tmp_path / "calls.pkl", "wb") as f:
-        pickle.dump(calls, f)
-    command = [sys.executable, os.path.join(BENCHMARKS, "tf_serving.py"), path, str(tmp_path / "calls.pkl"),
-               str(tmp_path / "results.pkl")] + (["--batching_parameters_file", str(batching)] if batching else []) \
-        + (["--xla"] if xla else [])
-    run = subprocess.run(command, capture_output=True, text=True, timeout=600)
-    assert run.returncode == 0, run.stderr[-3000:]
-    with open(tmp_path / "results.pkl", "rb") as f:
-        return pickle.load(f)
+    """Answer `calls` as tensorflow_model_server answers them: in a process of its own, started as the server starts
+    (with `--xla_cpu_compilation_enabled` when `xla`), that serves every model this test process sends it with that
+    setting, each version loaded once (and again with other `--enable_batching --batching_parameters_file=batching`
+    parameters), as one server serves every model of its config."""
+    import select
+
+    server = SERVERS.get(xla)
+    if server is None or server.poll() is not None:
+        log = open(tmp_path / "server.log", "w+")
+        server = SERVERS[xla] = subprocess.Popen(
+            [sys.executable, os.path.join(BENCHMARKS, "tf_serving.py")] + (["--xla"] if xla else []),
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log)
+        server.log = log
+    pickle.dump((str(path), str(batching) if batching else None, calls), server.stdin)
+    server.stdin.flush()
+    if select.select([server.stdout], [], [], 600)[0]:
+        try:
+            return pickle.load(server.stdout)
+        except EOFError:
+            pass
+    server.kill()
+    del SERVERS[xla]
+    server.log.seek(0)
+    pytest.fail(f"the server ended or did not answer:\n{server.log.read()[-3000:]}")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _stop_servers():
+    """Each test file's servers end with it: stdin closed, they return (an exception in one would be its stderr)."""
+    yield
+    while SERVERS:
+        server = SERVERS.popitem()[1]
+        server.stdin.close()
+        assert server.wait(timeout=60) == 0, open(server.log.name).read()[-3000:]
+        server.log.close()
 
 
 def grpc(signature, **inputs):
