@@ -194,6 +194,20 @@ def _fresh_python(code: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
 
 
+def test_an_on_device_export_over_an_earlier_one_says_it_replaced_it(tmp_path, capsys, monkeypatch):
+    """A .tflite or .litertlm is replaced whole (a SavedModel adds a version instead): said, not silent."""
+    def export(model, path, **settings):  # (the conversion itself: tests/test_litert.py)
+        with open(path, "wb") as f:
+            f.write(b"tflite")
+        return path
+
+    monkeypatch.setattr("tf_gpt2.litert.export_litert", export)
+    out = str(tmp_path / "gpt2.tflite")
+    for said in (f"wrote {out}", f"replaced the earlier {out}"):
+        assert cli_main([*EXPORT_TINY, "--format", "tflite", "--out", out]) == 0
+        assert capsys.readouterr().out.strip().splitlines()[-1] == said
+
+
 def test_a_file_size_limit_and_another_backend_end_in_one_line_naming_the_file(tmp_path):
     """A write cut short by the disk or a size limit (EFBIG here, from RLIMIT_FSIZE) names the file it was writing,
     and the temp folder where it was staged in one (TensorFlow's own writer, there); an export on the JAX backend

@@ -13,7 +13,7 @@ from tf_gpt2 import GPT2, GPT2Config, GPT2Tokenizer
 from tf_gpt2.cli import main as cli_main
 from tf_gpt2.data import embedded_corpus
 from tf_gpt2.detokenize import wikitext_detokenize
-from tf_gpt2.evaluation import evaluate, windows
+from tf_gpt2.evaluation import EvalResult, evaluate, windows
 
 CONTEXT = 32  # the tiny model's n_positions: a few hundred tokens need many windows
 
@@ -135,6 +135,20 @@ def test_eval_cli_matches_library(checkpoint, text, tmp_path, capsys):
     assert cli_main(["eval", str(gz), "--model", directory, "--context", "16", "--stride", "8", "--json"]) == 0
     gz_report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert {k: v for k, v in gz_report.items() if k != "file"} == {k: v for k, v in report.items() if k != "file"}
+
+
+def test_a_perplexity_past_float64s_range_is_inf_and_null_in_the_json(tmp_path, capsys, monkeypatch):
+    """A diverged model's loss above 709 nats/token: exp overflows (it ended `tf-gpt2 eval` in "OverflowError: math
+    range error", the report lost)."""
+    assert EvalResult(nll=7000.0, tokens=10, bytes=40).perplexity == pytest.approx(math.exp(700))
+    assert EvalResult(nll=7100.0, tokens=10, bytes=40).perplexity == math.inf
+    monkeypatch.setattr("tf_gpt2.evaluation.evaluate", lambda *args, **kwargs: EvalResult(8000.0, 10, 40))
+    (tmp_path / "t.txt").write_text("Hello world")
+    assert cli_main(["eval", str(tmp_path / "t.txt"), "--random-init", "gpt2-tiny", "--json"]) == 0
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert "Infinity" not in line and json.loads(line)["perplexity"] is None and json.loads(line)["loss"] == 800.0
+    assert cli_main(["eval", str(tmp_path / "t.txt"), "--random-init", "gpt2-tiny"]) == 0
+    assert "loss 800.0000 nats/token  perplexity inf" in capsys.readouterr().out
 
 
 def test_bad_input_is_named(tmp_path, capsys):

@@ -201,3 +201,16 @@ def test_two_exports_into_one_base_at_once_get_two_whole_versions(tmp_path):
     for version in ("1", "2"):
         assert os.path.exists(base / version / "saved_model.pb") and os.listdir(base / version / "variables")
     assert (base / "batching_parameters.txt").read_text() == "max_batch_size { value: 8 }\n"
+
+
+def test_an_export_into_a_version_folder_is_refused_naming_the_base_the_server_watches(tmp_path):
+    """`--out saved_models/gpt2/1` would write `gpt2/1/1`, which a server watching saved_models/gpt2 never loads."""
+    from tf_gpt2 import GPT2, GPT2Config
+
+    version = tmp_path / "gpt2" / "1"
+    version.mkdir(parents=True)
+    (version / "saved_model.pb").write_bytes(b"")
+    with pytest.raises(ValueError, match=f"{version} is a version of a served model .*: give the base folder the "
+                                         f"server watches, {tmp_path / 'gpt2'}, and the export is its next version"):
+        export_saved_model(GPT2(GPT2Config.from_preset("gpt2-tiny", vocab_size=50, n_positions=16)), str(version))
+    assert os.listdir(version) == ["saved_model.pb"]

@@ -72,6 +72,8 @@ def test_stop_ids_end_generation(model):
         (dict(top_p=1.5), "top_p must be in \\(0, 1\\]"),
         (dict(temperature=-0.1), "temperature must be >= 0, got -0.1$"),  # as given, not float32's -0.100000001
         (dict(prompt=[1, 300]), "token ids must be in \\[0, 300\\)"),
+        (dict(prompt=[[1, 2], [3], []]), r"prompt\(s\) \[2\] of the batch are empty"),  # the row named
+        (dict(prompt=[[1, 2], [3, 300], [-1]]), r"got min -1 and max 300 \(prompt\(s\) \[1, 2\] of the batch\)"),
         (dict(temperature=float("nan")), "temperature must be a finite number, got nan"),
         (dict(repetition_penalty=float("nan")), "repetition_penalty must be a finite number"),
         (dict(repetition_penalty=float("inf")), "repetition_penalty must be a finite number"),

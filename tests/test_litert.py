@@ -28,6 +28,12 @@ def model():
 
 
 @pytest.fixture(scope="module")
+def flatbuffer(model):
+    """The model's .tflite at CACHE and PREFILL, converted once: each test builds its own LiteRTGenerator of it."""
+    return litert_bytes(model, CACHE, PREFILL)
+
+
+@pytest.fixture(scope="module")
 def litertlm_file(model, tmp_path_factory):
     return export_litertlm(model, str(tmp_path_factory.mktemp("lm") / "tiny.litertlm"), CACHE, PREFILL)
 
@@ -93,8 +99,8 @@ def test_litert_lm_stops_at_end_of_text(tmp_path):
     assert _litert_lm_turns(path, [prompt], max_output_tokens=10) == [tok.decode(unstopped[:stop_at])]
 
 
-def test_plain_interpreter_runs_the_same_contract(model):
-    gen = LiteRTGenerator(litert_bytes(model, CACHE, PREFILL))
+def test_plain_interpreter_runs_the_same_contract(model, flatbuffer):
+    gen = LiteRTGenerator(flatbuffer)
     assert gen.prefill_lengths == list(PREFILL) and gen.cache_length == CACHE
     assert sorted(gen.interpreter.get_signature_list()) == ["decode", "prefill_4", "prefill_8"]
     prompt = np.random.RandomState(3).randint(0, 50257, 15).tolist()  # chunks 8 + 4, one decode step, then 2 steps
@@ -115,8 +121,8 @@ def test_a_lora_model_with_a_bfloat16_base_runs_on_device_with_its_adapters_merg
                                atol=0.15)  # the model's own logits in bfloat16: measured 0.045
 
 
-def test_generator_rejects_bad_input_and_keeps_its_cache(model):
-    gen = LiteRTGenerator(litert_bytes(model, CACHE, PREFILL))
+def test_generator_rejects_bad_input_and_keeps_its_cache(model, flatbuffer):
+    gen = LiteRTGenerator(flatbuffer)
     logits = gen.feed([464, 3290, 318])
     cache = {name: value.copy() for name, value in gen.cache.items()}
     for bad, message in (([], "no tokens to feed"), ([5, 50257], r"token ids must be in \[0, 50257\)"),
@@ -131,7 +137,7 @@ def test_generator_rejects_bad_input_and_keeps_its_cache(model):
     with pytest.raises(ValueError, match=r"token ids must be in \[0, 50257\)"):  # a stop id it never writes
         gen.generate([5], max_new_tokens=2, stop_ids=[10**6])
     assert gen.position == 3 and all(np.array_equal(gen.cache[n], cache[n]) for n in cache)
-    np.testing.assert_array_equal(gen.feed([11]), LiteRTGenerator(litert_bytes(model, CACHE, PREFILL)).feed(
+    np.testing.assert_array_equal(gen.feed([11]), LiteRTGenerator(flatbuffer).feed(
         [464, 3290, 318, 11]))  # the failed calls changed nothing
     assert logits.shape == (50257,)
     with pytest.raises(ValueError, match="exceeds the exported cache of 40"):
@@ -143,11 +149,11 @@ def test_generator_rejects_bad_input_and_keeps_its_cache(model):
     assert gen.generate([464, 3290], max_new_tokens=3, stop_ids=one_id) == [one_id]
 
 
-def test_the_raw_signatures_never_corrupt_the_cache(model):
+def test_the_raw_signatures_never_corrupt_the_cache(flatbuffer):
     """An app driving the .tflite itself gets no Python checks: the signatures check in the graph; a step at a
     position outside the cache or with an id outside the vocabulary returns NaN logits and leaves every cache slot
     as it was (a clamped write would overwrite the conversation's first or last entries)."""
-    gen = LiteRTGenerator(litert_bytes(model, CACHE, PREFILL))
+    gen = LiteRTGenerator(flatbuffer)
     gen.feed([464, 3290, 318])
     decode, prefill = gen.interpreter.get_signature_runner("decode"), gen._prefill[min(PREFILL)]
     t = min(PREFILL)
@@ -177,9 +183,9 @@ def test_quantized_variants_agree_with_fp32_on_a_trained_model(trained, held_out
     # Bounds on mean |logits - Keras fp32| over the logits' spread, measured: fp32 ~1e-7, fp16 0.0004, int8 0.009;
     # a float model with 1% (2%) noise on every weight gives 0.013 (0.026) and agrees on 98-100% of the choices.
     for quantize, min_agreement, bound in (("fp32", 1.0, 1e-5), ("fp16", 0.95, 0.002), ("int8", 0.85, 0.02)):
-        flatbuffer = litert_bytes(trained, 48, (8,), quantize)
-        sizes[quantize] = len(flatbuffer)
-        gen = LiteRTGenerator(flatbuffer)
+        tflite = litert_bytes(trained, 48, (8,), quantize)
+        sizes[quantize] = len(tflite)
+        gen = LiteRTGenerator(tflite)
         steps = np.stack([gen.feed(text[:1])] + [gen.feed([t]) for t in text[1:]])
         agreement = np.mean(steps.argmax(-1) == reference)
         error = np.abs(steps - logits).mean() / logits.std()
@@ -273,6 +279,23 @@ def test_export_cli_writes_a_litertlm_that_the_litert_lm_cli_runs(model, tmp_pat
     tok = GPT2Tokenizer()
     expected = tok.decode(model.generate([EOT_ID] + tok.encode("Once upon a time"), max_new_tokens=32, stop_ids=[]))
     assert len(printed) > 20 and expected.startswith(printed)  # it runs until the 25-token budget is spent
+
+
+def test_a_file_that_is_no_tf_gpt2_tflite_is_named(tmp_path):
+    """A .litertlm (LiteRT-LM's bundle, not a .tflite) or another model's .tflite is named with what it lacks."""
+    import tensorflow as tf
+
+    bundle = tmp_path / "gpt2.litertlm"
+    bundle.write_bytes(b"LITERTLM" + bytes(200))
+    with pytest.raises(ValueError, match=f"{bundle} is no .tflite LiteRT reads"):
+        LiteRTGenerator(str(bundle))
+    double = tf.function(lambda x: {"y": 2 * x}, input_signature=[tf.TensorSpec([1], tf.float32)])
+    other = tmp_path / "other.tflite"
+    other.write_bytes(tf.lite.TFLiteConverter.from_concrete_functions([double.get_concrete_function()]).convert())
+    with pytest.raises(ValueError, match=f"{other} is not a tf_gpt2 on-device model: signatures"):
+        LiteRTGenerator(str(other))
+    with pytest.raises(ValueError, match="the model given as bytes is not a tf_gpt2 on-device model"):
+        LiteRTGenerator(other.read_bytes())
 
 
 def test_a_missing_interpreter_names_the_extra_to_install(model, monkeypatch):

@@ -1,5 +1,6 @@
-"""The SavedModel served as the stock tensorflow_model_server serves it: a fresh process with XLA compilation
-disabled, TF Text's ops linked, the TF1 loader and a Session, requests as gRPC PredictRequest protos and as
+"""The SavedModel served as the stock tensorflow_model_server serves it: a process of its own with XLA compilation
+disabled (or enabled, as the server's flag does) serving each model it is sent, TF Text's ops linked, the TF1 loader
+and a Session per model version, requests as gRPC PredictRequest protos and as
 REST bodies in both formats, and merged batches built by the batcher's rules (benchmarks/tf_serving.py cites
 the server's source for each rule)."""
 

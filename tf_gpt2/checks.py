@@ -42,11 +42,11 @@ def known_values(x: Any) -> np.ndarray | None:
         return None
 
 
-def check_in_vocabulary(ids: Any, vocab_size: int) -> None:
-    """Every id of `ids` (any shape, non-empty) in [0, vocab_size)."""
+def check_in_vocabulary(ids: Any, vocab_size: int, where: str = "") -> None:
+    """Every id of `ids` (any shape, non-empty) in [0, vocab_size); `where` says where they came from."""
     ids = np.asarray(ids)
     if ids.min() < 0 or ids.max() >= vocab_size:
-        raise ValueError(f"token ids must be in [0, {vocab_size}), got min {ids.min()} and max {ids.max()}")
+        raise ValueError(f"token ids must be in [0, {vocab_size}), got min {ids.min()} and max {ids.max()}{where}")
 
 
 def _shape(name: str, x: Any) -> tuple:

@@ -322,6 +322,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     default = os.path.join("saved_models", "gpt2" if kind == "saved_model" else f"gpt2.{kind}")
     out = args.out or default
     _refuse_writing_over_inputs(out, args.model)
+    replaced = kind != "saved_model" and os.path.isfile(out)  # replaced whole (a SavedModel adds a version)
     if kind == "saved_model":
         path = export_saved_model(_load_model(args), out, version=args.version,
                                   max_new_tokens_limit=args.max_new_tokens_limit, dtype=args.dtype, xla=args.xla)
@@ -331,7 +332,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         export = litert.export_litert if kind == "tflite" else litert.export_litertlm
         path = export(_load_model(args), out, cache_length=args.cache_length, prefill_lengths=args.prefill_lengths,
                       quantize=args.quantize)
-    print(f"wrote {path}")
+    print(f"{'replaced the earlier' if replaced else 'wrote'} {path}")
     return 0
 
 
@@ -346,7 +347,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     result = evaluate(model, text, context=args.context, stride=args.stride, batch_size=args.batch_size,
                       detokenize=args.detokenize, verbose=not args.json, source=args.file)
     report = {"file": args.file, "tokens": result.tokens, "bytes": result.bytes, "loss": result.loss,
-              "perplexity": result.perplexity, "bits_per_byte": result.bits_per_byte}
+              "perplexity": result.perplexity if math.isfinite(result.perplexity) else None,  # JSON has no inf
+              "bits_per_byte": result.bits_per_byte}
     if args.json:
         print(json.dumps(report))
     else:

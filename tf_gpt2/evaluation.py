@@ -15,6 +15,7 @@ True
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -42,8 +43,8 @@ class EvalResult:
 
     @property
     def perplexity(self) -> float:
-        """exp(loss): the token-level perplexity."""
-        return math.exp(self.loss)
+        """exp(loss): the token-level perplexity (inf past float64's range, a loss above 709 nats)."""
+        return math.exp(self.loss) if self.loss < math.log(sys.float_info.max) else math.inf
 
     @property
     def bits_per_byte(self) -> float:

@@ -323,8 +323,8 @@ def export_saved_model(model: GPT2, base_dir: str, version: int | None = None,
     """Write a TF Serving model version `<base_dir>/<version>/` and return its path.
 
     `dtype` "bfloat16" stores the weights and runs the arithmetic in bfloat16 (logits stay float32): half the
-    weight memory, and on a CPU with avx512_bf16 or AMX the fastest way to serve (README: TF Serving); default:
-    the model's own.
+    weight memory; on a CPU with avx512_bf16 or AMX the fastest export at batch 32 and the slowest at batch 1
+    (docs/serving.md); default: the model's own.
 
     `xla=True` runs prefill and decoding as one XLA program per bucket of batch size, prompt length and budget
     (powers of two; each compiled on its first request): as fast as `model.generate`, but only on a server started
@@ -347,6 +347,10 @@ def export_saved_model(model: GPT2, base_dir: str, version: int | None = None,
     if version is not None and version > LARGEST_VERSION:  # a folder the server would skip without a word
         raise ValueError(f"version must be at most {LARGEST_VERSION} (TF Serving reads it as a 64-bit integer), got "
                          f"{version}")
+    if os.path.exists(os.path.join(base_dir, "saved_model.pb")):  # its export would be a version TF Serving never sees
+        raise ValueError(f"{base_dir} is a version of a served model (it holds saved_model.pb): give the base folder "
+                         f"the server watches, {os.path.dirname(os.path.abspath(base_dir))}, and the export is its "
+                         "next version")
     if max_new_tokens_limit > context:
         raise ValueError(f"max_new_tokens_limit {max_new_tokens_limit} exceeds the model's context of {context} "
                          "positions: no row could ask for that many")

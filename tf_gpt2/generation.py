@@ -325,8 +325,9 @@ def _prepare(model, prompt: Any, max_new_tokens: int = 32, temperature: float = 
         raise ValueError(f"stop_ids {unreachable} are never written: tokens are chosen among ids below "
                          f"{vocab_end} (vocab_end)")
     stop_ids = [t for t in stop_ids if t < vocab_end]  # (the default, past a vocab_end given: inert)
-    if any(len(p) == 0 for p in batch):
-        raise ValueError("prompt is empty: give at least one token")
+    if empty := [i for i, p in enumerate(batch) if len(p) == 0]:
+        raise ValueError("prompt is empty: give at least one token" if len(batch) == 1 else
+                         f"prompt(s) {empty} of the batch are empty: give each at least one token")
     if not is_integer(max_new_tokens) or max_new_tokens <= 0:
         raise ValueError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
     longest = max(len(p) for p in batch)
@@ -335,7 +336,9 @@ def _prepare(model, prompt: Any, max_new_tokens: int = 32, temperature: float = 
                if longest < cfg.n_positions else "crop the prompt")
         raise ValueError(f"prompt of {longest} tokens + max_new_tokens {max_new_tokens} exceeds the context of "
                          f"{cfg.n_positions} positions: {fit}")
-    check_in_vocabulary([t for p in batch for t in p], cfg.vocab_size)
+    if outside := [i for i, p in enumerate(batch) if min(p) < 0 or max(p) >= cfg.vocab_size]:
+        check_in_vocabulary([t for i in outside for t in batch[i]], cfg.vocab_size,
+                            "" if len(batch) == 1 else f" (prompt(s) {outside} of the batch)")
     temperature, top_k, top_p, repetition_penalty = _checked_settings(temperature, top_k, top_p, repetition_penalty)
     per_row = lambda value, dtype: np.full(len(batch), value, dtype)  # noqa: E731  (one setting for every row)
     sampling = Sampling(
@@ -397,10 +400,12 @@ def generate(
     temperature 0 is greedy; top_k 0 and top_p 1 switch those filters off (top-p is taken on the
     top-k distribution renormalised). Generation of a row stops after a token in `stop_ids` (ids of the model's
     vocabulary; default: `<|endoftext|>` where the vocabulary has it), which is kept in the ids and dropped from
-    returned text. Row i of a batch samples with seed `seed + i`: its tokens are those of that prompt alone with
-    that seed. No id from `vocab_end` on is chosen (default: the end of the vocabulary of GPT-2's BPE or the
-    characters that read text, else the model's: a vocabulary padded past GPT-2's 50,257 continues text in GPT-2's
-    ids only). Raises FloatingPointError where a token would be chosen from logits that are not finite (NaN or inf).
+    returned text. Text that ends within a character (a byte-level BPE token holds part of its UTF-8 bytes) ends
+    in U+FFFD there, as GPT-2's decoder writes it; ids keep every byte. Row i of a batch samples with seed
+    `seed + i`: its tokens are those of that prompt alone with that seed. No id from `vocab_end` on is chosen
+    (default: the end of the vocabulary of GPT-2's BPE or the characters that read text, else the model's: a
+    vocabulary padded past GPT-2's 50,257 continues text in GPT-2's ids only). Raises FloatingPointError where a
+    token would be chosen from logits that are not finite (NaN or inf).
 
     Example:
     >>> from tf_gpt2 import GPT2, GPT2Config

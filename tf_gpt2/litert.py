@@ -18,6 +18,7 @@ interpreter (`LiteRTGenerator`: the loop an app runs when it drives the model it
 from __future__ import annotations
 
 import os
+import re
 from typing import Sequence
 
 import keras
@@ -276,14 +277,18 @@ class LiteRTGenerator:
             raise ImportError(f"{e.name} is missing: pip install \"tf_gpt2[litert]\" (the LiteRT interpreter)") from e
 
         source = {"model_content": path_or_bytes} if isinstance(path_or_bytes, bytes) else {"model_path": path_or_bytes}
-        self.interpreter = Interpreter(**source, num_threads=num_threads)  # None: LiteRT's default
+        named = "the model given as bytes" if isinstance(path_or_bytes, bytes) else str(path_or_bytes)
+        try:
+            self.interpreter = Interpreter(**source, num_threads=num_threads)  # None: LiteRT's default
+        except ValueError as e:  # ("The model is not a valid Flatbuffer buffer": a .litertlm, say)
+            raise ValueError(f"{named} is no .tflite LiteRT reads ({e})") from None
         names = self.interpreter.get_signature_list()
-        if "decode" not in names:
-            raise ValueError(f"not a tf_gpt2 on-device model: signatures {sorted(names)}, "
-                             "expected decode and prefill_<T>")
+        prefills = [n for n in names if re.fullmatch(r"prefill_[1-9][0-9]*", n)]
+        if "decode" not in names or not prefills or "mask" not in names["decode"]["inputs"]:
+            raise ValueError(f"{named} is not a tf_gpt2 on-device model: signatures {sorted(names)}, expected "
+                             "decode (with a mask input) and prefill_<T>")
         self._decode = self.interpreter.get_signature_runner("decode")
-        self._prefill = {int(n.split("_")[1]): self.interpreter.get_signature_runner(n)
-                         for n in names if n.startswith("prefill_")}
+        self._prefill = {int(n.split("_")[1]): self.interpreter.get_signature_runner(n) for n in prefills}
         inputs = self._decode.get_input_details()
         self.cache_length = int(inputs["mask"]["shape"][-1])
         self.vocab_size = int(self._decode.get_output_details()["logits"]["shape"][-1])

@@ -234,7 +234,7 @@ def other_tokenizer(directory: str, vocab_size: int | None = None) -> str | None
     BPE would become other ids than its own."""
     def read(path: str, parse: Callable[[str], Any]) -> Any:
         try:
-            with open(path, encoding="utf-8") as f:
+            with open(path, encoding="utf-8-sig") as f:  # (a BOM a Windows editor wrote is no token)
                 return parse(f.read())
         except (OSError, ValueError) as e:
             raise _Unreadable(f"{path} cannot be read ({e})") from None
