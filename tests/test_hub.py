@@ -50,7 +50,7 @@ def repos(tmp_path_factory):
 
 SCRIPT = textwrap.dedent("""
     import contextlib, io, json, sys
-    import numpy as np, torch, transformers
+    import numpy as np
     from tf_gpt2 import GPT2
     from tf_gpt2.cli import main
 
@@ -59,7 +59,8 @@ SCRIPT = textwrap.dedent("""
         ours = np.asarray(GPT2.from_pretrained(name)(ids))
         if {local}:  # the same files read from a plain directory (transformers would fetch files of its own)
             theirs = np.asarray(GPT2.from_pretrained({local}[name])(ids))
-        else:
+        else:  # (torch and transformers load only here: seconds of the test's time)
+            import torch, transformers
             hf = transformers.GPT2LMHeadModel.from_pretrained(name.removeprefix("hf://"), dtype=torch.float32)
             with torch.no_grad():
                 theirs = hf(torch.tensor(ids)).logits.numpy()
