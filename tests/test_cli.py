@@ -226,26 +226,34 @@ def test_a_file_size_limit_and_another_backend_end_in_one_line_naming_the_file(t
     default_vocab_files()  # GPT-2's vocabulary files, unpacked into the cache before the limit
     make_hf_model(vocab_size=50257, n_positions=16, n_embd=16, n_layer=1, n_head=2).save_pretrained(tmp_path / "src")
     convert = ["convert", str(tmp_path / "src"), str(tmp_path / "hf")]  # safetensors' own writer (Rust): 3.2 MB
-    code = ("import resource, sys\n"
+    # One process runs the commands of a backend one after another (TensorFlow loads once), each one's status and
+    # what it wrote to stderr kept apart.
+    code = ("import contextlib, io, json, resource, sys\n"
             "resource.setrlimit(resource.RLIMIT_FSIZE, (300_000, resource.RLIM_INFINITY))  # the checkpoint: 1.3 MB\n"
             "from tf_gpt2.cli import main\n"
-            "sys.exit(main(sys.argv[1:]))")
+            "said = []\n"
+            "for argv in json.loads(sys.argv[1]):\n"
+            "    with contextlib.redirect_stderr(io.StringIO()) as err:\n"
+            "        said.append((main(argv), err.getvalue()))\n"
+            "print(json.dumps(said))")
     tflite = ["export", "--random-init", "gpt2-tiny", "--format", "tflite", "--cache-length", "32", "--out",
               str(tmp_path / "m.tflite")]  # staged as a SavedModel in the temp folder first
     (tmp_path / "staging").mkdir()
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "TMPDIR": str(tmp_path / "staging")}
-    for argv, backend, message in ((train, "tensorflow", f"File too large (while writing): {tmp_path}/run/checkpoint"),
-                                   (convert, "tensorflow", "File too large (while writing): "
-                                                           f"{tmp_path}/hf/model.safetensors"),
-                                   (tflite, "tensorflow", f"File too large in the temp folder {tmp_path}/staging, "
-                                                          "where it is staged (set TMPDIR to stage it elsewhere) "
-                                                          f"(while writing): {tmp_path}/m.tflite"),
-                                   (export, "jax", "a SavedModel export writes TensorFlow graphs: run it with "
-                                                   "KERAS_BACKEND=tensorflow (this process runs Keras on jax")):
-        run = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=300,
-                             env={**env, "KERAS_BACKEND": backend})
-        assert run.returncode == 2, run.stderr[-3000:]
-        assert run.stderr.strip().splitlines()[-1].startswith(f"tf-gpt2 {argv[0]}: error: {message}"), run.stderr
+    expected = {"tensorflow": ((train, f"File too large (while writing): {tmp_path}/run/checkpoint"),
+                               (convert, f"File too large (while writing): {tmp_path}/hf/model.safetensors"),
+                               (tflite, f"File too large in the temp folder {tmp_path}/staging, where it is staged "
+                                        f"(set TMPDIR to stage it elsewhere) (while writing): {tmp_path}/m.tflite")),
+                "jax": ((export, "a SavedModel export writes TensorFlow graphs: run it with KERAS_BACKEND=tensorflow "
+                                 "(this process runs Keras on jax"),)}
+    for backend, commands in expected.items():
+        run = subprocess.run([sys.executable, "-c", code, json.dumps([argv for argv, _ in commands])],
+                             capture_output=True, text=True, timeout=300, env={**env, "KERAS_BACKEND": backend})
+        assert run.returncode == 0, run.stderr[-3000:]
+        for (argv, message), (status, said) in zip(commands, json.loads(run.stdout.strip().splitlines()[-1]),
+                                                   strict=True):
+            assert status == 2 and said.strip().splitlines()[-1].startswith(f"tf-gpt2 {argv[0]}: error: {message}"), \
+                said
     assert not os.path.exists(tmp_path / "run" / "checkpoint.npz") and not os.path.exists(tmp_path / "sm")
     assert not os.path.exists(tmp_path / "hf" / "model.safetensors") and not os.path.exists(tmp_path / "m.tflite")
     assert os.listdir(tmp_path / "staging") == []
