@@ -15,6 +15,11 @@ import pytest
 from tf_gpt2 import GPT2, GPT2Config
 from tf_gpt2.files import atomic_write, bytes_writer, exclusive, save_keras
 
+# tf_gpt2/files.py imports the standard library only: a fresh process that needs nothing else loads it alone, as
+# `files`, without the package's `__init__` (TensorFlow: seconds of each test).
+PACKAGE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tf_gpt2")
+FILES_ALONE = f"import sys; sys.path.insert(0, {PACKAGE_DIR!r}); import files; assert 'tensorflow' not in sys.modules"
+
 
 def _tiny(seed):
     import keras
@@ -117,7 +122,8 @@ def test_what_a_writing_library_stages_beside_its_file_is_swept_after_a_kill(tmp
     atomic_write(str(path), bytes_writer(b"good"))
     script = textwrap.dedent(f"""
         import os, signal
-        from tf_gpt2.files import atomic_write
+        {FILES_ALONE}
+        from files import atomic_write
         def as_safetensors_writes(tmp):
             with open(os.path.join(os.path.dirname(tmp), ".tmpAbC123"), "wb") as f:  # its own temporary
                 f.write(b"x" * 1000)
@@ -138,7 +144,8 @@ def test_a_write_cut_short_in_a_work_folder_names_the_output_the_temp_folder_and
     script = textwrap.dedent(f"""
         import os, resource, signal
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-        from tf_gpt2.files import atomic_write, work_dir, write_file
+        {FILES_ALONE}
+        from files import atomic_write, work_dir, write_file
         def assemble(tmp):
             with work_dir("parts") as folder:
                 write_file(os.path.join(folder, "model.tflite"), b"x" * 5000)
@@ -176,7 +183,8 @@ def test_published_files_and_directories_are_readable_by_other_users(tmp_path):
 def test_a_directory_in_use_is_refused_until_its_holder_ends(tmp_path):
     holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
         import sys, time
-        from tf_gpt2.files import exclusive
+        {FILES_ALONE}
+        from files import exclusive
         with exclusive({str(tmp_path)!r}, "training run"):
             print("held", flush=True)
             time.sleep(120)
