@@ -608,8 +608,8 @@ def test_a_checkpoint_with_a_tokenizer_of_its_own_is_refused_by_its_file_and_lef
         assert f"{other / case} {problem}" in capsys.readouterr().err
         assert {name: (other / name).read_bytes() for name in os.listdir(other)} == before
         assert not os.path.exists(str(other) + "-hf")
-    bom = tmp_path / "bom"  # GPT-2's files as a Windows editor saves them, a BOM first: still GPT-2's (as transformers
-    shutil.copytree(tmp_path / "gpt2", bom)  # reads them); they were refused as "not GPT-2's merges"
+    bom = tmp_path / "bom"  # GPT-2's files as a Windows editor saves them, a BOM first: still GPT-2's tokens (only
+    shutil.copytree(tmp_path / "gpt2", bom)  # compared here); they were refused as "not GPT-2's merges"
     for name in ("vocab.json", "merges.txt"):
         (bom / name).write_bytes(b"\xef\xbb\xbf" + (bom / name).read_bytes())
     assert GPT2.from_pretrained(bom).count_params() == model.count_params()

@@ -227,7 +227,8 @@ def test_a_file_size_limit_and_another_backend_end_in_one_line_naming_the_file(t
     make_hf_model(vocab_size=50257, n_positions=16, n_embd=16, n_layer=1, n_head=2).save_pretrained(tmp_path / "src")
     convert = ["convert", str(tmp_path / "src"), str(tmp_path / "hf")]  # safetensors' own writer (Rust): 3.2 MB
     # One process runs the commands of a backend one after another (TensorFlow loads once), each one's status and
-    # what it wrote to stderr kept apart.
+    # what it wrote to Python's stderr kept apart (TensorFlow's C++ lines, if any, are not seen here; the
+    # out-of-memory test below reads a whole process's stderr).
     code = ("import contextlib, io, json, resource, sys\n"
             "resource.setrlimit(resource.RLIMIT_FSIZE, (300_000, resource.RLIM_INFINITY))  # the checkpoint: 1.3 MB\n"
             "from tf_gpt2.cli import main\n"

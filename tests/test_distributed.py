@@ -68,4 +68,4 @@ def test_two_workers_match_one_process(tmp_path):
     # partial gradient (Keras' default) gives ~2e-5; training on different data
     # (e.g. each worker taking whole batches) moves the weights by ~4e-4 on average.
     print(f"two workers vs one process: mean |diff| {diff.mean():.1e}, max {diff.max():.1e}")
-    assert diff.mean() < 3e-6 and diff.max() < 1e-3, (diff.mean(), diff.max())
+    assert diff.mean() < 5e-6 and diff.max() < 1e-3, (diff.mean(), diff.max())

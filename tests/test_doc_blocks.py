@@ -9,9 +9,9 @@ The switch that makes them small (nothing else in a block is changed):
   of them on disk; `my_texts/` holds three texts (plain, gzip, CRLF with non-Latin lines); `wiki.test.raw` is a
   page of WikiText.
 - `--steps N` runs 2 steps, `tf-gpt2 train` evaluates 1 validation batch (`--eval-batches 1`, instead of 20),
-  writes no sample (`--sample-tokens 0`) and compiles without XLA (`--no-xla`: XLA's compile costs more than 2 steps
-  of a tiny model save; tests/test_training.py trains these settings under XLA), and `steps_per_epoch=N, epochs=M`
-  runs 2 steps in 1 epoch.
+  writes no sample (`--sample-tokens 0`) and compiles without XLA (`--no-xla`: XLA's compile takes longer than it
+  saves over two steps of a tiny model; tests/test_training.py trains these settings under XLA), and
+  `steps_per_epoch=N, epochs=M` runs 2 steps in 1 epoch.
 - Training windows are smaller: `gpt2-mini` is `gpt2-tiny` (128 positions), and a batch is 2 windows
   (`--batch-size`, `batch_size=`) of 64 tokens (`tf-gpt2 train` gets `--block-size 64`; `block_size=` is 64), of
   which `--grad-accum N` accumulates 2.

@@ -142,6 +142,7 @@ def test_a_perplexity_past_float64s_range_is_inf_and_null_in_the_json(tmp_path, 
     range error", the report lost)."""
     assert EvalResult(nll=7000.0, tokens=10, bytes=40).perplexity == pytest.approx(math.exp(700))
     assert EvalResult(nll=7100.0, tokens=10, bytes=40).perplexity == math.inf
+    assert math.isnan(EvalResult(nll=math.nan, tokens=10, bytes=40).perplexity)  # NaN stays NaN
     monkeypatch.setattr("tf_gpt2.evaluation.evaluate", lambda *args, **kwargs: EvalResult(8000.0, 10, 40))
     (tmp_path / "t.txt").write_text("Hello world")
     assert cli_main(["eval", str(tmp_path / "t.txt"), "--random-init", "gpt2-tiny", "--json"]) == 0

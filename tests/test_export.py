@@ -210,7 +210,13 @@ def test_an_export_into_a_version_folder_is_refused_naming_the_base_the_server_w
     version = tmp_path / "gpt2" / "1"
     version.mkdir(parents=True)
     (version / "saved_model.pb").write_bytes(b"")
+    model = GPT2(GPT2Config.from_preset("gpt2-tiny", vocab_size=50, n_positions=16))
     with pytest.raises(ValueError, match=f"{version} is a version of a served model .*: give the base folder the "
-                                         f"server watches, {tmp_path / 'gpt2'}, and the export is its next version"):
-        export_saved_model(GPT2(GPT2Config.from_preset("gpt2-tiny", vocab_size=50, n_positions=16)), str(version))
+                                         f"server watches, {tmp_path / 'gpt2'}, and the export goes beside"):
+        export_saved_model(model, str(version))
     assert os.listdir(version) == ["saved_model.pb"]
+    plain = tmp_path / "my_model"  # a SavedModel of tf.saved_model.save, not a served version: no advice to go up
+    plain.mkdir()
+    (plain / "saved_model.pb").write_bytes(b"")
+    with pytest.raises(ValueError, match=f"{plain} holds a SavedModel of its own .*: give a folder of served versions"):
+        export_saved_model(model, str(plain), version=3)

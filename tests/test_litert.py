@@ -285,6 +285,8 @@ def test_a_file_that_is_no_tf_gpt2_tflite_is_named(tmp_path):
     """A .litertlm (LiteRT-LM's bundle, not a .tflite) or another model's .tflite is named with what it lacks."""
     import tensorflow as tf
 
+    with pytest.raises(FileNotFoundError, match=f"{tmp_path / 'missing.tflite'} is no file"):
+        LiteRTGenerator(str(tmp_path / "missing.tflite"))
     bundle = tmp_path / "gpt2.litertlm"
     bundle.write_bytes(b"LITERTLM" + bytes(200))
     with pytest.raises(ValueError, match=f"{bundle} is no .tflite LiteRT reads"):

@@ -52,17 +52,19 @@ def serve(path, calls, tmp_path, batching=None, xla=False):
             [sys.executable, os.path.join(BENCHMARKS, "tf_serving.py")] + (["--xla"] if xla else []),
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log)
         server.log = log
-    pickle.dump((str(path), str(batching) if batching else None, calls), server.stdin)
-    server.stdin.flush()
-    if select.select([server.stdout], [], [], 600)[0]:
-        try:
+    try:
+        pickle.dump((str(path), str(batching) if batching else None, calls), server.stdin)
+        server.stdin.flush()
+        if select.select([server.stdout], [], [], 600)[0]:
             return pickle.load(server.stdout)
-        except EOFError:
-            pass
+    except (EOFError, BrokenPipeError):  # it ended: its log says why
+        pass
     server.kill()
     del SERVERS[xla]
     server.log.seek(0)
-    pytest.fail(f"the server ended or did not answer:\n{server.log.read()[-3000:]}")
+    said = server.log.read()[-3000:]
+    server.log.close()
+    pytest.fail(f"the server ended or did not answer:\n{said}")
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -71,9 +73,12 @@ def _stop_servers():
     yield
     while SERVERS:
         server = SERVERS.popitem()[1]
-        server.stdin.close()
-        assert server.wait(timeout=60) == 0, open(server.log.name).read()[-3000:]
-        server.log.close()
+        try:
+            server.stdin.close()
+            assert server.wait(timeout=60) == 0, open(server.log.name).read()[-3000:]
+        finally:
+            server.kill()  # (a no-op once it ended)
+            server.log.close()
 
 
 def grpc(signature, **inputs):

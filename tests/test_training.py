@@ -27,8 +27,8 @@ def char_data(tmp_path_factory):
 
 
 def config(out, data, **kwargs):
-    """A run's settings, compiled without XLA (`tf-gpt2 train`'s default compiles with it): XLA's compile takes more
-    time than these few steps of a tiny model save, and the tests that pass `jit_compile=True` train under it."""
+    """A run's settings, compiled without XLA (`tf-gpt2 train`'s default compiles with it): XLA's compile takes longer
+    than it saves over these few steps of a tiny model; the tests that pass `jit_compile=True` train under it."""
     defaults = dict(out=str(out), data=data, preset="gpt2-tiny", model=TINY, steps=20, eval_interval=10,
                     batch_size=4, block_size=32, eval_batches=1, warmup_steps=2, sample_tokens=0,
                     tensorboard=False, verbose=0, jit_compile=False)
@@ -162,7 +162,7 @@ def test_lora_trains_only_adapters(char_data, tmp_path):
     # adapters' gradients through a float16 base were off by up to 14% of their norm unscaled, 0.1% scaled
     # (bfloat16: 0.9%).
     f16, f16_history = train(config(tmp_path / "f16", char_data, init_from=str(base), lora_rank=4,
-                                    learning_rate=1e-2, base_dtype="float16"))
+                                    learning_rate=1e-2, base_dtype="float16", jit_compile=True))
     assert f16.h[0].attn.c_attn._kernel.dtype == "float16" and f16.compute_dtype == "float16"
     assert isinstance(f16.optimizer, keras.optimizers.LossScaleOptimizer)
     assert all(np.isfinite(f16_history["loss"])) and f16_history["loss"][-1] < f16_history["loss"][0]

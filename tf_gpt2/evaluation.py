@@ -44,7 +44,7 @@ class EvalResult:
     @property
     def perplexity(self) -> float:
         """exp(loss): the token-level perplexity (inf past float64's range, a loss above 709 nats)."""
-        return math.exp(self.loss) if self.loss < math.log(sys.float_info.max) else math.inf
+        return math.inf if self.loss > math.log(sys.float_info.max) else math.exp(self.loss)
 
     @property
     def bits_per_byte(self) -> float:

@@ -347,10 +347,13 @@ def export_saved_model(model: GPT2, base_dir: str, version: int | None = None,
     if version is not None and version > LARGEST_VERSION:  # a folder the server would skip without a word
         raise ValueError(f"version must be at most {LARGEST_VERSION} (TF Serving reads it as a 64-bit integer), got "
                          f"{version}")
-    if os.path.exists(os.path.join(base_dir, "saved_model.pb")):  # its export would be a version TF Serving never sees
-        raise ValueError(f"{base_dir} is a version of a served model (it holds saved_model.pb): give the base folder "
-                         f"the server watches, {os.path.dirname(os.path.abspath(base_dir))}, and the export is its "
-                         "next version")
+    if os.path.exists(os.path.join(base_dir, "saved_model.pb")):  # a version inside it is one TF Serving never sees
+        if os.path.basename(os.path.normpath(base_dir)).isdigit():
+            raise ValueError(f"{base_dir} is a version of a served model (it holds saved_model.pb): give the base "
+                             f"folder the server watches, {os.path.dirname(os.path.abspath(base_dir))}, and the "
+                             "export goes beside its versions")
+        raise ValueError(f"{base_dir} holds a SavedModel of its own (saved_model.pb): give a folder of served "
+                         "versions, or a new one")
     if max_new_tokens_limit > context:
         raise ValueError(f"max_new_tokens_limit {max_new_tokens_limit} exceeds the model's context of {context} "
                          "positions: no row could ask for that many")

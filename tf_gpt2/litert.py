@@ -278,6 +278,8 @@ class LiteRTGenerator:
 
         source = {"model_content": path_or_bytes} if isinstance(path_or_bytes, bytes) else {"model_path": path_or_bytes}
         named = "the model given as bytes" if isinstance(path_or_bytes, bytes) else str(path_or_bytes)
+        if not isinstance(path_or_bytes, bytes) and not os.path.isfile(path_or_bytes):
+            raise FileNotFoundError(f"{named} is no file" + (" (a folder)" if os.path.isdir(named) else ""))
         try:
             self.interpreter = Interpreter(**source, num_threads=num_threads)  # None: LiteRT's default
         except ValueError as e:  # ("The model is not a valid Flatbuffer buffer": a .litertlm, say)
