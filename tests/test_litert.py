@@ -121,7 +121,7 @@ def test_a_lora_model_with_a_bfloat16_base_runs_on_device_with_its_adapters_merg
                                atol=0.15)  # the model's own logits in bfloat16: measured 0.045
 
 
-def test_generator_rejects_bad_input_and_keeps_its_cache(model, flatbuffer):
+def test_generator_rejects_bad_input_and_keeps_its_cache(flatbuffer):
     gen = LiteRTGenerator(flatbuffer)
     logits = gen.feed([464, 3290, 318])
     cache = {name: value.copy() for name, value in gen.cache.items()}

@@ -7,6 +7,7 @@ the server's source for each rule)."""
 import json
 import os
 import pickle
+import select
 import subprocess
 import sys
 
@@ -42,11 +43,10 @@ def serve(path, calls, tmp_path, batching=None, xla=False):
     """Answer `calls` as tensorflow_model_server answers them: in a process of its own, started as the server starts
     (with `--xla_cpu_compilation_enabled` when `xla`), that serves every model this test process sends it with that
     setting, each version loaded once (and again with other `--enable_batching --batching_parameters_file=batching`
-    parameters), as one server serves every model of its config."""
-    import select
-
+    parameters), as one server serves every model of its config. A server that ended fails the call that finds it
+    so, with its log."""
     server = SERVERS.get(xla)
-    if server is None or server.poll() is not None:
+    if server is None:
         log = open(tmp_path / "server.log", "w+")
         server = SERVERS[xla] = subprocess.Popen(
             [sys.executable, os.path.join(BENCHMARKS, "tf_serving.py")] + (["--xla"] if xla else []),

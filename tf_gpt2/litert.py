@@ -276,9 +276,10 @@ class LiteRTGenerator:
         except ImportError as e:
             raise ImportError(f"{e.name} is missing: pip install \"tf_gpt2[litert]\" (the LiteRT interpreter)") from e
 
-        source = {"model_content": path_or_bytes} if isinstance(path_or_bytes, bytes) else {"model_path": path_or_bytes}
-        named = "the model given as bytes" if isinstance(path_or_bytes, bytes) else str(path_or_bytes)
-        if not isinstance(path_or_bytes, bytes) and not os.path.isfile(path_or_bytes):
+        given_bytes = isinstance(path_or_bytes, bytes)
+        source = {"model_content" if given_bytes else "model_path": path_or_bytes}
+        named = "the model given as bytes" if given_bytes else str(path_or_bytes)
+        if not given_bytes and not os.path.isfile(path_or_bytes):
             raise FileNotFoundError(f"{named} is no file" + (" (a folder)" if os.path.isdir(named) else ""))
         try:
             self.interpreter = Interpreter(**source, num_threads=num_threads)  # None: LiteRT's default
