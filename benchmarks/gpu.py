@@ -638,6 +638,9 @@ def main(argv=None) -> int:
                                                              "--xla_dump_hlo_module_re=train_step"]))
         print(json.dumps({"parity": parity, "train": train, "memory": memory, "decode": decode}[job["kind"]](job)))
         return 0
+    if os.path.exists(os.path.join(args.out, "results.json")):  # minutes of a GPU's time: not replaced by the next run
+        parser.error(f"{os.path.join(args.out, 'results.json')} holds an earlier run's results: give another --out, "
+                     "or move them away first")
     os.makedirs(args.out, exist_ok=True)
     share_gb = args.share_gb
     if share_gb is None and not args.smoke:  # a smoke run's estimates are all 0: nothing to share
@@ -662,8 +665,8 @@ def main(argv=None) -> int:
     def report(job):
         print(f"[{time.time() - began:5.0f} s] {job['name']} ({job['seconds']}): {json.dumps(job['result'])}",
               flush=True)
-        with open(os.path.join(args.out, "results.json"), "w") as f:  # as it goes: a cut-short run keeps its rows
-            json.dump(results, f, indent=1)
+        # as it goes: a run cut short keeps its rows
+        write(os.path.join(args.out, "results.json"), json.dumps(results, indent=1))
 
     def late(jobs: list[dict]) -> bool:
         if time.time() - began <= args.budget:
@@ -805,9 +808,15 @@ def parity_line(results: dict) -> str:
             f"greedy tokens equal {r['greedy_tokens_equal']}/{r['greedy_tokens']}")
 
 
+def write(path: str, text: str) -> None:
+    """`text` into `path` whole or not at all (a run killed while writing keeps the rows written before)."""
+    with open(path + ".tmp", "w") as f:
+        f.write(text)
+    os.replace(path + ".tmp", path)
+
+
 def write_outputs(results: dict, out: str) -> None:
-    with open(os.path.join(out, "results.json"), "w") as f:
-        json.dump(results, f, indent=1)
+    write(os.path.join(out, "results.json"), json.dumps(results, indent=1))
     v = results["versions"]
     text = (f"# tf_gpt2 on {device_name(results)}, {results['date']}\n\n`{results['command']}`; "
             + ", ".join(f"{k} {v[k]}" for k in v if v[k]) + "\n\n" + parity_line(results)
@@ -817,8 +826,7 @@ def write_outputs(results: dict, out: str) -> None:
             + "\n\n## Decode, 32-token prompts, 128 new, greedy\n\n" + decode_table(results) + "\n"
             + ("\n## Where a training step's time goes (ms per step)\n\n" + profile_section(results) + "\n")
             * bool(profile_section(results)))
-    with open(os.path.join(out, "results.md"), "w") as f:
-        f.write(text)
+    write(os.path.join(out, "results.md"), text)
     chart(results, os.path.join(out, "ratios.png"))
 
 

@@ -188,6 +188,10 @@ def test_gpu_benchmark_smoke_runs_every_path_each_in_its_own_process(tmp_path):
         assert ("ready" in job["seconds"]) == (job["kind"] in gpu.TIMED)
     assert (tmp_path / "ratios.png").stat().st_size > 0
     assert "| tf_gpt2 | bfloat16 |" in (tmp_path / "results.md").read_text()
+    kept = (tmp_path / "results.json").read_bytes()
+    again = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert again.returncode == 2 and "results.json holds an earlier run's results: give another --out" in again.stderr
+    assert (tmp_path / "results.json").read_bytes() == kept
 
 
 def test_the_lever_that_makes_q_k_v_apart_computes_the_same_attention():

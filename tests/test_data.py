@@ -93,6 +93,15 @@ def test_resolve_inputs_glob_and_errors(corpus, tmp_path):
         prepare(str(tmp_path / "empty.txt"), str(tmp_path / "o"), verbose=False)
     with pytest.raises(ValueError, match="vocab must be"):
         prepare(str(corpus), str(tmp_path / "o"), vocab="bytes", verbose=False)
+    for name in ("shard_tokens", "chunk_bytes"):  # 0 gave a dataset of one <|endoftext|>, or numpy's error
+        with pytest.raises(ValueError, match=f"{name} must be a positive integer, got 0"):
+            prepare(str(corpus), str(tmp_path / "o"), verbose=False, **{name: 0})
+    prepare(str(corpus), str(tmp_path / "o"), verbose=False)
+    shards = TokenShards(str(tmp_path / "o"), "train")
+    with pytest.raises(ValueError, match="steps must be a positive integer or None, got 0"):  # 0 gave endless batches
+        shards.dataset(4, 2, steps=0)
+    with pytest.raises(ValueError, match="max_batches must be a positive integer or None, got 0"):  # or every one
+        shards.sequential(4, 2, max_batches=0)
 
 
 def test_corrupt_or_missing_shards(corpus, tmp_path):
@@ -149,6 +158,26 @@ def test_a_failed_prepare_keeps_the_dataset_already_there(corpus, tmp_path, monk
     with pytest.raises(ValueError, match="latin1.txt is not UTF-8 text"):
         prepare([str(corpus / "a.txt"), str(tmp_path / "latin1.txt")], str(out), verbose=False)
     assert _dataset_state(out) == before
+    # Ctrl-C while the sources are stamped (a minute for a large corpus, after the last shard): no shard stays.
+    monkeypatch.setattr(data, "source_stamps", lambda files: (_ for _ in ()).throw(KeyboardInterrupt))
+    with pytest.raises(KeyboardInterrupt):
+        prepare(str(corpus), str(out), shard_tokens=200, verbose=False)
+    assert _dataset_state(out) == before
+
+
+def test_a_shard_that_outgrows_a_size_limit_is_named(tmp_path):
+    """A full disk or a file-size limit (`ulimit -f`) while writing a shard names the shard, not only the errno."""
+    import resource
+
+    (tmp_path / "big.txt").write_text(TEXT * 30)
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (16384, hard))  # (Python ignores SIGXFSZ: the write fails instead)
+    try:
+        with pytest.raises(OSError, match=r"File too large \(while writing\): '.*out/train_[0-9a-f]{8}_0000.bin'"):
+            prepare(str(tmp_path / "big.txt"), str(tmp_path / "out"), verbose=False)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    assert not (tmp_path / "out").exists()
 
 
 def test_prepare_replaces_a_dataset_and_removes_its_old_and_orphaned_shards(corpus, tmp_path):
@@ -207,6 +236,21 @@ def test_bad_gzip_and_malformed_manifests_name_the_file(corpus, tmp_path):
         (tmp_path / "m" / "manifest.json").write_text(json.dumps({"vocab_size": 5, "splits": splits}))
         with pytest.raises(ValueError, match="manifest.json: split 'train' is not a list of shards, each with a file"):
             TokenShards(str(tmp_path / "m"))
+
+
+def test_a_folder_that_cannot_be_listed_is_named_not_skipped(corpus, monkeypatch):
+    """A subfolder without read permission (or on a failing disk) held texts: the read fails naming it."""
+    private = corpus / "more"
+    scandir = os.scandir
+
+    def refused(path="."):
+        if os.fspath(path) == str(private):
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return scandir(path)
+
+    monkeypatch.setattr(os, "scandir", refused)
+    with pytest.raises(PermissionError, match=r"Permission denied: its texts cannot be read: '.*texts/more'"):
+        resolve_inputs(str(corpus))
 
 
 def test_a_folder_is_read_without_our_outputs_hidden_files_or_special_files(corpus):
@@ -379,6 +423,19 @@ def test_utf16_text_is_refused_with_or_without_its_byte_order_mark(tmp_path, enc
     assert read_text(str(tmp_path / "short.txt")) == "a\0b\n"
     prepare(str(tmp_path / "nuls.txt"), str(tmp_path / "out"), verbose=False)
     assert read_text(str(tmp_path / "nuls.txt")).startswith("a\0b\0\0\0 text")
+
+
+@pytest.mark.parametrize("encoding", ["utf-32-le", "utf-32-be", "utf-32"])
+def test_utf32_text_is_refused_with_or_without_its_byte_order_mark(tmp_path, encoding):
+    """Without a mark, UTF-32 of Cyrillic, Greek or CJK text is valid UTF-8 (NULs and control bytes)."""
+    text = "Первый гражданин:\nПрежде чем идти дальше. 你好世界\n" * 3
+    if encoding != "utf-32":
+        assert text.encode(encoding).decode("utf-8")  # (valid UTF-8 indeed)
+    (tmp_path / "russian.txt").write_bytes(text.encode(encoding))
+    codec = "utf-32be" if encoding == "utf-32-be" else "utf-32le"  # (the marked one: this machine's order)
+    with pytest.raises(ValueError, match=rf"russian.txt is not UTF-8 text: its start reads as {codec.upper()} \(NULs "
+                                         rf"in two of every four bytes\): save it as UTF-8 \(iconv -f {codec} "):
+        prepare(str(tmp_path / "russian.txt"), str(tmp_path / "out"), verbose=False)
 
 
 # Every place GPT-2's pre-tokenizer may join across: whitespace runs before indentation and words (their last space

@@ -201,6 +201,23 @@ def test_a_directory_in_use_is_refused_until_its_holder_ends(tmp_path):
         pass
 
 
+def test_a_file_system_without_locks_is_named_and_the_folder_made_for_the_lock_removed(tmp_path, monkeypatch):
+    """Lustre without `-o flock`, some network mounts: flock fails with ENOSYS or ENOLCK, not as a held lock."""
+    import errno
+    import fcntl
+
+    def unsupported(fd, operation):
+        raise OSError(errno.ENOSYS, os.strerror(errno.ENOSYS))
+
+    monkeypatch.setattr(fcntl, "flock", unsupported)
+    with pytest.raises(OSError, match=r"Function not implemented: this file system cannot lock the file that keeps a "
+                                      r"second training run out of the folder; use a folder on a local disk: "
+                                      rf"'{tmp_path}/run/.lock'"):
+        with exclusive(str(tmp_path / "run"), "training run"):
+            pass
+    assert os.listdir(tmp_path) == []
+
+
 def test_working_directories_of_killed_processes_are_removed_by_the_next_one(tmp_path, monkeypatch):
     """A LiteRT conversion killed midway leaves its working directory (the whole model): the next one sweeps it."""
     import subprocess

@@ -238,6 +238,31 @@ def test_init_from_takes_the_runs_model_flags_and_refuses_another_vocabulary(cha
     cfg.data = str(tmp_path / "raw.txt")
     with pytest.raises(ValueError, match=r"tokenized as characters: pass --vocab gpt2$"):
         source(cfg)
+    # A character model (the demo's) is named as one, not as one too narrow for GPT-2 BPE's ids.
+    cfg = start("chars.keras", characters=chars)
+    with pytest.raises(ValueError, match=r"chars.keras reads characters, the data was tokenized as GPT-2 BPE: give "
+                                         r"the raw text as --data, or shards prepared with --vocab char"):
+        matched_to_data(cfg, pretrained(cfg), {"vocab_size": 50257})
+    cfg.data, cfg.vocab = str(tmp_path / "raw.txt"), "gpt2"
+    with pytest.raises(ValueError, match=r"chars.keras reads characters, and the text would be tokenized as GPT-2 "
+                                         r"BPE: pass --vocab char$"):
+        pretrained(cfg)
+
+
+def test_a_text_folder_with_another_programs_manifest_is_text(tmp_path):
+    """A manifest.json without splits (a dataset card's, a web app's) does not make a folder of texts prepared
+    shards, as `tf-gpt2 prepare` reads it too; a damaged one of ours is still read as ours, and named."""
+    from tf_gpt2.training import _is_prepared
+
+    (tmp_path / "corpus").mkdir()
+    (tmp_path / "corpus" / "a.txt").write_text(TEXT)
+    (tmp_path / "corpus" / "manifest.json").write_text('{"files": ["a.txt"], "license": "CC0"}')
+    with pytest.warns(UserWarning, match=r"holds 1 file\(s\) that are not .*, not read: manifest.json"):
+        made = prepared_data(config(tmp_path / "run", str(tmp_path / "corpus"), vocab="char"))
+    assert made == str(tmp_path / "run" / "data") and json.loads((tmp_path / "run" / "data" / MANIFEST).read_text())[
+        "sources"] == [str(tmp_path / "corpus" / "a.txt")]
+    (tmp_path / "corpus" / "manifest.json").write_text('{"splits": {"train": [')  # ours, cut short
+    assert _is_prepared(str(tmp_path / "corpus"))
 
 
 def _digest(path):
@@ -424,10 +449,18 @@ def test_resuming_with_other_settings_or_data_is_refused_unless_asked(char_data,
     with pytest.raises(ValueError, match="data: .* -> .*other'; steps: 10 -> 20"):  # (before reading it)
         train(config(tmp_path / "run", str(tmp_path / "other"), steps=20, eval_interval=10))
     assert _digest(tmp_path / "run" / CHECKPOINT) == good
-    # Showing progress differently is not another run; more steps with --resume-with-changes continue it.
-    train(config(tmp_path / "run", char_data, steps=10, eval_interval=10, verbose=1, eval_batches=2))
+    # Showing progress differently, or naming the shards' own vocabulary, is not another run; more steps with
+    # --resume-with-changes continue it.
+    train(config(tmp_path / "run", char_data, steps=10, eval_interval=10, verbose=1, eval_batches=2, vocab="char"))
     _, history = train(config(tmp_path / "run", char_data, steps=20, eval_interval=10, resume_with_changes=True))
     assert len(history["loss"]) == 1 and _checkpoint_step(tmp_path / "run" / CHECKPOINT) == 20
+    # Rounds of 6 put step 20 4 steps before a round end: not whole executions of 3 (Keras would run 6).
+    with pytest.raises(ValueError, match=r"the checkpoint at step 20 lies 4 step\(s\) before the round end at "
+                                         r"step 24 \(--eval-interval 6\): its 4 micro-batches are no whole number "
+                                         r"of --steps-per-execution 3; resume with a --steps-per-execution that "
+                                         r"divides 4"):
+        train(config(tmp_path / "run", char_data, steps=24, eval_interval=6, steps_per_execution=3,
+                     resume_with_changes=True))
     # A checkpoint whose run.json is damaged or gone (copied alone) cannot be told apart from another run's.
     good = _digest(tmp_path / "run" / CHECKPOINT)
     for damage, said in ((lambda p: p.write_text("{"), "is unreadable"), (lambda p: p.unlink(), "is missing")):

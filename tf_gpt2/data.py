@@ -110,13 +110,19 @@ def _refuse_broken_link(path: str) -> None:
                                 path)
 
 
+def _refuse_unreadable(error: OSError) -> None:
+    """A folder that cannot be listed (permissions, a failing disk) is named, not skipped with its texts."""
+    raise OSError(error.errno, f"{error.strerror}: its texts cannot be read", error.filename)
+
+
 def _text_files_in(folder: str, exclude: set[str]) -> list[str]:
     """The text files (or links to one) under `folder`, its linked folders too (each once), without hidden names,
     the caller's `exclude` folders and the datasets and runs this package wrote; those and the other files there
-    are named in a warning, not skipped without a word. A broken link named as text is an error."""
+    are named in a warning, not skipped without a word. A broken link named as text, or a folder that cannot be
+    listed, is an error."""
     files, others, ours, hidden = [], [], [], []
     seen = {os.path.realpath(folder)}
-    for directory, subdirs, names in os.walk(folder, followlinks=True):
+    for directory, subdirs, names in os.walk(folder, followlinks=True, onerror=_refuse_unreadable):
         kept = []
         hidden += [os.path.join(directory, d) for d in subdirs if d.startswith(".")]
         for d in (d for d in subdirs if not d.startswith(".")):
@@ -298,7 +304,13 @@ def not_utf8(path: str, error: UnicodeDecodeError, offset: int = 0, lines: int =
 def _refuse_utf16(path: str, start: bytes) -> None:
     """Refuse text that is UTF-16 without a byte-order mark, which often decodes as UTF-8 (0x04 beside each Cyrillic
     letter, 0x09 beside each Devanagari one): every space, line break, digit or ASCII letter of it puts a NUL (its
-    high byte) in the same place of each pair, where UTF-8 text has next to none."""
+    high byte) in the same place of each pair, where UTF-8 text has next to none. UTF-32, with or without a mark,
+    puts NULs in the two high places of every four bytes (all text but emoji and rarer scripts)."""
+    quarters = [start[i::4].count(0) for i in range(4)]
+    for codec, high in (("utf-32le", quarters[2:]), ("utf-32be", quarters[:2])):
+        if len(start) >= 8 and min(high) >= 0.9 * len(start) // 4:
+            raise ValueError(f"{path} is not UTF-8 text: its start reads as {codec.upper()} (NULs in two of every "
+                             f"four bytes): save it as UTF-8 (iconv -f {codec} -t utf-8)")
     if start[:2] in (b"\xff\xfe", b"\xfe\xff"):  # (a mark is no UTF-8: `not_utf8` says so)
         return
     even, odd = start[0::2].count(0), start[1::2].count(0)
@@ -426,7 +438,8 @@ class _ShardWriter:
                 self._open_next()
             room = self.shard_tokens - self.shards[-1]["tokens"]
             part, ids = ids[:room], ids[room:]
-            self.file.write(part.astype("<u2").tobytes())
+            with self._named():
+                self.file.write(part.astype("<u2").tobytes())
             self.shards[-1]["tokens"] += len(part)
             self.shards[-1]["max_id"] = max(self.shards[-1].get("max_id", 0), int(part.max()))
 
@@ -438,10 +451,21 @@ class _ShardWriter:
 
     def _close_file(self) -> None:
         if self.file:
-            self.file.flush()
-            os.fsync(self.file.fileno())
+            with self._named():
+                self.file.flush()
+                os.fsync(self.file.fileno())
             self.file.close()
             self.file = None
+
+    @contextlib.contextmanager
+    def _named(self) -> Iterator[None]:
+        """A full disk or a size limit, said of the shard being written."""
+        try:
+            yield
+        except OSError as e:
+            if e.filename is not None or e.strerror is None:
+                raise
+            raise OSError(e.errno, f"{e.strerror} (while writing)", self.file.name) from e
 
     def close(self) -> list[dict]:
         self._close_file()
@@ -514,6 +538,9 @@ def prepare(inputs: str | Sequence[str], out_dir: str, val_fraction: float = 0.1
         raise ValueError(f"vocab must be one of {VOCABS}, got {vocab!r}")
     if not 0.0 <= val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    for name, value in (("shard_tokens", shard_tokens), ("chunk_bytes", chunk_bytes)):
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
     files = resolve_inputs(inputs, exclude=[out_dir, *exclude])
     total = sum(_text_size(f) for f in files)
     if total == 0:
@@ -544,14 +571,14 @@ def prepare(inputs: str | Sequence[str], out_dir: str, val_fraction: float = 0.1
                 raise ValueError(f"no training tokens came out of {files}: " + (
                     f"all {held} went to the validation split (val_fraction {val_fraction}): give more text, or a "
                     "smaller fraction (tf-gpt2 prepare --val-fraction)" if held else "the text gave no tokens"))
+            manifest = {"vocab": vocab, "vocab_size": vocab_size, "chars": chars, "sources": files,
+                        "source_stamps": source_stamps(files), "splits": splits}
+            # The step that switches datasets (its rename is its last step that can fail):
+            atomic_write(os.path.join(out_dir, MANIFEST), json_writer(manifest, indent=1))
         except BaseException:  # a full disk, bad text, Ctrl-C: the dataset already there stays as it was
             for writer in writers.values():
                 writer.discard()
             raise
-        manifest = {"vocab": vocab, "vocab_size": vocab_size, "chars": chars, "sources": files,
-                    "source_stamps": source_stamps(files), "splits": splits}
-        # The step that switches datasets:
-        atomic_write(os.path.join(out_dir, MANIFEST), json_writer(manifest, indent=1))
         _remove_unlisted_shards(out_dir, old_manifest, manifest)
     return manifest
 
@@ -698,8 +725,9 @@ class TokenShards:
         tf = tensorflow()
 
         self.check_block(block_size, batch_size)
+        _check_count("steps", steps)
         fetch = lambda s: self.batch(int(s), block_size, batch_size, seed)  # noqa: E731
-        steps_ds = tf.data.Dataset.range(start_step, start_step + steps if steps else 2**62)
+        steps_ds = tf.data.Dataset.range(start_step, 2**62 if steps is None else start_step + steps)
         ds = steps_ds.map(
             lambda s: tf.numpy_function(fetch, [s], (tf.int32, tf.int32), stateful=False),
             num_parallel_calls=tf.data.AUTOTUNE, deterministic=True,
@@ -712,8 +740,15 @@ class TokenShards:
         tf = tensorflow()
 
         self.check_block(block_size, batch_size)
+        _check_count("max_batches", max_batches)
         n = (len(self) - 1) // block_size
         tokens = self.window(0, n * block_size + 1)
         x, y = tokens[:-1].reshape(n, block_size), tokens[1:].reshape(n, block_size)
         ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(batch_size, drop_remainder=n >= batch_size)
-        return ds.take(max_batches) if max_batches else ds
+        return ds if max_batches is None else ds.take(max_batches)
+
+
+def _check_count(name: str, value: int | None) -> None:
+    """A count of batches, where one is given, is a positive integer (0 would mean every batch, or none)."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
+        raise ValueError(f"{name} must be a positive integer or None, got {value!r}")

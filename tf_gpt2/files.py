@@ -245,6 +245,11 @@ def exclusive(directory: str, what: str, wait: bool = False) -> Iterator[None]:
             holder = lock.read().strip() or "unknown"
             raise RuntimeError(f"{directory} is in use by another {what} (pid {holder}); "
                                "wait for it to finish or choose another directory") from None
+        except OSError as e:  # a file system without locks (NFS without lockd, Lustre without -o flock)
+            if made:
+                _remove_if_only_lock(directory)
+            raise OSError(e.errno, f"{e.strerror}: this file system cannot lock the file that keeps a second {what} "
+                                   "out of the folder; use a folder on a local disk", lock_path) from None
         lock.seek(0)
         lock.truncate()
         lock.write(str(os.getpid()))
@@ -253,8 +258,13 @@ def exclusive(directory: str, what: str, wait: bool = False) -> Iterator[None]:
             yield
         finally:
             if made and not wait:  # (no waiter holds the file: none waits)
-                with contextlib.suppress(OSError):
-                    if os.listdir(directory) == [".lock"]:
-                        os.remove(lock_path)
-                        os.rmdir(directory)  # (its parents, if made too, stay)
+                _remove_if_only_lock(directory)
             fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _remove_if_only_lock(directory: str) -> None:
+    """Remove a folder `exclusive` made that holds nothing but its lock (its parents, if made too, stay)."""
+    with contextlib.suppress(OSError):
+        if os.listdir(directory) == [".lock"]:
+            os.remove(os.path.join(directory, ".lock"))
+            os.rmdir(directory)

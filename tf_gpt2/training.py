@@ -436,8 +436,17 @@ class TextSample(keras.callbacks.Callback):
 
 # -- the run ------------------------------------------------------------------------------------
 def _is_prepared(data: str | None) -> bool:
-    """Whether `data` is a folder of token shards (`tf-gpt2 prepare`'s), not raw text."""
-    return bool(data) and os.path.exists(os.path.join(data, MANIFEST))
+    """Whether `data` is a folder of token shards (`tf-gpt2 prepare`'s), not raw text: another program's
+    manifest.json (JSON without splits) in a folder of texts does not make one; a damaged one is read, and named."""
+    path = os.path.join(data, MANIFEST) if data else ""
+    if not os.path.isfile(path):
+        return False
+    try:
+        with open(path, encoding="utf-8") as f:
+            manifest = json.load(f)
+    except (OSError, ValueError, RecursionError):
+        return True
+    return isinstance(manifest, dict) and "splits" in manifest
 
 
 def refuse_other_vocab(data: str | None, vocab: str) -> None:
@@ -496,22 +505,35 @@ def pretrained(cfg: TrainConfig) -> GPT2:
              if k in SHAPE_FIELDS and getattr(config, k) != v]
     if fixed:
         raise ValueError(f"--init-from {name} fixes the model's shape: {', '.join(fixed)} cannot apply")
+    if not _is_prepared(cfg.data) and _reads_other_tokens(config, cfg.vocab):  # (before the text is tokenized)
+        bpe = config.characters is None
+        raise ValueError(f"--init-from {name} reads {'GPT-2 BPE' if bpe else 'characters'}, and the text would be "
+                         f"tokenized {'as characters' if bpe else 'as GPT-2 BPE'}: pass --vocab "
+                         f"{'gpt2' if bpe else 'char'}")
     return model
+
+
+def _reads_other_tokens(config: GPT2Config, vocab: str) -> bool:
+    """Whether a model reads other tokens than `vocab` makes: GPT-2 BPE (a model of ids alone, narrower than
+    GPT-2's vocabulary, may take a dataset's characters) or characters (a model of characters)."""
+    bpe = config.characters is None and config.vocab_size >= VOCAB_SIZE
+    return bpe and vocab == "char" or config.characters is not None and vocab != "char"
 
 
 def matched_to_data(cfg: TrainConfig, model: GPT2, manifest: dict) -> GPT2:
     """`model` (`pretrained`) checked against the run's data: its vocabulary must read the data's ids; a model of
     ids alone takes the data's characters."""
     config, name = model.config, cfg.init_from
-    if config.vocab_size < manifest["vocab_size"]:
-        raise ValueError(f"--init-from {name} has {config.vocab_size} tokens, the data needs {manifest['vocab_size']}")
-    chars, bpe = manifest.get("chars"), config.characters is None and config.vocab_size >= VOCAB_SIZE
-    if bpe and chars is not None or config.characters is not None and chars is None:
+    chars = manifest.get("chars")
+    if _reads_other_tokens(config, "gpt2" if chars is None else "char"):
+        bpe = config.characters is None
         vocab = "gpt2" if bpe else "char"
         fix = (f"give the raw text as --data, or shards prepared with --vocab {vocab}" if _is_prepared(cfg.data)
                else f"pass --vocab {vocab}")  # (--vocab does not apply to shards)
         raise ValueError(f"--init-from {name} reads {'GPT-2 BPE' if bpe else 'characters'}, the data was tokenized "
                          f"{'as characters' if bpe else 'as GPT-2 BPE'}: {fix}")
+    if config.vocab_size < manifest["vocab_size"]:
+        raise ValueError(f"--init-from {name} has {config.vocab_size} tokens, the data needs {manifest['vocab_size']}")
     if config.characters is not None and config.characters != chars:
         only_data = "".join(c for c in chars if c not in config.characters)
         only_model = "".join(c for c in config.characters if c not in chars)
@@ -616,8 +638,9 @@ def check_resume(cfg: TrainConfig, identity: dict[str, Any]) -> None:
         shown = [float(f"{v:.12g}") if isinstance(v, float) else v for v in (was, now)]  # 6e-05, not 5.99...e-05
         return f"{name}: {shown[0]!r} -> {shown[1]!r}"
 
+    moot = {"vocab"} if _is_prepared(cfg.data) else set()  # (it tokenizes raw text; shards are compared by digest)
     changed = [change(k, before["settings"].get(k), v) for k, v in identity["settings"].items()
-               if not _same_setting(k, before["settings"].get(k), v, before)]
+               if k not in moot and not _same_setting(k, before["settings"].get(k), v, before)]
     if "data_sha256" in identity and before.get("data_sha256") != identity["data_sha256"]:
         changed.append("the dataset (its manifest differs)")
     if before.get("backend", keras.backend.backend()) != keras.backend.backend():  # (older records have none)
@@ -704,6 +727,13 @@ def _fit(cfg: TrainConfig, model: GPT2, start: int, train_data: TokenShards, val
     # first one run here when a resumed run's checkpoint lies between two round ends.
     ends = [min((k + 1) * cfg.eval_interval, cfg.steps) for k in range(math.ceil(cfg.steps / cfg.eval_interval))]
     round_end = ends.__getitem__
+    pending = [(k, end - max(start, ends[k - 1] if k else 0)) for k, end in enumerate(ends) if end > start]
+    first = pending[0][1] * cfg.grad_accum  # (whole rounds and the last one are checked with the settings)
+    if first % cfg.steps_per_execution:  # Keras would run a whole execution: steps untrained, or trained twice
+        raise ValueError(f"the checkpoint at step {start} lies {pending[0][1]} step(s) before the round end at step "
+                         f"{ends[pending[0][0]]} (--eval-interval {cfg.eval_interval}): its {first} micro-batches are "
+                         f"no whole number of --steps-per-execution {cfg.steps_per_execution}; resume with a "
+                         f"--steps-per-execution that divides {first}")
 
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
@@ -737,7 +767,6 @@ def _fit(cfg: TrainConfig, model: GPT2, start: int, train_data: TokenShards, val
         callbacks.append(tensorboard)
     # --steps counts optimizer steps whatever the interval. Keras' rounds ("epochs") of one fit all have one
     # length, so the rounds left are run as one fit per run of equal lengths.
-    pending = [(k, end - max(start, ends[k - 1] if k else 0)) for k, end in enumerate(ends) if end > start]
     history: dict[str, list[float]] = {}
     for length, rounds in itertools.groupby(pending, key=lambda r: r[1]):
         rounds = [k for k, _ in rounds]
