@@ -168,19 +168,21 @@ def trained(shakespeare, tmp_path_factory):
 
     from tf_gpt2 import GPT2, GPT2Config
 
+    keras.utils.set_random_seed(0)  # (a session fixture starts before the tests' seeds: its own, whatever ran before)
     model = GPT2(GPT2Config.from_preset("gpt2-tiny", n_positions=64))
     shared = _shared_by_test_processes(tmp_path_factory) / "trained.weights.h5"
     with filelock.FileLock(f"{shared}.lock"):
         if shared.exists():
             model.load_weights(shared)
             return model
-        keras.utils.set_random_seed(0)
+        # 300 steps of 8 windows (on this machine's CPU half the time of 16 windows, and as varied greedy choices:
+        # 7-8 distinct over the 47 held-out tokens, against 6; 150 steps of 16 gave 2)
         tokens = shakespeare[:-200]
-        starts = np.random.RandomState(0).randint(0, len(tokens) - 33, 300 * 16)
+        starts = np.random.RandomState(0).randint(0, len(tokens) - 33, 300 * 8)
         windows = tokens[starts[:, None] + np.arange(33)]
         model.compile(optimizer=keras.optimizers.AdamW(5e-3), jit_compile=True,
                       loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-        history = model.fit(windows[:, :-1], windows[:, 1:], batch_size=16, epochs=1, verbose=0)
+        history = model.fit(windows[:, :-1], windows[:, 1:], batch_size=8, epochs=1, verbose=0)
         assert history.history["loss"][-1] < 6.5  # it learned something (log 50257 = 10.8)
         model.save_weights(shared)
     return model
