@@ -309,8 +309,9 @@ def _refuse_utf16(path: str, start: bytes) -> None:
     quarters = [start[i::4].count(0) for i in range(4)]
     for codec, high in (("utf-32le", quarters[2:]), ("utf-32be", quarters[:2])):
         if len(start) >= 8 and min(high) >= 0.9 * len(start) // 4:
+            marked = start[:4] in (b"\xff\xfe\x00\x00", b"\x00\x00\xfe\xff")  # (iconv -f utf-32 drops the mark)
             raise ValueError(f"{path} is not UTF-8 text: its start reads as {codec.upper()} (NULs in two of every "
-                             f"four bytes): save it as UTF-8 (iconv -f {codec} -t utf-8)")
+                             f"four bytes): save it as UTF-8 (iconv -f {'utf-32' if marked else codec} -t utf-8)")
     if start[:2] in (b"\xff\xfe", b"\xfe\xff"):  # (a mark is no UTF-8: `not_utf8` says so)
         return
     even, odd = start[0::2].count(0), start[1::2].count(0)
