@@ -251,6 +251,18 @@ def test_a_folder_that_cannot_be_listed_is_named_not_skipped(corpus, monkeypatch
     monkeypatch.setattr(os, "scandir", refused)
     with pytest.raises(PermissionError, match=r"Permission denied: its texts cannot be read: '.*texts/more'"):
         resolve_inputs(str(corpus))
+    monkeypatch.undo()
+    # A folder that can be listed but not entered (mode r--): its texts' names are there, their files unreadable.
+    stat = os.stat
+
+    def unreachable(path, *args, **kwargs):
+        if os.fspath(path).startswith(str(private) + os.sep):
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return stat(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "stat", unreachable)
+    with pytest.raises(PermissionError, match=r"Permission denied: '.*texts/more/b.txt'"):
+        resolve_inputs(str(corpus))
 
 
 def test_a_folder_is_read_without_our_outputs_hidden_files_or_special_files(corpus):
@@ -437,6 +449,12 @@ def test_utf32_text_is_refused_with_or_without_its_byte_order_mark(tmp_path, enc
     with pytest.raises(ValueError, match=rf"russian.txt is not UTF-8 text: its start reads as {codec.upper()} \(NULs "
                                          rf"in two of every four bytes\): save it as UTF-8 \(iconv -f {iconv} "):
         prepare(str(tmp_path / "russian.txt"), str(tmp_path / "out"), verbose=False)
+    import gzip
+
+    (tmp_path / "russian.txt.gz").write_bytes(gzip.compress(text.encode(encoding)))  # converted decompressed
+    with pytest.raises(ValueError, match=rf"russian.txt.gz is not UTF-8 text: .* \(zcat FILE \| iconv -f {iconv} -t "
+                                         r"utf-8 \| gzip\)"):
+        prepare(str(tmp_path / "russian.txt.gz"), str(tmp_path / "out"), verbose=False)
 
 
 # Every place GPT-2's pre-tokenizer may join across: whitespace runs before indentation and words (their last space

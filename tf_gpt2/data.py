@@ -143,6 +143,7 @@ def _text_files_in(folder: str, exclude: set[str]) -> list[str]:
             else:  # a pipe, a socket, a broken link: one named as text is an error
                 if name.endswith(TEXT_SUFFIXES):
                     _refuse_broken_link(path)
+                    os.stat(path)  # (a file in a folder that can be listed, not entered: its error names it)
                 others.append(path)
     for skipped, what in ((others, f"file(s) that are not {' or '.join(TEXT_SUFFIXES)}"),
                           (hidden, "hidden text file(s) or folder(s) (named with a leading dot)"),
@@ -301,6 +302,11 @@ def not_utf8(path: str, error: UnicodeDecodeError, offset: int = 0, lines: int =
                       f"(line {line}){hint}")
 
 
+def _iconv(path: str, codec: str) -> str:
+    """The command that converts `path` from `codec` to UTF-8 (a .gz file's text is converted decompressed)."""
+    return f"zcat FILE | iconv -f {codec} -t utf-8 | gzip" if path.endswith(".gz") else f"iconv -f {codec} -t utf-8"
+
+
 def _refuse_utf16(path: str, start: bytes) -> None:
     """Refuse text that is UTF-16 without a byte-order mark, which often decodes as UTF-8 (0x04 beside each Cyrillic
     letter, 0x09 beside each Devanagari one): every space, line break, digit or ASCII letter of it puts a NUL (its
@@ -311,14 +317,14 @@ def _refuse_utf16(path: str, start: bytes) -> None:
         if len(start) >= 8 and min(high) >= 0.9 * len(start) // 4:
             marked = start[:4] in (b"\xff\xfe\x00\x00", b"\x00\x00\xfe\xff")  # (iconv -f utf-32 drops the mark)
             raise ValueError(f"{path} is not UTF-8 text: its start reads as {codec.upper()} (NULs in two of every "
-                             f"four bytes): save it as UTF-8 (iconv -f {'utf-32' if marked else codec} -t utf-8)")
+                             f"four bytes): save it as UTF-8 ({_iconv(path, 'utf-32' if marked else codec)})")
     if start[:2] in (b"\xff\xfe", b"\xfe\xff"):  # (a mark is no UTF-8: `not_utf8` says so)
         return
     even, odd = start[0::2].count(0), start[1::2].count(0)
     if max(even, odd) >= max(2, len(start) / 100) and min(even, odd) <= max(even, odd) / 10:
         codec = "utf-16le" if odd > even else "utf-16be"
         raise ValueError(f"{path} is not UTF-8 text: its start reads as {codec.upper()} without a byte-order mark "
-                         f"(a NUL in every other place): save it as UTF-8 (iconv -f {codec} -t utf-8)")
+                         f"(a NUL in every other place): save it as UTF-8 ({_iconv(path, codec)})")
 
 
 def _blocks(path: str, block_bytes: int) -> Iterator[str]:
