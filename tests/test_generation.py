@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 import pytest
 from conftest import padded_gpt2
@@ -131,6 +133,10 @@ def test_text_in_text_out_and_cli(capsys, tmp_path):
     assert "steps: 15 -> 20" in capsys.readouterr().err
     assert cli_main([*longer, "--resume-with-changes"]) == 0
     assert "To be" in capsys.readouterr().out
+    with np.load(tmp_path / "demo" / "checkpoint.npz") as f:  # 5 steps more, not a compiled call of 10
+        meta = json.loads(str(f["meta"]))
+        iterations = [int(f[f"v{i}"]) for i, path in enumerate(meta["variables"]) if path.endswith("/iteration")]
+    assert meta["step"] == 20 and iterations == [20], (meta["step"], iterations)
     saved = str(tmp_path / "demo" / "model.keras")  # a character model that carries its vocabulary
     assert cli_main(["generate", "ROMEO:", "--model", saved, "--max-new-tokens", "20", "--temperature", "0.8"]) == 0
     written = capsys.readouterr().out

@@ -54,7 +54,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from tf_gpt2.data import TokenShards, codec, embedded_corpus, read_text
     from tf_gpt2.files import save_keras
     from tf_gpt2.tokenizer import checked_utf8
-    from tf_gpt2.training import inference_model, train
+    from tf_gpt2.training import CHECKPOINT, checkpoint_step, inference_model, train
 
     if args.max_new_tokens < 1:
         raise ValueError(f"--max-new-tokens must be a positive integer, got {args.max_new_tokens}")
@@ -64,7 +64,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if unknown:  # before minutes of training, not after
         raise ValueError(f"characters {''.join(sorted(unknown))!r} of the prompt are not in Shakespeare's text, "
                          "so not in the demo model's vocabulary")
-    execution = math.gcd(10, args.steps)  # steps per compiled call: divides every round, whatever --steps is
+    # Steps per compiled call: they divide every round, whatever --steps is, and the rest of the round a resumed
+    # run starts inside (a checkpoint at an earlier --steps)
+    execution = math.gcd(10, args.steps, checkpoint_step(os.path.join(args.out, CHECKPOINT)) or 0)
     cfg = TrainConfig(
         out=args.out, vocab="char", preset="gpt2-tiny",
         model=dict(n_layer=4, n_head=4, n_embd=128, n_positions=DEMO_CONTEXT), steps=args.steps, batch_size=12,

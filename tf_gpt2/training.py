@@ -137,6 +137,15 @@ def save_checkpoint(model: GPT2, path: str, step: int, write: bool = True,
     write_together({**(beside or {}), path: dump})
 
 
+def checkpoint_step(path: str) -> int | None:
+    """The step of the checkpoint at `path`; None where there is none, or it cannot be read (`train` says why)."""
+    try:
+        with np.load(path) as f:
+            return int(json.loads(str(f["meta"]))["step"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def restore_checkpoint(model: GPT2, path: str) -> int:
     """Load a checkpoint written by `save_checkpoint` into a compiled model; returns its step."""
     if not model.optimizer.built:
