@@ -20,6 +20,7 @@ import math
 import os
 import sys
 import time
+import zipfile
 from typing import Any, Callable, Sequence
 
 import keras
@@ -142,7 +143,7 @@ def checkpoint_step(path: str) -> int | None:
     try:
         with np.load(path) as f:
             return int(json.loads(str(f["meta"]))["step"])
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile):
         return None
 
 
