@@ -34,6 +34,7 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
+from tf_gpt2.checks import is_integer
 from tf_gpt2.devices import tensorflow
 from tf_gpt2.files import atomic_write, exclusive, json_writer, read_json
 from tf_gpt2.tokenizer import ENDOFTEXT
@@ -546,7 +547,7 @@ def prepare(inputs: str | Sequence[str], out_dir: str, val_fraction: float = 0.1
     if not 0.0 <= val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
     for name, value in (("shard_tokens", shard_tokens), ("chunk_bytes", chunk_bytes)):
-        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        if not is_integer(value) or value <= 0:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
     files = resolve_inputs(inputs, exclude=[out_dir, *exclude])
     total = sum(_text_size(f) for f in files)
@@ -757,5 +758,5 @@ class TokenShards:
 
 def _check_count(name: str, value: int | None) -> None:
     """A count of batches, where one is given, is a positive integer (0 would mean every batch, or none)."""
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
+    if value is not None and (not is_integer(value) or value <= 0):
         raise ValueError(f"{name} must be a positive integer or None, got {value!r}")

@@ -515,19 +515,22 @@ def pretrained(cfg: TrainConfig) -> GPT2:
              if k in SHAPE_FIELDS and getattr(config, k) != v]
     if fixed:
         raise ValueError(f"--init-from {name} fixes the model's shape: {', '.join(fixed)} cannot apply")
-    if not _is_prepared(cfg.data) and _reads_other_tokens(config, cfg.vocab):  # (before the text is tokenized)
-        bpe = config.characters is None
-        raise ValueError(f"--init-from {name} reads {'GPT-2 BPE' if bpe else 'characters'}, and the text would be "
-                         f"tokenized {'as characters' if bpe else 'as GPT-2 BPE'}: pass --vocab "
-                         f"{'gpt2' if bpe else 'char'}")
+    if not _is_prepared(cfg.data):  # (before the text is tokenized)
+        _refuse_other_tokens(cfg, config, cfg.vocab, "and the text would be tokenized")
     return model
 
 
-def _reads_other_tokens(config: GPT2Config, vocab: str) -> bool:
-    """Whether a model reads other tokens than `vocab` makes: GPT-2 BPE (a model of ids alone, narrower than
-    GPT-2's vocabulary, may take a dataset's characters) or characters (a model of characters)."""
-    bpe = config.characters is None and config.vocab_size >= VOCAB_SIZE
-    return bpe and vocab == "char" or config.characters is not None and vocab != "char"
+def _refuse_other_tokens(cfg: TrainConfig, config: GPT2Config, vocab: str, tokenized: str) -> None:
+    """Refuse a model of `cfg.init_from` that reads other tokens than `vocab` makes: GPT-2 BPE (a model of ids
+    alone, narrower than GPT-2's vocabulary, may take a dataset's characters) or characters (a model of them)."""
+    bpe = config.characters is None
+    if not (bpe and config.vocab_size >= VOCAB_SIZE and vocab == "char" or not bpe and vocab != "char"):
+        return
+    own = "gpt2" if bpe else "char"
+    fix = (f"give the raw text as --data, or shards prepared with --vocab {own}" if _is_prepared(cfg.data)
+           else f"pass --vocab {own}")  # (--vocab does not apply to shards)
+    raise ValueError(f"--init-from {cfg.init_from} reads {'GPT-2 BPE' if bpe else 'characters'}, {tokenized} "
+                     f"{'as characters' if bpe else 'as GPT-2 BPE'}: {fix}")
 
 
 def matched_to_data(cfg: TrainConfig, model: GPT2, manifest: dict) -> GPT2:
@@ -535,13 +538,7 @@ def matched_to_data(cfg: TrainConfig, model: GPT2, manifest: dict) -> GPT2:
     ids alone takes the data's characters."""
     config, name = model.config, cfg.init_from
     chars = manifest.get("chars")
-    if _reads_other_tokens(config, "gpt2" if chars is None else "char"):
-        bpe = config.characters is None
-        vocab = "gpt2" if bpe else "char"
-        fix = (f"give the raw text as --data, or shards prepared with --vocab {vocab}" if _is_prepared(cfg.data)
-               else f"pass --vocab {vocab}")  # (--vocab does not apply to shards)
-        raise ValueError(f"--init-from {name} reads {'GPT-2 BPE' if bpe else 'characters'}, the data was tokenized "
-                         f"{'as characters' if bpe else 'as GPT-2 BPE'}: {fix}")
+    _refuse_other_tokens(cfg, config, "gpt2" if chars is None else "char", "the data was tokenized")
     if config.vocab_size < manifest["vocab_size"]:
         raise ValueError(f"--init-from {name} has {config.vocab_size} tokens, the data needs {manifest['vocab_size']}")
     if config.characters is not None and config.characters != chars:
