@@ -810,9 +810,8 @@ def parity_line(results: dict) -> str:
 
 def write(path: str, text: str) -> None:
     """`text` into `path` whole or not at all (a run killed while writing keeps the rows written before)."""
-    with open(path + ".tmp", "w") as f:
-        f.write(text)
-    os.replace(path + ".tmp", path)
+    files = tensorflow_free("files")
+    files.atomic_write(path, files.bytes_writer(text.encode()))
 
 
 def write_outputs(results: dict, out: str) -> None:
