@@ -34,7 +34,6 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
-from tf_gpt2.checks import is_integer
 from tf_gpt2.devices import tensorflow
 from tf_gpt2.files import atomic_write, exclusive, json_writer, read_json
 from tf_gpt2.tokenizer import ENDOFTEXT
@@ -546,9 +545,8 @@ def prepare(inputs: str | Sequence[str], out_dir: str, val_fraction: float = 0.1
         raise ValueError(f"vocab must be one of {VOCABS}, got {vocab!r}")
     if not 0.0 <= val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
-    for name, value in (("shard_tokens", shard_tokens), ("chunk_bytes", chunk_bytes)):
-        if not is_integer(value) or value <= 0:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    _check_count("shard_tokens", shard_tokens, optional=False)
+    _check_count("chunk_bytes", chunk_bytes, optional=False)
     files = resolve_inputs(inputs, exclude=[out_dir, *exclude])
     total = sum(_text_size(f) for f in files)
     if total == 0:
@@ -756,7 +754,11 @@ class TokenShards:
         return ds if max_batches is None else ds.take(max_batches)
 
 
-def _check_count(name: str, value: int | None) -> None:
-    """A count of batches, where one is given, is a positive integer (0 would mean every batch, or none)."""
-    if value is not None and (not is_integer(value) or value <= 0):
-        raise ValueError(f"{name} must be a positive integer or None, got {value!r}")
+def _check_count(name: str, value: int | None, optional: bool = True) -> None:
+    """A count (of tokens, bytes, batches) is a positive integer, Python's or numpy's, or None where `optional`
+    (0 would mean every batch, or none). `checks.is_integer`'s rule: that module loads Keras, which the CLI's
+    help and the files it reads must not."""
+    if value is None and optional:
+        return
+    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value <= 0:
+        raise ValueError(f"{name} must be a positive integer{' or None' if optional else ''}, got {value!r}")
