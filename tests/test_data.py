@@ -62,6 +62,21 @@ def test_char_vocabulary_and_embedded_corpus(tmp_path):
     assert total == 1_115_394  # every character of tinyshakespeare
 
 
+def test_first_place_names_the_file_and_line_of_a_character(tmp_path):
+    """A refusal of characters names where the first stands: file and line, across files, CRLF and gzip."""
+    import gzip
+
+    from tf_gpt2.data import first_place
+
+    (tmp_path / "a.txt").write_bytes("один\r\nдва\r\n".encode())
+    with gzip.open(tmp_path / "b.txt.gz", "wt", encoding="utf-8") as f:
+        f.write("abc\n\nde]f\nЖ\n")
+    files = [str(tmp_path / "a.txt"), str(tmp_path / "b.txt.gz")]
+    assert first_place(files, ["в", "Ж"]) == f"'в' in {files[0]}, line 2"
+    assert first_place(files, ["Ж", "]"]) == f"']' in {files[1]}, line 3"
+    assert first_place(files, ["z"]) == "" and first_place(files, []) == ""
+
+
 def test_resolve_inputs_glob_and_errors(corpus, tmp_path):
     both = [str(corpus / "a.txt"), str(corpus / "more" / "b.txt")]
     assert resolve_inputs(str(corpus / "**" / "*.txt")) == both

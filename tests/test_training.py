@@ -225,8 +225,8 @@ def test_init_from_takes_the_runs_model_flags_and_refuses_another_vocabulary(cha
         train(config(tmp_path / "early", str(tmp_path / "raw.txt"), init_from=str(tmp_path / "ids.keras"),
                       model={**TINY, "n_layer": 3, "n_embd": 64}))
     assert not os.path.exists(tmp_path / "early" / "data")
-    with pytest.raises(ValueError, match=r"other characters than the data \(only in the data: 'e', "
-                                         r"only in the model: 'Q'\)"):
+    with pytest.raises(ValueError, match=r"other characters than the data \(only in the data: 'e', the first: 'e' in "
+                                         r".*text.txt, line 1, only in the model: 'Q'\)"):
         source(start("other.keras", characters=[c if c != "e" else "Q" for c in chars]))
     with pytest.raises(ValueError, match=r"wide.keras is a model of 64 ids without characters, and the data has 30 "
                                          r"characters: the trained model could not read or write text"):
@@ -693,7 +693,8 @@ def test_raw_text_edited_since_it_was_tokenized_is_tokenized_again(tmp_path):
     table = chars()
     # With --resume-with-changes the text as it is now is read in the run's own characters, so that each id keeps
     # its meaning under the trained weights (in its own table, without "C" and "z", every id after "C" moved).
-    with pytest.raises(ValueError, match=r"characters the run's model in .* has no id for: 'DEHIKLMNOPRTUWYZ'"):
+    with pytest.raises(ValueError, match=r"characters the run's model in .* has no id for: 'DEHIKLMNOPRTUWYZ' \(the "
+                                         r"first: 'I' in .*corpus.txt, line 1\)"):
         prepared_data(dataclasses.replace(cfg, resume_with_changes=True))
     assert chars() == table  # refused before its dataset was touched
     text.write_text(TEXT.replace("Citizen", "Speaker"))

@@ -528,6 +528,22 @@ def char_vocabulary(files: Sequence[str]) -> list[str]:
     return sorted(chars)
 
 
+def first_place(files: Sequence[str], chars: Sequence[str]) -> str:
+    """Where the first of `chars` stands in `files`, for a message: "'é' in FILE, line N" ("" if none is there)."""
+    if not chars:
+        return ""
+    wanted = re.compile("[" + "".join(map(re.escape, chars)) + "]")
+    for path in files:
+        line = 1
+        for block in _blocks(path, CHUNK_BYTES):
+            found = wanted.search(block)
+            if found:
+                line += block.count("\n", 0, found.start())
+                return f"{found.group()!r} in {path}, line {line}"
+            line += block.count("\n")
+    return ""
+
+
 def prepare(inputs: str | Sequence[str], out_dir: str, val_fraction: float = 0.1, vocab: str = "gpt2",
             shard_tokens: int = SHARD_TOKENS, verbose: bool = True, exclude: Sequence[str] = (),
             chunk_bytes: int = CHUNK_BYTES, characters: Sequence[str] | None = None) -> dict:

@@ -37,6 +37,7 @@ from tf_gpt2.data import (
     codec,
     data_digest,
     embedded_corpus,
+    first_place,
     made_from,
     prepare,
     resolve_inputs,
@@ -493,7 +494,8 @@ def prepared_data(cfg: TrainConfig, characters: Sequence[str] | None = None) -> 
         unknown = set(char_vocabulary(files)) - set(characters) if characters is not None else set()
         if unknown and runs_own:
             raise ValueError(f"the texts of --data now hold characters the run's model in {cfg.out} has no id for: "
-                             f"{''.join(sorted(unknown))[:40]!r}; its dataset ({directory}) is as it was. A character "
+                             f"{''.join(sorted(unknown))[:40]!r} (the first: {first_place(files, unknown)}); its "
+                             f"dataset ({directory}) is as it was. A character "
                              "model reads only its own characters: use another --out for a new run")
         if unknown:
             characters = None  # text of other characters: in its own, which `matched_to_data` refuses by name
@@ -548,9 +550,11 @@ def matched_to_data(cfg: TrainConfig, model: GPT2, manifest: dict) -> GPT2:
             raise ValueError(f"--init-from {name} reads all of the data's characters, but {cfg.data} numbers them "
                              f"by its own table of {len(chars)}: give the raw text as --data (with --vocab char), "
                              "which is then read in the model's characters")
-        raise ValueError(f"--init-from {name} reads other characters than the data (only in the data: {only_data!r}, "
-                         f"only in the model: {only_model!r}): its ids would mean other characters; train a new "
-                         "model on this text instead")
+        sources = [path for path in manifest.get("sources", []) if os.path.isfile(path)]
+        first = first_place(sources, only_data)
+        raise ValueError(f"--init-from {name} reads other characters than the data (only in the data: {only_data!r}"
+                         f"{', the first: ' + first if first else ''}, only in the model: {only_model!r}): its ids "
+                         "would mean other characters; train a new model on this text instead")
     if config.characters is None and chars is not None and len(chars) != config.vocab_size:
         raise ValueError(f"--init-from {name} is a model of {config.vocab_size} ids without characters, and the data "
                          f"has {len(chars)} characters: the trained model could not read or write text (its ids take "
