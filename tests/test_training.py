@@ -547,7 +547,7 @@ def test_the_learning_rate_never_rises_when_fine_tuning_with_a_small_rate(char_d
     with pytest.raises(ValueError, match="min_learning_rate must be in \\[0, learning_rate"):
         config(tmp_path, char_data, learning_rate=3e-5, min_learning_rate=6e-5)
     for field, value in (("learning_rate", float("nan")), ("grad_clip", -1.0), ("warmup_steps", -5),
-                         ("learning_rate", 1e39)):  # past float32: the optimizer's own variable would be inf
+                         ("learning_rate", 1e39), ("learning_rate", 1e-40)):  # past float32: inf, or 0
         with pytest.raises(ValueError, match=field):
             config(tmp_path, char_data, **{field: value})
 

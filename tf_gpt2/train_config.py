@@ -23,6 +23,7 @@ BASE_DTYPES = ("bfloat16", "float16")  # a frozen LoRA base in 16 bits (its adap
 STRATEGIES = (None, "mirrored", "multiworker", "tpu")  # tf.distribute, on TensorFlow
 DISTRIBUTIONS = (None, "data", "model")  # keras.distribution, on JAX
 FLOAT32_MAX = 3.4028234663852886e38  # the optimizer holds its settings in float32
+FLOAT32_TINY = 1.1754943508222875e-38  # float32's smallest normal: a rate below it trains nothing (it flushes to 0)
 
 
 @dataclasses.dataclass
@@ -91,9 +92,9 @@ class TrainConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
-        if not (isinstance(self.learning_rate, (int, float)) and 0 < self.learning_rate <= FLOAT32_MAX):
-            raise ValueError(f"learning_rate must be a positive number up to float32's largest (3.4e38), got "
-                             f"{self.learning_rate!r}")
+        if not (isinstance(self.learning_rate, (int, float)) and FLOAT32_TINY <= self.learning_rate <= FLOAT32_MAX):
+            raise ValueError(f"learning_rate must be a positive number from float32's smallest (1.2e-38) to its "
+                             f"largest (3.4e38), got {self.learning_rate!r}")
         if self.min_learning_rate is None:
             self.min_learning_rate = self.learning_rate / 10
         if not 0 <= self.min_learning_rate <= self.learning_rate:  # also refuses NaN
