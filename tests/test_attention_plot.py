@@ -37,6 +37,8 @@ def test_attention_maps_are_the_models_and_plot_one_panel_per_head(tmp_path):
     buffer = io.BytesIO()  # a file object: written to, as matplotlib writes one
     plot_attention(maps, [tok.decode([i]) for i in ids], layer=0, path=buffer)
     assert buffer.getvalue()[:4] == b"\x89PNG"
+    with pytest.raises(ValueError, match="path is empty: name the image file"):
+        plot_attention(maps, ["x"] * len(ids), path="")  # (it wrote nothing and said nothing)
     with pytest.raises(ValueError, match="layer must be in \\[0, 2\\)"):
         plot_attention(maps, ["x"] * len(ids), layer=2)
     for not_ids in ([1.7, 2.2, 3.9], [True, False], b"ab"):  # not truncated, not 1/0, not byte values

@@ -42,6 +42,8 @@ def plot_attention(maps: np.ndarray, tokens: Sequence[str], layer: int = 0, path
         import matplotlib.pyplot as plt
     except ImportError as e:
         raise ImportError("plotting attention needs matplotlib: pip install matplotlib") from e
+    if isinstance(path, (str, os.PathLike)) and not os.fspath(path):
+        raise ValueError("path is empty: name the image file to write, or leave it out to get the figure only")
     if not 0 <= layer < len(maps):
         raise ValueError(f"layer must be in [0, {len(maps)}), got {layer}")
     heads = maps[layer]
