@@ -173,7 +173,7 @@ def _run_worker(kind: str, path: str, args: argparse.Namespace, shape: dict) -> 
 def table(rows: list[dict]) -> str:
     ct2 = next((r for r in rows if r["system"].startswith("CTranslate2")), None)
     hf = next((r for r in rows if r["system"].startswith("HF")), None)
-    lines = ["| system | cache | file MB | peak RSS MB | prefill tok/s | decode tok/s | decode vs CT2 int8 "
+    lines = ["| system | cache | file MB | peak RSS MiB | prefill tok/s | decode tok/s | decode vs CT2 int8 "
              "| vs HF torch |",
              "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
@@ -227,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     for label, kind, path, cache in jobs:
         row = {"system": label, **({"cache": cache} if cache else {}), **_run_worker(kind, path, args, shape)}
         print(f"{label}{f' (cache {cache})' if cache else ''}: prefill {row['prefill_tok_s']:.1f} tok/s, "
-              f"decode {row['decode_tok_s']:.1f} tok/s, peak {row['peak_mb']:.0f} MB", flush=True)
+              f"decode {row['decode_tok_s']:.1f} tok/s, peak {row['peak_mb']:.0f} MiB", flush=True)
         rows.append(row)
     print(table(rows))
     if args.json:

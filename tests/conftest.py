@@ -143,6 +143,31 @@ def rng():
 
 
 @pytest.fixture(scope="session")
+def tiktoken_gpt2(tmp_path_factory):
+    """tiktoken's own "gpt2" encoding, fed the same files offline through its cache."""
+    import hashlib
+
+    import tiktoken
+
+    from tf_gpt2.tokenizer import default_vocab_files
+
+    cache = tmp_path_factory.mktemp("tiktoken-cache")
+    encoder_json, vocab_bpe = default_vocab_files()
+    base = "https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/"
+    for url, path in ((base + "encoder.json", encoder_json), (base + "vocab.bpe", vocab_bpe)):
+        shutil.copy(path, cache / hashlib.sha1(url.encode()).hexdigest())
+    old = os.environ.get("TIKTOKEN_CACHE_DIR")
+    os.environ["TIKTOKEN_CACHE_DIR"] = str(cache)
+    try:
+        return tiktoken.get_encoding("gpt2")
+    finally:
+        if old is None:
+            del os.environ["TIKTOKEN_CACHE_DIR"]
+        else:
+            os.environ["TIKTOKEN_CACHE_DIR"] = old
+
+
+@pytest.fixture(scope="session")
 def shakespeare():
     import gzip
 

@@ -307,3 +307,25 @@ def test_every_mutant_still_names_one_line_of_its_file_and_existing_tests():
         with open(os.path.join(ROOT, path), encoding="utf-8") as f:
             assert f.read().count(line) == 1, f"mutant {name!r}: its line is not once in {path}"
         assert mutation != line and all(os.path.isfile(os.path.join(ROOT, test)) for test in tests), name
+
+
+def test_the_per_device_memory_in_the_docs_is_what_the_shardings_give():
+    """docs/distribution.md's table (and the README's 2.2 GiB) are what `memory_per_device.py` computes from the
+    shardings JAX gives GPT-2 XL's weights and AdamW moments on 8 devices, for both meshes the table names."""
+    import re
+    import subprocess
+
+    root = os.path.join(BENCHMARKS, "..")
+    with open(os.path.join(root, "docs", "distribution.md")) as f:
+        page = f.read()
+    with open(os.path.join(root, "README.md")) as f:
+        readme = f.read()
+    for batch_axis in ("1", "2"):  # mesh 1x8 and 2x4
+        out = subprocess.run([sys.executable, os.path.join(BENCHMARKS, "memory_per_device.py"), "--batch-axis",
+                              batch_axis], capture_output=True, text=True, check=True,
+                             env={**os.environ, "KERAS_BACKEND": "jax"}).stdout
+        sizes = dict(re.findall(r"(replicated|model parallel)\s+([\d.]+) GiB per device", out))
+        replicated, split = (f"{float(sizes[k]):.1f}" for k in ("replicated", "model parallel"))
+        assert f"| replicated (`--strategy mirrored`, `DataParallel`) | {replicated} GiB |" in page, out
+        assert f"| `ModelParallel`, mesh 1x8 or 2x4 | {split} GiB |" in page, out
+        assert f"AdamW state: {split} GiB per device on 8" in readme, out

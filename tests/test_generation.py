@@ -5,6 +5,7 @@ import pytest
 from conftest import padded_gpt2
 
 from tf_gpt2 import GPT2, GPT2Config
+from tf_gpt2.cli import build_parser
 from tf_gpt2.cli import main as cli_main
 from tf_gpt2.generation import stream
 
@@ -137,6 +138,11 @@ def test_text_in_text_out_and_cli(capsys, tmp_path):
         meta = json.loads(str(f["meta"]))
         iterations = [int(f[f"v{i}"]) for i, path in enumerate(meta["variables"]) if path.endswith("/iteration")]
     assert meta["step"] == 20 and iterations == [20], (meta["step"], iterations)
+    settings = json.loads((tmp_path / "demo" / "run.json").read_text())["settings"]  # the README's recipe
+    recipe = dict(n_layer=4, n_head=4, n_embd=128, n_positions=64)
+    assert {k: settings["model"][k] for k in recipe} == recipe and settings["vocab"] == "char"
+    assert (settings["block_size"], settings["batch_size"], settings["learning_rate"]) == (64, 12, 2e-3)
+    assert build_parser().parse_args(["demo"]).steps == 2400
     saved = str(tmp_path / "demo" / "model.keras")  # a character model that carries its vocabulary
     assert cli_main(["generate", "ROMEO:", "--model", saved, "--max-new-tokens", "20", "--temperature", "0.8"]) == 0
     written = capsys.readouterr().out

@@ -43,7 +43,7 @@ class EvalResult:
 
     @property
     def perplexity(self) -> float:
-        """exp(loss): the token-level perplexity (inf past float64's range, a loss above 709 nats)."""
+        """exp(loss): the token-level perplexity (inf past float64's range: a loss above 709.78 nats)."""
         return math.inf if self.loss > math.log(sys.float_info.max) else math.exp(self.loss)
 
     @property
