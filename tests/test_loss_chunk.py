@@ -106,6 +106,33 @@ def test_a_cross_entropy_that_reads_probabilities_is_refused(loss):
         GPT2(GPT2Config(**SHAPE)).compile(optimizer="sgd", loss=loss)
 
 
+def _keras_hub_perplexity(**kwargs):
+    import keras_hub
+
+    return keras_hub.metrics.Perplexity(**kwargs)
+
+
+@pytest.mark.parametrize("metrics", [
+    lambda: ["sparse_categorical_crossentropy"], lambda: [keras.metrics.SparseCategoricalCrossentropy()],
+    lambda: {"output": ["accuracy", keras.metrics.categorical_crossentropy]}, _keras_hub_perplexity])
+def test_a_metric_that_reads_probabilities_is_refused(metrics):
+    """A metric reading probabilities over GPT2's logits reports a wrong figure every epoch (keras-hub's Perplexity
+    by default: 34,638 where exp(loss) is 50): refused as such a loss is; from_logits=True reports the loss's own."""
+    metrics = metrics()
+    for name in ("metrics", "weighted_metrics"):
+        with pytest.raises(ValueError, match=fr"GPT2 returns logits, and {name}=.* reads probabilities"):
+            GPT2(GPT2Config(**SHAPE)).compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                                              **{name: metrics})
+    model = GPT2(GPT2Config(**SHAPE))
+    model.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  metrics=["accuracy", _keras_hub_perplexity(from_logits=True),
+                           keras.metrics.SparseCategoricalCrossentropy(from_logits=True)])
+    batch = _batches()[0]
+    figures = model.evaluate(batch[:, :-1], batch[:, 1:], return_dict=True, verbose=0)
+    assert figures["perplexity"] == pytest.approx(np.exp(figures["loss"]), rel=1e-5)
+    assert figures["sparse_categorical_crossentropy"] == pytest.approx(figures["loss"], rel=1e-5)
+
+
 class DoubledCrossEntropy(keras.losses.SparseCategoricalCrossentropy):
     def call(self, y_true, y_pred):
         return 2 * super().call(y_true, y_pred)

@@ -33,18 +33,21 @@ def _is_logits_cross_entropy(loss) -> bool:
     return settings == {"from_logits": True, "ignore_class": None, "axis": -1}
 
 
-def _reads_probabilities(loss) -> bool:
-    """A Keras cross-entropy that takes probabilities (`from_logits=False`, what its names, class and functions
-    default to), given as Keras takes a loss: itself, by name or class, or in a list or dict."""
-    kinds = (keras.losses.SparseCategoricalCrossentropy, keras.losses.CategoricalCrossentropy)
+def _reads_probabilities(value, get) -> bool:
+    """A Keras cross-entropy (or keras-hub's Perplexity) that takes probabilities (`from_logits=False`, what its
+    names, classes and functions default to), given as Keras takes a loss or metric (`get`): itself, by name or
+    class, or in a list or dict."""
     functions = (keras.losses.sparse_categorical_crossentropy, keras.losses.categorical_crossentropy)
-    for each in keras.tree.flatten(loss):
+    for each in keras.tree.flatten(value):
         if isinstance(each, (str, type)):
             try:
-                each = keras.losses.get(each)
+                each = get(each)
             except (ValueError, TypeError):  # not Keras' name: Keras says so at compile
                 continue
-        if each in functions or (type(each) in kinds and not each._fn_kwargs.get("from_logits", True)):
+        if each in functions:
+            return True
+        if isinstance(each, (keras.losses.Loss, keras.metrics.Metric)) and \
+                each.get_config().get("from_logits", True) is False:
             return True
     return False
 
@@ -195,9 +198,14 @@ class GPT2(keras.Model):
 
     def compile(self, optimizer="rmsprop", loss=None, metrics=None, weighted_metrics=None, loss_weights=None,
                 **kwargs):
-        if _reads_probabilities(loss):  # it would train on a wrong objective without a word
+        if _reads_probabilities(loss, keras.losses.get):  # it would train on a wrong objective without a word
             raise ValueError(f"GPT2 returns logits, and loss={loss!r} reads probabilities (from_logits=False): compile "
                              "with loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True)")
+        for name, given in (("metrics", metrics), ("weighted_metrics", weighted_metrics)):
+            if _reads_probabilities(given, keras.metrics.get):  # it would report a wrong figure every epoch
+                raise ValueError(f"GPT2 returns logits, and {name}={given!r} reads probabilities (from_logits=False): "
+                                 "pass from_logits=True to it (keras.metrics.SparseCategoricalCrossentropy("
+                                 "from_logits=True), keras_hub.metrics.Perplexity(from_logits=True))")
         # Keras' sparse categorical cross-entropy from logits, unweighted: `compute_loss` computes it itself
         self._own_cross_entropy = _is_logits_cross_entropy(loss) and loss_weights is None
         if self.config.loss_chunk and (not self._own_cross_entropy or metrics or weighted_metrics):
