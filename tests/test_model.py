@@ -157,6 +157,10 @@ def test_a_variant_model_is_built_of_variant_blocks_and_round_trips(tmp_path):
         (np.zeros((1, 0), int), ValueError, "empty"),
         (np.array([[1.0, 2.0]]), TypeError, "must be integers"),
         (np.array([1, 2]), ValueError, "shape \\[batch, time\\]"),
+        ({"token_ids": np.ones((1, 3), int), "attention_mask": np.ones((1, 3), int)}, TypeError,
+         r"GPT2 takes the token ids \[batch, time\] as one array \(attention_mask= and position_ids= as keywords\), "
+         r"got a dict of \['token_ids', 'attention_mask'\]"),  # keras-hub's inputs: it said "Invalid dtype: object"
+        ((np.ones((1, 3), int), np.ones((1, 3), int)), TypeError, "as one array .*, got a tuple of 2 arrays"),
     ],
 )
 def test_bad_token_ids_give_clear_errors(model, ids, error, message):
@@ -240,6 +244,30 @@ def test_ids_are_checked_where_they_enter_and_compiled_code_clamps_as_the_readme
     compiled = tf.function(lambda ids: model(ids), jit_compile=True)
     np.testing.assert_allclose(compiled(tf.constant([[1, vocab], [-1, 2]])).numpy(),
                                np.asarray(model(np.array([[1, vocab - 1], [vocab - 1, 2]]))), atol=1e-5)
+
+
+def test_keras_loops_check_ids_given_as_arrays_before_they_trace_the_model():
+    """fit / evaluate / predict and their *_on_batch trace the model (compiled here, as on JAX and on a GPU), where an
+    id cannot be refused by value and a gather reads another row without a sign: ids given as arrays are checked
+    first; a tf.data pipeline runs as Keras runs it."""
+    import tensorflow as tf
+
+    model = GPT2(GPT2Config(vocab_size=97, n_positions=20, n_embd=24, n_layer=2, n_head=3))
+    model.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), jit_compile=True)
+    targets = np.array([[1, 2, 3, 4]])
+    for bad in (np.array([[1, 2, 3, -1]]), np.array([[1, 2, 3, 97]]), tf.constant([[1, 2, 3, 15496]])):
+        for loop in (lambda x: model.predict(x, verbose=0), lambda x: model.predict_on_batch(x),
+                     lambda x: model.evaluate(x, targets, verbose=0), lambda x: model.test_on_batch(x, targets),
+                     lambda x: model.fit(x, targets, verbose=0), lambda x: model.train_on_batch(x, targets)):
+            with pytest.raises(ValueError, match=r"token ids must be in \[0, 97\)"):
+                loop(bad)
+    with pytest.raises(ValueError, match="sequence length 21 exceeds the context of 20"):  # XLA clamps the position
+        model.predict(np.zeros((1, 21), int), verbose=0)
+    with pytest.raises(TypeError, match="as one array"):
+        model.predict({"token_ids": np.ones((1, 3), int)}, verbose=0)
+    good = np.array([[1, 2, 3, 4]])
+    assert model.predict(tf.data.Dataset.from_tensors(good), verbose=0).shape == (1, 4, 97)
+    assert np.isfinite(model.evaluate(good, targets, verbose=0))
 
 
 def test_a_compiled_call_reads_the_padding_row_of_an_id_in_the_padding():

@@ -97,6 +97,12 @@ def check_positions(position_ids: Any, first_slot: Any, time: Any, n_positions: 
 def check_token_ids(token_ids: Any, vocab_size: int, max_len: int) -> None:
     """Integer ids [batch, time], 1 <= time <= max_len, every known value in [0, vocab_size): a clear error
     instead of a failure deep inside the backend (or, compiled, a gather of another row)."""
+    if isinstance(token_ids, dict) or isinstance(token_ids, (tuple, list)) and \
+            any(len(getattr(item, "shape", ())) > 1 for item in token_ids):  # keras-hub's inputs, or (ids, mask)
+        got = f"a dict of {list(token_ids)}" if isinstance(token_ids, dict) else \
+            f"a {type(token_ids).__name__} of {len(token_ids)} arrays"
+        raise TypeError(f"GPT2 takes the token ids [batch, time] as one array (attention_mask= and position_ids= as "
+                        f"keywords), got {got}")
     check_integers("token_ids", token_ids)
     shape = _shape("token_ids", token_ids)
     if len(shape) != 2:

@@ -217,6 +217,31 @@ class GPT2(keras.Model):
         super().compile(optimizer=optimizer, loss=loss, metrics=metrics, weighted_metrics=weighted_metrics,
                         loss_weights=loss_weights, **kwargs)
 
+    # Keras' loops trace the model, where an id cannot be refused by its value (compiled, a gather reads another row):
+    # ids given as values are checked first; a tf.data pipeline, a generator or a PyDataset is read as Keras reads it.
+    def fit(self, x=None, *args, **kwargs):
+        return super().fit(self._checked_ids(x), *args, **kwargs)
+
+    def evaluate(self, x=None, *args, **kwargs):
+        return super().evaluate(self._checked_ids(x), *args, **kwargs)
+
+    def predict(self, x, *args, **kwargs):
+        return super().predict(self._checked_ids(x), *args, **kwargs)
+
+    def train_on_batch(self, x, *args, **kwargs):
+        return super().train_on_batch(self._checked_ids(x), *args, **kwargs)
+
+    def test_on_batch(self, x, *args, **kwargs):
+        return super().test_on_batch(self._checked_ids(x), *args, **kwargs)
+
+    def predict_on_batch(self, x):
+        return super().predict_on_batch(self._checked_ids(x))
+
+    def _checked_ids(self, x):
+        if isinstance(x, (dict, tuple, list)) or hasattr(x, "shape"):
+            check_token_ids(x, self.config.vocab_size, self.config.n_positions)
+        return x
+
     def get_compile_config(self):
         """Keras' compile settings, saved with the model; none for a model with LoRA adapters, which Keras saves
         merged into its kernels: its optimizer state would not fit the model that loads (every weight trainable)."""
