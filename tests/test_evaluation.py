@@ -155,7 +155,10 @@ def test_a_perplexity_past_float64s_range_is_inf_and_null_in_the_json(tmp_path, 
 def test_bad_input_is_named(tmp_path, capsys):
     model = GPT2(GPT2Config(vocab_size=50257, n_positions=16, n_embd=16, n_layer=1, n_head=2))
     for kwargs, message in ((dict(context=17), "context must be in 1..16"), (dict(stride=0), "stride must be"),
-                            (dict(batch_size=0), "batch_size"), (dict(detokenize="ptb"), "unknown detokenizer")):
+                            (dict(batch_size=0), "batch_size"), (dict(detokenize="ptb"), "unknown detokenizer"),
+                            (dict(context=16 / 4), r"context must be an integer, got 4\.0"),  # (a bare TypeError)
+                            (dict(stride=4.0), "stride must be an integer"), (dict(context=True), "context must be an"),
+                            (dict(batch_size=2.0), "batch_size must be an integer")):
         with pytest.raises(ValueError, match=message):
             evaluate(model, "some text", **kwargs)
     with pytest.raises(ValueError, match="text is empty"):
