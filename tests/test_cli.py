@@ -332,6 +332,36 @@ def test_prompts_and_vocabularies_that_cannot_apply_are_refused_before_any_work(
         assert not os.path.exists(out), os.listdir(out)  # (its lock too: the folder was made for the run)
 
 
+def test_generate_refuses_an_output_that_cannot_write_what_the_model_may_write(tmp_path, capsys, monkeypatch):
+    """A standard output in cp1252 (Windows, `> out.txt`) failed partway through the text with "'charmap' codec
+    can't encode ...": refused before any text is made, with the fix; a character model whose characters it can
+    write runs (the demo's, Shakespeare's, is ASCII), as does any model where the stream replaces what it cannot."""
+    import io
+
+    from tf_gpt2 import GPT2, GPT2Config
+
+    for chars, name in ((list("abc :\n"), "ascii.keras"), (list("abcЖ :\n"), "cyrillic.keras")):
+        GPT2(GPT2Config(vocab_size=len(chars), n_positions=16, n_embd=8, n_layer=1, n_head=2,
+                        characters=sorted(chars))).save(tmp_path / name)
+
+    def generate(*model, errors="strict"):
+        out = io.TextIOWrapper(io.BytesIO(), encoding="cp1252", errors=errors)
+        monkeypatch.setattr(sys, "stdout", out)
+        status = cli_main(["generate", "ab", *model, "--max-new-tokens", "3"])
+        out.flush()
+        monkeypatch.undo()
+        return status, out.buffer.getvalue(), capsys.readouterr().err
+
+    status, written, err = generate("--random-init", "gpt2-tiny")
+    assert status == 2 and written == b"" and "error: standard output writes cp1252, which cannot hold '\u4e2d', and " \
+        "the model may write it: set PYTHONUTF8=1 (or PYTHONIOENCODING=utf-8)" in err, err
+    status, written, err = generate("--model", str(tmp_path / "cyrillic.keras"))
+    assert status == 2 and "cannot hold 'Ж'" in err, err
+    status, written, _ = generate("--model", str(tmp_path / "ascii.keras"))
+    assert status == 0 and written.startswith(b"ab") and len(written) == len(b"ab") + 3 + len(os.linesep), written
+    assert generate("--random-init", "gpt2-tiny", errors="replace")[0] == 0
+
+
 @pytest.mark.parametrize("command", [["train", "--out", "x", "--init-from", ""], ["train", "--out", "x", "--data", ""],
                                      ["train", "--out", ""], ["export", "--random-init", "gpt2-tiny", "--out", ""],
                                      ["generate", "hi", "--model", ""], ["convert", "", "x"], ["eval", ""]])
