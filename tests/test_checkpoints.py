@@ -148,7 +148,9 @@ def test_convert_cli_hf_to_keras(tmp_path, capsys):
     cfg = ODD_CONFIGS[0]
     hf = make_hf_model(**cfg)
     hf.save_pretrained(tmp_path / "hf")
-    assert cli_main(["convert", str(tmp_path / "hf"), str(tmp_path / "m.keras")]) == 0
+    for said in ("wrote", "replaced the earlier"):  # a second run into the same file says so, as export's does
+        assert cli_main(["convert", str(tmp_path / "hf"), str(tmp_path / "m.keras")]) == 0
+        assert capsys.readouterr().out.strip() == f"{said} {tmp_path / 'm.keras'}"
     ids = _random_ids(cfg)
     assert np.abs(np.asarray(GPT2.from_pretrained(str(tmp_path / "m.keras"))(ids)) - hf_logits(hf, ids)).max() <= 1e-4
 
@@ -179,7 +181,9 @@ def test_convert_keeps_what_a_character_model_is(tmp_path, capsys):
     model = GPT2(GPT2Config(vocab_size=len(chars), n_positions=16, n_embd=16, n_layer=1, n_head=2, dropout=0.1,
                             characters=chars))
     model.save(tmp_path / "c.keras")
-    assert cli_main(["convert", str(tmp_path / "c.keras"), str(tmp_path / "hf")]) == 0
+    for said in ("wrote", "replaced the earlier"):
+        assert cli_main(["convert", str(tmp_path / "c.keras"), str(tmp_path / "hf")]) == 0
+        assert capsys.readouterr().out.strip() == f"{said} {tmp_path / 'hf'}"
     back = GPT2.from_pretrained(str(tmp_path / "hf"))
     assert back.config.characters == chars and back.config.dropout == 0.1
     capsys.readouterr()

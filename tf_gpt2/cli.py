@@ -276,11 +276,12 @@ def cmd_convert(args: argparse.Namespace) -> int:
         raise NotADirectoryError(f"Not a directory (a Hugging Face checkpoint is a folder; a .keras DST is a file): "
                                  f"{args.dst}")
     model = GPT2.from_pretrained(args.src, revision=args.revision)
+    replaced = os.path.isfile(os.path.join(args.dst, "config.json") if folder else args.dst)
     if not folder:
         save_keras(model, args.dst)
     else:
         model.save_pretrained(args.dst)
-    print(f"wrote {args.dst}")
+    print(f"{'replaced the earlier' if replaced else 'wrote'} {args.dst}")
     return 0
 
 
