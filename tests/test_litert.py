@@ -13,7 +13,7 @@ from conftest import lora_model, spread_tiny_model
 from tf_gpt2 import GPT2, GPT2Config, GPT2Tokenizer
 from tf_gpt2.cli import main as cli_main
 from tf_gpt2.litert import LiteRTGenerator, export_litert, export_litertlm, litert_bytes
-from tf_gpt2.tokenizer import EOT_ID
+from tf_gpt2.tokenizer import EOT_ID, VOCAB_SIZE
 
 pytest.importorskip("ai_edge_litert")
 litert_lm = pytest.importorskip("litert_lm")
@@ -97,6 +97,24 @@ def test_litert_lm_stops_at_end_of_text(tmp_path):
     assert 0 < stop_at < 9 and any(t != EOT_ID for t in unstopped[stop_at + 1:])
     path = export_litertlm(model, str(tmp_path / "stops.litertlm"), CACHE, PREFILL)
     assert _litert_lm_turns(path, [prompt], max_output_tokens=10) == [tok.decode(unstopped[:stop_at])]
+
+
+def test_a_model_wider_than_gpt2s_vocabulary_writes_gpt2s_ids_on_device(tmp_path):
+    """A converted nanoGPT checkpoint's 50,304 ids (refused before): the .litertlm's `decode` gives GPT-2's 50,257
+    logits, so the runtime writes what `generate` writes from text; here every step would choose an id past GPT-2's
+    (the rows after it point where the stream does), which the tokenizer could not write."""
+    keras.utils.set_random_seed(2)
+    model = GPT2(GPT2Config.from_preset("gpt2-tiny", n_positions=64, vocab_size=50304))
+    wte = model.wte.embeddings.numpy()
+    direction = np.random.RandomState(0).randn(wte.shape[1]).astype(np.float32)
+    wte[VOCAB_SIZE:] = 0.3 * direction
+    model.wte.embeddings.assign(wte)
+    model.wpe.embeddings.assign(model.wpe.embeddings.numpy() + 3 * direction)
+    ids = [EOT_ID] + GPT2Tokenizer().encode(PROMPT)
+    assert min(model.generate(ids, max_new_tokens=4, stop_ids=[])) >= VOCAB_SIZE  # unrestricted: past GPT-2's
+    expected = model.generate(ids, max_new_tokens=6, stop_ids=[EOT_ID], vocab_end=VOCAB_SIZE)
+    path = export_litertlm(model, str(tmp_path / "wide.litertlm"), CACHE, PREFILL)
+    assert _litert_lm_turns(path, [PROMPT], max_output_tokens=6) == [GPT2Tokenizer().decode(expected)]
 
 
 def test_plain_interpreter_runs_the_same_contract(model, flatbuffer):
@@ -214,8 +232,7 @@ def test_bad_export_arguments_fail_clearly_and_write_nothing(model, tmp_path, ca
         with pytest.raises(ValueError, match=message):
             export_litertlm(model, str(out), **kwargs)
     for config, kind in ((dict(vocab_size=65), "fewer ids than GPT-2's"),
-                         (dict(vocab_size=3, characters=["a", "b", "c"]), "a character model's"),
-                         (dict(vocab_size=50304), "ids padded or added past GPT-2's")):
+                         (dict(vocab_size=3, characters=["a", "b", "c"]), "a character model's")):
         with pytest.raises(ValueError, match=f"but this model has {config['vocab_size']} \\({kind}\\), which that "
                                              "tokenizer cannot read or write: export a plain .tflite"):
             export_litertlm(GPT2(GPT2Config.from_preset("gpt2-tiny", n_positions=32, **config)), str(out))

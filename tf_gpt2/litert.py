@@ -91,8 +91,8 @@ def _check_options(model: GPT2, cache_length: int | None, prefill_lengths: Seque
 class _Signatures:
     """The functions behind the LiteRT-LM signatures, over the model's own cached forward pass."""
 
-    def __init__(self, model: GPT2):
-        self.model = model
+    def __init__(self, model: GPT2, vocab_end: int | None = None):
+        self.model, self.vocab_end = model, vocab_end  # logits of the ids below vocab_end only (None: every id)
 
     def _run(self, tokens, input_pos, mask, caches, with_logits: bool):
         cache = [{"key": caches[2 * i], "value": caches[2 * i + 1]} for i in range(len(caches) // 2)]
@@ -121,7 +121,7 @@ class _Signatures:
         for i, layer in enumerate(cache):
             outputs[f"kv_cache_k_{i}"], outputs[f"kv_cache_v_{i}"] = layer["key"], layer["value"]
         if with_logits:
-            outputs["logits"] = logits[:, None, :]
+            outputs["logits"] = logits[:, None, :self.vocab_end]
         return outputs
 
     def prefill(self, tokens, input_pos, mask, *caches):
@@ -143,11 +143,12 @@ def _specs(model: GPT2, time: int, cache_length: int) -> list[tf.TensorSpec]:
 
 
 def litert_bytes(model: GPT2, cache_length: int | None = None, prefill_lengths: Sequence[int] | None = None,
-                 quantize: str = "fp32") -> bytes:
+                 quantize: str = "fp32", vocab_end: int | None = None) -> bytes:
     """Convert `model` to a LiteRT flatbuffer with `prefill_<T>` and `decode` signatures (see the module doc).
 
     `quantize`: "fp32", "fp16" (weights stored as float16) or "int8" (dynamic-range: int8 weights, int8
-    matmuls with activations quantized on the fly; LiteRT's recommended CPU recipe).
+    matmuls with activations quantized on the fly; LiteRT's recommended CPU recipe). `vocab_end`: `decode` gives the
+    logits of the ids below it only (a vocabulary wider than its tokenizer's: the runtime never chooses the rest).
     """
     require_tensorflow("a LiteRT export")
     cache_length, prefill_lengths = _check_options(model, cache_length, prefill_lengths, quantize)
@@ -155,7 +156,7 @@ def litert_bytes(model: GPT2, cache_length: int | None = None, prefill_lengths: 
         raise ValueError(f"this model is already quantized with Keras ({model.quantization}): export the float "
                          "model with quantize='int8', LiteRT's own int8 for phones")
     model = model.with_dtype("float32")  # on-device numerics are float32 (or quantized from it)
-    signatures = _Signatures(model)
+    signatures = _Signatures(model, vocab_end)
     archive = keras.export.ExportArchive()
     archive.track(model)
     names = [f"prefill_{t}" for t in prefill_lengths] + ["decode"]
@@ -219,7 +220,8 @@ def export_litertlm(model: GPT2, path: str, cache_length: int | None = None,
 
     The runtime starts a conversation with `<|endoftext|>` (GPT-2's document separator, as in training),
     stops at it, and holds at most `cache_length - (max(prefill_lengths) - 1)` tokens: a padded prefill
-    chunk must still fit in the cache.
+    chunk must still fit in the cache. A model of more ids than GPT-2's (a converted nanoGPT checkpoint's 50,304)
+    writes GPT-2's ids only, as `generate` does from text: its `decode` gives the logits of those alone.
 
     Example:
     >>> model = GPT2(GPT2Config.from_preset("gpt2-tiny"))                # doctest: +SKIP
@@ -229,9 +231,9 @@ def export_litertlm(model: GPT2, path: str, cache_length: int | None = None,
         from litert_lm_builder import LitertLmFileBuilder, TfLiteModelType
     except ImportError as e:
         raise ImportError(f"{e.name} is missing: pip install \"tf_gpt2[litert]\" (LiteRT-LM's builder)") from e
-    if (ids := model.config.vocab_size) != VOCAB_SIZE:
-        kind = "a character model's" if model.config.characters else \
-            "ids padded or added past GPT-2's" if ids > VOCAB_SIZE else "fewer ids than GPT-2's"
+    ids = model.config.vocab_size
+    if model.config.characters or ids < VOCAB_SIZE:
+        kind = "a character model's" if model.config.characters else "fewer ids than GPT-2's"
         raise ValueError(f"a .litertlm carries the GPT-2 BPE tokenizer ({VOCAB_SIZE} tokens), but this model has {ids} "
                          f"({kind}), which that tokenizer cannot read or write: export a plain .tflite (--format "
                          "tflite) and drive it with your own tokenizer")
@@ -240,7 +242,8 @@ def export_litertlm(model: GPT2, path: str, cache_length: int | None = None,
     _check_writable(path)
 
     def write(tmp: str) -> None:
-        parts = {"model.tflite": litert_bytes(model, cache_length, prefill_lengths, quantize),
+        parts = {"model.tflite": litert_bytes(model, cache_length, prefill_lengths, quantize,
+                                              vocab_end=VOCAB_SIZE if ids > VOCAB_SIZE else None),
                  "tokenizer.json": hf_tokenizer_json().encode("utf-8"),
                  "metadata.pb": _llm_metadata(cache_length - (max(prefill_lengths) - 1))}
         with work_dir("litertlm") as folder:
