@@ -55,7 +55,10 @@ from harness import TrainSetup, _hf_model, tensorflow_free  # noqa: E402
 
 GB = 1e9
 TIMED = ("train", "decode")  # compiled side by side in waves, then timed one at a time; the rest share the GPU
-PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12}  # dense bf16 FLOP/s
+# Dense bf16 FLOP/s, the first name the device's matches (an H100 or H200 in PCIe or NVL form runs slower than SXM)
+PEAK_BF16 = {"H100 PCIe": 756e12, "H100 NVL": 835e12, "H200 NVL": 835e12, "H100": 989e12, "H200": 989e12,
+             "A100": 312e12, "L4": 121e12}
+KINDS = ("train", "decode", "parity", "memory")
 PRESETS = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
 GPUS = {"T4 16 GB": 16, "L4 24 GB": 24, "A100 40 GB": 40, "H100 / A100 80 GB": 80}
 CUDA_CONTEXT_GB = 1.0  # what the card holds beyond the framework's own peak
@@ -356,8 +359,12 @@ def decode(job: dict) -> dict:
     prompts = {b: rng.integers(0, cfg.vocab_size, (b, job["prompt"])).astype(np.int32) for b in job["batches"]}
     new = job["new"]
     if job["system"] == "tf_gpt2":
+        import jax
+
         from tf_gpt2 import GPT2
 
+        if job["dtype"] == "float32":  # float32 matmuls, as torch's own (JAX's default allows TF32 on a GPU)
+            jax.config.update("jax_default_matmul_precision", "highest")
         model = GPT2(cfg, dtype=job["dtype"])
         runs = {b: (lambda p=p: model.generate(p.tolist(), max_new_tokens=new, stop_ids=[])) for b, p in
                 prompts.items()}
@@ -628,6 +635,9 @@ def main(argv=None) -> int:
     parser.add_argument("--levers", action="store_true", help="also tf_gpt2's training with one setting changed")
     parser.add_argument("--job", help=argparse.SUPPRESS)  # one measurement, in a child process
     args = parser.parse_args(argv)
+    unknown = [part for part in args.parts.split(",") if part not in KINDS]
+    if unknown:  # (a misspelt part ran nothing, and wrote tables of nothing)
+        parser.error(f"--parts: unknown {', '.join(map(repr, unknown))}; choose among {', '.join(KINDS)}")
     if args.job:
         die_with_parent(int(os.environ.get("GPU_BENCH_PARENT", os.getppid())))
         job = json.loads(args.job)
@@ -638,6 +648,11 @@ def main(argv=None) -> int:
                                                              "--xla_dump_hlo_module_re=train_step"]))
         print(json.dumps({"parity": parity, "train": train, "memory": memory, "decode": decode}[job["kind"]](job)))
         return 0
+    todo = [job for job in jobs(args.smoke) if job["kind"] in args.parts.split(",")
+            and (not args.smoke or job["name"] in SMOKE_JOBS) and re.search(args.only, job["name"])
+            and (args.levers or args.smoke or not job.get("lever"))]
+    if not todo:
+        parser.error(f"no job is in --parts {args.parts}{f' and matches --only {args.only}' if args.only else ''}")
     if os.path.exists(os.path.join(args.out, "results.json")):  # minutes of a GPU's time: not replaced by the next run
         parser.error(f"{os.path.join(args.out, 'results.json')} holds an earlier run's results: give another --out, "
                      "or move them away first")
@@ -650,9 +665,6 @@ def main(argv=None) -> int:
                   "peaks of the processes run at once)", file=sys.stderr)
         share_gb = 0.85 * free if free else 100.0
     budget = (share_gb or 0.0) * GB
-    todo = [job for job in jobs(args.smoke) if job["kind"] in args.parts.split(",")
-            and (not args.smoke or job["name"] in SMOKE_JOBS) and re.search(args.only, job["name"])
-            and (args.levers or args.smoke or not job.get("lever"))]
     for job in todo:
         job["profile"] = args.profile and job["kind"] == "train" and job["system"] == "tf_gpt2"
     given = argv if argv is not None else sys.argv[1:]
@@ -757,8 +769,12 @@ def memory_cell(results: dict, system: str, preset: str, mode: str, remat: bool)
                 (system, preset, mode, remat)), None)
     if row is None:
         return "-"
-    peak = row["result"].get("peak_bytes")
-    return f"{peak / GB:.1f} GB" if peak else ("failed" if "error" in row["result"] else "n/a (CPU)")
+    peak, error = row["result"].get("peak_bytes"), row["result"].get("error")
+    if peak:
+        return f"{peak / GB:.1f} GB"
+    if error is None:
+        return "n/a (CPU)"
+    return "not run" if error.startswith("not run") else "out of memory" if OUT_OF_MEMORY.search(error) else "failed"
 
 
 def memory_table(results: dict) -> str:
@@ -773,20 +789,22 @@ def memory_table(results: dict) -> str:
 
 
 def fit_table(results: dict) -> str:
-    """For each GPU and preset, the fastest tf_gpt2 setting whose device peak plus the CUDA context fits."""
+    """For each GPU and preset, the fastest tf_gpt2 setting whose device peak plus the CUDA context fits; "does not
+    fit" only where every setting was measured too large (or ran out of memory), else "not measured"."""
     settings = (("full", False, "full"), ("full", True, "full `--remat`"),
                 ("lora", True, "LoRA `--base-dtype bfloat16 --remat`"))
     lines = ["| GPU | " + " | ".join(PRESETS) + " |", "|---|" + "---|" * len(PRESETS)]
     for gpu, size in GPUS.items():
         cells = []
         for preset in PRESETS:
-            cell = "does not fit"
+            cell, measured = None, True
             for mode, remat, label in settings:
                 shown = memory_cell(results, "tf_gpt2", preset, mode, remat)
                 if shown.endswith(" GB") and float(shown[:-3]) + CUDA_CONTEXT_GB <= size:
                     cell = f"{label} ({shown})"
                     break
-            cells.append(cell)
+                measured = measured and (shown.endswith(" GB") or shown == "out of memory")
+            cells.append(cell or ("does not fit" if measured else "not measured"))
         lines.append(f"| {gpu} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -245,6 +245,39 @@ def test_the_lever_that_keeps_bfloat16_logits_gives_the_same_loss_and_gradients(
     assert lever[1] == expected[1] and np.array_equal(lever[2], expected[2])
 
 
+def test_the_gpu_fit_table_says_not_measured_where_a_row_is_missing_and_parts_are_checked(tmp_path, capsys):
+    """"does not fit" only where every setting was measured too large or ran out of memory: a row that failed for
+    another reason, was cut by --budget or is absent is "not measured" (a misspelt --parts wrote "does not fit" for
+    every preset on every GPU, having run nothing), and --parts names only what gpu.py runs."""
+    import gpu
+
+    def memory(preset, mode, remat, **result):
+        return {"kind": "memory", "system": "tf_gpt2", "preset": preset, "mode": mode, "remat": remat,
+                "result": result}
+
+    oom = "RESOURCE_EXHAUSTED: Out of memory while trying to allocate"
+    jobs = [memory("gpt2", "full", False, peak_bytes=2.5e9),
+            *(memory("gpt2-medium", mode, remat, error=oom) for mode, remat in (("full", False), ("full", True),
+                                                                                ("lora", True))),
+            memory("gpt2-large", "full", False, error="not run: past the --budget of 480 s"),
+            memory("gpt2-xl", "full", False, peak_bytes=90e9), memory("gpt2-xl", "full", True, peak_bytes=85e9),
+            memory("gpt2-xl", "lora", True, error="ImportError: peft")]
+    rows = gpu.fit_table({"jobs": jobs}).splitlines()[2:]
+    assert rows[0] == "| T4 16 GB | full (2.5 GB) | does not fit | not measured | not measured |"
+    assert rows[-1] == "| H100 / A100 80 GB | full (2.5 GB) | does not fit | not measured | not measured |"
+    assert gpu.memory_cell({"jobs": jobs}, "tf_gpt2", "gpt2-medium", "full", False) == "out of memory"
+    assert gpu.memory_cell({"jobs": jobs}, "tf_gpt2", "gpt2-large", "full", False) == "not run"
+    assert gpu.memory_cell({"jobs": jobs}, "tf_gpt2", "gpt2-xl", "lora", True) == "failed"
+    for argv, said in ((["--parts", "trian,decod"], "--parts: unknown 'trian', 'decod'; choose among train, decode"),
+                       (["--parts", "parity", "--only", "nothing-is-named-so"], "no job is in --parts parity")):
+        with pytest.raises(SystemExit) as status:
+            gpu.main(["--smoke", "--out", str(tmp_path / "out"), *argv])
+        assert status.value.code == 2 and said in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+    assert {name: peak for name, peak in gpu.PEAK_BF16.items() if name.startswith("H100")} == \
+        {"H100 PCIe": 756e12, "H100 NVL": 835e12, "H100": 989e12}
+
+
 def test_a_gpu_job_process_ends_with_gpu_py_even_while_stopped():
     """gpu.py stops its memory processes (SIGSTOP) while a speed run is timed: killed then, it must not leave them
     stopped for ever, holding their GPU memory."""
