@@ -2,10 +2,11 @@
 off-by-one, a non-atomic write, ...), applied to a copy of the tree; the tests that cover that module run against it,
 and a mutant is killed when they fail. Prints the kill rate.
 
-    python benchmarks/mutants.py                 # every mutant (about 15 minutes on 2 cores)
+    python benchmarks/mutants.py                 # every mutant (about 15 minutes on 2 cores, and the tests unmutated)
     python benchmarks/mutants.py --only gelu     # mutants whose name contains "gelu"
 
-Only the tests listed with a mutant run (the whole suite can only kill more).
+Only the tests listed with a mutant run (the whole suite can only kill more), first once on an unmutated copy: a test
+that fails there would count every mutant it covers as killed.
 """
 
 from __future__ import annotations
@@ -93,24 +94,51 @@ MUTANTS = [
 ]
 
 
+def copy_tree(copy: str) -> None:
+    """The checkout's files (tracked, and new ones git does not ignore) into `copy`: what the tests read, docs too."""
+    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
+                            capture_output=True, check=True).stdout.decode("utf-8").split("\0")
+    for name in filter(None, listed):
+        if os.path.isfile(os.path.join(ROOT, name)):  # (a tracked file deleted in the work tree is not there)
+            os.makedirs(os.path.dirname(os.path.join(copy, name)), exist_ok=True)
+            shutil.copy2(os.path.join(ROOT, name), os.path.join(copy, name))
+
+
+def run_tests(copy: str, tests: list[str], python: str) -> tuple[int, float, str]:
+    """pytest over `tests` in `copy`, stopping at the first failure: (exit status, seconds, the output's end)."""
+    started = time.perf_counter()
+    env = {**os.environ, "PYTHONPATH": copy}  # the copy's package, not the installed one
+    run = subprocess.run([python, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests], cwd=copy, env=env,
+                         capture_output=True, text=True)
+    return run.returncode, time.perf_counter() - started, (run.stdout + run.stderr)[-1500:]
+
+
 def run_mutant(name: str, path: str, line: str, mutation: str, tests: list[str], python: str) -> tuple[bool, float]:
-    """Apply one mutant to a copy of the tree and run its tests there: (killed, seconds)."""
+    """Apply one mutant to a copy of the tree and run its tests there: (killed, seconds). Killed means a test
+    failed (pytest's status 1); any other failure (a usage error, no tests, a crash) is no verdict, and raised."""
     with tempfile.TemporaryDirectory(prefix="tf_gpt2-mutant-") as copy:
-        for part in ("tf_gpt2", "tests", "benchmarks", "notebooks", "pytest.ini", "setup.py", "README.md",
-                     "tf_gpt2_launcher.py"):
-            source = os.path.join(ROOT, part)
-            (shutil.copytree if os.path.isdir(source) else shutil.copy)(source, os.path.join(copy, part))
+        copy_tree(copy)
         target = os.path.join(copy, path)
         text = open(target, encoding="utf-8").read()
         if text.count(line) != 1:
             raise ValueError(f"mutant {name!r}: {line!r} occurs {text.count(line)} times in {path}")
         with open(target, "w", encoding="utf-8") as f:
             f.write(text.replace(line, mutation))
-        started = time.perf_counter()
-        env = {**os.environ, "PYTHONPATH": copy}  # the copy's package, not the installed one
-        run = subprocess.run([python, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests], cwd=copy,
-                             env=env, capture_output=True, text=True)
-        return run.returncode != 0, time.perf_counter() - started
+        status, seconds, output = run_tests(copy, tests, python)
+    if status not in (0, 1):
+        raise RuntimeError(f"mutant {name!r}: pytest ended with status {status}, which says nothing of the mutant:\n"
+                           f"{output}")
+    return status == 1, seconds
+
+
+def check_unmutated(tests: list[str], python: str) -> None:
+    """The tests pass on an unmutated copy: else every mutant they cover would count as killed."""
+    with tempfile.TemporaryDirectory(prefix="tf_gpt2-unmutated-") as copy:
+        copy_tree(copy)
+        status, _, output = run_tests(copy, tests, python)
+    if status != 0:
+        raise RuntimeError(f"{' '.join(tests)} fail without a mutant (pytest status {status}): its kills would mean "
+                           f"nothing; mend that first:\n{output}")
 
 
 def main(argv=None) -> int:
@@ -118,6 +146,8 @@ def main(argv=None) -> int:
     parser.add_argument("--only", help="run the mutants whose name contains this text")
     args = parser.parse_args(argv)
     chosen = [m for m in MUTANTS if not args.only or args.only in m[0]]
+    for tests in dict.fromkeys(tuple(m[4]) for m in chosen):  # each list of tests once, in order
+        check_unmutated(list(tests), sys.executable)
     killed = 0
     for name, path, line, mutation, tests in chosen:
         dead, seconds = run_mutant(name, path, line, mutation, tests, sys.executable)

@@ -342,6 +342,18 @@ def test_every_mutant_still_names_one_line_of_its_file_and_existing_tests():
         assert mutation != line and all(os.path.isfile(os.path.join(ROOT, test)) for test in tests), name
 
 
+def test_a_mutant_is_killed_only_by_a_failing_test_in_a_whole_copy(tmp_path):
+    """The copy holds what the tests read (docs too: without them a serving test failed unmutated, and its three
+    mutants counted as killed); a pytest that ends otherwise than with a failed test (here: no tests) is no kill."""
+    from mutants import copy_tree, run_mutant
+
+    copy_tree(str(tmp_path))
+    assert (tmp_path / "docs" / "serving.md").is_file() and (tmp_path / "tests" / "conftest.py").is_file()
+    with pytest.raises(RuntimeError, match=r"pytest ended with status [2-5], which says nothing of the mutant"):
+        run_mutant("a no-op", "tf_gpt2/layers.py", "import keras", "import keras  # ", ["tests/no_such_test.py"],
+                   sys.executable)
+
+
 def test_the_per_device_memory_in_the_docs_is_what_the_shardings_give():
     """docs/distribution.md's table (and the README's 2.2 GiB) are what `memory_per_device.py` computes from the
     shardings JAX gives GPT-2 XL's weights and AdamW moments on 8 devices, for both meshes the table names."""
