@@ -39,6 +39,14 @@ def _prompts(batch: int, length: int) -> list[list[int]]:
     return np.random.RandomState(0).randint(0, 50000, (batch, length)).tolist()
 
 
+SERVED = {"served": (None, False), "served-bf16": ("bfloat16", False), "served-xla": (None, True)}  # dtype, XLA
+
+
+def served_dir(work: str, system: str, new: int) -> str:
+    """The SavedModel a served system runs: one per token limit (an export for fewer new tokens refuses every row)."""
+    return os.path.join(work, f"{system.replace('-', '_')}-new{new}")
+
+
 def prepare(work: str, preset: str, new: int) -> None:
     """Random GPT-2 weights (seed 0) as an HF dir, CTranslate2 int8/float32 dirs and a SavedModel version."""
     from on_device import prepare as prepare_hf_and_ct2
@@ -52,11 +60,11 @@ def prepare(work: str, preset: str, new: int) -> None:
     if not os.path.exists(os.path.join(work, "ct2-float32")):
         ctranslate2.converters.TransformersConverter(os.path.join(work, "hf")).convert(
             os.path.join(work, "ct2-float32"), quantization="float32")
-    for name, dtype, xla in (("saved_model", None, False), ("saved_model_bf16", "bfloat16", False),
-                             ("saved_model_xla", None, True)):
-        if not os.path.exists(os.path.join(work, name, "1")):
-            export_saved_model(GPT2.from_pretrained(os.path.join(work, "hf")), os.path.join(work, name),
+    for system, (dtype, xla) in SERVED.items():
+        if not os.path.exists(os.path.join(served_dir(work, system, new), "1")):
+            export_saved_model(GPT2.from_pretrained(os.path.join(work, "hf")), served_dir(work, system, new),
                                version=1, max_new_tokens_limit=new, dtype=dtype, xla=xla)
+
 
 
 def measure(system: str, work: str, batch: int, prompt: int, new: int, repeats: int) -> dict:
@@ -69,14 +77,17 @@ def measure(system: str, work: str, batch: int, prompt: int, new: int, repeats: 
         from tf_serving import Server, start
 
         start(xla=system == "served-xla")
-        directory = {"served": "saved_model", "served-bf16": "saved_model_bf16", "served-xla": "saved_model_xla"}
-        server = Server(os.path.join(work, directory[system], "1"))
+        server = Server(os.path.join(served_dir(work, system, new), "1"))
         rows = lambda value, dtype: np.full(batch, value, dtype)  # noqa: E731
         inputs = dict(token_ids=np.array(prompts, np.int32), length=rows(prompt, np.int32),
                       max_new_tokens=rows(new, np.int32), temperature=rows(0, np.float32), top_k=rows(0, np.int32),
                       top_p=rows(1, np.float32), seed=rows(0, np.int32))
         began = time.perf_counter()
-        produced = int(server.run("generate", inputs)["length"].sum())  # rows stop early at <|endoftext|>
+        answer = server.run("generate", inputs)
+        refused = [error.decode() for error in answer["error"] if error]
+        if refused:  # (a refused row would count as a row that stopped early)
+            raise RuntimeError(f"{system} refused {len(refused)} of {batch} rows: {refused[0]}")
+        produced = int(answer["length"].sum())  # rows stop early at <|endoftext|>
         first_call = time.perf_counter() - began  # with XLA: the bucket's compilation
         run = lambda: server.run("generate", inputs)  # noqa: E731
     elif system == "generate":
