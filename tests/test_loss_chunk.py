@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import warnings
 
 import keras
 import numpy as np
@@ -131,6 +132,16 @@ def test_a_metric_that_reads_probabilities_is_refused(metrics):
     figures = model.evaluate(batch[:, :-1], batch[:, 1:], return_dict=True, verbose=0)
     assert figures["perplexity"] == pytest.approx(np.exp(figures["loss"]), rel=1e-5)
     assert figures["sparse_categorical_crossentropy"] == pytest.approx(figures["loss"], rel=1e-5)
+    class Unsaved(keras.metrics.Mean):  # a metric of one's own, never to be saved: read, not serialized
+        def get_config(self):
+            raise NotImplementedError("not serializable")
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # (serializing a lambda's wrapper warns)
+        GPT2(GPT2Config(**SHAPE)).compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=[
+            keras.metrics.MeanMetricWrapper(functools.partial(keras.losses.sparse_categorical_crossentropy,
+                                                              from_logits=True)),
+            keras.metrics.MeanMetricWrapper(lambda y, p: keras.ops.mean(p), name="mean_logit"), Unsaved()])
 
 
 class DoubledCrossEntropy(keras.losses.SparseCategoricalCrossentropy):

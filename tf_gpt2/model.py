@@ -44,10 +44,10 @@ def _reads_probabilities(value, get) -> bool:
                 each = get(each)
             except (ValueError, TypeError):  # not Keras' name: Keras says so at compile
                 continue
-        if each in functions:
-            return True
-        if isinstance(each, (keras.losses.Loss, keras.metrics.Metric)) and \
-                each.get_config().get("from_logits", True) is False:
+        fn = getattr(each, "fn", getattr(each, "_fn", None))  # the function a Keras loss or metric wraps, if any
+        settings = getattr(each, "_fn_kwargs", None) or {}  # (read, not serialized: a lambda's config may not be)
+        if each in functions or fn in functions and not settings.get("from_logits", False) or \
+                getattr(each, "from_logits", None) is False:  # keras-hub's Perplexity keeps its own
             return True
     return False
 
