@@ -541,9 +541,7 @@ def matched_to_data(cfg: TrainConfig, model: GPT2, manifest: dict) -> GPT2:
     config, name = model.config, cfg.init_from
     chars = manifest.get("chars")
     _refuse_other_tokens(cfg, config, "gpt2" if chars is None else "char", "the data was tokenized")
-    if config.vocab_size < manifest["vocab_size"]:
-        raise ValueError(f"--init-from {name} has {config.vocab_size} tokens, the data needs {manifest['vocab_size']}")
-    if config.characters is not None and config.characters != chars:
+    if config.characters is not None and config.characters != chars:  # (before the sizes: the characters named)
         only_data = "".join(c for c in chars if c not in config.characters)
         only_model = "".join(c for c in config.characters if c not in chars)
         if not only_data:  # prepared shards: their ids number the text's own characters
@@ -555,6 +553,8 @@ def matched_to_data(cfg: TrainConfig, model: GPT2, manifest: dict) -> GPT2:
         raise ValueError(f"--init-from {name} reads other characters than the data (only in the data: {only_data!r}"
                          f"{', the first: ' + first if first else ''}, only in the model: {only_model!r}): its ids "
                          "would mean other characters; train a new model on this text instead")
+    if config.vocab_size < manifest["vocab_size"]:
+        raise ValueError(f"--init-from {name} has {config.vocab_size} tokens, the data needs {manifest['vocab_size']}")
     if config.characters is None and chars is not None and len(chars) != config.vocab_size:
         raise ValueError(f"--init-from {name} is a model of {config.vocab_size} ids without characters, and the data "
                          f"has {len(chars)} characters: the trained model could not read or write text (its ids take "
