@@ -344,10 +344,13 @@ def test_generate_refuses_an_output_that_cannot_write_what_the_model_may_write(t
         GPT2(GPT2Config(vocab_size=len(chars), n_positions=16, n_embd=8, n_layer=1, n_head=2,
                         characters=sorted(chars))).save(tmp_path / name)
 
-    def generate(*model, errors="strict"):
+    def generate(*model, errors="strict", command=("generate", "ab"), **environ):
         out = io.TextIOWrapper(io.BytesIO(), encoding="cp1252", errors=errors)
         monkeypatch.setattr(sys, "stdout", out)
-        status = cli_main(["generate", "ab", *model, "--max-new-tokens", "3"])
+        monkeypatch.delenv("PYTHONIOENCODING", raising=False)
+        for name, value in environ.items():
+            monkeypatch.setenv(name, value)
+        status = cli_main([*command, *model, "--max-new-tokens", "3"] if command[0] == "generate" else [*command])
         out.flush()
         monkeypatch.undo()
         return status, out.buffer.getvalue(), capsys.readouterr().err
@@ -360,6 +363,14 @@ def test_generate_refuses_an_output_that_cannot_write_what_the_model_may_write(t
     status, written, _ = generate("--model", str(tmp_path / "ascii.keras"))
     assert status == 0 and written.startswith(b"ab") and len(written) == len(b"ab") + 3 + len(os.linesep), written
     assert generate("--random-init", "gpt2-tiny", errors="replace")[0] == 0
+    status, _, err = generate("--random-init", "gpt2-tiny", PYTHONIOENCODING="cp1252")  # it outranks PYTHONUTF8
+    assert status == 2 and "may write it: set PYTHONIOENCODING=utf-8 (it is cp1252)" in err, err
+    (tmp_path / "text.txt").write_text("春眠不觉晓，处处闻啼鸟。\n" * 40, encoding="utf-8")  # train's samples too
+    status, _, err = generate(command=["train", "--data", str(tmp_path / "text.txt"), "--vocab", "char", "--out",
+                                       str(tmp_path / "run"), "--preset", "gpt2-tiny", "--steps", "2", "--block-size",
+                                       "16", "--batch-size", "2", "--eval-interval", "2", "--sample-tokens", "8"])
+    assert status == 2 and "cannot hold '。'" in err and "or print no samples (--sample-tokens 0)" in err, err
+    assert not (tmp_path / "run" / "checkpoint.npz").exists()
 
 
 @pytest.mark.parametrize("command", [["train", "--out", "x", "--init-from", ""], ["train", "--out", "x", "--data", ""],

@@ -210,23 +210,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_output_writes(characters: Sequence[str] | None) -> None:
-    """Refuse, before any text is made, a standard output whose encoding cannot write what the model may write (a
-    character model its characters; GPT-2's byte-level BPE any character): the text failed where one came."""
-    encoding, errors = getattr(sys.stdout, "encoding", None), getattr(sys.stdout, "errors", "strict")
-    may_write = "".join(characters) if characters is not None else "\xe9\u4e2d\U0001f642"  # (any: a few stand for all)
-    try:
-        may_write.encode(encoding or "utf-8", errors or "strict")
-    except UnicodeEncodeError as e:
-        raise ValueError(f"standard output writes {encoding}, which cannot hold {may_write[e.start]!r}, and the model "
-                         "may write it: set PYTHONUTF8=1 (or PYTHONIOENCODING=utf-8) to write UTF-8") from None
-    except LookupError:  # an encoding Python does not know: left to the stream
-        pass
-
-
 def cmd_generate(args: argparse.Namespace) -> int:
     from tf_gpt2.generation import stream
-    from tf_gpt2.tokenizer import checked_utf8, tokenizer_for
+    from tf_gpt2.tokenizer import check_output_writes, checked_utf8, tokenizer_for
 
     prompt = checked_utf8("the prompt", args.prompt)
     if args.seed is not None and args.temperature == 0:
@@ -234,7 +220,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
                          "(greedy): give a --temperature > 0")
     model = _load_model(args)
     tokenizer = tokenizer_for(model.config)  # the one `stream` reads the prompt with
-    _check_output_writes(model.config.characters)
+    check_output_writes(model.config.characters)
     decode, end_of_text = tokenizer.decode, tokenizer.eot_id
     # The prompt is shown with the first new token: by then prefill and the decode step are compiled, so
     # XLA's start-up lines on stderr come before the text, not in the middle of it.

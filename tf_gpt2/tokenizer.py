@@ -15,6 +15,7 @@ import hashlib
 import importlib.resources
 import json
 import os
+import sys
 from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
@@ -347,6 +348,23 @@ def checked_utf8(name: str, text: str) -> str:
         byte = f"byte {code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF else f"U+{code:04X}"
         raise ValueError(f"{name} is not UTF-8 text: {byte} after {text[:e.start]!r:.60}") from None
     return text
+
+
+def check_output_writes(characters: Sequence[str] | None) -> None:
+    """Refuse, before any text is made, a standard output whose encoding cannot write what a model may write (a
+    character model its characters; GPT-2's byte-level BPE any character): its text failed where one came."""
+    encoding, errors = getattr(sys.stdout, "encoding", None), getattr(sys.stdout, "errors", "strict")
+    may_write = "".join(characters) if characters is not None else "\xe9\u4e2d\U0001f642"  # (any: a few stand for all)
+    try:
+        may_write.encode(encoding or "utf-8", errors or "strict")
+    except UnicodeEncodeError as e:
+        given = os.environ.get("PYTHONIOENCODING")  # (it outranks UTF-8 mode)
+        fix = f"set PYTHONIOENCODING=utf-8 (it is {given})" if given else \
+            "set PYTHONUTF8=1 (or PYTHONIOENCODING=utf-8) to write UTF-8"
+        raise ValueError(f"standard output writes {encoding}, which cannot hold {may_write[e.start]!r}, and the model "
+                         f"may write it: {fix}") from None
+    except LookupError:  # an encoding Python does not know: left to the stream
+        pass
 
 
 def _is_id(value: Any) -> bool:

@@ -48,7 +48,7 @@ from tf_gpt2.devices import Placement, host_array, place_run, tensorflow
 from tf_gpt2.files import exclusive, json_writer, read_json, write_together
 from tf_gpt2.generation import pad_id
 from tf_gpt2.model import GPT2
-from tf_gpt2.tokenizer import VOCAB_SIZE
+from tf_gpt2.tokenizer import VOCAB_SIZE, check_output_writes
 from tf_gpt2.train_config import TrainConfig
 
 CHECKPOINT = "checkpoint.npz"
@@ -769,6 +769,11 @@ def _fit(cfg: TrainConfig, model: GPT2, start: int, train_data: TokenShards, val
             if cfg.sample_prompt != TrainConfig.sample_prompt:
                 raise ValueError(f"sample_prompt (--sample-prompt): {e}") from None
             prompt_ids = []  # the default, a line break, in characters without one: from the start instead
+        if cfg.verbose:  # the samples are printed: refused before any step, not where the first new character comes
+            try:
+                check_output_writes(train_data.manifest.get("chars"))
+            except ValueError as e:
+                raise ValueError(f"{e}, or print no samples (--sample-tokens 0)") from None
         log_dir = os.path.join(cfg.out, "logs", "samples") if cfg.tensorboard else None
         callbacks.append(TextSample(prompt_ids, cfg.sample_tokens, decode, round_end, log_dir, cfg.verbose,
                                     vocab_end=train_data.manifest["vocab_size"]))
