@@ -1,3 +1,6 @@
+import os
+import pathlib
+
 import numpy as np
 import pytest
 
@@ -39,6 +42,9 @@ def test_attention_maps_are_the_models_and_plot_one_panel_per_head(tmp_path):
     assert buffer.getvalue()[:4] == b"\x89PNG"
     with pytest.raises(ValueError, match="path is empty: name the image file"):
         plot_attention(maps, ["x"] * len(ids), path="")  # (it wrote nothing and said nothing)
+    for folder in (tmp_path, pathlib.Path(""), str(tmp_path / "sub") + os.sep):  # (a hidden ".png" was written there)
+        with pytest.raises(ValueError, match="names a folder: name the image file"):
+            plot_attention(maps, ["x"] * len(ids), path=folder)
     with pytest.raises(ValueError, match="layer must be in \\[0, 2\\)"):
         plot_attention(maps, ["x"] * len(ids), layer=2)
     for not_ids in ([1.7, 2.2, 3.9], [True, False], b"ab"):  # not truncated, not 1/0, not byte values

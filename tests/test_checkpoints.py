@@ -184,6 +184,9 @@ def test_convert_keeps_what_a_character_model_is(tmp_path, capsys):
     for said in ("wrote", "replaced the earlier"):
         assert cli_main(["convert", str(tmp_path / "c.keras"), str(tmp_path / "hf")]) == 0
         assert capsys.readouterr().out.strip() == f"{said} {tmp_path / 'hf'}"
+    os.remove(tmp_path / "hf" / "config.json")  # weights alone are a model's files too
+    assert cli_main(["convert", str(tmp_path / "c.keras"), str(tmp_path / "hf")]) == 0
+    assert capsys.readouterr().out.strip() == f"replaced the earlier {tmp_path / 'hf'}"
     back = GPT2.from_pretrained(str(tmp_path / "hf"))
     assert back.config.characters == chars and back.config.dropout == 0.1
     capsys.readouterr()

@@ -158,7 +158,8 @@ def test_bad_input_is_named(tmp_path, capsys):
                             (dict(batch_size=0), "batch_size"), (dict(detokenize="ptb"), "unknown detokenizer"),
                             (dict(context=16 / 4), r"context must be an integer, got 4\.0"),  # (a bare TypeError)
                             (dict(stride=4.0), "stride must be an integer"), (dict(context=True), "context must be an"),
-                            (dict(batch_size=2.0), "batch_size must be an integer")):
+                            (dict(batch_size=2.0), "batch_size must be an integer"),
+                            (dict(batch_size=None), "batch_size must be an integer, got None")):
         with pytest.raises(ValueError, match=message):
             evaluate(model, "some text", **kwargs)
     with pytest.raises(ValueError, match="text is empty"):

@@ -265,6 +265,8 @@ def test_keras_loops_check_ids_given_as_arrays_before_they_trace_the_model():
         model.predict(np.zeros((1, 21), int), verbose=0)
     with pytest.raises(TypeError, match="as one array"):
         model.predict({"token_ids": np.ones((1, 3), int)}, verbose=0)
+    with pytest.raises(TypeError, match=r"Keras' loops take a list as several inputs, .* give np.array\(ids\)"):
+        model.predict([np.arange(4), np.arange(4)], verbose=0)  # rows encoded one by one
     good = np.array([[1, 2, 3, 4]])
     assert model.predict(tf.data.Dataset.from_tensors(good), verbose=0).shape == (1, 4, 97)
     assert np.isfinite(model.evaluate(good, targets, verbose=0))

@@ -42,8 +42,12 @@ def plot_attention(maps: np.ndarray, tokens: Sequence[str], layer: int = 0, path
         import matplotlib.pyplot as plt
     except ImportError as e:
         raise ImportError("plotting attention needs matplotlib: pip install matplotlib") from e
-    if isinstance(path, (str, os.PathLike)) and not os.fspath(path):
-        raise ValueError("path is empty: name the image file to write, or leave it out to get the figure only")
+    if isinstance(path, (str, os.PathLike)):
+        name = os.fspath(path)
+        if not name:
+            raise ValueError("path is empty: name the image file to write, or leave it out to get the figure only")
+        if os.path.basename(name) in ("", ".", "..") or os.path.isdir(name):  # (it wrote a hidden ".png" in it)
+            raise ValueError(f"path {name!r} names a folder: name the image file to write in it")
     if not 0 <= layer < len(maps):
         raise ValueError(f"layer must be in [0, {len(maps)}), got {layer}")
     heads = maps[layer]

@@ -242,6 +242,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+# A model's files in a folder (Hugging Face's, sharded or not; OpenAI's; keras-hub's): a convert there replaces them
+WEIGHTS_AND_CONFIG = ("config.json", "model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                      "pytorch_model.bin.index.json", "hparams.json", "model.weights.h5")
 MODEL_FILE_SUFFIXES = (".keras", ".safetensors", ".bin", ".h5", ".pt", ".ckpt", ".onnx", ".gguf")  # files, not folders
 
 
@@ -262,7 +265,8 @@ def cmd_convert(args: argparse.Namespace) -> int:
         raise NotADirectoryError(f"Not a directory (a Hugging Face checkpoint is a folder; a .keras DST is a file): "
                                  f"{args.dst}")
     model = GPT2.from_pretrained(args.src, revision=args.revision)
-    replaced = os.path.isfile(os.path.join(args.dst, "config.json") if folder else args.dst)
+    replaced = any(os.path.isfile(os.path.join(args.dst, name)) for name in WEIGHTS_AND_CONFIG) if folder else \
+        os.path.isfile(args.dst)
     if not folder:
         save_keras(model, args.dst)
     else:

@@ -87,8 +87,9 @@ def evaluate(model, text: str | Sequence[int], tokenizer: GPT2Tokenizer | None =
     verbose: a progress bar over the windows; source: what errors call the text (`tf-gpt2 eval`: its file).
     """
     n_positions = model.config.n_positions
-    for name, value in (("context", context), ("stride", stride), ("batch_size", batch_size)):
-        if value is not None and not is_integer(value):  # (a float was a bare TypeError, deep in the windows)
+    for name, value, may_be_none in (("context", context, True), ("stride", stride, True),
+                                     ("batch_size", batch_size, False)):
+        if not (is_integer(value) or value is None and may_be_none):  # (a float: a bare TypeError, deep inside)
             raise ValueError(f"{name} must be an integer, got {value!r}")
     context = n_positions if context is None else context
     stride = max(1, context // 2) if stride is None else stride

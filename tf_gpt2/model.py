@@ -238,7 +238,10 @@ class GPT2(keras.Model):
         return super().predict_on_batch(self._checked_ids(x))
 
     def _checked_ids(self, x):
-        if isinstance(x, (dict, tuple, list)) or hasattr(x, "shape"):
+        if isinstance(x, (tuple, list)):  # (rows of ids as arrays reached `call` one by one: a cryptic failure)
+            raise TypeError(f"Keras' loops take a {type(x).__name__} as several inputs, and GPT2 takes the token ids "
+                            "[batch, time] as one array: give np.array(ids)")
+        if isinstance(x, dict) or hasattr(x, "shape"):
             check_token_ids(x, self.config.vocab_size, self.config.n_positions)
         return x
 
