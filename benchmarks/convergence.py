@@ -19,11 +19,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import numpy as np  # noqa: E402
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from harness import machine  # noqa: E402  (it puts this checkout's tf_gpt2 first)
+
 from tf_gpt2.data import TokenShards, embedded_corpus, prepare  # noqa: E402
 from tf_gpt2.training import TrainConfig, train  # noqa: E402
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import machine  # noqa: E402
 
 SIZE = dict(n_layer=4, n_head=4, n_embd=128, n_positions=128)
 B, T, LR, MIN_LR, WARMUP = 16, 128, 1e-3, 1e-4, 50

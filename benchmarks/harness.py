@@ -29,6 +29,9 @@ if TYPE_CHECKING:
     from tf_gpt2.config import GPT2Config
 
 HERE = os.path.dirname(os.path.abspath(__file__))  # the benchmarks folder: its modules import each other flat
+ROOT = os.path.dirname(HERE)  # the checkout whose tf_gpt2 is measured, not another one installed in the environment
+if ROOT not in sys.path:
+    sys.path.insert(1, ROOT)
 
 
 def machine() -> str:
@@ -330,7 +333,7 @@ def in_own_process(code: str, module: str = "harness", keep_going: bool = False)
     Returns the JSON of its last printed line ({} when it prints nothing). A failure raises, or with `keep_going`
     comes back as {"error": its last line}.
     """
-    prelude = f"import sys; sys.path.insert(0, {HERE!r}); import json, {module} as m; "
+    prelude = f"import sys; sys.path[0:0] = [{HERE!r}, {ROOT!r}]; import json, {module} as m; "
     run = subprocess.run([sys.executable, "-c", prelude + code],
                          capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
     if run.returncode != 0:

@@ -22,7 +22,7 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from harness import machine, tensorflow_free  # noqa: E402  (the peers' processes hold no TensorFlow)
+from harness import HERE, ROOT, machine, tensorflow_free  # noqa: E402  (the peers' processes hold no TensorFlow)
 
 QUANTIZATIONS = tensorflow_free("formats").QUANTIZATIONS
 
@@ -210,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{time.strftime('%Y-%m-%d %H:%M')}, {machine()}, load average "
           f"{os.getloadavg()[0]:.2f}; {shape['preset']}, prompt {shape['prompt']}, {shape['new']} new tokens, "
           f"greedy, batch 1, {args.threads} threads each", flush=True)
-    subprocess.run([sys.executable, "-c", f"import sys; sys.path.insert(0, {os.path.dirname(__file__)!r}); "
+    subprocess.run([sys.executable, "-c", f"import sys; sys.path[0:0] = [{HERE!r}, {ROOT!r}]; "
                     f"import on_device; on_device.prepare({args.work!r}, {shape['preset']!r}, {caches!r}, "
                     f"{args.quantize if 'litert-lm' in args.systems else []!r}, {'ct2' in args.systems})"],
                    check=True)  # (only what the systems run)

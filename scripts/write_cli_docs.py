@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 
-PAGE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "docs", "cli.md")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PAGE = os.path.join(ROOT, "docs", "cli.md")
 WIDTH = 110  # columns of the help text, fixed so the page does not depend on the terminal that wrote it
 
 INTRO = """# Command line
@@ -29,6 +31,8 @@ This page is the commands' own `--help`, written by `python scripts/write_cli_do
 def markdown() -> str:
     """The page: the top-level help, then each command's."""
     os.environ["COLUMNS"] = str(WIDTH + 2)  # argparse wraps at the terminal's width minus 2
+    if ROOT not in sys.path:  # this checkout's command, not another one installed in the environment
+        sys.path.insert(0, ROOT)
     from tf_gpt2.cli import build_parser
 
     parser = build_parser()

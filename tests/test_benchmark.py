@@ -374,3 +374,20 @@ def test_the_per_device_memory_in_the_docs_is_what_the_shardings_give():
         assert f"| replicated (`--strategy mirrored`, `DataParallel`) | {replicated} GiB |" in page, out
         assert f"| `ModelParallel`, mesh 1x8 or 2x4 | {split} GiB |" in page, out
         assert f"AdamW state: {split} GiB per device on 8" in readme, out
+
+
+def test_the_benchmarks_measure_the_package_of_their_own_checkout(tmp_path, monkeypatch):
+    """Run from another worktree, or with another tf_gpt2 on the path, a benchmark and its processes measure the
+    tf_gpt2 beside them (two worktrees of an A/B measured the one installed, twice)."""
+    import subprocess
+
+    from harness import ROOT, in_own_process
+
+    (tmp_path / "tf_gpt2").mkdir()
+    (tmp_path / "tf_gpt2" / "__init__.py").write_text("raise ImportError('another tf_gpt2')\n")
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    found = "import importlib.util; print(json.dumps(importlib.util.find_spec('tf_gpt2').origin))"
+    assert in_own_process(found).startswith(os.path.join(ROOT, "tf_gpt2"))
+    script = f"import json, sys; sys.path.insert(0, {BENCHMARKS!r}); import harness; {found}"  # as `python bench.py`
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert json.loads(run.stdout).startswith(os.path.join(os.path.realpath(ROOT), "tf_gpt2")), run.stdout
