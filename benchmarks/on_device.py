@@ -45,7 +45,10 @@ def _rates(generate, prompt: int, new: int, repeats: int) -> dict:
     from harness import best_seconds  # one warm-up call, then the best of `repeats`
 
     one, many = best_seconds(lambda: generate(1), repeats), best_seconds(lambda: generate(new), repeats)
-    return {"prefill_tok_s": prompt / one, "decode_tok_s": (new - 1) / max(many - one, 1e-9)}
+    if many <= one:  # (a clamped difference gave a rate of millions of tokens/s)
+        raise RuntimeError(f"{new} new tokens took {many:.4f} s, no longer than 1 took ({one:.4f} s): no decode rate "
+                           "can be read from them (a generate that stops early, or noise: raise --new)")
+    return {"prefill_tok_s": prompt / one, "decode_tok_s": (new - 1) / (many - one)}
 
 
 # -- workers: each runs in its own process -------------------------------------------------------
@@ -122,7 +125,16 @@ def worker_hf(path: str, prompt: int, new: int, threads: int, repeats: int) -> d
     return _rates(generate, prompt, new, repeats)
 
 
+def _tensorflow_threads(threads: int) -> None:
+    """TensorFlow's (and its XLA's) thread pools at `threads`, as the other systems are set (before TF starts)."""
+    import tensorflow as tf
+
+    tf.config.threading.set_intra_op_parallelism_threads(threads)
+    tf.config.threading.set_inter_op_parallelism_threads(threads)
+
+
 def worker_tf_gpt2(path: str, prompt: int, new: int, threads: int, repeats: int, quantize: str | None = None) -> dict:
+    _tensorflow_threads(threads)
     from tf_gpt2 import GPT2
 
     model, ids = GPT2.from_pretrained(path), _prompt(prompt)
@@ -139,6 +151,7 @@ def worker_keras_hub(path: str, prompt: int, new: int, threads: int, repeats: in
     import numpy as np
     from harness import _keras_hub_lm
 
+    _tensorflow_threads(threads)
     from tf_gpt2 import GPT2
 
     lm = _keras_hub_lm(GPT2.from_pretrained(path).config)  # same shapes; its own random weights
