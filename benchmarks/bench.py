@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import sys
 from typing import Sequence
 
@@ -27,10 +26,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    harness.refuse_earlier_results(parser, args.json)
+    for flag, value in (("--steps", args.steps), ("--new-tokens", args.new_tokens)):
+        if value is not None and value < 1:  # (0 ran the default)
+            parser.error(f"{flag} must be a positive integer, got {value}")
     train, decode = (harness.SMOKE_TRAIN, harness.SMOKE_DECODE) if args.smoke else \
         (harness.TrainSetup(), harness.DecodeSetup())
-    train = dataclasses.replace(train, steps=args.steps or train.steps)
+    train = dataclasses.replace(train, steps=args.steps or train.steps)  # (given: positive)
     decode = dataclasses.replace(decode, new_tokens=args.new_tokens or decode.new_tokens)
     try:
         results = harness.run(args.only or ("train", "decode"), args.systems.split(",") if args.systems else None,
@@ -39,8 +43,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"bench: error: {e}", file=sys.stderr)
         return 2
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=1)
+        harness.write_results(args.json, results)
     return 0
 
 

@@ -8,7 +8,6 @@ writes them with the date and the CPU).
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import sys
@@ -20,7 +19,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import machine  # noqa: E402  (it puts this checkout's tf_gpt2 first)
+from harness import machine, refuse_earlier_results, write_results  # noqa: E402  (it puts this checkout's tf_gpt2 first)
 
 from tf_gpt2.data import TokenShards, embedded_corpus, prepare  # noqa: E402
 from tf_gpt2.training import TrainConfig, train  # noqa: E402
@@ -48,10 +47,12 @@ def torch_reference(train_shards, val, steps, vocab):
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
                                   lr=LR, betas=(0.9, 0.95), eps=1e-7)
 
+    warmup = min(WARMUP, steps - 1)  # as `learning_rate_schedule` takes it: a run of few steps warms up less
+
     def lr_at(step):
-        if step < WARMUP:
-            return LR * step / WARMUP
-        progress = (step - WARMUP) / (steps - WARMUP)
+        if step < warmup:
+            return LR * step / warmup
+        progress = (step - warmup) / max(steps - warmup, 1)
         return MIN_LR + 0.5 * (LR - MIN_LR) * (1 + math.cos(math.pi * progress))
 
     loss_fn = torch.nn.CrossEntropyLoss()
@@ -76,6 +77,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=500)
     parser.add_argument("--json", help="also write the losses, date and CPU to this file")
     args = parser.parse_args()
+    refuse_earlier_results(parser, args.json)
     with tempfile.TemporaryDirectory() as tmp:
         prepare(embedded_corpus(), f"{tmp}/data", vocab="char", verbose=False)
         train_shards, val_shards = TokenShards(f"{tmp}/data", "train"), TokenShards(f"{tmp}/data", "val")
@@ -97,8 +99,7 @@ def main() -> None:
         record = {"date": time.strftime("%Y-%m-%d"), "machine": machine(), "steps": args.steps, "tokens": tokens,
                   "shape": {**SIZE, "block_size": T, "batch_size": B}, "tf_gpt2": ours, "torch_reference": reference,
                   "uniform_guess": math.log(train_shards.vocab_size)}
-        with open(args.json, "w") as f:
-            json.dump(record, f, indent=1)
+        write_results(args.json, record)
 
 
 if __name__ == "__main__":

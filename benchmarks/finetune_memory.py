@@ -29,7 +29,15 @@ import sys
 import tempfile
 import time
 
-from harness import _hf_model, best_seconds, in_own_process, machine, tensorflow_free
+from harness import (
+    _hf_model,
+    best_seconds,
+    in_own_process,
+    machine,
+    refuse_earlier_results,
+    tensorflow_free,
+    write_results,
+)
 
 SYSTEMS = {"tf": "tf_gpt2, TensorFlow (XLA)", "jax": "tf_gpt2, JAX (XLA)", "hf": "HF transformers (torch)"}
 GiB = 2**30
@@ -235,6 +243,7 @@ def main(argv=None) -> int:
                         "positions at a time (GPT2Config.loss_chunk)")
     parser.add_argument("--merge", nargs="*", default=[], help="rows measured earlier (--json files) to add")
     args = parser.parse_args(argv)
+    refuse_earlier_results(parser, args.json)
     if args.smoke:
         args.presets, args.time, args.repeats, args.compute = ["gpt2-tiny"], 32, 1, []
     print(f"{time.strftime('%Y-%m-%d %H:%M')}, {machine()}, "
@@ -268,8 +277,7 @@ def main(argv=None) -> int:
           "here):\n")
     print(fits(rows))
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"date": time.strftime("%Y-%m-%d"), "time": args.time, "rows": rows}, f, indent=1)
+        write_results(args.json, {"date": time.strftime("%Y-%m-%d"), "time": args.time, "rows": rows})
     return 0
 
 

@@ -65,6 +65,19 @@ def tensorflow_free(module: str):
             del sys.modules[name]
 
 
+def refuse_earlier_results(parser, path: str | None) -> None:
+    """Refuse, before minutes of measuring, a results file that holds an earlier run's (benchmarks/results/ keeps
+    those the docs cite): `--json` writes a new file."""
+    if path and os.path.exists(path):
+        parser.error(f"{path} holds an earlier run's results: give --json another name, or move it away first")
+
+
+def write_results(path: str, record) -> None:
+    """`record` as JSON into `path`, whole or not at all (a run killed while writing leaves no half a file)."""
+    files = tensorflow_free("files")
+    files.atomic_write(path, files.bytes_writer(json.dumps(record, indent=1).encode()))
+
+
 def _ours(config: GPT2Config, **kwargs):
     """tf_gpt2's model of this shape (the package loads here, TensorFlow with it)."""
     from tf_gpt2 import GPT2, GPT2Config

@@ -22,7 +22,7 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from harness import HERE, ROOT, machine, tensorflow_free  # noqa: E402  (the peers' processes hold no TensorFlow)
+from harness import HERE, ROOT, machine, refuse_earlier_results, tensorflow_free, write_results  # noqa: E402  (the peers' processes hold no TensorFlow)
 
 QUANTIZATIONS = tensorflow_free("formats").QUANTIZATIONS
 
@@ -216,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
         result = WORKERS[args.worker](args.path, args.prompt, args.new, args.threads, args.repeats)
         print(json.dumps({**result, "peak_mb": _peak_mb()}))
         return 0
-
+    refuse_earlier_results(parser, args.json)
     shape = dict(SMOKE if args.smoke else FULL)
     caches = args.caches or shape["caches"]
     os.makedirs(args.work, exist_ok=True)
@@ -244,8 +244,7 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(row)
     print(table(rows))
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"date": time.strftime("%Y-%m-%d"), "machine": machine(), "rows": rows}, f, indent=1)
+        write_results(args.json, {"date": time.strftime("%Y-%m-%d"), "machine": machine(), "rows": rows})
     return 0
 
 

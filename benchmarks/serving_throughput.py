@@ -18,7 +18,7 @@ import os
 import sys
 import time
 
-from harness import in_own_process, machine
+from harness import in_own_process, machine, refuse_earlier_results, write_results
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -136,6 +136,7 @@ def main(argv=None) -> int:
     parser.add_argument("--smoke", action="store_true", help="gpt2-tiny, batches 1 and 2, 4 + 4 tokens")
     parser.add_argument("--json", help="also write the figures to this JSON file")
     args = parser.parse_args(argv)
+    refuse_earlier_results(parser, args.json)
     preset = "gpt2-tiny" if args.smoke else "gpt2"
     if args.smoke:
         args.batches, args.prompt, args.new, args.repeats = [1, 2], 4, 4, 1
@@ -161,8 +162,7 @@ def main(argv=None) -> int:
         print(f"| {SYSTEMS[system]} | " + " | ".join(
             f"{results[system][b]['tokens_per_second']:,.0f}" for b in args.batches) + " |")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"date": time.strftime("%Y-%m-%d"), "preset": preset, "results": results}, f, indent=1)
+        write_results(args.json, {"date": time.strftime("%Y-%m-%d"), "preset": preset, "results": results})
     return 0
 
 

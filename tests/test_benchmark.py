@@ -73,6 +73,30 @@ def test_bench_bad_system_is_named(capsys):
     assert "pytorch-lightning" in capsys.readouterr().err
 
 
+def test_a_benchmarks_figures_never_replace_an_earlier_runs_file(tmp_path, capsys):
+    """--json into a file already there (benchmarks/results/ keeps those the docs cite) is refused before anything
+    is measured, in each script that writes one; 0 steps or tokens are refused, not run as the default."""
+    import convergence
+    import finetune_memory
+    import on_device
+    import serving_throughput
+
+    earlier = tmp_path / "earlier.json"
+    earlier.write_text('{"kept": true}')
+    for main in (bench_main, finetune_memory.main, on_device.main, serving_throughput.main):
+        with pytest.raises(SystemExit) as status:
+            main(["--smoke", "--json", str(earlier)])
+        assert status.value.code == 2 and "holds an earlier run's results" in capsys.readouterr().err
+    with pytest.raises(SystemExit), pytest.MonkeyPatch.context() as patch:
+        patch.setattr(sys, "argv", ["convergence.py", "--json", str(earlier)])
+        convergence.main()
+    assert earlier.read_text() == '{"kept": true}'
+    for flag in ("--steps", "--new-tokens"):
+        with pytest.raises(SystemExit):
+            bench_main(["--smoke", flag, "0"])
+        assert f"{flag} must be a positive integer, got 0" in capsys.readouterr().err
+
+
 def test_on_device_benchmark_smoke_runs_each_system_in_its_own_process(tmp_path):
     """benchmarks/on_device.py end to end on gpt2-tiny: export, CTranslate2 conversion, one worker process each."""
     import subprocess
