@@ -229,7 +229,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--presets", nargs="+", default=["gpt2", "gpt2-medium"])
     parser.add_argument("--systems", default=",".join(SYSTEMS), help="comma-separated subset of " + ", ".join(SYSTEMS))
-    parser.add_argument("--modes", default="full,lora")
+    parser.add_argument("--modes", default="full,lora", help="full, lora or both (full,lora)")
     parser.add_argument("--time", type=int, default=1024, help="tokens per sequence")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--base-dtype", help="tf_gpt2 LoRA: the frozen base in this dtype (bfloat16)")
@@ -244,11 +244,28 @@ def main(argv=None) -> int:
     parser.add_argument("--merge", nargs="*", default=[], help="rows measured earlier (--json files) to add")
     args = parser.parse_args(argv)
     refuse_earlier_results(parser, args.json)
+    for flag, given, known in (("--modes", args.modes, ("full", "lora")), ("--remat", args.remat, ("off", "on")),
+                               ("--systems", args.systems, tuple(SYSTEMS))):
+        unknown = [value for value in given.split(",") if value not in known]
+        if unknown:  # ("--remat yes" ran without it, "--modes LoRA" a full fine-tune labelled LoRA)
+            parser.error(f"{flag}: unknown {', '.join(map(repr, unknown))}; choose among {', '.join(known)}")
     if args.smoke:
         args.presets, args.time, args.repeats, args.compute = ["gpt2-tiny"], 32, 1, []
     print(f"{time.strftime('%Y-%m-%d %H:%M')}, {machine()}, "
           f"load average {os.getloadavg()[0]:.2f}; T={args.time}, batch {args.batch}; peak RSS and best step time",
           flush=True)
+    settings = {"time": args.time, "batch": args.batch, "loss_chunk": args.loss_chunk}  # each row's own
+    merged = []  # read first: a file of other settings is refused before anything is measured
+    for earlier in args.merge:
+        with open(earlier) as f:
+            record = json.load(f)
+        for row in (r for r in record["rows"] if not r.get("computed")):
+            measured = {"time": record.get("time"), "batch": 1, "loss_chunk": 0, **{k: row[k] for k in settings
+                                                                                    if k in row}}
+            if measured != settings:  # (a T=4096 row was tabled, and extrapolated from, as T=1024's)
+                parser.error(f"{earlier} holds rows measured with {measured}, and this run's are {settings}: "
+                             "merge rows of one setting")
+            merged.append({**row, **measured})
     rows = []
     for preset in args.presets:
         for mode in args.modes.split(","):
@@ -260,15 +277,13 @@ def main(argv=None) -> int:
                         f"{args.repeats}, {base!r}, {args.loss_chunk}, {args.batch})))", "finetune_memory",
                         keep_going=True)
                     rows.append({"preset": preset, "mode": mode, "system": system, "remat": remat,
-                                 "base_dtype": base, **result})
+                                 "base_dtype": base, **settings, **result})
                     shown = (f"{result['peak_rss_bytes'] / GiB:.2f} GiB, {result['step_seconds']:.2f} s/step, "
                              f"of which the framework's own {result['framework_rss_bytes'] / GiB:.2f} GiB"
                              + (f", XLA's account {result['xla_bytes'] / GiB:.2f} GiB" if "xla_bytes" in result
                                 else "") if "error" not in result else f"failed: {result['error']}")
                     print(f"{_label(rows[-1])}: {shown}", flush=True)
-    for earlier in args.merge:
-        with open(earlier) as f:
-            rows += [r for r in json.load(f)["rows"] if not r.get("computed")]
+    rows += merged
     rows += computed(rows, args.compute)
     for row in (r for r in rows if r.get("computed")):
         print(f"{_label(row)}: {row['peak_rss_bytes'] / GiB:.2f} GiB (computed from the measured presets)")

@@ -95,6 +95,14 @@ def test_a_benchmarks_figures_never_replace_an_earlier_runs_file(tmp_path, capsy
         with pytest.raises(SystemExit):
             bench_main(["--smoke", flag, "0"])
         assert f"{flag} must be a positive integer, got 0" in capsys.readouterr().err
+    other = tmp_path / "t4096.json"  # rows of another sequence length: they were tabled as this run's
+    other.write_text(json.dumps({"time": 4096, "rows": [{"preset": "gpt2", "mode": "full", "system": "tf"}]}))
+    for argv, said in ((["--merge", str(other)], "t4096.json holds rows measured with {'time': 4096"),
+                       (["--remat", "yes"], "--remat: unknown 'yes'; choose among off, on"),
+                       (["--modes", "LoRA"], "--modes: unknown 'LoRA'")):
+        with pytest.raises(SystemExit):
+            finetune_memory.main(["--smoke", *argv])
+        assert said in capsys.readouterr().err
 
 
 def test_on_device_benchmark_smoke_runs_each_system_in_its_own_process(tmp_path):
