@@ -259,6 +259,9 @@ def main(argv=None) -> int:
     for earlier in args.merge:
         with open(earlier) as f:
             record = json.load(f)
+        if any(not set(settings) <= set(row) for row in record["rows"]):
+            print(f"note: {earlier} is of an older harness whose rows say no batch or loss chunk: taken as batch 1 "
+                  "and no loss chunk, its defaults", file=sys.stderr)
         for row in (r for r in record["rows"] if not r.get("computed")):
             measured = {"time": record.get("time"), "batch": 1, "loss_chunk": 0, **{k: row[k] for k in settings
                                                                                     if k in row}}

@@ -652,7 +652,8 @@ def main(argv=None) -> int:
             and (not args.smoke or job["name"] in SMOKE_JOBS) and re.search(args.only, job["name"])
             and (args.levers or args.smoke or not job.get("lever"))]
     if not todo:
-        parser.error(f"no job is in --parts {args.parts}{f' and matches --only {args.only}' if args.only else ''}")
+        parser.error(f"no job is in --parts {args.parts}{f' and matches --only {args.only}' if args.only else ''} "
+                     "(a lever's rows run with --levers; --smoke runs its own few)")
     if os.path.exists(os.path.join(args.out, "results.json")):  # minutes of a GPU's time: not replaced by the next run
         parser.error(f"{os.path.join(args.out, 'results.json')} holds an earlier run's results: give another --out, "
                      "or move them away first")
@@ -736,9 +737,13 @@ def device_name(results: dict) -> str:
     return next((job["result"]["device"] for job in results["jobs"] if "device" in job.get("result", {})), "?")
 
 
+def peak_flops(device: str) -> float | None:
+    """Dense bf16 FLOP/s of the GPU `device` names (JAX's name for it), None where unknown ("L4" is not "L40S")."""
+    return next((flops for name, flops in PEAK_BF16.items() if re.search(rf"\b{name}\b", device)), None)
+
+
 def train_table(results: dict) -> str:
-    peak = next((flops for name, flops in PEAK_BF16.items() if re.search(rf"\b{name}\b", device_name(results))),
-                None)  # "L4" is not "L40S"
+    peak = peak_flops(device_name(results))
     lines = ["| system | batch | dropout | tokens/s | MFU |", "|---|---:|---|---:|---:|"]
     for job in _rows(results, "train"):
         value = job["result"].get("tokens_per_s")

@@ -44,11 +44,13 @@ def _rates(generate, prompt: int, new: int, repeats: int) -> dict:
     """generate(n) produces n tokens after the prompt; prefill and decode rates from two lengths."""
     from harness import best_seconds  # one warm-up call, then the best of `repeats`
 
-    one, many = best_seconds(lambda: generate(1), repeats), best_seconds(lambda: generate(new), repeats)
-    if many <= one:  # (a clamped difference gave a rate of millions of tokens/s)
-        raise RuntimeError(f"{new} new tokens took {many:.4f} s, no longer than 1 took ({one:.4f} s): no decode rate "
-                           "can be read from them (a generate that stops early, or noise: raise --new)")
-    return {"prefill_tok_s": prompt / one, "decode_tok_s": (new - 1) / (many - one)}
+    for _ in range(3):  # (a spike in the one-token run can outlast a tiny model's whole decode: timed again)
+        one, many = best_seconds(lambda: generate(1), repeats), best_seconds(lambda: generate(new), repeats)
+        if many > one:
+            return {"prefill_tok_s": prompt / one, "decode_tok_s": (new - 1) / (many - one)}
+    # (a clamped difference gave a rate of millions of tokens/s)
+    raise RuntimeError(f"{new} new tokens took no longer than 1 ({many:.4f} s against {one:.4f} s) in three timings: "
+                       "no decode rate can be read (a generate that makes fewer tokens, or a machine too busy)")
 
 
 # -- workers: each runs in its own process -------------------------------------------------------

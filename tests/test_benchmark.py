@@ -306,8 +306,10 @@ def test_the_gpu_fit_table_says_not_measured_where_a_row_is_missing_and_parts_ar
             gpu.main(["--smoke", "--out", str(tmp_path / "out"), *argv])
         assert status.value.code == 2 and said in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
-    assert {name: peak for name, peak in gpu.PEAK_BF16.items() if name.startswith("H100")} == \
-        {"H100 PCIe": 756e12, "H100 NVL": 835e12, "H100": 989e12}
+    peaks = {name: gpu.peak_flops(name) for name in ("NVIDIA H100 PCIe", "NVIDIA H100 NVL", "NVIDIA H100 80GB HBM3",
+                                                     "NVIDIA H200", "NVIDIA H200 NVL", "NVIDIA L40S", "NVIDIA L4")}
+    assert peaks == {"NVIDIA H100 PCIe": 756e12, "NVIDIA H100 NVL": 835e12, "NVIDIA H100 80GB HBM3": 989e12,
+                     "NVIDIA H200": 989e12, "NVIDIA H200 NVL": 835e12, "NVIDIA L40S": None, "NVIDIA L4": 121e12}
 
 
 def test_a_gpu_job_process_ends_with_gpu_py_even_while_stopped():
@@ -415,11 +417,13 @@ def test_the_benchmarks_measure_the_package_of_their_own_checkout(tmp_path, monk
 
     from harness import ROOT, in_own_process
 
-    (tmp_path / "tf_gpt2").mkdir()
-    (tmp_path / "tf_gpt2" / "__init__.py").write_text("raise ImportError('another tf_gpt2')\n")
-    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
-    found = "import importlib.util; print(json.dumps(importlib.util.find_spec('tf_gpt2').origin))"
-    assert in_own_process(found).startswith(os.path.join(ROOT, "tf_gpt2"))
-    script = f"import json, sys; sys.path.insert(0, {BENCHMARKS!r}); import harness; {found}"  # as `python bench.py`
+    (tmp_path / "other" / "tf_gpt2").mkdir(parents=True)
+    (tmp_path / "other" / "tf_gpt2" / "__init__.py").write_text("raise ImportError('another tf_gpt2')\n")
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path / "other"))
+    monkeypatch.chdir(tmp_path)  # (`python -c` puts the folder it runs in first: not the checkout here)
+    found = "import importlib.util; print(json.dumps(os.path.realpath(importlib.util.find_spec('tf_gpt2').origin)))"
+    ours = os.path.join(os.path.realpath(ROOT), "tf_gpt2", "__init__.py")
+    assert in_own_process(f"import os; {found}") == ours
+    script = f"import json, os, sys; sys.path.insert(0, {BENCHMARKS!r}); import harness; {found}"  # as bench.py
     run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
-    assert json.loads(run.stdout).startswith(os.path.join(os.path.realpath(ROOT), "tf_gpt2")), run.stdout
+    assert json.loads(run.stdout) == ours, run.stdout

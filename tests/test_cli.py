@@ -371,6 +371,10 @@ def test_generate_refuses_an_output_that_cannot_write_what_the_model_may_write(t
                                        "16", "--batch-size", "2", "--eval-interval", "2", "--sample-tokens", "8"])
     assert status == 2 and "cannot hold '。'" in err and "or print no samples (--sample-tokens 0)" in err, err
     assert not (tmp_path / "run" / "checkpoint.npz").exists()
+    status, _, err = generate(command=["train", "--data", str(tmp_path / "text.txt"), "--out", str(tmp_path / "bpe"),
+                                       "--preset", "gpt2-tiny", "--steps", "2", "--sample-tokens", "8"])
+    assert status == 2 and "cannot hold '\u4e2d'" in err, err  # GPT-2's BPE: refused before the text is tokenized
+    assert not (tmp_path / "bpe" / "data").exists()
 
 
 @pytest.mark.parametrize("command", [["train", "--out", "x", "--init-from", ""], ["train", "--out", "x", "--data", ""],

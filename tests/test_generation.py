@@ -1,4 +1,6 @@
 import json
+import os
+import re
 
 import numpy as np
 import pytest
@@ -139,10 +141,14 @@ def test_text_in_text_out_and_cli(capsys, tmp_path):
         iterations = [int(f[f"v{i}"]) for i, path in enumerate(meta["variables"]) if path.endswith("/iteration")]
     assert meta["step"] == 20 and iterations == [20], (meta["step"], iterations)
     settings = json.loads((tmp_path / "demo" / "run.json").read_text())["settings"]  # the README's recipe
-    recipe = dict(n_layer=4, n_head=4, n_embd=128, n_positions=64)
-    assert {k: settings["model"][k] for k in recipe} == recipe and settings["vocab"] == "char"
-    assert (settings["block_size"], settings["batch_size"], settings["learning_rate"]) == (64, 12, 2e-3)
-    assert build_parser().parse_args(["demo"]).steps == 2400
+    with open(os.path.join(os.path.dirname(__file__), "..", "README.md"), encoding="utf-8") as f:
+        said = re.search(r"\(characters, (\d+) layers, (\d+) heads, width (\d+), context (\d+), batch (\d+)\)\s+for "
+                         r"(\d+) steps at learning rate ([\d.e-]+)", f.read())
+    model = settings["model"]
+    assert settings["vocab"] == "char" and [int(n) for n in said.groups()[:6]] == [
+        model["n_layer"], model["n_head"], model["n_embd"], model["n_positions"], settings["batch_size"],
+        build_parser().parse_args(["demo"]).steps] and float(said[7]) == settings["learning_rate"]
+    assert settings["block_size"] == model["n_positions"]
     saved = str(tmp_path / "demo" / "model.keras")  # a character model that carries its vocabulary
     assert cli_main(["generate", "ROMEO:", "--model", saved, "--max-new-tokens", "20", "--temperature", "0.8"]) == 0
     written = capsys.readouterr().out

@@ -551,7 +551,10 @@ def test_the_learning_rate_never_rises_when_fine_tuning_with_a_small_rate(char_d
     assert all(later <= earlier + 1e-12 for earlier, later in zip(rates, rates[1:]))
     with pytest.raises(ValueError, match="min_learning_rate must be in \\[0, learning_rate"):
         config(tmp_path, char_data, learning_rate=3e-5, min_learning_rate=6e-5)
-    assert type(config(tmp_path, char_data, learning_rate=np.float32(3e-4)).learning_rate) is float  # (was refused)
+    numbers = config(tmp_path, char_data, learning_rate=np.float32(3e-4), min_learning_rate=np.float32(3e-5),
+                     weight_decay=np.float32(0.1), grad_clip=np.float64(1.0))  # (refused, or no JSON for run.json)
+    assert {type(getattr(numbers, k)) for k in ("learning_rate", "min_learning_rate", "weight_decay", "grad_clip")} \
+        == {float}
     for field, value in (("learning_rate", float("nan")), ("grad_clip", -1.0), ("warmup_steps", -5),
                          ("learning_rate", 1e39), ("learning_rate", 1e-40)):  # past float32: inf, or 0
         with pytest.raises(ValueError, match=field):

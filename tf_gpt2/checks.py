@@ -97,8 +97,9 @@ def check_positions(position_ids: Any, first_slot: Any, time: Any, n_positions: 
 def check_token_ids(token_ids: Any, vocab_size: int, max_len: int) -> None:
     """Integer ids [batch, time], 1 <= time <= max_len, every known value in [0, vocab_size): a clear error
     instead of a failure deep inside the backend (or, compiled, a gather of another row)."""
-    if isinstance(token_ids, dict) or isinstance(token_ids, (tuple, list)) and \
-            any(len(getattr(item, "shape", ())) > 1 for item in token_ids):  # keras-hub's inputs, or (ids, mask)
+    if isinstance(token_ids, dict) or (isinstance(token_ids, (tuple, list)) and
+                                       any(len(getattr(item, "shape", ())) > 1 for item in token_ids)):
+        # keras-hub's inputs, or (ids, mask)
         got = f"a dict of {list(token_ids)}" if isinstance(token_ids, dict) else \
             f"a {type(token_ids).__name__} of {len(token_ids)} arrays"
         raise TypeError(f"GPT2 takes the token ids [batch, time] as one array (attention_mask= and position_ids= as "
@@ -115,3 +116,39 @@ def check_token_ids(token_ids: Any, vocab_size: int, max_len: int) -> None:
     values = known_values(token_ids)
     if values is not None:
         check_in_vocabulary(values, vocab_size)
+
+
+class CheckedLoops:
+    """Keras' loops (`fit`, `evaluate`, `predict`, their `*_on_batch`) for a model of token ids (`config.vocab_size`,
+    `config.n_positions`). They trace the model, where an id cannot be refused by its value (compiled, a gather reads
+    another row without a sign): ids given as values, an array or a tensor, `fit`'s `validation_data` too, are checked
+    first. A tf.data pipeline, a generator or a PyDataset is read as Keras reads it."""
+
+    def fit(self, x=None, *args, **kwargs):
+        validation = kwargs.get("validation_data")
+        if isinstance(validation, (tuple, list)) and validation:  # (Keras reads it after the first epoch's training)
+            self._checked_ids(validation[0])
+        return super().fit(self._checked_ids(x), *args, **kwargs)
+
+    def evaluate(self, x=None, *args, **kwargs):
+        return super().evaluate(self._checked_ids(x), *args, **kwargs)
+
+    def predict(self, x, *args, **kwargs):
+        return super().predict(self._checked_ids(x), *args, **kwargs)
+
+    def train_on_batch(self, x, *args, **kwargs):
+        return super().train_on_batch(self._checked_ids(x), *args, **kwargs)
+
+    def test_on_batch(self, x, *args, **kwargs):
+        return super().test_on_batch(self._checked_ids(x), *args, **kwargs)
+
+    def predict_on_batch(self, x):
+        return super().predict_on_batch(self._checked_ids(x))
+
+    def _checked_ids(self, x):
+        if isinstance(x, (tuple, list)):  # (rows of ids as arrays reached `call` one by one: a cryptic failure)
+            raise TypeError(f"Keras' loops take a {type(x).__name__} as several inputs, and GPT2 takes the token ids "
+                            "[batch, time] as one array: give np.array(ids)")
+        if isinstance(x, dict) or hasattr(x, "shape"):
+            check_token_ids(x, self.config.vocab_size, self.config.n_positions)
+        return x

@@ -242,14 +242,12 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
-# A model's files in a folder (Hugging Face's, sharded or not; OpenAI's; keras-hub's): a convert there replaces them
-WEIGHTS_AND_CONFIG = ("config.json", "model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
-                      "pytorch_model.bin.index.json", "hparams.json", "model.weights.h5")
 MODEL_FILE_SUFFIXES = (".keras", ".safetensors", ".bin", ".h5", ".pt", ".ckpt", ".onnx", ".gguf")  # files, not folders
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
     from tf_gpt2 import GPT2
+    from tf_gpt2.checkpoints import files_read_instead
     from tf_gpt2.files import save_keras
 
     _refuse_writing_over_inputs(args.dst, args.src)
@@ -265,8 +263,11 @@ def cmd_convert(args: argparse.Namespace) -> int:
         raise NotADirectoryError(f"Not a directory (a Hugging Face checkpoint is a folder; a .keras DST is a file): "
                                  f"{args.dst}")
     model = GPT2.from_pretrained(args.src, revision=args.revision)
-    replaced = any(os.path.isfile(os.path.join(args.dst, name)) for name in WEIGHTS_AND_CONFIG) if folder else \
-        os.path.isfile(args.dst)
+    if folder:  # what save_pretrained writes, or removes as a reader would take it instead
+        replaced = os.path.isdir(args.dst) and (bool(files_read_instead(args.dst, [])) or any(
+            os.path.isfile(os.path.join(args.dst, name)) for name in ("config.json", "model.safetensors")))
+    else:
+        replaced = os.path.isfile(args.dst)
     if not folder:
         save_keras(model, args.dst)
     else:

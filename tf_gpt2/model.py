@@ -10,7 +10,7 @@ from typing import Any
 import keras
 from keras import ops
 
-from tf_gpt2.checks import check_aligned, check_positions, check_token_ids
+from tf_gpt2.checks import CheckedLoops, check_aligned, check_positions, check_token_ids
 from tf_gpt2.config import GPT2Config
 from tf_gpt2.files import atomic_write
 from tf_gpt2.layers import TransformerBlock, causal_mask, new_buffer, recomputed
@@ -39,6 +39,8 @@ def _reads_probabilities(value, get) -> bool:
     class, or in a list or dict."""
     functions = (keras.losses.sparse_categorical_crossentropy, keras.losses.categorical_crossentropy)
     for each in keras.tree.flatten(value):
+        if isinstance(each, str) and each.lower() in ("crossentropy", "ce"):  # Keras' pick by shape: from probabilities
+            return True
         if isinstance(each, (str, type)):
             try:
                 each = get(each)
@@ -46,8 +48,8 @@ def _reads_probabilities(value, get) -> bool:
                 continue
         fn = getattr(each, "fn", getattr(each, "_fn", None))  # the function a Keras loss or metric wraps, if any
         settings = getattr(each, "_fn_kwargs", None) or {}  # (read, not serialized: a lambda's config may not be)
-        if each in functions or fn in functions and not settings.get("from_logits", False) or \
-                getattr(each, "from_logits", None) is False:  # keras-hub's Perplexity keeps its own
+        if (each in functions or (fn in functions and not settings.get("from_logits", False))
+                or getattr(each, "from_logits", None) is False):  # keras-hub's Perplexity keeps its own
             return True
     return False
 
@@ -86,7 +88,7 @@ def token_cross_entropy(logits, targets):
 
 
 @keras.saving.register_keras_serializable(package="tf_gpt2")
-class GPT2(keras.Model):
+class GPT2(CheckedLoops, keras.Model):
     """GPT-2 language model.
 
     Args:
@@ -216,34 +218,6 @@ class GPT2(keras.Model):
                              "metrics, or use loss_chunk=0")
         super().compile(optimizer=optimizer, loss=loss, metrics=metrics, weighted_metrics=weighted_metrics,
                         loss_weights=loss_weights, **kwargs)
-
-    # Keras' loops trace the model, where an id cannot be refused by its value (compiled, a gather reads another row):
-    # ids given as values are checked first; a tf.data pipeline, a generator or a PyDataset is read as Keras reads it.
-    def fit(self, x=None, *args, **kwargs):
-        return super().fit(self._checked_ids(x), *args, **kwargs)
-
-    def evaluate(self, x=None, *args, **kwargs):
-        return super().evaluate(self._checked_ids(x), *args, **kwargs)
-
-    def predict(self, x, *args, **kwargs):
-        return super().predict(self._checked_ids(x), *args, **kwargs)
-
-    def train_on_batch(self, x, *args, **kwargs):
-        return super().train_on_batch(self._checked_ids(x), *args, **kwargs)
-
-    def test_on_batch(self, x, *args, **kwargs):
-        return super().test_on_batch(self._checked_ids(x), *args, **kwargs)
-
-    def predict_on_batch(self, x):
-        return super().predict_on_batch(self._checked_ids(x))
-
-    def _checked_ids(self, x):
-        if isinstance(x, (tuple, list)):  # (rows of ids as arrays reached `call` one by one: a cryptic failure)
-            raise TypeError(f"Keras' loops take a {type(x).__name__} as several inputs, and GPT2 takes the token ids "
-                            "[batch, time] as one array: give np.array(ids)")
-        if isinstance(x, dict) or hasattr(x, "shape"):
-            check_token_ids(x, self.config.vocab_size, self.config.n_positions)
-        return x
 
     def get_compile_config(self):
         """Keras' compile settings, saved with the model; none for a model with LoRA adapters, which Keras saves

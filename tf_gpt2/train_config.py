@@ -93,11 +93,13 @@ class TrainConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
-        if not (isinstance(self.learning_rate, numbers.Real) and not isinstance(self.learning_rate, bool)
-                and FLOAT32_TINY <= self.learning_rate <= FLOAT32_MAX):
-            raise ValueError(f"learning_rate must be a positive number from float32's smallest (1.2e-38) to its "
-                             f"largest (3.4e38), got {self.learning_rate!r}")
-        self.learning_rate = float(self.learning_rate)  # (a numpy float, as given, is no JSON for run.json)
+        for name in ("learning_rate", "min_learning_rate", "weight_decay", "grad_clip"):
+            value = getattr(self, name)
+            if isinstance(value, numbers.Real) and not isinstance(value, bool):  # (numpy floats: no JSON)
+                setattr(self, name, float(value))
+        if not (isinstance(self.learning_rate, float) and FLOAT32_TINY <= self.learning_rate <= FLOAT32_MAX):
+            raise ValueError(f"learning_rate must be a positive number from float32's smallest normal (1.2e-38) to "
+                             f"its largest (3.4e38), got {self.learning_rate!r}")
         if self.min_learning_rate is None:
             self.min_learning_rate = self.learning_rate / 10
         if not 0 <= self.min_learning_rate <= self.learning_rate:  # also refuses NaN

@@ -680,7 +680,19 @@ def train(cfg: TrainConfig) -> tuple[GPT2, dict[str, list[float]]]:
         return _train(cfg, placement)
 
 
+def _check_samples_print(cfg: TrainConfig, placement: Placement, characters: Sequence[str] | None) -> None:
+    """Refuse a standard output that cannot write the samples a run prints (it failed at the first one, after a
+    round of training): a model of `characters`, or of GPT-2's BPE (None), which may write any character."""
+    if cfg.verbose and cfg.sample_tokens and cfg.strategy is None and placement.processes == 1:  # (samples printed)
+        try:
+            check_output_writes(characters)
+        except ValueError as e:
+            raise ValueError(f"{e}, or print no samples (--sample-tokens 0)") from None
+
+
 def _train(cfg: TrainConfig, placement: Placement) -> tuple[GPT2, dict[str, list[float]]]:
+    if cfg.vocab != "char" and not _is_prepared(cfg.data):  # BPE samples: before the text is tokenized
+        _check_samples_print(cfg, placement, None)
     source = pretrained(cfg) if cfg.init_from else None  # a wrong --init-from fails before the text is tokenized
     if os.path.exists(os.path.join(cfg.out, CHECKPOINT)):  # other settings: refused before
         check_resume(cfg, {"settings": run_settings(cfg)})  # the text is tokenized into the run's data folder
@@ -769,11 +781,7 @@ def _fit(cfg: TrainConfig, model: GPT2, start: int, train_data: TokenShards, val
             if cfg.sample_prompt != TrainConfig.sample_prompt:
                 raise ValueError(f"sample_prompt (--sample-prompt): {e}") from None
             prompt_ids = []  # the default, a line break, in characters without one: from the start instead
-        if cfg.verbose:  # the samples are printed: refused before any step, not where the first new character comes
-            try:
-                check_output_writes(train_data.manifest.get("chars"))
-            except ValueError as e:
-                raise ValueError(f"{e}, or print no samples (--sample-tokens 0)") from None
+        _check_samples_print(cfg, placement, train_data.manifest.get("chars"))  # before any step
         log_dir = os.path.join(cfg.out, "logs", "samples") if cfg.tensorboard else None
         callbacks.append(TextSample(prompt_ids, cfg.sample_tokens, decode, round_end, log_dir, cfg.verbose,
                                     vocab_end=train_data.manifest["vocab_size"]))
