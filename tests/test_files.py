@@ -216,6 +216,15 @@ def test_a_file_system_without_locks_is_named_and_the_folder_made_for_the_lock_r
         with exclusive(str(tmp_path / "run"), "training run"):
             pass
     assert os.listdir(tmp_path) == []
+    monkeypatch.undo()
+    with pytest.raises(ValueError):  # a run that fails before writing: the folders made for it go, parents too
+        with exclusive(str(tmp_path / "runs" / "new" / "run"), "training run"):
+            raise ValueError("refused")
+    assert os.listdir(tmp_path) == []
+    (tmp_path / "runs").mkdir()
+    with exclusive(str(tmp_path / "runs" / "new" / "run"), "training run"):
+        (tmp_path / "runs" / "notes.txt").write_text("kept")  # a parent there before, and a file of its own
+    assert sorted(os.listdir(tmp_path / "runs")) == ["notes.txt"]
 
 
 def test_working_directories_of_killed_processes_are_removed_by_the_next_one(tmp_path, monkeypatch):

@@ -228,13 +228,14 @@ def exclusive(directory: str, what: str, wait: bool = False) -> Iterator[None]:
     wait until it is done.
 
     The lock is an OS file lock (`flock`): it is released when the process ends, even by SIGKILL. A directory made
-    here that holds nothing but the lock when the block ends (it failed before writing) is removed again.
+    here that holds nothing but the lock when the block ends (it failed before writing) is removed again, with the
+    parents made for it where they are empty.
     """
     import fcntl
 
     if os.path.exists(directory) and not os.path.isdir(directory):  # not makedirs' bare "File exists"
         raise NotADirectoryError(errno.ENOTDIR, f"Not a directory ({what} writes a folder there)", directory)
-    made = not os.path.exists(directory)
+    made = _first_missing(directory)  # the top folder makedirs makes (None: the directory is there)
     os.makedirs(directory, exist_ok=True)
     lock_path = os.path.join(directory, ".lock")
     with open(lock_path, "a+") as lock:
@@ -247,7 +248,7 @@ def exclusive(directory: str, what: str, wait: bool = False) -> Iterator[None]:
                                "wait for it to finish or choose another directory") from None
         except OSError as e:  # a file system without locks (NFS without lockd, Lustre without -o flock)
             if made:
-                _remove_if_only_lock(directory)
+                _remove_if_only_lock(directory, made)
             raise OSError(e.errno, f"{e.strerror}: this file system cannot lock the file that keeps a second {what} "
                                    "out of the folder; use a folder on a local disk", lock_path) from None
         lock.seek(0)
@@ -258,13 +259,27 @@ def exclusive(directory: str, what: str, wait: bool = False) -> Iterator[None]:
             yield
         finally:
             if made and not wait:  # (no waiter holds the file: none waits)
-                _remove_if_only_lock(directory)
+                _remove_if_only_lock(directory, made)
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def _remove_if_only_lock(directory: str) -> None:
-    """Remove a folder `exclusive` made that holds nothing but its lock (its parents, if made too, stay)."""
+def _first_missing(directory: str) -> str | None:
+    """The topmost folder of `directory`'s path that is not there yet (None: it is there)."""
+    top, path = None, os.path.abspath(directory)
+    while not os.path.lexists(path):
+        top, path = path, os.path.dirname(path)
+    return top
+
+
+def _remove_if_only_lock(directory: str, top: str) -> None:
+    """Remove a folder `exclusive` made that holds nothing but its lock, and the parents made with it up to `top`
+    while they are empty (a failed `--out a/b/c` left a/b)."""
     with contextlib.suppress(OSError):
         if os.listdir(directory) == [".lock"]:
             os.remove(os.path.join(directory, ".lock"))
-            os.rmdir(directory)
+            path = os.path.abspath(directory)
+            while True:
+                os.rmdir(path)  # (not empty: something else was written there, and it stays)
+                if path == top:
+                    return
+                path = os.path.dirname(path)
