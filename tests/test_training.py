@@ -478,6 +478,19 @@ def test_resuming_with_other_settings_or_data_is_refused_unless_asked(char_data,
     assert _checkpoint_step(tmp_path / "run" / CHECKPOINT) == 30 and os.path.exists(tmp_path / "run" / "run.json")
 
 
+def test_an_init_from_folder_spelled_otherwise_is_the_same_setting(tmp_path, monkeypatch):
+    """A run resumed with `--init-from hf1/` after `hf1` was refused as "other settings (init_from)"; a name on the
+    Hub stays a name (./gpt2 is a folder that is not there, not the Hub's gpt2)."""
+    from tf_gpt2.training import _same_setting
+
+    (tmp_path / "hf1").mkdir()
+    (tmp_path / "hf2").mkdir()
+    monkeypatch.chdir(tmp_path)
+    for spelling in ("hf1/", "./hf1", str(tmp_path / "hf1")):
+        assert _same_setting("init_from", "hf1", spelling, {})
+    assert not _same_setting("init_from", "hf1", "hf2", {}) and not _same_setting("init_from", "gpt2", "./gpt2", {})
+
+
 def test_a_refused_resume_leaves_the_run_as_it_was_and_a_finished_one_says_so(tmp_path, capsys, monkeypatch):
     """Other raw text, or the same file edited, is refused before it is tokenized into the run's data folder; the
     same text spelled as another path, from another folder, is the same run; a run already at --steps says so and

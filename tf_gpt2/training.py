@@ -618,13 +618,15 @@ def run_identity(cfg: TrainConfig, data_dir: str) -> dict[str, Any]:
 
 def _same_setting(name: str, before: Any, now: Any, record: dict[str, Any]) -> bool:
     """Whether a setting is unchanged; `--data dp`, `./dp/` and its absolute path are one place (the record's
-    `data_path`, where it has one: the place the run started from, whatever folder it was started in)."""
+    `data_path`, where it has one: the place the run started from, whatever folder it was started in), as are
+    `--init-from hf1` and `hf1/` where that folder is there (a name on the Hub is a name)."""
     if name == "data" and record.get("data_path") and isinstance(now, str):  # "a.txt" started elsewhere is another
         return record["data_path"] == os.path.realpath(now)
     if before == now:
         return True
-    return name == "data" and isinstance(before, str) and isinstance(now, str) and \
-        os.path.realpath(before) == os.path.realpath(now)
+    paths = isinstance(before, str) and isinstance(now, str) and (
+        name == "data" or (name == "init_from" and os.path.exists(now)))
+    return paths and os.path.realpath(before) == os.path.realpath(now)
 
 
 def check_resume(cfg: TrainConfig, identity: dict[str, Any]) -> None:
