@@ -118,7 +118,8 @@ def _keras_hub_perplexity(**kwargs):
     lambda: {"output": ["accuracy", keras.metrics.categorical_crossentropy]}, _keras_hub_perplexity])
 def test_a_metric_that_reads_probabilities_is_refused(metrics):
     """A metric reading probabilities over GPT2's logits reports a wrong figure every epoch (keras-hub's Perplexity
-    by default: 34,638 where exp(loss) is 50): refused as such a loss is; from_logits=True reports the loss's own."""
+    by default: tens of thousands where exp(loss) is about 60): refused as such a loss is; from_logits=True reports
+    the loss's own."""
     metrics = metrics()
     for name in ("metrics", "weighted_metrics"):
         with pytest.raises(ValueError, match=fr"GPT2 returns logits, and {name}=.* reads probabilities"):

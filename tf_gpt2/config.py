@@ -52,8 +52,8 @@ def checked_characters(characters, what: str = "characters") -> list[str]:
 class GPT2Config:
     """Shape and numerics of a GPT-2 model.
 
-    Field names follow the Hugging Face / OpenAI checkpoints, so a `config.json`
-    maps onto this class directly.
+    Field names follow the Hugging Face / OpenAI checkpoints; `GPT2.from_pretrained` reads a checkpoint's
+    `config.json` into this class.
 
     Example:
     >>> cfg = GPT2Config.from_preset("gpt2-tiny", vocab_size=1000)
