@@ -257,9 +257,12 @@ def main(argv=None) -> int:
     settings = {"time": args.time, "batch": args.batch, "loss_chunk": args.loss_chunk}  # each row's own
     merged = []  # read first: a file of other settings is refused before anything is measured
     for earlier in args.merge:
-        with open(earlier) as f:
-            record = json.load(f)
-        if any(not set(settings) <= set(row) for row in record["rows"]):
+        try:
+            with open(earlier) as f:
+                record = json.load(f)
+        except (OSError, ValueError) as e:
+            parser.error(f"--merge {earlier}: {e}")
+        if any(not set(settings) <= set(row) for row in record["rows"] if not row.get("computed")):
             print(f"note: {earlier} is of an older harness whose rows say no batch or loss chunk: taken as batch 1 "
                   "and no loss chunk, its defaults", file=sys.stderr)
         for row in (r for r in record["rows"] if not r.get("computed")):

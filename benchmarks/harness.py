@@ -66,10 +66,17 @@ def tensorflow_free(module: str):
 
 
 def refuse_earlier_results(parser, path: str | None) -> None:
-    """Refuse, before minutes of measuring, a results file that holds an earlier run's (benchmarks/results/ keeps
-    those the docs cite): `--json` writes a new file."""
-    if path and os.path.exists(path):
+    """Refuse, before minutes of measuring, a `--json` the figures could not be written to at the end: a results file
+    that holds an earlier run's (benchmarks/results/ keeps those the docs cite), a folder, or a folder not there."""
+    if not path:
+        return
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        parser.error(f"--json {path} is a folder: name the file to write in it")
+    if os.path.exists(path):
         parser.error(f"{path} holds an earlier run's results: give --json another name, or move it away first")
+    if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
+        parser.error(f"--json {path}: its folder {folder} is not there, or cannot be written to")
 
 
 def write_results(path: str, record) -> None:

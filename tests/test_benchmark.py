@@ -91,6 +91,10 @@ def test_a_benchmarks_figures_never_replace_an_earlier_runs_file(tmp_path, capsy
         patch.setattr(sys, "argv", ["convergence.py", "--json", str(earlier)])
         convergence.main()
     assert earlier.read_text() == '{"kept": true}'
+    for path, said in ((tmp_path, "is a folder: name the file"), (tmp_path / "no" / "x.json", "is not there")):
+        with pytest.raises(SystemExit):
+            bench_main(["--smoke", "--json", str(path)])
+        assert said in capsys.readouterr().err
     for flag in ("--steps", "--new-tokens"):
         with pytest.raises(SystemExit):
             bench_main(["--smoke", flag, "0"])

@@ -107,6 +107,19 @@ def test_a_cross_entropy_that_reads_probabilities_is_refused(loss):
         GPT2(GPT2Config(**SHAPE)).compile(optimizer="sgd", loss=loss)
 
 
+@pytest.mark.parametrize("kind, given", [
+    ("loss", "binary_crossentropy"), ("loss", "bce"), ("loss", keras.losses.BinaryCrossentropy(from_logits=True)),
+    ("loss", keras.losses.BinaryFocalCrossentropy()), ("metrics", ["bce"]),
+    ("metrics", [keras.metrics.BinaryCrossentropy(from_logits=True)])])
+def test_a_binary_cross_entropy_is_refused_as_no_loss_of_tokens(kind, given):
+    """A binary cross-entropy scores one yes or no per output: by name it failed deep in Keras on the ranks, as an
+    object it was told to take from_logits=True, which then failed the same way."""
+    settings = {"loss": keras.losses.SparseCategoricalCrossentropy(from_logits=True), kind: given}
+    with pytest.raises(ValueError, match=rf"GPT2 predicts one of its vocabulary's tokens, and {kind}=.* is a binary "
+                                         r"cross-entropy"):
+        GPT2(GPT2Config(**SHAPE)).compile(**settings)
+
+
 def _keras_hub_perplexity(**kwargs):
     import keras_hub
 

@@ -269,8 +269,11 @@ def test_keras_loops_check_ids_given_as_arrays_before_they_trace_the_model():
         model.predict([np.arange(4), np.arange(4)], verbose=0)  # rows encoded one by one
     good = np.array([[1, 2, 3, 4]])
     before = [w.numpy() for w in model.weights]
-    with pytest.raises(ValueError, match=r"token ids must be in \[0, 97\)"):  # before an epoch is trained, not after
-        model.fit(good, targets, validation_data=(np.array([[1, 2, 3, -1]]), targets), verbose=0)
+    for by_place in (False, True):  # before an epoch is trained, not after; by keyword or in its place
+        with pytest.raises(ValueError, match=r"token ids must be in \[0, 97\)"):
+            validation = (np.array([[1, 2, 3, -1]]), targets)
+            model.fit(good, targets, *([1, 1, 0, None, 0.0, validation] if by_place else []),
+                      **({} if by_place else {"validation_data": validation, "verbose": 0}))
     assert all(np.array_equal(a, b.numpy()) for a, b in zip(before, model.weights))
     assert model.predict(tf.data.Dataset.from_tensors(good), verbose=0).shape == (1, 4, 97)
     assert np.isfinite(model.evaluate(good, targets, verbose=0))

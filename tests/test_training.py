@@ -565,9 +565,17 @@ def test_the_learning_rate_never_rises_when_fine_tuning_with_a_small_rate(char_d
     with pytest.raises(ValueError, match="min_learning_rate must be in \\[0, learning_rate"):
         config(tmp_path, char_data, learning_rate=3e-5, min_learning_rate=6e-5)
     numbers = config(tmp_path, char_data, learning_rate=np.float32(3e-4), min_learning_rate=np.float32(3e-5),
-                     weight_decay=np.float32(0.1), grad_clip=np.float64(1.0))  # (refused, or no JSON for run.json)
-    assert {type(getattr(numbers, k)) for k in ("learning_rate", "min_learning_rate", "weight_decay", "grad_clip")} \
-        == {float}
+                     weight_decay=np.float32(0.1), grad_clip=np.float64(1.0), beta_1=np.float32(0.9),
+                     beta_2=np.float64(0.95))  # (refused, or no JSON for run.json)
+    assert {type(getattr(numbers, k)) for k in ("learning_rate", "min_learning_rate", "weight_decay", "grad_clip",
+                                                "beta_1", "beta_2")} == {float}
+    import decimal
+
+    for field, value, said in (("weight_decay", decimal.Decimal("0.1"), "weight_decay must be a number"),
+                               ("beta_1", 7.0, r"beta_1 must be in \[0, 1\), got 7.0"),
+                               ("beta_2", float("nan"), "beta_2 must be in")):
+        with pytest.raises(ValueError, match=said):
+            config(tmp_path, char_data, **{field: value})
     for field, value in (("learning_rate", float("nan")), ("grad_clip", -1.0), ("warmup_steps", -5),
                          ("learning_rate", 1e39), ("learning_rate", 1e-40)):  # past float32: inf, or 0
         with pytest.raises(ValueError, match=field):

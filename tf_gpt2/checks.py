@@ -11,7 +11,8 @@ ValueError: token ids must be in [0, 50), got min 1 and max 50
 
 from __future__ import annotations
 
-from typing import Any
+import contextlib
+from typing import Any, Callable, Iterator
 
 import keras
 import numpy as np
@@ -118,6 +119,54 @@ def check_token_ids(token_ids: Any, vocab_size: int, max_len: int) -> None:
         check_in_vocabulary(values, vocab_size)
 
 
+def _resolved(value: Any, get: Callable) -> Iterator[Any]:
+    """Each loss or metric of `value` as Keras takes it (itself, by name or class, in a list or dict), resolved by
+    `get`; a name Keras picks by shape ("crossentropy", "ce") as itself."""
+    for each in keras.tree.flatten(value):
+        if isinstance(each, str) and each.lower() in ("crossentropy", "ce"):
+            yield each.lower()
+        elif isinstance(each, (str, type)):
+            with contextlib.suppress(ValueError, TypeError):  # not Keras' name: Keras says so at compile
+                yield get(each)
+        else:
+            yield each
+
+
+def _wraps(each: Any, functions: tuple) -> bool:
+    """Whether a Keras loss or metric is, or wraps, one of `functions`."""
+    return each in functions or getattr(each, "fn", getattr(each, "_fn", None)) in functions
+
+
+def _reads_probabilities(each: Any) -> bool:
+    """A Keras cross-entropy (or keras-hub's Perplexity) that takes probabilities: `from_logits=False`, what its
+    names, classes and functions default to ("crossentropy" and "ce" pick the sparse one for token ids)."""
+    functions = (keras.losses.sparse_categorical_crossentropy, keras.losses.categorical_crossentropy)
+    settings = getattr(each, "_fn_kwargs", None) or {}  # (read, not serialized: a lambda's config may not be)
+    return (each in ("crossentropy", "ce") or (_wraps(each, functions) and not settings.get("from_logits", False))
+            or getattr(each, "from_logits", None) is False)  # keras-hub's Perplexity keeps its own
+
+
+def check_losses_and_metrics(loss: Any, metrics: Any, weighted_metrics: Any) -> None:
+    """Refuse, at `compile`, a loss or metric that does not fit a model of token logits: a binary cross-entropy (one
+    yes/no per output), or a cross-entropy that reads probabilities. Over logits the loss would train a wrong
+    objective, the metric report a wrong figure, without a word."""
+    binary = (keras.losses.binary_crossentropy, keras.losses.binary_focal_crossentropy)
+    for name, given, get in (("loss", loss, keras.losses.get), ("metrics", metrics, keras.metrics.get),
+                             ("weighted_metrics", weighted_metrics, keras.metrics.get)):
+        kinds = list(_resolved(given, get))
+        if any(_wraps(each, binary) for each in kinds):
+            raise ValueError(f"GPT2 predicts one of its vocabulary's tokens, and {name}={given!r} is a binary "
+                             "cross-entropy (one yes or no per output): use keras.losses.SparseCategoricalCrossentropy"
+                             "(from_logits=True) (for metrics, keras.metrics.SparseCategoricalCrossentropy(from_logits="
+                             "True) or keras_hub.metrics.Perplexity(from_logits=True))")
+        if any(_reads_probabilities(each) for each in kinds):
+            fix = ("compile with loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True)" if name == "loss"
+                   else "pass from_logits=True to it (keras.metrics.SparseCategoricalCrossentropy(from_logits=True), "
+                   "keras_hub.metrics.Perplexity(from_logits=True))")
+            raise ValueError(f"GPT2 returns logits, and {name}={given!r} reads probabilities (from_logits=False): "
+                             f"{fix}")
+
+
 class CheckedLoops:
     """Keras' loops (`fit`, `evaluate`, `predict`, their `*_on_batch`) for a model of token ids (`config.vocab_size`,
     `config.n_positions`). They trace the model, where an id cannot be refused by its value (compiled, a gather reads
@@ -125,7 +174,9 @@ class CheckedLoops:
     first. A tf.data pipeline, a generator or a PyDataset is read as Keras reads it."""
 
     def fit(self, x=None, *args, **kwargs):
-        validation = kwargs.get("validation_data")
+        import inspect
+
+        validation = inspect.signature(super().fit).bind_partial(x, *args, **kwargs).arguments.get("validation_data")
         if isinstance(validation, (tuple, list)) and validation:  # (Keras reads it after the first epoch's training)
             self._checked_ids(validation[0])
         return super().fit(self._checked_ids(x), *args, **kwargs)

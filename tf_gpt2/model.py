@@ -10,7 +10,7 @@ from typing import Any
 import keras
 from keras import ops
 
-from tf_gpt2.checks import CheckedLoops, check_aligned, check_positions, check_token_ids
+from tf_gpt2.checks import CheckedLoops, check_aligned, check_losses_and_metrics, check_positions, check_token_ids
 from tf_gpt2.config import GPT2Config
 from tf_gpt2.files import atomic_write
 from tf_gpt2.layers import TransformerBlock, causal_mask, new_buffer, recomputed
@@ -31,27 +31,6 @@ def _is_logits_cross_entropy(loss) -> bool:
     out); where Keras keeps them elsewhere, the loss is left to Keras."""
     settings = getattr(loss, "_fn_kwargs", None) if type(loss) is keras.losses.SparseCategoricalCrossentropy else None
     return settings == {"from_logits": True, "ignore_class": None, "axis": -1}
-
-
-def _reads_probabilities(value, get) -> bool:
-    """A Keras cross-entropy (or keras-hub's Perplexity) that takes probabilities (`from_logits=False`, what its
-    names, classes and functions default to), given as Keras takes a loss or metric (`get`): itself, by name or
-    class, or in a list or dict."""
-    functions = (keras.losses.sparse_categorical_crossentropy, keras.losses.categorical_crossentropy)
-    for each in keras.tree.flatten(value):
-        if isinstance(each, str) and each.lower() in ("crossentropy", "ce"):  # Keras' pick by shape: from probabilities
-            return True
-        if isinstance(each, (str, type)):
-            try:
-                each = get(each)
-            except (ValueError, TypeError):  # not Keras' name: Keras says so at compile
-                continue
-        fn = getattr(each, "fn", getattr(each, "_fn", None))  # the function a Keras loss or metric wraps, if any
-        settings = getattr(each, "_fn_kwargs", None) or {}  # (read, not serialized: a lambda's config may not be)
-        if (each in functions or (fn in functions and not settings.get("from_logits", False))
-                or getattr(each, "from_logits", None) is False):  # keras-hub's Perplexity keeps its own
-            return True
-    return False
 
 
 def token_cross_entropy(logits, targets):
@@ -200,14 +179,7 @@ class GPT2(CheckedLoops, keras.Model):
 
     def compile(self, optimizer="rmsprop", loss=None, metrics=None, weighted_metrics=None, loss_weights=None,
                 **kwargs):
-        if _reads_probabilities(loss, keras.losses.get):  # it would train on a wrong objective without a word
-            raise ValueError(f"GPT2 returns logits, and loss={loss!r} reads probabilities (from_logits=False): compile "
-                             "with loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True)")
-        for name, given in (("metrics", metrics), ("weighted_metrics", weighted_metrics)):
-            if _reads_probabilities(given, keras.metrics.get):  # it would report a wrong figure every epoch
-                raise ValueError(f"GPT2 returns logits, and {name}={given!r} reads probabilities (from_logits=False): "
-                                 "pass from_logits=True to it (keras.metrics.SparseCategoricalCrossentropy("
-                                 "from_logits=True), keras_hub.metrics.Perplexity(from_logits=True))")
+        check_losses_and_metrics(loss, metrics, weighted_metrics)  # (a wrong objective or figure without a word)
         # Keras' sparse categorical cross-entropy from logits, unweighted: `compute_loss` computes it itself
         self._own_cross_entropy = _is_logits_cross_entropy(loss) and loss_weights is None
         if self.config.loss_chunk and (not self._own_cross_entropy or metrics or weighted_metrics):

@@ -93,11 +93,17 @@ class TrainConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
-        for name in ("learning_rate", "min_learning_rate", "weight_decay", "grad_clip"):
+        for name in ("learning_rate", "min_learning_rate", "weight_decay", "grad_clip", "beta_1", "beta_2"):
             value = getattr(self, name)
-            if isinstance(value, numbers.Real) and not isinstance(value, bool):  # (numpy floats: no JSON)
-                setattr(self, name, float(value))
-        if not (isinstance(self.learning_rate, float) and FLOAT32_TINY <= self.learning_rate <= FLOAT32_MAX):
+            if value is None and name == "min_learning_rate":
+                continue
+            if not isinstance(value, numbers.Real) or isinstance(value, bool):  # (a Decimal: no JSON for run.json)
+                raise ValueError(f"{name} must be a number, got {value!r}")
+            setattr(self, name, float(value))  # (a numpy float: no JSON either)
+        for name in ("beta_1", "beta_2"):
+            if not 0 <= getattr(self, name) < 1:  # (also NaN) AdamW's moment decay: 1 or more never forgets, or grows
+                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)!r}")
+        if not FLOAT32_TINY <= self.learning_rate <= FLOAT32_MAX:
             raise ValueError(f"learning_rate must be a positive number from float32's smallest normal (1.2e-38) to "
                              f"its largest (3.4e38), got {self.learning_rate!r}")
         if self.min_learning_rate is None:

@@ -693,9 +693,9 @@ def _check_samples_print(cfg: TrainConfig, placement: Placement, characters: Seq
 
 
 def _train(cfg: TrainConfig, placement: Placement) -> tuple[GPT2, dict[str, list[float]]]:
+    source = pretrained(cfg) if cfg.init_from else None  # a wrong --init-from fails before the text is tokenized
     if cfg.vocab != "char" and not _is_prepared(cfg.data):  # BPE samples: before the text is tokenized
         _check_samples_print(cfg, placement, None)
-    source = pretrained(cfg) if cfg.init_from else None  # a wrong --init-from fails before the text is tokenized
     if os.path.exists(os.path.join(cfg.out, CHECKPOINT)):  # other settings: refused before
         check_resume(cfg, {"settings": run_settings(cfg)})  # the text is tokenized into the run's data folder
     data_dir = prepared_data(cfg, source and source.config.characters)
