@@ -332,6 +332,30 @@ def test_prompts_and_vocabularies_that_cannot_apply_are_refused_before_any_work(
         assert not os.path.exists(out), os.listdir(out)  # (its lock too: the folder was made for the run)
 
 
+def test_a_warning_is_a_line_of_the_command_not_a_source_line(tmp_path, capsys):
+    """A warning the package gives during a command is said as the command's own line, as its errors are (it came
+    as "/…/tf_gpt2/cli.py:274: UserWarning: …" and the source line that called it)."""
+    import warnings
+
+    from tf_gpt2 import GPT2, GPT2Config
+
+    chars = list("ab :\n")
+    GPT2(GPT2Config(vocab_size=len(chars), n_positions=8, n_embd=8, n_layer=1, n_head=2,
+                    characters=sorted(chars))).save(tmp_path / "c.keras")
+    (tmp_path / "hf").mkdir()
+    (tmp_path / "hf" / "vocab.json").write_text("{}")  # GPT-2's tokenizer, which a character model's folder drops
+    def shown(message, category, filename, lineno, file=None, line=None):  # as Python shows one (pytest records them)
+        sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.showwarning = shown
+        assert cli_main(["convert", str(tmp_path / "c.keras"), str(tmp_path / "hf")]) == 0
+    err = capsys.readouterr().err
+    assert err.startswith("tf-gpt2 convert: warning: ") and "vocab.json" in err and ".py:" not in err, err
+    assert warnings.formatwarning.__module__ == "warnings"  # (the command's format ends with it)
+
+
 def test_generate_refuses_an_output_that_cannot_write_what_the_model_may_write(tmp_path, capsys, monkeypatch):
     """A standard output in cp1252 (Windows, `> out.txt`) failed partway through the text with "'charmap' codec
     can't encode ...": refused before any text is made, with the fix; a character model whose characters it can

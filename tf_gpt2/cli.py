@@ -11,6 +11,7 @@ import os
 import re
 import sys
 import traceback
+import warnings
 from typing import Sequence
 
 # The modules imported here load no TensorFlow: the `tf-gpt2` launcher parses the command line (and answers
@@ -545,6 +546,12 @@ class _LineEnds:
 def run(args: argparse.Namespace) -> int:
     """Run a parsed command; every failure ends in one line of its own and exit status 2."""
     stdout = sys.stdout = _LineEnds(sys.stdout) if sys.stdout is not None else None  # (None: closed, `>&-`)
+    formatted = warnings.formatwarning  # a warning is a line of the command's, not a source line of ours
+
+    def as_line(message, category, *where) -> str:
+        return f"tf-gpt2 {args.command}: warning: {message}" + \
+            (f" ({category.__name__})" if category is not UserWarning else "") + "\n"
+    warnings.formatwarning = as_line
     try:
         return args.run(args)
     except (Exception, KeyboardInterrupt) as e:  # every failure ends in one line; TF_GPT2_TRACEBACK=1 shows where
@@ -570,6 +577,7 @@ def run(args: argparse.Namespace) -> int:
             os._exit(2)
         return 2
     finally:
+        warnings.formatwarning = formatted
         if stdout is not None:
             sys.stdout = stdout.stream
 
