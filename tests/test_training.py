@@ -569,6 +569,7 @@ def test_the_learning_rate_never_rises_when_fine_tuning_with_a_small_rate(char_d
                      beta_2=np.float64(0.95))  # (refused, or no JSON for run.json)
     assert {type(getattr(numbers, k)) for k in ("learning_rate", "min_learning_rate", "weight_decay", "grad_clip",
                                                 "beta_1", "beta_2")} == {float}
+    assert (numbers.learning_rate, numbers.weight_decay) == (3e-4, 0.1)  # (a resume with --learning-rate 3e-4 agrees)
     import decimal
 
     for field, value, said in (("weight_decay", decimal.Decimal("0.1"), "weight_decay must be a number"),

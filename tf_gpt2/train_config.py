@@ -99,7 +99,8 @@ class TrainConfig:
                 continue
             if not isinstance(value, numbers.Real) or isinstance(value, bool):  # (a Decimal: no JSON for run.json)
                 raise ValueError(f"{name} must be a number, got {value!r}")
-            setattr(self, name, float(value))  # (a numpy float: no JSON either)
+            # (a numpy float: no JSON either; float32's 1e-3 read as the 1e-3 it prints, not 0.0010000000475)
+            setattr(self, name, float(str(value)) if hasattr(value, "dtype") else float(value))
         for name in ("beta_1", "beta_2"):
             if not 0 <= getattr(self, name) < 1:  # (also NaN) AdamW's moment decay: 1 or more never forgets, or grows
                 raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)!r}")
