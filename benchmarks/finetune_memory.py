@@ -262,6 +262,8 @@ def main(argv=None) -> int:
                 record = json.load(f)
         except (OSError, ValueError) as e:
             parser.error(f"--merge {earlier}: {e}")
+        if not isinstance(record, dict) or not isinstance(record.get("rows"), list):
+            parser.error(f"--merge {earlier} is no results file of this benchmark (it has no list of rows)")
         if any(not set(settings) <= set(row) for row in record["rows"] if not row.get("computed")):
             print(f"note: {earlier} is of an older harness whose rows say no batch or loss chunk: taken as batch 1 "
                   "and no loss chunk, its defaults", file=sys.stderr)

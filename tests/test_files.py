@@ -225,6 +225,14 @@ def test_a_file_system_without_locks_is_named_and_the_folder_made_for_the_lock_r
     with exclusive(str(tmp_path / "runs" / "new" / "run"), "training run"):
         (tmp_path / "runs" / "notes.txt").write_text("kept")  # a parent there before, and a file of its own
     assert sorted(os.listdir(tmp_path / "runs")) == ["notes.txt"]
+    with exclusive(str(tmp_path / "runs" / "new" / "run"), "training run"):
+        (tmp_path / "runs" / "new" / "other.txt").write_text("kept")  # a parent made for it, given a file meanwhile
+    assert os.listdir(tmp_path / "runs" / "new") == ["other.txt"]
+    os.symlink(tmp_path / "runs" / "new", tmp_path / "link")
+    with pytest.raises(ValueError):  # through a link and back up: the folders made where it leads (runs/made) go
+        with exclusive(str(tmp_path / "link" / ".." / "made" / "run"), "training run"):
+            raise ValueError("refused")
+    assert sorted(os.listdir(tmp_path / "runs")) == ["new", "notes.txt"]
 
 
 def test_working_directories_of_killed_processes_are_removed_by_the_next_one(tmp_path, monkeypatch):

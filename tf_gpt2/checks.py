@@ -176,7 +176,11 @@ class CheckedLoops:
     def fit(self, x=None, *args, **kwargs):
         import inspect
 
-        validation = inspect.signature(super().fit).bind_partial(x, *args, **kwargs).arguments.get("validation_data")
+        try:  # (by keyword or in its place; a fit of its own between here and Keras' may take it in **kwargs)
+            bound = inspect.signature(super().fit).bind_partial(x, *args, **kwargs).arguments
+        except TypeError:  # arguments Keras' fit does not take: its own error follows
+            bound = {}
+        validation = bound.get("validation_data", kwargs.get("validation_data"))
         if isinstance(validation, (tuple, list)) and validation:  # (Keras reads it after the first epoch's training)
             self._checked_ids(validation[0])
         return super().fit(self._checked_ids(x), *args, **kwargs)

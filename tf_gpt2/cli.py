@@ -143,12 +143,16 @@ TRAIN_FLAGS = {
     "sample_tokens": "length of those samples (0: none; at most the context less one prompt token)",
     "resume_with_changes": "resume the run in --out even though its settings or data changed",
 }
-MODEL_OVERRIDES = {"n_layer": (int, "layers"), "n_head": (int, "attention heads"), "n_embd": (int, "width"),
-                   "n_positions": (int, "context length"),
-                   "dropout": (float, "dropout rate (embeddings, residual branches and attention)"),
-                   "attn_pdrop": (float, "attention-probability dropout (default: --dropout for a new model); 0 "
-                                         "keeps the fused attention kernel in training"),
-                   "vocab_multiple": (int, "token-embedding rounding (64: 50257 -> 50304 rows)")}
+SHAPE_HELP = "override the preset's {} (--init-from's checkpoint fixes it)"
+SETTING_HELP = "set the model's {} (over the preset's, or --init-from's checkpoint's)"
+MODEL_OVERRIDES = {"n_layer": (int, SHAPE_HELP.format("layers")), "n_head": (int, SHAPE_HELP.format("attention heads")),
+                   "n_embd": (int, SHAPE_HELP.format("width")),
+                   "n_positions": (int, SHAPE_HELP.format("context length")),
+                   "dropout": (float, SETTING_HELP.format("dropout (embeddings, residual branches and attention)")),
+                   "attn_pdrop": (float, "set the model's attention-probability dropout (default: --dropout where "
+                                         "given, else the preset's or checkpoint's); 0 keeps the fused attention "
+                                         "kernel in training"),
+                   "vocab_multiple": (int, SETTING_HELP.format("token-embedding rounding (64: 50257 -> 50304 rows)"))}
 
 
 # Flags whose TrainConfig default stands for "not given" (None here), which --init-from, prepared --data and a short
@@ -176,8 +180,7 @@ def _add_train_flags(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(flag, type=kind, default=default, choices=choices.get(field.name),
                                 help=TRAIN_FLAGS[field.name])
     for name, (kind, text) in MODEL_OVERRIDES.items():
-        parser.add_argument("--" + name.replace("_", "-"), type=kind,
-                            help=f"override the model's {text} (the preset's, or --init-from's checkpoint's)")
+        parser.add_argument("--" + name.replace("_", "-"), type=kind, help=text)
     parser.add_argument("--remat", action="store_true", default=None,
                         help="recompute each block's activations in the backward pass: less memory, longer steps")
     parser.add_argument("--loss-chunk", type=int, help="compute the LM head and the loss over this many positions at "
@@ -543,12 +546,17 @@ class _LineEnds:
         return getattr(self.stream, name)
 
 
+PACKAGE = os.path.dirname(os.path.abspath(__file__))
+
+
 def run(args: argparse.Namespace) -> int:
     """Run a parsed command; every failure ends in one line of its own and exit status 2."""
     stdout = sys.stdout = _LineEnds(sys.stdout) if sys.stdout is not None else None  # (None: closed, `>&-`)
-    formatted = warnings.formatwarning  # a warning is a line of the command's, not a source line of ours
+    formatted = warnings.formatwarning  # a warning of ours is a line of the command's, not a source line of ours
 
-    def as_line(message, category, *where) -> str:
+    def as_line(message, category, filename, *where) -> str:
+        if not os.path.abspath(filename).startswith(PACKAGE + os.sep):  # another library's: as Python shows it
+            return formatted(message, category, filename, *where)
         return f"tf-gpt2 {args.command}: warning: {message}" + \
             (f" ({category.__name__})" if category is not UserWarning else "") + "\n"
     warnings.formatwarning = as_line

@@ -265,7 +265,7 @@ def exclusive(directory: str, what: str, wait: bool = False) -> Iterator[None]:
 
 def _first_missing(directory: str) -> str | None:
     """The topmost folder of `directory`'s path that is not there yet (None: it is there)."""
-    top, path = None, os.path.abspath(directory)
+    top, path = None, os.path.realpath(directory)  # (as makedirs follows a link: `link/../new` is made where it leads)
     while not os.path.lexists(path):
         top, path = path, os.path.dirname(path)
     return top
@@ -277,7 +277,7 @@ def _remove_if_only_lock(directory: str, top: str) -> None:
     with contextlib.suppress(OSError):
         if os.listdir(directory) == [".lock"]:
             os.remove(os.path.join(directory, ".lock"))
-            path = os.path.abspath(directory)
+            path = os.path.realpath(directory)
             while True:
                 os.rmdir(path)  # (not empty: something else was written there, and it stays)
                 if path == top:
