@@ -12,6 +12,7 @@ ValueError: token ids must be in [0, 50), got min 1 and max 50
 from __future__ import annotations
 
 import contextlib
+import inspect
 from typing import Any, Callable, Iterator
 
 import keras
@@ -21,6 +22,13 @@ import numpy as np
 def is_integer(value: Any) -> bool:
     """An integer (Python or numpy), not a bool."""
     return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def checked_integer(name: str, value: Any) -> int:
+    """`value` as an int, refused by `name` where it is not an integer (a float, however whole, or a bool)."""
+    if not is_integer(value):
+        raise ValueError(f"{name} must be an integer, got {value!r}")
+    return int(value)
 
 
 def require_tensorflow(what: str) -> None:
@@ -174,8 +182,6 @@ class CheckedLoops:
     first. A tf.data pipeline, a generator or a PyDataset is read as Keras reads it."""
 
     def fit(self, x=None, *args, **kwargs):
-        import inspect
-
         try:  # (by keyword or in its place; a fit of its own between here and Keras' may take it in **kwargs)
             bound = inspect.signature(super().fit).bind_partial(x, *args, **kwargs).arguments
         except TypeError:  # arguments Keras' fit does not take: its own error follows

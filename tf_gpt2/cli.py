@@ -268,15 +268,13 @@ def cmd_convert(args: argparse.Namespace) -> int:
         raise NotADirectoryError(f"Not a directory (a Hugging Face checkpoint is a folder; a .keras DST is a file): "
                                  f"{args.dst}")
     model = GPT2.from_pretrained(args.src, revision=args.revision)
-    if folder:  # what save_pretrained writes, or removes as a reader would take it instead
+    if folder:  # replaced: what save_pretrained writes, or removes as a reader would take it instead
         replaced = os.path.isdir(args.dst) and (bool(files_read_instead(args.dst, [])) or any(
             os.path.isfile(os.path.join(args.dst, name)) for name in ("config.json", "model.safetensors")))
+        model.save_pretrained(args.dst)
     else:
         replaced = os.path.isfile(args.dst)
-    if not folder:
         save_keras(model, args.dst)
-    else:
-        model.save_pretrained(args.dst)
     print(f"{'replaced the earlier' if replaced else 'wrote'} {args.dst}")
     return 0
 

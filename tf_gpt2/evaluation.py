@@ -22,7 +22,7 @@ from typing import Sequence
 import numpy as np
 from keras import ops
 
-from tf_gpt2.checks import check_in_vocabulary, is_integer
+from tf_gpt2.checks import check_in_vocabulary, checked_integer
 from tf_gpt2.detokenize import DETOKENIZERS
 from tf_gpt2.tokenizer import GPT2Tokenizer, checked_ids, checked_utf8, tokenizer_for
 from tf_gpt2.xla import compiled
@@ -87,10 +87,9 @@ def evaluate(model, text: str | Sequence[int], tokenizer: GPT2Tokenizer | None =
     verbose: a progress bar over the windows; source: what errors call the text (`tf-gpt2 eval`: its file).
     """
     n_positions = model.config.n_positions
-    for name, value, may_be_none in (("context", context, True), ("stride", stride, True),
-                                     ("batch_size", batch_size, False)):
-        if not (is_integer(value) or value is None and may_be_none):  # (a float: a bare TypeError, deep inside)
-            raise ValueError(f"{name} must be an integer, got {value!r}")
+    for name, value in (("context", context), ("stride", stride), ("batch_size", batch_size)):
+        if value is not None or name == "batch_size":  # (a float was a bare TypeError, deep inside)
+            checked_integer(name, value)
     context = n_positions if context is None else context
     stride = max(1, context // 2) if stride is None else stride
     if not 0 < context <= n_positions:

@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterator, NamedTuple, Sequence
 import numpy as np
 from keras import ops
 
-from tf_gpt2.checks import check_in_vocabulary, is_integer
+from tf_gpt2.checks import check_in_vocabulary, checked_integer, is_integer
 from tf_gpt2.layers import causal_mask
 from tf_gpt2.tokenizer import EOT_ID, CharacterTokenizer, GPT2Tokenizer, tokenizer_for
 from tf_gpt2.xla import compiled
@@ -278,14 +278,8 @@ def _real(name: str, value: Any) -> float:
     return float(value)  # (as given, for the messages that name it: 0.1, not 0.10000000149011612)
 
 
-def _integer(name: str, value: Any) -> int:
-    if not is_integer(value):
-        raise ValueError(f"{name} must be an integer, got {value!r}")
-    return int(value)
-
-
 def _seed(seed: Any) -> np.int32:
-    if not 0 <= _integer("seed", seed) < 2**31:
+    if not 0 <= checked_integer("seed", seed) < 2**31:
         raise ValueError(f"seed must be in [0, 2**31), got {seed}")
     return np.int32(seed)
 
@@ -310,7 +304,7 @@ def _prepare(model, prompt: Any, max_new_tokens: int = 32, temperature: float = 
     given = stop_ids is not None
     if not given:  # `<|endoftext|>`, where the vocabulary has it (a character model's has not)
         stop_ids = [EOT_ID] if EOT_ID < cfg.vocab_size else []
-    stop_ids = [_integer("stop_ids entry", t) for t in stop_ids]
+    stop_ids = [checked_integer("stop_ids entry", t) for t in stop_ids]
     if any(not 0 <= t < cfg.vocab_size for t in stop_ids):  # one the model never writes would never stop a row
         raise ValueError(f"stop_ids must be token ids in [0, {cfg.vocab_size}) (the model's vocabulary), got "
                          f"{stop_ids}")
@@ -360,7 +354,7 @@ def _checked_settings(temperature, top_k, top_p, repetition_penalty) -> tuple[fl
         raise ValueError(f"temperature must be >= 0, got {temperature}")
     if not 0 < top_p <= 1:
         raise ValueError(f"top_p must be in (0, 1], got {top_p}")
-    if not 0 <= _integer("top_k", top_k) < 2**31:
+    if not 0 <= checked_integer("top_k", top_k) < 2**31:
         raise ValueError(f"top_k must be in [0, 2**31), got {top_k}")
     if not 0 < repetition_penalty < np.inf:
         raise ValueError(f"repetition_penalty must be > 0, got {repetition_penalty}")
