@@ -51,7 +51,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[1:1] = [os.path.dirname(HERE)]  # the checkout's tf_gpt2, installed or not
-from harness import TrainSetup, _hf_model, tensorflow_free  # noqa: E402
+from harness import TrainSetup, _hf_model, tensorflow_free, write_results, write_whole  # noqa: E402
 
 GB = 1e9
 TIMED = ("train", "decode")  # compiled side by side in waves, then timed one at a time; the rest share the GPU
@@ -679,7 +679,7 @@ def main(argv=None) -> int:
         print(f"[{time.time() - began:5.0f} s] {job['name']} ({job['seconds']}): {json.dumps(job['result'])}",
               flush=True)
         # as it goes: a run cut short keeps its rows
-        write(os.path.join(args.out, "results.json"), json.dumps(results, indent=1))
+        write_results(os.path.join(args.out, "results.json"), results)
 
     def late(jobs: list[dict]) -> bool:
         if time.time() - began <= args.budget:
@@ -831,14 +831,9 @@ def parity_line(results: dict) -> str:
             f"greedy tokens equal {r['greedy_tokens_equal']}/{r['greedy_tokens']}")
 
 
-def write(path: str, text: str) -> None:
-    """`text` into `path` whole or not at all (a run killed while writing keeps the rows written before)."""
-    files = tensorflow_free("files")
-    files.atomic_write(path, files.bytes_writer(text.encode()))
-
 
 def write_outputs(results: dict, out: str) -> None:
-    write(os.path.join(out, "results.json"), json.dumps(results, indent=1))
+    write_results(os.path.join(out, "results.json"), results)
     v = results["versions"]
     text = (f"# tf_gpt2 on {device_name(results)}, {results['date']}\n\n`{results['command']}`; "
             + ", ".join(f"{k} {v[k]}" for k in v if v[k]) + "\n\n" + parity_line(results)
@@ -848,7 +843,7 @@ def write_outputs(results: dict, out: str) -> None:
             + "\n\n## Decode, 32-token prompts, 128 new, greedy\n\n" + decode_table(results) + "\n"
             + ("\n## Where a training step's time goes (ms per step)\n\n" + profile_section(results) + "\n")
             * bool(profile_section(results)))
-    write(os.path.join(out, "results.md"), text)
+    write_whole(os.path.join(out, "results.md"), text)
     chart(results, os.path.join(out, "ratios.png"))
 
 

@@ -79,10 +79,15 @@ def refuse_earlier_results(parser, path: str | None) -> None:
         parser.error(f"--json {path}: its folder {folder} is not there, or cannot be written to")
 
 
-def write_results(path: str, record) -> None:
-    """`record` as JSON into `path`, whole or not at all (a run killed while writing leaves no half a file)."""
+def write_whole(path: str, text: str) -> None:
+    """`text` into `path`, whole or not at all (a run killed while writing leaves no half a file)."""
     files = tensorflow_free("files")
-    files.atomic_write(path, files.bytes_writer(json.dumps(record, indent=1).encode()))
+    files.atomic_write(path, files.bytes_writer(text.encode()))
+
+
+def write_results(path: str, record) -> None:
+    """`record` as JSON into `path`, whole or not at all."""
+    write_whole(path, json.dumps(record, indent=1))
 
 
 def _ours(config: GPT2Config, **kwargs):
