@@ -7,6 +7,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 # Tests never reach the network: a Hugging Face name that is not in a cache a test laid out fails loudly
 # (read when huggingface_hub is imported, so before anything imports it; subprocesses inherit it).
 os.environ["HF_HUB_OFFLINE"] = "1"
+# and a socket connects to this machine only, here and in every Python subprocess (no_network/sitecustomize.py)
+_NO_NETWORK = os.path.join(os.path.dirname(os.path.abspath(__file__)), "no_network")
+os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (_NO_NETWORK, os.environ.get("PYTHONPATH")) if p)
+import no_network.sitecustomize  # noqa: E402,F401
+
 # Caches go to one temporary folder per test session, not the home directory (subprocesses inherit it).
 _CACHES = tempfile.mkdtemp(prefix="tf_gpt2-tests-")
 atexit.register(shutil.rmtree, _CACHES, ignore_errors=True)

@@ -55,3 +55,22 @@ def test_the_product_imports_no_torch_and_no_benchmark_code():
                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
     assert run.returncode == 0, run.stderr[-3000:]
     assert run.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_tests_cannot_reach_the_network():
+    """The README's "none reaches the network": a socket connects to this machine only, in the test process and in
+    the Python processes tests start (192.0.2.1 is TEST-NET-1, an address for documentation: unguarded, it fails
+    otherwise, or times out)."""
+    import socket
+
+    import pytest
+
+    with pytest.raises(ConnectionRefusedError, match="tests never reach the network"):
+        socket.create_connection(("192.0.2.1", 80), timeout=2)
+    child = subprocess.run([sys.executable, "-c", "import socket; socket.create_connection(('192.0.2.1', 80), 2)"],
+                           capture_output=True, text=True)
+    assert "tests never reach the network: a connection to ('192.0.2.1', 80)" in child.stderr
+    with socket.socket() as server:  # this machine stays reachable (the local Hub, the distributed tests)
+        server.bind(("127.0.0.1", 0))
+        server.listen(1)
+        socket.create_connection(server.getsockname(), timeout=2).close()
