@@ -1,5 +1,6 @@
 """Two worker processes on localhost (MultiWorkerMirroredStrategy, CPU) train to the weights of one
-process with the same global batch. Fails without tf_gpt2.distribute's fixes to Keras."""
+process with the same global batch (fails without tf_gpt2.distribute's fixes to Keras), and so does `--strategy
+mirrored` (on a CPU, one replica)."""
 
 import json
 import os
@@ -43,6 +44,13 @@ def test_two_workers_match_one_process(tmp_path):
     single = subprocess.run(command + ["--out", str(tmp_path / "single"), "--no-xla"], env=env, capture_output=True,
                             text=True, timeout=600)
     assert single.returncode == 0, single.stderr[-2000:]
+    # --strategy mirrored takes every GPU of the machine; without one, a single replica on the CPU, the same program
+    mirrored = subprocess.run(command + ["--out", str(tmp_path / "mirrored"), "--strategy", "mirrored"], env=env,
+                              capture_output=True, text=True, timeout=600)
+    assert mirrored.returncode == 0, mirrored.stderr[-2000:]
+    assert "this distributed run compiles without XLA" in mirrored.stdout
+    with open(tmp_path / "mirrored" / "run.json") as f:
+        assert json.load(f)["replicas"] == 1
 
     cluster = {"worker": [f"localhost:{port}" for port in _free_ports(2)]}
     workers = [
@@ -69,3 +77,6 @@ def test_two_workers_match_one_process(tmp_path):
     # (e.g. each worker taking whole batches) moves the weights by ~4e-4 on average.
     print(f"two workers vs one process: mean |diff| {diff.mean():.1e}, max {diff.max():.1e}")
     assert diff.mean() < 5e-6 and diff.max() < 1e-3, (diff.mean(), diff.max())
+    mirrored = np.abs(_model_weights(tmp_path / "mirrored") - one)
+    print(f"mirrored (one replica) vs no strategy: mean |diff| {mirrored.mean():.1e}, max {mirrored.max():.1e}")
+    assert mirrored.mean() < 5e-6 and mirrored.max() < 1e-3, (mirrored.mean(), mirrored.max())
