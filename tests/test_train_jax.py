@@ -1,6 +1,6 @@
 """`tf-gpt2 train` on the JAX backend with keras.distribution: the weights split over a 2x2 mesh of virtual CPU
-devices, in one process and in two processes on localhost (JAX's distributed runtime, CPU collectives), train to
-the weights of one device; a split run killed mid-way resumes to the uninterrupted run's bits."""
+devices, in one process and in two processes on localhost (JAX's distributed runtime, CPU collectives), and the
+batch split over 4 devices (`--distribution data`), train to the weights of one device; a split run killed mid-way resumes to the uninterrupted run's bits."""
 
 import json
 import os
@@ -73,6 +73,13 @@ def test_split_runs_on_jax_match_one_device_and_resume_bit_exactly(tmp_path):
 
     # Measured: 4.7e-8 at most (4.9e-10 mean) after 20 steps (10 now), summation order alone; the bound is 200x that.
     diff = np.abs(_model_weights(tmp_path / "two") - _model_weights(tmp_path / "one"))
+    print(diff.mean(), diff.max())
+    assert diff.max() <= 1e-5, (diff.mean(), diff.max())
+
+    # --distribution data: the whole model on each of 4 devices, the batch split over them
+    _run(_command(data, tmp_path / "replicated", "--distribution", "data", steps=10), _env(4))
+    assert _record(tmp_path / "replicated")["devices"] == 4 and _record(tmp_path / "replicated")["replicas"] == 4
+    diff = np.abs(_model_weights(tmp_path / "replicated") - _model_weights(tmp_path / "one"))
     print(diff.mean(), diff.max())
     assert diff.max() <= 1e-5, (diff.mean(), diff.max())
 
