@@ -284,6 +284,11 @@ def test_nan_weights_are_refused(tmp_path):
     save_file(tensors, tmp_path / "model.safetensors", metadata={"format": "pt"})
     with pytest.raises(ValueError, match="'ln_f.bias' \\(float64\\) holds values beyond float32's range"):
         GPT2.from_pretrained(tmp_path)
+    # and a .keras file's (given to --init-from, a NaN trained as "the loss became nan: try a lower learning rate")
+    model.h[0].mlp.c_fc.kernel.assign(np.where(np.eye(16, 64) > 0, np.inf, model.h[0].mlp.c_fc.kernel.numpy()))
+    model.save(tmp_path / "inf.keras")
+    with pytest.raises(ValueError, match="inf.keras: weight 'h.0.mlp.c_fc.weight' contains NaN or infinite values"):
+        GPT2.from_pretrained(tmp_path / "inf.keras")
 
 
 def test_weight_table_covers_every_weight_under_the_names_readers_use():

@@ -18,6 +18,8 @@ def files(tmp_path):
     (tmp_path / "fake.keras").write_text("not a zip")
     (tmp_path / "text.txt").write_text("hello world\n" * 20)
     (tmp_path / "folder").mkdir()
+    (tmp_path / "done").mkdir()  # a finished run whose checkpoint was removed
+    (tmp_path / "done" / "model.keras").write_text("its model")
     (tmp_path / "hf").mkdir()
     (tmp_path / "hf" / "config.json").write_text(json.dumps({"vocab_size": 5}))
     (tmp_path / "typed").mkdir()
@@ -69,6 +71,10 @@ CASES = [
     (["prepare", "{d}/text.txt", "--out", "{d}/latin1.txt"],
      "Not a directory (prepare writes a folder there): {d}/latin1.txt"),
     (["train", "--data", "{d}/folder", "--out", "{d}/folder"], "the output {d}/folder is the input"),
+    (["train", "--init-from", "{d}/done/model.keras", "--out", "{d}/done"],  # (the run wrote over its input)
+     "the output {d}/done/model.keras is the input {d}/done/model.keras"),
+    (["train", "--out", "{d}/done"],  # (a new run replaced the model without a word)
+     "{d}/done holds model.keras of an earlier run, and no checkpoint.npz to resume it from"),
     (["convert", "{d}/hf", "{d}/OUT.KERAS"], "{d}/OUT.KERAS names a .KERAS file, but convert writes a .keras file"),
     (["convert", "{d}/hf", "{d}/model.safetensors"], "names a .safetensors file, but convert writes a .keras file"),
     (["convert", "{d}/hf", "{d}/out.keras/"], "{d}/out.keras/ ends in /, a folder's mark, but a .keras name"),

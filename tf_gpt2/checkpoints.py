@@ -564,4 +564,9 @@ def _load_keras_file(model_class: type, path: str, overrides: dict) -> keras.Mod
         raise ValueError(f"cannot load {path}: {type(e).__name__}: {e}") from e
     if not isinstance(model, model_class):
         raise ValueError(f"{path} holds a {type(model).__name__}, not a {model_class.__name__}")
+    names = {variable.path: name for name, variable in weight_table(model).items()}  # GPT-2's names where it has one
+    for variable in model.weights:  # as the other formats' tensors are checked (a NaN trained as a loss of NaN)
+        if not np.all(np.isfinite(keras.ops.convert_to_numpy(variable))):
+            raise ValueError(f"{path}: weight '{names.get(variable.path, variable.path)}' contains NaN or infinite "
+                             "values")
     return model

@@ -55,7 +55,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from tf_gpt2.data import TokenShards, codec, embedded_corpus, read_text
     from tf_gpt2.files import save_keras
     from tf_gpt2.tokenizer import checked_utf8
-    from tf_gpt2.training import CHECKPOINT, checkpoint_step, inference_model, train
+    from tf_gpt2.training import CHECKPOINT, MODEL_FILE, checkpoint_step, inference_model, train
 
     if args.max_new_tokens < 1:
         raise ValueError(f"--max-new-tokens must be a positive integer, got {args.max_new_tokens}")
@@ -77,7 +77,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         resume_with_changes=args.resume_with_changes,
     )
     model, history = train(cfg)
-    saved = os.path.join(cfg.out, "model.keras")
+    saved = os.path.join(cfg.out, MODEL_FILE)
     save_keras(inference_model(model), saved)
     encode, decode = codec(TokenShards(f"{cfg.out}/data", "train").manifest)
     ids, chunk = encode(args.prompt), DEMO_CONTEXT // 4
@@ -192,9 +192,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     from tf_gpt2.devices import process_index
     from tf_gpt2.files import save_keras
     from tf_gpt2.tokenizer import checked_utf8
-    from tf_gpt2.training import inference_model, refuse_other_vocab, train
+    from tf_gpt2.training import MODEL_FILE, inference_model, refuse_other_vocab, train
 
     _refuse_writing_over_inputs(args.out, args.data, args.init_from)
+    _refuse_writing_over_inputs(os.path.join(args.out, MODEL_FILE), args.init_from)
     checked_utf8("--sample-prompt", args.sample_prompt)
     if args.preset and args.init_from:
         raise ValueError(f"--preset sizes a new model; --init-from {args.init_from} has its own size: drop --preset")
@@ -210,8 +211,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     model, _ = train(cfg)
     trained = inference_model(model)  # in a run of many processes, gathered by all of them
     if process_index() == 0:
-        save_keras(trained, os.path.join(args.out, "model.keras"))
-        print(f"saved {os.path.join(args.out, 'model.keras')}")
+        save_keras(trained, os.path.join(args.out, MODEL_FILE))
+        print(f"saved {os.path.join(args.out, MODEL_FILE)}")
     return 0
 
 

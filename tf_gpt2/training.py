@@ -52,6 +52,7 @@ from tf_gpt2.tokenizer import VOCAB_SIZE, check_output_writes
 from tf_gpt2.train_config import TrainConfig
 
 CHECKPOINT = "checkpoint.npz"
+MODEL_FILE = "model.keras"  # the trained model, as `tf-gpt2 train` and `demo` save it in the run directory
 
 
 # -- optimizer ----------------------------------------------------------------------------------
@@ -682,6 +683,16 @@ def train(cfg: TrainConfig) -> tuple[GPT2, dict[str, list[float]]]:
         return _train(cfg, placement)
 
 
+def _refuse_a_finished_run_without_checkpoint(out: str) -> None:
+    """A run's folder whose checkpoint was removed (its model kept): a new run there replaced the model without a
+    word, and mixed its logs with the old run's."""
+    if not os.path.exists(os.path.join(out, CHECKPOINT)):
+        found = [name for name in (MODEL_FILE, RUN_RECORD) if os.path.exists(os.path.join(out, name))]
+        if found:
+            raise ValueError(f"{out} holds {' and '.join(found)} of an earlier run, and no {CHECKPOINT} to resume it "
+                             "from: a new run there would replace them; give another --out, or remove them first")
+
+
 def _check_samples_print(cfg: TrainConfig, placement: Placement, characters: Sequence[str] | None) -> None:
     """Refuse a standard output that cannot write the samples a run prints (it failed at the first one, after a
     round of training): a model of `characters`, or of GPT-2's BPE (None), which may write any character."""
@@ -693,6 +704,7 @@ def _check_samples_print(cfg: TrainConfig, placement: Placement, characters: Seq
 
 
 def _train(cfg: TrainConfig, placement: Placement) -> tuple[GPT2, dict[str, list[float]]]:
+    _refuse_a_finished_run_without_checkpoint(cfg.out)
     source = pretrained(cfg) if cfg.init_from else None  # a wrong --init-from fails before the text is tokenized
     if cfg.vocab != "char" and not _is_prepared(cfg.data):  # BPE samples: before the text is tokenized
         _check_samples_print(cfg, placement, None)
