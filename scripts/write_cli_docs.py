@@ -44,5 +44,7 @@ def markdown() -> str:
 
 
 if __name__ == "__main__":
-    with open(PAGE, "w", encoding="utf-8") as f:
-        f.write(markdown())
+    page = markdown()  # (made before the file is opened: a failed import emptied the page)
+    from tf_gpt2.files import write_file
+
+    write_file(PAGE, page.encode("utf-8"))

@@ -1,6 +1,7 @@
 """`tf-gpt2 train` on the JAX backend with keras.distribution: the weights split over a 2x2 mesh of virtual CPU
 devices, in one process and in two processes on localhost (JAX's distributed runtime, CPU collectives), and the
-batch split over 4 devices (`--distribution data`), train to the weights of one device; a split run killed mid-way resumes to the uninterrupted run's bits."""
+batch split over 4 devices (`--distribution data`), train to the weights of one device; a split run killed mid-way
+resumes to the uninterrupted run's bits."""
 
 import json
 import os

@@ -221,9 +221,14 @@ def test_init_from_takes_the_runs_model_flags_and_refuses_another_vocabulary(cha
 
     # Checked before the text is tokenized (a large text takes minutes): the run writes no shards.
     (tmp_path / "raw.txt").write_text("First Citizen:\nBefore we proceed any further, hear me speak.\n" * 20)
-    with pytest.raises(ValueError, match=r"ids.keras fixes the model's shape: --n-layer 3 \(it has 2\), --n-embd 64"):
+    with pytest.raises(ValueError, match=r"ids.keras fixes the model's shape and what its weights compute: "
+                                         r"--n-layer 3 \(it has 2\), --n-embd 64"):
         train(config(tmp_path / "early", str(tmp_path / "raw.txt"), init_from=str(tmp_path / "ids.keras"),
                       model={**TINY, "n_layer": 3, "n_embd": 64}))
+    # and what its weights compute (the Python API's model settings: post-LN ran on pre-LN weights without a word)
+    with pytest.raises(ValueError, match=r"fixes .*: norm_position='post' \(it has pre\), activation='relu'"):
+        train(config(tmp_path / "early", str(tmp_path / "raw.txt"), init_from=str(tmp_path / "ids.keras"),
+                      model={**TINY, "norm_position": "post", "activation": "relu"}))
     assert not os.path.exists(tmp_path / "early" / "data")
     with pytest.raises(ValueError, match=r"other characters than the data \(only in the data: 'e', the first: 'e' in "
                                          r".*text.txt, line 1, only in the model: 'Q'\)"):
@@ -345,6 +350,8 @@ def test_bad_training_input_gives_clear_errors_and_keeps_checkpoints(char_data, 
         config(tmp_path, char_data, base_dtype="bfloat16")
     with pytest.raises(ValueError, match="precision mixed_float16 would be ignored"):
         config(tmp_path, char_data, lora_rank=4, base_dtype="bfloat16", precision="mixed_float16")
+    with pytest.raises(ValueError, match="lora_rank 4 adapts a trained model, whose weights stay frozen"):
+        config(tmp_path, char_data, lora_rank=4)  # (adapters on a random base trained without a word)
     assert _digest(tmp_path / CHECKPOINT) == good
 
 
@@ -581,6 +588,29 @@ def test_the_learning_rate_never_rises_when_fine_tuning_with_a_small_rate(char_d
                          ("learning_rate", 1e39), ("learning_rate", 1e-40)):  # past float32: inf, or 0
         with pytest.raises(ValueError, match=field):
             config(tmp_path, char_data, **{field: value})
+    # `model` sets GPT2Config's fields, but not those the data fixes (a smaller vocabulary trained as a loss of NaN)
+    for model, said in (({"vocab_size": 1000}, "model sets vocab_size, which the run takes from its data"),
+                        ({"characters": list("ab")}, "model sets characters"),
+                        ({"n_layers": 2}, "model sets GPT2Config fields: 'n_layers' is none")):
+        with pytest.raises(ValueError, match=said):
+            config(tmp_path, char_data, model=model)
+    import pathlib  # paths as Paths: kept as the strings run.json records (a Path failed there, after tokenizing)
+
+    paths = config(pathlib.Path(tmp_path), pathlib.Path(char_data), init_from=pathlib.Path(tmp_path) / "m.keras")
+    assert (paths.out, paths.data, paths.init_from) == (str(tmp_path), str(char_data), str(tmp_path / "m.keras"))
+
+
+def test_grad_accum_holds_one_float32_copy_of_the_trained_weights(char_data, tmp_path):
+    """The README's "--grad-accum N (N > 1) adds a float32 copy of the trained weights" (under 16-bit compute too)."""
+    from tf_gpt2 import GPT2, GPT2Config
+
+    model = GPT2(GPT2Config(vocab_size=40, **TINY), dtype="mixed_bfloat16")
+    for accum, copies in ((4, 1), (1, 0)):
+        optimizer = make_optimizer(model, config(tmp_path, char_data, grad_accum=accum, precision="mixed_bfloat16"))
+        optimizer.build(model.trainable_variables)
+        accumulated = getattr(optimizer, "_accumulated_gradients", [])
+        assert [(tuple(a.shape), a.dtype) for a in accumulated] == \
+            copies * [(tuple(v.shape), "float32") for v in model.trainable_variables]
 
 
 def test_grad_accum_counts_optimizer_steps(char_data, tmp_path):

@@ -16,7 +16,7 @@ import numbers
 import os
 from typing import Any
 
-from tf_gpt2.config import PRESETS
+from tf_gpt2.config import PRESETS, GPT2Config
 from tf_gpt2.devices import CLUSTER_VARIABLES, Mesh
 
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
@@ -25,6 +25,8 @@ STRATEGIES = (None, "mirrored", "multiworker", "tpu")  # tf.distribute, on Tenso
 DISTRIBUTIONS = (None, "data", "model")  # keras.distribution, on JAX
 FLOAT32_MAX = 3.4028234663852886e38  # the optimizer holds its settings in float32
 FLOAT32_TINY = 1.1754943508222875e-38  # float32's smallest normal: a rate below it trains nothing (it flushes to 0)
+
+MODEL_FIELDS = tuple(field.name for field in dataclasses.fields(GPT2Config))  # what `model` may set
 
 
 @dataclasses.dataclass
@@ -82,6 +84,13 @@ class TrainConfig:
         for name in ("out", "data", "init_from", "mesh", "coordinator"):  # "" would fall back to the default
             if getattr(self, name) == "":
                 raise ValueError(f"{name} is empty: give a value, or leave it out")
+            if isinstance(getattr(self, name), os.PathLike):  # (a Path failed in run.json, after tokenizing)
+                setattr(self, name, os.fspath(getattr(self, name)))
+        if unknown := sorted(set(self.model) - set(MODEL_FIELDS)):
+            raise ValueError(f"model sets GPT2Config fields: {unknown[0]!r} is none ({', '.join(MODEL_FIELDS)})")
+        if data_fixed := [name for name in ("vocab_size", "characters") if name in self.model]:
+            raise ValueError(f"model sets {data_fixed[0]}, which the run takes from its data (its tokens, or "
+                             f"init_from's); vocab_multiple pads the token embedding")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**32:
             raise ValueError(f"seed must be an integer in [0, 2**32), got {self.seed!r}")
         for name in ("steps", "batch_size", "block_size", "grad_accum", "eval_interval", "steps_per_execution",
@@ -126,6 +135,9 @@ class TrainConfig:
         if self.base_dtype is not None and self.precision != "float32":
             raise ValueError(f"base_dtype {self.base_dtype} is the model's dtype policy (its adapters stay float32): "
                              f"precision {self.precision} would be ignored; give one of the two")
+        if self.lora_rank and not self.init_from:  # (it trained adapters on a random, frozen base)
+            raise ValueError(f"lora_rank {self.lora_rank} adapts a trained model, whose weights stay frozen: give "
+                             "init_from (--init-from) the model to adapt")
         if self.strategy not in STRATEGIES:
             raise ValueError(f"strategy must be one of {STRATEGIES[1:]}, got {self.strategy!r}")
         if self.distribution not in DISTRIBUTIONS:

@@ -27,7 +27,7 @@ import keras
 import ml_dtypes
 import numpy as np
 
-from tf_gpt2.checkpoints import SHAPE, assign_weights, checkpoint_tensors
+from tf_gpt2.checkpoints import COMPUTED, SHAPE, assign_weights, checkpoint_tensors
 from tf_gpt2.config import GPT2Config, with_overrides
 from tf_gpt2.data import (
     MANIFEST,
@@ -514,10 +514,11 @@ def pretrained(cfg: TrainConfig) -> GPT2:
     config, name = model.config, cfg.init_from
     if model.quantization:
         raise ValueError(f"--init-from {name} is quantized ({model.quantization}): train from its float weights")
-    fixed = [f"--{k.replace('_', '-')} {v} (it has {getattr(config, k)})" for k, v in cfg.model.items()
-             if k in SHAPE_FIELDS and getattr(config, k) != v]
+    fixed = [(f"--{k.replace('_', '-')} {v}" if k in SHAPE_FIELDS else f"{k}={v!r}") + f" (it has {getattr(config, k)})"
+             for k, v in cfg.model.items() if k in SHAPE_FIELDS + COMPUTED and getattr(config, k) != v]
     if fixed:
-        raise ValueError(f"--init-from {name} fixes the model's shape: {', '.join(fixed)} cannot apply")
+        raise ValueError(f"--init-from {name} fixes the model's shape and what its weights compute: "
+                         f"{', '.join(fixed)} cannot apply")
     if not _is_prepared(cfg.data):  # (before the text is tokenized)
         _refuse_other_tokens(cfg, config, cfg.vocab, "and the text would be tokenized")
     return model
