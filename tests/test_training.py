@@ -865,3 +865,38 @@ def test_the_sample_fits_a_short_context(prompt_length, tokens, capsys):
     assert shown.err.count(f"note: the samples are 63 tokens long, not {tokens}: the context of 64") == (tokens > 63)
     assert shown.err.count(f"note: the samples continue the last {kept} of the sample prompt's {prompt_length} "
                            "tokens") == (prompt_length > kept), shown.err
+
+
+def test_a_context_of_one_position_makes_no_sample_and_says_so(capsys):
+    """A 1-position model has no room for a token after the prompt's one: no sample (it failed after the first round
+    with "max_new_tokens must be a positive integer, got 0", a flag never given)."""
+    from tf_gpt2 import GPT2, GPT2Config
+    from tf_gpt2.training import TextSample
+
+    sample = TextSample([1, 2], 64, decode=lambda ids: f"{len(ids)} ids", round_end=lambda epoch: 10)
+    sample.set_model(GPT2(GPT2Config(vocab_size=16, n_positions=1, n_embd=16, n_layer=1, n_head=2)))
+    sample.on_train_begin()
+    sample.on_epoch_end(0)
+    shown = capsys.readouterr()
+    assert "sample at step" not in shown.out
+    assert shown.err.strip() == "note: no samples: the context of 1 holds no token after one prompt token"
+
+
+def test_the_rounds_left_are_counted_not_listed():
+    """The rounds a run has left, grouped by length for Keras' fits: as listing every round end gives them, and at
+    once for a --steps of billions (listing them ran out of memory, reported as "lower --batch-size")."""
+    import itertools
+    import math
+
+    from tf_gpt2.training import round_groups
+
+    def listed(start, steps, interval):
+        ends = [min((k + 1) * interval, steps) for k in range(math.ceil(steps / interval))]
+        left = [(k, end - max(start, ends[k - 1] if k else 0)) for k, end in enumerate(ends) if end > start]
+        return [(length, group[0][0], group[-1][0])
+                for length, rounds in itertools.groupby(left, key=lambda r: r[1]) for group in [list(rounds)]]
+
+    for steps, interval in itertools.product(range(1, 25), range(1, 30)):
+        for start in range(steps):
+            assert round_groups(start, steps, interval) == listed(start, steps, interval), (start, steps, interval)
+    assert round_groups(7, 3 * 10**12, 250) == [(243, 0, 0), (250, 1, 12 * 10**9 - 1)]

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import itertools
+import functools
 import json
 import math
 import os
@@ -395,7 +395,8 @@ class SaveCheckpoint(keras.callbacks.Callback):
 
 class TextSample(keras.callbacks.Callback):
     """After each round: a greedy continuation of `prompt` to the console and to TensorBoard (`log_dir`), of `tokens`
-    tokens or as many as the model's context holds after one prompt token (the prompt keeps its last tokens), in
+    tokens or as many as the model's context holds after one prompt token (the prompt keeps its last tokens; none in
+    a context of one), in
     ids below `vocab_end` (those `decode` reads: a model padded past its data's vocabulary chooses no padding row).
     An empty prompt starts from `<|endoftext|>` (id 0 in a vocabulary without it), which the sample does not show.
     None after a round that went bad (`round_went_bad`): the NaN guard stops the run and says so."""
@@ -422,10 +423,13 @@ class TextSample(keras.callbacks.Callback):
             return
         self.noted = True
         (ids, tokens), context = self._window(), self.model.config.n_positions
-        if tokens < self.tokens:
+        if not tokens:  # (a sample of no tokens failed after the first round)
+            print(f"note: no samples: the context of {context} holds no token after one prompt token",
+                  file=sys.stderr)
+        elif tokens < self.tokens:
             print(f"note: the samples are {tokens} tokens long, not {self.tokens}: the context of {context} holds "
                   "that many after one prompt token", file=sys.stderr)
-        if len(ids) < len(self.prompt_ids):
+        if tokens and len(ids) < len(self.prompt_ids):
             print(f"note: the samples continue the last {len(ids)} of the sample prompt's {len(self.prompt_ids)} "
                   f"tokens: the context of {context} holds them and {tokens} new ones", file=sys.stderr)
 
@@ -434,6 +438,8 @@ class TextSample(keras.callbacks.Callback):
             return  # the NaN guard reports it (and NaN weights give no logits to choose from)
         step = self.round_end(epoch)
         ids, tokens = self._window()
+        if not tokens:
+            return
         start = ids or [pad_id(self.model.config)]  # as GPT-2's own unconditional samples start
         text = self.decode(ids + self.model.generate(start, max_new_tokens=tokens, stop_ids=[],
                                                      vocab_end=self.vocab_end))
@@ -755,22 +761,42 @@ def _train(cfg: TrainConfig, placement: Placement) -> tuple[GPT2, dict[str, list
                            run_record(cfg, identity, placement))
 
 
+def round_end_step(k: int, steps: int, interval: int) -> int:
+    """The step round k ends at: rounds of `interval` steps, the last one short where `interval` does not divide."""
+    return min((k + 1) * interval, steps)
+
+
+def round_groups(start: int, steps: int, interval: int) -> list[tuple[int, int, int]]:
+    """The rounds left after step `start` as (length in steps, first round, last round) of rounds of one length
+    (Keras' rounds of one `fit` all have one): the first, short where a resumed run's checkpoint lies inside it, the
+    whole ones, the last, short where `interval` does not divide `steps`. Counted, not listed (a huge --steps
+    listed every round end)."""
+    first, last = start // interval, math.ceil(steps / interval) - 1
+    spans = [(first, first)] + [(k, j) for k, j in ((first + 1, last - 1), (last, last)) if first < k <= j]
+    groups: list[tuple[int, int, int]] = []
+    for k, j in spans:
+        length = round_end_step(k, steps, interval) - max(start, k * interval)
+        if groups and groups[-1][0] == length:
+            groups[-1] = (length, groups[-1][1], j)
+        else:
+            groups.append((length, k, j))
+    return groups
+
+
 def _fit(cfg: TrainConfig, model: GPT2, start: int, train_data: TokenShards, val_data: TokenShards,
          placement: Placement, gradient_norm, record: dict[str, Callable[[str], None]]) -> dict[str, list[float]]:
     """The rounds left of the run, from step `start`; the files of `record` written with each checkpoint."""
     tf = tensorflow()
 
     checkpoint = os.path.join(cfg.out, CHECKPOINT)
-    # Round k ends at step min((k + 1) * eval_interval, steps): the last round may be short, and so may the
-    # first one run here when a resumed run's checkpoint lies between two round ends.
-    ends = [min((k + 1) * cfg.eval_interval, cfg.steps) for k in range(math.ceil(cfg.steps / cfg.eval_interval))]
-    round_end = ends.__getitem__
-    pending = [(k, end - max(start, ends[k - 1] if k else 0)) for k, end in enumerate(ends) if end > start]
-    first = pending[0][1] * cfg.grad_accum  # (whole rounds and the last one are checked with the settings)
+    round_end = functools.partial(round_end_step, steps=cfg.steps, interval=cfg.eval_interval)
+    groups = round_groups(start, cfg.steps, cfg.eval_interval)
+    length, first_round, _ = groups[0]
+    first = length * cfg.grad_accum  # (whole rounds and the last one are checked with the settings)
     if first % cfg.steps_per_execution:  # Keras would run a whole execution: steps untrained, or trained twice
-        raise ValueError(f"the checkpoint at step {start} lies {pending[0][1]} step(s) before the round end at step "
-                         f"{ends[pending[0][0]]} (--eval-interval {cfg.eval_interval}): its {first} micro-batches are "
-                         f"no whole number of --steps-per-execution {cfg.steps_per_execution}; resume with a "
+        raise ValueError(f"the checkpoint at step {start} lies {length} step(s) before the round end at step "
+                         f"{round_end(first_round)} (--eval-interval {cfg.eval_interval}): its {first} micro-batches "
+                         f"are no whole number of --steps-per-execution {cfg.steps_per_execution}; resume with a "
                          f"--steps-per-execution that divides {first}")
 
     options = tf.data.Options()
@@ -807,8 +833,7 @@ def _fit(cfg: TrainConfig, model: GPT2, start: int, train_data: TokenShards, val
     # --steps counts optimizer steps whatever the interval. Keras' rounds ("epochs") of one fit all have one
     # length, so the rounds left are run as one fit per run of equal lengths.
     history: dict[str, list[float]] = {}
-    for length, rounds in itertools.groupby(pending, key=lambda r: r[1]):
-        rounds = [k for k, _ in rounds]
+    for length, first_round, last_round in groups:
         if nan_guard.went_bad is not None:
             break
         train_ds = train_data.dataset(cfg.block_size, cfg.batch_size, cfg.seed, start_step=start * cfg.grad_accum)
@@ -816,15 +841,15 @@ def _fit(cfg: TrainConfig, model: GPT2, start: int, train_data: TokenShards, val
             tensorboard.first_batch = start * cfg.grad_accum // cfg.steps_per_execution
         micro_batches = length * cfg.grad_accum  # each step takes grad_accum of them
         fitted = model.fit(
-            train_ds.with_options(options), initial_epoch=rounds[0], epochs=rounds[-1] + 1,
+            train_ds.with_options(options), initial_epoch=first_round, epochs=last_round + 1,
             steps_per_epoch=micro_batches,
             validation_data=val_ds, validation_steps=cfg.eval_batches if val_ds is not None else None,
-            callbacks=fit_callbacks(callbacks, model, epochs=rounds[-1] + 1, steps=micro_batches, verbose=cfg.verbose),
+            callbacks=fit_callbacks(callbacks, model, epochs=last_round + 1, steps=micro_batches, verbose=cfg.verbose),
             verbose=cfg.verbose, shuffle=False,
         )
         for key, values in fitted.history.items():
             history.setdefault(key, []).extend(values)
-        start = ends[rounds[-1]]
+        start = round_end(last_round)
     if nan_guard.went_bad is not None:
         float16 = model.dtype_policy.compute_dtype == "float16"  # its loss scale is optimizer state: no way back
         clip = f"a --grad-clip below {cfg.grad_clip:g}" if cfg.grad_clip else "--grad-clip 1"  # one that changes it
