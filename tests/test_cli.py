@@ -18,6 +18,7 @@ def files(tmp_path):
     (tmp_path / "fake.keras").write_text("not a zip")
     (tmp_path / "text.txt").write_text("hello world\n" * 20)
     (tmp_path / "folder").mkdir()
+    os.symlink(tmp_path / "nowhere" / "data", tmp_path / "dangling")  # a link to a folder not (yet) made
     (tmp_path / "done").mkdir()  # a finished run whose checkpoint was removed
     (tmp_path / "done" / "model.keras").write_text("its model")
     (tmp_path / "hf").mkdir()
@@ -68,6 +69,8 @@ CASES = [
     (["export", "--model", "{d}/hf", "--out", "{d}/hf"], "the output {d}/hf is the input {d}/hf"),
     (["convert", "{d}/hf", "{d}/hf/"], "the output {d}/hf/ is the input {d}/hf"),
     (["prepare", "{d}/text.txt", "--out", "{d}/text.txt"], "the output {d}/text.txt is the input"),
+    (["prepare", "{d}/text.txt", "--out", "{d}/dangling"],  # (makedirs' bare "File exists")
+     "{d}/dangling is a link to {d}/nowhere/data, which is not there (prepare writes into the folder a link leads to"),
     (["prepare", "{d}/text.txt", "--out", "{d}/latin1.txt"],
      "Not a directory (prepare writes a folder there): {d}/latin1.txt"),
     (["train", "--data", "{d}/folder", "--out", "{d}/folder"], "the output {d}/folder is the input"),

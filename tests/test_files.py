@@ -194,6 +194,9 @@ def test_a_directory_in_use_is_refused_until_its_holder_ends(tmp_path):
         with pytest.raises(RuntimeError, match=rf"in use by another training run \(pid {holder.pid}\)"):
             with exclusive(str(tmp_path), "training run"):
                 pass
+        with pytest.raises(RuntimeError, match=rf"in use by another training run \(pid {holder.pid}\)"):
+            with exclusive(str(tmp_path), "prepare"):  # the holder's kind, not the caller's
+                pass
     finally:
         holder.kill()  # SIGKILL: the OS releases the lock with the process
         holder.wait()

@@ -1,6 +1,7 @@
 import json
 import os
 import re
+import shlex
 
 import numpy as np
 import pytest
@@ -127,20 +128,23 @@ def test_text_in_text_out_and_cli(capsys, tmp_path):
     assert isinstance(text, str)
     long_prompt = "To be, or not to be, that is the question: whether 'tis"  # longer than the context's window
     assert cli_main(["demo", "--prompt", long_prompt, "--max-new-tokens", "4", "--steps", "15",  # not a multiple
-                     "--out", str(tmp_path / "demo")]) == 0                                          # of 10
+                     "--out", str(tmp_path / "my demo")]) == 0                                          # of 10
     out, err = capsys.readouterr()
     assert "parameters" in out and long_prompt in out
     assert "the prompt has 55 characters; the model reads the last 48 of it" in err
-    longer = ["demo", "--prompt", "To be", "--max-new-tokens", "4", "--steps", "20", "--out", str(tmp_path / "demo")]
+    longer = ["demo", "--prompt", "To be", "--max-new-tokens", "4", "--steps", "20", "--out", str(tmp_path / "my demo")]
     assert cli_main(longer) == 2  # the run there has other settings: the flag the error names is demo's too
     assert "steps: 15 -> 20" in capsys.readouterr().err
     assert cli_main([*longer, "--resume-with-changes"]) == 0
-    assert "To be" in capsys.readouterr().out
-    with np.load(tmp_path / "demo" / "checkpoint.npz") as f:  # 5 steps more, not a compiled call of 10
+    out = capsys.readouterr().out
+    assert "To be" in out
+    command = shlex.split(out.split("continue with:\n")[1])  # pasted into a shell: the path has a space
+    assert command[command.index("--model") + 1] == str(tmp_path / "my demo" / "model.keras"), command
+    with np.load(tmp_path / "my demo" / "checkpoint.npz") as f:  # 5 steps more, not a compiled call of 10
         meta = json.loads(str(f["meta"]))
         iterations = [int(f[f"v{i}"]) for i, path in enumerate(meta["variables"]) if path.endswith("/iteration")]
     assert meta["step"] == 20 and iterations == [20], (meta["step"], iterations)
-    settings = json.loads((tmp_path / "demo" / "run.json").read_text())["settings"]  # the README's recipe
+    settings = json.loads((tmp_path / "my demo" / "run.json").read_text())["settings"]  # the README's recipe
     with open(os.path.join(os.path.dirname(__file__), "..", "README.md"), encoding="utf-8") as f:
         said = re.search(r"\(characters, (\d+) layers, (\d+) heads, width (\d+), context (\d+), batch (\d+)\)\s+for "
                          r"(\d+) steps at learning rate ([\d.e-]+)", f.read())
@@ -149,7 +153,7 @@ def test_text_in_text_out_and_cli(capsys, tmp_path):
         model["n_layer"], model["n_head"], model["n_embd"], model["n_positions"], settings["batch_size"],
         build_parser().parse_args(["demo"]).steps] and float(said[7]) == settings["learning_rate"]
     assert settings["block_size"] == model["n_positions"]
-    saved = str(tmp_path / "demo" / "model.keras")  # a character model that carries its vocabulary
+    saved = str(tmp_path / "my demo" / "model.keras")  # a character model that carries its vocabulary
     assert cli_main(["generate", "ROMEO:", "--model", saved, "--max-new-tokens", "20", "--temperature", "0.8"]) == 0
     written = capsys.readouterr().out
     assert written.startswith("ROMEO:") and written.endswith("\n") and len(written) - 1 == len("ROMEO:") + 20

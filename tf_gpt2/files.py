@@ -235,6 +235,9 @@ def exclusive(directory: str, what: str, wait: bool = False) -> Iterator[None]:
 
     if os.path.exists(directory) and not os.path.isdir(directory):  # not makedirs' bare "File exists"
         raise NotADirectoryError(errno.ENOTDIR, f"Not a directory ({what} writes a folder there)", directory)
+    if os.path.islink(directory) and not os.path.exists(directory):  # (makedirs: "File exists" too)
+        raise FileNotFoundError(errno.ENOENT, f"{directory} is a link to {os.readlink(directory)}, which is not there "
+                                f"({what} writes into the folder a link leads to: make it, or give another path)")
     made = _first_missing(directory)  # the top folder makedirs makes (None: the directory is there)
     os.makedirs(directory, exist_ok=True)
     lock_path = os.path.join(directory, ".lock")
@@ -243,8 +246,8 @@ def exclusive(directory: str, what: str, wait: bool = False) -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
         except BlockingIOError:
             lock.seek(0)
-            holder = lock.read().strip() or "unknown"
-            raise RuntimeError(f"{directory} is in use by another {what} (pid {holder}); "
+            pid, _, holder = lock.read().strip().partition(" ")  # what holds it (a prepare's folder, trained into)
+            raise RuntimeError(f"{directory} is in use by another {holder or 'process'} (pid {pid or 'unknown'}); "
                                "wait for it to finish or choose another directory") from None
         except OSError as e:  # a file system without locks (NFS without lockd, Lustre without -o flock)
             if made:
@@ -253,7 +256,7 @@ def exclusive(directory: str, what: str, wait: bool = False) -> Iterator[None]:
                                    "out of the folder; use a folder on a local disk", lock_path) from None
         lock.seek(0)
         lock.truncate()
-        lock.write(str(os.getpid()))
+        lock.write(f"{os.getpid()} {what}")
         lock.flush()
         try:
             yield
