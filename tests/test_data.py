@@ -391,14 +391,17 @@ def test_a_folder_follows_its_links_once_and_names_what_it_does_not_read(corpus,
     (corpus / "notes" / "n.txt").write_text("notes\n")
     prepare(str(tmp_path / "elsewhere"), str(corpus / "prepared"), vocab="char", verbose=False)  # ours
     GPT2(GPT2Config(vocab_size=50257, n_positions=8, n_embd=8, n_layer=1, n_head=1)).save_pretrained(corpus / "hf")
+    (corpus / "tokenizer").mkdir()  # GPT-2's tokenizer files alone (its merges.txt was trained on)
+    (corpus / "tokenizer" / "vocab.json").write_text('{"a": 0}')
+    (corpus / "tokenizer" / "merges.txt").write_text("#version: 0.2\na b\n")
     with pytest.warns(UserWarning) as warned:
         files = resolve_inputs(str(corpus))
     assert files == [str(corpus / "a.txt"), str(corpus / "linked" / "linked.txt"), str(corpus / "more" / "b.txt"),
                      str(corpus / "notes" / "n.txt")]
     assert [str(w.message) for w in warned] == [
         f"{corpus} holds 1 file(s) that are not .txt or .txt.gz, not read: notes/manifest.json",
-        f"{corpus} holds 2 folder(s) of a dataset, a training run, a checkpoint or an export (not text), not read: "
-        "hf, prepared"]
+        f"{corpus} holds 3 folder(s) of a dataset, a training run, a checkpoint or an export (not text), not read: "
+        "hf, prepared, tokenizer"]
     os.symlink(tmp_path / "unmounted" / "c.txt", corpus / "c.txt")
     for named in (corpus, corpus / "*.txt", corpus / "c.txt"):  # in a folder, matched by a glob, named
         with pytest.raises(FileNotFoundError, match="a link to .*unmounted/c.txt, which is not a file that can be "
@@ -407,6 +410,17 @@ def test_a_folder_follows_its_links_once_and_names_what_it_does_not_read(corpus,
     for value in ("[", "[" * 5000, '["splits"]', "7"):  # another program's manifest.json: a folder of text
         (corpus / "notes" / "manifest.json").write_text(value)
         assert not _is_output(str(corpus / "notes"))
+
+
+def test_a_file_of_token_ids_named_as_text_is_said_to_be_binary(tmp_path):
+    """nanoGPT's train.bin (uint16 ids) read as UTF-16 without a mark, whose advice (iconv) made it nonsense text."""
+    for named in ("train.bin", "val.BIN"):
+        np.arange(65, dtype=np.uint16).tofile(tmp_path / named)
+        with pytest.raises(ValueError, match=rf"{named} is not text: a .bin file of binary data \(token ids, such as "
+                                             r"nanoGPT's train.bin, or weights\)"):
+            prepare(str(tmp_path / named), str(tmp_path / "out"), verbose=False)
+    (tmp_path / "notes.bin").write_text("text named .bin is read as text\n")
+    assert read_text(str(tmp_path / "notes.bin")).startswith("text named")
 
 
 def test_a_gzip_file_named_as_plain_text_is_said_to_be_gzip(tmp_path):
@@ -552,3 +566,22 @@ def test_a_prepare_error_starts_on_a_line_of_its_own(corpus, tmp_path, capsys):
     out, err = capsys.readouterr()
     assert "byte" in out and out.endswith("\n")
     assert err.startswith("tf-gpt2 prepare: error: ") and "z.txt is not UTF-8 text: byte e9 at byte offset 3" in err
+
+
+def test_a_text_read_twice_under_two_names_is_said(tmp_path):
+    """A copy kept in an old/ folder: both are read (the text counts twice, the validation split may repeat training
+    text), and the warning names the copy and its original; distinct texts say nothing."""
+    import warnings
+
+    (tmp_path / "texts" / "old").mkdir(parents=True)
+    for path in ("texts/a.txt", "texts/old/a.txt"):
+        (tmp_path / path).write_text("First Citizen:\nBefore we proceed any further, hear me speak.\n" * 5)
+    (tmp_path / "texts" / "b.txt").write_text("All:\nSpeak, speak.\n" * 5)
+    with pytest.warns(UserWarning, match=rf"1 text\(s\) hold the same bytes as another, and both are read .*: "
+                                         rf"{tmp_path}/texts/old/a.txt \(of {tmp_path}/texts/a.txt\)$"):
+        manifest = prepare(str(tmp_path / "texts"), str(tmp_path / "out"), vocab="char", verbose=False)
+    assert len(manifest["sources"]) == 3
+    (tmp_path / "texts" / "old" / "a.txt").write_text("Second Citizen:\nOne word, good citizens.\n")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        prepare(str(tmp_path / "texts"), str(tmp_path / "out"), vocab="char", verbose=False)

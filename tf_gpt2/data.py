@@ -80,6 +80,7 @@ def _holds_a_model(directory: str) -> bool:
     return any(there(weights) for weights in HF_WEIGHTS) or there("saved_model.pb") or \
         there("batching_parameters.txt") or there("metadata.json", "config.json", "model.weights.h5") or \
         there("tokenizer_config.json") and (there("vocab.json") or there("tokenizer.json")) or \
+        there("vocab.json", "merges.txt") or \
         there("hparams.json") and bool(glob.glob(os.path.join(glob.escape(directory), "*.ckpt*.index")))
 
 
@@ -232,6 +233,18 @@ def source_stamps(files: Sequence[str]) -> dict[str, list]:
     return {os.path.abspath(f): [*_size_and_time(f), _sha256(f)] for f in files}
 
 
+def _warn_of_copies(stamps: dict[str, list]) -> None:
+    """Say where two texts hold the same bytes (a copy kept in an old/ folder): both are read, so the text counts
+    twice, and the validation split may hold text the model trains on."""
+    first: dict[str, str] = {}  # digest: the first text that holds it
+    copies = [(path, first[digest]) for path, (_, _, digest) in stamps.items()
+              if first.setdefault(digest, path) != path]
+    if copies:
+        shown = ", ".join(f"{copy} (of {original})" for copy, original in copies[:3]) + ", ..." * (len(copies) > 3)
+        warnings.warn(f"{len(copies)} text(s) hold the same bytes as another, and both are read (the text counts "
+                      f"twice; the validation split may repeat training text): {shown}", stacklevel=3)
+
+
 def made_from(manifest: dict, files: Sequence[str], vocab: str) -> bool:
     """Whether a dataset is these files, as they are now (contents compared when size or time differ), in `vocab`."""
     stamps = manifest.get("source_stamps", {})
@@ -307,6 +320,18 @@ def _iconv(path: str, codec: str) -> str:
     return f"zcat FILE | iconv -f {codec} -t utf-8 | gzip" if path.endswith(".gz") else f"iconv -f {codec} -t utf-8"
 
 
+BINARY_SUFFIXES = (".bin", ".npy", ".npz", ".pt", ".pth", ".safetensors", ".h5", ".ckpt", ".pkl", ".keras")
+
+
+def _refuse_binary(path: str, start: bytes) -> None:
+    """Refuse a file of numbers given as text (nanoGPT's train.bin: its uint16 ids read as UTF-16 without a mark,
+    whose advice, iconv, made them text of nonsense)."""
+    suffix = os.path.splitext(path[:-3] if path.endswith(".gz") else path)[1].lower()
+    if suffix in BINARY_SUFFIXES and b"\0" in start:
+        raise ValueError(f"{path} is not text: a {suffix} file of binary data (token ids, such as nanoGPT's train.bin, "
+                         "or weights); prepare and --data read text files")
+
+
 def _refuse_utf16(path: str, start: bytes) -> None:
     """Refuse text that is UTF-16 without a byte-order mark, which often decodes as UTF-8 (0x04 beside each Cyrillic
     letter, 0x09 beside each Devanagari one): every space, line break, digit or ASCII letter of it puts a NUL (its
@@ -334,7 +359,9 @@ def _blocks(path: str, block_bytes: int) -> Iterator[str]:
     offset = lines = 0  # bytes read, and line breaks among them
     try:
         with gzip.open(path, "rb") if path.endswith(".gz") else open(path, "rb") as f:
-            _refuse_utf16(path, f.read(1024))
+            start = f.read(1024)
+            _refuse_binary(path, start)
+            _refuse_utf16(path, start)
             f.seek(0)
             while True:
                 data = f.read(block_bytes)
@@ -580,6 +607,8 @@ def prepare(inputs: str | Sequence[str], out_dir: str, val_fraction: float = 0.1
     if vocab_size > 65536:
         raise ValueError(f"a vocabulary of {vocab_size} does not fit uint16 shards")
 
+    stamps = source_stamps(files)
+    _warn_of_copies(stamps)
     with exclusive(out_dir, "prepare"):
         old_manifest = _read_manifest(out_dir) if os.path.exists(os.path.join(out_dir, MANIFEST)) else None
         tag = secrets.token_hex(4)
@@ -594,7 +623,7 @@ def prepare(inputs: str | Sequence[str], out_dir: str, val_fraction: float = 0.1
                     f"all {held} went to the validation split (val_fraction {val_fraction}): give more text, or a "
                     "smaller fraction (tf-gpt2 prepare --val-fraction)" if held else "the text gave no tokens"))
             manifest = {"vocab": vocab, "vocab_size": vocab_size, "chars": chars, "sources": files,
-                        "source_stamps": source_stamps(files), "splits": splits}
+                        "source_stamps": stamps, "splits": splits}
             # The step that switches datasets (its rename is its last step that can fail):
             atomic_write(os.path.join(out_dir, MANIFEST), json_writer(manifest, indent=1))
         except BaseException:  # a full disk, bad text, Ctrl-C: the dataset already there stays as it was
