@@ -45,6 +45,6 @@ def markdown() -> str:
 
 if __name__ == "__main__":
     page = markdown()  # (made before the file is opened: a failed import emptied the page)
-    from tf_gpt2.files import write_file
+    from tf_gpt2.files import atomic_write, bytes_writer
 
-    write_file(PAGE, page.encode("utf-8"))
+    atomic_write(PAGE, bytes_writer(page.encode("utf-8")))

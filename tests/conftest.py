@@ -1,15 +1,21 @@
 import atexit
 import os
 import shutil
+import sys
 import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 # Tests never reach the network: a Hugging Face name that is not in a cache a test laid out fails loudly
 # (read when huggingface_hub is imported, so before anything imports it; subprocesses inherit it).
 os.environ["HF_HUB_OFFLINE"] = "1"
-# and a socket connects to this machine only, here and in every Python subprocess (no_network/sitecustomize.py)
+# and a socket connects to this machine only, here and in the Python processes tests start (no_network/); each
+# connection refused is written down, and fails the session (pytest_sessionfinish). The test workers (xdist) keep
+# the file of the process that started them.
 _NO_NETWORK = os.path.join(os.path.dirname(os.path.abspath(__file__)), "no_network")
-os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (_NO_NETWORK, os.environ.get("PYTHONPATH")) if p)
+if "TF_GPT2_REFUSED_CONNECTIONS" not in os.environ:
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (_NO_NETWORK, os.environ.get("PYTHONPATH")) if p)
+    os.environ["TF_GPT2_REFUSED_CONNECTIONS"] = tempfile.mkstemp(prefix="tf_gpt2-refused-connections-")[1]
+    atexit.register(lambda path=os.environ["TF_GPT2_REFUSED_CONNECTIONS"]: os.path.exists(path) and os.remove(path))
 import no_network.sitecustomize  # noqa: E402,F401
 
 # Caches go to one temporary folder per test session, not the home directory (subprocesses inherit it).
@@ -236,3 +242,14 @@ def pytest_collection_modifyitems(items):
         return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
 
     items.sort(key=rank)  # stable: the order within a file, and of the other files, is kept
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """A connection off this machine fails the session, even where the code that tried caught the refusal."""
+    if hasattr(session.config, "workerinput"):  # a test worker: the process that started it says it, once
+        return
+    with open(os.environ["TF_GPT2_REFUSED_CONNECTIONS"], encoding="utf-8") as f:
+        refused = f.read()
+    if refused:
+        print(f"\ntests reached for the network (refused):\n{refused}", file=sys.stderr)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

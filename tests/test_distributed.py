@@ -77,6 +77,6 @@ def test_two_workers_match_one_process(tmp_path):
     # (e.g. each worker taking whole batches) moves the weights by ~4e-4 on average.
     print(f"two workers vs one process: mean |diff| {diff.mean():.1e}, max {diff.max():.1e}")
     assert diff.mean() < 5e-6 and diff.max() < 1e-3, (diff.mean(), diff.max())
-    mirrored = np.abs(_model_weights(tmp_path / "mirrored") - one)
+    mirrored = np.abs(_model_weights(tmp_path / "mirrored") - one)  # one replica: the same program (measured: equal)
     print(f"mirrored (one replica) vs no strategy: mean |diff| {mirrored.mean():.1e}, max {mirrored.max():.1e}")
-    assert mirrored.mean() < 5e-6 and mirrored.max() < 1e-3, (mirrored.mean(), mirrored.max())
+    assert mirrored.max() < 1e-6, (mirrored.mean(), mirrored.max())

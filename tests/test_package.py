@@ -57,20 +57,30 @@ def test_the_product_imports_no_torch_and_no_benchmark_code():
     assert run.stdout.strip().splitlines()[-1] == "[]"
 
 
-def test_tests_cannot_reach_the_network():
+def test_tests_cannot_reach_the_network(tmp_path, monkeypatch):
     """The README's "none reaches the network": a socket connects to this machine only, in the test process and in
-    the Python processes tests start (192.0.2.1 is TEST-NET-1, an address for documentation: unguarded, it fails
-    otherwise, or times out)."""
+    the Python processes tests start, and each refusal is written down (it fails the session: a caller that catches
+    the error cannot hide it). 192.0.2.1 is TEST-NET-1, an address for documentation: unguarded, it fails otherwise,
+    or times out."""
+    import errno
     import socket
 
     import pytest
 
+    record = tmp_path / "refused"  # this test's own (the session's would fail the session)
+    monkeypatch.setenv("TF_GPT2_REFUSED_CONNECTIONS", str(record))
     with pytest.raises(ConnectionRefusedError, match="tests never reach the network"):
         socket.create_connection(("192.0.2.1", 80), timeout=2)
+    with socket.socket() as s:
+        assert s.connect_ex(("192.0.2.1", 80)) == errno.ECONNREFUSED  # (an error number, as connect_ex returns)
     child = subprocess.run([sys.executable, "-c", "import socket; socket.create_connection(('192.0.2.1', 80), 2)"],
                            capture_output=True, text=True)
     assert "tests never reach the network: a connection to ('192.0.2.1', 80)" in child.stderr
+    refused = record.read_text().splitlines()
+    assert len(refused) == 3 and all(line.endswith(": ('192.0.2.1', 80)") for line in refused), refused
+    assert refused[0].startswith("tests/test_package.py::test_tests_cannot_reach_the_network")
     with socket.socket() as server:  # this machine stays reachable (the local Hub, the distributed tests)
         server.bind(("127.0.0.1", 0))
         server.listen(1)
         socket.create_connection(server.getsockname(), timeout=2).close()
+    assert len(record.read_text().splitlines()) == 3

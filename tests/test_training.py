@@ -900,3 +900,24 @@ def test_the_rounds_left_are_counted_not_listed():
         for start in range(steps):
             assert round_groups(start, steps, interval) == listed(start, steps, interval), (start, steps, interval)
     assert round_groups(7, 3 * 10**12, 250) == [(243, 0, 0), (250, 1, 12 * 10**9 - 1)]
+
+
+def test_a_run_json_without_its_checkpoint_starts_over_only_as_the_same_run(char_data, tmp_path):
+    """A kill between run.json's rename and the first checkpoint's leaves run.json alone: the same command starts
+    over (the same run); other settings are refused as a resume's are, not written over it."""
+    cfg = config(tmp_path, char_data, steps=4, eval_interval=2)
+    def weights():
+        with np.load(tmp_path / CHECKPOINT) as f:
+            return [f[name] for name in sorted(f.files) if name != "meta"]
+
+    train(cfg)
+    first = weights()
+    os.remove(tmp_path / CHECKPOINT)
+    train(cfg)
+    assert all(np.array_equal(a, b) for a, b in zip(weights(), first, strict=True))  # started over: the same run
+    os.remove(tmp_path / CHECKPOINT)
+    with pytest.raises(ValueError, match=r"holds the run.json of a run with other settings \(learning_rate: 0.0006 "
+                                         r"-> 0.001; min_learning_rate: 6e-05 -> 0.0001\) and no checkpoint.npz"):
+        train(config(tmp_path, char_data, steps=4, eval_interval=2, learning_rate=1e-3))
+    train(config(tmp_path, char_data, steps=4, eval_interval=2, learning_rate=1e-3, resume_with_changes=True))
+    assert json.loads((tmp_path / "run.json").read_text())["settings"]["learning_rate"] == 1e-3

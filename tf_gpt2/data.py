@@ -237,8 +237,8 @@ def _warn_of_copies(stamps: dict[str, list]) -> None:
     """Say where two texts hold the same bytes (a copy kept in an old/ folder): both are read, so the text counts
     twice, and the validation split may hold text the model trains on."""
     first: dict[str, str] = {}  # digest: the first text that holds it
-    copies = [(path, first[digest]) for path, (_, _, digest) in stamps.items()
-              if first.setdefault(digest, path) != path]
+    copies = [(path, first[digest]) for path, (size, _, digest) in stamps.items()
+              if size and first.setdefault(digest, path) != path]  # (empty files add no text)
     if copies:
         shown = ", ".join(f"{copy} (of {original})" for copy, original in copies[:3]) + ", ..." * (len(copies) > 3)
         warnings.warn(f"{len(copies)} text(s) hold the same bytes as another, and both are read (the text counts "

@@ -328,8 +328,8 @@ def export_saved_model(model: GPT2, base_dir: str, version: int | None = None,
 
     `xla=True` runs prefill and decoding as one XLA program per bucket of batch size, prompt length and budget
     (powers of two; each compiled on its first request): nearly as fast as `model.generate` (docs/serving.md), but
-    only on a server started
-    with `--xla_cpu_compilation_enabled` (a stock server without it answers every generation with an error).
+    only on a server started with `--xla_cpu_compilation_enabled` (a stock server without it answers every
+    generation with an error).
 
     `max_new_tokens_limit` is the most new tokens a row may ask for (default 256, or the context if smaller; more
     than the context is refused). `generate_text` refuses a text longer than `max_text_bytes` (default 8 bytes per

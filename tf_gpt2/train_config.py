@@ -26,7 +26,8 @@ DISTRIBUTIONS = (None, "data", "model")  # keras.distribution, on JAX
 FLOAT32_MAX = 3.4028234663852886e38  # the optimizer holds its settings in float32
 FLOAT32_TINY = 1.1754943508222875e-38  # float32's smallest normal: a rate below it trains nothing (it flushes to 0)
 
-MODEL_FIELDS = tuple(field.name for field in dataclasses.fields(GPT2Config))  # what `model` may set
+DATA_FIELDS = ("vocab_size", "characters")  # GPT2Config's fields that a run takes from its data, not from `model`
+MODEL_FIELDS = tuple(f.name for f in dataclasses.fields(GPT2Config) if f.name not in DATA_FIELDS)  # what it may set
 
 
 @dataclasses.dataclass
@@ -86,11 +87,11 @@ class TrainConfig:
                 raise ValueError(f"{name} is empty: give a value, or leave it out")
             if isinstance(getattr(self, name), os.PathLike):  # (a Path failed in run.json, after tokenizing)
                 setattr(self, name, os.fspath(getattr(self, name)))
-        if unknown := sorted(set(self.model) - set(MODEL_FIELDS)):
-            raise ValueError(f"model sets GPT2Config fields: {unknown[0]!r} is none ({', '.join(MODEL_FIELDS)})")
-        if data_fixed := [name for name in ("vocab_size", "characters") if name in self.model]:
+        if data_fixed := [name for name in DATA_FIELDS if name in self.model]:
             raise ValueError(f"model sets {data_fixed[0]}, which the run takes from its data (its tokens, or "
                              f"init_from's); vocab_multiple pads the token embedding")
+        if unknown := sorted(set(self.model) - set(MODEL_FIELDS)):
+            raise ValueError(f"model sets GPT2Config fields: {unknown[0]!r} is none ({', '.join(MODEL_FIELDS)})")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**32:
             raise ValueError(f"seed must be an integer in [0, 2**32), got {self.seed!r}")
         for name in ("steps", "batch_size", "block_size", "grad_accum", "eval_interval", "steps_per_execution",

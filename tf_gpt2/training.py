@@ -396,8 +396,8 @@ class SaveCheckpoint(keras.callbacks.Callback):
 class TextSample(keras.callbacks.Callback):
     """After each round: a greedy continuation of `prompt` to the console and to TensorBoard (`log_dir`), of `tokens`
     tokens or as many as the model's context holds after one prompt token (the prompt keeps its last tokens; none in
-    a context of one), in
-    ids below `vocab_end` (those `decode` reads: a model padded past its data's vocabulary chooses no padding row).
+    a context of one), in ids below `vocab_end` (those `decode` reads: a model padded past its data's vocabulary
+    chooses no padding row).
     An empty prompt starts from `<|endoftext|>` (id 0 in a vocabulary without it), which the sample does not show.
     None after a round that went bad (`round_went_bad`): the NaN guard stops the run and says so."""
 
@@ -653,6 +653,15 @@ def check_resume(cfg: TrainConfig, identity: dict[str, Any]) -> None:
         raise ValueError(f"{path} {said}: cannot tell which run the checkpoint beside it belongs to. Use another "
                          "--out for a new run, or --resume-with-changes to continue this one anyway") from None
 
+    changed = _changes(cfg, before, identity)
+    if changed and not cfg.resume_with_changes:
+        raise ValueError(f"{cfg.out} holds a checkpoint of a run with other settings ({'; '.join(changed)}). "
+                         "Use another --out for a new run, or --resume-with-changes to continue this one anyway")
+
+
+def _changes(cfg: TrainConfig, before: dict[str, Any], identity: dict[str, Any]) -> list[str]:
+    """What differs between the run recorded in `before` (its run.json) and this one's `identity`, each said as
+    'name: was -> now'."""
     def change(name: str, was: Any, now: Any) -> str:
         if name == "data" and before.get("data_path") and isinstance(now, str):  # "a.txt" here and there: where
             was, now = before["data_path"], os.path.realpath(now)
@@ -666,9 +675,7 @@ def check_resume(cfg: TrainConfig, identity: dict[str, Any]) -> None:
         changed.append("the dataset (its manifest differs)")
     if before.get("backend", keras.backend.backend()) != keras.backend.backend():  # (older records have none)
         changed.append(f"backend: {before['backend']!r} -> {keras.backend.backend()!r} (KERAS_BACKEND)")
-    if changed and not cfg.resume_with_changes:
-        raise ValueError(f"{cfg.out} holds a checkpoint of a run with other settings ({'; '.join(changed)}). "
-                         "Use another --out for a new run, or --resume-with-changes to continue this one anyway")
+    return changed
 
 
 def run_record(cfg: TrainConfig, identity: dict[str, Any], placement: Placement) -> dict[str, Callable[[str], None]]:
@@ -690,14 +697,27 @@ def train(cfg: TrainConfig) -> tuple[GPT2, dict[str, list[float]]]:
         return _train(cfg, placement)
 
 
-def _refuse_a_finished_run_without_checkpoint(out: str) -> None:
-    """A run's folder whose checkpoint was removed (its model kept): a new run there replaced the model without a
-    word, and mixed its logs with the old run's."""
-    if not os.path.exists(os.path.join(out, CHECKPOINT)):
-        found = [name for name in (MODEL_FILE, RUN_RECORD) if os.path.exists(os.path.join(out, name))]
-        if found:
-            raise ValueError(f"{out} holds {' and '.join(found)} of an earlier run, and no {CHECKPOINT} to resume it "
-                             "from: a new run there would replace them; give another --out, or remove them first")
+def _refuse_a_finished_run_without_checkpoint(cfg: TrainConfig) -> None:
+    """A run's folder whose checkpoint was removed, its model kept: a new run there replaced the model without a
+    word, and mixed its logs with the old run's. Its run.json alone (a run killed between writing it and its first
+    checkpoint) starts over under the same settings: the same run; under others, refused as a resume is."""
+    out = cfg.out
+    if os.path.exists(os.path.join(out, CHECKPOINT)):
+        return
+    if os.path.exists(os.path.join(out, MODEL_FILE)):
+        raise ValueError(f"{out} holds {MODEL_FILE} of an earlier run, and no {CHECKPOINT} to resume it from: a new "
+                         "run there would replace it; give another --out, or remove it first")
+    try:
+        with open(os.path.join(out, RUN_RECORD), encoding="utf-8") as f:
+            before = json.load(f)
+        before["settings"].items()
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):  # none, or another program's
+        return
+    changed = _changes(cfg, before, {"settings": run_settings(cfg)})
+    if changed and not cfg.resume_with_changes:
+        raise ValueError(f"{out} holds the {RUN_RECORD} of a run with other settings ({'; '.join(changed)}) and no "
+                         f"{CHECKPOINT}: a new run there would replace it; give another --out, or "
+                         "--resume-with-changes to start over there")
 
 
 def _check_samples_print(cfg: TrainConfig, placement: Placement, characters: Sequence[str] | None) -> None:
@@ -711,7 +731,7 @@ def _check_samples_print(cfg: TrainConfig, placement: Placement, characters: Seq
 
 
 def _train(cfg: TrainConfig, placement: Placement) -> tuple[GPT2, dict[str, list[float]]]:
-    _refuse_a_finished_run_without_checkpoint(cfg.out)
+    _refuse_a_finished_run_without_checkpoint(cfg)
     source = pretrained(cfg) if cfg.init_from else None  # a wrong --init-from fails before the text is tokenized
     if cfg.vocab != "char" and not _is_prepared(cfg.data):  # BPE samples: before the text is tokenized
         _check_samples_print(cfg, placement, None)
@@ -771,7 +791,7 @@ def round_groups(start: int, steps: int, interval: int) -> list[tuple[int, int, 
     (Keras' rounds of one `fit` all have one): the first, short where a resumed run's checkpoint lies inside it, the
     whole ones, the last, short where `interval` does not divide `steps`. Counted, not listed (a huge --steps
     listed every round end)."""
-    first, last = start // interval, math.ceil(steps / interval) - 1
+    first, last = start // interval, -(-steps // interval) - 1  # (in integers: a float's ceil is off past 2**53)
     spans = [(first, first)] + [(k, j) for k, j in ((first + 1, last - 1), (last, last)) if first < k <= j]
     groups: list[tuple[int, int, int]] = []
     for k, j in spans:
