@@ -80,6 +80,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if isinstance(e, KeyboardInterrupt) and "args" in locals():  # as a command's Ctrl-C is said (cli.run)
             print(f"tf-gpt2 {args.command}: interrupted", file=sys.stderr)
             return 130
+        if isinstance(e, ImportError) and "args" in locals() and not os.environ.get("TF_GPT2_TRACEBACK"):
+            print(f"tf-gpt2 {args.command}: error: {e}", file=sys.stderr)  # (a backend refused, a library missing)
+            return 2
         raise
     args.whole_process = argv is None  # the console script: the command is the process (see cli.run)
     return cli.run(args)

@@ -290,6 +290,19 @@ def test_training_out_of_memory_ends_in_one_line_with_a_hint_and_status_2(tmp_pa
                         r"keep less per step\)", run.stderr.strip().splitlines()[-1]), run.stderr[-3000:]
 
 
+@pytest.mark.parametrize("backend", ["numpy"])  # (torch too: it takes seconds more to import)
+def test_a_backend_other_than_tensorflow_or_jax_is_refused_at_import_in_one_line(backend):
+    """KERAS_BACKEND=torch failed deep inside generate and eval, and halfway through a run of train."""
+    code = "import sys, tf_gpt2_launcher\nsys.exit(tf_gpt2_launcher.main())"
+    env = {**os.environ, "KERAS_BACKEND": backend}
+    run = subprocess.run([sys.executable, "-c", code, "generate", "hi", "--random-init", "gpt2-tiny"], env=env,
+                         capture_output=True, text=True, timeout=300)
+    said = f"tf_gpt2 runs on Keras' TensorFlow or JAX backend, not '{backend}': set KERAS_BACKEND=tensorflow"
+    assert run.returncode == 2 and run.stderr.strip() == f"tf-gpt2 generate: error: {said} (the default) or jax"
+    python = subprocess.run([sys.executable, "-c", "import tf_gpt2"], env=env, capture_output=True, text=True)
+    assert python.returncode == 1 and f"ImportError: {said}" in python.stderr
+
+
 def test_a_shard_damaged_after_it_was_prepared_fails_training_in_one_short_line(tmp_path, capsys):
     """Ids beyond the vocabulary, found as training reads them (inside tf.data), end in the check's own line."""
     from tf_gpt2.data import prepare

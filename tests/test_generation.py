@@ -158,6 +158,10 @@ def test_text_in_text_out_and_cli(capsys, tmp_path):
     written = capsys.readouterr().out
     assert written.startswith("ROMEO:") and written.endswith("\n") and len(written) - 1 == len("ROMEO:") + 20
     assert set(written) <= set(GPT2.from_pretrained(saved).config.characters)
+    assert cli_main(["generate", "ROMEO:", "--model", saved, "--temperature", "0.8"]) == 0  # the default (64 failed)
+    written, said = capsys.readouterr()
+    assert len(written) - 1 == len("ROMEO:") + 58 and said.strip().splitlines()[-1] == \
+        "note: 58 new tokens, not 64: the context of 64 holds that many after the prompt"
     assert cli_main(["generate", "Hi", "--max-new-tokens", "3", "--random-init", "gpt2-tiny"]) == 0
     assert capsys.readouterr().out.startswith("Hi")
     assert cli_main(["generate", "Hi", "--top-p", "2", "--random-init", "gpt2-tiny"]) == 2

@@ -508,18 +508,21 @@ def test_a_refused_resume_leaves_the_run_as_it_was_and_a_finished_one_says_so(tm
     monkeypatch.chdir(tmp_path)
     train(config(run, "a.txt", steps=4, eval_interval=4, vocab="char"))  # a path relative to where it started
     kept = {name: _digest(run / name) for name in ("run.json", CHECKPOINT, os.path.join("data", MANIFEST))}
-    with pytest.raises(ValueError, match=r"other settings \(data: '.*a.txt' -> '.*b.txt'\)"):
+    with pytest.raises(ValueError, match=r"other settings \(data: '.*a.txt' -> '.*b.txt'; the texts of --data \("):
         train(config(run, str(tmp_path / "b.txt"), steps=4, eval_interval=4, vocab="char"))
     (tmp_path / "a.txt").write_text(TEXT.lower())  # edited where it lies
-    with pytest.raises(ValueError, match="a run on other text: the texts of --data changed since its dataset"):
+    with pytest.raises(ValueError, match=r"other settings \(the texts of --data \(changed since the run's dataset was "
+                                         r"made\)\)"):
         train(config(run, str(tmp_path / "a.txt"), steps=4, eval_interval=4, vocab="char"))
+    with pytest.raises(ValueError, match=r"other settings \(steps: 4 -> 8; the texts of --data \(changed"):
+        train(config(run, str(tmp_path / "a.txt"), steps=8, eval_interval=4, vocab="char"))  # (it named steps only)
     (tmp_path / "a.txt").write_text(TEXT)
     capsys.readouterr()
     (tmp_path / "elsewhere").mkdir()
     monkeypatch.chdir(tmp_path / "elsewhere")  # "a.txt" from here is another file
     (tmp_path / "elsewhere" / "a.txt").write_text(TEXT.upper())
     with pytest.raises(ValueError, match=f"other settings \\(data: '{tmp_path / 'a.txt'}' -> "
-                                         f"'{tmp_path / 'elsewhere' / 'a.txt'}'\\)"):
+                                         f"'{tmp_path / 'elsewhere' / 'a.txt'}'; the texts of --data \\("):
         train(config(run, "a.txt", steps=4, eval_interval=4, vocab="char"))
     for spelling, more in ((os.path.join("..", "a.txt"), {}),
                            (str(tmp_path / "a.txt"), {"steps": 2, "resume_with_changes": True})):
@@ -921,3 +924,15 @@ def test_a_run_json_without_its_checkpoint_starts_over_only_as_the_same_run(char
         train(config(tmp_path, char_data, steps=4, eval_interval=2, learning_rate=1e-3))
     train(config(tmp_path, char_data, steps=4, eval_interval=2, learning_rate=1e-3, resume_with_changes=True))
     assert json.loads((tmp_path / "run.json").read_text())["settings"]["learning_rate"] == 1e-3
+
+
+def test_a_bad_model_flag_is_said_before_the_text_is_tokenized(tmp_path):
+    """--dropout 1.5, a width heads do not divide, a block longer than the context: said at once, not after minutes
+    of tokenizing a large corpus (and no data/ folder left behind)."""
+    (tmp_path / "raw.txt").write_text("First Citizen:\nBefore we proceed any further, hear me speak.\n" * 20)
+    for model, block, said in (({**TINY, "dropout": 1.5}, 32, r"dropout must be in \[0, 1\), got 1.5"),
+                               ({**TINY, "n_embd": 30, "n_head": 4}, 32, "n_embd .*30.* divisible by n_head"),
+                               (TINY, 65, "block_size 65 exceeds the model's context of 64")):
+        with pytest.raises(ValueError, match=said):
+            train(config(tmp_path / "run", str(tmp_path / "raw.txt"), model=model, block_size=block, vocab="char"))
+        assert not os.path.exists(tmp_path / "run")

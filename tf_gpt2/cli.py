@@ -217,6 +217,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+DEFAULT_NEW_TOKENS = 64  # `tf-gpt2 generate`'s, where the context holds them
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
     from tf_gpt2.generation import stream
     from tf_gpt2.tokenizer import check_output_writes, checked_utf8, tokenizer_for
@@ -228,11 +231,18 @@ def cmd_generate(args: argparse.Namespace) -> int:
     model = _load_model(args)
     tokenizer = tokenizer_for(model.config)  # the one `stream` reads the prompt with
     check_output_writes(model.config.characters)
+    max_new_tokens = args.max_new_tokens
+    if max_new_tokens is None:  # (64 failed on a model of 64 positions, the demo's)
+        room = model.config.n_positions - len(tokenizer.encode(prompt) or [0])  # (an empty prompt starts from one)
+        max_new_tokens = min(DEFAULT_NEW_TOKENS, max(room, 1))  # (no room: `stream` says so)
+        if 0 < room < DEFAULT_NEW_TOKENS:
+            print(f"note: {room} new tokens, not {DEFAULT_NEW_TOKENS}: the context of {model.config.n_positions} "
+                  "holds that many after the prompt", file=sys.stderr)
     decode, end_of_text = tokenizer.decode, tokenizer.eot_id
     # The prompt is shown with the first new token: by then prefill and the decode step are compiled, so
     # XLA's start-up lines on stderr come before the text, not in the middle of it.
     tokens, shown = [], None
-    for token in stream(model, prompt, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+    for token in stream(model, prompt, max_new_tokens=max_new_tokens, temperature=args.temperature,
                         top_k=args.top_k, top_p=args.top_p, repetition_penalty=args.repetition_penalty,
                         seed=args.seed or 0, stop_ids=[] if end_of_text is None else [end_of_text]):
         if shown is None:
@@ -420,7 +430,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen = command("generate", help="continue a prompt, printing tokens as they come")
     _model_flags(gen)
     gen.add_argument("prompt", help="text to continue")
-    gen.add_argument("--max-new-tokens", type=int, default=64, help="tokens to generate at most")
+    gen.add_argument("--max-new-tokens", type=int, help="tokens to generate at most (default: 64, or as many as the "
+                     "model's context holds after the prompt, with a note)")
     gen.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     gen.add_argument("--top-k", type=int, default=0, help="0 = off")
     gen.add_argument("--top-p", type=float, default=1.0, help="1 = off")

@@ -474,16 +474,36 @@ def refuse_other_vocab(data: str | None, vocab: str) -> None:
                          f"{prepared}: leave --vocab out, or give the raw text as --data")
 
 
-def prepared_data(cfg: TrainConfig, characters: Sequence[str] | None = None) -> str:
-    """The directory of token shards for this run, tokenizing raw text first if needed: with `--vocab char`, in
-    `characters` (the model's of `--init-from`) when the text has no other, so that its ids mean them."""
+def _raw_texts(cfg: TrainConfig) -> list[str]:
+    """The text files a run of raw text reads (not its own data folder, nor anything else in its --out)."""
+    return resolve_inputs(cfg.data or embedded_corpus(), exclude=[os.path.join(cfg.out, "data"), cfg.out])
+
+
+def _data_before_tokenizing(cfg: TrainConfig, files: Sequence[str] | None) -> dict[str, Any]:
+    """What a resume can tell of its data before any text is tokenized: a prepared dataset's digest, or whether the
+    raw `files` differ from the texts the run's own dataset was made from (so that a refusal names a data change
+    beside the settings changed)."""
+    if files is None:
+        with open(os.path.join(cfg.data, MANIFEST), "rb") as f:
+            return {"data_sha256": data_digest(f.read())}
+    manifest = os.path.join(cfg.out, "data", MANIFEST)
+    made = read_json(manifest) if os.path.exists(manifest) else None
+    changed = made is not None and not made_from(made, files, cfg.vocab) and not same_texts(made, files, cfg.vocab)
+    return {"texts_changed": True} if changed else {}
+
+
+def prepared_data(cfg: TrainConfig, characters: Sequence[str] | None = None,
+                  files: Sequence[str] | None = None) -> str:
+    """The directory of token shards for this run, tokenizing raw text first if needed (`files`, where the caller
+    has them): with `--vocab char`, in `characters` (the model's of `--init-from`) when the text has no other, so
+    that its ids mean them."""
     if _is_prepared(cfg.data):
         if cfg.vocab != TrainConfig.vocab:  # (the default cannot tell asked from not; the CLI can)
             refuse_other_vocab(cfg.data, cfg.vocab)
         return cfg.data
     directory = os.path.join(cfg.out, "data")
     manifest = os.path.join(directory, MANIFEST)
-    files = resolve_inputs(cfg.data or embedded_corpus(), exclude=[directory, cfg.out])
+    files = _raw_texts(cfg) if files is None else files
     characters = characters if cfg.vocab == "char" else None
     made = read_json(manifest) if os.path.exists(manifest) else None
     checkpointed = made is not None and os.path.exists(os.path.join(cfg.out, CHECKPOINT))
@@ -572,20 +592,27 @@ def matched_to_data(cfg: TrainConfig, model: GPT2, manifest: dict) -> GPT2:
     return model
 
 
+def model_config(cfg: TrainConfig, manifest: dict | None, source: GPT2 | None = None) -> GPT2Config:
+    """The config of the model a run trains, checked with its block size (`manifest` None: before the text is
+    tokenized, GPT-2's vocabulary standing in for the data's, so that a bad model flag is said at once)."""
+    if source is not None:
+        config = dataclasses.replace(source.config, **with_overrides({}, cfg.model))
+    else:
+        data = {"vocab_size": manifest["vocab_size"], "characters": manifest.get("chars")} if manifest else {}
+        config = GPT2Config.from_preset(cfg.preset, **{"vocab_size": VOCAB_SIZE, **data, **cfg.model})
+    if cfg.block_size > config.n_positions:
+        raise ValueError(f"block_size {cfg.block_size} exceeds the model's context of {config.n_positions}: use a "
+                         f"block_size (--block-size) of at most {config.n_positions}")
+    return config
+
+
 def build_model(cfg: TrainConfig, manifest: dict, placement: Placement | None = None,
                 source: GPT2 | None = None) -> GPT2:
     """The model a run trains: new from the preset, sized for the data's vocabulary, or the weights of `source`
     (`pretrained`) under the run's model flags."""
-    if source is not None:
-        config = dataclasses.replace(source.config, **with_overrides({}, cfg.model))
-    else:
-        config = GPT2Config.from_preset(cfg.preset, **{"vocab_size": manifest["vocab_size"],
-                                                       "characters": manifest.get("chars"), **cfg.model})
+    config = model_config(cfg, manifest, source)
     if placement:
         placement.check(config)
-    if cfg.block_size > config.n_positions:
-        raise ValueError(f"block_size {cfg.block_size} exceeds the model's context of {config.n_positions}: use a "
-                         f"block_size (--block-size) of at most {config.n_positions}")
     model = GPT2(config, dtype=cfg.base_dtype or cfg.precision)  # a 16-bit base: its adapters are float32 still
     if source is not None:
         copy_weights(source, model)
@@ -673,6 +700,8 @@ def _changes(cfg: TrainConfig, before: dict[str, Any], identity: dict[str, Any])
                if k not in moot and not _same_setting(k, before["settings"].get(k), v, before)]
     if "data_sha256" in identity and before.get("data_sha256") != identity["data_sha256"]:
         changed.append("the dataset (its manifest differs)")
+    if identity.get("texts_changed"):
+        changed.append("the texts of --data (changed since the run's dataset was made)")
     if before.get("backend", keras.backend.backend()) != keras.backend.backend():  # (older records have none)
         changed.append(f"backend: {before['backend']!r} -> {keras.backend.backend()!r} (KERAS_BACKEND)")
     return changed
@@ -735,9 +764,11 @@ def _train(cfg: TrainConfig, placement: Placement) -> tuple[GPT2, dict[str, list
     source = pretrained(cfg) if cfg.init_from else None  # a wrong --init-from fails before the text is tokenized
     if cfg.vocab != "char" and not _is_prepared(cfg.data):  # BPE samples: before the text is tokenized
         _check_samples_print(cfg, placement, None)
-    if os.path.exists(os.path.join(cfg.out, CHECKPOINT)):  # other settings: refused before
-        check_resume(cfg, {"settings": run_settings(cfg)})  # the text is tokenized into the run's data folder
-    data_dir = prepared_data(cfg, source and source.config.characters)
+    model_config(cfg, None, source)  # a bad model flag: said before minutes of tokenizing
+    files = None if _is_prepared(cfg.data) else _raw_texts(cfg)
+    if os.path.exists(os.path.join(cfg.out, CHECKPOINT)):  # other settings or data: refused before the text is
+        check_resume(cfg, {"settings": run_settings(cfg), **_data_before_tokenizing(cfg, files)})  # tokenized again
+    data_dir = prepared_data(cfg, source and source.config.characters, files)
     train_data, val_data = TokenShards(data_dir, "train"), TokenShards(data_dir, "val")
     train_data.check_block(cfg.block_size, cfg.batch_size)
     checkpoint = os.path.join(cfg.out, CHECKPOINT)
