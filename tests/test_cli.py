@@ -69,6 +69,8 @@ CASES = [
     (["export", "--model", "{d}/hf", "--out", "{d}/hf"], "the output {d}/hf is the input {d}/hf"),
     (["convert", "{d}/hf", "{d}/hf/"], "the output {d}/hf/ is the input {d}/hf"),
     (["prepare", "{d}/text.txt", "--out", "{d}/text.txt"], "the output {d}/text.txt is the input"),
+    (["prepare", "{d}/text.txt", "--out", "{d}"],  # (the folder of texts became a dataset, skipped from then on)
+     "{d} holds {d}/text.txt, a text it would read: a dataset written there makes that folder a dataset"),
     (["prepare", "{d}/text.txt", "--out", "{d}/dangling"],  # (makedirs' bare "File exists")
      "{d}/dangling is a link to {d}/nowhere/data, which is not there (prepare writes into the folder a link leads to"),
     (["prepare", "{d}/text.txt", "--out", "{d}/latin1.txt"],
@@ -78,6 +80,8 @@ CASES = [
      "the output {d}/done/model.keras is the input {d}/done/model.keras"),
     (["train", "--out", "{d}/done"],  # (a new run replaced the model without a word)
      "{d}/done holds model.keras of an earlier run, and no checkpoint.npz to resume it from"),
+    (["convert", "{d}/hf", "{d}/fake.keras"],  # (not a Keras archive: it was replaced, said after)
+     "{d}/fake.keras is a file but no .keras file: writing there would replace it"),
     (["convert", "{d}/hf", "{d}/OUT.KERAS"], "{d}/OUT.KERAS names a .KERAS file, but convert writes a .keras file"),
     (["convert", "{d}/hf", "{d}/model.safetensors"], "names a .safetensors file, but convert writes a .keras file"),
     (["convert", "{d}/hf", "{d}/out.keras/"], "{d}/out.keras/ ends in /, a folder's mark, but a .keras name"),
@@ -204,10 +208,11 @@ def _fresh_python(code: str) -> subprocess.CompletedProcess:
 
 
 def test_an_on_device_export_over_an_earlier_one_says_it_replaced_it(tmp_path, capsys, monkeypatch):
-    """A .tflite or .litertlm is replaced whole (a SavedModel adds a version instead): said, not silent."""
-    def export(model, path, **settings):  # (the conversion itself: tests/test_litert.py)
+    """A .tflite or .litertlm is replaced whole (a SavedModel adds a version instead): said, not silent; a file of
+    another kind there (notes, a text, another format) is refused and kept (it was replaced, said only after)."""
+    def export(model, path, **settings):  # (the conversion itself: tests/test_litert.py); a FlatBuffer's header
         with open(path, "wb") as f:
-            f.write(b"tflite")
+            f.write(b"\x1c\x00\x00\x00TFL3 and the rest")
         return path
 
     monkeypatch.setattr("tf_gpt2.litert.export_litert", export)
@@ -215,6 +220,14 @@ def test_an_on_device_export_over_an_earlier_one_says_it_replaced_it(tmp_path, c
     for said in (f"wrote {out}", f"replaced the earlier {out}"):
         assert cli_main([*EXPORT_TINY, "--format", "tflite", "--out", out]) == 0
         assert capsys.readouterr().out.strip().splitlines()[-1] == said
+    (tmp_path / "notes").write_text("my notes")
+    (tmp_path / "phone").write_bytes((tmp_path / "gpt2.tflite").read_bytes())  # a model of the other on-device kind
+    for kind, path in (("tflite", "notes"), ("litertlm", "phone")):  # (convert's .keras: CASES)
+        kept = (tmp_path / path).read_bytes()
+        assert cli_main([*EXPORT_TINY, "--format", kind, "--out", str(tmp_path / path)]) == 2
+        assert f"{tmp_path / path} is a file but no .{kind} file: writing there would replace it" in \
+            capsys.readouterr().err
+        assert (tmp_path / path).read_bytes() == kept
 
 
 def test_a_file_size_limit_and_another_backend_end_in_one_line_naming_the_file(tmp_path):

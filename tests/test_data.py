@@ -585,3 +585,20 @@ def test_a_text_read_twice_under_two_names_is_said(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         prepare(str(tmp_path / "texts"), str(tmp_path / "out"), vocab="char", verbose=False)
+
+
+def test_a_utf8_byte_order_mark_is_read_as_written_and_said_once(tmp_path):
+    """Windows Notepad's UTF-8 mark: kept as tiktoken reads it (a character before the text), but said, once per
+    run of prepare (both of prepare's reads of a character vocabulary said it), and by eval's read."""
+    import gzip
+
+    (tmp_path / "bom.txt").write_bytes(b"\xef\xbb\xbfHello from Notepad\r\n" * 5)
+    (tmp_path / "plain.txt.gz").write_bytes(gzip.compress(b"no mark here\n" * 5))
+    with pytest.warns(UserWarning) as warned:
+        manifest = prepare(str(tmp_path), str(tmp_path / "out"), vocab="char", verbose=False)
+    said = [str(w.message) for w in warned if "byte-order mark" in str(w.message)]
+    assert said == [f"{tmp_path / 'bom.txt'} start(s) with UTF-8's byte-order mark (U+FEFF, as Windows Notepad writes "
+                    "it): read as written, a character before the text (remove it to leave it out)"]
+    assert "\ufeff" in manifest["chars"]
+    with pytest.warns(UserWarning, match="bom.txt start\\(s\\) with UTF-8's byte-order mark"):
+        assert read_text(str(tmp_path / "bom.txt")).startswith("\ufeffHello")

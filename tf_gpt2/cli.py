@@ -40,6 +40,20 @@ def _load_model(args: argparse.Namespace):
                      "file), or --random-init PRESET for an untrained model")
 
 
+FILE_MARKS = {"tflite": (4, b"TFL3"), "litertlm": (0, b"LITERTLM"), "keras": (0, b"PK\x03\x04")}  # (offset, bytes)
+
+
+def _refuse_replacing_another_kind(path: str, kind: str) -> None:
+    """A file there is replaced only where it is one of the kind written (an earlier export): notes, a text or a
+    model of another format at that name were replaced, said only after."""
+    if os.path.isfile(path):
+        offset, mark = FILE_MARKS[kind]
+        with open(path, "rb") as f:
+            if f.read(offset + len(mark))[offset:] != mark:
+                raise ValueError(f"{path} is a file but no .{kind} file: writing there would replace it; give "
+                                 "another path, or remove it first")
+
+
 def _refuse_writing_over_inputs(out: str | None, *inputs: str | None) -> None:
     """Checked before anything is written: an output path that is one of the command's inputs would replace it."""
     for source in inputs:
@@ -276,6 +290,8 @@ def cmd_convert(args: argparse.Namespace) -> int:
         raise ValueError(f"{args.dst} ends in {os.sep}, a folder's mark, but a .keras name: drop the {os.sep} for a "
                          ".keras file, or give a Hugging Face folder another name")
     folder = not args.dst.endswith(".keras")
+    if not folder:
+        _refuse_replacing_another_kind(args.dst, "keras")
     if folder and os.path.exists(args.dst) and not os.path.isdir(args.dst):  # before reading the source
         raise NotADirectoryError(f"Not a directory (a Hugging Face checkpoint is a folder; a .keras DST is a file): "
                                  f"{args.dst}")
@@ -346,6 +362,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     default = os.path.join("saved_models", "gpt2" if kind == "saved_model" else f"gpt2.{kind}")
     out = args.out or default
     _refuse_writing_over_inputs(out, args.model)
+    if kind != "saved_model":
+        _refuse_replacing_another_kind(out, kind)
     replaced = kind != "saved_model" and os.path.isfile(out)  # replaced whole (a SavedModel adds a version)
     if kind == "saved_model":
         path = export_saved_model(_load_model(args), out, version=args.version,

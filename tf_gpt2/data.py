@@ -383,7 +383,26 @@ def read_text(path: str) -> str:
     """A whole text file (.gz decompressed) as `prepare` reads it: UTF-8 exactly as written, a bad byte named; a
     dataset's manifest or shard, or a checkpoint's file, is refused."""
     refuse_if_not_text(path)
-    return "".join(_blocks(path, CHUNK_BYTES))
+    text = "".join(_blocks(path, CHUNK_BYTES))
+    _warn_of_marks([path] if text.startswith("\ufeff") else [])
+    return text
+
+
+def _warn_of_marks(marked: Sequence[str]) -> None:
+    """Say which texts start with UTF-8's byte-order mark, read as written, as tiktoken reads it: a character
+    before each text (tokens of a model's input), not silent."""
+    if marked:
+        warnings.warn(f"{', '.join(marked[:3])}{', ...' * (len(marked) > 3)} start(s) with UTF-8's byte-order mark "
+                      "(U+FEFF, as Windows Notepad writes it): read as written, a character before the text (remove "
+                      "it to leave it out)", stacklevel=3)
+
+
+def _starts_with_mark(path: str) -> bool:
+    with gzip.open(path, "rb") if path.endswith(".gz") else open(path, "rb") as f:
+        try:
+            return f.read(len(codecs.BOM_UTF8)) == codecs.BOM_UTF8
+        except (gzip.BadGzipFile, EOFError, zlib.error):  # (the reader names it)
+            return False
 
 
 # GPT-2's pre-tokenizer (tokenizer.PAT_STR) splits text into pieces and encodes each alone, so text cut where one
@@ -591,6 +610,9 @@ def prepare(inputs: str | Sequence[str], out_dir: str, val_fraction: float = 0.1
     _check_count("shard_tokens", shard_tokens, optional=False)
     _check_count("chunk_bytes", chunk_bytes, optional=False)
     files = resolve_inputs(inputs, exclude=[out_dir, *exclude])
+    if inside := [f for f in files if os.path.realpath(f).startswith(os.path.join(os.path.realpath(out_dir), ""))]:
+        raise ValueError(f"{out_dir} holds {inside[0]}, a text it would read: a dataset written there makes that "
+                         "folder a dataset, whose texts are not read as text again; give the output another folder")
     total = sum(_text_size(f) for f in files)
     if total == 0:
         raise ValueError(f"the data is empty: {files}")
@@ -609,6 +631,7 @@ def prepare(inputs: str | Sequence[str], out_dir: str, val_fraction: float = 0.1
 
     stamps = source_stamps(files)
     _warn_of_copies(stamps)
+    _warn_of_marks([f for f in files if _starts_with_mark(f)])
     with exclusive(out_dir, "prepare"):
         old_manifest = _read_manifest(out_dir) if os.path.exists(os.path.join(out_dir, MANIFEST)) else None
         tag = secrets.token_hex(4)
