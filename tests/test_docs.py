@@ -91,3 +91,27 @@ def test_the_readme_is_short_and_its_links_lead_somewhere():
     targets = re.findall(r"\]\(([^)#]+)(?:#[^)]*)?\)", readme)
     assert any(t.startswith("docs/") for t in targets)
     assert not [t for t in targets if not t.startswith("http") and not os.path.exists(os.path.join(ROOT, t))]
+
+
+def test_the_cpu_benchmark_tables_are_their_result_files():
+    """docs/benchmarks.md's training and decode tables: each row's two tokens/s figures and ratios are those of the
+    two runs it cites (benchmarks/results/bench-2026-12-06-*.json), rounded as shown, in the order bench.py ran."""
+    import json
+    import re
+
+    runs = [json.load(open(os.path.join(ROOT, "benchmarks", "results", f"bench-2026-12-06-{i}.json"))) for i in (1, 2)]
+    page = open(os.path.join(ROOT, "docs", "benchmarks.md"), encoding="utf-8").read()
+    tables = [block for block in re.split(r"\n\n", page) if block.startswith("| system | tokens/s |")]
+    assert len(tables) == 2
+
+    def shown(value):  # as the page writes a rate: thousands whole, tens with one decimal
+        return f"{value:,.0f}" if value >= 100 else f"{value:.1f}"
+
+    for part, table in zip(("train", "decode"), tables):
+        rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in table.splitlines()[2:]]
+        assert len(rows) == len(runs[0][part])
+        for row, system in zip(rows, runs[0][part]):
+            values = [run[part][system] for run in runs]
+            assert row[1] == " / ".join(shown(v) for v in values), (system, row)
+            ratios = [f"{run[part][system] / run[part]['hf']:.2f}x" for run in runs]
+            assert row[2].strip("*") == ("1.00x" if system == "hf" else " / ".join(ratios)), (system, row, ratios)
