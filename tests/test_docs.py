@@ -115,3 +115,7 @@ def test_the_cpu_benchmark_tables_are_their_result_files():
             assert row[1] == " / ".join(shown(v) for v in values), (system, row)
             ratios = [f"{run[part][system] / run[part]['hf']:.2f}x" for run in runs]
             assert row[2].strip("*") == ("1.00x" if system == "hf" else " / ".join(ratios)), (system, row, ratios)
+            if part == "train":  # GFLOP/s and the share of the measured matmul roof
+                flops = [run["train"][system] * run["train_flops_per_token"] for run in runs]
+                assert row[3] == " / ".join(f"{f / 1e9:.0f}" for f in flops), (system, row)
+                assert row[4] == " / ".join(f"{f / run['matmul_roof_flops']:.0%}" for f, run in zip(flops, runs))

@@ -162,6 +162,9 @@ def test_text_in_text_out_and_cli(capsys, tmp_path):
     written, said = capsys.readouterr()
     assert len(written) - 1 == len("ROMEO:") + 58 and said.strip().splitlines()[-1] == \
         "note: 58 new tokens, not 64: the context of 64 holds that many after the prompt"
+    assert cli_main(["generate", "R" * 64, "--model", saved]) == 2  # no room: said of the prompt, not of a flag
+    assert "the prompt's 64 tokens fill the model's context of 64 positions: give a prompt of at most 63" in \
+        capsys.readouterr().err
     assert cli_main(["generate", "Hi", "--max-new-tokens", "3", "--random-init", "gpt2-tiny"]) == 0
     assert capsys.readouterr().out.startswith("Hi")
     assert cli_main(["generate", "Hi", "--top-p", "2", "--random-init", "gpt2-tiny"]) == 2

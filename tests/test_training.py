@@ -517,6 +517,8 @@ def test_a_refused_resume_leaves_the_run_as_it_was_and_a_finished_one_says_so(tm
     with pytest.raises(ValueError, match=r"other settings \(steps: 4 -> 8; the texts of --data \(changed"):
         train(config(run, str(tmp_path / "a.txt"), steps=8, eval_interval=4, vocab="char"))  # (it named steps only)
     (tmp_path / "a.txt").write_text(TEXT)
+    with pytest.raises(ValueError, match=r"other settings \(vocab: 'char' -> 'gpt2'\)\. "):  # the texts are the same
+        train(config(run, str(tmp_path / "a.txt"), steps=4, eval_interval=4, vocab="gpt2"))
     capsys.readouterr()
     (tmp_path / "elsewhere").mkdir()
     monkeypatch.chdir(tmp_path / "elsewhere")  # "a.txt" from here is another file

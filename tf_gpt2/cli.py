@@ -46,7 +46,7 @@ FILE_MARKS = {"tflite": (4, b"TFL3"), "litertlm": (0, b"LITERTLM"), "keras": (0,
 def _refuse_replacing_another_kind(path: str, kind: str) -> None:
     """A file there is replaced only where it is one of the kind written (an earlier export): notes, a text or a
     model of another format at that name were replaced, said only after."""
-    if os.path.isfile(path):
+    if os.path.isfile(path) and os.path.getsize(path):  # (an empty one, mktemp's or touch's, holds nothing to lose)
         offset, mark = FILE_MARKS[kind]
         with open(path, "rb") as f:
             if f.read(offset + len(mark))[offset:] != mark:
@@ -247,9 +247,13 @@ def cmd_generate(args: argparse.Namespace) -> int:
     check_output_writes(model.config.characters)
     max_new_tokens = args.max_new_tokens
     if max_new_tokens is None:  # (64 failed on a model of 64 positions, the demo's)
-        room = model.config.n_positions - len(tokenizer.encode(prompt) or [0])  # (an empty prompt starts from one)
-        max_new_tokens = min(DEFAULT_NEW_TOKENS, max(room, 1))  # (no room: `stream` says so)
-        if 0 < room < DEFAULT_NEW_TOKENS:
+        held, context = len(tokenizer.encode(prompt)), model.config.n_positions
+        room = context - held
+        if held and room < 1:  # (an empty prompt: `stream` refuses it)
+            raise ValueError(f"the prompt's {held} tokens fill the model's context of {context} positions: give a "
+                             f"prompt of at most {context - 1}")
+        max_new_tokens = min(DEFAULT_NEW_TOKENS, max(room, 1))
+        if held and room < DEFAULT_NEW_TOKENS:
             print(f"note: {room} new tokens, not {DEFAULT_NEW_TOKENS}: the context of {model.config.n_positions} "
                   "holds that many after the prompt", file=sys.stderr)
     decode, end_of_text = tokenizer.decode, tokenizer.eot_id

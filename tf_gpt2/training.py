@@ -488,7 +488,8 @@ def _data_before_tokenizing(cfg: TrainConfig, files: Sequence[str] | None) -> di
             return {"data_sha256": data_digest(f.read())}
     manifest = os.path.join(cfg.out, "data", MANIFEST)
     made = read_json(manifest) if os.path.exists(manifest) else None
-    changed = made is not None and not made_from(made, files, cfg.vocab) and not same_texts(made, files, cfg.vocab)
+    vocab = made and made.get("vocab")  # (the texts in the dataset's own vocabulary: --vocab is a setting of its own)
+    changed = made is not None and not made_from(made, files, vocab) and not same_texts(made, files, vocab)
     return {"texts_changed": True} if changed else {}
 
 
