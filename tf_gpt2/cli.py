@@ -254,8 +254,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
                              f"prompt of at most {context - 1}")
         max_new_tokens = min(DEFAULT_NEW_TOKENS, max(room, 1))
         if held and room < DEFAULT_NEW_TOKENS:
-            print(f"note: {room} new tokens, not {DEFAULT_NEW_TOKENS}: the context of {model.config.n_positions} "
-                  "holds that many after the prompt", file=sys.stderr)
+            print(f"note: {room} new tokens, not {DEFAULT_NEW_TOKENS}: the context of {context} holds that many "
+                  "after the prompt", file=sys.stderr)
     decode, end_of_text = tokenizer.decode, tokenizer.eot_id
     # The prompt is shown with the first new token: by then prefill and the decode step are compiled, so
     # XLA's start-up lines on stderr come before the text, not in the middle of it.

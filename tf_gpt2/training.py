@@ -665,16 +665,25 @@ def _same_setting(name: str, before: Any, now: Any, record: dict[str, Any]) -> b
     return paths and os.path.realpath(before) == os.path.realpath(now)
 
 
+UNREADABLE_RECORD = (OSError, ValueError, KeyError, TypeError, AttributeError)  # (not JSON, not UTF-8: ValueErrors)
+
+
+def _read_record(out: str) -> dict[str, Any]:
+    """The run.json in `out`; one of UNREADABLE_RECORD where it is missing, unreadable or holds no settings."""
+    with open(os.path.join(out, RUN_RECORD), encoding="utf-8") as f:
+        record = json.load(f)
+    record["settings"].items()
+    return record
+
+
 def check_resume(cfg: TrainConfig, identity: dict[str, Any]) -> None:
     """Refuse to resume a run under settings or data other than those it was started with (the data only where
     `identity` has its digest: the settings are checked again before the text is tokenized), or one whose run.json
     is missing or unreadable, unless `resume_with_changes`."""
     path = os.path.join(cfg.out, RUN_RECORD)
     try:
-        with open(path, encoding="utf-8") as f:
-            before = json.load(f)
-        before["settings"]
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
+        before = _read_record(cfg.out)
+    except UNREADABLE_RECORD as e:
         if cfg.resume_with_changes:
             return
         said = "is missing" if isinstance(e, FileNotFoundError) else f"is unreadable ({e!r})"
@@ -738,10 +747,8 @@ def _refuse_a_finished_run_without_checkpoint(cfg: TrainConfig) -> None:
         raise ValueError(f"{out} holds {MODEL_FILE} of an earlier run, and no {CHECKPOINT} to resume it from: a new "
                          "run there would replace it; give another --out, or remove it first")
     try:
-        with open(os.path.join(out, RUN_RECORD), encoding="utf-8") as f:
-            before = json.load(f)
-        before["settings"].items()
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):  # none, or another program's
+        before = _read_record(out)
+    except UNREADABLE_RECORD:  # none, or another program's
         return
     changed = _changes(cfg, before, {"settings": run_settings(cfg)})
     if changed and not cfg.resume_with_changes:
