@@ -47,6 +47,9 @@ def test_attention_maps_are_the_models_and_plot_one_panel_per_head(tmp_path):
             plot_attention(maps, ["x"] * len(ids), path=folder)
     with pytest.raises(ValueError, match="layer must be in \\[0, 2\\)"):
         plot_attention(maps, ["x"] * len(ids), layer=2)
+    for not_a_layer in (True, 0.0):  # (True plotted layer 1; 0.0 failed in numpy's indexing)
+        with pytest.raises(ValueError, match="layer must be an integer"):
+            plot_attention(maps, ["x"] * len(ids), layer=not_a_layer)
     for not_ids in ([1.7, 2.2, 3.9], [True, False], b"ab"):  # not truncated, not 1/0, not byte values
         with pytest.raises(TypeError, match="token ids must be (a sequence of )?integers"):
             attention_maps(model, not_ids)

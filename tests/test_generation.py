@@ -324,6 +324,14 @@ def test_text_continues_only_in_ids_its_tokenizer_reads(tmp_path, capsys):
     assert np.all(by_ids["token_ids"].numpy()[0, :4] >= VOCAB_SIZE)
 
 
+def test_a_batch_of_texts_names_the_prompt_its_tokenizer_cannot_read():
+    model = GPT2(GPT2Config(vocab_size=2, characters="ab", n_positions=8, n_embd=8, n_layer=1, n_head=1))
+    with pytest.raises(ValueError, match=r"^prompt \[2\] of the batch: characters 'x' are not in the model's"):
+        model.generate(["ab", "ba", "abx"], max_new_tokens=1)
+    with pytest.raises(ValueError, match="^characters 'x' are not in the model's"):  # one prompt: no row to name
+        model.generate("abx", max_new_tokens=1)
+
+
 def test_a_vocabulary_smaller_than_gpt2s_without_characters_reads_no_text(model):
     """Its ids are not GPT-2's, so text is refused by name (not read as GPT-2 ids past its vocabulary); ids work."""
     from tf_gpt2.evaluation import evaluate

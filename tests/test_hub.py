@@ -39,10 +39,15 @@ def repos(tmp_path_factory):
         weight_map.update(dict.fromkeys(part, shard))
     (root / "sharded-bin" / "pytorch_model.bin.index.json").write_text(
         json.dumps({"metadata": {"total_size": 0}, "weight_map": weight_map}))
+    untyped = json.loads((root / "tiny" / "config.json").read_text())  # as older saves were: read as GPT-2's
+    del untyped["model_type"]
+    (root / "untyped").mkdir()
+    (root / "untyped" / "config.json").write_text(json.dumps(untyped))
+    (root / "untyped" / "model.safetensors").write_bytes((root / "tiny" / "model.safetensors").read_bytes())
     (root / "llama").mkdir()
     (root / "llama" / "config.json").write_text(json.dumps({"model_type": "llama", "vocab_size": 8}))
     found = {f"org/{name}": read_files(str(root / name))
-             for name in ("tiny", "sharded-bf16", "binonly", "sharded-bin", "llama")}
+             for name in ("tiny", "sharded-bf16", "binonly", "sharded-bin", "untyped", "llama")}
     assert "model.safetensors.index.json" in found["org/sharded-bf16"]
     assert not any(f.endswith(".safetensors") for f in found["org/binonly"])
     return found
@@ -99,14 +104,15 @@ def test_names_load_from_the_hugging_face_cache_offline(repos, tmp_path):
         lay_out_cache(str(tmp_path / "cache"), repo_id, files)
     (tmp_path / "runs" / "demo").mkdir(parents=True)  # beside it, `runs/dmeo` is a mistyped path
     result = run_script({"HF_HUB_CACHE": str(tmp_path / "cache"), "HF_HUB_OFFLINE": "1"},
-                        loads=["org/tiny", "hf://org/tiny", "org/sharded-bf16", "org/binonly", "org/sharded-bin"],
+                        loads=["org/tiny", "hf://org/tiny", "org/sharded-bf16", "org/binonly", "org/sharded-bin",
+                               "org/untyped"],
                         fails=[("org/missing", None), ("org/llama", None), ("org/tiny", "v2"), ("runs/dmeo", None)],
                         cli=["org/tiny", "org/missing"], cwd=tmp_path)
     assert max(result["diff"].values()) <= 1e-4, result["diff"]  # measured: 3.3e-6 to 3.8e-6
     errors = result["errors"]
     assert errors["org/missing"].startswith("FileNotFoundError: Hugging Face repo 'org/missing' is not in the "
                                             f"Hugging Face cache ({tmp_path / 'cache'}) and HF_HUB_OFFLINE is set")
-    assert errors["org/llama"] == "ValueError: Hugging Face repo 'org/llama' holds a llama model, not GPT-2"
+    assert errors["org/llama"] == "ValueError: Hugging Face repo 'org/llama' holds a 'llama' model, not GPT-2"
     assert errors["org/tiny"].startswith("FileNotFoundError: Hugging Face repo 'org/tiny' at revision 'v2' is not in")
     assert errors["runs/dmeo"].startswith("FileNotFoundError: no such local path 'runs/dmeo' (runs/ exists), and "
                                           "Hugging Face repo 'runs/dmeo' is not in the Hugging Face cache")
@@ -140,7 +146,7 @@ def test_names_download_through_the_hub_endpoint_then_load_warm_offline(repos, t
                                   "needs a token: `hf auth login` or HF_TOKEN)")
     assert errors["org/tiny"] == ("ValueError: Hugging Face repo 'org/tiny' at revision 'v9': no such revision "
                                   "(a branch, tag or commit of the repo)")
-    assert errors["org/llama"] == "ValueError: Hugging Face repo 'org/llama' holds a llama model, not GPT-2"
+    assert errors["org/llama"] == "ValueError: Hugging Face repo 'org/llama' holds a 'llama' model, not GPT-2"
     fetched = {line.split()[1].split("/", 5)[-1] for line in log if line.startswith("GET /org/tiny/resolve/")}
     assert fetched == {"config.json", "model.safetensors"}, fetched  # no pickled weights, no checkpoint, nothing else
     shards = {line.split()[1].split("/", 5)[-1] for line in log if line.startswith("GET /org/sharded-bin/resolve/")}
@@ -191,9 +197,13 @@ def test_a_cached_index_may_point_into_blobs_but_not_elsewhere(repos, tmp_path):
         GPT2.from_pretrained(snapshot)
 
 
-def test_a_local_path_never_goes_to_the_hub(tmp_path):
+def test_a_local_path_never_goes_to_the_hub(tmp_path, monkeypatch):
     with pytest.raises(FileNotFoundError, match="no checkpoint at .*nothing.keras, and it is not a Hugging Face"):
         GPT2.from_pretrained(str(tmp_path / "nothing.keras"))
+    monkeypatch.chdir(tmp_path)
+    for missing in ("model.safetensors", "pytorch_model.bin", "Model.SAFETENSORS"):  # files, never repo names
+        with pytest.raises(FileNotFoundError, match=f"no checkpoint at {missing}, and it is not a Hugging Face"):
+            GPT2.from_pretrained(missing)
     with pytest.raises(ValueError, match="revision='main' is for a Hugging Face repo name, not the local path"):
         GPT2.from_pretrained(str(tmp_path), revision="main")
 

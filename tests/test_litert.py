@@ -152,8 +152,11 @@ def test_generator_rejects_bad_input_and_keeps_its_cache(flatbuffer):
             gen.feed(bad)
     with pytest.raises(ValueError, match=r"token ids must be in \[0, 50257\)"):
         gen.generate([5, 50257], max_new_tokens=2)  # refused before the conversation is reset
-    with pytest.raises(ValueError, match=r"token ids must be in \[0, 50257\)"):  # a stop id it never writes
+    with pytest.raises(ValueError, match=r"stop_ids: token ids must be in \[0, 50257\)"):  # one it never writes
         gen.generate([5], max_new_tokens=2, stop_ids=[10**6])
+    for bad in (True, "50256"):  # (a bool is no id, and a string's characters are none)
+        with pytest.raises(TypeError, match="stop_ids must be a token id or a list of them"):
+            gen.generate([5], max_new_tokens=2, stop_ids=bad)
     assert gen.position == 3 and all(np.array_equal(gen.cache[n], cache[n]) for n in cache)
     np.testing.assert_array_equal(gen.feed([11]), LiteRTGenerator(flatbuffer).feed(
         [464, 3290, 318, 11]))  # the failed calls changed nothing
@@ -313,8 +316,11 @@ def test_a_file_that_is_no_tf_gpt2_tflite_is_named(tmp_path):
     other.write_bytes(tf.lite.TFLiteConverter.from_concrete_functions([double.get_concrete_function()]).convert())
     with pytest.raises(ValueError, match=f"{other} is not a tf_gpt2 on-device model: signatures"):
         LiteRTGenerator(str(other))
-    with pytest.raises(ValueError, match="the model given as bytes is not a tf_gpt2 on-device model"):
-        LiteRTGenerator(other.read_bytes())
+    for given in (other.read_bytes(), bytearray(other.read_bytes()), memoryview(other.read_bytes())):
+        with pytest.raises(ValueError, match="^the model given as bytes is not a tf_gpt2 on-device model"):
+            LiteRTGenerator(given)  # (a bytearray was taken for a path, and its bytes written into the message)
+    with pytest.raises(TypeError, match="expected a .tflite path or its bytes, got int"):
+        LiteRTGenerator(3)
 
 
 def test_a_missing_interpreter_names_the_extra_to_install(model, monkeypatch):

@@ -7,7 +7,7 @@ from typing import Sequence
 
 import numpy as np
 
-from tf_gpt2.checks import check_token_ids
+from tf_gpt2.checks import check_token_ids, checked_integer
 from tf_gpt2.files import atomic_write
 from tf_gpt2.tokenizer import checked_ids
 
@@ -48,7 +48,7 @@ def plot_attention(maps: np.ndarray, tokens: Sequence[str], layer: int = 0, path
             raise ValueError("path is empty: name the image file to write, or leave it out to get the figure only")
         if os.path.basename(name) in ("", ".", "..") or os.path.isdir(name):  # (it wrote a hidden ".png" in it)
             raise ValueError(f"path {name!r} names a folder: name the image file to write in it")
-    if not 0 <= layer < len(maps):
+    if not 0 <= checked_integer("layer", layer) < len(maps):  # (True would plot layer 1)
         raise ValueError(f"layer must be in [0, {len(maps)}), got {layer}")
     heads = maps[layer]
     if len(tokens) != heads.shape[-1]:

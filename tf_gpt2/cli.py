@@ -20,7 +20,7 @@ from typing import Sequence
 from tf_gpt2.config import PRESETS
 from tf_gpt2.data import VOCABS
 from tf_gpt2.detokenize import DETOKENIZERS
-from tf_gpt2.formats import FORMATS, QUANTIZATIONS
+from tf_gpt2.formats import FORMATS, MODEL_FILE_SUFFIXES, QUANTIZATIONS
 from tf_gpt2.train_config import BASE_DTYPES, DISTRIBUTIONS, PRECISIONS, STRATEGIES, TrainConfig
 
 
@@ -275,9 +275,6 @@ def cmd_generate(args: argparse.Namespace) -> int:
             shown = text
     print(decode(tokens)[len(shown or ""):])
     return 0
-
-
-MODEL_FILE_SUFFIXES = (".keras", ".safetensors", ".bin", ".h5", ".pt", ".ckpt", ".onnx", ".gguf")  # files, not folders
 
 
 def cmd_convert(args: argparse.Namespace) -> int:

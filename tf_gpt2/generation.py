@@ -252,7 +252,7 @@ def _as_batch(prompt: Any, text_tokenizer: Callable[[], Any], stop_ids: list[int
         texts = lambda rows: [tokenizer.decode([t for t in r if t not in stop_ids]) for r in rows]  # noqa: E731
         if isinstance(prompt, str):
             return [tokenizer.encode(prompt)], lambda rows: texts(rows)[0], tokenizer
-        return [tokenizer.encode(p) for p in prompt], texts, tokenizer
+        return [_encoded(tokenizer, p, i) for i, p in enumerate(prompt)], texts, tokenizer
     if all(is_integer(p) for p in prompt):
         return [[int(t) for t in prompt]], lambda rows: rows[0], None
     if all(isinstance(p, (Sequence, np.ndarray)) for p in prompt):
@@ -261,6 +261,14 @@ def _as_batch(prompt: Any, text_tokenizer: Callable[[], Any], stop_ids: list[int
             raise TypeError("token ids must be integers")
         return [[int(t) for t in p] for p in batch], lambda rows: rows, None
     raise TypeError(f"prompt must be text, a list of token ids or a batch of them, got {prompt!r:.80}")
+
+
+def _encoded(tokenizer, text: str, row: int) -> list[int]:
+    """Prompt `row` of a batch of texts, read by `tokenizer`; a text it cannot read is named by its row."""
+    try:
+        return tokenizer.encode(text)
+    except ValueError as e:
+        raise ValueError(f"prompt [{row}] of the batch: {e}") from None
 
 
 def _real(name: str, value: Any) -> float:

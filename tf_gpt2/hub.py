@@ -30,6 +30,7 @@ import re
 from typing import Any
 
 from tf_gpt2.files import read_json
+from tf_gpt2.formats import MODEL_FILE_SUFFIXES
 from tf_gpt2.tokenizer import OTHER_KINDS
 
 # What a GPT-2 load reads from a repo (weights, their index, config, tokenizer files).
@@ -43,9 +44,10 @@ _REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
 
 
 def hub_repo_id(name: str) -> str | None:
-    """The Hugging Face repo id that `name` spells (`org/name`, `name` or `hf://org/name`), else None."""
+    """The Hugging Face repo id that `name` spells (`org/name`, `name` or `hf://org/name`), else None (a name
+    ending as a model file or a JSON file does: it is a path)."""
     name = name.removeprefix("hf://")
-    if _REPO_ID.fullmatch(name) and not name.endswith((".keras", ".json")) and ".." not in name:
+    if _REPO_ID.fullmatch(name) and not name.lower().endswith((*MODEL_FILE_SUFFIXES, ".json")) and ".." not in name:
         return name
     return None
 
@@ -99,8 +101,8 @@ def download(repo_id: str, revision: str | None = None) -> str:
     try:
         config = read_json(hf_hub_download(repo_id, CONFIG, revision=revision))
         model_type = config.get("model_type")
-        if model_type != "gpt2":
-            raise ValueError(f"{where} holds a {model_type or 'model without a model_type'} model, not GPT-2")
+        if model_type not in (None, "gpt2"):  # (none: read as GPT-2's, as a folder on disk is, and checked there)
+            raise ValueError(f"{where} holds a {model_type!r} model, not GPT-2")
         # The top level only: a pattern's * matches "/" too, and checkpoint-500/model.safetensors is not the model.
         snapshot = snapshot_download(repo_id, revision=revision, allow_patterns=[CONFIG, *SAFETENSORS, *TOKENIZER],
                                      ignore_patterns=["*/*"])

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Sequence
+from typing import Iterable, Sequence
 
 import keras
 import numpy as np
@@ -273,14 +273,16 @@ class LiteRTGenerator:
     >>> gen.generate([464, 3290], max_new_tokens=8)              # doctest: +SKIP
     """
 
-    def __init__(self, path_or_bytes: str | bytes, num_threads: int | None = None):
+    def __init__(self, path_or_bytes: str | os.PathLike | bytes, num_threads: int | None = None):
         try:
             from ai_edge_litert.interpreter import Interpreter
         except ImportError as e:
             raise ImportError(f"{e.name} is missing: pip install \"tf_gpt2[litert]\" (the LiteRT interpreter)") from e
 
-        given_bytes = isinstance(path_or_bytes, bytes)
-        source = {"model_content" if given_bytes else "model_path": path_or_bytes}
+        given_bytes = isinstance(path_or_bytes, (bytes, bytearray, memoryview))
+        if not given_bytes and not isinstance(path_or_bytes, (str, os.PathLike)):
+            raise TypeError(f"expected a .tflite path or its bytes, got {type(path_or_bytes).__name__}")
+        source = {"model_content": bytes(path_or_bytes)} if given_bytes else {"model_path": os.fspath(path_or_bytes)}
         named = "the model given as bytes" if given_bytes else str(path_or_bytes)
         if not given_bytes and not os.path.isfile(path_or_bytes):
             raise FileNotFoundError(f"{named} is no file" + (" (a folder)" if os.path.isdir(named) else ""))
@@ -363,7 +365,12 @@ class LiteRTGenerator:
             raise ValueError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
         prompt = self._checked(prompt, 0)  # before the conversation is reset: a refused call keeps it
         stop_ids = [stop_ids] if is_integer(stop_ids) else stop_ids  # one id, as `model.generate` takes it
-        stop_ids = checked_ids(stop_ids, self.vocab_size)  # one the model never writes would never stop it
+        if isinstance(stop_ids, (str, bool)) or not isinstance(stop_ids, Iterable):
+            raise TypeError(f"stop_ids must be a token id or a list of them, got {stop_ids!r:.80}")
+        try:  # one the model never writes would never stop it
+            stop_ids = checked_ids(stop_ids, self.vocab_size)
+        except (TypeError, ValueError) as e:
+            raise type(e)(f"stop_ids: {e}") from None
         if len(prompt) + max_new_tokens - 1 > self.cache_length:
             raise ValueError(f"prompt + max_new_tokens exceeds the exported cache of {self.cache_length} positions")
         self.reset()
