@@ -197,15 +197,22 @@ def test_the_peers_processes_hold_no_tensorflow():
 def test_gpu_benchmark_smoke_runs_every_path_each_in_its_own_process(tmp_path):
     """`benchmarks/gpu.py --smoke`: one job of each kind and system (parity, training, device-peak memory with peft,
     decode with transformers' static cache) runs on a CPU in its own process, the memory and parity processes beside
-    the speed runs' compiles, and the tables and chart are written."""
+    the speed runs' compiles, and the tables and chart are written. TensorFlow is hidden, as on a GPU machine that
+    has JAX and torch only: no job may import it."""
     import subprocess
 
-    command = [sys.executable, os.path.join(BENCHMARKS, "gpu.py"), "--smoke", "--profile", "--out", str(tmp_path)]
-    run = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    hidden = tmp_path / "hidden" / "tensorflow"
+    hidden.mkdir(parents=True)
+    (hidden / "__init__.py").write_text('raise ModuleNotFoundError("no TensorFlow here", name="tensorflow")\n')
+    paths = [str(hidden.parent), os.environ.get("PYTHONPATH")]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, paths))}
+    out = tmp_path / "out"
+    command = [sys.executable, os.path.join(BENCHMARKS, "gpu.py"), "--smoke", "--profile", "--out", str(out)]
+    run = subprocess.run(command, capture_output=True, text=True, timeout=900, env=env)
     assert run.returncode == 0, run.stderr[-3000:]
     import gpu
 
-    results = json.loads((tmp_path / "results.json").read_text())
+    results = json.loads((out / "results.json").read_text())
     assert sorted(job["name"] for job in results["jobs"]) == sorted(gpu.SMOKE_JOBS)
     failed = {job["name"]: job["result"] for job in results["jobs"] if "error" in job["result"]}
     assert not failed
@@ -222,12 +229,12 @@ def test_gpu_benchmark_smoke_runs_every_path_each_in_its_own_process(tmp_path):
         assert 0 < job["seconds"].get("ready", 0.1) < job["seconds"]["end"]
         assert 0 <= job["seconds"].get("stopped", 0) < job["seconds"]["end"]  # a pool job's, while one was timed
         assert ("ready" in job["seconds"]) == (job["kind"] in gpu.TIMED)
-    assert (tmp_path / "ratios.png").stat().st_size > 0
-    assert "| tf_gpt2 | bfloat16 |" in (tmp_path / "results.md").read_text()
-    kept = (tmp_path / "results.json").read_bytes()
-    again = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert (out / "ratios.png").stat().st_size > 0
+    assert "| tf_gpt2 | bfloat16 |" in (out / "results.md").read_text()
+    kept = (out / "results.json").read_bytes()
+    again = subprocess.run(command, capture_output=True, text=True, timeout=60, env=env)
     assert again.returncode == 2 and "results.json holds an earlier run's results: give another --out" in again.stderr
-    assert (tmp_path / "results.json").read_bytes() == kept
+    assert (out / "results.json").read_bytes() == kept
 
 
 def test_the_lever_that_makes_q_k_v_apart_computes_the_same_attention():

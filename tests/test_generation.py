@@ -117,9 +117,12 @@ def test_bad_generation_arguments(model, kwargs, message):
 
 
 def test_bytes_prompts_are_refused_not_read_as_ids(model):
-    for prompt in (b"Hello", [b"Hello", b"world"], bytearray(b"Hi")):
+    for prompt in (b"Hello", [b"Hello", b"world"], bytearray(b"Hi"), memoryview(b"Hi"), [memoryview(b"Hi")]):
         with pytest.raises(TypeError, match="prompt is bytes: decode it to str first"):
             model.generate(prompt, max_new_tokens=2)
+    for stop_ids in (True, 1.0, "50256"):  # (a bool or float "is not iterable"; a string's characters are no ids)
+        with pytest.raises(TypeError, match="stop_ids must be a token id or a list of them"):
+            model.generate([1, 2], max_new_tokens=2, stop_ids=stop_ids)
 
 
 def test_text_in_text_out_and_cli(capsys, tmp_path):

@@ -4,6 +4,7 @@ when huggingface_hub is imported, so each case runs in a fresh process, as a use
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -12,6 +13,7 @@ import pytest
 from local_hub import lay_out_cache, read_files, serve
 
 from tf_gpt2 import GPT2
+from tf_gpt2.hub import hub_repo_id
 
 TINY = dict(vocab_size=50257, n_positions=32, n_embd=32, n_layer=2, n_head=2, initializer_range=0.3)
 IDS = [[464, 3290, 318, 257, 11]]
@@ -44,10 +46,13 @@ def repos(tmp_path_factory):
     (root / "untyped").mkdir()
     (root / "untyped" / "config.json").write_text(json.dumps(untyped))
     (root / "untyped" / "model.safetensors").write_bytes((root / "tiny" / "model.safetensors").read_bytes())
+    (root / "timm").mkdir()  # no model_type, and not GPT-2's: refused by its config, before its weights
+    (root / "timm" / "config.json").write_text(json.dumps({"architecture": "resnet50", "num_classes": 1000}))
+    (root / "timm" / "model.safetensors").write_bytes((root / "tiny" / "model.safetensors").read_bytes())
     (root / "llama").mkdir()
     (root / "llama" / "config.json").write_text(json.dumps({"model_type": "llama", "vocab_size": 8}))
     found = {f"org/{name}": read_files(str(root / name))
-             for name in ("tiny", "sharded-bf16", "binonly", "sharded-bin", "untyped", "llama")}
+             for name in ("tiny", "sharded-bf16", "binonly", "sharded-bin", "untyped", "timm", "llama")}
     assert "model.safetensors.index.json" in found["org/sharded-bf16"]
     assert not any(f.endswith(".safetensors") for f in found["org/binonly"])
     return found
@@ -126,7 +131,8 @@ def test_names_load_from_the_hugging_face_cache_offline(repos, tmp_path):
 def test_names_download_through_the_hub_endpoint_then_load_warm_offline(repos, tmp_path):
     """HF_ENDPOINT at a loopback server that answers as huggingface.co: a cold load downloads config.json, then
     the safetensors and tokenizer files only (pickled shards and their index where there are no safetensors); a
-    Llama repo is refused after its config, before any weights."""
+    Llama repo, and one whose config has no model_type and is not GPT-2's, are refused after their config, before
+    any weights."""
     cache, local = str(tmp_path / "cache"), {}
     for name in ("org/tiny", "org/sharded-bf16", "org/sharded-bin"):
         local[name] = str(tmp_path / name)
@@ -139,7 +145,7 @@ def test_names_download_through_the_hub_endpoint_then_load_warm_offline(repos, t
     with serve(served) as (endpoint, log):
         result = run_script({"HF_HUB_CACHE": cache, "HF_ENDPOINT": endpoint, "HF_HUB_OFFLINE": "0"},
                             loads=["org/tiny", "org/sharded-bf16", "org/sharded-bin"], local=local,
-                            fails=[("org/none", None), ("org/tiny", "v9"), ("org/llama", None)])
+                            fails=[("org/none", None), ("org/tiny", "v9"), ("org/llama", None), ("org/timm", None)])
     assert max(result["diff"].values()) == 0, result["diff"]  # the same weights, downloaded
     errors = result["errors"]
     assert errors["org/none"] == (f"ValueError: no Hugging Face repo 'org/none' on {endpoint} (a private or gated repo "
@@ -152,7 +158,10 @@ def test_names_download_through_the_hub_endpoint_then_load_warm_offline(repos, t
     shards = {line.split()[1].split("/", 5)[-1] for line in log if line.startswith("GET /org/sharded-bin/resolve/")}
     assert shards == {"config.json", "pytorch_model.bin.index.json", "pytorch_model-00001-of-00002.bin",
                       "pytorch_model-00002-of-00002.bin"}, shards
-    assert not [line for line in log if line.startswith("GET /org/llama/resolve/") and "config.json" not in line]
+    assert errors["org/timm"] == ("ValueError: Hugging Face repo 'org/timm''s config.json lacks vocab_size, n_embd, "
+                                  "n_layer, n_head: not a GPT-2 config")
+    assert not [line for line in log if line.startswith(("GET /org/llama/resolve/", "GET /org/timm/resolve/"))
+                and "config.json" not in line]
     warm = run_script({"HF_HUB_CACHE": cache, "HF_HUB_OFFLINE": "1"}, loads=["org/tiny"], local=local)  # no server
     assert warm["diff"]["org/tiny"] == 0
     # Online, a second load downloads nothing: it asks which commit the revision names (api.md, README).
@@ -201,9 +210,10 @@ def test_a_local_path_never_goes_to_the_hub(tmp_path, monkeypatch):
     with pytest.raises(FileNotFoundError, match="no checkpoint at .*nothing.keras, and it is not a Hugging Face"):
         GPT2.from_pretrained(str(tmp_path / "nothing.keras"))
     monkeypatch.chdir(tmp_path)
-    for missing in ("model.safetensors", "pytorch_model.bin", "Model.SAFETENSORS"):  # files, never repo names
-        with pytest.raises(FileNotFoundError, match=f"no checkpoint at {missing}, and it is not a Hugging Face"):
+    for missing in ("model.safetensors", "pytorch_model.bin", "Model.SAFETENSORS", "gpt2.pth"):  # never repo names
+        with pytest.raises(FileNotFoundError, match=f"no checkpoint at {re.escape(missing)}, and it is not a Hugging"):
             GPT2.from_pretrained(missing)
+    assert hub_repo_id("hf://org/gpt2.bin") == "org/gpt2.bin"  # hf:// says it is a repo, whatever its name ends in
     with pytest.raises(ValueError, match="revision='main' is for a Hugging Face repo name, not the local path"):
         GPT2.from_pretrained(str(tmp_path), revision="main")
 

@@ -152,7 +152,7 @@ def test_generator_rejects_bad_input_and_keeps_its_cache(flatbuffer):
             gen.feed(bad)
     with pytest.raises(ValueError, match=r"token ids must be in \[0, 50257\)"):
         gen.generate([5, 50257], max_new_tokens=2)  # refused before the conversation is reset
-    with pytest.raises(ValueError, match=r"stop_ids: token ids must be in \[0, 50257\)"):  # one it never writes
+    with pytest.raises(ValueError, match=r"stop_ids must be token ids in \[0, 50257\)"):  # one it never writes
         gen.generate([5], max_new_tokens=2, stop_ids=[10**6])
     for bad in (True, "50256"):  # (a bool is no id, and a string's characters are none)
         with pytest.raises(TypeError, match="stop_ids must be a token id or a list of them"):
@@ -319,8 +319,13 @@ def test_a_file_that_is_no_tf_gpt2_tflite_is_named(tmp_path):
     for given in (other.read_bytes(), bytearray(other.read_bytes()), memoryview(other.read_bytes())):
         with pytest.raises(ValueError, match="^the model given as bytes is not a tf_gpt2 on-device model"):
             LiteRTGenerator(given)  # (a bytearray was taken for a path, and its bytes written into the message)
-    with pytest.raises(TypeError, match="expected a .tflite path or its bytes, got int"):
+    with pytest.raises(TypeError, match="LiteRTGenerator expects a .tflite path or its bytes, got int"):
         LiteRTGenerator(3)
+    with pytest.raises(ValueError, match="the model given as bytes is empty"):
+        LiteRTGenerator(b"")
+    for threads in (0, True, 1.5):  # (0 was said as a model LiteRT cannot read)
+        with pytest.raises(ValueError, match="num_threads must be a positive integer or None"):
+            LiteRTGenerator(other.read_bytes(), num_threads=threads)
 
 
 def test_a_missing_interpreter_names_the_extra_to_install(model, monkeypatch):

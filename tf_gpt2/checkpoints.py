@@ -500,7 +500,7 @@ def load_pretrained(model_class: type, source: Any, revision: str | None = None,
         if revision is None and hub.keras_hub_preset(source):
             source = hub.keras_hub_backbone(source)
         elif repo_id:
-            source = hub.download(repo_id, revision)
+            source = hub.download(repo_id, revision, check_config=config_from_hf)
     elif revision is not None:
         raise ValueError(f"revision={revision!r} is for a Hugging Face repo name, not the local path {source}")
     if type(source).__name__ == "GPT2Backbone":

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+from collections.abc import Iterable
 from typing import Any, Callable, Iterator
 
 import keras
@@ -29,6 +30,18 @@ def checked_integer(name: str, value: Any) -> int:
     if not is_integer(value):
         raise ValueError(f"{name} must be an integer, got {value!r}")
     return int(value)
+
+
+def checked_stop_ids(stop_ids: Any, vocab_size: int) -> list[int]:
+    """Stop ids, one id or a list of them, as ints in [0, vocab_size): one the model never writes would never stop."""
+    if is_integer(stop_ids):  # one id, as transformers' eos_token_id takes it
+        stop_ids = [stop_ids]
+    if isinstance(stop_ids, (str, bytes, bytearray, memoryview)) or not isinstance(stop_ids, Iterable):
+        raise TypeError(f"stop_ids must be a token id or a list of them, got {stop_ids!r:.80}")
+    stop_ids = [checked_integer("stop_ids entry", t) for t in stop_ids]
+    if any(not 0 <= t < vocab_size for t in stop_ids):
+        raise ValueError(f"stop_ids must be token ids in [0, {vocab_size}) (the model's vocabulary), got {stop_ids}")
+    return stop_ids
 
 
 def require_tensorflow(what: str) -> None:

@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterator, NamedTuple, Sequence
 import numpy as np
 from keras import ops
 
-from tf_gpt2.checks import check_in_vocabulary, checked_integer, is_integer
+from tf_gpt2.checks import check_in_vocabulary, checked_integer, checked_stop_ids, is_integer
 from tf_gpt2.layers import causal_mask
 from tf_gpt2.tokenizer import EOT_ID, CharacterTokenizer, GPT2Tokenizer, tokenizer_for
 from tf_gpt2.xla import compiled
@@ -238,8 +238,9 @@ def _as_batch(prompt: Any, text_tokenizer: Callable[[], Any], stop_ids: list[int
     """A prompt as a batch of id lists, how to answer in the form it came in (text for text, read with
     `text_tokenizer()`; ids for ids; one for one, a list for a batch), and the tokenizer that read it (None for ids).
     The answer takes each row's new ids; stop ids are dropped from text."""
-    if isinstance(prompt, (bytes, bytearray)) or (isinstance(prompt, (list, tuple)) and
-                                                  any(isinstance(p, (bytes, bytearray)) for p in prompt)):
+    as_bytes = (bytes, bytearray, memoryview)
+    if isinstance(prompt, as_bytes) or (isinstance(prompt, (list, tuple)) and any(isinstance(p, as_bytes)
+                                                                                  for p in prompt)):
         raise TypeError("prompt is bytes: decode it to str first (or pass token ids as a list of int)")
     if isinstance(prompt, np.ndarray):
         prompt = prompt.tolist()
@@ -263,7 +264,7 @@ def _as_batch(prompt: Any, text_tokenizer: Callable[[], Any], stop_ids: list[int
     raise TypeError(f"prompt must be text, a list of token ids or a batch of them, got {prompt!r:.80}")
 
 
-def _encoded(tokenizer, text: str, row: int) -> list[int]:
+def _encoded(tokenizer: GPT2Tokenizer | CharacterTokenizer | Any, text: str, row: int) -> list[int]:
     """Prompt `row` of a batch of texts, read by `tokenizer`; a text it cannot read is named by its row."""
     try:
         return tokenizer.encode(text)
@@ -307,15 +308,10 @@ def _prepare(model, prompt: Any, max_new_tokens: int = 32, temperature: float = 
              seed: int = 0, tokenizer=None, vocab_end: int | None = None) -> _Request:
     """Check every argument, then build what the compiled code takes: the left-padded prompts and the settings."""
     cfg = model.config
-    if is_integer(stop_ids):  # one id, as transformers' eos_token_id takes it
-        stop_ids = [stop_ids]
     given = stop_ids is not None
     if not given:  # `<|endoftext|>`, where the vocabulary has it (a character model's has not)
         stop_ids = [EOT_ID] if EOT_ID < cfg.vocab_size else []
-    stop_ids = [checked_integer("stop_ids entry", t) for t in stop_ids]
-    if any(not 0 <= t < cfg.vocab_size for t in stop_ids):  # one the model never writes would never stop a row
-        raise ValueError(f"stop_ids must be token ids in [0, {cfg.vocab_size}) (the model's vocabulary), got "
-                         f"{stop_ids}")
+    stop_ids = checked_stop_ids(stop_ids, cfg.vocab_size)
     batch, answer, reader = _as_batch(prompt, lambda: tokenizer or tokenizer_for(cfg), stop_ids)
     if vocab_end is None:  # text read with GPT-2's BPE or characters continues in ids they read: not in the rows
         # of a vocabulary padded past GPT-2's 50,257 (nanoGPT's 50,304), which no text decodes to

@@ -27,7 +27,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import re
-from typing import Any
+from typing import Any, Callable
 
 from tf_gpt2.files import read_json
 from tf_gpt2.formats import MODEL_FILE_SUFFIXES
@@ -44,10 +44,11 @@ _REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
 
 
 def hub_repo_id(name: str) -> str | None:
-    """The Hugging Face repo id that `name` spells (`org/name`, `name` or `hf://org/name`), else None (a name
-    ending as a model file or a JSON file does: it is a path)."""
+    """The Hugging Face repo id that `name` spells (`org/name`, `name` or `hf://org/name`), else None (without
+    hf://, a name ending as a model file or a JSON file does: it is a path)."""
+    path_like = not name.startswith("hf://") and name.lower().endswith((*MODEL_FILE_SUFFIXES, ".json"))
     name = name.removeprefix("hf://")
-    if _REPO_ID.fullmatch(name) and not name.lower().endswith((*MODEL_FILE_SUFFIXES, ".json")) and ".." not in name:
+    if _REPO_ID.fullmatch(name) and not path_like and ".." not in name:
         return name
     return None
 
@@ -85,8 +86,12 @@ def keras_hub_backbone(name: str) -> Any:
             f"{instead} or a preset directory on disk") from e
 
 
-def download(repo_id: str, revision: str | None = None) -> str:
-    """The local snapshot directory of a GPT-2 repo on the Hugging Face Hub (downloaded or from the cache)."""
+def download(repo_id: str, revision: str | None = None,
+             check_config: Callable[[dict, str], Any] | None = None) -> str:
+    """The local snapshot directory of a GPT-2 repo on the Hugging Face Hub (downloaded or from the cache).
+
+    `check_config(config, source)` reads the repo's config.json before any weights, raising where it is not GPT-2's
+    (a config without a model_type is read as GPT-2's, as a folder on disk is)."""
     from huggingface_hub import constants, hf_hub_download, snapshot_download
     from huggingface_hub.errors import (
         EntryNotFoundError,
@@ -101,8 +106,10 @@ def download(repo_id: str, revision: str | None = None) -> str:
     try:
         config = read_json(hf_hub_download(repo_id, CONFIG, revision=revision))
         model_type = config.get("model_type")
-        if model_type not in (None, "gpt2"):  # (none: read as GPT-2's, as a folder on disk is, and checked there)
+        if model_type not in (None, "gpt2"):
             raise ValueError(f"{where} holds a {model_type!r} model, not GPT-2")
+        if check_config:
+            check_config(config, f"{where}'s {CONFIG}")
         # The top level only: a pattern's * matches "/" too, and checkpoint-500/model.safetensors is not the model.
         snapshot = snapshot_download(repo_id, revision=revision, allow_patterns=[CONFIG, *SAFETENSORS, *TOKENIZER],
                                      ignore_patterns=["*/*"])

@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from tf_gpt2.checks import is_integer, require_tensorflow
+from tf_gpt2.checks import checked_stop_ids, is_integer, require_tensorflow
 from tf_gpt2.files import atomic_write, work_dir, write_file
 from tf_gpt2.formats import QUANTIZATIONS
 from tf_gpt2.generation import refuse_non_finite
@@ -273,7 +273,8 @@ class LiteRTGenerator:
     >>> gen.generate([464, 3290], max_new_tokens=8)              # doctest: +SKIP
     """
 
-    def __init__(self, path_or_bytes: str | os.PathLike | bytes, num_threads: int | None = None):
+    def __init__(self, path_or_bytes: str | os.PathLike | bytes | bytearray | memoryview,
+                 num_threads: int | None = None):
         try:
             from ai_edge_litert.interpreter import Interpreter
         except ImportError as e:
@@ -281,13 +282,17 @@ class LiteRTGenerator:
 
         given_bytes = isinstance(path_or_bytes, (bytes, bytearray, memoryview))
         if not given_bytes and not isinstance(path_or_bytes, (str, os.PathLike)):
-            raise TypeError(f"expected a .tflite path or its bytes, got {type(path_or_bytes).__name__}")
+            raise TypeError(f"LiteRTGenerator expects a .tflite path or its bytes, got {type(path_or_bytes).__name__}")
+        if given_bytes and len(path_or_bytes) == 0:
+            raise ValueError("the model given as bytes is empty")
+        if num_threads is not None and not (is_integer(num_threads) and num_threads >= 1):  # (else named as the model)
+            raise ValueError(f"num_threads must be a positive integer or None (LiteRT's default), got {num_threads!r}")
         source = {"model_content": bytes(path_or_bytes)} if given_bytes else {"model_path": os.fspath(path_or_bytes)}
         named = "the model given as bytes" if given_bytes else str(path_or_bytes)
         if not given_bytes and not os.path.isfile(path_or_bytes):
             raise FileNotFoundError(f"{named} is no file" + (" (a folder)" if os.path.isdir(named) else ""))
         try:
-            self.interpreter = Interpreter(**source, num_threads=num_threads)  # None: LiteRT's default
+            self.interpreter = Interpreter(**source, num_threads=None if num_threads is None else int(num_threads))
         except ValueError as e:  # ("The model is not a valid Flatbuffer buffer": a .litertlm, say)
             raise ValueError(f"{named} is no .tflite LiteRT reads ({e})") from None
         names = self.interpreter.get_signature_list()
@@ -364,13 +369,7 @@ class LiteRTGenerator:
         if not is_integer(max_new_tokens) or max_new_tokens <= 0:  # (True is no count)
             raise ValueError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
         prompt = self._checked(prompt, 0)  # before the conversation is reset: a refused call keeps it
-        stop_ids = [stop_ids] if is_integer(stop_ids) else stop_ids  # one id, as `model.generate` takes it
-        if isinstance(stop_ids, (str, bool)) or not isinstance(stop_ids, Iterable):
-            raise TypeError(f"stop_ids must be a token id or a list of them, got {stop_ids!r:.80}")
-        try:  # one the model never writes would never stop it
-            stop_ids = checked_ids(stop_ids, self.vocab_size)
-        except (TypeError, ValueError) as e:
-            raise type(e)(f"stop_ids: {e}") from None
+        stop_ids = checked_stop_ids(stop_ids, self.vocab_size)
         if len(prompt) + max_new_tokens - 1 > self.cache_length:
             raise ValueError(f"prompt + max_new_tokens exceeds the exported cache of {self.cache_length} positions")
         self.reset()
