@@ -133,3 +133,35 @@ def test_the_nan_guard_stops_at_the_same_batch_one_batch_behind(runs):
 def test_tf_gpt2_train_on_jax_stops_at_a_nan_and_keeps_the_last_good_checkpoint(runs):
     assert "loss became nan" in runs["train"]["message"] and "last good checkpoint is" in runs["train"]["message"]
     assert runs["train"]["kept"]
+
+
+def test_a_ctrl_c_while_the_host_waits_for_a_batch_is_raised_not_ignored(monkeypatch):
+    """The host waits for a batch where its logs become numbers. Keras' own conversion ignores whatever is raised
+    there (a bare except), Ctrl-C's KeyboardInterrupt too, and a JAX run trained on to its end: `OneStepBehind`
+    converts them first, in its own code. (The conversion is made to raise as a Ctrl-C during that wait would.)"""
+    import keras
+    from keras.src import backend
+
+    from tf_gpt2.training import OneStepBehind
+
+    seen = []
+
+    class Record(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            seen.append(logs["loss"])
+
+    callbacks = OneStepBehind([Record()])
+    for batch in (0, 1):
+        callbacks.on_train_batch_begin(batch)
+        callbacks.on_train_batch_end(batch, {"loss": keras.ops.convert_to_tensor(1.5 + batch)})
+    assert seen == [1.5]  # batch 0's, once batch 1 was launched
+
+    def ctrl_c(value):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(backend, "convert_to_numpy", ctrl_c)
+    callbacks.on_train_batch_begin(2)
+    with pytest.raises(KeyboardInterrupt):
+        callbacks.on_train_batch_end(2, {"loss": keras.ops.convert_to_tensor(3.5)})  # batch 1's logs are read here
+    with pytest.raises(KeyboardInterrupt):  # a validation batch's
+        callbacks.on_test_batch_end(0, {"loss": keras.ops.convert_to_tensor(2.0)})

@@ -333,6 +333,8 @@ def test_a_batch_of_texts_names_the_prompt_its_tokenizer_cannot_read():
         model.generate(["ab", "ba", "abx"], max_new_tokens=1)
     with pytest.raises(ValueError, match="^characters 'x' are not in the model's"):  # one prompt: no row to name
         model.generate("abx", max_new_tokens=1)
+    with pytest.raises(ValueError, match="^characters 'Z', 'e', 'r' are not in"):  # each, not a word ("Zer")
+        model.generate("Zebra", max_new_tokens=1)
 
 
 def test_a_vocabulary_smaller_than_gpt2s_without_characters_reads_no_text(model):

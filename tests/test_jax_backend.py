@@ -40,6 +40,11 @@ def test_forward_generate_eval_and_train_step_on_jax_match_tensorflow(tmp_path):
         from tf_gpt2.evaluation import evaluate
         nll = evaluate(model, np.arange(40) % 200, context=8, stride=4).nll
         ids = np.load({str(tmp_path / "ids.npy")!r})
+        before = np.asarray(model(ids))
+        half = model.with_dtype("mixed_bfloat16")  # trained apart: its train step frees (donates) only its own arrays
+        half.compile(optimizer="adamw", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        half.train_on_batch(ids[:, :-1], ids[:, 1:])
+        copy_kept = float(np.abs(np.asarray(model(ids)) - before).max())
         model.compile(optimizer=keras.optimizers.AdamW(1e-3), jit_compile=True,
                       loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
         losses = [float(model.train_on_batch(ids[:, :-1], ids[:, 1:])) for _ in range(3)]  # each: before its update
@@ -55,7 +60,7 @@ def test_forward_generate_eval_and_train_step_on_jax_match_tensorflow(tmp_path):
         tokens = keras.Input((None,), dtype="int32")  # in a functional model: a symbolic length, not refused
         functional = float(np.abs(np.asarray(keras.Model(tokens, model(tokens))(ids)) - fused).max())
         print(json.dumps({{"nll": nll, "losses": losses, "fused_vs_explicit": float(np.abs(fused - explicit).max()),
-                          "functional": functional,
+                          "functional": functional, "copy_kept": copy_kept,
                           "unchecked_vs_rows": float(np.abs(unchecked[:2] - rows).max()),
                           "past_the_end_nan": bool(np.isnan(unchecked[2]).all())}}))
         print(json.dumps(generated))
@@ -70,6 +75,7 @@ def test_forward_generate_eval_and_train_step_on_jax_match_tensorflow(tmp_path):
     assert abs(jax_results["nll"] - expected_nll) <= 1e-4 * expected_nll  # evaluation runs on JAX too
     assert jax_results["fused_vs_explicit"] <= 1e-5  # jax.nn.dot_product_attention == the written-out attention
     assert jax_results["functional"] <= 1e-6
+    assert jax_results["copy_kept"] == 0  # (the model's arrays had been deleted: "Array has been deleted")
     # A compiled call of one's own does not check ids (docs/generation.md): a padding row of `vocab_multiple` and a
     # negative id read rows of the table; past the end, NaN in every position of the row (attention's zero weights
     # times its NaN values).

@@ -137,3 +137,29 @@ def test_a_placement_the_backend_or_the_model_cannot_take_is_refused_by_name(mon
         Placement(scope=None, replicas=1, mesh=Mesh(1, 4)).check(
             GPT2Config(vocab_size=28, n_embd=30, n_head=2, n_layer=1, n_positions=8))
     split.check(GPT2Config(vocab_size=27, vocab_multiple=4, n_embd=32, n_head=2, n_layer=1, n_positions=8))
+
+
+def test_ctrl_c_stops_a_jax_run_in_one_line_with_status_130(tmp_path):
+    """On JAX the host waits for each step while it reads the step's logs; Keras' conversion of the logs ignored the
+    KeyboardInterrupt of a Ctrl-C raised there (a bare except), and the run trained on to its end."""
+    import signal
+
+    (tmp_path / "text.txt").write_text("First Citizen:\nBefore we proceed any further, hear me speak.\n" * 80)
+    prepare(str(tmp_path / "text.txt"), str(tmp_path / "data"), verbose=False)  # GPT-2's vocabulary: the head
+    command = [sys.executable, "-m", "tf_gpt2.cli", "train", "--data", str(tmp_path / "data"),  # makes a step wait
+               "--out", str(tmp_path / "run"), "--preset", "gpt2-tiny", "--steps", "100000", "--batch-size", "4",
+               "--block-size", "32", "--eval-interval", "20", "--eval-batches", "2", "--sample-tokens", "0"]
+    run = subprocess.Popen(command, env={**_env(1), "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True)
+    steps_seen = 0
+    for line in run.stdout:  # training, past its first round (the progress bar's lines)
+        steps_seen += "tok/s" in line
+        if steps_seen == 8:
+            run.send_signal(signal.SIGINT)
+            break
+    try:
+        output, status = run.communicate(timeout=120)[0], run.returncode
+    finally:
+        run.kill()
+    assert status == 130 and output.strip().splitlines()[-1] == "tf-gpt2 train: interrupted", output[-2000:]
+    assert not (tmp_path / "run" / "model.keras").exists()

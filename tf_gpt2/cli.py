@@ -205,9 +205,8 @@ def _add_train_flags(parser: argparse.ArgumentParser) -> None:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from tf_gpt2.devices import process_index
-    from tf_gpt2.files import save_keras
     from tf_gpt2.tokenizer import checked_utf8
-    from tf_gpt2.training import MODEL_FILE, inference_model, refuse_other_vocab, train
+    from tf_gpt2.training import MODEL_FILE, refuse_other_vocab, train
 
     _refuse_writing_over_inputs(args.out, args.data, args.init_from)
     _refuse_writing_over_inputs(os.path.join(args.out, MODEL_FILE), args.init_from)
@@ -223,11 +222,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.warmup_steps is not None and args.warmup_steps > cfg.steps - 1 and process_index() == 0:
         print(f"note: the learning rate warms up over {cfg.steps - 1} steps, not --warmup-steps "
               f"{cfg.warmup_steps}: the warmup ends before --steps {cfg.steps}", file=sys.stderr)
-    model, _ = train(cfg)
-    trained = inference_model(model)  # in a run of many processes, gathered by all of them
-    if process_index() == 0:
-        save_keras(trained, os.path.join(args.out, MODEL_FILE))
-        print(f"saved {os.path.join(args.out, MODEL_FILE)}")
+    train(cfg)  # (and writes OUT/model.keras)
     return 0
 
 

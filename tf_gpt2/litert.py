@@ -283,11 +283,11 @@ class LiteRTGenerator:
         given_bytes = isinstance(path_or_bytes, (bytes, bytearray, memoryview))
         if not given_bytes and not isinstance(path_or_bytes, (str, os.PathLike)):
             raise TypeError(f"LiteRTGenerator expects a .tflite path or its bytes, got {type(path_or_bytes).__name__}")
-        if given_bytes and len(path_or_bytes) == 0:
+        source = {"model_content": bytes(path_or_bytes)} if given_bytes else {"model_path": os.fspath(path_or_bytes)}
+        if given_bytes and not source["model_content"]:
             raise ValueError("the model given as bytes is empty")
         if num_threads is not None and not (is_integer(num_threads) and num_threads >= 1):  # (else named as the model)
             raise ValueError(f"num_threads must be a positive integer or None (LiteRT's default), got {num_threads!r}")
-        source = {"model_content": bytes(path_or_bytes)} if given_bytes else {"model_path": os.fspath(path_or_bytes)}
         named = "the model given as bytes" if given_bytes else str(path_or_bytes)
         if not given_bytes and not os.path.isfile(path_or_bytes):
             raise FileNotFoundError(f"{named} is no file" + (" (a folder)" if os.path.isdir(named) else ""))

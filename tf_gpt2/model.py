@@ -367,7 +367,9 @@ class GPT2(CheckedLoops, keras.Model):
         for source, target in zip(self._flatten_layers(), model._flatten_layers(), strict=True):
             store: dict = {}
             source.save_own_variables(store)
-            target.load_own_variables(store)
+            # Copies: on JAX an array assigned as it is would be this model's too, and training either model would
+            # free both (Keras' train step donates its variables' buffers).
+            target.load_own_variables({name: ops.copy(value) for name, value in store.items()})
         return model
 
     def quantize(self, mode: str | None = None, config=None, filters=None, **kwargs) -> None:

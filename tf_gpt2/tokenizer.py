@@ -420,7 +420,7 @@ class CharacterTokenizer:
     def encode(self, text: str) -> list[int]:
         unknown = sorted(set(text) - self._index.keys())
         if unknown:
-            raise ValueError(f"characters {''.join(unknown)!r} are not in the model's vocabulary of "
+            raise ValueError(f"characters {', '.join(map(repr, unknown))} are not in the model's vocabulary of "
                              f"{len(self.characters)}")
         return [self._index[c] for c in text]
 

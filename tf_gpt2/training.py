@@ -45,7 +45,7 @@ from tf_gpt2.data import (
     shards_whole,
 )
 from tf_gpt2.devices import Placement, host_array, place_run, tensorflow
-from tf_gpt2.files import exclusive, json_writer, read_json, write_together
+from tf_gpt2.files import exclusive, json_writer, read_json, save_keras, write_together
 from tf_gpt2.generation import pad_id
 from tf_gpt2.model import GPT2
 from tf_gpt2.tokenizer import VOCAB_SIZE, check_output_writes
@@ -211,6 +211,9 @@ class OneStepBehind(keras.callbacks.CallbackList):
     on (the next batch has run), and `model.stop_training` set there stops training one batch later. `tf-gpt2
     train`'s own callbacks read only the logs in their batch hooks, and the rest at the round's end. Used on JAX,
     where a launched step runs on while Python goes on (`fit_callbacks`).
+
+    The host waits for a batch here, reading its logs, and not in Keras' conversion of them: that ignores whatever
+    is raised while it runs (a bare `except`), Ctrl-C's KeyboardInterrupt too, and training went on to its end.
     """
 
     def __init__(self, *args, **kwargs):
@@ -229,7 +232,10 @@ class OneStepBehind(keras.callbacks.CallbackList):
             begun, batch, logs = self._held
             self._held = None
             super().on_train_batch_begin(begun)
-            super().on_train_batch_end(batch, logs)
+            super().on_train_batch_end(batch, _on_host(logs))
+
+    def on_test_batch_end(self, batch, logs=None):
+        super().on_test_batch_end(batch, _on_host(logs))
 
     def on_test_begin(self, logs=None):  # a round's validation comes after its last batch
         self._release()
@@ -242,6 +248,11 @@ class OneStepBehind(keras.callbacks.CallbackList):
     def on_train_end(self, logs=None):
         self._release()
         super().on_train_end(logs)
+
+
+def _on_host(logs: dict | None) -> dict | None:
+    """A batch's logs as numpy values, waited for here (see `OneStepBehind`)."""
+    return keras.tree.map_structure(lambda v: keras.ops.convert_to_numpy(v) if keras.ops.is_tensor(v) else v, logs)
 
 
 def fit_callbacks(callbacks: list, model: keras.Model, *, epochs: int, steps: int, verbose: int):
@@ -724,7 +735,8 @@ def run_record(cfg: TrainConfig, identity: dict[str, Any], placement: Placement)
 
 
 def train(cfg: TrainConfig) -> tuple[GPT2, dict[str, list[float]]]:
-    """Train (or resume) a run; returns the model and the Keras history.
+    """Train (or resume) a run, then write its model as `cfg.out`/model.keras (`inference_model`, as `tf-gpt2
+    train` does); returns the model as trained and the Keras history.
 
     One process at a time may train in `cfg.out`: a second one is refused while the first runs. In a run of many
     processes (keras.distribution on JAX), `cfg.out` is storage they all see: each reads the checkpoint to resume,
@@ -733,7 +745,13 @@ def train(cfg: TrainConfig) -> tuple[GPT2, dict[str, list[float]]]:
     placement = place_run(cfg, GPT2.get_layout_map)
     cfg.check_sample_prompt_used(placement.processes)
     with exclusive(cfg.out, "training run") if placement.is_chief else contextlib.nullcontext():
-        return _train(cfg, placement)
+        model, history = _train(cfg, placement)
+        trained = inference_model(model)  # in a run of many processes, gathered by all of them
+        if placement.is_chief:
+            save_keras(trained, os.path.join(cfg.out, MODEL_FILE))
+            if cfg.verbose:
+                print(f"saved {os.path.join(cfg.out, MODEL_FILE)}")
+        return model, history
 
 
 def _refuse_a_finished_run_without_checkpoint(cfg: TrainConfig) -> None:
