@@ -135,33 +135,33 @@ def test_tf_gpt2_train_on_jax_stops_at_a_nan_and_keeps_the_last_good_checkpoint(
     assert runs["train"]["kept"]
 
 
-def test_a_ctrl_c_while_the_host_waits_for_a_batch_is_raised_not_ignored(monkeypatch):
-    """The host waits for a batch where its logs become numbers. Keras' own conversion ignores whatever is raised
-    there (a bare except), Ctrl-C's KeyboardInterrupt too, and a JAX run trained on to its end: `OneStepBehind`
-    converts them first, in its own code. (The conversion is made to raise as a Ctrl-C during that wait would.)"""
+
+def test_a_ctrl_c_ends_training_at_the_end_of_its_batch_and_a_second_at_once():
+    """`tf-gpt2 train` notes a Ctrl-C and raises it at the end of the batch it came in (Keras' conversion of a batch's
+    logs, where the host waits on JAX, ignored a KeyboardInterrupt raised there, and a run trained on to its end);
+    a second Ctrl-C acts at once, and the handler before it is back after training."""
+    import signal
+
     import keras
-    from keras.src import backend
+    import numpy as np
 
-    from tf_gpt2.training import OneStepBehind
+    from tf_gpt2.training import StopOnInterrupt
 
-    seen = []
+    ended = []
 
-    class Record(keras.callbacks.Callback):
+    class CtrlC(keras.callbacks.Callback):
         def on_train_batch_end(self, batch, logs=None):
-            seen.append(logs["loss"])
+            ended.append(batch)
+            if batch == 1:
+                signal.raise_signal(signal.SIGINT)
 
-    callbacks = OneStepBehind([Record()])
-    for batch in (0, 1):
-        callbacks.on_train_batch_begin(batch)
-        callbacks.on_train_batch_end(batch, {"loss": keras.ops.convert_to_tensor(1.5 + batch)})
-    assert seen == [1.5]  # batch 0's, once batch 1 was launched
-
-    def ctrl_c(value):
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(backend, "convert_to_numpy", ctrl_c)
-    callbacks.on_train_batch_begin(2)
-    with pytest.raises(KeyboardInterrupt):
-        callbacks.on_train_batch_end(2, {"loss": keras.ops.convert_to_tensor(3.5)})  # batch 1's logs are read here
-    with pytest.raises(KeyboardInterrupt):  # a validation batch's
-        callbacks.on_test_batch_end(0, {"loss": keras.ops.convert_to_tensor(2.0)})
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    model.compile(optimizer="sgd", loss="mse")
+    stop, before = StopOnInterrupt(), signal.getsignal(signal.SIGINT)
+    with pytest.raises(KeyboardInterrupt), stop.listening():
+        model.fit(np.ones((8, 2)), np.ones((8, 1)), batch_size=1, epochs=1, verbose=0, callbacks=[CtrlC(), stop])
+    assert ended == [0, 1] and signal.getsignal(signal.SIGINT) is before
+    with pytest.raises(KeyboardInterrupt), StopOnInterrupt().listening():
+        signal.raise_signal(signal.SIGINT)  # noted: nothing raised yet
+        signal.raise_signal(signal.SIGINT)  # the second: at once
+    assert signal.getsignal(signal.SIGINT) is before

@@ -12,7 +12,7 @@ import pytest
 
 from tf_gpt2.cli import main as cli_main
 from tf_gpt2.data import MANIFEST, TokenShards, prepare
-from tf_gpt2.training import CHECKPOINT, TrainConfig, make_optimizer, prepared_data, train
+from tf_gpt2.training import CHECKPOINT, MODEL_FILE, TrainConfig, make_optimizer, prepared_data, train
 
 TEXT = "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n" * 60
 TINY = dict(n_layer=2, n_head=2, n_embd=32, n_positions=64)
@@ -918,12 +918,16 @@ def test_a_run_json_without_its_checkpoint_starts_over_only_as_the_same_run(char
         with np.load(tmp_path / CHECKPOINT) as f:
             return [f[name] for name in sorted(f.files) if name != "meta"]
 
+    def killed_before_its_first_checkpoint():  # (the model is written at a run's end)
+        for name in (CHECKPOINT, MODEL_FILE):
+            os.remove(tmp_path / name)
+
     train(cfg)
     first = weights()
-    os.remove(tmp_path / CHECKPOINT)
+    killed_before_its_first_checkpoint()
     train(cfg)
     assert all(np.array_equal(a, b) for a, b in zip(weights(), first, strict=True))  # started over: the same run
-    os.remove(tmp_path / CHECKPOINT)
+    killed_before_its_first_checkpoint()
     with pytest.raises(ValueError, match=r"holds the run.json of a run with other settings \(learning_rate: 0.0006 "
                                          r"-> 0.001; min_learning_rate: 6e-05 -> 0.0001\) and no checkpoint.npz"):
         train(config(tmp_path, char_data, steps=4, eval_interval=2, learning_rate=1e-3))

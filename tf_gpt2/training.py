@@ -18,10 +18,12 @@ import functools
 import json
 import math
 import os
+import signal
 import sys
+import threading
 import time
 import zipfile
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import keras
 import ml_dtypes
@@ -211,9 +213,6 @@ class OneStepBehind(keras.callbacks.CallbackList):
     on (the next batch has run), and `model.stop_training` set there stops training one batch later. `tf-gpt2
     train`'s own callbacks read only the logs in their batch hooks, and the rest at the round's end. Used on JAX,
     where a launched step runs on while Python goes on (`fit_callbacks`).
-
-    The host waits for a batch here, reading its logs, and not in Keras' conversion of them: that ignores whatever
-    is raised while it runs (a bare `except`), Ctrl-C's KeyboardInterrupt too, and training went on to its end.
     """
 
     def __init__(self, *args, **kwargs):
@@ -232,10 +231,7 @@ class OneStepBehind(keras.callbacks.CallbackList):
             begun, batch, logs = self._held
             self._held = None
             super().on_train_batch_begin(begun)
-            super().on_train_batch_end(batch, _on_host(logs))
-
-    def on_test_batch_end(self, batch, logs=None):
-        super().on_test_batch_end(batch, _on_host(logs))
+            super().on_train_batch_end(batch, logs)
 
     def on_test_begin(self, logs=None):  # a round's validation comes after its last batch
         self._release()
@@ -248,11 +244,6 @@ class OneStepBehind(keras.callbacks.CallbackList):
     def on_train_end(self, logs=None):
         self._release()
         super().on_train_end(logs)
-
-
-def _on_host(logs: dict | None) -> dict | None:
-    """A batch's logs as numpy values, waited for here (see `OneStepBehind`)."""
-    return keras.tree.map_structure(lambda v: keras.ops.convert_to_numpy(v) if keras.ops.is_tensor(v) else v, logs)
 
 
 def fit_callbacks(callbacks: list, model: keras.Model, *, epochs: int, steps: int, verbose: int):
@@ -359,6 +350,44 @@ class StopOnNaN(keras.callbacks.Callback):
             val_loss = (logs or {}).get("val_loss")
             self._stop(f"the validation loss became {float(val_loss)} after the round's last update"
                        if val_loss is not None else "the weights stopped being finite in the round's last update")
+
+
+class StopOnInterrupt(keras.callbacks.Callback):
+    """Ctrl-C (SIGINT) ends training at the end of the batch it came in: a KeyboardInterrupt raised here.
+
+    Raised where the signal lands, it could be lost: on JAX the host waits for each batch in Keras' conversion of its
+    logs, which ignores whatever is raised there (a bare `except`), and a run trained on to its end. Within
+    `listening()` a first Ctrl-C is noted and said, and a second acts at once.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.interrupted = False
+
+    @contextlib.contextmanager
+    def listening(self) -> Iterator[None]:
+        previous = signal.getsignal(signal.SIGINT)
+        if threading.current_thread() is not threading.main_thread() or previous is None:  # (no handler to set)
+            yield
+            return
+
+        def note(signum, frame):
+            signal.signal(signal.SIGINT, previous)  # a second Ctrl-C acts at once
+            self.interrupted = True
+            print("\ninterrupted: training stops at the end of this step (Ctrl-C again to stop at once)",
+                  file=sys.stderr)
+
+        signal.signal(signal.SIGINT, note)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous)
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.interrupted:
+            raise KeyboardInterrupt
+
+    on_test_batch_end = on_train_batch_end
 
 
 class RoundMetrics(keras.callbacks.Callback):
@@ -886,7 +915,7 @@ def _fit(cfg: TrainConfig, model: GPT2, start: int, train_data: TokenShards, val
         print(f"note: the val split has {len(val_data)} tokens, fewer than block_size + 1 = {cfg.block_size + 1}: "
               "no validation loss (add text, lower --block-size, or prepare with a larger --val-fraction)",
               file=sys.stderr)
-    nan_guard = StopOnNaN()
+    nan_guard, interrupt = StopOnNaN(), StopOnInterrupt()
     callbacks = [*step_callbacks(cfg.batch_size * cfg.block_size, nan_guard),
                  SaveCheckpoint(checkpoint, round_end, write=placement.is_chief, beside=record)]
     if gradient_norm is not None:
@@ -907,6 +936,7 @@ def _fit(cfg: TrainConfig, model: GPT2, start: int, train_data: TokenShards, val
     if cfg.tensorboard and placement.is_chief:  # each compiled call's logs (Keras calls the batch hooks once per call)
         tensorboard = RunTensorBoard(os.path.join(cfg.out, "logs"), update_freq=1)
         callbacks.append(tensorboard)
+    callbacks.append(interrupt)  # (after the batch's other callbacks)
     # --steps counts optimizer steps whatever the interval. Keras' rounds ("epochs") of one fit all have one
     # length, so the rounds left are run as one fit per run of equal lengths.
     history: dict[str, list[float]] = {}
@@ -917,13 +947,15 @@ def _fit(cfg: TrainConfig, model: GPT2, start: int, train_data: TokenShards, val
         if tensorboard is not None:
             tensorboard.first_batch = start * cfg.grad_accum // cfg.steps_per_execution
         micro_batches = length * cfg.grad_accum  # each step takes grad_accum of them
-        fitted = model.fit(
-            train_ds.with_options(options), initial_epoch=first_round, epochs=last_round + 1,
-            steps_per_epoch=micro_batches,
-            validation_data=val_ds, validation_steps=cfg.eval_batches if val_ds is not None else None,
-            callbacks=fit_callbacks(callbacks, model, epochs=last_round + 1, steps=micro_batches, verbose=cfg.verbose),
-            verbose=cfg.verbose, shuffle=False,
-        )
+        with interrupt.listening():
+            fitted = model.fit(
+                train_ds.with_options(options), initial_epoch=first_round, epochs=last_round + 1,
+                steps_per_epoch=micro_batches,
+                validation_data=val_ds, validation_steps=cfg.eval_batches if val_ds is not None else None,
+                callbacks=fit_callbacks(callbacks, model, epochs=last_round + 1, steps=micro_batches,
+                                        verbose=cfg.verbose),
+                verbose=cfg.verbose, shuffle=False,
+            )
         for key, values in fitted.history.items():
             history.setdefault(key, []).extend(values)
         start = round_end(last_round)
