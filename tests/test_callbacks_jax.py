@@ -139,7 +139,8 @@ def test_tf_gpt2_train_on_jax_stops_at_a_nan_and_keeps_the_last_good_checkpoint(
 def test_a_ctrl_c_ends_training_at_the_end_of_its_batch_and_a_second_at_once():
     """`tf-gpt2 train` notes a Ctrl-C and raises it at the end of the batch it came in (Keras' conversion of a batch's
     logs, where the host waits on JAX, ignored a KeyboardInterrupt raised there, and a run trained on to its end);
-    a second Ctrl-C acts at once, and the handler before it is back after training."""
+    a second Ctrl-C is Python's own again, one after the last batch is raised as training ends, and the handler
+    before it is back after training."""
     import signal
 
     import keras
@@ -150,18 +151,32 @@ def test_a_ctrl_c_ends_training_at_the_end_of_its_batch_and_a_second_at_once():
     ended = []
 
     class CtrlC(keras.callbacks.Callback):
+        def on_train_batch_begin(self, batch, logs=None):
+            if batch == 1:
+                signal.raise_signal(signal.SIGINT)  # noted: batch 1 still runs and ends
+
         def on_train_batch_end(self, batch, logs=None):
             ended.append(batch)
-            if batch == 1:
-                signal.raise_signal(signal.SIGINT)
 
     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
     model.compile(optimizer="sgd", loss="mse")
     stop, before = StopOnInterrupt(), signal.getsignal(signal.SIGINT)
     with pytest.raises(KeyboardInterrupt), stop.listening():
         model.fit(np.ones((8, 2)), np.ones((8, 1)), batch_size=1, epochs=1, verbose=0, callbacks=[CtrlC(), stop])
-    assert ended == [0, 1] and signal.getsignal(signal.SIGINT) is before
+    assert ended == [0, 1] and stop.interrupted and signal.getsignal(signal.SIGINT) is before
+    reached = []
     with pytest.raises(KeyboardInterrupt), StopOnInterrupt().listening():
         signal.raise_signal(signal.SIGINT)  # noted: nothing raised yet
+        reached.append(1)
         signal.raise_signal(signal.SIGINT)  # the second: at once
-    assert signal.getsignal(signal.SIGINT) is before
+        reached.append(2)
+    assert reached == [1] and signal.getsignal(signal.SIGINT) is before
+    with pytest.raises(KeyboardInterrupt), StopOnInterrupt().listening():  # after the last batch: as training ends
+        model.fit(np.ones((2, 2)), np.ones((2, 1)), batch_size=1, epochs=1, verbose=0,
+                  callbacks=[keras.callbacks.LambdaCallback(on_train_end=lambda logs: signal.raise_signal(2))])
+    ignored = signal.signal(signal.SIGINT, signal.SIG_IGN)  # a process started in the background: left so
+    try:
+        with StopOnInterrupt().listening():
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, ignored)

@@ -149,7 +149,8 @@ def test_ctrl_c_stops_a_jax_run_in_one_line_with_status_130(tmp_path):
     prepare(str(tmp_path / "text.txt"), str(tmp_path / "data"), vocab="char", verbose=False)
     command = _command(tmp_path / "data", tmp_path / "run", steps=100_000)
     run = subprocess.Popen(command, env={**_env(1), "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE,
-                           stderr=subprocess.STDOUT, text=True)
+                           stderr=subprocess.STDOUT, text=True,  # (as from a terminal, if the suite ignores SIGINT)
+                           preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     steps_seen = 0
     for line in run.stdout:  # training, past its first round (the progress bar's lines)
         steps_seen += "tok/s" in line

@@ -68,9 +68,8 @@ DEMO_CONTEXT = 64  # characters: nanoGPT's CPU recipe for Shakespeare (4 layers,
 def cmd_demo(args: argparse.Namespace) -> int:
     """Train a small character-level GPT on the embedded Shakespeare, then let it write."""
     from tf_gpt2.data import TokenShards, codec, embedded_corpus, read_text
-    from tf_gpt2.files import save_keras
     from tf_gpt2.tokenizer import checked_utf8
-    from tf_gpt2.training import CHECKPOINT, MODEL_FILE, checkpoint_step, inference_model, train
+    from tf_gpt2.training import CHECKPOINT, MODEL_FILE, checkpoint_step, train
 
     if args.max_new_tokens < 1:
         raise ValueError(f"--max-new-tokens must be a positive integer, got {args.max_new_tokens}")
@@ -78,7 +77,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         raise ValueError("the prompt is empty: the model needs at least one character to continue")
     unknown = set(checked_utf8("the prompt", args.prompt)) - set(read_text(embedded_corpus()))
     if unknown:  # before minutes of training, not after
-        raise ValueError(f"characters {''.join(sorted(unknown))!r} of the prompt are not in Shakespeare's text, "
+        raise ValueError(f"characters {', '.join(map(repr, sorted(unknown)))} of the prompt are not in Shakespeare's "
+                         "text, "
                          "so not in the demo model's vocabulary")
     # Steps per compiled call: they divide every round, whatever --steps is, and the rest of the round a resumed
     # run starts inside (a checkpoint at an earlier --steps)
@@ -91,9 +91,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         steps_per_execution=execution, weight_decay=0.1, sample_tokens=0,
         resume_with_changes=args.resume_with_changes,
     )
-    model, history = train(cfg)
+    model, history = train(cfg)  # (and writes OUT/model.keras)
     saved = os.path.join(cfg.out, MODEL_FILE)
-    save_keras(inference_model(model), saved)
     encode, decode = codec(TokenShards(f"{cfg.out}/data", "train").manifest)
     ids, chunk = encode(args.prompt), DEMO_CONTEXT // 4
     if len(ids) > DEMO_CONTEXT - chunk:
@@ -105,7 +104,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     val = f", validation loss {history['val_loss'][-1]:.3f}" if history.get("val_loss") else ""
     print(f"\n{model.count_params():,} parameters, {args.steps} steps{val}. The model writes:\n")
     print(decode(ids[: len(args.prompt) + args.max_new_tokens]))
-    print(f"\nsaved {saved}; continue with:\n  tf-gpt2 generate \"ROMEO:\" --model {shlex.quote(saved)} "
+    print(f"\nThe model is {saved}; continue with:\n  tf-gpt2 generate \"ROMEO:\" --model {shlex.quote(saved)} "
           "--max-new-tokens 48 --temperature 0.8 --top-k 20")
     return 0
 

@@ -54,7 +54,7 @@ from tf_gpt2.tokenizer import VOCAB_SIZE, check_output_writes
 from tf_gpt2.train_config import TrainConfig
 
 CHECKPOINT = "checkpoint.npz"
-MODEL_FILE = "model.keras"  # the trained model, as `tf-gpt2 train` and `demo` save it in the run directory
+MODEL_FILE = "model.keras"  # the trained model, as `train` (so `tf-gpt2 train` and `demo`) saves it in the run folder
 
 
 # -- optimizer ----------------------------------------------------------------------------------
@@ -353,11 +353,13 @@ class StopOnNaN(keras.callbacks.Callback):
 
 
 class StopOnInterrupt(keras.callbacks.Callback):
-    """Ctrl-C (SIGINT) ends training at the end of the batch it came in: a KeyboardInterrupt raised here.
+    """Ctrl-C (SIGINT) ends training at the end of the compiled call it came in (a batch, or a round's end): a
+    KeyboardInterrupt raised here, and by `listening()` where it came after the last.
 
     Raised where the signal lands, it could be lost: on JAX the host waits for each batch in Keras' conversion of its
     logs, which ignores whatever is raised there (a bare `except`), and a run trained on to its end. Within
-    `listening()` a first Ctrl-C is noted and said, and a second acts at once.
+    `listening()` a first Ctrl-C is noted and said, and a second is Python's own again. An ignored SIGINT (a
+    process started in the background) stays ignored.
     """
 
     def __init__(self):
@@ -367,19 +369,19 @@ class StopOnInterrupt(keras.callbacks.Callback):
     @contextlib.contextmanager
     def listening(self) -> Iterator[None]:
         previous = signal.getsignal(signal.SIGINT)
-        if threading.current_thread() is not threading.main_thread() or previous is None:  # (no handler to set)
+        if threading.current_thread() is not threading.main_thread() or previous in (None, signal.SIG_IGN):
             yield
             return
 
         def note(signum, frame):
-            signal.signal(signal.SIGINT, previous)  # a second Ctrl-C acts at once
+            signal.signal(signal.SIGINT, previous)  # a second Ctrl-C is Python's own
             self.interrupted = True
-            print("\ninterrupted: training stops at the end of this step (Ctrl-C again to stop at once)",
-                  file=sys.stderr)
+            os.write(2, b"\ninterrupted: training stops at the end of this step (Ctrl-C again to stop sooner)\n")
 
         signal.signal(signal.SIGINT, note)
         try:
             yield
+            self.on_train_batch_end(None)  # one that came after the last batch's end
         finally:
             signal.signal(signal.SIGINT, previous)
 
@@ -387,7 +389,7 @@ class StopOnInterrupt(keras.callbacks.Callback):
         if self.interrupted:
             raise KeyboardInterrupt
 
-    on_test_batch_end = on_train_batch_end
+    on_test_batch_end = on_epoch_end = on_train_batch_end
 
 
 class RoundMetrics(keras.callbacks.Callback):
@@ -402,7 +404,8 @@ class RoundMetrics(keras.callbacks.Callback):
 
 
 def step_callbacks(tokens_per_batch: int, nan_guard: StopOnNaN | None = None) -> list[keras.callbacks.Callback]:
-    """The callbacks `tf-gpt2 train` runs at every batch: tokens/s, the NaN guard, the round's metrics."""
+    """The callbacks `tf-gpt2 train` runs at every batch: tokens/s, the NaN guard, the round's metrics (and, in a
+    run of one process, `StopOnInterrupt`)."""
     return [Throughput(tokens_per_batch), nan_guard or StopOnNaN(), RoundMetrics()]
 
 
@@ -562,8 +565,8 @@ def prepared_data(cfg: TrainConfig, characters: Sequence[str] | None = None,
         unknown = set(char_vocabulary(files)) - set(characters) if characters is not None else set()
         if unknown and runs_own:
             raise ValueError(f"the texts of --data now hold characters the run's model in {cfg.out} has no id for: "
-                             f"{''.join(sorted(unknown))[:40]!r} (the first: {first_place(files, unknown)}); its "
-                             f"dataset ({directory}) is as it was. A character "
+                             f"{', '.join(map(repr, sorted(unknown)[:20]))} (the first: "
+                             f"{first_place(files, unknown)}); its dataset ({directory}) is as it was. A character "
                              "model reads only its own characters: use another --out for a new run")
         if unknown:
             characters = None  # text of other characters: in its own, which `matched_to_data` refuses by name
@@ -775,12 +778,18 @@ def train(cfg: TrainConfig) -> tuple[GPT2, dict[str, list[float]]]:
     cfg.check_sample_prompt_used(placement.processes)
     with exclusive(cfg.out, "training run") if placement.is_chief else contextlib.nullcontext():
         model, history = _train(cfg, placement)
-        trained = inference_model(model)  # in a run of many processes, gathered by all of them
-        if placement.is_chief:
-            save_keras(trained, os.path.join(cfg.out, MODEL_FILE))
-            if cfg.verbose:
-                print(f"saved {os.path.join(cfg.out, MODEL_FILE)}")
+        _save_model(model, os.path.join(cfg.out, MODEL_FILE), placement.is_chief, cfg.verbose)
         return model, history
+
+
+def _save_model(model: GPT2, path: str, write: bool, verbose: int) -> None:
+    """The trained model as `inference_model` makes it, saved; in a run of many processes, gathered by all of them,
+    written by the one that writes."""
+    trained = inference_model(model)
+    if write:
+        save_keras(trained, path)
+        if verbose:
+            print(f"saved {path}")
 
 
 def _refuse_a_finished_run_without_checkpoint(cfg: TrainConfig) -> None:
@@ -915,7 +924,10 @@ def _fit(cfg: TrainConfig, model: GPT2, start: int, train_data: TokenShards, val
         print(f"note: the val split has {len(val_data)} tokens, fewer than block_size + 1 = {cfg.block_size + 1}: "
               "no validation loss (add text, lower --block-size, or prepare with a larger --val-fraction)",
               file=sys.stderr)
-    nan_guard, interrupt = StopOnNaN(), StopOnInterrupt()
+    nan_guard = StopOnNaN()
+    # Ctrl-C in a run of many processes stays Python's own: each process would stop at its own batch, and those
+    # that went on would wait in their collectives for the others
+    interrupt = StopOnInterrupt() if placement.processes == 1 else None
     callbacks = [*step_callbacks(cfg.batch_size * cfg.block_size, nan_guard),
                  SaveCheckpoint(checkpoint, round_end, write=placement.is_chief, beside=record)]
     if gradient_norm is not None:
@@ -936,7 +948,8 @@ def _fit(cfg: TrainConfig, model: GPT2, start: int, train_data: TokenShards, val
     if cfg.tensorboard and placement.is_chief:  # each compiled call's logs (Keras calls the batch hooks once per call)
         tensorboard = RunTensorBoard(os.path.join(cfg.out, "logs"), update_freq=1)
         callbacks.append(tensorboard)
-    callbacks.append(interrupt)  # (after the batch's other callbacks)
+    if interrupt is not None:
+        callbacks.append(interrupt)  # (after the batch's other callbacks: the round's checkpoint is written first)
     # --steps counts optimizer steps whatever the interval. Keras' rounds ("epochs") of one fit all have one
     # length, so the rounds left are run as one fit per run of equal lengths.
     history: dict[str, list[float]] = {}
@@ -947,7 +960,7 @@ def _fit(cfg: TrainConfig, model: GPT2, start: int, train_data: TokenShards, val
         if tensorboard is not None:
             tensorboard.first_batch = start * cfg.grad_accum // cfg.steps_per_execution
         micro_batches = length * cfg.grad_accum  # each step takes grad_accum of them
-        with interrupt.listening():
+        with interrupt.listening() if interrupt is not None else contextlib.nullcontext():
             fitted = model.fit(
                 train_ds.with_options(options), initial_epoch=first_round, epochs=last_round + 1,
                 steps_per_epoch=micro_batches,
