@@ -52,6 +52,8 @@ def test_tiny_model_overfits_through_model_fit(char_data, tmp_path, monkeypatch)
     assert np.isclose(history["val_perplexity"][-1], np.exp(history["val_loss"][-1]))
     saved = GPT2.from_pretrained(str(tmp_path / "model.keras"))  # the Python API writes the model as the CLI does
     assert all(np.array_equal(a, b) for a, b in zip(saved.get_weights(), model.get_weights(), strict=True))
+    with pytest.raises(ValueError, match="the output .*model.keras is the input .*model.keras"):  # (written over)
+        train(config(tmp_path, char_data, steps=400, init_from=str(tmp_path / "model.keras")))
 
 
 def _checkpoint_step(path):

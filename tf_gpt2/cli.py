@@ -20,6 +20,7 @@ from typing import Sequence
 from tf_gpt2.config import PRESETS
 from tf_gpt2.data import VOCABS
 from tf_gpt2.detokenize import DETOKENIZERS
+from tf_gpt2.files import refuse_writing_over_inputs
 from tf_gpt2.formats import FORMATS, MODEL_FILE_SUFFIXES, QUANTIZATIONS
 from tf_gpt2.train_config import BASE_DTYPES, DISTRIBUTIONS, PRECISIONS, STRATEGIES, TrainConfig
 
@@ -52,14 +53,6 @@ def _refuse_replacing_another_kind(path: str, kind: str) -> None:
             if f.read(offset + len(mark))[offset:] != mark:
                 raise ValueError(f"{path} is a file but no .{kind} file: writing there would replace it; give "
                                  "another path, or remove it first")
-
-
-def _refuse_writing_over_inputs(out: str | None, *inputs: str | None) -> None:
-    """Checked before anything is written: an output path that is one of the command's inputs would replace it."""
-    for source in inputs:
-        if out and source and os.path.exists(source) and os.path.realpath(out) == os.path.realpath(source):
-            raise ValueError(f"the output {out} is the input {source}: writing it would replace the input; "
-                             "choose another output path")
 
 
 DEMO_CONTEXT = 64  # characters: nanoGPT's CPU recipe for Shakespeare (4 layers, 4 heads, 128 wide)
@@ -112,7 +105,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_prepare(args: argparse.Namespace) -> int:
     from tf_gpt2.data import embedded_corpus, prepare
 
-    _refuse_writing_over_inputs(args.out, *(args.inputs or []))
+    refuse_writing_over_inputs(args.out, *(args.inputs or []))
     manifest = prepare(args.inputs or embedded_corpus(), args.out, val_fraction=args.val_fraction, vocab=args.vocab)
     for split, shards in manifest["splits"].items():
         print(f"{split}: {sum(s['tokens'] for s in shards):,} tokens in {len(shards)} shard(s)")
@@ -205,10 +198,8 @@ def _add_train_flags(parser: argparse.ArgumentParser) -> None:
 def cmd_train(args: argparse.Namespace) -> int:
     from tf_gpt2.devices import process_index
     from tf_gpt2.tokenizer import checked_utf8
-    from tf_gpt2.training import MODEL_FILE, refuse_other_vocab, train
+    from tf_gpt2.training import refuse_other_vocab, train
 
-    _refuse_writing_over_inputs(args.out, args.data, args.init_from)
-    _refuse_writing_over_inputs(os.path.join(args.out, MODEL_FILE), args.init_from)
     checked_utf8("--sample-prompt", args.sample_prompt)
     if args.preset and args.init_from:
         raise ValueError(f"--preset sizes a new model; --init-from {args.init_from} has its own size: drop --preset")
@@ -276,7 +267,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
     from tf_gpt2.checkpoints import files_read_instead
     from tf_gpt2.files import save_keras
 
-    _refuse_writing_over_inputs(args.dst, args.src)
+    refuse_writing_over_inputs(args.dst, args.src)
     suffix = os.path.splitext(args.dst.rstrip(os.sep))[1]
     if suffix.lower() in MODEL_FILE_SUFFIXES and suffix != ".keras":
         raise ValueError(f"{args.dst} names a {suffix} file, but convert writes a .keras file (that suffix, in lower "
@@ -356,7 +347,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     kind = _export_format(args)
     default = os.path.join("saved_models", "gpt2" if kind == "saved_model" else f"gpt2.{kind}")
     out = args.out or default
-    _refuse_writing_over_inputs(out, args.model)
+    refuse_writing_over_inputs(out, args.model)
     if kind != "saved_model":
         _refuse_replacing_another_kind(out, kind)
     replaced = kind != "saved_model" and os.path.isfile(out)  # replaced whole (a SavedModel adds a version)

@@ -215,6 +215,14 @@ def read_json(path: str, kind: str | None = None) -> dict[str, Any]:
     return value
 
 
+def refuse_writing_over_inputs(out: str | None, *inputs: str | None) -> None:
+    """Checked before anything is written: an output path that is one of the inputs would replace it."""
+    for source in inputs:
+        if out and source and os.path.exists(source) and os.path.realpath(out) == os.path.realpath(source):
+            raise ValueError(f"the output {out} is the input {source}: writing it would replace the input; "
+                             "choose another output path")
+
+
 def save_keras(model, path: str) -> None:
     """`model.save(path)`, atomically: a failed or killed save keeps the previous `.keras` file."""
     if not os.fspath(path).endswith(".keras"):

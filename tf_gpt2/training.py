@@ -47,7 +47,7 @@ from tf_gpt2.data import (
     shards_whole,
 )
 from tf_gpt2.devices import Placement, host_array, place_run, tensorflow
-from tf_gpt2.files import exclusive, json_writer, read_json, save_keras, write_together
+from tf_gpt2.files import exclusive, json_writer, read_json, refuse_writing_over_inputs, save_keras, write_together
 from tf_gpt2.generation import pad_id
 from tf_gpt2.model import GPT2
 from tf_gpt2.tokenizer import VOCAB_SIZE, check_output_writes
@@ -774,6 +774,8 @@ def train(cfg: TrainConfig) -> tuple[GPT2, dict[str, list[float]]]:
     processes (keras.distribution on JAX), `cfg.out` is storage they all see: each reads the checkpoint to resume,
     process 0 writes.
     """
+    refuse_writing_over_inputs(cfg.out, cfg.data, cfg.init_from)
+    refuse_writing_over_inputs(os.path.join(cfg.out, MODEL_FILE), cfg.init_from)
     placement = place_run(cfg, GPT2.get_layout_map)
     cfg.check_sample_prompt_used(placement.processes)
     with exclusive(cfg.out, "training run") if placement.is_chief else contextlib.nullcontext():
