@@ -71,8 +71,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     unknown = set(checked_utf8("the prompt", args.prompt)) - set(read_text(embedded_corpus()))
     if unknown:  # before minutes of training, not after
         raise ValueError(f"characters {', '.join(map(repr, sorted(unknown)))} of the prompt are not in Shakespeare's "
-                         "text, "
-                         "so not in the demo model's vocabulary")
+                         "text, so not in the demo model's vocabulary")
     # Steps per compiled call: they divide every round, whatever --steps is, and the rest of the round a resumed
     # run starts inside (a checkpoint at an earlier --steps)
     execution = math.gcd(10, args.steps, checkpoint_step(os.path.join(args.out, CHECKPOINT)) or 0)

@@ -359,17 +359,18 @@ class StopOnInterrupt(keras.callbacks.Callback):
     Raised where the signal lands, it could be lost: on JAX the host waits for each batch in Keras' conversion of its
     logs, which ignores whatever is raised there (a bare `except`), and a run trained on to its end. Within
     `listening()` a first Ctrl-C is noted and said, and a second is Python's own again. An ignored SIGINT (a
-    process started in the background) stays ignored.
+    process started in the background) stays ignored, and so does Ctrl-C where `listen` is False.
     """
 
-    def __init__(self):
+    def __init__(self, listen: bool = True):
         super().__init__()
-        self.interrupted = False
+        self.listen, self.interrupted = listen, False
 
     @contextlib.contextmanager
     def listening(self) -> Iterator[None]:
         previous = signal.getsignal(signal.SIGINT)
-        if threading.current_thread() is not threading.main_thread() or previous in (None, signal.SIG_IGN):
+        if (not self.listen or threading.current_thread() is not threading.main_thread()
+                or previous in (None, signal.SIG_IGN)):
             yield
             return
 
@@ -929,7 +930,7 @@ def _fit(cfg: TrainConfig, model: GPT2, start: int, train_data: TokenShards, val
     nan_guard = StopOnNaN()
     # Ctrl-C in a run of many processes stays Python's own: each process would stop at its own batch, and those
     # that went on would wait in their collectives for the others
-    interrupt = StopOnInterrupt() if placement.processes == 1 else None
+    interrupt = StopOnInterrupt(listen=placement.processes == 1)
     callbacks = [*step_callbacks(cfg.batch_size * cfg.block_size, nan_guard),
                  SaveCheckpoint(checkpoint, round_end, write=placement.is_chief, beside=record)]
     if gradient_norm is not None:
@@ -950,8 +951,7 @@ def _fit(cfg: TrainConfig, model: GPT2, start: int, train_data: TokenShards, val
     if cfg.tensorboard and placement.is_chief:  # each compiled call's logs (Keras calls the batch hooks once per call)
         tensorboard = RunTensorBoard(os.path.join(cfg.out, "logs"), update_freq=1)
         callbacks.append(tensorboard)
-    if interrupt is not None:
-        callbacks.append(interrupt)  # (after the batch's other callbacks: the round's checkpoint is written first)
+    callbacks.append(interrupt)  # (after the batch's other callbacks: the round's checkpoint is written first)
     # --steps counts optimizer steps whatever the interval. Keras' rounds ("epochs") of one fit all have one
     # length, so the rounds left are run as one fit per run of equal lengths.
     history: dict[str, list[float]] = {}
@@ -962,7 +962,7 @@ def _fit(cfg: TrainConfig, model: GPT2, start: int, train_data: TokenShards, val
         if tensorboard is not None:
             tensorboard.first_batch = start * cfg.grad_accum // cfg.steps_per_execution
         micro_batches = length * cfg.grad_accum  # each step takes grad_accum of them
-        with interrupt.listening() if interrupt is not None else contextlib.nullcontext():
+        with interrupt.listening():
             fitted = model.fit(
                 train_ds.with_options(options), initial_epoch=first_round, epochs=last_round + 1,
                 steps_per_epoch=micro_batches,
