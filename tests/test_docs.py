@@ -94,16 +94,24 @@ def test_the_readme_is_short_and_its_links_lead_somewhere():
 
 
 def test_the_cpu_benchmark_tables_are_their_result_files():
-    """docs/benchmarks.md's training and decode tables: each row's two tokens/s figures and ratios are those of the
-    two runs it cites (benchmarks/results/bench-2026-12-06-*.json), rounded as shown, in the order bench.py ran."""
+    """docs/benchmarks.md's training and decode tables, the Intel host's then the AMD host's: each row's two tokens/s
+    figures and ratios are those of the two runs it cites (benchmarks/results/bench-2026-12-06-*.json), rounded as
+    shown, in the order bench.py ran."""
     import json
     import re
 
-    runs = [json.load(open(os.path.join(ROOT, "benchmarks", "results", f"bench-2026-12-06-{i}.json"))) for i in (1, 2)]
     page = open(os.path.join(ROOT, "docs", "benchmarks.md"), encoding="utf-8").read()
     tables = [block for block in re.split(r"\n\n", page) if block.startswith("| system | tokens/s |")]
-    assert len(tables) == 2
+    assert len(tables) == 4
+    for host, (train, decode) in (("", tables[:2]), ("amd-", tables[2:])):
+        name = f"bench-2026-12-06-{host}" + "{}.json"
+        assert name.format(1) in page
+        runs = [json.load(open(os.path.join(ROOT, "benchmarks", "results", name.format(i)))) for i in (1, 2)]
+        assert ("AMD EPYC" in runs[0]["machine"]) == (host == "amd-")
+        _check_bench_tables(runs, train, decode)
 
+
+def _check_bench_tables(runs, *tables):
     def shown(value):  # as the page writes a rate: thousands whole, tens with one decimal
         return f"{value:,.0f}" if value >= 100 else f"{value:.1f}"
 

@@ -34,7 +34,8 @@ MODEL_FIELDS = tuple(f.name for f in dataclasses.fields(GPT2Config) if f.name no
 class TrainConfig:
     """Everything a run needs. Most fields are the `tf-gpt2 train` flag of the same name; `model` is set by the
     `--n-layer` ... `--loss-chunk` overrides, `jit_compile` by `--no-xla`, and `beta_1`, `beta_2`, `tensorboard` and
-    `verbose` are the Python API's only."""
+    `verbose` are the Python API's only. The checks here name fields; those made once the run has its data and
+    checkpoint (in `training.train`) name the flag (`--eval-interval`: `eval_interval`)."""
 
     out: str = "runs/gpt2"
     data: str | None = None  # prepared dir, text file/folder/glob; None: the embedded corpus

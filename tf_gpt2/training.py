@@ -218,6 +218,9 @@ class OneStepBehind(keras.callbacks.CallbackList):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._begun, self._held = None, None
+        for callback in self.callbacks:
+            if isinstance(callback, StopOnInterrupt):
+                callback.behind = 1
 
     def on_train_batch_begin(self, batch, logs=None):
         self._begun = batch
@@ -353,14 +356,18 @@ class StopOnNaN(keras.callbacks.Callback):
 
 
 class StopOnInterrupt(keras.callbacks.Callback):
-    """Ctrl-C (SIGINT) ends training at the end of the compiled call it came in (a batch, or a round's end): a
-    KeyboardInterrupt raised here, and by `listening()` where it came after the last.
+    """Ctrl-C (SIGINT) ends training at the end of the compiled call it came in, or, in a round's last call or its
+    validation, after the round's end (its checkpoint): a KeyboardInterrupt raised here, and by `listening()` where
+    it came after the last.
 
     Raised where the signal lands, it could be lost: on JAX the host waits for each batch in Keras' conversion of its
     logs, which ignores whatever is raised there (a bare `except`), and a run trained on to its end. Within
     `listening()` a first Ctrl-C is noted and said, and a second is Python's own again. An ignored SIGINT (a
-    process started in the background) stays ignored, and so does Ctrl-C where `listen` is False.
+    process started in the background) stays ignored, and so does Ctrl-C where `listen` is False. Put it after the
+    callbacks that end a round (`SaveCheckpoint`): they run before it raises.
     """
+
+    behind = 0  # how many batches after the one launched its batch hooks run (`OneStepBehind`'s: 1)
 
     def __init__(self, listen: bool = True):
         super().__init__()
@@ -377,20 +384,25 @@ class StopOnInterrupt(keras.callbacks.Callback):
         def note(signum, frame):
             signal.signal(signal.SIGINT, previous)  # a second Ctrl-C is Python's own
             self.interrupted = True
-            os.write(2, b"\ninterrupted: training stops at the end of this step (Ctrl-C again to stop sooner)\n")
+            os.write(2, b"\ninterrupted: training stops at the end of this step, or of this round's checkpoint "
+                        b"(Ctrl-C again to stop sooner)\n")
 
         signal.signal(signal.SIGINT, note)
         try:
             yield
-            self.on_train_batch_end(None)  # one that came after the last batch's end
+            self.on_epoch_end(None)  # one that came after the last round's end
         finally:
             signal.signal(signal.SIGINT, previous)
 
     def on_train_batch_end(self, batch, logs=None):
+        steps = (self.params or {}).get("steps")
+        if steps is None or batch + 1 + self.behind < steps:  # (once a round's last batch is launched, its
+            # validation and checkpoint come first)
+            self.on_epoch_end(None)
+
+    def on_epoch_end(self, epoch, logs=None):
         if self.interrupted:
             raise KeyboardInterrupt
-
-    on_test_batch_end = on_epoch_end = on_train_batch_end
 
 
 class RoundMetrics(keras.callbacks.Callback):
