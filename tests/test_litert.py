@@ -319,6 +319,9 @@ def test_a_file_that_is_no_tf_gpt2_tflite_is_named(tmp_path):
     for given in (other.read_bytes(), bytearray(other.read_bytes()), memoryview(other.read_bytes())):
         with pytest.raises(ValueError, match="^the model given as bytes is not a tf_gpt2 on-device model"):
             LiteRTGenerator(given)  # (a bytearray was taken for a path, and its bytes written into the message)
+    with pytest.raises(ValueError, match=f"the model given as bytes is no .tflite .*; they name the file {other}: "
+                       "give its path as a str"):  # (bytes are a model's content)
+        LiteRTGenerator(os.fsencode(other))
     with pytest.raises(TypeError, match="LiteRTGenerator expects a .tflite path or its bytes, got int"):
         LiteRTGenerator(3)
     with pytest.raises(ValueError, match="the model given as bytes is empty"):
