@@ -531,6 +531,114 @@ def test_saving_over_an_openai_checkpoint_replaces_it(tmp_path):
         GPT2.from_pretrained(tmp_path / "m")
 
 
+def test_a_save_replaces_or_removes_files_of_a_gpt2_checkpoint_only(tmp_path, capsys):
+    """convert / save_pretrained into a folder of another kind: a Keras model saved as a folder, another keras-hub
+    model's preset, a project with a word list and another model's hparams.json (whose files were removed by their
+    names), a folder where a checkpoint has a file (removed whole). Each is refused, and left as it was."""
+    import keras_hub
+
+    model = GPT2(GPT2Config.from_preset("gpt2-tiny", n_positions=16))
+    keras_folder = tmp_path / "keras_folder"
+    model.save(keras_folder, zipped=False)  # Keras' own folder form: config.json with a registered_name
+    with pytest.raises(ValueError, match=r"keras_folder is a Keras model's folder \(tf_gpt2>GPT2; model.save"):
+        GPT2.from_pretrained(keras_folder)  # (was: "lacks vocab_size, ...: not a GPT-2 config")
+    bert = tmp_path / "bert"
+    keras_hub.models.BertBackbone(vocabulary_size=10, num_layers=1, num_heads=1, hidden_dim=4, intermediate_dim=8,
+                                  max_sequence_length=8).save_to_preset(str(bert))
+    project = tmp_path / "project"
+    project.mkdir()
+    for name, text in (("vocab.txt", "apple\nbanana\n"), ("hparams.json", '{"model": "tacotron2"}'),
+                       ("notes.md", "keep me")):
+        (project / name).write_text(text)
+    folder = tmp_path / "tts"
+    (folder / "checkpoint" / "run1").mkdir(parents=True)
+    (folder / "checkpoint" / "run1" / "model-1000.index").write_text("weeks of training")
+    (folder / "hparams.json").write_text('{"model": "tacotron2"}')
+    from safetensors.numpy import save_file
+
+    weights = tmp_path / "weights"  # another model's weights alone (an earlier save's, with its save id, are replaced)
+    weights.mkdir()
+    save_file({"unet.conv.weight": np.zeros(3, np.float32)}, str(weights / "model.safetensors"))
+    for directory, problem in (
+            (weights, r"weights holds no GPT-2 checkpoint, but .*: model.safetensors\. Save into a new folder"),
+            (keras_folder, r"config.json is the config of a Keras model \(tf_gpt2>GPT2\), not of a GPT-2 checkpoint"),
+            (bert, r"config.json is the config of a Keras model \(keras_hub>BertBackbone\)"),
+            (project, r"project holds no GPT-2 checkpoint, but files a reader would take for the model's, which "
+                      r"saving it there would replace or remove: hparams.json, vocab.txt\. Save into a new folder"),
+            (folder, r"tts/checkpoint is a folder, where a checkpoint has a file of that name")):
+        before = {p: p.read_bytes() for p in directory.rglob("*") if p.is_file()}
+        with pytest.raises(ValueError, match=problem):
+            model.save_pretrained(directory)
+        assert {p: p.read_bytes() for p in directory.rglob("*") if p.is_file()} == before, directory
+    model.save(tmp_path / "m.keras")
+    assert cli_main(["convert", str(tmp_path / "m.keras"), str(project)]) == 2
+    assert "project holds no GPT-2 checkpoint" in capsys.readouterr().err
+    (project / "hparams.json").unlink()
+    (project / "vocab.txt").unlink()
+    model.save_pretrained(project)  # new files only beside the notes: written
+    assert (project / "notes.md").read_text() == "keep me" and GPT2.from_pretrained(project).count_params()
+
+
+def test_a_dangling_link_is_said_as_one_not_taken_for_a_repo_name(tmp_path, monkeypatch):
+    """A link whose disk is not mounted, named `gpt2`, loaded the Hub's gpt2 (or the cache's) without a word."""
+    monkeypatch.chdir(tmp_path)
+    os.symlink(tmp_path / "unmounted" / "my-gpt2", "gpt2")
+    with pytest.raises(FileNotFoundError, match=f"^gpt2 is a link to {tmp_path}/unmounted/my-gpt2, which is not there"):
+        GPT2.from_pretrained("gpt2")
+
+
+def _save_openai(directory, tensors, config):
+    """tensors (GPT-2's names) as an OpenAI checkpoint of `config`, its conv1d kernels [1, in, out]."""
+    os.makedirs(directory)
+    with open(os.path.join(directory, "hparams.json"), "w") as f:
+        json.dump(dict(n_vocab=config.vocab_size, n_ctx=config.n_positions, n_embd=config.n_embd,
+                       n_head=config.n_head, n_layer=config.n_layer), f)
+    names = [openai_name(name) for name in tensors]
+    values = [tf.constant(v[None] if v.ndim == 2 and not n.startswith("w") else v) for n, v in tensors.items()]
+    tf.raw_ops.SaveV2(prefix=os.path.join(directory, "model.ckpt"), tensor_names=names,
+                      shape_and_slices=[""] * len(names), tensors=values)
+    with open(os.path.join(directory, "checkpoint"), "w") as f:
+        f.write('model_checkpoint_path: "model.ckpt"\n')
+
+
+def test_openai_checkpoints_in_bfloat16_load_and_odd_ones_are_refused(tmp_path):
+    """bfloat16 weights (numpy's kind "V") were refused as "not floating point", in OpenAI's format and from a
+    keras-hub backbone; a conv1d kernel of [2, in, out] lost its second half; a `checkpoint` file naming another
+    folder's weights (a copied run keeps its absolute paths) read those."""
+    import keras_hub
+    import ml_dtypes
+
+    from tf_gpt2.checkpoints import checkpoint_tensors
+
+    model = GPT2(GPT2Config.from_preset("gpt2-tiny", vocab_size=100, n_positions=16))
+    tensors = checkpoint_tensors(model)
+    rounded = {name: v.astype(ml_dtypes.bfloat16) for name, v in tensors.items()}
+    _save_openai(tmp_path / "bf16", rounded, model.config)
+    loaded = weight_table(GPT2.from_pretrained(tmp_path / "bf16"))
+    for name, value in rounded.items():
+        np.testing.assert_array_equal(np.asarray(loaded[name]), value.astype(np.float32), err_msg=name)
+    backbone = keras_hub.models.GPT2Backbone(vocabulary_size=91, num_layers=1, num_heads=2, hidden_dim=8,
+                                             intermediate_dim=32, max_sequence_length=8, dtype="bfloat16")
+    assert GPT2.from_pretrained(backbone).config.vocab_size == 91
+
+    kernel = tensors["h.0.attn.c_attn.weight"]
+    stacked = {**tensors, "h.0.attn.c_attn.weight": np.stack([kernel, kernel + 1])}  # [2, in, out]
+    _save_openai(tmp_path / "3d", stacked, model.config)
+    with pytest.raises(ValueError, match=r"tensor 'model/h0/attn/c_attn/w' has shape \(2, \d+, \d+\), expected "
+                                         r"\[1, in, out\]"):
+        GPT2.from_pretrained(tmp_path / "3d")
+
+    _save_openai(tmp_path / "a", tensors, model.config)
+    other = GPT2(GPT2Config.from_preset("gpt2-tiny", vocab_size=100, n_positions=16, initializer_range=0.3))
+    _save_openai(tmp_path / "b", checkpoint_tensors(other), other.config)
+    (tmp_path / "b" / "checkpoint").write_text(f'model_checkpoint_path: "{tmp_path / "a" / "model.ckpt"}"\n')
+    with pytest.raises(ValueError, match=f"b/checkpoint names {tmp_path}/a/model.ckpt, outside {tmp_path}/b"):
+        GPT2.from_pretrained(tmp_path / "b")
+    (tmp_path / "b" / "checkpoint").write_text('model_checkpoint_path: "model.ckpt"\n')  # its own: read
+    np.testing.assert_array_equal(np.asarray(weight_table(GPT2.from_pretrained(tmp_path / "b"))["wte.weight"]),
+                                  checkpoint_tensors(other)["wte.weight"])
+
+
 def test_saving_a_character_model_over_a_gpt2_one_leaves_no_gpt2_tokenizer(tmp_path):
     """transformers' AutoTokenizer would read GPT-2's vocabulary beside the character model; its generate would
     take the old generation defaults."""

@@ -135,6 +135,16 @@ def test_eval_cli_matches_library(checkpoint, text, tmp_path, capsys):
     assert cli_main(["eval", str(gz), "--model", directory, "--context", "16", "--stride", "8", "--json"]) == 0
     gz_report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert {k: v for k, v in gz_report.items() if k != "file"} == {k: v for k, v in report.items() if k != "file"}
+    read, write = os.pipe()  # a pipe (`<(zcat ...)`, /dev/stdin), read once: "File or stream is not seekable."
+    os.write(write, crlf.read_bytes())
+    os.close(write)
+    try:
+        assert cli_main(["eval", f"/dev/fd/{read}", "--model", directory, "--context", "16", "--stride", "8",
+                         "--json"]) == 0
+    finally:
+        os.close(read)
+    piped = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert {k: v for k, v in piped.items() if k != "file"} == {k: v for k, v in report.items() if k != "file"}
 
 
 def test_a_perplexity_past_float64s_range_is_inf_and_null_in_the_json(tmp_path, capsys, monkeypatch):

@@ -182,18 +182,22 @@ def config_from_hf(hf: dict[str, Any], source: str = "config.json", **overrides:
     return _config(source, **with_overrides(values, overrides))
 
 
-def _read_safetensors(path: str) -> tuple[dict[str, np.ndarray], dict[str, str]]:
-    """The tensors of a safetensors file and its metadata."""
+def _read_safetensors(path: str, with_tensors: bool = True) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """The tensors of a safetensors file (none without `with_tensors`) and its metadata."""
     from safetensors import SafetensorError, safe_open
 
     try:
         with safe_open(path, framework="numpy") as f:
-            tensors, metadata = {k: f.get_tensor(k) for k in f.keys()}, f.metadata() or {}
+            tensors, metadata = {k: f.get_tensor(k) for k in f.keys() if with_tensors}, f.metadata() or {}
     except (SafetensorError, OSError, ValueError, TypeError) as e:
         raise ValueError(f"cannot read {path}: {e}") from e
-    # float16 and bfloat16 weights widen to float32, as transformers loads them into a float32 model
-    return {k: v.astype(np.float32) if v.dtype.name in ("float16", "bfloat16") else v
-            for k, v in tensors.items()}, metadata
+    return {k: widened(v) for k, v in tensors.items()}, metadata
+
+
+def widened(value: np.ndarray) -> np.ndarray:
+    """float16 and bfloat16 weights in float32, as transformers loads them into a float32 model; other dtypes as
+    they are, for `check_tensors` to refuse."""
+    return value.astype(np.float32) if value.dtype.name in ("float16", "bfloat16") else value
 
 
 def _read_torch_bin(path: str) -> dict[str, np.ndarray]:
@@ -330,11 +334,14 @@ def save_hf(model: keras.Model, directory: str | os.PathLike) -> None:
     if cfg.characters is None and cfg.vocab_size >= VOCAB_SIZE:  # GPT-2's BPE (its 50,257 ids, or padded past
         # them as nanoGPT's 50,304): transformers.AutoTokenizer / pipeline read these
         writes.update({os.path.join(directory, name): write for name, write in hf_tokenizer_files(cfg).items()})
-    stale = files_read_instead(directory, [os.path.basename(path) for path in writes])  # before config.json changes
+    saved = [os.path.basename(path) for path in writes]
+    stale = files_read_instead(directory, saved)  # before config.json changes
+    replaced = [name for name in saved if os.path.lexists(os.path.join(directory, name))]
+    _refuse_replacing_what_is_no_checkpoint(directory, replaced + stale)
     write_together(writes)
     for name in stale:
         path = os.path.join(directory, name)
-        shutil.rmtree(path) if os.path.isdir(path) and not os.path.islink(path) else os.remove(path)
+        shutil.rmtree(path) if name == "assets" and not os.path.islink(path) else os.remove(path)  # (keras-hub's)
     if stale:
         warnings.warn(f"{directory} held files of another checkpoint that would be read instead of, or beside, the "
                       f"model just saved; removed {', '.join(stale)}", stacklevel=3)
@@ -344,7 +351,9 @@ HF_TOKENIZER_FILES = ("vocab.json", "merges.txt", "tokenizer_config.json", "spec
                       "added_tokens.json", "tokenizer.json", *OTHER_KINDS)
 # Weights transformers (or its TF/Flax classes) would read, and the generation defaults it takes from a model dir.
 HF_OTHER_FILES = ("pytorch_model.bin", "tf_model.h5", "flax_model.msgpack", "generation_config.json")
+OPENAI_HPARAMS = ("n_vocab", "n_ctx", "n_embd", "n_layer", "n_head")  # what GPT-2's hparams.json gives
 OPENAI_FILES = ("hparams.json", "checkpoint", "encoder.json", "vocab.bpe")  # and the model.ckpt.* files
+KERAS_HUB_GPT2 = "keras_hub>GPT2Backbone"  # a keras-hub GPT-2 preset's config.json, by its registered name
 KERAS_HUB_FILES = ("metadata.json", "model.weights.h5", "preprocessor.json", "task.json", "task.weights.h5",
                    "tokenizer.json", "assets")
 
@@ -360,9 +369,35 @@ def _refuse_replacing_another_config(path: str) -> None:
     if not isinstance(config, dict) or not {"model_type", "architectures", "registered_name", "n_embd"} & set(config):
         raise ValueError(f"{path} is not a checkpoint's config.json (it names no model_type): saving the model there "
                          "would replace it. Save into a new folder, or move that file away")
+    if "registered_name" in config and config["registered_name"] != KERAS_HUB_GPT2:  # Keras' own, or keras-hub's
+        named = config["registered_name"] or config.get("class_name")
+        raise ValueError(f"{path} is the config of a Keras model ({named}), not of a GPT-2 checkpoint: saving GPT-2 "
+                         "there would replace it. Save into a new folder")
     if config.get("model_type", "gpt2") != "gpt2":
         raise ValueError(f"{path} is the config of a {config['model_type']!r} model: saving GPT-2 there would replace "
                          "it. Save into a new folder")
+
+
+def _refuse_replacing_what_is_no_checkpoint(directory: str, replaced: list[str]) -> None:
+    """A save replaces or removes files (`replaced`) only of a GPT-2 checkpoint: a config.json that passed
+    `_refuse_replacing_another_config`, OpenAI's GPT-2 hparams.json, or the model.safetensors of an earlier save
+    (its save id). Elsewhere it writes new files only, and it removes no folder but a keras-hub preset's assets."""
+    for name in replaced:
+        path = os.path.join(directory, name)
+        if name != "assets" and os.path.isdir(path) and not os.path.islink(path):
+            raise ValueError(f"{path} is a folder, where a checkpoint has a file of that name: saving the model there "
+                             "would remove it. Save into a new folder, or move it away")
+    if not replaced or os.path.lexists(os.path.join(directory, "config.json")):
+        return
+    with contextlib.suppress(ValueError, OSError):
+        if all(key in read_json(os.path.join(directory, "hparams.json")) for key in OPENAI_HPARAMS):
+            return
+    with contextlib.suppress(ValueError, OSError):
+        if SAVE_ID in _read_safetensors(os.path.join(directory, "model.safetensors"), with_tensors=False)[1]:
+            return
+    raise ValueError(f"{directory} holds no GPT-2 checkpoint, but files a reader would take for the model's, which "
+                     f"saving it there would replace or remove: {', '.join(replaced)}. Save into a new folder, or move "
+                     "them away")
 
 
 def files_read_instead(directory: str, saved: list[str]) -> list[str]:
@@ -380,9 +415,9 @@ def files_read_instead(directory: str, saved: list[str]) -> list[str]:
             names += [index] + sorted({str(f) for f in weight_map.values()} if isinstance(weight_map, dict) else [])
     if os.path.exists(os.path.join(directory, "hparams.json")):
         names += [*OPENAI_FILES, *(os.path.basename(f) for f in glob.glob(os.path.join(directory, "*.ckpt.*")))]
-    with contextlib.suppress(ValueError, OSError):  # a keras-hub preset: its metadata and a keras_hub class's config
-        if "keras_hub_version" in read_json(os.path.join(directory, "metadata.json")) and str(read_json(
-                os.path.join(directory, "config.json")).get("registered_name", "")).startswith("keras_hub>"):
+    with contextlib.suppress(ValueError, OSError):  # a keras-hub GPT-2 preset: its metadata and its backbone's config
+        if "keras_hub_version" in read_json(os.path.join(directory, "metadata.json")) and read_json(
+                os.path.join(directory, "config.json")).get("registered_name") == KERAS_HUB_GPT2:
             names += KERAS_HUB_FILES
     return sorted({name for name in names  # files of this directory only
                    if os.path.basename(name) == name and name not in saved
@@ -407,12 +442,16 @@ def read_openai(directory: str, **overrides: Any) -> tuple[GPT2Config, Tensors]:
 
     hparams = os.path.join(directory, "hparams.json")
     hp = read_json(hparams)
-    missing = [key for key in ("n_vocab", "n_ctx", "n_embd", "n_layer", "n_head") if key not in hp]
+    missing = [key for key in OPENAI_HPARAMS if key not in hp]
     if missing:
         raise ValueError(f"{hparams} lacks {', '.join(missing)}: not a GPT-2 hparams file")
     config = _config(hparams, vocab_size=hp["n_vocab"], n_positions=hp["n_ctx"], n_embd=hp["n_embd"],
                      n_layer=hp["n_layer"], n_head=hp["n_head"], **overrides)
     prefix = tf.train.latest_checkpoint(directory)
+    if prefix is not None and os.path.realpath(os.path.dirname(prefix)) != os.path.realpath(directory):
+        raise ValueError(f"{os.path.join(directory, 'checkpoint')} names {prefix}, outside {directory} (a copied "
+                         "run keeps the paths it was written with): refusing to read another folder's weights; name "
+                         f"this folder's checkpoint there (model_checkpoint_path: \"{os.path.basename(prefix)}\")")
     if prefix is None:
         found = sorted(glob.glob(os.path.join(glob.escape(directory), "*.ckpt*.index")))
         if not found:
@@ -442,7 +481,10 @@ def read_openai(directory: str, **overrides: Any) -> tuple[GPT2Config, Tensors]:
         except (tf.errors.OpError, ValueError, IndexError) as e:  # IndexError: "Read less bytes than requested"
             raise ValueError(f"cannot read '{key}' from OpenAI checkpoint {prefix} ({e}): its data file is damaged "
                              "or cut short (an interrupted download?)") from e
-        tensors[name] = value[0] if value.ndim == 3 else value  # conv1d weights are [1, in, out]
+        if value.ndim == 3 and value.shape[0] != 1:
+            raise ValueError(f"{prefix}: tensor '{key}' has shape {value.shape}, expected [1, in, out] (a conv1d "
+                             "kernel) or [in, out]")
+        tensors[name] = widened(value[0] if value.ndim == 3 else value)  # conv1d weights are [1, in, out]
     return config, tensors
 
 
@@ -461,7 +503,7 @@ def read_keras_hub(backbone: Any, **overrides: Any) -> tuple[GPT2Config, Tensors
     config = _config(source, vocab_size=kh["vocabulary_size"], n_positions=kh["max_sequence_length"],
                      n_embd=kh["hidden_dim"], n_layer=kh["num_layers"], n_head=kh["num_heads"],
                      **{"dropout": kh.get("dropout", 0.0), **overrides})  # its one rate: embedding, residual, attention
-    w = {v.path: keras.ops.convert_to_numpy(v) for v in backbone.weights}
+    w = {v.path: widened(keras.ops.convert_to_numpy(v)) for v in backbone.weights}
     d = config.n_embd
     flat = lambda a: a.reshape(d, -1) if a.ndim == 3 else a.reshape(-1)  # noqa: E731  [D,H,Dh]->[D,D]
     tensors = {
@@ -493,7 +535,7 @@ def load_pretrained(model_class: type, source: Any, revision: str | None = None,
         raise ValueError(f"{', '.join(fixed)}: a checkpoint's tensors fix its shape ({', '.join(SHAPE)}) and what they "
                          f"compute ({', '.join(COMPUTED)}); overrides set the rest (dropout, vocab_multiple, remat, "
                          "loss_chunk, ...)")
-    if isinstance(source, str) and not os.path.exists(source):  # a name: keras-hub's presets, then the Hub
+    if isinstance(source, str) and not os.path.lexists(source):  # a name: keras-hub's presets, then the Hub
         from tf_gpt2 import hub
 
         repo_id = hub.hub_repo_id(source)
@@ -510,6 +552,8 @@ def load_pretrained(model_class: type, source: Any, revision: str | None = None,
     if not isinstance(source, (str, os.PathLike)):
         raise TypeError(f"from_pretrained expects a path or a keras-hub GPT2Backbone, got {type(source).__name__}")
     path = os.fspath(source)
+    if os.path.islink(path) and not os.path.exists(path):  # (an unmounted disk: not a repo of that name)
+        raise FileNotFoundError(f"{path} is a link to {os.readlink(path)}, which is not there")
     if not os.path.exists(path):
         raise FileNotFoundError(f"no checkpoint at {path}, and it is not a Hugging Face repo name")
     if os.path.isfile(path):
@@ -520,8 +564,11 @@ def load_pretrained(model_class: type, source: Any, revision: str | None = None,
     if os.path.exists(os.path.join(path, "hparams.json")):
         read = read_openai
     elif os.path.exists(os.path.join(path, "config.json")):
-        read = read_keras_hub if read_json(os.path.join(path, "config.json")).get("class_name") == "GPT2Backbone" \
-            else read_hf
+        registered = read_json(os.path.join(path, "config.json")).get("registered_name")
+        if registered not in (None, KERAS_HUB_GPT2):  # (its config lacks GPT-2's fields: said as that)
+            raise ValueError(f"{path} is a Keras model's folder ({registered}; model.save(..., zipped=False)), not a "
+                             "checkpoint: load it with keras.models.load_model and save it as a .keras file")
+        read = read_keras_hub if registered == KERAS_HUB_GPT2 else read_hf
     else:
         inside = sorted(glob.glob(os.path.join(glob.escape(path), "*.keras")))  # a run folder of `tf-gpt2 train`
         raise FileNotFoundError(

@@ -359,12 +359,13 @@ def _blocks(path: str, block_bytes: int) -> Iterator[str]:
     offset = lines = 0  # bytes read, and line breaks among them
     try:
         with gzip.open(path, "rb") if path.endswith(".gz") else open(path, "rb") as f:
-            start = f.read(1024)
-            _refuse_binary(path, start)
-            _refuse_utf16(path, start)
-            f.seek(0)
+            held = f.read(1024)  # (read once: a pipe cannot go back to it)
+            _refuse_binary(path, held)
+            _refuse_utf16(path, held)
             while True:
-                data = f.read(block_bytes)
+                data, held = held[:block_bytes], held[block_bytes:]
+                if len(data) < block_bytes:
+                    data += f.read(block_bytes - len(data))
                 pending = utf8.getstate()[0]  # the start of a character the last block cut
                 try:
                     text = utf8.decode(data, final=not data)
