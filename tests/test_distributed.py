@@ -80,3 +80,20 @@ def test_two_workers_match_one_process(tmp_path):
     mirrored = np.abs(_model_weights(tmp_path / "mirrored") - one)  # one replica: the same program (measured: equal)
     print(f"mirrored (one replica) vs no strategy: mean |diff| {mirrored.mean():.1e}, max {mirrored.max():.1e}")
     assert mirrored.max() < 1e-6, (mirrored.mean(), mirrored.max())
+
+
+def test_only_a_run_of_one_process_notes_ctrl_c():
+    """A run of many processes keeps Python's Ctrl-C: noted, each would stop at its own batch and the others wait
+    in their collectives. A multiworker worker's placement is of one process (each writes its own --out)."""
+    import contextlib
+
+    from tf_gpt2.devices import Placement
+    from tf_gpt2.train_config import TrainConfig
+    from tf_gpt2.training import listens_for_ctrl_c
+
+    one = Placement(scope=contextlib.nullcontext, replicas=1)
+    assert listens_for_ctrl_c(TrainConfig(), one)
+    assert listens_for_ctrl_c(TrainConfig(strategy="mirrored"), one)  # one process, its devices
+    assert not listens_for_ctrl_c(TrainConfig(strategy="multiworker"), one)
+    assert not listens_for_ctrl_c(TrainConfig(distribution="data", num_processes=2, process_id=0,
+                                              coordinator="localhost:1"), Placement(contextlib.nullcontext, 2, 2))

@@ -913,6 +913,13 @@ def round_groups(start: int, steps: int, interval: int) -> list[tuple[int, int, 
     return groups
 
 
+def listens_for_ctrl_c(cfg: TrainConfig, placement: Placement) -> bool:
+    """Whether a run notes Ctrl-C (`StopOnInterrupt`): in a run of many processes (JAX's, or tf.distribute's
+    workers, each a placement of one process) it stays Python's own: each process would stop at its own batch,
+    and those that went on would wait in their collectives for the others."""
+    return placement.processes == 1 and cfg.strategy != "multiworker"
+
+
 def _fit(cfg: TrainConfig, model: GPT2, start: int, train_data: TokenShards, val_data: TokenShards,
          placement: Placement, gradient_norm, record: dict[str, Callable[[str], None]]) -> dict[str, list[float]]:
     """The rounds left of the run, from step `start`; the files of `record` written with each checkpoint."""
@@ -940,9 +947,7 @@ def _fit(cfg: TrainConfig, model: GPT2, start: int, train_data: TokenShards, val
               "no validation loss (add text, lower --block-size, or prepare with a larger --val-fraction)",
               file=sys.stderr)
     nan_guard = StopOnNaN()
-    # Ctrl-C in a run of many processes stays Python's own: each process would stop at its own batch, and those
-    # that went on would wait in their collectives for the others
-    interrupt = StopOnInterrupt(listen=placement.processes == 1)
+    interrupt = StopOnInterrupt(listen=listens_for_ctrl_c(cfg, placement))
     callbacks = [*step_callbacks(cfg.batch_size * cfg.block_size, nan_guard),
                  SaveCheckpoint(checkpoint, round_end, write=placement.is_chief, beside=record)]
     if gradient_norm is not None:
