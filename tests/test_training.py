@@ -821,8 +821,10 @@ def test_a_validation_split_shorter_than_a_block_is_said(tmp_path, capsys):
     assert "val_loss" not in history
     tokens = len(TokenShards(str(root / "prepared"), "val"))
     assert 0 < tokens < 33
-    assert f"the val split has {tokens} tokens, fewer than block_size + 1 = 33: no validation loss" in \
-        capsys.readouterr().err
+    said = capsys.readouterr().err
+    assert f"the val split has {tokens} tokens, fewer than block_size + 1 = 33: no validation loss" in said
+    # a new model longer than its blocks: positions 32-63 are never trained (eval's default context reads them)
+    assert "note: block_size 32 trains positions 0-31 of the model's 64: text past 32 tokens" in said
 
 
 def test_the_sample_of_a_model_padded_past_its_datas_vocabulary_chooses_none_of_the_padding(capsys):

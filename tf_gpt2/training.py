@@ -670,6 +670,11 @@ def build_model(cfg: TrainConfig, manifest: dict, placement: Placement | None = 
     config = model_config(cfg, manifest, source)
     if placement:
         placement.check(config)
+    if source is None and cfg.block_size < config.n_positions:  # (said on every run, as the val split's note)
+        print(f"note: block_size {cfg.block_size} trains positions 0-{cfg.block_size - 1} of the model's "
+              f"{config.n_positions}: text past {cfg.block_size} tokens (generate, eval's default context) meets "
+              f"position embeddings never trained; --n-positions {cfg.block_size} makes the model that long",
+              file=sys.stderr)
     model = GPT2(config, dtype=cfg.base_dtype or cfg.precision)  # a 16-bit base: its adapters are float32 still
     if source is not None:
         copy_weights(source, model)
