@@ -51,8 +51,13 @@ def repos(tmp_path_factory):
     (root / "timm" / "model.safetensors").write_bytes((root / "tiny" / "model.safetensors").read_bytes())
     (root / "llama").mkdir()
     (root / "llama" / "config.json").write_text(json.dumps({"model_type": "llama", "vocab_size": 8}))
+    (root / "kerashub").mkdir()  # a keras-hub preset on the Hub: its config names no model_type either
+    (root / "kerashub" / "config.json").write_text(json.dumps({
+        "module": "keras_hub.src.models.gpt2.gpt2_backbone", "class_name": "GPT2Backbone",
+        "config": {"vocabulary_size": 50257}, "registered_name": "keras_hub>GPT2Backbone"}))
+    (root / "kerashub" / "model.weights.h5").write_bytes(b"weights")
     found = {f"org/{name}": read_files(str(root / name))
-             for name in ("tiny", "sharded-bf16", "binonly", "sharded-bin", "untyped", "timm", "llama")}
+             for name in ("tiny", "sharded-bf16", "binonly", "sharded-bin", "untyped", "timm", "llama", "kerashub")}
     assert "model.safetensors.index.json" in found["org/sharded-bf16"]
     assert not any(f.endswith(".safetensors") for f in found["org/binonly"])
     return found
@@ -145,7 +150,8 @@ def test_names_download_through_the_hub_endpoint_then_load_warm_offline(repos, t
     with serve(served) as (endpoint, log):
         result = run_script({"HF_HUB_CACHE": cache, "HF_ENDPOINT": endpoint, "HF_HUB_OFFLINE": "0"},
                             loads=["org/tiny", "org/sharded-bf16", "org/sharded-bin"], local=local,
-                            fails=[("org/none", None), ("org/tiny", "v9"), ("org/llama", None), ("org/timm", None)])
+                            fails=[("org/none", None), ("org/tiny", "v9"), ("org/llama", None), ("org/timm", None),
+                                   ("org/kerashub", None)])
     assert max(result["diff"].values()) == 0, result["diff"]  # the same weights, downloaded
     errors = result["errors"]
     assert errors["org/none"] == (f"ValueError: no Hugging Face repo 'org/none' on {endpoint} (a private or gated repo "
@@ -160,8 +166,12 @@ def test_names_download_through_the_hub_endpoint_then_load_warm_offline(repos, t
                       "pytorch_model-00002-of-00002.bin"}, shards
     assert errors["org/timm"] == ("ValueError: Hugging Face repo 'org/timm''s config.json lacks vocab_size, n_embd, "
                                   "n_layer, n_head: not a GPT-2 config")
-    assert not [line for line in log if line.startswith(("GET /org/llama/resolve/", "GET /org/timm/resolve/"))
-                and "config.json" not in line]
+    assert errors["org/kerashub"] == (  # (was: "lacks vocab_size, n_embd, n_layer, n_head: not a GPT-2 config")
+        "ValueError: Hugging Face repo 'org/kerashub' is a keras-hub preset, not a transformers checkpoint: download "
+        "it (`hf download org/kerashub --local-dir DIR`) and load DIR, or load keras-hub's name for it (gpt2_base_en, "
+        "gpt2_medium_en, gpt2_large_en, gpt2_extra_large_en)")
+    assert not [line for line in log if line.startswith(("GET /org/llama/resolve/", "GET /org/timm/resolve/",
+                                                         "GET /org/kerashub/resolve/")) and "config.json" not in line]
     warm = run_script({"HF_HUB_CACHE": cache, "HF_HUB_OFFLINE": "1"}, loads=["org/tiny"], local=local)  # no server
     assert warm["diff"]["org/tiny"] == 0
     # Online, a second load downloads nothing: it asks which commit the revision names (api.md, README).

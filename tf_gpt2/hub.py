@@ -108,6 +108,12 @@ def download(repo_id: str, revision: str | None = None,
         model_type = config.get("model_type")
         if model_type not in (None, "gpt2"):
             raise ValueError(f"{where} holds a {model_type!r} model, not GPT-2")
+        if (registered := config.get("registered_name")) == "keras_hub>GPT2Backbone":  # (its config: keras-hub's)
+            raise ValueError(f"{where} is a keras-hub preset, not a transformers checkpoint: download it (`hf "
+                             f"download {repo_id} --local-dir DIR`) and load DIR, or load keras-hub's name for it "
+                             f"({', '.join(KERAS_HUB_TO_HF)})")
+        if registered:
+            raise ValueError(f"{where} holds a Keras model ({registered}), not GPT-2")
         if check_config:
             check_config(config, f"{where}'s {CONFIG}")
         # The top level only: a pattern's * matches "/" too, and checkpoint-500/model.safetensors is not the model.
