@@ -139,8 +139,10 @@ def test_tf_gpt2_train_on_jax_stops_at_a_nan_and_keeps_the_last_good_checkpoint(
 def test_a_ctrl_c_ends_training_at_the_end_of_its_batch_and_a_second_at_once():
     """`tf-gpt2 train` notes a Ctrl-C and raises it at the end of the batch it came in (Keras' conversion of a batch's
     logs, where the host waits on JAX, ignored a KeyboardInterrupt raised there, and a run trained on to its end);
-    a second Ctrl-C is Python's own again, one in a round's last batch after the round's end (its checkpoint), one
-    after the last batch as training ends, and the handler before it is back after training."""
+    a second Ctrl-C is Python's own again, one in a round's last call after the round's end (its checkpoint), none in
+    the run's last round, one after the last batch as training ends, and the handler before it is back after
+    training."""
+    import contextlib
     import signal
 
     import keras
@@ -174,21 +176,27 @@ def test_a_ctrl_c_ends_training_at_the_end_of_its_batch_and_a_second_at_once():
     with pytest.raises(KeyboardInterrupt), StopOnInterrupt().listening():  # after the last batch: as training ends
         model.fit(np.ones((2, 2)), np.ones((2, 1)), batch_size=1, epochs=1, verbose=0,
                   callbacks=[keras.callbacks.LambdaCallback(on_train_end=lambda logs: signal.raise_signal(2))])
-    # Ctrl-C once a round's last batch is launched: the round's validation and end (its checkpoint) first, then
-    # raised. Run one batch behind (OneStepBehind, on JAX), a hook of batch 2 runs after batch 3 is launched.
-    for behind, at in ((False, 3), (True, 2)):
+    # Ctrl-C once a round's last call is launched: the round's validation and end (its checkpoint) first, then
+    # raised; in the run's last round, not raised (the run ends). Run one call behind (OneStepBehind, on JAX), the
+    # hooks of a call run after the next is launched: of batch 2 (of 4), or of batch 0 at two batches a call.
+    for per_call, behind, at, last_round in ((1, False, 3, None), (1, True, 2, None), (2, True, 0, None),
+                                             (2, False, 2, None), (1, True, 2, 0)):
         rounds = []
         ctrl_c = keras.callbacks.LambdaCallback(
             on_train_batch_begin=lambda batch, logs: batch == at and signal.raise_signal(signal.SIGINT),
             on_epoch_end=lambda epoch, logs: rounds.append((epoch, sorted(logs))))
-        stop = StopOnInterrupt()
+        stop = StopOnInterrupt(last_round=last_round)
         callbacks = [ctrl_c, stop]
+        model.compile(optimizer="sgd", loss="mse", steps_per_execution=per_call)
         if behind:
             callbacks = OneStepBehind(callbacks, add_history=True, epochs=3, steps=4, model=model)
-        with pytest.raises(KeyboardInterrupt), stop.listening():
-            model.fit(np.ones((8, 2)), np.ones((8, 1)), batch_size=2, epochs=3, verbose=0, shuffle=False,
-                      validation_data=(np.ones((2, 2)), np.ones((2, 1))), callbacks=callbacks)
-        assert rounds == [(0, ["loss", "val_loss"])], behind
+        with contextlib.ExitStack() as stack:
+            if last_round is None:
+                stack.enter_context(pytest.raises(KeyboardInterrupt))
+            stack.enter_context(stop.listening())
+            model.fit(np.ones((8, 2)), np.ones((8, 1)), batch_size=2, epochs=1 if last_round == 0 else 3, verbose=0,
+                      shuffle=False, validation_data=(np.ones((2, 2)), np.ones((2, 1))), callbacks=callbacks)
+        assert rounds == [(0, ["loss", "val_loss"])] and stop.interrupted, (per_call, behind, last_round)
     ignored = signal.signal(signal.SIGINT, signal.SIG_IGN)  # a process started in the background: left so
     try:
         with StopOnInterrupt().listening():

@@ -536,6 +536,7 @@ def test_a_save_replaces_or_removes_files_of_a_gpt2_checkpoint_only(tmp_path, ca
     model's preset, a project with a word list and another model's hparams.json (whose files were removed by their
     names), a folder where a checkpoint has a file (removed whole). Each is refused, and left as it was."""
     import keras_hub
+    import transformers
 
     model = GPT2(GPT2Config.from_preset("gpt2-tiny", n_positions=16))
     keras_folder = tmp_path / "keras_folder"
@@ -570,6 +571,23 @@ def test_a_save_replaces_or_removes_files_of_a_gpt2_checkpoint_only(tmp_path, ca
         with pytest.raises(ValueError, match=problem):
             model.save_pretrained(directory)
         assert {p: p.read_bytes() for p in directory.rglob("*") if p.is_file()} == before, directory
+    # What is a GPT-2 checkpoint still is: GPT-2's own tokenizer saved first (transformers' habit), a keras-hub
+    # preset saved under keras-nlp's name (which keras-hub reads), loaded and saved over.
+    gpt2 = GPT2(GPT2Config.from_preset("gpt2-tiny", n_positions=16))
+    gpt2.save_pretrained(tmp_path / "full")
+    tokenizer_first = tmp_path / "tokenizer_first"
+    transformers.AutoTokenizer.from_pretrained(tmp_path / "full").save_pretrained(tokenizer_first)
+    assert "config.json" not in os.listdir(tokenizer_first)
+    gpt2.save_pretrained(tokenizer_first)
+    assert GPT2.from_pretrained(tokenizer_first).count_params() == gpt2.count_params()
+    nlp = tmp_path / "keras_nlp"
+    keras_hub.models.GPT2Backbone(vocabulary_size=91, num_layers=1, num_heads=2, hidden_dim=8, intermediate_dim=32,
+                                  max_sequence_length=8).save_to_preset(str(nlp))
+    saved = json.loads((nlp / "config.json").read_text())
+    (nlp / "config.json").write_text(json.dumps({**saved, "registered_name": "keras_nlp>GPT2Backbone"}))
+    assert GPT2.from_pretrained(nlp).config.vocab_size == 91
+    with pytest.warns(UserWarning, match="removed .*metadata.json, model.weights.h5"):
+        GPT2.from_pretrained(nlp).save_pretrained(nlp)
     model.save(tmp_path / "m.keras")
     assert cli_main(["convert", str(tmp_path / "m.keras"), str(project)]) == 2
     assert "project holds no GPT-2 checkpoint" in capsys.readouterr().err

@@ -135,16 +135,22 @@ def test_eval_cli_matches_library(checkpoint, text, tmp_path, capsys):
     assert cli_main(["eval", str(gz), "--model", directory, "--context", "16", "--stride", "8", "--json"]) == 0
     gz_report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert {k: v for k, v in gz_report.items() if k != "file"} == {k: v for k, v in report.items() if k != "file"}
-    read, write = os.pipe()  # a pipe (`<(zcat ...)`, /dev/stdin), read once: "File or stream is not seekable."
-    os.write(write, crlf.read_bytes())
-    os.close(write)
-    try:
-        assert cli_main(["eval", f"/dev/fd/{read}", "--model", directory, "--context", "16", "--stride", "8",
-                         "--json"]) == 0
-    finally:
-        os.close(read)
-    piped = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert {k: v for k, v in piped.items() if k != "file"} == {k: v for k, v in report.items() if k != "file"}
+    whole = tmp_path / "whole.txt"  # past the first KiB a read looks at, through a pipe (`<(zcat ...)`, /dev/stdin),
+    whole.write_bytes(text.replace("\n", "\r\n").encode("utf-8"))  # read once: "File or stream is not seekable."
+    assert whole.stat().st_size > 1024
+    reports = []
+    for piped in (False, True):
+        read, write = os.pipe()
+        os.write(write, whole.read_bytes())
+        os.close(write)
+        try:
+            assert cli_main(["eval", f"/dev/fd/{read}" if piped else str(whole), "--model", directory, "--context",
+                             "16", "--stride", "8", "--json"]) == 0
+        finally:
+            os.close(read)
+        reports.append({k: v for k, v in json.loads(capsys.readouterr().out.strip().splitlines()[-1]).items()
+                        if k != "file"})
+    assert reports[0] == reports[1] and reports[0]["bytes"] == whole.stat().st_size
 
 
 def test_a_perplexity_past_float64s_range_is_inf_and_null_in_the_json(tmp_path, capsys, monkeypatch):

@@ -301,7 +301,8 @@ def save_hf(model: keras.Model, directory: str | os.PathLike) -> None:
     so a pair that a crash mixed up is refused on load. Then every file there that a reader would take for the
     model instead of, or beside, what was saved (another checkpoint's weights, OpenAI's or keras-hub's checkpoint,
     tokenizer files of another vocabulary: `files_read_instead`) is removed, with a warning that lists them, as
-    transformers removes the weight files of an older save.
+    transformers removes the weight files of an older save. A folder that holds such files but no GPT-2 checkpoint
+    (another model's, a project's) is refused instead, and left as it was.
     """
     from safetensors.numpy import save_file
 
@@ -341,7 +342,7 @@ def save_hf(model: keras.Model, directory: str | os.PathLike) -> None:
     write_together(writes)
     for name in stale:
         path = os.path.join(directory, name)
-        shutil.rmtree(path) if name == "assets" and not os.path.islink(path) else os.remove(path)  # (keras-hub's)
+        shutil.rmtree(path) if os.path.isdir(path) and not os.path.islink(path) else os.remove(path)  # (assets)
     if stale:
         warnings.warn(f"{directory} held files of another checkpoint that would be read instead of, or beside, the "
                       f"model just saved; removed {', '.join(stale)}", stacklevel=3)
@@ -353,7 +354,8 @@ HF_TOKENIZER_FILES = ("vocab.json", "merges.txt", "tokenizer_config.json", "spec
 HF_OTHER_FILES = ("pytorch_model.bin", "tf_model.h5", "flax_model.msgpack", "generation_config.json")
 OPENAI_HPARAMS = ("n_vocab", "n_ctx", "n_embd", "n_layer", "n_head")  # what GPT-2's hparams.json gives
 OPENAI_FILES = ("hparams.json", "checkpoint", "encoder.json", "vocab.bpe")  # and the model.ckpt.* files
-KERAS_HUB_GPT2 = "keras_hub>GPT2Backbone"  # a keras-hub GPT-2 preset's config.json, by its registered name
+# A keras-hub GPT-2 preset's config.json, by its registered name (keras-hub still reads keras-nlp's presets)
+KERAS_HUB_GPT2 = ("keras_hub>GPT2Backbone", "keras_nlp>GPT2Backbone")
 KERAS_HUB_FILES = ("metadata.json", "model.weights.h5", "preprocessor.json", "task.json", "task.weights.h5",
                    "tokenizer.json", "assets")
 
@@ -369,7 +371,7 @@ def _refuse_replacing_another_config(path: str) -> None:
     if not isinstance(config, dict) or not {"model_type", "architectures", "registered_name", "n_embd"} & set(config):
         raise ValueError(f"{path} is not a checkpoint's config.json (it names no model_type): saving the model there "
                          "would replace it. Save into a new folder, or move that file away")
-    if "registered_name" in config and config["registered_name"] != KERAS_HUB_GPT2:  # Keras' own, or keras-hub's
+    if "registered_name" in config and config["registered_name"] not in KERAS_HUB_GPT2:  # Keras' own, keras-hub's
         named = config["registered_name"] or config.get("class_name")
         raise ValueError(f"{path} is the config of a Keras model ({named}), not of a GPT-2 checkpoint: saving GPT-2 "
                          "there would replace it. Save into a new folder")
@@ -380,8 +382,9 @@ def _refuse_replacing_another_config(path: str) -> None:
 
 def _refuse_replacing_what_is_no_checkpoint(directory: str, replaced: list[str]) -> None:
     """A save replaces or removes files (`replaced`) only of a GPT-2 checkpoint: a config.json that passed
-    `_refuse_replacing_another_config`, OpenAI's GPT-2 hparams.json, or the model.safetensors of an earlier save
-    (its save id). Elsewhere it writes new files only, and it removes no folder but a keras-hub preset's assets."""
+    `_refuse_replacing_another_config`, OpenAI's GPT-2 hparams.json, the model.safetensors of an earlier save (its
+    save id), or GPT-2's own tokenizer (saved there first). Elsewhere it writes new files only, and it removes no
+    folder but a keras-hub preset's assets."""
     for name in replaced:
         path = os.path.join(directory, name)
         if name != "assets" and os.path.isdir(path) and not os.path.islink(path):
@@ -390,11 +393,14 @@ def _refuse_replacing_what_is_no_checkpoint(directory: str, replaced: list[str])
     if not replaced or os.path.lexists(os.path.join(directory, "config.json")):
         return
     with contextlib.suppress(ValueError, OSError):
-        if all(key in read_json(os.path.join(directory, "hparams.json")) for key in OPENAI_HPARAMS):
+        hparams = read_json(os.path.join(directory, "hparams.json"))
+        if all(key in hparams for key in OPENAI_HPARAMS):
             return
     with contextlib.suppress(ValueError, OSError):
         if SAVE_ID in _read_safetensors(os.path.join(directory, "model.safetensors"), with_tensors=False)[1]:
             return
+    if set(replaced) <= set(HF_TOKENIZER_FILES) and other_tokenizer(directory) is None:  # GPT-2's, as written
+        return
     raise ValueError(f"{directory} holds no GPT-2 checkpoint, but files a reader would take for the model's, which "
                      f"saving it there would replace or remove: {', '.join(replaced)}. Save into a new folder, or move "
                      "them away")
@@ -416,8 +422,9 @@ def files_read_instead(directory: str, saved: list[str]) -> list[str]:
     if os.path.exists(os.path.join(directory, "hparams.json")):
         names += [*OPENAI_FILES, *(os.path.basename(f) for f in glob.glob(os.path.join(directory, "*.ckpt.*")))]
     with contextlib.suppress(ValueError, OSError):  # a keras-hub GPT-2 preset: its metadata and its backbone's config
-        if "keras_hub_version" in read_json(os.path.join(directory, "metadata.json")) and read_json(
-                os.path.join(directory, "config.json")).get("registered_name") == KERAS_HUB_GPT2:
+        metadata = read_json(os.path.join(directory, "metadata.json"))
+        if {"keras_hub_version", "keras_nlp_version"} & set(metadata) and read_json(
+                os.path.join(directory, "config.json")).get("registered_name") in KERAS_HUB_GPT2:
             names += KERAS_HUB_FILES
     return sorted({name for name in names  # files of this directory only
                    if os.path.basename(name) == name and name not in saved
@@ -565,10 +572,10 @@ def load_pretrained(model_class: type, source: Any, revision: str | None = None,
         read = read_openai
     elif os.path.exists(os.path.join(path, "config.json")):
         registered = read_json(os.path.join(path, "config.json")).get("registered_name")
-        if registered not in (None, KERAS_HUB_GPT2):  # (its config lacks GPT-2's fields: said as that)
+        if registered is not None and registered not in KERAS_HUB_GPT2:  # (its config lacks GPT-2's fields)
             raise ValueError(f"{path} is a Keras model's folder ({registered}; model.save(..., zipped=False)), not a "
                              "checkpoint: load it with keras.models.load_model and save it as a .keras file")
-        read = read_keras_hub if registered == KERAS_HUB_GPT2 else read_hf
+        read = read_keras_hub if registered in KERAS_HUB_GPT2 else read_hf
     else:
         inside = sorted(glob.glob(os.path.join(glob.escape(path), "*.keras")))  # a run folder of `tf-gpt2 train`
         raise FileNotFoundError(

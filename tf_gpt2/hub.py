@@ -108,7 +108,7 @@ def download(repo_id: str, revision: str | None = None,
         model_type = config.get("model_type")
         if model_type not in (None, "gpt2"):
             raise ValueError(f"{where} holds a {model_type!r} model, not GPT-2")
-        if (registered := config.get("registered_name")) == "keras_hub>GPT2Backbone":  # (its config: keras-hub's)
+        if (registered := config.get("registered_name")) in ("keras_hub>GPT2Backbone", "keras_nlp>GPT2Backbone"):
             raise ValueError(f"{where} is a keras-hub preset, not a transformers checkpoint: download it (`hf "
                              f"download {repo_id} --local-dir DIR`) and load DIR, or load keras-hub's name for it "
                              f"({', '.join(KERAS_HUB_TO_HF)})")

@@ -294,10 +294,11 @@ class LiteRTGenerator:
         try:
             self.interpreter = Interpreter(**source, num_threads=None if num_threads is None else int(num_threads))
         except ValueError as e:  # ("The model is not a valid Flatbuffer buffer": a .litertlm, say)
-            path = given_bytes and len(source["model_content"]) < 4096 and os.path.isfile(source["model_content"])
+            content = source.get("model_content", b"")
+            names_a_file = 0 < len(content) < 4096 and os.path.isfile(content)
             raise ValueError(f"{named} is no .tflite LiteRT reads ({e})" + (
-                f"; they name the file {os.fsdecode(source['model_content'])}: give its path as a str to read it"
-                if path else "")) from None
+                f"; they name the file {os.fsdecode(content)}: give its path as a str to read it"
+                if names_a_file else "")) from None
         names = self.interpreter.get_signature_list()
         prefills = [n for n in names if re.fullmatch(r"prefill_[1-9][0-9]*", n)]
         if "decode" not in names or not prefills or "mask" not in names["decode"]["inputs"]:

@@ -220,7 +220,7 @@ class OneStepBehind(keras.callbacks.CallbackList):
         self._begun, self._held = None, None
         for callback in self.callbacks:
             if isinstance(callback, StopOnInterrupt):
-                callback.behind = 1
+                callback.calls_behind = 1
 
     def on_train_batch_begin(self, batch, logs=None):
         self._begun = batch
@@ -356,9 +356,9 @@ class StopOnNaN(keras.callbacks.Callback):
 
 
 class StopOnInterrupt(keras.callbacks.Callback):
-    """Ctrl-C (SIGINT) ends training at the end of the compiled call it came in, or, in a round's last call or its
-    validation, after the round's end (its checkpoint): a KeyboardInterrupt raised here, and by `listening()` where
-    it came after the last.
+    """Ctrl-C (SIGINT) ends training at the end of the compiled call it came in; once a round's last call is
+    launched, after the round's end (its validation and checkpoint); in the run's `last_round`, not at all (the run
+    ends, and saves its model). A KeyboardInterrupt raised here, and by `listening()` where it came after the last.
 
     Raised where the signal lands, it could be lost: on JAX the host waits for each batch in Keras' conversion of its
     logs, which ignores whatever is raised there (a bare `except`), and a run trained on to its end. Within
@@ -367,11 +367,12 @@ class StopOnInterrupt(keras.callbacks.Callback):
     callbacks that end a round (`SaveCheckpoint`): they run before it raises.
     """
 
-    behind = 0  # how many batches after the one launched its batch hooks run (`OneStepBehind`'s: 1)
+    calls_behind = 0  # how many compiled calls after the one launched its batch hooks run (`OneStepBehind`'s: 1)
 
-    def __init__(self, listen: bool = True):
+    def __init__(self, listen: bool = True, last_round: int | None = None):
         super().__init__()
-        self.listen, self.interrupted = listen, False
+        self.listen, self.last_round = listen, last_round
+        self.interrupted = self.ended = False
 
     @contextlib.contextmanager
     def listening(self) -> Iterator[None]:
@@ -390,19 +391,23 @@ class StopOnInterrupt(keras.callbacks.Callback):
         signal.signal(signal.SIGINT, note)
         try:
             yield
-            self.on_epoch_end(None)  # one that came after the last round's end
+            self._stop()  # one that came after the last call
         finally:
             signal.signal(signal.SIGINT, previous)
 
+    def _stop(self) -> None:
+        if self.interrupted and not self.ended:
+            raise KeyboardInterrupt
+
     def on_train_batch_end(self, batch, logs=None):
         steps = (self.params or {}).get("steps")
-        if steps is None or batch + 1 + self.behind < steps:  # (once a round's last batch is launched, its
-            # validation and checkpoint come first)
-            self.on_epoch_end(None)
+        launched = batch + self.calls_behind * (getattr(self.model, "steps_per_execution", None) or 1)
+        if steps is None or launched + 1 < steps:  # (once a round's last call is launched, its end comes first)
+            self._stop()
 
     def on_epoch_end(self, epoch, logs=None):
-        if self.interrupted:
-            raise KeyboardInterrupt
+        self.ended = epoch == self.last_round
+        self._stop()
 
 
 class RoundMetrics(keras.callbacks.Callback):
@@ -952,7 +957,7 @@ def _fit(cfg: TrainConfig, model: GPT2, start: int, train_data: TokenShards, val
               "no validation loss (add text, lower --block-size, or prepare with a larger --val-fraction)",
               file=sys.stderr)
     nan_guard = StopOnNaN()
-    interrupt = StopOnInterrupt(listen=listens_for_ctrl_c(cfg, placement))
+    interrupt = StopOnInterrupt(listen=listens_for_ctrl_c(cfg, placement), last_round=groups[-1][2])
     callbacks = [*step_callbacks(cfg.batch_size * cfg.block_size, nan_guard),
                  SaveCheckpoint(checkpoint, round_end, write=placement.is_chief, beside=record)]
     if gradient_norm is not None:
