@@ -468,6 +468,13 @@ def test_resuming_with_other_settings_or_data_is_refused_unless_asked(char_data,
     # Showing progress differently, or naming the shards' own vocabulary, is not another run; more steps with
     # --resume-with-changes continue it.
     train(config(tmp_path / "run", char_data, steps=10, eval_interval=10, verbose=1, eval_batches=2, vocab="char"))
+    # Model flags that say what the preset says (gpt2-tiny's 2 layers and heads, dropout 0) make the same model.
+    train(config(tmp_path / "run", char_data, steps=10, eval_interval=10, model={"n_embd": 32, "n_positions": 64,
+                                                                               "dropout": 0.0}))
+    with pytest.raises(ValueError, match=r"other settings \(model: .* -> \{'n_embd': 32, 'n_positions': 64, "
+                                         r"'dropout': 0.1\}\)"):
+        train(config(tmp_path / "run", char_data, steps=10, eval_interval=10, model={"n_embd": 32, "n_positions": 64,
+                                                                                   "dropout": 0.1}))
     _, history = train(config(tmp_path / "run", char_data, steps=20, eval_interval=10, resume_with_changes=True))
     assert len(history["loss"]) == 1 and _checkpoint_step(tmp_path / "run" / CHECKPOINT) == 20
     # Rounds of 6 put step 20 4 steps before a round end: not whole executions of 3 (Keras would run 6).
@@ -523,6 +530,15 @@ def test_a_refused_resume_leaves_the_run_as_it_was_and_a_finished_one_says_so(tm
     (tmp_path / "a.txt").write_text(TEXT)
     with pytest.raises(ValueError, match=r"other settings \(vocab: 'char' -> 'gpt2'\)\. "):  # the texts are the same
         train(config(run, str(tmp_path / "a.txt"), steps=4, eval_interval=4, vocab="gpt2"))
+    # No resume takes another vocabulary: refused before the text is tokenized over the run's data (it was, then
+    # refused as "other characters ... against ''"), or float16's loss scale gained (said as another model size)
+    for other, problem in (({"vocab": "gpt2"}, "its model reads --vocab char tokens, and this run would tokenize "
+                                               "--data with --vocab gpt2: resume it with --vocab char"),
+                           ({"vocab": "char", "precision": "mixed_float16"},
+                            "it was trained without float16's loss scale")):
+        with pytest.raises(ValueError, match=f"cannot continue, even with --resume-with-changes: {problem}"):
+            train(config(run, str(tmp_path / "a.txt"), steps=8, eval_interval=4, resume_with_changes=True, **other))
+    assert {name: _digest(run / name) for name in kept} == kept
     capsys.readouterr()
     (tmp_path / "elsewhere").mkdir()
     monkeypatch.chdir(tmp_path / "elsewhere")  # "a.txt" from here is another file
@@ -677,7 +693,7 @@ def test_a_checkpoint_restores_the_optimizers_own_count_of_micro_batches(tmp_pat
     whole = compiled(1, dtype="float32", characters=[chr(97 + i) for i in range(30)])
     restore_checkpoint(whole, str(tmp_path / CHECKPOINT))
     np.testing.assert_array_equal(np.asarray(whole.wte.embeddings), np.asarray(half.wte.embeddings, "float32"))
-    with pytest.raises(ValueError, match="was trained on other characters than this run's data holds \\('abcdefghij"):
+    with pytest.raises(ValueError, match="was trained on other tokens than this run's data holds \\('abcdefghij"):
         restore_checkpoint(compiled(1, dtype="float32", characters=[chr(65 + i) for i in range(30)]),
                            str(tmp_path / CHECKPOINT))
 

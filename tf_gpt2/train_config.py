@@ -84,6 +84,10 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         for name in ("out", "data", "init_from", "mesh", "coordinator"):  # "" would fall back to the default
+            if not isinstance(getattr(self, name), (str, os.PathLike, type(None))):
+                raise TypeError(f"{name} must be a path or a name (a str), got {type(getattr(self, name)).__name__}"
+                                + (": give a folder or a glob of the texts, or prepare them first "
+                                   "(tf_gpt2.data.prepare takes a list)" if name == "data" else ""))
             if getattr(self, name) == "":
                 raise ValueError(f"{name} is empty: give a value, or leave it out")
             if isinstance(getattr(self, name), os.PathLike):  # (a Path failed in run.json, after tokenizing)

@@ -164,9 +164,10 @@ def restore_checkpoint(model: GPT2, path: str) -> int:
         raise ValueError(f"checkpoint {path} is unreadable ({type(e).__name__}: {e}); nothing was changed: "
                          "restore a copy, or move it away to start the run over") from None
     if meta.get("characters", model.config.characters) != model.config.characters:  # (older checkpoints: none)
-        raise ValueError(f"checkpoint {path} was trained on other characters than this run's data holds "
-                         f"({''.join(meta['characters'] or [])[:60]!r} against "
-                         f"{''.join(model.config.characters or [])[:60]!r}): every id would mean another character")
+        said = [repr("".join(chars)[:60]) if chars else "GPT-2's BPE" for chars in (meta["characters"],
+                                                                                   model.config.characters)]
+        raise ValueError(f"checkpoint {path} was trained on other tokens than this run's data holds ({said[0]} "
+                         f"against {said[1]}): every id would mean another character")
     if len(arrays) != len(variables):  # names carry per-process counters, so compare structure
         raise ValueError(f"checkpoint {path} holds {len(arrays)} variables, this model and optimizer "
                          f"have {len(variables)}: it was written by a different configuration (another model size, "
@@ -760,6 +761,26 @@ def check_resume(cfg: TrainConfig, identity: dict[str, Any]) -> None:
     if changed and not cfg.resume_with_changes:
         raise ValueError(f"{cfg.out} holds a checkpoint of a run with other settings ({'; '.join(changed)}). "
                          "Use another --out for a new run, or --resume-with-changes to continue this one anyway")
+    if cannot := _unresumable(cfg, before["settings"]):
+        raise ValueError(f"{cfg.out} holds a checkpoint that this run cannot continue, even with "
+                         f"--resume-with-changes: {cannot}. Use another --out for a new run")
+
+
+def _unresumable(cfg: TrainConfig, before: dict[str, Any]) -> str | None:
+    """The change from a checkpoint's settings (`before`) that no resume can take, said, or None: float16's loss
+    scale (optimizer state, kept in the checkpoint) gained or lost, or raw text tokenized with another vocabulary
+    than the checkpoint's model reads (said before the text is tokenized again, and the run's dataset replaced)."""
+    def loss_scaled(settings: dict[str, Any]) -> bool:
+        return settings.get("precision") == "mixed_float16" or settings.get("base_dtype") == "float16"
+
+    if loss_scaled(before) != loss_scaled(run_settings(cfg)):
+        was = "with" if loss_scaled(before) else "without"
+        return (f"it was trained {was} float16's loss scale (--precision mixed_float16, or --base-dtype float16), "
+                f"which the optimizer keeps: resume it {was} one")
+    if before.get("vocab", cfg.vocab) != cfg.vocab and not _is_prepared(cfg.data):
+        return (f"its model reads --vocab {before['vocab']} tokens, and this run would tokenize --data with "
+                f"--vocab {cfg.vocab}: resume it with --vocab {before['vocab']}")
+    return None
 
 
 def _changes(cfg: TrainConfig, before: dict[str, Any], identity: dict[str, Any]) -> list[str]:
@@ -772,6 +793,9 @@ def _changes(cfg: TrainConfig, before: dict[str, Any], identity: dict[str, Any])
         return f"{name}: {shown[0]!r} -> {shown[1]!r}"
 
     moot = {"vocab"} if _is_prepared(cfg.data) else set()  # (it tokenizes raw text; shards are compared by digest)
+    if (model := _model_of(before["settings"])) is not None and model == _model_of(identity["settings"]):  # (flags
+        # that say what the preset says: --n-layer 2 on a 2-layer preset)
+        moot.add("model")
     changed = [change(k, before["settings"].get(k), v) for k, v in identity["settings"].items()
                if k not in moot and not _same_setting(k, before["settings"].get(k), v, before)]
     if "data_sha256" in identity and before.get("data_sha256") != identity["data_sha256"]:
@@ -781,6 +805,15 @@ def _changes(cfg: TrainConfig, before: dict[str, Any], identity: dict[str, Any])
     if before.get("backend", keras.backend.backend()) != keras.backend.backend():  # (older records have none)
         changed.append(f"backend: {before['backend']!r} -> {keras.backend.backend()!r} (KERAS_BACKEND)")
     return changed
+
+
+def _model_of(settings: dict[str, Any]) -> GPT2Config | None:
+    """The model config a run's preset and model flags make (a flag equal to the preset's value changes nothing),
+    or None where a record's cannot be made."""
+    try:
+        return GPT2Config.from_preset(settings["preset"], vocab_size=VOCAB_SIZE, **settings["model"])
+    except (KeyError, TypeError, ValueError):
+        return None
 
 
 def run_record(cfg: TrainConfig, identity: dict[str, Any], placement: Placement) -> dict[str, Callable[[str], None]]:
