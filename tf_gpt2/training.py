@@ -171,8 +171,8 @@ def restore_checkpoint(model: GPT2, path: str) -> int:
     if len(arrays) != len(variables):  # names carry per-process counters, so compare structure
         raise ValueError(f"checkpoint {path} holds {len(arrays)} variables, this model and optimizer "
                          f"have {len(variables)}: it was written by a different configuration (another model size, "
-                         "--lora-rank, or --grad-accum: only a run that accumulates has accumulators, so a run of "
-                         "--grad-accum 1 and one of more do not resume each other)")
+                         "--lora-rank, float16's loss scale, or --grad-accum: only a run that accumulates has "
+                         "accumulators, so a run of --grad-accum 1 and one of more do not resume each other)")
     for variable, value in zip(variables, arrays):
         if tuple(value.shape) != tuple(variable.shape):
             raise ValueError(f"checkpoint {path}: '{variable.path}' has shape {value.shape}, expected {variable.shape}")
