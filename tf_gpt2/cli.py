@@ -467,7 +467,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--quantize", default=QUANTIZATIONS[0], choices=QUANTIZATIONS,
                         help="on-device weights (int8: dynamic range)")
     export.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
-                        help="SavedModel weights and arithmetic (bfloat16: half the memory; on avx512_bf16/AMX "
+                        help="SavedModel weights and arithmetic (bfloat16: half the memory; on avx512_bf16 "
                         "the fastest at batch 32, the slowest at batch 1)")
     export.add_argument("--xla", action="store_true",
                         help="SavedModel: decode under XLA (faster; the server needs --xla_cpu_compilation_enabled)")

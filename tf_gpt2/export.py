@@ -323,7 +323,7 @@ def export_saved_model(model: GPT2, base_dir: str, version: int | None = None,
     """Write a TF Serving model version `<base_dir>/<version>/` and return its path.
 
     `dtype` "bfloat16" stores the weights and runs the arithmetic in bfloat16 (logits stay float32): half the
-    weight memory; on a CPU with avx512_bf16 or AMX the fastest export at batch 32 and the slowest at batch 1
+    weight memory; on a CPU with avx512_bf16 (an AMD EPYC) the fastest export at batch 32 and the slowest at batch 1
     (docs/serving.md); default: the model's own.
 
     `xla=True` runs prefill and decoding as one XLA program per bucket of batch size, prompt length and budget

@@ -369,7 +369,8 @@ class LiteRTGenerator:
         return self._run(self._decode, [last], 1)["logits"][0, 0]
 
     def generate(self, prompt: Sequence[int], max_new_tokens: int, stop_ids: Sequence[int] = ()) -> list[int]:
-        """Greedy continuation of `prompt` from an empty cache; stops after a token in `stop_ids`."""
+        """Greedy continuation of `prompt` from an empty cache; stops after a token in `stop_ids`. The last token
+        returned is not yet in the cache: to go on, `feed` it first (with what follows)."""
         if not is_integer(max_new_tokens) or max_new_tokens <= 0:  # (True is no count)
             raise ValueError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
         prompt = self._checked(prompt, 0)  # before the conversation is reset: a refused call keeps it
