@@ -325,7 +325,7 @@ def test_a_shard_damaged_after_it_was_prepared_fails_training_in_one_short_line(
     shard = tmp_path / "data" / manifest["splits"]["train"][0]["file"]
     shard.write_bytes(b"\xff" * shard.stat().st_size)  # same size, every id 65535
     assert cli_main(["train", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "run"), "--preset",
-                     "gpt2-tiny", "--n-layer", "1", "--n-positions", "32", "--steps", "2", "--eval-interval", "2",
+                     "gpt2-tiny", "--n-layer", "1", "--n-positions", "16", "--steps", "2", "--eval-interval", "2",
                      "--batch-size", "2", "--block-size", "16", "--sample-tokens", "0", "--no-xla"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and len(err[0]) < 300, err
@@ -377,8 +377,9 @@ def test_a_warning_is_a_line_of_the_command_not_a_source_line(tmp_path, capsys, 
     chars = list("ab :\n")
     GPT2(GPT2Config(vocab_size=len(chars), n_positions=8, n_embd=8, n_layer=1, n_head=2,
                     characters=sorted(chars))).save(tmp_path / "c.keras")
-    (tmp_path / "hf").mkdir()
-    (tmp_path / "hf" / "vocab.json").write_text("{}")  # GPT-2's tokenizer, which a character model's folder drops
+    GPT2(GPT2Config(vocab_size=len(chars), n_positions=8, n_embd=8, n_layer=1, n_head=2,
+                    characters=sorted(chars))).save_pretrained(tmp_path / "hf")  # an earlier save, and beside it
+    (tmp_path / "hf" / "vocab.json").write_text("{}")  # a tokenizer's file, which a character model's folder drops
     def shown(message, category, filename, lineno, file=None, line=None):  # as Python shows one (pytest records them)
         sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
 

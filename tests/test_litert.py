@@ -126,7 +126,11 @@ def test_plain_interpreter_runs_the_same_contract(model, flatbuffer):
     np.testing.assert_allclose(gen.feed(prompt[:13]), full[12], atol=1e-4)
     np.testing.assert_allclose(gen.feed(prompt[13:]), full[14], atol=1e-4)
     assert gen.position == 15
-    assert gen.generate(prompt, max_new_tokens=12) == model.generate(prompt, max_new_tokens=12, stop_ids=[])
+    ids = gen.generate(prompt, max_new_tokens=12)
+    assert ids == model.generate(prompt, max_new_tokens=12, stop_ids=[])
+    assert gen.position == 15 + 11  # generate's last token is not in the cache: fed with what follows, as documented
+    whole = prompt + ids + [318]
+    np.testing.assert_allclose(gen.feed(ids[-1:] + [318]), np.asarray(model(np.array([whole])))[0, -1], atol=1e-4)
 
 
 def test_a_lora_model_with_a_bfloat16_base_runs_on_device_with_its_adapters_merged():
