@@ -417,7 +417,7 @@ def test_the_per_device_memory_in_the_docs_is_what_the_shardings_give():
         sizes = dict(re.findall(r"(replicated|model parallel)\s+([\d.]+) GiB per device", out))
         replicated, split = (f"{float(sizes[k]):.1f}" for k in ("replicated", "model parallel"))
         assert f"| replicated (`--strategy mirrored`, `DataParallel`) | {replicated} GiB |" in page, out
-        assert f"| `ModelParallel`, mesh 1x8 or 2x4 | {split} GiB |" in page, out
+        assert f"| `ModelParallel`, mesh 1x8 (or 2x4: `--batch-axis 2`) | {split} GiB |" in page, out
         assert f"AdamW state: {split} GiB per device on 8" in readme, out
 
 
