@@ -30,6 +30,7 @@ import numpy as np
 from tf_gpt2.config import DROPOUTS, GPT2Config, with_overrides
 from tf_gpt2.devices import host_array
 from tf_gpt2.files import json_writer, read_json, write_together
+from tf_gpt2.formats import KERAS_HUB_GPT2
 from tf_gpt2.tokenizer import ENDOFTEXT, EOT_ID, OTHER_KINDS, VOCAB_SIZE, default_vocab_files, other_tokenizer
 
 BLOCK_LAYERS = ("ln_1", "attn.c_attn", "attn.c_proj", "ln_2", "mlp.c_fc", "mlp.c_proj")
@@ -354,8 +355,6 @@ HF_TOKENIZER_FILES = ("vocab.json", "merges.txt", "tokenizer_config.json", "spec
 HF_OTHER_FILES = ("pytorch_model.bin", "tf_model.h5", "flax_model.msgpack", "generation_config.json")
 OPENAI_HPARAMS = ("n_vocab", "n_ctx", "n_embd", "n_layer", "n_head")  # what GPT-2's hparams.json gives
 OPENAI_FILES = ("hparams.json", "checkpoint", "encoder.json", "vocab.bpe")  # and the model.ckpt.* files
-# A keras-hub GPT-2 preset's config.json, by its registered name (keras-hub still reads keras-nlp's presets)
-KERAS_HUB_GPT2 = ("keras_hub>GPT2Backbone", "keras_nlp>GPT2Backbone")
 KERAS_HUB_FILES = ("metadata.json", "model.weights.h5", "preprocessor.json", "task.json", "task.weights.h5",
                    "tokenizer.json", "assets")
 

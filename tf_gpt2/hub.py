@@ -30,7 +30,7 @@ import re
 from typing import Any, Callable
 
 from tf_gpt2.files import read_json
-from tf_gpt2.formats import MODEL_FILE_SUFFIXES
+from tf_gpt2.formats import KERAS_HUB_GPT2, MODEL_FILE_SUFFIXES
 from tf_gpt2.tokenizer import OTHER_KINDS
 
 # What a GPT-2 load reads from a repo (weights, their index, config, tokenizer files).
@@ -108,7 +108,7 @@ def download(repo_id: str, revision: str | None = None,
         model_type = config.get("model_type")
         if model_type not in (None, "gpt2"):
             raise ValueError(f"{where} holds a {model_type!r} model, not GPT-2")
-        if (registered := config.get("registered_name")) in ("keras_hub>GPT2Backbone", "keras_nlp>GPT2Backbone"):
+        if (registered := config.get("registered_name")) in KERAS_HUB_GPT2:
             raise ValueError(f"{where} is a keras-hub preset, not a transformers checkpoint: download it (`hf "
                              f"download {repo_id} --local-dir DIR`) and load DIR, or load keras-hub's name for it "
                              f"({', '.join(KERAS_HUB_TO_HF)})")
