@@ -50,7 +50,12 @@ def test_attention_maps_are_the_models_and_plot_one_panel_per_head(tmp_path):
     for not_a_layer in (True, 0.0):  # (True plotted layer 1; 0.0 failed in numpy's indexing)
         with pytest.raises(ValueError, match="layer must be an integer"):
             plot_attention(maps, ["x"] * len(ids), layer=not_a_layer)
-    for not_ids in ([1.7, 2.2, 3.9], [True, False], b"ab"):  # not truncated, not 1/0, not byte values
+    with pytest.raises(ValueError, match=r"maps must be \[n_layer, n_head, T, T\].*got shape \(2, 6, 6\)"):
+        plot_attention(maps[0], ["x"] * len(ids))  # one layer's maps (it failed in matplotlib's imshow)
+    money = tok.encode("it costs $$ here")  # GPT-2 has the token "$$": drawn as text, not read as TeX
+    fig = plot_attention(attention_maps(model, money), [tok.decode([i]) for i in money], path=str(tmp_path / "$.png"))
+    assert " $$" in [label.get_text() for label in fig.axes[0].get_xticklabels()]
+    for not_ids in ([1.7, 2.2, 3.9], [True, False], b"ab", 5):  # not truncated, not 1/0, not byte values
         with pytest.raises(TypeError, match="token ids must be (a sequence of )?integers"):
             attention_maps(model, not_ids)
 

@@ -534,3 +534,38 @@ def test_tensorflow_start_up_lines_are_dropped_and_other_lines_kept(capfd):
             os.write(2, absl.encode())
             raise ImportError("libcudart.so: cannot open shared object file")
     assert capfd.readouterr().err == absl
+
+
+def test_generate_continues_a_prompt_file_or_standard_input_as_written(tmp_path, capsys, monkeypatch):
+    """A prompt given as an argument loses the line breaks that end it (`"$(cat f)"`), and `-` was continued as the
+    text "-" with standard input unread: --prompt-file reads a whole text, CRLF and all, from a file, a .gz or
+    standard input (-)."""
+    import gzip
+    import io
+
+    from tf_gpt2 import GPT2, GPT2Config
+
+    GPT2(GPT2Config(vocab_size=6, n_positions=16, n_embd=8, n_layer=1, n_head=2,
+                    characters=sorted("ab\r\né "))).save(tmp_path / "chars.keras")
+    prompt = "ab\r\né \r\n"
+    (tmp_path / "p.txt").write_bytes(prompt.encode())
+    (tmp_path / "p.txt.gz").write_bytes(gzip.compress(prompt.encode()))
+    model = ["--model", str(tmp_path / "chars.keras"), "--max-new-tokens", "3"]
+
+    def generate(*command, stdin=b""):
+        monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(stdin), encoding="ascii"))
+        return cli_main(["generate", *command, *model]), capsys.readouterr()
+
+    status, given = generate(prompt)
+    assert status == 0 and given.out.startswith(prompt) and len(given.out) == len(prompt) + 3 + 1, given
+    for source in (["--prompt-file", str(tmp_path / "p.txt")], ["--prompt-file", str(tmp_path / "p.txt.gz")]):
+        assert generate(*source) == (0, given)
+    assert generate("--prompt-file", "-", stdin=prompt.encode()) == (0, given)  # not the locale's encoding
+    for command, stdin, message in (
+            (["-"], b"", "the prompt '-' reads nothing: give --prompt-file - to read the prompt from standard input"),
+            ([], b"", "give the text to continue, or --prompt-file FILE"),
+            (["ab", "--prompt-file", str(tmp_path / "p.txt")], b"", "give the text to continue or --prompt-file, not"),
+            (["--prompt-file", "-"], b"ab\xff", "standard input is not UTF-8 text: byte ff at byte offset 2 (line 1)"),
+            (["--prompt-file", "-"], b"", "prompt is empty")):
+        status, said = generate(*command, stdin=stdin)
+        assert status == 2 and said.out == "" and message in said.err, said

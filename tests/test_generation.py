@@ -91,6 +91,9 @@ def test_stop_ids_end_generation(model):
                                              r"1.18e-38 \(smaller ones compute as 0\), got 1e-50"),
         (dict(temperature=1.0, top_p=1e-40), "top_p must be .* got 1e-40"),  # float32 holds it; XLA flushes it to 0
         (dict(repetition_penalty=1e-40), "repetition_penalty must be .* got 1e-40"),
+        # float32 holds these, but a seen logit divided by 1.2e-38 is +inf: a tie, its argmax the lowest id
+        (dict(repetition_penalty=1.2e-38), r"repetition_penalty must be in \[1e-06, 1e\+06\] .*got 1.2e-38$"),
+        (dict(repetition_penalty=2e6), r"repetition_penalty must be in \[1e-06, 1e\+06\]"),
         (dict(top_k=2.5), "top_k must be an integer, got 2.5"),
         (dict(top_k=True), "top_k must be an integer"),
         (dict(seed=2**40), "seed must be in \\[0, 2\\*\\*31\\)"),
@@ -112,8 +115,16 @@ def test_bad_generation_arguments(model, kwargs, message):
     kwargs = {"prompt": [1, 2], "max_new_tokens": 4, **kwargs}
     with pytest.raises(ValueError, match=message):
         model.generate(**kwargs)
-    with pytest.raises(ValueError, match=message):  # every prompt here is one: stream takes it too
-        next(stream(model, **kwargs))
+    with pytest.raises(ValueError, match=message):  # every prompt here is one: stream takes it too, and says so
+        stream(model, **kwargs)  # at the call, not at the first token
+
+
+def test_a_batch_too_long_names_its_rows_and_the_penalty_takes_its_bounds(model):
+    for penalty in (1e-6, 1e6):
+        assert len(model.generate([[1, 2, 3], [4] * 44], max_new_tokens=4, repetition_penalty=penalty)[1]) == 4
+    with pytest.raises(ValueError, match=r"^prompt\(s\) \[1, 3\] of the batch, the longest of 46 tokens \+ "
+                                         r"max_new_tokens 4 exceeds the context of 48"):
+        model.generate([[1, 2], [3] * 45, [4], [5] * 46], max_new_tokens=4)  # which rows are too long
 
 
 def test_bytes_prompts_are_refused_not_read_as_ids(model):

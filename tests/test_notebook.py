@@ -55,3 +55,19 @@ def test_quickstart_notebook_runs_and_shows_its_results(tmp_path, monkeypatch):
     assert len(images) >= 2  # the loss curve and the attention maps
     assert os.listdir(tmp_path / "work" / "logs" / "train")  # TensorBoard event files
     assert (tmp_path / "work" / "gpt2.tflite").stat().st_size > 0
+
+
+@pytest.mark.parametrize("repo", ["git+https://github.com/example/tf_gpt2.git", "https://example.com/tf_gpt2.zip"])
+def test_the_install_cell_asks_pip_for_the_litert_extra_of_a_url(repo, monkeypatch):
+    # pip reads "[litert]" after a path as extras, but after a URL as part of the URL: a URL needs "name[extra] @ url".
+    from packaging.requirements import Requirement
+
+    install = json.loads(NOTEBOOK.read_text())["cells"][1]
+    calls = []
+    monkeypatch.setenv("TF_GPT2_REPO", repo)
+    monkeypatch.setattr("importlib.util.find_spec", lambda name: None)
+    monkeypatch.setattr("subprocess.check_call", calls.append)
+    exec("".join(install["source"]), {})
+    (command,) = calls
+    wanted = Requirement(command[command.index("-q") + 1])
+    assert (wanted.name, wanted.extras, wanted.url) == ("tf_gpt2", {"litert"}, repo)

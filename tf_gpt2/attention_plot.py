@@ -48,6 +48,8 @@ def plot_attention(maps: np.ndarray, tokens: Sequence[str], layer: int = 0, path
             raise ValueError("path is empty: name the image file to write, or leave it out to get the figure only")
         if os.path.basename(name) in ("", ".", "..") or os.path.isdir(name):  # (it wrote a hidden ".png" in it)
             raise ValueError(f"path {name!r} names a folder: name the image file to write in it")
+    if np.ndim(maps) != 4:  # (one layer's [n_head, T, T] failed inside matplotlib)
+        raise ValueError(f"maps must be [n_layer, n_head, T, T] (attention_maps' answer), got shape {np.shape(maps)}")
     if not 0 <= checked_integer("layer", layer) < len(maps):  # (True would plot layer 1)
         raise ValueError(f"layer must be in [0, {len(maps)}), got {layer}")
     heads = maps[layer]
@@ -62,8 +64,9 @@ def plot_attention(maps: np.ndarray, tokens: Sequence[str], layer: int = 0, path
             continue
         ax.imshow(heads[h], cmap="viridis", vmin=0.0, vmax=1.0)
         ax.set_title(f"layer {layer}, head {h}", fontsize=9)
-        ax.set_xticks(range(len(tokens)), tokens, rotation=90, fontsize=7)
-        ax.set_yticks(range(len(tokens)), tokens, fontsize=7)
+        # Labels are text as it is: "$$" (a GPT-2 token) is no TeX to render
+        ax.set_xticks(range(len(tokens)), tokens, rotation=90, fontsize=7, parse_math=False)
+        ax.set_yticks(range(len(tokens)), tokens, fontsize=7, parse_math=False)
     fig.tight_layout()
     if path is not None and not isinstance(path, (str, os.PathLike)):  # a file object: matplotlib writes to it
         fig.savefig(path, dpi=100)

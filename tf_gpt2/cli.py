@@ -218,11 +218,33 @@ def cmd_train(args: argparse.Namespace) -> int:
 DEFAULT_NEW_TOKENS = 64  # `tf-gpt2 generate`'s, where the context holds them
 
 
+def _prompt_of(args: argparse.Namespace) -> str:
+    """The text to continue: the argument, or the whole text of --prompt-file (line ends and all; - reads standard
+    input), read as `prepare` reads a text."""
+    from tf_gpt2.data import not_utf8, read_text
+    from tf_gpt2.tokenizer import checked_utf8
+
+    if args.prompt is not None and args.prompt_file is not None:
+        raise ValueError("give the text to continue or --prompt-file, not both")
+    if args.prompt_file == "-":
+        try:
+            return sys.stdin.buffer.read().decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise not_utf8("standard input", e) from None
+    if args.prompt_file is not None:
+        return read_text(args.prompt_file)
+    if args.prompt is None:
+        raise ValueError("give the text to continue, or --prompt-file FILE (- reads standard input)")
+    if args.prompt == "-":  # (it was continued as the text "-", standard input unread)
+        raise ValueError("the prompt '-' reads nothing: give --prompt-file - to read the prompt from standard input")
+    return checked_utf8("the prompt", args.prompt)
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
     from tf_gpt2.generation import stream
-    from tf_gpt2.tokenizer import check_output_writes, checked_utf8, tokenizer_for
+    from tf_gpt2.tokenizer import check_output_writes, tokenizer_for
 
-    prompt = checked_utf8("the prompt", args.prompt)
+    prompt = _prompt_of(args)
     if args.seed is not None and args.temperature == 0:
         raise ValueError("--seed sets the sampling noise, and --temperature 0 (the default) samples nothing "
                          "(greedy): give a --temperature > 0")
@@ -248,7 +270,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
                         top_k=args.top_k, top_p=args.top_p, repetition_penalty=args.repetition_penalty,
                         seed=args.seed or 0, stop_ids=[] if end_of_text is None else [end_of_text]):
         if shown is None:
-            print(args.prompt, end="", flush=True)
+            print(prompt, end="", flush=True)
             shown = ""
         if token == end_of_text:
             break
@@ -432,7 +454,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     gen = command("generate", help="continue a prompt, printing tokens as they come")
     _model_flags(gen)
-    gen.add_argument("prompt", help="text to continue")
+    gen.add_argument("prompt", nargs="?", help="text to continue (after -- where it starts with -)")
+    gen.add_argument("--prompt-file", type=_named, metavar="FILE", help="continue the whole text of this UTF-8 file "
+                     "instead (.gz read decompressed), line ends and all; - reads standard input")
     gen.add_argument("--max-new-tokens", type=int, help="tokens to generate at most (default: 64, or as many as the "
                      "model's context holds after the prompt, with a note)")
     gen.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")

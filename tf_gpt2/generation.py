@@ -332,7 +332,10 @@ def _prepare(model, prompt: Any, max_new_tokens: int = 32, temperature: float = 
     if longest + max_new_tokens > cfg.n_positions:
         fit = (f"at most {cfg.n_positions - longest} new tokens fit (max_new_tokens, --max-new-tokens)"
                if longest < cfg.n_positions else "crop the prompt")
-        raise ValueError(f"prompt of {longest} tokens + max_new_tokens {max_new_tokens} exceeds the context of "
+        rows = [i for i, p in enumerate(batch) if len(p) + max_new_tokens > cfg.n_positions]
+        which = ("prompt" if len(batch) == 1 else
+                 f"prompt(s) {rows[:10]}{' ...' * (len(rows) > 10)} of the batch, the longest")
+        raise ValueError(f"{which} of {longest} tokens + max_new_tokens {max_new_tokens} exceeds the context of "
                          f"{cfg.n_positions} positions: {fit}")
     if outside := [i for i, p in enumerate(batch) if min(p) < 0 or max(p) >= cfg.vocab_size]:
         check_in_vocabulary([t for i in outside for t in batch[i]], cfg.vocab_size,
@@ -350,6 +353,9 @@ def _prepare(model, prompt: Any, max_new_tokens: int = 32, temperature: float = 
     return _Request(prompts, np.zeros((len(batch), _bucket(max_new_tokens)), np.int32), sampling, stop_ids, answer)
 
 
+PENALTY_BOUND = 1e6
+
+
 def _checked_settings(temperature, top_k, top_p, repetition_penalty) -> tuple[float, int, float, float]:
     """The sampling settings, each checked: (temperature, top_k, top_p, repetition_penalty)."""
     temperature, top_p, repetition_penalty = (_real(n, v) for n, v in (
@@ -360,8 +366,10 @@ def _checked_settings(temperature, top_k, top_p, repetition_penalty) -> tuple[fl
         raise ValueError(f"top_p must be in (0, 1], got {top_p}")
     if not 0 <= checked_integer("top_k", top_k) < 2**31:
         raise ValueError(f"top_k must be in [0, 2**31), got {top_k}")
-    if not 0 < repetition_penalty < np.inf:
-        raise ValueError(f"repetition_penalty must be > 0, got {repetition_penalty}")
+    if not 1 / PENALTY_BOUND <= repetition_penalty <= PENALTY_BOUND:  # (1e-38 made seen logits +inf: a tie)
+        raise ValueError(f"repetition_penalty must be in [{1 / PENALTY_BOUND:g}, {PENALTY_BOUND:g}] (1 is off; CTRL's "
+                         f"paper uses 1.2): a logit divided or multiplied by more can leave float32, got "
+                         f"{repetition_penalty}")
     filters = [f"top_k={top_k}"] * (top_k > 0) + [f"top_p={top_p:g}"] * (top_p < 1)
     if temperature == 0 and filters:
         raise ValueError(f"{' and '.join(filters)} filter{'s' * (len(filters) == 1)} what is sampled, and temperature "
@@ -433,12 +441,16 @@ def stream(model, prompt: Any, max_new_tokens: int = 32, **settings: Any) -> Ite
     """Yield the new token ids of one prompt as they are chosen (same tokens as `generate`, which
     documents the `settings`: temperature, top_k, top_p, repetition_penalty, stop_ids, seed, tokenizer, vocab_end).
 
-    Prefill and each decode step are compiled once per shape bucket; Python only loops. Raises FloatingPointError
-    as `generate` does, before the token it could not choose.
+    Prefill and each decode step are compiled once per shape bucket; Python only loops. The arguments are checked
+    at the call; FloatingPointError is raised as `generate` raises it, before the token it could not choose.
     """
     request = _prepare(model, prompt, max_new_tokens, **settings)
     if len(request.prompt.ids) != 1:
         raise ValueError("stream takes a single prompt")
+    return _streamed(model, request, max_new_tokens)
+
+
+def _streamed(model, request: _Request, max_new_tokens: int) -> Iterator[int]:
     state = compiled(model, prefill)(request.prompt, request.new_slots)
     step = compiled(model, decode_step)
     for i in range(max_new_tokens):

@@ -166,7 +166,8 @@ class BytePairGraphTokenizer(tf.Module):
 class CharacterGraphTokenizer(tf.Module):
     """A character model's vocabulary as TensorFlow ops: token i is `characters[i]`.
 
-    A row with a character outside the vocabulary (or bytes that are not UTF-8) gets an error naming it.
+    A row with a character outside the vocabulary gets an error naming it. Bytes that are not UTF-8 read as U+FFFD
+    (one of the characters, or an error): the exported signatures refuse such text before it comes here.
     """
 
     def __init__(self, characters: Sequence[str]):

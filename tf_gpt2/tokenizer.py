@@ -380,6 +380,8 @@ def checked_ids(ids: Iterable[int], vocab_size: int) -> list[int]:
     bools are refused, not rounded, and so are bytes (text, whose byte values are no GPT-2 ids)."""
     if isinstance(ids, (bytes, bytearray, memoryview)):
         raise TypeError(f"token ids must be a sequence of integers, got {type(ids).__name__} (bytes are no ids)")
+    if isinstance(ids, str) or not (hasattr(ids, "__array__") or hasattr(ids, "__iter__")):
+        raise TypeError(f"token ids must be a sequence of integers, got {type(ids).__name__} {ids!r:.40}")
     if hasattr(ids, "__array__"):  # a numpy, JAX or TensorFlow array: its dtype says
         array = np.asarray(ids)
         if array.ndim != 1 or array.size and array.dtype.kind not in "iu":
@@ -418,10 +420,14 @@ class CharacterTokenizer:
         self.vocab_size = len(self.characters)
 
     def encode(self, text: str) -> list[int]:
+        if not isinstance(text, str):
+            raise TypeError(f"encode expects a str, got {type(text).__name__}")
         unknown = sorted(set(text) - self._index.keys())
         if unknown:
-            raise ValueError(f"characters {', '.join(map(repr, unknown))} are not in the model's vocabulary of "
-                             f"{len(self.characters)}")
+            first = next(i for i, c in enumerate(text) if c not in self._index)
+            more = f" (and {len(unknown) - 10} more)" * (len(unknown) > 10)
+            raise ValueError(f"characters {', '.join(map(repr, unknown[:10]))}{more} are not in the model's vocabulary "
+                             f"of {len(self.characters)} (the first at character {first} of the text)")
         return [self._index[c] for c in text]
 
     def decode(self, ids: Iterable[int]) -> str:
