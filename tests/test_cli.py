@@ -210,9 +210,10 @@ def _fresh_python(code: str) -> subprocess.CompletedProcess:
 def test_an_on_device_export_over_an_earlier_one_says_it_replaced_it(tmp_path, capsys, monkeypatch):
     """A .tflite or .litertlm is replaced whole (a SavedModel adds a version instead): said, not silent; a file of
     another kind there (notes, a text, another format) is refused and kept (it was replaced, said only after)."""
+    from tf_gpt2.files import atomic_write, bytes_writer
+
     def export(model, path, **settings):  # (the conversion itself: tests/test_litert.py); a FlatBuffer's header
-        with open(path, "wb") as f:
-            f.write(b"\x1c\x00\x00\x00TFL3 and the rest")
+        atomic_write(path, bytes_writer(b"\x1c\x00\x00\x00TFL3 and the rest"))  # as the export writes its file
         return path
 
     monkeypatch.setattr("tf_gpt2.litert.export_litert", export)
@@ -228,6 +229,13 @@ def test_an_on_device_export_over_an_earlier_one_says_it_replaced_it(tmp_path, c
         assert f"{tmp_path / path} is a file but no .{kind} file: writing there would replace it" in \
             capsys.readouterr().err
         assert (tmp_path / path).read_bytes() == kept
+    (tmp_path / "v1.tflite").write_bytes(b"\x1c\x00\x00\x00TFL3 version 1")  # a link to the model in use, replaced
+    os.symlink("v1.tflite", tmp_path / "current.tflite")  # as `mv` replaces one: said so (said "replaced the earlier")
+    assert cli_main([*EXPORT_TINY, "--format", "tflite", "--out", str(tmp_path / "current.tflite")]) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1] == (
+        f"wrote {tmp_path / 'current.tflite'} in place of the link there (to v1.tflite, which is left as it was)")
+    assert (tmp_path / "v1.tflite").read_bytes().endswith(b"version 1")
+    assert not os.path.islink(tmp_path / "current.tflite")
 
 
 def test_a_file_size_limit_and_another_backend_end_in_one_line_naming_the_file(tmp_path):

@@ -71,7 +71,7 @@ def test_a_conversation_past_the_cache_fails_as_troubleshooting_says(litertlm_fi
     with pytest.raises(RuntimeError, match="litert_lm_session_run_prefill failed"):
         _litert_lm_turns(litertlm_file, [long], max_output_tokens=4)
     first, second = _litert_lm_turns(litertlm_file, ["hello " * 10] * 2, max_output_tokens=30)
-    assert first and second == ""
+    assert 0 < len(GPT2Tokenizer().encode(first)) <= 33 - 11 < 30 and second == ""  # cut short, then nothing
 
 
 def test_litert_lm_stops_at_end_of_text(tmp_path):
@@ -161,6 +161,11 @@ def test_generator_rejects_bad_input_and_keeps_its_cache(flatbuffer):
     for bad in (True, "50256"):  # (a bool is no id, and a string's characters are none)
         with pytest.raises(TypeError, match="stop_ids must be a token id or a list of them"):
             gen.generate([5], max_new_tokens=2, stop_ids=bad)
+    with pytest.raises(ValueError, match="holds None, no id: a character model has no end-of-text token"):
+        gen.generate([5], max_new_tokens=2, stop_ids=[None])  # (CharacterTokenizer's eot_id)
+    for batch in ([[1, 2], [3, 4]], np.array([[1, 2], [3, 4]])):  # ("token ids must be integers, got [[1, 2], ...")
+        with pytest.raises(ValueError, match="LiteRTGenerator runs one sequence .*: give one list of ids, not a batch"):
+            gen.generate(batch, max_new_tokens=2)
     assert gen.position == 3 and all(np.array_equal(gen.cache[n], cache[n]) for n in cache)
     np.testing.assert_array_equal(gen.feed([11]), LiteRTGenerator(flatbuffer).feed(
         [464, 3290, 318, 11]))  # the failed calls changed nothing
@@ -243,7 +248,21 @@ def test_bad_export_arguments_fail_clearly_and_write_nothing(model, tmp_path, ca
         with pytest.raises(ValueError, match=f"but this model has {config['vocab_size']} \\({kind}\\), which that "
                                              "tokenizer cannot read or write: export a plain .tflite"):
             export_litertlm(GPT2(GPT2Config.from_preset("gpt2-tiny", n_positions=32, **config)), str(out))
-    assert os.listdir(tmp_path) == []
+    # The Python exports refuse what the CLI refuses: a suffix of the other format (LiteRT-LM then failed on the
+    # file's "magic number"), and a file of another kind at the path (replaced)
+    for export, name, message in (
+            (export_litert, "m.litertlm", "names a .litertlm file, but this export writes a .tflite"),
+            (export_litertlm, "m.TFLITE", "names a .tflite file, but this export writes a .litertlm"),
+            (export_litert, "notes.tflite", "is a file but no .tflite file: writing there would"),
+            (export_litertlm, "notes.litertlm", "is a file but no .litertlm file: writing")):
+        if name.startswith("notes"):
+            (tmp_path / name).write_text("my notes")
+        with pytest.raises(ValueError, match=message):
+            export(model, str(tmp_path / name), CACHE, PREFILL)
+    assert sorted(os.listdir(tmp_path)) == ["notes.litertlm", "notes.tflite"]
+    assert {(tmp_path / n).read_text() for n in os.listdir(tmp_path)} == {"my notes"}
+    for name in os.listdir(tmp_path):
+        os.remove(tmp_path / name)
     for flags, message in ((["--format", "onnx"], "invalid choice: 'onnx'"),
                            (["--format", "litertlm", "--quantize", "int3"], "invalid choice: 'int3'")):
         with pytest.raises(SystemExit) as exit_status:  # argparse: usage and the error, status 2
@@ -289,12 +308,16 @@ def test_a_failed_export_keeps_the_previous_file(model, tmp_path, monkeypatch):
     assert path.read_bytes() == before and os.listdir(tmp_path) == ["m.tflite"]
 
 
-def test_export_cli_writes_a_litertlm_that_the_litert_lm_cli_runs(model, tmp_path):
-    """`tf-gpt2 export --format litertlm`, then Google's own `litert-lm run`, as a user would on a laptop."""
+def test_export_cli_writes_a_litertlm_that_the_litert_lm_cli_runs(model, tmp_path, capsys):
+    """`tf-gpt2 export --format litertlm`, then Google's own `litert-lm run`, as a user would on a laptop; the
+    export says the conversation's token budget, past which the runtime answers short without an error."""
     model.save(tmp_path / "tiny.keras")
     out = str(tmp_path / "tiny.litertlm")
     assert cli_main(["export", "--format", "litertlm", "--model", str(tmp_path / "tiny.keras"), "--cache-length",
                      "32", "--prefill-lengths", "4,8", "--out", out]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == (
+        f"wrote {out}: LiteRT-LM holds 25 tokens in a conversation, its prompts and answers together (past them it "
+        "ends an answer short, without an error)")
     cli = os.path.join(os.path.dirname(sys.executable), "litert-lm")
     run = subprocess.run([cli, "run", out, "--prompt", "Once upon a time", "--no-template"], capture_output=True,
                          text=True, timeout=300, env={**os.environ, "HOME": str(tmp_path)})

@@ -20,8 +20,8 @@ from typing import Sequence
 from tf_gpt2.config import PRESETS
 from tf_gpt2.data import VOCABS
 from tf_gpt2.detokenize import DETOKENIZERS
-from tf_gpt2.files import refuse_writing_over_inputs
-from tf_gpt2.formats import FORMATS, MODEL_FILE_SUFFIXES, QUANTIZATIONS
+from tf_gpt2.files import refuse_replacing_another_kind, refuse_writing_over_inputs
+from tf_gpt2.formats import FORMATS, MODEL_FILE_SUFFIXES, ON_DEVICE_SUFFIXES, QUANTIZATIONS
 from tf_gpt2.train_config import BASE_DTYPES, DISTRIBUTIONS, PRECISIONS, STRATEGIES, TrainConfig
 
 
@@ -41,18 +41,11 @@ def _load_model(args: argparse.Namespace):
                      "file), or --random-init PRESET for an untrained model")
 
 
-FILE_MARKS = {"tflite": (4, b"TFL3"), "litertlm": (0, b"LITERTLM"), "keras": (0, b"PK\x03\x04")}  # (offset, bytes)
-
-
-def _refuse_replacing_another_kind(path: str, kind: str) -> None:
-    """A file there is replaced only where it is one of the kind written (an earlier export): notes, a text or a
-    model of another format at that name were replaced, said only after."""
-    if os.path.isfile(path) and os.path.getsize(path):  # (an empty one, mktemp's or touch's, holds nothing to lose)
-        offset, mark = FILE_MARKS[kind]
-        with open(path, "rb") as f:
-            if f.read(offset + len(mark))[offset:] != mark:
-                raise ValueError(f"{path} is a file but no .{kind} file: writing there would replace it; give "
-                                 "another path, or remove it first")
+def _written(path: str) -> str:
+    """The line that reports writing the file `path`, said of what is there before it is written."""
+    if os.path.islink(path):  # (replaced as `mv` replaces one: it was said as if the file it names were)
+        return f"wrote {path} in place of the link there (to {os.readlink(path)}, which is left as it was)"
+    return f"{'replaced the earlier' if os.path.isfile(path) else 'wrote'} {path}"
 
 
 DEMO_CONTEXT = 64  # characters: nanoGPT's CPU recipe for Shakespeare (4 layers, 4 heads, 128 wide)
@@ -298,7 +291,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
                          ".keras file, or give a Hugging Face folder another name")
     folder = not args.dst.endswith(".keras")
     if not folder:
-        _refuse_replacing_another_kind(args.dst, "keras")
+        refuse_replacing_another_kind(args.dst, "keras")
     if folder and os.path.exists(args.dst) and not os.path.isdir(args.dst):  # before reading the source
         raise NotADirectoryError(f"Not a directory (a Hugging Face checkpoint is a folder; a .keras DST is a file): "
                                  f"{args.dst}")
@@ -306,11 +299,12 @@ def cmd_convert(args: argparse.Namespace) -> int:
     if folder:  # replaced: what save_pretrained writes, or removes as a reader would take it instead
         replaced = os.path.isdir(args.dst) and (bool(files_read_instead(args.dst, [])) or any(
             os.path.isfile(os.path.join(args.dst, name)) for name in ("config.json", "model.safetensors")))
+        written = f"{'replaced the earlier' if replaced else 'wrote'} {args.dst}"
         model.save_pretrained(args.dst)
     else:
-        replaced = os.path.isfile(args.dst)
+        written = _written(args.dst)
         save_keras(model, args.dst)
-    print(f"{'replaced the earlier' if replaced else 'wrote'} {args.dst}")
+    print(written)
     return 0
 
 
@@ -328,7 +322,6 @@ def _int_list(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
-ON_DEVICE_SUFFIXES = {".tflite": "tflite", ".litertlm": "litertlm"}
 WRITES = {"saved_model": "a SavedModel folder", "tflite": "a plain LiteRT model (.tflite)",
           "litertlm": "a LiteRT-LM package (.litertlm)"}
 
@@ -369,19 +362,24 @@ def cmd_export(args: argparse.Namespace) -> int:
     default = os.path.join("saved_models", "gpt2" if kind == "saved_model" else f"gpt2.{kind}")
     out = args.out or default
     refuse_writing_over_inputs(out, args.model)
-    if kind != "saved_model":
-        _refuse_replacing_another_kind(out, kind)
-    replaced = kind != "saved_model" and os.path.isfile(out)  # replaced whole (a SavedModel adds a version)
-    if kind == "saved_model":
+    if kind == "saved_model":  # (a version folder added, nothing replaced)
         path = export_saved_model(_load_model(args), out, version=args.version,
                                   max_new_tokens_limit=args.max_new_tokens_limit, dtype=args.dtype, xla=args.xla)
-    else:
-        from tf_gpt2 import litert
+        print(f"wrote {path}")
+        return 0
+    from tf_gpt2 import litert
 
-        export = litert.export_litert if kind == "tflite" else litert.export_litertlm
-        path = export(_load_model(args), out, cache_length=args.cache_length, prefill_lengths=args.prefill_lengths,
-                      quantize=args.quantize)
-    print(f"{'replaced the earlier' if replaced else 'wrote'} {path}")
+    refuse_replacing_another_kind(out, kind)  # (before the model loads; the export checks it too)
+    written, model = _written(out), _load_model(args)
+    settings = dict(cache_length=args.cache_length, prefill_lengths=args.prefill_lengths, quantize=args.quantize)
+    if kind == "tflite":
+        litert.export_litert(model, out, **settings)
+    else:
+        litert.export_litertlm(model, out, **settings)
+        budget = litert.token_budget(model, args.cache_length, args.prefill_lengths)
+        written += (f": LiteRT-LM holds {budget} tokens in a conversation, its prompts and answers together (past "
+                    "them it ends an answer short, without an error)")
+    print(written)
     return 0
 
 

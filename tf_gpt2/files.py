@@ -223,6 +223,20 @@ def refuse_writing_over_inputs(out: str | None, *inputs: str | None) -> None:
                              "choose another output path")
 
 
+FILE_MARKS = {"tflite": (4, b"TFL3"), "litertlm": (0, b"LITERTLM"), "keras": (0, b"PK\x03\x04")}  # (offset, bytes)
+
+
+def refuse_replacing_another_kind(path: str, kind: str) -> None:
+    """A file at `path` is replaced only where it is one of the `kind` written there (an earlier export): notes, a
+    text or a model of another format at that name were replaced, said only after."""
+    if os.path.isfile(path) and os.path.getsize(path):  # (an empty one, mktemp's or touch's, holds nothing to lose)
+        offset, mark = FILE_MARKS[kind]
+        with open(path, "rb") as f:
+            if f.read(offset + len(mark))[offset:] != mark:
+                raise ValueError(f"{path} is a file but no .{kind} file: writing there would replace it; give "
+                                 "another path, or remove it first")
+
+
 def save_keras(model, path: str) -> None:
     """`model.save(path)`, atomically: a failed or killed save keeps the previous `.keras` file."""
     if not os.fspath(path).endswith(".keras"):

@@ -2,6 +2,7 @@
 (this module imports nothing, so the CLI can offer them without loading TensorFlow)."""
 
 FORMATS = ("saved_model", "tflite", "litertlm")  # TF Serving; the LiteRT model alone; its LiteRT-LM package
+ON_DEVICE_SUFFIXES = {".tflite": "tflite", ".litertlm": "litertlm"}  # the file kind each names
 QUANTIZATIONS = ("fp32", "fp16", "int8")  # int8: dynamic range (int8 weights and matmuls), LiteRT's CPU recipe
 # Names of model files (not folders): a path ending so is never a Hugging Face repo name, nor a folder to write
 MODEL_FILE_SUFFIXES = (".keras", ".safetensors", ".bin", ".h5", ".pt", ".pth", ".ckpt", ".onnx", ".gguf", ".npz",

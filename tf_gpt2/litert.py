@@ -26,8 +26,8 @@ import numpy as np
 import tensorflow as tf
 
 from tf_gpt2.checks import checked_stop_ids, is_integer, require_tensorflow
-from tf_gpt2.files import atomic_write, work_dir, write_file
-from tf_gpt2.formats import QUANTIZATIONS
+from tf_gpt2.files import atomic_write, refuse_replacing_another_kind, work_dir, write_file
+from tf_gpt2.formats import ON_DEVICE_SUFFIXES, QUANTIZATIONS
 from tf_gpt2.generation import refuse_non_finite
 from tf_gpt2.layers import causal_mask
 from tf_gpt2.model import GPT2
@@ -173,8 +173,13 @@ def litert_bytes(model: GPT2, cache_length: int | None = None, prefill_lengths: 
         return converter.convert()
 
 
-def _check_writable(path: str) -> None:
-    """Fail now, before a minutes-long conversion, if `path` cannot be written; create its directory."""
+def _check_writable(path: str, kind: str) -> None:
+    """Fail now, before a minutes-long conversion, if `path` cannot be written as a file of `kind` (its suffix names
+    another format, or a file of another kind is there); create its directory."""
+    named = ON_DEVICE_SUFFIXES.get(os.path.splitext(path)[1].lower())
+    if named not in (None, kind):  # (the runtime failed on it later: "Invalid magic number")
+        raise ValueError(f"{path} names a .{named} file, but this export writes a .{kind}: give the path that suffix")
+    refuse_replacing_another_kind(path, kind)
     directory = os.path.dirname(os.path.abspath(path))
     existing = directory
     while not os.path.exists(existing):
@@ -188,9 +193,10 @@ def _check_writable(path: str) -> None:
 
 def export_litert(model: GPT2, path: str, cache_length: int | None = None,
                   prefill_lengths: Sequence[int] | None = None, quantize: str = "fp32") -> str:
-    """Write the `.tflite` (LiteRT-LM contract) to `path`, atomically, and return `path`."""
+    """Write the `.tflite` (LiteRT-LM contract) to `path`, atomically, and return `path`. A path with `.litertlm`'s
+    suffix, or a file there that is no `.tflite`, is refused."""
     _check_options(model, cache_length, prefill_lengths, quantize)
-    _check_writable(path)
+    _check_writable(path, "tflite")
 
     def write(tmp: str) -> None:
         flatbuffer = litert_bytes(model, cache_length, prefill_lengths, quantize)
@@ -198,6 +204,13 @@ def export_litert(model: GPT2, path: str, cache_length: int | None = None,
             f.write(flatbuffer)
     atomic_write(path, write)
     return path
+
+
+def token_budget(model: GPT2, cache_length: int | None = None, prefill_lengths: Sequence[int] | None = None) -> int:
+    """The tokens a `.litertlm` of these settings holds in a conversation (LiteRT-LM's `max_num_tokens`): the cache
+    less the largest prefill length but one, since a padded prefill chunk must still fit in the cache."""
+    cache_length, prefill_lengths = _check_options(model, cache_length, prefill_lengths, QUANTIZATIONS[0])
+    return cache_length - (max(prefill_lengths) - 1)
 
 
 def _llm_metadata(max_num_tokens: int) -> bytes:
@@ -221,7 +234,8 @@ def export_litertlm(model: GPT2, path: str, cache_length: int | None = None,
     The runtime starts a conversation with `<|endoftext|>` (GPT-2's document separator, as in training),
     stops at it, and holds at most `cache_length - (max(prefill_lengths) - 1)` tokens: a padded prefill
     chunk must still fit in the cache. A model of more ids than GPT-2's (a converted nanoGPT checkpoint's 50,304)
-    writes GPT-2's ids only, as `generate` does from text: its `decode` gives the logits of those alone.
+    writes GPT-2's ids only, as `generate` does from text: its `decode` gives the logits of those alone. A path with
+    `.tflite`'s suffix, or a file there that is no `.litertlm`, is refused.
 
     Example:
     >>> model = GPT2(GPT2Config.from_preset("gpt2-tiny"))                # doctest: +SKIP
@@ -239,13 +253,13 @@ def export_litertlm(model: GPT2, path: str, cache_length: int | None = None,
                          "tflite) and drive it with your own tokenizer")
     cache_length, prefill_lengths = _check_options(model, cache_length, prefill_lengths, quantize)
     _check_litert_lm_options(cache_length, prefill_lengths)
-    _check_writable(path)
+    _check_writable(path, "litertlm")
 
     def write(tmp: str) -> None:
         parts = {"model.tflite": litert_bytes(model, cache_length, prefill_lengths, quantize,
                                               vocab_end=VOCAB_SIZE if ids > VOCAB_SIZE else None),
                  "tokenizer.json": hf_tokenizer_json().encode("utf-8"),
-                 "metadata.pb": _llm_metadata(cache_length - (max(prefill_lengths) - 1))}
+                 "metadata.pb": _llm_metadata(token_budget(model, cache_length, prefill_lengths))}
         with work_dir("litertlm") as folder:
             files = {name: os.path.join(folder, name) for name in parts}
             for name, data in parts.items():
@@ -346,6 +360,9 @@ class LiteRTGenerator:
     def _checked(self, tokens: Sequence[int], position: int) -> list[int]:
         """`tokens` as ints, if they are ids of this model (integers: a float or a bool is refused, not rounded) and
         fit in the cache at `position`."""
+        if np.ndim(tokens) > 1 or isinstance(tokens, (list, tuple)) and any(np.ndim(t) for t in tokens):
+            raise ValueError(f"LiteRTGenerator runs one sequence (its cache holds one): give one list of ids, not a "
+                             f"batch of shape {np.shape(tokens) if np.ndim(tokens) > 1 else len(tokens)}")
         tokens = checked_ids(tokens, self.vocab_size)
         if not tokens:
             raise ValueError("no tokens to feed: give at least one")
