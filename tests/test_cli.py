@@ -236,6 +236,14 @@ def test_an_on_device_export_over_an_earlier_one_says_it_replaced_it(tmp_path, c
         f"wrote {tmp_path / 'current.tflite'} in place of the link there (to v1.tflite, which is left as it was)")
     assert (tmp_path / "v1.tflite").read_bytes().endswith(b"version 1")
     assert not os.path.islink(tmp_path / "current.tflite")
+    os.symlink("notes", tmp_path / "to-notes.tflite")  # a link to a file of another kind: the link is replaced, and
+    os.symlink("gone.tflite", tmp_path / "dangling.tflite")  # the notes kept; a link to nothing is said so
+    for link, said in (("to-notes.tflite", "to notes, which is left as it was"),
+                       ("dangling.tflite", "to gone.tflite, which is not there")):
+        assert cli_main([*EXPORT_TINY, "--format", "tflite", "--out", str(tmp_path / link)]) == 0
+        assert capsys.readouterr().out.strip().splitlines()[-1] == (
+            f"wrote {tmp_path / link} in place of the link there ({said})")
+    assert (tmp_path / "notes").read_text() == "my notes" and not os.path.exists(tmp_path / "gone.tflite")
 
 
 def test_a_file_size_limit_and_another_backend_end_in_one_line_naming_the_file(tmp_path):
@@ -558,10 +566,12 @@ def test_generate_continues_a_prompt_file_or_standard_input_as_written(tmp_path,
     prompt = "ab\r\né \r\n"
     (tmp_path / "p.txt").write_bytes(prompt.encode())
     (tmp_path / "p.txt.gz").write_bytes(gzip.compress(prompt.encode()))
+    (tmp_path / "empty.txt").write_text("")
     model = ["--model", str(tmp_path / "chars.keras"), "--max-new-tokens", "3"]
 
     def generate(*command, stdin=b""):
-        monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(stdin), encoding="ascii"))
+        closed = stdin is None  # (a process started with `<&-`)
+        monkeypatch.setattr(sys, "stdin", None if closed else io.TextIOWrapper(io.BytesIO(stdin), encoding="ascii"))
         return cli_main(["generate", *command, *model]), capsys.readouterr()
 
     status, given = generate(prompt)
@@ -574,6 +584,10 @@ def test_generate_continues_a_prompt_file_or_standard_input_as_written(tmp_path,
             ([], b"", "give the text to continue, or --prompt-file FILE"),
             (["ab", "--prompt-file", str(tmp_path / "p.txt")], b"", "give the text to continue or --prompt-file, not"),
             (["--prompt-file", "-"], b"ab\xff", "standard input is not UTF-8 text: byte ff at byte offset 2 (line 1)"),
-            (["--prompt-file", "-"], b"", "prompt is empty")):
+            (["--prompt-file", "-"], "ab ab ab ab".encode("utf-16-le"), "standard input is not UTF-8 text: its start "
+                                                                         "reads as UTF-16LE without a byte-order mark"),
+            (["--prompt-file", "-"], b"", "standard input is empty: no prompt to continue"),
+            (["--prompt-file", "-"], None, "standard input is closed: give the text in a file"),
+            (["--prompt-file", str(tmp_path / "empty.txt")], b"", f"{tmp_path / 'empty.txt'} is empty: no prompt")):
         status, said = generate(*command, stdin=stdin)
         assert status == 2 and said.out == "" and message in said.err, said

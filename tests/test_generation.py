@@ -65,6 +65,7 @@ def test_stop_ids_end_generation(model):
     stopped = model.generate([4, 5], max_new_tokens=8, stop_ids=[free[2]])
     assert stopped == free[: free.index(free[2]) + 1]
     assert model.generate([4, 5], max_new_tokens=8, stop_ids=free[2]) == stopped  # one id, as transformers takes it
+    assert model.generate([4, 5], max_new_tokens=8, stop_ids=np.array(free[2])) == stopped  # (an argmax's 0-d array)
 
 
 @pytest.mark.parametrize(
@@ -120,7 +121,7 @@ def test_bad_generation_arguments(model, kwargs, message):
 
 
 def test_a_batch_too_long_names_its_rows_and_the_penalty_takes_its_bounds(model):
-    for penalty in (1e-6, 1e6):
+    for penalty in (1e-6, 1e6, np.float32(1e-6)):
         assert len(model.generate([[1, 2, 3], [4] * 44], max_new_tokens=4, repetition_penalty=penalty)[1]) == 4
     with pytest.raises(ValueError, match=r"^prompt\(s\) \[1, 3\] of the batch, the longest of 46 tokens \+ "
                                          r"max_new_tokens 4 exceeds the context of 48"):

@@ -60,7 +60,8 @@ def test_bytes_and_out_of_range_ids_are_refused(tok):
     with pytest.raises(TypeError, match="list of str"):
         tok.encode_batch("not a list")
     for ids in ([True, 2.7], [1.0, 2.0], [True, False], [995, True], np.array([1.0]), np.array([True]), b"Hello",
-                bytearray(b"Hi"), 15496, "Hello", None):  # not rounded, not 1/0, not byte values, not a lone id
+                bytearray(b"Hi"), 15496, "Hello", None, {15496, 995}, {15496: "Hello"}):  # not rounded, not 1/0,
+        # not byte values, not a lone id, not a set's hash order nor a dict's keys
         with pytest.raises(TypeError, match="token ids must be (a sequence of )?integers"):
             tok.decode(ids)
     with pytest.raises(ValueError, match="must be in \\[0, 50257\\), got \\[1180591620717411303424\\]"):
@@ -144,7 +145,7 @@ def test_a_character_vocabulary_reads_each_id_as_one_character_and_refuses_the_r
             tok.encode(not_text)
     unknown = "".join(chr(0x4E00 + i) for i in range(3000))  # 3,000 unknown characters: ten named, where the first is
     with pytest.raises(ValueError, match=r"^characters '一', .* \(and 2990 more\) are not in the model's vocabulary of "
-                                         r"3 \(the first at character 2 of the text\)$") as refused:
+                                         r"3 \(the first is character 3 of the text\)$") as refused:
         tok.encode("ab" + unknown)
     assert len(str(refused.value)) < 200
     for ids in ([-1], [0, 3], [99]):

@@ -34,14 +34,19 @@ def checked_integer(name: str, value: Any) -> int:
 
 def checked_stop_ids(stop_ids: Any, vocab_size: int) -> list[int]:
     """Stop ids, one id or a list of them, as ints in [0, vocab_size): one the model never writes would never stop."""
+    if hasattr(stop_ids, "__array__") and np.ndim(stop_ids) == 0:  # a numpy or JAX scalar (an argmax)
+        stop_ids = np.asarray(stop_ids).item()
     if is_integer(stop_ids):  # one id, as transformers' eos_token_id takes it
         stop_ids = [stop_ids]
+    no_end = ("None is no stop id: a character model has no end-of-text token (its tokenizer's eot_id is "
+              "None); give stop_ids=[] or ids of its characters")
+    if stop_ids is None:
+        raise ValueError(no_end)
     if isinstance(stop_ids, (str, bytes, bytearray, memoryview)) or not isinstance(stop_ids, Iterable):
         raise TypeError(f"stop_ids must be a token id or a list of them, got {stop_ids!r:.80}")
     stop_ids = list(stop_ids)
-    if any(t is None for t in stop_ids):  # (a character tokenizer's eot_id)
-        raise ValueError(f"stop_ids {stop_ids!r:.80} holds None, no id: a character model has no end-of-text token "
-                         "(its tokenizer's eot_id is None); give stop_ids=[] or ids of its characters")
+    if any(t is None for t in stop_ids):
+        raise ValueError(no_end)
     stop_ids = [checked_integer("stop_ids entry", t) for t in stop_ids]
     if any(not 0 <= t < vocab_size for t in stop_ids):
         raise ValueError(f"stop_ids must be token ids in [0, {vocab_size}) (the model's vocabulary), got {stop_ids}")

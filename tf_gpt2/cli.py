@@ -44,7 +44,9 @@ def _load_model(args: argparse.Namespace):
 def _written(path: str) -> str:
     """The line that reports writing the file `path`, said of what is there before it is written."""
     if os.path.islink(path):  # (replaced as `mv` replaces one: it was said as if the file it names were)
-        return f"wrote {path} in place of the link there (to {os.readlink(path)}, which is left as it was)"
+        target = os.readlink(path)
+        kept = "which is left as it was" if os.path.exists(path) else "which is not there"
+        return f"wrote {path} in place of the link there (to {target}, {kept})"
     return f"{'replaced the earlier' if os.path.isfile(path) else 'wrote'} {path}"
 
 
@@ -214,18 +216,19 @@ DEFAULT_NEW_TOKENS = 64  # `tf-gpt2 generate`'s, where the context holds them
 def _prompt_of(args: argparse.Namespace) -> str:
     """The text to continue: the argument, or the whole text of --prompt-file (line ends and all; - reads standard
     input), read as `prepare` reads a text."""
-    from tf_gpt2.data import not_utf8, read_text
+    from tf_gpt2.data import STDIN, read_text
     from tf_gpt2.tokenizer import checked_utf8
 
     if args.prompt is not None and args.prompt_file is not None:
         raise ValueError("give the text to continue or --prompt-file, not both")
-    if args.prompt_file == "-":
-        try:
-            return sys.stdin.buffer.read().decode("utf-8")
-        except UnicodeDecodeError as e:
-            raise not_utf8("standard input", e) from None
     if args.prompt_file is not None:
-        return read_text(args.prompt_file)
+        if args.prompt_file == "-" and sys.stdin is not None and sys.stdin.isatty():
+            print("reading the prompt from standard input, to its end (Ctrl-D)", file=sys.stderr)
+        text = read_text(args.prompt_file)
+        if not text:  # (after the model's minutes of loading it said "prompt is empty", no file named)
+            named = STDIN if args.prompt_file == "-" else args.prompt_file
+            raise ValueError(f"{named} is empty: no prompt to continue")
+        return text
     if args.prompt is None:
         raise ValueError("give the text to continue, or --prompt-file FILE (- reads standard input)")
     if args.prompt == "-":  # (it was continued as the text "-", standard input unread)

@@ -27,6 +27,7 @@ import json
 import os
 import re
 import secrets
+import sys
 import unicodedata
 import warnings
 import zlib
@@ -320,6 +321,7 @@ def _iconv(path: str, codec: str) -> str:
     return f"zcat FILE | iconv -f {codec} -t utf-8 | gzip" if path.endswith(".gz") else f"iconv -f {codec} -t utf-8"
 
 
+STDIN = "standard input"  # how messages name what `read_text("-")` reads
 BINARY_SUFFIXES = (".bin", ".npy", ".npz", ".pt", ".pth", ".safetensors", ".h5", ".ckpt", ".pkl", ".keras")
 
 
@@ -357,11 +359,12 @@ def _blocks(path: str, block_bytes: int) -> Iterator[str]:
     reads it). A byte that is not UTF-8 is named by its offset in the file and its line."""
     utf8 = codecs.getincrementaldecoder("utf-8")()
     offset = lines = 0  # bytes read, and line breaks among them
+    name = STDIN if path == "-" else path
     try:
-        with gzip.open(path, "rb") if path.endswith(".gz") else open(path, "rb") as f:
+        with _opened(path) as f:
             held = f.read(1024)  # (read once: a pipe cannot go back to it)
-            _refuse_binary(path, held)
-            _refuse_utf16(path, held)
+            _refuse_binary(name, held)
+            _refuse_utf16(name, held)
             while True:
                 data, held = held[:block_bytes], held[block_bytes:]
                 if len(data) < block_bytes:
@@ -370,7 +373,7 @@ def _blocks(path: str, block_bytes: int) -> Iterator[str]:
                 try:
                     text = utf8.decode(data, final=not data)
                 except UnicodeDecodeError as e:
-                    raise not_utf8(path, e, offset - len(pending), lines) from None
+                    raise not_utf8(name, e, offset - len(pending), lines) from None
                 if text:
                     yield text
                 if not data:
@@ -380,12 +383,22 @@ def _blocks(path: str, block_bytes: int) -> Iterator[str]:
         raise ValueError(f"{path} is not a readable gzip file: {e}") from None
 
 
+def _opened(path: str):
+    """The binary file `path` (a .gz decompressed; - is standard input, left open)."""
+    if path != "-":
+        return gzip.open(path, "rb") if path.endswith(".gz") else open(path, "rb")
+    if sys.stdin is None:  # (started with `<&-`)
+        raise ValueError(f"{STDIN} is closed: give the text in a file")
+    return contextlib.nullcontext(sys.stdin.buffer)
+
+
 def read_text(path: str) -> str:
-    """A whole text file (.gz decompressed) as `prepare` reads it: UTF-8 exactly as written, a bad byte named; a
-    dataset's manifest or shard, or a checkpoint's file, is refused."""
-    refuse_if_not_text(path)
+    """A whole text file (.gz decompressed; - reads standard input) as `prepare` reads it: UTF-8 exactly as written,
+    a bad byte named; a dataset's manifest or shard, or a checkpoint's file, is refused."""
+    if path != "-":
+        refuse_if_not_text(path)
     text = "".join(_blocks(path, CHUNK_BYTES))
-    _warn_of_marks([path] if text.startswith("\ufeff") else [])
+    _warn_of_marks([STDIN if path == "-" else path] if text.startswith("\ufeff") else [])
     return text
 
 

@@ -229,7 +229,8 @@ FILE_MARKS = {"tflite": (4, b"TFL3"), "litertlm": (0, b"LITERTLM"), "keras": (0,
 def refuse_replacing_another_kind(path: str, kind: str) -> None:
     """A file at `path` is replaced only where it is one of the `kind` written there (an earlier export): notes, a
     text or a model of another format at that name were replaced, said only after."""
-    if os.path.isfile(path) and os.path.getsize(path):  # (an empty one, mktemp's or touch's, holds nothing to lose)
+    if os.path.isfile(path) and not os.path.islink(path) and os.path.getsize(path):  # (an empty file, mktemp's or
+        # touch's, holds nothing to lose; a link is replaced, not the file it names)
         offset, mark = FILE_MARKS[kind]
         with open(path, "rb") as f:
             if f.read(offset + len(mark))[offset:] != mark:

@@ -366,10 +366,10 @@ def _checked_settings(temperature, top_k, top_p, repetition_penalty) -> tuple[fl
         raise ValueError(f"top_p must be in (0, 1], got {top_p}")
     if not 0 <= checked_integer("top_k", top_k) < 2**31:
         raise ValueError(f"top_k must be in [0, 2**31), got {top_k}")
-    if not 1 / PENALTY_BOUND <= repetition_penalty <= PENALTY_BOUND:  # (1e-38 made seen logits +inf: a tie)
+    # As float32 computes it (np.float32(1e-6) is 1e-6 there). 1e-38 made seen logits +inf, a tie.
+    if not np.float32(1 / PENALTY_BOUND) <= np.float32(repetition_penalty) <= np.float32(PENALTY_BOUND):
         raise ValueError(f"repetition_penalty must be in [{1 / PENALTY_BOUND:g}, {PENALTY_BOUND:g}] (1 is off; CTRL's "
-                         f"paper uses 1.2): a logit divided or multiplied by more can leave float32, got "
-                         f"{repetition_penalty}")
+                         f"paper uses 1.2), a bound that keeps seen tokens' logits finite, got {repetition_penalty}")
     filters = [f"top_k={top_k}"] * (top_k > 0) + [f"top_p={top_p:g}"] * (top_p < 1)
     if temperature == 0 and filters:
         raise ValueError(f"{' and '.join(filters)} filter{'s' * (len(filters) == 1)} what is sampled, and temperature "

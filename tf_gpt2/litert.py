@@ -179,6 +179,8 @@ def _check_writable(path: str, kind: str) -> None:
     named = ON_DEVICE_SUFFIXES.get(os.path.splitext(path)[1].lower())
     if named not in (None, kind):  # (the runtime failed on it later: "Invalid magic number")
         raise ValueError(f"{path} names a .{named} file, but this export writes a .{kind}: give the path that suffix")
+    if os.path.isdir(path):  # (said after the conversion's minutes, when the file could not replace it)
+        raise IsADirectoryError(f"{path} is a folder: name the .{kind} file to write (in it, or elsewhere)")
     refuse_replacing_another_kind(path, kind)
     directory = os.path.dirname(os.path.abspath(path))
     existing = directory
@@ -360,9 +362,10 @@ class LiteRTGenerator:
     def _checked(self, tokens: Sequence[int], position: int) -> list[int]:
         """`tokens` as ints, if they are ids of this model (integers: a float or a bool is refused, not rounded) and
         fit in the cache at `position`."""
-        if np.ndim(tokens) > 1 or isinstance(tokens, (list, tuple)) and any(np.ndim(t) for t in tokens):
+        rows = isinstance(tokens, (list, tuple)) and any(isinstance(t, (list, tuple)) or np.ndim(t) for t in tokens)
+        if rows or hasattr(tokens, "__array__") and np.ndim(tokens) > 1:
             raise ValueError(f"LiteRTGenerator runs one sequence (its cache holds one): give one list of ids, not a "
-                             f"batch of shape {np.shape(tokens) if np.ndim(tokens) > 1 else len(tokens)}")
+                             f"batch of {len(tokens)} rows")
         tokens = checked_ids(tokens, self.vocab_size)
         if not tokens:
             raise ValueError("no tokens to feed: give at least one")

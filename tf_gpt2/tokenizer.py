@@ -16,6 +16,7 @@ import importlib.resources
 import json
 import os
 import sys
+from collections.abc import Mapping, Set
 from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
@@ -380,7 +381,8 @@ def checked_ids(ids: Iterable[int], vocab_size: int) -> list[int]:
     bools are refused, not rounded, and so are bytes (text, whose byte values are no GPT-2 ids)."""
     if isinstance(ids, (bytes, bytearray, memoryview)):
         raise TypeError(f"token ids must be a sequence of integers, got {type(ids).__name__} (bytes are no ids)")
-    if isinstance(ids, str) or not (hasattr(ids, "__array__") or hasattr(ids, "__iter__")):
+    if isinstance(ids, (str, Set, Mapping)) or not (hasattr(ids, "__array__") or hasattr(ids, "__iter__")):  # (a set
+        # or a dict gave its members in hash order, or its keys)
         raise TypeError(f"token ids must be a sequence of integers, got {type(ids).__name__} {ids!r:.40}")
     if hasattr(ids, "__array__"):  # a numpy, JAX or TensorFlow array: its dtype says
         array = np.asarray(ids)
@@ -427,7 +429,7 @@ class CharacterTokenizer:
             first = next(i for i, c in enumerate(text) if c not in self._index)
             more = f" (and {len(unknown) - 10} more)" * (len(unknown) > 10)
             raise ValueError(f"characters {', '.join(map(repr, unknown[:10]))}{more} are not in the model's vocabulary "
-                             f"of {len(self.characters)} (the first at character {first} of the text)")
+                             f"of {len(self.characters)} (the first is character {first + 1} of the text)")
         return [self._index[c] for c in text]
 
     def decode(self, ids: Iterable[int]) -> str:
