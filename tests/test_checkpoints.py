@@ -507,7 +507,7 @@ def test_a_config_that_breaks_a_rule_names_its_file_in_every_format(saved_tiny, 
         _load_with_config(saved_tiny, n_head=2, activation_function="swish")
     # A number written as a string (or NaN) would reach LayerNorm's arithmetic, far from the file: named here.
     with pytest.raises(ValueError, match=f"{saved_tiny / 'config.json'}: GPT2Config.layer_norm_epsilon must be a "
-                                         "finite non-negative number, got '1e-5'"):
+                                         "finite positive number, got '1e-5'"):
         _load_with_config(saved_tiny, activation_function="gelu_new", layer_norm_epsilon="1e-5")
     # Another family's config (a local directory; Hub names are checked before download): named, not a tensor's shape.
     with pytest.raises(ValueError, match=f"{saved_tiny / 'config.json'} is the config of a 'gptj' model, not GPT-2"):

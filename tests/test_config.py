@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 
 from tf_gpt2 import GPT2, PRESETS, GPT2Config
@@ -34,7 +35,8 @@ def test_num_params_matches_the_built_model(preset, multiple):
         (dict(dropout=1.0), "dropout"),
         (dict(norm_position="middle"), "norm_position"),
         (dict(vocab_multiple=0), "vocab_multiple must be a positive integer"),
-        (dict(layer_norm_epsilon=float("nan")), "layer_norm_epsilon must be a finite non-negative number, got nan"),
+        (dict(layer_norm_epsilon=float("nan")), "layer_norm_epsilon must be a finite positive number, got nan"),
+        (dict(layer_norm_epsilon=0), "layer_norm_epsilon must be a finite positive number, got 0"),
         (dict(initializer_range="0.02"), "initializer_range must be a finite non-negative number, got '0.02'"),
         (dict(remat="no"), "remat must be true or false, got 'no'"),
         (dict(activation="swish"), "activation must be one of .*, got 'swish'"),  # not first when a model is built
@@ -108,3 +110,38 @@ def test_a_dropout_override_sets_all_three_rates_and_numpy_rates_are_numbers(tmp
     numpy = GPT2Config(n_layer=np.int64(2), loss_chunk=np.int32(8), remat=np.bool_(True))  # as numbers and bools
     assert (numpy.n_layer, numpy.loss_chunk, numpy.remat) == (2, 8, True) and type(numpy.n_layer) is int
     assert GPT2Config.from_json(numpy.to_json()) == numpy
+
+
+def test_a_field_set_later_is_checked_and_a_built_models_config_stays_its_own():
+    """Checks ran at construction only: `cfg.dropout = 5` or a misspelt `cfg.n_layers = 2` went in unsaid, and a
+    built model's `model.config.n_positions = 64` left a model whose config no longer described it (an XLA call
+    clamped positions, `save` wrote a file that did not load)."""
+    import dataclasses
+
+    from tf_gpt2 import GPT2
+
+    cfg = GPT2Config(n_layer=1, n_head=2, n_embd=16, vocab_size=64, n_positions=32)
+    for name, value, error, message in (
+            ("dropout", 5, ValueError, r"GPT2Config.dropout must be in \[0, 1\), got 5"),
+            ("layer_norm_epsilon", -1.0, ValueError, "layer_norm_epsilon must be a finite positive number"),
+            ("n_head", 5, ValueError, r"n_embd \(16\) must be divisible by n_head \(5\)"),
+            ("n_layers", 2, AttributeError, "GPT2Config has no field 'n_layers'; its fields: vocab_size, ")):
+        with pytest.raises(error, match=message):
+            setattr(cfg, name, value)
+    cfg.dropout, cfg.n_positions = 0.1, np.int64(48)  # checked and taken, as the constructor takes them
+    assert cfg == GPT2Config(n_layer=1, n_head=2, n_embd=16, vocab_size=64, n_positions=48, dropout=0.1)
+    assert type(cfg.n_positions) is int
+    model = GPT2(cfg)
+    cfg.dropout = 0.2  # the config it was built from stays the caller's
+    assert model.config.dropout == 0.1
+    with pytest.raises(AttributeError, match=r"GPT2Config.n_positions of a built model does not change: its weights "
+                                             r"and layers were made from it; build another model from "
+                                             r"dataclasses.replace\(model.config, n_positions=...\)"):
+        model.config.n_positions = 64
+    assert model.config.n_positions == 48
+    assert dataclasses.replace(model.config, n_positions=64).n_positions == 64  # a new config, for a new model
+    chars = GPT2(GPT2Config(vocab_size=3, n_positions=8, n_layer=1, n_head=1, n_embd=4))
+    chars.config.characters = ["a", "b", "c"]  # what its ids mean: no weight has their shape
+    with pytest.raises(ValueError, match="GPT2Config.characters must be 3 characters"):
+        chars.config.characters = ["a"]
+    assert chars.config.characters == ["a", "b", "c"]

@@ -160,3 +160,19 @@ def test_a_changed_model_s_programs_let_go_of_what_it_replaced():
     evaluate(model, np.arange(40) % 50, context=8, stride=4)
     gc.collect()
     assert kernel() is None
+
+
+def test_a_layer_frozen_between_fits_trains_no_more():
+    """`fit`, then `layer.trainable = False`, then `fit` again: the second fit kept the first's program and trained
+    the frozen layer on, while `get_config()["frozen"]` named it frozen."""
+    keras.utils.set_random_seed(0)
+    model = GPT2(GPT2Config(**CONFIG))
+    model.compile(optimizer=keras.optimizers.AdamW(1e-2), loss=keras.losses.SparseCategoricalCrossentropy(True),
+                  jit_compile=True)
+    x, y = IDS[:, :-1], IDS[:, 1:]
+    model.fit(x, y, epochs=1, verbose=0)
+    model.wpe.trainable = False
+    frozen, trained = model.wpe.embeddings.numpy().copy(), model.ln_f.gamma.numpy().copy()
+    model.fit(x, y, epochs=1, verbose=0)
+    assert np.array_equal(model.wpe.embeddings.numpy(), frozen)
+    assert not np.array_equal(model.ln_f.gamma.numpy(), trained)  # (the rest still trains)

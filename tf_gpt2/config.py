@@ -53,7 +53,9 @@ class GPT2Config:
     """Shape and numerics of a GPT-2 model.
 
     Field names follow the Hugging Face / OpenAI checkpoints; `GPT2.from_pretrained` reads a checkpoint's
-    `config.json` into this class.
+    `config.json` into this class. A field set later is checked as the constructor checks it. A model keeps its own
+    copy (`model.config`), which does not change but for its characters: a changed one would no longer describe the
+    model's weights; `dataclasses.replace(model.config, ...)` makes another config, for another model.
 
     Example:
     >>> cfg = GPT2Config.from_preset("gpt2-tiny", vocab_size=1000)
@@ -111,11 +113,11 @@ class GPT2Config:
                     isinstance(value, numbers.Real) and not isinstance(value, bool) and 0.0 <= value < 1.0):
                 raise ValueError(f"GPT2Config.{name} must be in [0, 1), got {value!r}")
             setattr(self, name, None if value is None else float(value))
-        for name in ("layer_norm_epsilon", "initializer_range"):
-            value = getattr(self, name)
+        for name in ("layer_norm_epsilon", "initializer_range"):  # (an epsilon of 0 made a constant row NaN)
+            value, kind = getattr(self, name), "positive" if name == "layer_norm_epsilon" else "non-negative"
             if not (isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
-                    and value >= 0):
-                raise ValueError(f"GPT2Config.{name} must be a finite non-negative number, got {value!r}")
+                    and (value > 0 if kind == "positive" else value >= 0)):
+                raise ValueError(f"GPT2Config.{name} must be a finite {kind} number, got {value!r}")
             setattr(self, name, float(value))
         for name in ("remat", "learned_residual_scale"):
             if not isinstance(getattr(self, name), (bool, np.bool_)):
@@ -132,6 +134,27 @@ class GPT2Config:
             raise ValueError(
                 f"GPT2Config.norm_position must be one of {NORM_POSITIONS}, got {self.norm_position!r}"
             )
+        object.__setattr__(self, "_checked", True)
+
+    def fixed_copy(self) -> "GPT2Config":
+        """A copy whose fields do not change but its characters: a built model's own config."""
+        copy = dataclasses.replace(self)
+        object.__setattr__(copy, "_built", True)
+        return copy
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        """A field set after construction is checked as the constructor checks it (a misspelt one is refused, not
+        added); the config of a built model changes only its characters, which no weight has the shape of."""
+        if not self.__dict__.get("_checked"):  # (construction)
+            return object.__setattr__(self, name, value)
+        fields = [f.name for f in dataclasses.fields(self)]
+        if name not in fields:
+            raise AttributeError(f"GPT2Config has no field {name!r}; its fields: {', '.join(fields)}")
+        if self.__dict__.get("_built") and name != "characters":  # (it drifted from the weights and layers, unsaid)
+            raise AttributeError(f"GPT2Config.{name} of a built model does not change: its weights and layers were "
+                                 f"made from it; build another model from dataclasses.replace(model.config, "
+                                 f"{name}=...)")
+        object.__setattr__(self, name, getattr(dataclasses.replace(self, **{name: value}), name))
 
     @property
     def head_dim(self) -> int:

@@ -97,7 +97,7 @@ class GPT2(CheckedLoops, keras.Model):
             config = GPT2Config.from_dict(config)
         elif not isinstance(config, GPT2Config):
             raise TypeError(f"config must be a GPT2Config or a dict, got {type(config).__name__}")
-        self.config = cfg = config
+        self.config = cfg = config.fixed_copy()  # the model's own: changed, it would no longer describe the model
         self._own_cross_entropy = False  # set by `compile`
         init = keras.initializers.RandomNormal(stddev=cfg.initializer_range)
         policy = self.dtype_policy  # e.g. GPT2(cfg, dtype="mixed_bfloat16"); every sublayer gets it
