@@ -47,7 +47,8 @@ def _train(loss_chunk: int, dtype: str = "float32", loss=None, weighted: bool = 
 
 def _out_of_vocabulary_losses() -> dict[str, float]:
     """A training step's loss with one target outside the vocabulary: a padding row of the head (61), past the head
-    (64), negative (-1), or none; whole head and chunked."""
+    (64), negative (-1), or none; whole head and chunked. From a generator, whose values Keras' loop reads as they
+    come (arrays are checked first: `test_targets_outside_the_vocabulary_are_refused_where_they_count`)."""
     batch, losses = _batches()[0], {}
     for loss_chunk in (0, 5):
         keras.utils.set_random_seed(0)
@@ -61,7 +62,9 @@ def _out_of_vocabulary_losses() -> dict[str, float]:
             targets[1, 4] = target if isinstance(target, int) else targets[1, 4]
             model.set_weights(initial)
             name = f"{loss_chunk} {target}{' masked' if weights is not None else ''}"
-            losses[name] = float(model.train_on_batch(batch[:, :-1], targets, sample_weight=weights))
+            step = (batch[:, :-1], targets) if weights is None else (batch[:, :-1], targets, weights)
+            history = model.fit((s for s in [step]), steps_per_epoch=1, shuffle=False, verbose=0).history
+            losses[name] = history["loss"][0]
             # The step's update: NaN too for a target that counts, as TensorFlow's own gradient is.
             losses[f"{name} weights"] = float(sum(np.sum(w) for w in model.get_weights()))
     return losses
@@ -72,6 +75,28 @@ def _check_out_of_vocabulary(losses: dict[str, float]) -> None:
     for chunk in (0, 5):  # a masked placeholder changes nothing: the same loss and update as a masked real target
         assert losses[f"{chunk} -100 masked"] == losses[f"{chunk} masked masked"], losses
         assert losses[f"{chunk} -100 masked weights"] == losses[f"{chunk} masked masked weights"], losses
+
+
+def test_targets_outside_the_vocabulary_are_refused_where_they_count():
+    """Given as arrays, targets are checked as ids are: one outside the vocabulary trained to a NaN loss and weights
+    without a word, a float one was truncated; a placeholder whose sample weight is 0 is taken."""
+    model = GPT2(GPT2Config(**SHAPE))
+    model.compile(optimizer="sgd", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    x, y = _batches()[0][:, :-1], _batches()[0][:, 1:].copy()
+    y[1, 4] = -100
+    weights = np.ones(y.shape, "float32")
+    loops = (lambda **given: model.fit(x, y, verbose=0, **given),
+             lambda **given: model.evaluate(x, y, verbose=0, **given),
+             lambda **given: model.train_on_batch(x, y, **given),
+             lambda **given: model.test_on_batch(x, y, **given),
+             lambda sample_weight: model.fit(x[:1], y[:1] * 0, validation_data=(x, y, sample_weight), verbose=0))
+    for loop in loops:
+        with pytest.raises(ValueError, match=r"targets \(y\) must be token ids in \[0, 61\) where their sample "
+                                             r"weight is not 0, got \[-100\]: a placeholder .* needs a sample_weight"):
+            loop(sample_weight=weights)
+    assert np.isfinite(model.train_on_batch(x, y, sample_weight=weights * (y != -100)))
+    with pytest.raises(TypeError, match="targets \\(y\\) must be integers, got dtype float64"):
+        model.fit(x, _batches()[0][:, 1:] + np.float32(0.7), verbose=0)
 
 
 def test_a_target_outside_the_vocabulary_gives_a_nan_loss_and_update():

@@ -201,29 +201,40 @@ class CheckedLoops:
     """Keras' loops (`fit`, `evaluate`, `predict`, their `*_on_batch`) for a model of token ids (`config.vocab_size`,
     `config.n_positions`). They trace the model, where an id cannot be refused by its value (compiled, a gather reads
     another row without a sign): ids given as values, an array or a tensor, `fit`'s `validation_data` too, are checked
-    first. A tf.data pipeline, a generator or a PyDataset is read as Keras reads it."""
+    first, and so are targets (ids wherever their sample weight is not 0: one outside the vocabulary trained to a NaN
+    loss and weights, a float one was truncated). A tf.data pipeline, a generator or a PyDataset is read as Keras
+    reads it."""
 
-    def fit(self, x=None, *args, **kwargs):
-        try:  # (by keyword or in its place; a fit of its own between here and Keras' may take it in **kwargs)
-            bound = inspect.signature(super().fit).bind_partial(x, *args, **kwargs).arguments
-        except TypeError:  # arguments Keras' fit does not take: its own error follows
-            bound = {}
-        validation = bound.get("validation_data", kwargs.get("validation_data"))
+    def _bound(self, loop: str, args: tuple, kwargs: dict) -> dict:
+        """The arguments of Keras' `loop` by name (by keyword or in their place)."""
+        try:
+            return inspect.signature(getattr(super(), loop)).bind_partial(*args, **kwargs).arguments
+        except TypeError:  # arguments Keras' loop does not take: its own error follows
+            return {}
+
+    def _checked_data(self, loop: str, x, args: tuple, kwargs: dict):
+        bound = self._bound(loop, (x, *args), kwargs)
+        self._checked_targets(bound.get("y"), bound.get("sample_weight"))
+        validation = bound.get("validation_data")
         if isinstance(validation, (tuple, list)) and validation:  # (Keras reads it after the first epoch's training)
             self._checked_ids(validation[0])
-        return super().fit(self._checked_ids(x), *args, **kwargs)
+            self._checked_targets(*validation[1:3])
+        return self._checked_ids(x)
+
+    def fit(self, x=None, *args, **kwargs):
+        return super().fit(self._checked_data("fit", x, args, kwargs), *args, **kwargs)
 
     def evaluate(self, x=None, *args, **kwargs):
-        return super().evaluate(self._checked_ids(x), *args, **kwargs)
+        return super().evaluate(self._checked_data("evaluate", x, args, kwargs), *args, **kwargs)
 
     def predict(self, x, *args, **kwargs):
         return super().predict(self._checked_ids(x), *args, **kwargs)
 
     def train_on_batch(self, x, *args, **kwargs):
-        return super().train_on_batch(self._checked_ids(x), *args, **kwargs)
+        return super().train_on_batch(self._checked_data("train_on_batch", x, args, kwargs), *args, **kwargs)
 
     def test_on_batch(self, x, *args, **kwargs):
-        return super().test_on_batch(self._checked_ids(x), *args, **kwargs)
+        return super().test_on_batch(self._checked_data("test_on_batch", x, args, kwargs), *args, **kwargs)
 
     def predict_on_batch(self, x):
         return super().predict_on_batch(self._checked_ids(x))
@@ -235,3 +246,21 @@ class CheckedLoops:
         if isinstance(x, dict) or hasattr(x, "shape"):
             check_token_ids(x, self.config.vocab_size, self.config.n_positions)
         return x
+
+    def _checked_targets(self, y, sample_weight=None) -> None:
+        """Targets given as an array or a tensor: integers, in the vocabulary wherever their weight is not 0 (a
+        placeholder such as Hugging Face's -100 stands where its sample weight is 0)."""
+        targets = known_values(y) if hasattr(y, "shape") else None
+        if targets is None:
+            return
+        check_integers("targets (y)", targets)
+        outside = (targets < 0) | (targets >= self.config.vocab_size)
+        weights = known_values(sample_weight) if hasattr(sample_weight, "shape") else None
+        if weights is not None and np.shape(weights) != targets.shape:  # (Keras says what it makes of them)
+            return
+        if weights is not None:
+            outside &= np.asarray(weights) != 0
+        if outside.any():
+            raise ValueError(f"targets (y) must be token ids in [0, {self.config.vocab_size}) where their sample "
+                             f"weight is not 0, got {sorted(set(targets[outside].tolist()))[:5]}: a placeholder "
+                             "(Hugging Face's -100) needs a sample_weight of 0 there")
