@@ -100,9 +100,11 @@ def test_openai_tf_checkpoint_parity(tmp_path):
         GPT2.from_pretrained(str(tmp_path / "openai"), n_layer=5)
     for override in dict(activation="relu"), dict(layer_norm_epsilon=0.5), dict(norm_position="post"):
         # (each loaded, and the weights computed something else: logits off by up to 2.5)
-        with pytest.raises(ValueError, match=f"{next(iter(override))}=.*: a checkpoint's tensors fix its shape .* "
-                                             "and what they compute"):
+        with pytest.raises(ValueError, match=f"{next(iter(override))}=.*: a checkpoint's tensors fix its shape .*"
+                                             ", what they compute"):
             GPT2.from_pretrained(str(tmp_path / "openai"), **override)
+    with pytest.raises(ValueError, match=r"characters=\['a', 'b'\]: .* and what its ids mean \(characters\)"):
+        GPT2.from_pretrained(str(tmp_path / "openai"), characters=["a", "b"])  # (a BPE model relabelled, unsaid)
     assert GPT2.from_pretrained(str(tmp_path / "openai"), dropout=0.1, remat=True).config.remat  # the rest is set
     hparams = json.loads((tmp_path / "openai" / "hparams.json").read_text())
     fewer = hparams["n_layer"] - 1  # the checkpoint's last layer left over: refused, not cut off
@@ -509,6 +511,9 @@ def test_a_config_that_breaks_a_rule_names_its_file_in_every_format(saved_tiny, 
     with pytest.raises(ValueError, match=f"{saved_tiny / 'config.json'}: GPT2Config.layer_norm_epsilon must be a "
                                          "finite positive number, got '1e-5'"):
         _load_with_config(saved_tiny, activation_function="gelu_new", layer_norm_epsilon="1e-5")
+    with pytest.raises(ValueError, match=f"{saved_tiny / 'config.json'}: resid_pdrop must be a number in \\[0, 1\\), "
+                                         "got True"):  # (named as GPT2Config.dropout, a key the file has not)
+        _load_with_config(saved_tiny, activation_function="gelu_new", resid_pdrop=True)
     # Another family's config (a local directory; Hub names are checked before download): named, not a tensor's shape.
     with pytest.raises(ValueError, match=f"{saved_tiny / 'config.json'} is the config of a 'gptj' model, not GPT-2"):
         _load_with_config(saved_tiny, activation_function="gelu_new", model_type="gptj")

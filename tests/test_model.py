@@ -1,4 +1,5 @@
 import dataclasses
+import os
 import warnings
 
 import keras
@@ -318,3 +319,20 @@ def test_the_trained_model_keeps_learned_residual_scales():
         block.mlp_scale.assign(0.4)
     ids = np.array([[1, 2, 3, 4]], "int32")
     np.testing.assert_array_equal(np.asarray(inference_model(model)(ids)), np.asarray(model(ids)))
+
+
+def test_a_lora_rank_outside_the_projections_and_a_legacy_h5_save_are_refused(tmp_path):
+    """`enable_lora(model, 0)` froze every weight and trained nothing; -1 and 2.5 failed on a shape naming no rank.
+    `model.save("x.h5")` wrote Keras' legacy format, which `load_model` then could not read (Unknown layer GPT2)."""
+    from tf_gpt2.training import enable_lora
+
+    model = GPT2(GPT2Config(vocab_size=50, n_positions=16, n_embd=16, n_layer=1, n_head=2))
+    for rank in (0, -1, 2.5, True, 17):
+        with pytest.raises(ValueError, match=r"the LoRA rank must be an integer in \[1, 16\] \(n_embd"):
+            enable_lora(model, rank)
+    assert all(v.trainable for v in model.variables)  # refused before anything was frozen
+    enable_lora(model, 16)
+    for name in ("m.h5", "m.HDF5"):
+        with pytest.raises(ValueError, match=f"{name}: GPT2 saves as a .keras file"):
+            model.save(tmp_path / name)
+    assert os.listdir(tmp_path) == []

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import numbers
 import os
 import re
 import secrets
@@ -170,8 +171,10 @@ def config_from_hf(hf: dict[str, Any], source: str = "config.json", **overrides:
         raise ValueError(f"{source} changes GPT-2's attention scaling; this is not supported")
     # Each rate missing is transformers' default, 0.1; resid_pdrop is `dropout`, the other two kept where they differ
     rates = {name: hf.get(name, 0.1) for name in DROPOUTS}
-    if missing := [name for name, rate in rates.items() if rate is None]:
-        raise ValueError(f"{source}: {missing[0]} must be a number in [0, 1), got null")
+    if bad := [name for name, rate in rates.items() if isinstance(rate, bool) or not (
+            isinstance(rate, numbers.Real) and 0 <= rate < 1)]:  # (named by its own key, not as `dropout`)
+        raise ValueError(f"{source}: {bad[0]} must be a number in [0, 1), got "
+                         f"{'null' if rates[bad[0]] is None else repr(rates[bad[0]])}")
     resid_pdrop = rates["resid_pdrop"]
     dropouts = {name: rate for name, rate in rates.items() if rate != resid_pdrop}
     values = dict(
@@ -537,10 +540,10 @@ def read_keras_hub(backbone: Any, **overrides: Any) -> tuple[GPT2Config, Tensors
 # -- dispatch -----------------------------------------------------------------------------------
 def load_pretrained(model_class: type, source: Any, revision: str | None = None, **overrides: Any) -> keras.Model:
     """A `model_class` (GPT2) with the weights of any supported source; see the module docstring."""
-    if fixed := [f"{k}={v!r}" for k, v in overrides.items() if k in SHAPE + COMPUTED]:
-        raise ValueError(f"{', '.join(fixed)}: a checkpoint's tensors fix its shape ({', '.join(SHAPE)}) and what they "
-                         f"compute ({', '.join(COMPUTED)}); overrides set the rest (dropout, vocab_multiple, remat, "
-                         "loss_chunk, ...)")
+    if fixed := [f"{k}={v!r:.40}" for k, v in overrides.items() if k in (*SHAPE, *COMPUTED, "characters")]:
+        raise ValueError(f"{', '.join(fixed)}: a checkpoint's tensors fix its shape ({', '.join(SHAPE)}), what they "
+                         f"compute ({', '.join(COMPUTED)}) and what its ids mean (characters); overrides set the rest "
+                         "(dropout, vocab_multiple, remat, loss_chunk, ...)")
     if isinstance(source, str) and not os.path.lexists(source):  # a name: keras-hub's presets, then the Hub
         from tf_gpt2 import hub
 

@@ -78,7 +78,8 @@ class GPT2(CheckedLoops, keras.Model):
     Call arguments:
         token_ids: int [batch, time] token ids.
         attention_mask: optional int/bool [batch, time], 0 marks padding to ignore.
-        position_ids: optional int [batch, time]; default 0..time-1.
+        position_ids: optional int [batch, time]; default 0..time-1. Left-padded rows need them as well as the
+            mask (each token's index among its row's own, as `generate` gives them) to equal the unpadded rows.
 
     Returns float32 logits [batch, time, vocab_size].
 
@@ -341,6 +342,9 @@ class GPT2(CheckedLoops, keras.Model):
         """Keras' `save`; a `.keras` file on a local disk, overwritten without asking, is replaced whole or not at
         all: a failed or interrupted save keeps the file that was there."""
         path = os.fspath(filepath) if isinstance(filepath, (str, os.PathLike)) else ""  # (or a file object)
+        if path.lower().endswith((".h5", ".hdf5")):  # (Keras' legacy format: written, it did not load back)
+            raise ValueError(f"{path}: GPT2 saves as a .keras file, which `keras.models.load_model` reads back; a "
+                             "legacy .h5 of it does not load (save_weights('x.weights.h5') keeps the weights alone)")
         if not path.endswith(".keras") or "://" in path or zipped is False or not overwrite:
             return super().save(filepath, overwrite=overwrite, zipped=zipped, **kwargs)
         atomic_write(path, lambda staged: super(GPT2, self).save(staged, zipped=zipped, **kwargs))

@@ -30,6 +30,7 @@ import ml_dtypes
 import numpy as np
 
 from tf_gpt2.checkpoints import COMPUTED, SHAPE, assign_weights, checkpoint_tensors
+from tf_gpt2.checks import is_integer
 from tf_gpt2.config import GPT2Config, with_overrides
 from tf_gpt2.data import (
     MANIFEST,
@@ -106,6 +107,9 @@ def make_optimizer(model: GPT2, cfg: TrainConfig) -> keras.optimizers.AdamW:
 
 def enable_lora(model: GPT2, rank: int) -> None:
     """LoRA on every projection (Keras' built-in `Dense.enable_lora`); every other weight frozen."""
+    if not is_integer(rank) or not 1 <= rank <= model.config.n_embd:  # (0 froze the model and trained nothing)
+        raise ValueError(f"the LoRA rank must be an integer in [1, {model.config.n_embd}] (n_embd: no projection has "
+                         f"a higher rank), got {rank!r}")
     for layer in (model.wte, model.wpe, model.ln_f):
         layer.trainable = False
     for block in model.h:
