@@ -51,7 +51,7 @@ CASES = [
     (["eval", "{d}/folder", "--random-init", "gpt2-tiny"], "Is a directory: {d}/folder"),
     (["eval", "{d}/text.txt", "--random-init", "gpt2-tiny", "--stride", "0"], "stride must be in 1..context"),
     (["export", "--random-init", "gpt2-tiny", "--format", "tflite", "--out", "{d}/folder", "--cache-length", "16"],
-     "Is a directory, cannot be replaced: {d}/folder"),
+     "{d}/folder is a folder: name the .tflite file to write"),
     (["export", "--random-init", "gpt2-tiny", "--out", "{d}/text.txt/m"], "Not a directory: {d}/text.txt"),
     (["train", "--out", "{d}/run", "--eval-interval", "0"], "eval_interval must be a positive integer"),
     (["train", "--out", "{d}/run", "--sample-tokens", "-2"], "sample_tokens must be a non-negative integer, got -2"),

@@ -134,9 +134,8 @@ def test_a_field_set_later_is_checked_and_a_built_models_config_stays_its_own():
     model = GPT2(cfg)
     cfg.dropout = 0.2  # the config it was built from stays the caller's
     assert model.config.dropout == 0.1
-    with pytest.raises(AttributeError, match=r"GPT2Config.n_positions of a built model does not change: its weights "
-                                             r"and layers were made from it; build another model from "
-                                             r"dataclasses.replace\(model.config, n_positions=...\)"):
+    with pytest.raises(AttributeError, match=r"GPT2Config.n_positions of a built model does not change: .* build "
+                                             r"another, GPT2\(dataclasses.replace\(model.config, n_positions=...\)\)"):
         model.config.n_positions = 64
     assert model.config.n_positions == 48
     assert dataclasses.replace(model.config, n_positions=64).n_positions == 64  # a new config, for a new model

@@ -315,7 +315,7 @@ def test_a_disk_full_midway_through_any_write_keeps_the_previous_file(artifact, 
         before = {}  # a version is never replaced: the one write, cut short, must leave no version behind
     else:
         if artifact == "tflite":  # the earlier file's bytes: converting one would take as long as the write below
-            (tmp_path / "m.tflite").write_bytes(b"an earlier export")
+            (tmp_path / "m.tflite").write_bytes(b"\x1c\x00\x00\x00TFL3 an earlier export")  # (its header: one)
         else:
             write(1)
         before = _tree_bytes(path)

@@ -247,19 +247,26 @@ class CheckedLoops:
             check_token_ids(x, self.config.vocab_size, self.config.n_positions)
         return x
 
-    def _checked_targets(self, y, sample_weight=None) -> None:
-        """Targets given as an array or a tensor: integers, in the vocabulary wherever their weight is not 0 (a
-        placeholder such as Hugging Face's -100 stands where its sample weight is 0)."""
-        targets = known_values(y) if hasattr(y, "shape") else None
+    def _checked_targets(self, y=None, sample_weight=None) -> None:
+        """Targets given as an array or a tensor to the model's own cross-entropy: integers, in the vocabulary wherever
+        their weight is not 0 (a placeholder such as Hugging Face's -100 stands where its sample weight is 0). Another
+        loss (`ignore_class`, soft targets, a function) reads them as it will."""
+        targets = known_values(y) if hasattr(y, "shape") and getattr(self, "_own_cross_entropy", False) else None
         if targets is None:
             return
         check_integers("targets (y)", targets)
+        if targets.size == 0 or (targets.min() >= 0 and targets.max() < self.config.vocab_size):
+            return
         outside = (targets < 0) | (targets >= self.config.vocab_size)
         weights = known_values(sample_weight) if hasattr(sample_weight, "shape") else None
-        if weights is not None and np.shape(weights) != targets.shape:  # (Keras says what it makes of them)
-            return
-        if weights is not None:
-            outside &= np.asarray(weights) != 0
+        if weights is not None:  # lined up by their leading axes ([batch] weighs a row)
+            weights = np.asarray(weights)
+            try:
+                counts = np.broadcast_to(weights.reshape(weights.shape + (1,) * (targets.ndim - weights.ndim)) != 0,
+                                         targets.shape)
+            except ValueError:  # weights that do not fit the targets: Keras' own error follows
+                return
+            outside &= counts
         if outside.any():
             raise ValueError(f"targets (y) must be token ids in [0, {self.config.vocab_size}) where their sample "
                              f"weight is not 0, got {sorted(set(targets[outside].tolist()))[:5]}: a placeholder "

@@ -151,9 +151,10 @@ class GPT2Config:
         if name not in fields:
             raise AttributeError(f"GPT2Config has no field {name!r}; its fields: {', '.join(fields)}")
         if self.__dict__.get("_built") and name != "characters":  # (it drifted from the weights and layers, unsaid)
-            raise AttributeError(f"GPT2Config.{name} of a built model does not change: its weights and layers were "
-                                 f"made from it; build another model from dataclasses.replace(model.config, "
-                                 f"{name}=...)")
+            raise AttributeError(f"GPT2Config.{name} of a built model does not change: the model's weights, layers "
+                                 f"and traced steps were made from it; build another, GPT2(dataclasses.replace("
+                                 f"model.config, {name}=...)), and give it the weights (set_weights) where their "
+                                 "shapes allow")
         object.__setattr__(self, name, getattr(dataclasses.replace(self, **{name: value}), name))
 
     @property
