@@ -10,6 +10,7 @@ import textwrap
 
 import keras
 import numpy as np
+import pytest
 from conftest import give_adapters
 
 from tf_gpt2 import GPT2, GPT2Config
@@ -176,3 +177,20 @@ def test_a_layer_frozen_between_fits_trains_no_more():
     model.fit(x, y, epochs=1, verbose=0)
     assert np.array_equal(model.wpe.embeddings.numpy(), frozen)
     assert not np.array_equal(model.ln_f.gamma.numpy(), trained)  # (the rest still trains)
+    model.wpe.trainable = True  # unfrozen: it trains again (the optimizer was built with it)
+    model.fit(x, y, epochs=1, verbose=0)
+    assert not np.array_equal(model.wpe.embeddings.numpy(), frozen)
+    keras.utils.set_random_seed(0)  # frozen before the optimizer was built, unfrozen: said (docs/troubleshooting.md)
+    model = GPT2(GPT2Config(**CONFIG))
+    model.wpe.trainable = False
+    model.compile(optimizer=keras.optimizers.AdamW(1e-2), loss=keras.losses.SparseCategoricalCrossentropy(True),
+                  jit_compile=True)
+    model.fit(x, y, epochs=1, verbose=0)
+    model.wpe.trainable = True
+    with pytest.raises(ValueError, match="This optimizer can only be called for the variables it was originally"):
+        model.fit(x, y, epochs=1, verbose=0)
+    model.compile(optimizer=keras.optimizers.AdamW(1e-2), loss=keras.losses.SparseCategoricalCrossentropy(True),
+                  jit_compile=True)
+    frozen = model.wpe.embeddings.numpy().copy()
+    model.fit(x, y, epochs=1, verbose=0)
+    assert not np.array_equal(model.wpe.embeddings.numpy(), frozen)  # compiled again, it trains
