@@ -218,7 +218,7 @@ class CheckedLoops:
         validation = bound.get("validation_data")
         if isinstance(validation, (tuple, list)) and validation:  # (Keras reads it after the first epoch's training)
             self._checked_ids(validation[0])
-            self._checked_targets(*validation[1:3])
+            self._checked_targets(*validation[1:3], named="validation_data's targets")
         return self._checked_ids(x)
 
     def fit(self, x=None, *args, **kwargs):
@@ -247,14 +247,14 @@ class CheckedLoops:
             check_token_ids(x, self.config.vocab_size, self.config.n_positions)
         return x
 
-    def _checked_targets(self, y=None, sample_weight=None) -> None:
+    def _checked_targets(self, y=None, sample_weight=None, named: str = "targets (y)") -> None:
         """Targets given as an array or a tensor to the model's own cross-entropy: integers, in the vocabulary wherever
         their weight is not 0 (a placeholder such as Hugging Face's -100 stands where its sample weight is 0). Another
         loss (`ignore_class`, soft targets, a function) reads them as it will."""
         targets = known_values(y) if hasattr(y, "shape") and getattr(self, "_own_cross_entropy", False) else None
         if targets is None:
             return
-        check_integers("targets (y)", targets)
+        check_integers(named, targets)
         if targets.size == 0 or (targets.min() >= 0 and targets.max() < self.config.vocab_size):
             return
         outside = (targets < 0) | (targets >= self.config.vocab_size)
@@ -268,6 +268,6 @@ class CheckedLoops:
                 return
             outside &= counts
         if outside.any():
-            raise ValueError(f"targets (y) must be token ids in [0, {self.config.vocab_size}) where their sample "
+            raise ValueError(f"{named} must be token ids in [0, {self.config.vocab_size}) where their sample "
                              f"weight is not 0, got {sorted(set(targets[outside].tolist()))[:5]}: a placeholder "
                              "(Hugging Face's -100) needs a sample_weight of 0 there")

@@ -196,9 +196,10 @@ class GPT2(CheckedLoops, keras.Model):
         """Keras' compile settings, saved with the model; none for a model with LoRA adapters, which Keras saves
         merged into its kernels: its optimizer state would not fit the model that loads (every weight trainable)."""
         if any(getattr(layer, "lora_enabled", False) for layer in self._flatten_layers()):
-            warnings.warn("a model with LoRA adapters is saved uncompiled (Keras saves the adapters merged, so its "
-                          "optimizer state would not fit): compile it after loading, or resume its training run",
-                          stacklevel=2)
+            warnings.warn("a model with LoRA adapters is saved uncompiled, its adapters merged into its kernels (its "
+                          "optimizer state would not fit): the model that loads has no adapters and trains whole; "
+                          "call enable_lora on it again before compiling to go on with adapters, or resume its "
+                          "training run", stacklevel=2)
             return {}
         return super().get_compile_config()
 
@@ -222,7 +223,8 @@ class GPT2(CheckedLoops, keras.Model):
         if len(targets.shape) == len(y_pred.shape):  # [batch, time, 1], as Keras' loss takes them too
             targets = ops.squeeze(targets, axis=-1)  # (and refuses any other last axis)
         if sample_weight is not None and len(sample_weight.shape) > 1:  # a weight per token: a masked token's target
-            masked = ops.reshape(ops.convert_to_tensor(sample_weight) == 0, ops.shape(targets))  # may be a placeholder
+            masked = ops.reshape(ops.cast(sample_weight, "float32") == 0, ops.shape(targets))  # may be a placeholder
+            # (a bool mask, `y != -100`, compared with 0 failed on TensorFlow)
             targets = ops.where(masked, 0, targets)  # (as Hugging Face's -100): it counts as 0
         if training and self._head_in_loss:
             per_token = self._chunked_cross_entropy(y_pred, targets)
