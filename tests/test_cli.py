@@ -571,7 +571,9 @@ def test_generate_continues_a_prompt_file_or_standard_input_as_written(tmp_path,
 
     def generate(*command, stdin=b""):
         closed = stdin is None  # (a process started with `<&-`)
-        monkeypatch.setattr(sys, "stdin", None if closed else io.TextIOWrapper(io.BytesIO(stdin), encoding="ascii"))
+        text = isinstance(stdin, str)  # (a notebook's standard input: text, no bytes under it)
+        monkeypatch.setattr(sys, "stdin", None if closed else io.StringIO(stdin) if text else
+                            io.TextIOWrapper(io.BytesIO(stdin), encoding="ascii"))
         return cli_main(["generate", *command, *model]), capsys.readouterr()
 
     status, given = generate(prompt)
@@ -581,13 +583,15 @@ def test_generate_continues_a_prompt_file_or_standard_input_as_written(tmp_path,
     assert generate("--prompt-file", "-", stdin=prompt.encode()) == (0, given)  # not the locale's encoding
     for command, stdin, message in (
             (["-"], b"", "the prompt '-' reads nothing: give --prompt-file - to read the prompt from standard input"),
-            ([], b"", "give the text to continue, or --prompt-file FILE"),
+            ([], b"", "the prompt is empty: give the text to continue, or --prompt-file FILE"),
+            ([""], b"", "the prompt is empty: give the text to continue"),  # (said after the model loaded)
             (["ab", "--prompt-file", str(tmp_path / "p.txt")], b"", "give the text to continue or --prompt-file, not"),
             (["--prompt-file", "-"], b"ab\xff", "standard input is not UTF-8 text: byte ff at byte offset 2 (line 1)"),
             (["--prompt-file", "-"], "ab ab ab ab".encode("utf-16-le"), "standard input is not UTF-8 text: its start "
                                                                          "reads as UTF-16LE without a byte-order mark"),
             (["--prompt-file", "-"], b"", "standard input is empty: no prompt to continue"),
             (["--prompt-file", "-"], None, "standard input is closed: give the text in a file"),
+            (["--prompt-file", "-"], "ab", "standard input here is a text stream, not bytes: give the text in a file"),
             (["--prompt-file", str(tmp_path / "empty.txt")], b"", f"{tmp_path / 'empty.txt'} is empty: no prompt")):
         status, said = generate(*command, stdin=stdin)
         assert status == 2 and said.out == "" and message in said.err, said

@@ -12,7 +12,7 @@ from conftest import lora_model, spread_tiny_model
 
 from tf_gpt2 import GPT2, GPT2Config, GPT2Tokenizer
 from tf_gpt2.cli import main as cli_main
-from tf_gpt2.litert import LiteRTGenerator, export_litert, export_litertlm, litert_bytes
+from tf_gpt2.litert import LiteRTGenerator, export_litert, export_litertlm, litert_bytes, token_budget
 from tf_gpt2.tokenizer import EOT_ID, VOCAB_SIZE
 
 pytest.importorskip("ai_edge_litert")
@@ -267,9 +267,16 @@ def test_bad_export_arguments_fail_clearly_and_write_nothing(model, tmp_path, ca
     for name in os.listdir(tmp_path):
         os.remove(tmp_path / name)
     (tmp_path / "folder.tflite").mkdir()  # refused before the conversion, not after it
-    with pytest.raises(IsADirectoryError, match="folder.tflite is a folder: name the .tflite file to write"):
-        export_litert(model, str(tmp_path / "folder.tflite"), CACHE, PREFILL)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("tf_gpt2.litert.litert_bytes", lambda *a, **k: pytest.fail("converted before refusing"))
+        with pytest.raises(IsADirectoryError, match="folder.tflite is a folder: name the .tflite file to write"):
+            export_litert(model, str(tmp_path / "folder.tflite"), CACHE, PREFILL)
+        with pytest.raises(ValueError, match="m.keras names a .keras file, but this export writes a .tflite"):
+            export_litert(model, str(tmp_path / "m.keras"), CACHE, PREFILL)
     os.rmdir(tmp_path / "folder.tflite")
+    assert token_budget(model, 32, (4, 8)) == 25  # what the metadata holds and the CLI prints
+    with pytest.raises(ValueError, match=r"leaves LiteRT-LM 1 token\(s\)"):  # refused as the export refuses it
+        token_budget(model, 8, (8,))
     for flags, message in ((["--format", "onnx"], "invalid choice: 'onnx'"),
                            (["--format", "litertlm", "--quantize", "int3"], "invalid choice: 'int3'")):
         with pytest.raises(SystemExit) as exit_status:  # argparse: usage and the error, status 2

@@ -89,6 +89,7 @@ def test_targets_outside_the_vocabulary_are_refused_where_they_count():
              lambda **given: model.evaluate(x, y, verbose=0, **given),
              lambda **given: model.train_on_batch(x, y, **given),
              lambda **given: model.test_on_batch(x, y, **given),
+             lambda sample_weight: model.train_on_batch(x, y, sample_weight=sample_weight[..., None]),  # [b, t, 1]
              lambda sample_weight: model.fit(x[:1], y[:1] * 0, validation_data=(x, y, sample_weight), verbose=0))
     for loop in loops:
         with pytest.raises(ValueError, match=r"^(targets \(y\)|validation_data's targets) must be token ids in "

@@ -213,6 +213,7 @@ class CheckedLoops:
             return {}
 
     def _checked_data(self, loop: str, x, args: tuple, kwargs: dict):
+        """`x`, checked, after the targets and `validation_data` of this call of Keras' `loop` are."""
         bound = self._bound(loop, (x, *args), kwargs)
         self._checked_targets(bound.get("y"), bound.get("sample_weight"))
         validation = bound.get("validation_data")
@@ -259,14 +260,10 @@ class CheckedLoops:
             return
         outside = (targets < 0) | (targets >= self.config.vocab_size)
         weights = known_values(sample_weight) if hasattr(sample_weight, "shape") else None
-        if weights is not None:  # lined up by their leading axes ([batch] weighs a row)
-            weights = np.asarray(weights)
-            try:
-                counts = np.broadcast_to(weights.reshape(weights.shape + (1,) * (targets.ndim - weights.ndim)) != 0,
-                                         targets.shape)
-            except ValueError:  # weights that do not fit the targets: Keras' own error follows
+        if weights is not None:  # one per token, as the loss reads them ([batch, time] or [batch, time, 1])
+            if np.size(weights) != targets.size:  # (the loss's own error follows)
                 return
-            outside &= counts
+            outside &= np.reshape(weights, targets.shape) != 0
         if outside.any():
             raise ValueError(f"{named} must be token ids in [0, {self.config.vocab_size}) where their sample "
                              f"weight is not 0, got {sorted(set(targets[outside].tolist()))[:5]}: a placeholder "

@@ -222,15 +222,14 @@ def _prompt_of(args: argparse.Namespace) -> str:
     if args.prompt is not None and args.prompt_file is not None:
         raise ValueError("give the text to continue or --prompt-file, not both")
     if args.prompt_file is not None:
-        if args.prompt_file == "-" and sys.stdin is not None and sys.stdin.isatty():
-            print("reading the prompt from standard input, to its end (Ctrl-D)", file=sys.stderr)
         text = read_text(args.prompt_file)
         if not text:  # (after the model's minutes of loading it said "prompt is empty", no file named)
             named = STDIN if args.prompt_file == "-" else args.prompt_file
             raise ValueError(f"{named} is empty: no prompt to continue")
         return text
-    if args.prompt is None:
-        raise ValueError("give the text to continue, or --prompt-file FILE (- reads standard input)")
+    if not args.prompt:  # (an empty one was said after the model's minutes of loading)
+        raise ValueError("the prompt is empty: give the text to continue, or --prompt-file FILE (- reads standard "
+                         "input)")
     if args.prompt == "-":  # (it was continued as the text "-", standard input unread)
         raise ValueError("the prompt '-' reads nothing: give --prompt-file - to read the prompt from standard input")
     return checked_utf8("the prompt", args.prompt)
@@ -372,7 +371,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         return 0
     from tf_gpt2 import litert
 
-    refuse_replacing_another_kind(out, kind)  # (before the model loads; the export checks it too)
+    litert.check_writable(out, kind)  # (before the model loads; the export checks it too)
     written, model = _written(out), _load_model(args)
     settings = dict(cache_length=args.cache_length, prefill_lengths=args.prefill_lengths, quantize=args.quantize)
     if kind == "tflite":
@@ -500,7 +499,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     ev = command("eval", help="perplexity and bits/byte on a text file (GPT-2 paper protocol)")
     _model_flags(ev)
-    ev.add_argument("file", type=_named, help="UTF-8 text file")
+    ev.add_argument("file", type=_named, help="UTF-8 text file (.gz read decompressed; - reads standard input)")
     ev.add_argument("--context", type=int, help="tokens each prediction sees at most (default n_positions)")
     ev.add_argument("--stride", type=int, help="window step (default context // 2)")
     ev.add_argument("--batch-size", type=int, default=8, help="windows per forward pass, at most")

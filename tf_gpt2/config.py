@@ -53,7 +53,8 @@ class GPT2Config:
     """Shape and numerics of a GPT-2 model.
 
     Field names follow the Hugging Face / OpenAI checkpoints; `GPT2.from_pretrained` reads a checkpoint's
-    `config.json` into this class. A field set later is checked as the constructor checks it. A model keeps its own
+    `config.json` into this class. A field set later is checked as the constructor checks it (an edit inside the
+    `characters` list is not: set the field anew). A model keeps its own
     copy (`model.config`), which does not change but for its characters: a changed one would no longer describe the
     model's weights; `dataclasses.replace(model.config, ...)` makes another config, for another model.
 
@@ -113,10 +114,11 @@ class GPT2Config:
                     isinstance(value, numbers.Real) and not isinstance(value, bool) and 0.0 <= value < 1.0):
                 raise ValueError(f"GPT2Config.{name} must be in [0, 1), got {value!r}")
             setattr(self, name, None if value is None else float(value))
-        for name in ("layer_norm_epsilon", "initializer_range"):  # (an epsilon of 0 made a constant row NaN)
-            value, kind = getattr(self, name), "positive" if name == "layer_norm_epsilon" else "non-negative"
+        for name, lowest, kind in (("layer_norm_epsilon", math.ulp(0), "positive"),  # (0: a constant row was NaN)
+                                   ("initializer_range", 0, "non-negative")):
+            value = getattr(self, name)
             if not (isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
-                    and (value > 0 if kind == "positive" else value >= 0)):
+                    and value >= lowest):
                 raise ValueError(f"GPT2Config.{name} must be a finite {kind} number, got {value!r}")
             setattr(self, name, float(value))
         for name in ("remat", "learned_residual_scale"):

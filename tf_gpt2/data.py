@@ -389,6 +389,10 @@ def _opened(path: str):
         return gzip.open(path, "rb") if path.endswith(".gz") else open(path, "rb")
     if sys.stdin is None:  # (started with `<&-`)
         raise ValueError(f"{STDIN} is closed: give the text in a file")
+    if getattr(sys.stdin, "buffer", None) is None:  # (a notebook's or a test's text stream)
+        raise ValueError(f"{STDIN} here is a text stream, not bytes: give the text in a file")
+    if sys.stdin.isatty():
+        print(f"reading {STDIN} to its end (Ctrl-D)", file=sys.stderr)
     return contextlib.nullcontext(sys.stdin.buffer)
 
 

@@ -27,7 +27,7 @@ import tensorflow as tf
 
 from tf_gpt2.checks import checked_stop_ids, is_integer, require_tensorflow
 from tf_gpt2.files import atomic_write, refuse_replacing_another_kind, work_dir, write_file
-from tf_gpt2.formats import ON_DEVICE_SUFFIXES, QUANTIZATIONS
+from tf_gpt2.formats import MODEL_FILE_SUFFIXES, QUANTIZATIONS
 from tf_gpt2.generation import refuse_non_finite
 from tf_gpt2.layers import causal_mask
 from tf_gpt2.model import GPT2
@@ -54,7 +54,8 @@ def _is_litert_lm_placeholder(length: int) -> bool:
     return length > 10 and all(length % d for d in range(2, int(length**0.5) + 1))
 
 
-def _check_litert_lm_options(cache_length: int, prefill_lengths: tuple[int, ...]) -> None:
+def _check_litert_lm_options(cache_length: int, prefill_lengths: tuple[int, ...]) -> int:
+    """The token budget of a `.litertlm` of these settings, refused where LiteRT-LM could not run a prompt."""
     if _is_litert_lm_placeholder(cache_length):  # (the runtime shrank the cache to the token budget, and prefill
         # chunks padded past it then failed)
         raise ValueError(f"cache_length {cache_length} is a prime above 10, which LiteRT-LM takes for a placeholder "
@@ -69,6 +70,7 @@ def _check_litert_lm_options(cache_length: int, prefill_lengths: tuple[int, ...]
         raise ValueError(f"cache_length {cache_length} with prefill length {max(prefill_lengths)} leaves LiteRT-LM "
                          f"{budget} token(s) (cache_length - (largest prefill length - 1)): its start token, one "
                          "prompt token and one new token need 3; lower the prefill lengths or raise cache_length")
+    return budget
 
 
 def _check_options(model: GPT2, cache_length: int | None, prefill_lengths: Sequence[int] | None,
@@ -173,12 +175,13 @@ def litert_bytes(model: GPT2, cache_length: int | None = None, prefill_lengths: 
         return converter.convert()
 
 
-def _check_writable(path: str, kind: str) -> None:
-    """Fail now, before a minutes-long conversion, if `path` cannot be written as a file of `kind` (its suffix names
-    another format, or a file of another kind is there); create its directory."""
-    named = ON_DEVICE_SUFFIXES.get(os.path.splitext(path)[1].lower())
-    if named not in (None, kind):  # (the runtime failed on it later: "Invalid magic number")
-        raise ValueError(f"{path} names a .{named} file, but this export writes a .{kind}: give the path that suffix")
+def check_writable(path: str, kind: str) -> None:
+    """Fail now, before a minutes-long conversion, if `path` cannot be written as a `.{kind}` file ("tflite",
+    "litertlm"): its suffix names another format, a folder or a file of another kind is there; create its folder."""
+    suffix = os.path.splitext(path)[1].lower()
+    if suffix in MODEL_FILE_SUFFIXES and suffix != f".{kind}":  # (LiteRT-LM failed on it later: "Invalid magic
+        # number"; a .keras so named failed to load)
+        raise ValueError(f"{path} names a {suffix} file, but this export writes a .{kind}: give the path that suffix")
     if os.path.isdir(path):  # (said after the conversion's minutes, when the file could not replace it)
         raise IsADirectoryError(f"{path} is a folder: name the .{kind} file to write (in it, or elsewhere)")
     refuse_replacing_another_kind(path, kind)
@@ -198,7 +201,7 @@ def export_litert(model: GPT2, path: str, cache_length: int | None = None,
     """Write the `.tflite` (LiteRT-LM contract) to `path`, atomically, and return `path`. A path with `.litertlm`'s
     suffix, or a file there that is no `.tflite`, is refused."""
     _check_options(model, cache_length, prefill_lengths, quantize)
-    _check_writable(path, "tflite")
+    check_writable(path, "tflite")
 
     def write(tmp: str) -> None:
         flatbuffer = litert_bytes(model, cache_length, prefill_lengths, quantize)
@@ -210,9 +213,9 @@ def export_litert(model: GPT2, path: str, cache_length: int | None = None,
 
 def token_budget(model: GPT2, cache_length: int | None = None, prefill_lengths: Sequence[int] | None = None) -> int:
     """The tokens a `.litertlm` of these settings holds in a conversation (LiteRT-LM's `max_num_tokens`): the cache
-    less the largest prefill length but one, since a padded prefill chunk must still fit in the cache."""
-    cache_length, prefill_lengths = _check_options(model, cache_length, prefill_lengths, QUANTIZATIONS[0])
-    return cache_length - (max(prefill_lengths) - 1)
+    less the largest prefill length but one, since a padded prefill chunk must still fit in the cache. Settings that
+    `export_litertlm` refuses are refused here too."""
+    return _check_litert_lm_options(*_check_options(model, cache_length, prefill_lengths, QUANTIZATIONS[0]))
 
 
 def _llm_metadata(max_num_tokens: int) -> bytes:
@@ -254,14 +257,14 @@ def export_litertlm(model: GPT2, path: str, cache_length: int | None = None,
                          f"({kind}), which that tokenizer cannot read or write: export a plain .tflite (--format "
                          "tflite) and drive it with your own tokenizer")
     cache_length, prefill_lengths = _check_options(model, cache_length, prefill_lengths, quantize)
-    _check_litert_lm_options(cache_length, prefill_lengths)
-    _check_writable(path, "litertlm")
+    budget = _check_litert_lm_options(cache_length, prefill_lengths)
+    check_writable(path, "litertlm")
 
     def write(tmp: str) -> None:
         parts = {"model.tflite": litert_bytes(model, cache_length, prefill_lengths, quantize,
                                               vocab_end=VOCAB_SIZE if ids > VOCAB_SIZE else None),
                  "tokenizer.json": hf_tokenizer_json().encode("utf-8"),
-                 "metadata.pb": _llm_metadata(token_budget(model, cache_length, prefill_lengths))}
+                 "metadata.pb": _llm_metadata(budget)}
         with work_dir("litertlm") as folder:
             files = {name: os.path.join(folder, name) for name in parts}
             for name, data in parts.items():
