@@ -125,6 +125,18 @@ def test_weight_decay_only_on_matrices(char_data, tmp_path):
     assert not any(name.endswith(("bias", "gamma", "beta")) for name in decayed)
 
 
+def test_a_lora_rank_past_the_models_width_is_refused_before_the_text_is_tokenized(tmp_path):
+    """enable_lora refused it only after the text was tokenized and the weights copied."""
+    from tf_gpt2 import GPT2, GPT2Config
+
+    GPT2(GPT2Config.from_preset("gpt2-tiny", **TINY, vocab_size=30)).save(tmp_path / "base.keras")
+    (tmp_path / "text.txt").write_text(TEXT)
+    with pytest.raises(ValueError, match=r"^lora_rank 33 \(--lora-rank\) exceeds the model's width of 32 \(n_embd\)"):
+        train(config(tmp_path / "run", str(tmp_path / "text.txt"), vocab="char", init_from=str(tmp_path / "base.keras"),
+                     lora_rank=33))
+    assert not os.path.exists(tmp_path / "run" / "data")
+
+
 def test_lora_trains_only_adapters(char_data, tmp_path):
     import keras
 

@@ -670,6 +670,9 @@ def model_config(cfg: TrainConfig, manifest: dict | None, source: GPT2 | None = 
     if cfg.block_size > config.n_positions:
         raise ValueError(f"block_size {cfg.block_size} exceeds the model's context of {config.n_positions}: use a "
                          f"block_size (--block-size) of at most {config.n_positions}")
+    if cfg.lora_rank > config.n_embd:  # (refused by enable_lora, after the text was tokenized)
+        raise ValueError(f"lora_rank {cfg.lora_rank} (--lora-rank) exceeds the model's width of {config.n_embd} "
+                         "(n_embd): no projection has a higher rank")
     return config
 
 
