@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import glob
-import numbers
 import os
 import re
 import secrets
@@ -28,7 +27,7 @@ from typing import Any
 import keras
 import numpy as np
 
-from tf_gpt2.config import DROPOUTS, GPT2Config, with_overrides
+from tf_gpt2.config import DROPOUTS, GPT2Config, is_rate, with_overrides
 from tf_gpt2.devices import host_array
 from tf_gpt2.files import json_writer, read_json, write_together
 from tf_gpt2.formats import KERAS_HUB_GPT2
@@ -171,8 +170,7 @@ def config_from_hf(hf: dict[str, Any], source: str = "config.json", **overrides:
         raise ValueError(f"{source} changes GPT-2's attention scaling; this is not supported")
     # Each rate missing is transformers' default, 0.1; resid_pdrop is `dropout`, the other two kept where they differ
     rates = {name: hf.get(name, 0.1) for name in DROPOUTS}
-    if bad := [name for name, rate in rates.items() if isinstance(rate, bool) or not (
-            isinstance(rate, numbers.Real) and 0 <= rate < 1)]:  # (named by its own key, not as `dropout`)
+    if bad := [name for name, rate in rates.items() if not is_rate(rate)]:  # (named by its key, not as `dropout`)
         raise ValueError(f"{source}: {bad[0]} must be a number in [0, 1), got "
                          f"{'null' if rates[bad[0]] is None else repr(rates[bad[0]])}")
     resid_pdrop = rates["resid_pdrop"]

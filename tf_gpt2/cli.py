@@ -216,7 +216,7 @@ DEFAULT_NEW_TOKENS = 64  # `tf-gpt2 generate`'s, where the context holds them
 def _prompt_of(args: argparse.Namespace) -> str:
     """The text to continue: the argument, or the whole text of --prompt-file (line ends and all; - reads standard
     input), read as `prepare` reads a text."""
-    from tf_gpt2.data import STDIN, read_text
+    from tf_gpt2.data import read_text, shown
     from tf_gpt2.tokenizer import checked_utf8
 
     if args.prompt is not None and args.prompt_file is not None:
@@ -224,8 +224,7 @@ def _prompt_of(args: argparse.Namespace) -> str:
     if args.prompt_file is not None:
         text = read_text(args.prompt_file)
         if not text:  # (after the model's minutes of loading it said "prompt is empty", no file named)
-            named = STDIN if args.prompt_file == "-" else args.prompt_file
-            raise ValueError(f"{named} is empty: no prompt to continue")
+            raise ValueError(f"{shown(args.prompt_file)} is empty: no prompt to continue")
         return text
     if not args.prompt:  # (an empty one was said after the model's minutes of loading)
         raise ValueError("the prompt is empty: give the text to continue, or --prompt-file FILE (- reads standard "

@@ -29,6 +29,11 @@ ACTIVATIONS = ("gelu_tanh", "gelu", "relu", "silu")  # the names of `layers.ACTI
 DROPOUTS = ("embd_pdrop", "resid_pdrop", "attn_pdrop")
 
 
+def is_rate(value: Any) -> bool:
+    """A dropout rate: a real number in [0, 1), not a bool."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and 0.0 <= value < 1.0
+
+
 def with_overrides(values: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
     """`values` (GPT2Config fields) with `overrides`: a `dropout` given sets all three rates, except those it is
     given beside (a checkpoint's own `attn_pdrop` does not outlive `--dropout 0`)."""
@@ -110,8 +115,7 @@ class GPT2Config:
             )
         for name in ("dropout", *DROPOUTS):
             value = getattr(self, name)
-            if (value is not None or name == "dropout") and not (
-                    isinstance(value, numbers.Real) and not isinstance(value, bool) and 0.0 <= value < 1.0):
+            if (value is not None or name == "dropout") and not is_rate(value):
                 raise ValueError(f"GPT2Config.{name} must be in [0, 1), got {value!r}")
             setattr(self, name, None if value is None else float(value))
         for name, lowest, kind in (("layer_norm_epsilon", math.ulp(0), "positive"),  # (0: a constant row was NaN)

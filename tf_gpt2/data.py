@@ -322,6 +322,11 @@ def _iconv(path: str, codec: str) -> str:
 
 
 STDIN = "standard input"  # how messages name what `read_text("-")` reads
+
+
+def shown(path: str) -> str:
+    """`path` as messages name it (- is standard input)."""
+    return STDIN if path == "-" else path
 BINARY_SUFFIXES = (".bin", ".npy", ".npz", ".pt", ".pth", ".safetensors", ".h5", ".ckpt", ".pkl", ".keras")
 
 
@@ -359,7 +364,7 @@ def _blocks(path: str, block_bytes: int) -> Iterator[str]:
     reads it). A byte that is not UTF-8 is named by its offset in the file and its line."""
     utf8 = codecs.getincrementaldecoder("utf-8")()
     offset = lines = 0  # bytes read, and line breaks among them
-    name = STDIN if path == "-" else path
+    name = shown(path)
     try:
         with _opened(path) as f:
             held = f.read(1024)  # (read once: a pipe cannot go back to it)
@@ -402,7 +407,7 @@ def read_text(path: str) -> str:
     if path != "-":
         refuse_if_not_text(path)
     text = "".join(_blocks(path, CHUNK_BYTES))
-    _warn_of_marks([STDIN if path == "-" else path] if text.startswith("\ufeff") else [])
+    _warn_of_marks([shown(path)] if text.startswith("\ufeff") else [])
     return text
 
 
