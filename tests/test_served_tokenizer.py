@@ -153,6 +153,32 @@ def test_a_character_model_serves_text_in_its_own_characters(tmp_path):
         model.generate("São", max_new_tokens=2)
 
 
+def test_a_character_model_of_more_characters_than_gpt2_ids_has_no_end_of_text(tmp_path):
+    """Id 50256 is `<|endoftext|>` in GPT-2's vocabulary only: in a character model of 50,300 characters it is a
+    character, which `model.generate`, the served `generate` and `generate_text` write and do not stop at."""
+    from tf_gpt2 import GPT2, GPT2Config
+
+    characters = [chr(0x20000 + i) for i in range(50_300)]
+    model = GPT2(GPT2Config(n_layer=1, n_head=2, n_embd=8, n_positions=16, vocab_size=len(characters),
+                            characters=characters))
+    table = np.zeros((model.config.padded_vocab_size, 8), np.float32)
+    table[50256] = 1.0  # with ln_f giving ones, id 50256 is every greedy choice
+    model.wte.embeddings.assign(table)
+    model.ln_f.gamma.assign(np.zeros(8, np.float32))
+    model.ln_f.beta.assign(np.ones(8, np.float32))
+    chosen = characters[50256] * 3
+    assert model.generate(characters[7], max_new_tokens=3) == chosen
+    path = export_saved_model(model, str(tmp_path / "char"), max_new_tokens_limit=4)
+    request = dict(max_new_tokens=np.array([3], np.int32), temperature=np.array([0.0], np.float32),
+                   top_k=np.array([0], np.int32), top_p=np.array([1.0], np.float32), seed=np.array([0], np.int32))
+    text, ids = serve(path, [[grpc("generate_text", text=np.array([characters[7].encode()], object), **request)],
+                             [grpc("generate", token_ids=np.array([[7]], np.int32), length=np.array([1], np.int32),
+                                   **request)]], tmp_path)
+    text, ids = outputs(text[0]), outputs(ids[0])
+    assert text["text"][0].decode() == chosen and text["length"][0] == 3
+    assert ids["token_ids"][0].tolist() == [50256] * 3 and ids["length"][0] == 3
+
+
 def test_a_model_with_neither_gpt2_ids_nor_characters_serves_ids_only_and_says_so(tmp_path):
     import tensorflow as tf
 

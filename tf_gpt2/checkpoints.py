@@ -31,7 +31,8 @@ from tf_gpt2.config import DROPOUTS, GPT2Config, is_rate, with_overrides
 from tf_gpt2.devices import host_array
 from tf_gpt2.files import json_writer, read_json, write_together
 from tf_gpt2.formats import KERAS_HUB_GPT2
-from tf_gpt2.tokenizer import ENDOFTEXT, EOT_ID, OTHER_KINDS, VOCAB_SIZE, default_vocab_files, other_tokenizer
+from tf_gpt2.tokenizer import (ENDOFTEXT, OTHER_KINDS, VOCAB_SIZE, default_vocab_files, end_of_text_id,
+                               other_tokenizer)
 
 BLOCK_LAYERS = ("ln_1", "attn.c_attn", "attn.c_proj", "ln_2", "mlp.c_fc", "mlp.c_proj")
 RESIDUAL_SCALES = ("attn_scale", "mlp_scale")  # scalars of blocks with learned_residual_scale, not GPT-2's
@@ -323,7 +324,7 @@ def save_hf(model: keras.Model, directory: str | os.PathLike) -> None:
         **{name: cfg.dropout_rate(name) for name in DROPOUTS}, "tie_word_embeddings": True,
         SAVE_ID: secrets.token_hex(8),
     }
-    end_of_text = EOT_ID if cfg.vocab_size >= VOCAB_SIZE and cfg.characters is None else None  # else none known
+    end_of_text = end_of_text_id(cfg)
     hf_config.update(bos_token_id=end_of_text, eos_token_id=end_of_text)
     if cfg.characters is not None:  # what its ids mean, under tf_gpt2's own key (transformers keeps unknown keys)
         hf_config["characters"] = cfg.characters

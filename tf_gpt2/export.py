@@ -39,7 +39,7 @@ from tf_gpt2.generation import Prompt, Sampling, answer_lengths, generate_loop, 
 from tf_gpt2.graph_tokenizer import BytePairGraphTokenizer, CharacterGraphTokenizer
 from tf_gpt2.layers import cache_buffers
 from tf_gpt2.model import GPT2
-from tf_gpt2.tokenizer import EOT_ID, VOCAB_SIZE
+from tf_gpt2.tokenizer import VOCAB_SIZE, end_of_text_id
 
 
 def _row_errors(batch, rules) -> tf.Tensor:
@@ -159,6 +159,7 @@ class _Serving:
         self.text_vocab = model.config.vocab_size if characters else VOCAB_SIZE
         self.limit = max_new_tokens_limit
         self.pad_id = pad_id(model.config)
+        self.end_of_text = end_of_text_id(model.config)  # where a row stops: none in a character model
 
     def logits(self, token_ids, length):
         error = _prompt_errors(token_ids, length, self.model.config, tf.fill(tf.shape(length), ""))
@@ -206,7 +207,8 @@ class _Serving:
         # One seed for a request of several rows: row i samples with seed + i, as model.generate does.
         offset = tf.range(batch, dtype=tf.int64) * tf.cast(tf.size(settings[-1]) == 1, tf.int64)
         knobs["seed"] = tf.cast(tf.math.floormod(tf.cast(knobs["seed"], tf.int64) + offset, 2**31), tf.int32)
-        sampling = Sampling(repetition_penalty=tf.ones([batch]), stop_ids=tf.constant([EOT_ID], tf.int32),
+        stop_ids = [] if self.end_of_text is None else [self.end_of_text]
+        sampling = Sampling(repetition_penalty=tf.ones([batch]), stop_ids=tf.constant(stop_ids + [-1], tf.int32),
                             pad_id=tf.constant(self.pad_id), vocab_end=tf.constant(vocab_end), **knobs)
         # The cache holds the longest prompt and the largest budget of this batch, no more (at least one of each:
         # a request of no rows answers no rows).
@@ -268,7 +270,8 @@ class _Serving:
         ids, error = self._tokenize(text)
         answer = self._generate(ids.to_tensor(default_value=self.pad_id), tf.cast(ids.row_lengths(), tf.int32),
                                 (max_new_tokens, temperature, top_k, top_p, seed), error, self.text_vocab)
-        ends_with_stop = tf.gather(answer["token_ids"], tf.maximum(answer["length"] - 1, 0), batch_dims=1) == EOT_ID
+        last = tf.gather(answer["token_ids"], tf.maximum(answer["length"] - 1, 0), batch_dims=1)
+        ends_with_stop = last == (-1 if self.end_of_text is None else self.end_of_text)
         kept = answer["length"] - tf.cast(ends_with_stop & (answer["length"] > 0), tf.int32)  # a stop is not text
         words = self.tokenizer.detokenize(tf.RaggedTensor.from_tensor(answer["token_ids"], lengths=kept))
         # An answer cut inside a multi-byte character ends with an incomplete one: U+FFFD replaces it, as

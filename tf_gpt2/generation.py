@@ -19,7 +19,7 @@ from keras import ops
 
 from tf_gpt2.checks import check_in_vocabulary, checked_integer, checked_stop_ids, is_integer
 from tf_gpt2.layers import causal_mask
-from tf_gpt2.tokenizer import EOT_ID, CharacterTokenizer, GPT2Tokenizer, tokenizer_for
+from tf_gpt2.tokenizer import EOT_ID, CharacterTokenizer, GPT2Tokenizer, end_of_text_id, tokenizer_for
 from tf_gpt2.xla import compiled
 
 
@@ -310,7 +310,7 @@ def _prepare(model, prompt: Any, max_new_tokens: int = 32, temperature: float = 
     cfg = model.config
     given = stop_ids is not None
     if not given:  # `<|endoftext|>`, where the vocabulary has it (a character model's has not)
-        stop_ids = [EOT_ID] if EOT_ID < cfg.vocab_size else []
+        stop_ids = [] if end_of_text_id(cfg) is None else [end_of_text_id(cfg)]
     stop_ids = checked_stop_ids(stop_ids, cfg.vocab_size)
     batch, answer, reader = _as_batch(prompt, lambda: tokenizer or tokenizer_for(cfg), stop_ids)
     if vocab_end is None:  # text read with GPT-2's BPE or characters continues in ids they read: not in the rows
@@ -405,7 +405,7 @@ def generate(
     `tokenizer`, by default the model's own: its characters (`GPT2Config.characters`), else GPT-2's BPE.
     temperature 0 is greedy; top_k 0 and top_p 1 switch those filters off (top-p is taken on the
     top-k distribution renormalised). Generation of a row stops after a token in `stop_ids` (ids of the model's
-    vocabulary; default: `<|endoftext|>` where the vocabulary has it), which is kept in the ids and dropped from
+    vocabulary; default: `<|endoftext|>` where the model's ids are GPT-2's, none for a character model), which is kept in the ids and dropped from
     returned text. Text that ends within a character (a byte-level BPE token holds part of its UTF-8 bytes) ends
     in U+FFFD there, as GPT-2's decoder writes it; ids keep every byte. Row i of a batch samples with seed
     `seed + i`: its tokens are those of that prompt alone with that seed. No id from `vocab_end` on is chosen

@@ -436,6 +436,12 @@ class CharacterTokenizer:
         return "".join(self.characters[i] for i in checked_ids(ids, self.vocab_size))
 
 
+def end_of_text_id(config) -> int | None:
+    """`<|endoftext|>`'s id where a model's ids are GPT-2's (at least its 50,257, no characters of its own), else
+    None: a character model has no such token, however many characters it has."""
+    return EOT_ID if config.characters is None and config.vocab_size >= VOCAB_SIZE else None
+
+
 def tokenizer_for(config) -> GPT2Tokenizer | CharacterTokenizer:
     """The tokenizer a model's ids mean: its characters when it has them, else GPT-2's BPE (whose 50,257 ids a
     vocabulary without characters must hold; one padded wider, as nanoGPT's 50,304, reads as GPT-2's)."""
