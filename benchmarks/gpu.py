@@ -794,22 +794,25 @@ def memory_table(results: dict) -> str:
 
 
 def fit_table(results: dict) -> str:
-    """For each GPU and preset, the fastest tf_gpt2 setting whose device peak plus the CUDA context fits; "does not
-    fit" only where every setting was measured too large (or ran out of memory), else "not measured"."""
+    """For each GPU and preset, the fastest tf_gpt2 setting whose device peak plus the CUDA context fits (full, then
+    `--remat`, then LoRA); "does not fit" only where every setting was measured too large (or ran out of memory);
+    "not measured" where a setting before the first that fits was not (absent, failed, cut by --budget)."""
     settings = (("full", False, "full"), ("full", True, "full `--remat`"),
                 ("lora", True, "LoRA `--base-dtype bfloat16 --remat`"))
     lines = ["| GPU | " + " | ".join(PRESETS) + " |", "|---|" + "---|" * len(PRESETS)]
     for gpu, size in GPUS.items():
         cells = []
         for preset in PRESETS:
-            cell, measured = None, True
+            cell = "does not fit"
             for mode, remat, label in settings:
                 shown = memory_cell(results, "tf_gpt2", preset, mode, remat)
+                if not (shown.endswith(" GB") or shown == "out of memory"):
+                    cell = "not measured"  # (a slower setting may fit, but this one is not known not to)
+                    break
                 if shown.endswith(" GB") and float(shown[:-3]) + CUDA_CONTEXT_GB <= size:
                     cell = f"{label} ({shown})"
                     break
-                measured = measured and (shown.endswith(" GB") or shown == "out of memory")
-            cells.append(cell or ("does not fit" if measured else "not measured"))
+            cells.append(cell)
         lines.append(f"| {gpu} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
