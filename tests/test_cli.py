@@ -247,8 +247,9 @@ def test_an_on_device_export_over_an_earlier_one_says_it_replaced_it(tmp_path, c
 
 
 def test_a_file_size_limit_and_another_backend_end_in_one_line_naming_the_file(tmp_path):
-    """A write cut short by the disk or a size limit (EFBIG here, from RLIMIT_FSIZE) names the file it was writing,
-    and the temp folder where it was staged in one (TensorFlow's own writer, there); an export on the JAX backend
+    """A write cut short by the disk or a size limit (EFBIG here, from RLIMIT_FSIZE) names the file it was writing
+    (a SavedModel's version, written by TensorFlow, as a checkpoint or safetensors' Rust writer), and the temp
+    folder where it was staged in one (TensorFlow's own writer, there); an export on the JAX backend
     says it needs TensorFlow (not a JAX tracer's error)."""
     import os
 
@@ -259,9 +260,10 @@ def test_a_file_size_limit_and_another_backend_end_in_one_line_naming_the_file(t
     export = ["export", "--random-init", "gpt2-tiny", "--out", str(tmp_path / "sm")]
     from conftest import make_hf_model
 
-    from tf_gpt2.tokenizer import default_vocab_files
+    from tf_gpt2.tokenizer import GPT2Tokenizer, default_vocab_files
 
-    default_vocab_files()  # GPT-2's vocabulary files, unpacked into the cache before the limit
+    default_vocab_files()  # GPT-2's vocabulary files, unpacked into the cache before the limit, and tiktoken's copy
+    GPT2Tokenizer()
     make_hf_model(vocab_size=50257, n_positions=16, n_embd=16, n_layer=1, n_head=2).save_pretrained(tmp_path / "src")
     convert = ["convert", str(tmp_path / "src"), str(tmp_path / "hf")]  # safetensors' own writer (Rust): 3.2 MB
     # One process runs the commands of a backend one after another (TensorFlow loads once), each one's status and
@@ -279,7 +281,9 @@ def test_a_file_size_limit_and_another_backend_end_in_one_line_naming_the_file(t
               str(tmp_path / "m.tflite")]  # staged as a SavedModel in the temp folder first
     (tmp_path / "staging").mkdir()
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "TMPDIR": str(tmp_path / "staging")}
+    saved_model = ["export", "--random-init", "gpt2-tiny", "--out", str(tmp_path / "served")]  # TensorFlow's writer
     expected = {"tensorflow": ((train, f"File too large (while writing): {tmp_path}/run/checkpoint"),
+                               (saved_model, f"File too large (while writing): {tmp_path}/served/1"),
                                (convert, f"File too large (while writing): {tmp_path}/hf/model.safetensors"),
                                (tflite, f"File too large in the temp folder {tmp_path}/staging, where it is staged "
                                         f"(set TMPDIR to stage it elsewhere) (while writing): {tmp_path}/m.tflite")),
@@ -294,6 +298,7 @@ def test_a_file_size_limit_and_another_backend_end_in_one_line_naming_the_file(t
             assert status == 2 and said.strip().splitlines()[-1].startswith(f"tf-gpt2 {argv[0]}: error: {message}"), \
                 said
     assert not os.path.exists(tmp_path / "run" / "checkpoint.npz") and not os.path.exists(tmp_path / "sm")
+    assert not os.path.exists(tmp_path / "served")  # made for the export, removed with it
     assert not os.path.exists(tmp_path / "hf" / "model.safetensors") and not os.path.exists(tmp_path / "m.tflite")
     assert os.listdir(tmp_path / "staging") == []
 

@@ -8,6 +8,7 @@ import stat
 import subprocess
 import sys
 import textwrap
+import time
 
 import numpy as np
 import pytest
@@ -236,6 +237,42 @@ def test_a_file_system_without_locks_is_named_and_the_folder_made_for_the_lock_r
         with exclusive(str(tmp_path / "link" / ".." / "made" / "run"), "training run"):
             raise ValueError("refused")
     assert sorted(os.listdir(tmp_path / "runs")) == ["new", "notes.txt"]
+
+
+def test_a_waiter_for_a_folder_removed_by_a_failed_holder_makes_it_again(tmp_path):
+    """Exports wait for each other: the first, into a folder it made, fails and removes the folder (a failed export
+    into a new --out left one holding only its lock); the one that waited makes it again and writes there."""
+    import threading
+
+    folder, entered, failed, wrote = str(tmp_path / "served" / "gpt2"), threading.Event(), [], []
+
+    def first():
+        try:
+            with exclusive(folder, "export", wait=True):
+                entered.set()
+                time.sleep(0.5)  # the second is waiting by now
+                raise OSError(errno.ENOSPC, "No space left on device")
+        except OSError as e:
+            failed.append(e)
+
+    def second():
+        entered.wait()
+        with exclusive(folder, "export", wait=True):
+            with open(os.path.join(folder, "1"), "w") as f:
+                f.write("version 1")
+            wrote.append(True)
+
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert failed and wrote == [True]
+    assert sorted(os.listdir(folder)) == [".lock", "1"]
+    with pytest.raises(OSError):  # alone, a failed one leaves nothing
+        with exclusive(str(tmp_path / "new"), "export", wait=True):
+            raise OSError(errno.ENOSPC, "No space left on device")
+    assert sorted(os.listdir(tmp_path)) == ["served"]
 
 
 def test_working_directories_of_killed_processes_are_removed_by_the_next_one(tmp_path, monkeypatch):

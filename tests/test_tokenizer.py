@@ -117,6 +117,26 @@ def test_the_vocabulary_ships_with_the_package_and_a_damaged_cached_copy_is_repl
     assert os.path.basename(unpacked).startswith("tf_gpt2-vocab-") and not os.path.exists(unpacked)
 
 
+def test_a_full_tiktoken_cache_is_named(tmp_path):
+    """tiktoken copies the vocabulary into the cache folder a user sets (TIKTOKEN_CACHE_DIR) and failed there, on a
+    full disk or a size limit, with "[Errno 27] File too large" alone: the folder and the variable are named."""
+    import os
+    import subprocess
+    import sys
+
+    default_vocab_files()  # unpacked before the limit
+    script = ("import resource\n"
+              "resource.setrlimit(resource.RLIMIT_FSIZE, (300_000, resource.RLIM_INFINITY))  # vocab.bpe: 456 KB\n"
+              "from tf_gpt2.tokenizer import GPT2Tokenizer\n"
+              "GPT2Tokenizer()\n")
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "TIKTOKEN_CACHE_DIR": str(tmp_path / "tiktoken")})
+    assert run.returncode == 1
+    assert run.stderr.strip().splitlines()[-1] == (
+        "OSError: [Errno 27] File too large (while tiktoken copied GPT-2's vocabulary into its cache, "
+        f"TIKTOKEN_CACHE_DIR: set it to another folder, or to nothing for no cache): '{tmp_path / 'tiktoken'}'")
+
+
 def test_ids_match_transformers_gpt2_tokenizer_on_a_long_text(tok):
     """A second reference, built independently of tiktoken: transformers' GPT-2 tokenizer over the same official
     files, on 200 KB of Shakespeare and a mix of scripts, emoji, digits and whitespace runs."""

@@ -31,8 +31,7 @@ from tf_gpt2.config import DROPOUTS, GPT2Config, is_rate, with_overrides
 from tf_gpt2.devices import host_array
 from tf_gpt2.files import json_writer, read_json, write_together
 from tf_gpt2.formats import KERAS_HUB_GPT2
-from tf_gpt2.tokenizer import (ENDOFTEXT, OTHER_KINDS, VOCAB_SIZE, default_vocab_files, end_of_text_id,
-                               other_tokenizer)
+from tf_gpt2.tokenizer import ENDOFTEXT, OTHER_KINDS, VOCAB_SIZE, default_vocab_files, end_of_text_id, other_tokenizer
 
 BLOCK_LAYERS = ("ln_1", "attn.c_attn", "attn.c_proj", "ln_2", "mlp.c_fc", "mlp.c_proj")
 RESIDUAL_SCALES = ("attn_scale", "mlp_scale")  # scalars of blocks with learned_residual_scale, not GPT-2's

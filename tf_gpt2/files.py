@@ -176,11 +176,13 @@ def write_together(writes: dict[str, Callable[[str], object]]) -> None:
                 if not ours or e.strerror is None:
                     raise
                 raise OSError(e.errno, f"{e.strerror} (while writing)", path) from e
-            except Exception as e:  # a Rust library's (safetensors'): "...: File too large (os error 27)"
+            except Exception as e:  # a Rust library's (safetensors'): "...: File too large (os error 27)"; TensorFlow's
+                # own writers' (a SavedModel's): "<a staged file>; No space left on device", an OpError
                 code = re.search(r"\(os error (\d+)\)", str(e))
+                code = int(code[1]) if code else next((c for c in _FULL if f"; {os.strerror(c)}" in str(e)), None)
                 if code is None:
                     raise
-                raise OSError(int(code[1]), f"{os.strerror(int(code[1]))} (while writing)", path) from e
+                raise OSError(code, f"{os.strerror(code)} (while writing)", path) from e
             make_readable(tmp)
         for path, tmp in staged.items():
             os.replace(tmp, path)
@@ -252,31 +254,17 @@ def exclusive(directory: str, what: str, wait: bool = False) -> Iterator[None]:
 
     The lock is an OS file lock (`flock`): it is released when the process ends, even by SIGKILL. A directory made
     here that holds nothing but the lock when the block ends (it failed before writing) is removed again, with the
-    parents made for it where they are empty.
+    parents made for it where they are empty; a process that waited for that lock then makes them again.
     """
-    import fcntl
+    import fcntl  # (Unix only: imported where a lock is taken)
 
     if os.path.exists(directory) and not os.path.isdir(directory):  # not makedirs' bare "File exists"
         raise NotADirectoryError(errno.ENOTDIR, f"Not a directory ({what} writes a folder there)", directory)
     if os.path.islink(directory) and not os.path.exists(directory):  # (makedirs: "File exists" too)
         raise FileNotFoundError(errno.ENOENT, f"{directory} is a link to {os.readlink(directory)}, which is not there "
                                 f"({what} writes into the folder a link leads to: make it, or give another path)")
-    made = _first_missing(directory)  # the top folder makedirs makes (None: the directory is there)
-    os.makedirs(directory, exist_ok=True)
-    lock_path = os.path.join(directory, ".lock")
-    with open(lock_path, "a+") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-        except BlockingIOError:
-            lock.seek(0)
-            pid, _, holder = lock.read().strip().partition(" ")  # what holds it (a prepare's folder, trained into)
-            raise RuntimeError(f"{directory} is in use by another {holder or 'process'} (pid {pid or 'unknown'}); "
-                               "wait for it to finish or choose another directory") from None
-        except OSError as e:  # a file system without locks (NFS without lockd, Lustre without -o flock)
-            if made:
-                _remove_if_only_lock(directory, made)
-            raise OSError(e.errno, f"{e.strerror}: this file system cannot lock the file that keeps a second {what} "
-                                   "out of the folder; use a folder on a local disk", lock_path) from None
+    lock, made = _locked(directory, what, wait)
+    with lock:
         lock.seek(0)
         lock.truncate()
         lock.write(f"{os.getpid()} {what}")
@@ -284,9 +272,43 @@ def exclusive(directory: str, what: str, wait: bool = False) -> Iterator[None]:
         try:
             yield
         finally:
-            if made and not wait:  # (no waiter holds the file: none waits)
+            if made:  # removed while the lock is held: a process waiting for it finds its file gone, and starts over
                 _remove_if_only_lock(directory, made)
             fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _locked(directory: str, what: str, wait: bool) -> tuple[Any, str | None]:
+    """`directory`'s lock file, open and locked, and the top folder made for it (None: the directory was there)."""
+    import fcntl
+
+    lock_path = os.path.join(directory, ".lock")
+    while True:
+        made = _first_missing(directory)
+        os.makedirs(directory, exist_ok=True)
+        try:
+            lock = open(lock_path, "a+")
+        except FileNotFoundError:  # removed since makedirs by the holder of the lock, whose write failed
+            continue
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            lock.seek(0)
+            pid, _, holder = lock.read().strip().partition(" ")  # what holds it (a prepare's folder, trained into)
+            lock.close()
+            raise RuntimeError(f"{directory} is in use by another {holder or 'process'} (pid {pid or 'unknown'}); "
+                               "wait for it to finish or choose another directory") from None
+        except OSError as e:  # a file system without locks (NFS without lockd, Lustre without -o flock)
+            lock.close()
+            if made:
+                _remove_if_only_lock(directory, made)
+            raise OSError(e.errno, f"{e.strerror}: this file system cannot lock the file that keeps a second {what} "
+                                   "out of the folder; use a folder on a local disk", lock_path) from None
+        try:
+            if os.path.samestat(os.fstat(lock.fileno()), os.stat(lock_path)):
+                return lock, made
+        except FileNotFoundError:
+            pass
+        lock.close()  # the holder this process waited for removed the folder it had made (its write failed)
 
 
 def _first_missing(directory: str) -> str | None:

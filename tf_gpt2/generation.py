@@ -405,10 +405,11 @@ def generate(
     `tokenizer`, by default the model's own: its characters (`GPT2Config.characters`), else GPT-2's BPE.
     temperature 0 is greedy; top_k 0 and top_p 1 switch those filters off (top-p is taken on the
     top-k distribution renormalised). Generation of a row stops after a token in `stop_ids` (ids of the model's
-    vocabulary; default: `<|endoftext|>` where the model's ids are GPT-2's, none for a character model), which is kept in the ids and dropped from
-    returned text. Text that ends within a character (a byte-level BPE token holds part of its UTF-8 bytes) ends
-    in U+FFFD there, as GPT-2's decoder writes it; ids keep every byte. Row i of a batch samples with seed
-    `seed + i`: its tokens are those of that prompt alone with that seed. No id from `vocab_end` on is chosen
+    vocabulary; default: `<|endoftext|>` where the model's ids are GPT-2's, none for a character model), which is
+    kept in the ids and dropped from returned text. Text that ends within a character (a byte-level BPE token holds
+    part of its UTF-8 bytes) ends in U+FFFD there, as GPT-2's decoder writes it; ids keep every byte. Row i of a
+    batch samples with seed `seed + i`: its tokens are those of that prompt alone with that seed. No id from
+    `vocab_end` on is chosen
     (default: the end of the vocabulary of GPT-2's BPE or the characters that read text, else the model's: a
     vocabulary padded past GPT-2's 50,257 continues text in GPT-2's ids only). Raises FloatingPointError where a
     token would be chosen from logits that are not finite (NaN or inf).

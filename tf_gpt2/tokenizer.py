@@ -92,7 +92,15 @@ def _verify_sha256(path: str, expected: str) -> None:
 def _encoding(encoder_json: str, vocab_bpe: str) -> tiktoken.Encoding:
     _verify_sha256(encoder_json, ENCODER_JSON_SHA256)
     _verify_sha256(vocab_bpe, VOCAB_BPE_SHA256)
-    ranks = data_gym_to_mergeable_bpe_ranks(vocab_bpe, encoder_json, VOCAB_BPE_SHA256, ENCODER_JSON_SHA256)
+    try:
+        ranks = data_gym_to_mergeable_bpe_ranks(vocab_bpe, encoder_json, VOCAB_BPE_SHA256, ENCODER_JSON_SHA256)
+    except OSError as e:  # tiktoken keeps a copy in a cache folder set by the user (else it goes on without one),
+        if e.filename is not None or e.strerror is None:  # and fails there without the folder's name (a full disk)
+            raise
+        cache = os.environ.get("TIKTOKEN_CACHE_DIR") or os.environ.get("DATA_GYM_CACHE_DIR")
+        raise OSError(e.errno, f"{e.strerror} (while tiktoken copied GPT-2's vocabulary into its cache, "
+                               "TIKTOKEN_CACHE_DIR: set it to another folder, or to nothing for no cache)",
+                      cache) from e
     return tiktoken.Encoding(
         name="gpt2",
         pat_str=PAT_STR,
