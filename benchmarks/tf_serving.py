@@ -6,7 +6,7 @@ install from PyPI). What the stock server does, from tensorflow/serving's source
 - It loads a version with the TF1 SavedModel loader into a Session (tag "serve"), with TF Text's ops linked
   (`workspace.bzl`: tensorflow-text 2.20.0).
 - `servables/tensorflow/predict_util.cc`: every signature input must be sent and no other; dtypes and shapes
-  are not checked before `Session::Run`, which fails on a wrong dtype.
+  are not checked before `Session::Run`, which fails on a wrong dtype and feeds a tensor of any shape.
 - `util/json_tensor.cc` (REST): a body has exactly one of "inputs" (columnar: each input as a nested list, a
   JSON scalar becomes a rank-0 tensor, extra keys are ignored) or "instances" (rows: each an object with
   exactly the signature's inputs, stacked on a new dimension 0). The dtype is the signature's; a float input
@@ -103,6 +103,7 @@ class Server:
         with self.graph.as_default():
             meta_graph = tf.compat.v1.saved_model.loader.load(self.session, ["serve"], model_dir)
         self.signatures = dict(meta_graph.signature_def)
+        self.callables = {}  # (signature, its inputs' names) -> a Session::Run of them
         if batching and batching.get("enable_large_batch_splitting"):
             raise ValueError("enable_large_batch_splitting is not reproduced (see the module's docstring)")
         self.batching = batching
@@ -120,9 +121,16 @@ class Server:
             expected = tf.dtypes.as_dtype(signature.inputs[key].dtype).as_numpy_dtype
             if value.dtype != expected and not (value.dtype.kind in "SUO" and expected is object):
                 raise ValueError(f"{key}: expected {np.dtype(expected).name}, got {value.dtype.name}")
-        feeds = {signature.inputs[key].name: value for key, value in inputs.items()}
-        fetches = {key: tensor.name for key, tensor in signature.outputs.items()}
-        return self.session.run(fetches, feeds)
+        # Session::Run through the C API, as the server calls it: no shape is checked against the signature's
+        # (Python's session.run refuses a feed of another shape itself; the server passes it on).
+        keys, outputs = sorted(inputs), sorted(signature.outputs)
+        if (name, tuple(keys)) not in self.callables:
+            from tensorflow.core.protobuf import config_pb2
+
+            options = config_pb2.CallableOptions(feed=[signature.inputs[k].name for k in keys],
+                                                 fetch=[signature.outputs[k].name for k in outputs])
+            self.callables[name, tuple(keys)] = self.session._make_callable_from_options(options)
+        return dict(zip(outputs, self.callables[name, tuple(keys)](*(inputs[k] for k in keys))))
 
     # -- the batcher: several requests as one Session::Run ------------------------------------------
     def run_batch(self, name: str, requests: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:

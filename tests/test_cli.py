@@ -66,7 +66,8 @@ CASES = [
     # An output that is one of the command's inputs is refused before anything is read or written.
     (["export", "--model", "{d}/fake.keras", "--format", "tflite", "--out", "{d}/fake.keras"],
      "the output {d}/fake.keras is the input {d}/fake.keras"),
-    (["export", "--model", "{d}/hf", "--out", "{d}/hf"], "the output {d}/hf is the input {d}/hf"),
+    (["export", "--model", "{d}/hf", "--out", "{d}/hf"], "the output {d}/hf is the input {d}/hf: writing there would "
+                                                         "replace the input or mix the output's files with it"),
     (["convert", "{d}/hf", "{d}/hf/"], "the output {d}/hf/ is the input {d}/hf"),
     (["prepare", "{d}/text.txt", "--out", "{d}/text.txt"], "the output {d}/text.txt is the input"),
     (["prepare", "{d}/text.txt", "--out", "{d}"],  # (the folder of texts became a dataset, skipped from then on)

@@ -49,6 +49,9 @@ def test_saved_model_versions_and_signatures_listed(model, tmp_path):
     from tf_gpt2.export import _next_version
 
     assert _next_version(base) == 8
+    with pytest.warns(UserWarning, match=r"version 3 is older than version 7 in .*m: TF Serving's default version "
+                                         r"policy serves only the newest, 7"):
+        assert export_saved_model(model, base, version=3).endswith("/3")  # written, and said
     os.makedirs(tmp_path / "signed" / "-1")  # version -1 to the server: taken, and numbered on from 0
     assert _next_version(str(tmp_path / "signed")) == 1
     cli = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")

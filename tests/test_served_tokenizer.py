@@ -136,7 +136,7 @@ def test_a_character_model_serves_text_in_its_own_characters(tmp_path):
     model = GPT2(GPT2Config(n_layer=2, n_head=2, n_embd=32, n_positions=48, vocab_size=len(characters),
                             characters=characters))
     path = export_saved_model(model, str(tmp_path / "char"), max_new_tokens_limit=8)
-    texts = ["ROMEO: ", "straße é", "日本"]
+    texts = ["ROMEO: ", "straße é", "日本", "a\u200bb", "ok\r\n", "😀"]
     request = dict(text=np.array([t.encode() for t in texts], object), max_new_tokens=np.array([8], np.int32),
                    temperature=np.array([0.0], np.float32), top_k=np.array([0], np.int32),
                    top_p=np.array([1.0], np.float32), seed=np.array([0], np.int32))
@@ -147,8 +147,11 @@ def test_a_character_model_serves_text_in_its_own_characters(tmp_path):
     assert tokens["token_ids"][0, :7].tolist() == [characters.index(c) for c in "ROMEO: "]
     for out in (answer, tokens):
         assert out["error"][0] == out["error"][1] == b""
-        assert out["error"][2].decode().startswith("text has a character the model does not know: '")
-        assert out["length"][2] == 0
+        for row, (character, point) in enumerate([("日", "U+65E5"), ("\u200b", "U+200B"), ("\r", "U+000D"),
+                                                   ("😀", "U+1F600")], start=2):  # seen or not, named by its number
+            assert out["error"][row].decode() == (f"text has a character the model does not know: '{character}' "
+                                                  f"({point}; a character model of {len(characters)} characters)")
+            assert out["length"][row] == 0
     with pytest.raises(ValueError, match="characters 'ã' are not in the model's vocabulary"):
         model.generate("São", max_new_tokens=2)
 

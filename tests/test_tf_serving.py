@@ -334,6 +334,30 @@ def test_a_row_that_breaks_a_rule_is_answered_with_the_rule_it_broke(served, tmp
     assert "Missing but required" in results[-1]["error"]
 
 
+def test_a_request_of_tensors_of_another_rank_is_refused_naming_the_input(served, tmp_path):
+    """The server feeds a request's tensors in whatever shape they came (predict_util.cc checks none; REST reads a
+    JSON scalar as rank 0): `"length": 2` passed the check of one length per row (its shape [] broadcast), and
+    other ranks failed inside the graph naming no input. A setting is one value or one per row, in any nesting."""
+    import re
+
+    ids, length = np.array([[464, 3290, 0]], np.int32), np.array([2], np.int32)
+    text = np.array([b"Hello there"], object)
+    calls = [[grpc("generate", token_ids=ids, length=np.int32(2), **settings(1))],
+             [grpc("serving_default", token_ids=ids[0], length=length)],
+             [grpc("serving_default", token_ids=ids, length=length[None])],
+             [grpc("generate_text", text=text[None], **settings(1))],
+             [grpc("tokenize", text=text[0])],
+             [grpc("generate", token_ids=ids, length=length, **{**settings(1), "max_new_tokens": np.int32([[4]])})],
+             [grpc("generate", token_ids=ids, length=length, **{**settings(1), "max_new_tokens": np.int32(3)})]]
+    results = serve(served, calls, tmp_path)
+    refused = [("length", "[]", "[?]"), ("token_ids", "[3]", "[?,?]"), ("length", "[1,1]", "[?]"),
+               ("text", "[1,1]", "[?]"), ("text", "[]", "[?]")]
+    for result, (name, sent, expected) in zip(results, refused, strict=False):  # a failed request: {"error": ...}
+        assert re.search(rf"Shape of tensor \w*_{name}_\w* {re.escape(sent)} is not compatible with expected shape "
+                         rf"{re.escape(expected)}", result["error"]), result
+    assert [outputs(r[0])["length"].tolist() for r in results[-2:]] == [[4], [3]]
+
+
 def test_a_bad_row_never_fails_the_rows_merged_with_it(model, served, tmp_path):
     """A merged batch holding bad rows: each good row answers as alone, each bad row gets its own error."""
     good = [dict(token_ids=np.array([[464, 3290, 318]], np.int32), length=np.array([3], np.int32),

@@ -60,6 +60,12 @@ def _subnormal(x):
     return (bits > 0) & (bits < 0x00800000)
 
 
+def _ranked(*values):
+    """`values` once each has its signature's rank: the server feeds a request's tensors in whatever shape they came
+    (predict_util.cc checks none; a REST scalar is rank 0), and the message names the input whose shape is not."""
+    return [tf.ensure_shape(value, [None] * value.shape.rank) for value in values]
+
+
 def _prompt_errors(token_ids, length, config, error):
     """Each row's error: `error` [batch] (rows refused earlier) with the rules of a prompt (row i's is the first
     `length[i]` tokens of `token_ids`), checked in the graph."""
@@ -111,7 +117,8 @@ def _rotate(rows, shift):
 
 
 def _per_row(name: str, value, batch):
-    """A setting sent as one value per row ([batch]) or one for all ([1]), as [batch]."""
+    """A setting sent as one value per row ([batch]) or one for all ([1], or a scalar), as [batch]."""
+    value = tf.reshape(value, [-1])  # (a REST scalar, rank 0: one value)
     check = tf.debugging.assert_equal(tf.logical_or(tf.size(value) == 1, tf.size(value) == batch), True,
                                       message=f"{name} must have one value per row, or a single value")
     with tf.control_dependencies([check]):
@@ -162,6 +169,7 @@ class _Serving:
         self.end_of_text = end_of_text_id(model.config)  # where a row stops: none in a character model
 
     def logits(self, token_ids, length):
+        token_ids, length = _ranked(token_ids, length)
         error = _prompt_errors(token_ids, length, self.model.config, tf.fill(tf.shape(length), ""))
         prompt, length = _prompt(token_ids, length, self.model.config, error)
         logits = self.model(prompt.ids, attention_mask=prompt.mask, position_ids=positions_from_mask(prompt.mask))
@@ -173,6 +181,7 @@ class _Serving:
         return {"logits": logits, "error": error}
 
     def generate(self, token_ids, length, max_new_tokens, temperature, top_k, top_p, seed):
+        token_ids, length = _ranked(token_ids, length)
         return self._generate(token_ids, length, (max_new_tokens, temperature, top_k, top_p, seed),
                               tf.fill(tf.shape(length), ""), self.model.config.vocab_size)
 
@@ -252,6 +261,7 @@ class _Serving:
         """Ragged ids of `text` [batch] and each row's error; text over the bounds is refused before tokenizing,
         its row left empty (and the BPE refuses a word longer than `max_word_bytes`: its time grows with the
         square of a word's length)."""
+        (text,) = _ranked(text)
         error = _row_errors(tf.shape(text)[0], [
             (tf.strings.unicode_transcode(text, "UTF-8", "UTF-8", errors="replace") != text, "text is not UTF-8"),
             (tf.strings.length(text) > self.max_text_bytes, f"text is longer than {self.max_text_bytes} bytes"),
@@ -399,4 +409,9 @@ def export_saved_model(model: GPT2, base_dir: str, version: int | None = None,
         batching = os.path.join(base_dir, "batching_parameters.txt")
         if not os.path.exists(batching):  # a file the user edited stays as it is
             atomic_write(batching, bytes_writer(BATCHING_PARAMETERS.encode()))
+    # config/model_server_config.proto: "The default option is to serve only the latest version of the model."
+    if version < (newest := max(taken, default=0)):
+        warnings.warn(f"version {version} is older than version {newest} in {base_dir}: TF Serving's default version "
+                      f"policy serves only the newest, {newest}; give this export a larger --version, or name it in "
+                      "the server's model_version_policy", stacklevel=2)
     return final_dir

@@ -221,8 +221,8 @@ def refuse_writing_over_inputs(out: str | None, *inputs: str | None) -> None:
     """Checked before anything is written: an output path that is one of the inputs would replace it."""
     for source in inputs:
         if out and source and os.path.exists(source) and os.path.realpath(out) == os.path.realpath(source):
-            raise ValueError(f"the output {out} is the input {source}: writing it would replace the input; "
-                             "choose another output path")
+            raise ValueError(f"the output {out} is the input {source}: writing there would replace the input or "
+                             "mix the output's files with it; choose another output path")
 
 
 FILE_MARKS = {"tflite": (4, b"TFL3"), "litertlm": (0, b"LITERTLM"), "keras": (0, b"PK\x03\x04")}  # (offset, bytes)

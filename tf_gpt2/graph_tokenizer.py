@@ -183,12 +183,23 @@ class CharacterGraphTokenizer(tf.Module):
         unknown = tf.ragged.boolean_mask(chars, ids < 0)
         first = tf.strings.reduce_join(unknown[:, :1], axis=1)
         error = tf.where(first == "", "", tf.strings.join([
-            "text has a character the model does not know: '", first, "' (a character model of ",
-            str(self.vocab_size), " characters)"]))
+            "text has a character the model does not know: '", first, "' (", _code_point(first),
+            "; a character model of ", str(self.vocab_size), " characters)"]))
         return tf.ragged.map_flat_values(tf.maximum, ids, 0), error
 
     def detokenize(self, ids):
         return tf.strings.reduce_join(tf.gather(self.characters, ids), axis=1)
+
+
+def _code_point(character):
+    """"U+200B" for each one-character string of `character` [batch], as Unicode writes it (4 to 6 hex digits): a
+    character that shows as nothing (a zero-width space, a carriage return) is still named."""
+    point = tf.strings.unicode_decode(character, "UTF-8").to_tensor(shape=[None, 1])[:, 0]
+    digits = tf.gather(tf.constant(list("0123456789ABCDEF")),
+                       tf.bitwise.bitwise_and(tf.bitwise.right_shift(point[:, None], [20, 16, 12, 8, 4, 0]), 15))
+    width = 4 + tf.cast(point > 0xFFFF, tf.int32) + tf.cast(point > 0xFFFFF, tf.int32)
+    shown = tf.ragged.boolean_mask(digits, tf.range(6)[None, :] >= 6 - width[:, None])
+    return tf.strings.join(["U+", tf.strings.reduce_join(shown, axis=1)])
 
 
 def tf_text():
