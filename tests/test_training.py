@@ -770,6 +770,26 @@ def test_steps_counts_optimizer_updates_whatever_the_interval(char_data, tmp_pat
     assert restore_checkpoint(model, str(out / CHECKPOINT)) == 10
 
 
+def test_texts_read_in_another_order_are_other_data_to_a_resumed_run(tmp_path):
+    """Files are read in the order of their paths, which makes the token stream and the validation split: a text
+    renamed past another was taken as the same texts (the digests were compared as sets), tokenized again over the
+    run's dataset, and its training text landed in the validation split. It is other text, refused before the
+    run's tokens are touched, also beside another change."""
+    (tmp_path / "texts").mkdir()
+    (tmp_path / "texts" / "a.txt").write_text(TEXT)
+    (tmp_path / "texts" / "b.txt").write_text(TEXT.upper())
+    cfg = config(tmp_path / "run", str(tmp_path / "texts"), steps=2, eval_interval=2, vocab="char")
+    train(cfg)
+    manifest = (tmp_path / "run" / "data" / MANIFEST).read_bytes()
+    os.rename(tmp_path / "texts" / "a.txt", tmp_path / "texts" / "c.txt")
+    with pytest.raises(ValueError, match=r"other settings \(the texts of --data \(their contents or order changed "
+                                         r"since the run's dataset was made\)\)"):
+        train(cfg)
+    with pytest.raises(ValueError, match=r"steps: 2 -> 4; the texts of --data \(their contents or order changed"):
+        train(dataclasses.replace(cfg, steps=4))
+    assert (tmp_path / "run" / "data" / MANIFEST).read_bytes() == manifest
+
+
 def test_raw_text_edited_since_it_was_tokenized_is_tokenized_again(tmp_path):
     """A run on raw text keeps its tokens in out/data: lost, they are made again from its text; resuming on changed
     text is refused like any other change of data, before the run's tokens are touched; with --resume-with-changes
@@ -784,7 +804,8 @@ def test_raw_text_edited_since_it_was_tokenized_is_tokenized_again(tmp_path):
     os.remove(tmp_path / "run" / "data" / shard)  # the run's own tokens lost: made again from its text
     assert train(cfg)[1] == {} and (tmp_path / "run" / "data" / MANIFEST).exists()
     text.write_text(TEXT.upper() * 2)
-    with pytest.raises(ValueError, match=r"the texts of --data \(changed since the run's dataset was made\)"):
+    with pytest.raises(ValueError, match=r"the texts of --data \(their contents or order changed since the run's "
+                                         r"dataset was made\)"):
         train(cfg)
     chars = lambda: json.loads((tmp_path / "run" / "data" / "manifest.json").read_text())["chars"]  # noqa: E731
     assert "e" in chars()  # the run's tokens, as they were

@@ -267,9 +267,10 @@ def shards_whole(directory: str, manifest: dict) -> bool:
 
 
 def same_texts(manifest: dict, files: Sequence[str], vocab: str) -> bool:
-    """Whether `files` hold the texts a dataset was made from, in `vocab`, wherever they lie now (contents compared)."""
-    digests = [stamp[2] for stamp in manifest.get("source_stamps", {}).values()]
-    return manifest.get("vocab") == vocab and sorted(digests) == sorted(map(_sha256, files))
+    """Whether `files` hold the texts a dataset was made from, in `vocab`, in the same order (which makes the token
+    stream and what the validation split holds), wherever they lie now: contents compared."""
+    digests = [stamp[2] for stamp in manifest.get("source_stamps", {}).values()]  # (in the order they were read)
+    return manifest.get("vocab") == vocab and digests == [_sha256(path) for path in files]
 
 
 def data_digest(manifest: bytes) -> str:

@@ -583,7 +583,8 @@ def prepared_data(cfg: TrainConfig, characters: Sequence[str] | None = None,
         # of a run's checkpoint from other text
         if checkpointed and not cfg.resume_with_changes and not same_texts(made, files, cfg.vocab):
             raise ValueError(f"{cfg.out} holds a checkpoint of a run on other text: the texts of --data changed since "
-                             f"its dataset ({directory}) was made. Use another --out for a new run, or "
+                             f"its dataset ({directory}) was made (their contents, or their order: files are read in "
+                             "the order of their paths, which makes the validation split). Use another --out for a new run, or "
                              "--resume-with-changes to continue this one on the texts as they are now")
         unknown = set(char_vocabulary(files)) - set(characters) if characters is not None else set()
         if unknown and runs_own:
@@ -808,7 +809,7 @@ def _changes(cfg: TrainConfig, before: dict[str, Any], identity: dict[str, Any])
     if "data_sha256" in identity and before.get("data_sha256") != identity["data_sha256"]:
         changed.append("the dataset (its manifest differs)")
     if identity.get("texts_changed"):
-        changed.append("the texts of --data (changed since the run's dataset was made)")
+        changed.append("the texts of --data (their contents or order changed since the run's dataset was made)")
     if before.get("backend", keras.backend.backend()) != keras.backend.backend():  # (older records have none)
         changed.append(f"backend: {before['backend']!r} -> {keras.backend.backend()!r} (KERAS_BACKEND)")
     return changed
