@@ -55,8 +55,10 @@ def test_window_across_shards(corpus, tmp_path):
     np.testing.assert_array_equal(shards.window(95, 210), whole[95:305])
 
 
-def test_char_vocabulary_and_embedded_corpus(tmp_path):
-    manifest = prepare(embedded_corpus(), str(tmp_path / "c"), vocab="char", verbose=False)
+def test_char_vocabulary_and_embedded_corpus(tmp_path, capsys):
+    manifest = prepare(embedded_corpus(), str(tmp_path / "c"), vocab="char")
+    # (`tf-gpt2 prepare --out x` with an empty $FILES: "tokenizing 1 file(s)", the corpus unnamed)
+    assert capsys.readouterr().out.startswith("tokenizing the embedded Tiny Shakespeare (no texts given), 1.1 MB")
     assert manifest["vocab_size"] == 65 and manifest["chars"][:3] == ["\n", " ", "!"]
     total = sum(s["tokens"] for split in manifest["splits"].values() for s in split)
     assert total == 1_115_394  # every character of tinyshakespeare
@@ -366,11 +368,13 @@ def test_a_folder_gives_its_text_files_only(corpus, tmp_path):
     (corpus / "more" / "NOTES.TXT").write_text("upper-case suffix")
     (corpus / "more" / ".draft.txt").write_text("a hidden text")
     (corpus / ".git").mkdir()
+    os.mkfifo(corpus / "pipe.txt")  # (said to be "not .txt")
     with pytest.warns(UserWarning) as warned:  # not skipped without a word
         assert resolve_inputs(str(corpus)) == [str(corpus / "a.txt"), str(corpus / "more" / "b.txt"),
                                                str(corpus / "more" / "c.txt.gz")]
     assert [str(w.message) for w in warned] == [
         f"{corpus} holds 3 file(s) that are not .txt or .txt.gz, not read: README.md, more/NOTES.TXT, table.csv",
+        f"{corpus} holds 1 text name(s) of no regular file (a pipe, a socket or a device), not read: pipe.txt",
         f"{corpus} holds 2 hidden text file(s) or folder(s) (named with a leading dot), not read: .git, "
         "more/.draft.txt"]
     assert resolve_inputs(str(corpus / "README.md")) == [str(corpus / "README.md")]  # named files are read as named
@@ -441,7 +445,8 @@ def test_utf16_text_is_refused_with_or_without_its_byte_order_mark(tmp_path, enc
     texts = {"english.txt": "First Citizen:\nIt’s before we proceed any further, hear me speak.\n",
              "russian.txt": "Первый гражданин:\nПрежде чем идти дальше, выслушайте меня.\n",
              "hindi.txt": "नमस्ते दुनिया\n" * 3,  # 0x09, a tab, beside each letter
-             "quotes.txt": "“Hi”, ‘there’ — 你好\n" * 3}  # 0x1c, 0x1d, 0x18, 0x19, 0x14 among the low bytes
+             "quotes.txt": "“Hi”, ‘there’ — 你好\n" * 3,  # 0x1c, 0x1d, 0x18, 0x19, 0x14 among the low bytes
+             "nospace.txt": "ЗдравствуйПривет" * 60}  # no NUL at all: 0x04 beside each letter
     for name, text in texts.items():
         assert text.encode(encoding).decode("utf-8")  # (valid UTF-8 indeed)
         (tmp_path / name).write_bytes(text.encode(encoding))
@@ -461,6 +466,10 @@ def test_utf16_text_is_refused_with_or_without_its_byte_order_mark(tmp_path, enc
     assert not (tmp_path / "out" / "manifest.json").exists()
     (tmp_path / "nuls.txt").write_bytes(b"a\0b\0\0\0 text with NULs in it\n")  # NULs, but not every other byte
     (tmp_path / "short.txt").write_bytes(b"a\0b\n")  # one NUL
+    (tmp_path / "controls.txt").write_bytes(b"a\x04b\x04" + b"plain text with a control or two\x1f\n" * 20)
+    assert read_text(str(tmp_path / "controls.txt")).startswith("a\x04b")
+    (tmp_path / "columns.txt").write_bytes(b"a\tb\tc\td\t" * 50)  # a tab in every other place: text
+    assert read_text(str(tmp_path / "columns.txt")).startswith("a\tb")
     assert read_text(str(tmp_path / "short.txt")) == "a\0b\n"
     prepare(str(tmp_path / "nuls.txt"), str(tmp_path / "out"), verbose=False)
     assert read_text(str(tmp_path / "nuls.txt")).startswith("a\0b\0\0\0 text")

@@ -85,6 +85,19 @@ def _holds_a_model(directory: str) -> bool:
         there("hparams.json") and bool(glob.glob(os.path.join(glob.escape(directory), "*.ckpt*.index")))
 
 
+def refuse_a_folder_of_texts(out: str, what: str) -> None:
+    """A new dataset or run is not written into a folder of texts: it would make that folder an output, whose texts
+    a folder given as data no longer reads. A folder that is already an output (a dataset, a run) goes on."""
+    if not os.path.isdir(out) or _is_output(out):
+        return
+    texts = sorted(name for name in os.listdir(out) if name.endswith(TEXT_SUFFIXES) and not name.startswith(".")
+                   and os.path.isfile(os.path.join(out, name)))
+    if texts:
+        raise ValueError(f"{out} holds texts ({', '.join(texts[:3])}{', ...' * (len(texts) > 3)}): {what} written "
+                         "there makes it a folder whose texts are no longer read as text; give the output another "
+                         "folder")
+
+
 def _is_output(directory: str) -> bool:
     """A folder of no training text (`OUTPUT_KINDS`): a prepared dataset (its manifest names splits), a training run
     (its record holds settings), a checkpoint or an export (`_holds_a_model`: their merges.txt or
@@ -122,7 +135,7 @@ def _text_files_in(folder: str, exclude: set[str]) -> list[str]:
     the caller's `exclude` folders and the datasets and runs this package wrote; those and the other files there
     are named in a warning, not skipped without a word. A broken link named as text, or a folder that cannot be
     listed, is an error."""
-    files, others, ours, hidden = [], [], [], []
+    files, others, special, ours, hidden = [], [], [], [], []
     seen = {os.path.realpath(folder)}
     for directory, subdirs, names in os.walk(folder, followlinks=True, onerror=_refuse_unreadable):
         kept = []
@@ -146,8 +159,9 @@ def _text_files_in(folder: str, exclude: set[str]) -> list[str]:
                 if name.endswith(TEXT_SUFFIXES):
                     _refuse_broken_link(path)
                     os.stat(path)  # (a file in a folder that can be listed, not entered: its error names it)
-                others.append(path)
+                (special if name.endswith(TEXT_SUFFIXES) else others).append(path)
     for skipped, what in ((others, f"file(s) that are not {' or '.join(TEXT_SUFFIXES)}"),
+                          (special, "text name(s) of no regular file (a pipe, a socket or a device)"),
                           (hidden, "hidden text file(s) or folder(s) (named with a leading dot)"),
                           (ours, f"folder(s) of {OUTPUT_KINDS} (not text)")):
         if skipped:
@@ -358,6 +372,14 @@ def _refuse_utf16(path: str, start: bytes) -> None:
         codec = "utf-16le" if odd > even else "utf-16be"
         raise ValueError(f"{path} is not UTF-8 text: its start reads as {codec.upper()} without a byte-order mark "
                          f"(a NUL in every other place): save it as UTF-8 ({_iconv(path, codec)})")
+    # Letters of one script and no space (Cyrillic, Greek, Hebrew, Arabic, Thai): its high byte, a control character
+    # other than a tab or a line break, in nearly every other place. UTF-8 text has next to none.
+    for codec, high in (("utf-16le", start[1::2]), ("utf-16be", start[0::2])):
+        byte = max(set(high), key=high.count, default=0)
+        if len(high) >= 8 and 0 < byte < 0x20 and byte not in b"\t\n\r" and high.count(byte) >= 0.9 * len(high):
+            raise ValueError(f"{path} is not UTF-8 text: its start reads as {codec.upper()} without a byte-order mark "
+                             f"(byte 0x{byte:02X}, a control character, in every other place: the high byte of one "
+                             f"script's letters): save it as UTF-8 ({_iconv(path, codec)})")
 
 
 def _blocks(path: str, block_bytes: int) -> Iterator[str]:
@@ -637,6 +659,7 @@ def prepare(inputs: str | Sequence[str], out_dir: str, val_fraction: float = 0.1
     if inside := [f for f in files if os.path.realpath(f).startswith(os.path.join(os.path.realpath(out_dir), ""))]:
         raise ValueError(f"{out_dir} holds {inside[0]}, a text it would read: a dataset written there makes that "
                          "folder a dataset, whose texts are not read as text again; give the output another folder")
+    refuse_a_folder_of_texts(out_dir, "a dataset")
     total = sum(_text_size(f) for f in files)
     if total == 0:
         raise ValueError(f"the data is empty: {files}")
@@ -661,7 +684,9 @@ def prepare(inputs: str | Sequence[str], out_dir: str, val_fraction: float = 0.1
         tag = secrets.token_hex(4)
         writers = {s: _ShardWriter(out_dir, s, shard_tokens, tag) for s in ("train", "val")}
         try:
-            label = f"tokenizing {len(files)} file(s), {total / 1e6:.1f} MB of text ({vocab} vocabulary) into {out_dir}"
+            what = "the embedded Tiny Shakespeare (no texts given)" if files == [embedded_corpus()] else \
+                f"{len(files)} file(s)"
+            label = f"tokenizing {what}, {total / 1e6:.1f} MB of text ({vocab} vocabulary) into {out_dir}"
             splits = _write_shards(files, total, val_fraction, encode, separator, writers, label if verbose else None,
                                    chunk_bytes, anywhere=vocab == "char")
             if sum(s["tokens"] for s in splits["train"]) == 0:

@@ -23,6 +23,7 @@ PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 BASE_DTYPES = ("bfloat16", "float16")  # a frozen LoRA base in 16 bits (its adapters stay float32)
 STRATEGIES = (None, "mirrored", "multiworker", "tpu")  # tf.distribute, on TensorFlow
 DISTRIBUTIONS = (None, "data", "model")  # keras.distribution, on JAX
+INT32_MAX = 2**31 - 1
 FLOAT32_MAX = 3.4028234663852886e38  # the optimizer holds its settings in float32
 FLOAT32_TINY = 1.1754943508222875e-38  # float32's smallest normal: a rate below it trains nothing (it flushes to 0)
 
@@ -99,15 +100,15 @@ class TrainConfig:
             raise ValueError(f"model sets GPT2Config fields: {unknown[0]!r} is none ({', '.join(MODEL_FIELDS)})")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**32:
             raise ValueError(f"seed must be an integer in [0, 2**32), got {self.seed!r}")
-        for name in ("steps", "batch_size", "block_size", "grad_accum", "eval_interval", "steps_per_execution",
-                     "eval_batches"):
+        counts = {name: 1 for name in ("steps", "batch_size", "block_size", "grad_accum", "eval_interval",
+                                       "steps_per_execution", "eval_batches")}
+        counts.update(warmup_steps=0, lora_rank=0, sample_tokens=0)  # (sample_tokens 0: no samples)
+        for name, least in counts.items():
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        for name in ("warmup_steps", "lora_rank", "sample_tokens"):  # sample_tokens 0: no samples
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise ValueError(f"{name} must be a {'positive' if least else 'non-negative'} integer, got {value!r}")
+            if value > INT32_MAX:  # (TensorFlow's shapes and counters failed on it without its name)
+                raise ValueError(f"{name} must be at most 2**31 - 1, got {value}")
         for name in ("learning_rate", "min_learning_rate", "weight_decay", "grad_clip", "beta_1", "beta_2"):
             value = getattr(self, name)
             if value is None and name == "min_learning_rate":
@@ -131,6 +132,10 @@ class TrainConfig:
             if not 0 <= getattr(self, name) <= FLOAT32_MAX:
                 raise ValueError(f"{name} must be a non-negative number up to float32's largest (3.4e38), got "
                                  f"{getattr(self, name)!r}")
+        if self.learning_rate * self.weight_decay >= 1:  # (it trained to NaN, the advice naming other flags)
+            raise ValueError(f"learning_rate x weight_decay is {self.learning_rate * self.weight_decay:g}: AdamW "
+                             "multiplies each decayed weight by 1 - learning_rate x weight_decay at every step, "
+                             "which at 1 or more zeroes or flips it; lower weight_decay (GPT-2 recipes use 0.1)")
         if self.preset not in PRESETS:  # (ignored beside init_from, but a name that is none is a mistake either way)
             raise ValueError(f"unknown preset {self.preset!r}; choose one of {sorted(PRESETS)}")
         if self.precision not in PRECISIONS:

@@ -43,6 +43,7 @@ from tf_gpt2.data import (
     first_place,
     made_from,
     prepare,
+    refuse_a_folder_of_texts,
     resolve_inputs,
     same_texts,
     shards_whole,
@@ -584,8 +585,8 @@ def prepared_data(cfg: TrainConfig, characters: Sequence[str] | None = None,
         if checkpointed and not cfg.resume_with_changes and not same_texts(made, files, cfg.vocab):
             raise ValueError(f"{cfg.out} holds a checkpoint of a run on other text: the texts of --data changed since "
                              f"its dataset ({directory}) was made (their contents, or their order: files are read in "
-                             "the order of their paths, which makes the validation split). Use another --out for a new run, or "
-                             "--resume-with-changes to continue this one on the texts as they are now")
+                             "the order of their paths, which makes the validation split). Use another --out for a "
+                             "new run, or --resume-with-changes to continue this one on the texts as they are now")
         unknown = set(char_vocabulary(files)) - set(characters) if characters is not None else set()
         if unknown and runs_own:
             raise ValueError(f"the texts of --data now hold characters the run's model in {cfg.out} has no id for: "
@@ -840,6 +841,7 @@ def train(cfg: TrainConfig) -> tuple[GPT2, dict[str, list[float]]]:
     """
     refuse_writing_over_inputs(cfg.out, cfg.data, cfg.init_from)
     refuse_writing_over_inputs(os.path.join(cfg.out, MODEL_FILE), cfg.init_from)
+    refuse_a_folder_of_texts(cfg.out, "a training run")
     placement = place_run(cfg, GPT2.get_layout_map)
     cfg.check_sample_prompt_used(placement.processes)
     with exclusive(cfg.out, "training run") if placement.is_chief else contextlib.nullcontext():
