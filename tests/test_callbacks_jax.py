@@ -72,8 +72,8 @@ def train_into_nan(root):
     digest = lambda: hashlib.sha256(open(os.path.join(root, "run", CHECKPOINT), "rb").read()).hexdigest()
     good = digest()
     try:
-        train(TrainConfig(steps=30, eval_interval=10, learning_rate=1e30, grad_clip=0.0, resume_with_changes=True,
-                          **settings))
+        train(TrainConfig(steps=30, eval_interval=10, learning_rate=1e30, weight_decay=0.0, grad_clip=0.0,
+                          resume_with_changes=True, **settings))
         message = None
     except FloatingPointError as e:
         message = str(e)

@@ -18,9 +18,6 @@ def files(tmp_path):
     (tmp_path / "fake.keras").write_text("not a zip")
     (tmp_path / "text.txt").write_text("hello world\n" * 20)
     (tmp_path / "folder").mkdir()
-    (tmp_path / "texts").mkdir()  # a folder of texts
-    for name in ("a.txt", "b.txt.gz", "c.txt", "d.txt"):
-        (tmp_path / "texts" / name).write_bytes(b"")
     os.symlink(tmp_path / "nowhere" / "data", tmp_path / "dangling")  # a link to a folder not (yet) made
     (tmp_path / "done").mkdir()  # a finished run whose checkpoint was removed
     (tmp_path / "done" / "model.keras").write_text("its model")
@@ -64,7 +61,7 @@ CASES = [
     (["train", "--out", "{d}/run", "--steps", "2147483648"], "steps must be at most 2**31 - 1, got 2147483648"),
     (["train", "--out", "{d}/run", "--weight-decay", "1e30"],  # (NaN, and advice to lower --grad-clip)
      "learning_rate x weight_decay is 6e+26: AdamW multiplies each decayed weight by 1 - learning_rate x "
-     "weight_decay at every step, which at 1 or more zeroes or flips it; lower weight_decay"),
+     "weight_decay at every step, which at 1 or more zeroes or flips it; lower learning_rate or weight_decay"),
     (["train", "--out", "{d}/run", "--sample-tokens", "0", "--sample-prompt", "Once"],
      "sample_prompt 'Once' would not be used: sample_tokens is 0 (no samples)"),
     (["train", "--out", "{d}/run", "--strategy", "mirrored", "--sample-prompt", "Once"],
@@ -82,11 +79,6 @@ CASES = [
     (["prepare", "{d}/text.txt", "--out", "{d}/text.txt"], "the output {d}/text.txt is the input"),
     (["prepare", "{d}/text.txt", "--out", "{d}"],  # (the folder of texts became a dataset, skipped from then on)
      "{d} holds {d}/text.txt, a text it would read: a dataset written there makes that folder a dataset"),
-    (["prepare", "{d}/text.txt", "--out", "{d}/texts"],  # (its texts were skipped by every later read of it)
-     "{d}/texts holds texts (a.txt, b.txt.gz, c.txt, ...): a dataset written there makes it a folder whose texts are "
-     "no longer read as text; give the output another folder"),
-    (["train", "--data", "{d}/text.txt", "--out", "{d}/texts"], "{d}/texts holds texts (a.txt, b.txt.gz, c.txt, ...): "
-                                                               "a training run written there"),
     (["prepare", "{d}/text.txt", "--out", "{d}/dangling"],  # (makedirs' bare "File exists")
      "{d}/dangling is a link to {d}/nowhere/data, which is not there (prepare writes into the folder a link leads to"),
     (["prepare", "{d}/text.txt", "--out", "{d}/latin1.txt"],

@@ -1,5 +1,6 @@
 import json
 import os
+import warnings
 
 import numpy as np
 import pytest
@@ -58,7 +59,7 @@ def test_window_across_shards(corpus, tmp_path):
 def test_char_vocabulary_and_embedded_corpus(tmp_path, capsys):
     manifest = prepare(embedded_corpus(), str(tmp_path / "c"), vocab="char")
     # (`tf-gpt2 prepare --out x` with an empty $FILES: "tokenizing 1 file(s)", the corpus unnamed)
-    assert capsys.readouterr().out.startswith("tokenizing the embedded Tiny Shakespeare (no texts given), 1.1 MB")
+    assert capsys.readouterr().out.startswith("tokenizing the embedded Tiny Shakespeare, 1.1 MB")
     assert manifest["vocab_size"] == 65 and manifest["chars"][:3] == ["\n", " ", "!"]
     total = sum(s["tokens"] for split in manifest["splits"].values() for s in split)
     assert total == 1_115_394  # every character of tinyshakespeare
@@ -368,7 +369,7 @@ def test_a_folder_gives_its_text_files_only(corpus, tmp_path):
     (corpus / "more" / "NOTES.TXT").write_text("upper-case suffix")
     (corpus / "more" / ".draft.txt").write_text("a hidden text")
     (corpus / ".git").mkdir()
-    os.mkfifo(corpus / "pipe.txt")  # (said to be "not .txt")
+    os.mkfifo(corpus / "pipe.txt")  # (it was said to be no .txt file)
     with pytest.warns(UserWarning) as warned:  # not skipped without a word
         assert resolve_inputs(str(corpus)) == [str(corpus / "a.txt"), str(corpus / "more" / "b.txt"),
                                                str(corpus / "more" / "c.txt.gz")]
@@ -378,6 +379,31 @@ def test_a_folder_gives_its_text_files_only(corpus, tmp_path):
         f"{corpus} holds 2 hidden text file(s) or folder(s) (named with a leading dot), not read: .git, "
         "more/.draft.txt"]
     assert resolve_inputs(str(corpus / "README.md")) == [str(corpus / "README.md")]  # named files are read as named
+
+
+def test_a_dataset_or_run_written_into_a_folder_of_texts_says_that_its_texts_are_read_no_more(corpus, tmp_path):
+    """`prepare a.txt --out corpus` (a folder of texts, also nested ones) made it a dataset, which every later read of
+    it skips, its texts with it: said. An output written again (a dataset, a run) says nothing."""
+    from tf_gpt2.train_config import TrainConfig
+    from tf_gpt2.training import train
+
+    (corpus / "more" / "c.txt").write_text("more text\n")
+    (corpus / "more" / "d.txt").write_text("more text\n")
+    (tmp_path / "text.txt").write_text(TEXT)
+    said = (rf"{corpus} holds texts \(a.txt, more/b.txt, more/c.txt, ...\): {{}} written there makes it an output "
+            "folder, which a folder given as data skips, its texts with it")
+    with pytest.warns(UserWarning, match=said.format("a dataset")):
+        prepare(str(tmp_path / "text.txt"), str(corpus), vocab="char", verbose=False)
+    with pytest.warns(UserWarning, match=r"holds 1 folder\(s\) of a dataset, .*, not read: texts"):  # as it said
+        assert resolve_inputs(str(tmp_path)) == [str(tmp_path / "text.txt")]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        prepare(str(tmp_path / "text.txt"), str(corpus), vocab="char", verbose=False)  # a dataset already
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "todo.txt").write_text("try a larger model\n")
+    with pytest.warns(UserWarning, match=rf"{tmp_path}/notes holds texts \(todo.txt\): a training run written"):
+        with pytest.raises(FileNotFoundError):  # (failed after the warning, before any training)
+            train(TrainConfig(out=str(tmp_path / "notes"), data=str(tmp_path / "missing.txt")))
 
 
 def test_a_folder_follows_its_links_once_and_names_what_it_does_not_read(corpus, tmp_path):

@@ -239,18 +239,29 @@ def test_a_file_system_without_locks_is_named_and_the_folder_made_for_the_lock_r
     assert sorted(os.listdir(tmp_path / "runs")) == ["new", "notes.txt"]
 
 
-def test_a_waiter_for_a_folder_removed_by_a_failed_holder_makes_it_again(tmp_path):
+def test_a_waiter_for_a_folder_removed_by_a_failed_holder_makes_it_again(tmp_path, monkeypatch):
     """Exports wait for each other: the first, into a folder it made, fails and removes the folder (a failed export
     into a new --out left one holding only its lock); the one that waited makes it again and writes there."""
+    import fcntl
     import threading
 
-    folder, entered, failed, wrote = str(tmp_path / "served" / "gpt2"), threading.Event(), [], []
+    folder, failed, wrote = str(tmp_path / "served" / "gpt2"), [], []
+    entered, waiting = threading.Event(), threading.Event()
+    flock = fcntl.flock
+
+    def said_flock(file, operation):
+        if threading.current_thread().name == "second" and operation == fcntl.LOCK_EX:
+            waiting.set()  # about to wait for the first's lock
+        return flock(file, operation)
+
+    monkeypatch.setattr(fcntl, "flock", said_flock)
 
     def first():
         try:
             with exclusive(folder, "export", wait=True):
                 entered.set()
-                time.sleep(0.5)  # the second is waiting by now
+                waiting.wait(timeout=60)
+                time.sleep(0.2)  # (from the flag to the wait inside flock)
                 raise OSError(errno.ENOSPC, "No space left on device")
         except OSError as e:
             failed.append(e)
@@ -262,17 +273,22 @@ def test_a_waiter_for_a_folder_removed_by_a_failed_holder_makes_it_again(tmp_pat
                 f.write("version 1")
             wrote.append(True)
 
-    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    threads = [threading.Thread(target=first, name="first"), threading.Thread(target=second, name="second")]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(timeout=60)
-    assert failed and wrote == [True]
+    assert failed and wrote == [True] and waiting.is_set()
     assert sorted(os.listdir(folder)) == [".lock", "1"]
     with pytest.raises(OSError):  # alone, a failed one leaves nothing
         with exclusive(str(tmp_path / "new"), "export", wait=True):
             raise OSError(errno.ENOSPC, "No space left on device")
     assert sorted(os.listdir(tmp_path)) == ["served"]
+    os.remove(os.path.join(folder, ".lock"))
+    os.symlink(tmp_path / "gone" / "x", os.path.join(folder, ".lock"))  # a folder that stays: no retry (no busy loop)
+    with pytest.raises(FileNotFoundError, match=r"\.lock"):
+        with exclusive(folder, "export", wait=True):
+            pass
 
 
 def test_working_directories_of_killed_processes_are_removed_by_the_next_one(tmp_path, monkeypatch):

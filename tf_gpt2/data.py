@@ -85,17 +85,23 @@ def _holds_a_model(directory: str) -> bool:
         there("hparams.json") and bool(glob.glob(os.path.join(glob.escape(directory), "*.ckpt*.index")))
 
 
-def refuse_a_folder_of_texts(out: str, what: str) -> None:
-    """A new dataset or run is not written into a folder of texts: it would make that folder an output, whose texts
-    a folder given as data no longer reads. A folder that is already an output (a dataset, a run) goes on."""
+def warn_of_a_folder_of_texts(out: str, what: str) -> None:
+    """A new dataset or run written into a folder of texts makes it an output, whose texts a folder given as data
+    skips from then on (and a read of the folder itself refuses): said. A folder that is already an output (a
+    dataset, a run) goes on without a word."""
     if not os.path.isdir(out) or _is_output(out):
         return
-    texts = sorted(name for name in os.listdir(out) if name.endswith(TEXT_SUFFIXES) and not name.startswith(".")
-                   and os.path.isfile(os.path.join(out, name)))
+    texts = []
+    for directory, subdirs, names in os.walk(out):
+        subdirs[:] = sorted(d for d in subdirs if not d.startswith("."))
+        texts += sorted(os.path.relpath(os.path.join(directory, n), out) for n in names
+                        if n.endswith(TEXT_SUFFIXES) and not n.startswith("."))
+        if len(texts) > 3:
+            break
     if texts:
-        raise ValueError(f"{out} holds texts ({', '.join(texts[:3])}{', ...' * (len(texts) > 3)}): {what} written "
-                         "there makes it a folder whose texts are no longer read as text; give the output another "
-                         "folder")
+        warnings.warn(f"{out} holds texts ({', '.join(texts[:3])}{', ...' * (len(texts) > 3)}): {what} written "
+                      "there makes it an output folder, which a folder given as data skips, its texts with it; give "
+                      "the output a folder of its own if they are to be read", stacklevel=3)
 
 
 def _is_output(directory: str) -> bool:
@@ -659,7 +665,7 @@ def prepare(inputs: str | Sequence[str], out_dir: str, val_fraction: float = 0.1
     if inside := [f for f in files if os.path.realpath(f).startswith(os.path.join(os.path.realpath(out_dir), ""))]:
         raise ValueError(f"{out_dir} holds {inside[0]}, a text it would read: a dataset written there makes that "
                          "folder a dataset, whose texts are not read as text again; give the output another folder")
-    refuse_a_folder_of_texts(out_dir, "a dataset")
+    warn_of_a_folder_of_texts(out_dir, "a dataset")
     total = sum(_text_size(f) for f in files)
     if total == 0:
         raise ValueError(f"the data is empty: {files}")
@@ -684,7 +690,7 @@ def prepare(inputs: str | Sequence[str], out_dir: str, val_fraction: float = 0.1
         tag = secrets.token_hex(4)
         writers = {s: _ShardWriter(out_dir, s, shard_tokens, tag) for s in ("train", "val")}
         try:
-            what = "the embedded Tiny Shakespeare (no texts given)" if files == [embedded_corpus()] else \
+            what = "the embedded Tiny Shakespeare" if files == [embedded_corpus()] else \
                 f"{len(files)} file(s)"
             label = f"tokenizing {what}, {total / 1e6:.1f} MB of text ({vocab} vocabulary) into {out_dir}"
             splits = _write_shards(files, total, val_fraction, encode, separator, writers, label if verbose else None,

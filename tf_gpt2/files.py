@@ -179,7 +179,8 @@ def write_together(writes: dict[str, Callable[[str], object]]) -> None:
             except Exception as e:  # a Rust library's (safetensors'): "...: File too large (os error 27)"; TensorFlow's
                 # own writers' (a SavedModel's): "<a staged file>; No space left on device", an OpError
                 code = re.search(r"\(os error (\d+)\)", str(e))
-                code = int(code[1]) if code else next((c for c in _FULL if f"; {os.strerror(c)}" in str(e)), None)
+                code = int(code[1]) if code else next((c for c in _FULL if f"; {os.strerror(c)}" in str(e)
+                                                       and staging in str(e)), None)
                 if code is None:
                     raise
                 raise OSError(code, f"{os.strerror(code)} (while writing)", path) from e
@@ -284,10 +285,12 @@ def _locked(directory: str, what: str, wait: bool) -> tuple[Any, str | None]:
     lock_path = os.path.join(directory, ".lock")
     while True:
         made = _first_missing(directory)
-        os.makedirs(directory, exist_ok=True)
         try:
+            os.makedirs(directory, exist_ok=True)
             lock = open(lock_path, "a+")
-        except FileNotFoundError:  # removed since makedirs by the holder of the lock, whose write failed
+        except FileNotFoundError:  # removed meanwhile by the holder of the lock, whose write failed: again
+            if os.path.isdir(directory):  # (not that: a .lock that is a broken link, say)
+                raise
             continue
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))

@@ -19,7 +19,7 @@ from keras import ops
 
 from tf_gpt2.checks import check_in_vocabulary, checked_integer, checked_stop_ids, is_integer
 from tf_gpt2.layers import causal_mask
-from tf_gpt2.tokenizer import EOT_ID, CharacterTokenizer, GPT2Tokenizer, end_of_text_id, tokenizer_for
+from tf_gpt2.tokenizer import CharacterTokenizer, GPT2Tokenizer, end_of_text_id, tokenizer_for
 from tf_gpt2.xla import compiled
 
 
@@ -139,8 +139,9 @@ def positions_from_mask(mask):
 
 
 def pad_id(config) -> int:
-    """The id that pads prompts and stopped rows: `<|endoftext|>` where the vocabulary has it, else 0."""
-    return EOT_ID if EOT_ID < config.vocab_size else 0
+    """The id that pads prompts and stopped rows: `<|endoftext|>` where the model's ids are GPT-2's, else 0."""
+    end = end_of_text_id(config)
+    return 0 if end is None else end
 
 
 def _tokens_seen(ids, mask, vocab):

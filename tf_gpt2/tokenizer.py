@@ -95,12 +95,13 @@ def _encoding(encoder_json: str, vocab_bpe: str) -> tiktoken.Encoding:
     try:
         ranks = data_gym_to_mergeable_bpe_ranks(vocab_bpe, encoder_json, VOCAB_BPE_SHA256, ENCODER_JSON_SHA256)
     except OSError as e:  # tiktoken keeps a copy in a cache folder set by the user (else it goes on without one),
-        if e.filename is not None or e.strerror is None:  # and fails there without the folder's name (a full disk)
+        # and fails there without the folder's name (a full disk)
+        variable = next((v for v in ("TIKTOKEN_CACHE_DIR", "DATA_GYM_CACHE_DIR") if os.environ.get(v)), None)
+        if e.filename is not None or e.strerror is None or variable is None:
             raise
-        cache = os.environ.get("TIKTOKEN_CACHE_DIR") or os.environ.get("DATA_GYM_CACHE_DIR")
         raise OSError(e.errno, f"{e.strerror} (while tiktoken copied GPT-2's vocabulary into its cache, "
-                               "TIKTOKEN_CACHE_DIR: set it to another folder, or to nothing for no cache)",
-                      cache) from e
+                               f"{variable}: set it to another folder, or to nothing for no cache)",
+                      os.environ[variable]) from e
     return tiktoken.Encoding(
         name="gpt2",
         pat_str=PAT_STR,

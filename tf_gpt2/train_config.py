@@ -135,7 +135,8 @@ class TrainConfig:
         if self.learning_rate * self.weight_decay >= 1:  # (it trained to NaN, the advice naming other flags)
             raise ValueError(f"learning_rate x weight_decay is {self.learning_rate * self.weight_decay:g}: AdamW "
                              "multiplies each decayed weight by 1 - learning_rate x weight_decay at every step, "
-                             "which at 1 or more zeroes or flips it; lower weight_decay (GPT-2 recipes use 0.1)")
+                             "which at 1 or more zeroes or flips it; lower learning_rate or weight_decay (GPT-2's "
+                             "recipes: 6e-4 and 0.1)")
         if self.preset not in PRESETS:  # (ignored beside init_from, but a name that is none is a mistake either way)
             raise ValueError(f"unknown preset {self.preset!r}; choose one of {sorted(PRESETS)}")
         if self.precision not in PRECISIONS:

@@ -43,10 +43,10 @@ from tf_gpt2.data import (
     first_place,
     made_from,
     prepare,
-    refuse_a_folder_of_texts,
     resolve_inputs,
     same_texts,
     shards_whole,
+    warn_of_a_folder_of_texts,
 )
 from tf_gpt2.devices import Placement, host_array, place_run, tensorflow
 from tf_gpt2.files import exclusive, json_writer, read_json, refuse_writing_over_inputs, save_keras, write_together
@@ -841,7 +841,7 @@ def train(cfg: TrainConfig) -> tuple[GPT2, dict[str, list[float]]]:
     """
     refuse_writing_over_inputs(cfg.out, cfg.data, cfg.init_from)
     refuse_writing_over_inputs(os.path.join(cfg.out, MODEL_FILE), cfg.init_from)
-    refuse_a_folder_of_texts(cfg.out, "a training run")
+    warn_of_a_folder_of_texts(cfg.out, "a training run")
     placement = place_run(cfg, GPT2.get_layout_map)
     cfg.check_sample_prompt_used(placement.processes)
     with exclusive(cfg.out, "training run") if placement.is_chief else contextlib.nullcontext():
