@@ -68,6 +68,30 @@ def test_stop_ids_end_generation(model):
     assert model.generate([4, 5], max_new_tokens=8, stop_ids=np.array(free[2])) == stopped  # (an argmax's 0-d array)
 
 
+def test_array_scalars_and_arrays_are_taken_as_the_numbers_they_hold(model):
+    """numpy, JAX and TensorFlow integers (an argmax, a tensor's length) are integers: a numpy top_k failed inside
+    (list * numpy bool), and a JAX max_new_tokens, seed or stop id was "must be an integer, got Array(2)"; a JAX or
+    TensorFlow prompt was no prompt; a batch mixing text and ids said "token ids must be integers"."""
+    import jax.numpy as jnp
+    import tensorflow as tf
+
+    sampled = model.generate([4, 5, 6], max_new_tokens=4, temperature=1.0, top_k=5, seed=1, stop_ids=[])
+    for number in (np.int64, jnp.int32, lambda v: tf.constant(v, tf.int64)):
+        assert model.generate([4, 5, 6], max_new_tokens=number(4), temperature=1.0, top_k=number(5), seed=number(1),
+                              stop_ids=[]) == sampled
+    for prompt in (jnp.array([4, 5, 6]), tf.constant([4, 5, 6]), [jnp.int32(4), np.int16(5), 6]):
+        assert model.generate(prompt, max_new_tokens=4, temperature=1.0, top_k=5, seed=1, stop_ids=[]) == sampled
+    assert model.generate([jnp.array([4, 5, 6]), np.array([7])], max_new_tokens=2) == model.generate(
+        [[4, 5, 6], [7]], max_new_tokens=2)  # rows as arrays
+    stops = model.generate([4, 5, 6], max_new_tokens=6, stop_ids=jnp.array([sampled[0], 299]))
+    assert stops == model.generate([4, 5, 6], max_new_tokens=6, stop_ids=[sampled[0], 299])
+    for not_integer in (jnp.float32(4.0), np.array([4]), np.bool_(True)):
+        with pytest.raises(ValueError, match="max_new_tokens must be a positive integer"):
+            model.generate([4, 5, 6], max_new_tokens=not_integer)
+    with pytest.raises(TypeError, match="a batch is all texts or all lists of token ids, not both"):
+        model.generate(["Hello", [5, 6]], max_new_tokens=2)
+
+
 @pytest.mark.parametrize(
     "kwargs, message",
     [

@@ -460,7 +460,7 @@ def test_a_second_train_on_the_same_run_directory_is_refused(char_data, tmp_path
         first.wait()
 
 
-def test_resuming_with_other_settings_or_data_is_refused_unless_asked(char_data, tmp_path):
+def test_resuming_with_other_settings_or_data_is_refused_unless_asked(char_data, tmp_path, capsys):
     train(config(tmp_path / "run", char_data, steps=10, eval_interval=10))
     good = _digest(tmp_path / "run" / CHECKPOINT)
     record = json.loads((tmp_path / "run" / "run.json").read_text())
@@ -487,8 +487,11 @@ def test_resuming_with_other_settings_or_data_is_refused_unless_asked(char_data,
                                          r"'dropout': 0.1\}\)"):
         train(config(tmp_path / "run", char_data, steps=10, eval_interval=10, model={"n_embd": 32, "n_positions": 64,
                                                                                    "dropout": 0.1}))
+    capsys.readouterr()
     _, history = train(config(tmp_path / "run", char_data, steps=20, eval_interval=10, resume_with_changes=True))
     assert len(history["loss"]) == 1 and _checkpoint_step(tmp_path / "run" / CHECKPOINT) == 20
+    assert capsys.readouterr().err.splitlines()[-1] == "note: resuming with changes: steps: 10 -> 20"  # (run.json
+    # now says 20)
     # Rounds of 6 put step 20 4 steps before a round end: not whole executions of 3 (Keras would run 6).
     with pytest.raises(ValueError, match=r"the checkpoint at step 20 lies 4 step\(s\) before the round end at "
                                          r"step 24 \(--eval-interval 6\): its 4 micro-batches are no whole number "

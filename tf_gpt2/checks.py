@@ -21,8 +21,15 @@ import numpy as np
 
 
 def is_integer(value: Any) -> bool:
-    """An integer (Python or numpy), not a bool."""
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+    """An integer (Python or numpy, or a 0-d integer array: an argmax in numpy, JAX or TensorFlow), not a bool."""
+    if isinstance(value, (int, np.integer)):
+        return not isinstance(value, bool)
+    if hasattr(value, "__array__") and getattr(value, "ndim", getattr(value, "shape", None)) in (0, ()):
+        try:
+            return np.issubdtype(np.asarray(value).dtype, np.integer)
+        except (TypeError, ValueError):  # a symbolic tensor has no value to read
+            return False
+    return False
 
 
 def checked_integer(name: str, value: Any) -> int:

@@ -243,8 +243,8 @@ def _as_batch(prompt: Any, text_tokenizer: Callable[[], Any], stop_ids: list[int
     if isinstance(prompt, as_bytes) or (isinstance(prompt, (list, tuple)) and any(isinstance(p, as_bytes)
                                                                                   for p in prompt)):
         raise TypeError("prompt is bytes: decode it to str first (or pass token ids as a list of int)")
-    if isinstance(prompt, np.ndarray):
-        prompt = prompt.tolist()
+    if hasattr(prompt, "__array__") and not isinstance(prompt, (list, tuple)):  # numpy, JAX, TensorFlow
+        prompt = np.asarray(prompt).tolist()
     if not isinstance(prompt, Sequence) or len(prompt) == 0:
         if isinstance(prompt, Sequence):
             raise ValueError("prompt is empty: give at least one token")
@@ -257,8 +257,11 @@ def _as_batch(prompt: Any, text_tokenizer: Callable[[], Any], stop_ids: list[int
         return [_encoded(tokenizer, p, i) for i, p in enumerate(prompt)], texts, tokenizer
     if all(is_integer(p) for p in prompt):
         return [[int(t) for t in prompt]], lambda rows: rows[0], None
-    if all(isinstance(p, (Sequence, np.ndarray)) for p in prompt):
-        batch = [list(p) for p in prompt]
+    if any(isinstance(p, str) for p in prompt):
+        raise TypeError("a batch is all texts or all lists of token ids, not both: tokenize the texts first, or "
+                        "decode the ids")
+    if all(isinstance(p, Sequence) or hasattr(p, "__array__") for p in prompt):
+        batch = [np.asarray(p).tolist() if hasattr(p, "__array__") else list(p) for p in prompt]
         if not all(is_integer(t) for p in batch for t in p):
             raise TypeError("token ids must be integers")
         return [[int(t) for t in p] for p in batch], lambda rows: rows, None
@@ -365,7 +368,8 @@ def _checked_settings(temperature, top_k, top_p, repetition_penalty) -> tuple[fl
         raise ValueError(f"temperature must be >= 0, got {temperature}")
     if not 0 < top_p <= 1:
         raise ValueError(f"top_p must be in (0, 1], got {top_p}")
-    if not 0 <= checked_integer("top_k", top_k) < 2**31:
+    top_k = checked_integer("top_k", top_k)  # (a numpy top_k > 0 is a numpy bool, which a list * failed on)
+    if not 0 <= top_k < 2**31:
         raise ValueError(f"top_k must be in [0, 2**31), got {top_k}")
     # As float32 computes it (np.float32(1e-6) is 1e-6 there). 1e-38 made seen logits +inf, a tie.
     if not np.float32(1 / PENALTY_BOUND) <= np.float32(repetition_penalty) <= np.float32(PENALTY_BOUND):
@@ -375,7 +379,7 @@ def _checked_settings(temperature, top_k, top_p, repetition_penalty) -> tuple[fl
     if temperature == 0 and filters:
         raise ValueError(f"{' and '.join(filters)} filter{'s' * (len(filters) == 1)} what is sampled, and temperature "
                          "0 samples nothing (greedy): give a temperature > 0 (1 samples the model's own distribution)")
-    return temperature, int(top_k), top_p, repetition_penalty
+    return temperature, top_k, top_p, repetition_penalty
 
 
 def _left_padded(batch: list[list[int]], width: int, pad: int) -> Prompt:

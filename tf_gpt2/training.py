@@ -48,7 +48,7 @@ from tf_gpt2.data import (
     shards_whole,
     warn_of_a_folder_of_texts,
 )
-from tf_gpt2.devices import Placement, host_array, place_run, tensorflow
+from tf_gpt2.devices import Placement, host_array, place_run, process_index, tensorflow
 from tf_gpt2.files import exclusive, json_writer, read_json, refuse_writing_over_inputs, save_keras, write_together
 from tf_gpt2.generation import pad_id
 from tf_gpt2.model import GPT2
@@ -752,10 +752,10 @@ def _read_record(out: str) -> dict[str, Any]:
     return record
 
 
-def check_resume(cfg: TrainConfig, identity: dict[str, Any]) -> None:
+def check_resume(cfg: TrainConfig, identity: dict[str, Any], say: bool = False) -> None:
     """Refuse to resume a run under settings or data other than those it was started with (the data only where
     `identity` has its digest: the settings are checked again before the text is tokenized), or one whose run.json
-    is missing or unreadable, unless `resume_with_changes`."""
+    is missing or unreadable, unless `resume_with_changes`; with `say`, the changes it takes are said."""
     path = os.path.join(cfg.out, RUN_RECORD)
     try:
         before = _read_record(cfg.out)
@@ -770,6 +770,8 @@ def check_resume(cfg: TrainConfig, identity: dict[str, Any]) -> None:
     if changed and not cfg.resume_with_changes:
         raise ValueError(f"{cfg.out} holds a checkpoint of a run with other settings ({'; '.join(changed)}). "
                          "Use another --out for a new run, or --resume-with-changes to continue this one anyway")
+    if changed and say and process_index() == 0:  # (run.json is rewritten with them: the old ones are said here)
+        print(f"note: resuming with changes: {'; '.join(changed)}", file=sys.stderr)
     if cannot := _unresumable(cfg, before["settings"]):
         raise ValueError(f"{cfg.out} holds a checkpoint that this run cannot continue, even with "
                          f"--resume-with-changes: {cannot}. Use another --out for a new run")
@@ -911,7 +913,7 @@ def _train(cfg: TrainConfig, placement: Placement) -> tuple[GPT2, dict[str, list
     with placement.scope():
         model = build_model(cfg, train_data.manifest, placement, source)  # bad settings fail here, before any write
         if os.path.exists(checkpoint):
-            check_resume(cfg, identity)
+            check_resume(cfg, identity, say=True)
         optimizer = make_optimizer(model, cfg)
         on_tensorflow = keras.backend.backend() == "tensorflow"  # see make_optimizer
         gradient_norm = clip_by_global_norm(optimizer, cfg.grad_clip) if on_tensorflow else None
