@@ -5,6 +5,7 @@ import sys
 import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")  # (JAX arrays made in a test process stay off a GPU)
 # Tests never reach the network: a Hugging Face name that is not in a cache a test laid out fails loudly
 # (read when huggingface_hub is imported, so before anything imports it; subprocesses inherit it).
 os.environ["HF_HUB_OFFLINE"] = "1"

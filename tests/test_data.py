@@ -399,6 +399,10 @@ def test_a_dataset_or_run_written_into_a_folder_of_texts_says_that_its_texts_are
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         prepare(str(tmp_path / "text.txt"), str(corpus), vocab="char", verbose=False)  # a dataset already
+        (tmp_path / "models" / "gpt2").mkdir(parents=True)  # a folder of outputs: their .txt files are no texts
+        for name in ("vocab.json", "merges.txt"):
+            (tmp_path / "models" / "gpt2" / name).write_text("{}")
+        prepare(str(tmp_path / "text.txt"), str(tmp_path / "models"), vocab="char", verbose=False)
     (tmp_path / "notes").mkdir()
     (tmp_path / "notes" / "todo.txt").write_text("try a larger model\n")
     with pytest.warns(UserWarning, match=rf"{tmp_path}/notes holds texts \(todo.txt\): a training run written"):

@@ -289,6 +289,10 @@ def test_a_waiter_for_a_folder_removed_by_a_failed_holder_makes_it_again(tmp_pat
     with pytest.raises(FileNotFoundError, match=r"\.lock"):
         with exclusive(folder, "export", wait=True):
             pass
+    os.symlink(tmp_path / "gone" / "x", tmp_path / "dangling")  # a parent that is a broken link: no retry either
+    with pytest.raises(FileNotFoundError):
+        with exclusive(str(tmp_path / "dangling" / "run"), "training run"):
+            pass
 
 
 def test_working_directories_of_killed_processes_are_removed_by_the_next_one(tmp_path, monkeypatch):

@@ -72,7 +72,7 @@ def test_array_scalars_and_arrays_are_taken_as_the_numbers_they_hold(model):
     """numpy, JAX and TensorFlow integers (an argmax, a tensor's length) are integers: a numpy top_k failed inside
     (list * numpy bool), and a JAX max_new_tokens, seed or stop id was "must be an integer, got Array(2)"; a JAX or
     TensorFlow prompt was no prompt; a batch mixing text and ids said "token ids must be integers"."""
-    import jax.numpy as jnp
+    jnp = pytest.importorskip("jax.numpy")  # (on the CPU: conftest sets JAX_PLATFORMS)
     import tensorflow as tf
 
     sampled = model.generate([4, 5, 6], max_new_tokens=4, temperature=1.0, top_k=5, seed=1, stop_ids=[])
@@ -83,8 +83,14 @@ def test_array_scalars_and_arrays_are_taken_as_the_numbers_they_hold(model):
         assert model.generate(prompt, max_new_tokens=4, temperature=1.0, top_k=5, seed=1, stop_ids=[]) == sampled
     assert model.generate([jnp.array([4, 5, 6]), np.array([7])], max_new_tokens=2) == model.generate(
         [[4, 5, 6], [7]], max_new_tokens=2)  # rows as arrays
-    stops = model.generate([4, 5, 6], max_new_tokens=6, stop_ids=jnp.array([sampled[0], 299]))
-    assert stops == model.generate([4, 5, 6], max_new_tokens=6, stop_ids=[sampled[0], 299])
+    free = model.generate([4, 5, 6], max_new_tokens=6, stop_ids=[])
+    stops = model.generate([4, 5, 6], max_new_tokens=6, stop_ids=jnp.array([free[2], 299]))
+    assert stops == free[: free.index(free[2]) + 1]  # cut at the first of them
+    for not_text in (tf.constant(["Hello", "there"]), np.array([b"Hi"]), [tf.constant("Hi").numpy()]):
+        with pytest.raises(TypeError, match="prompt is bytes"):  # (TensorFlow's strings are bytes: no ids)
+            model.generate(not_text, max_new_tokens=2)
+    with pytest.raises(TypeError, match="prompt must be text, a list of token ids or a batch of them"):
+        model.generate([np.int64(4), [5, 6]], max_new_tokens=2)
     for not_integer in (jnp.float32(4.0), np.array([4]), np.bool_(True)):
         with pytest.raises(ValueError, match="max_new_tokens must be a positive integer"):
             model.generate([4, 5, 6], max_new_tokens=not_integer)

@@ -21,19 +21,24 @@ import numpy as np
 
 
 def is_integer(value: Any) -> bool:
-    """An integer (Python or numpy, or a 0-d integer array: an argmax in numpy, JAX or TensorFlow), not a bool."""
-    if isinstance(value, (int, np.integer)):
-        return not isinstance(value, bool)
-    if hasattr(value, "__array__") and getattr(value, "ndim", getattr(value, "shape", None)) in (0, ()):
+    """An integer (Python or numpy), not a bool."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def scalar(value: Any) -> Any:
+    """A 0-d array (numpy, JAX or TensorFlow: an argmax, a length) as the numpy scalar it holds, which `is_integer`
+    and float checks take; anything else (a symbolic tensor too) as it is."""
+    if hasattr(value, "__array__") and getattr(value, "shape", None) == ():
         try:
-            return np.issubdtype(np.asarray(value).dtype, np.integer)
-        except (TypeError, ValueError):  # a symbolic tensor has no value to read
-            return False
-    return False
+            return np.asarray(value)[()]
+        except Exception:  # (a traced or symbolic tensor has no value to read)
+            return value
+    return value
 
 
 def checked_integer(name: str, value: Any) -> int:
     """`value` as an int, refused by `name` where it is not an integer (a float, however whole, or a bool)."""
+    value = scalar(value)
     if not is_integer(value):
         raise ValueError(f"{name} must be an integer, got {value!r}")
     return int(value)

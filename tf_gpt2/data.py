@@ -91,12 +91,14 @@ def warn_of_a_folder_of_texts(out: str, what: str) -> None:
     dataset, a run) goes on without a word."""
     if not os.path.isdir(out) or _is_output(out):
         return
-    texts = []
-    for directory, subdirs, names in os.walk(out):
-        subdirs[:] = sorted(d for d in subdirs if not d.startswith("."))
+    texts, seen = [], {os.path.realpath(out)}
+    for looked, (directory, subdirs, names) in enumerate(os.walk(out, followlinks=True)):  # (as data reads it)
+        subdirs[:] = sorted(d for d in subdirs if not d.startswith(".") and not _is_output(os.path.join(directory, d))
+                            and os.path.realpath(os.path.join(directory, d)) not in seen)
+        seen.update(os.path.realpath(os.path.join(directory, d)) for d in subdirs)
         texts += sorted(os.path.relpath(os.path.join(directory, n), out) for n in names
                         if n.endswith(TEXT_SUFFIXES) and not n.startswith("."))
-        if len(texts) > 3:
+        if len(texts) > 3 or looked == 1000:  # (enough to say; a large folder of other files is not walked whole)
             break
     if texts:
         warnings.warn(f"{out} holds texts ({', '.join(texts[:3])}{', ...' * (len(texts) > 3)}): {what} written "

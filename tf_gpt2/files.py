@@ -283,14 +283,14 @@ def _locked(directory: str, what: str, wait: bool) -> tuple[Any, str | None]:
     import fcntl
 
     lock_path = os.path.join(directory, ".lock")
-    while True:
+    for attempt in range(100):
         made = _first_missing(directory)
         try:
             os.makedirs(directory, exist_ok=True)
             lock = open(lock_path, "a+")
-        except FileNotFoundError:  # removed meanwhile by the holder of the lock, whose write failed: again
-            if os.path.isdir(directory):  # (not that: a .lock that is a broken link, say)
-                raise
+        except FileNotFoundError:  # removed meanwhile by the holder of the lock, whose write failed: again (not a
+            if made is not None or os.path.isdir(directory) or attempt == 99:  # .lock or a parent that is a broken
+                raise  # link, nor "": those fail each time)
             continue
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
@@ -312,6 +312,7 @@ def _locked(directory: str, what: str, wait: bool) -> tuple[Any, str | None]:
         except FileNotFoundError:
             pass
         lock.close()  # the holder this process waited for removed the folder it had made (its write failed)
+    raise RuntimeError(f"{directory} was removed each time this {what} took its lock: another program removes it")
 
 
 def _first_missing(directory: str) -> str | None:

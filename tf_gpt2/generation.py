@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterator, NamedTuple, Sequence
 import numpy as np
 from keras import ops
 
-from tf_gpt2.checks import check_in_vocabulary, checked_integer, checked_stop_ids, is_integer
+from tf_gpt2.checks import check_in_vocabulary, checked_integer, checked_stop_ids, is_integer, scalar
 from tf_gpt2.layers import causal_mask
 from tf_gpt2.tokenizer import CharacterTokenizer, GPT2Tokenizer, end_of_text_id, tokenizer_for
 from tf_gpt2.xla import compiled
@@ -239,12 +239,12 @@ def _as_batch(prompt: Any, text_tokenizer: Callable[[], Any], stop_ids: list[int
     """A prompt as a batch of id lists, how to answer in the form it came in (text for text, read with
     `text_tokenizer()`; ids for ids; one for one, a list for a batch), and the tokenizer that read it (None for ids).
     The answer takes each row's new ids; stop ids are dropped from text."""
-    as_bytes = (bytes, bytearray, memoryview)
-    if isinstance(prompt, as_bytes) or (isinstance(prompt, (list, tuple)) and any(isinstance(p, as_bytes)
-                                                                                  for p in prompt)):
+    prompt = _listed(prompt)  # (an array: numpy's, JAX's, TensorFlow's)
+    if isinstance(prompt, (list, tuple)):
+        prompt = [scalar(_listed(p)) for p in prompt]
+    as_bytes = (bytes, bytearray, memoryview)  # (TensorFlow's strings are bytes)
+    if isinstance(prompt, as_bytes) or (isinstance(prompt, list) and any(isinstance(p, as_bytes) for p in prompt)):
         raise TypeError("prompt is bytes: decode it to str first (or pass token ids as a list of int)")
-    if hasattr(prompt, "__array__") and not isinstance(prompt, (list, tuple)):  # numpy, JAX, TensorFlow
-        prompt = np.asarray(prompt).tolist()
     if not isinstance(prompt, Sequence) or len(prompt) == 0:
         if isinstance(prompt, Sequence):
             raise ValueError("prompt is empty: give at least one token")
@@ -260,12 +260,21 @@ def _as_batch(prompt: Any, text_tokenizer: Callable[[], Any], stop_ids: list[int
     if any(isinstance(p, str) for p in prompt):
         raise TypeError("a batch is all texts or all lists of token ids, not both: tokenize the texts first, or "
                         "decode the ids")
-    if all(isinstance(p, Sequence) or hasattr(p, "__array__") for p in prompt):
-        batch = [np.asarray(p).tolist() if hasattr(p, "__array__") else list(p) for p in prompt]
+    if all(isinstance(p, Sequence) for p in prompt):
+        batch = [[scalar(t) for t in p] for p in prompt]
         if not all(is_integer(t) for p in batch for t in p):
             raise TypeError("token ids must be integers")
         return [[int(t) for t in p] for p in batch], lambda rows: rows, None
     raise TypeError(f"prompt must be text, a list of token ids or a batch of them, got {prompt!r:.80}")
+
+
+def _listed(value: Any) -> Any:
+    """An array of one or more dimensions (numpy, JAX, TensorFlow) as Python lists; anything else (a symbolic tensor
+    too) as it is."""
+    try:
+        return np.asarray(value).tolist() if hasattr(value, "__array__") and np.ndim(value) >= 1 else value
+    except Exception:  # (a traced or symbolic tensor has no value to read)
+        return value
 
 
 def _encoded(tokenizer: GPT2Tokenizer | CharacterTokenizer | Any, text: str, row: int) -> list[int]:
@@ -280,6 +289,7 @@ def _real(name: str, value: Any) -> float:
     """A finite real number (NaN and infinity refused), for a sampling setting, that float32 (the compiled code's)
     holds: one that overflows there is refused, and so is one too small for float32's normal numbers, which XLA
     computes as 0 (a top_p of 1e-40 would keep no token)."""
+    value = scalar(value)
     number = is_integer(value) or isinstance(value, (float, np.floating))
     if not number or not np.isfinite(value):
         raise ValueError(f"{name} must be a finite number, got {value!r}")
@@ -292,7 +302,8 @@ def _real(name: str, value: Any) -> float:
 
 
 def _seed(seed: Any) -> np.int32:
-    if not 0 <= checked_integer("seed", seed) < 2**31:
+    seed = checked_integer("seed", seed)
+    if not 0 <= seed < 2**31:
         raise ValueError(f"seed must be in [0, 2**31), got {seed}")
     return np.int32(seed)
 
@@ -312,6 +323,7 @@ def _prepare(model, prompt: Any, max_new_tokens: int = 32, temperature: float = 
              seed: int = 0, tokenizer=None, vocab_end: int | None = None) -> _Request:
     """Check every argument, then build what the compiled code takes: the left-padded prompts and the settings."""
     cfg = model.config
+    max_new_tokens, vocab_end = scalar(max_new_tokens), scalar(vocab_end)  # (a 0-d array: numpy's, JAX's, TF's)
     given = stop_ids is not None
     if not given:  # `<|endoftext|>`, where the vocabulary has it (a character model's has not)
         stop_ids = [] if end_of_text_id(cfg) is None else [end_of_text_id(cfg)]
@@ -332,6 +344,7 @@ def _prepare(model, prompt: Any, max_new_tokens: int = 32, temperature: float = 
                          f"prompt(s) {empty} of the batch are empty: give each at least one token")
     if not is_integer(max_new_tokens) or max_new_tokens <= 0:
         raise ValueError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
+    max_new_tokens = int(max_new_tokens)  # (a numpy uint8 would wrap in the sums below)
     longest = max(len(p) for p in batch)
     if longest + max_new_tokens > cfg.n_positions:
         fit = (f"at most {cfg.n_positions - longest} new tokens fit (max_new_tokens, --max-new-tokens)"

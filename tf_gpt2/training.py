@@ -770,11 +770,11 @@ def check_resume(cfg: TrainConfig, identity: dict[str, Any], say: bool = False) 
     if changed and not cfg.resume_with_changes:
         raise ValueError(f"{cfg.out} holds a checkpoint of a run with other settings ({'; '.join(changed)}). "
                          "Use another --out for a new run, or --resume-with-changes to continue this one anyway")
-    if changed and say and process_index() == 0:  # (run.json is rewritten with them: the old ones are said here)
-        print(f"note: resuming with changes: {'; '.join(changed)}", file=sys.stderr)
     if cannot := _unresumable(cfg, before["settings"]):
         raise ValueError(f"{cfg.out} holds a checkpoint that this run cannot continue, even with "
                          f"--resume-with-changes: {cannot}. Use another --out for a new run")
+    if changed and say and process_index() == 0:  # (run.json is rewritten with them: the old ones are said here)
+        print(f"note: resuming with changes: {'; '.join(changed)}", file=sys.stderr)
 
 
 def _unresumable(cfg: TrainConfig, before: dict[str, Any]) -> str | None:
