@@ -46,8 +46,7 @@ def checked_integer(name: str, value: Any) -> int:
 
 def checked_stop_ids(stop_ids: Any, vocab_size: int) -> list[int]:
     """Stop ids, one id or a list of them, as ints in [0, vocab_size): one the model never writes would never stop."""
-    if hasattr(stop_ids, "__array__") and np.ndim(stop_ids) == 0:  # a numpy or JAX scalar (an argmax)
-        stop_ids = np.asarray(stop_ids).item()
+    stop_ids = scalar(stop_ids)  # (a numpy, JAX or TensorFlow scalar: an argmax)
     if is_integer(stop_ids):  # one id, as transformers' eos_token_id takes it
         stop_ids = [stop_ids]
     no_end = ("None is no stop id: a character model has no end-of-text token (its tokenizer's eot_id is "

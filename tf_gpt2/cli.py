@@ -235,7 +235,7 @@ def _prompt_of(args: argparse.Namespace) -> str:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from tf_gpt2.generation import stream
+    from tf_gpt2.generation import default_stop_ids, stream
     from tf_gpt2.tokenizer import check_output_writes, tokenizer_for
 
     prompt = _prompt_of(args)
@@ -256,17 +256,17 @@ def cmd_generate(args: argparse.Namespace) -> int:
         if held and room < DEFAULT_NEW_TOKENS:
             print(f"note: {room} new tokens, not {DEFAULT_NEW_TOKENS}: the context of {context} holds that many "
                   "after the prompt", file=sys.stderr)
-    decode, end_of_text = tokenizer.decode, tokenizer.eot_id
+    decode, stop_ids = tokenizer.decode, default_stop_ids(model.config)
     # The prompt is shown with the first new token: by then prefill and the decode step are compiled, so
     # XLA's start-up lines on stderr come before the text, not in the middle of it.
     tokens, shown = [], None
     for token in stream(model, prompt, max_new_tokens=max_new_tokens, temperature=args.temperature,
                         top_k=args.top_k, top_p=args.top_p, repetition_penalty=args.repetition_penalty,
-                        seed=args.seed or 0, stop_ids=[] if end_of_text is None else [end_of_text]):
+                        seed=args.seed or 0, stop_ids=stop_ids):
         if shown is None:
             print(prompt, end="", flush=True)
             shown = ""
-        if token == end_of_text:
+        if token in stop_ids:
             break
         tokens.append(token)
         text = decode(tokens)

@@ -350,6 +350,8 @@ STDIN = "standard input"  # how messages name what `read_text("-")` reads
 def shown(path: str) -> str:
     """`path` as messages name it (- is standard input)."""
     return STDIN if path == "-" else path
+
+
 BINARY_SUFFIXES = (".bin", ".npy", ".npz", ".pt", ".pth", ".safetensors", ".h5", ".ckpt", ".pkl", ".keras")
 
 

@@ -35,11 +35,19 @@ import tensorflow as tf
 
 from tf_gpt2.checks import is_integer, require_tensorflow
 from tf_gpt2.files import atomic_write, bytes_writer, exclusive
-from tf_gpt2.generation import Prompt, Sampling, answer_lengths, generate_loop, pad_id, positions_from_mask
+from tf_gpt2.generation import (
+    Prompt,
+    Sampling,
+    answer_lengths,
+    default_stop_ids,
+    generate_loop,
+    pad_id,
+    positions_from_mask,
+)
 from tf_gpt2.graph_tokenizer import BytePairGraphTokenizer, CharacterGraphTokenizer
 from tf_gpt2.layers import cache_buffers
 from tf_gpt2.model import GPT2
-from tf_gpt2.tokenizer import VOCAB_SIZE, end_of_text_id
+from tf_gpt2.tokenizer import VOCAB_SIZE
 
 
 def _row_errors(batch, rules) -> tf.Tensor:
@@ -166,7 +174,7 @@ class _Serving:
         self.text_vocab = model.config.vocab_size if characters else VOCAB_SIZE
         self.limit = max_new_tokens_limit
         self.pad_id = pad_id(model.config)
-        self.end_of_text = end_of_text_id(model.config)  # where a row stops: none in a character model
+        self.stop_ids = default_stop_ids(model.config)  # none in a character model
 
     def logits(self, token_ids, length):
         token_ids, length = _ranked(token_ids, length)
@@ -216,8 +224,7 @@ class _Serving:
         # One seed for a request of several rows: row i samples with seed + i, as model.generate does.
         offset = tf.range(batch, dtype=tf.int64) * tf.cast(tf.size(settings[-1]) == 1, tf.int64)
         knobs["seed"] = tf.cast(tf.math.floormod(tf.cast(knobs["seed"], tf.int64) + offset, 2**31), tf.int32)
-        stop_ids = [] if self.end_of_text is None else [self.end_of_text]
-        sampling = Sampling(repetition_penalty=tf.ones([batch]), stop_ids=tf.constant(stop_ids + [-1], tf.int32),
+        sampling = Sampling(repetition_penalty=tf.ones([batch]), stop_ids=tf.constant(self.stop_ids + [-1], tf.int32),
                             pad_id=tf.constant(self.pad_id), vocab_end=tf.constant(vocab_end), **knobs)
         # The cache holds the longest prompt and the largest budget of this batch, no more (at least one of each:
         # a request of no rows answers no rows).
@@ -281,7 +288,7 @@ class _Serving:
         answer = self._generate(ids.to_tensor(default_value=self.pad_id), tf.cast(ids.row_lengths(), tf.int32),
                                 (max_new_tokens, temperature, top_k, top_p, seed), error, self.text_vocab)
         last = tf.gather(answer["token_ids"], tf.maximum(answer["length"] - 1, 0), batch_dims=1)
-        ends_with_stop = last == (-1 if self.end_of_text is None else self.end_of_text)
+        ends_with_stop = tf.reduce_any(last[:, None] == tf.constant(self.stop_ids, tf.int32), axis=1)
         kept = answer["length"] - tf.cast(ends_with_stop & (answer["length"] > 0), tf.int32)  # a stop is not text
         words = self.tokenizer.detokenize(tf.RaggedTensor.from_tensor(answer["token_ids"], lengths=kept))
         # An answer cut inside a multi-byte character ends with an incomplete one: U+FFFD replaces it, as

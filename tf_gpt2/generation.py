@@ -144,6 +144,13 @@ def pad_id(config) -> int:
     return 0 if end is None else end
 
 
+def default_stop_ids(config) -> list[int]:
+    """Where a row stops unless told: after `<|endoftext|>` where the model's ids are GPT-2's; a character model's
+    rows never stop early."""
+    end = end_of_text_id(config)
+    return [] if end is None else [end]
+
+
 def _tokens_seen(ids, mask, vocab):
     """Bool [batch, vocab]: which tokens occur (unmasked) in each row of ids."""
     batch, time = ops.shape(ids)[0], ops.shape(ids)[1]
@@ -325,8 +332,8 @@ def _prepare(model, prompt: Any, max_new_tokens: int = 32, temperature: float = 
     cfg = model.config
     max_new_tokens, vocab_end = scalar(max_new_tokens), scalar(vocab_end)  # (a 0-d array: numpy's, JAX's, TF's)
     given = stop_ids is not None
-    if not given:  # `<|endoftext|>`, where the vocabulary has it (a character model's has not)
-        stop_ids = [] if end_of_text_id(cfg) is None else [end_of_text_id(cfg)]
+    if not given:
+        stop_ids = default_stop_ids(cfg)
     stop_ids = checked_stop_ids(stop_ids, cfg.vocab_size)
     batch, answer, reader = _as_batch(prompt, lambda: tokenizer or tokenizer_for(cfg), stop_ids)
     if vocab_end is None:  # text read with GPT-2's BPE or characters continues in ids they read: not in the rows
