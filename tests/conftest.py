@@ -100,11 +100,16 @@ def lora_model(dtype: str = "float32"):
 
 @pytest.fixture(scope="session")
 def served_tiny(tmp_path_factory):
-    """`spread_tiny_model`'s SavedModel (answers of up to 16 new tokens), shared by the tests that only serve it."""
+    """`spread_tiny_model`'s SavedModel (answers of up to 16 new tokens), shared by the tests that only read or serve
+    it; written under the common umask 022."""
     from tf_gpt2.export import export_saved_model
 
-    return export_saved_model(spread_tiny_model(), str(tmp_path_factory.mktemp("serving") / "gpt2"),
-                              max_new_tokens_limit=16)
+    previous = os.umask(0o022)
+    try:
+        return export_saved_model(spread_tiny_model(), str(tmp_path_factory.mktemp("serving") / "gpt2"),
+                                  max_new_tokens_limit=16)
+    finally:
+        os.umask(previous)
 
 
 def console_script() -> str:

@@ -18,14 +18,9 @@ def model():
 
 
 @pytest.fixture(scope="module")
-def exported(model, tmp_path_factory):
-    """One SavedModel version (answers of up to 4 new tokens) for the tests that only read it, written under
-    the common umask 022."""
-    previous = os.umask(0o022)
-    try:
-        return export_saved_model(model, str(tmp_path_factory.mktemp("exported") / "m"), max_new_tokens_limit=4)
-    finally:
-        os.umask(previous)
+def exported(served_tiny):
+    """The model's SavedModel version (`served_tiny`) for the tests that only read it."""
+    return served_tiny
 
 
 def test_saved_model_versions_and_signatures_listed(model, tmp_path):

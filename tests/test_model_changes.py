@@ -165,11 +165,12 @@ def test_a_changed_model_s_programs_let_go_of_what_it_replaced():
 
 def test_a_layer_frozen_between_fits_trains_no_more():
     """`fit`, then `layer.trainable = False`, then `fit` again: the second fit kept the first's program and trained
-    the frozen layer on, while `get_config()["frozen"]` named it frozen."""
+    the frozen layer on, while `get_config()["frozen"]` named it frozen. (Traced without XLA: the traced step is
+    what was kept, compiled or not; XLA's compiles took half of this test.)"""
     keras.utils.set_random_seed(0)
     model = GPT2(GPT2Config(**CONFIG))
     model.compile(optimizer=keras.optimizers.AdamW(1e-2), loss=keras.losses.SparseCategoricalCrossentropy(True),
-                  jit_compile=True)
+                  jit_compile=False)
     x, y = IDS[:, :-1], IDS[:, 1:]
     model.fit(x, y, epochs=1, verbose=0)
     model.wpe.trainable = False
@@ -184,13 +185,13 @@ def test_a_layer_frozen_between_fits_trains_no_more():
     model = GPT2(GPT2Config(**CONFIG))
     model.wpe.trainable = False
     model.compile(optimizer=keras.optimizers.AdamW(1e-2), loss=keras.losses.SparseCategoricalCrossentropy(True),
-                  jit_compile=True)
+                  jit_compile=False)
     model.fit(x, y, epochs=1, verbose=0)
     model.wpe.trainable = True
     with pytest.raises(ValueError, match="This optimizer can only be called for the variables it was originally"):
         model.fit(x, y, epochs=1, verbose=0)
     model.compile(optimizer=keras.optimizers.AdamW(1e-2), loss=keras.losses.SparseCategoricalCrossentropy(True),
-                  jit_compile=True)
+                  jit_compile=False)
     frozen = model.wpe.embeddings.numpy().copy()
     model.fit(x, y, epochs=1, verbose=0)
     assert not np.array_equal(model.wpe.embeddings.numpy(), frozen)  # compiled again, it trains

@@ -178,7 +178,7 @@ def test_lora_trains_only_adapters(char_data, tmp_path):
     # adapters' gradients through a float16 base were off by up to 14% of their norm unscaled, 0.1% scaled
     # (bfloat16: 0.9%).
     f16, f16_history = train(config(tmp_path / "f16", char_data, init_from=str(base), lora_rank=4,
-                                    learning_rate=1e-2, base_dtype="float16", jit_compile=True))
+                                    learning_rate=1e-2, base_dtype="float16"))
     assert f16.h[0].attn.c_attn._kernel.dtype == "float16" and f16.compute_dtype == "float16"
     assert isinstance(f16.optimizer, keras.optimizers.LossScaleOptimizer)
     assert all(np.isfinite(f16_history["loss"])) and f16_history["loss"][-1] < f16_history["loss"][0]
@@ -658,7 +658,7 @@ def test_grad_accum_counts_optimizer_steps(char_data, tmp_path):
     import keras
 
     model, history = train(config(tmp_path, char_data, steps=6, eval_interval=3, grad_accum=3, warmup_steps=2,
-                                  learning_rate=1e-3, min_learning_rate=1e-4, jit_compile=True))
+                                  learning_rate=1e-3, min_learning_rate=1e-4))
     assert int(model.optimizer.iterations) == 6  # Keras' count of updates
     assert int(model.optimizer._iterations) == 18  # micro-batches seen
     assert _checkpoint_step(tmp_path / CHECKPOINT) == 6
@@ -667,8 +667,7 @@ def test_grad_accum_counts_optimizer_steps(char_data, tmp_path):
     # Resumed with another --grad-accum, the run goes on from update 6, not from micro-batch 18 read as updates of 2
     # (which ended this run at update 11, its schedule past its end).
     model, history = train(config(tmp_path, char_data, steps=8, eval_interval=3, grad_accum=2, warmup_steps=2,
-                                  learning_rate=1e-3, min_learning_rate=1e-4, resume_with_changes=True,
-                                  jit_compile=True))
+                                  learning_rate=1e-3, min_learning_rate=1e-4, resume_with_changes=True))
     assert (int(model.optimizer.iterations), int(model.optimizer._iterations)) == (8, 16)
     reference = keras.optimizers.schedules.CosineDecay(0.0, 6, alpha=0.1, warmup_target=1e-3, warmup_steps=2)
     assert history["learning_rate"] == pytest.approx([float(reference(8))])
