@@ -2,6 +2,7 @@ import json
 import os
 import re
 import shutil
+import warnings
 
 import numpy as np
 import pytest
@@ -140,10 +141,45 @@ def test_keras_hub_backbone_parity(tmp_path):
     from_dir = GPT2.from_pretrained(str(tmp_path / "preset"))
     assert np.abs(np.asarray(from_dir(ids)) - reference).max() <= 1e-4
     assert model.config.dropout == from_dir.config.dropout == 0.1  # the backbone's, as a Hugging Face config's
+    # A backbone with LoRA adapters loads with them merged, as its preset holds it (its adapters were left out)
+    backbone.enable_lora(2)
+    for w in backbone.weights:
+        if "lora_kernel" in w.path:
+            w.assign(np.random.RandomState(len(w.path)).normal(0, 0.3, w.shape))
+    adapted = (np.asarray(backbone({"token_ids": ids, "padding_mask": np.ones_like(ids)}))
+               @ np.asarray(backbone.token_embedding.embeddings).T)
+    assert np.abs(adapted - reference).max() > 0.01
+    assert np.abs(np.asarray(GPT2.from_pretrained(backbone)(ids)) - adapted).max() <= 1e-4
+    with warnings.catch_warnings():  # (Keras names each layer that has nothing to quantize)
+        warnings.simplefilter("ignore")
+        backbone.quantize("int8")
+    with pytest.raises(ValueError, match="keras-hub GPT2Backbone is quantized \\(int8\\): a checkpoint's weights"):
+        GPT2.from_pretrained(backbone)
     with pytest.warns(UserWarning, match="removed metadata.json, model.weights.h5$"):
         from_dir.save_pretrained(tmp_path / "preset")  # over the preset: what loads back is the saved model only
     assert sorted(os.listdir(tmp_path / "preset")) == ["config.json", "model.safetensors"]
     assert np.abs(np.asarray(GPT2.from_pretrained(tmp_path / "preset")(ids)) - reference).max() <= 1e-4
+
+
+def test_a_keras_hub_preset_that_cannot_load_names_its_folder(tmp_path):
+    import keras_hub
+
+    backbone = keras_hub.models.GPT2Backbone(vocabulary_size=91, num_layers=1, num_heads=2, hidden_dim=8,
+                                             intermediate_dim=32, max_sequence_length=8)
+    preset = tmp_path / "preset"
+    backbone.save_to_preset(str(preset))
+    weights = (preset / "model.weights.h5").read_bytes()
+    (preset / "model.weights.h5").write_bytes(weights[: len(weights) // 2])  # an interrupted copy
+    with pytest.raises(ValueError, match=f"^cannot load keras-hub preset {preset}: "):
+        GPT2.from_pretrained(preset)
+    os.remove(preset / "model.weights.h5")  # (keras-hub named model.weights.json, which presets of one file lack)
+    with pytest.raises(FileNotFoundError, match=f"^{preset} is a keras-hub preset without its weights: no "
+                                                f"{preset}/model.weights.h5 or"):
+        GPT2.from_pretrained(preset)
+    config = json.loads((preset / "config.json").read_text())
+    (preset / "config.json").write_text(json.dumps({**config, "registered_name": "keras_hub>GemmaBackbone"}))
+    with pytest.raises(ValueError, match=f"^{preset} is a keras-hub preset of a GemmaBackbone, not of GPT-2's"):
+        GPT2.from_pretrained(preset)
 
 
 def test_convert_cli_hf_to_keras(tmp_path, capsys):
@@ -287,10 +323,34 @@ def test_nan_weights_are_refused(tmp_path):
     with pytest.raises(ValueError, match="'ln_f.bias' \\(float64\\) holds values beyond float32's range"):
         GPT2.from_pretrained(tmp_path)
     # and a .keras file's (given to --init-from, a NaN trained as "the loss became nan: try a lower learning rate")
+    import keras
+
     model.h[0].mlp.c_fc.kernel.assign(np.where(np.eye(16, 64) > 0, np.inf, model.h[0].mlp.c_fc.kernel.numpy()))
-    model.save(tmp_path / "inf.keras")
+    keras.Model.save(model, tmp_path / "inf.keras")  # (Keras' own save writes it)
     with pytest.raises(ValueError, match="inf.keras: weight 'h.0.mlp.c_fc.weight' contains NaN or infinite values"):
         GPT2.from_pretrained(tmp_path / "inf.keras")
+
+
+def test_a_model_with_nan_weights_is_not_saved_over_a_good_one(tmp_path):
+    """save_pretrained and save wrote such a model in place of a good file, which then no longer loaded."""
+    from tf_gpt2.files import save_keras
+
+    model = _tiny_model(0)
+    model.save_pretrained(tmp_path / "hf")
+    save_keras(model, str(tmp_path / "m.keras"))
+    before = _directory_bytes(tmp_path / "hf"), (tmp_path / "m.keras").read_bytes()
+    model.ln_f.beta.assign(np.where(np.arange(16) == 3, np.nan, model.ln_f.beta.numpy()))
+    with pytest.raises(ValueError, match=f"weight 'ln_f.bias' contains NaN or infinite values: saving it to "
+                                         f"{tmp_path}/hf would write a checkpoint that does not load; nothing was"):
+        model.save_pretrained(tmp_path / "hf")
+    for save in (model.save, lambda path: save_keras(model, path)):
+        with pytest.raises(ValueError, match="weight 'ln_f.bias' contains NaN or infinite values: saving it to "
+                                             ".*m.keras would write a model that does not load"):
+            save(str(tmp_path / "m.keras"))
+    assert (_directory_bytes(tmp_path / "hf"), (tmp_path / "m.keras").read_bytes()) == before
+    with pytest.raises(ValueError, match="contains NaN"):
+        model.save_pretrained(tmp_path / "new")
+    assert not (tmp_path / "new").exists()
 
 
 def test_weight_table_covers_every_weight_under_the_names_readers_use():
@@ -379,6 +439,25 @@ def test_weights_and_config_from_different_saves_are_refused(tmp_path, monkeypat
         GPT2.from_pretrained(tmp_path / "m")
     _tiny_model(1).save_pretrained(tmp_path / "m")  # a complete save mends it
     _load_with_config(tmp_path / "m", resid_pdrop=0.2)  # and an edited config.json of one save still loads
+
+    # Over a folder transformers wrote (its config.json carries no id), the same crash left the new weights beside
+    # transformers' config, and they loaded with its settings (activation, epsilon) without a word.
+    make_hf_model(vocab_size=40, n_positions=8, n_embd=16, n_layer=1, n_head=2).save_pretrained(tmp_path / "hf")
+    renames.clear()
+    monkeypatch.setattr(tf_gpt2.files.os, "replace", crash_after_first_rename)
+    with pytest.raises(KeyboardInterrupt):
+        GPT2(GPT2Config(vocab_size=40, n_positions=8, n_embd=16, n_layer=1, n_head=2, activation="gelu",
+                        layer_norm_epsilon=1e-3)).save_pretrained(tmp_path / "hf")
+    monkeypatch.undo()
+    with pytest.raises(ValueError, match=r"saved with another config.json than the one beside it .* add "
+                                         r'"tf_gpt2_save_id": "[0-9a-f]{16}" to it'):
+        GPT2.from_pretrained(tmp_path / "hf")
+    # transformers' own save of a model it loaded from ours keeps the config's id, not the weights': it loads.
+    transformers = pytest.importorskip("transformers")
+    transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "m").save_pretrained(tmp_path / "resaved")
+    assert "tf_gpt2_save_id" in json.loads((tmp_path / "resaved" / "config.json").read_text())
+    np.testing.assert_allclose(np.asarray(GPT2.from_pretrained(tmp_path / "resaved")(np.array([[1, 2, 3]]))),
+                               np.asarray(GPT2.from_pretrained(tmp_path / "m")(np.array([[1, 2, 3]]))), atol=1e-6)
 
 
 def test_tensors_of_the_wrong_dtype_or_twice_are_refused(saved_tiny):
@@ -610,6 +689,43 @@ def test_a_dangling_link_is_said_as_one_not_taken_for_a_repo_name(tmp_path, monk
         GPT2.from_pretrained("gpt2")
 
 
+def test_a_dangling_weights_link_is_said_not_passed_over_for_another_file(saved_tiny, tmp_path):
+    """model.safetensors as a link to nothing beside a pytorch_model.bin of another model: the .bin was read."""
+    torch = pytest.importorskip("torch")
+    os.replace(saved_tiny / "model.safetensors", tmp_path / "moved.safetensors")
+    os.symlink(tmp_path / "gone.safetensors", saved_tiny / "model.safetensors")
+    other = make_hf_model(vocab_size=40, n_positions=8, n_embd=16, n_layer=1, n_head=2)
+    torch.save(other.state_dict(), saved_tiny / "pytorch_model.bin")
+    with pytest.raises(FileNotFoundError, match=f"model.safetensors is a link to {tmp_path}/gone.safetensors, which "
+                                                "is not there"):
+        GPT2.from_pretrained(saved_tiny)
+
+
+def test_names_and_overrides_that_are_not_the_files_fault_are_said_as_such(saved_tiny, tmp_path, monkeypatch):
+    from safetensors.numpy import load_file, save_file
+
+    # A torch.compile'd model's state dict: every name under "_orig_mod." ("the tensors hold 0 layers")
+    tensors = load_file(saved_tiny / "model.safetensors")
+    save_file({"_orig_mod." + k: v for k, v in tensors.items()}, tmp_path / "model.safetensors",
+              metadata={"format": "pt"})
+    shutil.copy(saved_tiny / "config.json", tmp_path / "config.json")
+    with pytest.raises(ValueError, match=r"none of its \d+ tensors has a GPT-2 name .* one is '_orig_mod\.transformer"
+                                         r"\.h\.0\.attn\.c_attn\.bias' .*torch.compile's '_orig_mod.'"):
+        GPT2.from_pretrained(tmp_path)
+    # Overrides the caller got wrong were said as the config.json's fault
+    with pytest.raises(TypeError, match=r"^from_pretrained's config overrides: .*'dropuot'"):
+        GPT2.from_pretrained(saved_tiny, dropuot=0.1)
+    with pytest.raises(ValueError, match=r"^from_pretrained's config overrides: GPT2Config.dropout must be in "
+                                         r"\[0, 1\), got 1.5"):
+        GPT2.from_pretrained(saved_tiny, dropout=1.5)
+    # A folder named as a Hub repo is read before the Hub: said where it holds no checkpoint
+    monkeypatch.chdir(tmp_path)
+    os.mkdir("gpt2")
+    with pytest.raises(FileNotFoundError, match=r"the folder gpt2 is read before the Hub: for the Hugging Face repo, "
+                                                r"write hf://gpt2"):
+        GPT2.from_pretrained("gpt2")
+
+
 def _save_openai(directory, tensors, config):
     """tensors (GPT-2's names) as an OpenAI checkpoint of `config`, its conv1d kernels [1, in, out]."""
     os.makedirs(directory)
@@ -660,6 +776,12 @@ def test_openai_checkpoints_in_bfloat16_load_and_odd_ones_are_refused(tmp_path):
     (tmp_path / "b" / "checkpoint").write_text('model_checkpoint_path: "model.ckpt"\n')  # its own: read
     np.testing.assert_array_equal(np.asarray(weight_table(GPT2.from_pretrained(tmp_path / "b"))["wte.weight"]),
                                   checkpoint_tensors(other)["wte.weight"])
+    # A `checkpoint` file naming a step whose files are not there: TensorFlow logs it and finds none, and the one
+    # checkpoint that is there (another step's weights) was read without a word.
+    (tmp_path / "b" / "checkpoint").write_text('model_checkpoint_path: "model.ckpt-2000"\n')
+    with pytest.raises(FileNotFoundError, match=f"b/checkpoint names {tmp_path}/b/model.ckpt-2000, whose files "
+                                                r"\(.index, .data-\*\) are not in"):
+        GPT2.from_pretrained(tmp_path / "b")
 
 
 def test_saving_a_character_model_over_a_gpt2_one_leaves_no_gpt2_tokenizer(tmp_path):

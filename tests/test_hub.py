@@ -10,7 +10,7 @@ import sys
 import textwrap
 
 import pytest
-from local_hub import lay_out_cache, read_files, serve
+from local_hub import COMMIT, lay_out_cache, read_files, serve
 
 from tf_gpt2 import GPT2
 from tf_gpt2.hub import hub_repo_id
@@ -112,11 +112,14 @@ def test_names_load_from_the_hugging_face_cache_offline(repos, tmp_path):
     do."""
     for repo_id, files in repos.items():
         lay_out_cache(str(tmp_path / "cache"), repo_id, files)
+    # a repo whose config.json alone was cached (AutoConfig read it): its weights were "pickled ones that need torch"
+    lay_out_cache(str(tmp_path / "cache"), "org/config-only", {"config.json": repos["org/tiny"]["config.json"]})
     (tmp_path / "runs" / "demo").mkdir(parents=True)  # beside it, `runs/dmeo` is a mistyped path
     result = run_script({"HF_HUB_CACHE": str(tmp_path / "cache"), "HF_HUB_OFFLINE": "1"},
                         loads=["org/tiny", "hf://org/tiny", "org/sharded-bf16", "org/binonly", "org/sharded-bin",
                                "org/untyped"],
-                        fails=[("org/missing", None), ("org/llama", None), ("org/tiny", "v2"), ("runs/dmeo", None)],
+                        fails=[("org/missing", None), ("org/llama", None), ("org/tiny", "v2"), ("runs/dmeo", None),
+                               ("org/config-only", None)],
                         cli=["org/tiny", "org/missing"], cwd=tmp_path)
     assert max(result["diff"].values()) <= 1e-4, result["diff"]  # measured: 3.3e-6 to 3.8e-6
     errors = result["errors"]
@@ -124,6 +127,11 @@ def test_names_load_from_the_hugging_face_cache_offline(repos, tmp_path):
                                             f"Hugging Face cache ({tmp_path / 'cache'}) and HF_HUB_OFFLINE is set")
     assert errors["org/llama"] == "ValueError: Hugging Face repo 'org/llama' holds a 'llama' model, not GPT-2"
     assert errors["org/tiny"].startswith("FileNotFoundError: Hugging Face repo 'org/tiny' at revision 'v2' is not in")
+    assert errors["org/config-only"] == (
+        "FileNotFoundError: Hugging Face repo 'org/config-only': no weights tf_gpt2 reads (model.safetensors, "
+        "pytorch_model.bin or their shards) are in the Hugging Face cache ("
+        f"{tmp_path / 'cache' / 'models--org--config-only' / 'snapshots' / COMMIT} holds config.json) and "
+        "HF_HUB_OFFLINE is set: load it once online, or `hf download org/config-only`")
     assert errors["runs/dmeo"].startswith("FileNotFoundError: no such local path 'runs/dmeo' (runs/ exists), and "
                                           "Hugging Face repo 'runs/dmeo' is not in the Hugging Face cache")
     (code, err), (missing_code, missing_err) = result["cli"]["org/tiny"], result["cli"]["org/missing"]

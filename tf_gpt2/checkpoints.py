@@ -72,6 +72,15 @@ def weight_table(model: keras.Model) -> dict[str, keras.Variable]:
     return table
 
 
+def non_finite_weight(model: keras.Model) -> str | None:
+    """The name of a weight of `model` that holds NaN or an infinity (its GPT-2 name where it has one), or None."""
+    names = {variable.path: name for name, variable in weight_table(model).items()}
+    for variable in model.weights:
+        if not np.all(np.isfinite(keras.ops.convert_to_numpy(variable))):
+            return names.get(variable.path, variable.path)
+    return None
+
+
 def expected_shapes(config: GPT2Config) -> dict[str, tuple[int, ...]]:
     """The shape of every weight of a GPT-2 of `config`, under its checkpoint name, without building it."""
     d = config.n_embd
@@ -91,6 +100,10 @@ def expected_shapes(config: GPT2Config) -> dict[str, tuple[int, ...]]:
 def check_tensors(config: GPT2Config, tensors: dict[str, np.ndarray], source: str) -> None:
     """Every name, shape and value of `tensors` against `config`, before a model of that size is built
     (a config.json claiming a million layers is refused here, not after allocating them)."""
+    if tensors and "wte.weight" not in tensors and not any(name.startswith("h.") for name in tensors):
+        raise ValueError(f"{source}: none of its {len(tensors)} tensors has a GPT-2 name (wte.weight, "
+                         f"h.0.attn.c_attn.weight, ...); one is '{min(tensors)}' (saved under a prefix, such as "
+                         "torch.compile's '_orig_mod.'? remove it from the names)")
     found = {name.split(".")[1] for name in tensors if name.startswith("h.")}  # the layers the tensors hold
     if len(found) != config.n_layer:
         raise ValueError(f"{source}: the config says n_layer={config.n_layer}, the tensors hold {len(found)} layers")
@@ -223,6 +236,9 @@ def _hf_weight_files(directory: str) -> list[str]:
     shards, one pickled file, its shards (`pytorch_model-00001-of-00002.bin` ..., named by their index)."""
     for single, index in (("model.safetensors", "model.safetensors.index.json"),
                           ("pytorch_model.bin", "pytorch_model.bin.index.json")):
+        for name in (single, index):  # (not passed over for the next kind: another file's weights)
+            if os.path.islink(path := os.path.join(directory, name)) and not os.path.exists(path):
+                raise FileNotFoundError(f"{path} is a link to {os.readlink(path)}, which is not there")
         if os.path.exists(os.path.join(directory, single)):
             return [os.path.join(directory, single)]
         if os.path.exists(os.path.join(directory, index)):
@@ -261,9 +277,13 @@ def read_hf(directory: str, **overrides: Any) -> tuple[GPT2Config, Tensors]:
     for path in _hf_weight_files(directory):
         if path.endswith(".safetensors"):
             found, metadata = _read_safetensors(path)
-            if SAVE_ID in metadata and SAVE_ID in hf_config and metadata[SAVE_ID] != hf_config[SAVE_ID]:
+            # save_hf writes the weights first: a save cut short leaves its weights beside the config.json before
+            # (one of another save, or transformers' without an id). A config.json with an id beside weights without
+            # one is transformers' save of a model it loaded from ours (it keeps the key): read as it is.
+            if SAVE_ID in metadata and metadata[SAVE_ID] != hf_config.get(SAVE_ID):
                 raise ValueError(f"{path} was saved with another config.json than the one beside it "
-                                 "(an interrupted save?): the pair does not belong together")
+                                 "(an interrupted save?): the pair does not belong together. If that config.json "
+                                 f"is meant for these weights, add \"{SAVE_ID}\": \"{metadata[SAVE_ID]}\" to it")
         else:
             found = _read_torch_bin(path)
         for key, value in found.items():
@@ -310,6 +330,9 @@ def save_hf(model: keras.Model, directory: str | os.PathLike) -> None:
 
     _gpt2_only(model, "Hugging Face")
     directory = os.fspath(directory)
+    if name := non_finite_weight(model):  # a checkpoint that no reader loads, in place of the one there
+        raise ValueError(f"weight '{name}' contains NaN or infinite values: saving it to {directory} would write a "
+                         "checkpoint that does not load; nothing was written")
     _refuse_replacing_another_config(os.path.join(directory, "config.json"))
     os.makedirs(directory, exist_ok=True)
     cfg = model.config
@@ -459,6 +482,14 @@ def read_openai(directory: str, **overrides: Any) -> tuple[GPT2Config, Tensors]:
         raise ValueError(f"{os.path.join(directory, 'checkpoint')} names {prefix}, outside {directory} (a copied "
                          "run keeps the paths it was written with): refusing to read another folder's weights; name "
                          f"this folder's checkpoint there (model_checkpoint_path: \"{os.path.basename(prefix)}\")")
+    if prefix is None and os.path.exists(named := os.path.join(directory, "checkpoint")):
+        try:  # a `checkpoint` file naming files that are not there: not passed over for another checkpoint
+            state = tf.train.get_checkpoint_state(directory)
+        except (tf.errors.OpError, ValueError) as e:  # (text_format's ParseError is a ValueError)
+            raise ValueError(f"{named} is not TensorFlow's checkpoint index ({e}): fix or remove it") from None
+        if state is not None and state.model_checkpoint_path:
+            raise FileNotFoundError(f"{named} names {state.model_checkpoint_path}, whose files (.index, .data-*) are "
+                                    f"not in {directory}: copy them there, or name this folder's checkpoint in it")
     if prefix is None:
         found = sorted(glob.glob(os.path.join(glob.escape(directory), "*.ckpt*.index")))
         if not found:
@@ -502,15 +533,30 @@ def read_keras_hub(backbone: Any, **overrides: Any) -> tuple[GPT2Config, Tensors
     if isinstance(backbone, (str, os.PathLike)):
         import keras_hub
 
-        source = os.path.join(os.fspath(backbone), "config.json")
-        backbone = keras_hub.models.GPT2Backbone.from_preset(os.fspath(backbone))
+        folder = os.fspath(backbone)
+        source = os.path.join(folder, "config.json")
+        weights = [os.path.join(folder, name) for name in ("model.weights.h5", "model.weights.json")]  # (or shards')
+        if not any(os.path.exists(path) for path in weights):
+            raise FileNotFoundError(f"{folder} is a keras-hub preset without its weights: no {' or '.join(weights)}")
+        try:
+            backbone = keras_hub.models.GPT2Backbone.from_preset(folder)
+        except Exception as e:  # a damaged weights file fails in h5py's words, naming no file (OSError, KeyError, ...)
+            raise ValueError(f"cannot load keras-hub preset {folder}: {type(e).__name__}: {e}") from e
     kh = backbone.get_config()
     if kh["intermediate_dim"] != 4 * kh["hidden_dim"]:
         raise ValueError(f"{source}: intermediate_dim {kh['intermediate_dim']} is not 4*hidden_dim")
     config = _config(source, vocab_size=kh["vocabulary_size"], n_positions=kh["max_sequence_length"],
                      n_embd=kh["hidden_dim"], n_layer=kh["num_layers"], n_head=kh["num_heads"],
                      **{"dropout": kh.get("dropout", 0.0), **overrides})  # its one rate: embedding, residual, attention
+    layers = list(backbone._flatten_layers())
+    if modes := sorted({mode for layer in layers if (mode := getattr(layer, "quantization_mode", None))}):
+        raise ValueError(f"{source} is quantized ({', '.join(modes)}): a checkpoint's weights are float; load the "
+                         "backbone as it was before quantize()")
     w = {v.path: widened(keras.ops.convert_to_numpy(v)) for v in backbone.weights}
+    for layer in layers:  # LoRA adapters merged into the weights they adapt, as Keras saves them
+        for name in ("kernel", "embeddings") if getattr(layer, "lora_enabled", False) else ():
+            if (stored := getattr(layer, f"_{name}", None)) is not None:
+                w[stored.path] = widened(keras.ops.convert_to_numpy(getattr(layer, name)))
     d = config.n_embd
     flat = lambda a: a.reshape(d, -1) if a.ndim == 3 else a.reshape(-1)  # noqa: E731  [D,H,Dh]->[D,D]
     tensors = {
@@ -542,6 +588,10 @@ def load_pretrained(model_class: type, source: Any, revision: str | None = None,
         raise ValueError(f"{', '.join(fixed)}: a checkpoint's tensors fix its shape ({', '.join(SHAPE)}), what they "
                          f"compute ({', '.join(COMPUTED)}) and what its ids mean (characters); overrides set the rest "
                          "(dropout, vocab_multiple, remat, loss_chunk, ...)")
+    try:  # the overrides alone: one that breaks a rule is the caller's, not the checkpoint's config file's
+        GPT2Config(**overrides)
+    except (ValueError, TypeError) as e:
+        raise type(e)(f"from_pretrained's config overrides: {e}") from None
     if isinstance(source, str) and not os.path.lexists(source):  # a name: keras-hub's presets, then the Hub
         from tf_gpt2 import hub
 
@@ -572,16 +622,24 @@ def load_pretrained(model_class: type, source: Any, revision: str | None = None,
         read = read_openai
     elif os.path.exists(os.path.join(path, "config.json")):
         registered = read_json(os.path.join(path, "config.json")).get("registered_name")
+        if registered is not None and registered.startswith("keras_hub>") and registered not in KERAS_HUB_GPT2:
+            raise ValueError(f"{path} is a keras-hub preset of a {registered.split('>', 1)[1]}, not of GPT-2's "
+                             "GPT2Backbone")
         if registered is not None and registered not in KERAS_HUB_GPT2:  # (its config lacks GPT-2's fields)
             raise ValueError(f"{path} is a Keras model's folder ({registered}; model.save(..., zipped=False)), not a "
                              "checkpoint: load it with keras.models.load_model and save it as a .keras file")
         read = read_keras_hub if registered in KERAS_HUB_GPT2 else read_hf
     else:
         inside = sorted(glob.glob(os.path.join(glob.escape(path), "*.keras")))  # a run folder of `tf-gpt2 train`
+        from tf_gpt2 import hub
+
+        named = (isinstance(source, str) and not source.startswith((".", "/")) and source.count("/") <= 1
+                 and hub.hub_repo_id(f"hf://{source}"))  # a folder in the way of a Hub name ("gpt2", "org/name")
         raise FileNotFoundError(
             f"{path} is not a checkpoint: expected config.json (Hugging Face or keras-hub preset) "
             "or hparams.json (OpenAI)" + (f"; it holds {inside[0]}: pass that file" if inside else "")
-        )
+            + (f" (the folder {path} is read before the Hub: for the Hugging Face repo, write hf://{source})"
+               if named and not inside else ""))
     if (other := other_tokenizer(path, _declared_vocab_size(path))) is not None:  # before the weights are read
         raise ValueError(f"{other}: tf_gpt2 reads text with GPT-2's BPE (or a model's own characters) only, and a "
                          "checkpoint with a tokenizer of its own would be given other tokens than it was trained on")
@@ -618,9 +676,6 @@ def _load_keras_file(model_class: type, path: str, overrides: dict) -> keras.Mod
         raise ValueError(f"cannot load {path}: {type(e).__name__}: {e}") from e
     if not isinstance(model, model_class):
         raise ValueError(f"{path} holds a {type(model).__name__}, not a {model_class.__name__}")
-    names = {variable.path: name for name, variable in weight_table(model).items()}  # GPT-2's names where it has one
-    for variable in model.weights:  # as the other formats' tensors are checked (a NaN trained as a loss of NaN)
-        if not np.all(np.isfinite(keras.ops.convert_to_numpy(variable))):
-            raise ValueError(f"{path}: weight '{names.get(variable.path, variable.path)}' contains NaN or infinite "
-                             "values")
+    if name := non_finite_weight(model):  # as the other formats' tensors are checked (a NaN trained as a loss of NaN)
+        raise ValueError(f"{path}: weight '{name}' contains NaN or infinite values")
     return model

@@ -24,6 +24,7 @@ Example (online, or with the repo in the cache):
 
 from __future__ import annotations
 
+import fnmatch
 import importlib.util
 import os
 import re
@@ -40,6 +41,11 @@ PICKLED = ["pytorch_model.bin", "pytorch_model.bin.index.json", "pytorch_model-*
 # The tokenizer files, of GPT-2's kind and of others (a checkpoint with another tokenizer is refused by them).
 TOKENIZER = ["vocab.json", "merges.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
              "added_tokens.json", *OTHER_KINDS]
+def _matching(names, patterns: list[str]) -> list[str]:
+    """The names (of a repo's top level) that one of `patterns` matches."""
+    return [name for name in names if any(fnmatch.fnmatch(name, pattern) for pattern in patterns)]
+
+
 _REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
 
 
@@ -92,7 +98,7 @@ def download(repo_id: str, revision: str | None = None,
 
     `check_config(config, source)` reads the repo's config.json before any weights, raising where it is not GPT-2's
     (a config without a model_type is read as GPT-2's, as a folder on disk is)."""
-    from huggingface_hub import constants, hf_hub_download, snapshot_download
+    from huggingface_hub import constants, hf_hub_download, list_repo_files, snapshot_download
     from huggingface_hub.errors import (
         EntryNotFoundError,
         LocalEntryNotFoundError,
@@ -119,11 +125,23 @@ def download(repo_id: str, revision: str | None = None,
         # The top level only: a pattern's * matches "/" too, and checkpoint-500/model.safetensors is not the model.
         snapshot = snapshot_download(repo_id, revision=revision, allow_patterns=[CONFIG, *SAFETENSORS, *TOKENIZER],
                                      ignore_patterns=["*/*"])
+        offline = constants.is_offline_mode()
         if not any(name.endswith(".safetensors") for name in os.listdir(snapshot)):
-            if importlib.util.find_spec("torch") is None:  # said before gigabytes of weights it could not read
+            if importlib.util.find_spec("torch") is not None:
+                snapshot = snapshot_download(repo_id, revision=revision, allow_patterns=PICKLED,
+                                             ignore_patterns=["*/*"])
+            elif _matching(os.listdir(snapshot), PICKLED) or not offline and _matching(
+                    list_repo_files(repo_id, revision=revision), PICKLED):  # said before gigabytes it cannot read
                 raise ImportError(f"{where} has no safetensors weights: its pickled ones (pytorch_model.bin or its "
                                   "shards) need torch to be read (pip install 'tf_gpt2[torch]')")
-            snapshot = snapshot_download(repo_id, revision=revision, allow_patterns=PICKLED, ignore_patterns=["*/*"])
+        if not _matching(os.listdir(snapshot), SAFETENSORS + PICKLED):  # (a cache holding its config.json alone)
+            held = ", ".join(sorted(os.listdir(snapshot)))
+            raise FileNotFoundError(
+                f"{where}: no weights tf_gpt2 reads (model.safetensors, pytorch_model.bin or their shards) are in the "
+                f"Hugging Face cache ({snapshot} holds {held}) "
+                + (f"and HF_HUB_OFFLINE is set: load it once online, or `hf download {repo_id}`" if offline else
+                   f"and the repo has none to download (TensorFlow's or Flax's weights alone are not read), or "
+                   f"{constants.ENDPOINT} could not be reached"))
         return snapshot
     except RevisionNotFoundError:
         raise ValueError(f"{where}: no such revision (a branch, tag or commit of the repo)") from None

@@ -347,6 +347,11 @@ class GPT2(CheckedLoops, keras.Model):
         if path.lower().endswith((".h5", ".hdf5")):  # (Keras' legacy format: written, it did not load back)
             raise ValueError(f"{path}: GPT2 saves as a .keras file, which `keras.models.load_model` reads back; a "
                              "legacy .h5 of it does not load (save_weights('x.weights.h5') keeps the weights alone)")
+        from tf_gpt2.checkpoints import non_finite_weight
+
+        if name := non_finite_weight(self):  # (refused on load: a file that does not load, over one that did)
+            raise ValueError(f"weight '{name}' contains NaN or infinite values: saving it to {path or filepath} would "
+                             "write a model that does not load; nothing was written")
         if not path.endswith(".keras") or "://" in path or zipped is False or not overwrite:
             return super().save(filepath, overwrite=overwrite, zipped=zipped, **kwargs)
         atomic_write(path, lambda staged: super(GPT2, self).save(staged, zipped=zipped, **kwargs))
