@@ -718,6 +718,9 @@ def test_names_and_overrides_that_are_not_the_files_fault_are_said_as_such(saved
     with pytest.raises(ValueError, match=r"^from_pretrained's config overrides: GPT2Config.dropout must be in "
                                          r"\[0, 1\), got 1.5"):
         GPT2.from_pretrained(saved_tiny, dropout=1.5)
+    with pytest.raises(ValueError, match="revision='main' is for a Hugging Face repo; gpt2_base_en is a keras-hub "
+                                         "preset, which has none \\(the Hugging Face repo 'gpt2' holds the same"):
+        GPT2.from_pretrained("gpt2_base_en", revision="main")
     # A folder named as a Hub repo is read before the Hub: said where it holds no checkpoint
     monkeypatch.chdir(tmp_path)
     os.mkdir("gpt2")

@@ -596,7 +596,12 @@ def load_pretrained(model_class: type, source: Any, revision: str | None = None,
         from tf_gpt2 import hub
 
         repo_id = hub.hub_repo_id(source)
-        if revision is None and hub.keras_hub_preset(source):
+        if hub.keras_hub_preset(source):
+            if revision is not None:  # (it went to the Hub, as a repo of that name)
+                same = hub.KERAS_HUB_TO_HF.get(source)
+                raise ValueError(f"revision={revision!r} is for a Hugging Face repo; {source} is a keras-hub preset, "
+                                 "which has none" + (f" (the Hugging Face repo {same!r} holds the same weights)"
+                                                     if same else ""))
             source = hub.keras_hub_backbone(source)
         elif repo_id:
             source = hub.download(repo_id, revision, check_config=config_from_hf)
