@@ -351,6 +351,10 @@ def test_a_model_with_nan_weights_is_not_saved_over_a_good_one(tmp_path):
     with pytest.raises(ValueError, match="contains NaN"):
         model.save_pretrained(tmp_path / "new")
     assert not (tmp_path / "new").exists()
+    quantized = _tiny_model(0)  # (an int4 layer's kernel is no variable: unpacked from one)
+    quantized.quantize("int4")
+    quantized.save(tmp_path / "int4.keras")
+    assert GPT2.from_pretrained(tmp_path / "int4.keras").quantization == "int4"
 
 
 def test_weight_table_covers_every_weight_under_the_names_readers_use():

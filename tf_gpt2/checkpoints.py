@@ -74,7 +74,8 @@ def weight_table(model: keras.Model) -> dict[str, keras.Variable]:
 
 def non_finite_weight(model: keras.Model) -> str | None:
     """The name of a weight of `model` that holds NaN or an infinity (its GPT-2 name where it has one), or None."""
-    names = {variable.path: name for name, variable in weight_table(model).items()}
+    names = {variable.path: name for name, variable in weight_table(model).items()
+             if isinstance(variable, keras.Variable)}  # (an int4 layer's kernel is unpacked from its variable)
     for variable in model.weights:
         if not np.all(np.isfinite(keras.ops.convert_to_numpy(variable))):
             return names.get(variable.path, variable.path)
