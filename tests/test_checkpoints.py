@@ -180,6 +180,9 @@ def test_a_keras_hub_preset_that_cannot_load_names_its_folder(tmp_path):
     (preset / "config.json").write_text(json.dumps({**config, "registered_name": "keras_hub>GemmaBackbone"}))
     with pytest.raises(ValueError, match=f"^{preset} is a keras-hub preset of a GemmaBackbone, not of GPT-2's"):
         GPT2.from_pretrained(preset)
+    (preset / "config.json").write_text(json.dumps({**config, "registered_name": "keras_hub>GPT2CausalLM"}))
+    with pytest.raises(ValueError, match=r"is a Keras model's folder \(keras_hub>GPT2CausalLM; model.save"):
+        GPT2.from_pretrained(preset)  # a task saved whole by Keras: no preset
 
 
 def test_convert_cli_hf_to_keras(tmp_path, capsys):
@@ -453,9 +456,15 @@ def test_weights_and_config_from_different_saves_are_refused(tmp_path, monkeypat
         GPT2(GPT2Config(vocab_size=40, n_positions=8, n_embd=16, n_layer=1, n_head=2, activation="gelu",
                         layer_norm_epsilon=1e-3)).save_pretrained(tmp_path / "hf")
     monkeypatch.undo()
-    with pytest.raises(ValueError, match=r"saved with another config.json than the one beside it .* add "
-                                         r'"tf_gpt2_save_id": "[0-9a-f]{16}" to it'):
+    with pytest.raises(ValueError, match=r"saved with another config.json than the one beside it \(the weights were "
+                                         r"saved for activation='gelu' \(config.json: 'gelu_tanh'\), "
+                                         r"layer_norm_epsilon=0.001 \(config.json: 1e-05\)\)"):
         GPT2.from_pretrained(tmp_path / "hf")
+    # Weights saved beside a config.json without an id that gives their shape and arithmetic (transformers' own for
+    # the same architecture, a copied one) are read.
+    _tiny_model(2).save_pretrained(tmp_path / "ours")
+    shutil.copy(tmp_path / "ours" / "model.safetensors", tmp_path / "hf" / "model.safetensors")
+    assert GPT2.from_pretrained(tmp_path / "hf").config.activation == "gelu_tanh"
     # transformers' own save of a model it loaded from ours keeps the config's id, not the weights': it loads.
     transformers = pytest.importorskip("transformers")
     transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "m").save_pretrained(tmp_path / "resaved")
@@ -703,6 +712,10 @@ def test_a_dangling_weights_link_is_said_not_passed_over_for_another_file(saved_
     with pytest.raises(FileNotFoundError, match=f"model.safetensors is a link to {tmp_path}/gone.safetensors, which "
                                                 "is not there"):
         GPT2.from_pretrained(saved_tiny)
+    os.remove(saved_tiny / "model.safetensors")  # an index that is a link to nothing, beside the file it indexed
+    os.replace(tmp_path / "moved.safetensors", saved_tiny / "model.safetensors")
+    os.symlink(tmp_path / "gone.json", saved_tiny / "model.safetensors.index.json")
+    GPT2.from_pretrained(saved_tiny)  # the single file is read, as transformers reads it
 
 
 def test_names_and_overrides_that_are_not_the_files_fault_are_said_as_such(saved_tiny, tmp_path, monkeypatch):
@@ -717,7 +730,7 @@ def test_names_and_overrides_that_are_not_the_files_fault_are_said_as_such(saved
                                          r"\.h\.0\.attn\.c_attn\.bias' .*torch.compile's '_orig_mod.'"):
         GPT2.from_pretrained(tmp_path)
     # Overrides the caller got wrong were said as the config.json's fault
-    with pytest.raises(TypeError, match=r"^from_pretrained's config overrides: .*'dropuot'"):
+    with pytest.raises(ValueError, match=r"^from_pretrained's config overrides: .*'dropuot'"):
         GPT2.from_pretrained(saved_tiny, dropuot=0.1)
     with pytest.raises(ValueError, match=r"^from_pretrained's config overrides: GPT2Config.dropout must be in "
                                          r"\[0, 1\), got 1.5"):
@@ -789,6 +802,10 @@ def test_openai_checkpoints_in_bfloat16_load_and_odd_ones_are_refused(tmp_path):
     with pytest.raises(FileNotFoundError, match=f"b/checkpoint names {tmp_path}/b/model.ckpt-2000, whose files "
                                                 r"\(.index, .data-\*\) are not in"):
         GPT2.from_pretrained(tmp_path / "b")
+    # A run moved from where TF1's Saver wrote it (it keeps absolute paths): the named checkpoint, found here
+    (tmp_path / "b" / "checkpoint").write_text('model_checkpoint_path: "/content/run1/model.ckpt"\n')
+    np.testing.assert_array_equal(np.asarray(weight_table(GPT2.from_pretrained(tmp_path / "b"))["wte.weight"]),
+                                  checkpoint_tensors(other)["wte.weight"])
 
 
 def test_saving_a_character_model_over_a_gpt2_one_leaves_no_gpt2_tokenizer(tmp_path):

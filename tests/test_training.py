@@ -178,7 +178,7 @@ def test_lora_trains_only_adapters(char_data, tmp_path):
     # adapters' gradients through a float16 base were off by up to 14% of their norm unscaled, 0.1% scaled
     # (bfloat16: 0.9%).
     f16, f16_history = train(config(tmp_path / "f16", char_data, init_from=str(base), lora_rank=4,
-                                    learning_rate=1e-2, base_dtype="float16"))
+                                    learning_rate=1e-2, base_dtype="float16", jit_compile=True))
     assert f16.h[0].attn.c_attn._kernel.dtype == "float16" and f16.compute_dtype == "float16"
     assert isinstance(f16.optimizer, keras.optimizers.LossScaleOptimizer)
     assert all(np.isfinite(f16_history["loss"])) and f16_history["loss"][-1] < f16_history["loss"][0]

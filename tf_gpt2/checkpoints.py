@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import json
 import os
 import re
 import secrets
@@ -237,13 +238,11 @@ def _hf_weight_files(directory: str) -> list[str]:
     shards, one pickled file, its shards (`pytorch_model-00001-of-00002.bin` ..., named by their index)."""
     for single, index in (("model.safetensors", "model.safetensors.index.json"),
                           ("pytorch_model.bin", "pytorch_model.bin.index.json")):
-        for name in (single, index):  # (not passed over for the next kind: another file's weights)
-            if os.path.islink(path := os.path.join(directory, name)) and not os.path.exists(path):
+        for name in (single, index):  # a link to nothing is not passed over for the next kind (other weights)
+            if os.path.exists(path := os.path.join(directory, name)):
+                return [path] if name == single else _shards(directory, index)
+            if os.path.islink(path):
                 raise FileNotFoundError(f"{path} is a link to {os.readlink(path)}, which is not there")
-        if os.path.exists(os.path.join(directory, single)):
-            return [os.path.join(directory, single)]
-        if os.path.exists(os.path.join(directory, index)):
-            return _shards(directory, index)
     raise FileNotFoundError(f"{directory} has config.json but no model.safetensors or pytorch_model.bin (nor their "
                             "shards' index)")
 
@@ -268,6 +267,15 @@ def _shards(directory: str, index_name: str) -> list[str]:
 SHAPE = ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head")  # what a checkpoint's tensors fix
 COMPUTED = ("activation", "layer_norm_epsilon", "norm_position", "learned_residual_scale")  # and what they compute
 SAVE_ID = "tf_gpt2_save_id"  # in config.json and the safetensors metadata: which save wrote them, together
+SAVED_CONFIG = "tf_gpt2_config"  # in the safetensors metadata: the shape and arithmetic the weights were saved for
+
+
+def _saved_for(config: GPT2Config, metadata: dict[str, str]) -> str:
+    """Where `config` differs from the shape and arithmetic a tf_gpt2 save wrote into its weights' metadata, in
+    words ("" where it does not; all of it for a save that wrote none)."""
+    saved = json.loads(metadata.get(SAVED_CONFIG, "{}"))
+    return ", ".join(f"{name}={saved.get(name, '?')!r} (config.json: {getattr(config, name)!r})"
+                     for name in (*SHAPE, *COMPUTED) if saved.get(name, "?") != getattr(config, name))
 
 
 def read_hf(directory: str, **overrides: Any) -> tuple[GPT2Config, Tensors]:
@@ -278,13 +286,15 @@ def read_hf(directory: str, **overrides: Any) -> tuple[GPT2Config, Tensors]:
     for path in _hf_weight_files(directory):
         if path.endswith(".safetensors"):
             found, metadata = _read_safetensors(path)
-            # save_hf writes the weights first: a save cut short leaves its weights beside the config.json before
-            # (one of another save, or transformers' without an id). A config.json with an id beside weights without
-            # one is transformers' save of a model it loaded from ours (it keeps the key): read as it is.
-            if SAVE_ID in metadata and metadata[SAVE_ID] != hf_config.get(SAVE_ID):
-                raise ValueError(f"{path} was saved with another config.json than the one beside it "
-                                 "(an interrupted save?): the pair does not belong together. If that config.json "
-                                 f"is meant for these weights, add \"{SAVE_ID}\": \"{metadata[SAVE_ID]}\" to it")
+            # save_hf writes the weights first: a save cut short leaves its weights beside the config.json before,
+            # another save's (another id) or one without an id (transformers', a hand-written one), which is read
+            # where it gives the weights' shape and arithmetic. A config.json with an id beside weights without one
+            # is transformers' save of a model it loaded from ours (it keeps the key): read as it is.
+            differs, other_save = _saved_for(config, metadata), SAVE_ID in hf_config
+            if SAVE_ID in metadata and metadata[SAVE_ID] != hf_config.get(SAVE_ID) and (other_save or differs):
+                differs = "" if SAVE_ID in hf_config else f" (the weights were saved for {differs})"
+                raise ValueError(f"{path} was saved with another config.json than the one beside it{differs} (an "
+                                 "interrupted save?): the pair does not belong together; save the model again")
         else:
             found = _read_torch_bin(path)
         for key, value in found.items():
@@ -351,7 +361,8 @@ def save_hf(model: keras.Model, directory: str | os.PathLike) -> None:
     hf_config.update(bos_token_id=end_of_text, eos_token_id=end_of_text)
     if cfg.characters is not None:  # what its ids mean, under tf_gpt2's own key (transformers keeps unknown keys)
         hf_config["characters"] = cfg.characters
-    metadata = {"format": "pt", SAVE_ID: hf_config[SAVE_ID]}
+    metadata = {"format": "pt", SAVE_ID: hf_config[SAVE_ID],
+                SAVED_CONFIG: json.dumps({name: getattr(cfg, name) for name in (*SHAPE, *COMPUTED)})}
     tensors = {"transformer." + name: np.ascontiguousarray(v) for name, v in checkpoint_tensors(model).items()}
 
     writes = {  # weights first: a crash between these two renames leaves a pair that read_hf refuses
@@ -488,9 +499,12 @@ def read_openai(directory: str, **overrides: Any) -> tuple[GPT2Config, Tensors]:
             state = tf.train.get_checkpoint_state(directory)
         except (tf.errors.OpError, ValueError) as e:  # (text_format's ParseError is a ValueError)
             raise ValueError(f"{named} is not TensorFlow's checkpoint index ({e}): fix or remove it") from None
-        if state is not None and state.model_checkpoint_path:
-            raise FileNotFoundError(f"{named} names {state.model_checkpoint_path}, whose files (.index, .data-*) are "
-                                    f"not in {directory}: copy them there, or name this folder's checkpoint in it")
+        named_prefix = state.model_checkpoint_path if state is not None else ""
+        if named_prefix and os.path.exists(os.path.join(directory, os.path.basename(named_prefix) + ".index")):
+            prefix = os.path.join(directory, os.path.basename(named_prefix))  # a run moved: TF1's Saver wrote its path
+        elif named_prefix:
+            raise FileNotFoundError(f"{named} names {named_prefix}, whose files (.index, .data-*) are not in "
+                                    f"{directory}: copy them there, or name this folder's checkpoint in it")
     if prefix is None:
         found = sorted(glob.glob(os.path.join(glob.escape(directory), "*.ckpt*.index")))
         if not found:
@@ -541,7 +555,7 @@ def read_keras_hub(backbone: Any, **overrides: Any) -> tuple[GPT2Config, Tensors
             raise FileNotFoundError(f"{folder} is a keras-hub preset without its weights: no {' or '.join(weights)}")
         try:
             backbone = keras_hub.models.GPT2Backbone.from_preset(folder)
-        except Exception as e:  # a damaged weights file fails in h5py's words, naming no file (OSError, KeyError, ...)
+        except (OSError, KeyError, ValueError) as e:  # a damaged weights file fails in h5py's words, naming no file
             raise ValueError(f"cannot load keras-hub preset {folder}: {type(e).__name__}: {e}") from e
     kh = backbone.get_config()
     if kh["intermediate_dim"] != 4 * kh["hidden_dim"]:
@@ -592,7 +606,7 @@ def load_pretrained(model_class: type, source: Any, revision: str | None = None,
     try:  # the overrides alone: one that breaks a rule is the caller's, not the checkpoint's config file's
         GPT2Config(**overrides)
     except (ValueError, TypeError) as e:
-        raise type(e)(f"from_pretrained's config overrides: {e}") from None
+        raise ValueError(f"from_pretrained's config overrides: {e}") from None
     if isinstance(source, str) and not os.path.lexists(source):  # a name: keras-hub's presets, then the Hub
         from tf_gpt2 import hub
 
@@ -628,7 +642,8 @@ def load_pretrained(model_class: type, source: Any, revision: str | None = None,
         read = read_openai
     elif os.path.exists(os.path.join(path, "config.json")):
         registered = read_json(os.path.join(path, "config.json")).get("registered_name")
-        if registered is not None and registered.startswith("keras_hub>") and registered not in KERAS_HUB_GPT2:
+        if registered is not None and re.fullmatch(r"keras_hub>\w+Backbone", registered) and \
+                registered not in KERAS_HUB_GPT2:  # (a preset's config.json is its backbone's)
             raise ValueError(f"{path} is a keras-hub preset of a {registered.split('>', 1)[1]}, not of GPT-2's "
                              "GPT2Backbone")
         if registered is not None and registered not in KERAS_HUB_GPT2:  # (its config lacks GPT-2's fields)
@@ -639,8 +654,7 @@ def load_pretrained(model_class: type, source: Any, revision: str | None = None,
         inside = sorted(glob.glob(os.path.join(glob.escape(path), "*.keras")))  # a run folder of `tf-gpt2 train`
         from tf_gpt2 import hub
 
-        named = (isinstance(source, str) and not source.startswith((".", "/")) and source.count("/") <= 1
-                 and hub.hub_repo_id(f"hf://{source}"))  # a folder in the way of a Hub name ("gpt2", "org/name")
+        named = isinstance(source, str) and "/" not in source and hub.hub_repo_id(f"hf://{source}")  # ("gpt2")
         raise FileNotFoundError(
             f"{path} is not a checkpoint: expected config.json (Hugging Face or keras-hub preset) "
             "or hparams.json (OpenAI)" + (f"; it holds {inside[0]}: pass that file" if inside else "")

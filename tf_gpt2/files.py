@@ -242,10 +242,11 @@ def refuse_replacing_another_kind(path: str, kind: str) -> None:
 
 
 def save_keras(model, path: str) -> None:
-    """`model.save(path)`, atomically: a failed or killed save keeps the previous `.keras` file."""
+    """A GPT2's `model.save(path)`, which replaces a `.keras` file whole or not at all (a failed or killed save keeps
+    the previous file) and names `path` in its errors."""
     if not os.fspath(path).endswith(".keras"):
         raise ValueError(f"a Keras model file must end in .keras, got {path}")
-    atomic_write(path, model.save)
+    model.save(path)
 
 
 @contextlib.contextmanager

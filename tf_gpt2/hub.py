@@ -24,7 +24,6 @@ Example (online, or with the repo in the cache):
 
 from __future__ import annotations
 
-import fnmatch
 import importlib.util
 import os
 import re
@@ -41,11 +40,6 @@ PICKLED = ["pytorch_model.bin", "pytorch_model.bin.index.json", "pytorch_model-*
 # The tokenizer files, of GPT-2's kind and of others (a checkpoint with another tokenizer is refused by them).
 TOKENIZER = ["vocab.json", "merges.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
              "added_tokens.json", *OTHER_KINDS]
-def _matching(names, patterns: list[str]) -> list[str]:
-    """The names (of a repo's top level) that one of `patterns` matches."""
-    return [name for name in names if any(fnmatch.fnmatch(name, pattern) for pattern in patterns)]
-
-
 _REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
 
 
@@ -92,13 +86,32 @@ def keras_hub_backbone(name: str) -> Any:
             f"{instead} or a preset directory on disk") from e
 
 
+def _matching(names, patterns: list[str]) -> list[str]:
+    """The names (of a repo's top level) that one of `patterns` matches, as snapshot_download matches them."""
+    from huggingface_hub.utils import filter_repo_objects
+
+    return list(filter_repo_objects(names, allow_patterns=patterns))
+
+
+def _repo_files(repo_id: str, revision: str | None) -> list[str]:
+    """The files of a repo on the Hub; none where it cannot be asked (down, unreachable: the cache was read)."""
+    import httpx2  # (huggingface_hub's HTTP client)
+    from huggingface_hub import list_repo_files
+    from huggingface_hub.errors import HfHubHTTPError
+
+    try:
+        return list_repo_files(repo_id, revision=revision)
+    except (HfHubHTTPError, httpx2.TransportError):  # as snapshot_download, which then read the cache
+        return []
+
+
 def download(repo_id: str, revision: str | None = None,
              check_config: Callable[[dict, str], Any] | None = None) -> str:
     """The local snapshot directory of a GPT-2 repo on the Hugging Face Hub (downloaded or from the cache).
 
     `check_config(config, source)` reads the repo's config.json before any weights, raising where it is not GPT-2's
     (a config without a model_type is read as GPT-2's, as a folder on disk is)."""
-    from huggingface_hub import constants, hf_hub_download, list_repo_files, snapshot_download
+    from huggingface_hub import constants, hf_hub_download, snapshot_download
     from huggingface_hub.errors import (
         EntryNotFoundError,
         LocalEntryNotFoundError,
@@ -131,7 +144,7 @@ def download(repo_id: str, revision: str | None = None,
                 snapshot = snapshot_download(repo_id, revision=revision, allow_patterns=PICKLED,
                                              ignore_patterns=["*/*"])
             elif _matching(os.listdir(snapshot), PICKLED) or not offline and _matching(
-                    list_repo_files(repo_id, revision=revision), PICKLED):  # said before gigabytes it cannot read
+                    _repo_files(repo_id, revision), PICKLED):  # said before gigabytes it cannot read
                 raise ImportError(f"{where} has no safetensors weights: its pickled ones (pytorch_model.bin or its "
                                   "shards) need torch to be read (pip install 'tf_gpt2[torch]')")
         if not _matching(os.listdir(snapshot), SAFETENSORS + PICKLED):  # (a cache holding its config.json alone)
