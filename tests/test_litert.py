@@ -173,8 +173,10 @@ def test_generator_rejects_bad_input_and_keeps_its_cache(flatbuffer):
     np.testing.assert_array_equal(gen.feed([11]), LiteRTGenerator(flatbuffer).feed(
         [464, 3290, 318, 11]))  # the failed calls changed nothing
     assert logits.shape == (50257,)
-    with pytest.raises(ValueError, match="exceeds the exported cache of 40"):
+    with pytest.raises(ValueError, match=r"the prompt's 3 tokens \+ max_new_tokens 39 - 1 exceed the exported cache "
+                                         "of 40 positions: at most 38 new tokens after this prompt"):
         gen.generate([1, 2, 3], max_new_tokens=39)
+    assert len(gen.generate([1, 2, 3], max_new_tokens=38, stop_ids=[])) == 38  # (the last one is never cached)
     for count in (0, True):  # (True is no count: it gave one token)
         with pytest.raises(ValueError, match="max_new_tokens must be a positive integer"):
             gen.generate([1, 2, 3], max_new_tokens=count)
@@ -235,6 +237,7 @@ def test_bad_export_arguments_fail_clearly_and_write_nothing(model, tmp_path, ca
                             (dict(cache_length=16, prefill_lengths=(8, 32)),
                              "prefill length 32 exceeds cache_length 16"),
                             (dict(prefill_lengths=(0,)), "prefill_lengths must be positive integers"),
+                            (dict(prefill_lengths=8), "prefill_lengths must be a list of positive integers, got 8"),
                             (dict(prefill_lengths=(8, 8)), r"prefill_lengths gives a length more than once: \[8, 8\]"),
                             # Files that LiteRT-LM could not run a prompt with (tried: litert-lm 0.18.1).
                             (dict(cache_length=16, prefill_lengths=(8, 13)),
@@ -266,6 +269,21 @@ def test_bad_export_arguments_fail_clearly_and_write_nothing(model, tmp_path, ca
     assert {(tmp_path / n).read_text() for n in os.listdir(tmp_path)} == {"my notes"}
     for name in os.listdir(tmp_path):
         os.remove(tmp_path / name)
+    # LiteRT-LM opens a package by its name's lower-case ending ("Unsupported or unknown file format" otherwise)
+    for name in ("gpt2-tiny", "up.LITERTLM"):
+        with pytest.raises(ValueError, match=f"{name}: LiteRT-LM opens a package by its name's ending, .litertlm"):
+            export_litertlm(model, str(tmp_path / name), CACHE, PREFILL)
+    assert cli_main(["export", "--random-init", "gpt2-tiny", "--out", str(tmp_path / "up.LITERTLM")]) == 2
+    assert "LiteRT-LM opens a package by its name's ending" in capsys.readouterr().err
+    # A failed export leaves no folders made for it (they were made before the model loaded and the settings were
+    # checked); a quantized Keras model is refused naming the flag too
+    with pytest.raises(ValueError, match="prefill length 32 exceeds"):
+        export_litert(model, str(tmp_path / "new" / "sub" / "m.tflite"), cache_length=16, prefill_lengths=(32,))
+    quantized = GPT2.from_config(model.get_config())
+    quantized.quantize("int8")
+    with pytest.raises(ValueError, match=r"export the float model with quantize='int8' \(--quantize int8\)"):
+        export_litert(quantized, str(tmp_path / "new" / "sub" / "q.tflite"))
+    assert os.listdir(tmp_path) == []
     (tmp_path / "folder.tflite").mkdir()  # refused before the conversion, not after it
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr("tf_gpt2.litert.litert_bytes", lambda *a, **k: pytest.fail("converted before refusing"))

@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Sequence
+import warnings
+from typing import Callable, Sequence
 
 import keras
 import numpy as np
@@ -76,10 +77,15 @@ def _check_litert_lm_options(cache_length: int, prefill_lengths: tuple[int, ...]
 def _check_options(model: GPT2, cache_length: int | None, prefill_lengths: Sequence[int] | None,
                    quantize: str) -> tuple[int, tuple[int, ...]]:
     check_quantization(quantize)
+    if getattr(model, "quantization", None):
+        raise ValueError(f"this model is already quantized with Keras ({model.quantization}): export the float "
+                         "model with quantize='int8' (--quantize int8), LiteRT's own int8 for phones")
     n_positions = model.config.n_positions
     cache_length = n_positions if cache_length is None else cache_length
     if not is_integer(cache_length) or not 0 < cache_length <= n_positions:
         raise ValueError(f"cache_length must be an integer in [1, {n_positions}] (n_positions), got {cache_length!r}")
+    if prefill_lengths is not None and (isinstance(prefill_lengths, (str, bytes)) or np.ndim(prefill_lengths) != 1):
+        raise ValueError(f"prefill_lengths must be a list of positive integers, got {prefill_lengths!r}")  # (not 8)
     lengths = default_prefill_lengths(cache_length) if prefill_lengths is None else tuple(prefill_lengths)
     if not lengths or any(not is_integer(t) or t <= 0 for t in lengths):
         raise ValueError(f"prefill_lengths must be positive integers, got {prefill_lengths!r}")
@@ -154,9 +160,6 @@ def litert_bytes(model: GPT2, cache_length: int | None = None, prefill_lengths: 
     """
     require_tensorflow("a LiteRT export")
     cache_length, prefill_lengths = _check_options(model, cache_length, prefill_lengths, quantize)
-    if getattr(model, "quantization", None):
-        raise ValueError(f"this model is already quantized with Keras ({model.quantization}): export the float "
-                         "model with quantize='int8', LiteRT's own int8 for phones")
     model = model.with_dtype("float32")  # on-device numerics are float32 (or quantized from it)
     signatures = _Signatures(model, vocab_end)
     archive = keras.export.ExportArchive()
@@ -165,7 +168,9 @@ def litert_bytes(model: GPT2, cache_length: int | None = None, prefill_lengths: 
     for t in prefill_lengths:
         archive.add_endpoint(f"prefill_{t}", signatures.prefill, _specs(model, t, cache_length))
     archive.add_endpoint("decode", signatures.decode, _specs(model, 1, cache_length))
-    with work_dir("litert") as tmp:
+    with work_dir("litert") as tmp, warnings.catch_warnings():
+        # (a cache of 1 position: softmax over one key, which Keras takes for a mistake, "use a sigmoid instead?")
+        warnings.filterwarnings("ignore", "You are using a softmax over axis", UserWarning)
         archive.write_out(tmp, verbose=False)
         converter = tf.lite.TFLiteConverter.from_saved_model(tmp, signature_keys=names)
         if quantize != "fp32":
@@ -184,16 +189,24 @@ def check_writable(path: str, kind: str) -> None:
         raise ValueError(f"{path} names a {suffix} file, but this export writes a .{kind}: give the path that suffix")
     if os.path.isdir(path):  # (said after the conversion's minutes, when the file could not replace it)
         raise IsADirectoryError(f"{path} is a folder: name the .{kind} file to write (in it, or elsewhere)")
+    if kind == "litertlm" and not path.endswith(".litertlm"):  # (LiteRT-LM: "Unsupported or unknown file format")
+        raise ValueError(f"{path}: LiteRT-LM opens a package by its name's ending, .litertlm in lower case: give the "
+                         "path that ending")
     refuse_replacing_another_kind(path, kind)
-    directory = os.path.dirname(os.path.abspath(path))
-    existing = directory
-    while not os.path.exists(existing):
+    existing = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(existing):  # (the folders are made when the file is written, not before the conversion)
         existing = os.path.dirname(existing)
     if not os.path.isdir(existing):
         raise NotADirectoryError(f"cannot write {path}: {existing} is a file, not a directory")
-    os.makedirs(directory, exist_ok=True)
-    if not os.access(directory, os.W_OK):
-        raise PermissionError(f"cannot write to {directory}: the export would fail after converting")
+    if not os.access(existing, os.W_OK):
+        raise PermissionError(f"cannot write to {existing}: the export would fail after converting")
+
+
+def _write_converted(path: str, write: Callable[[str], None]) -> str:
+    """`write(tmp)` a converted file atomically at `path`, making its folders now that there is a file to put there."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    atomic_write(path, write)
+    return path
 
 
 def export_litert(model: GPT2, path: str, cache_length: int | None = None,
@@ -203,12 +216,8 @@ def export_litert(model: GPT2, path: str, cache_length: int | None = None,
     _check_options(model, cache_length, prefill_lengths, quantize)
     check_writable(path, "tflite")
 
-    def write(tmp: str) -> None:
-        flatbuffer = litert_bytes(model, cache_length, prefill_lengths, quantize)
-        with open(tmp, "wb") as f:
-            f.write(flatbuffer)
-    atomic_write(path, write)
-    return path
+    flatbuffer = litert_bytes(model, cache_length, prefill_lengths, quantize)
+    return _write_converted(path, lambda tmp: write_file(tmp, flatbuffer))
 
 
 def token_budget(model: GPT2, cache_length: int | None = None, prefill_lengths: Sequence[int] | None = None) -> int:
@@ -260,11 +269,12 @@ def export_litertlm(model: GPT2, path: str, cache_length: int | None = None,
     budget = _check_litert_lm_options(cache_length, prefill_lengths)
     check_writable(path, "litertlm")
 
+    parts = {"model.tflite": litert_bytes(model, cache_length, prefill_lengths, quantize,
+                                          vocab_end=VOCAB_SIZE if ids > VOCAB_SIZE else None),
+             "tokenizer.json": hf_tokenizer_json().encode("utf-8"),
+             "metadata.pb": _llm_metadata(budget)}
+
     def write(tmp: str) -> None:
-        parts = {"model.tflite": litert_bytes(model, cache_length, prefill_lengths, quantize,
-                                              vocab_end=VOCAB_SIZE if ids > VOCAB_SIZE else None),
-                 "tokenizer.json": hf_tokenizer_json().encode("utf-8"),
-                 "metadata.pb": _llm_metadata(budget)}
         with work_dir("litertlm") as folder:
             files = {name: os.path.join(folder, name) for name in parts}
             for name, data in parts.items():
@@ -275,8 +285,7 @@ def export_litertlm(model: GPT2, path: str, cache_length: int | None = None,
             builder.add_llm_metadata(files["metadata.pb"])
             with open(tmp, "wb") as f:
                 builder.build(f)
-    atomic_write(path, write)
-    return path
+    return _write_converted(path, write)
 
 
 class LiteRTGenerator:
@@ -398,8 +407,10 @@ class LiteRTGenerator:
             raise ValueError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
         prompt = self._checked(prompt, 0)  # before the conversation is reset: a refused call keeps it
         stop_ids = checked_stop_ids(stop_ids, self.vocab_size)
-        if len(prompt) + max_new_tokens - 1 > self.cache_length:
-            raise ValueError(f"prompt + max_new_tokens exceeds the exported cache of {self.cache_length} positions")
+        if len(prompt) + max_new_tokens - 1 > self.cache_length:  # (the last token is returned, never cached)
+            raise ValueError(f"the prompt's {len(prompt)} tokens + max_new_tokens {max_new_tokens} - 1 exceed the "
+                             f"exported cache of {self.cache_length} positions: at most "
+                             f"{self.cache_length + 1 - len(prompt)} new tokens after this prompt")
         self.reset()
         logits, tokens = self.feed(prompt), []
         while True:
