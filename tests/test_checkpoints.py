@@ -465,6 +465,17 @@ def test_weights_and_config_from_different_saves_are_refused(tmp_path, monkeypat
     _tiny_model(2).save_pretrained(tmp_path / "ours")
     shutil.copy(tmp_path / "ours" / "model.safetensors", tmp_path / "hf" / "model.safetensors")
     assert GPT2.from_pretrained(tmp_path / "hf").config.activation == "gelu_tanh"
+    # An earlier save recorded its id alone: beside an id-less config.json it is refused, saying how to pair them
+    from safetensors.numpy import load_file, save_file
+
+    from tf_gpt2.checkpoints import _read_safetensors
+
+    metadata = _read_safetensors(str(tmp_path / "hf" / "model.safetensors"), with_tensors=False)[1]
+    save_file(load_file(tmp_path / "hf" / "model.safetensors"), tmp_path / "hf" / "model.safetensors",
+              metadata={"format": "pt", "tf_gpt2_save_id": metadata["tf_gpt2_save_id"]})
+    with pytest.raises(ValueError, match=f"whose tf_gpt2_save_id is '{metadata['tf_gpt2_save_id']}': if this one is "
+                                         "meant for them, add that id to it"):
+        GPT2.from_pretrained(tmp_path / "hf")
     # transformers' own save of a model it loaded from ours keeps the config's id, not the weights': it loads.
     transformers = pytest.importorskip("transformers")
     transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "m").save_pretrained(tmp_path / "resaved")
@@ -763,7 +774,7 @@ def _save_openai(directory, tensors, config):
 def test_openai_checkpoints_in_bfloat16_load_and_odd_ones_are_refused(tmp_path):
     """bfloat16 weights (numpy's kind "V") were refused as "not floating point", in OpenAI's format and from a
     keras-hub backbone; a conv1d kernel of [2, in, out] lost its second half; a `checkpoint` file naming another
-    folder's weights (a copied run keeps its absolute paths) read those."""
+    folder's weights (a copied run keeps its absolute paths) read those: this folder's files of that name are read."""
     import keras_hub
     import ml_dtypes
 
@@ -790,9 +801,11 @@ def test_openai_checkpoints_in_bfloat16_load_and_odd_ones_are_refused(tmp_path):
     _save_openai(tmp_path / "a", tensors, model.config)
     other = GPT2(GPT2Config.from_preset("gpt2-tiny", vocab_size=100, n_positions=16, initializer_range=0.3))
     _save_openai(tmp_path / "b", checkpoint_tensors(other), other.config)
+    # A copied run's `checkpoint` names the folder it was copied from (TF1's Saver writes absolute paths): this
+    # folder's files of that name are read, never the other folder's
     (tmp_path / "b" / "checkpoint").write_text(f'model_checkpoint_path: "{tmp_path / "a" / "model.ckpt"}"\n')
-    with pytest.raises(ValueError, match=f"b/checkpoint names {tmp_path}/a/model.ckpt, outside {tmp_path}/b"):
-        GPT2.from_pretrained(tmp_path / "b")
+    np.testing.assert_array_equal(np.asarray(weight_table(GPT2.from_pretrained(tmp_path / "b"))["wte.weight"]),
+                                  checkpoint_tensors(other)["wte.weight"])
     (tmp_path / "b" / "checkpoint").write_text('model_checkpoint_path: "model.ckpt"\n')  # its own: read
     np.testing.assert_array_equal(np.asarray(weight_table(GPT2.from_pretrained(tmp_path / "b"))["wte.weight"]),
                                   checkpoint_tensors(other)["wte.weight"])
@@ -802,10 +815,9 @@ def test_openai_checkpoints_in_bfloat16_load_and_odd_ones_are_refused(tmp_path):
     with pytest.raises(FileNotFoundError, match=f"b/checkpoint names {tmp_path}/b/model.ckpt-2000, whose files "
                                                 r"\(.index, .data-\*\) are not in"):
         GPT2.from_pretrained(tmp_path / "b")
-    # A run moved from where TF1's Saver wrote it (it keeps absolute paths): the named checkpoint, found here
-    (tmp_path / "b" / "checkpoint").write_text('model_checkpoint_path: "/content/run1/model.ckpt"\n')
-    np.testing.assert_array_equal(np.asarray(weight_table(GPT2.from_pretrained(tmp_path / "b"))["wte.weight"]),
-                                  checkpoint_tensors(other)["wte.weight"])
+    (tmp_path / "b" / "checkpoint").write_text(f'model_checkpoint_path: "{tmp_path / "a" / "model.ckpt-7"}"\n')
+    with pytest.raises(FileNotFoundError, match="whose files .* are not in"):  # (they are in a/: not read)
+        GPT2.from_pretrained(tmp_path / "b")
 
 
 def test_saving_a_character_model_over_a_gpt2_one_leaves_no_gpt2_tokenizer(tmp_path):

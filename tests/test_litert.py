@@ -238,6 +238,7 @@ def test_bad_export_arguments_fail_clearly_and_write_nothing(model, tmp_path, ca
                              "prefill length 32 exceeds cache_length 16"),
                             (dict(prefill_lengths=(0,)), "prefill_lengths must be positive integers"),
                             (dict(prefill_lengths=8), "prefill_lengths must be a list of positive integers, got 8"),
+                            (dict(prefill_lengths=[8, [4]]), "prefill_lengths must be positive integers"),
                             (dict(prefill_lengths=(8, 8)), r"prefill_lengths gives a length more than once: \[8, 8\]"),
                             # Files that LiteRT-LM could not run a prompt with (tried: litert-lm 0.18.1).
                             (dict(cache_length=16, prefill_lengths=(8, 13)),
@@ -275,10 +276,15 @@ def test_bad_export_arguments_fail_clearly_and_write_nothing(model, tmp_path, ca
             export_litertlm(model, str(tmp_path / name), CACHE, PREFILL)
     assert cli_main(["export", "--random-init", "gpt2-tiny", "--out", str(tmp_path / "up.LITERTLM")]) == 2
     assert "LiteRT-LM opens a package by its name's ending" in capsys.readouterr().err
-    # A failed export leaves no folders made for it (they were made before the model loaded and the settings were
-    # checked); a quantized Keras model is refused naming the flag too
-    with pytest.raises(ValueError, match="prefill length 32 exceeds"):
-        export_litert(model, str(tmp_path / "new" / "sub" / "m.tflite"), cache_length=16, prefill_lengths=(32,))
+    # A failed export leaves no folders made for it (the CLI made them before the model loaded); a quantized Keras
+    # model is refused naming the flag too
+    missing, new = str(tmp_path / "missing.keras"), str(tmp_path / "new" / "m.tflite")
+    assert cli_main(["export", "--model", missing, "--out", new]) == 2
+    assert "missing.keras" in capsys.readouterr().err
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("tf_gpt2.litert.litert_bytes", lambda *a, **k: exec("raise MemoryError('converting')"))
+        with pytest.raises(MemoryError, match="converting"):
+            export_litertlm(model, tmp_path / "new" / "sub" / "m.litertlm", CACHE, PREFILL)  # (a Path too)
     quantized = GPT2.from_config(model.get_config())
     quantized.quantize("int8")
     with pytest.raises(ValueError, match=r"export the float model with quantize='int8' \(--quantize int8\)"):

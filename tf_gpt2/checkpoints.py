@@ -270,10 +270,18 @@ SAVE_ID = "tf_gpt2_save_id"  # in config.json and the safetensors metadata: whic
 SAVED_CONFIG = "tf_gpt2_config"  # in the safetensors metadata: the shape and arithmetic the weights were saved for
 
 
-def _saved_for(config: GPT2Config, metadata: dict[str, str]) -> str:
-    """Where `config` differs from the shape and arithmetic a tf_gpt2 save wrote into its weights' metadata, in
-    words ("" where it does not; all of it for a save that wrote none)."""
-    saved = json.loads(metadata.get(SAVED_CONFIG, "{}"))
+def _saved_for(config: GPT2Config, metadata: dict[str, str], path: str) -> str:
+    """Where `config` differs from the shape and arithmetic a tf_gpt2 save wrote into its weights' metadata (at
+    `path`), in words; "" where it does not."""
+    if SAVED_CONFIG not in metadata:  # (an earlier tf_gpt2's save recorded its id alone)
+        return (f"a config.json of their own, whose {SAVE_ID} is {metadata[SAVE_ID]!r}: if this one is meant for "
+                "them, add that id to it")
+    try:
+        saved = json.loads(metadata[SAVED_CONFIG])
+    except ValueError:
+        saved = None
+    if not isinstance(saved, dict):
+        raise ValueError(f"{path}: its metadata's {SAVED_CONFIG} is not a JSON object: {metadata[SAVED_CONFIG]!r:.80}")
     return ", ".join(f"{name}={saved.get(name, '?')!r} (config.json: {getattr(config, name)!r})"
                      for name in (*SHAPE, *COMPUTED) if saved.get(name, "?") != getattr(config, name))
 
@@ -290,7 +298,8 @@ def read_hf(directory: str, **overrides: Any) -> tuple[GPT2Config, Tensors]:
             # another save's (another id) or one without an id (transformers', a hand-written one), which is read
             # where it gives the weights' shape and arithmetic. A config.json with an id beside weights without one
             # is transformers' save of a model it loaded from ours (it keeps the key): read as it is.
-            differs, other_save = _saved_for(config, metadata), SAVE_ID in hf_config
+            differs = _saved_for(config, metadata, path) if SAVE_ID in metadata else ""
+            other_save = SAVE_ID in hf_config
             if SAVE_ID in metadata and metadata[SAVE_ID] != hf_config.get(SAVE_ID) and (other_save or differs):
                 differs = "" if SAVE_ID in hf_config else f" (the weights were saved for {differs})"
                 raise ValueError(f"{path} was saved with another config.json than the one beside it{differs} (an "
@@ -330,8 +339,9 @@ def save_hf(model: keras.Model, directory: str | os.PathLike) -> None:
     """Write config.json + model.safetensors that `transformers.GPT2LMHeadModel` loads, and, for the
     GPT-2 vocabulary (or one padded past it), the tokenizer files that `transformers.AutoTokenizer` loads.
 
-    Both are written in full before either replaces an older file, and both carry the id of this save,
-    so a pair that a crash mixed up is refused on load. Then every file there that a reader would take for the
+    Both are written in full before either replaces an older file, and both carry the id of this save (the weights
+    also the shape and arithmetic they are for), so a pair that a crash mixed up is refused on load where the
+    config.json is another save's or gives other settings. Then every file there that a reader would take for the
     model instead of, or beside, what was saved (another checkpoint's weights, OpenAI's or keras-hub's checkpoint,
     tokenizer files of another vocabulary: `files_read_instead`) is removed, with a warning that lists them, as
     transformers removes the weight files of an older save. A folder that holds such files but no GPT-2 checkpoint
@@ -489,22 +499,20 @@ def read_openai(directory: str, **overrides: Any) -> tuple[GPT2Config, Tensors]:
         raise ValueError(f"{hparams} lacks {', '.join(missing)}: not a GPT-2 hparams file")
     config = _config(hparams, vocab_size=hp["n_vocab"], n_positions=hp["n_ctx"], n_embd=hp["n_embd"],
                      n_layer=hp["n_layer"], n_head=hp["n_head"], **overrides)
-    prefix = tf.train.latest_checkpoint(directory)
-    if prefix is not None and os.path.realpath(os.path.dirname(prefix)) != os.path.realpath(directory):
-        raise ValueError(f"{os.path.join(directory, 'checkpoint')} names {prefix}, outside {directory} (a copied "
-                         "run keeps the paths it was written with): refusing to read another folder's weights; name "
-                         f"this folder's checkpoint there (model_checkpoint_path: \"{os.path.basename(prefix)}\")")
-    if prefix is None and os.path.exists(named := os.path.join(directory, "checkpoint")):
-        try:  # a `checkpoint` file naming files that are not there: not passed over for another checkpoint
+    prefix, named = None, os.path.join(directory, "checkpoint")
+    if os.path.exists(named):  # TensorFlow's index of the folder's checkpoints: the one it names
+        try:
             state = tf.train.get_checkpoint_state(directory)
         except (tf.errors.OpError, ValueError) as e:  # (text_format's ParseError is a ValueError)
             raise ValueError(f"{named} is not TensorFlow's checkpoint index ({e}): fix or remove it") from None
-        named_prefix = state.model_checkpoint_path if state is not None else ""
-        if named_prefix and os.path.exists(os.path.join(directory, os.path.basename(named_prefix) + ".index")):
-            prefix = os.path.join(directory, os.path.basename(named_prefix))  # a run moved: TF1's Saver wrote its path
-        elif named_prefix:
-            raise FileNotFoundError(f"{named} names {named_prefix}, whose files (.index, .data-*) are not in "
-                                    f"{directory}: copy them there, or name this folder's checkpoint in it")
+        if state is not None and state.model_checkpoint_path:
+            # TF1's Saver writes absolute paths: a run copied or moved names where it was. This folder's files of
+            # that name are read, never another folder's, nor another checkpoint of this one.
+            prefix = os.path.join(directory, os.path.basename(state.model_checkpoint_path))
+            if not os.path.exists(prefix + ".index"):
+                raise FileNotFoundError(f"{named} names {state.model_checkpoint_path}, whose files (.index, .data-*) "
+                                        f"are not in {directory}: copy them there, or name this folder's checkpoint "
+                                        "in it")
     if prefix is None:
         found = sorted(glob.glob(os.path.join(glob.escape(directory), "*.ckpt*.index")))
         if not found:
@@ -555,7 +563,7 @@ def read_keras_hub(backbone: Any, **overrides: Any) -> tuple[GPT2Config, Tensors
             raise FileNotFoundError(f"{folder} is a keras-hub preset without its weights: no {' or '.join(weights)}")
         try:
             backbone = keras_hub.models.GPT2Backbone.from_preset(folder)
-        except (OSError, KeyError, ValueError) as e:  # a damaged weights file fails in h5py's words, naming no file
+        except (OSError, KeyError, ValueError, TypeError) as e:  # a damaged file, in h5py's or Keras' words
             raise ValueError(f"cannot load keras-hub preset {folder}: {type(e).__name__}: {e}") from e
     kh = backbone.get_config()
     if kh["intermediate_dim"] != 4 * kh["hidden_dim"]:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 import re
 import warnings
-from typing import Callable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import keras
 import numpy as np
@@ -84,8 +84,9 @@ def _check_options(model: GPT2, cache_length: int | None, prefill_lengths: Seque
     cache_length = n_positions if cache_length is None else cache_length
     if not is_integer(cache_length) or not 0 < cache_length <= n_positions:
         raise ValueError(f"cache_length must be an integer in [1, {n_positions}] (n_positions), got {cache_length!r}")
-    if prefill_lengths is not None and (isinstance(prefill_lengths, (str, bytes)) or np.ndim(prefill_lengths) != 1):
-        raise ValueError(f"prefill_lengths must be a list of positive integers, got {prefill_lengths!r}")  # (not 8)
+    if prefill_lengths is not None and (isinstance(prefill_lengths, (str, bytes))
+                                        or not isinstance(prefill_lengths, Iterable)):  # (8 failed in tuple())
+        raise ValueError(f"prefill_lengths must be a list of positive integers, got {prefill_lengths!r}")
     lengths = default_prefill_lengths(cache_length) if prefill_lengths is None else tuple(prefill_lengths)
     if not lengths or any(not is_integer(t) or t <= 0 for t in lengths):
         raise ValueError(f"prefill_lengths must be positive integers, got {prefill_lengths!r}")
@@ -182,7 +183,9 @@ def litert_bytes(model: GPT2, cache_length: int | None = None, prefill_lengths: 
 
 def check_writable(path: str, kind: str) -> None:
     """Fail now, before a minutes-long conversion, if `path` cannot be written as a `.{kind}` file ("tflite",
-    "litertlm"): its suffix names another format, a folder or a file of another kind is there; create its folder."""
+    "litertlm"): its suffix names another format, a folder or a file of another kind is there, or its folder (or the
+    nearest one there) cannot be written."""
+    path = os.fspath(path)
     suffix = os.path.splitext(path)[1].lower()
     if suffix in MODEL_FILE_SUFFIXES and suffix != f".{kind}":  # (LiteRT-LM failed on it later: "Invalid magic
         # number"; a .keras so named failed to load)
@@ -213,6 +216,7 @@ def export_litert(model: GPT2, path: str, cache_length: int | None = None,
                   prefill_lengths: Sequence[int] | None = None, quantize: str = "fp32") -> str:
     """Write the `.tflite` (LiteRT-LM contract) to `path`, atomically, and return `path`. A path with `.litertlm`'s
     suffix, or a file there that is no `.tflite`, is refused."""
+    path = os.fspath(path)
     _check_options(model, cache_length, prefill_lengths, quantize)
     check_writable(path, "tflite")
 
@@ -267,6 +271,7 @@ def export_litertlm(model: GPT2, path: str, cache_length: int | None = None,
                          "tflite) and drive it with your own tokenizer")
     cache_length, prefill_lengths = _check_options(model, cache_length, prefill_lengths, quantize)
     budget = _check_litert_lm_options(cache_length, prefill_lengths)
+    path = os.fspath(path)
     check_writable(path, "litertlm")
 
     parts = {"model.tflite": litert_bytes(model, cache_length, prefill_lengths, quantize,
