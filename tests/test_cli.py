@@ -230,8 +230,8 @@ def test_an_on_device_export_over_an_earlier_one_says_it_replaced_it(tmp_path, c
         assert cli_main([*EXPORT_TINY, "--format", "tflite", "--out", out]) == 0
         assert capsys.readouterr().out.strip().splitlines()[-1] == said
     (tmp_path / "notes").write_text("my notes")
-    (tmp_path / "phone").write_bytes((tmp_path / "gpt2.tflite").read_bytes())  # a model of the other on-device kind
-    for kind, path in (("tflite", "notes"), ("litertlm", "phone")):  # (convert's .keras: CASES)
+    (tmp_path / "phone.litertlm").write_bytes((tmp_path / "gpt2.tflite").read_bytes())  # the other on-device kind
+    for kind, path in (("tflite", "notes"), ("litertlm", "phone.litertlm")):  # (convert's .keras: CASES)
         kept = (tmp_path / path).read_bytes()
         assert cli_main([*EXPORT_TINY, "--format", kind, "--out", str(tmp_path / path)]) == 2
         assert f"{tmp_path / path} is a file but no .{kind} file: writing there would replace it" in \

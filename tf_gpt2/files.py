@@ -330,9 +330,30 @@ def _remove_if_only_lock(directory: str, top: str) -> None:
     with contextlib.suppress(OSError):
         if os.listdir(directory) == [".lock"]:
             os.remove(os.path.join(directory, ".lock"))
-            path = os.path.realpath(directory)
-            while True:
-                os.rmdir(path)  # (not empty: something else was written there, and it stays)
-                if path == top:
-                    return
-                path = os.path.dirname(path)
+            _remove_empty_folders(directory, top)
+
+
+def _remove_empty_folders(directory: str, top: str) -> None:
+    """Remove `directory` and its parents up to `top` while they are empty (one that is not stays, with those above)."""
+    with contextlib.suppress(OSError):
+        path = os.path.realpath(directory)
+        while True:
+            os.rmdir(path)  # (not empty: something else was written there, and it stays)
+            if path == top:
+                return
+            path = os.path.dirname(path)
+
+
+@contextlib.contextmanager
+def folders_for(path: str) -> Iterator[None]:
+    """Make the folders that `path` is to be written in; if the block fails, remove those made here (while empty):
+    a failed write leaves no folders behind."""
+    directory = os.path.dirname(os.path.abspath(path))
+    top = _first_missing(directory)
+    os.makedirs(directory, exist_ok=True)
+    try:
+        yield
+    except BaseException:
+        if top is not None:
+            _remove_empty_folders(directory, top)
+        raise

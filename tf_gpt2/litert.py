@@ -27,7 +27,7 @@ import numpy as np
 import tensorflow as tf
 
 from tf_gpt2.checks import checked_stop_ids, is_integer, require_tensorflow
-from tf_gpt2.files import atomic_write, refuse_replacing_another_kind, work_dir, write_file
+from tf_gpt2.files import atomic_write, folders_for, refuse_replacing_another_kind, work_dir, write_file
 from tf_gpt2.formats import MODEL_FILE_SUFFIXES, QUANTIZATIONS
 from tf_gpt2.generation import refuse_non_finite
 from tf_gpt2.layers import causal_mask
@@ -206,9 +206,9 @@ def check_writable(path: str, kind: str) -> None:
 
 
 def _write_converted(path: str, write: Callable[[str], None]) -> str:
-    """`write(tmp)` a converted file atomically at `path`, making its folders now that there is a file to put there."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    atomic_write(path, write)
+    """`write(tmp)` (it converts, then writes) atomically at `path`, in folders made for it that a failure removes."""
+    with folders_for(path):
+        atomic_write(path, write)
     return path
 
 
@@ -220,8 +220,8 @@ def export_litert(model: GPT2, path: str, cache_length: int | None = None,
     _check_options(model, cache_length, prefill_lengths, quantize)
     check_writable(path, "tflite")
 
-    flatbuffer = litert_bytes(model, cache_length, prefill_lengths, quantize)
-    return _write_converted(path, lambda tmp: write_file(tmp, flatbuffer))
+    return _write_converted(path, lambda tmp: write_file(tmp, litert_bytes(model, cache_length, prefill_lengths,
+                                                                           quantize)))
 
 
 def token_budget(model: GPT2, cache_length: int | None = None, prefill_lengths: Sequence[int] | None = None) -> int:
@@ -274,12 +274,11 @@ def export_litertlm(model: GPT2, path: str, cache_length: int | None = None,
     path = os.fspath(path)
     check_writable(path, "litertlm")
 
-    parts = {"model.tflite": litert_bytes(model, cache_length, prefill_lengths, quantize,
-                                          vocab_end=VOCAB_SIZE if ids > VOCAB_SIZE else None),
-             "tokenizer.json": hf_tokenizer_json().encode("utf-8"),
-             "metadata.pb": _llm_metadata(budget)}
-
     def write(tmp: str) -> None:
+        parts = {"model.tflite": litert_bytes(model, cache_length, prefill_lengths, quantize,
+                                              vocab_end=VOCAB_SIZE if ids > VOCAB_SIZE else None),
+                 "tokenizer.json": hf_tokenizer_json().encode("utf-8"),
+                 "metadata.pb": _llm_metadata(budget)}
         with work_dir("litertlm") as folder:
             files = {name: os.path.join(folder, name) for name in parts}
             for name, data in parts.items():
