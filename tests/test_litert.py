@@ -285,7 +285,7 @@ def test_bad_export_arguments_fail_clearly_and_write_nothing(model, tmp_path, ca
         patch.setattr("tf_gpt2.litert.litert_bytes", lambda *a, **k: exec("raise MemoryError('converting')"))
         with pytest.raises(MemoryError, match="converting"):
             export_litertlm(model, tmp_path / "new" / "sub" / "m.litertlm", CACHE, PREFILL)  # (a Path too)
-    quantized = GPT2.from_config(model.get_config())
+    quantized = GPT2(GPT2Config.from_preset("gpt2-tiny", vocab_size=50, n_positions=16))
     quantized.quantize("int8")
     with pytest.raises(ValueError, match=r"export the float model with quantize='int8' \(--quantize int8\)"):
         export_litert(quantized, str(tmp_path / "new" / "sub" / "q.tflite"))
