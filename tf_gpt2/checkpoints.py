@@ -298,12 +298,12 @@ def read_hf(directory: str, **overrides: Any) -> tuple[GPT2Config, Tensors]:
             # another save's (another id) or one without an id (transformers', a hand-written one), which is read
             # where it gives the weights' shape and arithmetic. A config.json with an id beside weights without one
             # is transformers' save of a model it loaded from ours (it keeps the key): read as it is.
-            differs = _saved_for(config, metadata, path) if SAVE_ID in metadata else ""
-            other_save = SAVE_ID in hf_config
-            if SAVE_ID in metadata and metadata[SAVE_ID] != hf_config.get(SAVE_ID) and (other_save or differs):
-                differs = "" if SAVE_ID in hf_config else f" (the weights were saved for {differs})"
-                raise ValueError(f"{path} was saved with another config.json than the one beside it{differs} (an "
-                                 "interrupted save?): the pair does not belong together; save the model again")
+            if SAVE_ID in metadata and metadata[SAVE_ID] != hf_config.get(SAVE_ID):
+                differs = "" if SAVE_ID in hf_config else _saved_for(config, metadata, path)
+                if SAVE_ID in hf_config or differs:
+                    said = f" (the weights were saved for {differs})" if differs else ""
+                    raise ValueError(f"{path} was saved with another config.json than the one beside it{said} (an "
+                                     "interrupted save?): the pair does not belong together; save the model again")
         else:
             found = _read_torch_bin(path)
         for key, value in found.items():
