@@ -51,7 +51,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[1:1] = [os.path.dirname(HERE)]  # the checkout's tf_gpt2, installed or not
-from harness import TrainSetup, _hf_model, tensorflow_free, write_results, write_whole  # noqa: E402
+from harness import TrainSetup, _hf_model, tensorflow_free, versions, write_results, write_whole  # noqa: E402
 
 GB = 1e9
 TIMED = ("train", "decode")  # compiled side by side in waves, then timed one at a time; the rest share the GPU
@@ -713,18 +713,6 @@ def free_gpu_gb() -> float | None:
         return float(out[0]) * 2**20 / GB
     except (OSError, subprocess.SubprocessError, IndexError, ValueError):
         return None
-
-
-def versions() -> dict:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {}
-    for name in ("jax", "keras", "torch", "transformers", "peft"):
-        try:
-            out[name] = version(name)
-        except PackageNotFoundError:
-            out[name] = None
-    return out
 
 
 # -- tables ------------------------------------------------------------------------------------------------------

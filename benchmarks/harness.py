@@ -34,16 +34,42 @@ if ROOT not in sys.path:
     sys.path.insert(1, ROOT)
 
 
+# The CPU's matrix instructions that decide how fast a float32 or bfloat16 matmul runs, as /proc/cpuinfo flags them.
+MATRIX_FEATURES = (("avx512f", "AVX-512"), ("avx512_bf16", "AVX-512 BF16"), ("amx_tile", "AMX"))
+
+
 def machine() -> str:
-    """The host a figure was measured on, by its CPU's name (hosts of one architecture differ a lot: AMD or Intel,
-    AVX-512 or AMX), e.g. "AMD EPYC (x86_64), 2 cores"."""
-    name = platform.processor()
+    """The host a figure was measured on, by its CPU's name and matrix instructions (hosts of one architecture differ
+    a lot: AMD or Intel, AVX-512 or AMX), e.g. "AMD EPYC (x86_64; AVX-512, AVX-512 BF16, no AMX), 2 cores"."""
+    name, flags = platform.processor(), set()
     try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            name = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), name)
+        with open("/proc/cpuinfo", encoding="utf-8") as f:  # the first processor's lines, "key\t: value"
+            first = dict(line.split(":", 1) for line in f.read().split("\n\n")[0].splitlines() if ":" in line)
+        fields = {key.strip(): value.strip() for key, value in first.items()}
+        name, flags = fields.get("model name") or name, set(fields.get("flags", "").split())
     except OSError:
         pass
-    return f"{name or 'unknown CPU'} ({platform.machine()}), {os.cpu_count()} cores"
+    features = [label if flag in flags else f"no {label}" for flag, label in MATRIX_FEATURES] if flags else [
+        "instructions not read"]
+    return f"{name or 'unknown CPU'} ({platform.machine()}; {', '.join(features)}), {os.cpu_count()} cores"
+
+
+# The packages whose versions a figure depends on (those not installed are recorded as None).
+MEASURED_PACKAGES = ("tensorflow", "keras", "keras-hub", "jax", "jaxlib", "torch", "transformers", "peft",
+                     "ai-edge-litert", "litert-lm", "ctranslate2", "tiktoken", "numpy")
+
+
+def versions() -> dict:
+    """The installed versions of MEASURED_PACKAGES, read from their metadata (nothing is imported)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for name in MEASURED_PACKAGES:
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = None
+    return out
 
 
 def tensorflow_free(module: str):
@@ -85,9 +111,10 @@ def write_whole(path: str, text: str) -> None:
     files.atomic_write(path, files.bytes_writer(text.encode()))
 
 
-def write_results(path: str, record) -> None:
-    """`record` as JSON into `path`, whole or not at all."""
-    write_whole(path, json.dumps(record, indent=1))
+def write_results(path: str, record: dict) -> None:
+    """`record` as JSON into `path`, whole or not at all, with the versions it was measured with (`versions()`,
+    where the record does not give them)."""
+    write_whole(path, json.dumps({**record, "versions": record.get("versions") or versions()}, indent=1))
 
 
 def _ours(config: GPT2Config, **kwargs):

@@ -42,7 +42,7 @@ def test_nanogpt_peer_is_the_same_gpt2_as_hf():
 
 
 def test_bench_smoke_runs_the_peers_and_writes_figures(tmp_path, capsys):
-    pytest.importorskip("torch")
+    torch = pytest.importorskip("torch")
     out = tmp_path / "bench.json"
     # The nanoGPT-style peer is checked on its own above (each system here is a process of its own: a few seconds)
     assert bench_main(["--smoke", "--systems", "tf_gpt2,hf,litert", "--json", str(out)]) == 0
@@ -52,6 +52,9 @@ def test_bench_smoke_runs_the_peers_and_writes_figures(tmp_path, capsys):
     assert set(results["decode"]) == {"tf_gpt2", "hf", "litert"}
     assert all(v > 0 for part in ("train", "decode") for v in results[part].values())
     assert results["matmul_roof_flops"] > 1e8
+    import keras  # each figure names what it was measured with: the packages' versions, the CPU's matrix instructions
+    assert results["versions"]["keras"] == keras.version() and results["versions"]["torch"] == torch.__version__
+    assert "AMX" in results["machine"] or "instructions not read" in results["machine"]
     assert "| tf_gpt2 (TF, XLA) |" in printed and "vs HF transformers GPT-2 (torch eager)" in printed
     assert "of greedy tokens equal the Keras model's" in printed
 
