@@ -17,7 +17,19 @@ def test_attention_maps_are_the_models_and_plot_one_panel_per_head(tmp_path):
     assert maps.shape == (2, 2, len(ids), len(ids))
     np.testing.assert_allclose(maps.sum(-1), 1.0, atol=1e-5)  # each query's attention is a distribution
     assert np.all(np.triu(maps, k=1) == 0)  # over itself and earlier positions only
-    fig = plot_attention(maps, [tok.decode([i]) for i in ids], layer=1, path=str(tmp_path / "attn.png"))
+    import matplotlib
+    import matplotlib.pyplot as plt
+
+    backend, figures = matplotlib.get_backend(), plt.get_fignums()
+    matplotlib.use("svg")  # the caller's (a notebook's inline one, say): a figure written to a file leaves it so
+    try:
+        fig = plot_attention(maps, [tok.decode([i]) for i in ids], layer=1, path=str(tmp_path / "attn.png"))
+        assert matplotlib.get_backend() == "svg" and plt.get_fignums() == figures  # (it switched to Agg)
+    finally:
+        matplotlib.use(backend)
+    shown = plot_attention(maps, [tok.decode([i]) for i in ids])  # no file: pyplot's, for a notebook to show
+    assert shown.number in plt.get_fignums()
+    plt.close(shown)
     assert len([ax for ax in fig.axes if ax.images]) == 2
     assert (tmp_path / "attn.png").read_bytes()[:4] == b"\x89PNG"
     png = (tmp_path / "attn.png").read_bytes()

@@ -37,9 +37,7 @@ def plot_attention(maps: np.ndarray, tokens: Sequence[str], layer: int = 0, path
     """
     try:
         import matplotlib
-
-        matplotlib.use("Agg") if path else None
-        import matplotlib.pyplot as plt
+        from matplotlib.figure import Figure
     except ImportError as e:
         raise ImportError("plotting attention needs matplotlib: pip install matplotlib") from e
     if isinstance(path, (str, os.PathLike)):
@@ -58,7 +56,14 @@ def plot_attention(maps: np.ndarray, tokens: Sequence[str], layer: int = 0, path
         raise ValueError(f"{len(tokens)} token labels for {heads.shape[-1]} positions")
     cols = min(4, len(heads))
     rows = -(-len(heads) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.2 * rows), squeeze=False)
+    size = (3.2 * cols, 3.2 * rows)
+    if path is None:  # shown where pyplot shows figures (a notebook's cell)
+        import matplotlib.pyplot as plt
+
+        fig = plt.figure(figsize=size)
+    else:  # only written: pyplot's backend and its open figures are left as the caller has them
+        fig = Figure(figsize=size)
+    axes = fig.subplots(rows, cols, squeeze=False)
     for h, ax in enumerate(axes.flat):
         if h >= len(heads):
             ax.axis("off")
@@ -75,7 +80,7 @@ def plot_attention(maps: np.ndarray, tokens: Sequence[str], layer: int = 0, path
         path = os.fspath(path)
         suffix = os.path.splitext(path)[1][1:].lower()
         if not suffix:  # as matplotlib names a file without one: with its default format's
-            suffix = plt.rcParams["savefig.format"]
+            suffix = matplotlib.rcParams["savefig.format"]
             path = f"{path}.{suffix}"
         atomic_write(path, lambda tmp: fig.savefig(tmp, format=suffix, dpi=100))
     return fig
