@@ -312,8 +312,8 @@ def test_a_character_model_carries_its_vocabulary_through_save_and_load(tmp_path
 
 def test_the_trained_model_keeps_learned_residual_scales():
     """What `tf-gpt2 train` saves (`inference_model`: the weights copied into a fresh model) keeps a variant block's
-    learned residual scales, not fresh ones of 1."""
-    from tf_gpt2.training import inference_model
+    learned residual scales, not fresh ones of 1; LoRA freezes them, and a quantized model's are not copied."""
+    from tf_gpt2.training import enable_lora, inference_model
 
     model = GPT2(GPT2Config.from_preset("gpt2-tiny", vocab_size=50, n_positions=16, learned_residual_scale=True))
     for block in model.h:
@@ -321,6 +321,11 @@ def test_the_trained_model_keeps_learned_residual_scales():
         block.mlp_scale.assign(0.4)
     ids = np.array([[1, 2, 3, 4]], "int32")
     np.testing.assert_array_equal(np.asarray(inference_model(model)(ids)), np.asarray(model(ids)))
+    enable_lora(model, 2)  # adapters only: the scales are frozen with the rest (they trained, in bf16 not at all)
+    assert {v.path.split("/")[-1] for v in model.trainable_variables} == {"lora_kernel_a", "lora_kernel_b"}
+    model.quantize("int8")  # its weights are int8 codes now: never copied as if they were float (logits off by 500)
+    with pytest.raises(ValueError, match=r"the model is quantized \(int8\): its weights are no longer float"):
+        inference_model(model)
 
 
 def test_a_lora_rank_outside_the_projections_and_a_legacy_h5_save_are_refused(tmp_path):

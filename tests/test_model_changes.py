@@ -134,7 +134,7 @@ def test_every_compiled_path_sees_lora_adapters_added_after_it_ran():
 
 
 def test_program_key_ignores_values_and_sees_structure():
-    """Assigning weights keeps the compiled programs; a new dtype policy on one layer does not."""
+    """Assigning weights keeps the compiled programs; a new dtype policy on one layer, or a weight frozen, does not."""
     from tf_gpt2.xla import program_key
 
     model = GPT2(GPT2Config(**CONFIG))
@@ -142,6 +142,9 @@ def test_program_key_ignores_values_and_sees_structure():
     CHANGES["other weights"](model)
     assert program_key(model) == key
     model.h[1].attn.c_proj.dtype_policy = "bfloat16"
+    assert program_key(model) != key
+    key = program_key(model)
+    model.h[0].ln_1.gamma.trainable = False  # one weight frozen: a traced train step would still update it
     assert program_key(model) != key
 
 

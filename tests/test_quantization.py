@@ -2,6 +2,7 @@
 
 import os
 import sys
+import warnings
 
 import keras
 import numpy as np
@@ -86,6 +87,12 @@ def test_quantize_keeps_its_config_through_a_saved_file_and_refuses_a_filter(tmp
     with pytest.raises(ValueError, match="GPT2.quantize takes Keras' int8, int4 and float8 modes, got 'gptq'"):
         model.quantize("gptq", config=keras.quantizers.GPTQConfig(dataset=["text"], tokenizer=lambda text: [1]))
     assert model.quantization is None and model.h[0].mlp.c_fc.quantization_mode is None
+    float8 = GPT2(model.config)
+    with warnings.catch_warnings(record=True) as said:  # the projections only, as the docstring says, in silence
+        warnings.simplefilter("always")                  # (Keras' "Invalid quantization mode" for the embeddings)
+        float8.quantize("float8")
+    assert not [w for w in said if "quantization mode" in str(w.message)], [str(w.message) for w in said]
+    assert float8.h[0].mlp.c_fc.quantization_mode == "float8" and float8.wte.quantization_mode is None
     ids = np.array([[1, 2, 3, 4, 5]])
     default = GPT2(model.config)
     default.set_weights(model.get_weights())

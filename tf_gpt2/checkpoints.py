@@ -147,6 +147,9 @@ def _assign(model: keras.Model, tensors: dict[str, np.ndarray]) -> keras.Model:
 
 def checkpoint_tensors(model: keras.Model) -> dict[str, np.ndarray]:
     """Every weight as float32 numpy under its GPT-2 name, the token embedding without padding rows."""
+    if getattr(model, "quantization", None):  # (its int8 codes were read as the weights)
+        raise ValueError(f"the model is quantized ({model.quantization}): its weights are no longer float; take them "
+                         "from the float model, before quantize()")
     tensors = {name: np.asarray(host_array(v), dtype=np.float32)
                for name, v in weight_table(model).items()}
     tensors["wte.weight"] = tensors["wte.weight"][: model.config.vocab_size]

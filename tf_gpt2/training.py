@@ -111,13 +111,14 @@ def enable_lora(model: GPT2, rank: int) -> None:
     if not is_integer(rank) or not 1 <= rank <= model.config.n_embd:  # (0 froze the model and trained nothing)
         raise ValueError(f"the LoRA rank must be an integer in [1, {model.config.n_embd}] (n_embd: no projection has "
                          f"a higher rank), got {rank!r}")
-    for layer in (model.wte, model.wpe, model.ln_f):
-        layer.trainable = False
+    adapters = []
     for block in model.h:
-        block.ln_1.trainable = block.ln_2.trainable = False
         for dense in (block.attn.c_attn, block.attn.c_proj, block.mlp.c_fc, block.mlp.c_proj):
             dense.enable_lora(rank)
-            dense.bias.trainable = False  # adapters only, as in LoRA's paper
+            adapters += [dense.lora_kernel_a, dense.lora_kernel_b]
+    for variable in model.trainable_variables:  # adapters only, as in LoRA's paper: biases, LayerNorms, embeddings
+        if not any(variable is adapter for adapter in adapters):  # and a variant's residual scales frozen too
+            variable.trainable = False
 
 
 def inference_model(model: GPT2) -> GPT2:

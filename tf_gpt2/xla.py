@@ -21,12 +21,12 @@ import numpy as np  # noqa: F401  (used by the example)
 
 
 def program_key(model: keras.Layer) -> tuple:
-    """What a program traced from `model` reads besides its weights' values: which variables it has, and each
-    layer's dtype policy and whether it trains. Quantizing, LoRA adapters, a rebuilt layer (new variables), a new
-    dtype policy or a layer frozen or unfrozen change it; loading other weights (`set_weights`, `load_weights`,
-    `from_pretrained` into it) assigns values and does not.
+    """What a program traced from `model` reads besides its weights' values: which variables it has and which of
+    them train, and each layer's dtype policy and whether it trains. Quantizing, LoRA adapters, a rebuilt layer (new
+    variables), a new dtype policy or a layer or variable frozen or unfrozen change it; loading other weights
+    (`set_weights`, `load_weights`, `from_pretrained` into it) assigns values and does not.
     """
-    return (tuple(id(v) for v in model.variables),
+    return (tuple((id(v), v.trainable) for v in model.variables),
             tuple((id(layer), layer.dtype_policy.name, layer.trainable) for layer in model._flatten_layers()))
 
 
