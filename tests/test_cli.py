@@ -66,6 +66,8 @@ CASES = [
      "sample_prompt 'Once' would not be used: sample_tokens is 0 (no samples)"),
     (["train", "--out", "{d}/run", "--strategy", "mirrored", "--sample-prompt", "Once"],
      "sample_prompt 'Once' would not be used: a run under strategy mirrored makes no samples"),
+    (["train", "--out", "{d}/run", "--strategy", "mirrored", "--sample-tokens", "8"],  # (no sample and no word)
+     "sample_tokens 8 would not be used: a run under strategy mirrored makes no samples"),
     (["train", "--out", "{d}/run", "--learning-rate", "3e-5", "--min-learning-rate", "6e-5"],
      "the cosine schedule would rise"),
     (["train", "--out", "{d}/run", "--init-from", "{d}/hf", "--preset", "gpt2-medium"],  # (the preset was ignored)
@@ -258,7 +260,7 @@ def test_a_file_size_limit_and_another_backend_end_in_one_line_naming_the_file(t
     """A write cut short by the disk or a size limit (EFBIG here, from RLIMIT_FSIZE) names the file it was writing
     (a SavedModel's version, written by TensorFlow, as a checkpoint or safetensors' Rust writer), and the temp
     folder where it was staged in one (TensorFlow's own writer, there); an export on the JAX backend
-    says it needs TensorFlow (not a JAX tracer's error)."""
+    says it needs TensorFlow (not a JAX tracer's error); `--strategy tpu` on a machine without one says so."""
     import os
 
     (tmp_path / "text.txt").write_text("To be, or not to be, that is the question:\n" * 40)
@@ -290,11 +292,14 @@ def test_a_file_size_limit_and_another_backend_end_in_one_line_naming_the_file(t
     (tmp_path / "staging").mkdir()
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "TMPDIR": str(tmp_path / "staging")}
     saved_model = ["export", "--random-init", "gpt2-tiny", "--out", str(tmp_path / "served")]  # TensorFlow's writer
+    # Last, as it connects the process to a cluster ("Please provide a TPU Name to connect to": no flag takes one).
+    tpu = [*train[:4], str(tmp_path / "tpu"), *train[5:], "--strategy", "tpu"]
     expected = {"tensorflow": ((train, f"File too large (while writing): {tmp_path}/run/checkpoint"),
                                (saved_model, f"File too large (while writing): {tmp_path}/served/1"),
                                (convert, f"File too large (while writing): {tmp_path}/hf/model.safetensors"),
                                (tflite, f"File too large in the temp folder {tmp_path}/staging, where it is staged "
-                                        f"(set TMPDIR to stage it elsewhere) (while writing): {tmp_path}/m.tflite")),
+                                        f"(set TMPDIR to stage it elsewhere) (while writing): {tmp_path}/m.tflite"),
+                               (tpu, "--strategy tpu found no TPU (TPUs not found in the cluster): run it on a TPU")),
                 "jax": ((export, "a SavedModel export writes TensorFlow graphs: run it with KERAS_BACKEND=tensorflow "
                                  "(this process runs Keras on jax"),)}
     for backend, commands in expected.items():
@@ -306,7 +311,7 @@ def test_a_file_size_limit_and_another_backend_end_in_one_line_naming_the_file(t
             assert status == 2 and said.strip().splitlines()[-1].startswith(f"tf-gpt2 {argv[0]}: error: {message}"), \
                 said
     assert not os.path.exists(tmp_path / "run" / "checkpoint.npz") and not os.path.exists(tmp_path / "sm")
-    assert not os.path.exists(tmp_path / "served")  # made for the export, removed with it
+    assert not os.path.exists(tmp_path / "served") and not os.path.exists(tmp_path / "tpu")  # made, then removed
     assert not os.path.exists(tmp_path / "hf" / "model.safetensors") and not os.path.exists(tmp_path / "m.tflite")
     assert os.listdir(tmp_path / "staging") == []
 

@@ -120,11 +120,28 @@ def test_a_placement_the_backend_or_the_model_cannot_take_is_refused_by_name(mon
     monkeypatch.delenv("TF_CONFIG")
     with pytest.raises(ValueError, match="multiworker trains over the workers TF_CONFIG names, and it names none"):
         place_run(TrainConfig(strategy="multiworker"), GPT2.get_layout_map)
+    # On JAX (this process runs TensorFlow: the backend's name put in, and Keras' JAX initialize): TF_CONFIG's cluster
+    # trained alone, as process 0; many processes without process 0's address failed in JAX's words, naming no flag.
+    import keras
+    from keras.src.backend.jax import distribution_lib
+
+    monkeypatch.setattr(keras.backend, "backend", lambda: "jax")
+    monkeypatch.setenv("TF_CONFIG", json.dumps(workers))
+    with pytest.raises(ValueError, match="cluster of 2 workers, but this process would train alone: on jax, a run of "
+                                         "many processes is --distribution data|model"):
+        place_run(TrainConfig(), GPT2.get_layout_map)
+    monkeypatch.delenv("TF_CONFIG")
+    monkeypatch.setattr(keras.distribution, "initialize", distribution_lib.initialize)
+    with pytest.raises(ValueError, match="needs process 0's host:port: give --coordinator"):
+        place_run(TrainConfig(distribution="data", num_processes=2, process_id=1), GPT2.get_layout_map)
+    monkeypatch.undo()
     for bad, message in [(dict(distribution="pipeline"), "distribution must be one of"),
                          (dict(mesh="2x2"), "need a distribution"),
                          (dict(distribution="model", mesh="2by2"), "BATCHxMODEL"),
                          (dict(distribution="data", strategy="mirrored"), "exclude each other"),
                          (dict(distribution="data", num_processes=2, process_id=2), "process_id"),
+                         (dict(distribution="data", num_processes=0), "num_processes must be a positive integer"),
+                         (dict(distribution="model", mesh="²x1"), "BATCHxMODEL"),  # (int() failed on it)
                          (dict(process_id=1), "need a distribution"),
                          (dict(distribution="data", process_id=1),  # alone, it would run as process 0
                           "process_id 1 names one process of many: give num_processes and the coordinator too")]:
@@ -133,6 +150,10 @@ def test_a_placement_the_backend_or_the_model_cannot_take_is_refused_by_name(mon
     split = Placement(scope=None, replicas=2, mesh=Mesh(2, 2))
     with pytest.raises(ValueError, match="27 token-embedding rows .* mesh 2x2: .* multiple of 2 .*--vocab-multiple"):
         split.check(GPT2Config(vocab_size=27, n_embd=32, n_head=2, n_layer=1, n_positions=8))
+    with pytest.raises(ValueError, match=r"50304 token-embedding rows .* mesh 1x5: .* multiple of 5 \(pass --vocab-mul"
+                                         r"tiple 320\)"):  # (it said 64, the multiple already given)
+        Placement(scope=None, replicas=1, mesh=Mesh(1, 5)).check(
+            GPT2Config(vocab_size=50257, vocab_multiple=64, n_embd=320, n_head=5, n_layer=1, n_positions=8))
     with pytest.raises(ValueError, match="30 n_embd .* mesh 1x4: .* multiple of 4"):
         Placement(scope=None, replicas=1, mesh=Mesh(1, 4)).check(
             GPT2Config(vocab_size=28, n_embd=30, n_head=2, n_layer=1, n_positions=8))

@@ -141,7 +141,8 @@ TRAIN_FLAGS = {
     "sample_prompt": "prompt of the samples printed after each round (default: a line break, or none in characters "
                      "without one; empty: from <|endoftext|>; refused where no samples are made: --sample-tokens 0, "
                      "--strategy, many processes)",
-    "sample_tokens": "length of those samples (0: none; at most the context less one prompt token)",
+    "sample_tokens": "length of those samples (0: none; at most the context less one prompt token; refused, but for "
+                     "0, where no samples are made: --strategy, many processes)",
     "resume_with_changes": "resume the run in --out even though its settings or data changed",
 }
 SHAPE_HELP = "override the preset's {} (--init-from's checkpoint fixes it)"

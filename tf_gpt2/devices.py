@@ -54,7 +54,7 @@ class Mesh:
     @classmethod
     def parse(cls, text: str) -> "Mesh":
         parts = text.lower().split("x")
-        if len(parts) != 2 or not all(p.isdigit() and int(p) > 0 for p in parts):
+        if len(parts) != 2 or not all(p.isascii() and p.isdigit() and int(p) > 0 for p in parts):  # (not "²")
             raise ValueError(f"mesh must be BATCHxMODEL with two positive integers (e.g. 2x4), got {text!r}")
         return cls(int(parts[0]), int(parts[1]))
 
@@ -90,7 +90,8 @@ class Placement:
                  "n_embd": (config.n_embd, math.lcm(m, b))}
         for what, (size, parts) in sizes.items():
             if size % parts:
-                hint = " (pass --vocab-multiple 64)" if what.startswith("token") else ""
+                lcm = math.lcm(config.vocab_multiple, m)
+                hint = f" (pass --vocab-multiple {lcm})" if what.startswith("token") else ""
                 raise ValueError(f"the model's {size} {what} do not split evenly over the mesh "
                                  f"{b}x{m}: they must be a multiple of {parts}{hint}")
 
@@ -113,7 +114,11 @@ def place_run(cfg, layout_map: Callable[[Any], Any]) -> Placement:
     if cfg.strategy and backend != "tensorflow":
         raise ValueError(f"--strategy {cfg.strategy} is a tf.distribute strategy and needs the TensorFlow backend "
                          f"(this process runs {backend}); on JAX use --distribution data|model")
-    workers = _tf_config_workers() if backend == "tensorflow" else 0
+    workers = _tf_config_workers()
+    if workers > 1 and backend != "tensorflow":  # (a worker trained alone, as process 0, writing every file)
+        raise ValueError(f"TF_CONFIG names a cluster of {workers} workers, but this process would train alone: on "
+                         f"{backend}, a run of many processes is --distribution data|model with --num-processes, "
+                         "--process-id and --coordinator; or unset TF_CONFIG")
     if workers > 1 and cfg.strategy in (None, "mirrored"):
         raise ValueError(f"TF_CONFIG names a cluster of {workers} workers, but this process would train alone: train "
                          "with --strategy multiworker, or unset TF_CONFIG")
@@ -152,10 +157,16 @@ def _tf_strategy(name: str) -> Placement:
 
         patch_keras_for_multiworker()
         strategy = tf.distribute.MultiWorkerMirroredStrategy()
-    else:
-        resolver = tf.distribute.cluster_resolver.TPUClusterResolver()
-        tf.config.experimental_connect_to_cluster(resolver)
-        tf.tpu.experimental.initialize_tpu_system(resolver)
+    else:  # a TPU VM's own TPU ("local"), or a Cloud TPU named as TensorFlow's resolver reads it (TPU_NAME ...)
+        named = any(os.environ.get(v) for v in ("TPU_NAME", "TPU_CONFIG", "KUBE_GOOGLE_CLOUD_TPU_ENDPOINTS"))
+        try:  # (without one: "Please provide a TPU Name to connect to", a name no flag takes)
+            resolver = tf.distribute.cluster_resolver.TPUClusterResolver(None if named else "local")
+            tf.config.experimental_connect_to_cluster(resolver)
+            tf.tpu.experimental.initialize_tpu_system(resolver)
+        except (ValueError, tf.errors.OpError) as e:
+            said = str(e).split(". ")[0].rstrip(".")  # its first sentence ("TPUs not found in the cluster")
+            raise ValueError(f"--strategy tpu found no TPU ({said}): run it on a TPU VM, or name a Cloud TPU in "
+                             "TPU_NAME") from e
         strategy = tf.distribute.TPUStrategy(resolver)
     jit_compile = None
     if name in ("mirrored", "multiworker") and not tf.config.list_physical_devices("GPU"):
@@ -172,7 +183,13 @@ def _keras_distribution(cfg, layout_map: Callable[[Any], Any]) -> Placement:
 
     if cfg.num_processes or cfg.coordinator or any(os.environ.get(v) for v in CLUSTER_VARIABLES):
         if not jax.distributed.is_initialized():  # flags first; Keras reads its variables for what is not given
-            keras.distribution.initialize(cfg.coordinator, cfg.num_processes, cfg.process_id)
+            try:
+                keras.distribution.initialize(cfg.coordinator, cfg.num_processes, cfg.process_id)
+            except ValueError as e:  # (JAX's own words: "coordinator_address should be defined.")
+                if "coordinator_address" not in str(e):
+                    raise
+                raise ValueError("a run of many processes needs process 0's host:port: give --coordinator (or "
+                                 "KERAS_DISTRIBUTION_JOB_ADDRESSES)") from e
     devices = keras.distribution.list_devices()
     mesh = Mesh.parse(cfg.mesh) if cfg.mesh else (
         Mesh(len(devices), 1) if cfg.distribution == "data" else Mesh(1, len(devices)))

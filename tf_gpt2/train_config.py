@@ -76,12 +76,15 @@ class TrainConfig:
     resume_with_changes: bool = False  # resume even if the settings differ from the checkpoint's run
 
     def check_sample_prompt_used(self, processes: int) -> None:
-        """Refuse a sample prompt asked for where no samples are made (`processes`: the run's, once known)."""
+        """Refuse a sample prompt or length asked for where no samples are made (`processes`: the run's, once
+        known)."""
         unused = "sample_tokens is 0 (no samples)" if self.sample_tokens == 0 else \
             f"a run under strategy {self.strategy} makes no samples" if self.strategy else \
             "a run of many processes makes no samples" if processes > 1 else None
         if unused and self.sample_prompt != TrainConfig.sample_prompt:
             raise ValueError(f"sample_prompt {self.sample_prompt!r} would not be used: {unused}")
+        if unused and self.sample_tokens not in (0, TrainConfig.sample_tokens):
+            raise ValueError(f"sample_tokens {self.sample_tokens} would not be used: {unused}")
 
     def __post_init__(self) -> None:
         for name in ("out", "data", "init_from", "mesh", "coordinator"):  # "" would fall back to the default
@@ -103,6 +106,8 @@ class TrainConfig:
         counts = {name: 1 for name in ("steps", "batch_size", "block_size", "grad_accum", "eval_interval",
                                        "steps_per_execution", "eval_batches")}
         counts.update(warmup_steps=0, lora_rank=0, sample_tokens=0)  # (sample_tokens 0: no samples)
+        counts.update({name: least for name, least in (("num_processes", 1), ("process_id", 0))
+                       if getattr(self, name) is not None})  # (given: num_processes 0 was said of process_id)
         for name, least in counts.items():
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < least:
