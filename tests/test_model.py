@@ -328,6 +328,27 @@ def test_the_trained_model_keeps_learned_residual_scales():
         inference_model(model)
 
 
+def test_the_trained_model_is_saved_in_float32_without_training_settings():
+    """What `tf-gpt2 train` saves after a 16-bit LoRA base (`--base-dtype bfloat16`) is float32, its adapters merged
+    in float32 (merged in bfloat16, part of their update was rounded away), and holds neither `remat` nor
+    `loss_chunk`: a run from it inherited them (no flag turns --remat off), and loss_chunk refused metrics."""
+    from tf_gpt2.training import TrainConfig, enable_lora, inference_model, model_config
+
+    config = GPT2Config.from_preset("gpt2-tiny", vocab_size=50, n_positions=16, remat=True, loss_chunk=4)
+    model = GPT2(config, dtype="bfloat16")
+    enable_lora(model, 2)
+    dense = model.h[0].attn.c_attn
+    dense.lora_kernel_b.assign(np.random.RandomState(0).randn(*dense.lora_kernel_b.shape) * 1e-3)
+    saved = inference_model(model)
+    assert saved.dtype_policy.name == "float32" and not saved.config.remat and saved.config.loss_chunk == 0
+    update = np.asarray(dense.lora_kernel_a) @ np.asarray(dense.lora_kernel_b) * (dense.lora_alpha / dense.lora_rank)
+    merged = np.asarray(dense._kernel, np.float32) + update
+    np.testing.assert_allclose(np.asarray(saved.h[0].attn.c_attn.kernel), merged, rtol=0, atol=1e-7)
+    assert np.abs(update).max() > 1e-4  # (bfloat16 rounds 0.02 to within 8e-5)
+    inherited = model_config(TrainConfig(init_from="m.keras", block_size=16, model={"loss_chunk": 8}), None, model)
+    assert not inherited.remat and inherited.loss_chunk == 8  # a run's own flags say how its steps are computed
+
+
 def test_a_lora_rank_outside_the_projections_and_a_legacy_h5_save_are_refused(tmp_path):
     """`enable_lora(model, 0)` froze every weight and trained nothing; -1 and 2.5 failed on a shape naming no rank.
     `model.save("x.h5")` wrote Keras' legacy format, which `load_model` then could not read (Unknown layer GPT2)."""

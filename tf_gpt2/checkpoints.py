@@ -51,13 +51,22 @@ def tensor_names(n_layer: int) -> list[str]:
     return ["wte.weight", "wpe.weight"] + [f"{layer}.{kind}" for layer in layers for kind in ("weight", "bias")]
 
 
+def merged_kernel(dense: keras.layers.Dense):
+    """A Dense layer's kernel, its LoRA update added in float32 where it has adapters (Keras' `kernel` rounds the sum
+    to the compute dtype: over a bfloat16 base, part of the update)."""
+    if not dense.lora_enabled:
+        return dense.kernel
+    update = keras.ops.matmul(dense.lora_kernel_a, dense.lora_kernel_b)
+    return keras.ops.add(keras.ops.cast(dense._kernel, "float32"), (dense.lora_alpha / dense.lora_rank) * update)
+
+
 def weight_table(model: keras.Model) -> dict[str, keras.Variable]:
     """Every weight of `model` under its GPT-2 checkpoint name, e.g. 'h.0.attn.c_attn.weight'."""
     table = {"wte.weight": model.wte.embeddings, "wpe.weight": model.wpe.embeddings}
 
     def add(name: str, layer: keras.layers.Layer) -> None:
         is_norm = isinstance(layer, keras.layers.LayerNormalization)
-        table[name + ".weight"] = layer.gamma if is_norm else layer.kernel
+        table[name + ".weight"] = layer.gamma if is_norm else merged_kernel(layer)
         table[name + ".bias"] = layer.beta if is_norm else layer.bias
 
     for i, block in enumerate(model.h):

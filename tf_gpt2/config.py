@@ -177,6 +177,11 @@ class GPT2Config:
         """Rows of the token embedding: vocab_size rounded up to a multiple of vocab_multiple."""
         return -(-self.vocab_size // self.vocab_multiple) * self.vocab_multiple
 
+    def without_training_settings(self) -> "GPT2Config":
+        """This config with its training-only fields (`remat`, `loss_chunk`: how a training step is computed, not
+        what) at their defaults: what a trained model is saved with, and what a run that starts from it inherits."""
+        return dataclasses.replace(self, remat=False, loss_chunk=0)
+
     def block_variant(self) -> dict[str, Any]:
         """The block options that are not GPT-2's (`tf_gpt2.variants.VariantBlock`); {} for GPT-2's block."""
         variant = {"norm_position": self.norm_position, "learned_residual_scale": self.learned_residual_scale}

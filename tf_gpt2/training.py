@@ -122,9 +122,13 @@ def enable_lora(model: GPT2, rank: int) -> None:
 
 
 def inference_model(model: GPT2) -> GPT2:
-    """The trained weights in a fresh, uncompiled GPT2 of the same policy: LoRA adapters merged into their
-    kernels, no optimizer state (a third of a trained model's `.keras` size). Resuming uses the checkpoint."""
-    fresh = GPT2(model.config, dtype=model.dtype_policy.name)
+    """The trained weights in a fresh, uncompiled GPT2: LoRA adapters merged into their kernels in float32, no
+    optimizer state (a third of a trained model's `.keras` size), no training-only setting (`remat`, `loss_chunk`). Its
+    policy is the run's, but float32 after a 16-bit base (`--base-dtype`), whose merged kernels would lose part of
+    the adapters' update in 16 bits. Resuming uses the checkpoint."""
+    policy = model.dtype_policy
+    fresh = GPT2(model.config.without_training_settings(),
+                 dtype=policy.name if policy.variable_dtype == "float32" else "float32")
     return assign_weights(fresh, checkpoint_tensors(model), "the trained model")
 
 
@@ -665,8 +669,8 @@ def matched_to_data(cfg: TrainConfig, model: GPT2, manifest: dict) -> GPT2:
 def model_config(cfg: TrainConfig, manifest: dict | None, source: GPT2 | None = None) -> GPT2Config:
     """The config of the model a run trains, checked with its block size (`manifest` None: before the text is
     tokenized, GPT-2's vocabulary standing in for the data's, so that a bad model flag is said at once)."""
-    if source is not None:
-        config = dataclasses.replace(source.config, **with_overrides({}, cfg.model))
+    if source is not None:  # its shape and arithmetic; how a step is computed is this run's own
+        config = dataclasses.replace(source.config.without_training_settings(), **with_overrides({}, cfg.model))
     else:
         data = {"vocab_size": manifest["vocab_size"], "characters": manifest.get("chars")} if manifest else {}
         config = GPT2Config.from_preset(cfg.preset, **{"vocab_size": VOCAB_SIZE, **data, **cfg.model})
