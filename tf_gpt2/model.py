@@ -13,7 +13,7 @@ from keras import ops
 from tf_gpt2.checks import CheckedLoops, check_aligned, check_losses_and_metrics, check_positions, check_token_ids
 from tf_gpt2.config import GPT2Config
 from tf_gpt2.files import atomic_write
-from tf_gpt2.layers import TransformerBlock, causal_mask, new_buffer, recomputed
+from tf_gpt2.layers import TransformerBlock, causal_mask, new_buffer, recomputed, seeds_watched_quietly
 from tf_gpt2.variants import VariantBlock
 from tf_gpt2.xla import changed
 
@@ -174,7 +174,8 @@ class GPT2(CheckedLoops, keras.Model):
         `compute_loss` applies the head chunk by chunk; everywhere else (a loop of your own too) `call` gives logits."""
         self._head_in_loss = bool(self.config.loss_chunk)
         try:
-            return super().train_step(*args, **kwargs)
+            with seeds_watched_quietly():  # (traced here: `recomputed` blocks hand TensorFlow's tape their seeds)
+                return super().train_step(*args, **kwargs)
         finally:
             self._head_in_loss = False
 
