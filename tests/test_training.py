@@ -2,6 +2,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -754,15 +755,17 @@ def test_the_saved_model_holds_the_trained_weights_without_optimizer_state(char_
     assert full < 0.5 * os.path.getsize(tmp_path / "compiled.keras")
 
 
-def test_steps_counts_optimizer_updates_whatever_the_interval(char_data, tmp_path):
+def test_steps_counts_optimizer_updates_whatever_the_interval(char_data, tmp_path, capsys):
     """--steps 5 --eval-interval 4 is 5 updates (a round of 4, then one of 1), and --steps 3 with an interval
     of 10 is 3; the checkpoint says so, and a second run of the same settings has nothing left to do."""
     from tf_gpt2.training import restore_checkpoint
 
     for steps, interval, rounds in ((5, 4, 2), (3, 10, 1)):
         out = tmp_path / f"{steps}-{interval}"
-        model, history = train(config(out, char_data, steps=steps, eval_interval=interval))
+        model, history = train(config(out, char_data, steps=steps, eval_interval=interval, verbose=2))
         assert int(model.optimizer.iterations) == steps and len(history["loss"]) == rounds
+        said = re.findall(r"Epoch \d+/\d+", capsys.readouterr().out)  # the run's rounds (it said only "Epoch 2/2")
+        assert said == ([f"Epoch {i + 1}/{rounds}" for i in range(rounds)] if rounds > 1 else []), said
         assert restore_checkpoint(model, str(out / CHECKPOINT)) == steps
         assert train(config(out, char_data, steps=steps, eval_interval=interval))[1] == {}
     # Resumed from step 5 (between two round ends) to 10: rounds end at 8 and 10, 5 more updates.

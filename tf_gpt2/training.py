@@ -269,6 +269,18 @@ def fit_callbacks(callbacks: list, model: keras.Model, *, epochs: int, steps: in
                          steps=steps, model=model)
 
 
+class RunProgress(keras.callbacks.ProgbarLogger):
+    """Keras' progress bar, its "Epoch N/M" counting the run's `rounds`: a run's rounds of unequal length are fit
+    one `fit` per length, and each fit's own count said "Epoch 1/7" ... "7/7", then "Epoch 8/8"."""
+
+    def __init__(self, rounds: int):
+        super().__init__()
+        self.rounds = rounds
+
+    def set_params(self, params):
+        super().set_params({**params, "epochs": self.rounds})
+
+
 class RunTensorBoard(keras.callbacks.TensorBoard):
     """Keras' TensorBoard whose batch-level steps count from the run's start, not from each `fit` call's start: a
     resumed run, and each `fit` of one run, continue the curves instead of drawing over them. `first_batch` is the
@@ -1029,6 +1041,7 @@ def _fit(cfg: TrainConfig, model: GPT2, start: int, train_data: TokenShards, val
         tensorboard = RunTensorBoard(os.path.join(cfg.out, "logs"), update_freq=1)
         callbacks.append(tensorboard)
     callbacks.append(interrupt)  # (after the batch's other callbacks: the round's checkpoint is written first)
+    callbacks.append(RunProgress(rounds=groups[-1][2] + 1))  # last, where Keras puts its own: it shows the logs
     # --steps counts optimizer steps whatever the interval. Keras' rounds ("epochs") of one fit all have one
     # length, so the rounds left are run as one fit per run of equal lengths.
     history: dict[str, list[float]] = {}
