@@ -63,6 +63,9 @@ def test_char_vocabulary_and_embedded_corpus(tmp_path, capsys):
     assert manifest["vocab_size"] == 65 and manifest["chars"][:3] == ["\n", " ", "!"]
     total = sum(s["tokens"] for split in manifest["splits"].values() for s in split)
     assert total == 1_115_394  # every character of tinyshakespeare
+    (tmp_path / "small.txt").write_text("abc\n" * 2340)
+    prepare(str(tmp_path / "small.txt"), str(tmp_path / "s"), vocab="char")
+    assert capsys.readouterr().out.startswith("tokenizing 1 file(s), 9,360 bytes of text")  # (said "0.0 MB")
 
 
 def test_first_place_names_the_file_and_line_of_a_character(tmp_path):

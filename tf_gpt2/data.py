@@ -696,7 +696,8 @@ def prepare(inputs: str | Sequence[str], out_dir: str, val_fraction: float = 0.1
         try:
             what = "the embedded Tiny Shakespeare" if files == [embedded_corpus()] else \
                 f"{len(files)} file(s)"
-            label = f"tokenizing {what}, {total / 1e6:.1f} MB of text ({vocab} vocabulary) into {out_dir}"
+            size = f"{total / 1e6:.1f} MB" if total >= 1e5 else f"{total:,} bytes"  # (9,360 bytes said "0.0 MB")
+            label = f"tokenizing {what}, {size} of text ({vocab} vocabulary) into {out_dir}"
             splits = _write_shards(files, total, val_fraction, encode, separator, writers, label if verbose else None,
                                    chunk_bytes, anywhere=vocab == "char")
             if sum(s["tokens"] for s in splits["train"]) == 0:
