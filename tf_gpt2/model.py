@@ -189,7 +189,8 @@ class GPT2(CheckedLoops, keras.Model):
                              f"got loss={loss!r}, loss_weights={loss_weights!r}, "
                              f"metrics={metrics or weighted_metrics!r}: compile with "
                              "loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True) and no loss weights or "
-                             "metrics, or use loss_chunk=0")
+                             "metrics, or use a model of loss_chunk 0: GPT2(dataclasses.replace(model.config, "
+                             "loss_chunk=0)) given this one's weights (set_weights)")
         super().compile(optimizer=optimizer, loss=loss, metrics=metrics, weighted_metrics=weighted_metrics,
                         loss_weights=loss_weights, **kwargs)
 
