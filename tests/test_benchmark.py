@@ -15,7 +15,7 @@ BENCHMARKS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "ben
 sys.path.insert(0, BENCHMARKS)  # its scripts import each other flat, as `python benchmarks/bench.py` does
 
 from bench import main as bench_main  # noqa: E402
-from harness import TrainSetup, table  # noqa: E402
+from harness import MATRIX_FEATURES, TrainSetup, table  # noqa: E402
 
 
 def test_nanogpt_peer_is_the_same_gpt2_as_hf():
@@ -54,7 +54,11 @@ def test_bench_smoke_runs_the_peers_and_writes_figures(tmp_path, capsys):
     assert results["matmul_roof_flops"] > 1e8
     import keras  # each figure names what it was measured with: the packages' versions, the CPU's matrix instructions
     assert results["versions"]["keras"] == keras.version() and results["versions"]["torch"] == torch.__version__
-    assert "AMX" in results["machine"] or "instructions not read" in results["machine"]
+    with open("/proc/cpuinfo", encoding="utf-8") as f:  # this host's flags, as the kernel lists them
+        flags = set(next((line.split(":", 1)[1] for line in f if line.startswith("flags")), "").split())
+    said = results["machine"].split("; ", 1)[1].split(")")[0].split(", ")
+    assert said == ([label if flag in flags else f"no {label}" for flag, label in MATRIX_FEATURES] if flags
+                    else ["instructions not read"]), results["machine"]
     assert "| tf_gpt2 (TF, XLA) |" in printed and "vs HF transformers GPT-2 (torch eager)" in printed
     assert "of greedy tokens equal the Keras model's" in printed
 

@@ -299,7 +299,7 @@ def test_a_file_size_limit_and_another_backend_end_in_one_line_naming_the_file(t
                                (convert, f"File too large (while writing): {tmp_path}/hf/model.safetensors"),
                                (tflite, f"File too large in the temp folder {tmp_path}/staging, where it is staged "
                                         f"(set TMPDIR to stage it elsewhere) (while writing): {tmp_path}/m.tflite"),
-                               (tpu, "--strategy tpu found no TPU (TPUs not found in the cluster): run it on a TPU")),
+                               (tpu, "--strategy tpu found no TPU on this machine (TPUs not found in the cluster)")),
                 "jax": ((export, "a SavedModel export writes TensorFlow graphs: run it with KERAS_BACKEND=tensorflow "
                                  "(this process runs Keras on jax"),)}
     for backend, commands in expected.items():

@@ -93,6 +93,15 @@ def test_quantize_keeps_its_config_through_a_saved_file_and_refuses_a_filter(tmp
         float8.quantize("float8")
     assert not [w for w in said if "quantization mode" in str(w.message)], [str(w.message) for w in said]
     assert float8.h[0].mlp.c_fc.quantization_mode == "float8" and float8.wte.quantization_mode is None
+    from tf_gpt2.training import enable_lora
+
+    scales = [v.path for v in float8.trainable_variables if v.overwrite_with_gradient]  # each step's amax history
+    enable_lora(float8, 2)  # adapters trained alone, float8's scales still kept up to date (frozen, they stayed 1)
+    assert scales and [v.path for v in float8.trainable_variables if v.overwrite_with_gradient] == scales
+    int4 = GPT2(model.config)
+    int4.quantize("int4")
+    enable_lora(int4, 2)
+    int4.save(tmp_path / "int4-lora.keras")  # (its packed kernel failed in a float32 merge)
     ids = np.array([[1, 2, 3, 4, 5]])
     default = GPT2(model.config)
     default.set_weights(model.get_weights())

@@ -120,21 +120,23 @@ def test_a_placement_the_backend_or_the_model_cannot_take_is_refused_by_name(mon
     monkeypatch.delenv("TF_CONFIG")
     with pytest.raises(ValueError, match="multiworker trains over the workers TF_CONFIG names, and it names none"):
         place_run(TrainConfig(strategy="multiworker"), GPT2.get_layout_map)
-    # On JAX (this process runs TensorFlow: the backend's name put in, and Keras' JAX initialize): TF_CONFIG's cluster
-    # trained alone, as process 0; many processes without process 0's address failed in JAX's words, naming no flag.
-    import keras
-    from keras.src.backend.jax import distribution_lib
-
-    monkeypatch.setattr(keras.backend, "backend", lambda: "jax")
-    monkeypatch.setenv("TF_CONFIG", json.dumps(workers))
-    with pytest.raises(ValueError, match="cluster of 2 workers, but this process would train alone: on jax, a run of "
-                                         "many processes is --distribution data|model"):
-        place_run(TrainConfig(), GPT2.get_layout_map)
-    monkeypatch.delenv("TF_CONFIG")
-    monkeypatch.setattr(keras.distribution, "initialize", distribution_lib.initialize)
-    with pytest.raises(ValueError, match="needs process 0's host:port: give --coordinator"):
-        place_run(TrainConfig(distribution="data", num_processes=2, process_id=1), GPT2.get_layout_map)
-    monkeypatch.undo()
+    # On JAX, in a process of its own (JAX joins a run of many processes only before its first computation):
+    # TF_CONFIG's cluster trained alone, as process 0; many processes without process 0's address failed in JAX's
+    # words ("coordinator_address should be defined"), naming no flag.
+    code = ("import os\nfrom tf_gpt2 import GPT2\nfrom tf_gpt2.devices import place_run\n"
+            "from tf_gpt2.training import TrainConfig\n"
+            "for settings in ({}, {'distribution': 'data', 'num_processes': 2, 'process_id': 1}):\n"
+            "    try:\n        place_run(TrainConfig(**settings), GPT2.get_layout_map)\n"
+            "    except ValueError as e:\n        print(e)\n    os.environ.pop('TF_CONFIG')\n")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu",
+                              "TF_CONFIG": json.dumps(workers)})
+    said = run.stdout.splitlines()
+    assert len(said) == 2, run.stdout + run.stderr[-3000:]
+    assert said[0].startswith("TF_CONFIG names a cluster of 2 workers, but this process would train alone: on jax, "
+                              "a run of many processes is --distribution data|model"), said
+    assert said[1] == "a run of many processes needs process 0's host:port: give --coordinator (or " \
+                      "KERAS_DISTRIBUTION_JOB_ADDRESSES)", said
     for bad, message in [(dict(distribution="pipeline"), "distribution must be one of"),
                          (dict(mesh="2x2"), "need a distribution"),
                          (dict(distribution="model", mesh="2by2"), "BATCHxMODEL"),

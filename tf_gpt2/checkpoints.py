@@ -32,6 +32,7 @@ from tf_gpt2.config import DROPOUTS, GPT2Config, is_rate, with_overrides
 from tf_gpt2.devices import host_array
 from tf_gpt2.files import json_writer, read_json, write_together
 from tf_gpt2.formats import KERAS_HUB_GPT2
+from tf_gpt2.model import adapters_merged_as_stored
 from tf_gpt2.tokenizer import ENDOFTEXT, OTHER_KINDS, VOCAB_SIZE, default_vocab_files, end_of_text_id, other_tokenizer
 
 BLOCK_LAYERS = ("ln_1", "attn.c_attn", "attn.c_proj", "ln_2", "mlp.c_fc", "mlp.c_proj")
@@ -51,22 +52,13 @@ def tensor_names(n_layer: int) -> list[str]:
     return ["wte.weight", "wpe.weight"] + [f"{layer}.{kind}" for layer in layers for kind in ("weight", "bias")]
 
 
-def merged_kernel(dense: keras.layers.Dense):
-    """A Dense layer's kernel, its LoRA update added in float32 where it has adapters (Keras' `kernel` rounds the sum
-    to the compute dtype: over a bfloat16 base, part of the update)."""
-    if not dense.lora_enabled:
-        return dense.kernel
-    update = keras.ops.matmul(dense.lora_kernel_a, dense.lora_kernel_b)
-    return keras.ops.add(keras.ops.cast(dense._kernel, "float32"), (dense.lora_alpha / dense.lora_rank) * update)
-
-
 def weight_table(model: keras.Model) -> dict[str, keras.Variable]:
     """Every weight of `model` under its GPT-2 checkpoint name, e.g. 'h.0.attn.c_attn.weight'."""
     table = {"wte.weight": model.wte.embeddings, "wpe.weight": model.wpe.embeddings}
 
     def add(name: str, layer: keras.layers.Layer) -> None:
         is_norm = isinstance(layer, keras.layers.LayerNormalization)
-        table[name + ".weight"] = layer.gamma if is_norm else merged_kernel(layer)
+        table[name + ".weight"] = layer.gamma if is_norm else layer.kernel
         table[name + ".bias"] = layer.beta if is_norm else layer.bias
 
     for i, block in enumerate(model.h):
@@ -159,8 +151,8 @@ def checkpoint_tensors(model: keras.Model) -> dict[str, np.ndarray]:
     if getattr(model, "quantization", None):  # (its int8 codes were read as the weights)
         raise ValueError(f"the model is quantized ({model.quantization}): its weights are no longer float; take them "
                          "from the float model, before quantize()")
-    tensors = {name: np.asarray(host_array(v), dtype=np.float32)
-               for name, v in weight_table(model).items()}
+    with adapters_merged_as_stored(model):
+        tensors = {name: np.asarray(host_array(v), dtype=np.float32) for name, v in weight_table(model).items()}
     tensors["wte.weight"] = tensors["wte.weight"][: model.config.vocab_size]
     return tensors
 

@@ -139,11 +139,10 @@ TRAIN_FLAGS = {
     "num_processes": "processes in the run (or KERAS_DISTRIBUTION_NUM_PROCESSES)",
     "process_id": "this process's index, 0 writes the files (or KERAS_DISTRIBUTION_PROCESS_ID)",
     "sample_prompt": "prompt of the samples printed after each round (default: a line break, or none in characters "
-                     "without one; empty or none: from <|endoftext|>, or a character model's id 0, its first "
-                     "character, not shown; refused where no samples are made: --sample-tokens 0, --strategy, many "
-                     "processes)",
-    "sample_tokens": "length of those samples (0: none; at most the context less one prompt token; refused, but for "
-                     "0, where no samples are made: --strategy, many processes)",
+                     "without one; empty: from <|endoftext|>, in a character model from its first character, id 0, "
+                     "not shown; refused where no samples are made: --sample-tokens 0, --strategy, many processes)",
+    "sample_tokens": "length of those samples (0: none; at most the context less one prompt token; any but 0 and the "
+                     "default refused where no samples are made: --strategy, many processes)",
     "resume_with_changes": "resume the run in --out even though its settings or data changed",
 }
 SHAPE_HELP = "override the preset's {} (--init-from's checkpoint fixes it)"

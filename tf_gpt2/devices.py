@@ -90,8 +90,8 @@ class Placement:
                  "n_embd": (config.n_embd, math.lcm(m, b))}
         for what, (size, parts) in sizes.items():
             if size % parts:
-                lcm = math.lcm(config.vocab_multiple, m)
-                hint = f" (pass --vocab-multiple {lcm})" if what.startswith("token") else ""
+                multiple = math.lcm(config.vocab_multiple, m)  # (the multiple given, made one of the model axis too)
+                hint = f" (pass --vocab-multiple {multiple})" if what.startswith("token") else ""
                 raise ValueError(f"the model's {size} {what} do not split evenly over the mesh "
                                  f"{b}x{m}: they must be a multiple of {parts}{hint}")
 
@@ -158,15 +158,18 @@ def _tf_strategy(name: str) -> Placement:
         patch_keras_for_multiworker()
         strategy = tf.distribute.MultiWorkerMirroredStrategy()
     else:  # a TPU VM's own TPU ("local"), or a Cloud TPU named as TensorFlow's resolver reads it (TPU_NAME ...)
-        named = any(os.environ.get(v) for v in ("TPU_NAME", "TPU_CONFIG", "KUBE_GOOGLE_CLOUD_TPU_ENDPOINTS"))
+        named = [f"{v}={os.environ[v]}" for v in ("TPU_NAME", "TPU_CONFIG", "KUBE_GOOGLE_CLOUD_TPU_ENDPOINTS")
+                 if os.environ.get(v)]
         try:  # (without one: "Please provide a TPU Name to connect to", a name no flag takes)
             resolver = tf.distribute.cluster_resolver.TPUClusterResolver(None if named else "local")
             tf.config.experimental_connect_to_cluster(resolver)
             tf.tpu.experimental.initialize_tpu_system(resolver)
         except (ValueError, tf.errors.OpError) as e:
             said = str(e).split(". ")[0].rstrip(".")  # its first sentence ("TPUs not found in the cluster")
-            raise ValueError(f"--strategy tpu found no TPU ({said}): run it on a TPU VM, or name a Cloud TPU in "
-                             "TPU_NAME") from e
+            if named:
+                raise ValueError(f"--strategy tpu could not reach the TPU that {named[0]} names ({said})") from e
+            raise ValueError(f"--strategy tpu found no TPU on this machine ({said}): run it on a TPU VM, or name a "
+                             "Cloud TPU in TPU_NAME") from e
         strategy = tf.distribute.TPUStrategy(resolver)
     jit_compile = None
     if name in ("mirrored", "multiworker") and not tf.config.list_physical_devices("GPU"):

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import logging
 import math
 
 import keras
@@ -360,18 +359,3 @@ def recomputed(block: keras.layers.Layer, x, visible=None):
         seed.assign(value)
     return y
 
-
-@contextlib.contextmanager
-def seeds_watched_quietly():
-    """Within it, TensorFlow does not log that a tape watches an integer tensor: TensorFlow's `keras.remat` watches
-    every input of the recomputed function, the dropout seeds too (no gradient is taken of them), and said so five
-    times, in lines that read as errors."""
-    said = "The dtype of the watched tensor must be floating"
-    quiet = logging.Filter()
-    quiet.filter = lambda record: not record.getMessage().startswith(said)
-    logger = logging.getLogger("tensorflow")
-    logger.addFilter(quiet)
-    try:
-        yield
-    finally:
-        logger.removeFilter(quiet)

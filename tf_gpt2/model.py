@@ -3,9 +3,11 @@ language-model head tied to the token embedding."""
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import warnings
-from typing import Any
+from typing import Any, Iterator
 
 import keras
 from keras import ops
@@ -13,7 +15,7 @@ from keras import ops
 from tf_gpt2.checks import CheckedLoops, check_aligned, check_losses_and_metrics, check_positions, check_token_ids
 from tf_gpt2.config import GPT2Config
 from tf_gpt2.files import atomic_write
-from tf_gpt2.layers import TransformerBlock, causal_mask, new_buffer, recomputed, seeds_watched_quietly
+from tf_gpt2.layers import TransformerBlock, causal_mask, new_buffer, recomputed
 from tf_gpt2.variants import VariantBlock
 from tf_gpt2.xla import changed
 
@@ -64,6 +66,39 @@ def token_cross_entropy(logits, targets):
         return ops.where(in_vocab, lse - picked, float("nan")), gradient
 
     return cross_entropy(logits, ops.cast(targets, "int32"))
+
+
+@contextlib.contextmanager
+def adapters_merged_as_stored(model: keras.Model) -> Iterator[None]:
+    """Within it, a LoRA-adapted Dense's `kernel` (what Keras' save, `with_dtype` and the checkpoint writers read)
+    adds its adapters' update in the dtype the layer stores its weights in: Keras adds it in the compute dtype, and
+    under mixed_bfloat16 every adapted float32 kernel came out rounded to bfloat16. (Quantized layers keep Keras'
+    own merge.)"""
+    adapted = [layer for layer in model._flatten_layers() if getattr(layer, "lora_enabled", False)
+               and not layer.quantization_mode]
+    policies = [layer.dtype_policy for layer in adapted]
+    for layer, policy in zip(adapted, policies):
+        layer.dtype_policy = policy.variable_dtype
+    try:
+        yield
+    finally:
+        for layer, policy in zip(adapted, policies):
+            layer.dtype_policy = policy
+
+
+@contextlib.contextmanager
+def seeds_watched_quietly() -> Iterator[None]:
+    """Within it, TensorFlow does not log that a tape watches an integer tensor: its `keras.remat` watches every
+    input of the recomputed function, the dropout seeds `recomputed` hands it too (no gradient is taken of them),
+    and said so five times, in lines that read as errors. Any integer tensor watched within it goes unsaid."""
+    said = "The dtype of the watched tensor must be floating"
+    logger = logging.getLogger("tensorflow")
+    quiet = lambda record: not record.getMessage().startswith(said)  # noqa: E731
+    logger.addFilter(quiet)
+    try:
+        yield
+    finally:
+        logger.removeFilter(quiet)
 
 
 @keras.saving.register_keras_serializable(package="tf_gpt2")
@@ -354,9 +389,10 @@ class GPT2(CheckedLoops, keras.Model):
         if name := non_finite_weight(self):  # (refused on load: a file that does not load, over one that did)
             raise ValueError(f"weight '{name}' contains NaN or infinite values: saving it to {path or filepath} would "
                              "write a model that does not load; nothing was written")
-        if not path.endswith(".keras") or "://" in path or zipped is False or not overwrite:
-            return super().save(filepath, overwrite=overwrite, zipped=zipped, **kwargs)
-        atomic_write(path, lambda staged: super(GPT2, self).save(staged, zipped=zipped, **kwargs))
+        with adapters_merged_as_stored(self):
+            if not path.endswith(".keras") or "://" in path or zipped is False or not overwrite:
+                return super().save(filepath, overwrite=overwrite, zipped=zipped, **kwargs)
+            atomic_write(path, lambda staged: super(GPT2, self).save(staged, zipped=zipped, **kwargs))
 
     def save_pretrained(self, directory: str | os.PathLike) -> None:
         """Write a Hugging Face GPT-2 dir (config.json + model.safetensors)."""
@@ -377,12 +413,13 @@ class GPT2(CheckedLoops, keras.Model):
         if self.dtype_policy.name == dtype:
             return self
         model = GPT2.from_config({**self.get_config(), "dtype": dtype})  # quantized and frozen as this one
-        for source, target in zip(self._flatten_layers(), model._flatten_layers(), strict=True):
-            store: dict = {}
-            source.save_own_variables(store)
-            # Copies: on JAX an array assigned as it is would be this model's too, and training either model would
-            # free both (Keras' train step donates its variables' buffers).
-            target.load_own_variables({name: ops.copy(value) for name, value in store.items()})
+        with adapters_merged_as_stored(self):
+            for source, target in zip(self._flatten_layers(), model._flatten_layers(), strict=True):
+                store: dict = {}
+                source.save_own_variables(store)
+                # Copies: on JAX an array assigned as it is would be this model's too, and training either model
+                # would free both (Keras' train step donates its variables' buffers).
+                target.load_own_variables({name: ops.copy(value) for name, value in store.items()})
         return model
 
     def quantize(self, mode: str | None = None, config=None, filters=None, **kwargs) -> None:

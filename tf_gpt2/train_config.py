@@ -75,7 +75,7 @@ class TrainConfig:
     verbose: int = 1
     resume_with_changes: bool = False  # resume even if the settings differ from the checkpoint's run
 
-    def check_sample_prompt_used(self, processes: int) -> None:
+    def check_samples_used(self, processes: int) -> None:
         """Refuse a sample prompt or length asked for where no samples are made (`processes`: the run's, once
         known)."""
         unused = "sample_tokens is 0 (no samples)" if self.sample_tokens == 0 else \
@@ -107,7 +107,7 @@ class TrainConfig:
                                        "steps_per_execution", "eval_batches")}
         counts.update(warmup_steps=0, lora_rank=0, sample_tokens=0)  # (sample_tokens 0: no samples)
         counts.update({name: least for name, least in (("num_processes", 1), ("process_id", 0))
-                       if getattr(self, name) is not None})  # (given: num_processes 0 was said of process_id)
+                       if getattr(self, name) is not None})  # where given (num_processes 0 was blamed on process_id)
         for name, least in counts.items():
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < least:
@@ -167,7 +167,7 @@ class TrainConfig:
             raise ValueError("mesh and many processes need a distribution (data or model)")
         if self.mesh:
             Mesh.parse(self.mesh)
-        self.check_sample_prompt_used(processes=1)
+        self.check_samples_used(processes=1)
         if self.process_id is not None and not (self.num_processes or self.coordinator or any(
                 os.environ.get(v) for v in CLUSTER_VARIABLES)):  # it would run alone, as process 0
             raise ValueError(f"process_id {self.process_id} names one process of many: give num_processes and the "

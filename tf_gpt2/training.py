@@ -117,18 +117,15 @@ def enable_lora(model: GPT2, rank: int) -> None:
             dense.enable_lora(rank)
             adapters += [dense.lora_kernel_a, dense.lora_kernel_b]
     for variable in model.trainable_variables:  # adapters only, as in LoRA's paper: biases, LayerNorms, embeddings
-        if not any(variable is adapter for adapter in adapters):  # and a variant's residual scales frozen too
-            variable.trainable = False
+        if not any(variable is adapter for adapter in adapters) and not variable.overwrite_with_gradient:
+            variable.trainable = False  # (a variant's residual scales too; float8's scales are no weights: they go on)
 
 
 def inference_model(model: GPT2) -> GPT2:
-    """The trained weights in a fresh, uncompiled GPT2: LoRA adapters merged into their kernels in float32, no
-    optimizer state (a third of a trained model's `.keras` size), no training-only setting (`remat`, `loss_chunk`). Its
-    policy is the run's, but float32 after a 16-bit base (`--base-dtype`), whose merged kernels would lose part of
-    the adapters' update in 16 bits. Resuming uses the checkpoint."""
-    policy = model.dtype_policy
-    fresh = GPT2(model.config.without_training_settings(),
-                 dtype=policy.name if policy.variable_dtype == "float32" else "float32")
+    """The trained weights in a fresh, uncompiled GPT2 of the same policy: LoRA adapters merged into their kernels
+    (in the dtype the weights are kept in), no optimizer state (a third of a trained model's `.keras` size), no
+    training-only setting (`remat`, `loss_chunk`). Resuming uses the checkpoint."""
+    fresh = GPT2(model.config.without_training_settings(), dtype=model.dtype_policy.name)
     return assign_weights(fresh, checkpoint_tensors(model), "the trained model")
 
 
@@ -264,7 +261,7 @@ class OneStepBehind(keras.callbacks.CallbackList):
 
 def fit_callbacks(callbacks: list, model: keras.Model, *, epochs: int, steps: int, verbose: int):
     """What `model.fit` takes as `callbacks`: on JAX, `callbacks` one batch behind (`OneStepBehind`) with the
-    history and progress bar fit would add; on other backends the list itself."""
+    history and (unless `callbacks` hold one) the progress bar fit would add; on other backends the list itself."""
     if keras.backend.backend() != "jax":
         return callbacks
     return OneStepBehind(callbacks, add_history=True, add_progbar=verbose != 0, verbose=verbose, epochs=epochs,
@@ -274,6 +271,8 @@ def fit_callbacks(callbacks: list, model: keras.Model, *, epochs: int, steps: in
 class RunProgress(keras.callbacks.ProgbarLogger):
     """Keras' progress bar, its "Epoch N/M" counting the run's `rounds`: a run's rounds of unequal length are fit
     one `fit` per length, and each fit's own count said "Epoch 1/7" ... "7/7", then "Epoch 8/8"."""
+
+    async_safe = True  # as Keras takes its own bar: on JAX the validation batches' callbacks still run off-thread
 
     def __init__(self, rounds: int):
         super().__init__()
@@ -864,7 +863,7 @@ def train(cfg: TrainConfig) -> tuple[GPT2, dict[str, list[float]]]:
     refuse_writing_over_inputs(os.path.join(cfg.out, MODEL_FILE), cfg.init_from)
     warn_of_a_folder_of_texts(cfg.out, "a training run")
     placement = place_run(cfg, GPT2.get_layout_map)
-    cfg.check_sample_prompt_used(placement.processes)
+    cfg.check_samples_used(placement.processes)
     with exclusive(cfg.out, "training run") if placement.is_chief else contextlib.nullcontext():
         model, history = _train(cfg, placement)
         _save_model(model, os.path.join(cfg.out, MODEL_FILE), placement.is_chief, cfg.verbose)
