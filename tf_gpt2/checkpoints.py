@@ -23,7 +23,7 @@ import secrets
 import shutil
 import warnings
 import zipfile
-from typing import Any
+from typing import Any, Iterator
 
 import keras
 import numpy as np
@@ -32,7 +32,6 @@ from tf_gpt2.config import DROPOUTS, GPT2Config, is_rate, with_overrides
 from tf_gpt2.devices import host_array
 from tf_gpt2.files import json_writer, read_json, write_together
 from tf_gpt2.formats import KERAS_HUB_GPT2
-from tf_gpt2.model import adapters_merged_as_stored
 from tf_gpt2.tokenizer import ENDOFTEXT, OTHER_KINDS, VOCAB_SIZE, default_vocab_files, end_of_text_id, other_tokenizer
 
 BLOCK_LAYERS = ("ln_1", "attn.c_attn", "attn.c_proj", "ln_2", "mlp.c_fc", "mlp.c_proj")
@@ -50,6 +49,24 @@ def tensor_names(n_layer: int) -> list[str]:
     """Every weight's GPT-2 checkpoint name, in `weight_table` order."""
     layers = [f"h.{i}.{path}" for i in range(n_layer) for path in BLOCK_LAYERS] + ["ln_f"]
     return ["wte.weight", "wpe.weight"] + [f"{layer}.{kind}" for layer in layers for kind in ("weight", "bias")]
+
+
+@contextlib.contextmanager
+def adapters_merged_as_stored(model: keras.Model) -> Iterator[None]:
+    """Within it, a LoRA-adapted Dense's `kernel` (what Keras' save, `with_dtype` and the checkpoint writers read)
+    adds its adapters' update in the dtype the layer stores its weights in: Keras adds it in the compute dtype, and
+    under mixed_bfloat16 every adapted float32 kernel came out rounded to bfloat16. (Quantized layers keep Keras'
+    own merge.)"""
+    adapted = [layer for layer in model._flatten_layers() if getattr(layer, "lora_enabled", False)
+               and not layer.quantization_mode]
+    policies = [layer.dtype_policy for layer in adapted]
+    for layer, policy in zip(adapted, policies):
+        layer.dtype_policy = policy.variable_dtype
+    try:
+        yield
+    finally:
+        for layer, policy in zip(adapted, policies):
+            layer.dtype_policy = policy
 
 
 def weight_table(model: keras.Model) -> dict[str, keras.Variable]:

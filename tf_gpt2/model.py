@@ -69,24 +69,6 @@ def token_cross_entropy(logits, targets):
 
 
 @contextlib.contextmanager
-def adapters_merged_as_stored(model: keras.Model) -> Iterator[None]:
-    """Within it, a LoRA-adapted Dense's `kernel` (what Keras' save, `with_dtype` and the checkpoint writers read)
-    adds its adapters' update in the dtype the layer stores its weights in: Keras adds it in the compute dtype, and
-    under mixed_bfloat16 every adapted float32 kernel came out rounded to bfloat16. (Quantized layers keep Keras'
-    own merge.)"""
-    adapted = [layer for layer in model._flatten_layers() if getattr(layer, "lora_enabled", False)
-               and not layer.quantization_mode]
-    policies = [layer.dtype_policy for layer in adapted]
-    for layer, policy in zip(adapted, policies):
-        layer.dtype_policy = policy.variable_dtype
-    try:
-        yield
-    finally:
-        for layer, policy in zip(adapted, policies):
-            layer.dtype_policy = policy
-
-
-@contextlib.contextmanager
 def seeds_watched_quietly() -> Iterator[None]:
     """Within it, TensorFlow does not log that a tape watches an integer tensor: its `keras.remat` watches every
     input of the recomputed function, the dropout seeds `recomputed` hands it too (no gradient is taken of them),
@@ -384,7 +366,7 @@ class GPT2(CheckedLoops, keras.Model):
         if path.lower().endswith((".h5", ".hdf5")):  # (Keras' legacy format: written, it did not load back)
             raise ValueError(f"{path}: GPT2 saves as a .keras file, which `keras.models.load_model` reads back; a "
                              "legacy .h5 of it does not load (save_weights('x.weights.h5') keeps the weights alone)")
-        from tf_gpt2.checkpoints import non_finite_weight
+        from tf_gpt2.checkpoints import adapters_merged_as_stored, non_finite_weight
 
         if name := non_finite_weight(self):  # (refused on load: a file that does not load, over one that did)
             raise ValueError(f"weight '{name}' contains NaN or infinite values: saving it to {path or filepath} would "
@@ -412,6 +394,8 @@ class GPT2(CheckedLoops, keras.Model):
         """
         if self.dtype_policy.name == dtype:
             return self
+        from tf_gpt2.checkpoints import adapters_merged_as_stored
+
         model = GPT2.from_config({**self.get_config(), "dtype": dtype})  # quantized and frozen as this one
         with adapters_merged_as_stored(self):
             for source, target in zip(self._flatten_layers(), model._flatten_layers(), strict=True):
