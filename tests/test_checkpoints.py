@@ -150,6 +150,16 @@ def test_keras_hub_backbone_parity(tmp_path):
                @ np.asarray(backbone.token_embedding.embeddings).T)
     assert np.abs(adapted - reference).max() > 0.01
     assert np.abs(np.asarray(GPT2.from_pretrained(backbone)(ids)) - adapted).max() <= 1e-4
+    mixed = keras_hub.models.GPT2Backbone(vocabulary_size=91, num_layers=1, num_heads=2, hidden_dim=8,
+                                          intermediate_dim=32, max_sequence_length=8, dtype="mixed_bfloat16")
+    mixed.enable_lora(2)  # its float32 query kernel and adapters, merged in float32 (Keras' merge: in bfloat16)
+    query = mixed.transformer_layers[0]._self_attention_layer._query_dense
+    query.lora_kernel_b.assign(np.random.RandomState(2).normal(0, 0.3, query.lora_kernel_b.shape))
+    scale = query.lora_alpha / query.lora_rank
+    update = np.matmul(np.asarray(query.lora_kernel_a), np.asarray(query.lora_kernel_b)) * scale
+    merged = (np.asarray(query._kernel) + update).reshape(8, -1)
+    np.testing.assert_allclose(np.asarray(GPT2.from_pretrained(mixed).h[0].attn.c_attn.kernel)[:, :8], merged,
+                               rtol=0, atol=1e-6)
     with warnings.catch_warnings():  # (Keras names each layer that has nothing to quantize)
         warnings.simplefilter("ignore")
         backbone.quantize("int8")
