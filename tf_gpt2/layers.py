@@ -358,4 +358,3 @@ def recomputed(block: keras.layers.Layer, x, visible=None):
     for seed, value in zip(seeds, moved):
         seed.assign(value)
     return y
-

@@ -111,13 +111,13 @@ def enable_lora(model: GPT2, rank: int) -> None:
     if not is_integer(rank) or not 1 <= rank <= model.config.n_embd:  # (0 froze the model and trained nothing)
         raise ValueError(f"the LoRA rank must be an integer in [1, {model.config.n_embd}] (n_embd: no projection has "
                          f"a higher rank), got {rank!r}")
-    adapters = []
+    adapters = set()
     for block in model.h:
         for dense in (block.attn.c_attn, block.attn.c_proj, block.mlp.c_fc, block.mlp.c_proj):
             dense.enable_lora(rank)
-            adapters += [dense.lora_kernel_a, dense.lora_kernel_b]
+            adapters |= {id(dense.lora_kernel_a), id(dense.lora_kernel_b)}
     for variable in model.trainable_variables:  # adapters only, as in LoRA's paper: biases, LayerNorms, embeddings
-        if not any(variable is adapter for adapter in adapters) and not variable.overwrite_with_gradient:
+        if id(variable) not in adapters and not variable.overwrite_with_gradient:
             variable.trainable = False  # (a variant's residual scales too; float8's scales are no weights: they go on)
 
 
