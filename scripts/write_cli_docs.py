@@ -16,9 +16,9 @@ WIDTH = 110  # columns of the help text, fixed so the page does not depend on th
 INTRO = """# Command line
 
 `pip install -e .` puts `tf-gpt2` on the path. Every command prints one line naming the problem and the file when
-it fails (`TF_GPT2_TRACEBACK=1` adds the traceback). A model is given with `--model`: a Hugging Face or keras-hub
-name (downloaded once through `huggingface_hub`, then read from its cache), a Hugging Face, OpenAI or keras-hub
-directory, or a `.keras` file.
+it fails (`TF_GPT2_TRACEBACK=1` adds the traceback). A model is given with `--model`: a Hugging Face name
+(downloaded once through `huggingface_hub`, then read from its cache), a keras-hub preset name (downloaded once from
+Kaggle through keras-hub), a Hugging Face, OpenAI or keras-hub directory, or a `.keras` file.
 
 Exit status: 0 when the command did its work; 1, quietly, when the reader of its output closed it (`| head`); 2
 when it failed (that one line) or a flag was wrong (argparse's usage line); 130 on Ctrl-C, after

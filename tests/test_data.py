@@ -143,7 +143,8 @@ def test_corrupt_or_missing_shards(corpus, tmp_path):
 
 def test_prepare_cli_writes_a_manifest_and_reports_the_splits(corpus, tmp_path, capsys):
     assert cli_main(["prepare", str(corpus / "a.txt"), "--out", str(tmp_path / "p"), "--vocab", "char"]) == 0
-    assert "train:" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "train:" in printed and not {"\r", "\b", "\x1b"} & set(printed), printed  # a file: no bar redrawn in it
     assert os.path.exists(tmp_path / "p" / "manifest.json")
 
 
@@ -361,6 +362,18 @@ def test_a_file_named_twice_is_read_once(corpus, tmp_path):
                     vocab="char", verbose=False)
     tokens = lambda m: {k: sum(s["tokens"] for s in v) for k, v in m["splits"].items()}  # noqa: E731
     assert twice["sources"] == once["sources"] and tokens(twice) == tokens(once)
+
+
+def test_files_are_read_in_the_order_named_so_the_last_named_is_held_out(tmp_path):
+    """`prepare z.txt a.txt --val-fraction ...` held out the end of a.txt: the files were sorted by name."""
+    (tmp_path / "z_train.txt").write_text("TRAIN" * 20)
+    (tmp_path / "a_heldout.txt").write_text("HELD" * 20)
+    named = [str(tmp_path / "z_train.txt"), str(tmp_path / "a_heldout.txt"), str(tmp_path / "*.txt")]
+    assert resolve_inputs(named) == named[:2]  # the glob's files were named already: read once, where first named
+    manifest = prepare(named, str(tmp_path / "ds"), val_fraction=0.4, vocab="char", verbose=False)
+    held = TokenShards(str(tmp_path / "ds"), "val")
+    assert {manifest["chars"][i] for i in held.window(0, len(held))} == set("HELD")
+    assert [os.path.basename(s) for s in manifest["sources"]] == ["z_train.txt", "a_heldout.txt"]
 
 
 def test_a_folder_gives_its_text_files_only(corpus, tmp_path):

@@ -1,9 +1,11 @@
 """Perplexity evaluation against an independent Hugging Face torch computation on a tiny random checkpoint."""
 
 import gzip
+import io
 import json
 import math
 import os
+import sys
 
 import numpy as np
 import pytest
@@ -60,6 +62,7 @@ def test_strided_perplexity_matches_hf(checkpoint, text, stride):
     result = evaluate(GPT2.from_pretrained(directory), text, context=CONTEXT, stride=stride, batch_size=4)
     reference = hf_strided_nll(hf, ids, CONTEXT, stride)
     assert result.tokens == len(ids) - 1 > 10 * CONTEXT
+    print(f"stride {stride}: relative difference {abs(result.nll - reference) / abs(reference):.1e}")  # docs quote it
     assert abs(result.nll - reference) <= 1e-4 * abs(reference)
     assert math.isclose(result.perplexity, math.exp(reference / (len(ids) - 1)), rel_tol=1e-4)
     assert math.isclose(result.bits_per_byte, reference / math.log(2) / len(text.encode("utf-8")), rel_tol=1e-4)
@@ -110,7 +113,7 @@ def test_wikitext_detokenizer():
                                         "mayor said \"no\", then left; it rained.\n")
 
 
-def test_eval_cli_matches_library(checkpoint, text, tmp_path, capsys):
+def test_eval_cli_matches_library(checkpoint, text, tmp_path, capsys, monkeypatch):
     _, directory = checkpoint
     path = tmp_path / "valid.txt"
     path.write_text(text[:600], encoding="utf-8")
@@ -121,8 +124,13 @@ def test_eval_cli_matches_library(checkpoint, text, tmp_path, capsys):
     assert math.isclose(report["perplexity"], expected.perplexity, rel_tol=1e-6)
     assert math.isclose(report["bits_per_byte"], expected.bits_per_byte, rel_tol=1e-6)
     assert cli_main(["eval", str(path), "--model", directory, "--context", "16", "--stride", "8"]) == 0
+    shown = capsys.readouterr().out  # (a file: the result alone; Keras' bar was redrawn into it)
+    assert shown == (f"{path}: {expected.tokens:,} tokens, {expected.bytes:,} bytes\nloss {expected.loss:.4f} nats/"
+                     f"token  perplexity {expected.perplexity:.3f}  bits/byte {expected.bits_per_byte:.4f}\n"), shown
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)  # a terminal: a bar over the windows, then the result
+    assert cli_main(["eval", str(path), "--model", directory, "--context", "16", "--stride", "8"]) == 0
     shown = capsys.readouterr().out
-    assert "window" in shown and f"perplexity {expected.perplexity:.3f}" in shown  # a progress bar, then the result
+    assert "\r" in shown and "window" in shown and shown.endswith(f"bits/byte {expected.bits_per_byte:.4f}\n")
     crlf = tmp_path / "crlf.txt"  # scored as written: its \r are text, and bytes
     crlf.write_bytes(text[:300].replace("\n", "\r\n").encode("utf-8"))
     assert cli_main(["eval", str(crlf), "--model", directory, "--context", "16", "--stride", "8", "--json"]) == 0
@@ -168,7 +176,7 @@ def test_a_perplexity_past_float64s_range_is_inf_and_null_in_the_json(tmp_path, 
     assert "loss 800.0000 nats/token  perplexity inf" in capsys.readouterr().out
 
 
-def test_bad_input_is_named(tmp_path, capsys):
+def test_bad_input_is_named(tmp_path, capsys, monkeypatch):
     model = GPT2(GPT2Config(vocab_size=50257, n_positions=16, n_embd=16, n_layer=1, n_head=2))
     for kwargs, message in ((dict(context=17), "context must be in 1..16"), (dict(stride=0), "stride must be"),
                             (dict(batch_size=0), "batch_size"), (dict(detokenize="ptb"), "unknown detokenizer"),
@@ -195,6 +203,11 @@ def test_bad_input_is_named(tmp_path, capsys):
     empty.write_text("")
     assert cli_main(["eval", str(empty), "--random-init", "gpt2-tiny"]) == 2
     assert f"{empty} is empty: nothing to score" in capsys.readouterr().err
+    assert cli_main(["eval", str(empty), "--model", str(tmp_path / "none.keras")]) == 2  # said before any model loads
+    assert f"{empty} is empty: nothing to score" in capsys.readouterr().err
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(b"")))
+    assert cli_main(["eval", "-", "--random-init", "gpt2-tiny"]) == 2  # (it was called "-")
+    assert "standard input is empty: nothing to score" in capsys.readouterr().err
     binary = tmp_path / "blob.txt"
     binary.write_bytes(b"text\nthen \xff\xfe\x00 binary")
     assert cli_main(["eval", str(binary)]) == 2
@@ -213,7 +226,7 @@ def test_a_character_model_is_scored_on_its_own_characters():
     by_ids = evaluate(model, char_codec(chars)[0](text), context=8, stride=4)
     assert by_text.tokens == len(text) - 1 and by_text.bytes == len(text) - 1
     assert by_text.nll == pytest.approx(by_ids.nll, rel=1e-6)
-    with pytest.raises(ValueError, match="notes.txt: characters 'z' are not in the model's vocabulary"):
+    with pytest.raises(ValueError, match="notes.txt: character 'z' is not in the model's vocabulary"):
         evaluate(model, "abz", source="notes.txt")  # as `tf-gpt2 eval notes.txt` names it
     with pytest.raises(ValueError, match="text is one token: nothing to score"):  # not "empty": it is not
         evaluate(model, "a")

@@ -210,6 +210,13 @@ def test_text_in_text_out_and_cli(capsys, tmp_path):
     assert cli_main(["generate", "R" * 64, "--model", saved]) == 2  # no room: said of the prompt, not of a flag
     assert "the prompt's 64 tokens fill the model's context of 64 positions: give a prompt of at most 63" in \
         capsys.readouterr().err
+    prompt = tmp_path / "prompt.txt"  # a prompt file's errors name it
+    for text, flags, said in (("ROMEO:\n日本", [], "characters '日', '本' are not in the model's vocabulary"),
+                              ("R" * 60, ["--max-new-tokens", "5"], "the prompt's 60 tokens + --max-new-tokens 5 "
+                               "exceed the model's context of 64 positions: give --max-new-tokens 4 at most")):
+        prompt.write_text(text, encoding="utf-8")
+        assert cli_main(["generate", "--prompt-file", str(prompt), "--model", saved, *flags]) == 2
+        assert f"tf-gpt2 generate: error: {prompt}: {said}" in capsys.readouterr().err
     assert cli_main(["generate", "Hi", "--max-new-tokens", "3", "--random-init", "gpt2-tiny"]) == 0
     assert capsys.readouterr().out.startswith("Hi")
     assert cli_main(["generate", "Hi", "--top-p", "2", "--random-init", "gpt2-tiny"]) == 2

@@ -152,7 +152,7 @@ def test_a_character_model_serves_text_in_its_own_characters(tmp_path):
             assert out["error"][row].decode() == (f"text has a character the model does not know: '{character}' "
                                                   f"({point}; a character model of {len(characters)} characters)")
             assert out["length"][row] == 0
-    with pytest.raises(ValueError, match="characters 'ã' are not in the model's vocabulary"):
+    with pytest.raises(ValueError, match="character 'ã' is not in the model's vocabulary"):
         model.generate("São", max_new_tokens=2)
 
 

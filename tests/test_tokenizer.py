@@ -164,10 +164,13 @@ def test_a_character_vocabulary_reads_each_id_as_one_character_and_refuses_the_r
         with pytest.raises(TypeError, match="encode expects a str"):
             tok.encode(not_text)
     unknown = "".join(chr(0x4E00 + i) for i in range(3000))  # 3,000 unknown characters: ten named, where the first is
-    with pytest.raises(ValueError, match=r"^characters '一', .* \(and 2990 more\) are not in the model's vocabulary of "
-                                         r"3 \(the first is character 3 of the text\)$") as refused:
-        tok.encode("ab" + unknown)
+    with pytest.raises(ValueError, match=r"^characters '丁', .* \(and 2990 more\) are not in the model's "
+                                         r"vocabulary of 3 \(the first at character 3 of the text\)$") as refused:
+        tok.encode("ab" + unknown[1:] + "a" + unknown[:1])  # named in the order the text has them
     assert len(str(refused.value)) < 200
+    with pytest.raises(ValueError, match=r"^character 'O' is not in the model's vocabulary of 3 \(the first at "
+                                         r"character 4 of the text\)$"):  # (one character: "characters 'O' are")
+        tok.encode("ab OO")
     for ids in ([-1], [0, 3], [99]):
         with pytest.raises(ValueError, match=r"token ids must be in \[0, 3\), got \[-?\d+\]"):
             tok.decode(ids)

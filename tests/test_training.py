@@ -760,17 +760,23 @@ def test_the_saved_model_holds_the_trained_weights_without_optimizer_state(char_
     assert full < 0.5 * os.path.getsize(tmp_path / "compiled.keras")
 
 
-def test_steps_counts_optimizer_updates_whatever_the_interval(char_data, tmp_path, capsys):
+def test_steps_counts_optimizer_updates_whatever_the_interval(char_data, tmp_path, capsys, monkeypatch):
     """--steps 5 --eval-interval 4 is 5 updates (a round of 4, then one of 1), and --steps 3 with an interval
-    of 10 is 3; the checkpoint says so, and a second run of the same settings has nothing left to do."""
+    of 10 is 3; the checkpoint says so, and a second run of the same settings has nothing left to do. The progress
+    is a bar redrawn in a terminal, a line per round in a file (Keras redrew its bar into logs too)."""
     from tf_gpt2.training import restore_checkpoint
 
-    for steps, interval, rounds in ((5, 4, 2), (3, 10, 1)):
+    for steps, interval, rounds, terminal in ((5, 4, 2, False), (3, 10, 1, True)):
         out = tmp_path / f"{steps}-{interval}"
-        model, history = train(config(out, char_data, steps=steps, eval_interval=interval, verbose=2))
+        monkeypatch.setattr(sys.stdout, "isatty", lambda: terminal)  # (capsys' stream)
+        model, history = train(config(out, char_data, steps=steps, eval_interval=interval, verbose=1))
         assert int(model.optimizer.iterations) == steps and len(history["loss"]) == rounds
-        said = re.findall(r"Epoch \d+/\d+", capsys.readouterr().out)  # the run's rounds (it said only "Epoch 2/2")
+        printed = capsys.readouterr().out
+        said = re.findall(r"Epoch \d+/\d+", printed)  # the run's rounds (it said only "Epoch 2/2")
         assert said == ([f"Epoch {i + 1}/{rounds}" for i in range(rounds)] if rounds > 1 else []), said
+        assert ("\r" in printed) == terminal and ("\b" in printed or "\x1b" in printed) == terminal, printed
+        if not terminal:  # one line a round: "4/4 - 1s - 96ms/step - loss: 3.4 ... - val_loss: 3.3"
+            assert len(re.findall(r"^\d+/\d+ - \d+s - .* - loss: .* - val_loss: ", printed, re.M)) == rounds, printed
         assert restore_checkpoint(model, str(out / CHECKPOINT)) == steps
         assert train(config(out, char_data, steps=steps, eval_interval=interval))[1] == {}
     # Resumed from step 5 (between two round ends) to 10: rounds end at 8 and 10, 5 more updates.
@@ -840,7 +846,8 @@ def test_a_rerun_after_a_failed_start_tokenizes_the_text_it_is_given(tmp_path):
     (tmp_path / "first").mkdir()
     (tmp_path / "first" / "a.txt").write_text(TEXT)
     (tmp_path / "other.txt").write_text(TEXT.upper())
-    with pytest.raises(ValueError, match="the train split has .* tokens, fewer than block_size \\+ 1 = 8193"):
+    data = re.escape(str(tmp_path / "run" / "data"))  # (where the text given was tokenized)
+    with pytest.raises(ValueError, match=f"the train split of {data} has .* tokens, fewer than block_size \\+ 1 = 81"):
         train(config(tmp_path / "run", str(tmp_path / "first"), vocab="char", block_size=8192,
                      model={**TINY, "n_positions": 8192}))  # (a bad model flag is refused before tokenizing)
 

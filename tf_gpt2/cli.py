@@ -236,6 +236,7 @@ def _prompt_of(args: argparse.Namespace) -> str:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
+    from tf_gpt2.data import shown
     from tf_gpt2.generation import default_stop_ids, stream
     from tf_gpt2.tokenizer import check_output_writes, tokenizer_for
 
@@ -246,13 +247,20 @@ def cmd_generate(args: argparse.Namespace) -> int:
     model = _load_model(args)
     tokenizer = tokenizer_for(model.config)  # the one `stream` reads the prompt with
     check_output_writes(model.config.characters)
-    max_new_tokens = args.max_new_tokens
+    source = f"{shown(args.prompt_file)}: " if args.prompt_file is not None else ""  # (errors named no file)
+    try:
+        held = len(tokenizer.encode(prompt))
+    except ValueError as e:  # a character the model does not know
+        raise ValueError(f"{source}{e}") from None
+    context, max_new_tokens = model.config.n_positions, args.max_new_tokens
+    room = context - held
+    if max_new_tokens is not None and max_new_tokens > room > 0:
+        raise ValueError(f"{source}the prompt's {held} tokens + --max-new-tokens {max_new_tokens} exceed the model's "
+                         f"context of {context} positions: give --max-new-tokens {room} at most")
+    if held and room < 1:  # (an empty prompt: `stream` refuses it)
+        raise ValueError(f"{source}the prompt's {held} tokens fill the model's context of {context} positions: give "
+                         f"a prompt of at most {context - 1}")
     if max_new_tokens is None:  # (64 failed on a model of 64 positions, the demo's)
-        held, context = len(tokenizer.encode(prompt)), model.config.n_positions
-        room = context - held
-        if held and room < 1:  # (an empty prompt: `stream` refuses it)
-            raise ValueError(f"the prompt's {held} tokens fill the model's context of {context} positions: give a "
-                             f"prompt of at most {context - 1}")
         max_new_tokens = min(DEFAULT_NEW_TOKENS, max(room, 1))
         if held and room < DEFAULT_NEW_TOKENS:
             print(f"note: {room} new tokens, not {DEFAULT_NEW_TOKENS}: the context of {context} holds that many "
@@ -260,21 +268,21 @@ def cmd_generate(args: argparse.Namespace) -> int:
     decode, stop_ids = tokenizer.decode, default_stop_ids(model.config)
     # The prompt is shown with the first new token: by then prefill and the decode step are compiled, so
     # XLA's start-up lines on stderr come before the text, not in the middle of it.
-    tokens, shown = [], None
+    tokens, printed = [], None
     for token in stream(model, prompt, max_new_tokens=max_new_tokens, temperature=args.temperature,
                         top_k=args.top_k, top_p=args.top_p, repetition_penalty=args.repetition_penalty,
                         seed=args.seed or 0, stop_ids=stop_ids):
-        if shown is None:
+        if printed is None:
             print(prompt, end="", flush=True)
-            shown = ""
+            printed = ""
         if token in stop_ids:
             break
         tokens.append(token)
         text = decode(tokens)
         if not text.endswith("\ufffd"):  # wait for the rest of a multi-byte character
-            print(text[len(shown):], end="", flush=True)
-            shown = text
-    print(decode(tokens)[len(shown or ""):])
+            print(text[len(printed):], end="", flush=True)
+            printed = text
+    print(decode(tokens)[len(printed or ""):])
     return 0
 
 
@@ -388,20 +396,22 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     import json
 
-    from tf_gpt2.data import read_text
+    from tf_gpt2.data import read_text, shown
     from tf_gpt2.evaluation import evaluate
 
     text = read_text(args.file)  # as prepare reads it: a CRLF file keeps its \r, a .gz is decompressed
+    if not text:  # (said after the model's loading)
+        raise ValueError(f"{shown(args.file)} is empty: nothing to score")
     model = _load_model(args)
     result = evaluate(model, text, context=args.context, stride=args.stride, batch_size=args.batch_size,
-                      detokenize=args.detokenize, verbose=not args.json, source=args.file)
+                      detokenize=args.detokenize, verbose=not args.json, source=shown(args.file))
     report = {"file": args.file, "tokens": result.tokens, "bytes": result.bytes, "loss": result.loss,
               "perplexity": result.perplexity if math.isfinite(result.perplexity) else None,  # JSON has no inf
               "bits_per_byte": result.bits_per_byte}
     if args.json:
         print(json.dumps(report))
     else:
-        print(f"{args.file}: {result.tokens:,} tokens, {result.bytes:,} bytes\n"
+        print(f"{shown(args.file)}: {result.tokens:,} tokens, {result.bytes:,} bytes\n"
               f"loss {result.loss:.4f} nats/token  perplexity {result.perplexity:.3f}  "
               f"bits/byte {result.bits_per_byte:.4f}")
     return 0
@@ -443,7 +453,9 @@ def build_parser() -> argparse.ArgumentParser:
     prep.add_argument("inputs", nargs="*", type=_named,
                       help="text files, folders or globs (.txt or .txt.gz); default: the embedded corpus")
     prep.add_argument("--out", type=_named, required=True, help="output directory")
-    prep.add_argument("--val-fraction", type=float, default=0.1, help="last fraction of the text kept for validation")
+    prep.add_argument("--val-fraction", type=float, default=0.1,
+                      help="last fraction of the text kept for validation (files in the order named; a folder's or a "
+                      "glob's sorted by path)")
     prep.add_argument("--vocab", default=VOCABS[0], choices=VOCABS, help="GPT-2 BPE or characters")
     prep.set_defaults(run=cmd_prepare)
 

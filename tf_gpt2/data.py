@@ -2,7 +2,7 @@
 
 `prepare` streams text files (so a corpus larger than RAM works) through the GPT-2 BPE (or a
 character vocabulary for tiny demos) into shard files of raw uint16 ids plus `manifest.json`.
-The last `val_fraction` of the bytes is the validation split. `TokenShards` memory-maps the
+The last `val_fraction` of the bytes (files in the order named) is the validation split. `TokenShards` memory-maps the
 shards; `TokenShards.dataset` yields (inputs, targets) windows of `block_size` tokens. Batch `s`
 is a pure function of (seed, s), so a resumed run sees exactly the batches it would have seen.
 
@@ -37,6 +37,7 @@ import numpy as np
 
 from tf_gpt2.devices import tensorflow
 from tf_gpt2.files import atomic_write, exclusive, json_writer, read_json
+from tf_gpt2.progress import progress_bar
 from tf_gpt2.tokenizer import ENDOFTEXT
 
 MANIFEST = "manifest.json"
@@ -175,7 +176,7 @@ def _text_files_in(folder: str, exclude: set[str]) -> list[str]:
         if skipped:
             shown = ", ".join(os.path.relpath(f, folder) for f in sorted(skipped)[:3]) + ", ..." * (len(skipped) > 3)
             warnings.warn(f"{folder} holds {len(skipped)} {what}, not read: {shown}", stacklevel=3)
-    return files
+    return sorted(files)
 
 
 def _output_folder(path: str, known: dict[str, bool] | None = None) -> str | None:
@@ -222,14 +223,15 @@ def _globbed(pattern: str, excluded: set[str]) -> list[str]:
     if not any(map(os.path.isfile, matched)) and not folders:
         raise FileNotFoundError(f"no data file matches {pattern!r}")
     files = [f for folder in folders if folder not in ours for f in _text_files_in(folder, excluded)]
-    return files + [f for f in matched if os.path.isfile(f) and f not in ours  # (one in a folder read: its call)
-                    and not any(os.path.abspath(f).startswith(w) for w in walked)]
+    return sorted(files + [f for f in matched if os.path.isfile(f) and f not in ours  # (one in a folder read: its call)
+                           and not any(os.path.abspath(f).startswith(w) for w in walked)])
 
 
 def resolve_inputs(inputs: str | Sequence[str], exclude: Sequence[str] = ()) -> list[str]:
     """Files named by a path, a folder (its `.txt` and `.txt.gz` files, recursively, but for hidden ones and the
-    datasets, runs, checkpoints and exports there) or a glob (`_globbed`), sorted, each once however often it is
-    named. Folders in `exclude` are never read."""
+    datasets, runs, checkpoints and exports there) or a glob (`_globbed`), in the order named (a folder's or a
+    glob's files sorted by path), each once however often it is named (where first named). Folders in `exclude`
+    are never read."""
     patterns = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
     excluded = {os.path.realpath(e) for e in exclude}
     files: list[str] = []
@@ -247,8 +249,10 @@ def resolve_inputs(inputs: str | Sequence[str], exclude: Sequence[str] = ()) -> 
             files += _globbed(pattern, excluded)
     if not files:
         raise FileNotFoundError(f"no data files found in {inputs!r} (a folder is read for .txt and .txt.gz files)")
-    unique = {os.path.realpath(f): f for f in sorted(files, reverse=True)}  # a file named twice is read once
-    return sorted(unique.values())
+    unique: dict[str, str] = {}
+    for f in files:  # a file named twice is read once
+        unique.setdefault(os.path.realpath(f), f)
+    return list(unique.values())
 
 
 def source_stamps(files: Sequence[str]) -> dict[str, list]:
@@ -719,19 +723,21 @@ def prepare(inputs: str | Sequence[str], out_dir: str, val_fraction: float = 0.1
 
 @contextlib.contextmanager
 def _progress_bar(total: int, label: str | None) -> Iterator:
-    """A progress bar in bytes of text (None without a label); an error or warning shown meanwhile starts on a line
-    of its own, not on the bar's."""
+    """The label, then a progress bar in bytes of text where it can be redrawn (`progress_bar`; None without a
+    label); an error or warning shown meanwhile starts on a line of its own, not on the bar's."""
     if not label:
         yield None
         return
-    import keras
-
     print(label, flush=True)
+    bar = progress_bar(total, unit_name="byte")
+    if bar is None:
+        yield None
+        return
     show = warnings.showwarning
     with warnings.catch_warnings():
         warnings.showwarning = lambda *args, **kwargs: (print(flush=True), show(*args, **kwargs))
         try:
-            yield keras.utils.Progbar(total, unit_name="byte")
+            yield bar
         except BaseException:
             print(flush=True)
             raise
@@ -818,7 +824,7 @@ class TokenShards:
                 self.parts.append(part)
                 self.files.append(file)
         self.offsets = np.cumsum([0] + [len(p) for p in self.parts])  # where each shard starts
-        self.split = split
+        self.directory, self.split = directory, split
 
     def _check_ids(self, largest: int, file: str) -> None:
         if largest >= self.vocab_size:  # such an id would train on another row of the embedding
@@ -845,7 +851,7 @@ class TokenShards:
         if batch_size <= 0 or block_size <= 0:
             raise ValueError(f"batch_size and block_size must be positive, got {batch_size} and {block_size}")
         if len(self) < block_size + 1:
-            raise ValueError(f"the {self.split} split has {len(self)} tokens, "
+            raise ValueError(f"the {self.split} split of {self.directory} has {len(self)} tokens, "
                              f"fewer than block_size + 1 = {block_size + 1}")
 
     def batch(self, step: int, block_size: int, batch_size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

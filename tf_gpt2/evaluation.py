@@ -24,6 +24,7 @@ from keras import ops
 
 from tf_gpt2.checks import check_in_vocabulary, checked_integer
 from tf_gpt2.detokenize import DETOKENIZERS
+from tf_gpt2.progress import progress_bar
 from tf_gpt2.tokenizer import GPT2Tokenizer, checked_ids, checked_utf8, tokenizer_for
 from tf_gpt2.xla import compiled
 
@@ -122,11 +123,7 @@ def evaluate(model, text: str | Sequence[int], tokenizer: GPT2Tokenizer | None =
     spans = windows(len(ids), context, stride)
     width = min(context, len(ids) - 1)
     window_nll, nll = compiled(model, _window_nll), 0.0
-    progress = None
-    if verbose:
-        import keras
-
-        progress = keras.utils.Progbar(len(spans), unit_name="window")
+    progress = progress_bar(len(spans), unit_name="window") if verbose else None
     # A short text is not padded to a large batch; rows in powers of two, so that texts of many lengths share
     # a few compiled programs.
     rows = min(batch_size, 1 << (len(spans) - 1).bit_length())

@@ -433,12 +433,14 @@ class CharacterTokenizer:
     def encode(self, text: str) -> list[int]:
         if not isinstance(text, str):
             raise TypeError(f"encode expects a str, got {type(text).__name__}")
-        unknown = sorted(set(text) - self._index.keys())
-        if unknown:
+        if set(text) - self._index.keys():
+            unknown = list(dict.fromkeys(c for c in text if c not in self._index))  # in the order of the text
             first = next(i for i, c in enumerate(text) if c not in self._index)
             more = f" (and {len(unknown) - 10} more)" * (len(unknown) > 10)
-            raise ValueError(f"characters {', '.join(map(repr, unknown[:10]))}{more} are not in the model's vocabulary "
-                             f"of {len(self.characters)} (the first is character {first + 1} of the text)")
+            these = f"characters {', '.join(map(repr, unknown[:10]))}{more} are" if len(unknown) > 1 else \
+                f"character {unknown[0]!r} is"
+            raise ValueError(f"{these} not in the model's vocabulary of {len(self.characters)} (the first at "
+                             f"character {first + 1} of the text)")
         return [self._index[c] for c in text]
 
     def decode(self, ids: Iterable[int]) -> str:

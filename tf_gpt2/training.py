@@ -52,6 +52,7 @@ from tf_gpt2.devices import Placement, host_array, place_run, process_index, ten
 from tf_gpt2.files import exclusive, json_writer, read_json, refuse_writing_over_inputs, save_keras, write_together
 from tf_gpt2.generation import pad_id
 from tf_gpt2.model import GPT2
+from tf_gpt2.progress import round_verbosity
 from tf_gpt2.tokenizer import VOCAB_SIZE, check_output_writes
 from tf_gpt2.train_config import TrainConfig
 
@@ -278,8 +279,8 @@ class RunProgress(keras.callbacks.ProgbarLogger):
         super().__init__()
         self.rounds = rounds
 
-    def set_params(self, params):
-        super().set_params({**params, "epochs": self.rounds})
+    def set_params(self, params):  # (a bar only where it can be redrawn: else a line per round)
+        super().set_params({**params, "epochs": self.rounds, "verbose": round_verbosity(params["verbose"])})
 
 
 class RunTensorBoard(keras.callbacks.TensorBoard):
