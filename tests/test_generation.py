@@ -468,3 +468,22 @@ def test_logits_that_are_not_finite_choose_no_token_in_any_path(tmp_path, capsys
             temperature=tf.constant([0.0]), top_k=tf.constant([0]), top_p=tf.constant([1.0]), seed=tf.constant([0]))
         assert answer["error"].numpy().tolist() == [b"the model produced non-finite logits (NaN or inf)", b""], xla
         assert answer["length"].numpy().tolist() == [0, 2]
+
+
+def test_prompts_of_many_lengths_log_no_retracing_warning():
+    """Each prompt length bucket is a program of its own, by design: TensorFlow's "triggered tf.function retracing"
+    warning (two of them in a session of six prompt lengths) blamed the caller's loop."""
+    import logging
+
+    said = []
+    handler = logging.Handler()
+    handler.emit = lambda record: said.append(record.getMessage())
+    logger = logging.getLogger("tensorflow")
+    logger.addHandler(handler)
+    try:
+        model = GPT2(GPT2Config(vocab_size=64, n_positions=256, n_embd=16, n_layer=1, n_head=2))
+        for length in (3, 12, 20, 40, 70, 130):
+            model.generate([[1] * length], max_new_tokens=2)
+    finally:
+        logger.removeHandler(handler)
+    assert not [line for line in said if "retracing" in line], said

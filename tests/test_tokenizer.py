@@ -1,3 +1,5 @@
+import os
+
 import numpy as np
 import pytest
 
@@ -117,24 +119,21 @@ def test_the_vocabulary_ships_with_the_package_and_a_damaged_cached_copy_is_repl
     assert os.path.basename(unpacked).startswith("tf_gpt2-vocab-") and not os.path.exists(unpacked)
 
 
-def test_a_full_tiktoken_cache_is_named(tmp_path):
-    """tiktoken copies the vocabulary into the cache folder a user sets (TIKTOKEN_CACHE_DIR) and failed there, on a
-    full disk or a size limit, with "[Errno 27] File too large" alone: the folder and the variable are named."""
-    import os
-    import subprocess
-    import sys
+def test_the_vocabulary_is_tiktokens_own_and_leaves_no_copy_in_its_cache(tiktoken_gpt2, tmp_path, monkeypatch):
+    """tiktoken's loader of encoder.json and vocab.bpe copied both (1.5 MB) into its cache folder, the temporary
+    folder's data-gym-cache unless one is set, once for each place they were unpacked to: with a home that cannot be
+    written, once per process. The ranks are read from encoder.json, and are tiktoken's own."""
+    import tempfile
 
-    default_vocab_files()  # unpacked before the limit
-    script = ("import resource\n"
-              "resource.setrlimit(resource.RLIMIT_FSIZE, (300_000, resource.RLIM_INFINITY))  # vocab.bpe: 456 KB\n"
-              "from tf_gpt2.tokenizer import GPT2Tokenizer\n"
-              "GPT2Tokenizer()\n")
-    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
-                         env={**os.environ, "TIKTOKEN_CACHE_DIR": str(tmp_path / "tiktoken")})
-    assert run.returncode == 1
-    assert run.stderr.strip().splitlines()[-1] == (
-        "OSError: [Errno 27] File too large (while tiktoken copied GPT-2's vocabulary into its cache, "
-        f"TIKTOKEN_CACHE_DIR: set it to another folder, or to nothing for no cache): '{tmp_path / 'tiktoken'}'")
+    from tf_gpt2.tokenizer import _encoding
+
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path / "set"))
+    encoding = _encoding.__wrapped__(*default_vocab_files())  # (not the one this process made already)
+    monkeypatch.delenv("TIKTOKEN_CACHE_DIR")
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    assert _encoding.__wrapped__(*default_vocab_files())._mergeable_ranks == encoding._mergeable_ranks
+    assert encoding._mergeable_ranks == tiktoken_gpt2._mergeable_ranks and len(encoding._mergeable_ranks) == 50256
+    assert os.listdir(tmp_path) == []
 
 
 def test_ids_match_transformers_gpt2_tokenizer_on_a_long_text(tok):

@@ -33,7 +33,7 @@ def _env(devices, cache=None):
     """A JAX run on `devices` virtual CPU devices; `cache`, a folder where runs of one program share its compiled
     form (JAX's persistent compilation cache: the same executable, compiled once)."""
     return {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu", "TF_CPP_MIN_LOG_LEVEL": "3",
-            "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+            "XLA_FLAGS": f"{os.environ['XLA_FLAGS']} --xla_force_host_platform_device_count={devices}",
             **({"JAX_COMPILATION_CACHE_DIR": str(cache), "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
                if cache else {})}
 

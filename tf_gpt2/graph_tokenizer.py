@@ -22,7 +22,7 @@ from typing import Sequence
 
 import tensorflow as tf
 
-from tf_gpt2.tokenizer import ENDOFTEXT, GPT2Tokenizer, read_vocabulary
+from tf_gpt2.tokenizer import ENDOFTEXT, GPT2Tokenizer, bytes_to_unicode, read_vocabulary
 
 # Unicode's White_Space: what `\s` means to tiktoken's regex engine. RE2's `\s` is ASCII only.
 WHITESPACE = r"\t\n\x0b\x0c\r \x{85}\x{a0}\x{1680}\x{2000}-\x{200a}\x{2028}\x{2029}\x{202f}\x{205f}\x{3000}"
@@ -31,13 +31,6 @@ WHITESPACE = r"\t\n\x0b\x0c\r \x{85}\x{a0}\x{1680}\x{2000}-\x{200a}\x{2028}\x{20
 PRE_TOKENIZER = (rf"'(?:[sdmt]|ll|ve|re)| ?\pL+| ?\pN+| ?[^{WHITESPACE}\pL\pN]+|[{WHITESPACE}]+$"
                  rf"|[{WHITESPACE}]")
 _NO_RANK = 2**31 - 1
-
-
-def _bytes_to_unicode() -> dict[int, str]:
-    """GPT-2's reversible map from bytes to printable characters (the alphabet of encoder.json)."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    others = [b for b in range(256) if b not in printable]
-    return {**{b: chr(b) for b in printable}, **{b: chr(256 + n) for n, b in enumerate(others)}}
 
 
 def _join_whitespace(words: tf.RaggedTensor) -> tf.RaggedTensor:
@@ -89,7 +82,7 @@ class BytePairGraphTokenizer(tf.Module):
         self.tokens = tf.constant(tokens)  # id -> token, in the byte-as-character alphabet
         self.ranks = tf.lookup.StaticHashTable(  # token -> id, which is also its merge rank
             tf.lookup.KeyValueTensorInitializer(tokens, tf.range(len(tokens), dtype=tf.int32)), _NO_RANK)
-        to_unicode = _bytes_to_unicode()
+        to_unicode = bytes_to_unicode()
         self.byte_chars = tf.constant([to_unicode[b] for b in range(256)])
         code_points = [0] * (max(map(ord, to_unicode.values())) + 1)
         for b, c in to_unicode.items():

@@ -3,11 +3,9 @@ language-model head tied to the token embedding."""
 
 from __future__ import annotations
 
-import contextlib
-import logging
 import os
 import warnings
-from typing import Any, Iterator
+from typing import Any
 
 import keras
 from keras import ops
@@ -17,7 +15,7 @@ from tf_gpt2.config import GPT2Config
 from tf_gpt2.files import atomic_write
 from tf_gpt2.layers import TransformerBlock, causal_mask, new_buffer, recomputed
 from tf_gpt2.variants import VariantBlock
-from tf_gpt2.xla import changed
+from tf_gpt2.xla import changed, unsaid
 
 
 class TokenLoss(keras.losses.Loss):
@@ -66,21 +64,6 @@ def token_cross_entropy(logits, targets):
         return ops.where(in_vocab, lse - picked, float("nan")), gradient
 
     return cross_entropy(logits, ops.cast(targets, "int32"))
-
-
-@contextlib.contextmanager
-def seeds_watched_quietly() -> Iterator[None]:
-    """Within it, TensorFlow does not log that a tape watches an integer tensor: its `keras.remat` watches every
-    input of the recomputed function, the dropout seeds `recomputed` hands it too (no gradient is taken of them),
-    and said so five times, in lines that read as errors. Any integer tensor watched within it goes unsaid."""
-    said = "The dtype of the watched tensor must be floating"
-    logger = logging.getLogger("tensorflow")
-    quiet = lambda record: not record.getMessage().startswith(said)  # noqa: E731
-    logger.addFilter(quiet)
-    try:
-        yield
-    finally:
-        logger.removeFilter(quiet)
 
 
 @keras.saving.register_keras_serializable(package="tf_gpt2")
@@ -191,7 +174,10 @@ class GPT2(CheckedLoops, keras.Model):
         `compute_loss` applies the head chunk by chunk; everywhere else (a loop of your own too) `call` gives logits."""
         self._head_in_loss = bool(self.config.loss_chunk)
         try:
-            with seeds_watched_quietly():  # (traced here: `recomputed` blocks hand TensorFlow's tape their seeds)
+            # TensorFlow logs that a tape watches an integer tensor: `keras.remat` watches every input of the
+            # recomputed function, the dropout seeds `recomputed` hands it too (no gradient is taken of them), and it
+            # said so five times, in lines that read as errors (traced here). Any integer watched here goes unsaid.
+            with unsaid("The dtype of the watched tensor must be floating"):
                 return super().train_step(*args, **kwargs)
         finally:
             self._head_in_loss = False

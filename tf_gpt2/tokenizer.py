@@ -2,9 +2,10 @@
 
 The official `encoder.json` / `vocab.bpe` ship inside this package (`tf_gpt2/vocab/`, gzip, with
 OpenAI's license); they are unpacked once to a cache directory, their sha256 is checked on every
-load, then tiktoken builds the same encoding as its own
-"gpt2". `tf_gpt2.graph_tokenizer.BytePairGraphTokenizer` gives the same ids as TensorFlow ops, for SavedModels
-that take strings.
+load, then tiktoken builds the same encoding as its own "gpt2" from the ranks in encoder.json, which are the
+merges' order (tiktoken's own loader of these files keeps a copy of them in a temporary folder, one for each place
+they are unpacked to). `tf_gpt2.graph_tokenizer.BytePairGraphTokenizer` gives the same ids as TensorFlow ops, for
+SavedModels that take strings.
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 import tiktoken
-from tiktoken.load import data_gym_to_mergeable_bpe_ranks
 
 from tf_gpt2.config import checked_characters
 
@@ -91,17 +91,10 @@ def _verify_sha256(path: str, expected: str) -> None:
 @functools.lru_cache(maxsize=4)
 def _encoding(encoder_json: str, vocab_bpe: str) -> tiktoken.Encoding:
     _verify_sha256(encoder_json, ENCODER_JSON_SHA256)
-    _verify_sha256(vocab_bpe, VOCAB_BPE_SHA256)
-    try:
-        ranks = data_gym_to_mergeable_bpe_ranks(vocab_bpe, encoder_json, VOCAB_BPE_SHA256, ENCODER_JSON_SHA256)
-    except OSError as e:  # tiktoken keeps a copy in a cache folder set by the user (else it goes on without one),
-        # and fails there without the folder's name (a full disk)
-        variable = next((v for v in ("TIKTOKEN_CACHE_DIR", "DATA_GYM_CACHE_DIR") if os.environ.get(v)), None)
-        if e.filename is not None or e.strerror is None or variable is None:
-            raise
-        raise OSError(e.errno, f"{e.strerror} (while tiktoken copied GPT-2's vocabulary into its cache, "
-                               f"{variable}: set it to another folder, or to nothing for no cache)",
-                      os.environ[variable]) from e
+    _verify_sha256(vocab_bpe, VOCAB_BPE_SHA256)  # (the official pair: an id of encoder.json is its merge's rank)
+    byte_of = {c: b for b, c in bytes_to_unicode().items()}
+    ranks = {bytes(byte_of[c] for c in token): rank for token, rank in read_vocabulary(encoder_json).items()
+             if token != ENDOFTEXT}
     return tiktoken.Encoding(
         name="gpt2",
         pat_str=PAT_STR,
@@ -109,6 +102,13 @@ def _encoding(encoder_json: str, vocab_bpe: str) -> tiktoken.Encoding:
         special_tokens={ENDOFTEXT: EOT_ID},
         explicit_n_vocab=VOCAB_SIZE,
     )
+
+
+def bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's reversible map from bytes to printable characters (the alphabet of encoder.json)."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    others = [b for b in range(256) if b not in printable]
+    return {**{b: chr(b) for b in printable}, **{b: chr(256 + n) for n, b in enumerate(others)}}
 
 
 def read_vocabulary(encoder_json: str) -> dict[str, int]:

@@ -12,9 +12,11 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+import logging
 import weakref
-from typing import Any, Callable, Hashable
+from typing import Any, Callable, Hashable, Iterator
 
 import keras
 import numpy as np  # noqa: F401  (used by the example)
@@ -46,6 +48,18 @@ def changed(model: keras.Layer, name: Hashable) -> bool:
 _PROGRAMS = itertools.count()
 
 
+@contextlib.contextmanager
+def unsaid(fragment: str) -> Iterator[None]:
+    """Within it, TensorFlow's log drops its lines that hold `fragment`."""
+    logger = logging.getLogger("tensorflow")
+    quiet = lambda record: fragment not in record.getMessage()  # noqa: E731
+    logger.addFilter(quiet)
+    try:
+        yield
+    finally:
+        logger.removeFilter(quiet)
+
+
 def _compile(model, fn):
     """XLA-compile fn(model, *tensors) for the active backend, reading the model's live weights."""
     backend = keras.backend.backend()
@@ -54,7 +68,12 @@ def _compile(model, fn):
 
         # autograph=False, as Keras' own steps and exports: the loops are ops.while_loop already, and converting
         # each function's source took longer than tracing it (2.5 of a 9 s `tf-gpt2 generate` on a tiny model).
-        return tf.function(lambda *args: fn(model, *args), jit_compile=True, autograph=False)
+        program = tf.function(lambda *args: fn(model, *args), jit_compile=True, autograph=False)
+        # Each shape is a program of its own by design, and TensorFlow counts every trace of this lambda's code as
+        # one function's: a fifth prompt length of `generate` logged "triggered tf.function retracing", blaming
+        # the caller's loop. Its switch for that warning, per function:
+        program._omit_frequent_tracing_warning = True
+        return program
     if backend == "jax":
         import jax
 
