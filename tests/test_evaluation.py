@@ -252,3 +252,20 @@ def test_a_short_text_is_not_padded_to_a_large_batch(monkeypatch):
         rows.clear()
         result = evaluate(model, text, context=16, stride=8, batch_size=batch_size)
         assert rows == batches and result.nll == pytest.approx(expected.nll, rel=1e-5)
+
+
+def test_short_texts_of_many_lengths_share_a_few_programs_and_score_as_unpadded():
+    """Each text shorter than the context was a program of its own length (a compile per new length); padded to
+    powers of two, eight lengths take four, and the padding is not scored."""
+    from tf_gpt2.evaluation import _window_nll
+    from tf_gpt2.xla import compiled
+
+    model = GPT2(GPT2Config(vocab_size=50, n_positions=32, n_embd=16, n_layer=1, n_head=2, initializer_range=0.3))
+    for length in range(3, 11):
+        ids = np.random.default_rng(length).integers(0, 50, length)
+        logits = np.asarray(model(ids[None]))[0].astype(np.float64)  # unpadded
+        log_probs = logits - logits.max(-1, keepdims=True)
+        log_probs -= np.log(np.exp(log_probs).sum(-1, keepdims=True))
+        expected = -sum(log_probs[t, ids[t + 1]] for t in range(length - 1))
+        assert evaluate(model, ids.tolist()).nll == pytest.approx(expected, rel=1e-5)
+    assert compiled(model, _window_nll).experimental_get_tracing_count() == 4  # widths 2, 4, 8 and 16

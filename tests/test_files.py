@@ -179,6 +179,19 @@ def test_published_files_and_directories_are_readable_by_other_users(tmp_path):
     assert stat.S_IMODE(os.stat(tmp_path / "1").st_mode) == 0o755
     assert stat.S_IMODE(os.stat(tmp_path / "1" / "variables").st_mode) == 0o755
     assert stat.S_IMODE(os.stat(tmp_path / "1" / "variables" / "v.bin").st_mode) == 0o644
+    def refused(source, target):
+        raise PermissionError(errno.EACCES, "Permission denied", source, None, target)
+
+    with pytest.MonkeyPatch.context() as patch:  # the rename refused (another user's file in a sticky folder)
+        patch.setattr(os, "replace", refused)
+        with pytest.raises(PermissionError) as failed:
+            atomic_write(str(tmp_path / "f.bin"), lambda tmp: open(tmp, "wb").write(b"z"))
+    assert failed.value.filename == str(tmp_path / "f.bin") and "while putting" in failed.value.strerror  # (it named
+    assert (tmp_path / "f.bin").read_bytes() == b"x" and sorted(os.listdir(tmp_path)) == ["1", "f.bin"]  # the staged)
+    for kept in (0o600, 0o640):  # a file replaced keeps its permissions: a private one stays private (it got 0644)
+        os.chmod(tmp_path / "f.bin", kept)
+        atomic_write(str(tmp_path / "f.bin"), lambda tmp: open(tmp, "wb").write(b"y"))
+        assert stat.S_IMODE(os.stat(tmp_path / "f.bin").st_mode) == kept and (tmp_path / "f.bin").read_bytes() == b"y"
 
 
 def test_a_directory_in_use_is_refused_until_its_holder_ends(tmp_path):

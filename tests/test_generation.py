@@ -378,9 +378,9 @@ def test_text_continues_only_in_ids_its_tokenizer_reads(tmp_path, capsys):
 
 def test_a_batch_of_texts_names_the_prompt_its_tokenizer_cannot_read():
     model = GPT2(GPT2Config(vocab_size=2, characters="ab", n_positions=8, n_embd=8, n_layer=1, n_head=1))
-    with pytest.raises(ValueError, match=r"^prompt \[2\] of the batch: characters 'x' are not in the model's"):
+    with pytest.raises(ValueError, match=r"^prompt \[2\] of the batch: character 'x' is not in the model's"):
         model.generate(["ab", "ba", "abx"], max_new_tokens=1)
-    with pytest.raises(ValueError, match="^characters 'x' are not in the model's"):  # one prompt: no row to name
+    with pytest.raises(ValueError, match="^character 'x' is not in the model's"):  # one prompt: no row to name
         model.generate("abx", max_new_tokens=1)
     with pytest.raises(ValueError, match="^characters 'Z', 'e', 'r' are not in"):  # each, not a word ("Zer")
         model.generate("Zebra", max_new_tokens=1)

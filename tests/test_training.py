@@ -579,7 +579,7 @@ def test_the_default_sample_prompt_gives_way_in_characters_without_a_line_break(
     """The default prompt (a line break) cannot be written in such characters: the samples start from nothing. A
     prompt asked for is still refused."""
     (tmp_path / "t.txt").write_text("abc " * 500)
-    with pytest.raises(ValueError, match="sample_prompt \\(--sample-prompt\\): characters 'x'"):
+    with pytest.raises(ValueError, match="sample_prompt \\(--sample-prompt\\): character 'x' is not"):
         train(config(tmp_path / "run", str(tmp_path / "t.txt"), vocab="char", steps=2, eval_interval=2,
                      sample_tokens=4, sample_prompt="x"))
     train(config(tmp_path / "run", str(tmp_path / "t.txt"), vocab="char", steps=2, eval_interval=2, sample_tokens=4,
@@ -775,8 +775,9 @@ def test_steps_counts_optimizer_updates_whatever_the_interval(char_data, tmp_pat
         said = re.findall(r"Epoch \d+/\d+", printed)  # the run's rounds (it said only "Epoch 2/2")
         assert said == ([f"Epoch {i + 1}/{rounds}" for i in range(rounds)] if rounds > 1 else []), said
         assert ("\r" in printed) == terminal and ("\b" in printed or "\x1b" in printed) == terminal, printed
-        if not terminal:  # one line a round: "4/4 - 1s - 96ms/step - loss: 3.4 ... - val_loss: 3.3"
-            assert len(re.findall(r"^\d+/\d+ - \d+s - .* - loss: .* - val_loss: ", printed, re.M)) == rounds, printed
+        if not terminal:  # one line a round: "4/4 - 1s - 96ms/step - loss: 3.4 - val_loss: 3.3 - tok/s: 1335 ..."
+            lines = re.findall(r"^\d+/\d+ - \d+s - .* - loss: .* - val_loss: .* - tok/s: ", printed, re.M)
+            assert len(lines) == rounds, printed
         assert restore_checkpoint(model, str(out / CHECKPOINT)) == steps
         assert train(config(out, char_data, steps=steps, eval_interval=interval))[1] == {}
     # Resumed from step 5 (between two round ends) to 10: rounds end at 8 and 10, 5 more updates.

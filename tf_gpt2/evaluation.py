@@ -72,7 +72,7 @@ def _window_nll(model, inputs, targets, weights):
     logits = ops.cast(model(inputs), "float32")
     log_probs = ops.log_softmax(logits, axis=-1)
     picked = ops.take_along_axis(log_probs, ops.expand_dims(targets, -1), axis=-1)[..., 0]
-    return -ops.sum(picked * weights, axis=-1)
+    return -ops.sum(ops.where(weights > 0, picked * weights, 0.0), axis=-1)  # (padding's are not counted, NaN or not)
 
 
 def evaluate(model, text: str | Sequence[int], tokenizer: GPT2Tokenizer | None = None, context: int | None = None,
@@ -121,12 +121,13 @@ def evaluate(model, text: str | Sequence[int], tokenizer: GPT2Tokenizer | None =
     check_in_vocabulary(ids, model.config.vocab_size)
 
     spans = windows(len(ids), context, stride)
-    width = min(context, len(ids) - 1)
     window_nll, nll = compiled(model, _window_nll), 0.0
     progress = progress_bar(len(spans), unit_name="window") if verbose else None
-    # A short text is not padded to a large batch; rows in powers of two, so that texts of many lengths share
+    # A short text is not padded to a large batch or a whole context: rows and positions in powers of two (the
+    # positions past a text's end are not counted, and the model is causal), so that texts of many lengths share
     # a few compiled programs.
     rows = min(batch_size, 1 << (len(spans) - 1).bit_length())
+    width = min(context, 1 << (len(ids) - 2).bit_length())
     for first in range(0, len(spans), rows):
         inputs = np.zeros((rows, width), np.int32)
         targets = np.zeros((rows, width), np.int32)

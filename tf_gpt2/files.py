@@ -149,7 +149,8 @@ def _sync_tree(path: str) -> None:
 def atomic_write(path: str, write: Callable[[str], object]) -> None:
     """Call `write(tmp)` to write a file (or a directory) at a temporary sibling path, then move it to
     `path` in one rename. A crash, a kill or a full disk leaves the previous `path` as it was; the
-    next write removes temporaries left by killed writers. The result gets ordinary read permissions.
+    next write removes temporaries left by killed writers. A new file gets ordinary read permissions; a file
+    replaced keeps its own.
     """
     write_together({path: write})
 
@@ -185,8 +186,13 @@ def write_together(writes: dict[str, Callable[[str], object]]) -> None:
                     raise
                 raise OSError(code, f"{os.strerror(code)} (while writing)", path) from e
             make_readable(tmp)
+            if os.path.isfile(path) and os.path.isfile(tmp):  # a file replaced keeps its permissions (a private one
+                shutil.copymode(path, tmp)                    # was made readable by everyone)
         for path, tmp in staged.items():
-            os.replace(tmp, path)
+            try:
+                os.replace(tmp, path)
+            except OSError as e:  # (named the staged file, a hidden name the user never gave)
+                raise OSError(e.errno, f"{e.strerror} (while putting the written file in its place)", path) from e
             _fsync(os.path.dirname(path))
     finally:
         for path in staged:

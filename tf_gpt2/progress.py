@@ -15,7 +15,7 @@ import sys
 def redrawn() -> bool:
     """Whether standard output redraws a bar: a terminal, or a Jupyter kernel's output (Colab's too)."""
     isatty = getattr(sys.stdout, "isatty", None)
-    return bool(isatty and isatty()) or "ipykernel" in sys.modules
+    return bool(isatty and isatty()) or type(sys.stdout).__module__.startswith("ipykernel")
 
 
 def progress_bar(total: int, unit_name: str):

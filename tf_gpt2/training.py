@@ -298,20 +298,27 @@ class RunTensorBoard(keras.callbacks.TensorBoard):
 
 
 class Throughput(keras.callbacks.Callback):
-    """Adds `tok/s` (training tokens per second) to the logs the progress bar shows."""
+    """Adds `tok/s` (training tokens per second) to the logs the progress bar shows: each batch's, and the round's
+    training (its line, where output goes to a file, and its point in TensorBoard)."""
 
     def __init__(self, tokens_per_step: int):
         super().__init__()
         self.tokens_per_step = tokens_per_step
 
     def on_epoch_begin(self, epoch, logs=None):
-        self.start, self.last_batch = time.perf_counter(), -1
+        self.start, self.last_batch, self.tokens, self.seconds = time.perf_counter(), -1, 0, 0.0
 
     def on_train_batch_end(self, batch, logs=None):
         now = time.perf_counter()
+        tokens, seconds = (batch - self.last_batch) * self.tokens_per_step, max(now - self.start, 1e-9)
+        self.tokens, self.seconds = self.tokens + tokens, self.seconds + seconds
         if logs is not None:
-            logs["tok/s"] = (batch - self.last_batch) * self.tokens_per_step / max(now - self.start, 1e-9)
+            logs["tok/s"] = tokens / seconds
         self.start, self.last_batch = now, batch
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None and self.tokens:
+            logs["tok/s"] = self.tokens / self.seconds
 
 
 def clip_by_global_norm(optimizer: keras.optimizers.Optimizer, clip_norm: float | None):
