@@ -9,10 +9,13 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")  # (JAX arrays made in a test process stay off a GPU)
 # XLA compiles the tests' programs with LLVM's optimizations off (`--xla_backend_optimization_level=0`, here and in
 # the processes tests start): the programs are XLA's own (its HLO passes, fusions and kernels are chosen as
-# always), only their machine code is less optimized, which tiny models do not feel. It took a fifth of the CPU time
-# of the tests that compile most (53 and 41 CPU-s for three of test_generation.py's, 2026-12-07, AMD EPYC).
+# always, matmuls are Eigen's or oneDNN's), only their generated machine code is less optimized (and may round
+# elementwise math apart from a user's build), which tiny models do not feel. It saved about a fifth of the CPU time
+# where tests compile most (53 against 41 CPU-s for three of test_generation.py's; the suite 1,887 CPU-s against
+# 2,486, 2026-12-07, AMD EPYC). An XLA_FLAGS that sets the level itself is left alone:
+# `XLA_FLAGS=--xla_backend_optimization_level=3 python -m pytest` runs the tests as users' programs are built.
 XLA_TEST_FLAGS = "--xla_backend_optimization_level=0"
-if XLA_TEST_FLAGS not in os.environ.get("XLA_FLAGS", ""):  # (the test workers inherit it)
+if "--xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):  # (the test workers inherit it)
     os.environ["XLA_FLAGS"] = " ".join(filter(None, [os.environ.get("XLA_FLAGS"), XLA_TEST_FLAGS]))
 # Tests never reach the network: a Hugging Face name that is not in a cache a test laid out fails loudly
 # (read when huggingface_hub is imported, so before anything imports it; subprocesses inherit it).
@@ -213,8 +216,8 @@ def trained(shakespeare, tmp_path_factory):
     """gpt2-tiny trained briefly on the embedded Shakespeare with the GPT-2 BPE: peaked, text-like predictions.
 
     Trained once per test run: the first test process to need it trains and saves it, the others load it. It trains
-    in a process of its own, where XLA optimizes the machine code as always (`XLA_TEST_FLAGS` off): its 300 steps
-    run, not compile, and took 74 CPU-seconds more without."""
+    in a process of its own, where XLA optimizes the machine code as always (without `XLA_TEST_FLAGS`): its 300
+    steps are time spent running, not compiling, and took 74 CPU-seconds more under those flags."""
     import filelock
 
     from tf_gpt2 import GPT2, GPT2Config
@@ -224,7 +227,7 @@ def trained(shakespeare, tmp_path_factory):
     with filelock.FileLock(f"{shared}.lock"):
         if not shared.exists():
             np.save(f"{shared}.tokens.npy", shakespeare[:-200])
-            flags = os.environ["XLA_FLAGS"].replace(XLA_TEST_FLAGS, "").strip()
+            flags = os.environ["XLA_FLAGS"].replace(XLA_TEST_FLAGS, "").strip()  # (a level the user set: kept)
             run = subprocess.run([sys.executable, "-c", TRAIN_SCRIPT, str(shared)], capture_output=True, text=True,
                                  env={**os.environ, "XLA_FLAGS": flags}, timeout=900)
             assert run.returncode == 0, run.stderr[-3000:]

@@ -383,7 +383,8 @@ def test_prompts_and_vocabularies_that_cannot_apply_are_refused_before_any_work(
             (["generate", "caf\udce9", "--random-init", "gpt2-tiny"],
              "the prompt is not UTF-8 text: byte e9 after 'caf'"),
             (["demo", "--out", out, "--prompt", "caf\udce9"], "the prompt is not UTF-8 text: byte e9"),
-            (["demo", "--out", out, "--prompt", "Zoë:"], "characters 'ë' of the prompt are not in Shakespeare's text"),
+            (["demo", "--out", out, "--prompt", "Zoë:"], "character 'ë' of the prompt is not in Shakespeare's text"),
+            (["demo", "--out", out, "--prompt", "ÿ Zoë"], "characters 'ÿ', 'ë' of the prompt are not"),  # as written
             (["demo", "--out", out, "--max-new-tokens", "-3"], "--max-new-tokens must be a positive integer, got -3"),
             (["demo", "--out", out, "--prompt", ""], "the prompt is empty"),
             (["train", "--data", str(tmp_path / "data"), "--out", out, "--sample-prompt", "caf\udce9"],

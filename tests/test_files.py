@@ -179,19 +179,31 @@ def test_published_files_and_directories_are_readable_by_other_users(tmp_path):
     assert stat.S_IMODE(os.stat(tmp_path / "1").st_mode) == 0o755
     assert stat.S_IMODE(os.stat(tmp_path / "1" / "variables").st_mode) == 0o755
     assert stat.S_IMODE(os.stat(tmp_path / "1" / "variables" / "v.bin").st_mode) == 0o644
+
+
+def test_a_replaced_file_keeps_its_permissions(tmp_path):
+    """A private file rewritten (a model saved again) became readable by everyone (0644)."""
+    os.umask(0o022)
+    (tmp_path / "f.bin").write_bytes(b"x")
+    for kept in (0o600, 0o640):
+        os.chmod(tmp_path / "f.bin", kept)
+        atomic_write(str(tmp_path / "f.bin"), lambda tmp: open(tmp, "wb").write(oct(kept).encode()))
+        assert stat.S_IMODE(os.stat(tmp_path / "f.bin").st_mode) == kept
+        assert (tmp_path / "f.bin").read_bytes() == oct(kept).encode()
+
+
+def test_a_refused_rename_names_the_file_not_its_staged_copy(tmp_path, monkeypatch):
+    """The last step, the rename over the old file, refused (another user's file in a sticky folder) named the
+    hidden staged copy; the old file stays, and nothing staged is left."""
     def refused(source, target):
         raise PermissionError(errno.EACCES, "Permission denied", source, None, target)
 
-    with pytest.MonkeyPatch.context() as patch:  # the rename refused (another user's file in a sticky folder)
-        patch.setattr(os, "replace", refused)
-        with pytest.raises(PermissionError) as failed:
-            atomic_write(str(tmp_path / "f.bin"), lambda tmp: open(tmp, "wb").write(b"z"))
-    assert failed.value.filename == str(tmp_path / "f.bin") and "while putting" in failed.value.strerror  # (it named
-    assert (tmp_path / "f.bin").read_bytes() == b"x" and sorted(os.listdir(tmp_path)) == ["1", "f.bin"]  # the staged)
-    for kept in (0o600, 0o640):  # a file replaced keeps its permissions: a private one stays private (it got 0644)
-        os.chmod(tmp_path / "f.bin", kept)
-        atomic_write(str(tmp_path / "f.bin"), lambda tmp: open(tmp, "wb").write(b"y"))
-        assert stat.S_IMODE(os.stat(tmp_path / "f.bin").st_mode) == kept and (tmp_path / "f.bin").read_bytes() == b"y"
+    (tmp_path / "f.bin").write_bytes(b"old")
+    monkeypatch.setattr(os, "replace", refused)
+    with pytest.raises(PermissionError) as failed:
+        atomic_write(str(tmp_path / "f.bin"), lambda tmp: open(tmp, "wb").write(b"new"))
+    assert failed.value.filename == str(tmp_path / "f.bin") and "while putting" in failed.value.strerror
+    assert (tmp_path / "f.bin").read_bytes() == b"old" and os.listdir(tmp_path) == ["f.bin"]
 
 
 def test_a_directory_in_use_is_refused_until_its_holder_ends(tmp_path):

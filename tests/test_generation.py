@@ -212,8 +212,8 @@ def test_text_in_text_out_and_cli(capsys, tmp_path):
         capsys.readouterr().err
     prompt = tmp_path / "prompt.txt"  # a prompt file's errors name it
     for text, flags, said in (("ROMEO:\n日本", [], "characters '日', '本' are not in the model's vocabulary"),
-                              ("R" * 60, ["--max-new-tokens", "5"], "the prompt's 60 tokens + --max-new-tokens 5 "
-                               "exceed the model's context of 64 positions: give --max-new-tokens 4 at most")):
+                              ("R" * 60, ["--max-new-tokens", "5"], "prompt of 60 tokens + max_new_tokens 5 exceeds "
+                               "the context of 64 positions: at most 4 new tokens fit")):
         prompt.write_text(text, encoding="utf-8")
         assert cli_main(["generate", "--prompt-file", str(prompt), "--model", saved, *flags]) == 2
         assert f"tf-gpt2 generate: error: {prompt}: {said}" in capsys.readouterr().err

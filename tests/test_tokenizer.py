@@ -167,8 +167,8 @@ def test_a_character_vocabulary_reads_each_id_as_one_character_and_refuses_the_r
                                          r"vocabulary of 3 \(the first at character 3 of the text\)$") as refused:
         tok.encode("ab" + unknown[1:] + "a" + unknown[:1])  # named in the order the text has them
     assert len(str(refused.value)) < 200
-    with pytest.raises(ValueError, match=r"^character 'O' is not in the model's vocabulary of 3 \(the first at "
-                                         r"character 4 of the text\)$"):  # (one character: "characters 'O' are")
+    with pytest.raises(ValueError, match=r"^character 'O' is not in the model's vocabulary of 3 \(at character 4 "
+                                         r"of the text\)$"):  # (one character: "characters 'O' are")
         tok.encode("ab OO")
     for ids in ([-1], [0, 3], [99]):
         with pytest.raises(ValueError, match=r"token ids must be in \[0, 3\), got \[-?\d+\]"):

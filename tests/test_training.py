@@ -412,7 +412,8 @@ def test_gradient_norm_is_logged_before_clipping(char_data, tmp_path):
                       for event in tf.compat.v1.train.summary_iterator(str(events)) for value in event.summary.value}
     # The curves docs/training.md's TensorBoard line names: loss, validation loss and perplexity, learning rate,
     # gradient norm, tokens/s, samples
-    assert {"batch_loss", "batch_grad_norm", "epoch_grad_norm", "epoch_learning_rate", "batch_tok/s"} <= tags["train"]
+    assert {"batch_loss", "batch_grad_norm", "epoch_grad_norm", "epoch_learning_rate", "batch_tok/s",
+            "epoch_tok/s"} <= tags["train"]
     assert {"epoch_loss", "epoch_perplexity"} <= tags["validation"] and "sample" in tags["samples"]
 
 
@@ -848,7 +849,8 @@ def test_a_rerun_after_a_failed_start_tokenizes_the_text_it_is_given(tmp_path):
     (tmp_path / "first" / "a.txt").write_text(TEXT)
     (tmp_path / "other.txt").write_text(TEXT.upper())
     data = re.escape(str(tmp_path / "run" / "data"))  # (where the text given was tokenized)
-    with pytest.raises(ValueError, match=f"the train split of {data} has .* tokens, fewer than block_size \\+ 1 = 81"):
+    with pytest.raises(ValueError, match=f"the train split of {data} has .* tokens, fewer than block_size \\+ 1 "
+                                         "= 8193"):
         train(config(tmp_path / "run", str(tmp_path / "first"), vocab="char", block_size=8192,
                      model={**TINY, "n_positions": 8192}))  # (a bad model flag is refused before tokenizing)
 
@@ -1017,3 +1019,22 @@ def test_a_bad_model_flag_is_said_before_the_text_is_tokenized(tmp_path):
         with pytest.raises(ValueError, match=said):
             train(config(tmp_path / "run", str(tmp_path / "raw.txt"), model=model, block_size=block, vocab="char"))
         assert not os.path.exists(tmp_path / "run")
+
+
+def test_a_rounds_tokens_per_second_leave_out_its_first_call(monkeypatch):
+    """The round's tok/s (its line in a log file, its TensorBoard point) leaves out the first compiled call, whose
+    time is XLA's compile and the data's start: round 1 read a fraction of the speed."""
+    from tf_gpt2.training import Throughput
+
+    clock = iter([0.0, 10.0, 11.0, 12.0, 20.0, 21.0])  # round 1: a first call of 10 s, then 1 s each; round 2: one
+    monkeypatch.setattr("tf_gpt2.training.time.perf_counter", lambda: next(clock))
+    throughput, logs = Throughput(tokens_per_step=100), {}
+    throughput.on_epoch_begin(0)
+    for batch in range(3):
+        throughput.on_train_batch_end(batch, logs)
+    throughput.on_epoch_end(0, logs)
+    assert logs["tok/s"] == 100.0
+    throughput.on_epoch_begin(1)
+    throughput.on_train_batch_end(0, logs)
+    throughput.on_epoch_end(1, logs)
+    assert logs["tok/s"] == 100.0  # a round of one call: that call's

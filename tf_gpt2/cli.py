@@ -63,10 +63,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
         raise ValueError(f"--max-new-tokens must be a positive integer, got {args.max_new_tokens}")
     if not args.prompt:
         raise ValueError("the prompt is empty: the model needs at least one character to continue")
-    unknown = set(checked_utf8("the prompt", args.prompt)) - set(read_text(embedded_corpus()))
+    known = set(read_text(embedded_corpus()))
+    unknown = list(dict.fromkeys(c for c in checked_utf8("the prompt", args.prompt) if c not in known))
     if unknown:  # before minutes of training, not after
-        raise ValueError(f"characters {', '.join(map(repr, sorted(unknown)))} of the prompt are not in Shakespeare's "
-                         "text, so not in the demo model's vocabulary")
+        these = f"characters {', '.join(map(repr, unknown))} of the prompt are" if len(unknown) > 1 else \
+            f"character {unknown[0]!r} of the prompt is"
+        raise ValueError(f"{these} not in Shakespeare's text, so not in the demo model's vocabulary")
     # Steps per compiled call: they divide every round, whatever --steps is, and the rest of the round a resumed
     # run starts inside (a checkpoint at an earlier --steps)
     execution = math.gcd(10, args.steps, checkpoint_step(os.path.join(args.out, CHECKPOINT)) or 0)
@@ -254,9 +256,6 @@ def cmd_generate(args: argparse.Namespace) -> int:
         raise ValueError(f"{source}{e}") from None
     context, max_new_tokens = model.config.n_positions, args.max_new_tokens
     room = context - held
-    if max_new_tokens is not None and max_new_tokens > room > 0:
-        raise ValueError(f"{source}the prompt's {held} tokens + --max-new-tokens {max_new_tokens} exceed the model's "
-                         f"context of {context} positions: give --max-new-tokens {room} at most")
     if held and room < 1:  # (an empty prompt: `stream` refuses it)
         raise ValueError(f"{source}the prompt's {held} tokens fill the model's context of {context} positions: give "
                          f"a prompt of at most {context - 1}")
@@ -268,10 +267,14 @@ def cmd_generate(args: argparse.Namespace) -> int:
     decode, stop_ids = tokenizer.decode, default_stop_ids(model.config)
     # The prompt is shown with the first new token: by then prefill and the decode step are compiled, so
     # XLA's start-up lines on stderr come before the text, not in the middle of it.
+    try:
+        tokens_of = stream(model, prompt, max_new_tokens=max_new_tokens, temperature=args.temperature,
+                           top_k=args.top_k, top_p=args.top_p, repetition_penalty=args.repetition_penalty,
+                           seed=args.seed or 0, stop_ids=stop_ids)
+    except ValueError as e:  # the prompt too long for --max-new-tokens: said of its file too
+        raise ValueError(f"{source}{e}" if max_new_tokens > room else str(e)) from None
     tokens, printed = [], None
-    for token in stream(model, prompt, max_new_tokens=max_new_tokens, temperature=args.temperature,
-                        top_k=args.top_k, top_p=args.top_p, repetition_penalty=args.repetition_penalty,
-                        seed=args.seed or 0, stop_ids=stop_ids):
+    for token in tokens_of:
         if printed is None:
             print(prompt, end="", flush=True)
             printed = ""

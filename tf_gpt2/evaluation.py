@@ -72,7 +72,7 @@ def _window_nll(model, inputs, targets, weights):
     logits = ops.cast(model(inputs), "float32")
     log_probs = ops.log_softmax(logits, axis=-1)
     picked = ops.take_along_axis(log_probs, ops.expand_dims(targets, -1), axis=-1)[..., 0]
-    return -ops.sum(ops.where(weights > 0, picked * weights, 0.0), axis=-1)  # (padding's are not counted, NaN or not)
+    return -ops.sum(ops.where(weights > 0, picked * weights, 0.0), axis=-1)  # (padding is not counted)
 
 
 def evaluate(model, text: str | Sequence[int], tokenizer: GPT2Tokenizer | None = None, context: int | None = None,
@@ -85,7 +85,8 @@ def evaluate(model, text: str | Sequence[int], tokenizer: GPT2Tokenizer | None =
 
     context: tokens each prediction may see (default: the model's n_positions); stride: how far the
     window moves (default context // 2: each token, past the first window, sees at least half a context);
-    verbose: a progress bar over the windows; source: what errors call the text (`tf-gpt2 eval`: its file).
+    verbose: a progress bar over the windows (where it can be redrawn: `tf_gpt2.progress`); source: what errors
+    call the text (`tf-gpt2 eval`: its file).
     """
     n_positions = model.config.n_positions
     for name, value in (("context", context), ("stride", stride), ("batch_size", batch_size)):

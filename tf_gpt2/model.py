@@ -3,9 +3,11 @@ language-model head tied to the token embedding."""
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import warnings
-from typing import Any
+from typing import Any, Iterator
 
 import keras
 from keras import ops
@@ -15,7 +17,7 @@ from tf_gpt2.config import GPT2Config
 from tf_gpt2.files import atomic_write
 from tf_gpt2.layers import TransformerBlock, causal_mask, new_buffer, recomputed
 from tf_gpt2.variants import VariantBlock
-from tf_gpt2.xla import changed, unsaid
+from tf_gpt2.xla import changed
 
 
 class TokenLoss(keras.losses.Loss):
@@ -64,6 +66,18 @@ def token_cross_entropy(logits, targets):
         return ops.where(in_vocab, lse - picked, float("nan")), gradient
 
     return cross_entropy(logits, ops.cast(targets, "int32"))
+
+
+@contextlib.contextmanager
+def unsaid_by_tensorflow(said: str) -> Iterator[None]:
+    """Within it, TensorFlow's log drops its lines that start with `said`."""
+    logger = logging.getLogger("tensorflow")
+    quiet = lambda record: not record.getMessage().startswith(said)  # noqa: E731
+    logger.addFilter(quiet)
+    try:
+        yield
+    finally:
+        logger.removeFilter(quiet)
 
 
 @keras.saving.register_keras_serializable(package="tf_gpt2")
@@ -177,7 +191,7 @@ class GPT2(CheckedLoops, keras.Model):
             # TensorFlow logs that a tape watches an integer tensor: `keras.remat` watches every input of the
             # recomputed function, the dropout seeds `recomputed` hands it too (no gradient is taken of them), and it
             # said so five times, in lines that read as errors (traced here). Any integer watched here goes unsaid.
-            with unsaid("The dtype of the watched tensor must be floating"):
+            with unsaid_by_tensorflow("The dtype of the watched tensor must be floating"):
                 return super().train_step(*args, **kwargs)
         finally:
             self._head_in_loss = False

@@ -4,18 +4,22 @@ update run into the next; there, training prints a line per round (Keras' `verbo
 logging to a file) and `prepare` and `eval` print their results without a bar.
 
 >>> from tf_gpt2.progress import progress_bar
->>> bar = progress_bar(10, unit_name="window")  # None where standard output is a file or a pipe
+>>> progress_bar(10, unit_name="window") is None  # standard output here is no terminal
+True
 """
 
 from __future__ import annotations
 
+import os
 import sys
 
 
 def redrawn() -> bool:
-    """Whether standard output redraws a bar: a terminal, or a Jupyter kernel's output (Colab's too)."""
+    """Whether standard output redraws a bar: a terminal, a Jupyter kernel's output (Colab's too), or PyCharm's run
+    console (as Keras takes it)."""
     isatty = getattr(sys.stdout, "isatty", None)
-    return bool(isatty and isatty()) or type(sys.stdout).__module__.startswith("ipykernel")
+    return (bool(isatty and isatty()) or type(sys.stdout).__module__.startswith("ipykernel")
+            or "PYCHARM_HOSTED" in os.environ)
 
 
 def progress_bar(total: int, unit_name: str):

@@ -435,12 +435,11 @@ class CharacterTokenizer:
             raise TypeError(f"encode expects a str, got {type(text).__name__}")
         if set(text) - self._index.keys():
             unknown = list(dict.fromkeys(c for c in text if c not in self._index))  # in the order of the text
-            first = next(i for i, c in enumerate(text) if c not in self._index)
+            where = f"at character {text.index(unknown[0]) + 1} of the text"
             more = f" (and {len(unknown) - 10} more)" * (len(unknown) > 10)
-            these = f"characters {', '.join(map(repr, unknown[:10]))}{more} are" if len(unknown) > 1 else \
-                f"character {unknown[0]!r} is"
-            raise ValueError(f"{these} not in the model's vocabulary of {len(self.characters)} (the first at "
-                             f"character {first + 1} of the text)")
+            these = (f"characters {', '.join(map(repr, unknown[:10]))}{more} are", f"the first {where}") \
+                if len(unknown) > 1 else (f"character {unknown[0]!r} is", where)
+            raise ValueError(f"{these[0]} not in the model's vocabulary of {len(self.characters)} ({these[1]})")
         return [self._index[c] for c in text]
 
     def decode(self, ids: Iterable[int]) -> str:

@@ -299,26 +299,28 @@ class RunTensorBoard(keras.callbacks.TensorBoard):
 
 class Throughput(keras.callbacks.Callback):
     """Adds `tok/s` (training tokens per second) to the logs the progress bar shows: each batch's, and the round's
-    training (its line, where output goes to a file, and its point in TensorBoard)."""
+    (its line, where output goes to a file, and its point in TensorBoard), counted from the end of its first
+    compiled call, so that neither XLA's compile nor the data's start is in it (a round of one call: that call's)."""
 
     def __init__(self, tokens_per_step: int):
         super().__init__()
         self.tokens_per_step = tokens_per_step
 
     def on_epoch_begin(self, epoch, logs=None):
-        self.start, self.last_batch, self.tokens, self.seconds = time.perf_counter(), -1, 0, 0.0
+        self.start, self.last_batch, self.round = time.perf_counter(), -1, []
 
     def on_train_batch_end(self, batch, logs=None):
         now = time.perf_counter()
         tokens, seconds = (batch - self.last_batch) * self.tokens_per_step, max(now - self.start, 1e-9)
-        self.tokens, self.seconds = self.tokens + tokens, self.seconds + seconds
+        self.round.append((tokens, seconds))
         if logs is not None:
             logs["tok/s"] = tokens / seconds
         self.start, self.last_batch = now, batch
 
     def on_epoch_end(self, epoch, logs=None):
-        if logs is not None and self.tokens:
-            logs["tok/s"] = self.tokens / self.seconds
+        counted = self.round[1:] or self.round
+        if logs is not None and counted:
+            logs["tok/s"] = sum(t for t, _ in counted) / sum(s for _, s in counted)
 
 
 def clip_by_global_norm(optimizer: keras.optimizers.Optimizer, clip_norm: float | None):

@@ -12,11 +12,9 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 import itertools
-import logging
 import weakref
-from typing import Any, Callable, Hashable, Iterator
+from typing import Any, Callable, Hashable
 
 import keras
 import numpy as np  # noqa: F401  (used by the example)
@@ -46,18 +44,6 @@ def changed(model: keras.Layer, name: Hashable) -> bool:
 
 
 _PROGRAMS = itertools.count()
-
-
-@contextlib.contextmanager
-def unsaid(fragment: str) -> Iterator[None]:
-    """Within it, TensorFlow's log drops its lines that hold `fragment`."""
-    logger = logging.getLogger("tensorflow")
-    quiet = lambda record: fragment not in record.getMessage()  # noqa: E731
-    logger.addFilter(quiet)
-    try:
-        yield
-    finally:
-        logger.removeFilter(quiet)
 
 
 def _compile(model, fn):
