@@ -896,7 +896,7 @@ def test_a_validation_split_shorter_than_a_block_is_said(tmp_path, capsys):
     assert "note: block_size 32 trains positions 0-31 of the model's 64: text past 32 tokens" in said
 
 
-def test_the_sample_of_a_model_padded_past_its_datas_vocabulary_chooses_none_of_the_padding(capsys):
+def test_the_sample_of_a_model_padded_past_its_datas_vocabulary_chooses_none_of_the_padding(capsys, monkeypatch):
     """`--init-from` a checkpoint of 50,304 rows (nanoGPT's) on GPT-2 data: the sample decodes (its padding rows,
     which outscore every token here, are never chosen)."""
     from conftest import padded_gpt2
@@ -906,6 +906,9 @@ def test_the_sample_of_a_model_padded_past_its_datas_vocabulary_chooses_none_of_
 
     sample = TextSample([15496], 8, decode=GPT2Tokenizer().decode, round_end=lambda epoch: 1, vocab_end=50257)
     sample.set_model(padded_gpt2())
+    sample.on_epoch_end(0)
+    assert capsys.readouterr().out.startswith("--- sample at step 1 ---\nHello")  # (a file: no bar's line to end)
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)  # a terminal: the bar's line ended first
     sample.on_epoch_end(0)
     assert capsys.readouterr().out.startswith("\n--- sample at step 1 ---\nHello")
 
@@ -923,8 +926,8 @@ def test_an_empty_sample_prompt_starts_from_endoftext_which_the_sample_does_not_
     sample = TextSample([], 5, decode=lambda ids: " ".join(map(str, ids)), round_end=lambda epoch: 1)
     sample.set_model(model)
     sample.on_epoch_end(0)
-    shown = capsys.readouterr().out.split("\n")
-    assert given == [[start]] and len(shown[2].split()) == 5, shown
+    shown = capsys.readouterr().out.split("\n")  # its head, its text, its end
+    assert given == [[start]] and shown[0] == "--- sample at step 1 ---" and len(shown[1].split()) == 5, shown
 
 
 @pytest.mark.parametrize("prompt_length, tokens", [(1, 64), (100, 64), (3, 1000)])

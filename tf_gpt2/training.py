@@ -538,8 +538,8 @@ class TextSample(keras.callbacks.Callback):
         start = ids or [pad_id(self.model.config)]  # as GPT-2's own unconditional samples start
         text = self.decode(ids + self.model.generate(start, max_new_tokens=tokens, stop_ids=[],
                                                      vocab_end=self.vocab_end))
-        if self.verbose:
-            print(f"\n--- sample at step {step} ---\n{text}\n---")
+        if self.verbose:  # (after the line break that ends a bar's open line, where a bar is drawn)
+            print("\n" * (round_verbosity(self.verbose) == 1) + f"--- sample at step {step} ---\n{text}\n---")
         if self.writer is not None:
             import tensorflow as tf
 
