@@ -307,20 +307,23 @@ class Throughput(keras.callbacks.Callback):
         self.tokens_per_step = tokens_per_step
 
     def on_epoch_begin(self, epoch, logs=None):
-        self.start, self.last_batch, self.round = time.perf_counter(), -1, []
+        self.start, self.last_batch, self.first, self.rest = time.perf_counter(), -1, None, (0, 0.0)
 
     def on_train_batch_end(self, batch, logs=None):
         now = time.perf_counter()
         tokens, seconds = (batch - self.last_batch) * self.tokens_per_step, max(now - self.start, 1e-9)
-        self.round.append((tokens, seconds))
+        if self.first is None:
+            self.first = (tokens, seconds)
+        else:
+            self.rest = (self.rest[0] + tokens, self.rest[1] + seconds)
         if logs is not None:
             logs["tok/s"] = tokens / seconds
         self.start, self.last_batch = now, batch
 
     def on_epoch_end(self, epoch, logs=None):
-        counted = self.round[1:] or self.round
-        if logs is not None and counted:
-            logs["tok/s"] = sum(t for t, _ in counted) / sum(s for _, s in counted)
+        tokens, seconds = self.rest if self.rest[0] else self.first or (0, 0.0)
+        if logs is not None and tokens:
+            logs["tok/s"] = tokens / seconds
 
 
 def clip_by_global_norm(optimizer: keras.optimizers.Optimizer, clip_norm: float | None):
