@@ -303,7 +303,19 @@ def test_corrupt_and_missing_files(saved_tiny, tmp_path):
         f.write(b"\xff\xff\xff")
     with pytest.raises(ValueError, match="cannot read .*model.safetensors"):
         GPT2.from_pretrained(saved_tiny)
+    (saved_tiny / "model.safetensors").write_bytes(  # what a clone made without Git LFS holds
+        b"version https://git-lfs.github.com/spec/v1\noid sha256:248dfc3911869ec493c76e65bf2fcf7f6\nsize 548105171\n")
+    with pytest.raises(ValueError, match=f"^{saved_tiny / 'model.safetensors'} is a Git LFS pointer, not the weights: "
+                                         "the repository was cloned without Git LFS"):
+        GPT2.from_pretrained(saved_tiny)
     os.remove(saved_tiny / "model.safetensors")
+    torch = pytest.importorskip("torch")
+    torch.save(torch.nn.Linear(2, 2), saved_tiny / "pytorch_model.bin")  # a whole module pickled: not read
+    with pytest.raises(ValueError, match=r"pytorch_model.bin: it holds more than tensors, and reading it would run "
+                                         r"code it names \(Unsupported global: GLOBAL torch.nn.modules.linear.Linear "
+                                         r"was not an allowed global by default.\)$"):  # (torch: "unpickle it")
+        GPT2.from_pretrained(saved_tiny)
+    os.remove(saved_tiny / "pytorch_model.bin")
     with pytest.raises(FileNotFoundError, match="no model.safetensors"):
         GPT2.from_pretrained(saved_tiny)
     with pytest.raises(FileNotFoundError, match="no checkpoint at"):
@@ -513,7 +525,7 @@ def test_a_sharded_index_may_not_point_outside_its_directory(saved_tiny, tmp_pat
     (saved_tiny / "model.safetensors").rename(tmp_path / "elsewhere.safetensors")  # only the index is left
     index = {"weight_map": {"transformer.wte.weight": "../elsewhere.safetensors"}}
     (saved_tiny / "model.safetensors.index.json").write_text(json.dumps(index))
-    with pytest.raises(ValueError, match="outside .*refusing to read it"):
+    with pytest.raises(ValueError, match="not a file of .*refusing to read it"):
         GPT2.from_pretrained(saved_tiny)
 
 
@@ -737,6 +749,35 @@ def test_a_dangling_weights_link_is_said_not_passed_over_for_another_file(saved_
     os.replace(tmp_path / "moved.safetensors", saved_tiny / "model.safetensors")
     os.symlink(tmp_path / "gone.json", saved_tiny / "model.safetensors.index.json")
     GPT2.from_pretrained(saved_tiny)  # the single file is read, as transformers reads it
+
+
+def test_two_saves_weights_or_an_untied_head_left_out_are_refused_and_linked_shards_load(saved_tiny, tmp_path):
+    """transformers' sharded save over ours leaves our model.safetensors beside its index, and both it and we read
+    the single file: the shards' fine-tuning was lost. A config.json with tie_word_embeddings false whose weights
+    lack lm_head.weight was given the embedding as its head (transformers: a random one). Shards that are links to
+    files elsewhere (git-annex, DVC) were refused as "outside" the folder."""
+    from safetensors.numpy import load_file, save_file
+
+    ids = np.array([[1, 2, 3]])
+    expected = np.asarray(GPT2.from_pretrained(saved_tiny)(ids))
+    tensors = load_file(saved_tiny / "model.safetensors")
+    (tmp_path / "annex").mkdir()
+    save_file(tensors, tmp_path / "annex" / "blob", metadata={"format": "pt"})
+    os.symlink(tmp_path / "annex" / "blob", saved_tiny / "model-00001-of-00001.safetensors")
+    index = {"weight_map": dict.fromkeys(tensors, "model-00001-of-00001.safetensors")}
+    (saved_tiny / "model.safetensors.index.json").write_text(json.dumps(index))
+    with pytest.raises(ValueError, match=f"^{saved_tiny} holds both model.safetensors and model.safetensors.index"
+                                         ".json: two saves' weights; remove the one that is not the model's$"):
+        GPT2.from_pretrained(saved_tiny)
+    os.remove(saved_tiny / "model.safetensors")
+    np.testing.assert_array_equal(np.asarray(GPT2.from_pretrained(saved_tiny)(ids)), expected)  # the linked shard
+    config = json.loads((saved_tiny / "config.json").read_text())
+    (saved_tiny / "config.json").write_text(json.dumps({**config, "tie_word_embeddings": False}))
+    with pytest.raises(ValueError, match=f"^{saved_tiny / 'config.json'} sets tie_word_embeddings false \\(an LM "
+                                         f"head of its own\\), but {saved_tiny}'s weights have no lm_head.weight$"):
+        GPT2.from_pretrained(saved_tiny)
+    save_file({**tensors, "lm_head.weight": tensors["transformer.wte.weight"]}, tmp_path / "annex" / "blob")
+    np.testing.assert_array_equal(np.asarray(GPT2.from_pretrained(saved_tiny)(ids)), expected)  # a head equal to wte
 
 
 def test_names_and_overrides_that_are_not_the_files_fault_are_said_as_such(saved_tiny, tmp_path, monkeypatch):
@@ -963,7 +1004,8 @@ def test_tokens_added_to_the_models_ids_are_refused(tmp_path, capsys):
 
 def test_gpt2s_own_tokenizer_files_in_every_layout_are_gpt2s(tmp_path):
     """No false alarm: OpenAI's encoder.json / vocab.bpe, Hugging Face's files (CRLF ones too), a transformers
-    tokenizer.json alone, keras-hub's preset assets."""
+    tokenizer.json alone, keras-hub's preset assets and tokenizer.json (a Keras config, which may set
+    add_prefix_space: said)."""
     keras_hub = pytest.importorskip("keras_hub")
     from tf_gpt2.tokenizer import default_vocab_files, other_tokenizer
 
@@ -989,5 +1031,11 @@ def test_gpt2s_own_tokenizer_files_in_every_layout_are_gpt2s(tmp_path):
     assets = tmp_path / "keras-hub" / "assets" / "tokenizer"
     assets.mkdir(parents=True)
     keras_hub.tokenizers.GPT2Tokenizer(vocabulary=encoder_json, merges=vocab_bpe).save_assets(str(assets))
-    for layout in ("openai", "hf", "crlf", "tokenizer-json", "from-tiktoken", "keras-hub"):
+    for prefix in (False, True):
+        keras_hub.tokenizers.GPT2Tokenizer(vocabulary=encoder_json, merges=vocab_bpe,
+                                           add_prefix_space=prefix).save_to_preset(str(tmp_path / f"prefix-{prefix}"))
+    for layout in ("openai", "hf", "crlf", "tokenizer-json", "from-tiktoken", "keras-hub", "prefix-False"):
         assert other_tokenizer(str(tmp_path / layout)) is None, layout
+    assert other_tokenizer(str(tmp_path / "prefix-True")) == (
+        f'{tmp_path / "prefix-True" / "tokenizer.json"} sets add_prefix_space (keras-hub then reads "Hello" as '
+        '" Hello")')

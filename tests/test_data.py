@@ -452,6 +452,7 @@ def test_a_folder_follows_its_links_once_and_names_what_it_does_not_read(corpus,
         f"{corpus} holds 1 file(s) that are not .txt or .txt.gz, not read: notes/manifest.json",
         f"{corpus} holds 3 folder(s) of a dataset, a training run, a checkpoint or an export (not text), not read: "
         "hf, prepared, tokenizer"]
+    assert resolve_inputs(str(corpus / "lin*")) == [str(corpus / "linked" / "linked.txt")]  # a glob's linked folder
     os.symlink(tmp_path / "unmounted" / "c.txt", corpus / "c.txt")
     for named in (corpus, corpus / "*.txt", corpus / "c.txt"):  # in a folder, matched by a glob, named
         with pytest.raises(FileNotFoundError, match="a link to .*unmounted/c.txt, which is not a file that can be "

@@ -5,6 +5,7 @@ when huggingface_hub is imported, so each case runs in a fresh process, as a use
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -31,6 +32,8 @@ def repos(tmp_path_factory):
     model.to(torch.bfloat16).save_pretrained(root / "sharded-bf16", max_shard_size="2MB")
     model.to(torch.float32).config.save_pretrained(root / "binonly")  # the legacy layout: a pickled state dict
     torch.save(model.state_dict(), root / "binonly" / "pytorch_model.bin")
+    shutil.copytree(root / "binonly", root / "binplus")  # beside an adapter's safetensors (a PEFT fine-tune's): the
+    shutil.copy(root / "tiny" / "model.safetensors", root / "binplus" / "adapter_model.safetensors")  # .bin is read
     # Pickled weights in shards named by pytorch_model.bin.index.json, as transformers wrote them before safetensors.
     model.config.save_pretrained(root / "sharded-bin")
     state, names = model.state_dict(), sorted(model.state_dict())
@@ -57,7 +60,8 @@ def repos(tmp_path_factory):
         "config": {"vocabulary_size": 50257}, "registered_name": "keras_hub>GPT2Backbone"}))
     (root / "kerashub" / "model.weights.h5").write_bytes(b"weights")
     found = {f"org/{name}": read_files(str(root / name))
-             for name in ("tiny", "sharded-bf16", "binonly", "sharded-bin", "untyped", "timm", "llama", "kerashub")}
+             for name in ("tiny", "sharded-bf16", "binonly", "binplus", "sharded-bin", "untyped", "timm", "llama",
+                          "kerashub")}
     assert "model.safetensors.index.json" in found["org/sharded-bf16"]
     assert not any(f.endswith(".safetensors") for f in found["org/binonly"])
     return found
@@ -147,7 +151,7 @@ def test_names_download_through_the_hub_endpoint_then_load_warm_offline(repos, t
     Llama repo, and one whose config has no model_type and is not GPT-2's, are refused after their config, before
     any weights."""
     cache, local = str(tmp_path / "cache"), {}
-    for name in ("org/tiny", "org/sharded-bf16", "org/sharded-bin"):
+    for name in ("org/tiny", "org/sharded-bf16", "org/sharded-bin", "org/binplus"):
         local[name] = str(tmp_path / name)
         os.makedirs(local[name])
         for file, data in repos[name].items():
@@ -157,7 +161,7 @@ def test_names_download_through_the_hub_endpoint_then_load_warm_offline(repos, t
     served = {**repos, "org/tiny": {**repos["org/tiny"], "checkpoint-500/model.safetensors": b"not these weights"}}
     with serve(served) as (endpoint, log):
         result = run_script({"HF_HUB_CACHE": cache, "HF_ENDPOINT": endpoint, "HF_HUB_OFFLINE": "0"},
-                            loads=["org/tiny", "org/sharded-bf16", "org/sharded-bin"], local=local,
+                            loads=["org/tiny", "org/sharded-bf16", "org/sharded-bin", "org/binplus"], local=local,
                             fails=[("org/none", None), ("org/tiny", "v9"), ("org/llama", None), ("org/timm", None),
                                    ("org/kerashub", None)])
     assert max(result["diff"].values()) == 0, result["diff"]  # the same weights, downloaded
@@ -172,6 +176,8 @@ def test_names_download_through_the_hub_endpoint_then_load_warm_offline(repos, t
     shards = {line.split()[1].split("/", 5)[-1] for line in log if line.startswith("GET /org/sharded-bin/resolve/")}
     assert shards == {"config.json", "pytorch_model.bin.index.json", "pytorch_model-00001-of-00002.bin",
                       "pytorch_model-00002-of-00002.bin"}, shards
+    beside = {line.split()[1].split("/", 5)[-1] for line in log if line.startswith("GET /org/binplus/resolve/")}
+    assert "pytorch_model.bin" in beside, beside  # (was not fetched: "no model.safetensors or pytorch_model.bin")
     assert errors["org/timm"] == ("ValueError: Hugging Face repo 'org/timm''s config.json lacks vocab_size, n_embd, "
                                   "n_layer, n_head: not a GPT-2 config")
     assert errors["org/kerashub"] == (  # (was: "lacks vocab_size, n_embd, n_layer, n_head: not a GPT-2 config")
@@ -220,7 +226,7 @@ def test_a_cached_index_may_point_into_blobs_but_not_elsewhere(repos, tmp_path):
     os.remove(os.path.join(snapshot, "model.safetensors.index.json"))
     with open(os.path.join(snapshot, "model.safetensors.index.json"), "w") as f:
         json.dump(index, f)
-    with pytest.raises(ValueError, match="points at ../../blobs/.*refusing to read it"):
+    with pytest.raises(ValueError, match="points at '../../blobs/.*not a file of .*refusing to read it"):
         GPT2.from_pretrained(snapshot)
 
 

@@ -228,8 +228,24 @@ def _read_safetensors(path: str, with_tensors: bool = True) -> tuple[dict[str, n
         with safe_open(path, framework="numpy") as f:
             tensors, metadata = {k: f.get_tensor(k) for k in f.keys() if with_tensors}, f.metadata() or {}
     except (SafetensorError, OSError, ValueError, TypeError) as e:
-        raise ValueError(f"cannot read {path}: {e}") from e
+        raise _unreadable(path, e) from e
     return {k: widened(v) for k, v in tensors.items()}, metadata
+
+
+LFS_POINTER = b"version https://git-lfs.github.com/spec/"
+
+
+def _unreadable(path: str, error: Exception) -> ValueError:
+    """Why the weights at `path` cannot be read: a Git LFS pointer (a clone made without Git LFS) is said as such."""
+    with contextlib.suppress(OSError), open(path, "rb") as f:
+        if f.read(len(LFS_POINTER)) == LFS_POINTER:
+            return ValueError(f"{path} is a Git LFS pointer, not the weights: the repository was cloned without Git "
+                              "LFS (`git lfs pull` in it fetches them)")
+    # torch's refusal under weights_only, without its advice to unpickle whatever the file holds
+    if said := re.search(r"WeightsUnpickler error:\s*(.*?)(?: Please use|$)", str(error), re.MULTILINE):
+        error = ("it holds more than tensors, and reading it would run code it names" if "Unsupported global" in
+                 said.group(1) else "not a state dict torch reads") + f" ({said.group(1).strip()})"
+    return ValueError(f"cannot read {path}: {error}")
 
 
 def widened(value: np.ndarray) -> np.ndarray:
@@ -247,7 +263,7 @@ def _read_torch_bin(path: str) -> dict[str, np.ndarray]:
     try:  # weights_only: never unpickle arbitrary objects from a checkpoint
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise ValueError(f"cannot read {path}: {e}") from e
+        raise _unreadable(path, e) from e
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ValueError(f"{path} is not a state dict of tensors")
     # bfloat16/float16 widen to float32; other dtypes stay as they are, for assign_weights to refuse
@@ -259,10 +275,14 @@ def _hf_weight_files(directory: str) -> list[str]:
     shards, one pickled file, its shards (`pytorch_model-00001-of-00002.bin` ..., named by their index)."""
     for single, index in (("model.safetensors", "model.safetensors.index.json"),
                           ("pytorch_model.bin", "pytorch_model.bin.index.json")):
-        for name in (single, index):  # a link to nothing is not passed over for the next kind (other weights)
-            if os.path.exists(path := os.path.join(directory, name)):
-                return [path] if name == single else _shards(directory, index)
-            if os.path.islink(path):
+        paths = [os.path.join(directory, name) for name in (single, index)]
+        if all(map(os.path.exists, paths)):  # (transformers' sharded save leaves an earlier single file, and reads it)
+            raise ValueError(f"{directory} holds both {single} and {index}: two saves' weights; remove the one that is "
+                             "not the model's")
+        for path in paths:
+            if os.path.exists(path):
+                return [path] if path == paths[0] else _shards(directory, index)
+            if os.path.islink(path):  # a link to nothing is not passed over for the next kind (other weights)
                 raise FileNotFoundError(f"{path} is a link to {os.readlink(path)}, which is not there")
     raise FileNotFoundError(f"{directory} has config.json but no model.safetensors or pytorch_model.bin (nor their "
                             "shards' index)")
@@ -275,13 +295,9 @@ def _shards(directory: str, index_name: str) -> list[str]:
     if not isinstance(weight_map, dict) or not weight_map:
         raise ValueError(f"{index} has no weight_map")
     names = sorted({str(f) for f in weight_map.values()})
-    # A shard is a file of this directory; in huggingface_hub's cache it is a symlink into the repo's blobs/.
-    snapshot = os.path.basename(os.path.dirname(os.path.abspath(directory))) == "snapshots"
-    blobs = os.path.realpath(os.path.join(directory, "..", "..", "blobs")) if snapshot else None
-    for name in names:
-        target = os.path.realpath(os.path.join(directory, name))
-        if os.path.basename(name) != name or os.path.dirname(target) not in (os.path.realpath(directory), blobs):
-            raise ValueError(f"{index} points at {name}, outside {directory}: refusing to read it")
+    for name in names:  # a file of this directory by its name (a link, as in huggingface_hub's cache, goes anywhere)
+        if os.path.basename(name) != name or name in ("", ".", ".."):
+            raise ValueError(f"{index} points at {name!r}, not a file of {directory}: refusing to read it")
     return [os.path.join(directory, name) for name in names]
 
 
@@ -334,6 +350,9 @@ def read_hf(directory: str, **overrides: Any) -> tuple[GPT2Config, Tensors]:
             tensors[name] = value
     tensors = {k: v for k, v in tensors.items() if not k.endswith(HF_IGNORED_SUFFIXES)}
     lm_head = tensors.pop("lm_head.weight", None)  # tied to wte in GPT-2
+    if lm_head is None and hf_config.get("tie_word_embeddings") is False:  # (transformers: a head left random)
+        raise ValueError(f"{config_path} sets tie_word_embeddings false (an LM head of its own), but {directory}'s "
+                         "weights have no lm_head.weight")
     if lm_head is not None and "wte.weight" not in tensors:  # the tie saved once, under the head's name
         tensors["wte.weight"] = lm_head                      # (safetensors.torch.save_model does that)
     elif lm_head is not None and not np.array_equal(lm_head, tensors["wte.weight"]):

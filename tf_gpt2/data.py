@@ -128,8 +128,8 @@ def _is_output(directory: str) -> bool:
 
 
 def _refuse_broken_link(path: str) -> None:
-    """A link to a file that cannot be read (an unmounted disk, a file moved) is named, not skipped."""
-    if os.path.islink(path) and not os.path.isfile(path):
+    """A link to nothing (an unmounted disk, a file moved) is named, not skipped."""
+    if os.path.islink(path) and not os.path.exists(path):
         raise FileNotFoundError(errno.ENOENT, f"a link to {os.readlink(path)}, which is not a file that can be read",
                                 path)
 

@@ -36,6 +36,7 @@ from tf_gpt2.tokenizer import OTHER_KINDS
 # What a GPT-2 load reads from a repo (weights, their index, config, tokenizer files).
 CONFIG = "config.json"
 SAFETENSORS = ["*.safetensors", "*.safetensors.index.json"]
+MODEL_SAFETENSORS = ["model.safetensors", "model.safetensors.index.json"]  # the model's, of those (not an adapter's)
 PICKLED = ["pytorch_model.bin", "pytorch_model.bin.index.json", "pytorch_model-*.bin"]
 # The tokenizer files, of GPT-2's kind and of others (a checkpoint with another tokenizer is refused by them).
 TOKENIZER = ["vocab.json", "merges.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
@@ -139,7 +140,7 @@ def download(repo_id: str, revision: str | None = None,
         snapshot = snapshot_download(repo_id, revision=revision, allow_patterns=[CONFIG, *SAFETENSORS, *TOKENIZER],
                                      ignore_patterns=["*/*"])
         offline = constants.is_offline_mode()
-        if not any(name.endswith(".safetensors") for name in os.listdir(snapshot)):
+        if not _matching(os.listdir(snapshot), MODEL_SAFETENSORS):
             if importlib.util.find_spec("torch") is not None:
                 snapshot = snapshot_download(repo_id, revision=revision, allow_patterns=PICKLED,
                                              ignore_patterns=["*/*"])
@@ -147,7 +148,7 @@ def download(repo_id: str, revision: str | None = None,
                     _repo_files(repo_id, revision), PICKLED):  # said before gigabytes it cannot read
                 raise ImportError(f"{where} has no safetensors weights: its pickled ones (pytorch_model.bin or its "
                                   "shards) need torch to be read (pip install 'tf_gpt2[torch]')")
-        if not _matching(os.listdir(snapshot), SAFETENSORS + PICKLED):  # (a cache holding its config.json alone)
+        if not _matching(os.listdir(snapshot), MODEL_SAFETENSORS + PICKLED):  # (a cache holding its config.json alone)
             held = ", ".join(sorted(os.listdir(snapshot)))
             raise FileNotFoundError(
                 f"{where}: no weights tf_gpt2 reads (model.safetensors, pytorch_model.bin or their shards) are in the "

@@ -273,6 +273,9 @@ def other_tokenizer(directory: str, vocab_size: int | None = None) -> str | None
                 return f"{tokenizer_json} splits text otherwise than GPT-2's BPE (its normalizer or pre-tokenizer)"
             if bpe is not None and _adds_to_every_text(found.get("post_processor")):
                 return f"{tokenizer_json} adds a token to every text (its post_processor's template)"
+            keras_hub = found.get("config") if bpe is None and isinstance(found, dict) else None
+            if isinstance(keras_hub, dict) and keras_hub.get("add_prefix_space") is True:
+                return f"{tokenizer_json} sets add_prefix_space (keras-hub then reads \"Hello\" as \" Hello\")"
         if (added := _files_adding_tokens(directory, read, vocab_size)) is not None:
             return added
         settings_path = os.path.join(directory, "tokenizer_config.json")
