@@ -150,6 +150,14 @@ def test_keras_hub_backbone_parity(tmp_path):
                @ np.asarray(backbone.token_embedding.embeddings).T)
     assert np.abs(adapted - reference).max() > 0.01
     assert np.abs(np.asarray(GPT2.from_pretrained(backbone)(ids)) - adapted).max() <= 1e-4
+    with keras.name_scope("outer"):  # built in a scope (a model's __init__): its weights' paths start with it
+        scoped = keras_hub.models.GPT2Backbone(vocabulary_size=91, num_layers=1, num_heads=2, hidden_dim=8,
+                                               intermediate_dim=32, max_sequence_length=8)
+    assert scoped.weights[0].path.startswith("outer/")  # (was a bare KeyError 'token_embedding/embeddings')
+    short = ids[:, :8]
+    expected = (np.asarray(scoped({"token_ids": short, "padding_mask": np.ones_like(short)}))
+                @ np.asarray(scoped.token_embedding.embeddings).T)
+    assert np.abs(np.asarray(GPT2.from_pretrained(scoped)(short)) - expected).max() <= 1e-4
     mixed = keras_hub.models.GPT2Backbone(vocabulary_size=91, num_layers=1, num_heads=2, hidden_dim=8,
                                           intermediate_dim=32, max_sequence_length=8, dtype="mixed_bfloat16")
     mixed.enable_lora(2)  # its float32 query kernel and adapters, merged in float32 (Keras' merge: in bfloat16)

@@ -615,12 +615,15 @@ def read_keras_hub(backbone: Any, **overrides: Any) -> tuple[GPT2Config, Tensors
     if modes := sorted({mode for layer in layers if (mode := getattr(layer, "quantization_mode", None))}):
         raise ValueError(f"{source} is quantized ({', '.join(modes)}): a checkpoint's weights are float; load the "
                          "backbone as it was before quantize()")
-    w = {v.path: widened(keras.ops.convert_to_numpy(v)) for v in backbone.weights}
+    # Paths as the backbone names them, without a scope it was built in (keras.name_scope, a model's __init__)
+    embedding = "token_embedding/embeddings"
+    scope = next((v.path[: -len(embedding)] for v in backbone.weights if v.path.endswith(embedding)), "")
+    w = {v.path.removeprefix(scope): widened(keras.ops.convert_to_numpy(v)) for v in backbone.weights}
     with adapters_merged_as_stored(backbone):  # LoRA adapters merged into the weights they adapt, as Keras saves them
         for layer in layers:
             for name in ("kernel", "embeddings") if getattr(layer, "lora_enabled", False) else ():
                 if (stored := getattr(layer, f"_{name}", None)) is not None:
-                    w[stored.path] = widened(keras.ops.convert_to_numpy(getattr(layer, name)))
+                    w[stored.path.removeprefix(scope)] = widened(keras.ops.convert_to_numpy(getattr(layer, name)))
     d = config.n_embd
     flat = lambda a: a.reshape(d, -1) if a.ndim == 3 else a.reshape(-1)  # noqa: E731  [D,H,Dh]->[D,D]
     tensors = {
