@@ -785,8 +785,8 @@ def fit_table(results: dict) -> str:
     """For each GPU and preset, the fastest tf_gpt2 setting whose device peak plus the CUDA context fits (full, then
     `--remat`, then LoRA); "does not fit" only where every setting was measured too large (or ran out of memory);
     "not measured" where a setting before the first that fits was not (absent, failed, cut by --budget)."""
-    settings = (("full", False, "full"), ("full", True, "full `--remat`"),
-                ("lora", True, "LoRA `--base-dtype bfloat16 --remat`"))
+    settings = (("full", False, "full"), ("full", True, "full `--remat`"),  # (16-bit: bfloat16, float16 on a T4)
+                ("lora", True, "LoRA, 16-bit base, `--remat`"))
     lines = ["| GPU | " + " | ".join(PRESETS) + " |", "|---|" + "---|" * len(PRESETS)]
     for gpu, size in GPUS.items():
         cells = []

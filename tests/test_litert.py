@@ -354,8 +354,8 @@ def test_export_cli_writes_a_litertlm_that_the_litert_lm_cli_runs(model, tmp_pat
     assert cli_main(["export", "--format", "litertlm", "--model", str(tmp_path / "tiny.keras"), "--cache-length",
                      "32", "--prefill-lengths", "4,8", "--out", out]) == 0
     assert capsys.readouterr().out.splitlines()[-1] == (
-        f"wrote {out}: LiteRT-LM holds 25 tokens in a conversation, its prompts and answers together (past them it "
-        "ends an answer short, without an error)")
+        f"wrote {out}: LiteRT-LM holds 25 tokens in a conversation, its prompts and answers together (a prompt past "
+        "them fails; an answer past them ends short, without an error)")
     cli = os.path.join(os.path.dirname(sys.executable), "litert-lm")
     run = subprocess.run([cli, "run", out, "--prompt", "Once upon a time", "--no-template"], capture_output=True,
                          text=True, timeout=300, env={**os.environ, "HOME": str(tmp_path)})

@@ -390,8 +390,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     else:
         litert.export_litertlm(model, out, **settings)
         budget = litert.token_budget(model, args.cache_length, args.prefill_lengths)
-        written += (f": LiteRT-LM holds {budget} tokens in a conversation, its prompts and answers together (past "
-                    "them it ends an answer short, without an error)")
+        written += (f": LiteRT-LM holds {budget} tokens in a conversation, its prompts and answers together (a "
+                    "prompt past them fails; an answer past them ends short, without an error)")
     print(written)
     return 0
 
