@@ -21,6 +21,8 @@ def files(tmp_path):
     os.symlink(tmp_path / "nowhere" / "data", tmp_path / "dangling")  # a link to a folder not (yet) made
     (tmp_path / "done").mkdir()  # a finished run whose checkpoint was removed
     (tmp_path / "done" / "model.keras").write_text("its model")
+    (tmp_path / "unmounted").mkdir()  # a run whose checkpoint is a link to a disk not mounted (taken for none:
+    os.symlink(tmp_path / "disk" / "checkpoint.npz", tmp_path / "unmounted" / "checkpoint.npz")  # started over)
     (tmp_path / "hf").mkdir()
     (tmp_path / "hf" / "config.json").write_text(json.dumps({"vocab_size": 5}))
     (tmp_path / "typed").mkdir()
@@ -90,6 +92,9 @@ CASES = [
      "the output {d}/done/model.keras is the input {d}/done/model.keras"),
     (["train", "--out", "{d}/done"],  # (a new run replaced the model without a word)
      "{d}/done holds model.keras of an earlier run, and no checkpoint.npz to resume it from"),
+    (["train", "--data", "{d}/text.txt", "--out", "{d}/unmounted"],
+     "{d}/unmounted/checkpoint.npz is a link to {d}/disk/checkpoint.npz, which is not there (a run reads and writes "
+     "the file it leads to: make it there, or remove the link)"),
     (["convert", "{d}/hf", "{d}/fake.keras"],  # (not a Keras archive: it was replaced, said after)
      "{d}/fake.keras is a file but no .keras file: writing there would replace it"),
     (["convert", "{d}/hf", "{d}/OUT.KERAS"], "{d}/OUT.KERAS names a .KERAS file, but convert writes a .keras file"),

@@ -30,7 +30,7 @@ import numpy as np
 
 from tf_gpt2.config import DROPOUTS, GPT2Config, is_rate, with_overrides
 from tf_gpt2.devices import host_array
-from tf_gpt2.files import json_writer, read_json, write_together
+from tf_gpt2.files import json_writer, read_json, refuse_dangling_link, write_together
 from tf_gpt2.formats import KERAS_HUB_GPT2
 from tf_gpt2.tokenizer import ENDOFTEXT, OTHER_KINDS, VOCAB_SIZE, default_vocab_files, end_of_text_id, other_tokenizer
 
@@ -282,8 +282,7 @@ def _hf_weight_files(directory: str) -> list[str]:
         for path in paths:
             if os.path.exists(path):
                 return [path] if path == paths[0] else _shards(directory, index)
-            if os.path.islink(path):  # a link to nothing is not passed over for the next kind (other weights)
-                raise FileNotFoundError(f"{path} is a link to {os.readlink(path)}, which is not there")
+            refuse_dangling_link(path)  # not passed over for the next kind (other weights)
     raise FileNotFoundError(f"{directory} has config.json but no model.safetensors or pytorch_model.bin (nor their "
                             "shards' index)")
 
@@ -681,8 +680,7 @@ def load_pretrained(model_class: type, source: Any, revision: str | None = None,
     if not isinstance(source, (str, os.PathLike)):
         raise TypeError(f"from_pretrained expects a path or a keras-hub GPT2Backbone, got {type(source).__name__}")
     path = os.fspath(source)
-    if os.path.islink(path) and not os.path.exists(path):  # (an unmounted disk: not a repo of that name)
-        raise FileNotFoundError(f"{path} is a link to {os.readlink(path)}, which is not there")
+    refuse_dangling_link(path)  # (an unmounted disk: not a repo of that name)
     if not os.path.exists(path):
         raise FileNotFoundError(f"no checkpoint at {path}, and it is not a Hugging Face repo name")
     if os.path.isfile(path):

@@ -224,6 +224,13 @@ def read_json(path: str, kind: str | None = None) -> dict[str, Any]:
     return value
 
 
+def refuse_dangling_link(path: str, why: str = "") -> None:
+    """A link to nothing (an unmounted disk, a file moved) is named, not taken for no file."""
+    if os.path.islink(path) and not os.path.exists(path):
+        said = f"{path} is a link to {os.readlink(path)}, which is not there"
+        raise FileNotFoundError(f"{said} ({why})" if why else said)
+
+
 def refuse_writing_over_inputs(out: str | None, *inputs: str | None) -> None:
     """Checked before anything is written: an output path that is one of the inputs would replace it."""
     for source in inputs:

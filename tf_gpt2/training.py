@@ -49,7 +49,15 @@ from tf_gpt2.data import (
     warn_of_a_folder_of_texts,
 )
 from tf_gpt2.devices import Placement, host_array, place_run, process_index, tensorflow
-from tf_gpt2.files import exclusive, json_writer, read_json, refuse_writing_over_inputs, save_keras, write_together
+from tf_gpt2.files import (
+    exclusive,
+    json_writer,
+    read_json,
+    refuse_dangling_link,
+    refuse_writing_over_inputs,
+    save_keras,
+    write_together,
+)
 from tf_gpt2.generation import pad_id
 from tf_gpt2.model import GPT2
 from tf_gpt2.progress import round_verbosity
@@ -898,6 +906,9 @@ def _refuse_a_finished_run_without_checkpoint(cfg: TrainConfig) -> None:
     word, and mixed its logs with the old run's. Its run.json alone (a run killed between writing it and its first
     checkpoint) starts over under the same settings: the same run; under others, refused as a resume is."""
     out = cfg.out
+    for name in (CHECKPOINT, MODEL_FILE, RUN_RECORD):  # (taken for no file, the run started over and replaced it)
+        refuse_dangling_link(os.path.join(out, name), "a run reads and writes the file it leads to: make it there, "
+                                                      "or remove the link")
     if os.path.exists(os.path.join(out, CHECKPOINT)):
         return
     if os.path.exists(os.path.join(out, MODEL_FILE)):
