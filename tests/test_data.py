@@ -463,6 +463,28 @@ def test_a_folder_follows_its_links_once_and_names_what_it_does_not_read(corpus,
         assert not _is_output(str(corpus / "notes"))
 
 
+def test_a_stretch_of_zero_bytes_is_named_not_trained_on(tmp_path):
+    """A text a crash or a failed copy left zero-filled in the middle (or at its end: the whole validation split)
+    was read as NUL characters without a word; one stretch may straddle two of the reader's blocks."""
+    import gzip
+
+    from tf_gpt2.data import _blocks
+
+    (tmp_path / "cut.txt").write_bytes(b"hello world\n" * 300 + b"\0" * 3000 + b"more text\n" * 300)
+    with gzip.open(tmp_path / "cut.txt.gz", "wb") as f:
+        f.write((tmp_path / "cut.txt").read_bytes())
+    for name, where in (("cut.txt", ""), ("cut.txt.gz", " of its decompressed text")):
+        with pytest.raises(ValueError, match=f"^{tmp_path / name} is not text at byte offset 3600{where} "
+                                             "\\(line 301\\): a stretch of zero bytes"):
+            prepare(str(tmp_path / name), str(tmp_path / "out"), vocab="char", verbose=False)
+    assert not os.path.exists(tmp_path / "out")
+    (tmp_path / "seam.txt").write_bytes(b"a\n" * 45 + b"\0" * 64 + b"b" * 50)  # bytes 90-153, across 100
+    with pytest.raises(ValueError, match="at byte offset 90 \\(line 46\\)"):
+        list(_blocks(str(tmp_path / "seam.txt"), 100))
+    (tmp_path / "nuls.txt").write_bytes(b"a\n" * 45 + b"\0" * 63 + b"b" * 50)  # a shorter one is read as written
+    assert "".join(_blocks(str(tmp_path / "nuls.txt"), 100)) == "a\n" * 45 + "\0" * 63 + "b" * 50
+
+
 def test_a_file_of_token_ids_named_as_text_is_said_to_be_binary(tmp_path):
     """nanoGPT's train.bin (uint16 ids) read as UTF-16 without a mark, whose advice (iconv) made it nonsense text."""
     for named in ("train.bin", "val.BIN"):

@@ -396,11 +396,26 @@ def _refuse_utf16(path: str, start: bytes) -> None:
                              f"script's letters): save it as UTF-8 ({_iconv(path, codec)})")
 
 
+ZEROS = b"\0" * 64  # no text holds such a stretch; a file cut short by a crash or a failed copy is filled with them
+
+
+def _refuse_zeros(path: str, data: bytes, offset: int, lines: int) -> None:
+    """Refuse a stretch of zero bytes in `data`, which starts at `offset` in the file, after `lines` line breaks."""
+    if (at := data.find(ZEROS)) >= 0:
+        where = " of its decompressed text" if path.endswith(".gz") else ""
+        line = lines + data[:at].count(b"\n") + 1
+        raise ValueError(f"{path} is not text at byte offset {offset + at}{where} (line {line}): a stretch of zero "
+                         "bytes, as a file cut short by a crash or a failed copy is filled; copy it again, or cut the "
+                         "stretch out")
+
+
 def _blocks(path: str, block_bytes: int) -> Iterator[str]:
     """The file's text, `block_bytes` at a time, decoded as UTF-8 exactly as written (a CRLF stays CRLF, as tiktoken
-    reads it). A byte that is not UTF-8 is named by its offset in the file and its line."""
+    reads it). A byte that is not UTF-8, or a stretch of zero bytes, is named by its offset in the file and its
+    line."""
     utf8 = codecs.getincrementaldecoder("utf-8")()
     offset = lines = 0  # bytes read, and line breaks among them
+    tail = b""  # the last bytes of the block before (a stretch of zeros may straddle two)
     name = shown(path)
     try:
         with _opened(path) as f:
@@ -411,6 +426,8 @@ def _blocks(path: str, block_bytes: int) -> Iterator[str]:
                 data, held = held[:block_bytes], held[block_bytes:]
                 if len(data) < block_bytes:
                     data += f.read(block_bytes - len(data))
+                _refuse_zeros(name, tail + data, offset - len(tail), lines - tail.count(b"\n"))
+                tail = data[-len(ZEROS) + 1:]
                 pending = utf8.getstate()[0]  # the start of a character the last block cut
                 try:
                     text = utf8.decode(data, final=not data)
