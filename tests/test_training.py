@@ -516,6 +516,15 @@ def test_resuming_with_other_settings_or_data_is_refused_unless_asked(char_data,
     assert _digest(tmp_path / "run" / CHECKPOINT) == good
     train(config(tmp_path / "run", char_data, steps=30, eval_interval=10, resume_with_changes=True))
     assert _checkpoint_step(tmp_path / "run" / CHECKPOINT) == 30 and os.path.exists(tmp_path / "run" / "run.json")
+    # TensorFlow draws other dropout masks under XLA than without it (a tiny run's weights 2.3e-3 apart after 4
+    # steps): with dropout, --no-xla is another run; without, it may change as --eval-batches may.
+    assert "xla" not in record
+    train(config(tmp_path / "drop", char_data, steps=10, eval_interval=10, model={**TINY, "dropout": 0.1}))
+    assert json.loads((tmp_path / "drop" / "run.json").read_text())["xla"] is False
+    with pytest.raises(ValueError, match=r"other settings \(XLA: False -> True \(--no-xla, or a --strategy that runs "
+                                         r"without it: TensorFlow's dropout masks differ\)\)"):
+        train(config(tmp_path / "drop", char_data, steps=10, eval_interval=10, model={**TINY, "dropout": 0.1},
+                     jit_compile=True))
 
 
 def test_an_init_from_folder_spelled_otherwise_is_the_same_setting(tmp_path, monkeypatch):

@@ -31,7 +31,7 @@ import numpy as np
 
 from tf_gpt2.checkpoints import COMPUTED, SHAPE, assign_weights, checkpoint_tensors
 from tf_gpt2.checks import is_integer
-from tf_gpt2.config import GPT2Config, with_overrides
+from tf_gpt2.config import DROPOUTS, GPT2Config, with_overrides
 from tf_gpt2.data import (
     MANIFEST,
     RUN_RECORD,
@@ -854,6 +854,9 @@ def _changes(cfg: TrainConfig, before: dict[str, Any], identity: dict[str, Any])
         changed.append("the texts of --data (their contents or order changed since the run's dataset was made)")
     if before.get("backend", keras.backend.backend()) != keras.backend.backend():  # (older records have none)
         changed.append(f"backend: {before['backend']!r} -> {keras.backend.backend()!r} (KERAS_BACKEND)")
+    if "xla" in identity and before.get("xla", identity["xla"]) != identity["xla"]:  # (recorded where it matters)
+        changed.append(f"XLA: {before['xla']!r} -> {identity['xla']!r} (--no-xla, or a --strategy that runs without "
+                       "it: TensorFlow's dropout masks differ)")
     return changed
 
 
@@ -954,6 +957,8 @@ def _train(cfg: TrainConfig, placement: Placement) -> tuple[GPT2, dict[str, list
     jit_compile = cfg.jit_compile if placement.jit_compile is None else placement.jit_compile
     with placement.scope():
         model = build_model(cfg, train_data.manifest, placement, source)  # bad settings fail here, before any write
+        if keras.backend.backend() == "tensorflow" and any(map(model.config.dropout_rate, DROPOUTS)):
+            identity["xla"] = jit_compile  # TensorFlow draws other dropout masks in XLA than outside it
         if os.path.exists(checkpoint):
             check_resume(cfg, identity, say=True)
         optimizer = make_optimizer(model, cfg)
