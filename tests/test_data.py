@@ -463,6 +463,25 @@ def test_a_folder_follows_its_links_once_and_names_what_it_does_not_read(corpus,
         assert not _is_output(str(corpus / "notes"))
 
 
+def test_a_glob_that_names_no_suffix_says_which_files_of_other_names_it_reads(tmp_path):
+    """`prepare 'notes/*'` read a LICENSE, a meta.json and a urls.csv beside the texts without a word (sorted last:
+    the validation split); a folder skips them with a warning, a glob naming their suffix asked for them."""
+    for name, text in (("a.txt", "text\n"), ("LICENSE", "MIT\n"), ("meta.json", "{}"), ("urls.csv", "id,url\n"),
+                       ("n.md", "# notes\n")):
+        (tmp_path / name).write_text(text)
+    with pytest.warns(UserWarning) as warned:
+        assert resolve_inputs(str(tmp_path / "*")) == [str(tmp_path / n) for n in
+                                                        ("LICENSE", "a.txt", "meta.json", "n.md", "urls.csv")]
+    assert [str(w.message) for w in warned] == [
+        f"'{tmp_path}/*' names no suffix, and matches 4 file(s) not named .txt or .txt.gz, read as text: "
+        f"{tmp_path}/LICENSE, {tmp_path}/meta.json, {tmp_path}/n.md, ... (a pattern such as '{tmp_path}/*.txt' "
+        "leaves them out)"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert resolve_inputs(str(tmp_path / "*.md")) == [str(tmp_path / "n.md")]  # asked for by their suffix
+        assert resolve_inputs(str(tmp_path / "*.txt")) == [str(tmp_path / "a.txt")]
+
+
 def test_a_stretch_of_zero_bytes_is_named_not_trained_on(tmp_path):
     """A text a crash or a failed copy left zero-filled in the middle (or at its end: the whole validation split)
     was read as NUL characters without a word; one stretch may straddle two of the reader's blocks."""

@@ -223,8 +223,15 @@ def _globbed(pattern: str, excluded: set[str]) -> list[str]:
     if not any(map(os.path.isfile, matched)) and not folders:
         raise FileNotFoundError(f"no data file matches {pattern!r}")
     files = [f for folder in folders if folder not in ours for f in _text_files_in(folder, excluded)]
-    return sorted(files + [f for f in matched if os.path.isfile(f) and f not in ours  # (one in a folder read: its call)
-                           and not any(os.path.abspath(f).startswith(w) for w in walked)])
+    named = [f for f in matched if os.path.isfile(f) and f not in ours  # (one in a folder read: its call)
+             and not any(os.path.abspath(f).startswith(w) for w in walked)]
+    suffix = os.path.splitext(pattern)[1]
+    if (others := [f for f in named if not f.endswith(TEXT_SUFFIXES)]) and not suffix.strip("*?[]."):
+        warnings.warn(f"{pattern!r} names no suffix, and matches {len(others)} file(s) not named "
+                      f"{' or '.join(TEXT_SUFFIXES)}, read as text: {', '.join(others[:3])}{', ...' * (len(others) > 3)}"
+                      f" (a pattern such as {os.path.join(os.path.dirname(pattern), '*.txt')!r} leaves them out)",
+                      stacklevel=3)
+    return sorted(files + named)
 
 
 def resolve_inputs(inputs: str | Sequence[str], exclude: Sequence[str] = ()) -> list[str]:
