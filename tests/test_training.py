@@ -429,14 +429,18 @@ def _batch_loss_steps(run):
 
 
 def test_tensorboard_curves_continue_across_fit_calls_and_a_resume(char_data, tmp_path):
-    """Batch-level steps count from the run's start: the `fit` calls of one run (rounds of other lengths: 3, 3, 1)
-    and a resumed run continue the curve instead of drawing over its start; each compiled call is logged."""
+    """Batch-level points stand at the micro-batches trained since the run's start: the `fit` calls of one run
+    (rounds of other lengths: 3, 3, 1) and a resumed run continue the curve instead of drawing over its start; each
+    compiled call is logged, at its last micro-batch."""
     train(config(tmp_path / "run", char_data, steps=7, eval_interval=3, tensorboard=True))
     train(config(tmp_path / "run", char_data, steps=12, eval_interval=3, tensorboard=True, resume_with_changes=True))
     assert _batch_loss_steps(tmp_path / "run") == list(range(1, 13))
-    # Two optimizer steps per compiled call: 8 steps are 4 calls, each one logged.
+    # Two optimizer steps per compiled call: 8 steps are 4 calls, each one logged; resumed with one per call, the
+    # curve goes on from step 8 (it went back to 4: calls were counted).
     train(config(tmp_path / "two", char_data, steps=8, eval_interval=4, steps_per_execution=2, tensorboard=True))
-    assert _batch_loss_steps(tmp_path / "two") == [1, 2, 3, 4]
+    assert _batch_loss_steps(tmp_path / "two") == [2, 4, 6, 8]
+    train(config(tmp_path / "two", char_data, steps=10, eval_interval=4, tensorboard=True, resume_with_changes=True))
+    assert _batch_loss_steps(tmp_path / "two") == [2, 4, 6, 8, 9, 10]
 
 
 def test_a_second_train_on_the_same_run_directory_is_refused(char_data, tmp_path):

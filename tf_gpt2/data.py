@@ -227,10 +227,10 @@ def _globbed(pattern: str, excluded: set[str]) -> list[str]:
              and not any(os.path.abspath(f).startswith(w) for w in walked)]
     suffix = os.path.splitext(pattern)[1]
     if (others := [f for f in named if not f.endswith(TEXT_SUFFIXES)]) and not suffix.strip("*?[]."):
+        shown = ", ".join(others[:3]) + ", ..." * (len(others) > 3)
         warnings.warn(f"{pattern!r} names no suffix, and matches {len(others)} file(s) not named "
-                      f"{' or '.join(TEXT_SUFFIXES)}, read as text: {', '.join(others[:3])}{', ...' * (len(others) > 3)}"
-                      f" (a pattern such as {os.path.join(os.path.dirname(pattern), '*.txt')!r} leaves them out)",
-                      stacklevel=3)
+                      f"{' or '.join(TEXT_SUFFIXES)}, read as text: {shown} (a pattern such as "
+                      f"{os.path.join(os.path.dirname(pattern), '*.txt')!r} leaves them out)", stacklevel=3)
     return sorted(files + named)
 
 

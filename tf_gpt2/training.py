@@ -292,17 +292,27 @@ class RunProgress(keras.callbacks.ProgbarLogger):
 
 
 class RunTensorBoard(keras.callbacks.TensorBoard):
-    """Keras' TensorBoard whose batch-level steps count from the run's start, not from each `fit` call's start: a
-    resumed run, and each `fit` of one run, continue the curves instead of drawing over them. `first_batch` is the
-    number of compiled calls (`steps_per_execution` micro-batches each) that came before this `fit`."""
+    """Keras' TensorBoard whose batch-level points stand at the micro-batches trained since the run's start when
+    their compiled call ended, not at the count of calls since each `fit` call's start: a resumed run (under another
+    --steps-per-execution too), and each `fit` of one run, continue the curves instead of drawing over them.
+    `first_batch` is the number of micro-batches trained before this `fit`."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.first_batch = 0
+        self.first_batch = self._round_start = self._rounds_begun = 0
 
     def on_train_begin(self, logs=None):
         super().on_train_begin(logs)
-        self._global_train_batch = self.first_batch
+        self._global_train_batch, self._rounds_begun = self.first_batch, 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        super().on_epoch_begin(epoch, logs)
+        self._round_start = self.first_batch + self._rounds_begun * self.params["steps"]  # (steps: micro-batches)
+        self._rounds_begun += 1
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._global_train_batch = self._round_start + batch + 1  # (batch: the call's last micro-batch in its round)
+        super().on_train_batch_end(batch, logs)
 
 
 class Throughput(keras.callbacks.Callback):
@@ -1080,7 +1090,7 @@ def _fit(cfg: TrainConfig, model: GPT2, start: int, train_data: TokenShards, val
             break
         train_ds = train_data.dataset(cfg.block_size, cfg.batch_size, cfg.seed, start_step=start * cfg.grad_accum)
         if tensorboard is not None:
-            tensorboard.first_batch = start * cfg.grad_accum // cfg.steps_per_execution
+            tensorboard.first_batch = start * cfg.grad_accum
         micro_batches = length * cfg.grad_accum  # each step takes grad_accum of them
         with interrupt.listening():
             fitted = model.fit(
