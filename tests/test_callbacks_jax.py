@@ -126,7 +126,7 @@ def test_the_nan_guard_stops_at_the_same_batch_one_batch_behind(runs):
     assert plain["launched"] < 12 and behind["launched"] == plain["launched"] + 1  # one batch more
     # The round's last batch: its NaN reaches the guard before validation, and no round follows.
     plain, behind = runs["False nan at 5"], runs["True nan at 5"]
-    assert plain["went_bad"] == behind["went_bad"] == "the loss became nan (batch 5 of its round)"
+    assert plain["went_bad"] == behind["went_bad"] == "the loss became nan (batch 6 of 6 in round 1)"
     assert plain["launched"] == behind["launched"] == 6
 
 

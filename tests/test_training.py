@@ -300,7 +300,8 @@ def test_nan_stops_training_and_keeps_the_last_good_checkpoint(char_data, tmp_pa
     """...and the run.json that names the settings it was trained under, though the failed run had others."""
     train(config(tmp_path, char_data, steps=10, eval_interval=10))
     good = {name: _digest(tmp_path / name) for name in (CHECKPOINT, "run.json")}
-    with pytest.raises(FloatingPointError, match="loss became (nan|inf).*last good checkpoint is .*Continue from it "
+    with pytest.raises(FloatingPointError, match="loss became (nan|inf) \\(batch [2-9] of 10 in round 2\\).*last good "
+                                                 "checkpoint is .*Continue from it "
                                                  "with a lower --learning-rate or a --grad-clip below 0.5 and "
                                                  "--resume-with-changes"):  # a clip that changes the run
         train(config(tmp_path, char_data, steps=30, eval_interval=10, learning_rate=1e30, warmup_steps=1,  # (no

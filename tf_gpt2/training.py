@@ -391,17 +391,21 @@ class StopOnNaN(keras.callbacks.Callback):
 
     def __init__(self):
         super().__init__()
-        self.went_bad = None
+        self.went_bad, self._round = None, 0
 
     def _stop(self, what: str) -> None:
         if self.went_bad is None:
             self.went_bad = what
             self.model.stop_training = True
 
+    def on_epoch_begin(self, epoch, logs=None):
+        self._round = epoch + 1
+
     def on_train_batch_end(self, batch, logs=None):
         loss = (logs or {}).get("loss")
-        if loss is not None and not math.isfinite(float(loss)):
-            self._stop(f"the loss became {float(loss)} (batch {batch} of its round)")
+        if loss is not None and not math.isfinite(float(loss)):  # (batch: from 0; the round's micro-batches)
+            self._stop(f"the loss became {float(loss)} (batch {batch + 1} of {self.params.get('steps')} in round "
+                       f"{self._round})")
 
     def on_epoch_end(self, epoch, logs=None):
         if round_went_bad(logs, self.model):
