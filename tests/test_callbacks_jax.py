@@ -82,6 +82,10 @@ def train_into_nan(root):
 out = {f"{lagged} {rate}": run(lagged, rate) for lagged in (False, True) for rate in (1e-3, 1e30)}
 out.update({f"{lagged} nan at 5": run(lagged, 1e-3, nan_batch=5) for lagged in (False, True)})
 out["train"] = train_into_nan(sys.argv[1])
+from tf_gpt2.train_config import TrainConfig
+from tf_gpt2.training import make_optimizer
+tiny = GPT2(GPT2Config.from_preset("gpt2-tiny", n_positions=32, vocab_size=64))
+out["clipnorm"] = [make_optimizer(tiny, TrainConfig(grad_clip=clip)).global_clipnorm for clip in (0.7, 0.0)]
 print(json.dumps(out))
 """
 
@@ -128,6 +132,11 @@ def test_the_nan_guard_stops_at_the_same_batch_one_batch_behind(runs):
     plain, behind = runs["False nan at 5"], runs["True nan at 5"]
     assert plain["went_bad"] == behind["went_bad"] == "the loss became nan (batch 6 of 6 in round 1)"
     assert plain["launched"] == behind["launched"] == 6
+
+
+def test_on_jax_keras_clips_the_global_norm_to_grad_clip(runs):
+    """On JAX the optimizer's own `global_clipnorm` clips (TensorFlow's path: test_training.py); 0 clips nothing."""
+    assert runs["clipnorm"] == [0.7, None]
 
 
 def test_tf_gpt2_train_on_jax_stops_at_a_nan_and_keeps_the_last_good_checkpoint(runs):

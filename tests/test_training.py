@@ -387,7 +387,8 @@ def test_corrupt_shard_is_reported(char_data, tmp_path):
 
 def test_gradient_norm_is_logged_before_clipping(char_data, tmp_path):
     """`grad_norm` (progress bar, history, TensorBoard) is the true global norm of the step's gradient, even when
-    clipping then scales that gradient down."""
+    clipping then scales that gradient down; the run's optimizer clips to --grad-clip (Adam's first step is the
+    same whatever the gradient's scale: the weights alone cannot show it)."""
     import keras
     import tensorflow as tf
 
@@ -397,7 +398,10 @@ def test_gradient_norm_is_logged_before_clipping(char_data, tmp_path):
     start.save(str(tmp_path / "start.keras"))
     cfg = config(tmp_path / "run", char_data, init_from=str(tmp_path / "start.keras"), steps=1, eval_interval=1,
                  grad_clip=0.01, tensorboard=True, sample_tokens=4)
-    _, history = train(cfg)
+    model, history = train(cfg)
+    clipped = model.optimizer._clip_gradients([tf.constant([30.0, 40.0]), tf.constant([[0.0]])])  # a norm of 50
+    assert abs(float(tf.linalg.global_norm(clipped)) - cfg.grad_clip) <= 1e-6
+    assert [float(g) for g in tf.reshape(clipped[0], [-1])] == pytest.approx([0.006, 0.008], rel=1e-5)
 
     x, y = TokenShards(char_data, "train").batch(0, cfg.block_size, cfg.batch_size, seed=cfg.seed)
     reference = keras.models.load_model(str(tmp_path / "start.keras"))
