@@ -55,6 +55,23 @@ def test_repetition_penalty_discourages_repeats(model):
     assert len(set(penalized)) > len(set(plain))
 
 
+def test_repetition_penalty_is_transformers_on_positive_and_negative_logits():
+    """A seen token's logit is divided by the penalty if positive, multiplied if negative (CTRL's rule, as
+    transformers' RepetitionPenaltyLogitsProcessor): the greedy test above cannot tell a negative one divided."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    from tf_gpt2.generation import apply_repetition_penalty
+
+    rng = np.random.default_rng(0)
+    logits, seen_ids = rng.normal(0, 3, (2, 50)).astype("float32"), rng.integers(0, 50, (2, 12))
+    seen = np.zeros((2, 50), bool)
+    np.put_along_axis(seen, seen_ids, True, axis=1)
+    ours = np.asarray(apply_repetition_penalty(logits, seen, 1.7))
+    theirs = transformers.RepetitionPenaltyLogitsProcessor(1.7)(torch.tensor(seen_ids), torch.tensor(logits))
+    assert (logits[seen] < 0).sum() > 5 and (logits[seen] > 0).sum() > 5  # both kinds were penalized
+    np.testing.assert_allclose(ours, theirs.numpy(), rtol=1e-6)
+
+
 def test_top_k_one_is_greedy(model):
     greedy = model.generate([4, 5], max_new_tokens=8, stop_ids=[])
     assert model.generate([4, 5], max_new_tokens=8, temperature=1.3, top_k=1, seed=3, stop_ids=[]) == greedy

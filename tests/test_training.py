@@ -698,6 +698,32 @@ def test_grad_accum_counts_optimizer_steps(char_data, tmp_path):
     assert history["learning_rate"] == pytest.approx([float(reference(8))])
 
 
+def test_a_run_with_grad_accum_resumes_bit_exactly(char_data, tmp_path, monkeypatch):
+    """Stopped after its first round and run again, a --grad-accum 2 run (dropout on) ends with the uninterrupted
+    run's checkpoint: the resumed run reads on from micro-batch 2 * step (from `step` it trained again on batches
+    it had seen)."""
+    from tf_gpt2.training import SaveCheckpoint
+
+    settings = dict(steps=6, eval_interval=3, grad_accum=2, model={**TINY, "dropout": 0.1})
+    train(config(tmp_path / "straight", char_data, **settings))
+    save = SaveCheckpoint.on_epoch_end
+
+    def save_then_stop(self, epoch, logs=None):
+        save(self, epoch, logs)
+        raise RuntimeError("stopped after the first round")
+
+    monkeypatch.setattr(SaveCheckpoint, "on_epoch_end", save_then_stop)
+    with pytest.raises(RuntimeError, match="stopped after the first round"):
+        train(config(tmp_path / "stopped", char_data, **settings))
+    monkeypatch.undo()
+    assert _checkpoint_step(tmp_path / "stopped" / CHECKPOINT) == 3
+    train(config(tmp_path / "stopped", char_data, **settings))
+    with np.load(tmp_path / "straight" / CHECKPOINT) as a, np.load(tmp_path / "stopped" / CHECKPOINT) as b:
+        names = [n for n in a.files if n != "meta"]
+        assert _checkpoint_step(tmp_path / "stopped" / CHECKPOINT) == 6
+        assert len(names) > 30 and all(np.array_equal(a[n], b[n]) for n in names)
+
+
 def test_a_checkpoint_restores_the_optimizers_own_count_of_micro_batches(tmp_path):
     """Under loss scaling a float16 step skipped for an overflow leaves Keras' count of micro-batches off
     step * grad_accum, and mid-accumulation: a resume keeps the count as saved (recomputed from the step, a resumed
