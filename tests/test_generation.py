@@ -272,6 +272,33 @@ def test_a_tuple_of_prompts_is_a_batch(model):
             == model.generate(list(ids), max_new_tokens=3, stop_ids=[]))
 
 
+def test_cli_prints_each_token_as_it_comes_and_never_half_a_character(monkeypatch):
+    """`tf-gpt2 generate` streams: each token's text is written through (flushed) before the next is sampled, and a
+    character whose bytes span tokens (' 语言' is 6 byte-level tokens) is held back until it is whole, never shown
+    as U+FFFD. The model's choices are given here (a random model would seldom split a character); the printing is
+    the CLI's, into a buffered stdout as a pipe's is."""
+    import io
+    import sys
+
+    import tf_gpt2.generation
+
+    written = io.BytesIO()
+    monkeypatch.setattr(sys, "stdout", io.TextIOWrapper(written, encoding="utf-8"))  # (holds what is not flushed)
+    chosen = [5525, 107, 255, 164, 101, 222, 50256]  # ' 语言', then <|endoftext|>
+    seen = []  # what had reached the pipe when each token was asked for
+
+    def choose(model, prompt, max_new_tokens, **settings):
+        for token in chosen:
+            seen.append(written.getvalue().decode("utf-8"))
+            yield token
+
+    monkeypatch.setattr(tf_gpt2.generation, "stream", choose)
+    assert cli_main(["generate", "Say:", "--random-init", "gpt2-tiny", "--max-new-tokens", "10"]) == 0
+    sys.stdout.flush()
+    assert written.getvalue().decode("utf-8") == "Say: 语言\n"
+    assert seen[1:] == ["Say:", "Say:", "Say: 语", "Say: 语", "Say: 语", "Say: 语言"]  # each character once whole
+
+
 def test_cli_prints_no_tensorflow_start_up_lines_and_nothing_inside_the_text():
     """On a terminal stderr and stdout interleave: TensorFlow's C++ start-up lines (cudart_stub, cuInit),
     which TF_CPP_MIN_LOG_LEVEL cannot stop, are dropped (TF_CPP_MIN_LOG_LEVEL unset, or any level but 0, which
