@@ -1068,6 +1068,26 @@ def test_a_bad_model_flag_is_said_before_the_text_is_tokenized(tmp_path):
         assert not os.path.exists(tmp_path / "run")
 
 
+def test_the_validation_perplexity_is_exp_of_the_loss_however_large():
+    """It was capped at e^50 without a word (a diverging run's loss of 60 showed a perplexity of 5.2e21)."""
+    import math
+    import types
+
+    import keras
+
+    from tf_gpt2.training import RoundMetrics
+
+    metrics = RoundMetrics()
+    metrics.set_model(types.SimpleNamespace(optimizer=keras.optimizers.AdamW(1e-3)))  # (all the callback reads)
+    for loss, perplexity in ((2.0, math.exp(2.0)), (60.0, math.exp(60.0)), (800.0, math.inf)):
+        logs = {"val_loss": loss}
+        metrics.on_epoch_end(0, logs)
+        assert logs["val_perplexity"] == perplexity and logs["learning_rate"] == pytest.approx(1e-3)
+    logs = {"val_loss": math.nan}
+    metrics.on_epoch_end(0, logs)
+    assert math.isnan(logs["val_perplexity"])
+
+
 def test_a_rounds_tokens_per_second_leave_out_its_first_call(monkeypatch):
     """The round's tok/s (its line in a log file, its TensorBoard point) leaves out the first compiled call, whose
     time is XLA's compile and the data's start: round 1 read a fraction of the speed."""

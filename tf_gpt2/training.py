@@ -476,7 +476,8 @@ class RoundMetrics(keras.callbacks.Callback):
         if logs is None:
             return
         if "val_loss" in logs:
-            logs["val_perplexity"] = math.exp(min(float(logs["val_loss"]), 50.0))
+            loss = float(logs["val_loss"])
+            logs["val_perplexity"] = math.inf if loss > 709 else math.exp(loss)  # (exp overflows past 709.78)
         logs["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
 
 
