@@ -29,6 +29,11 @@ from tf_gpt2.tokenizer import GPT2Tokenizer, checked_ids, checked_utf8, tokenize
 from tf_gpt2.xla import compiled
 
 
+def perplexity(loss: float) -> float:
+    """exp(loss), inf past float64's range (a loss above 709.78 nats); NaN stays NaN."""
+    return math.inf if loss > math.log(sys.float_info.max) else math.exp(loss)
+
+
 @dataclass(frozen=True)
 class EvalResult:
     """Summed negative log-likelihood (nats) over `tokens` scored tokens of a text of `bytes` UTF-8 bytes."""
@@ -44,8 +49,8 @@ class EvalResult:
 
     @property
     def perplexity(self) -> float:
-        """exp(loss): the token-level perplexity (inf past float64's range: a loss above 709.78 nats)."""
-        return math.inf if self.loss > math.log(sys.float_info.max) else math.exp(self.loss)
+        """exp(loss): the token-level perplexity (`perplexity`)."""
+        return perplexity(self.loss)
 
     @property
     def bits_per_byte(self) -> float:

@@ -49,6 +49,7 @@ from tf_gpt2.data import (
     warn_of_a_folder_of_texts,
 )
 from tf_gpt2.devices import Placement, host_array, place_run, process_index, tensorflow
+from tf_gpt2.evaluation import perplexity
 from tf_gpt2.files import (
     exclusive,
     json_writer,
@@ -476,8 +477,7 @@ class RoundMetrics(keras.callbacks.Callback):
         if logs is None:
             return
         if "val_loss" in logs:
-            loss = float(logs["val_loss"])
-            logs["val_perplexity"] = math.inf if loss > 709 else math.exp(loss)  # (exp overflows past 709.78)
+            logs["val_perplexity"] = perplexity(float(logs["val_loss"]))
         logs["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
 
 
