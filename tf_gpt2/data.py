@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import codecs
 import contextlib
-import errno
 import glob
 import gzip
 import hashlib
@@ -36,7 +35,7 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 
 from tf_gpt2.devices import tensorflow
-from tf_gpt2.files import atomic_write, exclusive, json_writer, read_json
+from tf_gpt2.files import atomic_write, exclusive, json_writer, read_json, refuse_dangling_link
 from tf_gpt2.progress import progress_bar
 from tf_gpt2.tokenizer import ENDOFTEXT
 
@@ -127,13 +126,6 @@ def _is_output(directory: str) -> bool:
     return False
 
 
-def _refuse_broken_link(path: str) -> None:
-    """A link to nothing (an unmounted disk, a file moved) is named, not skipped."""
-    if os.path.islink(path) and not os.path.exists(path):
-        raise FileNotFoundError(errno.ENOENT, f"a link to {os.readlink(path)}, which is not a file that can be read",
-                                path)
-
-
 def _refuse_unreadable(error: OSError) -> None:
     """A folder that cannot be listed (permissions, a failing disk) is named, not skipped with its texts."""
     raise OSError(error.errno, f"{error.strerror}: its texts cannot be read", error.filename)
@@ -166,7 +158,7 @@ def _text_files_in(folder: str, exclude: set[str]) -> list[str]:
                 (files if name.endswith(TEXT_SUFFIXES) else others).append(path)
             else:  # a pipe, a socket, a broken link: one named as text is an error
                 if name.endswith(TEXT_SUFFIXES):
-                    _refuse_broken_link(path)
+                    refuse_dangling_link(path)
                     os.stat(path)  # (a file in a folder that can be listed, not entered: its error names it)
                 (special if name.endswith(TEXT_SUFFIXES) else others).append(path)
     for skipped, what in ((others, f"file(s) that are not {' or '.join(TEXT_SUFFIXES)}"),
@@ -208,7 +200,7 @@ def _globbed(pattern: str, excluded: set[str]) -> list[str]:
     no text: said, not read."""
     matched = sorted(glob.glob(pattern, recursive=True))  # (a broken link too: named, or matched)
     for f in matched:
-        _refuse_broken_link(f)
+        refuse_dangling_link(f)
     folders: list[str] = []
     for folder in (f for f in matched if os.path.isdir(f) and os.path.realpath(f) not in excluded):
         if not any(folder.startswith(os.path.join(outer, "")) for outer in folders):
@@ -428,13 +420,15 @@ def _blocks(path: str, block_bytes: int) -> Iterator[str]:
         with _opened(path) as f:
             held = f.read(1024)  # (read once: a pipe cannot go back to it)
             _refuse_binary(name, held)
+            _refuse_zeros(name, held, 0, 0)  # (a file of zeros reads as UTF-32 too: said as what it is)
             _refuse_utf16(name, held)
             while True:
                 data, held = held[:block_bytes], held[block_bytes:]
                 if len(data) < block_bytes:
                     data += f.read(block_bytes - len(data))
-                _refuse_zeros(name, tail + data, offset - len(tail), lines - tail.count(b"\n"))
-                tail = data[-len(ZEROS) + 1:]
+                joined = tail + data
+                _refuse_zeros(name, joined, offset - len(tail), lines - tail.count(b"\n"))
+                tail = joined[-len(ZEROS) + 1:]
                 pending = utf8.getstate()[0]  # the start of a character the last block cut
                 try:
                     text = utf8.decode(data, final=not data)
