@@ -761,21 +761,25 @@ def test_a_dangling_weights_link_is_said_not_passed_over_for_another_file(saved_
 
 def test_two_saves_weights_or_an_untied_head_left_out_are_refused_and_linked_shards_load(saved_tiny, tmp_path):
     """transformers' sharded save over ours leaves our model.safetensors beside its index, and both it and we read
-    the single file: the shards' fine-tuning was lost. A config.json with tie_word_embeddings false whose weights
-    lack lm_head.weight was given the embedding as its head (transformers: a random one). Shards that are links to
-    files elsewhere (git-annex, DVC) were refused as "outside" the folder."""
+    the single file: the shards' fine-tuning was lost (its single-file save over shards removes them and leaves the
+    index: that stale index is passed over, as transformers passes it). A config.json with tie_word_embeddings
+    false whose weights lack lm_head.weight was given the embedding as its head (transformers: a random one). Shards
+    that are links to files elsewhere (git-annex, DVC) were refused as "outside" the folder."""
     from safetensors.numpy import load_file, save_file
 
     ids = np.array([[1, 2, 3]])
     expected = np.asarray(GPT2.from_pretrained(saved_tiny)(ids))
     tensors = load_file(saved_tiny / "model.safetensors")
+    index = {"weight_map": dict.fromkeys(tensors, "model-00001-of-00001.safetensors")}
+    (saved_tiny / "model.safetensors.index.json").write_text(json.dumps(index))
+    np.testing.assert_array_equal(np.asarray(GPT2.from_pretrained(saved_tiny)(ids)), expected)  # its shard is gone
     (tmp_path / "annex").mkdir()
     save_file(tensors, tmp_path / "annex" / "blob", metadata={"format": "pt"})
     os.symlink(tmp_path / "annex" / "blob", saved_tiny / "model-00001-of-00001.safetensors")
-    index = {"weight_map": dict.fromkeys(tensors, "model-00001-of-00001.safetensors")}
-    (saved_tiny / "model.safetensors.index.json").write_text(json.dumps(index))
-    with pytest.raises(ValueError, match=f"^{saved_tiny} holds both model.safetensors and model.safetensors.index"
-                                         ".json: two saves' weights; remove the one that is not the model's$"):
+    os.utime(saved_tiny / "model.safetensors", (1e9, 1e9))  # written before the index
+    with pytest.raises(ValueError, match=f"^{saved_tiny} holds both model.safetensors and the shards model.safetensors"
+                                         r".index.json names: two saves' weights \(the newer: model.safetensors.index"
+                                         r".json\); remove the other$"):
         GPT2.from_pretrained(saved_tiny)
     os.remove(saved_tiny / "model.safetensors")
     np.testing.assert_array_equal(np.asarray(GPT2.from_pretrained(saved_tiny)(ids)), expected)  # the linked shard

@@ -276,15 +276,27 @@ def _hf_weight_files(directory: str) -> list[str]:
     for single, index in (("model.safetensors", "model.safetensors.index.json"),
                           ("pytorch_model.bin", "pytorch_model.bin.index.json")):
         paths = [os.path.join(directory, name) for name in (single, index)]
-        if all(map(os.path.exists, paths)):  # (transformers' sharded save leaves an earlier single file, and reads it)
-            raise ValueError(f"{directory} holds both {single} and {index}: two saves' weights; remove the one that is "
-                             "not the model's")
+        # transformers' sharded save leaves an earlier single file (and reads it); its single-file save leaves an
+        # earlier index, whose shards it removes (a stale index: the single file is read, as transformers reads it)
+        if os.path.exists(paths[0]) and _shards_there(directory, index):
+            newer = os.path.basename(max(paths, key=os.path.getmtime))
+            raise ValueError(f"{directory} holds both {single} and the shards {index} names: two saves' weights (the "
+                             f"newer: {newer}); remove the other")
         for path in paths:
             if os.path.exists(path):
                 return [path] if path == paths[0] else _shards(directory, index)
             refuse_dangling_link(path)  # not passed over for the next kind (other weights)
     raise FileNotFoundError(f"{directory} has config.json but no model.safetensors or pytorch_model.bin (nor their "
                             "shards' index)")
+
+
+def _shards_there(directory: str, index_name: str) -> bool:
+    """Whether `index_name` and every shard it names are in `directory`."""
+    try:
+        return os.path.exists(os.path.join(directory, index_name)) and all(map(os.path.exists,
+                                                                               _shards(directory, index_name)))
+    except (ValueError, OSError):  # (an index that cannot be read names no shards)
+        return False
 
 
 def _shards(directory: str, index_name: str) -> list[str]:
