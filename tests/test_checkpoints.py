@@ -311,19 +311,7 @@ def test_corrupt_and_missing_files(saved_tiny, tmp_path):
         f.write(b"\xff\xff\xff")
     with pytest.raises(ValueError, match="cannot read .*model.safetensors"):
         GPT2.from_pretrained(saved_tiny)
-    (saved_tiny / "model.safetensors").write_bytes(  # what a clone made without Git LFS holds
-        b"version https://git-lfs.github.com/spec/v1\noid sha256:248dfc3911869ec493c76e65bf2fcf7f6\nsize 548105171\n")
-    with pytest.raises(ValueError, match=f"^{saved_tiny / 'model.safetensors'} is a Git LFS pointer, not the weights: "
-                                         "the repository was cloned without Git LFS"):
-        GPT2.from_pretrained(saved_tiny)
     os.remove(saved_tiny / "model.safetensors")
-    torch = pytest.importorskip("torch")
-    torch.save(torch.nn.Linear(2, 2), saved_tiny / "pytorch_model.bin")  # a whole module pickled: not read
-    with pytest.raises(ValueError, match=r"pytorch_model.bin: it holds more than tensors, and reading it would run "
-                                         r"code it names \(Unsupported global: GLOBAL torch.nn.modules.linear.Linear "
-                                         r"was not an allowed global by default.\)$"):  # (torch: "unpickle it")
-        GPT2.from_pretrained(saved_tiny)
-    os.remove(saved_tiny / "pytorch_model.bin")
     with pytest.raises(FileNotFoundError, match="no model.safetensors"):
         GPT2.from_pretrained(saved_tiny)
     with pytest.raises(FileNotFoundError, match="no checkpoint at"):
@@ -336,6 +324,38 @@ def test_corrupt_and_missing_files(saved_tiny, tmp_path):
         GPT2.from_pretrained(tmp_path / "empty")
     (saved_tiny / "config.json").write_text("{not json")
     with pytest.raises(ValueError, match="not valid JSON"):
+        GPT2.from_pretrained(saved_tiny)
+
+
+LFS_POINTER = b"version https://git-lfs.github.com/spec/v1\noid sha256:248dfc3911869ec4\nsize 548105171\n"
+
+
+def test_git_lfs_pointers_in_place_of_weights_are_said_as_such(saved_tiny, tmp_path):
+    """What a clone made without Git LFS holds in place of each kind of weights file (it was "header too large",
+    "not a zip archive", h5py's "file signature not found", TensorFlow's "corrupted")."""
+    import keras_hub
+
+    said = "is a Git LFS pointer, not the weights: the repository was cloned without Git LFS \\(`git lfs pull`"
+    keras_file = tmp_path / "m.keras"
+    GPT2(GPT2Config(vocab_size=40, n_positions=8, n_embd=16, n_layer=1, n_head=2)).save(keras_file)
+    keras_hub.models.GPT2Backbone(vocabulary_size=40, num_layers=1, num_heads=2, hidden_dim=8, intermediate_dim=32,
+                                  max_sequence_length=8).save_to_preset(str(tmp_path / "preset"))
+    _write_openai_checkpoint(make_hf_model(**ODD_CONFIGS[1]), str(tmp_path / "openai"))
+    for source, pointer in ((saved_tiny, saved_tiny / "model.safetensors"), (keras_file, keras_file),
+                            (tmp_path / "preset", tmp_path / "preset" / "model.weights.h5"),
+                            (tmp_path / "openai", tmp_path / "openai" / "model.ckpt.data-00000-of-00001")):
+        pointer.write_bytes(LFS_POINTER)
+        with pytest.raises(ValueError, match=f"^{pointer} {said}"):
+            GPT2.from_pretrained(source)
+
+
+def test_pickled_weights_that_hold_more_than_tensors_are_refused_without_torchs_advice_to_unpickle(saved_tiny):
+    torch = pytest.importorskip("torch")
+    os.remove(saved_tiny / "model.safetensors")
+    torch.save(torch.nn.Linear(2, 2), saved_tiny / "pytorch_model.bin")  # a whole module pickled: not read
+    with pytest.raises(ValueError, match=r"pytorch_model.bin: it holds more than tensors, and reading it would run "
+                                         r"code it names \(Unsupported global: GLOBAL torch.nn.modules.linear.Linear "
+                                         r"was not an allowed global by default.\)$"):  # (torch: "weights_only=False")
         GPT2.from_pretrained(saved_tiny)
 
 

@@ -235,12 +235,21 @@ def _read_safetensors(path: str, with_tensors: bool = True) -> tuple[dict[str, n
 LFS_POINTER = b"version https://git-lfs.github.com/spec/"
 
 
+def _lfs_pointer(*paths: str) -> ValueError | None:
+    """The error for a Git LFS pointer (what a clone made without Git LFS holds) in place of weights at one of
+    `paths`, or None."""
+    for path in paths:
+        with contextlib.suppress(OSError), open(path, "rb") as f:
+            if f.read(len(LFS_POINTER)) == LFS_POINTER:
+                return ValueError(f"{path} is a Git LFS pointer, not the weights: the repository was cloned without "
+                                  "Git LFS (`git lfs pull` in it fetches them)")
+    return None
+
+
 def _unreadable(path: str, error: Exception) -> ValueError:
-    """Why the weights at `path` cannot be read: a Git LFS pointer (a clone made without Git LFS) is said as such."""
-    with contextlib.suppress(OSError), open(path, "rb") as f:
-        if f.read(len(LFS_POINTER)) == LFS_POINTER:
-            return ValueError(f"{path} is a Git LFS pointer, not the weights: the repository was cloned without Git "
-                              "LFS (`git lfs pull` in it fetches them)")
+    """Why the weights at `path` cannot be read: a Git LFS pointer is said as such."""
+    if pointer := _lfs_pointer(path):
+        return pointer
     # torch's refusal under weights_only, without its advice to unpickle whatever the file holds
     if said := re.search(r"WeightsUnpickler error:\s*(.*?)(?: Please use|$)", str(error), re.MULTILINE):
         error = ("it holds more than tensors, and reading it would run code it names" if "Unsupported global" in
@@ -573,11 +582,13 @@ def read_openai(directory: str, **overrides: Any) -> tuple[GPT2Config, Tensors]:
             raise ValueError(f"{directory} holds {len(found)} checkpoints ({names}) and no `checkpoint` file naming "
                              "one of them: keep one, or write that file")
         prefix = found[0].removesuffix(".index")
+    files = sorted(glob.glob(glob.escape(prefix) + ".*"))  # (its index and data: Git LFS pointers in a bare clone)
     try:
         reader = tf.train.load_checkpoint(prefix)
         stored = reader.get_variable_to_shape_map()
     except (tf.errors.OpError, ValueError) as e:
-        raise ValueError(f"cannot read OpenAI checkpoint {prefix}: {e}") from e
+        raise _lfs_pointer(*files) or ValueError(
+            f"cannot read OpenAI checkpoint {prefix}: {e}") from e
     expected = {openai_name(name): name for name in tensor_names(config.n_layer)}
     layers = {int(m[1]) for key in stored if (m := re.match(r"model/h(\d+)/", key))}  # (optimizer slots aside)
     if more := sorted(layer for layer in layers if layer >= config.n_layer):
@@ -591,8 +602,9 @@ def read_openai(directory: str, **overrides: Any) -> tuple[GPT2Config, Tensors]:
         try:
             value = reader.get_tensor(key)
         except (tf.errors.OpError, ValueError, IndexError) as e:  # IndexError: "Read less bytes than requested"
-            raise ValueError(f"cannot read '{key}' from OpenAI checkpoint {prefix} ({e}): its data file is damaged "
-                             "or cut short (an interrupted download?)") from e
+            raise _lfs_pointer(*files) or ValueError(
+                f"cannot read '{key}' from OpenAI checkpoint {prefix} ({e}): its data file is damaged or cut short (an "
+                "interrupted download?)") from e
         if value.ndim == 3 and value.shape[0] != 1:
             raise ValueError(f"{prefix}: tensor '{key}' has shape {value.shape}, expected [1, in, out] (a conv1d "
                              "kernel) or [in, out]")
@@ -615,7 +627,8 @@ def read_keras_hub(backbone: Any, **overrides: Any) -> tuple[GPT2Config, Tensors
         try:
             backbone = keras_hub.models.GPT2Backbone.from_preset(folder)
         except (OSError, KeyError, ValueError, TypeError) as e:  # a damaged file, in h5py's or Keras' words
-            raise ValueError(f"cannot load keras-hub preset {folder}: {type(e).__name__}: {e}") from e
+            raise _lfs_pointer(*weights) or ValueError(
+                f"cannot load keras-hub preset {folder}: {type(e).__name__}: {e}") from e
     kh = backbone.get_config()
     if kh["intermediate_dim"] != 4 * kh["hidden_dim"]:
         raise ValueError(f"{source}: intermediate_dim {kh['intermediate_dim']} is not 4*hidden_dim")
@@ -751,7 +764,8 @@ def _load_keras_file(model_class: type, path: str, overrides: dict) -> keras.Mod
     if overrides:
         raise ValueError("config overrides do not apply to a .keras file")
     if not zipfile.is_zipfile(path):
-        raise ValueError(f"{path} is not a readable .keras file: it is truncated, or not a zip archive")
+        raise _lfs_pointer(path) or ValueError(f"{path} is not a readable .keras file: it is truncated, or not a zip "
+                                               "archive")
     try:
         model = keras.models.load_model(path, compile=False)  # its weights; not its optimizer's state
     except Exception as e:  # a damaged archive fails in many ways (KeyError, BadZipFile, ...): name the file
