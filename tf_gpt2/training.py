@@ -958,27 +958,27 @@ def _train(cfg: TrainConfig, placement: Placement) -> tuple[GPT2, dict[str, list
     source = pretrained(cfg) if cfg.init_from else None  # a wrong --init-from fails before the text is tokenized
     if cfg.vocab != "char" and not _is_prepared(cfg.data):  # BPE samples: before the text is tokenized
         _check_samples_print(cfg, placement, None)
-    model_config(cfg, None, source)  # a bad model flag: said before minutes of tokenizing
+    config = model_config(cfg, None, source)  # a bad model flag: said before minutes of tokenizing
+    jit_compile = cfg.jit_compile if placement.jit_compile is None else placement.jit_compile
+    # TensorFlow draws other dropout masks in XLA than outside it: with dropout, XLA on or off is another run
+    on_tensorflow = keras.backend.backend() == "tensorflow"
+    xla = {"xla": jit_compile} if on_tensorflow and any(map(config.dropout_rate, DROPOUTS)) else {}
     files = None if _is_prepared(cfg.data) else _raw_texts(cfg)
     if os.path.exists(os.path.join(cfg.out, CHECKPOINT)):  # other settings or data: refused before the text is
-        check_resume(cfg, {"settings": run_settings(cfg), **_data_before_tokenizing(cfg, files)})  # tokenized again
+        check_resume(cfg, {"settings": run_settings(cfg), **xla, **_data_before_tokenizing(cfg, files)})  # tokenized
     data_dir = prepared_data(cfg, source and source.config.characters, files)
     train_data, val_data = TokenShards(data_dir, "train"), TokenShards(data_dir, "val")
     train_data.check_block(cfg.block_size, cfg.batch_size)
     checkpoint = os.path.join(cfg.out, CHECKPOINT)
-    identity = run_identity(cfg, data_dir)
+    identity = {**run_identity(cfg, data_dir), **xla}
     keras.utils.set_random_seed(cfg.seed)
     source = source and matched_to_data(cfg, source, train_data.manifest)
-    jit_compile = cfg.jit_compile if placement.jit_compile is None else placement.jit_compile
     with placement.scope():
         model = build_model(cfg, train_data.manifest, placement, source)  # bad settings fail here, before any write
-        if keras.backend.backend() == "tensorflow" and any(map(model.config.dropout_rate, DROPOUTS)):
-            identity["xla"] = jit_compile  # TensorFlow draws other dropout masks in XLA than outside it
         if os.path.exists(checkpoint):
             check_resume(cfg, identity, say=True)
         optimizer = make_optimizer(model, cfg)
-        on_tensorflow = keras.backend.backend() == "tensorflow"  # see make_optimizer
-        gradient_norm = clip_by_global_norm(optimizer, cfg.grad_clip) if on_tensorflow else None
+        gradient_norm = clip_by_global_norm(optimizer, cfg.grad_clip) if on_tensorflow else None  # (make_optimizer)
         if model.dtype_policy.compute_dtype == "float16":
             # Keras adds loss scaling for mixed_float16 alone; a float16 LoRA base (--base-dtype float16) needs it as
             # much: without it, backward activations underflow (a tiny model's adapter gradients were off by up
