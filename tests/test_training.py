@@ -307,6 +307,10 @@ def test_nan_stops_training_and_keeps_the_last_good_checkpoint(char_data, tmp_pa
         train(config(tmp_path, char_data, steps=30, eval_interval=10, learning_rate=1e30, warmup_steps=1,  # (no
                      weight_decay=0.0, grad_clip=0.5, resume_with_changes=True, sample_tokens=4))  # sample from NaN)
     assert {name: _digest(tmp_path / name) for name in good} == good
+    # Five micro-batches per compiled call: the NaN came in one of them, whose last loss the call gives
+    with pytest.raises(FloatingPointError, match="loss became (nan|inf) \\(batches 1-5 of 10 in round 2\\)"):
+        train(config(tmp_path, char_data, steps=30, eval_interval=10, learning_rate=1e30, warmup_steps=1,
+                     weight_decay=0.0, grad_clip=0.5, resume_with_changes=True, steps_per_execution=5))
 
 
 def test_a_round_whose_last_update_went_bad_is_neither_sampled_nor_saved_and_stops_the_run(char_data, tmp_path):

@@ -392,7 +392,7 @@ class StopOnNaN(keras.callbacks.Callback):
 
     def __init__(self):
         super().__init__()
-        self.went_bad, self._round = None, 0
+        self.went_bad, self._round, self._first = None, 0, 0
 
     def _stop(self, what: str) -> None:
         if self.went_bad is None:
@@ -402,11 +402,14 @@ class StopOnNaN(keras.callbacks.Callback):
     def on_epoch_begin(self, epoch, logs=None):
         self._round = epoch + 1
 
+    def on_train_batch_begin(self, batch, logs=None):
+        self._first = batch  # (a compiled call of --steps-per-execution N runs N, and gives their last loss)
+
     def on_train_batch_end(self, batch, logs=None):
         loss = (logs or {}).get("loss")
-        if loss is not None and not math.isfinite(float(loss)):  # (batch: from 0; the round's micro-batches)
-            self._stop(f"the loss became {float(loss)} (batch {batch + 1} of {self.params.get('steps')} in round "
-                       f"{self._round})")
+        if loss is not None and not math.isfinite(float(loss)):  # (batch: from 0, among the round's micro-batches)
+            which = f"batch {batch + 1}" if batch == self._first else f"batches {self._first + 1}-{batch + 1}"
+            self._stop(f"the loss became {float(loss)} ({which} of {self.params.get('steps')} in round {self._round})")
 
     def on_epoch_end(self, epoch, logs=None):
         if round_went_bad(logs, self.model):
