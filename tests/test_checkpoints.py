@@ -773,6 +773,12 @@ def test_a_dangling_weights_link_is_said_not_passed_over_for_another_file(saved_
     with pytest.raises(FileNotFoundError, match=f"model.safetensors is a link to {tmp_path}/gone.safetensors, which "
                                                 "is not there"):
         GPT2.from_pretrained(saved_tiny)
+    os.rename(saved_tiny / "config.json", tmp_path / "config.json")  # a config.json that is a link to nothing
+    os.symlink(tmp_path / "unmounted" / "config.json", saved_tiny / "config.json")  # (was: "not a checkpoint")
+    with pytest.raises(FileNotFoundError, match=f"config.json is a link to {tmp_path}/unmounted/config.json, which "
+                                                "is not there"):
+        GPT2.from_pretrained(saved_tiny)
+    os.replace(tmp_path / "config.json", saved_tiny / "config.json")
     os.remove(saved_tiny / "model.safetensors")  # an index that is a link to nothing, beside the file it indexed
     os.replace(tmp_path / "moved.safetensors", saved_tiny / "model.safetensors")
     os.symlink(tmp_path / "gone.json", saved_tiny / "model.safetensors.index.json")

@@ -710,6 +710,8 @@ def load_pretrained(model_class: type, source: Any, revision: str | None = None,
         raise FileNotFoundError(f"no checkpoint at {path}, and it is not a Hugging Face repo name")
     if os.path.isfile(path):
         return _load_keras_file(model_class, path, overrides)
+    for name in ("config.json", "hparams.json"):  # (taken for none: "is not a checkpoint")
+        refuse_dangling_link(os.path.join(path, name))
     if os.path.exists(os.path.join(path, "hparams.json")) and os.path.exists(os.path.join(path, "config.json")):
         raise ValueError(f"{path} holds two checkpoints, OpenAI's (hparams.json, model.ckpt.*) and config.json: "
                          "it is not clear which is the model; remove one")
