@@ -210,9 +210,9 @@ def test_pickled_weights_without_torch_are_refused_before_they_download(repos, t
         env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "cache"), "HF_ENDPOINT": endpoint, "HF_HUB_OFFLINE": "0",
                "HF_HUB_DISABLE_TELEMETRY": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
         run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
-    assert run.stdout.strip() == ("Hugging Face repo 'org/sharded-bin' has no safetensors weights: its pickled ones "
-                                  "(pytorch_model.bin or its shards) need torch to be read (pip install "
-                                  "'tf_gpt2[torch]')"), run.stderr[-2000:]
+    assert run.stdout.strip() == ("Hugging Face repo 'org/sharded-bin' has no model.safetensors (nor its shards): its "
+                                  "pickled weights (pytorch_model.bin or its shards) need torch to be read (pip "
+                                  "install 'tf_gpt2[torch]')"), run.stderr[-2000:]
     assert not [line for line in log if line.startswith("GET") and line.endswith(".bin")], log
 
 

@@ -146,8 +146,9 @@ def download(repo_id: str, revision: str | None = None,
                                              ignore_patterns=["*/*"])
             elif _matching(os.listdir(snapshot), PICKLED) or not offline and _matching(
                     _repo_files(repo_id, revision), PICKLED):  # said before gigabytes it cannot read
-                raise ImportError(f"{where} has no safetensors weights: its pickled ones (pytorch_model.bin or its "
-                                  "shards) need torch to be read (pip install 'tf_gpt2[torch]')")
+                raise ImportError(f"{where} has no model.safetensors (nor its shards): its pickled weights "
+                                  "(pytorch_model.bin or its shards) need torch to be read (pip install "
+                                  "'tf_gpt2[torch]')")
         if not _matching(os.listdir(snapshot), MODEL_SAFETENSORS + PICKLED):  # (a cache holding its config.json alone)
             held = ", ".join(sorted(os.listdir(snapshot)))
             raise FileNotFoundError(
