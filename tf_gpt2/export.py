@@ -18,9 +18,9 @@ fail the request, nor the others TF Serving's batcher merged it with: its `error
 its ids are padding and its text and logits empty or 0; every other row answers as it would alone (`error` "").
 What cannot be split by rows fails the request: a missing input, a wrong dtype, a setting with neither one value
 nor one per row (the batcher refuses such a request on its own).
-The tokenizer is in the graph (`tf_gpt2.graph_tokenizer`: GPT-2's BPE exactly as `GPT2Tokenizer`, or a character
-model's own characters); its ops come from tensorflow-text: `import tensorflow_text` before `tf.saved_model.load`
-outside TF Serving.
+The tokenizer is in the graph (`tf_gpt2.graph_tokenizer`: GPT-2's BPE as `GPT2Tokenizer`, but for a contraction after
+a letter Unicode 15.1 or 16.0 added; or a character model's own characters); its ops come from tensorflow-text:
+`import tensorflow_text` before `tf.saved_model.load` outside TF Serving.
 Phones and other devices: see `tf_gpt2.litert`.
 """
 

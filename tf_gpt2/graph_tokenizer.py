@@ -1,10 +1,12 @@
 """Tokenizers that run inside a TensorFlow graph, for the SavedModel's text signature.
 
-`BytePairGraphTokenizer` gives exactly `GPT2Tokenizer().encode` (tiktoken's "gpt2"): the same pre-tokenizer
-(GPT-2's regex, written for RE2, which has no lookahead), the same merge order (the leftmost pair whose merged
-bytes have the lowest rank, one pair at a time, a word that is itself a token taken whole) and `<|endoftext|>` as
-id 50256. It holds only constant tables: serving text leaves no state behind, so memory stays flat however many
-distinct words arrive. `CharacterGraphTokenizer` does the same for a character model's vocabulary.
+`BytePairGraphTokenizer` gives `GPT2Tokenizer().encode` (tiktoken's "gpt2"): the same pre-tokenizer (GPT-2's
+regex, written for RE2, which has no lookahead; RE2's Unicode tables, older than tiktoken's, read the letters and
+digits Unicode 15.1 and 16.0 added as symbols, so that a contraction after one splits otherwise), the same merge
+order (the leftmost pair whose merged bytes have the lowest rank, one pair at a time, a word that is itself a token
+taken whole) and `<|endoftext|>` as id 50256. It holds only constant tables: serving text leaves no state behind, so
+memory stays flat however many distinct words arrive. `CharacterGraphTokenizer` does the same for a character model's
+vocabulary.
 
 Both map a batch of strings [batch] to `(ids, error)`: a ragged int32 [batch, (tokens)] and a string [batch]
 that is empty for a row that tokenized and names the problem otherwise; `detokenize` maps ragged ids to text.
