@@ -245,9 +245,11 @@ def test_bad_export_arguments_fail_clearly_and_write_nothing(model, tmp_path, ca
                              "prefill length 13 is a prime above 10, which LiteRT-LM takes for a placeholder"),
                             (dict(cache_length=37, prefill_lengths=(8,)),
                              "cache_length 37 is a prime above 10, which LiteRT-LM takes for a placeholder"),
-                            (dict(cache_length=16, prefill_lengths=(15,)),
-                             r"leaves LiteRT-LM 2 token\(s\)"),
-                            (dict(cache_length=2), r"cache_length 2 with prefill length 1 leaves LiteRT-LM 2")):
+                            (dict(cache_length=16, prefill_lengths=(15,)),  # (17 is a placeholder: 18)
+                             r"leaves LiteRT-LM 2 token\(s\) .*; use a cache_length of 18 or more, or prefill "
+                             "lengths of at most 14$"),
+                            (dict(cache_length=2), r"cache_length 2 with prefill length 1 leaves LiteRT-LM 2 .* use a "
+                                                   "cache_length of 3 or more$")):  # (its prefill length is 1 already)
         with pytest.raises(ValueError, match=message):
             export_litertlm(model, str(out), **kwargs)
     for config, kind in ((dict(vocab_size=65), "fewer ids than GPT-2's"),

@@ -68,9 +68,13 @@ def _check_litert_lm_options(cache_length: int, prefill_lengths: tuple[int, ...]
                          f"{placeholders[0] + 1}")
     budget = cache_length - (max(prefill_lengths) - 1)
     if budget < 3:
+        enough = max(prefill_lengths) + 2
+        while _is_litert_lm_placeholder(enough):
+            enough += 1
+        shorter = f", or prefill lengths of at most {cache_length - 2}" if cache_length > 2 else ""
         raise ValueError(f"cache_length {cache_length} with prefill length {max(prefill_lengths)} leaves LiteRT-LM "
                          f"{budget} token(s) (cache_length - (largest prefill length - 1)): its start token, one "
-                         "prompt token and one new token need 3; lower the prefill lengths or raise cache_length")
+                         f"prompt token and one new token need 3; use a cache_length of {enough} or more{shorter}")
     return budget
 
 
