@@ -769,7 +769,8 @@ def test_a_checkpoint_restores_the_optimizers_own_count_of_micro_batches(tmp_pat
 
 def test_a_warmup_longer_than_the_run_is_shortened_and_said_where_given(char_data, tmp_path, capsys):
     """The warmup ends before the last step (else the run never leaves it): 10 steps of warmup in a run of 3 are 2,
-    and `tf-gpt2 train --warmup-steps 10` says so; its default (100) is shortened without a word."""
+    and `tf-gpt2 train --warmup-steps 10` says so; its default (100) too (it was shortened without a word: a short
+    fine-tune rose the whole run and never decayed)."""
     import keras
 
     _, history = train(config(tmp_path / "api", char_data, steps=3, eval_interval=3, warmup_steps=10,
@@ -777,11 +778,13 @@ def test_a_warmup_longer_than_the_run_is_shortened_and_said_where_given(char_dat
     reference = keras.optimizers.schedules.CosineDecay(0.0, 1, alpha=0.1, warmup_target=1e-3, warmup_steps=2)
     assert history["learning_rate"] == pytest.approx([float(reference(3))])
     capsys.readouterr()
-    for given, said in ((["--warmup-steps", "10"], True), ([], False)):  # said before the run starts (here: fails)
+    for given, said in ((["--warmup-steps", "10"], "10"), ([], "100 (its default)"), (["--steps", "101"], None)):
         assert cli_main(["train", "--data", str(tmp_path / "missing.txt"), "--out", str(tmp_path / "cli"),
-                         "--steps", "2", *given]) == 2
+                         "--steps", "2", *given]) == 2  # said before the run starts (here: fails)
         err = capsys.readouterr().err
-        assert ("note: the learning rate warms up over 1 steps, not --warmup-steps 10" in err) == said, err
+        note = (f"note: the learning rate warms up over 1 steps, not --warmup-steps {said}: the warmup ends before "
+                "--steps 2, the last step at --learning-rate, with no cosine decay\n")
+        assert (note in err) == (said is not None), err
         assert "no data file matches" in err
 
 

@@ -206,9 +206,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     flags = {name: getattr(args, name) for name in TRAIN_FLAGS if getattr(args, name) is not None
              or name not in UNSET_BY_DEFAULT}
     cfg = TrainConfig(out=args.out, model=overrides, jit_compile=not args.no_xla, **flags)
-    if args.warmup_steps is not None and args.warmup_steps > cfg.steps - 1 and process_index() == 0:
+    if cfg.warmup_steps > cfg.steps - 1 and process_index() == 0:  # (the default's too: a short fine-tune)
+        given = "" if args.warmup_steps is not None else " (its default)"
         print(f"note: the learning rate warms up over {cfg.steps - 1} steps, not --warmup-steps "
-              f"{cfg.warmup_steps}: the warmup ends before --steps {cfg.steps}", file=sys.stderr)
+              f"{cfg.warmup_steps}{given}: the warmup ends before --steps {cfg.steps}, the last step at "
+              "--learning-rate, with no cosine decay", file=sys.stderr)
     train(cfg)  # (and writes OUT/model.keras)
     return 0
 
