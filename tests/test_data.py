@@ -424,6 +424,17 @@ def test_a_dataset_or_run_written_into_a_folder_of_texts_says_that_its_texts_are
     with pytest.warns(UserWarning, match=rf"{tmp_path}/notes holds texts \(todo.txt\): a training run written"):
         with pytest.raises(FileNotFoundError):  # (failed after the warning, before any training)
             train(TrainConfig(out=str(tmp_path / "notes"), data=str(tmp_path / "missing.txt")))
+    # A checkpoint saved there (`tf-gpt2 convert`, `save_pretrained`) and an export too (they said nothing)
+    from tf_gpt2 import GPT2, GPT2Config
+    from tf_gpt2.export import export_saved_model
+
+    model = GPT2(GPT2Config(vocab_size=3, n_positions=8, n_embd=8, n_layer=1, n_head=1, characters=["a", "b", "c"]))
+    for what, save in (("a checkpoint", model.save_pretrained), ("an export", lambda out: export_saved_model(
+            model, str(out), max_new_tokens_limit=2))):
+        (tmp_path / what).mkdir()
+        (tmp_path / what / "todo.txt").write_text("try a larger model\n")
+        with pytest.warns(UserWarning, match=rf"{tmp_path / what} holds texts \(todo.txt\): {what} written there"):
+            save(tmp_path / what)
 
 
 def test_a_folder_follows_its_links_once_and_names_what_it_does_not_read(corpus, tmp_path):

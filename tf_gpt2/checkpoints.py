@@ -29,6 +29,7 @@ import keras
 import numpy as np
 
 from tf_gpt2.config import DROPOUTS, GPT2Config, is_rate, with_overrides
+from tf_gpt2.data import warn_of_a_folder_of_texts
 from tf_gpt2.devices import host_array
 from tf_gpt2.files import json_writer, read_json, refuse_dangling_link, write_together
 from tf_gpt2.formats import KERAS_HUB_GPT2
@@ -415,6 +416,7 @@ def save_hf(model: keras.Model, directory: str | os.PathLike) -> None:
         raise ValueError(f"weight '{name}' contains NaN or infinite values: saving it to {directory} would write a "
                          "checkpoint that does not load; nothing was written")
     _refuse_replacing_another_config(os.path.join(directory, "config.json"))
+    warn_of_a_folder_of_texts(directory, "a checkpoint")
     os.makedirs(directory, exist_ok=True)
     cfg = model.config
     activation = {"gelu_tanh": "gelu_new"}.get(cfg.activation, cfg.activation)

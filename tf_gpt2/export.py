@@ -34,6 +34,7 @@ import keras
 import tensorflow as tf
 
 from tf_gpt2.checks import is_integer, require_tensorflow
+from tf_gpt2.data import warn_of_a_folder_of_texts
 from tf_gpt2.files import atomic_write, bytes_writer, exclusive
 from tf_gpt2.generation import (
     Prompt,
@@ -382,6 +383,7 @@ def export_saved_model(model: GPT2, base_dir: str, version: int | None = None,
         if dtype not in SERVED_DTYPES:
             raise ValueError(f"dtype must be one of {SERVED_DTYPES}, got {dtype!r}")
         model = model.with_dtype(dtype)
+    warn_of_a_folder_of_texts(base_dir, "an export")
     module = _Serving(model, max_new_tokens_limit, max_text_bytes, max_word_bytes, xla)
     if module.tokenizer is None:
         warnings.warn(f"a model of {model.config.vocab_size} tokens without its characters has no tokenizer: its "
