@@ -142,10 +142,26 @@ def test_corrupt_or_missing_shards(corpus, tmp_path):
 
 
 def test_prepare_cli_writes_a_manifest_and_reports_the_splits(corpus, tmp_path, capsys):
-    assert cli_main(["prepare", str(corpus / "a.txt"), "--out", str(tmp_path / "p"), "--vocab", "char"]) == 0
+    """...and says where a dataset replaced an earlier one (it did so without a word, as convert and export do not);
+    a run's or a checkpoint's folder is refused (the dataset's files mixed into it)."""
+    from tf_gpt2 import GPT2, GPT2Config
+
+    command = ["prepare", str(corpus / "a.txt"), "--out", str(tmp_path / "p"), "--vocab", "char"]
+    assert cli_main(command) == 0
     printed = capsys.readouterr().out
     assert "train:" in printed and not {"\r", "\b", "\x1b"} & set(printed), printed  # a file: no bar redrawn in it
-    assert os.path.exists(tmp_path / "p" / "manifest.json")
+    assert f"\nwrote {tmp_path / 'p'}\ntrain:" in printed and os.path.exists(tmp_path / "p" / "manifest.json")
+    assert cli_main(command) == 0
+    assert f"\nreplaced the earlier dataset in {tmp_path / 'p'}\ntrain:" in capsys.readouterr().out
+    GPT2(GPT2Config(vocab_size=40, n_positions=8, n_embd=8, n_layer=1, n_head=1)).save_pretrained(tmp_path / "hf")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "run.json").write_text('{"settings": {}}')
+    for out, kind in (("hf", "a checkpoint or an export"), ("run", "a training run")):
+        assert cli_main(["prepare", str(corpus / "a.txt"), "--out", str(tmp_path / out)]) == 2
+        assert capsys.readouterr().err.strip() == (f"tf-gpt2 prepare: error: {tmp_path / out} is the folder of {kind}: "
+                                                   "a dataset written there would mix its files with those; give the "
+                                                   "dataset a folder of its own")
+    assert sorted(os.listdir(tmp_path / "run")) == ["run.json"]
 
 
 def _dataset_state(directory):

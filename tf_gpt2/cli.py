@@ -102,7 +102,9 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     from tf_gpt2.data import embedded_corpus, prepare
 
     refuse_writing_over_inputs(args.out, *(args.inputs or []))
+    replaced = os.path.exists(os.path.join(args.out, "manifest.json"))  # (said, as convert and export say theirs)
     manifest = prepare(args.inputs or embedded_corpus(), args.out, val_fraction=args.val_fraction, vocab=args.vocab)
+    print(f"{'replaced the earlier dataset in' if replaced else 'wrote'} {args.out}")
     for split, shards in manifest["splits"].items():
         print(f"{split}: {sum(s['tokens'] for s in shards):,} tokens in {len(shards)} shard(s)")
     return 0

@@ -691,6 +691,10 @@ def prepare(inputs: str | Sequence[str], out_dir: str, val_fraction: float = 0.1
     if inside := [f for f in files if os.path.realpath(f).startswith(os.path.join(os.path.realpath(out_dir), ""))]:
         raise ValueError(f"{out_dir} holds {inside[0]}, a text it would read: a dataset written there makes that "
                          "folder a dataset, whose texts are not read as text again; give the output another folder")
+    if not os.path.exists(os.path.join(out_dir, MANIFEST)) and os.path.isdir(out_dir) and _is_output(out_dir):
+        kind = "a training run" if os.path.exists(os.path.join(out_dir, RUN_RECORD)) else "a checkpoint or an export"
+        raise ValueError(f"{out_dir} is the folder of {kind}: a dataset written there would mix its files with those; "
+                         "give the dataset a folder of its own")
     warn_of_a_folder_of_texts(out_dir, "a dataset")
     total = sum(_text_size(f) for f in files)
     if total == 0:
