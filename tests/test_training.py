@@ -566,10 +566,9 @@ def test_a_refused_resume_leaves_the_run_as_it_was_and_a_finished_one_says_so(tm
     with pytest.raises(ValueError, match=r"other settings \(data: '.*a.txt' -> '.*b.txt'; the texts of --data \("):
         train(config(run, str(tmp_path / "b.txt"), steps=4, eval_interval=4, vocab="char"))
     (tmp_path / "a.txt").write_text(TEXT.lower())  # edited where it lies
-    with pytest.raises(ValueError, match=r"other settings \(the texts of --data \(their contents or order changed "
-                                         r"since the run's dataset was made\)\)"):
+    with pytest.raises(ValueError, match=rf"other settings \(the texts of --data \(edited: {tmp_path / 'a.txt'}\)\)"):
         train(config(run, str(tmp_path / "a.txt"), steps=4, eval_interval=4, vocab="char"))
-    with pytest.raises(ValueError, match=r"other settings \(steps: 4 -> 8; the texts of --data \(their contents"):
+    with pytest.raises(ValueError, match=r"other settings \(steps: 4 -> 8; the texts of --data \(edited: "):
         train(config(run, str(tmp_path / "a.txt"), steps=8, eval_interval=4, vocab="char"))  # (it named steps only)
     (tmp_path / "a.txt").write_text(TEXT)
     with pytest.raises(ValueError, match=r"other settings \(vocab: 'char' -> 'gpt2'\)\. "):  # the texts are the same
@@ -839,7 +838,7 @@ def test_steps_counts_optimizer_updates_whatever_the_interval(char_data, tmp_pat
     assert restore_checkpoint(model, str(out / CHECKPOINT)) == 10
 
 
-def test_texts_read_in_another_order_are_other_data_to_a_resumed_run(tmp_path):
+def test_texts_read_in_another_order_are_other_data_to_a_resumed_run(tmp_path, capsys):
     """Files are read in the order of their paths, which makes the token stream and the validation split: a text
     renamed past another was taken as the same texts (the digests were compared as sets), tokenized again over the
     run's dataset, and its training text landed in the validation split. It is other text, refused before the
@@ -851,12 +850,17 @@ def test_texts_read_in_another_order_are_other_data_to_a_resumed_run(tmp_path):
     train(cfg)
     manifest = (tmp_path / "run" / "data" / MANIFEST).read_bytes()
     os.rename(tmp_path / "texts" / "a.txt", tmp_path / "texts" / "c.txt")
-    with pytest.raises(ValueError, match=r"other settings \(the texts of --data \(their contents or order changed "
-                                         r"since the run's dataset was made\)\)"):
+    texts = tmp_path / "texts"
+    with pytest.raises(ValueError, match=rf"other settings \(the texts of --data \(added: {texts / 'c.txt'}; gone: "
+                                         rf"{texts / 'a.txt'}\)\)"):  # (was: "their contents or order changed")
         train(cfg)
-    with pytest.raises(ValueError, match=r"steps: 2 -> 4; the texts of --data \(their contents or order changed"):
+    with pytest.raises(ValueError, match=r"steps: 2 -> 4; the texts of --data \(added: "):
         train(dataclasses.replace(cfg, steps=4))
     assert (tmp_path / "run" / "data" / MANIFEST).read_bytes() == manifest
+    capsys.readouterr()
+    train(dataclasses.replace(cfg, steps=4, resume_with_changes=True))  # said by file (was: "its manifest differs")
+    assert (f"note: resuming with changes: steps: 2 -> 4; the texts of --data (added: {texts / 'c.txt'}; gone: "
+            f"{texts / 'a.txt'})\n") in capsys.readouterr().err
 
 
 def test_raw_text_edited_since_it_was_tokenized_is_tokenized_again(tmp_path):
@@ -873,8 +877,7 @@ def test_raw_text_edited_since_it_was_tokenized_is_tokenized_again(tmp_path):
     os.remove(tmp_path / "run" / "data" / shard)  # the run's own tokens lost: made again from its text
     assert train(cfg)[1] == {} and (tmp_path / "run" / "data" / MANIFEST).exists()
     text.write_text(TEXT.upper() * 2)
-    with pytest.raises(ValueError, match=r"the texts of --data \(their contents or order changed since the run's "
-                                         r"dataset was made\)"):
+    with pytest.raises(ValueError, match=rf"the texts of --data \(edited: {text}\)"):
         train(cfg)
     chars = lambda: json.loads((tmp_path / "run" / "data" / "manifest.json").read_text())["chars"]  # noqa: E731
     assert "e" in chars()  # the run's tokens, as they were

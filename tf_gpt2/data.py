@@ -291,11 +291,20 @@ def shards_whole(directory: str, manifest: dict) -> bool:
         return False
 
 
-def same_texts(manifest: dict, files: Sequence[str], vocab: str) -> bool:
-    """Whether `files` hold the texts a dataset was made from, in `vocab`, in the same order (which makes the token
-    stream and what the validation split holds), wherever they lie now: contents compared."""
-    digests = [stamp[2] for stamp in manifest.get("source_stamps", {}).values()]  # (in the order they were read)
-    return manifest.get("vocab") == vocab and digests == [_sha256(path) for path in files]
+def texts_changed(manifest: dict, files: Sequence[str], vocab: str) -> str:
+    """How `files` differ from the texts a dataset was made from, in `vocab`, in the same order (which makes the token
+    stream and what the validation split holds), wherever they lie now (contents compared), in words: "" where they
+    do not."""
+    if manifest.get("vocab") != vocab:
+        return f"tokenized with --vocab {manifest.get('vocab')}, now {vocab}"
+    before = {path: stamp[2] for path, stamp in manifest.get("source_stamps", {}).items()}  # (in the order read)
+    now = {os.path.abspath(path): _sha256(path) for path in files}
+    if list(before.values()) == list(now.values()):
+        return ""
+    said = [f"{what} {', '.join(paths[:3])}{', ...' * (len(paths) > 3)}" for what, paths in (
+        ("edited:", [p for p in now if p in before and now[p] != before[p]]),
+        ("added:", [p for p in now if p not in before]), ("gone:", [p for p in before if p not in now])) if paths]
+    return "; ".join(said) or "the same texts, read in another order"
 
 
 def data_digest(manifest: bytes) -> str:

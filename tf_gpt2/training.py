@@ -44,8 +44,8 @@ from tf_gpt2.data import (
     made_from,
     prepare,
     resolve_inputs,
-    same_texts,
     shards_whole,
+    texts_changed,
     warn_of_a_folder_of_texts,
 )
 from tf_gpt2.devices import Placement, host_array, place_run, process_index, tensorflow
@@ -613,8 +613,8 @@ def _data_before_tokenizing(cfg: TrainConfig, files: Sequence[str] | None) -> di
     manifest = os.path.join(cfg.out, "data", MANIFEST)
     made = read_json(manifest) if os.path.exists(manifest) else None
     vocab = made and made.get("vocab")  # (the texts in the dataset's own vocabulary: --vocab is a setting of its own)
-    changed = made is not None and not made_from(made, files, vocab) and not same_texts(made, files, vocab)
-    return {"texts_changed": True} if changed else {}
+    said = "" if made is None or made_from(made, files, vocab) else texts_changed(made, files, vocab)
+    return {"texts_changed": said} if said else {}
 
 
 def prepared_data(cfg: TrainConfig, characters: Sequence[str] | None = None,
@@ -639,11 +639,11 @@ def prepared_data(cfg: TrainConfig, characters: Sequence[str] | None = None,
     if made is None or other_table or not made_from(made, files, cfg.vocab) or not shards_whole(directory, made):
         # other or edited text, or its tokens lost, or read in other characters: made again, but not over the tokens
         # of a run's checkpoint from other text
-        if checkpointed and not cfg.resume_with_changes and not same_texts(made, files, cfg.vocab):
+        if checkpointed and not cfg.resume_with_changes and (said := texts_changed(made, files, cfg.vocab)):
             raise ValueError(f"{cfg.out} holds a checkpoint of a run on other text: the texts of --data changed since "
-                             f"its dataset ({directory}) was made (their contents, or their order: files are read in "
-                             "the order of their paths, which makes the validation split). Use another --out for a "
-                             "new run, or --resume-with-changes to continue this one on the texts as they are now")
+                             f"its dataset ({directory}) was made ({said}; their order makes the validation split). "
+                             "Use another --out for a new run, or --resume-with-changes to continue this one on the "
+                             "texts as they are now")
         unknown = set(char_vocabulary(files)) - set(characters) if characters is not None else set()
         if unknown and runs_own:
             raise ValueError(f"the texts of --data now hold characters the run's model in {cfg.out} has no id for: "
@@ -866,10 +866,10 @@ def _changes(cfg: TrainConfig, before: dict[str, Any], identity: dict[str, Any])
         moot.add("model")
     changed = [change(k, before["settings"].get(k), v) for k, v in identity["settings"].items()
                if k not in moot and not _same_setting(k, before["settings"].get(k), v, before)]
-    if "data_sha256" in identity and before.get("data_sha256") != identity["data_sha256"]:
+    if identity.get("texts_changed"):  # (the raw texts the dataset is made from again: said by file)
+        changed.append(f"the texts of --data ({identity['texts_changed']})")
+    elif "data_sha256" in identity and before.get("data_sha256") != identity["data_sha256"]:
         changed.append("the dataset (its manifest differs)")
-    if identity.get("texts_changed"):
-        changed.append("the texts of --data (their contents or order changed since the run's dataset was made)")
     if before.get("backend", keras.backend.backend()) != keras.backend.backend():  # (older records have none)
         changed.append(f"backend: {before['backend']!r} -> {keras.backend.backend()!r} (KERAS_BACKEND)")
     if "xla" in identity and before.get("xla", identity["xla"]) != identity["xla"]:  # (recorded where it matters)
@@ -967,8 +967,10 @@ def _train(cfg: TrainConfig, placement: Placement) -> tuple[GPT2, dict[str, list
     on_tensorflow = keras.backend.backend() == "tensorflow"
     xla = {"xla": jit_compile} if on_tensorflow and any(map(config.dropout_rate, DROPOUTS)) else {}
     files = None if _is_prepared(cfg.data) else _raw_texts(cfg)
+    texts = {}  # how the raw texts changed since the run's dataset was made, to say (not recorded)
     if os.path.exists(os.path.join(cfg.out, CHECKPOINT)):  # other settings or data: refused before the text is
-        check_resume(cfg, {"settings": run_settings(cfg), **xla, **_data_before_tokenizing(cfg, files)})  # tokenized
+        texts = _data_before_tokenizing(cfg, files)  # tokenized again
+        check_resume(cfg, {"settings": run_settings(cfg), **xla, **texts})
     data_dir = prepared_data(cfg, source and source.config.characters, files)
     train_data, val_data = TokenShards(data_dir, "train"), TokenShards(data_dir, "val")
     train_data.check_block(cfg.block_size, cfg.batch_size)
@@ -979,7 +981,7 @@ def _train(cfg: TrainConfig, placement: Placement) -> tuple[GPT2, dict[str, list
     with placement.scope():
         model = build_model(cfg, train_data.manifest, placement, source)  # bad settings fail here, before any write
         if os.path.exists(checkpoint):
-            check_resume(cfg, identity, say=True)
+            check_resume(cfg, {**identity, **texts}, say=True)
         optimizer = make_optimizer(model, cfg)
         gradient_norm = clip_by_global_norm(optimizer, cfg.grad_clip) if on_tensorflow else None  # (make_optimizer)
         if model.dtype_policy.compute_dtype == "float16":
