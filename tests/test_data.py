@@ -1,5 +1,6 @@
 import json
 import os
+import shutil
 import warnings
 
 import numpy as np
@@ -156,7 +157,10 @@ def test_prepare_cli_writes_a_manifest_and_reports_the_splits(corpus, tmp_path, 
     GPT2(GPT2Config(vocab_size=40, n_positions=8, n_embd=8, n_layer=1, n_head=1)).save_pretrained(tmp_path / "hf")
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "run.json").write_text('{"settings": {}}')
-    for out, kind in (("hf", "a checkpoint or an export"), ("run", "a training run")):
+    for out, kind in (("hf", "a checkpoint or an export"), ("run", "a training run"), ("mixed", "a training run")):
+        if out == "mixed":  # a run an earlier prepare wrote a dataset into: refused all the same
+            shutil.copytree(tmp_path / "p", tmp_path / "mixed")
+            shutil.copy(tmp_path / "run" / "run.json", tmp_path / "mixed")
         assert cli_main(["prepare", str(corpus / "a.txt"), "--out", str(tmp_path / out)]) == 2
         assert capsys.readouterr().err.strip() == (f"tf-gpt2 prepare: error: {tmp_path / out} is the folder of {kind}: "
                                                    "a dataset written there would mix its files with those; give the "

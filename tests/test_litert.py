@@ -249,7 +249,11 @@ def test_bad_export_arguments_fail_clearly_and_write_nothing(model, tmp_path, ca
                              r"leaves LiteRT-LM 2 token\(s\) .*; use a cache_length of 18 or more, or prefill "
                              "lengths of at most 14$"),
                             (dict(cache_length=2), r"cache_length 2 with prefill length 1 leaves LiteRT-LM 2 .* use a "
-                                                   "cache_length of 3 or more$")):  # (its prefill length is 1 already)
+                                                   "cache_length of 3 or more$"),  # (its prefill length is 1 already)
+                            (dict(cache_length=64, prefill_lengths=(63,)),  # (a cache past the model's 64: refused)
+                             r"leaves LiteRT-LM 2 token\(s\) .*; use prefill lengths of at most 62$"),
+                            (dict(cache_length=21, prefill_lengths=(20,)),  # (19 is a placeholder)
+                             r"use a cache_length of 22 or more, or prefill lengths of at most 18$")):
         with pytest.raises(ValueError, match=message):
             export_litertlm(model, str(out), **kwargs)
     for config, kind in ((dict(vocab_size=65), "fewer ids than GPT-2's"),

@@ -777,12 +777,16 @@ def test_a_warmup_longer_than_the_run_is_shortened_and_said_where_given(char_dat
     reference = keras.optimizers.schedules.CosineDecay(0.0, 1, alpha=0.1, warmup_target=1e-3, warmup_steps=2)
     assert history["learning_rate"] == pytest.approx([float(reference(3))])
     capsys.readouterr()
-    for given, said in ((["--warmup-steps", "10"], "10"), ([], "100 (its default)"), (["--steps", "101"], None)):
+    for given, said in ((["--warmup-steps", "10"], "1 steps, not --warmup-steps 10: "),
+                        ([], "1 steps, not --warmup-steps 100, its default: "),
+                        (["--steps", "101"], "100 steps (--warmup-steps 100, its default): "),  # (its last at the peak)
+                        (["--steps", "102"], None)):
         assert cli_main(["train", "--data", str(tmp_path / "missing.txt"), "--out", str(tmp_path / "cli"),
                          "--steps", "2", *given]) == 2  # said before the run starts (here: fails)
         err = capsys.readouterr().err
-        note = (f"note: the learning rate warms up over 1 steps, not --warmup-steps {said}: the warmup ends before "
-                "--steps 2, the last step at --learning-rate, with no cosine decay\n")
+        steps = given[1] if given[:1] == ["--steps"] else "2"
+        note = (f"note: the learning rate warms up over {said}the run's last step is at --learning-rate, with no "
+                f"cosine decay (--steps {steps})\n")
         assert (note in err) == (said is not None), err
         assert "no data file matches" in err
 
@@ -861,6 +865,13 @@ def test_texts_read_in_another_order_are_other_data_to_a_resumed_run(tmp_path, c
     train(dataclasses.replace(cfg, steps=4, resume_with_changes=True))  # said by file (was: "its manifest differs")
     assert (f"note: resuming with changes: steps: 2 -> 4; the texts of --data (added: {texts / 'c.txt'}; gone: "
             f"{texts / 'a.txt'})\n") in capsys.readouterr().err
+    made = json.loads((tmp_path / "run" / "data" / MANIFEST).read_text())
+    for stamps in ({}, {"source_stamps": [[1, 2, "0"]]}):  # an earlier tf_gpt2's dataset: none kept, or a list (it
+        old = {**{k: v for k, v in made.items() if k != "source_stamps"}, **stamps}  # failed: "unhashable type")
+        (tmp_path / "run" / "data" / MANIFEST).write_text(json.dumps(old))
+        with pytest.raises(ValueError, match=r"\(the texts of --data \(its dataset, made by an earlier tf_gpt2, does "
+                                             r"not record its texts\)\)"):
+            train(dataclasses.replace(cfg, steps=4))
 
 
 def test_raw_text_edited_since_it_was_tokenized_is_tokenized_again(tmp_path):

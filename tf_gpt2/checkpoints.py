@@ -416,7 +416,6 @@ def save_hf(model: keras.Model, directory: str | os.PathLike) -> None:
         raise ValueError(f"weight '{name}' contains NaN or infinite values: saving it to {directory} would write a "
                          "checkpoint that does not load; nothing was written")
     _refuse_replacing_another_config(os.path.join(directory, "config.json"))
-    warn_of_a_folder_of_texts(directory, "a checkpoint")
     os.makedirs(directory, exist_ok=True)
     cfg = model.config
     activation = {"gelu_tanh": "gelu_new"}.get(cfg.activation, cfg.activation)
@@ -448,6 +447,7 @@ def save_hf(model: keras.Model, directory: str | os.PathLike) -> None:
     stale = files_read_instead(directory, saved)  # before config.json changes
     replaced = [name for name in saved if os.path.lexists(os.path.join(directory, name))]
     _refuse_replacing_what_is_no_checkpoint(directory, replaced + stale)
+    warn_of_a_folder_of_texts(directory, "a checkpoint")  # (once it is written: not before a refusal)
     write_together(writes)
     for name in stale:
         path = os.path.join(directory, name)

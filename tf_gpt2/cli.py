@@ -122,8 +122,7 @@ TRAIN_FLAGS = {
     "block_size": "tokens per sequence",
     "learning_rate": "peak learning rate after warmup",
     "min_learning_rate": "learning rate at the end of the cosine (default: --learning-rate / 10)",
-    "warmup_steps": "linear warmup steps (default 100; at most --steps - 1: a longer one given is shortened, with a "
-                    "note)",
+    "warmup_steps": "linear warmup steps (default 100; at most --steps - 1: a longer one is shortened, with a note)",
     "weight_decay": "AdamW decay on weights of rank >= 2",
     "grad_clip": "global gradient-norm clip (0: off)",
     "grad_accum": "micro-batches of --batch-size accumulated per optimizer step (--steps counts steps)",
@@ -208,11 +207,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     flags = {name: getattr(args, name) for name in TRAIN_FLAGS if getattr(args, name) is not None
              or name not in UNSET_BY_DEFAULT}
     cfg = TrainConfig(out=args.out, model=overrides, jit_compile=not args.no_xla, **flags)
-    if cfg.warmup_steps > cfg.steps - 1 and process_index() == 0:  # (the default's too: a short fine-tune)
-        given = "" if args.warmup_steps is not None else " (its default)"
-        print(f"note: the learning rate warms up over {cfg.steps - 1} steps, not --warmup-steps "
-              f"{cfg.warmup_steps}{given}: the warmup ends before --steps {cfg.steps}, the last step at "
-              "--learning-rate, with no cosine decay", file=sys.stderr)
+    if cfg.warmup_steps >= cfg.steps - 1 and process_index() == 0:  # (the default's too: a short fine-tune)
+        flag = f"--warmup-steps {cfg.warmup_steps}" + (", its default" if args.warmup_steps is None else "")
+        how = f", not {flag}" if cfg.warmup_steps > cfg.steps - 1 else f" ({flag})"
+        print(f"note: the learning rate warms up over {cfg.steps - 1} steps{how}: the run's last step is at "
+              f"--learning-rate, with no cosine decay (--steps {cfg.steps})", file=sys.stderr)
     train(cfg)  # (and writes OUT/model.keras)
     return 0
 

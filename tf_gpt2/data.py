@@ -106,24 +106,29 @@ def warn_of_a_folder_of_texts(out: str, what: str) -> None:
                       "the output a folder of its own if they are to be read", stacklevel=3)
 
 
+def _holds(directory: str, marker: str, key: str) -> bool:
+    """Whether `directory`'s `marker` file is a JSON object with `key` (another program's is not ours)."""
+    path = os.path.join(directory, marker)
+    if not os.path.isfile(path):  # (nor a pipe, which would block)
+        return False
+    try:
+        with open(path, encoding="utf-8") as f:
+            value = json.load(f)
+    except (OSError, ValueError, RecursionError):  # unreadable, or not JSON: not ours
+        return False
+    return isinstance(value, dict) and key in value
+
+
+def _is_run(directory: str) -> bool:
+    """A training run's folder: its run.json holds settings."""
+    return _holds(directory, RUN_RECORD, "settings")
+
+
 def _is_output(directory: str) -> bool:
     """A folder of no training text (`OUTPUT_KINDS`): a prepared dataset (its manifest names splits), a training run
     (its record holds settings), a checkpoint or an export (`_holds_a_model`: their merges.txt or
     batching_parameters.txt is no text to learn). Another program's manifest.json or run.json does not make one."""
-    if _holds_a_model(directory):
-        return True
-    for marker, key in ((MANIFEST, "splits"), (RUN_RECORD, "settings")):
-        path = os.path.join(directory, marker)
-        if not os.path.isfile(path):  # (nor a pipe, which would block)
-            continue
-        try:
-            with open(path, encoding="utf-8") as f:
-                value = json.load(f)
-        except (OSError, ValueError, RecursionError):  # unreadable, or not JSON: not ours
-            continue
-        if isinstance(value, dict) and key in value:
-            return True
-    return False
+    return _holds_a_model(directory) or _holds(directory, MANIFEST, "splits") or _is_run(directory)
 
 
 def _refuse_unreadable(error: OSError) -> None:
@@ -273,8 +278,8 @@ def _warn_of_copies(stamps: dict[str, list]) -> None:
 
 def made_from(manifest: dict, files: Sequence[str], vocab: str) -> bool:
     """Whether a dataset is these files, as they are now (contents compared when size or time differ), in `vocab`."""
-    stamps = manifest.get("source_stamps", {})
-    if manifest.get("vocab") != vocab or set(stamps) != {os.path.abspath(f) for f in files}:
+    stamps = manifest.get("source_stamps")  # (an earlier tf_gpt2's dataset kept none, or a list)
+    if not isinstance(stamps, dict) or manifest.get("vocab") != vocab or set(stamps) != {*map(os.path.abspath, files)}:
         return False
     for path, (size, mtime, digest) in stamps.items():
         if not os.path.isfile(path) or _size_and_time(path) != [size, mtime] and _sha256(path) != digest:
@@ -297,7 +302,9 @@ def texts_changed(manifest: dict, files: Sequence[str], vocab: str) -> str:
     do not."""
     if manifest.get("vocab") != vocab:
         return f"tokenized with --vocab {manifest.get('vocab')}, now {vocab}"
-    before = {path: stamp[2] for path, stamp in manifest.get("source_stamps", {}).items()}  # (in the order read)
+    if not isinstance(manifest.get("source_stamps"), dict):
+        return "its dataset, made by an earlier tf_gpt2, does not record its texts"
+    before = {path: stamp[2] for path, stamp in manifest["source_stamps"].items()}  # (in the order read)
     now = {os.path.abspath(path): _sha256(path) for path in files}
     if list(before.values()) == list(now.values()):
         return ""
@@ -700,8 +707,8 @@ def prepare(inputs: str | Sequence[str], out_dir: str, val_fraction: float = 0.1
     if inside := [f for f in files if os.path.realpath(f).startswith(os.path.join(os.path.realpath(out_dir), ""))]:
         raise ValueError(f"{out_dir} holds {inside[0]}, a text it would read: a dataset written there makes that "
                          "folder a dataset, whose texts are not read as text again; give the output another folder")
-    if not os.path.exists(os.path.join(out_dir, MANIFEST)) and os.path.isdir(out_dir) and _is_output(out_dir):
-        kind = "a training run" if os.path.exists(os.path.join(out_dir, RUN_RECORD)) else "a checkpoint or an export"
+    if os.path.isdir(out_dir) and (kind := "a training run" if _is_run(out_dir) else
+                                   "a checkpoint or an export" if _holds_a_model(out_dir) else None):
         raise ValueError(f"{out_dir} is the folder of {kind}: a dataset written there would mix its files with those; "
                          "give the dataset a folder of its own")
     warn_of_a_folder_of_texts(out_dir, "a dataset")

@@ -55,8 +55,9 @@ def _is_litert_lm_placeholder(length: int) -> bool:
     return length > 10 and all(length % d for d in range(2, int(length**0.5) + 1))
 
 
-def _check_litert_lm_options(cache_length: int, prefill_lengths: tuple[int, ...]) -> int:
-    """The token budget of a `.litertlm` of these settings, refused where LiteRT-LM could not run a prompt."""
+def _check_litert_lm_options(cache_length: int, prefill_lengths: tuple[int, ...], n_positions: int) -> int:
+    """The token budget of a `.litertlm` of these settings (for a model of `n_positions`), refused where LiteRT-LM
+    could not run a prompt."""
     if _is_litert_lm_placeholder(cache_length):  # (the runtime shrank the cache to the token budget, and prefill
         # chunks padded past it then failed)
         raise ValueError(f"cache_length {cache_length} is a prime above 10, which LiteRT-LM takes for a placeholder "
@@ -68,13 +69,17 @@ def _check_litert_lm_options(cache_length: int, prefill_lengths: tuple[int, ...]
                          f"{placeholders[0] + 1}")
     budget = cache_length - (max(prefill_lengths) - 1)
     if budget < 3:
-        enough = max(prefill_lengths) + 2
+        enough, shorter = max(prefill_lengths) + 2, cache_length - 2  # (neither a placeholder)
         while _is_litert_lm_placeholder(enough):
             enough += 1
-        shorter = f", or prefill lengths of at most {cache_length - 2}" if cache_length > 2 else ""
+        while _is_litert_lm_placeholder(shorter):
+            shorter -= 1
+        remedies = [f"a cache_length of {enough} or more"] * (enough <= n_positions) + \
+            [f"prefill lengths of at most {shorter}"] * (shorter >= 1)
         raise ValueError(f"cache_length {cache_length} with prefill length {max(prefill_lengths)} leaves LiteRT-LM "
                          f"{budget} token(s) (cache_length - (largest prefill length - 1)): its start token, one "
-                         f"prompt token and one new token need 3; use a cache_length of {enough} or more{shorter}")
+                         "prompt token and one new token need 3; " + (f"use {', or '.join(remedies)}" if remedies else
+                         f"the model's {n_positions} positions cannot hold them"))
     return budget
 
 
@@ -232,7 +237,8 @@ def token_budget(model: GPT2, cache_length: int | None = None, prefill_lengths: 
     """The tokens a `.litertlm` of these settings holds in a conversation (LiteRT-LM's `max_num_tokens`): the cache
     less the largest prefill length but one, since a padded prefill chunk must still fit in the cache. Settings that
     `export_litertlm` refuses are refused here too."""
-    return _check_litert_lm_options(*_check_options(model, cache_length, prefill_lengths, QUANTIZATIONS[0]))
+    return _check_litert_lm_options(*_check_options(model, cache_length, prefill_lengths, QUANTIZATIONS[0]),
+                                    model.config.n_positions)
 
 
 def _llm_metadata(max_num_tokens: int) -> bytes:
@@ -274,7 +280,7 @@ def export_litertlm(model: GPT2, path: str, cache_length: int | None = None,
                          f"({kind}), which that tokenizer cannot read or write: export a plain .tflite (--format "
                          "tflite) and drive it with your own tokenizer")
     cache_length, prefill_lengths = _check_options(model, cache_length, prefill_lengths, quantize)
-    budget = _check_litert_lm_options(cache_length, prefill_lengths)
+    budget = _check_litert_lm_options(cache_length, prefill_lengths, model.config.n_positions)
     path = os.fspath(path)
     check_writable(path, "litertlm")
 
