@@ -366,7 +366,7 @@ def test_a_shard_damaged_after_it_was_prepared_fails_training_in_one_short_line(
     assert cli_main(["train", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "run"), "--preset",
                      "gpt2-tiny", "--n-layer", "1", "--n-positions", "16", "--steps", "2", "--eval-interval", "2",
                      "--batch-size", "2", "--block-size", "16", "--sample-tokens", "0", "--no-xla", "--warmup-steps",
-                     "1"]) == 2
+                     "0"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and len(err[0]) < 300, err
     assert err[0] == (f"tf-gpt2 train: error: shard {shard} holds token id 65535, outside the vocabulary of "
