@@ -99,10 +99,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
-    from tf_gpt2.data import embedded_corpus, prepare
+    from tf_gpt2.data import MANIFEST, embedded_corpus, prepare
 
     refuse_writing_over_inputs(args.out, *(args.inputs or []))
-    replaced = os.path.exists(os.path.join(args.out, "manifest.json"))  # (said, as convert and export say theirs)
+    replaced = os.path.exists(os.path.join(args.out, MANIFEST))  # (said, as convert and export say theirs)
     manifest = prepare(args.inputs or embedded_corpus(), args.out, val_fraction=args.val_fraction, vocab=args.vocab)
     print(f"{'replaced the earlier dataset in' if replaced else 'wrote'} {args.out}")
     for split, shards in manifest["splits"].items():
