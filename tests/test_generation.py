@@ -77,6 +77,23 @@ def test_top_k_one_is_greedy(model):
     assert model.generate([4, 5], max_new_tokens=8, temperature=1.3, top_k=1, seed=3, stop_ids=[]) == greedy
 
 
+def test_a_noise_draw_at_the_top_of_its_range_keeps_to_the_filters():
+    """At seed 1, step 69, column 34561 of a 50257-wide vocabulary the hash's top 24 bits are all ones, which in
+    float32 rounded to u = 1 and Gumbel noise of +inf: a top-k of 1 (and a temperature near 0) then drew that
+    column, about one sampled token in 330 with GPT-2's vocabulary."""
+    from tf_gpt2.generation import Sampling, _hash_uniform, sample_next
+
+    u = np.asarray(_hash_uniform(50257, np.array([1], np.int32), np.int32(69)))
+    assert u.max() == np.float32(1 - 2**-24) and u.argmax() == 34561 and u.min() > 0
+    logits = np.random.default_rng(0).normal(size=(2, 50257)).astype(np.float32)
+    one = lambda value, dtype: np.full(2, value, dtype)  # noqa: E731
+    sampling = Sampling(temperature=np.array([1.0, 1e-4], np.float32), top_k=np.array([1, 0], np.int32),
+                        top_p=one(1.0, np.float32), repetition_penalty=one(1.0, np.float32),
+                        seed=one(1, np.int32), max_new_tokens=one(1, np.int32), stop_ids=np.array([-1], np.int32),
+                        pad_id=np.int32(0), vocab_end=np.int32(50257))
+    assert np.asarray(sample_next(logits, sampling, np.int32(69))).tolist() == logits.argmax(-1).tolist()
+
+
 def test_stop_ids_end_generation(model):
     free = model.generate([4, 5], max_new_tokens=8, stop_ids=[])
     stopped = model.generate([4, 5], max_new_tokens=8, stop_ids=[free[2]])

@@ -40,7 +40,8 @@ def _hash_uniform(cols, seed, step):
         x = x * ops.cast(multiplier, "uint32")
     x = ops.bitwise_xor(x, ops.right_shift(x, ops.cast(16, "uint32")))
     top24 = ops.cast(ops.right_shift(x, ops.cast(8, "uint32")), "float32")
-    return (top24 + 0.5) / float(1 << 24)
+    # (2**24 - 1) + 0.5 rounds to 2**24 in float32: without the bound, u = 1 and its Gumbel noise is +inf.
+    return ops.minimum((top24 + 0.5) / float(1 << 24), 1.0 - 2.0**-24)
 
 
 def filter_top_k_top_p(logits, top_k, top_p):
