@@ -12,11 +12,13 @@ Where Keras is missing, bring its wheels and put them on PYTHONPATH first, e.g.
   next to transformers on the same GPU (JAX matmuls at "highest" precision, torch TF32 off), and 32 greedy tokens.
 - Training: GPT-2 124M shape (vocab 50304), T=1024, AdamW, bf16: tf_gpt2 (`mixed_bfloat16`, `model.fit` with the
   callbacks `tf-gpt2 train` runs each step), a nanoGPT-style model and HF GPT2LMHeadModel under torch.compile with bf16
-  autocast; batch 16 and 32 without dropout, batch 16 with GPT-2's dropout 0.1; with `--levers`, tf_gpt2 with one
-  setting changed (`LEVERS`). MFU against the GPU's dense bf16 peak. `--profile` adds tf_gpt2's GPU time per step,
-  kernel by kernel and layer by layer (from the op names in XLA's optimized program).
+  autocast (the model and its loss in one compiled function, fused AdamW); batch 16 and 32 without dropout, batch 16
+  with GPT-2's dropout 0.1; with `--levers`, tf_gpt2 with one setting changed (`LEVERS`). MFU against the GPU's
+  dense bf16 peak. `--profile` adds tf_gpt2's GPU time per step, kernel by kernel and layer by layer (from the op
+  names in XLA's optimized program).
 - Memory: one fine-tuning step (T=1024, batch 1, AdamW) per preset: full, full with recomputation, LoRA rank 8 on a
-  bfloat16 base with recomputation; transformers full, with gradient checkpointing, and peft LoRA on a bf16 base.
+  bfloat16 base with recomputation; transformers full, with gradient checkpointing, and peft LoRA on a bf16 base,
+  each stepping torch's fused AdamW (transformers' Trainer's default with torch >= 2.8).
   Device peak: JAX `memory_stats()["peak_bytes_in_use"]`, torch `max_memory_allocated()`; neither counts the CUDA
   context (about 1 GB more on the card).
 - Decode: greedy, 32-token prompts, 128 new tokens, batch 1 and 8: `model.generate` in float32 and bfloat16; HF
@@ -25,7 +27,10 @@ Speed processes (training, decode) compile side by side in waves, then are timed
 Parity and memory processes share the GPU, several at a time, while the speed processes compile; they are stopped
 (SIGSTOP) while one is timed, and end with gpu.py however it ends. Each process's seconds (to compiled, to its
 end, stopped) go into results.json.
-Writes results.json, results.md and ratios.png (matplotlib) into --out.
+Writes results.json and results.md into --out after each row, and ratios.png (matplotlib) at the end, or when a
+SIGTERM (`timeout`) ends the run. By `--budget` seconds (480) nothing is left running: the rows the docs quote run
+first and the levers last; a wave starts only if one as long as the longest so far would end in time, and the
+memory and parity runs still going then are ended (their rows say "not run").
 * On 2026-12-04 an H200 ran its parts in separate calls: 454 s for 13 training rows with the levers, decode and
 parity (benchmarks/results/gpu-h200-2026-12-04-fit-2.json); the call that measured memory recorded no time. The
 memory processes now run beside the compiles, and the levers only with `--levers`: the goal, a whole run in 6
@@ -36,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import glob
 import json
 import os
@@ -211,14 +217,19 @@ def _torch_train(job, cfg):
         logits_of = lambda x: model(input_ids=x).logits  # noqa: E731
     fused = {"fused": True} if device == "cuda" else {}
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-4, weight_decay=0.1, **fused)
-    forward = torch.compile(logits_of, backend="eager" if job["smoke"] else "inductor")
+
+    def loss_of(x, y):  # the loss compiled with the model, as nanoGPT's and HF's own training compile it
+        with torch.autocast(device, dtype=torch.bfloat16):
+            logits = logits_of(x)
+        return torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), y.flatten())
+
+    compiled_loss = torch.compile(loss_of, backend="eager" if job["smoke"] else "inductor")
 
     def run(data):
         for batch in data:
-            batch = torch.from_numpy(batch).long().to(device)
-            with torch.autocast(device, dtype=torch.bfloat16):
-                logits = forward(batch[:, :-1])
-            loss = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), batch[:, 1:].flatten())
+            batch = torch.from_numpy(batch).long()
+            batch = batch.pin_memory().to(device, non_blocking=True) if device == "cuda" else batch
+            loss = compiled_loss(batch[:, :-1], batch[:, 1:])
             loss.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
@@ -339,11 +350,12 @@ def memory(job: dict) -> dict:
         model.gradient_checkpointing_enable()
         if mode == "lora":
             model.enable_input_require_grads()
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-    x = torch.from_numpy(ids).long().to(device)
+    fused = {"fused": True} if device == "cuda" else {}  # as transformers' Trainer (its default with torch >= 2.8)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4, **fused)
+    x = torch.from_numpy(ids[:, :-1]).long().to(device)
     for _ in range(2):
         with torch.autocast(device, dtype=torch.bfloat16):
-            loss = model(input_ids=x[:, :-1], labels=x[:, 1:]).loss
+            loss = model(input_ids=x, labels=x).loss  # (transformers shifts the labels itself)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -453,14 +465,24 @@ def jobs(smoke: bool) -> list[dict]:
     return out
 
 
+# Bytes per parameter of a fine-tuning step's device peak, 1.5 GB added: every peak measured on 2026-12-04 (one H200,
+# benchmarks/results/gpu-h200-2026-12-04.json) lies 0.4 to 1.8 GB below its estimate
+MEMORY_PER_PARAM = {("tf_gpt2", "full", False): 17, ("tf_gpt2", "full", True): 15, ("hf", "full", False): 21,
+                    ("hf", "full", True): 21, ("tf_gpt2", "lora", True): 3, ("hf", "lora", True): 3}
+
+
+@functools.lru_cache(maxsize=None)
+def _parameters(preset: str) -> int:
+    return tensorflow_free("config").GPT2Config.from_preset(preset).num_params()
+
+
 def estimated_bytes(job: dict) -> float:
     """A generous guess of a process's device peak, to share the GPU without running out."""
     if job["smoke"]:
         return 0
     if job["kind"] == "memory":
-        params = tensorflow_free("config").GPT2Config.from_preset(job["preset"]).num_params()
-        per_param = 3 if job["mode"] == "lora" else 14 if job["remat"] else 20
-        return params * per_param * (1.5 if job["system"] == "hf" else 1) + 3 * GB
+        per_param = MEMORY_PER_PARAM[job["system"], job["mode"], job["remat"]]
+        return _parameters(job["preset"]) * per_param + 1.5 * GB
     if job["kind"] == "train":
         torch = 1.0 if job["system"] == "tf_gpt2" else 1.5  # its float32 copy of the logits
         return job["batch"] * (1.5 if job["dropout"] else 1.0) * 0.6 * torch * GB + 3 * GB  # 124M, T=1024
@@ -473,6 +495,8 @@ def child_env(smoke: bool) -> dict:
                [os.path.dirname(HERE), HERE, *filter(None, [os.environ.get("PYTHONPATH")])])}
     if smoke:
         env.update(JAX_PLATFORMS="cpu", CUDA_VISIBLE_DEVICES="")
+    else:  # a CUDA plugin that fails to start fails the job, not falls back to the CPU (and runs for ever)
+        env.setdefault("JAX_PLATFORMS", "cuda")
     return env
 
 
@@ -528,16 +552,21 @@ class Child:
         lines = [line for line in self.lines + out.splitlines() if line.startswith("{")]
         if self.process.returncode or not lines:
             self.errors.seek(0)
-            last = [line for line in self.errors.read().splitlines() if line.strip()]
-            self.job["result"] = {"error": (last or [f"exit {self.process.returncode}"])[-1][-300:]}
+            said = self.errors.read()
+            error = ([line for line in said.splitlines() if line.strip()] or [f"exit {self.process.returncode}"])[-1]
+            error = error[-300:]
+            if OUT_OF_MEMORY.search(said) and not OUT_OF_MEMORY.search(error):  # torch's says it mid-line
+                error = f"out of memory: {error}"
+            self.job["result"] = {"error": error}
         else:
             self.job["result"] = json.loads(lines[-1])
 
 
 def waves(todo: list[dict], limit: int, budget: float) -> list[list[dict]]:
-    """`todo` in groups that share the GPU: at most `limit` jobs whose estimated peaks fit `budget` bytes."""
+    """`todo` in groups that share the GPU: at most `limit` jobs whose estimated peaks fit `budget` bytes; the levers'
+    last (a run cut short by its --budget keeps the rows the docs quote), the largest first within each."""
     groups, group, used = [], [], 0.0
-    for job in sorted(todo, key=estimated_bytes, reverse=True):
+    for job in sorted(todo, key=lambda job: (bool(job.get("lever")), -estimated_bytes(job))):
         need = estimated_bytes(job)
         if group and (len(group) == limit or used + need > budget):
             groups.append(group)
@@ -562,8 +591,14 @@ class Pool:
             self.running.remove(child)
             child.finish()
             self.report(child.job)
-        if self.waiting and self.late(self.waiting):  # past the --budget: the jobs waiting say so
-            self.waiting = []
+        if (self.waiting or self.running) and self.late(self.waiting):  # past the --budget: the jobs waiting say so,
+            self.waiting = []  # and those still running are ended, saying so too
+            for child in self.running:
+                child.process.kill()
+                child.finish()
+                self.late([child.job])
+                self.report(child.job)
+            self.running = []
         while start and self.waiting and len(self.running) < self.limit:
             used = reserved + self.in_use()
             fitting = next((job for job in self.waiting if used + estimated_bytes(job) <= self.budget), None)
@@ -630,7 +665,10 @@ def main(argv=None) -> int:
     parser.add_argument("--parallel", type=int, default=4, help="speed processes compiling side by side")
     parser.add_argument("--share-gb", type=float, default=None,
                         help="estimated peaks of the processes run at once (default: 85%% of the GPU's free memory)")
-    parser.add_argument("--budget", type=float, default=480, help="seconds after which no new wave or pool starts")
+    parser.add_argument("--budget", type=float, default=480,
+                        help="seconds after which nothing is left running: a wave of speed runs starts only if one as "
+                        "long as the longest so far would end by then, and the memory and parity runs still going "
+                        "then are ended")
     parser.add_argument("--profile", action="store_true", help="also trace tf_gpt2's training: time per kernel")
     parser.add_argument("--levers", action="store_true", help="also tf_gpt2's training with one setting changed")
     parser.add_argument("--job", help=argparse.SUPPRESS)  # one measurement, in a child process
@@ -678,25 +716,44 @@ def main(argv=None) -> int:
     def report(job):
         print(f"[{time.time() - began:5.0f} s] {job['name']} ({job['seconds']}): {json.dumps(job['result'])}",
               flush=True)
-        # as it goes: a run cut short keeps its rows
-        write_results(os.path.join(args.out, "results.json"), results)
+        write_outputs(results, args.out, chart=False)  # as it goes: a run cut short keeps its rows and tables
 
-    def late(jobs: list[dict]) -> bool:
-        if time.time() - began <= args.budget:
+    def late(jobs: list[dict], ahead: float = 0.0) -> bool:
+        """Past the --budget, or past it `ahead` seconds from now: the jobs are not run (their rows say so)."""
+        if time.time() - began + ahead <= args.budget:
             return False
         for job in jobs:
             job["result"] = {"error": f"not run: past the --budget of {args.budget:.0f} s"}
         return True
 
+    def ended(signum, frame):  # `timeout` ends the run: the chart too is drawn from what it measured
+        results["seconds"] = time.time() - began
+        write_outputs(results, args.out)
+        sys.exit(128 + signum)  # the job processes end with this one (die_with_parent)
+
+    before = signal.signal(signal.SIGTERM, ended)
+    print(f"{len(todo)} runs into {args.out}; nothing left running after {args.budget:.0f} s (--budget)", flush=True)
+    try:
+        return _run(args, todo, results, began, report, late, budget)
+    finally:
+        signal.signal(signal.SIGTERM, before)
+
+
+def _run(args, todo: list[dict], results: dict, began: float, report, late, budget: float) -> int:
     pool = Pool([job for job in todo if job["kind"] not in TIMED], args.smoke, report, budget, late,
                 limit=2 if args.smoke else 8)
+    longest = 0.0  # seconds of the longest wave so far: a wave starts if one as long would end within the --budget
     for group in waves([job for job in todo if job["kind"] in TIMED], args.parallel, budget):
-        pool.make_room(sum(estimated_bytes(job) for job in group))  # the group was sized for the whole budget
-        if not late(group):
+        pool.make_room(sum(estimated_bytes(job) for job in group),  # the group was sized for the whole budget
+                       patience=min(300.0, max(0.0, args.budget - (time.time() - began))))
+        if not late(group, ahead=longest):
+            started = time.time()
             run_timed(group, args.smoke, report, pool)
+            longest = max(longest, time.time() - started)
     pool.drain()
     for job in [job for job in todo if OUT_OF_MEMORY.search(job["result"].get("error", ""))]:  # once more, alone
-        run_timed([job], args.smoke, report, Pool([], args.smoke, report, budget))
+        if not late([job], ahead=longest):
+            run_timed([job], args.smoke, report, Pool([], args.smoke, report, budget))
     results["seconds"] = time.time() - began
     write_outputs(results, args.out)
     print(open(os.path.join(args.out, "results.md")).read())
@@ -823,7 +880,8 @@ def parity_line(results: dict) -> str:
 
 
 
-def write_outputs(results: dict, out: str) -> None:
+def write_outputs(results: dict, out: str, chart: bool = True) -> None:
+    """results.json, results.md and (`chart`) ratios.png, each whole or not at all."""
     write_results(os.path.join(out, "results.json"), results)
     v = results["versions"]
     text = (f"# tf_gpt2 on {device_name(results)}, {results['date']}\n\n`{results['command']}`; "
@@ -835,10 +893,11 @@ def write_outputs(results: dict, out: str) -> None:
             + ("\n## Where a training step's time goes (ms per step)\n\n" + profile_section(results) + "\n")
             * bool(profile_section(results)))
     write_whole(os.path.join(out, "results.md"), text)
-    chart(results, os.path.join(out, "ratios.png"))
+    if chart:
+        draw_chart(results, os.path.join(out, "ratios.png"))
 
 
-def chart(results: dict, path: str) -> None:
+def draw_chart(results: dict, path: str) -> None:
     """Bars: each training and decode figure as a ratio to HF transformers' in the same setting."""
     import matplotlib
 

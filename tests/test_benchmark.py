@@ -447,3 +447,81 @@ def test_the_benchmarks_measure_the_package_of_their_own_checkout(tmp_path, monk
     script = f"import json, os, sys; sys.path.insert(0, {BENCHMARKS!r}); import harness; {found}"  # as bench.py
     run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     assert json.loads(run.stdout) == ours, run.stdout
+
+
+def test_gpu_waves_run_the_rows_the_docs_quote_before_the_levers():
+    """A run cut short by its --budget loses the levers' rows, not the table's: every wave of the issue's rows (and
+    decode) comes before the first wave with a lever."""
+    import gpu
+
+    timed = [job for job in gpu.jobs(smoke=False) if job["kind"] in gpu.TIMED]
+    groups = gpu.waves(timed, limit=4, budget=69 * gpu.GB)  # an H100's share
+    has_lever = [any(job["lever"] for job in group if job["kind"] == "train") for group in groups]
+    assert sorted(has_lever) == has_lever and True in has_lever and False in has_lever
+    assert sum(map(len, groups)) == len(timed)
+    assert all(sum(map(gpu.estimated_bytes, group)) <= 69 * gpu.GB or len(group) == 1 for group in groups)
+
+
+def test_a_gpu_job_out_of_memory_is_seen_wherever_its_message_says_so(tmp_path):
+    """torch's out-of-memory message is one line of 600 characters whose end names no memory: the job is still
+    taken as out of memory (and run again alone), not as failed."""
+    import subprocess
+    import tempfile
+    import threading
+
+    import gpu
+
+    said = "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 6.00 GiB. " + "x" * 600
+    child = gpu.Child.__new__(gpu.Child)
+    child.job, child.errors, child.lines, child.seconds, child.started = {}, tempfile.TemporaryFile("w+"), [], {}, 0
+    child.reader = threading.Thread(target=lambda: None)
+    child.process = subprocess.Popen([sys.executable, "-c", f"import sys; sys.stderr.write({said!r}); sys.exit(1)"],
+                                     stdout=subprocess.PIPE, stderr=child.errors, text=True)
+    child.finish()
+    error = child.job["result"]["error"]
+    assert gpu.OUT_OF_MEMORY.search(error) and error.endswith("x" * 100) and len(error) < 320
+
+
+def test_gpu_py_leaves_nothing_running_past_its_budget_and_writes_its_tables_when_ended(tmp_path, monkeypatch):
+    """Past --budget the memory and parity processes still running are ended and their rows say "not run"; a
+    SIGTERM (what `timeout` sends) writes results.md and the chart from the rows so far before gpu.py exits."""
+    import signal
+    import subprocess
+
+    import gpu
+
+    started = []
+
+    class Sleeper(gpu.Child):  # a job that would outlast any budget
+        def __init__(self, job, smoke, timed=False):
+            super().__init__(job, smoke, timed)
+            self.process.kill()
+            self.process.wait()
+            self.process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"],
+                                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.errors,
+                                            text=True)
+            started.append(self.process)
+
+    monkeypatch.setattr(gpu, "Child", Sleeper)
+    reported, began = [], time.time()
+
+    def late(jobs, ahead=0.0):
+        if time.time() - began < 2:
+            return False
+        for job in jobs:
+            job["result"] = {"error": "not run: past the --budget of 2 s"}
+        return True
+
+    pool = gpu.Pool([{"name": "memory", "smoke": True, "kind": "memory"}], True, reported.append, 0.0, late)
+    pool.drain()
+    assert time.time() - began < 30 and [job["result"]["error"] for job in reported] == [
+        "not run: past the --budget of 2 s"]
+    assert started and all(process.poll() is not None for process in started)
+
+    out = tmp_path / "out"
+    run = subprocess.Popen([sys.executable, os.path.join(BENCHMARKS, "gpu.py"), "--smoke", "--only", "parity",
+                            "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert "nothing left running after 480 s" in run.stdout.readline()
+    run.send_signal(signal.SIGTERM)
+    assert run.wait(timeout=120) == 128 + signal.SIGTERM, run.stderr.read()[-2000:]
+    assert "not run" in (out / "results.md").read_text() and (out / "ratios.png").stat().st_size > 0
