@@ -111,6 +111,8 @@ def test_wikitext_detokenizer():
            "mayor said \" no \" , then left ; it rained . \n")
     assert wikitext_detokenize(raw) == (" == Early life ==\nThe 1,000-year-old city (population 3.5 million)'s "
                                         "mayor said \"no\", then left; it rained.\n")
+    crlf = raw.replace("\n", "\r\n")  # a copy with Windows line ends is joined the same, its line ends kept
+    assert wikitext_detokenize(crlf) == wikitext_detokenize(raw).replace("\n", "\r\n")
 
 
 def test_eval_cli_matches_library(checkpoint, text, tmp_path, capsys, monkeypatch):
