@@ -1077,3 +1077,33 @@ def test_gpt2s_own_tokenizer_files_in_every_layout_are_gpt2s(tmp_path):
     assert other_tokenizer(str(tmp_path / "prefix-True")) == (
         f'{tmp_path / "prefix-True" / "tokenizer.json"} sets add_prefix_space (keras-hub then reads "Hello" as '
         '" Hello")')
+
+
+def test_a_peft_adapter_beside_the_weights_is_refused_on_load_and_removed_by_a_save(saved_tiny, tmp_path):
+    """transformers, with peft installed, applies a LoRA adapter saved beside a checkpoint; tf_gpt2 read the weights
+    alone and said nothing (logits 0.34 apart in a user's trial). The load is refused; a save into that folder
+    removes the adapter (left there, transformers would apply the stale adapter to the new weights)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    ids = np.array([[1, 2, 3, 4]])
+    ours = GPT2.from_pretrained(saved_tiny)
+    adapted = get_peft_model(AutoModelForCausalLM.from_pretrained(saved_tiny),
+                             LoraConfig(r=2, target_modules=["c_attn"], fan_in_fan_out=True))
+    for name, weight in adapted.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(weight, std=0.5)
+    adapted.peft_config["default"].base_model_name_or_path = str(saved_tiny)
+    adapted.save_pretrained(saved_tiny)
+    with torch.no_grad():
+        theirs = AutoModelForCausalLM.from_pretrained(saved_tiny)(torch.from_numpy(ids)).logits.numpy()
+    assert np.abs(theirs - np.asarray(ours(ids))).max() > 0.01  # transformers applies it
+    with pytest.raises(ValueError, match=f"^{saved_tiny} holds a PEFT adapter \\(adapter_config.json\\), which "
+                                         "transformers with peft applies to the model and tf_gpt2 does not: merge it"):
+        GPT2.from_pretrained(saved_tiny)
+    with pytest.warns(UserWarning, match="removed adapter_config.json, adapter_model.safetensors"):
+        ours.save_pretrained(saved_tiny)
+    with torch.no_grad():
+        theirs = AutoModelForCausalLM.from_pretrained(saved_tiny)(torch.from_numpy(ids)).logits.numpy()
+    np.testing.assert_allclose(theirs, np.asarray(ours(ids)), atol=1e-5)

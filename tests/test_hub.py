@@ -52,6 +52,8 @@ def repos(tmp_path_factory):
     (root / "timm").mkdir()  # no model_type, and not GPT-2's: refused by its config, before its weights
     (root / "timm" / "config.json").write_text(json.dumps({"architecture": "resnet50", "num_classes": 1000}))
     (root / "timm" / "model.safetensors").write_bytes((root / "tiny" / "model.safetensors").read_bytes())
+    shutil.copytree(root / "tiny", root / "peft")  # with a LoRA adapter, which transformers with peft applies
+    (root / "peft" / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 2}))
     (root / "llama").mkdir()
     (root / "llama" / "config.json").write_text(json.dumps({"model_type": "llama", "vocab_size": 8}))
     (root / "kerashub").mkdir()  # a keras-hub preset on the Hub: its config names no model_type either
@@ -61,7 +63,7 @@ def repos(tmp_path_factory):
     (root / "kerashub" / "model.weights.h5").write_bytes(b"weights")
     found = {f"org/{name}": read_files(str(root / name))
              for name in ("tiny", "sharded-bf16", "binonly", "binplus", "sharded-bin", "untyped", "timm", "llama",
-                          "kerashub")}
+                          "kerashub", "peft")}
     assert "model.safetensors.index.json" in found["org/sharded-bf16"]
     assert not any(f.endswith(".safetensors") for f in found["org/binonly"])
     return found
@@ -163,7 +165,7 @@ def test_names_download_through_the_hub_endpoint_then_load_warm_offline(repos, t
         result = run_script({"HF_HUB_CACHE": cache, "HF_ENDPOINT": endpoint, "HF_HUB_OFFLINE": "0"},
                             loads=["org/tiny", "org/sharded-bf16", "org/sharded-bin", "org/binplus"], local=local,
                             fails=[("org/none", None), ("org/tiny", "v9"), ("org/llama", None), ("org/timm", None),
-                                   ("org/kerashub", None)])
+                                   ("org/kerashub", None), ("org/peft", None)])
     assert max(result["diff"].values()) == 0, result["diff"]  # the same weights, downloaded
     errors = result["errors"]
     assert errors["org/none"] == (f"ValueError: no Hugging Face repo 'org/none' on {endpoint} (a private or gated repo "
@@ -184,6 +186,8 @@ def test_names_download_through_the_hub_endpoint_then_load_warm_offline(repos, t
         "ValueError: Hugging Face repo 'org/kerashub' is a keras-hub preset, not a transformers checkpoint: download "
         "it (`hf download org/kerashub --local-dir DIR`) and load DIR, or load keras-hub's name for it (gpt2_base_en, "
         "gpt2_medium_en, gpt2_large_en, gpt2_extra_large_en)")
+    assert re.fullmatch(r"ValueError: \S+ holds a PEFT adapter \(adapter_config.json\), which transformers with peft "
+                        r"applies to the model and tf_gpt2 does not: .*", errors["org/peft"]), errors["org/peft"]
     assert not [line for line in log if line.startswith(("GET /org/llama/resolve/", "GET /org/timm/resolve/",
                                                          "GET /org/kerashub/resolve/")) and "config.json" not in line]
     warm = run_script({"HF_HUB_CACHE": cache, "HF_HUB_OFFLINE": "1"}, loads=["org/tiny"], local=local)  # no server

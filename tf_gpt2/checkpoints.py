@@ -32,7 +32,7 @@ from tf_gpt2.config import DROPOUTS, GPT2Config, is_rate, with_overrides
 from tf_gpt2.data import warn_of_a_folder_of_texts
 from tf_gpt2.devices import host_array
 from tf_gpt2.files import json_writer, read_json, refuse_dangling_link, write_together
-from tf_gpt2.formats import KERAS_HUB_GPT2
+from tf_gpt2.formats import KERAS_HUB_GPT2, PEFT_ADAPTER_FILES
 from tf_gpt2.tokenizer import ENDOFTEXT, OTHER_KINDS, VOCAB_SIZE, default_vocab_files, end_of_text_id, other_tokenizer
 
 BLOCK_LAYERS = ("ln_1", "attn.c_attn", "attn.c_proj", "ln_2", "mlp.c_fc", "mlp.c_proj")
@@ -345,6 +345,11 @@ def _saved_for(config: GPT2Config, metadata: dict[str, str], path: str) -> str:
 
 
 def read_hf(directory: str, **overrides: Any) -> tuple[GPT2Config, Tensors]:
+    adapter = os.path.join(directory, PEFT_ADAPTER_FILES[0])
+    if os.path.lexists(adapter):  # (transformers loads it onto the base model it names; read alone, these weights)
+        raise ValueError(f"{directory} holds a PEFT adapter ({PEFT_ADAPTER_FILES[0]}), which transformers with peft "
+                         "applies to the model and tf_gpt2 does not: merge it into the weights first (peft: "
+                         "merge_and_unload(), then save_pretrained) and load that folder, or move the adapter away")
     config_path = os.path.join(directory, "config.json")
     hf_config = read_json(config_path)
     config = config_from_hf(hf_config, config_path, **overrides)
@@ -459,8 +464,9 @@ def save_hf(model: keras.Model, directory: str | os.PathLike) -> None:
 
 HF_TOKENIZER_FILES = ("vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json",
                       "added_tokens.json", "tokenizer.json", *OTHER_KINDS)
-# Weights transformers (or its TF/Flax classes) would read, and the generation defaults it takes from a model dir.
-HF_OTHER_FILES = ("pytorch_model.bin", "tf_model.h5", "flax_model.msgpack", "generation_config.json")
+# Weights transformers (or its TF/Flax classes, or peft) would read, and the generation defaults it takes from a dir.
+HF_OTHER_FILES = ("pytorch_model.bin", "tf_model.h5", "flax_model.msgpack", "generation_config.json",
+                  *PEFT_ADAPTER_FILES)
 OPENAI_HPARAMS = ("n_vocab", "n_ctx", "n_embd", "n_layer", "n_head")  # what GPT-2's hparams.json gives
 OPENAI_FILES = ("hparams.json", "checkpoint", "encoder.json", "vocab.bpe")  # and the model.ckpt.* files
 KERAS_HUB_FILES = ("metadata.json", "model.weights.h5", "preprocessor.json", "task.json", "task.weights.h5",

@@ -30,7 +30,7 @@ import re
 from typing import Any, Callable
 
 from tf_gpt2.files import read_json
-from tf_gpt2.formats import KERAS_HUB_GPT2, MODEL_FILE_SUFFIXES
+from tf_gpt2.formats import KERAS_HUB_GPT2, MODEL_FILE_SUFFIXES, PEFT_ADAPTER_FILES
 from tf_gpt2.tokenizer import OTHER_KINDS
 
 # What a GPT-2 load reads from a repo (weights, their index, config, tokenizer files).
@@ -137,8 +137,8 @@ def download(repo_id: str, revision: str | None = None,
         if check_config:
             check_config(config, f"{where}'s {CONFIG}")
         # The top level only: a pattern's * matches "/" too, and checkpoint-500/model.safetensors is not the model.
-        snapshot = snapshot_download(repo_id, revision=revision, allow_patterns=[CONFIG, *SAFETENSORS, *TOKENIZER],
-                                     ignore_patterns=["*/*"])
+        snapshot = snapshot_download(repo_id, revision=revision, ignore_patterns=["*/*"],
+                                     allow_patterns=[CONFIG, *SAFETENSORS, *TOKENIZER, PEFT_ADAPTER_FILES[0]])
         offline = constants.is_offline_mode()
         if not _matching(os.listdir(snapshot), MODEL_SAFETENSORS):
             if importlib.util.find_spec("torch") is not None:
