@@ -385,13 +385,16 @@ def test_nan_weights_are_refused(tmp_path):
 
 
 def test_a_model_with_nan_weights_is_not_saved_over_a_good_one(tmp_path):
-    """save_pretrained and save wrote such a model in place of a good file, which then no longer loaded."""
+    """save_pretrained and save wrote such a model in place of a good file, which then no longer loaded (and
+    save_weights, what Keras' ModelCheckpoint calls with save_weights_only, NaN weights over good ones)."""
     from tf_gpt2.files import save_keras
 
     model = _tiny_model(0)
     model.save_pretrained(tmp_path / "hf")
     save_keras(model, str(tmp_path / "m.keras"))
-    before = _directory_bytes(tmp_path / "hf"), (tmp_path / "m.keras").read_bytes()
+    model.save_weights(tmp_path / "m.weights.h5")  # (what Keras' ModelCheckpoint writes with save_weights_only)
+    before = (_directory_bytes(tmp_path / "hf"), (tmp_path / "m.keras").read_bytes(),
+              (tmp_path / "m.weights.h5").read_bytes())
     model.ln_f.beta.assign(np.where(np.arange(16) == 3, np.nan, model.ln_f.beta.numpy()))
     with pytest.raises(ValueError, match=f"weight 'ln_f.bias' contains NaN or infinite values: saving it to "
                                          f"{tmp_path}/hf would write a checkpoint that does not load; nothing was"):
@@ -400,7 +403,11 @@ def test_a_model_with_nan_weights_is_not_saved_over_a_good_one(tmp_path):
         with pytest.raises(ValueError, match="weight 'ln_f.bias' contains NaN or infinite values: saving it to "
                                              ".*m.keras would write a model that does not load"):
             save(str(tmp_path / "m.keras"))
-    assert (_directory_bytes(tmp_path / "hf"), (tmp_path / "m.keras").read_bytes()) == before
+    with pytest.raises(ValueError, match="weight 'ln_f.bias' contains NaN or infinite values: saving it to .*m.weights"
+                                         ".h5 would write weights that are not finite; nothing was written"):
+        model.save_weights(tmp_path / "m.weights.h5")
+    assert (_directory_bytes(tmp_path / "hf"), (tmp_path / "m.keras").read_bytes(),
+            (tmp_path / "m.weights.h5").read_bytes()) == before
     with pytest.raises(ValueError, match="contains NaN"):
         model.save_pretrained(tmp_path / "new")
     assert not (tmp_path / "new").exists()

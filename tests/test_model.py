@@ -332,9 +332,10 @@ def test_the_trained_model_keeps_learned_residual_scales():
 
 def test_lora_adapters_are_merged_in_the_dtype_the_weights_are_kept_in(tmp_path):
     """Under mixed_bfloat16 (float32 weights, bfloat16 arithmetic) Keras merges a LoRA update in bfloat16: every
-    adapted kernel came out of `save`, `with_dtype`, `save_pretrained` and `tf-gpt2 train`'s model rounded to
-    bfloat16. Merged in float32, it is the base plus the update. What `tf-gpt2 train` saves also holds neither `remat`
-    nor `loss_chunk`: a run from it inherited them (no flag turns --remat off), and loss_chunk refused metrics."""
+    adapted kernel came out of `save`, `save_weights`, `with_dtype`, `save_pretrained` and `tf-gpt2 train`'s model
+    rounded to bfloat16. Merged in float32, it is the base plus the update. What `tf-gpt2 train` saves also holds
+    neither `remat` nor `loss_chunk`: a run from it inherited them (no flag turns --remat off), and loss_chunk refused
+    metrics."""
     from tf_gpt2.training import TrainConfig, enable_lora, inference_model, model_config
 
     config = GPT2Config.from_preset("gpt2-tiny", vocab_size=50, n_positions=16, remat=True, loss_chunk=4)
@@ -347,7 +348,10 @@ def test_lora_adapters_are_merged_in_the_dtype_the_weights_are_kept_in(tmp_path)
     saved = inference_model(model)
     assert saved.dtype_policy.name == "mixed_bfloat16" and not saved.config.remat and saved.config.loss_chunk == 0
     model.save(tmp_path / "m.keras")
-    for copy in (saved, keras.models.load_model(tmp_path / "m.keras"), model.with_dtype("float32")):
+    model.save_weights(tmp_path / "m.weights.h5")  # (Keras' own: every adapted kernel rounded, its base too)
+    weights = GPT2(config, dtype="mixed_bfloat16")
+    weights.load_weights(tmp_path / "m.weights.h5")
+    for copy in (saved, keras.models.load_model(tmp_path / "m.keras"), model.with_dtype("float32"), weights):
         # (rounded to bfloat16: off by up to 6e-5 here)
         np.testing.assert_allclose(np.asarray(copy.h[0].attn.c_attn.kernel), merged, rtol=0, atol=1e-7)
     assert dense.dtype_policy.name == "mixed_bfloat16"  # the model's own layers as they were

@@ -7,7 +7,7 @@ import contextlib
 import logging
 import os
 import warnings
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import keras
 from keras import ops
@@ -366,15 +366,30 @@ class GPT2(CheckedLoops, keras.Model):
         if path.lower().endswith((".h5", ".hdf5")):  # (Keras' legacy format: written, it did not load back)
             raise ValueError(f"{path}: GPT2 saves as a .keras file, which `keras.models.load_model` reads back; a "
                              "legacy .h5 of it does not load (save_weights('x.weights.h5') keeps the weights alone)")
+        in_place = not path.endswith(".keras") or "://" in path or zipped is False or not overwrite
+        self._save_whole(filepath, path, in_place, "a model that does not load",
+                         lambda target: super(GPT2, self).save(target, overwrite=overwrite, zipped=zipped, **kwargs))
+
+    def save_weights(self, filepath: Any, overwrite: bool = True, **kwargs: Any) -> None:
+        """Keras' `save_weights`, as `save` writes: LoRA adapters merged into their kernels in the weights' own
+        dtype, no NaN written, a `.weights.h5` on a local disk replaced whole or not at all."""
+        path = os.fspath(filepath) if isinstance(filepath, (str, os.PathLike)) else ""
+        in_place = not path.endswith(".weights.h5") or "://" in path or not overwrite
+        self._save_whole(filepath, path, in_place, "weights that are not finite",
+                         lambda target: super(GPT2, self).save_weights(target, overwrite=overwrite, **kwargs))
+
+    def _save_whole(self, filepath: Any, path: str, in_place: bool, written: str,
+                    write: Callable[[Any], object]) -> None:
+        """`write` this model's weights to `filepath` (through a staged copy of `path` unless `in_place`)."""
         from tf_gpt2.checkpoints import adapters_merged_as_stored, non_finite_weight
 
         if name := non_finite_weight(self):  # (refused on load: a file that does not load, over one that did)
             raise ValueError(f"weight '{name}' contains NaN or infinite values: saving it to {path or filepath} would "
-                             "write a model that does not load; nothing was written")
+                             f"write {written}; nothing was written")
         with adapters_merged_as_stored(self):
-            if not path.endswith(".keras") or "://" in path or zipped is False or not overwrite:
-                return super().save(filepath, overwrite=overwrite, zipped=zipped, **kwargs)
-            atomic_write(path, lambda staged: super(GPT2, self).save(staged, zipped=zipped, **kwargs))
+            if in_place:
+                return write(filepath)
+            atomic_write(path, write)
 
     def save_pretrained(self, directory: str | os.PathLike) -> None:
         """Write a Hugging Face GPT-2 dir (config.json + model.safetensors)."""
