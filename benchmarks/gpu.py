@@ -28,9 +28,9 @@ Parity and memory processes share the GPU, several at a time, while the speed pr
 (SIGSTOP) while one is timed, and end with gpu.py however it ends. Each process's seconds (to compiled, to its
 end, stopped) go into results.json.
 Writes results.json and results.md into --out after each row, and ratios.png (matplotlib) at the end, or when a
-SIGTERM (`timeout`) ends the run. By `--budget` seconds (480) nothing is left running: the rows the docs quote run
-first and the levers last; a wave starts only if one as long as the longest so far would end in time, and the
-memory and parity runs still going then are ended (their rows say "not run").
+SIGTERM (`timeout`) ends the run. `--budget` (480 s) ends it in time: the speed rows the docs quote run first and
+the levers last, a wave of speed runs starts only if one as long as the longest so far would end by then (a wave is
+not stopped once started), and the memory and parity runs still going then are ended (their rows say "not run").
 * On 2026-12-04 an H200 ran its parts in separate calls: 454 s for 13 training rows with the levers, decode and
 parity (benchmarks/results/gpu-h200-2026-12-04-fit-2.json); the call that measured memory recorded no time. The
 memory processes now run beside the compiles, and the levers only with `--levers`: the goal, a whole run in 6
@@ -466,7 +466,7 @@ def jobs(smoke: bool) -> list[dict]:
 
 
 # Bytes per parameter of a fine-tuning step's device peak, 1.5 GB added: every peak measured on 2026-12-04 (one H200,
-# benchmarks/results/gpu-h200-2026-12-04.json) lies 0.4 to 1.8 GB below its estimate
+# benchmarks/results/gpu-h200-2026-12-04.json) lies 0.8 to 4.3 GB below its estimate
 MEMORY_PER_PARAM = {("tf_gpt2", "full", False): 17, ("tf_gpt2", "full", True): 15, ("hf", "full", False): 21,
                     ("hf", "full", True): 21, ("tf_gpt2", "lora", True): 3, ("hf", "lora", True): 3}
 
@@ -552,11 +552,11 @@ class Child:
         lines = [line for line in self.lines + out.splitlines() if line.startswith("{")]
         if self.process.returncode or not lines:
             self.errors.seek(0)
-            said = self.errors.read()
-            error = ([line for line in said.splitlines() if line.strip()] or [f"exit {self.process.returncode}"])[-1]
+            said = [line for line in self.errors.read().splitlines() if line.strip()]
+            error = (said or [f"exit {self.process.returncode}"])[-1]
+            if OUT_OF_MEMORY.search(error) and not OUT_OF_MEMORY.search(error[-300:]):  # torch's says it mid-line
+                error = f"out of memory: {error[-280:]}"
             error = error[-300:]
-            if OUT_OF_MEMORY.search(said) and not OUT_OF_MEMORY.search(error):  # torch's says it mid-line
-                error = f"out of memory: {error}"
             self.job["result"] = {"error": error}
         else:
             self.job["result"] = json.loads(lines[-1])
@@ -596,7 +596,8 @@ class Pool:
             for child in self.running:
                 child.process.kill()
                 child.finish()
-                self.late([child.job])
+                if "error" in child.job["result"]:  # (not one that ended by itself meanwhile)
+                    self.late([child.job])
                 self.report(child.job)
             self.running = []
         while start and self.waiting and len(self.running) < self.limit:
@@ -666,9 +667,8 @@ def main(argv=None) -> int:
     parser.add_argument("--share-gb", type=float, default=None,
                         help="estimated peaks of the processes run at once (default: 85%% of the GPU's free memory)")
     parser.add_argument("--budget", type=float, default=480,
-                        help="seconds after which nothing is left running: a wave of speed runs starts only if one as "
-                        "long as the longest so far would end by then, and the memory and parity runs still going "
-                        "then are ended")
+                        help="seconds by which the run ends: a wave of speed runs starts only if one as long as the "
+                        "longest so far would end by then, and the memory and parity runs still going then are ended")
     parser.add_argument("--profile", action="store_true", help="also trace tf_gpt2's training: time per kernel")
     parser.add_argument("--levers", action="store_true", help="also tf_gpt2's training with one setting changed")
     parser.add_argument("--job", help=argparse.SUPPRESS)  # one measurement, in a child process
@@ -732,7 +732,7 @@ def main(argv=None) -> int:
         sys.exit(128 + signum)  # the job processes end with this one (die_with_parent)
 
     before = signal.signal(signal.SIGTERM, ended)
-    print(f"{len(todo)} runs into {args.out}; nothing left running after {args.budget:.0f} s (--budget)", flush=True)
+    print(f"{len(todo)} runs into {args.out}; a --budget of {args.budget:.0f} s", flush=True)
     try:
         return _run(args, todo, results, began, report, late, budget)
     finally:
@@ -744,6 +744,8 @@ def _run(args, todo: list[dict], results: dict, began: float, report, late, budg
                 limit=2 if args.smoke else 8)
     longest = 0.0  # seconds of the longest wave so far: a wave starts if one as long would end within the --budget
     for group in waves([job for job in todo if job["kind"] in TIMED], args.parallel, budget):
+        if late(group, ahead=longest):
+            continue
         pool.make_room(sum(estimated_bytes(job) for job in group),  # the group was sized for the whole budget
                        patience=min(300.0, max(0.0, args.budget - (time.time() - began))))
         if not late(group, ahead=longest):

@@ -349,9 +349,11 @@ def test_lora_adapters_are_merged_in_the_dtype_the_weights_are_kept_in(tmp_path)
     assert saved.dtype_policy.name == "mixed_bfloat16" and not saved.config.remat and saved.config.loss_chunk == 0
     model.save(tmp_path / "m.keras")
     model.save_weights(tmp_path / "m.weights.h5")  # (Keras' own: every adapted kernel rounded, its base too)
-    weights = GPT2(config, dtype="mixed_bfloat16")
+    model.save_weights(tmp_path / "s.weights.h5", max_shard_size=1e-4)  # shards: a .weights.json, files beside it
+    weights, shards = GPT2(config, dtype="mixed_bfloat16"), GPT2(config, dtype="mixed_bfloat16")
     weights.load_weights(tmp_path / "m.weights.h5")
-    for copy in (saved, keras.models.load_model(tmp_path / "m.keras"), model.with_dtype("float32"), weights):
+    shards.load_weights(tmp_path / "s.weights.json")
+    for copy in (saved, keras.models.load_model(tmp_path / "m.keras"), model.with_dtype("float32"), weights, shards):
         # (rounded to bfloat16: off by up to 6e-5 here)
         np.testing.assert_allclose(np.asarray(copy.h[0].attn.c_attn.kernel), merged, rtol=0, atol=1e-7)
     assert dense.dtype_policy.name == "mixed_bfloat16"  # the model's own layers as they were

@@ -349,7 +349,8 @@ def read_hf(directory: str, **overrides: Any) -> tuple[GPT2Config, Tensors]:
     if os.path.lexists(adapter):  # (transformers loads it onto the base model it names; read alone, these weights)
         raise ValueError(f"{directory} holds a PEFT adapter ({PEFT_ADAPTER_FILES[0]}), which transformers with peft "
                          "applies to the model and tf_gpt2 does not: merge it into the weights first (peft: "
-                         "merge_and_unload(), then save_pretrained) and load that folder, or move the adapter away")
+                         "merge_and_unload(), then save_pretrained into a new folder) and load that, or move the "
+                         "adapter away")
     config_path = os.path.join(directory, "config.json")
     hf_config = read_json(config_path)
     config = config_from_hf(hf_config, config_path, **overrides)

@@ -5,7 +5,8 @@ A Hugging Face id (`gpt2`, `openai-community/gpt2-medium`, `hf://org/name`) is f
 `huggingface_hub.snapshot_download`: its cache (`HF_HUB_CACHE`, by default `~/.cache/huggingface/hub`),
 `HF_HUB_OFFLINE=1`, `HF_TOKEN`, `HF_ENDPOINT`, revisions and progress bars apply. Only what a GPT-2 load
 reads is downloaded: config.json first (a repo of another architecture is refused before any weights), then the
-safetensors weights (one file, or shards and their index) and the tokenizer files. A repo without safetensors is
+safetensors weights (one file, or shards and their index), the tokenizer files and a PEFT adapter's
+adapter_config.json (whose adapter a load refuses: transformers with peft would apply it). A repo without safetensors is
 loaded from `pytorch_model.bin`, or its shards through `pytorch_model.bin.index.json`, as transformers loads them:
 `torch.load(weights_only=True)`, no pickled code (without torch installed, refused before they download).
 

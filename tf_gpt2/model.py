@@ -374,7 +374,8 @@ class GPT2(CheckedLoops, keras.Model):
         """Keras' `save_weights`, as `save` writes: LoRA adapters merged into their kernels in the weights' own
         dtype, no NaN written, a `.weights.h5` on a local disk replaced whole or not at all."""
         path = os.fspath(filepath) if isinstance(filepath, (str, os.PathLike)) else ""
-        in_place = not path.endswith(".weights.h5") or "://" in path or not overwrite
+        in_place = (not path.endswith(".weights.h5") or "://" in path or not overwrite
+                    or kwargs.get("max_shard_size") is not None)  # (shards: a .weights.json and files beside it)
         self._save_whole(filepath, path, in_place, "weights that are not finite",
                          lambda target: super(GPT2, self).save_weights(target, overwrite=overwrite, **kwargs))
 
