@@ -127,7 +127,20 @@ def place_run(cfg, layout_map: Callable[[Any], Any]) -> Placement:
                          f"{workers or 'none'}: this process would train alone. Set TF_CONFIG on each worker, or use "
                          "--strategy mirrored on one machine")
     if cfg.strategy:
-        return _tf_strategy(cfg.strategy)
+        placement = _tf_strategy(cfg.strategy)
+        if cfg.batch_size % placement.replicas:  # (unequal parts: Keras' mean of replica means weighs rows unequally)
+            raise ValueError(f"batch_size {cfg.batch_size} must be a multiple of the {placement.replicas} replicas "
+                             f"--strategy {cfg.strategy} trains on: each takes an equal part of the batch")
+        if placement.replicas > 1 and (cfg.precision == "mixed_float16" or cfg.base_dtype == "float16"):
+            raise ValueError(f"float16 under --strategy {cfg.strategy} ({placement.replicas} replicas): Keras' loss "
+                             "scaling decides from each replica's own gradients whether a step overflowed, so one "
+                             "replica applies a step another skips. Train in mixed_bfloat16 or float32")
+        if placement.replicas > 1 and cfg.grad_accum > 1 and placement.jit_compile is False:
+            raise ValueError(f"--grad-accum {cfg.grad_accum} under --strategy {cfg.strategy} without XLA "
+                             f"({placement.replicas} replicas): Keras applies the accumulated update inside a "
+                             "conditional, which tf.distribute cannot synchronise across replicas (the first step "
+                             "fails). Give the whole batch as --batch-size: each replica takes its part")
+        return placement
     return Placement(scope=contextlib.nullcontext, replicas=1)
 
 
@@ -150,12 +163,12 @@ def _tf_config_workers() -> int:
 def _tf_strategy(name: str) -> Placement:
     import tensorflow as tf
 
+    from tf_gpt2.distribute import patch_keras_for_tf_distribute
+
+    patch_keras_for_tf_distribute()
     if name == "mirrored":
         strategy = tf.distribute.MirroredStrategy()
     elif name == "multiworker":
-        from tf_gpt2.distribute import patch_keras_for_multiworker
-
-        patch_keras_for_multiworker()
         strategy = tf.distribute.MultiWorkerMirroredStrategy()
     else:  # a TPU VM's own TPU ("local"), or a Cloud TPU named as TensorFlow's resolver reads it (TPU_NAME ...)
         named = [f"{v}={os.environ[v]}" for v in ("TPU_NAME", "TPU_CONFIG", "KUBE_GOOGLE_CLOUD_TPU_ENDPOINTS")

@@ -3,7 +3,8 @@
 Upstream: keras-team/keras#20585 (model.fit under MultiWorkerMirroredStrategy fails). Both
 fixes are in keras/src/backend/tensorflow/trainer.py:
 1. `_maybe_symbolic_build` averages the first PerReplica *data* batch with
-   `strategy.reduce("MEAN", ...)`, which fails for integer token ids across workers; any one
+   `strategy.reduce("MEAN", ...)`, which fails for integer token ids across workers, and across the
+   devices of one machine (MirroredStrategy over two GPUs: "token_ids must be integers"); any one
    replica's batch has the right structure, so we take the first local one.
 2. `reduce_per_replica` reduces metrics with `axis=0`, which fails for scalars; rank-0
    values are reduced with `axis=None`.
@@ -53,7 +54,7 @@ def _reduce_scalars_without_axis(original):
     return reduce_per_replica
 
 
-def patch_keras_for_multiworker() -> None:
+def patch_keras_for_tf_distribute() -> None:
     """Apply both fixes (idempotent)."""
     global _PATCHED
     if _PATCHED:

@@ -361,7 +361,8 @@ def clip_by_global_norm(optimizer: keras.optimizers.Optimizer, clip_norm: float 
     def measure_then_clip(grads):
         context = tf.distribute.get_replica_context()
         replicas = 1 if context is None else context.num_replicas_in_sync
-        total = tf.linalg.global_norm(grads if replicas == 1 else context.all_reduce("SUM", grads))
+        dense = [tf.convert_to_tensor(g) for g in grads]  # (a sparse one's all-reduce concatenates, never adds)
+        total = tf.linalg.global_norm(dense if replicas == 1 else context.all_reduce("SUM", dense))
         norm.assign(tf.cast(total, tf.float32))
         if not clip_norm:
             return grads
