@@ -212,6 +212,8 @@ def test_convert_cli_hf_to_keras(tmp_path, capsys):
         assert capsys.readouterr().out.strip() == f"{said} {tmp_path / 'm.keras'}"
     ids = _random_ids(cfg)
     assert np.abs(np.asarray(GPT2.from_pretrained(str(tmp_path / "m.keras"))(ids)) - hf_logits(hf, ids)).max() <= 1e-4
+    assert cli_main(["convert", str(tmp_path / "hf"), str(tmp_path / "new" / "sub" / "m.keras")]) == 0  # folders made
+    assert (tmp_path / "new" / "sub" / "m.keras").read_bytes()[:2] == b"PK"
 
 
 def test_a_checkpoint_holding_the_tied_head_as_lm_head_only_loads_exactly(tmp_path):

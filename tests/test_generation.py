@@ -152,8 +152,8 @@ def test_array_scalars_and_arrays_are_taken_as_the_numbers_they_hold(model):
         # float32 computes them: one that overflows there, or a top_p that is 0 there, would sample nothing
         (dict(temperature=1e39), r"temperature must be a finite number in float32 \(as it is computed\).*got 1e\+39"),
         (dict(repetition_penalty=1e39), "repetition_penalty must be a finite number"),
-        (dict(temperature=1.0, top_p=1e-50), r"top_p must be a finite number in float32 .*, 0 or of magnitude at least "
-                                             r"1.18e-38 \(smaller ones compute as 0\), got 1e-50"),
+        (dict(temperature=1.0, top_p=1e-50), r"top_p must be a finite number in float32 .*, of magnitude at least "
+                                             r"1.18e-38 where it is not 0 \(smaller ones compute as 0\), got 1e-50"),
         (dict(temperature=1.0, top_p=1e-40), "top_p must be .* got 1e-40"),  # float32 holds it; XLA flushes it to 0
         (dict(repetition_penalty=1e-40), "repetition_penalty must be .* got 1e-40"),
         # float32 holds these, but a seen logit divided by 1.2e-38 is +inf: a tie, its argmax the lowest id

@@ -179,3 +179,6 @@ def test_a_character_vocabulary_reads_each_id_as_one_character_and_refuses_the_r
             CharacterTokenizer(characters)
     with pytest.raises(ValueError, match=r"GPT2Config.characters holds 'a' more than once"):
         GPT2Config(vocab_size=3, characters="aab")
+    with pytest.raises(ValueError, match=r"^GPT2Config.characters holds '\\ud800', a lone surrogate code point, which "
+                                         "no text holds"):  # (export and the CLI's output then failed, unclearly)
+        GPT2Config(vocab_size=2, characters=["\ud800", "a"])

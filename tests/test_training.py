@@ -777,8 +777,8 @@ def test_a_warmup_longer_than_the_run_is_shortened_and_said_where_given(char_dat
     reference = keras.optimizers.schedules.CosineDecay(0.0, 1, alpha=0.1, warmup_target=1e-3, warmup_steps=2)
     assert history["learning_rate"] == pytest.approx([float(reference(3))])
     capsys.readouterr()
-    for given, said in ((["--warmup-steps", "10"], "1 steps, not --warmup-steps 10: "),
-                        ([], "1 steps, not --warmup-steps 100, its default: "),
+    for given, said in ((["--warmup-steps", "10"], "1 step, not --warmup-steps 10: "),
+                        ([], "1 step, not --warmup-steps 100, its default: "),
                         (["--steps", "101"], "100 steps (--warmup-steps 100, its default): "),  # (its last at the peak)
                         (["--steps", "102"], None)):
         assert cli_main(["train", "--data", str(tmp_path / "missing.txt"), "--out", str(tmp_path / "cli"),

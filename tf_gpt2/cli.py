@@ -210,8 +210,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     if cfg.warmup_steps >= cfg.steps - 1 and process_index() == 0:  # (the default's too: a short fine-tune)
         flag = f"--warmup-steps {cfg.warmup_steps}" + (", its default" if args.warmup_steps is None else "")
         how = f", not {flag}" if cfg.warmup_steps > cfg.steps - 1 else f" ({flag})"
-        print(f"note: the learning rate warms up over {cfg.steps - 1} steps{how}: the run's last step is at "
-              f"--learning-rate, with no cosine decay (--steps {cfg.steps})", file=sys.stderr)
+        steps = f"{cfg.steps - 1} step{'s' * (cfg.steps != 2)}"
+        print(f"note: the learning rate warms up over {steps}{how}: the run's last step is at --learning-rate, with no "
+              f"cosine decay (--steps {cfg.steps})", file=sys.stderr)
     train(cfg)  # (and writes OUT/model.keras)
     return 0
 
@@ -319,6 +320,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
         model.save_pretrained(args.dst)
     else:
         written = _written(args.dst)
+        os.makedirs(os.path.dirname(os.path.abspath(args.dst)), exist_ok=True)  # (as save_pretrained, export, train)
         save_keras(model, args.dst)
     print(written)
     return 0

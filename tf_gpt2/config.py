@@ -47,6 +47,10 @@ def checked_characters(characters, what: str = "characters") -> list[str]:
     characters = list(characters)
     if not characters or not all(isinstance(c, str) and len(c) == 1 for c in characters):
         raise ValueError(f"{what} must be a non-empty sequence of single characters, got {characters[:5]!r}")
+    surrogates = [c for c in characters if "\ud800" <= c <= "\udfff"]
+    if surrogates:  # (half of a UTF-16 pair: no UTF-8 text holds it, nor can any file or stream write it)
+        raise ValueError(f"{what} holds {surrogates[0]!r}, a lone surrogate code point, which no text holds: each id "
+                         "must read a character of text")
     repeated = sorted(c for c, n in collections.Counter(characters).items() if n > 1)
     if repeated:
         raise ValueError(f"{what} holds {''.join(repeated)!r} more than once: each id must read one character")

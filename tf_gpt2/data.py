@@ -726,7 +726,8 @@ def prepare(inputs: str | Sequence[str], out_dir: str, val_fraction: float = 0.1
         chars = char_vocabulary(files) if characters is None else list(characters)
         encode, separator, vocab_size = char_codec(chars)[0], [], len(chars)
     if vocab_size > 65536:
-        raise ValueError(f"a vocabulary of {vocab_size} does not fit uint16 shards")
+        raise ValueError(f"a vocabulary of {vocab_size} characters does not fit uint16 shards (65,536 ids at most): "
+                         "train on GPT-2's tokens (--vocab gpt2) instead")
 
     stamps = source_stamps(files)
     _warn_of_copies(stamps)

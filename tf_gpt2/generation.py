@@ -304,8 +304,9 @@ def _real(name: str, value: Any) -> float:
     with np.errstate(over="ignore"):
         rounded = np.float32(value)
     if not np.isfinite(rounded) or 0 < abs(value) < np.finfo(np.float32).tiny:
-        raise ValueError(f"{name} must be a finite number in float32 (as it is computed), 0 or of magnitude at least "
-                         f"{np.finfo(np.float32).tiny:.3g} (smaller ones compute as 0), got {value!r}")
+        raise ValueError(f"{name} must be a finite number in float32 (as it is computed), of magnitude at least "
+                         f"{np.finfo(np.float32).tiny:.3g} where it is not 0 (smaller ones compute as 0), got "
+                         f"{value!r}")
     return float(value)  # (as given, for the messages that name it: 0.1, not 0.10000000149011612)
 
 
