@@ -66,22 +66,26 @@ def test_two_workers_match_one_process(tmp_path):
     assert "this distributed run compiles without XLA" in mirrored.stdout
     with open(tmp_path / "mirrored" / "run.json") as f:
         assert json.load(f)["replicas"] == 2
-    refused = {}
-    for more in (["--batch-size", "3"], ["--precision", "mixed_float16"], ["--grad-accum", "2"]):
-        run = subprocess.run([sys.executable, "-c", OVER_TWO_DEVICES, *command[3:], "--out", str(tmp_path / "no"),
-                              "--strategy", "mirrored", *more], env=env, capture_output=True, text=True, timeout=600)
-        refused[more[0]] = (run.returncode, run.stderr.strip().splitlines()[-1])
-    assert not (tmp_path / "no").exists()
-    assert refused == {  # (unequal parts weighed rows unequally; each replica judged its own overflow; failed at once)
-        "--batch-size": (2, "tf-gpt2 train: error: batch_size 3 must be a multiple of the 2 replicas --strategy "
-                            "mirrored trains on: each takes an equal part of the batch"),
-        "--precision": (2, "tf-gpt2 train: error: float16 under --strategy mirrored (2 replicas): Keras' loss scaling "
-                           "decides from each replica's own gradients whether a step overflowed, so one replica "
-                           "applies a step another skips. Train in mixed_bfloat16 or float32"),
-        "--grad-accum": (2, "tf-gpt2 train: error: --grad-accum 2 under --strategy mirrored without XLA (2 replicas): "
-                            "Keras applies the accumulated update inside a conditional, which tf.distribute cannot "
-                            "synchronise across replicas (the first step fails). Give the whole batch as --batch-size: "
-                            "each replica takes its part")}, refused
+    # Refused over two replicas, where the run is placed (before its text is read or anything written): unequal
+    # parts weighed rows unequally, each replica judged its own float16 overflow, accumulation failed at once.
+    refusals = OVER_TWO_DEVICES.replace("from tf_gpt2.cli import main\nsys.exit(main(sys.argv[1:]))", """
+from tf_gpt2.devices import place_run
+from tf_gpt2.train_config import TrainConfig
+for settings in (dict(batch_size=3), dict(precision="mixed_float16"), dict(grad_accum=2)):
+    try:
+        place_run(TrainConfig(strategy="mirrored", **{"batch_size": 4, **settings}), None)
+    except ValueError as e:
+        print(e)
+""")
+    said = subprocess.run([sys.executable, "-c", refusals], env=env, capture_output=True, text=True, timeout=600)
+    assert [line for line in said.stdout.splitlines() if not line.startswith("note: ")] == [
+        "batch_size 3 must be a multiple of the 2 replicas --strategy mirrored trains on: each takes an equal part of "
+        "the batch",
+        "float16 under --strategy mirrored (2 replicas): Keras' loss scaling decides from each replica's own gradients "
+        "whether a step overflowed, so one replica applies a step another skips. Train in mixed_bfloat16 or float32",
+        "--grad-accum 2 under --strategy mirrored without XLA (2 replicas): Keras applies the accumulated update "
+        "inside a conditional, which tf.distribute cannot synchronise across replicas (the first step fails). Give "
+        "the whole batch as --batch-size: each replica takes its part"], said.stdout + said.stderr[-2000:]
 
     cluster = {"worker": [f"localhost:{port}" for port in _free_ports(2)]}
     workers = [
