@@ -361,8 +361,10 @@ def clip_by_global_norm(optimizer: keras.optimizers.Optimizer, clip_norm: float 
     def measure_then_clip(grads):
         context = tf.distribute.get_replica_context()
         replicas = 1 if context is None else context.num_replicas_in_sync
-        dense = [tf.convert_to_tensor(g) for g in grads]  # (a sparse one's all-reduce concatenates, never adds)
-        total = tf.linalg.global_norm(dense if replicas == 1 else context.all_reduce("SUM", dense))
+        if replicas > 1:  # summed over replicas, dense: a sparse gradient's all-reduce concatenates, never adds
+            total = tf.linalg.global_norm(context.all_reduce("SUM", [tf.convert_to_tensor(g) for g in grads]))
+        else:
+            total = tf.linalg.global_norm(grads)
         norm.assign(tf.cast(total, tf.float32))
         if not clip_norm:
             return grads
