@@ -84,6 +84,13 @@ def _device(smoke: bool) -> str:
     return "cpu" if smoke else "cuda"
 
 
+def _adamw(parameters, device: str, **settings):
+    """torch's AdamW, fused on a GPU: nanoGPT's, and transformers' Trainer's default with torch >= 2.8."""
+    import torch
+
+    return torch.optim.AdamW(parameters, fused=True if device == "cuda" else None, **settings)
+
+
 def _wait_for_go(ready: dict) -> None:
     """Tell the orchestrator this process has compiled and warmed up; time only once it says go."""
     print("READY " + json.dumps(ready), flush=True)
@@ -215,8 +222,7 @@ def _torch_train(job, cfg):
     else:
         model = _hf_model(cfg).to(device).train()
         logits_of = lambda x: model(input_ids=x).logits  # noqa: E731
-    fused = {"fused": True} if device == "cuda" else {}
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-4, weight_decay=0.1, **fused)
+    optimizer = _adamw(model.parameters(), device, lr=3e-4, weight_decay=0.1)
 
     def loss_of(x, y):  # the loss compiled with the model, as nanoGPT's and HF's own training compile it
         with torch.autocast(device, dtype=torch.bfloat16):
@@ -350,8 +356,7 @@ def memory(job: dict) -> dict:
         model.gradient_checkpointing_enable()
         if mode == "lora":
             model.enable_input_require_grads()
-    fused = {"fused": True} if device == "cuda" else {}  # as transformers' Trainer (its default with torch >= 2.8)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4, **fused)
+    optimizer = _adamw([p for p in model.parameters() if p.requires_grad], device, lr=1e-4)
     x = torch.from_numpy(ids[:, :-1]).long().to(device)
     for _ in range(2):
         with torch.autocast(device, dtype=torch.bfloat16):
