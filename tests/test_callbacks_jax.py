@@ -145,7 +145,17 @@ def test_tf_gpt2_train_on_jax_stops_at_a_nan_and_keeps_the_last_good_checkpoint(
 
 
 
-def test_a_ctrl_c_ends_training_at_the_end_of_its_batch_and_a_second_at_once():
+@pytest.fixture
+def python_ctrl_c():
+    """Python's own Ctrl-C handler, whatever the tests were started with (a shell's background job ignores SIGINT)."""
+    import signal
+
+    started_with = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, started_with)
+
+
+def test_a_ctrl_c_ends_training_at_the_end_of_its_batch_and_a_second_at_once(python_ctrl_c):
     """`tf-gpt2 train` notes a Ctrl-C and raises it at the end of the batch it came in (Keras' conversion of a batch's
     logs, where the host waits on JAX, ignored a KeyboardInterrupt raised there, and a run trained on to its end);
     a second Ctrl-C is Python's own again, one in a round's last call after the round's end (its checkpoint), none in
