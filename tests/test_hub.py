@@ -160,7 +160,9 @@ def test_names_download_through_the_hub_endpoint_then_load_warm_offline(repos, t
             with open(os.path.join(local[name], file), "wb") as f:
                 f.write(data)
     # A training checkpoint kept beside the model in the repo is not the model: never fetched.
-    served = {**repos, "org/tiny": {**repos["org/tiny"], "checkpoint-500/model.safetensors": b"not these weights"}}
+    # Nor is a variant of its weights (model.fp16.safetensors) or an adapter's weights without adapter_config.json.
+    served = {**repos, "org/tiny": {**repos["org/tiny"], "checkpoint-500/model.safetensors": b"not these weights",
+                                    "model.fp16.safetensors": b"other weights", "adapter_model.safetensors": b"no"}}
     with serve(served) as (endpoint, log):
         result = run_script({"HF_HUB_CACHE": cache, "HF_ENDPOINT": endpoint, "HF_HUB_OFFLINE": "0"},
                             loads=["org/tiny", "org/sharded-bf16", "org/sharded-bin", "org/binplus"], local=local,

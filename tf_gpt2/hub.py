@@ -5,10 +5,11 @@ A Hugging Face id (`gpt2`, `openai-community/gpt2-medium`, `hf://org/name`) is f
 `huggingface_hub.snapshot_download`: its cache (`HF_HUB_CACHE`, by default `~/.cache/huggingface/hub`),
 `HF_HUB_OFFLINE=1`, `HF_TOKEN`, `HF_ENDPOINT`, revisions and progress bars apply. Only what a GPT-2 load
 reads is downloaded: config.json first (a repo of another architecture is refused before any weights), then the
-safetensors weights (one file, or shards and their index), the tokenizer files and a PEFT adapter's
-adapter_config.json (whose adapter a load refuses: transformers with peft would apply it). A repo without safetensors is
-loaded from `pytorch_model.bin`, or its shards through `pytorch_model.bin.index.json`, as transformers loads them:
-`torch.load(weights_only=True)`, no pickled code (without torch installed, refused before they download).
+model's safetensors weights (model.safetensors, or its index and the model-*.safetensors shards), the tokenizer
+files and a PEFT adapter's adapter_config.json (whose adapter a load refuses: transformers with peft would apply
+it). A repo without safetensors is loaded from `pytorch_model.bin`, or its shards through
+`pytorch_model.bin.index.json`, as transformers loads them: `torch.load(weights_only=True)`, no pickled code
+(without torch installed, refused before they download).
 
 Which names go to the Hub:
 >>> hub_repo_id("hf://openai-community/gpt2"), hub_repo_id("distilgpt2")
@@ -36,8 +37,9 @@ from tf_gpt2.tokenizer import OTHER_KINDS
 
 # What a GPT-2 load reads from a repo (weights, their index, config, tokenizer files).
 CONFIG = "config.json"
-SAFETENSORS = ["*.safetensors", "*.safetensors.index.json"]
-MODEL_SAFETENSORS = ["model.safetensors", "model.safetensors.index.json"]  # the model's, of those (not an adapter's)
+MODEL_SAFETENSORS = ["model.safetensors", "model.safetensors.index.json"]
+# With the shards as transformers names them: not an adapter's weights, nor a variant (model.fp16.safetensors).
+SAFETENSORS = [*MODEL_SAFETENSORS, "model-*.safetensors"]
 PICKLED = ["pytorch_model.bin", "pytorch_model.bin.index.json", "pytorch_model-*.bin"]
 # The tokenizer files, of GPT-2's kind and of others (a checkpoint with another tokenizer is refused by them).
 TOKENIZER = ["vocab.json", "merges.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
