@@ -12,12 +12,20 @@ import pytest
 
 def fits(precisions):
     """Four AdamW steps of a tiny model with dropout 0.1, with and without recomputation, per precision: the losses
-    of each and the largest relative difference of their weights."""
+    of each, the largest relative difference of their weights, and how many functions each handed `keras.remat`
+    (without it recomputing nothing, the two runs would be one program and agree as well)."""
     import keras
 
     from tf_gpt2 import GPT2, GPT2Config
 
+    keras_remat, handed = keras.remat, []
+
+    def counted(function):
+        handed.append(function)
+        return keras_remat(function)
+
     def fit(remat, precision):
+        handed.clear()
         keras.utils.set_random_seed(0)
         model = GPT2(GPT2Config.from_preset("gpt2-tiny", vocab_size=50, n_positions=16, dropout=0.1, remat=remat),
                      dtype=precision)
@@ -26,13 +34,17 @@ def fits(precisions):
         model.compile(optimizer=keras.optimizers.AdamW(1e-2), jit_compile=True,
                       loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
         history = model.fit(x, y, batch_size=4, epochs=2, shuffle=False, verbose=0).history["loss"]
-        return history, model.get_weights()
+        return history, model.get_weights(), len(handed)
 
     result = {}
-    for precision in precisions:
-        (plain, before), (recomputed, after) = fit(False, precision), fit(True, precision)
-        moved = max(float(np.abs(a - b).max() / np.abs(a).max()) for a, b in zip(before, after))
-        result[precision] = dict(plain=plain, recomputed=recomputed, weights=moved)
+    keras.remat = counted
+    try:
+        for precision in precisions:
+            (plain, before, none), (recomputed, after, blocks) = fit(False, precision), fit(True, precision)
+            moved = max(float(np.abs(a - b).max() / np.abs(a).max()) for a, b in zip(before, after))
+            result[precision] = dict(plain=plain, recomputed=recomputed, weights=moved, remat_calls=[none, blocks])
+    finally:
+        keras.remat = keras_remat
     return result
 
 
@@ -66,6 +78,8 @@ def test_recomputed_blocks_train_to_the_same_weights(backend):
         result = json.loads(run.stdout.splitlines()[-1])
     # Measured in float32: bit-identical. Masks drawn anew in the recomputation part the losses from the first step
     # and the weights by 1.7 (relative): the bound is the 1e-5 relative asked of recomputation.
+    for plain, recomputed in (run["remat_calls"] for run in result.values()):  # gpt2-tiny's 2 blocks in each trace
+        assert plain == 0 and recomputed >= 2 and recomputed % 2 == 0, result  # of the train step; none without
     assert result["float32"]["weights"] <= 1e-5, result
     np.testing.assert_allclose(result["float32"]["recomputed"], result["float32"]["plain"], rtol=1e-5)
     if "mixed_bfloat16" in result:  # XLA rounds the recomputed graph's intermediates elsewhere (measured 2e-4 on
