@@ -41,6 +41,27 @@ def test_seeded_sampling_is_reproducible(model):
     a = model.generate([1, 2, 3], seed=7, **kwargs)
     assert a == model.generate([1, 2, 3], seed=7, **kwargs)
     assert a != model.generate([1, 2, 3], seed=8, **kwargs)
+    # A batch under one seed s samples row i with seed s + i (generate's docstring, serving.md), left padding aside.
+    prompts = [[1, 2, 3], [42], [9, 8, 7, 6, 5]]
+    assert model.generate(prompts, seed=7, **kwargs) == [model.generate(p, seed=7 + i, **kwargs)
+                                                         for i, p in enumerate(prompts)]
+
+
+def test_stream_yields_each_token_as_it_is_chosen(model, monkeypatch):
+    """The first token comes after the prefill and one decode step, not after the whole answer."""
+    import tf_gpt2.generation as generation
+
+    ran, compiled = [], generation.compiled
+
+    def counted(model, function):
+        run = compiled(model, function)
+        return lambda *args: ran.append(function.__name__) or run(*args)
+
+    monkeypatch.setattr(generation, "compiled", counted)
+    tokens = stream(model, [7, 8, 9], max_new_tokens=9, stop_ids=[])
+    first = next(tokens)
+    assert ran == ["prefill", "decode_step"]
+    assert [first, *tokens] == model.generate([7, 8, 9], max_new_tokens=9, stop_ids=[])
 
 
 @pytest.mark.parametrize("kwargs", [dict(), dict(temperature=0.9, top_p=0.8, seed=5, repetition_penalty=1.3)])
