@@ -67,25 +67,35 @@ def test_two_workers_match_one_process(tmp_path):
     with open(tmp_path / "mirrored" / "run.json") as f:
         assert json.load(f)["replicas"] == 2
     # Refused over two replicas, where the run is placed (before its text is read or anything written): unequal
-    # parts weighed rows unequally, each replica judged its own float16 overflow, accumulation failed at once.
-    refusals = OVER_TWO_DEVICES.replace("from tf_gpt2.cli import main\nsys.exit(main(sys.argv[1:]))", """
+    # parts weighed rows unequally, each replica judged its own float16 overflow (a float16 LoRA base's too),
+    # accumulation failed at once. The first again as the command, on raw text: status 2, nothing written.
+    refusals = OVER_TWO_DEVICES.replace("sys.exit(main(sys.argv[1:]))", """
 from tf_gpt2.devices import place_run
 from tf_gpt2.train_config import TrainConfig
-for settings in (dict(batch_size=3), dict(precision="mixed_float16"), dict(grad_accum=2)):
+for settings in (dict(batch_size=3), dict(precision="mixed_float16"),
+                 dict(base_dtype="float16", lora_rank=2, init_from="gpt2"), dict(grad_accum=2)):
     try:
         place_run(TrainConfig(strategy="mirrored", **{"batch_size": 4, **settings}), None)
     except ValueError as e:
         print(e)
+print("status", main(sys.argv[1:]))
 """)
-    said = subprocess.run([sys.executable, "-c", refusals], env=env, capture_output=True, text=True, timeout=600)
+    said = subprocess.run([sys.executable, "-c", refusals, "train", "--data", str(tmp_path / "text.txt"), "--out",
+                           str(tmp_path / "refused"), "--strategy", "mirrored", "--batch-size", "3"], env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert not (tmp_path / "refused").exists(), os.listdir(tmp_path / "refused")
+    assert said.stderr.strip().endswith("tf-gpt2 train: error: batch_size 3 must be a multiple of the 2 replicas "
+                                        "--strategy mirrored trains on: each takes an equal part of the batch")
+    float16 = ("float16 under --strategy mirrored (2 replicas): Keras' loss scaling decides from each replica's own "
+               "gradients whether a step overflowed, so one replica applies a step another skips. Train in "
+               "mixed_bfloat16 or float32")
     assert [line for line in said.stdout.splitlines() if not line.startswith("note: ")] == [
         "batch_size 3 must be a multiple of the 2 replicas --strategy mirrored trains on: each takes an equal part of "
         "the batch",
-        "float16 under --strategy mirrored (2 replicas): Keras' loss scaling decides from each replica's own gradients "
-        "whether a step overflowed, so one replica applies a step another skips. Train in mixed_bfloat16 or float32",
+        float16, float16,
         "--grad-accum 2 under --strategy mirrored without XLA (2 replicas): Keras applies the accumulated update "
         "inside a conditional, which tf.distribute cannot synchronise across replicas (the first step fails). Give "
-        "the whole batch as --batch-size: each replica takes its part"], said.stdout + said.stderr[-2000:]
+        "the whole batch as --batch-size: each replica takes its part", "status 2"], said.stdout + said.stderr[-2000:]
 
     cluster = {"worker": [f"localhost:{port}" for port in _free_ports(2)]}
     workers = [
