@@ -15,14 +15,19 @@ from tf_gpt2 import GPT2, GPT2Config
 
 pytest.importorskip("jax")
 
+# Each filter and the penalty, alone and together (a peaked model: near-flat logits would hide them).
+SAMPLINGS = [dict(temperature=0.8, top_k=20), dict(temperature=0.7, top_p=0.5),
+             dict(temperature=0.9, top_k=30, top_p=0.9, repetition_penalty=1.3), dict(repetition_penalty=1.5)]
+
 
 def test_forward_generate_eval_and_train_step_on_jax_match_tensorflow(tmp_path):
-    model = GPT2(GPT2Config(vocab_size=200, n_positions=32, n_embd=32, n_layer=2, n_head=4))
+    model = GPT2(GPT2Config(vocab_size=200, n_positions=32, n_embd=32, n_layer=2, n_head=4, initializer_range=0.2))
     model.save_pretrained(tmp_path / "m")
     ids = np.random.RandomState(0).randint(0, 200, (2, 10))
     np.save(tmp_path / "ids.npy", ids)
     expected_logits = np.asarray(model(ids))
-    expected_ids = model.generate([5, 6, 7], max_new_tokens=6, temperature=0.8, top_k=20, seed=2, stop_ids=[])
+    expected_ids = [model.generate([5, 6, 7], max_new_tokens=12, seed=2, stop_ids=[], **sampling)
+                    for sampling in SAMPLINGS]
     from tf_gpt2.evaluation import evaluate
 
     expected_nll = evaluate(model, np.arange(40) % 200, context=8, stride=4).nll
@@ -36,7 +41,8 @@ def test_forward_generate_eval_and_train_step_on_jax_match_tensorflow(tmp_path):
         from tf_gpt2 import GPT2
         model = GPT2.from_pretrained({str(tmp_path / "m")!r})
         np.save({str(tmp_path / "jax.npy")!r}, np.asarray(model(np.load({str(tmp_path / "ids.npy")!r}))))
-        generated = model.generate([5, 6, 7], max_new_tokens=6, temperature=0.8, top_k=20, seed=2, stop_ids=[])
+        generated = [model.generate([5, 6, 7], max_new_tokens=12, seed=2, stop_ids=[], **sampling)
+                     for sampling in {SAMPLINGS!r}]
         from tf_gpt2.evaluation import evaluate
         nll = evaluate(model, np.arange(40) % 200, context=8, stride=4).nll
         ids = np.load({str(tmp_path / "ids.npy")!r})
@@ -70,7 +76,7 @@ def test_forward_generate_eval_and_train_step_on_jax_match_tensorflow(tmp_path):
     assert run.returncode == 0, run.stderr[-3000:]
     assert np.abs(np.load(tmp_path / "jax.npy") - expected_logits).max() <= 1e-4
     lines = run.stdout.strip().splitlines()
-    assert lines[-1] == str(expected_ids).replace(" ", "").replace(",", ", ")
+    assert json.loads(lines[-1]) == expected_ids
     jax_results = json.loads(lines[-2])
     assert abs(jax_results["nll"] - expected_nll) <= 1e-4 * expected_nll  # evaluation runs on JAX too
     assert jax_results["fused_vs_explicit"] <= 1e-5  # jax.nn.dot_product_attention == the written-out attention
