@@ -79,8 +79,14 @@ def test_tests_cannot_reach_the_network(tmp_path, monkeypatch):
     refused = record.read_text().splitlines()
     assert len(refused) == 3 and all(line.endswith(": ('192.0.2.1', 80)") for line in refused), refused
     assert refused[0].startswith("tests/test_package.py::test_tests_cannot_reach_the_network")
+    # A name is not even looked up (a DNS query leaves the machine; offline, the lookup's own error hid the attempt).
+    with pytest.raises(socket.gaierror, match="tests never reach the network: a lookup of 'example.com' was refused"):
+        socket.create_connection(("example.com", 80), timeout=2)
+    assert record.read_text().splitlines()[3].endswith(": ('example.com', 80)")
     with socket.socket() as server:  # this machine stays reachable (the local Hub, the distributed tests)
         server.bind(("127.0.0.1", 0))
         server.listen(1)
-        socket.create_connection(server.getsockname(), timeout=2).close()
-    assert len(record.read_text().splitlines()) == 3
+        for host in ("127.0.0.1", "localhost"):
+            socket.create_connection((host, server.getsockname()[1]), timeout=2).close()
+            server.accept()[0].close()
+    assert len(record.read_text().splitlines()) == 4

@@ -1,4 +1,5 @@
-"""Tests never reach the network: a socket may connect to this machine only (loopback, or a Unix socket).
+"""Tests never reach the network: a socket may connect to this machine only (loopback, or a Unix socket), and a
+host name is looked up only if it is this machine's (a lookup of another is itself traffic: a DNS query).
 
 conftest.py imports this in the test processes and puts this folder first on PYTHONPATH, so that the Python
 processes tests start import it too (as `sitecustomize`, at start-up; then it runs the `sitecustomize` it hides).
@@ -33,6 +34,26 @@ def _refused(address) -> bool:
     return True
 
 
+def _is_this_machine(host) -> bool:
+    if host is None or isinstance(host, bytes) and not host:
+        return True
+    name = host.decode() if isinstance(host, bytes) else str(host)
+    try:
+        ipaddress.ip_address(name.split("%")[0])  # an address is not looked up (connecting to it is guarded)
+        return True
+    except ValueError:
+        return name.lower() in ("", *LOCAL_NAMES, socket.gethostname().lower())
+
+
+def _getaddrinfo(getaddrinfo):
+    def checked(host, *args, **kwargs):
+        if not _is_this_machine(host) and _refused((host, args[0] if args else kwargs.get("port"))):
+            raise socket.gaierror(socket.EAI_NONAME, f"tests never reach the network: a lookup of {host!r} was "
+                                                     "refused")
+        return getaddrinfo(host, *args, **kwargs)
+    return checked
+
+
 def _connect(connect):
     def checked(self, address):
         if self.family in (socket.AF_INET, socket.AF_INET6) and _refused(address):
@@ -52,6 +73,7 @@ def _connect_ex(connect_ex):
 if not getattr(socket.socket, "_tf_gpt2_local_only", False):
     socket.socket.connect = _connect(socket.socket.connect)
     socket.socket.connect_ex = _connect_ex(socket.socket.connect_ex)
+    socket.getaddrinfo = _getaddrinfo(socket.getaddrinfo)
     socket.socket._tf_gpt2_local_only = True
 
 if __name__ == "sitecustomize":  # the one this hides (a distribution's, a virtualenv's), run as Python would have
