@@ -11,6 +11,7 @@ import json
 import os
 import re
 import threading
+import urllib.parse
 from typing import Iterator
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
@@ -64,10 +65,11 @@ def serve(repos: dict[str, dict[str, bytes]], commit: str = COMMIT) -> Iterator[
                 self.wfile.write(body)
 
         def _route(self) -> None:
-            log.append(f"{self.command} {self.path}")
-            api = re.fullmatch(r"/api/models/([^/]+/[^/]+)/revision/([^/?]+)(\?.*)?", self.path)
-            tree = re.fullmatch(r"/api/models/([^/]+/[^/]+)/tree/([^/?]+)(/[^?]*)?(\?.*)?", self.path)
-            resolve = re.fullmatch(r"/([^/]+/[^/]+)/resolve/([^/]+)/(.+)", self.path)
+            path = urllib.parse.unquote(self.path)  # (a file name with "[" comes quoted, as to the Hub)
+            log.append(f"{self.command} {path}")
+            api = re.fullmatch(r"/api/models/([^/]+/[^/]+)/revision/([^/?]+)(\?.*)?", path)
+            tree = re.fullmatch(r"/api/models/([^/]+/[^/]+)/tree/([^/?]+)(/[^?]*)?(\?.*)?", path)
+            resolve = re.fullmatch(r"/([^/]+/[^/]+)/resolve/([^/]+)/(.+)", path)
             route = api or tree or resolve
             repo_id = route.group(1) if route else None
             if repo_id not in repos:

@@ -30,6 +30,14 @@ def repos(tmp_path_factory):
     model = make_hf_model(**TINY)
     model.save_pretrained(root / "tiny")
     model.to(torch.bfloat16).save_pretrained(root / "sharded-bf16", max_shard_size="2MB")
+    shutil.copytree(root / "sharded-bf16", root / "renamed")  # shards by other names than transformers gives them:
+    index = json.loads((root / "renamed" / "model.safetensors.index.json").read_text())  # read by the index's names
+    for shard in set(index["weight_map"].values()):
+        (root / "renamed" / shard).rename(root / "renamed" / shard.replace("model-", "part["))
+    index["weight_map"] = {k: v.replace("model-", "part[") for k, v in index["weight_map"].items()}
+    (root / "renamed" / "model.safetensors.index.json").write_text(json.dumps(index))
+    shutil.copytree(root / "renamed", root / "lost-shard")  # its index names a shard the repo lacks
+    (root / "lost-shard" / "part[00002-of-00002.safetensors").unlink()
     model.to(torch.float32).config.save_pretrained(root / "binonly")  # the legacy layout: a pickled state dict
     torch.save(model.state_dict(), root / "binonly" / "pytorch_model.bin")
     shutil.copytree(root / "binonly", root / "binplus")  # beside an adapter's safetensors (a PEFT fine-tune's): the
@@ -62,8 +70,8 @@ def repos(tmp_path_factory):
         "config": {"vocabulary_size": 50257}, "registered_name": "keras_hub>GPT2Backbone"}))
     (root / "kerashub" / "model.weights.h5").write_bytes(b"weights")
     found = {f"org/{name}": read_files(str(root / name))
-             for name in ("tiny", "sharded-bf16", "binonly", "binplus", "sharded-bin", "untyped", "timm", "llama",
-                          "kerashub", "peft")}
+             for name in ("tiny", "sharded-bf16", "renamed", "lost-shard", "binonly", "binplus", "sharded-bin",
+                          "untyped", "timm", "llama", "kerashub", "peft")}
     assert "model.safetensors.index.json" in found["org/sharded-bf16"]
     assert not any(f.endswith(".safetensors") for f in found["org/binonly"])
     return found
@@ -153,7 +161,7 @@ def test_names_download_through_the_hub_endpoint_then_load_warm_offline(repos, t
     Llama repo, and one whose config has no model_type and is not GPT-2's, are refused after their config, before
     any weights."""
     cache, local = str(tmp_path / "cache"), {}
-    for name in ("org/tiny", "org/sharded-bf16", "org/sharded-bin", "org/binplus"):
+    for name in ("org/tiny", "org/sharded-bf16", "org/renamed", "org/sharded-bin", "org/binplus"):
         local[name] = str(tmp_path / name)
         os.makedirs(local[name])
         for file, data in repos[name].items():
@@ -165,9 +173,10 @@ def test_names_download_through_the_hub_endpoint_then_load_warm_offline(repos, t
                                     "model.fp16.safetensors": b"other weights", "adapter_model.safetensors": b"no"}}
     with serve(served) as (endpoint, log):
         result = run_script({"HF_HUB_CACHE": cache, "HF_ENDPOINT": endpoint, "HF_HUB_OFFLINE": "0"},
-                            loads=["org/tiny", "org/sharded-bf16", "org/sharded-bin", "org/binplus"], local=local,
+                            loads=["org/tiny", "org/sharded-bf16", "org/renamed", "org/sharded-bin", "org/binplus"],
+                            local=local,
                             fails=[("org/none", None), ("org/tiny", "v9"), ("org/llama", None), ("org/timm", None),
-                                   ("org/kerashub", None), ("org/peft", None)])
+                                   ("org/kerashub", None), ("org/peft", None), ("org/lost-shard", None)])
     assert max(result["diff"].values()) == 0, result["diff"]  # the same weights, downloaded
     errors = result["errors"]
     assert errors["org/none"] == (f"ValueError: no Hugging Face repo 'org/none' on {endpoint} (a private or gated repo "
@@ -180,6 +189,11 @@ def test_names_download_through_the_hub_endpoint_then_load_warm_offline(repos, t
     shards = {line.split()[1].split("/", 5)[-1] for line in log if line.startswith("GET /org/sharded-bin/resolve/")}
     assert shards == {"config.json", "pytorch_model.bin.index.json", "pytorch_model-00001-of-00002.bin",
                       "pytorch_model-00002-of-00002.bin"}, shards
+    assert errors["org/lost-shard"] == ("FileNotFoundError: Hugging Face repo 'org/lost-shard': its "
+                                        "model.safetensors.index.json names shards the repo does not hold: "
+                                        "part[00002-of-00002.safetensors")
+    renamed = {line.split()[1].split("/", 5)[-1] for line in log if line.startswith("GET /org/renamed/resolve/")}
+    assert {"part[00001-of-00002.safetensors", "part[00002-of-00002.safetensors"} <= renamed, renamed
     beside = {line.split()[1].split("/", 5)[-1] for line in log if line.startswith("GET /org/binplus/resolve/")}
     assert "pytorch_model.bin" in beside, beside  # (was not fetched: "no model.safetensors or pytorch_model.bin")
     assert errors["org/timm"] == ("ValueError: Hugging Face repo 'org/timm''s config.json lacks vocab_size, n_embd, "

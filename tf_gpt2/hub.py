@@ -5,7 +5,7 @@ A Hugging Face id (`gpt2`, `openai-community/gpt2-medium`, `hf://org/name`) is f
 `huggingface_hub.snapshot_download`: its cache (`HF_HUB_CACHE`, by default `~/.cache/huggingface/hub`),
 `HF_HUB_OFFLINE=1`, `HF_TOKEN`, `HF_ENDPOINT`, revisions and progress bars apply. Only what a GPT-2 load
 reads is downloaded: config.json first (a repo of another architecture is refused before any weights), then the
-model's safetensors weights (model.safetensors, or its index and the model-*.safetensors shards), the tokenizer
+model's safetensors weights (model.safetensors, or its index and then the shards it names), the tokenizer
 files and a PEFT adapter's adapter_config.json (whose adapter a load refuses: transformers with peft would apply
 it). A repo without safetensors is loaded from `pytorch_model.bin`, or its shards through
 `pytorch_model.bin.index.json`, as transformers loads them: `torch.load(weights_only=True)`, no pickled code
@@ -26,6 +26,7 @@ Example (online, or with the repo in the cache):
 
 from __future__ import annotations
 
+import glob
 import importlib.util
 import os
 import re
@@ -37,9 +38,9 @@ from tf_gpt2.tokenizer import OTHER_KINDS
 
 # What a GPT-2 load reads from a repo (weights, their index, config, tokenizer files).
 CONFIG = "config.json"
+# The model's (its index's shards are fetched by the names it gives): not an adapter's weights, nor a variant
+# (model.fp16.safetensors).
 MODEL_SAFETENSORS = ["model.safetensors", "model.safetensors.index.json"]
-# With the shards as transformers names them: not an adapter's weights, nor a variant (model.fp16.safetensors).
-SAFETENSORS = [*MODEL_SAFETENSORS, "model-*.safetensors"]
 PICKLED = ["pytorch_model.bin", "pytorch_model.bin.index.json", "pytorch_model-*.bin"]
 # The tokenizer files, of GPT-2's kind and of others (a checkpoint with another tokenizer is refused by them).
 TOKENIZER = ["vocab.json", "merges.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
@@ -97,6 +98,17 @@ def _matching(names, patterns: list[str]) -> list[str]:
     return list(filter_repo_objects(names, allow_patterns=patterns))
 
 
+def _missing_shards(snapshot: str) -> list[str]:
+    """The shards the snapshot's model.safetensors.index.json names and it lacks; none where there is no index or
+    it cannot be read (the load says what is wrong with it)."""
+    try:
+        weight_map = read_json(os.path.join(snapshot, MODEL_SAFETENSORS[1])).get("weight_map")
+    except (ValueError, OSError):
+        return []
+    names = {str(name) for name in weight_map.values()} if isinstance(weight_map, dict) else set()
+    return sorted(name for name in names if not os.path.exists(os.path.join(snapshot, name)))
+
+
 def _repo_files(repo_id: str, revision: str | None) -> list[str]:
     """The files of a repo on the Hub; none where it cannot be asked (down, unreachable: the cache was read)."""
     import httpx2  # (huggingface_hub's HTTP client)
@@ -141,8 +153,16 @@ def download(repo_id: str, revision: str | None = None,
             check_config(config, f"{where}'s {CONFIG}")
         # The top level only: a pattern's * matches "/" too, and checkpoint-500/model.safetensors is not the model.
         snapshot = snapshot_download(repo_id, revision=revision, ignore_patterns=["*/*"],
-                                     allow_patterns=[CONFIG, *SAFETENSORS, *TOKENIZER, PEFT_ADAPTER_FILES[0]])
+                                     allow_patterns=[CONFIG, *MODEL_SAFETENSORS, *TOKENIZER, PEFT_ADAPTER_FILES[0]])
         offline = constants.is_offline_mode()
+        if shards := _missing_shards(snapshot):  # as transformers reads them: named by the index, whatever the names
+            snapshot = snapshot_download(repo_id, revision=revision, ignore_patterns=["*/*"],
+                                         allow_patterns=[glob.escape(name) for name in shards])  # (names, not globs)
+            if missing := _missing_shards(snapshot):
+                raise FileNotFoundError(
+                    f"{where}: its {MODEL_SAFETENSORS[1]} names shards "
+                    + ("that are not in the Hugging Face cache, and HF_HUB_OFFLINE is set" if offline else
+                       "the repo does not hold") + f": {', '.join(missing[:3])}" + (" ..." if len(missing) > 3 else ""))
         if not _matching(os.listdir(snapshot), MODEL_SAFETENSORS):
             if importlib.util.find_spec("torch") is not None:
                 snapshot = snapshot_download(repo_id, revision=revision, allow_patterns=PICKLED,
