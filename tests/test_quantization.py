@@ -30,15 +30,31 @@ def test_quantizing_collects_garbage_once_not_after_each_kernel_it_drops(monkeyp
     """Keras collects garbage after each variable a layer drops (0.2 s or more a time in a process holding
     TensorFlow: GPT-2 124M's int8 quantization took 13 s, 3 s collected once); put back as it was."""
     import gc
+    import threading
 
     from tf_gpt2 import GPT2Config
+    from tf_gpt2.model import collected_once
 
     calls = []
     counted = lambda generation=2: calls.append(generation) or 0  # noqa: E731
     monkeypatch.setattr(gc, "collect", counted)
     model = GPT2(GPT2Config.from_preset("gpt2-tiny", vocab_size=50, n_positions=16))
-    model.quantize("int8")
-    assert model.h[1].mlp.c_proj.quantization_mode == "int8" and len(calls) == 1 and gc.collect is counted
+    inside, release = threading.Event(), threading.Event()
+
+    def another_quantization():
+        with collected_once():
+            inside.set()
+            release.wait(60)
+
+    other = threading.Thread(target=another_quantization)
+    other.start()
+    assert inside.wait(60)
+    gc.collect()  # this thread's collections run meanwhile
+    model.quantize("int8")  # and its own quantization collects once, at its end
+    assert model.h[1].mlp.c_proj.quantization_mode == "int8" and len(calls) == 2
+    release.set()
+    other.join()
+    assert len(calls) == 3 and gc.collect is counted
 
 
 def test_int8_greedy_choices_agree_with_float_on_a_trained_model(trained, int8, held_out):
