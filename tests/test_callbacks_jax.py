@@ -152,7 +152,8 @@ def python_ctrl_c():
 
     started_with = signal.signal(signal.SIGINT, signal.default_int_handler)
     yield
-    signal.signal(signal.SIGINT, started_with)
+    if started_with is not None:  # (None: a handler not set from Python, which cannot be set back from it)
+        signal.signal(signal.SIGINT, started_with)
 
 
 def test_a_ctrl_c_ends_training_at_the_end_of_its_batch_and_a_second_at_once(python_ctrl_c):

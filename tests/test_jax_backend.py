@@ -15,9 +15,11 @@ from tf_gpt2 import GPT2, GPT2Config
 
 pytest.importorskip("jax")
 
-# Each filter and the penalty, alone and together (a peaked model: near-flat logits would hide them).
-SAMPLINGS = [dict(temperature=0.8, top_k=20), dict(temperature=0.7, top_p=0.5),
-             dict(temperature=0.9, top_k=30, top_p=0.9, repetition_penalty=1.3), dict(repetition_penalty=1.5)]
+# Each filter and the penalty, alone and together, and the draws they change (on a peaked model: near-flat logits
+# would hide them).
+SAMPLINGS = [dict(temperature=0.8, top_k=20), dict(temperature=0.8), dict(temperature=0.7, top_p=0.5),
+             dict(temperature=0.7), dict(temperature=0.9, top_k=30, top_p=0.9, repetition_penalty=1.3),
+             dict(repetition_penalty=1.5), dict()]
 
 
 def test_forward_generate_eval_and_train_step_on_jax_match_tensorflow(tmp_path):
@@ -28,6 +30,8 @@ def test_forward_generate_eval_and_train_step_on_jax_match_tensorflow(tmp_path):
     expected_logits = np.asarray(model(ids))
     expected_ids = [model.generate([5, 6, 7], max_new_tokens=12, seed=2, stop_ids=[], **sampling)
                     for sampling in SAMPLINGS]
+    top_k, sampled, top_p, cooler, _, penalized, greedy = expected_ids
+    assert top_k != sampled and top_p != cooler and penalized != greedy
     from tf_gpt2.evaluation import evaluate
 
     expected_nll = evaluate(model, np.arange(40) % 200, context=8, stride=4).nll

@@ -83,10 +83,14 @@ def test_tests_cannot_reach_the_network(tmp_path, monkeypatch):
     with pytest.raises(socket.gaierror, match="tests never reach the network: a lookup of 'example.com' was refused"):
         socket.create_connection(("example.com", 80), timeout=2)
     assert record.read_text().splitlines()[3].endswith(": ('example.com', 80)")
+    with pytest.raises(socket.gaierror, match="a lookup of 'example.org' was refused"):  # (as asyncio hands it)
+        socket.getaddrinfo(b"example.org", 443)
+    assert record.read_text().splitlines()[4].endswith(": ('example.org', 443)")
     with socket.socket() as server:  # this machine stays reachable (the local Hub, the distributed tests)
         server.bind(("127.0.0.1", 0))
         server.listen(1)
+        server.settimeout(60)
         for host in ("127.0.0.1", "localhost"):
             socket.create_connection((host, server.getsockname()[1]), timeout=2).close()
             server.accept()[0].close()
-    assert len(record.read_text().splitlines()) == 4
+    assert len(record.read_text().splitlines()) == 5

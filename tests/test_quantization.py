@@ -144,6 +144,7 @@ def test_quantize_keeps_its_config_through_a_saved_file_and_refuses_a_filter(tmp
     reloaded = keras.models.load_model(tmp_path / "q.keras")
     np.testing.assert_allclose(np.asarray(reloaded(ids)), np.asarray(model(ids)), atol=1e-6)
     bfloat16 = model.with_dtype("bfloat16")  # weights-only still (its logits alone would not tell: ~1e-3 apart)
-    assert all(layer.inputs_quantizer is None for block in bfloat16.h for layer in (block.attn.c_attn, block.mlp.c_fc))
+    assert all(layer.inputs_quantizer is None for block in bfloat16.h
+               for layer in (block.attn.c_attn, block.attn.c_proj, block.mlp.c_fc, block.mlp.c_proj))
     assert default.h[0].mlp.c_fc.inputs_quantizer is not None  # (Keras' default int8 quantizes the inputs)
     np.testing.assert_allclose(np.asarray(bfloat16(ids)), np.asarray(model(ids)), atol=0.05)

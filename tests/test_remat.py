@@ -40,9 +40,10 @@ def fits(precisions):
     keras.remat = counted
     try:
         for precision in precisions:
-            (plain, before, none), (recomputed, after, blocks) = fit(False, precision), fit(True, precision)
+            (plain, before, plain_calls), (recomputed, after, calls) = fit(False, precision), fit(True, precision)
             moved = max(float(np.abs(a - b).max() / np.abs(a).max()) for a, b in zip(before, after))
-            result[precision] = dict(plain=plain, recomputed=recomputed, weights=moved, remat_calls=[none, blocks])
+            result[precision] = dict(plain=plain, recomputed=recomputed, weights=moved,
+                                     remat_calls=[plain_calls, calls])
     finally:
         keras.remat = keras_remat
     return result
@@ -78,8 +79,8 @@ def test_recomputed_blocks_train_to_the_same_weights(backend):
         result = json.loads(run.stdout.splitlines()[-1])
     # Measured in float32: bit-identical. Masks drawn anew in the recomputation part the losses from the first step
     # and the weights by 1.7 (relative): the bound is the 1e-5 relative asked of recomputation.
-    for plain, recomputed in (run["remat_calls"] for run in result.values()):  # gpt2-tiny's 2 blocks in each trace
-        assert plain == 0 and recomputed >= 2 and recomputed % 2 == 0, result  # of the train step; none without
+    for plain, recomputed in (fitted["remat_calls"] for fitted in result.values()):  # gpt2-tiny's 2 blocks in each
+        assert plain == 0 and recomputed >= 2 and recomputed % 2 == 0, result  # trace of the train step; none without
     assert result["float32"]["weights"] <= 1e-5, result
     np.testing.assert_allclose(result["float32"]["recomputed"], result["float32"]["plain"], rtol=1e-5)
     if "mixed_bfloat16" in result:  # XLA rounds the recomputed graph's intermediates elsewhere (measured 2e-4 on

@@ -1,5 +1,6 @@
 """Tests never reach the network: a socket may connect to this machine only (loopback, or a Unix socket), and a
-host name is looked up only if it is this machine's (a lookup of another is itself traffic: a DNS query).
+name is looked up through Python's `socket.getaddrinfo` (what `create_connection`, HTTP clients and asyncio use)
+only if it is this machine's (a lookup of another is itself traffic: a DNS query).
 
 conftest.py imports this in the test processes and puts this folder first on PYTHONPATH, so that the Python
 processes tests start import it too (as `sitecustomize`, at start-up; then it runs the `sitecustomize` it hides).
@@ -11,7 +12,7 @@ import ipaddress
 import os
 import socket
 
-LOCAL_NAMES = ("localhost", "ip6-localhost")
+LOCAL_NAMES = ("localhost", "localhost.", "localhost.localdomain", "ip6-localhost")
 
 
 def is_local(address) -> bool:
@@ -34,10 +35,14 @@ def _refused(address) -> bool:
     return True
 
 
+def _name(host) -> str:
+    return host.decode("latin-1") if isinstance(host, (bytes, bytearray)) else str(host)
+
+
 def _is_this_machine(host) -> bool:
     if host is None or isinstance(host, bytes) and not host:
         return True
-    name = host.decode() if isinstance(host, bytes) else str(host)
+    name = _name(host)
     try:
         ipaddress.ip_address(name.split("%")[0])  # an address is not looked up (connecting to it is guarded)
         return True
@@ -47,9 +52,9 @@ def _is_this_machine(host) -> bool:
 
 def _getaddrinfo(getaddrinfo):
     def checked(host, *args, **kwargs):
-        if not _is_this_machine(host) and _refused((host, args[0] if args else kwargs.get("port"))):
-            raise socket.gaierror(socket.EAI_NONAME, f"tests never reach the network: a lookup of {host!r} was "
-                                                     "refused")
+        if not _is_this_machine(host) and _refused((_name(host), args[0] if args else kwargs.get("port"))):
+            raise socket.gaierror(socket.EAI_NONAME, f"tests never reach the network: a lookup of {_name(host)!r} "
+                                                     "was refused")
         return getaddrinfo(host, *args, **kwargs)
     return checked
 
