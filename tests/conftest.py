@@ -20,9 +20,9 @@ if "--xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):  #
 # Tests never reach the network: a Hugging Face name that is not in a cache a test laid out fails loudly
 # (read when huggingface_hub is imported, so before anything imports it; subprocesses inherit it).
 os.environ["HF_HUB_OFFLINE"] = "1"
-# and a socket connects to this machine only, here and in the Python processes tests start (no_network/); each
-# connection refused is written down, and fails the session (pytest_sessionfinish). The test workers (xdist) keep
-# the file of the process that started them.
+# and a socket connects to this machine only, and only its names are looked up, here and in the Python processes
+# tests start (no_network/); each connection or lookup refused is written down, and fails the session
+# (pytest_sessionfinish). The test workers (xdist) keep the file of the process that started them.
 _NO_NETWORK = os.path.join(os.path.dirname(os.path.abspath(__file__)), "no_network")
 if "TF_GPT2_REFUSED_CONNECTIONS" not in os.environ:
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (_NO_NETWORK, os.environ.get("PYTHONPATH")) if p)
@@ -278,7 +278,8 @@ def pytest_collection_modifyitems(items):
 
 
 def pytest_sessionfinish(session, exitstatus):
-    """A connection off this machine fails the session, even where the code that tried caught the refusal."""
+    """A connection off this machine (or a lookup of another's name) fails the session, even where the code that
+    tried caught the refusal."""
     if hasattr(session.config, "workerinput"):  # a test worker: the process that started it says it, once
         return
     with open(os.environ["TF_GPT2_REFUSED_CONNECTIONS"], encoding="utf-8") as f:
