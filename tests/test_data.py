@@ -196,6 +196,23 @@ def test_a_failed_prepare_keeps_the_dataset_already_there(corpus, tmp_path, monk
     assert _dataset_state(out) == before  # same files, same bytes, same tokens: nothing half-replaced
     monkeypatch.undo()
 
+    # A text written to (or cut short) while it is read: refused, not made a dataset of text it never held whole.
+    real_chunks = data._chunks
+
+    def written_meanwhile(path, *args, **kwargs):
+        for i, chunk in enumerate(real_chunks(path, *args, **kwargs)):
+            yield chunk
+            if i == 0:
+                with open(path, "a", encoding="utf-8") as f:
+                    f.write("more text\n")
+
+    monkeypatch.setattr(data, "_chunks", written_meanwhile)
+    with pytest.raises(ValueError, match=r"a.txt changed while it was being read \([\d,]+ bytes before, [\d,]+ now\)"):
+        prepare(str(corpus / "a.txt"), str(out), shard_tokens=200, verbose=False, chunk_bytes=64)
+    assert _dataset_state(out) == before
+    monkeypatch.undo()
+    (corpus / "a.txt").write_text((corpus / "a.txt").read_text()[:-len("more text\n")])
+
     (tmp_path / "latin1.txt").write_bytes("caf\xe9\n".encode("latin-1"))
     with pytest.raises(ValueError, match="latin1.txt is not UTF-8 text"):
         prepare([str(corpus / "a.txt"), str(tmp_path / "latin1.txt")], str(out), verbose=False)

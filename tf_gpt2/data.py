@@ -336,6 +336,19 @@ def _size_and_time(path: str) -> list[int]:
     return [stat.st_size, stat.st_mtime_ns]
 
 
+def _refuse_changed(stamps: dict[str, list], error: BaseException | None = None) -> None:
+    """Raise where a text's size or modification time is not what `stamps` recorded before it was read."""
+    for path, (size, modified, _) in stamps.items():
+        try:
+            now = _size_and_time(path)
+        except OSError:
+            now = None
+        if now != [size, modified]:
+            raise ValueError(f"{path} changed while it was being read ({size:,} bytes before, " + (
+                f"{now[0]:,} now" if now else "gone now") + "): prepare its text again once it is written whole"
+            ) from error
+
+
 def _sha256(path: str) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
@@ -741,8 +754,13 @@ def prepare(inputs: str | Sequence[str], out_dir: str, val_fraction: float = 0.1
                 f"{len(files)} file(s)"
             size = f"{total / 1e6:.1f} MB" if total >= 1e5 else f"{total:,} bytes"  # (9,360 bytes said "0.0 MB")
             label = f"tokenizing {what}, {size} of text ({vocab} vocabulary) into {out_dir}"
-            splits = _write_shards(files, total, val_fraction, encode, separator, writers, label if verbose else None,
-                                   chunk_bytes, anywhere=vocab == "char")
+            try:
+                splits = _write_shards(files, total, val_fraction, encode, separator, writers,
+                                       label if verbose else None, chunk_bytes, anywhere=vocab == "char")
+            except ValueError as error:  # (a text cut short under the reader reads as bad UTF-8 past its new end)
+                _refuse_changed(stamps, error)
+                raise
+            _refuse_changed(stamps)  # (one cut short or written on read as text it never held, without a word)
             if sum(s["tokens"] for s in splits["train"]) == 0:
                 held = sum(s["tokens"] for s in splits["val"])
                 raise ValueError(f"no training tokens came out of {files}: " + (
