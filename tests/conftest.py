@@ -112,15 +112,20 @@ def lora_model(dtype: str = "float32"):
 @pytest.fixture(scope="session")
 def served_tiny(tmp_path_factory):
     """`spread_tiny_model`'s SavedModel (answers of up to 16 new tokens), shared by the tests that only read or serve
-    it; written under the common umask 022."""
+    it; written under the common umask 022, once per test run (the first test process to need it exports it)."""
+    import filelock
+
     from tf_gpt2.export import export_saved_model
 
-    previous = os.umask(0o022)
-    try:
-        return export_saved_model(spread_tiny_model(), str(tmp_path_factory.mktemp("serving") / "gpt2"),
-                                  max_new_tokens_limit=16)
-    finally:
-        os.umask(previous)
+    base = _shared_by_test_processes(tmp_path_factory) / "served_tiny" / "gpt2"
+    with filelock.FileLock(f"{base.parent}.lock"):
+        if not (base / "1" / "saved_model.pb").exists():
+            previous = os.umask(0o022)
+            try:
+                export_saved_model(spread_tiny_model(), str(base), version=1, max_new_tokens_limit=16)
+            finally:
+                os.umask(previous)
+    return str(base / "1")
 
 
 def console_script() -> str:

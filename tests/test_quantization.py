@@ -33,7 +33,7 @@ def test_quantizing_collects_garbage_once_not_after_each_kernel_it_drops(monkeyp
     import threading
 
     from tf_gpt2 import GPT2Config
-    from tf_gpt2.model import collected_once
+    from tf_gpt2.garbage import collected_once
 
     calls = []
     counted = lambda generation=2: calls.append(generation) or 0  # noqa: E731

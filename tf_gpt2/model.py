@@ -4,10 +4,8 @@ language-model head tied to the token embedding."""
 from __future__ import annotations
 
 import contextlib
-import gc
 import logging
 import os
-import threading
 import warnings
 from typing import Any, Callable, Iterator
 
@@ -17,6 +15,7 @@ from keras import ops
 from tf_gpt2.checks import CheckedLoops, check_aligned, check_losses_and_metrics, check_positions, check_token_ids
 from tf_gpt2.config import GPT2Config
 from tf_gpt2.files import atomic_write
+from tf_gpt2.garbage import collected_once
 from tf_gpt2.layers import TransformerBlock, causal_mask, new_buffer, recomputed
 from tf_gpt2.variants import VariantBlock
 from tf_gpt2.xla import changed
@@ -80,36 +79,6 @@ def unsaid_by_tensorflow(said: str) -> Iterator[None]:
         yield
     finally:
         logger.removeFilter(quiet)
-
-
-_deferred = threading.local()  # how deep this thread is in `collected_once`
-_collecting = {"lock": threading.Lock(), "within": 0, "collect": gc.collect}  # (the gc.collect it stands in for)
-
-
-def _collect(generation: int = 2) -> int:
-    return 0 if getattr(_deferred, "depth", 0) else _collecting["collect"](generation)
-
-
-@contextlib.contextmanager
-def collected_once() -> Iterator[None]:
-    """Garbage collected once, at the end, instead of after each variable a Keras layer drops (`Layer.__delattr__`
-    collects every time: 0.2 s or more in a process holding TensorFlow, 11 of the 13 s GPT-2 124M's int8
-    quantization took; the process's peak memory is the same). Other threads collect as they would."""
-    with _collecting["lock"]:
-        if not _collecting["within"]:
-            _collecting["collect"], gc.collect = gc.collect, _collect
-        _collecting["within"] += 1
-    _deferred.depth = getattr(_deferred, "depth", 0) + 1
-    try:
-        yield
-    finally:
-        _deferred.depth -= 1
-        with _collecting["lock"]:
-            _collecting["within"] -= 1
-            if not _collecting["within"] and gc.collect is _collect:
-                gc.collect = _collecting["collect"]
-        if not _deferred.depth:
-            gc.collect()
 
 
 @keras.saving.register_keras_serializable(package="tf_gpt2")
