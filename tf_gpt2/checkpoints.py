@@ -294,7 +294,7 @@ def _hf_weight_files(directory: str) -> list[str]:
                              f"newer: {newer}); remove the other")
         for path in paths:
             if os.path.exists(path):
-                return [path] if path == paths[0] else _shards(directory, index)
+                return [path] if path == paths[0] else index_shards(directory, index)
             refuse_dangling_link(path)  # not passed over for the next kind (other weights)
     raise FileNotFoundError(f"{directory} has config.json but no model.safetensors or pytorch_model.bin (nor their "
                             "shards' index)")
@@ -304,12 +304,12 @@ def _shards_there(directory: str, index_name: str) -> bool:
     """Whether `index_name` and every shard it names are in `directory`."""
     try:
         return os.path.exists(os.path.join(directory, index_name)) and all(map(os.path.exists,
-                                                                               _shards(directory, index_name)))
+                                                                               index_shards(directory, index_name)))
     except (ValueError, OSError):  # (an index that cannot be read names no shards)
         return False
 
 
-def _shards(directory: str, index_name: str) -> list[str]:
+def index_shards(directory: str, index_name: str) -> list[str]:
     """The files an index's weight_map names, each a file of `directory`."""
     index = os.path.join(directory, index_name)
     weight_map = read_json(index).get("weight_map")

@@ -101,12 +101,13 @@ def _matching(names, patterns: list[str]) -> list[str]:
 def _missing_shards(snapshot: str) -> list[str]:
     """The shards the snapshot's model.safetensors.index.json names and it lacks; none where there is no index or
     it cannot be read (the load says what is wrong with it)."""
+    from tf_gpt2.checkpoints import index_shards
+
     try:
-        weight_map = read_json(os.path.join(snapshot, MODEL_SAFETENSORS[1])).get("weight_map")
+        return [os.path.basename(path) for path in index_shards(snapshot, MODEL_SAFETENSORS[1])
+                if not os.path.exists(path)]
     except (ValueError, OSError):
         return []
-    names = {str(name) for name in weight_map.values()} if isinstance(weight_map, dict) else set()
-    return sorted(name for name in names if not os.path.exists(os.path.join(snapshot, name)))
 
 
 def _repo_files(repo_id: str, revision: str | None) -> list[str]:
