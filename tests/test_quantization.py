@@ -28,7 +28,7 @@ def test_int8_quantizes_every_projection_and_the_tied_embedding(int8):
 
 def test_quantizing_collects_garbage_once_not_after_each_kernel_it_drops(monkeypatch):
     """Keras collects garbage after each variable a layer drops (0.2 s or more a time in a process holding
-    TensorFlow: GPT-2 124M's int8 quantization took 13 s, 3 s collected once); put back as it was."""
+    TensorFlow: GPT-2 124M's int8 quantization took 12 s, 2 s collected once); put back as it was."""
     import gc
     import threading
 
