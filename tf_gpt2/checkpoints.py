@@ -31,7 +31,7 @@ import numpy as np
 from tf_gpt2.config import DROPOUTS, GPT2Config, is_rate, with_overrides
 from tf_gpt2.data import warn_of_a_folder_of_texts
 from tf_gpt2.devices import host_array
-from tf_gpt2.files import json_writer, read_json, refuse_dangling_link, write_together
+from tf_gpt2.files import index_shards, json_writer, read_json, refuse_dangling_link, write_together
 from tf_gpt2.formats import KERAS_HUB_GPT2, PEFT_ADAPTER_FILES
 from tf_gpt2.tokenizer import ENDOFTEXT, OTHER_KINDS, VOCAB_SIZE, default_vocab_files, end_of_text_id, other_tokenizer
 
@@ -307,19 +307,6 @@ def _shards_there(directory: str, index_name: str) -> bool:
                                                                                index_shards(directory, index_name)))
     except (ValueError, OSError):  # (an index that cannot be read names no shards)
         return False
-
-
-def index_shards(directory: str, index_name: str) -> list[str]:
-    """The files an index's weight_map names, each a file of `directory`."""
-    index = os.path.join(directory, index_name)
-    weight_map = read_json(index).get("weight_map")
-    if not isinstance(weight_map, dict) or not weight_map:
-        raise ValueError(f"{index} has no weight_map")
-    names = sorted({str(f) for f in weight_map.values()})
-    for name in names:  # a file of this directory by its name (a link, as in huggingface_hub's cache, goes anywhere)
-        if os.path.basename(name) != name or name in ("", ".", ".."):
-            raise ValueError(f"{index} points at {name!r}, not a file of {directory}: refusing to read it")
-    return [os.path.join(directory, name) for name in names]
 
 
 SHAPE = ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head")  # what a checkpoint's tensors fix

@@ -224,6 +224,19 @@ def read_json(path: str, kind: str | None = None) -> dict[str, Any]:
     return value
 
 
+def index_shards(directory: str, index_name: str) -> list[str]:
+    """The files an index's weight_map names, each a file of `directory`."""
+    index = os.path.join(directory, index_name)
+    weight_map = read_json(index).get("weight_map")
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise ValueError(f"{index} has no weight_map")
+    names = sorted({str(f) for f in weight_map.values()})
+    for name in names:  # a file of this directory by its name (a link, as in huggingface_hub's cache, goes anywhere)
+        if os.path.basename(name) != name or name in ("", ".", ".."):
+            raise ValueError(f"{index} points at {name!r}, not a file of {directory}: refusing to read it")
+    return [os.path.join(directory, name) for name in names]
+
+
 def refuse_dangling_link(path: str, why: str = "") -> None:
     """A link to nothing (an unmounted disk, a file moved) is named, not taken for no file."""
     if os.path.islink(path) and not os.path.exists(path):

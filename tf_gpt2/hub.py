@@ -32,7 +32,7 @@ import os
 import re
 from typing import Any, Callable
 
-from tf_gpt2.files import read_json
+from tf_gpt2.files import index_shards, read_json
 from tf_gpt2.formats import KERAS_HUB_GPT2, MODEL_FILE_SUFFIXES, PEFT_ADAPTER_FILES
 from tf_gpt2.tokenizer import OTHER_KINDS
 
@@ -101,8 +101,6 @@ def _matching(names, patterns: list[str]) -> list[str]:
 def _missing_shards(snapshot: str) -> list[str]:
     """The shards the snapshot's model.safetensors.index.json names and it lacks; none where there is no index or
     it cannot be read (the load says what is wrong with it)."""
-    from tf_gpt2.checkpoints import index_shards
-
     try:
         return [os.path.basename(path) for path in index_shards(snapshot, MODEL_SAFETENSORS[1])
                 if not os.path.exists(path)]
