@@ -28,6 +28,16 @@ SIZE = dict(n_layer=4, n_head=4, n_embd=128, n_positions=128)
 B, T, LR, MIN_LR, WARMUP = 16, 128, 1e-3, 1e-4, 50
 
 
+def lr_at(step: int, steps: int) -> float:
+    """The learning rate of update `step` of `steps`, as tf_gpt2's `learning_rate_schedule` gives it: update i of
+    the warmup at (i + 1) / (warmup + 1) of the peak (a run of few steps warms up less), then cosine decay."""
+    warmup = min(WARMUP, steps - 1)
+    if step < warmup:
+        return LR * (step + 1) / (warmup + 1)
+    progress = (step - warmup) / max(steps - warmup, 1)
+    return MIN_LR + 0.5 * (LR - MIN_LR) * (1 + math.cos(math.pi * progress))
+
+
 def val_batches(shards, n=20):
     return [shards.batch(step, T, B, seed=12345) for step in range(n)]
 
@@ -47,18 +57,10 @@ def torch_reference(train_shards, val, steps, vocab):
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
                                   lr=LR, betas=(0.9, 0.95), eps=1e-7)
 
-    warmup = min(WARMUP, steps - 1)  # as `learning_rate_schedule` takes it: a run of few steps warms up less
-
-    def lr_at(step):
-        if step < warmup:
-            return LR * step / warmup
-        progress = (step - warmup) / max(steps - warmup, 1)
-        return MIN_LR + 0.5 * (LR - MIN_LR) * (1 + math.cos(math.pi * progress))
-
     loss_fn = torch.nn.CrossEntropyLoss()
     for step in range(steps):
         for group in optimizer.param_groups:
-            group["lr"] = lr_at(step)
+            group["lr"] = lr_at(step, steps)
         x, y = (torch.from_numpy(a).long() for a in train_shards.batch(step, T, B, seed=0))
         loss = loss_fn(model(input_ids=x).logits.reshape(-1, vocab), y.reshape(-1))
         loss.backward()

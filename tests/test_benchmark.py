@@ -41,6 +41,20 @@ def test_nanogpt_peer_is_the_same_gpt2_as_hf():
     assert generated[:4] == ids[0, :4].tolist() and len(generated) == 9
 
 
+def test_the_convergence_peer_follows_tf_gpt2s_schedule():
+    """The torch reference of benchmarks/convergence.py sets each update's rate as `learning_rate_schedule` does."""
+    import convergence
+
+    from tf_gpt2.train_config import TrainConfig
+    from tf_gpt2.training import learning_rate_schedule
+
+    for steps in (500, 30):  # (30: a run shorter than the warmup)
+        ours = learning_rate_schedule(TrainConfig(steps=steps, learning_rate=convergence.LR, warmup_steps=convergence.
+                                                  WARMUP, min_learning_rate=convergence.MIN_LR))
+        assert [convergence.lr_at(i, steps) for i in range(steps)] == pytest.approx(
+            [float(ours(i)) for i in range(steps)], rel=1e-5)
+
+
 def test_bench_smoke_runs_the_peers_and_writes_figures(tmp_path, capsys):
     torch = pytest.importorskip("torch")
     out = tmp_path / "bench.json"

@@ -636,6 +636,18 @@ def test_preparing_the_same_texts_again_is_the_same_dataset_to_a_resumed_run(tmp
     assert _digest(tmp_path / "run" / CHECKPOINT) == good
 
 
+def test_the_warmups_first_update_trains(char_data, tmp_path):
+    """Update i of a warmup of w runs at (i + 1) / (w + 1) of the peak (nanoGPT's): from 0, as Keras' CosineDecay
+    starts, the first update changed nothing and `--steps 2` trained one step."""
+    from tf_gpt2.training import learning_rate_schedule
+
+    schedule = learning_rate_schedule(config(tmp_path, char_data, learning_rate=3e-4, steps=10, warmup_steps=2))
+    cosine = 3e-4 * (0.1 + 0.9 * (1 + np.cos(np.pi / 8)) / 2)  # update 3: 1/8 of the decay's 8, to a tenth
+    assert [float(schedule(i)) for i in range(4)] == pytest.approx([1e-4, 2e-4, 3e-4, cosine], rel=1e-6)
+    short = learning_rate_schedule(config(tmp_path, char_data, learning_rate=3e-4, steps=2))  # default warmup: 1
+    assert [float(short(i)) for i in range(2)] == pytest.approx([1.5e-4, 3e-4], rel=1e-6)
+
+
 def test_the_learning_rate_never_rises_when_fine_tuning_with_a_small_rate(char_data, tmp_path):
     from tf_gpt2.training import learning_rate_schedule
 

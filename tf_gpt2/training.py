@@ -91,10 +91,11 @@ class PerUpdate(keras.optimizers.schedules.LearningRateSchedule):
 
 def learning_rate_schedule(cfg: TrainConfig) -> keras.optimizers.schedules.LearningRateSchedule:
     """Linear warmup to `learning_rate`, then cosine decay to `min_learning_rate` at `steps`, all counted
-    in optimizer updates (`grad_accum` micro-batches each)."""
+    in optimizer updates (`grad_accum` micro-batches each). Update i of the warmup runs at (i + 1) / (warmup + 1)
+    of the peak, as nanoGPT's does (from 0 the first update would change nothing)."""
     warmup = min(cfg.warmup_steps, cfg.steps - 1)
     schedule = keras.optimizers.schedules.CosineDecay(
-        initial_learning_rate=0.0, warmup_target=cfg.learning_rate, warmup_steps=warmup,
+        initial_learning_rate=cfg.learning_rate / (warmup + 1), warmup_target=cfg.learning_rate, warmup_steps=warmup,
         decay_steps=max(cfg.steps - warmup, 1), alpha=cfg.min_learning_rate / cfg.learning_rate,
     )
     return PerUpdate(schedule, cfg.grad_accum) if cfg.grad_accum > 1 else schedule
