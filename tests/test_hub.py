@@ -202,8 +202,11 @@ def test_names_download_through_the_hub_endpoint_then_load_warm_offline(repos, t
         "ValueError: Hugging Face repo 'org/kerashub' is a keras-hub preset, not a transformers checkpoint: download "
         "it (`hf download org/kerashub --local-dir DIR`) and load DIR, or load keras-hub's name for it (gpt2_base_en, "
         "gpt2_medium_en, gpt2_large_en, gpt2_extra_large_en)")
-    assert re.fullmatch(r"ValueError: \S+ holds a PEFT adapter \(adapter_config.json\), which transformers with peft "
-                        r"applies to the model and tf_gpt2 does not: .*", errors["org/peft"]), errors["org/peft"]
+    assert re.fullmatch(r"ValueError: Hugging Face repo 'org/peft' holds a PEFT adapter \(adapter_config.json\), "
+                        r"which transformers with peft applies to the model and tf_gpt2 does not: .*",
+                        errors["org/peft"]), errors["org/peft"]
+    peft = {line.split()[1].split("/", 5)[-1] for line in log if line.startswith("GET /org/peft/resolve/")}
+    assert peft == {"config.json", "adapter_config.json"}, peft  # refused before its weights downloaded
     assert not [line for line in log if line.startswith(("GET /org/llama/resolve/", "GET /org/timm/resolve/",
                                                          "GET /org/kerashub/resolve/")) and "config.json" not in line]
     warm = run_script({"HF_HUB_CACHE": cache, "HF_HUB_OFFLINE": "1"}, loads=["org/tiny"], local=local)  # no server
@@ -214,6 +217,30 @@ def test_names_download_through_the_hub_endpoint_then_load_warm_offline(repos, t
                             loads=["org/tiny"], local=local)
     assert online["diff"]["org/tiny"] == 0
     assert sorted(log) == ["GET /api/models/org/tiny/revision/main", "HEAD /org/tiny/resolve/main/config.json"], log
+
+
+def test_a_cache_filled_by_hf_download_with_the_weights_alone_loads_offline(repos, tmp_path):
+    """The README's way to fetch ahead of time, `hf download REPO config.json model.safetensors`, leaves the repo's
+    tokenizer files out of a cache whose listing names them: offline, huggingface_hub calls that snapshot incomplete,
+    and the load failed as "not in the Hugging Face cache". It loads, with GPT-2's own tokenizer."""
+    from tf_gpt2.tokenizer import default_vocab_files
+
+    vocabulary = dict(zip(("vocab.json", "merges.txt"), default_vocab_files()))  # GPT-2's, as the Hub's gpt2 has
+    files = {**repos["org/tiny"], **{name: open(path, "rb").read() for name, path in vocabulary.items()}}
+    cache = str(tmp_path / "cache")
+    with serve({"org/tokenized": files}) as (endpoint, log):
+        env = {**os.environ, "HF_HUB_CACHE": cache, "HF_ENDPOINT": endpoint, "HF_HUB_OFFLINE": "0",
+               "HF_HUB_DISABLE_TELEMETRY": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+               "HF_HUB_DISABLE_UPDATE_CHECK": "1"}  # (the command asks pypi.org for a newer huggingface_hub)
+        hf = os.path.join(os.path.dirname(sys.executable), "hf")  # huggingface_hub's own command
+        run = subprocess.run([hf, "download", "org/tokenized", "config.json", "model.safetensors"], env=env,
+                             capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert not [line for line in log if "vocab.json" in line or "merges.txt" in line], log
+    local = lay_out_cache(str(tmp_path / "local"), "org/tiny", repos["org/tiny"])  # the same weights, read as a folder
+    result = run_script({"HF_HUB_CACHE": cache, "HF_HUB_OFFLINE": "1"}, loads=["org/tokenized"],
+                        local={"org/tokenized": local}, cli=["org/tokenized"])
+    assert result["diff"]["org/tokenized"] == 0 and result["cli"]["org/tokenized"][0] == 0, result
 
 
 def test_pickled_weights_without_torch_are_refused_before_they_download(repos, tmp_path):

@@ -331,13 +331,18 @@ def _saved_for(config: GPT2Config, metadata: dict[str, str], path: str) -> str:
                      for name in (*SHAPE, *COMPUTED) if saved.get(name, "?") != getattr(config, name))
 
 
-def read_hf(directory: str, **overrides: Any) -> tuple[GPT2Config, Tensors]:
-    adapter = os.path.join(directory, PEFT_ADAPTER_FILES[0])
-    if os.path.lexists(adapter):  # (transformers loads it onto the base model it names; read alone, these weights)
-        raise ValueError(f"{directory} holds a PEFT adapter ({PEFT_ADAPTER_FILES[0]}), which transformers with peft "
+def refuse_adapter(directory: str, source: str) -> None:
+    """Refuse a checkpoint (`source`, held in `directory`) with a PEFT adapter: transformers loads the adapter onto
+    the base model it names; read alone, its weights are another model's."""
+    if os.path.lexists(os.path.join(directory, PEFT_ADAPTER_FILES[0])):
+        raise ValueError(f"{source} holds a PEFT adapter ({PEFT_ADAPTER_FILES[0]}), which transformers with peft "
                          "applies to the model and tf_gpt2 does not: merge it into the weights first (peft: "
                          "merge_and_unload(), then save_pretrained into a new folder) and load that, or move the "
                          "adapter away")
+
+
+def read_hf(directory: str, **overrides: Any) -> tuple[GPT2Config, Tensors]:
+    refuse_adapter(directory, directory)
     config_path = os.path.join(directory, "config.json")
     hf_config = read_json(config_path)
     config = config_from_hf(hf_config, config_path, **overrides)
@@ -691,7 +696,7 @@ def load_pretrained(model_class: type, source: Any, revision: str | None = None,
                                                      if same else ""))
             source = hub.keras_hub_backbone(source)
         elif repo_id:
-            source = hub.download(repo_id, revision, check_config=config_from_hf)
+            source = hub.download(repo_id, revision, check_config=config_from_hf, check_files=refuse_adapter)
     elif revision is not None:
         raise ValueError(f"revision={revision!r} is for a Hugging Face repo name, not the local path {source}")
     if type(source).__name__ == "GPT2Backbone":

@@ -4,10 +4,10 @@ keras-hub, so the caches, offline mode and credentials work as their users know 
 A Hugging Face id (`gpt2`, `openai-community/gpt2-medium`, `hf://org/name`) is fetched with
 `huggingface_hub.snapshot_download`: its cache (`HF_HUB_CACHE`, by default `~/.cache/huggingface/hub`),
 `HF_HUB_OFFLINE=1`, `HF_TOKEN`, `HF_ENDPOINT`, revisions and progress bars apply. Only what a GPT-2 load
-reads is downloaded: config.json first (a repo of another architecture is refused before any weights), then the
-model's safetensors weights (model.safetensors, or its index and then the shards it names), the tokenizer
-files and a PEFT adapter's adapter_config.json (whose adapter a load refuses: transformers with peft would apply
-it). A repo without safetensors is loaded from `pytorch_model.bin`, or its shards through
+reads is downloaded: config.json first (a repo of another architecture is refused before anything else), then the
+tokenizer files and a PEFT adapter's adapter_config.json (a repo with an adapter is refused before its weights:
+transformers with peft would apply it), then the model's safetensors weights (model.safetensors, or its index and
+then the shards it names). A repo without safetensors is loaded from `pytorch_model.bin`, or its shards through
 `pytorch_model.bin.index.json`, as transformers loads them: `torch.load(weights_only=True)`, no pickled code
 (without torch installed, refused before they download).
 
@@ -108,6 +108,19 @@ def _missing_shards(snapshot: str) -> list[str]:
         return []
 
 
+def _snapshot(repo_id: str, revision: str | None, patterns: list[str]) -> str:
+    """The snapshot folder after `snapshot_download` of the repo's top-level files that `patterns` match. Offline, it
+    is the cached one even where it lacks some of them (a cache filled by `hf download REPO config.json
+    model.safetensors`, without the tokenizer files): what the load needs, it checks."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import IncompleteSnapshotError
+
+    try:  # (the top level only: a pattern's * matches "/" too, and checkpoint-500/model.safetensors is not the model)
+        return snapshot_download(repo_id, revision=revision, allow_patterns=patterns, ignore_patterns=["*/*"])
+    except IncompleteSnapshotError as e:
+        return e.snapshot_path
+
+
 def _repo_files(repo_id: str, revision: str | None) -> list[str]:
     """The files of a repo on the Hub; none where it cannot be asked (down, unreachable: the cache was read)."""
     import httpx2  # (huggingface_hub's HTTP client)
@@ -121,12 +134,14 @@ def _repo_files(repo_id: str, revision: str | None) -> list[str]:
 
 
 def download(repo_id: str, revision: str | None = None,
-             check_config: Callable[[dict, str], Any] | None = None) -> str:
+             check_config: Callable[[dict, str], Any] | None = None,
+             check_files: Callable[[str, str], Any] | None = None) -> str:
     """The local snapshot directory of a GPT-2 repo on the Hugging Face Hub (downloaded or from the cache).
 
-    `check_config(config, source)` reads the repo's config.json before any weights, raising where it is not GPT-2's
-    (a config without a model_type is read as GPT-2's, as a folder on disk is)."""
-    from huggingface_hub import constants, hf_hub_download, snapshot_download
+    `check_config(config, source)` reads the repo's config.json before anything else, raising where it is not GPT-2's
+    (a config without a model_type is read as GPT-2's, as a folder on disk is); `check_files(snapshot, source)` reads
+    the snapshot with its tokenizer files and a PEFT adapter's config, before any weights."""
+    from huggingface_hub import constants, hf_hub_download
     from huggingface_hub.errors import (
         EntryNotFoundError,
         LocalEntryNotFoundError,
@@ -150,13 +165,15 @@ def download(repo_id: str, revision: str | None = None,
             raise ValueError(f"{where} holds a Keras model ({registered}), not GPT-2")
         if check_config:
             check_config(config, f"{where}'s {CONFIG}")
-        # The top level only: a pattern's * matches "/" too, and checkpoint-500/model.safetensors is not the model.
-        snapshot = snapshot_download(repo_id, revision=revision, ignore_patterns=["*/*"],
-                                     allow_patterns=[CONFIG, *MODEL_SAFETENSORS, *TOKENIZER, PEFT_ADAPTER_FILES[0]])
+        # The small files first: a repo they refuse (an adapter's) is refused before gigabytes of weights.
+        snapshot = _snapshot(repo_id, revision, [CONFIG, *TOKENIZER, PEFT_ADAPTER_FILES[0]])
+        if check_files:
+            check_files(snapshot, where)
+        commit = os.path.basename(snapshot)  # (the revision resolved: the calls below ask the Hub nothing more)
+        snapshot = _snapshot(repo_id, commit, MODEL_SAFETENSORS)
         offline = constants.is_offline_mode()
         if shards := _missing_shards(snapshot):  # as transformers reads them: named by the index, whatever the names
-            snapshot = snapshot_download(repo_id, revision=revision, ignore_patterns=["*/*"],
-                                         allow_patterns=[glob.escape(name) for name in shards])  # (names, not globs)
+            snapshot = _snapshot(repo_id, commit, [glob.escape(name) for name in shards])  # (names, not globs)
             if missing := _missing_shards(snapshot):
                 raise FileNotFoundError(
                     f"{where}: its {MODEL_SAFETENSORS[1]} names shards "
@@ -164,10 +181,9 @@ def download(repo_id: str, revision: str | None = None,
                        "the repo does not hold") + f": {', '.join(missing[:3])}" + (" ..." if len(missing) > 3 else ""))
         if not _matching(os.listdir(snapshot), MODEL_SAFETENSORS):
             if importlib.util.find_spec("torch") is not None:
-                snapshot = snapshot_download(repo_id, revision=revision, allow_patterns=PICKLED,
-                                             ignore_patterns=["*/*"])
+                snapshot = _snapshot(repo_id, commit, PICKLED)
             elif _matching(os.listdir(snapshot), PICKLED) or not offline and _matching(
-                    _repo_files(repo_id, revision), PICKLED):  # said before gigabytes it cannot read
+                    _repo_files(repo_id, commit), PICKLED):  # said before gigabytes it cannot read
                 raise ImportError(f"{where} has no model.safetensors (nor its shards): its pickled weights "
                                   "(pytorch_model.bin or its shards) need torch to be read (pip install "
                                   "'tf_gpt2[torch]')")
