@@ -78,6 +78,16 @@ for settings in (dict(batch_size=3), dict(precision="mixed_float16"),
         place_run(TrainConfig(strategy="mirrored", **{"batch_size": 4, **settings}), None)
     except ValueError as e:
         print(e)
+import tensorflow as tf  # as on a machine with GPUs, where XLA is on unless --no-xla turns it off
+listed = tf.config.list_physical_devices
+tf.config.list_physical_devices = lambda kind=None: ["a GPU"] if kind == "GPU" else listed(kind)
+for xla in (True, False):
+    try:
+        print("placed", place_run(TrainConfig(strategy="mirrored", batch_size=4, grad_accum=2, jit_compile=xla),
+                                  None).replicas)
+    except ValueError as e:
+        print(e)
+tf.config.list_physical_devices = listed
 print("status", main(sys.argv[1:]))
 """)
     said = subprocess.run([sys.executable, "-c", refusals, "train", "--data", str(tmp_path / "text.txt"), "--out",
@@ -93,6 +103,9 @@ print("status", main(sys.argv[1:]))
         "batch_size 3 must be a multiple of the 2 replicas --strategy mirrored trains on: each takes an equal part of "
         "the batch",
         float16, float16,
+        "--grad-accum 2 under --strategy mirrored without XLA (2 replicas): Keras applies the accumulated update "
+        "inside a conditional, which tf.distribute cannot synchronise across replicas (the first step fails). Give "
+        "the whole batch as --batch-size: each replica takes its part", "placed 2",
         "--grad-accum 2 under --strategy mirrored without XLA (2 replicas): Keras applies the accumulated update "
         "inside a conditional, which tf.distribute cannot synchronise across replicas (the first step fails). Give "
         "the whole batch as --batch-size: each replica takes its part", "status 2"], said.stdout + said.stderr[-2000:]

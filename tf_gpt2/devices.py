@@ -135,7 +135,7 @@ def place_run(cfg, layout_map: Callable[[Any], Any]) -> Placement:
             raise ValueError(f"float16 under --strategy {cfg.strategy} ({placement.replicas} replicas): Keras' loss "
                              "scaling decides from each replica's own gradients whether a step overflowed, so one "
                              "replica applies a step another skips. Train in mixed_bfloat16 or float32")
-        if placement.replicas > 1 and cfg.grad_accum > 1 and placement.jit_compile is False:
+        if placement.replicas > 1 and cfg.grad_accum > 1 and False in (placement.jit_compile, cfg.jit_compile):
             raise ValueError(f"--grad-accum {cfg.grad_accum} under --strategy {cfg.strategy} without XLA "
                              f"({placement.replicas} replicas): Keras applies the accumulated update inside a "
                              "conditional, which tf.distribute cannot synchronise across replicas (the first step "
