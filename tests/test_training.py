@@ -596,12 +596,20 @@ def test_a_refused_resume_leaves_the_run_as_it_was_and_a_finished_one_says_so(tm
     with pytest.raises(ValueError, match=f"other settings \\(data: '{tmp_path / 'a.txt'}' -> "
                                          f"'{tmp_path / 'elsewhere' / 'a.txt'}'; the texts of --data \\("):
         train(config(run, "a.txt", steps=4, eval_interval=4, vocab="char"))
-    for spelling, more in ((os.path.join("..", "a.txt"), {}),
-                           (str(tmp_path / "a.txt"), {"steps": 2, "resume_with_changes": True})):
-        model, history = train(config(run, spelling, **{"steps": 4, "eval_interval": 4, "vocab": "char", **more}))
-        assert history == {} and f"is at step 4, and --steps is {more.get('steps', 4)}: nothing is left to train" \
-            in capsys.readouterr().err
+    model, history = train(config(run, os.path.join("..", "a.txt"), steps=4, eval_interval=4, vocab="char"))
+    assert history == {} and "is at step 4, and --steps is 4: nothing is left to train" in capsys.readouterr().err
+    # Changes taken by a finished run would be taken by nothing: refused before its text is tokenized again (they
+    # left run.json as it was and the run's data made from the edited text: the plain command was refused after).
+    (tmp_path / "a.txt").write_text(TEXT[::-1])  # (the same characters, which a character model reads)
+    for steps, said in ((4, "the texts of --data \\(edited: "), (2, "steps: 4 -> 2; the texts of --data")):
+        with pytest.raises(ValueError, match=f"is at step 4, and --steps is {steps}: nothing is left to train, so the "
+                                             f"changes \\({said}.* would not be taken: give a --steps past 4"):
+            train(config(run, str(tmp_path / "a.txt"), steps=steps, eval_interval=4, vocab="char",
+                         resume_with_changes=True))
     assert {name: _digest(run / name) for name in kept} == kept
+    model, history = train(config(run, str(tmp_path / "a.txt"), steps=6, eval_interval=2, vocab="char",
+                                  resume_with_changes=True))  # with steps left, they are taken
+    assert int(model.optimizer.iterations) == 6 and _digest(run / "run.json") != kept["run.json"]
 
 
 def test_the_default_sample_prompt_gives_way_in_characters_without_a_line_break(tmp_path, capsys):

@@ -813,16 +813,17 @@ def _read_record(out: str) -> dict[str, Any]:
     return record
 
 
-def check_resume(cfg: TrainConfig, identity: dict[str, Any], say: bool = False) -> None:
+def check_resume(cfg: TrainConfig, identity: dict[str, Any], say: bool = False) -> list[str]:
     """Refuse to resume a run under settings or data other than those it was started with (the data only where
     `identity` has its digest: the settings are checked again before the text is tokenized), or one whose run.json
-    is missing or unreadable, unless `resume_with_changes`; with `say`, the changes it takes are said."""
+    is missing or unreadable, unless `resume_with_changes`; with `say`, the changes it takes are said. Returns
+    them."""
     path = os.path.join(cfg.out, RUN_RECORD)
     try:
         before = _read_record(cfg.out)
     except UNREADABLE_RECORD as e:
         if cfg.resume_with_changes:
-            return
+            return []
         said = "is missing" if isinstance(e, FileNotFoundError) else f"is unreadable ({e!r})"
         raise ValueError(f"{path} {said}: cannot tell which run the checkpoint beside it belongs to. Use another "
                          "--out for a new run, or --resume-with-changes to continue this one anyway") from None
@@ -836,6 +837,7 @@ def check_resume(cfg: TrainConfig, identity: dict[str, Any], say: bool = False) 
                          f"--resume-with-changes: {cannot}. Use another --out for a new run")
     if changed and say and process_index() == 0:  # (run.json is rewritten with them: the old ones are said here)
         print(f"note: resuming with changes: {'; '.join(changed)}", file=sys.stderr)
+    return changed
 
 
 def _unresumable(cfg: TrainConfig, before: dict[str, Any]) -> str | None:
@@ -974,7 +976,12 @@ def _train(cfg: TrainConfig, placement: Placement) -> tuple[GPT2, dict[str, list
     texts = {}  # how the raw texts changed since the run's dataset was made, to say (not recorded)
     if os.path.exists(os.path.join(cfg.out, CHECKPOINT)):  # other settings or data: refused before the text is
         texts = _data_before_tokenizing(cfg, files)  # tokenized again
-        check_resume(cfg, {"settings": run_settings(cfg), **xla, **texts})
+        changed = check_resume(cfg, {"settings": run_settings(cfg), **xla, **texts})
+        if changed and (step := checkpoint_step(os.path.join(cfg.out, CHECKPOINT)) or 0) >= cfg.steps:
+            # (taken, they left run.json as it was, and the run's data tokenized from the changed texts)
+            raise ValueError(f"{os.path.join(cfg.out, CHECKPOINT)} is at step {step}, and --steps is {cfg.steps}: "
+                             f"nothing is left to train, so the changes ({'; '.join(changed)}) would not be taken: "
+                             f"give a --steps past {step} to train on with them")
     data_dir = prepared_data(cfg, source and source.config.characters, files)
     train_data, val_data = TokenShards(data_dir, "train"), TokenShards(data_dir, "val")
     train_data.check_block(cfg.block_size, cfg.batch_size)
