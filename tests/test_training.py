@@ -612,6 +612,19 @@ def test_a_refused_resume_leaves_the_run_as_it_was_and_a_finished_one_says_so(tm
     assert int(model.optimizer.iterations) == 6 and _digest(run / "run.json") != kept["run.json"]
 
 
+def test_no_resume_turns_dropout_on_or_off_and_the_refusal_says_so(char_data, tmp_path):
+    """A dropout layer holds random state only at a rate above 0: a resume that turned dropout on was refused as
+    "another model size, --lora-rank, float16's loss scale, or --grad-accum", none of which changed."""
+    with_dropout = {**TINY, "dropout": 0.1}
+    train(config(tmp_path, char_data, steps=2, eval_interval=2, model=with_dropout))
+    with pytest.raises(ValueError, match=r"holds the random state of \d+ dropout layers, this run's model has 0: a "
+                                         r"dropout layer has one only at a rate above 0, so no resume turns a dropout"):
+        train(config(tmp_path, char_data, steps=4, eval_interval=2, resume_with_changes=True))
+    model, _ = train(config(tmp_path, char_data, steps=4, eval_interval=2, resume_with_changes=True,
+                            model={**TINY, "dropout": 0.2}))  # another rate above 0: resumes
+    assert int(model.optimizer.iterations) == 4
+
+
 def test_the_default_sample_prompt_gives_way_in_characters_without_a_line_break(tmp_path, capsys):
     """The default prompt (a line break) cannot be written in such characters: the samples start from nothing. A
     prompt asked for is still refused."""

@@ -186,6 +186,13 @@ def restore_checkpoint(model: GPT2, path: str) -> int:
                                                                                    model.config.characters)]
         raise ValueError(f"checkpoint {path} was trained on other tokens than this run's data holds ({said[0]} "
                          f"against {said[1]}): every id would mean another character")
+    seeds = [sum("seed_generator" in name for name in names) for names in (meta["variables"],
+                                                                            [v.path for v in variables])]
+    if seeds[0] != seeds[1] and len(arrays) - seeds[0] == len(variables) - seeds[1]:
+        raise ValueError(f"checkpoint {path} holds the random state of {seeds[0]} dropout layers, this run's model "
+                         f"has {seeds[1]}: a dropout layer has one only at a rate above 0, so no resume turns a "
+                         "dropout (--dropout, --attn-pdrop, or --init-from's config's) on or off; resume with the "
+                         "rates the run had (0.1 to 0.2 resumes), or start a new --out")
     if len(arrays) != len(variables):  # names carry per-process counters, so compare structure
         raise ValueError(f"checkpoint {path} holds {len(arrays)} variables, this model and optimizer "
                          f"have {len(variables)}: it was written by a different configuration (another model size, "
