@@ -558,6 +558,15 @@ def test_an_init_from_folder_spelled_otherwise_is_the_same_setting(tmp_path, mon
     for spelling in ("hf1/", "./hf1", str(tmp_path / "hf1")):
         assert _same_setting("init_from", "hf1", spelling, {})
     assert not _same_setting("init_from", "hf1", "hf2", {}) and not _same_setting("init_from", "gpt2", "./gpt2", {})
+    # Another start is not taken by a resume, which goes on from its checkpoint: it was said as a change taken and
+    # recorded in run.json while the weights went on from hf1's.
+    from tf_gpt2.training import _unresumable
+
+    for before, now, said in (("hf1", "hf2", "--init-from hf1"), (None, "hf1", "scratch (no --init-from)"),
+                              ("hf1", None, "--init-from hf1"), ("hf1", "hf1/", None)):
+        problem = _unresumable(TrainConfig(init_from=now, resume_with_changes=True), {"init_from": before})
+        assert (problem is None) if said is None else problem.startswith(f"it started from {said}, and a resume "
+                                                                         "goes on from its checkpoint"), problem
 
 
 def test_a_refused_resume_leaves_the_run_as_it_was_and_a_finished_one_says_so(tmp_path, capsys, monkeypatch):

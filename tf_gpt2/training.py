@@ -858,6 +858,10 @@ def _unresumable(cfg: TrainConfig, before: dict[str, Any]) -> str | None:
         was = "with" if loss_scaled(before) else "without"
         return (f"it was trained {was} float16's loss scale (--precision mixed_float16, or --base-dtype float16), "
                 f"which the optimizer keeps: resume it {was} one")
+    if not _same_setting("init_from", before.get("init_from"), cfg.init_from, {}):
+        started = f"--init-from {before['init_from']}" if before.get("init_from") else "scratch (no --init-from)"
+        return (f"it started from {started}, and a resume goes on from its checkpoint whatever --init-from names "
+                "(another start would be recorded, not taken): resume it as it started")
     if before.get("vocab", cfg.vocab) != cfg.vocab and not _is_prepared(cfg.data):
         return (f"its model reads --vocab {before['vocab']} tokens, and this run would tokenize --data with "
                 f"--vocab {cfg.vocab}: resume it with --vocab {before['vocab']}")
