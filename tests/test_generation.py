@@ -240,6 +240,7 @@ def test_text_in_text_out_and_cli(capsys, tmp_path):
     assert "To be" in out
     command = shlex.split(out.split("continue with:\n")[1])  # pasted into a shell: the path has a space
     assert command[command.index("--model") + 1] == str(tmp_path / "my demo" / "model.keras"), command
+    assert command[:3] == ["tf-gpt2", "generate", "To be"], command  # its own prompt (it named ROMEO's)
     with np.load(tmp_path / "my demo" / "checkpoint.npz") as f:  # 5 steps more, not a compiled call of 10
         meta = json.loads(str(f["meta"]))
         iterations = [int(f[f"v{i}"]) for i, path in enumerate(meta["variables"]) if path.endswith("/iteration")]

@@ -154,6 +154,10 @@ def test_lora_trains_only_adapters(char_data, tmp_path):
     GPT2(GPT2Config.from_preset("gpt2-tiny", **TINY, vocab_size=30)).save(base)
     model, history = train(config(tmp_path / "run", char_data, init_from=str(base), lora_rank=4,
                                   learning_rate=1e-2))
+    with pytest.raises(ValueError, match="lora_kernel_a' has shape .*: it holds adapters of another --lora-rank, "
+                                         "which no resume takes"):  # (was said as "a model of another size")
+        train(config(tmp_path / "run", char_data, init_from=str(base), lora_rank=2, learning_rate=1e-2, steps=30,
+                     resume_with_changes=True))
     original = GPT2.from_pretrained(str(base))
     trainable = {v.path.split("/")[-1] for v in model.trainable_variables}
     assert trainable == {"lora_kernel_a", "lora_kernel_b"}

@@ -93,7 +93,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     val = f", validation loss {history['val_loss'][-1]:.3f}" if history.get("val_loss") else ""
     print(f"\n{model.count_params():,} parameters, {args.steps} steps{val}. The model writes:\n")
     print(decode(ids[: len(args.prompt) + args.max_new_tokens]))
-    print(f"\nThe model is {saved}; continue with:\n  tf-gpt2 generate \"ROMEO:\" --model {shlex.quote(saved)} "
+    prompt = shlex.quote(args.prompt.strip() or "ROMEO:")  # (the one it wrote from)
+    print(f"\nThe model is {saved}; continue with:\n  tf-gpt2 generate {prompt} --model {shlex.quote(saved)} "
           "--max-new-tokens 48 --temperature 0.8 --top-k 20")
     return 0
 

@@ -200,8 +200,9 @@ def restore_checkpoint(model: GPT2, path: str) -> int:
                          "accumulators, so a run of --grad-accum 1 and one of more do not resume each other)")
     for variable, value in zip(variables, arrays):
         if tuple(value.shape) != tuple(variable.shape):
+            what = ("adapters of another --lora-rank" if "lora" in variable.path else "a model of another size")
             raise ValueError(f"checkpoint {path}: '{variable.path}' has shape {value.shape}, this run's "
-                             f"{variable.shape}: it holds a model of another size, which no resume takes (the model's "
+                             f"{variable.shape}: it holds {what}, which no resume takes (the model's "
                              "flags as the run had them, or another --out)")
         if value.dtype == np.dtype("V2"):  # np.savez keeps bfloat16 as raw bytes (a float32 variable takes them too)
             value = value.view(ml_dtypes.bfloat16)
