@@ -620,3 +620,17 @@ def test_generate_continues_a_prompt_file_or_standard_input_as_written(tmp_path,
             (["--prompt-file", str(tmp_path / "empty.txt")], b"", f"{tmp_path / 'empty.txt'} is empty: no prompt")):
         status, said = generate(*command, stdin=stdin)
         assert status == 2 and said.out == "" and message in said.err, said
+
+
+def test_a_file_where_an_output_folder_would_be_is_named(tmp_path, capsys):
+    """`convert m.keras notadir/m.keras` (and into notadir/hf) with notadir a file: makedirs' "File exists:
+    notadir" named a folder that is not there."""
+    from tf_gpt2 import GPT2, GPT2Config
+
+    GPT2(GPT2Config.from_preset("gpt2-tiny", n_layer=1, n_embd=32, n_head=2)).save(tmp_path / "m.keras")
+    (tmp_path / "notadir").write_text("a file")
+    for dst in ("m.keras", "hf", "deeper/m.keras"):
+        assert cli_main(["convert", str(tmp_path / "m.keras"), str(tmp_path / "notadir" / dst)]) == 2
+        assert capsys.readouterr().err.strip() == ("tf-gpt2 convert: error: Not a directory (a file, where a folder to "
+                                                   f"write in would be): {tmp_path / 'notadir'}")
+    assert (tmp_path / "notadir").read_text() == "a file"

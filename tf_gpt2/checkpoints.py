@@ -31,7 +31,7 @@ import numpy as np
 from tf_gpt2.config import DROPOUTS, GPT2Config, is_rate, with_overrides
 from tf_gpt2.data import warn_of_a_folder_of_texts
 from tf_gpt2.devices import host_array
-from tf_gpt2.files import index_shards, json_writer, read_json, refuse_dangling_link, write_together
+from tf_gpt2.files import index_shards, json_writer, make_folders, read_json, refuse_dangling_link, write_together
 from tf_gpt2.formats import KERAS_HUB_GPT2, PEFT_ADAPTER_FILES
 from tf_gpt2.tokenizer import ENDOFTEXT, OTHER_KINDS, VOCAB_SIZE, default_vocab_files, end_of_text_id, other_tokenizer
 
@@ -414,7 +414,7 @@ def save_hf(model: keras.Model, directory: str | os.PathLike) -> None:
         raise ValueError(f"weight '{name}' contains NaN or infinite values: saving it to {directory} would write a "
                          "checkpoint that does not load; nothing was written")
     _refuse_replacing_another_config(os.path.join(directory, "config.json"))
-    os.makedirs(directory, exist_ok=True)
+    make_folders(directory)
     cfg = model.config
     activation = {"gelu_tanh": "gelu_new"}.get(cfg.activation, cfg.activation)
     hf_config = {

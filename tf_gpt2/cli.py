@@ -20,7 +20,7 @@ from typing import Sequence
 from tf_gpt2.config import PRESETS
 from tf_gpt2.data import VOCABS
 from tf_gpt2.detokenize import DETOKENIZERS
-from tf_gpt2.files import refuse_replacing_another_kind, refuse_writing_over_inputs
+from tf_gpt2.files import make_folders, refuse_replacing_another_kind, refuse_writing_over_inputs
 from tf_gpt2.formats import FORMATS, MODEL_FILE_SUFFIXES, ON_DEVICE_SUFFIXES, QUANTIZATIONS
 from tf_gpt2.train_config import BASE_DTYPES, DISTRIBUTIONS, PRECISIONS, STRATEGIES, TrainConfig
 
@@ -321,7 +321,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
         model.save_pretrained(args.dst)
     else:
         written = _written(args.dst)
-        os.makedirs(os.path.dirname(os.path.abspath(args.dst)), exist_ok=True)  # (as save_pretrained, export, train)
+        make_folders(os.path.dirname(os.path.abspath(args.dst)))  # (as save_pretrained, export, train)
         save_keras(model, args.dst)
     print(written)
     return 0

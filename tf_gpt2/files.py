@@ -342,6 +342,21 @@ def _locked(directory: str, what: str, wait: bool) -> tuple[Any, str | None]:
     raise RuntimeError(f"{directory} was removed each time this {what} took its lock: another program removes it")
 
 
+def make_folders(directory: str) -> None:
+    """`os.makedirs(directory, exist_ok=True)`, naming the file where a folder of the path would be (makedirs said
+    "File exists" of the folder it could not make)."""
+    try:
+        os.makedirs(directory, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        part = os.path.abspath(directory)
+        while not os.path.exists(part):
+            part = os.path.dirname(part)
+        if os.path.isdir(part):
+            raise
+        raise NotADirectoryError(errno.ENOTDIR, "Not a directory (a file, where a folder to write in would be)",
+                                 part) from None
+
+
 def _first_missing(directory: str) -> str | None:
     """The topmost folder of `directory`'s path that is not there yet (None: it is there)."""
     top, path = None, os.path.realpath(directory)  # (as makedirs follows a link: `link/../new` is made where it leads)
@@ -376,7 +391,7 @@ def folders_for(path: str) -> Iterator[None]:
     a failed write leaves no folders behind."""
     directory = os.path.dirname(os.path.abspath(path))
     top = _first_missing(directory)
-    os.makedirs(directory, exist_ok=True)
+    make_folders(directory)
     try:
         yield
     except BaseException:
