@@ -19,6 +19,10 @@ def files(tmp_path):
     (tmp_path / "text.txt").write_text("hello world\n" * 20)
     (tmp_path / "folder").mkdir()
     os.symlink(tmp_path / "nowhere" / "data", tmp_path / "dangling")  # a link to a folder not (yet) made
+    (tmp_path / "dataset").mkdir()  # a prepared dataset and a run's folder: no output of another kind goes in them
+    (tmp_path / "dataset" / "manifest.json").write_text(json.dumps({"splits": {}}))
+    (tmp_path / "arun").mkdir()
+    (tmp_path / "arun" / "run.json").write_text(json.dumps({"settings": {}}))
     (tmp_path / "done").mkdir()  # a finished run whose checkpoint was removed
     (tmp_path / "done" / "model.keras").write_text("its model")
     (tmp_path / "unmounted").mkdir()  # a run whose checkpoint is a link to a disk not mounted (taken for none:
@@ -97,6 +101,11 @@ CASES = [
      "the file it leads to: make it there, or remove the link)"),
     (["convert", "{d}/hf", "{d}/fake.keras"],  # (not a Keras archive: it was replaced, said after)
      "{d}/fake.keras is a file but no .keras file: writing there would replace it"),
+    (["convert", "{d}/hf", "{d}/dataset"],  # (prepare then refused the dataset it made as an export's folder)
+     "{d}/dataset is the folder of a prepared dataset: a Hugging Face checkpoint written there would mix its files "
+     "with those; give it a folder of its own"),
+    (["convert", "{d}/hf", "{d}/arun"], "{d}/arun is the folder of a training run: a Hugging Face checkpoint"),
+    ([*EXPORT_TINY, "--out", "{d}/arun"], "{d}/arun is the folder of a training run: a SavedModel written there"),
     (["convert", "{d}/hf", "{d}/OUT.KERAS"], "{d}/OUT.KERAS names a .KERAS file, but convert writes a .keras file"),
     (["convert", "{d}/hf", "{d}/model.safetensors"], "names a .safetensors file, but convert writes a .keras file"),
     (["convert", "{d}/hf", "{d}/out.keras/"], "{d}/out.keras/ ends in /, a folder's mark, but a .keras name"),

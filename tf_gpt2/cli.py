@@ -18,7 +18,7 @@ from typing import Sequence
 # The modules imported here load no TensorFlow: the `tf-gpt2` launcher parses the command line (and answers
 # --help) with them alone, and each command imports what it runs.
 from tf_gpt2.config import PRESETS
-from tf_gpt2.data import VOCABS
+from tf_gpt2.data import VOCABS, refuse_a_dataset_or_run
 from tf_gpt2.detokenize import DETOKENIZERS
 from tf_gpt2.files import make_folders, refuse_replacing_another_kind, refuse_writing_over_inputs
 from tf_gpt2.formats import FORMATS, MODEL_FILE_SUFFIXES, ON_DEVICE_SUFFIXES, QUANTIZATIONS
@@ -313,6 +313,8 @@ def cmd_convert(args: argparse.Namespace) -> int:
     if folder and os.path.exists(args.dst) and not os.path.isdir(args.dst):  # before reading the source
         raise NotADirectoryError(f"Not a directory (a Hugging Face checkpoint is a folder; a .keras DST is a file): "
                                  f"{args.dst}")
+    if folder:
+        refuse_a_dataset_or_run(args.dst, "a Hugging Face checkpoint")
     model = GPT2.from_pretrained(args.src, revision=args.revision)
     if folder:  # replaced: what save_pretrained writes, or removes as a reader would take it instead
         replaced = os.path.isdir(args.dst) and (bool(files_read_instead(args.dst, [])) or any(
@@ -382,6 +384,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     out = args.out or default
     refuse_writing_over_inputs(out, args.model)
     if kind == "saved_model":  # (a version folder added, nothing replaced)
+        refuse_a_dataset_or_run(out, "a SavedModel")
         path = export_saved_model(_load_model(args), out, version=args.version,
                                   max_new_tokens_limit=args.max_new_tokens_limit, dtype=args.dtype, xla=args.xla)
         print(f"wrote {path}")

@@ -131,6 +131,16 @@ def _is_output(directory: str) -> bool:
     return _holds_a_model(directory) or _holds(directory, MANIFEST, "splits") or _is_run(directory)
 
 
+def refuse_a_dataset_or_run(directory: str, what: str) -> None:
+    """Refuse to write `what` into the folder of a prepared dataset or a training run: its files mixed with theirs
+    (`prepare` then refused the folder as an export's, and `generate --model RUN` read a stale copy written there
+    instead of the run's model)."""
+    if os.path.isdir(directory) and (kind := "a training run" if _is_run(directory) else
+                                     "a prepared dataset" if _holds(directory, MANIFEST, "splits") else None):
+        raise ValueError(f"{directory} is the folder of {kind}: {what} written there would mix its files with "
+                         "those; give it a folder of its own")
+
+
 def _refuse_unreadable(error: OSError) -> None:
     """A folder that cannot be listed (permissions, a failing disk) is named, not skipped with its texts."""
     raise OSError(error.errno, f"{error.strerror}: its texts cannot be read", error.filename)
