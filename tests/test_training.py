@@ -515,7 +515,7 @@ def test_resuming_with_other_settings_or_data_is_refused_unless_asked(char_data,
                                                                                    "dropout": 0.1}))
     with pytest.raises(ValueError, match=r"'gpt2\w*/wte/embeddings' has shape \(30, 32\), this run's \(30, 48\): it "
                                          "holds a model of another size, which no resume takes"):  # (a bare shape)
-        train(config(tmp_path / "run", char_data, steps=10, eval_interval=10, model={**TINY, "n_embd": 48},
+        train(config(tmp_path / "run", char_data, steps=20, eval_interval=10, model={**TINY, "n_embd": 48},
                      resume_with_changes=True))
     assert _digest(tmp_path / "run" / CHECKPOINT) == good
     capsys.readouterr()
