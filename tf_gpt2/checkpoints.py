@@ -23,7 +23,7 @@ import secrets
 import shutil
 import warnings
 import zipfile
-from typing import Any, Iterator
+from typing import Any, Collection, Iterator
 
 import keras
 import numpy as np
@@ -331,10 +331,10 @@ def _saved_for(config: GPT2Config, metadata: dict[str, str], path: str) -> str:
                      for name in (*SHAPE, *COMPUTED) if saved.get(name, "?") != getattr(config, name))
 
 
-def refuse_adapter(directory: str, source: str) -> None:
-    """Refuse a checkpoint (`source`, held in `directory`) with a PEFT adapter: transformers loads the adapter onto
-    the base model it names; read alone, its weights are another model's."""
-    if os.path.lexists(os.path.join(directory, PEFT_ADAPTER_FILES[0])):
+def refuse_adapter(names: Collection[str], source: str) -> None:
+    """Refuse a checkpoint (`source`, whose files are `names`) with a PEFT adapter: transformers loads the adapter
+    onto the base model it names; read alone, its weights are another model's."""
+    if PEFT_ADAPTER_FILES[0] in names:
         raise ValueError(f"{source} holds a PEFT adapter ({PEFT_ADAPTER_FILES[0]}), which transformers with peft "
                          "applies to the model and tf_gpt2 does not: merge it into the weights first (peft: "
                          "merge_and_unload(), then save_pretrained into a new folder) and load that, or move the "
@@ -342,7 +342,7 @@ def refuse_adapter(directory: str, source: str) -> None:
 
 
 def read_hf(directory: str, **overrides: Any) -> tuple[GPT2Config, Tensors]:
-    refuse_adapter(directory, directory)
+    refuse_adapter(os.listdir(directory), directory)
     config_path = os.path.join(directory, "config.json")
     hf_config = read_json(config_path)
     config = config_from_hf(hf_config, config_path, **overrides)

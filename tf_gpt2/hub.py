@@ -121,6 +121,18 @@ def _snapshot(repo_id: str, revision: str | None, patterns: list[str]) -> str:
         return e.snapshot_path
 
 
+def _cached_listing(repo_id: str, commit: str) -> list[str]:
+    """The top-level files of the repo at `commit` as the Hub listed them when the cache was filled (none where it
+    holds no listing)."""
+    from huggingface_hub import get_cached_repo_tree
+    from huggingface_hub.errors import CachedRepoTreeNotFoundError
+
+    try:
+        return [f.path for f in get_cached_repo_tree(repo_id, revision=commit) if "/" not in f.path]
+    except CachedRepoTreeNotFoundError:
+        return []
+
+
 def _repo_files(repo_id: str, revision: str | None) -> list[str]:
     """The files of a repo on the Hub; none where it cannot be asked (down, unreachable: the cache was read)."""
     import httpx2  # (huggingface_hub's HTTP client)
@@ -135,12 +147,12 @@ def _repo_files(repo_id: str, revision: str | None) -> list[str]:
 
 def download(repo_id: str, revision: str | None = None,
              check_config: Callable[[dict, str], Any] | None = None,
-             check_files: Callable[[str, str], Any] | None = None) -> str:
+             check_files: Callable[[set[str], str], Any] | None = None) -> str:
     """The local snapshot directory of a GPT-2 repo on the Hugging Face Hub (downloaded or from the cache).
 
     `check_config(config, source)` reads the repo's config.json before anything else, raising where it is not GPT-2's
     (a config without a model_type is read as GPT-2's, as a folder on disk is); `check_files(snapshot, source)` reads
-    the snapshot with its tokenizer files and a PEFT adapter's config, before any weights."""
+    the names of the snapshot's files (with its tokenizer files and a PEFT adapter's config) before any weights."""
     from huggingface_hub import constants, hf_hub_download
     from huggingface_hub.errors import (
         EntryNotFoundError,
@@ -167,9 +179,9 @@ def download(repo_id: str, revision: str | None = None,
             check_config(config, f"{where}'s {CONFIG}")
         # The small files first: a repo they refuse (an adapter's) is refused before gigabytes of weights.
         snapshot = _snapshot(repo_id, revision, [CONFIG, *TOKENIZER, PEFT_ADAPTER_FILES[0]])
-        if check_files:
-            check_files(snapshot, where)
         commit = os.path.basename(snapshot)  # (the revision resolved: the calls below ask the Hub nothing more)
+        if check_files:  # (offline, the files the Hub listed when the cache was filled count too: not yet fetched)
+            check_files({*os.listdir(snapshot), *_cached_listing(repo_id, commit)}, where)
         snapshot = _snapshot(repo_id, commit, MODEL_SAFETENSORS)
         offline = constants.is_offline_mode()
         if shards := _missing_shards(snapshot):  # as transformers reads them: named by the index, whatever the names
