@@ -58,7 +58,8 @@ CASES = [
     (["eval", "{d}/text.txt", "--random-init", "gpt2-tiny", "--stride", "0"], "stride must be in 1..context"),
     (["export", "--random-init", "gpt2-tiny", "--format", "tflite", "--out", "{d}/folder", "--cache-length", "16"],
      "{d}/folder is a folder: name the .tflite file to write"),
-    (["export", "--random-init", "gpt2-tiny", "--out", "{d}/text.txt/m"], "Not a directory: {d}/text.txt"),
+    (["export", "--random-init", "gpt2-tiny", "--out", "{d}/text.txt/m"],
+     "Not a directory (a file, where a folder to write in would be): {d}/text.txt"),
     (["train", "--out", "{d}/run", "--eval-interval", "0"], "eval_interval must be a positive integer"),
     (["train", "--out", "{d}/run", "--sample-tokens", "-2"], "sample_tokens must be a non-negative integer, got -2"),
     # (TensorFlow failed on them naming no flag: "Python int too large to convert to C long", after writing logs/)

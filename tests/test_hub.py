@@ -220,10 +220,11 @@ def test_names_download_through_the_hub_endpoint_then_load_warm_offline(repos, t
 
 
 def test_a_cache_filled_by_hf_download_with_the_weights_alone_loads_offline(repos, tmp_path):
-    """The README's way to fetch ahead of time, `hf download REPO config.json model.safetensors`, leaves the repo's
-    tokenizer files out of a cache whose listing names them: offline, huggingface_hub calls that snapshot incomplete,
-    and the load failed as "not in the Hugging Face cache". It loads, with GPT-2's own tokenizer; a repo listed with
-    a PEFT adapter is refused as online."""
+    """Fetched ahead of time with `hf download REPO config.json model.safetensors`, a repo's tokenizer files are not
+    in a cache whose listing names them: offline, huggingface_hub calls that snapshot incomplete, and the load failed
+    as "not in the Hugging Face cache". It names the tokenizer files to fetch (read to check that the tokenizer is
+    GPT-2's: loaded without them, another tokenizer would pass), then loads with them, as the README fetches; a repo
+    listed with a PEFT adapter is refused as online."""
     from tf_gpt2.tokenizer import default_vocab_files
 
     vocabulary = dict(zip(("vocab.json", "merges.txt"), default_vocab_files()))  # GPT-2's, as the Hub's gpt2 has
@@ -234,14 +235,23 @@ def test_a_cache_filled_by_hf_download_with_the_weights_alone_loads_offline(repo
                "HF_HUB_DISABLE_TELEMETRY": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1",
                "HF_HUB_DISABLE_UPDATE_CHECK": "1"}  # (the command asks pypi.org for a newer huggingface_hub)
         hf = os.path.join(os.path.dirname(sys.executable), "hf")  # huggingface_hub's own command
-        for repo in ("org/tokenized", "org/peft"):
-            run = subprocess.run([hf, "download", repo, "config.json", "model.safetensors"], env=env,
-                                 capture_output=True, text=True, timeout=300)
+        def download(repo, *names):
+            run = subprocess.run([hf, "download", repo, *names], env=env, capture_output=True, text=True, timeout=300)
             assert run.returncode == 0, run.stderr[-2000:]
-    assert not [line for line in log if "vocab.json" in line or "adapter_config" in line], log
+
+        for repo in ("org/tokenized", "org/peft"):
+            download(repo, "config.json", "model.safetensors")
+        offline = {"HF_HUB_CACHE": cache, "HF_HUB_OFFLINE": "1"}
+        assert not [line for line in log if "vocab.json" in line or "adapter_config" in line], log
+        refused = run_script(offline, fails=[("org/tokenized", None)])["errors"]["org/tokenized"]
+        assert refused == ("FileNotFoundError: Hugging Face repo 'org/tokenized': its tokenizer files merges.txt, "
+                           "vocab.json are not in the Hugging Face cache and HF_HUB_OFFLINE is set: a load reads them "
+                           "to check that the tokenizer is GPT-2's; fetch them too (`hf download org/tokenized "
+                           "merges.txt vocab.json`), or load it once online"), refused
+        download("org/tokenized", "vocab.json", "merges.txt")
     local = lay_out_cache(str(tmp_path / "local"), "org/tiny", repos["org/tiny"])  # the same weights, read as a folder
-    result = run_script({"HF_HUB_CACHE": cache, "HF_HUB_OFFLINE": "1"}, loads=["org/tokenized"],
-                        local={"org/tokenized": local}, cli=["org/tokenized"], fails=[("org/peft", None)])
+    result = run_script(offline, loads=["org/tokenized"], local={"org/tokenized": local}, cli=["org/tokenized"],
+                        fails=[("org/peft", None)])
     assert result["diff"]["org/tokenized"] == 0 and result["cli"]["org/tokenized"][0] == 0, result
     # A repo the Hub lists with an adapter is refused though the adapter's config was not fetched (it loaded the
     # base weights alone, which transformers with peft would not).

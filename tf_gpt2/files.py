@@ -313,7 +313,7 @@ def _locked(directory: str, what: str, wait: bool) -> tuple[Any, str | None]:
     for attempt in range(100):
         made = _first_missing(directory)
         try:
-            os.makedirs(directory, exist_ok=True)
+            make_folders(directory)
             lock = open(lock_path, "a+")
         except FileNotFoundError:  # removed meanwhile by the holder of the lock, whose write failed: again (not a
             if made is not None or os.path.isdir(directory) or attempt == 99:  # .lock or a parent that is a broken

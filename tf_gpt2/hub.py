@@ -110,8 +110,8 @@ def _missing_shards(snapshot: str) -> list[str]:
 
 def _snapshot(repo_id: str, revision: str | None, patterns: list[str]) -> str:
     """The snapshot folder after `snapshot_download` of the repo's top-level files that `patterns` match. Offline, it
-    is the cached one even where it lacks some of them (a cache filled by `hf download REPO config.json
-    model.safetensors`, without the tokenizer files): what the load needs, it checks."""
+    is the cached one even where it lacks some of them (a cache filled by `hf download` with some of the files): what
+    the load needs, it checks and names."""
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import IncompleteSnapshotError
 
@@ -151,7 +151,7 @@ def download(repo_id: str, revision: str | None = None,
     """The local snapshot directory of a GPT-2 repo on the Hugging Face Hub (downloaded or from the cache).
 
     `check_config(config, source)` reads the repo's config.json before anything else, raising where it is not GPT-2's
-    (a config without a model_type is read as GPT-2's, as a folder on disk is); `check_files(snapshot, source)` reads
+    (a config without a model_type is read as GPT-2's, as a folder on disk is); `check_files(names, source)` reads
     the names of the snapshot's files (with its tokenizer files and a PEFT adapter's config) before any weights."""
     from huggingface_hub import constants, hf_hub_download
     from huggingface_hub.errors import (
@@ -180,8 +180,16 @@ def download(repo_id: str, revision: str | None = None,
         # The small files first: a repo they refuse (an adapter's) is refused before gigabytes of weights.
         snapshot = _snapshot(repo_id, revision, [CONFIG, *TOKENIZER, PEFT_ADAPTER_FILES[0]])
         commit = os.path.basename(snapshot)  # (the revision resolved: the calls below ask the Hub nothing more)
-        if check_files:  # (offline, the files the Hub listed when the cache was filled count too: not yet fetched)
-            check_files({*os.listdir(snapshot), *_cached_listing(repo_id, commit)}, where)
+        listed = _cached_listing(repo_id, commit)  # (offline, what the Hub listed when the cache was filled counts)
+        if check_files:
+            check_files({*os.listdir(snapshot), *listed}, where)
+        if unfetched := [name for name in _matching(listed, TOKENIZER) if not os.path.lexists(os.path.join(snapshot,
+                                                                                                            name))]:
+            why = "HF_HUB_OFFLINE is set" if constants.is_offline_mode() else f"{constants.ENDPOINT} cannot be reached"
+            raise FileNotFoundError(
+                f"{where}: its tokenizer files {', '.join(unfetched)} are not in the Hugging Face cache and {why}: a "
+                f"load reads them to check that the tokenizer is GPT-2's; fetch them too (`hf download {repo_id} "
+                f"{' '.join(unfetched)}`), or load it once online")
         snapshot = _snapshot(repo_id, commit, MODEL_SAFETENSORS)
         offline = constants.is_offline_mode()
         if shards := _missing_shards(snapshot):  # as transformers reads them: named by the index, whatever the names

@@ -189,8 +189,8 @@ def restore_checkpoint(model: GPT2, path: str) -> int:
     seeds = [sum("seed_generator" in name for name in names) for names in (meta["variables"],
                                                                             [v.path for v in variables])]
     if seeds[0] != seeds[1] and len(arrays) - seeds[0] == len(variables) - seeds[1]:
-        raise ValueError(f"checkpoint {path} holds the random state of {seeds[0]} dropout layers, this run's model "
-                         f"has {seeds[1]}: a dropout layer has one only at a rate above 0, so no resume turns a "
+        raise ValueError(f"checkpoint {path} holds the random state of {seeds[0]} dropout layer(s), this run's "
+                         f"model has {seeds[1]}: a dropout layer has one only at a rate above 0, so no resume turns a "
                          "dropout (--dropout, --attn-pdrop, or --init-from's config's) on or off; resume with the "
                          "rates the run had (0.1 to 0.2 resumes), or start a new --out")
     if len(arrays) != len(variables):  # names carry per-process counters, so compare structure
@@ -821,11 +821,11 @@ def _read_record(out: str) -> dict[str, Any]:
     return record
 
 
-def check_resume(cfg: TrainConfig, identity: dict[str, Any], say: bool = False) -> list[str]:
+def check_resume(cfg: TrainConfig, identity: dict[str, Any]) -> list[str]:
     """Refuse to resume a run under settings or data other than those it was started with (the data only where
     `identity` has its digest: the settings are checked again before the text is tokenized), or one whose run.json
-    is missing or unreadable, unless `resume_with_changes`; with `say`, the changes it takes are said. Returns
-    them."""
+    is missing or unreadable, unless `resume_with_changes`, or one that has nothing left to train (its changes would
+    be taken by nothing). Returns the changes it takes."""
     path = os.path.join(cfg.out, RUN_RECORD)
     try:
         before = _read_record(cfg.out)
@@ -843,8 +843,12 @@ def check_resume(cfg: TrainConfig, identity: dict[str, Any], say: bool = False) 
     if cannot := _unresumable(cfg, before["settings"]):
         raise ValueError(f"{cfg.out} holds a checkpoint that this run cannot continue, even with "
                          f"--resume-with-changes: {cannot}. Use another --out for a new run")
-    if changed and say and process_index() == 0:  # (run.json is rewritten with them: the old ones are said here)
-        print(f"note: resuming with changes: {'; '.join(changed)}", file=sys.stderr)
+    checkpoint = os.path.join(cfg.out, CHECKPOINT)
+    if changed and (step := checkpoint_step(checkpoint) or 0) >= cfg.steps:
+        # (taken, they left run.json as it was, and the run's data tokenized from the changed texts)
+        raise ValueError(f"{checkpoint} is at step {step}, and --steps is {cfg.steps}: nothing is left to train, so "
+                         f"the changes ({'; '.join(changed)}) would not be taken: give a --steps past {step} to train "
+                         "on with them")
     return changed
 
 
@@ -859,10 +863,6 @@ def _unresumable(cfg: TrainConfig, before: dict[str, Any]) -> str | None:
         was = "with" if loss_scaled(before) else "without"
         return (f"it was trained {was} float16's loss scale (--precision mixed_float16, or --base-dtype float16), "
                 f"which the optimizer keeps: resume it {was} one")
-    if not _same_setting("init_from", before.get("init_from"), cfg.init_from, {}):
-        started = f"--init-from {before['init_from']}" if before.get("init_from") else "scratch (no --init-from)"
-        return (f"it started from {started}, and a resume goes on from its checkpoint whatever --init-from names "
-                "(another start would be recorded, not taken): resume it as it started")
     if before.get("vocab", cfg.vocab) != cfg.vocab and not _is_prepared(cfg.data):
         return (f"its model reads --vocab {before['vocab']} tokens, and this run would tokenize --data with "
                 f"--vocab {cfg.vocab}: resume it with --vocab {before['vocab']}")
@@ -988,12 +988,7 @@ def _train(cfg: TrainConfig, placement: Placement) -> tuple[GPT2, dict[str, list
     texts = {}  # how the raw texts changed since the run's dataset was made, to say (not recorded)
     if os.path.exists(os.path.join(cfg.out, CHECKPOINT)):  # other settings or data: refused before the text is
         texts = _data_before_tokenizing(cfg, files)  # tokenized again
-        changed = check_resume(cfg, {"settings": run_settings(cfg), **xla, **texts})
-        if changed and (step := checkpoint_step(os.path.join(cfg.out, CHECKPOINT)) or 0) >= cfg.steps:
-            # (taken, they left run.json as it was, and the run's data tokenized from the changed texts)
-            raise ValueError(f"{os.path.join(cfg.out, CHECKPOINT)} is at step {step}, and --steps is {cfg.steps}: "
-                             f"nothing is left to train, so the changes ({'; '.join(changed)}) would not be taken: "
-                             f"give a --steps past {step} to train on with them")
+        check_resume(cfg, {"settings": run_settings(cfg), **xla, **texts})
     data_dir = prepared_data(cfg, source and source.config.characters, files)
     train_data, val_data = TokenShards(data_dir, "train"), TokenShards(data_dir, "val")
     train_data.check_block(cfg.block_size, cfg.batch_size)
@@ -1004,7 +999,12 @@ def _train(cfg: TrainConfig, placement: Placement) -> tuple[GPT2, dict[str, list
     with placement.scope():
         model = build_model(cfg, train_data.manifest, placement, source)  # bad settings fail here, before any write
         if os.path.exists(checkpoint):
-            check_resume(cfg, {**identity, **texts}, say=True)
+            changed = check_resume(cfg, {**identity, **texts})
+            if changed and process_index() == 0:  # (run.json is rewritten with them: the old ones are said here)
+                print(f"note: resuming with changes: {'; '.join(changed)}", file=sys.stderr)
+            if any(change.startswith("init_from:") for change in changed) and process_index() == 0:
+                print("note: a resume goes on from its checkpoint's weights: --init-from gives the model's settings "
+                      "only", file=sys.stderr)
         optimizer = make_optimizer(model, cfg)
         gradient_norm = clip_by_global_norm(optimizer, cfg.grad_clip) if on_tensorflow else None  # (make_optimizer)
         if model.dtype_policy.compute_dtype == "float16":
