@@ -1002,9 +1002,9 @@ def _train(cfg: TrainConfig, placement: Placement) -> tuple[GPT2, dict[str, list
             changed = check_resume(cfg, {**identity, **texts})
             if changed and process_index() == 0:  # (run.json is rewritten with them: the old ones are said here)
                 print(f"note: resuming with changes: {'; '.join(changed)}", file=sys.stderr)
-            if any(change.startswith("init_from:") for change in changed) and process_index() == 0:
-                print("note: a resume goes on from its checkpoint's weights: --init-from gives the model's settings "
-                      "only", file=sys.stderr)
+                if any(change.startswith("init_from:") for change in changed):
+                    print("note: a resume goes on from its checkpoint's weights: --init-from gives the model's "
+                          "settings only", file=sys.stderr)
         optimizer = make_optimizer(model, cfg)
         gradient_norm = clip_by_global_norm(optimizer, cfg.grad_clip) if on_tensorflow else None  # (make_optimizer)
         if model.dtype_policy.compute_dtype == "float16":
