@@ -17,7 +17,6 @@ MODULES = sorted(m.name for m in pkgutil.iter_modules(tf_gpt2.__path__, "tf_gpt2
 
 # Modules without a runnable example, and why; every other module must run at least one.
 WITHOUT_EXAMPLES = {
-    "tf_gpt2.cli": "the command line: tests/test_cli.py runs it",
     "tf_gpt2.distribute": "patches for a multi-worker cluster: tests/test_distributed.py runs two workers",
     "tf_gpt2.export": "writes a SavedModel (seconds): tests/test_tf_serving.py serves it",
     "tf_gpt2.formats": "two constants",

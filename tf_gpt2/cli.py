@@ -93,10 +93,23 @@ def cmd_demo(args: argparse.Namespace) -> int:
     val = f", validation loss {history['val_loss'][-1]:.3f}" if history.get("val_loss") else ""
     print(f"\n{model.count_params():,} parameters, {args.steps} steps{val}. The model writes:\n")
     print(decode(ids[: len(args.prompt) + args.max_new_tokens]))
-    prompt = shlex.quote(args.prompt.strip() or "ROMEO:")  # (the one it wrote from)
-    print(f"\nThe model is {saved}; continue with:\n  tf-gpt2 generate {prompt} --model {shlex.quote(saved)} "
-          "--max-new-tokens 48 --temperature 0.8 --top-k 20")
+    print(f"\nThe model is {saved}; continue with:\n  {continue_command(args.prompt, saved)}")
     return 0
+
+
+def continue_command(prompt: str, model: str) -> str:
+    """The `tf-gpt2 generate` command that continues `prompt` with the demo's model, as a shell reads it: the
+    prompt without its trailing line breaks, after `--` where it starts with "-" (else read as a flag).
+
+    >>> continue_command("To be\\n", "runs/my demo/model.keras")
+    "tf-gpt2 generate 'To be' --model 'runs/my demo/model.keras' --max-new-tokens 48 --temperature 0.8 --top-k 20"
+    >>> continue_command("-- a play", "m.keras")
+    "tf-gpt2 generate --model m.keras --max-new-tokens 48 --temperature 0.8 --top-k 20 -- '-- a play'"
+    """
+    prompt = prompt.rstrip("\n") or prompt
+    flags = ["--model", model, "--max-new-tokens", "48", "--temperature", "0.8", "--top-k", "20"]
+    words = flags + ["--", prompt] if prompt.startswith("-") else [prompt, *flags]
+    return shlex.join(["tf-gpt2", "generate", *words])
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
