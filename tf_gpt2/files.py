@@ -342,15 +342,21 @@ def _locked(directory: str, what: str, wait: bool) -> tuple[Any, str | None]:
     raise RuntimeError(f"{directory} was removed each time this {what} took its lock: another program removes it")
 
 
+def nearest_existing(path: str) -> str:
+    """`path`, absolute, or the nearest of its parents that is there."""
+    path = os.path.abspath(path)
+    while not os.path.exists(path):
+        path = os.path.dirname(path)
+    return path
+
+
 def make_folders(directory: str) -> None:
     """`os.makedirs(directory, exist_ok=True)`, naming the file where a folder of the path would be (makedirs said
     "File exists" of the folder it could not make)."""
     try:
         os.makedirs(directory, exist_ok=True)
     except (FileExistsError, NotADirectoryError):
-        part = os.path.abspath(directory)
-        while not os.path.exists(part):
-            part = os.path.dirname(part)
+        part = nearest_existing(directory)
         if os.path.isdir(part):
             raise
         raise NotADirectoryError(errno.ENOTDIR, "Not a directory (a file, where a folder to write in would be)",

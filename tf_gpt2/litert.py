@@ -27,7 +27,14 @@ import numpy as np
 import tensorflow as tf
 
 from tf_gpt2.checks import checked_stop_ids, is_integer, require_tensorflow
-from tf_gpt2.files import atomic_write, folders_for, refuse_replacing_another_kind, work_dir, write_file
+from tf_gpt2.files import (
+    atomic_write,
+    folders_for,
+    nearest_existing,
+    refuse_replacing_another_kind,
+    work_dir,
+    write_file,
+)
 from tf_gpt2.formats import MODEL_FILE_SUFFIXES, QUANTIZATIONS
 from tf_gpt2.generation import refuse_non_finite
 from tf_gpt2.layers import causal_mask
@@ -205,9 +212,7 @@ def check_writable(path: str, kind: str) -> None:
         raise ValueError(f"{path}: LiteRT-LM opens a package by its name's ending, .litertlm in lower case: give the "
                          "path that ending")
     refuse_replacing_another_kind(path, kind)
-    existing = os.path.dirname(os.path.abspath(path))
-    while not os.path.exists(existing):  # (the folders are made when the file is written, not before the conversion)
-        existing = os.path.dirname(existing)
+    existing = nearest_existing(os.path.dirname(os.path.abspath(path)))  # (its folders are made when it is written)
     if not os.path.isdir(existing):
         raise NotADirectoryError(f"cannot write {path}: {existing} is a file, not a directory")
     if not os.access(existing, os.W_OK):
