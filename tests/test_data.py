@@ -720,21 +720,27 @@ def test_a_prepare_error_starts_on_a_line_of_its_own(corpus, tmp_path, capsys):
 
 
 def test_a_text_read_twice_under_two_names_is_said(tmp_path):
-    """A copy kept in an old/ folder: both are read (the text counts twice, the validation split may repeat training
-    text), and the warning names the copy and its original; distinct texts say nothing."""
+    """A copy kept in an old/ folder, or gzipped beside its .txt: both are read (the text counts twice, the validation
+    split may repeat training text), and the warning names the copy and its original; distinct texts say nothing."""
+    import gzip
     import warnings
 
     (tmp_path / "texts" / "old").mkdir(parents=True)
+    text = "First Citizen:\nBefore we proceed any further, hear me speak.\n" * 5
     for path in ("texts/a.txt", "texts/old/a.txt"):
-        (tmp_path / path).write_text("First Citizen:\nBefore we proceed any further, hear me speak.\n" * 5)
+        (tmp_path / path).write_text(text)
     (tmp_path / "texts" / "b.txt").write_text("All:\nSpeak, speak.\n" * 5)
-    with pytest.warns(UserWarning, match=rf"1 text\(s\) hold the same bytes as another, and both are read .*: "
+    with pytest.warns(UserWarning, match=rf"1 file\(s\) hold the same text as another, and both are read .*: "
                                          rf"{tmp_path}/texts/old/a.txt \(of {tmp_path}/texts/a.txt\)$"):
         manifest = prepare(str(tmp_path / "texts"), str(tmp_path / "out"), vocab="char", verbose=False)
     assert len(manifest["sources"]) == 3
     (tmp_path / "texts" / "old" / "a.txt").write_text("Second Citizen:\nOne word, good citizens.\n")
     with warnings.catch_warnings():
         warnings.simplefilter("error")
+        prepare(str(tmp_path / "texts"), str(tmp_path / "out"), vocab="char", verbose=False)
+    (tmp_path / "texts" / "old" / "a.txt.gz").write_bytes(gzip.compress(text.encode()))
+    with pytest.warns(UserWarning, match=rf"1 file\(s\) hold the same text .*: "
+                                         rf"{tmp_path}/texts/old/a.txt.gz \(of {tmp_path}/texts/a.txt\)$"):
         prepare(str(tmp_path / "texts"), str(tmp_path / "out"), vocab="char", verbose=False)
 
 

@@ -54,22 +54,23 @@ def embedded_corpus() -> str:
     return str(importlib.resources.files("tf_gpt2") / "corpora" / "tinyshakespeare.txt.gz")
 
 
-def _text_size(path: str) -> int:
-    """Bytes of text in a file; for .gz, counted by decompressing it: the trailer holds only the last member's
-    size (`cat a.gz b.gz` and pigz write several), modulo 4 GiB."""
+def _text_size(path: str) -> tuple[int, str | None]:
+    """Bytes of text in a file, and for .gz the sha256 of that text: counted by decompressing it (the trailer holds
+    only the last member's size, as `cat a.gz b.gz` and pigz write several, modulo 4 GiB)."""
     if not path.endswith(".gz"):
-        return os.path.getsize(path)
+        return os.path.getsize(path), None
     with open(path, "rb") as f:
         if f.read(2) != b"\x1f\x8b":
             raise ValueError(f"{path} is not a gzip file")
-    size = 0
+    size, digest = 0, hashlib.sha256()
     try:
         with gzip.open(path, "rb") as f:
             while block := f.read(1 << 24):
                 size += len(block)
+                digest.update(block)
     except (gzip.BadGzipFile, EOFError, zlib.error) as e:
         raise ValueError(f"{path} is not a readable gzip file: {e}") from None
-    return size
+    return size, digest.hexdigest()
 
 
 def _holds_a_model(directory: str) -> bool:
@@ -274,15 +275,16 @@ def source_stamps(files: Sequence[str]) -> dict[str, list]:
     return {os.path.abspath(f): [*_size_and_time(f), _sha256(f)] for f in files}
 
 
-def _warn_of_copies(stamps: dict[str, list]) -> None:
-    """Say where two texts hold the same bytes (a copy kept in an old/ folder): both are read, so the text counts
-    twice, and the validation split may hold text the model trains on."""
-    first: dict[str, str] = {}  # digest: the first text that holds it
-    copies = [(path, first[digest]) for path, (size, _, digest) in stamps.items()
+def _warn_of_copies(texts: dict[str, tuple[int, str]]) -> None:
+    """Say where two files hold the same text ({path: (bytes of text, its sha256)}: a copy kept in an old/ folder, a
+    .gz of a .txt): both are read, so the text counts twice, and the validation split may hold text the model trains
+    on."""
+    first: dict[str, str] = {}  # digest: the first file that holds it
+    copies = [(path, first[digest]) for path, (size, digest) in texts.items()
               if size and first.setdefault(digest, path) != path]  # (empty files add no text)
     if copies:
         shown = ", ".join(f"{copy} (of {original})" for copy, original in copies[:3]) + ", ..." * (len(copies) > 3)
-        warnings.warn(f"{len(copies)} text(s) hold the same bytes as another, and both are read (the text counts "
+        warnings.warn(f"{len(copies)} file(s) hold the same text as another, and both are read (the text counts "
                       f"twice; the validation split may repeat training text): {shown}", stacklevel=3)
 
 
@@ -735,7 +737,8 @@ def prepare(inputs: str | Sequence[str], out_dir: str, val_fraction: float = 0.1
         raise ValueError(f"{out_dir} is the folder of {kind}: a dataset written there would mix its files with those; "
                          "give the dataset a folder of its own")
     warn_of_a_folder_of_texts(out_dir, "a dataset")
-    total = sum(_text_size(f) for f in files)
+    texts = {os.path.abspath(f): _text_size(f) for f in files}
+    total = sum(size for size, _ in texts.values())
     if total == 0:
         raise ValueError(f"the data is empty: {files}")
     if vocab == "gpt2":
@@ -753,7 +756,7 @@ def prepare(inputs: str | Sequence[str], out_dir: str, val_fraction: float = 0.1
                          "train on GPT-2's tokens (--vocab gpt2) instead")
 
     stamps = source_stamps(files)
-    _warn_of_copies(stamps)
+    _warn_of_copies({path: (size, digest or stamps[path][2]) for path, (size, digest) in texts.items()})
     _warn_of_marks([f for f in files if _starts_with_mark(f)])
     with exclusive(out_dir, "prepare"):
         old_manifest = _read_manifest(out_dir) if os.path.exists(os.path.join(out_dir, MANIFEST)) else None
