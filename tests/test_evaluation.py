@@ -201,6 +201,11 @@ def test_bad_input_is_named(tmp_path, capsys, monkeypatch):
             evaluate(model, [0, 5, 7], **kwargs)
     with pytest.raises(ValueError, match="notes.txt is not UTF-8 text: U\\+D800 after 'a'"):
         evaluate(model, "a\ud800b", source="notes.txt")
+    broken = GPT2.from_config(model.get_config())
+    broken.set_weights([w * np.nan for w in model.get_weights()])
+    with pytest.raises(FloatingPointError, match=r"^notes.txt: the model produced non-finite log-probabilities "
+                                                 r"\(NaN or inf\): check its weights"):
+        evaluate(broken, "some text", source="notes.txt")
     empty = tmp_path / "empty.txt"
     empty.write_text("")
     assert cli_main(["eval", str(empty), "--random-init", "gpt2-tiny"]) == 2

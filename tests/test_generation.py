@@ -115,6 +115,24 @@ def test_a_noise_draw_at_the_top_of_its_range_keeps_to_the_filters():
     assert np.asarray(sample_next(logits, sampling, np.int32(69))).tolist() == logits.argmax(-1).tolist()
 
 
+def test_a_temperature_near_0_is_honoured_on_near_tied_logits():
+    """Logits one float32 step apart (1 and 1 + 2**-23; 100 and 100 + 2**-17): at a temperature of 1e-9, or 2e-38,
+    the larger is drawn at every seed (its odds e**119 to 1, or more). A temperature floored at 1e-6 drew either of
+    the first two as a coin would; logits scaled before their largest is taken out made 100 / 2e-38 +inf, a tie."""
+    from tf_gpt2.generation import Sampling, sample_next
+
+    n = 64
+    rows = lambda value, dtype: np.full(n, value, dtype)  # noqa: E731
+    for near, temperature, drawn in ((1.0, 1e-9, {1}), (100.0, 2e-38, {1}), (1.0, 1.0, {0, 1, 2})):
+        logits = np.broadcast_to(np.array([near, np.nextafter(np.float32(near), np.float32(200)), -2.0],
+                                          np.float32), (n, 3))
+        sampling = Sampling(temperature=rows(temperature, np.float32), top_k=rows(0, np.int32),
+                            top_p=rows(1.0, np.float32), repetition_penalty=rows(1.0, np.float32),
+                            seed=np.arange(n, dtype=np.int32), max_new_tokens=rows(1, np.int32),
+                            stop_ids=np.array([-1], np.int32), pad_id=np.int32(0), vocab_end=np.int32(3))
+        assert set(np.asarray(sample_next(logits, sampling, np.int32(5))).tolist()) == drawn, temperature
+
+
 def test_stop_ids_end_generation(model):
     free = model.generate([4, 5], max_new_tokens=8, stop_ids=[])
     stopped = model.generate([4, 5], max_new_tokens=8, stop_ids=[free[2]])
@@ -173,6 +191,9 @@ def test_array_scalars_and_arrays_are_taken_as_the_numbers_they_hold(model):
         # float32 computes them: one that overflows there, or a top_p that is 0 there, would sample nothing
         (dict(temperature=1e39), r"temperature must be a finite number in float32 \(as it is computed\).*got 1e\+39"),
         (dict(repetition_penalty=1e39), "repetition_penalty must be a finite number"),
+        (dict(temperature=10**39), r"temperature must be a finite number in float32 .*got 10{39}$"),  # an int
+        (dict(temperature=10**400), "temperature must be a finite number, got 10{400}$"),  # past float64: not numpy's
+        (dict(tokenizer="GPT2Tokenizer"), "^tokenizer reads text, and token ids were given$"),  # (not ignored)
         (dict(temperature=1.0, top_p=1e-50), r"top_p must be a finite number in float32 .*, of magnitude at least "
                                              r"1.18e-38 where it is not 0 \(smaller ones compute as 0\), got 1e-50"),
         (dict(temperature=1.0, top_p=1e-40), "top_p must be .* got 1e-40"),  # float32 holds it; XLA flushes it to 0
@@ -198,7 +219,11 @@ def test_array_scalars_and_arrays_are_taken_as_the_numbers_they_hold(model):
     ],
 )
 def test_bad_generation_arguments(model, kwargs, message):
+    from tf_gpt2.tokenizer import GPT2Tokenizer
+
     kwargs = {"prompt": [1, 2], "max_new_tokens": 4, **kwargs}
+    if kwargs.get("tokenizer") == "GPT2Tokenizer":
+        kwargs["tokenizer"] = GPT2Tokenizer()
     with pytest.raises(ValueError, match=message):
         model.generate(**kwargs)
     with pytest.raises(ValueError, match=message):  # every prompt here is one: stream takes it too, and says so
@@ -441,6 +466,9 @@ def test_text_continues_only_in_ids_its_tokenizer_reads(tmp_path, capsys):
                                          "50257"):  # a row would run to max_new_tokens
         model.generate("Hello", max_new_tokens=4, stop_ids=[50256, 50300])
     assert all(t < 1000 for t in model.generate([15496], max_new_tokens=2, vocab_end=1000))  # the default stop: inert
+    for generating in (model.generate, lambda *a, **k: stream(model, *a, **k)):  # refused before any token
+        with pytest.raises(ValueError, match=r"^vocab_end 50304 is past the 50,257 ids the prompt's text is read in"):
+            generating("Hello", max_new_tokens=4, vocab_end=50304)
     settings = [dict(), dict(temperature=1.0, seed=3), dict(tokenizer=GPT2Tokenizer())]
     for kwargs in settings:
         text = model.generate("Hello", max_new_tokens=4, stop_ids=[], **kwargs)

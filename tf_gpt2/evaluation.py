@@ -147,5 +147,6 @@ def evaluate(model, text: str | Sequence[int], tokenizer: GPT2Tokenizer | None =
         if progress:
             progress.update(min(first + rows, len(spans)))
     if not math.isfinite(nll):
-        raise FloatingPointError("the model produced non-finite log-probabilities on this text")
+        raise FloatingPointError(f"{source}: the model produced non-finite log-probabilities (NaN or inf): check its "
+                                 "weights (or its precision)")
     return EvalResult(nll=nll, tokens=len(ids) - 1, bytes=n_bytes)

@@ -12,6 +12,7 @@ seed gives the same tokens on TensorFlow, on JAX, and inside an exported SavedMo
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable, Iterator, NamedTuple, Sequence
 
 import numpy as np
@@ -121,7 +122,9 @@ def sample_next(logits, sampling: Sampling, step):
     row = lambda setting: setting[:, None]  # noqa: E731  (a per-row setting against [batch, vocab])
 
     def sampled():
-        scaled = logits / ops.maximum(row(sampling.temperature), 1e-6)
+        # The largest logit at 0 first: a temperature near 0 sends the others to -inf, not the largest to +inf (a tie)
+        temperature = ops.where(row(sampling.temperature) > 0, row(sampling.temperature), 1.0)
+        scaled = (logits - ops.max(logits, axis=-1, keepdims=True)) / temperature
         filtered = ops.cond(  # sorting the vocabulary is skipped when no row filters
             ops.any(ops.logical_or(sampling.top_k > 0, sampling.top_p < 1.0)),
             lambda: filter_top_k_top_p(scaled, row(sampling.top_k), row(sampling.top_p)),
@@ -299,11 +302,15 @@ def _real(name: str, value: Any) -> float:
     computes as 0 (a top_p of 1e-40 would keep no token)."""
     value = scalar(value)
     number = is_integer(value) or isinstance(value, (float, np.floating))
-    if not number or not np.isfinite(value):
+    try:
+        real = float(value) if number else math.nan
+    except OverflowError:  # (an int past float64's range)
+        real = math.inf
+    if not math.isfinite(real):
         raise ValueError(f"{name} must be a finite number, got {value!r}")
     with np.errstate(over="ignore"):
-        rounded = np.float32(value)
-    if not np.isfinite(rounded) or 0 < abs(value) < np.finfo(np.float32).tiny:
+        rounded = np.float32(real)
+    if not np.isfinite(rounded) or 0 < abs(real) < np.finfo(np.float32).tiny:
         raise ValueError(f"{name} must be a finite number in float32 (as it is computed), of magnitude at least "
                          f"{np.finfo(np.float32).tiny:.3g} where it is not 0 (smaller ones compute as 0), got "
                          f"{value!r}")
@@ -338,12 +345,18 @@ def _prepare(model, prompt: Any, max_new_tokens: int = 32, temperature: float = 
         stop_ids = default_stop_ids(cfg)
     stop_ids = checked_stop_ids(stop_ids, cfg.vocab_size)
     batch, answer, reader = _as_batch(prompt, lambda: tokenizer or tokenizer_for(cfg), stop_ids)
-    if vocab_end is None:  # text read with GPT-2's BPE or characters continues in ids they read: not in the rows
-        # of a vocabulary padded past GPT-2's 50,257 (nanoGPT's 50,304), which no text decodes to
-        read = isinstance(reader, (GPT2Tokenizer, CharacterTokenizer))
-        vocab_end = min(reader.vocab_size, cfg.vocab_size) if read else cfg.vocab_size
+    if tokenizer is not None and reader is None:
+        raise ValueError("tokenizer reads text, and token ids were given")
+    # Text read with GPT-2's BPE or characters continues in ids they read: not in the rows of a vocabulary padded
+    # past GPT-2's 50,257 (nanoGPT's 50,304), which no text decodes to
+    read = reader.vocab_size if isinstance(reader, (GPT2Tokenizer, CharacterTokenizer)) else None
+    if vocab_end is None:
+        vocab_end = min(read or cfg.vocab_size, cfg.vocab_size)
     if not is_integer(vocab_end) or not 0 < vocab_end <= cfg.vocab_size:
         raise ValueError(f"vocab_end must be in 1..{cfg.vocab_size} (the model's vocabulary), got {vocab_end!r}")
+    if read is not None and vocab_end > read:
+        raise ValueError(f"vocab_end {vocab_end} is past the {read:,} ids the prompt's text is read in: ids from "
+                         f"{read:,} on decode to no text; give token ids to continue in them")
     if given and (unreachable := [t for t in stop_ids if t >= vocab_end]):  # ids no chosen token takes
         raise ValueError(f"stop_ids {unreachable} are never written: tokens are chosen among ids below "
                          f"{vocab_end} (vocab_end)")
