@@ -10,7 +10,7 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")  # (JAX arrays made in a test proc
 # XLA compiles the tests' programs with LLVM's optimizations off (`--xla_backend_optimization_level=0`, here and in
 # the processes tests start): the programs are XLA's own (its HLO passes, fusions and kernels are chosen as
 # always, matmuls are Eigen's or oneDNN's), only their generated machine code is less optimized (and may round
-# elementwise math apart from a user's build), which tiny models do not feel. It saved about a fifth of the CPU time
+# elementwise math apart from a user's build), which tiny models do not feel. It saved about a quarter of the CPU time
 # where tests compile most (53 against 41 CPU-s for three of test_generation.py's; the suite 1,887 CPU-s against
 # 2,486, 2026-12-07, AMD EPYC). An XLA_FLAGS that sets the level itself is left alone:
 # `XLA_FLAGS=--xla_backend_optimization_level=3 python -m pytest` runs the tests as users' programs are built.
@@ -44,9 +44,9 @@ def make_hf_model(seed=0, **config):
     """A tiny random transformers.GPT2LMHeadModel (the reference implementation).
 
     Initialised with std 0.3, not GPT-2's 0.02: at 0.02 the logits are near-flat and a wrong constant moves
-    them less than any sane tolerance (exact GELU for tanh's: 3.7e-7, LayerNorm epsilon / 10: 8.1e-5, both under
-    the parity tests' 1e-4); at 0.3 the same bugs move them by 1.9e-3 and 5.3e-4 while ours stays within 7.8e-6
-    of transformers' (measured on two of the test configs).
+    them by as little as a tolerance (exact GELU for tanh's: under 1e-6; LayerNorm epsilon / 10: 9.5e-5 to 1.2e-4,
+    the parity tests' 1e-4 itself); at 0.3 the same bugs move them by 1.2e-3 to 1.9e-3 and 2.5e-4 to 5.3e-4 while
+    ours stays within 7.8e-6 of transformers' (measured on the parity tests' configs).
     """
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")

@@ -158,7 +158,8 @@ TRAIN_FLAGS = {
     "sample_prompt": "prompt of the samples printed after each round (default: a line break, or none in characters "
                      "without one; empty: from <|endoftext|>, in a character model from its first character, id 0, "
                      "not shown; refused where no samples are made: --sample-tokens 0, --strategy, many processes)",
-    "sample_tokens": "length of those samples (0: none; at most the context less one prompt token; any but 0 and the "
+    "sample_tokens": f"length of those samples (default {TrainConfig.sample_tokens}; 0: none; at most the context "
+                     "less one prompt token; any but 0 and the "
                      "default refused where no samples are made: --strategy, many processes)",
     "resume_with_changes": "resume the run in --out even though its settings or data changed",
 }
@@ -465,7 +466,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     command = functools.partial(commands.add_parser, formatter_class=_ShowDefaults)
 
-    demo = command("demo", help="train a small GPT on the embedded Shakespeare for a few minutes, then generate")
+    demo = command("demo", help="train a small GPT on the embedded Shakespeare for a minute or two, then generate")
     demo.add_argument("--out", type=_named, default="runs/demo", help="run directory (checkpoints, TensorBoard logs)")
     demo.add_argument("--steps", type=int, default=2400, help="optimizer steps")
     demo.add_argument("--prompt", default="ROMEO:\n",
@@ -517,8 +518,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="saved_model (TF Serving), litertlm (LiteRT-LM package) or tflite (its model alone); "
                         "default: the one --out's suffix names (.litertlm, .tflite), else saved_model")
     export.add_argument("--out", type=_named,
-                        help="SavedModel base dir (a numbered version is added), or .litertlm/.tflite path")
-    export.add_argument("--version", type=int, help="SavedModel version (default: next free number)")
+                        help="SavedModel base dir (a numbered version is added), or .litertlm/.tflite path (default: "
+                        "saved_models/gpt2, or saved_models/gpt2.litertlm / .tflite)")
+    export.add_argument("--version", type=int,
+                        help="SavedModel version (default: one past the highest there; 1 in a new folder)")
     export.add_argument("--max-new-tokens-limit", type=int,
                         help="SavedModel: largest max_new_tokens (default 256, or n_positions if smaller)")
     export.add_argument("--cache-length", type=int, help="on-device: KV-cache positions (default n_positions)")
@@ -531,7 +534,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="SavedModel weights and arithmetic (bfloat16: half the memory; on avx512_bf16 "
                         "the fastest at batch 32, the slowest at batch 1)")
     export.add_argument("--xla", action="store_true",
-                        help="SavedModel: decode under XLA (faster; the server needs --xla_cpu_compilation_enabled)")
+                        help="SavedModel: decode under XLA (faster at batch 1 and 8; the server needs "
+                        "--xla_cpu_compilation_enabled)")
     export.set_defaults(run=cmd_export)
 
     ev = command("eval", help="perplexity and bits/byte on a text file (GPT-2 paper protocol)")
