@@ -145,8 +145,7 @@ class TrainSetup:
     @property
     def flops_per_token(self) -> int:
         """Forward + backward matmul FLOPs per token (nanoGPT's estimate: 6·N plus attention)."""
-        weights = self.config.num_params() - self.block_size * self.n_embd  # position table: a lookup
-        return 6 * weights + 12 * self.n_layer * self.n_embd * self.block_size
+        return 6 * self.config.num_params(non_embedding=True) + 12 * self.n_layer * self.n_embd * self.block_size
 
     def describe(self) -> str:
         return (f"L{self.n_layer}/H{self.n_head}/D{self.n_embd}/T{self.block_size}/B{self.batch_size}/"

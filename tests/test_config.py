@@ -13,6 +13,7 @@ def test_config_round_trips_through_json_and_a_file(tmp_path):
 
 def test_presets_have_gpt2_shapes():
     assert GPT2Config.from_preset("gpt2").num_params() == 124_439_808
+    assert GPT2Config.from_preset("gpt2").num_params(non_embedding=True) == 123_653_376  # nanoGPT's "123.65M"
     assert GPT2Config.from_preset("gpt2-medium").num_params() == 354_823_168
     assert GPT2Config.from_preset("gpt2-large").num_params() == 774_030_080
     assert GPT2Config.from_preset("gpt2-xl").num_params() == 1_557_611_200

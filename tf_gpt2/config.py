@@ -192,11 +192,12 @@ class GPT2Config:
         return {} if variant == {"norm_position": "pre", "learned_residual_scale": False} else variant
 
     def num_params(self, non_embedding: bool = False) -> int:
-        """Parameter count (the LM head is tied, so it adds nothing)."""
+        """Parameter count (the LM head is tied, so it adds nothing); `non_embedding`: without the position table,
+        as nanoGPT counts (a lookup, while the token table is also the LM head's matmul), 123.65M for gpt2."""
         d, L = self.n_embd, self.n_layer
         per_block = 12 * d * d + 13 * d + int(self.learned_residual_scale) * 2
-        total = L * per_block + 2 * d + self.n_positions * d
-        return total if non_embedding else total + self.padded_vocab_size * d
+        total = L * per_block + 2 * d + self.padded_vocab_size * d
+        return total if non_embedding else total + self.n_positions * d
 
     @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> "GPT2Config":
