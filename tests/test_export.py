@@ -56,6 +56,17 @@ def test_saved_model_versions_and_signatures_listed(model, tmp_path):
     assert {"serving_default", "generate", "generate_text", "tokenize"} <= keys, shown.stdout[-2000:]
 
 
+def test_keras_export_takes_token_ids_by_default(model, tmp_path):
+    """`model.export(path)`, Keras' own SavedModel (its error for `model.save("dir")` points to it), takes int32 ids
+    of any batch and length: Keras' default signature takes floats, which GPT2 refuses as ids."""
+    import tensorflow as tf
+
+    model.export(str(tmp_path / "k"), verbose=False)
+    loaded = tf.saved_model.load(str(tmp_path / "k"))
+    for ids in (np.array([[1, 2, 3], [4, 5, 6]], np.int32), np.arange(9, dtype=np.int32)[None]):
+        np.testing.assert_allclose(loaded.serve(tf.constant(ids)).numpy(), np.asarray(model(ids)), atol=1e-5)
+
+
 def test_served_text_is_bounded_before_tokenizing(exported):
     """The in-graph BPE is quadratic in the length of a word: a word of GPT-2's pre-tokenizer (letters, digits,
     other symbols or whitespace) longer than 256 bytes is refused at once, in its own row; the row beside it is

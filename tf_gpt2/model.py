@@ -393,6 +393,15 @@ class GPT2(CheckedLoops, keras.Model):
                 return write(filepath)
             atomic_write(path, write)
 
+    def export(self, filepath: Any, format: str = "tf_saved_model", verbose: bool | None = None,
+               input_signature: Any = None, **kwargs: Any) -> Any:
+        """Keras' `export`, its input token ids of any batch and length by default (Keras' default signature takes
+        the compute dtype, float32, which GPT2 refuses as ids). For TF Serving's `generate` signatures, see
+        `tf_gpt2.export.export_saved_model`."""
+        if input_signature is None:
+            input_signature = [keras.InputSpec(shape=(None, None), dtype="int32")]
+        return super().export(filepath, format=format, verbose=verbose, input_signature=input_signature, **kwargs)
+
     def save_pretrained(self, directory: str | os.PathLike) -> None:
         """Write a Hugging Face GPT-2 dir (config.json + model.safetensors)."""
         from tf_gpt2.checkpoints import save_hf
