@@ -361,6 +361,32 @@ def test_lora_adapters_are_merged_in_the_dtype_the_weights_are_kept_in(tmp_path)
     assert not inherited.remat and inherited.loss_chunk == 8  # a run's own flags say how its steps are computed
 
 
+def test_weights_of_a_model_of_other_shapes_are_refused_by_load_weights(tmp_path):
+    """A `.weights.h5` of 2 layers loaded whole into a model of 1 (Keras took the first layer, silently), and one of
+    another context was refused as "received 0 variables"; both name the shapes now. Dropout and LoRA adapters
+    change no shape: those files load, as does `skip_mismatch`."""
+    import dataclasses
+
+    from tf_gpt2.training import enable_lora
+
+    config = GPT2Config(vocab_size=50, n_positions=16, n_embd=16, n_layer=2, n_head=2)
+    model = GPT2(config)
+    model.save_weights(tmp_path / "m.weights.h5")
+    for change, shapes in ((dict(n_layer=1), r"the file has 6 of \[16\], 1 of \[16, 48\], 1 of \[48\] that this model "
+                                             r"does not\. Build the model from the config"),
+                           (dict(n_positions=32), r"the file has 1 of \[16, 16\] that this model does not; this model "
+                                                  r"has 1 of \[32, 16\] that the file does not")):
+        with pytest.raises(ValueError, match=rf"m.weights.h5 holds the weights of a model of other shapes .*{shapes}"):
+            GPT2(dataclasses.replace(config, **change)).load_weights(tmp_path / "m.weights.h5")
+    GPT2(dataclasses.replace(config, n_layer=1)).load_weights(tmp_path / "m.weights.h5", skip_mismatch=True)
+    ids = np.array([[1, 2, 3]])
+    adapted = GPT2(config)
+    enable_lora(adapted, 2)
+    for other in (GPT2(dataclasses.replace(config, dropout=0.1)), adapted):
+        other.load_weights(tmp_path / "m.weights.h5")
+        np.testing.assert_allclose(np.asarray(other(ids)), np.asarray(model(ids)), atol=1e-6)
+
+
 def test_a_lora_rank_outside_the_projections_and_a_legacy_h5_save_are_refused(tmp_path):
     """`enable_lora(model, 0)` froze every weight and trained nothing; -1 and 2.5 failed on a shape naming no rank.
     `model.save("x.h5")` wrote Keras' legacy format, which `load_model` then could not read (Unknown layer GPT2)."""

@@ -70,6 +70,34 @@ def adapters_merged_as_stored(model: keras.Model) -> Iterator[None]:
             layer.dtype_policy = policy
 
 
+def refuse_other_shapes(model: keras.Model, path: str) -> None:
+    """Refuse a `.weights.h5` saved from a model of other shapes than `model`'s (more layers, another context or
+    vocabulary, another width), which Keras' `load_weights` loads in part (a file of more layers: silently) or
+    refuses as "received 0 variables". LoRA adapters and dropout's random state are left out of both sides (a file
+    holds adapters merged, and no random state where its dropout was 0)."""
+    import collections
+
+    import h5py
+
+    def counted(shapes: list[tuple[int, ...]]) -> collections.Counter:
+        return collections.Counter(tuple(int(n) for n in shape) for shape in shapes)
+
+    stored: list[tuple[int, ...]] = []
+    with h5py.File(path, "r") as f:
+        f.visititems(lambda name, item: stored.append(item.shape) if isinstance(item, h5py.Dataset)
+                     and "seed_generator" not in name else None)
+    ours = [v.shape for v in model.weights if "lora_kernel" not in v.path and "seed_generator" not in v.path]
+    extra, missing = counted(stored) - counted(ours), counted(ours) - counted(stored)
+    if extra or missing:
+        said = lambda shapes: ", ".join(f"{n} of {list(shape)}" for shape, n in shapes.most_common(3))  # noqa: E731
+        raise ValueError(f"{path} holds the weights of a model of other shapes ({len(stored)} arrays; this model has "
+                         f"{len(ours)}): " + "; ".join(part for part in (
+                             extra and f"the file has {said(extra)} that this model does not",
+                             missing and f"this model has {said(missing)} that the file does not") if part) +
+                         ". Build the model from the config the file was saved with (quantized as it was), then load "
+                         "it")
+
+
 def weight_table(model: keras.Model) -> dict[str, keras.Variable]:
     """Every weight of `model` under its GPT-2 checkpoint name, e.g. 'h.0.attn.c_attn.weight'."""
     table = {"wte.weight": model.wte.embeddings, "wpe.weight": model.wpe.embeddings}

@@ -380,6 +380,16 @@ class GPT2(CheckedLoops, keras.Model):
         self._save_whole(filepath, path, in_place, "weights that are not finite",
                          lambda target: super(GPT2, self).save_weights(target, overwrite=overwrite, **kwargs))
 
+    def load_weights(self, filepath: Any, skip_mismatch: bool = False, **kwargs: Any) -> None:
+        """Keras' `load_weights`; a local `.weights.h5` of a model of other shapes (more layers, another context) is
+        refused naming them, unless `skip_mismatch`."""
+        path = os.fspath(filepath) if isinstance(filepath, (str, os.PathLike)) else ""
+        if path.endswith(".weights.h5") and os.path.isfile(path) and self.built and not skip_mismatch:
+            from tf_gpt2.checkpoints import refuse_other_shapes
+
+            refuse_other_shapes(self, path)
+        return super().load_weights(filepath, skip_mismatch=skip_mismatch, **kwargs)
+
     def _save_whole(self, filepath: Any, path: str, in_place: bool, written: str,
                     write: Callable[[Any], object]) -> None:
         """`write` this model's weights to `filepath` (through a staged copy of `path` unless `in_place`)."""
