@@ -284,6 +284,34 @@ def test_keras_loops_check_ids_given_as_arrays_before_they_trace_the_model():
     assert np.isfinite(model.evaluate(good, targets, verbose=0))
 
 
+def test_targets_that_cannot_be_the_next_ids_are_said_before_a_step():
+    """Hugging Face's habit, `fit(ids, ids)` (its models shift labels inside), trained a model to copy its input
+    without a word (warned now); no targets, or targets of another length, failed deep in Keras ("None values not
+    supported", a broadcast error). Targets of [batch, time, 1] after [batch, time] failed on a rank Keras left
+    unknown when it traced again."""
+    import warnings
+
+    model = GPT2(GPT2Config(vocab_size=50, n_positions=16, n_embd=16, n_layer=1, n_head=2))
+    model.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    ids = np.random.RandomState(0).randint(0, 50, (4, 9))
+    shifted = r"each position's target is the id after it: fit\(ids\[:, :-1\], ids\[:, 1:\]\)"
+    for loop in (model.fit, model.evaluate, model.train_on_batch):
+        with pytest.raises(ValueError, match=f"^targets \\(y\\) missing: GPT2 learns the next token, so {shifted}"):
+            loop(ids)
+        with pytest.raises(ValueError, match=rf"^targets \(y\) of shape \(4, 8\) for ids of shape \(4, 9\): {shifted}"):
+            loop(ids, ids[:, 1:])
+    with pytest.raises(ValueError, match=r"^validation_data's targets of shape \(4, 3\)"):
+        model.fit(ids[:, :-1], ids[:, 1:], validation_data=(ids[:, :-1], ids[:, 1:4]), verbose=0)
+    with pytest.warns(UserWarning, match=rf"^targets \(y\) equal the ids given \(x\): GPT2 would learn to copy its "
+                                         rf"input, not to predict the next token; {shifted}"):
+        model.fit(ids, ids, verbose=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        model.fit(np.full((2, 5), 7), np.full((2, 5), 7), verbose=0)  # (a run of one token: its next is itself)
+        for targets in (ids[:, 1:], ids[:, 1:, None], ids[:, 1:]):
+            model.fit(ids[:, :-1], targets, verbose=0)
+
+
 def test_a_compiled_call_reads_the_padding_row_of_an_id_in_the_padding():
     """`vocab_multiple`'s padding rows are rows of the table: a compiled call given an id there reads it (as the
     same weights with a vocabulary of every row do), where an eager call refuses it."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import warnings
 from collections.abc import Iterable
 from typing import Any, Callable, Iterator
 
@@ -227,11 +228,34 @@ class CheckedLoops:
         """`x`, checked, after the targets and `validation_data` of this call of Keras' `loop` are."""
         bound = self._bound(loop, (x, *args), kwargs)
         self._checked_targets(bound.get("y"), bound.get("sample_weight"))
+        self._checked_pair(x, bound.get("y"))
         validation = bound.get("validation_data")
         if isinstance(validation, (tuple, list)) and validation:  # (Keras reads it after the first epoch's training)
             self._checked_ids(validation[0])
             self._checked_targets(*validation[1:3], named="validation_data's targets")
+            self._checked_pair(validation[0], validation[1] if len(validation) > 1 else None,
+                               named="validation_data's targets")
         return self._checked_ids(x)
+
+    def _checked_pair(self, x, y, named: str = "targets (y)") -> None:
+        """Ids given as an array, with targets that cannot be their next ids, to the model's own cross-entropy: none
+        (Keras said "None values not supported"), of another shape (a broadcast error), or the ids themselves
+        (Hugging Face's labels, which its models shift inside: a model that learns to copy its input, warned)."""
+        if not getattr(self, "_own_cross_entropy", False) or isinstance(x, dict) or not hasattr(x, "shape"):
+            return
+        shifted = "each position's target is the id after it: fit(ids[:, :-1], ids[:, 1:])"
+        if y is None:
+            raise ValueError(f"{named} missing: GPT2 learns the next token, so {shifted}")
+        ids, targets = known_values(x), known_values(y) if hasattr(y, "shape") else None
+        if ids is None or targets is None:
+            return
+        if targets.shape[:2] != ids.shape[:2] or targets.ndim > 2 and targets.shape[2:] != (1,):
+            raise ValueError(f"{named} of shape {targets.shape} for ids of shape {ids.shape}: {shifted}")
+        if np.array_equal(targets.reshape(ids.shape), ids) and ids.ndim == 2 and ids.shape[1] > 1 \
+                and not np.array_equal(ids[:, 1:], ids[:, :-1]):
+            warnings.warn(f"{named} equal the ids given (x): GPT2 would learn to copy its input, not to predict "
+                          f"the next token; {shifted} (Hugging Face's models shift their labels inside; Keras' "
+                          "fit does not)", stacklevel=4)
 
     def fit(self, x=None, *args, **kwargs):
         return super().fit(self._checked_data("fit", x, args, kwargs), *args, **kwargs)

@@ -239,9 +239,9 @@ class GPT2(CheckedLoops, keras.Model):
             return super().compute_loss(x, y, y_pred, sample_weight, training)
         if not self._compile_loss.built:  # as Keras' loss builds itself on its first call: fit and evaluate check it
             self._compile_loss.build(y, y_pred)
-        targets = ops.cast(y, "int32")
-        if len(targets.shape) == len(y_pred.shape):  # [batch, time, 1], as Keras' loss takes them too
-            targets = ops.squeeze(targets, axis=-1)  # (and refuses any other last axis)
+        # [batch, time], or [batch, time, 1] as Keras' loss takes them too (of a rank unknown where a second fit
+        # gave the other and Keras traced again with the shapes relaxed)
+        targets = ops.reshape(ops.cast(y, "int32"), ops.shape(y_pred)[:2])
         if sample_weight is not None and len(sample_weight.shape) > 1:  # a weight per token: a masked token's target
             masked = ops.reshape(ops.cast(sample_weight, "float32") == 0, ops.shape(targets))  # may be a placeholder
             # (a bool mask, `y != -100`, compared with 0 failed on TensorFlow)
@@ -398,6 +398,11 @@ class GPT2(CheckedLoops, keras.Model):
         if name := non_finite_weight(self):  # (refused on load: a file that does not load, over one that did)
             raise ValueError(f"weight '{name}' contains NaN or infinite values: saving it to {path or filepath} would "
                              f"write {written}; nothing was written")
+        if any(getattr(layer, "lora_enabled", False) and layer.quantization_mode for layer in self._flatten_layers()):
+            warnings.warn(f"this model is quantized ({self.quantization}) and has LoRA adapters: Keras saves them "
+                          "merged into the quantized kernels, quantized again, so what loads from "
+                          f"{path or filepath} computes other logits than this model; for the same logits, train the "
+                          "adapters on the float model, save it, and quantize the model loaded from it", stacklevel=3)
         with adapters_merged_as_stored(self):
             if in_place:
                 return write(filepath)
