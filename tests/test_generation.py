@@ -37,10 +37,13 @@ def test_batched_mixed_lengths_equal_single_prompts(model):
 
 
 def test_seeded_sampling_is_reproducible(model):
+    """A seed samples the same tokens each call; without one, each call samples anew (it repeated seed 0's)."""
     kwargs = dict(max_new_tokens=10, temperature=1.0, top_k=40, top_p=0.9, stop_ids=[])
     a = model.generate([1, 2, 3], seed=7, **kwargs)
     assert a == model.generate([1, 2, 3], seed=7, **kwargs)
     assert a != model.generate([1, 2, 3], seed=8, **kwargs)
+    assert len({tuple(model.generate([1, 2, 3], **kwargs)) for _ in range(3)}) == 3
+    assert len({tuple(stream(model, [1, 2, 3], **kwargs)) for _ in range(3)}) == 3
     # A batch under one seed s samples row i with seed s + i (generate's docstring, serving.md), left padding aside.
     prompts = [[1, 2, 3], [42], [9, 8, 7, 6, 5]]
     assert model.generate(prompts, seed=7, **kwargs) == [model.generate(p, seed=7 + i, **kwargs)
@@ -286,8 +289,12 @@ def test_text_in_text_out_and_cli(capsys, tmp_path):
     assert set(written) <= set(GPT2.from_pretrained(saved).config.characters)
     assert cli_main(["generate", "ROMEO:", "--model", saved, "--temperature", "0.8"]) == 0  # the default (64 failed)
     written, said = capsys.readouterr()
-    assert len(written) - 1 == len("ROMEO:") + 58 and said.strip().splitlines()[-1] == \
-        "note: 58 new tokens, not 64: the context of 64 holds that many after the prompt"
+    assert len(written) - 1 == len("ROMEO:") + 58 and \
+        "note: 58 new tokens, not 64: the context of 64 holds that many after the prompt" in said.splitlines()
+    seed = re.search(r"^note: sampling with --seed (\d+) \(a new one each run; give it to write this text again\)$",
+                     said, re.M)[1]  # each run samples anew, and says how to write its text again
+    assert cli_main(["generate", "ROMEO:", "--model", saved, "--temperature", "0.8", "--seed", seed]) == 0
+    assert capsys.readouterr().out == written
     assert cli_main(["generate", "R" * 64, "--model", saved]) == 2  # no room: said of the prompt, not of a flag
     assert "the prompt's 64 tokens fill the model's context of 64 positions: give a prompt of at most 63" in \
         capsys.readouterr().err

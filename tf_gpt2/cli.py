@@ -9,6 +9,7 @@ import functools
 import math
 import os
 import re
+import secrets
 import shlex
 import sys
 import traceback
@@ -284,12 +285,17 @@ def cmd_generate(args: argparse.Namespace) -> int:
             print(f"note: {room} new tokens, not {DEFAULT_NEW_TOKENS}: the context of {context} holds that many "
                   "after the prompt", file=sys.stderr)
     decode, stop_ids = tokenizer.decode, default_stop_ids(model.config)
+    seed = args.seed
+    if seed is None and args.temperature > 0:  # a fresh sample each run, said so that one can be written again
+        seed = secrets.randbelow(2**31)
+        print(f"note: sampling with --seed {seed} (a new one each run; give it to write this text again)",
+              file=sys.stderr)
     # The prompt is shown with the first new token: by then prefill and the decode step are compiled, so
     # XLA's start-up lines on stderr come before the text, not in the middle of it.
     try:
         tokens_of = stream(model, prompt, max_new_tokens=max_new_tokens, temperature=args.temperature,
                            top_k=args.top_k, top_p=args.top_p, repetition_penalty=args.repetition_penalty,
-                           seed=args.seed or 0, stop_ids=stop_ids)
+                           seed=seed, stop_ids=stop_ids)
     except ValueError as e:  # the prompt too long for --max-new-tokens: said of its file too
         raise ValueError(f"{source}{e}" if max_new_tokens > room else str(e)) from None
     tokens, printed = [], None
@@ -502,7 +508,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--top-p", type=float, default=1.0, help="1 = off")
     gen.add_argument("--repetition-penalty", type=float, default=1.0,
                      help="CTRL's penalty on repeated tokens (1 = off)")
-    gen.add_argument("--seed", type=int, help="seed of the sampling noise, with --temperature > 0 (default 0)")
+    gen.add_argument("--seed", type=int,
+                     help="seed of the sampling noise, with --temperature > 0 (default: a new one each run, printed)")
     gen.set_defaults(run=cmd_generate)
 
     convert = command("convert", help="convert a checkpoint to a HF dir or a .keras file")

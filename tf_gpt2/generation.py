@@ -13,6 +13,7 @@ seed gives the same tokens on TensorFlow, on JAX, and inside an exported SavedMo
 from __future__ import annotations
 
 import math
+import secrets
 from typing import Any, Callable, Iterator, NamedTuple, Sequence
 
 import numpy as np
@@ -318,6 +319,9 @@ def _real(name: str, value: Any) -> float:
 
 
 def _seed(seed: Any) -> np.int32:
+    """A seed, checked; None: a fresh one (each call samples anew, as Hugging Face's and keras-hub's do)."""
+    if seed is None:
+        return np.int32(secrets.randbelow(2**31))
     seed = checked_integer("seed", seed)
     if not 0 <= seed < 2**31:
         raise ValueError(f"seed must be in [0, 2**31), got {seed}")
@@ -336,7 +340,7 @@ class _Request(NamedTuple):
 
 def _prepare(model, prompt: Any, max_new_tokens: int = 32, temperature: float = 0.0, top_k: int = 0,
              top_p: float = 1.0, repetition_penalty: float = 1.0, stop_ids: Sequence[int] | None = None,
-             seed: int = 0, tokenizer=None, vocab_end: int | None = None) -> _Request:
+             seed: int | None = None, tokenizer=None, vocab_end: int | None = None) -> _Request:
     """Check every argument, then build what the compiled code takes: the left-padded prompts and the settings."""
     cfg = model.config
     max_new_tokens, vocab_end = scalar(max_new_tokens), scalar(vocab_end)  # (a 0-d array: numpy's, JAX's, TF's)
@@ -434,7 +438,7 @@ def generate(
     top_p: float = 1.0,
     repetition_penalty: float = 1.0,
     stop_ids: Sequence[int] | None = None,
-    seed: int = 0,
+    seed: int | None = None,
     tokenizer=None,
     vocab_end: int | None = None,
 ) -> Any:
@@ -447,8 +451,10 @@ def generate(
     top-k distribution renormalised). Generation of a row stops after a token in `stop_ids` (ids of the model's
     vocabulary; default: `<|endoftext|>` where the model's ids are GPT-2's, none for a character model), which is
     kept in the ids and dropped from returned text. Text that ends within a character (a byte-level BPE token holds
-    part of its UTF-8 bytes) ends in U+FFFD there, as GPT-2's decoder writes it; ids keep every byte. Row i of a
-    batch samples with seed `seed + i`: its tokens are those of that prompt alone with that seed. No id from
+    part of its UTF-8 bytes) ends in U+FFFD there, as GPT-2's decoder writes it; ids keep every byte. A sampling
+    call without a `seed` draws a fresh one, so two calls sample apart; with one it samples the same tokens on
+    either backend and in a SavedModel. Row i of a batch samples with seed `seed + i`: its tokens are those of that
+    prompt alone with that seed (so calls that loop over seeds step them by the batch's size). No id from
     `vocab_end` on is chosen
     (default: the end of the vocabulary of GPT-2's BPE or the characters that read text, else the model's: a
     vocabulary padded past GPT-2's 50,257 continues text in GPT-2's ids only). Raises FloatingPointError where a
