@@ -203,8 +203,8 @@ def test_bad_input_is_named(tmp_path, capsys, monkeypatch):
         evaluate(model, "a\ud800b", source="notes.txt")
     broken = GPT2.from_config(model.get_config())
     broken.set_weights([w * np.nan for w in model.get_weights()])
-    with pytest.raises(FloatingPointError, match=r"^notes.txt: the model produced non-finite log-probabilities "
-                                                 r"\(NaN or inf\): check its weights"):
+    with pytest.raises(FloatingPointError, match=r"^the model produced non-finite log-probabilities \(NaN or inf\) "
+                                                 r"on notes.txt: check its weights"):
         evaluate(broken, "some text", source="notes.txt")
     empty = tmp_path / "empty.txt"
     empty.write_text("")

@@ -237,14 +237,18 @@ def test_token_cross_entropy_gradient_is_softmax_minus_the_target():
 
 
 def test_targets_with_a_trailing_axis_give_the_same_loss():
+    import tensorflow as tf
+
     batch, losses = _batches()[0], []
     for targets in (batch[:, 1:], batch[:, 1:, None], np.stack([batch[:, 1:]] * 2, -1)):  # a model each: one
         keras.utils.set_random_seed(0)                                                    # traced step, one shape
         model = GPT2(GPT2Config(**SHAPE))
         model.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
         if targets.shape[-1] == 2:  # two targets per position: refused, not read as the first
-            with pytest.raises(Exception, match="(?i)squeeze"):
+            with pytest.raises(ValueError, match=r"^targets \(y\) of shape \(\d+, \d+, 2\) for ids of shape"):
                 model.test_on_batch(batch[:, :-1], targets)
+            with pytest.raises(Exception, match="(?i)squeeze"):  # in a tf.data pipeline: by the loss
+                model.evaluate(tf.data.Dataset.from_tensors((batch[:, :-1], targets)), verbose=0)
         else:
             losses.append(float(model.test_on_batch(batch[:, :-1], targets)))
     assert losses[1] == pytest.approx(losses[0], rel=1e-6)

@@ -413,6 +413,12 @@ def test_weights_of_a_model_of_other_shapes_are_refused_by_load_weights(tmp_path
     for other in (GPT2(dataclasses.replace(config, dropout=0.1)), adapted):
         other.load_weights(tmp_path / "m.weights.h5")
         np.testing.assert_allclose(np.asarray(other(ids)), np.asarray(model(ids)), atol=1e-6)
+    model.compile(optimizer="adamw", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(ids[:, :-1], ids[:, 1:], verbose=0)
+    model.save_weights(tmp_path / "trained.weights.h5")  # (with its optimizer's state, as ModelCheckpoint saves)
+    fresh = GPT2(config)
+    fresh.load_weights(tmp_path / "trained.weights.h5")
+    np.testing.assert_allclose(np.asarray(fresh(ids)), np.asarray(model(ids)), atol=1e-6)
 
 
 def test_a_lora_rank_outside_the_projections_and_a_legacy_h5_save_are_refused(tmp_path):

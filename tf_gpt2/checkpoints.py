@@ -73,8 +73,9 @@ def adapters_merged_as_stored(model: keras.Model) -> Iterator[None]:
 def refuse_other_shapes(model: keras.Model, path: str) -> None:
     """Refuse a `.weights.h5` saved from a model of other shapes than `model`'s (more layers, another context or
     vocabulary, another width), which Keras' `load_weights` loads in part (a file of more layers: silently) or
-    refuses as "received 0 variables". LoRA adapters and dropout's random state are left out of both sides (a file
-    holds adapters merged, and no random state where its dropout was 0)."""
+    refuses as "received 0 variables". LoRA adapters, dropout's random state and the optimizer's (a compiled model
+    saves it too) are left out of both sides: a file holds adapters merged, no random state where its dropout was 0,
+    and Keras loads an optimizer's state as it will."""
     import collections
 
     import h5py
@@ -85,7 +86,7 @@ def refuse_other_shapes(model: keras.Model, path: str) -> None:
     stored: list[tuple[int, ...]] = []
     with h5py.File(path, "r") as f:
         f.visititems(lambda name, item: stored.append(item.shape) if isinstance(item, h5py.Dataset)
-                     and "seed_generator" not in name else None)
+                     and "seed_generator" not in name and not name.startswith("optimizer/") else None)
     ours = [v.shape for v in model.weights if "lora_kernel" not in v.path and "seed_generator" not in v.path]
     extra, missing = counted(stored) - counted(ours), counted(ours) - counted(stored)
     if extra or missing:

@@ -247,7 +247,7 @@ class CheckedLoops:
         if y is None:
             raise ValueError(f"{named} missing: GPT2 learns the next token, so {shifted}")
         ids, targets = known_values(x), known_values(y) if hasattr(y, "shape") else None
-        if ids is None or targets is None:
+        if ids is None or targets is None or ids.ndim != 2:  # (ids of another rank: refused as ids, next)
             return
         if targets.shape[:2] != ids.shape[:2] or targets.ndim > 2 and targets.shape[2:] != (1,):
             raise ValueError(f"{named} of shape {targets.shape} for ids of shape {ids.shape}: {shifted}")

@@ -8,8 +8,8 @@ import dataclasses
 import functools
 import math
 import os
+import random
 import re
-import secrets
 import shlex
 import sys
 import traceback
@@ -287,7 +287,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     decode, stop_ids = tokenizer.decode, default_stop_ids(model.config)
     seed = args.seed
     if seed is None and args.temperature > 0:  # a fresh sample each run, said so that one can be written again
-        seed = secrets.randbelow(2**31)
+        seed = random.randrange(2**31)
         print(f"note: sampling with --seed {seed} (a new one each run; give it to write this text again)",
               file=sys.stderr)
     # The prompt is shown with the first new token: by then prefill and the decode step are compiled, so

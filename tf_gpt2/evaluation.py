@@ -147,6 +147,6 @@ def evaluate(model, text: str | Sequence[int], tokenizer: GPT2Tokenizer | None =
         if progress:
             progress.update(min(first + rows, len(spans)))
     if not math.isfinite(nll):
-        raise FloatingPointError(f"{source}: the model produced non-finite log-probabilities (NaN or inf): check its "
-                                 "weights (or its precision)")
+        raise FloatingPointError("the model produced non-finite log-probabilities (NaN or inf) on "
+                                 f"{'this text' if source == 'text' else source}: check its weights (or its precision)")
     return EvalResult(nll=nll, tokens=len(ids) - 1, bytes=n_bytes)

@@ -13,7 +13,7 @@ seed gives the same tokens on TensorFlow, on JAX, and inside an exported SavedMo
 from __future__ import annotations
 
 import math
-import secrets
+import random
 from typing import Any, Callable, Iterator, NamedTuple, Sequence
 
 import numpy as np
@@ -319,9 +319,10 @@ def _real(name: str, value: Any) -> float:
 
 
 def _seed(seed: Any) -> np.int32:
-    """A seed, checked; None: a fresh one (each call samples anew, as Hugging Face's and keras-hub's do)."""
+    """A seed, checked; None: a fresh one from Python's `random` (each call samples anew, as Hugging Face's and
+    keras-hub's do, and `keras.utils.set_random_seed` repeats a script's draws)."""
     if seed is None:
-        return np.int32(secrets.randbelow(2**31))
+        return np.int32(random.randrange(2**31))
     seed = checked_integer("seed", seed)
     if not 0 <= seed < 2**31:
         raise ValueError(f"seed must be in [0, 2**31), got {seed}")

@@ -241,7 +241,11 @@ class GPT2(CheckedLoops, keras.Model):
             self._compile_loss.build(y, y_pred)
         # [batch, time], or [batch, time, 1] as Keras' loss takes them too (of a rank unknown where a second fit
         # gave the other and Keras traced again with the shapes relaxed)
-        targets = ops.reshape(ops.cast(y, "int32"), ops.shape(y_pred)[:2])
+        targets = ops.cast(y, "int32")
+        if getattr(targets.shape, "rank", 0) is None:  # (TensorFlow: a rank Keras left unknown, tracing again)
+            targets = ops.reshape(targets, ops.shape(y_pred)[:2])
+        elif len(targets.shape) == len(y_pred.shape):
+            targets = ops.squeeze(targets, axis=-1)  # (and refuses any other last axis)
         if sample_weight is not None and len(sample_weight.shape) > 1:  # a weight per token: a masked token's target
             masked = ops.reshape(ops.cast(sample_weight, "float32") == 0, ops.shape(targets))  # may be a placeholder
             # (a bool mask, `y != -100`, compared with 0 failed on TensorFlow)
@@ -398,7 +402,8 @@ class GPT2(CheckedLoops, keras.Model):
         if name := non_finite_weight(self):  # (refused on load: a file that does not load, over one that did)
             raise ValueError(f"weight '{name}' contains NaN or infinite values: saving it to {path or filepath} would "
                              f"write {written}; nothing was written")
-        if any(getattr(layer, "lora_enabled", False) and layer.quantization_mode for layer in self._flatten_layers()):
+        if any(getattr(layer, "lora_enabled", False) and layer.quantization_mode in ("int8", "int4")
+               and ops.any(layer.lora_kernel_b != 0) for layer in self._flatten_layers()):  # (adapters that learned)
             warnings.warn(f"this model is quantized ({self.quantization}) and has LoRA adapters: Keras saves them "
                           "merged into the quantized kernels, quantized again, so what loads from "
                           f"{path or filepath} computes other logits than this model; for the same logits, train the "
