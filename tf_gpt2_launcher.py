@@ -5,7 +5,8 @@
 any `tf_gpt2.<module>` import runs it first. Here the import is taken in Python's own two steps with the
 parsing between them: the package module is made from its spec (its submodules can be imported, its
 `__init__` has not run), `tf_gpt2.cli` builds the parser from modules that import no TensorFlow, and
-then the package's `__init__` runs and the command with it.
+then the package's `__init__` runs and the command with it; a command that reads no model (`prepare`) runs
+without it, so without Keras and TensorFlow.
 
 TensorFlow's C++ start-up lines ("cudart_stub.cc:31] Could not find cuda drivers", "cuInit" ...) are
 written before its logging is set up, so TF_CPP_MIN_LOG_LEVEL cannot stop them; the launcher drops
@@ -73,7 +74,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from tf_gpt2 import cli
 
         args = cli.build_parser().parse_args(argv)
-        _load(package, spec, quiet)
+        if args.command not in cli.WITHOUT_TENSORFLOW:  # (`prepare` reads no model)
+            _load(package, spec, quiet)
     except BaseException as e:  # --help, a parse error, a failed import, Ctrl-C: leave no half-made package behind
         for name in [name for name in sys.modules if name == "tf_gpt2" or name.startswith("tf_gpt2.")]:
             del sys.modules[name]

@@ -547,6 +547,23 @@ def test_the_console_script_is_the_launcher_and_the_package_loads_whole_after_it
     assert "No such file or directory: /nonexistent.txt" in run.stderr
 
 
+def test_prepare_runs_without_keras_or_tensorflow(tmp_path):
+    """`tf-gpt2 prepare` reads no model: the console script runs it without loading Keras and TensorFlow (5 s of a
+    0.3 s command), in both vocabularies; the other commands load the package whole (above)."""
+    (tmp_path / "texts").mkdir()
+    (tmp_path / "texts" / "a.txt").write_text("Привет, мир. The quick brown fox.\r\n" * 50, encoding="utf-8")
+    run = _fresh_python(
+        "import sys, tf_gpt2_launcher\n"
+        "sys.modules['tensorflow'] = sys.modules['keras'] = None  # any import of them now fails\n"
+        f"for vocab in ('gpt2', 'char'):\n"
+        f"    print(tf_gpt2_launcher.main(['prepare', {str(tmp_path / 'texts')!r}, '--vocab', vocab, '--out', "
+        f"{str(tmp_path)!r} + '/' + vocab]))\n")
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert [line for line in run.stdout.splitlines() if line in ("0", "2")] == ["0", "0"], run.stdout
+    for vocab in ("gpt2", "char"):
+        assert (tmp_path / vocab / "manifest.json").exists()
+
+
 def test_ctrl_c_while_tensorflow_loads_is_said_in_one_line_with_status_130():
     """The launcher loads TensorFlow after parsing; a Ctrl-C then (Python's KeyboardInterrupt, raised here where the
     load runs: a real signal lands at a moment no test can choose) ends as a command's does, not in a traceback."""
