@@ -29,8 +29,9 @@ Parity and memory processes share the GPU, several at a time, while the speed pr
 end, stopped) go into results.json.
 Writes results.json and results.md into --out after each row, and ratios.png (matplotlib) at the end, or when a
 SIGTERM (`timeout`) ends the run. `--budget` (480 s) ends it in time: the speed rows the docs quote run first and
-the levers last, a wave of speed runs starts only if one as long as the longest so far would end by then (a wave is
-not stopped once started), and the memory and parity runs still going then are ended (their rows say "not run").
+the levers last, a wave of speed runs starts only if one as long as the longest so far would end by then, and the
+speed runs of a wave still compiling or waiting their turn then, and the memory and parity runs still going, are
+ended (their rows say "not run").
 * On 2026-12-04 an H200 ran its parts in separate calls: 454 s for 13 training rows with the levers, decode and
 parity (benchmarks/results/gpu-h200-2026-12-04-fit-2.json); the call that measured memory recorded no time. The
 memory processes now run beside the compiles, and the levers only with `--levers`: the goal, a whole run in 6
@@ -645,18 +646,25 @@ class Pool:
             time.sleep(0.5)
 
 
-def run_timed(group: list[dict], smoke: bool, report, pool: Pool) -> None:
+def run_timed(group: list[dict], smoke: bool, report, pool: Pool, late=lambda jobs: False) -> None:
     """Compile and warm up side by side, the pool going on beside them; then, the pool stopped, time one process at a
-    time, the others waiting."""
+    time, the others waiting. Past the --budget (`late`), a process still compiling or waiting its turn is ended, its
+    row saying so: a wave started in time does not run on past it."""
     reserved = sum(estimated_bytes(job) for job in group)
     children = [Child(job, smoke, timed=True) for job in group]
-    while any(child.reader.is_alive() for child in children):
+    while any(child.reader.is_alive() for child in children) and not late([]):
         pool.step(reserved)
         time.sleep(0.5)
     with pool.stopped():
         for child in children:
-            if child.is_ready:
+            if child.is_ready and not late([]):
                 child.go()
+            elif late([]) and child.process.poll() is None:  # (one that ended by itself keeps its own error)
+                child.process.kill()
+                child.finish()
+                late([child.job])
+                report(child.job)
+                continue
             child.finish()
             report(child.job)
 
@@ -755,12 +763,12 @@ def _run(args, todo: list[dict], results: dict, began: float, report, late, budg
                        patience=min(300.0, max(0.0, args.budget - (time.time() - began))))
         if not late(group, ahead=longest):
             started = time.time()
-            run_timed(group, args.smoke, report, pool)
+            run_timed(group, args.smoke, report, pool, late)
             longest = max(longest, time.time() - started)
     pool.drain()
     for job in [job for job in todo if OUT_OF_MEMORY.search(job["result"].get("error", ""))]:  # once more, alone
         if not late([job], ahead=longest):
-            run_timed([job], args.smoke, report, Pool([], args.smoke, report, budget))
+            run_timed([job], args.smoke, report, Pool([], args.smoke, report, budget), late)
     results["seconds"] = time.time() - began
     write_outputs(results, args.out)
     print(open(os.path.join(args.out, "results.md")).read())

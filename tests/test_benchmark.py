@@ -532,6 +532,20 @@ def test_gpu_py_leaves_nothing_running_past_its_budget_and_writes_its_tables_whe
         "not run: past the --budget of 2 s"]
     assert started and all(process.poll() is not None for process in started)
 
+    class Compiling(Sleeper):  # a speed run that would compile past any budget (never says READY)
+        def __init__(self, job, smoke, timed=False):
+            super().__init__(job, smoke)
+            if timed:
+                self.reader.start()  # (reading the sleeper's output)
+
+    monkeypatch.setattr(gpu, "Child", Compiling)
+    reported, began = [], time.time()  # a wave started in time is ended at the budget, not run on past it
+    gpu.run_timed([{"name": "train", "smoke": True, "kind": "train"}], True, reported.append,
+                  gpu.Pool([], True, reported.append, 0.0), late)
+    assert time.time() - began < 30 and [job["result"]["error"] for job in reported] == [
+        "not run: past the --budget of 2 s"]
+    assert all(process.poll() is not None for process in started)
+
     out = tmp_path / "out"
     run = subprocess.Popen([sys.executable, os.path.join(BENCHMARKS, "gpu.py"), "--smoke", "--only", "parity",
                             "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
