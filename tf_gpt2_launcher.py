@@ -6,7 +6,7 @@ any `tf_gpt2.<module>` import runs it first. Here the import is taken in Python'
 parsing between them: the package module is made from its spec (its submodules can be imported, its
 `__init__` has not run), `tf_gpt2.cli` builds the parser from modules that import no TensorFlow, and
 then the package's `__init__` runs and the command with it; a command that reads no model (`prepare`) runs
-without it, so without Keras and TensorFlow.
+without it, so without Keras and TensorFlow, where it draws no progress bar (its output a file or a pipe).
 
 TensorFlow's C++ start-up lines ("cudart_stub.cc:31] Could not find cuda drivers", "cuInit" ...) are
 written before its logging is set up, so TF_CPP_MIN_LOG_LEVEL cannot stop them; the launcher drops
@@ -74,13 +74,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         from tf_gpt2 import cli
 
         args = cli.build_parser().parse_args(argv)
-        if args.command not in cli.WITHOUT_TENSORFLOW:  # (`prepare` reads no model)
+        from tf_gpt2.progress import redrawn
+
+        if args.command not in cli.WITHOUT_TENSORFLOW or redrawn():  # (`prepare` reads no model; Keras draws its bar)
             _load(package, spec, quiet)
     except BaseException as e:  # --help, a parse error, a failed import, Ctrl-C: leave no half-made package behind
         for name in [name for name in sys.modules if name == "tf_gpt2" or name.startswith("tf_gpt2.")]:
             del sys.modules[name]
-        if isinstance(e, KeyboardInterrupt) and "args" in locals():  # as a command's Ctrl-C is said (cli.run)
-            print(f"tf-gpt2 {args.command}: interrupted", file=sys.stderr)
+        if isinstance(e, KeyboardInterrupt):  # as a command's Ctrl-C is said (cli.run), also before it was parsed
+            print(f"tf-gpt2 {args.command}: interrupted" if "args" in locals() else "tf-gpt2: interrupted",
+                  file=sys.stderr)
             return 130
         if isinstance(e, ImportError) and "args" in locals() and not os.environ.get("TF_GPT2_TRACEBACK"):
             print(f"tf-gpt2 {args.command}: error: {e}", file=sys.stderr)  # (a backend refused, a library missing)

@@ -562,6 +562,13 @@ def test_prepare_runs_without_keras_or_tensorflow(tmp_path):
     assert [line for line in run.stdout.splitlines() if line in ("0", "2")] == ["0", "0"], run.stdout
     for vocab in ("gpt2", "char"):
         assert (tmp_path / vocab / "manifest.json").exists()
+    run = subprocess.run(  # where its output redraws a bar (a terminal; PyCharm's console, as Keras takes it)
+        [sys.executable, "-c", "import sys, tf_gpt2_launcher\n"
+         f"code = tf_gpt2_launcher.main(['prepare', {str(tmp_path / 'texts')!r}, '--out', {str(tmp_path / 'bar')!r}])\n"
+         "print(code, 'keras' in sys.modules)"], capture_output=True, text=True, timeout=300,
+        env={**os.environ, "PYCHARM_HOSTED": "1"})
+    assert run.stdout.split()[-2:] == ["0", "True"], run.stdout[-2000:]  # Keras' bar, and Keras loaded for it
+    assert "I0000" not in run.stderr and "absl" not in run.stderr  # (their start-up lines dropped, as for the rest)
 
 
 def test_ctrl_c_while_tensorflow_loads_is_said_in_one_line_with_status_130():
@@ -577,6 +584,13 @@ def test_ctrl_c_while_tensorflow_loads_is_said_in_one_line_with_status_130():
     assert run.returncode == 0, run.stderr[-2000:]
     assert run.stdout.split() == ["130", "[]"]  # and no half-made package left behind
     assert run.stderr.strip().splitlines()[-1] == "tf-gpt2 eval: interrupted", run.stderr[-2000:]
+    run = _fresh_python(  # before the command line is parsed (its first tenth of a second): no traceback either
+        "import argparse, sys, tf_gpt2_launcher\n"
+        "def ctrl_c(*args, **kwargs):\n"
+        "    raise KeyboardInterrupt\n"
+        "argparse.ArgumentParser.parse_args = ctrl_c\n"
+        "print(tf_gpt2_launcher.main(['prepare', 'texts', '--out', 'data']))\n")
+    assert run.stdout.split() == ["130"] and run.stderr.strip() == "tf-gpt2: interrupted", run.stderr[-2000:]
 
 
 def test_the_launcher_called_after_the_package_was_imported_runs_the_command(capsys):

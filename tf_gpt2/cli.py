@@ -468,7 +468,8 @@ class _ShowDefaults(argparse.ArgumentDefaultsHelpFormatter):
 
 
 # Commands that read no model: the console script runs them without the package's `__init__`, so without Keras and
-# TensorFlow (`tf-gpt2 prepare` took 5 s to load them, and 0.3 s without).
+# TensorFlow (`tf-gpt2 prepare` took 5 s to load them, and 0.3 s without), where they draw no progress bar (Keras'
+# bar, in a terminal, loads them).
 WITHOUT_TENSORFLOW = frozenset({"prepare"})
 
 
