@@ -48,7 +48,15 @@ CASES = [
     (["generate", "hi", "--random-init", "gpt2-tiny", "--seed", "99999999999", "--temperature", "1"],
      "seed must be in [0, 2**31)"),
     (["generate", "hi", "--random-init", "gpt2-tiny", "--seed", "7"],  # greedy: the seed would change nothing
-     "--seed sets the sampling noise, and --temperature 0 (the default) samples nothing (greedy)"),
+     "--seed sets the sampling noise, and --temperature 0 (greedy, the default) samples nothing"),
+    # Settings refused before the model is read (the model here could not be), and without the note of the seed
+    # drawn for a run that wrote nothing.
+    (["generate", "hi", "--model", "{d}/fake.keras", "--temperature", "1", "--top-p", "0"],
+     "top_p must be in (0, 1], got 0.0"),
+    (["generate", "hi", "--model", "{d}/fake.keras", "--max-new-tokens", "0"],
+     "--max-new-tokens must be a positive integer, got 0"),
+    (["generate", "hi", "--random-init", "gpt2-tiny", "--temperature", "1", "--max-new-tokens", "5000"],
+     "exceeds the context of"),
     # Two models named, or a flag of the other one: refused, not one of them ignored.
     (["eval", "{d}/text.txt", "--model", "{d}/hf", "--random-init", "gpt2-tiny"],
      "--model and --random-init name two models ({d}/hf, an untrained gpt2-tiny): give one"),

@@ -259,13 +259,16 @@ def _prompt_of(args: argparse.Namespace) -> str:
 
 def cmd_generate(args: argparse.Namespace) -> int:
     from tf_gpt2.data import shown
-    from tf_gpt2.generation import default_stop_ids, stream
+    from tf_gpt2.generation import check_settings, default_stop_ids, stream
     from tf_gpt2.tokenizer import check_output_writes, tokenizer_for
 
     prompt = _prompt_of(args)
     if args.seed is not None and args.temperature == 0:
-        raise ValueError("--seed sets the sampling noise, and --temperature 0 (the default) samples nothing "
-                         "(greedy): give a --temperature > 0")
+        raise ValueError("--seed sets the sampling noise, and --temperature 0 (greedy, the default) samples nothing: "
+                         "give a --temperature > 0")
+    if args.max_new_tokens is not None and args.max_new_tokens < 1:
+        raise ValueError(f"--max-new-tokens must be a positive integer, got {args.max_new_tokens}")
+    check_settings(args.temperature, args.top_k, args.top_p, args.repetition_penalty, args.seed)  # before the model
     model = _load_model(args)
     tokenizer = tokenizer_for(model.config)  # the one `stream` reads the prompt with
     check_output_writes(model.config.characters)
@@ -286,10 +289,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
                   "after the prompt", file=sys.stderr)
     decode, stop_ids = tokenizer.decode, default_stop_ids(model.config)
     seed = args.seed
-    if seed is None and args.temperature > 0:  # a fresh sample each run, said so that one can be written again
-        seed = random.randrange(2**31)
-        print(f"note: sampling with --seed {seed} (a new one each run; give it to write this text again)",
-              file=sys.stderr)
+    if seed is None and args.temperature > 0:  # a fresh sample each run, said (once the call is taken) so that one
+        seed = random.randrange(2**31)        # can be written again
     # The prompt is shown with the first new token: by then prefill and the decode step are compiled, so
     # XLA's start-up lines on stderr come before the text, not in the middle of it.
     try:
@@ -298,6 +299,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
                            seed=seed, stop_ids=stop_ids)
     except ValueError as e:  # the prompt too long for --max-new-tokens: said of its file too
         raise ValueError(f"{source}{e}" if max_new_tokens > room else str(e)) from None
+    if args.seed is None and args.temperature > 0:
+        print(f"note: sampling with --seed {seed} (a new one each run; give it to write this text again)",
+              file=sys.stderr)
     tokens, printed = [], None
     for token in tokens_of:
         if printed is None:

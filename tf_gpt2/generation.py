@@ -422,6 +422,15 @@ def _checked_settings(temperature, top_k, top_p, repetition_penalty) -> tuple[fl
     return temperature, top_k, top_p, repetition_penalty
 
 
+def check_settings(temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, repetition_penalty: float = 1.0,
+                   seed: int | None = None) -> None:
+    """Refuse the sampling settings `generate` refuses, before a model is at hand (`tf-gpt2 generate` checks its
+    flags so, not after minutes of loading a model)."""
+    _checked_settings(temperature, top_k, top_p, repetition_penalty)
+    if seed is not None:
+        _seed(seed)
+
+
 def _left_padded(batch: list[list[int]], width: int, pad: int) -> Prompt:
     """The rows right-aligned in `width` columns, `pad` and mask 0 before them."""
     ids, mask = np.full((len(batch), width), pad, np.int32), np.zeros((len(batch), width), np.int32)
