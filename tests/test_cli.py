@@ -39,6 +39,7 @@ EXPORT_TINY = ["export", "--random-init", "gpt2-tiny"]
 CASES = [
     (["prepare", "{d}/latin1.txt", "--out", "{d}/p"], "latin1.txt is not UTF-8 text"),
     (["prepare", "{d}/fake.txt.gz", "--out", "{d}/p"], "fake.txt.gz is not a gzip file"),
+    (["prepare", "-", "--out", "{d}/p"], "standard input ('-') is no file: a dataset reads each text twice"),
     (["prepare", "{d}/text.txt", "--out", "{d}/p", "--vocab", "char", "--val-fraction", "0.999"],
      "no training tokens came out of ['{d}/text.txt']: all 240 went to the validation split"),
     (["train", "--data", "{d}/latin1.txt", "--out", "{d}/run"], "latin1.txt is not UTF-8 text"),

@@ -719,6 +719,16 @@ def test_a_prepare_error_starts_on_a_line_of_its_own(corpus, tmp_path, capsys):
     assert err.startswith("tf-gpt2 prepare: error: ") and "z.txt is not UTF-8 text: byte e9 at byte offset 3" in err
 
 
+def test_a_pipe_is_refused_as_no_file(tmp_path):
+    """A named pipe (`<(zcat ...)`, mkfifo) was "no data file matches", of a path that is there; the dataset reads each
+    text twice, which a pipe cannot give."""
+    os.mkfifo(tmp_path / "stream.txt")
+    with pytest.raises(ValueError, match=r"stream.txt, a pipe or a device, is no file: a dataset reads each text "
+                                         r"twice .* write the text to a file first"):
+        prepare(str(tmp_path / "stream.txt"), str(tmp_path / "out"), vocab="char", verbose=False)
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_text_read_twice_under_two_names_is_said(tmp_path):
     """A copy kept in an old/ folder, or gzipped beside its .txt: both are read (the text counts twice, the validation
     split may repeat training text), and the warning names the copy and its original; distinct texts say nothing."""

@@ -260,6 +260,12 @@ def resolve_inputs(inputs: str | Sequence[str], exclude: Sequence[str] = ()) -> 
         elif os.path.isfile(pattern):
             refuse_if_not_text(pattern)
             files.append(pattern)
+        elif os.path.exists(pattern) or pattern == "-":  # (was "no data file matches", of a path that is there)
+            what = "standard input ('-')" if pattern == "-" and not os.path.exists(pattern) else \
+                f"{pattern}, a pipe or a device,"
+            raise ValueError(f"{what} is no file: a dataset reads each text twice (its size and digest, then its "
+                             "tokens), which a pipe cannot give; write the text to a file first (a .txt.gz is read "
+                             "decompressed)")
         else:
             files += _globbed(pattern, excluded)
     if not files:
