@@ -251,8 +251,7 @@ class CheckedLoops:
             return
         if targets.shape[:2] != ids.shape[:2] or targets.ndim > 2 and targets.shape[2:] != (1,):
             raise ValueError(f"{named} of shape {targets.shape} for ids of shape {ids.shape}: {shifted}")
-        if np.array_equal(targets.reshape(ids.shape), ids) and ids.ndim == 2 and ids.shape[1] > 1 \
-                and not np.array_equal(ids[:, 1:], ids[:, :-1]):
+        if np.array_equal(targets.reshape(ids.shape), ids) and not np.array_equal(ids[:, 1:], ids[:, :-1]):
             warnings.warn(f"{named} equal the ids given (x): GPT2 would learn to copy its input, not to predict "
                           f"the next token; {shifted} (Hugging Face's models shift their labels inside; Keras' "
                           "fit does not)", stacklevel=4)
