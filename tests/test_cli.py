@@ -556,6 +556,14 @@ def test_the_console_script_is_the_launcher_and_the_package_loads_whole_after_it
     assert "No such file or directory: /nonexistent.txt" in run.stderr
 
 
+def test_version_is_the_packages(capsys):
+    import tf_gpt2
+
+    with pytest.raises(SystemExit) as ended:
+        cli_main(["--version"])
+    assert ended.value.code == 0 and capsys.readouterr().out == f"tf-gpt2 {tf_gpt2.__version__}\n"
+
+
 def test_prepare_runs_without_keras_or_tensorflow(tmp_path):
     """`tf-gpt2 prepare` reads no model: the console script runs it without loading Keras and TensorFlow (5 s of a
     0.3 s command), in both vocabularies; the other commands load the package whole (above)."""

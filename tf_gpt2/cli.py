@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import dataclasses
 import functools
+import importlib.metadata
 import math
 import os
 import random
@@ -479,6 +480,7 @@ WITHOUT_TENSORFLOW = frozenset({"prepare"})
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tf-gpt2", description="GPT-2 in Keras 3 / TensorFlow.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {importlib.metadata.version('tf_gpt2')}")
     commands = parser.add_subparsers(dest="command", required=True)
     command = functools.partial(commands.add_parser, formatter_class=_ShowDefaults)
 
