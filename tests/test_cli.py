@@ -556,12 +556,21 @@ def test_the_console_script_is_the_launcher_and_the_package_loads_whole_after_it
     assert "No such file or directory: /nonexistent.txt" in run.stderr
 
 
-def test_version_is_the_packages(capsys):
+def test_version_is_the_packages(capsys, monkeypatch):
+    import importlib.metadata
+
     import tf_gpt2
+    from tf_gpt2.cli import build_parser
 
     with pytest.raises(SystemExit) as ended:
         cli_main(["--version"])
     assert ended.value.code == 0 and capsys.readouterr().out == f"tf-gpt2 {tf_gpt2.__version__}\n"
+
+    def not_installed(name):
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(importlib.metadata, "version", not_installed)  # a checkout run without installing it
+    assert build_parser().parse_args(["prepare", "--out", "d"]).command == "prepare"  # every command still parses
 
 
 def test_prepare_runs_without_keras_or_tensorflow(tmp_path):

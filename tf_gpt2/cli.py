@@ -478,9 +478,17 @@ class _ShowDefaults(argparse.ArgumentDefaultsHelpFormatter):
 WITHOUT_TENSORFLOW = frozenset({"prepare"})
 
 
+def _installed_version() -> str:
+    """The installed package's version (a checkout run without installing it has none: every command still runs)."""
+    try:
+        return importlib.metadata.version("tf_gpt2")
+    except importlib.metadata.PackageNotFoundError:
+        return "(not installed: run from a checkout)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tf-gpt2", description="GPT-2 in Keras 3 / TensorFlow.")
-    parser.add_argument("--version", action="version", version=f"%(prog)s {importlib.metadata.version('tf_gpt2')}")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_installed_version()}")
     commands = parser.add_subparsers(dest="command", required=True)
     command = functools.partial(commands.add_parser, formatter_class=_ShowDefaults)
 
