@@ -61,8 +61,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from tf_gpt2.tokenizer import checked_utf8
     from tf_gpt2.training import CHECKPOINT, MODEL_FILE, checkpoint_step, train
 
-    if args.max_new_tokens < 1:
-        raise ValueError(f"--max-new-tokens must be a positive integer, got {args.max_new_tokens}")
+    _check_max_new_tokens(args.max_new_tokens)
     if not args.prompt:
         raise ValueError("the prompt is empty: the model needs at least one character to continue")
     known = set(read_text(embedded_corpus()))
@@ -97,6 +96,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(decode(ids[: len(args.prompt) + args.max_new_tokens]))
     print(f"\nThe model is {saved}; continue with:\n  {continue_command(args.prompt, saved)}")
     return 0
+
+
+def _check_max_new_tokens(value: int) -> None:
+    if value < 1:
+        raise ValueError(f"--max-new-tokens must be a positive integer, got {value}")
 
 
 def continue_command(prompt: str, model: str) -> str:
@@ -267,8 +271,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if args.seed is not None and args.temperature == 0:
         raise ValueError("--seed sets the sampling noise, and --temperature 0 (greedy, the default) samples nothing: "
                          "give a --temperature > 0")
-    if args.max_new_tokens is not None and args.max_new_tokens < 1:
-        raise ValueError(f"--max-new-tokens must be a positive integer, got {args.max_new_tokens}")
+    if args.max_new_tokens is not None:  # (None: as many as fit, up to 64)
+        _check_max_new_tokens(args.max_new_tokens)
     check_settings(args.temperature, args.top_k, args.top_p, args.repetition_penalty, args.seed)  # before the model
     model = _load_model(args)
     tokenizer = tokenizer_for(model.config)  # the one `stream` reads the prompt with
@@ -289,9 +293,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
             print(f"note: {room} new tokens, not {DEFAULT_NEW_TOKENS}: the context of {context} holds that many "
                   "after the prompt", file=sys.stderr)
     decode, stop_ids = tokenizer.decode, default_stop_ids(model.config)
-    seed = args.seed
-    if seed is None and args.temperature > 0:  # a fresh sample each run, said (once the call is taken) so that one
-        seed = random.randrange(2**31)        # can be written again
+    drawn = args.seed is None and args.temperature > 0  # a fresh sample each run, said (once the call is taken)
+    seed = random.randrange(2**31) if drawn else args.seed  # so that it can be written again
     # The prompt is shown with the first new token: by then prefill and the decode step are compiled, so
     # XLA's start-up lines on stderr come before the text, not in the middle of it.
     try:
@@ -300,7 +303,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
                            seed=seed, stop_ids=stop_ids)
     except ValueError as e:  # the prompt too long for --max-new-tokens: said of its file too
         raise ValueError(f"{source}{e}" if max_new_tokens > room else str(e)) from None
-    if args.seed is None and args.temperature > 0:
+    if drawn:
         print(f"note: sampling with --seed {seed} (a new one each run; give it to write this text again)",
               file=sys.stderr)
     tokens, printed = [], None
