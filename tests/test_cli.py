@@ -47,13 +47,15 @@ CASES = [
     (["generate", "hi", "--model", "{d}/hf"], "hf/config.json lacks n_embd, n_layer, n_head"),
     (["convert", "{d}/typed", "{d}/out.keras"], "typed/config.json: GPT2Config.n_embd must be a positive integer"),
     (["generate", "hi", "--random-init", "gpt2-tiny", "--seed", "99999999999", "--temperature", "1"],
-     "seed must be in [0, 2**31)"),
+     "--seed must be in [0, 2**31)"),
     (["generate", "hi", "--random-init", "gpt2-tiny", "--seed", "7"],  # greedy: the seed would change nothing
      "--seed sets the sampling noise, and --temperature 0 (greedy, the default) samples nothing"),
     # Settings refused before the model is read (the model here could not be), and without the note of the seed
     # drawn for a run that wrote nothing.
     (["generate", "hi", "--model", "{d}/fake.keras", "--temperature", "1", "--top-p", "0"],
-     "top_p must be in (0, 1], got 0.0"),
+     "--top-p must be in (0, 1], got 0.0"),
+    (["generate", "hi", "--model", "{d}/fake.keras", "--top-k", "5"],  # named as the flags, not generate's settings
+     "--top-k=5 filters what is sampled, and --temperature 0 samples nothing (greedy): give a --temperature > 0"),
     (["generate", "hi", "--model", "{d}/fake.keras", "--max-new-tokens", "0"],
      "--max-new-tokens must be a positive integer, got 0"),
     (["generate", "hi", "--random-init", "gpt2-tiny", "--temperature", "1", "--max-new-tokens", "5000"],
@@ -701,3 +703,15 @@ def test_a_file_where_an_output_folder_would_be_is_named(tmp_path, capsys):
         assert capsys.readouterr().err.strip() == ("tf-gpt2 convert: error: Not a directory (a file, where a folder to "
                                                    f"write in would be): {tmp_path / 'notadir'}")
     assert (tmp_path / "notadir").read_text() == "a file"
+
+
+def test_a_failed_write_to_standard_output_is_said_as_one(tmp_path):
+    """`tf-gpt2 prepare ... > /dev/full` said "No space left on device" alone: read as the dataset's disk being full."""
+    from conftest import console_script
+
+    (tmp_path / "t.txt").write_text("hello world\n" * 50, encoding="utf-8")
+    with open("/dev/full", "w") as full:  # (Linux's: every write fails with ENOSPC)
+        run = subprocess.run([console_script(), "prepare", str(tmp_path / "t.txt"), "--out", str(tmp_path / "p")],
+                             stdout=full, stderr=subprocess.PIPE, text=True, timeout=120)
+    assert run.returncode == 2 and run.stderr.splitlines() == [
+        "tf-gpt2 prepare: error: No space left on device: standard output"], run.stderr

@@ -308,7 +308,7 @@ def test_text_in_text_out_and_cli(capsys, tmp_path):
         capsys.readouterr().err
     prompt = tmp_path / "prompt.txt"  # a prompt file's errors name it
     for text, flags, said in (("ROMEO:\n日本", [], "characters '日', '本' are not in the model's vocabulary"),
-                              ("R" * 60, ["--max-new-tokens", "5"], "prompt of 60 tokens + max_new_tokens 5 exceeds "
+                              ("R" * 60, ["--max-new-tokens", "5"], "prompt of 60 tokens + --max-new-tokens 5 exceeds "
                                "the context of 64 positions: at most 4 new tokens fit")):
         prompt.write_text(text, encoding="utf-8")
         assert cli_main(["generate", "--prompt-file", str(prompt), "--model", saved, *flags]) == 2
@@ -316,7 +316,7 @@ def test_text_in_text_out_and_cli(capsys, tmp_path):
     assert cli_main(["generate", "Hi", "--max-new-tokens", "3", "--random-init", "gpt2-tiny"]) == 0
     assert capsys.readouterr().out.startswith("Hi")
     assert cli_main(["generate", "Hi", "--top-p", "2", "--random-init", "gpt2-tiny"]) == 2
-    assert "top_p must be in (0, 1]" in capsys.readouterr().err
+    assert "--top-p must be in (0, 1]" in capsys.readouterr().err
     for command in (["generate", "Hi"], ["eval", __file__], ["export", "--out", "unused"]):
         assert cli_main(command) == 2  # an untrained model is never used by accident
         assert "no --model given" in capsys.readouterr().err

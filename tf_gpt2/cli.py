@@ -262,6 +262,12 @@ def _prompt_of(args: argparse.Namespace) -> str:
     return checked_utf8("the prompt", args.prompt)
 
 
+def _as_flags(message: str) -> str:
+    """`generate`'s message with its settings named as the flags that gave them (top_p: --top-p)."""
+    return re.sub(r"(?<![-\w])(temperature|top_k|top_p|repetition_penalty|seed|max_new_tokens)\b",
+                  lambda m: "--" + m[1].replace("_", "-"), message)
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
     from tf_gpt2.data import shown
     from tf_gpt2.generation import check_settings, default_stop_ids, stream
@@ -273,7 +279,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
                          "give a --temperature > 0")
     if args.max_new_tokens is not None:  # (None: as many as fit, up to 64)
         _check_max_new_tokens(args.max_new_tokens)
-    check_settings(args.temperature, args.top_k, args.top_p, args.repetition_penalty, args.seed)  # before the model
+    try:  # before the model loads
+        check_settings(args.temperature, args.top_k, args.top_p, args.repetition_penalty, args.seed)
+    except ValueError as e:
+        raise ValueError(_as_flags(str(e))) from None
     model = _load_model(args)
     tokenizer = tokenizer_for(model.config)  # the one `stream` reads the prompt with
     check_output_writes(model.config.characters)
@@ -302,7 +311,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
                            top_k=args.top_k, top_p=args.top_p, repetition_penalty=args.repetition_penalty,
                            seed=seed, stop_ids=stop_ids)
     except ValueError as e:  # the prompt too long for --max-new-tokens: said of its file too
-        raise ValueError(f"{source}{e}" if max_new_tokens > room else str(e)) from None
+        raise ValueError(f"{source}{_as_flags(str(e))}" if max_new_tokens > room else _as_flags(str(e))) from None
     if drawn:
         print(f"note: sampling with --seed {seed} (a new one each run; give it to write this text again)",
               file=sys.stderr)
@@ -639,6 +648,19 @@ def _output_closed() -> bool:
     return True
 
 
+@contextlib.contextmanager
+def _named_standard_output():
+    """A failed write to standard output said as one (`> /dev/full` read as the dataset's disk being full)."""
+    try:
+        yield
+    except BrokenPipeError:  # (its reader stopped: see _output_closed)
+        raise
+    except OSError as e:
+        if e.filename is not None or e.strerror is None:
+            raise
+        raise OSError(e.errno, e.strerror, "standard output") from None
+
+
 class _LineEnds:
     """Standard output as it was, remembering whether its last write ended its line (a Keras progress bar's does
     not: it starts each update with the line break), so that a failure's line can start a line of its own."""
@@ -649,7 +671,12 @@ class _LineEnds:
     def write(self, text: str) -> int:
         if text:
             self.mid_line = not text.endswith("\n")
-        return self.stream.write(text)
+        with _named_standard_output():
+            return self.stream.write(text)
+
+    def flush(self) -> None:
+        with _named_standard_output():
+            self.stream.flush()
 
     def __getattr__(self, name):
         return getattr(self.stream, name)
