@@ -719,6 +719,19 @@ def test_a_prepare_error_starts_on_a_line_of_its_own(corpus, tmp_path, capsys):
     assert err.startswith("tf-gpt2 prepare: error: ") and "z.txt is not UTF-8 text: byte e9 at byte offset 3" in err
 
 
+def test_a_dataset_being_written_is_not_written_into_by_a_second_prepare(tmp_path):
+    """Two `prepare`s into one folder would interleave their shards: the second is refused while the first holds
+    the folder (an OS file lock, which flock keeps apart even within one process), and writes nothing."""
+    from tf_gpt2.files import exclusive
+
+    (tmp_path / "a.txt").write_text("To be, or not to be: that is the question.\n" * 20, encoding="utf-8")
+    with exclusive(str(tmp_path / "out"), "prepare"):
+        with pytest.raises(RuntimeError, match=rf"{tmp_path}/out is in use by another prepare \(pid {os.getpid()}\)"):
+            prepare(str(tmp_path / "a.txt"), str(tmp_path / "out"), vocab="char", verbose=False)
+        assert os.listdir(tmp_path / "out") == [".lock"]
+    assert prepare(str(tmp_path / "a.txt"), str(tmp_path / "out"), vocab="char", verbose=False)["splits"]["train"]
+
+
 def test_a_pipe_is_refused_as_no_file(tmp_path):
     """A named pipe (`<(zcat ...)`, mkfifo) was "no data file matches", of a path that is there; the dataset reads each
     text twice, which a pipe cannot give."""
