@@ -51,7 +51,8 @@ def make_hf_model(seed=0, **config):
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
     torch.manual_seed(seed)
-    defaults = dict(resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=0, eos_token_id=0,
+    end = 50256 if config.get("vocab_size", 50257) >= 50257 else None  # <|endoftext|>, where the ids are GPT-2's
+    defaults = dict(resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=end, eos_token_id=end,
                     initializer_range=0.3)
     cfg = transformers.GPT2Config(**{**defaults, **config})
     model = transformers.GPT2LMHeadModel(cfg).eval()

@@ -1111,8 +1111,79 @@ def test_a_peft_adapter_beside_the_weights_is_refused_on_load_and_removed_by_a_s
     with pytest.raises(ValueError, match=f"^{saved_tiny} holds a PEFT adapter \\(adapter_config.json\\), which "
                                          "transformers with peft applies to the model and tf_gpt2 does not: merge it"):
         GPT2.from_pretrained(saved_tiny)
+    (tmp_path / "adapter").mkdir()  # the adapter's own folder, without the model: said as one, not "no checkpoint"
+    for name in ("adapter_config.json", "adapter_model.safetensors"):
+        shutil.copy(saved_tiny / name, tmp_path / "adapter" / name)
+    with pytest.raises(ValueError, match=f"^{tmp_path}/adapter holds a PEFT adapter"):
+        GPT2.from_pretrained(tmp_path / "adapter")
     with pytest.warns(UserWarning, match="removed adapter_config.json, adapter_model.safetensors"):
         ours.save_pretrained(saved_tiny)
     with torch.no_grad():
         theirs = AutoModelForCausalLM.from_pretrained(saved_tiny)(torch.from_numpy(ids)).logits.numpy()
     np.testing.assert_allclose(theirs, np.asarray(ours(ids)), atol=1e-5)
+
+
+def test_transformers_other_names_and_true_or_false_settings_are_read_as_transformers_reads_them(saved_tiny):
+    """transformers reads hidden_size, num_hidden_layers, num_attention_heads and max_position_embeddings as GPT-2's
+    sizes, over GPT-2's own names: a config.json whose two names of the head count disagreed loaded with n_head's
+    (logits 0.6 from transformers'), and one with the other names alone was "lacks n_embd". A true/false setting
+    given as 0 or null (`scale_attn_weights`) loaded as true."""
+    transformers = pytest.importorskip("transformers")
+    ids = np.array([[1, 2, 3, 4]])
+    expected = np.asarray(GPT2.from_pretrained(saved_tiny)(ids))
+    config = json.loads((saved_tiny / "config.json").read_text())
+    other_names = {"n_embd": "hidden_size", "n_layer": "num_hidden_layers", "n_head": "num_attention_heads",
+                   "n_positions": "max_position_embeddings"}
+    renamed = {other_names.get(k, k): v for k, v in config.items() if k != "n_ctx"}
+    (saved_tiny / "config.json").write_text(json.dumps(renamed))
+    assert transformers.GPT2Config.from_pretrained(saved_tiny).n_head == config["n_head"]
+    np.testing.assert_array_equal(np.asarray(GPT2.from_pretrained(saved_tiny)(ids)), expected)
+    (saved_tiny / "config.json").write_text(json.dumps({**config, "num_attention_heads": 1}))
+    assert transformers.GPT2Config.from_pretrained(saved_tiny).n_head == 1  # the other name is the one it takes
+    with pytest.raises(ValueError, match=f"^{saved_tiny}/config.json gives n_head=2 and num_attention_heads=1, two "
+                                         r"names of one setting \(transformers reads num_attention_heads\)"):
+        GPT2.from_pretrained(saved_tiny)
+    for key, value, said in (("scale_attn_weights", 0, "0"), ("scale_attn_weights", None, "null"),
+                             ("scale_attn_by_inverse_layer_idx", "false", '"false"'),
+                             ("tie_word_embeddings", None, "null")):
+        (saved_tiny / "config.json").write_text(json.dumps({**config, key: value}))
+        with pytest.raises(ValueError, match=f"config.json: {key} must be true or false, got {said}$"):
+            GPT2.from_pretrained(saved_tiny)
+    (saved_tiny / "config.json").write_text(json.dumps({**config, "scale_attn_weights": True,
+                                                        "tie_word_embeddings": True}))
+    np.testing.assert_array_equal(np.asarray(GPT2.from_pretrained(saved_tiny)(ids)), expected)
+
+
+def test_a_checkpoints_own_end_token_is_said_where_generate_stops_elsewhere(saved_tiny, tmp_path):
+    """transformers' generate stops at the checkpoint's eos_token_id (generation_config.json's over config.json's);
+    tf_gpt2's at <|endoftext|> where the ids are GPT-2's, else nowhere: a fine-tune that ends its texts with "\n"
+    (198) loaded without a word and wrote past it. GPT-2's own 50256, and an id past a tiny model's vocabulary
+    (transformers' default), say nothing."""
+    model = GPT2(GPT2Config(vocab_size=50257, n_positions=16, n_embd=16, n_layer=1, n_head=2))
+    model.save_pretrained(tmp_path / "m")
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert config["eos_token_id"] == 50256
+    for ckpt, eos in ((tmp_path / "m", 50256), (saved_tiny, 50256), (saved_tiny, None)):
+        (ckpt / "config.json").write_text(json.dumps({**json.loads((ckpt / "config.json").read_text()),
+                                                      "eos_token_id": eos}))
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            GPT2.from_pretrained(ckpt)
+    (tmp_path / "m" / "config.json").write_text(json.dumps({**config, "eos_token_id": 198}))
+    with pytest.warns(UserWarning, match=rf"^{tmp_path}/m/config.json ends a text with token 198, and generate stops "
+                                         r"after token 50256 \(<\|endoftext\|>\) unless given stop_ids=\[198\]"):
+        GPT2.from_pretrained(tmp_path / "m")
+    (tmp_path / "m" / "generation_config.json").write_text(json.dumps({"eos_token_id": [198, 50256]}))
+    with pytest.warns(UserWarning, match=r"generation_config.json ends a text with token 198 or 50256, .*"
+                                         r"stop_ids=\[198, 50256\]"):
+        GPT2.from_pretrained(tmp_path / "m")
+    (tmp_path / "m" / "generation_config.json").write_text(json.dumps({"eos_token_id": 50256}))  # it outranks 198
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        GPT2.from_pretrained(tmp_path / "m")
+    (saved_tiny / "config.json").write_text(json.dumps({**json.loads((saved_tiny / "config.json").read_text()),
+                                                        "eos_token_id": 7}))
+    with pytest.warns(UserWarning, match=r"ends a text with token 7, and generate stops nowhere unless given "
+                                         r"stop_ids=\[7\]; tf-gpt2 generate stops nowhere, and save_pretrained "
+                                         "writes eos_token_id null$"):
+        GPT2.from_pretrained(saved_tiny)

@@ -197,7 +197,7 @@ def test_names_download_through_the_hub_endpoint_then_load_warm_offline(repos, t
     beside = {line.split()[1].split("/", 5)[-1] for line in log if line.startswith("GET /org/binplus/resolve/")}
     assert "pytorch_model.bin" in beside, beside  # (was not fetched: "no model.safetensors or pytorch_model.bin")
     assert errors["org/timm"] == ("ValueError: Hugging Face repo 'org/timm''s config.json lacks vocab_size, n_embd, "
-                                  "n_layer, n_head: not a GPT-2 config")
+                                  "n_layer, n_head, n_positions: not a GPT-2 config")
     assert errors["org/kerashub"] == (  # (was: "lacks vocab_size, n_embd, n_layer, n_head: not a GPT-2 config")
         "ValueError: Hugging Face repo 'org/kerashub' is a keras-hub preset, not a transformers checkpoint: download "
         "it (`hf download org/kerashub --local-dir DIR`) and load DIR, or load keras-hub's name for it (gpt2_base_en, "

@@ -28,6 +28,7 @@ from typing import Any, Collection, Iterator
 import keras
 import numpy as np
 
+from tf_gpt2.checks import is_integer
 from tf_gpt2.config import DROPOUTS, GPT2Config, is_rate, with_overrides
 from tf_gpt2.data import warn_of_a_folder_of_texts
 from tf_gpt2.devices import host_array
@@ -223,16 +224,18 @@ def _config(source: str, **values: Any) -> GPT2Config:
 def config_from_hf(hf: dict[str, Any], source: str = "config.json", **overrides: Any) -> GPT2Config:
     if hf.get("model_type") not in (None, "gpt2"):  # (a config without one is read as GPT-2's, as older saves were)
         raise ValueError(f"{source} is the config of a {hf['model_type']!r} model, not GPT-2")
-    missing = [key for key in ("vocab_size", "n_embd", "n_layer", "n_head") if key not in hf]
-    if missing or not ("n_positions" in hf or "n_ctx" in hf):
-        raise ValueError(f"{source} lacks {', '.join(missing) or 'n_positions'}: not a GPT-2 config")
+    sizes = {key: _hf_size(hf, key, source) for key in ("vocab_size", "n_embd", "n_layer", "n_head", "n_positions")}
+    missing = [key for key, value in sizes.items() if value is None]
+    if missing:
+        raise ValueError(f"{source} lacks {', '.join(missing)}: not a GPT-2 config")
     activation = hf.get("activation_function", "gelu_new")
     if activation not in HF_ACTIVATIONS:
         raise ValueError(f"{source}: unsupported activation_function {activation!r}")
-    n_embd = hf["n_embd"]
+    n_embd = sizes["n_embd"]
     if hf.get("n_inner") not in (None, 4 * n_embd):
         raise ValueError(f"{source}: n_inner={hf['n_inner']} is not 4*n_embd; only GPT-2's 4x MLP is supported")
-    if hf.get("scale_attn_by_inverse_layer_idx") or hf.get("scale_attn_weights") is False:
+    if _hf_flag(hf, "scale_attn_by_inverse_layer_idx", False, source) or not _hf_flag(hf, "scale_attn_weights", True,
+                                                                                          source):
         raise ValueError(f"{source} changes GPT-2's attention scaling; this is not supported")
     # Each rate missing is transformers' default, 0.1; resid_pdrop is `dropout`, the other two kept where they differ
     rates = {name: hf.get(name, 0.1) for name in DROPOUTS}
@@ -242,12 +245,38 @@ def config_from_hf(hf: dict[str, Any], source: str = "config.json", **overrides:
     resid_pdrop = rates["resid_pdrop"]
     dropouts = {name: rate for name, rate in rates.items() if rate != resid_pdrop}
     values = dict(
-        vocab_size=hf["vocab_size"], n_positions=hf.get("n_positions", hf.get("n_ctx")), n_embd=n_embd,
-        n_layer=hf["n_layer"], n_head=hf["n_head"], layer_norm_epsilon=hf.get("layer_norm_epsilon", 1e-5),
+        **sizes, layer_norm_epsilon=hf.get("layer_norm_epsilon", 1e-5),
         activation=HF_ACTIVATIONS[activation], initializer_range=hf.get("initializer_range", 0.02),
         dropout=resid_pdrop, **dropouts, characters=hf.get("characters"),  # characters: tf_gpt2's own key
     )
     return _config(source, **with_overrides(values, overrides))
+
+
+# transformers' other names for GPT-2's sizes (GPT2Config.attribute_map), which it takes over GPT-2's own
+HF_SIZE_NAMES = {"n_embd": "hidden_size", "n_layer": "num_hidden_layers", "n_head": "num_attention_heads",
+                 "n_positions": "max_position_embeddings"}
+
+
+def _hf_size(hf: dict[str, Any], key: str, source: str) -> Any:
+    """A size of GPT-2's under its own name or transformers' other one (n_positions: also the older n_ctx);
+    None where neither is given. Two names that disagree are refused: which one is the model's is not clear."""
+    given = {name: hf[name] for name in (key, HF_SIZE_NAMES.get(key)) if name in hf}
+    if len(set(map(repr, given.values()))) > 1:
+        (a, x), (b, y) = given.items()
+        raise ValueError(f"{source} gives {a}={x!r} and {b}={y!r}, two names of one setting (transformers reads "
+                         f"{b}): make them equal, or remove one")
+    if given:
+        return next(iter(given.values()))
+    return hf.get("n_ctx") if key == "n_positions" else None
+
+
+def _hf_flag(hf: dict[str, Any], key: str, default: bool, source: str) -> bool:
+    """A true/false setting of config.json (transformers refuses another value: `0` or null read as false by some
+    of its versions and as true by a test of `is False`)."""
+    value = hf.get(key, default)
+    if not isinstance(value, bool):
+        raise ValueError(f"{source}: {key} must be true or false, got {json.dumps(value)}")
+    return value
 
 
 def _read_safetensors(path: str, with_tensors: bool = True) -> tuple[dict[str, np.ndarray], dict[str, str]]:
@@ -370,11 +399,32 @@ def refuse_adapter(names: Collection[str], source: str) -> None:
                          "adapter away")
 
 
+def _warn_of_another_end(directory: str, hf_config: dict[str, Any], config: GPT2Config) -> None:
+    """Say where a checkpoint's end token (`eos_token_id`, generation_config.json's over config.json's, as
+    transformers' generate reads them) is not where `generate` stops unless told (`<|endoftext|>` where the ids
+    are GPT-2's, else nowhere)."""
+    where, declared = "config.json", hf_config.get("eos_token_id")
+    generation_config = os.path.join(directory, "generation_config.json")
+    if os.path.isfile(generation_config) and "eos_token_id" in (settings := read_json(generation_config)):
+        where, declared = "generation_config.json", settings["eos_token_id"]
+    declared = declared if isinstance(declared, list) else [declared]
+    # (ids past the vocabulary end nothing: transformers' default 50256 in a tiny model of 1,000 ids)
+    ends = sorted({t for t in declared if is_integer(t) and 0 <= t < config.vocab_size})
+    end = end_of_text_id(config)
+    if ends and ends != [end]:
+        stops = "nowhere" if end is None else f"after token {end} (<|endoftext|>)"
+        warnings.warn(f"{os.path.join(directory, where)} ends a text with token {' or '.join(map(str, ends))}, and "
+                      f"generate stops {stops} unless given stop_ids={ends}; tf-gpt2 generate stops {stops}, and "
+                      f"save_pretrained writes eos_token_id {'null' if end is None else end}")
+
+
 def read_hf(directory: str, **overrides: Any) -> tuple[GPT2Config, Tensors]:
     refuse_adapter(os.listdir(directory), directory)
     config_path = os.path.join(directory, "config.json")
     hf_config = read_json(config_path)
     config = config_from_hf(hf_config, config_path, **overrides)
+    tied = _hf_flag(hf_config, "tie_word_embeddings", True, config_path)
+    _warn_of_another_end(directory, hf_config, config)
     tensors: dict[str, np.ndarray] = {}
     for path in _hf_weight_files(directory):
         if path.endswith(".safetensors"):
@@ -398,7 +448,7 @@ def read_hf(directory: str, **overrides: Any) -> tuple[GPT2Config, Tensors]:
             tensors[name] = value
     tensors = {k: v for k, v in tensors.items() if not k.endswith(HF_IGNORED_SUFFIXES)}
     lm_head = tensors.pop("lm_head.weight", None)  # tied to wte in GPT-2
-    if lm_head is None and hf_config.get("tie_word_embeddings") is False:  # (transformers: a head left random)
+    if lm_head is None and not tied:  # (transformers: a head left random)
         raise ValueError(f"{config_path} sets tie_word_embeddings false (an LM head of its own), but {directory}'s "
                          "weights have no lm_head.weight")
     if lm_head is not None and "wte.weight" not in tensors:  # the tie saved once, under the head's name
@@ -758,6 +808,7 @@ def load_pretrained(model_class: type, source: Any, revision: str | None = None,
                              "checkpoint: load it with keras.models.load_model and save it as a .keras file")
         read = read_keras_hub if registered in KERAS_HUB_GPT2 else read_hf
     else:
+        refuse_adapter(os.listdir(path), path)  # (a PEFT adapter's folder alone: said as one)
         inside = sorted(glob.glob(os.path.join(glob.escape(path), "*.keras")))  # a run folder of `tf-gpt2 train`
         from tf_gpt2 import hub
 
