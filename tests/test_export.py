@@ -65,6 +65,19 @@ def test_keras_export_takes_token_ids_by_default(model, tmp_path):
     loaded = tf.saved_model.load(str(tmp_path / "k"))
     for ids in (np.array([[1, 2, 3], [4, 5, 6]], np.int32), np.arange(9, dtype=np.int32)[None]):
         np.testing.assert_allclose(loaded.serve(tf.constant(ids)).numpy(), np.asarray(model(ids)), atol=1e-5)
+    # format="litert" of any length wrote TensorFlow ops the interpreter cannot run ("FlexStridedSlice"), silently
+    with pytest.raises(ValueError, match=r"format='litert' of ids of any length writes TensorFlow \(Flex\) ops"):
+        model.export(str(tmp_path / "any.tflite"), format="litert", verbose=False)
+    assert not (tmp_path / "any.tflite").exists()
+    import keras
+    from ai_edge_litert.interpreter import Interpreter
+
+    ids = np.array([[5, 1, 4, 2, 3]], np.int32)  # one shape, as the error says: the interpreter runs it
+    model.export(str(tmp_path / "five.tflite"), format="litert", verbose=False,
+                 input_signature=[keras.InputSpec(shape=ids.shape, dtype="int32")])
+    run = Interpreter(model_path=str(tmp_path / "five.tflite")).get_signature_runner()
+    (logits,) = run(**{name: ids for name in run.get_input_details()}).values()
+    np.testing.assert_allclose(logits, np.asarray(model(ids)), atol=1e-4)
 
 
 def test_served_text_is_bounded_before_tokenizing(exported):

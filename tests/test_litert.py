@@ -340,7 +340,8 @@ def test_unwritable_output_fails_before_converting(model, tmp_path, monkeypatch)
 
 def test_a_failed_export_keeps_the_previous_file(model, tmp_path, monkeypatch):
     path = tmp_path / "m.tflite"
-    export_litert(model, str(path), CACHE, PREFILL)
+    export_litert(model, str(path), CACHE, iter(PREFILL))  # (lengths read once: an iterator was "not integers")
+    assert LiteRTGenerator(str(path)).prefill_lengths == sorted(PREFILL)
     before = path.read_bytes()
 
     def fail(*args, **kwargs):

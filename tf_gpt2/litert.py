@@ -231,8 +231,8 @@ def export_litert(model: GPT2, path: str, cache_length: int | None = None,
     """Write the `.tflite` (LiteRT-LM contract) to `path`, atomically, and return `path`. A path with `.litertlm`'s
     suffix, or a file there that is no `.tflite`, is refused."""
     path = os.fspath(path)
-    _check_options(model, cache_length, prefill_lengths, quantize)
-    check_writable(path, "tflite")
+    cache_length, prefill_lengths = _check_options(model, cache_length, prefill_lengths, quantize)  # (an iterator:
+    check_writable(path, "tflite")                                                                 # read once)
 
     return _write_converted(path, lambda tmp: write_file(tmp, litert_bytes(model, cache_length, prefill_lengths,
                                                                            quantize)))

@@ -417,7 +417,12 @@ class GPT2(CheckedLoops, keras.Model):
                input_signature: Any = None, **kwargs: Any) -> Any:
         """Keras' `export`, its input token ids of any batch and length by default (Keras' default signature takes
         the compute dtype, float32, which GPT2 refuses as ids). For TF Serving's `generate` signatures, see
-        `tf_gpt2.export.export_saved_model`."""
+        `tf_gpt2.export.export_saved_model`; for phones, `tf_gpt2.litert.export_litert`."""
+        if format == "litert" and input_signature is None:  # (Keras turns on TensorFlow ops for any length)
+            raise ValueError("format='litert' of ids of any length writes TensorFlow (Flex) ops, which LiteRT's "
+                             "interpreter and LiteRT-LM do not run: for a phone, export with a KV cache "
+                             "(tf_gpt2.litert.export_litert, or tf-gpt2 export --format tflite); for logits alone, "
+                             "give one shape: input_signature=[keras.InputSpec(shape=(1, T), dtype='int32')]")
         if input_signature is None:
             input_signature = [keras.InputSpec(shape=(None, None), dtype="int32")]
         return super().export(filepath, format=format, verbose=verbose, input_signature=input_signature, **kwargs)
