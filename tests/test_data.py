@@ -732,6 +732,22 @@ def test_a_dataset_being_written_is_not_written_into_by_a_second_prepare(tmp_pat
     assert prepare(str(tmp_path / "a.txt"), str(tmp_path / "out"), vocab="char", verbose=False)["splits"]["train"]
 
 
+def test_prepare_into_a_training_runs_own_dataset_is_refused(tmp_path, capsys):
+    """`tf-gpt2 prepare other.txt --out RUN/data` replaced the dataset a run made of its texts (while it trained,
+    too): its resume was then refused as the texts "added" and "gone", of files it never read."""
+    (tmp_path / "a.txt").write_text("To be, or not to be: that is the question.\n" * 20, encoding="utf-8")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "run.json").write_text(json.dumps({"settings": {"data": str(tmp_path / "a.txt")}}))
+    prepare(str(tmp_path / "a.txt"), str(tmp_path / "run" / "data"), vocab="char", verbose=False)  # as train makes it
+    made = (tmp_path / "run" / "data" / "manifest.json").read_bytes()
+    for out in ("run/data", "run/data/", "run/./data"):
+        assert cli_main(["prepare", str(tmp_path / "a.txt"), "--out", str(tmp_path / out), "--vocab", "char"]) == 2
+        assert (f"error: {tmp_path / out} is the dataset the training run in {tmp_path / 'run'} made of its texts"
+                in capsys.readouterr().err)
+    assert (tmp_path / "run" / "data" / "manifest.json").read_bytes() == made
+    assert cli_main(["prepare", str(tmp_path / "a.txt"), "--out", str(tmp_path / "run2" / "data")]) == 0  # no run
+
+
 def test_a_pipe_is_refused_as_no_file(tmp_path):
     """A named pipe (`<(zcat ...)`, mkfifo) was "no data file matches", of a path that is there; the dataset reads each
     text twice, which a pipe cannot give."""

@@ -155,10 +155,21 @@ def test_lora_trains_only_adapters(char_data, tmp_path, capsys):
     GPT2(GPT2Config.from_preset("gpt2-tiny", **TINY, vocab_size=30)).save(base)
     model, history = train(config(tmp_path / "run", char_data, init_from=str(base), lora_rank=4,
                                   learning_rate=1e-2))
-    with pytest.raises(ValueError, match="lora_kernel_a' has shape .*: it holds adapters of another --lora-rank, "
-                                         "which no resume takes"):  # (was said as "a model of another size")
+    with pytest.raises(ValueError, match="cannot continue, even with --resume-with-changes: it holds adapters of "
+                                         "--lora-rank 4: resume it with --lora-rank 4"):  # (before any text is read)
         train(config(tmp_path / "run", char_data, init_from=str(base), lora_rank=2, learning_rate=1e-2, steps=30,
                      resume_with_changes=True))
+    from tf_gpt2.training import enable_lora, restore_checkpoint
+
+    # The checkpoint's own check, where the settings do not tell (a moved base)
+    characters = json.loads(open(os.path.join(char_data, MANIFEST)).read())["chars"]
+    other = GPT2(GPT2Config.from_preset("gpt2-tiny", **TINY, vocab_size=30, characters=characters))
+    other(np.zeros((1, 4), "int32"))
+    enable_lora(other, 2)
+    other.compile(optimizer=make_optimizer(other, TrainConfig(lora_rank=2, init_from=str(base))), loss="mse")
+    with pytest.raises(ValueError, match="lora_kernel_a' has shape .*: it holds adapters of another --lora-rank, "
+                                         "which no resume takes"):  # (was said as "a model of another size")
+        restore_checkpoint(other, str(tmp_path / "run" / CHECKPOINT))
     # Another --init-from (a moved base) resumes, said as what it is: the weights go on from the checkpoint.
     shutil.copy(base, tmp_path / "moved.keras")
     capsys.readouterr()
@@ -523,8 +534,8 @@ def test_resuming_with_other_settings_or_data_is_refused_unless_asked(char_data,
                                          r"'dropout': 0.1\}\)"):
         train(config(tmp_path / "run", char_data, steps=10, eval_interval=10, model={"n_embd": 32, "n_positions": 64,
                                                                                    "dropout": 0.1}))
-    with pytest.raises(ValueError, match=r"'gpt2\w*/wte/embeddings' has shape \(30, 32\), this run's \(30, 48\): it "
-                                         "holds a model of another size, which no resume takes"):  # (a bare shape)
+    with pytest.raises(ValueError, match=r"cannot continue, even with --resume-with-changes: its model is of another "
+                                         r"size \(n_embd 32 -> 48\): resume it with the model's flags it had"):
         train(config(tmp_path / "run", char_data, steps=20, eval_interval=10, model={**TINY, "n_embd": 48},
                      resume_with_changes=True))
     assert _digest(tmp_path / "run" / CHECKPOINT) == good
@@ -602,6 +613,18 @@ def test_a_refused_resume_leaves_the_run_as_it_was_and_a_finished_one_says_so(tm
                             "it was trained without float16's loss scale")):
         with pytest.raises(ValueError, match=f"cannot continue, even with --resume-with-changes: {problem}"):
             train(config(run, str(tmp_path / "a.txt"), steps=8, eval_interval=4, resume_with_changes=True, **other))
+    # nor another LoRA rank, accumulation gained, another size: refused before the edited text is tokenized over the
+    # run's data (it was, then refused by the checkpoint; the plain command after said the texts "edited")
+    (tmp_path / "a.txt").write_text(TEXT.lower())
+    for other, problem in (({"model": {**TINY, "dropout": 0.1}}, "its model was trained without dropout, .*: resume "
+                                                                  "it with rates of 0"),
+                           ({"grad_accum": 2}, "it was trained with --grad-accum 1, and only a run that accumulates "
+                                               "keeps accumulators: resume it with --grad-accum 1"),
+                           ({"model": {**TINY, "n_layer": 3}}, r"its model is of another size \(n_layer 2 -> 3\)")):
+        with pytest.raises(ValueError, match=f"cannot continue, even with --resume-with-changes: {problem}"):
+            train(config(run, str(tmp_path / "a.txt"), steps=8, eval_interval=4, vocab="char",
+                         resume_with_changes=True, **other))
+    (tmp_path / "a.txt").write_text(TEXT)
     assert {name: _digest(run / name) for name in kept} == kept
     capsys.readouterr()
     (tmp_path / "elsewhere").mkdir()
@@ -629,11 +652,23 @@ def test_a_refused_resume_leaves_the_run_as_it_was_and_a_finished_one_says_so(tm
 def test_no_resume_turns_dropout_on_or_off_and_the_refusal_says_so(char_data, tmp_path):
     """A dropout layer holds random state only at a rate above 0: a resume that turned dropout on was refused as
     "another model size, --lora-rank, float16's loss scale, or --grad-accum", none of which changed."""
+    from tf_gpt2 import GPT2, GPT2Config
+    from tf_gpt2.training import restore_checkpoint
+
     with_dropout = {**TINY, "dropout": 0.1}
     train(config(tmp_path, char_data, steps=2, eval_interval=2, model=with_dropout))
+    with pytest.raises(ValueError, match=r"cannot continue, even with --resume-with-changes: its model was trained "
+                                         r"with dropout, and a dropout layer keeps random state only at a rate above "
+                                         r"0: resume it with rates above 0 \(0.1 to 0.2 resumes\)"):
+        train(config(tmp_path, char_data, steps=4, eval_interval=2, resume_with_changes=True))
+    # The checkpoint's own check, where the settings do not tell (--init-from's rates)
+    characters = json.loads(open(os.path.join(char_data, MANIFEST)).read())["chars"]
+    without = GPT2(GPT2Config.from_preset("gpt2-tiny", **TINY, vocab_size=30, characters=characters))
+    without(np.zeros((1, 4), "int32"))
+    without.compile(optimizer=make_optimizer(without, TrainConfig()), loss="mse")
     with pytest.raises(ValueError, match=r"holds the random state of \d+ dropout layer\(s\), this run's model has 0: "
                                          r"a dropout layer has one only at a rate above 0, so no resume turns a"):
-        train(config(tmp_path, char_data, steps=4, eval_interval=2, resume_with_changes=True))
+        restore_checkpoint(without, str(tmp_path / CHECKPOINT))
     model, _ = train(config(tmp_path, char_data, steps=4, eval_interval=2, resume_with_changes=True,
                             model={**TINY, "dropout": 0.2}))  # another rate above 0: resumes
     assert int(model.optimizer.iterations) == 4

@@ -119,9 +119,10 @@ def continue_command(prompt: str, model: str) -> str:
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
-    from tf_gpt2.data import MANIFEST, embedded_corpus, prepare
+    from tf_gpt2.data import MANIFEST, embedded_corpus, prepare, refuse_a_runs_own_dataset
 
     refuse_writing_over_inputs(args.out, *(args.inputs or []))
+    refuse_a_runs_own_dataset(args.out)
     replaced = os.path.exists(os.path.join(args.out, MANIFEST))  # (said, as convert and export say theirs)
     manifest = prepare(args.inputs or embedded_corpus(), args.out, val_fraction=args.val_fraction, vocab=args.vocab)
     print(f"{'replaced the earlier dataset in' if replaced else 'wrote'} {args.out}")

@@ -854,8 +854,9 @@ def check_resume(cfg: TrainConfig, identity: dict[str, Any]) -> list[str]:
 
 def _unresumable(cfg: TrainConfig, before: dict[str, Any]) -> str | None:
     """The change from a checkpoint's settings (`before`) that no resume can take, said, or None: float16's loss
-    scale (optimizer state, kept in the checkpoint) gained or lost, or raw text tokenized with another vocabulary
-    than the checkpoint's model reads (said before the text is tokenized again, and the run's dataset replaced)."""
+    scale (optimizer state, kept in the checkpoint) gained or lost, raw text tokenized with another vocabulary than
+    the checkpoint's model reads, another LoRA rank, accumulation gained or lost, another model size or dropout
+    turned on or off (said before the text is tokenized again, and the run's dataset replaced)."""
     def loss_scaled(settings: dict[str, Any]) -> bool:
         return settings.get("precision") == "mixed_float16" or settings.get("base_dtype") == "float16"
 
@@ -866,6 +867,24 @@ def _unresumable(cfg: TrainConfig, before: dict[str, Any]) -> str | None:
     if before.get("vocab", cfg.vocab) != cfg.vocab and not _is_prepared(cfg.data):
         return (f"its model reads --vocab {before['vocab']} tokens, and this run would tokenize --data with "
                 f"--vocab {cfg.vocab}: resume it with --vocab {before['vocab']}")
+    # What the checkpoint's variables fix (`restore_checkpoint` checks them; these are said from the settings, before
+    # the run's raw text is tokenized again over its dataset)
+    if (rank := before.get("lora_rank", cfg.lora_rank)) != cfg.lora_rank:
+        return f"it holds {f'adapters of --lora-rank {rank}' if rank else 'no LoRA adapters'}: resume it with " \
+               f"--lora-rank {rank}"
+    if ((accumulated := before.get("grad_accum", cfg.grad_accum)) > 1) != (cfg.grad_accum > 1):
+        return (f"it was trained with --grad-accum {accumulated}, and only a run that accumulates keeps accumulators: "
+                f"resume it with {'a --grad-accum above 1' if accumulated > 1 else '--grad-accum 1'}")
+    was, now = (_model_of(settings) for settings in (before, run_settings(cfg)))
+    if was is None or now is None or before.get("init_from") or cfg.init_from:  # (--init-from's model: when read)
+        return None
+    if sizes := [f"{name} {getattr(was, name)} -> {getattr(now, name)}" for name in ("n_layer", "n_embd", "n_positions")
+                 if getattr(was, name) != getattr(now, name)]:
+        return f"its model is of another size ({', '.join(sizes)}): resume it with the model's flags it had"
+    if (dropout := any(map(was.dropout_rate, DROPOUTS))) != any(map(now.dropout_rate, DROPOUTS)):
+        return (f"its model was trained {'with' if dropout else 'without'} dropout, and a dropout layer keeps random "
+                "state only at a rate above 0: resume it with rates " + ("above 0 (0.1 to 0.2 resumes)" if dropout
+                                                                          else "of 0"))
     return None
 
 
