@@ -1138,6 +1138,9 @@ def test_transformers_other_names_and_true_or_false_settings_are_read_as_transfo
     (saved_tiny / "config.json").write_text(json.dumps(renamed))
     assert transformers.GPT2Config.from_pretrained(saved_tiny).n_head == config["n_head"]
     np.testing.assert_array_equal(np.asarray(GPT2.from_pretrained(saved_tiny)(ids)), expected)
+    (saved_tiny / "config.json").write_text(json.dumps({**config, "hidden_size": 16.0,  # one value; none given
+                                                        "max_position_embeddings": None}))
+    np.testing.assert_array_equal(np.asarray(GPT2.from_pretrained(saved_tiny)(ids)), expected)
     (saved_tiny / "config.json").write_text(json.dumps({**config, "num_attention_heads": 1}))
     assert transformers.GPT2Config.from_pretrained(saved_tiny).n_head == 1  # the other name is the one it takes
     with pytest.raises(ValueError, match=f"^{saved_tiny}/config.json gives n_head=2 and num_attention_heads=1, two "
@@ -1155,8 +1158,9 @@ def test_transformers_other_names_and_true_or_false_settings_are_read_as_transfo
 
 
 def test_a_checkpoints_own_end_token_is_said_where_generate_stops_elsewhere(saved_tiny, tmp_path):
-    """transformers' generate stops at the checkpoint's eos_token_id (generation_config.json's over config.json's);
-    tf_gpt2's at <|endoftext|> where the ids are GPT-2's, else nowhere: a fine-tune that ends its texts with "\n"
+    """transformers' generate stops at the checkpoint's eos_token_id (config.json's, which transformers' save
+    writes; a Hub download fetches no generation_config.json); tf_gpt2's at <|endoftext|> where the ids are GPT-2's,
+    else nowhere: a fine-tune that ends its texts with "\n"
     (198) loaded without a word and wrote past it. GPT-2's own 50256, and an id past a tiny model's vocabulary
     (transformers' default), say nothing."""
     model = GPT2(GPT2Config(vocab_size=50257, n_positions=16, n_embd=16, n_layer=1, n_head=2))
@@ -1173,13 +1177,8 @@ def test_a_checkpoints_own_end_token_is_said_where_generate_stops_elsewhere(save
     with pytest.warns(UserWarning, match=rf"^{tmp_path}/m/config.json ends a text with token 198, and generate stops "
                                          r"after token 50256 \(<\|endoftext\|>\) unless given stop_ids=\[198\]"):
         GPT2.from_pretrained(tmp_path / "m")
-    (tmp_path / "m" / "generation_config.json").write_text(json.dumps({"eos_token_id": [198, 50256]}))
-    with pytest.warns(UserWarning, match=r"generation_config.json ends a text with token 198 or 50256, .*"
-                                         r"stop_ids=\[198, 50256\]"):
-        GPT2.from_pretrained(tmp_path / "m")
-    (tmp_path / "m" / "generation_config.json").write_text(json.dumps({"eos_token_id": 50256}))  # it outranks 198
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
+    (tmp_path / "m" / "config.json").write_text(json.dumps({**config, "eos_token_id": [198, 50256]}))
+    with pytest.warns(UserWarning, match=r"config.json ends a text with token 198 or 50256, .*stop_ids=\[198, 50256\]"):
         GPT2.from_pretrained(tmp_path / "m")
     (saved_tiny / "config.json").write_text(json.dumps({**json.loads((saved_tiny / "config.json").read_text()),
                                                         "eos_token_id": 7}))

@@ -59,6 +59,7 @@ def test_saved_model_versions_and_signatures_listed(model, tmp_path):
 def test_keras_export_takes_token_ids_by_default(model, tmp_path):
     """`model.export(path)`, Keras' own SavedModel (its error for `model.save("dir")` points to it), takes int32 ids
     of any batch and length: Keras' default signature takes floats, which GPT2 refuses as ids."""
+    import keras
     import tensorflow as tf
 
     model.export(str(tmp_path / "k"), verbose=False)
@@ -66,10 +67,10 @@ def test_keras_export_takes_token_ids_by_default(model, tmp_path):
     for ids in (np.array([[1, 2, 3], [4, 5, 6]], np.int32), np.arange(9, dtype=np.int32)[None]):
         np.testing.assert_allclose(loaded.serve(tf.constant(ids)).numpy(), np.asarray(model(ids)), atol=1e-5)
     # format="litert" of any length wrote TensorFlow ops the interpreter cannot run ("FlexStridedSlice"), silently
-    with pytest.raises(ValueError, match=r"format='litert' of ids of any length writes TensorFlow \(Flex\) ops"):
-        model.export(str(tmp_path / "any.tflite"), format="litert", verbose=False)
+    for given in (None, [keras.InputSpec(shape=(1, None), dtype="int32")]):  # (the default, or one of its own)
+        with pytest.raises(ValueError, match=r"format='litert' of ids of any length writes TensorFlow \(Flex\) ops"):
+            model.export(str(tmp_path / "any.tflite"), format="litert", verbose=False, input_signature=given)
     assert not (tmp_path / "any.tflite").exists()
-    import keras
     from ai_edge_litert.interpreter import Interpreter
 
     ids = np.array([[5, 1, 4, 2, 3]], np.int32)  # one shape, as the error says: the interpreter runs it

@@ -234,6 +234,7 @@ def config_from_hf(hf: dict[str, Any], source: str = "config.json", **overrides:
     n_embd = sizes["n_embd"]
     if hf.get("n_inner") not in (None, 4 * n_embd):
         raise ValueError(f"{source}: n_inner={hf['n_inner']} is not 4*n_embd; only GPT-2's 4x MLP is supported")
+    _hf_flag(hf, "tie_word_embeddings", True, source)  # (read by read_hf: checked before a Hub download)
     if _hf_flag(hf, "scale_attn_by_inverse_layer_idx", False, source) or not _hf_flag(hf, "scale_attn_weights", True,
                                                                                           source):
         raise ValueError(f"{source} changes GPT-2's attention scaling; this is not supported")
@@ -260,8 +261,8 @@ HF_SIZE_NAMES = {"n_embd": "hidden_size", "n_layer": "num_hidden_layers", "n_hea
 def _hf_size(hf: dict[str, Any], key: str, source: str) -> Any:
     """A size of GPT-2's under its own name or transformers' other one (n_positions: also the older n_ctx);
     None where neither is given. Two names that disagree are refused: which one is the model's is not clear."""
-    given = {name: hf[name] for name in (key, HF_SIZE_NAMES.get(key)) if name in hf}
-    if len(set(map(repr, given.values()))) > 1:
+    given = {name: hf[name] for name in (key, HF_SIZE_NAMES.get(key)) if hf.get(name) is not None}
+    if len(given) == 2 and len(set(given.values())) == 2:
         (a, x), (b, y) = given.items()
         raise ValueError(f"{source} gives {a}={x!r} and {b}={y!r}, two names of one setting (transformers reads "
                          f"{b}): make them equal, or remove one")
@@ -399,23 +400,19 @@ def refuse_adapter(names: Collection[str], source: str) -> None:
                          "adapter away")
 
 
-def _warn_of_another_end(directory: str, hf_config: dict[str, Any], config: GPT2Config) -> None:
-    """Say where a checkpoint's end token (`eos_token_id`, generation_config.json's over config.json's, as
-    transformers' generate reads them) is not where `generate` stops unless told (`<|endoftext|>` where the ids
-    are GPT-2's, else nowhere)."""
-    where, declared = "config.json", hf_config.get("eos_token_id")
-    generation_config = os.path.join(directory, "generation_config.json")
-    if os.path.isfile(generation_config) and "eos_token_id" in (settings := read_json(generation_config)):
-        where, declared = "generation_config.json", settings["eos_token_id"]
+def _warn_of_another_end(path: str, hf_config: dict[str, Any], config: GPT2Config) -> None:
+    """Say where a checkpoint's end token (config.json's `eos_token_id`, at `path`) is not where `generate` stops
+    unless told: after `<|endoftext|>` where the ids are GPT-2's, else nowhere."""
+    declared = hf_config.get("eos_token_id")
     declared = declared if isinstance(declared, list) else [declared]
     # (ids past the vocabulary end nothing: transformers' default 50256 in a tiny model of 1,000 ids)
     ends = sorted({t for t in declared if is_integer(t) and 0 <= t < config.vocab_size})
     end = end_of_text_id(config)
     if ends and ends != [end]:
         stops = "nowhere" if end is None else f"after token {end} (<|endoftext|>)"
-        warnings.warn(f"{os.path.join(directory, where)} ends a text with token {' or '.join(map(str, ends))}, and "
-                      f"generate stops {stops} unless given stop_ids={ends}; tf-gpt2 generate stops {stops}, and "
-                      f"save_pretrained writes eos_token_id {'null' if end is None else end}")
+        warnings.warn(f"{path} ends a text with token {' or '.join(map(str, ends))}, and generate stops {stops} "
+                      f"unless given stop_ids={ends}; tf-gpt2 generate stops {stops}, and save_pretrained writes "
+                      f"eos_token_id {'null' if end is None else end}")
 
 
 def read_hf(directory: str, **overrides: Any) -> tuple[GPT2Config, Tensors]:
@@ -424,7 +421,7 @@ def read_hf(directory: str, **overrides: Any) -> tuple[GPT2Config, Tensors]:
     hf_config = read_json(config_path)
     config = config_from_hf(hf_config, config_path, **overrides)
     tied = _hf_flag(hf_config, "tie_word_embeddings", True, config_path)
-    _warn_of_another_end(directory, hf_config, config)
+    _warn_of_another_end(config_path, hf_config, config)
     tensors: dict[str, np.ndarray] = {}
     for path in _hf_weight_files(directory):
         if path.endswith(".safetensors"):

@@ -374,7 +374,7 @@ def _prepare(model, prompt: Any, max_new_tokens: int = 32, temperature: float = 
     max_new_tokens = int(max_new_tokens)  # (a numpy uint8 would wrap in the sums below)
     longest = max(len(p) for p in batch)
     if longest + max_new_tokens > cfg.n_positions:
-        fit = (f"at most {cfg.n_positions - longest} new tokens fit (max_new_tokens, --max-new-tokens)"
+        fit = (f"at most {cfg.n_positions - longest} new tokens fit"  # (`tf-gpt2 generate` names the flag)
                if longest < cfg.n_positions else "crop the prompt")
         rows = [i for i, p in enumerate(batch) if len(p) + max_new_tokens > cfg.n_positions]
         which = ("prompt" if len(batch) == 1 else

@@ -12,7 +12,14 @@ from typing import Any, Callable, Iterator
 import keras
 from keras import ops
 
-from tf_gpt2.checks import CheckedLoops, check_aligned, check_losses_and_metrics, check_positions, check_token_ids
+from tf_gpt2.checks import (
+    CheckedLoops,
+    check_aligned,
+    check_losses_and_metrics,
+    check_positions,
+    check_token_ids,
+    refuse_litert_of_any_length,
+)
 from tf_gpt2.config import GPT2Config
 from tf_gpt2.files import atomic_write
 from tf_gpt2.garbage import collected_once
@@ -418,13 +425,10 @@ class GPT2(CheckedLoops, keras.Model):
         """Keras' `export`, its input token ids of any batch and length by default (Keras' default signature takes
         the compute dtype, float32, which GPT2 refuses as ids). For TF Serving's `generate` signatures, see
         `tf_gpt2.export.export_saved_model`; for phones, `tf_gpt2.litert.export_litert`."""
-        if format == "litert" and input_signature is None:  # (Keras turns on TensorFlow ops for any length)
-            raise ValueError("format='litert' of ids of any length writes TensorFlow (Flex) ops, which LiteRT's "
-                             "interpreter and LiteRT-LM do not run: for a phone, export with a KV cache "
-                             "(tf_gpt2.litert.export_litert, or tf-gpt2 export --format tflite); for logits alone, "
-                             "give one shape: input_signature=[keras.InputSpec(shape=(1, T), dtype='int32')]")
         if input_signature is None:
             input_signature = [keras.InputSpec(shape=(None, None), dtype="int32")]
+        if format == "litert":
+            refuse_litert_of_any_length(input_signature)
         return super().export(filepath, format=format, verbose=verbose, input_signature=input_signature, **kwargs)
 
     def save_pretrained(self, directory: str | os.PathLike) -> None:
