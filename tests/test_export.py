@@ -73,10 +73,11 @@ def test_keras_export_takes_token_ids_by_default(model, tmp_path):
     assert not (tmp_path / "any.tflite").exists()
     from ai_edge_litert.interpreter import Interpreter
 
-    ids = np.array([[5, 1, 4, 2, 3]], np.int32)  # one shape, as the error says: the interpreter runs it
+    ids = np.array([[5, 1, 4, 2, 3]], np.int32)  # one length, as the error says (any batch): the interpreter runs it
     model.export(str(tmp_path / "five.tflite"), format="litert", verbose=False,
-                 input_signature=[keras.InputSpec(shape=ids.shape, dtype="int32")])
-    run = Interpreter(model_path=str(tmp_path / "five.tflite")).get_signature_runner()
+                 input_signature=[keras.InputSpec(shape=(None, 5), dtype="int32")])
+    interpreter = Interpreter(model_path=str(tmp_path / "five.tflite"))
+    run = interpreter.get_signature_runner()
     (logits,) = run(**{name: ids for name in run.get_input_details()}).values()
     np.testing.assert_allclose(logits, np.asarray(model(ids)), atol=1e-4)
 

@@ -22,14 +22,15 @@ import numpy as np
 
 
 def refuse_litert_of_any_length(input_signature: Any) -> None:
-    """Refuse Keras' `export(format="litert")` of an input of unknown size on TensorFlow: Keras turns on TensorFlow
-    (Flex) ops for it, which LiteRT's interpreter and LiteRT-LM do not run (the file fails only where it is run)."""
-    unknown = any(None in tuple(getattr(spec, "shape", ()) or ()) for spec in keras.tree.flatten(input_signature))
+    """Refuse Keras' `export(format="litert")` of ids of unknown length on TensorFlow: Keras turns on TensorFlow
+    (Flex) ops for them, which LiteRT's interpreter and LiteRT-LM do not run (the file fails only where it is run);
+    an unknown batch alone writes none."""
+    unknown = any(None in tuple(getattr(spec, "shape", ()) or ())[1:] for spec in keras.tree.flatten(input_signature))
     if unknown and keras.backend.backend() == "tensorflow":  # (on JAX, Keras says itself that it cannot)
         raise ValueError("format='litert' of ids of any length writes TensorFlow (Flex) ops, which LiteRT's "
                          "interpreter and LiteRT-LM do not run: for a phone, export with a KV cache "
                          "(tf_gpt2.litert.export_litert, or tf-gpt2 export --format tflite); for logits alone, give "
-                         "one shape: input_signature=[keras.InputSpec(shape=(1, T), dtype='int32')]")
+                         "one length: input_signature=[keras.InputSpec(shape=(None, T), dtype='int32')]")
 
 
 def is_integer(value: Any) -> bool:
