@@ -216,7 +216,7 @@ def _add_train_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from tf_gpt2.devices import process_index
+    from tf_gpt2.devices import given_process_index
     from tf_gpt2.tokenizer import checked_utf8
     from tf_gpt2.training import refuse_other_vocab, train
 
@@ -229,7 +229,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     flags = {name: getattr(args, name) for name in TRAIN_FLAGS if getattr(args, name) is not None
              or name not in UNSET_BY_DEFAULT}
     cfg = TrainConfig(out=args.out, model=overrides, jit_compile=not args.no_xla, **flags)
-    if cfg.warmup_steps >= cfg.steps - 1 and process_index() == 0:  # (the default's too: a short fine-tune)
+    # (the default's too: a short fine-tune; said by process 0 of many, whose index JAX must not be asked yet)
+    if cfg.warmup_steps >= cfg.steps - 1 and given_process_index(cfg) == 0:
         flag = f"--warmup-steps {cfg.warmup_steps}" + (", its default" if args.warmup_steps is None else "")
         how = f", not {flag}" if cfg.warmup_steps > cfg.steps - 1 else f" ({flag})"
         steps = f"{cfg.steps - 1} step{'s' * (cfg.steps != 2)}"

@@ -247,6 +247,15 @@ def host_array(variable) -> np.ndarray:
     return keras.ops.convert_to_numpy(variable)
 
 
+def given_process_index(cfg) -> int:
+    """This process's index in a run of many as given (`cfg.process_id`, else KERAS_DISTRIBUTION_PROCESS_ID; 0 where
+    neither is), read without a call of JAX's: its distributed start-up must come before the first one."""
+    if cfg.process_id is not None:
+        return cfg.process_id
+    given = os.environ.get(CLUSTER_VARIABLES[2], "0").strip()
+    return int(given) if given.isdigit() else 0
+
+
 def process_index() -> int:
     """This process's index in a run of many (keras.distribution on JAX); 0 otherwise."""
     import keras
