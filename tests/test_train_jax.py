@@ -83,6 +83,20 @@ def test_split_runs_on_jax_match_one_device_and_resume_bit_exactly(tmp_path):
     print(diff.mean(), diff.max())
     assert diff.max() <= 1e-5, (diff.mean(), diff.max())
 
+    # One process given another learning rate: each trained with its own, and the model written was of both (no
+    # error); now both refuse, naming the setting, before any step
+    address = f"localhost:{_free_ports(1)[0]}"
+    processes = [subprocess.Popen(_command(data, tmp_path / "mixed", *split, *warmup, "--coordinator", address,
+                                           "--num-processes", "2", "--process-id", str(i), *rate, steps=10),
+                                  env=_env(2), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for i, rate in enumerate(((), ("--learning-rate", "3e-2")))]
+    for process in processes:
+        _, err = process.communicate(timeout=600)
+        assert process.returncode == 2 and err.splitlines()[-1] == (
+            "tf-gpt2 train: error: the processes of this run were given other settings (learning_rate, "
+            "min_learning_rate): give each one the same command, its --process-id aside"), err[-3000:]
+    assert not (tmp_path / "mixed" / CHECKPOINT).exists()
+
     # --distribution data: the whole model on each of 4 devices, the batch split over them
     _run(_command(data, tmp_path / "replicated", "--distribution", "data", *warmup, steps=10), _env(4))
     assert _record(tmp_path / "replicated")["devices"] == 4 and _record(tmp_path / "replicated")["replicas"] == 4

@@ -231,6 +231,23 @@ def _keras_distribution(cfg, layout_map: Callable[[Any], Any]) -> Placement:
                      mesh=mesh if cfg.distribution == "model" else None)
 
 
+def refuse_other_settings_in_other_processes(settings: dict[str, Any]) -> None:
+    """In a run of many processes (keras.distribution on JAX), refuse settings that differ between them, named: each
+    trained with its own (another learning rate on one wrote a model of both, without an error). A collective: every
+    process calls it."""
+    import hashlib
+
+    from jax.experimental import multihost_utils
+
+    names = sorted(settings)
+    digests = np.array([int.from_bytes(hashlib.sha256(json.dumps(settings[name], sort_keys=True, default=str).encode())
+                                       .digest()[:3], "little") for name in names], np.int32)
+    every = np.asarray(multihost_utils.process_allgather(digests))  # [processes, settings]
+    if differ := [name for name, column in zip(names, every.T) if len(set(column.tolist())) > 1]:
+        raise ValueError(f"the processes of this run were given other settings ({', '.join(differ)}): give each one "
+                         "the same command, its --process-id aside")
+
+
 def host_array(variable) -> np.ndarray:
     """A variable's whole value as numpy, also when its shards live in other processes (then a collective:
     every process must call it)."""

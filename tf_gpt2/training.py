@@ -48,7 +48,14 @@ from tf_gpt2.data import (
     texts_changed,
     warn_of_a_folder_of_texts,
 )
-from tf_gpt2.devices import Placement, host_array, place_run, process_index, tensorflow
+from tf_gpt2.devices import (
+    Placement,
+    host_array,
+    place_run,
+    process_index,
+    refuse_other_settings_in_other_processes,
+    tensorflow,
+)
 from tf_gpt2.evaluation import perplexity
 from tf_gpt2.files import (
     exclusive,
@@ -942,6 +949,8 @@ def train(cfg: TrainConfig) -> tuple[GPT2, dict[str, list[float]]]:
     refuse_writing_over_inputs(os.path.join(cfg.out, MODEL_FILE), cfg.init_from)
     warn_of_a_folder_of_texts(cfg.out, "a training run")
     placement = place_run(cfg, GPT2.get_layout_map)
+    if placement.processes > 1:
+        refuse_other_settings_in_other_processes(run_settings(cfg))
     cfg.check_samples_used(placement.processes)
     with exclusive(cfg.out, "training run") if placement.is_chief else contextlib.nullcontext():
         model, history = _train(cfg, placement)
