@@ -206,3 +206,28 @@ def test_ctrl_c_stops_a_jax_run_in_one_line_with_status_130(tmp_path):
         run.kill()
     assert status == 130 and output.strip().splitlines()[-1] == "tf-gpt2 train: interrupted", output[-2000:]
     assert not (tmp_path / "run" / "model.keras").exists()
+
+
+def test_float16_on_jaxs_cpu_backend_is_refused_before_tokenizing_and_said_in_eval(tmp_path):
+    """XLA's CPU matrix products take no float16 with a float32 result: a JAX run in mixed_float16 on a CPU tokenized
+    its text, then failed in XLA's words ("The precision 'F16_F16_F32' is not supported by dot_general on CPU");
+    `eval` of a float16 model too. The run is refused first; eval's error says what it means."""
+    (tmp_path / "text.txt").write_text("First Citizen:\nBefore we proceed any further, hear me speak.\n" * 20)
+    code = ("import sys\nfrom tf_gpt2 import GPT2, GPT2Config\nfrom tf_gpt2.cli import main\n"
+            f"GPT2(GPT2Config.from_preset('gpt2-tiny'), dtype='mixed_float16').save({str(tmp_path / 'h.keras')!r})\n"
+            f"text = {str(tmp_path / 'text.txt')!r}\n"
+            f"print(main(['train', '--data', text, '--out', {str(tmp_path / 'run')!r}, '--preset', 'gpt2-tiny', "
+            "'--steps', '2', '--precision', 'mixed_float16', '--vocab', 'char']), file=sys.stderr)\n"
+            f"print(main(['eval', text, '--model', {str(tmp_path / 'h.keras')!r}, '--context', '16']), "
+            "file=sys.stderr)\n")
+    run = subprocess.run([sys.executable, "-c", code], env=_env(1), capture_output=True, text=True, timeout=300)
+    said = [line for line in run.stderr.splitlines() if line.startswith("tf-gpt2 ") or line in ("2", "0")]
+    assert said == [
+        "tf-gpt2 train: error: a run in float16 on JAX's CPU backend: XLA's CPU matrix products take no float16 "
+        "inputs with a float32 result, which Keras' attention asks for; use mixed_bfloat16 or float32 there, or the "
+        "TensorFlow backend (float16 runs on JAX on a GPU)", "2",
+        "tf-gpt2 eval: error: The precision 'F16_F16_F32' is not supported by dot_general on CPU (float16 on JAX's "
+        "CPU backend: XLA's CPU matrix products take no float16 inputs with a float32 result, which Keras' attention "
+        "asks for; use mixed_bfloat16 or float32 there, or the TensorFlow backend (float16 runs on JAX on a GPU))",
+        "2"], run.stderr[-3000:]
+    assert not (tmp_path / "run" / "data").exists()

@@ -712,6 +712,10 @@ def run(args: argparse.Namespace) -> int:
         out_of_memory = _out_of_memory(e)
         hint = " (lower --batch-size, with --grad-accum to keep the batch, or --block-size; --remat and --loss-chunk " \
             "keep less per step)" if out_of_memory and args.command == "train" else ""
+        if "'F16_F16_F32' is not supported by dot_general on CPU" in str(e):  # (a float16 model's eval, on JAX)
+            from tf_gpt2.devices import FLOAT16_ON_A_JAX_CPU
+
+            hint = f" ({FLOAT16_ON_A_JAX_CPU})"
         print(f"tf-gpt2 {args.command}: error: {describe_error(e)}{hint}", file=sys.stderr)
         if os.environ.get("TF_GPT2_TRACEBACK"):
             traceback.print_exc()

@@ -231,6 +231,23 @@ def _keras_distribution(cfg, layout_map: Callable[[Any], Any]) -> Placement:
                      mesh=mesh if cfg.distribution == "model" else None)
 
 
+FLOAT16_ON_A_JAX_CPU = ("float16 on JAX's CPU backend: XLA's CPU matrix products take no float16 inputs with a "
+                        "float32 result, which Keras' attention asks for; use mixed_bfloat16 or float32 there, or the "
+                        "TensorFlow backend (float16 runs on JAX on a GPU)")
+
+
+def refuse_float16_on_a_jax_cpu(float16: bool) -> None:
+    """Refuse a run computing in float16 (`float16`) where JAX compiles for a CPU: every compiled step fails there
+    ("The precision 'F16_F16_F32' is not supported by dot_general on CPU"), said after its text was tokenized."""
+    import keras
+
+    if float16 and keras.backend.backend() == "jax":
+        import jax
+
+        if jax.default_backend() == "cpu":
+            raise ValueError(f"a run in {FLOAT16_ON_A_JAX_CPU}")
+
+
 def refuse_other_settings_in_other_processes(settings: dict[str, Any]) -> None:
     """In a run of many processes (keras.distribution on JAX), refuse settings that differ between them, named: each
     trained with its own (another learning rate on one wrote a model of both, without an error). A collective: every

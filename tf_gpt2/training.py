@@ -53,6 +53,7 @@ from tf_gpt2.devices import (
     host_array,
     place_run,
     process_index,
+    refuse_float16_on_a_jax_cpu,
     refuse_other_settings_in_other_processes,
     tensorflow,
 )
@@ -859,16 +860,18 @@ def check_resume(cfg: TrainConfig, identity: dict[str, Any]) -> list[str]:
     return changed
 
 
+def _loss_scaled(settings: dict[str, Any]) -> bool:
+    """Whether a run of these settings computes in float16, with its loss scale."""
+    return settings.get("precision") == "mixed_float16" or settings.get("base_dtype") == "float16"
+
+
 def _unresumable(cfg: TrainConfig, before: dict[str, Any]) -> str | None:
     """The change from a checkpoint's settings (`before`) that no resume can take, said, or None: float16's loss
     scale (optimizer state, kept in the checkpoint) gained or lost, raw text tokenized with another vocabulary than
     the checkpoint's model reads, another LoRA rank, accumulation gained or lost, another model size or dropout
     turned on or off (said before the text is tokenized again, and the run's dataset replaced)."""
-    def loss_scaled(settings: dict[str, Any]) -> bool:
-        return settings.get("precision") == "mixed_float16" or settings.get("base_dtype") == "float16"
-
-    if loss_scaled(before) != loss_scaled(run_settings(cfg)):
-        was = "with" if loss_scaled(before) else "without"
+    if _loss_scaled(before) != _loss_scaled(run_settings(cfg)):
+        was = "with" if _loss_scaled(before) else "without"
         return (f"it was trained {was} float16's loss scale (--precision mixed_float16, or --base-dtype float16), "
                 f"which the optimizer keeps: resume it {was} one")
     if before.get("vocab", cfg.vocab) != cfg.vocab and not _is_prepared(cfg.data):
@@ -951,6 +954,7 @@ def train(cfg: TrainConfig) -> tuple[GPT2, dict[str, list[float]]]:
     placement = place_run(cfg, GPT2.get_layout_map)
     if placement.processes > 1:
         refuse_other_settings_in_other_processes(run_settings(cfg))
+    refuse_float16_on_a_jax_cpu(_loss_scaled(run_settings(cfg)))
     cfg.check_samples_used(placement.processes)
     with exclusive(cfg.out, "training run") if placement.is_chief else contextlib.nullcontext():
         model, history = _train(cfg, placement)
