@@ -73,7 +73,8 @@ def test_keras_export_takes_token_ids_by_default(model, tmp_path):
     assert not (tmp_path / "any.tflite").exists()
     from ai_edge_litert.interpreter import Interpreter
 
-    ids = np.array([[5, 1, 4, 2, 3]], np.int32)  # one length, as the error says (any batch): the interpreter runs it
+    ids = np.array([[5, 1, 4, 2, 3], [0, 2, 2, 7, 1]], np.int32)  # one length, as the error says (any batch): the
+    # interpreter runs it
     model.export(str(tmp_path / "five.tflite"), format="litert", verbose=False,
                  input_signature=[keras.InputSpec(shape=(None, 5), dtype="int32")])
     interpreter = Interpreter(model_path=str(tmp_path / "five.tflite"))

@@ -224,10 +224,10 @@ def test_float16_on_jaxs_cpu_backend_is_refused_before_tokenizing_and_said_in_ev
     said = [line for line in run.stderr.splitlines() if line.startswith("tf-gpt2 ") or line in ("2", "0")]
     assert said == [
         "tf-gpt2 train: error: a run in float16 on JAX's CPU backend: XLA's CPU matrix products take no float16 "
-        "inputs with a float32 result, which Keras' attention asks for; use mixed_bfloat16 or float32 there, or the "
-        "TensorFlow backend (float16 runs on JAX on a GPU)", "2",
+        "inputs with a float32 result, which Keras' attention asks for; there, train in mixed_bfloat16 or float32, "
+        "and run a float16 model on the TensorFlow backend (JAX runs float16 on a GPU)", "2",
         "tf-gpt2 eval: error: The precision 'F16_F16_F32' is not supported by dot_general on CPU (float16 on JAX's "
         "CPU backend: XLA's CPU matrix products take no float16 inputs with a float32 result, which Keras' attention "
-        "asks for; use mixed_bfloat16 or float32 there, or the TensorFlow backend (float16 runs on JAX on a GPU))",
-        "2"], run.stderr[-3000:]
+        "asks for; there, train in mixed_bfloat16 or float32, and run a float16 model on the TensorFlow backend (JAX "
+        "runs float16 on a GPU))", "2"], run.stderr[-3000:]
     assert not (tmp_path / "run" / "data").exists()

@@ -535,7 +535,7 @@ def test_resuming_with_other_settings_or_data_is_refused_unless_asked(char_data,
         train(config(tmp_path / "run", char_data, steps=10, eval_interval=10, model={"n_embd": 32, "n_positions": 64,
                                                                                    "dropout": 0.1}))
     with pytest.raises(ValueError, match=r"cannot continue, even with --resume-with-changes: its model is of another "
-                                         r"size \(n_embd 32 -> 48\): resume it with the model's flags it had"):
+                                         r"shape \(n_embd 32 -> 48\): resume it with the model's flags it had"):
         train(config(tmp_path / "run", char_data, steps=20, eval_interval=10, model={**TINY, "n_embd": 48},
                      resume_with_changes=True))
     assert _digest(tmp_path / "run" / CHECKPOINT) == good
@@ -616,11 +616,11 @@ def test_a_refused_resume_leaves_the_run_as_it_was_and_a_finished_one_says_so(tm
     # nor another LoRA rank, accumulation gained, another size: refused before the edited text is tokenized over the
     # run's data (it was, then refused by the checkpoint; the plain command after said the texts "edited")
     (tmp_path / "a.txt").write_text(TEXT.lower())
-    for other, problem in (({"model": {**TINY, "dropout": 0.1}}, "its model was trained without dropout, .*: resume "
-                                                                  "it with rates of 0"),
+    for other, problem in (({"model": {**TINY, "dropout": 0.1}}, "its model was trained with dropout at no layer, "
+                                                                  "and this run's would drop at embd_pdrop, "),
                            ({"grad_accum": 2}, "it was trained with --grad-accum 1, and only a run that accumulates "
                                                "keeps accumulators: resume it with --grad-accum 1"),
-                           ({"model": {**TINY, "n_layer": 3}}, r"its model is of another size \(n_layer 2 -> 3\)")):
+                           ({"model": {**TINY, "n_layer": 3}}, r"its model is of another shape \(n_layer 2 -> 3\)")):
         with pytest.raises(ValueError, match=f"cannot continue, even with --resume-with-changes: {problem}"):
             train(config(run, str(tmp_path / "a.txt"), steps=8, eval_interval=4, vocab="char",
                          resume_with_changes=True, **other))
@@ -658,9 +658,14 @@ def test_no_resume_turns_dropout_on_or_off_and_the_refusal_says_so(char_data, tm
     with_dropout = {**TINY, "dropout": 0.1}
     train(config(tmp_path, char_data, steps=2, eval_interval=2, model=with_dropout))
     with pytest.raises(ValueError, match=r"cannot continue, even with --resume-with-changes: its model was trained "
-                                         r"with dropout, and a dropout layer keeps random state only at a rate above "
-                                         r"0: resume it with rates above 0 \(0.1 to 0.2 resumes\)"):
+                                         r"with dropout at embd_pdrop, resid_pdrop, attn_pdrop, and this run's would "
+                                         r"drop at none: a dropout layer keeps random state only at a rate above 0, "
+                                         r"so resume it with rates above 0 where they were \(0.1 to 0.2 resumes\)"):
         train(config(tmp_path, char_data, steps=4, eval_interval=2, resume_with_changes=True))
+    with pytest.raises(ValueError, match=r"trained with dropout at embd_pdrop, resid_pdrop, attn_pdrop, and this run's "
+                                         r"would drop at embd_pdrop, resid_pdrop: "):  # (one kind turned off)
+        train(config(tmp_path, char_data, steps=4, eval_interval=2, resume_with_changes=True,
+                     model={**with_dropout, "attn_pdrop": 0.0}))
     # The checkpoint's own check, where the settings do not tell (--init-from's rates)
     characters = json.loads(open(os.path.join(char_data, MANIFEST)).read())["chars"]
     without = GPT2(GPT2Config.from_preset("gpt2-tiny", **TINY, vocab_size=30, characters=characters))

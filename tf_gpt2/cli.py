@@ -229,7 +229,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     flags = {name: getattr(args, name) for name in TRAIN_FLAGS if getattr(args, name) is not None
              or name not in UNSET_BY_DEFAULT}
     cfg = TrainConfig(out=args.out, model=overrides, jit_compile=not args.no_xla, **flags)
-    # (the default's too: a short fine-tune; said by process 0 of many, whose index JAX must not be asked yet)
+    # (the default's too: a short fine-tune; said by process 0 of many where the index is given, which JAX must not
+    # be asked yet: on a TPU pod, where JAX finds it, by every host)
     if cfg.warmup_steps >= cfg.steps - 1 and given_process_index(cfg) == 0:
         flag = f"--warmup-steps {cfg.warmup_steps}" + (", its default" if args.warmup_steps is None else "")
         how = f", not {flag}" if cfg.warmup_steps > cfg.steps - 1 else f" ({flag})"

@@ -232,8 +232,8 @@ def _keras_distribution(cfg, layout_map: Callable[[Any], Any]) -> Placement:
 
 
 FLOAT16_ON_A_JAX_CPU = ("float16 on JAX's CPU backend: XLA's CPU matrix products take no float16 inputs with a "
-                        "float32 result, which Keras' attention asks for; use mixed_bfloat16 or float32 there, or the "
-                        "TensorFlow backend (float16 runs on JAX on a GPU)")
+                        "float32 result, which Keras' attention asks for; there, train in mixed_bfloat16 or float32, "
+                        "and run a float16 model on the TensorFlow backend (JAX runs float16 on a GPU)")
 
 
 def refuse_float16_on_a_jax_cpu(float16: bool) -> None:

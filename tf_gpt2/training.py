@@ -789,6 +789,8 @@ def copy_weights(source: GPT2, model: GPT2) -> None:
 PRESENTATION_FIELDS = ("out", "verbose", "tensorboard", "sample_prompt", "sample_tokens", "eval_batches",
                        "jit_compile", "steps_per_execution", "strategy", "resume_with_changes", "distribution", "mesh",
                        "coordinator", "num_processes", "process_id")
+# Settings that may differ between the processes of one run (keras.distribution on JAX): each its own.
+PER_PROCESS_FIELDS = ("out", "verbose", "tensorboard", "process_id", "coordinator", "num_processes")
 
 
 def run_settings(cfg: TrainConfig) -> dict[str, Any]:
@@ -879,22 +881,26 @@ def _unresumable(cfg: TrainConfig, before: dict[str, Any]) -> str | None:
                 f"--vocab {cfg.vocab}: resume it with --vocab {before['vocab']}")
     # What the checkpoint's variables fix (`restore_checkpoint` checks them; these are said from the settings, before
     # the run's raw text is tokenized again over its dataset)
-    if (rank := before.get("lora_rank", cfg.lora_rank)) != cfg.lora_rank:
+    rank, accumulated = before.get("lora_rank", cfg.lora_rank), before.get("grad_accum", cfg.grad_accum)
+    if is_integer(rank) and rank != cfg.lora_rank:  # (a record's own values: another program's are not compared)
         return f"it holds {f'adapters of --lora-rank {rank}' if rank else 'no LoRA adapters'}: resume it with " \
                f"--lora-rank {rank}"
-    if ((accumulated := before.get("grad_accum", cfg.grad_accum)) > 1) != (cfg.grad_accum > 1):
+    if is_integer(accumulated) and (accumulated > 1) != (cfg.grad_accum > 1):
         return (f"it was trained with --grad-accum {accumulated}, and only a run that accumulates keeps accumulators: "
                 f"resume it with {'a --grad-accum above 1' if accumulated > 1 else '--grad-accum 1'}")
     was, now = (_model_of(settings) for settings in (before, run_settings(cfg)))
     if was is None or now is None or before.get("init_from") or cfg.init_from:  # (--init-from's model: when read)
         return None
-    if sizes := [f"{name} {getattr(was, name)} -> {getattr(now, name)}" for name in ("n_layer", "n_embd", "n_positions")
+    bpe_text = cfg.vocab == "gpt2" and not _is_prepared(cfg.data)  # (GPT-2's ids: a known vocabulary, padded)
+    shape = ["n_layer", "n_embd", "n_positions", "learned_residual_scale"] + ["padded_vocab_size"] * bpe_text
+    if sizes := [f"{name} {getattr(was, name)} -> {getattr(now, name)}" for name in shape
                  if getattr(was, name) != getattr(now, name)]:
-        return f"its model is of another size ({', '.join(sizes)}): resume it with the model's flags it had"
-    if (dropout := any(map(was.dropout_rate, DROPOUTS))) != any(map(now.dropout_rate, DROPOUTS)):
-        return (f"its model was trained {'with' if dropout else 'without'} dropout, and a dropout layer keeps random "
-                "state only at a rate above 0: resume it with rates " + ("above 0 (0.1 to 0.2 resumes)" if dropout
-                                                                          else "of 0"))
+        return f"its model is of another shape ({', '.join(sizes)}): resume it with the model's flags it had"
+    on = [[name for name in DROPOUTS if config.dropout_rate(name) > 0] for config in (was, now)]
+    if on[0] != on[1]:
+        return (f"its model was trained with dropout at {', '.join(on[0]) or 'no layer'}, and this run's would drop at "
+                f"{', '.join(on[1]) or 'none'}: a dropout layer keeps random state only at a rate above 0, so resume "
+                "it with rates above 0 where they were (0.1 to 0.2 resumes) and 0 elsewhere")
     return None
 
 
@@ -952,8 +958,9 @@ def train(cfg: TrainConfig) -> tuple[GPT2, dict[str, list[float]]]:
     refuse_writing_over_inputs(os.path.join(cfg.out, MODEL_FILE), cfg.init_from)
     warn_of_a_folder_of_texts(cfg.out, "a training run")
     placement = place_run(cfg, GPT2.get_layout_map)
-    if placement.processes > 1:
-        refuse_other_settings_in_other_processes(run_settings(cfg))
+    if placement.processes > 1:  # (all but where the run writes and how it shows its progress, from each process)
+        refuse_other_settings_in_other_processes({name: value for name, value in dataclasses.asdict(cfg).items()
+                                                  if name not in PER_PROCESS_FIELDS})
     refuse_float16_on_a_jax_cpu(_loss_scaled(run_settings(cfg)))
     cfg.check_samples_used(placement.processes)
     with exclusive(cfg.out, "training run") if placement.is_chief else contextlib.nullcontext():
