@@ -162,7 +162,7 @@ def test_lora_trains_only_adapters(char_data, tmp_path, capsys):
     from tf_gpt2.training import enable_lora, restore_checkpoint
 
     # The checkpoint's own check, where the settings do not tell (a moved base)
-    characters = json.loads(open(os.path.join(char_data, MANIFEST)).read())["chars"]
+    characters = TokenShards(char_data, "train").manifest["chars"]
     other = GPT2(GPT2Config.from_preset("gpt2-tiny", **TINY, vocab_size=30, characters=characters))
     other(np.zeros((1, 4), "int32"))
     enable_lora(other, 2)
@@ -667,7 +667,7 @@ def test_no_resume_turns_dropout_on_or_off_and_the_refusal_says_so(char_data, tm
         train(config(tmp_path, char_data, steps=4, eval_interval=2, resume_with_changes=True,
                      model={**with_dropout, "attn_pdrop": 0.0}))
     # The checkpoint's own check, where the settings do not tell (--init-from's rates)
-    characters = json.loads(open(os.path.join(char_data, MANIFEST)).read())["chars"]
+    characters = TokenShards(char_data, "train").manifest["chars"]
     without = GPT2(GPT2Config.from_preset("gpt2-tiny", **TINY, vocab_size=30, characters=characters))
     without(np.zeros((1, 4), "int32"))
     without.compile(optimizer=make_optimizer(without, TrainConfig()), loss="mse")

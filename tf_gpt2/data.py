@@ -128,8 +128,8 @@ def _is_run(directory: str) -> bool:
 def refuse_a_runs_own_dataset(out_dir: str) -> None:
     """Refuse to write into the dataset a training run made of its raw texts (RUN/data): the run resumes on it, and
     a dataset of other texts there was read as the run's texts edited (`tf-gpt2 prepare` replaced it unasked)."""
-    run = os.path.dirname(os.path.abspath(out_dir))
-    if os.path.basename(os.path.abspath(out_dir)) == "data" and _is_run(run):
+    run, name = os.path.split(os.path.abspath(out_dir))
+    if name == "data" and _is_run(run):
         raise ValueError(f"{out_dir} is the dataset the training run in {run} made of its texts, which it resumes "
                          "on (and `tf-gpt2 train` makes again when they change): give this dataset a folder of its own")
 

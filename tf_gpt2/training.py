@@ -872,7 +872,8 @@ def _unresumable(cfg: TrainConfig, before: dict[str, Any]) -> str | None:
     scale (optimizer state, kept in the checkpoint) gained or lost, raw text tokenized with another vocabulary than
     the checkpoint's model reads, another LoRA rank, accumulation gained or lost, another model size or dropout
     turned on or off (said before the text is tokenized again, and the run's dataset replaced)."""
-    if _loss_scaled(before) != _loss_scaled(run_settings(cfg)):
+    settings = run_settings(cfg)
+    if _loss_scaled(before) != _loss_scaled(settings):
         was = "with" if _loss_scaled(before) else "without"
         return (f"it was trained {was} float16's loss scale (--precision mixed_float16, or --base-dtype float16), "
                 f"which the optimizer keeps: resume it {was} one")
@@ -888,7 +889,7 @@ def _unresumable(cfg: TrainConfig, before: dict[str, Any]) -> str | None:
     if is_integer(accumulated) and (accumulated > 1) != (cfg.grad_accum > 1):
         return (f"it was trained with --grad-accum {accumulated}, and only a run that accumulates keeps accumulators: "
                 f"resume it with {'a --grad-accum above 1' if accumulated > 1 else '--grad-accum 1'}")
-    was, now = (_model_of(settings) for settings in (before, run_settings(cfg)))
+    was, now = _model_of(before), _model_of(settings)
     if was is None or now is None or before.get("init_from") or cfg.init_from:  # (--init-from's model: when read)
         return None
     bpe_text = cfg.vocab == "gpt2" and not _is_prepared(cfg.data)  # (GPT-2's ids: a known vocabulary, padded)
