@@ -17,8 +17,13 @@ install from PyPI). What the stock server does, from tensorflow/serving's source
   dimension 0; requests are concatenated on it; with `pad_variable_length_inputs` every other dimension is
   padded at its end, to the largest in the batch, with the first element of that request's own tensor; the
   batch is padded to the next allowed batch size with copies of the last request's first row; outputs are
-  split back on dimension 0. Its settings come from a text BatchingParameters proto
-  (`servables/tensorflow/session_bundle_config.proto`) given by `--batching_parameters_file`.
+  split back on dimension 0. Nothing else is checked before the merge (`batching_util.h`,
+  `ComputeTensorBatchSize`): a request's tensor with no elements that needs padding ("Got empty tensor in batch of
+  non-empty tensors", `PadTensor`), another dtype than the same input of the other requests ("Tensor concat operation
+  failed") or another rank (the server indexes past an array in `CalculateMaxDimSizes`: here an error) fails the
+  merge, and a failed merge or run fails every request of the batch (`ProcessBatch`). Its settings come from a
+  text BatchingParameters proto (`servables/tensorflow/session_bundle_config.proto`) given by
+  `--batching_parameters_file`.
 - A request of more rows than `max_batch_size` (the queue's `input_batch_size_limit`,
   `servables/tensorflow/bundle_factory_util.h`) is refused on its own: TensorFlow's
   `core/kernels/batching_util/shared_batch_scheduler.h` (`ValidateBatchTaskQueueCapacity`) answers "Task size N is
@@ -26,7 +31,8 @@ install from PyPI). What the stock server does, from tensorflow/serving's source
   `max_execution_batch_size` rows, run them in separate batches and join the parts' outputs with `tensor::Concat`
   (`batching/batching_session.cc`, `SplitInputTask`), which takes every part to have the first part's shape beyond
   dimension 0 and copies bytes: outputs whose width depends on the batch (padded prompts, the longest answer) come
-  back joined wrong. It is not reproduced here.
+  back joined wrong. It is not reproduced here, nor are deadlines (REST calls end after `--rest_api_timeout_in_ms`,
+  30 s by default, `model_servers/server.h`; gRPC calls at the client's deadline).
 
 Run as a script, it is a server of the models it is sent, the way one tensorflow_model_server serves every model of
 its config (XLA stays off for the process's whole life unless `--xla`):
@@ -157,13 +163,19 @@ class Server:
         merged = {}
         for key in requests[0]:
             parts = [inputs[key] for inputs in requests]
-            widest = np.max([p.shape for p in parts], axis=0)
-            if not self.batching.get("pad_variable_length_inputs") and any(
-                    p.shape[1:] != parts[0].shape[1:] for p in parts):
-                raise ValueError(f"Tensors with name '{key}' from different tasks have different shapes and "
-                                 "padding is turned off")
-            parts = [np.pad(p, [(0, 0)] + [(0, w - n) for w, n in zip(widest[1:], p.shape[1:])],
-                            constant_values=p.flat[0]) for p in parts]  # padded with its own first element
+            if len({p.ndim for p in parts}) != 1:
+                raise ValueError(f"Tensors with name '{key}' from different tasks have different ranks (undefined "
+                                 "in the server's CalculateMaxDimSizes)")
+            if not self.batching.get("pad_variable_length_inputs"):
+                if any(p.shape[1:] != parts[0].shape[1:] for p in parts):
+                    raise ValueError(f"Tensors with name '{key}' from different tasks have different shapes and "
+                                     "padding is turned off")
+            else:
+                widest = np.max([p.shape for p in parts], axis=0)
+                parts = [_padded(p, widest) for p in parts]
+            if len({p.dtype for p in parts}) != 1:
+                raise ValueError("Tensor concat operation failed: Cannot concatenate tensors that have different "
+                                 "data types")
             parts += [parts[-1][:1]] * (target - total)  # batch padding: the last request's first row
             merged[key] = np.concatenate(parts)
         outputs = self.run(name, merged)
@@ -198,6 +210,17 @@ class Server:
         return [json_from_tensors(out, rows) for out, (_, rows) in zip(outputs, parsed)]
 
 
+def _padded(tensor: np.ndarray, widest) -> np.ndarray:
+    """`tensor` padded at the end of each dimension but the first to `widest`, with its own first element
+    (`batching_util.cc` `PadTensor`: a tensor that needs no padding is copied, an empty one that needs some fails)."""
+    widths = [(0, 0)] + [(0, w - n) for w, n in zip(widest[1:], tensor.shape[1:])]
+    if not any(after for _, after in widths):
+        return tensor
+    if not tensor.size:
+        raise ValueError("Got empty tensor in batch of non-empty tensors.")
+    return np.pad(tensor, widths, constant_values=tensor.flat[0])
+
+
 def _tensor(value: Any, dtype) -> np.ndarray:
     """A JSON value as a tensor of the signature's dtype (json_tensor.cc's type rules)."""
     import tensorflow as tf
@@ -209,7 +232,10 @@ def _tensor(value: Any, dtype) -> np.ndarray:
     array = np.array(value)
     if array.dtype == object:
         raise ValueError("Encountered list at unexpected size (ragged lists are not a tensor)")
-    if dtype.is_integer and array.size and array.dtype.kind not in "iu":
+    # rapidjson's IsInt / IsInt64: an int input takes integers of int32's range (int64's for an int64 input)
+    limits = np.iinfo(np.int64 if dtype == tf.int64 else np.int32)
+    if dtype.is_integer and array.size and (array.dtype.kind not in "iu" or array.min() < limits.min
+                                            or array.max() > limits.max):
         raise ValueError(f"JSON Value: {value!r:.60} is not of expected type: {dtype.name}")
     if not dtype.is_integer and array.size and array.dtype.kind not in "iuf":
         raise ValueError(f"JSON Value: {value!r:.60} is not of expected type: {dtype.name}")
@@ -222,7 +248,9 @@ def tensors_from_json(body: dict, signature) -> tuple[dict[str, np.ndarray], boo
         raise ValueError("Not formatted correctly expecting only one of 'inputs' or 'instances' keys to exist")
     names = sorted(signature.inputs)
     if "inputs" in body:
-        inputs = body["inputs"] if isinstance(body["inputs"], dict) else {names[0]: body["inputs"]}
+        # an object is a map of inputs, unless it is one base64 value ({"b64": ...}) of a signature of one input
+        by_name = isinstance(body["inputs"], dict) and not (set(body["inputs"]) == {"b64"} and len(names) == 1)
+        inputs = body["inputs"] if by_name else {names[0]: body["inputs"]}
         for name in names:
             if name not in inputs:
                 raise ValueError(f"Missing named input: {name} in 'inputs' object.")
@@ -270,16 +298,21 @@ def json_from_tensors(outputs: dict[str, np.ndarray], rows: bool) -> str:
 
 
 def xla_only_ops(model_dir: str) -> list[str]:
-    """The op types in a SavedModel's graphs (and their functions) that only XLA runs (tf2xla's `Xla*` ops)."""
+    """What in a SavedModel's graphs only XLA runs: the op types of tf2xla's `Xla*` ops, and each function that
+    must be compiled (`_XlaMustCompile`, as `jit_compile=True` marks it), as "function NAME"."""
     from tensorflow.core.protobuf import saved_model_pb2
 
     saved = saved_model_pb2.SavedModel.FromString(open(os.path.join(model_dir, "saved_model.pb"), "rb").read())
-    types = set()
+    types, compiled = set(), set()
     for meta_graph in saved.meta_graphs:
-        types |= {node.op for node in meta_graph.graph_def.node}
+        nodes = list(meta_graph.graph_def.node)
         for function in meta_graph.graph_def.library.function:
-            types |= {node.op for node in function.node_def}
-    return sorted(t for t in types if t.startswith("Xla"))
+            nodes += function.node_def
+            if function.attr["_XlaMustCompile"].b:
+                compiled.add(f"function {function.signature.name}")
+        types |= {node.op for node in nodes}
+        compiled |= {f"function {node.attr['f'].func.name}" for node in nodes if node.attr["_XlaMustCompile"].b}
+    return sorted(t for t in types if t.startswith("Xla")) + sorted(compiled)
 
 
 def answer(server: Server, calls: list[list]) -> list:

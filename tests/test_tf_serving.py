@@ -203,6 +203,7 @@ def test_an_xla_export_answers_as_model_generate_on_a_server_that_compiles_with_
         model.generate(p, max_new_tokens=6, temperature=0.9, top_k=40, top_p=0.9, seed=s)
         for p, s in zip(prompts, (3, 4, 5))]
     assert outputs(text[0])["text"][0].decode() == model.generate("Hello world", max_new_tokens=6)
+    assert any(x.startswith("function ") for x in xla_only_ops(path))  # what a server without XLA cannot run
     without = serve(path, calls[:1] + calls[3:], tmp_path)
     assert "XLA compilation disabled" in without[0]["error"]
     np.testing.assert_array_equal(outputs(without[1][0])["logits"], outputs(logits[0])["logits"])
@@ -400,6 +401,31 @@ def test_a_bad_row_never_fails_the_rows_merged_with_it(model, served, tmp_path):
     assert [t["error"][0].decode() for t in text] == [
         "", "text has a word of more than 256 bytes (a run of letters, digits, other symbols or whitespace, which "
         "GPT-2's pre-tokenizer keeps whole)", "text is empty", "prompt + max_new_tokens exceeds the context of 64"]
+
+
+def test_a_malformed_request_fails_the_requests_merged_with_it_as_docs_serving_says(served, tmp_path):
+    """What is not a row's value fails the request, and under --enable_batching every request merged with it: the
+    batcher concatenates before the model runs (batching_session.cc). A request of no rows that needs no padding
+    merges; a REST integer past int32's range fails its request (rapidjson's IsInt)."""
+    good = dict(token_ids=np.array([[464, 3290, 318]], np.int32), length=np.array([3], np.int32))
+    int64_ids = dict(token_ids=np.array([[40, 1101]]).astype(np.int64), length=np.array([2], np.int32))
+    no_columns = dict(token_ids=np.zeros((1, 0), np.int32), length=np.array([1], np.int32))
+    no_rows = dict(token_ids=np.zeros((0, 3), np.int32), length=np.zeros(0, np.int32))
+    calls = [[grpc("serving_default", **good), grpc("serving_default", **int64_ids)],
+             [grpc("serving_default", **good), grpc("serving_default", **no_columns)],
+             [grpc("serving_default", **good), grpc("serving_default", **no_rows)],
+             [{"signature_name": "generate", "instances": [
+                 {"token_ids": [464, 3290], "length": 2, "max_new_tokens": 6, "temperature": 0.0, "top_k": 0,
+                  "top_p": 1.0, "seed": 2 ** 32 + 1}]}]]
+    shipped = os.path.join(os.path.dirname(served), "batching_parameters.txt")
+    with_int64, with_no_columns, with_no_rows, past_int32 = serve(served, calls, tmp_path, batching=shipped)
+    assert "Tensor concat operation failed" in with_int64["error"]
+    assert "Got empty tensor in batch of non-empty tensors" in with_no_columns["error"]
+    assert outputs(with_no_rows[0])["error"].tolist() == [b""] and outputs(with_no_rows[1])["logits"].shape[0] == 0
+    assert "is not of expected type: int32" in past_int32["error"]
+    docs = " ".join(open(os.path.join(os.path.dirname(__file__), "..", "docs", "serving.md")).read().split())
+    assert "such a request also fails every request the batcher merged with it" in docs
+    assert '("Tensor concat operation failed")' in docs and '("Got empty tensor in batch of non-empty tensors")' in docs
 
 
 def test_an_answer_that_stops_keeps_the_stop_token_in_its_ids_not_in_its_text(model, tmp_path):
