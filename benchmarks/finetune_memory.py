@@ -23,7 +23,6 @@ import argparse
 import json
 import os
 import re
-import resource
 import shutil
 import sys
 import tempfile
@@ -34,6 +33,7 @@ from harness import (
     best_seconds,
     in_own_process,
     machine,
+    peak_rss_bytes,
     refuse_earlier_results,
     tensorflow_free,
     write_results,
@@ -115,7 +115,7 @@ def step(system: str, preset: str, mode: str, remat: bool, time_steps: int, repe
     ids = np.random.RandomState(0).randint(0, config.vocab_size, (batch, time_steps + 1))
     x, y = ids[:, :-1], ids[:, 1:]
     seconds = best_seconds(lambda: model.fit(x, y, batch_size=batch, epochs=1, verbose=0), repeats)
-    return {"peak_rss_bytes": _peak_rss(), "step_seconds": seconds, "framework_rss_bytes": framework,
+    return {"peak_rss_bytes": peak_rss_bytes(), "step_seconds": seconds, "framework_rss_bytes": framework,
             "xla_bytes": xla_bytes(dump)}
 
 
@@ -156,11 +156,7 @@ def _torch_step(preset: str, mode: str, remat: bool, time_steps: int, repeats: i
         optimizer.zero_grad(set_to_none=True)
 
     seconds = best_seconds(one_step, repeats)
-    return {"peak_rss_bytes": _peak_rss(), "step_seconds": seconds, "framework_rss_bytes": framework}
-
-
-def _peak_rss() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
+    return {"peak_rss_bytes": peak_rss_bytes(), "step_seconds": seconds, "framework_rss_bytes": framework}
 
 
 def _rss() -> int:
@@ -215,6 +211,7 @@ def table(rows: list[dict]) -> str:
         by_remat = {r["remat"]: r for r in rows if (r["preset"], r["mode"], r["system"], r["base_dtype"])
                     == (preset, mode, system, base)}
         off, on = by_remat.get(False), by_remat.get(True)
+        base = base or ("float32" if mode == "lora" else None)  # (--base-dtype is tf_gpt2's alone)
         lines.append(f"| {preset} | {mode}{f' ({base} base)' if base else ''} | {SYSTEMS[system]} | "
                      f"{cell(off, 'peak_rss_bytes', ' GB', 1e9)} | {cell(on, 'peak_rss_bytes', ' GB', 1e9)} | "
                      f"{cell(off, 'step_seconds', ' s', 1)} | {cell(on, 'step_seconds', ' s', 1)} |")
@@ -251,8 +248,9 @@ def main(argv=None) -> int:
             parser.error(f"{flag}: unknown {', '.join(map(repr, unknown))}; choose among {', '.join(known)}")
     if args.smoke:
         args.presets, args.time, args.repeats, args.compute = ["gpt2-tiny"], 32, 1, []
+    start_load = round(os.getloadavg()[0], 2)
     print(f"{time.strftime('%Y-%m-%d %H:%M')}, {machine()}, "
-          f"load average {os.getloadavg()[0]:.2f}; T={args.time}, batch {args.batch}; peak RSS and best step time",
+          f"load average {start_load}; T={args.time}, batch {args.batch}; peak RSS and best step time",
           flush=True)
     settings = {"time": args.time, "batch": args.batch, "loss_chunk": args.loss_chunk}  # each row's own
     merged = []  # read first: a file of other settings is refused before anything is measured
@@ -300,7 +298,8 @@ def main(argv=None) -> int:
           "here):\n")
     print(fits(rows))
     if args.json:
-        write_results(args.json, {"date": time.strftime("%Y-%m-%d"), "time": args.time, "rows": rows})
+        write_results(args.json, {"date": time.strftime("%Y-%m-%d"), "machine": machine(), "time": args.time,
+                                  "load_average_at_start": start_load, "rows": rows})
     return 0
 
 

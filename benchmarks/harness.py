@@ -72,6 +72,20 @@ def versions() -> dict:
     return out
 
 
+def peak_rss_bytes() -> int:
+    """This process's peak resident memory: Linux's VmHWM, its own pages since it started. `getrusage`'s ru_maxrss is
+    not that: exec keeps the peak of the memory it replaces, so a child started from a larger parent reports the
+    parent's peak. Elsewhere, ru_maxrss (bytes on macOS)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            kib = next(line.split()[1] for line in f if line.startswith("VmHWM:"))
+        return int(kib) * 1024
+    except (OSError, StopIteration):
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
 def tensorflow_free(module: str):
     """`tf_gpt2.<module>` for a module that imports no TensorFlow (config, formats), without loading TensorFlow.
 
@@ -113,8 +127,10 @@ def write_whole(path: str, text: str) -> None:
 
 def write_results(path: str, record: dict) -> None:
     """`record` as JSON into `path`, whole or not at all, with the versions it was measured with (`versions()`,
-    where the record does not give them)."""
-    write_whole(path, json.dumps({**record, "versions": record.get("versions") or versions()}, indent=1))
+    where the record does not give them), the threads each system had (every logical CPU) and the load average now
+    (a record gives the one at its start)."""
+    write_whole(path, json.dumps({**record, "versions": record.get("versions") or versions(), "threads": os.cpu_count(),
+                                  "load_average_at_end": round(os.getloadavg()[0], 2)}, indent=1))
 
 
 def _ours(config: GPT2Config, **kwargs):
@@ -233,9 +249,19 @@ def _keras_hub_lm(cfg: GPT2Config):
     return keras_hub.models.GPT2CausalLM(backbone=backbone, preprocessor=None)
 
 
+def torch_on_every_cpu() -> None:
+    """torch's threads on every logical CPU, as TensorFlow's, XLA's, LiteRT's and CTranslate2's here (torch's own
+    default is one a physical core): no system is timed with fewer threads than another."""
+    import torch
+
+    torch.set_num_threads(os.cpu_count())
+
+
 def _hf_model(cfg: GPT2Config):
     """transformers' GPT-2 of `cfg`'s shape and dropout rates, random weights."""
     import transformers
+
+    torch_on_every_cpu()
 
     return transformers.GPT2LMHeadModel(transformers.GPT2Config(
         vocab_size=cfg.vocab_size, n_positions=cfg.n_positions, n_embd=cfg.n_embd, n_layer=cfg.n_layer,
@@ -246,6 +272,7 @@ def _hf_model(cfg: GPT2Config):
 def _nanogpt(cfg: GPT2Config):
     from torch_nanogpt import NanoGPT
 
+    torch_on_every_cpu()
     return NanoGPT(cfg)
 
 
@@ -404,8 +431,9 @@ def run(what: Iterable[str] = ("train", "decode"), systems: Iterable[str] | None
     unknown = sorted(set(systems) - set(SYSTEMS)) + sorted(set(what) - {"train", "decode"})
     if unknown:
         raise ValueError(f"unknown benchmark system or part {unknown}; systems: {SYSTEMS}, parts: train, decode")
-    results: dict = {"machine": machine(), "date": time.strftime("%Y-%m-%d")}
-    report(f"{time.strftime('%Y-%m-%d %H:%M')}, {results['machine']}, load average {os.getloadavg()[0]:.2f}; "
+    results: dict = {"machine": machine(), "date": time.strftime("%Y-%m-%d"),
+                     "load_average_at_start": round(os.getloadavg()[0], 2)}
+    report(f"{time.strftime('%Y-%m-%d %H:%M')}, {results['machine']}, load average {results['load_average_at_start']}; "
            "each system in its own process")
     for part, setup, registry in (("train", train, TRAINERS), ("decode", decode, DECODERS)):
         if part not in what:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -22,7 +21,7 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from harness import HERE, ROOT, machine, refuse_earlier_results, tensorflow_free, write_results  # noqa: E402  (the peers' processes hold no TensorFlow)
+from harness import HERE, ROOT, machine, peak_rss_bytes, refuse_earlier_results, tensorflow_free, write_results  # noqa: E402  (the peers' processes hold no TensorFlow)
 
 QUANTIZATIONS = tensorflow_free("formats").QUANTIZATIONS
 
@@ -37,7 +36,7 @@ def _prompt(n: int) -> list[int]:
 
 
 def _peak_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return peak_rss_bytes() / 2**20
 
 
 def _rates(generate, prompt: int, new: int, repeats: int) -> dict:
@@ -222,8 +221,9 @@ def main(argv: list[str] | None = None) -> int:
     shape = dict(SMOKE if args.smoke else FULL)
     caches = args.caches or shape["caches"]
     os.makedirs(args.work, exist_ok=True)
+    start_load = round(os.getloadavg()[0], 2)
     print(f"{time.strftime('%Y-%m-%d %H:%M')}, {machine()}, load average "
-          f"{os.getloadavg()[0]:.2f}; {shape['preset']}, prompt {shape['prompt']}, {shape['new']} new tokens, "
+          f"{start_load}; {shape['preset']}, prompt {shape['prompt']}, {shape['new']} new tokens, "
           f"greedy, batch 1, {args.threads} threads each", flush=True)
     subprocess.run([sys.executable, "-c", f"import sys; sys.path[0:0] = [{HERE!r}, {ROOT!r}]; "
                     f"import on_device; on_device.prepare({args.work!r}, {shape['preset']!r}, {caches!r}, "
@@ -246,7 +246,8 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(row)
     print(table(rows))
     if args.json:
-        write_results(args.json, {"date": time.strftime("%Y-%m-%d"), "machine": machine(), "rows": rows})
+        write_results(args.json, {"date": time.strftime("%Y-%m-%d"), "machine": machine(),
+                                  "load_average_at_start": start_load, "rows": rows})
     return 0
 
 

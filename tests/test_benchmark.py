@@ -2,6 +2,7 @@
 
 import json
 import os
+import subprocess
 import sys
 import time
 
@@ -75,6 +76,20 @@ def test_bench_smoke_runs_the_peers_and_writes_figures(tmp_path, capsys):
                     else ["instructions not read"]), results["machine"]
     assert "| tf_gpt2 (TF, XLA) |" in printed and "vs HF transformers GPT-2 (torch eager)" in printed
     assert "of greedy tokens equal the Keras model's" in printed
+    assert results["threads"] == os.cpu_count()  # and the load at the start and at the end of the run
+    assert all(isinstance(results[k], float) for k in ("load_average_at_start", "load_average_at_end"))
+
+
+def test_a_measuring_process_reports_its_own_peak_memory_not_its_parents():
+    """exec keeps the peak of the memory it replaces in getrusage's ru_maxrss: a peer's process started from a
+    parent that once held 400 MB reported 400 MB, whatever the peer held."""
+    import numpy as np
+
+    ballast = np.ones(400 * 2**20 // 8)  # this process's peak is now at least 400 MB
+    run = subprocess.run([sys.executable, "-c", f"import sys; sys.path.insert(0, {BENCHMARKS!r}); import harness; "
+                          "print(harness.peak_rss_bytes())"], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert ballast.sum() > 0 and 10 * 2**20 < int(run.stdout) < 200 * 2**20, run.stdout  # numpy's process: ~30 MB
 
 
 def test_table_ratios_and_flops():
@@ -132,8 +147,6 @@ def test_a_benchmarks_figures_never_replace_an_earlier_runs_file(tmp_path, capsy
 
 def test_on_device_benchmark_smoke_runs_each_system_in_its_own_process(tmp_path):
     """benchmarks/on_device.py end to end on gpt2-tiny: export, CTranslate2 conversion, one worker process each."""
-    import subprocess
-
     pytest.importorskip("ctranslate2")
     pytest.importorskip("litert_lm")
     script = os.path.join(BENCHMARKS, "on_device.py")
@@ -166,8 +179,6 @@ def test_finetune_memory_computes_a_preset_from_the_measured_ones():
 
 
 def test_finetune_memory_smoke_measures_each_configuration_in_its_own_process(tmp_path):
-    import subprocess
-
     out = tmp_path / "memory.json"
     run = subprocess.run([sys.executable, os.path.join(BENCHMARKS, "finetune_memory.py"), "--smoke", "--systems", "tf",
                           "--modes", "lora", "--remat", "on", "--base-dtype", "bfloat16", "--json", str(out)],
@@ -200,8 +211,6 @@ def test_the_peers_processes_hold_no_tensorflow():
     """A torch or CTranslate2 peer's process imports the benchmark modules and reads tf_gpt2's shapes without
     loading TensorFlow (its 0.7 GB would count in the peer's peak memory); a later `import tf_gpt2` still loads in
     full. Run in a fresh process, as the benchmarks run their peers."""
-    import subprocess
-
     code = (f"import sys; sys.path.insert(0, {BENCHMARKS!r})\n"
             "import bench, finetune_memory, harness, on_device, serving_throughput, torch_nanogpt\n"
             "shapes = [harness.DecodeSetup().config.n_embd, harness.TrainSetup().config.n_layer,\n"
@@ -220,8 +229,6 @@ def test_gpu_benchmark_smoke_runs_every_path_each_in_its_own_process(tmp_path):
     decode with transformers' static cache) runs on a CPU in its own process, the memory and parity processes beside
     the speed runs' compiles, and the tables and chart are written. TensorFlow is hidden, as on a GPU machine that
     has JAX and torch only: no job may import it."""
-    import subprocess
-
     hidden = tmp_path / "hidden" / "tensorflow"
     hidden.mkdir(parents=True)
     (hidden / "__init__.py").write_text('raise ModuleNotFoundError("no TensorFlow here", name="tensorflow")\n')
@@ -349,8 +356,6 @@ def test_the_gpu_fit_table_says_not_measured_where_a_row_is_missing_and_parts_ar
 def test_a_gpu_job_process_ends_with_gpu_py_even_while_stopped():
     """gpu.py stops its memory processes (SIGSTOP) while a speed run is timed: killed then, it must not leave them
     stopped for ever, holding their GPU memory."""
-    import subprocess
-
     job = ("import os, sys, time; sys.path.insert(0, {here!r}); import gpu; gpu.die_with_parent(os.getppid()); "
            "print('alive', flush=True); time.sleep(300)").format(here=BENCHMARKS)
     parent = subprocess.Popen(
@@ -426,8 +431,6 @@ def test_the_per_device_memory_in_the_docs_is_what_the_shardings_give():
     """docs/distribution.md's table (and the README's 2.2 GiB) are what `memory_per_device.py` computes from the
     shardings JAX gives GPT-2 XL's weights and AdamW moments on 8 devices, for both meshes the table names."""
     import re
-    import subprocess
-
     root = os.path.join(BENCHMARKS, "..")
     with open(os.path.join(root, "docs", "distribution.md")) as f:
         page = f.read()
@@ -447,8 +450,6 @@ def test_the_per_device_memory_in_the_docs_is_what_the_shardings_give():
 def test_the_benchmarks_measure_the_package_of_their_own_checkout(tmp_path, monkeypatch):
     """Run from another worktree, or with another tf_gpt2 on the path, a benchmark and its processes measure the
     tf_gpt2 beside them (two worktrees of an A/B measured the one installed, twice)."""
-    import subprocess
-
     from harness import ROOT, in_own_process
 
     (tmp_path / "other" / "tf_gpt2").mkdir(parents=True)
@@ -479,7 +480,6 @@ def test_gpu_waves_run_the_rows_the_docs_quote_before_the_levers():
 def test_a_gpu_job_out_of_memory_is_seen_wherever_its_message_says_so(tmp_path):
     """torch's out-of-memory message is one line of 600 characters whose end names no memory: the job is still
     taken as out of memory (and run again alone), not as failed."""
-    import subprocess
     import tempfile
     import threading
 
@@ -500,7 +500,6 @@ def test_gpu_py_leaves_nothing_running_past_its_budget_and_writes_its_tables_whe
     """Past --budget the memory and parity processes still running are ended and their rows say "not run"; a
     SIGTERM (what `timeout` sends) writes results.md and the chart from the rows so far before gpu.py exits."""
     import signal
-    import subprocess
 
     import gpu
 
