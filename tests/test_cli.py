@@ -100,7 +100,8 @@ CASES = [
     (["prepare", "{d}/text.txt", "--out", "{d}"],  # (the folder of texts became a dataset, skipped from then on)
      "{d} holds {d}/text.txt, a text it would read: a dataset written there makes that folder a dataset"),
     (["prepare", "{d}/text.txt", "--out", "{d}/dangling"],  # (makedirs' bare "File exists")
-     "{d}/dangling is a link to {d}/nowhere/data, which is not there (prepare writes into the folder a link leads to"),
+     "error: {d}/dangling is a link to {d}/nowhere/data, which is not there (prepare writes into the folder a link "
+     "leads to"),
     (["prepare", "{d}/text.txt", "--out", "{d}/latin1.txt"],
      "Not a directory (prepare writes a folder there): {d}/latin1.txt"),
     (["train", "--data", "{d}/folder", "--out", "{d}/folder"], "the output {d}/folder is the input"),

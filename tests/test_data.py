@@ -1,5 +1,6 @@
 import json
 import os
+import re
 import shutil
 import warnings
 
@@ -569,6 +570,39 @@ def test_a_file_of_token_ids_named_as_text_is_said_to_be_binary(tmp_path):
     assert read_text(str(tmp_path / "notes.bin")).startswith("text named")
 
 
+def test_an_archive_or_another_compressor_is_named_as_what_it_is(tmp_path):
+    """A tar (a stretch of zeros: "a file cut short by a crash ... copy it again"), a .gz of a .gz, zip, bzip2, xz
+    and a PDF were refused naming a byte alone: the error names what the file is and what to do."""
+    import bz2
+    import gzip
+    import io
+    import lzma
+    import tarfile
+    import zipfile
+
+    text = b"Some text, as it would be read.\n" * 40
+    archive = io.BytesIO()
+    with tarfile.open(fileobj=archive, mode="w") as tar:
+        info = tarfile.TarInfo("a.txt")
+        info.size = len(text)
+        tar.addfile(info, io.BytesIO(text))
+    zipped = io.BytesIO()
+    with zipfile.ZipFile(zipped, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("a.txt", text)
+    files = {"a.tar.gz": (gzip.compress(archive.getvalue()), "a tar archive does: extract it"),
+             "a.tar": (archive.getvalue(), "a tar archive does: extract it"),
+             "twice.txt.gz": (gzip.compress(gzip.compress(text)), "gzip-compressed twice: decompress it once"),
+             "a.zip": (zipped.getvalue(), "a zip archive does: extract it"),
+             "a.txt.bz2": (bz2.compress(text), "compressed with bzip2 does: decompress it"),
+             "a.txt.xz": (lzma.compress(text), "compressed with xz does: decompress it"),
+             "a.pdf": (b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n1 0 obj\n", "a PDF does: extract its text first")}
+    for name, (data, said) in files.items():
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(ValueError, match=rf"^{tmp_path / name} is not (UTF-8 )?text.*; it (starts as|is) .*"
+                                             rf"{re.escape(said)}"):
+            read_text(str(tmp_path / name))
+
+
 def test_a_gzip_file_named_as_plain_text_is_said_to_be_gzip(tmp_path):
     import gzip
 
@@ -615,6 +649,12 @@ def test_utf16_text_is_refused_with_or_without_its_byte_order_mark(tmp_path, enc
     assert read_text(str(tmp_path / "short.txt")) == "a\0b\n"
     prepare(str(tmp_path / "nuls.txt"), str(tmp_path / "out"), verbose=False)
     assert read_text(str(tmp_path / "nuls.txt")).startswith("a\0b\0\0\0 text")
+    stray = b"hello\0world\0 and some ordinary text follows here, many words of it.\n"  # two NULs, both odd places
+    (tmp_path / "stray.txt").write_bytes(stray)  # (was "UTF-16LE ... a NUL in every other place": iconv garbled it)
+    assert read_text(str(tmp_path / "stray.txt")) == stray.decode()
+    (tmp_path / "tiny.txt").write_bytes("hi\n".encode(encoding))  # three characters of UTF-16: still said
+    with pytest.raises(ValueError, match="tiny.txt is not UTF-8 text: its start reads as UTF-16"):
+        read_text(str(tmp_path / "tiny.txt"))
 
 
 @pytest.mark.parametrize("encoding", ["utf-32-le", "utf-32-be", "utf-32"])
@@ -693,6 +733,14 @@ def test_prepare_reads_a_file_without_line_breaks_in_bounded_chunks(tmp_path):
     with pytest.warns(UserWarning, match=r"run.txt: the 65,\d{3} characters from byte offset 5 on are one run"):
         chunks = list(_chunks(str(tmp_path / "run.txt"), 64))
     assert "".join(chunks) == run and max(map(len, chunks)) < LONGEST_RUN + 64
+    tok = GPT2Tokenizer()
+    for text in ("a" * LONGEST_RUN,  # a run that reaches the limit at the file's end: no cut, no warning (one was said)
+                 "<|endoftext|>" * (LONGEST_RUN // 13 + 100)):  # special tokens: cut between two (one was cut inside)
+        (tmp_path / "end.txt").write_text(text)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            chunks = list(_chunks(str(tmp_path / "end.txt"), 1024))
+        assert [i for chunk in chunks for i in tok.encode(chunk)] == tok.encode(text)
 
 
 @pytest.mark.parametrize("chunk_bytes", [1, 2, 3, 1 << 20])
@@ -755,6 +803,10 @@ def test_a_pipe_is_refused_as_no_file(tmp_path):
     with pytest.raises(ValueError, match=r"stream.txt, a pipe or a device, is no file: a dataset reads each text "
                                          r"twice .* write the text to a file first"):
         prepare(str(tmp_path / "stream.txt"), str(tmp_path / "out"), vocab="char", verbose=False)
+    assert not (tmp_path / "out").exists()
+    (tmp_path / "text.txt").write_text("a text beside the pipe\n")  # a glob reads what it matches as named
+    with pytest.raises(ValueError, match=r"stream.txt \(matched by '.*/\*.txt'\), a pipe or a device, is no file"):
+        prepare(str(tmp_path / "*.txt"), str(tmp_path / "out"), vocab="char", verbose=False)
     assert not (tmp_path / "out").exists()
 
 

@@ -43,6 +43,26 @@ def test_batch_encoding_equals_encoding_one_by_one(tok):
     assert tok.decode_batch(tok.encode_batch(SAMPLES)) == SAMPLES
 
 
+def test_a_whitespace_run_of_a_million_characters_before_text_encodes_as_hugging_face_reads_it(tok, tiktoken_gpt2):
+    r"""tiktoken's regex gave up on GPT-2's `\s+(?!\S)` over about a million whitespace characters before other text
+    (blank lines of a PDF's text, say): "Max stack size exceeded for backtracking", and `prepare` stopped naming no
+    file. Such a run is encoded in parts: the ids equal transformers' tokenizer's of the whole text (another regex
+    engine) and, for runs tiktoken can take, tiktoken's own."""
+    from tokenizers import Tokenizer
+
+    from tf_gpt2.tokenizer import _parts_of_whitespace_runs, hf_tokenizer_json
+
+    text = "First page.\n" + "\n" * 1_000_000 + "Second page. " + "\u3000" * 1_000_000 + "x" + "\t" * 999_999
+    assert tok.encode(text) == Tokenizer.from_str(hf_tokenizer_json()).encode(text).ids
+    assert tok.encode_batch(["a", text]) == [[64], tok.encode(text)]
+    runs = ("a" + "\n" * 70_000 + "b  c" + " " * 80_000 + "y" + "\r\n" * 40_000 + " z" + "\xa0" * 70_000
+            + "<|endoftext|>" + " " * 70_000 + "\n" + " " * 70_000)
+    parts = list(_parts_of_whitespace_runs(runs))
+    assert len(parts) == 7 and "".join(parts) == runs  # three runs cut, the two before <|endoftext|> and the end not
+    assert [i for p in parts for i in tiktoken_gpt2.encode(p, allowed_special="all")] == tiktoken_gpt2.encode(
+        runs, allowed_special="all")
+
+
 def test_in_graph_tokenizer_gives_the_same_ids(tok):
     import tensorflow as tf
 

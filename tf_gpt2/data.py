@@ -226,6 +226,8 @@ def _globbed(pattern: str, excluded: set[str]) -> list[str]:
     matched = sorted(glob.glob(pattern, recursive=True))  # (a broken link too: named, or matched)
     for f in matched:
         refuse_dangling_link(f)
+        if not os.path.isfile(f) and not os.path.isdir(f):  # read as named: as a pipe named is
+            raise _no_file(f"{f} (matched by {pattern!r}), a pipe or a device,")
     folders: list[str] = []
     for folder in (f for f in matched if os.path.isdir(f) and os.path.realpath(f) not in excluded):
         if not any(folder.startswith(os.path.join(outer, "")) for outer in folders):
@@ -251,6 +253,11 @@ def _globbed(pattern: str, excluded: set[str]) -> list[str]:
     return sorted(files + named)
 
 
+def _no_file(what: str) -> ValueError:
+    return ValueError(f"{what} is no file: a dataset reads each text twice (its size and digest, then its tokens), "
+                      "which a pipe cannot give; write the text to a file first (a .txt.gz is read decompressed)")
+
+
 def resolve_inputs(inputs: str | Sequence[str], exclude: Sequence[str] = ()) -> list[str]:
     """Files named by a path, a folder (its `.txt` and `.txt.gz` files, recursively, but for hidden ones and the
     datasets, runs, checkpoints and exports there) or a glob (`_globbed`), in the order named (a folder's or a
@@ -270,11 +277,8 @@ def resolve_inputs(inputs: str | Sequence[str], exclude: Sequence[str] = ()) -> 
             refuse_if_not_text(pattern)
             files.append(pattern)
         elif os.path.exists(pattern) or pattern == "-":  # (was "no data file matches", of a path that is there)
-            what = "standard input ('-')" if pattern == "-" and not os.path.exists(pattern) else \
-                f"{pattern}, a pipe or a device,"
-            raise ValueError(f"{what} is no file: a dataset reads each text twice (its size and digest, then its "
-                             "tokens), which a pipe cannot give; write the text to a file first (a .txt.gz is read "
-                             "decompressed)")
+            raise _no_file("standard input ('-')" if pattern == "-" and not os.path.exists(pattern) else
+                           f"{pattern}, a pipe or a device,")
         else:
             files += _globbed(pattern, excluded)
     if not files:
@@ -384,18 +388,38 @@ def _sha256(path: str) -> str:
     return digest.hexdigest()
 
 
-def not_utf8(path: str, error: UnicodeDecodeError, offset: int = 0, lines: int = 0) -> ValueError:
-    """The error for a file that is not UTF-8: the first bad byte by its offset in the file and its line. `error`
-    came from decoding bytes that start at `offset` in the file, after `lines` line breaks."""
+def not_utf8(path: str, error: UnicodeDecodeError, offset: int = 0, lines: int = 0, start: bytes = b"") -> ValueError:
+    """The error for a file that is not UTF-8: the first bad byte by its offset in the file and its line, and what
+    the file's `start` (its first bytes) shows it to be. `error` came from decoding bytes that start at `offset` in the
+    file, after `lines` line breaks."""
     at = offset + error.start
     line = lines + error.object[:error.start].count(b"\n") + 1
     where = " of its decompressed text" if path.endswith(".gz") else ""
-    start = error.object[:2] if at == error.start else b""  # (the file's first bytes, where this block holds them)
-    hint = ("; it starts as gzip does: name it .txt.gz" if start == b"\x1f\x8b" and not path.endswith(".gz") else
-            "; it starts with UTF-16's byte-order mark: save it as UTF-8" if start in (b"\xff\xfe", b"\xfe\xff")
-            else "")
     return ValueError(f"{path} is not UTF-8 text: byte {error.object[error.start]:02x} at byte offset {at}{where} "
-                      f"(line {line}){hint}")
+                      f"(line {line}){_what_it_is(path, start)}")
+
+
+# What a file's first bytes show it to be, where it is no text: (offset, bytes there, what it is, what to do).
+_NOT_TEXT = ((0, b"PK\x03\x04", "a zip archive", "extract it and give its folder"),
+             (257, b"ustar", "a tar archive", "extract it (tar xf) and give its folder"),
+             (0, b"7z\xbc\xaf\x27\x1c", "a 7z archive", "extract it and give its folder"),
+             (0, b"BZh", "compressed with bzip2", "decompress it (bunzip2), or give it gzipped as .txt.gz"),
+             (0, b"\xfd7zXZ\x00", "compressed with xz", "decompress it (unxz), or give it gzipped as .txt.gz"),
+             (0, b"\x28\xb5\x2f\xfd", "compressed with zstd", "decompress it (unzstd), or give it gzipped as .txt.gz"),
+             (0, b"%PDF-", "a PDF", "extract its text first (pdftotext, say)"))
+
+
+def _what_it_is(path: str, start: bytes) -> str:
+    """"; it ..." naming what a file that is no UTF-8 text is, from its first bytes (a .gz's decompressed), or ""."""
+    if start[:2] == b"\x1f\x8b":
+        return ("; it is gzip-compressed twice: decompress it once (gunzip)" if path.endswith(".gz") else
+                "; it starts as gzip does: name it .txt.gz")
+    if start[:2] in (b"\xff\xfe", b"\xfe\xff"):
+        return "; it starts with UTF-16's byte-order mark: save it as UTF-8"
+    for at, magic, what, then in _NOT_TEXT:
+        if start[at:at + len(magic)] == magic:
+            return f"; it starts as {what} does: {then}"
+    return ""
 
 
 def _iconv(path: str, codec: str) -> str:
@@ -437,10 +461,13 @@ def _refuse_utf16(path: str, start: bytes) -> None:
     if start[:2] in (b"\xff\xfe", b"\xfe\xff"):  # (a mark is no UTF-8: `not_utf8` says so)
         return
     even, odd = start[0::2].count(0), start[1::2].count(0)
-    if max(even, odd) >= max(2, len(start) / 100) and min(even, odd) <= max(even, odd) / 10:
+    nuls, high = max(even, odd), start[1::2] if odd > even else start[0::2]
+    in_a_row = b"\0\0" in high  # two characters in a row of NUL high bytes ("h\0i\0"), which stray NULs are not
+    if min(even, odd) <= nuls / 10 and (nuls >= max(4, len(start) / 40) or nuls >= 2 and in_a_row):
         codec = "utf-16le" if odd > even else "utf-16be"
         raise ValueError(f"{path} is not UTF-8 text: its start reads as {codec.upper()} without a byte-order mark "
-                         f"(a NUL in every other place): save it as UTF-8 ({_iconv(path, codec)})")
+                         f"(NULs in every other place only, the high byte of ASCII characters): save it as UTF-8 "
+                         f"({_iconv(path, codec)})")
     # Letters of one script and no space (Cyrillic, Greek, Hebrew, Arabic, Thai): its high byte, a control character
     # other than a tab or a line break, in nearly every other place. UTF-8 text has next to none.
     for codec, high in (("utf-16le", start[1::2]), ("utf-16be", start[0::2])):
@@ -454,11 +481,14 @@ def _refuse_utf16(path: str, start: bytes) -> None:
 ZEROS = b"\0" * 64  # no text holds such a stretch; a file cut short by a crash or a failed copy is filled with them
 
 
-def _refuse_zeros(path: str, data: bytes, offset: int, lines: int) -> None:
-    """Refuse a stretch of zero bytes in `data`, which starts at `offset` in the file, after `lines` line breaks."""
+def _refuse_zeros(path: str, data: bytes, offset: int, lines: int, start: bytes = b"") -> None:
+    """Refuse a stretch of zero bytes in `data`, which starts at `offset` in the file, after `lines` line breaks (and
+    what the file's `start` shows it to be, where it is an archive)."""
     if (at := data.find(ZEROS)) >= 0:
         where = " of its decompressed text" if path.endswith(".gz") else ""
         line = lines + data[:at].count(b"\n") + 1
+        if hint := _what_it_is(path, start):
+            raise ValueError(f"{path} is not text{hint}")
         raise ValueError(f"{path} is not text at byte offset {offset + at}{where} (line {line}): a stretch of zero "
                          "bytes, as a file cut short by a crash or a failed copy is filled; copy it again, or cut the "
                          "stretch out")
@@ -475,21 +505,22 @@ def _blocks(path: str, block_bytes: int) -> Iterator[str]:
     try:
         with _opened(path) as f:
             held = f.read(1024)  # (read once: a pipe cannot go back to it)
+            start = held
             _refuse_binary(name, held)
-            _refuse_zeros(name, held, 0, 0)  # (a file of zeros reads as UTF-32 too: said as what it is)
+            _refuse_zeros(name, held, 0, 0, start)  # (a file of zeros reads as UTF-32 too: said as what it is)
             _refuse_utf16(name, held)
             while True:
                 data, held = held[:block_bytes], held[block_bytes:]
                 if len(data) < block_bytes:
                     data += f.read(block_bytes - len(data))
                 joined = tail + data
-                _refuse_zeros(name, joined, offset - len(tail), lines - tail.count(b"\n"))
+                _refuse_zeros(name, joined, offset - len(tail), lines - tail.count(b"\n"), start)
                 tail = joined[-len(ZEROS) + 1:]
                 pending = utf8.getstate()[0]  # the start of a character the last block cut
                 try:
                     text = utf8.decode(data, final=not data)
                 except UnicodeDecodeError as e:
-                    raise not_utf8(name, e, offset - len(pending), lines) from None
+                    raise not_utf8(name, e, offset - len(pending), lines, start) from None
                 if text:
                     yield text
                 if not data:
@@ -544,7 +575,8 @@ def _starts_with_mark(path: str) -> bool:
 # - before a whitespace character that follows a non-space: the piece before cannot take whitespace, and a whitespace
 #   run only ever joins what comes after it (`\s+(?!\S)` gives its last space to the next word);
 # - between a letter, a digit and another symbol (\p{L}, \p{N}, the rest), unless the first is an apostrophe
-#   (`'s`, `'ll`, ...) or the place lies inside `<|endoftext|>`, which encodes as one token.
+#   (`'s`, `'ll`, ...) or the place lies inside `<|endoftext|>`, which encodes as one token;
+# - after `<|endoftext|>`: tiktoken encodes the text between special tokens piece by piece.
 _WHITESPACE_AFTER_NON_SPACE = re.compile(r"(?<=\S)[\t\n\v\f\r ]")  # str.isspace is wider than \s: never too wide
 
 
@@ -572,12 +604,13 @@ def safe_cut(text: str, start: int = 0, end: int | None = None) -> int:
     if last:
         return last.start()
     special = len(ENDOFTEXT)
-    for i in range(min(end, len(text) - special), start, -1):  # a run without whitespace (rare): between classes
+    after_special = at + special if (at := text.rfind(ENDOFTEXT, start, end)) >= 0 else 0  # (encoded apart)
+    for i in range(min(end, len(text) - special), max(start, after_special), -1):  # no whitespace (rare): classes
         before, after = _char_class(text[i - 1]), _char_class(text[i])
         if before and after and before != after and text[i - 1] != "'" \
                 and ENDOFTEXT not in text[max(0, i - special + 1):i + special - 1]:
             return i
-    return 0
+    return after_special
 
 
 LONGEST_RUN = 1 << 16  # characters with no safe cut read before cutting anyway (and two chunks)
@@ -594,8 +627,13 @@ def _chunks(path: str, chunk_bytes: int = CHUNK_BYTES, anywhere: bool = False) -
         yield from _blocks(path, chunk_bytes)
         return
     carry, offset = "", 0
-    for block in _blocks(path, chunk_bytes):
-        text = carry + block
+    blocks = _blocks(path, chunk_bytes)
+    block = next(blocks, None)
+    while block is not None:
+        text, block = carry + block, next(blocks, None)
+        if block is None:  # the end of the file: no cut needed
+            yield text
+            return
         cut = safe_cut(text, start=max(0, len(carry) - len(ENDOFTEXT)))  # carry has no place to cut
         if cut == 0 and len(text) >= max(2 * chunk_bytes, LONGEST_RUN):  # cut anyway
             cut = len(text)
@@ -606,8 +644,6 @@ def _chunks(path: str, chunk_bytes: int = CHUNK_BYTES, anywhere: bool = False) -
             yield text[:cut]
             offset += len(text[:cut].encode("utf-8"))
         carry = text[cut:]
-    if carry:
-        yield carry
 
 
 class _ShardWriter:

@@ -289,8 +289,8 @@ def exclusive(directory: str, what: str, wait: bool = False) -> Iterator[None]:
     if os.path.exists(directory) and not os.path.isdir(directory):  # not makedirs' bare "File exists"
         raise NotADirectoryError(errno.ENOTDIR, f"Not a directory ({what} writes a folder there)", directory)
     if os.path.islink(directory) and not os.path.exists(directory):  # (makedirs: "File exists" too)
-        raise FileNotFoundError(errno.ENOENT, f"{directory} is a link to {os.readlink(directory)}, which is not there "
-                                f"({what} writes into the folder a link leads to: make it, or give another path)")
+        raise FileNotFoundError(f"{directory} is a link to {os.readlink(directory)}, which is not there ({what} "
+                                "writes into the folder a link leads to: make it, or give another path)")
     lock, made = _locked(directory, what, wait)
     with lock:
         lock.seek(0)

@@ -16,9 +16,10 @@ import hashlib
 import importlib.resources
 import json
 import os
+import re
 import sys
 from collections.abc import Mapping, Set
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import tiktoken
@@ -336,19 +337,51 @@ class GPT2Tokenizer:
     def encode(self, text: str) -> list[int]:
         if not isinstance(text, str):
             raise TypeError(f"encode expects a str, got {type(text).__name__}")
-        return self._enc.encode(checked_utf8("text", text), allowed_special={ENDOFTEXT})
+        try:
+            return self._enc.encode(checked_utf8("text", text), allowed_special={ENDOFTEXT})
+        except ValueError as e:
+            if "Regex error" not in str(e):
+                raise
+        # tiktoken's pre-tokenizer gives up on a whitespace run of about a million characters before other text
+        # ("Max stack size exceeded for backtracking"): the same pieces, made in parts
+        parts = _parts_of_whitespace_runs(text)
+        return [i for part in parts for i in self._enc.encode(part, allowed_special={ENDOFTEXT})]
 
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
         if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
             raise TypeError("encode_batch expects a list of str")
-        return self._enc.encode_batch([checked_utf8(f"text {i}", t) for i, t in enumerate(texts)],
-                                      allowed_special={ENDOFTEXT})
+        try:
+            return self._enc.encode_batch([checked_utf8(f"text {i}", t) for i, t in enumerate(texts)],
+                                          allowed_special={ENDOFTEXT})
+        except ValueError as e:
+            if "Regex error" not in str(e):
+                raise
+        return [self.encode(t) for t in texts]
 
     def decode(self, ids: Iterable[int]) -> str:
         return self._enc.decode(checked_ids(ids, VOCAB_SIZE))
 
     def decode_batch(self, batch: Iterable[Iterable[int]]) -> list[str]:
         return [self.decode(ids) for ids in batch]
+
+
+# Unicode's White_Space, which PAT_STR's \s matches
+_SPACE = "[\t\n\v\f\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]"
+LONG_WHITESPACE = 1 << 16
+_LONG_WHITESPACE_RUN = re.compile(f"(?<!{_SPACE})(?={_SPACE}{{{LONG_WHITESPACE}}}){_SPACE}+")  # (from its start)
+
+
+def _parts_of_whitespace_runs(text: str) -> Iterator[str]:
+    r"""`text` in parts that GPT-2's tokenizer encodes one by one as it encodes `text`, with each run of more than
+    LONG_WHITESPACE whitespace characters before other text cut off its last character: PAT_STR makes the run but its
+    last character one piece (`\s+(?!\S)`, which tiktoken's regex cannot take so long), and starts the next piece
+    at that character. A run that ends the text or comes before `<|endoftext|>` is one piece, which it takes."""
+    start = 0
+    for run in _LONG_WHITESPACE_RUN.finditer(text):
+        if run.end() < len(text) and not text.startswith(ENDOFTEXT, run.end()):
+            yield from (text[start:run.start()], text[run.start():run.end() - 1])
+            start = run.end() - 1
+    yield text[start:]
 
 
 def checked_utf8(name: str, text: str) -> str:
