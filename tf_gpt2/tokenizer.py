@@ -372,10 +372,11 @@ _LONG_WHITESPACE_RUN = re.compile(f"(?<!{_SPACE})(?={_SPACE}{{{LONG_WHITESPACE}}
 
 
 def _parts_of_whitespace_runs(text: str) -> Iterator[str]:
-    r"""`text` in parts that GPT-2's tokenizer encodes one by one as it encodes `text`, with each run of more than
-    LONG_WHITESPACE whitespace characters before other text cut off its last character: PAT_STR makes the run but its
-    last character one piece (`\s+(?!\S)`, which tiktoken's regex cannot take so long), and starts the next piece
-    at that character. A run that ends the text or comes before `<|endoftext|>` is one piece, which it takes."""
+    r"""`text` in parts that GPT-2's tokenizer encodes one by one as it encodes `text`, with each run of
+    LONG_WHITESPACE or more whitespace characters before other text cut off its last character: PAT_STR makes the
+    run but its last character one piece (`\s+(?!\S)`, which tiktoken's regex cannot take so long), and starts the
+    next piece at that character. A run that ends the text or comes before `<|endoftext|>` is one piece, which it
+    takes."""
     start = 0
     for run in _LONG_WHITESPACE_RUN.finditer(text):
         if run.end() < len(text) and not text.startswith(ENDOFTEXT, run.end()):
