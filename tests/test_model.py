@@ -400,8 +400,8 @@ def test_weights_of_a_model_of_other_shapes_are_refused_by_load_weights(tmp_path
     config = GPT2Config(vocab_size=50, n_positions=16, n_embd=16, n_layer=2, n_head=2)
     model = GPT2(config)
     model.save_weights(tmp_path / "m.weights.h5")
-    for change, shapes in ((dict(n_layer=1), r"the file has 6 of \[16\], 1 of \[16, 48\], 1 of \[48\] that this model "
-                                             r"does not\. Build the model from the config"),
+    for change, shapes in ((dict(n_layer=1), r"the file has 6 of \[16\], 1 of \[16, 48\], 1 of \[48\] and 4 more "
+                                             r"shapes that this model does not\. Build the model from the config"),
                            (dict(n_positions=32), r"the file has 1 of \[16, 16\] that this model does not; this model "
                                                   r"has 1 of \[32, 16\] that the file does not")):
         with pytest.raises(ValueError, match=rf"m.weights.h5 holds the weights of a model of other shapes .*{shapes}"):
@@ -419,6 +419,17 @@ def test_weights_of_a_model_of_other_shapes_are_refused_by_load_weights(tmp_path
     fresh = GPT2(config)
     fresh.load_weights(tmp_path / "trained.weights.h5")
     np.testing.assert_allclose(np.asarray(fresh(ids)), np.asarray(model(ids)), atol=1e-6)
+    # Keras zeroed both LoRA matrices of a model it loaded into, and with both zero neither learns: fit changed nothing
+    adapted.compile(optimizer="adamw", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    before = np.asarray(adapted(ids))
+    adapted.fit(ids[:, :-1], ids[:, 1:], verbose=0)
+    assert np.abs(np.asarray(adapted(ids)) - before).max() > 1e-4
+    adapted.save_weights(tmp_path / "lora.weights.h5")  # merged, with the adapters' optimizer state
+    trained = np.asarray(adapted(ids))
+    with pytest.warns(UserWarning, match=r"lora.weights.h5 holds kernels with the LoRA adapters merged into them .* "
+                                         r"the optimizer's state loaded for the earlier adapters does not fit"):
+        adapted.load_weights(tmp_path / "lora.weights.h5")  # (BackupAndRestore's resume of a LoRA run)
+    np.testing.assert_allclose(np.asarray(adapted(ids)), trained, atol=1e-6)  # the merged kernels, fresh adapters
 
 
 def test_a_lora_rank_outside_the_projections_and_a_legacy_h5_save_are_refused(tmp_path):

@@ -91,13 +91,36 @@ def refuse_other_shapes(model: keras.Model, path: str) -> None:
     ours = [v.shape for v in model.weights if "lora_kernel" not in v.path and "seed_generator" not in v.path]
     extra, missing = counted(stored) - counted(ours), counted(ours) - counted(stored)
     if extra or missing:
-        said = lambda shapes: ", ".join(f"{n} of {list(shape)}" for shape, n in shapes.most_common(3))  # noqa: E731
+        def said(shapes: collections.Counter) -> str:
+            more = len(shapes) - 3
+            return ", ".join(f"{n} of {list(shape)}" for shape, n in shapes.most_common(3)) + (
+                f" and {more} more shape{'s' * (more > 1)}" if more > 0 else "")
+
         raise ValueError(f"{path} holds the weights of a model of other shapes ({len(stored)} arrays; this model has "
                          f"{len(ours)}): " + "; ".join(part for part in (
                              extra and f"the file has {said(extra)} that this model does not",
                              missing and f"this model has {said(missing)} that the file does not") if part) +
                          ". Build the model from the config the file was saved with (quantized as it was), then load "
                          "it")
+
+
+def restart_zeroed_adapters(model: keras.Model, source: str) -> None:
+    """Keras loads a kernel into a layer with LoRA adapters (a file holds any merged into it) by zeroing both adapter
+    matrices, and with both zero neither has a gradient: training went on changing nothing. The first starts afresh
+    as `enable_lora` draws it (the second stays zero: the model computes the loaded kernel); where optimizer state
+    came with the file (BackupAndRestore, ModelCheckpoint), it was the earlier adapters': said."""
+    restarted = [layer for layer in model._flatten_layers() if getattr(layer, "lora_enabled", False)
+                 and not keras.ops.any(layer.lora_kernel_a) and not keras.ops.any(layer.lora_kernel_b)]
+    for layer in restarted:
+        a = layer.lora_kernel_a
+        a.assign(keras.initializers.HeUniform()(a.shape, a.dtype))  # (Dense.enable_lora's a_initializer)
+    optimizer = getattr(model, "optimizer", None)
+    if restarted and optimizer is not None and optimizer.built and int(optimizer.iterations) > 0:
+        warnings.warn(f"{source} holds kernels with the LoRA adapters merged into them (as Keras saves them): the "
+                      f"model's {len(restarted)} adapters start afresh on them, and the optimizer's state loaded for "
+                      "the earlier adapters does not fit the new ones, so training goes on otherwise than it would "
+                      "have; a LoRA run resumes exactly from `tf-gpt2 train`'s checkpoint, which keeps its adapters",
+                      stacklevel=3)
 
 
 def weight_table(model: keras.Model) -> dict[str, keras.Variable]:

@@ -393,13 +393,14 @@ class GPT2(CheckedLoops, keras.Model):
 
     def load_weights(self, filepath: Any, skip_mismatch: bool = False, **kwargs: Any) -> None:
         """Keras' `load_weights`; a local `.weights.h5` of a model of other shapes (more layers, another context) is
-        refused naming them, unless `skip_mismatch`."""
+        refused naming them, unless `skip_mismatch`; LoRA adapters, which Keras zeroes, start afresh."""
+        from tf_gpt2.checkpoints import refuse_other_shapes, restart_zeroed_adapters
+
         path = os.fspath(filepath) if isinstance(filepath, (str, os.PathLike)) else ""
         if path.endswith(".weights.h5") and os.path.isfile(path) and self.built and not skip_mismatch:
-            from tf_gpt2.checkpoints import refuse_other_shapes
-
             refuse_other_shapes(self, path)
-        return super().load_weights(filepath, skip_mismatch=skip_mismatch, **kwargs)
+        super().load_weights(filepath, skip_mismatch=skip_mismatch, **kwargs)
+        restart_zeroed_adapters(self, path or str(filepath))
 
     def _save_whole(self, filepath: Any, path: str, in_place: bool, written: str,
                     write: Callable[[Any], object]) -> None:

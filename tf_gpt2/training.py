@@ -949,7 +949,8 @@ def run_record(cfg: TrainConfig, identity: dict[str, Any], placement: Placement)
 
 def train(cfg: TrainConfig) -> tuple[GPT2, dict[str, list[float]]]:
     """Train (or resume) a run, then write its model as `cfg.out`/model.keras (`inference_model`, as `tf-gpt2
-    train` does); returns the model as trained and the Keras history.
+    train` does); returns the model as trained and the Keras history (empty where the run's checkpoint had reached
+    `cfg.steps` already: nothing was trained, and the model is the checkpoint's).
 
     One process at a time may train in `cfg.out`: a second one is refused while the first runs. In a run of many
     processes (keras.distribution on JAX), `cfg.out` is storage they all see: each reads the checkpoint to resume,
