@@ -104,6 +104,13 @@ def test_ids_and_text_agree(checkpoint, text):
     assert math.isclose(from_text.nll, from_ids.nll, rel_tol=1e-6) and from_text.tokens == from_ids.tokens
     with pytest.raises(ValueError, match="needs the text"):
         from_ids.bits_per_byte
+    import transformers  # a tokenizer of its own (`generate` takes it): "GPT2Tokenizer has no attribute eot_id"
+
+    from tf_gpt2.tokenizer import default_vocab_files
+
+    theirs = evaluate(model, text[:300], tokenizer=transformers.GPT2TokenizerFast(*default_vocab_files()), context=16,
+                      stride=8)
+    assert (theirs.nll, theirs.tokens, theirs.bytes) == (from_text.nll, from_text.tokens, from_text.bytes)
 
 
 def test_wikitext_detokenizer():
@@ -212,6 +219,14 @@ def test_bad_input_is_named(tmp_path, capsys, monkeypatch):
     assert f"{empty} is empty: nothing to score" in capsys.readouterr().err
     assert cli_main(["eval", str(empty), "--model", str(tmp_path / "none.keras")]) == 2  # said before any model loads
     assert f"{empty} is empty: nothing to score" in capsys.readouterr().err
+    for flags, said in ((["--stride", "0"], "--stride must be >= 1, got 0"),  # (named as Python's, after the load)
+                        (["--context", "8", "--stride", "9"], "--stride must be in 1..--context=8, got 9"),
+                        (["--batch-size", "0"], "--batch-size must be >= 1, got 0")):
+        assert cli_main(["eval", str(empty), "--model", str(tmp_path / "none.keras"), *flags]) == 2
+        assert capsys.readouterr().err.strip().endswith(f"error: {said}")
+    (tmp_path / "some.txt").write_text("some text to score\n")
+    assert cli_main(["eval", str(tmp_path / "some.txt"), "--random-init", "gpt2-tiny", "--context", "9999"]) == 2
+    assert "error: --context must be in 1..128 (the model's n_positions), got 9999" in capsys.readouterr().err
     monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(b"")))
     assert cli_main(["eval", "-", "--random-init", "gpt2-tiny"]) == 2  # (it was called "-")
     assert "standard input is empty: nothing to score" in capsys.readouterr().err

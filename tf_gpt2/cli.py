@@ -265,10 +265,13 @@ def _prompt_of(args: argparse.Namespace) -> str:
     return checked_utf8("the prompt", args.prompt)
 
 
-def _as_flags(message: str) -> str:
-    """`generate`'s message with its settings named as the flags that gave them (top_p: --top-p)."""
-    return re.sub(r"(?<![-\w])(temperature|top_k|top_p|repetition_penalty|seed|max_new_tokens)\b",
-                  lambda m: "--" + m[1].replace("_", "-"), message)
+GENERATE_SETTINGS = ("temperature", "top_k", "top_p", "repetition_penalty", "seed", "max_new_tokens")
+EVAL_SETTINGS = ("context", "stride", "batch_size")
+
+
+def _as_flags(message: str, settings: Sequence[str] = GENERATE_SETTINGS) -> str:
+    """A command's message with its settings named as the flags that gave them (top_p: --top-p)."""
+    return re.sub(rf"(?<![-\w])({'|'.join(settings)})\b", lambda m: "--" + m[1].replace("_", "-"), message)
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -449,12 +452,20 @@ def cmd_eval(args: argparse.Namespace) -> int:
     import json
 
     from tf_gpt2.data import read_text, shown
-    from tf_gpt2.evaluation import evaluate
+    from tf_gpt2.evaluation import check_windows, evaluate
 
+    def check(n_positions: int | None = None) -> None:
+        try:
+            check_windows(args.context, args.stride, args.batch_size, n_positions)
+        except ValueError as e:
+            raise ValueError(_as_flags(str(e), EVAL_SETTINGS)) from None
+
+    check()  # before the model loads (its context bounds --context after)
     text = read_text(args.file)  # as prepare reads it: a CRLF file keeps its \r, a .gz is decompressed
     if not text:  # (said after the model's loading)
         raise ValueError(f"{shown(args.file)} is empty: nothing to score")
     model = _load_model(args)
+    check(model.config.n_positions)
     result = evaluate(model, text, context=args.context, stride=args.stride, batch_size=args.batch_size,
                       detokenize=args.detokenize, verbose=not args.json, source=shown(args.file))
     report = {"file": args.file, "tokens": result.tokens, "bytes": result.bytes, "loss": result.loss,

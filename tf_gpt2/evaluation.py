@@ -25,7 +25,7 @@ from keras import ops
 from tf_gpt2.checks import check_in_vocabulary, checked_integer
 from tf_gpt2.detokenize import DETOKENIZERS
 from tf_gpt2.progress import progress_bar
-from tf_gpt2.tokenizer import GPT2Tokenizer, checked_ids, checked_utf8, tokenizer_for
+from tf_gpt2.tokenizer import GPT2Tokenizer, checked_ids, checked_utf8, end_of_text_id, tokenizer_for
 from tf_gpt2.xla import compiled
 
 
@@ -80,41 +80,52 @@ def _window_nll(model, inputs, targets, weights):
     return -ops.sum(ops.where(weights > 0, picked * weights, 0.0), axis=-1)  # (padding is not counted)
 
 
+def check_windows(context: int | None, stride: int | None, batch_size: int,
+                  n_positions: int | None = None) -> tuple[int | None, int | None]:
+    """`context` and `stride` as `evaluate` takes them (None: its defaults, where `n_positions` is known), or the
+    first of them, or `batch_size`, refused by name."""
+    for name, value in (("context", context), ("stride", stride), ("batch_size", batch_size)):
+        if value is not None or name == "batch_size":  # (a float was a bare TypeError, deep inside)
+            checked_integer(name, value)
+    context = n_positions if context is None else context
+    stride = max(1, context // 2) if stride is None and context is not None else stride
+    if context is not None and not 0 < context <= (n_positions or context):
+        raise ValueError(f"context must be in 1..{n_positions} (the model's n_positions), got {context}"
+                         if n_positions else f"context must be >= 1, got {context}")
+    if stride is not None and not 0 < stride <= (context or stride):
+        raise ValueError(f"stride must be in 1..context={context}, got {stride}" if context else
+                         f"stride must be >= 1, got {stride}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    return context, stride
+
+
 def evaluate(model, text: str | Sequence[int], tokenizer: GPT2Tokenizer | None = None, context: int | None = None,
              stride: int | None = None, batch_size: int = 8, detokenize: str = "none",
              verbose: bool = False, source: str = "text") -> EvalResult:
     """Score `text` (a string, or token ids already starting with their own context token) with `model`.
 
     A string is read with the model's own vocabulary: GPT-2's BPE after `<|endoftext|>`, or, for a character
-    model, its characters (the first one is the context of the rest); `tokenizer`, where given, instead.
+    model, its characters (the first one is the context of the rest); `tokenizer`, where given, instead (any object
+    with `encode`, a transformers tokenizer too: the text follows its `eot_id` where it has one, else the model's).
 
     context: tokens each prediction may see (default: the model's n_positions); stride: how far the
     window moves (default context // 2: each token, past the first window, sees at least half a context);
     verbose: a progress bar over the windows (where it can be redrawn: `tf_gpt2.progress`); source: what errors
     call the text (`tf-gpt2 eval`: its file).
     """
-    n_positions = model.config.n_positions
-    for name, value in (("context", context), ("stride", stride), ("batch_size", batch_size)):
-        if value is not None or name == "batch_size":  # (a float was a bare TypeError, deep inside)
-            checked_integer(name, value)
-    context = n_positions if context is None else context
-    stride = max(1, context // 2) if stride is None else stride
-    if not 0 < context <= n_positions:
-        raise ValueError(f"context must be in 1..{n_positions} (the model's n_positions), got {context}")
-    if not 0 < stride <= context:
-        raise ValueError(f"stride must be in 1..context={context}, got {stride}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    context, stride = check_windows(context, stride, batch_size, model.config.n_positions)
     if detokenize not in DETOKENIZERS:
         raise ValueError(f"unknown detokenizer {detokenize!r}; choose one of {sorted(DETOKENIZERS)}")
     if isinstance(text, str):
         text = DETOKENIZERS[detokenize](checked_utf8(source, text))
         tokenizer = tokenizer or tokenizer_for(model.config)  # refuses a model too small for GPT-2's ids
+        start = getattr(tokenizer, "eot_id", end_of_text_id(model.config))  # (another's, transformers': the model's)
         try:  # as `generate` reads it: GPT-2's BPE after <|endoftext|>, or characters (the first is the context)
-            ids = ([] if tokenizer.eot_id is None else [tokenizer.eot_id]) + tokenizer.encode(text)
+            ids = ([] if start is None else [start]) + tokenizer.encode(text)
         except ValueError as e:  # the text's own fault: say whose
             raise ValueError(f"{source}: {e}") from None
-        n_bytes = len((text if tokenizer.eot_id is not None else text[1:]).encode("utf-8"))
+        n_bytes = len((text if start is not None else text[1:]).encode("utf-8"))
     elif given := [name for name, value in (("tokenizer", tokenizer), ("detokenize", detokenize))
                    if value not in (None, "none")]:
         raise ValueError(f"{' and '.join(given)} read{'s' * (len(given) == 1)} text, and token ids were given")

@@ -49,7 +49,8 @@ def _hash_uniform(cols, seed, step):
 def filter_top_k_top_p(logits, top_k, top_p):
     """Set to -inf every logit outside the top-k, then outside the nucleus of mass top_p of what is left.
 
-    The nucleus is taken on the top-k distribution renormalised (as Hugging Face does);
+    The nucleus is taken on the top-k distribution renormalised (as Hugging Face does); a logit tied with the last
+    one kept is kept too (Hugging Face's top-k keeps ties as well, its top-p as its sort orders them);
     `top_k` <= 0 and `top_p` >= 1 disable each filter; both may be tensors ([batch, 1] for one per row).
     """
     vocab = ops.shape(logits)[-1]
