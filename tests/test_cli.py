@@ -185,7 +185,12 @@ def test_exit_status_is_2_on_an_error_or_a_bad_flag_and_130_on_ctrl_c(capsys):
     assert capsys.readouterr().err == "tf-gpt2 train: interrupted\n"
     with pytest.raises(SystemExit) as bad_flag:
         cli_main(["train", "--out", "x", "--no-such-flag"])
-    assert bad_flag.value.code == 2
+    assert bad_flag.value.code == 2 and "goes after --" not in capsys.readouterr().err  # (a flag: no hint)
+    for prompt in ("-hello", "-x"):  # a prompt read as flags ("argument -h/--help: ignored explicit argument 'ello'")
+        with pytest.raises(SystemExit):
+            cli_main(["generate", "--random-init", "gpt2-tiny", prompt])
+        assert "(a prompt or path that starts with - goes after --, as in: tf-gpt2 generate -- '-hello')" in \
+            capsys.readouterr().err
 
 
 def test_a_failure_during_a_progress_bar_starts_a_line_of_its_own(capsys):

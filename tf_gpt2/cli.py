@@ -512,8 +512,19 @@ def _installed_version() -> str:
         return "(not installed: run from a checkout)"
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser, whose errors of a word read as flags ("-hello": `-h` given "ello") say where such words
+    go."""
+
+    def error(self, message: str):
+        unknown = re.match(r"unrecognized arguments: (.*)", message)
+        if "ignored explicit argument" in message or unknown and re.search(r"(^| )-[^-]", unknown[1]):
+            message += " (a prompt or path that starts with - goes after --, as in: tf-gpt2 generate -- '-hello')"
+        super().error(message)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tf-gpt2", description="GPT-2 in Keras 3 / TensorFlow.")
+    parser = _Parser(prog="tf-gpt2", description="GPT-2 in Keras 3 / TensorFlow.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {_installed_version()}")
     commands = parser.add_subparsers(dest="command", required=True)
     command = functools.partial(commands.add_parser, formatter_class=_ShowDefaults)
