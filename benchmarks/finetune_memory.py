@@ -31,6 +31,7 @@ import time
 from harness import (
     _hf_model,
     best_seconds,
+    conditions,
     in_own_process,
     machine,
     peak_rss_bytes,
@@ -248,10 +249,8 @@ def main(argv=None) -> int:
             parser.error(f"{flag}: unknown {', '.join(map(repr, unknown))}; choose among {', '.join(known)}")
     if args.smoke:
         args.presets, args.time, args.repeats, args.compute = ["gpt2-tiny"], 32, 1, []
-    start_load = round(os.getloadavg()[0], 2)
-    print(f"{time.strftime('%Y-%m-%d %H:%M')}, {machine()}, "
-          f"load average {start_load}; T={args.time}, batch {args.batch}; peak RSS and best step time",
-          flush=True)
+    start_load, started = conditions()
+    print(f"{started}; T={args.time}, batch {args.batch}; peak RSS and best step time", flush=True)
     settings = {"time": args.time, "batch": args.batch, "loss_chunk": args.loss_chunk}  # each row's own
     merged = []  # read first: a file of other settings is refused before anything is measured
     for earlier in args.merge:
@@ -299,7 +298,7 @@ def main(argv=None) -> int:
     print(fits(rows))
     if args.json:
         write_results(args.json, {"date": time.strftime("%Y-%m-%d"), "machine": machine(), "time": args.time,
-                                  "load_average_at_start": start_load, "rows": rows})
+                                  "threads": os.cpu_count(), "load_average_at_start": start_load, "rows": rows})
     return 0
 
 

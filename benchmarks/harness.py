@@ -54,6 +54,12 @@ def machine() -> str:
     return f"{name or 'unknown CPU'} ({platform.machine()}; {', '.join(features)}), {os.cpu_count()} cores"
 
 
+def conditions() -> tuple[float, str]:
+    """The load average now, and the line a run's report starts with: the date and time, `machine()` and that load."""
+    load = round(os.getloadavg()[0], 2)
+    return load, f"{time.strftime('%Y-%m-%d %H:%M')}, {machine()}, load average {load:.2f}"
+
+
 # The packages whose versions a figure depends on (those not installed are recorded as None).
 MEASURED_PACKAGES = ("tensorflow", "keras", "keras-hub", "jax", "jaxlib", "torch", "transformers", "peft",
                      "ai-edge-litert", "litert-lm", "ctranslate2", "tiktoken", "numpy")
@@ -75,7 +81,7 @@ def versions() -> dict:
 def peak_rss_bytes() -> int:
     """This process's peak resident memory: Linux's VmHWM, its own pages since it started. `getrusage`'s ru_maxrss is
     not that: exec keeps the peak of the memory it replaces, so a child started from a larger parent reports the
-    parent's peak. Elsewhere, ru_maxrss (bytes on macOS)."""
+    parent's peak. Elsewhere, ru_maxrss (KiB, but bytes on macOS)."""
     try:
         with open("/proc/self/status", encoding="ascii") as f:
             kib = next(line.split()[1] for line in f if line.startswith("VmHWM:"))
@@ -83,7 +89,7 @@ def peak_rss_bytes() -> int:
     except (OSError, StopIteration):
         import resource
 
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
 
 
 def tensorflow_free(module: str):
@@ -127,9 +133,9 @@ def write_whole(path: str, text: str) -> None:
 
 def write_results(path: str, record: dict) -> None:
     """`record` as JSON into `path`, whole or not at all, with the versions it was measured with (`versions()`,
-    where the record does not give them), the threads each system had (every logical CPU) and the load average now
-    (a record gives the one at its start)."""
-    write_whole(path, json.dumps({**record, "versions": record.get("versions") or versions(), "threads": os.cpu_count(),
+    where the record does not give them) and the load average now (a record gives the one at its start, and the
+    threads its systems had)."""
+    write_whole(path, json.dumps({**record, "versions": record.get("versions") or versions(),
                                   "load_average_at_end": round(os.getloadavg()[0], 2)}, indent=1))
 
 
@@ -431,10 +437,10 @@ def run(what: Iterable[str] = ("train", "decode"), systems: Iterable[str] | None
     unknown = sorted(set(systems) - set(SYSTEMS)) + sorted(set(what) - {"train", "decode"})
     if unknown:
         raise ValueError(f"unknown benchmark system or part {unknown}; systems: {SYSTEMS}, parts: train, decode")
-    results: dict = {"machine": machine(), "date": time.strftime("%Y-%m-%d"),
-                     "load_average_at_start": round(os.getloadavg()[0], 2)}
-    report(f"{time.strftime('%Y-%m-%d %H:%M')}, {results['machine']}, load average {results['load_average_at_start']}; "
-           "each system in its own process")
+    load, started = conditions()
+    results: dict = {"machine": machine(), "date": time.strftime("%Y-%m-%d"), "threads": os.cpu_count(),
+                     "load_average_at_start": load}
+    report(f"{started}; each system in its own process")
     for part, setup, registry in (("train", train, TRAINERS), ("decode", decode, DECODERS)):
         if part not in what:
             continue

@@ -21,7 +21,16 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from harness import HERE, ROOT, machine, peak_rss_bytes, refuse_earlier_results, tensorflow_free, write_results  # noqa: E402  (the peers' processes hold no TensorFlow)
+from harness import (  # noqa: E402  (the peers' processes hold no TensorFlow)
+    HERE,
+    ROOT,
+    conditions,
+    machine,
+    peak_rss_bytes,
+    refuse_earlier_results,
+    tensorflow_free,
+    write_results,
+)
 
 QUANTIZATIONS = tensorflow_free("formats").QUANTIZATIONS
 
@@ -221,10 +230,9 @@ def main(argv: list[str] | None = None) -> int:
     shape = dict(SMOKE if args.smoke else FULL)
     caches = args.caches or shape["caches"]
     os.makedirs(args.work, exist_ok=True)
-    start_load = round(os.getloadavg()[0], 2)
-    print(f"{time.strftime('%Y-%m-%d %H:%M')}, {machine()}, load average "
-          f"{start_load}; {shape['preset']}, prompt {shape['prompt']}, {shape['new']} new tokens, "
-          f"greedy, batch 1, {args.threads} threads each", flush=True)
+    start_load, started = conditions()
+    print(f"{started}; {shape['preset']}, prompt {shape['prompt']}, {shape['new']} new tokens, greedy, batch 1, "
+          f"{args.threads} threads each", flush=True)
     subprocess.run([sys.executable, "-c", f"import sys; sys.path[0:0] = [{HERE!r}, {ROOT!r}]; "
                     f"import on_device; on_device.prepare({args.work!r}, {shape['preset']!r}, {caches!r}, "
                     f"{args.quantize if 'litert-lm' in args.systems else []!r}, {'ct2' in args.systems})"],
@@ -246,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(row)
     print(table(rows))
     if args.json:
-        write_results(args.json, {"date": time.strftime("%Y-%m-%d"), "machine": machine(),
+        write_results(args.json, {"date": time.strftime("%Y-%m-%d"), "machine": machine(), "threads": args.threads,
                                   "load_average_at_start": start_load, "rows": rows})
     return 0
 

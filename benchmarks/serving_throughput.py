@@ -18,7 +18,7 @@ import os
 import sys
 import time
 
-from harness import in_own_process, machine, refuse_earlier_results, torch_on_every_cpu, write_results
+from harness import conditions, in_own_process, machine, refuse_earlier_results, torch_on_every_cpu, write_results
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -146,9 +146,8 @@ def main(argv=None) -> int:
         parser.error(f"unknown systems {sorted(set(systems) - set(SYSTEMS))}")
     work = os.path.join(args.work, preset)
     in_own_process(f"m.prepare({work!r}, {preset!r}, {args.new})", "serving_throughput")
-    start_load = round(os.getloadavg()[0], 2)
-    print(f"{time.strftime('%Y-%m-%d %H:%M')}, {machine()}, load average "
-          f"{start_load}; {preset}, prompt {args.prompt}, {args.new} new, greedy; new tokens/s", flush=True)
+    start_load, started = conditions()
+    print(f"{started}; {preset}, prompt {args.prompt}, {args.new} new, greedy; new tokens/s", flush=True)
     results = {system: {} for system in systems}
     for batch in args.batches:
         for system in systems:
@@ -165,7 +164,7 @@ def main(argv=None) -> int:
             f"{results[system][b]['tokens_per_second']:,.0f}" for b in args.batches) + " |")
     if args.json:
         write_results(args.json, {"date": time.strftime("%Y-%m-%d"), "machine": machine(), "preset": preset,
-                                  "load_average_at_start": start_load, "results": results})
+                                  "threads": os.cpu_count(), "load_average_at_start": start_load, "results": results})
     return 0
 
 

@@ -230,6 +230,8 @@ def _tensor(value: Any, dtype) -> np.ndarray:
         unpack = lambda v: base64.b64decode(v["b64"]) if isinstance(v, dict) else v.encode()  # noqa: E731
         return np.vectorize(unpack, otypes=[object])(np.array(value, dtype=object))
     array = np.array(value)
+    if array.dtype == object and dtype.is_integer and all(isinstance(v, int) for v in array.flat):  # (past 2**64)
+        raise ValueError(f"JSON Value: {value!r:.60} is not of expected type: {dtype.name}")
     if array.dtype == object:
         raise ValueError("Encountered list at unexpected size (ragged lists are not a tensor)")
     # rapidjson's IsInt / IsInt64: an int input takes integers of int32's range (int64's for an int64 input)

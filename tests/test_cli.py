@@ -66,7 +66,7 @@ CASES = [
     (["generate", "hi", "--random-init", "gpt2-tiny", "--revision", "main"],
      "--revision is for a Hugging Face repo name given as --model, not --random-init"),
     (["eval", "{d}/folder", "--random-init", "gpt2-tiny"], "Is a directory: {d}/folder"),
-    (["eval", "{d}/text.txt", "--random-init", "gpt2-tiny", "--stride", "0"], "stride must be in 1..context"),
+    (["eval", "{d}/text.txt", "--random-init", "gpt2-tiny", "--stride", "0"], "--stride must be >= 1, got 0"),
     (["export", "--random-init", "gpt2-tiny", "--format", "tflite", "--out", "{d}/folder", "--cache-length", "16"],
      "{d}/folder is a folder: name the .tflite file to write"),
     (["export", "--random-init", "gpt2-tiny", "--out", "{d}/text.txt/m"],
@@ -185,12 +185,14 @@ def test_exit_status_is_2_on_an_error_or_a_bad_flag_and_130_on_ctrl_c(capsys):
     assert capsys.readouterr().err == "tf-gpt2 train: interrupted\n"
     with pytest.raises(SystemExit) as bad_flag:
         cli_main(["train", "--out", "x", "--no-such-flag"])
-    assert bad_flag.value.code == 2 and "goes after --" not in capsys.readouterr().err  # (a flag: no hint)
+    assert bad_flag.value.code == 2 and "give it after --" not in capsys.readouterr().err  # (a flag: no hint)
+    with pytest.raises(SystemExit):
+        cli_main(["eval", "f.txt", "--json=yes"])
+    assert "give it after --" not in capsys.readouterr().err
     for prompt in ("-hello", "-x"):  # a prompt read as flags ("argument -h/--help: ignored explicit argument 'ello'")
         with pytest.raises(SystemExit):
             cli_main(["generate", "--random-init", "gpt2-tiny", prompt])
-        assert "(a prompt or path that starts with - goes after --, as in: tf-gpt2 generate -- '-hello')" in \
-            capsys.readouterr().err
+        assert f"(if {prompt} is a prompt or a path, give it after --: ... -- {prompt})" in capsys.readouterr().err
 
 
 def test_a_failure_during_a_progress_bar_starts_a_line_of_its_own(capsys):

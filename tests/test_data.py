@@ -593,14 +593,18 @@ def test_an_archive_or_another_compressor_is_named_as_what_it_is(tmp_path):
              "a.tar": (archive.getvalue(), "a tar archive does: extract it"),
              "twice.txt.gz": (gzip.compress(gzip.compress(text)), "gzip-compressed twice: decompress it once"),
              "a.zip": (zipped.getvalue(), "a zip archive does: extract it"),
-             "a.txt.bz2": (bz2.compress(text), "compressed with bzip2 does: decompress it"),
-             "a.txt.xz": (lzma.compress(text), "compressed with xz does: decompress it"),
+             "a.txt.bz2": (bz2.compress(text), "bzip2-compressed data does: decompress it"),
+             "a.txt.xz": (lzma.compress(text), "xz-compressed data does: decompress it"),
              "a.pdf": (b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n1 0 obj\n", "a PDF does: extract its text first")}
     for name, (data, said) in files.items():
         (tmp_path / name).write_bytes(data)
         with pytest.raises(ValueError, match=rf"^{tmp_path / name} is not (UTF-8 )?text.*; it (starts as|is) .*"
                                              rf"{re.escape(said)}"):
             read_text(str(tmp_path / name))
+    for start in (b"BZh is a sound.", b"%PDF- files", b"x" * 256 + b"ustard"):  # text that starts alike: no such hint
+        (tmp_path / "latin1.txt").write_bytes(start + b" caf\xe9\n")
+        with pytest.raises(ValueError, match=r"is not UTF-8 text: byte e9 at byte offset \d+ \(line 1\)$"):
+            read_text(str(tmp_path / "latin1.txt"))
 
 
 def test_a_gzip_file_named_as_plain_text_is_said_to_be_gzip(tmp_path):
@@ -649,9 +653,10 @@ def test_utf16_text_is_refused_with_or_without_its_byte_order_mark(tmp_path, enc
     assert read_text(str(tmp_path / "short.txt")) == "a\0b\n"
     prepare(str(tmp_path / "nuls.txt"), str(tmp_path / "out"), verbose=False)
     assert read_text(str(tmp_path / "nuls.txt")).startswith("a\0b\0\0\0 text")
-    stray = b"hello\0world\0 and some ordinary text follows here, many words of it.\n"  # two NULs, both odd places
-    (tmp_path / "stray.txt").write_bytes(stray)  # (was "UTF-16LE ... a NUL in every other place": iconv garbled it)
-    assert read_text(str(tmp_path / "stray.txt")) == stray.decode()
+    for stray in (b"hello\0world\0 and some ordinary text follows here, many words of it.\n",  # two NULs, both odd
+                  b"id\x001\x002\x00name\n" + b"ordinary text " * 60):  # three, two places apart
+        (tmp_path / "stray.txt").write_bytes(stray)  # (was "UTF-16 ... a NUL in every other place": iconv garbled it)
+        assert read_text(str(tmp_path / "stray.txt")) == stray.decode()
     (tmp_path / "tiny.txt").write_bytes("hi\n".encode(encoding))  # three characters of UTF-16: still said
     with pytest.raises(ValueError, match="tiny.txt is not UTF-8 text: its start reads as UTF-16"):
         read_text(str(tmp_path / "tiny.txt"))

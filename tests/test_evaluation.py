@@ -219,8 +219,8 @@ def test_bad_input_is_named(tmp_path, capsys, monkeypatch):
     assert f"{empty} is empty: nothing to score" in capsys.readouterr().err
     assert cli_main(["eval", str(empty), "--model", str(tmp_path / "none.keras")]) == 2  # said before any model loads
     assert f"{empty} is empty: nothing to score" in capsys.readouterr().err
-    for flags, said in ((["--stride", "0"], "--stride must be >= 1, got 0"),  # (named as Python's, after the load)
-                        (["--context", "8", "--stride", "9"], "--stride must be in 1..--context=8, got 9"),
+    for flags, said in ((["--stride", "0"], "--stride must be >= 1, got 0"),  # (were Python's names, after the load)
+                        (["--context", "8", "--stride", "9"], "--stride must be in 1..--context (8), got 9"),
                         (["--batch-size", "0"], "--batch-size must be >= 1, got 0")):
         assert cli_main(["eval", str(empty), "--model", str(tmp_path / "none.keras"), *flags]) == 2
         assert capsys.readouterr().err.strip().endswith(f"error: {said}")

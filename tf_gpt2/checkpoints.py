@@ -116,11 +116,11 @@ def restart_zeroed_adapters(model: keras.Model, source: str) -> None:
         a.assign(keras.initializers.HeUniform()(a.shape, a.dtype))  # (Dense.enable_lora's a_initializer)
     optimizer = getattr(model, "optimizer", None)
     if restarted and optimizer is not None and optimizer.built and int(optimizer.iterations) > 0:
-        warnings.warn(f"{source} holds kernels with the LoRA adapters merged into them (as Keras saves them): the "
-                      f"model's {len(restarted)} adapters start afresh on them, and the optimizer's state loaded for "
-                      "the earlier adapters does not fit the new ones, so training goes on otherwise than it would "
-                      "have; a LoRA run resumes exactly from `tf-gpt2 train`'s checkpoint, which keeps its adapters",
-                      stacklevel=3)
+        warnings.warn(f"loading {source}, Keras set this model's {len(restarted)} LoRA adapters to zero (a file holds "
+                      "kernels with any adapters merged into them): they start afresh on the loaded kernels, and the "
+                      "optimizer's state for them (this run's, or the file's) was the earlier adapters' and does not "
+                      "fit the new ones, so training goes on otherwise than it would have; a LoRA run resumes exactly "
+                      "from `tf-gpt2 train`'s checkpoint, which keeps its adapters", stacklevel=3)
 
 
 def weight_table(model: keras.Model) -> dict[str, keras.Variable]:

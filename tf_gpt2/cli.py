@@ -517,9 +517,13 @@ class _Parser(argparse.ArgumentParser):
     go."""
 
     def error(self, message: str):
-        unknown = re.match(r"unrecognized arguments: (.*)", message)
-        if "ignored explicit argument" in message or unknown and re.search(r"(^| )-[^-]", unknown[1]):
-            message += " (a prompt or path that starts with - goes after --, as in: tf-gpt2 generate -- '-hello')"
+        if given := re.match(r"argument -h/--help: ignored explicit argument '(.*)'$", message):
+            word = "-h" + given[1]
+        else:
+            unknown = re.match(r"unrecognized arguments: (.*)", message)
+            word = next((w for w in unknown[1].split() if re.match(r"-[^-]", w)), None) if unknown else None
+        if word:
+            message += f" (if {word} is a prompt or a path, give it after --: ... -- {shlex.quote(word)})"
         super().error(message)
 
 

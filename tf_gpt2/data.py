@@ -226,8 +226,6 @@ def _globbed(pattern: str, excluded: set[str]) -> list[str]:
     matched = sorted(glob.glob(pattern, recursive=True))  # (a broken link too: named, or matched)
     for f in matched:
         refuse_dangling_link(f)
-        if not os.path.isfile(f) and not os.path.isdir(f):  # read as named: as a pipe named is
-            raise _no_file(f"{f} (matched by {pattern!r}), a pipe or a device,")
     folders: list[str] = []
     for folder in (f for f in matched if os.path.isdir(f) and os.path.realpath(f) not in excluded):
         if not any(folder.startswith(os.path.join(outer, "")) for outer in folders):
@@ -239,11 +237,14 @@ def _globbed(pattern: str, excluded: set[str]) -> list[str]:
     if shown := sorted({owner for owner in ours.values() if not any(owner.startswith(w) for w in walked)}):
         warnings.warn(f"{pattern!r} matches {OUTPUT_KINDS} (not text), not read: {', '.join(shown[:3])}"
                       + ", ..." * (len(shown) > 3), stacklevel=3)
+    named = [f for f in matched if not os.path.isdir(f) and f not in ours  # (one in a folder read: its call)
+             and not any(os.path.abspath(f).startswith(w) for w in walked)]
+    if pipe := next((f for f in named if not os.path.isfile(f) and not _output_folder(f, known)), None):
+        raise _no_file(f"{pipe} (matched by {pattern!r}), a pipe or a device,")  # read as named: as a pipe named is
     if not any(map(os.path.isfile, matched)) and not folders:
         raise FileNotFoundError(f"no data file matches {pattern!r}")
     files = [f for folder in folders if folder not in ours for f in _text_files_in(folder, excluded)]
-    named = [f for f in matched if os.path.isfile(f) and f not in ours  # (one in a folder read: its call)
-             and not any(os.path.abspath(f).startswith(w) for w in walked)]
+    named = [f for f in named if os.path.isfile(f)]
     suffix = os.path.splitext(pattern)[1]
     if (others := [f for f in named if not f.endswith(TEXT_SUFFIXES)]) and not suffix.strip("*?[]."):
         shown = ", ".join(others[:3]) + ", ..." * (len(others) > 3)
@@ -399,14 +400,15 @@ def not_utf8(path: str, error: UnicodeDecodeError, offset: int = 0, lines: int =
                       f"(line {line}){_what_it_is(path, start)}")
 
 
-# What a file's first bytes show it to be, where it is no text: (offset, bytes there, what it is, what to do).
-_NOT_TEXT = ((0, b"PK\x03\x04", "a zip archive", "extract it and give its folder"),
-             (257, b"ustar", "a tar archive", "extract it (tar xf) and give its folder"),
-             (0, b"7z\xbc\xaf\x27\x1c", "a 7z archive", "extract it and give its folder"),
-             (0, b"BZh", "compressed with bzip2", "decompress it (bunzip2), or give it gzipped as .txt.gz"),
-             (0, b"\xfd7zXZ\x00", "compressed with xz", "decompress it (unxz), or give it gzipped as .txt.gz"),
-             (0, b"\x28\xb5\x2f\xfd", "compressed with zstd", "decompress it (unzstd), or give it gzipped as .txt.gz"),
-             (0, b"%PDF-", "a PDF", "extract its text first (pdftotext, say)"))
+# What a file's first bytes show it to be, where it is no text: (offset, a pattern of the bytes there, what it is,
+# what to do).
+_NOT_TEXT = ((0, rb"PK\x03\x04", "a zip archive", "extract it and give its folder"),
+             (257, rb"ustar(\x00|  \x00)", "a tar archive", "extract it (tar xf) and give its folder"),
+             (0, rb"7z\xbc\xaf\x27\x1c", "a 7z archive", "extract it and give its folder"),
+             (0, rb"BZh[1-9]1AY&SY", "bzip2-compressed data", "decompress it (bunzip2), or give it gzipped as .txt.gz"),
+             (0, rb"\xfd7zXZ\x00", "xz-compressed data", "decompress it (unxz), or give it gzipped as .txt.gz"),
+             (0, rb"\x28\xb5\x2f\xfd", "zstd-compressed data", "decompress it (unzstd), or give it gzipped as .txt.gz"),
+             (0, rb"%PDF-\d\.\d", "a PDF", "extract its text first (pdftotext, say)"))
 
 
 def _what_it_is(path: str, start: bytes) -> str:
@@ -417,7 +419,7 @@ def _what_it_is(path: str, start: bytes) -> str:
     if start[:2] in (b"\xff\xfe", b"\xfe\xff"):
         return "; it starts with UTF-16's byte-order mark: save it as UTF-8"
     for at, magic, what, then in _NOT_TEXT:
-        if start[at:at + len(magic)] == magic:
+        if re.match(magic, start[at:]):
             return f"; it starts as {what} does: {then}"
     return ""
 
@@ -461,9 +463,9 @@ def _refuse_utf16(path: str, start: bytes) -> None:
     if start[:2] in (b"\xff\xfe", b"\xfe\xff"):  # (a mark is no UTF-8: `not_utf8` says so)
         return
     even, odd = start[0::2].count(0), start[1::2].count(0)
-    nuls, high = max(even, odd), start[1::2] if odd > even else start[0::2]
-    in_a_row = b"\0\0" in high  # two characters in a row of NUL high bytes ("h\0i\0"), which stray NULs are not
-    if min(even, odd) <= nuls / 10 and (nuls >= max(4, len(start) / 40) or nuls >= 2 and in_a_row):
+    nuls, highs = max(even, odd), start[1::2] if odd > even else start[0::2]
+    in_a_row = b"\0\0" in highs  # two characters in a row with NUL high bytes ("h\0i\0"): said of a short text
+    if min(even, odd) <= nuls / 10 and (nuls >= max(4, len(start) / 40) or len(start) < 64 and in_a_row):
         codec = "utf-16le" if odd > even else "utf-16be"
         raise ValueError(f"{path} is not UTF-8 text: its start reads as {codec.upper()} without a byte-order mark "
                          f"(NULs in every other place only, the high byte of ASCII characters): save it as UTF-8 "
@@ -571,7 +573,7 @@ def _starts_with_mark(path: str) -> bool:
 
 
 # GPT-2's pre-tokenizer (tokenizer.PAT_STR) splits text into pieces and encodes each alone, so text cut where one
-# piece ends and the next begins, whatever follows, encodes as the whole text does. Two kinds of places are such:
+# piece ends and the next begins, whatever follows, encodes as the whole text does. Three kinds of places are such:
 # - before a whitespace character that follows a non-space: the piece before cannot take whitespace, and a whitespace
 #   run only ever joins what comes after it (`\s+(?!\S)` gives its last space to the next word);
 # - between a letter, a digit and another symbol (\p{L}, \p{N}, the rest), unless the first is an apostrophe

@@ -93,7 +93,7 @@ def check_windows(context: int | None, stride: int | None, batch_size: int,
         raise ValueError(f"context must be in 1..{n_positions} (the model's n_positions), got {context}"
                          if n_positions else f"context must be >= 1, got {context}")
     if stride is not None and not 0 < stride <= (context or stride):
-        raise ValueError(f"stride must be in 1..context={context}, got {stride}" if context else
+        raise ValueError(f"stride must be in 1..context ({context}), got {stride}" if context else
                          f"stride must be >= 1, got {stride}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -125,7 +125,8 @@ def evaluate(model, text: str | Sequence[int], tokenizer: GPT2Tokenizer | None =
             ids = ([] if start is None else [start]) + tokenizer.encode(text)
         except ValueError as e:  # the text's own fault: say whose
             raise ValueError(f"{source}: {e}") from None
-        n_bytes = len((text if start is not None else text[1:]).encode("utf-8"))
+        context_bytes = 0 if start is not None else len(tokenizer.decode(ids[:1]).encode("utf-8"))  # (not scored)
+        n_bytes = len(text.encode("utf-8")) - context_bytes
     elif given := [name for name, value in (("tokenizer", tokenizer), ("detokenize", detokenize))
                    if value not in (None, "none")]:
         raise ValueError(f"{' and '.join(given)} read{'s' * (len(given) == 1)} text, and token ids were given")
