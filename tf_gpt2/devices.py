@@ -265,19 +265,28 @@ def refuse_other_settings_in_other_processes(settings: dict[str, Any]) -> None:
                          "the same command, its --process-id aside")
 
 
+def held_elsewhere(variable) -> bool:
+    """Whether shards of a variable's value live in other processes (a JAX array of a run of many), so that
+    `host_array` is a collective."""
+    import keras
+
+    if keras.backend.backend() != "jax":
+        return False
+    import jax
+
+    value = getattr(variable, "value", variable)
+    return isinstance(value, jax.Array) and not value.is_fully_addressable
+
+
 def host_array(variable) -> np.ndarray:
     """A variable's whole value as numpy, also when its shards live in other processes (then a collective:
     every process must call it)."""
     import keras
 
-    if keras.backend.backend() == "jax":
-        import jax
+    if held_elsewhere(variable):
+        from jax.experimental import multihost_utils
 
-        value = getattr(variable, "value", variable)
-        if isinstance(value, jax.Array) and not value.is_fully_addressable:
-            from jax.experimental import multihost_utils
-
-            return np.asarray(multihost_utils.process_allgather(value, tiled=True))
+        return np.asarray(multihost_utils.process_allgather(getattr(variable, "value", variable), tiled=True))
     return keras.ops.convert_to_numpy(variable)
 
 
