@@ -45,7 +45,7 @@ def test_quickstart_notebook_runs_and_shows_its_results(tmp_path, monkeypatch):
     assert not [o for c in code for o in c.outputs if o.output_type == "error"]
     assert "decode(encode(text)) == text" in everything
     assert "GPT-2 from the Hub: 1," in everything  # 50257 x 32 + ... parameters of the tiny "gpt2" repo
-    assert "fine-tuned gpt2-medium (1,6" in everything and "mixed_bfloat16): validation loss" in everything
+    assert "fine-tuned gpt2-medium (1,6" in everything and "bfloat16 base): validation loss" in everything
     assert "training loss" in everything and "no position attends to a later one" in everything
     assert "['generate', 'generate_text', 'serving_default', 'tokenize']" in everything
     assert "LiteRT-LM text equal to Keras: True" in everything
