@@ -861,8 +861,8 @@ def test_a_checkpoint_restores_the_optimizers_own_count_of_micro_batches(tmp_pat
 
 
 def test_a_checkpoint_is_written_a_variable_at_a_time(tmp_path):
-    """A copy of the whole state in host memory at each save (5.5 GB more for GPT-2 medium's weights and AdamW
-    moments: a notebook's CPU fine-tune peaked at 20.4 GB) took runs past their memory: the save holds one variable's
+    """A copy of the whole state in host memory at each save (5.9 GB more for GPT-2 medium's weights and AdamW
+    moments: a notebook's CPU fine-tune peaked at 21.9 GB) took runs past their memory: the save holds one variable's
     copy at a time, and the file reads back as np.savez wrote it."""
     import keras
 

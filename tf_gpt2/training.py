@@ -155,7 +155,8 @@ def save_checkpoint(model: GPT2, path: str, step: int, write: bool = True,
     """Model + optimizer state (incl. RNG state) in one file, written atomically, together with the files `beside`
     (`write_together`: renamed first). Every process of a run calls it (the shards of a split weight are gathered
     from all of them first); the one with `write` writes, a variable at a time: a copy of the whole state in host
-    memory (5.5 GB more for GPT-2 medium's weights and AdamW moments) took a CPU run past its memory."""
+    memory (5.9 GB more for GPT-2 medium's weights, AdamW moments and accumulated gradients) took a CPU run past its
+    memory."""
     variables = list(model.variables) + list(model.optimizer.variables)
     gathered = {i: host_array(v) for i, v in enumerate(variables) if held_elsewhere(v)}  # (collectives: all of them)
     if not write:
