@@ -1049,6 +1049,7 @@ def _train(cfg: TrainConfig, placement: Placement) -> tuple[GPT2, dict[str, list
     source = source and matched_to_data(cfg, source, train_data.manifest)
     with placement.scope():
         model = build_model(cfg, train_data.manifest, placement, source)  # bad settings fail here, before any write
+        source = None  # (its weights are the model's now: kept, a second copy stayed in memory all run long)
         if os.path.exists(checkpoint):
             changed = check_resume(cfg, {**identity, **texts})
             if changed and process_index() == 0:  # (run.json is rewritten with them: the old ones are said here)
