@@ -58,6 +58,13 @@ def test_forward_generate_eval_and_train_step_on_jax_match_tensorflow(tmp_path):
         model.compile(optimizer=keras.optimizers.AdamW(1e-3), jit_compile=True,
                       loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
         losses = [float(model.train_on_batch(ids[:, :-1], ids[:, 1:])) for _ in range(3)]  # each: before its update
+        model.wpe.trainable = False  # Keras' JAX step takes no subset of what the optimizer was built for
+        try:
+            model.train_on_batch(ids[:, :-1], ids[:, 1:])
+            frozen_refusal = ""
+        except ValueError as error:
+            frozen_refusal = str(error)
+        model.wpe.trainable = True
         explicit = model.call_with_cache(ids, model.init_cache(*ids.shape), 0)[0]  # the written-out attention
         fused, explicit = np.asarray(model(ids)), np.asarray(explicit)
         import jax
@@ -70,7 +77,7 @@ def test_forward_generate_eval_and_train_step_on_jax_match_tensorflow(tmp_path):
         tokens = keras.Input((None,), dtype="int32")  # in a functional model: a symbolic length, not refused
         functional = float(np.abs(np.asarray(keras.Model(tokens, model(tokens))(ids)) - fused).max())
         print(json.dumps({{"nll": nll, "losses": losses, "fused_vs_explicit": float(np.abs(fused - explicit).max()),
-                          "functional": functional, "copy_kept": copy_kept,
+                          "functional": functional, "copy_kept": copy_kept, "frozen_refusal": frozen_refusal,
                           "unchecked_vs_rows": float(np.abs(unchecked[:2] - rows).max()),
                           "past_the_end_nan": bool(np.isnan(unchecked[2]).all())}}))
         print(json.dumps(generated))
@@ -86,6 +93,9 @@ def test_forward_generate_eval_and_train_step_on_jax_match_tensorflow(tmp_path):
     assert jax_results["fused_vs_explicit"] <= 1e-5  # jax.nn.dot_product_attention == the written-out attention
     assert jax_results["functional"] <= 1e-6
     assert jax_results["copy_kept"] == 0  # (the model's arrays had been deleted: "Array has been deleted")
+    # A layer frozen after the optimizer was built: said, before Keras' "1:1 to the trainable variables" in the step
+    assert "since then 1 weights that trained no longer do" in jax_results["frozen_refusal"]
+    assert "compile the model again" in jax_results["frozen_refusal"]
     # A compiled call of one's own does not check ids (docs/generation.md): a padding row of `vocab_multiple` and a
     # negative id read rows of the table; past the end, NaN in every position of the row (attention's zero weights
     # times its NaN values).

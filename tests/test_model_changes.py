@@ -191,10 +191,17 @@ def test_a_layer_frozen_between_fits_trains_no_more():
                   jit_compile=False)
     model.fit(x, y, epochs=1, verbose=0)
     model.wpe.trainable = True
-    with pytest.raises(ValueError, match="This optimizer can only be called for the variables it was originally"):
+    with pytest.raises(ValueError, match=r"since then 1 weights train that did not \(first \S+/wpe/embeddings\).*"
+                                         "compile the model again"):
         model.fit(x, y, epochs=1, verbose=0)
     model.compile(optimizer=keras.optimizers.AdamW(1e-2), loss=keras.losses.SparseCategoricalCrossentropy(True),
                   jit_compile=False)
     frozen = model.wpe.embeddings.numpy().copy()
     model.fit(x, y, epochs=1, verbose=0)
     assert not np.array_equal(model.wpe.embeddings.numpy(), frozen)  # compiled again, it trains
+    from tf_gpt2.training import enable_lora
+
+    enable_lora(model, 2)  # adapters: new weights to train, the 28 that trained frozen
+    with pytest.raises(ValueError, match=r"since then 16 weights train that did not \(first \S+lora_kernel_a\) and "
+                                         r"28 weights that trained no longer do"):
+        model.fit(x, y, epochs=1, verbose=0)

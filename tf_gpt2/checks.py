@@ -200,6 +200,24 @@ def _reads_probabilities(each: Any) -> bool:
             or getattr(each, "from_logits", None) is False)  # keras-hub's Perplexity keeps its own
 
 
+def check_optimizer_fits(model: keras.Model) -> None:
+    """Refuse to train where the weights that train are not those the model's built optimizer holds state for (a
+    layer frozen or unfrozen, or LoRA adapters enabled, since its first step): Keras fails inside the step, on JAX
+    without saying why. TensorFlow's Keras trains a subset of them: freezing alone is refused on JAX only."""
+    optimizer = getattr(model, "optimizer", None)
+    if optimizer is None or not optimizer.built:
+        return
+    built = {id(variable) for variable in optimizer._trainable_variables}
+    new = [variable.path for variable in model.trainable_variables if id(variable) not in built]
+    gone = len(built) - (len(model.trainable_variables) - len(new))
+    if new or (gone and keras.backend.backend() == "jax"):
+        changes = ([f"{len(new)} weights train that did not (first {new[0]})"] if new else []) + (
+            [f"{gone} weights that trained no longer do"] if gone else [])
+        raise ValueError(f"the model's optimizer holds state for the weights that trained when it was built; since "
+                         f"then {' and '.join(changes)} (a layer frozen or unfrozen, or enable_lora): compile the "
+                         "model again (a new optimizer, its moments afresh) before training it")
+
+
 def check_losses_and_metrics(loss: Any, metrics: Any, weighted_metrics: Any) -> None:
     """Refuse, at `compile`, a loss or metric that does not fit a model of token logits: a binary cross-entropy (one
     yes/no per output), or a cross-entropy that reads probabilities. Over logits the loss would train a wrong

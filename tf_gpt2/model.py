@@ -16,6 +16,7 @@ from tf_gpt2.checks import (
     CheckedLoops,
     check_aligned,
     check_losses_and_metrics,
+    check_optimizer_fits,
     check_positions,
     check_token_ids,
     refuse_litert_of_any_length,
@@ -488,6 +489,7 @@ class GPT2(CheckedLoops, keras.Model):
     # Keras keeps its compiled train/test/predict steps until `compile()` (and `quantize()`) drops them: rebuilt
     # here too when the model changed since they were traced (LoRA adapters, a dtype policy, a rebuilt layer).
     def make_train_function(self, force=False):
+        check_optimizer_fits(self)
         return super().make_train_function(force=changed(self, "train_function") or force)
 
     def make_test_function(self, force=False):
