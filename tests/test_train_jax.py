@@ -97,6 +97,27 @@ def test_split_runs_on_jax_match_one_device_and_resume_bit_exactly(tmp_path):
             "min_learning_rate): give each one the same command, its --process-id aside"), err[-3000:]
     assert not (tmp_path / "mixed" / CHECKPOINT).exists()
 
+    def two_processes(flags_of):  # each process's own flags, given process i; what each said last
+        address = f"localhost:{_free_ports(1)[0]}"
+        processes = [subprocess.Popen(_command(data, *flags_of(i), *split, "--coordinator", address, "--process-id",
+                                               str(i), steps=10), env=_env(2), stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, text=True) for i in range(2)]
+        said = [process.communicate(timeout=600)[1] for process in processes]
+        assert [process.returncode for process in processes] == [2, 2], said
+        return [each.splitlines()[-1] for each in said]
+
+    # A process that refuses its own placement (here, a count of processes the coordinator does not have: it trained
+    # with two, without a word): the other waited for it, then failed in JAX's words ("GetKeyValue() timed out")
+    assert two_processes(lambda i: (tmp_path / "refused", "--num-processes", str(2 + i))) == [
+        "tf-gpt2 train: error: process 1 of this run refused it (its own error says why): stopped here too",
+        "tf-gpt2 train: error: --num-processes 3, but 2 processes joined this run: give every process the same count"]
+    # Each process its own --out, which may differ (a mount point), but one holds the run's checkpoint and the other
+    # none: one resumed and the other started over, and they failed in a collective that did not match
+    assert two_processes(lambda i: (tmp_path / ("two", "elsewhere")[i], "--num-processes", "2")) == [
+        "tf-gpt2 train: error: the processes of this run found other checkpoints in their --out (process 0: step 10, "
+        "process 1: none): --out must be storage every process sees, the same folder (a shared disk, NFS, a mounted "
+        "bucket)"] * 2
+
     # --distribution data: the whole model on each of 4 devices, the batch split over them
     _run(_command(data, tmp_path / "replicated", "--distribution", "data", *warmup, steps=10), _env(4))
     assert _record(tmp_path / "replicated")["devices"] == 4 and _record(tmp_path / "replicated")["replicas"] == 4
@@ -145,18 +166,21 @@ def test_a_placement_the_backend_or_the_model_cannot_take_is_refused_by_name(mon
     # words ("coordinator_address should be defined"), naming no flag.
     code = ("import os\nfrom tf_gpt2 import GPT2\nfrom tf_gpt2.devices import place_run\n"
             "from tf_gpt2.training import TrainConfig\n"
-            "for settings in ({}, {'distribution': 'data', 'num_processes': 2, 'process_id': 1}):\n"
+            "for settings in ({}, {'distribution': 'data', 'num_processes': 2, 'process_id': 1},\n"
+            "                 {'distribution': 'data', 'num_processes': 2, 'coordinator': 'localhost:1'}):\n"
             "    try:\n        place_run(TrainConfig(**settings), GPT2.get_layout_map)\n"
-            "    except ValueError as e:\n        print(e)\n    os.environ.pop('TF_CONFIG')\n")
+            "    except ValueError as e:\n        print(e)\n    os.environ.pop('TF_CONFIG', None)\n")
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
                          env={**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu",
                               "TF_CONFIG": json.dumps(workers)})
     said = run.stdout.splitlines()
-    assert len(said) == 2, run.stdout + run.stderr[-3000:]
+    assert len(said) == 3, run.stdout + run.stderr[-3000:]
     assert said[0].startswith("TF_CONFIG names a cluster of 2 workers, but this process would train alone: on jax, "
                               "a run of many processes is --distribution data|model"), said
     assert said[1] == "a run of many processes needs process 0's host:port: give --coordinator (or " \
                       "KERAS_DISTRIBUTION_JOB_ADDRESSES)", said
+    assert said[2] == "a run of many processes needs this process's index: give --process-id (or " \
+                      "KERAS_DISTRIBUTION_PROCESS_ID)", said
     for bad, message in [(dict(distribution="pipeline"), "distribution must be one of"),
                          (dict(mesh="2x2"), "need a distribution"),
                          (dict(distribution="model", mesh="2by2"), "BATCHxMODEL"),
@@ -165,6 +189,8 @@ def test_a_placement_the_backend_or_the_model_cannot_take_is_refused_by_name(mon
                          (dict(distribution="data", num_processes=0), "num_processes must be a positive integer"),
                          (dict(distribution="model", mesh="²x1"), "BATCHxMODEL"),  # (int() failed on it)
                          (dict(process_id=1), "need a distribution"),
+                         (dict(distribution="data", coordinator="nohost"), "coordinator is process 0's host:port, got "
+                                                                           "'nohost'"),  # (JAX: an IndexError)
                          (dict(distribution="data", process_id=1),  # alone, it would run as process 0
                           "process_id 1 names one process of many: give num_processes and the coordinator too")]:
         with pytest.raises(ValueError, match=message):

@@ -96,9 +96,12 @@ class Placement:
                                  f"{b}x{m}: they must be a multiple of {parts}{hint}")
 
 
-def place_run(cfg, layout_map: Callable[[Any], Any]) -> Placement:
+def place_run(cfg, layout_map: Callable[[Any], Any], agree: Callable[[bool], None] | None = None) -> Placement:
     """The placement the run `cfg` (a TrainConfig) asks for, checked against the backend it runs on;
-    `layout_map(device_mesh)` says how the model's weights split (`GPT2.get_layout_map`)."""
+    `layout_map(device_mesh)` says how the model's weights split (`GPT2.get_layout_map`). In a run of many
+    processes, `agree(refused)` is called by every process once they have joined, before any refuses its
+    placement: a collective that refuses what differs between them (a process refused alone, the others waited
+    for it in vain)."""
     import keras
 
     backend = keras.backend.backend()
@@ -110,7 +113,7 @@ def place_run(cfg, layout_map: Callable[[Any], Any]) -> Placement:
             raise ValueError(f"--distribution, --mesh and many processes use keras.distribution, which needs the JAX "
                              f"backend: run with KERAS_BACKEND=jax (this process runs {backend}); on TensorFlow use "
                              "--strategy")
-        return _keras_distribution(cfg, layout_map)
+        return _keras_distribution(cfg, layout_map, agree)
     if cfg.strategy and backend != "tensorflow":
         raise ValueError(f"--strategy {cfg.strategy} is a tf.distribute strategy and needs the TensorFlow backend "
                          f"(this process runs {backend}); on JAX use --distribution data|model")
@@ -193,7 +196,13 @@ def _tf_strategy(name: str) -> Placement:
                      devices=strategy.num_replicas_in_sync, jit_compile=jit_compile)
 
 
-def _keras_distribution(cfg, layout_map: Callable[[Any], Any]) -> Placement:
+# JAX's words for what a run of many processes lacks, and the flag (or Keras' variable) that gives it
+UNJOINED = {"coordinator_address": "process 0's host:port: give --coordinator (or KERAS_DISTRIBUTION_JOB_ADDRESSES)",
+            "Number of processes": "the count of processes: give --num-processes (or KERAS_DISTRIBUTION_NUM_PROCESSES)",
+            "process id": "this process's index: give --process-id (or KERAS_DISTRIBUTION_PROCESS_ID)"}
+
+
+def _keras_distribution(cfg, layout_map: Callable[[Any], Any], agree: Callable[[bool], None] | None) -> Placement:
     import jax
     import keras
 
@@ -202,10 +211,29 @@ def _keras_distribution(cfg, layout_map: Callable[[Any], Any]) -> Placement:
             try:
                 keras.distribution.initialize(cfg.coordinator, cfg.num_processes, cfg.process_id)
             except ValueError as e:  # (JAX's own words: "coordinator_address should be defined.")
-                if "coordinator_address" not in str(e):
+                lacking = [need for words, need in UNJOINED.items() if words in str(e)]
+                if not lacking:
                     raise
-                raise ValueError("a run of many processes needs process 0's host:port: give --coordinator (or "
-                                 "KERAS_DISTRIBUTION_JOB_ADDRESSES)") from e
+                raise ValueError(f"a run of many processes needs {lacking[0]}") from e
+    try:
+        placement = _checked_placement(cfg, layout_map)
+    except ValueError:
+        if agree and jax.process_count() > 1:
+            agree(True)
+        raise
+    if agree and jax.process_count() > 1:
+        agree(False)
+    return placement
+
+
+def _checked_placement(cfg, layout_map: Callable[[Any], Any]) -> Placement:
+    """The keras.distribution placement of a run whose processes have joined, if this process can take it."""
+    import jax
+    import keras
+
+    if cfg.num_processes and jax.process_count() != cfg.num_processes:
+        raise ValueError(f"--num-processes {cfg.num_processes}, but {jax.process_count()} processes joined this run: "
+                         "give every process the same count")
     devices = keras.distribution.list_devices()
     mesh = Mesh.parse(cfg.mesh) if cfg.mesh else (
         Mesh(len(devices), 1) if cfg.distribution == "data" else Mesh(1, len(devices)))
@@ -248,21 +276,36 @@ def refuse_float16_on_a_jax_cpu(float16: bool) -> None:
             raise ValueError(f"a run in {FLOAT16_ON_A_JAX_CPU}")
 
 
-def refuse_other_settings_in_other_processes(settings: dict[str, Any]) -> None:
+NO_CHECKPOINT, UNREADABLE_CHECKPOINT = -1, -2
+
+
+def refuse_other_settings_in_other_processes(settings: dict[str, Any], checkpoint: int, refused: bool) -> None:
     """In a run of many processes (keras.distribution on JAX), refuse settings that differ between them, named: each
-    trained with its own (another learning rate on one wrote a model of both, without an error). A collective: every
-    process calls it."""
+    trained with its own (another learning rate on one wrote a model of both, without an error); so are checkpoints
+    that differ (the step each process's --out holds, NO_CHECKPOINT or UNREADABLE_CHECKPOINT: one resumed, another
+    started over), and a run that another process `refused` (this one waited for it, then failed in JAX's words). A
+    collective: every process calls it."""
     import hashlib
 
     from jax.experimental import multihost_utils
 
     names = sorted(settings)
-    digests = np.array([int.from_bytes(hashlib.sha256(json.dumps(settings[name], sort_keys=True, default=str).encode())
-                                       .digest()[:3], "little") for name in names], np.int32)
-    every = np.asarray(multihost_utils.process_allgather(digests))  # [processes, settings]
-    if differ := [name for name, column in zip(names, every.T) if len(set(column.tolist())) > 1]:
+    digests = [int.from_bytes(hashlib.sha256(json.dumps(settings[name], sort_keys=True, default=str).encode())
+                              .digest()[:3], "little") for name in names]
+    every = np.asarray(multihost_utils.process_allgather(np.array([*digests, checkpoint, refused], np.int32)))
+    if refused:
+        return  # (its own error says why)
+    if others := [str(i) for i, row in enumerate(every) if row[-1]]:
+        raise ValueError(f"process {', '.join(others)} of this run refused it (its own error says why): stopped here "
+                         "too")
+    if differ := [name for name, column in zip(names, every[:, :-2].T) if len(set(column.tolist())) > 1]:
         raise ValueError(f"the processes of this run were given other settings ({', '.join(differ)}): give each one "
                          "the same command, its --process-id aside")
+    if len(set(every[:, -2].tolist())) > 1:
+        found = {NO_CHECKPOINT: "none", UNREADABLE_CHECKPOINT: "one it cannot read"}
+        each = ", ".join(f"process {i}: {found.get(step, f'step {step}')}" for i, step in enumerate(every[:, -2]))
+        raise ValueError(f"the processes of this run found other checkpoints in their --out ({each}): --out must be "
+                         "storage every process sees, the same folder (a shared disk, NFS, a mounted bucket)")
 
 
 def held_elsewhere(variable) -> bool:

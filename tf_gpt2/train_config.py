@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import numbers
 import os
+import re
 from typing import Any
 
 from tf_gpt2.config import PRESETS, GPT2Config
@@ -167,6 +168,8 @@ class TrainConfig:
             raise ValueError("mesh and many processes need a distribution (data or model)")
         if self.mesh:
             Mesh.parse(self.mesh)
+        if self.coordinator and not re.fullmatch(r"[^\s]+:[0-9]+", self.coordinator):  # (JAX: an IndexError)
+            raise ValueError(f"coordinator is process 0's host:port, got {self.coordinator!r}")
         self.check_samples_used(processes=1)
         if self.process_id is not None and not (self.num_processes or self.coordinator or any(
                 os.environ.get(v) for v in CLUSTER_VARIABLES)):  # it would run alone, as process 0

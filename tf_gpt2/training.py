@@ -49,6 +49,8 @@ from tf_gpt2.data import (
     warn_of_a_folder_of_texts,
 )
 from tf_gpt2.devices import (
+    NO_CHECKPOINT,
+    UNREADABLE_CHECKPOINT,
     Placement,
     held_elsewhere,
     host_array,
@@ -185,6 +187,14 @@ def checkpoint_step(path: str) -> int | None:
             return int(json.loads(str(f["meta"]))["step"])
     except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile):
         return None
+
+
+def _checkpoint_found(path: str) -> int:
+    """The step of the checkpoint at `path`, or NO_CHECKPOINT, or UNREADABLE_CHECKPOINT (`train` says why)."""
+    if not os.path.exists(path):
+        return NO_CHECKPOINT
+    step = checkpoint_step(path)
+    return UNREADABLE_CHECKPOINT if step is None else step
 
 
 def restore_checkpoint(model: GPT2, path: str) -> int:
@@ -969,10 +979,9 @@ def train(cfg: TrainConfig) -> tuple[GPT2, dict[str, list[float]]]:
     refuse_writing_over_inputs(cfg.out, cfg.data, cfg.init_from)
     refuse_writing_over_inputs(os.path.join(cfg.out, MODEL_FILE), cfg.init_from)
     warn_of_a_folder_of_texts(cfg.out, "a training run")
-    placement = place_run(cfg, GPT2.get_layout_map)
-    if placement.processes > 1:  # (all but where the run writes and how it shows its progress, from each process)
-        refuse_other_settings_in_other_processes({name: value for name, value in dataclasses.asdict(cfg).items()
-                                                  if name not in PER_PROCESS_FIELDS})
+    placement = place_run(cfg, GPT2.get_layout_map, lambda refused: refuse_other_settings_in_other_processes(
+        {name: value for name, value in dataclasses.asdict(cfg).items() if name not in PER_PROCESS_FIELDS},
+        _checkpoint_found(os.path.join(cfg.out, CHECKPOINT)), refused))  # (all but where each writes, and shows)
     refuse_float16_on_a_jax_cpu(_loss_scaled(run_settings(cfg)))
     cfg.check_samples_used(placement.processes)
     with exclusive(cfg.out, "training run") if placement.is_chief else contextlib.nullcontext():
