@@ -691,6 +691,8 @@ def test_generate_continues_a_prompt_file_or_standard_input_as_written(tmp_path,
             (["--prompt-file", "-"], b"ab\xff", "standard input is not UTF-8 text: byte ff at byte offset 2 (line 1)"),
             (["--prompt-file", "-"], "ab ab ab ab".encode("utf-16-le"), "standard input is not UTF-8 text: its start "
                                                                          "reads as UTF-16LE without a byte-order mark"),
+            (["--prompt-file", "-"], b"\x1f\x8b\x08\x00", "; it starts as gzip does: decompress it on its way in "
+                                                          "(zcat FILE.gz | ...)"),  # (it said: name it .txt.gz)
             (["--prompt-file", "-"], b"", "standard input is empty: no prompt to continue"),
             (["--prompt-file", "-"], None, "standard input is closed: give the text in a file"),
             (["--prompt-file", "-"], "ab", "standard input here is a text stream, not bytes: give the text in a file"),

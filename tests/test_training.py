@@ -507,6 +507,21 @@ def test_a_second_train_on_the_same_run_directory_is_refused(char_data, tmp_path
         first.wait()
 
 
+def test_a_run_is_refused_the_folder_of_a_dataset_or_a_checkpoint(char_data, tmp_path):
+    """`train --out` a prepared dataset's or a checkpoint's folder: the run's files went in beside theirs, and
+    `generate --model` of the folder read the checkpoint there, not the run's model, without a word."""
+    from tf_gpt2 import GPT2, GPT2Config
+
+    shutil.copytree(char_data, tmp_path / "dataset")
+    GPT2(GPT2Config(vocab_size=40, **TINY)).save_pretrained(tmp_path / "checkpoint")
+    for folder, kind in (("dataset", "a prepared dataset"), ("checkpoint", "a checkpoint or an export")):
+        before = sorted(os.listdir(tmp_path / folder))
+        with pytest.raises(ValueError, match=f"{tmp_path / folder} is the folder of {kind}: a training run written "
+                                             "there would mix its files with those"):
+            train(config(tmp_path / folder, char_data))
+        assert sorted(os.listdir(tmp_path / folder)) == before
+
+
 def test_resuming_with_other_settings_or_data_is_refused_unless_asked(char_data, tmp_path, capsys):
     train(config(tmp_path / "run", char_data, steps=10, eval_interval=10))
     good = _digest(tmp_path / "run" / CHECKPOINT)

@@ -151,6 +151,17 @@ def refuse_a_dataset_or_run(directory: str, what: str) -> None:
                          "those; give it a folder of its own")
 
 
+def refuse_another_output(directory: str) -> None:
+    """Refuse a training run's folder where another output lies, a prepared dataset, a checkpoint or an export:
+    the run's files went in beside theirs, and `--model` of that folder read the checkpoint there, not the run's
+    model, without a word."""
+    if os.path.isdir(directory) and not _is_run(directory) and (
+            kind := "a prepared dataset" if _holds(directory, MANIFEST, "splits") else
+            "a checkpoint or an export" if _holds_a_model(directory) else None):
+        raise ValueError(f"{directory} is the folder of {kind}: a training run written there would mix its files with "
+                         "those (and a model read from the folder would be theirs); give the run a folder of its own")
+
+
 def _refuse_unreadable(error: OSError) -> None:
     """A folder that cannot be listed (permissions, a failing disk) is named, not skipped with its texts."""
     raise OSError(error.errno, f"{error.strerror}: its texts cannot be read", error.filename)
@@ -415,6 +426,8 @@ def _what_it_is(path: str, start: bytes) -> str:
     """"; it ..." naming what a file that is no UTF-8 text is, from its first bytes (a .gz's decompressed), or ""."""
     if start[:2] == b"\x1f\x8b":
         return ("; it is gzip-compressed twice: decompress it once (gunzip)" if path.endswith(".gz") else
+                "; it starts as gzip does: decompress it on its way in (zcat FILE.gz | ...)"
+                if path in ("-", STDIN) else
                 "; it starts as gzip does: name it .txt.gz")
     if start[:2] in (b"\xff\xfe", b"\xfe\xff"):
         return "; it starts with UTF-16's byte-order mark: save it as UTF-8"

@@ -43,6 +43,7 @@ from tf_gpt2.data import (
     first_place,
     made_from,
     prepare,
+    refuse_another_output,
     resolve_inputs,
     shards_whole,
     texts_changed,
@@ -978,6 +979,7 @@ def train(cfg: TrainConfig) -> tuple[GPT2, dict[str, list[float]]]:
     """
     refuse_writing_over_inputs(cfg.out, cfg.data, cfg.init_from)
     refuse_writing_over_inputs(os.path.join(cfg.out, MODEL_FILE), cfg.init_from)
+    refuse_another_output(cfg.out)
     warn_of_a_folder_of_texts(cfg.out, "a training run")
     placement = place_run(cfg, GPT2.get_layout_map, lambda refused: refuse_other_settings_in_other_processes(
         {name: value for name, value in dataclasses.asdict(cfg).items() if name not in PER_PROCESS_FIELDS},
