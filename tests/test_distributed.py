@@ -11,6 +11,7 @@ import sys
 import numpy as np
 
 from tf_gpt2.data import prepare
+from tf_gpt2.training import CHECKPOINT
 
 
 def _free_ports(n):
@@ -121,6 +122,22 @@ print("status", main(sys.argv[1:]))
     for worker in workers:
         _, err = worker.communicate(timeout=600)
         assert worker.returncode == 0, err[-3000:]
+    # A worker given another learning rate trained with its own, and the replicas' weights drifted apart (no error):
+    # now both refuse, naming the setting, before any step
+    cluster = {"worker": [f"localhost:{port}" for port in _free_ports(2)]}
+    workers = [
+        subprocess.Popen(command + ["--out", str(tmp_path / f"mixed{i}"), "--strategy", "multiworker", *rate],
+                         env={**env,
+                              "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})},
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for i, rate in enumerate(((), ("--learning-rate", "3e-3")))
+    ]
+    for i, worker in enumerate(workers):
+        _, err = worker.communicate(timeout=600)
+        assert worker.returncode == 2 and err.splitlines()[-1] == (
+            "tf-gpt2 train: error: the workers of this run were given other settings (learning_rate, "
+            "min_learning_rate): give each one the same command, its TF_CONFIG and --out aside"), err[-3000:]
+        assert not (tmp_path / f"mixed{i}" / CHECKPOINT).exists()
 
     for i in range(2):  # the workers formed one cluster (alone, each would reach the single process's weights)
         with open(tmp_path / f"worker{i}" / "run.json") as f:

@@ -279,28 +279,49 @@ def refuse_float16_on_a_jax_cpu(float16: bool) -> None:
 NO_CHECKPOINT, UNREADABLE_CHECKPOINT = -1, -2
 
 
+def _digests(settings: dict[str, Any]) -> list[int]:
+    """A 24-bit digest of each setting, in the order of their sorted names (int32: what the collectives carry)."""
+    import hashlib
+
+    return [int.from_bytes(hashlib.sha256(json.dumps(settings[name], sort_keys=True, default=str).encode())
+                           .digest()[:3], "little") for name in sorted(settings)]
+
+
+def _refuse_differing(settings: dict[str, Any], every: np.ndarray, whose: str, aside: str) -> None:
+    """Refuse, named, the settings whose digests (`every`: [processes or workers, settings]) differ."""
+    if differ := [name for name, column in zip(sorted(settings), every.T) if len(set(column.tolist())) > 1]:
+        raise ValueError(f"the {whose} of this run were given other settings ({', '.join(differ)}): give each one "
+                         f"the same command, {aside}")
+
+
+def refuse_other_settings_in_other_workers(settings: dict[str, Any]) -> None:
+    """Under --strategy multiworker (tf.distribute), refuse settings that differ between the workers, named: each
+    trained with its own (another learning rate on one, and the replicas' weights drifted apart). A collective:
+    every worker calls it, in the strategy's scope."""
+    import tensorflow as tf
+
+    strategy, digests = tf.distribute.get_strategy(), _digests(settings)
+    each = strategy.experimental_distribute_values_from_function(lambda _: tf.constant(digests, tf.int32))
+    _refuse_differing(settings, strategy.gather(each, axis=0).numpy().reshape(-1, len(digests)), "workers",
+                      "its TF_CONFIG and --out aside")
+
+
 def refuse_other_settings_in_other_processes(settings: dict[str, Any], checkpoint: int, refused: bool) -> None:
     """In a run of many processes (keras.distribution on JAX), refuse settings that differ between them, named: each
     trained with its own (another learning rate on one wrote a model of both, without an error); so are checkpoints
     that differ (the step each process's --out holds, NO_CHECKPOINT or UNREADABLE_CHECKPOINT: one resumed, another
     started over), and a run that another process `refused` (this one waited for it, then failed in JAX's words). A
     collective: every process calls it."""
-    import hashlib
-
     from jax.experimental import multihost_utils
 
-    names = sorted(settings)
-    digests = [int.from_bytes(hashlib.sha256(json.dumps(settings[name], sort_keys=True, default=str).encode())
-                              .digest()[:3], "little") for name in names]
-    every = np.asarray(multihost_utils.process_allgather(np.array([*digests, checkpoint, refused], np.int32)))
+    every = np.asarray(multihost_utils.process_allgather(np.array([*_digests(settings), checkpoint, refused],
+                                                                  np.int32)))
     if refused:
         return  # (its own error says why)
     if others := [str(i) for i, row in enumerate(every) if row[-1]]:
         raise ValueError(f"process {', '.join(others)} of this run refused it (its own error says why): stopped here "
                          "too")
-    if differ := [name for name, column in zip(names, every[:, :-2].T) if len(set(column.tolist())) > 1]:
-        raise ValueError(f"the processes of this run were given other settings ({', '.join(differ)}): give each one "
-                         "the same command, its --process-id aside")
+    _refuse_differing(settings, every[:, :-2], "processes", "its --process-id aside")
     if len(set(every[:, -2].tolist())) > 1:
         found = {NO_CHECKPOINT: "none", UNREADABLE_CHECKPOINT: "one it cannot read"}
         each = ", ".join(f"process {i}: {found.get(step, f'step {step}')}" for i, step in enumerate(every[:, -2]))

@@ -59,6 +59,7 @@ from tf_gpt2.devices import (
     process_index,
     refuse_float16_on_a_jax_cpu,
     refuse_other_settings_in_other_processes,
+    refuse_other_settings_in_other_workers,
     tensorflow,
 )
 from tf_gpt2.evaluation import perplexity
@@ -810,7 +811,7 @@ def copy_weights(source: GPT2, model: GPT2) -> None:
 PRESENTATION_FIELDS = ("out", "verbose", "tensorboard", "sample_prompt", "sample_tokens", "eval_batches",
                        "jit_compile", "steps_per_execution", "strategy", "resume_with_changes", "distribution", "mesh",
                        "coordinator", "num_processes", "process_id")
-# Settings that may differ between the processes of one run (keras.distribution on JAX): each its own.
+# Settings that may differ between the processes of one run (keras.distribution on JAX, tf.distribute's workers)
 PER_PROCESS_FIELDS = ("out", "verbose", "tensorboard", "process_id", "coordinator", "num_processes")
 
 
@@ -981,9 +982,12 @@ def train(cfg: TrainConfig) -> tuple[GPT2, dict[str, list[float]]]:
     refuse_writing_over_inputs(os.path.join(cfg.out, MODEL_FILE), cfg.init_from)
     refuse_another_output(cfg.out)
     warn_of_a_folder_of_texts(cfg.out, "a training run")
+    shared = {name: value for name, value in dataclasses.asdict(cfg).items() if name not in PER_PROCESS_FIELDS}
     placement = place_run(cfg, GPT2.get_layout_map, lambda refused: refuse_other_settings_in_other_processes(
-        {name: value for name, value in dataclasses.asdict(cfg).items() if name not in PER_PROCESS_FIELDS},
-        _checkpoint_found(os.path.join(cfg.out, CHECKPOINT)), refused))  # (all but where each writes, and shows)
+        shared, _checkpoint_found(os.path.join(cfg.out, CHECKPOINT)), refused))  # (all but where each writes, shows)
+    if cfg.strategy == "multiworker":
+        with placement.scope():
+            refuse_other_settings_in_other_workers(shared)
     refuse_float16_on_a_jax_cpu(_loss_scaled(run_settings(cfg)))
     cfg.check_samples_used(placement.processes)
     with exclusive(cfg.out, "training run") if placement.is_chief else contextlib.nullcontext():
