@@ -118,6 +118,8 @@ CASES = [
      "{d}/dataset is the folder of a prepared dataset: a Hugging Face checkpoint written there would mix its files "
      "with those; give it a folder of its own"),
     (["convert", "{d}/hf", "{d}/arun"], "{d}/arun is the folder of a training run: a Hugging Face checkpoint"),
+    (["train", "--out", "{d}/dataset"], "{d}/dataset is the folder of a prepared dataset: a training run written "
+                                        "there would mix its files with those"),
     ([*EXPORT_TINY, "--out", "{d}/arun"], "{d}/arun is the folder of a training run: a SavedModel written there"),
     (["convert", "{d}/hf", "{d}/OUT.KERAS"], "{d}/OUT.KERAS names a .KERAS file, but convert writes a .keras file"),
     (["convert", "{d}/hf", "{d}/model.safetensors"], "names a .safetensors file, but convert writes a .keras file"),
@@ -129,7 +131,9 @@ CASES = [
     (["train", "--data", "{d}/text.txt", "--out", "{d}/seeded", "--seed", "-1"],  # (before the text is tokenized)
      "seed must be an integer in [0, 2**32), got -1"),
     (["export", "--random-init", "gpt2-tiny", "--out", "{d}/sm", "--version", "0"],
-     "version must be a positive integer, got 0"),
+     "--version must be a positive integer, got 0"),  # (named as the setting, not the flag)
+    ([*EXPORT_TINY, "--format", "tflite", "--out", "{d}/m.tflite", "--cache-length", "0"],
+     "--cache-length must be an integer in [1, "),
     # A flag of the other format is refused, not ignored; so is an out path named for another format, and a limit
     # past the context. Without --format, --out's suffix names it (here .tflite: --version is refused for it).
     ([*EXPORT_TINY, "--out", "{d}/sm", "--quantize", "int8"],
@@ -151,7 +155,7 @@ CASES = [
     ([*EXPORT_TINY, "--out", "{d}/m.LiteRTLM", "--format", "saved_model"],
      "but --format saved_model writes a SavedModel folder"),
     ([*EXPORT_TINY, "--out", "{d}/sm", "--max-new-tokens-limit", "500"],
-     "max_new_tokens_limit 500 exceeds the model's context of 128 positions"),
+     "--max-new-tokens-limit 500 exceeds the model's context of 128 positions"),
 ]
 
 

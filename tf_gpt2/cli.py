@@ -419,7 +419,17 @@ def _export_format(args: argparse.Namespace) -> str:
     return chosen
 
 
+EXPORT_SETTINGS = ("max_new_tokens_limit", "cache_length", "prefill_lengths")
+
+
 def cmd_export(args: argparse.Namespace) -> int:
+    try:
+        return _export(args)
+    except ValueError as e:  # the export's settings named as the flags that gave them (--version's, where it starts)
+        raise ValueError(re.sub(r"^version\b", "--version", _as_flags(str(e), EXPORT_SETTINGS))) from None
+
+
+def _export(args: argparse.Namespace) -> int:
     from tf_gpt2.export import export_saved_model
 
     kind = _export_format(args)
