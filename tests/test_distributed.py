@@ -111,33 +111,31 @@ print("status", main(sys.argv[1:]))
         "inside a conditional, which tf.distribute cannot synchronise across replicas (the first step fails). Give "
         "the whole batch as --batch-size: each replica takes its part", "status 2"], said.stdout + said.stderr[-2000:]
 
-    cluster = {"worker": [f"localhost:{port}" for port in _free_ports(2)]}
-    workers = [
-        subprocess.Popen(command + ["--out", str(tmp_path / f"worker{i}"), "--strategy", "multiworker"],
-                         env={**env,
-                              "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})},
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        for i in range(2)
-    ]
-    for worker in workers:
-        _, err = worker.communicate(timeout=600)
-        assert worker.returncode == 0, err[-3000:]
-    # A worker given another learning rate trained with its own, and the replicas' weights drifted apart (no error):
-    # now both refuse, naming the setting, before any step
-    cluster = {"worker": [f"localhost:{port}" for port in _free_ports(2)]}
-    workers = [
-        subprocess.Popen(command + ["--out", str(tmp_path / f"mixed{i}"), "--strategy", "multiworker", *rate],
-                         env={**env,
-                              "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})},
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        for i, rate in enumerate(((), ("--learning-rate", "3e-3")))
-    ]
-    for i, worker in enumerate(workers):
-        _, err = worker.communicate(timeout=600)
-        assert worker.returncode == 2 and err.splitlines()[-1] == (
+    def two_workers(outs, flags=((), ())):  # each worker's --out and flags of its own; each one's (status, stderr)
+        cluster = {"worker": [f"localhost:{port}" for port in _free_ports(2)]}
+        workers = [subprocess.Popen(command + ["--out", str(tmp_path / out), "--strategy", "multiworker", *flag],
+                                    env={**env, "TF_CONFIG": json.dumps({"cluster": cluster,
+                                                                         "task": {"type": "worker", "index": i}})},
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                   for i, (out, flag) in enumerate(zip(outs, flags))]
+        said = [worker.communicate(timeout=600)[1] for worker in workers]
+        return [(worker.returncode, err) for worker, err in zip(workers, said)]
+
+    for status, err in two_workers(("worker0", "worker1")):
+        assert status == 0, err[-3000:]
+    # A worker given another learning rate trained with its own, and the replicas' weights drifted apart (no error);
+    # one whose --out held the run's checkpoint resumed it while the other started over: now both refuse, named,
+    # before any step
+    for status, err in two_workers(("mixed0", "mixed1"), ((), ("--learning-rate", "3e-3"))):
+        assert status == 2 and err.splitlines()[-1] == (
             "tf-gpt2 train: error: the workers of this run were given other settings (learning_rate, "
             "min_learning_rate): give each one the same command, its TF_CONFIG and --out aside"), err[-3000:]
-        assert not (tmp_path / f"mixed{i}" / CHECKPOINT).exists()
+    assert not (tmp_path / "mixed0" / CHECKPOINT).exists() and not (tmp_path / "mixed1" / CHECKPOINT).exists()
+    for status, err in two_workers(("worker0", "fresh")):
+        assert status == 2 and err.splitlines()[-1] == (
+            "tf-gpt2 train: error: the workers of this run found other checkpoints in their --out (worker 0: step 6, "
+            "worker 1: none): each worker resumes its own copy of the run's checkpoint: give each the same one, or "
+            "start the run over in new folders"), err[-3000:]
 
     for i in range(2):  # the workers formed one cluster (alone, each would reach the single process's weights)
         with open(tmp_path / f"worker{i}" / "run.json") as f:

@@ -211,11 +211,17 @@ def check_optimizer_fits(model: keras.Model) -> None:
     new = [variable.path for variable in model.trainable_variables if id(variable) not in built]
     gone = len(built) - (len(model.trainable_variables) - len(new))
     if new or (gone and keras.backend.backend() == "jax"):
-        changes = ([f"{len(new)} weights train that did not (first {new[0]})"] if new else []) + (
-            [f"{gone} weights that trained no longer do"] if gone else [])
+        changes = ([f"{counted(len(new), 'weight')} that did not train now {'do' if len(new) > 1 else 'does'} (e.g. "
+                    f"{new[0]})"] if new else []) + (
+            [f"{counted(gone, 'weight')} that trained no longer {'do' if gone > 1 else 'does'}"] if gone else [])
         raise ValueError(f"the model's optimizer holds state for the weights that trained when it was built; since "
-                         f"then {' and '.join(changes)} (a layer frozen or unfrozen, or enable_lora): compile the "
-                         "model again (a new optimizer, its moments afresh) before training it")
+                         f"then {' and '.join(changes)} (a layer frozen or unfrozen, enable_lora or quantize): compile "
+                         "the model again with a new optimizer (its moments start afresh) before training it")
+
+
+def counted(n: int, noun: str) -> str:
+    """ "1 weight", "2 weights"."""
+    return f"{n} {noun}{'s' * (n != 1)}"
 
 
 def check_losses_and_metrics(loss: Any, metrics: Any, weighted_metrics: Any) -> None:

@@ -141,12 +141,20 @@ def _is_output(directory: str) -> bool:
     return _holds_a_model(directory) or _holds(directory, MANIFEST, "splits") or _is_run(directory)
 
 
+def _output_kind(directory: str) -> str | None:
+    """What output of this package's `directory` holds: "a training run", "a prepared dataset", "a checkpoint or an
+    export" (`_holds_a_model`), or None."""
+    if not os.path.isdir(directory):
+        return None
+    return ("a training run" if _is_run(directory) else "a prepared dataset" if _holds(directory, MANIFEST, "splits")
+            else "a checkpoint or an export" if _holds_a_model(directory) else None)
+
+
 def refuse_a_dataset_or_run(directory: str, what: str) -> None:
     """Refuse to write `what` into the folder of a prepared dataset or a training run: its files mixed with theirs
     (`prepare` then refused the folder as an export's, and `generate --model RUN` read a stale copy written there
     instead of the run's model)."""
-    if os.path.isdir(directory) and (kind := "a training run" if _is_run(directory) else
-                                     "a prepared dataset" if _holds(directory, MANIFEST, "splits") else None):
+    if (kind := _output_kind(directory)) in ("a training run", "a prepared dataset"):
         raise ValueError(f"{directory} is the folder of {kind}: {what} written there would mix its files with "
                          "those; give it a folder of its own")
 
@@ -155,9 +163,7 @@ def refuse_another_output(directory: str) -> None:
     """Refuse a training run's folder where another output lies, a prepared dataset, a checkpoint or an export:
     the run's files went in beside theirs, and `--model` of that folder read the checkpoint there, not the run's
     model, without a word."""
-    if os.path.isdir(directory) and not _is_run(directory) and (
-            kind := "a prepared dataset" if _holds(directory, MANIFEST, "splits") else
-            "a checkpoint or an export" if _holds_a_model(directory) else None):
+    if (kind := _output_kind(directory)) not in (None, "a training run"):
         raise ValueError(f"{directory} is the folder of {kind}: a training run written there would mix its files with "
                          "those (and a model read from the folder would be theirs); give the run a folder of its own")
 

@@ -217,9 +217,10 @@ def _keras_distribution(cfg, layout_map: Callable[[Any], Any], agree: Callable[[
                 raise ValueError(f"a run of many processes needs {lacking[0]}") from e
     try:
         placement = _checked_placement(cfg, layout_map)
-    except ValueError:
+    except Exception:
         if agree and jax.process_count() > 1:
-            agree(True)
+            with contextlib.suppress(Exception):  # (its own error is the one to say)
+                agree(True)
         raise
     if agree and jax.process_count() > 1:
         agree(False)
@@ -231,8 +232,10 @@ def _checked_placement(cfg, layout_map: Callable[[Any], Any]) -> Placement:
     import jax
     import keras
 
-    if cfg.num_processes and jax.process_count() != cfg.num_processes:
-        raise ValueError(f"--num-processes {cfg.num_processes}, but {jax.process_count()} processes joined this run: "
+    count = cfg.num_processes or os.environ.get(CLUSTER_VARIABLES[1])  # (the flag, else Keras' variable)
+    if count and str(count) != str(jax.process_count()):
+        given = f"--num-processes {count}" if cfg.num_processes else f"{CLUSTER_VARIABLES[1]}={count}"
+        raise ValueError(f"{given}, but {jax.process_count()} processes joined this run: "
                          "give every process the same count")
     devices = keras.distribution.list_devices()
     mesh = Mesh.parse(cfg.mesh) if cfg.mesh else (
@@ -287,23 +290,32 @@ def _digests(settings: dict[str, Any]) -> list[int]:
                            .digest()[:3], "little") for name in sorted(settings)]
 
 
-def _refuse_differing(settings: dict[str, Any], every: np.ndarray, whose: str, aside: str) -> None:
-    """Refuse, named, the settings whose digests (`every`: [processes or workers, settings]) differ."""
+def _refuse_differing(settings: dict[str, Any], every: np.ndarray, unit: str, aside: str, same_checkpoint: str) -> None:
+    """Refuse, named, the settings whose digests differ between the processes or workers (`unit`), and checkpoints
+    that differ (one would resume, another start over); `every`: [processes or workers, the digests of the sorted
+    settings and the checkpoint each found (its step, NO_CHECKPOINT or UNREADABLE_CHECKPOINT)]."""
+    units = unit + ("es" if unit.endswith("s") else "s")
     if differ := [name for name, column in zip(sorted(settings), every.T) if len(set(column.tolist())) > 1]:
-        raise ValueError(f"the {whose} of this run were given other settings ({', '.join(differ)}): give each one "
+        raise ValueError(f"the {units} of this run were given other settings ({', '.join(differ)}): give each one "
                          f"the same command, {aside}")
+    if len(set(every[:, -1].tolist())) > 1:
+        found = {NO_CHECKPOINT: "none", UNREADABLE_CHECKPOINT: "one it cannot read"}
+        each = ", ".join(f"{unit} {i}: {found.get(step, f'step {step}')}" for i, step in enumerate(every[:, -1]))
+        raise ValueError(f"the {units} of this run found other checkpoints in their --out ({each}): {same_checkpoint}")
 
 
-def refuse_other_settings_in_other_workers(settings: dict[str, Any]) -> None:
+def refuse_other_settings_in_other_workers(settings: dict[str, Any], checkpoint: int) -> None:
     """Under --strategy multiworker (tf.distribute), refuse settings that differ between the workers, named: each
-    trained with its own (another learning rate on one, and the replicas' weights drifted apart). A collective:
+    trained with its own (another learning rate on one, and the replicas' weights drifted apart); so are the
+    checkpoints their --out hold (`checkpoint`, as in `refuse_other_settings_in_other_processes`). A collective:
     every worker calls it, in the strategy's scope."""
     import tensorflow as tf
 
-    strategy, digests = tf.distribute.get_strategy(), _digests(settings)
-    each = strategy.experimental_distribute_values_from_function(lambda _: tf.constant(digests, tf.int32))
-    _refuse_differing(settings, strategy.gather(each, axis=0).numpy().reshape(-1, len(digests)), "workers",
-                      "its TF_CONFIG and --out aside")
+    strategy, mine = tf.distribute.get_strategy(), [*_digests(settings), checkpoint]
+    each = strategy.experimental_distribute_values_from_function(lambda _: tf.constant(mine, tf.int32))
+    _refuse_differing(settings, strategy.gather(each, axis=0).numpy().reshape(-1, len(mine)), "worker",
+                      "its TF_CONFIG and --out aside", "each worker resumes its own copy of the run's checkpoint: give "
+                      "each the same one, or start the run over in new folders")
 
 
 def refuse_other_settings_in_other_processes(settings: dict[str, Any], checkpoint: int, refused: bool) -> None:
@@ -319,14 +331,10 @@ def refuse_other_settings_in_other_processes(settings: dict[str, Any], checkpoin
     if refused:
         return  # (its own error says why)
     if others := [str(i) for i, row in enumerate(every) if row[-1]]:
-        raise ValueError(f"process {', '.join(others)} of this run refused it (its own error says why): stopped here "
-                         "too")
-    _refuse_differing(settings, every[:, :-2], "processes", "its --process-id aside")
-    if len(set(every[:, -2].tolist())) > 1:
-        found = {NO_CHECKPOINT: "none", UNREADABLE_CHECKPOINT: "one it cannot read"}
-        each = ", ".join(f"process {i}: {found.get(step, f'step {step}')}" for i, step in enumerate(every[:, -2]))
-        raise ValueError(f"the processes of this run found other checkpoints in their --out ({each}): --out must be "
-                         "storage every process sees, the same folder (a shared disk, NFS, a mounted bucket)")
+        which = f"process {others[0]}" if len(others) == 1 else f"processes {', '.join(others[:-1])} and {others[-1]}"
+        raise ValueError(f"{which} of this run refused it (its own error says why): stopped here too")
+    _refuse_differing(settings, every[:, :-1], "process", "its --process-id aside", "--out must be storage every "
+                      "process sees, the same folder (a shared disk, NFS, a mounted bucket)")
 
 
 def held_elsewhere(variable) -> bool:

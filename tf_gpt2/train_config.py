@@ -168,7 +168,7 @@ class TrainConfig:
             raise ValueError("mesh and many processes need a distribution (data or model)")
         if self.mesh:
             Mesh.parse(self.mesh)
-        if self.coordinator and not re.fullmatch(r"[^\s]+:[0-9]+", self.coordinator):  # (JAX: an IndexError)
+        if self.coordinator and not re.fullmatch(r"\S+:[0-9]+", self.coordinator):  # (JAX: an IndexError)
             raise ValueError(f"coordinator is process 0's host:port, got {self.coordinator!r}")
         self.check_samples_used(processes=1)
         if self.process_id is not None and not (self.num_processes or self.coordinator or any(
