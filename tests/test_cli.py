@@ -134,6 +134,9 @@ CASES = [
      "--version must be a positive integer, got 0"),  # (named as the setting, not the flag)
     ([*EXPORT_TINY, "--format", "tflite", "--out", "{d}/m.tflite", "--cache-length", "0"],
      "--cache-length must be an integer in [1, "),
+    ([*EXPORT_TINY, "--out", "{d}/sm", "--max-word-bytes", "0"], "--max-word-bytes must be a positive integer, got 0"),
+    ([*EXPORT_TINY, "--format", "tflite", "--out", "{d}/m.tflite", "--max-text-bytes", "9000"],
+     "--max-text-bytes is for --format saved_model, not --format tflite"),
     # A flag of the other format is refused, not ignored; so is an out path named for another format, and a limit
     # past the context. Without --format, --out's suffix names it (here .tflite: --version is refused for it).
     ([*EXPORT_TINY, "--out", "{d}/sm", "--quantize", "int8"],
@@ -253,6 +256,19 @@ def test_help_never_shows_a_default_that_its_layout_would_change():
 
 def _fresh_python(code: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+
+
+def test_export_hands_the_served_text_limits_to_the_saved_model(tmp_path, capsys, monkeypatch):
+    """`--max-text-bytes` and `--max-word-bytes`: `export_saved_model` took them, the command did not, and a prompt that
+    fit the context (a 300-byte run of dashes, 8,910 bytes of 550 tokens) could not be served."""
+    taken = {}
+    monkeypatch.setattr("tf_gpt2.export.export_saved_model", lambda model, out, **settings: taken.update(settings))
+    assert cli_main([*EXPORT_TINY, "--out", str(tmp_path / "sm"), "--max-text-bytes", "20000",
+                     "--max-word-bytes", "512"]) == 0
+    assert (taken["max_text_bytes"], taken["max_word_bytes"]) == (20000, 512)
+    taken.clear()
+    assert cli_main([*EXPORT_TINY, "--out", str(tmp_path / "sm")]) == 0
+    assert "max_text_bytes" not in taken and "max_word_bytes" not in taken  # (the export's defaults)
 
 
 def test_an_on_device_export_over_an_earlier_one_says_it_replaced_it(tmp_path, capsys, monkeypatch):

@@ -408,9 +408,11 @@ def _export_format(args: argparse.Namespace) -> str:
                          f"drop the {os.sep}")
     given = {"--dtype": args.dtype != "float32", "--xla": args.xla, "--version": args.version is not None,
              "--max-new-tokens-limit": args.max_new_tokens_limit is not None,
+             "--max-text-bytes": args.max_text_bytes is not None, "--max-word-bytes": args.max_word_bytes is not None,
              "--quantize": args.quantize != QUANTIZATIONS[0], "--cache-length": args.cache_length is not None,
              "--prefill-lengths": args.prefill_lengths is not None}
-    saved_model_flags = ("--dtype", "--xla", "--version", "--max-new-tokens-limit")
+    saved_model_flags = ("--dtype", "--xla", "--version", "--max-new-tokens-limit", "--max-text-bytes",
+                         "--max-word-bytes")
     misplaced = [flag for flag, was_given in given.items()
                  if was_given and (flag in saved_model_flags) != (chosen == "saved_model")]
     if misplaced:
@@ -419,7 +421,7 @@ def _export_format(args: argparse.Namespace) -> str:
     return chosen
 
 
-EXPORT_SETTINGS = ("max_new_tokens_limit", "cache_length", "prefill_lengths")
+EXPORT_SETTINGS = ("max_new_tokens_limit", "max_text_bytes", "max_word_bytes", "cache_length", "prefill_lengths")
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -438,8 +440,10 @@ def _export(args: argparse.Namespace) -> int:
     refuse_writing_over_inputs(out, args.model)
     if kind == "saved_model":  # (a version folder added, nothing replaced)
         refuse_a_dataset_or_run(out, "a SavedModel")
-        path = export_saved_model(_load_model(args), out, version=args.version,
-                                  max_new_tokens_limit=args.max_new_tokens_limit, dtype=args.dtype, xla=args.xla)
+        limits = {name: getattr(args, name) for name in ("max_text_bytes", "max_word_bytes")
+                  if getattr(args, name) is not None}
+        path = export_saved_model(_load_model(args), out, version=args.version, dtype=args.dtype, xla=args.xla,
+                                  max_new_tokens_limit=args.max_new_tokens_limit, **limits)
         print(f"wrote {path}")
         return 0
     from tf_gpt2 import litert
@@ -602,6 +606,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="SavedModel version (default: one past the highest there; 1 in a new folder)")
     export.add_argument("--max-new-tokens-limit", type=int,
                         help="SavedModel: largest max_new_tokens (default 256, or n_positions if smaller)")
+    export.add_argument("--max-text-bytes", type=int,
+                        help="SavedModel: longest text a row may send, in UTF-8 bytes (default 8 per context position)")
+    export.add_argument("--max-word-bytes", type=int,
+                        help="SavedModel: longest word of the in-graph tokenizer, in bytes (default 256)")
     export.add_argument("--cache-length", type=int, help="on-device: KV-cache positions (default n_positions)")
     export.add_argument("--prefill-lengths", type=_int_list,
                         help="on-device: comma-separated prefill chunk lengths (default: those of 8,32,128 at most a "
