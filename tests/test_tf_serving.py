@@ -307,7 +307,7 @@ BAD_SETTINGS = [
     (dict(max_new_tokens=np.array([0], np.int32)), "max_new_tokens must be > 0"),
     (dict(max_new_tokens=np.array([17], np.int32)), "max_new_tokens must be <= 16"),
     (dict(length=np.array([60], np.int32), token_ids=np.zeros((1, 60), np.int32)),
-     "prompt + max_new_tokens exceeds the context of 64"),
+     "prompt of 60 tokens + max_new_tokens 6 exceeds the context of 64 positions: crop the prompt"),  # (how far over)
 ]
 
 
@@ -383,7 +383,7 @@ def test_a_bad_row_never_fails_the_rows_merged_with_it(model, served, tmp_path):
     generated, text, logits = [[outputs(r) for r in call] for call in serve(served, calls, tmp_path, batching=shipped)]
     for answer, message in ((generated[0], "max_new_tokens must be <= 16"), (generated[2], "token ids must be in"),
                             (logits[2], "token ids must be in"),
-                            (generated[4], "prompt + max_new_tokens exceeds the context of 64")):
+                            (generated[4], "prompt of 64 tokens + max_new_tokens 1 exceeds the context of 64")):
         assert answer["error"][0].decode().startswith(message)
     assert logits[4]["error"].tolist() == [b""]  # the whole context is a prompt to score
     assert logits[0]["error"].tolist() == [b""] and not logits[2]["logits"].any()
@@ -400,7 +400,8 @@ def test_a_bad_row_never_fails_the_rows_merged_with_it(model, served, tmp_path):
     assert text[0]["text"][0].decode() == model.generate("Hello world", max_new_tokens=4)
     assert [t["error"][0].decode() for t in text] == [
         "", "text has a word of more than 256 bytes (a run of letters, digits, other symbols or whitespace, which "
-        "GPT-2's pre-tokenizer keeps whole)", "text is empty", "prompt + max_new_tokens exceeds the context of 64"]
+        "GPT-2's pre-tokenizer keeps whole)", "text is empty",
+        "prompt of 64 tokens + max_new_tokens 1 exceeds the context of 64 positions: crop the prompt"]
 
 
 def test_a_malformed_request_fails_the_requests_merged_with_it_as_docs_serving_says(served, tmp_path):

@@ -203,7 +203,9 @@ class _Serving:
         error = tf.where(error == "", _row_errors(batch, [
             (new < 1, "max_new_tokens must be > 0"),
             (new > self.limit, f"max_new_tokens must be <= {self.limit}"),
-            (length + new > cfg.n_positions, f"prompt + max_new_tokens exceeds the context of {cfg.n_positions}"),
+            (length + new > cfg.n_positions, tf.strings.join([  # (as model.generate says it: how far over)
+                "prompt of ", tf.strings.as_string(length), " tokens + max_new_tokens ", tf.strings.as_string(new),
+                f" exceeds the context of {cfg.n_positions} positions: crop the prompt"])),
             # Below float32's smallest normal number, a setting computes as 0 (as model.generate refuses it).
             (_subnormal(knobs["temperature"]), "temperature must be 0 or at least 1.2e-38 (smaller computes as 0)"),
             (_subnormal(knobs["top_p"]), "top_p must be at least 1.2e-38 (smaller computes as 0)"),
