@@ -982,13 +982,16 @@ def train(cfg: TrainConfig) -> tuple[GPT2, dict[str, list[float]]]:
     refuse_writing_over_inputs(os.path.join(cfg.out, MODEL_FILE), cfg.init_from)
     refuse_another_output(cfg.out)
     warn_of_a_folder_of_texts(cfg.out, "a training run")
-    shared = {name: value for name, value in dataclasses.asdict(cfg).items() if name not in PER_PROCESS_FIELDS}
-    found = _checkpoint_found(os.path.join(cfg.out, CHECKPOINT))  # (all settings but where each writes, and shows)
+
+    def shared() -> tuple[dict[str, Any], int]:  # what the processes or workers of a run must share (read only there)
+        return ({name: value for name, value in dataclasses.asdict(cfg).items() if name not in PER_PROCESS_FIELDS},
+                _checkpoint_found(os.path.join(cfg.out, CHECKPOINT)))
+
     placement = place_run(cfg, GPT2.get_layout_map,
-                          lambda refused: refuse_other_settings_in_other_processes(shared, found, refused))
+                          lambda refused: refuse_other_settings_in_other_processes(*shared(), refused))
     if cfg.strategy == "multiworker":
         with placement.scope():
-            refuse_other_settings_in_other_workers(shared, found)
+            refuse_other_settings_in_other_workers(*shared())
     refuse_float16_on_a_jax_cpu(_loss_scaled(run_settings(cfg)))
     cfg.check_samples_used(placement.processes)
     with exclusive(cfg.out, "training run") if placement.is_chief else contextlib.nullcontext():
