@@ -211,15 +211,15 @@ def check_optimizer_fits(model: keras.Model) -> None:
     new = [variable.path for variable in model.trainable_variables if id(variable) not in built]
     gone = len(built) - (len(model.trainable_variables) - len(new))
     if new or (gone and keras.backend.backend() == "jax"):
-        changes = ([f"{counted(len(new), 'weight')} that did not train now {'do' if len(new) > 1 else 'does'} (e.g. "
+        changes = ([f"{_counted(len(new), 'weight')} that did not train now {'do' if len(new) > 1 else 'does'} (e.g. "
                     f"{new[0]})"] if new else []) + (
-            [f"{counted(gone, 'weight')} that trained no longer {'do' if gone > 1 else 'does'}"] if gone else [])
+            [f"{_counted(gone, 'weight')} that trained no longer {'do' if gone > 1 else 'does'}"] if gone else [])
         raise ValueError(f"the model's optimizer holds state for the weights that trained when it was built; since "
                          f"then {' and '.join(changes)} (a layer frozen or unfrozen, enable_lora or quantize): compile "
                          "the model again with a new optimizer (its moments start afresh) before training it")
 
 
-def counted(n: int, noun: str) -> str:
+def _counted(n: int, noun: str) -> str:
     """ "1 weight", "2 weights"."""
     return f"{n} {noun}{'s' * (n != 1)}"
 
